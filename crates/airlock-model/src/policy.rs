@@ -1,0 +1,270 @@
+//! Policy vocabulary: the enums and small value types every layer shares.
+//!
+//! Everything here is plain data with parsing and display; no I/O.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A named bundle of policy defaults (SPEC §2). Explicit options override it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// No network, read-only rootfs, no workspace write-back (bind refused).
+    Restrictive,
+    /// Filtered network, copy-on-write workspace.
+    #[default]
+    Moderate,
+    /// Open network, writable bind of the workspace allowed, host env passthrough.
+    Permissive,
+}
+
+/// Network egress mode (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetMode {
+    /// Loopback only.
+    Off,
+    /// Default deny, allowlisted domains through the host-side proxy.
+    Filtered,
+    /// Outbound allowed except the metadata floor and host loopback.
+    Open,
+}
+
+/// How the project directory enters the sandbox (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMode {
+    /// A git clone of the host repo on branch airlock/NAME.
+    Clone,
+    /// Copy-on-write over the host directory; the host is never modified.
+    Overlay,
+    /// Writable bind mount: writes reach the host.
+    Bind,
+    /// No workspace at all.
+    None,
+}
+
+/// Which isolation mechanism runs the sandbox (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Container,
+    Microvm,
+}
+
+/// home_files modes (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HomeFileMode {
+    Immutable,
+    Seed,
+    Link,
+}
+
+macro_rules! str_enum {
+    ($ty:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every accepted spelling, for error messages and `--help`.
+            pub const NAMES: &'static [&'static str] = &[$($s),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $s),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $ty {
+            type Err = ParseEnumError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($s => Ok($ty::$variant),)+
+                    _ => Err(ParseEnumError { what: stringify!($ty), got: s.to_string(), expected: Self::NAMES }),
+                }
+            }
+        }
+    };
+}
+
+str_enum!(Profile { Restrictive => "restrictive", Moderate => "moderate", Permissive => "permissive" });
+str_enum!(NetMode { Off => "off", Filtered => "filtered", Open => "open" });
+str_enum!(WorkspaceMode { Clone => "clone", Overlay => "overlay", Bind => "bind", None => "none" });
+str_enum!(BackendKind { Container => "container", Microvm => "microvm" });
+str_enum!(HomeFileMode { Immutable => "immutable", Seed => "seed", Link => "link" });
+
+/// A value that is not one of an enum's spellings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {got:?}: expected one of {}", expected.join(", "))]
+pub struct ParseEnumError {
+    pub what: &'static str,
+    pub got: String,
+    pub expected: &'static [&'static str],
+}
+
+/// A size in bytes, written as `512M`, `8G`, `1.5G`, `65536` (binary units: K=1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid size {0:?}: expected a number with an optional K, M, G or T suffix (e.g. 512M, 8G)")]
+pub struct ParseSizeError(pub String);
+
+impl FromStr for ByteSize {
+    type Err = ParseSizeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseSizeError(s.to_string());
+        let t = s.trim();
+        let t = t.strip_suffix(['b', 'B']).unwrap_or(t);
+        let t = t.strip_suffix(['i']).unwrap_or(t);
+        let (num, mult): (&str, u64) = match t.chars().last() {
+            Some('k' | 'K') => (&t[..t.len() - 1], 1 << 10),
+            Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+            Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+            Some('t' | 'T') => (&t[..t.len() - 1], 1 << 40),
+            Some(c) if c.is_ascii_digit() => (t, 1),
+            _ => return Err(err()),
+        };
+        let num = num.trim();
+        if num.is_empty() || num.starts_with('-') || num.starts_with('+') {
+            return Err(err());
+        }
+        let bytes = if let Ok(n) = num.parse::<u64>() {
+            n.checked_mul(mult).ok_or_else(err)?
+        } else {
+            let f: f64 = num.parse().map_err(|_| err())?;
+            if !f.is_finite() || f < 0.0 {
+                return Err(err());
+            }
+            let b = f * mult as f64;
+            if b > u64::MAX as f64 {
+                return Err(err());
+            }
+            b as u64
+        };
+        if bytes == 0 {
+            return Err(err());
+        }
+        Ok(ByteSize(bytes))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+            if b >= 1 << shift && b % (1 << shift) == 0 {
+                return write!(f, "{}{}", b >> shift, unit);
+            }
+        }
+        write!(f, "{b}")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(0) => Err(serde::de::Error::custom("size must be greater than zero")),
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A CPU allowance in (possibly fractional) cores, e.g. `1.5`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Cpus(f64);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid cpu count {0:?}: expected a positive number of cores such as 2 or 0.5")]
+pub struct ParseCpusError(pub String);
+
+impl Cpus {
+    pub fn new(v: f64) -> Result<Self, ParseCpusError> {
+        if v.is_finite() && v >= 0.01 && v <= 4096.0 {
+            Ok(Cpus(v))
+        } else {
+            Err(ParseCpusError(v.to_string()))
+        }
+    }
+    pub fn get(self) -> f64 {
+        self.0
+    }
+    /// CFS quota in microseconds for the given period.
+    pub fn quota_us(self, period_us: u64) -> u64 {
+        ((self.0 * period_us as f64).round() as u64).max(1000)
+    }
+}
+
+impl TryFrom<f64> for Cpus {
+    type Error = ParseCpusError;
+    fn try_from(v: f64) -> Result<Self, Self::Error> {
+        Cpus::new(v)
+    }
+}
+impl From<Cpus> for f64 {
+    fn from(c: Cpus) -> f64 {
+        c.0
+    }
+}
+impl FromStr for Cpus {
+    type Err = ParseCpusError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let v: f64 = s.trim().parse().map_err(|_| ParseCpusError(s.to_string()))?;
+        Cpus::new(v).map_err(|_| ParseCpusError(s.to_string()))
+    }
+}
+impl fmt::Display for Cpus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!("64M".parse::<ByteSize>(), Ok(ByteSize(64 << 20)));
+        assert_eq!("8G".parse::<ByteSize>(), Ok(ByteSize(8 << 30)));
+        assert_eq!("8GiB".parse::<ByteSize>(), Ok(ByteSize(8 << 30)));
+        assert_eq!("1.5G".parse::<ByteSize>(), Ok(ByteSize(3 << 29)));
+        assert_eq!("4096".parse::<ByteSize>(), Ok(ByteSize(4096)));
+        for bad in ["", "M", "-1G", "0", "12X", "1e999G", "nanG"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad} should not parse");
+        }
+        assert_eq!(ByteSize(64 << 20).to_string(), "64M");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+
+    #[test]
+    fn enums_round_trip_and_explain() {
+        assert_eq!("off".parse::<NetMode>(), Ok(NetMode::Off));
+        let e = "closed".parse::<NetMode>().unwrap_err();
+        assert_eq!(e.to_string(), "invalid NetMode \"closed\": expected one of off, filtered, open");
+        assert_eq!(Profile::Restrictive.to_string(), "restrictive");
+    }
+
+    #[test]
+    fn cpus_bounds() {
+        assert!("0".parse::<Cpus>().is_err());
+        assert!("-1".parse::<Cpus>().is_err());
+        assert_eq!("0.5".parse::<Cpus>().map(|c| c.quota_us(100_000)), Ok(50_000));
+    }
+}
