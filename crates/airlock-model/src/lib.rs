@@ -1,4 +1,7 @@
 //! airlock-model: pure data shared by every airlock crate. No syscalls, no sandboxes.
 
 pub mod config;
+pub mod exit;
+pub mod plan;
 pub mod policy;
+pub mod spec;

@@ -1,1 +1,27 @@
-fn main() {}
+//! airlock: the command-line binary. Parses flags, dispatches to `cmd::*`, maps errors to
+//! stable exit codes.
+
+mod cli;
+mod cmd;
+mod error;
+
+use clap::Parser;
+
+fn main() {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { airlock_model::exit::USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match cmd::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            e.print();
+            e.code
+        }
+    };
+    std::process::exit(code);
+}

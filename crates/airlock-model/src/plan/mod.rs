@@ -1,0 +1,347 @@
+//! The launch planner: (RunSpec, HostFacts) -> LaunchPlan, or a refusal naming what cannot be
+//! enforced. Pure: the container backend executes the plan step by step and decides nothing.
+
+use crate::policy::{NetMode, Profile, WorkspaceMode};
+use crate::spec::{Resources, RunSpec, SandboxUser};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// First host uid of the range a root-run sandbox maps to: inside uid N is host uid BASE+N.
+/// Far above ordinary users and /etc/subuid ranges, so root inside owns nothing on the host.
+pub const ROOTFUL_UID_BASE: u32 = 0x6000_0000;
+/// Size of the rootful mapping (inside uids 0..65535).
+pub const ROOTFUL_UID_COUNT: u32 = 65536;
+
+/// Facts about the host the planner needs. Gathered by the backend (cheap: a few lstat calls).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    /// Effective uid/gid of the airlock process.
+    pub uid: u32,
+    pub gid: u32,
+    /// Top-level root entries to expose (`usr`, `bin`, `lib64`, …) and what they are on the host.
+    pub root_entries: Vec<(String, RootEntry)>,
+    /// Entries of the host's /etc that exist and are on the curated allowlist.
+    pub etc_entries: Vec<String>,
+    /// Owner (uid, gid) of the project directory.
+    pub project_owner: (u32, u32),
+    /// Which cgroup limits this host can enforce for this user.
+    pub limits: LimitSupport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootEntry {
+    Dir,
+    Symlink(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LimitSupport {
+    pub memory: bool,
+    pub pids: bool,
+    pub cpu: bool,
+}
+
+/// /etc entries bound read-only from the host when present. Never shadow, gshadow, sudoers, ssh
+/// keys, machine credentials: only what programs need to run, resolve names and verify TLS.
+pub const ETC_ALLOWLIST: &[&str] = &[
+    "alternatives",
+    "bash.bashrc",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "crypto-policies",
+    "debian_version",
+    "environment",
+    "gai.conf",
+    "host.conf",
+    "inputrc",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "locale.conf",
+    "localtime",
+    "login.defs",
+    "mime.types",
+    "os-release",
+    "pki",
+    "profile",
+    "profile.d",
+    "protocols",
+    "services",
+    "ssl",
+    "terminfo",
+    "timezone",
+    "vim",
+];
+
+/// Top-level host directories considered for the `host` image.
+pub const ROOT_CANDIDATES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// How uids map between the sandbox's user namespace and the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+/// One step of building the sandbox's root filesystem. Targets are absolute paths inside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountStep {
+    /// A tmpfs; `owner` is the inside uid/gid owning its root.
+    Tmpfs { target: PathBuf, mode: u32, size: Option<u64>, owner: (u32, u32), noexec: bool },
+    /// A read-only recursive bind of a host path (nosuid, nodev).
+    BindRo { source: PathBuf, target: PathBuf },
+    /// A writable bind of a host path (nosuid, nodev); `idmap` = files owned by the host owner
+    /// appear owned by the sandbox user (root-run sandboxes only).
+    BindRw { source: PathBuf, target: PathBuf, idmap: bool },
+    /// A copy-on-write overlay of a host directory; changes land in the run's upper dir.
+    Overlay { lower: PathBuf, target: PathBuf, idmap: bool },
+    Symlink { target: PathBuf, points_to: PathBuf },
+    Dir { target: PathBuf, mode: u32 },
+    File { target: PathBuf, contents: String, mode: u32 },
+    /// Bind a host device node (from host /dev) onto an empty file.
+    Device { name: String },
+    Proc { target: PathBuf },
+    /// Re-bind an existing path read-only over itself (e.g. /proc/sys).
+    ReadOnly { target: PathBuf },
+    Sysfs { target: PathBuf },
+    Devpts { target: PathBuf },
+    /// Make the root tmpfs read-only once everything is in place.
+    RootReadOnly,
+}
+
+/// The complete, executable description of one sandbox launch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LaunchPlan {
+    pub name: String,
+    pub hostname: String,
+    pub rootless: bool,
+    pub uid_map: Vec<IdMap>,
+    pub gid_map: Vec<IdMap>,
+    /// uid/gid inside that runs the command.
+    pub user: (u32, u32),
+    pub mounts: Vec<MountStep>,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub argv: Vec<String>,
+    /// Paths the command may write (Landlock); everything else is read/execute only.
+    pub writable_paths: Vec<PathBuf>,
+    pub limits: Resources,
+    /// Limits asked for that this host cannot enforce (reported, or refused with --require-limits).
+    pub unenforced_limits: Vec<&'static str>,
+    pub net: NetMode,
+    pub rlimit_nofile: u64,
+    /// Whether the overlay workspace needs an upper directory.
+    pub needs_upper: bool,
+}
+
+/// Why a spec cannot be launched as asked. Fail closed: nothing is weakened silently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("network mode `{0}` is not available yet in this build; only `off` is enforced")]
+    NetModeUnsupported(NetMode),
+    #[error("--workspace bind is refused by the restrictive profile")]
+    BindUnderRestrictive,
+    #[error("limits cannot be enforced on this host: {}", .0.join(", "))]
+    LimitsUnenforceable(Vec<&'static str>),
+    #[error("workspace mode `clone` is not available for `run` yet; use overlay, bind or none")]
+    CloneUnsupported,
+    #[error("mount target {0} is not allowed: {1}")]
+    BadTarget(PathBuf, &'static str),
+    #[error("the command is empty")]
+    EmptyCommand,
+}
+
+impl Refusal {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Refusal::NetModeUnsupported(_) => "use --net off (filtered and open egress arrive with the network engine)",
+            Refusal::BindUnderRestrictive => "use --workspace overlay, or --profile moderate/permissive",
+            Refusal::LimitsUnenforceable(_) => {
+                "run as root, or give airlock a delegated cgroup (systemd-run --user --scope -p Delegate=yes airlock …); \
+                 or drop --require-limits to run with the limits unenforced"
+            }
+            Refusal::CloneUnsupported => "use --workspace overlay (copy-on-write, host untouched)",
+            Refusal::BadTarget(..) => "mount targets must be absolute paths outside /proc, /sys, /dev and not `/`",
+            Refusal::EmptyCommand => "give the command after `--`, e.g. airlock run -- echo hello",
+        }
+    }
+}
+
+/// Size of the root tmpfs that holds mount points and the curated /etc.
+const ROOT_TMPFS_SIZE: u64 = 4 << 20;
+const WORKSPACE: &str = "/workspace";
+
+fn p(s: &str) -> PathBuf {
+    PathBuf::from(s)
+}
+
+/// Build the launch plan. Pure: same inputs, same plan.
+pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
+    if spec.argv.is_empty() {
+        return Err(Refusal::EmptyCommand);
+    }
+    if spec.net != NetMode::Off {
+        return Err(Refusal::NetModeUnsupported(spec.net));
+    }
+    match spec.workspace {
+        WorkspaceMode::Bind if spec.profile == Profile::Restrictive => return Err(Refusal::BindUnderRestrictive),
+        WorkspaceMode::Clone => return Err(Refusal::CloneUnsupported),
+        _ => {}
+    }
+    for b in &spec.binds {
+        check_target(&b.target)?;
+    }
+
+    let rootless = host.uid != 0;
+    let inside = spec.user.uid();
+    let (uid_map, gid_map) = if rootless {
+        (
+            vec![IdMap { inside, outside: host.uid, count: 1 }],
+            vec![IdMap { inside, outside: host.gid, count: 1 }],
+        )
+    } else {
+        let m = IdMap { inside: 0, outside: ROOTFUL_UID_BASE, count: ROOTFUL_UID_COUNT };
+        (vec![m.clone()], vec![m])
+    };
+    let owner = (inside, inside);
+    let home = p(spec.user.home());
+    let tmp_size = spec.resources.disk.map(|d| d.0);
+
+    let mut unenforced = Vec::new();
+    let r = &spec.resources;
+    if r.memory.is_some() && !host.limits.memory {
+        unenforced.push("memory");
+    }
+    if r.pids.is_some() && !host.limits.pids {
+        unenforced.push("pids");
+    }
+    if r.cpus.is_some() && !host.limits.cpu {
+        unenforced.push("cpus");
+    }
+    if spec.require_limits && !unenforced.is_empty() {
+        return Err(Refusal::LimitsUnenforceable(unenforced));
+    }
+
+    let mut m = vec![MountStep::Tmpfs { target: p("/"), mode: 0o755, size: Some(ROOT_TMPFS_SIZE), owner: (0, 0), noexec: false }];
+    for (name, entry) in &host.root_entries {
+        let target = Path::new("/").join(name);
+        m.push(match entry {
+            RootEntry::Dir => MountStep::BindRo { source: target.clone(), target },
+            RootEntry::Symlink(to) => MountStep::Symlink { target, points_to: to.clone() },
+        });
+    }
+    m.push(MountStep::Dir { target: p("/etc"), mode: 0o755 });
+    m.extend(etc_files(spec, &home));
+    for e in &host.etc_entries {
+        let path = Path::new("/etc").join(e);
+        m.push(MountStep::BindRo { source: path.clone(), target: path });
+    }
+    m.push(MountStep::Proc { target: p("/proc") });
+    for ro in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"] {
+        m.push(MountStep::ReadOnly { target: p(ro) });
+    }
+    m.push(MountStep::Sysfs { target: p("/sys") });
+    m.push(MountStep::Tmpfs { target: p("/dev"), mode: 0o755, size: Some(1 << 20), owner: (0, 0), noexec: true });
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        m.push(MountStep::Device { name: dev.into() });
+    }
+    m.push(MountStep::Devpts { target: p("/dev/pts") });
+    m.push(MountStep::Symlink { target: p("/dev/ptmx"), points_to: p("pts/ptmx") });
+    m.push(MountStep::Tmpfs { target: p("/dev/shm"), mode: 0o1777, size: tmp_size, owner: (0, 0), noexec: false });
+    for (link, to) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        m.push(MountStep::Symlink { target: Path::new("/dev").join(link), points_to: p(to) });
+    }
+    m.push(MountStep::Tmpfs { target: p("/tmp"), mode: 0o1777, size: tmp_size, owner: (0, 0), noexec: false });
+    m.push(MountStep::Tmpfs { target: p("/run"), mode: 0o755, size: tmp_size, owner: (0, 0), noexec: false });
+    m.push(MountStep::Tmpfs { target: home.clone(), mode: 0o700, size: tmp_size, owner, noexec: false });
+
+    let idmap = !rootless;
+    let mut writable = vec![p("/tmp"), p("/run"), p("/dev/shm"), home.clone()];
+    let ws = p(WORKSPACE);
+    match spec.workspace {
+        WorkspaceMode::Overlay => {
+            m.push(MountStep::Overlay { lower: spec.project_dir.clone(), target: ws.clone(), idmap });
+            writable.push(ws.clone());
+        }
+        WorkspaceMode::Bind => {
+            m.push(MountStep::BindRw { source: spec.project_dir.clone(), target: ws.clone(), idmap });
+            writable.push(ws.clone());
+        }
+        WorkspaceMode::None | WorkspaceMode::Clone => {}
+    }
+    for b in &spec.binds {
+        if b.writable {
+            m.push(MountStep::BindRw { source: b.source.clone(), target: b.target.clone(), idmap });
+            writable.push(b.target.clone());
+        } else {
+            m.push(MountStep::BindRo { source: b.source.clone(), target: b.target.clone() });
+        }
+    }
+    m.push(MountStep::RootReadOnly);
+
+    let has_ws = spec.workspace != WorkspaceMode::None;
+    let cwd = spec.workdir.clone().unwrap_or_else(|| if has_ws { ws } else { home });
+
+    Ok(LaunchPlan {
+        name: spec.name.clone(),
+        hostname: spec.hostname.clone(),
+        rootless,
+        uid_map,
+        gid_map,
+        user: (inside, inside),
+        mounts: m,
+        cwd,
+        env: spec.env.clone(),
+        argv: spec.argv.clone(),
+        writable_paths: writable,
+        limits: spec.resources,
+        unenforced_limits: unenforced,
+        net: spec.net,
+        rlimit_nofile: 65536,
+        needs_upper: spec.workspace == WorkspaceMode::Overlay,
+    })
+}
+
+fn check_target(t: &Path) -> Result<(), Refusal> {
+    if !t.is_absolute() {
+        return Err(Refusal::BadTarget(t.into(), "not an absolute path"));
+    }
+    if t.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(Refusal::BadTarget(t.into(), "contains `..`"));
+    }
+    if t == Path::new("/") {
+        return Err(Refusal::BadTarget(t.into(), "cannot replace the root"));
+    }
+    for reserved in ["/proc", "/sys", "/dev"] {
+        if t.starts_with(reserved) {
+            return Err(Refusal::BadTarget(t.into(), "reserved for the sandbox's own kernel filesystems"));
+        }
+    }
+    Ok(())
+}
+
+/// The generated files of the curated /etc.
+fn etc_files(spec: &RunSpec, home: &Path) -> Vec<MountStep> {
+    let u = SandboxUser::AGENT_UID;
+    let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
+    passwd.push_str(&format!("agent:x:{u}:{u}:airlock sandbox user:/home/agent:/bin/sh\n"));
+    passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    let group = format!("root:x:0:\ntty:x:5:\nagent:x:{u}:\nnogroup:x:65534:\n");
+    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", spec.hostname);
+    let _ = home;
+    let file = |name: &str, contents: String| MountStep::File { target: Path::new("/etc").join(name), contents, mode: 0o644 };
+    vec![
+        file("passwd", passwd),
+        file("group", group),
+        file("hosts", hosts),
+        file("hostname", format!("{}\n", spec.hostname)),
+        // No resolver inside with --net off; filtered mode will point this at the sandbox resolver.
+        file("resolv.conf", "# airlock: no DNS in this sandbox (network off)\n".into()),
+        file("nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into()),
+    ]
+}
+
+#[cfg(test)]
+mod tests;

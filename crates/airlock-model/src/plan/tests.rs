@@ -1,0 +1,153 @@
+use super::*;
+use crate::policy::{ByteSize, Cpus};
+use crate::spec::{BindSpec, Stdio};
+
+fn spec() -> RunSpec {
+    RunSpec {
+        name: "run-1".into(),
+        hostname: "run-1".into(),
+        profile: Profile::Moderate,
+        net: NetMode::Off,
+        workspace: WorkspaceMode::Overlay,
+        project_dir: p("/home/u/proj"),
+        binds: vec![],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        workdir: None,
+        resources: Resources::default(),
+        require_limits: false,
+        user: SandboxUser::Agent,
+        timeout: None,
+        stdio: Stdio::Inherit { forward_stdin: false },
+        argv: vec!["true".into()],
+    }
+}
+
+fn host(uid: u32) -> HostFacts {
+    HostFacts {
+        uid,
+        gid: uid,
+        root_entries: vec![("usr".into(), RootEntry::Dir), ("bin".into(), RootEntry::Symlink(p("usr/bin")))],
+        etc_entries: vec!["ssl".into()],
+        project_owner: (uid, uid),
+        limits: LimitSupport { memory: true, pids: true, cpu: false },
+    }
+}
+
+#[test]
+fn rootless_overlay_plan_is_exact() {
+    let got = plan(&spec(), &host(1001)).expect("plan");
+    let t = |target: &str, mode, size, owner, noexec| MountStep::Tmpfs { target: p(target), mode, size, owner, noexec };
+    let sym = |target: &str, to: &str| MountStep::Symlink { target: p(target), points_to: p(to) };
+    let ro = |path: &str| MountStep::BindRo { source: p(path), target: p(path) };
+    let mut mounts = vec![t("/", 0o755, Some(4 << 20), (0, 0), false), ro("/usr"), sym("/bin", "usr/bin")];
+    mounts.push(MountStep::Dir { target: p("/etc"), mode: 0o755 });
+    mounts.extend(etc_files(&spec(), Path::new("/home/agent")));
+    mounts.push(ro("/etc/ssl"));
+    mounts.push(MountStep::Proc { target: p("/proc") });
+    for r in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"] {
+        mounts.push(MountStep::ReadOnly { target: p(r) });
+    }
+    mounts.push(MountStep::Sysfs { target: p("/sys") });
+    mounts.push(t("/dev", 0o755, Some(1 << 20), (0, 0), true));
+    for d in ["null", "zero", "full", "random", "urandom", "tty"] {
+        mounts.push(MountStep::Device { name: d.into() });
+    }
+    mounts.push(MountStep::Devpts { target: p("/dev/pts") });
+    mounts.push(sym("/dev/ptmx", "pts/ptmx"));
+    mounts.push(t("/dev/shm", 0o1777, None, (0, 0), false));
+    mounts.push(sym("/dev/fd", "/proc/self/fd"));
+    mounts.push(sym("/dev/stdin", "/proc/self/fd/0"));
+    mounts.push(sym("/dev/stdout", "/proc/self/fd/1"));
+    mounts.push(sym("/dev/stderr", "/proc/self/fd/2"));
+    mounts.push(t("/tmp", 0o1777, None, (0, 0), false));
+    mounts.push(t("/run", 0o755, None, (0, 0), false));
+    mounts.push(t("/home/agent", 0o700, None, (1000, 1000), false));
+    mounts.push(MountStep::Overlay { lower: p("/home/u/proj"), target: p("/workspace"), idmap: false });
+    mounts.push(MountStep::RootReadOnly);
+    let want = LaunchPlan {
+        name: "run-1".into(),
+        hostname: "run-1".into(),
+        rootless: true,
+        uid_map: vec![IdMap { inside: 1000, outside: 1001, count: 1 }],
+        gid_map: vec![IdMap { inside: 1000, outside: 1001, count: 1 }],
+        user: (1000, 1000),
+        mounts,
+        cwd: p("/workspace"),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        argv: vec!["true".into()],
+        writable_paths: vec![p("/tmp"), p("/run"), p("/dev/shm"), p("/home/agent"), p("/workspace")],
+        limits: Resources::default(),
+        unenforced_limits: vec![],
+        net: NetMode::Off,
+        rlimit_nofile: 65536,
+        needs_upper: true,
+    };
+    assert_eq!(got, want);
+}
+
+#[test]
+fn rootful_root_user_maps_to_unprivileged_range_and_idmaps_writable_mounts() {
+    let mut s = spec();
+    s.user = SandboxUser::Root;
+    s.workspace = WorkspaceMode::Bind;
+    s.binds = vec![
+        BindSpec { source: p("/data"), target: p("/data"), writable: false },
+        BindSpec { source: p("/out"), target: p("/mnt/out"), writable: true },
+    ];
+    let got = plan(&s, &host(0)).expect("plan");
+    let range = IdMap { inside: 0, outside: ROOTFUL_UID_BASE, count: ROOTFUL_UID_COUNT };
+    assert_eq!((got.uid_map.clone(), got.gid_map.clone(), got.user), (vec![range.clone()], vec![range], (0, 0)));
+    assert!(!got.rootless);
+    let tail: Vec<_> = got.mounts[got.mounts.len() - 5..].to_vec();
+    assert_eq!(
+        tail,
+        vec![
+            MountStep::Tmpfs { target: p("/root"), mode: 0o700, size: None, owner: (0, 0), noexec: false },
+            MountStep::BindRw { source: p("/home/u/proj"), target: p("/workspace"), idmap: true },
+            MountStep::BindRo { source: p("/data"), target: p("/data") },
+            MountStep::BindRw { source: p("/out"), target: p("/mnt/out"), idmap: true },
+            MountStep::RootReadOnly,
+        ]
+    );
+    assert_eq!(got.writable_paths, vec![p("/tmp"), p("/run"), p("/dev/shm"), p("/root"), p("/workspace"), p("/mnt/out")]);
+}
+
+#[test]
+fn refusals_fail_closed() {
+    let mut s = spec();
+    s.net = NetMode::Open;
+    assert_eq!(plan(&s, &host(0)), Err(Refusal::NetModeUnsupported(NetMode::Open)));
+
+    let mut s = spec();
+    s.profile = Profile::Restrictive;
+    s.workspace = WorkspaceMode::Bind;
+    assert_eq!(plan(&s, &host(0)), Err(Refusal::BindUnderRestrictive));
+
+    let mut s = spec();
+    s.resources = Resources { memory: Some(ByteSize(64 << 20)), cpus: Some(Cpus::new(1.0).expect("cpus")), pids: Some(10), disk: None };
+    s.require_limits = true;
+    let mut h = host(1000);
+    h.limits = LimitSupport::default();
+    assert_eq!(plan(&s, &h), Err(Refusal::LimitsUnenforceable(vec!["memory", "pids", "cpus"])));
+    s.require_limits = false;
+    assert_eq!(plan(&s, &h).map(|p| p.unenforced_limits), Ok(vec!["memory", "pids", "cpus"]));
+
+    for bad in ["relative", "/", "/proc/x", "/a/../etc", "/dev/sda"] {
+        let mut s = spec();
+        s.binds = vec![BindSpec { source: p("/x"), target: p(bad), writable: false }];
+        assert!(matches!(plan(&s, &host(0)), Err(Refusal::BadTarget(..))), "{bad}");
+    }
+    let mut s = spec();
+    s.argv.clear();
+    assert_eq!(plan(&s, &host(0)), Err(Refusal::EmptyCommand));
+}
+
+#[test]
+fn workdir_defaults_to_home_without_workspace() {
+    let mut s = spec();
+    s.workspace = WorkspaceMode::None;
+    let got = plan(&s, &host(1000)).expect("plan");
+    assert_eq!(got.cwd, p("/home/agent"));
+    assert!(!got.needs_upper);
+    assert!(!got.writable_paths.contains(&p("/workspace")));
+}

@@ -1,0 +1,139 @@
+//! What the user asked for, after configuration layering: the input of the launch planner.
+
+use crate::policy::{ByteSize, Cpus, NetMode, Profile, WorkspaceMode};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Who runs inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxUser {
+    /// The unprivileged `agent` user (uid/gid 1000). Default: agents refuse to auto-approve as root.
+    #[default]
+    Agent,
+    /// uid 0 inside, mapped to an unprivileged host uid; every capability still dropped.
+    Root,
+}
+
+impl SandboxUser {
+    pub const AGENT_UID: u32 = 1000;
+    pub fn uid(self) -> u32 {
+        match self {
+            SandboxUser::Agent => Self::AGENT_UID,
+            SandboxUser::Root => 0,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxUser::Agent => "agent",
+            SandboxUser::Root => "root",
+        }
+    }
+    pub fn home(self) -> &'static str {
+        match self {
+            SandboxUser::Agent => "/home/agent",
+            SandboxUser::Root => "/root",
+        }
+    }
+}
+
+impl std::str::FromStr for SandboxUser {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "agent" | "1000" => Ok(SandboxUser::Agent),
+            "root" | "0" => Ok(SandboxUser::Root),
+            _ => Err(format!("invalid user {s:?}: expected `agent` (uid 1000, the default) or `root`")),
+        }
+    }
+}
+
+/// A host path made visible inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindSpec {
+    /// Absolute, canonical host path.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: PathBuf,
+    pub writable: bool,
+}
+
+/// Resource limits. `None` = not limited.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory: Option<ByteSize>,
+    pub cpus: Option<Cpus>,
+    pub pids: Option<u64>,
+    /// Size cap for the sandbox's writable tmpfs mounts (/tmp, /run, $HOME).
+    pub disk: Option<ByteSize>,
+}
+
+impl Resources {
+    pub fn any(&self) -> bool {
+        self.memory.is_some() || self.cpus.is_some() || self.pids.is_some()
+    }
+}
+
+/// How stdin reaches the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stdio {
+    /// Inherit the caller's 0/1/2 (stdin replaced by /dev/null unless forwarded).
+    Inherit { forward_stdin: bool },
+    /// A fresh pseudo-terminal inside the sandbox, relayed by the host side.
+    Tty,
+}
+
+/// Everything `airlock run` needs to know, resolved from config layers and flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub name: String,
+    pub hostname: String,
+    pub profile: Profile,
+    pub net: NetMode,
+    pub workspace: WorkspaceMode,
+    /// Host directory behind /workspace (absolute).
+    pub project_dir: PathBuf,
+    pub binds: Vec<BindSpec>,
+    /// Final environment inside, in order.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside; None = /workspace if present, else $HOME.
+    pub workdir: Option<PathBuf>,
+    pub resources: Resources,
+    pub require_limits: bool,
+    pub user: SandboxUser,
+    pub timeout: Option<Duration>,
+    pub stdio: Stdio,
+    pub argv: Vec<String>,
+}
+
+/// Validate a sandbox name: DNS-label-like, 1..=63 bytes, lowercase letters, digits and '-'.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("sandbox name is empty".into());
+    }
+    if name.len() > 63 {
+        return Err(format!("sandbox name {name:?} is longer than 63 bytes"));
+    }
+    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok_chars || name.starts_with('-') || name.ends_with('-') {
+        return Err(format!(
+            "invalid sandbox name {name:?}: use lowercase letters, digits and '-', not starting or ending with '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("run-3f2a").is_ok());
+        for bad in ["", "..", "a/b", "A", "-a", "a-", "a\nb", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Resource limits through cgroups, v1 (legacy/hybrid hosts) and v2 (unified), detected at run
+//! time. Sandbox cgroups live under airlock's own cgroup (`<own>/airlock/<name>`), never at the
+//! hierarchy root, except on v2 as root when our own cgroup cannot host children (processes in
+//! it): then `/sys/fs/cgroup/airlock/<name>`.
+
+use airlock_model::plan::LimitSupport;
+use airlock_model::spec::Resources;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+const CPU_PERIOD_US: u64 = 100_000;
+const GROUP_DIR: &str = "airlock";
+
+/// Where this process can create sandbox cgroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// Per-controller parent directories (already including `/airlock`), when usable.
+    V1 { memory: Option<PathBuf>, pids: Option<PathBuf>, cpu: Option<PathBuf> },
+    /// One parent directory (including `/airlock`) with the listed controllers usable.
+    V2 { parent: PathBuf, memory: bool, pids: bool, cpu: bool },
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot create cgroup {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("cannot write {value:?} to {path}: {source}")]
+    Write { path: PathBuf, value: String, source: io::Error },
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|source| CgroupError::Write { path: path.into(), value: value.into(), source })
+}
+
+/// Parsed `/proc/self/cgroup`: (hierarchy controllers, path) per line.
+pub fn parse_proc_cgroup(text: &str) -> Vec<(Vec<String>, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let _id = it.next()?;
+            let ctrls = it.next()?;
+            let path = it.next()?;
+            let ctrls = if ctrls.is_empty() { vec![] } else { ctrls.split(',').map(str::to_string).collect() };
+            Some((ctrls, path.to_string()))
+        })
+        .collect()
+}
+
+/// Mount points of cgroup filesystems from `/proc/self/mountinfo`: (fstype, options, mountpoint).
+pub fn parse_cgroup_mounts(mountinfo: &str) -> Vec<(String, Vec<String>, PathBuf)> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mountpoint = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            if fstype != "cgroup" && fstype != "cgroup2" {
+                return None;
+            }
+            let _src = r.next();
+            let opts = r.next().unwrap_or("").split(',').map(str::to_string).collect();
+            Some((fstype.to_string(), opts, PathBuf::from(unescape(mountpoint))))
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+fn writable_dir(p: &Path) -> bool {
+    nix::unistd::access(p, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
+impl Layout {
+    /// Detect from the live system (reads two /proc files and does a few access(2) checks).
+    pub fn detect() -> Layout {
+        let cg = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mi = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = nix::unistd::geteuid().is_root();
+        Self::from_parts(&parse_proc_cgroup(&cg), &parse_cgroup_mounts(&mi), root, &writable_dir, &|p| {
+            fs::read_to_string(p).ok()
+        })
+    }
+
+    /// Pure core of [`detect`], with the filesystem questions passed in.
+    pub fn from_parts(
+        procs: &[(Vec<String>, String)],
+        mounts: &[(String, Vec<String>, PathBuf)],
+        root: bool,
+        writable: &dyn Fn(&Path) -> bool,
+        read: &dyn Fn(&Path) -> Option<String>,
+    ) -> Layout {
+        let v1_ctrl = |ctrl: &str| -> Option<PathBuf> {
+            let (_, _, mp) = mounts.iter().find(|(t, o, _)| t == "cgroup" && o.iter().any(|x| x == ctrl))?;
+            let (_, path) = procs.iter().find(|(c, _)| c.iter().any(|x| x == ctrl))?;
+            let own = mp.join(path.trim_start_matches('/'));
+            let parent = own.join(GROUP_DIR);
+            (writable(&parent) || writable(&own)).then_some(parent)
+        };
+        let any_v1 = mounts.iter().any(|(t, o, _)| t == "cgroup" && o.iter().any(|x| x == "memory" || x == "pids"));
+        if any_v1 {
+            let l = Layout::V1 { memory: v1_ctrl("memory"), pids: v1_ctrl("pids"), cpu: v1_ctrl("cpu") };
+            return l;
+        }
+        let Some((_, _, mp)) = mounts.iter().find(|(t, _, _)| t == "cgroup2") else { return Layout::None };
+        let Some((_, path)) = procs.iter().find(|(c, _)| c.is_empty()) else { return Layout::None };
+        let own = mp.join(path.trim_start_matches('/'));
+        let has = |dir: &Path, file: &str, c: &str| {
+            read(&dir.join(file)).is_some_and(|s| s.split_whitespace().any(|w| w == c))
+        };
+        // Our own cgroup can host children with controllers only if it already delegates them to
+        // its subtree (no internal processes rule) or it is the root.
+        let own_ok = writable(&own) && (["memory", "pids", "cpu"].iter().any(|c| has(&own, "cgroup.subtree_control", c)) || own == *mp);
+        let base = if own_ok {
+            own
+        } else if root {
+            mp.clone()
+        } else {
+            return Layout::None;
+        };
+        let avail = |c: &str| has(&base, "cgroup.controllers", c);
+        Layout::V2 { parent: base.join(GROUP_DIR), memory: avail("memory"), pids: avail("pids"), cpu: avail("cpu") }
+    }
+
+    pub fn support(&self) -> LimitSupport {
+        match self {
+            Layout::V1 { memory, pids, cpu } => {
+                LimitSupport { memory: memory.is_some(), pids: pids.is_some(), cpu: cpu.is_some() }
+            }
+            Layout::V2 { memory, pids, cpu, .. } => LimitSupport { memory: *memory, pids: *pids, cpu: *cpu },
+            Layout::None => LimitSupport::default(),
+        }
+    }
+
+    /// Every parent directory sandbox cgroups are created in (for gc).
+    pub fn parents(&self) -> Vec<PathBuf> {
+        match self {
+            Layout::V1 { memory, pids, cpu } => [memory, pids, cpu].into_iter().flatten().cloned().collect(),
+            Layout::V2 { parent, .. } => vec![parent.clone()],
+            Layout::None => vec![],
+        }
+    }
+}
+
+/// A live sandbox cgroup (one directory per v1 controller, or one v2 directory).
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    memory_dir: Option<PathBuf>,
+    v2: bool,
+}
+
+impl Cgroup {
+    /// Create `<parent>/<name>` and apply the limits that are set and supported.
+    pub fn create(layout: &Layout, name: &str, r: &Resources) -> Result<Option<Cgroup>, CgroupError> {
+        let mut cg = Cgroup { dirs: vec![], memory_dir: None, v2: false };
+        let result = cg.populate(layout, name, r);
+        match result {
+            Ok(()) if cg.dirs.is_empty() => Ok(None),
+            Ok(()) => Ok(Some(cg)),
+            Err(e) => {
+                cg.destroy();
+                Err(e)
+            }
+        }
+    }
+
+    fn mkdir(&mut self, parent: &Path, name: &str) -> Result<PathBuf, CgroupError> {
+        if let Err(source) = fs::create_dir(parent) {
+            if source.kind() != io::ErrorKind::AlreadyExists {
+                return Err(CgroupError::Create { path: parent.into(), source });
+            }
+        }
+        let dir = parent.join(name);
+        fs::create_dir(&dir).map_err(|source| CgroupError::Create { path: dir.clone(), source })?;
+        self.dirs.push(dir.clone());
+        Ok(dir)
+    }
+
+    fn populate(&mut self, layout: &Layout, name: &str, r: &Resources) -> Result<(), CgroupError> {
+        match layout {
+            Layout::V1 { memory, pids, cpu } => {
+                if let (Some(m), Some(p)) = (r.memory, memory) {
+                    let d = self.mkdir(p, name)?;
+                    write(&d.join("memory.limit_in_bytes"), &m.0.to_string())?;
+                    let memsw = d.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        write(&memsw, &m.0.to_string())?;
+                    }
+                    self.memory_dir = Some(d);
+                }
+                if let (Some(n), Some(p)) = (r.pids, pids) {
+                    let d = self.mkdir(p, name)?;
+                    write(&d.join("pids.max"), &n.to_string())?;
+                }
+                if let (Some(c), Some(p)) = (r.cpus, cpu) {
+                    let d = self.mkdir(p, name)?;
+                    write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write(&d.join("cpu.cfs_quota_us"), &c.quota_us(CPU_PERIOD_US).to_string())?;
+                }
+            }
+            Layout::V2 { parent, memory, pids, cpu } => {
+                let want_mem = r.memory.is_some() && *memory;
+                let want_pids = r.pids.is_some() && *pids;
+                let want_cpu = r.cpus.is_some() && *cpu;
+                if !(want_mem || want_pids || want_cpu) {
+                    return Ok(());
+                }
+                self.v2 = true;
+                // Enable the controllers for the airlock parent's children.
+                let mut enable = String::new();
+                for (on, c) in [(want_mem, "+memory"), (want_pids, "+pids"), (want_cpu, "+cpu")] {
+                    if on {
+                        enable.push_str(c);
+                        enable.push(' ');
+                    }
+                }
+                let base = parent.parent().unwrap_or(parent);
+                let _ = fs::write(base.join("cgroup.subtree_control"), enable.trim());
+                let d = self.mkdir(parent, name)?;
+                let _ = fs::write(parent.join("cgroup.subtree_control"), enable.trim());
+                if let Some(m) = r.memory.filter(|_| want_mem) {
+                    write(&d.join("memory.max"), &m.0.to_string())?;
+                    let _ = fs::write(d.join("memory.swap.max"), "0");
+                    let _ = fs::write(d.join("memory.oom.group"), "1");
+                    self.memory_dir = Some(d.clone());
+                }
+                if let Some(n) = r.pids.filter(|_| want_pids) {
+                    write(&d.join("pids.max"), &n.to_string())?;
+                }
+                if let Some(c) = r.cpus.filter(|_| want_cpu) {
+                    write(&d.join("cpu.max"), &format!("{} {}", c.quota_us(CPU_PERIOD_US), CPU_PERIOD_US))?;
+                }
+            }
+            Layout::None => {}
+        }
+        Ok(())
+    }
+
+    /// Move a process into every directory of this cgroup.
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        for d in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel OOM-killed a process in this cgroup.
+    pub fn oom_killed(&self) -> bool {
+        let Some(d) = &self.memory_dir else { return false };
+        let (file, key) = if self.v2 { ("memory.events", "oom_kill") } else { ("memory.oom_control", "oom_kill") };
+        fs::read_to_string(d.join(file))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+                })
+            })
+            .is_some_and(|n| n > 0)
+    }
+
+    /// Kill anything left and remove the directories.
+    pub fn destroy(self) {
+        for d in &self.dirs {
+            remove_cgroup_dir(d);
+        }
+    }
+}
+
+/// Kill every process in a cgroup directory and remove it (best effort, a few retries).
+pub fn remove_cgroup_dir(d: &Path) {
+    for attempt in 0..50 {
+        match fs::remove_dir(d) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(_) => {
+                if fs::write(d.join("cgroup.kill"), "1").is_err() {
+                    if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+                        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(if attempt < 10 { 1 } else { 10 }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_CG: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n1:cpu,cpuacct:/\n0::/\n";
+    const HYBRID_MI: &str = "\
+30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate
+31 25 0:27 / /sys/fs/cgroup/memory rw,nosuid shared:6 - cgroup cgroup rw,memory
+32 25 0:28 / /sys/fs/cgroup/pids rw,nosuid shared:7 - cgroup cgroup rw,pids
+33 25 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:8 - cgroup cgroup rw,cpu,cpuacct
+";
+
+    #[test]
+    fn hybrid_v1_uses_own_cgroup_per_controller() {
+        let l = Layout::from_parts(&parse_proc_cgroup(HYBRID_CG), &parse_cgroup_mounts(HYBRID_MI), true, &|_| true, &|_| None);
+        assert_eq!(
+            l,
+            Layout::V1 {
+                memory: Some(PathBuf::from("/sys/fs/cgroup/memory/process_api/abc/airlock")),
+                pids: Some(PathBuf::from("/sys/fs/cgroup/pids/airlock")),
+                cpu: Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/airlock")),
+            }
+        );
+        let ro = Layout::from_parts(&parse_proc_cgroup(HYBRID_CG), &parse_cgroup_mounts(HYBRID_MI), false, &|_| false, &|_| None);
+        assert_eq!(ro.support(), LimitSupport::default());
+    }
+
+    #[test]
+    fn v2_delegated_and_root_fallback() {
+        let cg = parse_proc_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n");
+        let mi = parse_cgroup_mounts("40 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        let own = PathBuf::from("/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope");
+        let read = |p: &Path| -> Option<String> {
+            if p.ends_with("cgroup.subtree_control") && p.starts_with(&own) {
+                Some("memory pids".into())
+            } else if p.ends_with("cgroup.controllers") {
+                Some("cpu memory pids".into())
+            } else {
+                None
+            }
+        };
+        let l = Layout::from_parts(&cg, &mi, false, &|_| true, &read);
+        assert_eq!(l, Layout::V2 { parent: own.join("airlock"), memory: true, pids: true, cpu: true });
+
+        // Not delegated: rootless gets nothing, root falls back to the hierarchy's airlock dir.
+        let nothing = |_: &Path| -> Option<String> { Some("cpu memory pids".into()).filter(|_| false) };
+        assert_eq!(Layout::from_parts(&cg, &mi, false, &|_| false, &nothing), Layout::None);
+        let root_read = |p: &Path| -> Option<String> { p.ends_with("cgroup.controllers").then(|| "memory pids".into()) };
+        assert_eq!(
+            Layout::from_parts(&cg, &mi, true, &|_| false, &root_read),
+            Layout::V2 { parent: PathBuf::from("/sys/fs/cgroup/airlock"), memory: true, pids: true, cpu: false }
+        );
+    }
+}

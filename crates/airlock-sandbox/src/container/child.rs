@@ -1,0 +1,249 @@
+//! Code that runs in the cloned child: it becomes PID 1 of the sandbox, builds the root
+//! filesystem, starts the command (PID 2) with every privilege dropped, then stays as a small
+//! init that reaps zombies and forwards signals. Never returns: exits with the command's status.
+
+use super::rootfs::{self, OverlayDirs, Prepared};
+use super::{landlock, seccomp};
+use crate::sys;
+use airlock_model::exit;
+use airlock_model::plan::LaunchPlan;
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::{Gid, Pid, Uid};
+use seccompiler::BpfProgram;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Everything the child needs, prepared by the parent before clone.
+pub struct ChildArgs<'a> {
+    pub plan: &'a LaunchPlan,
+    pub root_path: PathBuf,
+    pub overlay: Option<OverlayDirs>,
+    pub prepared: Option<Prepared>,
+    pub sync_rd: Option<OwnedFd>,
+    pub err_wr: OwnedFd,
+    pub tty_sock: Option<OwnedFd>,
+    pub stdin_null: bool,
+    pub seccomp: &'a [BpfProgram],
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    /// Descriptors of the parent that must not survive in the child.
+    pub parent_only: Vec<RawFd>,
+}
+
+/// Report a setup failure to the parent and exit.
+fn fail(err_fd: RawFd, code: i32, msg: &str) -> ! {
+    sys::write_all_raw(err_fd, msg.as_bytes());
+    sys::exit_now(code)
+}
+
+macro_rules! tryc {
+    ($fd:expr, $e:expr, $what:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => fail($fd, exit::SANDBOX_FAILED, &format!("{}: {}", $what, e)),
+        }
+    };
+}
+
+pub fn main(mut a: ChildArgs<'_>) -> ! {
+    let ef = a.err_wr.as_raw_fd();
+    for fd in &a.parent_only {
+        // SAFETY: closing descriptors that belong to the parent's side only.
+        unsafe { libc::close(*fd) };
+    }
+    tryc!(ef, sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong), "set parent-death signal");
+    // Wait for the parent to write our id maps and place us in the cgroup; EOF = it died.
+    let mut b = [0u8; 1];
+    let sync = a.sync_rd.take();
+    if sync.as_ref().map(|s| nix::unistd::read(s, &mut b)) != Some(Ok(1)) {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
+    drop(sync);
+
+    let plan = a.plan;
+    if !plan.rootless {
+        tryc!(ef, nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)), "setresgid(0)");
+        tryc!(ef, nix::unistd::setgroups(&[]), "setgroups");
+        tryc!(ef, nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)), "setresuid(0)");
+    }
+    tryc!(ef, nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP), "unshare cgroup namespace");
+    tryc!(
+        ef,
+        nix::mount::mount(None::<&str>, "/", None::<&str>, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE, None::<&str>),
+        "make mounts private"
+    );
+    let mut prepared = match a.prepared.take() {
+        Some(p) => p,
+        None => tryc!(ef, rootfs::prepare(plan, None), "prepare mounts"),
+    };
+    tryc!(ef, rootfs::build(plan, &a.root_path, &mut prepared, a.overlay.as_ref()), "build root filesystem");
+    drop(prepared);
+    tryc!(ef, rootfs::pivot(&a.root_path), "pivot_root");
+    tryc!(ef, rootfs::finish(plan), "make the root read-only");
+    tryc!(ef, nix::unistd::sethostname(&plan.hostname), "sethostname");
+    tryc!(ef, sys::loopback_up(), "bring up loopback");
+
+    let slave = match &a.tty_sock {
+        Some(sock) => Some(tryc!(ef, open_pty(sock.as_raw_fd()), "allocate a pseudo-terminal")),
+        None => None,
+    };
+    drop(a.tty_sock.take());
+
+    // Block every signal: PID 1 takes them with sigwaitinfo; the command unblocks before exec.
+    let all = SigSet::all();
+    tryc!(ef, all.thread_block(), "block signals");
+
+    let cmd = match tryc!(ef, sys::clone_fork(0), "fork the command") {
+        0 => command(plan, &a, slave.as_ref()),
+        pid => pid,
+    };
+    drop(slave);
+    drop(a.err_wr);
+    init(plan, a.seccomp, Pid::from_raw(cmd))
+}
+
+/// Open /dev/ptmx of the sandbox's own devpts, hand the master to the host side, return the slave.
+fn open_pty(sock: RawFd) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let master = nix::fcntl::open("/dev/ptmx", OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let name = sys::ptsname(&master)?;
+    let slave = nix::fcntl::open(name.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())?;
+    sys::send_fd(sock, master.as_raw_fd())?;
+    Ok(slave)
+}
+
+fn drop_privileges(plan: &LaunchPlan) -> std::io::Result<()> {
+    let (uid, gid) = (Uid::from_raw(plan.user.0), Gid::from_raw(plan.user.1));
+    sys::drop_bounding_and_ambient()?;
+    if !plan.rootless {
+        nix::unistd::setgroups(&[gid])?;
+    }
+    nix::unistd::setresgid(gid, gid, gid)?;
+    nix::unistd::setresuid(uid, uid, uid)?;
+    sys::capset_clear()?;
+    sys::prctl_simple(libc::PR_SET_NO_NEW_PRIVS, 1)?;
+    Ok(())
+}
+
+/// PID 2: becomes the user's command.
+fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
+    let ef = a.err_wr.as_raw_fd();
+    tryc!(ef, nix::unistd::setsid(), "setsid");
+    if let Some(s) = slave {
+        tryc!(ef, sys::set_controlling_tty(s.as_raw_fd()), "set controlling terminal");
+        for fd in 0..3 {
+            tryc!(ef, sys::dup2(s.as_raw_fd(), fd), "dup2 terminal");
+        }
+    } else if a.stdin_null {
+        let null = tryc!(ef, nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty()), "open /dev/null");
+        tryc!(ef, sys::dup2(null.as_raw_fd(), 0), "dup2 /dev/null");
+    }
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    tryc!(ef, setrlimit(Resource::RLIMIT_CORE, 0, 0), "setrlimit core");
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let soft = plan.rlimit_nofile.min(hard);
+        tryc!(ef, setrlimit(Resource::RLIMIT_NOFILE, soft, hard), "setrlimit nofile");
+    }
+    if let Err(e) = nix::unistd::chdir(&plan.cwd) {
+        fail(ef, exit::SANDBOX_FAILED, &format!("working directory {} is not usable inside the sandbox: {e}", plan.cwd.display()));
+    }
+    tryc!(ef, drop_privileges(plan), "drop privileges");
+    let mut writable: Vec<&Path> = plan.writable_paths.iter().map(PathBuf::as_path).collect();
+    writable.push(Path::new("/dev"));
+    tryc!(ef, landlock::restrict(&writable), "Landlock");
+    let exe = resolve(plan, &a.argv[0]);
+    // Only 0, 1, 2 and the CLOEXEC error pipe survive until exec; nothing survives past it.
+    close_all_but(ef);
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: restoring default dispositions before exec; no handler code runs.
+            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+        }
+    }
+    let _ = SigSet::all().thread_unblock();
+    tryc!(ef, seccomp::install(a.seccomp), "seccomp");
+    let e = match &exe {
+        Some(p) => sys::execve(p, &a.argv, &a.envp),
+        None => std::io::Error::from_raw_os_error(libc::ENOENT),
+    };
+    let name = a.argv[0].to_string_lossy();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => fail(ef, exit::NOT_FOUND_CMD, &format!("command not found: {name}")),
+        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
+            fail(ef, exit::NOT_EXECUTABLE, &format!("cannot execute {name}: {e}"))
+        }
+        _ => fail(ef, exit::NOT_EXECUTABLE, &format!("cannot execute {name}: {e}")),
+    }
+}
+
+fn close_all_but(keep: RawFd) {
+    // SAFETY: close_range with integer bounds; descriptors 3..keep and keep+1.. are not ours to keep.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, (keep - 1) as libc::c_uint, 0);
+        }
+    }
+    sys::close_fds_from(keep + 1);
+}
+
+/// PATH lookup using the sandbox's PATH (not the host's).
+fn resolve(plan: &LaunchPlan, argv0: &CString) -> Option<CString> {
+    let bytes = argv0.as_bytes();
+    if bytes.contains(&b'/') {
+        return Some(argv0.clone());
+    }
+    let path = plan.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/bin:/bin");
+    let mut found_noexec = None;
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let cand = Path::new(dir).join(std::ffi::OsStr::from_bytes(bytes));
+        let Ok(c) = CString::new(cand.as_os_str().as_bytes()) else { continue };
+        if nix::unistd::access(cand.as_path(), nix::unistd::AccessFlags::X_OK).is_ok() && !cand.is_dir() {
+            return Some(c);
+        }
+        if cand.exists() && found_noexec.is_none() {
+            found_noexec = Some(c);
+        }
+    }
+    found_noexec
+}
+
+/// PID 1's life after the command started: reap everything, forward signals, exit with the
+/// command's status (the kernel then kills whatever is left in the namespace).
+fn init(plan: &LaunchPlan, filters: &[BpfProgram], cmd: Pid) -> ! {
+    // Give up everything: PID 1 needs no privilege to reap and to signal its own user's processes.
+    if drop_privileges(plan).is_err() {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
+    let _ = sys::prctl_simple(libc::PR_SET_DUMPABLE, 0);
+    let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    if seccomp::install(filters).is_err() {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
+    sys::close_fds_from(3);
+    let all = SigSet::all();
+    loop {
+        let sig = match all.wait() {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if sig == Signal::SIGCHLD {
+            loop {
+                use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) if pid == cmd => sys::exit_now(code),
+                    Ok(WaitStatus::Signaled(pid, s, _)) if pid == cmd => sys::exit_now(exit::SIGNAL_BASE + s as i32),
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        } else {
+            // Forward to the command's process group (it is a session leader), like a terminal would.
+            if nix::sys::signal::killpg(cmd, sig).is_err() {
+                let _ = nix::sys::signal::kill(cmd, sig);
+            }
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The container backend: Linux namespaces, seccomp, Landlock and cgroups, rootful or
+//! rootless. `run` is the host side: it prepares, clones the child (which becomes the sandbox's
+//! PID 1, see `child`), relays signals and the terminal, enforces the timeout, and cleans up.
+
+mod child;
+pub mod landlock;
+pub mod rootfs;
+pub mod rundir;
+pub mod seccomp;
+pub mod summary;
+mod tty;
+
+use crate::cgroup::{Cgroup, Layout};
+use crate::sys;
+use airlock_model::exit;
+use airlock_model::plan::{HostFacts, LaunchPlan, RootEntry, ETC_ALLOWLIST, ROOT_CANDIDATES};
+use rundir::RunDir;
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+pub use summary::Changes;
+
+/// How the sandboxed command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Exit code, with 128+N for death by signal N (as a shell reports it).
+    Exited(i32),
+    TimedOut,
+    OutOfMemory,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub ending: Ending,
+    /// What the command changed in an overlay workspace (discarded with the run).
+    pub changes: Option<Changes>,
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self.ending {
+            Ending::Exited(c) => c,
+            Ending::TimedOut => exit::TIMEOUT,
+            Ending::OutOfMemory => exit::SIGNAL_BASE + libc::SIGKILL,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot prepare the run directory {path}: {source}")]
+    RunDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Mount(#[from] rootfs::MountError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error("cannot create the sandbox namespaces: {0}")]
+    Clone(io::Error),
+    #[error("cannot write the user namespace mapping: {0}")]
+    IdMap(io::Error),
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: io::Error },
+    #[error("invalid argument or environment entry (contains a NUL byte): {0:?}")]
+    Nul(String),
+}
+
+impl RunError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RunError::Clone(e) if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSPC) => Some(
+                "unprivileged user namespaces look disabled; run `airlock doctor` for the exact sysctl to enable them".into(),
+            ),
+            RunError::Mount(_) | RunError::Setup(_) => Some("run `airlock doctor` to see which kernel features this host lacks".into()),
+            RunError::Cgroup(_) => Some("drop the resource limits, or run `airlock doctor` to see cgroup support".into()),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Io { what, source }
+}
+
+/// Gather the facts the planner needs about this host (a few lstat calls).
+pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
+    let root_entries = ROOT_CANDIDATES
+        .iter()
+        .filter_map(|name| {
+            let p = Path::new("/").join(name);
+            let m = fs::symlink_metadata(&p).ok()?;
+            if m.file_type().is_symlink() {
+                Some((name.to_string(), RootEntry::Symlink(fs::read_link(&p).ok()?)))
+            } else if m.is_dir() {
+                Some((name.to_string(), RootEntry::Dir))
+            } else {
+                None
+            }
+        })
+        .collect();
+    let etc_entries = ETC_ALLOWLIST.iter().filter(|e| Path::new("/etc").join(e).exists()).map(|s| s.to_string()).collect();
+    let owner = fs::metadata(project_dir).map(|m| (m.uid(), m.gid())).unwrap_or((0, 0));
+    HostFacts {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        root_entries,
+        etc_entries,
+        project_owner: owner,
+        limits: layout.support(),
+    }
+}
+
+/// Options of one run that are about the host side, not the sandbox's policy.
+pub struct RunOptions<'a> {
+    pub state_dir: &'a Path,
+    pub layout: &'a Layout,
+    pub timeout: Option<Duration>,
+    pub tty: bool,
+    pub forward_stdin: bool,
+    pub facts: &'a HostFacts,
+}
+
+fn cstrings<'a>(items: impl Iterator<Item = String> + 'a) -> Result<Vec<CString>, RunError> {
+    items.map(|s| CString::new(s.clone()).map_err(|_| RunError::Nul(s))).collect()
+}
+
+fn write_map(pid: i32, file: &str, maps: &[airlock_model::plan::IdMap]) -> io::Result<()> {
+    let text: String = maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect();
+    fs::write(format!("/proc/{pid}/{file}"), text)
+}
+
+/// A throwaway user namespace whose mapping turns `owner` (a host uid/gid) into `to` (the host
+/// id of the sandbox user): the idmapping applied to writable host mounts of root-run sandboxes.
+fn idmap_userns(owner: (u32, u32), to: (u32, u32)) -> io::Result<OwnedFd> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let pid = sys::clone_fork(libc::CLONE_NEWUSER)?;
+    if pid == 0 {
+        drop(wr);
+        let mut b = [0u8; 1];
+        let _ = nix::unistd::read(&rd, &mut b);
+        sys::exit_now(0);
+    }
+    drop(rd);
+    let res = (|| {
+        fs::write(format!("/proc/{pid}/uid_map"), format!("{} {} 1\n", owner.0, to.0))?;
+        fs::write(format!("/proc/{pid}/gid_map"), format!("{} {} 1\n", owner.1, to.1))?;
+        let f = fs::File::open(format!("/proc/{pid}/ns/user"))?;
+        Ok(OwnedFd::from(f))
+    })();
+    drop(wr);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    res
+}
+
+/// Run the plan to completion. Everything created is removed before returning.
+pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
+    let rd = RunDir::create(opts.state_dir, &plan.name).map_err(|source| RunError::RunDir { path: opts.state_dir.join("runs").join(&plan.name), source })?;
+    let cg = match Cgroup::create(opts.layout, &plan.name, &plan.limits) {
+        Ok(cg) => cg,
+        Err(e) => {
+            rd.remove();
+            return Err(e.into());
+        }
+    };
+    let result = run_in(plan, opts, &rd.path, cg.as_ref());
+    let oom = cg.as_ref().is_some_and(|c| c.oom_killed());
+    if let Some(cg) = cg {
+        cg.destroy();
+    }
+    let result = result.map(|mut o| {
+        if plan.needs_upper {
+            let lower = plan.mounts.iter().find_map(|m| match m {
+                airlock_model::plan::MountStep::Overlay { lower, .. } => Some(lower.clone()),
+                _ => None,
+            });
+            if let Some(lower) = lower {
+                o.changes = Some(summary::diff(&rd.path.join("upper"), &lower));
+            }
+        }
+        if oom && o.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
+            o.ending = Ending::OutOfMemory;
+        }
+        o
+    });
+    rd.remove();
+    result
+}
+
+fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: &Path, cg: Option<&Cgroup>) -> Result<Outcome, RunError> {
+    let root_path = dir.join("root");
+    fs::create_dir(&root_path).map_err(io_err("create the sandbox root mount point"))?;
+    let sandbox_root_host = plan.uid_map.iter().find(|m| m.inside == 0).map(|m| m.outside);
+    let overlay = if plan.needs_upper {
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        fs::create_dir(&upper).map_err(io_err("create the overlay upper directory"))?;
+        fs::create_dir(&work).map_err(io_err("create the overlay work directory"))?;
+        // The workspace root shows the upper directory's owner and mode: make it the sandbox
+        // user's, with the project directory's mode.
+        if let Some(lower) = plan.mounts.iter().find_map(|m| match m {
+            airlock_model::plan::MountStep::Overlay { lower, .. } => Some(lower),
+            _ => None,
+        }) {
+            if let Ok(meta) = fs::metadata(lower) {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = fs::set_permissions(&upper, fs::Permissions::from_mode(meta.mode() & 0o7777));
+            }
+        }
+        if !plan.rootless {
+            // The child mounts as the sandbox's root, an unprivileged host uid; the upper
+            // directory belongs to the sandbox user.
+            let base = sandbox_root_host.unwrap_or(0);
+            let (u, g) = (plan.uid_map[0].outside + plan.user.0, plan.gid_map[0].outside + plan.user.1);
+            let own = |p: &Path, u: u32, g: u32| nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(u)), Some(nix::unistd::Gid::from_raw(g)));
+            own(&upper, u, g).map_err(|e| io_err("chown the overlay upper directory")(e.into()))?;
+            own(&work, base, base).map_err(|e| io_err("chown the overlay work directory")(e.into()))?;
+        }
+        Some(rootfs::OverlayDirs { upper, work })
+    } else {
+        None
+    };
+    if !plan.rootless {
+        let base = sandbox_root_host.unwrap_or(0);
+        nix::unistd::chown(dir, Some(nix::unistd::Uid::from_raw(base)), Some(nix::unistd::Gid::from_raw(base))).map_err(|e| io_err("chown the run directory")(e.into()))?;
+        nix::unistd::chown(root_path.as_path(), Some(nix::unistd::Uid::from_raw(base)), Some(nix::unistd::Gid::from_raw(base))).map_err(|e| io_err("chown the root mount point")(e.into()))?;
+    }
+
+    // Root-run sandboxes: the privileged parent opens every host path (it can traverse them all)
+    // and applies the idmapping; the child only attaches the results.
+    let prepared = if plan.rootless {
+        None
+    } else {
+        let needs_idmap = plan.mounts.iter().any(|m| matches!(m, airlock_model::plan::MountStep::BindRw { idmap: true, .. } | airlock_model::plan::MountStep::Overlay { idmap: true, .. }));
+        let userns = if needs_idmap {
+            let host_user = plan.uid_map[0].outside + plan.user.0;
+            let host_group = plan.gid_map[0].outside + plan.user.1;
+            Some(idmap_userns(opts.facts.project_owner, (host_user, host_group)).map_err(io_err("create the idmapping user namespace"))?)
+        } else {
+            None
+        };
+        Some(rootfs::prepare(plan, userns.as_ref())?)
+    };
+
+    let filters = seccomp::programs()?;
+    let argv = cstrings(plan.argv.iter().cloned())?;
+    let envp = cstrings(plan.env.iter().map(|(k, v)| format!("{k}={v}")))?;
+    let (sync_rd, sync_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
+    let (err_rd, err_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
+    let tty_pair = if opts.tty {
+        let (a, b) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| io_err("socketpair")(e.into()))?;
+        Some((a, b))
+    } else {
+        None
+    };
+    let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
+
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
+    let mut parent_only: Vec<RawFd> = vec![sync_wr.as_raw_fd(), err_rd.as_raw_fd()];
+    parent_only.extend(signals.fds());
+    if let Some((host_end, _)) = &tty_pair {
+        parent_only.push(host_end.as_raw_fd());
+    }
+    let pid = sys::clone_fork(flags).map_err(RunError::Clone)?;
+    if pid == 0 {
+        let tty_sock = tty_pair.map(|(_, child_end)| child_end);
+        child::main(child::ChildArgs {
+            plan,
+            root_path,
+            overlay,
+            prepared,
+            sync_rd: Some(sync_rd),
+            err_wr,
+            tty_sock,
+            stdin_null: !opts.forward_stdin,
+            seccomp: &filters,
+            argv,
+            envp,
+            parent_only,
+        });
+    }
+    drop(sync_rd);
+    drop(err_wr);
+    drop(prepared);
+    let tty_host = tty_pair.map(|(host_end, child_end)| {
+        drop(child_end);
+        host_end
+    });
+    let child = nix::unistd::Pid::from_raw(pid);
+    let setup = (|| -> Result<(), RunError> {
+        if plan.rootless {
+            fs::write(format!("/proc/{pid}/setgroups"), "deny").map_err(RunError::IdMap)?;
+        }
+        write_map(pid, "uid_map", &plan.uid_map).map_err(RunError::IdMap)?;
+        write_map(pid, "gid_map", &plan.gid_map).map_err(RunError::IdMap)?;
+        if let Some(cg) = cg {
+            cg.add(pid)?;
+        }
+        nix::unistd::write(&sync_wr, &[1]).map_err(|e| io_err("start the sandbox")(e.into()))?;
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(child, None);
+        return Err(e);
+    }
+    drop(sync_wr);
+
+    let pidfd = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
+    let deadline = opts.timeout.map(|t| Instant::now() + t);
+    let timed_out = tty::supervise(&pidfd, child, &signals, tty_host.as_ref(), deadline).map_err(io_err("supervise the sandbox"))?;
+    let status = nix::sys::wait::waitpid(child, None).map_err(|e| io_err("wait for the sandbox")(e.into()))?;
+
+    let mut msg = String::new();
+    let mut f = fs::File::from(err_rd);
+    let _ = f.read_to_string(&mut msg);
+    use nix::sys::wait::WaitStatus;
+    let code = match status {
+        WaitStatus::Exited(_, c) => c,
+        WaitStatus::Signaled(_, s, _) => exit::SIGNAL_BASE + s as i32,
+        _ => exit::SANDBOX_FAILED,
+    };
+    if timed_out {
+        return Ok(Outcome { ending: Ending::TimedOut, changes: None });
+    }
+    if !msg.is_empty() {
+        if code == exit::NOT_FOUND_CMD || code == exit::NOT_EXECUTABLE {
+            eprintln!("airlock: {msg}");
+            return Ok(Outcome { ending: Ending::Exited(code), changes: None });
+        }
+        return Err(RunError::Setup(msg));
+    }
+    Ok(Outcome { ending: Ending::Exited(code), changes: None })
+}

@@ -1,0 +1,250 @@
+//! Executing a plan's mount steps inside the child's fresh mount namespace. Every mount target
+//! is opened component by component with O_NOFOLLOW beneath the new root, so nothing that exists
+//! in a mounted host directory (a planted symlink) can redirect a mount (CVE-2021-30465 class).
+
+use crate::sys;
+use airlock_model::plan::{LaunchPlan, MountStep};
+use nix::fcntl::{openat, OFlag};
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::{fchmod, Mode};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct MountError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> MountError + 'a {
+    move |source| MountError { what, path: path.to_path_buf(), source }
+}
+
+fn nix_err(e: nix::Error) -> io::Error {
+    io::Error::from(e)
+}
+
+/// Detached mounts opened ahead of time, by step index (binds, devices, overlay lowers).
+pub type Prepared = Vec<Option<OwnedFd>>;
+
+/// Open the sources of every bind-like step as detached mounts with their final flags.
+/// Root-run sandboxes do this in the privileged parent (it can traverse any host path and
+/// apply idmappings); rootless ones in the child.
+pub fn prepare(plan: &LaunchPlan, idmap: Option<&OwnedFd>) -> Result<Prepared, MountError> {
+    let base = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    plan.mounts
+        .iter()
+        .map(|step| {
+            let (src, attrs, map) = match step {
+                MountStep::BindRo { source, .. } => (source.clone(), base | sys::MOUNT_ATTR_RDONLY, None),
+                MountStep::BindRw { source, idmap: want, .. } => (source.clone(), base, idmap.filter(|_| *want)),
+                MountStep::Overlay { lower, idmap: want, .. } => (lower.clone(), base | sys::MOUNT_ATTR_RDONLY, idmap.filter(|_| *want)),
+                MountStep::Device { name } => (Path::new("/dev").join(name), sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC, None),
+                _ => return Ok(None),
+            };
+            let fd = sys::open_tree_clone(&src, true).map_err(err("cannot open", &src))?;
+            sys::mount_setattr(&fd, attrs, true, map).map_err(err("cannot set mount flags on", &src))?;
+            Ok(Some(fd))
+        })
+        .collect()
+}
+
+fn rel_components(target: &Path) -> Vec<&std::ffi::OsStr> {
+    target.components().filter_map(|c| if let Component::Normal(n) = c { Some(n) } else { None }).collect()
+}
+
+/// Open (creating as needed) `target` beneath `root` without following any symlink.
+/// `leaf_dir`: create a directory (true) or an empty file (false) when missing.
+fn open_target(root: &OwnedFd, target: &Path, leaf_dir: bool) -> io::Result<OwnedFd> {
+    let comps = rel_components(target);
+    let mut cur = nix::unistd::dup(root.as_fd()).map_err(nix_err)?;
+    let path_flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    for (i, name) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let want_dir = !last || leaf_dir;
+        let flags = if want_dir { path_flags | OFlag::O_DIRECTORY } else { path_flags };
+        match openat(cur.as_fd(), *name, flags, Mode::empty()) {
+            Ok(fd) => cur = fd,
+            Err(nix::Error::ENOENT) => {
+                if want_dir {
+                    nix::sys::stat::mkdirat(cur.as_fd(), *name, Mode::from_bits_truncate(0o755)).map_err(nix_err)?;
+                } else {
+                    let f = openat(cur.as_fd(), *name, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o644)).map_err(nix_err)?;
+                    drop(f);
+                }
+                cur = openat(cur.as_fd(), *name, flags, Mode::empty()).map_err(nix_err)?;
+            }
+            Err(e) => return Err(io::Error::other(format!("component {:?}: {e} (symlinks are not followed)", name))),
+        }
+    }
+    Ok(cur)
+}
+
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn parent_and_name(root: &OwnedFd, target: &Path) -> io::Result<(OwnedFd, std::ffi::OsString)> {
+    let name = target.file_name().ok_or_else(|| io::Error::other("no file name"))?.to_os_string();
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    Ok((open_target(root, parent, true)?, name))
+}
+
+fn is_dir_fd(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+}
+
+/// Where the run's writable overlay layers live (host paths reachable by the child).
+pub struct OverlayDirs {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+fn escape_opt(p: &Path) -> String {
+    p.to_string_lossy().replace('\\', "\\\\").replace(',', "\\,").replace(':', "\\:")
+}
+
+/// Mount the root tmpfs at `root_path` and execute every step beneath it.
+pub fn build(plan: &LaunchPlan, root_path: &Path, prepared: &mut Prepared, overlay: Option<&OverlayDirs>) -> Result<(), MountError> {
+    let mut root: Option<OwnedFd> = None;
+    for (i, step) in plan.mounts.iter().enumerate() {
+        if let MountStep::Tmpfs { target, .. } = step {
+            if target == Path::new("/") {
+                tmpfs(root_path, step).map_err(err("cannot mount the root tmpfs on", root_path))?;
+                let fd = nix::fcntl::open(root_path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                    .map_err(|e| MountError { what: "cannot open", path: root_path.into(), source: e.into() })?;
+                root = Some(fd);
+                continue;
+            }
+        }
+        let Some(r) = root.as_ref() else {
+            return Err(MountError { what: "plan does not start with the root tmpfs", path: root_path.into(), source: io::Error::other("bad plan") });
+        };
+        step_exec(r, root_path, step, prepared.get_mut(i).and_then(Option::take), overlay)?;
+    }
+    Ok(())
+}
+
+fn tmpfs(at: &Path, step: &MountStep) -> io::Result<()> {
+    let MountStep::Tmpfs { mode, size, owner, noexec, .. } = step else { return Ok(()) };
+    let mut data = format!("mode={mode:o},uid={},gid={}", owner.0, owner.1);
+    if let Some(s) = size {
+        data.push_str(&format!(",size={s}"));
+    }
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if *noexec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    mount(Some("tmpfs"), at, Some("tmpfs"), flags, Some(data.as_str())).map_err(nix_err)
+}
+
+fn step_exec(root: &OwnedFd, root_path: &Path, step: &MountStep, fd: Option<OwnedFd>, overlay: Option<&OverlayDirs>) -> Result<(), MountError> {
+    match step {
+        MountStep::Tmpfs { target, .. } => {
+            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
+            tmpfs(&fd_path(&t), step).map_err(err("cannot mount tmpfs on", target))
+        }
+        MountStep::BindRo { target, source } | MountStep::BindRw { target, source, .. } => {
+            let fd = fd.ok_or_else(|| MountError { what: "bind source was not prepared", path: source.clone(), source: io::Error::other("internal") })?;
+            let t = open_target(root, target, is_dir_fd(&fd)).map_err(err("cannot create mount point", target))?;
+            sys::move_mount_to_fd(&fd, &t).map_err(err("cannot bind onto", target))
+        }
+        MountStep::Device { name } => {
+            let target = Path::new("/dev").join(name);
+            let fd = fd.ok_or_else(|| MountError { what: "device was not prepared", path: target.clone(), source: io::Error::other("internal") })?;
+            let t = open_target(root, &target, false).map_err(err("cannot create", &target))?;
+            sys::move_mount_to_fd(&fd, &t).map_err(err("cannot bind device onto", &target))
+        }
+        MountStep::Overlay { target, lower, .. } => {
+            let dirs = overlay.ok_or_else(|| MountError { what: "no overlay directories for", path: target.clone(), source: io::Error::other("internal") })?;
+            let fd = fd.ok_or_else(|| MountError { what: "overlay lower was not prepared", path: lower.clone(), source: io::Error::other("internal") })?;
+            // Stage the (possibly idmapped) lower layer inside the root tmpfs, mount the
+            // overlay from it, then drop the staging mount (overlay keeps its own reference).
+            let stage = PathBuf::from("/.airlock-lower");
+            let s = open_target(root, &stage, true).map_err(err("cannot create", &stage))?;
+            sys::move_mount_to_fd(&fd, &s).map_err(err("cannot stage overlay lower at", &stage))?;
+            let stage_host = root_path.join(".airlock-lower");
+            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={},userxattr",
+                escape_opt(&stage_host),
+                escape_opt(&dirs.upper),
+                escape_opt(&dirs.work)
+            );
+            mount(Some("overlay"), &fd_path(&t), Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(data.as_str()))
+                .map_err(|e| MountError { what: "cannot mount the overlay workspace on", path: target.clone(), source: e.into() })?;
+            nix::mount::umount2(&stage_host, nix::mount::MntFlags::MNT_DETACH).map_err(|e| MountError { what: "cannot unmount", path: stage.clone(), source: e.into() })?;
+            let _ = nix::unistd::unlinkat(root, ".airlock-lower", nix::unistd::UnlinkatFlags::RemoveDir);
+            Ok(())
+        }
+        MountStep::Symlink { target, points_to } => {
+            let (dir, name) = parent_and_name(root, target).map_err(err("cannot create", target))?;
+            nix::unistd::symlinkat(points_to.as_path(), &dir, name.as_os_str()).map_err(|e| MountError { what: "cannot create symlink", path: target.clone(), source: e.into() })
+        }
+        MountStep::Dir { target, mode } => {
+            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
+            let d = nix::fcntl::open(&fd_path(&t), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| MountError { what: "cannot open", path: target.clone(), source: e.into() })?;
+            fchmod(&d, Mode::from_bits_truncate(*mode)).map_err(|e| MountError { what: "cannot chmod", path: target.clone(), source: e.into() })
+        }
+        MountStep::File { target, contents, mode } => {
+            let (dir, name) = parent_and_name(root, target).map_err(err("cannot create", target))?;
+            let f = openat(dir.as_fd(), name.as_os_str(), OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(*mode))
+                .map_err(|e| MountError { what: "cannot create", path: target.clone(), source: e.into() })?;
+            let mut file = std::fs::File::from(f);
+            file.write_all(contents.as_bytes()).map_err(err("cannot write", target))?;
+            fchmod(&file, Mode::from_bits_truncate(*mode)).map_err(|e| MountError { what: "cannot chmod", path: target.clone(), source: e.into() })
+        }
+        MountStep::Proc { target } => {
+            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
+            mount(Some("proc"), &fd_path(&t), Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
+                .map_err(|e| MountError { what: "cannot mount a fresh /proc on", path: target.clone(), source: e.into() })
+        }
+        MountStep::ReadOnly { target } => {
+            let host = root_path.join(target.strip_prefix("/").unwrap_or(target));
+            match sys::open_tree_clone(&host, true) {
+                Ok(fd) => {
+                    sys::mount_setattr(&fd, sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC, true, None).map_err(err("cannot make read-only", target))?;
+                    let t = nix::fcntl::open(&host, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| MountError { what: "cannot open", path: target.clone(), source: e.into() })?;
+                    sys::move_mount_to_fd(&fd, &t).map_err(err("cannot remount read-only", target))
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                Err(e) => Err(MountError { what: "cannot open", path: target.clone(), source: e }),
+            }
+        }
+        MountStep::Sysfs { target } => {
+            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
+            let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            if mount(Some("sysfs"), &fd_path(&t), Some("sysfs"), flags, None::<&str>).is_err() {
+                // Some hosts forbid a fresh sysfs; an empty read-only tmpfs is the safe fallback.
+                mount(Some("tmpfs"), &fd_path(&t), Some("tmpfs"), flags, Some("size=0,mode=555")).map_err(|e| MountError { what: "cannot mount /sys on", path: target.clone(), source: e.into() })?;
+            }
+            Ok(())
+        }
+        MountStep::Devpts { target } => {
+            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
+            mount(Some("devpts"), &fd_path(&t), Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
+                .map_err(|e| MountError { what: "cannot mount devpts on", path: target.clone(), source: e.into() })
+        }
+        MountStep::RootReadOnly => Ok(()), // applied after pivot_root, see `finish`
+    }
+}
+
+/// Switch into the new root and detach the host's filesystem tree entirely.
+pub fn pivot(root_path: &Path) -> io::Result<()> {
+    nix::unistd::chdir(root_path).map_err(nix_err)?;
+    nix::unistd::pivot_root(".", ".").map_err(nix_err)?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(nix_err)?;
+    nix::unistd::chdir("/").map_err(nix_err)
+}
+
+/// Steps that must run after pivot_root.
+pub fn finish(plan: &LaunchPlan) -> io::Result<()> {
+    if plan.mounts.contains(&MountStep::RootReadOnly) {
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
+            .map_err(nix_err)?;
+    }
+    Ok(())
+}

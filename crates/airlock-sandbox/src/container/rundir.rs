@@ -1,0 +1,139 @@
+//! Per-run scratch directories under the state directory, each held by an flock for as long as
+//! its airlock process lives. A directory whose lock nobody holds belongs to a dead run: the next
+//! airlock command (or `airlock gc`) reclaims it together with its cgroups.
+
+use crate::cgroup::{remove_cgroup_dir, Layout};
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The state directory: $AIRLOCK_STATE_DIR, else /var/lib/airlock for root, else
+/// $XDG_STATE_HOME/airlock (default ~/.local/state/airlock).
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("AIRLOCK_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/airlock");
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("airlock");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/airlock")
+}
+
+fn runs_dir(state: &Path) -> PathBuf {
+    state.join("runs")
+}
+
+/// A live run's directory; removed (with everything in it) on [`RunDir::remove`].
+#[derive(Debug)]
+pub struct RunDir {
+    pub path: PathBuf,
+    _lock: Flock<File>,
+}
+
+fn mkdir_p(p: &Path, mode: u32) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(mode).create(p)
+}
+
+impl RunDir {
+    pub fn create(state: &Path, name: &str) -> io::Result<RunDir> {
+        let runs = runs_dir(state);
+        mkdir_p(&runs, 0o755)?;
+        // Build under a hidden name, lock, then publish: gc never sees an unlocked live run.
+        let tmp = runs.join(format!(".{name}.new"));
+        let final_path = runs.join(name);
+        if final_path.exists() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} already exists", final_path.display())));
+        }
+        let _ = fs::remove_dir_all(&tmp);
+        fs::DirBuilder::new().mode(0o711).create(&tmp)?;
+        let f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(tmp.join("lock"))?;
+        let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| io::Error::from(e))?;
+        fs::rename(&tmp, &final_path)?;
+        Ok(RunDir { path: final_path, _lock: lock })
+    }
+
+    pub fn remove(self) {
+        remove_tree(&self.path);
+    }
+}
+
+/// Remove a directory tree, fixing permissions the kernel left (overlay work dirs are 0000).
+pub fn remove_tree(p: &Path) {
+    if fs::remove_dir_all(p).is_ok() || !p.exists() {
+        return;
+    }
+    fn chmod_all(p: &Path) {
+        let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o700));
+        if let Ok(rd) = fs::read_dir(p) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    chmod_all(&e.path());
+                }
+            }
+        }
+    }
+    chmod_all(p);
+    let _ = fs::remove_dir_all(p);
+}
+
+/// Reclaim every run directory (and its cgroups) whose owner is gone. Returns the names.
+pub fn gc(state: &Path, layout: &Layout) -> Vec<String> {
+    let mut reclaimed = Vec::new();
+    let Ok(rd) = fs::read_dir(runs_dir(state)) else { return reclaimed };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with('.') {
+            // A half-created run: only reclaim if its creator is gone (lock free).
+            if !lock_free(&path) {
+                continue;
+            }
+        } else if !lock_free(&path) {
+            continue;
+        }
+        for parent in layout.parents() {
+            remove_cgroup_dir(&parent.join(&name));
+        }
+        remove_tree(&path);
+        reclaimed.push(name);
+    }
+    reclaimed
+}
+
+fn lock_free(dir: &Path) -> bool {
+    let Ok(f) = OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(dir.join("lock")) else {
+        // No lock file: a directory we did not create or a broken one; reclaim it.
+        return true;
+    };
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_runs_survive_gc_and_dead_ones_are_reclaimed() {
+        let state = std::env::temp_dir().join(format!("airlock-rundir-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        let live = RunDir::create(&state, "live").expect("create live");
+        let dead = RunDir::create(&state, "dead").expect("create dead");
+        fs::create_dir_all(dead.path.join("upper/x")).expect("mkdir");
+        let dead_path = dead.path.clone();
+        drop(dead); // lock released without removal: what a SIGKILLed airlock leaves
+        assert!(RunDir::create(&state, "live").is_err(), "names are exclusive");
+        let got = gc(&state, &Layout::None);
+        assert_eq!(got, vec!["dead".to_string()]);
+        assert!(!dead_path.exists());
+        assert!(live.path.exists());
+        live.remove();
+        assert!(gc(&state, &Layout::None).is_empty());
+        let _ = fs::remove_dir_all(&state);
+    }
+}

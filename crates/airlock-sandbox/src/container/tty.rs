@@ -1,0 +1,187 @@
+//! Host side of a running sandbox: signal relay, the timeout, and (with -t) the terminal relay
+//! between the user's terminal and the sandbox's own pseudo-terminal.
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::termios::{self, SetArg, Termios};
+use nix::unistd::Pid;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Instant;
+
+static SIG_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIG_WRITE_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = [sig as u8];
+        // SAFETY: write(2) is async-signal-safe; the buffer is valid.
+        unsafe { libc::write(fd, b.as_ptr().cast(), 1) };
+    }
+}
+
+/// Signals the host side relays to the sandbox.
+const RELAYED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// Self-pipe that turns relayed signals into readable bytes.
+pub struct SignalPipe {
+    rd: OwnedFd,
+    wr: OwnedFd,
+}
+
+impl SignalPipe {
+    pub fn install() -> io::Result<SignalPipe> {
+        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+        let (rd, wr) = nix::unistd::pipe2(flags)?;
+        SIG_WRITE_FD.store(wr.as_raw_fd(), Ordering::Relaxed);
+        for s in RELAYED {
+            // SAFETY: the handler only calls write(2) on a descriptor that stays open.
+            unsafe { signal::signal(*s, SigHandler::Handler(on_signal)) }?;
+        }
+        Ok(SignalPipe { rd, wr })
+    }
+
+    pub fn fds(&self) -> [RawFd; 2] {
+        [self.rd.as_raw_fd(), self.wr.as_raw_fd()]
+    }
+
+    fn drain(&self) -> Vec<Signal> {
+        let mut buf = [0u8; 64];
+        let mut out = Vec::new();
+        while let Ok(n) = nix::unistd::read(&self.rd, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend(buf[..n].iter().filter_map(|&b| Signal::try_from(b as i32).ok()));
+        }
+        out
+    }
+}
+
+impl Drop for SignalPipe {
+    fn drop(&mut self) {
+        for s in RELAYED {
+            // SAFETY: restoring the default disposition.
+            let _ = unsafe { signal::signal(*s, SigHandler::SigDfl) };
+        }
+        SIG_WRITE_FD.store(-1, Ordering::Relaxed);
+    }
+}
+
+/// Puts the user's terminal in raw mode and restores it on drop.
+struct RawMode {
+    fd: RawFd,
+    saved: Termios,
+}
+
+impl RawMode {
+    fn enter(fd: RawFd) -> Option<RawMode> {
+        // SAFETY: fd 0 stays open for the life of the process.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        let saved = termios::tcgetattr(b).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(b, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { fd, saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`.
+        let b = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let _ = termios::tcsetattr(b, SetArg::TCSADRAIN, &self.saved);
+    }
+}
+
+fn copy(from: RawFd, to: RawFd) -> io::Result<usize> {
+    let mut buf = [0u8; 16 * 1024];
+    // SAFETY: buffer valid for its length.
+    let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    crate::sys::write_all_raw(to, &buf[..n as usize]);
+    Ok(n as usize)
+}
+
+/// Wait for the sandbox's PID 1 to exit while relaying signals and the terminal.
+/// Returns whether the timeout fired (the sandbox was then killed).
+pub fn supervise(pidfd: &OwnedFd, child: Pid, sigs: &SignalPipe, tty_sock: Option<&OwnedFd>, deadline: Option<Instant>) -> io::Result<bool> {
+    let master = match tty_sock {
+        Some(sock) => Some(crate::sys::recv_fd(sock.as_raw_fd())?),
+        None => None,
+    };
+    let _raw = master.as_ref().and_then(|_| RawMode::enter(0));
+    if let (Some(m), Some(ws)) = (&master, crate::sys::get_winsize(0)) {
+        crate::sys::set_winsize(m.as_raw_fd(), &ws);
+    }
+    let mut stdin_open = master.is_some();
+    let mut timed_out = false;
+    loop {
+        let timeout = match deadline {
+            Some(d) if !timed_out => {
+                let left = d.saturating_duration_since(Instant::now());
+                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+            _ => PollTimeout::NONE,
+        };
+        // SAFETY: fd 0 stays open for the life of the process.
+        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sigs.rd.as_fd(), PollFlags::POLLIN)];
+        if let Some(m) = &master {
+            fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+            if stdin_open {
+                fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+            }
+        }
+        match poll(&mut fds, timeout) {
+            Ok(0) => {
+                timed_out = true;
+                let _ = signal::kill(child, Signal::SIGKILL);
+                continue;
+            }
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let (child_done, sig_ready, master_ready, stdin_ready) = (ready(0), ready(1), ready(2), ready(3));
+        if sig_ready {
+            for s in sigs.drain() {
+                if s == Signal::SIGWINCH {
+                    if let (Some(m), Some(ws)) = (&master, crate::sys::get_winsize(0)) {
+                        crate::sys::set_winsize(m.as_raw_fd(), &ws);
+                    }
+                } else {
+                    let _ = signal::kill(child, s);
+                }
+            }
+        }
+        if let Some(m) = &master {
+            if master_ready && copy(m.as_raw_fd(), 1).unwrap_or(0) == 0 && !child_done {
+                // Terminal hung up: wait for the exit only.
+            }
+            if stdin_ready && copy(0, m.as_raw_fd()).unwrap_or(0) == 0 {
+                stdin_open = false;
+            }
+        }
+        if child_done {
+            if let Some(m) = &master {
+                // Drain what the command printed last.
+                let _ = nix::fcntl::fcntl(m, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+                while copy(m.as_raw_fd(), 1).unwrap_or(0) > 0 {}
+            }
+            return Ok(timed_out);
+        }
+    }
+}

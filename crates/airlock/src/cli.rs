@@ -1,0 +1,112 @@
+//! Command-line definitions (clap). Implementations live in `cmd/`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "airlock", version, about = "Run AI coding agents and untrusted commands in disposable, network-restricted sandboxes.")]
+pub struct Cli {
+    /// Use this user config file instead of ~/.config/airlock/config.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Ignore the user config file.
+    #[arg(long, global = true)]
+    pub no_user_config: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a fresh, isolated sandbox, stream its output, and clean up.
+    Run(RunArgs),
+    /// Check what this host supports (namespaces, cgroups, seccomp, Landlock, KVM, …).
+    Doctor(JsonArg),
+    /// Print the resolved configuration and where each value came from.
+    Config(JsonArg),
+    /// Write a commented starter airlock.toml in the current directory.
+    Init(InitArgs),
+    /// Reclaim leftovers of sandboxes whose airlock process died.
+    Gc(JsonArg),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Overwrite an existing airlock.toml.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Policy defaults: restrictive (no network, no write-back), moderate (default), permissive.
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Network egress: off (loopback only). filtered and open arrive with the network engine.
+    #[arg(long, value_name = "MODE")]
+    pub net: Option<String>,
+    /// How the current directory appears at /workspace: overlay (copy-on-write), bind, none.
+    #[arg(long, value_name = "MODE")]
+    pub workspace: Option<String>,
+    /// Bind a host path read-only: HOST[:DEST] (DEST defaults to HOST).
+    #[arg(long = "ro", value_name = "HOST[:DEST]")]
+    pub ro: Vec<String>,
+    /// Bind a host path writable: HOST[:DEST]. Writes reach the host.
+    #[arg(long = "rw", value_name = "HOST[:DEST]")]
+    pub rw: Vec<String>,
+    /// Set an environment variable inside (K=V), or pass the host's value of K.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Pass the host's value of this variable (error if unset).
+    #[arg(long = "env-pass", value_name = "NAME")]
+    pub env_pass: Vec<String>,
+    /// Memory limit, e.g. 512M, 2G.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPU limit in cores, e.g. 2 or 0.5.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Maximum number of processes/threads.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// Refuse to run when a requested limit cannot be enforced on this host.
+    #[arg(long)]
+    pub require_limits: bool,
+    /// User inside: agent (uid 1000, default) or root (still unprivileged on the host).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Hostname inside (default: the sandbox name).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Name of the sandbox (default: run-<random>).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Working directory inside (relative paths are under /workspace).
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Kill the command after this long, e.g. 30s, 5m (exit code 124).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Give the command a pseudo-terminal (window size, colors, Ctrl-C).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Forward stdin even when it is a terminal.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}

@@ -1,0 +1,305 @@
+//! `airlock run`: resolve config + flags into a RunSpec, plan it, run it, report.
+
+use crate::cli::{PolicyArgs, RunArgs};
+use crate::error::{CliError, CliResult};
+use airlock_model::config::{self, Layer, LoadOptions, MountLayer, NetworkLayer, ResourcesLayer, SandboxLayer, WorkspaceLayer};
+use airlock_model::policy::{ByteSize, Cpus, NetMode, Profile, WorkspaceMode};
+use airlock_model::spec::{validate_name, BindSpec, Resources, RunSpec, SandboxUser, Stdio};
+use airlock_model::{exit, plan};
+use airlock_sandbox::cgroup::Layout;
+use airlock_sandbox::container::{self, rundir, Changes, Ending};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Host variables passed through by default: none of them carries a credential.
+const ENV_PASSTHROUGH: &[&str] = &["TERM", "COLORTERM", "LANG", "LANGUAGE", "LC_ALL", "TZ", "NO_COLOR"];
+const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn parse<T: std::str::FromStr>(flag: &str, v: &str) -> CliResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse().map_err(|e| CliError::usage(format!("--{flag}: {e}")))
+}
+
+/// Parse `30s`, `5m`, `1h`, `250ms`, or bare seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, mult_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        (t, 1000.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 1h, 500ms"))?;
+    if !v.is_finite() || v <= 0.0 || v * mult_ms > 1e12 {
+        return Err(format!("invalid duration {s:?}: must be positive"));
+    }
+    Ok(Duration::from_micros((v * mult_ms * 1000.0) as u64))
+}
+
+/// Split `HOST[:DEST]`.
+fn split_bind(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once(':') {
+        Some((h, d)) if !d.is_empty() => (h, Some(d)),
+        _ => (spec.trim_end_matches(':'), None),
+    }
+}
+
+/// The command-line layer: flags that map onto configuration keys.
+pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
+    let mut l = Layer::default();
+    if let Some(v) = &p.profile {
+        l.sandbox = Some(SandboxLayer { profile: Some(parse::<Profile>("profile", v)?), ..Default::default() });
+    }
+    let memory = p.memory.as_deref().map(|v| parse::<ByteSize>("memory", v)).transpose()?;
+    let cpus = p.cpus.as_deref().map(|v| parse::<Cpus>("cpus", v)).transpose()?;
+    if p.pids == Some(0) {
+        return Err(CliError::usage("--pids: must be at least 1"));
+    }
+    if memory.is_some() || cpus.is_some() || p.pids.is_some() {
+        l.resources = Some(ResourcesLayer { memory, cpus, pids: p.pids, disk: None });
+    }
+    if let Some(v) = &p.net {
+        l.network = Some(NetworkLayer { mode: Some(parse::<NetMode>("net", v)?), ..Default::default() });
+    }
+    if let Some(v) = &p.workspace {
+        l.workspace = Some(WorkspaceLayer { mode: Some(parse::<WorkspaceMode>("workspace", v)?), ..Default::default() });
+    }
+    let mut mounts = Vec::new();
+    for (list, readonly) in [(&p.ro, true), (&p.rw, false)] {
+        for spec in list {
+            let (host, dest) = split_bind(spec);
+            if host.is_empty() {
+                return Err(CliError::usage(format!("--{}: empty host path in {spec:?}", if readonly { "ro" } else { "rw" })));
+            }
+            let target = PathBuf::from(dest.unwrap_or(host));
+            mounts.push(MountLayer { source: PathBuf::from(host), target, readonly: Some(readonly) });
+        }
+    }
+    if !mounts.is_empty() {
+        l.mounts = Some(mounts);
+    }
+    let mut env = std::collections::BTreeMap::new();
+    for kv in &p.env {
+        match kv.split_once('=') {
+            Some((k, v)) => {
+                env.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                let v = std::env::var(kv).map_err(|_| CliError::usage(format!("-e {kv}: {kv} is not set on the host (use -e {kv}=VALUE)")))?;
+                env.insert(kv.clone(), v);
+            }
+        }
+    }
+    for name in &p.env_pass {
+        let v = std::env::var(name).map_err(|_| CliError::usage(format!("--env-pass {name}: {name} is not set on the host")))?;
+        env.insert(name.clone(), v);
+    }
+    if !env.is_empty() {
+        l.env = Some(env);
+    }
+    Ok(l)
+}
+
+pub fn load_config(global_config: Option<&Path>, no_user_config: bool, cli: Layer) -> CliResult<config::Resolved> {
+    let cwd = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, anyhow::anyhow!("cannot read the current directory: {e}")))?;
+    let opts = LoadOptions { cwd, user_config: global_config.map(Path::to_path_buf), no_user_config, cli, home: None };
+    Ok(config::load(&opts)?)
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 4];
+    if getrandom(&mut b).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        b = (t ^ std::process::id()).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+fn build_env(eff_env: &std::collections::BTreeMap<String, String>, profile: Profile, user: SandboxUser, tty: bool) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: String| {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v));
+    };
+    if profile == Profile::Permissive {
+        for (k, v) in std::env::vars() {
+            set(&k, v);
+        }
+    } else {
+        for k in ENV_PASSTHROUGH {
+            if let Ok(v) = std::env::var(k) {
+                set(k, v);
+            }
+        }
+        for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("LC_")) {
+            set(&k, v);
+        }
+    }
+    set("PATH", SANDBOX_PATH.into());
+    set("HOME", user.home().into());
+    set("USER", user.name().into());
+    set("LOGNAME", user.name().into());
+    set("SHELL", "/bin/sh".into());
+    if tty && std::env::var_os("TERM").is_none() {
+        set("TERM", "xterm-256color".into());
+    }
+    for (k, v) in eff_env {
+        set(k, v.clone());
+    }
+    env
+}
+
+fn canonical(p: &Path, what: &str) -> CliResult<PathBuf> {
+    std::fs::canonicalize(p).map_err(|e| CliError::usage(format!("{what} {}: {e}", p.display())))
+}
+
+pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
+    let resolved = load_config(global_config, no_user_config, cli_layer(&a.policy)?)?;
+    let eff = &resolved.effective;
+    let profile = eff.sandbox.profile;
+    if eff.sandbox.image != "host" {
+        return Err(CliError::new(exit::POLICY_REFUSED, anyhow::anyhow!("image {:?} is not available yet", eff.sandbox.image)).hint("only the `host` image exists in this build"));
+    }
+    if eff.sandbox.backend != airlock_model::policy::BackendKind::Container {
+        return Err(CliError::new(exit::BACKEND_UNAVAILABLE, anyhow::anyhow!("the {} backend is not available yet", eff.sandbox.backend)).hint("use backend = \"container\""));
+    }
+    // Profile network defaults tighten to `off` until the egress engine lands: stricter, never weaker.
+    let net = eff.network.mode.unwrap_or(NetMode::Off);
+    let workspace = eff.workspace.mode.unwrap_or(match profile {
+        Profile::Permissive => WorkspaceMode::Bind,
+        _ => WorkspaceMode::Overlay,
+    });
+    let user = match &a.policy.user {
+        Some(u) => parse::<SandboxUser>("user", u)?,
+        None => SandboxUser::Agent,
+    };
+    let name = match &a.name {
+        Some(n) => {
+            validate_name(n).map_err(CliError::usage)?;
+            n.clone()
+        }
+        None => format!("run-{}", random_suffix()),
+    };
+    let hostname = a.policy.hostname.clone().unwrap_or_else(|| name.clone());
+    if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0']) {
+        return Err(CliError::usage(format!("--hostname {hostname:?}: must be 1-64 characters")));
+    }
+    let timeout = a.timeout.as_deref().map(parse_duration).transpose().map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
+    if a.tty && !std::io::stdin().is_terminal() {
+        return Err(CliError::usage("-t needs a terminal on stdin").hint("drop -t when piping input or running from a script"));
+    }
+    let forward_stdin = a.interactive || a.tty || !std::io::stdin().is_terminal();
+    let project_dir = canonical(&std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")), "current directory")?;
+    let mut binds = Vec::new();
+    for m in &eff.mounts {
+        binds.push(BindSpec { source: canonical(&m.source, "mount source")?, target: m.target.clone(), writable: !m.readonly });
+    }
+    let workdir = a.workdir.as_ref().map(|w| {
+        let p = PathBuf::from(w);
+        if p.is_absolute() { p } else { Path::new("/workspace").join(p) }
+    });
+    let r = &eff.resources;
+    let spec = RunSpec {
+        name,
+        hostname,
+        profile,
+        net,
+        workspace,
+        project_dir: project_dir.clone(),
+        binds,
+        env: build_env(&eff.env, profile, user, a.tty),
+        workdir,
+        resources: Resources { memory: r.memory, cpus: r.cpus, pids: r.pids, disk: r.disk },
+        require_limits: a.policy.require_limits,
+        user,
+        timeout,
+        stdio: if a.tty { Stdio::Tty } else { Stdio::Inherit { forward_stdin } },
+        argv: a.cmd.clone(),
+    };
+
+    let layout = Layout::detect();
+    let state = rundir::state_dir();
+    rundir::gc(&state, &layout);
+    let facts = container::host_facts(&project_dir, &layout);
+    let plan = plan::plan(&spec, &facts)?;
+    if !plan.unenforced_limits.is_empty() {
+        eprintln!(
+            "airlock: warning: not enforced on this host: {} limit (no usable cgroup{}); pass --require-limits to refuse instead",
+            plan.unenforced_limits.join(", "),
+            if plan.rootless { " delegation for this user" } else { "" }
+        );
+    }
+    let opts = container::RunOptions { state_dir: &state, layout: &layout, timeout, tty: a.tty, forward_stdin, facts: &facts };
+    let outcome = container::run(&plan, &opts)?;
+    match outcome.ending {
+        Ending::TimedOut => eprintln!("airlock: killed: timeout after {}", a.timeout.as_deref().unwrap_or("?")),
+        Ending::OutOfMemory => eprintln!("airlock: killed: out of memory (limit {})", r.memory.map(|m| m.to_string()).unwrap_or_default()),
+        Ending::Exited(_) => {}
+    }
+    if let Some(c) = &outcome.changes {
+        print_changes(c);
+    }
+    Ok(outcome.exit_code())
+}
+
+const MAX_LISTED: usize = 20;
+
+fn print_changes(c: &Changes) {
+    if c.is_empty() {
+        return;
+    }
+    let mut lines = Vec::new();
+    for (mark, list) in [("+", &c.added), ("~", &c.modified), ("-", &c.deleted)] {
+        for p in list {
+            lines.push(format!("  {mark} {}", p.display()));
+        }
+    }
+    eprintln!(
+        "airlock: workspace changes (discarded, host untouched): {} added, {} changed, {} deleted",
+        c.added.len(),
+        c.modified.len(),
+        c.deleted.len()
+    );
+    for l in lines.iter().take(MAX_LISTED) {
+        eprintln!("{l}");
+    }
+    if lines.len() > MAX_LISTED {
+        eprintln!("  … and {} more", lines.len() - MAX_LISTED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "0", "-1s", "abc", "5x"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bind_specs() {
+        assert_eq!(split_bind("/a"), ("/a", None));
+        assert_eq!(split_bind("/a:/b"), ("/a", Some("/b")));
+        assert_eq!(split_bind("/a:"), ("/a", None));
+    }
+}
