@@ -4,3 +4,12 @@
 pub mod cgroup;
 pub mod container;
 pub mod sys;
+
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+/// Temporary timing probe (AIRLOCK_TIMING=1).
+pub fn phase(name: &str) {
+    if std::env::var_os("AIRLOCK_TIMING").is_some() {
+        let s = START.get_or_init(std::time::Instant::now);
+        eprintln!("[{:7.3} ms] {name}", s.elapsed().as_secs_f64() * 1000.0);
+    }
+}

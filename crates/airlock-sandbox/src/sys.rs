@@ -316,3 +316,23 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
     // SAFETY: dup2 on descriptor numbers; replacing `to` is the intent.
     cvt(unsafe { libc::dup2(from, to) } as libc::c_long).map(drop)
 }
+
+/// A new, detached tmpfs (fsopen/fsconfig/fsmount) with the given string options.
+pub fn fsmount_tmpfs(options: &[(&str, String)], attrs: u64) -> io::Result<OwnedFd> {
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    let name = c"tmpfs";
+    // SAFETY: valid C string; flags are integers.
+    let fs = cvt_fd(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), 1 as libc::c_uint) })?;
+    for (k, v) in options {
+        let (k, v) = (CString::new(*k)?, CString::new(v.as_str())?);
+        // SAFETY: valid fd and C strings for the duration of the call.
+        cvt(unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0) })?;
+    }
+    // SAFETY: integer arguments and null pointers as documented for FSCONFIG_CMD_CREATE.
+    cvt(unsafe {
+        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<libc::c_char>(), std::ptr::null::<libc::c_void>(), 0)
+    })?;
+    // SAFETY: integer arguments; FSMOUNT_CLOEXEC = 1.
+    cvt_fd(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), 1 as libc::c_uint, attrs as libc::c_uint) })
+}

@@ -206,6 +206,8 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         (vec![m.clone()], vec![m])
     };
     let owner = (inside, inside);
+    // Rootless sandboxes map a single uid: every tmpfs must be owned by it.
+    let sys_owner = if rootless { owner } else { (0, 0) };
     let home = p(spec.user.home());
     let tmp_size = spec.resources.disk.map(|d| d.0);
 
@@ -224,7 +226,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         return Err(Refusal::LimitsUnenforceable(unenforced));
     }
 
-    let mut m = vec![MountStep::Tmpfs { target: p("/"), mode: 0o755, size: Some(ROOT_TMPFS_SIZE), owner: (0, 0), noexec: false }];
+    let mut m = vec![MountStep::Tmpfs { target: p("/"), mode: 0o755, size: Some(ROOT_TMPFS_SIZE), owner: sys_owner, noexec: false }];
     for (name, entry) in &host.root_entries {
         let target = Path::new("/").join(name);
         m.push(match entry {
@@ -243,18 +245,18 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         m.push(MountStep::ReadOnly { target: p(ro) });
     }
     m.push(MountStep::Sysfs { target: p("/sys") });
-    m.push(MountStep::Tmpfs { target: p("/dev"), mode: 0o755, size: Some(1 << 20), owner: (0, 0), noexec: true });
+    m.push(MountStep::Tmpfs { target: p("/dev"), mode: 0o755, size: Some(1 << 20), owner: sys_owner, noexec: true });
     for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
         m.push(MountStep::Device { name: dev.into() });
     }
     m.push(MountStep::Devpts { target: p("/dev/pts") });
     m.push(MountStep::Symlink { target: p("/dev/ptmx"), points_to: p("pts/ptmx") });
-    m.push(MountStep::Tmpfs { target: p("/dev/shm"), mode: 0o1777, size: tmp_size, owner: (0, 0), noexec: false });
+    m.push(MountStep::Tmpfs { target: p("/dev/shm"), mode: 0o1777, size: tmp_size, owner: sys_owner, noexec: false });
     for (link, to) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
         m.push(MountStep::Symlink { target: Path::new("/dev").join(link), points_to: p(to) });
     }
-    m.push(MountStep::Tmpfs { target: p("/tmp"), mode: 0o1777, size: tmp_size, owner: (0, 0), noexec: false });
-    m.push(MountStep::Tmpfs { target: p("/run"), mode: 0o755, size: tmp_size, owner: (0, 0), noexec: false });
+    m.push(MountStep::Tmpfs { target: p("/tmp"), mode: 0o1777, size: tmp_size, owner: sys_owner, noexec: false });
+    m.push(MountStep::Tmpfs { target: p("/run"), mode: 0o755, size: tmp_size, owner: sys_owner, noexec: false });
     m.push(MountStep::Tmpfs { target: home.clone(), mode: 0o700, size: tmp_size, owner, noexec: false });
 
     let idmap = !rootless;

@@ -39,7 +39,8 @@ fn rootless_overlay_plan_is_exact() {
     let t = |target: &str, mode, size, owner, noexec| MountStep::Tmpfs { target: p(target), mode, size, owner, noexec };
     let sym = |target: &str, to: &str| MountStep::Symlink { target: p(target), points_to: p(to) };
     let ro = |path: &str| MountStep::BindRo { source: p(path), target: p(path) };
-    let mut mounts = vec![t("/", 0o755, Some(4 << 20), (0, 0), false), ro("/usr"), sym("/bin", "usr/bin")];
+    let o = (1000, 1000);
+    let mut mounts = vec![t("/", 0o755, Some(4 << 20), o, false), ro("/usr"), sym("/bin", "usr/bin")];
     mounts.push(MountStep::Dir { target: p("/etc"), mode: 0o755 });
     mounts.extend(etc_files(&spec(), Path::new("/home/agent")));
     mounts.push(ro("/etc/ssl"));
@@ -48,19 +49,19 @@ fn rootless_overlay_plan_is_exact() {
         mounts.push(MountStep::ReadOnly { target: p(r) });
     }
     mounts.push(MountStep::Sysfs { target: p("/sys") });
-    mounts.push(t("/dev", 0o755, Some(1 << 20), (0, 0), true));
+    mounts.push(t("/dev", 0o755, Some(1 << 20), o, true));
     for d in ["null", "zero", "full", "random", "urandom", "tty"] {
         mounts.push(MountStep::Device { name: d.into() });
     }
     mounts.push(MountStep::Devpts { target: p("/dev/pts") });
     mounts.push(sym("/dev/ptmx", "pts/ptmx"));
-    mounts.push(t("/dev/shm", 0o1777, None, (0, 0), false));
+    mounts.push(t("/dev/shm", 0o1777, None, o, false));
     mounts.push(sym("/dev/fd", "/proc/self/fd"));
     mounts.push(sym("/dev/stdin", "/proc/self/fd/0"));
     mounts.push(sym("/dev/stdout", "/proc/self/fd/1"));
     mounts.push(sym("/dev/stderr", "/proc/self/fd/2"));
-    mounts.push(t("/tmp", 0o1777, None, (0, 0), false));
-    mounts.push(t("/run", 0o755, None, (0, 0), false));
+    mounts.push(t("/tmp", 0o1777, None, o, false));
+    mounts.push(t("/run", 0o755, None, o, false));
     mounts.push(t("/home/agent", 0o700, None, (1000, 1000), false));
     mounts.push(MountStep::Overlay { lower: p("/home/u/proj"), target: p("/workspace"), idmap: false });
     mounts.push(MountStep::RootReadOnly);

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 pub struct ChildArgs<'a> {
     pub plan: &'a LaunchPlan,
     pub root_path: PathBuf,
-    pub overlay: Option<OverlayDirs>,
+    /// Overlay upper and work directories (host paths).
+    pub overlay: Option<(PathBuf, PathBuf)>,
     pub prepared: Option<Prepared>,
     pub sync_rd: Option<OwnedFd>,
     pub err_wr: OwnedFd,
@@ -63,6 +64,15 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     drop(sync);
 
     let plan = a.plan;
+    crate::phase("child: go");
+    // Open the run's directories now, in our own mount namespace and while still the host's
+    // uid (a root-run child can traverse the state directory only before it becomes the
+    // sandbox's unprivileged root).
+    let mount_point = tryc!(ef, open_dir(&a.root_path), "open the root mount point");
+    let overlay = match &a.overlay {
+        Some((u, w)) => Some(OverlayDirs { upper: tryc!(ef, open_dir(u), "open the overlay upper dir"), work: tryc!(ef, open_dir(w), "open the overlay work dir") }),
+        None => None,
+    };
     if !plan.rootless {
         tryc!(ef, nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)), "setresgid(0)");
         tryc!(ef, nix::unistd::setgroups(&[]), "setgroups");
@@ -78,13 +88,16 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
         Some(p) => p,
         None => tryc!(ef, rootfs::prepare(plan, None), "prepare mounts"),
     };
-    tryc!(ef, rootfs::build(plan, &a.root_path, &mut prepared, a.overlay.as_ref()), "build root filesystem");
+    let new_root = tryc!(ef, rootfs::build(plan, &mount_point, &mut prepared, overlay.as_ref()), "build root filesystem");
     drop(prepared);
-    tryc!(ef, rootfs::pivot(&a.root_path), "pivot_root");
+    crate::phase("child: built root");
+    tryc!(ef, rootfs::pivot(&new_root), "pivot_root");
+    drop(new_root);
     tryc!(ef, rootfs::finish(plan), "make the root read-only");
     tryc!(ef, nix::unistd::sethostname(&plan.hostname), "sethostname");
     tryc!(ef, sys::loopback_up(), "bring up loopback");
 
+    crate::phase("child: pivoted, net up");
     let slave = match &a.tty_sock {
         Some(sock) => Some(tryc!(ef, open_pty(sock.as_raw_fd()), "allocate a pseudo-terminal")),
         None => None,
@@ -95,13 +108,20 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     let all = SigSet::all();
     tryc!(ef, all.thread_block(), "block signals");
 
+    // One filter for PID 1 and, inherited through fork and exec, the command.
+    tryc!(ef, seccomp::install(a.seccomp), "seccomp");
     let cmd = match tryc!(ef, sys::clone_fork(0), "fork the command") {
         0 => command(plan, &a, slave.as_ref()),
         pid => pid,
     };
     drop(slave);
     drop(a.err_wr);
-    init(plan, a.seccomp, Pid::from_raw(cmd))
+    init(plan, Pid::from_raw(cmd))
+}
+
+fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::OFlag;
+    Ok(nix::fcntl::open(p, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?)
 }
 
 /// Open /dev/ptmx of the sandbox's own devpts, hand the master to the host side, return the slave.
@@ -164,7 +184,7 @@ fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
         }
     }
     let _ = SigSet::all().thread_unblock();
-    tryc!(ef, seccomp::install(a.seccomp), "seccomp");
+    crate::phase("cmd: before exec");
     let e = match &exe {
         Some(p) => sys::execve(p, &a.argv, &a.envp),
         None => std::io::Error::from_raw_os_error(libc::ENOENT),
@@ -212,16 +232,13 @@ fn resolve(plan: &LaunchPlan, argv0: &CString) -> Option<CString> {
 
 /// PID 1's life after the command started: reap everything, forward signals, exit with the
 /// command's status (the kernel then kills whatever is left in the namespace).
-fn init(plan: &LaunchPlan, filters: &[BpfProgram], cmd: Pid) -> ! {
+fn init(plan: &LaunchPlan, cmd: Pid) -> ! {
     // Give up everything: PID 1 needs no privilege to reap and to signal its own user's processes.
     if drop_privileges(plan).is_err() {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
     let _ = sys::prctl_simple(libc::PR_SET_DUMPABLE, 0);
     let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-    if seccomp::install(filters).is_err() {
-        sys::exit_now(exit::SANDBOX_FAILED);
-    }
     sys::close_fds_from(3);
     let all = SigSet::all();
     loop {
@@ -233,7 +250,7 @@ fn init(plan: &LaunchPlan, filters: &[BpfProgram], cmd: Pid) -> ! {
             loop {
                 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) if pid == cmd => sys::exit_now(code),
+                    Ok(WaitStatus::Exited(pid, code)) if pid == cmd => { crate::phase("init: cmd exited"); sys::exit_now(code) }
                     Ok(WaitStatus::Signaled(pid, s, _)) if pid == cmd => sys::exit_now(exit::SIGNAL_BASE + s as i32),
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
                     Ok(_) => continue,

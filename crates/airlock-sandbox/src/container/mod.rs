@@ -161,52 +161,71 @@ fn idmap_userns(owner: (u32, u32), to: (u32, u32)) -> io::Result<OwnedFd> {
 
 /// Run the plan to completion. Everything created is removed before returning.
 pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
-    let rd = RunDir::create(opts.state_dir, &plan.name).map_err(|source| RunError::RunDir { path: opts.state_dir.join("runs").join(&plan.name), source })?;
+    // A run directory holds overlay layers and, through its flock, marks cgroups as live for
+    // gc. Runs that need neither skip it: nothing of theirs can outlive them.
+    let needs_dir = plan.needs_upper || plan.limits.any();
+    let rd = if needs_dir {
+        Some(RunDir::create(opts.state_dir, &plan.name).map_err(|source| RunError::RunDir { path: opts.state_dir.join("runs").join(&plan.name), source })?)
+    } else {
+        None
+    };
     let cg = match Cgroup::create(opts.layout, &plan.name, &plan.limits) {
         Ok(cg) => cg,
         Err(e) => {
-            rd.remove();
+            if let Some(rd) = rd {
+                rd.remove();
+            }
             return Err(e.into());
         }
     };
-    let result = run_in(plan, opts, &rd.path, cg.as_ref());
+    let mount_point = match &rd {
+        Some(rd) => rd.path.join("root"),
+        None => rundir::shared_mount_point(opts.state_dir).map_err(|source| RunError::RunDir { path: opts.state_dir.into(), source })?,
+    };
+    let result = run_in(plan, opts, rd.as_ref().map(|r| r.path.as_path()), &mount_point, cg.as_ref());
     let oom = cg.as_ref().is_some_and(|c| c.oom_killed());
     if let Some(cg) = cg {
         cg.destroy();
     }
     let result = result.map(|mut o| {
-        if plan.needs_upper {
-            let lower = plan.mounts.iter().find_map(|m| match m {
-                airlock_model::plan::MountStep::Overlay { lower, .. } => Some(lower.clone()),
-                _ => None,
-            });
-            if let Some(lower) = lower {
-                o.changes = Some(summary::diff(&rd.path.join("upper"), &lower));
-            }
+        if let (Some(rd), Some(lower)) = (&rd, overlay_lower(plan)) {
+            o.changes = Some(summary::diff(&rd.path.join("upper"), lower));
         }
         if oom && o.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
             o.ending = Ending::OutOfMemory;
         }
         o
     });
-    rd.remove();
+    if let Some(rd) = rd {
+        rd.remove();
+    }
     result
 }
 
-fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: &Path, cg: Option<&Cgroup>) -> Result<Outcome, RunError> {
-    let root_path = dir.join("root");
-    fs::create_dir(&root_path).map_err(io_err("create the sandbox root mount point"))?;
+fn overlay_lower(plan: &LaunchPlan) -> Option<&Path> {
+    plan.mounts.iter().find_map(|m| match m {
+        airlock_model::plan::MountStep::Overlay { lower, .. } => Some(lower.as_path()),
+        _ => None,
+    })
+}
+
+fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_path: &Path, cg: Option<&Cgroup>) -> Result<Outcome, RunError> {
+    let root_path = root_path.to_path_buf();
     let sandbox_root_host = plan.uid_map.iter().find(|m| m.inside == 0).map(|m| m.outside);
-    let overlay = if plan.needs_upper {
+    if let Some(dir) = dir {
+        fs::create_dir(&root_path).map_err(io_err("create the sandbox root mount point"))?;
+        if !plan.rootless {
+            let base = sandbox_root_host.unwrap_or(0);
+            nix::unistd::chown(dir, Some(nix::unistd::Uid::from_raw(base)), Some(nix::unistd::Gid::from_raw(base))).map_err(|e| io_err("chown the run directory")(e.into()))?;
+        }
+    }
+    let overlay = if let (true, Some(dir)) = (plan.needs_upper, dir) {
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         fs::create_dir(&upper).map_err(io_err("create the overlay upper directory"))?;
         fs::create_dir(&work).map_err(io_err("create the overlay work directory"))?;
         // The workspace root shows the upper directory's owner and mode: make it the sandbox
         // user's, with the project directory's mode.
-        if let Some(lower) = plan.mounts.iter().find_map(|m| match m {
-            airlock_model::plan::MountStep::Overlay { lower, .. } => Some(lower),
-            _ => None,
-        }) {
+        if let Some(lower) = overlay_lower(plan) {
             if let Ok(meta) = fs::metadata(lower) {
                 use std::os::unix::fs::PermissionsExt;
                 let _ = fs::set_permissions(&upper, fs::Permissions::from_mode(meta.mode() & 0o7777));
@@ -221,15 +240,10 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: &Path, cg: Option<&Cgro
             own(&upper, u, g).map_err(|e| io_err("chown the overlay upper directory")(e.into()))?;
             own(&work, base, base).map_err(|e| io_err("chown the overlay work directory")(e.into()))?;
         }
-        Some(rootfs::OverlayDirs { upper, work })
+        Some((upper, work))
     } else {
         None
     };
-    if !plan.rootless {
-        let base = sandbox_root_host.unwrap_or(0);
-        nix::unistd::chown(dir, Some(nix::unistd::Uid::from_raw(base)), Some(nix::unistd::Gid::from_raw(base))).map_err(|e| io_err("chown the run directory")(e.into()))?;
-        nix::unistd::chown(root_path.as_path(), Some(nix::unistd::Uid::from_raw(base)), Some(nix::unistd::Gid::from_raw(base))).map_err(|e| io_err("chown the root mount point")(e.into()))?;
-    }
 
     // Root-run sandboxes: the privileged parent opens every host path (it can traverse them all)
     // and applies the idmapping; the child only attaches the results.
@@ -247,6 +261,7 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: &Path, cg: Option<&Cgro
         Some(rootfs::prepare(plan, userns.as_ref())?)
     };
 
+    crate::phase("prepared");
     let filters = seccomp::programs()?;
     let argv = cstrings(plan.argv.iter().cloned())?;
     let envp = cstrings(plan.env.iter().map(|(k, v)| format!("{k}={v}")))?;
@@ -317,11 +332,13 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: &Path, cg: Option<&Cgro
     }
     drop(sync_wr);
 
+    crate::phase("released child");
     let pidfd = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let timed_out = tty::supervise(&pidfd, child, &signals, tty_host.as_ref(), deadline).map_err(io_err("supervise the sandbox"))?;
     let status = nix::sys::wait::waitpid(child, None).map_err(|e| io_err("wait for the sandbox")(e.into()))?;
 
+    crate::phase("child exited");
     let mut msg = String::new();
     let mut f = fs::File::from(err_rd);
     let _ = f.read_to_string(&mut msg);

@@ -97,35 +97,52 @@ fn is_dir_fd(fd: &OwnedFd) -> bool {
     nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
 
-/// Where the run's writable overlay layers live (host paths reachable by the child).
+/// The run's writable overlay layers, opened by the parent (O_PATH): the child reaches them
+/// through /proc/self/fd without needing search permission on the state directory.
 pub struct OverlayDirs {
-    pub upper: PathBuf,
-    pub work: PathBuf,
+    pub upper: OwnedFd,
+    pub work: OwnedFd,
 }
 
 fn escape_opt(p: &Path) -> String {
     p.to_string_lossy().replace('\\', "\\\\").replace(',', "\\,").replace(':', "\\:")
 }
 
-/// Mount the root tmpfs at `root_path` and execute every step beneath it.
-pub fn build(plan: &LaunchPlan, root_path: &Path, prepared: &mut Prepared, overlay: Option<&OverlayDirs>) -> Result<(), MountError> {
-    let mut root: Option<OwnedFd> = None;
+/// The new root: a tmpfs attached on the run's mount point, and a path that reaches inside it
+/// (through the mount's own fd, so no host directory permissions are involved).
+pub struct NewRoot {
+    pub fd: OwnedFd,
+}
+
+impl NewRoot {
+    /// A path to `rel` (absolute inside the sandbox) beneath the new root, mounts traversed.
+    fn path(&self, rel: &Path) -> PathBuf {
+        fd_path(&self.fd).join(rel.strip_prefix("/").unwrap_or(rel))
+    }
+}
+
+/// Mount the root tmpfs on `mount_point` and execute every step beneath it.
+pub fn build(plan: &LaunchPlan, mount_point: &OwnedFd, prepared: &mut Prepared, overlay: Option<&OverlayDirs>) -> Result<NewRoot, MountError> {
+    let mut root: Option<NewRoot> = None;
     for (i, step) in plan.mounts.iter().enumerate() {
-        if let MountStep::Tmpfs { target, .. } = step {
+        if let MountStep::Tmpfs { target, mode, size, owner, .. } = step {
             if target == Path::new("/") {
-                tmpfs(root_path, step).map_err(err("cannot mount the root tmpfs on", root_path))?;
-                let fd = nix::fcntl::open(root_path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-                    .map_err(|e| MountError { what: "cannot open", path: root_path.into(), source: e.into() })?;
-                root = Some(fd);
+                let mut opts = vec![("mode", format!("{mode:o}")), ("uid", owner.0.to_string()), ("gid", owner.1.to_string())];
+                if let Some(s) = size {
+                    opts.push(("size", s.to_string()));
+                }
+                let fd = sys::fsmount_tmpfs(&opts, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV).map_err(err("cannot create the root tmpfs", target))?;
+                sys::move_mount_to_fd(&fd, mount_point).map_err(err("cannot attach the root tmpfs", target))?;
+                root = Some(NewRoot { fd });
                 continue;
             }
         }
         let Some(r) = root.as_ref() else {
-            return Err(MountError { what: "plan does not start with the root tmpfs", path: root_path.into(), source: io::Error::other("bad plan") });
+            return Err(MountError { what: "plan does not start with the root tmpfs", path: "/".into(), source: io::Error::other("bad plan") });
         };
-        step_exec(r, root_path, step, prepared.get_mut(i).and_then(Option::take), overlay)?;
+        step_exec(r, step, prepared.get_mut(i).and_then(Option::take), overlay)?;
     }
-    Ok(())
+    root.ok_or_else(|| MountError { what: "plan has no root tmpfs", path: "/".into(), source: io::Error::other("bad plan") })
 }
 
 fn tmpfs(at: &Path, step: &MountStep) -> io::Result<()> {
@@ -141,7 +158,8 @@ fn tmpfs(at: &Path, step: &MountStep) -> io::Result<()> {
     mount(Some("tmpfs"), at, Some("tmpfs"), flags, Some(data.as_str())).map_err(nix_err)
 }
 
-fn step_exec(root: &OwnedFd, root_path: &Path, step: &MountStep, fd: Option<OwnedFd>, overlay: Option<&OverlayDirs>) -> Result<(), MountError> {
+fn step_exec(new_root: &NewRoot, step: &MountStep, fd: Option<OwnedFd>, overlay: Option<&OverlayDirs>) -> Result<(), MountError> {
+    let root = &new_root.fd;
     match step {
         MountStep::Tmpfs { target, .. } => {
             let t = open_target(root, target, true).map_err(err("cannot create", target))?;
@@ -166,13 +184,13 @@ fn step_exec(root: &OwnedFd, root_path: &Path, step: &MountStep, fd: Option<Owne
             let stage = PathBuf::from("/.airlock-lower");
             let s = open_target(root, &stage, true).map_err(err("cannot create", &stage))?;
             sys::move_mount_to_fd(&fd, &s).map_err(err("cannot stage overlay lower at", &stage))?;
-            let stage_host = root_path.join(".airlock-lower");
+            let stage_host = new_root.path(&stage);
             let t = open_target(root, target, true).map_err(err("cannot create", target))?;
             let data = format!(
                 "lowerdir={},upperdir={},workdir={},userxattr",
                 escape_opt(&stage_host),
-                escape_opt(&dirs.upper),
-                escape_opt(&dirs.work)
+                escape_opt(&fd_path(&dirs.upper)),
+                escape_opt(&fd_path(&dirs.work))
             );
             mount(Some("overlay"), &fd_path(&t), Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(data.as_str()))
                 .map_err(|e| MountError { what: "cannot mount the overlay workspace on", path: target.clone(), source: e.into() })?;
@@ -203,7 +221,7 @@ fn step_exec(root: &OwnedFd, root_path: &Path, step: &MountStep, fd: Option<Owne
                 .map_err(|e| MountError { what: "cannot mount a fresh /proc on", path: target.clone(), source: e.into() })
         }
         MountStep::ReadOnly { target } => {
-            let host = root_path.join(target.strip_prefix("/").unwrap_or(target));
+            let host = new_root.path(target);
             match sys::open_tree_clone(&host, true) {
                 Ok(fd) => {
                     sys::mount_setattr(&fd, sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC, true, None).map_err(err("cannot make read-only", target))?;
@@ -233,8 +251,8 @@ fn step_exec(root: &OwnedFd, root_path: &Path, step: &MountStep, fd: Option<Owne
 }
 
 /// Switch into the new root and detach the host's filesystem tree entirely.
-pub fn pivot(root_path: &Path) -> io::Result<()> {
-    nix::unistd::chdir(root_path).map_err(nix_err)?;
+pub fn pivot(root: &NewRoot) -> io::Result<()> {
+    nix::unistd::fchdir(&root.fd).map_err(nix_err)?;
     nix::unistd::pivot_root(".", ".").map_err(nix_err)?;
     nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(nix_err)?;
     nix::unistd::chdir("/").map_err(nix_err)

@@ -29,6 +29,22 @@ fn runs_dir(state: &Path) -> PathBuf {
     state.join("runs")
 }
 
+/// An empty directory any run may mount its root over (in its own mount namespace only),
+/// for runs that need no run directory of their own.
+pub fn shared_mount_point(state: &Path) -> io::Result<PathBuf> {
+    let p = runs_dir(state).join(".mnt");
+    match fs::DirBuilder::new().mode(0o755).create(&p) {
+        Ok(()) => Ok(p),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            mkdir_p(&runs_dir(state), 0o755)?;
+            fs::DirBuilder::new().mode(0o755).create(&p).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
+            Ok(p)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A live run's directory; removed (with everything in it) on [`RunDir::remove`].
 #[derive(Debug)]
 pub struct RunDir {
@@ -89,6 +105,9 @@ pub fn gc(state: &Path, layout: &Layout) -> Vec<String> {
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
+        if name == ".mnt" {
+            continue;
+        }
         if name.starts_with('.') {
             // A half-created run: only reclaim if its creator is gone (lock free).
             if !lock_free(&path) {

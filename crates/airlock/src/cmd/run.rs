@@ -167,6 +167,7 @@ fn canonical(p: &Path, what: &str) -> CliResult<PathBuf> {
 }
 
 pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
+    airlock_sandbox::phase("start");
     let resolved = load_config(global_config, no_user_config, cli_layer(&a.policy)?)?;
     let eff = &resolved.effective;
     let profile = eff.sandbox.profile;
@@ -230,11 +231,13 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
         argv: a.cmd.clone(),
     };
 
+    airlock_sandbox::phase("config loaded");
     let layout = Layout::detect();
     let state = rundir::state_dir();
     rundir::gc(&state, &layout);
     let facts = container::host_facts(&project_dir, &layout);
     let plan = plan::plan(&spec, &facts)?;
+    airlock_sandbox::phase("planned");
     if !plan.unenforced_limits.is_empty() {
         eprintln!(
             "airlock: warning: not enforced on this host: {} limit (no usable cgroup{}); pass --require-limits to refuse instead",
@@ -244,6 +247,7 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
     }
     let opts = container::RunOptions { state_dir: &state, layout: &layout, timeout, tty: a.tty, forward_stdin, facts: &facts };
     let outcome = container::run(&plan, &opts)?;
+    airlock_sandbox::phase("cleaned up");
     match outcome.ending {
         Ending::TimedOut => eprintln!("airlock: killed: timeout after {}", a.timeout.as_deref().unwrap_or("?")),
         Ending::OutOfMemory => eprintln!("airlock: killed: out of memory (limit {})", r.memory.map(|m| m.to_string()).unwrap_or_default()),

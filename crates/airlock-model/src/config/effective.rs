@@ -1,0 +1,204 @@
+//! The resolved configuration: concrete values after every layer has been merged.
+
+use super::schema::{
+    AgentLayer, Harness, HomeFileLayer, HooksLayer, Layer, MountLayer, NetworkLayer, RepoSpec,
+    ResourcesLayer, SandboxLayer, SecretSource, WorkspaceLayer,
+};
+use crate::policy::{BackendKind, ByteSize, Cpus, HomeFileMode, NetMode, Profile, WorkspaceMode};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Default `sandbox.image`: the host's own read-only /usr.
+pub const DEFAULT_IMAGE: &str = "host";
+/// Default `network.ports`, always part of the list (lists only grow as layers add to them).
+pub const DEFAULT_PORTS: [u16; 2] = [443, 80];
+/// Default `mounts[].readonly`.
+pub const DEFAULT_MOUNT_READONLY: bool = true;
+/// Default `home_files.*.mode`.
+pub const DEFAULT_HOME_FILE_MODE: HomeFileMode = HomeFileMode::Immutable;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Effective {
+    /// Every plugin applied, as named (plugin files by absolute path).
+    pub plugins: Vec<String>,
+    pub sandbox: SandboxConfig,
+    pub resources: ResourcesConfig,
+    pub network: NetworkConfig,
+    pub workspace: WorkspaceConfig,
+    pub mounts: Vec<MountSpec>,
+    pub env: BTreeMap<String, String>,
+    /// Where each secret comes from; values are never read by the config layer.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// Keyed by the path relative to the sandbox user's home.
+    pub home_files: BTreeMap<String, HomeFileSpec>,
+    pub agent: Option<Harness>,
+    pub hooks: Hooks,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    pub backend: BackendKind,
+    pub image: String,
+    pub profile: Profile,
+}
+
+/// Resource limits; `None` = no explicit limit from configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourcesConfig {
+    pub cpus: Option<Cpus>,
+    pub memory: Option<ByteSize>,
+    pub pids: Option<u64>,
+    pub disk: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// `None` = the profile decides.
+    pub mode: Option<NetMode>,
+    /// Lowercase DNS names and `*.` wildcards.
+    pub domains: Vec<String>,
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceConfig {
+    /// `None` = the profile decides.
+    pub mode: Option<WorkspaceMode>,
+    pub context: Vec<String>,
+    pub repos: Vec<RepoSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Absolute host path.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: PathBuf,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeFileSpec {
+    /// Absolute host path.
+    pub source: PathBuf,
+    pub mode: HomeFileMode,
+}
+
+/// Host-side shell commands, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hooks {
+    pub pre_up: Vec<String>,
+    pub post_up: Vec<String>,
+    pub pre_down: Vec<String>,
+    pub post_down: Vec<String>,
+}
+
+impl Default for Effective {
+    /// The configuration with no files, no plugins and no flags.
+    fn default() -> Self {
+        Effective {
+            plugins: Vec::new(),
+            sandbox: SandboxConfig {
+                backend: BackendKind::Container,
+                image: DEFAULT_IMAGE.to_string(),
+                profile: Profile::Moderate,
+            },
+            resources: ResourcesConfig::default(),
+            network: NetworkConfig {
+                mode: None,
+                domains: Vec::new(),
+                ports: DEFAULT_PORTS.to_vec(),
+            },
+            workspace: WorkspaceConfig::default(),
+            mounts: Vec::new(),
+            env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            home_files: BTreeMap::new(),
+            agent: None,
+            hooks: Hooks::default(),
+        }
+    }
+}
+
+fn some_vec<T>(v: &[T]) -> Option<Vec<T>>
+where
+    T: Clone,
+{
+    (!v.is_empty()).then(|| v.to_vec())
+}
+
+fn some_map<V: Clone>(m: &BTreeMap<String, V>) -> Option<BTreeMap<String, V>> {
+    (!m.is_empty()).then(|| m.clone())
+}
+
+impl Effective {
+    /// The same values as a layer: what a config file saying exactly this would contain.
+    pub fn to_layer(&self) -> Layer {
+        let r = &self.resources;
+        let resources = ResourcesLayer {
+            cpus: r.cpus,
+            memory: r.memory,
+            pids: r.pids,
+            disk: r.disk,
+        };
+        let w = &self.workspace;
+        let h = &self.hooks;
+        Layer {
+            plugins: some_vec(&self.plugins),
+            sandbox: Some(SandboxLayer {
+                backend: Some(self.sandbox.backend),
+                image: Some(self.sandbox.image.clone()),
+                profile: Some(self.sandbox.profile),
+            }),
+            resources: (resources != ResourcesLayer::default()).then_some(resources),
+            network: Some(NetworkLayer {
+                mode: self.network.mode,
+                domains: some_vec(&self.network.domains),
+                ports: some_vec(&self.network.ports),
+            }),
+            workspace: (*w != WorkspaceConfig::default()).then(|| WorkspaceLayer {
+                mode: w.mode,
+                context: some_vec(&w.context),
+                repos: some_vec(&w.repos),
+            }),
+            mounts: some_vec(&self.mounts).map(|ms| {
+                ms.into_iter()
+                    .map(|m| MountLayer {
+                        source: m.source,
+                        target: m.target,
+                        readonly: Some(m.readonly),
+                    })
+                    .collect()
+            }),
+            env: some_map(&self.env),
+            secrets: some_map(&self.secrets),
+            home_files: some_map(&self.home_files).map(|hs| {
+                hs.into_iter()
+                    .map(|(k, f)| {
+                        (
+                            k,
+                            HomeFileLayer {
+                                source: Some(f.source),
+                                mode: Some(f.mode),
+                            },
+                        )
+                    })
+                    .collect()
+            }),
+            agent: self.agent.clone().map(|h| AgentLayer { harness: Some(h) }),
+            hooks: (*h != Hooks::default()).then(|| HooksLayer {
+                pre_up: some_vec(&h.pre_up),
+                post_up: some_vec(&h.post_up),
+                pre_down: some_vec(&h.pre_down),
+                post_down: some_vec(&h.post_down),
+            }),
+        }
+    }
+
+    /// The effective configuration as an `airlock.toml` document. Loading that document
+    /// (with no other sources) gives back the same values. Secrets show their source only.
+    pub fn to_toml_string(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(&self.to_layer())
+    }
+}

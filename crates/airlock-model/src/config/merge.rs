@@ -1,0 +1,290 @@
+//! Folding layers into one [`Effective`] and recording where every value came from.
+//!
+//! Rules (SPEC §4): scalars take the later value; lists concatenate and drop duplicates,
+//! keeping first-seen order; maps merge with the later value winning per key. Two lists are
+//! keyed rather than compared whole: a later mount with the same `target` (or repo with the
+//! same `dest`) replaces the earlier one in place. `home_files` entries merge field by field.
+
+use super::effective::{
+    Effective, HomeFileSpec, Hooks, MountSpec, NetworkConfig, ResourcesConfig, SandboxConfig,
+    WorkspaceConfig, DEFAULT_HOME_FILE_MODE, DEFAULT_IMAGE, DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
+};
+use super::error::{ConfigError, Location};
+use super::origin::{join_key, Origins, Source};
+use super::schema::{HomeFileLayer, Layer, NetworkLayer, SandboxLayer};
+use super::validate::validate;
+use crate::policy::{BackendKind, Profile};
+use std::collections::BTreeMap;
+
+/// The defaults, as the first layer of every merge.
+pub fn defaults_layer() -> Layer {
+    Layer {
+        sandbox: Some(SandboxLayer {
+            backend: Some(BackendKind::Container),
+            image: Some(DEFAULT_IMAGE.to_string()),
+            profile: Some(Profile::Moderate),
+        }),
+        network: Some(NetworkLayer {
+            ports: Some(DEFAULT_PORTS.to_vec()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Merges `layers` (lowest precedence first) over [`defaults_layer`].
+///
+/// Layers are expected to be already path-resolved (see `load`); they are re-validated here
+/// so that the result's invariants hold whoever built them.
+pub fn merge_layers(
+    layers: impl IntoIterator<Item = (Source, Layer)>,
+) -> Result<(Effective, Origins), ConfigError> {
+    let mut acc = Acc::default();
+    let all = std::iter::once((Source::Default, defaults_layer())).chain(layers);
+    for (source, mut layer) in all {
+        validate(&mut layer).map_err(|inv| ConfigError::InvalidValue {
+            key: inv.key.to_string(),
+            location: Location {
+                source: source.clone(),
+                line: None,
+            },
+            message: inv.message,
+        })?;
+        acc.add(layer, &source);
+    }
+    acc.finish()
+}
+
+#[derive(Default)]
+struct Acc {
+    merged: Layer,
+    origins: Origins,
+    /// The last source that mentioned each `home_files` entry, for "missing source" errors.
+    home_file_sources: BTreeMap<String, Source>,
+}
+
+impl Acc {
+    fn scalar<T>(&mut self, dst: &mut Option<T>, value: Option<T>, key: &str, src: &Source) {
+        if let Some(v) = value {
+            *dst = Some(v);
+            self.origins.insert(key.to_string(), vec![src.clone()]);
+        }
+    }
+
+    fn list<T>(
+        &mut self,
+        dst: &mut Option<Vec<T>>,
+        value: Option<Vec<T>>,
+        key: &str,
+        src: &Source,
+        same: fn(&T, &T) -> bool,
+    ) {
+        let items = value.unwrap_or_default();
+        if items.is_empty() {
+            return;
+        }
+        let out = dst.get_or_insert_with(Vec::new);
+        for item in items {
+            match out.iter().position(|x| same(x, &item)) {
+                Some(i) => out[i] = item,
+                None => out.push(item),
+            }
+        }
+        let sources = self.origins.entry(key.to_string()).or_default();
+        if !sources.contains(src) {
+            sources.push(src.clone());
+        }
+    }
+
+    fn map<V>(
+        &mut self,
+        dst: &mut Option<BTreeMap<String, V>>,
+        value: Option<BTreeMap<String, V>>,
+        key: &str,
+        src: &Source,
+    ) {
+        for (k, v) in value.unwrap_or_default() {
+            self.origins.insert(join_key(key, &k), vec![src.clone()]);
+            dst.get_or_insert_with(BTreeMap::new).insert(k, v);
+        }
+    }
+
+    fn add(&mut self, layer: Layer, src: &Source) {
+        let mut m = std::mem::take(&mut self.merged);
+        self.list(&mut m.plugins, layer.plugins, "plugins", src, PartialEq::eq);
+        if let Some(s) = layer.sandbox {
+            let d = m.sandbox.get_or_insert_with(Default::default);
+            self.scalar(&mut d.backend, s.backend, "sandbox.backend", src);
+            self.scalar(&mut d.image, s.image, "sandbox.image", src);
+            self.scalar(&mut d.profile, s.profile, "sandbox.profile", src);
+        }
+        if let Some(r) = layer.resources {
+            let d = m.resources.get_or_insert_with(Default::default);
+            self.scalar(&mut d.cpus, r.cpus, "resources.cpus", src);
+            self.scalar(&mut d.memory, r.memory, "resources.memory", src);
+            self.scalar(&mut d.pids, r.pids, "resources.pids", src);
+            self.scalar(&mut d.disk, r.disk, "resources.disk", src);
+        }
+        if let Some(n) = layer.network {
+            let d = m.network.get_or_insert_with(Default::default);
+            self.scalar(&mut d.mode, n.mode, "network.mode", src);
+            self.list(
+                &mut d.domains,
+                n.domains,
+                "network.domains",
+                src,
+                PartialEq::eq,
+            );
+            self.list(&mut d.ports, n.ports, "network.ports", src, PartialEq::eq);
+        }
+        if let Some(w) = layer.workspace {
+            let d = m.workspace.get_or_insert_with(Default::default);
+            self.scalar(&mut d.mode, w.mode, "workspace.mode", src);
+            self.list(
+                &mut d.context,
+                w.context,
+                "workspace.context",
+                src,
+                PartialEq::eq,
+            );
+            self.list(&mut d.repos, w.repos, "workspace.repos", src, |a, b| {
+                a.dest == b.dest
+            });
+        }
+        self.list(&mut m.mounts, layer.mounts, "mounts", src, |a, b| {
+            a.target == b.target
+        });
+        self.map(&mut m.env, layer.env, "env", src);
+        self.map(&mut m.secrets, layer.secrets, "secrets", src);
+        for (k, h) in layer.home_files.unwrap_or_default() {
+            let at = join_key("home_files", &k);
+            self.home_file_sources.insert(k.clone(), src.clone());
+            let d = m
+                .home_files
+                .get_or_insert_with(BTreeMap::new)
+                .entry(k)
+                .or_default();
+            self.scalar(&mut d.source, h.source, &format!("{at}.source"), src);
+            self.scalar(&mut d.mode, h.mode, &format!("{at}.mode"), src);
+        }
+        if let Some(a) = layer.agent {
+            let d = m.agent.get_or_insert_with(Default::default);
+            self.scalar(&mut d.harness, a.harness, "agent.harness", src);
+        }
+        if let Some(h) = layer.hooks {
+            let d = m.hooks.get_or_insert_with(Default::default);
+            self.list(&mut d.pre_up, h.pre_up, "hooks.pre_up", src, PartialEq::eq);
+            self.list(
+                &mut d.post_up,
+                h.post_up,
+                "hooks.post_up",
+                src,
+                PartialEq::eq,
+            );
+            self.list(
+                &mut d.pre_down,
+                h.pre_down,
+                "hooks.pre_down",
+                src,
+                PartialEq::eq,
+            );
+            self.list(
+                &mut d.post_down,
+                h.post_down,
+                "hooks.post_down",
+                src,
+                PartialEq::eq,
+            );
+        }
+        self.merged = m;
+    }
+
+    fn finish(mut self) -> Result<(Effective, Origins), ConfigError> {
+        let m = self.merged;
+        let (sandbox, network) = (m.sandbox.unwrap_or_default(), m.network.unwrap_or_default());
+        let (workspace, resources) = (
+            m.workspace.unwrap_or_default(),
+            m.resources.unwrap_or_default(),
+        );
+        let hooks = m.hooks.unwrap_or_default();
+        let mut home_files = BTreeMap::new();
+        for (k, HomeFileLayer { source, mode }) in m.home_files.unwrap_or_default() {
+            let at = join_key("home_files", &k);
+            let Some(source) = source else {
+                let last = self.home_file_sources.remove(&k).unwrap_or(Source::Default);
+                let location = Location {
+                    source: last,
+                    line: None,
+                };
+                return Err(ConfigError::MissingKey {
+                    key: format!("{at}.source"),
+                    location,
+                });
+            };
+            let mode = mode.unwrap_or_else(|| {
+                self.origins
+                    .insert(format!("{at}.mode"), vec![Source::Default]);
+                DEFAULT_HOME_FILE_MODE
+            });
+            home_files.insert(k, HomeFileSpec { source, mode });
+        }
+        let env = m.env.unwrap_or_default();
+        let secrets = m.secrets.unwrap_or_default();
+        if let Some(name) = secrets.keys().find(|k| env.contains_key(*k)) {
+            let key = join_key("secrets", name);
+            let last = self.origins.get(&key).and_then(|s| s.last()).cloned();
+            return Err(ConfigError::InvalidValue {
+                location: Location {
+                    source: last.unwrap_or(Source::Default),
+                    line: None,
+                },
+                key,
+                message: format!(
+                    "`{name}` is also set in [env]; a variable is either plain or secret"
+                ),
+            });
+        }
+        let effective = Effective {
+            plugins: m.plugins.unwrap_or_default(),
+            sandbox: SandboxConfig {
+                backend: sandbox.backend.unwrap_or(BackendKind::Container),
+                image: sandbox.image.unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
+                profile: sandbox.profile.unwrap_or(Profile::Moderate),
+            },
+            resources: ResourcesConfig {
+                cpus: resources.cpus,
+                memory: resources.memory,
+                pids: resources.pids,
+                disk: resources.disk,
+            },
+            network: NetworkConfig {
+                mode: network.mode,
+                domains: network.domains.unwrap_or_default(),
+                ports: network.ports.unwrap_or_default(),
+            },
+            workspace: WorkspaceConfig {
+                mode: workspace.mode,
+                context: workspace.context.unwrap_or_default(),
+                repos: workspace.repos.unwrap_or_default(),
+            },
+            mounts: (m.mounts.unwrap_or_default().into_iter())
+                .map(|l| MountSpec {
+                    source: l.source,
+                    target: l.target,
+                    readonly: l.readonly.unwrap_or(DEFAULT_MOUNT_READONLY),
+                })
+                .collect(),
+            env,
+            secrets,
+            home_files,
+            agent: m.agent.and_then(|a| a.harness),
+            hooks: Hooks {
+                pre_up: hooks.pre_up.unwrap_or_default(),
+                post_up: hooks.post_up.unwrap_or_default(),
+                pre_down: hooks.pre_down.unwrap_or_default(),
+                post_down: hooks.post_down.unwrap_or_default(),
+            },
+        };
+        Ok((effective, self.origins))
+    }
+}

@@ -1,0 +1,268 @@
+//! The shape of one configuration layer (SPEC §4): every key a file may set, all optional.
+//!
+//! A [`Layer`] is what one source contributes: a user config, a plugin, a project
+//! `airlock.toml`, or the command line. Unknown keys are rejected at every depth.
+//! Values are checked by `validate`; relative paths are resolved by `paths` before merging.
+
+use crate::policy::{BackendKind, ByteSize, Cpus, HomeFileMode, NetMode, Profile, WorkspaceMode};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Everything one source may say. `None` means "this layer does not mention the key".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    /// Built-in plugin names (`rust`) or plugin files (`./tools/x.toml`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugins: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxLayer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesLayer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkLayer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceLayer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<MountLayer>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<BTreeMap<String, SecretSource>>,
+    /// Keyed by the path relative to the sandbox user's home, e.g. `.claude/CLAUDE.md`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub home_files: Option<BTreeMap<String, HomeFileLayer>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentLayer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HooksLayer>,
+}
+
+/// `[sandbox]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+/// `[resources]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<ByteSize>,
+}
+
+/// `[network]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<NetMode>,
+    /// DNS names (`github.com`) or one-level-or-deeper wildcards (`*.npmjs.org`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domains: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+}
+
+/// `[workspace]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<WorkspaceMode>,
+    /// Project-relative paths (untracked files such as `.claude`) copied over the workspace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repos: Option<Vec<RepoSpec>>,
+}
+
+/// `[[workspace.repos]]`: an extra reference repository. Both keys are required.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSpec {
+    /// Host path of the repository (relative paths resolve against the naming file).
+    pub source: PathBuf,
+    /// Where it lands, relative to the sandbox user's home (e.g. `Git/github.com/o/r`).
+    pub dest: PathBuf,
+}
+
+/// `[[mounts]]`: `source` and `target` are required; `readonly` defaults to true.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountLayer {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<bool>,
+}
+
+/// `[secrets] NAME = { from_env = "VAR" } | { from_file = "PATH" }`. Only the source is
+/// recorded; the value is read by whoever injects it, never by the config layer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretSource {
+    FromEnv(String),
+    FromFile(PathBuf),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretTable {
+    from_env: Option<String>,
+    from_file: Option<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SecretSource;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("{ from_env = \"VAR\" } or { from_file = \"PATH\" }")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<SecretSource, A::Error> {
+                let t =
+                    SecretTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                match (t.from_env, t.from_file) {
+                    (Some(var), None) => Ok(SecretSource::FromEnv(var)),
+                    (None, Some(path)) => Ok(SecretSource::FromFile(path)),
+                    _ => Err(serde::de::Error::custom(
+                        "set exactly one of `from_env` and `from_file`",
+                    )),
+                }
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `[home_files."rel/path"]`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeFileLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<HomeFileMode>,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub harness: Option<Harness>,
+}
+
+/// `[hooks]`: shell command strings run on the host in the project directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_up: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_up: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_down: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_down: Option<Vec<String>>,
+}
+
+/// The agent harness: a built-in adapter or an arbitrary command (argv).
+///
+/// Written as `harness = "claude"` or `harness = { command = ["my-agent", "--yes"] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Harness {
+    Claude,
+    Codex,
+    Gemini,
+    Command(Vec<String>),
+}
+
+impl Harness {
+    /// The built-in harness names.
+    pub const NAMES: &'static [&'static str] = &["claude", "codex", "gemini"];
+}
+
+impl fmt::Display for Harness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Harness::Claude => f.write_str("claude"),
+            Harness::Codex => f.write_str("codex"),
+            Harness::Gemini => f.write_str("gemini"),
+            Harness::Command(argv) => write!(f, "command {argv:?}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Harness {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "claude" => Ok(Harness::Claude),
+            "codex" => Ok(Harness::Codex),
+            "gemini" => Ok(Harness::Gemini),
+            _ => Err(format!(
+                "unknown harness {s:?}: expected claude, codex, gemini or {{ command = [...] }}"
+            )),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HarnessCommand {
+    command: Vec<String>,
+}
+
+impl Serialize for Harness {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Harness::Command(argv) => HarnessCommand {
+                command: argv.clone(),
+            }
+            .serialize(s),
+            named => s.collect_str(named),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Harness {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Harness;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"claude\", \"codex\", \"gemini\" or { command = [...] }")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Harness, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Harness, A::Error> {
+                let c =
+                    HarnessCommand::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Harness::Command(c.command))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

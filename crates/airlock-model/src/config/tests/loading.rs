@@ -1,0 +1,261 @@
+//! Finding files, plugins, path resolution.
+
+use super::*;
+use crate::policy::Profile;
+
+#[test]
+fn project_file_is_found_from_a_subdirectory() {
+    let t = TempDir::new("search");
+    let file = t.write("proj/airlock.toml", "[sandbox]\nimage = \"alpine\"\n");
+    let deep = t.path().join("proj/src/deep");
+    std::fs::create_dir_all(&deep).unwrap();
+    let r = load(&opts(&deep)).unwrap();
+    assert_eq!(r.project_dir, Some(t.path().join("proj")));
+    assert_eq!(r.files, vec![file.clone()]);
+    assert_eq!(r.effective.sandbox.image, "alpine");
+    assert_eq!(r.origins["sandbox.image"], vec![Source::Project(file)]);
+}
+
+#[test]
+fn no_files_means_defaults() {
+    let t = TempDir::new("empty");
+    let r = load(&opts(t.path())).unwrap();
+    // Some ancestor of the temp dir could hold an airlock.toml; only check when none does.
+    if find_project_file(t.path()).is_none() {
+        assert_eq!(r.effective, Effective::default());
+        assert_eq!(r.files, Vec::<PathBuf>::new());
+        assert_eq!(r.project_dir, None);
+    }
+}
+
+#[test]
+fn nearest_project_file_wins() {
+    let t = TempDir::new("nearest");
+    t.write("airlock.toml", "[sandbox]\nimage = \"outer\"\n");
+    t.write("inner/airlock.toml", "[sandbox]\nimage = \"inner\"\n");
+    let r = load(&opts(&t.path().join("inner"))).unwrap();
+    assert_eq!(r.effective.sandbox.image, "inner");
+    assert_eq!(r.project_dir, Some(t.path().join("inner")));
+}
+
+#[test]
+fn user_config_sits_below_plugins_and_project() {
+    let t = TempDir::new("layers");
+    let user = t.write(
+        "user.toml",
+        "plugins = [\"./up.toml\"]\n[sandbox]\nimage = \"u\"\nprofile = \"restrictive\"\n",
+    );
+    let plugin = t.write(
+        "up.toml",
+        "[sandbox]\nimage = \"plugin\"\nbackend = \"microvm\"\n",
+    );
+    let proj = t.write("proj/airlock.toml", "[sandbox]\nbackend = \"container\"\n");
+    let r = load(&opts_with_user(&t.path().join("proj"), &user)).unwrap();
+    let expected = SandboxConfig {
+        backend: crate::policy::BackendKind::Container,
+        image: s("plugin"),
+        profile: Profile::Restrictive,
+    };
+    assert_eq!(r.effective.sandbox, expected);
+    assert_eq!(
+        r.origins["sandbox.image"],
+        vec![Source::PluginFile(plugin.clone())]
+    );
+    assert_eq!(
+        r.origins["sandbox.backend"],
+        vec![Source::Project(proj.clone())]
+    );
+    assert_eq!(
+        r.origins["sandbox.profile"],
+        vec![Source::User(user.clone())]
+    );
+    assert_eq!(r.files, vec![user.clone(), plugin, proj]);
+
+    // no_user_config drops the user file and the plugin it named.
+    let r = load(&LoadOptions {
+        no_user_config: true,
+        ..opts_with_user(&t.path().join("proj"), &user)
+    })
+    .unwrap();
+    assert_eq!(r.effective.sandbox.image, "host");
+    assert_eq!(r.effective.plugins, Vec::<String>::new());
+}
+
+#[test]
+fn default_user_config_location() {
+    let home = Path::new("/home/tester");
+    let expected = match std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from) {
+        Some(x) if x.is_absolute() => x.join("airlock/config.toml"),
+        _ => home.join(".config/airlock/config.toml"),
+    };
+    assert_eq!(default_user_config_path(Some(home)), Some(expected));
+}
+
+#[test]
+fn relative_paths_resolve_against_their_file() {
+    let t = TempDir::new("relative");
+    let proj = t.path().join("proj");
+    t.write(
+        "proj/airlock.toml",
+        r#"
+plugins = ["./tools/x.toml"]
+[[mounts]]
+source = "./data"
+target = "/data"
+[[mounts]]
+source = "~/datasets"
+target = "/datasets"
+[secrets]
+A = { from_file = "secret.txt" }
+[home_files.".bashrc"]
+source = "dotfiles/bashrc"
+"#,
+    );
+    t.write(
+        "proj/tools/x.toml",
+        "[[mounts]]\nsource = \"../shared\"\ntarget = \"/shared\"\n[[workspace.repos]]\nsource = \"repo\"\ndest = \"Git/r\"\n",
+    );
+    let cli = Layer {
+        mounts: Some(vec![MountLayer {
+            source: "cli-dir".into(),
+            target: "/cli".into(),
+            readonly: None,
+        }]),
+        ..Default::default()
+    };
+    let cwd = proj.join("sub");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let r = load(&LoadOptions { cli, ..opts(&cwd) }).unwrap();
+    let sources: Vec<(PathBuf, PathBuf)> = r
+        .effective
+        .mounts
+        .iter()
+        .map(|m| (m.source.clone(), m.target.clone()))
+        .collect();
+    assert_eq!(
+        sources,
+        vec![
+            (proj.join("tools/../shared"), "/shared".into()),
+            (proj.join("data"), "/data".into()),
+            ("/home/tester/datasets".into(), "/datasets".into()),
+            (cwd.join("cli-dir"), "/cli".into()),
+        ]
+    );
+    assert_eq!(
+        r.effective.workspace.repos,
+        vec![RepoSpec {
+            source: proj.join("tools/repo"),
+            dest: "Git/r".into()
+        }]
+    );
+    assert_eq!(
+        r.effective.secrets["A"],
+        SecretSource::FromFile(proj.join("secret.txt"))
+    );
+    assert_eq!(
+        r.effective.home_files[".bashrc"].source,
+        proj.join("dotfiles/bashrc")
+    );
+    let plugin = proj.join("tools/x.toml");
+    assert_eq!(
+        r.effective.plugins,
+        vec![plugin.to_string_lossy().into_owned()]
+    );
+    assert_eq!(
+        r.origins["mounts"],
+        vec![
+            Source::PluginFile(plugin),
+            Source::Project(proj.join("airlock.toml")),
+            Source::CommandLine
+        ]
+    );
+}
+
+#[test]
+fn every_builtin_plugin_loads_and_contributes() {
+    let t = TempDir::new("builtins");
+    for name in BUILTIN_NAMES {
+        let cli = Layer {
+            plugins: Some(vec![s(name)]),
+            ..Default::default()
+        };
+        let r = load(&LoadOptions {
+            cli,
+            ..opts(t.path())
+        })
+        .unwrap();
+        let eff = &r.effective;
+        assert!(!eff.network.domains.is_empty(), "{name} adds no domains");
+        assert_eq!(
+            r.origins["network.domains"],
+            vec![Source::BuiltinPlugin(s(name))],
+            "{name}"
+        );
+        assert_eq!(r.files, Vec::<PathBuf>::new());
+        // Plugins only add: no scalar of the defaults changes.
+        assert_eq!(eff.sandbox, Effective::default().sandbox, "{name}");
+        assert_eq!(eff.network.mode, None, "{name}");
+    }
+}
+
+#[test]
+fn builtin_plugin_contents() {
+    let t = TempDir::new("builtin-rust");
+    let cli = Layer {
+        plugins: Some(strings(&["rust", "github", "rust"])),
+        ..Default::default()
+    };
+    let r = load(&LoadOptions {
+        cli,
+        ..opts(t.path())
+    })
+    .unwrap();
+    assert_eq!(r.effective.plugins, strings(&["rust", "github"]));
+    assert_eq!(
+        r.effective.network.domains,
+        strings(&[
+            "crates.io",
+            "index.crates.io",
+            "static.crates.io",
+            "static.rust-lang.org",
+            "github.com",
+            "api.github.com",
+            "codeload.github.com",
+            "objects.githubusercontent.com",
+            "raw.githubusercontent.com",
+        ])
+    );
+    assert_eq!(
+        r.origins["env.GH_NO_UPDATE_NOTIFIER"],
+        vec![Source::BuiltinPlugin(s("github"))]
+    );
+}
+
+#[test]
+fn plugins_can_name_plugins_and_cycles_terminate() {
+    let t = TempDir::new("cycle");
+    let a = t.write(
+        "proj/a.toml",
+        "plugins = [\"./b.toml\", \"node\"]\n[env]\nX = \"a\"\n",
+    );
+    let b = t.write(
+        "proj/b.toml",
+        "plugins = [\"./a.toml\"]\n[env]\nX = \"b\"\nY = \"b\"\n",
+    );
+    t.write("proj/airlock.toml", "plugins = [\"./a.toml\"]\n");
+    let r = load(&opts(&t.path().join("proj"))).unwrap();
+    // b is applied before a (a builds on what it names), node before a too.
+    assert_eq!(r.origins["env.X"], vec![Source::PluginFile(a.clone())]);
+    assert_eq!(r.origins["env.Y"], vec![Source::PluginFile(b.clone())]);
+    assert_eq!(r.effective.env["X"], "a");
+    let project = t.path().join("proj/airlock.toml");
+    assert_eq!(r.files, vec![b.clone(), a.clone(), project]);
+    let named: Vec<String> = [&a, &b]
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        r.effective.plugins,
+        vec![named[0].clone(), named[1].clone(), s("node")]
+    );
+}
