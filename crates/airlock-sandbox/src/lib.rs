@@ -6,7 +6,7 @@ pub mod container;
 pub mod sys;
 
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-/// Temporary timing probe (AIRLOCK_TIMING=1).
+/// Start-up profiling: with AIRLOCK_TIMING set, print the time since the first phase.
 pub fn phase(name: &str) {
     if std::env::var_os("AIRLOCK_TIMING").is_some() {
         let s = START.get_or_init(std::time::Instant::now);

@@ -336,3 +336,17 @@ pub fn fsmount_tmpfs(options: &[(&str, String)], attrs: u64) -> io::Result<Owned
     // SAFETY: integer arguments; FSMOUNT_CLOEXEC = 1.
     cvt_fd(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), 1 as libc::c_uint, attrs as libc::c_uint) })
 }
+
+/// seccomp(SECCOMP_SET_MODE_FILTER) with a classic BPF program.
+pub fn seccomp_install(prog: &[crate::container::seccomp::Insn]) -> io::Result<()> {
+    #[repr(C)]
+    struct SockFprog {
+        len: libc::c_ushort,
+        filter: *const crate::container::seccomp::Insn,
+    }
+    let len = libc::c_ushort::try_from(prog.len()).map_err(|_| io::Error::other("seccomp program too long"))?;
+    let fprog = SockFprog { len, filter: prog.as_ptr() };
+    // SAFETY: `fprog` points at `prog`, a slice of `struct sock_filter`-layout instructions that
+    // outlives the call; the kernel copies the program.
+    cvt(unsafe { libc::syscall(libc::SYS_seccomp, 1 as libc::c_uint, 0 as libc::c_uint, &fprog as *const SockFprog) }).map(drop)
+}

@@ -9,7 +9,7 @@ use airlock_model::exit;
 use airlock_model::plan::LaunchPlan;
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{Gid, Pid, Uid};
-use seccompiler::BpfProgram;
+use super::seccomp::Insn;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -26,7 +26,7 @@ pub struct ChildArgs<'a> {
     pub err_wr: OwnedFd,
     pub tty_sock: Option<OwnedFd>,
     pub stdin_null: bool,
-    pub seccomp: &'a [BpfProgram],
+    pub seccomp: &'a [Insn],
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
     /// Descriptors of the parent that must not survive in the child.
@@ -109,7 +109,9 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     tryc!(ef, all.thread_block(), "block signals");
 
     // One filter for PID 1 and, inherited through fork and exec, the command.
+    crate::phase("child: before seccomp");
     tryc!(ef, seccomp::install(a.seccomp), "seccomp");
+    crate::phase("child: seccomp installed");
     let cmd = match tryc!(ef, sys::clone_fork(0), "fork the command") {
         0 => command(plan, &a, slave.as_ref()),
         pid => pid,
@@ -170,10 +172,13 @@ fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
     if let Err(e) = nix::unistd::chdir(&plan.cwd) {
         fail(ef, exit::SANDBOX_FAILED, &format!("working directory {} is not usable inside the sandbox: {e}", plan.cwd.display()));
     }
+    crate::phase("cmd: forked, tty/rlimit/chdir");
     tryc!(ef, drop_privileges(plan), "drop privileges");
+    crate::phase("cmd: dropped privileges");
     let mut writable: Vec<&Path> = plan.writable_paths.iter().map(PathBuf::as_path).collect();
     writable.push(Path::new("/dev"));
     tryc!(ef, landlock::restrict(&writable), "Landlock");
+    crate::phase("cmd: landlock");
     let exe = resolve(plan, &a.argv[0]);
     // Only 0, 1, 2 and the CLOEXEC error pipe survive until exec; nothing survives past it.
     close_all_but(ef);

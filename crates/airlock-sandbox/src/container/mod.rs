@@ -287,6 +287,7 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_pat
     if let Some((host_end, _)) = &tty_pair {
         parent_only.push(host_end.as_raw_fd());
     }
+    crate::phase("before clone");
     let pid = sys::clone_fork(flags).map_err(RunError::Clone)?;
     if pid == 0 {
         let tty_sock = tty_pair.map(|(_, child_end)| child_end);
@@ -312,6 +313,7 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_pat
         drop(child_end);
         host_end
     });
+    crate::phase("cloned");
     let child = nix::unistd::Pid::from_raw(pid);
     let setup = (|| -> Result<(), RunError> {
         if plan.rootless {
