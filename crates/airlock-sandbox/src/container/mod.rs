@@ -183,6 +183,7 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
         None => rundir::shared_mount_point(opts.state_dir).map_err(|source| RunError::RunDir { path: opts.state_dir.into(), source })?,
     };
     let result = run_in(plan, opts, rd.as_ref().map(|r| r.path.as_path()), &mount_point, cg.as_ref());
+    crate::phase("run finished");
     let oom = cg.as_ref().is_some_and(|c| c.oom_killed());
     if let Some(cg) = cg {
         cg.destroy();
@@ -196,6 +197,7 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
         }
         o
     });
+    crate::phase("summary done");
     if let Some(rd) = rd {
         rd.remove();
     }
@@ -254,6 +256,7 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_pat
         let userns = if needs_idmap {
             let host_user = plan.uid_map[0].outside + plan.user.0;
             let host_group = plan.gid_map[0].outside + plan.user.1;
+            crate::phase("idmap: start");
             Some(idmap_userns(opts.facts.project_owner, (host_user, host_group)).map_err(io_err("create the idmapping user namespace"))?)
         } else {
             None
