@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod probe;
 pub mod sys;
 
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();

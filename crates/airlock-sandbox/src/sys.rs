@@ -350,3 +350,18 @@ pub fn seccomp_install(prog: &[crate::container::seccomp::Insn]) -> io::Result<(
     // outlives the call; the kernel copies the program.
     cvt(unsafe { libc::syscall(libc::SYS_seccomp, 1 as libc::c_uint, 0 as libc::c_uint, &fprog as *const SockFprog) }).map(drop)
 }
+
+/// Close every descriptor >= `first` except those in `keep`.
+pub fn close_fds_except(first: RawFd, keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= first).collect();
+    keep.sort_unstable();
+    let mut from = first;
+    for k in keep {
+        if k > from {
+            // SAFETY: closing a range of descriptor numbers we do not use.
+            unsafe { libc::syscall(libc::SYS_close_range, from as libc::c_uint, (k - 1) as libc::c_uint, 0) };
+        }
+        from = k + 1;
+    }
+    close_fds_from(from);
+}

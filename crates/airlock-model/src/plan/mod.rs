@@ -26,6 +26,8 @@ pub struct HostFacts {
     pub project_owner: (u32, u32),
     /// Which cgroup limits this host can enforce for this user.
     pub limits: LimitSupport,
+    /// tmpfs supports user.* xattrs (Linux >= 6.6): overlay upper layers can live in memory.
+    pub tmpfs_xattr: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +87,16 @@ pub struct IdMap {
     pub count: u32,
 }
 
+/// Where an overlay workspace's writable layer lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpperStore {
+    /// A tmpfs inside the sandbox: bounded by `size` and the memory limit, gone with the sandbox.
+    Tmpfs { size: Option<u64>, owner: (u32, u32) },
+    /// The run directory on the host's disk (kernels whose tmpfs lacks user xattrs, < 6.6,
+    /// where overlayfs could not mark directories opaque on a tmpfs upper layer).
+    Disk,
+}
+
 /// One step of building the sandbox's root filesystem. Targets are absolute paths inside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountStep {
@@ -95,8 +107,8 @@ pub enum MountStep {
     /// A writable bind of a host path (nosuid, nodev); `idmap` = files owned by the host owner
     /// appear owned by the sandbox user (root-run sandboxes only).
     BindRw { source: PathBuf, target: PathBuf, idmap: bool },
-    /// A copy-on-write overlay of a host directory; changes land in the run's upper dir.
-    Overlay { lower: PathBuf, target: PathBuf, idmap: bool },
+    /// A copy-on-write overlay of a host directory; changes land in the upper layer.
+    Overlay { lower: PathBuf, target: PathBuf, idmap: bool, upper: UpperStore },
     Symlink { target: PathBuf, points_to: PathBuf },
     Dir { target: PathBuf, mode: u32 },
     File { target: PathBuf, contents: String, mode: u32 },
@@ -132,8 +144,18 @@ pub struct LaunchPlan {
     pub unenforced_limits: Vec<&'static str>,
     pub net: NetMode,
     pub rlimit_nofile: u64,
-    /// Whether the overlay workspace needs an upper directory.
-    pub needs_upper: bool,
+    /// Whether to report what the command changed in the overlay workspace.
+    pub summarize_changes: bool,
+}
+
+impl LaunchPlan {
+    /// The overlay workspace step, if any.
+    pub fn overlay(&self) -> Option<(&Path, &UpperStore)> {
+        self.mounts.iter().find_map(|m| match m {
+            MountStep::Overlay { lower, upper, .. } => Some((lower.as_path(), upper)),
+            _ => None,
+        })
+    }
 }
 
 /// Why a spec cannot be launched as asked. Fail closed: nothing is weakened silently.
@@ -264,7 +286,8 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     let ws = p(WORKSPACE);
     match spec.workspace {
         WorkspaceMode::Overlay => {
-            m.push(MountStep::Overlay { lower: spec.project_dir.clone(), target: ws.clone(), idmap });
+            let upper = if host.tmpfs_xattr { UpperStore::Tmpfs { size: tmp_size, owner: sys_owner } } else { UpperStore::Disk };
+            m.push(MountStep::Overlay { lower: spec.project_dir.clone(), target: ws.clone(), idmap, upper });
             writable.push(ws.clone());
         }
         WorkspaceMode::Bind => {
@@ -302,7 +325,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         unenforced_limits: unenforced,
         net: spec.net,
         rlimit_nofile: 65536,
-        needs_upper: spec.workspace == WorkspaceMode::Overlay,
+        summarize_changes: spec.workspace == WorkspaceMode::Overlay,
     })
 }
 

@@ -30,6 +30,7 @@ fn host(uid: u32) -> HostFacts {
         etc_entries: vec!["ssl".into()],
         project_owner: (uid, uid),
         limits: LimitSupport { memory: true, pids: true, cpu: false },
+        tmpfs_xattr: true,
     }
 }
 
@@ -63,7 +64,7 @@ fn rootless_overlay_plan_is_exact() {
     mounts.push(t("/tmp", 0o1777, None, o, false));
     mounts.push(t("/run", 0o755, None, o, false));
     mounts.push(t("/home/agent", 0o700, None, (1000, 1000), false));
-    mounts.push(MountStep::Overlay { lower: p("/home/u/proj"), target: p("/workspace"), idmap: false });
+    mounts.push(MountStep::Overlay { lower: p("/home/u/proj"), target: p("/workspace"), idmap: false, upper: UpperStore::Tmpfs { size: None, owner: o } });
     mounts.push(MountStep::RootReadOnly);
     let want = LaunchPlan {
         name: "run-1".into(),
@@ -81,7 +82,7 @@ fn rootless_overlay_plan_is_exact() {
         unenforced_limits: vec![],
         net: NetMode::Off,
         rlimit_nofile: 65536,
-        needs_upper: true,
+        summarize_changes: true,
     };
     assert_eq!(got, want);
 }
@@ -149,6 +150,21 @@ fn workdir_defaults_to_home_without_workspace() {
     s.workspace = WorkspaceMode::None;
     let got = plan(&s, &host(1000)).expect("plan");
     assert_eq!(got.cwd, p("/home/agent"));
-    assert!(!got.needs_upper);
+    assert!(!got.summarize_changes);
+    assert_eq!(got.overlay(), None);
     assert!(!got.writable_paths.contains(&p("/workspace")));
+}
+
+#[test]
+fn old_kernels_keep_the_upper_layer_on_disk() {
+    let mut h = host(1000);
+    h.tmpfs_xattr = false;
+    let mut s = spec();
+    s.resources.disk = Some(ByteSize(1 << 30));
+    assert_eq!(plan(&s, &h).expect("plan").overlay().map(|(_, u)| u.clone()), Some(UpperStore::Disk));
+    h.tmpfs_xattr = true;
+    assert_eq!(
+        plan(&s, &h).expect("plan").overlay().map(|(_, u)| u.clone()),
+        Some(UpperStore::Tmpfs { size: Some(1 << 30), owner: (1000, 1000) })
+    );
 }

@@ -2,7 +2,8 @@
 //! filesystem, starts the command (PID 2) with every privilege dropped, then stays as a small
 //! init that reaps zombies and forwards signals. Never returns: exits with the command's status.
 
-use super::rootfs::{self, OverlayDirs, Prepared};
+use super::rootfs::{self, OverlayDirs, Prepared, SummaryDirs};
+use super::summary;
 use super::{landlock, seccomp};
 use crate::sys;
 use airlock_model::exit;
@@ -24,6 +25,8 @@ pub struct ChildArgs<'a> {
     pub prepared: Option<Prepared>,
     pub sync_rd: Option<OwnedFd>,
     pub err_wr: OwnedFd,
+    /// PID 1 writes the overlay change summary (JSON) here before exiting.
+    pub result_wr: OwnedFd,
     pub tty_sock: Option<OwnedFd>,
     pub stdin_null: bool,
     pub seccomp: &'a [Insn],
@@ -88,8 +91,10 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
         Some(p) => p,
         None => tryc!(ef, rootfs::prepare(plan, None), "prepare mounts"),
     };
-    let new_root = tryc!(ef, rootfs::build(plan, &mount_point, &mut prepared, overlay.as_ref()), "build root filesystem");
+    let (new_root, summary) = tryc!(ef, rootfs::build(plan, &mount_point, &mut prepared, overlay.as_ref()), "build root filesystem");
     drop(prepared);
+    drop(overlay);
+    drop(mount_point);
     crate::phase("child: built root");
     tryc!(ef, rootfs::pivot(&new_root), "pivot_root");
     drop(new_root);
@@ -118,7 +123,8 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     };
     drop(slave);
     drop(a.err_wr);
-    init(plan, Pid::from_raw(cmd))
+    let summary = if plan.summarize_changes { summary } else { None };
+    init(plan, Pid::from_raw(cmd), summary, a.result_wr)
 }
 
 fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
@@ -181,7 +187,7 @@ fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
     crate::phase("cmd: landlock");
     let exe = resolve(plan, &a.argv[0]);
     // Only 0, 1, 2 and the CLOEXEC error pipe survive until exec; nothing survives past it.
-    close_all_but(ef);
+    sys::close_fds_except(3, &[ef]);
     for sig in Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
             // SAFETY: restoring default dispositions before exec; no handler code runs.
@@ -202,16 +208,6 @@ fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
         }
         _ => fail(ef, exit::NOT_EXECUTABLE, &format!("cannot execute {name}: {e}")),
     }
-}
-
-fn close_all_but(keep: RawFd) {
-    // SAFETY: close_range with integer bounds; descriptors 3..keep and keep+1.. are not ours to keep.
-    unsafe {
-        if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, (keep - 1) as libc::c_uint, 0);
-        }
-    }
-    sys::close_fds_from(keep + 1);
 }
 
 /// PATH lookup using the sandbox's PATH (not the host's).
@@ -237,14 +233,18 @@ fn resolve(plan: &LaunchPlan, argv0: &CString) -> Option<CString> {
 
 /// PID 1's life after the command started: reap everything, forward signals, exit with the
 /// command's status (the kernel then kills whatever is left in the namespace).
-fn init(plan: &LaunchPlan, cmd: Pid) -> ! {
+fn init(plan: &LaunchPlan, cmd: Pid, summary: Option<SummaryDirs>, result: OwnedFd) -> ! {
     // Give up everything: PID 1 needs no privilege to reap and to signal its own user's processes.
     if drop_privileges(plan).is_err() {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
     let _ = sys::prctl_simple(libc::PR_SET_DUMPABLE, 0);
     let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-    sys::close_fds_from(3);
+    let mut keep = vec![result.as_raw_fd()];
+    if let Some(s) = &summary {
+        keep.extend([s.upper.as_raw_fd(), s.lower.as_raw_fd()]);
+    }
+    sys::close_fds_except(3, &keep);
     let all = SigSet::all();
     loop {
         let sig = match all.wait() {
@@ -255,8 +255,8 @@ fn init(plan: &LaunchPlan, cmd: Pid) -> ! {
             loop {
                 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) if pid == cmd => { crate::phase("init: cmd exited"); sys::exit_now(code) }
-                    Ok(WaitStatus::Signaled(pid, s, _)) if pid == cmd => sys::exit_now(exit::SIGNAL_BASE + s as i32),
+                    Ok(WaitStatus::Exited(pid, code)) if pid == cmd => finish(code, summary.as_ref(), &result),
+                    Ok(WaitStatus::Signaled(pid, s, _)) if pid == cmd => finish(exit::SIGNAL_BASE + s as i32, summary.as_ref(), &result),
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
                     Ok(_) => continue,
                 }
@@ -268,4 +268,19 @@ fn init(plan: &LaunchPlan, cmd: Pid) -> ! {
             }
         }
     }
+}
+
+/// The command is done: stop everything else, report the workspace changes, exit with its code.
+fn finish(code: i32, dirs: Option<&SummaryDirs>, result: &OwnedFd) -> ! {
+    crate::phase("init: cmd exited");
+    if let Some(d) = dirs {
+        // Nothing may change the layers while we read them.
+        let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+        while nix::sys::wait::waitpid(None, None).is_ok() {}
+        let changes = summary::diff(&d.upper, &d.lower);
+        if let Ok(json) = serde_json::to_vec(&changes) {
+            sys::write_all_raw(result.as_raw_fd(), &json);
+        }
+    }
+    sys::exit_now(code)
 }

@@ -13,7 +13,7 @@ mod tty;
 use crate::cgroup::{Cgroup, Layout};
 use crate::sys;
 use airlock_model::exit;
-use airlock_model::plan::{HostFacts, LaunchPlan, RootEntry, ETC_ALLOWLIST, ROOT_CANDIDATES};
+use airlock_model::plan::{HostFacts, LaunchPlan, MountStep, RootEntry, UpperStore, ETC_ALLOWLIST, ROOT_CANDIDATES};
 use rundir::RunDir;
 use std::ffi::CString;
 use std::fs;
@@ -114,7 +114,17 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
         etc_entries,
         project_owner: owner,
         limits: layout.support(),
+        tmpfs_xattr: kernel_at_least(6, 6),
     }
+}
+
+/// Whether the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(u) = nix::sys::utsname::uname() else { return false };
+    let rel = u.release().to_string_lossy().into_owned();
+    let mut it = rel.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
+    let (ma, mi) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
 }
 
 /// Options of one run that are about the host side, not the sandbox's policy.
@@ -161,10 +171,10 @@ fn idmap_userns(owner: (u32, u32), to: (u32, u32)) -> io::Result<OwnedFd> {
 
 /// Run the plan to completion. Everything created is removed before returning.
 pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
-    // A run directory holds overlay layers and, through its flock, marks cgroups as live for
-    // gc. Runs that need neither skip it: nothing of theirs can outlive them.
-    let needs_dir = plan.needs_upper || plan.limits.any();
-    let rd = if needs_dir {
+    // A run directory marks, through its flock, the run's cgroups as live for gc, and holds a
+    // disk-backed overlay upper layer on old kernels. Runs that need neither skip it.
+    let disk_upper = matches!(plan.overlay(), Some((_, UpperStore::Disk)));
+    let rd = if disk_upper || plan.limits.any() {
         Some(RunDir::create(opts.state_dir, &plan.name).map_err(|source| RunError::RunDir { path: opts.state_dir.join("runs").join(&plan.name), source })?)
     } else {
         None
@@ -178,85 +188,54 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
             return Err(e.into());
         }
     };
-    let mount_point = match &rd {
-        Some(rd) => rd.path.join("root"),
-        None => rundir::shared_mount_point(opts.state_dir).map_err(|source| RunError::RunDir { path: opts.state_dir.into(), source })?,
-    };
-    let result = run_in(plan, opts, rd.as_ref().map(|r| r.path.as_path()), &mount_point, cg.as_ref());
+    let result = run_in(plan, opts, rd.as_ref().filter(|_| disk_upper).map(|r| r.path.as_path()), cg.as_ref());
     crate::phase("run finished");
     let oom = cg.as_ref().is_some_and(|c| c.oom_killed());
     if let Some(cg) = cg {
         cg.destroy();
     }
-    let result = result.map(|mut o| {
-        if let (Some(rd), Some(lower)) = (&rd, overlay_lower(plan)) {
-            o.changes = Some(summary::diff(&rd.path.join("upper"), lower));
-        }
+    if let Some(rd) = rd {
+        rd.remove();
+    }
+    result.map(|mut o| {
         if oom && o.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
             o.ending = Ending::OutOfMemory;
         }
         o
-    });
-    crate::phase("summary done");
-    if let Some(rd) = rd {
-        rd.remove();
-    }
-    result
-}
-
-fn overlay_lower(plan: &LaunchPlan) -> Option<&Path> {
-    plan.mounts.iter().find_map(|m| match m {
-        airlock_model::plan::MountStep::Overlay { lower, .. } => Some(lower.as_path()),
-        _ => None,
     })
 }
 
-fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_path: &Path, cg: Option<&Cgroup>) -> Result<Outcome, RunError> {
-    let root_path = root_path.to_path_buf();
-    let sandbox_root_host = plan.uid_map.iter().find(|m| m.inside == 0).map(|m| m.outside);
-    if let Some(dir) = dir {
-        fs::create_dir(&root_path).map_err(io_err("create the sandbox root mount point"))?;
-        if !plan.rootless {
-            let base = sandbox_root_host.unwrap_or(0);
-            nix::unistd::chown(dir, Some(nix::unistd::Uid::from_raw(base)), Some(nix::unistd::Gid::from_raw(base))).map_err(|e| io_err("chown the run directory")(e.into()))?;
-        }
+/// Disk-backed overlay layers in the run directory (kernels without tmpfs user xattrs).
+fn disk_layers(plan: &LaunchPlan, dir: &Path) -> Result<(PathBuf, PathBuf), RunError> {
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    fs::create_dir(&upper).map_err(io_err("create the overlay upper directory"))?;
+    fs::create_dir(&work).map_err(io_err("create the overlay work directory"))?;
+    if !plan.rootless {
+        // The child mounts as the sandbox's root, an unprivileged host uid; the upper layer
+        // belongs to the sandbox user.
+        let base = plan.uid_map[0].outside;
+        let (u, g) = (base + plan.user.0, plan.gid_map[0].outside + plan.user.1);
+        let own = |p: &Path, u: u32, g: u32| nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(u)), Some(nix::unistd::Gid::from_raw(g)));
+        own(dir, base, base).map_err(|e| io_err("chown the run directory")(e.into()))?;
+        own(&upper, u, g).map_err(|e| io_err("chown the overlay upper directory")(e.into()))?;
+        own(&work, base, base).map_err(|e| io_err("chown the overlay work directory")(e.into()))?;
     }
-    let overlay = if let (true, Some(dir)) = (plan.needs_upper, dir) {
-        let (upper, work) = (dir.join("upper"), dir.join("work"));
-        fs::create_dir(&upper).map_err(io_err("create the overlay upper directory"))?;
-        fs::create_dir(&work).map_err(io_err("create the overlay work directory"))?;
-        // The workspace root shows the upper directory's owner and mode: make it the sandbox
-        // user's, with the project directory's mode.
-        if let Some(lower) = overlay_lower(plan) {
-            if let Ok(meta) = fs::metadata(lower) {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = fs::set_permissions(&upper, fs::Permissions::from_mode(meta.mode() & 0o7777));
-            }
-        }
-        if !plan.rootless {
-            // The child mounts as the sandbox's root, an unprivileged host uid; the upper
-            // directory belongs to the sandbox user.
-            let base = sandbox_root_host.unwrap_or(0);
-            let (u, g) = (plan.uid_map[0].outside + plan.user.0, plan.gid_map[0].outside + plan.user.1);
-            let own = |p: &Path, u: u32, g: u32| nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(u)), Some(nix::unistd::Gid::from_raw(g)));
-            own(&upper, u, g).map_err(|e| io_err("chown the overlay upper directory")(e.into()))?;
-            own(&work, base, base).map_err(|e| io_err("chown the overlay work directory")(e.into()))?;
-        }
-        Some((upper, work))
-    } else {
-        None
-    };
+    Ok((upper, work))
+}
+
+fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, disk_dir: Option<&Path>, cg: Option<&Cgroup>) -> Result<Outcome, RunError> {
+    let root_path = rundir::shared_mount_point(opts.state_dir).map_err(|source| RunError::RunDir { path: opts.state_dir.into(), source })?;
+    let overlay = disk_dir.map(|d| disk_layers(plan, d)).transpose()?;
 
     // Root-run sandboxes: the privileged parent opens every host path (it can traverse them all)
     // and applies the idmapping; the child only attaches the results.
     let prepared = if plan.rootless {
         None
     } else {
-        let needs_idmap = plan.mounts.iter().any(|m| matches!(m, airlock_model::plan::MountStep::BindRw { idmap: true, .. } | airlock_model::plan::MountStep::Overlay { idmap: true, .. }));
+        let needs_idmap = plan.mounts.iter().any(|m| matches!(m, MountStep::BindRw { idmap: true, .. } | MountStep::Overlay { idmap: true, .. }));
         let userns = if needs_idmap {
             let host_user = plan.uid_map[0].outside + plan.user.0;
             let host_group = plan.gid_map[0].outside + plan.user.1;
-            crate::phase("idmap: start");
             Some(idmap_userns(opts.facts.project_owner, (host_user, host_group)).map_err(io_err("create the idmapping user namespace"))?)
         } else {
             None
@@ -268,8 +247,10 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_pat
     let filters = seccomp::programs()?;
     let argv = cstrings(plan.argv.iter().cloned())?;
     let envp = cstrings(plan.env.iter().map(|(k, v)| format!("{k}={v}")))?;
-    let (sync_rd, sync_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
-    let (err_rd, err_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()));
+    let (sync_rd, sync_wr) = pipe()?;
+    let (err_rd, err_wr) = pipe()?;
+    let (result_rd, result_wr) = pipe()?;
     let tty_pair = if opts.tty {
         let (a, b) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
@@ -285,7 +266,7 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_pat
     let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
 
     let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
-    let mut parent_only: Vec<RawFd> = vec![sync_wr.as_raw_fd(), err_rd.as_raw_fd()];
+    let mut parent_only: Vec<RawFd> = vec![sync_wr.as_raw_fd(), err_rd.as_raw_fd(), result_rd.as_raw_fd()];
     parent_only.extend(signals.fds());
     if let Some((host_end, _)) = &tty_pair {
         parent_only.push(host_end.as_raw_fd());
@@ -301,6 +282,7 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_pat
             prepared,
             sync_rd: Some(sync_rd),
             err_wr,
+            result_wr,
             tty_sock,
             stdin_null: !opts.forward_stdin,
             seccomp: &filters,
@@ -311,6 +293,7 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_pat
     }
     drop(sync_rd);
     drop(err_wr);
+    drop(result_wr);
     drop(prepared);
     let tty_host = tty_pair.map(|(host_end, child_end)| {
         drop(child_end);
@@ -340,7 +323,7 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_pat
     crate::phase("released child");
     let pidfd = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
     let deadline = opts.timeout.map(|t| Instant::now() + t);
-    let timed_out = tty::supervise(&pidfd, child, &signals, tty_host.as_ref(), deadline).map_err(io_err("supervise the sandbox"))?;
+    let (timed_out, report) = tty::supervise(&pidfd, child, &signals, tty_host.as_ref(), &result_rd, deadline).map_err(io_err("supervise the sandbox"))?;
     let status = nix::sys::wait::waitpid(child, None).map_err(|e| io_err("wait for the sandbox")(e.into()))?;
 
     crate::phase("child exited");
@@ -363,5 +346,6 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, dir: Option<&Path>, root_pat
         }
         return Err(RunError::Setup(msg));
     }
-    Ok(Outcome { ending: Ending::Exited(code), changes: None })
+    let changes = if plan.summarize_changes { serde_json::from_slice(&report).ok() } else { None };
+    Ok(Outcome { ending: Ending::Exited(code), changes })
 }

@@ -3,7 +3,7 @@
 //! in a mounted host directory (a planted symlink) can redirect a mount (CVE-2021-30465 class).
 
 use crate::sys;
-use airlock_model::plan::{LaunchPlan, MountStep};
+use airlock_model::plan::{LaunchPlan, MountStep, UpperStore};
 use nix::fcntl::{openat, OFlag};
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{fchmod, Mode};
@@ -97,11 +97,17 @@ fn is_dir_fd(fd: &OwnedFd) -> bool {
     nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
 
-/// The run's writable overlay layers, opened by the parent (O_PATH): the child reaches them
-/// through /proc/self/fd without needing search permission on the state directory.
+/// Disk-backed overlay layers in the run directory (opened by the child before it drops the
+/// host uid), for kernels whose tmpfs cannot hold the upper layer.
 pub struct OverlayDirs {
     pub upper: OwnedFd,
     pub work: OwnedFd,
+}
+
+/// Descriptors PID 1 keeps to summarize the overlay's changes after the command exits.
+pub struct SummaryDirs {
+    pub upper: OwnedFd,
+    pub lower: OwnedFd,
 }
 
 fn escape_opt(p: &Path) -> String {
@@ -122,8 +128,9 @@ impl NewRoot {
 }
 
 /// Mount the root tmpfs on `mount_point` and execute every step beneath it.
-pub fn build(plan: &LaunchPlan, mount_point: &OwnedFd, prepared: &mut Prepared, overlay: Option<&OverlayDirs>) -> Result<NewRoot, MountError> {
+pub fn build(plan: &LaunchPlan, mount_point: &OwnedFd, prepared: &mut Prepared, disk: Option<&OverlayDirs>) -> Result<(NewRoot, Option<SummaryDirs>), MountError> {
     let mut root: Option<NewRoot> = None;
+    let mut summary = None;
     for (i, step) in plan.mounts.iter().enumerate() {
         if let MountStep::Tmpfs { target, mode, size, owner, .. } = step {
             if target == Path::new("/") {
@@ -140,9 +147,82 @@ pub fn build(plan: &LaunchPlan, mount_point: &OwnedFd, prepared: &mut Prepared, 
         let Some(r) = root.as_ref() else {
             return Err(MountError { what: "plan does not start with the root tmpfs", path: "/".into(), source: io::Error::other("bad plan") });
         };
-        step_exec(r, step, prepared.get_mut(i).and_then(Option::take), overlay)?;
+        let fd = prepared.get_mut(i).and_then(Option::take);
+        if let MountStep::Overlay { target, upper, .. } = step {
+            let fd = fd.ok_or_else(|| MountError { what: "overlay lower was not prepared", path: target.clone(), source: io::Error::other("internal") })?;
+            summary = Some(overlay(r, target, fd, upper, plan.user, disk)?);
+        } else {
+            step_exec(r, step, fd)?;
+        }
     }
-    root.ok_or_else(|| MountError { what: "plan has no root tmpfs", path: "/".into(), source: io::Error::other("bad plan") })
+    let root = root.ok_or_else(|| MountError { what: "plan has no root tmpfs", path: "/".into(), source: io::Error::other("bad plan") })?;
+    Ok((root, summary))
+}
+
+const STAGE: &str = "/.airlock-stage";
+
+/// Mount the overlay workspace: stage the (possibly idmapped) lower layer and, for a tmpfs upper,
+/// a size-bounded tmpfs inside the root; mount the overlay from them; keep directory fds for the
+/// change summary; detach the staging mounts (overlay holds its own references).
+fn overlay(root: &NewRoot, target: &Path, lower: OwnedFd, upper: &UpperStore, user: (u32, u32), disk: Option<&OverlayDirs>) -> Result<SummaryDirs, MountError> {
+    let stage = Path::new(STAGE);
+    let lower_at = stage.join("lower");
+    let l = open_target(&root.fd, &lower_at, true).map_err(err("cannot create", &lower_at))?;
+    sys::move_mount_to_fd(&lower, &l).map_err(err("cannot stage the overlay lower layer at", &lower_at))?;
+    let lower_dir = open_dir(&root.path(&lower_at)).map_err(err("cannot open", &lower_at))?;
+    let lower_mode = nix::sys::stat::fstat(&lower_dir).map(|st| st.st_mode & 0o7777).unwrap_or(0o755);
+
+    let up_at = stage.join("up");
+    let (upper_dir, work_dir) = match upper {
+        UpperStore::Tmpfs { size, owner } => {
+            let u = open_target(&root.fd, &up_at, true).map_err(err("cannot create", &up_at))?;
+            let step = MountStep::Tmpfs { target: up_at.clone(), mode: 0o755, size: *size, owner: *owner, noexec: false };
+            tmpfs(&fd_path(&u), &step).map_err(err("cannot mount the upper tmpfs on", &up_at))?;
+            let up = open_dir(&root.path(&up_at)).map_err(err("cannot open", &up_at))?;
+            for (name, mode) in [("upper", lower_mode), ("work", 0o700)] {
+                nix::sys::stat::mkdirat(&up, name, Mode::from_bits_truncate(mode)).map_err(|e| MountError { what: "cannot create the overlay layer", path: up_at.join(name), source: e.into() })?;
+            }
+            let upper_dir = openat(&up, "upper", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| MountError { what: "cannot open", path: up_at.join("upper"), source: e.into() })?;
+            let work_dir = openat(&up, "work", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| MountError { what: "cannot open", path: up_at.join("work"), source: e.into() })?;
+            (upper_dir, work_dir)
+        }
+        UpperStore::Disk => {
+            let d = disk.ok_or_else(|| MountError { what: "no disk overlay directories for", path: target.into(), source: io::Error::other("internal") })?;
+            let dup = |fd: &OwnedFd| nix::unistd::dup(fd).map_err(|e| MountError { what: "dup", path: target.into(), source: e.into() });
+            let (u, w) = (dup(&d.upper)?, dup(&d.work)?);
+            // O_PATH descriptors cannot be read; reopen the upper for the summary.
+            let u = open_dir(&fd_path(&u)).map_err(err("cannot open the upper layer of", target))?;
+            (u, w)
+        }
+    };
+    // The workspace root shows the upper directory's owner and mode: the sandbox user's.
+    nix::unistd::fchown(&upper_dir, Some(nix::unistd::Uid::from_raw(user.0)), Some(nix::unistd::Gid::from_raw(user.1)))
+        .map_err(|e| MountError { what: "cannot chown the upper layer of", path: target.into(), source: e.into() })?;
+    fchmod(&upper_dir, Mode::from_bits_truncate(lower_mode)).map_err(|e| MountError { what: "cannot chmod the upper layer of", path: target.into(), source: e.into() })?;
+
+    let t = open_target(&root.fd, target, true).map_err(err("cannot create", target))?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        escape_opt(&root.path(&lower_at)),
+        escape_opt(&fd_path(&upper_dir)),
+        escape_opt(&fd_path(&work_dir))
+    );
+    mount(Some("overlay"), &fd_path(&t), Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(data.as_str()))
+        .map_err(|e| MountError { what: "cannot mount the overlay workspace on", path: target.into(), source: e.into() })?;
+    for staged in [&lower_at, &up_at] {
+        match nix::mount::umount2(&root.path(staged), nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) => {} // EINVAL: a disk upper was never mounted here
+            Err(e) => return Err(MountError { what: "cannot detach", path: staged.clone(), source: e.into() }),
+        }
+    }
+    let _ = std::fs::remove_dir(root.path(&lower_at));
+    let _ = std::fs::remove_dir(root.path(&up_at));
+    let _ = std::fs::remove_dir(root.path(stage));
+    Ok(SummaryDirs { upper: upper_dir, lower: lower_dir })
+}
+
+fn open_dir(p: &Path) -> io::Result<OwnedFd> {
+    Ok(nix::fcntl::open(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?)
 }
 
 fn tmpfs(at: &Path, step: &MountStep) -> io::Result<()> {
@@ -158,7 +238,7 @@ fn tmpfs(at: &Path, step: &MountStep) -> io::Result<()> {
     mount(Some("tmpfs"), at, Some("tmpfs"), flags, Some(data.as_str())).map_err(nix_err)
 }
 
-fn step_exec(new_root: &NewRoot, step: &MountStep, fd: Option<OwnedFd>, overlay: Option<&OverlayDirs>) -> Result<(), MountError> {
+fn step_exec(new_root: &NewRoot, step: &MountStep, fd: Option<OwnedFd>) -> Result<(), MountError> {
     let root = &new_root.fd;
     match step {
         MountStep::Tmpfs { target, .. } => {
@@ -176,28 +256,7 @@ fn step_exec(new_root: &NewRoot, step: &MountStep, fd: Option<OwnedFd>, overlay:
             let t = open_target(root, &target, false).map_err(err("cannot create", &target))?;
             sys::move_mount_to_fd(&fd, &t).map_err(err("cannot bind device onto", &target))
         }
-        MountStep::Overlay { target, lower, .. } => {
-            let dirs = overlay.ok_or_else(|| MountError { what: "no overlay directories for", path: target.clone(), source: io::Error::other("internal") })?;
-            let fd = fd.ok_or_else(|| MountError { what: "overlay lower was not prepared", path: lower.clone(), source: io::Error::other("internal") })?;
-            // Stage the (possibly idmapped) lower layer inside the root tmpfs, mount the
-            // overlay from it, then drop the staging mount (overlay keeps its own reference).
-            let stage = PathBuf::from("/.airlock-lower");
-            let s = open_target(root, &stage, true).map_err(err("cannot create", &stage))?;
-            sys::move_mount_to_fd(&fd, &s).map_err(err("cannot stage overlay lower at", &stage))?;
-            let stage_host = new_root.path(&stage);
-            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
-            let data = format!(
-                "lowerdir={},upperdir={},workdir={},userxattr",
-                escape_opt(&stage_host),
-                escape_opt(&fd_path(&dirs.upper)),
-                escape_opt(&fd_path(&dirs.work))
-            );
-            mount(Some("overlay"), &fd_path(&t), Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(data.as_str()))
-                .map_err(|e| MountError { what: "cannot mount the overlay workspace on", path: target.clone(), source: e.into() })?;
-            nix::mount::umount2(&stage_host, nix::mount::MntFlags::MNT_DETACH).map_err(|e| MountError { what: "cannot unmount", path: stage.clone(), source: e.into() })?;
-            let _ = nix::unistd::unlinkat(root, ".airlock-lower", nix::unistd::UnlinkatFlags::RemoveDir);
-            Ok(())
-        }
+        MountStep::Overlay { target, .. } => Err(MountError { what: "overlay handled by build", path: target.clone(), source: io::Error::other("internal") }),
         MountStep::Symlink { target, points_to } => {
             let (dir, name) = parent_and_name(root, target).map_err(err("cannot create", target))?;
             nix::unistd::symlinkat(points_to.as_path(), &dir, name.as_os_str()).map_err(|e| MountError { what: "cannot create symlink", path: target.clone(), source: e.into() })

@@ -1,54 +1,102 @@
 //! What an overlay workspace run changed: added, modified and deleted paths, read from the
-//! overlay's upper directory against the (untouched) host directory.
+//! overlay's upper layer against the (untouched) host directory. Runs in the sandbox's PID 1
+//! once every other process is gone, through directory descriptors opened before the layers'
+//! staging mounts were detached; never follows a symlink.
 
-use serde::Serialize;
-use std::fs;
+use nix::dir::Dir;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fstatat, FileStat, Mode};
+use serde::{Deserialize, Serialize};
+use std::ffi::{CString, OsStr};
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// Paths listed per run at most; the rest are only counted.
+const MAX_LISTED: usize = 5000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changes {
     pub added: Vec<PathBuf>,
     pub modified: Vec<PathBuf>,
     pub deleted: Vec<PathBuf>,
+    /// Changes beyond the listing cap (counted, not listed).
+    #[serde(default)]
+    pub unlisted: usize,
+    /// Directories the summary could not read (e.g. made unreadable by the command).
+    #[serde(default)]
+    pub unreadable: Vec<PathBuf>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.modified.is_empty() && self.deleted.is_empty()
+        self.added.is_empty() && self.modified.is_empty() && self.deleted.is_empty() && self.unlisted == 0
     }
-}
-
-fn is_whiteout(m: &fs::Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    for name in ["user.overlay.opaque", "trusted.overlay.opaque"] {
-        if xattr_is_y(dir, name) {
-            return true;
+    fn push(list: &mut Vec<PathBuf>, unlisted: &mut usize, p: PathBuf) {
+        if list.len() < MAX_LISTED {
+            list.push(p);
+        } else {
+            *unlisted += 1;
         }
     }
-    false
 }
 
-fn xattr_is_y(p: &Path, name: &str) -> bool {
-    let (Ok(cp), Ok(cn)) = (crate::sys::cstr(p), std::ffi::CString::new(name)) else { return false };
-    let mut buf = [0u8; 4];
-    // SAFETY: valid C strings and a buffer of the length we pass.
-    let n = unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    n >= 1 && buf[0] == b'y'
+const S_IFMT: u32 = libc::S_IFMT;
+
+fn kind(st: &FileStat) -> u32 {
+    st.st_mode & S_IFMT
 }
 
-fn same_content(a: &Path, b: &Path, ma: &fs::Metadata, mb: &fs::Metadata) -> bool {
-    if ma.file_type().is_symlink() || mb.file_type().is_symlink() {
-        return ma.file_type().is_symlink() && mb.file_type().is_symlink() && fs::read_link(a).ok() == fs::read_link(b).ok();
+fn is_whiteout(st: &FileStat) -> bool {
+    kind(st) == libc::S_IFCHR && st.st_rdev == 0
+}
+
+fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Option<FileStat> {
+    fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+}
+
+fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> Option<OwnedFd> {
+    openat(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).ok()
+}
+
+fn is_opaque(dir: BorrowedFd<'_>) -> bool {
+    ["user.overlay.opaque", "trusted.overlay.opaque"].iter().any(|name| {
+        let Ok(cn) = CString::new(*name) else { return false };
+        let mut buf = [0u8; 4];
+        // SAFETY: valid fd, C string and a buffer of the length we pass.
+        let n = unsafe { libc::fgetxattr(dir.as_raw_fd(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        n >= 1 && buf[0] == b'y'
+    })
+}
+
+fn names(dir: BorrowedFd<'_>) -> Option<Vec<std::ffi::OsString>> {
+    let fd = openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    let mut d = Dir::from_fd(fd).ok()?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e.ok()?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(OsStr::from_bytes(n).to_os_string());
+        }
     }
-    if !(ma.is_file() && mb.is_file()) || ma.len() != mb.len() || ma.mode() & 0o7777 != mb.mode() & 0o7777 {
+    out.sort();
+    Some(out)
+}
+
+fn same_content(up: BorrowedFd<'_>, low: BorrowedFd<'_>, name: &OsStr, su: &FileStat, sl: &FileStat) -> bool {
+    if kind(su) != kind(sl) || su.st_mode & 0o7777 != sl.st_mode & 0o7777 {
         return false;
     }
-    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(b)) else { return false };
+    if kind(su) == libc::S_IFLNK {
+        return nix::fcntl::readlinkat(up, name).ok() == nix::fcntl::readlinkat(low, name).ok();
+    }
+    if kind(su) != libc::S_IFREG || su.st_size != sl.st_size {
+        return kind(su) != libc::S_IFREG && su.st_rdev == sl.st_rdev;
+    }
+    let open = |d| openat(d, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).ok().map(std::fs::File::from);
+    let (Some(mut fa), Some(mut fb)) = (open(up), open(low)) else { return false };
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     loop {
         let (Ok(na), Ok(nb)) = (fa.read(&mut ba), fb.read(&mut bb)) else { return false };
@@ -61,70 +109,65 @@ fn same_content(a: &Path, b: &Path, ma: &fs::Metadata, mb: &fs::Metadata) -> boo
     }
 }
 
-/// Walk `upper` against `lower`. Paths are relative to the workspace root.
-pub fn diff(upper: &Path, lower: &Path) -> Changes {
+/// Compare the upper layer with the lower one. Paths are relative to the workspace root.
+pub fn diff(upper: &OwnedFd, lower: &OwnedFd) -> Changes {
     let mut c = Changes::default();
-    walk(upper, lower, Path::new(""), &mut c);
-    c.added.sort();
-    c.modified.sort();
-    c.deleted.sort();
+    walk(upper.as_fd(), Some(lower.as_fd()), Path::new(""), false, &mut c);
     c
 }
 
-fn walk(upper: &Path, lower: &Path, rel: &Path, c: &mut Changes) {
-    let Ok(rd) = fs::read_dir(upper.join(rel)) else { return };
-    let opaque = !rel.as_os_str().is_empty() && is_opaque(&upper.join(rel));
-    let mut seen = std::collections::HashSet::new();
-    for e in rd.flatten() {
-        let name = e.file_name();
-        seen.insert(name.clone());
-        let r = rel.join(&name);
-        let (up, low) = (upper.join(&r), lower.join(&r));
-        let Ok(mu) = fs::symlink_metadata(&up) else { continue };
-        let ml = fs::symlink_metadata(&low).ok();
-        if is_whiteout(&mu) {
-            if ml.is_some() {
-                c.deleted.push(r);
+fn walk(up: BorrowedFd<'_>, low: Option<BorrowedFd<'_>>, rel: &Path, opaque: bool, c: &mut Changes) {
+    let Some(entries) = names(up) else {
+        c.unreadable.push(rel.to_path_buf());
+        return;
+    };
+    for name in &entries {
+        let r = rel.join(name);
+        let Some(su) = stat_at(up, name) else { continue };
+        let sl = if opaque { None } else { low.and_then(|l| stat_at(l, name)) };
+        if is_whiteout(&su) {
+            if sl.is_some() {
+                Changes::push(&mut c.deleted, &mut c.unlisted, r);
             }
             continue;
         }
-        match (&ml, mu.is_dir()) {
-            (None, true) => {
-                c.added.push(r.clone());
-                all_files(upper, &r, &mut c.added);
-            }
-            (None, false) => c.added.push(r),
-            (Some(ml), true) if ml.is_dir() && !opaque => walk(upper, lower, &r, c),
-            (Some(ml), true) if ml.is_dir() => {
-                // Opaque directory: replaced wholesale.
-                c.modified.push(r.clone());
-            }
-            (Some(ml), _) => {
-                if !same_content(&up, &low, &mu, ml) {
-                    c.modified.push(r);
+        let up_dir = kind(&su) == libc::S_IFDIR;
+        match sl {
+            None => {
+                Changes::push(&mut c.added, &mut c.unlisted, r.clone());
+                if up_dir {
+                    if let Some(d) = open_dir_at(up, name) {
+                        walk(d.as_fd(), None, &r, true, c);
+                    }
                 }
             }
-        }
-    }
-    if opaque {
-        if let Ok(rd) = fs::read_dir(lower.join(rel)) {
-            for e in rd.flatten() {
-                if !seen.contains(&e.file_name()) {
-                    c.deleted.push(rel.join(e.file_name()));
+            Some(sl) if up_dir && kind(&sl) == libc::S_IFDIR => {
+                let Some(ud) = open_dir_at(up, name) else {
+                    c.unreadable.push(r);
+                    continue;
+                };
+                let ld = low.and_then(|l| open_dir_at(l, name));
+                let op = is_opaque(ud.as_fd());
+                if op {
+                    // Replaced wholesale: everything of the lower dir not recreated is deleted.
+                    if let Some(ld) = &ld {
+                        let now = names(ud.as_fd()).unwrap_or_default();
+                        for n in names(ld.as_fd()).unwrap_or_default().into_iter().filter(|n| !now.contains(n)) {
+                            Changes::push(&mut c.deleted, &mut c.unlisted, r.join(n));
+                        }
+                    }
+                }
+                walk(ud.as_fd(), if op { None } else { ld.as_ref().map(|d| d.as_fd()) }, &r, op, c);
+            }
+            Some(sl) => {
+                let same = match low {
+                    Some(l) => same_content(up, l, name, &su, &sl),
+                    None => false,
+                };
+                if !same {
+                    Changes::push(&mut c.modified, &mut c.unlisted, r);
                 }
             }
-        }
-    }
-}
-
-fn all_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = fs::read_dir(root.join(rel)) else { return };
-    for e in rd.flatten() {
-        let r = rel.join(e.file_name());
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        out.push(r.clone());
-        if is_dir {
-            all_files(root, &r, out);
         }
     }
 }
@@ -132,6 +175,11 @@ fn all_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    fn open(p: &Path) -> OwnedFd {
+        openat(nix::fcntl::AT_FDCWD, p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).expect("open")
+    }
 
     #[test]
     fn classifies_upper_entries() {
@@ -148,14 +196,17 @@ mod tests {
         fs::write(up.join("newdir/a"), "a").expect("w");
         fs::write(up.join("added.txt"), "a").expect("w");
         fs::write(low.join("gone.txt"), "g").expect("w");
+        std::os::unix::fs::symlink("/etc/passwd", up.join("link")).expect("symlink");
         // A whiteout needs mknod(0,0), which needs privilege; exercise it when we have it.
-        let whiteout = nix::sys::stat::mknod(&up.join("gone.txt"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o600), 0).is_ok();
-        let c = diff(&up, &low);
-        assert_eq!(c.added, vec![PathBuf::from("added.txt"), PathBuf::from("newdir"), PathBuf::from("newdir/a")]);
-        assert_eq!(c.modified, vec![PathBuf::from("src/main.rs")]);
+        let whiteout = nix::sys::stat::mknod(&up.join("gone.txt"), nix::sys::stat::SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), 0).is_ok();
+        let c = diff(&open(&up), &open(&low));
+        let p = PathBuf::from;
+        assert_eq!(c.added, vec![p("added.txt"), p("link"), p("newdir"), p("newdir/a")]);
+        assert_eq!(c.modified, vec![p("src/main.rs")]);
         if whiteout {
-            assert_eq!(c.deleted, vec![PathBuf::from("gone.txt")]);
+            assert_eq!(c.deleted, vec![p("gone.txt")]);
         }
+        assert_eq!((c.unlisted, c.unreadable.len()), (0, 0));
         let _ = fs::remove_dir_all(&base);
     }
 }

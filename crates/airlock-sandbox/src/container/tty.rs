@@ -116,7 +116,12 @@ fn copy(from: RawFd, to: RawFd) -> io::Result<usize> {
 
 /// Wait for the sandbox's PID 1 to exit while relaying signals and the terminal.
 /// Returns whether the timeout fired (the sandbox was then killed).
-pub fn supervise(pidfd: &OwnedFd, child: Pid, sigs: &SignalPipe, tty_sock: Option<&OwnedFd>, deadline: Option<Instant>) -> io::Result<bool> {
+/// Also collects what PID 1 reports on `result` (read as it arrives, so a large report never
+/// blocks PID 1). Returns (timed out, report bytes).
+pub fn supervise(pidfd: &OwnedFd, child: Pid, sigs: &SignalPipe, tty_sock: Option<&OwnedFd>, result: &OwnedFd, deadline: Option<Instant>) -> io::Result<(bool, Vec<u8>)> {
+    const MAX_REPORT: usize = 8 << 20;
+    let mut report = Vec::new();
+    let mut result_open = true;
     let master = match tty_sock {
         Some(sock) => Some(crate::sys::recv_fd(sock.as_raw_fd())?),
         None => None,
@@ -138,12 +143,18 @@ pub fn supervise(pidfd: &OwnedFd, child: Pid, sigs: &SignalPipe, tty_sock: Optio
         // SAFETY: fd 0 stays open for the life of the process.
         let stdin = unsafe { BorrowedFd::borrow_raw(0) };
         let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sigs.rd.as_fd(), PollFlags::POLLIN)];
-        if let Some(m) = &master {
+        let result_at = result_open.then(|| {
+            fds.push(PollFd::new(result.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let master_at = master.as_ref().map(|m| {
             fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
-            if stdin_open {
-                fds.push(PollFd::new(stdin, PollFlags::POLLIN));
-            }
-        }
+            fds.len() - 1
+        });
+        let stdin_at = (master.is_some() && stdin_open).then(|| {
+            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+            fds.len() - 1
+        });
         match poll(&mut fds, timeout) {
             Ok(0) => {
                 timed_out = true;
@@ -155,7 +166,16 @@ pub fn supervise(pidfd: &OwnedFd, child: Pid, sigs: &SignalPipe, tty_sock: Optio
             Err(e) => return Err(e.into()),
         }
         let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
-        let (child_done, sig_ready, master_ready, stdin_ready) = (ready(0), ready(1), ready(2), ready(3));
+        let at = |i: Option<usize>| i.is_some_and(ready);
+        let (child_done, sig_ready, result_ready, master_ready, stdin_ready) = (ready(0), ready(1), at(result_at), at(master_at), at(stdin_at));
+        if result_ready {
+            let mut buf = [0u8; 64 * 1024];
+            match nix::unistd::read(result, &mut buf) {
+                Ok(0) | Err(_) => result_open = false,
+                Ok(n) if report.len() < MAX_REPORT => report.extend_from_slice(&buf[..n]),
+                Ok(_) => {}
+            }
+        }
         if sig_ready {
             for s in sigs.drain() {
                 if s == Signal::SIGWINCH {
@@ -181,7 +201,15 @@ pub fn supervise(pidfd: &OwnedFd, child: Pid, sigs: &SignalPipe, tty_sock: Optio
                 let _ = nix::fcntl::fcntl(m, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
                 while copy(m.as_raw_fd(), 1).unwrap_or(0) > 0 {}
             }
-            return Ok(timed_out);
+            // PID 1 has exited: whatever it wrote is in the pipe now.
+            let mut buf = [0u8; 64 * 1024];
+            while result_open && report.len() < MAX_REPORT {
+                match nix::unistd::read(result, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => report.extend_from_slice(&buf[..n]),
+                }
+            }
+            return Ok((timed_out, report));
         }
     }
 }

@@ -89,3 +89,23 @@ pub(super) fn kvm_create_vm(kvm: &impl AsRawFd) -> io::Result<OwnedFd> {
     // SAFETY: the kernel just created this descriptor for us; we are its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
+
+/// Install a classic-BPF seccomp filter on the calling thread (no_new_privs must be set).
+pub(super) fn seccomp_install(prog: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog { len: prog.len() as libc::c_ushort, filter: prog.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies the program.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &fprog as *const libc::sock_fprog as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

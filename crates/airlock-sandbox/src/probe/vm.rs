@@ -1,0 +1,149 @@
+//! The microVM backend's needs (/dev/kvm that can boot a stock guest, QEMU with `-M microvm`)
+//! and the user-mode network helpers.
+
+use super::{raw, run_bounded, which, Row, Status};
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+const KVM_API_VERSION: i32 = 12;
+
+/// What /sys/module (and /proc/modules, when modules exist) says about the KVM flavour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct KvmModules {
+    /// kvm_pvm: the PVM paravirtual hypervisor (nested without hardware virtualization).
+    pub pvm: bool,
+    /// kvm_intel / kvm_amd.
+    pub vendor: Option<&'static str>,
+}
+
+impl KvmModules {
+    fn detect() -> KvmModules {
+        let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+        let loaded = |m: &str| Path::new("/sys/module").join(m).exists() || modules.lines().any(|l| l.split(' ').next() == Some(m));
+        KvmModules {
+            pvm: loaded("kvm_pvm"),
+            vendor: if loaded("kvm_intel") {
+                Some("kvm_intel")
+            } else if loaded("kvm_amd") {
+                Some("kvm_amd")
+            } else {
+                None
+            },
+        }
+    }
+}
+
+pub(super) fn kvm_row() -> Row {
+    kvm_row_with(&KvmModules::detect(), Path::new("/dev/kvm"))
+}
+
+pub(super) fn kvm_row_with(m: &KvmModules, dev: &Path) -> Row {
+    let (id, name, needed) = ("kvm", "/dev/kvm", "microvm backend at hardware speed (TCG software emulation otherwise)");
+    let row = |status, detail: String, fix: Option<&str>| Row::new(id, name, status, detail, fix.map(str::to_string), needed);
+    const TCG: &str = "the microvm backend will use TCG software emulation";
+    let opened = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(dev);
+    let kvm = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let fix = if m.pvm { None } else { Some("enable VT-x/AMD-V in the firmware and load kvm_intel or kvm_amd (in a VM: enable nested virtualization)") };
+            return row(Status::Degraded, format!("{} does not exist; {TCG}", dev.display()), fix);
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EPERM) => {
+            return row(
+                Status::Degraded,
+                format!("{} exists but is not accessible to this user ({e}); {TCG}", dev.display()),
+                Some("add the user to the kvm group: sudo usermod -aG kvm $USER (then log in again)"),
+            );
+        }
+        Err(e) => return row(Status::Degraded, format!("cannot open {}: {e}; {TCG}", dev.display()), None),
+    };
+    let api = match raw::kvm_api_version(&kvm) {
+        Ok(v) => v,
+        Err(e) => return row(Status::Degraded, format!("KVM_GET_API_VERSION failed: {e}; {TCG}"), None),
+    };
+    if api != KVM_API_VERSION {
+        return row(Status::Degraded, format!("KVM_GET_API_VERSION returned {api}, expected {KVM_API_VERSION}; {TCG}"), None);
+    }
+    let vm = raw::kvm_create_vm(&kvm).map(drop);
+    if m.pvm {
+        return row(
+            Status::Degraded,
+            format!(
+                "KVM present but it is kvm_pvm (PVM) which cannot boot a stock guest kernel; {TCG} (API {api}, KVM_CREATE_VM {})",
+                if vm.is_ok() { "works" } else { "fails" }
+            ),
+            Some("use a host with hardware virtualization (kvm_intel/kvm_amd) for KVM speed; nothing to do for TCG"),
+        );
+    }
+    if let Err(e) = vm {
+        return row(Status::Degraded, format!("KVM API {api}, but KVM_CREATE_VM failed: {e}; {TCG}"), None);
+    }
+    row(
+        Status::Ok,
+        format!("KVM API {api}, KVM_CREATE_VM works{}", m.vendor.map(|v| format!(" ({v})")).unwrap_or_default()),
+        None,
+    )
+}
+
+/// QEMU binary and Debian package for this architecture.
+pub(super) fn qemu_names(arch: &str) -> (String, &'static str) {
+    let pkg = match arch {
+        "x86_64" | "x86" => "qemu-system-x86",
+        "aarch64" | "arm" => "qemu-system-arm",
+        "powerpc64" | "powerpc" => "qemu-system-ppc",
+        _ => "qemu-system-misc",
+    };
+    (format!("qemu-system-{arch}"), pkg)
+}
+
+pub(super) fn qemu_row() -> Row {
+    let (id, name, needed) = ("qemu", "qemu", "microvm backend (--backend microvm)");
+    let arch = std::env::consts::ARCH;
+    let (bin, pkg) = qemu_names(arch);
+    let fix = format!("apt install {pkg}  (dnf install qemu-system-{arch}-core)");
+    let Some(path) = which(&bin) else {
+        return Row::new(id, name, Status::Degraded, format!("{bin} not found"), Some(fix), needed);
+    };
+    let t = Duration::from_secs(5);
+    let version = match run_bounded(&path, &["--version"], t) {
+        Ok((0, out)) => out.lines().next().unwrap_or("").trim().to_string(),
+        Ok((code, out)) => return Row::new(id, name, Status::Degraded, format!("{} --version exited {code}: {}", path.display(), out.trim()), Some(fix), needed),
+        Err(e) => return Row::new(id, name, Status::Degraded, e, Some(fix), needed),
+    };
+    let machines = run_bounded(&path, &["-M", "help"], t);
+    match machines {
+        Ok((_, out)) if out.lines().any(|l| l.split_whitespace().next() == Some("microvm")) => {
+            Row::new(id, name, Status::Ok, format!("{} — {version}; -M microvm supported", path.display()), None, needed)
+        }
+        Ok(_) => Row::new(
+            id,
+            name,
+            Status::Degraded,
+            format!("{} — {version}; this build has no -M microvm machine", path.display()),
+            Some(format!("install a QEMU build with the microvm machine: {fix}")),
+            needed,
+        ),
+        Err(e) => Row::new(id, name, Status::Degraded, format!("{} — {version}; -M help failed: {e}", path.display()), Some(fix), needed),
+    }
+}
+
+pub(super) fn net_helpers_row() -> Row {
+    let (id, name, needed) = ("net_helpers", "network helpers (pasta, slirp4netns)", "rootless filtered/open network modes");
+    let found: Vec<(&str, Option<std::path::PathBuf>)> = ["pasta", "passt", "slirp4netns"].into_iter().map(|b| (b, which(b))).collect();
+    let detail = found
+        .iter()
+        .map(|(b, p)| match p {
+            Some(p) => format!("{b}: {}", p.display()),
+            None => format!("{b}: not found"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let have = |b: &str| found.iter().any(|(n, p)| *n == b && p.is_some());
+    if have("pasta") || have("slirp4netns") {
+        Row::new(id, name, Status::Ok, detail, None, needed)
+    } else {
+        Row::new(id, name, Status::Degraded, detail, Some("apt install passt  (or: apt install slirp4netns)".into()), needed)
+    }
+}
