@@ -3,6 +3,7 @@
 //! hierarchy root, except on v2 as root when our own cgroup cannot host children (processes in
 //! it): then `/sys/fs/cgroup/airlock/<name>`.
 
+use crate::probe::cgroups;
 use airlock_model::plan::LimitSupport;
 use airlock_model::spec::Resources;
 use std::fs;
@@ -34,43 +35,6 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs::write(path, value).map_err(|source| CgroupError::Write { path: path.into(), value: value.into(), source })
 }
 
-/// Parsed `/proc/self/cgroup`: (hierarchy controllers, path) per line.
-pub fn parse_proc_cgroup(text: &str) -> Vec<(Vec<String>, String)> {
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let _id = it.next()?;
-            let ctrls = it.next()?;
-            let path = it.next()?;
-            let ctrls = if ctrls.is_empty() { vec![] } else { ctrls.split(',').map(str::to_string).collect() };
-            Some((ctrls, path.to_string()))
-        })
-        .collect()
-}
-
-/// Mount points of cgroup filesystems from `/proc/self/mountinfo`: (fstype, options, mountpoint).
-pub fn parse_cgroup_mounts(mountinfo: &str) -> Vec<(String, Vec<String>, PathBuf)> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mountpoint = left.split(' ').nth(4)?;
-            let mut r = right.split(' ');
-            let fstype = r.next()?;
-            if fstype != "cgroup" && fstype != "cgroup2" {
-                return None;
-            }
-            let _src = r.next();
-            let opts = r.next().unwrap_or("").split(',').map(str::to_string).collect();
-            Some((fstype.to_string(), opts, PathBuf::from(unescape(mountpoint))))
-        })
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-}
-
 fn writable_dir(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_ok()
 }
@@ -81,34 +45,36 @@ impl Layout {
         let cg = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mi = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let root = nix::unistd::geteuid().is_root();
-        Self::from_parts(&parse_proc_cgroup(&cg), &parse_cgroup_mounts(&mi), root, &writable_dir, &|p| {
-            fs::read_to_string(p).ok()
-        })
+        Self::from_parts(&mi, &cg, root, &writable_dir, &|p| fs::read_to_string(p).ok())
     }
 
-    /// Pure core of [`detect`], with the filesystem questions passed in.
+    /// Pure core of [`detect`]: mountinfo and /proc/self/cgroup text, with the filesystem
+    /// questions passed in. Parsing is shared with `doctor` (`probe::cgroups`).
     pub fn from_parts(
-        procs: &[(Vec<String>, String)],
-        mounts: &[(String, Vec<String>, PathBuf)],
+        mountinfo: &str,
+        proc_cgroup: &str,
         root: bool,
         writable: &dyn Fn(&Path) -> bool,
         read: &dyn Fn(&Path) -> Option<String>,
     ) -> Layout {
+        let mounts = cgroups::cgroup_mounts(&cgroups::parse_mountinfo(mountinfo));
+        let procs = cgroups::parse_proc_cgroup(proc_cgroup);
         let v1_ctrl = |ctrl: &str| -> Option<PathBuf> {
-            let (_, _, mp) = mounts.iter().find(|(t, o, _)| t == "cgroup" && o.iter().any(|x| x == ctrl))?;
-            let (_, path) = procs.iter().find(|(c, _)| c.iter().any(|x| x == ctrl))?;
-            let own = mp.join(path.trim_start_matches('/'));
+            let m = mounts.iter().find(|m| m.fstype == "cgroup" && m.controllers.iter().any(|x| x == ctrl))?;
+            let p = procs.iter().find(|p| p.controllers.iter().any(|x| x == ctrl))?;
+            let own = cgroups::own_dir(&m.mount_point, &m.root, &p.path)?;
             let parent = own.join(GROUP_DIR);
             (writable(&parent) || writable(&own)).then_some(parent)
         };
-        let any_v1 = mounts.iter().any(|(t, o, _)| t == "cgroup" && o.iter().any(|x| x == "memory" || x == "pids"));
+        let any_v1 = mounts.iter().any(|m| m.fstype == "cgroup" && m.controllers.iter().any(|x| x == "memory" || x == "pids"));
         if any_v1 {
-            let l = Layout::V1 { memory: v1_ctrl("memory"), pids: v1_ctrl("pids"), cpu: v1_ctrl("cpu") };
-            return l;
+            return Layout::V1 { memory: v1_ctrl("memory"), pids: v1_ctrl("pids"), cpu: v1_ctrl("cpu") };
         }
-        let Some((_, _, mp)) = mounts.iter().find(|(t, _, _)| t == "cgroup2") else { return Layout::None };
-        let Some((_, path)) = procs.iter().find(|(c, _)| c.is_empty()) else { return Layout::None };
-        let own = mp.join(path.trim_start_matches('/'));
+        let Some(m2) = mounts.iter().find(|m| m.fstype == "cgroup2") else { return Layout::None };
+        let mp = &m2.mount_point;
+        let Some(own) = procs.iter().find(|p| p.controllers.is_empty()).and_then(|p| cgroups::own_dir(mp, &m2.root, &p.path)) else {
+            return Layout::None;
+        };
         let has = |dir: &Path, file: &str, c: &str| {
             read(&dir.join(file)).is_some_and(|s| s.split_whitespace().any(|w| w == c))
         };
@@ -306,7 +272,7 @@ mod tests {
 
     #[test]
     fn hybrid_v1_uses_own_cgroup_per_controller() {
-        let l = Layout::from_parts(&parse_proc_cgroup(HYBRID_CG), &parse_cgroup_mounts(HYBRID_MI), true, &|_| true, &|_| None);
+        let l = Layout::from_parts(HYBRID_MI, HYBRID_CG, true, &|_| true, &|_| None);
         assert_eq!(
             l,
             Layout::V1 {
@@ -315,14 +281,14 @@ mod tests {
                 cpu: Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/airlock")),
             }
         );
-        let ro = Layout::from_parts(&parse_proc_cgroup(HYBRID_CG), &parse_cgroup_mounts(HYBRID_MI), false, &|_| false, &|_| None);
+        let ro = Layout::from_parts(HYBRID_MI, HYBRID_CG, false, &|_| false, &|_| None);
         assert_eq!(ro.support(), LimitSupport::default());
     }
 
     #[test]
     fn v2_delegated_and_root_fallback() {
-        let cg = parse_proc_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n");
-        let mi = parse_cgroup_mounts("40 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        let cg = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n";
+        let mi = "40 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         let own = PathBuf::from("/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope");
         let read = |p: &Path| -> Option<String> {
             if p.ends_with("cgroup.subtree_control") && p.starts_with(&own) {
@@ -333,15 +299,15 @@ mod tests {
                 None
             }
         };
-        let l = Layout::from_parts(&cg, &mi, false, &|_| true, &read);
+        let l = Layout::from_parts(mi, cg, false, &|_| true, &read);
         assert_eq!(l, Layout::V2 { parent: own.join("airlock"), memory: true, pids: true, cpu: true });
 
         // Not delegated: rootless gets nothing, root falls back to the hierarchy's airlock dir.
         let nothing = |_: &Path| -> Option<String> { Some("cpu memory pids".into()).filter(|_| false) };
-        assert_eq!(Layout::from_parts(&cg, &mi, false, &|_| false, &nothing), Layout::None);
+        assert_eq!(Layout::from_parts(mi, cg, false, &|_| false, &nothing), Layout::None);
         let root_read = |p: &Path| -> Option<String> { p.ends_with("cgroup.controllers").then(|| "memory pids".into()) };
         assert_eq!(
-            Layout::from_parts(&cg, &mi, true, &|_| false, &root_read),
+            Layout::from_parts(mi, cg, true, &|_| false, &root_read),
             Layout::V2 { parent: PathBuf::from("/sys/fs/cgroup/airlock"), memory: true, pids: true, cpu: false }
         );
     }

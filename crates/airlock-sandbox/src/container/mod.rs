@@ -121,10 +121,7 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
 /// Whether the running kernel is at least `major.minor`.
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let Ok(u) = nix::sys::utsname::uname() else { return false };
-    let rel = u.release().to_string_lossy().into_owned();
-    let mut it = rel.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
-    let (ma, mi) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-    (ma, mi) >= (major, minor)
+    crate::probe::kernel_version(&u.release().to_string_lossy()) >= (major, minor)
 }
 
 /// Options of one run that are about the host side, not the sandbox's policy.

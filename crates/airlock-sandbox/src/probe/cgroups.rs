@@ -363,14 +363,7 @@ pub fn analyze(mountinfo: &str, proc_cgroup: &str, euid: u32, fsys: &dyn CgroupF
             let (child, problem) = match &dir {
                 Some(d) => match try_child(d) {
                     Ok(()) => (true, None),
-                    Err(e) => (
-                        false,
-                        Some(if root {
-                            format!("cannot create a child cgroup in {}: {e}", d.display())
-                        } else {
-                            format!("cannot create a child cgroup in {} ({e}); cgroup v1 has no delegation to ordinary users", d.display())
-                        }),
-                    ),
+                    Err(e) => (false, Some(format!("cannot create a child cgroup: {e}"))),
                 },
                 None if path.is_empty() => (false, Some("not listed in /proc/self/cgroup".to_string())),
                 None => (false, Some(format!("own cgroup {path} is not visible under {}", m.mount_point.display()))),
@@ -465,24 +458,27 @@ pub(crate) fn describe(r: &CgroupReport) -> (String, Option<String>) {
             Some(Hierarchy::V2) => "v2",
             None => "-",
         };
-        parts.push(format!("{} [{hier}] {} {place}", c.name, if c.usable { "usable at" } else { "NOT usable at" }));
+        match (&c.problem, c.usable) {
+            (_, true) => parts.push(format!("{} [{hier}] usable at {place}", c.name)),
+            (Some(p), false) => parts.push(format!("{} [{hier}] NOT usable at {place}: {p}", c.name)),
+            (None, false) => parts.push(format!("{} [{hier}] NOT usable at {place}", c.name)),
+        }
     }
     let mut detail = parts.join("; ");
     if r.all_usable() {
         return (detail, None);
     }
-    detail.push_str(&format!("; {} limits would not be enforced", r.unusable().join("/")));
-    let problems: Vec<String> = r.controllers.iter().filter_map(|c| c.problem.as_ref().map(|p| format!("{}: {p}", c.name))).collect();
-    if !problems.is_empty() {
-        detail.push_str(&format!(" ({})", problems.join("; ")));
-    }
+    detail.push_str(&format!(" — {} limits would not be enforced", r.unusable().join("/")));
     let v2_like = r.controllers.iter().any(|c| c.hierarchy == Some(Hierarchy::V2));
     let fix = match (r.version, r.root, v2_like) {
         (CgroupVersion::None, _, _) => "mount the cgroup filesystem: mount -t cgroup2 none /sys/fs/cgroup".to_string(),
         (_, false, true) => "run airlock in a delegated cgroup: systemd-run --user --scope -p Delegate=yes airlock …  (or under a slice with Delegate=yes); `--require-limits` refuses to run without them".to_string(),
         (_, true, true) => "enable the controllers for airlock's cgroup: run it in its own scope with systemd-run --scope -p Delegate=yes airlock …, or echo +memory +pids +cpu > <parent>/cgroup.subtree_control".to_string(),
         (_, false, false) => "cgroup v1 cannot be delegated to ordinary users: run airlock as root, or boot with systemd.unified_cgroup_hierarchy=1 (cgroup v2) and use systemd-run --user --scope -p Delegate=yes airlock …".to_string(),
-        (_, true, false) => "mount the missing v1 controllers (mount -t cgroup -o memory,pids,cpu …) or boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1)".to_string(),
+        (_, true, false) if r.controllers.iter().any(|c| !c.usable && c.hierarchy.is_none()) => {
+            "mount the missing v1 controllers (mount -t cgroup -o memory,pids,cpu …) or boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1)".to_string()
+        }
+        (_, true, false) => "give airlock a writable cgroup hierarchy: the cgroup filesystem is read-only or not ours here (typical inside containers — run the outer container with --privileged, or on a cgroup v2 host with --cgroupns=private and a delegated cgroup)".to_string(),
     };
     (detail, Some(fix))
 }

@@ -39,8 +39,8 @@ fn audit_arch() -> Option<u32> {
 
 /// A minimal filter: getppid(2) answers PROBE_ERRNO, everything else is allowed.
 pub(super) fn probe_filter(arch: u32) -> Vec<libc::sock_filter> {
-    const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-    const JEQ_K: u16 = 0x05 | 0x10 | 0x00;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06;
     const RET_ERRNO: u32 = 0x0005_0000;
     const RET_ALLOW: u32 = 0x7fff_0000;

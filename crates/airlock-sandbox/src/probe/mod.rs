@@ -6,7 +6,7 @@
 //! [`cgroups()`] is reusable by the runtime: it reports the detected cgroup layout without
 //! forking.
 
-mod cgroups;
+pub mod cgroups;
 mod child;
 mod kernel;
 mod ns;
@@ -14,8 +14,9 @@ mod raw;
 mod vm;
 
 pub use cgroups::{
-    analyze as analyze_cgroups, cgroups, CgroupFs, CgroupMount, CgroupReport, CgroupVersion, ControllerReport, Hierarchy,
-    Membership, UnifiedReport,
+    analyze as analyze_cgroups, cgroup_mounts, cgroups, own_dir as cgroup_own_dir, parse_mountinfo, parse_proc_cgroup, CgroupFs,
+    CgroupMount, CgroupReport, CgroupVersion, ControllerReport, Hierarchy, Membership, MountEntry, RealFs, UnifiedReport,
+    CONTROLLERS,
 };
 
 use serde::Serialize;
@@ -71,7 +72,7 @@ impl Row {
 
 /// Row ids the default path (container backend: user namespaces, mount/pid namespaces with a
 /// fresh /proc, seccomp) depends on.
-pub const DEFAULT_PATH: &[&str] = &["userns", "mount_pid_proc", "seccomp"];
+pub const DEFAULT_PATH: &[&str] = &["userns", "mount_pid_proc", "seccomp", "overlayfs"];
 
 /// Every default-path row is present and ok.
 pub fn default_path_ok(rows: &[Row]) -> bool {
@@ -84,6 +85,9 @@ pub(crate) struct Host {
     pub euid: u32,
     pub egid: u32,
     pub root: bool,
+    /// The uid map is not the identity: we run inside a user namespace, `outside` being the
+    /// host-side id of our uid 0 when mapped.
+    pub userns_outside_root: Option<Option<u32>>,
     /// Hints that we run inside a container (/.dockerenv, …).
     pub container: Vec<String>,
     pub mountinfo: String,
@@ -96,9 +100,15 @@ impl Host {
             euid,
             egid: nix::unistd::getegid().as_raw(),
             root: euid == 0,
+            userns_outside_root: userns_of(&fs::read_to_string("/proc/self/uid_map").unwrap_or_default()),
             container: container_hints(),
             mountinfo: fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
         }
+    }
+
+    /// Root of the initial user namespace (real host root), not root inside a user namespace.
+    pub fn host_root(&self) -> bool {
+        self.root && self.userns_outside_root.is_none()
     }
 
     /// Filesystem type and mount point holding `path` (longest matching mount point).
@@ -119,7 +129,7 @@ pub fn probe_all() -> Vec<Row> {
     rows.extend(ns::rows(&host));
     rows.push(kernel::seccomp_row(&host));
     rows.push(kernel::landlock_row());
-    rows.push(cgroups_row(&cgroups()));
+    rows.push(cgroups_row(&cgroups(), &crate::cgroup::Layout::detect()));
     rows.push(kernel::nftables_row(&host));
     rows.push(vm::kvm_row());
     rows.push(vm::qemu_row());
@@ -127,9 +137,19 @@ pub fn probe_all() -> Vec<Row> {
     rows
 }
 
-fn cgroups_row(r: &CgroupReport) -> Row {
-    let (detail, fix) = cgroups::describe(r);
-    let status = if r.all_usable() { Status::Ok } else { Status::Degraded };
+/// `layout` is what `airlock run` will actually use; it can do better than the own-cgroup view
+/// (root on a v2 host whose own cgroup holds processes uses `/sys/fs/cgroup/airlock`).
+fn cgroups_row(r: &CgroupReport, layout: &crate::cgroup::Layout) -> Row {
+    let (mut detail, mut fix) = cgroups::describe(r);
+    let s = layout.support();
+    let runtime_ok = s.memory && s.pids && s.cpu;
+    if !r.all_usable() && runtime_ok {
+        if let crate::cgroup::Layout::V2 { parent, .. } = layout {
+            detail.push_str(&format!("; as root, sandbox cgroups go under {} instead", parent.display()));
+            fix = None;
+        }
+    }
+    let status = if r.all_usable() || runtime_ok { Status::Ok } else { Status::Degraded };
     Row::new("cgroups", "cgroups (memory, pids, cpu)", status, detail, fix, "--memory/--pids/--cpus limits (--require-limits refuses without them)")
 }
 
@@ -166,12 +186,25 @@ fn arch_row() -> Row {
 
 fn user_row(h: &Host) -> Row {
     let name = user_name(h.euid);
-    let detail = if h.root {
-        "root (uid 0): rootful sandboxes, cgroups and idmapped mounts available to airlock".to_string()
+    let detail = if h.host_root() {
+        "root (uid 0): rootful sandboxes (the sandbox's users map to unprivileged host ids)".to_string()
+    } else if h.root {
+        let outside = h.userns_outside_root.flatten().map(|u| format!(" (host uid {u})")).unwrap_or_default();
+        format!("root inside a user namespace{outside}: host-level privileges (cgroups, idmapped mounts of host filesystems) are not available")
     } else {
         format!("rootless (uid {}{}, gid {}): sandboxes run in user namespaces", h.euid, name.map(|n| format!(" {n}")).unwrap_or_default(), h.egid)
     };
     Row::info("user", "running as", detail)
+}
+
+/// `None` for the identity map of the initial user namespace; otherwise `Some(host id of
+/// uid 0, if mapped)`.
+pub(crate) fn userns_of(uid_map: &str) -> Option<Option<u32>> {
+    let lines: Vec<Vec<u64>> = uid_map.lines().map(|l| l.split_whitespace().filter_map(|w| w.parse().ok()).collect()).collect();
+    if lines.len() == 1 && lines[0] == [0, 0, 4_294_967_295] || uid_map.trim().is_empty() {
+        return None;
+    }
+    Some(lines.iter().find(|l| l.len() == 3 && l[0] == 0 && l[2] > 0).and_then(|l| u32::try_from(l[1]).ok()))
 }
 
 fn user_name(uid: u32) -> Option<String> {

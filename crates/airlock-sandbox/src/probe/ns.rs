@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// The id a file owned by the caller shows through the probe's idmapped mount.
-const IDMAP_INSIDE: u32 = 1234;
+/// The id a file owned by the caller shows through the probe's idmapped mount (as root).
+const IDMAP_SHOWN: u32 = 1234;
 const NOBODY: u32 = 65534;
 
 // Step codes reported by the children.
@@ -217,9 +217,10 @@ fn userns_child(h: &Host, d: &Dirs) -> Outcome {
     })
 }
 
-/// A user namespace mapping `inside` to uid/gid 0 of the caller's namespace, as an fd: a
-/// throwaway child (raw clone into CLONE_NEWUSER) holds it while we write its maps.
-fn holder_userns(inside: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+/// A user namespace whose single mapping is `inside` -> `outside` (ids of the caller's
+/// namespace), as an fd: a throwaway child (raw clone into CLONE_NEWUSER) holds it while we
+/// write its maps. As an idmapping it shows files owned by `inside` as owned by `outside`.
+fn holder_userns(inside: u32, outside: u32) -> std::io::Result<std::os::fd::OwnedFd> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let pid = sys::clone_fork(libc::CLONE_NEWUSER)?;
     if pid == 0 {
@@ -230,8 +231,8 @@ fn holder_userns(inside: u32) -> std::io::Result<std::os::fd::OwnedFd> {
     }
     drop(rd);
     let res = (|| {
-        fs::write(format!("/proc/{pid}/uid_map"), format!("{inside} 0 1\n"))?;
-        fs::write(format!("/proc/{pid}/gid_map"), format!("{inside} 0 1\n"))?;
+        fs::write(format!("/proc/{pid}/uid_map"), format!("{inside} {outside} 1\n"))?;
+        fs::write(format!("/proc/{pid}/gid_map"), format!("{inside} {outside} 1\n"))?;
         Ok(std::os::fd::OwnedFd::from(fs::File::open(format!("/proc/{pid}/ns/user"))?))
     })();
     drop(wr);
@@ -246,6 +247,7 @@ fn idmap_child(h: &Host, d: &Dirs) -> Outcome {
     let uid_map = format!("0 {} 1\n", h.euid);
     let gid_map = format!("0 {} 1\n", h.egid);
     let root = h.root;
+    let host_root = h.host_root();
     child::run(TIMEOUT, |r: &Reporter| {
         let flags = if root { CloneFlags::CLONE_NEWNS } else { CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS };
         if !r.check(ID_UNSHARE, unshare(flags)) {
@@ -261,7 +263,10 @@ fn idmap_child(h: &Host, d: &Dirs) -> Outcome {
         if !r.check(ID_PRIVATE, private_root()) {
             return 1;
         }
-        let userns = match holder_userns(IDMAP_INSIDE) {
+        // The scratch file belongs to uid 0 as seen here (root, or our mapped self). Without
+        // host root, only that id may exist in our namespace, so the mapping is the identity
+        // (the kernel refuses idmapping host filesystems then anyway).
+        let userns = match holder_userns(0, if host_root { IDMAP_SHOWN } else { 0 }) {
             Ok(fd) => {
                 r.ok(ID_USERNS, 0);
                 fd
@@ -343,7 +348,7 @@ pub(super) fn rows(h: &Host) -> Vec<Row> {
         Ok(d) => {
             let o = userns_child(h, d);
             rows.push(userns_row(h, &sysctls, &o));
-            if h.root {
+            if h.host_root() {
                 rows.push(unprivileged_row(&sysctls, &unprivileged_child()));
             }
             rows.push(mount_proc_row(h, &sysctls, &o));
@@ -388,8 +393,16 @@ fn userns_row(h: &Host, s: &UsernsSysctls, o: &Outcome) -> Row {
         if !facts.is_empty() {
             detail.push_str(&format!(" [{facts}]"));
         }
+        let enospc = o.errno(U_UNSHARE) == Some(libc::ENOSPC);
         let fix = s
             .fix(!h.root)
+            .or_else(|| {
+                enospc.then(|| {
+                    "raise the limit: sudo sysctl -w user.max_user_namespaces=28633; if it is already high, an enclosing \
+                     sandbox or container (bwrap --disable-userns, a nested user namespace) forbids nesting: run airlock outside it"
+                        .to_string()
+                })
+            })
             .or_else(|| container_fix(h))
             .or_else(|| Some("enable CONFIG_USER_NS in the kernel and check that no seccomp/LSM policy blocks unshare(CLONE_NEWUSER)".into()));
         return Row::new("userns", name, Status::Missing, detail, fix, NEEDED_USERNS);
@@ -517,12 +530,15 @@ fn idmap_row(h: &Host, o: &Outcome, fs_desc: &str) -> Row {
         ],
     );
     if let Some((step, what, errno)) = failure {
-        if !h.root && step == ID_SETATTR && errno == libc::EPERM {
+        if !h.host_root() && step == ID_SETATTR && errno == libc::EPERM {
             return row(
                 Status::Ok,
-                format!("not usable rootless ({what}: the host filesystem belongs to the initial user namespace); rootless sandboxes do not need it"),
+                format!("not usable without host root ({what}: the host filesystem belongs to the initial user namespace); rootless sandboxes do not need it"),
                 None,
             );
+        }
+        if step == ID_USERNS || (step == ID_UNSHARE && !h.root) {
+            return row(Status::Degraded, format!("{what}: needs user namespaces"), Some("fix user namespaces first"));
         }
         let fix = match (step, errno) {
             (ID_OPEN_TREE | ID_SETATTR | ID_MOVE, libc::ENOSYS) => "idmapped mounts need Linux 5.12+ (new mount API)",
@@ -535,12 +551,12 @@ fn idmap_row(h: &Host, o: &Outcome, fs_desc: &str) -> Row {
         return row(Status::Degraded, e, None);
     }
     match o.get(ID_UID) {
-        Some(Ok(uid)) if !h.root || uid == IDMAP_INSIDE as i64 => row(
+        Some(Ok(uid)) if !h.host_root() || uid == IDMAP_SHOWN as i64 => row(
             Status::Ok,
             format!("open_tree(OPEN_TREE_CLONE) + mount_setattr(MOUNT_ATTR_IDMAP) work on {fs_desc}; a file owned by uid {} shows as uid {uid} through the mount", h.euid),
             None,
         ),
-        other => row(Status::Degraded, format!("the idmapping was not applied (stat through the mount gave {other:?}, expected uid {IDMAP_INSIDE})"), None),
+        other => row(Status::Degraded, format!("the idmapping was not applied (stat through the mount gave {other:?}, expected uid {IDMAP_SHOWN})"), None),
     }
 }
 

@@ -13,13 +13,30 @@ fn status_words_and_json_shape() {
 }
 
 #[test]
-fn default_path_needs_userns_proc_and_seccomp() {
+fn default_path_needs_userns_proc_seccomp_and_overlay() {
     let row = |id: &str, s| Row::new(id, id, s, "", None, "");
-    let mut rows = vec![row("userns", Status::Ok), row("mount_pid_proc", Status::Ok), row("seccomp", Status::Ok), row("kvm", Status::Degraded)];
+    let mut rows = vec![
+        row("userns", Status::Ok),
+        row("mount_pid_proc", Status::Ok),
+        row("seccomp", Status::Ok),
+        row("overlayfs", Status::Ok),
+        row("kvm", Status::Degraded),
+    ];
     assert!(default_path_ok(&rows));
+    rows[3].status = Status::Degraded;
+    assert!(!default_path_ok(&rows));
+    rows[3].status = Status::Ok;
     rows[1].status = Status::Missing;
     assert!(!default_path_ok(&rows));
     assert!(!default_path_ok(&rows[2..]));
+}
+
+#[test]
+fn uid_map_tells_user_namespaces() {
+    assert_eq!(userns_of("         0          0 4294967295\n"), None);
+    assert_eq!(userns_of("         0       1000          1\n"), Some(Some(1000)));
+    assert_eq!(userns_of("      1000       1000          1\n"), Some(None));
+    assert_eq!(userns_of("0 100000 65536\n65536 0 1\n"), Some(Some(100000)));
 }
 
 #[test]
@@ -70,11 +87,16 @@ fn kvm_absent_and_pvm_rows() {
     assert_eq!(r.status, Status::Degraded);
     assert!(r.detail.contains("TCG"), "{}", r.detail);
     assert!(r.fix.is_some());
-    if Path::new("/dev/kvm").exists() && nix::unistd::geteuid().is_root() {
-        let pvm = vm::KvmModules { pvm: true, vendor: None };
-        let r = vm::kvm_row_with(&pvm, Path::new("/dev/kvm"));
+    // PVM is reported as such whether or not /dev/kvm can be opened.
+    let pvm = vm::KvmModules { pvm: true, vendor: None };
+    for dev in ["/dev/kvm", "/nonexistent/kvm"] {
+        let r = vm::kvm_row_with(&pvm, Path::new(dev));
         assert_eq!(r.status, Status::Degraded);
-        assert!(r.detail.starts_with("KVM present but it is kvm_pvm (PVM) which cannot boot a stock guest kernel; the microvm backend will use TCG software emulation"), "{}", r.detail);
+        assert!(
+            r.detail.starts_with("KVM present but it is kvm_pvm (PVM) which cannot boot a stock guest kernel; the microvm backend will use TCG software emulation"),
+            "{}",
+            r.detail
+        );
     }
 }
 
@@ -85,7 +107,7 @@ fn scratch_is_removed_even_with_unreadable_dirs() {
     let d = s.mkdir("work").expect("mkdir");
     fs::create_dir(d.join("work")).expect("mkdir");
     fs::write(d.join("work/f"), "x").expect("write");
-    fs::set_permissions(d.join("work"), fs::Permissions::from_mode(0)).expect("chmod");
+    fs::set_permissions(d.join("work"), fs::Permissions::from_mode(0o000)).expect("chmod");
     let p = s.path.clone();
     drop(s);
     assert!(!p.exists());
@@ -113,8 +135,9 @@ fn probe_all_on_this_host() {
     ids.dedup();
     assert_eq!(ids.len(), rows.len(), "duplicate row ids");
     let root = nix::unistd::geteuid().is_root();
-    assert_eq!(rows.iter().any(|r| r.id == "userns_unprivileged"), root);
-    assert_eq!(get("user").detail.starts_with("root"), root);
+    let host_root = root && userns_of(&fs::read_to_string("/proc/self/uid_map").unwrap_or_default()).is_none();
+    assert_eq!(rows.iter().any(|r| r.id == "userns_unprivileged"), host_root);
+    assert_eq!(!get("user").detail.starts_with("rootless"), root);
 
     // Anything that can run these tests can run processes in namespaces on a modern kernel.
     let (maj, min) = kernel_version(&read_trim("/proc/sys/kernel/osrelease").unwrap_or_default());

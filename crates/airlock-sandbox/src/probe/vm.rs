@@ -44,6 +44,22 @@ pub(super) fn kvm_row_with(m: &KvmModules, dev: &Path) -> Row {
     let row = |status, detail: String, fix: Option<&str>| Row::new(id, name, status, detail, fix.map(str::to_string), needed);
     const TCG: &str = "the microvm backend will use TCG software emulation";
     let opened = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(dev);
+    if m.pvm {
+        // Whatever else holds, PVM cannot run a stock guest: say that first.
+        const PVM: &str = "KVM present but it is kvm_pvm (PVM) which cannot boot a stock guest kernel";
+        let extra = match &opened {
+            Ok(f) => match raw::kvm_api_version(f) {
+                Ok(api) => format!("API {api}, KVM_CREATE_VM {}", if raw::kvm_create_vm(f).is_ok() { "works" } else { "fails" }),
+                Err(e) => format!("KVM_GET_API_VERSION failed: {e}"),
+            },
+            Err(e) => format!("{}: {e}", dev.display()),
+        };
+        return row(
+            Status::Degraded,
+            format!("{PVM}; {TCG} ({extra})"),
+            Some("nothing to do for TCG; for KVM speed use a host with hardware virtualization (kvm_intel/kvm_amd)"),
+        );
+    }
     let kvm = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -66,18 +82,7 @@ pub(super) fn kvm_row_with(m: &KvmModules, dev: &Path) -> Row {
     if api != KVM_API_VERSION {
         return row(Status::Degraded, format!("KVM_GET_API_VERSION returned {api}, expected {KVM_API_VERSION}; {TCG}"), None);
     }
-    let vm = raw::kvm_create_vm(&kvm).map(drop);
-    if m.pvm {
-        return row(
-            Status::Degraded,
-            format!(
-                "KVM present but it is kvm_pvm (PVM) which cannot boot a stock guest kernel; {TCG} (API {api}, KVM_CREATE_VM {})",
-                if vm.is_ok() { "works" } else { "fails" }
-            ),
-            Some("use a host with hardware virtualization (kvm_intel/kvm_amd) for KVM speed; nothing to do for TCG"),
-        );
-    }
-    if let Err(e) = vm {
+    if let Err(e) = raw::kvm_create_vm(&kvm) {
         return row(Status::Degraded, format!("KVM API {api}, but KVM_CREATE_VM failed: {e}; {TCG}"), None);
     }
     row(

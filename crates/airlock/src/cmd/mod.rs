@@ -1,6 +1,7 @@
 //! Command implementations, one module per subcommand.
 
 mod config;
+mod doctor;
 mod gc;
 mod init;
 mod run;
@@ -24,6 +25,6 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
             println!("wrote {}", path.display());
             Ok(0)
         }
-        Command::Doctor(_) => Err(CliError::usage("not wired yet")),
+        Command::Doctor(a) => doctor::run_doctor(a.json, &mut std::io::stdout().lock()).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e)),
     }
 }

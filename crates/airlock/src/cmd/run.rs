@@ -204,6 +204,15 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
     }
     let forward_stdin = a.interactive || a.tty || !std::io::stdin().is_terminal();
     let project_dir = canonical(&std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")), "current directory")?;
+    if workspace != WorkspaceMode::None {
+        if project_dir == Path::new("/") {
+            return Err(CliError::new(exit::POLICY_REFUSED, anyhow::anyhow!("refused: the workspace would be the host's whole filesystem (current directory is /)"))
+                .hint("cd into a project directory, or pass --workspace none"));
+        }
+        if std::env::var_os("HOME").is_some_and(|h| Path::new(&h) == project_dir) {
+            eprintln!("airlock: warning: the workspace is your home directory: everything in it (~/.ssh, ~/.aws, …) is visible inside; run from a project directory or pass --workspace none");
+        }
+    }
     let mut binds = Vec::new();
     for m in &eff.mounts {
         binds.push(BindSpec { source: canonical(&m.source, "mount source")?, target: m.target.clone(), writable: !m.readonly });

@@ -1,0 +1,95 @@
+//! `airlock doctor [--json]`: what this host supports, one row per capability the product
+//! uses, each ok / degraded / MISSING with the exact fix. Exit 0 when the default path (the
+//! container backend: user namespaces, mount+pid namespaces with a fresh /proc, seccomp) works,
+//! 1 otherwise.
+
+use airlock_sandbox::probe::{self, Row, Status};
+use std::io::Write;
+
+/// Probe the host and write the report; returns the exit code.
+pub fn run_doctor(json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let rows = probe::probe_all();
+    let ok = probe::default_path_ok(&rows);
+    if json {
+        write_json(&rows, ok, out)?;
+    } else {
+        write_table(&rows, ok, out)?;
+    }
+    out.flush()?;
+    Ok(if ok { 0 } else { 1 })
+}
+
+pub fn write_json(rows: &[Row], default_path_ok: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Report<'a> {
+        rows: &'a [Row],
+        default_path_ok: bool,
+    }
+    serde_json::to_writer_pretty(&mut *out, &Report { rows, default_path_ok })?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// The human table: status word, name, detail; `fix:` and `affects:` under rows that are not ok.
+pub fn write_table(rows: &[Row], default_path_ok: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let name_w = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(0).min(40);
+    let indent = " ".repeat(9 + 1 + name_w);
+    for r in rows {
+        writeln!(out, "{:<9} {:<name_w$}  {}", r.status.to_string(), r.name, r.detail)?;
+        if r.status != Status::Ok {
+            if let Some(fix) = &r.fix {
+                writeln!(out, "{indent}  fix: {fix}")?;
+            }
+            writeln!(out, "{indent}  affects: {}", r.needed_for)?;
+        }
+    }
+    writeln!(out)?;
+    if default_path_ok {
+        writeln!(out, "default path (container backend): ok — `airlock run` can sandbox commands on this host")?;
+    } else {
+        let broken: Vec<&str> = rows
+            .iter()
+            .filter(|r| probe::DEFAULT_PATH.contains(&r.id.as_str()) && r.status != Status::Ok)
+            .map(|r| r.name.as_str())
+            .collect();
+        writeln!(out, "default path (container backend): MISSING {} — `airlock run` cannot work until fixed", broken.join(", "))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, name: &str, status: Status, fix: Option<&str>) -> Row {
+        Row { id: id.into(), name: name.into(), status, detail: format!("{id} detail"), fix: fix.map(str::to_string), needed_for: "stuff".into() }
+    }
+
+    #[test]
+    fn table_and_json() {
+        let rows = vec![
+            row("userns", "user namespaces", Status::Ok, None),
+            row("seccomp", "seccomp", Status::Missing, Some("rebuild the kernel")),
+            row("kvm", "/dev/kvm", Status::Degraded, Some("usermod")),
+        ];
+        let mut out = Vec::new();
+        write_table(&rows, false, &mut out).expect("table");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "ok        user namespaces  userns detail");
+        assert_eq!(lines[1], "MISSING   seccomp          seccomp detail");
+        // fix/affects lines start in the detail column
+        let pad = " ".repeat("MISSING   seccomp          ".len());
+        assert_eq!(lines[2], format!("{pad}fix: rebuild the kernel"));
+        assert_eq!(lines[3], format!("{pad}affects: stuff"));
+        assert_eq!(lines[4], "degraded  /dev/kvm         kvm detail");
+        assert!(lines.last().expect("summary").starts_with("default path (container backend): MISSING seccomp"));
+
+        let mut out = Vec::new();
+        write_json(&rows, false, &mut out).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("parse");
+        assert_eq!(v["default_path_ok"], false);
+        assert_eq!(v["rows"][1]["status"], "missing");
+        assert_eq!(v["rows"][0]["fix"], serde_json::Value::Null);
+    }
+}
