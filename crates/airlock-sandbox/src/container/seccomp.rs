@@ -161,6 +161,10 @@ pub fn policy() -> BTreeMap<u32, Entry> {
         sock.push(vec![(0, Cmp::Eq(af as u32)), (1, Cmp::MaskedEq(0xf, libc::SOCK_RAW as u32))]);
     }
     p.insert(libc::SYS_socket as u32, Entry { errno: libc::EPERM as u32, rules: sock });
+    // personality: only the harmless personas (Docker's set); ADDR_NO_RANDOMIZE and
+    // READ_IMPLIES_EXEC would switch off ASLR / NX for whatever the sandbox execs next.
+    let persona_ok = [0u32, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+    p.insert(libc::SYS_personality as u32, Entry { errno: libc::EPERM as u32, rules: vec![persona_ok.iter().map(|&v| (0, Cmp::Ne(v))).collect()] });
     let ioctls = DENIED_IOCTLS.iter().map(|&r| vec![(1, Cmp::Eq(r as u32))]).collect();
     p.insert(libc::SYS_ioctl as u32, Entry { errno: libc::EPERM as u32, rules: ioctls });
     p
@@ -389,6 +393,12 @@ mod tests {
         assert_eq!(io(0x541C), EPERM);
         assert_eq!(io(libc::TIOCGWINSZ as u64), RET_ALLOW);
         assert_eq!(io(libc::TCGETS as u64), RET_ALLOW);
+
+        let pers = |v: u64| run(libc::SYS_personality, [v, 0, 0, 0, 0, 0]);
+        assert_eq!(pers(0xffff_ffff), RET_ALLOW, "query");
+        assert_eq!(pers(0), RET_ALLOW);
+        assert_eq!(pers(0x0040000), EPERM, "ADDR_NO_RANDOMIZE");
+        assert_eq!(pers(0x0400000), EPERM, "READ_IMPLIES_EXEC");
     }
 
     #[test]
