@@ -38,7 +38,9 @@ struct Args {
 }
 
 fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
-    let Some(first) = argv.first() else { return Err("missing CHECK or `all`".into()) };
+    let Some(first) = argv.first() else {
+        return Err("missing CHECK or `all`".into());
+    };
     match first.as_str() {
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -55,33 +57,59 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
     let selection: Vec<&'static Check> = if first == "all" {
         CHECKS.iter().collect()
     } else {
-        first.split(',').map(|n| checks::find(n).ok_or_else(|| format!("unknown check {n:?} (see `airlock-probe list`)"))).collect::<Result<_, _>>()?
+        first
+            .split(',')
+            .map(|n| {
+                checks::find(n)
+                    .ok_or_else(|| format!("unknown check {n:?} (see `airlock-probe list`)"))
+            })
+            .collect::<Result<_, _>>()?
     };
     let mut ctx = Ctx::default();
     let mut check_timeout_ms = 10_000;
     let mut it = argv[1..].iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--canary" => ctx.canary = Some(value()?),
-            "--host-pid" => ctx.host_pid = Some(value()?.parse().map_err(|_| "--host-pid: not a number")?),
-            "--host-port" => ctx.host_port = Some(value()?.parse().map_err(|_| "--host-port: not a port")?),
+            "--host-pid" => {
+                ctx.host_pid = Some(value()?.parse().map_err(|_| "--host-pid: not a number")?)
+            }
+            "--host-port" => {
+                ctx.host_port = Some(value()?.parse().map_err(|_| "--host-port: not a port")?)
+            }
             "--host-path" => ctx.host_path = Some(value()?),
             "--exe-path" => ctx.exe_paths.push(value()?),
             "--host-abstract" => ctx.host_abstract = Some(value()?),
             "--host-unix" => ctx.host_unix.push(value()?),
-            "--check-timeout-ms" => check_timeout_ms = value()?.parse().map_err(|_| "--check-timeout-ms: not a number")?,
+            "--check-timeout-ms" => {
+                check_timeout_ms = value()?
+                    .parse()
+                    .map_err(|_| "--check-timeout-ms: not a number")?
+            }
             other => return Err(format!("unknown option {other:?}")),
         }
     }
-    Ok(Some(Args { selection, ctx, check_timeout_ms }))
+    Ok(Some(Args {
+        selection,
+        ctx,
+        check_timeout_ms,
+    }))
 }
 
 /// Run one check in a forked child and collect its verdict through a pipe.
 fn run_isolated(check: &Check, ctx: &Ctx, timeout_ms: i32) -> Outcome {
     let (rx, tx) = match process::pipe() {
         Ok(p) => p,
-        Err(e) => return Outcome::escaped(format!("probe could not create a pipe ({e}); check not run")),
+        Err(e) => {
+            return Outcome::escaped(format!(
+                "probe could not create a pipe ({e}); check not run"
+            ))
+        }
     };
     match process::fork() {
         Err(e) => Outcome::escaped(format!("probe could not fork ({e}); check not run")),
@@ -95,10 +123,13 @@ fn run_isolated(check: &Check, ctx: &Ctx, timeout_ms: i32) -> Outcome {
             drop(tx);
             let mut buf = Vec::new();
             let mut chunk = [0u8; 4096];
-            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms as u64);
+            let deadline =
+                std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms as u64);
             let mut timed_out = false;
             loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as i32;
+                let left = deadline
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_millis() as i32;
                 if left <= 0 || !process::poll_in(&rx, left).unwrap_or(false) {
                     timed_out = true;
                     break;
@@ -117,13 +148,21 @@ fn run_isolated(check: &Check, ctx: &Ctx, timeout_ms: i32) -> Outcome {
                 return o;
             }
             match (timed_out, status) {
-                (true, _) => Outcome::escaped(format!("check did not finish within {timeout_ms} ms (killed); treated as not blocked")),
+                (true, _) => Outcome::escaped(format!(
+                    "check did not finish within {timeout_ms} ms (killed); treated as not blocked"
+                )),
                 (_, Ok(process::Status::Signaled(libc::SIGSYS))) => {
                     Outcome::blocked("killed by SIGSYS: a seccomp filter stopped the attempt")
                 }
-                (_, Ok(process::Status::Signaled(sig))) => Outcome::escaped(format!("check died by signal {sig} without a verdict")),
-                (_, Ok(process::Status::Exited(code))) => Outcome::escaped(format!("check exited {code} without a verdict")),
-                (_, Ok(process::Status::Other(st))) => Outcome::escaped(format!("check ended oddly (status {st:#x})")),
+                (_, Ok(process::Status::Signaled(sig))) => {
+                    Outcome::escaped(format!("check died by signal {sig} without a verdict"))
+                }
+                (_, Ok(process::Status::Exited(code))) => {
+                    Outcome::escaped(format!("check exited {code} without a verdict"))
+                }
+                (_, Ok(process::Status::Other(st))) => {
+                    Outcome::escaped(format!("check ended oddly (status {st:#x})"))
+                }
                 (_, Err(e)) => Outcome::escaped(format!("waitpid: {e}")),
             }
         }

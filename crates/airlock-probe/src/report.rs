@@ -27,12 +27,20 @@ impl Findings {
 
     /// The operation was stopped.
     pub fn blocked(&mut self, what: impl Display, how: impl Display) {
-        self.attempts.push(Attempt { what: what.to_string(), escaped: false, how: how.to_string() });
+        self.attempts.push(Attempt {
+            what: what.to_string(),
+            escaped: false,
+            how: how.to_string(),
+        });
     }
 
     /// The operation succeeded (or got past every permission check).
     pub fn escaped(&mut self, what: impl Display, how: impl Display) {
-        self.attempts.push(Attempt { what: what.to_string(), escaped: true, how: how.to_string() });
+        self.attempts.push(Attempt {
+            what: what.to_string(),
+            escaped: true,
+            how: how.to_string(),
+        });
     }
 
     /// The common case: success escaped, any error blocked.
@@ -72,7 +80,10 @@ impl Findings {
         if self.attempts.is_empty() {
             parts.insert(0, "nothing to attempt".to_string());
         }
-        Outcome { blocked, detail: parts.join("; ") }
+        Outcome {
+            blocked,
+            detail: parts.join("; "),
+        }
     }
 }
 
@@ -85,16 +96,26 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn blocked(detail: impl Display) -> Self {
-        Outcome { blocked: true, detail: detail.to_string() }
+        Outcome {
+            blocked: true,
+            detail: detail.to_string(),
+        }
     }
 
     pub fn escaped(detail: impl Display) -> Self {
-        Outcome { blocked: false, detail: detail.to_string() }
+        Outcome {
+            blocked: false,
+            detail: detail.to_string(),
+        }
     }
 
     /// Wire form between the per-check child and the parent: "1\tdetail" / "0\tdetail".
     pub fn encode(&self) -> String {
-        format!("{}\t{}", u8::from(self.blocked), self.detail.replace('\n', " "))
+        format!(
+            "{}\t{}",
+            u8::from(self.blocked),
+            self.detail.replace('\n', " ")
+        )
     }
 
     pub fn decode(s: &str) -> Option<Self> {
@@ -104,7 +125,10 @@ impl Outcome {
             "0" => false,
             _ => return None,
         };
-        Some(Outcome { blocked, detail: detail.trim_end_matches('\n').to_string() })
+        Some(Outcome {
+            blocked,
+            detail: detail.trim_end_matches('\n').to_string(),
+        })
     }
 
     pub fn json_line(&self, check: &str) -> String {
@@ -119,9 +143,15 @@ impl Outcome {
 
 /// The last line: how many checks ran, which were not blocked, which were skipped and why.
 pub fn summary_line(results: &[(&str, Outcome)], skipped: &[(&str, &str)]) -> String {
-    let not_blocked: Vec<String> = results.iter().filter(|(_, o)| !o.blocked).map(|(c, _)| json_str(c)).collect();
-    let skipped: Vec<String> =
-        skipped.iter().map(|(c, why)| format!("{{\"check\":{},\"reason\":{}}}", json_str(c), json_str(why))).collect();
+    let not_blocked: Vec<String> = results
+        .iter()
+        .filter(|(_, o)| !o.blocked)
+        .map(|(c, _)| json_str(c))
+        .collect();
+    let skipped: Vec<String> = skipped
+        .iter()
+        .map(|(c, why)| format!("{{\"check\":{},\"reason\":{}}}", json_str(c), json_str(why)))
+        .collect();
     format!(
         "{{\"summary\":{{\"checks\":{},\"blocked\":{},\"not_blocked\":[{}],\"skipped\":[{}]}}}}",
         results.len(),
@@ -179,7 +209,10 @@ mod tests {
     fn wire_round_trip_and_json() {
         let o = Outcome::escaped("said \"hi\"\tthere");
         assert_eq!(Outcome::decode(&o.encode()), Some(o.clone()));
-        assert_eq!(o.json_line("c"), r#"{"check":"c","blocked":false,"detail":"said \"hi\"\tthere"}"#);
+        assert_eq!(
+            o.json_line("c"),
+            r#"{"check":"c","blocked":false,"detail":"said \"hi\"\tthere"}"#
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@ use std::process::Command;
 const PROBE: &str = env!("CARGO_BIN_EXE_airlock-probe");
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(PROBE).args(args).output().expect("run airlock-probe");
+    let out = Command::new(PROBE)
+        .args(args)
+        .output()
+        .expect("run airlock-probe");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -20,7 +23,9 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn check_names() -> Vec<String> {
     let (code, out, _) = run(&["list"]);
     assert_eq!(code, 0);
-    out.lines().map(|l| l.split_whitespace().next().unwrap_or_default().to_string()).collect()
+    out.lines()
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect()
 }
 
 #[test]
@@ -30,8 +35,20 @@ fn list_names_every_check_once() {
     let mut sorted = names.clone();
     sorted.sort();
     sorted.dedup();
-    assert_eq!(sorted.len(), names.len(), "duplicate check names: {names:?}");
-    for expected in ["fds", "canary-read", "ptrace-pid1", "tiocsti", "net-internet", "exe-overwrite", "io-uring"] {
+    assert_eq!(
+        sorted.len(),
+        names.len(),
+        "duplicate check names: {names:?}"
+    );
+    for expected in [
+        "fds",
+        "canary-read",
+        "ptrace-pid1",
+        "tiocsti",
+        "net-internet",
+        "exe-overwrite",
+        "io-uring",
+    ] {
         assert!(names.iter().any(|n| n == expected), "missing {expected}");
     }
 }
@@ -40,11 +57,19 @@ fn list_names_every_check_once() {
 fn single_checks_print_json_lines_and_a_summary() {
     let (code, out, err) = run(&["fds,caps,no-new-privs,seccomp-filter,mknod"]);
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<serde_json::Value> =
-        out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
     assert_eq!(lines.len(), 6, "{out}");
-    let names: Vec<&str> = lines[..5].iter().map(|v| v["check"].as_str().expect("check name")).collect();
-    assert_eq!(names, ["fds", "caps", "no-new-privs", "seccomp-filter", "mknod"]);
+    let names: Vec<&str> = lines[..5]
+        .iter()
+        .map(|v| v["check"].as_str().expect("check name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["fds", "caps", "no-new-privs", "seccomp-filter", "mknod"]
+    );
     for v in &lines[..5] {
         assert!(v["blocked"].is_boolean(), "{v}");
         assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
@@ -65,8 +90,12 @@ fn checks_missing_their_argument_are_skipped_and_named() {
     assert_eq!(lines.len(), 1, "{out}");
     let v: serde_json::Value = serde_json::from_str(lines[0]).expect("summary JSON");
     assert_eq!(v["summary"]["checks"], 0);
-    let skipped: Vec<&str> =
-        v["summary"]["skipped"].as_array().expect("skipped").iter().map(|s| s["check"].as_str().unwrap_or_default()).collect();
+    let skipped: Vec<&str> = v["summary"]["skipped"]
+        .as_array()
+        .expect("skipped")
+        .iter()
+        .map(|s| s["check"].as_str().unwrap_or_default())
+        .collect();
     assert_eq!(skipped, ["canary-read", "net-loopback-host"]);
 }
 
@@ -77,10 +106,15 @@ fn a_readable_canary_is_reported_as_not_blocked() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let canary = dir.join("canary");
     std::fs::write(&canary, "secret").expect("write canary");
-    let (code, out, _) = run(&["canary-read", "--canary", canary.to_str().expect("utf-8 path")]);
+    let (code, out, _) = run(&[
+        "canary-read",
+        "--canary",
+        canary.to_str().expect("utf-8 path"),
+    ]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(code, 0);
-    let first: serde_json::Value = serde_json::from_str(out.lines().next().expect("a line")).expect("JSON");
+    let first: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("a line")).expect("JSON");
     assert_eq!(first["check"], "canary-read");
     assert_eq!(first["blocked"], false, "{first}");
 }
@@ -102,9 +136,16 @@ fn inherited_descriptors_are_found() {
     }
     let out = cmd.output().expect("run probe");
     let text = String::from_utf8_lossy(&out.stdout);
-    let first: serde_json::Value = serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
     assert_eq!(first["blocked"], false, "{first}");
-    assert!(first["detail"].as_str().unwrap_or_default().contains("fd 7"), "{first}");
+    assert!(
+        first["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fd 7"),
+        "{first}"
+    );
 }
 
 #[test]

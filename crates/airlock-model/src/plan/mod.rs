@@ -144,6 +144,9 @@ pub struct LaunchPlan {
     pub unenforced_limits: Vec<&'static str>,
     pub net: NetMode,
     pub rlimit_nofile: u64,
+    /// RLIMIT_NPROC for the command: counted per user namespace, so it caps this sandbox's
+    /// processes even where no pids cgroup is available (rootless without delegation).
+    pub rlimit_nproc: Option<u64>,
     /// Whether to report what the command changed in the overlay workspace.
     pub summarize_changes: bool,
 }
@@ -238,9 +241,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     if r.memory.is_some() && !host.limits.memory {
         unenforced.push("memory");
     }
-    if r.pids.is_some() && !host.limits.pids {
-        unenforced.push("pids");
-    }
+    // pids are always enforced: by the cgroup where there is one, and by RLIMIT_NPROC.
     if r.cpus.is_some() && !host.limits.cpu {
         unenforced.push("cpus");
     }
@@ -325,6 +326,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         unenforced_limits: unenforced,
         net: spec.net,
         rlimit_nofile: 65536,
+        rlimit_nproc: spec.resources.pids,
         summarize_changes: spec.workspace == WorkspaceMode::Overlay,
     })
 }

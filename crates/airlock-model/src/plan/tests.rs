@@ -82,6 +82,7 @@ fn rootless_overlay_plan_is_exact() {
         unenforced_limits: vec![],
         net: NetMode::Off,
         rlimit_nofile: 65536,
+        rlimit_nproc: None,
         summarize_changes: true,
     };
     assert_eq!(got, want);
@@ -130,9 +131,10 @@ fn refusals_fail_closed() {
     s.require_limits = true;
     let mut h = host(1000);
     h.limits = LimitSupport::default();
-    assert_eq!(plan(&s, &h), Err(Refusal::LimitsUnenforceable(vec!["memory", "pids", "cpus"])));
+    assert_eq!(plan(&s, &h), Err(Refusal::LimitsUnenforceable(vec!["memory", "cpus"])));
     s.require_limits = false;
-    assert_eq!(plan(&s, &h).map(|p| p.unenforced_limits), Ok(vec!["memory", "pids", "cpus"]));
+    let got = plan(&s, &h).expect("plan");
+    assert_eq!((got.unenforced_limits, got.rlimit_nproc), (vec!["memory", "cpus"], Some(10)));
 
     for bad in ["relative", "/", "/proc/x", "/a/../etc", "/dev/sda"] {
         let mut s = spec();

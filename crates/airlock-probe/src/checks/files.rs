@@ -11,7 +11,11 @@ pub fn canary_read(ctx: &Ctx) -> Outcome {
     };
     // The path itself, and the same path through PID 1's and our own root links (which would
     // reach the host if either root were the host's).
-    for path in [canary.to_string(), format!("/proc/1/root{canary}"), format!("/proc/self/root{canary}")] {
+    for path in [
+        canary.to_string(),
+        format!("/proc/1/root{canary}"),
+        format!("/proc/self/root{canary}"),
+    ] {
         match fs::read_file(&path, 64) {
             Ok(data) => f.escaped(format!("read {path}"), format!("{} bytes", data.len())),
             Err(e) => f.blocked(format!("read {path}"), e),
@@ -70,7 +74,13 @@ pub fn write_host_path(ctx: &Ctx) -> Outcome {
             let wrote = fs::write(&fd, b"airlock-probe was here\n");
             drop(fd);
             let _ = fs::unlink(&file);
-            f.escaped(format!("create {file}"), format!("created, write {:?} (removed again)", wrote.map_err(|e| e.to_string())));
+            f.escaped(
+                format!("create {file}"),
+                format!(
+                    "created, write {:?} (removed again)",
+                    wrote.map_err(|e| e.to_string())
+                ),
+            );
         }
         Err(e) => f.blocked(format!("create {file}"), e),
     }
@@ -80,7 +90,10 @@ pub fn write_host_path(ctx: &Ctx) -> Outcome {
         Err(Errno(libc::EISDIR)) => f.note(format!("{path} is a directory")),
         r => f.result(format!("open {path} O_WRONLY"), &r),
     }
-    let r = fs::mkdir(&format!("{path}/airlock-probe-dir-{}", sys::getpid()), 0o755);
+    let r = fs::mkdir(
+        &format!("{path}/airlock-probe-dir-{}", sys::getpid()),
+        0o755,
+    );
     if r.is_ok() {
         let _ = fs::rmdir(&format!("{path}/airlock-probe-dir-{}", sys::getpid()));
     }
@@ -92,12 +105,16 @@ pub fn mknod(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
     let Some(dir) = scratch_dir() else {
         f.note("no writable directory to try in");
-        return Outcome::blocked("no writable directory (tried /tmp, /dev/shm, /var/tmp, ., $HOME)");
+        return Outcome::blocked(
+            "no writable directory (tried /tmp, /dev/shm, /var/tmp, ., $HOME)",
+        );
     };
     let pid = sys::getpid();
-    for (label, mode, major, minor) in
-        [("char device 1,3 (null)", libc::S_IFCHR, 1, 3), ("char device 1,1 (mem)", libc::S_IFCHR, 1, 1), ("block device 7,0 (loop0)", libc::S_IFBLK, 7, 0)]
-    {
+    for (label, mode, major, minor) in [
+        ("char device 1,3 (null)", libc::S_IFCHR, 1, 3),
+        ("char device 1,1 (mem)", libc::S_IFCHR, 1, 1),
+        ("block device 7,0 (loop0)", libc::S_IFBLK, 7, 0),
+    ] {
         let path = format!("{dir}/.airlock-probe-node-{pid}-{major}-{minor}");
         let r = fs::mknod(&path, mode | 0o666, major, minor);
         if r.is_ok() {

@@ -6,8 +6,14 @@ use crate::sys::{kernel, process};
 
 pub fn keyctl(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
-    f.result("add_key(user, process keyring)", &kernel::add_key("airlock-probe"));
-    f.result("keyctl(JOIN_SESSION_KEYRING)", &kernel::keyctl_join_session());
+    f.result(
+        "add_key(user, process keyring)",
+        &kernel::add_key("airlock-probe"),
+    );
+    f.result(
+        "keyctl(JOIN_SESSION_KEYRING)",
+        &kernel::keyctl_join_session(),
+    );
     f.outcome()
 }
 
@@ -26,14 +32,20 @@ pub fn io_uring(_: &Ctx) -> Outcome {
 
 pub fn perf_event_open(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
-    f.result("perf_event_open(sw cpu-clock, self, user only)", &kernel::perf_event_open());
+    f.result(
+        "perf_event_open(sw cpu-clock, self, user only)",
+        &kernel::perf_event_open(),
+    );
     f.outcome()
 }
 
 pub fn userfaultfd(_: &Ctx) -> Outcome {
     const UFFD_USER_MODE_ONLY: libc::c_int = 1;
     let mut f = Findings::new();
-    f.result("userfaultfd(UFFD_USER_MODE_ONLY)", &kernel::userfaultfd(libc::O_CLOEXEC | UFFD_USER_MODE_ONLY));
+    f.result(
+        "userfaultfd(UFFD_USER_MODE_ONLY)",
+        &kernel::userfaultfd(libc::O_CLOEXEC | UFFD_USER_MODE_ONLY),
+    );
     f.result("userfaultfd(0)", &kernel::userfaultfd(libc::O_CLOEXEC));
     f.outcome()
 }
@@ -50,12 +62,20 @@ pub fn personality(_: &Ctx) -> Outcome {
             return f.outcome();
         }
     };
-    for (name, flag) in [("ADDR_NO_RANDOMIZE", ADDR_NO_RANDOMIZE), ("READ_IMPLIES_EXEC", READ_IMPLIES_EXEC)] {
+    for (name, flag) in [
+        ("ADDR_NO_RANDOMIZE", ADDR_NO_RANDOMIZE),
+        ("READ_IMPLIES_EXEC", READ_IMPLIES_EXEC),
+    ] {
         let set = process::personality(old | flag);
         let now = process::personality(QUERY).map(|p| p as libc::c_ulong);
         match (set, now) {
-            (Ok(_), Ok(p)) if p & flag != 0 => f.escaped(format!("personality({name})"), "flag set"),
-            (Ok(_), _) => f.blocked(format!("personality({name})"), "call returned but the flag did not stick"),
+            (Ok(_), Ok(p)) if p & flag != 0 => {
+                f.escaped(format!("personality({name})"), "flag set")
+            }
+            (Ok(_), _) => f.blocked(
+                format!("personality({name})"),
+                "call returned but the flag did not stick",
+            ),
             (Err(e), _) => f.blocked(format!("personality({name})"), e),
         }
         let _ = process::personality(old);
@@ -73,6 +93,9 @@ pub fn module_load(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
     f.denial("init_module(empty image)", &kernel::init_module_probe());
     f.denial("finit_module(-1)", &kernel::finit_module_probe());
-    f.denial("delete_module(no such module)", &kernel::delete_module_probe());
+    f.denial(
+        "delete_module(no such module)",
+        &kernel::delete_module_probe(),
+    );
     f.outcome()
 }

@@ -25,7 +25,10 @@ fn rewrite_same(f: &mut Findings, path: &str) {
 fn open_for_write(f: &mut Findings, path: &str) {
     let r = fs::open(path, libc::O_WRONLY | libc::O_NOCTTY | libc::O_NONBLOCK, 0);
     match r {
-        Ok(_) => f.escaped(format!("open {path} O_WRONLY"), "opened for writing (nothing written)"),
+        Ok(_) => f.escaped(
+            format!("open {path} O_WRONLY"),
+            "opened for writing (nothing written)",
+        ),
         Err(e) => f.blocked(format!("open {path} O_WRONLY"), e),
     }
 }
@@ -64,7 +67,11 @@ pub fn sys_write(_: &Ctx) -> Outcome {
     let mut extra = Findings::new();
     let mut tried = 0usize;
     let mut opened: Vec<String> = Vec::new();
-    for file in writable_looking_files("/sys/kernel", 2, &["debug", "tracing", "security", "config", "irq"]) {
+    for file in writable_looking_files(
+        "/sys/kernel",
+        2,
+        &["debug", "tracing", "security", "config", "irq"],
+    ) {
         if targeted.contains(&file.as_str()) {
             continue;
         }
@@ -74,16 +81,25 @@ pub fn sys_write(_: &Ctx) -> Outcome {
         }
     }
     if opened.is_empty() {
-        extra.blocked(format!("{tried} other files under /sys/kernel"), "none opened for writing");
+        extra.blocked(
+            format!("{tried} other files under /sys/kernel"),
+            "none opened for writing",
+        );
     } else {
         let shown: Vec<&str> = opened.iter().take(5).map(String::as_str).collect();
-        extra.escaped(format!("{} of {tried} other files under /sys/kernel", opened.len()), format!("opened for writing, e.g. {}", shown.join(", ")));
+        extra.escaped(
+            format!("{} of {tried} other files under /sys/kernel", opened.len()),
+            format!("opened for writing, e.g. {}", shown.join(", ")),
+        );
     }
     let o1 = f.outcome();
     let o2 = extra.outcome();
     // Merge the two verdicts.
     if o2.blocked {
-        Outcome { blocked: o1.blocked, detail: format!("{}; {}", o1.detail, o2.detail) }
+        Outcome {
+            blocked: o1.blocked,
+            detail: format!("{}; {}", o1.detail, o2.detail),
+        }
     } else {
         Outcome::escaped(format!("{}; {}", o2.detail, o1.detail))
     }
@@ -92,14 +108,18 @@ pub fn sys_write(_: &Ctx) -> Outcome {
 /// Regular files with a write bit, `depth` levels under `root`, skipping `skip` names.
 fn writable_looking_files(root: &str, depth: u32, skip: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(root) else { return out };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return out;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if skip.contains(&name.as_str()) {
             continue;
         }
         let path = format!("{root}/{name}");
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
         use std::os::unix::fs::PermissionsExt;
         if meta.is_file() && meta.permissions().mode() & 0o222 != 0 {
             out.push(path);
@@ -115,13 +135,21 @@ fn writable_looking_files(root: &str, depth: u32, skip: &[&str]) -> Vec<String> 
 
 pub fn cgroup_write(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
-    let own = fs::read_file("/proc/self/cgroup", 8192).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let own = fs::read_file("/proc/self/cgroup", 8192)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let pid = sys::getpid().to_string();
     // Join the root cgroup of the hierarchy as mounted (v2 unified, or each v1 controller).
-    let mut roots = vec!["/sys/fs/cgroup".to_string(), "/sys/fs/cgroup/unified".to_string()];
+    let mut roots = vec![
+        "/sys/fs/cgroup".to_string(),
+        "/sys/fs/cgroup/unified".to_string(),
+    ];
     if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
         for e in entries.flatten() {
-            roots.push(format!("/sys/fs/cgroup/{}", e.file_name().to_string_lossy()));
+            roots.push(format!(
+                "/sys/fs/cgroup/{}",
+                e.file_name().to_string_lossy()
+            ));
         }
     }
     roots.sort();
@@ -144,15 +172,32 @@ pub fn cgroup_write(_: &Ctx) -> Outcome {
     // Raise its own limits: open the limit files of its own cgroup for writing.
     for line in own.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (_, ctrls, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         let path = path.trim_end_matches('/');
         let bases: Vec<String> = if ctrls.is_empty() {
-            vec![format!("/sys/fs/cgroup{path}"), format!("/sys/fs/cgroup/unified{path}")]
+            vec![
+                format!("/sys/fs/cgroup{path}"),
+                format!("/sys/fs/cgroup/unified{path}"),
+            ]
         } else {
-            ctrls.split(',').map(|c| format!("/sys/fs/cgroup/{}{path}", c.trim_start_matches("name="))).collect()
+            ctrls
+                .split(',')
+                .map(|c| format!("/sys/fs/cgroup/{}{path}", c.trim_start_matches("name=")))
+                .collect()
         };
         for base in bases {
-            for file in ["memory.max", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "pids.max", "cpu.max", "cpu.cfs_quota_us"] {
+            for file in [
+                "memory.max",
+                "memory.limit_in_bytes",
+                "memory.memsw.limit_in_bytes",
+                "pids.max",
+                "cpu.max",
+                "cpu.cfs_quota_us",
+            ] {
                 let p = format!("{base}/{file}");
                 if fs::dev_ino(&p).is_ok() {
                     any = true;
@@ -176,7 +221,10 @@ pub fn oom_score_adj(_: &Ctx) -> Outcome {
     }
     match fs::open(path, libc::O_WRONLY | libc::O_NOCTTY, 0) {
         Ok(fd) => match fs::write(&fd, b"-1000") {
-            Ok(_) => f.escaped("write -1000 to oom_score_adj", "now immune to the OOM killer"),
+            Ok(_) => f.escaped(
+                "write -1000 to oom_score_adj",
+                "now immune to the OOM killer",
+            ),
             Err(e) => f.blocked("write -1000 to oom_score_adj", e),
         },
         Err(e) => f.blocked(format!("open {path}"), e),

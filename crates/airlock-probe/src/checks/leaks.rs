@@ -9,16 +9,20 @@ pub fn scan_initial_fds() -> Outcome {
     let limit = fs::nofile_limit().min(65536) as libc::c_int;
     let open: Vec<libc::c_int> = (3..limit).filter(|&fd| fs::fd_is_open(fd)).collect();
     if open.is_empty() {
-        return Outcome::blocked(format!("only 0, 1, 2 open (scanned 3..{limit} with F_GETFD)"));
+        return Outcome::blocked(format!(
+            "only 0, 1, 2 open (scanned 3..{limit} with F_GETFD)"
+        ));
     }
     // Name them through /proc (the directory fd this opens is the first free number, so it can
     // be told apart: it is not in `open`).
     let names: Vec<String> = open
         .iter()
-        .map(|fd| match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
-            Ok(target) => format!("fd {fd} -> {}", target.display()),
-            Err(_) => format!("fd {fd}"),
-        })
+        .map(
+            |fd| match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+                Ok(target) => format!("fd {fd} -> {}", target.display()),
+                Err(_) => format!("fd {fd}"),
+            },
+        )
         .collect();
     Outcome::escaped(format!("inherited descriptors: {}", names.join(", ")))
 }
@@ -30,7 +34,9 @@ pub fn fds(ctx: &Ctx) -> Outcome {
 pub fn cwd_leak(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
     match fs::getcwd_raw() {
-        Ok(cwd) if cwd.starts_with("(unreachable)") => f.escaped("getcwd", format!("{cwd:?}: cwd is outside the root")),
+        Ok(cwd) if cwd.starts_with("(unreachable)") => {
+            f.escaped("getcwd", format!("{cwd:?}: cwd is outside the root"))
+        }
         Ok(cwd) => f.blocked("getcwd", format!("{cwd:?}")),
         Err(e) => f.escaped("getcwd", format!("{e}: cwd is not reachable from the root")),
     }
@@ -61,7 +67,10 @@ pub fn cwd_leak(_: &Ctx) -> Outcome {
             }
             match verdict {
                 Some(true) => f.blocked("climb from cwd", "reached the sandbox root"),
-                Some(false) => f.escaped("climb from cwd", "reached a top directory that is not the sandbox root"),
+                Some(false) => f.escaped(
+                    "climb from cwd",
+                    "reached a top directory that is not the sandbox root",
+                ),
                 None => f.note("climb inconclusive"),
             }
         }
@@ -85,20 +94,29 @@ pub fn exe_overwrite(ctx: &Ctx) -> Outcome {
     paths.extend(ctx.exe_paths.iter().cloned());
     let mut seen_targets: Vec<String> = Vec::new();
     for path in paths {
-        let target = std::fs::read_link(&path).map(|t| t.display().to_string()).unwrap_or_default();
+        let target = std::fs::read_link(&path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
         if !target.is_empty() {
             if seen_targets.contains(&target) {
                 continue;
             }
             seen_targets.push(target.clone());
         }
-        let label = if target.is_empty() { format!("open {path} O_WRONLY") } else { format!("open {path} ({target}) O_WRONLY") };
+        let label = if target.is_empty() {
+            format!("open {path} O_WRONLY")
+        } else {
+            format!("open {path} ({target}) O_WRONLY")
+        };
         match fs::open(&path, libc::O_WRONLY | libc::O_NOCTTY, 0) {
             Ok(_) => f.escaped(label, "opened for writing"),
             // ETXTBSY comes after every permission and read-only-mount check except the
             // mount's own: ask access(2), which reports EROFS/EACCES but not ETXTBSY.
             Err(Errno(libc::ETXTBSY)) => match fs::access_w(&path) {
-                Ok(()) => f.escaped(label, "ETXTBSY only while it runs: writable once it exits (reopen via O_PATH)"),
+                Ok(()) => f.escaped(
+                    label,
+                    "ETXTBSY only while it runs: writable once it exits (reopen via O_PATH)",
+                ),
                 Err(e) => f.blocked(label, format!("ETXTBSY, and access(W_OK): {e}")),
             },
             Err(Errno(libc::ENOENT)) => f.blocked(path, "ENOENT"),

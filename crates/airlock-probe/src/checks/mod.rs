@@ -42,10 +42,20 @@ fn always(_: &Ctx) -> Option<&'static str> {
 
 macro_rules! check {
     ($name:literal, $about:literal, $run:path) => {
-        Check { name: $name, about: $about, missing: always, run: $run }
+        Check {
+            name: $name,
+            about: $about,
+            missing: always,
+            run: $run,
+        }
     };
     ($name:literal, $about:literal, $run:path, needs $missing:expr) => {
-        Check { name: $name, about: $about, missing: $missing, run: $run }
+        Check {
+            name: $name,
+            about: $about,
+            missing: $missing,
+            run: $run,
+        }
     };
 }
 

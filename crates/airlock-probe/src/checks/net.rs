@@ -8,7 +8,13 @@ use std::net::SocketAddr;
 
 const CONNECT_TIMEOUT_MS: i32 = 1500;
 
-fn socket_attempt(f: &mut Findings, what: &str, domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) {
+fn socket_attempt(
+    f: &mut Findings,
+    what: &str,
+    domain: libc::c_int,
+    ty: libc::c_int,
+    proto: libc::c_int,
+) {
     let r = net::socket(domain, ty, proto);
     f.result(format!("socket({what})"), &r);
 }
@@ -16,23 +22,65 @@ fn socket_attempt(f: &mut Findings, what: &str, domain: libc::c_int, ty: libc::c
 pub fn socket_packet(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
     let all = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
-    socket_attempt(&mut f, "AF_PACKET, SOCK_RAW", libc::AF_PACKET, libc::SOCK_RAW, all);
-    socket_attempt(&mut f, "AF_PACKET, SOCK_DGRAM", libc::AF_PACKET, libc::SOCK_DGRAM, all);
+    socket_attempt(
+        &mut f,
+        "AF_PACKET, SOCK_RAW",
+        libc::AF_PACKET,
+        libc::SOCK_RAW,
+        all,
+    );
+    socket_attempt(
+        &mut f,
+        "AF_PACKET, SOCK_DGRAM",
+        libc::AF_PACKET,
+        libc::SOCK_DGRAM,
+        all,
+    );
     f.outcome()
 }
 
 pub fn socket_vsock(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
-    socket_attempt(&mut f, "AF_VSOCK, SOCK_STREAM", libc::AF_VSOCK, libc::SOCK_STREAM, 0);
-    socket_attempt(&mut f, "AF_VSOCK, SOCK_DGRAM", libc::AF_VSOCK, libc::SOCK_DGRAM, 0);
+    socket_attempt(
+        &mut f,
+        "AF_VSOCK, SOCK_STREAM",
+        libc::AF_VSOCK,
+        libc::SOCK_STREAM,
+        0,
+    );
+    socket_attempt(
+        &mut f,
+        "AF_VSOCK, SOCK_DGRAM",
+        libc::AF_VSOCK,
+        libc::SOCK_DGRAM,
+        0,
+    );
     f.outcome()
 }
 
 pub fn socket_raw(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
-    socket_attempt(&mut f, "AF_INET, SOCK_RAW, IPPROTO_RAW", libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-    socket_attempt(&mut f, "AF_INET, SOCK_RAW, IPPROTO_ICMP", libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
-    socket_attempt(&mut f, "AF_INET6, SOCK_RAW, IPPROTO_RAW", libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_RAW);
+    socket_attempt(
+        &mut f,
+        "AF_INET, SOCK_RAW, IPPROTO_RAW",
+        libc::AF_INET,
+        libc::SOCK_RAW,
+        libc::IPPROTO_RAW,
+    );
+    socket_attempt(
+        &mut f,
+        "AF_INET, SOCK_RAW, IPPROTO_ICMP",
+        libc::AF_INET,
+        libc::SOCK_RAW,
+        libc::IPPROTO_ICMP,
+    );
+    socket_attempt(
+        &mut f,
+        "AF_INET6, SOCK_RAW, IPPROTO_RAW",
+        libc::AF_INET6,
+        libc::SOCK_RAW,
+        libc::IPPROTO_RAW,
+    );
     f.outcome()
 }
 
@@ -45,7 +93,13 @@ pub fn socket_netlink(_: &Ctx) -> Outcome {
         ("NETLINK_GENERIC", libc::NETLINK_GENERIC),
         ("NETLINK_XFRM", libc::NETLINK_XFRM),
     ] {
-        socket_attempt(&mut f, &format!("AF_NETLINK, {name}"), libc::AF_NETLINK, libc::SOCK_RAW, proto);
+        socket_attempt(
+            &mut f,
+            &format!("AF_NETLINK, {name}"),
+            libc::AF_NETLINK,
+            libc::SOCK_RAW,
+            proto,
+        );
     }
     // NETLINK_ROUTE is what getaddrinfo and `ip` use: allowed, reported for context only.
     match net::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) {
@@ -64,7 +118,10 @@ fn tcp(f: &mut Findings, addr: &str) {
     let what = format!("tcp connect {addr}");
     match net::tcp_connect(&sa, CONNECT_TIMEOUT_MS) {
         Ok(Connect::Connected) => f.escaped(what, "connected"),
-        Ok(Connect::TimedOut) => f.escaped(what, format!("no answer in {CONNECT_TIMEOUT_MS} ms: a route exists, packets may have left")),
+        Ok(Connect::TimedOut) => f.escaped(
+            what,
+            format!("no answer in {CONNECT_TIMEOUT_MS} ms: a route exists, packets may have left"),
+        ),
         Err(e) => f.blocked(what, e),
     }
 }
@@ -102,9 +159,14 @@ pub fn udp_dns(_: &Ctx) -> Outcome {
     // A minimal DNS query for "." NS; it only matters whether the kernel will send it.
     let query: [u8; 17] = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1];
     for addr in ["8.8.8.8:53", "[2001:4860:4860::8888]:53"] {
-        let Ok(sa) = addr.parse::<SocketAddr>() else { continue };
+        let Ok(sa) = addr.parse::<SocketAddr>() else {
+            continue;
+        };
         match net::udp_send(&sa, &query) {
-            Ok(n) => f.escaped(format!("udp sendto {addr}"), format!("kernel accepted {n} bytes: a route exists")),
+            Ok(n) => f.escaped(
+                format!("udp sendto {addr}"),
+                format!("kernel accepted {n} bytes: a route exists"),
+            ),
             Err(e) => f.blocked(format!("udp sendto {addr}"), e),
         }
     }
@@ -134,7 +196,11 @@ pub fn unix_host_sockets(ctx: &Ctx) -> Outcome {
         "/run/systemd/journal/stdout",
         "/tmp/.X11-unix/X0",
     ];
-    for path in well_known.iter().map(|s| s.to_string()).chain(ctx.host_unix.iter().cloned()) {
+    for path in well_known
+        .iter()
+        .map(|s| s.to_string())
+        .chain(ctx.host_unix.iter().cloned())
+    {
         match net::unix_connect(&path, false) {
             Ok(()) => f.escaped(format!("connect {path}"), "connected"),
             Err(Errno(libc::ENOENT)) => f.blocked(path, "ENOENT"),

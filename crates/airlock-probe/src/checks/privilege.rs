@@ -29,7 +29,13 @@ pub fn mount(_: &Ctx) -> Outcome {
     let r = fs::mount("none", "/usr", None, libc::MS_REMOUNT | libc::MS_BIND, None);
     if r.is_ok() {
         // Put it back at once.
-        let _ = fs::mount("none", "/usr", None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY, None);
+        let _ = fs::mount(
+            "none",
+            "/usr",
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+            None,
+        );
     }
     f.result("remount /usr read-write", &r);
     let r = fs::mount("none", "/", None, libc::MS_REC | libc::MS_SHARED, None);
@@ -56,8 +62,12 @@ pub fn chroot(_: &Ctx) -> Outcome {
             let second = fs::chroot(".");
             let after = fs::dev_ino("/");
             let how = match (&before, &after, second) {
-                (Ok(b), Ok(a), Ok(())) if b != a => "succeeded; the escape reached a different root".to_string(),
-                (_, _, Ok(())) => "succeeded; the escape landed back on the sandbox root".to_string(),
+                (Ok(b), Ok(a), Ok(())) if b != a => {
+                    "succeeded; the escape reached a different root".to_string()
+                }
+                (_, _, Ok(())) => {
+                    "succeeded; the escape landed back on the sandbox root".to_string()
+                }
                 (_, _, Err(e)) => format!("succeeded; second chroot: {e}"),
             };
             f.escaped(format!("chroot {target}"), how);
@@ -89,7 +99,9 @@ type SysResultPid = sys::SysResult<libc::pid_t>;
 
 pub fn unshare_userns(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
-    let r = reap(process::clone_and_exit(libc::CLONE_NEWUSER as libc::c_ulong));
+    let r = reap(process::clone_and_exit(
+        libc::CLONE_NEWUSER as libc::c_ulong,
+    ));
     f.result("clone(CLONE_NEWUSER)", &r);
     let r = reap(process::clone3_and_exit(libc::CLONE_NEWUSER as u64));
     f.result("clone3(CLONE_NEWUSER)", &r);
@@ -119,7 +131,9 @@ pub fn setuid(_: &Ctx) -> Outcome {
     let mut f = Findings::new();
     if sys::geteuid() == 0 {
         // Root inside was asked for (--user root); `caps` covers what root may still do.
-        return Outcome::blocked("not applicable: already uid 0 inside (the caps check covers root)");
+        return Outcome::blocked(
+            "not applicable: already uid 0 inside (the caps check covers root)",
+        );
     }
     f.note(format!("uid {} gid {}", sys::getuid(), sys::getgid()));
     let r = process::setuid(0);
@@ -133,7 +147,11 @@ pub fn setuid(_: &Ctx) -> Outcome {
 fn status_field(name: &str) -> Option<String> {
     let status = fs::read_file("/proc/self/status", 1 << 16).ok()?;
     let text = String::from_utf8_lossy(&status).into_owned();
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    })
 }
 
 pub fn caps(_: &Ctx) -> Outcome {
@@ -143,7 +161,9 @@ pub fn caps(_: &Ctx) -> Outcome {
         match status_field(set).map(|v| u64::from_str_radix(&v, 16)) {
             Some(Ok(0)) => f.blocked(set, "0"),
             // A bounding set alone grants nothing to a process with no_new_privs.
-            Some(Ok(v)) if set == "CapBnd" && nnp => f.blocked(set, format!("{v:#x} (harmless: no_new_privs is set)")),
+            Some(Ok(v)) if set == "CapBnd" && nnp => {
+                f.blocked(set, format!("{v:#x} (harmless: no_new_privs is set)"))
+            }
             Some(Ok(v)) => f.escaped(set, format!("{v:#x}")),
             _ => f.escaped(set, "cannot read /proc/self/status"),
         }

@@ -63,7 +63,10 @@ pub fn proc1_environ(_: &Ctx) -> Outcome {
                 .map(|k| String::from_utf8_lossy(k).into_owned())
                 .take(12)
                 .collect();
-            f.escaped("read /proc/1/environ", format!("{} bytes, variables {}", env.len(), names.join(",")));
+            f.escaped(
+                "read /proc/1/environ",
+                format!("{} bytes, variables {}", env.len(), names.join(",")),
+            );
         }
         Err(e) => f.blocked("read /proc/1/environ", e),
     }

@@ -10,7 +10,10 @@ use crate::sys::{fs, Errno};
 fn attempt(f: &mut Findings, what: String, fd: libc::c_int) {
     match fs::tiocsti_null(fd) {
         Ok(()) => f.escaped(what, "accepted"),
-        Err(Errno(libc::EFAULT)) => f.escaped(what, "EFAULT on a NULL char: permission granted (nothing injected)"),
+        Err(Errno(libc::EFAULT)) => f.escaped(
+            what,
+            "EFAULT on a NULL char: permission granted (nothing injected)",
+        ),
         Err(e) => f.blocked(what, e),
     }
 }
@@ -22,9 +25,20 @@ pub fn tiocsti(_: &Ctx) -> Outcome {
         if fs::isatty(fd) {
             ttys += 1;
         }
-        attempt(&mut f, format!("TIOCSTI on fd {fd}{}", if fs::isatty(fd) { " (a tty)" } else { "" }), fd);
+        attempt(
+            &mut f,
+            format!(
+                "TIOCSTI on fd {fd}{}",
+                if fs::isatty(fd) { " (a tty)" } else { "" }
+            ),
+            fd,
+        );
     }
-    match fs::open("/dev/tty", libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK, 0) {
+    match fs::open(
+        "/dev/tty",
+        libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK,
+        0,
+    ) {
         Ok(tty) => {
             ttys += 1;
             attempt(&mut f, "TIOCSTI on /dev/tty".to_string(), tty.raw());

@@ -5,25 +5,32 @@ use super::{check, check_int, cstr, Fd, SysResult};
 pub fn open(path: &str, flags: libc::c_int, mode: libc::mode_t) -> SysResult<Fd> {
     let p = cstr(path)?;
     // SAFETY: `p` is a valid NUL-terminated string that outlives the call.
-    let fd = check_int(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+    let fd = check_int(unsafe {
+        libc::open(p.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint)
+    })?;
     Ok(Fd::from_raw(fd))
 }
 
 pub fn read(fd: &Fd, buf: &mut [u8]) -> SysResult<usize> {
     // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
-    let n = check(unsafe { libc::read(fd.raw(), buf.as_mut_ptr().cast(), buf.len()) } as libc::c_long)?;
+    let n =
+        check(unsafe { libc::read(fd.raw(), buf.as_mut_ptr().cast(), buf.len()) } as libc::c_long)?;
     Ok(n as usize)
 }
 
 pub fn pread(fd: &Fd, buf: &mut [u8], offset: i64) -> SysResult<usize> {
     // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
-    let n = check(unsafe { libc::pread(fd.raw(), buf.as_mut_ptr().cast(), buf.len(), offset) } as libc::c_long)?;
+    let n = check(
+        unsafe { libc::pread(fd.raw(), buf.as_mut_ptr().cast(), buf.len(), offset) }
+            as libc::c_long,
+    )?;
     Ok(n as usize)
 }
 
 pub fn write(fd: &Fd, data: &[u8]) -> SysResult<usize> {
     // SAFETY: `data` is a valid readable buffer of `data.len()` bytes.
-    let n = check(unsafe { libc::write(fd.raw(), data.as_ptr().cast(), data.len()) } as libc::c_long)?;
+    let n =
+        check(unsafe { libc::write(fd.raw(), data.as_ptr().cast(), data.len()) } as libc::c_long)?;
     Ok(n as usize)
 }
 
@@ -89,7 +96,13 @@ pub fn dev_ino(path: &str) -> SysResult<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
-pub fn mount(src: &str, target: &str, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> SysResult<()> {
+pub fn mount(
+    src: &str,
+    target: &str,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> SysResult<()> {
     let s = cstr(src)?;
     let t = cstr(target)?;
     let f = fstype.map(cstr).transpose()?;
@@ -161,7 +174,14 @@ pub fn name_to_handle(path: &str) -> SysResult<(i32, Vec<u8>)> {
     // SAFETY: `buf` is a file_handle header followed by 128 bytes of room, as declared in
     // handle_bytes; `mount_id` is a valid int to write.
     check(unsafe {
-        libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, p.as_ptr(), buf.as_mut_ptr(), &mut mount_id, 0)
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id,
+            0,
+        )
     })?;
     let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     let ty = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
@@ -169,13 +189,25 @@ pub fn name_to_handle(path: &str) -> SysResult<(i32, Vec<u8>)> {
 }
 
 /// `open_by_handle_at(mount_fd, handle, flags)` (the "shocker" primitive).
-pub fn open_by_handle(mount_fd: &Fd, handle_type: i32, handle: &[u8], flags: libc::c_int) -> SysResult<Fd> {
+pub fn open_by_handle(
+    mount_fd: &Fd,
+    handle_type: i32,
+    handle: &[u8],
+    flags: libc::c_int,
+) -> SysResult<Fd> {
     let mut buf = vec![0u8; 8 + handle.len()];
     buf[..4].copy_from_slice(&(handle.len() as u32).to_ne_bytes());
     buf[4..8].copy_from_slice(&handle_type.to_ne_bytes());
     buf[8..].copy_from_slice(handle);
     // SAFETY: `buf` is a complete file_handle whose handle_bytes matches its length.
-    let fd = check(unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount_fd.raw(), buf.as_mut_ptr(), flags) })?;
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.raw(),
+            buf.as_mut_ptr(),
+            flags,
+        )
+    })?;
     Ok(Fd::from_raw(fd as libc::c_int))
 }
 
@@ -184,7 +216,9 @@ pub fn open_by_handle(mount_fd: &Fd, handle_type: i32, handle: &[u8], flags: lib
 pub fn access_w(path: &str) -> SysResult<()> {
     let p = cstr(path)?;
     // SAFETY: `p` is a valid NUL-terminated string.
-    check_int(unsafe { libc::faccessat(libc::AT_FDCWD, p.as_ptr(), libc::W_OK, libc::AT_EACCESS) })?;
+    check_int(unsafe {
+        libc::faccessat(libc::AT_FDCWD, p.as_ptr(), libc::W_OK, libc::AT_EACCESS)
+    })?;
     Ok(())
 }
 
@@ -196,7 +230,10 @@ pub fn fd_is_open(fd: libc::c_int) -> bool {
 
 /// The soft RLIMIT_NOFILE.
 pub fn nofile_limit() -> u64 {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `rl` is a valid rlimit to fill.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
         rl.rlim_cur

@@ -13,14 +13,27 @@ pub fn add_key(desc: &str) -> SysResult<i64> {
     let payload = b"x";
     // SAFETY: the type and description are valid C strings; the payload pointer/length match.
     check(unsafe {
-        libc::syscall(libc::SYS_add_key, ty.as_ptr(), d.as_ptr(), payload.as_ptr(), payload.len(), KEY_SPEC_PROCESS_KEYRING)
+        libc::syscall(
+            libc::SYS_add_key,
+            ty.as_ptr(),
+            d.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            KEY_SPEC_PROCESS_KEYRING,
+        )
     })
 }
 
 /// keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): creates a fresh anonymous session keyring.
 pub fn keyctl_join_session() -> SysResult<i64> {
     // SAFETY: a NULL name is the documented way to ask for an anonymous keyring.
-    check(unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, std::ptr::null::<libc::c_char>()) })
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    })
 }
 
 fn bpf(cmd: i32, attr: &mut [u8; 128]) -> SysResult<Fd> {
@@ -63,7 +76,7 @@ pub fn bpf_prog_load() -> SysResult<Fd> {
 /// io_uring_setup(1, &params).
 pub fn io_uring_setup() -> SysResult<Fd> {
     let mut params = [0u8; 120]; // struct io_uring_params
-    // SAFETY: `params` is a zeroed io_uring_params the kernel fills in.
+                                 // SAFETY: `params` is a zeroed io_uring_params the kernel fills in.
     let fd = check(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) })?;
     Ok(Fd::from_raw(fd as libc::c_int))
 }
@@ -77,10 +90,12 @@ pub fn perf_event_open() -> SysResult<Fd> {
     attr[0..4].copy_from_slice(&PERF_TYPE_SOFTWARE.to_ne_bytes()); // type
     attr[4..8].copy_from_slice(&PERF_ATTR_SIZE_VER0.to_ne_bytes()); // size
     attr[8..16].copy_from_slice(&PERF_COUNT_SW_CPU_CLOCK.to_ne_bytes()); // config
-    // flags bitfield: disabled (bit 0), exclude_kernel (bit 5), exclude_hv (bit 6).
+                                                                         // flags bitfield: disabled (bit 0), exclude_kernel (bit 5), exclude_hv (bit 6).
     attr[40..48].copy_from_slice(&(1u64 | 1 << 5 | 1 << 6).to_ne_bytes());
     // SAFETY: `attr` holds a valid VER0 perf_event_attr (64 bytes used, rest zero).
-    let fd = check(unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_mut_ptr(), 0, -1, -1, 0) })?;
+    let fd = check(unsafe {
+        libc::syscall(libc::SYS_perf_event_open, attr.as_mut_ptr(), 0, -1, -1, 0)
+    })?;
     Ok(Fd::from_raw(fd as libc::c_int))
 }
 
@@ -96,14 +111,29 @@ pub fn userfaultfd(flags: libc::c_int) -> SysResult<Fd> {
 pub fn kexec_load_probe() -> SysResult<i64> {
     const TOO_MANY_SEGMENTS: usize = 17;
     // SAFETY: the segment pointer is NULL; the kernel rejects the call before reading it.
-    check(unsafe { libc::syscall(libc::SYS_kexec_load, 0usize, TOO_MANY_SEGMENTS, std::ptr::null::<u8>(), 0usize) })
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_kexec_load,
+            0usize,
+            TOO_MANY_SEGMENTS,
+            std::ptr::null::<u8>(),
+            0usize,
+        )
+    })
 }
 
 /// init_module with an empty image: permission is checked first, then ENOEXEC/EINVAL/EFAULT.
 pub fn init_module_probe() -> SysResult<i64> {
     let params = cstr("")?;
     // SAFETY: a zero-length image with a NULL pointer; params is a valid C string.
-    check(unsafe { libc::syscall(libc::SYS_init_module, std::ptr::null::<u8>(), 0usize, params.as_ptr()) })
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_init_module,
+            std::ptr::null::<u8>(),
+            0usize,
+            params.as_ptr(),
+        )
+    })
 }
 
 /// finit_module on an invalid fd: permission is checked first, then EBADF.

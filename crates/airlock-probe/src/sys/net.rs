@@ -24,7 +24,9 @@ fn raw_addr(addr: &SocketAddr) -> RawAddr {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
@@ -36,7 +38,9 @@ fn raw_addr(addr: &SocketAddr) -> RawAddr {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: 0,
             };
             // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
@@ -44,7 +48,10 @@ fn raw_addr(addr: &SocketAddr) -> RawAddr {
             std::mem::size_of::<libc::sockaddr_in6>()
         }
     };
-    RawAddr { storage, len: len as libc::socklen_t }
+    RawAddr {
+        storage,
+        len: len as libc::socklen_t,
+    }
 }
 
 fn family(addr: &SocketAddr) -> libc::c_int {
@@ -67,7 +74,13 @@ pub fn tcp_connect(addr: &SocketAddr, timeout_ms: i32) -> SysResult<Connect> {
     let fd = socket(family(addr), libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)?;
     let raw = raw_addr(addr);
     // SAFETY: `raw.storage` holds a valid address of `raw.len` bytes.
-    let rc = unsafe { libc::connect(fd.raw(), (&raw.storage as *const libc::sockaddr_storage).cast(), raw.len) };
+    let rc = unsafe {
+        libc::connect(
+            fd.raw(),
+            (&raw.storage as *const libc::sockaddr_storage).cast(),
+            raw.len,
+        )
+    };
     if rc == 0 {
         return Ok(Connect::Connected);
     }
@@ -82,7 +95,13 @@ pub fn tcp_connect(addr: &SocketAddr, timeout_ms: i32) -> SysResult<Connect> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `so_error`/`len` are valid for an int-sized option.
     check_int(unsafe {
-        libc::getsockopt(fd.raw(), libc::SOL_SOCKET, libc::SO_ERROR, (&mut so_error as *mut libc::c_int).cast(), &mut len)
+        libc::getsockopt(
+            fd.raw(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut so_error as *mut libc::c_int).cast(),
+            &mut len,
+        )
     })?;
     if so_error == 0 {
         Ok(Connect::Connected)
@@ -128,9 +147,19 @@ pub fn unix_connect(name: &str, abstract_ns: bool) -> SysResult<()> {
         *dst = *src as libc::c_char;
     }
     let base = std::mem::size_of::<libc::sa_family_t>();
-    let len = if abstract_ns { base + 1 + bytes.len() } else { std::mem::size_of::<libc::sockaddr_un>() };
+    let len = if abstract_ns {
+        base + 1 + bytes.len()
+    } else {
+        std::mem::size_of::<libc::sockaddr_un>()
+    };
     // SAFETY: `sun` is a valid sockaddr_un and `len` does not exceed its size.
-    let rc = unsafe { libc::connect(fd.raw(), (&sun as *const libc::sockaddr_un).cast(), len as libc::socklen_t) };
+    let rc = unsafe {
+        libc::connect(
+            fd.raw(),
+            (&sun as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
     if rc == 0 {
         return Ok(());
     }

@@ -11,7 +11,11 @@ pub enum Forked {
 pub fn fork() -> SysResult<Forked> {
     // SAFETY: the probe never starts threads, so the child inherits a consistent address space.
     let pid = check_int(unsafe { libc::fork() })?;
-    Ok(if pid == 0 { Forked::Child } else { Forked::Parent(pid) })
+    Ok(if pid == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(pid)
+    })
 }
 
 /// Leave the process immediately, without running destructors or atexit handlers.
@@ -33,7 +37,11 @@ pub fn poll_in(fd: &Fd, timeout_ms: i32) -> SysResult<bool> {
 }
 
 pub fn poll_events(fd: &Fd, events: libc::c_short, timeout_ms: i32) -> SysResult<bool> {
-    let mut p = libc::pollfd { fd: fd.raw(), events, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: fd.raw(),
+        events,
+        revents: 0,
+    };
     loop {
         // SAFETY: `p` is one valid pollfd.
         match check_int(unsafe { libc::poll(&mut p, 1, timeout_ms) }) {
@@ -93,7 +101,16 @@ pub fn unshare(flags: libc::c_int) -> SysResult<()> {
 pub fn clone_and_exit(flags: libc::c_ulong) -> SysResult<libc::pid_t> {
     // SAFETY: without CLONE_VM the child gets a private copy of the address space and the
     // current stack, exactly like fork; it only issues exit_group, touching nothing else.
-    let rc = unsafe { libc::syscall(libc::SYS_clone, flags | libc::SIGCHLD as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
     if rc == 0 {
         // SAFETY: exit_group never returns.
         unsafe { libc::syscall(libc::SYS_exit_group, 0) };
@@ -111,7 +128,13 @@ pub fn clone3_and_exit(flags: u64) -> SysResult<libc::pid_t> {
     args[4] = libc::SIGCHLD as u64;
     // SAFETY: `args` is a valid VER0 clone_args; no CLONE_VM and no stack, so the child runs on
     // a private copy of our stack like fork and only issues exit_group.
-    let rc = unsafe { libc::syscall(libc::SYS_clone3, args.as_mut_ptr(), std::mem::size_of_val(&args)) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args.as_mut_ptr(),
+            std::mem::size_of_val(&args),
+        )
+    };
     if rc == 0 {
         // SAFETY: exit_group never returns.
         unsafe { libc::syscall(libc::SYS_exit_group, 0) };
@@ -140,10 +163,17 @@ pub fn personality(persona: libc::c_ulong) -> SysResult<libc::c_int> {
 /// process_vm_readv of `len` bytes at `remote_addr` in `pid`.
 pub fn process_vm_read(pid: libc::pid_t, remote_addr: usize, len: usize) -> SysResult<usize> {
     let mut buf = vec![0u8; len];
-    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
-    let remote = libc::iovec { iov_base: remote_addr as *mut libc::c_void, iov_len: len };
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: remote_addr as *mut libc::c_void,
+        iov_len: len,
+    };
     // SAFETY: `local` describes our own writable buffer; the remote iovec is only interpreted
     // by the kernel in the target's address space.
-    let n = check(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long)?;
+    let n =
+        check(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long)?;
     Ok(n as usize)
 }

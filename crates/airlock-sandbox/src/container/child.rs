@@ -171,6 +171,9 @@ fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
     }
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     tryc!(ef, setrlimit(Resource::RLIMIT_CORE, 0, 0), "setrlimit core");
+    if let Some(n) = plan.rlimit_nproc {
+        tryc!(ef, setrlimit(Resource::RLIMIT_NPROC, n, n), "setrlimit nproc");
+    }
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let soft = plan.rlimit_nofile.min(hard);
         tryc!(ef, setrlimit(Resource::RLIMIT_NOFILE, soft, hard), "setrlimit nofile");
