@@ -145,7 +145,7 @@ fn write_map(pid: i32, file: &str, maps: &[airlock_model::plan::IdMap]) -> io::R
 
 /// A throwaway user namespace whose mapping turns `owner` (a host uid/gid) into `to` (the host
 /// id of the sandbox user): the idmapping applied to writable host mounts of root-run sandboxes.
-fn idmap_userns(owner: (u32, u32), to: (u32, u32)) -> io::Result<OwnedFd> {
+pub fn idmap_userns(owner: (u32, u32), to: (u32, u32)) -> io::Result<OwnedFd> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let pid = sys::clone_fork(libc::CLONE_NEWUSER)?;
     if pid == 0 {

@@ -218,26 +218,9 @@ fn userns_child(h: &Host, d: &Dirs) -> Outcome {
 }
 
 /// A user namespace whose single mapping is `inside` -> `outside` (ids of the caller's
-/// namespace), as an fd: a throwaway child (raw clone into CLONE_NEWUSER) holds it while we
-/// write its maps. As an idmapping it shows files owned by `inside` as owned by `outside`.
+/// namespace), as an fd: as an idmapping it shows files owned by `inside` as owned by `outside`.
 fn holder_userns(inside: u32, outside: u32) -> std::io::Result<std::os::fd::OwnedFd> {
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let pid = sys::clone_fork(libc::CLONE_NEWUSER)?;
-    if pid == 0 {
-        drop(wr);
-        let mut b = [0u8; 1];
-        let _ = nix::unistd::read(&rd, &mut b);
-        sys::exit_now(0);
-    }
-    drop(rd);
-    let res = (|| {
-        fs::write(format!("/proc/{pid}/uid_map"), format!("{inside} {outside} 1\n"))?;
-        fs::write(format!("/proc/{pid}/gid_map"), format!("{inside} {outside} 1\n"))?;
-        Ok(std::os::fd::OwnedFd::from(fs::File::open(format!("/proc/{pid}/ns/user"))?))
-    })();
-    drop(wr);
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-    res
+    crate::container::idmap_userns((inside, inside), (outside, outside))
 }
 
 /// The idmapped-mount child: a private mount namespace (inside a user namespace when not
