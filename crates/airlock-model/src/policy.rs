@@ -109,7 +109,9 @@ pub struct ParseEnumError {
 pub struct ByteSize(pub u64);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid size {0:?}: expected a number with an optional K, M, G or T suffix (e.g. 512M, 8G)")]
+#[error(
+    "invalid size {0:?}: expected a number with an optional K, M, G or T suffix (e.g. 512M, 8G)"
+)]
 pub struct ParseSizeError(pub String);
 
 impl FromStr for ByteSize {
@@ -155,7 +157,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-            if b >= 1 << shift && b % (1 << shift) == 0 {
+            if b >= 1 << shift && b.is_multiple_of(1 << shift) {
                 return write!(f, "{}{}", b >> shift, unit);
             }
         }
@@ -196,7 +198,7 @@ pub struct ParseCpusError(pub String);
 
 impl Cpus {
     pub fn new(v: f64) -> Result<Self, ParseCpusError> {
-        if v.is_finite() && v >= 0.01 && v <= 4096.0 {
+        if v.is_finite() && (0.01..=4096.0).contains(&v) {
             Ok(Cpus(v))
         } else {
             Err(ParseCpusError(v.to_string()))
@@ -225,7 +227,10 @@ impl From<Cpus> for f64 {
 impl FromStr for Cpus {
     type Err = ParseCpusError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let v: f64 = s.trim().parse().map_err(|_| ParseCpusError(s.to_string()))?;
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| ParseCpusError(s.to_string()))?;
         Cpus::new(v).map_err(|_| ParseCpusError(s.to_string()))
     }
 }
@@ -256,8 +261,11 @@ mod tests {
     #[test]
     fn enums_round_trip_and_explain() {
         assert_eq!("off".parse::<NetMode>(), Ok(NetMode::Off));
-        let e = "closed".parse::<NetMode>().unwrap_err();
-        assert_eq!(e.to_string(), "invalid NetMode \"closed\": expected one of off, filtered, open");
+        let e = "closed".parse::<NetMode>().expect_err("not a mode");
+        assert_eq!(
+            e.to_string(),
+            "invalid NetMode \"closed\": expected one of off, filtered, open"
+        );
         assert_eq!(Profile::Restrictive.to_string(), "restrictive");
     }
 
@@ -265,6 +273,9 @@ mod tests {
     fn cpus_bounds() {
         assert!("0".parse::<Cpus>().is_err());
         assert!("-1".parse::<Cpus>().is_err());
-        assert_eq!("0.5".parse::<Cpus>().map(|c| c.quota_us(100_000)), Ok(50_000));
+        assert_eq!(
+            "0.5".parse::<Cpus>().map(|c| c.quota_us(100_000)),
+            Ok(50_000)
+        );
     }
 }

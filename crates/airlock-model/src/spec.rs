@@ -44,7 +44,9 @@ impl std::str::FromStr for SandboxUser {
         match s {
             "agent" | "1000" => Ok(SandboxUser::Agent),
             "root" | "0" => Ok(SandboxUser::Root),
-            _ => Err(format!("invalid user {s:?}: expected `agent` (uid 1000, the default) or `root`")),
+            _ => Err(format!(
+                "invalid user {s:?}: expected `agent` (uid 1000, the default) or `root`"
+            )),
         }
     }
 }
@@ -116,7 +118,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.len() > 63 {
         return Err(format!("sandbox name {name:?} is longer than 63 bytes"));
     }
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok_chars || name.starts_with('-') || name.ends_with('-') {
         return Err(format!(
             "invalid sandbox name {name:?}: use lowercase letters, digits and '-', not starting or ending with '-'"

@@ -17,9 +17,18 @@ const GROUP_DIR: &str = "airlock";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
     /// Per-controller parent directories (already including `/airlock`), when usable.
-    V1 { memory: Option<PathBuf>, pids: Option<PathBuf>, cpu: Option<PathBuf> },
+    V1 {
+        memory: Option<PathBuf>,
+        pids: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+    },
     /// One parent directory (including `/airlock`) with the listed controllers usable.
-    V2 { parent: PathBuf, memory: bool, pids: bool, cpu: bool },
+    V2 {
+        parent: PathBuf,
+        memory: bool,
+        pids: bool,
+        cpu: bool,
+    },
     None,
 }
 
@@ -28,15 +37,27 @@ pub enum CgroupError {
     #[error("cannot create cgroup {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
     #[error("cannot write {value:?} to {path}: {source}")]
-    Write { path: PathBuf, value: String, source: io::Error },
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
-    fs::write(path, value).map_err(|source| CgroupError::Write { path: path.into(), value: value.into(), source })
+    fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.into(),
+        value: value.into(),
+        source,
+    })
 }
 
 fn writable_dir(p: &Path) -> bool {
-    nix::unistd::access(p, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_ok()
+    nix::unistd::access(
+        p,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_ok()
 }
 
 impl Layout {
@@ -45,7 +66,9 @@ impl Layout {
         let cg = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mi = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let root = nix::unistd::geteuid().is_root();
-        Self::from_parts(&mi, &cg, root, &writable_dir, &|p| fs::read_to_string(p).ok())
+        Self::from_parts(&mi, &cg, root, &writable_dir, &|p| {
+            fs::read_to_string(p).ok()
+        })
     }
 
     /// Pure core of [`detect`]: mountinfo and /proc/self/cgroup text, with the filesystem
@@ -60,19 +83,35 @@ impl Layout {
         let mounts = cgroups::cgroup_mounts(&cgroups::parse_mountinfo(mountinfo));
         let procs = cgroups::parse_proc_cgroup(proc_cgroup);
         let v1_ctrl = |ctrl: &str| -> Option<PathBuf> {
-            let m = mounts.iter().find(|m| m.fstype == "cgroup" && m.controllers.iter().any(|x| x == ctrl))?;
-            let p = procs.iter().find(|p| p.controllers.iter().any(|x| x == ctrl))?;
+            let m = mounts
+                .iter()
+                .find(|m| m.fstype == "cgroup" && m.controllers.iter().any(|x| x == ctrl))?;
+            let p = procs
+                .iter()
+                .find(|p| p.controllers.iter().any(|x| x == ctrl))?;
             let own = cgroups::own_dir(&m.mount_point, &m.root, &p.path)?;
             let parent = own.join(GROUP_DIR);
             (writable(&parent) || writable(&own)).then_some(parent)
         };
-        let any_v1 = mounts.iter().any(|m| m.fstype == "cgroup" && m.controllers.iter().any(|x| x == "memory" || x == "pids"));
+        let any_v1 = mounts.iter().any(|m| {
+            m.fstype == "cgroup" && m.controllers.iter().any(|x| x == "memory" || x == "pids")
+        });
         if any_v1 {
-            return Layout::V1 { memory: v1_ctrl("memory"), pids: v1_ctrl("pids"), cpu: v1_ctrl("cpu") };
+            return Layout::V1 {
+                memory: v1_ctrl("memory"),
+                pids: v1_ctrl("pids"),
+                cpu: v1_ctrl("cpu"),
+            };
         }
-        let Some(m2) = mounts.iter().find(|m| m.fstype == "cgroup2") else { return Layout::None };
+        let Some(m2) = mounts.iter().find(|m| m.fstype == "cgroup2") else {
+            return Layout::None;
+        };
         let mp = &m2.mount_point;
-        let Some(own) = procs.iter().find(|p| p.controllers.is_empty()).and_then(|p| cgroups::own_dir(mp, &m2.root, &p.path)) else {
+        let Some(own) = procs
+            .iter()
+            .find(|p| p.controllers.is_empty())
+            .and_then(|p| cgroups::own_dir(mp, &m2.root, &p.path))
+        else {
             return Layout::None;
         };
         let has = |dir: &Path, file: &str, c: &str| {
@@ -80,7 +119,11 @@ impl Layout {
         };
         // Our own cgroup can host children with controllers only if it already delegates them to
         // its subtree (no internal processes rule) or it is the root.
-        let own_ok = writable(&own) && (["memory", "pids", "cpu"].iter().any(|c| has(&own, "cgroup.subtree_control", c)) || own == *mp);
+        let own_ok = writable(&own)
+            && (["memory", "pids", "cpu"]
+                .iter()
+                .any(|c| has(&own, "cgroup.subtree_control", c))
+                || own == *mp);
         let base = if own_ok {
             own
         } else if root {
@@ -89,15 +132,28 @@ impl Layout {
             return Layout::None;
         };
         let avail = |c: &str| has(&base, "cgroup.controllers", c);
-        Layout::V2 { parent: base.join(GROUP_DIR), memory: avail("memory"), pids: avail("pids"), cpu: avail("cpu") }
+        Layout::V2 {
+            parent: base.join(GROUP_DIR),
+            memory: avail("memory"),
+            pids: avail("pids"),
+            cpu: avail("cpu"),
+        }
     }
 
     pub fn support(&self) -> LimitSupport {
         match self {
-            Layout::V1 { memory, pids, cpu } => {
-                LimitSupport { memory: memory.is_some(), pids: pids.is_some(), cpu: cpu.is_some() }
-            }
-            Layout::V2 { memory, pids, cpu, .. } => LimitSupport { memory: *memory, pids: *pids, cpu: *cpu },
+            Layout::V1 { memory, pids, cpu } => LimitSupport {
+                memory: memory.is_some(),
+                pids: pids.is_some(),
+                cpu: cpu.is_some(),
+            },
+            Layout::V2 {
+                memory, pids, cpu, ..
+            } => LimitSupport {
+                memory: *memory,
+                pids: *pids,
+                cpu: *cpu,
+            },
             Layout::None => LimitSupport::default(),
         }
     }
@@ -105,7 +161,9 @@ impl Layout {
     /// Every parent directory sandbox cgroups are created in (for gc).
     pub fn parents(&self) -> Vec<PathBuf> {
         match self {
-            Layout::V1 { memory, pids, cpu } => [memory, pids, cpu].into_iter().flatten().cloned().collect(),
+            Layout::V1 { memory, pids, cpu } => {
+                [memory, pids, cpu].into_iter().flatten().cloned().collect()
+            }
             Layout::V2 { parent, .. } => vec![parent.clone()],
             Layout::None => vec![],
         }
@@ -122,8 +180,16 @@ pub struct Cgroup {
 
 impl Cgroup {
     /// Create `<parent>/<name>` and apply the limits that are set and supported.
-    pub fn create(layout: &Layout, name: &str, r: &Resources) -> Result<Option<Cgroup>, CgroupError> {
-        let mut cg = Cgroup { dirs: vec![], memory_dir: None, v2: false };
+    pub fn create(
+        layout: &Layout,
+        name: &str,
+        r: &Resources,
+    ) -> Result<Option<Cgroup>, CgroupError> {
+        let mut cg = Cgroup {
+            dirs: vec![],
+            memory_dir: None,
+            v2: false,
+        };
         let result = cg.populate(layout, name, r);
         match result {
             Ok(()) if cg.dirs.is_empty() => Ok(None),
@@ -138,11 +204,17 @@ impl Cgroup {
     fn mkdir(&mut self, parent: &Path, name: &str) -> Result<PathBuf, CgroupError> {
         if let Err(source) = fs::create_dir(parent) {
             if source.kind() != io::ErrorKind::AlreadyExists {
-                return Err(CgroupError::Create { path: parent.into(), source });
+                return Err(CgroupError::Create {
+                    path: parent.into(),
+                    source,
+                });
             }
         }
         let dir = parent.join(name);
-        fs::create_dir(&dir).map_err(|source| CgroupError::Create { path: dir.clone(), source })?;
+        fs::create_dir(&dir).map_err(|source| CgroupError::Create {
+            path: dir.clone(),
+            source,
+        })?;
         self.dirs.push(dir.clone());
         Ok(dir)
     }
@@ -166,10 +238,18 @@ impl Cgroup {
                 if let (Some(c), Some(p)) = (r.cpus, cpu) {
                     let d = self.mkdir(p, name)?;
                     write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                    write(&d.join("cpu.cfs_quota_us"), &c.quota_us(CPU_PERIOD_US).to_string())?;
+                    write(
+                        &d.join("cpu.cfs_quota_us"),
+                        &c.quota_us(CPU_PERIOD_US).to_string(),
+                    )?;
                 }
             }
-            Layout::V2 { parent, memory, pids, cpu } => {
+            Layout::V2 {
+                parent,
+                memory,
+                pids,
+                cpu,
+            } => {
                 let want_mem = r.memory.is_some() && *memory;
                 let want_pids = r.pids.is_some() && *pids;
                 let want_cpu = r.cpus.is_some() && *cpu;
@@ -179,7 +259,11 @@ impl Cgroup {
                 self.v2 = true;
                 // Enable the controllers for the airlock parent's children.
                 let mut enable = String::new();
-                for (on, c) in [(want_mem, "+memory"), (want_pids, "+pids"), (want_cpu, "+cpu")] {
+                for (on, c) in [
+                    (want_mem, "+memory"),
+                    (want_pids, "+pids"),
+                    (want_cpu, "+cpu"),
+                ] {
                     if on {
                         enable.push_str(c);
                         enable.push(' ');
@@ -199,7 +283,10 @@ impl Cgroup {
                     write(&d.join("pids.max"), &n.to_string())?;
                 }
                 if let Some(c) = r.cpus.filter(|_| want_cpu) {
-                    write(&d.join("cpu.max"), &format!("{} {}", c.quota_us(CPU_PERIOD_US), CPU_PERIOD_US))?;
+                    write(
+                        &d.join("cpu.max"),
+                        &format!("{} {}", c.quota_us(CPU_PERIOD_US), CPU_PERIOD_US),
+                    )?;
                 }
             }
             Layout::None => {}
@@ -217,8 +304,14 @@ impl Cgroup {
 
     /// Whether the kernel OOM-killed a process in this cgroup.
     pub fn oom_killed(&self) -> bool {
-        let Some(d) = &self.memory_dir else { return false };
-        let (file, key) = if self.v2 { ("memory.events", "oom_kill") } else { ("memory.oom_control", "oom_kill") };
+        let Some(d) = &self.memory_dir else {
+            return false;
+        };
+        let (file, key) = if self.v2 {
+            ("memory.events", "oom_kill")
+        } else {
+            ("memory.oom_control", "oom_kill")
+        };
         fs::read_to_string(d.join(file))
             .ok()
             .and_then(|s| {
@@ -248,11 +341,18 @@ pub fn remove_cgroup_dir(d: &Path) {
                 if fs::write(d.join("cgroup.kill"), "1").is_err() {
                     if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
                         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
                         }
                     }
                 }
-                std::thread::sleep(std::time::Duration::from_millis(if attempt < 10 { 1 } else { 10 }));
+                std::thread::sleep(std::time::Duration::from_millis(if attempt < 10 {
+                    1
+                } else {
+                    10
+                }));
             }
         }
     }
@@ -262,7 +362,8 @@ pub fn remove_cgroup_dir(d: &Path) {
 mod tests {
     use super::*;
 
-    const HYBRID_CG: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n1:cpu,cpuacct:/\n0::/\n";
+    const HYBRID_CG: &str =
+        "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n1:cpu,cpuacct:/\n0::/\n";
     const HYBRID_MI: &str = "\
 30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate
 31 25 0:27 / /sys/fs/cgroup/memory rw,nosuid shared:6 - cgroup cgroup rw,memory
@@ -276,7 +377,9 @@ mod tests {
         assert_eq!(
             l,
             Layout::V1 {
-                memory: Some(PathBuf::from("/sys/fs/cgroup/memory/process_api/abc/airlock")),
+                memory: Some(PathBuf::from(
+                    "/sys/fs/cgroup/memory/process_api/abc/airlock"
+                )),
                 pids: Some(PathBuf::from("/sys/fs/cgroup/pids/airlock")),
                 cpu: Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/airlock")),
             }
@@ -289,7 +392,9 @@ mod tests {
     fn v2_delegated_and_root_fallback() {
         let cg = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n";
         let mi = "40 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        let own = PathBuf::from("/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope");
+        let own = PathBuf::from(
+            "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope",
+        );
         let read = |p: &Path| -> Option<String> {
             if p.ends_with("cgroup.subtree_control") && p.starts_with(&own) {
                 Some("memory pids".into())
@@ -300,15 +405,35 @@ mod tests {
             }
         };
         let l = Layout::from_parts(mi, cg, false, &|_| true, &read);
-        assert_eq!(l, Layout::V2 { parent: own.join("airlock"), memory: true, pids: true, cpu: true });
+        assert_eq!(
+            l,
+            Layout::V2 {
+                parent: own.join("airlock"),
+                memory: true,
+                pids: true,
+                cpu: true
+            }
+        );
 
         // Not delegated: rootless gets nothing, root falls back to the hierarchy's airlock dir.
-        let nothing = |_: &Path| -> Option<String> { Some("cpu memory pids".into()).filter(|_| false) };
-        assert_eq!(Layout::from_parts(mi, cg, false, &|_| false, &nothing), Layout::None);
-        let root_read = |p: &Path| -> Option<String> { p.ends_with("cgroup.controllers").then(|| "memory pids".into()) };
+        let nothing =
+            |_: &Path| -> Option<String> { Some("cpu memory pids".into()).filter(|_| false) };
+        assert_eq!(
+            Layout::from_parts(mi, cg, false, &|_| false, &nothing),
+            Layout::None
+        );
+        let root_read = |p: &Path| -> Option<String> {
+            p.ends_with("cgroup.controllers")
+                .then(|| "memory pids".into())
+        };
         assert_eq!(
             Layout::from_parts(mi, cg, true, &|_| false, &root_read),
-            Layout::V2 { parent: PathBuf::from("/sys/fs/cgroup/airlock"), memory: true, pids: true, cpu: false }
+            Layout::V2 {
+                parent: PathBuf::from("/sys/fs/cgroup/airlock"),
+                memory: true,
+                pids: true,
+                cpu: false
+            }
         );
     }
 }

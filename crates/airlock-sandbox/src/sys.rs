@@ -22,7 +22,8 @@ fn cvt_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
 
 pub fn cstr(p: &Path) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
 /// fork(2) with extra clone flags (new namespaces). Returns 0 in the child, the pid in the parent.
@@ -75,8 +76,18 @@ struct MountAttr {
 }
 
 /// mount_setattr(2) on a mount fd, optionally recursive and with an idmapping user namespace.
-pub fn mount_setattr(fd: &OwnedFd, set: u64, recursive: bool, userns: Option<&OwnedFd>) -> io::Result<()> {
-    let mut attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+pub fn mount_setattr(
+    fd: &OwnedFd,
+    set: u64,
+    recursive: bool,
+    userns: Option<&OwnedFd>,
+) -> io::Result<()> {
+    let mut attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
     if let Some(u) = userns {
         attr.attr_set |= MOUNT_ATTR_IDMAP;
         attr.userns_fd = u.as_raw_fd() as u64;
@@ -131,10 +142,18 @@ pub fn capset_clear() -> io::Result<()> {
         permitted: u32,
         inheritable: u32,
     }
-    let mut hdr = Header { version: 0x2008_0522, pid: 0 };
-    let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    let mut hdr = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
     // SAFETY: header and data are valid _LINUX_CAPABILITY_VERSION_3 structures (two data words).
-    cvt(unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) }).map(drop)
+    cvt(unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) })
+        .map(drop)
 }
 
 /// Remove every capability from the bounding set and clear the ambient set.
@@ -151,7 +170,15 @@ pub fn drop_bounding_and_ambient() -> io::Result<()> {
         }
     }
     // SAFETY: prctl with integer arguments only.
-    let r = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) };
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -160,7 +187,15 @@ pub fn drop_bounding_and_ambient() -> io::Result<()> {
 
 pub fn prctl_simple(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
     // SAFETY: prctl options used here take integer arguments only.
-    let r = unsafe { libc::prctl(option, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    let r = unsafe {
+        libc::prctl(
+            option,
+            arg,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -176,12 +211,21 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
 /// Close every descriptor >= `first` (close_range(2), with a /proc fallback for old kernels).
 pub fn close_fds_from(first: RawFd) {
     // SAFETY: integer arguments only; closing descriptors we do not use is the point.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
     if r == 0 {
         return;
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let fds: Vec<RawFd> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        let fds: Vec<RawFd> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
         for fd in fds.into_iter().filter(|&fd| fd >= first) {
             // SAFETY: closing a descriptor number; at worst EBADF for the read_dir's own fd.
             unsafe { libc::close(fd) };
@@ -196,7 +240,11 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     if flags < 0 {
         return Err(io::Error::last_os_error());
     }
-    let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
     // SAFETY: as above.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, new) } < 0 {
         return Err(io::Error::last_os_error());
@@ -207,7 +255,11 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
 /// Bring the loopback interface up in the current network namespace.
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: plain socket creation; the fd is wrapped immediately.
-    let sock = cvt_fd(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as libc::c_long)?;
+    let sock =
+        cvt_fd(
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
+                as libc::c_long,
+        )?;
     // SAFETY: ifreq is plain old data; zeroed is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (i, b) in b"lo\0".iter().enumerate() {
@@ -238,7 +290,8 @@ pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
     let mut buf = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).map_err(io::Error::from)?;
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
     for c in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(&fd) = fds.first() {
@@ -247,7 +300,10 @@ pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
             }
         }
     }
-    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no descriptor received"))
+    Err(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "no descriptor received",
+    ))
 }
 
 /// Name of the pseudo-terminal slave for a master fd.
@@ -327,14 +383,37 @@ pub fn fsmount_tmpfs(options: &[(&str, String)], attrs: u64) -> io::Result<Owned
     for (k, v) in options {
         let (k, v) = (CString::new(*k)?, CString::new(v.as_str())?);
         // SAFETY: valid fd and C strings for the duration of the call.
-        cvt(unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0) })?;
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                k.as_ptr(),
+                v.as_ptr(),
+                0,
+            )
+        })?;
     }
     // SAFETY: integer arguments and null pointers as documented for FSCONFIG_CMD_CREATE.
     cvt(unsafe {
-        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<libc::c_char>(), std::ptr::null::<libc::c_void>(), 0)
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
     })?;
     // SAFETY: integer arguments; FSMOUNT_CLOEXEC = 1.
-    cvt_fd(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), 1 as libc::c_uint, attrs as libc::c_uint) })
+    cvt_fd(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            1 as libc::c_uint,
+            attrs as libc::c_uint,
+        )
+    })
 }
 
 /// seccomp(SECCOMP_SET_MODE_FILTER) with a classic BPF program.
@@ -344,11 +423,23 @@ pub fn seccomp_install(prog: &[crate::container::seccomp::Insn]) -> io::Result<(
         len: libc::c_ushort,
         filter: *const crate::container::seccomp::Insn,
     }
-    let len = libc::c_ushort::try_from(prog.len()).map_err(|_| io::Error::other("seccomp program too long"))?;
-    let fprog = SockFprog { len, filter: prog.as_ptr() };
+    let len = libc::c_ushort::try_from(prog.len())
+        .map_err(|_| io::Error::other("seccomp program too long"))?;
+    let fprog = SockFprog {
+        len,
+        filter: prog.as_ptr(),
+    };
     // SAFETY: `fprog` points at `prog`, a slice of `struct sock_filter`-layout instructions that
     // outlives the call; the kernel copies the program.
-    cvt(unsafe { libc::syscall(libc::SYS_seccomp, 1 as libc::c_uint, 0 as libc::c_uint, &fprog as *const SockFprog) }).map(drop)
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            1 as libc::c_uint,
+            0 as libc::c_uint,
+            &fprog as *const SockFprog,
+        )
+    })
+    .map(drop)
 }
 
 /// Close every descriptor >= `first` except those in `keep`.
@@ -359,7 +450,14 @@ pub fn close_fds_except(first: RawFd, keep: &[RawFd]) {
     for k in keep {
         if k > from {
             // SAFETY: closing a range of descriptor numbers we do not use.
-            unsafe { libc::syscall(libc::SYS_close_range, from as libc::c_uint, (k - 1) as libc::c_uint, 0) };
+            unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    from as libc::c_uint,
+                    (k - 1) as libc::c_uint,
+                    0,
+                )
+            };
         }
         from = k + 1;
     }

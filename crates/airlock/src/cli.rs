@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "airlock", version, about = "Run AI coding agents and untrusted commands in disposable, network-restricted sandboxes.")]
+#[command(
+    name = "airlock",
+    version,
+    about = "Run AI coding agents and untrusted commands in disposable, network-restricted sandboxes."
+)]
 pub struct Cli {
     /// Use this user config file instead of ~/.config/airlock/config.toml.
     #[arg(long, global = true, value_name = "FILE")]
@@ -19,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command in a fresh, isolated sandbox, stream its output, and clean up.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check what this host supports (namespaces, cgroups, seccomp, Landlock, KVM, …).
     Doctor(JsonArg),
     /// Print the resolved configuration and where each value came from.
@@ -107,6 +111,11 @@ pub struct RunArgs {
     #[arg(short = 'i', long)]
     pub interactive: bool,
     /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub cmd: Vec<String>,
 }

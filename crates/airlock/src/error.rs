@@ -13,7 +13,11 @@ pub struct CliError {
 
 impl CliError {
     pub fn new(code: i32, error: impl Into<anyhow::Error>) -> Self {
-        CliError { code, error: error.into(), hint: None }
+        CliError {
+            code,
+            error: error.into(),
+            hint: None,
+        }
     }
     pub fn usage(msg: impl fmt::Display) -> Self {
         CliError::new(exit::USAGE, anyhow::anyhow!("{msg}"))
@@ -40,14 +44,16 @@ impl CliError {
 
 impl From<airlock_model::config::ConfigError> for CliError {
     fn from(e: airlock_model::config::ConfigError) -> Self {
-        CliError::new(exit::USAGE, e).hint("fix the file named above, or run `airlock config` to see the resolved values")
+        CliError::new(exit::USAGE, e)
+            .hint("fix the file named above, or run `airlock config` to see the resolved values")
     }
 }
 
 impl From<airlock_model::plan::Refusal> for CliError {
     fn from(r: airlock_model::plan::Refusal) -> Self {
         let code = match r {
-            airlock_model::plan::Refusal::EmptyCommand | airlock_model::plan::Refusal::BadTarget(..) => exit::USAGE,
+            airlock_model::plan::Refusal::EmptyCommand
+            | airlock_model::plan::Refusal::BadTarget(..) => exit::USAGE,
             _ => exit::POLICY_REFUSED,
         };
         let hint = r.hint();

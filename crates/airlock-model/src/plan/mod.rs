@@ -91,7 +91,10 @@ pub struct IdMap {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpperStore {
     /// A tmpfs inside the sandbox: bounded by `size` and the memory limit, gone with the sandbox.
-    Tmpfs { size: Option<u64>, owner: (u32, u32) },
+    Tmpfs {
+        size: Option<u64>,
+        owner: (u32, u32),
+    },
     /// The run directory on the host's disk (kernels whose tmpfs lacks user xattrs, < 6.6,
     /// where overlayfs could not mark directories opaque on a tmpfs upper layer).
     Disk,
@@ -101,24 +104,62 @@ pub enum UpperStore {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountStep {
     /// A tmpfs; `owner` is the inside uid/gid owning its root.
-    Tmpfs { target: PathBuf, mode: u32, size: Option<u64>, owner: (u32, u32), noexec: bool },
+    Tmpfs {
+        target: PathBuf,
+        mode: u32,
+        size: Option<u64>,
+        owner: (u32, u32),
+        noexec: bool,
+    },
     /// A read-only recursive bind of a host path (nosuid, nodev).
-    BindRo { source: PathBuf, target: PathBuf },
+    BindRo {
+        source: PathBuf,
+        target: PathBuf,
+    },
     /// A writable bind of a host path (nosuid, nodev); `idmap` = files owned by the host owner
     /// appear owned by the sandbox user (root-run sandboxes only).
-    BindRw { source: PathBuf, target: PathBuf, idmap: bool },
+    BindRw {
+        source: PathBuf,
+        target: PathBuf,
+        idmap: bool,
+    },
     /// A copy-on-write overlay of a host directory; changes land in the upper layer.
-    Overlay { lower: PathBuf, target: PathBuf, idmap: bool, upper: UpperStore },
-    Symlink { target: PathBuf, points_to: PathBuf },
-    Dir { target: PathBuf, mode: u32 },
-    File { target: PathBuf, contents: String, mode: u32 },
+    Overlay {
+        lower: PathBuf,
+        target: PathBuf,
+        idmap: bool,
+        upper: UpperStore,
+    },
+    Symlink {
+        target: PathBuf,
+        points_to: PathBuf,
+    },
+    Dir {
+        target: PathBuf,
+        mode: u32,
+    },
+    File {
+        target: PathBuf,
+        contents: String,
+        mode: u32,
+    },
     /// Bind a host device node (from host /dev) onto an empty file.
-    Device { name: String },
-    Proc { target: PathBuf },
+    Device {
+        name: String,
+    },
+    Proc {
+        target: PathBuf,
+    },
     /// Re-bind an existing path read-only over itself (e.g. /proc/sys).
-    ReadOnly { target: PathBuf },
-    Sysfs { target: PathBuf },
-    Devpts { target: PathBuf },
+    ReadOnly {
+        target: PathBuf,
+    },
+    Sysfs {
+        target: PathBuf,
+    },
+    Devpts {
+        target: PathBuf,
+    },
     /// Make the root tmpfs read-only once everything is in place.
     RootReadOnly,
 }
@@ -211,7 +252,9 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         return Err(Refusal::NetModeUnsupported(spec.net));
     }
     match spec.workspace {
-        WorkspaceMode::Bind if spec.profile == Profile::Restrictive => return Err(Refusal::BindUnderRestrictive),
+        WorkspaceMode::Bind if spec.profile == Profile::Restrictive => {
+            return Err(Refusal::BindUnderRestrictive)
+        }
         WorkspaceMode::Clone => return Err(Refusal::CloneUnsupported),
         _ => {}
     }
@@ -223,11 +266,23 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     let inside = spec.user.uid();
     let (uid_map, gid_map) = if rootless {
         (
-            vec![IdMap { inside, outside: host.uid, count: 1 }],
-            vec![IdMap { inside, outside: host.gid, count: 1 }],
+            vec![IdMap {
+                inside,
+                outside: host.uid,
+                count: 1,
+            }],
+            vec![IdMap {
+                inside,
+                outside: host.gid,
+                count: 1,
+            }],
         )
     } else {
-        let m = IdMap { inside: 0, outside: ROOTFUL_UID_BASE, count: ROOTFUL_UID_COUNT };
+        let m = IdMap {
+            inside: 0,
+            outside: ROOTFUL_UID_BASE,
+            count: ROOTFUL_UID_COUNT,
+        };
         (vec![m.clone()], vec![m])
     };
     let owner = (inside, inside);
@@ -249,66 +304,159 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         return Err(Refusal::LimitsUnenforceable(unenforced));
     }
 
-    let mut m = vec![MountStep::Tmpfs { target: p("/"), mode: 0o755, size: Some(ROOT_TMPFS_SIZE), owner: sys_owner, noexec: false }];
+    let mut m = vec![MountStep::Tmpfs {
+        target: p("/"),
+        mode: 0o755,
+        size: Some(ROOT_TMPFS_SIZE),
+        owner: sys_owner,
+        noexec: false,
+    }];
     for (name, entry) in &host.root_entries {
         let target = Path::new("/").join(name);
         m.push(match entry {
-            RootEntry::Dir => MountStep::BindRo { source: target.clone(), target },
-            RootEntry::Symlink(to) => MountStep::Symlink { target, points_to: to.clone() },
+            RootEntry::Dir => MountStep::BindRo {
+                source: target.clone(),
+                target,
+            },
+            RootEntry::Symlink(to) => MountStep::Symlink {
+                target,
+                points_to: to.clone(),
+            },
         });
     }
-    m.push(MountStep::Dir { target: p("/etc"), mode: 0o755 });
+    m.push(MountStep::Dir {
+        target: p("/etc"),
+        mode: 0o755,
+    });
     m.extend(etc_files(spec, &home));
     for e in &host.etc_entries {
         let path = Path::new("/etc").join(e);
-        m.push(MountStep::BindRo { source: path.clone(), target: path });
+        m.push(MountStep::BindRo {
+            source: path.clone(),
+            target: path,
+        });
     }
     m.push(MountStep::Proc { target: p("/proc") });
-    for ro in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"] {
+    for ro in [
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+        "/proc/irq",
+        "/proc/bus",
+        "/proc/fs",
+    ] {
         m.push(MountStep::ReadOnly { target: p(ro) });
     }
     m.push(MountStep::Sysfs { target: p("/sys") });
-    m.push(MountStep::Tmpfs { target: p("/dev"), mode: 0o755, size: Some(1 << 20), owner: sys_owner, noexec: true });
+    m.push(MountStep::Tmpfs {
+        target: p("/dev"),
+        mode: 0o755,
+        size: Some(1 << 20),
+        owner: sys_owner,
+        noexec: true,
+    });
     for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
         m.push(MountStep::Device { name: dev.into() });
     }
-    m.push(MountStep::Devpts { target: p("/dev/pts") });
-    m.push(MountStep::Symlink { target: p("/dev/ptmx"), points_to: p("pts/ptmx") });
-    m.push(MountStep::Tmpfs { target: p("/dev/shm"), mode: 0o1777, size: tmp_size, owner: sys_owner, noexec: false });
-    for (link, to) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
-        m.push(MountStep::Symlink { target: Path::new("/dev").join(link), points_to: p(to) });
+    m.push(MountStep::Devpts {
+        target: p("/dev/pts"),
+    });
+    m.push(MountStep::Symlink {
+        target: p("/dev/ptmx"),
+        points_to: p("pts/ptmx"),
+    });
+    m.push(MountStep::Tmpfs {
+        target: p("/dev/shm"),
+        mode: 0o1777,
+        size: tmp_size,
+        owner: sys_owner,
+        noexec: false,
+    });
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        m.push(MountStep::Symlink {
+            target: Path::new("/dev").join(link),
+            points_to: p(to),
+        });
     }
-    m.push(MountStep::Tmpfs { target: p("/tmp"), mode: 0o1777, size: tmp_size, owner: sys_owner, noexec: false });
-    m.push(MountStep::Tmpfs { target: p("/run"), mode: 0o755, size: tmp_size, owner: sys_owner, noexec: false });
-    m.push(MountStep::Tmpfs { target: home.clone(), mode: 0o700, size: tmp_size, owner, noexec: false });
+    m.push(MountStep::Tmpfs {
+        target: p("/tmp"),
+        mode: 0o1777,
+        size: tmp_size,
+        owner: sys_owner,
+        noexec: false,
+    });
+    m.push(MountStep::Tmpfs {
+        target: p("/run"),
+        mode: 0o755,
+        size: tmp_size,
+        owner: sys_owner,
+        noexec: false,
+    });
+    m.push(MountStep::Tmpfs {
+        target: home.clone(),
+        mode: 0o700,
+        size: tmp_size,
+        owner,
+        noexec: false,
+    });
 
     let idmap = !rootless;
     let mut writable = vec![p("/tmp"), p("/run"), p("/dev/shm"), home.clone()];
     let ws = p(WORKSPACE);
     match spec.workspace {
         WorkspaceMode::Overlay => {
-            let upper = if host.tmpfs_xattr { UpperStore::Tmpfs { size: tmp_size, owner: sys_owner } } else { UpperStore::Disk };
-            m.push(MountStep::Overlay { lower: spec.project_dir.clone(), target: ws.clone(), idmap, upper });
+            let upper = if host.tmpfs_xattr {
+                UpperStore::Tmpfs {
+                    size: tmp_size,
+                    owner: sys_owner,
+                }
+            } else {
+                UpperStore::Disk
+            };
+            m.push(MountStep::Overlay {
+                lower: spec.project_dir.clone(),
+                target: ws.clone(),
+                idmap,
+                upper,
+            });
             writable.push(ws.clone());
         }
         WorkspaceMode::Bind => {
-            m.push(MountStep::BindRw { source: spec.project_dir.clone(), target: ws.clone(), idmap });
+            m.push(MountStep::BindRw {
+                source: spec.project_dir.clone(),
+                target: ws.clone(),
+                idmap,
+            });
             writable.push(ws.clone());
         }
         WorkspaceMode::None | WorkspaceMode::Clone => {}
     }
     for b in &spec.binds {
         if b.writable {
-            m.push(MountStep::BindRw { source: b.source.clone(), target: b.target.clone(), idmap });
+            m.push(MountStep::BindRw {
+                source: b.source.clone(),
+                target: b.target.clone(),
+                idmap,
+            });
             writable.push(b.target.clone());
         } else {
-            m.push(MountStep::BindRo { source: b.source.clone(), target: b.target.clone() });
+            m.push(MountStep::BindRo {
+                source: b.source.clone(),
+                target: b.target.clone(),
+            });
         }
     }
     m.push(MountStep::RootReadOnly);
 
     let has_ws = spec.workspace != WorkspaceMode::None;
-    let cwd = spec.workdir.clone().unwrap_or_else(|| if has_ws { ws } else { home });
+    let cwd = spec
+        .workdir
+        .clone()
+        .unwrap_or(if has_ws { ws } else { home });
 
     Ok(LaunchPlan {
         name: spec.name.clone(),
@@ -335,7 +483,9 @@ fn check_target(t: &Path) -> Result<(), Refusal> {
     if !t.is_absolute() {
         return Err(Refusal::BadTarget(t.into(), "not an absolute path"));
     }
-    if t.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+    if t.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
         return Err(Refusal::BadTarget(t.into(), "contains `..`"));
     }
     if t == Path::new("/") {
@@ -343,7 +493,10 @@ fn check_target(t: &Path) -> Result<(), Refusal> {
     }
     for reserved in ["/proc", "/sys", "/dev"] {
         if t.starts_with(reserved) {
-            return Err(Refusal::BadTarget(t.into(), "reserved for the sandbox's own kernel filesystems"));
+            return Err(Refusal::BadTarget(
+                t.into(),
+                "reserved for the sandbox's own kernel filesystems",
+            ));
         }
     }
     Ok(())
@@ -353,12 +506,21 @@ fn check_target(t: &Path) -> Result<(), Refusal> {
 fn etc_files(spec: &RunSpec, home: &Path) -> Vec<MountStep> {
     let u = SandboxUser::AGENT_UID;
     let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
-    passwd.push_str(&format!("agent:x:{u}:{u}:airlock sandbox user:/home/agent:/bin/sh\n"));
+    passwd.push_str(&format!(
+        "agent:x:{u}:{u}:airlock sandbox user:/home/agent:/bin/sh\n"
+    ));
     passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
     let group = format!("root:x:0:\ntty:x:5:\nagent:x:{u}:\nnogroup:x:65534:\n");
-    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", spec.hostname);
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+        spec.hostname
+    );
     let _ = home;
-    let file = |name: &str, contents: String| MountStep::File { target: Path::new("/etc").join(name), contents, mode: 0o644 };
+    let file = |name: &str, contents: String| MountStep::File {
+        target: Path::new("/etc").join(name),
+        contents,
+        mode: 0o644,
+    };
     vec![
         file("passwd", passwd),
         file("group", group),

@@ -17,7 +17,9 @@ fn spec() -> RunSpec {
         require_limits: false,
         user: SandboxUser::Agent,
         timeout: None,
-        stdio: Stdio::Inherit { forward_stdin: false },
+        stdio: Stdio::Inherit {
+            forward_stdin: false,
+        },
         argv: vec!["true".into()],
     }
 }
@@ -26,10 +28,17 @@ fn host(uid: u32) -> HostFacts {
     HostFacts {
         uid,
         gid: uid,
-        root_entries: vec![("usr".into(), RootEntry::Dir), ("bin".into(), RootEntry::Symlink(p("usr/bin")))],
+        root_entries: vec![
+            ("usr".into(), RootEntry::Dir),
+            ("bin".into(), RootEntry::Symlink(p("usr/bin"))),
+        ],
         etc_entries: vec!["ssl".into()],
         project_owner: (uid, uid),
-        limits: LimitSupport { memory: true, pids: true, cpu: false },
+        limits: LimitSupport {
+            memory: true,
+            pids: true,
+            cpu: false,
+        },
         tmpfs_xattr: true,
     }
 }
@@ -37,16 +46,41 @@ fn host(uid: u32) -> HostFacts {
 #[test]
 fn rootless_overlay_plan_is_exact() {
     let got = plan(&spec(), &host(1001)).expect("plan");
-    let t = |target: &str, mode, size, owner, noexec| MountStep::Tmpfs { target: p(target), mode, size, owner, noexec };
-    let sym = |target: &str, to: &str| MountStep::Symlink { target: p(target), points_to: p(to) };
-    let ro = |path: &str| MountStep::BindRo { source: p(path), target: p(path) };
+    let t = |target: &str, mode, size, owner, noexec| MountStep::Tmpfs {
+        target: p(target),
+        mode,
+        size,
+        owner,
+        noexec,
+    };
+    let sym = |target: &str, to: &str| MountStep::Symlink {
+        target: p(target),
+        points_to: p(to),
+    };
+    let ro = |path: &str| MountStep::BindRo {
+        source: p(path),
+        target: p(path),
+    };
     let o = (1000, 1000);
-    let mut mounts = vec![t("/", 0o755, Some(4 << 20), o, false), ro("/usr"), sym("/bin", "usr/bin")];
-    mounts.push(MountStep::Dir { target: p("/etc"), mode: 0o755 });
+    let mut mounts = vec![
+        t("/", 0o755, Some(4 << 20), o, false),
+        ro("/usr"),
+        sym("/bin", "usr/bin"),
+    ];
+    mounts.push(MountStep::Dir {
+        target: p("/etc"),
+        mode: 0o755,
+    });
     mounts.extend(etc_files(&spec(), Path::new("/home/agent")));
     mounts.push(ro("/etc/ssl"));
     mounts.push(MountStep::Proc { target: p("/proc") });
-    for r in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"] {
+    for r in [
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+        "/proc/irq",
+        "/proc/bus",
+        "/proc/fs",
+    ] {
         mounts.push(MountStep::ReadOnly { target: p(r) });
     }
     mounts.push(MountStep::Sysfs { target: p("/sys") });
@@ -54,7 +88,9 @@ fn rootless_overlay_plan_is_exact() {
     for d in ["null", "zero", "full", "random", "urandom", "tty"] {
         mounts.push(MountStep::Device { name: d.into() });
     }
-    mounts.push(MountStep::Devpts { target: p("/dev/pts") });
+    mounts.push(MountStep::Devpts {
+        target: p("/dev/pts"),
+    });
     mounts.push(sym("/dev/ptmx", "pts/ptmx"));
     mounts.push(t("/dev/shm", 0o1777, None, o, false));
     mounts.push(sym("/dev/fd", "/proc/self/fd"));
@@ -64,20 +100,42 @@ fn rootless_overlay_plan_is_exact() {
     mounts.push(t("/tmp", 0o1777, None, o, false));
     mounts.push(t("/run", 0o755, None, o, false));
     mounts.push(t("/home/agent", 0o700, None, (1000, 1000), false));
-    mounts.push(MountStep::Overlay { lower: p("/home/u/proj"), target: p("/workspace"), idmap: false, upper: UpperStore::Tmpfs { size: None, owner: o } });
+    mounts.push(MountStep::Overlay {
+        lower: p("/home/u/proj"),
+        target: p("/workspace"),
+        idmap: false,
+        upper: UpperStore::Tmpfs {
+            size: None,
+            owner: o,
+        },
+    });
     mounts.push(MountStep::RootReadOnly);
     let want = LaunchPlan {
         name: "run-1".into(),
         hostname: "run-1".into(),
         rootless: true,
-        uid_map: vec![IdMap { inside: 1000, outside: 1001, count: 1 }],
-        gid_map: vec![IdMap { inside: 1000, outside: 1001, count: 1 }],
+        uid_map: vec![IdMap {
+            inside: 1000,
+            outside: 1001,
+            count: 1,
+        }],
+        gid_map: vec![IdMap {
+            inside: 1000,
+            outside: 1001,
+            count: 1,
+        }],
         user: (1000, 1000),
         mounts,
         cwd: p("/workspace"),
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         argv: vec!["true".into()],
-        writable_paths: vec![p("/tmp"), p("/run"), p("/dev/shm"), p("/home/agent"), p("/workspace")],
+        writable_paths: vec![
+            p("/tmp"),
+            p("/run"),
+            p("/dev/shm"),
+            p("/home/agent"),
+            p("/workspace"),
+        ],
         limits: Resources::default(),
         unenforced_limits: vec![],
         net: NetMode::Off,
@@ -94,32 +152,77 @@ fn rootful_root_user_maps_to_unprivileged_range_and_idmaps_writable_mounts() {
     s.user = SandboxUser::Root;
     s.workspace = WorkspaceMode::Bind;
     s.binds = vec![
-        BindSpec { source: p("/data"), target: p("/data"), writable: false },
-        BindSpec { source: p("/out"), target: p("/mnt/out"), writable: true },
+        BindSpec {
+            source: p("/data"),
+            target: p("/data"),
+            writable: false,
+        },
+        BindSpec {
+            source: p("/out"),
+            target: p("/mnt/out"),
+            writable: true,
+        },
     ];
     let got = plan(&s, &host(0)).expect("plan");
-    let range = IdMap { inside: 0, outside: ROOTFUL_UID_BASE, count: ROOTFUL_UID_COUNT };
-    assert_eq!((got.uid_map.clone(), got.gid_map.clone(), got.user), (vec![range.clone()], vec![range], (0, 0)));
+    let range = IdMap {
+        inside: 0,
+        outside: ROOTFUL_UID_BASE,
+        count: ROOTFUL_UID_COUNT,
+    };
+    assert_eq!(
+        (got.uid_map.clone(), got.gid_map.clone(), got.user),
+        (vec![range.clone()], vec![range], (0, 0))
+    );
     assert!(!got.rootless);
     let tail: Vec<_> = got.mounts[got.mounts.len() - 5..].to_vec();
     assert_eq!(
         tail,
         vec![
-            MountStep::Tmpfs { target: p("/root"), mode: 0o700, size: None, owner: (0, 0), noexec: false },
-            MountStep::BindRw { source: p("/home/u/proj"), target: p("/workspace"), idmap: true },
-            MountStep::BindRo { source: p("/data"), target: p("/data") },
-            MountStep::BindRw { source: p("/out"), target: p("/mnt/out"), idmap: true },
+            MountStep::Tmpfs {
+                target: p("/root"),
+                mode: 0o700,
+                size: None,
+                owner: (0, 0),
+                noexec: false
+            },
+            MountStep::BindRw {
+                source: p("/home/u/proj"),
+                target: p("/workspace"),
+                idmap: true
+            },
+            MountStep::BindRo {
+                source: p("/data"),
+                target: p("/data")
+            },
+            MountStep::BindRw {
+                source: p("/out"),
+                target: p("/mnt/out"),
+                idmap: true
+            },
             MountStep::RootReadOnly,
         ]
     );
-    assert_eq!(got.writable_paths, vec![p("/tmp"), p("/run"), p("/dev/shm"), p("/root"), p("/workspace"), p("/mnt/out")]);
+    assert_eq!(
+        got.writable_paths,
+        vec![
+            p("/tmp"),
+            p("/run"),
+            p("/dev/shm"),
+            p("/root"),
+            p("/workspace"),
+            p("/mnt/out")
+        ]
+    );
 }
 
 #[test]
 fn refusals_fail_closed() {
     let mut s = spec();
     s.net = NetMode::Open;
-    assert_eq!(plan(&s, &host(0)), Err(Refusal::NetModeUnsupported(NetMode::Open)));
+    assert_eq!(
+        plan(&s, &host(0)),
+        Err(Refusal::NetModeUnsupported(NetMode::Open))
+    );
 
     let mut s = spec();
     s.profile = Profile::Restrictive;
@@ -127,19 +230,37 @@ fn refusals_fail_closed() {
     assert_eq!(plan(&s, &host(0)), Err(Refusal::BindUnderRestrictive));
 
     let mut s = spec();
-    s.resources = Resources { memory: Some(ByteSize(64 << 20)), cpus: Some(Cpus::new(1.0).expect("cpus")), pids: Some(10), disk: None };
+    s.resources = Resources {
+        memory: Some(ByteSize(64 << 20)),
+        cpus: Some(Cpus::new(1.0).expect("cpus")),
+        pids: Some(10),
+        disk: None,
+    };
     s.require_limits = true;
     let mut h = host(1000);
     h.limits = LimitSupport::default();
-    assert_eq!(plan(&s, &h), Err(Refusal::LimitsUnenforceable(vec!["memory", "cpus"])));
+    assert_eq!(
+        plan(&s, &h),
+        Err(Refusal::LimitsUnenforceable(vec!["memory", "cpus"]))
+    );
     s.require_limits = false;
     let got = plan(&s, &h).expect("plan");
-    assert_eq!((got.unenforced_limits, got.rlimit_nproc), (vec!["memory", "cpus"], Some(10)));
+    assert_eq!(
+        (got.unenforced_limits, got.rlimit_nproc),
+        (vec!["memory", "cpus"], Some(10))
+    );
 
     for bad in ["relative", "/", "/proc/x", "/a/../etc", "/dev/sda"] {
         let mut s = spec();
-        s.binds = vec![BindSpec { source: p("/x"), target: p(bad), writable: false }];
-        assert!(matches!(plan(&s, &host(0)), Err(Refusal::BadTarget(..))), "{bad}");
+        s.binds = vec![BindSpec {
+            source: p("/x"),
+            target: p(bad),
+            writable: false,
+        }];
+        assert!(
+            matches!(plan(&s, &host(0)), Err(Refusal::BadTarget(..))),
+            "{bad}"
+        );
     }
     let mut s = spec();
     s.argv.clear();
@@ -163,10 +284,22 @@ fn old_kernels_keep_the_upper_layer_on_disk() {
     h.tmpfs_xattr = false;
     let mut s = spec();
     s.resources.disk = Some(ByteSize(1 << 30));
-    assert_eq!(plan(&s, &h).expect("plan").overlay().map(|(_, u)| u.clone()), Some(UpperStore::Disk));
+    assert_eq!(
+        plan(&s, &h)
+            .expect("plan")
+            .overlay()
+            .map(|(_, u)| u.clone()),
+        Some(UpperStore::Disk)
+    );
     h.tmpfs_xattr = true;
     assert_eq!(
-        plan(&s, &h).expect("plan").overlay().map(|(_, u)| u.clone()),
-        Some(UpperStore::Tmpfs { size: Some(1 << 30), owner: (1000, 1000) })
+        plan(&s, &h)
+            .expect("plan")
+            .overlay()
+            .map(|(_, u)| u.clone()),
+        Some(UpperStore::Tmpfs {
+            size: Some(1 << 30),
+            owner: (1000, 1000)
+        })
     );
 }

@@ -3,6 +3,7 @@
 //! init that reaps zombies and forwards signals. Never returns: exits with the command's status.
 
 use super::rootfs::{self, OverlayDirs, Prepared, SummaryDirs};
+use super::seccomp::Insn;
 use super::summary;
 use super::{landlock, seccomp};
 use crate::sys;
@@ -10,7 +11,6 @@ use airlock_model::exit;
 use airlock_model::plan::LaunchPlan;
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{Gid, Pid, Uid};
-use super::seccomp::Insn;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -57,7 +57,11 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
         // SAFETY: closing descriptors that belong to the parent's side only.
         unsafe { libc::close(*fd) };
     }
-    tryc!(ef, sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong), "set parent-death signal");
+    tryc!(
+        ef,
+        sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
+        "set parent-death signal"
+    );
     // Wait for the parent to write our id maps and place us in the cgroup; EOF = it died.
     let mut b = [0u8; 1];
     let sync = a.sync_rd.take();
@@ -72,26 +76,48 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     // uid (a root-run child can traverse the state directory only before it becomes the
     // sandbox's unprivileged root).
     let mount_point = tryc!(ef, open_dir(&a.root_path), "open the root mount point");
-    let overlay = match &a.overlay {
-        Some((u, w)) => Some(OverlayDirs { upper: tryc!(ef, open_dir(u), "open the overlay upper dir"), work: tryc!(ef, open_dir(w), "open the overlay work dir") }),
-        None => None,
-    };
+    let overlay = a.overlay.as_ref().map(|(u, w)| OverlayDirs {
+        upper: tryc!(ef, open_dir(u), "open the overlay upper dir"),
+        work: tryc!(ef, open_dir(w), "open the overlay work dir"),
+    });
     if !plan.rootless {
-        tryc!(ef, nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)), "setresgid(0)");
+        tryc!(
+            ef,
+            nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
+            "setresgid(0)"
+        );
         tryc!(ef, nix::unistd::setgroups(&[]), "setgroups");
-        tryc!(ef, nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)), "setresuid(0)");
+        tryc!(
+            ef,
+            nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
+            "setresuid(0)"
+        );
     }
-    tryc!(ef, nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP), "unshare cgroup namespace");
     tryc!(
         ef,
-        nix::mount::mount(None::<&str>, "/", None::<&str>, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE, None::<&str>),
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
+        "unshare cgroup namespace"
+    );
+    tryc!(
+        ef,
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+            None::<&str>
+        ),
         "make mounts private"
     );
     let mut prepared = match a.prepared.take() {
         Some(p) => p,
         None => tryc!(ef, rootfs::prepare(plan, None), "prepare mounts"),
     };
-    let (new_root, summary) = tryc!(ef, rootfs::build(plan, &mount_point, &mut prepared, overlay.as_ref()), "build root filesystem");
+    let (new_root, summary) = tryc!(
+        ef,
+        rootfs::build(plan, &mount_point, &mut prepared, overlay.as_ref()),
+        "build root filesystem"
+    );
     drop(prepared);
     drop(overlay);
     drop(mount_point);
@@ -103,10 +129,10 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     tryc!(ef, sys::loopback_up(), "bring up loopback");
 
     crate::phase("child: pivoted, net up");
-    let slave = match &a.tty_sock {
-        Some(sock) => Some(tryc!(ef, open_pty(sock.as_raw_fd()), "allocate a pseudo-terminal")),
-        None => None,
-    };
+    let slave = a
+        .tty_sock
+        .as_ref()
+        .map(|sock| tryc!(ef, open_pty(sock.as_raw_fd()), "allocate a pseudo-terminal"));
     drop(a.tty_sock.take());
 
     // Block every signal: PID 1 takes them with sigwaitinfo; the command unblocks before exec.
@@ -123,22 +149,38 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     };
     drop(slave);
     drop(a.err_wr);
-    let summary = if plan.summarize_changes { summary } else { None };
+    let summary = if plan.summarize_changes {
+        summary
+    } else {
+        None
+    };
     init(plan, Pid::from_raw(cmd), summary, a.result_wr)
 }
 
 fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
     use nix::fcntl::OFlag;
-    Ok(nix::fcntl::open(p, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?)
+    Ok(nix::fcntl::open(
+        p,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?)
 }
 
 /// Open /dev/ptmx of the sandbox's own devpts, hand the master to the host side, return the slave.
 fn open_pty(sock: RawFd) -> std::io::Result<OwnedFd> {
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
-    let master = nix::fcntl::open("/dev/ptmx", OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let master = nix::fcntl::open(
+        "/dev/ptmx",
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
     let name = sys::ptsname(&master)?;
-    let slave = nix::fcntl::open(name.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
     sys::send_fd(sock, master.as_raw_fd())?;
     Ok(slave)
 }
@@ -161,25 +203,52 @@ fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
     let ef = a.err_wr.as_raw_fd();
     tryc!(ef, nix::unistd::setsid(), "setsid");
     if let Some(s) = slave {
-        tryc!(ef, sys::set_controlling_tty(s.as_raw_fd()), "set controlling terminal");
+        tryc!(
+            ef,
+            sys::set_controlling_tty(s.as_raw_fd()),
+            "set controlling terminal"
+        );
         for fd in 0..3 {
             tryc!(ef, sys::dup2(s.as_raw_fd(), fd), "dup2 terminal");
         }
     } else if a.stdin_null {
-        let null = tryc!(ef, nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty()), "open /dev/null");
+        let null = tryc!(
+            ef,
+            nix::fcntl::open(
+                "/dev/null",
+                nix::fcntl::OFlag::O_RDONLY,
+                nix::sys::stat::Mode::empty()
+            ),
+            "open /dev/null"
+        );
         tryc!(ef, sys::dup2(null.as_raw_fd(), 0), "dup2 /dev/null");
     }
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     tryc!(ef, setrlimit(Resource::RLIMIT_CORE, 0, 0), "setrlimit core");
     if let Some(n) = plan.rlimit_nproc {
-        tryc!(ef, setrlimit(Resource::RLIMIT_NPROC, n, n), "setrlimit nproc");
+        tryc!(
+            ef,
+            setrlimit(Resource::RLIMIT_NPROC, n, n),
+            "setrlimit nproc"
+        );
     }
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let soft = plan.rlimit_nofile.min(hard);
-        tryc!(ef, setrlimit(Resource::RLIMIT_NOFILE, soft, hard), "setrlimit nofile");
+        tryc!(
+            ef,
+            setrlimit(Resource::RLIMIT_NOFILE, soft, hard),
+            "setrlimit nofile"
+        );
     }
     if let Err(e) = nix::unistd::chdir(&plan.cwd) {
-        fail(ef, exit::SANDBOX_FAILED, &format!("working directory {} is not usable inside the sandbox: {e}", plan.cwd.display()));
+        fail(
+            ef,
+            exit::SANDBOX_FAILED,
+            &format!(
+                "working directory {} is not usable inside the sandbox: {e}",
+                plan.cwd.display()
+            ),
+        );
     }
     crate::phase("cmd: forked, tty/rlimit/chdir");
     tryc!(ef, drop_privileges(plan), "drop privileges");
@@ -205,11 +274,21 @@ fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
     };
     let name = a.argv[0].to_string_lossy();
     match e.raw_os_error() {
-        Some(libc::ENOENT) => fail(ef, exit::NOT_FOUND_CMD, &format!("command not found: {name}")),
-        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
-            fail(ef, exit::NOT_EXECUTABLE, &format!("cannot execute {name}: {e}"))
-        }
-        _ => fail(ef, exit::NOT_EXECUTABLE, &format!("cannot execute {name}: {e}")),
+        Some(libc::ENOENT) => fail(
+            ef,
+            exit::NOT_FOUND_CMD,
+            &format!("command not found: {name}"),
+        ),
+        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => fail(
+            ef,
+            exit::NOT_EXECUTABLE,
+            &format!("cannot execute {name}: {e}"),
+        ),
+        _ => fail(
+            ef,
+            exit::NOT_EXECUTABLE,
+            &format!("cannot execute {name}: {e}"),
+        ),
     }
 }
 
@@ -219,12 +298,21 @@ fn resolve(plan: &LaunchPlan, argv0: &CString) -> Option<CString> {
     if bytes.contains(&b'/') {
         return Some(argv0.clone());
     }
-    let path = plan.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/bin:/bin");
+    let path = plan
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/bin:/bin");
     let mut found_noexec = None;
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let cand = Path::new(dir).join(std::ffi::OsStr::from_bytes(bytes));
-        let Ok(c) = CString::new(cand.as_os_str().as_bytes()) else { continue };
-        if nix::unistd::access(cand.as_path(), nix::unistd::AccessFlags::X_OK).is_ok() && !cand.is_dir() {
+        let Ok(c) = CString::new(cand.as_os_str().as_bytes()) else {
+            continue;
+        };
+        if nix::unistd::access(cand.as_path(), nix::unistd::AccessFlags::X_OK).is_ok()
+            && !cand.is_dir()
+        {
             return Some(c);
         }
         if cand.exists() && found_noexec.is_none() {
@@ -258,8 +346,12 @@ fn init(plan: &LaunchPlan, cmd: Pid, summary: Option<SummaryDirs>, result: Owned
             loop {
                 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) if pid == cmd => finish(code, summary.as_ref(), &result),
-                    Ok(WaitStatus::Signaled(pid, s, _)) if pid == cmd => finish(exit::SIGNAL_BASE + s as i32, summary.as_ref(), &result),
+                    Ok(WaitStatus::Exited(pid, code)) if pid == cmd => {
+                        finish(code, summary.as_ref(), &result)
+                    }
+                    Ok(WaitStatus::Signaled(pid, s, _)) if pid == cmd => {
+                        finish(exit::SIGNAL_BASE + s as i32, summary.as_ref(), &result)
+                    }
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
                     Ok(_) => continue,
                 }

@@ -13,7 +13,9 @@ mod tty;
 use crate::cgroup::{Cgroup, Layout};
 use crate::sys;
 use airlock_model::exit;
-use airlock_model::plan::{HostFacts, LaunchPlan, MountStep, RootEntry, UpperStore, ETC_ALLOWLIST, ROOT_CANDIDATES};
+use airlock_model::plan::{
+    HostFacts, LaunchPlan, MountStep, RootEntry, UpperStore, ETC_ALLOWLIST, ROOT_CANDIDATES,
+};
 use rundir::RunDir;
 use std::ffi::CString;
 use std::fs;
@@ -67,7 +69,10 @@ pub enum RunError {
     #[error("sandbox setup failed: {0}")]
     Setup(String),
     #[error("{what}: {source}")]
-    Io { what: &'static str, source: io::Error },
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("invalid argument or environment entry (contains a NUL byte): {0:?}")]
     Nul(String),
 }
@@ -97,7 +102,10 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
             let p = Path::new("/").join(name);
             let m = fs::symlink_metadata(&p).ok()?;
             if m.file_type().is_symlink() {
-                Some((name.to_string(), RootEntry::Symlink(fs::read_link(&p).ok()?)))
+                Some((
+                    name.to_string(),
+                    RootEntry::Symlink(fs::read_link(&p).ok()?),
+                ))
             } else if m.is_dir() {
                 Some((name.to_string(), RootEntry::Dir))
             } else {
@@ -105,8 +113,14 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
             }
         })
         .collect();
-    let etc_entries = ETC_ALLOWLIST.iter().filter(|e| Path::new("/etc").join(e).exists()).map(|s| s.to_string()).collect();
-    let owner = fs::metadata(project_dir).map(|m| (m.uid(), m.gid())).unwrap_or((0, 0));
+    let etc_entries = ETC_ALLOWLIST
+        .iter()
+        .filter(|e| Path::new("/etc").join(e).exists())
+        .map(|s| s.to_string())
+        .collect();
+    let owner = fs::metadata(project_dir)
+        .map(|m| (m.uid(), m.gid()))
+        .unwrap_or((0, 0));
     HostFacts {
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
@@ -120,7 +134,9 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
 
 /// Whether the running kernel is at least `major.minor`.
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let Ok(u) = nix::sys::utsname::uname() else { return false };
+    let Ok(u) = nix::sys::utsname::uname() else {
+        return false;
+    };
     crate::probe::kernel_version(&u.release().to_string_lossy()) >= (major, minor)
 }
 
@@ -135,11 +151,16 @@ pub struct RunOptions<'a> {
 }
 
 fn cstrings<'a>(items: impl Iterator<Item = String> + 'a) -> Result<Vec<CString>, RunError> {
-    items.map(|s| CString::new(s.clone()).map_err(|_| RunError::Nul(s))).collect()
+    items
+        .map(|s| CString::new(s.clone()).map_err(|_| RunError::Nul(s)))
+        .collect()
 }
 
 fn write_map(pid: i32, file: &str, maps: &[airlock_model::plan::IdMap]) -> io::Result<()> {
-    let text: String = maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect();
+    let text: String = maps
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
+        .collect();
     fs::write(format!("/proc/{pid}/{file}"), text)
 }
 
@@ -156,8 +177,14 @@ pub fn idmap_userns(owner: (u32, u32), to: (u32, u32)) -> io::Result<OwnedFd> {
     }
     drop(rd);
     let res = (|| {
-        fs::write(format!("/proc/{pid}/uid_map"), format!("{} {} 1\n", owner.0, to.0))?;
-        fs::write(format!("/proc/{pid}/gid_map"), format!("{} {} 1\n", owner.1, to.1))?;
+        fs::write(
+            format!("/proc/{pid}/uid_map"),
+            format!("{} {} 1\n", owner.0, to.0),
+        )?;
+        fs::write(
+            format!("/proc/{pid}/gid_map"),
+            format!("{} {} 1\n", owner.1, to.1),
+        )?;
         let f = fs::File::open(format!("/proc/{pid}/ns/user"))?;
         Ok(OwnedFd::from(f))
     })();
@@ -172,7 +199,12 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
     // disk-backed overlay upper layer on old kernels. Runs that need neither skip it.
     let disk_upper = matches!(plan.overlay(), Some((_, UpperStore::Disk)));
     let rd = if disk_upper || plan.limits.any() {
-        Some(RunDir::create(opts.state_dir, &plan.name).map_err(|source| RunError::RunDir { path: opts.state_dir.join("runs").join(&plan.name), source })?)
+        Some(
+            RunDir::create(opts.state_dir, &plan.name).map_err(|source| RunError::RunDir {
+                path: opts.state_dir.join("runs").join(&plan.name),
+                source,
+            })?,
+        )
     } else {
         None
     };
@@ -185,7 +217,12 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
             return Err(e.into());
         }
     };
-    let result = run_in(plan, opts, rd.as_ref().filter(|_| disk_upper).map(|r| r.path.as_path()), cg.as_ref());
+    let result = run_in(
+        plan,
+        opts,
+        rd.as_ref().filter(|_| disk_upper).map(|r| r.path.as_path()),
+        cg.as_ref(),
+    );
     crate::phase("run finished");
     let oom = cg.as_ref().is_some_and(|c| c.oom_killed());
     if let Some(cg) = cg {
@@ -212,7 +249,13 @@ fn disk_layers(plan: &LaunchPlan, dir: &Path) -> Result<(PathBuf, PathBuf), RunE
         // belongs to the sandbox user.
         let base = plan.uid_map[0].outside;
         let (u, g) = (base + plan.user.0, plan.gid_map[0].outside + plan.user.1);
-        let own = |p: &Path, u: u32, g: u32| nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(u)), Some(nix::unistd::Gid::from_raw(g)));
+        let own = |p: &Path, u: u32, g: u32| {
+            nix::unistd::chown(
+                p,
+                Some(nix::unistd::Uid::from_raw(u)),
+                Some(nix::unistd::Gid::from_raw(g)),
+            )
+        };
         own(dir, base, base).map_err(|e| io_err("chown the run directory")(e.into()))?;
         own(&upper, u, g).map_err(|e| io_err("chown the overlay upper directory")(e.into()))?;
         own(&work, base, base).map_err(|e| io_err("chown the overlay work directory")(e.into()))?;
@@ -220,8 +263,17 @@ fn disk_layers(plan: &LaunchPlan, dir: &Path) -> Result<(PathBuf, PathBuf), RunE
     Ok((upper, work))
 }
 
-fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, disk_dir: Option<&Path>, cg: Option<&Cgroup>) -> Result<Outcome, RunError> {
-    let root_path = rundir::shared_mount_point(opts.state_dir).map_err(|source| RunError::RunDir { path: opts.state_dir.into(), source })?;
+fn run_in(
+    plan: &LaunchPlan,
+    opts: &RunOptions<'_>,
+    disk_dir: Option<&Path>,
+    cg: Option<&Cgroup>,
+) -> Result<Outcome, RunError> {
+    let root_path =
+        rundir::shared_mount_point(opts.state_dir).map_err(|source| RunError::RunDir {
+            path: opts.state_dir.into(),
+            source,
+        })?;
     let overlay = disk_dir.map(|d| disk_layers(plan, d)).transpose()?;
 
     // Root-run sandboxes: the privileged parent opens every host path (it can traverse them all)
@@ -229,11 +281,19 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, disk_dir: Option<&Path>, cg:
     let prepared = if plan.rootless {
         None
     } else {
-        let needs_idmap = plan.mounts.iter().any(|m| matches!(m, MountStep::BindRw { idmap: true, .. } | MountStep::Overlay { idmap: true, .. }));
+        let needs_idmap = plan.mounts.iter().any(|m| {
+            matches!(
+                m,
+                MountStep::BindRw { idmap: true, .. } | MountStep::Overlay { idmap: true, .. }
+            )
+        });
         let userns = if needs_idmap {
             let host_user = plan.uid_map[0].outside + plan.user.0;
             let host_group = plan.gid_map[0].outside + plan.user.1;
-            Some(idmap_userns(opts.facts.project_owner, (host_user, host_group)).map_err(io_err("create the idmapping user namespace"))?)
+            Some(
+                idmap_userns(opts.facts.project_owner, (host_user, host_group))
+                    .map_err(io_err("create the idmapping user namespace"))?,
+            )
         } else {
             None
         };
@@ -244,7 +304,8 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, disk_dir: Option<&Path>, cg:
     let filters = seccomp::programs()?;
     let argv = cstrings(plan.argv.iter().cloned())?;
     let envp = cstrings(plan.env.iter().map(|(k, v)| format!("{k}={v}")))?;
-    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()));
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()));
     let (sync_rd, sync_wr) = pipe()?;
     let (err_rd, err_wr) = pipe()?;
     let (result_rd, result_wr) = pipe()?;
@@ -262,8 +323,17 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, disk_dir: Option<&Path>, cg:
     };
     let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
 
-    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
-    let mut parent_only: Vec<RawFd> = vec![sync_wr.as_raw_fd(), err_rd.as_raw_fd(), result_rd.as_raw_fd()];
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWNET;
+    let mut parent_only: Vec<RawFd> = vec![
+        sync_wr.as_raw_fd(),
+        err_rd.as_raw_fd(),
+        result_rd.as_raw_fd(),
+    ];
     parent_only.extend(signals.fds());
     if let Some((host_end, _)) = &tty_pair {
         parent_only.push(host_end.as_raw_fd());
@@ -320,8 +390,17 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, disk_dir: Option<&Path>, cg:
     crate::phase("released child");
     let pidfd = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
     let deadline = opts.timeout.map(|t| Instant::now() + t);
-    let (timed_out, report) = tty::supervise(&pidfd, child, &signals, tty_host.as_ref(), &result_rd, deadline).map_err(io_err("supervise the sandbox"))?;
-    let status = nix::sys::wait::waitpid(child, None).map_err(|e| io_err("wait for the sandbox")(e.into()))?;
+    let (timed_out, report) = tty::supervise(
+        &pidfd,
+        child,
+        &signals,
+        tty_host.as_ref(),
+        &result_rd,
+        deadline,
+    )
+    .map_err(io_err("supervise the sandbox"))?;
+    let status = nix::sys::wait::waitpid(child, None)
+        .map_err(|e| io_err("wait for the sandbox")(e.into()))?;
 
     crate::phase("child exited");
     let mut msg = String::new();
@@ -334,15 +413,28 @@ fn run_in(plan: &LaunchPlan, opts: &RunOptions<'_>, disk_dir: Option<&Path>, cg:
         _ => exit::SANDBOX_FAILED,
     };
     if timed_out {
-        return Ok(Outcome { ending: Ending::TimedOut, changes: None });
+        return Ok(Outcome {
+            ending: Ending::TimedOut,
+            changes: None,
+        });
     }
     if !msg.is_empty() {
         if code == exit::NOT_FOUND_CMD || code == exit::NOT_EXECUTABLE {
             eprintln!("airlock: {msg}");
-            return Ok(Outcome { ending: Ending::Exited(code), changes: None });
+            return Ok(Outcome {
+                ending: Ending::Exited(code),
+                changes: None,
+            });
         }
         return Err(RunError::Setup(msg));
     }
-    let changes = if plan.summarize_changes { serde_json::from_slice(&report).ok() } else { None };
-    Ok(Outcome { ending: Ending::Exited(code), changes })
+    let changes = if plan.summarize_changes {
+        serde_json::from_slice(&report).ok()
+    } else {
+        None
+    };
+    Ok(Outcome {
+        ending: Ending::Exited(code),
+        changes,
+    })
 }

@@ -21,7 +21,9 @@ pub fn state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("airlock");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/airlock")
 }
 
@@ -38,7 +40,13 @@ pub fn shared_mount_point(state: &Path) -> io::Result<PathBuf> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(p),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             mkdir_p(&runs_dir(state), 0o755)?;
-            fs::DirBuilder::new().mode(0o755).create(&p).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
+            fs::DirBuilder::new().mode(0o755).create(&p).or_else(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
             Ok(p)
         }
         Err(e) => Err(e),
@@ -64,14 +72,27 @@ impl RunDir {
         let tmp = runs.join(format!(".{name}.new"));
         let final_path = runs.join(name);
         if final_path.exists() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} already exists", final_path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already exists", final_path.display()),
+            ));
         }
         let _ = fs::remove_dir_all(&tmp);
         fs::DirBuilder::new().mode(0o711).create(&tmp)?;
-        let f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(tmp.join("lock"))?;
-        let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| io::Error::from(e))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(tmp.join("lock"))?;
+        let lock =
+            Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| io::Error::from(e))?;
         fs::rename(&tmp, &final_path)?;
-        Ok(RunDir { path: final_path, _lock: lock })
+        Ok(RunDir {
+            path: final_path,
+            _lock: lock,
+        })
     }
 
     pub fn remove(self) {
@@ -101,7 +122,9 @@ pub fn remove_tree(p: &Path) {
 /// Reclaim every run directory (and its cgroups) whose owner is gone. Returns the names.
 pub fn gc(state: &Path, layout: &Layout) -> Vec<String> {
     let mut reclaimed = Vec::new();
-    let Ok(rd) = fs::read_dir(runs_dir(state)) else { return reclaimed };
+    let Ok(rd) = fs::read_dir(runs_dir(state)) else {
+        return reclaimed;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
@@ -126,7 +149,11 @@ pub fn gc(state: &Path, layout: &Layout) -> Vec<String> {
 }
 
 fn lock_free(dir: &Path) -> bool {
-    let Ok(f) = OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(dir.join("lock")) else {
+    let Ok(f) = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(dir.join("lock"))
+    else {
         // No lock file: a directory we did not create or a broken one; reclaim it.
         return true;
     };
@@ -139,14 +166,18 @@ mod tests {
 
     #[test]
     fn live_runs_survive_gc_and_dead_ones_are_reclaimed() {
-        let state = std::env::temp_dir().join(format!("airlock-rundir-test-{}", std::process::id()));
+        let state =
+            std::env::temp_dir().join(format!("airlock-rundir-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&state);
         let live = RunDir::create(&state, "live").expect("create live");
         let dead = RunDir::create(&state, "dead").expect("create dead");
         fs::create_dir_all(dead.path.join("upper/x")).expect("mkdir");
         let dead_path = dead.path.clone();
         drop(dead); // lock released without removal: what a SIGKILLed airlock leaves
-        assert!(RunDir::create(&state, "live").is_err(), "names are exclusive");
+        assert!(
+            RunDir::create(&state, "live").is_err(),
+            "names are exclusive"
+        );
         let got = gc(&state, &Layout::None);
         assert_eq!(got, vec!["dead".to_string()]);
         assert!(!dead_path.exists());

@@ -108,7 +108,7 @@ const DENIED_FAMILIES: &[(&str, i32)] = &[
 ];
 
 /// TIOCSTI (inject input into a terminal) and TIOCLINUX (console subcommands, incl. paste).
-const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI as u64, 0x541C];
+const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI, 0x541C];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -142,31 +142,79 @@ pub struct Entry {
 /// The policy as data: syscall number -> entry.
 pub fn policy() -> BTreeMap<u32, Entry> {
     let mut p = BTreeMap::new();
-    let always = |errno| Entry { errno, rules: vec![] };
+    let always = |errno| Entry {
+        errno,
+        rules: vec![],
+    };
     for (_, nr) in DENIED {
         p.insert(*nr as u32, always(libc::EPERM as u32));
     }
     // clone3 takes its flags in memory, out of a filter's reach: answer ENOSYS so libc falls
     // back to clone(2), whose flags we can check.
     p.insert(libc::SYS_clone3 as u32, always(libc::ENOSYS as u32));
-    let ns_rules: Vec<Rule> = NS_FLAGS.iter().map(|&f| vec![(0, Cmp::MaskedEq(f as u32, f as u32))]).collect();
-    p.insert(libc::SYS_unshare as u32, Entry { errno: libc::EPERM as u32, rules: ns_rules.clone() });
-    p.insert(libc::SYS_clone as u32, Entry { errno: libc::EPERM as u32, rules: ns_rules });
-    let mut sock: Vec<Rule> = DENIED_FAMILIES.iter().map(|(_, af)| vec![(0, Cmp::Eq(*af as u32))]).collect();
+    let ns_rules: Vec<Rule> = NS_FLAGS
+        .iter()
+        .map(|&f| vec![(0, Cmp::MaskedEq(f as u32, f as u32))])
+        .collect();
+    p.insert(
+        libc::SYS_unshare as u32,
+        Entry {
+            errno: libc::EPERM as u32,
+            rules: ns_rules.clone(),
+        },
+    );
+    p.insert(
+        libc::SYS_clone as u32,
+        Entry {
+            errno: libc::EPERM as u32,
+            rules: ns_rules,
+        },
+    );
+    let mut sock: Vec<Rule> = DENIED_FAMILIES
+        .iter()
+        .map(|(_, af)| vec![(0, Cmp::Eq(*af as u32))])
+        .collect();
     // Netlink: only NETLINK_ROUTE (read-only use by libc's getaddrinfo); audit, netfilter,
     // xfrm, kobject and friends are kernel attack surface.
-    sock.push(vec![(0, Cmp::Eq(libc::AF_NETLINK as u32)), (2, Cmp::Ne(libc::NETLINK_ROUTE as u32))]);
+    sock.push(vec![
+        (0, Cmp::Eq(libc::AF_NETLINK as u32)),
+        (2, Cmp::Ne(libc::NETLINK_ROUTE as u32)),
+    ]);
     // Raw IP sockets (also refused for lack of CAP_NET_RAW; belt and braces).
     for af in [libc::AF_INET, libc::AF_INET6] {
-        sock.push(vec![(0, Cmp::Eq(af as u32)), (1, Cmp::MaskedEq(0xf, libc::SOCK_RAW as u32))]);
+        sock.push(vec![
+            (0, Cmp::Eq(af as u32)),
+            (1, Cmp::MaskedEq(0xf, libc::SOCK_RAW as u32)),
+        ]);
     }
-    p.insert(libc::SYS_socket as u32, Entry { errno: libc::EPERM as u32, rules: sock });
+    p.insert(
+        libc::SYS_socket as u32,
+        Entry {
+            errno: libc::EPERM as u32,
+            rules: sock,
+        },
+    );
     // personality: only the harmless personas (Docker's set); ADDR_NO_RANDOMIZE and
     // READ_IMPLIES_EXEC would switch off ASLR / NX for whatever the sandbox execs next.
     let persona_ok = [0u32, 0x8, 0x20000, 0x20008, 0xffff_ffff];
-    p.insert(libc::SYS_personality as u32, Entry { errno: libc::EPERM as u32, rules: vec![persona_ok.iter().map(|&v| (0, Cmp::Ne(v))).collect()] });
-    let ioctls = DENIED_IOCTLS.iter().map(|&r| vec![(1, Cmp::Eq(r as u32))]).collect();
-    p.insert(libc::SYS_ioctl as u32, Entry { errno: libc::EPERM as u32, rules: ioctls });
+    p.insert(
+        libc::SYS_personality as u32,
+        Entry {
+            errno: libc::EPERM as u32,
+            rules: vec![persona_ok.iter().map(|&v| (0, Cmp::Ne(v))).collect()],
+        },
+    );
+    let ioctls = DENIED_IOCTLS
+        .iter()
+        .map(|&r| vec![(1, Cmp::Eq(r as u32))])
+        .collect();
+    p.insert(
+        libc::SYS_ioctl as u32,
+        Entry {
+            errno: libc::EPERM as u32,
+            rules: ioctls,
+        },
+    );
     p
 }
 
@@ -259,7 +307,10 @@ fn tree(entries: &[(u32, &Entry)]) -> Vec<Insn> {
             let left = tree(&entries[..mid]);
             let right = tree(&entries[mid..]);
             // if nr >= k: skip to `ja` -> right; else: skip the ja -> left.
-            let mut out = vec![ins(JGE_K, 0, 1, entries[mid].0), ins(JA, 0, 0, left.len() as u32)];
+            let mut out = vec![
+                ins(JGE_K, 0, 1, entries[mid].0),
+                ins(JA, 0, 0, left.len() as u32),
+            ];
             out.extend(left);
             out.extend(right);
             out
@@ -291,7 +342,10 @@ pub fn program() -> Vec<Insn> {
 pub fn programs() -> Result<Vec<Insn>, SeccompError> {
     let p = program();
     if p.len() > 4096 {
-        return Err(SeccompError::Build(format!("program too long: {} instructions", p.len())));
+        return Err(SeccompError::Build(format!(
+            "program too long: {} instructions",
+            p.len()
+        )));
     }
     Ok(p)
 }
@@ -315,7 +369,13 @@ pub fn eval(prog: &[Insn], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
         let i = prog[pc];
         pc += 1;
         match i.code {
-            LD_W_ABS => a = u32::from_le_bytes(data[i.k as usize..i.k as usize + 4].try_into().expect("4 bytes")),
+            LD_W_ABS => {
+                a = u32::from_le_bytes(
+                    data[i.k as usize..i.k as usize + 4]
+                        .try_into()
+                        .expect("4 bytes"),
+                )
+            }
             AND_K => a &= i.k,
             JA => pc += i.k as usize,
             JEQ_K => pc += if a == i.k { i.jt } else { i.jf } as usize,
@@ -338,11 +398,23 @@ mod tests {
     #[test]
     fn denies_the_floor_and_allows_the_rest() {
         let prog = program();
-        assert!(prog.len() < 450, "compact program expected, got {}", prog.len());
+        assert!(
+            prog.len() < 450,
+            "compact program expected, got {}",
+            prog.len()
+        );
         for (name, nr) in DENIED {
             assert_eq!(run(*nr, [0; 6]), EPERM, "{name}");
         }
-        for nr in [libc::SYS_read, libc::SYS_write, libc::SYS_openat, libc::SYS_execve, libc::SYS_exit_group, libc::SYS_mmap, libc::SYS_getpid] {
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_openat,
+            libc::SYS_execve,
+            libc::SYS_exit_group,
+            libc::SYS_mmap,
+            libc::SYS_getpid,
+        ] {
             assert_eq!(run(nr, [0; 6]), RET_ALLOW, "syscall {nr}");
         }
         // Every syscall number not in the policy is allowed, every one in it decided by it.
@@ -354,45 +426,98 @@ mod tests {
                 _ => assert_eq!(got, RET_ALLOW, "nr {nr}"),
             }
         }
-        assert_eq!(run(libc::SYS_clone3, [0; 6]), RET_ERRNO | libc::ENOSYS as u32);
+        assert_eq!(
+            run(libc::SYS_clone3, [0; 6]),
+            RET_ERRNO | libc::ENOSYS as u32
+        );
     }
 
     #[test]
     fn wrong_arch_and_x32_are_killed() {
-        assert_eq!(eval(&program(), 0x4000_0003, libc::SYS_getpid as u32, [0; 6]), RET_KILL_PROCESS);
+        assert_eq!(
+            eval(&program(), 0x4000_0003, libc::SYS_getpid as u32, [0; 6]),
+            RET_KILL_PROCESS
+        );
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(run(0x4000_0000 | libc::SYS_ptrace, [0; 6]), RET_KILL_PROCESS);
+        assert_eq!(
+            run(0x4000_0000 | libc::SYS_ptrace, [0; 6]),
+            RET_KILL_PROCESS
+        );
     }
 
     #[test]
     fn namespace_flags_sockets_and_ioctls() {
         let newuser = libc::CLONE_NEWUSER as u64;
         assert_eq!(run(libc::SYS_unshare, [newuser, 0, 0, 0, 0, 0]), EPERM);
-        assert_eq!(run(libc::SYS_unshare, [libc::CLONE_NEWNS as u64 | libc::CLONE_FS as u64, 0, 0, 0, 0, 0]), EPERM);
-        assert_eq!(run(libc::SYS_unshare, [libc::CLONE_FILES as u64, 0, 0, 0, 0, 0]), RET_ALLOW);
-        let fork_flags = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as u64;
+        assert_eq!(
+            run(
+                libc::SYS_unshare,
+                [
+                    libc::CLONE_NEWNS as u64 | libc::CLONE_FS as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0
+                ]
+            ),
+            EPERM
+        );
+        assert_eq!(
+            run(libc::SYS_unshare, [libc::CLONE_FILES as u64, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
+        let fork_flags =
+            (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as u64;
         assert_eq!(run(libc::SYS_clone, [fork_flags, 0, 0, 0, 0, 0]), RET_ALLOW);
-        assert_eq!(run(libc::SYS_clone, [fork_flags | newuser, 0, 0, 0, 0, 0]), EPERM);
+        assert_eq!(
+            run(libc::SYS_clone, [fork_flags | newuser, 0, 0, 0, 0, 0]),
+            EPERM
+        );
         // High bits set do not hide the low word.
-        assert_eq!(run(libc::SYS_clone, [(1 << 40) | newuser, 0, 0, 0, 0, 0]), EPERM);
+        assert_eq!(
+            run(libc::SYS_clone, [(1 << 40) | newuser, 0, 0, 0, 0, 0]),
+            EPERM
+        );
 
-        let s = |d: i32, t: i32, p: i32| run(libc::SYS_socket, [d as u64, t as u64, p as u64, 0, 0, 0]);
+        let s =
+            |d: i32, t: i32, p: i32| run(libc::SYS_socket, [d as u64, t as u64, p as u64, 0, 0, 0]);
         assert_eq!(s(libc::AF_INET, libc::SOCK_STREAM, 0), RET_ALLOW);
-        assert_eq!(s(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0), RET_ALLOW);
+        assert_eq!(
+            s(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0),
+            RET_ALLOW
+        );
         assert_eq!(s(libc::AF_UNIX, libc::SOCK_STREAM, 0), RET_ALLOW);
-        assert_eq!(s(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE), RET_ALLOW);
-        assert_eq!(s(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_AUDIT), EPERM);
+        assert_eq!(
+            s(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
+            RET_ALLOW
+        );
+        assert_eq!(
+            s(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_AUDIT),
+            EPERM
+        );
         assert_eq!(s(libc::AF_PACKET, libc::SOCK_RAW, 0), EPERM);
         assert_eq!(s(libc::AF_VSOCK, libc::SOCK_STREAM, 0), EPERM);
-        assert_eq!(s(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, libc::IPPROTO_ICMP), EPERM);
+        assert_eq!(
+            s(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+                libc::IPPROTO_ICMP
+            ),
+            EPERM
+        );
         assert_eq!(s(libc::AF_INET6, libc::SOCK_RAW, 0), EPERM);
 
         let io = |cmd: u64| run(libc::SYS_ioctl, [0, cmd, 0, 0, 0, 0]);
-        assert_eq!(io(libc::TIOCSTI as u64), EPERM);
-        assert_eq!(io((1 << 32) | libc::TIOCSTI as u64), EPERM, "high bits must not hide TIOCSTI");
+        assert_eq!(io(libc::TIOCSTI), EPERM);
+        assert_eq!(
+            io((1 << 32) | libc::TIOCSTI),
+            EPERM,
+            "high bits must not hide TIOCSTI"
+        );
         assert_eq!(io(0x541C), EPERM);
-        assert_eq!(io(libc::TIOCGWINSZ as u64), RET_ALLOW);
-        assert_eq!(io(libc::TCGETS as u64), RET_ALLOW);
+        assert_eq!(io(libc::TIOCGWINSZ), RET_ALLOW);
+        assert_eq!(io(libc::TCGETS), RET_ALLOW);
 
         let pers = |v: u64| run(libc::SYS_personality, [v, 0, 0, 0, 0, 0]);
         assert_eq!(pers(0xffff_ffff), RET_ALLOW, "query");
@@ -405,8 +530,20 @@ mod tests {
     fn the_floor_is_listed() {
         let names: Vec<_> = DENIED.iter().map(|(n, _)| *n).collect();
         for must in [
-            "ptrace", "process_vm_readv", "process_vm_writev", "keyctl", "bpf", "perf_event_open", "userfaultfd",
-            "io_uring_setup", "kexec_load", "init_module", "finit_module", "mount", "setns", "open_by_handle_at",
+            "ptrace",
+            "process_vm_readv",
+            "process_vm_writev",
+            "keyctl",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "io_uring_setup",
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "mount",
+            "setns",
+            "open_by_handle_at",
         ] {
             assert!(names.contains(&must), "{must} missing from the deny list");
         }

@@ -31,7 +31,10 @@ pub struct Changes {
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.modified.is_empty() && self.deleted.is_empty() && self.unlisted == 0
+        self.added.is_empty()
+            && self.modified.is_empty()
+            && self.deleted.is_empty()
+            && self.unlisted == 0
     }
     fn push(list: &mut Vec<PathBuf>, unlisted: &mut usize, p: PathBuf) {
         if list.len() < MAX_LISTED {
@@ -57,21 +60,44 @@ fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Option<FileStat> {
 }
 
 fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> Option<OwnedFd> {
-    openat(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).ok()
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
 }
 
 fn is_opaque(dir: BorrowedFd<'_>) -> bool {
-    ["user.overlay.opaque", "trusted.overlay.opaque"].iter().any(|name| {
-        let Ok(cn) = CString::new(*name) else { return false };
-        let mut buf = [0u8; 4];
-        // SAFETY: valid fd, C string and a buffer of the length we pass.
-        let n = unsafe { libc::fgetxattr(dir.as_raw_fd(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        n >= 1 && buf[0] == b'y'
-    })
+    ["user.overlay.opaque", "trusted.overlay.opaque"]
+        .iter()
+        .any(|name| {
+            let Ok(cn) = CString::new(*name) else {
+                return false;
+            };
+            let mut buf = [0u8; 4];
+            // SAFETY: valid fd, C string and a buffer of the length we pass.
+            let n = unsafe {
+                libc::fgetxattr(
+                    dir.as_raw_fd(),
+                    cn.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            n >= 1 && buf[0] == b'y'
+        })
 }
 
 fn names(dir: BorrowedFd<'_>) -> Option<Vec<std::ffi::OsString>> {
-    let fd = openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    let fd = openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
     let mut d = Dir::from_fd(fd).ok()?;
     let mut out = Vec::new();
     for e in d.iter() {
@@ -85,7 +111,13 @@ fn names(dir: BorrowedFd<'_>) -> Option<Vec<std::ffi::OsString>> {
     Some(out)
 }
 
-fn same_content(up: BorrowedFd<'_>, low: BorrowedFd<'_>, name: &OsStr, su: &FileStat, sl: &FileStat) -> bool {
+fn same_content(
+    up: BorrowedFd<'_>,
+    low: BorrowedFd<'_>,
+    name: &OsStr,
+    su: &FileStat,
+    sl: &FileStat,
+) -> bool {
     if kind(su) != kind(sl) || su.st_mode & 0o7777 != sl.st_mode & 0o7777 {
         return false;
     }
@@ -95,11 +127,24 @@ fn same_content(up: BorrowedFd<'_>, low: BorrowedFd<'_>, name: &OsStr, su: &File
     if kind(su) != libc::S_IFREG || su.st_size != sl.st_size {
         return kind(su) != libc::S_IFREG && su.st_rdev == sl.st_rdev;
     }
-    let open = |d| openat(d, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).ok().map(std::fs::File::from);
-    let (Some(mut fa), Some(mut fb)) = (open(up), open(low)) else { return false };
+    let open = |d| {
+        openat(
+            d,
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .map(std::fs::File::from)
+    };
+    let (Some(mut fa), Some(mut fb)) = (open(up), open(low)) else {
+        return false;
+    };
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     loop {
-        let (Ok(na), Ok(nb)) = (fa.read(&mut ba), fb.read(&mut bb)) else { return false };
+        let (Ok(na), Ok(nb)) = (fa.read(&mut ba), fb.read(&mut bb)) else {
+            return false;
+        };
         if na != nb || ba[..na] != bb[..nb] {
             return false;
         }
@@ -112,19 +157,37 @@ fn same_content(up: BorrowedFd<'_>, low: BorrowedFd<'_>, name: &OsStr, su: &File
 /// Compare the upper layer with the lower one. Paths are relative to the workspace root.
 pub fn diff(upper: &OwnedFd, lower: &OwnedFd) -> Changes {
     let mut c = Changes::default();
-    walk(upper.as_fd(), Some(lower.as_fd()), Path::new(""), false, &mut c);
+    walk(
+        upper.as_fd(),
+        Some(lower.as_fd()),
+        Path::new(""),
+        false,
+        &mut c,
+    );
     c
 }
 
-fn walk(up: BorrowedFd<'_>, low: Option<BorrowedFd<'_>>, rel: &Path, opaque: bool, c: &mut Changes) {
+fn walk(
+    up: BorrowedFd<'_>,
+    low: Option<BorrowedFd<'_>>,
+    rel: &Path,
+    opaque: bool,
+    c: &mut Changes,
+) {
     let Some(entries) = names(up) else {
         c.unreadable.push(rel.to_path_buf());
         return;
     };
     for name in &entries {
         let r = rel.join(name);
-        let Some(su) = stat_at(up, name) else { continue };
-        let sl = if opaque { None } else { low.and_then(|l| stat_at(l, name)) };
+        let Some(su) = stat_at(up, name) else {
+            continue;
+        };
+        let sl = if opaque {
+            None
+        } else {
+            low.and_then(|l| stat_at(l, name))
+        };
         if is_whiteout(&su) {
             if sl.is_some() {
                 Changes::push(&mut c.deleted, &mut c.unlisted, r);
@@ -152,12 +215,26 @@ fn walk(up: BorrowedFd<'_>, low: Option<BorrowedFd<'_>>, rel: &Path, opaque: boo
                     // Replaced wholesale: everything of the lower dir not recreated is deleted.
                     if let Some(ld) = &ld {
                         let now = names(ud.as_fd()).unwrap_or_default();
-                        for n in names(ld.as_fd()).unwrap_or_default().into_iter().filter(|n| !now.contains(n)) {
+                        for n in names(ld.as_fd())
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|n| !now.contains(n))
+                        {
                             Changes::push(&mut c.deleted, &mut c.unlisted, r.join(n));
                         }
                     }
                 }
-                walk(ud.as_fd(), if op { None } else { ld.as_ref().map(|d| d.as_fd()) }, &r, op, c);
+                walk(
+                    ud.as_fd(),
+                    if op {
+                        None
+                    } else {
+                        ld.as_ref().map(|d| d.as_fd())
+                    },
+                    &r,
+                    op,
+                    c,
+                );
             }
             Some(sl) => {
                 let same = match low {
@@ -178,7 +255,13 @@ mod tests {
     use std::fs;
 
     fn open(p: &Path) -> OwnedFd {
-        openat(nix::fcntl::AT_FDCWD, p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).expect("open")
+        openat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("open")
     }
 
     #[test]
@@ -198,10 +281,19 @@ mod tests {
         fs::write(low.join("gone.txt"), "g").expect("w");
         std::os::unix::fs::symlink("/etc/passwd", up.join("link")).expect("symlink");
         // A whiteout needs mknod(0,0), which needs privilege; exercise it when we have it.
-        let whiteout = nix::sys::stat::mknod(&up.join("gone.txt"), nix::sys::stat::SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), 0).is_ok();
+        let whiteout = nix::sys::stat::mknod(
+            &up.join("gone.txt"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o600),
+            0,
+        )
+        .is_ok();
         let c = diff(&open(&up), &open(&low));
         let p = PathBuf::from;
-        assert_eq!(c.added, vec![p("added.txt"), p("link"), p("newdir"), p("newdir/a")]);
+        assert_eq!(
+            c.added,
+            vec![p("added.txt"), p("link"), p("newdir"), p("newdir/a")]
+        );
         assert_eq!(c.modified, vec![p("src/main.rs")]);
         if whiteout {
             assert_eq!(c.deleted, vec![p("gone.txt")]);

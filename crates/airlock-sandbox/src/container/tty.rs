@@ -61,7 +61,11 @@ impl SignalPipe {
             if n == 0 {
                 break;
             }
-            out.extend(buf[..n].iter().filter_map(|&b| Signal::try_from(b as i32).ok()));
+            out.extend(
+                buf[..n]
+                    .iter()
+                    .filter_map(|&b| Signal::try_from(b as i32).ok()),
+            );
         }
         out
     }
@@ -118,7 +122,14 @@ fn copy(from: RawFd, to: RawFd) -> io::Result<usize> {
 /// Returns whether the timeout fired (the sandbox was then killed).
 /// Also collects what PID 1 reports on `result` (read as it arrives, so a large report never
 /// blocks PID 1). Returns (timed out, report bytes).
-pub fn supervise(pidfd: &OwnedFd, child: Pid, sigs: &SignalPipe, tty_sock: Option<&OwnedFd>, result: &OwnedFd, deadline: Option<Instant>) -> io::Result<(bool, Vec<u8>)> {
+pub fn supervise(
+    pidfd: &OwnedFd,
+    child: Pid,
+    sigs: &SignalPipe,
+    tty_sock: Option<&OwnedFd>,
+    result: &OwnedFd,
+    deadline: Option<Instant>,
+) -> io::Result<(bool, Vec<u8>)> {
     const MAX_REPORT: usize = 8 << 20;
     let mut report = Vec::new();
     let mut result_open = true;
@@ -136,13 +147,17 @@ pub fn supervise(pidfd: &OwnedFd, child: Pid, sigs: &SignalPipe, tty_sock: Optio
         let timeout = match deadline {
             Some(d) if !timed_out => {
                 let left = d.saturating_duration_since(Instant::now());
-                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
             }
             _ => PollTimeout::NONE,
         };
         // SAFETY: fd 0 stays open for the life of the process.
         let stdin = unsafe { BorrowedFd::borrow_raw(0) };
-        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sigs.rd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sigs.rd.as_fd(), PollFlags::POLLIN),
+        ];
         let result_at = result_open.then(|| {
             fds.push(PollFd::new(result.as_fd(), PollFlags::POLLIN));
             fds.len() - 1
@@ -165,9 +180,19 @@ pub fn supervise(pidfd: &OwnedFd, child: Pid, sigs: &SignalPipe, tty_sock: Optio
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
-        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let ready = |i: usize| {
+            fds.get(i)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
         let at = |i: Option<usize>| i.is_some_and(ready);
-        let (child_done, sig_ready, result_ready, master_ready, stdin_ready) = (ready(0), ready(1), at(result_at), at(master_at), at(stdin_at));
+        let (child_done, sig_ready, result_ready, master_ready, stdin_ready) = (
+            ready(0),
+            ready(1),
+            at(result_at),
+            at(master_at),
+            at(stdin_at),
+        );
         if result_ready {
             let mut buf = [0u8; 64 * 1024];
             match nix::unistd::read(result, &mut buf) {
@@ -198,7 +223,10 @@ pub fn supervise(pidfd: &OwnedFd, child: Pid, sigs: &SignalPipe, tty_sock: Optio
         if child_done {
             if let Some(m) = &master {
                 // Drain what the command printed last.
-                let _ = nix::fcntl::fcntl(m, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+                let _ = nix::fcntl::fcntl(
+                    m,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                );
                 while copy(m.as_raw_fd(), 1).unwrap_or(0) > 0 {}
             }
             // PID 1 has exited: whatever it wrote is in the pipe now.

@@ -125,7 +125,11 @@ impl CgroupReport {
 
     /// Names of the controllers whose limits would not be enforced.
     pub fn unusable(&self) -> Vec<&str> {
-        self.controllers.iter().filter(|c| !c.usable).map(|c| c.name.as_str()).collect()
+        self.controllers
+            .iter()
+            .filter(|c| !c.usable)
+            .map(|c| c.name.as_str())
+            .collect()
     }
 }
 
@@ -148,8 +152,15 @@ impl CgroupFs for RealFs {
     fn try_child(&self, dir: &Path) -> Result<(), String> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let name = format!("airlock-probe-{}-{}-{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "airlock-probe-{}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let child = dir.join(name);
         fs::create_dir(&child).map_err(|e| e.to_string())?;
         // A fresh, empty cgroup can always be removed; retry briefly in case the kernel is
@@ -161,7 +172,8 @@ impl CgroupFs for RealFs {
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
             }
         }
-        fs::remove_dir(&child).map_err(|e| format!("created but could not remove {}: {e}", child.display()))
+        fs::remove_dir(&child)
+            .map_err(|e| format!("created but could not remove {}: {e}", child.display()))
     }
 
     fn owner(&self, path: &Path) -> Option<u32> {
@@ -184,8 +196,13 @@ pub fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             if let Ok(byte) = u8::try_from(v) {
                 out.push(byte);
                 i += 4;
@@ -225,7 +242,11 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 mount_point: PathBuf::from(unescape_mountinfo(mount_point)),
                 fstype: fstype.to_string(),
                 source: unescape_mountinfo(source),
-                super_options: opts.split(',').filter(|o| !o.is_empty()).map(str::to_string).collect(),
+                super_options: opts
+                    .split(',')
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_string)
+                    .collect(),
             })
         })
         .collect()
@@ -234,7 +255,20 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 /// The cgroup filesystems among the mounts. v1 controllers are the super options that are not
 /// generic mount options.
 pub fn cgroup_mounts(mounts: &[MountEntry]) -> Vec<CgroupMount> {
-    const GENERIC: &[&str] = &["rw", "ro", "nsdelegate", "memory_recursiveprot", "memory_localevents", "favordynmods", "noprefix", "clone_children", "xattr", "cpuset_v2_mode", "memory_hugetlb_accounting", "pids_localevents"];
+    const GENERIC: &[&str] = &[
+        "rw",
+        "ro",
+        "nsdelegate",
+        "memory_recursiveprot",
+        "memory_localevents",
+        "favordynmods",
+        "noprefix",
+        "clone_children",
+        "xattr",
+        "cpuset_v2_mode",
+        "memory_hugetlb_accounting",
+        "pids_localevents",
+    ];
     mounts
         .iter()
         .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
@@ -265,7 +299,11 @@ pub fn parse_proc_cgroup(text: &str) -> Vec<Membership> {
             let path = it.next()?;
             Some(Membership {
                 hierarchy_id: id,
-                controllers: if ctrls.is_empty() { vec![] } else { ctrls.split(',').map(str::to_string).collect() },
+                controllers: if ctrls.is_empty() {
+                    vec![]
+                } else {
+                    ctrls.split(',').map(str::to_string).collect()
+                },
                 path: path.to_string(),
             })
         })
@@ -288,11 +326,16 @@ pub fn own_dir(mount_point: &Path, root: &str, path: &str) -> Option<PathBuf> {
         path.strip_prefix(root).filter(|r| r.starts_with('/'))?
     };
     let rel = rel.trim_start_matches('/');
-    Some(if rel.is_empty() { mount_point.to_path_buf() } else { mount_point.join(rel) })
+    Some(if rel.is_empty() {
+        mount_point.to_path_buf()
+    } else {
+        mount_point.join(rel)
+    })
 }
 
 fn words(s: Option<String>) -> Vec<String> {
-    s.map(|s| s.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
+    s.map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// The pure core: mountinfo and /proc/self/cgroup text, our euid, and the filesystem.
@@ -300,7 +343,9 @@ pub fn analyze(mountinfo: &str, proc_cgroup: &str, euid: u32, fsys: &dyn CgroupF
     let mounts = cgroup_mounts(&parse_mountinfo(mountinfo));
     let membership = parse_proc_cgroup(proc_cgroup);
     let root = euid == 0;
-    let has_v1 = mounts.iter().any(|m| m.fstype == "cgroup" && m.controllers.iter().any(|c| !c.starts_with("name=")));
+    let has_v1 = mounts
+        .iter()
+        .any(|m| m.fstype == "cgroup" && m.controllers.iter().any(|c| !c.starts_with("name=")));
     let has_v2 = mounts.iter().any(|m| m.fstype == "cgroup2");
     let version = match (has_v1, has_v2) {
         (true, true) => CgroupVersion::Hybrid,
@@ -322,14 +367,27 @@ pub fn analyze(mountinfo: &str, proc_cgroup: &str, euid: u32, fsys: &dyn CgroupF
         r
     };
 
-    let v2_path = membership.iter().find(|m| m.hierarchy_id == 0 && m.controllers.is_empty()).map(|m| m.path.clone());
-    let unified = mounts.iter().filter(|m| m.fstype == "cgroup2").find_map(|m| {
-        let dir = v2_path.as_deref().and_then(|p| own_dir(&m.mount_point, &m.root, p));
-        // Prefer the mount that shows our cgroup; fall back to the first one.
-        dir.as_ref().map(|_| (m, dir.clone()))
-    });
+    let v2_path = membership
+        .iter()
+        .find(|m| m.hierarchy_id == 0 && m.controllers.is_empty())
+        .map(|m| m.path.clone());
+    let unified = mounts
+        .iter()
+        .filter(|m| m.fstype == "cgroup2")
+        .find_map(|m| {
+            let dir = v2_path
+                .as_deref()
+                .and_then(|p| own_dir(&m.mount_point, &m.root, p));
+            // Prefer the mount that shows our cgroup; fall back to the first one.
+            dir.as_ref().map(|_| (m, dir.clone()))
+        });
     let unified = unified
-        .or_else(|| mounts.iter().find(|m| m.fstype == "cgroup2").map(|m| (m, None)))
+        .or_else(|| {
+            mounts
+                .iter()
+                .find(|m| m.fstype == "cgroup2")
+                .map(|m| (m, None))
+        })
         .map(|(m, dir)| {
             let (controllers, subtree_control, child_creatable, delegated) = match &dir {
                 Some(d) => {
@@ -338,25 +396,48 @@ pub fn analyze(mountinfo: &str, proc_cgroup: &str, euid: u32, fsys: &dyn CgroupF
                     let ok = try_child(d).is_ok();
                     let delegated = ok
                         && (root
-                            || [d.clone(), d.join("cgroup.procs"), d.join("cgroup.subtree_control")]
-                                .iter()
-                                .all(|p| fsys.owner(p) == Some(euid)));
+                            || [
+                                d.clone(),
+                                d.join("cgroup.procs"),
+                                d.join("cgroup.subtree_control"),
+                            ]
+                            .iter()
+                            .all(|p| fsys.owner(p) == Some(euid)));
                     (controllers, subtree, ok, delegated)
                 }
                 None => (vec![], vec![], false, false),
             };
-            UnifiedReport { mount_point: m.mount_point.clone(), own_path: v2_path.clone(), own_dir: dir, controllers, subtree_control, child_creatable, delegated }
+            UnifiedReport {
+                mount_point: m.mount_point.clone(),
+                own_path: v2_path.clone(),
+                own_dir: dir,
+                controllers,
+                subtree_control,
+                child_creatable,
+                delegated,
+            }
         });
 
     let mut controllers = vec![];
     for name in CONTROLLERS {
         // v1 first: a controller bound to a v1 hierarchy is not available on v2.
-        let v1 = mounts.iter().filter(|m| m.fstype == "cgroup" && m.controllers.iter().any(|c| c == name)).find_map(|m| {
-            let own = membership.iter().find(|x| x.controllers.iter().any(|c| c == name))?;
-            Some((m, own.path.clone(), own_dir(&m.mount_point, &m.root, &own.path)))
-        });
+        let v1 = mounts
+            .iter()
+            .filter(|m| m.fstype == "cgroup" && m.controllers.iter().any(|c| c == name))
+            .find_map(|m| {
+                let own = membership
+                    .iter()
+                    .find(|x| x.controllers.iter().any(|c| c == name))?;
+                Some((
+                    m,
+                    own.path.clone(),
+                    own_dir(&m.mount_point, &m.root, &own.path),
+                ))
+            });
         let v1 = v1.or_else(|| {
-            let m = mounts.iter().find(|m| m.fstype == "cgroup" && m.controllers.iter().any(|c| c == name))?;
+            let m = mounts
+                .iter()
+                .find(|m| m.fstype == "cgroup" && m.controllers.iter().any(|c| c == name))?;
             Some((m, String::new(), None))
         });
         let report = if let Some((m, path, dir)) = v1 {
@@ -365,8 +446,16 @@ pub fn analyze(mountinfo: &str, proc_cgroup: &str, euid: u32, fsys: &dyn CgroupF
                     Ok(()) => (true, None),
                     Err(e) => (false, Some(format!("cannot create a child cgroup: {e}"))),
                 },
-                None if path.is_empty() => (false, Some("not listed in /proc/self/cgroup".to_string())),
-                None => (false, Some(format!("own cgroup {path} is not visible under {}", m.mount_point.display()))),
+                None if path.is_empty() => {
+                    (false, Some("not listed in /proc/self/cgroup".to_string()))
+                }
+                None => (
+                    false,
+                    Some(format!(
+                        "own cgroup {path} is not visible under {}",
+                        m.mount_point.display()
+                    )),
+                ),
             };
             ControllerReport {
                 name: name.to_string(),
@@ -382,7 +471,9 @@ pub fn analyze(mountinfo: &str, proc_cgroup: &str, euid: u32, fsys: &dyn CgroupF
             // On a v2 host the controller is in the own cgroup's cgroup.controllers; on a hybrid
             // host it may also appear only at the cgroup2 root.
             u.controllers.iter().any(|c| c == name)
-                || fsys.read(&u.mount_point.join("cgroup.controllers")).is_some_and(|s| s.split_whitespace().any(|c| c == name))
+                || fsys
+                    .read(&u.mount_point.join("cgroup.controllers"))
+                    .is_some_and(|s| s.split_whitespace().any(|c| c == name))
         }) {
             let at_root = u.own_dir.as_deref() == Some(u.mount_point.as_path());
             let enabled = u.subtree_control.iter().any(|c| c == name);
@@ -396,12 +487,15 @@ pub fn analyze(mountinfo: &str, proc_cgroup: &str, euid: u32, fsys: &dyn CgroupF
                 Some(if root {
                     "cannot create a child cgroup under the own cgroup".to_string()
                 } else {
-                    "the own cgroup is not delegated to this user (no child cgroups can be created)".to_string()
+                    "the own cgroup is not delegated to this user (no child cgroups can be created)"
+                        .to_string()
                 })
             } else if !available {
                 Some(format!("{name} is not available to the own cgroup (absent from its cgroup.controllers)"))
             } else {
-                Some(format!("{name} is not enabled for children of the own cgroup (cgroup.subtree_control)"))
+                Some(format!(
+                    "{name} is not enabled for children of the own cgroup (cgroup.subtree_control)"
+                ))
             };
             ControllerReport {
                 name: name.to_string(),
@@ -428,7 +522,14 @@ pub fn analyze(mountinfo: &str, proc_cgroup: &str, euid: u32, fsys: &dyn CgroupF
         controllers.push(report);
     }
 
-    CgroupReport { version, mounts, membership, unified, controllers, root }
+    CgroupReport {
+        version,
+        mounts,
+        membership,
+        unified,
+        controllers,
+        root,
+    }
 }
 
 /// Summary detail and fix for the doctor row.
@@ -443,7 +544,11 @@ pub(crate) fn describe(r: &CgroupReport) -> (String, Option<String>) {
                 u.own_path.as_deref().unwrap_or("?"),
                 list_or_none(&u.controllers),
                 list_or_none(&u.subtree_control),
-                if !r.root && u.delegated { "; delegated" } else { "" }
+                if !r.root && u.delegated {
+                    "; delegated"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -460,7 +565,9 @@ pub(crate) fn describe(r: &CgroupReport) -> (String, Option<String>) {
         };
         match (&c.problem, c.usable) {
             (_, true) => parts.push(format!("{} [{hier}] usable at {place}", c.name)),
-            (Some(p), false) => parts.push(format!("{} [{hier}] NOT usable at {place}: {p}", c.name)),
+            (Some(p), false) => {
+                parts.push(format!("{} [{hier}] NOT usable at {place}: {p}", c.name))
+            }
             (None, false) => parts.push(format!("{} [{hier}] NOT usable at {place}", c.name)),
         }
     }
@@ -468,8 +575,14 @@ pub(crate) fn describe(r: &CgroupReport) -> (String, Option<String>) {
     if r.all_usable() {
         return (detail, None);
     }
-    detail.push_str(&format!(" — {} limits would not be enforced", r.unusable().join("/")));
-    let v2_like = r.controllers.iter().any(|c| c.hierarchy == Some(Hierarchy::V2));
+    detail.push_str(&format!(
+        " — {} limits would not be enforced",
+        r.unusable().join("/")
+    ));
+    let v2_like = r
+        .controllers
+        .iter()
+        .any(|c| c.hierarchy == Some(Hierarchy::V2));
     let fix = match (r.version, r.root, v2_like) {
         (CgroupVersion::None, _, _) => "mount the cgroup filesystem: mount -t cgroup2 none /sys/fs/cgroup".to_string(),
         (_, false, true) => "run airlock in a delegated cgroup: systemd-run --user --scope -p Delegate=yes airlock …  (or under a slice with Delegate=yes); `--require-limits` refuses to run without them".to_string(),
@@ -545,7 +658,8 @@ mod tests {
     const V2_MI: &str = "\
 29 22 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 ";
-    const V2_CG: &str = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-foot.scope\n";
+    const V2_CG: &str =
+        "0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-foot.scope\n";
 
     /// Answers from a table; records mkdir attempts.
     struct Fake {
@@ -557,7 +671,10 @@ mod tests {
 
     impl CgroupFs for Fake {
         fn read(&self, p: &Path) -> Option<String> {
-            self.files.iter().find(|(f, _)| Path::new(f) == p).map(|(_, c)| c.to_string())
+            self.files
+                .iter()
+                .find(|(f, _)| Path::new(f) == p)
+                .map(|(_, c)| c.to_string())
         }
         fn try_child(&self, dir: &Path) -> Result<(), String> {
             self.tried.borrow_mut().push(dir.to_path_buf());
@@ -572,8 +689,17 @@ mod tests {
         }
     }
 
-    fn fake(files: Vec<(&'static str, &'static str)>, writable: Vec<&'static str>, owner: u32) -> Fake {
-        Fake { files, writable, owner, tried: RefCell::new(vec![]) }
+    fn fake(
+        files: Vec<(&'static str, &'static str)>,
+        writable: Vec<&'static str>,
+        owner: u32,
+    ) -> Fake {
+        Fake {
+            files,
+            writable,
+            owner,
+            tried: RefCell::new(vec![]),
+        }
     }
 
     #[test]
@@ -582,23 +708,55 @@ mod tests {
         assert_eq!(mounts.len(), 10);
         assert_eq!(
             mounts[3],
-            CgroupMount { fstype: "cgroup".into(), mount_point: "/sys/fs/cgroup/memory".into(), root: "/".into(), controllers: vec!["memory".into()] }
+            CgroupMount {
+                fstype: "cgroup".into(),
+                mount_point: "/sys/fs/cgroup/memory".into(),
+                root: "/".into(),
+                controllers: vec!["memory".into()]
+            }
         );
         assert_eq!(
             mounts[9],
-            CgroupMount { fstype: "cgroup2".into(), mount_point: "/sys/fs/cgroup/unified".into(), root: "/".into(), controllers: vec![] }
+            CgroupMount {
+                fstype: "cgroup2".into(),
+                mount_point: "/sys/fs/cgroup/unified".into(),
+                root: "/".into(),
+                controllers: vec![]
+            }
         );
         let cg = parse_proc_cgroup(HYBRID_CG);
         assert_eq!(cg.len(), 10);
-        assert_eq!(cg[5], Membership { hierarchy_id: 4, controllers: vec!["memory".into()], path: "/process_api/fd24c2989c4e9e215df70a762d9c6536".into() });
-        assert_eq!(cg[9], Membership { hierarchy_id: 0, controllers: vec![], path: "/".into() });
+        assert_eq!(
+            cg[5],
+            Membership {
+                hierarchy_id: 4,
+                controllers: vec!["memory".into()],
+                path: "/process_api/fd24c2989c4e9e215df70a762d9c6536".into()
+            }
+        );
+        assert_eq!(
+            cg[9],
+            Membership {
+                hierarchy_id: 0,
+                controllers: vec![],
+                path: "/".into()
+            }
+        );
     }
 
     #[test]
     fn hybrid_as_root_uses_v1_controllers_under_own_cgroups() {
         let fs = fake(
-            vec![("/sys/fs/cgroup/unified/cgroup.controllers", ""), ("/sys/fs/cgroup/unified/cgroup.subtree_control", "")],
-            vec!["/sys/fs/cgroup/memory/process_api/fd24c2989c4e9e215df70a762d9c6536", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified"],
+            vec![
+                ("/sys/fs/cgroup/unified/cgroup.controllers", ""),
+                ("/sys/fs/cgroup/unified/cgroup.subtree_control", ""),
+            ],
+            vec![
+                "/sys/fs/cgroup/memory/process_api/fd24c2989c4e9e215df70a762d9c6536",
+                "/sys/fs/cgroup/pids",
+                "/sys/fs/cgroup/cpu",
+                "/sys/fs/cgroup/unified",
+            ],
             0,
         );
         let r = analyze(HYBRID_MI, HYBRID_CG, 0, &fs);
@@ -612,13 +770,18 @@ mod tests {
                 hierarchy: Some(Hierarchy::V1),
                 mount_point: Some("/sys/fs/cgroup/memory".into()),
                 own_path: Some("/process_api/fd24c2989c4e9e215df70a762d9c6536".into()),
-                own_dir: Some("/sys/fs/cgroup/memory/process_api/fd24c2989c4e9e215df70a762d9c6536".into()),
+                own_dir: Some(
+                    "/sys/fs/cgroup/memory/process_api/fd24c2989c4e9e215df70a762d9c6536".into()
+                ),
                 child_creatable: true,
                 usable: true,
                 problem: None,
             }
         );
-        assert_eq!(r.controller("cpu").and_then(|c| c.own_dir.clone()), Some(PathBuf::from("/sys/fs/cgroup/cpu")));
+        assert_eq!(
+            r.controller("cpu").and_then(|c| c.own_dir.clone()),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu"))
+        );
         let u = r.unified.as_ref().expect("unified");
         assert_eq!(u.mount_point, PathBuf::from("/sys/fs/cgroup/unified"));
         assert_eq!(u.own_dir, Some(PathBuf::from("/sys/fs/cgroup/unified")));
@@ -638,19 +801,32 @@ mod tests {
         assert!(!r.all_usable());
         assert_eq!(r.unusable(), vec!["memory", "pids", "cpu"]);
         let (detail, fix) = describe(&r);
-        assert!(detail.contains("memory/pids/cpu limits would not be enforced"), "{detail}");
+        assert!(
+            detail.contains("memory/pids/cpu limits would not be enforced"),
+            "{detail}"
+        );
         assert!(fix.expect("fix").contains("cgroup v1 cannot be delegated"));
     }
 
     #[test]
     fn v1_in_container_strips_the_bind_mounted_root() {
-        let fs = fake(vec![], vec!["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"], 0);
+        let fs = fake(
+            vec![],
+            vec!["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"],
+            0,
+        );
         let r = analyze(V1_MI, V1_CG, 0, &fs);
         assert_eq!(r.version, CgroupVersion::V1);
         assert!(r.unified.is_none());
         let cpu = r.controller("cpu").expect("cpu");
-        assert_eq!(cpu.mount_point, Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
-        assert_eq!(cpu.own_dir, Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
+        assert_eq!(
+            cpu.mount_point,
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(
+            cpu.own_dir,
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
         assert!(!cpu.usable);
         assert!(r.controller("memory").is_some_and(|c| c.usable));
         assert_eq!(r.unusable(), vec!["cpu"]);
@@ -660,7 +836,8 @@ mod tests {
 
     #[test]
     fn v2_delegated_user_scope_is_usable() {
-        let own = "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/app-foot.scope";
+        let own =
+            "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/app-foot.scope";
         let fs = fake(
             vec![
                 ("/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/app-foot.scope/cgroup.controllers", "cpu memory pids"),
@@ -675,7 +852,10 @@ mod tests {
         assert!(u.delegated && u.child_creatable);
         assert_eq!(u.own_dir, Some(PathBuf::from(own)));
         assert!(r.all_usable(), "{r:#?}");
-        assert_eq!(r.controller("pids").and_then(|c| c.hierarchy), Some(Hierarchy::V2));
+        assert_eq!(
+            r.controller("pids").and_then(|c| c.hierarchy),
+            Some(Hierarchy::V2)
+        );
     }
 
     #[test]
@@ -693,16 +873,21 @@ mod tests {
         assert!(!r.all_usable());
         assert!(!r.unified.as_ref().expect("unified").delegated);
         assert_eq!(
-            r.controller("memory").and_then(|c| c.problem.clone()).as_deref(),
+            r.controller("memory")
+                .and_then(|c| c.problem.clone())
+                .as_deref(),
             Some("the own cgroup is not delegated to this user (no child cgroups can be created)")
         );
         let (_, fix) = describe(&r);
-        assert!(fix.expect("fix").contains("systemd-run --user --scope -p Delegate=yes"));
+        assert!(fix
+            .expect("fix")
+            .contains("systemd-run --user --scope -p Delegate=yes"));
     }
 
     #[test]
     fn v2_writable_but_not_enabled_for_children() {
-        let own = "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/app-foot.scope";
+        let own =
+            "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/app-foot.scope";
         let fs = fake(
             vec![
                 ("/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/app-foot.scope/cgroup.controllers", "memory pids"),
@@ -714,7 +899,9 @@ mod tests {
         let r = analyze(V2_MI, V2_CG, 1000, &fs);
         assert!(r.controller("pids").is_some_and(|c| c.usable));
         assert_eq!(
-            r.controller("memory").and_then(|c| c.problem.clone()).as_deref(),
+            r.controller("memory")
+                .and_then(|c| c.problem.clone())
+                .as_deref(),
             Some("memory is not enabled for children of the own cgroup (cgroup.subtree_control)")
         );
         assert_eq!(r.controller("cpu").and_then(|c| c.hierarchy), None);
@@ -723,13 +910,37 @@ mod tests {
     #[test]
     fn v2_cgroupns_root_and_invisible_paths() {
         // Inside a container with its own cgroup namespace: we are at "/" of the mount.
-        let fs = fake(vec![("/sys/fs/cgroup/cgroup.controllers", "cpu memory pids"), ("/sys/fs/cgroup/cgroup.subtree_control", "")], vec!["/sys/fs/cgroup"], 0);
+        let fs = fake(
+            vec![
+                ("/sys/fs/cgroup/cgroup.controllers", "cpu memory pids"),
+                ("/sys/fs/cgroup/cgroup.subtree_control", ""),
+            ],
+            vec!["/sys/fs/cgroup"],
+            0,
+        );
         let r = analyze(V2_MI, "0::/\n", 0, &fs);
         assert!(r.all_usable(), "{r:#?}");
         // A path outside the namespace root cannot be resolved.
-        assert_eq!(own_dir(Path::new("/sys/fs/cgroup"), "/", "/../../user.slice"), None);
-        assert_eq!(own_dir(Path::new("/sys/fs/cgroup/memory"), "/docker/x", "/docker/xy"), None);
-        assert_eq!(own_dir(Path::new("/sys/fs/cgroup/memory"), "/docker/x", "/docker/x/sub"), Some(PathBuf::from("/sys/fs/cgroup/memory/sub")));
+        assert_eq!(
+            own_dir(Path::new("/sys/fs/cgroup"), "/", "/../../user.slice"),
+            None
+        );
+        assert_eq!(
+            own_dir(
+                Path::new("/sys/fs/cgroup/memory"),
+                "/docker/x",
+                "/docker/xy"
+            ),
+            None
+        );
+        assert_eq!(
+            own_dir(
+                Path::new("/sys/fs/cgroup/memory"),
+                "/docker/x",
+                "/docker/x/sub"
+            ),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/sub"))
+        );
     }
 
     #[test]
@@ -737,13 +948,19 @@ mod tests {
         let fs = fake(vec![], vec![], 0);
         let r = analyze("23 1 254:0 / / rw - ext4 /dev/vda rw\n", "", 0, &fs);
         assert_eq!(r.version, CgroupVersion::None);
-        assert!(r.controllers.iter().all(|c| !c.usable && c.hierarchy.is_none()));
+        assert!(r
+            .controllers
+            .iter()
+            .all(|c| !c.usable && c.hierarchy.is_none()));
         assert!(describe(&r).1.expect("fix").contains("mount -t cgroup2"));
     }
 
     #[test]
     fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/mnt/with\\040space\\011tab\\134"), "/mnt/with space\ttab\\");
+        assert_eq!(
+            unescape_mountinfo("/mnt/with\\040space\\011tab\\134"),
+            "/mnt/with space\ttab\\"
+        );
         assert_eq!(unescape_mountinfo("/trailing\\04"), "/trailing\\04");
         let m = parse_mountinfo("50 23 0:40 / /mnt/a\\040b rw - cgroup2 none rw\ngarbage line\n");
         assert_eq!(m.len(), 1);

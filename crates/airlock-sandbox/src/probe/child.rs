@@ -102,27 +102,40 @@ impl Reporter {
 pub(super) fn run(timeout: Duration, f: impl FnOnce(&Reporter) -> i32) -> Outcome {
     let (rd, wr) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return Outcome { steps: BTreeMap::new(), end: End::ForkFailed(format!("pipe: {e}")) },
+        Err(e) => {
+            return Outcome {
+                steps: BTreeMap::new(),
+                end: End::ForkFailed(format!("pipe: {e}")),
+            }
+        }
     };
     let parent = std::process::id() as libc::pid_t;
     match raw::fork() {
-        Err(e) => Outcome { steps: BTreeMap::new(), end: End::ForkFailed(e.to_string()) },
+        Err(e) => Outcome {
+            steps: BTreeMap::new(),
+            end: End::ForkFailed(e.to_string()),
+        },
         Ok(None) => {
             drop(rd);
             // Own process group, so a timeout can kill grandchildren too; die with the parent.
-            let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+            let _ =
+                nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
             let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
             if nix::unistd::getppid().as_raw() != parent {
                 sys::exit_now(120);
             }
             let rep = Reporter { fd: wr.as_raw_fd() };
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&rep))).unwrap_or(101);
+            let code =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&rep))).unwrap_or(101);
             sys::exit_now(code)
         }
         Ok(Some(pid)) => {
             drop(wr);
             let end = wait_deadline(pid, timeout);
-            Outcome { steps: read_records(rd), end }
+            Outcome {
+                steps: read_records(rd),
+                end,
+            }
         }
     }
 }
@@ -178,7 +191,10 @@ fn wait_deadline(pid: libc::pid_t, timeout: Duration) -> End {
         }
         let now = Instant::now();
         if now >= deadline {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
             let _ = waitpid(p, None);
             return End::TimedOut;
@@ -190,7 +206,10 @@ fn wait_deadline(pid: libc::pid_t, timeout: Duration) -> End {
                 use std::os::fd::AsFd;
                 let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
                 let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-                let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+                let _ = poll(
+                    &mut fds,
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+                );
             }
             None => {
                 std::thread::sleep(nap.min(left));
@@ -201,7 +220,10 @@ fn wait_deadline(pid: libc::pid_t, timeout: Duration) -> End {
 }
 
 fn read_records(rd: OwnedFd) -> BTreeMap<u8, Result<i64, i32>> {
-    let _ = nix::fcntl::fcntl(&rd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+    let _ = nix::fcntl::fcntl(
+        &rd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
     loop {
@@ -217,7 +239,14 @@ fn read_records(rd: OwnedFd) -> BTreeMap<u8, Result<i64, i32>> {
         let mut v = [0u8; 8];
         v.copy_from_slice(&rec[8..16]);
         let value = i64::from_le_bytes(v);
-        steps.insert(rec[0], if rec[1] == 1 { Ok(value) } else { Err(value as i32) });
+        steps.insert(
+            rec[0],
+            if rec[1] == 1 {
+                Ok(value)
+            } else {
+                Err(value as i32)
+            },
+        );
     }
     steps
 }

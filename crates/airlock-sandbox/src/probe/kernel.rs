@@ -22,7 +22,9 @@ const PROBE_ERRNO: u32 = libc::ENOTRECOVERABLE as u32;
 /// Parsed `Seccomp:` / `Seccomp_filters:` of /proc/self/status.
 pub(super) fn seccomp_status(status: &str) -> (Option<u32>, Option<u32>) {
     let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
     };
     (field("Seccomp:"), field("Seccomp_filters:"))
 }
@@ -56,8 +58,21 @@ pub(super) fn probe_filter(arch: u32) -> Vec<libc::sock_filter> {
 }
 
 pub(super) fn seccomp_row(_h: &Host) -> Row {
-    let (id, name, needed) = ("seccomp", "seccomp filters", "every sandbox: the syscall filter (ptrace, bpf, keyctl, io_uring, mount, new namespaces…)");
-    let missing = |detail: String, fix: &str| Row::new(id, name, Status::Missing, detail, Some(fix.to_string()), needed);
+    let (id, name, needed) = (
+        "seccomp",
+        "seccomp filters",
+        "every sandbox: the syscall filter (ptrace, bpf, keyctl, io_uring, mount, new namespaces…)",
+    );
+    let missing = |detail: String, fix: &str| {
+        Row::new(
+            id,
+            name,
+            Status::Missing,
+            detail,
+            Some(fix.to_string()),
+            needed,
+        )
+    };
     const KFIX: &str = "use a kernel built with CONFIG_SECCOMP=y and CONFIG_SECCOMP_FILTER=y";
     let mode = match raw::get_seccomp_mode() {
         Ok(m) => m,
@@ -65,19 +80,40 @@ pub(super) fn seccomp_row(_h: &Host) -> Row {
     };
     let actions = read_trim("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
     let have = |a: &str| actions.split_whitespace().any(|w| w == a);
-    let lacking: Vec<&str> = ["errno", "kill_process"].into_iter().filter(|a| !have(a)).collect();
+    let lacking: Vec<&str> = ["errno", "kill_process"]
+        .into_iter()
+        .filter(|a| !have(a))
+        .collect();
     if actions.is_empty() {
-        return missing("/proc/sys/kernel/seccomp/actions_avail is missing: no seccomp filter support".into(), KFIX);
+        return missing(
+            "/proc/sys/kernel/seccomp/actions_avail is missing: no seccomp filter support".into(),
+            KFIX,
+        );
     }
     if !lacking.is_empty() {
-        return missing(format!("filter actions missing: {} (available: {actions})", lacking.join(", ")), "use a Linux 4.14+ kernel with CONFIG_SECCOMP_FILTER=y");
+        return missing(
+            format!(
+                "filter actions missing: {} (available: {actions})",
+                lacking.join(", ")
+            ),
+            "use a Linux 4.14+ kernel with CONFIG_SECCOMP_FILTER=y",
+        );
     }
     let Some(arch) = audit_arch() else {
-        return missing(format!("no seccomp support in airlock for {}", std::env::consts::ARCH), "airlock supports x86_64, aarch64 and riscv64");
+        return missing(
+            format!(
+                "no seccomp support in airlock for {}",
+                std::env::consts::ARCH
+            ),
+            "airlock supports x86_64, aarch64 and riscv64",
+        );
     };
     let prog = probe_filter(arch);
     let o: Outcome = child::run(TIMEOUT, |r: &Reporter| {
-        if !r.check_io(SC_NNP, crate::sys::prctl_simple(libc::PR_SET_NO_NEW_PRIVS, 1)) {
+        if !r.check_io(
+            SC_NNP,
+            crate::sys::prctl_simple(libc::PR_SET_NO_NEW_PRIVS, 1),
+        ) {
             return 1;
         }
         if !r.check_io(SC_INSTALL, raw::seccomp_install(&prog)) {
@@ -90,19 +126,39 @@ pub(super) fn seccomp_row(_h: &Host) -> Row {
         0
     });
     if let Some(e) = o.errno(SC_NNP) {
-        return missing(format!("prctl(PR_SET_NO_NEW_PRIVS) failed: {}", errstr(e)), KFIX);
+        return missing(
+            format!("prctl(PR_SET_NO_NEW_PRIVS) failed: {}", errstr(e)),
+            KFIX,
+        );
     }
     if let Some(e) = o.errno(SC_INSTALL) {
-        return missing(format!("installing a seccomp filter failed: {}", errstr(e)), KFIX);
+        return missing(
+            format!("installing a seccomp filter failed: {}", errstr(e)),
+            KFIX,
+        );
     }
     match o.get(SC_CHECK) {
         Some(Ok(e)) if e == PROBE_ERRNO as i64 => {}
-        Some(_) => return missing("a test filter was installed but not enforced (getppid was not denied)".into(), KFIX),
-        None => return missing(o.abnormal_end().unwrap_or_else(|| "seccomp probe did not finish".into()), KFIX),
+        Some(_) => {
+            return missing(
+                "a test filter was installed but not enforced (getppid was not denied)".into(),
+                KFIX,
+            )
+        }
+        None => {
+            return missing(
+                o.abnormal_end()
+                    .unwrap_or_else(|| "seccomp probe did not finish".into()),
+                KFIX,
+            )
+        }
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let (sc, filters) = seccomp_status(&status);
-    let mut detail = format!("a test filter is enforced (getppid -> {}); actions: {actions}", errstr(PROBE_ERRNO as i32));
+    let mut detail = format!(
+        "a test filter is enforced (getppid -> {}); actions: {actions}",
+        errstr(PROBE_ERRNO as i32)
+    );
     if mode == 2 || sc == Some(2) {
         detail.push_str(&format!(
             "; airlock itself already runs under {} inherited seccomp filter(s) — sandbox filters stack on top of them",
@@ -127,7 +183,11 @@ pub(super) fn landlock_features(abi: i64) -> &'static str {
 }
 
 pub(super) fn landlock_row() -> Row {
-    let (id, name, needed) = ("landlock", "Landlock", "restricting writes to the sandbox's writable roots (defence in depth)");
+    let (id, name, needed) = (
+        "landlock",
+        "Landlock",
+        "restricting writes to the sandbox's writable roots (defence in depth)",
+    );
     match raw::landlock_abi() {
         Ok(abi) if abi >= 1 => Row::new(id, name, Status::Ok, format!("ABI {abi} ({})", landlock_features(abi)), None, needed),
         Ok(abi) => Row::new(id, name, Status::Degraded, format!("unexpected ABI {abi}"), None, needed),
@@ -193,14 +253,26 @@ pub(super) fn parse_getgen_reply(buf: &[u8]) -> Result<(), i32> {
 }
 
 fn nft_kernel_probe(root: bool) -> Outcome {
-    use nix::sys::socket::{recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
+    use nix::sys::socket::{
+        recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol,
+        SockType,
+    };
     use std::os::fd::AsRawFd;
     child::run(TIMEOUT, |r: &Reporter| {
         // Ask in a fresh network namespace (ours when rootless, via a user namespace): no
         // host state is read or touched and CAP_NET_ADMIN holds there.
-        let flags = if root { CloneFlags::CLONE_NEWNET } else { CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET };
+        let flags = if root {
+            CloneFlags::CLONE_NEWNET
+        } else {
+            CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET
+        };
         r.check(NF_UNSHARE, unshare(flags));
-        let sock = match socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkNetFilter) {
+        let sock = match socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        ) {
             Ok(s) => {
                 r.ok(NF_SOCKET, 0);
                 s
@@ -210,7 +282,11 @@ fn nft_kernel_probe(root: bool) -> Outcome {
                 return 1;
             }
         };
-        let _ = setsockopt(&sock, sockopt::ReceiveTimeout, &nix::sys::time::TimeVal::new(2, 0));
+        let _ = setsockopt(
+            &sock,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(2, 0),
+        );
         if let Err(e) = send(sock.as_raw_fd(), &getgen_request(1), MsgFlags::empty()) {
             r.err(NF_QUERY, e as i32);
             return 1;
@@ -228,30 +304,60 @@ fn nft_kernel_probe(root: bool) -> Outcome {
 }
 
 pub(super) fn nftables_row(h: &Host) -> Row {
-    let (id, name, needed) = ("nftables", "nftables", "network modes other than --net off (filtered egress, metadata blocking)");
+    let (id, name, needed) = (
+        "nftables",
+        "nftables",
+        "network modes other than --net off (filtered egress, metadata blocking)",
+    );
     let o = nft_kernel_probe(h.root);
     let module_hint = Path::new("/sys/module/nf_tables").exists()
-        || std::fs::read_to_string("/proc/modules").is_ok_and(|m| m.lines().any(|l| l.starts_with("nf_tables ")));
+        || std::fs::read_to_string("/proc/modules")
+            .is_ok_and(|m| m.lines().any(|l| l.starts_with("nf_tables ")));
     let kernel: Result<String, String> = match (o.get(NF_SOCKET), o.get(NF_QUERY)) {
         (_, Some(Ok(_))) => Ok(format!(
             "kernel nf_tables answers netlink{}",
-            if o.ok(NF_UNSHARE) { " (queried in a fresh network namespace)" } else { "" }
+            if o.ok(NF_UNSHARE) {
+                " (queried in a fresh network namespace)"
+            } else {
+                ""
+            }
         )),
         (Some(Err(e)), _) => Err(format!("no nfnetlink socket: {}", errstr(e))),
-        (_, Some(Err(libc::EPERM))) if module_hint => Ok("nf_tables module loaded (netlink query not permitted here)".into()),
+        (_, Some(Err(libc::EPERM))) if module_hint => {
+            Ok("nf_tables module loaded (netlink query not permitted here)".into())
+        }
         (_, Some(Err(e))) => Err(format!("nf_tables did not answer: {}", errstr(e))),
-        _ => Err(o.abnormal_end().unwrap_or_else(|| "nf_tables probe did not finish".into())),
+        _ => Err(o
+            .abnormal_end()
+            .unwrap_or_else(|| "nf_tables probe did not finish".into())),
     };
     let binary = which("nft");
-    let version = binary.as_ref().and_then(|b| super::run_bounded(b, &["--version"], Duration::from_secs(3)).ok()).map(|(_, s)| s.trim().to_string());
+    let version = binary
+        .as_ref()
+        .and_then(|b| super::run_bounded(b, &["--version"], Duration::from_secs(3)).ok())
+        .map(|(_, s)| s.trim().to_string());
     let bin_desc = match (&binary, &version) {
         (Some(b), Some(v)) if !v.is_empty() => format!("{} ({v})", b.display()),
         (Some(b), _) => b.display().to_string(),
         (None, _) => "nft not found".into(),
     };
     match (&kernel, &binary) {
-        (Ok(k), Some(_)) => Row::new(id, name, Status::Ok, format!("{k}; {bin_desc}"), None, needed),
-        (Ok(k), None) => Row::new(id, name, Status::Degraded, format!("{k}; nft binary not found"), Some("apt install nftables  (dnf install nftables)".into()), needed),
+        (Ok(k), Some(_)) => Row::new(
+            id,
+            name,
+            Status::Ok,
+            format!("{k}; {bin_desc}"),
+            None,
+            needed,
+        ),
+        (Ok(k), None) => Row::new(
+            id,
+            name,
+            Status::Degraded,
+            format!("{k}; nft binary not found"),
+            Some("apt install nftables  (dnf install nftables)".into()),
+            needed,
+        ),
         (Err(k), _) => Row::new(
             id,
             name,
@@ -259,7 +365,11 @@ pub(super) fn nftables_row(h: &Host) -> Row {
             format!("{k}; {bin_desc}"),
             Some(format!(
                 "load nf_tables (modprobe nf_tables; the kernel needs CONFIG_NF_TABLES){}",
-                if binary.is_none() { " and apt install nftables" } else { "" }
+                if binary.is_none() {
+                    " and apt install nftables"
+                } else {
+                    ""
+                }
             )),
             needed,
         ),

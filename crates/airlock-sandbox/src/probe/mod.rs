@@ -14,9 +14,9 @@ mod raw;
 mod vm;
 
 pub use cgroups::{
-    analyze as analyze_cgroups, cgroup_mounts, cgroups, own_dir as cgroup_own_dir, parse_mountinfo, parse_proc_cgroup, CgroupFs,
-    CgroupMount, CgroupReport, CgroupVersion, ControllerReport, Hierarchy, Membership, MountEntry, RealFs, UnifiedReport,
-    CONTROLLERS,
+    analyze as analyze_cgroups, cgroup_mounts, cgroups, own_dir as cgroup_own_dir, parse_mountinfo,
+    parse_proc_cgroup, CgroupFs, CgroupMount, CgroupReport, CgroupVersion, ControllerReport,
+    Hierarchy, Membership, MountEntry, RealFs, UnifiedReport, CONTROLLERS,
 };
 
 use serde::Serialize;
@@ -62,8 +62,22 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(id: &str, name: &str, status: Status, detail: impl Into<String>, fix: Option<String>, needed_for: &str) -> Row {
-        Row { id: id.into(), name: name.into(), status, detail: detail.into(), fix, needed_for: needed_for.into() }
+    fn new(
+        id: &str,
+        name: &str,
+        status: Status,
+        detail: impl Into<String>,
+        fix: Option<String>,
+        needed_for: &str,
+    ) -> Row {
+        Row {
+            id: id.into(),
+            name: name.into(),
+            status,
+            detail: detail.into(),
+            fix,
+            needed_for: needed_for.into(),
+        }
     }
     fn info(id: &str, name: &str, detail: impl Into<String>) -> Row {
         Row::new(id, name, Status::Ok, detail, None, "info")
@@ -76,7 +90,9 @@ pub const DEFAULT_PATH: &[&str] = &["userns", "mount_pid_proc", "seccomp", "over
 
 /// Every default-path row is present and ok.
 pub fn default_path_ok(rows: &[Row]) -> bool {
-    DEFAULT_PATH.iter().all(|id| rows.iter().any(|r| r.id == *id && r.status == Status::Ok))
+    DEFAULT_PATH
+        .iter()
+        .all(|id| rows.iter().any(|r| r.id == *id && r.status == Status::Ok))
 }
 
 /// Facts about the calling process and host the probes share.
@@ -100,7 +116,9 @@ impl Host {
             euid,
             egid: nix::unistd::getegid().as_raw(),
             root: euid == 0,
-            userns_outside_root: userns_of(&fs::read_to_string("/proc/self/uid_map").unwrap_or_default()),
+            userns_outside_root: userns_of(
+                &fs::read_to_string("/proc/self/uid_map").unwrap_or_default(),
+            ),
             container: container_hints(),
             mountinfo: fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
         }
@@ -125,7 +143,12 @@ impl Host {
 /// by a deadline and everything created is removed before returning.
 pub fn probe_all() -> Vec<Row> {
     let host = Host::detect();
-    let mut rows = vec![kernel_row(), arch_row(), user_row(&host), environment_row(&host)];
+    let mut rows = vec![
+        kernel_row(),
+        arch_row(),
+        user_row(&host),
+        environment_row(&host),
+    ];
     rows.extend(ns::rows(&host));
     rows.push(kernel::seccomp_row(&host));
     rows.push(kernel::landlock_row());
@@ -145,12 +168,26 @@ fn cgroups_row(r: &CgroupReport, layout: &crate::cgroup::Layout) -> Row {
     let runtime_ok = s.memory && s.pids && s.cpu;
     if !r.all_usable() && runtime_ok {
         if let crate::cgroup::Layout::V2 { parent, .. } = layout {
-            detail.push_str(&format!("; as root, sandbox cgroups go under {} instead", parent.display()));
+            detail.push_str(&format!(
+                "; as root, sandbox cgroups go under {} instead",
+                parent.display()
+            ));
             fix = None;
         }
     }
-    let status = if r.all_usable() || runtime_ok { Status::Ok } else { Status::Degraded };
-    Row::new("cgroups", "cgroups (memory, pids, cpu)", status, detail, fix, "--memory/--pids/--cpus limits (--require-limits refuses without them)")
+    let status = if r.all_usable() || runtime_ok {
+        Status::Ok
+    } else {
+        Status::Degraded
+    };
+    Row::new(
+        "cgroups",
+        "cgroups (memory, pids, cpu)",
+        status,
+        detail,
+        fix,
+        "--memory/--pids/--cpus limits (--require-limits refuses without them)",
+    )
 }
 
 fn kernel_row() -> Row {
@@ -180,19 +217,30 @@ pub fn kernel_version(release: &str) -> (u32, u32) {
 }
 
 fn arch_row() -> Row {
-    let arch = read_trim("/proc/sys/kernel/arch").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let arch =
+        read_trim("/proc/sys/kernel/arch").unwrap_or_else(|| std::env::consts::ARCH.to_string());
     Row::info("arch", "architecture", arch)
 }
 
 fn user_row(h: &Host) -> Row {
     let name = user_name(h.euid);
     let detail = if h.host_root() {
-        "root (uid 0): rootful sandboxes (the sandbox's users map to unprivileged host ids)".to_string()
+        "root (uid 0): rootful sandboxes (the sandbox's users map to unprivileged host ids)"
+            .to_string()
     } else if h.root {
-        let outside = h.userns_outside_root.flatten().map(|u| format!(" (host uid {u})")).unwrap_or_default();
+        let outside = h
+            .userns_outside_root
+            .flatten()
+            .map(|u| format!(" (host uid {u})"))
+            .unwrap_or_default();
         format!("root inside a user namespace{outside}: host-level privileges (cgroups, idmapped mounts of host filesystems) are not available")
     } else {
-        format!("rootless (uid {}{}, gid {}): sandboxes run in user namespaces", h.euid, name.map(|n| format!(" {n}")).unwrap_or_default(), h.egid)
+        format!(
+            "rootless (uid {}{}, gid {}): sandboxes run in user namespaces",
+            h.euid,
+            name.map(|n| format!(" {n}")).unwrap_or_default(),
+            h.egid
+        )
     };
     Row::info("user", "running as", detail)
 }
@@ -200,11 +248,23 @@ fn user_row(h: &Host) -> Row {
 /// `None` for the identity map of the initial user namespace; otherwise `Some(host id of
 /// uid 0, if mapped)`.
 pub(crate) fn userns_of(uid_map: &str) -> Option<Option<u32>> {
-    let lines: Vec<Vec<u64>> = uid_map.lines().map(|l| l.split_whitespace().filter_map(|w| w.parse().ok()).collect()).collect();
+    let lines: Vec<Vec<u64>> = uid_map
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .collect();
     if lines.len() == 1 && lines[0] == [0, 0, 4_294_967_295] || uid_map.trim().is_empty() {
         return None;
     }
-    Some(lines.iter().find(|l| l.len() == 3 && l[0] == 0 && l[2] > 0).and_then(|l| u32::try_from(l[1]).ok()))
+    Some(
+        lines
+            .iter()
+            .find(|l| l.len() == 3 && l[0] == 0 && l[2] > 0)
+            .and_then(|l| u32::try_from(l[1]).ok()),
+    )
 }
 
 fn user_name(uid: u32) -> Option<String> {
@@ -248,7 +308,10 @@ fn environment_row(h: &Host) -> Row {
         parts.push(format!("container hints: {}", h.container.join(", ")));
     }
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == "hypervisor")) {
+    if cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == "hypervisor"))
+    {
         parts.push("virtual machine (cpu hypervisor flag)".to_string());
     }
     Row::info("environment", "environment", parts.join("; "))
@@ -272,7 +335,14 @@ pub(crate) fn errstr(errno: i32) -> String {
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let extra = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+    let extra = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
     std::env::split_paths(&path)
         .chain(extra.iter().map(PathBuf::from))
         .filter(|d| d.is_absolute())
@@ -281,7 +351,11 @@ pub(crate) fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// Run a program with a deadline; its combined stdout+stderr (stdout first), or why not.
-pub(crate) fn run_bounded(program: &Path, args: &[&str], timeout: Duration) -> Result<(i32, String), String> {
+pub(crate) fn run_bounded(
+    program: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<(i32, String), String> {
     use std::process::{Command, Stdio};
     let mut child = Command::new(program)
         .args(args)
@@ -311,14 +385,21 @@ pub(crate) fn run_bounded(program: &Path, args: &[&str], timeout: Duration) -> R
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = reader.join();
-                return Err(format!("{} did not finish within {} s", program.display(), timeout.as_secs()));
+                return Err(format!(
+                    "{} did not finish within {} s",
+                    program.display(),
+                    timeout.as_secs()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(2)),
             Err(e) => return Err(format!("waiting for {}: {e}", program.display())),
         }
     };
     let bytes = reader.join().unwrap_or_default();
-    Ok((status.code().unwrap_or(-1), String::from_utf8_lossy(&bytes).into_owned()))
+    Ok((
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
 }
 
 /// A private scratch directory for probes, removed (with whatever the probes left in it,
@@ -330,8 +411,12 @@ pub(crate) struct Scratch {
 impl Scratch {
     pub fn new() -> std::io::Result<Scratch> {
         use std::os::unix::fs::DirBuilderExt;
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("airlock-doctor-{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("airlock-doctor-{}-{nanos}", std::process::id()));
         fs::DirBuilder::new().mode(0o700).create(&path)?;
         Ok(Scratch { path })
     }
@@ -353,7 +438,9 @@ impl Drop for Scratch {
 
 fn remove_tree(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = fs::symlink_metadata(p) else { return };
+    let Ok(meta) = fs::symlink_metadata(p) else {
+        return;
+    };
     if meta.is_dir() {
         let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o700));
         if let Ok(rd) = fs::read_dir(p) {

@@ -130,12 +130,30 @@ fn container_fix(h: &Host) -> Option<String> {
 }
 
 fn overlay_opts(lower: &Path, upper: &Path, work: &Path, userxattr: bool) -> String {
-    let esc = |p: &Path| p.display().to_string().replace('\\', "\\\\").replace(',', "\\,").replace(':', "\\:");
-    format!("lowerdir={},upperdir={},workdir={}{}", esc(lower), esc(upper), esc(work), if userxattr { ",userxattr" } else { "" })
+    let esc = |p: &Path| {
+        p.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace(',', "\\,")
+            .replace(':', "\\:")
+    };
+    format!(
+        "lowerdir={},upperdir={},workdir={}{}",
+        esc(lower),
+        esc(upper),
+        esc(work),
+        if userxattr { ",userxattr" } else { "" }
+    )
 }
 
 fn private_root() -> nix::Result<()> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
 }
 
 struct Dirs {
@@ -176,29 +194,67 @@ fn userns_child(h: &Host, d: &Dirs) -> Outcome {
         }
         // ENOENT on kernels before 3.19 is fine; the gid_map write below tells.
         r.check_io(U_SETGROUPS, fs::write("/proc/self/setgroups", "deny"));
-        if !r.check_io(U_UIDMAP, fs::write("/proc/self/uid_map", &uid_map)) || !r.check_io(U_GIDMAP, fs::write("/proc/self/gid_map", &gid_map)) {
+        if !r.check_io(U_UIDMAP, fs::write("/proc/self/uid_map", &uid_map))
+            || !r.check_io(U_GIDMAP, fs::write("/proc/self/gid_map", &gid_map))
+        {
             return 1;
         }
-        if !r.check(NS_UNSHARE, unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)) || !r.check(NS_PRIVATE, private_root()) {
+        if !r.check(
+            NS_UNSHARE,
+            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID),
+        ) || !r.check(NS_PRIVATE, private_root())
+        {
             return 1;
         }
         let g = child::sub_fork(|| {
             r.ok(NS_PID1, nix::unistd::getpid().as_raw() as i64);
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-            if r.check(PROC_MOUNT, mount(Some("proc"), &d.proc_, Some("proc"), flags, None::<&str>)) {
+            if r.check(
+                PROC_MOUNT,
+                mount(Some("proc"), &d.proc_, Some("proc"), flags, None::<&str>),
+            ) {
                 match fs::read_link(d.proc_.join("self")) {
-                    Ok(p) => r.ok(PROC_SELF, p.to_str().and_then(|s| s.parse().ok()).unwrap_or(-1)),
+                    Ok(p) => r.ok(
+                        PROC_SELF,
+                        p.to_str().and_then(|s| s.parse().ok()).unwrap_or(-1),
+                    ),
                     Err(e) => r.err(PROC_SELF, e.raw_os_error().unwrap_or(libc::EIO)),
                 }
             }
-            let mounted = r.check(OVL_USERXATTR, mount(Some("overlay"), &d.merged, Some("overlay"), MsFlags::empty(), Some(ovl_x.as_str())))
-                || r.check(OVL_PLAIN, mount(Some("overlay"), &d.merged, Some("overlay"), MsFlags::empty(), Some(ovl_plain.as_str())));
+            let mounted = r.check(
+                OVL_USERXATTR,
+                mount(
+                    Some("overlay"),
+                    &d.merged,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(ovl_x.as_str()),
+                ),
+            ) || r.check(
+                OVL_PLAIN,
+                mount(
+                    Some("overlay"),
+                    &d.merged,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(ovl_plain.as_str()),
+                ),
+            );
             if mounted {
                 let read = fs::read_to_string(d.merged.join("from-lower"));
-                let wrote = fs::write(d.merged.join("from-lower"), "changed").and_then(|_| fs::write(d.merged.join("new"), "x"));
+                let wrote = fs::write(d.merged.join("from-lower"), "changed")
+                    .and_then(|_| fs::write(d.merged.join("new"), "x"));
                 match (read, wrote) {
-                    (Ok(s), Ok(())) if s == "lower" && d.upper.join("new").exists() && d.upper.join("from-lower").exists() => r.ok(OVL_WRITE, 0),
-                    (Err(e), _) | (_, Err(e)) => r.err(OVL_WRITE, e.raw_os_error().unwrap_or(libc::EIO)),
+                    (Ok(s), Ok(()))
+                        if s == "lower"
+                            && d.upper.join("new").exists()
+                            && d.upper.join("from-lower").exists() =>
+                    {
+                        r.ok(OVL_WRITE, 0)
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        r.err(OVL_WRITE, e.raw_os_error().unwrap_or(libc::EIO))
+                    }
                     _ => r.err(OVL_WRITE, libc::EIO),
                 }
             }
@@ -232,13 +288,18 @@ fn idmap_child(h: &Host, d: &Dirs) -> Outcome {
     let root = h.root;
     let host_root = h.host_root();
     child::run(TIMEOUT, |r: &Reporter| {
-        let flags = if root { CloneFlags::CLONE_NEWNS } else { CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS };
+        let flags = if root {
+            CloneFlags::CLONE_NEWNS
+        } else {
+            CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS
+        };
         if !r.check(ID_UNSHARE, unshare(flags)) {
             return 1;
         }
         if !root {
             let _ = fs::write("/proc/self/setgroups", "deny");
-            let m = fs::write("/proc/self/uid_map", &uid_map).and_then(|_| fs::write("/proc/self/gid_map", &gid_map));
+            let m = fs::write("/proc/self/uid_map", &uid_map)
+                .and_then(|_| fs::write("/proc/self/gid_map", &gid_map));
             if !r.check_io(ID_SELFMAP, m) {
                 return 1;
             }
@@ -269,10 +330,19 @@ fn idmap_child(h: &Host, d: &Dirs) -> Outcome {
                 return 1;
             }
         };
-        if !r.check_io(ID_SETATTR, sys::mount_setattr(&tree, 0, false, Some(&userns))) {
+        if !r.check_io(
+            ID_SETATTR,
+            sys::mount_setattr(&tree, 0, false, Some(&userns)),
+        ) {
             return 1;
         }
-        let target = match nix::fcntl::open(&d.idmnt, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()) {
+        let target = match nix::fcntl::open(
+            &d.idmnt,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
             Ok(t) => t,
             Err(e) => {
                 r.err(ID_MOVE, e as i32);
@@ -299,7 +369,12 @@ fn unprivileged_child() -> Outcome {
     let gid_map = format!("0 {NOBODY} 1\n");
     child::run(TIMEOUT, |r: &Reporter| {
         let (u, g) = (Uid::from_raw(NOBODY), Gid::from_raw(NOBODY));
-        if !r.check(UP_DROP, setgroups(&[]).and_then(|_| setresgid(g, g, g)).and_then(|_| setresuid(u, u, u))) {
+        if !r.check(
+            UP_DROP,
+            setgroups(&[])
+                .and_then(|_| setresgid(g, g, g))
+                .and_then(|_| setresuid(u, u, u)),
+        ) {
             return 1;
         }
         // Changing credentials made us non-dumpable, which would make /proc/self/* root's.
@@ -308,24 +383,34 @@ fn unprivileged_child() -> Outcome {
             return 1;
         }
         let _ = fs::write("/proc/self/setgroups", "deny");
-        let m = fs::write("/proc/self/uid_map", &uid_map).and_then(|_| fs::write("/proc/self/gid_map", &gid_map));
+        let m = fs::write("/proc/self/uid_map", &uid_map)
+            .and_then(|_| fs::write("/proc/self/gid_map", &gid_map));
         if !r.check_io(UP_MAP, m) {
             return 1;
         }
-        r.check(UP_MOUNT, unshare(CloneFlags::CLONE_NEWNS).and_then(|_| private_root()));
+        r.check(
+            UP_MOUNT,
+            unshare(CloneFlags::CLONE_NEWNS).and_then(|_| private_root()),
+        );
         0
     })
 }
 
 /// First failed step among `steps`, as "what: errno".
 fn first_failure(o: &Outcome, steps: &[(u8, &str)]) -> Option<(u8, String, i32)> {
-    steps.iter().find_map(|(s, what)| o.errno(*s).map(|e| (*s, format!("{what} failed: {}", errstr(e)), e)))
+    steps.iter().find_map(|(s, what)| {
+        o.errno(*s)
+            .map(|e| (*s, format!("{what} failed: {}", errstr(e)), e))
+    })
 }
 
 pub(super) fn rows(h: &Host) -> Vec<Row> {
     let sysctls = UsernsSysctls::read();
     let scratch = Scratch::new();
-    let dirs = scratch.as_ref().map_err(|e| e.to_string()).and_then(|s| prepare(s).map_err(|e| e.to_string()));
+    let dirs = scratch
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|s| prepare(s).map_err(|e| e.to_string()));
     let mut rows = vec![];
     match &dirs {
         Ok(d) => {
@@ -335,22 +420,53 @@ pub(super) fn rows(h: &Host) -> Vec<Row> {
                 rows.push(unprivileged_row(&sysctls, &unprivileged_child()));
             }
             rows.push(mount_proc_row(h, &sysctls, &o));
-            let fs_desc = h.fs_of(&d.upper).map(|(t, m)| format!("{t} at {}", m.display())).unwrap_or_else(|| "?".into());
+            let fs_desc = h
+                .fs_of(&d.upper)
+                .map(|(t, m)| format!("{t} at {}", m.display()))
+                .unwrap_or_else(|| "?".into());
             rows.push(overlay_row(&o, &fs_desc));
             let id = idmap_child(h, d);
-            let id_fs = h.fs_of(&d.idsrc).map(|(t, m)| format!("{t} at {}", m.display())).unwrap_or_else(|| "?".into());
+            let id_fs = h
+                .fs_of(&d.idsrc)
+                .map(|(t, m)| format!("{t} at {}", m.display()))
+                .unwrap_or_else(|| "?".into());
             rows.push(idmap_row(h, &id, &id_fs));
         }
         Err(e) => {
-            let detail = format!("cannot create a scratch directory in {}: {e}", std::env::temp_dir().display());
+            let detail = format!(
+                "cannot create a scratch directory in {}: {e}",
+                std::env::temp_dir().display()
+            );
             let fix = Some("make $TMPDIR (or /tmp) writable".to_string());
             for (id, name, status, needed) in [
                 ("userns", "user namespaces", Status::Missing, NEEDED_USERNS),
-                ("mount_pid_proc", "mount+pid namespaces, fresh /proc", Status::Missing, NEEDED_PROC),
-                ("overlayfs", "overlayfs in a user namespace", Status::Degraded, NEEDED_OVERLAY),
-                ("idmapped_mounts", "idmapped mounts", Status::Degraded, NEEDED_IDMAP),
+                (
+                    "mount_pid_proc",
+                    "mount+pid namespaces, fresh /proc",
+                    Status::Missing,
+                    NEEDED_PROC,
+                ),
+                (
+                    "overlayfs",
+                    "overlayfs in a user namespace",
+                    Status::Degraded,
+                    NEEDED_OVERLAY,
+                ),
+                (
+                    "idmapped_mounts",
+                    "idmapped mounts",
+                    Status::Degraded,
+                    NEEDED_IDMAP,
+                ),
             ] {
-                rows.push(Row::new(id, name, status, detail.clone(), fix.clone(), needed));
+                rows.push(Row::new(
+                    id,
+                    name,
+                    status,
+                    detail.clone(),
+                    fix.clone(),
+                    needed,
+                ));
             }
         }
     }
@@ -361,12 +477,20 @@ pub(super) fn rows(h: &Host) -> Vec<Row> {
 const NEEDED_USERNS: &str = "every sandbox (container backend)";
 const NEEDED_PROC: &str = "every sandbox (container backend): fresh /proc, PID 1";
 const NEEDED_OVERLAY: &str = "--workspace overlay (the default workspace mode)";
-const NEEDED_IDMAP: &str = "root-run sandboxes: writable binds and the overlay workspace keep host file ownership";
+const NEEDED_IDMAP: &str =
+    "root-run sandboxes: writable binds and the overlay workspace keep host file ownership";
 
 fn userns_row(h: &Host, s: &UsernsSysctls, o: &Outcome) -> Row {
     let name = "user namespaces";
     let facts = s.describe();
-    let failure = first_failure(o, &[(U_UNSHARE, "unshare(CLONE_NEWUSER)"), (U_UIDMAP, "writing /proc/self/uid_map"), (U_GIDMAP, "writing /proc/self/gid_map")]);
+    let failure = first_failure(
+        o,
+        &[
+            (U_UNSHARE, "unshare(CLONE_NEWUSER)"),
+            (U_UIDMAP, "writing /proc/self/uid_map"),
+            (U_GIDMAP, "writing /proc/self/gid_map"),
+        ],
+    );
     if let Some((_, what, _)) = failure {
         let mut detail = what;
         let blockers = s.blockers(!h.root);
@@ -391,9 +515,23 @@ fn userns_row(h: &Host, s: &UsernsSysctls, o: &Outcome) -> Row {
         return Row::new("userns", name, Status::Missing, detail, fix, NEEDED_USERNS);
     }
     if let Some(e) = o.abnormal_end().filter(|_| !o.ok(U_GIDMAP)) {
-        return Row::new("userns", name, Status::Missing, e, container_fix(h), NEEDED_USERNS);
+        return Row::new(
+            "userns",
+            name,
+            Status::Missing,
+            e,
+            container_fix(h),
+            NEEDED_USERNS,
+        );
     }
-    let detail = format!("unshare(CLONE_NEWUSER) with a single-id uid/gid map works{}", if facts.is_empty() { String::new() } else { format!(" ({facts})") });
+    let detail = format!(
+        "unshare(CLONE_NEWUSER) with a single-id uid/gid map works{}",
+        if facts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({facts})")
+        }
+    );
     Row::new("userns", name, Status::Ok, detail, None, NEEDED_USERNS)
 }
 
@@ -433,15 +571,23 @@ fn unprivileged_row(s: &UsernsSysctls, o: &Outcome) -> Row {
 
 fn mount_proc_row(h: &Host, s: &UsernsSysctls, o: &Outcome) -> Row {
     let (id, name) = ("mount_pid_proc", "mount+pid namespaces, fresh /proc");
-    let missing = |detail: String, fix: Option<String>| Row::new(id, name, Status::Missing, detail, fix, NEEDED_PROC);
+    let missing = |detail: String, fix: Option<String>| {
+        Row::new(id, name, Status::Missing, detail, fix, NEEDED_PROC)
+    };
     if !o.ok(U_GIDMAP) {
-        return missing("not tested: user namespaces are unavailable (see above)".into(), Some("fix user namespaces first".into()));
+        return missing(
+            "not tested: user namespaces are unavailable (see above)".into(),
+            Some("fix user namespaces first".into()),
+        );
     }
     let failure = first_failure(
         o,
         &[
             (NS_UNSHARE, "unshare(CLONE_NEWNS|CLONE_NEWPID)"),
-            (NS_PRIVATE, "mounting in the new mount namespace (making / private)"),
+            (
+                NS_PRIVATE,
+                "mounting in the new mount namespace (making / private)",
+            ),
             (NS_FORK, "forking into the new pid namespace"),
             (PROC_MOUNT, "mounting a fresh proc filesystem"),
             (PROC_SELF, "reading the fresh /proc"),
@@ -456,27 +602,59 @@ fn mount_proc_row(h: &Host, s: &UsernsSysctls, o: &Outcome) -> Row {
         if step == PROC_MOUNT && errno == libc::EPERM {
             detail.push_str(" — /proc is masked or partly read-only here (typical inside containers), so the kernel refuses a new proc mount");
         }
-        return missing(detail, fix.or_else(|| container_fix(h)).or_else(|| Some("check for a seccomp/LSM policy that blocks mount(2) in user namespaces".into())));
+        return missing(
+            detail,
+            fix.or_else(|| container_fix(h)).or_else(|| {
+                Some(
+                    "check for a seccomp/LSM policy that blocks mount(2) in user namespaces".into(),
+                )
+            }),
+        );
     }
     if let Some(e) = o.abnormal_end() {
         return missing(e, None);
     }
     match (o.get(NS_PID1), o.get(PROC_SELF)) {
-        (Some(Ok(1)), Some(Ok(1))) => Row::new(id, name, Status::Ok, "new mount and pid namespaces; the child is PID 1 and a fresh /proc shows it as such", None, NEEDED_PROC),
-        (pid1, procself) => missing(format!("unexpected: pid in the new namespace {pid1:?}, /proc/self -> {procself:?}"), None),
+        (Some(Ok(1)), Some(Ok(1))) => Row::new(
+            id,
+            name,
+            Status::Ok,
+            "new mount and pid namespaces; the child is PID 1 and a fresh /proc shows it as such",
+            None,
+            NEEDED_PROC,
+        ),
+        (pid1, procself) => missing(
+            format!("unexpected: pid in the new namespace {pid1:?}, /proc/self -> {procself:?}"),
+            None,
+        ),
     }
 }
 
 fn overlay_row(o: &Outcome, fs_desc: &str) -> Row {
     let (id, name) = ("overlayfs", "overlayfs in a user namespace");
-    let degraded = |detail: String, fix: &str| Row::new(id, name, Status::Degraded, detail, Some(fix.to_string()), NEEDED_OVERLAY);
+    let degraded = |detail: String, fix: &str| {
+        Row::new(
+            id,
+            name,
+            Status::Degraded,
+            detail,
+            Some(fix.to_string()),
+            NEEDED_OVERLAY,
+        )
+    };
     const FIX: &str = "overlayfs in user namespaces needs Linux 5.11+ (with userxattr) and an upper filesystem with user xattrs (ext4, xfs, btrfs, tmpfs 6.6+); meanwhile use --workspace bind or --workspace none";
     if o.get(OVL_USERXATTR).is_none() && o.get(OVL_PLAIN).is_none() {
-        return degraded("not tested: needs a user + mount namespace (see above)".into(), "fix user/mount namespaces first");
+        return degraded(
+            "not tested: needs a user + mount namespace (see above)".into(),
+            "fix user/mount namespaces first",
+        );
     }
     let write = match o.get(OVL_WRITE) {
         Some(Ok(_)) => Ok(()),
-        Some(Err(e)) => Err(format!("overlay mounted but copy-up/write through it failed: {}", errstr(e))),
+        Some(Err(e)) => Err(format!(
+            "overlay mounted but copy-up/write through it failed: {}",
+            errstr(e)
+        )),
         None => Err(String::new()),
     };
     if o.ok(OVL_USERXATTR) {
@@ -493,12 +671,26 @@ fn overlay_row(o: &Outcome, fs_desc: &str) -> Row {
         );
     }
     let plain = o.errno(OVL_PLAIN).map(errstr).unwrap_or_default();
-    degraded(format!("mount -t overlay failed with userxattr: {ux}; without: {plain} (upper on {fs_desc})"), FIX)
+    degraded(
+        format!(
+            "mount -t overlay failed with userxattr: {ux}; without: {plain} (upper on {fs_desc})"
+        ),
+        FIX,
+    )
 }
 
 fn idmap_row(h: &Host, o: &Outcome, fs_desc: &str) -> Row {
     let (id, name) = ("idmapped_mounts", "idmapped mounts");
-    let row = |status, detail: String, fix: Option<&str>| Row::new(id, name, status, detail, fix.map(str::to_string), NEEDED_IDMAP);
+    let row = |status, detail: String, fix: Option<&str>| {
+        Row::new(
+            id,
+            name,
+            status,
+            detail,
+            fix.map(str::to_string),
+            NEEDED_IDMAP,
+        )
+    };
     let failure = first_failure(
         o,
         &[
@@ -521,7 +713,11 @@ fn idmap_row(h: &Host, o: &Outcome, fs_desc: &str) -> Row {
             );
         }
         if step == ID_USERNS || (step == ID_UNSHARE && !h.root) {
-            return row(Status::Degraded, format!("{what}: needs user namespaces"), Some("fix user namespaces first"));
+            return row(
+                Status::Degraded,
+                format!("{what}: needs user namespaces"),
+                Some("fix user namespaces first"),
+            );
         }
         let fix = match (step, errno) {
             (ID_OPEN_TREE | ID_SETATTR | ID_MOVE, libc::ENOSYS) => "idmapped mounts need Linux 5.12+ (new mount API)",
@@ -549,7 +745,11 @@ mod tests {
 
     #[test]
     fn sysctl_fixes_are_exact() {
-        let s = UsernsSysctls { max_user_namespaces: Some(0), unprivileged_userns_clone: Some(0), apparmor_restrict: Some(1) };
+        let s = UsernsSysctls {
+            max_user_namespaces: Some(0),
+            unprivileged_userns_clone: Some(0),
+            apparmor_restrict: Some(1),
+        };
         let f = s.fix(true).expect("fix");
         assert!(f.starts_with(
             "sudo sysctl -w user.max_user_namespaces=28633 && sudo sysctl -w kernel.unprivileged_userns_clone=1 && sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0;"
@@ -557,9 +757,16 @@ mod tests {
         assert!(f.contains("/etc/sysctl.d/60-airlock-userns.conf"));
         // Root is only held back by max_user_namespaces.
         assert_eq!(s.blockers(false).len(), 1);
-        let ok = UsernsSysctls { max_user_namespaces: Some(100), unprivileged_userns_clone: None, apparmor_restrict: Some(0) };
+        let ok = UsernsSysctls {
+            max_user_namespaces: Some(100),
+            unprivileged_userns_clone: None,
+            apparmor_restrict: Some(0),
+        };
         assert_eq!(ok.fix(true), None);
-        assert_eq!(ok.describe(), "user.max_user_namespaces=100, kernel.apparmor_restrict_unprivileged_userns=0");
+        assert_eq!(
+            ok.describe(),
+            "user.max_user_namespaces=100, kernel.apparmor_restrict_unprivileged_userns=0"
+        );
     }
 
     #[test]

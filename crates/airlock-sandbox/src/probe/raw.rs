@@ -45,7 +45,15 @@ pub(super) fn landlock_abi() -> Result<i64, i32> {
 /// prctl(PR_GET_SECCOMP): 0 = not confined, 2 = under a filter.
 pub(super) fn get_seccomp_mode() -> io::Result<i32> {
     // SAFETY: PR_GET_SECCOMP takes no pointer arguments.
-    let r = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_GET_SECCOMP,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -92,7 +100,10 @@ pub(super) fn kvm_create_vm(kvm: &impl AsRawFd) -> io::Result<OwnedFd> {
 
 /// Install a classic-BPF seccomp filter on the calling thread (no_new_privs must be set).
 pub(super) fn seccomp_install(prog: &[libc::sock_filter]) -> io::Result<()> {
-    let fprog = libc::sock_fprog { len: prog.len() as libc::c_ushort, filter: prog.as_ptr() as *mut libc::sock_filter };
+    let fprog = libc::sock_fprog {
+        len: prog.len() as libc::c_ushort,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
     // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies the program.
     let r = unsafe {
         libc::prctl(

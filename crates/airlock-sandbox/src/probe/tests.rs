@@ -5,7 +5,14 @@ fn status_words_and_json_shape() {
     assert_eq!(Status::Ok.to_string(), "ok");
     assert_eq!(Status::Degraded.to_string(), "degraded");
     assert_eq!(Status::Missing.to_string(), "MISSING");
-    let r = Row::new("kvm", "/dev/kvm", Status::Degraded, "d", Some("f".into()), "n");
+    let r = Row::new(
+        "kvm",
+        "/dev/kvm",
+        Status::Degraded,
+        "d",
+        Some("f".into()),
+        "n",
+    );
     assert_eq!(
         serde_json::to_value(&r).expect("json"),
         serde_json::json!({"id": "kvm", "name": "/dev/kvm", "status": "degraded", "detail": "d", "fix": "f", "needed_for": "n"})
@@ -34,7 +41,10 @@ fn default_path_needs_userns_proc_seccomp_and_overlay() {
 #[test]
 fn uid_map_tells_user_namespaces() {
     assert_eq!(userns_of("         0          0 4294967295\n"), None);
-    assert_eq!(userns_of("         0       1000          1\n"), Some(Some(1000)));
+    assert_eq!(
+        userns_of("         0       1000          1\n"),
+        Some(Some(1000))
+    );
     assert_eq!(userns_of("      1000       1000          1\n"), Some(None));
     assert_eq!(userns_of("0 100000 65536\n65536 0 1\n"), Some(Some(100000)));
 }
@@ -76,19 +86,31 @@ fn landlock_feature_names() {
 
 #[test]
 fn qemu_binary_and_package_per_arch() {
-    assert_eq!(vm::qemu_names("x86_64"), ("qemu-system-x86_64".to_string(), "qemu-system-x86"));
-    assert_eq!(vm::qemu_names("aarch64"), ("qemu-system-aarch64".to_string(), "qemu-system-arm"));
+    assert_eq!(
+        vm::qemu_names("x86_64"),
+        ("qemu-system-x86_64".to_string(), "qemu-system-x86")
+    );
+    assert_eq!(
+        vm::qemu_names("aarch64"),
+        ("qemu-system-aarch64".to_string(), "qemu-system-arm")
+    );
 }
 
 #[test]
 fn kvm_absent_and_pvm_rows() {
-    let none = vm::KvmModules { pvm: false, vendor: None };
+    let none = vm::KvmModules {
+        pvm: false,
+        vendor: None,
+    };
     let r = vm::kvm_row_with(&none, Path::new("/nonexistent/kvm"));
     assert_eq!(r.status, Status::Degraded);
     assert!(r.detail.contains("TCG"), "{}", r.detail);
     assert!(r.fix.is_some());
     // PVM is reported as such whether or not /dev/kvm can be opened.
-    let pvm = vm::KvmModules { pvm: true, vendor: None };
+    let pvm = vm::KvmModules {
+        pvm: true,
+        vendor: None,
+    };
     for dev in ["/dev/kvm", "/nonexistent/kvm"] {
         let r = vm::kvm_row_with(&pvm, Path::new(dev));
         assert_eq!(r.status, Status::Degraded);
@@ -121,8 +143,28 @@ fn probe_all_on_this_host() {
     let t = Instant::now();
     let rows = probe_all();
     let elapsed = t.elapsed();
-    let get = |id: &str| rows.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("row {id} missing: {rows:#?}"));
-    for id in ["kernel", "arch", "user", "environment", "userns", "mount_pid_proc", "overlayfs", "idmapped_mounts", "seccomp", "landlock", "cgroups", "nftables", "kvm", "qemu", "net_helpers"] {
+    let get = |id: &str| {
+        rows.iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("row {id} missing: {rows:#?}"))
+    };
+    for id in [
+        "kernel",
+        "arch",
+        "user",
+        "environment",
+        "userns",
+        "mount_pid_proc",
+        "overlayfs",
+        "idmapped_mounts",
+        "seccomp",
+        "landlock",
+        "cgroups",
+        "nftables",
+        "kvm",
+        "qemu",
+        "net_helpers",
+    ] {
         let r = get(id);
         assert!(!r.detail.is_empty(), "{id} has no detail");
         assert!(!r.needed_for.is_empty(), "{id} has no needed_for");
@@ -135,14 +177,23 @@ fn probe_all_on_this_host() {
     ids.dedup();
     assert_eq!(ids.len(), rows.len(), "duplicate row ids");
     let root = nix::unistd::geteuid().is_root();
-    let host_root = root && userns_of(&fs::read_to_string("/proc/self/uid_map").unwrap_or_default()).is_none();
-    assert_eq!(rows.iter().any(|r| r.id == "userns_unprivileged"), host_root);
+    let host_root =
+        root && userns_of(&fs::read_to_string("/proc/self/uid_map").unwrap_or_default()).is_none();
+    assert_eq!(
+        rows.iter().any(|r| r.id == "userns_unprivileged"),
+        host_root
+    );
     assert_eq!(!get("user").detail.starts_with("rootless"), root);
 
     // Anything that can run these tests can run processes in namespaces on a modern kernel.
     let (maj, min) = kernel_version(&read_trim("/proc/sys/kernel/osrelease").unwrap_or_default());
     if (maj, min) >= (6, 1) && get("userns").status == Status::Ok {
-        assert_eq!(get("mount_pid_proc").status, Status::Ok, "{:?}", get("mount_pid_proc"));
+        assert_eq!(
+            get("mount_pid_proc").status,
+            Status::Ok,
+            "{:?}",
+            get("mount_pid_proc")
+        );
         assert_eq!(default_path_ok(&rows), get("seccomp").status == Status::Ok);
     }
     if let Ok(abi) = raw::landlock_abi() {
@@ -151,22 +202,47 @@ fn probe_all_on_this_host() {
     }
     let cg = cgroups();
     if cg.version == CgroupVersion::Hybrid {
-        assert!(get("cgroups").detail.starts_with("hybrid"), "{}", get("cgroups").detail);
-        if root && cg.mounts.iter().any(|m| m.mount_point == Path::new("/sys/fs/cgroup/unified")) {
+        assert!(
+            get("cgroups").detail.starts_with("hybrid"),
+            "{}",
+            get("cgroups").detail
+        );
+        if root
+            && cg
+                .mounts
+                .iter()
+                .any(|m| m.mount_point == Path::new("/sys/fs/cgroup/unified"))
+        {
             assert_eq!(get("cgroups").status, Status::Ok, "{:?}", get("cgroups"));
         }
     }
     if Path::new("/sys/module/kvm_pvm").exists() {
         let k = get("kvm");
         assert_eq!(k.status, Status::Degraded);
-        assert!(k.detail.contains("kvm_pvm (PVM) which cannot boot a stock guest kernel"), "{}", k.detail);
+        assert!(
+            k.detail
+                .contains("kvm_pvm (PVM) which cannot boot a stock guest kernel"),
+            "{}",
+            k.detail
+        );
     }
     // Nothing left behind in the temp dir.
     let leftovers: Vec<_> = fs::read_dir(std::env::temp_dir())
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("airlock-doctor-{}-", std::process::id()))).collect())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("airlock-doctor-{}-", std::process::id()))
+                })
+                .collect()
+        })
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "scratch dirs left: {leftovers:?}");
-    assert!(elapsed < Duration::from_secs(20), "probe_all took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "probe_all took {elapsed:?}"
+    );
 }
 
 #[test]
@@ -178,7 +254,15 @@ fn cgroups_report_is_fast_and_leaves_nothing() {
     for c in &r.controllers {
         if let Some(d) = &c.own_dir {
             let left = fs::read_dir(d)
-                .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("airlock-probe-{}-", std::process::id()))).count())
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| {
+                            e.file_name()
+                                .to_string_lossy()
+                                .starts_with(&format!("airlock-probe-{}-", std::process::id()))
+                        })
+                        .count()
+                })
                 .unwrap_or(0);
             assert_eq!(left, 0, "probe cgroup left in {}", d.display());
         }

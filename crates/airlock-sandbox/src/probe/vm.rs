@@ -21,7 +21,10 @@ pub(super) struct KvmModules {
 impl KvmModules {
     fn detect() -> KvmModules {
         let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
-        let loaded = |m: &str| Path::new("/sys/module").join(m).exists() || modules.lines().any(|l| l.split(' ').next() == Some(m));
+        let loaded = |m: &str| {
+            Path::new("/sys/module").join(m).exists()
+                || modules.lines().any(|l| l.split(' ').next() == Some(m))
+        };
         KvmModules {
             pvm: loaded("kvm_pvm"),
             vendor: if loaded("kvm_intel") {
@@ -40,16 +43,34 @@ pub(super) fn kvm_row() -> Row {
 }
 
 pub(super) fn kvm_row_with(m: &KvmModules, dev: &Path) -> Row {
-    let (id, name, needed) = ("kvm", "/dev/kvm", "microvm backend at hardware speed (TCG software emulation otherwise)");
-    let row = |status, detail: String, fix: Option<&str>| Row::new(id, name, status, detail, fix.map(str::to_string), needed);
+    let (id, name, needed) = (
+        "kvm",
+        "/dev/kvm",
+        "microvm backend at hardware speed (TCG software emulation otherwise)",
+    );
+    let row = |status, detail: String, fix: Option<&str>| {
+        Row::new(id, name, status, detail, fix.map(str::to_string), needed)
+    };
     const TCG: &str = "the microvm backend will use TCG software emulation";
-    let opened = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(dev);
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(dev);
     if m.pvm {
         // Whatever else holds, PVM cannot run a stock guest: say that first.
-        const PVM: &str = "KVM present but it is kvm_pvm (PVM) which cannot boot a stock guest kernel";
+        const PVM: &str =
+            "KVM present but it is kvm_pvm (PVM) which cannot boot a stock guest kernel";
         let extra = match &opened {
             Ok(f) => match raw::kvm_api_version(f) {
-                Ok(api) => format!("API {api}, KVM_CREATE_VM {}", if raw::kvm_create_vm(f).is_ok() { "works" } else { "fails" }),
+                Ok(api) => format!(
+                    "API {api}, KVM_CREATE_VM {}",
+                    if raw::kvm_create_vm(f).is_ok() {
+                        "works"
+                    } else {
+                        "fails"
+                    }
+                ),
                 Err(e) => format!("KVM_GET_API_VERSION failed: {e}"),
             },
             Err(e) => format!("{}: {e}", dev.display()),
@@ -63,31 +84,69 @@ pub(super) fn kvm_row_with(m: &KvmModules, dev: &Path) -> Row {
     let kvm = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let fix = if m.pvm { None } else { Some("enable VT-x/AMD-V in the firmware and load kvm_intel or kvm_amd (in a VM: enable nested virtualization)") };
-            return row(Status::Degraded, format!("{} does not exist; {TCG}", dev.display()), fix);
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EPERM) => {
+            let fix = if m.pvm {
+                None
+            } else {
+                Some("enable VT-x/AMD-V in the firmware and load kvm_intel or kvm_amd (in a VM: enable nested virtualization)")
+            };
             return row(
                 Status::Degraded,
-                format!("{} exists but is not accessible to this user ({e}); {TCG}", dev.display()),
-                Some("add the user to the kvm group: sudo usermod -aG kvm $USER (then log in again)"),
+                format!("{} does not exist; {TCG}", dev.display()),
+                fix,
             );
         }
-        Err(e) => return row(Status::Degraded, format!("cannot open {}: {e}; {TCG}", dev.display()), None),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EPERM) =>
+        {
+            return row(
+                Status::Degraded,
+                format!(
+                    "{} exists but is not accessible to this user ({e}); {TCG}",
+                    dev.display()
+                ),
+                Some(
+                    "add the user to the kvm group: sudo usermod -aG kvm $USER (then log in again)",
+                ),
+            );
+        }
+        Err(e) => {
+            return row(
+                Status::Degraded,
+                format!("cannot open {}: {e}; {TCG}", dev.display()),
+                None,
+            )
+        }
     };
     let api = match raw::kvm_api_version(&kvm) {
         Ok(v) => v,
-        Err(e) => return row(Status::Degraded, format!("KVM_GET_API_VERSION failed: {e}; {TCG}"), None),
+        Err(e) => {
+            return row(
+                Status::Degraded,
+                format!("KVM_GET_API_VERSION failed: {e}; {TCG}"),
+                None,
+            )
+        }
     };
     if api != KVM_API_VERSION {
-        return row(Status::Degraded, format!("KVM_GET_API_VERSION returned {api}, expected {KVM_API_VERSION}; {TCG}"), None);
+        return row(
+            Status::Degraded,
+            format!("KVM_GET_API_VERSION returned {api}, expected {KVM_API_VERSION}; {TCG}"),
+            None,
+        );
     }
     if let Err(e) = raw::kvm_create_vm(&kvm) {
-        return row(Status::Degraded, format!("KVM API {api}, but KVM_CREATE_VM failed: {e}; {TCG}"), None);
+        return row(
+            Status::Degraded,
+            format!("KVM API {api}, but KVM_CREATE_VM failed: {e}; {TCG}"),
+            None,
+        );
     }
     row(
         Status::Ok,
-        format!("KVM API {api}, KVM_CREATE_VM works{}", m.vendor.map(|v| format!(" ({v})")).unwrap_or_default()),
+        format!(
+            "KVM API {api}, KVM_CREATE_VM works{}",
+            m.vendor.map(|v| format!(" ({v})")).unwrap_or_default()
+        ),
         None,
     )
 }
@@ -109,34 +168,80 @@ pub(super) fn qemu_row() -> Row {
     let (bin, pkg) = qemu_names(arch);
     let fix = format!("apt install {pkg}  (dnf install qemu-system-{arch}-core)");
     let Some(path) = which(&bin) else {
-        return Row::new(id, name, Status::Degraded, format!("{bin} not found"), Some(fix), needed);
+        return Row::new(
+            id,
+            name,
+            Status::Degraded,
+            format!("{bin} not found"),
+            Some(fix),
+            needed,
+        );
     };
     let t = Duration::from_secs(5);
     let version = match run_bounded(&path, &["--version"], t) {
         Ok((0, out)) => out.lines().next().unwrap_or("").trim().to_string(),
-        Ok((code, out)) => return Row::new(id, name, Status::Degraded, format!("{} --version exited {code}: {}", path.display(), out.trim()), Some(fix), needed),
+        Ok((code, out)) => {
+            return Row::new(
+                id,
+                name,
+                Status::Degraded,
+                format!("{} --version exited {code}: {}", path.display(), out.trim()),
+                Some(fix),
+                needed,
+            )
+        }
         Err(e) => return Row::new(id, name, Status::Degraded, e, Some(fix), needed),
     };
     let machines = run_bounded(&path, &["-M", "help"], t);
     match machines {
-        Ok((_, out)) if out.lines().any(|l| l.split_whitespace().next() == Some("microvm")) => {
-            Row::new(id, name, Status::Ok, format!("{} — {version}; -M microvm supported", path.display()), None, needed)
+        Ok((_, out))
+            if out
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some("microvm")) =>
+        {
+            Row::new(
+                id,
+                name,
+                Status::Ok,
+                format!("{} — {version}; -M microvm supported", path.display()),
+                None,
+                needed,
+            )
         }
         Ok(_) => Row::new(
             id,
             name,
             Status::Degraded,
-            format!("{} — {version}; this build has no -M microvm machine", path.display()),
-            Some(format!("install a QEMU build with the microvm machine: {fix}")),
+            format!(
+                "{} — {version}; this build has no -M microvm machine",
+                path.display()
+            ),
+            Some(format!(
+                "install a QEMU build with the microvm machine: {fix}"
+            )),
             needed,
         ),
-        Err(e) => Row::new(id, name, Status::Degraded, format!("{} — {version}; -M help failed: {e}", path.display()), Some(fix), needed),
+        Err(e) => Row::new(
+            id,
+            name,
+            Status::Degraded,
+            format!("{} — {version}; -M help failed: {e}", path.display()),
+            Some(fix),
+            needed,
+        ),
     }
 }
 
 pub(super) fn net_helpers_row() -> Row {
-    let (id, name, needed) = ("net_helpers", "network helpers (pasta, slirp4netns)", "rootless filtered/open network modes");
-    let found: Vec<(&str, Option<std::path::PathBuf>)> = ["pasta", "passt", "slirp4netns"].into_iter().map(|b| (b, which(b))).collect();
+    let (id, name, needed) = (
+        "net_helpers",
+        "network helpers (pasta, slirp4netns)",
+        "rootless filtered/open network modes",
+    );
+    let found: Vec<(&str, Option<std::path::PathBuf>)> = ["pasta", "passt", "slirp4netns"]
+        .into_iter()
+        .map(|b| (b, which(b)))
+        .collect();
     let detail = found
         .iter()
         .map(|(b, p)| match p {
@@ -149,6 +254,13 @@ pub(super) fn net_helpers_row() -> Row {
     if have("pasta") || have("slirp4netns") {
         Row::new(id, name, Status::Ok, detail, None, needed)
     } else {
-        Row::new(id, name, Status::Degraded, detail, Some("apt install passt  (or: apt install slirp4netns)".into()), needed)
+        Row::new(
+            id,
+            name,
+            Status::Degraded,
+            detail,
+            Some("apt install passt  (or: apt install slirp4netns)".into()),
+            needed,
+        )
     }
 }

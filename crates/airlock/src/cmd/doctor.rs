@@ -25,17 +25,34 @@ pub fn write_json(rows: &[Row], default_path_ok: bool, out: &mut dyn Write) -> a
         rows: &'a [Row],
         default_path_ok: bool,
     }
-    serde_json::to_writer_pretty(&mut *out, &Report { rows, default_path_ok })?;
+    serde_json::to_writer_pretty(
+        &mut *out,
+        &Report {
+            rows,
+            default_path_ok,
+        },
+    )?;
     writeln!(out)?;
     Ok(())
 }
 
 /// The human table: status word, name, detail; `fix:` and `affects:` under rows that are not ok.
 pub fn write_table(rows: &[Row], default_path_ok: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let name_w = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(0).min(40);
+    let name_w = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(40);
     let indent = " ".repeat(9 + 1 + name_w);
     for r in rows {
-        writeln!(out, "{:<9} {:<name_w$}  {}", r.status.to_string(), r.name, r.detail)?;
+        writeln!(
+            out,
+            "{:<9} {:<name_w$}  {}",
+            r.status.to_string(),
+            r.name,
+            r.detail
+        )?;
         if r.status != Status::Ok {
             if let Some(fix) = &r.fix {
                 writeln!(out, "{indent}  fix: {fix}")?;
@@ -52,7 +69,11 @@ pub fn write_table(rows: &[Row], default_path_ok: bool, out: &mut dyn Write) -> 
             .filter(|r| probe::DEFAULT_PATH.contains(&r.id.as_str()) && r.status != Status::Ok)
             .map(|r| r.name.as_str())
             .collect();
-        writeln!(out, "default path (container backend): MISSING {} — `airlock run` cannot work until fixed", broken.join(", "))?;
+        writeln!(
+            out,
+            "default path (container backend): MISSING {} — `airlock run` cannot work until fixed",
+            broken.join(", ")
+        )?;
     }
     Ok(())
 }
@@ -62,14 +83,26 @@ mod tests {
     use super::*;
 
     fn row(id: &str, name: &str, status: Status, fix: Option<&str>) -> Row {
-        Row { id: id.into(), name: name.into(), status, detail: format!("{id} detail"), fix: fix.map(str::to_string), needed_for: "stuff".into() }
+        Row {
+            id: id.into(),
+            name: name.into(),
+            status,
+            detail: format!("{id} detail"),
+            fix: fix.map(str::to_string),
+            needed_for: "stuff".into(),
+        }
     }
 
     #[test]
     fn table_and_json() {
         let rows = vec![
             row("userns", "user namespaces", Status::Ok, None),
-            row("seccomp", "seccomp", Status::Missing, Some("rebuild the kernel")),
+            row(
+                "seccomp",
+                "seccomp",
+                Status::Missing,
+                Some("rebuild the kernel"),
+            ),
             row("kvm", "/dev/kvm", Status::Degraded, Some("usermod")),
         ];
         let mut out = Vec::new();
@@ -83,7 +116,10 @@ mod tests {
         assert_eq!(lines[2], format!("{pad}fix: rebuild the kernel"));
         assert_eq!(lines[3], format!("{pad}affects: stuff"));
         assert_eq!(lines[4], "degraded  /dev/kvm         kvm detail");
-        assert!(lines.last().expect("summary").starts_with("default path (container backend): MISSING seccomp"));
+        assert!(lines
+            .last()
+            .expect("summary")
+            .starts_with("default path (container backend): MISSING seccomp"));
 
         let mut out = Vec::new();
         write_json(&rows, false, &mut out).expect("json");

@@ -12,7 +12,11 @@ pub fn gc(json: bool) -> CliResult<i32> {
     } else if reclaimed.is_empty() {
         println!("nothing to reclaim");
     } else {
-        println!("reclaimed {} leftover sandbox(es): {}", reclaimed.len(), reclaimed.join(", "));
+        println!(
+            "reclaimed {} leftover sandbox(es): {}",
+            reclaimed.len(),
+            reclaimed.join(", ")
+        );
     }
     Ok(0)
 }

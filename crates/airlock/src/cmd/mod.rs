@@ -15,16 +15,23 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Run(a) => run::run(&a, cli.config.as_deref(), cli.no_user_config),
         Command::Gc(a) => gc::gc(a.json),
         Command::Config(a) => {
-            let resolved = run::load_config(cli.config.as_deref(), cli.no_user_config, Default::default())?;
-            config::run_config(&resolved, a.json, &mut std::io::stdout().lock()).map_err(|e| CliError::new(exit::USAGE, e))?;
+            let resolved = run::load_config(
+                cli.config.as_deref(),
+                cli.no_user_config,
+                Default::default(),
+            )?;
+            config::run_config(&resolved, a.json, &mut std::io::stdout().lock())
+                .map_err(|e| CliError::new(exit::USAGE, e))?;
             Ok(0)
         }
         Command::Init(a) => {
             let dir = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, e))?;
-            let path = init::run_init(&dir, a.force).map_err(|e| CliError::new(exit::USAGE, e).hint("pass --force to overwrite"))?;
+            let path = init::run_init(&dir, a.force)
+                .map_err(|e| CliError::new(exit::USAGE, e).hint("pass --force to overwrite"))?;
             println!("wrote {}", path.display());
             Ok(0)
         }
-        Command::Doctor(a) => doctor::run_doctor(a.json, &mut std::io::stdout().lock()).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e)),
+        Command::Doctor(a) => doctor::run_doctor(a.json, &mut std::io::stdout().lock())
+            .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e)),
     }
 }

@@ -2,7 +2,10 @@
 
 use crate::cli::{PolicyArgs, RunArgs};
 use crate::error::{CliError, CliResult};
-use airlock_model::config::{self, Layer, LoadOptions, MountLayer, NetworkLayer, ResourcesLayer, SandboxLayer, WorkspaceLayer};
+use airlock_model::config::{
+    self, Layer, LoadOptions, MountLayer, NetworkLayer, ResourcesLayer, SandboxLayer,
+    WorkspaceLayer,
+};
 use airlock_model::policy::{ByteSize, Cpus, NetMode, Profile, WorkspaceMode};
 use airlock_model::spec::{validate_name, BindSpec, Resources, RunSpec, SandboxUser, Stdio};
 use airlock_model::{exit, plan};
@@ -13,14 +16,23 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Host variables passed through by default: none of them carries a credential.
-const ENV_PASSTHROUGH: &[&str] = &["TERM", "COLORTERM", "LANG", "LANGUAGE", "LC_ALL", "TZ", "NO_COLOR"];
+const ENV_PASSTHROUGH: &[&str] = &[
+    "TERM",
+    "COLORTERM",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "TZ",
+    "NO_COLOR",
+];
 const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn parse<T: std::str::FromStr>(flag: &str, v: &str) -> CliResult<T>
 where
     T::Err: std::fmt::Display,
 {
-    v.parse().map_err(|e| CliError::usage(format!("--{flag}: {e}")))
+    v.parse()
+        .map_err(|e| CliError::usage(format!("--{flag}: {e}")))
 }
 
 /// Parse `30s`, `5m`, `1h`, `250ms`, or bare seconds.
@@ -37,7 +49,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (t, 1000.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 1h, 500ms"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 1h, 500ms"))?;
     if !v.is_finite() || v <= 0.0 || v * mult_ms > 1e12 {
         return Err(format!("invalid duration {s:?}: must be positive"));
     }
@@ -56,31 +71,60 @@ fn split_bind(spec: &str) -> (&str, Option<&str>) {
 pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
     let mut l = Layer::default();
     if let Some(v) = &p.profile {
-        l.sandbox = Some(SandboxLayer { profile: Some(parse::<Profile>("profile", v)?), ..Default::default() });
+        l.sandbox = Some(SandboxLayer {
+            profile: Some(parse::<Profile>("profile", v)?),
+            ..Default::default()
+        });
     }
-    let memory = p.memory.as_deref().map(|v| parse::<ByteSize>("memory", v)).transpose()?;
-    let cpus = p.cpus.as_deref().map(|v| parse::<Cpus>("cpus", v)).transpose()?;
+    let memory = p
+        .memory
+        .as_deref()
+        .map(|v| parse::<ByteSize>("memory", v))
+        .transpose()?;
+    let cpus = p
+        .cpus
+        .as_deref()
+        .map(|v| parse::<Cpus>("cpus", v))
+        .transpose()?;
     if p.pids == Some(0) {
         return Err(CliError::usage("--pids: must be at least 1"));
     }
     if memory.is_some() || cpus.is_some() || p.pids.is_some() {
-        l.resources = Some(ResourcesLayer { memory, cpus, pids: p.pids, disk: None });
+        l.resources = Some(ResourcesLayer {
+            memory,
+            cpus,
+            pids: p.pids,
+            disk: None,
+        });
     }
     if let Some(v) = &p.net {
-        l.network = Some(NetworkLayer { mode: Some(parse::<NetMode>("net", v)?), ..Default::default() });
+        l.network = Some(NetworkLayer {
+            mode: Some(parse::<NetMode>("net", v)?),
+            ..Default::default()
+        });
     }
     if let Some(v) = &p.workspace {
-        l.workspace = Some(WorkspaceLayer { mode: Some(parse::<WorkspaceMode>("workspace", v)?), ..Default::default() });
+        l.workspace = Some(WorkspaceLayer {
+            mode: Some(parse::<WorkspaceMode>("workspace", v)?),
+            ..Default::default()
+        });
     }
     let mut mounts = Vec::new();
     for (list, readonly) in [(&p.ro, true), (&p.rw, false)] {
         for spec in list {
             let (host, dest) = split_bind(spec);
             if host.is_empty() {
-                return Err(CliError::usage(format!("--{}: empty host path in {spec:?}", if readonly { "ro" } else { "rw" })));
+                return Err(CliError::usage(format!(
+                    "--{}: empty host path in {spec:?}",
+                    if readonly { "ro" } else { "rw" }
+                )));
             }
             let target = PathBuf::from(dest.unwrap_or(host));
-            mounts.push(MountLayer { source: PathBuf::from(host), target, readonly: Some(readonly) });
+            mounts.push(MountLayer {
+                source: PathBuf::from(host),
+                target,
+                readonly: Some(readonly),
+            });
         }
     }
     if !mounts.is_empty() {
@@ -93,13 +137,19 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
                 env.insert(k.to_string(), v.to_string());
             }
             None => {
-                let v = std::env::var(kv).map_err(|_| CliError::usage(format!("-e {kv}: {kv} is not set on the host (use -e {kv}=VALUE)")))?;
+                let v = std::env::var(kv).map_err(|_| {
+                    CliError::usage(format!(
+                        "-e {kv}: {kv} is not set on the host (use -e {kv}=VALUE)"
+                    ))
+                })?;
                 env.insert(kv.clone(), v);
             }
         }
     }
     for name in &p.env_pass {
-        let v = std::env::var(name).map_err(|_| CliError::usage(format!("--env-pass {name}: {name} is not set on the host")))?;
+        let v = std::env::var(name).map_err(|_| {
+            CliError::usage(format!("--env-pass {name}: {name} is not set on the host"))
+        })?;
         env.insert(name.clone(), v);
     }
     if !env.is_empty() {
@@ -108,16 +158,34 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
     Ok(l)
 }
 
-pub fn load_config(global_config: Option<&Path>, no_user_config: bool, cli: Layer) -> CliResult<config::Resolved> {
-    let cwd = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, anyhow::anyhow!("cannot read the current directory: {e}")))?;
-    let opts = LoadOptions { cwd, user_config: global_config.map(Path::to_path_buf), no_user_config, cli, home: None };
+pub fn load_config(
+    global_config: Option<&Path>,
+    no_user_config: bool,
+    cli: Layer,
+) -> CliResult<config::Resolved> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        CliError::new(
+            exit::USAGE,
+            anyhow::anyhow!("cannot read the current directory: {e}"),
+        )
+    })?;
+    let opts = LoadOptions {
+        cwd,
+        user_config: global_config.map(Path::to_path_buf),
+        no_user_config,
+        cli,
+        home: None,
+    };
     Ok(config::load(&opts)?)
 }
 
 fn random_suffix() -> String {
     let mut b = [0u8; 4];
     if getrandom(&mut b).is_err() {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         b = (t ^ std::process::id()).to_le_bytes();
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -128,7 +196,12 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-fn build_env(eff_env: &std::collections::BTreeMap<String, String>, profile: Profile, user: SandboxUser, tty: bool) -> Vec<(String, String)> {
+fn build_env(
+    eff_env: &std::collections::BTreeMap<String, String>,
+    profile: Profile,
+    user: SandboxUser,
+    tty: bool,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| {
         env.retain(|(ek, _)| ek != k);
@@ -172,10 +245,18 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
     let eff = &resolved.effective;
     let profile = eff.sandbox.profile;
     if eff.sandbox.image != "host" {
-        return Err(CliError::new(exit::POLICY_REFUSED, anyhow::anyhow!("image {:?} is not available yet", eff.sandbox.image)).hint("only the `host` image exists in this build"));
+        return Err(CliError::new(
+            exit::POLICY_REFUSED,
+            anyhow::anyhow!("image {:?} is not available yet", eff.sandbox.image),
+        )
+        .hint("only the `host` image exists in this build"));
     }
     if eff.sandbox.backend != airlock_model::policy::BackendKind::Container {
-        return Err(CliError::new(exit::BACKEND_UNAVAILABLE, anyhow::anyhow!("the {} backend is not available yet", eff.sandbox.backend)).hint("use backend = \"container\""));
+        return Err(CliError::new(
+            exit::BACKEND_UNAVAILABLE,
+            anyhow::anyhow!("the {} backend is not available yet", eff.sandbox.backend),
+        )
+        .hint("use backend = \"container\""));
     }
     // Profile network defaults tighten to `off` until the egress engine lands: stricter, never weaker.
     let net = eff.network.mode.unwrap_or(NetMode::Off);
@@ -196,14 +277,25 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
     };
     let hostname = a.policy.hostname.clone().unwrap_or_else(|| name.clone());
     if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0']) {
-        return Err(CliError::usage(format!("--hostname {hostname:?}: must be 1-64 characters")));
+        return Err(CliError::usage(format!(
+            "--hostname {hostname:?}: must be 1-64 characters"
+        )));
     }
-    let timeout = a.timeout.as_deref().map(parse_duration).transpose().map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
+    let timeout = a
+        .timeout
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
     if a.tty && !std::io::stdin().is_terminal() {
-        return Err(CliError::usage("-t needs a terminal on stdin").hint("drop -t when piping input or running from a script"));
+        return Err(CliError::usage("-t needs a terminal on stdin")
+            .hint("drop -t when piping input or running from a script"));
     }
     let forward_stdin = a.interactive || a.tty || !std::io::stdin().is_terminal();
-    let project_dir = canonical(&std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")), "current directory")?;
+    let project_dir = canonical(
+        &std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        "current directory",
+    )?;
     if workspace != WorkspaceMode::None {
         if project_dir == Path::new("/") {
             return Err(CliError::new(exit::POLICY_REFUSED, anyhow::anyhow!("refused: the workspace would be the host's whole filesystem (current directory is /)"))
@@ -215,11 +307,19 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
     }
     let mut binds = Vec::new();
     for m in &eff.mounts {
-        binds.push(BindSpec { source: canonical(&m.source, "mount source")?, target: m.target.clone(), writable: !m.readonly });
+        binds.push(BindSpec {
+            source: canonical(&m.source, "mount source")?,
+            target: m.target.clone(),
+            writable: !m.readonly,
+        });
     }
     let workdir = a.workdir.as_ref().map(|w| {
         let p = PathBuf::from(w);
-        if p.is_absolute() { p } else { Path::new("/workspace").join(p) }
+        if p.is_absolute() {
+            p
+        } else {
+            Path::new("/workspace").join(p)
+        }
     });
     let r = &eff.resources;
     let spec = RunSpec {
@@ -232,11 +332,20 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
         binds,
         env: build_env(&eff.env, profile, user, a.tty),
         workdir,
-        resources: Resources { memory: r.memory, cpus: r.cpus, pids: r.pids, disk: r.disk },
+        resources: Resources {
+            memory: r.memory,
+            cpus: r.cpus,
+            pids: r.pids,
+            disk: r.disk,
+        },
         require_limits: a.policy.require_limits,
         user,
         timeout,
-        stdio: if a.tty { Stdio::Tty } else { Stdio::Inherit { forward_stdin } },
+        stdio: if a.tty {
+            Stdio::Tty
+        } else {
+            Stdio::Inherit { forward_stdin }
+        },
         argv: a.cmd.clone(),
     };
 
@@ -254,12 +363,25 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
             if plan.rootless { " delegation for this user" } else { "" }
         );
     }
-    let opts = container::RunOptions { state_dir: &state, layout: &layout, timeout, tty: a.tty, forward_stdin, facts: &facts };
+    let opts = container::RunOptions {
+        state_dir: &state,
+        layout: &layout,
+        timeout,
+        tty: a.tty,
+        forward_stdin,
+        facts: &facts,
+    };
     let outcome = container::run(&plan, &opts)?;
     airlock_sandbox::phase("cleaned up");
     match outcome.ending {
-        Ending::TimedOut => eprintln!("airlock: killed: timeout after {}", a.timeout.as_deref().unwrap_or("?")),
-        Ending::OutOfMemory => eprintln!("airlock: killed: out of memory (limit {})", r.memory.map(|m| m.to_string()).unwrap_or_default()),
+        Ending::TimedOut => eprintln!(
+            "airlock: killed: timeout after {}",
+            a.timeout.as_deref().unwrap_or("?")
+        ),
+        Ending::OutOfMemory => eprintln!(
+            "airlock: killed: out of memory (limit {})",
+            r.memory.map(|m| m.to_string()).unwrap_or_default()
+        ),
         Ending::Exited(_) => {}
     }
     if let Some(c) = &outcome.changes {
