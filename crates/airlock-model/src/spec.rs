@@ -94,6 +94,10 @@ pub struct RunSpec {
     pub hostname: String,
     pub profile: Profile,
     pub net: NetMode,
+    /// Filtered mode: allowed domain patterns (`github.com`, `*.npmjs.org`).
+    pub domains: Vec<String>,
+    /// Filtered mode: allowed destination ports.
+    pub ports: Vec<u16>,
     pub workspace: WorkspaceMode,
     /// Host directory behind /workspace (absolute).
     pub project_dir: PathBuf,

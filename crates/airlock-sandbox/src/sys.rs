@@ -274,36 +274,52 @@ pub fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
-/// Send one descriptor over a Unix socket (SCM_RIGHTS).
-pub fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+/// Send descriptors with a data payload over a Unix socket (SCM_RIGHTS).
+pub fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let iov = [std::io::IoSlice::new(b"F")];
-    let fds = [fd];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(data)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
     sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None).map_err(io::Error::from)?;
     Ok(())
 }
 
-/// Receive one descriptor sent with [`send_fd`].
-pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+/// Receive a payload and up to `max_fds` descriptors sent with [`send_fds`].
+pub fn recv_fds(sock: RawFd, max_fds: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut buf = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(io::Error::from)?;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel installed this descriptor for us via SCM_RIGHTS.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut space = vec![0u8; nix::sys::socket::cmsg_space::<RawFd>() * max_fds.max(1)];
+    let (n, fds) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(io::Error::from)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(got) = c {
+                // SAFETY: the kernel installed these descriptors for us via SCM_RIGHTS.
+                fds.extend(
+                    got.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "no descriptor received",
-    ))
+        (msg.bytes, fds)
+    };
+    buf.truncate(n);
+    Ok((buf, fds))
+}
+
+/// Send one descriptor over a Unix socket.
+pub fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    send_fds(sock, b"F", &[fd])
+}
+
+/// Receive one descriptor sent with [`send_fd`].
+pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+    recv_fds(sock, 1)?
+        .1
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no descriptor received"))
 }
 
 /// Name of the pseudo-terminal slave for a master fd.
@@ -462,4 +478,97 @@ pub fn close_fds_except(first: RawFd, keep: &[RawFd]) {
         from = k + 1;
     }
     close_fds_from(from);
+}
+
+/// Add `local 0.0.0.0/0 dev lo` and `local ::/0 dev lo` (table local) in the current network
+/// namespace: every destination becomes a local address, so any connect() from inside lands on
+/// the listeners the sandbox set up (the filtered-egress trick; no veth, no firewall rules).
+pub fn add_anyip_routes() -> io::Result<()> {
+    // SAFETY: plain socket creation; wrapped immediately.
+    let sock = cvt_fd(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    } as libc::c_long)?;
+    let lo = nix::net::if_::if_nametoindex("lo").map_err(io::Error::from)?;
+    for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
+        let msg = route_msg(seq, family, lo);
+        // SAFETY: msg is a valid buffer; the kernel address is zeroed sockaddr_nl (pid 0).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: valid buffer and address for the call.
+        let n = unsafe {
+            libc::sendto(
+                sock.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = [0u8; 512];
+        // SAFETY: valid buffer.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // NLMSG_ERROR carries the result: 0 = ack.
+        if n as usize >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
+            let err = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+            if err != 0 && -err != libc::EEXIST {
+                // IPv6 may be disabled on this host; IPv4 must work.
+                if family == libc::AF_INET6 as u8
+                    && (-err == libc::EAFNOSUPPORT || -err == libc::EACCES)
+                {
+                    continue;
+                }
+                return Err(io::Error::from_raw_os_error(-err));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn route_msg(seq: u32, family: u8, oif: u32) -> Vec<u8> {
+    const RTM_NEWROUTE: u16 = 24;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_ACK: u16 = 4;
+    const NLM_F_CREATE: u16 = 0x400;
+    const NLM_F_REPLACE: u16 = 0x100;
+    const RT_TABLE_LOCAL: u8 = 255;
+    const RTPROT_STATIC: u8 = 4;
+    const RT_SCOPE_HOST: u8 = 254;
+    const RTN_LOCAL: u8 = 2;
+    const RTA_OIF: u16 = 4;
+    let mut m = Vec::with_capacity(44);
+    m.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, patched below
+    m.extend_from_slice(&RTM_NEWROUTE.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE).to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // pid
+                                              // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags(u32)
+    m.extend_from_slice(&[
+        family,
+        0,
+        0,
+        0,
+        RT_TABLE_LOCAL,
+        RTPROT_STATIC,
+        RT_SCOPE_HOST,
+        RTN_LOCAL,
+    ]);
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    // RTA_OIF attribute: len 8, type, u32 ifindex
+    m.extend_from_slice(&8u16.to_ne_bytes());
+    m.extend_from_slice(&RTA_OIF.to_ne_bytes());
+    m.extend_from_slice(&oif.to_ne_bytes());
+    let len = m.len() as u32;
+    m[0..4].copy_from_slice(&len.to_ne_bytes());
+    m
 }

@@ -53,9 +53,12 @@ pub struct PolicyArgs {
     /// Policy defaults: restrictive (no network, no write-back), moderate (default), permissive.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
-    /// Network egress: off (loopback only). filtered and open arrive with the network engine.
+    /// Network egress: off (loopback only) or filtered (allowlisted domains only; the default).
     #[arg(long, value_name = "MODE")]
     pub net: Option<String>,
+    /// Allow a domain in filtered mode: DOMAIN[:PORT] (`*.example.com` for its subdomains).
+    #[arg(long = "allow", value_name = "DOMAIN[:PORT]")]
+    pub allow: Vec<String>,
     /// How the current directory appears at /workspace: overlay (copy-on-write), bind, none.
     #[arg(long, value_name = "MODE")]
     pub workspace: Option<String>,
@@ -107,6 +110,10 @@ pub struct RunArgs {
     /// Give the command a pseudo-terminal (window size, colors, Ctrl-C).
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Append the network audit journal (JSON lines: every allowed and denied connection and
+    /// DNS answer) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub net_log: Option<PathBuf>,
     /// Forward stdin even when it is a terminal.
     #[arg(short = 'i', long)]
     pub interactive: bool,

@@ -184,6 +184,8 @@ pub struct LaunchPlan {
     /// Limits asked for that this host cannot enforce (reported, or refused with --require-limits).
     pub unenforced_limits: Vec<&'static str>,
     pub net: NetMode,
+    /// Filtered mode: what the sandbox's network namespace listens on (handed to the host side).
+    pub egress: Option<EgressPlan>,
     pub rlimit_nofile: u64,
     /// RLIMIT_NPROC for the command: counted per user namespace, so it caps this sandbox's
     /// processes even where no pids cgroup is available (rootless without delegation).
@@ -202,10 +204,27 @@ impl LaunchPlan {
     }
 }
 
+/// Listeners of a filtered sandbox's network namespace. Every destination address is local
+/// inside (any-IP routes on lo), so these catch every connection and DNS query the sandbox makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressPlan {
+    /// Transparent TCP listeners (IPv4 and IPv6), one per allowed port.
+    pub ports: Vec<u16>,
+    /// The explicit HTTP proxy (HTTP_PROXY / HTTPS_PROXY) on 127.0.0.1.
+    pub proxy_port: u16,
+    /// Allowed domain patterns, for the host-side policy.
+    pub domains: Vec<String>,
+}
+
+/// The explicit proxy's port inside filtered sandboxes.
+pub const PROXY_PORT: u16 = 3128;
+
 /// Why a spec cannot be launched as asked. Fail closed: nothing is weakened silently.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("network mode `{0}` is not available yet in this build; only `off` is enforced")]
+    #[error(
+        "network mode `{0}` is not available yet in this build; `off` and `filtered` are enforced"
+    )]
     NetModeUnsupported(NetMode),
     #[error("--workspace bind is refused by the restrictive profile")]
     BindUnderRestrictive,
@@ -215,6 +234,8 @@ pub enum Refusal {
     CloneUnsupported,
     #[error("mount target {0} is not allowed: {1}")]
     BadTarget(PathBuf, &'static str),
+    #[error("port {0} is reserved for the sandbox's explicit HTTP proxy")]
+    ReservedPort(u16),
     #[error("the command is empty")]
     EmptyCommand,
 }
@@ -222,7 +243,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn hint(&self) -> &'static str {
         match self {
-            Refusal::NetModeUnsupported(_) => "use --net off (filtered and open egress arrive with the network engine)",
+            Refusal::NetModeUnsupported(_) => "use --net filtered with --allow DOMAIN for the domains the command needs, or --net off",
             Refusal::BindUnderRestrictive => "use --workspace overlay, or --profile moderate/permissive",
             Refusal::LimitsUnenforceable(_) => {
                 "run as root, or give airlock a delegated cgroup (systemd-run --user --scope -p Delegate=yes airlock …); \
@@ -231,6 +252,7 @@ impl Refusal {
             Refusal::CloneUnsupported => "use --workspace overlay (copy-on-write, host untouched)",
             Refusal::BadTarget(..) => "mount targets must be absolute paths outside /proc, /sys, /dev and not `/`",
             Refusal::EmptyCommand => "give the command after `--`, e.g. airlock run -- echo hello",
+            Refusal::ReservedPort(_) => "remove that port from [network] ports / --allow",
         }
     }
 }
@@ -248,8 +270,11 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     if spec.argv.is_empty() {
         return Err(Refusal::EmptyCommand);
     }
-    if spec.net != NetMode::Off {
+    if spec.net == NetMode::Open {
         return Err(Refusal::NetModeUnsupported(spec.net));
+    }
+    if spec.net == NetMode::Filtered && spec.ports.contains(&PROXY_PORT) {
+        return Err(Refusal::ReservedPort(PROXY_PORT));
     }
     match spec.workspace {
         WorkspaceMode::Bind if spec.profile == Profile::Restrictive => {
@@ -467,16 +492,41 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         user: (inside, inside),
         mounts: m,
         cwd,
-        env: spec.env.clone(),
+        env: with_proxy_env(spec),
         argv: spec.argv.clone(),
         writable_paths: writable,
         limits: spec.resources,
         unenforced_limits: unenforced,
         net: spec.net,
+        egress: (spec.net == NetMode::Filtered).then(|| EgressPlan {
+            ports: spec.ports.clone(),
+            proxy_port: PROXY_PORT,
+            domains: spec.domains.clone(),
+        }),
         rlimit_nofile: 65536,
         rlimit_nproc: spec.resources.pids,
         summarize_changes: spec.workspace == WorkspaceMode::Overlay,
     })
+}
+
+/// Filtered sandboxes also advertise the explicit proxy, for tools that prefer one (the
+/// transparent path enforces the same policy for everything that ignores it).
+fn with_proxy_env(spec: &RunSpec) -> Vec<(String, String)> {
+    let mut env = spec.env.clone();
+    if spec.net == NetMode::Filtered {
+        let url = format!("http://127.0.0.1:{PROXY_PORT}");
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.push((k.into(), url.clone()));
+            }
+        }
+        for k in ["NO_PROXY", "no_proxy"] {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.push((k.into(), "localhost,127.0.0.1,::1".into()));
+            }
+        }
+    }
+    env
 }
 
 fn check_target(t: &Path) -> Result<(), Refusal> {
@@ -527,7 +577,13 @@ fn etc_files(spec: &RunSpec, home: &Path) -> Vec<MountStep> {
         file("hosts", hosts),
         file("hostname", format!("{}\n", spec.hostname)),
         // No resolver inside with --net off; filtered mode will point this at the sandbox resolver.
-        file("resolv.conf", "# airlock: no DNS in this sandbox (network off)\n".into()),
+        file(
+            "resolv.conf",
+            match spec.net {
+                NetMode::Off => "# airlock: no DNS in this sandbox (network off)\n".into(),
+                _ => "# airlock: the sandbox resolver answers allowed names only\nnameserver 127.0.0.1\noptions edns0\n".into(),
+            },
+        ),
         file("nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into()),
     ]
 }

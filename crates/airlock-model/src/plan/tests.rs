@@ -8,6 +8,8 @@ fn spec() -> RunSpec {
         hostname: "run-1".into(),
         profile: Profile::Moderate,
         net: NetMode::Off,
+        domains: vec![],
+        ports: vec![443, 80],
         workspace: WorkspaceMode::Overlay,
         project_dir: p("/home/u/proj"),
         binds: vec![],
@@ -139,6 +141,7 @@ fn rootless_overlay_plan_is_exact() {
         limits: Resources::default(),
         unenforced_limits: vec![],
         net: NetMode::Off,
+        egress: None,
         rlimit_nofile: 65536,
         rlimit_nproc: None,
         summarize_changes: true,
@@ -302,4 +305,45 @@ fn old_kernels_keep_the_upper_layer_on_disk() {
             owner: (1000, 1000)
         })
     );
+}
+
+#[test]
+fn filtered_plans_listeners_proxy_env_and_resolver() {
+    let mut s = spec();
+    s.net = NetMode::Filtered;
+    s.domains = vec!["github.com".into()];
+    let got = plan(&s, &host(1000)).expect("plan");
+    assert_eq!(
+        got.egress,
+        Some(EgressPlan {
+            ports: vec![443, 80],
+            proxy_port: PROXY_PORT,
+            domains: vec!["github.com".into()]
+        })
+    );
+    let env: Vec<&str> = got.env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        env,
+        vec![
+            "PATH",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "NO_PROXY",
+            "no_proxy"
+        ]
+    );
+    assert!(got
+        .env
+        .contains(&("HTTPS_PROXY".into(), "http://127.0.0.1:3128".into())));
+    let resolv = got.mounts.iter().find_map(|m| match m {
+        MountStep::File {
+            target, contents, ..
+        } if target == Path::new("/etc/resolv.conf") => Some(contents.clone()),
+        _ => None,
+    });
+    assert!(resolv
+        .expect("resolv.conf")
+        .contains("nameserver 127.0.0.1"));
 }

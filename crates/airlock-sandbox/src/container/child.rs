@@ -28,6 +28,8 @@ pub struct ChildArgs<'a> {
     /// PID 1 writes the overlay change summary (JSON) here before exiting.
     pub result_wr: OwnedFd,
     pub tty_sock: Option<OwnedFd>,
+    /// Filtered egress: where the network namespace's listeners go.
+    pub net_sock: Option<OwnedFd>,
     pub stdin_null: bool,
     pub seccomp: &'a [Insn],
     pub argv: Vec<CString>,
@@ -127,6 +129,14 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     tryc!(ef, rootfs::finish(plan), "make the root read-only");
     tryc!(ef, nix::unistd::sethostname(&plan.hostname), "sethostname");
     tryc!(ef, sys::loopback_up(), "bring up loopback");
+    if let (Some(egress), Some(sock)) = (&plan.egress, a.net_sock.take()) {
+        let listeners = tryc!(ef, super::netns::setup(egress), "set up filtered egress");
+        tryc!(
+            ef,
+            super::netns::send(&sock, &listeners),
+            "hand over the egress listeners"
+        );
+    }
 
     crate::phase("child: pivoted, net up");
     let slave = a

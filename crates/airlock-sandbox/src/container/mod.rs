@@ -3,7 +3,9 @@
 //! PID 1, see `child`), relays signals and the terminal, enforces the timeout, and cleans up.
 
 mod child;
+mod egress;
 pub mod landlock;
+pub mod netns;
 pub mod rootfs;
 pub mod rundir;
 pub mod seccomp;
@@ -23,6 +25,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use summary::Changes;
 
@@ -140,6 +143,63 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     crate::probe::kernel_version(&u.release().to_string_lossy()) >= (major, minor)
 }
 
+fn egress_ctx(
+    plan: &airlock_model::plan::EgressPlan,
+    opts: &RunOptions<'_>,
+) -> Result<airlock_egress::proxy::Ctx, RunError> {
+    use airlock_egress::journal::{Journal, Verdict};
+    let policy = airlock_egress::policy::EgressPolicy::new(&plan.domains, &plan.ports)
+        .map_err(|e| RunError::Setup(format!("network policy: {e}")))?;
+    let timeout = Duration::from_secs(3);
+    let resolver = match std::env::var("AIRLOCK_DNS_UPSTREAM")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(list) => {
+            let ups: Result<Vec<std::net::SocketAddr>, _> =
+                list.split(',').map(|a| a.trim().parse()).collect();
+            let ups =
+                ups.map_err(|e| RunError::Setup(format!("AIRLOCK_DNS_UPSTREAM={list:?}: {e}")))?;
+            airlock_egress::resolve::UdpResolver::new(ups, timeout)
+        }
+        None => airlock_egress::resolve::UdpResolver::from_resolv_conf()
+            .map_err(io_err("read the host's DNS configuration"))?,
+    };
+    let journal = match opts.net_journal {
+        Some(p) => Journal::new(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(io_err("open the network journal"))?,
+        ),
+        None => Journal::discard(),
+    };
+    // Say each distinct denial once on stderr (a resolver retries, asks A and AAAA, ...).
+    let said = std::sync::Mutex::new(std::collections::HashSet::new());
+    let journal = journal.with_callback(move |ev| {
+        let key = (ev.host.clone(), ev.dst.clone());
+        let first = said.lock().map(|mut s| s.insert(key)).unwrap_or(true);
+        if ev.decision == Verdict::Deny && first {
+            let target = match (&ev.host, ev.port) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.clone(),
+                (None, _) => ev.dst.clone().unwrap_or_default(),
+            };
+            let reason = ev.reason.as_deref().unwrap_or("not allowed");
+            match &ev.fix {
+                Some(fix) => eprintln!("airlock: blocked {target}: {reason}; {fix}"),
+                None => eprintln!("airlock: blocked {target}: {reason}"),
+            }
+        }
+    });
+    Ok(airlock_egress::proxy::Ctx::new(
+        policy,
+        Arc::new(resolver),
+        journal,
+    ))
+}
+
 /// Options of one run that are about the host side, not the sandbox's policy.
 pub struct RunOptions<'a> {
     pub state_dir: &'a Path,
@@ -148,6 +208,8 @@ pub struct RunOptions<'a> {
     pub tty: bool,
     pub forward_stdin: bool,
     pub facts: &'a HostFacts,
+    /// Append the filtered-egress audit journal (JSONL) here.
+    pub net_journal: Option<&'a Path>,
 }
 
 fn cstrings<'a>(items: impl Iterator<Item = String> + 'a) -> Result<Vec<CString>, RunError> {
@@ -321,6 +383,19 @@ fn run_in(
     } else {
         None
     };
+    let net_pair = if plan.egress.is_some() {
+        Some(
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::SeqPacket,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| io_err("socketpair")(e.into()))?,
+        )
+    } else {
+        None
+    };
     let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
 
     let flags = libc::CLONE_NEWUSER
@@ -335,13 +410,14 @@ fn run_in(
         result_rd.as_raw_fd(),
     ];
     parent_only.extend(signals.fds());
-    if let Some((host_end, _)) = &tty_pair {
+    for (host_end, _) in tty_pair.iter().chain(net_pair.iter()) {
         parent_only.push(host_end.as_raw_fd());
     }
     crate::phase("before clone");
     let pid = sys::clone_fork(flags).map_err(RunError::Clone)?;
     if pid == 0 {
         let tty_sock = tty_pair.map(|(_, child_end)| child_end);
+        let net_sock = net_pair.map(|(_, child_end)| child_end);
         child::main(child::ChildArgs {
             plan,
             root_path,
@@ -351,6 +427,7 @@ fn run_in(
             err_wr,
             result_wr,
             tty_sock,
+            net_sock,
             stdin_null: !opts.forward_stdin,
             seccomp: &filters,
             argv,
@@ -363,6 +440,10 @@ fn run_in(
     drop(result_wr);
     drop(prepared);
     let tty_host = tty_pair.map(|(host_end, child_end)| {
+        drop(child_end);
+        host_end
+    });
+    let net_host = net_pair.map(|(host_end, child_end)| {
         drop(child_end);
         host_end
     });
@@ -388,6 +469,13 @@ fn run_in(
     drop(sync_wr);
 
     crate::phase("released child");
+    if let (Some(h), Some(plan_egress)) = (&net_host, &plan.egress) {
+        // The child sends its listeners during setup (EOF if it died first).
+        match netns::recv(h) {
+            Ok(listeners) => egress::serve(listeners, Arc::new(egress_ctx(plan_egress, opts)?)),
+            Err(e) => crate::phase(&format!("no egress listeners: {e}")),
+        }
+    }
     let pidfd = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let (timed_out, report) = tty::supervise(

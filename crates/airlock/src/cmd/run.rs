@@ -97,10 +97,31 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
             disk: None,
         });
     }
-    if let Some(v) = &p.net {
+    let mode = p
+        .net
+        .as_deref()
+        .map(|v| parse::<NetMode>("net", v))
+        .transpose()?;
+    let mut domains = Vec::new();
+    let mut ports = Vec::new();
+    for a in &p.allow {
+        let (host, port) = match a.rsplit_once(':') {
+            Some((h, port)) => {
+                let n: u16 = port.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    CliError::usage(format!("--allow {a}: invalid port {port:?}"))
+                })?;
+                (h, Some(n))
+            }
+            None => (a.as_str(), None),
+        };
+        domains.push(host.to_string());
+        ports.extend(port);
+    }
+    if mode.is_some() || !domains.is_empty() {
         l.network = Some(NetworkLayer {
-            mode: Some(parse::<NetMode>("net", v)?),
-            ..Default::default()
+            mode,
+            domains: (!domains.is_empty()).then_some(domains),
+            ports: (!ports.is_empty()).then_some(ports),
         });
     }
     if let Some(v) = &p.workspace {
@@ -258,8 +279,12 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
         )
         .hint("use backend = \"container\""));
     }
-    // Profile network defaults tighten to `off` until the egress engine lands: stricter, never weaker.
-    let net = eff.network.mode.unwrap_or(NetMode::Off);
+    // Profile network defaults: restrictive -> off, moderate -> filtered. permissive -> open is
+    // not available yet: it tightens to filtered (stricter, never weaker).
+    let net = eff.network.mode.unwrap_or(match profile {
+        Profile::Restrictive => NetMode::Off,
+        _ => NetMode::Filtered,
+    });
     let workspace = eff.workspace.mode.unwrap_or(match profile {
         Profile::Permissive => WorkspaceMode::Bind,
         _ => WorkspaceMode::Overlay,
@@ -327,6 +352,8 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
         hostname,
         profile,
         net,
+        domains: eff.network.domains.clone(),
+        ports: eff.network.ports.clone(),
         workspace,
         project_dir: project_dir.clone(),
         binds,
@@ -370,6 +397,7 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
         tty: a.tty,
         forward_stdin,
         facts: &facts,
+        net_journal: a.net_log.as_deref(),
     };
     let outcome = container::run(&plan, &opts)?;
     airlock_sandbox::phase("cleaned up");

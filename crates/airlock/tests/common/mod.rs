@@ -8,6 +8,7 @@
 //! environment, so tests run in parallel and never read the developer's config.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod internet;
 pub mod probe;
 
 use std::ffi::OsString;

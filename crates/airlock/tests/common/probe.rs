@@ -181,6 +181,11 @@ pub fn run_probe_all(
         "none".into(),
         "--timeout".into(),
         "120s".into(),
+        // The probe's connect/sendto checks assert the `off` floor (no route anywhere). In
+        // filtered mode every address is routed to the sandbox's own listeners by design, and
+        // what they let through is proven at the HTTP/DNS level by tests/network.rs.
+        "--net".into(),
+        "off".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push("--ro".into());

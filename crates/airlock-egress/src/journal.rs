@@ -1,0 +1,231 @@
+//! The audit journal: one JSON object per line for every egress decision, allowed or denied,
+//! and an optional callback (agent mode turns denials into `blocked` events).
+
+use serde::Serialize;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What was decided about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A transparent connection (TLS by SNI, or anything that was neither TLS nor HTTP).
+    Tcp,
+    /// A DNS question.
+    Dns,
+    /// A plain-HTTP request (transparent or through the explicit proxy).
+    Http,
+    /// A CONNECT through the explicit proxy.
+    Connect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub kind: Kind,
+    /// The name asked for, as the sandbox sent it (escaped, at most 255 characters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Where the program inside tried to connect (transparent connections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    /// The address the host side connected to, or the answers it gave (DNS).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip: Vec<String>,
+    /// DNS question type (`A`, `AAAA`, `TXT`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qtype: Option<String>,
+    pub decision: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The configuration line that would allow a denied attempt, when one would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Event {
+    pub fn new(kind: Kind, decision: Verdict) -> Self {
+        Self {
+            time: now_rfc3339(),
+            kind,
+            host: None,
+            port: None,
+            dst: None,
+            ip: Vec::new(),
+            qtype: None,
+            decision,
+            reason: None,
+            fix: None,
+        }
+    }
+}
+
+type Callback = Box<dyn Fn(&Event) + Send + Sync>;
+
+/// Where events go: a JSONL sink and an optional callback.
+pub struct Journal {
+    sink: Option<Mutex<Box<dyn Write + Send>>>,
+    callback: Option<Callback>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("sink", &self.sink.is_some())
+            .field("callback", &self.callback.is_some())
+            .finish()
+    }
+}
+
+impl Journal {
+    /// Write JSON lines to `w` (a file opened for append, a pipe, a `Vec<u8>` in tests).
+    pub fn new(w: impl Write + Send + 'static) -> Self {
+        Self {
+            sink: Some(Mutex::new(Box::new(w))),
+            callback: None,
+        }
+    }
+
+    /// Record nothing.
+    pub fn discard() -> Self {
+        Self {
+            sink: None,
+            callback: None,
+        }
+    }
+
+    /// Also call `f` for every event (after it is written).
+    pub fn with_callback(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.callback = Some(Box::new(f));
+        self
+    }
+
+    /// Append one event. A failing sink never stops enforcement; the event still reaches the
+    /// callback.
+    pub fn record(&self, event: &Event) {
+        if let Some(sink) = &self.sink {
+            if let Ok(mut line) = serde_json::to_vec(event) {
+                line.push(b'\n');
+                let mut w = sink.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = w.write_all(&line).and_then(|()| w.flush());
+            }
+        }
+        if let Some(cb) = &self.callback {
+            cb(event);
+        }
+    }
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs(), d.subsec_millis())
+}
+
+fn rfc3339(secs: u64, millis: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A `Write` that appends to a shared buffer: handy for tests and for callers that ship lines
+/// elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct SharedBuf(pub std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    /// The lines written so far.
+    pub fn lines(&self) -> Vec<String> {
+        let b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&b)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(1_767_225_599, 999), "2025-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(4_107_542_400, 0), "2100-03-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn lines_and_callback() {
+        let buf = SharedBuf::default();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        let j = Journal::new(buf.clone()).with_callback(move |e| {
+            if e.decision == Verdict::Deny {
+                s.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let mut e = Event::new(Kind::Http, Verdict::Deny);
+        e.host = Some("evil.com".into());
+        e.port = Some(80);
+        e.reason = Some("evil.com is not in the allowed domains".into());
+        j.record(&e);
+        j.record(&Event::new(Kind::Dns, Verdict::Allow));
+        let lines = buf.lines();
+        assert_eq!(lines.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["kind"], "http");
+        assert_eq!(v["decision"], "deny");
+        assert_eq!(v["host"], "evil.com");
+        assert_eq!(v["port"], 80);
+        assert!(v.get("dst").is_none());
+        let v: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(v["decision"], "allow");
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+}

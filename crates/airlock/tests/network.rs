@@ -1,0 +1,298 @@
+//! End-to-end filtered egress against a fake internet of the test's own (see common/internet.rs):
+//! allowed names work with curl (HTTPS and HTTP), git and Python; everything else is denied below
+//! the program — literal IPs, fronting, unset proxies, DNS exfiltration, rebinding, metadata,
+//! DoT — and every denial is explained. Needs root (network namespaces, veth).
+
+mod common;
+
+use common::internet::Internet;
+use common::{e2e, Airlock, Outcome};
+
+fn run(a: &Airlock, inet: &Internet, allow: &[&str], cmd: &[&str]) -> Outcome {
+    let cert = inet.cert();
+    let ro = format!("{}:/etc/airlock-test-ca.pem", cert.display());
+    let mut args = vec![
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "filtered",
+        "--ro",
+        &ro,
+    ];
+    for d in allow {
+        args.push("--allow");
+        args.push(d);
+    }
+    args.push("--");
+    args.extend_from_slice(cmd);
+    a.run_with_env(&[("AIRLOCK_DNS_UPSTREAM", &inet.dns)], &args)
+}
+
+fn curl(url: &str) -> Vec<&str> {
+    vec![
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        "/etc/airlock-test-ca.pem",
+        url,
+    ]
+}
+
+#[test]
+fn allowed_names_work_over_https_and_http() {
+    if !e2e("allowed_names_work_over_https_and_http") {
+        return;
+    }
+    let inet = Internet::start(&["allowed.test"], &[]);
+    let a = Airlock::root();
+    let out = run(
+        &a,
+        &inet,
+        &["allowed.test"],
+        &curl("https://allowed.test/x"),
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.stdout, "hello from allowed.test /x\n");
+    let out = run(&a, &inet, &["allowed.test"], &curl("http://allowed.test/y"));
+    assert_eq!(
+        out.stdout,
+        "hello from allowed.test /y\n",
+        "{}",
+        out.describe()
+    );
+    // Without the proxy variables the transparent path enforces the same policy.
+    let out = run(
+        &a,
+        &inet,
+        &["allowed.test"],
+        &[
+            "env",
+            "-u",
+            "HTTPS_PROXY",
+            "-u",
+            "https_proxy",
+            "-u",
+            "HTTP_PROXY",
+            "-u",
+            "http_proxy",
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            "/etc/airlock-test-ca.pem",
+            "https://allowed.test/z",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "hello from allowed.test /z\n",
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn denied_names_get_an_explained_403_and_no_dns() {
+    if !e2e("denied_names_get_an_explained_403_and_no_dns") {
+        return;
+    }
+    let inet = Internet::start(&["allowed.test", "denied.test"], &[]);
+    let a = Airlock::root();
+    // Through the explicit proxy (curl honours HTTP_PROXY) and transparently.
+    for env_unset in [false, true] {
+        let mut cmd = vec![];
+        if env_unset {
+            cmd.extend_from_slice(&["env", "-u", "HTTP_PROXY", "-u", "http_proxy"]);
+        }
+        cmd.extend_from_slice(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "%{http_code}",
+            "http://denied.test/",
+        ]);
+        let out = run(&a, &inet, &["allowed.test"], &cmd);
+        if env_unset {
+            // The name does not even resolve inside: curl fails before connecting.
+            assert_ne!(out.code(), 0, "{}", out.describe());
+        } else {
+            assert!(out.stdout.ends_with("403"), "{}", out.describe());
+            assert!(
+                out.stdout.contains("denied.test"),
+                "the 403 must name the host: {}",
+                out.stdout
+            );
+            assert!(
+                out.stdout.contains("--allow denied.test"),
+                "the 403 must say how to allow it: {}",
+                out.stdout
+            );
+        }
+    }
+    // DNS for a denied name is refused and never forwarded upstream (no exfiltration).
+    let out = run(
+        &a,
+        &inet,
+        &["allowed.test"],
+        &[
+            "sh",
+            "-c",
+            "getent hosts exfil-secret-data.denied.test; getent hosts allowed.test",
+        ],
+    );
+    assert!(
+        out.stdout.contains(&inet.ip),
+        "allowed names resolve: {}",
+        out.describe()
+    );
+    assert!(!out.stdout.contains("exfil"), "{}", out.describe());
+    assert!(
+        !inet.dns_log().contains("exfil"),
+        "a denied name reached the upstream DNS server:\n{}",
+        inet.dns_log()
+    );
+    // HTTPS to a denied name, even with its address forced, fails.
+    let forced = format!("denied.test:443:{}", inet.ip);
+    let out = run(
+        &a,
+        &inet,
+        &["allowed.test"],
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--noproxy",
+            "*",
+            "--resolve",
+            &forced,
+            "--cacert",
+            "/etc/airlock-test-ca.pem",
+            "https://denied.test/",
+        ],
+    );
+    assert_ne!(out.code(), 0, "{}", out.describe());
+}
+
+#[test]
+fn literal_ips_fronting_rebinding_and_metadata_are_denied() {
+    if !e2e("literal_ips_fronting_rebinding_and_metadata_are_denied") {
+        return;
+    }
+    let inet = Internet::start(
+        &["allowed.test"],
+        &[
+            ("rebind.test", "127.0.0.1"),
+            ("meta.test", "169.254.169.254"),
+            ("private.test", "10.0.0.1"),
+        ],
+    );
+    let a = Airlock::root();
+    let allow = ["allowed.test", "rebind.test", "meta.test", "private.test"];
+    let noproxy = [
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--noproxy",
+        "*",
+        "-o",
+        "-",
+        "-w",
+        " %{http_code}",
+    ];
+    // A literal IP (in every spelling) is refused: the proxy only dials names it resolves itself.
+    for url in [
+        format!("http://{}/", inet.ip),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://[::ffff:169.254.169.254]/".to_string(),
+        "http://2852039166/".to_string(),
+    ] {
+        let mut cmd: Vec<&str> = noproxy.to_vec();
+        cmd.push(&url);
+        let out = run(&a, &inet, &allow, &cmd);
+        assert!(
+            !out.stdout.contains("hello"),
+            "{url} reached a server: {}",
+            out.describe()
+        );
+    }
+    // Fronting: allowed destination, other Host header.
+    let url = "http://allowed.test/";
+    let mut cmd: Vec<&str> = noproxy.to_vec();
+    cmd.extend_from_slice(&["-H", "Host: evil.test", url]);
+    let out = run(&a, &inet, &allow, &cmd);
+    assert!(out.stdout.ends_with("403"), "{}", out.describe());
+    // A forced address never matters: the host side dials the name's real address.
+    let forced = "allowed.test:80:203.0.113.9";
+    let mut cmd: Vec<&str> = noproxy.to_vec();
+    cmd.extend_from_slice(&["--resolve", forced, url]);
+    let out = run(&a, &inet, &allow, &cmd);
+    assert!(
+        out.stdout.contains("hello from allowed.test"),
+        "{}",
+        out.describe()
+    );
+    // Rebinding: allowed names that answer private/loopback/metadata addresses get nowhere.
+    for name in ["rebind.test", "meta.test", "private.test"] {
+        let url = format!("http://{name}/");
+        let mut cmd: Vec<&str> = noproxy.to_vec();
+        cmd.push(&url);
+        let out = run(&a, &inet, &allow, &cmd);
+        assert!(!out.stdout.contains("hello"), "{name}: {}", out.describe());
+    }
+    // The metadata name is refused in DNS whatever the allowlist says.
+    let out = run(
+        &a,
+        &inet,
+        &["metadata.google.internal"],
+        &["getent", "hosts", "metadata.google.internal"],
+    );
+    assert_ne!(out.code(), 0, "{}", out.describe());
+    // DoT and other ports: nothing listens, nothing gets out.
+    let py = format!("import socket\ns=socket.socket(); s.settimeout(3)\ntry:\n  s.connect(('{}', 853)); print('connected')\nexcept Exception as e: print('blocked', e)", inet.ip);
+    let out = run(&a, &inet, &allow, &["python3", "-c", &py]);
+    assert!(out.stdout.starts_with("blocked"), "{}", out.describe());
+}
+
+#[test]
+fn git_and_python_clients_work_for_allowed_names() {
+    if !e2e("git_and_python_clients_work_for_allowed_names") {
+        return;
+    }
+    let inet = Internet::start(&["git.test"], &[]);
+    // A bare repository served over dumb HTTP.
+    let work = common::TempDir::new("gitsrc");
+    let sh = |c: &str| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(c)
+            .status()
+            .expect("sh");
+        assert!(st.success(), "{c}");
+    };
+    sh(&format!(
+        "cd {w} && git init -q src && cd src && git -c user.email=t@t -c user.name=t commit -q --allow-empty -m first && git clone -q --bare . {f}/repo.git && cd {f}/repo.git && git update-server-info",
+        w = work.path().display(),
+        f = inet.files().display()
+    ));
+    let a = Airlock::root();
+    let out = run(&a, &inet, &["git.test"], &["sh", "-c", "cd /tmp && GIT_SSL_CAINFO=/etc/airlock-test-ca.pem git clone -q https://git.test/files/repo.git r && git -C r log --format=%s"]);
+    assert_eq!(out.stdout, "first\n", "{}", out.describe());
+    let py = "import urllib.request,ssl\nctx=ssl.create_default_context(cafile='/etc/airlock-test-ca.pem')\nprint(urllib.request.urlopen('https://git.test/py', context=ctx, timeout=10).read().decode().strip())";
+    let out = run(&a, &inet, &["git.test"], &["python3", "-c", py]);
+    assert_eq!(
+        out.stdout,
+        "hello from git.test /py\n",
+        "{}",
+        out.describe()
+    );
+}
