@@ -296,3 +296,27 @@ fn git_and_python_clients_work_for_allowed_names() {
         out.describe()
     );
 }
+
+#[test]
+fn rootless_filtered_egress_allows_and_denies() {
+    if !e2e("rootless_filtered_egress_allows_and_denies") {
+        return;
+    }
+    let inet = Internet::start(&["allowed.test"], &[]);
+    let user = common::test_user();
+    let bins = common::Bins::owned_by(&user);
+    let a = Airlock::rootless(&bins);
+    // The certificate must be readable by the test user for the --ro bind.
+    let cert_dir = common::TempDir::new("cert");
+    let cert = cert_dir.join("ca.pem");
+    std::fs::copy(inet.cert(), &cert).expect("copy cert");
+    common::set_mode(&cert, 0o644);
+    cert_dir.chown_to(&user);
+    common::set_mode(cert_dir.path(), 0o755);
+    let ro = format!("{}:/etc/airlock-test-ca.pem", cert.display());
+    let args = ["run", "--workspace", "none", "--allow", "allowed.test", "--ro", &ro, "--", "sh", "-c",
+        "curl -sS --max-time 10 --cacert /etc/airlock-test-ca.pem https://allowed.test/ok; curl -sS --max-time 10 -o /dev/null -w '%{http_code}\\n' http://denied.test/"];
+    let out = a.run_with_env(&[("AIRLOCK_DNS_UPSTREAM", &inet.dns)], &args);
+    assert_eq!(out.stdout, "hello from allowed.test /ok\n403\n", "{}", out.describe());
+    assert!(out.stderr.contains("blocked denied.test"), "{}", out.describe());
+}
