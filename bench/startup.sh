@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start-up cost of a sandbox, side by side with bubblewrap, in one hyperfine run.
 # Usage: bench/startup.sh [AIRLOCK_BIN]   (default: target/release/airlock; builds it if missing)
+# airlock's defaults include filtered egress (bwrap --unshare-all has no network at all), so the
+# --net off rows are the like-for-like comparison.
 # Prints a markdown table of medians and ratios to bwrap; appends nothing by itself —
 # paste the output into bench/RESULTS.md with the date and machine.
 set -euo pipefail
@@ -20,7 +22,9 @@ hyperfine -N --runs "$RUNS" --warmup "$WARMUP" --export-json "$work/r.json" \
   -n 'true' 'true' \
   -n 'bwrap' 'bwrap --unshare-all --ro-bind / / --die-with-parent true' \
   -n 'airlock --workspace none' "$OLDPWD/$AIRLOCK run --workspace none -- true" \
-  -n 'airlock (overlay workspace)' "$OLDPWD/$AIRLOCK run -- true" >&2
+  -n 'airlock (overlay workspace)' "$OLDPWD/$AIRLOCK run -- true" \
+  -n 'airlock --workspace none --net off' "$OLDPWD/$AIRLOCK run --workspace none --net off -- true" \
+  -n 'airlock --net off (overlay workspace)' "$OLDPWD/$AIRLOCK run --net off -- true" >&2
 python3 - "$work/r.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]

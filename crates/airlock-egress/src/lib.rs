@@ -14,6 +14,8 @@
 //!
 //! Everything runs on plain threads with blocking `std::net` sockets.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod addr;
 pub mod dns;
 pub mod host;
@@ -28,4 +30,4 @@ pub mod sni;
 pub use journal::{Event, Journal, Kind};
 pub use policy::{Decision, DomainPattern, EgressPolicy};
 pub use proxy::Ctx;
-pub use resolve::{Resolver, StaticResolver, UdpResolver};
+pub use resolve::{CachingResolver, Resolver, StaticResolver, UdpResolver};

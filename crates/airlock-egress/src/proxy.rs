@@ -9,6 +9,7 @@ use crate::resolve::Resolver;
 use crate::{addr, dns, host, relay, sni};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,10 @@ pub struct Ctx {
     pub dns_ttl: u32,
     /// The address floor. Always [`addr::forbidden`], except in tests that relay on loopback.
     pub forbidden: fn(IpAddr) -> Option<&'static str>,
+    /// Connections served at once (inspecting or relaying); more are closed at once, so a
+    /// sandbox cannot make the host side spawn threads without bound.
+    pub max_connections: usize,
+    active: AtomicUsize,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -47,7 +52,39 @@ impl Ctx {
             inspect_timeout: Duration::from_secs(10),
             dns_ttl: 5,
             forbidden: addr::forbidden,
+            max_connections: 1024,
+            active: AtomicUsize::new(0),
         }
+    }
+}
+
+/// A place among [`Ctx::max_connections`]; given back on drop.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Ctx {
+    /// Connections being served right now.
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    fn admit(&self, note: &Note) -> Option<Slot<'_>> {
+        let n = self.active.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(&self.active);
+        if n >= self.max_connections {
+            let reason = format!(
+                "too many connections at once (limit {})",
+                self.max_connections
+            );
+            note.record(self, Verdict::Deny, &reason, "", None);
+            return None;
+        }
+        Some(slot)
     }
 }
 
@@ -300,6 +337,14 @@ fn refusal_status(e: Option<&HttpError>) -> &'static str {
 /// (the accepted socket's local address); only its port is used: the upstream address comes
 /// from resolving the name in the SNI or Host header.
 pub fn serve_transparent(mut conn: TcpStream, dst: SocketAddr, ctx: &Ctx) {
+    let Some(_slot) = ctx.admit(&Note {
+        kind: Kind::Tcp,
+        host: None,
+        port: Some(dst.port()),
+        dst: Some(dst),
+    }) else {
+        return drop(conn);
+    };
     let _ = conn.set_nodelay(true);
     let port = dst.port();
     let mut buf = Vec::new();
@@ -458,6 +503,20 @@ fn forward_http(
 /// A connection to the explicit proxy (HTTP_PROXY / HTTPS_PROXY): `CONNECT host:port` or an
 /// absolute-form request (`GET http://host/path`).
 pub fn serve_explicit(mut conn: TcpStream, ctx: &Ctx) {
+    let Some(_slot) = ctx.admit(&Note {
+        kind: Kind::Http,
+        host: None,
+        port: None,
+        dst: None,
+    }) else {
+        return relay::refuse(
+            conn,
+            &http::response(
+                "503 Service Unavailable",
+                "airlock: too many connections at once\n",
+            ),
+        );
+    };
     let _ = conn.set_nodelay(true);
     let mut buf = Vec::new();
     let mut note = Note {

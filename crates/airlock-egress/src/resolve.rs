@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Turns a (normalized, allowed) host name into addresses. Callers filter the answers with
@@ -44,6 +45,52 @@ impl Resolver for StaticResolver {
 
 fn not_found(host: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("{host}: no such name"))
+}
+
+/// Remembers answers for a short time, so the DNS answer the sandbox got and the connection
+/// that follows it cost one upstream lookup, and see the same addresses. Failures are not
+/// remembered. Every use still goes through the address floor.
+pub struct CachingResolver {
+    inner: Arc<dyn Resolver>,
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, Vec<IpAddr>)>>,
+}
+
+/// Most names remembered at once (the oldest half is dropped beyond that).
+const CACHE_MAX: usize = 4096;
+
+impl CachingResolver {
+    pub fn new(inner: Arc<dyn Resolver>, ttl: Duration) -> Self {
+        Self {
+            inner,
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Resolver for CachingResolver {
+    fn lookup(&self, host: &str) -> io::Result<Vec<IpAddr>> {
+        let now = Instant::now();
+        {
+            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, ips)) = entries.get(host) {
+                if now.duration_since(*at) < self.ttl {
+                    return Ok(ips.clone());
+                }
+            }
+        }
+        let ips = self.inner.lookup(host)?;
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CACHE_MAX {
+            entries.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+            if entries.len() >= CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(host.to_string(), (now, ips.clone()));
+        Ok(ips)
+    }
 }
 
 /// Asks upstream nameservers over UDP (TCP when an answer is truncated), A and AAAA in
@@ -216,9 +263,7 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
 
 fn random_u16() -> u16 {
     // RandomState is seeded from the OS per thread and advanced per instance.
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    h.finish() as u16
+    RandomState::new().build_hasher().finish() as u16
 }
 
 pub(crate) fn encode_query(id: u16, name: &Name, ty: RecordType) -> io::Result<Vec<u8>> {
@@ -292,6 +337,33 @@ mod tests {
             r.lookup("b.com").unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn cache_remembers_answers_not_failures() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Counting(AtomicUsize);
+        impl Resolver for Counting {
+            fn lookup(&self, host: &str) -> io::Result<Vec<IpAddr>> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                if host == "a.com" {
+                    Ok(vec!["198.18.0.1".parse().unwrap()])
+                } else {
+                    Err(not_found(host))
+                }
+            }
+        }
+        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let c = CachingResolver::new(inner.clone(), Duration::from_millis(200));
+        assert_eq!(c.lookup("a.com").unwrap().len(), 1);
+        assert_eq!(c.lookup("a.com").unwrap().len(), 1);
+        assert_eq!(inner.0.load(Ordering::SeqCst), 1);
+        assert!(c.lookup("b.com").is_err());
+        assert!(c.lookup("b.com").is_err());
+        assert_eq!(inner.0.load(Ordering::SeqCst), 3);
+        std::thread::sleep(Duration::from_millis(250));
+        c.lookup("a.com").unwrap();
+        assert_eq!(inner.0.load(Ordering::SeqCst), 4);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub enum SniError {
 
 /// Whether these first bytes of a connection look like the start of a TLS handshake.
 pub fn looks_like_tls(buf: &[u8]) -> bool {
-    buf.first() == Some(&HANDSHAKE) && buf.get(1).map_or(true, |&v| v == 3)
+    buf.first() == Some(&HANDSHAKE) && !matches!(buf.get(1), Some(&v) if v != 3)
 }
 
 /// Reassemble the handshake bytes carried by consecutive handshake records at the start of

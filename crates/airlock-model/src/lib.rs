@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod exit;
+pub mod lifecycle;
 pub mod plan;
 pub mod policy;
 pub mod spec;

@@ -480,10 +480,42 @@ pub fn close_fds_except(first: RawFd, keep: &[RawFd]) {
     close_fds_from(from);
 }
 
-/// Add `local 0.0.0.0/0 dev lo` and `local ::/0 dev lo` (table local) in the current network
-/// namespace: every destination becomes a local address, so any connect() from inside lands on
-/// the listeners the sandbox set up (the filtered-egress trick; no veth, no firewall rules).
+/// One route for [`add_routes`] (rtnetlink RTM_NEWROUTE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub dst: std::net::IpAddr,
+    pub prefix: u8,
+    pub kind: RouteKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `local DST dev lo` in the local table: the destination is this host.
+    LocalOnLo,
+    /// `prohibit DST`: connecting fails with EACCES.
+    Prohibit,
+}
+
+/// Every address becomes local on lo (`local 0.0.0.0/0`, `local ::/0`): any connect() from inside
+/// lands on the listeners the sandbox set up (the filtered-egress trick; no veth, no firewall).
 pub fn add_anyip_routes() -> io::Result<()> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    add_routes(&[
+        Route {
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            prefix: 0,
+            kind: RouteKind::LocalOnLo,
+        },
+        Route {
+            dst: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            prefix: 0,
+            kind: RouteKind::LocalOnLo,
+        },
+    ])
+}
+
+/// Add routes in the current network namespace. IPv6 routes are skipped where IPv6 is off.
+pub fn add_routes(routes: &[Route]) -> io::Result<()> {
     // SAFETY: plain socket creation; wrapped immediately.
     let sock = cvt_fd(unsafe {
         libc::socket(
@@ -493,9 +525,9 @@ pub fn add_anyip_routes() -> io::Result<()> {
         )
     } as libc::c_long)?;
     let lo = nix::net::if_::if_nametoindex("lo").map_err(io::Error::from)?;
-    for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        let msg = route_msg(seq, family, lo);
-        // SAFETY: msg is a valid buffer; the kernel address is zeroed sockaddr_nl (pid 0).
+    for (i, r) in routes.iter().enumerate() {
+        let msg = route_msg(i as u32 + 1, r, lo);
+        // SAFETY: zeroed sockaddr_nl (pid 0 = the kernel) is valid.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
         // SAFETY: valid buffer and address for the call.
@@ -520,54 +552,67 @@ pub fn add_anyip_routes() -> io::Result<()> {
         }
         // NLMSG_ERROR carries the result: 0 = ack.
         if n as usize >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
-            let err = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
-            if err != 0 && -err != libc::EEXIST {
-                // IPv6 may be disabled on this host; IPv4 must work.
-                if family == libc::AF_INET6 as u8
-                    && (-err == libc::EAFNOSUPPORT || -err == libc::EACCES)
-                {
-                    continue;
-                }
-                return Err(io::Error::from_raw_os_error(-err));
+            let err = -i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+            let v6_off = r.dst.is_ipv6()
+                && matches!(err, libc::EAFNOSUPPORT | libc::EACCES | libc::ENETUNREACH);
+            if err != 0 && err != libc::EEXIST && !v6_off {
+                return Err(io::Error::new(
+                    io::Error::from_raw_os_error(err).kind(),
+                    format!(
+                        "route {}/{}: {}",
+                        r.dst,
+                        r.prefix,
+                        io::Error::from_raw_os_error(err)
+                    ),
+                ));
             }
         }
     }
     Ok(())
 }
 
-fn route_msg(seq: u32, family: u8, oif: u32) -> Vec<u8> {
+fn route_msg(seq: u32, r: &Route, lo: u32) -> Vec<u8> {
     const RTM_NEWROUTE: u16 = 24;
     const NLM_F_REQUEST: u16 = 1;
     const NLM_F_ACK: u16 = 4;
     const NLM_F_CREATE: u16 = 0x400;
     const NLM_F_REPLACE: u16 = 0x100;
+    const RT_TABLE_MAIN: u8 = 254;
     const RT_TABLE_LOCAL: u8 = 255;
     const RTPROT_STATIC: u8 = 4;
+    const RT_SCOPE_UNIVERSE: u8 = 0;
     const RT_SCOPE_HOST: u8 = 254;
     const RTN_LOCAL: u8 = 2;
+    const RTN_PROHIBIT: u8 = 8;
+    const RTA_DST: u16 = 1;
     const RTA_OIF: u16 = 4;
-    let mut m = Vec::with_capacity(44);
+    let (family, addr): (u8, Vec<u8>) = match r.dst {
+        std::net::IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        std::net::IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    let (table, scope, rtype) = match r.kind {
+        RouteKind::LocalOnLo => (RT_TABLE_LOCAL, RT_SCOPE_HOST, RTN_LOCAL),
+        RouteKind::Prohibit => (RT_TABLE_MAIN, RT_SCOPE_UNIVERSE, RTN_PROHIBIT),
+    };
+    let mut m = Vec::with_capacity(64);
     m.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, patched below
     m.extend_from_slice(&RTM_NEWROUTE.to_ne_bytes());
     m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE).to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes()); // pid
-                                              // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags(u32)
-    m.extend_from_slice(&[
-        family,
-        0,
-        0,
-        0,
-        RT_TABLE_LOCAL,
-        RTPROT_STATIC,
-        RT_SCOPE_HOST,
-        RTN_LOCAL,
-    ]);
+                                              // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags (u32)
+    m.extend_from_slice(&[family, r.prefix, 0, 0, table, RTPROT_STATIC, scope, rtype]);
     m.extend_from_slice(&0u32.to_ne_bytes());
-    // RTA_OIF attribute: len 8, type, u32 ifindex
-    m.extend_from_slice(&8u16.to_ne_bytes());
-    m.extend_from_slice(&RTA_OIF.to_ne_bytes());
-    m.extend_from_slice(&oif.to_ne_bytes());
+    if r.prefix > 0 {
+        m.extend_from_slice(&((4 + addr.len()) as u16).to_ne_bytes());
+        m.extend_from_slice(&RTA_DST.to_ne_bytes());
+        m.extend_from_slice(&addr);
+    }
+    if r.kind == RouteKind::LocalOnLo {
+        m.extend_from_slice(&8u16.to_ne_bytes());
+        m.extend_from_slice(&RTA_OIF.to_ne_bytes());
+        m.extend_from_slice(&lo.to_ne_bytes());
+    }
     let len = m.len() as u32;
     m[0..4].copy_from_slice(&len.to_ne_bytes());
     m

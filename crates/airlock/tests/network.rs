@@ -317,6 +317,98 @@ fn rootless_filtered_egress_allows_and_denies() {
     let args = ["run", "--workspace", "none", "--allow", "allowed.test", "--ro", &ro, "--", "sh", "-c",
         "curl -sS --max-time 10 --cacert /etc/airlock-test-ca.pem https://allowed.test/ok; curl -sS --max-time 10 -o /dev/null -w '%{http_code}\\n' http://denied.test/"];
     let out = a.run_with_env(&[("AIRLOCK_DNS_UPSTREAM", &inet.dns)], &args);
-    assert_eq!(out.stdout, "hello from allowed.test /ok\n403\n", "{}", out.describe());
-    assert!(out.stderr.contains("blocked denied.test"), "{}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "hello from allowed.test /ok\n403\n",
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("blocked denied.test"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// Open mode: outbound works (through pasta, user-mode networking), but the metadata floor holds
+/// and the host's loopback services stay out of reach.
+fn open_mode(a: &Airlock, inet: &Internet, label: &str) {
+    let host_lo = std::net::TcpListener::bind("127.0.0.1:0").expect("host loopback listener");
+    host_lo.set_nonblocking(true).expect("nonblocking");
+    let port = host_lo.local_addr().expect("addr").port();
+    let script = format!(
+        "curl -sS --max-time 10 http://{ip}/open; \
+         curl -sS --max-time 3 -o /dev/null -w 'meta %{{http_code}}\\n' http://169.254.169.254/ 2>/dev/null; \
+         curl -sS --max-time 3 -o /dev/null -w 'alibaba %{{http_code}}\\n' http://100.100.100.200/ 2>/dev/null; \
+         curl -sS --max-time 3 -o /dev/null -w 'hostlo %{{http_code}}\\n' http://127.0.0.1:{port}/ 2>/dev/null; true",
+        ip = inet.ip
+    );
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "open",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    assert!(
+        out.stdout
+            .starts_with(&format!("hello from {} /open\n", inet.ip)),
+        "{label}: {}",
+        out.describe()
+    );
+    for blocked in ["meta 000", "alibaba 000", "hostlo 000"] {
+        assert!(
+            out.stdout.contains(blocked),
+            "{label}: expected `{blocked}`: {}",
+            out.describe()
+        );
+    }
+    assert!(
+        host_lo.accept().is_err(),
+        "{label}: the host's loopback listener was reached"
+    );
+}
+
+#[test]
+fn open_mode_reaches_out_but_not_metadata_or_host_loopback() {
+    if !e2e("open_mode_reaches_out_but_not_metadata_or_host_loopback") {
+        return;
+    }
+    let inet = Internet::start(&["open.test"], &[]);
+    open_mode(&Airlock::root(), &inet, "rootful");
+    let user = common::test_user();
+    let bins = common::Bins::owned_by(&user);
+    let rootless = Airlock::rootless(&bins);
+    // pasta needs /dev/net/tun; some hosts (this CI VM: mode 0600) keep it from ordinary users.
+    let tun_ok = std::process::Command::new("runuser")
+        .args([
+            "-u",
+            &user.name,
+            "--",
+            "sh",
+            "-c",
+            "test -r /dev/net/tun -a -w /dev/net/tun",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if tun_ok {
+        open_mode(&rootless, &inet, "rootless");
+    } else {
+        let out = rootless.run(&["run", "--workspace", "none", "--net", "open", "--", "true"]);
+        assert_ne!(out.code(), 0, "{}", out.describe());
+        assert!(
+            out.stderr.contains("/dev/net/tun"),
+            "the refusal must name /dev/net/tun: {}",
+            out.describe()
+        );
+        println!(
+            "note: rootless open mode not exercised: /dev/net/tun is not usable by {}",
+            user.name
+        );
+    }
 }

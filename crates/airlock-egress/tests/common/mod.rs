@@ -38,9 +38,18 @@ pub fn test_ctx(domains: &[&str], ports: &[u16], names: &[&str]) -> (Arc<Ctx>, S
     ctx_with(domains, ports, Arc::new(resolver), true)
 }
 
-pub fn ctx_with(domains: &[&str], ports: &[u16], resolver: Arc<dyn Resolver>, loopback_ok: bool) -> (Arc<Ctx>, SharedBuf) {
+pub fn ctx_with(
+    domains: &[&str],
+    ports: &[u16],
+    resolver: Arc<dyn Resolver>,
+    loopback_ok: bool,
+) -> (Arc<Ctx>, SharedBuf) {
     let buf = SharedBuf::default();
-    let mut ctx = Ctx::new(EgressPolicy::new(domains, ports).unwrap(), resolver, Journal::new(buf.clone()));
+    let mut ctx = Ctx::new(
+        EgressPolicy::new(domains, ports).unwrap(),
+        resolver,
+        Journal::new(buf.clone()),
+    );
     ctx.connect_timeout = Duration::from_secs(3);
     ctx.inspect_timeout = Duration::from_secs(3);
     if loopback_ok {
@@ -56,7 +65,10 @@ pub fn journal(buf: &SharedBuf, n: usize) -> Vec<serde_json::Value> {
     loop {
         let lines = buf.lines();
         if lines.len() >= n || Instant::now() > deadline {
-            return lines.iter().map(|l| serde_json::from_str(l).expect("journal line is JSON")).collect();
+            return lines
+                .iter()
+                .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+                .collect();
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -140,13 +152,18 @@ pub fn http_server() -> (u16, Receiver<Vec<u8>>) {
                 let head = String::from_utf8_lossy(&got[..head_end]).to_string();
                 let lower = head.to_ascii_lowercase();
                 let want = if let Some(i) = lower.find("content-length: ") {
-                    let v: String = lower[i + 16..].chars().take_while(char::is_ascii_digit).collect();
+                    let v: String = lower[i + 16..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
                     head_end + v.parse::<usize>().unwrap()
                 } else {
                     head_end
                 };
                 let chunked = lower.contains("transfer-encoding: chunked");
-                while (chunked && !got[head_end..].ends_with(b"0\r\n\r\n")) || (!chunked && got.len() < want) {
+                while (chunked && !got[head_end..].ends_with(b"0\r\n\r\n"))
+                    || (!chunked && got.len() < want)
+                {
                     match c.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -154,10 +171,15 @@ pub fn http_server() -> (u16, Receiver<Vec<u8>>) {
                 }
                 let path = head.split(' ').nth(1).unwrap_or("?").to_string();
                 let body = format!("hello from upstream: {path}");
-                let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = c.shutdown(Shutdown::Write);
                 // Anything else the proxy sends (it should send nothing) is recorded too.
-                c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                c.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
                 while let Ok(n) = c.read(&mut buf) {
                     if n == 0 {
                         break;
@@ -236,7 +258,11 @@ fn reply(zone: &Zone, query: &Message) -> Message {
     let mut found = false;
     for _ in 0..10 {
         if let Some(target) = zone.cname.get(&name) {
-            resp.add_answer(Record::from_rdata(Name::from_ascii(&name).unwrap(), 60, RData::CNAME(CNAME(Name::from_ascii(target).unwrap()))));
+            resp.add_answer(Record::from_rdata(
+                Name::from_ascii(&name).unwrap(),
+                60,
+                RData::CNAME(CNAME(Name::from_ascii(target).unwrap())),
+            ));
             name = fqdn(target);
             found = true;
             continue;
@@ -249,7 +275,11 @@ fn reply(zone: &Zone, query: &Message) -> Message {
                     (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(*v6)),
                     _ => continue,
                 };
-                resp.add_answer(Record::from_rdata(Name::from_ascii(&name).unwrap(), 60, data));
+                resp.add_answer(Record::from_rdata(
+                    Name::from_ascii(&name).unwrap(),
+                    60,
+                    data,
+                ));
             }
         }
         break;
@@ -273,7 +303,9 @@ pub fn dns_server(zone: Zone) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize
         let mut buf = [0u8; 4096];
         while let Ok((n, from)) = udp.recv_from(&mut buf) {
             c.fetch_add(1, Ordering::SeqCst);
-            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
             if q.metadata.message_type != MessageType::Query || q.queries.len() != 1 {
                 continue;
             }
@@ -285,7 +317,11 @@ pub fn dns_server(zone: Zone) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize
                 let mut fake = reply(&z, &q);
                 fake.metadata.id = q.metadata.id.wrapping_add(1);
                 fake.answers.clear();
-                fake.add_answer(Record::from_rdata(Name::from_ascii(&name).unwrap(), 60, RData::A(A(Ipv4Addr::new(6, 6, 6, 6)))));
+                fake.add_answer(Record::from_rdata(
+                    Name::from_ascii(&name).unwrap(),
+                    60,
+                    RData::A(A(Ipv4Addr::new(6, 6, 6, 6))),
+                ));
                 let _ = udp.send_to(&fake.to_vec().unwrap(), from);
             }
             let mut r = reply(&z, &q);
@@ -307,7 +343,9 @@ pub fn dns_server(zone: Zone) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize
             if s.read_exact(&mut q).is_err() {
                 continue;
             }
-            let Ok(q) = Message::from_vec(&q) else { continue };
+            let Ok(q) = Message::from_vec(&q) else {
+                continue;
+            };
             let r = reply(&zone, &q).to_vec().unwrap();
             let mut out = (r.len() as u16).to_be_bytes().to_vec();
             out.extend_from_slice(&r);

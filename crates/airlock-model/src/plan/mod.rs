@@ -28,6 +28,8 @@ pub struct HostFacts {
     pub limits: LimitSupport,
     /// tmpfs supports user.* xattrs (Linux >= 6.6): overlay upper layers can live in memory.
     pub tmpfs_xattr: bool,
+    /// pasta (user-mode networking, from passt) is installed: open mode is possible.
+    pub pasta: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +221,17 @@ pub struct EgressPlan {
 /// The explicit proxy's port inside filtered sandboxes.
 pub const PROXY_PORT: u16 = 3128;
 
+/// Open mode: the resolver address inside (TEST-NET-2, never routed anywhere); the user-mode
+/// network stack forwards queries to it to the host's resolver.
+pub const OPEN_DNS: &str = "198.51.100.53";
+
+/// The metadata floor, held in every mode: (address, prefix length) made unreachable inside.
+pub const METADATA_FLOOR: &[(&str, u8)] = &[
+    ("169.254.0.0", 16),
+    ("100.100.100.200", 32),
+    ("fd00:ec2::254", 128),
+];
+
 /// Why a spec cannot be launched as asked. Fail closed: nothing is weakened silently.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -243,7 +256,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn hint(&self) -> &'static str {
         match self {
-            Refusal::NetModeUnsupported(_) => "use --net filtered with --allow DOMAIN for the domains the command needs, or --net off",
+            Refusal::NetModeUnsupported(_) => "install passt (it provides pasta), or use --net filtered with --allow DOMAIN",
             Refusal::BindUnderRestrictive => "use --workspace overlay, or --profile moderate/permissive",
             Refusal::LimitsUnenforceable(_) => {
                 "run as root, or give airlock a delegated cgroup (systemd-run --user --scope -p Delegate=yes airlock …); \
@@ -270,8 +283,8 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     if spec.argv.is_empty() {
         return Err(Refusal::EmptyCommand);
     }
-    if spec.net == NetMode::Open {
-        return Err(Refusal::NetModeUnsupported(spec.net));
+    if spec.net == NetMode::Open && !host.pasta {
+        return Err(Refusal::NetModeUnsupported(NetMode::Open));
     }
     if spec.net == NetMode::Filtered && spec.ports.contains(&PROXY_PORT) {
         return Err(Refusal::ReservedPort(PROXY_PORT));
@@ -581,6 +594,7 @@ fn etc_files(spec: &RunSpec, home: &Path) -> Vec<MountStep> {
             "resolv.conf",
             match spec.net {
                 NetMode::Off => "# airlock: no DNS in this sandbox (network off)\n".into(),
+                NetMode::Open => format!("# airlock: open network, the host's resolver via the user-mode stack\nnameserver {OPEN_DNS}\n"),
                 _ => "# airlock: the sandbox resolver answers allowed names only\nnameserver 127.0.0.1\noptions edns0\n".into(),
             },
         ),

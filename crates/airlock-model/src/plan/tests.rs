@@ -42,6 +42,7 @@ fn host(uid: u32) -> HostFacts {
             cpu: false,
         },
         tmpfs_xattr: true,
+        pasta: true,
     }
 }
 
@@ -222,10 +223,13 @@ fn rootful_root_user_maps_to_unprivileged_range_and_idmaps_writable_mounts() {
 fn refusals_fail_closed() {
     let mut s = spec();
     s.net = NetMode::Open;
+    let mut no_pasta = host(0);
+    no_pasta.pasta = false;
     assert_eq!(
-        plan(&s, &host(0)),
+        plan(&s, &no_pasta),
         Err(Refusal::NetModeUnsupported(NetMode::Open))
     );
+    assert!(plan(&s, &host(0)).is_ok());
 
     let mut s = spec();
     s.profile = Profile::Restrictive;

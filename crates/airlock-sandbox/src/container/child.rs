@@ -129,6 +129,13 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     tryc!(ef, rootfs::finish(plan), "make the root read-only");
     tryc!(ef, nix::unistd::sethostname(&plan.hostname), "sethostname");
     tryc!(ef, sys::loopback_up(), "bring up loopback");
+    if plan.net == airlock_model::policy::NetMode::Open {
+        tryc!(
+            ef,
+            sys::add_routes(&metadata_floor()),
+            "hold the metadata floor"
+        );
+    }
     if let (Some(egress), Some(sock)) = (&plan.egress, a.net_sock.take()) {
         let listeners = tryc!(ef, super::netns::setup(egress), "set up filtered egress");
         tryc!(
@@ -388,4 +395,18 @@ fn finish(code: i32, dirs: Option<&SummaryDirs>, result: &OwnedFd) -> ! {
         }
     }
     sys::exit_now(code)
+}
+
+/// Open mode: the cloud metadata ranges are prohibited routes (EACCES), whatever pasta offers.
+fn metadata_floor() -> Vec<sys::Route> {
+    airlock_model::plan::METADATA_FLOOR
+        .iter()
+        .filter_map(|(a, prefix)| {
+            a.parse().ok().map(|dst| sys::Route {
+                dst,
+                prefix: *prefix,
+                kind: sys::RouteKind::Prohibit,
+            })
+        })
+        .collect()
 }

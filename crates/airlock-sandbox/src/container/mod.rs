@@ -132,7 +132,84 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
         project_owner: owner,
         limits: layout.support(),
         tmpfs_xattr: kernel_at_least(6, 6),
+        pasta: pasta_path().is_some(),
     }
+}
+
+/// pasta (from passt): the user-mode network stack behind open mode.
+pub fn pasta_path() -> Option<PathBuf> {
+    [
+        "/usr/bin/pasta",
+        "/usr/sbin/pasta",
+        "/usr/local/bin/pasta",
+        "/bin/pasta",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// Open mode: attach pasta to the sandbox's network namespace (it copies the host's addresses
+/// and routes, forwards DNS sent to OPEN_DNS to the host's resolver, and does not map the
+/// gateway to the host's loopback). Returns pasta's pid once the namespace is configured.
+fn start_pasta(pid: i32, dir: &Path) -> Result<i32, RunError> {
+    let exe = pasta_path().ok_or_else(|| RunError::Setup("pasta is not installed".into()))?;
+    let pidfile = dir.join(format!(".pasta-{pid}.pid"));
+    let mut cmd = std::process::Command::new(exe);
+    // -T/-U none: pasta would otherwise offer the host's loopback listeners on the sandbox's loopback.
+    cmd.args([
+        "--config-net",
+        "--no-map-gw",
+        "-q",
+        "-t",
+        "none",
+        "-u",
+        "none",
+        "-T",
+        "none",
+        "-U",
+        "none",
+        "--dns-forward",
+        airlock_model::plan::OPEN_DNS,
+    ])
+    .arg("--netns")
+    .arg(format!("/proc/{pid}/ns/net"))
+    .arg("--userns")
+    .arg(format!("/proc/{pid}/ns/user"))
+    .arg("-P")
+    .arg(&pidfile)
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null());
+    if nix::unistd::geteuid().is_root() {
+        // pasta drops root by default; the sandbox's user namespace belongs to root.
+        cmd.args(["--runas", "0"]);
+    }
+    let out = cmd.output().map_err(io_err("start pasta"))?;
+    if !out.status.success() {
+        let err: String = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.contains("syslog"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let tun = nix::unistd::access(
+            "/dev/net/tun",
+            nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+        )
+        .is_err();
+        let hint = if tun {
+            " (/dev/net/tun is not readable and writable by this user: `chmod 0666 /dev/net/tun`, or use --net filtered)"
+        } else {
+            ""
+        };
+        return Err(RunError::Setup(format!(
+            "open network: pasta failed: {err}{hint}"
+        )));
+    }
+    let pasta = fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let _ = fs::remove_file(&pidfile);
+    pasta.ok_or_else(|| RunError::Setup("pasta did not report its pid".into()))
 }
 
 /// Whether the running kernel is at least `major.minor`.
@@ -141,6 +218,15 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
         return false;
     };
     crate::probe::kernel_version(&u.release().to_string_lossy()) >= (major, minor)
+}
+
+/// A helper process (pasta) killed when the run ends.
+struct KillOnDrop(nix::unistd::Pid);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGTERM);
+    }
 }
 
 fn egress_ctx(
@@ -458,14 +544,27 @@ fn run_in(
         if let Some(cg) = cg {
             cg.add(pid)?;
         }
-        nix::unistd::write(&sync_wr, &[1]).map_err(|e| io_err("start the sandbox")(e.into()))?;
         Ok(())
     })();
-    if let Err(e) = setup {
-        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(child, None);
-        return Err(e);
-    }
+    // Open mode: the namespace gets its user-mode network stack before anything runs in it.
+    let setup = setup.and_then(|()| match plan.net {
+        airlock_model::policy::NetMode::Open => {
+            start_pasta(pid, root_path.parent().unwrap_or(&root_path)).map(Some)
+        }
+        _ => Ok(None),
+    });
+    let setup = setup.and_then(|pasta| {
+        nix::unistd::write(&sync_wr, &[1]).map_err(|e| io_err("start the sandbox")(e.into()))?;
+        Ok(pasta)
+    });
+    let pasta = match setup {
+        Ok(p) => p.map(|p| KillOnDrop(nix::unistd::Pid::from_raw(p))),
+        Err(e) => {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child, None);
+            return Err(e);
+        }
+    };
     drop(sync_wr);
 
     crate::phase("released child");
@@ -491,6 +590,7 @@ fn run_in(
         .map_err(|e| io_err("wait for the sandbox")(e.into()))?;
 
     crate::phase("child exited");
+    drop(pasta);
     let mut msg = String::new();
     let mut f = fs::File::from(err_rd);
     let _ = f.read_to_string(&mut msg);

@@ -279,11 +279,11 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
         )
         .hint("use backend = \"container\""));
     }
-    // Profile network defaults: restrictive -> off, moderate -> filtered. permissive -> open is
-    // not available yet: it tightens to filtered (stricter, never weaker).
+    // Profile network defaults (SPEC §2): restrictive -> off, moderate -> filtered, permissive -> open.
     let net = eff.network.mode.unwrap_or(match profile {
         Profile::Restrictive => NetMode::Off,
-        _ => NetMode::Filtered,
+        Profile::Moderate => NetMode::Filtered,
+        Profile::Permissive => NetMode::Open,
     });
     let workspace = eff.workspace.mode.unwrap_or(match profile {
         Profile::Permissive => WorkspaceMode::Bind,
