@@ -9,14 +9,27 @@ use common::internet::Internet;
 use common::{e2e, Airlock, Outcome};
 
 fn run(a: &Airlock, inet: &Internet, allow: &[&str], cmd: &[&str]) -> Outcome {
-    let cert = inet.cert();
-    let ro = format!("{}:/etc/airlock-test-ca.pem", cert.display());
+    run_journaled(a, inet, allow, cmd).0
+}
+
+/// Run with `--net-log`; returns the outcome and the journal's lines (each checked to be JSON).
+fn run_journaled(
+    a: &Airlock,
+    inet: &Internet,
+    allow: &[&str],
+    cmd: &[&str],
+) -> (Outcome, Vec<serde_json::Value>) {
+    let log = a.dir.join(format!("net-{}.jsonl", common::random_hex()));
+    let log_s = log.display().to_string();
+    let ro = format!("{}:/etc/airlock-test-ca.pem", inet.cert().display());
     let mut args = vec![
         "run",
         "--workspace",
         "none",
         "--net",
         "filtered",
+        "--net-log",
+        &log_s,
         "--ro",
         &ro,
     ];
@@ -26,7 +39,25 @@ fn run(a: &Airlock, inet: &Internet, allow: &[&str], cmd: &[&str]) -> Outcome {
     }
     args.push("--");
     args.extend_from_slice(cmd);
-    a.run_with_env(&[("AIRLOCK_DNS_UPSTREAM", &inet.dns)], &args)
+    let out = a.run_with_env(&[("AIRLOCK_DNS_UPSTREAM", &inet.dns)], &args);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let journal = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("journal line is not JSON ({e}): {l}"))
+        })
+        .collect();
+    (out, journal)
+}
+
+/// The journal has a `deny` entry about `host`.
+fn journaled_deny(journal: &[serde_json::Value], host: &str) -> bool {
+    journal.iter().any(|e| {
+        e["decision"] == "deny"
+            && (e["host"].as_str().is_some_and(|h| h.contains(host))
+                || e["dst"].as_str().is_some_and(|d| d.contains(host)))
+    })
 }
 
 fn curl(url: &str) -> Vec<&str> {
@@ -137,8 +168,17 @@ fn denied_names_get_an_explained_403_and_no_dns() {
             );
         }
     }
+    // CONNECT through the explicit proxy to a denied name: refused and journaled.
+    let (out, journal) = run_journaled(&a, &inet, &["allowed.test"], &curl("https://denied.test/"));
+    assert_ne!(out.code(), 0, "{}", out.describe());
+    assert!(
+        journal
+            .iter()
+            .any(|e| e["kind"] == "connect" && e["decision"] == "deny"),
+        "CONNECT denial not journaled: {journal:?}"
+    );
     // DNS for a denied name is refused and never forwarded upstream (no exfiltration).
-    let out = run(
+    let (out, journal) = run_journaled(
         &a,
         &inet,
         &["allowed.test"],
@@ -154,6 +194,16 @@ fn denied_names_get_an_explained_403_and_no_dns() {
         out.describe()
     );
     assert!(!out.stdout.contains("exfil"), "{}", out.describe());
+    assert!(
+        journaled_deny(&journal, "exfil-secret-data.denied.test"),
+        "DNS refusal not journaled: {journal:?}"
+    );
+    assert!(
+        journal
+            .iter()
+            .any(|e| e["kind"] == "dns" && e["decision"] == "allow"),
+        "allowed DNS answer not journaled: {journal:?}"
+    );
     assert!(
         !inet.dns_log().contains("exfil"),
         "a denied name reached the upstream DNS server:\n{}",
@@ -218,13 +268,43 @@ fn literal_ips_fronting_rebinding_and_metadata_are_denied() {
     ] {
         let mut cmd: Vec<&str> = noproxy.to_vec();
         cmd.push(&url);
-        let out = run(&a, &inet, &allow, &cmd);
+        let (out, journal) = run_journaled(&a, &inet, &allow, &cmd);
         assert!(
             !out.stdout.contains("hello"),
             "{url} reached a server: {}",
             out.describe()
         );
+        assert!(
+            journal.iter().any(|e| e["decision"] == "deny"),
+            "{url}: denial not journaled: {journal:?}"
+        );
     }
+    // A NUL byte or trailing-dot tricks in the Host header, and QUIC (UDP 443): refused.
+    let py = r#"
+import socket
+for host in [b'allowed.test\x00.evil.test', b'evil.test.', b'allowed.test..']:
+    s = socket.create_connection(('allowed.test', 80), timeout=5)
+    s.sendall(b'GET / HTTP/1.1\r\nHost: ' + host + b'\r\n\r\n')
+    print(s.recv(200).split(b'\r\n')[0].decode())
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(2)
+u.connect(('allowed.test', 443))
+u.send(b'quic')
+try:
+    u.recv(10)
+    print('quic answered')
+except Exception:
+    print('quic blocked')
+"#;
+    let (out, journal) = run_journaled(&a, &inet, &allow, &["python3", "-c", py]);
+    let refused = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" 403 ") || l.contains(" 400 "))
+        .count();
+    assert_eq!(refused, 3, "{}", out.describe());
+    assert!(out.stdout.contains("quic blocked"), "{}", out.describe());
+    assert!(journaled_deny(&journal, "evil.test"), "{journal:?}");
     // Fronting: allowed destination, other Host header.
     let url = "http://allowed.test/";
     let mut cmd: Vec<&str> = noproxy.to_vec();
