@@ -12,7 +12,7 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use airlock_model::lifecycle::{self, Event, Next, SandboxState};
 use airlock_model::spec::validate_name;
@@ -193,12 +193,7 @@ impl Store {
                 }
             })?;
         }
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-            .map_err(open_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::NoWal { path, mode });
-        }
+        enable_wal(&conn, &path)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_err)?;
         migrate(&mut conn, &path)?;
@@ -372,6 +367,37 @@ impl Store {
 
 fn check_name(name: &str) -> Result<(), StoreError> {
     validate_name(name).map_err(StoreError::InvalidName)
+}
+
+/// Switches a store to the WAL journal (a no-op once it is). The switch takes an exclusive
+/// lock without going through the busy handler, so openers racing on a fresh file retry.
+fn enable_wal(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+            row.get::<_, String>(0)
+        }) {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(StoreError::NoWal {
+                    path: path.to_path_buf(),
+                    mode,
+                })
+            }
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {

@@ -617,3 +617,39 @@ fn route_msg(seq: u32, r: &Route, lo: u32) -> Vec<u8> {
     m[0..4].copy_from_slice(&len.to_ne_bytes());
     m
 }
+
+extern "C" fn hold_until_eof(arg: *mut libc::c_void) -> libc::c_int {
+    let fd = arg as usize as libc::c_int;
+    let mut b = 0u8;
+    // SAFETY: reads one byte into a valid stack variable; only async-signal-safe calls here,
+    // since this runs on a borrowed stack sharing the parent's memory.
+    unsafe {
+        libc::read(fd, (&mut b as *mut u8).cast(), 1);
+        libc::_exit(0)
+    }
+}
+
+/// A process in a new user namespace that lives until `release` (the returned write end) is
+/// closed; its id maps can be written and its namespace opened meanwhile. It shares our memory
+/// and descriptor table (CLONE_VM | CLONE_FILES) on a small stack of its own, so no page tables
+/// are copied. Keep the returned read end and stack until the child has been reaped.
+pub fn userns_holder() -> io::Result<(libc::pid_t, OwnedFd, OwnedFd, Vec<u8>)> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: the stack pointer is the (16-byte aligned) top of `stack`, which the caller keeps
+    // alive until the child has exited; the child runs only `hold_until_eof`.
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) } as usize & !15;
+    // SAFETY: as above; `rd` stays open in the child's copy of the descriptor table.
+    let pid = unsafe {
+        libc::clone(
+            hold_until_eof,
+            top as *mut libc::c_void,
+            libc::CLONE_NEWUSER | libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
+            rd.as_raw_fd() as usize as *mut libc::c_void,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((pid, rd, wr, stack))
+}

@@ -315,15 +315,7 @@ fn write_map(pid: i32, file: &str, maps: &[airlock_model::plan::IdMap]) -> io::R
 /// A throwaway user namespace whose mapping turns `owner` (a host uid/gid) into `to` (the host
 /// id of the sandbox user): the idmapping applied to writable host mounts of root-run sandboxes.
 pub fn idmap_userns(owner: (u32, u32), to: (u32, u32)) -> io::Result<OwnedFd> {
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let pid = sys::clone_fork(libc::CLONE_NEWUSER)?;
-    if pid == 0 {
-        drop(wr);
-        let mut b = [0u8; 1];
-        let _ = nix::unistd::read(&rd, &mut b);
-        sys::exit_now(0);
-    }
-    drop(rd);
+    let (pid, held, release, stack) = sys::userns_holder()?;
     let res = (|| {
         fs::write(
             format!("/proc/{pid}/uid_map"),
@@ -336,8 +328,9 @@ pub fn idmap_userns(owner: (u32, u32), to: (u32, u32)) -> io::Result<OwnedFd> {
         let f = fs::File::open(format!("/proc/{pid}/ns/user"))?;
         Ok(OwnedFd::from(f))
     })();
-    drop(wr);
+    drop(release);
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    drop((held, stack)); // only once the child that used them is gone
     res
 }
 
