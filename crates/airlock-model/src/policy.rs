@@ -64,7 +64,7 @@ pub enum HomeFileMode {
 }
 
 macro_rules! str_enum {
-    ($ty:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+    ($ty:ident, $what:literal { $($variant:ident => $s:literal),+ $(,)? }) => {
         impl $ty {
             /// Every accepted spelling, for error messages and `--help`.
             pub const NAMES: &'static [&'static str] = &[$($s),+];
@@ -82,18 +82,18 @@ macro_rules! str_enum {
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($s => Ok($ty::$variant),)+
-                    _ => Err(ParseEnumError { what: stringify!($ty), got: s.to_string(), expected: Self::NAMES }),
+                    _ => Err(ParseEnumError { what: $what, got: s.to_string(), expected: Self::NAMES }),
                 }
             }
         }
     };
 }
 
-str_enum!(Profile { Restrictive => "restrictive", Moderate => "moderate", Permissive => "permissive" });
-str_enum!(NetMode { Off => "off", Filtered => "filtered", Open => "open" });
-str_enum!(WorkspaceMode { Clone => "clone", Overlay => "overlay", Bind => "bind", None => "none" });
-str_enum!(BackendKind { Container => "container", Microvm => "microvm" });
-str_enum!(HomeFileMode { Immutable => "immutable", Seed => "seed", Link => "link" });
+str_enum!(Profile, "profile" { Restrictive => "restrictive", Moderate => "moderate", Permissive => "permissive" });
+str_enum!(NetMode, "network mode" { Off => "off", Filtered => "filtered", Open => "open" });
+str_enum!(WorkspaceMode, "workspace mode" { Clone => "clone", Overlay => "overlay", Bind => "bind", None => "none" });
+str_enum!(BackendKind, "backend" { Container => "container", Microvm => "microvm" });
+str_enum!(HomeFileMode, "home file mode" { Immutable => "immutable", Seed => "seed", Link => "link" });
 
 /// A value that is not one of an enum's spellings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -264,7 +264,7 @@ mod tests {
         let e = "closed".parse::<NetMode>().expect_err("not a mode");
         assert_eq!(
             e.to_string(),
-            "invalid NetMode \"closed\": expected one of off, filtered, open"
+            "invalid network mode \"closed\": expected one of off, filtered, open"
         );
         assert_eq!(Profile::Restrictive.to_string(), "restrictive");
     }

@@ -86,6 +86,9 @@ impl RunError {
             RunError::Clone(e) if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSPC) => Some(
                 "unprivileged user namespaces look disabled; run `airlock doctor` for the exact sysctl to enable them".into(),
             ),
+            RunError::Setup(m) if m.starts_with("working directory") => {
+                Some("pass an existing directory to -w (relative paths are under /workspace)".into())
+            }
             RunError::Mount(_) | RunError::Setup(_) => Some("run `airlock doctor` to see which kernel features this host lacks".into()),
             RunError::Cgroup(_) => Some("drop the resource limits, or run `airlock doctor` to see cgroup support".into()),
             _ => None,
