@@ -492,3 +492,34 @@ fn open_mode_reaches_out_but_not_metadata_or_host_loopback() {
         );
     }
 }
+
+/// Many filtered sandboxes at once: no address slots to run out of, no shared firewall state;
+/// each one reaches its allowed name and is refused the rest.
+#[test]
+fn fifty_concurrent_filtered_sandboxes_do_not_collide() {
+    if !e2e("fifty_concurrent_filtered_sandboxes_do_not_collide") {
+        return;
+    }
+    let inet = Internet::start(&["allowed.test"], &[]);
+    let a = std::sync::Arc::new(Airlock::root());
+    let inet = std::sync::Arc::new(inet);
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let (a, inet) = (a.clone(), inet.clone());
+            std::thread::spawn(move || {
+                let url = format!("http://allowed.test/{i}");
+                let out = run(&a, &inet, &["allowed.test"], &["sh", "-c", &format!("curl -sS --max-time 20 {url}; curl -sS --max-time 20 -o /dev/null -w '%{{http_code}}' http://denied.test/")]);
+                (i, out)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, out) = h.join().expect("thread");
+        assert_eq!(
+            out.stdout,
+            format!("hello from allowed.test /{i}\n403"),
+            "sandbox {i}: {}",
+            out.describe()
+        );
+    }
+}

@@ -235,8 +235,8 @@ pub(super) fn qemu_row() -> Row {
 pub(super) fn net_helpers_row() -> Row {
     let (id, name, needed) = (
         "net_helpers",
-        "network helpers (pasta, slirp4netns)",
-        "rootless filtered/open network modes",
+        "open network (pasta)",
+        "--net open (filtered and off need nothing)",
     );
     let found: Vec<(&str, Option<std::path::PathBuf>)> = ["pasta", "passt", "slirp4netns"]
         .into_iter()
@@ -251,15 +251,37 @@ pub(super) fn net_helpers_row() -> Row {
         .collect::<Vec<_>>()
         .join(", ");
     let have = |b: &str| found.iter().any(|(n, p)| *n == b && p.is_some());
-    if have("pasta") || have("slirp4netns") {
-        Row::new(id, name, Status::Ok, detail, None, needed)
+    // pasta opens /dev/net/tun as the invoking user.
+    let tun = nix::unistd::access(
+        "/dev/net/tun",
+        nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+    )
+    .is_ok();
+    if have("pasta") && !tun {
+        Row::new(
+            id,
+            name,
+            Status::Degraded,
+            format!("{detail}; /dev/net/tun is not readable and writable by this user"),
+            Some("chmod 0666 /dev/net/tun (the usual mode)".into()),
+            needed,
+        )
+    } else if have("pasta") {
+        Row::new(
+            id,
+            name,
+            Status::Ok,
+            format!("{detail}; /dev/net/tun usable"),
+            None,
+            needed,
+        )
     } else {
         Row::new(
             id,
             name,
             Status::Degraded,
             detail,
-            Some("apt install passt  (or: apt install slirp4netns)".into()),
+            Some("apt install passt".into()),
             needed,
         )
     }
