@@ -1,6 +1,20 @@
 //! airlock-engine: orchestration of named sandboxes. The engine is the only code that changes
 //! sandboxes and the only writer of the state store ([`store`]).
+//!
+//! - [`engine::Engine`]: the operations (create, start, stop, rm, list, status, reconcile)
+//!   over a [`backend::Backend`] that runs the sandboxes;
+//! - [`api`]: the HTTP/1.1 + JSON API on a Unix socket (docs/api.md);
+//! - [`client::Client`]: the CLI's client of that API, starting the engine when needed;
+//! - [`paths`]: where the socket and the state live.
 
+pub mod api;
+pub mod backend;
+pub mod client;
+pub mod engine;
+pub mod paths;
 pub mod store;
 
+pub use backend::{Backend, BackendError, FakeBackend, Liveness, Started, Stats};
+pub use client::{Client, ClientError};
+pub use engine::{Engine, EngineError, ReconcileReport, Status};
 pub use store::{Record, Store, StoreError};

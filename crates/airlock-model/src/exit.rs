@@ -3,6 +3,11 @@
 
 /// Bad flags, bad config, invalid input.
 pub const USAGE: i32 = 2;
+/// A sandbox with that name already exists.
+pub const ALREADY_EXISTS: i32 = 119;
+/// The sandbox is in the wrong state for that (e.g. rm of a running one without --force,
+/// start of a running one), or another operation on it got there first.
+pub const CONFLICT: i32 = 120;
 /// The policy asked for cannot be enforced on this host (fail closed).
 pub const POLICY_REFUSED: i32 = 121;
 /// The named sandbox does not exist.

@@ -111,7 +111,12 @@ pub struct RunSpec {
     pub user: SandboxUser,
     pub timeout: Option<Duration>,
     pub stdio: Stdio,
+    /// Empty for a persistent sandbox (commands arrive later by exec).
     pub argv: Vec<String>,
+    /// A named sandbox that outlives any one command: PID 1 waits for exec'd processes, the
+    /// workspace's upper layer lives on disk in the sandbox folder.
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 /// Validate a sandbox name: DNS-label-like, 1..=63 bytes, lowercase letters, digits and '-'.

@@ -653,3 +653,32 @@ pub fn userns_holder() -> io::Result<(libc::pid_t, OwnedFd, OwnedFd, Vec<u8>)> {
     }
     Ok((pid, rd, wr, stack))
 }
+
+/// sigtimedwait(2): the next pending signal of `set`, or None after `timeout`.
+pub fn sigtimedwait(
+    set: &nix::sys::signal::SigSet,
+    timeout: std::time::Duration,
+) -> Option<nix::sys::signal::Signal> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: valid sigset and timespec pointers for the call; no siginfo requested.
+    let r = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    (r > 0)
+        .then(|| nix::sys::signal::Signal::try_from(r).ok())
+        .flatten()
+}
+
+/// Whether the other end of a pipe is gone (poll reports POLLHUP without blocking).
+pub fn hung_up(fd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => true,
+    }
+}

@@ -32,6 +32,12 @@ pub enum Command {
     Init(InitArgs),
     /// Reclaim leftovers of sandboxes whose airlock process died.
     Gc(JsonArg),
+    /// Internal: supervise a persistent sandbox whose folder is DIR until it is stopped (SIGTERM).
+    #[command(name = "__supervise", hide = true)]
+    Supervise(Box<SuperviseArgs>),
+    /// Internal: run a command in the running persistent sandbox whose folder is DIR.
+    #[command(name = "__exec", hide = true)]
+    ExecDir(ExecDirArgs),
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +124,40 @@ pub struct RunArgs {
     #[arg(short = 'i', long)]
     pub interactive: bool,
     /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// The sandbox's folder (created if missing).
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[arg(long, value_name = "FILE")]
+    pub net_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecDirArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
     #[arg(
         required = true,
         trailing_var_arg = true,

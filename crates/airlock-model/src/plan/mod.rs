@@ -167,7 +167,7 @@ pub enum MountStep {
 }
 
 /// The complete, executable description of one sandbox launch.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LaunchPlan {
     pub name: String,
     pub hostname: String,
@@ -184,7 +184,7 @@ pub struct LaunchPlan {
     pub writable_paths: Vec<PathBuf>,
     pub limits: Resources,
     /// Limits asked for that this host cannot enforce (reported, or refused with --require-limits).
-    pub unenforced_limits: Vec<&'static str>,
+    pub unenforced_limits: Vec<String>,
     pub net: NetMode,
     /// Filtered mode: what the sandbox's network namespace listens on (handed to the host side).
     pub egress: Option<EgressPlan>,
@@ -280,7 +280,7 @@ fn p(s: &str) -> PathBuf {
 
 /// Build the launch plan. Pure: same inputs, same plan.
 pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
-    if spec.argv.is_empty() {
+    if spec.argv.is_empty() != spec.persistent {
         return Err(Refusal::EmptyCommand);
     }
     if spec.net == NetMode::Open && !host.pasta {
@@ -447,7 +447,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     let ws = p(WORKSPACE);
     match spec.workspace {
         WorkspaceMode::Overlay => {
-            let upper = if host.tmpfs_xattr {
+            let upper = if host.tmpfs_xattr && !spec.persistent {
                 UpperStore::Tmpfs {
                     size: tmp_size,
                     owner: sys_owner,
@@ -509,7 +509,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         argv: spec.argv.clone(),
         writable_paths: writable,
         limits: spec.resources,
-        unenforced_limits: unenforced,
+        unenforced_limits: unenforced.iter().map(|s| s.to_string()).collect(),
         net: spec.net,
         egress: (spec.net == NetMode::Filtered).then(|| EgressPlan {
             ports: spec.ports.clone(),
@@ -518,7 +518,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         }),
         rlimit_nofile: 65536,
         rlimit_nproc: spec.resources.pids,
-        summarize_changes: spec.workspace == WorkspaceMode::Overlay,
+        summarize_changes: spec.workspace == WorkspaceMode::Overlay && !spec.persistent,
     })
 }
 

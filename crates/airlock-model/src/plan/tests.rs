@@ -23,6 +23,7 @@ fn spec() -> RunSpec {
             forward_stdin: false,
         },
         argv: vec!["true".into()],
+        persistent: false,
     }
 }
 
@@ -254,7 +255,7 @@ fn refusals_fail_closed() {
     let got = plan(&s, &h).expect("plan");
     assert_eq!(
         (got.unenforced_limits, got.rlimit_nproc),
-        (vec!["memory", "cpus"], Some(10))
+        (vec!["memory".to_string(), "cpus".to_string()], Some(10))
     );
 
     for bad in ["relative", "/", "/proc/x", "/a/../etc", "/dev/sda"] {
@@ -350,4 +351,28 @@ fn filtered_plans_listeners_proxy_env_and_resolver() {
     assert!(resolv
         .expect("resolv.conf")
         .contains("nameserver 127.0.0.1"));
+}
+
+#[test]
+fn persistent_plans_have_no_command_and_a_disk_upper() {
+    let mut s = spec();
+    s.persistent = true;
+    assert_eq!(
+        plan(&s, &host(1000)),
+        Err(Refusal::EmptyCommand),
+        "a persistent plan takes no command"
+    );
+    s.argv.clear();
+    let got = plan(&s, &host(1000)).expect("plan");
+    assert!(got.argv.is_empty());
+    assert!(!got.summarize_changes);
+    assert_eq!(
+        got.overlay().map(|(_, u)| u.clone()),
+        Some(UpperStore::Disk)
+    );
+    let json = serde_json::to_string(&got).expect("serialize");
+    assert_eq!(
+        serde_json::from_str::<LaunchPlan>(&json).expect("deserialize"),
+        got
+    );
 }

@@ -66,11 +66,11 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     );
     // Wait for the parent to write our id maps and place us in the cgroup; EOF = it died.
     let mut b = [0u8; 1];
-    let sync = a.sync_rd.take();
-    if sync.as_ref().map(|s| nix::unistd::read(s, &mut b)) != Some(Ok(1)) {
+    // The parent keeps the other end open for as long as it lives: EOF/HUP here = it died.
+    let alive = a.sync_rd.take();
+    if alive.as_ref().map(|s| nix::unistd::read(s, &mut b)) != Some(Ok(1)) {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
-    drop(sync);
 
     let plan = a.plan;
     crate::phase("child: go");
@@ -160,8 +160,37 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     crate::phase("child: before seccomp");
     tryc!(ef, seccomp::install(a.seccomp), "seccomp");
     crate::phase("child: seccomp installed");
+    // PID 1 gives up every privilege before the command exists. A credential change clears the
+    // parent-death signal; re-arm it, then make sure airlock did not die in between.
+    tryc!(ef, drop_privileges(plan), "drop privileges");
+    let _ = sys::prctl_simple(libc::PR_SET_DUMPABLE, 0);
+    tryc!(
+        ef,
+        sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
+        "set parent-death signal"
+    );
+    if alive.as_ref().is_none_or(sys::hung_up) {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
+    drop(alive);
+    if plan.argv.is_empty() {
+        // A persistent sandbox: PID 1 only keeps the namespaces alive; commands arrive by exec.
+        drop(slave);
+        drop(a.err_wr);
+        init_persistent()
+    }
     let cmd = match tryc!(ef, sys::clone_fork(0), "fork the command") {
-        0 => command(plan, &a, slave.as_ref()),
+        0 => {
+            let c = Command {
+                argv: &a.argv,
+                envp: &a.envp,
+                cwd: &plan.cwd,
+                err_fd: ef,
+                stdin_null: a.stdin_null,
+                drop_privileges: false,
+            };
+            command(plan, &c, slave.as_ref())
+        }
         pid => pid,
     };
     drop(slave);
@@ -171,7 +200,7 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     } else {
         None
     };
-    init(plan, Pid::from_raw(cmd), summary, a.result_wr)
+    init(Pid::from_raw(cmd), summary, a.result_wr)
 }
 
 fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
@@ -184,7 +213,7 @@ fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
 }
 
 /// Open /dev/ptmx of the sandbox's own devpts, hand the master to the host side, return the slave.
-fn open_pty(sock: RawFd) -> std::io::Result<OwnedFd> {
+pub(super) fn open_pty(sock: RawFd) -> std::io::Result<OwnedFd> {
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
     let master = nix::fcntl::open(
@@ -215,9 +244,20 @@ fn drop_privileges(plan: &LaunchPlan) -> std::io::Result<()> {
     Ok(())
 }
 
-/// PID 2: becomes the user's command.
-fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
-    let ef = a.err_wr.as_raw_fd();
+/// What to exec inside, and where to report failures before exec.
+pub(super) struct Command<'a> {
+    pub argv: &'a [CString],
+    pub envp: &'a [CString],
+    pub cwd: &'a Path,
+    pub err_fd: RawFd,
+    pub stdin_null: bool,
+    /// Whether the caller still holds privileges to drop (exec), or already dropped them (PID 1).
+    pub drop_privileges: bool,
+}
+
+/// PID 2 (or an exec'd process): becomes the user's command, with every privilege dropped.
+pub(super) fn command(plan: &LaunchPlan, a: &Command<'_>, slave: Option<&OwnedFd>) -> ! {
+    let ef = a.err_fd;
     tryc!(ef, nix::unistd::setsid(), "setsid");
     if let Some(s) = slave {
         tryc!(
@@ -257,24 +297,26 @@ fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
             "setrlimit nofile"
         );
     }
-    if let Err(e) = nix::unistd::chdir(&plan.cwd) {
+    if let Err(e) = nix::unistd::chdir(a.cwd) {
         fail(
             ef,
             exit::SANDBOX_FAILED,
             &format!(
                 "working directory {} is not usable inside the sandbox: {e}",
-                plan.cwd.display()
+                a.cwd.display()
             ),
         );
     }
     crate::phase("cmd: forked, tty/rlimit/chdir");
-    tryc!(ef, drop_privileges(plan), "drop privileges");
+    if a.drop_privileges {
+        tryc!(ef, drop_privileges(plan), "drop privileges");
+    }
     crate::phase("cmd: dropped privileges");
     let mut writable: Vec<&Path> = plan.writable_paths.iter().map(PathBuf::as_path).collect();
     writable.push(Path::new("/dev"));
     tryc!(ef, landlock::restrict(&writable), "Landlock");
     crate::phase("cmd: landlock");
-    let exe = resolve(plan, &a.argv[0]);
+    let exe = resolve(a.envp, &a.argv[0]);
     // Only 0, 1, 2 and the CLOEXEC error pipe survive until exec; nothing survives past it.
     sys::close_fds_except(3, &[ef]);
     for sig in Signal::iterator() {
@@ -286,7 +328,7 @@ fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
     let _ = SigSet::all().thread_unblock();
     crate::phase("cmd: before exec");
     let e = match &exe {
-        Some(p) => sys::execve(p, &a.argv, &a.envp),
+        Some(p) => sys::execve(p, a.argv, a.envp),
         None => std::io::Error::from_raw_os_error(libc::ENOENT),
     };
     let name = a.argv[0].to_string_lossy();
@@ -310,16 +352,14 @@ fn command(plan: &LaunchPlan, a: &ChildArgs<'_>, slave: Option<&OwnedFd>) -> ! {
 }
 
 /// PATH lookup using the sandbox's PATH (not the host's).
-fn resolve(plan: &LaunchPlan, argv0: &CString) -> Option<CString> {
+fn resolve(envp: &[CString], argv0: &CString) -> Option<CString> {
     let bytes = argv0.as_bytes();
     if bytes.contains(&b'/') {
         return Some(argv0.clone());
     }
-    let path = plan
-        .env
+    let path = envp
         .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
+        .find_map(|e| e.to_str().ok()?.strip_prefix("PATH="))
         .unwrap_or("/usr/bin:/bin");
     let mut found_noexec = None;
     for dir in path.split(':').filter(|d| !d.is_empty()) {
@@ -341,13 +381,7 @@ fn resolve(plan: &LaunchPlan, argv0: &CString) -> Option<CString> {
 
 /// PID 1's life after the command started: reap everything, forward signals, exit with the
 /// command's status (the kernel then kills whatever is left in the namespace).
-fn init(plan: &LaunchPlan, cmd: Pid, summary: Option<SummaryDirs>, result: OwnedFd) -> ! {
-    // Give up everything: PID 1 needs no privilege to reap and to signal its own user's processes.
-    if drop_privileges(plan).is_err() {
-        sys::exit_now(exit::SANDBOX_FAILED);
-    }
-    let _ = sys::prctl_simple(libc::PR_SET_DUMPABLE, 0);
-    let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+fn init(cmd: Pid, summary: Option<SummaryDirs>, result: OwnedFd) -> ! {
     let mut keep = vec![result.as_raw_fd()];
     if let Some(s) = &summary {
         keep.extend([s.upper.as_raw_fd(), s.lower.as_raw_fd()]);
@@ -409,4 +443,64 @@ fn metadata_floor() -> Vec<sys::Route> {
             })
         })
         .collect()
+}
+
+/// PID 1 of a persistent sandbox: reap whatever exec'd processes leave behind; on SIGTERM (a
+/// stop) pass it to every process and exit once they are gone. The supervisor enforces the
+/// grace period with SIGKILL.
+fn init_persistent() -> ! {
+    sys::close_fds_from(3);
+    let all = SigSet::all();
+    let mut stopping = false;
+    loop {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let sig = if stopping {
+            // Poll while stopping: the processes we wait for may not send us SIGCHLD.
+            sys::sigtimedwait(&all, std::time::Duration::from_millis(20)).unwrap_or(Signal::SIGCHLD)
+        } else {
+            let Ok(sig) = all.wait() else { continue };
+            sig
+        };
+        match sig {
+            Signal::SIGCHLD => {}
+            Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP => {
+                stopping = true;
+                let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGTERM);
+            }
+            _ => {}
+        }
+        // Reap; when stopping and nothing is left, we are done.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(nix::Error::ECHILD) => {
+                    // Exec'd processes are not our children until orphaned: wait for them too.
+                    if stopping && !others_alive() {
+                        sys::exit_now(0);
+                    }
+                    if stopping {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGTERM);
+                    }
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Whether any process other than PID 1 is left in this pid namespace.
+fn others_alive() -> bool {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|p| p != 1)
+            })
+        })
+        .unwrap_or(false)
 }

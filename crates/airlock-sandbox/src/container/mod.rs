@@ -4,6 +4,7 @@
 
 mod child;
 mod egress;
+pub mod exec;
 pub mod landlock;
 pub mod netns;
 pub mod rootfs;
@@ -96,7 +97,7 @@ impl RunError {
     }
 }
 
-fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+pub(super) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
     move |source| RunError::Io { what, source }
 }
 
@@ -215,6 +216,13 @@ fn start_pasta(pid: i32, dir: &Path) -> Result<i32, RunError> {
     pasta.ok_or_else(|| RunError::Setup("pasta did not report its pid".into()))
 }
 
+/// Field 22 of /proc/PID/stat: when the process started (distinguishes a recycled pid).
+pub fn proc_starttime(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
 /// Whether the running kernel is at least `major.minor`.
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let Ok(u) = nix::sys::utsname::uname() else {
@@ -299,6 +307,9 @@ pub struct RunOptions<'a> {
     pub facts: &'a HostFacts,
     /// Append the filtered-egress audit journal (JSONL) here.
     pub net_journal: Option<&'a Path>,
+    /// A persistent sandbox's folder: its disk layers live (and stay) there, and the host pid
+    /// of PID 1 is published there for exec while it runs.
+    pub persist: Option<&'a Path>,
 }
 
 fn cstrings<'a>(items: impl Iterator<Item = String> + 'a) -> Result<Vec<CString>, RunError> {
@@ -342,6 +353,17 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
     // A run directory marks, through its flock, the run's cgroups as live for gc, and holds a
     // disk-backed overlay upper layer on old kernels. Runs that need neither skip it.
     let disk_upper = matches!(plan.overlay(), Some((_, UpperStore::Disk)));
+    if let Some(dir) = opts.persist {
+        let cg = Cgroup::create(opts.layout, &plan.name, &plan.limits)?;
+        let layers = if disk_upper { Some(dir) } else { None };
+        let result = run_in(plan, opts, layers, cg.as_ref());
+        let _ = fs::remove_file(dir.join(PID1_FILE));
+        let _ = fs::remove_file(dir.join(exec::CONTROL_SOCKET));
+        if let Some(cg) = cg {
+            cg.destroy();
+        }
+        return result;
+    }
     let rd = if disk_upper || plan.limits.any() {
         Some(
             RunDir::create(opts.state_dir, &plan.name).map_err(|source| RunError::RunDir {
@@ -383,11 +405,20 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
     })
 }
 
-/// Disk-backed overlay layers in the run directory (kernels without tmpfs user xattrs).
+/// Where a persistent sandbox publishes PID 1: "PID STARTTIME".
+pub const PID1_FILE: &str = "pid1";
+
+/// Disk-backed overlay layers in the run directory (kernels without tmpfs user xattrs) or a
+/// persistent sandbox's folder (kept across stop/start).
 fn disk_layers(plan: &LaunchPlan, dir: &Path) -> Result<(PathBuf, PathBuf), RunError> {
     let (upper, work) = (dir.join("upper"), dir.join("work"));
-    fs::create_dir(&upper).map_err(io_err("create the overlay upper directory"))?;
-    fs::create_dir(&work).map_err(io_err("create the overlay work directory"))?;
+    for d in [&upper, &work] {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create the overlay layer directories")(e)),
+        }
+    }
     if !plan.rootless {
         // The child mounts as the sandbox's root, an unprivileged host uid; the upper layer
         // belongs to the sandbox user.
@@ -530,6 +561,14 @@ fn run_in(
         host_end
     });
     crate::phase("cloned");
+    // A persistent sandbox hands its namespaces to exec through the control socket; they must
+    // be opened now, while PID 1 is still dumpable (it is not, once set up).
+    let mut ns_fds = match opts.persist {
+        Some(_) => {
+            Some(exec::open_namespaces(pid).map_err(io_err("open the sandbox's namespaces"))?)
+        }
+        None => None,
+    };
     let child = nix::unistd::Pid::from_raw(pid);
     let setup = (|| -> Result<(), RunError> {
         if plan.rootless {
@@ -561,9 +600,18 @@ fn run_in(
             return Err(e);
         }
     };
-    drop(sync_wr);
+    // Kept open until we return: PID 1 checks it to know that we are alive.
+    let _alive = sync_wr;
 
     crate::phase("released child");
+    if let Some(dir) = opts.persist {
+        exec::serve_namespaces(dir, ns_fds.take().unwrap_or_default())?;
+        let start = proc_starttime(pid).unwrap_or(0);
+        let tmp = dir.join(".pid1.tmp");
+        fs::write(&tmp, format!("{pid} {start}\n"))
+            .and_then(|()| fs::rename(&tmp, dir.join(PID1_FILE)))
+            .map_err(io_err("publish the sandbox's PID 1"))?;
+    }
     if let (Some(h), Some(plan_egress)) = (&net_host, &plan.egress) {
         // The child sends its listeners during setup (EOF if it died first).
         match netns::recv(h) {

@@ -372,7 +372,8 @@ fn overlay(
     })?;
     for staged in [&lower_at, &up_at] {
         match nix::mount::umount2(&root.path(staged), nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) => {} // EINVAL: a disk upper was never mounted here
+            // EINVAL / ENOENT: a disk upper was never staged here.
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
             Err(e) => {
                 return Err(MountError {
                     what: "cannot detach",

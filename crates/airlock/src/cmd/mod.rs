@@ -14,6 +14,48 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
     match cli.command {
         Command::Run(a) => run::run(&a, cli.config.as_deref(), cli.no_user_config),
         Command::Gc(a) => gc::gc(a.json),
+        Command::Supervise(a) => {
+            let a = *a;
+            std::fs::create_dir_all(&a.dir).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+            let run_args = crate::cli::RunArgs {
+                policy: a.policy,
+                name: Some(a.name),
+                workdir: None,
+                timeout: None,
+                tty: false,
+                interactive: false,
+                net_log: a.net_log,
+                cmd: vec![],
+            };
+            run::run_with(
+                &run_args,
+                cli.config.as_deref(),
+                cli.no_user_config,
+                Some(&a.dir),
+            )
+        }
+        Command::ExecDir(a) => {
+            use std::io::IsTerminal;
+            let plan: airlock_model::plan::LaunchPlan = std::fs::read(a.dir.join("plan.json"))
+                .map_err(anyhow::Error::from)
+                .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
+                .map_err(|e| {
+                    CliError::new(exit::NOT_FOUND, e).hint("is the sandbox created and running?")
+                })?;
+            let env = a.env.iter().map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
+            });
+            let req = airlock_sandbox::container::exec::ExecRequest {
+                argv: a.cmd,
+                env: env.collect(),
+                cwd: a.workdir,
+                tty: a.tty,
+                forward_stdin: a.interactive || a.tty || !std::io::stdin().is_terminal(),
+            };
+            let out = airlock_sandbox::container::exec::exec(&a.dir, &plan, &req)?;
+            Ok(out.exit_code())
+        }
         Command::Config(a) => {
             let resolved = run::load_config(
                 cli.config.as_deref(),

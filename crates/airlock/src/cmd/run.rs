@@ -261,6 +261,17 @@ fn canonical(p: &Path, what: &str) -> CliResult<PathBuf> {
 }
 
 pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
+    run_with(a, global_config, no_user_config, None)
+}
+
+/// `run`, or with `persist` a persistent sandbox supervised in this process until stopped: its
+/// plan is written to `persist/plan.json` (read by exec) and PID 1 waits for exec'd commands.
+pub fn run_with(
+    a: &RunArgs,
+    global_config: Option<&Path>,
+    no_user_config: bool,
+    persist: Option<&Path>,
+) -> CliResult<i32> {
     airlock_sandbox::phase("start");
     let resolved = load_config(global_config, no_user_config, cli_layer(&a.policy)?)?;
     let eff = &resolved.effective;
@@ -373,7 +384,12 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
         } else {
             Stdio::Inherit { forward_stdin }
         },
-        argv: a.cmd.clone(),
+        argv: if persist.is_some() {
+            vec![]
+        } else {
+            a.cmd.clone()
+        },
+        persistent: persist.is_some(),
     };
 
     airlock_sandbox::phase("config loaded");
@@ -398,7 +414,21 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
         forward_stdin,
         facts: &facts,
         net_journal: a.net_log.as_deref(),
+        persist,
     };
+    if let Some(dir) = persist {
+        let json =
+            serde_json::to_vec_pretty(&plan).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        let tmp = dir.join(".plan.json.tmp");
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, dir.join("plan.json")))
+            .map_err(|e| {
+                CliError::new(
+                    exit::SANDBOX_FAILED,
+                    anyhow::anyhow!("write {}/plan.json: {e}", dir.display()),
+                )
+            })?;
+    }
     let outcome = container::run(&plan, &opts)?;
     airlock_sandbox::phase("cleaned up");
     match outcome.ending {

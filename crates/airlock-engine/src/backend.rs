@@ -1,0 +1,242 @@
+//! What the engine asks of the thing that actually runs sandboxes.
+//!
+//! The engine owns the store and the lifecycle; a [`Backend`] owns processes: it starts a
+//! sandbox's supervisor, stops it, tells whether it is alive and reclaims what it left. The
+//! real implementation (supervisor processes) lives in `airlock-sandbox`; [`FakeBackend`] is
+//! an in-memory stand-in for engine-tier tests that records every call and can be told to
+//! fail or to let a sandbox "die".
+//!
+//! Every method gets the sandbox's name and its folder (`STATE/sandboxes/NAME`). Methods must
+//! be idempotent: the engine retries them after a crash (reconcile) without knowing how far
+//! the previous attempt got.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A supervisor that was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    pub supervisor_pid: i32,
+}
+
+/// What a backend sees of a sandbox right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its supervisor (and so PID 1) is alive.
+    Running { supervisor_pid: i32 },
+    /// Nothing runs and it ended in an orderly way (stopped, or its work ended by itself).
+    Stopped,
+    /// Nothing runs and there is no trace of how it ended: the supervisor died or never was.
+    Gone,
+}
+
+/// Live resource use, read from the sandbox's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub cpu_usec: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot work on this host (missing kernel feature, permissions).
+    #[error("the sandbox backend is unavailable: {0}")]
+    Unavailable(String),
+    /// The operation was tried and failed.
+    #[error("{0}")]
+    Failed(String),
+    /// The sandbox did not stop within its grace period (and could not be killed).
+    #[error("sandbox did not stop: {0}")]
+    StopTimeout(String),
+}
+
+pub trait Backend: Send + Sync {
+    /// Prepares a new sandbox's folder beyond `spec.json` (which the engine has written).
+    /// Called once while the sandbox is `creating`; a failure rolls the creation back.
+    /// The default prepares nothing.
+    fn prepare(&self, _name: &str, _dir: &Path, _spec_json: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Starts the sandbox's supervisor, detached from the engine, and returns once it is up.
+    fn start(&self, name: &str, dir: &Path, spec_json: &str) -> Result<Started, BackendError>;
+    /// Asks it to stop, waits up to `grace`, then kills it. Stopping a stopped one is `Ok`.
+    fn stop(&self, name: &str, dir: &Path, grace: Duration) -> Result<(), BackendError>;
+    /// Is it alive? Must be cheap and never change anything.
+    fn probe(&self, name: &str, dir: &Path) -> Liveness;
+    /// Kills whatever runs and reclaims everything it holds outside `dir` (cgroups, run
+    /// dirs, mounts). The engine deletes `dir` itself afterwards. Idempotent.
+    fn destroy(&self, name: &str, dir: &Path) -> Result<(), BackendError>;
+    /// Its live resource use, when it runs and the backend can tell.
+    fn stats(&self, name: &str, dir: &Path) -> Option<Stats>;
+}
+
+/// One call the [`FakeBackend`] received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Prepare(String),
+    Start(String),
+    Stop(String, Duration),
+    Destroy(String),
+}
+
+/// Which operation a [`FakeBackend`] should fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FakeOp {
+    Prepare,
+    Start,
+    Stop,
+    Destroy,
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    /// Sandboxes that run, with their fake supervisor pid.
+    running: HashMap<String, i32>,
+    /// Sandboxes that ended in an orderly way (probe says `Stopped`, not `Gone`).
+    stopped: HashSet<String>,
+    fail: HashMap<(String, FakeOp), String>,
+    calls: Vec<Call>,
+    next_pid: i32,
+    start_delay: Duration,
+}
+
+/// An in-memory backend for tests. Starting a sandbox makes it "run" with a made-up pid;
+/// [`FakeBackend::fail`] makes the next calls of an operation fail; [`FakeBackend::die`]
+/// makes a running sandbox vanish as if its supervisor had been killed.
+#[derive(Debug, Default)]
+pub struct FakeBackend {
+    state: Mutex<FakeState>,
+}
+
+impl FakeBackend {
+    pub fn new() -> FakeBackend {
+        let backend = FakeBackend::default();
+        backend.lock().next_pid = 1000;
+        backend
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        // A test that panicked while holding the lock must not hide the real failure.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// From now on, `op` on `name` fails with `message` (until [`FakeBackend::heal`]).
+    pub fn fail(&self, name: &str, op: FakeOp, message: &str) {
+        self.lock()
+            .fail
+            .insert((name.to_owned(), op), message.to_owned());
+    }
+
+    /// Stops failing `op` on `name`.
+    pub fn heal(&self, name: &str, op: FakeOp) {
+        self.lock().fail.remove(&(name.to_owned(), op));
+    }
+
+    /// The supervisor of `name` dies without a trace: probe says `Gone`.
+    pub fn die(&self, name: &str) {
+        let mut state = self.lock();
+        state.running.remove(name);
+        state.stopped.remove(name);
+    }
+
+    /// The sandbox's work ends by itself in an orderly way: probe says `Stopped`.
+    pub fn exit(&self, name: &str) {
+        let mut state = self.lock();
+        state.running.remove(name);
+        state.stopped.insert(name.to_owned());
+    }
+
+    /// Makes `name` run (as if a supervisor were found alive after a crash of the engine).
+    pub fn set_running(&self, name: &str) -> i32 {
+        let mut state = self.lock();
+        state.next_pid += 1;
+        let pid = state.next_pid;
+        state.running.insert(name.to_owned(), pid);
+        state.stopped.remove(name);
+        pid
+    }
+
+    /// Makes every start take this long (to widen race windows in tests).
+    pub fn set_start_delay(&self, delay: Duration) {
+        self.lock().start_delay = delay;
+    }
+
+    pub fn is_running(&self, name: &str) -> bool {
+        self.lock().running.contains_key(name)
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    fn check(state: &FakeState, name: &str, op: FakeOp) -> Result<(), BackendError> {
+        match state.fail.get(&(name.to_owned(), op)) {
+            Some(message) => Err(BackendError::Failed(message.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Backend for FakeBackend {
+    fn prepare(&self, name: &str, _dir: &Path, _spec_json: &str) -> Result<(), BackendError> {
+        let mut state = self.lock();
+        state.calls.push(Call::Prepare(name.to_owned()));
+        FakeBackend::check(&state, name, FakeOp::Prepare)
+    }
+
+    fn start(&self, name: &str, _dir: &Path, _spec_json: &str) -> Result<Started, BackendError> {
+        let delay = {
+            let mut state = self.lock();
+            state.calls.push(Call::Start(name.to_owned()));
+            FakeBackend::check(&state, name, FakeOp::Start)?;
+            state.start_delay
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let supervisor_pid = self.set_running(name);
+        Ok(Started { supervisor_pid })
+    }
+
+    fn stop(&self, name: &str, _dir: &Path, grace: Duration) -> Result<(), BackendError> {
+        let mut state = self.lock();
+        state.calls.push(Call::Stop(name.to_owned(), grace));
+        FakeBackend::check(&state, name, FakeOp::Stop)?;
+        state.running.remove(name);
+        state.stopped.insert(name.to_owned());
+        Ok(())
+    }
+
+    fn probe(&self, name: &str, _dir: &Path) -> Liveness {
+        let state = self.lock();
+        match state.running.get(name) {
+            Some(&supervisor_pid) => Liveness::Running { supervisor_pid },
+            None if state.stopped.contains(name) => Liveness::Stopped,
+            None => Liveness::Gone,
+        }
+    }
+
+    fn destroy(&self, name: &str, _dir: &Path) -> Result<(), BackendError> {
+        let mut state = self.lock();
+        state.calls.push(Call::Destroy(name.to_owned()));
+        FakeBackend::check(&state, name, FakeOp::Destroy)?;
+        state.running.remove(name);
+        state.stopped.remove(name);
+        Ok(())
+    }
+
+    fn stats(&self, name: &str, _dir: &Path) -> Option<Stats> {
+        let state = self.lock();
+        state.running.get(name).map(|&pid| Stats {
+            memory_bytes: 1 << 20,
+            pids: 1,
+            cpu_usec: pid as u64,
+        })
+    }
+}

@@ -1,0 +1,253 @@
+//! exec into a running persistent sandbox, straight from the caller's process: join PID 1's
+//! namespaces (user first: the owner of a user namespace holds its capabilities), fork into its
+//! pid namespace, join its cgroup, and become the command exactly as `run` would (privileges
+//! dropped, Landlock, seccomp, only fds 0-2). No daemon on the path.
+
+use super::child::{command, Command};
+use super::{io_err, proc_starttime, seccomp, tty, Ending, Outcome, RunError, PID1_FILE};
+use crate::cgroup::Layout;
+use crate::sys;
+use airlock_model::exit;
+use airlock_model::plan::LaunchPlan;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::Pid;
+use std::ffi::CString;
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// What to run inside.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// Added to (and overriding) the sandbox's environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside; default the sandbox's.
+    pub cwd: Option<PathBuf>,
+    pub tty: bool,
+    pub forward_stdin: bool,
+}
+
+/// The running sandbox's PID 1, checked against its recorded start time (a recycled pid is
+/// never mistaken for it).
+pub fn pid1(dir: &Path) -> Option<i32> {
+    let text = fs::read_to_string(dir.join(PID1_FILE)).ok()?;
+    let mut it = text.split_whitespace();
+    let pid: i32 = it.next()?.parse().ok()?;
+    let start: u64 = it.next()?.parse().ok()?;
+    (proc_starttime(pid) == Some(start)).then_some(pid)
+}
+
+const NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    // Not the cgroup namespace: PID 1 creates it only after joining its cgroup, when it is no
+    // longer open to us. exec'd processes still join the sandbox's cgroup (limits hold); their
+    // /proc/self/cgroup shows the host path. TODO(issue 3): pass it over the control socket.
+];
+
+/// Open PID 1's namespaces (in `NAMESPACES` order).
+pub fn open_namespaces(pid: i32) -> std::io::Result<Vec<OwnedFd>> {
+    NAMESPACES
+        .iter()
+        .map(|(n, _)| fs::File::open(format!("/proc/{pid}/ns/{n}")).map(OwnedFd::from))
+        .collect()
+}
+
+/// The control socket of a persistent sandbox (in its folder).
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// Serve the namespaces to exec on `dir/control.sock`, for callers of our own uid only.
+pub fn serve_namespaces(dir: &Path, fds: Vec<OwnedFd>) -> Result<(), RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(CONTROL_SOCKET);
+    let _ = fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(io_err("create the control socket"))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .map_err(io_err("restrict the control socket"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            for conn in listener.incoming().flatten() {
+                let ok =
+                    nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+                        .is_ok_and(|c| c.uid() == me || c.uid() == 0);
+                if ok {
+                    let _ = sys::send_fds(conn.as_raw_fd(), b"ns", &raw);
+                }
+            }
+        })
+        .map_err(io_err("start the control thread"))?;
+    Ok(())
+}
+
+fn fetch_namespaces(dir: &Path) -> std::io::Result<Vec<(CloneFlags, OwnedFd)>> {
+    let conn = std::os::unix::net::UnixStream::connect(dir.join(CONTROL_SOCKET))?;
+    let (data, fds) = sys::recv_fds(conn.as_raw_fd(), NAMESPACES.len())?;
+    if data != b"ns" || fds.len() != NAMESPACES.len() {
+        return Err(std::io::Error::other(
+            "the control socket answered unexpectedly",
+        ));
+    }
+    Ok(NAMESPACES.iter().map(|(_, f)| *f).zip(fds).collect())
+}
+
+fn cstrings(items: impl Iterator<Item = String>) -> Result<Vec<CString>, RunError> {
+    items
+        .map(|s| CString::new(s.clone()).map_err(|_| RunError::Nul(s)))
+        .collect()
+}
+
+/// Run `req` in the sandbox whose folder is `dir` (plan.json + pid1). Blocks until it exits.
+pub fn exec(dir: &Path, plan: &LaunchPlan, req: &ExecRequest) -> Result<Outcome, RunError> {
+    if req.argv.is_empty() {
+        return Err(RunError::Setup("no command to exec".into()));
+    }
+    if pid1(dir).is_none() {
+        return Err(RunError::Setup(format!(
+            "sandbox {} is not running",
+            plan.name
+        )));
+    }
+    let ns = fetch_namespaces(dir)
+        .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
+    // The sandbox's cgroup directories (host view), joined before entering its namespaces.
+    let cgroups: Vec<PathBuf> = Layout::detect()
+        .parents()
+        .into_iter()
+        .map(|p| p.join(&plan.name))
+        .filter(|p| p.is_dir())
+        .collect();
+    let mut env = plan.env.clone();
+    for (k, v) in &req.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    let argv = cstrings(req.argv.iter().cloned())?;
+    let envp = cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?;
+    let cwd = req.cwd.clone().unwrap_or_else(|| plan.cwd.clone());
+    let filter = seccomp::programs()?;
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()));
+    let (err_rd, err_wr) = pipe()?;
+    let (result_rd, result_wr) = pipe()?;
+    drop(result_wr); // exec reports no change summary
+    let tty_pair = if req.tty {
+        Some(
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| io_err("socketpair")(e.into()))?,
+        )
+    } else {
+        None
+    };
+    let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
+    let child = sys::clone_fork(0).map_err(RunError::Clone)?;
+    if child == 0 {
+        let ef = err_wr.as_raw_fd();
+        let fail = |msg: String| -> ! {
+            sys::write_all_raw(ef, msg.as_bytes());
+            sys::exit_now(exit::SANDBOX_FAILED)
+        };
+        let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        for d in &cgroups {
+            if let Err(e) = fs::write(d.join("cgroup.procs"), std::process::id().to_string()) {
+                fail(format!("join the sandbox cgroup {}: {e}", d.display()));
+            }
+        }
+        for (flag, fd) in &ns {
+            if let Err(e) = nix::sched::setns(fd, *flag) {
+                fail(format!("join the sandbox's {flag:?} namespace: {e}"));
+            }
+        }
+        let tty_sock = tty_pair.as_ref().map(|(_, c)| c);
+        let all = SigSet::all();
+        let _ = all.thread_block();
+        let inner = match sys::clone_fork(0) {
+            Ok(0) => {
+                let slave = tty_sock.map(|s| match super::child::open_pty(s.as_raw_fd()) {
+                    Ok(sl) => sl,
+                    Err(e) => fail(format!("allocate a pseudo-terminal: {e}")),
+                });
+                if let Err(e) = seccomp::install(&filter) {
+                    fail(format!("seccomp: {e}"));
+                }
+                let c = Command {
+                    argv: &argv,
+                    envp: &envp,
+                    cwd: &cwd,
+                    err_fd: ef,
+                    stdin_null: !req.forward_stdin && !req.tty,
+                    drop_privileges: true,
+                };
+                command(plan, &c, slave.as_ref())
+            }
+            Ok(p) => Pid::from_raw(p),
+            Err(e) => fail(format!("fork into the sandbox: {e}")),
+        };
+        drop(err_wr);
+        // Relay signals to the command and exit with its status.
+        loop {
+            let Ok(sig) = all.wait() else { continue };
+            if sig == Signal::SIGCHLD {
+                use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+                match waitpid(inner, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, c)) => sys::exit_now(c),
+                    Ok(WaitStatus::Signaled(_, s, _)) => {
+                        sys::exit_now(exit::SIGNAL_BASE + s as i32)
+                    }
+                    _ => {}
+                }
+            } else if nix::sys::signal::killpg(inner, sig).is_err() {
+                let _ = nix::sys::signal::kill(inner, sig);
+            }
+        }
+    }
+    drop(err_wr);
+    drop(ns);
+    let tty_host = tty_pair.map(|(h, c)| {
+        drop(c);
+        h
+    });
+    let pidfd = sys::pidfd_open(child).map_err(io_err("pidfd_open"))?;
+    let child = Pid::from_raw(child);
+    let (_, _) = tty::supervise(&pidfd, child, &signals, tty_host.as_ref(), &result_rd, None)
+        .map_err(io_err("supervise the command"))?;
+    let status = nix::sys::wait::waitpid(child, None)
+        .map_err(|e| io_err("wait for the command")(e.into()))?;
+    let mut msg = String::new();
+    let _ = fs::File::from(err_rd).read_to_string(&mut msg);
+    use nix::sys::wait::WaitStatus;
+    let code = match status {
+        WaitStatus::Exited(_, c) => c,
+        WaitStatus::Signaled(_, s, _) => exit::SIGNAL_BASE + s as i32,
+        _ => exit::SANDBOX_FAILED,
+    };
+    if !msg.is_empty() {
+        if code == exit::NOT_FOUND_CMD || code == exit::NOT_EXECUTABLE {
+            eprintln!("airlock: {msg}");
+            return Ok(Outcome {
+                ending: Ending::Exited(code),
+                changes: None,
+            });
+        }
+        return Err(RunError::Setup(msg));
+    }
+    Ok(Outcome {
+        ending: Ending::Exited(code),
+        changes: None,
+    })
+}

@@ -1,0 +1,115 @@
+//! The persistent-sandbox building blocks (issue 3, in progress): a supervisor process keeps a
+//! sandbox's PID 1 alive, commands are exec'd into it directly (no daemon on the path), its
+//! workspace changes survive stop/start, and stopping leaves no process behind. Driven through
+//! the internal `__supervise` / `__exec` entry points until the engine and its CLI land.
+
+mod common;
+
+use common::{e2e, wait_until, Airlock, Bins};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+fn supervise(a: &Airlock, dir: &Path, name: &str) -> Child {
+    let d = dir.display().to_string();
+    let mut cmd = a.command(&["__supervise", "--dir", &d, "--name", name, "--net", "off"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let child = cmd.spawn().expect("start the supervisor");
+    assert!(
+        wait_until(Duration::from_secs(20), || dir.join("pid1").exists()),
+        "the sandbox did not come up"
+    );
+    child
+}
+
+fn stop(mut sup: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = sup.wait().expect("wait for the supervisor");
+    assert!(status.success() || status.code().is_some(), "{status}");
+}
+
+fn exec(a: &Airlock, dir: &Path, cmd: &[&str]) -> common::Outcome {
+    let d = dir.display().to_string();
+    let mut args = vec!["__exec", "--dir", d.as_str(), "--"];
+    args.extend_from_slice(cmd);
+    a.run(&args)
+}
+
+fn lifecycle(a: &Airlock, label: &str) {
+    let dir = a.dir.join("sandboxes/keep");
+    let marker = format!(
+        "sleep 41.{}",
+        common::random_hex()
+            .chars()
+            .filter(|c| c.is_ascii_digit())
+            .take(4)
+            .collect::<String>()
+    );
+    let sup = supervise(a, &dir, "keep");
+    let out = exec(
+        a,
+        &dir,
+        &["sh", "-c", "id -u; hostname; echo kept > /workspace/state"],
+    );
+    assert_eq!(out.stdout, "1000\nkeep\n", "{label}: {}", out.describe());
+    let out = exec(a, &dir, &["sh", "-c", "exit 9"]);
+    assert_eq!(out.code(), 9, "{label}: {}", out.describe());
+    // A background process left by an exec is reaped by the sandbox's PID 1 and dies at stop.
+    let out = exec(
+        a,
+        &dir,
+        &["sh", "-c", &format!("({marker} >/dev/null 2>&1 &) ; true")],
+    );
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    assert!(
+        !common::pids_with_marker(&marker).is_empty(),
+        "{label}: background process missing"
+    );
+    stop(sup);
+    assert!(
+        wait_until(Duration::from_secs(10), || common::pids_with_marker(
+            &marker
+        )
+        .is_empty()),
+        "{label}: a process outlived stop"
+    );
+    assert!(!dir.join("pid1").exists(), "{label}: pid1 left behind");
+    // Stopped: exec is refused with a clear error, nothing runs.
+    let out = exec(a, &dir, &["true"]);
+    assert_ne!(out.code(), 0, "{label}: {}", out.describe());
+    assert!(
+        out.stderr.contains("not running"),
+        "{label}: {}",
+        out.describe()
+    );
+    // Started again: the workspace change is still there; the host directory never saw it.
+    let sup = supervise(a, &dir, "keep");
+    let out = exec(a, &dir, &["cat", "/workspace/state"]);
+    assert_eq!(out.stdout, "kept\n", "{label}: {}", out.describe());
+    assert!(
+        !a.cwd.join("state").exists(),
+        "{label}: the host workspace was written"
+    );
+    stop(sup);
+}
+
+#[test]
+fn persistent_sandbox_exec_stop_start_rootful() {
+    if !e2e("persistent_sandbox_exec_stop_start_rootful") {
+        return;
+    }
+    lifecycle(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn persistent_sandbox_exec_stop_start_rootless() {
+    if !e2e("persistent_sandbox_exec_stop_start_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    lifecycle(&Airlock::rootless(&bins), "rootless");
+}
