@@ -32,6 +32,27 @@ pub enum Command {
     Init(InitArgs),
     /// Reclaim leftovers of sandboxes whose airlock process died.
     Gc(JsonArg),
+    /// Create a named, persistent sandbox of the current directory (same options as run).
+    Create(Box<CreateArgs>),
+    /// Start a created or stopped sandbox.
+    Start(NameArg),
+    /// Stop a running sandbox (SIGTERM to everything inside, SIGKILL after the grace period).
+    Stop(StopArgs),
+    /// Remove a sandbox and everything it kept.
+    #[command(visible_aliases = ["down", "destroy"])]
+    Rm(RmArgs),
+    /// List sandboxes.
+    List(JsonArg),
+    /// Show a sandbox's state, policy and live resource use.
+    Status(StatusArgs),
+    /// Run a command in a running sandbox.
+    Exec(ExecArgs),
+    /// An interactive shell in a running sandbox.
+    #[command(visible_aliases = ["attach", "ssh"])]
+    Shell(NameArg),
+    /// The local engine (auto-started by the commands that need it).
+    #[command(hide = true)]
+    Engine(EngineArgs),
     /// Internal: supervise a persistent sandbox whose folder is DIR until it is stopped (SIGTERM).
     #[command(name = "__supervise", hide = true)]
     Supervise(Box<SuperviseArgs>),
@@ -135,11 +156,12 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct SuperviseArgs {
-    /// The sandbox's folder (created if missing).
+    /// The sandbox's folder (created if missing); holds spec.json unless --name is given.
     #[arg(long)]
     pub dir: PathBuf,
+    /// Build the spec from these flags and the current directory instead of DIR/spec.json.
     #[arg(long)]
-    pub name: String,
+    pub name: Option<String>,
     #[command(flatten)]
     pub policy: PolicyArgs,
     #[arg(long, value_name = "FILE")]
@@ -165,4 +187,75 @@ pub struct ExecDirArgs {
         value_name = "CMD"
     )]
     pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    pub name: String,
+    /// How long processes get to exit after SIGTERM, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    pub grace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    pub name: String,
+    /// Stop it first if it is running.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Give the command a pseudo-terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Forward stdin even when it is a terminal.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Set an environment variable (K=V), or pass the host's value of K.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory inside.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    pub name: String,
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    #[command(subcommand)]
+    pub action: EngineAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EngineAction {
+    /// Serve the API on the engine socket (what the CLI auto-starts).
+    Serve,
 }

@@ -1,6 +1,7 @@
 //! airlock: the command-line binary. Parses flags, dispatches to `cmd::*`, maps errors to
 //! stable exit codes.
 
+mod backend;
 mod cli;
 mod cmd;
 mod error;

@@ -5,6 +5,7 @@ mod doctor;
 mod gc;
 mod init;
 mod run;
+mod sandbox;
 
 use crate::cli::{Cli, Command};
 use crate::error::{CliError, CliResult};
@@ -14,12 +15,24 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
     match cli.command {
         Command::Run(a) => run::run(&a, cli.config.as_deref(), cli.no_user_config),
         Command::Gc(a) => gc::gc(a.json),
+        Command::Create(a) => sandbox::create(*a, cli.config.as_deref(), cli.no_user_config),
+        Command::Start(a) => sandbox::start(&a.name),
+        Command::Stop(a) => sandbox::stop(&a),
+        Command::Rm(a) => sandbox::rm(&a),
+        Command::List(a) => sandbox::list(a.json),
+        Command::Status(a) => sandbox::status(&a),
+        Command::Exec(a) => sandbox::exec_cmd(a),
+        Command::Shell(a) => sandbox::shell(&a.name),
+        Command::Engine(a) => match a.action {
+            crate::cli::EngineAction::Serve => sandbox::engine_serve(),
+        },
+        Command::Supervise(a) if a.name.is_none() => sandbox::supervise_spec(&a.dir),
         Command::Supervise(a) => {
             let a = *a;
             std::fs::create_dir_all(&a.dir).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
             let run_args = crate::cli::RunArgs {
                 policy: a.policy,
-                name: Some(a.name),
+                name: a.name,
                 workdir: None,
                 timeout: None,
                 tty: false,

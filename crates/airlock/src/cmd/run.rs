@@ -272,6 +272,30 @@ pub fn run_with(
     no_user_config: bool,
     persist: Option<&Path>,
 ) -> CliResult<i32> {
+    let b = build(a, global_config, no_user_config, persist.is_some())?;
+    launch(
+        &b,
+        a.tty,
+        a.timeout.as_deref(),
+        a.net_log.as_deref(),
+        persist,
+    )
+}
+
+/// A resolved spec and the host-side options of one launch.
+pub struct Built {
+    pub spec: RunSpec,
+    pub timeout: Option<Duration>,
+    pub forward_stdin: bool,
+}
+
+/// Config + flags -> the spec (`persistent`: a named sandbox, no command).
+pub fn build(
+    a: &RunArgs,
+    global_config: Option<&Path>,
+    no_user_config: bool,
+    persistent: bool,
+) -> CliResult<Built> {
     airlock_sandbox::phase("start");
     let resolved = load_config(global_config, no_user_config, cli_layer(&a.policy)?)?;
     let eff = &resolved.effective;
@@ -384,20 +408,32 @@ pub fn run_with(
         } else {
             Stdio::Inherit { forward_stdin }
         },
-        argv: if persist.is_some() {
-            vec![]
-        } else {
-            a.cmd.clone()
-        },
-        persistent: persist.is_some(),
+        argv: if persistent { vec![] } else { a.cmd.clone() },
+        persistent,
     };
+    Ok(Built {
+        spec,
+        timeout,
+        forward_stdin,
+    })
+}
+
+/// Launch a built spec: to completion (`run`), or supervised until stopped (`persist`).
+pub fn launch(
+    b: &Built,
+    tty: bool,
+    timeout_text: Option<&str>,
+    net_log: Option<&Path>,
+    persist: Option<&Path>,
+) -> CliResult<i32> {
+    let (spec, timeout, forward_stdin) = (&b.spec, b.timeout, b.forward_stdin);
 
     airlock_sandbox::phase("config loaded");
     let layout = Layout::detect();
     let state = rundir::state_dir();
     rundir::gc(&state, &layout);
-    let facts = container::host_facts(&project_dir, &layout);
-    let plan = plan::plan(&spec, &facts)?;
+    let facts = container::host_facts(&spec.project_dir, &layout);
+    let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
     if !plan.unenforced_limits.is_empty() {
         eprintln!(
@@ -410,10 +446,10 @@ pub fn run_with(
         state_dir: &state,
         layout: &layout,
         timeout,
-        tty: a.tty,
+        tty,
         forward_stdin,
         facts: &facts,
-        net_journal: a.net_log.as_deref(),
+        net_journal: net_log,
         persist,
     };
     if let Some(dir) = persist {
@@ -434,11 +470,14 @@ pub fn run_with(
     match outcome.ending {
         Ending::TimedOut => eprintln!(
             "airlock: killed: timeout after {}",
-            a.timeout.as_deref().unwrap_or("?")
+            timeout_text.unwrap_or("?")
         ),
         Ending::OutOfMemory => eprintln!(
             "airlock: killed: out of memory (limit {})",
-            r.memory.map(|m| m.to_string()).unwrap_or_default()
+            spec.resources
+                .memory
+                .map(|m| m.to_string())
+                .unwrap_or_default()
         ),
         Ending::Exited(_) => {}
     }

@@ -403,6 +403,8 @@ impl Airlock {
         cmd.env("AIRLOCK_STATE_DIR", self.state_dir());
         cmd.env("XDG_STATE_HOME", self.dir.join("xdg-state"));
         cmd.env("XDG_RUNTIME_DIR", self.dir.join("runtime"));
+        // The engine's socket: one per test, never the machine's.
+        cmd.env("AIRLOCK_RUNTIME_DIR", self.dir.join("runtime/airlock"));
         cmd.env("XDG_CONFIG_HOME", self.dir.join("home/.config"));
         cmd.env("HOME", self.dir.join("home"));
         if let Some(u) = &self.user {
@@ -529,4 +531,26 @@ pub fn python3() -> Option<&'static str> {
     Path::new("/usr/bin/python3")
         .exists()
         .then_some("/usr/bin/python3")
+}
+
+/// Kill the engine a test's commands auto-started (found by its runtime dir in its environment).
+pub fn stop_engines_of(a: &Airlock) {
+    let marker = format!(
+        "AIRLOCK_RUNTIME_DIR={}",
+        a.dir.join("runtime/airlock").display()
+    );
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("engine\0serve") {
+            continue;
+        }
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
+            // SAFETY: kill(2) on a pid we just identified as this test's engine.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }

@@ -1,0 +1,238 @@
+//! Named, persistent sandboxes: thin clients of the local engine (auto-started), plus exec and
+//! shell, which go straight into the running sandbox (no engine on that path).
+
+use crate::backend::{self, SupervisorBackend};
+use crate::cli::{CreateArgs, ExecArgs, RmArgs, RunArgs, StatusArgs, StopArgs};
+use crate::error::{CliError, CliResult};
+use airlock_engine::client::{Client, ClientError};
+use airlock_engine::paths;
+use airlock_model::exit;
+use airlock_sandbox::container::exec::{self, ExecRequest};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        let (code, hint) = (e.exit_code(), e.hint());
+        CliError::new(code, e).maybe_hint(hint)
+    }
+}
+
+fn client() -> CliResult<Client> {
+    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    Ok(Client::connect_or_start(&exe)?)
+}
+
+fn sandbox_dir(name: &str) -> PathBuf {
+    paths::state_dir().join("sandboxes").join(name)
+}
+
+pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
+    airlock_model::spec::validate_name(&a.name).map_err(CliError::usage)?;
+    let run_args = RunArgs {
+        policy: a.policy,
+        name: Some(a.name.clone()),
+        workdir: None,
+        timeout: None,
+        tty: false,
+        interactive: false,
+        net_log: None,
+        cmd: vec![],
+    };
+    let built = crate::cmd::run::build(&run_args, global_config, no_user_config, true)?;
+    let spec =
+        serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let rec = client()?.create(&a.name, &spec)?;
+    println!("{}", rec.name);
+    Ok(0)
+}
+
+pub fn start(name: &str) -> CliResult<i32> {
+    let rec = client()?.start(name)?;
+    println!("{} {}", rec.name, rec.state);
+    Ok(0)
+}
+
+pub fn stop(a: &StopArgs) -> CliResult<i32> {
+    let grace = crate::cmd::run::parse_duration(&a.grace)
+        .map_err(|e| CliError::usage(format!("--grace: {e}")))?;
+    let rec = client()?.stop(&a.name, Some(grace))?;
+    println!("{} {}", rec.name, rec.state);
+    Ok(0)
+}
+
+pub fn rm(a: &RmArgs) -> CliResult<i32> {
+    client()?.rm(&a.name, a.force)?;
+    println!("removed {}", a.name);
+    Ok(0)
+}
+
+pub fn list(json: bool) -> CliResult<i32> {
+    let records = client()?.list()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records)
+                .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
+        );
+        return Ok(0);
+    }
+    if records.is_empty() {
+        println!("no sandboxes");
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<10} {:<10} {:<12}",
+        "NAME", "STATE", "PROFILE", "BACKEND"
+    );
+    for r in records {
+        println!(
+            "{:<24} {:<10} {:<10} {:<12}",
+            r.name,
+            r.state.to_string(),
+            r.profile.as_deref().unwrap_or("-"),
+            r.backend.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(0)
+}
+
+pub fn status(a: &StatusArgs) -> CliResult<i32> {
+    let st = client()?.status(&a.name)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&st)
+                .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
+        );
+        return Ok(0);
+    }
+    let r = &st.record;
+    println!("name:     {}", r.name);
+    println!("state:    {}", r.state);
+    println!("backend:  {}", r.backend.as_deref().unwrap_or("container"));
+    println!("image:    {}", r.image.as_deref().unwrap_or("host"));
+    println!("profile:  {}", r.profile.as_deref().unwrap_or("-"));
+    if let Some(net) = r.spec.get("net").and_then(|v| v.as_str()) {
+        println!("network:  {net}");
+    }
+    if let Some(ws) = r.spec.get("workspace").and_then(|v| v.as_str()) {
+        println!("workspace: {ws}");
+    }
+    if let Some(up) = st.uptime_secs {
+        println!("uptime:   {up}s");
+    }
+    if let Some(s) = st.stats {
+        println!("memory:   {} bytes", s.memory_bytes);
+        println!("pids:     {}", s.pids);
+        println!("cpu:      {} us", s.cpu_usec);
+    }
+    if let Some(e) = &r.last_error {
+        println!("error:    {e}");
+    }
+    Ok(0)
+}
+
+/// exec/shell: straight into the running sandbox's namespaces.
+pub fn exec_in(
+    name: &str,
+    argv: Vec<String>,
+    env: &[String],
+    workdir: Option<PathBuf>,
+    tty: bool,
+    interactive: bool,
+) -> CliResult<i32> {
+    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
+    let dir = sandbox_dir(name);
+    if !dir.is_dir() {
+        return Err(
+            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no sandbox named {name}"))
+                .hint("airlock list shows the sandboxes"),
+        );
+    }
+    if exec::pid1(&dir).is_none() {
+        return Err(CliError::new(
+            exit::CONFLICT,
+            anyhow::anyhow!("sandbox {name} is not running"),
+        )
+        .hint(format!("airlock start {name}")));
+    }
+    let plan: airlock_model::plan::LaunchPlan = std::fs::read(dir.join("plan.json"))
+        .map_err(anyhow::Error::from)
+        .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
+        .map_err(|e| {
+            CliError::new(exit::SANDBOX_FAILED, e)
+                .hint(format!("airlock stop {name} && airlock start {name}"))
+        })?;
+    if tty && !std::io::stdin().is_terminal() {
+        return Err(CliError::usage("-t needs a terminal on stdin"));
+    }
+    let env = env.iter().map(|kv| match kv.split_once('=') {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
+    });
+    let req = ExecRequest {
+        argv,
+        env: env.collect(),
+        cwd: workdir,
+        tty,
+        forward_stdin: interactive || tty || !std::io::stdin().is_terminal(),
+    };
+    Ok(exec::exec(&dir, &plan, &req)?.exit_code())
+}
+
+pub fn exec_cmd(a: ExecArgs) -> CliResult<i32> {
+    exec_in(&a.name, a.cmd, &a.env, a.workdir, a.tty, a.interactive)
+}
+
+pub fn shell(name: &str) -> CliResult<i32> {
+    let tty = std::io::stdin().is_terminal();
+    exec_in(
+        name,
+        vec!["/bin/sh".into(), "-l".into()],
+        &[],
+        None,
+        tty,
+        true,
+    )
+}
+
+/// `airlock engine serve`: the engine process.
+pub fn engine_serve() -> CliResult<i32> {
+    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let backend = Arc::new(SupervisorBackend { exe });
+    airlock_engine::api::run(&paths::socket_path(), &paths::state_dir(), backend)
+        .map_err(|e| CliError::new(exit::BACKEND_UNAVAILABLE, e))?;
+    Ok(0)
+}
+
+/// `airlock __supervise --dir DIR` for a created sandbox: its spec is DIR/spec.json.
+pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
+    let Some(_lock) =
+        backend::take_lock(dir).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
+    else {
+        return Err(CliError::new(
+            exit::CONFLICT,
+            anyhow::anyhow!("another supervisor runs {}", dir.display()),
+        ));
+    };
+    std::fs::write(
+        dir.join(backend::SUPERVISOR_PID),
+        std::process::id().to_string(),
+    )
+    .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let spec: airlock_model::spec::RunSpec = std::fs::read(dir.join("spec.json"))
+        .map_err(anyhow::Error::from)
+        .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let built = crate::cmd::run::Built {
+        spec,
+        timeout: None,
+        forward_stdin: false,
+    };
+    let code =
+        crate::cmd::run::launch(&built, false, None, Some(&dir.join("net.jsonl")), Some(dir));
+    let _ = std::fs::remove_file(dir.join(backend::SUPERVISOR_PID));
+    code
+}

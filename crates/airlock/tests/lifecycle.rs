@@ -1,0 +1,111 @@
+//! Named sandboxes through the CLI and the auto-started engine: create, start, exec, status,
+//! stop, start again (state kept), rm (refused while running), rm --force; the engine killed
+//! with SIGKILL leaves running sandboxes running and the next command reconciles.
+
+mod common;
+
+use common::{e2e, stop_engines_of, Airlock, Bins};
+
+fn cli(a: &Airlock, args: &[&str]) -> common::Outcome {
+    a.run(args)
+}
+
+fn lifecycle(a: &Airlock, label: &str) {
+    let ok = |args: &[&str]| {
+        let out = cli(a, args);
+        assert_eq!(out.code(), 0, "{label}: {args:?}: {}", out.describe());
+        out
+    };
+    ok(&["create", "box", "--net", "off"]);
+    let out = cli(a, &["create", "box"]);
+    assert_eq!(
+        out.code(),
+        119,
+        "{label}: duplicate create: {}",
+        out.describe()
+    );
+    let out = cli(a, &["create", "Bad/Name"]);
+    assert_eq!(out.code(), 2, "{label}: {}", out.describe());
+    let out = cli(a, &["exec", "box", "--", "true"]);
+    assert_eq!(
+        out.code(),
+        120,
+        "{label}: exec on a stopped sandbox: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("hint: airlock start box"),
+        "{label}: {}",
+        out.describe()
+    );
+    ok(&["start", "box"]);
+    let out = ok(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "id -u; echo kept > /workspace/f",
+    ]);
+    assert_eq!(out.stdout, "1000\n", "{label}");
+    let out = cli(a, &["exec", "box", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.code(), 7, "{label}: {}", out.describe());
+    let out = ok(&["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).expect("list --json");
+    assert_eq!(list[0]["name"], "box", "{label}: {list}");
+    assert_eq!(list[0]["state"], "running", "{label}: {list}");
+    let out = ok(&["status", "box", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
+    assert_eq!(st["state"], "running", "{label}: {st}");
+    let out = cli(a, &["rm", "box"]);
+    assert_eq!(
+        out.code(),
+        120,
+        "{label}: rm of a running sandbox: {}",
+        out.describe()
+    );
+    // The engine dies; the sandbox does not.
+    stop_engines_of(a);
+    let out = ok(&["exec", "box", "--", "cat", "/workspace/f"]);
+    assert_eq!(out.stdout, "kept\n", "{label}");
+    let out = ok(&["status", "box", "--json"]);
+    assert!(
+        out.stdout.contains("\"running\""),
+        "{label}: reconcile after the engine died: {}",
+        out.describe()
+    );
+    ok(&["stop", "box", "--grace", "2s"]);
+    ok(&["start", "box"]);
+    let out = ok(&["exec", "box", "--", "cat", "/workspace/f"]);
+    assert_eq!(out.stdout, "kept\n", "{label}: state across stop/start");
+    assert!(
+        !a.cwd.join("f").exists(),
+        "{label}: the host workspace was written"
+    );
+    ok(&["rm", "--force", "box"]);
+    let out = ok(&["list", "--json"]);
+    assert_eq!(out.stdout.trim(), "[]", "{label}");
+    assert!(
+        !a.state_dir().join("sandboxes/box").exists(),
+        "{label}: folder left behind"
+    );
+    stop_engines_of(a);
+}
+
+#[test]
+fn named_sandbox_lifecycle_rootful() {
+    if !e2e("named_sandbox_lifecycle_rootful") {
+        return;
+    }
+    lifecycle(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn named_sandbox_lifecycle_rootless() {
+    if !e2e("named_sandbox_lifecycle_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    lifecycle(&Airlock::rootless(&bins), "rootless");
+}
