@@ -10,7 +10,17 @@ fn cli(a: &Airlock, args: &[&str]) -> common::Outcome {
     a.run(args)
 }
 
+/// Stops the test's engine however the test ends.
+struct EngineGuard<'a>(&'a Airlock);
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        stop_engines_of(self.0);
+    }
+}
+
 fn lifecycle(a: &Airlock, label: &str) {
+    let _guard = EngineGuard(a);
     let ok = |args: &[&str]| {
         let out = cli(a, args);
         assert_eq!(out.code(), 0, "{label}: {args:?}: {}", out.describe());
