@@ -36,6 +36,10 @@ pub enum Command {
     Create(Box<CreateArgs>),
     /// Start a created or stopped sandbox.
     Start(NameArg),
+    /// Create-or-start (NAME defaults to the project directory's name); --fresh discards its state.
+    Up(Box<UpArgs>),
+    /// A sandbox's supervisor log (--net: its network audit journal).
+    Logs(LogsArgs),
     /// Stop a running sandbox (SIGTERM to everything inside, SIGKILL after the grace period).
     Stop(StopArgs),
     /// Remove a sandbox and everything it kept.
@@ -258,4 +262,25 @@ pub struct EngineArgs {
 pub enum EngineAction {
     /// Serve the API on the engine socket (what the CLI auto-starts).
     Serve,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    pub name: Option<String>,
+    /// Remove the sandbox (and its kept state) first.
+    #[arg(long)]
+    pub fresh: bool,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub name: String,
+    /// Keep printing as the log grows.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The network audit journal (JSON lines) instead of the supervisor log.
+    #[arg(long)]
+    pub net: bool,
 }

@@ -119,3 +119,30 @@ fn named_sandbox_lifecycle_rootless() {
     let bins = Bins::owned_by(&user);
     lifecycle(&Airlock::rootless(&bins), "rootless");
 }
+
+#[test]
+fn up_creates_or_starts_and_fresh_discards_state() {
+    if !e2e("up_creates_or_starts_and_fresh_discards_state") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    // The project directory of the test is `cwd`: the sandbox is named after it.
+    let run = |args: &[&str]| {
+        let out = a.run(args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    run(&["up", "--net", "off"]);
+    run(&["exec", "cwd", "--", "sh", "-c", "echo s > /workspace/s"]);
+    run(&["up"]); // already running: nothing changes
+    assert_eq!(
+        run(&["exec", "cwd", "--", "cat", "/workspace/s"]).stdout,
+        "s\n"
+    );
+    run(&["up", "--fresh", "--net", "off"]);
+    let out = a.run(&["exec", "cwd", "--", "cat", "/workspace/s"]);
+    assert_ne!(out.code(), 0, "--fresh kept the state: {}", out.describe());
+    run(&["logs", "cwd"]);
+    run(&["rm", "--force", "cwd"]);
+}

@@ -17,6 +17,8 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Gc(a) => gc::gc(a.json),
         Command::Create(a) => sandbox::create(*a, cli.config.as_deref(), cli.no_user_config),
         Command::Start(a) => sandbox::start(&a.name),
+        Command::Up(a) => sandbox::up(*a, cli.config.as_deref(), cli.no_user_config),
+        Command::Logs(a) => sandbox::logs(&a),
         Command::Stop(a) => sandbox::stop(&a),
         Command::Rm(a) => sandbox::rm(&a),
         Command::List(a) => sandbox::list(a.json),

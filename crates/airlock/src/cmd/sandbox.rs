@@ -2,7 +2,7 @@
 //! shell, which go straight into the running sandbox (no engine on that path).
 
 use crate::backend::{self, SupervisorBackend};
-use crate::cli::{CreateArgs, ExecArgs, RmArgs, RunArgs, StatusArgs, StopArgs};
+use crate::cli::{CreateArgs, ExecArgs, LogsArgs, RmArgs, RunArgs, StatusArgs, StopArgs, UpArgs};
 use crate::error::{CliError, CliResult};
 use airlock_engine::client::{Client, ClientError};
 use airlock_engine::paths;
@@ -26,6 +26,97 @@ fn client() -> CliResult<Client> {
 
 fn sandbox_dir(name: &str) -> PathBuf {
     paths::state_dir().join("sandboxes").join(name)
+}
+
+/// A sandbox name from a directory name: lowercase, [a-z0-9-], at most 63 bytes.
+pub fn name_from_dir(dir: &Path) -> Option<String> {
+    let raw = dir.file_name()?.to_string_lossy().to_lowercase();
+    let mut n: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    n = n.trim_matches('-').to_string();
+    while n.contains("--") {
+        n = n.replace("--", "-");
+    }
+    n.truncate(63);
+    let n = n.trim_end_matches('-').to_string();
+    airlock_model::spec::validate_name(&n).ok().map(|()| n)
+}
+
+pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
+    let name = match a.name.clone() {
+        Some(n) => n,
+        None => {
+            let cwd = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, e))?;
+            name_from_dir(&cwd).ok_or_else(|| {
+                CliError::usage(format!(
+                    "cannot derive a sandbox name from {}",
+                    cwd.display()
+                ))
+                .hint("give one: airlock up NAME")
+            })?
+        }
+    };
+    let c = client()?;
+    if a.fresh && c.status(&name).is_ok() {
+        c.rm(&name, true)?;
+    }
+    match c.status(&name) {
+        Ok(st) if st.record.state == airlock_model::lifecycle::SandboxState::Running => {}
+        Ok(_) => {
+            c.start(&name)?;
+        }
+        Err(_) => {
+            create(
+                CreateArgs {
+                    name: name.clone(),
+                    policy: a.policy,
+                },
+                global_config,
+                no_user_config,
+            )?;
+            c.start(&name)?;
+        }
+    }
+    println!("{name} running");
+    Ok(0)
+}
+
+pub fn logs(a: &LogsArgs) -> CliResult<i32> {
+    use std::io::{Read, Seek, Write};
+    airlock_model::spec::validate_name(&a.name).map_err(CliError::usage)?;
+    let dir = sandbox_dir(&a.name);
+    if !dir.is_dir() {
+        return Err(CliError::new(
+            exit::NOT_FOUND,
+            anyhow::anyhow!("no sandbox named {}", a.name),
+        )
+        .hint("airlock list shows the sandboxes"));
+    }
+    let path = dir.join(if a.net { "net.jsonl" } else { backend::CONSOLE });
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(_) if !a.follow => return Ok(0),
+        Err(e) => return Err(CliError::new(exit::SANDBOX_FAILED, e)),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        if n > 0 {
+            let _ = out.write_all(&buf[..n]);
+            continue;
+        }
+        if !a.follow {
+            return Ok(0);
+        }
+        let _ = out.flush();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _ = f.stream_position();
+    }
 }
 
 pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
@@ -235,4 +326,24 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         crate::cmd::run::launch(&built, false, None, Some(&dir.join("net.jsonl")), Some(dir));
     let _ = std::fs::remove_file(dir.join(backend::SUPERVISOR_PID));
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_directories() {
+        assert_eq!(
+            name_from_dir(Path::new("/home/u/My_Project")),
+            Some("my-project".into())
+        );
+        assert_eq!(name_from_dir(Path::new("/x/--a..b--")), Some("a-b".into()));
+        assert_eq!(name_from_dir(Path::new("/")), None);
+        assert_eq!(name_from_dir(Path::new("/x/___")), None);
+        assert_eq!(
+            name_from_dir(Path::new(&format!("/x/{}", "a".repeat(80)))).map(|n| n.len()),
+            Some(63)
+        );
+    }
 }
