@@ -10,24 +10,37 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-fn supervise(a: &Airlock, dir: &Path, name: &str) -> Child {
+/// A supervisor that is killed however the test ends.
+struct Sup(Option<Child>);
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn supervise(a: &Airlock, dir: &Path, name: &str) -> Sup {
     let d = dir.display().to_string();
     let mut cmd = a.command(&["__supervise", "--dir", &d, "--name", name, "--net", "off"]);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    let child = cmd.spawn().expect("start the supervisor");
+    let sup = Sup(Some(cmd.spawn().expect("start the supervisor")));
     assert!(
         wait_until(Duration::from_secs(20), || dir.join("pid1").exists()),
         "the sandbox did not come up"
     );
-    child
+    sup
 }
 
-fn stop(mut sup: Child) {
+fn stop(mut sup: Sup) {
+    let mut child = sup.0.take().expect("a running supervisor");
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(sup.id() as i32),
+        nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let status = sup.wait().expect("wait for the supervisor");
+    let status = child.wait().expect("wait for the supervisor");
     assert!(status.success() || status.code().is_some(), "{status}");
 }
 
