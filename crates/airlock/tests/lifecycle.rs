@@ -146,3 +146,62 @@ fn up_creates_or_starts_and_fresh_discards_state() {
     run(&["logs", "cwd"]);
     run(&["rm", "--force", "cwd"]);
 }
+
+/// 64 sandboxes created, started, exec'd into and removed from 64 CLI processes at once.
+#[test]
+fn sixty_four_parallel_lifecycles() {
+    if !e2e("sixty_four_parallel_lifecycles") {
+        return;
+    }
+    let a = std::sync::Arc::new(Airlock::root());
+    let _guard = EngineGuard(&a);
+    let handles: Vec<_> = (0..64)
+        .map(|i| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                let name = format!("p{i}");
+                for args in [
+                    vec![
+                        "create",
+                        name.as_str(),
+                        "--net",
+                        "off",
+                        "--workspace",
+                        "none",
+                    ],
+                    vec!["start", name.as_str()],
+                ] {
+                    let out = a.run(&args);
+                    assert_eq!(out.code(), 0, "{name}: {args:?}: {}", out.describe());
+                }
+                let out = a.run(&["exec", &name, "--", "hostname"]);
+                assert_eq!(
+                    out.stdout,
+                    format!("{name}\n"),
+                    "{name}: {}",
+                    out.describe()
+                );
+                let out = a.run(&["rm", "--force", &name]);
+                assert_eq!(out.code(), 0, "{name}: {}", out.describe());
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a parallel lifecycle failed");
+    }
+    let out = a.run(&["list", "--json"]);
+    assert_eq!(out.stdout.trim(), "[]", "{}", out.describe());
+    let left: Vec<_> = std::fs::read_dir(a.state_dir().join("sandboxes"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "folders left: {left:?}");
+    assert!(
+        common::pids_with_marker(&a.dir.path().display().to_string())
+            .iter()
+            .all(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.contains("engine"))
+            }),
+        "supervisors left running"
+    );
+}
