@@ -389,6 +389,7 @@ impl Engine {
     /// Starts a `stopped` or `failed` sandbox; it ends `running`, or `failed` with the
     /// backend's error as `last_error`.
     pub fn start(&self, name: &str) -> Result<Record, EngineError> {
+        self.refresh(Some(name));
         let _busy = self.begin(name);
         let record = self.get_record(name)?;
         lifecycle::can(name, record.state, Op::Start).map_err(EngineError::Refused)?;
@@ -447,6 +448,7 @@ impl Engine {
     /// Stops a sandbox (asks, waits `grace`, kills); it ends `stopped`. When the backend
     /// cannot stop it, it ends `failed` with the error, still holding its supervisor pid.
     pub fn stop(&self, name: &str, grace: Duration) -> Result<Record, EngineError> {
+        self.refresh(Some(name));
         let _busy = self.begin(name);
         let record = self.get_record(name)?;
         lifecycle::can(name, record.state, Op::Stop).map_err(EngineError::Refused)?;
@@ -538,11 +540,47 @@ impl Engine {
 
     /// Every sandbox, ordered by name.
     pub fn list(&self) -> Result<Vec<Record>, EngineError> {
+        self.refresh(None);
+        self.records()
+    }
+
+    fn records(&self) -> Result<Vec<Record>, EngineError> {
         Ok(lock(&self.store).list()?)
+    }
+
+    /// Settle `running` records whose supervisor is gone (it can die while the engine lives:
+    /// the engine learns it on the next request, not only at its own restart).
+    fn refresh(&self, only: Option<&str>) {
+        let Ok(records) = self.records() else { return };
+        for record in records.iter().filter(|r| only.is_none_or(|n| n == r.name)) {
+            if record.state != S::Running {
+                continue;
+            }
+            if matches!(
+                self.backend
+                    .probe(&record.name, &self.sandbox_dir(&record.name)),
+                Liveness::Running { .. }
+            ) {
+                continue;
+            }
+            let _busy = {
+                let mut map = lock(&self.in_flight);
+                if map.contains_key(&record.name) {
+                    continue;
+                }
+                map.insert(record.name.clone(), 1);
+                InFlight {
+                    engine: self,
+                    name: record.name.clone(),
+                }
+            };
+            let _ = self.settle(record);
+        }
     }
 
     /// One sandbox with its uptime and live resource use.
     pub fn status(&self, name: &str) -> Result<Status, EngineError> {
+        self.refresh(Some(name));
         let record = self.get_record(name)?;
         let (uptime_secs, stats) = if record.state == S::Running {
             let uptime = record.started_at.map(|t| (now() - t).max(0));
@@ -562,7 +600,7 @@ impl Engine {
     /// Also deletes folders under `sandboxes/` that no record owns.
     pub fn reconcile(&self) -> Result<ReconcileReport, EngineError> {
         let mut report = ReconcileReport::default();
-        for record in self.list()? {
+        for record in self.records()? {
             let name = record.name.clone();
             let _busy = {
                 let mut map = lock(&self.in_flight);

@@ -631,3 +631,31 @@ fn reconcile_leaves_operations_in_progress_alone() {
     let record = starter.join().expect("join").expect("start");
     assert_eq!(record.state, S::Running);
 }
+
+#[test]
+fn a_supervisor_dying_under_a_live_engine_is_seen_on_the_next_request() {
+    let f = Fixture::new();
+    for n in ["died", "ended", "alive"] {
+        f.engine.create(n, SPEC).expect("create");
+        f.engine.start(n).expect("start");
+    }
+    f.fake.die("died");
+    f.fake.exit("ended");
+    let states: Vec<(String, S)> = f
+        .engine
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|r| (r.name, r.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("alive".into(), S::Running),
+            ("died".into(), S::Failed),
+            ("ended".into(), S::Stopped)
+        ]
+    );
+    // A start of the dead one is allowed again (no stale `running` blocks it).
+    assert_eq!(f.engine.start("died").expect("restart").state, S::Running);
+}
