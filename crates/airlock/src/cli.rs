@@ -51,6 +51,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Run a command in a running sandbox.
     Exec(ExecArgs),
+    /// Copy files in or out of a running sandbox: `cp HOST NAME:/path` or `cp NAME:/path HOST`.
+    Cp(CpArgs),
     /// An interactive shell in a running sandbox.
     #[command(visible_aliases = ["attach", "ssh"])]
     Shell(NameArg),
@@ -283,4 +285,10 @@ pub struct LogsArgs {
     /// The network audit journal (JSON lines) instead of the supervisor log.
     #[arg(long)]
     pub net: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    pub src: String,
+    pub dst: String,
 }

@@ -205,3 +205,63 @@ fn sixty_four_parallel_lifecycles() {
         "supervisors left running"
     );
 }
+
+#[test]
+fn cp_copies_in_and_out_and_never_through_host_symlinks() {
+    if !e2e("cp_copies_in_and_out_and_never_through_host_symlinks") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    let run = |args: &[&str]| a.run(args);
+    assert_eq!(run(&["up", "cpbox", "--net", "off"]).code(), 0);
+    let host = common::TempDir::new("cp");
+    std::fs::write(host.join("in.txt"), "to the sandbox\n").expect("write");
+    std::fs::create_dir_all(host.join("tree/sub")).expect("mkdir");
+    std::fs::write(host.join("tree/sub/f"), "deep\n").expect("write");
+    let h = |p: &str| host.join(p).display().to_string();
+    // In: a file into a directory, a directory tree.
+    assert_eq!(run(&["cp", &h("in.txt"), "cpbox:/tmp/"]).code(), 0);
+    assert_eq!(
+        run(&["exec", "cpbox", "--", "cat", "/tmp/in.txt"]).stdout,
+        "to the sandbox\n"
+    );
+    assert_eq!(run(&["cp", &h("tree"), "cpbox:/home/agent/"]).code(), 0);
+    assert_eq!(
+        run(&["exec", "cpbox", "--", "cat", "/home/agent/tree/sub/f"]).stdout,
+        "deep\n"
+    );
+    // Out: the sandbox plants a symlink at the path and a symlink in a tree.
+    let plant = "echo out > /tmp/o; ln -s /etc/hostname /tmp/l; mkdir -p /tmp/d/x; echo y > /tmp/d/x/y; ln -s /etc /tmp/d/esc";
+    assert_eq!(run(&["exec", "cpbox", "--", "sh", "-c", plant]).code(), 0);
+    assert_eq!(run(&["cp", "cpbox:/tmp/o", &h("o.txt")]).code(), 0);
+    assert_eq!(
+        std::fs::read_to_string(host.join("o.txt")).expect("copied"),
+        "out\n"
+    );
+    // A host destination that is a symlink is refused, its target untouched.
+    std::fs::write(host.join("victim"), "keep\n").expect("write");
+    std::os::unix::fs::symlink(host.join("victim"), host.join("link")).expect("symlink");
+    let out = run(&["cp", "cpbox:/tmp/o", &h("link")]);
+    assert_eq!(out.code(), 2, "{}", out.describe());
+    assert_eq!(
+        std::fs::read_to_string(host.join("victim")).expect("victim"),
+        "keep\n"
+    );
+    // A directory comes out as a new tree; its symlinks stay symlinks and nothing is written
+    // through them.
+    std::fs::create_dir(host.join("outdir")).expect("mkdir");
+    assert_eq!(run(&["cp", "cpbox:/tmp/d", &h("outdir")]).code(), 0);
+    assert_eq!(
+        std::fs::read_to_string(host.join("outdir/d/x/y")).expect("tree"),
+        "y\n"
+    );
+    assert!(std::fs::symlink_metadata(host.join("outdir/d/esc"))
+        .expect("esc")
+        .file_type()
+        .is_symlink());
+    // Paths that do not exist inside (the curated /etc has no shadow) are not found.
+    assert_eq!(run(&["cp", "cpbox:/etc/shadow", &h("shadow")]).code(), 122);
+    assert!(!host.join("shadow").exists());
+    assert_eq!(run(&["rm", "--force", "cpbox"]).code(), 0);
+}

@@ -1,6 +1,7 @@
 //! Command implementations, one module per subcommand.
 
 mod config;
+mod cp;
 mod doctor;
 mod gc;
 mod init;
@@ -25,6 +26,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Status(a) => sandbox::status(&a),
         Command::Exec(a) => sandbox::exec_cmd(a),
         Command::Shell(a) => sandbox::shell(&a.name),
+        Command::Cp(a) => cp::cp(&a.src, &a.dst),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => sandbox::engine_serve(),
         },

@@ -446,7 +446,19 @@ pub fn run_with_deadline(mut cmd: Command, input: Option<Vec<u8>>, deadline: Dur
         Stdio::null()
     });
     let start = Instant::now();
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    // ETXTBSY: another test thread forked while a copied binary was still open for writing
+    // (the classic copy-then-exec race); it clears as soon as that child execs.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(c) => break c,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("spawn {cmd:?}: {e}"),
+        }
+    };
     if let Some(data) = input {
         let mut stdin = child.stdin.take().expect("stdin pipe");
         std::thread::spawn(move || {
