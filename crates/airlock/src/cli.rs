@@ -131,6 +131,9 @@ pub struct PolicyArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Keep the sandbox afterwards as a named one (stopped, with its changes).
+    #[arg(long)]
+    pub keep: bool,
     /// Name of the sandbox (default: run-<random>).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,

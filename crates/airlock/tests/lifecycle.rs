@@ -265,3 +265,40 @@ fn cp_copies_in_and_out_and_never_through_host_symlinks() {
     assert!(!host.join("shadow").exists());
     assert_eq!(run(&["rm", "--force", "cpbox"]).code(), 0);
 }
+
+#[test]
+fn run_keep_leaves_a_named_stopped_sandbox_with_its_changes() {
+    if !e2e("run_keep_leaves_a_named_stopped_sandbox_with_its_changes") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    let out = a.run(&[
+        "run",
+        "--keep",
+        "--name",
+        "kept",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        "echo k > /workspace/k; exit 4",
+    ]);
+    assert_eq!(out.code(), 4, "{}", out.describe());
+    assert!(
+        out.stderr.contains("kept as sandbox kept"),
+        "{}",
+        out.describe()
+    );
+    let list = a.run(&["list", "--json"]);
+    assert!(list.stdout.contains("\"stopped\""), "{}", list.describe());
+    assert_eq!(a.run(&["start", "kept"]).code(), 0);
+    assert_eq!(
+        a.run(&["exec", "kept", "--", "cat", "/workspace/k"]).stdout,
+        "k\n"
+    );
+    assert!(!a.cwd.join("k").exists(), "the host workspace was written");
+    assert_eq!(a.run(&["gc"]).code(), 0);
+    assert_eq!(a.run(&["rm", "--force", "kept"]).code(), 0);
+}

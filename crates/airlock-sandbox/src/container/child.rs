@@ -177,6 +177,8 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
         // A persistent sandbox: PID 1 only keeps the namespaces alive; commands arrive by exec.
         drop(slave);
         drop(a.err_wr);
+        // Tell the host side the sandbox is ready for exec; the pipe then closes with us.
+        sys::write_all_raw(a.result_wr.as_raw_fd(), b"R");
         init_persistent()
     }
     let cmd = match tryc!(ef, sys::clone_fork(0), "fork the command") {

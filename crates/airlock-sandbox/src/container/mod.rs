@@ -604,19 +604,24 @@ fn run_in(
     let _alive = sync_wr;
 
     crate::phase("released child");
-    if let Some(dir) = opts.persist {
-        exec::serve_namespaces(dir, ns_fds.take().unwrap_or_default())?;
-        let start = proc_starttime(pid).unwrap_or(0);
-        let tmp = dir.join(".pid1.tmp");
-        fs::write(&tmp, format!("{pid} {start}\n"))
-            .and_then(|()| fs::rename(&tmp, dir.join(PID1_FILE)))
-            .map_err(io_err("publish the sandbox's PID 1"))?;
-    }
     if let (Some(h), Some(plan_egress)) = (&net_host, &plan.egress) {
         // The child sends its listeners during setup (EOF if it died first).
         match netns::recv(h) {
             Ok(listeners) => egress::serve(listeners, Arc::new(egress_ctx(plan_egress, opts)?)),
             Err(e) => crate::phase(&format!("no egress listeners: {e}")),
+        }
+    }
+    if let Some(dir) = opts.persist {
+        // Publish the sandbox for exec only once PID 1 reports its setup finished: before that
+        // its mount namespace may not even be pivoted yet.
+        let mut ready = [0u8; 1];
+        if nix::unistd::read(&result_rd, &mut ready) == Ok(1) {
+            exec::serve_namespaces(dir, ns_fds.take().unwrap_or_default())?;
+            let start = proc_starttime(pid).unwrap_or(0);
+            let tmp = dir.join(".pid1.tmp");
+            fs::write(&tmp, format!("{pid} {start}\n"))
+                .and_then(|()| fs::rename(&tmp, dir.join(PID1_FILE)))
+                .map_err(io_err("publish the sandbox's PID 1"))?;
         }
     }
     let pidfd = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;

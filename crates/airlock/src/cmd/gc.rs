@@ -1,4 +1,5 @@
-//! `airlock gc`: reclaim run directories and cgroups left by airlock processes that died.
+//! `airlock gc`: reclaim run directories and cgroups left by airlock processes that died, and
+//! have the engine reconcile named sandboxes with what really runs.
 
 use crate::error::CliResult;
 use airlock_sandbox::cgroup::Layout;
@@ -7,9 +8,28 @@ use airlock_sandbox::container::rundir;
 pub fn gc(json: bool) -> CliResult<i32> {
     let state = rundir::state_dir();
     let reclaimed = rundir::gc(&state, &Layout::detect());
+    // Named sandboxes: if an engine runs (or has state), have it reconcile.
+    let named = if airlock_engine::paths::socket_path().exists() || state.join("store.db").exists()
+    {
+        let exe = std::env::current_exe()
+            .map_err(|e| crate::error::CliError::new(airlock_model::exit::SANDBOX_FAILED, e))?;
+        Some(airlock_engine::client::Client::connect_or_start(&exe)?.gc()?)
+    } else {
+        None
+    };
     if json {
-        println!("{}", serde_json::json!({ "reclaimed": reclaimed }));
-    } else if reclaimed.is_empty() {
+        println!(
+            "{}",
+            serde_json::json!({ "reclaimed": reclaimed, "named": named })
+        );
+        return Ok(0);
+    }
+    if let Some(r) = &named {
+        for c in &r.changes {
+            println!("{}: {}", c.name, c.detail);
+        }
+    }
+    if reclaimed.is_empty() {
         println!("nothing to reclaim");
     } else {
         println!(

@@ -14,6 +14,9 @@ use airlock_model::exit;
 
 pub fn dispatch(cli: Cli) -> CliResult<i32> {
     match cli.command {
+        Command::Run(a) if a.keep => {
+            sandbox::run_keep(*a, cli.config.as_deref(), cli.no_user_config)
+        }
         Command::Run(a) => run::run(&a, cli.config.as_deref(), cli.no_user_config),
         Command::Gc(a) => gc::gc(a.json),
         Command::Create(a) => sandbox::create(*a, cli.config.as_deref(), cli.no_user_config),
@@ -42,6 +45,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
                 tty: false,
                 interactive: false,
                 net_log: a.net_log,
+                keep: false,
                 cmd: vec![],
             };
             run::run_with(

@@ -119,6 +119,48 @@ pub fn logs(a: &LogsArgs) -> CliResult<i32> {
     }
 }
 
+/// `run --keep`: the command runs in a named sandbox, which stays (stopped, with its changes).
+pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => format!(
+            "run-{:08x}",
+            std::process::id()
+                ^ (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0))
+        ),
+    };
+    airlock_model::spec::validate_name(&name).map_err(CliError::usage)?;
+    let (tty, interactive, workdir, cmd) = (a.tty, a.interactive, a.workdir.clone(), a.cmd.clone());
+    let run_args = RunArgs {
+        name: Some(name.clone()),
+        cmd: vec![],
+        keep: false,
+        ..a
+    };
+    let built = crate::cmd::run::build(&run_args, global_config, no_user_config, true)?;
+    let spec =
+        serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let c = client()?;
+    c.create(&name, &spec)?;
+    c.start(&name)?;
+    let workdir = workdir.map(|w| {
+        let p = PathBuf::from(&w);
+        if p.is_absolute() {
+            p
+        } else {
+            Path::new("/workspace").join(p)
+        }
+    });
+    let code = exec_in(&name, cmd, &[], workdir, tty, interactive);
+    let stopped = c.stop(&name, Some(std::time::Duration::from_secs(10)));
+    eprintln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
+    stopped?;
+    code
+}
+
 pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
     airlock_model::spec::validate_name(&a.name).map_err(CliError::usage)?;
     let run_args = RunArgs {
@@ -129,6 +171,7 @@ pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool)
         tty: false,
         interactive: false,
         net_log: None,
+        keep: false,
         cmd: vec![],
     };
     let built = crate::cmd::run::build(&run_args, global_config, no_user_config, true)?;
