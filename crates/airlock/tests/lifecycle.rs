@@ -302,3 +302,28 @@ fn run_keep_leaves_a_named_stopped_sandbox_with_its_changes() {
     assert_eq!(a.run(&["gc"]).code(), 0);
     assert_eq!(a.run(&["rm", "--force", "kept"]).code(), 0);
 }
+
+#[test]
+fn shell_gives_a_real_terminal_inside() {
+    if !e2e("shell_gives_a_real_terminal_inside") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    assert_eq!(a.run(&["up", "sh1", "--net", "off"]).code(), 0);
+    let line = format!("{} shell sh1", a.exe.display());
+    let cmd = a.command_with("script", &["-qec", line.as_str(), "/dev/null"]);
+    let out = common::run_with_deadline(
+        cmd,
+        Some(b"echo pty-$((40+2)); tty; exit 5\n".to_vec()),
+        common::DEADLINE,
+    );
+    assert!(out.stdout.contains("pty-42"), "{}", out.describe());
+    assert!(
+        out.stdout.contains("/dev/pts/"),
+        "no terminal inside: {}",
+        out.describe()
+    );
+    assert_eq!(out.code(), 5, "{}", out.describe());
+    assert_eq!(a.run(&["rm", "--force", "sh1"]).code(), 0);
+}

@@ -523,3 +523,67 @@ fn fifty_concurrent_filtered_sandboxes_do_not_collide() {
         );
     }
 }
+
+/// Named sandboxes get the same egress enforcement (served by their supervisor), and their
+/// journal is readable with `airlock logs --net`.
+#[test]
+fn named_sandboxes_are_filtered_too() {
+    if !e2e("named_sandboxes_are_filtered_too") {
+        return;
+    }
+    let inet = Internet::start(&["allowed.test"], &[]);
+    let a = Airlock::root();
+    let env = [("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str())];
+    let run = |args: &[&str]| a.run_with_env(&env, args);
+    let out = run(&["create", "netbox", "--allow", "allowed.test"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(run(&["start", "netbox"]).code(), 0);
+    let out = run(&[
+        "exec",
+        "netbox",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "http://allowed.test/named",
+    ]);
+    assert_eq!(
+        out.stdout,
+        "hello from allowed.test /named\n",
+        "{}",
+        out.describe()
+    );
+    let out = run(&[
+        "exec",
+        "netbox",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://denied.test/",
+    ]);
+    assert_eq!(out.stdout, "403", "{}", out.describe());
+    let out = run(&["logs", "--net", "netbox"]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("denied.test") && l.contains("\"deny\"")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("allowed.test") && l.contains("\"allow\"")),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(run(&["rm", "--force", "netbox"]).code(), 0);
+    common::stop_engines_of(&a);
+}
