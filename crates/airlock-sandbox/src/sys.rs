@@ -682,3 +682,10 @@ pub fn hung_up(fd: &OwnedFd) -> bool {
         Err(_) => true,
     }
 }
+
+/// A close-on-exec Unix socket pair (Stream or SeqPacket).
+pub fn socketpair(kind: nix::sys::socket::SockType) -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag};
+    nix::sys::socket::socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(io::Error::from)
+}

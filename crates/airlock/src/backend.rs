@@ -24,14 +24,7 @@ pub struct SupervisorBackend {
 
 /// Whether a supervisor holds the folder's lock.
 pub fn locked(dir: &Path) -> bool {
-    let Ok(f) = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(dir.join(LOCK))
-    else {
-        return false;
-    };
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err()
+    dir.join(LOCK).exists() && !airlock_sandbox::container::rundir::lock_free(dir)
 }
 
 /// Take the folder's lock for the life of this supervisor (None: another one holds it).

@@ -142,15 +142,7 @@ pub fn exec(dir: &Path, plan: &LaunchPlan, req: &ExecRequest) -> Result<Outcome,
     let (result_rd, result_wr) = pipe()?;
     drop(result_wr); // exec reports no change summary
     let tty_pair = if req.tty {
-        Some(
-            nix::sys::socket::socketpair(
-                nix::sys::socket::AddressFamily::Unix,
-                nix::sys::socket::SockType::Stream,
-                None,
-                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-            )
-            .map_err(|e| io_err("socketpair")(e.into()))?,
-        )
+        Some(sys::socketpair(nix::sys::socket::SockType::Stream).map_err(io_err("socketpair"))?)
     } else {
         None
     };

@@ -485,27 +485,14 @@ fn run_in(
     let (err_rd, err_wr) = pipe()?;
     let (result_rd, result_wr) = pipe()?;
     let tty_pair = if opts.tty {
-        let (a, b) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| io_err("socketpair")(e.into()))?;
+        let (a, b) =
+            sys::socketpair(nix::sys::socket::SockType::Stream).map_err(io_err("socketpair"))?;
         Some((a, b))
     } else {
         None
     };
     let net_pair = if plan.egress.is_some() {
-        Some(
-            nix::sys::socket::socketpair(
-                nix::sys::socket::AddressFamily::Unix,
-                nix::sys::socket::SockType::SeqPacket,
-                None,
-                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-            )
-            .map_err(|e| io_err("socketpair")(e.into()))?,
-        )
+        Some(sys::socketpair(nix::sys::socket::SockType::SeqPacket).map_err(io_err("socketpair"))?)
     } else {
         None
     };

@@ -148,7 +148,8 @@ pub fn gc(state: &Path, layout: &Layout) -> Vec<String> {
     reclaimed
 }
 
-fn lock_free(dir: &Path) -> bool {
+/// Whether nobody holds the flock on `dir/lock` (a missing lock file counts as free).
+pub fn lock_free(dir: &Path) -> bool {
     let Ok(f) = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
