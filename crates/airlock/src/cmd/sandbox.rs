@@ -141,9 +141,11 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
         ..a
     };
     let built = crate::cmd::run::build(&run_args, global_config, no_user_config, true)?;
-    let spec =
+    let mut spec =
         serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     let c = client()?;
+    spec["backend"] = "container".into();
+    spec["image"] = "host".into();
     c.create(&name, &spec)?;
     c.start(&name)?;
     let workdir = workdir.map(|w| {
@@ -175,8 +177,11 @@ pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool)
         cmd: vec![],
     };
     let built = crate::cmd::run::build(&run_args, global_config, no_user_config, true)?;
-    let spec =
+    let mut spec =
         serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    // What `list` and `status` show: the only backend and image of this build.
+    spec["backend"] = "container".into();
+    spec["image"] = "host".into();
     let rec = client()?.create(&a.name, &spec)?;
     println!("{}", rec.name);
     Ok(0)
