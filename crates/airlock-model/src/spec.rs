@@ -117,6 +117,9 @@ pub struct RunSpec {
     /// workspace's upper layer lives on disk in the sandbox folder.
     #[serde(default)]
     pub persistent: bool,
+    /// A host directory to use as $HOME instead of a tmpfs (named sandboxes keep it).
+    #[serde(default)]
+    pub home_dir: Option<PathBuf>,
 }
 
 /// Validate a sandbox name: DNS-label-like, 1..=63 bytes, lowercase letters, digits and '-'.

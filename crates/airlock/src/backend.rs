@@ -178,7 +178,7 @@ impl Backend for SupervisorBackend {
         }
         // The overlay's work directory is left mode 0000 by the kernel: clear the layers here,
         // so the engine can remove the folder even as an ordinary user.
-        for layer in ["work", "upper"] {
+        for layer in ["work", "upper", "home"] {
             airlock_sandbox::container::rundir::remove_tree(&dir.join(layer));
         }
         Ok(())

@@ -55,7 +55,7 @@ fn lifecycle(a: &Airlock, label: &str) {
         "--",
         "sh",
         "-c",
-        "id -u; echo kept > /workspace/f",
+        "id -u; echo kept > /workspace/f; echo home > ~/.h",
     ]);
     assert_eq!(out.stdout, "1000\n", "{label}");
     let out = cli(a, &["exec", "box", "--", "sh", "-c", "exit 7"]);
@@ -88,6 +88,8 @@ fn lifecycle(a: &Airlock, label: &str) {
     ok(&["start", "box"]);
     let out = ok(&["exec", "box", "--", "cat", "/workspace/f"]);
     assert_eq!(out.stdout, "kept\n", "{label}: state across stop/start");
+    let out = ok(&["exec", "box", "--", "cat", "/home/agent/.h"]);
+    assert_eq!(out.stdout, "home\n", "{label}: $HOME across stop/start");
     assert!(
         !a.cwd.join("f").exists(),
         "{label}: the host workspace was written"

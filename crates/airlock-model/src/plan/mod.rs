@@ -434,13 +434,21 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         owner: sys_owner,
         noexec: false,
     });
-    m.push(MountStep::Tmpfs {
-        target: home.clone(),
-        mode: 0o700,
-        size: tmp_size,
-        owner,
-        noexec: false,
-    });
+    match &spec.home_dir {
+        // A named sandbox keeps $HOME on disk (its folder's `home`, owned by the sandbox user).
+        Some(dir) => m.push(MountStep::BindRw {
+            source: dir.clone(),
+            target: home.clone(),
+            idmap: false,
+        }),
+        None => m.push(MountStep::Tmpfs {
+            target: home.clone(),
+            mode: 0o700,
+            size: tmp_size,
+            owner,
+            noexec: false,
+        }),
+    }
 
     let idmap = !rootless;
     let mut writable = vec![p("/tmp"), p("/run"), p("/dev/shm"), home.clone()];

@@ -24,6 +24,7 @@ fn spec() -> RunSpec {
         },
         argv: vec!["true".into()],
         persistent: false,
+        home_dir: None,
     }
 }
 

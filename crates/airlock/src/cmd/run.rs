@@ -410,6 +410,7 @@ pub fn build(
         },
         argv: if persistent { vec![] } else { a.cmd.clone() },
         persistent,
+        home_dir: None,
     };
     Ok(Built {
         spec,

@@ -346,6 +346,28 @@ pub fn engine_serve() -> CliResult<i32> {
     Ok(0)
 }
 
+/// `DIR/home`, created once and owned by the sandbox user as the host sees it.
+fn persistent_home(dir: &Path, spec: &airlock_model::spec::RunSpec) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let home = dir.join("home");
+    match std::fs::create_dir(&home) {
+        Ok(()) => {
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+            if nix::unistd::geteuid().is_root() {
+                let id = airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid();
+                nix::unistd::chown(
+                    &home,
+                    Some(nix::unistd::Uid::from_raw(id)),
+                    Some(nix::unistd::Gid::from_raw(id)),
+                )?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    Ok(home)
+}
+
 /// `airlock __supervise --dir DIR` for a created sandbox: its spec is DIR/spec.json.
 pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     let Some(_lock) =
@@ -365,6 +387,13 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         .map_err(anyhow::Error::from)
         .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let mut spec = spec;
+    spec.home_dir = Some(persistent_home(dir, &spec).map_err(|e| {
+        CliError::new(
+            exit::SANDBOX_FAILED,
+            anyhow::anyhow!("prepare the sandbox's home: {e}"),
+        )
+    })?);
     let built = crate::cmd::run::Built {
         spec,
         timeout: None,
