@@ -136,11 +136,12 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
             "hold the metadata floor"
         );
     }
-    if let (Some(egress), Some(sock)) = (&plan.egress, a.net_sock.take()) {
+    let ctl = a.net_sock.take();
+    if let (Some(egress), Some(sock)) = (&plan.egress, &ctl) {
         let listeners = tryc!(ef, super::netns::setup(egress), "set up filtered egress");
         tryc!(
             ef,
-            super::netns::send(&sock, &listeners),
+            super::netns::send(sock, &listeners),
             "hand over the egress listeners"
         );
     }
@@ -176,9 +177,21 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     if plan.argv.is_empty() {
         // A persistent sandbox: PID 1 only keeps the namespaces alive; commands arrive by exec.
         drop(slave);
+        // Tell the host side the sandbox is ready for exec, with our cgroup namespace (which
+        // exists only now and which nobody outside may open once we are not dumpable).
+        let cgroup_ns = tryc!(
+            ef,
+            std::fs::File::open("/proc/self/ns/cgroup"),
+            "open the cgroup namespace"
+        );
+        if let Some(sock) = &ctl {
+            tryc!(
+                ef,
+                sys::send_fds(sock.as_raw_fd(), b"R", &[cgroup_ns.as_raw_fd()]),
+                "report ready"
+            );
+        }
         drop(a.err_wr);
-        // Tell the host side the sandbox is ready for exec; the pipe then closes with us.
-        sys::write_all_raw(a.result_wr.as_raw_fd(), b"R");
         init_persistent()
     }
     let cmd = match tryc!(ef, sys::clone_fork(0), "fork the command") {

@@ -47,14 +47,14 @@ const NAMESPACES: &[(&str, CloneFlags)] = &[
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),
-    // Not the cgroup namespace: PID 1 creates it only after joining its cgroup, when it is no
-    // longer open to us. exec'd processes still join the sandbox's cgroup (limits hold); their
-    // /proc/self/cgroup shows the host path. TODO(issue 3): pass it over the control socket.
+    // Last: PID 1 creates it only after joining its cgroup and hands it over itself.
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
 ];
 
 /// Open PID 1's namespaces (in `NAMESPACES` order).
+/// (All but the cgroup namespace, which PID 1 sends once it exists.)
 pub fn open_namespaces(pid: i32) -> std::io::Result<Vec<OwnedFd>> {
-    NAMESPACES
+    NAMESPACES[..NAMESPACES.len() - 1]
         .iter()
         .map(|(n, _)| fs::File::open(format!("/proc/{pid}/ns/{n}")).map(OwnedFd::from))
         .collect()

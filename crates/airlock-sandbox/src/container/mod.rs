@@ -491,7 +491,9 @@ fn run_in(
     } else {
         None
     };
-    let net_pair = if plan.egress.is_some() {
+    // Filtered egress listeners, and a persistent PID 1's "ready" with its cgroup namespace,
+    // come back over this pair.
+    let net_pair = if plan.egress.is_some() || opts.persist.is_some() {
         Some(sys::socketpair(nix::sys::socket::SockType::SeqPacket).map_err(io_err("socketpair"))?)
     } else {
         None
@@ -601,9 +603,14 @@ fn run_in(
     if let Some(dir) = opts.persist {
         // Publish the sandbox for exec only once PID 1 reports its setup finished: before that
         // its mount namespace may not even be pivoted yet.
-        let mut ready = [0u8; 1];
-        if nix::unistd::read(&result_rd, &mut ready) == Ok(1) {
-            exec::serve_namespaces(dir, ns_fds.take().unwrap_or_default())?;
+        let ready = net_host.as_ref().map(|h| sys::recv_fds(h.as_raw_fd(), 1));
+        if let Some(Ok((msg, cgroup_ns))) =
+            ready.filter(|r| r.as_ref().is_ok_and(|(m, f)| m == b"R" && f.len() == 1))
+        {
+            let _ = msg;
+            let mut fds = ns_fds.take().unwrap_or_default();
+            fds.extend(cgroup_ns);
+            exec::serve_namespaces(dir, fds)?;
             let start = proc_starttime(pid).unwrap_or(0);
             let tmp = dir.join(".pid1.tmp");
             fs::write(&tmp, format!("{pid} {start}\n"))
