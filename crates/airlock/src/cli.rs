@@ -228,7 +228,8 @@ pub struct RmArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    pub name: String,
+    /// Default: the sandbox named after the current directory (as `up` names it).
+    pub name: Option<String>,
     #[arg(long)]
     pub json: bool,
 }

@@ -238,7 +238,17 @@ pub fn list(json: bool) -> CliResult<i32> {
 }
 
 pub fn status(a: &StatusArgs) -> CliResult<i32> {
-    let st = client()?.status(&a.name)?;
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => {
+            let cwd = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, e))?;
+            name_from_dir(&cwd).ok_or_else(|| {
+                CliError::usage("cannot derive a sandbox name from the current directory")
+                    .hint("airlock status NAME")
+            })?
+        }
+    };
+    let st = client()?.status(&name)?;
     if a.json {
         println!(
             "{}",
@@ -258,6 +268,38 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
     }
     if let Some(ws) = r.spec.get("workspace").and_then(|v| v.as_str()) {
         println!("workspace: {ws}");
+    }
+    if let Some(d) = r
+        .spec
+        .get("domains")
+        .and_then(|v| v.as_array())
+        .filter(|d| !d.is_empty())
+    {
+        let list: Vec<&str> = d.iter().filter_map(|v| v.as_str()).collect();
+        println!("allowed:  {}", list.join(", "));
+    }
+    if let Some(res) = r.spec.get("resources") {
+        let limit = |k: &str| {
+            res.get(k)
+                .filter(|v| !v.is_null())
+                .map(|v| v.to_string().trim_matches('"').to_string())
+        };
+        let parts: Vec<String> = [
+            ("memory", limit("memory")),
+            ("cpus", limit("cpus")),
+            ("pids", limit("pids")),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+        .collect();
+        println!(
+            "limits:   {}",
+            if parts.is_empty() {
+                "none".to_string()
+            } else {
+                parts.join(", ")
+            }
+        );
     }
     if let Some(up) = st.uptime_secs {
         println!("uptime:   {up}s");
