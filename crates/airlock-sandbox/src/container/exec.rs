@@ -14,7 +14,6 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 use std::ffi::CString;
 use std::fs;
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -220,24 +219,9 @@ pub fn exec(dir: &Path, plan: &LaunchPlan, req: &ExecRequest) -> Result<Outcome,
         .map_err(io_err("supervise the command"))?;
     let status = nix::sys::wait::waitpid(child, None)
         .map_err(|e| io_err("wait for the command")(e.into()))?;
-    let mut msg = String::new();
-    let _ = fs::File::from(err_rd).read_to_string(&mut msg);
-    use nix::sys::wait::WaitStatus;
-    let code = match status {
-        WaitStatus::Exited(_, c) => c,
-        WaitStatus::Signaled(_, s, _) => exit::SIGNAL_BASE + s as i32,
-        _ => exit::SANDBOX_FAILED,
+    let code = match super::conclude(status, err_rd)? {
+        super::Concluded::Ran(c) | super::Concluded::NotStarted(c) => c,
     };
-    if !msg.is_empty() {
-        if code == exit::NOT_FOUND_CMD || code == exit::NOT_EXECUTABLE {
-            eprintln!("airlock: {msg}");
-            return Ok(Outcome {
-                ending: Ending::Exited(code),
-                changes: None,
-            });
-        }
-        return Err(RunError::Setup(msg));
-    }
     Ok(Outcome {
         ending: Ending::Exited(code),
         changes: None,

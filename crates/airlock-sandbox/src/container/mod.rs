@@ -223,6 +223,37 @@ pub fn proc_starttime(pid: i32) -> Option<u64> {
     after.split(' ').nth(19)?.parse().ok()
 }
 
+/// How a sandboxed command's process ended, from its wait status and what it wrote on the
+/// error pipe before exec (nothing once exec succeeded).
+pub(super) enum Concluded {
+    /// It ran: its exit code (128+N for a signal).
+    Ran(i32),
+    /// It could not be executed (127 not found, 126 not executable); already reported.
+    NotStarted(i32),
+}
+
+pub(super) fn conclude(
+    status: nix::sys::wait::WaitStatus,
+    err_rd: OwnedFd,
+) -> Result<Concluded, RunError> {
+    use nix::sys::wait::WaitStatus;
+    let mut msg = String::new();
+    let _ = fs::File::from(err_rd).read_to_string(&mut msg);
+    let code = match status {
+        WaitStatus::Exited(_, c) => c,
+        WaitStatus::Signaled(_, s, _) => exit::SIGNAL_BASE + s as i32,
+        _ => exit::SANDBOX_FAILED,
+    };
+    if msg.is_empty() {
+        return Ok(Concluded::Ran(code));
+    }
+    if code == exit::NOT_FOUND_CMD || code == exit::NOT_EXECUTABLE {
+        eprintln!("airlock: {msg}");
+        return Ok(Concluded::NotStarted(code));
+    }
+    Err(RunError::Setup(msg))
+}
+
 /// Whether the running kernel is at least `major.minor`.
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let Ok(u) = nix::sys::utsname::uname() else {
@@ -634,31 +665,21 @@ fn run_in(
 
     crate::phase("child exited");
     drop(pasta);
-    let mut msg = String::new();
-    let mut f = fs::File::from(err_rd);
-    let _ = f.read_to_string(&mut msg);
-    use nix::sys::wait::WaitStatus;
-    let code = match status {
-        WaitStatus::Exited(_, c) => c,
-        WaitStatus::Signaled(_, s, _) => exit::SIGNAL_BASE + s as i32,
-        _ => exit::SANDBOX_FAILED,
-    };
     if timed_out {
         return Ok(Outcome {
             ending: Ending::TimedOut,
             changes: None,
         });
     }
-    if !msg.is_empty() {
-        if code == exit::NOT_FOUND_CMD || code == exit::NOT_EXECUTABLE {
-            eprintln!("airlock: {msg}");
+    let code = match conclude(status, err_rd)? {
+        Concluded::Ran(code) => code,
+        Concluded::NotStarted(code) => {
             return Ok(Outcome {
                 ending: Ending::Exited(code),
                 changes: None,
-            });
+            })
         }
-        return Err(RunError::Setup(msg));
-    }
+    };
     let changes = if plan.summarize_changes {
         serde_json::from_slice(&report).ok()
     } else {
