@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// The folder of the engine's socket and start lock: `$AIRLOCK_RUNTIME_DIR` if set, else
 /// `/run/airlock` for root, else `$XDG_RUNTIME_DIR/airlock` (falling back to
-/// `/run/user/UID/airlock`).
+/// `/run/user/UID/airlock`, or `STATE/run` where that does not exist).
 pub fn runtime_dir() -> PathBuf {
     if let Some(dir) = env_path("AIRLOCK_RUNTIME_DIR") {
         return dir;
@@ -14,9 +14,17 @@ pub fn runtime_dir() -> PathBuf {
     if uid.is_root() {
         return PathBuf::from("/run/airlock");
     }
-    env_path("XDG_RUNTIME_DIR")
-        .unwrap_or_else(|| PathBuf::from(format!("/run/user/{uid}")))
-        .join("airlock")
+    if let Some(dir) = env_path("XDG_RUNTIME_DIR") {
+        return dir.join("airlock");
+    }
+    // No session runtime dir (su, cron, containers): /run/user/UID if it exists, else a folder
+    // in the state dir (same owner, 0700).
+    let run_user = PathBuf::from(format!("/run/user/{uid}"));
+    if run_user.is_dir() {
+        run_user.join("airlock")
+    } else {
+        state_dir().join("run")
+    }
 }
 
 /// The engine's API socket.
