@@ -120,6 +120,10 @@ pub struct RunSpec {
     /// A host directory to use as $HOME instead of a tmpfs (named sandboxes keep it).
     #[serde(default)]
     pub home_dir: Option<PathBuf>,
+    /// Secrets by name and where to read them at launch. Only the sources: values never enter a
+    /// spec, a plan or anything written to disk.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, crate::config::SecretSource>,
 }
 
 /// Validate a sandbox name: DNS-label-like, 1..=63 bytes, lowercase letters, digits and '-'.

@@ -107,6 +107,10 @@ pub struct PolicyArgs {
     /// Pass the host's value of this variable (error if unset).
     #[arg(long = "env-pass", value_name = "NAME")]
     pub env_pass: Vec<String>,
+    /// A secret: NAME=env:HOST_VAR or NAME=file:PATH. Read at start, given as $NAME and
+    /// /run/secrets/NAME (0400, tmpfs); never written to disk, never in argv or logs.
+    #[arg(long = "secret", value_name = "NAME=env:VAR|file:PATH")]
+    pub secret: Vec<String>,
     /// Memory limit, e.g. 512M, 2G.
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,

@@ -34,6 +34,8 @@ pub struct ChildArgs<'a> {
     pub seccomp: &'a [Insn],
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
+    /// Written to /run/secrets/NAME (0400, the sandbox user's) before privileges are dropped.
+    pub secrets: &'a [(String, String)],
     /// Descriptors of the parent that must not survive in the child.
     pub parent_only: Vec<RawFd>,
 }
@@ -127,6 +129,7 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     tryc!(ef, rootfs::pivot(&new_root), "pivot_root");
     drop(new_root);
     tryc!(ef, rootfs::finish(plan), "make the root read-only");
+    tryc!(ef, write_secrets(plan, a.secrets), "write /run/secrets");
     tryc!(ef, nix::unistd::sethostname(&plan.hostname), "sethostname");
     tryc!(ef, sys::loopback_up(), "bring up loopback");
     if plan.net == airlock_model::policy::NetMode::Open {
@@ -518,4 +521,27 @@ fn others_alive() -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+/// /run/secrets/NAME files on the sandbox's /run tmpfs, readable by the sandbox user only.
+fn write_secrets(plan: &LaunchPlan, secrets: &[(String, String)]) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let (uid, gid) = (Uid::from_raw(plan.user.0), Gid::from_raw(plan.user.1));
+    let dir = Path::new("/run/secrets");
+    std::fs::DirBuilder::new().mode(0o500).create(dir)?;
+    for (name, value) in secrets {
+        let p = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&p)?;
+        std::io::Write::write_all(&mut f, value.as_bytes())?;
+        nix::unistd::fchown(&f, Some(uid), Some(gid))?;
+    }
+    nix::unistd::chown(dir, Some(uid), Some(gid))?;
+    Ok(())
 }

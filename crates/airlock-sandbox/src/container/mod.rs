@@ -338,6 +338,9 @@ pub struct RunOptions<'a> {
     pub facts: &'a HostFacts,
     /// Append the filtered-egress audit journal (JSONL) here.
     pub net_journal: Option<&'a Path>,
+    /// Secrets (name, value): given to the command as environment variables and as 0400 files
+    /// in /run/secrets. Held in memory only; never part of the plan.
+    pub secrets: &'a [(String, String)],
     /// A persistent sandbox's folder: its disk layers live (and stay) there, and the host pid
     /// of PID 1 is published there for exec while it runs.
     pub persist: Option<&'a Path>,
@@ -509,7 +512,14 @@ fn run_in(
     crate::phase("prepared");
     let filters = seccomp::programs()?;
     let argv = cstrings(plan.argv.iter().cloned())?;
-    let envp = cstrings(plan.env.iter().map(|(k, v)| format!("{k}={v}")))?;
+    let env = plan
+        .env
+        .iter()
+        .filter(|(k, _)| !opts.secrets.iter().any(|(n, _)| n == k));
+    let envp = cstrings(
+        env.chain(opts.secrets.iter())
+            .map(|(k, v)| format!("{k}={v}")),
+    )?;
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()));
     let (sync_rd, sync_wr) = pipe()?;
@@ -565,6 +575,7 @@ fn run_in(
             seccomp: &filters,
             argv,
             envp,
+            secrets: opts.secrets,
             parent_only,
         });
     }

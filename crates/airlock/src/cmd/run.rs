@@ -176,6 +176,26 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
     if !env.is_empty() {
         l.env = Some(env);
     }
+    let mut secrets = std::collections::BTreeMap::new();
+    for spec in &p.secret {
+        let bad = || {
+            CliError::usage(format!(
+                "--secret {spec}: expected NAME=env:VAR or NAME=file:PATH"
+            ))
+        };
+        let (name, source) = spec.split_once('=').ok_or_else(bad)?;
+        let source = match source.split_once(':') {
+            Some(("env", var)) if !var.is_empty() => config::SecretSource::FromEnv(var.to_string()),
+            Some(("file", path)) if !path.is_empty() => {
+                config::SecretSource::FromFile(PathBuf::from(path))
+            }
+            _ => return Err(bad()),
+        };
+        secrets.insert(name.to_string(), source);
+    }
+    if !secrets.is_empty() {
+        l.secrets = Some(secrets);
+    }
     Ok(l)
 }
 
@@ -411,7 +431,15 @@ pub fn build(
         argv: if persistent { vec![] } else { a.cmd.clone() },
         persistent,
         home_dir: None,
+        secrets: eff.secrets.clone(),
     };
+    if persistent && !spec.secrets.is_empty() {
+        return Err(CliError::new(
+            exit::POLICY_REFUSED,
+            anyhow::anyhow!("refused: secrets are not available for named sandboxes yet"),
+        )
+        .hint("pass them to `airlock run` (or `airlock exec -e NAME`) instead"));
+    }
     Ok(Built {
         spec,
         timeout,
@@ -433,6 +461,7 @@ pub fn launch(
     let layout = Layout::detect();
     let state = rundir::state_dir();
     rundir::gc(&state, &layout);
+    let secrets = resolve_secrets(&spec.secrets)?;
     let facts = container::host_facts(&spec.project_dir, &layout);
     let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
@@ -451,6 +480,7 @@ pub fn launch(
         forward_stdin,
         facts: &facts,
         net_journal: net_log,
+        secrets: &secrets,
         persist,
     };
     if let Some(dir) = persist {
@@ -486,6 +516,39 @@ pub fn launch(
         print_changes(c);
     }
     Ok(outcome.exit_code())
+}
+
+/// Read every secret from its source, in memory only. Errors name the secret and its source,
+/// never a value.
+fn resolve_secrets(
+    sources: &std::collections::BTreeMap<String, config::SecretSource>,
+) -> CliResult<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (name, source) in sources {
+        let value = match source {
+            config::SecretSource::FromEnv(var) => std::env::var(var).map_err(|_| {
+                CliError::usage(format!("secret {name}: the host variable {var} is not set")).hint(
+                    format!("export {var}=… before running, or change where {name} comes from"),
+                )
+            })?,
+            config::SecretSource::FromFile(path) => {
+                let v = std::fs::read_to_string(path).map_err(|e| {
+                    CliError::usage(format!(
+                        "secret {name}: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                v.strip_suffix('\n').map(str::to_string).unwrap_or(v)
+            }
+        };
+        if value.contains('\0') {
+            return Err(CliError::usage(format!(
+                "secret {name}: the value contains a NUL byte"
+            )));
+        }
+        out.push((name.clone(), value));
+    }
+    Ok(out)
 }
 
 const MAX_LISTED: usize = 20;
