@@ -67,6 +67,17 @@ pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     cvt_fd(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })
 }
 
+/// open_tree(OPEN_TREE_CLONE | AT_RECURSIVE) of what an (O_PATH) descriptor refers to.
+pub fn open_tree_clone_fd(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    let empty = c"";
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | AT_RECURSIVE
+        | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: a valid descriptor and an empty C string, as AT_EMPTY_PATH requires.
+    cvt_fd(unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), empty.as_ptr(), flags) })
+}
+
 #[repr(C)]
 struct MountAttr {
     attr_set: u64,

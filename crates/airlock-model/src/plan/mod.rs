@@ -78,6 +78,21 @@ pub const ETC_ALLOWLIST: &[&str] = &[
     "vim",
 ];
 
+/// Workspace paths the sandboxed agent must not rewrite (SPEC §7): its own rules and git's.
+pub const PROTECTED_PATHS: &[&str] = &[
+    ".git/hooks",
+    ".git/config",
+    ".gitmodules",
+    ".claude",
+    ".codex",
+    ".gemini",
+    ".mcp.json",
+    ".vscode",
+    ".idea",
+    ".envrc",
+    "airlock.toml",
+];
+
 /// Top-level host directories considered for the `host` image.
 pub const ROOT_CANDIDATES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
@@ -160,6 +175,11 @@ pub enum MountStep {
         target: PathBuf,
     },
     Devpts {
+        target: PathBuf,
+    },
+    /// Make an existing path of the workspace read-only (agent configuration, git internals);
+    /// skipped when it does not exist or any component is a symlink.
+    Protect {
         target: PathBuf,
     },
     /// Make the root tmpfs read-only once everything is in place.
@@ -480,6 +500,13 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
             writable.push(ws.clone());
         }
         WorkspaceMode::None | WorkspaceMode::Clone => {}
+    }
+    if matches!(spec.workspace, WorkspaceMode::Overlay | WorkspaceMode::Bind) {
+        for rel in PROTECTED_PATHS {
+            m.push(MountStep::Protect {
+                target: ws.join(rel),
+            });
+        }
     }
     for b in &spec.binds {
         if b.writable {

@@ -115,6 +115,11 @@ fn rootless_overlay_plan_is_exact() {
             owner: o,
         },
     });
+    for rel in PROTECTED_PATHS {
+        mounts.push(MountStep::Protect {
+            target: Path::new("/workspace").join(rel),
+        });
+    }
     mounts.push(MountStep::RootReadOnly);
     let want = LaunchPlan {
         name: "run-1".into(),
@@ -181,7 +186,26 @@ fn rootful_root_user_maps_to_unprivileged_range_and_idmaps_writable_mounts() {
         (vec![range.clone()], vec![range], (0, 0))
     );
     assert!(!got.rootless);
-    let tail: Vec<_> = got.mounts[got.mounts.len() - 5..].to_vec();
+    let protected: Vec<_> = got
+        .mounts
+        .iter()
+        .filter(|m| matches!(m, MountStep::Protect { .. }))
+        .cloned()
+        .collect();
+    let want_protected: Vec<_> = PROTECTED_PATHS
+        .iter()
+        .map(|r| MountStep::Protect {
+            target: Path::new("/workspace").join(r),
+        })
+        .collect();
+    assert_eq!(protected, want_protected);
+    let rest: Vec<_> = got
+        .mounts
+        .iter()
+        .filter(|m| !matches!(m, MountStep::Protect { .. }))
+        .cloned()
+        .collect();
+    let tail: Vec<_> = rest[rest.len() - 5..].to_vec();
     assert_eq!(
         tail,
         vec![

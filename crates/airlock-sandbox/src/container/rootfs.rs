@@ -133,6 +133,26 @@ fn open_target(root: &OwnedFd, target: &Path, leaf_dir: bool) -> io::Result<Owne
     Ok(cur)
 }
 
+/// Open an existing `target` beneath `root` (O_PATH), never through a symlink; None when any
+/// component is missing or a symlink.
+fn open_existing(root: &OwnedFd, target: &Path) -> Option<OwnedFd> {
+    let mut cur = nix::unistd::dup(root.as_fd()).ok()?;
+    for name in rel_components(target) {
+        cur = openat(
+            cur.as_fd(),
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = nix::sys::stat::fstat(&cur).ok()?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
 fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
@@ -606,6 +626,20 @@ fn step_exec(new_root: &NewRoot, step: &MountStep, fd: Option<OwnedFd>) -> Resul
                 path: target.clone(),
                 source: e.into(),
             })
+        }
+        MountStep::Protect { target } => {
+            let Some(t) = open_existing(root, target) else {
+                return Ok(());
+            };
+            let fd = sys::open_tree_clone_fd(&t).map_err(err("cannot open", target))?;
+            sys::mount_setattr(
+                &fd,
+                sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                true,
+                None,
+            )
+            .map_err(err("cannot make read-only", target))?;
+            sys::move_mount_to_fd(&fd, &t).map_err(err("cannot protect", target))
         }
         MountStep::RootReadOnly => Ok(()), // applied after pivot_root, see `finish`
     }
