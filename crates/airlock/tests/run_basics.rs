@@ -227,7 +227,8 @@ fn overlay_workspace_leaves_the_host_untouched_and_summarises() {
             let new_name = format!("newfile-{}.txt", random_hex());
             let script = format!(
                 "echo new > {new_name} && echo changed > existing.txt && rm gone.txt && \
-             echo 'echo pwned' > .git/hooks/pre-commit && cat existing.txt"
+             {{ echo 'echo pwned' > .git/hooks/pre-commit 2>/dev/null && echo HOOK-WRITTEN; true; }} && \
+             cat existing.txt"
             );
             let out = assert_code(
                 a,
