@@ -197,6 +197,11 @@ pub fn drop_bounding_and_ambient() -> io::Result<()> {
 }
 
 pub fn prctl_simple(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
+    prctl_value(option, arg).map(drop)
+}
+
+/// prctl(2) with integer arguments, returning its (non-negative) result.
+pub fn prctl_value(option: libc::c_int, arg: libc::c_ulong) -> io::Result<i32> {
     // SAFETY: prctl options used here take integer arguments only.
     let r = unsafe {
         libc::prctl(
@@ -210,7 +215,7 @@ pub fn prctl_simple(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(r)
     }
 }
 

@@ -44,21 +44,7 @@ pub(super) fn landlock_abi() -> Result<i64, i32> {
 
 /// prctl(PR_GET_SECCOMP): 0 = not confined, 2 = under a filter.
 pub(super) fn get_seccomp_mode() -> io::Result<i32> {
-    // SAFETY: PR_GET_SECCOMP takes no pointer arguments.
-    let r = unsafe {
-        libc::prctl(
-            libc::PR_GET_SECCOMP,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+    crate::sys::prctl_value(libc::PR_GET_SECCOMP, 0)
 }
 
 /// getppid(2) through the raw syscall, so a seccomp errno shows up as -1/errno.
