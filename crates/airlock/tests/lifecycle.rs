@@ -10,6 +10,14 @@ fn cli(a: &Airlock, args: &[&str]) -> common::Outcome {
     a.run(args)
 }
 
+/// Run `f` as root and as the unprivileged test user (rootless airlock).
+fn both_modes(f: impl Fn(&Airlock)) {
+    f(&Airlock::root());
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    f(&Airlock::rootless(&bins));
+}
+
 /// Stops the test's engine however the test ends.
 struct EngineGuard<'a>(&'a Airlock);
 
@@ -127,26 +135,27 @@ fn up_creates_or_starts_and_fresh_discards_state() {
     if !e2e("up_creates_or_starts_and_fresh_discards_state") {
         return;
     }
-    let a = Airlock::root();
-    let _guard = EngineGuard(&a);
-    // The project directory of the test is `cwd`: the sandbox is named after it.
-    let run = |args: &[&str]| {
-        let out = a.run(args);
-        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
-        out
-    };
-    run(&["up", "--net", "off"]);
-    run(&["exec", "cwd", "--", "sh", "-c", "echo s > /workspace/s"]);
-    run(&["up"]); // already running: nothing changes
-    assert_eq!(
-        run(&["exec", "cwd", "--", "cat", "/workspace/s"]).stdout,
-        "s\n"
-    );
-    run(&["up", "--fresh", "--net", "off"]);
-    let out = a.run(&["exec", "cwd", "--", "cat", "/workspace/s"]);
-    assert_ne!(out.code(), 0, "--fresh kept the state: {}", out.describe());
-    run(&["logs", "cwd"]);
-    run(&["rm", "--force", "cwd"]);
+    both_modes(|a| {
+        let _guard = EngineGuard(a);
+        // The project directory of the test is `cwd`: the sandbox is named after it.
+        let run = |args: &[&str]| {
+            let out = a.run(args);
+            assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+            out
+        };
+        run(&["up", "--net", "off"]);
+        run(&["exec", "cwd", "--", "sh", "-c", "echo s > /workspace/s"]);
+        run(&["up"]); // already running: nothing changes
+        assert_eq!(
+            run(&["exec", "cwd", "--", "cat", "/workspace/s"]).stdout,
+            "s\n"
+        );
+        run(&["up", "--fresh", "--net", "off"]);
+        let out = a.run(&["exec", "cwd", "--", "cat", "/workspace/s"]);
+        assert_ne!(out.code(), 0, "--fresh kept the state: {}", out.describe());
+        run(&["logs", "cwd"]);
+        run(&["rm", "--force", "cwd"]);
+    });
 }
 
 /// 64 sandboxes created, started, exec'd into and removed from 64 CLI processes at once.
@@ -213,59 +222,64 @@ fn cp_copies_in_and_out_and_never_through_host_symlinks() {
     if !e2e("cp_copies_in_and_out_and_never_through_host_symlinks") {
         return;
     }
-    let a = Airlock::root();
-    let _guard = EngineGuard(&a);
-    let run = |args: &[&str]| a.run(args);
-    assert_eq!(run(&["up", "cpbox", "--net", "off"]).code(), 0);
-    let host = common::TempDir::new("cp");
-    std::fs::write(host.join("in.txt"), "to the sandbox\n").expect("write");
-    std::fs::create_dir_all(host.join("tree/sub")).expect("mkdir");
-    std::fs::write(host.join("tree/sub/f"), "deep\n").expect("write");
-    let h = |p: &str| host.join(p).display().to_string();
-    // In: a file into a directory, a directory tree.
-    assert_eq!(run(&["cp", &h("in.txt"), "cpbox:/tmp/"]).code(), 0);
-    assert_eq!(
-        run(&["exec", "cpbox", "--", "cat", "/tmp/in.txt"]).stdout,
-        "to the sandbox\n"
-    );
-    assert_eq!(run(&["cp", &h("tree"), "cpbox:/home/agent/"]).code(), 0);
-    assert_eq!(
-        run(&["exec", "cpbox", "--", "cat", "/home/agent/tree/sub/f"]).stdout,
-        "deep\n"
-    );
-    // Out: the sandbox plants a symlink at the path and a symlink in a tree.
-    let plant = "echo out > /tmp/o; ln -s /etc/hostname /tmp/l; mkdir -p /tmp/d/x; echo y > /tmp/d/x/y; ln -s /etc /tmp/d/esc";
-    assert_eq!(run(&["exec", "cpbox", "--", "sh", "-c", plant]).code(), 0);
-    assert_eq!(run(&["cp", "cpbox:/tmp/o", &h("o.txt")]).code(), 0);
-    assert_eq!(
-        std::fs::read_to_string(host.join("o.txt")).expect("copied"),
-        "out\n"
-    );
-    // A host destination that is a symlink is refused, its target untouched.
-    std::fs::write(host.join("victim"), "keep\n").expect("write");
-    std::os::unix::fs::symlink(host.join("victim"), host.join("link")).expect("symlink");
-    let out = run(&["cp", "cpbox:/tmp/o", &h("link")]);
-    assert_eq!(out.code(), 2, "{}", out.describe());
-    assert_eq!(
-        std::fs::read_to_string(host.join("victim")).expect("victim"),
-        "keep\n"
-    );
-    // A directory comes out as a new tree; its symlinks stay symlinks and nothing is written
-    // through them.
-    std::fs::create_dir(host.join("outdir")).expect("mkdir");
-    assert_eq!(run(&["cp", "cpbox:/tmp/d", &h("outdir")]).code(), 0);
-    assert_eq!(
-        std::fs::read_to_string(host.join("outdir/d/x/y")).expect("tree"),
-        "y\n"
-    );
-    assert!(std::fs::symlink_metadata(host.join("outdir/d/esc"))
-        .expect("esc")
-        .file_type()
-        .is_symlink());
-    // Paths that do not exist inside (the curated /etc has no shadow) are not found.
-    assert_eq!(run(&["cp", "cpbox:/etc/shadow", &h("shadow")]).code(), 122);
-    assert!(!host.join("shadow").exists());
-    assert_eq!(run(&["rm", "--force", "cpbox"]).code(), 0);
+    both_modes(|a| {
+        let _guard = EngineGuard(a);
+        let run = |args: &[&str]| a.run(args);
+        assert_eq!(run(&["up", "cpbox", "--net", "off"]).code(), 0);
+        let host = common::TempDir::new("cp");
+        std::fs::write(host.join("in.txt"), "to the sandbox\n").expect("write");
+        std::fs::create_dir_all(host.join("tree/sub")).expect("mkdir");
+        std::fs::write(host.join("tree/sub/f"), "deep\n").expect("write");
+        std::fs::create_dir(host.join("outdir")).expect("mkdir");
+        std::fs::write(host.join("victim"), "keep\n").expect("write");
+        std::os::unix::fs::symlink(host.join("victim"), host.join("link")).expect("symlink");
+        if let Some(u) = &a.user {
+            host.chown_to(u);
+            common::set_mode(host.path(), 0o755);
+        }
+        let h = |p: &str| host.join(p).display().to_string();
+        // In: a file into a directory, a directory tree.
+        assert_eq!(run(&["cp", &h("in.txt"), "cpbox:/tmp/"]).code(), 0);
+        assert_eq!(
+            run(&["exec", "cpbox", "--", "cat", "/tmp/in.txt"]).stdout,
+            "to the sandbox\n"
+        );
+        assert_eq!(run(&["cp", &h("tree"), "cpbox:/home/agent/"]).code(), 0);
+        assert_eq!(
+            run(&["exec", "cpbox", "--", "cat", "/home/agent/tree/sub/f"]).stdout,
+            "deep\n"
+        );
+        // Out: the sandbox plants a symlink at the path and a symlink in a tree.
+        let plant = "echo out > /tmp/o; ln -s /etc/hostname /tmp/l; mkdir -p /tmp/d/x; echo y > /tmp/d/x/y; ln -s /etc /tmp/d/esc";
+        assert_eq!(run(&["exec", "cpbox", "--", "sh", "-c", plant]).code(), 0);
+        assert_eq!(run(&["cp", "cpbox:/tmp/o", &h("o.txt")]).code(), 0);
+        assert_eq!(
+            std::fs::read_to_string(host.join("o.txt")).expect("copied"),
+            "out\n"
+        );
+        // A host destination that is a symlink is refused, its target untouched.
+        let out = run(&["cp", "cpbox:/tmp/o", &h("link")]);
+        assert_eq!(out.code(), 2, "{}", out.describe());
+        assert_eq!(
+            std::fs::read_to_string(host.join("victim")).expect("victim"),
+            "keep\n"
+        );
+        // A directory comes out as a new tree; its symlinks stay symlinks and nothing is written
+        // through them.
+        assert_eq!(run(&["cp", "cpbox:/tmp/d", &h("outdir")]).code(), 0);
+        assert_eq!(
+            std::fs::read_to_string(host.join("outdir/d/x/y")).expect("tree"),
+            "y\n"
+        );
+        assert!(std::fs::symlink_metadata(host.join("outdir/d/esc"))
+            .expect("esc")
+            .file_type()
+            .is_symlink());
+        // Paths that do not exist inside (the curated /etc has no shadow) are not found.
+        assert_eq!(run(&["cp", "cpbox:/etc/shadow", &h("shadow")]).code(), 122);
+        assert!(!host.join("shadow").exists());
+        assert_eq!(run(&["rm", "--force", "cpbox"]).code(), 0);
+    });
 }
 
 #[test]
@@ -273,36 +287,37 @@ fn run_keep_leaves_a_named_stopped_sandbox_with_its_changes() {
     if !e2e("run_keep_leaves_a_named_stopped_sandbox_with_its_changes") {
         return;
     }
-    let a = Airlock::root();
-    let _guard = EngineGuard(&a);
-    let out = a.run(&[
-        "run",
-        "--keep",
-        "--name",
-        "kept",
-        "--net",
-        "off",
-        "--",
-        "sh",
-        "-c",
-        "echo k > /workspace/k; exit 4",
-    ]);
-    assert_eq!(out.code(), 4, "{}", out.describe());
-    assert!(
-        out.stderr.contains("kept as sandbox kept"),
-        "{}",
-        out.describe()
-    );
-    let list = a.run(&["list", "--json"]);
-    assert!(list.stdout.contains("\"stopped\""), "{}", list.describe());
-    assert_eq!(a.run(&["start", "kept"]).code(), 0);
-    assert_eq!(
-        a.run(&["exec", "kept", "--", "cat", "/workspace/k"]).stdout,
-        "k\n"
-    );
-    assert!(!a.cwd.join("k").exists(), "the host workspace was written");
-    assert_eq!(a.run(&["gc"]).code(), 0);
-    assert_eq!(a.run(&["rm", "--force", "kept"]).code(), 0);
+    both_modes(|a| {
+        let _guard = EngineGuard(a);
+        let out = a.run(&[
+            "run",
+            "--keep",
+            "--name",
+            "kept",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "echo k > /workspace/k; exit 4",
+        ]);
+        assert_eq!(out.code(), 4, "{}", out.describe());
+        assert!(
+            out.stderr.contains("kept as sandbox kept"),
+            "{}",
+            out.describe()
+        );
+        let list = a.run(&["list", "--json"]);
+        assert!(list.stdout.contains("\"stopped\""), "{}", list.describe());
+        assert_eq!(a.run(&["start", "kept"]).code(), 0);
+        assert_eq!(
+            a.run(&["exec", "kept", "--", "cat", "/workspace/k"]).stdout,
+            "k\n"
+        );
+        assert!(!a.cwd.join("k").exists(), "the host workspace was written");
+        assert_eq!(a.run(&["gc"]).code(), 0);
+        assert_eq!(a.run(&["rm", "--force", "kept"]).code(), 0);
+    });
 }
 
 #[test]
@@ -310,22 +325,23 @@ fn shell_gives_a_real_terminal_inside() {
     if !e2e("shell_gives_a_real_terminal_inside") {
         return;
     }
-    let a = Airlock::root();
-    let _guard = EngineGuard(&a);
-    assert_eq!(a.run(&["up", "sh1", "--net", "off"]).code(), 0);
-    let line = format!("{} shell sh1", a.exe.display());
-    let cmd = a.command_with("script", &["-qec", line.as_str(), "/dev/null"]);
-    let out = common::run_with_deadline(
-        cmd,
-        Some(b"echo pty-$((40+2)); tty; exit 5\n".to_vec()),
-        common::DEADLINE,
-    );
-    assert!(out.stdout.contains("pty-42"), "{}", out.describe());
-    assert!(
-        out.stdout.contains("/dev/pts/"),
-        "no terminal inside: {}",
-        out.describe()
-    );
-    assert_eq!(out.code(), 5, "{}", out.describe());
-    assert_eq!(a.run(&["rm", "--force", "sh1"]).code(), 0);
+    both_modes(|a| {
+        let _guard = EngineGuard(a);
+        assert_eq!(a.run(&["up", "sh1", "--net", "off"]).code(), 0);
+        let line = format!("{} shell sh1", a.exe.display());
+        let cmd = a.command_with("script", &["-qec", line.as_str(), "/dev/null"]);
+        let out = common::run_with_deadline(
+            cmd,
+            Some(b"echo pty-$((40+2)); tty; exit 5\n".to_vec()),
+            common::DEADLINE,
+        );
+        assert!(out.stdout.contains("pty-42"), "{}", out.describe());
+        assert!(
+            out.stdout.contains("/dev/pts/"),
+            "no terminal inside: {}",
+            out.describe()
+        );
+        assert_eq!(out.code(), 5, "{}", out.describe());
+        assert_eq!(a.run(&["rm", "--force", "sh1"]).code(), 0);
+    });
 }
