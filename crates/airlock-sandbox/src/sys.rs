@@ -635,11 +635,26 @@ fn route_msg(seq: u32, r: &Route, lo: u32) -> Vec<u8> {
 }
 
 extern "C" fn hold_until_eof(arg: *mut libc::c_void) -> libc::c_int {
-    let fd = arg as usize as libc::c_int;
+    // arg = parent pid << 32 | read end of the release pipe.
+    let (parent, fd) = (
+        (arg as usize >> 32) as libc::pid_t,
+        (arg as usize & 0xffff_ffff) as libc::c_int,
+    );
     let mut b = 0u8;
-    // SAFETY: reads one byte into a valid stack variable; only async-signal-safe calls here,
-    // since this runs on a borrowed stack sharing the parent's memory.
+    // SAFETY: prctl/getppid/read/_exit only (async-signal-safe), on a borrowed stack that shares
+    // the parent's memory. The descriptor table is shared too, so the parent's death would not
+    // close the pipe's write end: die with the parent instead (and if it is already gone).
     unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+        if libc::getppid() != parent {
+            libc::_exit(0);
+        }
         libc::read(fd, (&mut b as *mut u8).cast(), 1);
         libc::_exit(0)
     }
@@ -661,7 +676,7 @@ pub fn userns_holder() -> io::Result<(libc::pid_t, OwnedFd, OwnedFd, Vec<u8>)> {
             hold_until_eof,
             top as *mut libc::c_void,
             libc::CLONE_NEWUSER | libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
-            rd.as_raw_fd() as usize as *mut libc::c_void,
+            ((std::process::id() as usize) << 32 | rd.as_raw_fd() as usize) as *mut libc::c_void,
         )
     };
     if pid < 0 {

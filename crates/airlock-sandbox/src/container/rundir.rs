@@ -120,8 +120,11 @@ pub fn remove_tree(p: &Path) {
 }
 
 /// Reclaim every run directory (and its cgroups) whose owner is gone. Returns the names.
-pub fn gc(state: &Path, layout: &Layout) -> Vec<String> {
+/// `layout` is only computed when there is something to reclaim (it reads /proc files).
+pub fn gc(state: &Path, layout: impl FnOnce() -> Layout) -> Vec<String> {
     let mut reclaimed = Vec::new();
+    let mut layout = Some(layout);
+    let mut parents: Option<Vec<std::path::PathBuf>> = None;
     let Ok(rd) = fs::read_dir(runs_dir(state)) else {
         return reclaimed;
     };
@@ -139,7 +142,9 @@ pub fn gc(state: &Path, layout: &Layout) -> Vec<String> {
         } else if !lock_free(&path) {
             continue;
         }
-        for parent in layout.parents() {
+        let parents =
+            parents.get_or_insert_with(|| layout.take().map(|f| f().parents()).unwrap_or_default());
+        for parent in parents.iter() {
             remove_cgroup_dir(&parent.join(&name));
         }
         remove_tree(&path);
@@ -179,12 +184,12 @@ mod tests {
             RunDir::create(&state, "live").is_err(),
             "names are exclusive"
         );
-        let got = gc(&state, &Layout::None);
+        let got = gc(&state, || Layout::None);
         assert_eq!(got, vec!["dead".to_string()]);
         assert!(!dead_path.exists());
         assert!(live.path.exists());
         live.remove();
-        assert!(gc(&state, &Layout::None).is_empty());
+        assert!(gc(&state, || Layout::None).is_empty());
         let _ = fs::remove_dir_all(&state);
     }
 }
