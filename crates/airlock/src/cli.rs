@@ -185,14 +185,8 @@ pub struct SuperviseArgs {
 pub struct ExecDirArgs {
     #[arg(long)]
     pub dir: PathBuf,
-    #[arg(short = 't', long)]
-    pub tty: bool,
-    #[arg(short = 'i', long)]
-    pub interactive: bool,
-    #[arg(short = 'e', long = "env", value_name = "K=V")]
-    pub env: Vec<String>,
-    #[arg(short = 'w', long, value_name = "DIR")]
-    pub workdir: Option<PathBuf>,
+    #[command(flatten)]
+    pub opts: ExecOptions,
     #[arg(
         required = true,
         trailing_var_arg = true,
@@ -240,6 +234,21 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
+    #[command(flatten)]
+    pub opts: ExecOptions,
+    pub name: String,
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub cmd: Vec<String>,
+}
+
+/// The options of `exec` (and of the internal `__exec`).
+#[derive(Debug, Args)]
+pub struct ExecOptions {
     /// Give the command a pseudo-terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
@@ -252,14 +261,6 @@ pub struct ExecArgs {
     /// Working directory inside.
     #[arg(short = 'w', long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
-    pub name: String,
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
-    pub cmd: Vec<String>,
 }
 
 #[derive(Debug, Args)]

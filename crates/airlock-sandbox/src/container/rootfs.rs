@@ -310,29 +310,20 @@ fn overlay(
                     },
                 )?;
             }
-            let upper_dir = openat(
-                &up,
-                "upper",
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| MountError {
-                what: "cannot open",
-                path: up_at.join("upper"),
-                source: e.into(),
-            })?;
-            let work_dir = openat(
-                &up,
-                "work",
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| MountError {
-                what: "cannot open",
-                path: up_at.join("work"),
-                source: e.into(),
-            })?;
-            (upper_dir, work_dir)
+            let open_layer = |name: &str| {
+                openat(
+                    &up,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| MountError {
+                    what: "cannot open",
+                    path: up_at.join(name),
+                    source: e.into(),
+                })
+            };
+            (open_layer("upper")?, open_layer("work")?)
         }
         UpperStore::Disk => {
             let d = disk.ok_or_else(|| MountError {

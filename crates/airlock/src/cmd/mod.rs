@@ -56,26 +56,21 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
             )
         }
         Command::ExecDir(a) => {
-            use std::io::IsTerminal;
-            let plan: airlock_model::plan::LaunchPlan = std::fs::read(a.dir.join("plan.json"))
-                .map_err(anyhow::Error::from)
-                .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
-                .map_err(|e| {
-                    CliError::new(exit::NOT_FOUND, e).hint("is the sandbox created and running?")
-                })?;
-            let env = a.env.iter().map(|kv| match kv.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
-            });
-            let req = airlock_sandbox::container::exec::ExecRequest {
-                argv: a.cmd,
-                env: env.collect(),
-                cwd: a.workdir,
-                tty: a.tty,
-                forward_stdin: a.interactive || a.tty || !std::io::stdin().is_terminal(),
-            };
-            let out = airlock_sandbox::container::exec::exec(&a.dir, &plan, &req)?;
-            Ok(out.exit_code())
+            let name = a
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let o = a.opts;
+            sandbox::exec_dir(
+                &a.dir,
+                &name,
+                a.cmd,
+                &o.env,
+                o.workdir,
+                o.tty,
+                o.interactive,
+            )
         }
         Command::Config(a) => {
             let resolved = run::load_config(

@@ -332,7 +332,20 @@ pub fn exec_in(
                 .hint("airlock list shows the sandboxes"),
         );
     }
-    if exec::pid1(&dir).is_none() {
+    exec_dir(&dir, name, argv, env, workdir, tty, interactive)
+}
+
+/// exec into the running sandbox whose folder is `dir` (`name` is for messages).
+pub fn exec_dir(
+    dir: &Path,
+    name: &str,
+    argv: Vec<String>,
+    env: &[String],
+    workdir: Option<PathBuf>,
+    tty: bool,
+    interactive: bool,
+) -> CliResult<i32> {
+    if exec::pid1(dir).is_none() {
         return Err(CliError::new(
             exit::CONFLICT,
             anyhow::anyhow!("sandbox {name} is not running"),
@@ -360,11 +373,12 @@ pub fn exec_in(
         tty,
         forward_stdin: interactive || tty || !std::io::stdin().is_terminal(),
     };
-    Ok(exec::exec(&dir, &plan, &req)?.exit_code())
+    Ok(exec::exec(dir, &plan, &req)?.exit_code())
 }
 
 pub fn exec_cmd(a: ExecArgs) -> CliResult<i32> {
-    exec_in(&a.name, a.cmd, &a.env, a.workdir, a.tty, a.interactive)
+    let o = a.opts;
+    exec_in(&a.name, a.cmd, &o.env, o.workdir, o.tty, o.interactive)
 }
 
 pub fn shell(name: &str) -> CliResult<i32> {
