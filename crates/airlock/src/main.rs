@@ -5,6 +5,7 @@ mod backend;
 mod cli;
 mod cmd;
 mod error;
+mod mcp;
 
 use clap::Parser;
 
