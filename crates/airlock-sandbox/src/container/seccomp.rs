@@ -245,11 +245,13 @@ pub fn describe(name: &str) -> Option<String> {
              hand the process a fresh set of capabilities; without them it is allowed",
             ns.join(", ")
         ),
-        "socket" => format!(
+        "socket" => {
+            format!(
             "socket is denied (EPERM) for the families {}, netlink other than NETLINK_ROUTE, and \
              raw IPv4/IPv6 sockets; TCP, UDP and Unix sockets are allowed",
             DENIED_FAMILIES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-        ),
+        )
+        }
         "personality" => "personality is denied (EPERM) except the harmless personas: \
                           ADDR_NO_RANDOMIZE and READ_IMPLIES_EXEC would switch off ASLR / NX"
             .into(),
@@ -435,7 +437,10 @@ mod tests {
     fn every_described_call_is_in_the_filter() {
         let p = policy();
         for (name, nr) in DENIED {
-            assert!(describe(name).is_some_and(|d| d.contains("denied")), "{name}");
+            assert!(
+                describe(name).is_some_and(|d| d.contains("denied")),
+                "{name}"
+            );
             assert!(p.contains_key(&(*nr as u32)));
         }
         for (name, nr) in [

@@ -204,7 +204,9 @@ async fn plain(
     limit: usize,
     secs: u64,
 ) -> Result<Output, CallToolResult> {
-    let out = c.airlock(args, None, Duration::from_secs(secs), limit).await?;
+    let out = c
+        .airlock(args, None, Duration::from_secs(secs), limit)
+        .await?;
     if let Some(e) = missing(&out, needs.0, needs.1) {
         return Err(e);
     }
@@ -218,12 +220,25 @@ pub async fn reports(c: Call, v: Value) -> CallToolResult {
     let a: NameArgs = tri!(parse("agent_reports", v));
     tri!(check_name(&a.name));
     let args = vec!["reports".into(), a.name.clone()];
-    let out = tri!(plain(&c, "agent_reports", args, ("reports", "issue 6, agent mode"), 256 * 1024, 50).await);
+    let out = tri!(
+        plain(
+            &c,
+            "agent_reports",
+            args,
+            ("reports", "issue 6, agent mode"),
+            256 * 1024,
+            50
+        )
+        .await
+    );
     if let Some(e) = out.airlock_error() {
         return tool_error(format!("agent_reports: {e}"));
     }
     let text = out.stdout.render();
-    tool_ok(text.clone(), json!({ "reports": text, "truncated": out.stdout.cut() }))
+    tool_ok(
+        text.clone(),
+        json!({ "reports": text, "truncated": out.stdout.cut() }),
+    )
 }
 
 pub async fn diff(c: Call, v: Value) -> CallToolResult {
@@ -231,19 +246,37 @@ pub async fn diff(c: Call, v: Value) -> CallToolResult {
     tri!(check_name(&a.name));
     let limit = match a.max_output_bytes.unwrap_or(64 * 1024) {
         b @ 1024..=1_048_576 => b,
-        b => return tool_error(format!("max_output_bytes {b} is out of range (1024-1048576)")),
+        b => {
+            return tool_error(format!(
+                "max_output_bytes {b} is out of range (1024-1048576)"
+            ))
+        }
     };
     let mut args = vec!["diff".to_string(), a.name.clone()];
     if a.stat == Some(true) {
         args.push("--stat".into());
     }
-    let out = tri!(plain(&c, "agent_diff", args, ("diff", "issue 5, workspaces"), limit, 110).await);
+    let out = tri!(
+        plain(
+            &c,
+            "agent_diff",
+            args,
+            ("diff", "issue 5, workspaces"),
+            limit,
+            110
+        )
+        .await
+    );
     if let Some(e) = out.airlock_error() {
         return tool_error(format!("agent_diff: {e}"));
     }
     let text = out.stdout.render();
     tool_ok(
-        if text.is_empty() { "no changes".to_string() } else { text.clone() },
+        if text.is_empty() {
+            "no changes".to_string()
+        } else {
+            text.clone()
+        },
         json!({ "diff": text, "truncated": out.stdout.cut() }),
     )
 }
@@ -253,7 +286,17 @@ pub async fn fetch(c: Call, v: Value) -> CallToolResult {
     tri!(check_name(&a.name));
     // Never --accept: accepting gated changes is a human's decision, made at the CLI.
     let args = vec!["fetch".into(), a.name.clone()];
-    let out = tri!(plain(&c, "agent_fetch", args, ("fetch", "issue 5, workspaces"), 256 * 1024, 290).await);
+    let out = tri!(
+        plain(
+            &c,
+            "agent_fetch",
+            args,
+            ("fetch", "issue 5, workspaces"),
+            256 * 1024,
+            290
+        )
+        .await
+    );
     let stdout = out.stdout.render();
     let stderr = out.stderr.render();
     if out.code == Some(0) {

@@ -45,7 +45,10 @@ fn explain(a: &ExplainArgs, flags: Vec<String>) -> CallToolResult {
             tri!(check_name(name));
             (tri!(sandbox_spec(name)), format!("sandbox {name}"))
         }
-        None => (tri!(new_spec(&flags)), "a new sandbox of this project".to_string()),
+        None => (
+            tri!(new_spec(&flags)),
+            "a new sandbox of this project".to_string(),
+        ),
     };
     let mut verdicts = Vec::new();
     if let Some(d) = &a.domain {
@@ -149,7 +152,10 @@ fn domain(spec: &RunSpec, host: &str, port: u16) -> Verdict {
     let literal: Option<std::net::IpAddr> = host.trim_matches(['[', ']']).parse().ok();
     match spec.net {
         NetMode::Off => deny(
-            format!("the network is off in this sandbox (profile {}) : only loopback", spec.profile),
+            format!(
+                "the network is off in this sandbox (profile {}) : only loopback",
+                spec.profile
+            ),
             Some(format!(
                 "`--net filtered --allow {host}:{port}` (network: \"filtered\", allow_domains: \
                  [\"{host}\"] in sandbox_run), or `[network] mode = \"filtered\"` and `domains = \
@@ -200,9 +206,7 @@ fn domain(spec: &RunSpec, host: &str, port: u16) -> Verdict {
                     ),
                     fix: None,
                 },
-                Decision::Deny { reason, fix } => {
-                    deny(reason, (!fix.is_empty()).then_some(fix))
-                }
+                Decision::Deny { reason, fix } => deny(reason, (!fix.is_empty()).then_some(fix)),
             }
         }
     }
@@ -232,15 +236,21 @@ fn syscall(name: &str) -> Verdict {
 fn step_target(s: &MountStep) -> Option<(PathBuf, &'static str, bool)> {
     Some(match s {
         MountStep::Tmpfs { target, .. } => (target.clone(), "a private tmpfs", false),
-        MountStep::BindRo { target, .. } => (target.clone(), "a read-only bind of the host's", true),
-        MountStep::BindRw { target, .. } => (target.clone(), "a writable bind of the host's", false),
+        MountStep::BindRo { target, .. } => {
+            (target.clone(), "a read-only bind of the host's", true)
+        }
+        MountStep::BindRw { target, .. } => {
+            (target.clone(), "a writable bind of the host's", false)
+        }
         MountStep::Overlay { target, .. } => (
             target.clone(),
             "the project, copy-on-write (the host copy is never modified)",
             false,
         ),
         MountStep::Symlink { target, .. } => (target.clone(), "a symlink", true),
-        MountStep::Dir { target, .. } => (target.clone(), "a directory on the read-only root", true),
+        MountStep::Dir { target, .. } => {
+            (target.clone(), "a directory on the read-only root", true)
+        }
         MountStep::File { target, .. } => (target.clone(), "a generated file (read-only)", true),
         MountStep::Device { name } => (Path::new("/dev").join(name), "a device node", false),
         MountStep::Proc { target } => (target.clone(), "the sandbox's own /proc", false),
@@ -260,7 +270,11 @@ fn path(plan: &LaunchPlan, raw: &str, access: Access) -> Verdict {
     };
     let subject = format!(
         "{} {}",
-        if access == Access::Write { "write to" } else { "read of" },
+        if access == Access::Write {
+            "write to"
+        } else {
+            "read of"
+        },
         p.display()
     );
     let verdict = |allowed: bool, reason: String, fix: Option<String>| Verdict {
@@ -270,14 +284,20 @@ fn path(plan: &LaunchPlan, raw: &str, access: Access) -> Verdict {
         fix,
     };
     if p.components().any(|c| c == std::path::Component::ParentDir) {
-        return verdict(false, "`..` is not resolved here: name the path directly".into(), None);
+        return verdict(
+            false,
+            "`..` is not resolved here: name the path directly".into(),
+            None,
+        );
     }
     // The deepest step covering the path decides (later steps win at equal depth).
     let mut best: Option<(PathBuf, &'static str, bool, &MountStep)> = None;
     for s in &plan.mounts {
         if let Some((t, what, ro)) = step_target(s) {
             if p.starts_with(&t)
-                && best.as_ref().is_none_or(|(b, ..)| t.components().count() >= b.components().count())
+                && best
+                    .as_ref()
+                    .is_none_or(|(b, ..)| t.components().count() >= b.components().count())
             {
                 best = Some((t, what, ro, s));
             }

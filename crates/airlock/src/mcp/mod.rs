@@ -4,10 +4,10 @@
 //! the policy code in-process (pure, nothing to isolate). stdout belongs to the protocol: nothing
 //! else here writes to it.
 
+mod agent;
 mod args;
 mod b64;
 mod bounded;
-mod agent;
 mod explain;
 mod paths;
 mod runner;

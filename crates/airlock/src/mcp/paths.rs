@@ -76,7 +76,8 @@ pub fn resolve(path: &str) -> Result<String, PathError> {
 
 /// `p` is strictly beneath `root`.
 fn beneath(p: &str, root: &str) -> bool {
-    p.strip_prefix(root).is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+    p.strip_prefix(root)
+        .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
 }
 
 /// A POSIX-sh function `inside_roots PATH` (status 0 when PATH is strictly beneath a root).
@@ -137,19 +138,34 @@ mod tests {
         assert_eq!(resolve("src/main.rs"), Ok("/workspace/src/main.rs".into()));
         assert_eq!(resolve("./a//b/./c"), Ok("/workspace/a/b/c".into()));
         assert_eq!(resolve("/tmp/x"), Ok("/tmp/x".into()));
-        assert_eq!(resolve("/home/agent/.bashrc"), Ok("/home/agent/.bashrc".into()));
+        assert_eq!(
+            resolve("/home/agent/.bashrc"),
+            Ok("/home/agent/.bashrc".into())
+        );
     }
 
     #[test]
     fn traversal_is_refused() {
-        for p in ["../etc/passwd", "/workspace/../etc/shadow", "a/../../b", "/tmp/.."] {
+        for p in [
+            "../etc/passwd",
+            "/workspace/../etc/shadow",
+            "a/../../b",
+            "/tmp/..",
+        ] {
             assert_eq!(resolve(p), Err(PathError::Traversal), "{p}");
         }
     }
 
     #[test]
     fn outside_the_roots_is_refused() {
-        for p in ["/etc/passwd", "/", "/workspace", "/workspacex/a", "/proc/1/root", "/tmpfoo"] {
+        for p in [
+            "/etc/passwd",
+            "/",
+            "/workspace",
+            "/workspacex/a",
+            "/proc/1/root",
+            "/tmpfoo",
+        ] {
             assert!(matches!(resolve(p), Err(PathError::OutsideRoots(_))), "{p}");
         }
     }

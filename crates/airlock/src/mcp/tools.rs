@@ -313,7 +313,9 @@ pub fn check_name(name: &str) -> Result<(), CallToolResult> {
 
 fn check_command(cmd: &[String]) -> Result<(), CallToolResult> {
     match cmd.first() {
-        None => Err(tool_error("command is empty: give the argv, e.g. [\"ls\", \"-la\"]")),
+        None => Err(tool_error(
+            "command is empty: give the argv, e.g. [\"ls\", \"-la\"]",
+        )),
         Some(c) if c.is_empty() => Err(tool_error("command[0] is empty")),
         Some(_) if cmd.iter().any(|a| a.contains('\0')) => {
             Err(tool_error("command arguments cannot contain NUL bytes"))
@@ -322,7 +324,9 @@ fn check_command(cmd: &[String]) -> Result<(), CallToolResult> {
     }
 }
 
-fn check_env(env: &std::collections::BTreeMap<String, String>) -> Result<Vec<String>, CallToolResult> {
+fn check_env(
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<String>, CallToolResult> {
     let mut out = Vec::new();
     for (k, v) in env {
         let ok = !k.is_empty()
@@ -360,8 +364,8 @@ fn output_limit(bytes: Option<usize>) -> Result<usize, CallToolResult> {
 
 /// The CLI flags for a policy, refusing what this server does not allow.
 pub fn policy_flags(p: &Policy, opts: &Options) -> Result<Vec<String>, CallToolResult> {
-    let wider = p.profile == Some(ProfileArg::Permissive)
-        || p.workspace == Some(WorkspaceArg::Bind);
+    let wider =
+        p.profile == Some(ProfileArg::Permissive) || p.workspace == Some(WorkspaceArg::Bind);
     if wider && !opts.allow_permissive {
         return Err(tool_error(
             "refused: the permissive profile and a writable workspace bind let the sandbox write \
@@ -419,18 +423,21 @@ fn airlock_failed(what: &str, out: &Output, timeout_secs: u64) -> Option<CallToo
         return Some(tool_error(format!("{what}: cancelled")));
     }
     let code = out.code?;
-    out.airlock_error().map(|e| {
-        tool_error(format!("{what}: {e}\n(airlock exit code {code})"))
-    })
+    out.airlock_error()
+        .map(|e| tool_error(format!("{what}: {e}\n(airlock exit code {code})")))
 }
 
 /// A command's result: exit code and bounded output, as text and structured.
 fn command_result(out: Output) -> CallToolResult {
     let code = out.code.unwrap_or(-1);
     let stderr = out.stderr.render();
-    let timed_out = code == airlock_model::exit::TIMEOUT && stderr.contains("airlock: killed: timeout");
+    let timed_out =
+        code == airlock_model::exit::TIMEOUT && stderr.contains("airlock: killed: timeout");
     let stdout = out.stdout.render();
-    let mut text = format!("exit code {code}{}\n", if timed_out { " (timed out)" } else { "" });
+    let mut text = format!(
+        "exit code {code}{}\n",
+        if timed_out { " (timed out)" } else { "" }
+    );
     for (label, body) in [("stdout", &stdout), ("stderr", &stderr)] {
         if !body.is_empty() {
             text.push_str(&format!("\n--- {label} ---\n{body}"));
@@ -468,7 +475,10 @@ async fn sandbox_run(c: Call, v: Value) -> CallToolResult {
     args.extend(a.command);
     let stdin = a.stdin.map(String::into_bytes);
     // airlock's own --timeout ends the command (exit 124); this bound is for airlock itself.
-    let out = tri!(c.airlock(args, stdin, Duration::from_secs(secs + 20), limit).await);
+    let out = tri!(
+        c.airlock(args, stdin, Duration::from_secs(secs + 20), limit)
+            .await
+    );
     if let Some(e) = airlock_failed("sandbox_run", &out, secs) {
         return e;
     }
@@ -492,12 +502,18 @@ async fn sandbox_exec(c: Call, v: Value) -> CallToolResult {
     args.extend([a.name.clone(), "--".into()]);
     args.extend(a.command);
     let stdin = a.stdin.map(String::into_bytes);
-    let out = tri!(c.airlock(args, stdin, Duration::from_secs(secs), limit).await);
+    let out = tri!(
+        c.airlock(args, stdin, Duration::from_secs(secs), limit)
+            .await
+    );
     if out.timed_out {
         let mut r = command_result(out);
         r.is_error = Some(true);
         if let Some(rmcp::model::ContentBlock::Text(t)) = r.content.first_mut() {
-            t.text = format!("timed out after {secs}s; the command was stopped\n{}", t.text);
+            t.text = format!(
+                "timed out after {secs}s; the command was stopped\n{}",
+                t.text
+            );
         }
         return r;
     }
@@ -509,7 +525,9 @@ async fn sandbox_exec(c: Call, v: Value) -> CallToolResult {
 
 /// `airlock ARGS` whose stdout is JSON.
 async fn json_of(c: &Call, what: &str, args: Vec<String>) -> Result<Value, CallToolResult> {
-    let out = c.airlock(args, None, Duration::from_secs(50), 4 << 20).await?;
+    let out = c
+        .airlock(args, None, Duration::from_secs(50), 4 << 20)
+        .await?;
     if let Some(e) = airlock_failed(what, &out, 50) {
         return Err(e);
     }
@@ -549,8 +567,17 @@ async fn sandbox_status(c: Call, v: Value) -> CallToolResult {
 }
 
 /// Run a lifecycle command; on success answer with the sandbox's status.
-async fn lifecycle_cmd(c: &Call, tool: &str, args: Vec<String>, name: &str, secs: u64) -> CallToolResult {
-    let out = tri!(c.airlock(args, None, Duration::from_secs(secs), 64 * 1024).await);
+async fn lifecycle_cmd(
+    c: &Call,
+    tool: &str,
+    args: Vec<String>,
+    name: &str,
+    secs: u64,
+) -> CallToolResult {
+    let out = tri!(
+        c.airlock(args, None, Duration::from_secs(secs), 64 * 1024)
+            .await
+    );
     if let Some(e) = airlock_failed(tool, &out, secs) {
         return e;
     }
@@ -559,7 +586,11 @@ async fn lifecycle_cmd(c: &Call, tool: &str, args: Vec<String>, name: &str, secs
     }
     match status_of(c, name).await {
         Ok(st) => {
-            let state = st.get("state").and_then(Value::as_str).unwrap_or("?").to_string();
+            let state = st
+                .get("state")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
             tool_ok(format!("{name}: {state}"), st)
         }
         Err(e) => e,
@@ -570,7 +601,14 @@ async fn lifecycle(c: Call, v: Value, verb: &str) -> CallToolResult {
     let tool = format!("sandbox_{verb}");
     let a: NameArgs = tri!(parse(&tool, v));
     tri!(check_name(&a.name));
-    lifecycle_cmd(&c, &tool, vec![verb.into(), a.name.clone()], &a.name, LIFECYCLE_SECS).await
+    lifecycle_cmd(
+        &c,
+        &tool,
+        vec![verb.into(), a.name.clone()],
+        &a.name,
+        LIFECYCLE_SECS,
+    )
+    .await
 }
 
 async fn sandbox_create(c: Call, v: Value) -> CallToolResult {
@@ -615,7 +653,10 @@ async fn sandbox_remove(c: Call, v: Value) -> CallToolResult {
         args.push("--force".into());
     }
     args.push(a.name.clone());
-    let out = tri!(c.airlock(args, None, Duration::from_secs(LIFECYCLE_SECS), 64 * 1024).await);
+    let out = tri!(
+        c.airlock(args, None, Duration::from_secs(LIFECYCLE_SECS), 64 * 1024)
+            .await
+    );
     if let Some(e) = airlock_failed("sandbox_remove", &out, LIFECYCLE_SECS) {
         return e;
     }
@@ -631,7 +672,8 @@ async fn sandbox_remove(c: Call, v: Value) -> CallToolResult {
 async fn file_read(c: Call, v: Value) -> CallToolResult {
     let a: FileReadArgs = tri!(parse("sandbox_file_read", v));
     tri!(check_name(&a.name));
-    let path = tri!(paths::resolve(&a.path).map_err(|e| tool_error(format!("sandbox_file_read: {e}"))));
+    let path =
+        tri!(paths::resolve(&a.path).map_err(|e| tool_error(format!("sandbox_file_read: {e}"))));
     let max = a.max_bytes.unwrap_or(256 * 1024);
     if !(1..=4 << 20).contains(&max) {
         return tool_error(format!("max_bytes {max} is out of range (1-4194304)"));
@@ -650,14 +692,19 @@ async fn file_read(c: Call, v: Value) -> CallToolResult {
         max.to_string(),
     ];
     let limit = max as usize + 64 * 1024;
-    let out = tri!(c.airlock(args, None, Duration::from_secs(FILE_SECS - 10), limit).await);
+    let out = tri!(
+        c.airlock(args, None, Duration::from_secs(FILE_SECS - 10), limit)
+            .await
+    );
     if let Some(e) = airlock_failed("sandbox_file_read", &out, FILE_SECS - 10) {
         return e;
     }
     let err = out.stderr.render();
     match out.code {
         Some(0) => {}
-        Some(paths::ESCAPE) => return tool_error(format!("sandbox_file_read: refused: {}", err.trim())),
+        Some(paths::ESCAPE) => {
+            return tool_error(format!("sandbox_file_read: refused: {}", err.trim()))
+        }
         _ => return tool_error(format!("sandbox_file_read: {path}: {}", err.trim())),
     }
     let Some(bytes) = out.stdout.into_complete() else {
@@ -675,7 +722,9 @@ async fn file_read(c: Call, v: Value) -> CallToolResult {
             json!({ "path": path, "kind": "directory", "listing": listing }),
         );
     }
-    let Some(size) = header.strip_prefix("airlock-file ").and_then(|s| s.trim().parse::<u64>().ok())
+    let Some(size) = header
+        .strip_prefix("airlock-file ")
+        .and_then(|s| s.trim().parse::<u64>().ok())
     else {
         return tool_error("sandbox_file_read: unreadable answer");
     };
@@ -695,7 +744,10 @@ async fn file_read(c: Call, v: Value) -> CallToolResult {
     let text = if encoding == "utf8" {
         format!("{content}{note}")
     } else {
-        format!("(binary file, {} bytes, base64 in structuredContent.content){note}", body.len())
+        format!(
+            "(binary file, {} bytes, base64 in structuredContent.content){note}",
+            body.len()
+        )
     };
     tool_ok(
         text,
@@ -710,7 +762,8 @@ async fn file_read(c: Call, v: Value) -> CallToolResult {
 async fn file_write(c: Call, v: Value) -> CallToolResult {
     let a: FileWriteArgs = tri!(parse("sandbox_file_write", v));
     tri!(check_name(&a.name));
-    let path = tri!(paths::resolve(&a.path).map_err(|e| tool_error(format!("sandbox_file_write: {e}"))));
+    let path =
+        tri!(paths::resolve(&a.path).map_err(|e| tool_error(format!("sandbox_file_write: {e}"))));
     let data = match a.encoding.unwrap_or(Encoding::Utf8) {
         Encoding::Utf8 => a.content.into_bytes(),
         Encoding::Base64 => tri!(b64::decode(&a.content)
@@ -737,14 +790,24 @@ async fn file_write(c: Call, v: Value) -> CallToolResult {
         flag(a.create_dirs),
     ];
     let n = data.len();
-    let out = tri!(c.airlock(args, Some(data), Duration::from_secs(FILE_SECS - 10), 64 * 1024).await);
+    let out = tri!(
+        c.airlock(
+            args,
+            Some(data),
+            Duration::from_secs(FILE_SECS - 10),
+            64 * 1024
+        )
+        .await
+    );
     if let Some(e) = airlock_failed("sandbox_file_write", &out, FILE_SECS - 10) {
         return e;
     }
     let err = out.stderr.render();
     match out.code {
         Some(0) => {}
-        Some(paths::ESCAPE) => return tool_error(format!("sandbox_file_write: refused: {}", err.trim())),
+        Some(paths::ESCAPE) => {
+            return tool_error(format!("sandbox_file_write: refused: {}", err.trim()))
+        }
         _ => return tool_error(format!("sandbox_file_write: {path}: {}", err.trim())),
     }
     let size: Option<u64> = out.stdout.render().trim().parse().ok();
