@@ -120,6 +120,10 @@ pub struct RunSpec {
     /// A host directory to use as $HOME instead of a tmpfs (named sandboxes keep it).
     #[serde(default)]
     pub home_dir: Option<PathBuf>,
+    /// Clone mode: the sandbox's own clone, mounted writable at /workspace instead of the
+    /// project directory (set by the supervisor of a named sandbox).
+    #[serde(default)]
+    pub workspace_dir: Option<PathBuf>,
     /// Secrets by name and where to read them at launch. Only the sources: values never enter a
     /// spec, a plan or anything written to disk.
     #[serde(default)]

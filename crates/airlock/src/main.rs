@@ -6,6 +6,7 @@ mod cli;
 mod cmd;
 mod error;
 mod mcp;
+mod work;
 
 use clap::Parser;
 

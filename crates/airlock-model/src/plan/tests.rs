@@ -25,6 +25,7 @@ fn spec() -> RunSpec {
         argv: vec!["true".into()],
         persistent: false,
         home_dir: None,
+        workspace_dir: None,
         secrets: Default::default(),
     }
 }

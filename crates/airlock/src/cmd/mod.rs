@@ -7,6 +7,7 @@ mod gc;
 mod init;
 pub(crate) mod run;
 mod sandbox;
+mod work;
 
 use crate::cli::{Cli, Command};
 use crate::error::{CliError, CliResult};
@@ -28,6 +29,10 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::List(a) => sandbox::list(a.json),
         Command::Status(a) => sandbox::status(&a),
         Command::Exec(a) => sandbox::exec_cmd(a),
+        Command::Diff(a) => work::diff(&a),
+        Command::Fetch(a) => work::fetch(&a),
+        Command::Sync(a) => work::sync(&a),
+        Command::Deliver(a) => work::deliver(&a),
         Command::Shell(a) => sandbox::shell(&a.name),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
         Command::Mcp(a) => crate::mcp::serve(crate::mcp::Options {
@@ -73,6 +78,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
                 o.workdir,
                 o.tty,
                 o.interactive,
+                o.secrets,
             )
         }
         Command::Config(a) => {

@@ -307,6 +307,11 @@ pub struct Built {
     pub spec: RunSpec,
     pub timeout: Option<Duration>,
     pub forward_stdin: bool,
+    /// Create-time workspace extras of a named sandbox (`context`, `repos`).
+    pub workspace: config::WorkspaceConfig,
+    /// Secret values already read (a supervisor gets them from the engine); None: read them
+    /// from their sources now.
+    pub secrets: Option<Vec<(String, String)>>,
 }
 
 /// Config + flags -> the spec (`persistent`: a named sandbox, no command).
@@ -340,10 +345,31 @@ pub fn build(
         Profile::Moderate => NetMode::Filtered,
         Profile::Permissive => NetMode::Open,
     });
-    let workspace = eff.workspace.mode.unwrap_or(match profile {
-        Profile::Permissive => WorkspaceMode::Bind,
-        _ => WorkspaceMode::Overlay,
-    });
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    // Named sandboxes default to their own clone when the project is a git repository.
+    let workspace = match eff.workspace.mode {
+        Some(m) => m,
+        None if persistent && crate::work::clone::toplevel(&cwd).is_some() => WorkspaceMode::Clone,
+        None => match profile {
+            Profile::Permissive => WorkspaceMode::Bind,
+            _ => WorkspaceMode::Overlay,
+        },
+    };
+    if workspace == WorkspaceMode::Clone {
+        if !persistent {
+            return Err(airlock_model::plan::Refusal::CloneUnsupported.into());
+        }
+        if crate::work::clone::toplevel(&cwd).is_none() {
+            return Err(CliError::new(
+                exit::POLICY_REFUSED,
+                anyhow::anyhow!(
+                    "workspace mode clone needs a git repository, and {} is not in one",
+                    cwd.display()
+                ),
+            )
+            .hint("run from the repository, or use --workspace overlay"));
+        }
+    }
     let user = match &a.policy.user {
         Some(u) => parse::<SandboxUser>("user", u)?,
         None => SandboxUser::Agent,
@@ -431,19 +457,15 @@ pub fn build(
         argv: if persistent { vec![] } else { a.cmd.clone() },
         persistent,
         home_dir: None,
+        workspace_dir: None,
         secrets: eff.secrets.clone(),
     };
-    if persistent && !spec.secrets.is_empty() {
-        return Err(CliError::new(
-            exit::POLICY_REFUSED,
-            anyhow::anyhow!("refused: secrets are not available for named sandboxes yet"),
-        )
-        .hint("pass them to `airlock run` (or `airlock exec -e NAME`) instead"));
-    }
     Ok(Built {
         spec,
         timeout,
         forward_stdin,
+        workspace: eff.workspace.clone(),
+        secrets: None,
     })
 }
 
@@ -466,7 +488,10 @@ pub fn launch(
     };
     let state = rundir::state_dir();
     rundir::gc(&state, Layout::detect);
-    let secrets = resolve_secrets(&spec.secrets)?;
+    let secrets = match &b.secrets {
+        Some(s) => s.clone(),
+        None => resolve_secrets(&spec.secrets)?,
+    };
     let facts = container::host_facts(&spec.project_dir, &layout);
     let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
@@ -525,7 +550,7 @@ pub fn launch(
 
 /// Read every secret from its source, in memory only. Errors name the secret and its source,
 /// never a value.
-fn resolve_secrets(
+pub fn resolve_secrets(
     sources: &std::collections::BTreeMap<String, config::SecretSource>,
 ) -> CliResult<Vec<(String, String)>> {
     let mut out = Vec::new();
