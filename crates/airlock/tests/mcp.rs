@@ -581,6 +581,73 @@ fn agent_tools_fail_clearly_without_their_commands_or_sandbox() {
     }
 }
 
+fn git(a: &Airlock, args: &[&str]) -> String {
+    let out = run_with_deadline(a.command_with("git", args), None, common::DEADLINE);
+    assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+    out.stdout
+}
+
+#[test]
+fn agent_diff_and_fetch_honour_the_review_gate() {
+    if !e2e("agent_diff_and_fetch_honour_the_review_gate") {
+        return;
+    }
+    let a = Airlock::root();
+    let _g = EngineGuard(&a);
+    git(&a, &["init", "-q", "-b", "main"]);
+    git(&a, &["config", "user.name", "Host"]);
+    git(&a, &["config", "user.email", "host@example.invalid"]);
+    std::fs::write(a.cwd.join("a.txt"), "one\n").expect("write");
+    git(&a, &["add", "."]);
+    git(&a, &["commit", "-q", "-m", "initial"]);
+    let commit = |msg: &str, script: &str| {
+        json!({"tool": "sandbox_exec", "args": {"name": "wk", "command": ["sh", "-c",
+            format!("cd /workspace && {script} && git add -A && git -c user.name=A -c \
+                     user.email=a@example.invalid commit -q -m '{msg}'")]}})
+    };
+    let r = drive(
+        &a,
+        Client::Python,
+        json!([
+            {"tool": "sandbox_create", "args": {"name": "wk", "network": "off", "workspace": "clone"}},
+            commit("work", "echo two >> a.txt"),
+            {"tool": "agent_diff", "args": {"name": "wk"}},
+            {"tool": "agent_fetch", "args": {"name": "wk"}},
+            commit("ci", "mkdir -p .github/workflows && echo 'on: push' > .github/workflows/x.yml"),
+            {"tool": "agent_diff", "args": {"name": "wk", "stat": true}},
+            {"tool": "agent_fetch", "args": {"name": "wk"}},
+            {"tool": "sandbox_remove", "args": {"name": "wk", "force": true}},
+        ]),
+    );
+    let r = results(&r);
+    ok(&r[0]);
+    ok(&r[1]);
+    let d = ok(&r[2]);
+    assert!(text(d).contains("+two"), "{d}");
+    assert_eq!(d["structured"]["files"][0]["path"], "a.txt", "{d}");
+    let f = ok(&r[3]);
+    assert_eq!(f["structured"]["fetched"], true, "{f}");
+    let tip = git(&a, &["rev-parse", "airlock/wk"]);
+    ok(&r[4]);
+    let d = ok(&r[5]);
+    assert!(
+        text(d).contains(".github/workflows/x.yml") && text(d).contains("review gate"),
+        "{d}"
+    );
+    let f = ok(&r[6]);
+    assert_eq!(f["structured"]["fetched"], false, "{f}");
+    assert_eq!(f["structured"]["needs_accept"], true, "{f}");
+    assert!(
+        text(f).contains("NOT fetched") && text(f).contains(".github/workflows/x.yml"),
+        "{f}"
+    );
+    assert_eq!(
+        git(&a, &["rev-parse", "airlock/wk"]),
+        tip,
+        "the gated branch must not move"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw JSON-RPC (what no SDK client will send)
 

@@ -241,6 +241,50 @@ pub async fn reports(c: Call, v: Value) -> CallToolResult {
     )
 }
 
+/// The review gate's findings as lines for the model.
+fn findings_text(findings: &Value) -> String {
+    let mut t = String::new();
+    for f in findings.as_array().into_iter().flatten() {
+        let path = f["path"]
+            .as_str()
+            .filter(|p| !p.is_empty())
+            .unwrap_or("(branch)");
+        t.push_str(&format!(
+            "  {} {path}: {}\n",
+            f["kind"].as_str().unwrap_or("?"),
+            f["detail"].as_str().unwrap_or("")
+        ));
+    }
+    t
+}
+
+/// `airlock ARGS --json` of a work command: its JSON answer (also on a non-zero exit, where
+/// the command says why in JSON) or a tool error.
+async fn work_json(
+    c: &Call,
+    tool: &str,
+    args: Vec<String>,
+    secs: u64,
+) -> Result<(Option<i32>, Value), CallToolResult> {
+    let out = plain(
+        c,
+        tool,
+        args,
+        ("diff/fetch", "issue 5, workspaces"),
+        4 << 20,
+        secs,
+    )
+    .await?;
+    match serde_json::from_str::<Value>(out.stdout.render().trim()) {
+        Ok(v) => Ok((out.code, v)),
+        Err(_) => Err(tool_error(format!(
+            "{tool}: {}",
+            out.airlock_error()
+                .unwrap_or_else(|| out.stderr.render().trim().to_string())
+        ))),
+    }
+}
+
 pub async fn diff(c: Call, v: Value) -> CallToolResult {
     let a: DiffArgs = tri!(parse("agent_diff", v));
     tri!(check_name(&a.name));
@@ -252,6 +296,15 @@ pub async fn diff(c: Call, v: Value) -> CallToolResult {
             ))
         }
     };
+    let (_, summary) = tri!(
+        work_json(
+            &c,
+            "agent_diff",
+            vec!["diff".into(), a.name.clone(), "--json".into()],
+            60
+        )
+        .await
+    );
     let mut args = vec!["diff".to_string(), a.name.clone()];
     if a.stat == Some(true) {
         args.push("--stat".into());
@@ -263,7 +316,7 @@ pub async fn diff(c: Call, v: Value) -> CallToolResult {
             args,
             ("diff", "issue 5, workspaces"),
             limit,
-            110
+            60
         )
         .await
     );
@@ -271,43 +324,56 @@ pub async fn diff(c: Call, v: Value) -> CallToolResult {
         return tool_error(format!("agent_diff: {e}"));
     }
     let text = out.stdout.render();
-    tool_ok(
-        if text.is_empty() {
-            "no changes".to_string()
-        } else {
-            text.clone()
-        },
-        json!({ "diff": text, "truncated": out.stdout.cut() }),
-    )
+    let mut shown = if text.is_empty() {
+        "no changes\n".to_string()
+    } else {
+        text.clone()
+    };
+    let findings = &summary["findings"];
+    if findings.as_array().is_some_and(|f| !f.is_empty()) {
+        shown.push_str("\nThe review gate flags (fetch needs a human's --accept):\n");
+        shown.push_str(&findings_text(findings));
+    }
+    let mut structured = summary.clone();
+    structured["diff"] = json!(text);
+    structured["diff_truncated"] = json!(out.stdout.cut());
+    tool_ok(shown, structured)
 }
 
 pub async fn fetch(c: Call, v: Value) -> CallToolResult {
     let a: NameArgs = tri!(parse("agent_fetch", v));
     tri!(check_name(&a.name));
-    // Never --accept: accepting gated changes is a human's decision, made at the CLI.
-    let args = vec!["fetch".into(), a.name.clone()];
-    let out = tri!(
-        plain(
-            &c,
-            "agent_fetch",
-            args,
-            ("fetch", "issue 5, workspaces"),
-            256 * 1024,
-            290
-        )
-        .await
-    );
-    let stdout = out.stdout.render();
-    let stderr = out.stderr.render();
-    if out.code == Some(0) {
+    // Never --accept or --force: accepting gated changes, or replacing a diverged host branch,
+    // is a human's decision, made at the CLI.
+    let args = vec!["fetch".into(), a.name.clone(), "--json".into()];
+    let (code, v) = tri!(work_json(&c, "agent_fetch", args, 290).await);
+    if v["needs_accept"] == json!(true) {
         return tool_ok(
-            format!("{stdout}{stderr}"),
-            json!({ "fetched": true, "output": stdout }),
+            format!(
+                "NOT fetched: the review gate flagged these changes on {}; a human must review \
+                 them and run `airlock fetch {} --accept`:\n{}",
+                v["branch"].as_str().unwrap_or("the branch"),
+                a.name,
+                findings_text(&v["findings"])
+            ),
+            v,
         );
     }
-    tool_error(format!(
-        "agent_fetch: nothing fetched (airlock exit code {:?}). A human must review what is \
-         listed (and accept it with `airlock fetch {} --accept` at the host's CLI):\n{stdout}{stderr}",
-        out.code, a.name
-    ))
+    if code != Some(0) {
+        return tool_error(format!("agent_fetch: airlock exited {code:?}: {v}"));
+    }
+    tool_ok(
+        format!(
+            "{} {} into {} (tip {})",
+            if v["fetched"] == json!(true) {
+                "fetched"
+            } else {
+                "already up to date:"
+            },
+            v["branch"].as_str().unwrap_or("?"),
+            v["repository"].as_str().unwrap_or("?"),
+            v["tip"].as_str().unwrap_or("?"),
+        ),
+        v,
+    )
 }

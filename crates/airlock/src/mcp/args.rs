@@ -60,6 +60,9 @@ pub enum WorkspaceArg {
     None,
     /// Writable bind: writes reach the host. Only with `airlock mcp --allow-permissive`.
     Bind,
+    /// A git clone of the project on branch airlock/NAME, work returned with agent_diff /
+    /// agent_fetch (named sandboxes of a git repository default to it).
+    Clone,
 }
 
 impl WorkspaceArg {
@@ -68,6 +71,7 @@ impl WorkspaceArg {
             WorkspaceArg::Overlay => "overlay",
             WorkspaceArg::None => "none",
             WorkspaceArg::Bind => "bind",
+            WorkspaceArg::Clone => "clone",
         }
     }
 }
