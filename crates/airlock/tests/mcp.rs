@@ -405,6 +405,33 @@ fn oversized_output_keeps_head_and_tail() {
 }
 
 #[test]
+fn long_commands_stream_progress_notifications() {
+    if !e2e("long_commands_stream_progress_notifications") {
+        return;
+    }
+    let a = Airlock::root();
+    let _g = EngineGuard(&a);
+    let steps = "for i in 1 2 3; do echo step-$i; sleep 0.3; done";
+    for client in [Client::Python, Client::Node] {
+        let r = drive(
+            &a,
+            client,
+            json!([{"tool": "sandbox_run", "args": {"command": ["sh", "-c", steps], "network": "off"}}]),
+        );
+        let r = ok(&results(&r)[0]);
+        assert_eq!(
+            r["structured"]["stdout"], "step-1\nstep-2\nstep-3\n",
+            "{client:?}"
+        );
+        assert_eq!(
+            r["progress"],
+            json!(["step-1", "step-2", "step-3"]),
+            "{client:?}: {r}"
+        );
+    }
+}
+
+#[test]
 fn paths_cannot_escape_the_sandbox() {
     if !e2e("paths_cannot_escape_the_sandbox") {
         return;

@@ -3,10 +3,10 @@
 //! commands answers with a tool error naming what is missing, never with a made-up result.
 
 use super::args::{NameArgs, NetArg, ProfileArg, WorkspaceArg};
-use super::runner::{self, Job, Output};
+use super::runner::Output;
 use super::tools::{check_name, parse, policy_flags, tri, Call};
 use super::{tool_error, tool_ok};
-use rmcp::model::{CallToolResult, ProgressNotificationParam};
+use rmcp::model::CallToolResult;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -98,33 +98,11 @@ fn turn_secs(secs: Option<u64>) -> Result<u64, CallToolResult> {
     }
 }
 
-/// Run an agent command, streaming its stdout lines as progress notifications when the client
-/// asked for progress.
-async fn streamed(c: &Call, args: Vec<String>, secs: u64) -> std::io::Result<Output> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let token = c.context.meta.get_progress_token();
-    let peer = c.context.peer.clone();
-    let forward = tokio::spawn(async move {
-        let mut n = 0.0;
-        while let Some(line) = rx.recv().await {
-            if let Some(token) = &token {
-                n += 1.0;
-                let mut p = ProgressNotificationParam::new(token.clone(), n);
-                p.message = Some(line);
-                let _ = peer.notify_progress(p).await;
-            }
-        }
-    });
-    let job = Job {
-        args: args.into_iter().map(Into::into).collect(),
-        stdin: None,
-        timeout: Duration::from_secs(secs),
-        limit: 256 * 1024,
-        lines: Some(tx),
-    };
-    let out = runner::run(job, c.cancelled()).await;
-    let _ = forward.await;
-    out
+/// Run an agent command, streaming its stdout lines (the reports) as progress notifications
+/// when the client asked for progress.
+async fn streamed(c: &Call, args: Vec<String>, secs: u64) -> Result<Output, CallToolResult> {
+    c.airlock_streamed(args, None, Duration::from_secs(secs), 256 * 1024, true)
+        .await
 }
 
 /// The answer of a turn-running command (`prompt`, `up --agent --prompt`).
@@ -167,10 +145,7 @@ pub async fn start(c: Call, v: Value) -> CallToolResult {
         Some(p) => args.push(format!("--prompt={p}")),
         None => args.push("--no-attach".into()),
     }
-    let out = match streamed(&c, args, secs).await {
-        Ok(o) => o,
-        Err(e) => return tool_error(format!("agent_start: could not run airlock: {e}")),
-    };
+    let out = tri!(streamed(&c, args, secs).await);
     if let Some(e) = missing(&out, "up --agent", "issue 6, agent mode") {
         return e;
     }
@@ -185,10 +160,7 @@ pub async fn prompt(c: Call, v: Value) -> CallToolResult {
     }
     let secs = tri!(turn_secs(a.timeout_seconds));
     let args = vec!["prompt".into(), a.name.clone(), "--".into(), a.prompt];
-    let out = match streamed(&c, args, secs).await {
-        Ok(o) => o,
-        Err(e) => return tool_error(format!("agent_prompt: could not run airlock: {e}")),
-    };
+    let out = tri!(streamed(&c, args, secs).await);
     if let Some(e) = missing(&out, "prompt", "issue 6, agent mode") {
         return e;
     }

@@ -5,7 +5,7 @@ use super::args::*;
 use super::runner::{self, Job, Output};
 use super::{agent, b64, explain, paths, tool_error, tool_ok, Options};
 use rmcp::handler::server::common::schema_for_type;
-use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, JsonObject, ProgressNotificationParam, Tool, ToolAnnotations};
 use rmcp::service::{RequestContext, RoleServer};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -34,16 +34,52 @@ impl Call {
         timeout: Duration,
         limit: usize,
     ) -> Result<Output, CallToolResult> {
+        self.airlock_streamed(args, stdin, timeout, limit, false)
+            .await
+    }
+
+    /// Like `airlock`; with `progress`, and when the client asked for progress (a progress
+    /// token), each stdout line is also sent as a progress notification as it arrives.
+    pub async fn airlock_streamed(
+        &self,
+        args: Vec<String>,
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+        limit: usize,
+        progress: bool,
+    ) -> Result<Output, CallToolResult> {
+        let token = progress
+            .then(|| self.context.meta.get_progress_token())
+            .flatten();
+        let (lines, forward) = match token {
+            Some(token) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let peer = self.context.peer.clone();
+                let forward = tokio::spawn(async move {
+                    let mut n = 0.0;
+                    while let Some(line) = rx.recv().await {
+                        n += 1.0;
+                        let mut p = ProgressNotificationParam::new(token.clone(), n);
+                        p.message = Some(line);
+                        let _ = peer.notify_progress(p).await;
+                    }
+                });
+                (Some(tx), Some(forward))
+            }
+            None => (None, None),
+        };
         let job = Job {
             args: args.into_iter().map(Into::into).collect(),
             stdin,
             timeout,
             limit,
-            lines: None,
+            lines,
         };
-        runner::run(job, self.cancelled())
-            .await
-            .map_err(|e| tool_error(format!("could not run airlock: {e}")))
+        let out = runner::run(job, self.cancelled()).await;
+        if let Some(f) = forward {
+            let _ = f.await;
+        }
+        out.map_err(|e| tool_error(format!("could not run airlock: {e}")))
     }
 }
 
@@ -476,7 +512,7 @@ async fn sandbox_run(c: Call, v: Value) -> CallToolResult {
     let stdin = a.stdin.map(String::into_bytes);
     // airlock's own --timeout ends the command (exit 124); this bound is for airlock itself.
     let out = tri!(
-        c.airlock(args, stdin, Duration::from_secs(secs + 20), limit)
+        c.airlock_streamed(args, stdin, Duration::from_secs(secs + 20), limit, true)
             .await
     );
     if let Some(e) = airlock_failed("sandbox_run", &out, secs) {
@@ -503,7 +539,7 @@ async fn sandbox_exec(c: Call, v: Value) -> CallToolResult {
     args.extend(a.command);
     let stdin = a.stdin.map(String::into_bytes);
     let out = tri!(
-        c.airlock(args, stdin, Duration::from_secs(secs), limit)
+        c.airlock_streamed(args, stdin, Duration::from_secs(secs), limit, true)
             .await
     );
     if out.timed_out {
