@@ -124,6 +124,9 @@ pub struct RunSpec {
     /// project directory (set by the supervisor of a named sandbox).
     #[serde(default)]
     pub workspace_dir: Option<PathBuf>,
+    /// `[home_files]`: host files placed under the sandbox user's home, by path relative to it.
+    #[serde(default)]
+    pub home_files: std::collections::BTreeMap<String, crate::config::HomeFileSpec>,
     /// Secrets by name and where to read them at launch. Only the sources: values never enter a
     /// spec, a plan or anything written to disk.
     #[serde(default)]

@@ -656,3 +656,158 @@ fn secrets_reach_named_sandboxes_in_memory_only() {
     }
     both_modes(secrets);
 }
+
+/// `context` paths, `[[workspace.repos]]` and `[home_files]` (immutable, link, seed) in a named
+/// sandbox and in `run`.
+fn extras(a: &Airlock, label: &str) {
+    let _guard = EngineGuard(a);
+    let p = a.cwd.clone();
+    let files = a.dir.join("hostfiles");
+    write(&files.join("imm.txt"), "immutable v1\n");
+    write(&files.join("link.txt"), "link v1\n");
+    write(&files.join("seed.txt"), "seed v1\n");
+    let refrepo = a.dir.join("refrepo");
+    std::fs::create_dir_all(&refrepo).expect("mkdir");
+    write(&refrepo.join("lib.rs"), "// reference\n");
+    if let Some(u) = &a.user {
+        std::process::Command::new("chown")
+            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
+            .arg(&refrepo)
+            .status()
+            .expect("chown");
+    }
+    for args in [
+        vec!["init", "-q", "-b", "main"],
+        vec!["add", "."],
+        vec![
+            "-c",
+            "user.name=u",
+            "-c",
+            "user.email=u@x",
+            "commit",
+            "-q",
+            "-m",
+            "ref",
+        ],
+    ] {
+        let mut c = a.command_with("git", &args);
+        c.current_dir(&refrepo);
+        assert_eq!(
+            common::run_with_deadline(c, None, common::DEADLINE).code(),
+            0,
+            "{label}"
+        );
+    }
+    git(a, &["init", "-q", "-b", "main"]);
+    write(&p.join(".gitignore"), "notes/\n");
+    write(&p.join("notes/todo.md"), "- ship it\n");
+    write(
+        &p.join("airlock.toml"),
+        &format!(
+            "[workspace]\ncontext = [\"notes\"]\n\
+             [[workspace.repos]]\nsource = \"{r}\"\ndest = \"Git/example.com/o/ref\"\n\
+             [home_files.\"cfg/imm.txt\"]\nsource = \"{f}/imm.txt\"\nmode = \"immutable\"\n\
+             [home_files.\"cfg/link.txt\"]\nsource = \"{f}/link.txt\"\nmode = \"link\"\n\
+             [home_files.\"cfg/seed.txt\"]\nsource = \"{f}/seed.txt\"\nmode = \"seed\"\n",
+            r = refrepo.display(),
+            f = files.display()
+        ),
+    );
+    if let Some(u) = &a.user {
+        for d in [&p, &files, &refrepo] {
+            std::process::Command::new("chown")
+                .args(["-R", &format!("{}:{}", u.uid, u.gid)])
+                .arg(d)
+                .status()
+                .expect("chown");
+        }
+    }
+    ok(a, label, &["create", "ex", "--net", "off"]);
+    ok(a, label, &["start", "ex"]);
+    let out = ok(
+        a,
+        label,
+        &[
+            "exec",
+            "ex",
+            "--",
+            "sh",
+            "-c",
+            "cat /workspace/notes/todo.md ~/Git/example.com/o/ref/lib.rs ~/cfg/imm.txt \
+             ~/cfg/link.txt ~/cfg/seed.txt; \
+             echo mine > ~/Git/example.com/o/ref/lib.rs && echo repo-writable; \
+             echo x > ~/cfg/imm.txt 2>/dev/null || echo imm-readonly; \
+             echo x > ~/cfg/link.txt 2>/dev/null || echo link-readonly; \
+             echo changed > ~/cfg/seed.txt && echo seed-writable",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "- ship it\n// reference\nimmutable v1\nlink v1\nseed v1\nrepo-writable\n\
+         imm-readonly\nlink-readonly\nseed-writable\n",
+        "{label}: {}",
+        out.describe()
+    );
+    // The host's copies are untouched; link follows the host, seed stays the sandbox's.
+    assert_eq!(
+        std::fs::read_to_string(refrepo.join("lib.rs")).expect("ref"),
+        "// reference\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(files.join("seed.txt")).expect("seed"),
+        "seed v1\n"
+    );
+    write(&files.join("link.txt"), "link v2\n");
+    write(&files.join("imm.txt"), "immutable v2\n");
+    let out = ok(
+        a,
+        label,
+        &["exec", "ex", "--", "cat", "/home/agent/cfg/link.txt"],
+    );
+    assert_eq!(out.stdout, "link v2\n", "{label}");
+    ok(a, label, &["stop", "ex"]);
+    ok(a, label, &["start", "ex"]);
+    let out = ok(
+        a,
+        label,
+        &[
+            "exec",
+            "ex",
+            "--",
+            "sh",
+            "-c",
+            "cat ~/cfg/seed.txt ~/cfg/imm.txt",
+        ],
+    );
+    assert_eq!(out.stdout, "changed\nimmutable v2\n", "{label}");
+    ok(a, label, &["rm", "--force", "ex"]);
+
+    // run: the same files, staged for the run only.
+    let out = ok(
+        a,
+        label,
+        &[
+            "run",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "cat ~/cfg/seed.txt; echo w > ~/cfg/seed.txt && echo ok",
+        ],
+    );
+    assert_eq!(out.stdout, "seed v1\nok\n", "{label}: {}", out.describe());
+    let staged = a.state_dir().join("home-files");
+    let left: Vec<_> = std::fs::read_dir(&staged)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{label}: run left staged copies: {left:?}");
+}
+
+#[test]
+fn context_repos_and_home_files() {
+    if !e2e("context_repos_and_home_files") {
+        return;
+    }
+    both_modes(extras);
+}

@@ -458,6 +458,7 @@ pub fn build(
         persistent,
         home_dir: None,
         workspace_dir: None,
+        home_files: eff.home_files.clone(),
         secrets: eff.secrets.clone(),
     };
     Ok(Built {
@@ -477,7 +478,30 @@ pub fn launch(
     net_log: Option<&Path>,
     persist: Option<&Path>,
 ) -> CliResult<i32> {
-    let (spec, timeout, forward_stdin) = (&b.spec, b.timeout, b.forward_stdin);
+    let (mut spec, timeout, forward_stdin) = (b.spec.clone(), b.timeout, b.forward_stdin);
+    let state = rundir::state_dir();
+    // Home files: copies staged in the sandbox's folder (named) or a per-run folder (removed
+    // when this returns).
+    let _staging = if spec.home_files.is_empty() {
+        None
+    } else {
+        let staging = crate::work::home_files::Staging {
+            dir: match persist {
+                Some(d) => d.join("home-files"),
+                None => state.join("home-files").join(&spec.name),
+            },
+            remove: persist.is_none(),
+        };
+        let owner = nix::unistd::geteuid()
+            .is_root()
+            .then(|| plan::ROOTFUL_UID_BASE + spec.user.uid());
+        let kept = spec.home_dir.clone();
+        crate::work::home_files::stage(&mut spec, kept.as_deref(), &staging.dir, owner).map_err(
+            |e| CliError::usage(e).hint("fix [home_files] in airlock.toml (see `airlock config`)"),
+        )?;
+        Some(staging)
+    };
+    let spec = &spec;
 
     airlock_sandbox::phase("config loaded");
     // Reading the cgroup layout costs ~0.1 ms: only when there are limits to place.
@@ -486,7 +510,6 @@ pub fn launch(
     } else {
         Layout::None
     };
-    let state = rundir::state_dir();
     rundir::gc(&state, Layout::detect);
     let secrets = match &b.secrets {
         Some(s) => s.clone(),

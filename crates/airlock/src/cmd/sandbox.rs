@@ -221,8 +221,8 @@ fn prepare_workspace(dir: &Path, name: &str, built: &crate::cmd::run::Built) -> 
             let dest = home.join(&r.dest);
             crate::work::clone::clone_reference(&r.source, &dest)
                 .map_err(|e| fail(&format!("copy the repository {}", r.source.display()), &e))?;
-            owned.push(dest);
         }
+        owned.push(home);
     }
     if nix::unistd::geteuid().is_root() {
         let id = airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid();

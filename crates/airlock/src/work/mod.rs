@@ -4,5 +4,6 @@
 pub mod clone;
 pub mod gate;
 pub mod git;
+pub mod home_files;
 pub mod review;
 pub mod sync;
