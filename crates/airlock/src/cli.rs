@@ -64,6 +64,8 @@ pub enum Command {
     /// An interactive shell in a running sandbox.
     #[command(visible_aliases = ["attach", "ssh"])]
     Shell(NameArg),
+    /// Serve the Model Context Protocol on stdio: sandboxes and sandboxed agents as tools.
+    Mcp(McpArgs),
     /// The local engine (auto-started by the commands that need it).
     #[command(hide = true)]
     Engine(EngineArgs),
@@ -362,4 +364,12 @@ pub struct LogsArgs {
 pub struct CpArgs {
     pub src: String,
     pub dst: String,
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Let tool calls ask for the permissive profile or a writable workspace bind (writes reach
+    /// this project directory; the server's environment is passed through).
+    #[arg(long)]
+    pub allow_permissive: bool,
 }

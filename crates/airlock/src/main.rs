@@ -5,6 +5,7 @@ mod backend;
 mod cli;
 mod cmd;
 mod error;
+mod mcp;
 mod work;
 
 use clap::Parser;

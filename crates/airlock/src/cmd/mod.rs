@@ -5,7 +5,7 @@ mod cp;
 mod doctor;
 mod gc;
 mod init;
-mod run;
+pub(crate) mod run;
 mod sandbox;
 mod work;
 
@@ -35,6 +35,9 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Deliver(a) => work::deliver(&a),
         Command::Shell(a) => sandbox::shell(&a.name),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
+        Command::Mcp(a) => crate::mcp::serve(crate::mcp::Options {
+            allow_permissive: a.allow_permissive,
+        }),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => sandbox::engine_serve(),
         },
