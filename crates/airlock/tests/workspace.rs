@@ -78,6 +78,18 @@ fn worktree_fingerprint(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
         .collect()
 }
 
+/// Hand a tree to the test's airlock user (rootless runs); root keeps it otherwise.
+fn give(a: &Airlock, p: &Path) {
+    if let Some(u) = &a.user {
+        let st = std::process::Command::new("chown")
+            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
+            .arg(p)
+            .status()
+            .expect("chown");
+        assert!(st.success(), "chown {}", p.display());
+    }
+}
+
 /// A project with one commit plus staged, unstaged, untracked and ignored changes.
 fn project(a: &Airlock) -> PathBuf {
     let p = a.cwd.clone();
@@ -95,13 +107,7 @@ fn project(a: &Airlock) -> PathBuf {
     write(&p.join("b.txt"), "bee\nunstaged\n");
     write(&p.join("untracked.txt"), "new file\n");
     write(&p.join("debug.log"), "ignored\n");
-    if let Some(u) = &a.user {
-        std::process::Command::new("chown")
-            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
-            .arg(&p)
-            .status()
-            .expect("chown");
-    }
+    give(a, &p);
     p
 }
 
@@ -427,13 +433,7 @@ fn planted(a: &Airlock, label: &str) {
     ));
     write(&gitdir.join("config"), &config);
     write(&gitdir.join("info/attributes"), "* filter=evil diff=evil\n");
-    if let Some(u) = &a.user {
-        std::process::Command::new("chown")
-            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
-            .arg(&gitdir)
-            .status()
-            .expect("chown");
-    }
+    give(a, &gitdir);
 
     let diff = ok(a, label, &["diff", "evil"]);
     assert!(
@@ -669,13 +669,7 @@ fn extras(a: &Airlock, label: &str) {
     let refrepo = a.dir.join("refrepo");
     std::fs::create_dir_all(&refrepo).expect("mkdir");
     write(&refrepo.join("lib.rs"), "// reference\n");
-    if let Some(u) = &a.user {
-        std::process::Command::new("chown")
-            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
-            .arg(&refrepo)
-            .status()
-            .expect("chown");
-    }
+    give(a, &refrepo);
     for args in [
         vec!["init", "-q", "-b", "main"],
         vec!["add", "."],
@@ -713,14 +707,8 @@ fn extras(a: &Airlock, label: &str) {
             f = files.display()
         ),
     );
-    if let Some(u) = &a.user {
-        for d in [&p, &files, &refrepo] {
-            std::process::Command::new("chown")
-                .args(["-R", &format!("{}:{}", u.uid, u.gid)])
-                .arg(d)
-                .status()
-                .expect("chown");
-        }
+    for d in [&p, &files, &refrepo] {
+        give(a, d);
     }
     ok(a, label, &["create", "ex", "--net", "off"]);
     ok(a, label, &["start", "ex"]);
