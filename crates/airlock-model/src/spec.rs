@@ -125,6 +125,9 @@ pub struct RunSpec {
     #[serde(default)]
     pub workspace_dir: Option<PathBuf>,
     /// `[home_files]`: host files placed under the sandbox user's home, by path relative to it.
+    /// `[workspace] protected`: workspace paths made read-only inside, beyond the built-in list.
+    #[serde(default)]
+    pub protected: Vec<String>,
     #[serde(default)]
     pub home_files: std::collections::BTreeMap<String, crate::config::HomeFileSpec>,
     /// Secrets by name and where to read them at launch. Only the sources: values never enter a

@@ -698,7 +698,7 @@ fn extras(a: &Airlock, label: &str) {
     write(
         &p.join("airlock.toml"),
         &format!(
-            "[workspace]\ncontext = [\"notes\"]\n\
+            "[workspace]\ncontext = [\"notes\"]\nprotected = [\"notes\"]\n\
              [[workspace.repos]]\nsource = \"{r}\"\ndest = \"Git/example.com/o/ref\"\n\
              [home_files.\"cfg/imm.txt\"]\nsource = \"{f}/imm.txt\"\nmode = \"immutable\"\n\
              [home_files.\"cfg/link.txt\"]\nsource = \"{f}/link.txt\"\nmode = \"link\"\n\
@@ -726,13 +726,14 @@ fn extras(a: &Airlock, label: &str) {
              echo mine > ~/Git/example.com/o/ref/lib.rs && echo repo-writable; \
              echo x > ~/cfg/imm.txt 2>/dev/null || echo imm-readonly; \
              echo x > ~/cfg/link.txt 2>/dev/null || echo link-readonly; \
-             echo changed > ~/cfg/seed.txt && echo seed-writable",
+             echo changed > ~/cfg/seed.txt && echo seed-writable; \
+             echo x > /workspace/notes/todo.md 2>/dev/null || echo notes-protected",
         ],
     );
     assert_eq!(
         out.stdout,
         "- ship it\n// reference\nimmutable v1\nlink v1\nseed v1\nrepo-writable\n\
-         imm-readonly\nlink-readonly\nseed-writable\n",
+         imm-readonly\nlink-readonly\nseed-writable\nnotes-protected\n",
         "{label}: {}",
         out.describe()
     );

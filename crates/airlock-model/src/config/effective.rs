@@ -67,6 +67,8 @@ pub struct WorkspaceConfig {
     pub mode: Option<WorkspaceMode>,
     pub context: Vec<String>,
     pub repos: Vec<RepoSpec>,
+    /// Extra protected workspace paths (added to `plan::PROTECTED_PATHS`).
+    pub protected: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +163,7 @@ impl Effective {
                 mode: w.mode,
                 context: some_vec(&w.context),
                 repos: some_vec(&w.repos),
+                protected: some_vec(&w.protected),
             }),
             mounts: some_vec(&self.mounts).map(|ms| {
                 ms.into_iter()

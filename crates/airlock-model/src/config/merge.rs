@@ -147,6 +147,13 @@ impl Acc {
                 src,
                 PartialEq::eq,
             );
+            self.list(
+                &mut d.protected,
+                w.protected,
+                "workspace.protected",
+                src,
+                PartialEq::eq,
+            );
             self.list(&mut d.repos, w.repos, "workspace.repos", src, |a, b| {
                 a.dest == b.dest
             });
@@ -266,6 +273,7 @@ impl Acc {
                 mode: workspace.mode,
                 context: workspace.context.unwrap_or_default(),
                 repos: workspace.repos.unwrap_or_default(),
+                protected: workspace.protected.unwrap_or_default(),
             },
             mounts: (m.mounts.unwrap_or_default().into_iter())
                 .map(|l| MountSpec {

@@ -90,6 +90,9 @@ pub struct WorkspaceLayer {
     pub context: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repos: Option<Vec<RepoSpec>>,
+    /// Workspace paths read-only inside, on top of the built-in list (which cannot shrink).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protected: Option<Vec<String>>,
 }
 
 /// `[[workspace.repos]]`: an extra reference repository. Both keys are required.

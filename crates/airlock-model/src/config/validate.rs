@@ -59,6 +59,9 @@ pub(crate) fn validate(layer: &mut Layer) -> Check {
                 "the project directory",
             )?;
         }
+        for (i, c) in w.protected.iter().flatten().enumerate() {
+            relative(&at.key("protected").index(i), Path::new(c), "the workspace")?;
+        }
         for (i, r) in w.repos.iter().flatten().enumerate() {
             let at = at.key("repos").index(i);
             path(&at.key("source"), &r.source)?;

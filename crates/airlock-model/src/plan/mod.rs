@@ -515,7 +515,8 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         WorkspaceMode::None => {}
     }
     if spec.workspace != WorkspaceMode::None {
-        for rel in PROTECTED_PATHS {
+        let extra = spec.protected.iter().map(String::as_str);
+        for rel in PROTECTED_PATHS.iter().copied().chain(extra) {
             m.push(MountStep::Protect {
                 target: ws.join(rel),
             });

@@ -26,6 +26,7 @@ fn spec() -> RunSpec {
         persistent: false,
         home_dir: None,
         workspace_dir: None,
+        protected: Vec::new(),
         home_files: Default::default(),
         secrets: Default::default(),
     }

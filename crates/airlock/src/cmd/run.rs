@@ -458,6 +458,7 @@ pub fn build(
         persistent,
         home_dir: None,
         workspace_dir: None,
+        protected: eff.workspace.protected.clone(),
         home_files: eff.home_files.clone(),
         secrets: eff.secrets.clone(),
     };

@@ -147,7 +147,7 @@ pub fn symlink_escapes(path: &str, target: &[u8]) -> bool {
 
 /// Classify one change. `link_target` is the new blob's content when the change adds or edits a
 /// symlink (the caller reads it from the object store).
-pub fn classify(c: &Change, link_target: Option<&[u8]>) -> Vec<Finding> {
+pub fn classify(c: &Change, link_target: Option<&[u8]>, extra: &[String]) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut flag = |kind: Kind, detail: String| {
         out.push(Finding {
@@ -167,6 +167,13 @@ pub fn classify(c: &Change, link_target: Option<&[u8]>) -> Vec<Finding> {
     }
     if AGENT.iter().any(|p| matches(&c.path, p)) || last_component(&c.path) == ".envrc" {
         flag(Kind::AgentConfig, verb.into());
+    }
+    let protected = |p: &String| {
+        let p = p.trim_end_matches('/');
+        c.path == p || c.path.starts_with(&format!("{p}/"))
+    };
+    if extra.iter().any(protected) {
+        flag(Kind::AgentConfig, format!("{verb} (workspace.protected)"));
     }
     if last_component(&c.path).eq_ignore_ascii_case(".gitattributes") {
         flag(Kind::GitAttributes, verb.into());
@@ -254,7 +261,7 @@ mod tests {
     }
 
     fn kinds(c: &Change, t: Option<&[u8]>) -> Vec<Kind> {
-        classify(c, t).into_iter().map(|f| f.kind).collect()
+        classify(c, t, &[]).into_iter().map(|f| f.kind).collect()
     }
 
     #[test]
@@ -364,6 +371,15 @@ mod tests {
         for (c, t, k) in table {
             assert!(kinds(c, *t).contains(k), "{c:?} should be flagged {k:?}");
         }
+    }
+
+    #[test]
+    fn configured_protected_paths() {
+        let extra = vec!["secrets".to_string(), "Makefile".to_string()];
+        let f = classify(&ch('M', 0o100644, 0o100644, "secrets/a"), None, &extra);
+        assert_eq!(f[0].kind, Kind::AgentConfig);
+        assert!(!classify(&ch('M', 0o100644, 0o100644, "Makefile"), None, &extra).is_empty());
+        assert!(classify(&ch('M', 0o100644, 0o100644, "secretsx"), None, &extra).is_empty());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Review {
     pub commits: usize,
     /// Everything the gate flags, over every commit and the net change.
     pub findings: Vec<Finding>,
+    /// The sandbox's `[workspace] protected` paths (flagged like agent configuration).
+    protected: Vec<String>,
 }
 
 impl Drop for Review {
@@ -162,6 +164,11 @@ impl Review {
             from_commit: false,
             commits: 0,
             findings: Vec::new(),
+            protected: std::fs::read(dir.join("spec.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<airlock_model::spec::RunSpec>(&b).ok())
+                .map(|s| s.protected)
+                .unwrap_or_default(),
         };
         if r.git.text(&["cat-file", "-t", &r.tip])? != "commit" {
             return Err(ReviewError::Repo(format!(
@@ -265,7 +272,7 @@ impl Review {
             } else {
                 None
             };
-            findings.extend(gate::classify(c, target.as_deref()));
+            findings.extend(gate::classify(c, target.as_deref(), &self.protected));
         }
         findings.sort();
         findings.dedup_by(|a, b| a.kind == b.kind && a.path == b.path);
