@@ -208,7 +208,12 @@ mod tests {
     fn composed_prompt_explains_reporting() {
         let p = compose_prompt("fix the tests");
         assert!(p.starts_with("fix the tests\n\n---\n"));
-        for s in ["report done", "report blocked", "report working", "report info"] {
+        for s in [
+            "report done",
+            "report blocked",
+            "report working",
+            "report info",
+        ] {
             assert!(p.contains(s), "{s}");
         }
     }

@@ -26,6 +26,7 @@ fn spec() -> RunSpec {
         persistent: false,
         home_dir: None,
         secrets: Default::default(),
+        agent: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Command implementations, one module per subcommand.
 
+mod agent;
 mod config;
 mod cp;
 mod doctor;
@@ -29,6 +30,10 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Status(a) => sandbox::status(&a),
         Command::Exec(a) => sandbox::exec_cmd(a),
         Command::Shell(a) => sandbox::shell(&a.name),
+        Command::Prompt(a) => agent::prompt(&a),
+        Command::Reports(a) => agent::reports(&a),
+        Command::Attach(a) => agent::attach(&a),
+        Command::AgentRunner(a) => Ok(crate::agent::runner::main(&a.harness)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => sandbox::engine_serve(),

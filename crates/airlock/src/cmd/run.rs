@@ -299,6 +299,7 @@ pub fn run_with(
         a.timeout.as_deref(),
         a.net_log.as_deref(),
         persist,
+        &Hooks::default(),
     )
 }
 
@@ -432,6 +433,7 @@ pub fn build(
         persistent,
         home_dir: None,
         secrets: eff.secrets.clone(),
+        agent: if persistent { eff.agent.clone() } else { None },
     };
     if persistent && !spec.secrets.is_empty() {
         return Err(CliError::new(
@@ -447,6 +449,13 @@ pub fn build(
     })
 }
 
+/// Host-side listeners of a launch (agent mode).
+#[derive(Default)]
+pub struct Hooks<'a> {
+    pub on_egress: Option<container::EgressCallback>,
+    pub on_ready: Option<&'a (dyn Fn() + Sync)>,
+}
+
 /// Launch a built spec: to completion (`run`), or supervised until stopped (`persist`).
 pub fn launch(
     b: &Built,
@@ -454,6 +463,7 @@ pub fn launch(
     timeout_text: Option<&str>,
     net_log: Option<&Path>,
     persist: Option<&Path>,
+    hooks: &Hooks<'_>,
 ) -> CliResult<i32> {
     let (spec, timeout, forward_stdin) = (&b.spec, b.timeout, b.forward_stdin);
 
@@ -487,6 +497,8 @@ pub fn launch(
         net_journal: net_log,
         secrets: &secrets,
         persist,
+        on_egress: hooks.on_egress.clone(),
+        on_ready: hooks.on_ready,
     };
     if let Some(dir) = persist {
         let json =

@@ -165,11 +165,15 @@ impl Kinds for SandboxMsg {
 pub enum Decoded<T> {
     Msg(T),
     /// A well-formed object of a kind this version does not know: log and skip.
-    Unknown { kind: String },
+    Unknown {
+        kind: String,
+    },
     /// Blank line: nothing.
     Empty,
     /// Not JSON, not an object, no `kind`, a known kind with bad fields, or too long.
-    Malformed { error: String },
+    Malformed {
+        error: String,
+    },
 }
 
 /// Decode one line (without or with its trailing newline). Never panics.

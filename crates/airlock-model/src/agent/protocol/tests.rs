@@ -133,7 +133,10 @@ fn malformed_lines_are_reported() {
         );
     }
     assert_eq!(decode::<SandboxMsg>(b"  \r\n"), Decoded::Empty);
-    let long = format!("{{\"kind\":\"error\",\"message\":\"{}\"}}", "a".repeat(MAX_LINE));
+    let long = format!(
+        "{{\"kind\":\"error\",\"message\":\"{}\"}}",
+        "a".repeat(MAX_LINE)
+    );
     assert!(matches!(
         decode::<SandboxMsg>(long.as_bytes()),
         Decoded::Malformed { .. }
@@ -156,7 +159,8 @@ fn journal_entries_carry_either_direction() {
         r#"{"time":"2025-01-01T00:00:00.000Z","from":"host","kind":"prompt","turn_id":1,"text":"go"}"#
     );
     assert_eq!(serde_json::from_str::<JournalEntry>(&s).expect("back"), e);
-    let r = r#"{"time":"t","from":"sandbox","kind":"report","status":"done","text":"ok","turn_id":1}"#;
+    let r =
+        r#"{"time":"t","from":"sandbox","kind":"report","status":"done","text":"ok","turn_id":1}"#;
     let e: JournalEntry = serde_json::from_str(r).expect("report");
     assert!(matches!(
         e.msg,
@@ -181,7 +185,8 @@ impl Rng {
     }
 }
 
-const ALPHABET: &[u8] = b"{}[]\":,0123456789-+.eE truefalsnl\\u00kindreportstatustextdone\n\xff\xc3\xa9";
+const ALPHABET: &[u8] =
+    b"{}[]\":,0123456789-+.eE truefalsnl\\u00kindreportstatustextdone\n\xff\xc3\xa9";
 
 /// Random bytes, random structural tokens, and mutations (flip, cut, splice) of valid lines:
 /// the decoder never panics, and whatever it accepts re-encodes to an equal message.
@@ -219,10 +224,18 @@ fn fuzz_decoder_never_panics() {
             }
         }
         if let Decoded::Msg(m) = decode::<SandboxMsg>(&line) {
-            assert_eq!(decode::<SandboxMsg>(&encode(&m)), Decoded::Msg(m), "seed {seed}");
+            assert_eq!(
+                decode::<SandboxMsg>(&encode(&m)),
+                Decoded::Msg(m),
+                "seed {seed}"
+            );
         }
         if let Decoded::Msg(m) = decode::<HostMsg>(&line) {
-            assert_eq!(decode::<HostMsg>(&encode(&m)), Decoded::Msg(m), "seed {seed}");
+            assert_eq!(
+                decode::<HostMsg>(&encode(&m)),
+                Decoded::Msg(m),
+                "seed {seed}"
+            );
         }
     }
 }
