@@ -30,21 +30,20 @@ pub fn turn_command(h: &Harness, prompt: &str, continuing: bool, turn_id: u64) -
         // `codex exec` is the non-interactive mode, `codex exec resume --last` continues the
         // most recent session. Codex's own sandbox cannot nest inside ours: bypass it.
         Harness::Codex => {
-            let mut a = s(&[
-                "codex",
-                "exec",
-                "--dangerously-bypass-approvals-and-sandbox",
-                "--skip-git-repo-check",
-            ]);
+            let mut a = s(&["codex", "exec"]);
             if continuing {
                 a.extend(s(&["resume", "--last"]));
             }
+            a.extend(s(&[
+                "--dangerously-bypass-approvals-and-sandbox",
+                "--skip-git-repo-check",
+            ]));
             a
         }
-        // `gemini -p` is headless mode, `--yolo` approves every tool call, `--resume latest`
-        // continues the most recent session of this project.
+        // `gemini -p` is headless mode, `--yolo` approves every tool call, `--skip-trust`
+        // trusts /workspace, `--resume latest` continues the most recent session of this project.
         Harness::Gemini => {
-            let mut a = s(&["gemini", "--yolo"]);
+            let mut a = s(&["gemini", "--yolo", "--skip-trust"]);
             if continuing {
                 a.extend(s(&["--resume", "latest"]));
             }
@@ -163,29 +162,47 @@ mod tests {
 
     #[test]
     fn codex_first_and_continued_turns() {
-        let base = [
-            "codex",
-            "exec",
-            "--dangerously-bypass-approvals-and-sandbox",
-            "--skip-git-repo-check",
-        ];
-        let mut first = v(&base);
-        first.push("P".into());
-        assert_eq!(turn_command(&Harness::Codex, "P", false, 1).argv, first);
-        let mut next = v(&base);
-        next.extend(v(&["resume", "--last", "P"]));
-        assert_eq!(turn_command(&Harness::Codex, "P", true, 2).argv, next);
+        assert_eq!(
+            turn_command(&Harness::Codex, "P", false, 1).argv,
+            v(&[
+                "codex",
+                "exec",
+                "--dangerously-bypass-approvals-and-sandbox",
+                "--skip-git-repo-check",
+                "P"
+            ])
+        );
+        assert_eq!(
+            turn_command(&Harness::Codex, "P", true, 2).argv,
+            v(&[
+                "codex",
+                "exec",
+                "resume",
+                "--last",
+                "--dangerously-bypass-approvals-and-sandbox",
+                "--skip-git-repo-check",
+                "P"
+            ])
+        );
     }
 
     #[test]
     fn gemini_first_and_continued_turns() {
         assert_eq!(
             turn_command(&Harness::Gemini, "P", false, 1).argv,
-            v(&["gemini", "--yolo", "-p", "P"])
+            v(&["gemini", "--yolo", "--skip-trust", "-p", "P"])
         );
         assert_eq!(
             turn_command(&Harness::Gemini, "P", true, 2).argv,
-            v(&["gemini", "--yolo", "--resume", "latest", "-p", "P"])
+            v(&[
+                "gemini",
+                "--yolo",
+                "--skip-trust",
+                "--resume",
+                "latest",
+                "-p",
+                "P"
+            ])
         );
     }
 
