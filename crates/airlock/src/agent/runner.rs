@@ -295,7 +295,8 @@ fn start_turn(harness: &Harness, id: u64, text: &str, out: &Out, tx: &Sender<Ev>
         home()
     };
     let mut cmd = Command::new(&tc.argv[0]);
-    cmd.args(&tc.argv[1..])
+    cmd.envs(secrets())
+        .args(&tc.argv[1..])
         .envs(tc.env.iter().map(|(k, v)| (k, v)))
         .env(
             "PATH",
@@ -347,6 +348,21 @@ fn start_turn(harness: &Harness, id: u64, text: &str, out: &Out, tx: &Sender<Ev>
         }
     }
     turn
+}
+
+/// The sandbox's secrets (0400 files of the sandbox user on its /run tmpfs): the harness gets
+/// them as environment variables, e.g. its credential under the name the adapter reads.
+fn secrets() -> Vec<(String, String)> {
+    let Ok(rd) = std::fs::read_dir("/run/secrets") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let value = std::fs::read_to_string(e.path()).ok()?;
+            Some((name, value))
+        })
+        .collect()
 }
 
 fn forward_output(mut r: Box<dyn Read + Send>, turn_id: u64, out: &Out) {
