@@ -332,7 +332,7 @@ impl Host {
                 Ok(_) => {}
             }
             match decode::<SandboxMsg>(&line) {
-                Decoded::Msg(m) => self.from_runner(m),
+                Decoded::Msg(m) => self.on_runner_msg(m),
                 Decoded::Unknown { kind } => {
                     eprintln!("airlock: agent: skipped unknown message kind {kind:?}")
                 }
@@ -375,7 +375,7 @@ impl Host {
         }
     }
 
-    fn from_runner(&self, m: SandboxMsg) {
+    fn on_runner_msg(&self, m: SandboxMsg) {
         match &m {
             SandboxMsg::Heartbeat => return,
             SandboxMsg::Output { text, .. } => {
