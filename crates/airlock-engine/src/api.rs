@@ -120,9 +120,15 @@ pub fn handle(engine: &Engine, request: &Request) -> Response {
         ("GET", ["", "v1", "sandboxes", name]) => engine
             .status(name)
             .map(|status| Response::ok(200, json!(status))),
-        ("POST", ["", "v1", "sandboxes", name, "start"]) => engine
-            .start(name)
-            .map(|record| Response::ok(200, json!(record))),
+        ("POST", ["", "v1", "sandboxes", name, "start"]) => {
+            let secrets = match start_secrets(&request.body) {
+                Ok(s) => s,
+                Err(response) => return response,
+            };
+            engine
+                .start_with(name, &secrets)
+                .map(|record| Response::ok(200, json!(record)))
+        }
         ("POST", ["", "v1", "sandboxes", name, "stop"]) => {
             let grace = match stop_grace(&request.body) {
                 Ok(grace) => grace,
@@ -212,6 +218,28 @@ fn stop_grace(body: &[u8]) -> Result<Duration, Response> {
         Some(_) => Err(Response::bad_request(
             "expected a JSON object {\"grace_ms\": N}",
         )),
+    }
+}
+
+/// `{"secrets": {"NAME": "value", …}}` (optional). Values never appear in a response or log.
+fn start_secrets(body: &[u8]) -> Result<crate::backend::Secrets, Response> {
+    let bad = || Response::bad_request("expected {\"secrets\": {\"NAME\": \"value\"}}");
+    match json_body(body)? {
+        None => Ok(Default::default()),
+        Some(Value::Object(map)) => match map.get("secrets") {
+            None | Some(Value::Null) => Ok(Default::default()),
+            Some(Value::Object(s)) => s
+                .iter()
+                .map(|(k, v)| {
+                    v.as_str()
+                        .map(|v| (k.clone(), v.to_owned()))
+                        .ok_or_else(bad)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(crate::backend::Secrets),
+            Some(_) => Err(bad()),
+        },
+        Some(_) => Err(bad()),
     }
 }
 

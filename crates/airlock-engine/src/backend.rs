@@ -53,6 +53,18 @@ pub enum BackendError {
     StopTimeout(String),
 }
 
+/// Secret values for one start, by name. `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Secrets(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| format!("{k}=<redacted>")))
+            .finish()
+    }
+}
+
 pub trait Backend: Send + Sync {
     /// Prepares a new sandbox's folder beyond `spec.json` (which the engine has written).
     /// Called once while the sandbox is `creating`; a failure rolls the creation back.
@@ -61,7 +73,15 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
     /// Starts the sandbox's supervisor, detached from the engine, and returns once it is up.
-    fn start(&self, name: &str, dir: &Path, spec_json: &str) -> Result<Started, BackendError>;
+    /// `secrets` are values read by the client for this start: they must reach the sandbox in
+    /// memory only (never a file, argv or log).
+    fn start(
+        &self,
+        name: &str,
+        dir: &Path,
+        spec_json: &str,
+        secrets: &Secrets,
+    ) -> Result<Started, BackendError>;
     /// Asks it to stop, waits up to `grace`, then kills it. Stopping a stopped one is `Ok`.
     fn stop(&self, name: &str, dir: &Path, grace: Duration) -> Result<(), BackendError>;
     /// Is it alive? Must be cheap and never change anything.
@@ -190,7 +210,13 @@ impl Backend for FakeBackend {
         FakeBackend::check(&state, name, FakeOp::Prepare)
     }
 
-    fn start(&self, name: &str, _dir: &Path, _spec_json: &str) -> Result<Started, BackendError> {
+    fn start(
+        &self,
+        name: &str,
+        _dir: &Path,
+        _spec_json: &str,
+        _secrets: &Secrets,
+    ) -> Result<Started, BackendError> {
         let delay = {
             let mut state = self.lock();
             state.calls.push(Call::Start(name.to_owned()));

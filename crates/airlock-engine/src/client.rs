@@ -143,6 +143,9 @@ impl Client {
             .map_err(connect_err)?;
         let log2 = log.try_clone().map_err(connect_err)?;
         let mut command = Command::new(airlock_exe);
+        // The engine outlives this CLI and serves later ones: it must not keep whatever this
+        // shell happened to export (tokens a secret source names, among others).
+        command.env_clear().envs(daemon_env());
         command
             .args(["engine", "serve"])
             .env("AIRLOCK_STATE_DIR", state_dir)
@@ -254,6 +257,23 @@ impl Client {
         self.call("POST", &format!("/v1/sandboxes/{name}/start"), None)
     }
 
+    /// Start with secret values read by the caller; they reach the sandbox in memory only.
+    pub fn start_with_secrets(
+        &self,
+        name: &str,
+        secrets: &[(String, String)],
+    ) -> Result<Record, ClientError> {
+        if secrets.is_empty() {
+            return self.start(name);
+        }
+        let map: serde_json::Map<String, Value> = secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let body = json!({ "secrets": map });
+        self.call("POST", &format!("/v1/sandboxes/{name}/start"), Some(&body))
+    }
+
     pub fn stop(&self, name: &str, grace: Option<Duration>) -> Result<Record, ClientError> {
         let body = json!({ "grace_ms": grace.map(|g| g.as_millis() as u64) });
         self.call("POST", &format!("/v1/sandboxes/{name}/stop"), Some(&body))
@@ -320,6 +340,33 @@ pub fn parse_response(raw: &[u8]) -> Result<(u16, Value), ClientError> {
         serde_json::from_slice(body).map_err(|e| ClientError::Protocol(e.to_string()))?
     };
     Ok((status, value))
+}
+
+/// The environment long-lived airlock processes (engine, supervisors) keep from their starter:
+/// locale, paths and airlock's own settings, nothing else.
+pub fn daemon_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    const KEEP: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TZ",
+        "TMPDIR",
+        "XDG_RUNTIME_DIR",
+        "XDG_STATE_HOME",
+        "XDG_CONFIG_HOME",
+        "RUST_LOG",
+        "RUST_BACKTRACE",
+    ];
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            KEEP.contains(&&*k) || k.starts_with("AIRLOCK_")
+        })
+        .collect()
 }
 
 fn log_tail(path: &Path) -> String {

@@ -389,6 +389,15 @@ impl Engine {
     /// Starts a `stopped` or `failed` sandbox; it ends `running`, or `failed` with the
     /// backend's error as `last_error`.
     pub fn start(&self, name: &str) -> Result<Record, EngineError> {
+        self.start_with(name, &crate::backend::Secrets::default())
+    }
+
+    /// `start`, handing the backend secret values for this start (held in memory only).
+    pub fn start_with(
+        &self,
+        name: &str,
+        secrets: &crate::backend::Secrets,
+    ) -> Result<Record, EngineError> {
         self.refresh(Some(name));
         let _busy = self.begin(name);
         let record = self.get_record(name)?;
@@ -408,7 +417,7 @@ impl Engine {
             None,
             None,
         )?;
-        let started = match self.backend.start(name, &dir, &spec_json) {
+        let started = match self.backend.start(name, &dir, &spec_json, secrets) {
             Ok(started) => started,
             Err(source) => {
                 let message = source.to_string();

@@ -304,6 +304,7 @@ fn unavailable_backend_maps_to_its_exit_code() {
             _: &str,
             _: &std::path::Path,
             _: &str,
+            _: &airlock_engine::backend::Secrets,
         ) -> Result<airlock_engine::Started, airlock_engine::BackendError> {
             Err(airlock_engine::BackendError::Unavailable(
                 "no user namespaces".into(),

@@ -120,6 +120,13 @@ pub struct RunSpec {
     /// A host directory to use as $HOME instead of a tmpfs (named sandboxes keep it).
     #[serde(default)]
     pub home_dir: Option<PathBuf>,
+    /// Clone mode: the sandbox's own clone, mounted writable at /workspace instead of the
+    /// project directory (set by the supervisor of a named sandbox).
+    #[serde(default)]
+    pub workspace_dir: Option<PathBuf>,
+    /// `[home_files]`: host files placed under the sandbox user's home, by path relative to it.
+    #[serde(default)]
+    pub home_files: std::collections::BTreeMap<String, crate::config::HomeFileSpec>,
     /// Secrets by name and where to read them at launch. Only the sources: values never enter a
     /// spec, a plan or anything written to disk.
     #[serde(default)]

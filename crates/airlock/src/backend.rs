@@ -2,7 +2,7 @@
 //! (`airlock __supervise --dir DIR`), detached from the engine, holding `DIR/lock` while alive.
 //! Killing the engine never touches a sandbox; the next engine probes the locks to reconcile.
 
-use airlock_engine::backend::{Backend, BackendError, Liveness, Started, Stats};
+use airlock_engine::backend::{Backend, BackendError, Liveness, Secrets, Started, Stats};
 use airlock_sandbox::cgroup::{remove_cgroup_dir, Layout};
 use airlock_sandbox::container::exec;
 use nix::fcntl::{Flock, FlockArg};
@@ -78,7 +78,13 @@ fn read_u64(p: &Path) -> Option<u64> {
 }
 
 impl Backend for SupervisorBackend {
-    fn start(&self, _name: &str, dir: &Path, _spec_json: &str) -> Result<Started, BackendError> {
+    fn start(
+        &self,
+        _name: &str,
+        dir: &Path,
+        _spec_json: &str,
+        secrets: &Secrets,
+    ) -> Result<Started, BackendError> {
         if locked(dir) {
             return Err(BackendError::Failed(
                 "a supervisor already runs this sandbox".into(),
@@ -95,10 +101,11 @@ impl Backend for SupervisorBackend {
             .map_err(|e| BackendError::Failed(e.to_string()))?;
         let _ = fs::remove_file(dir.join(airlock_sandbox::container::PID1_FILE));
         let mut cmd = Command::new(&self.exe);
+        cmd.env_clear().envs(airlock_engine::client::daemon_env());
         cmd.arg("__supervise")
             .arg("--dir")
             .arg(dir)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(console)
             .stderr(err);
         // SAFETY: setsid() is async-signal-safe; the supervisor must not share our session.
@@ -113,6 +120,12 @@ impl Backend for SupervisorBackend {
             .spawn()
             .map_err(|e| BackendError::Unavailable(format!("start the supervisor: {e}")))?;
         let pid = child.id() as i32;
+        // The secret values go through a pipe the supervisor reads to its end before anything
+        // else (never argv, environment or a file). Always written, so it never waits.
+        if let Some(mut stdin) = child.stdin.take() {
+            let msg = serde_json::to_vec(&secrets.0).unwrap_or_default();
+            let _ = std::io::Write::write_all(&mut stdin, &msg);
+        }
         let up = wait_until(Instant::now() + Duration::from_secs(20), || {
             exec::pid1(dir).is_some() || child.try_wait().ok().flatten().is_some()
         });

@@ -53,6 +53,14 @@ pub enum Command {
     Exec(ExecArgs),
     /// Copy files in or out of a running sandbox: `cp HOST NAME:/path` or `cp NAME:/path HOST`.
     Cp(CpArgs),
+    /// What a clone-mode sandbox's branch changes, against where it started.
+    Diff(DiffArgs),
+    /// Bring branch airlock/NAME into the host repository (review-gated; objects only).
+    Fetch(FetchArgs),
+    /// Apply the branch's committed changes to the host checkout (fetches first).
+    Sync(SyncArgs),
+    /// Push a host branch into the sandbox's repository as delivered/BRANCH.
+    Deliver(DeliverArgs),
     /// An interactive shell in a running sandbox.
     #[command(visible_aliases = ["ssh"])]
     Shell(NameArg),
@@ -67,6 +75,8 @@ pub enum Command {
     /// Internal: the agent runner inside a sandbox (started by its supervisor).
     #[command(name = "__agent-runner", hide = true)]
     AgentRunner(AgentRunnerArgs),
+    /// Serve the Model Context Protocol on stdio: sandboxes and sandboxed agents as tools.
+    Mcp(McpArgs),
     /// The local engine (auto-started by the commands that need it).
     #[command(hide = true)]
     Engine(EngineArgs),
@@ -268,6 +278,56 @@ pub struct StopArgs {
     /// How long processes get to exit after SIGTERM, e.g. 10s.
     #[arg(long, default_value = "10s")]
     pub grace: String,
+    /// Sync the branch into the host checkout first (as `airlock sync`); no stop if it refuses.
+    #[arg(long)]
+    pub sync: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    pub name: String,
+    /// Only the changed files and line counts.
+    #[arg(long)]
+    pub stat: bool,
+    /// Machine-readable: the files, their line counts and the review gate's findings.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    pub name: String,
+    /// Fetch even though the review gate flagged changes (after reviewing them).
+    #[arg(long)]
+    pub accept: bool,
+    /// Replace the host's airlock/NAME even when it has commits the sandbox branch lacks.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    pub name: String,
+    /// Show what would change in the host checkout, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also copy build outputs (dist/ build/ target/ .next/ out/) from the sandbox.
+    #[arg(long)]
+    pub artifacts: bool,
+    /// Proceed even though the review gate flagged changes.
+    #[arg(long)]
+    pub accept: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeliverArgs {
+    pub name: String,
+    /// A branch of the host repository.
+    pub branch: String,
 }
 
 #[derive(Debug, Args)]
@@ -315,6 +375,10 @@ pub struct ExecOptions {
     /// Working directory inside.
     #[arg(short = 'w', long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+    /// Give the command the sandbox's secrets as environment variables (not inherited
+    /// otherwise; they are always readable as /run/secrets/NAME inside).
+    #[arg(long)]
+    pub secrets: bool,
 }
 
 #[derive(Debug, Args)]
@@ -363,4 +427,12 @@ pub struct LogsArgs {
 pub struct CpArgs {
     pub src: String,
     pub dst: String,
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Let tool calls ask for the permissive profile or a writable workspace bind (writes reach
+    /// this project directory; the server's environment is passed through).
+    #[arg(long)]
+    pub allow_permissive: bool,
 }

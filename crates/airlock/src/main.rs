@@ -6,6 +6,8 @@ mod backend;
 mod cli;
 mod cmd;
 mod error;
+mod mcp;
+mod work;
 
 use clap::Parser;
 

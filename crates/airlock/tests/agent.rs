@@ -248,7 +248,15 @@ fn parallel_and_forgery(a: &Airlock, label: &str) {
     let _guard = EngineGuard(a);
     project(a, &a.cwd);
     for n in ["par-a", "par-b"] {
-        let out = a.run(&["up", n, "--prompt", "wait", "--no-attach"]);
+        let out = a.run(&[
+            "up",
+            n,
+            "--workspace",
+            "clone",
+            "--prompt",
+            "wait",
+            "--no-attach",
+        ]);
         assert_eq!(out.code(), 0, "{label}: up {n}: {}", out.describe());
     }
     // Two agents at once, each on its own sandbox and history.
@@ -269,6 +277,27 @@ fn parallel_and_forgery(a: &Airlock, label: &str) {
         assert!(!j.contains(&format!("edit for {other}")), "{label}: {j}");
         let notes = sh(a, me, "git -C /workspace log --oneline | wc -l");
         assert_eq!(notes.stdout.trim(), "2", "{label}: {}", notes.describe());
+    }
+    // fetch brings each agent's branch home.
+    for n in ["par-a", "par-b"] {
+        let out = a.run(&["fetch", n]);
+        assert_eq!(out.code(), 0, "{label}: fetch {n}: {}", out.describe());
+        let log = std::process::Command::new("git")
+            .args([
+                "-c",
+                "safe.directory=*",
+                "log",
+                "--format=%s",
+                &format!("airlock/{n}"),
+            ])
+            .current_dir(&a.cwd)
+            .output()
+            .expect("git log");
+        let log = String::from_utf8_lossy(&log.stdout);
+        assert!(
+            log.starts_with("agent: notes\n"),
+            "{label}: airlock/{n}: {log}"
+        );
     }
 
     // Nothing of the host side is visible inside: not this sandbox's agent socket or journal,

@@ -134,32 +134,8 @@ fn real_cli(c: &Case, dir: &Path) {
     // the CLI goes on to ask its API (allowed by the adapter's default domains).
     let name = format!("{}-cred", c.harness);
     let out = up(&a, &name, c, dir, true);
-    let secret_given = if out
-        .stderr
-        .contains("secrets are not available for named sandboxes")
-    {
-        // Until named sandboxes take secrets (issue 5), pass the value as a plain variable.
-        eprintln!(
-            "note: {}: named-sandbox secrets not available in this build; passing {} with -e",
-            c.harness, c.credential
-        );
-        let ro = format!("{}:{INSIDE}", dir.display());
-        let path = format!("PATH={INSIDE}/node_modules/.bin:/usr/local/bin:/usr/bin:/bin");
-        let env = format!("{}=airlock-test-credential", c.credential);
-        let out = a.run(&[
-            "up", &name, "--agent", c.harness, "--ro", &ro, "-e", &path, "-e", &env,
-        ]);
-        assert_eq!(out.code(), 0, "{}: up: {}", c.harness, out.describe());
-        false
-    } else {
-        assert_eq!(out.code(), 0, "{}: up: {}", c.harness, out.describe());
-        true
-    };
-    let probe = if secret_given {
-        format!("cat /run/secrets/{}", c.credential)
-    } else {
-        format!("printenv {}", c.credential)
-    };
+    assert_eq!(out.code(), 0, "{}: up: {}", c.harness, out.describe());
+    let probe = format!("cat /run/secrets/{}", c.credential);
     let out = a.run(&["exec", &name, "--", "sh", "-c", &probe]);
     assert_eq!(
         out.stdout.trim(),

@@ -69,16 +69,31 @@ fn secrets_arrive_in_memory_only() {
         "{}",
         out.describe()
     );
-    // Named sandboxes refuse secrets until they can hold them without writing them down.
+    // Named sandboxes take secrets too (tests/workspace.rs follows them in depth): creating
+    // one stores the source, never the value.
     let out = a.run_with_env(
         &[("HOST_TOKEN", &value)],
-        &["create", "sec", "--secret", "TOKEN=env:HOST_TOKEN"],
+        &[
+            "create",
+            "sec",
+            "--net",
+            "off",
+            "--secret",
+            "TOKEN=env:HOST_TOKEN",
+        ],
     );
-    assert_eq!(out.code(), 121, "{}", out.describe());
+    assert_eq!(out.code(), 0, "{}", out.describe());
     assert!(
         !out.stderr.contains(&value) && !out.stdout.contains(&value),
         "{}",
         out.describe()
     );
+    let spec =
+        std::fs::read_to_string(a.state_dir().join("sandboxes/sec/spec.json")).expect("spec.json");
+    assert!(
+        spec.contains("HOST_TOKEN") && !spec.contains(&value),
+        "{spec}"
+    );
+    assert_eq!(a.run(&["rm", "sec"]).code(), 0);
     common::stop_engines_of(&a);
 }

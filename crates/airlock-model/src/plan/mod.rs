@@ -263,7 +263,7 @@ pub enum Refusal {
     BindUnderRestrictive,
     #[error("limits cannot be enforced on this host: {}", .0.join(", "))]
     LimitsUnenforceable(Vec<&'static str>),
-    #[error("workspace mode `clone` is not available for `run` yet; use overlay, bind or none")]
+    #[error("workspace mode `clone` needs a named sandbox (its clone and branch outlive the run)")]
     CloneUnsupported,
     #[error("mount target {0} is not allowed: {1}")]
     BadTarget(PathBuf, &'static str),
@@ -282,7 +282,7 @@ impl Refusal {
                 "run as root, or give airlock a delegated cgroup (systemd-run --user --scope -p Delegate=yes airlock …); \
                  or drop --require-limits to run with the limits unenforced"
             }
-            Refusal::CloneUnsupported => "use --workspace overlay (copy-on-write, host untouched)",
+            Refusal::CloneUnsupported => "use `airlock run --keep` or `airlock create NAME`, or --workspace overlay for a throwaway copy",
             Refusal::BadTarget(..) => "mount targets must be absolute paths outside /proc, /sys, /dev and not `/`",
             Refusal::EmptyCommand => "give the command after `--`, e.g. airlock run -- echo hello",
             Refusal::ReservedPort(_) => "remove that port from [network] ports / --allow",
@@ -313,7 +313,9 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         WorkspaceMode::Bind if spec.profile == Profile::Restrictive => {
             return Err(Refusal::BindUnderRestrictive)
         }
-        WorkspaceMode::Clone => return Err(Refusal::CloneUnsupported),
+        WorkspaceMode::Clone if spec.workspace_dir.is_none() => {
+            return Err(Refusal::CloneUnsupported)
+        }
         _ => {}
     }
     for b in &spec.binds {
@@ -499,9 +501,20 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
             });
             writable.push(ws.clone());
         }
-        WorkspaceMode::None | WorkspaceMode::Clone => {}
+        WorkspaceMode::Clone => {
+            // The clone is the sandbox's own, already owned by the sandbox user.
+            if let Some(dir) = &spec.workspace_dir {
+                m.push(MountStep::BindRw {
+                    source: dir.clone(),
+                    target: ws.clone(),
+                    idmap: false,
+                });
+                writable.push(ws.clone());
+            }
+        }
+        WorkspaceMode::None => {}
     }
-    if matches!(spec.workspace, WorkspaceMode::Overlay | WorkspaceMode::Bind) {
+    if spec.workspace != WorkspaceMode::None {
         for rel in PROTECTED_PATHS {
             m.push(MountStep::Protect {
                 target: ws.join(rel),

@@ -25,6 +25,8 @@ fn spec() -> RunSpec {
         argv: vec!["true".into()],
         persistent: false,
         home_dir: None,
+        workspace_dir: None,
+        home_files: Default::default(),
         secrets: Default::default(),
         agent: None,
     }

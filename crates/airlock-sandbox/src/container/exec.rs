@@ -27,6 +27,28 @@ pub struct ExecRequest {
     pub cwd: Option<PathBuf>,
     pub tty: bool,
     pub forward_stdin: bool,
+    /// Give the command the sandbox's secrets (read from /run/secrets inside) as environment
+    /// variables. Off by default: exec'd commands do not inherit them.
+    pub with_secrets: bool,
+}
+
+/// The sandbox's secrets as `NAME=value` (read inside its mount namespace).
+fn secret_env() -> Vec<std::ffi::CString> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/run/secrets") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(v) = fs::read(e.path()) {
+            let mut kv = format!("{name}=").into_bytes();
+            kv.extend_from_slice(&v);
+            if let Ok(c) = std::ffi::CString::new(kv) {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// The running sandbox's PID 1, checked against its recorded start time (a recycled pid is
@@ -173,6 +195,18 @@ pub fn exec(dir: &Path, plan: &LaunchPlan, req: &ExecRequest) -> Result<Outcome,
                     Ok(sl) => sl,
                     Err(e) => fail(format!("allocate a pseudo-terminal: {e}")),
                 });
+                let mut envp = envp.clone();
+                if req.with_secrets {
+                    for kv in secret_env() {
+                        let key = kv
+                            .as_bytes()
+                            .split(|b| *b == b'=')
+                            .next()
+                            .unwrap_or_default();
+                        envp.retain(|e| e.as_bytes().split(|b| *b == b'=').next() != Some(key));
+                        envp.push(kv);
+                    }
+                }
                 if let Err(e) = seccomp::install(&filter) {
                     fail(format!("seccomp: {e}"));
                 }

@@ -218,6 +218,50 @@ pub fn policy() -> BTreeMap<u32, Entry> {
     p
 }
 
+/// What the filter does with the system call `name`, in words (for `policy_explain`), read off
+/// the same tables the filter is built from; `None` when the filter does not name it (allowed
+/// by the filter; the sandbox still has no capabilities).
+pub fn describe(name: &str) -> Option<String> {
+    if let Some((n, _)) = DENIED.iter().find(|(n, _)| *n == name) {
+        return Some(format!("{n} is always denied (EPERM)"));
+    }
+    let ns: Vec<&str> = vec![
+        "CLONE_NEWUSER",
+        "CLONE_NEWNS",
+        "CLONE_NEWPID",
+        "CLONE_NEWNET",
+        "CLONE_NEWUTS",
+        "CLONE_NEWIPC",
+        "CLONE_NEWCGROUP",
+        "CLONE_NEWTIME",
+    ];
+    debug_assert_eq!(ns.len(), NS_FLAGS.len());
+    Some(match name {
+        "clone3" => "clone3 answers ENOSYS (its flags are out of a filter's reach), so libc falls \
+                     back to clone, whose flags are checked"
+            .into(),
+        "unshare" | "clone" => format!(
+            "{name} is denied (EPERM) with any namespace flag ({}): a new user namespace would \
+             hand the process a fresh set of capabilities; without them it is allowed",
+            ns.join(", ")
+        ),
+        "socket" => {
+            format!(
+            "socket is denied (EPERM) for the families {}, netlink other than NETLINK_ROUTE, and \
+             raw IPv4/IPv6 sockets; TCP, UDP and Unix sockets are allowed",
+            DENIED_FAMILIES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        )
+        }
+        "personality" => "personality is denied (EPERM) except the harmless personas: \
+                          ADDR_NO_RANDOMIZE and READ_IMPLIES_EXEC would switch off ASLR / NX"
+            .into(),
+        "ioctl" => "ioctl is denied (EPERM) for TIOCSTI (typing into a terminal) and TIOCLINUX; \
+                    other requests are allowed"
+            .into(),
+        _ => return None,
+    })
+}
+
 /// One classic BPF instruction (`struct sock_filter`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,6 +432,31 @@ pub fn eval(prog: &[Insn], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_described_call_is_in_the_filter() {
+        let p = policy();
+        for (name, nr) in DENIED {
+            assert!(
+                describe(name).is_some_and(|d| d.contains("denied")),
+                "{name}"
+            );
+            assert!(p.contains_key(&(*nr as u32)));
+        }
+        for (name, nr) in [
+            ("unshare", libc::SYS_unshare),
+            ("clone", libc::SYS_clone),
+            ("clone3", libc::SYS_clone3),
+            ("socket", libc::SYS_socket),
+            ("personality", libc::SYS_personality),
+            ("ioctl", libc::SYS_ioctl),
+        ] {
+            assert!(describe(name).is_some(), "{name}");
+            assert!(p.contains_key(&(nr as u32)), "{name}");
+        }
+        assert_eq!(describe("read"), None);
+        assert_eq!(describe("openat"), None);
+    }
     use super::*;
 
     const EPERM: u32 = RET_ERRNO | libc::EPERM as u32;

@@ -73,6 +73,7 @@ fn copy_in(host: &Path, name: &str, inside: &str) -> CliResult<i32> {
             None,
             false,
             true,
+            false,
         );
     }
     if meta.is_dir() {
@@ -112,6 +113,7 @@ fn copy_in(host: &Path, name: &str, inside: &str) -> CliResult<i32> {
             None,
             false,
             true,
+            false,
         )?;
         let _ = tar.wait();
         return Ok(code);
@@ -183,6 +185,7 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
                 None,
                 false,
                 false,
+                false,
             )
         }
         "dir" => {
@@ -234,6 +237,7 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
                 ],
                 &[],
                 None,
+                false,
                 false,
                 false,
             )?;

@@ -6,8 +6,9 @@ mod cp;
 mod doctor;
 mod gc;
 mod init;
-mod run;
+pub(crate) mod run;
 mod sandbox;
+mod work;
 
 use crate::cli::{Cli, Command};
 use crate::error::{CliError, CliResult};
@@ -29,12 +30,19 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::List(a) => sandbox::list(a.json),
         Command::Status(a) => sandbox::status(&a),
         Command::Exec(a) => sandbox::exec_cmd(a),
+        Command::Diff(a) => work::diff(&a),
+        Command::Fetch(a) => work::fetch(&a),
+        Command::Sync(a) => work::sync(&a),
+        Command::Deliver(a) => work::deliver(&a),
         Command::Shell(a) => sandbox::shell(&a.name),
         Command::Prompt(a) => agent::prompt(&a),
         Command::Reports(a) => agent::reports(&a),
         Command::Attach(a) => agent::attach(&a),
         Command::AgentRunner(a) => Ok(crate::agent::runner::main(&a.harness)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
+        Command::Mcp(a) => crate::mcp::serve(crate::mcp::Options {
+            allow_permissive: a.allow_permissive,
+        }),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => sandbox::engine_serve(),
         },
@@ -75,6 +83,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
                 o.workdir,
                 o.tty,
                 o.interactive,
+                o.secrets,
             )
         }
         Command::Config(a) => {

@@ -308,6 +308,11 @@ pub struct Built {
     pub spec: RunSpec,
     pub timeout: Option<Duration>,
     pub forward_stdin: bool,
+    /// Create-time workspace extras of a named sandbox (`context`, `repos`).
+    pub workspace: config::WorkspaceConfig,
+    /// Secret values already read (a supervisor gets them from the engine); None: read them
+    /// from their sources now.
+    pub secrets: Option<Vec<(String, String)>>,
 }
 
 /// Config + flags -> the spec (`persistent`: a named sandbox, no command).
@@ -341,10 +346,31 @@ pub fn build(
         Profile::Moderate => NetMode::Filtered,
         Profile::Permissive => NetMode::Open,
     });
-    let workspace = eff.workspace.mode.unwrap_or(match profile {
-        Profile::Permissive => WorkspaceMode::Bind,
-        _ => WorkspaceMode::Overlay,
-    });
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    // Named sandboxes default to their own clone when the project is a git repository.
+    let workspace = match eff.workspace.mode {
+        Some(m) => m,
+        None if persistent && crate::work::clone::toplevel(&cwd).is_some() => WorkspaceMode::Clone,
+        None => match profile {
+            Profile::Permissive => WorkspaceMode::Bind,
+            _ => WorkspaceMode::Overlay,
+        },
+    };
+    if workspace == WorkspaceMode::Clone {
+        if !persistent {
+            return Err(airlock_model::plan::Refusal::CloneUnsupported.into());
+        }
+        if crate::work::clone::toplevel(&cwd).is_none() {
+            return Err(CliError::new(
+                exit::POLICY_REFUSED,
+                anyhow::anyhow!(
+                    "workspace mode clone needs a git repository, and {} is not in one",
+                    cwd.display()
+                ),
+            )
+            .hint("run from the repository, or use --workspace overlay"));
+        }
+    }
     let user = match &a.policy.user {
         Some(u) => parse::<SandboxUser>("user", u)?,
         None => SandboxUser::Agent,
@@ -432,20 +458,17 @@ pub fn build(
         argv: if persistent { vec![] } else { a.cmd.clone() },
         persistent,
         home_dir: None,
+        workspace_dir: None,
+        home_files: eff.home_files.clone(),
         secrets: eff.secrets.clone(),
         agent: if persistent { eff.agent.clone() } else { None },
     };
-    if persistent && !spec.secrets.is_empty() {
-        return Err(CliError::new(
-            exit::POLICY_REFUSED,
-            anyhow::anyhow!("refused: secrets are not available for named sandboxes yet"),
-        )
-        .hint("pass them to `airlock run` (or `airlock exec -e NAME`) instead"));
-    }
     Ok(Built {
         spec,
         timeout,
         forward_stdin,
+        workspace: eff.workspace.clone(),
+        secrets: None,
     })
 }
 
@@ -465,7 +488,30 @@ pub fn launch(
     persist: Option<&Path>,
     hooks: &Hooks<'_>,
 ) -> CliResult<i32> {
-    let (spec, timeout, forward_stdin) = (&b.spec, b.timeout, b.forward_stdin);
+    let (mut spec, timeout, forward_stdin) = (b.spec.clone(), b.timeout, b.forward_stdin);
+    let state = rundir::state_dir();
+    // Home files: copies staged in the sandbox's folder (named) or a per-run folder (removed
+    // when this returns).
+    let _staging = if spec.home_files.is_empty() {
+        None
+    } else {
+        let staging = crate::work::home_files::Staging {
+            dir: match persist {
+                Some(d) => d.join("home-files"),
+                None => state.join("home-files").join(&spec.name),
+            },
+            remove: persist.is_none(),
+        };
+        let owner = nix::unistd::geteuid()
+            .is_root()
+            .then(|| plan::ROOTFUL_UID_BASE + spec.user.uid());
+        let kept = spec.home_dir.clone();
+        crate::work::home_files::stage(&mut spec, kept.as_deref(), &staging.dir, owner).map_err(
+            |e| CliError::usage(e).hint("fix [home_files] in airlock.toml (see `airlock config`)"),
+        )?;
+        Some(staging)
+    };
+    let spec = &spec;
 
     airlock_sandbox::phase("config loaded");
     // Reading the cgroup layout costs ~0.1 ms: only when there are limits to place.
@@ -474,9 +520,11 @@ pub fn launch(
     } else {
         Layout::None
     };
-    let state = rundir::state_dir();
     rundir::gc(&state, Layout::detect);
-    let secrets = resolve_secrets(&spec.secrets)?;
+    let secrets = match &b.secrets {
+        Some(s) => s.clone(),
+        None => resolve_secrets(&spec.secrets)?,
+    };
     let facts = container::host_facts(&spec.project_dir, &layout);
     let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
@@ -537,7 +585,7 @@ pub fn launch(
 
 /// Read every secret from its source, in memory only. Errors name the secret and its source,
 /// never a value.
-fn resolve_secrets(
+pub fn resolve_secrets(
     sources: &std::collections::BTreeMap<String, config::SecretSource>,
 ) -> CliResult<Vec<(String, String)>> {
     let mut out = Vec::new();

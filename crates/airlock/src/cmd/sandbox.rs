@@ -24,7 +24,7 @@ fn client() -> CliResult<Client> {
     Ok(Client::connect_or_start(&exe)?)
 }
 
-fn sandbox_dir(name: &str) -> PathBuf {
+pub fn sandbox_dir(name: &str) -> PathBuf {
     paths::state_dir().join("sandboxes").join(name)
 }
 
@@ -65,7 +65,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
     match c.status(&name) {
         Ok(st) if st.record.state == airlock_model::lifecycle::SandboxState::Running => {}
         Ok(_) => {
-            c.start(&name)?;
+            start_named(&c, &name)?;
         }
         Err(_) => {
             create(
@@ -77,7 +77,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
                 global_config,
                 no_user_config,
             )?;
-            c.start(&name)?;
+            start_named(&c, &name)?;
         }
     }
     println!("{name} running");
@@ -150,13 +150,9 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
         ..a
     };
     let built = crate::cmd::run::build(&run_args, global_config, no_user_config, true)?;
-    let mut spec =
-        serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     let c = client()?;
-    spec["backend"] = "container".into();
-    spec["image"] = "host".into();
-    c.create(&name, &spec)?;
-    c.start(&name)?;
+    create_record(&c, &name, &built)?;
+    start_with(&c, &name, &built.spec)?;
     let workdir = workdir.map(|w| {
         let p = PathBuf::from(&w);
         if p.is_absolute() {
@@ -165,7 +161,7 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
             Path::new("/workspace").join(p)
         }
     });
-    let code = exec_in(&name, cmd, &[], workdir, tty, interactive);
+    let code = exec_in(&name, cmd, &[], workdir, tty, interactive, true);
     let stopped = c.stop(&name, Some(std::time::Duration::from_secs(10)));
     eprintln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
     stopped?;
@@ -204,18 +200,92 @@ pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool)
             built.spec.ports.push(443);
         }
     }
+    let rec = create_record(&client()?, &a.name, &built)?;
+    println!("{}", rec.name);
+    Ok(0)
+}
+
+/// Create the engine's record, then the sandbox's own workspace (clone mode): its clone of the
+/// host repository, the `context` paths, the reference repositories. A failure removes the
+/// record again, so nothing half-made stays.
+fn create_record(
+    c: &Client,
+    name: &str,
+    built: &crate::cmd::run::Built,
+) -> CliResult<airlock_engine::store::Record> {
     let mut spec =
         serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     // What `list` and `status` show: the only backend and image of this build.
     spec["backend"] = "container".into();
     spec["image"] = "host".into();
-    let rec = client()?.create(&a.name, &spec)?;
-    println!("{}", rec.name);
-    Ok(0)
+    let rec = c.create(name, &spec)?;
+    if let Err(e) = prepare_workspace(&sandbox_dir(name), name, built) {
+        let _ = c.rm(name, true);
+        return Err(e);
+    }
+    Ok(rec)
+}
+
+fn prepare_workspace(dir: &Path, name: &str, built: &crate::cmd::run::Built) -> CliResult<()> {
+    use crate::work::clone;
+    let spec = &built.spec;
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("{what}: {e}"))
+    };
+    let mut owned = Vec::new();
+    if spec.workspace == airlock_model::policy::WorkspaceMode::Clone {
+        let info = clone::prepare(&spec.project_dir, dir, name)
+            .map_err(|e| fail("clone the project", &e))?;
+        let ws = dir.join(clone::WORKSPACE_DIR);
+        let context: Vec<PathBuf> = built.workspace.context.iter().map(PathBuf::from).collect();
+        clone::copy_context(&info.host_repo, &ws, &context)
+            .map_err(|e| fail("copy the workspace context", &e))?;
+        owned.push(ws);
+    }
+    if !built.workspace.repos.is_empty() {
+        let home = persistent_home(dir, spec).map_err(|e| fail("prepare the home", &e))?;
+        for r in &built.workspace.repos {
+            let dest = home.join(&r.dest);
+            crate::work::clone::clone_reference(&r.source, &dest)
+                .map_err(|e| fail(&format!("copy the repository {}", r.source.display()), &e))?;
+        }
+        owned.push(home);
+    }
+    if nix::unistd::geteuid().is_root() {
+        let id = airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid();
+        for p in owned {
+            clone::chown_tree(&p, id, id).map_err(|e| fail("hand the workspace over", &e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Start a created sandbox by name, reading the secrets its spec names.
+fn start_named(c: &Client, name: &str) -> CliResult<airlock_engine::store::Record> {
+    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
+    let spec: Option<airlock_model::spec::RunSpec> =
+        std::fs::read(sandbox_dir(name).join("spec.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+    match spec {
+        Some(spec) => start_with(c, name, &spec),
+        None => Ok(c.start(name)?),
+    }
+}
+
+/// Start through the engine, with the secrets read here, now, from this process's
+/// environment and files: they travel in memory to the supervisor, never to disk.
+fn start_with(
+    c: &Client,
+    name: &str,
+    spec: &airlock_model::spec::RunSpec,
+) -> CliResult<airlock_engine::store::Record> {
+    let secrets = crate::cmd::run::resolve_secrets(&spec.secrets)?;
+    Ok(c.start_with_secrets(name, &secrets)?)
 }
 
 pub fn start(name: &str) -> CliResult<i32> {
-    let rec = client()?.start(name)?;
+    let rec = start_named(&client()?, name)?;
     println!("{} {}", rec.name, rec.state);
     Ok(0)
 }
@@ -224,6 +294,15 @@ pub fn stop(a: &StopArgs) -> CliResult<i32> {
     let grace = crate::cmd::run::parse_duration(&a.grace)
         .map_err(|e| CliError::usage(format!("--grace: {e}")))?;
     crate::cmd::agent::finish_before_stop(&a.name, grace);
+    if a.sync {
+        crate::cmd::work::sync(&crate::cli::SyncArgs {
+            name: a.name.clone(),
+            dry_run: false,
+            artifacts: false,
+            accept: false,
+            json: false,
+        })?;
+    }
     let rec = client()?.stop(&a.name, Some(grace))?;
     println!("{} {}", rec.name, rec.state);
     Ok(0)
@@ -373,6 +452,7 @@ pub fn exec_in(
     workdir: Option<PathBuf>,
     tty: bool,
     interactive: bool,
+    with_secrets: bool,
 ) -> CliResult<i32> {
     airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
     let dir = sandbox_dir(name);
@@ -382,10 +462,20 @@ pub fn exec_in(
                 .hint("airlock list shows the sandboxes"),
         );
     }
-    exec_dir(&dir, name, argv, env, workdir, tty, interactive)
+    exec_dir(
+        &dir,
+        name,
+        argv,
+        env,
+        workdir,
+        tty,
+        interactive,
+        with_secrets,
+    )
 }
 
 /// exec into the running sandbox whose folder is `dir` (`name` is for messages).
+#[allow(clippy::too_many_arguments)] // the flags of `exec`, one by one
 pub fn exec_dir(
     dir: &Path,
     name: &str,
@@ -394,6 +484,7 @@ pub fn exec_dir(
     workdir: Option<PathBuf>,
     tty: bool,
     interactive: bool,
+    with_secrets: bool,
 ) -> CliResult<i32> {
     if exec::pid1(dir).is_none() {
         return Err(CliError::new(
@@ -422,13 +513,22 @@ pub fn exec_dir(
         cwd: workdir,
         tty,
         forward_stdin: interactive || tty || !std::io::stdin().is_terminal(),
+        with_secrets,
     };
     Ok(exec::exec(dir, &plan, &req)?.exit_code())
 }
 
 pub fn exec_cmd(a: ExecArgs) -> CliResult<i32> {
     let o = a.opts;
-    exec_in(&a.name, a.cmd, &o.env, o.workdir, o.tty, o.interactive)
+    exec_in(
+        &a.name,
+        a.cmd,
+        &o.env,
+        o.workdir,
+        o.tty,
+        o.interactive,
+        o.secrets,
+    )
 }
 
 pub fn shell(name: &str) -> CliResult<i32> {
@@ -440,6 +540,7 @@ pub fn shell(name: &str) -> CliResult<i32> {
         None,
         tty,
         true,
+        false,
     )
 }
 
@@ -476,6 +577,22 @@ fn persistent_home(dir: &Path, spec: &airlock_model::spec::RunSpec) -> std::io::
 
 /// `airlock __supervise --dir DIR` for a created sandbox: its spec is DIR/spec.json.
 pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
+    // First, the secret values the engine passes on stdin (JSON [[name, value], …]).
+    let secrets: Vec<(String, String)> = {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let _ = std::io::stdin().take(16 << 20).read_to_end(&mut buf);
+        if buf.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&buf).map_err(|e| {
+                CliError::new(
+                    exit::SANDBOX_FAILED,
+                    anyhow::anyhow!("secrets from the engine: {e}"),
+                )
+            })?
+        }
+    };
     let Some(_lock) =
         backend::take_lock(dir).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
     else {
@@ -494,6 +611,20 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     let mut spec = spec;
+    if let Some(missing) = spec
+        .secrets
+        .keys()
+        .find(|k| !secrets.iter().any(|(n, _)| n == *k))
+    {
+        return Err(CliError::new(
+            exit::USAGE,
+            anyhow::anyhow!("secret {missing} was not provided for this start"),
+        )
+        .hint("start it with `airlock start` from a shell where its source is available"));
+    }
+    if spec.workspace == airlock_model::policy::WorkspaceMode::Clone {
+        spec.workspace_dir = Some(dir.join(crate::work::clone::WORKSPACE_DIR));
+    }
     spec.home_dir = Some(persistent_home(dir, &spec).map_err(|e| {
         CliError::new(
             exit::SANDBOX_FAILED,
@@ -537,6 +668,8 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         spec,
         timeout: None,
         forward_stdin: false,
+        workspace: Default::default(),
+        secrets: Some(secrets),
     };
     let code = crate::cmd::run::launch(
         &built,

@@ -1,0 +1,386 @@
+//! `diff`, `fetch`, `sync`, `deliver`: work out of (and into) a clone-mode sandbox. Everything
+//! that reads the sandbox's repository goes through the review repository (`work::review`).
+
+use crate::cli::{DeliverArgs, DiffArgs, FetchArgs, SyncArgs};
+use crate::error::{CliError, CliResult};
+use crate::work::gate::Finding;
+use crate::work::git::{valid_branch, Git, GitError};
+use crate::work::review::{FetchOutcome, Review, ReviewError};
+use crate::work::sync as wsync;
+use airlock_model::exit;
+use std::path::PathBuf;
+
+impl From<ReviewError> for CliError {
+    fn from(e: ReviewError) -> Self {
+        let hint = match &e {
+            ReviewError::NotClone(n) => Some(format!(
+                "diff, fetch and sync need `--workspace clone` (the default for named sandboxes in a git repository); use `airlock cp {n}:/workspace/…` for others"
+            )),
+            ReviewError::NoBranch(_) => {
+                Some("the sandbox must keep its work on its airlock/NAME branch".into())
+            }
+            _ => None,
+        };
+        let code = match &e {
+            ReviewError::NotClone(_) | ReviewError::NoBranch(_) => exit::CONFLICT,
+            _ => exit::SANDBOX_FAILED,
+        };
+        CliError::new(code, e).maybe_hint(hint)
+    }
+}
+
+impl From<GitError> for CliError {
+    fn from(e: GitError) -> Self {
+        CliError::new(exit::SANDBOX_FAILED, e)
+    }
+}
+
+fn dir_of(name: &str) -> CliResult<PathBuf> {
+    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
+    let dir = super::sandbox::sandbox_dir(name);
+    if !dir.is_dir() {
+        return Err(
+            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no sandbox named {name}"))
+                .hint("airlock list shows the sandboxes"),
+        );
+    }
+    Ok(dir)
+}
+
+fn open(name: &str) -> CliResult<Review> {
+    Ok(Review::open(&dir_of(name)?, name)?)
+}
+
+fn print_findings(findings: &[Finding]) {
+    for f in findings {
+        let path = if f.path.is_empty() {
+            "(branch)"
+        } else {
+            &f.path
+        };
+        eprintln!("  {:<24} {path}  {}", f.kind.label(), f.detail);
+    }
+}
+
+/// Refuse unless the gate is clean or the user accepted.
+fn gate(r: &Review, name: &str, accept: bool, verb: &str) -> CliResult<()> {
+    if r.findings.is_empty() || accept {
+        return Ok(());
+    }
+    eprintln!(
+        "airlock: {} of {} needs review: {} flagged change(s):",
+        verb,
+        r.info.branch,
+        r.findings.len()
+    );
+    print_findings(&r.findings);
+    Err(CliError::new(
+        exit::POLICY_REFUSED,
+        anyhow::anyhow!("{verb} stopped by the review gate"),
+    )
+    .hint(format!(
+        "review them with `airlock diff {name}`, then `airlock {verb} {name} --accept`"
+    )))
+}
+
+pub fn diff(a: &DiffArgs) -> CliResult<i32> {
+    let r = open(&a.name)?;
+    if a.json {
+        let out = r
+            .git
+            .output(&["diff", "--numstat", "-z", "--no-renames", &r.from, &r.tip])?;
+        let files: Vec<serde_json::Value> = out
+            .split(|b| *b == 0)
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| {
+                let l = String::from_utf8_lossy(l);
+                let mut f = l.splitn(3, '\t');
+                let (add, del, path) = (f.next()?, f.next()?, f.next()?);
+                Some(serde_json::json!({
+                    "path": path,
+                    "additions": add.parse::<u64>().ok(),
+                    "deletions": del.parse::<u64>().ok(),
+                    "binary": add == "-",
+                }))
+            })
+            .collect();
+        let v = serde_json::json!({
+            "name": a.name,
+            "branch": r.info.branch,
+            "from": r.from,
+            "tip": r.tip,
+            "commits": r.commits,
+            "files": files,
+            "findings": r.findings,
+        });
+        println!("{v:#}");
+        return Ok(0);
+    }
+    let mut args = vec!["diff", "--no-ext-diff", "--no-textconv", "--color=auto"];
+    if a.stat {
+        args.push("--stat");
+    }
+    args.push(&r.from);
+    args.push(&r.tip);
+    let st = r
+        .git
+        .command(&args)
+        .status()
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    if !r.findings.is_empty() {
+        eprintln!(
+            "airlock: the review gate flags {} change(s) (fetch and sync need --accept):",
+            r.findings.len()
+        );
+        print_findings(&r.findings);
+    }
+    Ok(if st.success() {
+        0
+    } else {
+        exit::SANDBOX_FAILED
+    })
+}
+
+pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
+    let r = open(&a.name)?;
+    if a.json && !r.findings.is_empty() && !a.accept {
+        let v = serde_json::json!({
+            "name": a.name, "branch": r.info.branch, "fetched": false,
+            "needs_accept": true, "findings": r.findings,
+        });
+        println!("{v:#}");
+        return Ok(exit::POLICY_REFUSED);
+    }
+    gate(&r, &a.name, a.accept, "fetch")?;
+    let outcome = r.fetch_into_host(a.force)?;
+    let (fetched, what) = match &outcome {
+        FetchOutcome::UpToDate => (false, "already up to date".to_string()),
+        FetchOutcome::Fetched { before: None } => {
+            (true, format!("new branch, {} commit(s)", r.commits))
+        }
+        FetchOutcome::Fetched { before: Some(b) } => {
+            (true, format!("{}..{}", &b[..12.min(b.len())], &r.tip[..12]))
+        }
+        FetchOutcome::Diverged(b) => {
+            return Err(CliError::new(
+                exit::CONFLICT,
+                anyhow::anyhow!(
+                    "the host's {} ({}) has commits the sandbox's branch does not",
+                    r.info.branch,
+                    &b[..12.min(b.len())]
+                ),
+            )
+            .hint(format!(
+                "rename the host branch, or `airlock fetch {} --force` to replace it",
+                a.name
+            )))
+        }
+    };
+    if a.json {
+        let v = serde_json::json!({
+            "name": a.name, "branch": r.info.branch, "fetched": fetched, "tip": r.tip,
+            "repository": r.info.host_repo, "findings": r.findings,
+        });
+        println!("{v:#}");
+    } else {
+        println!(
+            "{} -> {} in {} ({what})",
+            a.name,
+            r.info.branch,
+            r.info.host_repo.display()
+        );
+    }
+    Ok(0)
+}
+
+pub fn sync(a: &SyncArgs) -> CliResult<i32> {
+    let dir = dir_of(&a.name)?;
+    let r = Review::open(&dir, &a.name)?;
+    if !a.dry_run {
+        gate(&r, &a.name, a.accept, "sync")?;
+    }
+    let top = r.info.host_repo.clone();
+    let host = Git::worktree(&top);
+    let changes = r.net_changes()?;
+    let head = host.commit("HEAD")?;
+    let clean = host
+        .output(&["status", "--porcelain", "-z", "--untracked-files=no"])?
+        .is_empty();
+    let current = host
+        .text(&["symbolic-ref", "--quiet", "HEAD"])
+        .unwrap_or_default();
+    let ff = r.from_commit
+        && head.as_deref() == Some(r.from.as_str())
+        && clean
+        && current != format!("refs/heads/{}", r.info.branch);
+    let plan = wsync::plan(&host, &top, &changes, ff)?;
+    let report = |applied: bool| {
+        if a.json {
+            let v = serde_json::json!({
+                "name": a.name, "repository": top, "applied": applied, "dry_run": a.dry_run,
+                "method": plan.method, "changes": plan.steps, "conflicts": plan.conflicts,
+                "unchanged": plan.unchanged, "skipped": plan.skipped, "findings": r.findings,
+            });
+            println!("{v:#}");
+        } else {
+            for s in &plan.steps {
+                println!("{} {}", s.status, s.path);
+            }
+            for p in &plan.skipped {
+                println!("skipped (submodule) {p}");
+            }
+        }
+    };
+    if !plan.conflicts.is_empty() {
+        report(false);
+        eprintln!(
+            "airlock: {} path(s) changed on the host since {} started, and on its branch:",
+            plan.conflicts.len(),
+            a.name
+        );
+        for p in &plan.conflicts {
+            eprintln!("  {p}");
+        }
+        return Err(CliError::new(
+            exit::CONFLICT,
+            anyhow::anyhow!("sync refused: the host has conflicting local edits"),
+        )
+        .hint(format!(
+            "commit or stash those edits, or merge by hand: `airlock fetch {0}` then `git merge {1}`",
+            a.name, r.info.branch
+        )));
+    }
+    if a.dry_run {
+        report(false);
+        if !r.findings.is_empty() {
+            eprintln!("airlock: the review gate flags (sync needs --accept):");
+            print_findings(&r.findings);
+        }
+        if !a.json {
+            eprintln!(
+                "airlock: dry run: {} change(s) by {}, nothing written",
+                plan.steps.len(),
+                plan.method
+            );
+        }
+        return Ok(0);
+    }
+    match r.fetch_into_host(false)? {
+        FetchOutcome::Diverged(_) => {
+            return Err(CliError::new(
+                exit::CONFLICT,
+                anyhow::anyhow!(
+                    "the host's {} has commits the sandbox's branch does not",
+                    r.info.branch
+                ),
+            )
+            .hint(format!("`airlock fetch {} --force` replaces it", a.name)))
+        }
+        FetchOutcome::UpToDate | FetchOutcome::Fetched { .. } => {}
+    }
+    if ff && !plan.steps.is_empty() {
+        host.output(&[
+            "merge",
+            "--ff-only",
+            "--quiet",
+            &format!("refs/heads/{}", r.info.branch),
+        ])?;
+    } else {
+        let by_path: std::collections::HashMap<&str, &crate::work::gate::Change> =
+            changes.iter().map(|c| (c.path.as_str(), c)).collect();
+        for s in &plan.steps {
+            if let Some(c) = by_path.get(s.path.as_str()) {
+                wsync::apply(&host, &top, c)
+                    .map_err(|e| CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!(e)))?;
+            }
+        }
+    }
+    report(true);
+    if a.artifacts {
+        let ws = dir.join(crate::work::clone::WORKSPACE_DIR);
+        let (mut files, mut links) = (0, 0);
+        for d in wsync::ARTIFACTS {
+            let (f, l) = wsync::copy_artifacts(&ws.join(d), &top.join(d)).map_err(|e| {
+                CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("copy {d}/: {e}"))
+            })?;
+            files += f;
+            links += l;
+        }
+        eprintln!(
+            "airlock: artifacts: {files} file(s) copied{}",
+            if links > 0 {
+                format!(", {links} symlink(s) skipped")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if !a.json {
+        eprintln!(
+            "airlock: {} change(s) applied to {} by {}{}",
+            plan.steps.len(),
+            top.display(),
+            plan.method,
+            if plan.method == "apply" && !plan.steps.is_empty() {
+                " (uncommitted: review with `git diff`)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(0)
+}
+
+pub fn deliver(a: &DeliverArgs) -> CliResult<i32> {
+    let dir = dir_of(&a.name)?;
+    let info = crate::work::clone::CloneInfo::load(&dir)
+        .ok_or_else(|| CliError::from(ReviewError::NotClone(a.name.clone())))?;
+    if !valid_branch(&a.branch) {
+        return Err(CliError::usage(format!(
+            "{:?} is not a valid branch name",
+            a.branch
+        )));
+    }
+    let host = Git::worktree(&info.host_repo);
+    let refname = format!("refs/heads/{}", a.branch);
+    if host.commit(&refname)?.is_none() {
+        return Err(CliError::new(
+            exit::NOT_FOUND,
+            anyhow::anyhow!("no branch {} in {}", a.branch, info.host_repo.display()),
+        ));
+    }
+    let bundle = dir.join(format!(".deliver-{}.bundle", std::process::id()));
+    host.output(&[
+        std::ffi::OsStr::new("bundle"),
+        "create".as_ref(),
+        "--quiet".as_ref(),
+        bundle.as_os_str(),
+        refname.as_ref(),
+    ])?;
+    let input = std::fs::File::open(&bundle);
+    let _ = std::fs::remove_file(&bundle);
+    let input = input.map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    // The sandbox's own git, inside the sandbox, stores it: nothing of the sandbox's runs here.
+    let script = r#"set -e
+f=$(mktemp)
+trap 'rm -f "$f"' EXIT
+cat > "$f"
+git -C /workspace fetch --quiet --no-tags "$f" "+refs/heads/$1:refs/heads/delivered/$1""#;
+    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let st = std::process::Command::new(exe)
+        .args(["exec", &a.name, "--", "sh", "-c", script, "sh", &a.branch])
+        .stdin(input)
+        .status()
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    match st.code() {
+        Some(0) => {
+            println!("{} <- delivered/{}", a.name, a.branch);
+            Ok(0)
+        }
+        Some(c) if c == exit::CONFLICT || c == exit::NOT_FOUND => Ok(c),
+        _ => Err(CliError::new(
+            exit::SANDBOX_FAILED,
+            anyhow::anyhow!("the sandbox's git could not store the branch ({st})"),
+        )),
+    }
+}

@@ -1,0 +1,396 @@
+//! `policy_explain`: the verdicts come from the code that enforces them — the launch planner
+//! (mounts, writable roots, protected paths) for paths, `airlock_egress` (domain policy and
+//! address floor) for connections, the seccomp tables for system calls. This module only
+//! words them and names the option or configuration line that changes the outcome.
+
+use super::args::{Access, ExplainArgs};
+use super::tools::{check_name, parse, policy_flags, tri, Call};
+use super::{tool_error, tool_ok};
+use airlock_egress::{addr, Decision, EgressPolicy};
+use airlock_model::plan::{self, LaunchPlan, MountStep};
+use airlock_model::policy::NetMode;
+use airlock_model::spec::RunSpec;
+use airlock_sandbox::cgroup::Layout;
+use rmcp::model::CallToolResult;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// One verdict.
+#[derive(Debug, serde::Serialize)]
+pub struct Verdict {
+    pub subject: String,
+    pub allowed: bool,
+    pub reason: String,
+    /// The option / configuration line that would allow it; `None` when nothing may (the floor).
+    pub fix: Option<String>,
+}
+
+pub async fn run(c: Call, v: Value) -> CallToolResult {
+    let a: ExplainArgs = tri!(parse("policy_explain", v));
+    if a.domain.is_none() && a.path.is_none() && a.syscall.is_none() {
+        return tool_error("policy_explain: give at least one of domain, path, syscall");
+    }
+    // Same gate as sandbox_run: a refused policy is not one to explain as if it could run.
+    let flags = tri!(policy_flags(&a.policy(), &c.opts));
+    let work = tokio::task::spawn_blocking(move || explain(&a, flags));
+    match tokio::time::timeout(std::time::Duration::from_secs(20), work).await {
+        Ok(Ok(r)) => r,
+        _ => tool_error("policy_explain: did not finish in time"),
+    }
+}
+
+fn explain(a: &ExplainArgs, flags: Vec<String>) -> CallToolResult {
+    let (spec, origin) = match &a.sandbox {
+        Some(name) => {
+            tri!(check_name(name));
+            (tri!(sandbox_spec(name)), format!("sandbox {name}"))
+        }
+        None => (
+            tri!(new_spec(&flags)),
+            "a new sandbox of this project".to_string(),
+        ),
+    };
+    let mut verdicts = Vec::new();
+    if let Some(d) = &a.domain {
+        verdicts.push(domain(&spec, d, a.port.unwrap_or(443)));
+    }
+    if let Some(p) = &a.path {
+        let facts = airlock_sandbox::container::host_facts(&spec.project_dir, &Layout::None);
+        match plan::plan(&spec, &facts) {
+            Ok(plan) => verdicts.push(path(&plan, p, a.access.unwrap_or(Access::Write))),
+            Err(r) => verdicts.push(Verdict {
+                subject: format!("path {p}"),
+                allowed: false,
+                reason: format!("this policy is refused before anything runs: {r}"),
+                fix: Some(r.hint().to_string()),
+            }),
+        }
+    }
+    if let Some(s) = &a.syscall {
+        verdicts.push(syscall(s));
+    }
+    let mut text = format!(
+        "policy of {origin}: profile {}, network {}{}, workspace {}\n",
+        spec.profile,
+        spec.net,
+        if spec.net == NetMode::Filtered {
+            format!(" (domains: {})", list_or_none(&spec.domains))
+        } else {
+            String::new()
+        },
+        spec.workspace
+    );
+    for v in &verdicts {
+        text.push_str(&format!(
+            "\n{}: {}\n  why: {}\n",
+            v.subject,
+            if v.allowed { "ALLOWED" } else { "DENIED" },
+            v.reason
+        ));
+        match (&v.fix, v.allowed) {
+            (Some(f), false) => text.push_str(&format!("  to allow: {f}\n")),
+            (None, false) => text.push_str("  to allow: nothing can (security floor)\n"),
+            _ => {}
+        }
+    }
+    tool_ok(
+        text,
+        json!({
+            "policy": {
+                "source": origin, "profile": spec.profile.to_string(),
+                "network": spec.net.to_string(), "domains": spec.domains,
+                "ports": spec.ports, "workspace": spec.workspace.to_string(),
+            },
+            "verdicts": verdicts,
+        }),
+    )
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// The spec `sandbox_run` would build with these flags (the project's configuration included).
+fn new_spec(flags: &[String]) -> Result<RunSpec, CallToolResult> {
+    use clap::Parser;
+    let mut argv = vec!["airlock".to_string(), "run".to_string()];
+    argv.extend(flags.iter().cloned());
+    argv.extend(["--".to_string(), "true".to_string()]);
+    let cli = crate::cli::Cli::try_parse_from(&argv)
+        .map_err(|e| tool_error(format!("policy_explain: {e}")))?;
+    let crate::cli::Command::Run(run) = cli.command else {
+        return Err(tool_error("policy_explain: internal: not a run"));
+    };
+    crate::cmd::run::build(&run, None, false, false)
+        .map(|b| b.spec)
+        .map_err(|e| tool_error(format!("policy_explain: {:#}", e.error)))
+}
+
+/// A named sandbox's recorded spec.
+fn sandbox_spec(name: &str) -> Result<RunSpec, CallToolResult> {
+    let dir = airlock_engine::paths::state_dir()
+        .join("sandboxes")
+        .join(name);
+    let bytes = std::fs::read(dir.join("spec.json"))
+        .map_err(|_| tool_error(format!("policy_explain: no sandbox named {name}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| tool_error(format!("policy_explain: sandbox {name}'s spec: {e}")))
+}
+
+fn domain(spec: &RunSpec, host: &str, port: u16) -> Verdict {
+    let subject = format!("connection to {host}:{port}");
+    let deny = |reason: String, fix: Option<String>| Verdict {
+        subject: subject.clone(),
+        allowed: false,
+        reason,
+        fix,
+    };
+    let literal: Option<std::net::IpAddr> = host.trim_matches(['[', ']']).parse().ok();
+    match spec.net {
+        NetMode::Off => deny(
+            format!(
+                "the network is off in this sandbox (profile {}) : only loopback",
+                spec.profile
+            ),
+            Some(format!(
+                "`--net filtered --allow {host}:{port}` (network: \"filtered\", allow_domains: \
+                 [\"{host}\"] in sandbox_run), or `[network] mode = \"filtered\"` and `domains = \
+                 [\"{host}\"]` in airlock.toml"
+            )),
+        ),
+        NetMode::Open => {
+            if let Some(why) = literal.and_then(addr::forbidden) {
+                return deny(format!("{host} is {why}: unreachable in every mode"), None);
+            }
+            if addr::metadata_name(&host.to_ascii_lowercase()) {
+                return deny(
+                    format!("{host} is a cloud metadata service, unreachable in every mode"),
+                    None,
+                );
+            }
+            Verdict {
+                subject,
+                allowed: true,
+                reason: "open network: outbound connections are allowed (the cloud metadata \
+                         floor and the host's loopback services stay unreachable)"
+                    .into(),
+                fix: None,
+            }
+        }
+        NetMode::Filtered => {
+            if literal.is_some() {
+                return deny(
+                    format!(
+                        "{host} is a literal IP address: filtered mode allows names only (the \
+                         host side resolves an allowed name itself and checks the address)"
+                    ),
+                    None,
+                );
+            }
+            let policy = match EgressPolicy::new(&spec.domains, &spec.ports) {
+                Ok(p) => p,
+                Err(e) => return deny(format!("the configured domains are invalid: {e}"), None),
+            };
+            match policy.check(host, port) {
+                Decision::Allow => Verdict {
+                    subject,
+                    allowed: true,
+                    reason: format!(
+                        "{host} is in the allowed domains and port {port} is allowed; its DNS \
+                         answers must still be public addresses (private, loopback, link-local \
+                         and metadata answers are refused)"
+                    ),
+                    fix: None,
+                },
+                Decision::Deny { reason, fix } => deny(reason, (!fix.is_empty()).then_some(fix)),
+            }
+        }
+    }
+}
+
+fn syscall(name: &str) -> Verdict {
+    let name = name.trim();
+    match airlock_sandbox::container::seccomp::describe(name) {
+        Some(d) => Verdict {
+            subject: format!("system call {name}"),
+            allowed: false,
+            reason: format!("seccomp filter: {d}"),
+            fix: None,
+        },
+        None => Verdict {
+            subject: format!("system call {name}"),
+            allowed: true,
+            reason: "the seccomp filter does not deny it; the process still has no capabilities \
+                     and no_new_privs, so privileged uses fail with EPERM"
+                .into(),
+            fix: None,
+        },
+    }
+}
+
+/// Targets of a step, and whether it leaves its subtree read-only.
+fn step_target(s: &MountStep) -> Option<(PathBuf, &'static str, bool)> {
+    Some(match s {
+        MountStep::Tmpfs { target, .. } => (target.clone(), "a private tmpfs", false),
+        MountStep::BindRo { target, .. } => {
+            (target.clone(), "a read-only bind of the host's", true)
+        }
+        MountStep::BindRw { target, .. } => {
+            (target.clone(), "a writable bind of the host's", false)
+        }
+        MountStep::Overlay { target, .. } => (
+            target.clone(),
+            "the project, copy-on-write (the host copy is never modified)",
+            false,
+        ),
+        MountStep::Symlink { target, .. } => (target.clone(), "a symlink", true),
+        MountStep::Dir { target, .. } => {
+            (target.clone(), "a directory on the read-only root", true)
+        }
+        MountStep::File { target, .. } => (target.clone(), "a generated file (read-only)", true),
+        MountStep::Device { name } => (Path::new("/dev").join(name), "a device node", false),
+        MountStep::Proc { target } => (target.clone(), "the sandbox's own /proc", false),
+        MountStep::ReadOnly { target } => (target.clone(), "read-only", true),
+        MountStep::Sysfs { target } => (target.clone(), "a read-only /sys", true),
+        MountStep::Devpts { target } => (target.clone(), "the sandbox's own devpts", false),
+        MountStep::Protect { target } => (target.clone(), "protected", true),
+        MountStep::RootReadOnly => return None,
+    })
+}
+
+fn path(plan: &LaunchPlan, raw: &str, access: Access) -> Verdict {
+    let p = if raw.starts_with('/') {
+        PathBuf::from(raw)
+    } else {
+        Path::new("/workspace").join(raw)
+    };
+    let subject = format!(
+        "{} {}",
+        if access == Access::Write {
+            "write to"
+        } else {
+            "read of"
+        },
+        p.display()
+    );
+    let verdict = |allowed: bool, reason: String, fix: Option<String>| Verdict {
+        subject: subject.clone(),
+        allowed,
+        reason,
+        fix,
+    };
+    if p.components().any(|c| c == std::path::Component::ParentDir) {
+        return verdict(
+            false,
+            "`..` is not resolved here: name the path directly".into(),
+            None,
+        );
+    }
+    // The deepest step covering the path decides (later steps win at equal depth).
+    let mut best: Option<(PathBuf, &'static str, bool, &MountStep)> = None;
+    for s in &plan.mounts {
+        if let Some((t, what, ro)) = step_target(s) {
+            if p.starts_with(&t)
+                && best
+                    .as_ref()
+                    .is_none_or(|(b, ..)| t.components().count() >= b.components().count())
+            {
+                best = Some((t, what, ro, s));
+            }
+        }
+    }
+    let protected = plan.mounts.iter().find_map(|s| match s {
+        MountStep::Protect { target } if p.starts_with(target) => Some(target.clone()),
+        _ => None,
+    });
+    let Some((target, what, ro, step)) = best else {
+        return verdict(false, "not in the sandbox".into(), None);
+    };
+    if target == Path::new("/") {
+        return verdict(
+            false,
+            format!(
+                "{} does not exist inside: the root is a fresh read-only tmpfs that holds only \
+                 what the plan mounts; the host's {} is not visible",
+                p.display(),
+                p.display()
+            ),
+            Some(format!(
+                "mount it: `--ro HOST:{0}` (or `--rw` for writes), or in airlock.toml \
+                 `[[mounts]] source = \"HOST\"  target = \"{0}\"  readonly = true`",
+                p.display()
+            )),
+        );
+    }
+    if let Some(t) = protected {
+        if access == Access::Write {
+            return verdict(
+                false,
+                format!(
+                    "{} is agent configuration / git internals, read-only inside so an agent \
+                     cannot rewrite its own rules (SPEC §7)",
+                    t.display()
+                ),
+                None,
+            );
+        }
+    }
+    let landlock_ok = plan.writable_paths.iter().any(|w| p.starts_with(w));
+    if access == Access::Read {
+        return verdict(
+            true,
+            format!("{} is {what} {}", target.display(), source_of(step)),
+            None,
+        );
+    }
+    if ro || !landlock_ok {
+        let fix = match step {
+            MountStep::BindRo { source, .. }
+                if !plan::ROOT_CANDIDATES
+                    .iter()
+                    .any(|c| Path::new("/").join(c) == *source) =>
+            {
+                Some(format!(
+                    "mount it writable: `--rw {}:{}` or `readonly = false` on its [[mounts]] entry \
+                     (writes then reach the host)",
+                    source.display(),
+                    target.display()
+                ))
+            }
+            _ => None,
+        };
+        return verdict(
+            false,
+            format!(
+                "{} is {what} {}; writes are allowed only beneath {}",
+                target.display(),
+                source_of(step),
+                plan.writable_paths
+                    .iter()
+                    .map(|w| w.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            fix,
+        );
+    }
+    verdict(
+        true,
+        format!("{} is {what} {}", target.display(), source_of(step)),
+        None,
+    )
+}
+
+fn source_of(s: &MountStep) -> String {
+    match s {
+        MountStep::BindRo { source, .. } | MountStep::BindRw { source, .. } => {
+            format!("{}", source.display())
+        }
+        MountStep::Overlay { lower, .. } => format!("({})", lower.display()),
+        _ => String::new(),
+    }
+}

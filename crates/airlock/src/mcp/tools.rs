@@ -1,0 +1,854 @@
+//! The tool table (names, descriptions, schemas, annotations, time bounds) and the sandbox
+//! tools. Each handler validates its arguments, then runs the same CLI operation a user would.
+
+use super::args::*;
+use super::runner::{self, Job, Output};
+use super::{agent, b64, explain, paths, tool_error, tool_ok, Options};
+use rmcp::handler::server::common::schema_for_type;
+use rmcp::model::{CallToolResult, JsonObject, ProgressNotificationParam, Tool, ToolAnnotations};
+use rmcp::service::{RequestContext, RoleServer};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a handler gets besides its arguments.
+pub struct Call {
+    pub opts: Arc<Options>,
+    pub context: RequestContext<RoleServer>,
+}
+
+impl Call {
+    /// Resolves when the client cancels this call.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.context.ct.clone().cancelled_owned()
+    }
+
+    /// Run `airlock ARGS…` for this call.
+    pub async fn airlock(
+        &self,
+        args: Vec<String>,
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Output, CallToolResult> {
+        self.airlock_streamed(args, stdin, timeout, limit, false)
+            .await
+    }
+
+    /// Like `airlock`; with `progress`, and when the client asked for progress (a progress
+    /// token), each stdout line is also sent as a progress notification as it arrives.
+    pub async fn airlock_streamed(
+        &self,
+        args: Vec<String>,
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+        limit: usize,
+        progress: bool,
+    ) -> Result<Output, CallToolResult> {
+        let token = progress
+            .then(|| self.context.meta.get_progress_token())
+            .flatten();
+        let (lines, forward) = match token {
+            Some(token) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let peer = self.context.peer.clone();
+                let forward = tokio::spawn(async move {
+                    let mut n = 0.0;
+                    while let Some(line) = rx.recv().await {
+                        n += 1.0;
+                        let mut p = ProgressNotificationParam::new(token.clone(), n);
+                        p.message = Some(line);
+                        let _ = peer.notify_progress(p).await;
+                    }
+                });
+                (Some(tx), Some(forward))
+            }
+            None => (None, None),
+        };
+        let job = Job {
+            args: args.into_iter().map(Into::into).collect(),
+            stdin,
+            timeout,
+            limit,
+            lines,
+        };
+        let out = runner::run(job, self.cancelled()).await;
+        if let Some(f) = forward {
+            let _ = f.await;
+        }
+        out.map_err(|e| tool_error(format!("could not run airlock: {e}")))
+    }
+}
+
+type Fut = Pin<Box<dyn Future<Output = CallToolResult> + Send>>;
+
+/// One tool.
+pub struct Def {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
+    pub schema: fn() -> Arc<JsonObject>,
+    /// Reads only: safe to auto-approve.
+    pub read_only: bool,
+    /// May destroy state (meaningful when not read-only).
+    pub destructive: bool,
+    pub idempotent: bool,
+    /// The longest the tool may take (the server gives up a little after).
+    pub max_secs: u64,
+    pub run: fn(Call, Value) -> Fut,
+}
+
+const MAX_TIMEOUT: u64 = 3600;
+const LIFECYCLE_SECS: u64 = 120;
+const FILE_SECS: u64 = 60;
+
+pub static TOOLS: &[Def] = &[
+    Def {
+        name: "sandbox_run",
+        title: "Run a command in a fresh sandbox",
+        description: "Run one command in a fresh, isolated, disposable sandbox (the project \
+            directory appears copy-on-write at /workspace; nothing reaches the host), and return \
+            its exit code and output. Network is filtered to allowlisted domains by default.",
+        schema: schema_for_type::<RunArgs>,
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        max_secs: MAX_TIMEOUT + 30,
+        run: |c, v| Box::pin(sandbox_run(c, v)),
+    },
+    Def {
+        name: "sandbox_create",
+        title: "Create a named sandbox",
+        description: "Create a named, persistent sandbox of the project directory (and start it \
+            unless start is false). Use sandbox_exec and sandbox_file_* on it; it keeps its \
+            changes until sandbox_remove.",
+        schema: schema_for_type::<CreateArgs>,
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        max_secs: LIFECYCLE_SECS * 2,
+        run: |c, v| Box::pin(sandbox_create(c, v)),
+    },
+    Def {
+        name: "sandbox_exec",
+        title: "Run a command in a running sandbox",
+        description: "Run a command in a running named sandbox and return its exit code and \
+            output (stdout and stderr bounded: head and tail kept).",
+        schema: schema_for_type::<ExecArgs>,
+        read_only: false,
+        destructive: true,
+        idempotent: false,
+        max_secs: MAX_TIMEOUT + 30,
+        run: |c, v| Box::pin(sandbox_exec(c, v)),
+    },
+    Def {
+        name: "sandbox_list",
+        title: "List sandboxes",
+        description: "List the named sandboxes with their state, profile and backend.",
+        schema: schema_for_type::<NoArgs>,
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        max_secs: 60,
+        run: |c, v| Box::pin(sandbox_list(c, v)),
+    },
+    Def {
+        name: "sandbox_status",
+        title: "Show a sandbox's status",
+        description: "A named sandbox's state, policy (network, allowed domains, workspace, \
+            limits), uptime, live resource use and last error.",
+        schema: schema_for_type::<NameArgs>,
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        max_secs: 60,
+        run: |c, v| Box::pin(sandbox_status(c, v)),
+    },
+    Def {
+        name: "sandbox_start",
+        title: "Start a sandbox",
+        description: "Start a stopped (or failed) named sandbox.",
+        schema: schema_for_type::<NameArgs>,
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        max_secs: LIFECYCLE_SECS,
+        run: |c, v| Box::pin(lifecycle(c, v, "start")),
+    },
+    Def {
+        name: "sandbox_stop",
+        title: "Stop a sandbox",
+        description: "Stop a running named sandbox (SIGTERM to everything inside, SIGKILL after \
+            the grace period). Its files are kept.",
+        schema: schema_for_type::<StopArgs>,
+        read_only: false,
+        destructive: true,
+        idempotent: true,
+        max_secs: LIFECYCLE_SECS + 300,
+        run: |c, v| Box::pin(sandbox_stop(c, v)),
+    },
+    Def {
+        name: "sandbox_remove",
+        title: "Remove a sandbox",
+        description: "Remove a named sandbox and everything it kept (force: stop it first if it \
+            is running).",
+        schema: schema_for_type::<RemoveArgs>,
+        read_only: false,
+        destructive: true,
+        idempotent: false,
+        max_secs: LIFECYCLE_SECS,
+        run: |c, v| Box::pin(sandbox_remove(c, v)),
+    },
+    Def {
+        name: "sandbox_file_read",
+        title: "Read a file in a sandbox",
+        description: "Read a file (or list a directory) inside a running named sandbox, as the \
+            sandbox sees it. Paths are relative to /workspace or absolute under /workspace, \
+            /tmp, /home/agent, /root; `..` and symlinks leading outside are refused.",
+        schema: schema_for_type::<FileReadArgs>,
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        max_secs: FILE_SECS,
+        run: |c, v| Box::pin(file_read(c, v)),
+    },
+    Def {
+        name: "sandbox_file_write",
+        title: "Write a file in a sandbox",
+        description: "Write (or append to) a file inside a running named sandbox, with the \
+            sandbox's own permissions. Same path rules as sandbox_file_read; writing through a \
+            symlink is refused; the workspace's agent configuration and git internals are \
+            read-only.",
+        schema: schema_for_type::<FileWriteArgs>,
+        read_only: false,
+        destructive: true,
+        idempotent: true,
+        max_secs: FILE_SECS,
+        run: |c, v| Box::pin(file_write(c, v)),
+    },
+    Def {
+        name: "policy_explain",
+        title: "Explain a policy decision",
+        description: "Explain whether a connection (domain/port), a path access (read/write) \
+            or a system call would be allowed in a sandbox, why, and which configuration line or \
+            option would allow it (or that nothing can: the security floor). Uses the policy \
+            of an existing sandbox or of a new one with the given options.",
+        schema: schema_for_type::<ExplainArgs>,
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        max_secs: 30,
+        run: |c, v| Box::pin(explain::run(c, v)),
+    },
+    Def {
+        name: "agent_start",
+        title: "Start a sandboxed coding agent",
+        description: "Create (or start) a named sandbox running a coding agent (claude, codex, \
+            gemini) on the project, optionally with a first prompt; returns its reports.",
+        schema: schema_for_type::<agent::StartArgs>,
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        max_secs: MAX_TIMEOUT + 60,
+        run: |c, v| Box::pin(agent::start(c, v)),
+    },
+    Def {
+        name: "agent_prompt",
+        title: "Prompt a sandboxed agent",
+        description: "Send a directive to the agent in a named sandbox and wait for the turn to \
+            end (done or blocked); returns the turn's reports. Progress notifications stream \
+            the reports while it works.",
+        schema: schema_for_type::<agent::PromptArgs>,
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        max_secs: MAX_TIMEOUT + 60,
+        run: |c, v| Box::pin(agent::prompt(c, v)),
+    },
+    Def {
+        name: "agent_reports",
+        title: "Read an agent's reports",
+        description: "The report journal of the agent in a named sandbox (working, done, \
+            blocked, info).",
+        schema: schema_for_type::<NameArgs>,
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        max_secs: 60,
+        run: |c, v| Box::pin(agent::reports(c, v)),
+    },
+    Def {
+        name: "agent_diff",
+        title: "Diff an agent's branch",
+        description: "What the sandbox's branch airlock/NAME changes, against where it started.",
+        schema: schema_for_type::<agent::DiffArgs>,
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        max_secs: 120,
+        run: |c, v| Box::pin(agent::diff(c, v)),
+    },
+    Def {
+        name: "agent_fetch",
+        title: "Fetch an agent's branch",
+        description: "Bring the sandbox's branch airlock/NAME into the host repository. Review \
+            gated: when the branch touches CI workflows, agent configuration, git attributes, \
+            hooks, symlinks leaving the tree or executable bits, nothing is fetched and the \
+            flagged paths are returned for a human to review.",
+        schema: schema_for_type::<NameArgs>,
+        read_only: false,
+        destructive: false,
+        idempotent: true,
+        max_secs: 300,
+        run: |c, v| Box::pin(agent::fetch(c, v)),
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Def> {
+    TOOLS.iter().find(|d| d.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    TOOLS.iter().map(|d| d.name).collect()
+}
+
+pub fn list() -> Vec<Tool> {
+    TOOLS
+        .iter()
+        .map(|d| {
+            let mut t = Tool::new(d.name, d.description, (d.schema)());
+            t.title = Some(d.title.to_string());
+            let mut a = ToolAnnotations::with_title(d.title)
+                .read_only(d.read_only)
+                .open_world(false);
+            if !d.read_only {
+                a = a.destructive(d.destructive).idempotent(d.idempotent);
+            }
+            t.annotations = Some(a);
+            t
+        })
+        .collect()
+}
+
+/// Parse a tool's arguments; a mismatch is a tool error naming what is wrong.
+pub fn parse<T: DeserializeOwned>(tool: &str, v: Value) -> Result<T, CallToolResult> {
+    serde_json::from_value(v).map_err(|e| {
+        tool_error(format!(
+            "invalid arguments for {tool}: {e} (see the tool's inputSchema)"
+        ))
+    })
+}
+
+pub fn check_name(name: &str) -> Result<(), CallToolResult> {
+    airlock_model::spec::validate_name(name)
+        .map_err(|e| tool_error(format!("invalid sandbox name {name:?}: {e}")))
+}
+
+fn check_command(cmd: &[String]) -> Result<(), CallToolResult> {
+    match cmd.first() {
+        None => Err(tool_error(
+            "command is empty: give the argv, e.g. [\"ls\", \"-la\"]",
+        )),
+        Some(c) if c.is_empty() => Err(tool_error("command[0] is empty")),
+        Some(_) if cmd.iter().any(|a| a.contains('\0')) => {
+            Err(tool_error("command arguments cannot contain NUL bytes"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+fn check_env(
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<String>, CallToolResult> {
+    let mut out = Vec::new();
+    for (k, v) in env {
+        let ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok || v.contains('\0') {
+            return Err(tool_error(format!(
+                "invalid environment variable {k:?}: names are [A-Za-z_][A-Za-z0-9_]*, values \
+                 without NUL"
+            )));
+        }
+        out.push(format!("--env={k}={v}"));
+    }
+    Ok(out)
+}
+
+/// The timeout a call asked for, within bounds.
+fn timeout(secs: Option<u64>, default: u64) -> Result<u64, CallToolResult> {
+    match secs.unwrap_or(default) {
+        s @ 1..=MAX_TIMEOUT => Ok(s),
+        s => Err(tool_error(format!(
+            "timeout_seconds {s} is out of range (1-{MAX_TIMEOUT})"
+        ))),
+    }
+}
+
+fn output_limit(bytes: Option<usize>) -> Result<usize, CallToolResult> {
+    match bytes.unwrap_or(32 * 1024) {
+        b @ 1024..=1_048_576 => Ok(b),
+        b => Err(tool_error(format!(
+            "max_output_bytes {b} is out of range (1024-1048576)"
+        ))),
+    }
+}
+
+/// The CLI flags for a policy, refusing what this server does not allow.
+pub fn policy_flags(p: &Policy, opts: &Options) -> Result<Vec<String>, CallToolResult> {
+    let wider =
+        p.profile == Some(ProfileArg::Permissive) || p.workspace == Some(WorkspaceArg::Bind);
+    if wider && !opts.allow_permissive {
+        return Err(tool_error(
+            "refused: the permissive profile and a writable workspace bind let the sandbox write \
+             the host's project directory and see the server's environment; this server was \
+             not started with `airlock mcp --allow-permissive`. Use profile moderate or \
+             restrictive (workspace overlay: copy-on-write, host untouched)",
+        ));
+    }
+    let mut f = Vec::new();
+    if let Some(v) = p.profile {
+        f.push(format!("--profile={}", v.as_str()));
+    }
+    if let Some(v) = p.network {
+        f.push(format!("--net={}", v.as_str()));
+    }
+    for d in &p.allow_domains {
+        if d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '\0') {
+            return Err(tool_error(format!("invalid domain {d:?} in allow_domains")));
+        }
+        f.push(format!("--allow={d}"));
+    }
+    if let Some(v) = p.workspace {
+        f.push(format!("--workspace={}", v.as_str()));
+    }
+    if let Some(v) = &p.memory {
+        f.push(format!("--memory={v}"));
+    }
+    if let Some(v) = &p.cpus {
+        f.push(format!("--cpus={v}"));
+    }
+    if let Some(v) = p.pids {
+        f.push(format!("--pids={v}"));
+    }
+    Ok(f)
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return e,
+        }
+    };
+}
+pub(crate) use tri;
+
+/// A failure of airlock itself (not of the command it ran), as a tool error.
+fn airlock_failed(what: &str, out: &Output, timeout_secs: u64) -> Option<CallToolResult> {
+    if out.timed_out {
+        return Some(tool_error(format!(
+            "{what}: did not finish within {timeout_secs}s; stopped"
+        )));
+    }
+    if out.cancelled {
+        return Some(tool_error(format!("{what}: cancelled")));
+    }
+    let code = out.code?;
+    out.airlock_error()
+        .map(|e| tool_error(format!("{what}: {e}\n(airlock exit code {code})")))
+}
+
+/// A command's result: exit code and bounded output, as text and structured.
+fn command_result(out: Output) -> CallToolResult {
+    let code = out.code.unwrap_or(-1);
+    let stderr = out.stderr.render();
+    let timed_out =
+        code == airlock_model::exit::TIMEOUT && stderr.contains("airlock: killed: timeout");
+    let stdout = out.stdout.render();
+    let mut text = format!(
+        "exit code {code}{}\n",
+        if timed_out { " (timed out)" } else { "" }
+    );
+    for (label, body) in [("stdout", &stdout), ("stderr", &stderr)] {
+        if !body.is_empty() {
+            text.push_str(&format!("\n--- {label} ---\n{body}"));
+            if !body.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+    }
+    tool_ok(
+        text,
+        json!({
+            "exit_code": code,
+            "timed_out": timed_out,
+            "stdout": stdout,
+            "stderr": stderr,
+            "stdout_truncated": out.stdout.cut(),
+            "stderr_truncated": out.stderr.cut(),
+        }),
+    )
+}
+
+async fn sandbox_run(c: Call, v: Value) -> CallToolResult {
+    let a: RunArgs = tri!(parse("sandbox_run", v));
+    tri!(check_command(&a.command));
+    let secs = tri!(timeout(a.timeout_seconds, 120));
+    let limit = tri!(output_limit(a.max_output_bytes));
+    let mut args = vec!["run".to_string()];
+    args.extend(tri!(policy_flags(&a.policy(), &c.opts)));
+    args.extend(tri!(check_env(&a.env)));
+    if let Some(w) = &a.workdir {
+        args.push(format!("--workdir={w}"));
+    }
+    args.push(format!("--timeout={secs}s"));
+    args.push("--".into());
+    args.extend(a.command);
+    let stdin = a.stdin.map(String::into_bytes);
+    // airlock's own --timeout ends the command (exit 124); this bound is for airlock itself.
+    let out = tri!(
+        c.airlock_streamed(args, stdin, Duration::from_secs(secs + 20), limit, true)
+            .await
+    );
+    if let Some(e) = airlock_failed("sandbox_run", &out, secs) {
+        return e;
+    }
+    command_result(out)
+}
+
+async fn sandbox_exec(c: Call, v: Value) -> CallToolResult {
+    let a: ExecArgs = tri!(parse("sandbox_exec", v));
+    tri!(check_name(&a.name));
+    tri!(check_command(&a.command));
+    let secs = tri!(timeout(a.timeout_seconds, 120));
+    let limit = tri!(output_limit(a.max_output_bytes));
+    let mut args = vec!["exec".to_string()];
+    args.extend(tri!(check_env(&a.env)));
+    if let Some(w) = &a.workdir {
+        args.push(format!("--workdir={w}"));
+    }
+    if a.stdin.is_some() {
+        args.push("--interactive".into());
+    }
+    args.extend([a.name.clone(), "--".into()]);
+    args.extend(a.command);
+    let stdin = a.stdin.map(String::into_bytes);
+    let out = tri!(
+        c.airlock_streamed(args, stdin, Duration::from_secs(secs), limit, true)
+            .await
+    );
+    if out.timed_out {
+        let mut r = command_result(out);
+        r.is_error = Some(true);
+        if let Some(rmcp::model::ContentBlock::Text(t)) = r.content.first_mut() {
+            t.text = format!(
+                "timed out after {secs}s; the command was stopped\n{}",
+                t.text
+            );
+        }
+        return r;
+    }
+    if let Some(e) = airlock_failed("sandbox_exec", &out, secs) {
+        return e;
+    }
+    command_result(out)
+}
+
+/// `airlock ARGS` whose stdout is JSON.
+async fn json_of(c: &Call, what: &str, args: Vec<String>) -> Result<Value, CallToolResult> {
+    let out = c
+        .airlock(args, None, Duration::from_secs(50), 4 << 20)
+        .await?;
+    if let Some(e) = airlock_failed(what, &out, 50) {
+        return Err(e);
+    }
+    if out.code != Some(0) {
+        return Err(tool_error(format!(
+            "{what}: airlock exited {:?}: {}",
+            out.code,
+            out.stderr.render().trim()
+        )));
+    }
+    let text = out.stdout.render();
+    serde_json::from_str(&text)
+        .map_err(|e| tool_error(format!("{what}: unreadable answer from airlock: {e}")))
+}
+
+async fn sandbox_list(c: Call, v: Value) -> CallToolResult {
+    let _: NoArgs = tri!(parse("sandbox_list", v));
+    let list = tri!(json_of(&c, "sandbox_list", vec!["list".into(), "--json".into()]).await);
+    let text = serde_json::to_string_pretty(&list).unwrap_or_default();
+    tool_ok(text, json!({ "sandboxes": list }))
+}
+
+async fn status_of(c: &Call, name: &str) -> Result<Value, CallToolResult> {
+    json_of(
+        c,
+        "sandbox_status",
+        vec!["status".into(), name.into(), "--json".into()],
+    )
+    .await
+}
+
+async fn sandbox_status(c: Call, v: Value) -> CallToolResult {
+    let a: NameArgs = tri!(parse("sandbox_status", v));
+    tri!(check_name(&a.name));
+    let st = tri!(status_of(&c, &a.name).await);
+    tool_ok(serde_json::to_string_pretty(&st).unwrap_or_default(), st)
+}
+
+/// Run a lifecycle command; on success answer with the sandbox's status.
+async fn lifecycle_cmd(
+    c: &Call,
+    tool: &str,
+    args: Vec<String>,
+    name: &str,
+    secs: u64,
+) -> CallToolResult {
+    let out = tri!(
+        c.airlock(args, None, Duration::from_secs(secs), 64 * 1024)
+            .await
+    );
+    if let Some(e) = airlock_failed(tool, &out, secs) {
+        return e;
+    }
+    if out.code != Some(0) {
+        return tool_error(format!("{tool}: {}", out.stderr.render().trim()));
+    }
+    match status_of(c, name).await {
+        Ok(st) => {
+            let state = st
+                .get("state")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            tool_ok(format!("{name}: {state}"), st)
+        }
+        Err(e) => e,
+    }
+}
+
+async fn lifecycle(c: Call, v: Value, verb: &str) -> CallToolResult {
+    let tool = format!("sandbox_{verb}");
+    let a: NameArgs = tri!(parse(&tool, v));
+    tri!(check_name(&a.name));
+    lifecycle_cmd(
+        &c,
+        &tool,
+        vec![verb.into(), a.name.clone()],
+        &a.name,
+        LIFECYCLE_SECS,
+    )
+    .await
+}
+
+async fn sandbox_create(c: Call, v: Value) -> CallToolResult {
+    let a: CreateArgs = tri!(parse("sandbox_create", v));
+    tri!(check_name(&a.name));
+    let mut args = vec!["create".to_string()];
+    args.extend(tri!(policy_flags(&a.policy(), &c.opts)));
+    args.extend(["--".into(), a.name.clone()]);
+    if a.start == Some(false) {
+        return lifecycle_cmd(&c, "sandbox_create", args, &a.name, LIFECYCLE_SECS).await;
+    }
+    let created = lifecycle_cmd(&c, "sandbox_create", args, &a.name, LIFECYCLE_SECS).await;
+    if created.is_error == Some(true) {
+        return created;
+    }
+    lifecycle_cmd(
+        &c,
+        "sandbox_create",
+        vec!["start".into(), a.name.clone()],
+        &a.name,
+        LIFECYCLE_SECS,
+    )
+    .await
+}
+
+async fn sandbox_stop(c: Call, v: Value) -> CallToolResult {
+    let a: StopArgs = tri!(parse("sandbox_stop", v));
+    tri!(check_name(&a.name));
+    let grace = a.grace_seconds.unwrap_or(10);
+    if !(1..=300).contains(&grace) {
+        return tool_error(format!("grace_seconds {grace} is out of range (1-300)"));
+    }
+    let args = vec!["stop".into(), format!("--grace={grace}s"), a.name.clone()];
+    lifecycle_cmd(&c, "sandbox_stop", args, &a.name, grace + LIFECYCLE_SECS).await
+}
+
+async fn sandbox_remove(c: Call, v: Value) -> CallToolResult {
+    let a: RemoveArgs = tri!(parse("sandbox_remove", v));
+    tri!(check_name(&a.name));
+    let mut args = vec!["rm".to_string()];
+    if a.force == Some(true) {
+        args.push("--force".into());
+    }
+    args.push(a.name.clone());
+    let out = tri!(
+        c.airlock(args, None, Duration::from_secs(LIFECYCLE_SECS), 64 * 1024)
+            .await
+    );
+    if let Some(e) = airlock_failed("sandbox_remove", &out, LIFECYCLE_SECS) {
+        return e;
+    }
+    if out.code != Some(0) {
+        return tool_error(format!("sandbox_remove: {}", out.stderr.render().trim()));
+    }
+    tool_ok(
+        format!("removed {}", a.name),
+        json!({ "name": a.name, "removed": true }),
+    )
+}
+
+async fn file_read(c: Call, v: Value) -> CallToolResult {
+    let a: FileReadArgs = tri!(parse("sandbox_file_read", v));
+    tri!(check_name(&a.name));
+    let path =
+        tri!(paths::resolve(&a.path).map_err(|e| tool_error(format!("sandbox_file_read: {e}"))));
+    let max = a.max_bytes.unwrap_or(256 * 1024);
+    if !(1..=4 << 20).contains(&max) {
+        return tool_error(format!("max_bytes {max} is out of range (1-4194304)"));
+    }
+    let offset = a.offset.unwrap_or(0);
+    let args = vec![
+        "exec".into(),
+        a.name.clone(),
+        "--".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        paths::read_script(),
+        "sh".into(),
+        path.clone(),
+        offset.to_string(),
+        max.to_string(),
+    ];
+    let limit = max as usize + 64 * 1024;
+    let out = tri!(
+        c.airlock(args, None, Duration::from_secs(FILE_SECS - 10), limit)
+            .await
+    );
+    if let Some(e) = airlock_failed("sandbox_file_read", &out, FILE_SECS - 10) {
+        return e;
+    }
+    let err = out.stderr.render();
+    match out.code {
+        Some(0) => {}
+        Some(paths::ESCAPE) => {
+            return tool_error(format!("sandbox_file_read: refused: {}", err.trim()))
+        }
+        _ => return tool_error(format!("sandbox_file_read: {path}: {}", err.trim())),
+    }
+    let Some(bytes) = out.stdout.into_complete() else {
+        return tool_error("sandbox_file_read: the answer was larger than expected");
+    };
+    let Some(nl) = bytes.iter().position(|b| *b == b'\n') else {
+        return tool_error("sandbox_file_read: unreadable answer");
+    };
+    let header = String::from_utf8_lossy(&bytes[..nl]).to_string();
+    let body = &bytes[nl + 1..];
+    if header == "airlock-dir" {
+        let listing = String::from_utf8_lossy(body).to_string();
+        return tool_ok(
+            listing.clone(),
+            json!({ "path": path, "kind": "directory", "listing": listing }),
+        );
+    }
+    let Some(size) = header
+        .strip_prefix("airlock-file ")
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return tool_error("sandbox_file_read: unreadable answer");
+    };
+    let truncated = offset + (body.len() as u64) < size;
+    let (content, encoding) = match std::str::from_utf8(body) {
+        Ok(s) => (s.to_string(), "utf8"),
+        Err(_) => (b64::encode(body), "base64"),
+    };
+    let note = if truncated {
+        format!(
+            "\n[airlock: returned bytes {offset}..{} of {size}; read on with offset]",
+            offset + body.len() as u64
+        )
+    } else {
+        String::new()
+    };
+    let text = if encoding == "utf8" {
+        format!("{content}{note}")
+    } else {
+        format!(
+            "(binary file, {} bytes, base64 in structuredContent.content){note}",
+            body.len()
+        )
+    };
+    tool_ok(
+        text,
+        json!({
+            "path": path, "kind": "file", "size": size, "offset": offset,
+            "returned_bytes": body.len(), "truncated": truncated,
+            "encoding": encoding, "content": content,
+        }),
+    )
+}
+
+async fn file_write(c: Call, v: Value) -> CallToolResult {
+    let a: FileWriteArgs = tri!(parse("sandbox_file_write", v));
+    tri!(check_name(&a.name));
+    let path =
+        tri!(paths::resolve(&a.path).map_err(|e| tool_error(format!("sandbox_file_write: {e}"))));
+    let data = match a.encoding.unwrap_or(Encoding::Utf8) {
+        Encoding::Utf8 => a.content.into_bytes(),
+        Encoding::Base64 => tri!(b64::decode(&a.content)
+            .map_err(|e| tool_error(format!("sandbox_file_write: content: {e}")))),
+    };
+    if data.len() > 4 << 20 {
+        return tool_error(format!(
+            "sandbox_file_write: content is {} bytes; at most 4194304",
+            data.len()
+        ));
+    }
+    let flag = |b: Option<bool>| if b == Some(true) { "1" } else { "0" }.to_string();
+    let args = vec![
+        "exec".into(),
+        "--interactive".into(),
+        a.name.clone(),
+        "--".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        paths::write_script(),
+        "sh".into(),
+        path.clone(),
+        flag(a.append),
+        flag(a.create_dirs),
+    ];
+    let n = data.len();
+    let out = tri!(
+        c.airlock(
+            args,
+            Some(data),
+            Duration::from_secs(FILE_SECS - 10),
+            64 * 1024
+        )
+        .await
+    );
+    if let Some(e) = airlock_failed("sandbox_file_write", &out, FILE_SECS - 10) {
+        return e;
+    }
+    let err = out.stderr.render();
+    match out.code {
+        Some(0) => {}
+        Some(paths::ESCAPE) => {
+            return tool_error(format!("sandbox_file_write: refused: {}", err.trim()))
+        }
+        _ => return tool_error(format!("sandbox_file_write: {path}: {}", err.trim())),
+    }
+    let size: Option<u64> = out.stdout.render().trim().parse().ok();
+    tool_ok(
+        format!("wrote {n} bytes to {path}"),
+        json!({ "path": path, "written_bytes": n, "size": size }),
+    )
+}

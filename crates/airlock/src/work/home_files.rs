@@ -1,0 +1,135 @@
+//! `[home_files]`: host files under the sandbox user's home, in three modes:
+//! - `link`: the host file itself, bound read-only (edits on the host show inside);
+//! - `immutable`: a copy taken at each start, bound read-only (the host file may change, the
+//!   sandbox's view does not until the next start);
+//! - `seed`: a copy the sandbox owns — made once for a named sandbox (in its kept home), at each
+//!   run for `run`.
+//!
+//! Copies live in a staging folder: the sandbox's folder for named sandboxes, a per-run folder
+//! under the state directory (removed when the run ends) for `run`.
+
+use airlock_model::policy::HomeFileMode;
+use airlock_model::spec::{BindSpec, RunSpec};
+use std::path::{Component, Path, PathBuf};
+
+/// A staging folder removed on drop (for `run`).
+pub struct Staging {
+    pub dir: PathBuf,
+    pub remove: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn relative(rel: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(rel);
+    if rel.is_empty()
+        || p.is_absolute()
+        || p.components().any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(format!(
+            "home_files.{rel:?}: must be a path relative to the home folder, without `..`"
+        ));
+    }
+    Ok(p)
+}
+
+fn copy(src: &Path, dst: &Path, owner: Option<u32>) -> Result<(), String> {
+    let _ = std::fs::remove_file(dst);
+    let _ = std::fs::remove_dir_all(dst);
+    super::clone::copy_tree(src, dst).map_err(|e| e.to_string())?;
+    if let Some(id) = owner {
+        super::clone::chown_tree(dst, id, id).map_err(|e| format!("{}: {e}", dst.display()))?;
+    }
+    Ok(())
+}
+
+/// Turn `spec.home_files` into binds (and seed copies). `kept_home`: a named sandbox's home on
+/// disk; `staging`: where copies go. `owner`: the host uid owning the sandbox user's files
+/// (root-run sandboxes), for copies the sandbox may read or own.
+pub fn stage(
+    spec: &mut RunSpec,
+    kept_home: Option<&Path>,
+    staging: &Path,
+    owner: Option<u32>,
+) -> Result<(), String> {
+    let home = PathBuf::from(spec.user.home());
+    for (rel, hf) in spec.home_files.clone() {
+        let r = relative(&rel)?;
+        if std::fs::symlink_metadata(&hf.source).is_err() {
+            return Err(format!(
+                "home_files.{rel:?}: the source {} does not exist",
+                hf.source.display()
+            ));
+        }
+        let target = home.join(&r);
+        match hf.mode {
+            HomeFileMode::Link => spec.binds.push(BindSpec {
+                source: hf.source.clone(),
+                target,
+                writable: false,
+            }),
+            HomeFileMode::Immutable => {
+                let copy_at = staging.join("immutable").join(&r);
+                copy(&hf.source, &copy_at, owner)?;
+                spec.binds.push(BindSpec {
+                    source: copy_at,
+                    target,
+                    writable: false,
+                });
+            }
+            HomeFileMode::Seed => match kept_home {
+                Some(h) => {
+                    let dst = h.join(&r);
+                    if std::fs::symlink_metadata(&dst).is_err() {
+                        // Folders on the way belong to the sandbox user too, or it could not
+                        // create its own files (or mount points) next to the seed.
+                        let mut d = h.to_path_buf();
+                        for c in r.parent().into_iter().flat_map(|p| p.components()) {
+                            d.push(c);
+                            if std::fs::symlink_metadata(&d).is_err() {
+                                std::fs::create_dir(&d)
+                                    .map_err(|e| format!("{}: {e}", d.display()))?;
+                                if let Some(id) = owner {
+                                    std::os::unix::fs::lchown(&d, Some(id), Some(id))
+                                        .map_err(|e| format!("{}: {e}", d.display()))?;
+                                }
+                            }
+                        }
+                        copy(&hf.source, &dst, owner)?;
+                    }
+                }
+                None => {
+                    // Bound writable with the workspace's id mapping: the invoking user's files
+                    // are the sandbox user's inside, so the copy stays the invoker's.
+                    let copy_at = staging.join("seed").join(&r);
+                    copy(&hf.source, &copy_at, None)?;
+                    spec.binds.push(BindSpec {
+                        source: copy_at,
+                        target,
+                        writable: true,
+                    });
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_only() {
+        assert!(relative(".claude/CLAUDE.md").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../../b", "./a"] {
+            assert!(relative(bad).is_err(), "{bad}");
+        }
+    }
+}
