@@ -7,7 +7,12 @@ use airlock_sandbox::container::rundir;
 
 pub fn gc(json: bool) -> CliResult<i32> {
     let state = rundir::state_dir();
-    let reclaimed = rundir::gc(&state, Layout::detect);
+    let mut reclaimed = rundir::gc(&state, Layout::detect);
+    reclaimed.extend(
+        crate::work::home_files::sweep(&state)
+            .into_iter()
+            .map(|n| format!("home-files/{n}")),
+    );
     // Named sandboxes: if an engine runs (or has state), have it reconcile.
     let named = if airlock_engine::paths::socket_path().exists() || state.join("store.db").exists()
     {

@@ -495,13 +495,17 @@ pub fn launch(
     let _staging = if spec.home_files.is_empty() {
         None
     } else {
-        let staging = crate::work::home_files::Staging {
-            dir: match persist {
-                Some(d) => d.join("home-files"),
-                None => state.join("home-files").join(&spec.name),
-            },
-            remove: persist.is_none(),
+        let dir = match persist {
+            Some(d) => d.join("home-files"),
+            None => state.join("home-files").join(&spec.name),
         };
+        let staging =
+            crate::work::home_files::Staging::new(dir, persist.is_none()).map_err(|e| {
+                CliError::new(
+                    exit::SANDBOX_FAILED,
+                    anyhow::anyhow!("stage home files: {e}"),
+                )
+            })?;
         let owner = nix::unistd::geteuid()
             .is_root()
             .then(|| plan::ROOTFUL_UID_BASE + spec.user.uid());
@@ -521,6 +525,7 @@ pub fn launch(
         Layout::None
     };
     rundir::gc(&state, Layout::detect);
+    crate::work::home_files::sweep(&state);
     let secrets = match &b.secrets {
         Some(s) => s.clone(),
         None => resolve_secrets(&spec.secrets)?,

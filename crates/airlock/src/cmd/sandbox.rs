@@ -396,7 +396,15 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         println!("network:  {net}");
     }
     if let Some(ws) = r.spec.get("workspace").and_then(|v| v.as_str()) {
-        println!("workspace: {ws}");
+        match crate::work::clone::CloneInfo::load(&sandbox_dir(&r.name)) {
+            Some(c) => println!(
+                "workspace: clone of {} on {} (`airlock diff {}`)",
+                c.host_repo.display(),
+                c.branch,
+                r.name
+            ),
+            None => println!("workspace: {ws}"),
+        }
     }
     if let Some(d) = r
         .spec

@@ -12,10 +12,49 @@ use airlock_model::policy::HomeFileMode;
 use airlock_model::spec::{BindSpec, RunSpec};
 use std::path::{Component, Path, PathBuf};
 
-/// A staging folder removed on drop (for `run`).
+/// A staging folder removed on drop (for `run`). A run's folder holds a flock on `lock` while
+/// the run lives, so `sweep` can tell a SIGKILLed run's leftovers from a live one.
 pub struct Staging {
     pub dir: PathBuf,
     pub remove: bool,
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl Staging {
+    /// A named sandbox's folder (kept) or a run's (locked, removed at the end).
+    pub fn new(dir: PathBuf, run: bool) -> Result<Staging, String> {
+        let mut lock = None;
+        if run {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let f = std::fs::File::create(dir.join("lock"))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            lock = Some(
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                    .map_err(|(_, e)| format!("{}: {e}", dir.display()))?,
+            );
+        }
+        Ok(Staging {
+            dir,
+            remove: run,
+            _lock: lock,
+        })
+    }
+}
+
+/// Remove the staging folders of runs that died without cleaning up (`STATE/home-files/*`
+/// whose lock nobody holds). Returns their names.
+pub fn sweep(state: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(state.join("home-files")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        if airlock_sandbox::container::rundir::lock_free(&e.path()) {
+            let _ = std::fs::remove_dir_all(e.path());
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
 }
 
 impl Drop for Staging {
