@@ -24,3 +24,9 @@ pub const NOT_EXECUTABLE: i32 = 126;
 pub const NOT_FOUND_CMD: i32 = 127;
 /// Killed by signal N: 128 + N.
 pub const SIGNAL_BASE: i32 = 128;
+
+/// `airlock prompt`: the agent reported `blocked` (0 is `done`).
+pub const AGENT_BLOCKED: i32 = 3;
+/// `airlock prompt`: the turn ended without a `done` or `blocked` report (ended-unreported),
+/// including when the agent runner died mid-turn.
+pub const AGENT_UNREPORTED: i32 = 4;

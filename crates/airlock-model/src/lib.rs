@@ -1,5 +1,6 @@
 //! airlock-model: pure data shared by every airlock crate. No syscalls, no sandboxes.
 
+pub mod agent;
 pub mod config;
 pub mod exit;
 pub mod lifecycle;

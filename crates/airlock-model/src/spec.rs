@@ -134,6 +134,9 @@ pub struct RunSpec {
     /// spec, a plan or anything written to disk.
     #[serde(default)]
     pub secrets: std::collections::BTreeMap<String, crate::config::SecretSource>,
+    /// Agent mode: the harness a named sandbox runs prompts with (`airlock up --agent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::config::Harness>,
 }
 
 /// Validate a sandbox name: DNS-label-like, 1..=63 bytes, lowercase letters, digits and '-'.

@@ -62,8 +62,19 @@ pub enum Command {
     /// Push a host branch into the sandbox's repository as delivered/BRANCH.
     Deliver(DeliverArgs),
     /// An interactive shell in a running sandbox.
-    #[command(visible_aliases = ["attach", "ssh"])]
+    #[command(visible_aliases = ["ssh"])]
     Shell(NameArg),
+    /// Agent mode: send the next prompt; streams the turn's reports until done or blocked
+    /// (exit 0 done, 3 blocked, 4 ended without a report).
+    Prompt(PromptArgs),
+    /// Agent mode: the report journal (prompts, reports, blocked events, turn ends).
+    Reports(ReportsArgs),
+    /// Agent mode: follow the agent's live session (its output and reports); a shell (PTY) for
+    /// other sandboxes or with --shell.
+    Attach(AttachArgs),
+    /// Internal: the agent runner inside a sandbox (started by its supervisor).
+    #[command(name = "__agent-runner", hide = true)]
+    AgentRunner(AgentRunnerArgs),
     /// Serve the Model Context Protocol on stdio: sandboxes and sandboxed agents as tools.
     Mcp(McpArgs),
     /// The local engine (auto-started by the commands that need it).
@@ -214,8 +225,51 @@ pub struct NameArg {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     pub name: String,
+    /// Agent mode: the harness that runs prompts (claude, codex, gemini; `[agent] harness` in
+    /// airlock.toml also takes `{ command = [...] }`).
+    #[arg(long, value_name = "HARNESS")]
+    pub agent: Option<String>,
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PromptArgs {
+    pub name: String,
+    /// The directive (the next turn of the agent's conversation).
+    pub text: String,
+    /// Return once the prompt is queued (prints the turn id).
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the journal lines (JSON) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportsArgs {
+    pub name: String,
+    /// Keep printing as the journal grows.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The raw journal lines (NDJSON).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    pub name: String,
+    /// A shell with a PTY instead of following the agent.
+    #[arg(long)]
+    pub shell: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRunnerArgs {
+    /// The harness, as JSON (`"claude"` or `{"command":[...]}`).
+    #[arg(long)]
+    pub harness: String,
 }
 
 #[derive(Debug, Args)]
@@ -345,6 +399,15 @@ pub struct UpArgs {
     /// Remove the sandbox (and its kept state) first.
     #[arg(long)]
     pub fresh: bool,
+    /// Agent mode: the harness that runs prompts (claude, codex, gemini).
+    #[arg(long, value_name = "HARNESS")]
+    pub agent: Option<String>,
+    /// Agent mode: the first prompt; its reports stream until done or blocked.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// With --prompt: return once the prompt is queued.
+    #[arg(long)]
+    pub no_attach: bool,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }

@@ -29,6 +29,7 @@ fn spec() -> RunSpec {
         protected: Vec::new(),
         home_files: Default::default(),
         secrets: Default::default(),
+        agent: None,
     }
 }
 

@@ -305,7 +305,11 @@ fn egress_ctx(
     };
     // Say each distinct denial once on stderr (a resolver retries, asks A and AAAA, ...).
     let said = std::sync::Mutex::new(std::collections::HashSet::new());
+    let also = opts.on_egress.clone();
     let journal = journal.with_callback(move |ev| {
+        if let Some(f) = &also {
+            f(ev);
+        }
         let key = (ev.host.clone(), ev.dst.clone());
         let first = said.lock().map(|mut s| s.insert(key)).unwrap_or(true);
         if ev.decision == Verdict::Deny && first {
@@ -344,7 +348,15 @@ pub struct RunOptions<'a> {
     /// A persistent sandbox's folder: its disk layers live (and stay) there, and the host pid
     /// of PID 1 is published there for exec while it runs.
     pub persist: Option<&'a Path>,
+    /// Also called for every filtered-egress decision (agent mode turns denials into `blocked`
+    /// events).
+    pub on_egress: Option<EgressCallback>,
+    /// Called once a persistent sandbox is published for exec (agent mode starts its runner).
+    pub on_ready: Option<&'a (dyn Fn() + Sync)>,
 }
+
+/// A listener of egress decisions.
+pub type EgressCallback = Arc<dyn Fn(&airlock_egress::journal::Event) + Send + Sync>;
 
 fn cstrings<'a>(items: impl Iterator<Item = String> + 'a) -> Result<Vec<CString>, RunError> {
     items
@@ -658,6 +670,9 @@ fn run_in(
             fs::write(&tmp, format!("{pid} {start}\n"))
                 .and_then(|()| fs::rename(&tmp, dir.join(PID1_FILE)))
                 .map_err(io_err("publish the sandbox's PID 1"))?;
+            if let Some(f) = opts.on_ready {
+                f();
+            }
         }
     }
     let pidfd = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;

@@ -1,5 +1,6 @@
 //! Command implementations, one module per subcommand.
 
+mod agent;
 mod config;
 mod cp;
 mod doctor;
@@ -34,6 +35,10 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Sync(a) => work::sync(&a),
         Command::Deliver(a) => work::deliver(&a),
         Command::Shell(a) => sandbox::shell(&a.name),
+        Command::Prompt(a) => agent::prompt(&a),
+        Command::Reports(a) => agent::reports(&a),
+        Command::Attach(a) => agent::attach(&a),
+        Command::AgentRunner(a) => Ok(crate::agent::runner::main(&a.harness)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
         Command::Mcp(a) => crate::mcp::serve(crate::mcp::Options {
             allow_permissive: a.allow_permissive,

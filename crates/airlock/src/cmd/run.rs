@@ -299,6 +299,7 @@ pub fn run_with(
         a.timeout.as_deref(),
         a.net_log.as_deref(),
         persist,
+        &Hooks::default(),
     )
 }
 
@@ -461,6 +462,7 @@ pub fn build(
         protected: eff.workspace.protected.clone(),
         home_files: eff.home_files.clone(),
         secrets: eff.secrets.clone(),
+        agent: if persistent { eff.agent.clone() } else { None },
     };
     Ok(Built {
         spec,
@@ -471,6 +473,13 @@ pub fn build(
     })
 }
 
+/// Host-side listeners of a launch (agent mode).
+#[derive(Default)]
+pub struct Hooks<'a> {
+    pub on_egress: Option<container::EgressCallback>,
+    pub on_ready: Option<&'a (dyn Fn() + Sync)>,
+}
+
 /// Launch a built spec: to completion (`run`), or supervised until stopped (`persist`).
 pub fn launch(
     b: &Built,
@@ -478,6 +487,7 @@ pub fn launch(
     timeout_text: Option<&str>,
     net_log: Option<&Path>,
     persist: Option<&Path>,
+    hooks: &Hooks<'_>,
 ) -> CliResult<i32> {
     let (mut spec, timeout, forward_stdin) = (b.spec.clone(), b.timeout, b.forward_stdin);
     let state = rundir::state_dir();
@@ -541,6 +551,8 @@ pub fn launch(
         net_journal: net_log,
         secrets: &secrets,
         persist,
+        on_egress: hooks.on_egress.clone(),
+        on_ready: hooks.on_ready,
     };
     if let Some(dir) = persist {
         let json =

@@ -71,6 +71,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
             create(
                 CreateArgs {
                     name: name.clone(),
+                    agent: a.agent.clone(),
                     policy: a.policy,
                 },
                 global_config,
@@ -80,7 +81,15 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
         }
     }
     println!("{name} running");
-    Ok(0)
+    match &a.prompt {
+        Some(text) => crate::cmd::agent::send_prompt(&name, text, !a.no_attach, false),
+        None => {
+            if a.agent.is_some() {
+                eprintln!("airlock: send it a task: airlock prompt {name} \"…\"");
+            }
+            Ok(0)
+        }
+    }
 }
 
 pub fn logs(a: &LogsArgs) -> CliResult<i32> {
@@ -173,6 +182,24 @@ pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool)
         cmd: vec![],
     };
     let built = crate::cmd::run::build(&run_args, global_config, no_user_config, true)?;
+    let mut built = built;
+    if let Some(h) = &a.agent {
+        built.spec.agent = Some(
+            h.parse()
+                .map_err(|e: String| CliError::usage(format!("--agent: {e}")))?,
+        );
+    }
+    if let Some(h) = &built.spec.agent {
+        // The harness's API must be reachable in filtered mode.
+        for d in airlock_model::agent::adapter::default_domains(h) {
+            if !built.spec.domains.iter().any(|x| x == d) {
+                built.spec.domains.push(d.to_string());
+            }
+        }
+        if built.spec.ports.is_empty() {
+            built.spec.ports.push(443);
+        }
+    }
     let rec = create_record(&client()?, &a.name, &built)?;
     println!("{}", rec.name);
     Ok(0)
@@ -266,6 +293,7 @@ pub fn start(name: &str) -> CliResult<i32> {
 pub fn stop(a: &StopArgs) -> CliResult<i32> {
     let grace = crate::cmd::run::parse_duration(&a.grace)
         .map_err(|e| CliError::usage(format!("--grace: {e}")))?;
+    crate::cmd::agent::finish_before_stop(&a.name, grace);
     if a.sync {
         crate::cmd::work::sync(&crate::cli::SyncArgs {
             name: a.name.clone(),
@@ -288,11 +316,23 @@ pub fn rm(a: &RmArgs) -> CliResult<i32> {
 
 pub fn list(json: bool) -> CliResult<i32> {
     let records = client()?.list()?;
+    let last: Vec<Option<(String, serde_json::Value)>> = records
+        .iter()
+        .map(|r| crate::cmd::agent::last_report(&r.name))
+        .collect();
     if json {
+        let mut v =
+            serde_json::to_value(&records).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        if let Some(arr) = v.as_array_mut() {
+            for (item, l) in arr.iter_mut().zip(&last) {
+                if let (Some(obj), Some((_, entry))) = (item.as_object_mut(), l) {
+                    obj.insert("last_report".into(), entry.clone());
+                }
+            }
+        }
         println!(
             "{}",
-            serde_json::to_string_pretty(&records)
-                .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
+            serde_json::to_string_pretty(&v).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
         );
         return Ok(0);
     }
@@ -300,18 +340,28 @@ pub fn list(json: bool) -> CliResult<i32> {
         println!("no sandboxes");
         return Ok(0);
     }
-    println!(
+    let agents = last.iter().any(Option::is_some);
+    let head = format!(
         "{:<24} {:<10} {:<10} {:<12}",
         "NAME", "STATE", "PROFILE", "BACKEND"
     );
-    for r in records {
-        println!(
+    if agents {
+        println!("{head} LAST REPORT");
+    } else {
+        println!("{}", head.trim_end());
+    }
+    for (r, l) in records.iter().zip(&last) {
+        let line = format!(
             "{:<24} {:<10} {:<10} {:<12}",
             r.name,
             r.state.to_string(),
             r.profile.as_deref().unwrap_or("-"),
             r.backend.as_deref().unwrap_or("-")
         );
+        match l {
+            Some((summary, _)) => println!("{line} {summary}"),
+            None => println!("{}", line.trim_end()),
+        }
     }
     Ok(0)
 }
@@ -589,6 +639,39 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
             anyhow::anyhow!("prepare the sandbox's home: {e}"),
         )
     })?);
+    let mut hooks = crate::cmd::run::Hooks::default();
+    let mut agent_host = None;
+    if let Some(h) = spec.agent.clone() {
+        // The runner and `report` come from this binary, mounted read-only inside.
+        let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        spec.binds.extend(crate::agent::tool_binds(&exe));
+        let path = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
+        spec.env.retain(|(k, _)| k != "PATH");
+        spec.env.push((
+            "PATH".into(),
+            crate::agent::path_with_tools(path.as_deref()),
+        ));
+        let host = crate::agent::host::Host::new(dir, h, exe).map_err(|e| {
+            CliError::new(
+                exit::SANDBOX_FAILED,
+                anyhow::anyhow!("prepare the agent journal: {e}"),
+            )
+        })?;
+        hooks.on_egress = Some(host.egress_callback());
+        agent_host = Some(host);
+    }
+    let start_agent = || {
+        if let Some(h) = &agent_host {
+            h.start();
+        }
+    };
+    if agent_host.is_some() {
+        hooks.on_ready = Some(&start_agent);
+    }
     let built = crate::cmd::run::Built {
         spec,
         timeout: None,
@@ -596,8 +679,15 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         workspace: Default::default(),
         secrets: Some(secrets),
     };
-    let code =
-        crate::cmd::run::launch(&built, false, None, Some(&dir.join("net.jsonl")), Some(dir));
+    let code = crate::cmd::run::launch(
+        &built,
+        false,
+        None,
+        Some(&dir.join("net.jsonl")),
+        Some(dir),
+        &hooks,
+    );
+    let _ = std::fs::remove_file(dir.join(crate::agent::AGENT_SOCKET));
     let _ = std::fs::remove_file(dir.join(backend::SUPERVISOR_PID));
     code
 }

@@ -1,0 +1,198 @@
+//! Reading `DIR/reports.ndjson`: whole, followed from an offset, summarised for `list`, and
+//! rendered for people.
+
+use airlock_model::agent::protocol::{JournalEntry, JournalMsg, Origin};
+use airlock_model::agent::{HostMsg, ReportStatus, SandboxMsg};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::Path;
+
+/// Every entry (lines that do not parse are skipped).
+pub fn read(path: &Path) -> Vec<JournalEntry> {
+    let Ok(f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+/// Reads complete lines appended after `offset`.
+pub struct Follower {
+    path: std::path::PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl Follower {
+    pub fn from_offset(path: &Path, offset: u64) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            offset,
+            partial: Vec::new(),
+        }
+    }
+
+    /// The lines (raw, with the entry if it parses) written since the last call.
+    pub fn poll(&mut self) -> Vec<(String, Option<JournalEntry>)> {
+        let mut out = Vec::new();
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return out;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return out;
+        }
+        let mut r = BufReader::new(f);
+        loop {
+            let mut buf = Vec::new();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    self.offset += n as u64;
+                    self.partial.extend_from_slice(&buf);
+                    if self.partial.ends_with(b"\n") {
+                        let line = String::from_utf8_lossy(&self.partial)
+                            .trim_end()
+                            .to_string();
+                        self.partial.clear();
+                        let e = serde_json::from_str(&line).ok();
+                        out.push((line, e));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+pub fn len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The latest thing worth showing in `list`: a report, a blocked event, or an unreported end.
+pub fn last_report(path: &Path) -> Option<JournalEntry> {
+    read(path).into_iter().rev().find(|e| {
+        matches!(
+            &e.msg,
+            JournalMsg::Sandbox(
+                SandboxMsg::Report { .. }
+                    | SandboxMsg::Blocked { .. }
+                    | SandboxMsg::TurnCompleted {
+                        reported: false,
+                        ..
+                    }
+            )
+        )
+    })
+}
+
+/// One line for people, or None for entries not worth a line (hello, ready, heartbeat).
+pub fn render(e: &JournalEntry) -> Option<String> {
+    let time = e.time.get(11..19).unwrap_or(&e.time);
+    let turn = |t: &Option<u64>| t.map(|t| format!("turn {t}")).unwrap_or_else(|| "-".into());
+    let body = match &e.msg {
+        JournalMsg::Host(HostMsg::Prompt { turn_id, text }) => {
+            format!("turn {turn_id} prompt: {}", one_line(text))
+        }
+        JournalMsg::Host(HostMsg::Stop) => "- stop requested".into(),
+        JournalMsg::Host(HostMsg::Hello { .. }) => return None,
+        JournalMsg::Sandbox(s) => match s {
+            SandboxMsg::TurnAccepted { turn_id } => format!("turn {turn_id} started"),
+            SandboxMsg::Report {
+                status,
+                text,
+                turn_id,
+            } => format!("{} {}: {}", turn(turn_id), status.as_str(), one_line(text)),
+            SandboxMsg::Blocked {
+                turn_id,
+                domain,
+                port,
+                reason,
+                hint,
+            } => {
+                let target = match port {
+                    Some(p) => format!("{domain}:{p}"),
+                    None => domain.clone(),
+                };
+                let by = if e.from == Origin::Host {
+                    "network"
+                } else {
+                    "agent"
+                };
+                format!(
+                    "{} blocked ({by}): {target}: {reason}; {hint}",
+                    turn(turn_id)
+                )
+            }
+            SandboxMsg::TurnCompleted {
+                turn_id,
+                reported,
+                exit_code,
+            } => {
+                let code = exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+                if *reported {
+                    format!("turn {turn_id} completed{code}")
+                } else {
+                    format!("turn {turn_id} ended-unreported{code}")
+                }
+            }
+            SandboxMsg::Error { message } => format!("- error: {message}"),
+            SandboxMsg::Hello { .. }
+            | SandboxMsg::Ready
+            | SandboxMsg::Heartbeat
+            | SandboxMsg::Output { .. } => return None,
+        },
+    };
+    Some(format!("{time} {body}"))
+}
+
+/// A short summary for `list`: "done: text" / "ended-unreported" / "blocked: domain".
+pub fn summary(e: &JournalEntry) -> String {
+    match &e.msg {
+        JournalMsg::Sandbox(SandboxMsg::Report { status, text, .. }) => {
+            format!("{}: {}", status.as_str(), one_line(text))
+        }
+        JournalMsg::Sandbox(SandboxMsg::Blocked { domain, .. }) => format!("blocked: {domain}"),
+        JournalMsg::Sandbox(SandboxMsg::TurnCompleted { .. }) => "ended-unreported".into(),
+        _ => String::new(),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.chars().count() > 200 {
+        format!("{}…", s.chars().take(200).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// How a turn ended, from its journal entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnEnd {
+    Done,
+    Blocked,
+    Unreported,
+}
+
+/// Whether this entry ends turn `turn`, and how.
+pub fn ends_turn(e: &JournalEntry, turn: u64) -> Option<TurnEnd> {
+    match &e.msg {
+        JournalMsg::Sandbox(SandboxMsg::Report {
+            status,
+            turn_id: Some(t),
+            ..
+        }) if *t == turn && status.is_terminal() => Some(if *status == ReportStatus::Done {
+            TurnEnd::Done
+        } else {
+            TurnEnd::Blocked
+        }),
+        JournalMsg::Sandbox(SandboxMsg::TurnCompleted {
+            turn_id,
+            reported: false,
+            ..
+        }) if *turn_id == turn => Some(TurnEnd::Unreported),
+        _ => None,
+    }
+}

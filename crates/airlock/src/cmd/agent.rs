@@ -1,0 +1,247 @@
+//! Agent mode commands: prompt, reports, attach, and the agent half of up/stop/list. They talk
+//! to the sandbox's supervisor over `DIR/agent.sock` and read its journal; no engine hop.
+
+use crate::agent::host::{Reply, Request};
+use crate::agent::journal::{self, Follower, TurnEnd};
+use crate::agent::{AGENT_LOG, AGENT_SOCKET, REPORTS};
+use crate::cli::{AttachArgs, PromptArgs, ReportsArgs};
+use crate::error::{CliError, CliResult};
+use airlock_engine::paths;
+use airlock_model::exit;
+use airlock_sandbox::container::exec;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn dir_of(name: &str) -> CliResult<PathBuf> {
+    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
+    let dir = paths::state_dir().join("sandboxes").join(name);
+    if !dir.is_dir() {
+        return Err(
+            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no sandbox named {name}"))
+                .hint("airlock list shows the sandboxes"),
+        );
+    }
+    Ok(dir)
+}
+
+/// The harness a sandbox was created with (None: not an agent sandbox).
+pub fn harness_of(dir: &Path) -> Option<airlock_model::config::Harness> {
+    let spec: airlock_model::spec::RunSpec =
+        serde_json::from_slice(&std::fs::read(dir.join("spec.json")).ok()?).ok()?;
+    spec.agent
+}
+
+fn not_agent(name: &str) -> CliError {
+    CliError::new(
+        exit::CONFLICT,
+        anyhow::anyhow!("sandbox {name} has no agent"),
+    )
+    .hint(format!(
+        "create it with one: airlock rm {name} && airlock up {name} --agent claude"
+    ))
+}
+
+/// One request to the supervisor's agent socket (retried while the sandbox is starting).
+fn request(dir: &Path, name: &str, req: &Request, timeout: Duration) -> CliResult<Reply> {
+    let path = dir.join(AGENT_SOCKET);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let conn = loop {
+        match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(c) => break c,
+            Err(e) => {
+                if exec::pid1(dir).is_none() {
+                    return Err(CliError::new(
+                        exit::CONFLICT,
+                        anyhow::anyhow!("sandbox {name} is not running"),
+                    )
+                    .hint(format!("airlock start {name}")));
+                }
+                if Instant::now() >= deadline {
+                    return Err(CliError::new(
+                        exit::SANDBOX_FAILED,
+                        anyhow::anyhow!("the agent of {name} does not answer: {e}"),
+                    )
+                    .hint(format!("airlock logs {name}")));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    let fail = |e: std::io::Error| CliError::new(exit::SANDBOX_FAILED, e);
+    conn.set_read_timeout(Some(timeout)).map_err(fail)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    line.push(b'\n');
+    (&conn).write_all(&line).map_err(fail)?;
+    let mut reply = String::new();
+    BufReader::new(&conn).read_line(&mut reply).map_err(fail)?;
+    serde_json::from_str(&reply).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))
+}
+
+/// `airlock prompt NAME TEXT`.
+pub fn prompt(a: &PromptArgs) -> CliResult<i32> {
+    send_prompt(&a.name, &a.text, !a.no_wait, a.json)
+}
+
+/// Send a prompt; with `wait`, stream the turn's reports until it ends (exit code says how).
+pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<i32> {
+    let dir = dir_of(name)?;
+    if harness_of(&dir).is_none() {
+        return Err(not_agent(name));
+    }
+    let reports = dir.join(REPORTS);
+    let offset = journal::len(&reports);
+    let reply = request(
+        &dir,
+        name,
+        &Request::Prompt {
+            text: text.to_string(),
+        },
+        Duration::from_secs(10),
+    )?;
+    let Some(turn) = reply.turn_id.filter(|_| reply.ok) else {
+        return Err(CliError::new(
+            exit::SANDBOX_FAILED,
+            anyhow::anyhow!(
+                "the agent refused the prompt: {}",
+                reply.error.unwrap_or_default()
+            ),
+        )
+        .hint(format!("airlock logs {name}")));
+    };
+    if !wait {
+        println!("turn {turn}");
+        return Ok(0);
+    }
+    let mut f = Follower::from_offset(&reports, offset);
+    let mut out = std::io::stdout().lock();
+    loop {
+        for (raw, e) in f.poll() {
+            let Some(e) = e else { continue };
+            let mine = crate::agent::host::turn_of(&e.msg) == Some(turn)
+                || matches!(
+                    e.msg,
+                    airlock_model::agent::protocol::JournalMsg::Sandbox(
+                        airlock_model::agent::SandboxMsg::Error { .. }
+                    )
+                );
+            if !mine {
+                continue;
+            }
+            if json {
+                let _ = writeln!(out, "{raw}");
+            } else if let Some(l) = journal::render(&e) {
+                let _ = writeln!(out, "{l}");
+            }
+            let _ = out.flush();
+            match journal::ends_turn(&e, turn) {
+                Some(TurnEnd::Done) => return Ok(0),
+                Some(TurnEnd::Blocked) => return Ok(exit::AGENT_BLOCKED),
+                Some(TurnEnd::Unreported) => return Ok(exit::AGENT_UNREPORTED),
+                None => {}
+            }
+        }
+        if exec::pid1(&dir).is_none() {
+            return Err(CliError::new(
+                exit::CONFLICT,
+                anyhow::anyhow!("sandbox {name} stopped during turn {turn}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `airlock reports NAME [--follow] [--json]`.
+pub fn reports(a: &ReportsArgs) -> CliResult<i32> {
+    let dir = dir_of(&a.name)?;
+    let mut f = Follower::from_offset(&dir.join(REPORTS), 0);
+    let mut out = std::io::stdout().lock();
+    loop {
+        for (raw, e) in f.poll() {
+            if a.json {
+                let _ = writeln!(out, "{raw}");
+            } else if let Some(l) = e.as_ref().and_then(journal::render) {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        let _ = out.flush();
+        if !a.follow {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `airlock attach NAME`: follow the agent's live session — the harness's output as it runs and
+/// the reports between — until Ctrl-C. Not an agent sandbox, or `--shell`: a shell with a PTY.
+pub fn attach(a: &AttachArgs) -> CliResult<i32> {
+    let dir = dir_of(&a.name)?;
+    if a.shell || harness_of(&dir).is_none() {
+        return crate::cmd::sandbox::shell(&a.name);
+    }
+    if exec::pid1(&dir).is_none() {
+        return Err(CliError::new(
+            exit::CONFLICT,
+            anyhow::anyhow!("sandbox {} is not running", a.name),
+        )
+        .hint(format!("airlock reports {} shows what it did", a.name)));
+    }
+    eprintln!(
+        "airlock: following the agent of {0} (Ctrl-C detaches; `airlock prompt {0} \"…\"` steers it, `airlock attach --shell {0}` opens a shell)",
+        a.name
+    );
+    let log = dir.join(AGENT_LOG);
+    let mut log_offset = tail_offset(&log, 8 * 1024);
+    let mut reports = Follower::from_offset(&dir.join(REPORTS), journal::len(&dir.join(REPORTS)));
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Ok(mut f) = std::fs::File::open(&log) {
+            if f.seek(SeekFrom::Start(log_offset)).is_ok() {
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log_offset += n as u64;
+                    let _ = out.write_all(&buf[..n]);
+                }
+            }
+        }
+        for (_, e) in reports.poll() {
+            if let Some(l) = e.as_ref().and_then(journal::render) {
+                let _ = writeln!(out, "\n[airlock] {l}");
+            }
+        }
+        let _ = out.flush();
+        if exec::pid1(&dir).is_none() {
+            eprintln!("airlock: sandbox {} stopped", a.name);
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+fn tail_offset(path: &Path, keep: u64) -> u64 {
+    journal::len(path).saturating_sub(keep)
+}
+
+/// Before `stop`: tell the agent to finish its turn and the runner to exit (bounded by `wait`).
+pub fn finish_before_stop(name: &str, wait: Duration) {
+    let Ok(dir) = dir_of(name) else { return };
+    if harness_of(&dir).is_none() || exec::pid1(&dir).is_none() || !dir.join(AGENT_SOCKET).exists()
+    {
+        return;
+    }
+    let req = Request::Stop {
+        wait_secs: wait.as_secs(),
+    };
+    let _ = request(&dir, name, &req, wait + Duration::from_secs(5));
+}
+
+/// For `list`: the last report of each agent sandbox.
+pub fn last_report(name: &str) -> Option<(String, serde_json::Value)> {
+    let dir = paths::state_dir().join("sandboxes").join(name);
+    let e = journal::last_report(&dir.join(REPORTS))?;
+    let v = serde_json::to_value(&e).ok()?;
+    Some((journal::summary(&e), v))
+}
