@@ -354,6 +354,7 @@ post_down = ["echo bye"]
                 source: proj.join("../ref"),
                 dest: "Git/github.com/o/ref".into(),
             }],
+            protected: vec![],
         },
         mounts: vec![MountSpec {
             source: proj.join("data"),
