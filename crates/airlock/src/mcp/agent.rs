@@ -37,8 +37,9 @@ impl Harness {
 pub struct StartArgs {
     /// Name of the agent's sandbox (its branch is airlock/NAME).
     pub name: String,
-    /// The coding agent to run.
-    pub harness: Harness,
+    /// The coding agent to run (default: `[agent] harness` in the project's airlock.toml,
+    /// which may also name a custom harness command).
+    pub harness: Option<Harness>,
     /// A first directive; the call then waits for that turn like agent_prompt.
     pub prompt: Option<String>,
     /// Policy defaults (default: the project's configuration, else `moderate`).
@@ -106,7 +107,7 @@ async fn streamed(c: &Call, args: Vec<String>, secs: u64) -> Result<Output, Call
 }
 
 /// The answer of a turn-running command (`prompt`, `up --agent --prompt`).
-fn turn_result(tool: &str, out: Output, secs: u64) -> CallToolResult {
+fn turn_result(tool: &str, out: Output, secs: u64, turn: bool) -> CallToolResult {
     if out.timed_out {
         return tool_error(format!(
             "{tool}: the turn did not end within {secs}s; the agent was interrupted. Reports so \
@@ -121,9 +122,22 @@ fn turn_result(tool: &str, out: Output, secs: u64) -> CallToolResult {
     if let Some(e) = out.airlock_error() {
         return tool_error(format!("{tool}: {e}\nreports:\n{reports}"));
     }
+    // How the turn ended, as `airlock prompt`'s exit code says.
+    let status = match out.code {
+        _ if !turn => "no turn",
+        Some(0) => "done",
+        Some(airlock_model::exit::AGENT_BLOCKED) => "blocked",
+        Some(airlock_model::exit::AGENT_UNREPORTED) => "ended-unreported",
+        _ => "unknown",
+    };
     tool_ok(
         reports.clone(),
-        json!({ "exit_code": out.code, "reports": reports, "truncated": out.stdout.cut() }),
+        json!({
+            "exit_code": out.code,
+            "status": status,
+            "reports": reports,
+            "truncated": out.stdout.cut(),
+        }),
     )
 }
 
@@ -139,7 +153,9 @@ pub async fn start(c: Call, v: Value) -> CallToolResult {
         ..Default::default()
     };
     let mut args = vec!["up".to_string(), a.name.clone()];
-    args.push(format!("--agent={}", a.harness.as_str()));
+    if let Some(h) = a.harness {
+        args.push(format!("--agent={}", h.as_str()));
+    }
     args.extend(tri!(policy_flags(&policy, &c.opts)));
     match &a.prompt {
         Some(p) => args.push(format!("--prompt={p}")),
@@ -149,7 +165,7 @@ pub async fn start(c: Call, v: Value) -> CallToolResult {
     if let Some(e) = missing(&out, "up --agent", "issue 6, agent mode") {
         return e;
     }
-    turn_result("agent_start", out, secs)
+    turn_result("agent_start", out, secs, a.prompt.is_some())
 }
 
 pub async fn prompt(c: Call, v: Value) -> CallToolResult {
@@ -164,7 +180,7 @@ pub async fn prompt(c: Call, v: Value) -> CallToolResult {
     if let Some(e) = missing(&out, "prompt", "issue 6, agent mode") {
         return e;
     }
-    turn_result("agent_prompt", out, secs)
+    turn_result("agent_prompt", out, secs, true)
 }
 
 /// A read-style command: bounded output, airlock errors as tool errors.
