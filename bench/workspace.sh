@@ -12,7 +12,17 @@ AIRLOCK=$(realpath "${1:-target/release/airlock}")
 REPO=$(realpath "${REPO:-.}")
 work=$(mktemp -d)
 export AIRLOCK_STATE_DIR="$work/state" AIRLOCK_RUNTIME_DIR="$work/rt"
-trap 'pkill -f "AIRLOCK_RUNTIME_DIR=$work" 2>/dev/null; "$AIRLOCK" rm -f fb >/dev/null 2>&1; rm -rf "$work"' EXIT
+cleanup() {
+  "$AIRLOCK" rm -f fb >/dev/null 2>&1 || true
+  "$AIRLOCK" rm -f cb >/dev/null 2>&1 || true
+  for p in $(pgrep -f 'airlock engine serve' || true); do
+    if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "AIRLOCK_STATE_DIR=$work/state"; then
+      kill "$p" || true
+    fi
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
 git clone -q --no-hardlinks "$REPO" "$work/proj"
 echo "uncommitted" >> "$work/proj/README.md"
 cd "$work/proj"
