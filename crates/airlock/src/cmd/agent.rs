@@ -6,30 +6,15 @@ use crate::agent::journal::{self, Follower, TurnEnd};
 use crate::agent::{AGENT_LOG, AGENT_SOCKET, REPORTS};
 use crate::cli::{AttachArgs, PromptArgs, ReportsArgs};
 use crate::error::{CliError, CliResult};
-use airlock_engine::paths;
 use airlock_model::exit;
 use airlock_sandbox::container::exec;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn dir_of(name: &str) -> CliResult<PathBuf> {
-    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
-    let dir = paths::state_dir().join("sandboxes").join(name);
-    if !dir.is_dir() {
-        return Err(
-            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no sandbox named {name}"))
-                .hint("airlock list shows the sandboxes"),
-        );
-    }
-    Ok(dir)
-}
 
 /// The harness a sandbox was created with (None: not an agent sandbox).
 pub fn harness_of(dir: &Path) -> Option<airlock_model::config::Harness> {
-    let spec: airlock_model::spec::RunSpec =
-        serde_json::from_slice(&std::fs::read(dir.join("spec.json")).ok()?).ok()?;
-    spec.agent
+    super::sandbox::recorded_spec(dir)?.agent
 }
 
 fn not_agent(name: &str) -> CliError {
@@ -85,7 +70,7 @@ pub fn prompt(a: &PromptArgs) -> CliResult<i32> {
 
 /// Send a prompt; with `wait`, stream the turn's reports until it ends (exit code says how).
 pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<i32> {
-    let dir = dir_of(name)?;
+    let dir = super::sandbox::existing_dir(name)?;
     if harness_of(&dir).is_none() {
         return Err(not_agent(name));
     }
@@ -153,7 +138,7 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
 
 /// `airlock reports NAME [--follow] [--json]`.
 pub fn reports(a: &ReportsArgs) -> CliResult<i32> {
-    let dir = dir_of(&a.name)?;
+    let dir = super::sandbox::existing_dir(&a.name)?;
     let mut f = Follower::from_offset(&dir.join(REPORTS), 0);
     let mut out = std::io::stdout().lock();
     loop {
@@ -175,7 +160,7 @@ pub fn reports(a: &ReportsArgs) -> CliResult<i32> {
 /// `airlock attach NAME`: follow the agent's live session — the harness's output as it runs and
 /// the reports between — until Ctrl-C. Not an agent sandbox, or `--shell`: a shell with a PTY.
 pub fn attach(a: &AttachArgs) -> CliResult<i32> {
-    let dir = dir_of(&a.name)?;
+    let dir = super::sandbox::existing_dir(&a.name)?;
     if a.shell || harness_of(&dir).is_none() {
         return crate::cmd::sandbox::shell(&a.name);
     }
@@ -227,7 +212,9 @@ fn tail_offset(path: &Path, keep: u64) -> u64 {
 
 /// Before `stop`: tell the agent to finish its turn and the runner to exit (bounded by `wait`).
 pub fn finish_before_stop(name: &str, wait: Duration) {
-    let Ok(dir) = dir_of(name) else { return };
+    let Ok(dir) = super::sandbox::existing_dir(name) else {
+        return;
+    };
     if harness_of(&dir).is_none() || exec::pid1(&dir).is_none() || !dir.join(AGENT_SOCKET).exists()
     {
         return;
@@ -240,7 +227,7 @@ pub fn finish_before_stop(name: &str, wait: Duration) {
 
 /// For `list`: the last report of each agent sandbox.
 pub fn last_report(name: &str) -> Option<(String, serde_json::Value)> {
-    let dir = paths::state_dir().join("sandboxes").join(name);
+    let dir = super::sandbox::sandbox_dir(name);
     let e = journal::last_report(&dir.join(REPORTS))?;
     let v = serde_json::to_value(&e).ok()?;
     Some((journal::summary(&e), v))

@@ -7,7 +7,7 @@ mod doctor;
 mod gc;
 mod init;
 pub(crate) mod run;
-mod sandbox;
+pub(crate) mod sandbox;
 mod work;
 
 use crate::cli::{Cli, Command};

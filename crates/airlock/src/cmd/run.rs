@@ -507,9 +507,7 @@ pub fn launch(
                     anyhow::anyhow!("stage home files: {e}"),
                 )
             })?;
-        let owner = nix::unistd::geteuid()
-            .is_root()
-            .then(|| plan::ROOTFUL_UID_BASE + spec.user.uid());
+        let owner = crate::cmd::sandbox::rootful_owner(&spec);
         let kept = spec.home_dir.clone();
         crate::work::home_files::stage(&mut spec, kept.as_deref(), &staging.dir, owner).map_err(
             |e| CliError::usage(e).hint("fix [home_files] in airlock.toml (see `airlock config`)"),

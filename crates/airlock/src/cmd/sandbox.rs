@@ -28,6 +28,33 @@ pub fn sandbox_dir(name: &str) -> PathBuf {
     paths::state_dir().join("sandboxes").join(name)
 }
 
+/// The folder of an existing sandbox: a usage error for a bad name, NOT_FOUND (with a hint)
+/// when there is no such sandbox.
+pub fn existing_dir(name: &str) -> CliResult<PathBuf> {
+    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
+    let dir = sandbox_dir(name);
+    if !dir.is_dir() {
+        return Err(
+            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no sandbox named {name}"))
+                .hint("airlock list shows the sandboxes"),
+        );
+    }
+    Ok(dir)
+}
+
+/// The spec recorded in a sandbox folder (`DIR/spec.json`), if readable.
+pub fn recorded_spec(dir: &Path) -> Option<airlock_model::spec::RunSpec> {
+    serde_json::from_slice(&std::fs::read(dir.join("spec.json")).ok()?).ok()
+}
+
+/// The host uid (= gid) that owns the sandbox user's files in a root-run sandbox; None when
+/// airlock runs rootless (the invoking user is the sandbox user).
+pub fn rootful_owner(spec: &airlock_model::spec::RunSpec) -> Option<u32> {
+    nix::unistd::geteuid()
+        .is_root()
+        .then(|| airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid())
+}
+
 /// A sandbox name from a directory name: lowercase, [a-z0-9-], at most 63 bytes.
 pub fn name_from_dir(dir: &Path) -> Option<String> {
     let raw = dir.file_name()?.to_string_lossy().to_lowercase();
@@ -94,15 +121,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
 
 pub fn logs(a: &LogsArgs) -> CliResult<i32> {
     use std::io::{Read, Seek, Write};
-    airlock_model::spec::validate_name(&a.name).map_err(CliError::usage)?;
-    let dir = sandbox_dir(&a.name);
-    if !dir.is_dir() {
-        return Err(CliError::new(
-            exit::NOT_FOUND,
-            anyhow::anyhow!("no sandbox named {}", a.name),
-        )
-        .hint("airlock list shows the sandboxes"));
-    }
+    let dir = existing_dir(&a.name)?;
     let path = dir.join(if a.net { "net.jsonl" } else { backend::CONSOLE });
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -251,8 +270,7 @@ fn prepare_workspace(dir: &Path, name: &str, built: &crate::cmd::run::Built) -> 
         }
         owned.push(home);
     }
-    if nix::unistd::geteuid().is_root() {
-        let id = airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid();
+    if let Some(id) = rootful_owner(spec) {
         for p in owned {
             clone::chown_tree(&p, id, id).map_err(|e| fail("hand the workspace over", &e))?;
         }
@@ -263,11 +281,7 @@ fn prepare_workspace(dir: &Path, name: &str, built: &crate::cmd::run::Built) -> 
 /// Start a created sandbox by name, reading the secrets its spec names.
 fn start_named(c: &Client, name: &str) -> CliResult<airlock_engine::store::Record> {
     airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
-    let spec: Option<airlock_model::spec::RunSpec> =
-        std::fs::read(sandbox_dir(name).join("spec.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-    match spec {
+    match recorded_spec(&sandbox_dir(name)) {
         Some(spec) => start_with(c, name, &spec),
         None => Ok(c.start(name)?),
     }
@@ -462,14 +476,7 @@ pub fn exec_in(
     interactive: bool,
     with_secrets: bool,
 ) -> CliResult<i32> {
-    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
-    let dir = sandbox_dir(name);
-    if !dir.is_dir() {
-        return Err(
-            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no sandbox named {name}"))
-                .hint("airlock list shows the sandboxes"),
-        );
-    }
+    let dir = existing_dir(name)?;
     exec_dir(
         &dir,
         name,
@@ -568,8 +575,7 @@ fn persistent_home(dir: &Path, spec: &airlock_model::spec::RunSpec) -> std::io::
     match std::fs::create_dir(&home) {
         Ok(()) => {
             std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
-            if nix::unistd::geteuid().is_root() {
-                let id = airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid();
+            if let Some(id) = rootful_owner(spec) {
                 nix::unistd::chown(
                     &home,
                     Some(nix::unistd::Uid::from_raw(id)),

@@ -8,7 +8,6 @@ use crate::work::git::{valid_branch, Git, GitError};
 use crate::work::review::{FetchOutcome, Review, ReviewError};
 use crate::work::sync as wsync;
 use airlock_model::exit;
-use std::path::PathBuf;
 
 impl From<ReviewError> for CliError {
     fn from(e: ReviewError) -> Self {
@@ -35,20 +34,8 @@ impl From<GitError> for CliError {
     }
 }
 
-fn dir_of(name: &str) -> CliResult<PathBuf> {
-    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
-    let dir = super::sandbox::sandbox_dir(name);
-    if !dir.is_dir() {
-        return Err(
-            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no sandbox named {name}"))
-                .hint("airlock list shows the sandboxes"),
-        );
-    }
-    Ok(dir)
-}
-
 fn open(name: &str) -> CliResult<Review> {
-    Ok(Review::open(&dir_of(name)?, name)?)
+    Ok(Review::open(&super::sandbox::existing_dir(name)?, name)?)
 }
 
 fn print_findings(findings: &[Finding]) {
@@ -194,14 +181,13 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
 }
 
 pub fn sync(a: &SyncArgs) -> CliResult<i32> {
-    let dir = dir_of(&a.name)?;
+    let dir = super::sandbox::existing_dir(&a.name)?;
     let r = Review::open(&dir, &a.name)?;
     if !a.dry_run {
         gate(&r, &a.name, a.accept, "sync")?;
     }
     let top = r.info.host_repo.clone();
     let host = Git::worktree(&top);
-    let changes = r.net_changes()?;
     let head = host.commit("HEAD")?;
     let clean = host
         .output(&["status", "--porcelain", "-z", "--untracked-files=no"])?
@@ -213,7 +199,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
         && head.as_deref() == Some(r.from.as_str())
         && clean
         && current != format!("refs/heads/{}", r.info.branch);
-    let plan = wsync::plan(&host, &top, &changes, ff)?;
+    let plan = wsync::plan(&host, &top, &r.net, ff)?;
     let report = |applied: bool| {
         if a.json {
             let v = serde_json::json!({
@@ -287,7 +273,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
         ])?;
     } else {
         let by_path: std::collections::HashMap<&str, &crate::work::gate::Change> =
-            changes.iter().map(|c| (c.path.as_str(), c)).collect();
+            r.net.iter().map(|c| (c.path.as_str(), c)).collect();
         for s in &plan.steps {
             if let Some(c) = by_path.get(s.path.as_str()) {
                 wsync::apply(&host, &top, c)
@@ -332,7 +318,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
 }
 
 pub fn deliver(a: &DeliverArgs) -> CliResult<i32> {
-    let dir = dir_of(&a.name)?;
+    let dir = super::sandbox::existing_dir(&a.name)?;
     let info = crate::work::clone::CloneInfo::load(&dir)
         .ok_or_else(|| CliError::from(ReviewError::NotClone(a.name.clone())))?;
     if !valid_branch(&a.branch) {

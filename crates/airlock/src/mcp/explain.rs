@@ -132,9 +132,7 @@ fn new_spec(flags: &[String]) -> Result<RunSpec, CallToolResult> {
 
 /// A named sandbox's recorded spec.
 fn sandbox_spec(name: &str) -> Result<RunSpec, CallToolResult> {
-    let dir = airlock_engine::paths::state_dir()
-        .join("sandboxes")
-        .join(name);
+    let dir = crate::cmd::sandbox::sandbox_dir(name);
     let bytes = std::fs::read(dir.join("spec.json"))
         .map_err(|_| tool_error(format!("policy_explain: no sandbox named {name}")))?;
     serde_json::from_slice(&bytes)

@@ -102,17 +102,12 @@ fn copy_entry(host: &Path, clone: &Path, rel: &str) -> Result<(), CloneError> {
         }
         Err(e) => return Err(io("read", &src)(e)),
     };
-    if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+    if meta.is_dir() {
+        return Ok(()); // a submodule or nested repository: not part of the snapshot
     }
-    if std::fs::symlink_metadata(&dst).is_ok_and(|m| !m.is_dir()) {
-        std::fs::remove_file(&dst).map_err(io("replace", &dst))?;
-    }
-    if meta.file_type().is_symlink() {
-        let to = std::fs::read_link(&src).map_err(io("read", &src))?;
-        std::os::unix::fs::symlink(&to, &dst).map_err(io("create", &dst))?;
-    } else if meta.is_file() {
-        std::fs::copy(&src, &dst).map_err(io("copy", &src))?;
+    copy_tree(&src, &dst)?;
+    if meta.is_file() {
+        // git records only the executable bit.
         let mode = if meta.mode() & 0o111 != 0 {
             0o755
         } else {

@@ -35,6 +35,8 @@ pub struct Review {
     pub from_commit: bool,
     /// Commits on the branch since `from`.
     pub commits: usize,
+    /// The net change from `from` to the tip (what sync applies).
+    pub net: Vec<Change>,
     /// Everything the gate flags, over every commit and the net change.
     pub findings: Vec<Finding>,
     /// The sandbox's `[workspace] protected` paths (flagged like agent configuration).
@@ -163,10 +165,9 @@ impl Review {
             from: String::new(),
             from_commit: false,
             commits: 0,
+            net: Vec::new(),
             findings: Vec::new(),
-            protected: std::fs::read(dir.join("spec.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<airlock_model::spec::RunSpec>(&b).ok())
+            protected: crate::cmd::sandbox::recorded_spec(dir)
                 .map(|s| s.protected)
                 .unwrap_or_default(),
         };
@@ -178,6 +179,7 @@ impl Review {
         }
         r.git.output(&["update-ref", "refs/heads/review", &r.tip])?;
         r.from = r.pick_from()?;
+        r.net = r.net_changes()?;
         r.findings = r.gate()?;
         Ok(r)
     }
@@ -222,7 +224,7 @@ impl Review {
     }
 
     /// The net change from `from` to the tip.
-    pub fn net_changes(&self) -> Result<Vec<Change>, ReviewError> {
+    fn net_changes(&self) -> Result<Vec<Change>, ReviewError> {
         let out = self.git.output(&[
             "diff-tree",
             "-r",
@@ -264,7 +266,7 @@ impl Review {
             .into_iter()
             .map(|(_, c)| c)
             .collect();
-        changes.extend(self.net_changes()?);
+        changes.extend(self.net.iter().cloned());
         let mut findings = std::mem::take(&mut self.findings);
         for c in &changes {
             let target = if c.new_is_symlink() && c.status != 'D' {
