@@ -360,7 +360,8 @@ pub fn build(
         if !persistent {
             return Err(airlock_model::plan::Refusal::CloneUnsupported.into());
         }
-        if crate::work::clone::toplevel(&cwd).is_none() {
+        // (A default of clone already found the repository.)
+        if eff.workspace.mode.is_some() && crate::work::clone::toplevel(&cwd).is_none() {
             return Err(CliError::new(
                 exit::POLICY_REFUSED,
                 anyhow::anyhow!(

@@ -41,13 +41,11 @@ impl CloneInfo {
 
 /// The top level of the git work tree containing `dir`, if any.
 pub fn toplevel(dir: &Path) -> Option<PathBuf> {
-    let g = Git::worktree(dir);
-    let inside = g.text(&["rev-parse", "--is-inside-work-tree"]).ok()?;
-    if inside != "true" {
-        return None;
-    }
-    g.text(&["rev-parse", "--show-toplevel"])
+    // Fails outside a work tree (and in a bare repository or inside .git).
+    Git::worktree(dir)
+        .text(&["rev-parse", "--show-toplevel"])
         .ok()
+        .filter(|t| !t.is_empty())
         .map(PathBuf::from)
 }
 
