@@ -281,6 +281,12 @@ pub struct StopArgs {
     /// Sync the branch into the host checkout first (as `airlock sync`); no stop if it refuses.
     #[arg(long)]
     pub sync: bool,
+    /// With --sync: proceed even though the review gate flagged changes (after reviewing them).
+    #[arg(long, requires = "sync")]
+    pub accept: bool,
+    /// With --sync: also copy build outputs back (as `airlock sync --artifacts`).
+    #[arg(long, requires = "sync")]
+    pub artifacts: bool,
 }
 
 #[derive(Debug, Args)]

@@ -312,8 +312,8 @@ pub fn stop(a: &StopArgs) -> CliResult<i32> {
         crate::cmd::work::sync(&crate::cli::SyncArgs {
             name: a.name.clone(),
             dry_run: false,
-            artifacts: false,
-            accept: false,
+            artifacts: a.artifacts,
+            accept: a.accept,
             json: false,
         })?;
     }

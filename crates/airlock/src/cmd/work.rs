@@ -34,8 +34,10 @@ impl From<GitError> for CliError {
     }
 }
 
-fn open(name: &str) -> CliResult<Review> {
-    Ok(Review::open(&super::sandbox::existing_dir(name)?, name)?)
+fn open(name: &str) -> CliResult<(std::path::PathBuf, Review)> {
+    let dir = super::sandbox::existing_dir(name)?;
+    let r = Review::open(&dir, name)?;
+    Ok((dir, r))
 }
 
 fn print_findings(findings: &[Finding]) {
@@ -71,7 +73,7 @@ fn gate(r: &Review, name: &str, accept: bool, verb: &str) -> CliResult<()> {
 }
 
 pub fn diff(a: &DiffArgs) -> CliResult<i32> {
-    let r = open(&a.name)?;
+    let (_, r) = open(&a.name)?;
     if a.json {
         let out = r
             .git
@@ -129,7 +131,7 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
 }
 
 pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
-    let r = open(&a.name)?;
+    let (dir, r) = open(&a.name)?;
     if a.json && !r.findings.is_empty() && !a.accept {
         let v = serde_json::json!({
             "name": a.name, "branch": r.info.branch, "fetched": false,
@@ -163,6 +165,7 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
             )))
         }
     };
+    r.record(&dir, false)?;
     if a.json {
         let v = serde_json::json!({
             "name": a.name, "branch": r.info.branch, "fetched": fetched, "tip": r.tip,
@@ -195,17 +198,25 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     let current = host
         .text(&["symbolic-ref", "--quiet", "HEAD"])
         .unwrap_or_default();
+    // What the checkout already has: everything up to the last sync's tip, else the start.
+    let base = r.sync_base()?;
+    let changes = if base == r.from {
+        r.net.clone()
+    } else {
+        r.changes_between(&base)?
+    };
     let ff = r.from_commit
-        && head.as_deref() == Some(r.from.as_str())
+        && head.as_deref() == Some(base.as_str())
         && clean
         && current != format!("refs/heads/{}", r.info.branch);
-    let plan = wsync::plan(&host, &top, &r.net, ff)?;
+    let plan = wsync::plan(&host, &top, &changes, ff)?;
     let report = |applied: bool| {
         if a.json {
             let v = serde_json::json!({
                 "name": a.name, "repository": top, "applied": applied, "dry_run": a.dry_run,
                 "method": plan.method, "changes": plan.steps, "conflicts": plan.conflicts,
-                "unchanged": plan.unchanged, "skipped": plan.skipped, "findings": r.findings,
+                "unchanged": plan.unchanged, "skipped": plan.skipped,
+                "through_links": plan.through_links, "findings": r.findings,
             });
             println!("{v:#}");
         } else {
@@ -217,6 +228,25 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
             }
         }
     };
+    if !plan.through_links.is_empty() {
+        report(false);
+        eprintln!(
+            "airlock: {} path(s) of {} lie below a symbolic link in your checkout:",
+            plan.through_links.len(),
+            a.name
+        );
+        for p in &plan.through_links {
+            eprintln!("  {p}");
+        }
+        return Err(CliError::new(
+            exit::POLICY_REFUSED,
+            anyhow::anyhow!("sync refused: it never writes through a symbolic link"),
+        )
+        .hint(format!(
+            "replace the link with a real folder if it is yours, or merge by hand: `airlock fetch {0}` then `git merge {1}`",
+            a.name, r.info.branch
+        )));
+    }
     if !plan.conflicts.is_empty() {
         report(false);
         eprintln!(
@@ -273,7 +303,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
         ])?;
     } else {
         let by_path: std::collections::HashMap<&str, &crate::work::gate::Change> =
-            r.net.iter().map(|c| (c.path.as_str(), c)).collect();
+            changes.iter().map(|c| (c.path.as_str(), c)).collect();
         for s in &plan.steps {
             if let Some(c) = by_path.get(s.path.as_str()) {
                 wsync::apply(&host, &top, c)
@@ -281,6 +311,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
             }
         }
     }
+    r.record(&dir, true)?;
     report(true);
     if a.artifacts {
         let ws = dir.join(crate::work::clone::WORKSPACE_DIR);

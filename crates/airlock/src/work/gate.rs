@@ -31,15 +31,18 @@ impl Change {
 pub enum Kind {
     /// CI workflows and pipelines (run with the repository's secrets once pushed).
     CiWorkflow,
-    /// Agent configuration (the protected list): an agent rewriting its own rules.
+    /// Agent, editor and airlock configuration at any depth: an agent rewriting its own rules.
     AgentConfig,
+    /// Package-manager and toolchain configuration at any depth (obeyed by the next build).
+    ToolConfig,
     /// `.gitattributes`: filters, diff and merge drivers.
     GitAttributes,
     /// `.gitmodules` and submodule entries.
     Submodules,
     /// Hook managers' directories (husky, pre-commit, .githooks).
     Hooks,
-    /// A symbolic link whose target is absolute or leaves the tree (or points into .git).
+    /// A symbolic link whose target is absolute or leaves the tree (or points into .git),
+    /// alone or through the tree's other links.
     SymlinkOutside,
     /// A file's executable bit switched on or off.
     ExecutableBit,
@@ -52,6 +55,7 @@ impl Kind {
         match self {
             Kind::CiWorkflow => "CI workflow",
             Kind::AgentConfig => "agent configuration",
+            Kind::ToolConfig => "tool configuration",
             Kind::GitAttributes => "git attributes",
             Kind::Submodules => "submodules",
             Kind::Hooks => "git hooks",
@@ -88,6 +92,13 @@ const CI: &[&str] = &[
     ".forgejo/",
 ];
 
+/// Configuration a common developer tool discovers by walking up from the directory it starts
+/// in, and obeys — so it takes effect for commands that do not look like running the project's
+/// code (`git status`, `cd` with direnv, opening an editor, `cargo build`, `npm install`,
+/// starting an agent). Matched at **any depth** (`sub/airlock.toml` widens an `airlock run`
+/// started in `sub/`), ASCII case-insensitively. Project code the user runs on purpose
+/// (Makefile, package.json scripts, build.rs, tests) is reviewed in the diff like any source
+/// and is not listed here. The rule, the list and its reasons: docs/threat-model.md.
 const AGENT: &[&str] = &[
     ".claude/",
     ".codex/",
@@ -95,15 +106,57 @@ const AGENT: &[&str] = &[
     ".mcp.json",
     ".vscode/",
     ".idea/",
+    ".zed/",
     ".envrc",
     "airlock.toml",
     ".cursor/",
     ".cursorrules",
     ".windsurf/",
     ".windsurfrules",
+    ".devcontainer/",
+    ".devcontainer.json",
+    ".nvim.lua",
+    ".nvimrc",
+    ".exrc",
+    ".dir-locals.el",
 ];
 
-const HOOKS: &[&str] = &[".husky/", ".githooks/", ".pre-commit-config.yaml", ".git/"];
+/// Package-manager and toolchain configuration: redirects registries, wraps or replaces the
+/// compiler, runs scripts on install (e.g. `.cargo/config.toml` `rustc-wrapper`, `.npmrc`
+/// `script-shell`, `.yarnrc.yml` `yarnPath`, `.pnpmfile.cjs`, a `rust-toolchain.toml` path
+/// toolchain, mise/asdf tool definitions and tasks).
+const TOOLS: &[&str] = &[
+    ".cargo/config.toml",
+    ".cargo/config",
+    "rust-toolchain.toml",
+    "rust-toolchain",
+    ".npmrc",
+    ".yarnrc",
+    ".yarnrc.yml",
+    ".pnpmfile.cjs",
+    "bunfig.toml",
+    ".tool-versions",
+    "mise.toml",
+    ".mise.toml",
+    "mise.local.toml",
+    ".mise.local.toml",
+    ".mise/",
+    ".config/mise/",
+    ".config/mise.toml",
+    ".bazelrc",
+    ".lfsconfig",
+];
+
+const HOOKS: &[&str] = &[
+    ".husky/",
+    ".githooks/",
+    ".pre-commit-config.yaml",
+    "lefthook.yml",
+    ".lefthook.yml",
+    "lefthook-local.yml",
+    ".overcommit.yml",
+    ".git/",
+];
 
 /// `pat` ending in `/` matches the directory and everything under it; otherwise the exact path.
 /// ASCII case-insensitive: a case-insensitive checkout treats `.GitHub/` as `.github/`.
@@ -112,6 +165,20 @@ fn matches(path: &str, pat: &str) -> bool {
     match pat.strip_suffix('/') {
         Some(dir) => p == dir || p.starts_with(pat),
         None => p == pat,
+    }
+}
+
+/// `matches` at the root or below any directory of the path.
+fn matches_anywhere(path: &str, pat: &str) -> bool {
+    let mut rest = path;
+    loop {
+        if matches(rest, pat) {
+            return true;
+        }
+        match rest.split_once('/') {
+            Some((_, r)) => rest = r,
+            None => return false,
+        }
     }
 }
 
@@ -145,6 +212,61 @@ pub fn symlink_escapes(path: &str, target: &[u8]) -> bool {
         .is_some_and(|c| c.eq_ignore_ascii_case(".git"))
 }
 
+/// Does the symlink at `link` leave the tree (or reach into `.git`) once every symlink of the
+/// tree it meets on the way is followed too? `links` maps each symlink path of the tree to its
+/// target. Catches chains whose links each look harmless: `a/x -> ..` plus `dist -> a/x/..`.
+/// More than 40 hops (a loop) counts as leaving.
+pub fn chain_escapes(links: &std::collections::BTreeMap<String, Vec<u8>>, link: &str) -> bool {
+    let Some(first) = links.get(link) else {
+        return false;
+    };
+    let mut stack: Vec<String> = link.split('/').map(str::to_string).collect();
+    stack.pop();
+    let mut queue: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let push_target = |queue: &mut std::collections::VecDeque<String>, t: &[u8]| -> bool {
+        let Ok(t) = std::str::from_utf8(t) else {
+            return false;
+        };
+        if t.is_empty() || t.starts_with('/') {
+            return false;
+        }
+        for c in t.split('/').rev() {
+            queue.push_front(c.to_string());
+        }
+        true
+    };
+    if !push_target(&mut queue, first) {
+        return true;
+    }
+    let mut hops = 0;
+    while let Some(c) = queue.pop_front() {
+        match c.as_str() {
+            "" | "." => continue,
+            ".." => {
+                if stack.pop().is_none() {
+                    return true;
+                }
+                continue;
+            }
+            _ => stack.push(c),
+        }
+        if stack.first().is_some_and(|c| c.eq_ignore_ascii_case(".git")) {
+            return true;
+        }
+        if let Some(t) = links.get(&stack.join("/")) {
+            hops += 1;
+            if hops > 40 {
+                return true;
+            }
+            stack.pop();
+            if !push_target(&mut queue, t) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Classify one change. `link_target` is the new blob's content when the change adds or edits a
 /// symlink (the caller reads it from the object store).
 pub fn classify(c: &Change, link_target: Option<&[u8]>, extra: &[String]) -> Vec<Finding> {
@@ -165,8 +287,11 @@ pub fn classify(c: &Change, link_target: Option<&[u8]>, extra: &[String]) -> Vec
     if CI.iter().any(|p| matches(&c.path, p)) {
         flag(Kind::CiWorkflow, verb.into());
     }
-    if AGENT.iter().any(|p| matches(&c.path, p)) || last_component(&c.path) == ".envrc" {
+    if AGENT.iter().any(|p| matches_anywhere(&c.path, p)) {
         flag(Kind::AgentConfig, verb.into());
+    }
+    if TOOLS.iter().any(|p| matches_anywhere(&c.path, p)) {
+        flag(Kind::ToolConfig, verb.into());
     }
     let protected = |p: &String| {
         let p = p.trim_end_matches('/');
@@ -184,7 +309,7 @@ pub fn classify(c: &Change, link_target: Option<&[u8]>, extra: &[String]) -> Vec
     if c.new_mode & MODE_TYPE == MODE_GITLINK && c.status != 'D' {
         flag(Kind::Submodules, format!("gitlink to {}", c.new_oid));
     }
-    if HOOKS.iter().any(|p| matches(&c.path, p)) {
+    if HOOKS.iter().any(|p| matches_anywhere(&c.path, p)) {
         flag(Kind::Hooks, verb.into());
     }
     if c.new_is_symlink() && c.status != 'D' {
@@ -390,6 +515,73 @@ mod tests {
         assert!(symlink_escapes("l", b"x/../../y"));
         assert!(symlink_escapes("l", b".git/hooks/pre-commit"));
         assert!(symlink_escapes("l", &[0xff]));
+    }
+
+    #[test]
+    fn symlink_chains() {
+        let links = |v: &[(&str, &str)]| -> std::collections::BTreeMap<String, Vec<u8>> {
+            v.iter()
+                .map(|(p, t)| (p.to_string(), t.as_bytes().to_vec()))
+                .collect()
+        };
+        // Each looks inside on its own; together they leave the tree.
+        let l = links(&[("a/x", ".."), ("dist", "a/x/..")]);
+        assert!(!symlink_escapes("a/x", b".."));
+        assert!(!symlink_escapes("dist", b"a/x/.."));
+        assert!(!chain_escapes(&l, "a/x"));
+        assert!(chain_escapes(&l, "dist"));
+        // Deeper chains and a link to an escaping link.
+        let l = links(&[("p/q/up", "../.."), ("r", "p/q/up/.."), ("s", "r")]);
+        assert!(chain_escapes(&l, "r"));
+        assert!(chain_escapes(&l, "s"));
+        assert!(!chain_escapes(&l, "p/q/up"));
+        // Into .git through a link; loops; absolute targets met on the way.
+        let l = links(&[("g", "."), ("h", "g/.git/config")]);
+        assert!(chain_escapes(&l, "h"));
+        let l = links(&[("x", "y"), ("y", "x")]);
+        assert!(chain_escapes(&l, "x"));
+        let l = links(&[("abs", "/etc"), ("via", "abs/passwd")]);
+        assert!(chain_escapes(&l, "via"));
+        // Ordinary links through links stay inside.
+        let l = links(&[("lib", "vendor/lib"), ("vendor/lib", "../src"), ("use", "lib/x")]);
+        assert!(!chain_escapes(&l, "use"));
+    }
+
+    #[test]
+    fn nested_configuration_at_any_depth() {
+        let table: &[(&str, Kind)] = &[
+            ("sub/airlock.toml", Kind::AgentConfig),
+            ("a/b/.claude/settings.json", Kind::AgentConfig),
+            ("deep/er/.mcp.json", Kind::AgentConfig),
+            ("x/.VSCode/tasks.json", Kind::AgentConfig),
+            ("x/.devcontainer/devcontainer.json", Kind::AgentConfig),
+            ("sub/.cargo/config.toml", Kind::ToolConfig),
+            ("web/.npmrc", Kind::ToolConfig),
+            ("web/.yarnrc.yml", Kind::ToolConfig),
+            ("web/.pnpmfile.cjs", Kind::ToolConfig),
+            ("tools/.tool-versions", Kind::ToolConfig),
+            ("tools/mise.toml", Kind::ToolConfig),
+            ("lib/rust-toolchain.toml", Kind::ToolConfig),
+            ("lib/.husky/pre-commit", Kind::Hooks),
+            ("lib/.pre-commit-config.yaml", Kind::Hooks),
+            ("lib/lefthook.yml", Kind::Hooks),
+        ];
+        for (p, k) in table {
+            assert!(
+                kinds(&ch('A', 0, 0o100644, p), None).contains(k),
+                "{p} should be flagged {k:?}"
+            );
+        }
+        for p in [
+            "src/Makefile",
+            "src/package.json",
+            "src/build.rs",
+            "docs/airlock.toml.md",
+            "notes/cargo/config.toml",
+            "x/my.npmrc",
+        ] {
+            assert!(kinds(&ch('A', 0, 0o100644, p), None).is_empty(), "{p}");
+        }
     }
 
     #[test]

@@ -41,6 +41,37 @@ pub struct Review {
     pub findings: Vec<Finding>,
     /// The sandbox's `[workspace] protected` paths (flagged like agent configuration).
     protected: Vec<String>,
+    /// What already came back: the tip of the last accepted fetch/sync and of the last sync.
+    pub returned: Returned,
+    /// Where the gate starts: the last accepted tip when the branch still contains it (what
+    /// came back before was reviewed then), else `from`.
+    pub gate_from: String,
+}
+
+/// `DIR/returned.json` (host-only): how far the branch has come back already.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Returned {
+    /// The tip of the last fetch or sync that passed the gate (clean, or `--accept`ed).
+    pub accepted: Option<String>,
+    /// The tip of the last sync: the host checkout holds its files.
+    pub synced: Option<String>,
+}
+
+pub const RETURNED_FILE: &str = "returned.json";
+
+impl Returned {
+    pub fn load(dir: &Path) -> Returned {
+        read_small(&dir.join(RETURNED_FILE), 1 << 16)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), ReviewError> {
+        let tmp = dir.join(".returned.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&tmp, dir.join(RETURNED_FILE)))
+            .map_err(|e| ReviewError::Io(format!("record what came back: {e}")))
+    }
 }
 
 impl Drop for Review {
@@ -170,6 +201,8 @@ impl Review {
             protected: crate::cmd::sandbox::recorded_spec(dir)
                 .map(|s| s.protected)
                 .unwrap_or_default(),
+            returned: Returned::load(dir),
+            gate_from: String::new(),
         };
         if r.git.text(&["cat-file", "-t", &r.tip])? != "commit" {
             return Err(ReviewError::Repo(format!(
@@ -179,9 +212,39 @@ impl Review {
         }
         r.git.output(&["update-ref", "refs/heads/review", &r.tip])?;
         r.from = r.pick_from()?;
-        r.net = r.net_changes()?;
+        r.net = r.changes_between(&r.from.clone())?;
+        r.gate_from = match r.returned.accepted.clone() {
+            Some(a) if r.from_commit && r.contains(&a)? => a,
+            _ => r.from.clone(),
+        };
         r.findings = r.gate()?;
         Ok(r)
+    }
+
+    /// Is `commit` a commit the branch contains?
+    fn contains(&self, commit: &str) -> Result<bool, GitError> {
+        Ok(is_oid(commit)
+            && self.git.commit(commit)?.is_some()
+            && self.git.is_ancestor(commit, &self.tip)?)
+    }
+
+    /// Where sync starts: the last synced tip when the branch still contains it (the host
+    /// checkout already has everything up to there), else `from`.
+    pub fn sync_base(&self) -> Result<String, GitError> {
+        match &self.returned.synced {
+            Some(s) if self.from_commit && self.contains(s)? => Ok(s.clone()),
+            _ => Ok(self.from.clone()),
+        }
+    }
+
+    /// Record that the branch came back up to the tip (after a fetch or sync passed the gate).
+    pub fn record(&self, dir: &Path, synced: bool) -> Result<(), ReviewError> {
+        let mut r = self.returned.clone();
+        r.accepted = Some(self.tip.clone());
+        if synced {
+            r.synced = Some(self.tip.clone());
+        }
+        r.save(dir)
     }
 
     fn empty_tree(&self) -> Result<String, GitError> {
@@ -217,20 +280,20 @@ impl Review {
 
     fn range(&self) -> Vec<String> {
         if self.from_commit {
-            vec![self.tip.clone(), format!("^{}", self.from)]
+            vec![self.tip.clone(), format!("^{}", self.gate_from)]
         } else {
             vec![self.tip.clone()]
         }
     }
 
-    /// The net change from `from` to the tip.
-    fn net_changes(&self) -> Result<Vec<Change>, ReviewError> {
+    /// The net change from `base` to the tip.
+    pub fn changes_between(&self, base: &str) -> Result<Vec<Change>, ReviewError> {
         let out = self.git.output(&[
             "diff-tree",
             "-r",
             "-z",
             "--no-renames",
-            &self.from,
+            base,
             &self.tip,
         ])?;
         Ok(gate::parse_raw(&out)
@@ -266,7 +329,11 @@ impl Review {
             .into_iter()
             .map(|(_, c)| c)
             .collect();
-        changes.extend(self.net.iter().cloned());
+        if self.gate_from == self.from {
+            changes.extend(self.net.iter().cloned());
+        } else {
+            changes.extend(self.changes_between(&self.gate_from.clone())?);
+        }
         let mut findings = std::mem::take(&mut self.findings);
         for c in &changes {
             let target = if c.new_is_symlink() && c.status != 'D' {
@@ -276,9 +343,83 @@ impl Review {
             };
             findings.extend(gate::classify(c, target.as_deref(), &self.protected));
         }
+        // Links that leave the tree only through other links (chains): every symlink of the
+        // tip that escapes once links are followed, unless it already did at the start.
+        let tip_links = self.symlinks(&self.tip)?;
+        if !tip_links.is_empty() {
+            let from_links = if self.from_commit {
+                self.symlinks(&self.gate_from)?
+            } else {
+                Default::default()
+            };
+            for (path, target) in &tip_links {
+                let was = from_links.get(path) == Some(target)
+                    && gate::chain_escapes(&from_links, path);
+                if !was && gate::chain_escapes(&tip_links, path) {
+                    findings.push(Finding {
+                        kind: Kind::SymlinkOutside,
+                        path: path.clone(),
+                        detail: format!(
+                            "-> {} (leaves the tree through the branch's other links)",
+                            String::from_utf8_lossy(target)
+                        ),
+                    });
+                }
+            }
+        }
         findings.sort();
         findings.dedup_by(|a, b| a.kind == b.kind && a.path == b.path);
         Ok(findings)
+    }
+
+    /// Every symlink of a commit's tree and its target.
+    fn symlinks(
+        &self,
+        commit: &str,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, ReviewError> {
+        let out = self
+            .git
+            .output(&["ls-tree", "-r", "-z", "--full-tree", commit])?;
+        let mut want = Vec::new();
+        for rec in out.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            // `<mode> SP <type> SP <oid> TAB <path>`
+            let Some(tab) = rec.iter().position(|b| *b == b'\t') else {
+                continue;
+            };
+            let meta = String::from_utf8_lossy(&rec[..tab]);
+            let mut f = meta.split(' ');
+            if f.next() != Some("120000") {
+                continue;
+            }
+            let oid = f.nth(1).unwrap_or_default().to_string();
+            want.push((String::from_utf8_lossy(&rec[tab + 1..]).into_owned(), oid));
+        }
+        let mut links = std::collections::BTreeMap::new();
+        if want.is_empty() {
+            return Ok(links);
+        }
+        let input: String = want.iter().map(|(_, o)| format!("{o}\n")).collect();
+        let out = self.git.with_input(&["cat-file", "--batch"], input.as_bytes())?;
+        let mut rest = &out[..];
+        for (path, _) in want {
+            // `<oid> SP blob SP <size> LF <content> LF`
+            let nl = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or_else(|| ReviewError::Repo("short cat-file output".into()))?;
+            let header = String::from_utf8_lossy(&rest[..nl]).into_owned();
+            let size: usize = header
+                .rsplit(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| ReviewError::Repo(format!("cat-file: {header}")))?;
+            let body = rest
+                .get(nl + 1..nl + 1 + size)
+                .ok_or_else(|| ReviewError::Repo("short cat-file output".into()))?;
+            links.insert(path, body.to_vec());
+            rest = rest.get(nl + 2 + size..).unwrap_or_default();
+        }
+        Ok(links)
     }
 
     /// Copy the branch into the host repository as `airlock/<name>`: objects only, checked by
@@ -291,7 +432,9 @@ impl Review {
             return Ok(FetchOutcome::UpToDate);
         }
         if let Some(b) = &before {
-            if !force && !host.is_ancestor(b, &self.tip)? {
+            // Asked of the review repository: it sees the host's objects and the sandbox's,
+            // while the host repository does not have the sandbox's new commits yet.
+            if !force && !self.git.is_ancestor(b, &self.tip)? {
                 return Ok(FetchOutcome::Diverged(b.clone()));
             }
         }

@@ -27,6 +27,26 @@ pub struct SyncPlan {
     pub unchanged: Vec<String>,
     /// Entries sync does not write (submodules).
     pub skipped: Vec<String>,
+    /// Paths below a symbolic link in the host checkout: writing them would follow the link,
+    /// so sync refuses them.
+    pub through_links: Vec<String>,
+}
+
+/// The first folder on the way to `path` (below `top`) that is a symbolic link in the host
+/// checkout, if any. sync never writes, creates or removes through one: the link may lead
+/// out of the checkout (planted by an earlier sync, or the user's own).
+pub fn link_on_the_way(top: &Path, path: &str) -> Option<String> {
+    let mut cur = top.to_path_buf();
+    let comps: Vec<&str> = path.split('/').collect();
+    for (i, c) in comps.iter().enumerate().take(comps.len().saturating_sub(1)) {
+        cur.push(c);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => return Some(comps[..=i].join("/")),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// What the host has at `path`: the blob id of its bytes as git would store them, with the
@@ -96,6 +116,10 @@ pub fn plan(
             p.skipped.push(c.path.clone());
             continue;
         }
+        if link_on_the_way(top, &c.path).is_some() {
+            p.through_links.push(c.path.clone());
+            continue;
+        }
         if !fast_forward {
             let now = host_state(host, top, &c.path)?;
             if same(&now, c.new_mode, &c.new_oid) {
@@ -120,6 +144,12 @@ pub fn plan(
 pub fn apply(host: &Git, top: &Path, c: &Change) -> Result<(), String> {
     let dst = top.join(&c.path);
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {}: {e}", dst.display());
+    if let Some(link) = link_on_the_way(top, &c.path) {
+        return Err(fail(
+            "refusing to write",
+            &format!("{link} is a symbolic link in the checkout"),
+        ));
+    }
     if c.status == 'D' || c.new_mode == 0 {
         return match std::fs::remove_file(&dst) {
             Ok(()) => Ok(()),

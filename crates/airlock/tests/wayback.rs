@@ -1,0 +1,282 @@
+//! The way back (issue 11): everything a sandbox writes that the host later reads or runs.
+//! Regression tests for repeated work return, the review gate on nested configuration and on
+//! symlink chains, and sync never writing through a link — rootful and rootless.
+
+mod common;
+
+use common::{e2e, stop_engines_of, Airlock, Bins};
+use std::path::{Path, PathBuf};
+
+struct EngineGuard<'a>(&'a Airlock);
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        stop_engines_of(self.0);
+    }
+}
+
+fn both_modes(f: impl Fn(&Airlock, &str)) {
+    f(&Airlock::root(), "rootful");
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    f(&Airlock::rootless(&bins), "rootless");
+}
+
+fn ok(a: &Airlock, label: &str, args: &[&str]) -> common::Outcome {
+    let out = a.run(args);
+    assert_eq!(out.code(), 0, "{label}: {args:?}: {}", out.describe());
+    out
+}
+
+fn git(a: &Airlock, args: &[&str]) -> String {
+    let out = common::run_with_deadline(a.command_with("git", args), None, common::DEADLINE);
+    assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+    out.stdout
+}
+
+fn write(p: &Path, s: &str) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    std::fs::write(p, s).expect("write");
+}
+
+fn give(a: &Airlock, p: &Path) {
+    if let Some(u) = &a.user {
+        let st = std::process::Command::new("chown")
+            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
+            .arg(p)
+            .status()
+            .expect("chown");
+        assert!(st.success(), "chown {}", p.display());
+    }
+}
+
+/// A clean repository with one commit.
+fn project(a: &Airlock) -> PathBuf {
+    let p = a.cwd.clone();
+    git(a, &["init", "-q", "-b", "main"]);
+    git(a, &["config", "user.name", "Host User"]);
+    git(a, &["config", "user.email", "host@example.invalid"]);
+    write(&p.join("a.txt"), "one\n");
+    write(&p.join("sub/keep.txt"), "keep\n");
+    git(a, &["add", "."]);
+    git(a, &["commit", "-q", "-m", "initial"]);
+    give(a, &p);
+    p
+}
+
+fn inside(a: &Airlock, label: &str, name: &str, script: &str) -> common::Outcome {
+    ok(
+        a,
+        label,
+        &[
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "cd /workspace && git config user.email a@b.invalid 2>/dev/null; \
+                 export GIT_AUTHOR_NAME=agent GIT_AUTHOR_EMAIL=a@b.invalid \
+                 GIT_COMMITTER_NAME=agent GIT_COMMITTER_EMAIL=a@b.invalid; {script}"
+            ),
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Repeated work return
+
+fn repeated(a: &Airlock, label: &str) {
+    let _g = EngineGuard(a);
+    let p = project(a);
+    ok(a, label, &["create", "loop", "--net", "off"]);
+    ok(a, label, &["start", "loop"]);
+    for round in 1..=3 {
+        inside(
+            a,
+            label,
+            "loop",
+            &format!("echo r{round}f >> a.txt && git commit -qam 'round {round} fetch'"),
+        );
+        let out = ok(a, label, &["fetch", "loop"]);
+        assert!(out.stdout.contains("airlock/loop"), "{label}: {}", out.describe());
+        inside(
+            a,
+            label,
+            "loop",
+            &format!("echo r{round}s > s{round}.txt && git add -A && git commit -qm 'round {round} sync'"),
+        );
+        ok(a, label, &["fetch", "loop"]);
+        ok(a, label, &["sync", "loop"]);
+        assert_eq!(
+            std::fs::read_to_string(p.join(format!("s{round}.txt"))).expect("synced"),
+            format!("r{round}s\n"),
+            "{label}: round {round}"
+        );
+        inside(
+            a,
+            label,
+            "loop",
+            &format!("echo r{round}x > x{round}.txt && git add -A && git commit -qm 'round {round} more'"),
+        );
+        ok(a, label, &["sync", "loop"]);
+        assert!(p.join(format!("x{round}.txt")).exists(), "{label}: round {round}");
+    }
+    // The branch on the host has every commit.
+    let log = git(a, &["log", "--format=%s", "airlock/loop"]);
+    assert_eq!(log.lines().count(), 10, "{label}: {log}");
+
+    // stop --sync with a gated change: refused without --accept, applied with it.
+    inside(
+        a,
+        label,
+        "loop",
+        "mkdir -p .github/workflows && echo on: push > .github/workflows/ci.yml && \
+         echo last > last.txt && git add -A && git commit -qm gated",
+    );
+    let out = a.run(&["stop", "loop", "--sync"]);
+    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    assert!(out.stderr.contains(".github/workflows/ci.yml"), "{label}: {}", out.stderr);
+    let st = ok(a, label, &["status", "loop", "--json"]);
+    assert!(st.stdout.contains("\"running\""), "{label}: a refused stop --sync stopped: {}", st.stdout);
+    ok(a, label, &["stop", "loop", "--sync", "--accept"]);
+    assert_eq!(
+        std::fs::read_to_string(p.join("last.txt")).expect("last"),
+        "last\n",
+        "{label}"
+    );
+    ok(a, label, &["rm", "--force", "loop"]);
+}
+
+#[test]
+fn repeated_fetch_sync_and_stop_sync() {
+    if !e2e("repeated_fetch_sync_and_stop_sync") {
+        return;
+    }
+    both_modes(repeated);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3 + 4. The gate: nested configuration, symlink chains
+
+fn gate_cases(a: &Airlock, label: &str) {
+    let _g = EngineGuard(a);
+    let p = project(a);
+    ok(a, label, &["create", "gate", "--net", "off"]);
+    ok(a, label, &["start", "gate"]);
+
+    // Nested tool configuration: each obeyed by a tool started in that directory.
+    let nested = [
+        "sub/airlock.toml",
+        "sub/.claude/settings.json",
+        "deep/er/.mcp.json",
+        "sub/.vscode/tasks.json",
+        "sub/.envrc",
+        "sub/.cargo/config.toml",
+        "web/.npmrc",
+        "web/.yarnrc.yml",
+        "tools/.tool-versions",
+        "tools/mise.toml",
+        "lib/.pre-commit-config.yaml",
+        "lib/.husky/pre-commit",
+        "lib/.gitattributes",
+        "lib/rust-toolchain.toml",
+    ];
+    let mut script = String::new();
+    for f in nested {
+        script.push_str(&format!(
+            "mkdir -p \"$(dirname {f})\" && echo x > {f} && "
+        ));
+    }
+    script.push_str("git add -A && git commit -qm nested");
+    inside(a, label, "gate", &script);
+    let out = a.run(&["fetch", "gate"]);
+    assert_eq!(out.code(), 121, "{label}: nested config not gated: {}", out.describe());
+    for f in nested {
+        assert!(out.stderr.contains(f), "{label}: {f} not listed: {}", out.stderr);
+    }
+    let dj: serde_json::Value =
+        serde_json::from_str(&ok(a, label, &["diff", "gate", "--json"]).stdout).expect("json");
+    let listed: Vec<String> = dj["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for f in nested {
+        assert!(listed.iter().any(|l| l == f), "{label}: {f} not in {listed:?}");
+    }
+    ok(a, label, &["fetch", "gate", "--accept"]);
+
+    // Ordinary nested files are not flagged.
+    inside(
+        a,
+        label,
+        "gate",
+        "mkdir -p src/app && echo code > src/app/main.rs && echo '{}' > src/app/package.json && \
+         echo all: > src/Makefile && git add -A && git commit -qm plain",
+    );
+    let dj: serde_json::Value =
+        serde_json::from_str(&ok(a, label, &["diff", "gate", "--json"]).stdout).expect("json");
+    let plain: Vec<&serde_json::Value> = dj["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["path"].as_str().is_some_and(|p| p.starts_with("src/")))
+        .collect();
+    assert!(plain.is_empty(), "{label}: ordinary files flagged: {plain:?}");
+
+    // A symlink chain: each link looks inside the tree, together they leave it.
+    inside(
+        a,
+        label,
+        "gate",
+        "mkdir -p a && ln -s .. a/x && ln -s a/x/.. dist && git add -A && git commit -qm chain",
+    );
+    let out = a.run(&["fetch", "gate"]);
+    assert_eq!(out.code(), 121, "{label}: symlink chain not gated: {}", out.describe());
+    assert!(out.stderr.contains("dist"), "{label}: {}", out.stderr);
+    let out = a.run(&["sync", "gate"]);
+    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    assert!(
+        std::fs::symlink_metadata(p.join("dist")).is_err(),
+        "{label}: a refused sync wrote the chain"
+    );
+    ok(a, label, &["rm", "--force", "gate"]);
+
+    // A fresh sandbox: sync never writes through a symlink that is already in the checkout.
+    let outside = a.dir.join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    give(a, &outside);
+    ok(a, label, &["create", "via", "--net", "off"]);
+    ok(a, label, &["start", "via"]);
+    inside(
+        a,
+        label,
+        "via",
+        &format!(
+            "ln -s {} out && git add -A && git commit -qm link && \
+             rm out && mkdir out && echo pwned > out/file.txt && git add -A && git commit -qm through",
+            outside.display()
+        ),
+    );
+    // The host already has `out` as a link (e.g. from an earlier accepted sync).
+    std::os::unix::fs::symlink(&outside, p.join("out")).expect("host link");
+    let out = a.run(&["sync", "via", "--accept"]);
+    assert_ne!(out.code(), 0, "{label}: sync through a host symlink: {}", out.describe());
+    assert!(
+        !outside.join("file.txt").exists(),
+        "{label}: sync wrote outside the checkout through a symlink"
+    );
+    ok(a, label, &["rm", "--force", "via"]);
+}
+
+#[test]
+fn gate_catches_nested_config_and_symlink_chains() {
+    if !e2e("gate_catches_nested_config_and_symlink_chains") {
+        return;
+    }
+    both_modes(gate_cases);
+}
