@@ -30,6 +30,9 @@ pub enum Command {
     Config(JsonArg),
     /// Write a commented starter airlock.toml in the current directory.
     Init(InitArgs),
+    /// Trust the project's airlock.toml as it is now: its settings that widen the policy (and
+    /// its hooks) apply only once trusted; a changed file needs trusting again.
+    Trust(TrustArgs),
     /// Reclaim leftovers of sandboxes whose airlock process died.
     Gc(JsonArg),
     /// Create a named, persistent sandbox of the current directory (same options as run).
@@ -270,6 +273,17 @@ pub struct AgentRunnerArgs {
     /// The harness, as JSON (`"claude"` or `{"command":[...]}`).
     #[arg(long)]
     pub harness: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// The project directory (default: the current one; its airlock.toml is found upward).
+    pub dir: Option<std::path::PathBuf>,
+    /// Withdraw the trust instead.
+    #[arg(long)]
+    pub revoke: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

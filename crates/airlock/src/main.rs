@@ -7,6 +7,7 @@ mod cli;
 mod cmd;
 mod error;
 mod mcp;
+mod trust;
 mod work;
 
 use clap::Parser;

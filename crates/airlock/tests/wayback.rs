@@ -280,3 +280,106 @@ fn gate_catches_nested_config_and_symlink_chains() {
     }
     both_modes(gate_cases);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Project configuration is untrusted input
+
+fn trust_cases(a: &Airlock, label: &str) {
+    let _g = EngineGuard(a);
+    let p = a.cwd.clone();
+    let outside = a.dir.join("host-data");
+    std::fs::create_dir_all(&outside).expect("outside");
+    write(&outside.join("secret.txt"), "host secret\n");
+    give(a, &outside);
+    let widening = format!(
+        "[sandbox]\nprofile = \"permissive\"\n[network]\ndomains = [\"evil.example\"]\n\
+         [[mounts]]\nsource = \"{}\"\ntarget = \"/data\"\nreadonly = false\n",
+        outside.display()
+    );
+    write(&p.join("airlock.toml"), &widening);
+    give(a, &p);
+    let state_before = std::fs::read_dir(a.state_dir()).map(|d| d.count()).unwrap_or(0);
+    let out = a.run(&["run", "--", "sh", "-c", "echo pwned > /data/secret.txt"]);
+    assert_eq!(out.code(), 121, "{label}: untrusted widening ran: {}", out.describe());
+    for key in ["sandbox.profile", "network.domains", "mounts", "airlock trust"] {
+        assert!(out.stderr.contains(key), "{label}: {key} not named: {}", out.stderr);
+    }
+    assert_eq!(
+        std::fs::read_to_string(outside.join("secret.txt")).expect("secret"),
+        "host secret\n",
+        "{label}"
+    );
+    let state_after = std::fs::read_dir(a.state_dir()).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(state_before, state_after, "{label}: a refused run left state behind");
+    let out = a.run(&["create", "box"]);
+    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    let list = ok(a, label, &["list", "--json"]);
+    assert!(!list.stdout.contains("\"box\""), "{label}: refused create left a record: {}", list.stdout);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&ok(a, label, &["config", "--json"]).stdout).expect("json");
+    assert_eq!(cfg["project"]["trusted"], false, "{label}: {cfg}");
+    assert!(
+        cfg["project"]["widening"].as_array().is_some_and(|w| w.len() >= 3),
+        "{label}: {cfg}"
+    );
+
+    // Trusted: it applies. Changed: untrusted again.
+    ok(a, label, &["trust"]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&ok(a, label, &["config", "--json"]).stdout).expect("json");
+    assert_eq!(cfg["project"]["trusted"], true, "{label}: {cfg}");
+    ok(a, label, &["run", "--net", "filtered", "--workspace", "overlay", "--", "sh", "-c", "test -w /data"]);
+    write(&p.join("airlock.toml"), &format!("{widening}# edited\n"));
+    give(a, &p);
+    let out = a.run(&["run", "--", "true"]);
+    assert_eq!(out.code(), 121, "{label}: a changed file kept its trust: {}", out.describe());
+
+    // Narrowing settings apply without trust.
+    write(&p.join("airlock.toml"), "[sandbox]\nprofile = \"restrictive\"\n");
+    give(a, &p);
+    let out = ok(a, label, &["run", "--", "sh", "-c", "cat /proc/net/route | wc -l"]);
+    let _ = out;
+    let cfg: serde_json::Value =
+        serde_json::from_str(&ok(a, label, &["config", "--json"]).stdout).expect("json");
+    assert_eq!(cfg["config"]["sandbox"]["profile"], "restrictive", "{label}: {cfg}");
+
+    // A nested airlock.toml (as a sync could bring) widens nothing in its directory.
+    std::fs::remove_file(p.join("airlock.toml")).expect("rm");
+    write(
+        &p.join("sub/airlock.toml"),
+        &format!(
+            "[sandbox]\nprofile = \"permissive\"\n[[mounts]]\nsource = \"{}\"\ntarget = \"/data\"\nreadonly = false\n",
+            outside.display()
+        ),
+    );
+    give(a, &p);
+    let mut cmd = a.command(&["run", "--", "sh", "-c", "echo pwned > /data/secret.txt"]);
+    cmd.current_dir(p.join("sub"));
+    let out = common::run_with_deadline(cmd, None, common::DEADLINE);
+    assert_eq!(out.code(), 121, "{label}: nested config widened a run: {}", out.describe());
+
+    // The sandbox cannot trust its own configuration: the airlock binary inside, with the
+    // workspace bound writable (the user's own flag), writes only its own state.
+    std::fs::copy(&a.exe, p.join("sub/airlock-inside")).expect("copy exe");
+    give(a, &p);
+    let out = a.run(&[
+        "run", "--workspace", "bind", "--", "sh", "-c",
+        "cd sub && ./airlock-inside trust; AIRLOCK_STATE_DIR=/workspace/sub/.st ./airlock-inside trust; true",
+    ]);
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    let mut cmd = a.command(&["run", "--", "true"]);
+    cmd.current_dir(p.join("sub"));
+    let out = common::run_with_deadline(cmd, None, common::DEADLINE);
+    assert_eq!(out.code(), 121, "{label}: the sandbox trusted its own config: {}", out.describe());
+    // And a writable mount of airlock's state is refused outright.
+    let out = a.run(&["run", "--workspace", "none", "--rw", &a.dir.path().display().to_string(), "--", "true"]);
+    assert_eq!(out.code(), 121, "{label}: state dir mounted writable: {}", out.describe());
+}
+
+#[test]
+fn project_config_widening_needs_trust() {
+    if !e2e("project_config_widening_needs_trust") {
+        return;
+    }
+    both_modes(trust_cases);
+}

@@ -50,6 +50,23 @@ pub struct Resolved {
     pub project_dir: Option<PathBuf>,
     /// Every file read, lowest precedence first (user, plugin files, project).
     pub files: Vec<PathBuf>,
+    /// The project's contribution, judged as untrusted input (see [`super::trust`]).
+    pub project: Option<ProjectConfig>,
+}
+
+/// The project `airlock.toml` and what it would widen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectConfig {
+    /// The `airlock.toml`.
+    pub file: PathBuf,
+    /// The files whose content trust covers: the `airlock.toml`, then the plugin files that
+    /// only the project names (in load order).
+    pub files: Vec<PathBuf>,
+    /// What the project makes wider than the configuration without it.
+    pub widening: Vec<super::trust::Widening>,
+    /// The exact text of each of `files` as parsed (trust is judged on what was read, so a
+    /// file swapped after reading cannot borrow another content's trust).
+    pub texts: Vec<String>,
 }
 
 /// `$XDG_CONFIG_HOME/airlock/config.toml`, else `~/.config/airlock/config.toml`.
@@ -79,6 +96,7 @@ pub fn load(opts: &LoadOptions) -> Result<Resolved, ConfigError> {
     let sources = Sources {
         home: home.as_deref(),
         cwd: &cwd,
+        read: Default::default(),
     };
 
     let user = match (&opts.user_config, opts.no_user_config) {
@@ -109,6 +127,29 @@ pub fn load(opts: &LoadOptions) -> Result<Resolved, ConfigError> {
     for (_, layer) in user.iter().chain(&project).chain([&cli]) {
         plugins.expand(layer.plugins.as_deref().unwrap_or_default(), &sources)?;
     }
+    // The same without the project file: what the user gets from sources they control.
+    let untrusted = match &project {
+        None => None,
+        Some((_, _)) => {
+            let mut own = Plugins::default();
+            for (_, layer) in user.iter().chain([&cli]) {
+                own.expand(layer.plugins.as_deref().unwrap_or_default(), &sources)?;
+            }
+            let project_plugins: Vec<PathBuf> = plugins
+                .layers
+                .iter()
+                .filter(|(src, _)| !own.layers.iter().any(|(o, _)| o == src))
+                .filter_map(|(src, _)| src.file().map(Path::to_path_buf))
+                .collect();
+            let without: Vec<_> = user
+                .iter()
+                .cloned()
+                .chain(own.layers)
+                .chain([cli.clone()])
+                .collect();
+            Some((merge_layers(without)?.0, project_plugins))
+        }
+    };
     let layers: Vec<_> = user
         .into_iter()
         .chain(plugins.layers)
@@ -120,11 +161,34 @@ pub fn load(opts: &LoadOptions) -> Result<Resolved, ConfigError> {
         .filter_map(|(src, _)| src.file().map(Path::to_path_buf))
         .collect();
     let (effective, origins) = merge_layers(layers)?;
+    let project = match (&project_file, untrusted) {
+        (Some(file), Some((without, plugin_files))) => {
+            let files: Vec<PathBuf> = std::iter::once(file.clone()).chain(plugin_files).collect();
+            let read = sources.read.borrow();
+            let texts = files
+                .iter()
+                .map(|f| {
+                    read.iter()
+                        .find(|(p, _)| p == f)
+                        .map(|(_, t)| t.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            Some(ProjectConfig {
+                file: file.clone(),
+                files,
+                widening: super::trust::widening(&without, &effective),
+                texts,
+            })
+        }
+        _ => None,
+    };
     Ok(Resolved {
         effective,
         origins,
         project_dir: project_file.and_then(|p| p.parent().map(Path::to_path_buf)),
         files,
+        project,
     })
 }
 
@@ -139,6 +203,8 @@ fn absolute(p: &Path) -> PathBuf {
 struct Sources<'a> {
     home: Option<&'a Path>,
     cwd: &'a Path,
+    /// Every file read and its text.
+    read: std::cell::RefCell<Vec<(PathBuf, String)>>,
 }
 
 impl Sources<'_> {
@@ -151,6 +217,7 @@ impl Sources<'_> {
             path: path.clone(),
             source: e,
         })?;
+        self.read.borrow_mut().push((path.clone(), text.clone()));
         let base = path.parent().unwrap_or(self.cwd);
         let src = source(path.clone());
         let layer = parse_layer(

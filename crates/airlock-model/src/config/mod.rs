@@ -44,6 +44,7 @@ mod parse;
 mod paths;
 mod plugins;
 mod schema;
+pub mod trust;
 mod validate;
 
 #[cfg(test)]
@@ -55,9 +56,11 @@ pub use effective::{
 };
 pub use error::{ConfigError, Location};
 pub use load::{
-    default_user_config_path, find_project_file, load, LoadOptions, Resolved, PROJECT_FILE,
+    default_user_config_path, find_project_file, load, LoadOptions, ProjectConfig, Resolved,
+    PROJECT_FILE,
 };
 pub use merge::{defaults_layer, merge_layers};
+pub use trust::Widening;
 pub use origin::{join_key, quote_key, Origins, Source};
 pub use plugins::{builtin_plugin, is_plugin_path, BUILTIN_NAMES};
 pub use schema::{

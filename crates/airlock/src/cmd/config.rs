@@ -25,12 +25,26 @@ const ORDER: &[&str] = &[
     "hooks",
 ];
 
-pub fn run_config(resolved: &Resolved, json: bool, out: &mut dyn Write) -> io::Result<()> {
+/// `trusted`: whether the project file (if any) is trusted as it is now.
+pub fn run_config(
+    resolved: &Resolved,
+    trusted: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     if json {
-        render_json(resolved, out)
+        render_json(resolved, trusted, out)
     } else {
-        render_human(resolved, out)
+        render_human(resolved, trusted, out)
     }
+}
+
+#[derive(Serialize)]
+struct ProjectView<'a> {
+    file: &'a Path,
+    trusted: bool,
+    /// What the project file widens (applied only while trusted).
+    widening: &'a [airlock_model::config::Widening],
 }
 
 #[derive(Serialize)]
@@ -39,20 +53,26 @@ struct JsonView<'a> {
     origins: &'a Origins,
     files: &'a [PathBuf],
     project_dir: Option<&'a Path>,
+    project: Option<ProjectView<'a>>,
 }
 
-fn render_json(r: &Resolved, out: &mut dyn Write) -> io::Result<()> {
+fn render_json(r: &Resolved, trusted: bool, out: &mut dyn Write) -> io::Result<()> {
     let view = JsonView {
         config: &r.effective,
         origins: &r.origins,
         files: &r.files,
         project_dir: r.project_dir.as_deref(),
+        project: r.project.as_ref().map(|p| ProjectView {
+            file: &p.file,
+            trusted,
+            widening: &p.widening,
+        }),
     };
     serde_json::to_writer_pretty(&mut *out, &view).map_err(io::Error::other)?;
     writeln!(out)
 }
 
-fn render_human(r: &Resolved, out: &mut dyn Write) -> io::Result<()> {
+fn render_human(r: &Resolved, trusted: bool, out: &mut dyn Write) -> io::Result<()> {
     writeln!(
         out,
         "# Resolved airlock configuration: defaults < user < plugins < project < command line."
@@ -63,6 +83,17 @@ fn render_human(r: &Resolved, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "# Files read, lowest precedence first:")?;
         for f in &r.files {
             writeln!(out, "#   {}", f.display())?;
+        }
+    }
+    if let Some(p) = &r.project {
+        let state = match (trusted, p.widening.is_empty()) {
+            (true, _) => "trusted",
+            (false, true) => "untrusted (it only narrows the policy: applies anyway)",
+            (false, false) => "UNTRUSTED: run, create and up refuse it until `airlock trust`",
+        };
+        writeln!(out, "# Project file {}: {state}", p.file.display())?;
+        for w in &p.widening {
+            writeln!(out, "#   widens {:<18} {}", w.key, w.detail)?;
         }
     }
     let table = Table::try_from(r.effective.to_layer()).map_err(io::Error::other)?;
@@ -207,13 +238,14 @@ mod tests {
                 PathBuf::from("/home/u/.config/airlock/config.toml"),
                 PathBuf::from("/p/airlock.toml"),
             ],
+            project: None,
         }
     }
 
     #[test]
     fn human_output_is_annotated_toml() {
         let mut out = Vec::new();
-        run_config(&resolved(), false, &mut out).unwrap();
+        run_config(&resolved(), false, false, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let expected = r#"# Resolved airlock configuration: defaults < user < plugins < project < command line.
 # Files read, lowest precedence first:
@@ -256,7 +288,7 @@ harness = { command = ["my-agent", "--yes"] }  # from project:/p/airlock.toml
     #[test]
     fn json_output_has_config_origins_and_files() {
         let mut out = Vec::new();
-        run_config(&resolved(), true, &mut out).unwrap();
+        run_config(&resolved(), false, true, &mut out).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["config"]["sandbox"]["profile"], "restrictive");
         assert_eq!(

@@ -92,10 +92,15 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
                 cli.no_user_config,
                 Default::default(),
             )?;
-            config::run_config(&resolved, a.json, &mut std::io::stdout().lock())
+            let trusted = resolved
+                .project
+                .as_ref()
+                .is_some_and(|p| crate::trust::state(p) == crate::trust::State::Trusted);
+            config::run_config(&resolved, trusted, a.json, &mut std::io::stdout().lock())
                 .map_err(|e| CliError::new(exit::USAGE, e))?;
             Ok(0)
         }
+        Command::Trust(a) => crate::trust::trust_cmd(a.dir.as_deref(), a.revoke, a.json),
         Command::Init(a) => {
             let dir = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, e))?;
             let path = init::run_init(&dir, a.force)

@@ -324,6 +324,7 @@ pub fn build(
 ) -> CliResult<Built> {
     airlock_sandbox::phase("start");
     let resolved = load_config(global_config, no_user_config, cli_layer(&a.policy)?)?;
+    crate::trust::require(resolved.project.as_ref())?;
     let eff = &resolved.effective;
     let profile = eff.sandbox.profile;
     if eff.sandbox.image != "host" {
@@ -420,6 +421,28 @@ pub fn build(
             target: m.target.clone(),
             writable: !m.readonly,
         });
+    }
+    // Nothing writable inside may contain airlock's own state (the trust store, the sandboxes'
+    // records): a sandbox must never be able to trust its own configuration.
+    let state = airlock_sandbox::container::rundir::state_dir();
+    let state = std::fs::canonicalize(&state).unwrap_or(state);
+    let writable_sources = binds
+        .iter()
+        .filter(|b| b.writable)
+        .map(|b| b.source.as_path())
+        .chain((workspace == WorkspaceMode::Bind).then_some(project_dir.as_path()));
+    for src in writable_sources {
+        if state.starts_with(src) {
+            return Err(CliError::new(
+                exit::POLICY_REFUSED,
+                anyhow::anyhow!(
+                    "refused: {} would be writable inside, and it holds airlock's state ({})",
+                    src.display(),
+                    state.display()
+                ),
+            )
+            .hint("mount a narrower directory, or move the state with AIRLOCK_STATE_DIR"));
+        }
     }
     let workdir = a.workdir.as_ref().map(|w| {
         let p = PathBuf::from(w);

@@ -93,7 +93,7 @@ fn real_dir(p: &Path) -> Result<(), ReviewError> {
 }
 
 /// Read at most `max` bytes of a regular file, without following a final symlink.
-fn read_small(p: &Path, max: u64) -> Option<Vec<u8>> {
+pub fn read_small(p: &Path, max: u64) -> Option<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
