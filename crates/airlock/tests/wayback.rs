@@ -383,3 +383,77 @@ fn project_config_widening_needs_trust() {
     }
     both_modes(trust_cases);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 2. Bind mode: nothing the sandbox chose runs on the host's next git
+
+fn bind_cases(a: &Airlock, label: &str) {
+    let p = project(a);
+    let canary = a.dir.join("canary");
+    let fire = format!("touch {}", canary.display());
+    // The user's own setup: husky-style hooksPath inside the checkout, an included config file.
+    std::fs::create_dir_all(p.join(".husky")).expect("husky");
+    write(&p.join(".husky/README"), "hooks\n");
+    write(&p.join("shared.gitconfig"), "[core]\n\tautocrlf = false\n");
+    git(a, &["config", "core.hooksPath", ".husky"]);
+    git(a, &["config", "include.path", "../shared.gitconfig"]);
+    give(a, &p);
+    let script = format!(
+        r##"cd /workspace
+e() {{ l=$1; shift; "$@" 2>/dev/null && echo "OK $l" || echo "DENIED $l"; }}
+e rename-git mv .git .git-moved
+e git-init git init -q
+e fsmonitor git config core.fsmonitor "{fire}"
+mkdir -p evil && printf '[core]\n\tfsmonitor = "{fire}"\n\trepositoryformatversion = 0\n' > evil/config
+e commondir sh -c 'echo ../evil > .git/commondir'
+e config.worktree sh -c 'printf "[core]\n\tfsmonitor = \"{fire}\"\n" > .git/config.worktree'
+e info-attributes sh -c 'echo "* filter=x" > .git/info/attributes'
+e alternates sh -c 'echo /tmp/objs > .git/objects/info/alternates'
+e git-hook sh -c 'printf "#!/bin/sh\n{fire}\n" > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit'
+e husky-hook sh -c 'printf "#!/bin/sh\n{fire}\n" > .husky/pre-commit && chmod +x .husky/pre-commit'
+e include sh -c 'printf "[core]\n\tfsmonitor = \"{fire}\"\n" >> shared.gitconfig'
+e rebase sh -c 'mkdir -p .git/rebase-merge && echo "exec {fire}" > .git/rebase-merge/git-rebase-todo'
+e nested-git sh -c 'mkdir -p sub/.git && printf "[core]\n\tfsmonitor = \"{fire}\"\n\trepositoryformatversion = 0\n" > sub/.git/config && echo "ref: refs/heads/main" > sub/.git/HEAD && mkdir -p sub/.git/objects sub/.git/refs'
+e envrc sh -c 'echo "{fire}" > sub/.envrc'
+e airlock-toml sh -c 'printf "[sandbox]\nprofile = \"permissive\"\n" > sub/airlock.toml'
+e work sh -c 'echo work > work.txt'
+true
+"##
+    );
+    let out = a.run(&["run", "--workspace", "bind", "--net", "off", "--", "sh", "-c", &script]);
+    assert_eq!(out.code(), 121, "{label}: tampering not refused: {}", out.describe());
+    for denied in ["rename-git", "fsmonitor", "info-attributes", "git-hook", "husky-hook"] {
+        assert!(
+            out.stdout.lines().any(|l| l == format!("DENIED {denied}")),
+            "{label}: {denied} was not prevented: {}",
+            out.stdout
+        );
+    }
+    for listed in [".git/commondir", ".git/config.worktree", ".git/objects/info/alternates", "shared.gitconfig", ".git/rebase-merge", "sub/.git", "sub/.envrc", "sub/airlock.toml"] {
+        assert!(out.stderr.contains(listed), "{label}: {listed} not reported: {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("work.txt"), "{label}: ordinary work reported: {}", out.stderr);
+    assert_eq!(std::fs::read_to_string(p.join("work.txt")).expect("work"), "work\n", "{label}: work lost");
+
+    // The host's next git: status, log, diff, commit (hooks), in the top and in sub/.
+    for args in [
+        vec!["status"],
+        vec!["log", "--oneline"],
+        vec!["diff"],
+        vec!["add", "work.txt"],
+        vec!["commit", "-qm", "host commit"],
+        vec!["-C", "sub", "status"],
+    ] {
+        let _ = common::run_with_deadline(a.command_with("git", &args), None, common::DEADLINE);
+    }
+    assert!(!canary.exists(), "{label}: something the sandbox planted ran on the host's git");
+    assert_eq!(git(a, &["log", "-1", "--format=%s"]), "host commit\n", "{label}: the host repo broke");
+}
+
+#[test]
+fn bind_mode_plants_nothing_that_runs_on_the_host() {
+    if !e2e("bind_mode_plants_nothing_that_runs_on_the_host") {
+        return;
+    }
+    both_modes(bind_cases);
+}

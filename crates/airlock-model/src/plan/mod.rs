@@ -182,9 +182,20 @@ pub enum MountStep {
     Protect {
         target: PathBuf,
     },
+    /// Make an existing workspace path a mount point of itself, access unchanged, so that it
+    /// cannot be renamed, removed or replaced from inside (EBUSY) — bind mode pins `.git`, so
+    /// its read-only config and hooks cannot travel away with a rename. Skipped like Protect.
+    Pin {
+        target: PathBuf,
+    },
     /// Make the root tmpfs read-only once everything is in place.
     RootReadOnly,
 }
+
+/// Extra workspace paths made read-only when the workspace is the host's own checkout (bind):
+/// what git consults on the host that the sandbox could otherwise rewrite there
+/// (`info/attributes`, `info/grafts`, `info/exclude`).
+pub const BIND_PROTECTED_PATHS: &[&str] = &[".git/info"];
 
 /// The complete, executable description of one sandbox launch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -513,6 +524,17 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
             }
         }
         WorkspaceMode::None => {}
+    }
+    if spec.workspace == WorkspaceMode::Bind {
+        // Before the protections below, so they sit on top of the pinned mount.
+        m.push(MountStep::Pin {
+            target: ws.join(".git"),
+        });
+        for rel in BIND_PROTECTED_PATHS {
+            m.push(MountStep::Protect {
+                target: ws.join(rel),
+            });
+        }
     }
     if spec.workspace != WorkspaceMode::None {
         let extra = spec.protected.iter().map(String::as_str);

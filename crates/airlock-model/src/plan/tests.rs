@@ -196,8 +196,10 @@ fn rootful_root_user_maps_to_unprivileged_range_and_idmaps_writable_mounts() {
         .filter(|m| matches!(m, MountStep::Protect { .. }))
         .cloned()
         .collect();
-    let want_protected: Vec<_> = PROTECTED_PATHS
+    // Bind mode: the host's own checkout, so git's info/ is protected too (before the rest).
+    let want_protected: Vec<_> = BIND_PROTECTED_PATHS
         .iter()
+        .chain(PROTECTED_PATHS)
         .map(|r| MountStep::Protect {
             target: Path::new("/workspace").join(r),
         })
@@ -209,7 +211,7 @@ fn rootful_root_user_maps_to_unprivileged_range_and_idmaps_writable_mounts() {
         .filter(|m| !matches!(m, MountStep::Protect { .. }))
         .cloned()
         .collect();
-    let tail: Vec<_> = rest[rest.len() - 5..].to_vec();
+    let tail: Vec<_> = rest[rest.len() - 6..].to_vec();
     assert_eq!(
         tail,
         vec![
@@ -224,6 +226,10 @@ fn rootful_root_user_maps_to_unprivileged_range_and_idmaps_writable_mounts() {
                 source: p("/home/u/proj"),
                 target: p("/workspace"),
                 idmap: true
+            },
+            // .git becomes a mount point: it cannot be renamed away from its protections.
+            MountStep::Pin {
+                target: p("/workspace/.git"),
             },
             MountStep::BindRo {
                 source: p("/data"),

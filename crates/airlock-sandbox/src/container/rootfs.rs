@@ -632,6 +632,13 @@ fn step_exec(new_root: &NewRoot, step: &MountStep, fd: Option<OwnedFd>) -> Resul
             .map_err(err("cannot make read-only", target))?;
             sys::move_mount_to_fd(&fd, &t).map_err(err("cannot protect", target))
         }
+        MountStep::Pin { target } => {
+            let Some(t) = open_existing(root, target) else {
+                return Ok(());
+            };
+            let fd = sys::open_tree_clone_fd(&t).map_err(err("cannot open", target))?;
+            sys::move_mount_to_fd(&fd, &t).map_err(err("cannot pin", target))
+        }
         MountStep::RootReadOnly => Ok(()), // applied after pivot_root, see `finish`
     }
 }

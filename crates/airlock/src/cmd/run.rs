@@ -483,7 +483,19 @@ pub fn build(
         persistent,
         home_dir: None,
         workspace_dir: None,
-        protected: eff.workspace.protected.clone(),
+        protected: {
+            let mut p = eff.workspace.protected.clone();
+            // The hooks directory git is configured to use, when it is inside the checkout
+            // (e.g. husky's `.husky`): in bind mode the sandbox must not write hooks there.
+            if workspace == WorkspaceMode::Bind {
+                if let Some(h) = crate::work::wayback::hooks_path(&project_dir) {
+                    if let Ok(r) = h.strip_prefix(&project_dir) {
+                        p.push(r.to_string_lossy().into_owned());
+                    }
+                }
+            }
+            p
+        },
         home_files: eff.home_files.clone(),
         secrets: eff.secrets.clone(),
         agent: if persistent { eff.agent.clone() } else { None },
@@ -589,8 +601,29 @@ pub fn launch(
                 )
             })?;
     }
+    // Bind mode: the way back is the checkout itself; look at it before and after.
+    let wayback = (spec.workspace == WorkspaceMode::Bind).then(|| {
+        let extra: Vec<PathBuf> = crate::work::wayback::hooks_path(&spec.project_dir)
+            .into_iter()
+            .collect();
+        let snap = crate::work::wayback::snapshot(&spec.project_dir, &extra);
+        (extra, snap)
+    });
     let outcome = container::run(&plan, &opts)?;
     airlock_sandbox::phase("cleaned up");
+    let mut undone = false;
+    if let Some((extra, before)) = &wayback {
+        let report = crate::work::wayback::verify(&spec.project_dir, before, extra);
+        if !report.is_empty() {
+            undone = crate::work::wayback::print(&report);
+            if let Some(dir) = persist {
+                let _ = std::fs::write(
+                    dir.join(crate::work::wayback::REPORT_FILE),
+                    serde_json::to_vec_pretty(&report).unwrap_or_default(),
+                );
+            }
+        }
+    }
     match outcome.ending {
         Ending::TimedOut => eprintln!(
             "airlock: killed: timeout after {}",
@@ -607,6 +640,17 @@ pub fn launch(
     }
     if let Some(c) = &outcome.changes {
         print_changes(c);
+    }
+    if undone {
+        return Err(CliError::new(
+            exit::POLICY_REFUSED,
+            anyhow::anyhow!(
+                "the sandbox tampered with git's control files in {} (command exit status {})",
+                spec.project_dir.display(),
+                outcome.exit_code()
+            ),
+        )
+        .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git"));
     }
     Ok(outcome.exit_code())
 }

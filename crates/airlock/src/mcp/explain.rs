@@ -256,6 +256,7 @@ fn step_target(s: &MountStep) -> Option<(PathBuf, &'static str, bool)> {
         MountStep::Sysfs { target } => (target.clone(), "a read-only /sys", true),
         MountStep::Devpts { target } => (target.clone(), "the sandbox's own devpts", false),
         MountStep::Protect { target } => (target.clone(), "protected", true),
+        MountStep::Pin { .. } => return None,
         MountStep::RootReadOnly => return None,
     })
 }

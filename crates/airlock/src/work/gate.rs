@@ -186,6 +186,31 @@ fn last_component(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
+/// The gate's kind for configuration a tool obeys at `path` (relative, `/`-separated), at any
+/// depth: what the bind-mode check on the way out looks for in the host checkout.
+pub fn config_kind(path: &str) -> Option<Kind> {
+    if AGENT.iter().any(|p| matches_anywhere(path, p)) {
+        return Some(Kind::AgentConfig);
+    }
+    if TOOLS.iter().any(|p| matches_anywhere(path, p)) {
+        return Some(Kind::ToolConfig);
+    }
+    if HOOKS.iter().any(|p| matches_anywhere(path, p)) {
+        return Some(Kind::Hooks);
+    }
+    let last = last_component(path);
+    if last.eq_ignore_ascii_case(".gitattributes") {
+        return Some(Kind::GitAttributes);
+    }
+    if last.eq_ignore_ascii_case(".gitmodules") {
+        return Some(Kind::Submodules);
+    }
+    if CI.iter().any(|p| matches(path, p)) {
+        return Some(Kind::CiWorkflow);
+    }
+    None
+}
+
 /// Does a symlink at `path` with this target leave the tree (or reach into `.git`)?
 pub fn symlink_escapes(path: &str, target: &[u8]) -> bool {
     if target.is_empty() || target.starts_with(b"/") {

@@ -7,3 +7,4 @@ pub mod git;
 pub mod home_files;
 pub mod review;
 pub mod sync;
+pub mod wayback;
