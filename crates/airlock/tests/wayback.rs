@@ -448,6 +448,21 @@ true
     }
     assert!(!canary.exists(), "{label}: something the sandbox planted ran on the host's git");
     assert_eq!(git(a, &["log", "-1", "--format=%s"]), "host commit\n", "{label}: the host repo broke");
+
+    // A named bind-mode sandbox: checked when it stops.
+    let _g = EngineGuard(a);
+    ok(a, label, &["create", "bound", "--workspace", "bind", "--net", "off"]);
+    ok(a, label, &["start", "bound"]);
+    let out = a.run(&["exec", "bound", "--", "sh", "-c", "mv /workspace/.git /workspace/.gm"]);
+    assert_ne!(out.code(), 0, "{label}: .git renamed in a named sandbox");
+    ok(a, label, &["exec", "bound", "--", "sh", "-c", "echo ../evil > /workspace/.git/commondir"]);
+    let out = a.run(&["stop", "bound"]);
+    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    assert!(out.stderr.contains(".git/commondir"), "{label}: {}", out.stderr);
+    assert!(!p.join(".git/commondir").exists(), "{label}: commondir left in place");
+    let _ = common::run_with_deadline(a.command_with("git", &["status"]), None, common::DEADLINE);
+    assert!(!canary.exists(), "{label}: planted by a named sandbox, ran on the host");
+    ok(a, label, &["rm", "--force", "bound"]);
 }
 
 #[test]

@@ -319,6 +319,40 @@ pub fn stop(a: &StopArgs) -> CliResult<i32> {
     }
     let rec = client()?.stop(&a.name, Some(grace))?;
     println!("{} {}", rec.name, rec.state);
+    // A bind-mode sandbox's check of the checkout on the way out (written by its supervisor).
+    if let Ok(dir) = existing_dir(&a.name) {
+        let f = dir.join(crate::work::wayback::REPORT_FILE);
+        if let Some(b) = crate::work::review::read_small(&f, 1 << 22) {
+            let _ = std::fs::remove_file(&f);
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
+                let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+                let (git, config) = (list("git"), list("config"));
+                for (items, head) in [
+                    (&git, "the sandbox changed how git behaves in your checkout; undone:"),
+                    (&config, "the sandbox changed configuration that tools obey in your checkout; review before running them there:"),
+                ] {
+                    if !items.is_empty() {
+                        eprintln!("airlock: {head}");
+                        for c in items {
+                            eprintln!(
+                                "  {:<8} {}  ({})",
+                                c["what"].as_str().unwrap_or_default(),
+                                c["path"].as_str().unwrap_or_default(),
+                                c["note"].as_str().unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+                if !git.is_empty() {
+                    return Err(CliError::new(
+                        exit::POLICY_REFUSED,
+                        anyhow::anyhow!("{} tampered with git's control files in its bind workspace", a.name),
+                    )
+                    .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git"));
+                }
+            }
+        }
+    }
     Ok(0)
 }
 
