@@ -16,6 +16,9 @@ pub struct Cli {
     /// Ignore the user config file.
     #[arg(long, global = true)]
     pub no_user_config: bool,
+    /// Do not run the configuration's [hooks] (pre_up, post_up, pre_down, post_down).
+    #[arg(long, global = true)]
+    pub no_hooks: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -5,6 +5,7 @@ mod config;
 mod cp;
 mod doctor;
 mod gc;
+mod hooks;
 mod init;
 pub(crate) mod run;
 pub(crate) mod sandbox;
@@ -15,6 +16,7 @@ use crate::error::{CliError, CliResult};
 use airlock_model::exit;
 
 pub fn dispatch(cli: Cli) -> CliResult<i32> {
+    hooks::skip_all(cli.no_hooks);
     match cli.command {
         Command::Run(a) if a.keep => {
             sandbox::run_keep(*a, cli.config.as_deref(), cli.no_user_config)

@@ -86,6 +86,19 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
         }
     };
     let c = client()?;
+    let project = super::hooks::project_of(&name)
+        .filter(|_| !a.fresh)
+        .or_else(|| std::env::current_dir().ok());
+    let running = |c: &Client| {
+        c.status(&name)
+            .is_ok_and(|st| st.record.state == airlock_model::lifecycle::SandboxState::Running)
+    };
+    let was_running = running(&c);
+    if !was_running {
+        if let Some(p) = &project {
+            super::hooks::run(&name, p, super::hooks::Phase::PreUp, "starting")?;
+        }
+    }
     if a.fresh && c.status(&name).is_ok() {
         c.rm(&name, true)?;
     }
@@ -108,6 +121,11 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
         }
     }
     println!("{name} running");
+    if !was_running {
+        if let Some(p) = &project {
+            super::hooks::run(&name, p, super::hooks::Phase::PostUp, "running")?;
+        }
+    }
     match &a.prompt {
         Some(text) => crate::cmd::agent::send_prompt(&name, text, !a.no_attach, false),
         None => {
@@ -299,9 +317,21 @@ fn start_with(
 }
 
 pub fn start(name: &str) -> CliResult<i32> {
+    let project = super::hooks::project_of(name);
+    if let Some(p) = &project {
+        super::hooks::run(name, p, super::hooks::Phase::PreUp, "starting")?;
+    }
     let rec = start_named(&client()?, name)?;
     println!("{} {}", rec.name, rec.state);
+    if let Some(p) = &project {
+        super::hooks::run(name, p, super::hooks::Phase::PostUp, "running")?;
+    }
     Ok(0)
+}
+
+fn is_running(c: &Client, name: &str) -> bool {
+    c.status(name)
+        .is_ok_and(|st| st.record.state == airlock_model::lifecycle::SandboxState::Running)
 }
 
 pub fn stop(a: &StopArgs) -> CliResult<i32> {
@@ -317,8 +347,16 @@ pub fn stop(a: &StopArgs) -> CliResult<i32> {
             json: false,
         })?;
     }
-    let rec = client()?.stop(&a.name, Some(grace))?;
+    let c = client()?;
+    let project = super::hooks::project_of(&a.name).filter(|_| is_running(&c, &a.name));
+    if let Some(p) = &project {
+        super::hooks::run(&a.name, p, super::hooks::Phase::PreDown, "stopping")?;
+    }
+    let rec = c.stop(&a.name, Some(grace))?;
     println!("{} {}", rec.name, rec.state);
+    if let Some(p) = &project {
+        super::hooks::run(&a.name, p, super::hooks::Phase::PostDown, "stopped")?;
+    }
     // A bind-mode sandbox's check of the checkout on the way out (written by its supervisor).
     if let Ok(dir) = existing_dir(&a.name) {
         let f = dir.join(crate::work::wayback::REPORT_FILE);
@@ -357,8 +395,16 @@ pub fn stop(a: &StopArgs) -> CliResult<i32> {
 }
 
 pub fn rm(a: &RmArgs) -> CliResult<i32> {
-    client()?.rm(&a.name, a.force)?;
+    let c = client()?;
+    let project = super::hooks::project_of(&a.name).filter(|_| a.force && is_running(&c, &a.name));
+    if let Some(p) = &project {
+        super::hooks::run(&a.name, p, super::hooks::Phase::PreDown, "stopping")?;
+    }
+    c.rm(&a.name, a.force)?;
     println!("removed {}", a.name);
+    if let Some(p) = &project {
+        super::hooks::run(&a.name, p, super::hooks::Phase::PostDown, "removed")?;
+    }
     Ok(0)
 }
 
