@@ -448,6 +448,16 @@ true
     }
     assert!(!canary.exists(), "{label}: something the sandbox planted ran on the host's git");
     assert_eq!(git(a, &["log", "-1", "--format=%s"]), "host commit\n", "{label}: the host repo broke");
+    // airlock itself, started in every directory of the checkout: the planted sub/airlock.toml
+    // widens nothing.
+    for d in [p.clone(), p.join("sub"), p.join("evil")] {
+        let mut cmd = a.command(&["run", "--net", "off", "--", "true"]);
+        cmd.current_dir(&d);
+        let out = common::run_with_deadline(cmd, None, common::DEADLINE);
+        let want = if d.ends_with("sub") { 121 } else { 0 };
+        assert_eq!(out.code(), want, "{label}: airlock run in {}: {}", d.display(), out.describe());
+    }
+    assert!(!canary.exists(), "{label}: a canary fired");
 
     // A named bind-mode sandbox: checked when it stops.
     let _g = EngineGuard(a);
