@@ -190,6 +190,10 @@ fn gate_cases(a: &Airlock, label: &str) {
             "mkdir -p \"$(dirname {f})\" && echo x > {f} && "
         ));
     }
+    // A file name carrying terminal escape sequences and a forged line.
+    script.push_str(
+        "mkdir -p .idea && touch \".idea/$(printf 'a\\033]0;pwned\\007\\n  nothing flagged')\" && ",
+    );
     script.push_str("git add -A && git commit -qm nested");
     inside(a, label, "gate", &script);
     let out = a.run(&["fetch", "gate"]);
@@ -197,6 +201,12 @@ fn gate_cases(a: &Airlock, label: &str) {
     for f in nested {
         assert!(out.stderr.contains(f), "{label}: {f} not listed: {}", out.stderr);
     }
+    assert!(
+        !out.stderr.contains('\x1b') && !out.stderr.contains("\n  nothing flagged"),
+        "{label}: a path reached the terminal raw: {:?}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("\\x1b]0;pwned"), "{label}: {:?}", out.stderr);
     let dj: serde_json::Value =
         serde_json::from_str(&ok(a, label, &["diff", "gate", "--json"]).stdout).expect("json");
     let listed: Vec<String> = dj["findings"]

@@ -372,12 +372,11 @@ pub fn stop(a: &StopArgs) -> CliResult<i32> {
                     if !items.is_empty() {
                         eprintln!("airlock: {head}");
                         for c in items {
-                            eprintln!(
-                                "  {:<8} {}  ({})",
-                                c["what"].as_str().unwrap_or_default(),
-                                c["path"].as_str().unwrap_or_default(),
-                                c["note"].as_str().unwrap_or_default()
-                            );
+                            let s = |k: &str| {
+                                crate::work::gate::shown(c[k].as_str().unwrap_or_default())
+                                    .into_owned()
+                            };
+                            eprintln!("  {:<8} {}  ({})", s("what"), s("path"), s("note"));
                         }
                     }
                 }

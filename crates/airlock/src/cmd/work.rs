@@ -3,7 +3,7 @@
 
 use crate::cli::{DeliverArgs, DiffArgs, FetchArgs, SyncArgs};
 use crate::error::{CliError, CliResult};
-use crate::work::gate::Finding;
+use crate::work::gate::{shown, Finding};
 use crate::work::git::{valid_branch, Git, GitError};
 use crate::work::review::{FetchOutcome, Review, ReviewError};
 use crate::work::sync as wsync;
@@ -47,7 +47,12 @@ fn print_findings(findings: &[Finding]) {
         } else {
             &f.path
         };
-        eprintln!("  {:<24} {path}  {}", f.kind.label(), f.detail);
+        eprintln!(
+            "  {:<24} {}  {}",
+            f.kind.label(),
+            shown(path),
+            shown(&f.detail)
+        );
     }
 }
 
@@ -221,10 +226,10 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
             println!("{v:#}");
         } else {
             for s in &plan.steps {
-                println!("{} {}", s.status, s.path);
+                println!("{} {}", s.status, shown(&s.path));
             }
             for p in &plan.skipped {
-                println!("skipped (submodule) {p}");
+                println!("skipped (submodule) {}", shown(p));
             }
         }
     };
@@ -236,7 +241,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
             a.name
         );
         for p in &plan.through_links {
-            eprintln!("  {p}");
+            eprintln!("  {}", shown(p));
         }
         return Err(CliError::new(
             exit::POLICY_REFUSED,
@@ -255,7 +260,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
             a.name
         );
         for p in &plan.conflicts {
-            eprintln!("  {p}");
+            eprintln!("  {}", shown(p));
         }
         return Err(CliError::new(
             exit::CONFLICT,

@@ -448,7 +448,12 @@ pub fn print(report: &Report) -> bool {
             report.git.len()
         );
         for c in &report.git {
-            eprintln!("  {:<8} {}  ({})", c.what, c.path, c.note);
+            eprintln!(
+                "  {:<8} {}  ({})",
+                c.what,
+                gate::shown(&c.path),
+                gate::shown(&c.note)
+            );
         }
     }
     if !report.config.is_empty() {
@@ -456,7 +461,12 @@ pub fn print(report: &Report) -> bool {
             "airlock: the sandbox changed configuration that tools obey in your checkout; review before running them there:"
         );
         for c in &report.config {
-            eprintln!("  {:<8} {}  ({})", c.what, c.path, c.note);
+            eprintln!(
+                "  {:<8} {}  ({})",
+                c.what,
+                gate::shown(&c.path),
+                gate::shown(&c.note)
+            );
         }
     }
     if report.partial {
