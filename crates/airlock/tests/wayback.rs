@@ -280,6 +280,28 @@ fn gate_cases(a: &Airlock, label: &str) {
         !outside.join("file.txt").exists(),
         "{label}: sync wrote outside the checkout through a symlink"
     );
+
+    // cp of a directory out: set-id bits cleared, what tools obey or follow is listed.
+    ok(
+        a,
+        label,
+        &[
+            "exec", "via", "--", "sh", "-c",
+            "mkdir -p /tmp/out/r/.git /tmp/out/sub && echo x > /tmp/out/r/.git/config && \
+             echo x > /tmp/out/sub/.envrc && echo x > /tmp/out/suid && chmod 4755 /tmp/out/suid && \
+             ln -s /etc/passwd /tmp/out/pw && echo fine > /tmp/out/plain.txt",
+        ],
+    );
+    let copy = a.dir.join("copy");
+    let out = a.run(&["cp", "via:/tmp/out", &copy.display().to_string()]);
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    for listed in ["r/.git", "sub/.envrc", "pw"] {
+        assert!(out.stderr.contains(listed), "{label}: {listed} not listed: {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("plain.txt"), "{label}: {}", out.stderr);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(copy.join("suid")).expect("suid").permissions().mode();
+    assert_eq!(mode & 0o6000, 0, "{label}: set-id bit copied out: {mode:o}");
     ok(a, label, &["rm", "--force", "via"]);
 }
 

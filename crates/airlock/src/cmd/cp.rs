@@ -248,6 +248,7 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
             let st = tar
                 .wait()
                 .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+            review_copy(&target);
             Ok(if code == 0 && !st.success() {
                 exit::SANDBOX_FAILED
             } else {
@@ -258,6 +259,62 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
             exit::NOT_FOUND,
             anyhow::anyhow!("{name}:{inside}: no such file or directory"),
         )),
+    }
+}
+
+/// What a copied-out tree brings that the host would obey or follow: set-id bits (cleared),
+/// symlinks leaving the copy, git control directories and tool configuration (listed, so the
+/// user reviews them before running git or tools there).
+fn review_copy(top: &Path) {
+    use crate::work::gate::{config_kind, shown, symlink_escapes};
+    use std::os::unix::fs::PermissionsExt;
+    let mut notes = Vec::new();
+    let mut stack = vec![top.to_path_buf()];
+    let mut budget = 300_000usize;
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
+            let p = e.path();
+            let rel = p.strip_prefix(top).unwrap_or(&p).to_string_lossy().into_owned();
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            if m.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap_or_default();
+                if symlink_escapes(&rel, t.as_os_str().as_encoded_bytes()) {
+                    notes.push(format!("{}  symlink leaving the copy -> {}", shown(&rel), shown(&t.to_string_lossy())));
+                }
+                continue;
+            }
+            if e.file_name().to_string_lossy().eq_ignore_ascii_case(".git") {
+                notes.push(format!("{}  a git repository's control files (git run inside obeys its config and hooks)", shown(&rel)));
+                continue;
+            } else if let Some(k) = config_kind(&rel) {
+                notes.push(format!("{}  {}", shown(&rel), k.label()));
+            }
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.permissions().mode() & 0o6000 != 0 {
+                let mode = m.permissions().mode() & 0o777;
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
+                notes.push(format!("{}  set-id bit cleared", shown(&rel)));
+            }
+        }
+    }
+    if !notes.is_empty() {
+        notes.sort();
+        eprintln!(
+            "airlock: the copy in {} holds what tools obey or follow; review before running them there:",
+            top.display()
+        );
+        for n in notes.iter().take(50) {
+            eprintln!("  {n}");
+        }
+        if notes.len() > 50 {
+            eprintln!("  … and {} more", notes.len() - 50);
+        }
     }
 }
 
