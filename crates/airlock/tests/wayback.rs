@@ -514,3 +514,192 @@ fn bind_mode_plants_nothing_that_runs_on_the_host() {
     }
     both_modes(bind_cases);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The canary harness: one hostile sandbox, every workspace mode, every way back
+
+/// Every file under `dir` with its bytes (symlinks as their target) and mode.
+fn fingerprint(dir: &Path) -> std::collections::BTreeMap<PathBuf, (Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            let rel = p.strip_prefix(dir).expect("under").to_path_buf();
+            if m.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).expect("readlink");
+                out.insert(rel, (t.into_os_string().into_encoded_bytes(), 0o120000));
+            } else if m.is_dir() {
+                out.insert(rel, (Vec::new(), m.permissions().mode()));
+                stack.push(p);
+            } else {
+                out.insert(rel, (std::fs::read(&p).unwrap_or_default(), m.permissions().mode()));
+            }
+        }
+    }
+    out
+}
+
+/// What a hostile agent does in /workspace: every way it can think of to get something run or
+/// followed on the host later. `commit`: also commit it all on its branch (clone mode).
+fn hostile(fire: &str, outside: &Path, commit: bool) -> String {
+    let o = outside.display();
+    let tree = format!(
+        r##"cd /workspace
+e() {{ l=$1; shift; "$@" 2>/dev/null && echo "OK $l" || echo "DENIED $l"; }}
+mkdir -p evil && printf '[core]\n\tfsmonitor = "{fire}"\n\trepositoryformatversion = 0\n' > evil/config
+e attributes sh -c 'echo "* filter=evil diff=evil" > .gitattributes'
+e envrc sh -c 'mkdir -p sub && echo "{fire}" > sub/.envrc'
+e airlock-toml sh -c 'printf "[sandbox]\nprofile = \"permissive\"\n[[mounts]]\nsource = \"{o}\"\ntarget = \"/o\"\nreadonly = false\n" > sub/airlock.toml'
+e cargo sh -c 'mkdir -p sub/.cargo && printf "[build]\nrustc-wrapper = \"/bin/sh\"\n" > sub/.cargo/config.toml'
+e npmrc sh -c 'echo "script-shell={fire}" > sub/.npmrc'
+e claude sh -c 'mkdir -p deep/.claude && echo "{{}}" > deep/.claude/settings.json'
+e husky sh -c 'mkdir -p .husky && printf "#!/bin/sh\n{fire}\n" > .husky/pre-commit'
+e link-abs ln -s {o} out-abs
+e link-up ln -s ../../../.. out-up
+e chain sh -c 'mkdir -p ch && ln -s .. ch/x && ln -s ch/x/.. dist'
+e via-link sh -c 'echo pwned > out-abs/pwned.txt'
+e exec-flip chmod +x a.txt
+e work sh -c 'echo work > work.txt'
+"##
+    );
+    let gitdir = format!(
+        r##"e rename-git mv .git .git-moved
+[ -d .git-moved ] && [ ! -e .git ] && mv .git-moved .git
+e fsmonitor git config core.fsmonitor "{fire}"
+e pager git config core.pager "{fire}; cat"
+e hookspath git config core.hooksPath /tmp
+e git-hook sh -c 'printf "#!/bin/sh\n{fire}\n" > .git/hooks/post-checkout; chmod +x .git/hooks/post-checkout'
+e commondir sh -c 'echo ../evil > .git/commondir'
+e config.worktree sh -c 'printf "[core]\n\tfsmonitor = \"{fire}\"\n" > .git/config.worktree'
+e info-attributes sh -c 'echo "* filter=lfs diff=lfs" > .git/info/attributes'
+e alternates sh -c 'echo /tmp > .git/objects/info/alternates'
+e rebase sh -c 'mkdir -p .git/rebase-merge && echo "exec {fire}" > .git/rebase-merge/git-rebase-todo'
+e nested-git sh -c 'mkdir -p sub/.git/objects sub/.git/refs && printf "[core]\n\tfsmonitor = \"{fire}\"\n\trepositoryformatversion = 0\n" > sub/.git/config && echo "ref: refs/heads/main" > sub/.git/HEAD'
+"##
+    );
+    let mut s = tree;
+    if commit {
+        s.push_str("git add -A >/dev/null 2>&1; git -c user.email=a@b.invalid -c user.name=agent commit -qm hostile >/dev/null 2>&1 && echo COMMITTED\n");
+    }
+    s.push_str(&gitdir);
+    s.push_str("true\n");
+    s
+}
+
+/// The host's everyday commands in the checkout, then airlock run from every folder.
+fn host_uses(a: &Airlock, p: &Path, label: &str) {
+    for args in [
+        vec!["status"],
+        vec!["log", "--oneline", "--all"],
+        vec!["diff"],
+        vec!["diff", "HEAD"],
+        vec!["add", "-A"],
+        vec!["commit", "-qm", "host commit", "--allow-empty"],
+        vec!["-C", "sub", "status"],
+    ] {
+        let _ = common::run_with_deadline(a.command_with("git", &args), None, common::DEADLINE);
+    }
+    let mut dirs = vec![p.to_path_buf()];
+    for d in fingerprint(p).keys() {
+        let full = p.join(d);
+        if full.is_dir() && !d.components().any(|c| c.as_os_str().to_string_lossy().starts_with(".git")) && std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+            dirs.push(full);
+        }
+    }
+    for d in dirs {
+        let mut cmd = a.command(&["run", "--net", "off", "--workspace", "none", "--", "true"]);
+        cmd.current_dir(&d);
+        let out = common::run_with_deadline(cmd, None, common::DEADLINE);
+        assert!(
+            out.code() == 0 || out.code() == 121,
+            "{label}: airlock run in {}: {}",
+            d.display(),
+            out.describe()
+        );
+    }
+}
+
+fn canary_harness(a: &Airlock, label: &str) {
+    let _g = EngineGuard(a);
+    let canary = a.dir.join("canary");
+    let fire = format!("touch {}", canary.display());
+    let outside = a.dir.join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    write(&outside.join("keep.txt"), "untouched\n");
+    give(a, &outside);
+    let home = a.dir.join("home");
+    let outside_before = fingerprint(&outside);
+    let home_before = fingerprint(&home);
+
+    // clone: everything through the review repository and the gate.
+    let p = project(a);
+    ok(a, label, &["create", "cl", "--net", "off"]);
+    ok(a, label, &["start", "cl"]);
+    let out = ok(a, label, &["exec", "cl", "--", "sh", "-c", &hostile(&fire, &outside, true)]);
+    assert!(out.stdout.contains("COMMITTED"), "{label}: {}", out.describe());
+    let _ = a.run(&["diff", "cl"]);
+    let _ = a.run(&["diff", "cl", "--stat"]);
+    // Planted alternates make the review refuse the repository outright (not 0, not followed).
+    assert_ne!(a.run(&["fetch", "cl"]).code(), 0, "{label}: clone: fetch not gated");
+    assert_ne!(a.run(&["sync", "cl"]).code(), 0, "{label}: clone: sync not gated");
+    git(a, &["branch", "-f", "feature", "HEAD"]);
+    let _ = a.run(&["deliver", "cl", "feature"]);
+    // Without the alternates, the gate lists the branch; even a human's --accept brings data,
+    // never code that runs.
+    ok(a, label, &["exec", "cl", "--", "rm", "-f", "/workspace/.git/objects/info/alternates"]);
+    let out = a.run(&["fetch", "cl"]);
+    assert_eq!(out.code(), 121, "{label}: clone: {}", out.describe());
+    for f in [".gitattributes", "sub/.envrc", "sub/airlock.toml", "sub/.cargo/config.toml", "sub/.npmrc", "deep/.claude/settings.json", ".husky/pre-commit", "out-abs", "out-up", "dist", "a.txt"] {
+        assert!(out.stderr.contains(f), "{label}: clone: {f} not flagged: {}", out.stderr);
+    }
+    assert_eq!(a.run(&["sync", "cl"]).code(), 121, "{label}: clone: sync not gated");
+    // (The sandbox broke its own repository with commondir: deliver, run by its own git
+    // inside, may fail — that is the sandbox's loss, not the host's.)
+    let _ = a.run(&["deliver", "cl", "feature"]);
+    ok(a, label, &["fetch", "cl", "--accept"]);
+    let _ = a.run(&["sync", "cl", "--accept"]);
+    assert!(!outside.join("pwned.txt").exists(), "{label}: clone: written through a link");
+    host_uses(a, &p, label);
+    assert!(!canary.exists(), "{label}: clone: a canary fired");
+    ok(a, label, &["rm", "--force", "cl"]);
+    assert_eq!(fingerprint(&outside), outside_before, "{label}: clone: a file outside changed");
+
+    // overlay: the checkout is never modified at all.
+    let before = fingerprint(&p);
+    ok(a, label, &["create", "ov", "--workspace", "overlay", "--net", "off"]);
+    ok(a, label, &["start", "ov"]);
+    ok(a, label, &["exec", "ov", "--", "sh", "-c", &hostile(&fire, &outside, false)]);
+    ok(a, label, &["stop", "ov"]);
+    let out = ok(a, label, &["run", "--workspace", "overlay", "--net", "off", "--", "sh", "-c", &hostile(&fire, &outside, false)]);
+    let _ = out;
+    assert_eq!(fingerprint(&p), before, "{label}: overlay: the checkout changed");
+    host_uses(a, &p, label);
+    assert!(!canary.exists(), "{label}: overlay: a canary fired");
+    ok(a, label, &["rm", "--force", "ov"]);
+
+    // bind: prevented where the kernel can, undone on the way out.
+    let out = a.run(&["run", "--workspace", "bind", "--net", "off", "--", "sh", "-c", &hostile(&fire, &outside, false)]);
+    assert_eq!(out.code(), 121, "{label}: bind: {}", out.describe());
+    host_uses(a, &p, label);
+    assert!(!canary.exists(), "{label}: bind: a canary fired");
+
+    assert_eq!(fingerprint(&outside), outside_before, "{label}: a file outside the checkout changed");
+    let home_after: Vec<_> = fingerprint(&home)
+        .into_iter()
+        .filter(|(k, _)| !home_before.contains_key(k) || home_before.get(k) != None)
+        .filter(|(k, v)| home_before.get(k) != Some(v))
+        .filter(|(k, _)| !k.starts_with(".config/airlock") && !k.starts_with(".local/state"))
+        .collect();
+    assert!(home_after.is_empty(), "{label}: files in HOME changed: {home_after:?}");
+}
+
+#[test]
+fn canary_harness_every_mode_every_way_back() {
+    if !e2e("canary_harness_every_mode_every_way_back") {
+        return;
+    }
+    both_modes(canary_harness);
+}
