@@ -348,6 +348,8 @@ pub struct RunOptions<'a> {
     /// A persistent sandbox's folder: its disk layers live (and stay) there, and the host pid
     /// of PID 1 is published there for exec while it runs.
     pub persist: Option<&'a Path>,
+    /// A persistent sandbox's unique id (its cgroup is `NAME.ID`); runs make up their own.
+    pub instance_id: Option<&'a str>,
     /// Also called for every filtered-egress decision (agent mode turns denials into `blocked`
     /// events).
     pub on_egress: Option<EgressCallback>,
@@ -400,7 +402,14 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
     // disk-backed overlay upper layer on old kernels. Runs that need neither skip it.
     let disk_upper = matches!(plan.overlay(), Some((_, UpperStore::Disk)));
     if let Some(dir) = opts.persist {
-        let cg = Cgroup::create(opts.layout, &plan.name, &plan.limits)?;
+        let id = opts.instance_id.ok_or_else(|| {
+            RunError::Setup("a persistent sandbox needs its id (the folder's `id` file)".into())
+        })?;
+        let leaf = crate::cgroup::leaf_name(&plan.name, id);
+        // A cgroup of this very id can only be a leftover of a supervisor of ours that was
+        // killed (this one holds the folder's lock): reclaim it, then start afresh.
+        opts.layout.reclaim(&leaf);
+        let cg = Cgroup::create(opts.layout, &leaf, &plan.limits)?;
         let layers = if disk_upper { Some(dir) } else { None };
         let result = run_in(plan, opts, layers, cg.as_ref());
         let _ = fs::remove_file(dir.join(PID1_FILE));
@@ -420,13 +429,13 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
     } else {
         None
     };
-    let cg = match Cgroup::create(opts.layout, &plan.name, &plan.limits) {
+    let cg = match run_cgroup(rd.as_ref(), opts.layout, plan) {
         Ok(cg) => cg,
         Err(e) => {
             if let Some(rd) = rd {
                 rd.remove();
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
     let result = run_in(
@@ -449,6 +458,25 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
         }
         o
     })
+}
+
+/// An ephemeral run's cgroup, `NAME.ID` with a fresh id, named in its run directory first so
+/// that gc finds it (and only it) if this process dies.
+fn run_cgroup(
+    rd: Option<&RunDir>,
+    layout: &Layout,
+    plan: &LaunchPlan,
+) -> Result<Option<Cgroup>, RunError> {
+    let Some(rd) = rd.filter(|_| plan.limits.any()) else {
+        return Ok(None);
+    };
+    let id = rundir::random_id().map_err(io_err("generate the run's id"))?;
+    let leaf = crate::cgroup::leaf_name(&plan.name, &id);
+    fs::write(rd.path.join(rundir::CGROUP_FILE), &leaf).map_err(|source| RunError::RunDir {
+        path: rd.path.clone(),
+        source,
+    })?;
+    Ok(Cgroup::create(layout, &leaf, &plan.limits)?)
 }
 
 /// Where a persistent sandbox publishes PID 1: "PID STARTTIME".

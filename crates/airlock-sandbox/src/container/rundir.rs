@@ -1,6 +1,8 @@
 //! Per-run scratch directories under the state directory, each held by an flock for as long as
 //! its airlock process lives. A directory whose lock nobody holds belongs to a dead run: the next
-//! airlock command (or `airlock gc`) reclaims it together with its cgroups.
+//! airlock command (or `airlock gc`) reclaims it together with its cgroups. A run directory names
+//! its run's cgroup in `cgroup` (written before the cgroup is created): gc removes exactly that
+//! one, never a cgroup found by the run's name alone, which another state directory may share.
 
 use crate::cgroup::{remove_cgroup_dir, Layout};
 use nix::fcntl::{Flock, FlockArg};
@@ -25,6 +27,17 @@ pub fn state_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/airlock")
+}
+
+/// The file in a run directory naming the run's cgroup (its leaf directory name).
+pub const CGROUP_FILE: &str = "cgroup";
+
+/// 16 random hex digits: the unique id of one run (its cgroup's name).
+pub fn random_id() -> io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn runs_dir(state: &Path) -> PathBuf {
@@ -142,10 +155,14 @@ pub fn gc(state: &Path, layout: impl FnOnce() -> Layout) -> Vec<String> {
         } else if !lock_free(&path) {
             continue;
         }
-        let parents =
-            parents.get_or_insert_with(|| layout.take().map(|f| f().parents()).unwrap_or_default());
-        for parent in parents.iter() {
-            remove_cgroup_dir(&parent.join(&name));
+        let leaf = fs::read_to_string(path.join(CGROUP_FILE)).unwrap_or_default();
+        let leaf = leaf.trim();
+        if crate::cgroup::valid_leaf(leaf) {
+            let parents = parents
+                .get_or_insert_with(|| layout.take().map(|f| f().parents()).unwrap_or_default());
+            for parent in parents.iter() {
+                remove_cgroup_dir(&parent.join(leaf));
+            }
         }
         remove_tree(&path);
         reclaimed.push(name);
@@ -191,5 +208,33 @@ mod tests {
         live.remove();
         assert!(gc(&state, || Layout::None).is_empty());
         let _ = fs::remove_dir_all(&state);
+    }
+
+    #[test]
+    fn gc_removes_the_cgroup_its_run_named_and_no_other() {
+        let base =
+            std::env::temp_dir().join(format!("airlock-rundir-cg-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let (state, mem, pids) = (base.join("state"), base.join("mem"), base.join("pids"));
+        let layout = Layout::V1 {
+            memory: Some(mem.clone()),
+            pids: Some(pids.clone()),
+            cpu: None,
+        };
+        let dead = RunDir::create(&state, "box").expect("create");
+        fs::write(dead.path.join(CGROUP_FILE), "box.0123abcd").expect("write");
+        drop(dead);
+        // Its own cgroups, and same-named ones of another state dir's runs.
+        for p in [&mem, &pids] {
+            for leaf in ["box.0123abcd", "box", "box.ffff0000"] {
+                fs::create_dir_all(p.join(leaf)).expect("mkdir");
+            }
+        }
+        assert_eq!(gc(&state, || layout.clone()), vec!["box".to_string()]);
+        for p in [&mem, &pids] {
+            assert!(!p.join("box.0123abcd").exists());
+            assert!(p.join("box").exists() && p.join("box.ffff0000").exists());
+        }
+        let _ = fs::remove_dir_all(&base);
     }
 }

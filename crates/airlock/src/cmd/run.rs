@@ -313,6 +313,8 @@ pub struct Built {
     /// Secret values already read (a supervisor gets them from the engine); None: read them
     /// from their sources now.
     pub secrets: Option<Vec<(String, String)>>,
+    /// A named sandbox's unique id (from its folder); None for `run`.
+    pub instance_id: Option<String>,
 }
 
 /// Config + flags -> the spec (`persistent`: a named sandbox, no command).
@@ -471,6 +473,7 @@ pub fn build(
         forward_stdin,
         workspace: eff.workspace.clone(),
         secrets: None,
+        instance_id: None,
     })
 }
 
@@ -550,6 +553,7 @@ pub fn launch(
         net_journal: net_log,
         secrets: &secrets,
         persist,
+        instance_id: b.instance_id.as_deref(),
         on_egress: hooks.on_egress.clone(),
         on_ready: hooks.on_ready,
     };

@@ -620,6 +620,13 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         std::process::id().to_string(),
     )
     .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let instance_id = airlock_engine::engine::read_id(dir).ok_or_else(|| {
+        CliError::new(
+            exit::SANDBOX_FAILED,
+            anyhow::anyhow!("{}/id is missing or invalid", dir.display()),
+        )
+        .hint("start it through the engine (`airlock start NAME`), which writes it")
+    })?;
     let spec: airlock_model::spec::RunSpec = std::fs::read(dir.join("spec.json"))
         .map_err(anyhow::Error::from)
         .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
@@ -684,6 +691,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         forward_stdin: false,
         workspace: Default::default(),
         secrets: Some(secrets),
+        instance_id: Some(instance_id),
     };
     let code = crate::cmd::run::launch(
         &built,
