@@ -29,6 +29,9 @@ pub struct LoadOptions {
     pub cli: Layer,
     /// The home directory for `~/` and the default user config. `None` = `$HOME`.
     pub home: Option<PathBuf>,
+    /// The host's RAM in bytes: when known, the default resource limits
+    /// ([`super::host_defaults_layer`]) apply. `None` = no default limits.
+    pub host_memory: Option<u64>,
 }
 
 impl LoadOptions {
@@ -109,8 +112,12 @@ pub fn load(opts: &LoadOptions) -> Result<Resolved, ConfigError> {
     for (_, layer) in user.iter().chain(&project).chain([&cli]) {
         plugins.expand(layer.plugins.as_deref().unwrap_or_default(), &sources)?;
     }
-    let layers: Vec<_> = user
+    let host = opts
+        .host_memory
+        .map(|m| (Source::Default, super::host_defaults_layer(m)));
+    let layers: Vec<_> = host
         .into_iter()
+        .chain(user)
         .chain(plugins.layers)
         .chain(project)
         .chain([cli])

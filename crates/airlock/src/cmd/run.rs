@@ -216,8 +216,23 @@ pub fn load_config(
         no_user_config,
         cli,
         home: None,
+        host_memory: host_memory(),
     };
     Ok(config::load(&opts)?)
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 fn random_suffix() -> String {
@@ -432,6 +447,15 @@ pub fn build(
         }
     });
     let r = &eff.resources;
+    if persistent && r.disk.is_some() {
+        return Err(plan::Refusal::DiskUnenforceable.into());
+    }
+    let from_defaults = |key: &str| {
+        resolved
+            .origins
+            .get(key)
+            .is_some_and(|s| s.iter().all(|s| *s == config::Source::Default))
+    };
     let spec = RunSpec {
         name,
         hostname,
@@ -466,6 +490,10 @@ pub fn build(
         home_files: eff.home_files.clone(),
         secrets: eff.secrets.clone(),
         agent: if persistent { eff.agent.clone() } else { None },
+        defaulted: airlock_model::spec::Defaulted {
+            memory: from_defaults("resources.memory"),
+            pids: from_defaults("resources.pids"),
+        },
     };
     Ok(Built {
         spec,
