@@ -294,25 +294,37 @@ fn egress_ctx(
             .map_err(io_err("read the host's DNS configuration"))?,
     };
     let journal = match opts.net_journal {
-        Some(p) => Journal::new(
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(io_err("open the network journal"))?,
-        ),
+        Some(p) => Journal::to_file(p).map_err(io_err("open the network journal"))?,
         None => Journal::discard(),
     };
-    // Say each distinct denial once on stderr (a resolver retries, asks A and AAAA, ...).
+    // Say each distinct denial once on stderr (a resolver retries, asks A and AAAA, ...), and
+    // only the first MAX_SAID of them: a flood of distinct denials (DNS exfiltration attempts)
+    // stays in the size-capped journal instead of the terminal and this process's memory.
+    const MAX_SAID: usize = 256;
     let said = std::sync::Mutex::new(std::collections::HashSet::new());
     let also = opts.on_egress.clone();
     let journal = journal.with_callback(move |ev| {
         if let Some(f) = &also {
             f(ev);
         }
+        if ev.decision != Verdict::Deny {
+            return;
+        }
         let key = (ev.host.clone(), ev.dst.clone());
-        let first = said.lock().map(|mut s| s.insert(key)).unwrap_or(true);
-        if ev.decision == Verdict::Deny && first {
+        let first = said
+            .lock()
+            .map(|mut s| {
+                if s.len() < MAX_SAID {
+                    s.insert(key)
+                } else if s.len() == MAX_SAID && s.insert((None, None)) {
+                    eprintln!("airlock: more connections blocked; no longer listed here (see the network journal)");
+                    false
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(true);
+        if first {
             let target = match (&ev.host, ev.port) {
                 (Some(h), Some(p)) => format!("{h}:{p}"),
                 (Some(h), None) => h.clone(),

@@ -123,6 +123,13 @@ pub fn logs(a: &LogsArgs) -> CliResult<i32> {
     use std::io::{Read, Seek, Write};
     let dir = existing_dir(&a.name)?;
     let path = dir.join(if a.net { "net.jsonl" } else { backend::CONSOLE });
+    if a.net {
+        // The journal rotates at 8 MiB: the previous file's lines come first.
+        let old = airlock_egress::journal::RotatingFile::rotated_path(&path);
+        if let Ok(mut f) = std::fs::File::open(old) {
+            let _ = std::io::copy(&mut f, &mut std::io::stdout().lock());
+        }
+    }
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(_) if !a.follow => return Ok(0),
