@@ -29,6 +29,9 @@ pub fn state_dir() -> PathBuf {
     home.join(".local/state/airlock")
 }
 
+/// How long a half-created run directory (`.NAME.new`) is left to its creator.
+const HALF_CREATED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The file in a run directory naming the run's cgroup (its leaf directory name).
 pub const CGROUP_FILE: &str = "cgroup";
 
@@ -148,8 +151,15 @@ pub fn gc(state: &Path, layout: impl FnOnce() -> Layout) -> Vec<String> {
             continue;
         }
         if name.starts_with('.') {
-            // A half-created run: only reclaim if its creator is gone (lock free).
-            if !lock_free(&path) {
+            // A half-created run: its creator takes the lock only after making the directory
+            // and the lock file, so a young one may just not be locked yet. Reclaimed once it
+            // is a minute old and nobody holds its lock.
+            let young = fs::symlink_metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < HALF_CREATED_GRACE);
+            if young || !lock_free(&path) {
                 continue;
             }
         } else if !lock_free(&path) {
@@ -207,6 +217,19 @@ mod tests {
         assert!(live.path.exists());
         live.remove();
         assert!(gc(&state, || Layout::None).is_empty());
+        let _ = fs::remove_dir_all(&state);
+    }
+
+    #[test]
+    fn gc_leaves_a_run_directory_being_created_to_its_creator() {
+        let state =
+            std::env::temp_dir().join(format!("airlock-rundir-new-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        // What a concurrent `RunDir::create` has made before it could take its lock.
+        let half = runs_dir(&state).join(".run-1.new");
+        fs::create_dir_all(&half).expect("mkdir");
+        assert!(gc(&state, || Layout::None).is_empty());
+        assert!(half.exists());
         let _ = fs::remove_dir_all(&state);
     }
 

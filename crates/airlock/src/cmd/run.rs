@@ -307,7 +307,10 @@ pub fn run_with(
     no_user_config: bool,
     persist: Option<&Path>,
 ) -> CliResult<i32> {
-    let b = build(a, global_config, no_user_config, persist.is_some())?;
+    let mut b = build(a, global_config, no_user_config, persist.is_some())?;
+    if let Some(dir) = persist {
+        b.instance_id = Some(crate::cmd::sandbox::folder_id(dir)?);
+    }
     launch(
         &b,
         a.tty,

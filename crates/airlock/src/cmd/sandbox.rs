@@ -596,6 +596,28 @@ fn persistent_home(dir: &Path, spec: &airlock_model::spec::RunSpec) -> std::io::
     Ok(home)
 }
 
+/// The unique id of the sandbox in `dir` (`DIR/id`, written by the engine at create and
+/// start); a folder without one (driven by `__supervise` directly) gets a fresh one.
+pub fn folder_id(dir: &Path) -> CliResult<String> {
+    if let Some(id) = airlock_engine::engine::read_id(dir) {
+        return Ok(id);
+    }
+    let fail = |e: std::io::Error| {
+        CliError::new(
+            exit::SANDBOX_FAILED,
+            anyhow::anyhow!("write {}/id: {e}", dir.display()),
+        )
+    };
+    let id = format!(
+        "{}{}",
+        airlock_sandbox::container::rundir::random_id().map_err(fail)?,
+        airlock_sandbox::container::rundir::random_id().map_err(fail)?
+    );
+    airlock_engine::engine::write_atomic(&dir.join(airlock_engine::engine::ID_FILE), id.as_bytes())
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    Ok(id)
+}
+
 /// `airlock __supervise --dir DIR` for a created sandbox: its spec is DIR/spec.json.
 pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     // First, the secret values the engine passes on stdin (JSON [[name, value], …]).
@@ -627,13 +649,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         std::process::id().to_string(),
     )
     .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    let instance_id = airlock_engine::engine::read_id(dir).ok_or_else(|| {
-        CliError::new(
-            exit::SANDBOX_FAILED,
-            anyhow::anyhow!("{}/id is missing or invalid", dir.display()),
-        )
-        .hint("start it through the engine (`airlock start NAME`), which writes it")
-    })?;
+    let instance_id = folder_id(dir)?;
     let spec: airlock_model::spec::RunSpec = std::fs::read(dir.join("spec.json"))
         .map_err(anyhow::Error::from)
         .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
