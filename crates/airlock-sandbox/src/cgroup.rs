@@ -86,7 +86,7 @@ impl Layout {
             let d = parent.join(leaf);
             if d.is_dir() {
                 found = true;
-                remove_cgroup_dir(&d);
+                let _ = remove_cgroup_dir(&d);
             }
         }
         found
@@ -357,17 +357,18 @@ impl Cgroup {
     /// Kill anything left and remove the directories.
     pub fn destroy(self) {
         for d in &self.dirs {
-            remove_cgroup_dir(d);
+            let _ = remove_cgroup_dir(d);
         }
     }
 }
 
 /// Kill every process in a cgroup directory and remove it (best effort, a few retries).
-pub fn remove_cgroup_dir(d: &Path) {
+/// Returns whether it is gone.
+pub fn remove_cgroup_dir(d: &Path) -> bool {
     for attempt in 0..50 {
         match fs::remove_dir(d) {
-            Ok(()) => return,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Ok(()) => return true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
             Err(_) => {
                 if fs::write(d.join("cgroup.kill"), "1").is_err() {
                     if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
@@ -387,6 +388,7 @@ pub fn remove_cgroup_dir(d: &Path) {
             }
         }
     }
+    !d.exists()
 }
 
 #[cfg(test)]

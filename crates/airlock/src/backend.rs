@@ -195,7 +195,7 @@ impl Backend for SupervisorBackend {
     fn destroy(&self, name: &str, dir: &Path) -> Result<(), BackendError> {
         self.stop(name, dir, Duration::from_secs(0))?;
         for d in cgroup_dirs(name, dir) {
-            remove_cgroup_dir(&d);
+            let _ = remove_cgroup_dir(&d);
         }
         // The overlay's work directory is left mode 0000 by the kernel: clear the layers here,
         // so the engine can remove the folder even as an ordinary user.

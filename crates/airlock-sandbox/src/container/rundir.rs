@@ -170,8 +170,14 @@ pub fn gc(state: &Path, layout: impl FnOnce() -> Layout) -> Vec<String> {
         if crate::cgroup::valid_leaf(leaf) {
             let parents = parents
                 .get_or_insert_with(|| layout.take().map(|f| f().parents()).unwrap_or_default());
+            let mut gone = true;
             for parent in parents.iter() {
-                remove_cgroup_dir(&parent.join(leaf));
+                gone &= remove_cgroup_dir(&parent.join(leaf));
+            }
+            if !gone {
+                // Still busy: the run directory stays, so that the next gc tries again (it is
+                // the only record of which cgroup was the run's).
+                continue;
             }
         }
         remove_tree(&path);
@@ -218,6 +224,35 @@ mod tests {
         live.remove();
         assert!(gc(&state, || Layout::None).is_empty());
         let _ = fs::remove_dir_all(&state);
+    }
+
+    #[test]
+    fn a_run_whose_cgroup_is_still_busy_is_kept_for_the_next_gc() {
+        let base =
+            std::env::temp_dir().join(format!("airlock-rundir-busy-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let (state, pids) = (base.join("state"), base.join("pids"));
+        let layout = Layout::V1 {
+            memory: None,
+            pids: Some(pids.clone()),
+            cpu: None,
+        };
+        let dead = RunDir::create(&state, "box").expect("create");
+        fs::write(dead.path.join(CGROUP_FILE), "box.0123abcd").expect("write");
+        let path = dead.path.clone();
+        drop(dead);
+        // A directory rmdir cannot remove yet (a cgroup whose last process is still exiting).
+        fs::create_dir_all(pids.join("box.0123abcd/busy")).expect("mkdir");
+        assert!(gc(&state, || layout.clone()).is_empty());
+        assert!(
+            path.join(CGROUP_FILE).exists(),
+            "the record of its cgroup is kept"
+        );
+        let _ = fs::remove_dir_all(pids.join("box.0123abcd"));
+        fs::create_dir_all(pids.join("box.0123abcd")).expect("mkdir");
+        assert_eq!(gc(&state, || layout.clone()), vec!["box".to_string()]);
+        assert!(!pids.join("box.0123abcd").exists() && !path.exists());
+        let _ = fs::remove_dir_all(&base);
     }
 
     #[test]
