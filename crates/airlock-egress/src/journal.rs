@@ -2,7 +2,10 @@
 //! and an optional callback (agent mode turns denials into `blocked` events).
 
 use serde::Serialize;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -89,6 +92,9 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+/// The largest a journal file grows before it is rotated (see [`RotatingFile`]).
+pub const MAX_FILE_BYTES: u64 = 8 << 20;
+
 impl Journal {
     /// Write JSON lines to `w` (a file opened for append, a pipe, a `Vec<u8>` in tests).
     pub fn new(w: impl Write + Send + 'static) -> Self {
@@ -96,6 +102,11 @@ impl Journal {
             sink: Some(Mutex::new(Box::new(w))),
             callback: None,
         }
+    }
+
+    /// Append to the file at `path`, rotated at [`MAX_FILE_BYTES`] (see [`RotatingFile`]).
+    pub fn to_file(path: &Path) -> std::io::Result<Self> {
+        Ok(Self::new(RotatingFile::open(path, MAX_FILE_BYTES)?))
     }
 
     /// Record nothing.
@@ -157,6 +168,69 @@ fn rfc3339(secs: u64, millis: u32) -> String {
     )
 }
 
+/// A journal file that never grows past `max` bytes: a write that would take it past `max`
+/// first renames it to `PATH.1` (replacing the previous one) and starts `PATH` afresh, so the
+/// journal holds at most `2 * max` bytes on disk, the newest lines last. Writes are whole lines
+/// (the journal writes one line per call), so a rotation never splits one. Another process
+/// appending to the same path (two runs sharing `--net-log FILE`) is noticed by inode and
+/// followed, not clobbered.
+pub struct RotatingFile {
+    path: PathBuf,
+    file: File,
+    max: u64,
+}
+
+impl RotatingFile {
+    pub fn open(path: &Path, max: u64) -> std::io::Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Self::open_append(path)?,
+            max,
+        })
+    }
+
+    fn open_append(path: &Path) -> std::io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    /// `PATH.1`: the previous file.
+    pub fn rotated_path(path: &Path) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".1");
+        PathBuf::from(p)
+    }
+
+    fn rotate_if_needed(&mut self, incoming: u64) -> std::io::Result<()> {
+        let ours = self.file.metadata()?;
+        // Someone else rotated it: follow to the current file.
+        let current = std::fs::metadata(&self.path).ok();
+        if current.as_ref().map(|m| (m.dev(), m.ino())) != Some((ours.dev(), ours.ino())) {
+            self.file = Self::open_append(&self.path)?;
+        }
+        let len = self.file.metadata()?.len();
+        if len == 0 || len + incoming <= self.max {
+            return Ok(());
+        }
+        std::fs::rename(&self.path, Self::rotated_path(&self.path))?;
+        self.file = Self::open_append(&self.path)?;
+        Ok(())
+    }
+}
+
+impl Write for RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.rotate_if_needed(buf.len() as u64)?;
+        self.file.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.rotate_if_needed(buf.len() as u64)?;
+        self.file.write_all(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// A `Write` that appends to a shared buffer: handy for tests and for callers that ship lines
 /// elsewhere.
 #[derive(Debug, Clone, Default)]
@@ -198,6 +272,49 @@ mod tests {
         assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(rfc3339(1_767_225_599, 999), "2025-12-31T23:59:59.999Z");
         assert_eq!(rfc3339(4_107_542_400, 0), "2100-03-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn the_journal_file_rotates_and_never_exceeds_its_cap() {
+        let dir = std::env::temp_dir().join(format!("airlock-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("net.jsonl");
+        let cap = 16 << 10;
+        let j = Journal::new(RotatingFile::open(&path, cap).unwrap());
+        for i in 0..3000 {
+            let mut e = Event::new(Kind::Dns, Verdict::Deny);
+            e.host = Some(format!("x{i}.exfil.example"));
+            e.qtype = Some("TXT".into());
+            j.record(&e);
+        }
+        let old = RotatingFile::rotated_path(&path);
+        let (now, before) = (
+            std::fs::read_to_string(&path).unwrap(),
+            std::fs::read_to_string(&old).unwrap(),
+        );
+        assert!(now.len() as u64 <= cap && before.len() as u64 <= cap);
+        assert!(
+            before.len() as u64 > cap / 2,
+            "rotated files are nearly full"
+        );
+        // Whole lines only, in order, the newest last; nothing else is kept.
+        let hosts: Vec<String> = before
+            .lines()
+            .chain(now.lines())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["host"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(
+            hosts.last().map(String::as_str),
+            Some("x2999.exfil.example")
+        );
+        let first: usize = hosts[0][1..].split('.').next().unwrap().parse().unwrap();
+        assert_eq!(hosts.len(), 3000 - first);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -442,10 +442,20 @@ pub fn lock_serve(socket: &Path) -> io::Result<Option<Flock<fs::File>>> {
     }
 }
 
+/// A file beside the socket named after it: `engine.sock` → `engine.lock` for `name` =
+/// `engine.lock` (and `engine-HASH.sock` → `engine-HASH.lock`).
 pub(crate) fn sibling(socket: &Path, name: &str) -> PathBuf {
+    let stem = socket
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "engine".into());
+    let name = match name.strip_prefix("engine") {
+        Some(rest) => format!("{stem}{rest}"),
+        None => name.to_owned(),
+    };
     socket
         .parent()
-        .map(|d| d.join(name))
+        .map(|d| d.join(&name))
         .unwrap_or_else(|| PathBuf::from(name))
 }
 

@@ -91,6 +91,11 @@ pub trait Backend: Send + Sync {
     fn destroy(&self, name: &str, dir: &Path) -> Result<(), BackendError>;
     /// Its live resource use, when it runs and the backend can tell.
     fn stats(&self, name: &str, dir: &Path) -> Option<Stats>;
+    /// Reclaims what a dead supervisor left outside `dir` (cgroups, helper processes) of a
+    /// sandbox the engine knows is not running, keeping everything its next start needs (the
+    /// workspace, home). Must do nothing while a supervisor lives. Idempotent; the default
+    /// reclaims nothing.
+    fn reclaim(&self, _name: &str, _dir: &Path) {}
 }
 
 /// One call the [`FakeBackend`] received.
@@ -100,6 +105,7 @@ pub enum Call {
     Start(String),
     Stop(String, Duration),
     Destroy(String),
+    Reclaim(String),
 }
 
 /// Which operation a [`FakeBackend`] should fail.
@@ -255,6 +261,10 @@ impl Backend for FakeBackend {
         state.running.remove(name);
         state.stopped.remove(name);
         Ok(())
+    }
+
+    fn reclaim(&self, name: &str, _dir: &Path) {
+        self.lock().calls.push(Call::Reclaim(name.to_owned()));
     }
 
     fn stats(&self, name: &str, _dir: &Path) -> Option<Stats> {

@@ -4,7 +4,8 @@
 //! no half-made sandbox is ever left (a failed creation leaves neither row nor folder).
 //!
 //! One folder per sandbox, `STATE/sandboxes/NAME/` (mode 0700), holding `spec.json`
-//! (written atomically) and whatever the backend keeps there. The store is the truth about
+//! (written atomically), `id` (the record's unique id: what the backend names anything outside
+//! the folder by, e.g. cgroups) and whatever the backend keeps there. The store is the truth about
 //! which sandboxes exist; [`Engine::reconcile`] makes it match what the backend sees after a
 //! crash of the engine or of a supervisor.
 //!
@@ -27,6 +28,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, Liveness, Stats};
 use crate::store::{Record, Store, StoreError};
+
+/// The file in a sandbox's folder holding its unique id.
+pub const ID_FILE: &str = "id";
+
+/// A sandbox's unique id from its folder (32 lowercase hex digits), if present and well-formed.
+pub fn read_id(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join(ID_FILE)).ok()?;
+    let id = text.trim();
+    (id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| id.to_owned())
+}
 
 /// The grace period of a stop nobody gave one for (reconcile finishing an interrupted stop).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -328,7 +343,7 @@ impl Engine {
             str_field("image"),
             str_field("profile"),
         );
-        lock(&self.store).create(
+        let record = lock(&self.store).create(
             name,
             spec_json,
             backend.as_deref(),
@@ -337,7 +352,7 @@ impl Engine {
         )?;
         let dir = self.sandbox_dir(name);
         let made = self
-            .make_folder(&dir, spec_json)
+            .make_folder(&dir, spec_json, &record.id)
             .and_then(|()| {
                 self.backend
                     .prepare(name, &dir, spec_json)
@@ -369,7 +384,7 @@ impl Engine {
         }
     }
 
-    fn make_folder(&self, dir: &Path, spec_json: &str) -> Result<(), EngineError> {
+    fn make_folder(&self, dir: &Path, spec_json: &str, id: &str) -> Result<(), EngineError> {
         // A folder without a row is a leftover of a crash (or of a lost race with rm):
         // this sandbox's row is ours now, so is the name's folder.
         if dir.exists() {
@@ -383,6 +398,7 @@ impl Engine {
                 path: dir.to_path_buf(),
                 source,
             })?;
+        write_atomic(&dir.join(ID_FILE), id.as_bytes())?;
         write_atomic(&dir.join("spec.json"), spec_json.as_bytes())
     }
 
@@ -409,6 +425,10 @@ impl Engine {
                 dir: dir.clone(),
                 detail: format!("spec.json: {e}"),
             })?;
+        // Folders made before ids were written there get theirs now.
+        if read_id(&dir).as_deref() != Some(record.id.as_str()) {
+            write_atomic(&dir.join(ID_FILE), record.id.as_bytes())?;
+        }
         self.transition(
             name,
             "starting",
@@ -583,7 +603,10 @@ impl Engine {
                     name: record.name.clone(),
                 }
             };
-            let _ = self.settle(record);
+            if let Ok(Some((Some(S::Stopped | S::Failed), _))) = self.settle(record) {
+                self.backend
+                    .reclaim(&record.name, &self.sandbox_dir(&record.name));
+            }
         }
     }
 
@@ -623,7 +646,15 @@ impl Engine {
                 }
             };
             let from = record.state;
-            match self.settle(&record) {
+            let settled = self.settle(&record);
+            // Nothing runs it: whatever a dead supervisor left outside the folder goes.
+            if matches!(
+                self.get_record(&name).map(|r| r.state),
+                Ok(S::Stopped | S::Failed)
+            ) {
+                self.backend.reclaim(&name, &self.sandbox_dir(&name));
+            }
+            match settled {
                 Ok(Some((to, detail))) => report.changes.push(Change {
                     name,
                     from,

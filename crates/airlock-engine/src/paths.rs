@@ -27,18 +27,38 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
-/// The engine's API socket.
+/// The engine's API socket: `engine.sock` in the runtime dir for the default state dir, and
+/// `engine-HASH.sock` for any other (`$AIRLOCK_STATE_DIR`), so that state dirs sharing a
+/// runtime dir never share an engine (which would serve one state dir's sandboxes to the other).
 pub fn socket_path() -> PathBuf {
-    runtime_dir().join("engine.sock")
+    runtime_dir().join(socket_name(&state_dir(), &default_state_dir()))
+}
+
+/// The socket's file name for `state`, given the user's default state dir.
+pub fn socket_name(state: &std::path::Path, default: &std::path::Path) -> String {
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let state = canon(state);
+    if state == canon(default) {
+        return "engine.sock".into();
+    }
+    // FNV-1a: stable across builds and platforms, short enough for sun_path.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in state.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("engine-{h:016x}.sock")
 }
 
 /// The folder of the store and of the sandboxes' folders: `$AIRLOCK_STATE_DIR` if set, else
 /// `/var/lib/airlock` for root, else `$XDG_STATE_HOME/airlock` (falling back to
 /// `~/.local/state/airlock`).
 pub fn state_dir() -> PathBuf {
-    if let Some(dir) = env_path("AIRLOCK_STATE_DIR") {
-        return dir;
-    }
+    env_path("AIRLOCK_STATE_DIR").unwrap_or_else(default_state_dir)
+}
+
+/// The state dir when `$AIRLOCK_STATE_DIR` is not set.
+fn default_state_dir() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/airlock");
     }
@@ -55,4 +75,24 @@ fn env_path(key: &str) -> Option<PathBuf> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn each_state_dir_has_its_own_socket() {
+        let default = Path::new("/nonexistent/default/airlock");
+        assert_eq!(socket_name(default, default), "engine.sock");
+        let a = socket_name(Path::new("/nonexistent/a"), default);
+        let b = socket_name(Path::new("/nonexistent/b"), default);
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("engine-") && a.ends_with(".sock") && a.len() == 28,
+            "{a}"
+        );
+        assert_eq!(a, socket_name(Path::new("/nonexistent/a"), default));
+    }
 }

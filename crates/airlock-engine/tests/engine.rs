@@ -115,11 +115,23 @@ fn create_makes_a_stopped_sandbox_with_a_private_folder_and_its_spec() {
         .mode();
     assert_eq!(spec_mode & 0o777, 0o600);
     // No temporary file is left beside it.
-    let entries: Vec<_> = std::fs::read_dir(&dir)
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .expect("read")
         .map(|e| e.expect("entry").file_name())
         .collect();
-    assert_eq!(entries, vec![std::ffi::OsString::from("spec.json")]);
+    entries.sort();
+    assert_eq!(
+        entries,
+        vec![
+            std::ffi::OsString::from("id"),
+            std::ffi::OsString::from("spec.json")
+        ]
+    );
+    // The unique id the backend names things outside the folder by (cgroups).
+    assert_eq!(
+        airlock_engine::engine::read_id(&dir).as_deref(),
+        Some(record.id.as_str())
+    );
     assert_eq!(f.fake.calls(), vec![Call::Prepare("web".into())]);
 }
 
@@ -659,4 +671,47 @@ fn a_supervisor_dying_under_a_live_engine_is_seen_on_the_next_request() {
     );
     // A start of the dead one is allowed again (no stale `running` blocks it).
     assert_eq!(f.engine.start("died").expect("restart").state, S::Running);
+}
+
+#[test]
+fn dead_supervisors_leftovers_are_reclaimed_by_reconcile_and_on_the_next_request() {
+    let f = Fixture::new();
+    for n in ["alive", "died", "stopped", "seen"] {
+        f.make(n, S::Running);
+    }
+    f.engine.stop("stopped", Duration::ZERO).expect("stop");
+    f.fake.die("died");
+    f.fake.die("seen");
+    // A live engine learns of `seen` on the next request, and reclaims right away.
+    f.engine.status("seen").expect("status");
+    let reclaimed = |f: &Fixture| -> Vec<String> {
+        f.fake
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Reclaim(n) => Some(n),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(reclaimed(&f), vec!["seen".to_string()]);
+    // gc (reconcile): every sandbox that does not run, never a running one.
+    f.engine.reconcile().expect("reconcile");
+    let mut got = reclaimed(&f);
+    got.sort();
+    got.dedup();
+    assert_eq!(got, vec!["died", "seen", "stopped"]);
+}
+
+#[test]
+fn start_gives_a_folder_without_an_id_its_records_id() {
+    let f = Fixture::new();
+    let rec = f.engine.create("old", SPEC).expect("create");
+    let dir = f.engine.sandbox_dir("old");
+    std::fs::remove_file(dir.join(airlock_engine::engine::ID_FILE)).expect("rm id");
+    f.engine.start("old").expect("start");
+    assert_eq!(
+        airlock_engine::engine::read_id(&dir).as_deref(),
+        Some(rec.id.as_str())
+    );
 }

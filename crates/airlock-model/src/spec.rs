@@ -67,7 +67,9 @@ pub struct Resources {
     pub memory: Option<ByteSize>,
     pub cpus: Option<Cpus>,
     pub pids: Option<u64>,
-    /// Size cap for the sandbox's writable tmpfs mounts (/tmp, /run, $HOME).
+    /// `airlock run`: the budget of the sandbox's writable tmpfs mounts together (/tmp,
+    /// /dev/shm, /run, $HOME, the overlay workspace's upper layer), see `plan::tmpfs_sizes`.
+    /// Refused for named sandboxes, whose writable layers live on the host's disk.
     pub disk: Option<ByteSize>,
 }
 
@@ -75,6 +77,15 @@ impl Resources {
     pub fn any(&self) -> bool {
         self.memory.is_some() || self.cpus.is_some() || self.pids.is_some()
     }
+}
+
+/// Which of a spec's `resources` are airlock's defaults rather than asked for. A default the
+/// host cannot enforce (rootless without a delegated cgroup) is left out quietly; one asked for
+/// is reported, or refused with `--require-limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Defaulted {
+    pub memory: bool,
+    pub pids: bool,
 }
 
 /// How stdin reaches the command.
@@ -137,6 +148,9 @@ pub struct RunSpec {
     /// Agent mode: the harness a named sandbox runs prompts with (`airlock up --agent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<crate::config::Harness>,
+    /// Which limits in `resources` came from airlock's defaults.
+    #[serde(default)]
+    pub defaulted: Defaulted,
 }
 
 /// Validate a sandbox name: DNS-label-like, 1..=63 bytes, lowercase letters, digits and '-'.

@@ -1,7 +1,9 @@
 //! Resource limits through cgroups, v1 (legacy/hybrid hosts) and v2 (unified), detected at run
-//! time. Sandbox cgroups live under airlock's own cgroup (`<own>/airlock/<name>`), never at the
+//! time. Sandbox cgroups live under airlock's own cgroup (`<own>/airlock/<leaf>`), never at the
 //! hierarchy root, except on v2 as root when our own cgroup cannot host children (processes in
-//! it): then `/sys/fs/cgroup/airlock/<name>`.
+//! it): then `/sys/fs/cgroup/airlock/<leaf>`. The leaf is `NAME.ID` ([`leaf_name`]): the id is
+//! unique per sandbox (a named sandbox's store id, a fresh random one per `run`), so sandboxes of
+//! different state directories never share a cgroup even when their names are equal.
 
 use crate::probe::cgroups;
 use airlock_model::plan::LimitSupport;
@@ -60,7 +62,36 @@ fn writable_dir(p: &Path) -> bool {
     .is_ok()
 }
 
+/// The cgroup directory name of one sandbox instance: its name (for people reading
+/// /sys/fs/cgroup) and its unique id (what makes it its own).
+pub fn leaf_name(name: &str, id: &str) -> String {
+    format!("{name}.{id}")
+}
+
+/// Whether `leaf` is a plain directory name (what gc reads back from a run directory).
+pub fn valid_leaf(leaf: &str) -> bool {
+    !leaf.is_empty() && leaf != "." && leaf != ".." && !leaf.contains(['/', '\0'])
+}
+
 impl Layout {
+    /// Kill whatever is left in the cgroup `leaf` and remove it, in every hierarchy. For the
+    /// leftovers of a sandbox whose supervisor died (its owner must be known dead). Returns
+    /// whether there was anything.
+    pub fn reclaim(&self, leaf: &str) -> bool {
+        if !valid_leaf(leaf) {
+            return false;
+        }
+        let mut found = false;
+        for parent in self.parents() {
+            let d = parent.join(leaf);
+            if d.is_dir() {
+                found = true;
+                let _ = remove_cgroup_dir(&d);
+            }
+        }
+        found
+    }
+
     /// Detect from the live system (reads two /proc files and does a few access(2) checks).
     pub fn detect() -> Layout {
         let cg = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
@@ -326,17 +357,18 @@ impl Cgroup {
     /// Kill anything left and remove the directories.
     pub fn destroy(self) {
         for d in &self.dirs {
-            remove_cgroup_dir(d);
+            let _ = remove_cgroup_dir(d);
         }
     }
 }
 
 /// Kill every process in a cgroup directory and remove it (best effort, a few retries).
-pub fn remove_cgroup_dir(d: &Path) {
+/// Returns whether it is gone.
+pub fn remove_cgroup_dir(d: &Path) -> bool {
     for attempt in 0..50 {
         match fs::remove_dir(d) {
-            Ok(()) => return,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Ok(()) => return true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
             Err(_) => {
                 if fs::write(d.join("cgroup.kill"), "1").is_err() {
                     if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
@@ -356,6 +388,7 @@ pub fn remove_cgroup_dir(d: &Path) {
             }
         }
     }
+    !d.exists()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Killing the engine never touches a sandbox; the next engine probes the locks to reconcile.
 
 use airlock_engine::backend::{Backend, BackendError, Liveness, Secrets, Started, Stats};
-use airlock_sandbox::cgroup::{remove_cgroup_dir, Layout};
+use airlock_sandbox::cgroup::{leaf_name, remove_cgroup_dir, Layout};
 use airlock_sandbox::container::exec;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, File, OpenOptions};
@@ -65,11 +65,19 @@ fn wait_until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+/// The sandbox's cgroup leaf (`NAME.ID`), from the id in its folder.
+fn cgroup_leaf(name: &str, dir: &Path) -> Option<String> {
+    airlock_engine::engine::read_id(dir).map(|id| leaf_name(name, &id))
+}
+
+fn cgroup_dirs(name: &str, dir: &Path) -> Vec<PathBuf> {
+    let Some(leaf) = cgroup_leaf(name, dir) else {
+        return vec![];
+    };
     Layout::detect()
         .parents()
         .into_iter()
-        .map(|p| p.join(name))
+        .map(|p| p.join(&leaf))
         .collect()
 }
 
@@ -186,8 +194,8 @@ impl Backend for SupervisorBackend {
 
     fn destroy(&self, name: &str, dir: &Path) -> Result<(), BackendError> {
         self.stop(name, dir, Duration::from_secs(0))?;
-        for d in cgroup_dirs(name) {
-            remove_cgroup_dir(&d);
+        for d in cgroup_dirs(name, dir) {
+            let _ = remove_cgroup_dir(&d);
         }
         // The overlay's work directory is left mode 0000 by the kernel: clear the layers here,
         // so the engine can remove the folder even as an ordinary user.
@@ -197,12 +205,27 @@ impl Backend for SupervisorBackend {
         Ok(())
     }
 
+    fn reclaim(&self, name: &str, dir: &Path) {
+        // The lock is the supervisor's life: held, nothing here is a leftover. Holding it
+        // ourselves meanwhile keeps a supervisor from starting under our feet.
+        let Ok(Some(_lock)) = take_lock(dir) else {
+            return;
+        };
+        if let Some(leaf) = cgroup_leaf(name, dir) {
+            Layout::detect().reclaim(&leaf);
+        }
+        // Its control socket and agent socket lead nowhere now.
+        for f in [exec::CONTROL_SOCKET, crate::agent::AGENT_SOCKET] {
+            let _ = fs::remove_file(dir.join(f));
+        }
+    }
+
     fn stats(&self, name: &str, dir: &Path) -> Option<Stats> {
         if !locked(dir) {
             return None;
         }
         let mut s = Stats::default();
-        for d in cgroup_dirs(name).into_iter().filter(|d| d.is_dir()) {
+        for d in cgroup_dirs(name, dir).into_iter().filter(|d| d.is_dir()) {
             if let Some(v) = read_u64(&d.join("memory.current"))
                 .or_else(|| read_u64(&d.join("memory.usage_in_bytes")))
             {

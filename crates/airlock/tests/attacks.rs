@@ -82,7 +82,8 @@ fn terminal_injection_is_blocked_with_a_real_terminal() {
         );
         let mut script = airlock.command_with("script", &["-qec", inner.as_str(), "/dev/null"]);
         script.env("TERM", "xterm");
-        let out = run_with_deadline(script, None, DEADLINE);
+        // script's stdin stays open: at EOF it would type its EOF character into the session.
+        let out = common::run_with_open_stdin(script, DEADLINE);
         let report = Report::parse(&out.stdout);
         let label = format!("TIOCSTI under a pty, flags [{flags}]");
         let tiocsti = report

@@ -29,6 +29,9 @@ pub struct LoadOptions {
     pub cli: Layer,
     /// The home directory for `~/` and the default user config. `None` = `$HOME`.
     pub home: Option<PathBuf>,
+    /// The host's RAM in bytes: when known, the default resource limits
+    /// ([`super::host_defaults_layer`]) apply. `None` = no default limits.
+    pub host_memory: Option<u64>,
 }
 
 impl LoadOptions {
@@ -127,6 +130,9 @@ pub fn load(opts: &LoadOptions) -> Result<Resolved, ConfigError> {
     for (_, layer) in user.iter().chain(&project).chain([&cli]) {
         plugins.expand(layer.plugins.as_deref().unwrap_or_default(), &sources)?;
     }
+    let host = opts
+        .host_memory
+        .map(|m| (Source::Default, super::host_defaults_layer(m)));
     // The same without the project file: what the user gets from sources they control.
     let untrusted = match &project {
         None => None,
@@ -141,17 +147,19 @@ pub fn load(opts: &LoadOptions) -> Result<Resolved, ConfigError> {
                 .filter(|(src, _)| !own.layers.iter().any(|(o, _)| o == src))
                 .filter_map(|(src, _)| src.file().map(Path::to_path_buf))
                 .collect();
-            let without: Vec<_> = user
+            let without: Vec<_> = host
                 .iter()
                 .cloned()
+                .chain(user.iter().cloned())
                 .chain(own.layers)
                 .chain([cli.clone()])
                 .collect();
             Some((merge_layers(without)?.0, project_plugins))
         }
     };
-    let layers: Vec<_> = user
+    let layers: Vec<_> = host
         .into_iter()
+        .chain(user)
         .chain(plugins.layers)
         .chain(project)
         .chain([cli])

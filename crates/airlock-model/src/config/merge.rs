@@ -11,9 +11,9 @@ use super::effective::{
 };
 use super::error::{ConfigError, Location};
 use super::origin::{join_key, Origins, Source};
-use super::schema::{HomeFileLayer, Layer, NetworkLayer, SandboxLayer};
+use super::schema::{HomeFileLayer, Layer, NetworkLayer, ResourcesLayer, SandboxLayer};
 use super::validate::validate;
-use crate::policy::{BackendKind, Profile};
+use crate::policy::{BackendKind, ByteSize, Profile};
 use std::collections::BTreeMap;
 
 /// The defaults, as the first layer of every merge.
@@ -26,6 +26,32 @@ pub fn defaults_layer() -> Layer {
         }),
         network: Some(NetworkLayer {
             ports: Some(DEFAULT_PORTS.to_vec()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The default `resources.pids`: podman's default pids limit. Ample for parallel builds (it
+/// counts threads too: cargo -j32 with rustc's threads stays well below), while a fork bomb
+/// stops at it — even without a pids cgroup (rootless), through RLIMIT_NPROC.
+pub const DEFAULT_PIDS: u64 = 2048;
+
+/// The default `resources.memory` for a host with `total` bytes of RAM: half of it (rounded
+/// down to MiB), so one runaway sandbox cannot take the host's memory; it also bounds the
+/// sandbox's tmpfs mounts together (`plan::tmpfs_sizes`).
+pub fn default_memory(total: u64) -> ByteSize {
+    const MIB: u64 = 1 << 20;
+    ByteSize((total / 2 / MIB).max(64) * MIB)
+}
+
+/// The defaults that depend on the host (its RAM): the first layer after [`defaults_layer`]
+/// when [`super::LoadOptions::host_memory`] is known.
+pub fn host_defaults_layer(host_memory: u64) -> Layer {
+    Layer {
+        resources: Some(ResourcesLayer {
+            memory: Some(default_memory(host_memory)),
+            pids: Some(DEFAULT_PIDS),
             ..Default::default()
         }),
         ..Default::default()

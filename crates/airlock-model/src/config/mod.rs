@@ -59,7 +59,7 @@ pub use load::{
     default_user_config_path, find_project_file, load, LoadOptions, ProjectConfig, Resolved,
     PROJECT_FILE,
 };
-pub use merge::{defaults_layer, merge_layers};
+pub use merge::{default_memory, defaults_layer, host_defaults_layer, merge_layers, DEFAULT_PIDS};
 pub use trust::Widening;
 pub use origin::{join_key, quote_key, Origins, Source};
 pub use plugins::{builtin_plugin, is_plugin_path, BUILTIN_NAMES};

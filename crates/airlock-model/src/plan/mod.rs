@@ -282,6 +282,8 @@ pub enum Refusal {
     ReservedPort(u16),
     #[error("the command is empty")]
     EmptyCommand,
+    #[error("[resources] disk cannot be enforced for a named sandbox: its workspace, home and writable layer live on the host's disk, where airlock sets no quota")]
+    DiskUnenforceable,
 }
 
 impl Refusal {
@@ -297,7 +299,38 @@ impl Refusal {
             Refusal::BadTarget(..) => "mount targets must be absolute paths outside /proc, /sys, /dev and not `/`",
             Refusal::EmptyCommand => "give the command after `--`, e.g. airlock run -- echo hello",
             Refusal::ReservedPort(_) => "remove that port from [network] ports / --allow",
+            Refusal::DiskUnenforceable => "remove `disk` from [resources] for named sandboxes (it bounds the in-memory mounts of `airlock run`), or run the command with `airlock run`",
         }
+    }
+}
+
+/// The budget of a sandbox's writable tmpfs mounts, all together: `[resources] disk` when set
+/// (`run` only), else the memory limit (tmpfs pages are charged to the memory cgroup anyway, and
+/// the sizes hold where no cgroup does). None: no bound (the kernel's default per mount).
+pub fn tmpfs_budget(r: &Resources) -> Option<u64> {
+    r.disk.or(r.memory).map(|b| b.0)
+}
+
+/// How the budget is shared out, in sixteenths: the overlay workspace's upper layer 6, /tmp 4,
+/// $HOME 4, /dev/shm 1, /run 1 — 16 in all, so the mounts can never hold more than the budget
+/// together (each gets at least 1 MiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TmpfsSizes {
+    pub upper: Option<u64>,
+    pub tmp: Option<u64>,
+    pub home: Option<u64>,
+    pub shm: Option<u64>,
+    pub run: Option<u64>,
+}
+
+pub fn tmpfs_sizes(budget: Option<u64>) -> TmpfsSizes {
+    let share = |n: u64| budget.map(|b| (b / 16 * n).max(1 << 20));
+    TmpfsSizes {
+        upper: share(6),
+        tmp: share(4),
+        home: share(4),
+        shm: share(1),
+        run: share(1),
     }
 }
 
@@ -360,12 +393,21 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     // Rootless sandboxes map a single uid: every tmpfs must be owned by it.
     let sys_owner = if rootless { owner } else { (0, 0) };
     let home = p(spec.user.home());
-    let tmp_size = spec.resources.disk.map(|d| d.0);
+    if spec.persistent && spec.resources.disk.is_some() {
+        return Err(Refusal::DiskUnenforceable);
+    }
+    let sizes = tmpfs_sizes(tmpfs_budget(&spec.resources));
 
     let mut unenforced = Vec::new();
     let r = &spec.resources;
+    let mut limits = spec.resources;
     if r.memory.is_some() && !host.limits.memory {
-        unenforced.push("memory");
+        if spec.defaulted.memory {
+            // A default the host cannot enforce: left out, not reported (nobody asked).
+            limits.memory = None;
+        } else {
+            unenforced.push("memory");
+        }
     }
     // pids are always enforced: by the cgroup where there is one, and by RLIMIT_NPROC.
     if r.cpus.is_some() && !host.limits.cpu {
@@ -438,7 +480,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     m.push(MountStep::Tmpfs {
         target: p("/dev/shm"),
         mode: 0o1777,
-        size: tmp_size,
+        size: sizes.shm,
         owner: sys_owner,
         noexec: false,
     });
@@ -456,14 +498,14 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     m.push(MountStep::Tmpfs {
         target: p("/tmp"),
         mode: 0o1777,
-        size: tmp_size,
+        size: sizes.tmp,
         owner: sys_owner,
         noexec: false,
     });
     m.push(MountStep::Tmpfs {
         target: p("/run"),
         mode: 0o755,
-        size: tmp_size,
+        size: sizes.run,
         owner: sys_owner,
         noexec: false,
     });
@@ -477,7 +519,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         None => m.push(MountStep::Tmpfs {
             target: home.clone(),
             mode: 0o700,
-            size: tmp_size,
+            size: sizes.home,
             owner,
             noexec: false,
         }),
@@ -490,7 +532,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         WorkspaceMode::Overlay => {
             let upper = if host.tmpfs_xattr && !spec.persistent {
                 UpperStore::Tmpfs {
-                    size: tmp_size,
+                    size: sizes.upper,
                     owner: sys_owner,
                 }
             } else {
@@ -579,7 +621,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         env: with_proxy_env(spec),
         argv: spec.argv.clone(),
         writable_paths: writable,
-        limits: spec.resources,
+        limits,
         unenforced_limits: unenforced.iter().map(|s| s.to_string()).collect(),
         net: spec.net,
         egress: (spec.net == NetMode::Filtered).then(|| EgressPlan {

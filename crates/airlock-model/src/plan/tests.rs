@@ -30,6 +30,7 @@ fn spec() -> RunSpec {
         home_files: Default::default(),
         secrets: Default::default(),
         agent: None,
+        defaulted: Default::default(),
     }
 }
 
@@ -342,10 +343,92 @@ fn old_kernels_keep_the_upper_layer_on_disk() {
             .overlay()
             .map(|(_, u)| u.clone()),
         Some(UpperStore::Tmpfs {
-            size: Some(1 << 30),
+            // `disk` is the budget of every tmpfs together; the upper layer gets 6/16 of it.
+            size: Some(6 << 26),
             owner: (1000, 1000)
         })
     );
+}
+
+fn tmpfs_size_of(plan: &LaunchPlan, target: &str) -> Option<u64> {
+    plan.mounts.iter().find_map(|m| match m {
+        MountStep::Tmpfs {
+            target: t, size, ..
+        } if t == &p(target) => *size,
+        MountStep::Overlay {
+            upper: UpperStore::Tmpfs { size, .. },
+            ..
+        } if target == "upper" => *size,
+        _ => None,
+    })
+}
+
+#[test]
+fn tmpfs_mounts_share_one_budget_tied_to_memory_or_disk() {
+    const MIB: u64 = 1 << 20;
+    let mut s = spec();
+    s.resources.memory = Some(ByteSize(256 * MIB));
+    let got = plan(&s, &host(1000)).expect("plan");
+    let sizes: Vec<Option<u64>> = ["upper", "/tmp", "/home/agent", "/dev/shm", "/run"]
+        .iter()
+        .map(|t| tmpfs_size_of(&got, t))
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![
+            Some(96 * MIB),
+            Some(64 * MIB),
+            Some(64 * MIB),
+            Some(16 * MIB),
+            Some(16 * MIB)
+        ]
+    );
+    assert_eq!(sizes.iter().flatten().sum::<u64>(), 256 * MIB);
+    // `disk` (run only) takes over from the memory limit as the budget.
+    s.resources.disk = Some(ByteSize(64 * MIB));
+    let got = plan(&s, &host(1000)).expect("plan");
+    assert_eq!(tmpfs_size_of(&got, "/tmp"), Some(16 * MIB));
+    // No budget: the kernel's defaults, as before.
+    assert_eq!(tmpfs_sizes(None).tmp, None);
+    // Tiny budgets still give every mount 1 MiB.
+    assert_eq!(tmpfs_sizes(Some(MIB)).shm, Some(MIB));
+}
+
+#[test]
+fn default_limits_the_host_cannot_enforce_are_left_out_quietly() {
+    let mut s = spec();
+    s.resources.memory = Some(ByteSize(1 << 30));
+    s.resources.pids = Some(2048);
+    s.defaulted = crate::spec::Defaulted {
+        memory: true,
+        pids: true,
+    };
+    s.require_limits = true;
+    let mut h = host(1000);
+    h.limits = LimitSupport::default();
+    let got = plan(&s, &h).expect("a default is never refused");
+    assert!(got.unenforced_limits.is_empty());
+    assert_eq!(got.limits.memory, None);
+    // pids hold through RLIMIT_NPROC; the tmpfs budget through the mounts' sizes.
+    assert_eq!(got.rlimit_nproc, Some(2048));
+    assert_eq!(tmpfs_size_of(&got, "/tmp"), Some(1 << 28));
+    // The same limit asked for is refused as before.
+    s.defaulted.memory = false;
+    assert_eq!(
+        plan(&s, &h),
+        Err(Refusal::LimitsUnenforceable(vec!["memory"]))
+    );
+}
+
+#[test]
+fn disk_is_refused_for_named_sandboxes() {
+    let mut s = spec();
+    s.persistent = true;
+    s.argv.clear();
+    s.resources.disk = Some(ByteSize(1 << 30));
+    assert_eq!(plan(&s, &host(0)), Err(Refusal::DiskUnenforceable));
+    s.resources.disk = None;
+    assert!(plan(&s, &host(0)).is_ok());
 }
 
 #[test]

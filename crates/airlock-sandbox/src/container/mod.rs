@@ -294,25 +294,37 @@ fn egress_ctx(
             .map_err(io_err("read the host's DNS configuration"))?,
     };
     let journal = match opts.net_journal {
-        Some(p) => Journal::new(
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(io_err("open the network journal"))?,
-        ),
+        Some(p) => Journal::to_file(p).map_err(io_err("open the network journal"))?,
         None => Journal::discard(),
     };
-    // Say each distinct denial once on stderr (a resolver retries, asks A and AAAA, ...).
+    // Say each distinct denial once on stderr (a resolver retries, asks A and AAAA, ...), and
+    // only the first MAX_SAID of them: a flood of distinct denials (DNS exfiltration attempts)
+    // stays in the size-capped journal instead of the terminal and this process's memory.
+    const MAX_SAID: usize = 256;
     let said = std::sync::Mutex::new(std::collections::HashSet::new());
     let also = opts.on_egress.clone();
     let journal = journal.with_callback(move |ev| {
         if let Some(f) = &also {
             f(ev);
         }
+        if ev.decision != Verdict::Deny {
+            return;
+        }
         let key = (ev.host.clone(), ev.dst.clone());
-        let first = said.lock().map(|mut s| s.insert(key)).unwrap_or(true);
-        if ev.decision == Verdict::Deny && first {
+        let first = said
+            .lock()
+            .map(|mut s| {
+                if s.len() < MAX_SAID {
+                    s.insert(key)
+                } else if s.len() == MAX_SAID && s.insert((None, None)) {
+                    eprintln!("airlock: more connections blocked; no longer listed here (see the network journal)");
+                    false
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(true);
+        if first {
             let target = match (&ev.host, ev.port) {
                 (Some(h), Some(p)) => format!("{h}:{p}"),
                 (Some(h), None) => h.clone(),
@@ -348,6 +360,8 @@ pub struct RunOptions<'a> {
     /// A persistent sandbox's folder: its disk layers live (and stay) there, and the host pid
     /// of PID 1 is published there for exec while it runs.
     pub persist: Option<&'a Path>,
+    /// A persistent sandbox's unique id (its cgroup is `NAME.ID`); runs make up their own.
+    pub instance_id: Option<&'a str>,
     /// Also called for every filtered-egress decision (agent mode turns denials into `blocked`
     /// events).
     pub on_egress: Option<EgressCallback>,
@@ -400,7 +414,14 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
     // disk-backed overlay upper layer on old kernels. Runs that need neither skip it.
     let disk_upper = matches!(plan.overlay(), Some((_, UpperStore::Disk)));
     if let Some(dir) = opts.persist {
-        let cg = Cgroup::create(opts.layout, &plan.name, &plan.limits)?;
+        let id = opts.instance_id.ok_or_else(|| {
+            RunError::Setup("a persistent sandbox needs its id (the folder's `id` file)".into())
+        })?;
+        let leaf = crate::cgroup::leaf_name(&plan.name, id);
+        // A cgroup of this very id can only be a leftover of a supervisor of ours that was
+        // killed (this one holds the folder's lock): reclaim it, then start afresh.
+        opts.layout.reclaim(&leaf);
+        let cg = Cgroup::create(opts.layout, &leaf, &plan.limits)?;
         let layers = if disk_upper { Some(dir) } else { None };
         let result = run_in(plan, opts, layers, cg.as_ref());
         let _ = fs::remove_file(dir.join(PID1_FILE));
@@ -420,13 +441,13 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
     } else {
         None
     };
-    let cg = match Cgroup::create(opts.layout, &plan.name, &plan.limits) {
+    let cg = match run_cgroup(rd.as_ref(), opts.layout, plan) {
         Ok(cg) => cg,
         Err(e) => {
             if let Some(rd) = rd {
                 rd.remove();
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
     let result = run_in(
@@ -449,6 +470,25 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
         }
         o
     })
+}
+
+/// An ephemeral run's cgroup, `NAME.ID` with a fresh id, named in its run directory first so
+/// that gc finds it (and only it) if this process dies.
+fn run_cgroup(
+    rd: Option<&RunDir>,
+    layout: &Layout,
+    plan: &LaunchPlan,
+) -> Result<Option<Cgroup>, RunError> {
+    let Some(rd) = rd.filter(|_| plan.limits.any()) else {
+        return Ok(None);
+    };
+    let id = rundir::random_id().map_err(io_err("generate the run's id"))?;
+    let leaf = crate::cgroup::leaf_name(&plan.name, &id);
+    fs::write(rd.path.join(rundir::CGROUP_FILE), &leaf).map_err(|source| RunError::RunDir {
+        path: rd.path.clone(),
+        source,
+    })?;
+    Ok(Cgroup::create(layout, &leaf, &plan.limits)?)
 }
 
 /// Where a persistent sandbox publishes PID 1: "PID STARTTIME".

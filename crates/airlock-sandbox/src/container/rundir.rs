@@ -1,6 +1,8 @@
 //! Per-run scratch directories under the state directory, each held by an flock for as long as
 //! its airlock process lives. A directory whose lock nobody holds belongs to a dead run: the next
-//! airlock command (or `airlock gc`) reclaims it together with its cgroups.
+//! airlock command (or `airlock gc`) reclaims it together with its cgroups. A run directory names
+//! its run's cgroup in `cgroup` (written before the cgroup is created): gc removes exactly that
+//! one, never a cgroup found by the run's name alone, which another state directory may share.
 
 use crate::cgroup::{remove_cgroup_dir, Layout};
 use nix::fcntl::{Flock, FlockArg};
@@ -25,6 +27,20 @@ pub fn state_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/airlock")
+}
+
+/// How long a half-created run directory (`.NAME.new`) is left to its creator.
+const HALF_CREATED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The file in a run directory naming the run's cgroup (its leaf directory name).
+pub const CGROUP_FILE: &str = "cgroup";
+
+/// 16 random hex digits: the unique id of one run (its cgroup's name).
+pub fn random_id() -> io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn runs_dir(state: &Path) -> PathBuf {
@@ -135,17 +151,34 @@ pub fn gc(state: &Path, layout: impl FnOnce() -> Layout) -> Vec<String> {
             continue;
         }
         if name.starts_with('.') {
-            // A half-created run: only reclaim if its creator is gone (lock free).
-            if !lock_free(&path) {
+            // A half-created run: its creator takes the lock only after making the directory
+            // and the lock file, so a young one may just not be locked yet. Reclaimed once it
+            // is a minute old and nobody holds its lock.
+            let young = fs::symlink_metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < HALF_CREATED_GRACE);
+            if young || !lock_free(&path) {
                 continue;
             }
         } else if !lock_free(&path) {
             continue;
         }
-        let parents =
-            parents.get_or_insert_with(|| layout.take().map(|f| f().parents()).unwrap_or_default());
-        for parent in parents.iter() {
-            remove_cgroup_dir(&parent.join(&name));
+        let leaf = fs::read_to_string(path.join(CGROUP_FILE)).unwrap_or_default();
+        let leaf = leaf.trim();
+        if crate::cgroup::valid_leaf(leaf) {
+            let parents = parents
+                .get_or_insert_with(|| layout.take().map(|f| f().parents()).unwrap_or_default());
+            let mut gone = true;
+            for parent in parents.iter() {
+                gone &= remove_cgroup_dir(&parent.join(leaf));
+            }
+            if !gone {
+                // Still busy: the run directory stays, so that the next gc tries again (it is
+                // the only record of which cgroup was the run's).
+                continue;
+            }
         }
         remove_tree(&path);
         reclaimed.push(name);
@@ -191,5 +224,75 @@ mod tests {
         live.remove();
         assert!(gc(&state, || Layout::None).is_empty());
         let _ = fs::remove_dir_all(&state);
+    }
+
+    #[test]
+    fn a_run_whose_cgroup_is_still_busy_is_kept_for_the_next_gc() {
+        let base =
+            std::env::temp_dir().join(format!("airlock-rundir-busy-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let (state, pids) = (base.join("state"), base.join("pids"));
+        let layout = Layout::V1 {
+            memory: None,
+            pids: Some(pids.clone()),
+            cpu: None,
+        };
+        let dead = RunDir::create(&state, "box").expect("create");
+        fs::write(dead.path.join(CGROUP_FILE), "box.0123abcd").expect("write");
+        let path = dead.path.clone();
+        drop(dead);
+        // A directory rmdir cannot remove yet (a cgroup whose last process is still exiting).
+        fs::create_dir_all(pids.join("box.0123abcd/busy")).expect("mkdir");
+        assert!(gc(&state, || layout.clone()).is_empty());
+        assert!(
+            path.join(CGROUP_FILE).exists(),
+            "the record of its cgroup is kept"
+        );
+        let _ = fs::remove_dir_all(pids.join("box.0123abcd"));
+        fs::create_dir_all(pids.join("box.0123abcd")).expect("mkdir");
+        assert_eq!(gc(&state, || layout.clone()), vec!["box".to_string()]);
+        assert!(!pids.join("box.0123abcd").exists() && !path.exists());
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn gc_leaves_a_run_directory_being_created_to_its_creator() {
+        let state =
+            std::env::temp_dir().join(format!("airlock-rundir-new-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        // What a concurrent `RunDir::create` has made before it could take its lock.
+        let half = runs_dir(&state).join(".run-1.new");
+        fs::create_dir_all(&half).expect("mkdir");
+        assert!(gc(&state, || Layout::None).is_empty());
+        assert!(half.exists());
+        let _ = fs::remove_dir_all(&state);
+    }
+
+    #[test]
+    fn gc_removes_the_cgroup_its_run_named_and_no_other() {
+        let base =
+            std::env::temp_dir().join(format!("airlock-rundir-cg-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let (state, mem, pids) = (base.join("state"), base.join("mem"), base.join("pids"));
+        let layout = Layout::V1 {
+            memory: Some(mem.clone()),
+            pids: Some(pids.clone()),
+            cpu: None,
+        };
+        let dead = RunDir::create(&state, "box").expect("create");
+        fs::write(dead.path.join(CGROUP_FILE), "box.0123abcd").expect("write");
+        drop(dead);
+        // Its own cgroups, and same-named ones of another state dir's runs.
+        for p in [&mem, &pids] {
+            for leaf in ["box.0123abcd", "box", "box.ffff0000"] {
+                fs::create_dir_all(p.join(leaf)).expect("mkdir");
+            }
+        }
+        assert_eq!(gc(&state, || layout.clone()), vec!["box".to_string()]);
+        for p in [&mem, &pids] {
+            assert!(!p.join("box.0123abcd").exists());
+            assert!(p.join("box").exists() && p.join("box.ffff0000").exists());
+        }
+        let _ = fs::remove_dir_all(&base);
     }
 }

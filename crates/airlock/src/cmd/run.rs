@@ -216,8 +216,23 @@ pub fn load_config(
         no_user_config,
         cli,
         home: None,
+        host_memory: host_memory(),
     };
     Ok(config::load(&opts)?)
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 fn random_suffix() -> String {
@@ -292,7 +307,10 @@ pub fn run_with(
     no_user_config: bool,
     persist: Option<&Path>,
 ) -> CliResult<i32> {
-    let b = build(a, global_config, no_user_config, persist.is_some())?;
+    let mut b = build(a, global_config, no_user_config, persist.is_some())?;
+    if let Some(dir) = persist {
+        b.instance_id = Some(crate::cmd::sandbox::folder_id(dir)?);
+    }
     launch(
         &b,
         a.tty,
@@ -313,6 +331,8 @@ pub struct Built {
     /// Secret values already read (a supervisor gets them from the engine); None: read them
     /// from their sources now.
     pub secrets: Option<Vec<(String, String)>>,
+    /// A named sandbox's unique id (from its folder); None for `run`.
+    pub instance_id: Option<String>,
 }
 
 /// Config + flags -> the spec (`persistent`: a named sandbox, no command).
@@ -453,6 +473,15 @@ pub fn build(
         }
     });
     let r = &eff.resources;
+    if persistent && r.disk.is_some() {
+        return Err(plan::Refusal::DiskUnenforceable.into());
+    }
+    let from_defaults = |key: &str| {
+        resolved
+            .origins
+            .get(key)
+            .is_some_and(|s| s.iter().all(|s| *s == config::Source::Default))
+    };
     let spec = RunSpec {
         name,
         hostname,
@@ -499,6 +528,10 @@ pub fn build(
         home_files: eff.home_files.clone(),
         secrets: eff.secrets.clone(),
         agent: if persistent { eff.agent.clone() } else { None },
+        defaulted: airlock_model::spec::Defaulted {
+            memory: from_defaults("resources.memory"),
+            pids: from_defaults("resources.pids"),
+        },
     };
     Ok(Built {
         spec,
@@ -506,6 +539,7 @@ pub fn build(
         forward_stdin,
         workspace: eff.workspace.clone(),
         secrets: None,
+        instance_id: None,
     })
 }
 
@@ -585,6 +619,7 @@ pub fn launch(
         net_journal: net_log,
         secrets: &secrets,
         persist,
+        instance_id: b.instance_id.as_deref(),
         on_egress: hooks.on_egress.clone(),
         on_ready: hooks.on_ready,
     };

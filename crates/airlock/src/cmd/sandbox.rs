@@ -141,6 +141,13 @@ pub fn logs(a: &LogsArgs) -> CliResult<i32> {
     use std::io::{Read, Seek, Write};
     let dir = existing_dir(&a.name)?;
     let path = dir.join(if a.net { "net.jsonl" } else { backend::CONSOLE });
+    if a.net {
+        // The journal rotates at 8 MiB: the previous file's lines come first.
+        let old = airlock_egress::journal::RotatingFile::rotated_path(&path);
+        if let Ok(mut f) = std::fs::File::open(old) {
+            let _ = std::io::copy(&mut f, &mut std::io::stdout().lock());
+        }
+    }
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(_) if !a.follow => return Ok(0),
@@ -668,6 +675,28 @@ fn persistent_home(dir: &Path, spec: &airlock_model::spec::RunSpec) -> std::io::
     Ok(home)
 }
 
+/// The unique id of the sandbox in `dir` (`DIR/id`, written by the engine at create and
+/// start); a folder without one (driven by `__supervise` directly) gets a fresh one.
+pub fn folder_id(dir: &Path) -> CliResult<String> {
+    if let Some(id) = airlock_engine::engine::read_id(dir) {
+        return Ok(id);
+    }
+    let fail = |e: std::io::Error| {
+        CliError::new(
+            exit::SANDBOX_FAILED,
+            anyhow::anyhow!("write {}/id: {e}", dir.display()),
+        )
+    };
+    let id = format!(
+        "{}{}",
+        airlock_sandbox::container::rundir::random_id().map_err(fail)?,
+        airlock_sandbox::container::rundir::random_id().map_err(fail)?
+    );
+    airlock_engine::engine::write_atomic(&dir.join(airlock_engine::engine::ID_FILE), id.as_bytes())
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    Ok(id)
+}
+
 /// `airlock __supervise --dir DIR` for a created sandbox: its spec is DIR/spec.json.
 pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     // First, the secret values the engine passes on stdin (JSON [[name, value], …]).
@@ -699,6 +728,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         std::process::id().to_string(),
     )
     .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let instance_id = folder_id(dir)?;
     let spec: airlock_model::spec::RunSpec = std::fs::read(dir.join("spec.json"))
         .map_err(anyhow::Error::from)
         .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
@@ -763,6 +793,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         forward_stdin: false,
         workspace: Default::default(),
         secrets: Some(secrets),
+        instance_id: Some(instance_id),
     };
     let code = crate::cmd::run::launch(
         &built,

@@ -438,9 +438,24 @@ impl Airlock {
 }
 
 /// Run to completion, capturing output; SIGKILL and panic if it outlives `deadline`.
-pub fn run_with_deadline(mut cmd: Command, input: Option<Vec<u8>>, deadline: Duration) -> Outcome {
+pub fn run_with_deadline(cmd: Command, input: Option<Vec<u8>>, deadline: Duration) -> Outcome {
+    run_inner(cmd, input, false, deadline)
+}
+
+/// [`run_with_deadline`] with a stdin that stays open (never EOF) until the program exits: for
+/// script(1), which types its terminal's EOF character into the session when its stdin ends.
+pub fn run_with_open_stdin(cmd: Command, deadline: Duration) -> Outcome {
+    run_inner(cmd, None, true, deadline)
+}
+
+fn run_inner(
+    mut cmd: Command,
+    input: Option<Vec<u8>>,
+    hold_stdin: bool,
+    deadline: Duration,
+) -> Outcome {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if input.is_some() {
+    cmd.stdin(if input.is_some() || hold_stdin {
         Stdio::piped()
     } else {
         Stdio::null()
@@ -459,6 +474,7 @@ pub fn run_with_deadline(mut cmd: Command, input: Option<Vec<u8>>, deadline: Dur
             Err(e) => panic!("spawn {cmd:?}: {e}"),
         }
     };
+    let _held = if hold_stdin { child.stdin.take() } else { None };
     if let Some(data) = input {
         let mut stdin = child.stdin.take().expect("stdin pipe");
         std::thread::spawn(move || {

@@ -259,3 +259,27 @@ fn plugins_can_name_plugins_and_cycles_terminate() {
         vec![named[0].clone(), named[1].clone(), s("node")]
     );
 }
+
+#[test]
+fn default_limits_follow_the_host_and_yield_to_every_layer() {
+    use crate::policy::ByteSize;
+    let t = TempDir::new("limits");
+    let gib = 1u64 << 30;
+    let o = LoadOptions {
+        host_memory: Some(16 * gib),
+        ..opts(t.path())
+    };
+    let r = load(&o).unwrap();
+    assert_eq!(r.effective.resources.memory, Some(ByteSize(8 * gib)));
+    assert_eq!(r.effective.resources.pids, Some(DEFAULT_PIDS));
+    assert_eq!(r.origins["resources.memory"], vec![Source::Default]);
+    assert_eq!(r.origins["resources.pids"], vec![Source::Default]);
+    // A project file (or the command line) overrides them.
+    let file = t.write("airlock.toml", "[resources]\nmemory = \"1G\"\npids = 100\n");
+    let r = load(&o).unwrap();
+    assert_eq!(r.effective.resources.memory, Some(ByteSize(gib)));
+    assert_eq!(r.effective.resources.pids, Some(100));
+    assert_eq!(r.origins["resources.pids"], vec![Source::Project(file)]);
+    // Half of the RAM, in whole MiB.
+    assert_eq!(default_memory(3 * gib + 12345).0, (3 * gib / 2) >> 20 << 20);
+}
