@@ -79,6 +79,7 @@ pub const ETC_ALLOWLIST: &[&str] = &[
 ];
 
 /// Workspace paths the sandboxed agent must not rewrite (SPEC §7): its own rules and git's.
+/// A clone workspace leaves git's own out (`SANDBOX_OWNED_IN_CLONE`), see `protected_paths`.
 pub const PROTECTED_PATHS: &[&str] = &[
     ".git/hooks",
     ".git/config",
@@ -92,6 +93,21 @@ pub const PROTECTED_PATHS: &[&str] = &[
     ".envrc",
     "airlock.toml",
 ];
+
+/// Git internals that only matter where the host uses the repository. A clone workspace's
+/// repository is the sandbox's own: the host never runs git in it (diff, fetch and sync read
+/// its objects as data through a review repository of airlock's), so its config and hooks only
+/// ever act inside the sandbox — and the agent needs `git config` there.
+pub const SANDBOX_OWNED_IN_CLONE: &[&str] = &[".git/hooks", ".git/config"];
+
+/// The workspace paths made read-only for a workspace mode: all of `PROTECTED_PATHS` where the
+/// host reads the repository (overlay, bind), all but git's own internals in a clone.
+pub fn protected_paths(mode: WorkspaceMode) -> impl Iterator<Item = &'static str> {
+    PROTECTED_PATHS
+        .iter()
+        .copied()
+        .filter(move |p| mode != WorkspaceMode::Clone || !SANDBOX_OWNED_IN_CLONE.contains(p))
+}
 
 /// Top-level host directories considered for the `host` image.
 pub const ROOT_CANDIDATES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
@@ -515,8 +531,9 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         WorkspaceMode::None => {}
     }
     if spec.workspace != WorkspaceMode::None {
-        let extra = spec.protected.iter().map(String::as_str);
-        for rel in PROTECTED_PATHS.iter().copied().chain(extra) {
+        let mut rels: Vec<&str> = protected_paths(spec.workspace).collect();
+        rels.extend(spec.protected.iter().map(String::as_str));
+        for rel in rels {
             m.push(MountStep::Protect {
                 target: ws.join(rel),
             });

@@ -406,3 +406,41 @@ fn persistent_plans_have_no_command_and_a_disk_upper() {
         got
     );
 }
+
+/// A clone's git config and hooks are the sandbox's own (the host never runs git in the clone):
+/// writable there, still protected where the host reads the repository (overlay, bind). Agent
+/// configuration and `[workspace] protected` stay read-only in every mode.
+#[test]
+fn clone_workspaces_leave_git_config_and_hooks_to_the_sandbox() {
+    let protected = |mode: WorkspaceMode| {
+        let mut s = spec();
+        s.workspace = mode;
+        s.workspace_dir = Some(p("/state/sandboxes/x/workspace"));
+        s.protected = vec!["notes/rules.md".into()];
+        plan(&s, &host(1000))
+            .expect("plan")
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                MountStep::Protect { target } => Some(target.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let ws = |r: &str| Path::new("/workspace").join(r);
+    let all: Vec<PathBuf> = PROTECTED_PATHS
+        .iter()
+        .copied()
+        .chain(["notes/rules.md"])
+        .map(ws)
+        .collect();
+    assert_eq!(protected(WorkspaceMode::Overlay), all);
+    assert_eq!(protected(WorkspaceMode::Bind), all);
+    let clone: Vec<PathBuf> = all
+        .iter()
+        .filter(|p| **p != ws(".git/config") && **p != ws(".git/hooks"))
+        .cloned()
+        .collect();
+    assert_eq!(protected(WorkspaceMode::Clone), clone);
+    assert!(clone.contains(&ws(".gitmodules")) && clone.contains(&ws(".claude")));
+}
