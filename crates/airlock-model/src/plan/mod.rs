@@ -22,6 +22,10 @@ pub struct HostFacts {
     pub root_entries: Vec<(String, RootEntry)>,
     /// Entries of the host's /etc that exist and are on the curated allowlist.
     pub etc_entries: Vec<String>,
+    /// Entries of the host's /etc/profile.d (`Dir`: bound read-only, file or directory;
+    /// `Symlink`: recreated as the same link, resolved inside).
+    #[serde(default)]
+    pub profile_d: Vec<(String, RootEntry)>,
     /// Owner (uid, gid) of the project directory.
     pub project_owner: (u32, u32),
     /// Which cgroup limits this host can enforce for this user.
@@ -69,7 +73,6 @@ pub const ETC_ALLOWLIST: &[&str] = &[
     "os-release",
     "pki",
     "profile",
-    "profile.d",
     "protocols",
     "services",
     "ssl",
@@ -412,6 +415,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
             target: path,
         });
     }
+    m.extend(profile_d(&host.profile_d));
     m.push(MountStep::Proc { target: p("/proc") });
     for ro in [
         "/proc/sys",
@@ -632,6 +636,49 @@ fn check_target(t: &Path) -> Result<(), Refusal> {
 }
 
 /// The generated files of the curated /etc.
+/// The drop-in that keeps agent tools reachable from login shells: `/etc/profile` resets PATH
+/// (Codex runs every command through `sh -lc`), then sources /etc/profile.d/*.sh.
+pub const PROFILE_DROP_IN: &str = "airlock.sh";
+
+/// /etc/profile.d: a directory of ours with the host's entries and airlock's drop-in, which
+/// puts the agent tools directory back on PATH where it exists (agent sandboxes).
+fn profile_d(host_entries: &[(String, RootEntry)]) -> Vec<MountStep> {
+    let dir = Path::new("/etc/profile.d");
+    let tools = crate::agent::adapter::TOOLS_DIR;
+    let mut m = vec![
+        MountStep::Dir {
+            target: dir.to_path_buf(),
+            mode: 0o755,
+        },
+        MountStep::File {
+            target: dir.join(PROFILE_DROP_IN),
+            contents: format!(
+                "# airlock: login shells reset PATH; keep the agent tools (report) on it.\n\
+                 if [ -d {tools} ]; then\n  case \":$PATH:\" in\n    *:{tools}:*) ;;\n    \
+                 *) PATH=\"{tools}:$PATH\"; export PATH ;;\n  esac\nfi\n"
+            ),
+            mode: 0o644,
+        },
+    ];
+    for (name, entry) in host_entries {
+        if name == PROFILE_DROP_IN || name.contains('/') || name.starts_with('.') {
+            continue;
+        }
+        let target = dir.join(name);
+        m.push(match entry {
+            RootEntry::Dir => MountStep::BindRo {
+                source: target.clone(),
+                target,
+            },
+            RootEntry::Symlink(to) => MountStep::Symlink {
+                target,
+                points_to: to.clone(),
+            },
+        });
+    }
+    m
+}
+
 fn etc_files(spec: &RunSpec, home: &Path) -> Vec<MountStep> {
     let u = SandboxUser::AGENT_UID;
     let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");

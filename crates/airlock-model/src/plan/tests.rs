@@ -30,6 +30,7 @@ fn spec() -> RunSpec {
         home_files: Default::default(),
         secrets: Default::default(),
         agent: None,
+        agent_grace: None,
     }
 }
 
@@ -42,6 +43,7 @@ fn host(uid: u32) -> HostFacts {
             ("bin".into(), RootEntry::Symlink(p("usr/bin"))),
         ],
         etc_entries: vec!["ssl".into()],
+        profile_d: vec![],
         project_owner: (uid, uid),
         limits: LimitSupport {
             memory: true,
@@ -83,6 +85,7 @@ fn rootless_overlay_plan_is_exact() {
     });
     mounts.extend(etc_files(&spec(), Path::new("/home/agent")));
     mounts.push(ro("/etc/ssl"));
+    mounts.extend(profile_d(&[]));
     mounts.push(MountStep::Proc { target: p("/proc") });
     for r in [
         "/proc/sys",
@@ -443,4 +446,57 @@ fn clone_workspaces_leave_git_config_and_hooks_to_the_sandbox() {
         .collect();
     assert_eq!(protected(WorkspaceMode::Clone), clone);
     assert!(clone.contains(&ws(".gitmodules")) && clone.contains(&ws(".claude")));
+}
+
+/// Login shells (`sh -lc`, as Codex runs every command) reset PATH in /etc/profile and then
+/// source /etc/profile.d/*.sh: /etc/profile.d is ours, with the host's entries (files bound,
+/// symlinks recreated) and a drop-in putting the agent tools directory back on PATH.
+#[test]
+fn profile_d_keeps_the_agent_tools_on_login_shells_path() {
+    let mut h = host(1000);
+    h.profile_d = vec![
+        ("bash_completion.sh".into(), RootEntry::Dir),
+        ("vte.sh".into(), RootEntry::Symlink(p("vte-2.91.sh"))),
+        ("airlock.sh".into(), RootEntry::Dir),
+    ];
+    let got = plan(&spec(), &h).expect("plan");
+    let at = got
+        .mounts
+        .iter()
+        .position(
+            |m| matches!(m, MountStep::Dir { target, .. } if target == Path::new("/etc/profile.d")),
+        )
+        .expect("/etc/profile.d is made");
+    let MountStep::File {
+        target,
+        contents,
+        mode,
+    } = &got.mounts[at + 1]
+    else {
+        panic!("no drop-in after /etc/profile.d: {:?}", got.mounts[at + 1]);
+    };
+    assert_eq!(
+        (target.as_path(), *mode),
+        (Path::new("/etc/profile.d/airlock.sh"), 0o644)
+    );
+    assert!(
+        contents.contains("PATH=\"/run/airlock/bin:$PATH\"") && contents.contains("export PATH")
+    );
+    assert_eq!(
+        got.mounts[at + 2..at + 4].to_vec(),
+        vec![
+            MountStep::BindRo {
+                source: p("/etc/profile.d/bash_completion.sh"),
+                target: p("/etc/profile.d/bash_completion.sh"),
+            },
+            MountStep::Symlink {
+                target: p("/etc/profile.d/vte.sh"),
+                points_to: p("vte-2.91.sh"),
+            },
+        ]
+    );
+    // The host's own airlock.sh never replaces ours; the host's whole directory is not bound.
+    assert!(!got.mounts.iter().any(|m| matches!(m,
+        MountStep::BindRo { target, .. } if target == Path::new("/etc/profile.d/airlock.sh")
+            || target == Path::new("/etc/profile.d"))));
 }

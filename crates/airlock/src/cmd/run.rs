@@ -464,6 +464,7 @@ pub fn build(
         home_files: eff.home_files.clone(),
         secrets: eff.secrets.clone(),
         agent: if persistent { eff.agent.clone() } else { None },
+        agent_grace: persistent.then_some(eff.agent_grace),
     };
     Ok(Built {
         spec,

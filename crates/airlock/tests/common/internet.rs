@@ -1,7 +1,8 @@
 //! A fake internet for the network tests: a network namespace of the test's own, joined to the
 //! host by a veth pair on a private /30 inside 198.18.0.0/15 (the benchmarking range, which the
 //! egress policy does not treat as private), running `fixtures/internet.py` (DNS, HTTP, HTTPS
-//! with a certificate made at test time). No traffic leaves the machine.
+//! with a certificate made at test time, and a scripted model behind the agent CLIs' APIs). No
+//! traffic leaves the machine.
 
 use super::TempDir;
 use std::path::{Path, PathBuf};
@@ -103,6 +104,7 @@ impl Internet {
         }
         cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
         cmd.arg("--serve-dir").arg(dir.join("files"));
+        cmd.arg("--model-log").arg(dir.join("model.jsonl"));
         cmd.arg("--dns-log")
             .arg(dir.join("dns.log"))
             .arg("--ready")
@@ -130,6 +132,15 @@ impl Internet {
     /// Files served under `http(s)://NAME/files/` (e.g. a bare git repository).
     pub fn files(&self) -> PathBuf {
         self.dir.join("files")
+    }
+
+    /// Every request the scripted model APIs received (`fixtures/model_api.py`), parsed.
+    pub fn model_requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("model.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Every DNS query the fake internet received, one `name qtype` per line.
