@@ -333,7 +333,6 @@ fn completes_turns(m: &Model, clis: &Path, a: &Airlock, label: &str) {
         ("HARNESS_TOKEN", "airlock-test-credential"),
         ("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str()),
     ];
-    let run = |args: &[&str]| a.run_with_env(&env, args);
     let diagnose = |what: &str, out: &common::Outcome| {
         let dir = a.state_dir().join("sandboxes").join(&name);
         let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
@@ -360,6 +359,21 @@ fn completes_turns(m: &Model, clis: &Path, a: &Airlock, label: &str) {
             out.describe(),
             reqs.join("\n")
         )
+    };
+    // Each airlock command with the test's environment; a hang fails with the diagnosis.
+    let run = |args: &[&str]| {
+        let mut cmd = a.command(args);
+        cmd.envs(env.iter().copied());
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            common::run_with_deadline(cmd, None, Duration::from_secs(150))
+        }));
+        match got {
+            Ok(out) => out,
+            Err(_) => {
+                let out = a.run(&["reports", &name]);
+                panic!("{}", diagnose(&format!("{args:?} hung"), &out))
+            }
+        }
     };
     let out = run(&args);
     assert_eq!(out.code(), 0, "{}", diagnose("up", &out));

@@ -37,9 +37,15 @@ pub fn turn_command(h: &Harness, prompt: &str, continuing: bool, turn_id: u64) -
             a
         }
         // `codex exec` is the non-interactive mode, `codex exec resume --last` continues the
-        // most recent session. Codex's own sandbox cannot nest inside ours: bypass it.
+        // most recent session. Codex's own sandbox cannot nest inside ours: bypass it. Its
+        // non-essential traffic is off: the curated-plugins sync (github.com, api.github.com)
+        // and the analytics metrics export (ab.chatgpt.com), each turn a `blocked` event else.
         Harness::Codex => {
-            let mut a = s(&["codex", "exec"]);
+            let mut a = s(&["codex"]);
+            for c in CODEX_QUIET {
+                a.extend(["-c".to_string(), c.to_string()]);
+            }
+            a.push("exec".into());
             if continuing {
                 a.extend(s(&["resume", "--last"]));
             }
@@ -88,6 +94,9 @@ pub fn turn_command(h: &Harness, prompt: &str, continuing: bool, turn_id: u64) -
     }
     TurnCommand { argv, env }
 }
+
+/// Codex settings (`-c key=value`) that switch off traffic a sandboxed turn does not need.
+pub const CODEX_QUIET: &[&str] = &["features.plugins=false", "analytics.enabled=false"];
 
 /// Domains the harness's API needs (added to the sandbox's allowlist in filtered mode).
 pub fn default_domains(h: &Harness) -> &'static [&'static str] {
@@ -183,6 +192,10 @@ mod tests {
             head(turn_command(&Harness::Codex, "P", false, 1)),
             v(&[
                 "codex",
+                "-c",
+                "features.plugins=false",
+                "-c",
+                "analytics.enabled=false",
                 "exec",
                 "--dangerously-bypass-approvals-and-sandbox",
                 "--skip-git-repo-check"
@@ -192,6 +205,10 @@ mod tests {
             head(turn_command(&Harness::Codex, "P", true, 2)),
             v(&[
                 "codex",
+                "-c",
+                "features.plugins=false",
+                "-c",
+                "analytics.enabled=false",
                 "exec",
                 "resume",
                 "--last",

@@ -71,25 +71,41 @@ impl Internet {
         ]);
         sh(&["ip", "-n", &ns, "link", "set", &peer_if, "up"]);
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        // A CA of the test's own (what clients trust: `cert()`) and a server certificate it
+        // signed for the names: strict TLS stacks (rustls) refuse a CA certificate as a server's.
+        let (ca, ca_key) = (dir.join("cert.pem"), dir.join("ca-key.pem"));
+        let (cert, key, csr) = (
+            dir.join("server.pem"),
+            dir.join("key.pem"),
+            dir.join("server.csr"),
+        );
+        let ext = dir.join("server.ext");
         let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName={}\nbasicConstraints=critical,CA:FALSE\n\
+                 keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+                san.join(",")
+            ),
+        )
+        .expect("write the certificate extensions");
+        let path = |p: &PathBuf| p.to_str().unwrap_or_default().to_string();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let mut ca_args = vec!["openssl", "req", "-x509"];
+        ca_args.extend(ec);
+        let (ca_s, ca_key_s) = (path(&ca), path(&ca_key));
+        ca_args.extend(["-days", "1", "-subj", "/CN=airlock-test-ca", "-keyout", &ca_key_s]);
+        ca_args.extend(["-out", &ca_s]);
+        sh(&ca_args);
+        let (key_s, csr_s, cert_s, ext_s) = (path(&key), path(&csr), path(&cert), path(&ext));
+        let mut req = vec!["openssl", "req"];
+        req.extend(ec);
+        req.extend(["-subj", "/CN=airlock-test", "-keyout", &key_s, "-out", &csr_s]);
+        sh(&req);
         sh(&[
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=airlock-test",
-            "-keyout",
-            key.to_str().unwrap_or_default(),
-            "-out",
-            cert.to_str().unwrap_or_default(),
-            "-addext",
-            &format!("subjectAltName={}", san.join(",")),
+            "openssl", "x509", "-req", "-in", &csr_s, "-CA", &ca_s, "-CAkey", &ca_key_s,
+            "-set_serial", "2", "-days", "1", "-extfile", &ext_s, "-out", &cert_s,
         ]);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/internet.py");
         let ready = dir.join("ready");
