@@ -133,9 +133,9 @@ fn turns(a: &Airlock, label: &str) {
     assert_eq!(out.code(), 0, "{label}: up --prompt: {}", out.describe());
     // When prompt returns, the turn is journaled as completed.
     assert!(
-        journal(a, "agent1").iter().any(|e| e["kind"] == "turn_completed"
-            && e["turn_id"] == 1
-            && e["reported"] == true),
+        journal(a, "agent1")
+            .iter()
+            .any(|e| e["kind"] == "turn_completed" && e["turn_id"] == 1 && e["reported"] == true),
         "{label}: turn 1 is not completed in the journal when up --prompt returns"
     );
     let working = out.stdout.find("turn 1 working: editing notes.txt");
@@ -261,7 +261,9 @@ fn turns(a: &Airlock, label: &str) {
     assert_eq!(out.code(), 0, "{label}: linger: {}", out.describe());
     assert!(
         out.stdout.contains("turn 7 done: done early")
-            && out.stdout.contains("turn 7 completed, exit 143; the harness was stopped")
+            && out
+                .stdout
+                .contains("turn 7 completed, exit 143; the harness was stopped")
             && out.stdout.contains("raise `[agent] grace`"),
         "{label}: {}",
         out.describe()
@@ -273,9 +275,11 @@ fn turns(a: &Airlock, label: &str) {
         out.elapsed
     );
     assert!(
-        journal(a, "agent1").iter().any(|e| e["kind"] == "turn_completed"
-            && e["turn_id"] == 7
-            && e["stopped_after_secs"].as_u64().is_some_and(|s| s >= 3)),
+        journal(a, "agent1")
+            .iter()
+            .any(|e| e["kind"] == "turn_completed"
+                && e["turn_id"] == 7
+                && e["stopped_after_secs"].as_u64().is_some_and(|s| s >= 3)),
         "{label}: no stopped turn_completed in the journal"
     );
     let out = a.run(&["rm", "--force", "agent1"]);

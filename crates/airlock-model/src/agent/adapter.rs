@@ -98,6 +98,20 @@ pub fn turn_command(h: &Harness, prompt: &str, continuing: bool, turn_id: u64) -
 /// Codex settings (`-c key=value`) that switch off traffic a sandboxed turn does not need.
 pub const CODEX_QUIET: &[&str] = &["features.plugins=false", "analytics.enabled=false"];
 
+/// A settings file the runner seeds under `$HOME` before a turn when there is none (one the
+/// user placed, e.g. with `home_files`, is left alone): Gemini CLI's user settings with usage
+/// statistics off — they go to play.googleapis.com, each turn a `blocked` event else (Gemini CLI
+/// reads that switch from settings only).
+pub fn seed_settings(h: &Harness) -> Option<(&'static str, &'static str)> {
+    match h {
+        Harness::Gemini => Some((
+            ".gemini/settings.json",
+            "{\"privacy\": {\"usageStatisticsEnabled\": false}}\n",
+        )),
+        _ => None,
+    }
+}
+
 /// Domains the harness's API needs (added to the sandbox's allowlist in filtered mode).
 pub fn default_domains(h: &Harness) -> &'static [&'static str] {
     match h {
@@ -280,5 +294,10 @@ mod tests {
         assert!(credential_vars(&Harness::Codex).contains(&"OPENAI_API_KEY"));
         assert!(credential_vars(&Harness::Gemini).contains(&"GEMINI_API_KEY"));
         assert!(default_domains(&Harness::Command(vec![])).is_empty());
+        let (rel, json) = seed_settings(&Harness::Gemini).expect("gemini settings");
+        assert_eq!(rel, ".gemini/settings.json");
+        let v: serde_json::Value = serde_json::from_str(json).expect("settings are JSON");
+        assert_eq!(v["privacy"]["usageStatisticsEnabled"], false);
+        assert!(seed_settings(&Harness::Claude).is_none());
     }
 }

@@ -131,11 +131,11 @@ impl Host {
     }
 
     fn denied(&self, ev: &Event) {
-        let domain = ev
-            .host
-            .clone()
-            .or_else(|| ev.dst.clone())
-            .unwrap_or_else(|| "?".into());
+        // A connection that names no destination was not refused anything (the client hung
+        // up before its request): nothing for the user to allow.
+        let Some(domain) = ev.host.clone().or_else(|| ev.dst.clone()) else {
+            return;
+        };
         let turn_id = {
             let mut st = self.state();
             let t = st.current_turn;

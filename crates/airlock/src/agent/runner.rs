@@ -10,7 +10,7 @@
 
 use super::report::{ReportReply, ReportRequest};
 use super::{path_with_tools, REPORT_SOCKET};
-use airlock_model::agent::adapter::{harness_name, turn_command};
+use airlock_model::agent::adapter::{harness_name, seed_settings, turn_command};
 use airlock_model::agent::protocol::{decode, encode, Decoded};
 use airlock_model::agent::{HostMsg, ReportStatus, SandboxMsg, PROTOCOL_VERSION};
 use airlock_model::config::Harness;
@@ -303,6 +303,16 @@ fn start_turn(harness: &Harness, id: u64, text: &str, out: &Out, tx: &Sender<Ev>
         home()
     };
     let mut cmd = Command::new(&tc.argv[0]);
+    if let Some((rel, contents)) = seed_settings(harness) {
+        let path = home().join(rel);
+        if std::fs::symlink_metadata(&path).is_err() {
+            let _ = path
+                .parent()
+                .map(std::fs::create_dir_all)
+                .transpose()
+                .and_then(|_| std::fs::write(&path, contents));
+        }
+    }
     cmd.envs(secrets())
         .args(&tc.argv[1..])
         .envs(tc.env.iter().map(|(k, v)| (k, v)))

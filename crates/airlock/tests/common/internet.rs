@@ -91,21 +91,56 @@ impl Internet {
         )
         .expect("write the certificate extensions");
         let path = |p: &PathBuf| p.to_str().unwrap_or_default().to_string();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         let mut ca_args = vec!["openssl", "req", "-x509"];
         ca_args.extend(ec);
         let (ca_s, ca_key_s) = (path(&ca), path(&ca_key));
-        ca_args.extend(["-days", "1", "-subj", "/CN=airlock-test-ca", "-keyout", &ca_key_s]);
+        ca_args.extend([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=airlock-test-ca",
+            "-keyout",
+            &ca_key_s,
+        ]);
         ca_args.extend(["-out", &ca_s]);
         sh(&ca_args);
         let (key_s, csr_s, cert_s, ext_s) = (path(&key), path(&csr), path(&cert), path(&ext));
         let mut req = vec!["openssl", "req"];
         req.extend(ec);
-        req.extend(["-subj", "/CN=airlock-test", "-keyout", &key_s, "-out", &csr_s]);
+        req.extend([
+            "-subj",
+            "/CN=airlock-test",
+            "-keyout",
+            &key_s,
+            "-out",
+            &csr_s,
+        ]);
         sh(&req);
         sh(&[
-            "openssl", "x509", "-req", "-in", &csr_s, "-CA", &ca_s, "-CAkey", &ca_key_s,
-            "-set_serial", "2", "-days", "1", "-extfile", &ext_s, "-out", &cert_s,
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &csr_s,
+            "-CA",
+            &ca_s,
+            "-CAkey",
+            &ca_key_s,
+            "-set_serial",
+            "2",
+            "-days",
+            "1",
+            "-extfile",
+            &ext_s,
+            "-out",
+            &cert_s,
         ]);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/internet.py");
         let ready = dir.join("ready");
