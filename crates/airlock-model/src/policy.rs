@@ -187,6 +187,79 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A whole number of seconds, written as `20s`, `2m`, `1h` or a bare number of seconds; at
+/// least 1 s and at most 24 h (e.g. `[agent] grace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Seconds(pub u64);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: expected whole seconds such as 20s, 2m or 1h (1s to 24h)")]
+pub struct ParseSecondsError(pub String);
+
+impl Seconds {
+    pub const MAX: u64 = 24 * 3600;
+
+    pub fn new(secs: u64) -> Result<Self, ParseSecondsError> {
+        if (1..=Self::MAX).contains(&secs) {
+            Ok(Seconds(secs))
+        } else {
+            Err(ParseSecondsError(secs.to_string()))
+        }
+    }
+
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0)
+    }
+}
+
+impl FromStr for Seconds {
+    type Err = ParseSecondsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseSecondsError(s.to_string());
+        let t = s.trim();
+        let (num, mult) = match t.chars().last() {
+            Some('s') => (&t[..t.len() - 1], 1),
+            Some('m') => (&t[..t.len() - 1], 60),
+            Some('h') => (&t[..t.len() - 1], 3600),
+            Some(c) if c.is_ascii_digit() => (t, 1),
+            _ => return Err(err()),
+        };
+        let n: u64 = num.trim().parse().map_err(|_| err())?;
+        Seconds::new(n.checked_mul(mult).ok_or_else(err)?).map_err(|_| err())
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            s if s.is_multiple_of(3600) => write!(f, "{}h", s / 3600),
+            s if s.is_multiple_of(60) => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Seconds::new(n).map_err(serde::de::Error::custom),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// A CPU allowance in (possibly fractional) cores, e.g. `1.5`.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
 #[serde(try_from = "f64", into = "f64")]
@@ -277,5 +350,41 @@ mod tests {
             "0.5".parse::<Cpus>().map(|c| c.quota_us(100_000)),
             Ok(50_000)
         );
+    }
+}
+
+#[cfg(test)]
+mod seconds_tests {
+    use super::Seconds;
+
+    #[test]
+    fn seconds_parse_units_and_refuse_zero_fractions_and_overflow() {
+        for (s, want) in [
+            ("20s", 20),
+            ("2m", 120),
+            ("1h", 3600),
+            ("45", 45),
+            (" 5s ", 5),
+        ] {
+            assert_eq!(s.parse::<Seconds>(), Ok(Seconds(want)), "{s}");
+        }
+        for bad in [
+            "0",
+            "0s",
+            "-1s",
+            "1.5s",
+            "s",
+            "",
+            "20ms",
+            "25h",
+            "99999999999999999999h",
+        ] {
+            assert!(bad.parse::<Seconds>().is_err(), "{bad:?} parsed");
+        }
+        assert_eq!(Seconds(120).to_string(), "2m");
+        assert_eq!(Seconds(90).to_string(), "90s");
+        let t: toml::Table = toml::from_str("a = 30\nb = \"1m\"").expect("toml");
+        assert_eq!(t["a"].clone().try_into::<Seconds>().ok(), Some(Seconds(30)));
+        assert_eq!(t["b"].clone().try_into::<Seconds>().ok(), Some(Seconds(60)));
     }
 }

@@ -151,6 +151,10 @@ pub struct RunSpec {
     /// Which limits in `resources` came from airlock's defaults.
     #[serde(default)]
     pub defaulted: Defaulted,
+    /// Agent mode: `[agent] grace`, how long the harness may go on after its terminal report
+    /// (None: `config::DEFAULT_AGENT_GRACE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_grace: Option<crate::policy::Seconds>,
 }
 
 /// Validate a sandbox name: DNS-label-like, 1..=63 bytes, lowercase letters, digits and '-'.

@@ -276,6 +276,9 @@ pub struct AgentRunnerArgs {
     /// The harness, as JSON (`"claude"` or `{"command":[...]}`).
     #[arg(long)]
     pub harness: String,
+    /// Seconds the harness may go on after its terminal report (`[agent] grace`).
+    #[arg(long, default_value_t = airlock_model::config::DEFAULT_AGENT_GRACE.0)]
+    pub grace_secs: u64,
 }
 
 #[derive(Debug, Args)]

@@ -3,15 +3,18 @@
 //! commits, reports working then done; the next prompt continues the same session; a turn with
 //! no terminal report ends unreported; a denied domain becomes a blocked event; parallel agents
 //! stay separate; nothing inside can prompt its own agent, speak on the host's channel, or reach
-//! another sandbox's journal or socket. Rootful and rootless.
+//! another sandbox's journal or socket. The harness gets the user's prompt alone in
+//! `$AIRLOCK_PROMPT` and airlock's directive in `$AIRLOCK_DIRECTIVE`; `report` works from login
+//! shells; `prompt` returns with the turn journaled as completed; a harness lingering past
+//! `[agent] grace` after its report is stopped and the journal says so. Rootful and rootless.
 
 mod common;
 
 use common::{e2e, stop_engines_of, Airlock, Bins};
 use std::path::Path;
 
-/// The scripted harness. The prompt (with airlock's directive appended) is its last argument;
-/// it picks its behaviour from the first word.
+/// The scripted harness. The prompt (with airlock's directive appended) is its last argument,
+/// the user's prompt alone is `$AIRLOCK_PROMPT`; it picks its behaviour from the first word.
 const AGENT: &str = r#"#!/bin/sh
 set -u
 word=${AIRLOCK_PROMPT%% *}
@@ -30,6 +33,21 @@ case "$word" in
     ;;
   silent)
     echo "finishing without a report"
+    ;;
+  login)
+    [ "$AIRLOCK_PROMPT" = "login shell check" ] || { report blocked "AIRLOCK_PROMPT is not the prompt alone: $AIRLOCK_PROMPT"; exit 0; }
+    case "$AIRLOCK_DIRECTIVE" in
+      *"/run/airlock/bin/report done"*) ;;
+      *) report blocked "no directive in AIRLOCK_DIRECTIVE: $AIRLOCK_DIRECTIVE"; exit 0 ;;
+    esac
+    bash -lc 'report info "bash login shell"' || { report blocked "report is not on a bash login shell's PATH"; exit 0; }
+    sh -lc 'report done "login shell found $(command -v report)"' || report blocked "report is not on a login shell's PATH"
+    ;;
+  linger)
+    report done "done early"
+    echo "final words start"
+    sleep 60
+    echo "never printed"
     ;;
   net)
     curl -sS -m 10 -o /dev/null https://example.org/ 2>&1 || true
@@ -70,7 +88,7 @@ fn project(a: &Airlock, dir: &Path) {
     common::set_mode(&dir.join("agent.sh"), 0o755);
     std::fs::write(
         dir.join("airlock.toml"),
-        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\n",
+        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
     )
     .expect("airlock.toml");
     git(dir, &["init", "-q", "-b", "main"]);
@@ -113,6 +131,13 @@ fn turns(a: &Airlock, label: &str) {
     // 1. up with a first prompt: edits, commits, reports working then done.
     let out = a.run(&["up", "agent1", "--prompt", "edit the notes"]);
     assert_eq!(out.code(), 0, "{label}: up --prompt: {}", out.describe());
+    // When prompt returns, the turn is journaled as completed.
+    assert!(
+        journal(a, "agent1")
+            .iter()
+            .any(|e| e["kind"] == "turn_completed" && e["turn_id"] == 1 && e["reported"] == true),
+        "{label}: turn 1 is not completed in the journal when up --prompt returns"
+    );
     let working = out.stdout.find("turn 1 working: editing notes.txt");
     let done = out.stdout.find("turn 1 done: committed");
     assert!(
@@ -217,6 +242,45 @@ fn turns(a: &Airlock, label: &str) {
         out.stdout.contains("turn 5 done"),
         "{label}: {}",
         out.describe()
+    );
+    // The harness's environment: the user's prompt alone, the directive apart (naming the
+    // report tool by absolute path); `report` is found from login shells, which reset PATH.
+    let out = a.run(&["prompt", "agent1", "login shell check"]);
+    assert_eq!(out.code(), 0, "{label}: login: {}", out.describe());
+    assert!(
+        out.stdout.contains("turn 6 info: bash login shell")
+            && out
+                .stdout
+                .contains("turn 6 done: login shell found /run/airlock/bin/report"),
+        "{label}: {}",
+        out.describe()
+    );
+    // A harness still running `[agent] grace` (3 s here) after its `done` is stopped, and the
+    // journal says so; prompt returns once the turn is completed.
+    let out = a.run(&["prompt", "agent1", "linger after done"]);
+    assert_eq!(out.code(), 0, "{label}: linger: {}", out.describe());
+    assert!(
+        out.stdout.contains("turn 7 done: done early")
+            && out
+                .stdout
+                .contains("turn 7 completed, exit 143; the harness was stopped")
+            && out.stdout.contains("raise `[agent] grace`"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert!(
+        out.elapsed >= std::time::Duration::from_secs(3)
+            && out.elapsed < std::time::Duration::from_secs(30),
+        "{label}: linger took {:?}",
+        out.elapsed
+    );
+    assert!(
+        journal(a, "agent1")
+            .iter()
+            .any(|e| e["kind"] == "turn_completed"
+                && e["turn_id"] == 7
+                && e["stopped_after_secs"].as_u64().is_some_and(|s| s >= 3)),
+        "{label}: no stopped turn_completed in the journal"
     );
     let out = a.run(&["rm", "--force", "agent1"]);
     assert_eq!(out.code(), 0, "{label}: rm: {}", out.describe());

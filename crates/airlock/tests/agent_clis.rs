@@ -5,10 +5,19 @@
 //! credential, the CLI's own "not logged in" answer; with the credential the user named (a
 //! host variable whose name the user picks, given as a secret), that it arrived inside and the
 //! CLI went on to ask the adapter's API domain — which the sandbox allowed by default.
+//!
+//! Then the real thing: each CLI completes turns against a scripted model (`fixtures/model_api.py`)
+//! served under the API's real name by a fake internet of the test's own (`common/internet.rs`,
+//! reached through the sandbox's filtered egress; the CLI trusts the test's certificate through
+//! its CA variable). The model makes the CLI run its own shell tool inside the sandbox: git
+//! config, write a file, commit, `report done`. A second prompt must resume the same
+//! conversation (the model sees the first task in the second request), `fetch` brings both
+//! commits home, and no turn produces a `blocked` event. Rootful and rootless.
 
 mod common;
 
-use common::{e2e, stop_engines_of, wait_until, Airlock};
+use common::internet::Internet;
+use common::{e2e, stop_engines_of, wait_until, Airlock, Bins};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -228,5 +237,301 @@ fn gemini_cli_runs_through_its_adapter() {
             domain: "generativelanguage.googleapis.com",
         },
         &dir,
+    );
+}
+
+/// How one CLI is pointed at the scripted model.
+struct Model {
+    harness: &'static str,
+    /// The credential variable the adapter's CLI reads.
+    credential: &'static str,
+    /// The API's names, served by the fake internet (allowed by the adapter's default domains).
+    names: &'static [&'static str],
+    /// Which API of `model_api.py` the CLI speaks.
+    api: &'static str,
+    /// The CLI's variable(s) for an extra CA certificate (a PEM path).
+    ca_vars: &'static [&'static str],
+}
+
+const CA_INSIDE: &str = "/etc/airlock-test-ca.pem";
+
+fn git_out(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "safe.directory=*"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn committed_project(a: &Airlock) {
+    std::fs::write(a.cwd.join("README"), "project\n").expect("readme");
+    git_out(&a.cwd, &["init", "-q", "-b", "main"]);
+    git_out(&a.cwd, &["add", "."]);
+    git_out(
+        &a.cwd,
+        &[
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-qm",
+            "init",
+        ],
+    );
+    if let Some(u) = &a.user {
+        a.dir.chown_to(u);
+    }
+}
+
+/// The text of everything the model API received whose request carries `needle`.
+fn requests_with(inet: &Internet, api: &str, needle: &str) -> Vec<String> {
+    inet.model_requests()
+        .into_iter()
+        .filter(|r| r["api"] == api)
+        .map(|r| r["body"].to_string())
+        .filter(|b| b.contains(needle))
+        .collect()
+}
+
+fn completes_turns(m: &Model, clis: &Path, a: &Airlock, label: &str) {
+    let _guard = EngineGuard(a);
+    let inet = Internet::start(m.names, &[]);
+    committed_project(a);
+    // The certificate, readable by the sandbox user (rootless: the test user's bind source).
+    let cert_dir = common::TempDir::new("ca");
+    let cert = cert_dir.join("ca.pem");
+    std::fs::copy(inet.cert(), &cert).expect("copy cert");
+    common::set_mode(&cert, 0o644);
+    common::set_mode(cert_dir.path(), 0o755);
+    if let Some(u) = &a.user {
+        cert_dir.chown_to(u);
+    }
+    let name = format!("{}-model", m.harness);
+    let ro_clis = format!("{}:{INSIDE}", clis.display());
+    let ro_ca = format!("{}:{CA_INSIDE}", cert.display());
+    let path = format!("PATH={INSIDE}/node_modules/.bin:/usr/local/bin:/usr/bin:/bin");
+    let secret = format!("{}=env:HARNESS_TOKEN", m.credential);
+    let ca_env: Vec<String> = m
+        .ca_vars
+        .iter()
+        .map(|v| format!("{v}={CA_INSIDE}"))
+        .collect();
+    let mut args = vec![
+        "up", &name, "--agent", m.harness, "--ro", &ro_clis, "--ro", &ro_ca, "-e", &path,
+        "--secret", &secret,
+    ];
+    for e in &ca_env {
+        args.extend(["-e", e.as_str()]);
+    }
+    let env = [
+        ("HARNESS_TOKEN", "airlock-test-credential"),
+        ("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str()),
+    ];
+    let diagnose = |what: &str, out: &common::Outcome| {
+        let dir = a.state_dir().join("sandboxes").join(&name);
+        let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+        let net = std::fs::read_to_string(dir.join("net.jsonl")).unwrap_or_default();
+        let reqs: Vec<String> = inet
+            .model_requests()
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                // The request bodies are long (system prompts, tool schemas): their gist only.
+                if let Some(b) = r.get_mut("body") {
+                    let keys: Vec<String> = b
+                        .as_object()
+                        .map(|o| o.keys().cloned().collect())
+                        .unwrap_or_default();
+                    *b = keys.into();
+                }
+                r.to_string()
+            })
+            .collect();
+        format!(
+            "{label} {}: {what}: {}\n--- agent.log\n{log}\n--- net.jsonl\n{net}\n--- model requests\n{}",
+            m.harness,
+            out.describe(),
+            reqs.join("\n")
+        )
+    };
+    // Each airlock command with the test's environment; a hang fails with the diagnosis.
+    let run = |args: &[&str]| {
+        let mut cmd = a.command(args);
+        cmd.envs(env.iter().copied());
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            common::run_with_deadline(cmd, None, Duration::from_secs(150))
+        }));
+        match got {
+            Ok(out) => out,
+            Err(_) => {
+                let out = a.run(&["reports", &name]);
+                panic!("{}", diagnose(&format!("{args:?} hung"), &out))
+            }
+        }
+    };
+    let out = run(&args);
+    assert_eq!(out.code(), 0, "{}", diagnose("up", &out));
+
+    // Turn 1: the model has the CLI's shell tool configure git, write, commit and report.
+    let out = run(&[
+        "prompt",
+        &name,
+        "AIRLOCK-TASK:one (write one.txt and commit it)",
+    ]);
+    assert_eq!(out.code(), 0, "{}", diagnose("turn 1", &out));
+    assert!(
+        out.stdout.contains("turn 1 done: committed one"),
+        "{}",
+        diagnose("turn 1 report", &out)
+    );
+    // The turn is journaled as completed by the time prompt returns.
+    let j = run(&["reports", &name, "--json"]);
+    assert!(
+        j.stdout.lines().any(|l| l.contains("\"turn_completed\"")
+            && l.contains("\"turn_id\":1")
+            && l.contains("\"reported\":true")),
+        "{}",
+        diagnose("turn 1 journal", &j)
+    );
+
+    // Turn 2: the same conversation, resumed — the model sees task one in the request.
+    let out = run(&["prompt", &name, "AIRLOCK-TASK:two (now write two.txt)"]);
+    assert_eq!(out.code(), 0, "{}", diagnose("turn 2", &out));
+    assert!(
+        out.stdout
+            .contains("turn 2 done: committed two after resuming task one"),
+        "{}",
+        diagnose("turn 2 report", &out)
+    );
+    let resumed = requests_with(&inet, m.api, "AIRLOCK-TASK:two");
+    assert!(
+        !resumed.is_empty() && resumed.iter().all(|b| b.contains("AIRLOCK-TASK:one")),
+        "{}",
+        diagnose("turn 2 did not carry the first turn's conversation", &out)
+    );
+
+    // Nothing the CLI did was refused by the network policy: no spurious blocked events.
+    let j = run(&["reports", &name, "--json"]);
+    assert!(
+        !j.stdout.lines().any(|l| l.contains("\"kind\":\"blocked\"")),
+        "{}",
+        diagnose("blocked events", &j)
+    );
+
+    // Both commits come home.
+    let out = run(&["fetch", &name]);
+    assert_eq!(out.code(), 0, "{}", diagnose("fetch", &out));
+    let log = git_out(
+        &a.cwd,
+        &["log", "--format=%s %ae", &format!("airlock/{name}")],
+    );
+    assert!(
+        log.starts_with("model: two model@example.com\nmodel: one model@example.com\n"),
+        "{label} {}: airlock/{name}: {log}",
+        m.harness
+    );
+    let out = run(&["rm", "--force", &name]);
+    assert_eq!(out.code(), 0, "{}", diagnose("rm", &out));
+}
+
+const CLAUDE_MODEL: Model = Model {
+    harness: "claude",
+    credential: "ANTHROPIC_API_KEY",
+    names: &["api.anthropic.com"],
+    api: "anthropic",
+    ca_vars: &["NODE_EXTRA_CA_CERTS"],
+};
+
+const CODEX_MODEL: Model = Model {
+    harness: "codex",
+    credential: "OPENAI_API_KEY",
+    names: &["api.openai.com"],
+    api: "openai",
+    ca_vars: &["CODEX_CA_CERTIFICATE"],
+};
+
+const GEMINI_MODEL: Model = Model {
+    harness: "gemini",
+    credential: "GEMINI_API_KEY",
+    names: &["generativelanguage.googleapis.com"],
+    api: "gemini",
+    ca_vars: &["NODE_EXTRA_CA_CERTS"],
+};
+
+fn model_case(test: &str, bin: &str, m: &Model, rootless: bool) {
+    let Some(dir) = ready(test, bin) else {
+        return;
+    };
+    if rootless {
+        let bins = Bins::owned_by(&common::test_user());
+        completes_turns(m, &dir, &Airlock::rootless(&bins), "rootless");
+    } else {
+        completes_turns(m, &dir, &Airlock::root(), "rootful");
+    }
+}
+
+#[test]
+fn claude_code_completes_turns_with_a_scripted_model_rootful() {
+    model_case(
+        "claude_code_completes_turns_with_a_scripted_model_rootful",
+        "claude",
+        &CLAUDE_MODEL,
+        false,
+    );
+}
+
+#[test]
+fn claude_code_completes_turns_with_a_scripted_model_rootless() {
+    model_case(
+        "claude_code_completes_turns_with_a_scripted_model_rootless",
+        "claude",
+        &CLAUDE_MODEL,
+        true,
+    );
+}
+
+#[test]
+fn codex_completes_turns_with_a_scripted_model_rootful() {
+    model_case(
+        "codex_completes_turns_with_a_scripted_model_rootful",
+        "codex",
+        &CODEX_MODEL,
+        false,
+    );
+}
+
+#[test]
+fn codex_completes_turns_with_a_scripted_model_rootless() {
+    model_case(
+        "codex_completes_turns_with_a_scripted_model_rootless",
+        "codex",
+        &CODEX_MODEL,
+        true,
+    );
+}
+
+#[test]
+fn gemini_cli_completes_turns_with_a_scripted_model_rootful() {
+    model_case(
+        "gemini_cli_completes_turns_with_a_scripted_model_rootful",
+        "gemini",
+        &GEMINI_MODEL,
+        false,
+    );
+}
+
+#[test]
+fn gemini_cli_completes_turns_with_a_scripted_model_rootless() {
+    model_case(
+        "gemini_cli_completes_turns_with_a_scripted_model_rootless",
+        "gemini",
+        &GEMINI_MODEL,
+        true,
     );
 }

@@ -363,7 +363,8 @@ fn planted(a: &Airlock, label: &str) {
     ok(a, label, &["create", "evil", "--net", "off"]);
     ok(a, label, &["start", "evil"]);
 
-    // Inside: the protected paths refuse writes; git still commits.
+    // Inside a clone the repository's config and hooks are the sandbox's own (nothing on the
+    // host ever runs git in it, proven below): `git config` works, hooks can be written.
     let out = a.run(&[
         "exec",
         "evil",
@@ -371,13 +372,16 @@ fn planted(a: &Airlock, label: &str) {
         "sh",
         "-c",
         "cd /workspace; \
-         echo '[core] fsmonitor = touch /tmp/x' >> .git/config && echo CONFIG-WRITTEN; \
+         git config user.email agent@example.com && echo GIT-CONFIG-OK; \
+         echo '[airlock] planted = yes' >> .git/config && echo CONFIG-WRITTEN; \
          echo 'touch /tmp/x' > .git/hooks/post-checkout && echo HOOK-WRITTEN; \
          true",
     ]);
     assert!(
-        !out.stdout.contains("CONFIG-WRITTEN") && !out.stdout.contains("HOOK-WRITTEN"),
-        "{label}: protected git internals were writable: {}",
+        out.stdout.contains("GIT-CONFIG-OK")
+            && out.stdout.contains("CONFIG-WRITTEN")
+            && out.stdout.contains("HOOK-WRITTEN"),
+        "{label}: a clone's git config and hooks are not the sandbox's own: {}",
         out.describe()
     );
     // The branch: a workflow, attributes with a filter and diff driver, a symlink to a host
@@ -392,8 +396,8 @@ fn planted(a: &Airlock, label: &str) {
     let out = ok(a, label, &["exec", "evil", "--", "sh", "-c", &script]);
     assert!(out.stdout.contains("done"), "{label}: {}", out.describe());
 
-    // Suppose protection failed: the sandbox's repository gets hostile config and hooks anyway
-    // (written from the host here). None of it may run on the host.
+    // The sandbox's repository gets every hostile config and hook there is (written from the
+    // host here, as the test's airlock user owns it). None of it may run on the host.
     let ws = a.state_dir().join("sandboxes/evil/workspace");
     let gitdir = ws.join(".git");
     let hook = format!("#!/bin/sh\ntouch {}\n", c("hook"));

@@ -5,6 +5,12 @@
 
 use crate::config::Harness;
 
+/// Inside an agent sandbox: where airlock's binary is mounted (read-only) as `airlock` and
+/// `report`.
+pub const TOOLS_DIR: &str = "/run/airlock/bin";
+/// The `report` tool by absolute path (works whatever a shell does to PATH).
+pub const REPORT_TOOL: &str = "/run/airlock/bin/report";
+
 /// One harness run: argv and extra environment (added to the sandbox's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnCommand {
@@ -12,8 +18,11 @@ pub struct TurnCommand {
     pub env: Vec<(String, String)>,
 }
 
-/// The command line of one turn. `continuing`: an earlier turn ran in this sandbox, so the
-/// harness resumes its most recent conversation (it keeps it under $HOME, which persists).
+/// The command line of one turn for the user's `prompt`. `continuing`: an earlier turn ran in
+/// this sandbox, so the harness resumes its most recent conversation (it keeps it under $HOME,
+/// which persists). The harness's argument is the prompt with airlock's directive appended;
+/// the environment has them apart: `AIRLOCK_PROMPT` (the user's text only) and
+/// `AIRLOCK_DIRECTIVE`.
 pub fn turn_command(h: &Harness, prompt: &str, continuing: bool, turn_id: u64) -> TurnCommand {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let mut argv = match h {
@@ -28,9 +37,15 @@ pub fn turn_command(h: &Harness, prompt: &str, continuing: bool, turn_id: u64) -
             a
         }
         // `codex exec` is the non-interactive mode, `codex exec resume --last` continues the
-        // most recent session. Codex's own sandbox cannot nest inside ours: bypass it.
+        // most recent session. Codex's own sandbox cannot nest inside ours: bypass it. Its
+        // non-essential traffic is off: the curated-plugins sync (github.com, api.github.com)
+        // and the analytics metrics export (ab.chatgpt.com), each turn a `blocked` event else.
         Harness::Codex => {
-            let mut a = s(&["codex", "exec"]);
+            let mut a = s(&["codex"]);
+            for c in CODEX_QUIET {
+                a.extend(["-c".to_string(), c.to_string()]);
+            }
+            a.push("exec".into());
             if continuing {
                 a.extend(s(&["resume", "--last"]));
             }
@@ -53,7 +68,7 @@ pub fn turn_command(h: &Harness, prompt: &str, continuing: bool, turn_id: u64) -
         // Anything else: the prompt is the last argument (and $AIRLOCK_PROMPT).
         Harness::Command(argv) => argv.clone(),
     };
-    argv.push(prompt.to_string());
+    argv.push(compose_prompt(prompt));
     let mut env = vec![
         ("AIRLOCK_TURN_ID".to_string(), turn_id.to_string()),
         (
@@ -61,6 +76,7 @@ pub fn turn_command(h: &Harness, prompt: &str, continuing: bool, turn_id: u64) -
             if continuing { "1" } else { "0" }.to_string(),
         ),
         ("AIRLOCK_PROMPT".to_string(), prompt.to_string()),
+        ("AIRLOCK_DIRECTIVE".to_string(), directive()),
     ];
     match h {
         Harness::Claude => {
@@ -77,6 +93,23 @@ pub fn turn_command(h: &Harness, prompt: &str, continuing: bool, turn_id: u64) -
         Harness::Codex | Harness::Command(_) => {}
     }
     TurnCommand { argv, env }
+}
+
+/// Codex settings (`-c key=value`) that switch off traffic a sandboxed turn does not need.
+pub const CODEX_QUIET: &[&str] = &["features.plugins=false", "analytics.enabled=false"];
+
+/// A settings file the runner seeds under `$HOME` before a turn when there is none (one the
+/// user placed, e.g. with `home_files`, is left alone): Gemini CLI's user settings with usage
+/// statistics off — they go to play.googleapis.com, each turn a `blocked` event else (Gemini CLI
+/// reads that switch from settings only).
+pub fn seed_settings(h: &Harness) -> Option<(&'static str, &'static str)> {
+    match h {
+        Harness::Gemini => Some((
+            ".gemini/settings.json",
+            "{\"privacy\": {\"usageStatisticsEnabled\": false}}\n",
+        )),
+        _ => None,
+    }
 }
 
 /// Domains the harness's API needs (added to the sandbox's allowlist in filtered mode).
@@ -117,21 +150,22 @@ pub fn harness_name(h: &Harness) -> String {
 }
 
 /// The directive appended to every prompt: how to report, and that done/blocked end the turn.
-pub fn directive() -> &'static str {
-    "\n\n---\n\
-You are working inside an airlock sandbox, in a git repository on your own branch. \
-Report to the user with the `report` command (it is on PATH):\n\
-  report working \"what you are doing\"   progress, any number of times\n\
-  report info \"something to know\"       a note for the user\n\
-  report done \"summary of the result\"   the task is finished: commit your work first\n\
-  report blocked \"what you need\"        you cannot go on without the user (a decision, \
-access, a denied network domain)\n\
+pub fn directive() -> String {
+    format!(
+        "You are working inside an airlock sandbox, in a git repository on your own branch. \
+Report to the user with the command {REPORT_TOOL} (also on PATH as `report`):\n\
+  {REPORT_TOOL} working \"what you are doing\"   progress, any number of times\n\
+  {REPORT_TOOL} info \"something to know\"       a note for the user\n\
+  {REPORT_TOOL} done \"summary of the result\"   the task is finished: commit your work first\n\
+  {REPORT_TOOL} blocked \"what you need\"        you cannot go on without the user (a \
+decision, access, a denied network domain)\n\
 `done` and `blocked` end your turn: finish with exactly one of them, as your last action."
+    )
 }
 
 /// The prompt as the harness receives it: the user's text and the directive.
 pub fn compose_prompt(text: &str) -> String {
-    format!("{text}{}", directive())
+    format!("{text}\n\n---\n{}", directive())
 }
 
 #[cfg(test)]
@@ -142,20 +176,26 @@ mod tests {
         a.iter().map(|s| s.to_string()).collect()
     }
 
+    /// The argv without its last argument, which must be the composed prompt.
+    fn head(c: TurnCommand) -> Vec<String> {
+        let mut argv = c.argv;
+        assert_eq!(argv.pop(), Some(compose_prompt("P")));
+        argv
+    }
+
     #[test]
     fn claude_first_and_continued_turns() {
         assert_eq!(
-            turn_command(&Harness::Claude, "P", false, 1).argv,
-            v(&["claude", "--dangerously-skip-permissions", "-p", "P"])
+            head(turn_command(&Harness::Claude, "P", false, 1)),
+            v(&["claude", "--dangerously-skip-permissions", "-p"])
         );
         assert_eq!(
-            turn_command(&Harness::Claude, "P", true, 2).argv,
+            head(turn_command(&Harness::Claude, "P", true, 2)),
             v(&[
                 "claude",
                 "--dangerously-skip-permissions",
                 "--continue",
-                "-p",
-                "P"
+                "-p"
             ])
         );
     }
@@ -163,25 +203,31 @@ mod tests {
     #[test]
     fn codex_first_and_continued_turns() {
         assert_eq!(
-            turn_command(&Harness::Codex, "P", false, 1).argv,
+            head(turn_command(&Harness::Codex, "P", false, 1)),
             v(&[
                 "codex",
+                "-c",
+                "features.plugins=false",
+                "-c",
+                "analytics.enabled=false",
                 "exec",
                 "--dangerously-bypass-approvals-and-sandbox",
-                "--skip-git-repo-check",
-                "P"
+                "--skip-git-repo-check"
             ])
         );
         assert_eq!(
-            turn_command(&Harness::Codex, "P", true, 2).argv,
+            head(turn_command(&Harness::Codex, "P", true, 2)),
             v(&[
                 "codex",
+                "-c",
+                "features.plugins=false",
+                "-c",
+                "analytics.enabled=false",
                 "exec",
                 "resume",
                 "--last",
                 "--dangerously-bypass-approvals-and-sandbox",
-                "--skip-git-repo-check",
-                "P"
+                "--skip-git-repo-check"
             ])
         );
     }
@@ -189,19 +235,18 @@ mod tests {
     #[test]
     fn gemini_first_and_continued_turns() {
         assert_eq!(
-            turn_command(&Harness::Gemini, "P", false, 1).argv,
-            v(&["gemini", "--yolo", "--skip-trust", "-p", "P"])
+            head(turn_command(&Harness::Gemini, "P", false, 1)),
+            v(&["gemini", "--yolo", "--skip-trust", "-p"])
         );
         assert_eq!(
-            turn_command(&Harness::Gemini, "P", true, 2).argv,
+            head(turn_command(&Harness::Gemini, "P", true, 2)),
             v(&[
                 "gemini",
                 "--yolo",
                 "--skip-trust",
                 "--resume",
                 "latest",
-                "-p",
-                "P"
+                "-p"
             ])
         );
     }
@@ -210,13 +255,14 @@ mod tests {
     fn command_gets_the_prompt_last_and_in_the_environment() {
         let h = Harness::Command(v(&["my-agent", "--yes"]));
         let c = turn_command(&h, "do it", true, 7);
-        assert_eq!(c.argv, v(&["my-agent", "--yes", "do it"]));
+        assert_eq!(c.argv, v(&["my-agent", "--yes", &compose_prompt("do it")]));
         assert_eq!(
             c.env,
             vec![
                 ("AIRLOCK_TURN_ID".into(), "7".into()),
                 ("AIRLOCK_CONTINUE".into(), "1".into()),
                 ("AIRLOCK_PROMPT".into(), "do it".into()),
+                ("AIRLOCK_DIRECTIVE".into(), directive()),
             ]
         );
     }
@@ -225,6 +271,12 @@ mod tests {
     fn composed_prompt_explains_reporting() {
         let p = compose_prompt("fix the tests");
         assert!(p.starts_with("fix the tests\n\n---\n"));
+        assert!(p.ends_with(&directive()));
+        assert!(
+            directive().contains("/run/airlock/bin/report done"),
+            "the directive names the tool by absolute path: {}",
+            directive()
+        );
         for s in [
             "report done",
             "report blocked",
@@ -242,5 +294,10 @@ mod tests {
         assert!(credential_vars(&Harness::Codex).contains(&"OPENAI_API_KEY"));
         assert!(credential_vars(&Harness::Gemini).contains(&"GEMINI_API_KEY"));
         assert!(default_domains(&Harness::Command(vec![])).is_empty());
+        let (rel, json) = seed_settings(&Harness::Gemini).expect("gemini settings");
+        assert_eq!(rel, ".gemini/settings.json");
+        let v: serde_json::Value = serde_json::from_str(json).expect("settings are JSON");
+        assert_eq!(v["privacy"]["usageStatisticsEnabled"], false);
+        assert!(seed_settings(&Harness::Claude).is_none());
     }
 }

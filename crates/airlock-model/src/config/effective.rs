@@ -4,7 +4,9 @@ use super::schema::{
     AgentLayer, Harness, HomeFileLayer, HooksLayer, Layer, MountLayer, NetworkLayer, RepoSpec,
     ResourcesLayer, SandboxLayer, SecretSource, WorkspaceLayer,
 };
-use crate::policy::{BackendKind, ByteSize, Cpus, HomeFileMode, NetMode, Profile, WorkspaceMode};
+use crate::policy::{
+    BackendKind, ByteSize, Cpus, HomeFileMode, NetMode, Profile, Seconds, WorkspaceMode,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +17,8 @@ pub const DEFAULT_IMAGE: &str = "host";
 pub const DEFAULT_PORTS: [u16; 2] = [443, 80];
 /// Default `mounts[].readonly`.
 pub const DEFAULT_MOUNT_READONLY: bool = true;
+/// Default `agent.grace`: how long a harness may go on after its terminal report.
+pub const DEFAULT_AGENT_GRACE: Seconds = Seconds(20);
 /// Default `home_files.*.mode`.
 pub const DEFAULT_HOME_FILE_MODE: HomeFileMode = HomeFileMode::Immutable;
 
@@ -33,6 +37,8 @@ pub struct Effective {
     /// Keyed by the path relative to the sandbox user's home.
     pub home_files: BTreeMap<String, HomeFileSpec>,
     pub agent: Option<Harness>,
+    /// `[agent] grace`.
+    pub agent_grace: Seconds,
     pub hooks: Hooks,
 }
 
@@ -118,6 +124,7 @@ impl Default for Effective {
             secrets: BTreeMap::new(),
             home_files: BTreeMap::new(),
             agent: None,
+            agent_grace: DEFAULT_AGENT_GRACE,
             hooks: Hooks::default(),
         }
     }
@@ -189,7 +196,10 @@ impl Effective {
                     })
                     .collect()
             }),
-            agent: self.agent.clone().map(|h| AgentLayer { harness: Some(h) }),
+            agent: Some(AgentLayer {
+                harness: self.agent.clone(),
+                grace: Some(self.agent_grace),
+            }),
             hooks: (*h != Hooks::default()).then(|| HooksLayer {
                 pre_up: some_vec(&h.pre_up),
                 post_up: some_vec(&h.post_up),

@@ -7,11 +7,14 @@
 
 use super::effective::{
     Effective, HomeFileSpec, Hooks, MountSpec, NetworkConfig, ResourcesConfig, SandboxConfig,
-    WorkspaceConfig, DEFAULT_HOME_FILE_MODE, DEFAULT_IMAGE, DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
+    WorkspaceConfig, DEFAULT_AGENT_GRACE, DEFAULT_HOME_FILE_MODE, DEFAULT_IMAGE,
+    DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
 };
 use super::error::{ConfigError, Location};
 use super::origin::{join_key, Origins, Source};
-use super::schema::{HomeFileLayer, Layer, NetworkLayer, ResourcesLayer, SandboxLayer};
+use super::schema::{
+    AgentLayer, HomeFileLayer, Layer, NetworkLayer, ResourcesLayer, SandboxLayer,
+};
 use super::validate::validate;
 use crate::policy::{BackendKind, ByteSize, Profile};
 use std::collections::BTreeMap;
@@ -27,6 +30,10 @@ pub fn defaults_layer() -> Layer {
         network: Some(NetworkLayer {
             ports: Some(DEFAULT_PORTS.to_vec()),
             ..Default::default()
+        }),
+        agent: Some(AgentLayer {
+            harness: None,
+            grace: Some(DEFAULT_AGENT_GRACE),
         }),
         ..Default::default()
     }
@@ -203,6 +210,7 @@ impl Acc {
         if let Some(a) = layer.agent {
             let d = m.agent.get_or_insert_with(Default::default);
             self.scalar(&mut d.harness, a.harness, "agent.harness", src);
+            self.scalar(&mut d.grace, a.grace, "agent.grace", src);
         }
         if let Some(h) = layer.hooks {
             let d = m.hooks.get_or_insert_with(Default::default);
@@ -311,6 +319,11 @@ impl Acc {
             env,
             secrets,
             home_files,
+            agent_grace: m
+                .agent
+                .as_ref()
+                .and_then(|a| a.grace)
+                .unwrap_or(DEFAULT_AGENT_GRACE),
             agent: m.agent.and_then(|a| a.harness),
             hooks: Hooks {
                 pre_up: hooks.pre_up.unwrap_or_default(),

@@ -52,7 +52,8 @@ mod tests;
 
 pub use effective::{
     Effective, HomeFileSpec, Hooks, MountSpec, NetworkConfig, ResourcesConfig, SandboxConfig,
-    WorkspaceConfig, DEFAULT_HOME_FILE_MODE, DEFAULT_IMAGE, DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
+    WorkspaceConfig, DEFAULT_AGENT_GRACE, DEFAULT_HOME_FILE_MODE, DEFAULT_IMAGE,
+    DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
 };
 pub use error::{ConfigError, Location};
 pub use load::{

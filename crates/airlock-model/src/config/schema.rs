@@ -174,6 +174,10 @@ pub struct HomeFileLayer {
 pub struct AgentLayer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub harness: Option<Harness>,
+    /// How long the harness may go on after its `done`/`blocked` report (its final message)
+    /// before it is stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace: Option<crate::policy::Seconds>,
 }
 
 /// `[hooks]`: shell command strings run on the host in the project directory.

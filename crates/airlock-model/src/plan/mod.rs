@@ -22,6 +22,10 @@ pub struct HostFacts {
     pub root_entries: Vec<(String, RootEntry)>,
     /// Entries of the host's /etc that exist and are on the curated allowlist.
     pub etc_entries: Vec<String>,
+    /// Entries of the host's /etc/profile.d (`Dir`: bound read-only, file or directory;
+    /// `Symlink`: recreated as the same link, resolved inside).
+    #[serde(default)]
+    pub profile_d: Vec<(String, RootEntry)>,
     /// Owner (uid, gid) of the project directory.
     pub project_owner: (u32, u32),
     /// Which cgroup limits this host can enforce for this user.
@@ -69,7 +73,6 @@ pub const ETC_ALLOWLIST: &[&str] = &[
     "os-release",
     "pki",
     "profile",
-    "profile.d",
     "protocols",
     "services",
     "ssl",
@@ -79,6 +82,7 @@ pub const ETC_ALLOWLIST: &[&str] = &[
 ];
 
 /// Workspace paths the sandboxed agent must not rewrite (SPEC §7): its own rules and git's.
+/// A clone workspace leaves git's own out (`SANDBOX_OWNED_IN_CLONE`), see `protected_paths`.
 pub const PROTECTED_PATHS: &[&str] = &[
     ".git/hooks",
     ".git/config",
@@ -92,6 +96,21 @@ pub const PROTECTED_PATHS: &[&str] = &[
     ".envrc",
     "airlock.toml",
 ];
+
+/// Git internals that only matter where the host uses the repository. A clone workspace's
+/// repository is the sandbox's own: the host never runs git in it (diff, fetch and sync read
+/// its objects as data through a review repository of airlock's), so its config and hooks only
+/// ever act inside the sandbox — and the agent needs `git config` there.
+pub const SANDBOX_OWNED_IN_CLONE: &[&str] = &[".git/hooks", ".git/config"];
+
+/// The workspace paths made read-only for a workspace mode: all of `PROTECTED_PATHS` where the
+/// host reads the repository (overlay, bind), all but git's own internals in a clone.
+pub fn protected_paths(mode: WorkspaceMode) -> impl Iterator<Item = &'static str> {
+    PROTECTED_PATHS
+        .iter()
+        .copied()
+        .filter(move |p| mode != WorkspaceMode::Clone || !SANDBOX_OWNED_IN_CLONE.contains(p))
+}
 
 /// Top-level host directories considered for the `host` image.
 pub const ROOT_CANDIDATES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
@@ -449,6 +468,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
             target: path,
         });
     }
+    m.extend(profile_d(&host.profile_d));
     m.push(MountStep::Proc { target: p("/proc") });
     for ro in [
         "/proc/sys",
@@ -579,8 +599,9 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         }
     }
     if spec.workspace != WorkspaceMode::None {
-        let extra = spec.protected.iter().map(String::as_str);
-        for rel in PROTECTED_PATHS.iter().copied().chain(extra) {
+        let mut rels: Vec<&str> = protected_paths(spec.workspace).collect();
+        rels.extend(spec.protected.iter().map(String::as_str));
+        for rel in rels {
             m.push(MountStep::Protect {
                 target: ws.join(rel),
             });
@@ -679,6 +700,49 @@ fn check_target(t: &Path) -> Result<(), Refusal> {
 }
 
 /// The generated files of the curated /etc.
+/// The drop-in that keeps agent tools reachable from login shells: `/etc/profile` resets PATH
+/// (Codex runs every command through `sh -lc`), then sources /etc/profile.d/*.sh.
+pub const PROFILE_DROP_IN: &str = "airlock.sh";
+
+/// /etc/profile.d: a directory of ours with the host's entries and airlock's drop-in, which
+/// puts the agent tools directory back on PATH where it exists (agent sandboxes).
+fn profile_d(host_entries: &[(String, RootEntry)]) -> Vec<MountStep> {
+    let dir = Path::new("/etc/profile.d");
+    let tools = crate::agent::adapter::TOOLS_DIR;
+    let mut m = vec![
+        MountStep::Dir {
+            target: dir.to_path_buf(),
+            mode: 0o755,
+        },
+        MountStep::File {
+            target: dir.join(PROFILE_DROP_IN),
+            contents: format!(
+                "# airlock: login shells reset PATH; keep the agent tools (report) on it.\n\
+                 if [ -d {tools} ]; then\n  case \":$PATH:\" in\n    *:{tools}:*) ;;\n    \
+                 *) PATH=\"{tools}:$PATH\"; export PATH ;;\n  esac\nfi\n"
+            ),
+            mode: 0o644,
+        },
+    ];
+    for (name, entry) in host_entries {
+        if name == PROFILE_DROP_IN || name.contains('/') || name.starts_with('.') {
+            continue;
+        }
+        let target = dir.join(name);
+        m.push(match entry {
+            RootEntry::Dir => MountStep::BindRo {
+                source: target.clone(),
+                target,
+            },
+            RootEntry::Symlink(to) => MountStep::Symlink {
+                target,
+                points_to: to.clone(),
+            },
+        });
+    }
+    m
+}
+
 fn etc_files(spec: &RunSpec, home: &Path) -> Vec<MountStep> {
     let u = SandboxUser::AGENT_UID;
     let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");

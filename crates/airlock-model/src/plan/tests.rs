@@ -31,6 +31,7 @@ fn spec() -> RunSpec {
         secrets: Default::default(),
         agent: None,
         defaulted: Default::default(),
+        agent_grace: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn host(uid: u32) -> HostFacts {
             ("bin".into(), RootEntry::Symlink(p("usr/bin"))),
         ],
         etc_entries: vec!["ssl".into()],
+        profile_d: vec![],
         project_owner: (uid, uid),
         limits: LimitSupport {
             memory: true,
@@ -84,6 +86,7 @@ fn rootless_overlay_plan_is_exact() {
     });
     mounts.extend(etc_files(&spec(), Path::new("/home/agent")));
     mounts.push(ro("/etc/ssl"));
+    mounts.extend(profile_d(&[]));
     mounts.push(MountStep::Proc { target: p("/proc") });
     for r in [
         "/proc/sys",
@@ -494,4 +497,95 @@ fn persistent_plans_have_no_command_and_a_disk_upper() {
         serde_json::from_str::<LaunchPlan>(&json).expect("deserialize"),
         got
     );
+}
+
+/// A clone's git config and hooks are the sandbox's own (the host never runs git in the clone):
+/// writable there, still protected where the host reads the repository (overlay, bind). Agent
+/// configuration and `[workspace] protected` stay read-only in every mode.
+#[test]
+fn clone_workspaces_leave_git_config_and_hooks_to_the_sandbox() {
+    let protected = |mode: WorkspaceMode| {
+        let mut s = spec();
+        s.workspace = mode;
+        s.workspace_dir = Some(p("/state/sandboxes/x/workspace"));
+        s.protected = vec!["notes/rules.md".into()];
+        plan(&s, &host(1000))
+            .expect("plan")
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                MountStep::Protect { target } => Some(target.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let ws = |r: &str| Path::new("/workspace").join(r);
+    let all: Vec<PathBuf> = PROTECTED_PATHS
+        .iter()
+        .copied()
+        .chain(["notes/rules.md"])
+        .map(ws)
+        .collect();
+    assert_eq!(protected(WorkspaceMode::Overlay), all);
+    assert_eq!(protected(WorkspaceMode::Bind), all);
+    let clone: Vec<PathBuf> = all
+        .iter()
+        .filter(|p| **p != ws(".git/config") && **p != ws(".git/hooks"))
+        .cloned()
+        .collect();
+    assert_eq!(protected(WorkspaceMode::Clone), clone);
+    assert!(clone.contains(&ws(".gitmodules")) && clone.contains(&ws(".claude")));
+}
+
+/// Login shells (`sh -lc`, as Codex runs every command) reset PATH in /etc/profile and then
+/// source /etc/profile.d/*.sh: /etc/profile.d is ours, with the host's entries (files bound,
+/// symlinks recreated) and a drop-in putting the agent tools directory back on PATH.
+#[test]
+fn profile_d_keeps_the_agent_tools_on_login_shells_path() {
+    let mut h = host(1000);
+    h.profile_d = vec![
+        ("bash_completion.sh".into(), RootEntry::Dir),
+        ("vte.sh".into(), RootEntry::Symlink(p("vte-2.91.sh"))),
+        ("airlock.sh".into(), RootEntry::Dir),
+    ];
+    let got = plan(&spec(), &h).expect("plan");
+    let at = got
+        .mounts
+        .iter()
+        .position(
+            |m| matches!(m, MountStep::Dir { target, .. } if target == Path::new("/etc/profile.d")),
+        )
+        .expect("/etc/profile.d is made");
+    let MountStep::File {
+        target,
+        contents,
+        mode,
+    } = &got.mounts[at + 1]
+    else {
+        panic!("no drop-in after /etc/profile.d: {:?}", got.mounts[at + 1]);
+    };
+    assert_eq!(
+        (target.as_path(), *mode),
+        (Path::new("/etc/profile.d/airlock.sh"), 0o644)
+    );
+    assert!(
+        contents.contains("PATH=\"/run/airlock/bin:$PATH\"") && contents.contains("export PATH")
+    );
+    assert_eq!(
+        got.mounts[at + 2..at + 4].to_vec(),
+        vec![
+            MountStep::BindRo {
+                source: p("/etc/profile.d/bash_completion.sh"),
+                target: p("/etc/profile.d/bash_completion.sh"),
+            },
+            MountStep::Symlink {
+                target: p("/etc/profile.d/vte.sh"),
+                points_to: p("vte-2.91.sh"),
+            },
+        ]
+    );
+    // The host's own airlock.sh never replaces ours; the host's whole directory is not bound.
+    assert!(!got.mounts.iter().any(|m| matches!(m,
+        MountStep::BindRo { target, .. } if target == Path::new("/etc/profile.d/airlock.sh")
+            || target == Path::new("/etc/profile.d"))));
 }

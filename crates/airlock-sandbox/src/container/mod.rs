@@ -125,6 +125,23 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
         .filter(|e| Path::new("/etc").join(e).exists())
         .map(|s| s.to_string())
         .collect();
+    let mut profile_d: Vec<(String, RootEntry)> = fs::read_dir("/etc/profile.d")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let m = fs::symlink_metadata(e.path()).ok()?;
+            if m.file_type().is_symlink() {
+                Some((name, RootEntry::Symlink(fs::read_link(e.path()).ok()?)))
+            } else if m.is_file() || m.is_dir() {
+                Some((name, RootEntry::Dir))
+            } else {
+                None
+            }
+        })
+        .collect();
+    profile_d.sort_by(|a, b| a.0.cmp(&b.0));
     let owner = fs::metadata(project_dir)
         .map(|m| (m.uid(), m.gid()))
         .unwrap_or((0, 0));
@@ -133,6 +150,7 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
         gid: nix::unistd::getegid().as_raw(),
         root_entries,
         etc_entries,
+        profile_d,
         project_owner: owner,
         limits: layout.support(),
         tmpfs_xattr: kernel_at_least(6, 6),

@@ -9,6 +9,7 @@ use airlock_egress::journal::{now_rfc3339, Event, Verdict};
 use airlock_model::agent::protocol::{decode, encode, Decoded, JournalEntry, JournalMsg, Origin};
 use airlock_model::agent::{HostMsg, SandboxMsg, PROTOCOL_VERSION};
 use airlock_model::config::Harness;
+use airlock_model::policy::Seconds;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -56,6 +57,8 @@ struct State {
 pub struct Host {
     dir: PathBuf,
     harness: Harness,
+    /// `[agent] grace`, handed to the runner.
+    grace: Seconds,
     exe: PathBuf,
     journal: Mutex<File>,
     output: Mutex<File>,
@@ -71,7 +74,12 @@ fn append(path: &Path) -> std::io::Result<File> {
 }
 
 impl Host {
-    pub fn new(dir: &Path, harness: Harness, exe: PathBuf) -> std::io::Result<Arc<Host>> {
+    pub fn new(
+        dir: &Path,
+        harness: Harness,
+        grace: Seconds,
+        exe: PathBuf,
+    ) -> std::io::Result<Arc<Host>> {
         let last = super::journal::read(&dir.join(REPORTS))
             .iter()
             .filter_map(|e| turn_of(&e.msg))
@@ -80,6 +88,7 @@ impl Host {
         Ok(Arc::new(Host {
             dir: dir.to_path_buf(),
             harness,
+            grace,
             exe,
             journal: Mutex::new(append(&dir.join(REPORTS))?),
             output: Mutex::new(append(&dir.join(AGENT_LOG))?),
@@ -122,11 +131,11 @@ impl Host {
     }
 
     fn denied(&self, ev: &Event) {
-        let domain = ev
-            .host
-            .clone()
-            .or_else(|| ev.dst.clone())
-            .unwrap_or_else(|| "?".into());
+        // A connection that names no destination was not refused anything (the client hung
+        // up before its request): nothing for the user to allow.
+        let Some(domain) = ev.host.clone().or_else(|| ev.dst.clone()) else {
+            return;
+        };
         let turn_id = {
             let mut st = self.state();
             let t = st.current_turn;
@@ -293,6 +302,8 @@ impl Host {
             .arg("__agent-runner")
             .arg("--harness")
             .arg(harness)
+            .arg("--grace-secs")
+            .arg(self.grace.0.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -370,6 +381,7 @@ impl Host {
                     turn_id,
                     reported: false,
                     exit_code: None,
+                    stopped_after_secs: None,
                 }),
             );
         }

@@ -129,12 +129,21 @@ pub fn render(e: &JournalEntry) -> Option<String> {
                 turn_id,
                 reported,
                 exit_code,
+                stopped_after_secs,
             } => {
                 let code = exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+                let stopped = stopped_after_secs
+                    .map(|s| {
+                        format!(
+                            "; the harness was stopped, still running {s}s after its report \
+                             (its final message may be cut: raise `[agent] grace`)"
+                        )
+                    })
+                    .unwrap_or_default();
                 if *reported {
-                    format!("turn {turn_id} completed{code}")
+                    format!("turn {turn_id} completed{code}{stopped}")
                 } else {
-                    format!("turn {turn_id} ended-unreported{code}")
+                    format!("turn {turn_id} ended-unreported{code}{stopped}")
                 }
             }
             SandboxMsg::Error { message } => format!("- error: {message}"),
@@ -174,6 +183,11 @@ pub enum TurnEnd {
     Done,
     Blocked,
     Unreported,
+}
+
+/// Whether this entry is turn `turn`'s `turn_completed` (the last entry of a turn).
+pub fn completes_turn(e: &JournalEntry, turn: u64) -> bool {
+    matches!(&e.msg, JournalMsg::Sandbox(SandboxMsg::TurnCompleted { turn_id, .. }) if *turn_id == turn)
 }
 
 /// Whether this entry ends turn `turn`, and how.

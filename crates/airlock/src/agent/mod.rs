@@ -18,7 +18,7 @@ pub const AGENT_LOG: &str = "agent.log";
 pub const AGENT_SOCKET: &str = "agent.sock";
 
 /// Inside the sandbox: where this binary is mounted (read-only) as `airlock` and `report`.
-pub const TOOLS_DIR: &str = "/run/airlock/bin";
+pub const TOOLS_DIR: &str = airlock_model::agent::adapter::TOOLS_DIR;
 /// Inside the sandbox: the runner's report socket (the sandbox's own; nothing on the host).
 pub const REPORT_SOCKET: &str = "/tmp/.airlock-report.sock";
 

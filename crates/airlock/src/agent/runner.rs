@@ -4,13 +4,13 @@
 //! socket of the sandbox's own /tmp. It is not dumpable, so the agent (same uid, no
 //! capabilities) cannot open its descriptors through /proc to speak for the host.
 //!
-//! Turn rules: `done`/`blocked` end the turn (a harness still running `FINISH_GRACE` later is
-//! stopped); a harness that exits with no terminal report ends the turn unreported once
+//! Turn rules: `done`/`blocked` end the turn (a harness still running `[agent] grace` later is
+//! stopped, and the turn's `turn_completed` says so); a harness that exits with no terminal report ends the turn unreported once
 //! `REPORT_GRACE` has passed (a report may still be on its way from a background process).
 
 use super::report::{ReportReply, ReportRequest};
 use super::{path_with_tools, REPORT_SOCKET};
-use airlock_model::agent::adapter::{compose_prompt, harness_name, turn_command};
+use airlock_model::agent::adapter::{harness_name, seed_settings, turn_command};
 use airlock_model::agent::protocol::{decode, encode, Decoded};
 use airlock_model::agent::{HostMsg, ReportStatus, SandboxMsg, PROTOCOL_VERSION};
 use airlock_model::config::Harness;
@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const REPORT_GRACE: Duration = Duration::from_secs(2);
-const FINISH_GRACE: Duration = Duration::from_secs(20);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
 enum Ev {
@@ -51,11 +50,13 @@ struct Turn {
     terminal_at: Option<Instant>,
     exited: Option<(Option<i32>, Instant)>,
     pgid: Option<i32>,
-    killed: bool,
+    /// When the harness was stopped: seconds after its terminal report.
+    killed: Option<u64>,
 }
 
-/// `airlock __agent-runner --harness JSON`.
-pub fn main(harness_json: &str) -> i32 {
+/// `airlock __agent-runner --harness JSON --grace-secs N`.
+pub fn main(harness_json: &str, grace_secs: u64) -> i32 {
+    let finish_grace = Duration::from_secs(grace_secs);
     let harness: Harness = match serde_json::from_str(harness_json) {
         Ok(h) => h,
         Err(e) => {
@@ -84,7 +85,7 @@ pub fn main(harness_json: &str) -> i32 {
         hb.send(&SandboxMsg::Heartbeat);
     });
     out.send(&SandboxMsg::Ready);
-    run_loop(&harness, &out, &rx, &tx);
+    run_loop(&harness, finish_grace, &out, &rx, &tx);
     let _ = std::fs::remove_file(REPORT_SOCKET);
     0
 }
@@ -174,7 +175,13 @@ fn session_marker() -> PathBuf {
     home().join(".airlock").join("agent-session")
 }
 
-fn run_loop(harness: &Harness, out: &Out, rx: &Receiver<Ev>, tx: &Sender<Ev>) {
+fn run_loop(
+    harness: &Harness,
+    finish_grace: Duration,
+    out: &Out,
+    rx: &Receiver<Ev>,
+    tx: &Sender<Ev>,
+) {
     let mut queue: VecDeque<(u64, String)> = VecDeque::new();
     let mut current: Option<Turn> = None;
     let mut stopping = false;
@@ -219,8 +226,8 @@ fn run_loop(harness: &Harness, out: &Out, rx: &Receiver<Ev>, tx: &Sender<Ev>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         if let Some(t) = &mut current {
-            if t.terminal.is_some() && t.exited.is_none() && !t.killed {
-                let late = t.terminal_at.is_some_and(|at| at.elapsed() > FINISH_GRACE);
+            if t.terminal.is_some() && t.exited.is_none() && t.killed.is_none() {
+                let late = t.terminal_at.is_some_and(|at| at.elapsed() > finish_grace);
                 if late || stopping {
                     kill_turn(t);
                 }
@@ -235,6 +242,7 @@ fn run_loop(harness: &Harness, out: &Out, rx: &Receiver<Ev>, tx: &Sender<Ev>) {
                     turn_id: t.id,
                     reported: t.terminal.is_some(),
                     exit_code: t.exited.and_then(|(c, _)| c),
+                    stopped_after_secs: t.killed,
                 });
                 current = None;
             }
@@ -280,14 +288,14 @@ fn start_turn(harness: &Harness, id: u64, text: &str, out: &Out, tx: &Sender<Ev>
     out.send(&SandboxMsg::TurnAccepted { turn_id: id });
     let marker = session_marker();
     let continuing = marker.exists();
-    let tc = turn_command(harness, &compose_prompt(text), continuing, id);
+    let tc = turn_command(harness, text, continuing, id);
     let mut turn = Turn {
         id,
         terminal: None,
         terminal_at: None,
         exited: None,
         pgid: None,
-        killed: false,
+        killed: None,
     };
     let cwd = if Path::new("/workspace").is_dir() {
         PathBuf::from("/workspace")
@@ -295,6 +303,16 @@ fn start_turn(harness: &Harness, id: u64, text: &str, out: &Out, tx: &Sender<Ev>
         home()
     };
     let mut cmd = Command::new(&tc.argv[0]);
+    if let Some((rel, contents)) = seed_settings(harness) {
+        let path = home().join(rel);
+        if std::fs::symlink_metadata(&path).is_err() {
+            let _ = path
+                .parent()
+                .map(std::fs::create_dir_all)
+                .transpose()
+                .and_then(|_| std::fs::write(&path, contents));
+        }
+    }
     cmd.envs(secrets())
         .args(&tc.argv[1..])
         .envs(tc.env.iter().map(|(k, v)| (k, v)))
@@ -380,7 +398,7 @@ fn forward_output(mut r: Box<dyn Read + Send>, turn_id: u64, out: &Out) {
 
 fn kill_turn(t: &mut Turn) {
     use nix::sys::signal::{killpg, Signal};
-    t.killed = true;
+    t.killed = Some(t.terminal_at.map_or(0, |at| at.elapsed().as_secs()));
     if let Some(pg) = t.pgid {
         let pg = nix::unistd::Pid::from_raw(pg);
         let _ = killpg(pg, Signal::SIGTERM);

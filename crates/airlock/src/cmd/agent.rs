@@ -69,6 +69,9 @@ pub fn prompt(a: &PromptArgs) -> CliResult<i32> {
 }
 
 /// Send a prompt; with `wait`, stream the turn's reports until it ends (exit code says how).
+/// The exit code comes from the first terminal event (`done`, `blocked`, ended-unreported);
+/// the command returns once the turn is journaled as completed, so a `reports` right after
+/// sees the whole turn.
 pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<i32> {
     let dir = super::sandbox::existing_dir(name)?;
     if harness_of(&dir).is_none() {
@@ -100,6 +103,7 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
     }
     let mut f = Follower::from_offset(&reports, offset);
     let mut out = std::io::stdout().lock();
+    let mut ended: Option<i32> = None;
     loop {
         for (raw, e) in f.poll() {
             let Some(e) = e else { continue };
@@ -119,14 +123,21 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
                 let _ = writeln!(out, "{l}");
             }
             let _ = out.flush();
-            match journal::ends_turn(&e, turn) {
-                Some(TurnEnd::Done) => return Ok(0),
-                Some(TurnEnd::Blocked) => return Ok(exit::AGENT_BLOCKED),
-                Some(TurnEnd::Unreported) => return Ok(exit::AGENT_UNREPORTED),
-                None => {}
+            let code = match journal::ends_turn(&e, turn) {
+                Some(TurnEnd::Done) => Some(0),
+                Some(TurnEnd::Blocked) => Some(exit::AGENT_BLOCKED),
+                Some(TurnEnd::Unreported) => Some(exit::AGENT_UNREPORTED),
+                None => None,
+            };
+            ended = ended.or(code);
+            if journal::completes_turn(&e, turn) {
+                return Ok(ended.unwrap_or(exit::AGENT_UNREPORTED));
             }
         }
         if exec::pid1(&dir).is_none() {
+            if let Some(code) = ended {
+                return Ok(code);
+            }
             return Err(CliError::new(
                 exit::CONFLICT,
                 anyhow::anyhow!("sandbox {name} stopped during turn {turn}"),

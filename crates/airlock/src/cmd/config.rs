@@ -226,6 +226,7 @@ mod tests {
             ),
             agent: Some(AgentLayer {
                 harness: Some(Harness::Command(vec!["my-agent".into(), "--yes".into()])),
+                grace: Some("45s".parse().unwrap()),
             }),
             ..Default::default()
         };
@@ -277,6 +278,7 @@ mode = "immutable"  # from default
 source = "/n.md"  # from project:/p/airlock.toml
 
 [agent]
+grace = "45s"  # from project:/p/airlock.toml
 harness = { command = ["my-agent", "--yes"] }  # from project:/p/airlock.toml
 "#;
         assert_eq!(text, expected);

@@ -532,6 +532,7 @@ pub fn build(
             memory: from_defaults("resources.memory"),
             pids: from_defaults("resources.pids"),
         },
+        agent_grace: persistent.then_some(eff.agent_grace),
     };
     Ok(Built {
         spec,

@@ -770,7 +770,10 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
             "PATH".into(),
             crate::agent::path_with_tools(path.as_deref()),
         ));
-        let host = crate::agent::host::Host::new(dir, h, exe).map_err(|e| {
+        let grace = spec
+            .agent_grace
+            .unwrap_or(airlock_model::config::DEFAULT_AGENT_GRACE);
+        let host = crate::agent::host::Host::new(dir, h, grace, exe).map_err(|e| {
             CliError::new(
                 exit::SANDBOX_FAILED,
                 anyhow::anyhow!("prepare the agent journal: {e}"),

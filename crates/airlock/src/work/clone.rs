@@ -182,7 +182,7 @@ pub fn prepare(repo: &Path, dir: &Path, name: &str) -> Result<CloneInfo, CloneEr
             ])?;
         }
     }
-    // An empty hooks directory exists so that it is mounted read-only inside.
+    // An empty hooks directory, as git makes one (the clone is made with --template=).
     let hooks = ws.join(".git/hooks");
     std::fs::create_dir_all(&hooks).map_err(io("create", &hooks))?;
     let info = CloneInfo {

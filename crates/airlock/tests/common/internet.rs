@@ -1,7 +1,8 @@
 //! A fake internet for the network tests: a network namespace of the test's own, joined to the
 //! host by a veth pair on a private /30 inside 198.18.0.0/15 (the benchmarking range, which the
 //! egress policy does not treat as private), running `fixtures/internet.py` (DNS, HTTP, HTTPS
-//! with a certificate made at test time). No traffic leaves the machine.
+//! with a certificate made at test time, and a scripted model behind the agent CLIs' APIs). No
+//! traffic leaves the machine.
 
 use super::TempDir;
 use std::path::{Path, PathBuf};
@@ -70,25 +71,76 @@ impl Internet {
         ]);
         sh(&["ip", "-n", &ns, "link", "set", &peer_if, "up"]);
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        // A CA of the test's own (what clients trust: `cert()`) and a server certificate it
+        // signed for the names: strict TLS stacks (rustls) refuse a CA certificate as a server's.
+        let (ca, ca_key) = (dir.join("cert.pem"), dir.join("ca-key.pem"));
+        let (cert, key, csr) = (
+            dir.join("server.pem"),
+            dir.join("key.pem"),
+            dir.join("server.csr"),
+        );
+        let ext = dir.join("server.ext");
         let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-        sh(&[
-            "openssl",
-            "req",
-            "-x509",
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName={}\nbasicConstraints=critical,CA:FALSE\n\
+                 keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+                san.join(",")
+            ),
+        )
+        .expect("write the certificate extensions");
+        let path = |p: &PathBuf| p.to_str().unwrap_or_default().to_string();
+        let ec = [
             "-newkey",
-            "rsa:2048",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
             "-nodes",
+        ];
+        let mut ca_args = vec!["openssl", "req", "-x509"];
+        ca_args.extend(ec);
+        let (ca_s, ca_key_s) = (path(&ca), path(&ca_key));
+        ca_args.extend([
             "-days",
             "1",
             "-subj",
+            "/CN=airlock-test-ca",
+            "-keyout",
+            &ca_key_s,
+        ]);
+        ca_args.extend(["-out", &ca_s]);
+        sh(&ca_args);
+        let (key_s, csr_s, cert_s, ext_s) = (path(&key), path(&csr), path(&cert), path(&ext));
+        let mut req = vec!["openssl", "req"];
+        req.extend(ec);
+        req.extend([
+            "-subj",
             "/CN=airlock-test",
             "-keyout",
-            key.to_str().unwrap_or_default(),
+            &key_s,
             "-out",
-            cert.to_str().unwrap_or_default(),
-            "-addext",
-            &format!("subjectAltName={}", san.join(",")),
+            &csr_s,
+        ]);
+        sh(&req);
+        sh(&[
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &csr_s,
+            "-CA",
+            &ca_s,
+            "-CAkey",
+            &ca_key_s,
+            "-set_serial",
+            "2",
+            "-days",
+            "1",
+            "-extfile",
+            &ext_s,
+            "-out",
+            &cert_s,
         ]);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/internet.py");
         let ready = dir.join("ready");
@@ -103,6 +155,7 @@ impl Internet {
         }
         cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
         cmd.arg("--serve-dir").arg(dir.join("files"));
+        cmd.arg("--model-log").arg(dir.join("model.jsonl"));
         cmd.arg("--dns-log")
             .arg(dir.join("dns.log"))
             .arg("--ready")
@@ -130,6 +183,15 @@ impl Internet {
     /// Files served under `http(s)://NAME/files/` (e.g. a bare git repository).
     pub fn files(&self) -> PathBuf {
         self.dir.join("files")
+    }
+
+    /// Every request the scripted model APIs received (`fixtures/model_api.py`), parsed.
+    pub fn model_requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("model.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Every DNS query the fake internet received, one `name qtype` per line.

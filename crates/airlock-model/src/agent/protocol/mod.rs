@@ -100,6 +100,10 @@ pub enum SandboxMsg {
         /// The harness's exit code (128+N for signal N; none if it could not be started).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exit_code: Option<i32>,
+        /// Set when the harness was stopped: it was still running this many seconds after
+        /// its terminal report (`[agent] grace`), or the sandbox was being stopped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stopped_after_secs: Option<u64>,
     },
     /// Something the agent tried was refused by the sandbox (today: a network destination),
     /// with how the user can allow it. Produced by the host for network denials.

@@ -31,6 +31,13 @@ fn samples() -> (Vec<HostMsg>, Vec<SandboxMsg>) {
             turn_id: 3,
             reported: true,
             exit_code: Some(0),
+            stopped_after_secs: None,
+        },
+        SandboxMsg::TurnCompleted {
+            turn_id: 4,
+            reported: true,
+            exit_code: Some(143),
+            stopped_after_secs: Some(20),
         },
         SandboxMsg::Blocked {
             turn_id: Some(3),

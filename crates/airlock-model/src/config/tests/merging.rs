@@ -27,6 +27,7 @@ fn no_layers_gives_the_defaults() {
     let (eff, origins) = merge_layers([]).unwrap();
     assert_eq!(eff, Effective::default());
     let expected: Origins = [
+        ("agent.grace", vec![Source::Default]),
         ("network.ports", vec![Source::Default]),
         ("sandbox.backend", vec![Source::Default]),
         ("sandbox.image", vec![Source::Default]),
@@ -305,6 +306,7 @@ source = "~/AGENTS.md"
 mode = "seed"
 [agent]
 harness = { command = ["my-agent", "--yes"] }
+grace = "1m"
 [hooks]
 pre_up = ["echo project", "echo user"]
 post_down = ["echo bye"]
@@ -376,6 +378,7 @@ post_down = ["echo bye"]
         )]
         .into(),
         agent: Some(Harness::Command(strings(&["my-agent", "--yes"]))),
+        agent_grace: crate::policy::Seconds(60),
         hooks: Hooks {
             pre_up: strings(&["echo user", "echo project"]),
             post_up: vec![],
@@ -402,6 +405,7 @@ post_down = ["echo bye"]
     assert_eq!(o("env.EDITOR"), vec![us.clone()]);
     assert_eq!(o("secrets.TOKEN"), vec![us.clone()]);
     assert_eq!(o("agent.harness"), vec![ps.clone()]);
+    assert_eq!(o("agent.grace"), vec![ps.clone()]);
     assert_eq!(o("hooks.pre_up"), vec![us.clone(), ps.clone()]);
     assert_eq!(o(r#"home_files."notes/AGENTS.md".mode"#), vec![ps.clone()]);
     assert_eq!(r.files, vec![u, pf]);
@@ -430,6 +434,7 @@ K = { from_env = "V" }
 source = "/etc/hostname"
 [agent]
 harness = "codex"
+grace = 45
 [hooks]
 post_up = ["true"]
 "#,
