@@ -527,7 +527,14 @@ fn clone_workspaces_leave_git_config_and_hooks_to_the_sandbox() {
         .map(ws)
         .collect();
     assert_eq!(protected(WorkspaceMode::Overlay), all);
-    assert_eq!(protected(WorkspaceMode::Bind), all);
+    // Bind: the host's own checkout, so git's info/ too (first).
+    let bind: Vec<PathBuf> = BIND_PROTECTED_PATHS
+        .iter()
+        .copied()
+        .map(ws)
+        .chain(all.iter().cloned())
+        .collect();
+    assert_eq!(protected(WorkspaceMode::Bind), bind);
     let clone: Vec<PathBuf> = all
         .iter()
         .filter(|p| **p != ws(".git/config") && **p != ws(".git/hooks"))
