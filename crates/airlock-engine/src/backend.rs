@@ -33,7 +33,17 @@ pub enum Liveness {
 }
 
 /// Live resource use, read from the sandbox's cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct Stats {
     pub memory_bytes: u64,
     pub pids: u64,
