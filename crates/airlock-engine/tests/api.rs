@@ -371,3 +371,122 @@ fn connect_or_start_uses_a_running_engine() {
     .expect("connect");
     client.ping().expect("ping");
 }
+
+/// Found by schemathesis: a `grace_ms` past what a deadline can hold (the backend adds it to
+/// `Instant::now()`, which panics on overflow) is refused before anything is stopped.
+#[test]
+fn a_grace_too_long_for_the_clock_is_refused() {
+    let server = Server::start();
+    let client = server.client();
+    client.create("long", &json!({})).expect("create");
+    client.start("long").expect("start");
+    for grace in [
+        json!(9_223_372_036_854_775_808u64),
+        json!(u64::MAX),
+        json!(1_000_000_000_001u64),
+    ] {
+        let (status, value) = client
+            .request(
+                "POST",
+                "/v1/sandboxes/long/stop",
+                Some(&json!({ "grace_ms": grace })),
+            )
+            .expect("request");
+        assert_eq!(
+            (status, value["kind"].as_str()),
+            (400, Some("bad_request")),
+            "{value}"
+        );
+    }
+    assert_eq!(
+        client.status("long").expect("status").record.state,
+        S::Running
+    );
+    // The longest one `airlock stop --grace` can give is fine.
+    let (status, value) = client
+        .request(
+            "POST",
+            "/v1/sandboxes/long/stop",
+            Some(&json!({ "grace_ms": 1_000_000_000_000u64 })),
+        )
+        .expect("request");
+    assert_eq!(
+        (status, value["state"].as_str()),
+        (200, Some("stopped")),
+        "{value}"
+    );
+}
+
+/// A `null` body is no body (the document allows it for start and stop).
+#[test]
+fn a_null_body_is_no_body() {
+    let server = Server::start();
+    let client = server.client();
+    client.create("nul", &json!({})).expect("create");
+    let (status, value) = client
+        .request("POST", "/v1/sandboxes/nul/start", Some(&Value::Null))
+        .expect("request");
+    assert_eq!(
+        (status, value["state"].as_str()),
+        (200, Some("running")),
+        "{value}"
+    );
+    let (status, value) = client
+        .request("POST", "/v1/sandboxes/nul/stop", Some(&Value::Null))
+        .expect("request");
+    assert_eq!(
+        (status, value["state"].as_str()),
+        (200, Some("stopped")),
+        "{value}"
+    );
+    // create needs its body.
+    let (status, _) = client
+        .request("POST", "/v1/sandboxes", Some(&Value::Null))
+        .expect("request");
+    assert_eq!(status, 400);
+}
+
+/// Found by schemathesis: JSON Schema counts `1500.0` as an integer, so the server does too;
+/// fractions and negatives stay refused.
+#[test]
+fn grace_ms_is_an_integer_as_json_schema_counts_them() {
+    let server = Server::start();
+    let client = server.client();
+    client.create("whole", &json!({})).expect("create");
+    client.start("whole").expect("start");
+    for bad in [
+        json!(1.5),
+        json!(-1),
+        json!(-1.0),
+        json!("10"),
+        json!(1e300),
+    ] {
+        let (status, value) = client
+            .request(
+                "POST",
+                "/v1/sandboxes/whole/stop",
+                Some(&json!({ "grace_ms": bad })),
+            )
+            .expect("request");
+        assert_eq!(status, 400, "{bad}: {value}");
+    }
+    let (status, value) = client
+        .request(
+            "POST",
+            "/v1/sandboxes/whole/stop",
+            Some(&json!({ "grace_ms": 1500.0 })),
+        )
+        .expect("request");
+    assert_eq!(
+        (status, value["state"].as_str()),
+        (200, Some("stopped")),
+        "{value}"
+    );
+    assert!(server
+        .fake
+        .calls()
+        .contains(&airlock_engine::backend::Call::Stop(
+            "whole".into(),
+            Duration::from_millis(1500)
+        )));
+}

@@ -64,14 +64,36 @@ pub struct StartRequest {
     pub secrets: Option<BTreeMap<String, String>>,
 }
 
+/// The longest stop grace period, in milliseconds (as `airlock stop --grace` allows).
+pub const MAX_GRACE_MS: u64 = 1_000_000_000_000;
+
 /// The body of `POST /v1/sandboxes/{name}/stop` (optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct StopRequest {
     /// How long to wait after asking it to stop before killing it, in milliseconds
     /// (default 10000).
-    #[serde(default)]
-    #[schema(examples(10000))]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(examples(10000), maximum = 1_000_000_000_000_u64)]
     pub grace_ms: Option<u64>,
+}
+
+/// A non-negative integer as JSON Schema counts them: `2000.0` is one too.
+fn whole_number<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(de)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_u64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        // Exactly representable (below 2^53) and whole.
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => {
+            Ok(Some(f as u64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a non-negative integer, not {number}"
+        ))),
+    }
 }
 
 /// `DELETE /v1/sandboxes/{name}`.
@@ -260,10 +282,16 @@ async fn stop(
     SandboxName(name): SandboxName,
     JsonBody(body): JsonBody<StopRequest>,
 ) -> Result<Json<Record>, ApiError> {
-    let grace = body
-        .unwrap_or_default()
-        .grace_ms
-        .map_or(crate::engine::DEFAULT_GRACE, Duration::from_millis);
+    let grace = match body.unwrap_or_default().grace_ms {
+        None => crate::engine::DEFAULT_GRACE,
+        // A deadline that far away overflows the clock (and would panic the backend).
+        Some(ms) if ms > MAX_GRACE_MS => {
+            return Err(ApiError::bad_request(format!(
+                "grace_ms must be at most {MAX_GRACE_MS}"
+            )))
+        }
+        Some(ms) => Duration::from_millis(ms),
+    };
     blocking(move || engine.stop(&name, grace)).await.map(Json)
 }
 
@@ -378,7 +406,7 @@ fn query_flag(query: Option<&str>, key: &str) -> Result<bool, ApiError> {
     Ok(false)
 }
 
-/// A JSON object body, `None` when the body is empty. Whatever the `Content-Type`; a body
+/// A JSON object body, `None` when the body is empty or `null`. Whatever the `Content-Type`; a body
 /// that is not a JSON object, or does not fit `T`, is a 400 in our error shape.
 struct JsonBody<T>(Option<T>);
 
@@ -399,6 +427,9 @@ fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, ApiError
     }
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if value.is_null() {
+        return Ok(None);
+    }
     // serde accepts a JSON array for a struct; the API takes objects only.
     if !value.is_object() {
         return Err(ApiError::bad_request(
