@@ -490,3 +490,135 @@ fn grace_ms_is_an_integer_as_json_schema_counts_them() {
             Duration::from_millis(1500)
         )));
 }
+
+fn start_with_limits(limits: api::Limits) -> Server {
+    let dir = TempDir::new("api-limits");
+    let fake = Arc::new(FakeBackend::new());
+    let engine = Arc::new(Engine::open(&dir.path().join("state"), fake.clone()).expect("engine"));
+    let socket = dir.path().join("run").join("engine.sock");
+    let listener = api::bind(&socket).expect("bind");
+    std::thread::spawn(move || api::serve_with(engine, listener, limits));
+    Server { dir, socket, fake }
+}
+
+/// Reads what the server sends until it closes, failing the test if it does not within 5 s.
+fn read_until_closed(stream: &mut UnixStream) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    stream
+        .read_to_end(&mut out)
+        .expect("the server closes the connection");
+    out
+}
+
+#[test]
+fn connections_over_the_cap_are_told_busy_and_a_freed_slot_serves_again() {
+    let server = start_with_limits(api::Limits {
+        max_connections: 2,
+        ..api::Limits::default()
+    });
+    let held: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&server.socket).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, value) = raw(&server.socket, b"GET /v1/health HTTP/1.1\r\n\r\n");
+    assert_eq!(
+        (status, value["kind"].as_str()),
+        (503, Some("busy")),
+        "{value}"
+    );
+    assert_eq!(value["hint"], "retry");
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = raw(&server.socket, b"GET /v1/health HTTP/1.1\r\n\r\n");
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still busy: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_client_that_sends_nothing_or_too_slowly_gets_408_and_is_closed() {
+    let server = start_with_limits(api::Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..api::Limits::default()
+    });
+    let partial: [&[u8]; 3] = [
+        b"",
+        b"GET /v1/hea",
+        // The head is whole, the body never comes.
+        b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: 10\r\n\r\n{\"a",
+    ];
+    for sent in partial {
+        let started = std::time::Instant::now();
+        let mut stream = UnixStream::connect(&server.socket).expect("connect");
+        stream.write_all(sent).expect("write");
+        let out = read_until_closed(&mut stream);
+        let (status, value) = parse_response(&out).expect("an answer");
+        assert_eq!(
+            (status, value["kind"].as_str()),
+            (408, Some("timeout")),
+            "{}: {value}",
+            String::from_utf8_lossy(sent)
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+    // Nothing was created.
+    assert!(server.client().list().expect("list").is_empty());
+}
+
+#[test]
+fn a_client_that_stops_reading_the_answer_is_dropped() {
+    let server = start_with_limits(api::Limits {
+        idle_timeout: Duration::from_millis(300),
+        max_connections: 1,
+        ..api::Limits::default()
+    });
+    // A list answer far larger than what the socket buffers hold.
+    let pad = "x".repeat(400_000);
+    for i in 0..5 {
+        server
+            .client()
+            .create(&format!("big-{i}"), &json!({ "pad": pad }))
+            .expect("create");
+    }
+    let mut stream = UnixStream::connect(&server.socket).expect("connect");
+    stream
+        .write_all(b"GET /v1/sandboxes HTTP/1.1\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = read_until_closed(&mut stream);
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &out[..out.len().min(40)]
+    );
+    assert!(
+        out.len() < 2_000_000,
+        "got the whole answer ({} bytes)",
+        out.len()
+    );
+    assert!(parse_response(&out).is_err(), "a cut-off answer parses");
+    // Its slot is free again (the cap is 1).
+    assert_eq!(server.client().list().expect("list").len(), 5);
+}
+
+#[test]
+fn a_trailing_slash_names_the_same_route() {
+    let server = Server::start();
+    server.client().create("slash", &json!({})).expect("create");
+    let (status, value) = raw(&server.socket, b"GET /v1/sandboxes/ HTTP/1.1\r\n\r\n");
+    assert_eq!((status, value[0]["name"].as_str()), (200, Some("slash")));
+    let (status, value) = raw(&server.socket, b"GET /v1/sandboxes/slash/ HTTP/1.1\r\n\r\n");
+    assert_eq!((status, value["name"].as_str()), (200, Some("slash")));
+    let (status, value) = raw(
+        &server.socket,
+        b"DELETE /v1/sandboxes/slash/?force=true HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!((status, value["removed"].as_bool()), (200, Some(true)));
+}
