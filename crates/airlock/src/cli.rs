@@ -179,12 +179,7 @@ pub struct RunArgs {
     #[arg(short = 'i', long)]
     pub interactive: bool,
     /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 
@@ -208,12 +203,7 @@ pub struct ExecDirArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub opts: ExecOptions,
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 
@@ -351,12 +341,7 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub opts: ExecOptions,
     pub name: String,
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 

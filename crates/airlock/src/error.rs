@@ -32,12 +32,12 @@ impl CliError {
     }
 
     pub fn print(&self) {
-        eprintln!("airlock: error: {}", self.error);
+        errln!("airlock: error: {}", self.error);
         for cause in self.error.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+            errln!("  caused by: {cause}");
         }
         if let Some(h) = &self.hint {
-            eprintln!("hint: {h}");
+            errln!("hint: {h}");
         }
     }
 }

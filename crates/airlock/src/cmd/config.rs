@@ -48,7 +48,7 @@ fn render_json(r: &Resolved, out: &mut dyn Write) -> io::Result<()> {
         files: &r.files,
         project_dir: r.project_dir.as_deref(),
     };
-    serde_json::to_writer_pretty(&mut *out, &view).map_err(io::Error::other)?;
+    serde_json::to_writer_pretty(&mut *out, &view).map_err(io::Error::from)?;
     writeln!(out)
 }
 

@@ -410,7 +410,7 @@ pub fn build(
                 .hint("cd into a project directory, or pass --workspace none"));
         }
         if std::env::var_os("HOME").is_some_and(|h| Path::new(&h) == project_dir) {
-            eprintln!("airlock: warning: the workspace is your home directory: everything in it (~/.ssh, ~/.aws, …) is visible inside; run from a project directory or pass --workspace none");
+            errln!("airlock: warning: the workspace is your home directory: everything in it (~/.ssh, ~/.aws, …) is visible inside; run from a project directory or pass --workspace none");
         }
     }
     let mut binds = Vec::new();
@@ -534,7 +534,7 @@ pub fn launch(
     let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
     if !plan.unenforced_limits.is_empty() {
-        eprintln!(
+        errln!(
             "airlock: warning: not enforced on this host: {} limit (no usable cgroup{}); pass --require-limits to refuse instead",
             plan.unenforced_limits.join(", "),
             if plan.rootless { " delegation for this user" } else { "" }
@@ -569,11 +569,11 @@ pub fn launch(
     let outcome = container::run(&plan, &opts)?;
     airlock_sandbox::phase("cleaned up");
     match outcome.ending {
-        Ending::TimedOut => eprintln!(
+        Ending::TimedOut => errln!(
             "airlock: killed: timeout after {}",
             timeout_text.unwrap_or("?")
         ),
-        Ending::OutOfMemory => eprintln!(
+        Ending::OutOfMemory => errln!(
             "airlock: killed: out of memory (limit {})",
             spec.resources
                 .memory
@@ -633,17 +633,17 @@ fn print_changes(c: &Changes) {
             lines.push(format!("  {mark} {}", p.display()));
         }
     }
-    eprintln!(
+    errln!(
         "airlock: workspace changes (discarded, host untouched): {} added, {} changed, {} deleted",
         c.added.len(),
         c.modified.len(),
         c.deleted.len()
     );
     for l in lines.iter().take(MAX_LISTED) {
-        eprintln!("{l}");
+        errln!("{l}");
     }
     if lines.len() > MAX_LISTED {
-        eprintln!("  … and {} more", lines.len() - MAX_LISTED);
+        errln!("  … and {} more", lines.len() - MAX_LISTED);
     }
 }
 

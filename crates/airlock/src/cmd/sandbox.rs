@@ -107,12 +107,12 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
             start_named(&c, &name)?;
         }
     }
-    println!("{name} running");
+    outln!("{name} running");
     match &a.prompt {
         Some(text) => crate::cmd::agent::send_prompt(&name, text, !a.no_attach, false),
         None => {
             if a.agent.is_some() {
-                eprintln!("airlock: send it a task: airlock prompt {name} \"…\"");
+                errln!("airlock: send it a task: airlock prompt {name} \"…\"");
             }
             Ok(0)
         }
@@ -135,13 +135,13 @@ pub fn logs(a: &LogsArgs) -> CliResult<i32> {
             .read(&mut buf)
             .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
         if n > 0 {
-            let _ = out.write_all(&buf[..n]);
+            crate::out::bytes(&mut out, &buf[..n]);
             continue;
         }
         if !a.follow {
             return Ok(0);
         }
-        let _ = out.flush();
+        crate::out::check(out.flush());
         std::thread::sleep(std::time::Duration::from_millis(200));
         let _ = f.stream_position();
     }
@@ -182,7 +182,7 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
     });
     let code = exec_in(&name, cmd, &[], workdir, tty, interactive, true);
     let stopped = c.stop(&name, Some(std::time::Duration::from_secs(10)));
-    eprintln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
+    errln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
     stopped?;
     code
 }
@@ -220,7 +220,7 @@ pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool)
         }
     }
     let rec = create_record(&client()?, &a.name, &built)?;
-    println!("{}", rec.name);
+    outln!("{}", rec.name);
     Ok(0)
 }
 
@@ -300,7 +300,7 @@ fn start_with(
 
 pub fn start(name: &str) -> CliResult<i32> {
     let rec = start_named(&client()?, name)?;
-    println!("{} {}", rec.name, rec.state);
+    outln!("{} {}", rec.name, rec.state);
     Ok(0)
 }
 
@@ -318,13 +318,13 @@ pub fn stop(a: &StopArgs) -> CliResult<i32> {
         })?;
     }
     let rec = client()?.stop(&a.name, Some(grace))?;
-    println!("{} {}", rec.name, rec.state);
+    outln!("{} {}", rec.name, rec.state);
     Ok(0)
 }
 
 pub fn rm(a: &RmArgs) -> CliResult<i32> {
     client()?.rm(&a.name, a.force)?;
-    println!("removed {}", a.name);
+    outln!("removed {}", a.name);
     Ok(0)
 }
 
@@ -344,14 +344,14 @@ pub fn list(json: bool) -> CliResult<i32> {
                 }
             }
         }
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
         );
         return Ok(0);
     }
     if records.is_empty() {
-        println!("no sandboxes");
+        outln!("no sandboxes");
         return Ok(0);
     }
     let agents = last.iter().any(Option::is_some);
@@ -360,9 +360,9 @@ pub fn list(json: bool) -> CliResult<i32> {
         "NAME", "STATE", "PROFILE", "BACKEND"
     );
     if agents {
-        println!("{head} LAST REPORT");
+        outln!("{head} LAST REPORT");
     } else {
-        println!("{}", head.trim_end());
+        outln!("{}", head.trim_end());
     }
     for (r, l) in records.iter().zip(&last) {
         let line = format!(
@@ -373,8 +373,8 @@ pub fn list(json: bool) -> CliResult<i32> {
             r.backend.as_deref().unwrap_or("-")
         );
         match l {
-            Some((summary, _)) => println!("{line} {summary}"),
-            None => println!("{}", line.trim_end()),
+            Some((summary, _)) => outln!("{line} {summary}"),
+            None => outln!("{}", line.trim_end()),
         }
     }
     Ok(0)
@@ -393,7 +393,7 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
     };
     let st = client()?.status(&name)?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&st)
                 .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
@@ -401,23 +401,23 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         return Ok(0);
     }
     let r = &st.record;
-    println!("name:     {}", r.name);
-    println!("state:    {}", r.state);
-    println!("backend:  {}", r.backend.as_deref().unwrap_or("container"));
-    println!("image:    {}", r.image.as_deref().unwrap_or("host"));
-    println!("profile:  {}", r.profile.as_deref().unwrap_or("-"));
+    outln!("name:     {}", r.name);
+    outln!("state:    {}", r.state);
+    outln!("backend:  {}", r.backend.as_deref().unwrap_or("container"));
+    outln!("image:    {}", r.image.as_deref().unwrap_or("host"));
+    outln!("profile:  {}", r.profile.as_deref().unwrap_or("-"));
     if let Some(net) = r.spec.get("net").and_then(|v| v.as_str()) {
-        println!("network:  {net}");
+        outln!("network:  {net}");
     }
     if let Some(ws) = r.spec.get("workspace").and_then(|v| v.as_str()) {
         match crate::work::clone::CloneInfo::load(&sandbox_dir(&r.name)) {
-            Some(c) => println!(
+            Some(c) => outln!(
                 "workspace: clone of {} on {} (`airlock diff {}`)",
                 c.host_repo.display(),
                 c.branch,
                 r.name
             ),
-            None => println!("workspace: {ws}"),
+            None => outln!("workspace: {ws}"),
         }
     }
     if let Some(d) = r
@@ -427,7 +427,7 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         .filter(|d| !d.is_empty())
     {
         let list: Vec<&str> = d.iter().filter_map(|v| v.as_str()).collect();
-        println!("allowed:  {}", list.join(", "));
+        outln!("allowed:  {}", list.join(", "));
     }
     if let Some(res) = r.spec.get("resources") {
         let limit = |k: &str| {
@@ -443,7 +443,7 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
         .collect();
-        println!(
+        outln!(
             "limits:   {}",
             if parts.is_empty() {
                 "none".to_string()
@@ -453,15 +453,15 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         );
     }
     if let Some(up) = st.uptime_secs {
-        println!("uptime:   {up}s");
+        outln!("uptime:   {up}s");
     }
     if let Some(s) = st.stats {
-        println!("memory:   {} bytes", s.memory_bytes);
-        println!("pids:     {}", s.pids);
-        println!("cpu:      {} us", s.cpu_usec);
+        outln!("memory:   {} bytes", s.memory_bytes);
+        outln!("pids:     {}", s.pids);
+        outln!("cpu:      {} us", s.cpu_usec);
     }
     if let Some(e) = &r.last_error {
-        println!("error:    {e}");
+        outln!("error:    {e}");
     }
     Ok(0)
 }

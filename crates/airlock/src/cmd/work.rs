@@ -45,7 +45,7 @@ fn print_findings(findings: &[Finding]) {
         } else {
             &f.path
         };
-        eprintln!("  {:<24} {path}  {}", f.kind.label(), f.detail);
+        errln!("  {:<24} {path}  {}", f.kind.label(), f.detail);
     }
 }
 
@@ -54,7 +54,7 @@ fn gate(r: &Review, name: &str, accept: bool, verb: &str) -> CliResult<()> {
     if r.findings.is_empty() || accept {
         return Ok(());
     }
-    eprintln!(
+    errln!(
         "airlock: {} of {} needs review: {} flagged change(s):",
         verb,
         r.info.branch,
@@ -100,7 +100,7 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
             "files": files,
             "findings": r.findings,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
         return Ok(0);
     }
     let mut args = vec!["diff", "--no-ext-diff", "--no-textconv", "--color=auto"];
@@ -115,7 +115,7 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
         .status()
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     if !r.findings.is_empty() {
-        eprintln!(
+        errln!(
             "airlock: the review gate flags {} change(s) (fetch and sync need --accept):",
             r.findings.len()
         );
@@ -135,7 +135,7 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
             "name": a.name, "branch": r.info.branch, "fetched": false,
             "needs_accept": true, "findings": r.findings,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
         return Ok(exit::POLICY_REFUSED);
     }
     gate(&r, &a.name, a.accept, "fetch")?;
@@ -168,9 +168,9 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
             "name": a.name, "branch": r.info.branch, "fetched": fetched, "tip": r.tip,
             "repository": r.info.host_repo, "findings": r.findings,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
     } else {
-        println!(
+        outln!(
             "{} -> {} in {} ({what})",
             a.name,
             r.info.branch,
@@ -207,25 +207,25 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
                 "method": plan.method, "changes": plan.steps, "conflicts": plan.conflicts,
                 "unchanged": plan.unchanged, "skipped": plan.skipped, "findings": r.findings,
             });
-            println!("{v:#}");
+            outln!("{v:#}");
         } else {
             for s in &plan.steps {
-                println!("{} {}", s.status, s.path);
+                outln!("{} {}", s.status, s.path);
             }
             for p in &plan.skipped {
-                println!("skipped (submodule) {p}");
+                outln!("skipped (submodule) {p}");
             }
         }
     };
     if !plan.conflicts.is_empty() {
         report(false);
-        eprintln!(
+        errln!(
             "airlock: {} path(s) changed on the host since {} started, and on its branch:",
             plan.conflicts.len(),
             a.name
         );
         for p in &plan.conflicts {
-            eprintln!("  {p}");
+            errln!("  {p}");
         }
         return Err(CliError::new(
             exit::CONFLICT,
@@ -239,11 +239,11 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     if a.dry_run {
         report(false);
         if !r.findings.is_empty() {
-            eprintln!("airlock: the review gate flags (sync needs --accept):");
+            errln!("airlock: the review gate flags (sync needs --accept):");
             print_findings(&r.findings);
         }
         if !a.json {
-            eprintln!(
+            errln!(
                 "airlock: dry run: {} change(s) by {}, nothing written",
                 plan.steps.len(),
                 plan.method
@@ -292,7 +292,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
             files += f;
             links += l;
         }
-        eprintln!(
+        errln!(
             "airlock: artifacts: {files} file(s) copied{}",
             if links > 0 {
                 format!(", {links} symlink(s) skipped")
@@ -302,7 +302,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
         );
     }
     if !a.json {
-        eprintln!(
+        errln!(
             "airlock: {} change(s) applied to {} by {}{}",
             plan.steps.len(),
             top.display(),
@@ -360,7 +360,7 @@ git -C /workspace fetch --quiet --no-tags "$f" "+refs/heads/$1:refs/heads/delive
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     match st.code() {
         Some(0) => {
-            println!("{} <- delivered/{}", a.name, a.branch);
+            outln!("{} <- delivered/{}", a.name, a.branch);
             Ok(0)
         }
         Some(c) if c == exit::CONFLICT || c == exit::NOT_FOUND => Ok(c),
