@@ -8,7 +8,6 @@
 mod common;
 
 use common::{stop_engines_of, Airlock};
-use std::os::fd::OwnedFd;
 use std::process::Stdio;
 
 /// Stops the test's engine however the test ends.
@@ -83,7 +82,7 @@ fn closed_stdout(a: &Airlock, args: &[&str]) -> common::Outcome {
     drop(r);
     let mut cmd = a.command(args);
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(OwnedFd::from(w)))
+        .stdout(Stdio::from(w))
         .stderr(Stdio::piped());
     let start = std::time::Instant::now();
     let out = cmd.output().expect("run airlock");
@@ -136,5 +135,73 @@ fn a_closed_stdout_never_panics() {
                 );
             }
         }
+    }
+}
+
+/// Run with a short deadline: these must fail at once, never block or read forever.
+fn quick(a: &Airlock, args: &[&str]) -> common::Outcome {
+    common::run_with_deadline(a.command(args), None, std::time::Duration::from_secs(20))
+}
+
+#[test]
+fn paths_a_user_names_are_regular_files_of_bounded_size() {
+    let a = Airlock::root();
+    let fifo = a.dir.join("fifo");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(st.success());
+    let big = a.dir.join("big.toml");
+    std::fs::write(&big, "#".repeat(2 << 20)).expect("write");
+    let dir = a.dir.path().to_string_lossy().into_owned();
+    let fifo = fifo.to_string_lossy().into_owned();
+    let big = big.to_string_lossy().into_owned();
+    for (path, why) in [
+        ("/dev/zero", "not a regular file (a character device)"),
+        (fifo.as_str(), "not a regular file (a FIFO)"),
+        (dir.as_str(), "not a regular file (a directory)"),
+        (big.as_str(), "larger than the 1 MiB limit"),
+    ] {
+        let out = quick(&a, &["config", "--config", path]);
+        assert_eq!(out.code(), 2, "{}", out.describe());
+        assert!(
+            out.stderr
+                .contains(&format!("error: cannot read config file {path}: {why}\n")),
+            "{}",
+            out.describe()
+        );
+        // The cause is said once.
+        assert!(!out.stderr.contains("caused by"), "{}", out.describe());
+        let secret = format!("S=file:{path}");
+        let out = quick(&a, &["run", "--secret", &secret, "--", "true"]);
+        assert_eq!(out.code(), 2, "{}", out.describe());
+        assert!(
+            out.stderr
+                .contains(&format!("secret S: cannot read {path}: {why}")),
+            "{}",
+            out.describe()
+        );
+    }
+    for (path, why) in [
+        (
+            "/dev/null",
+            "not a regular file (a character device)".to_string(),
+        ),
+        (fifo.as_str(), "not a regular file (a FIFO)".to_string()),
+        (dir.as_str(), "not a regular file (a directory)".to_string()),
+        (
+            "/nonexistent/net.jsonl",
+            "No such file or directory".to_string(),
+        ),
+    ] {
+        let out = quick(&a, &["run", "--net-log", path, "--", "true"]);
+        assert_eq!(out.code(), 2, "{}", out.describe());
+        assert!(
+            out.stderr
+                .contains(&format!("error: --net-log {path}: {why}")),
+            "{}",
+            out.describe()
+        );
     }
 }

@@ -77,6 +77,8 @@ pub enum RunError {
         what: &'static str,
         source: io::Error,
     },
+    #[error("cannot open the network journal {}: {source}", path.display())]
+    Journal { path: PathBuf, source: io::Error },
     #[error("invalid argument or environment entry (contains a NUL byte): {0:?}")]
     Nul(String),
 }
@@ -294,13 +296,12 @@ fn egress_ctx(
             .map_err(io_err("read the host's DNS configuration"))?,
     };
     let journal = match opts.net_journal {
-        Some(p) => Journal::new(
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(io_err("open the network journal"))?,
-        ),
+        Some(p) => Journal::new(airlock_model::userfile::open_append(p).map_err(|source| {
+            RunError::Journal {
+                path: p.to_path_buf(),
+                source,
+            }
+        })?),
         None => Journal::discard(),
     };
     // Say each distinct denial once on stderr (a resolver retries, asks A and AAAA, ...).

@@ -395,6 +395,13 @@ pub fn build(
         .map(parse_duration)
         .transpose()
         .map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
+    if let Some(p) = &a.net_log {
+        // Checked (and created) now, so a bad target fails before anything starts.
+        airlock_model::userfile::open_append(p).map_err(|e| {
+            CliError::usage(format!("--net-log {}: {e}", p.display()))
+                .hint("name a regular file you can write; the journal is appended to it")
+        })?;
+    }
     if a.tty && !std::io::stdin().is_terminal() {
         return Err(CliError::usage("-t needs a terminal on stdin")
             .hint("drop -t when piping input or running from a script"));
@@ -602,7 +609,11 @@ pub fn resolve_secrets(
                 )
             })?,
             config::SecretSource::FromFile(path) => {
-                let v = std::fs::read_to_string(path).map_err(|e| {
+                let v = airlock_model::userfile::read_to_string(
+                    path,
+                    airlock_model::userfile::MAX_SECRET_BYTES,
+                )
+                .map_err(|e| {
                     CliError::usage(format!(
                         "secret {name}: cannot read {}: {e}",
                         path.display()
