@@ -205,3 +205,37 @@ fn paths_a_user_names_are_regular_files_of_bounded_size() {
         );
     }
 }
+
+#[test]
+fn a_missing_secret_source_creates_nothing() {
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    let missing = a.dir.join("no-such-secret");
+    let file_src = format!("T=file:{}", missing.display());
+    for args in [
+        &[
+            "create",
+            "box",
+            "--net",
+            "off",
+            "--secret",
+            "T=env:AIRLOCK_TEST_UNSET",
+        ][..],
+        &["up", "box", "--net", "off", "--secret", &file_src][..],
+        &[
+            "run", "--keep", "--name", "box", "--secret", &file_src, "--", "true",
+        ][..],
+    ] {
+        let out = a.run(args);
+        assert_eq!(out.code(), 2, "{args:?}: {}", out.describe());
+        assert!(out.stderr.contains("secret T: "), "{}", out.describe());
+        let out = a.run(&["list", "--json"]);
+        assert_eq!(out.code(), 0, "{}", out.describe());
+        let list: serde_json::Value = serde_json::from_str(&out.stdout).expect("list --json");
+        assert_eq!(list, serde_json::json!([]), "{args:?}");
+        let left: Vec<_> = std::fs::read_dir(a.state_dir().join("sandboxes"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{args:?}: leftover folders {left:?}");
+    }
+}

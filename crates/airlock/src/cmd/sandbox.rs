@@ -226,12 +226,14 @@ pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool)
 
 /// Create the engine's record, then the sandbox's own workspace (clone mode): its clone of the
 /// host repository, the `context` paths, the reference repositories. A failure removes the
-/// record again, so nothing half-made stays.
+/// record again, so nothing half-made stays. Secret sources are read first (and the values
+/// dropped): one that is missing fails before anything exists.
 fn create_record(
     c: &Client,
     name: &str,
     built: &crate::cmd::run::Built,
 ) -> CliResult<airlock_engine::store::Record> {
+    drop(crate::cmd::run::resolve_secrets(&built.spec.secrets)?);
     let mut spec =
         serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     // What `list` and `status` show: the only backend and image of this build.
