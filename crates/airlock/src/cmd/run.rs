@@ -428,14 +428,11 @@ pub fn build(
             writable: !m.readonly,
         });
     }
-    let workdir = a.workdir.as_ref().map(|w| {
-        let p = PathBuf::from(w);
-        if p.is_absolute() {
-            p
-        } else {
-            Path::new("/workspace").join(p)
-        }
-    });
+    let workdir = a
+        .workdir
+        .as_ref()
+        .map(|w| workdir_inside(Path::new(w)))
+        .transpose()?;
     let r = &eff.resources;
     let spec = RunSpec {
         name,
@@ -479,6 +476,35 @@ pub fn build(
         workspace: eff.workspace.clone(),
         secrets: None,
     })
+}
+
+/// `-w DIR` of `run` and `exec`: an absolute path as given; a relative one under /workspace,
+/// resolved lexically (`-w .` is /workspace, `-w src/..` too). A relative path that climbs out
+/// of /workspace is refused rather than silently leaving it.
+pub fn workdir_inside(w: &Path) -> CliResult<PathBuf> {
+    use std::path::Component;
+    if w.is_absolute() {
+        return Ok(w.to_path_buf());
+    }
+    let root = Path::new("/workspace");
+    let mut p = root.to_path_buf();
+    for c in w.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(n) => p.push(n),
+            Component::ParentDir if p != root => {
+                p.pop();
+            }
+            _ => {
+                return Err(CliError::usage(format!(
+                    "-w {}: a relative working directory is under /workspace, and this one leaves it",
+                    w.display()
+                ))
+                .hint("give an absolute path to work elsewhere, e.g. -w /tmp"))
+            }
+        }
+    }
+    Ok(p)
 }
 
 /// Host-side listeners of a launch (agent mode).
@@ -670,6 +696,21 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         for bad in ["", "0", "-1s", "abc", "5x"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn working_directories_stay_under_the_workspace() {
+        let w = |s: &str| workdir_inside(Path::new(s)).map_err(|e| e.error.to_string());
+        assert_eq!(w("."), Ok(PathBuf::from("/workspace")));
+        assert_eq!(w("src"), Ok(PathBuf::from("/workspace/src")));
+        assert_eq!(w("./src/../lib/"), Ok(PathBuf::from("/workspace/lib")));
+        assert_eq!(w("src/.."), Ok(PathBuf::from("/workspace")));
+        assert_eq!(w("/etc"), Ok(PathBuf::from("/etc")));
+        assert_eq!(w("/tmp/../x"), Ok(PathBuf::from("/tmp/../x")));
+        for bad in ["..", "../../etc", "src/../../etc", "./.."] {
+            let err = w(bad).expect_err(bad);
+            assert!(err.contains("leaves it"), "{bad}: {err}");
         }
     }
 

@@ -161,7 +161,12 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
         ),
     };
     airlock_model::spec::validate_name(&name).map_err(CliError::usage)?;
-    let (tty, interactive, workdir, cmd) = (a.tty, a.interactive, a.workdir.clone(), a.cmd.clone());
+    let (tty, interactive, cmd) = (a.tty, a.interactive, a.cmd.clone());
+    let workdir = a
+        .workdir
+        .as_deref()
+        .map(|w| crate::cmd::run::workdir_inside(Path::new(w)))
+        .transpose()?;
     let run_args = RunArgs {
         name: Some(name.clone()),
         cmd: vec![],
@@ -172,14 +177,6 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
     let c = client()?;
     create_record(&c, &name, &built)?;
     start_with(&c, &name, &built.spec)?;
-    let workdir = workdir.map(|w| {
-        let p = PathBuf::from(&w);
-        if p.is_absolute() {
-            p
-        } else {
-            Path::new("/workspace").join(p)
-        }
-    });
     let code = exec_in(&name, cmd, &[], workdir, tty, interactive, true);
     let stopped = c.stop(&name, Some(std::time::Duration::from_secs(10)));
     errln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
@@ -520,6 +517,10 @@ pub fn exec_dir(
     if tty && !std::io::stdin().is_terminal() {
         return Err(CliError::usage("-t needs a terminal on stdin"));
     }
+    let workdir = workdir
+        .as_deref()
+        .map(crate::cmd::run::workdir_inside)
+        .transpose()?;
     let env = env.iter().map(|kv| match kv.split_once('=') {
         Some((k, v)) => (k.to_string(), v.to_string()),
         None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
