@@ -58,3 +58,80 @@ fn exec_workdirs_are_under_the_workspace_as_for_run() {
     }
     ok(&a, &["rm", "--force", "box"]);
 }
+
+/// `status` shows the use it can read and "n/a" (JSON null) for the rest, never a made-up 0.
+#[test]
+fn status_shows_use_or_na_never_a_fake_zero() {
+    if !e2e("status_shows_use_or_na_never_a_fake_zero") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    ok(&a, &["create", "plain", "--net", "off"]);
+    ok(
+        &a,
+        &[
+            "create", "limited", "--net", "off", "--memory", "256M", "--pids", "64",
+        ],
+    );
+    for name in ["plain", "limited"] {
+        ok(&a, &["start", name]);
+        ok(
+            &a,
+            &[
+                "exec",
+                name,
+                "--",
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done",
+            ],
+        );
+        let out = ok(&a, &["status", name, "--json"]);
+        let st: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
+        let stats = &st["stats"];
+        assert!(stats.is_object(), "{name}: {st}");
+        for (key, floor) in [("memory_bytes", 1), ("pids", 1), ("cpu_usec", 1)] {
+            let v = &stats[key];
+            assert!(
+                v.is_null() || v.as_u64().is_some_and(|n| n >= floor),
+                "{name}: {key} = {v}: {st}"
+            );
+        }
+        let human = ok(&a, &["status", name]).stdout;
+        for (key, unit) in [
+            ("memory_bytes", " bytes"),
+            ("pids", ""),
+            ("cpu_usec", " us"),
+        ] {
+            let label = match key {
+                "memory_bytes" => "memory:   ",
+                "pids" => "pids:     ",
+                _ => "cpu:      ",
+            };
+            let want = match stats[key].as_u64() {
+                Some(n) => format!("{label}{n}"),
+                None => format!("{label}n/a"),
+            };
+            let line = human
+                .lines()
+                .find(|l| l.starts_with(label))
+                .unwrap_or_else(|| panic!("{name}: no {label:?} line: {human}"));
+            // cpu and memory move between the two calls; the shape must match.
+            if stats[key].is_null() {
+                assert_eq!(line, want, "{name}: {human}");
+            } else {
+                assert!(
+                    line.ends_with(unit) && !line.contains("n/a"),
+                    "{name}: {human}"
+                );
+            }
+        }
+        if name == "limited" {
+            // A sandbox with limits has a cgroup on this (root) host: use is read.
+            assert!(stats["memory_bytes"].as_u64().is_some(), "{st}");
+            assert!(stats["pids"].as_u64().is_some(), "{st}");
+        }
+        ok(&a, &["rm", "--force", name]);
+    }
+}

@@ -455,9 +455,14 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         outln!("uptime:   {up}s");
     }
     if let Some(s) = st.stats {
-        outln!("memory:   {} bytes", s.memory_bytes);
-        outln!("pids:     {}", s.pids);
-        outln!("cpu:      {} us", s.cpu_usec);
+        // Use is read from the sandbox's cgroup; one without limits has none.
+        let shown = |v: Option<u64>, unit: &str| match v {
+            Some(v) => format!("{v}{unit}"),
+            None => "n/a".to_string(),
+        };
+        outln!("memory:   {}", shown(s.memory_bytes, " bytes"));
+        outln!("pids:     {}", shown(s.pids, ""));
+        outln!("cpu:      {}", shown(s.cpu_usec, " us"));
     }
     if let Some(e) = &r.last_error {
         outln!("error:    {e}");
