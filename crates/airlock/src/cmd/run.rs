@@ -495,11 +495,13 @@ pub fn workdir_inside(w: &Path) -> CliResult<PathBuf> {
             Component::ParentDir if p != root => {
                 p.pop();
             }
-            _ => return Err(CliError::usage(format!(
+            _ => {
+                return Err(CliError::usage(format!(
                 "-w {}: a relative working directory is under /workspace, and this one leaves it",
                 w.display()
             ))
-            .hint("give an absolute path to work elsewhere, e.g. -w /tmp")),
+                .hint("give an absolute path to work elsewhere, e.g. -w /tmp"))
+            }
         }
     }
     Ok(p)
