@@ -135,3 +135,115 @@ fn status_shows_use_or_na_never_a_fake_zero() {
         ok(&a, &["rm", "--force", name]);
     }
 }
+
+/// Rootless named sandboxes with limits this host cannot enforce: start/up warn as run does,
+/// status says "not enforced", and --require-limits refuses (121) before anything exists.
+#[test]
+fn unenforceable_limits_of_named_sandboxes_are_said_or_refused() {
+    if !e2e("unenforceable_limits_of_named_sandboxes_are_said_or_refused") {
+        return;
+    }
+    let bins = Bins::owned_by(&common::test_user());
+    let a = Airlock::rootless(&bins);
+    let _guard = EngineGuard(&a);
+    // The oracle: does `run` enforce a memory limit for this user on this host?
+    let probe = a.run(&[
+        "run",
+        "--net",
+        "off",
+        "--memory",
+        "64M",
+        "--require-limits",
+        "--",
+        "true",
+    ]);
+    if probe.code() == 0 {
+        eprintln!(
+            "note: this host enforces memory limits rootless (delegated cgroup); nothing to check"
+        );
+        return;
+    }
+    assert_eq!(probe.code(), 121, "{}", probe.describe());
+
+    ok(
+        &a,
+        &[
+            "create", "box", "--net", "off", "--memory", "64M", "--pids", "50",
+        ],
+    );
+    let out = ok(&a, &["start", "box"]);
+    assert!(
+        out.stderr
+            .contains("warning: box: not enforced on this host: memory limit"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr.contains("pids"),
+        "pids are enforced: {}",
+        out.describe()
+    );
+    let human = ok(&a, &["status", "box"]).stdout;
+    assert!(
+        human.contains("limits:   memory 64M (not enforced on this host), pids 50\n"),
+        "{human}"
+    );
+    let out = ok(&a, &["status", "box", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
+    assert_eq!(
+        st["unenforced_limits"],
+        serde_json::json!(["memory"]),
+        "{st}"
+    );
+    ok(&a, &["stop", "box"]);
+    // `up` of an existing stopped sandbox warns too.
+    let out = ok(&a, &["up", "box"]);
+    assert!(
+        out.stderr.contains("not enforced on this host: memory"),
+        "{}",
+        out.describe()
+    );
+    ok(&a, &["rm", "--force", "box"]);
+
+    for args in [
+        &[
+            "create",
+            "strict",
+            "--net",
+            "off",
+            "--memory",
+            "64M",
+            "--require-limits",
+        ][..],
+        &[
+            "up",
+            "strict",
+            "--net",
+            "off",
+            "--memory",
+            "64M",
+            "--require-limits",
+        ][..],
+    ] {
+        let out = a.run(args);
+        assert_eq!(out.code(), 121, "{args:?}: {}", out.describe());
+        assert!(
+            out.stderr
+                .contains("refused: limits cannot be enforced on this host: memory"),
+            "{}",
+            out.describe()
+        );
+        assert!(out.stderr.contains("hint: "), "{}", out.describe());
+        assert_eq!(
+            out.stderr.matches("limits cannot be enforced").count(),
+            1,
+            "said once: {}",
+            out.describe()
+        );
+        let list = ok(&a, &["list", "--json"]).stdout;
+        assert!(
+            !list.contains("strict"),
+            "{args:?}: nothing created: {list}"
+        );
+    }
+}

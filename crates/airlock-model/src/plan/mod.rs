@@ -290,6 +290,19 @@ impl Refusal {
     }
 }
 
+/// The limits of `r` a host with `support` cannot enforce. pids are always enforced: by the
+/// cgroup where there is one, and by RLIMIT_NPROC.
+pub fn unenforced_limits(r: &Resources, support: &LimitSupport) -> Vec<&'static str> {
+    let mut unenforced = Vec::new();
+    if r.memory.is_some() && !support.memory {
+        unenforced.push("memory");
+    }
+    if r.cpus.is_some() && !support.cpu {
+        unenforced.push("cpus");
+    }
+    unenforced
+}
+
 /// Size of the root tmpfs that holds mount points and the curated /etc.
 const ROOT_TMPFS_SIZE: u64 = 4 << 20;
 const WORKSPACE: &str = "/workspace";
@@ -351,15 +364,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     let home = p(spec.user.home());
     let tmp_size = spec.resources.disk.map(|d| d.0);
 
-    let mut unenforced = Vec::new();
-    let r = &spec.resources;
-    if r.memory.is_some() && !host.limits.memory {
-        unenforced.push("memory");
-    }
-    // pids are always enforced: by the cgroup where there is one, and by RLIMIT_NPROC.
-    if r.cpus.is_some() && !host.limits.cpu {
-        unenforced.push("cpus");
-    }
+    let unenforced = unenforced_limits(&spec.resources, &host.limits);
     if spec.require_limits && !unenforced.is_empty() {
         return Err(Refusal::LimitsUnenforceable(unenforced));
     }

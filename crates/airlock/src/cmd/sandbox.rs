@@ -231,6 +231,9 @@ fn create_record(
     built: &crate::cmd::run::Built,
 ) -> CliResult<airlock_engine::store::Record> {
     drop(crate::cmd::run::resolve_secrets(&built.spec.secrets)?);
+    if built.spec.require_limits {
+        check_limits(name, &built.spec)?;
+    }
     let mut spec =
         serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     // What `list` and `status` show: the only backend and image of this build.
@@ -294,7 +297,36 @@ fn start_with(
     spec: &airlock_model::spec::RunSpec,
 ) -> CliResult<airlock_engine::store::Record> {
     let secrets = crate::cmd::run::resolve_secrets(&spec.secrets)?;
+    check_limits(name, spec)?;
     Ok(c.start_with_secrets(name, &secrets)?)
+}
+
+/// The limits of `spec` this host cannot enforce for this user: what the supervisor's plan
+/// will find (it runs as this user, on this host).
+fn unenforced_limits(spec: &airlock_model::spec::RunSpec) -> Vec<&'static str> {
+    if !spec.resources.any() {
+        return Vec::new();
+    }
+    let support = airlock_sandbox::cgroup::Layout::detect().support();
+    airlock_model::plan::unenforced_limits(&spec.resources, &support)
+}
+
+/// Before anything starts: refuse (121) what `--require-limits` cannot have, or say which
+/// limits will not hold, as `run` does.
+fn check_limits(name: &str, spec: &airlock_model::spec::RunSpec) -> CliResult<()> {
+    let unenforced = unenforced_limits(spec);
+    if unenforced.is_empty() {
+        return Ok(());
+    }
+    if spec.require_limits {
+        return Err(airlock_model::plan::Refusal::LimitsUnenforceable(unenforced).into());
+    }
+    errln!(
+        "airlock: warning: {name}: not enforced on this host: {} limit (no usable cgroup{}); `airlock status {name}` says so too; create it with --require-limits to refuse instead",
+        unenforced.join(", "),
+        if nix::unistd::geteuid().is_root() { "" } else { " delegation for this user" }
+    );
+    Ok(())
 }
 
 pub fn start(name: &str) -> CliResult<i32> {
@@ -391,11 +423,31 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         }
     };
     let st = client()?.status(&name)?;
+    // Limits that do not hold: what the running sandbox's plan says, else this host now.
+    let unenforced: Vec<String> = match std::fs::read(sandbox_dir(&name).join("plan.json"))
+        .ok()
+        .filter(|_| st.record.state == airlock_model::lifecycle::SandboxState::Running)
+        .and_then(|b| serde_json::from_slice::<airlock_model::plan::LaunchPlan>(&b).ok())
+    {
+        Some(plan) => plan.unenforced_limits,
+        None => recorded_spec(&sandbox_dir(&name))
+            .map(|s| {
+                unenforced_limits(&s)
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
     if a.json {
+        let mut v =
+            serde_json::to_value(&st).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("unenforced_limits".into(), unenforced.clone().into());
+        }
         outln!(
             "{}",
-            serde_json::to_string_pretty(&st)
-                .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
+            serde_json::to_string_pretty(&v).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
         );
         return Ok(0);
     }
@@ -440,7 +492,12 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
             ("pids", limit("pids")),
         ]
         .into_iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+        .filter_map(|(k, v)| {
+            v.map(|v| match unenforced.iter().any(|u| u == k) {
+                true => format!("{k} {v} (not enforced on this host)"),
+                false => format!("{k} {v}"),
+            })
+        })
         .collect();
         outln!(
             "limits:   {}",
