@@ -102,7 +102,7 @@ pub struct InitArgs {
     pub force: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
     /// Policy defaults: restrictive (no network, no write-back), moderate (default), permissive.
     #[arg(long, value_name = "PROFILE")]

@@ -247,3 +247,72 @@ fn unenforceable_limits_of_named_sandboxes_are_said_or_refused() {
         );
     }
 }
+
+/// `up NAME OPTIONS` on an existing sandbox never drops the options silently: differing ones
+/// are refused (exit 2), each named, with the way out; the same options start it; `--fresh`
+/// applies them. A denial inside a named sandbox says how to allow it for that sandbox.
+#[test]
+fn up_of_an_existing_sandbox_refuses_options_that_differ() {
+    if !e2e("up_of_an_existing_sandbox_refuses_options_that_differ") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    ok(&a, &["create", "box", "--allow", "github.com"]);
+    let out = a.run(&["up", "box", "--allow", "example.org", "--memory", "64M"]);
+    assert_eq!(out.code(), 2, "{}", out.describe());
+    for want in [
+        "sandbox box exists, and `up` does not change an existing sandbox",
+        "--allow example.org (it has domains [github.com] on ports [443, 80])",
+        "--memory 64M (it has none)",
+        "hint: `airlock up box --fresh` with these options recreates it",
+    ] {
+        assert!(out.stderr.contains(want), "{want:?}: {}", out.describe());
+    }
+    let st = ok(&a, &["status", "box", "--json"]).stdout;
+    let st: serde_json::Value = serde_json::from_str(&st).expect("status");
+    assert_eq!(st["state"], "stopped", "refused means not started: {st}");
+    assert!(st["started_at"].is_null(), "never started: {st}");
+    // The options it has: started as it is.
+    ok(&a, &["up", "box", "--allow", "github.com"]);
+    // A denial names a fix that works for this named sandbox, and the port really used.
+    let out = a.run(&[
+        "exec",
+        "box",
+        "--",
+        "curl",
+        "-sS",
+        "-x",
+        "http://127.0.0.1:3128",
+        "http://example.org/",
+    ]);
+    assert!(
+        out.stdout.contains(
+            "recreate sandbox box with it: `airlock rm box && airlock create box --allow example.org:80`"
+        ) && out.stdout.contains("`airlock up box --fresh`"),
+        "{}",
+        out.describe()
+    );
+    // --fresh applies the options.
+    ok(
+        &a,
+        &[
+            "up",
+            "box",
+            "--fresh",
+            "--allow",
+            "example.org",
+            "--memory",
+            "64M",
+        ],
+    );
+    let st = ok(&a, &["status", "box", "--json"]).stdout;
+    let st: serde_json::Value = serde_json::from_str(&st).expect("status");
+    assert_eq!(
+        st["spec"]["domains"],
+        serde_json::json!(["example.org"]),
+        "{st}"
+    );
+    assert_eq!(st["spec"]["resources"]["memory"], "64M", "{st}");
+    ok(&a, &["rm", "--force", "box"]);
+}

@@ -274,12 +274,16 @@ impl Drop for KillOnDrop {
 }
 
 fn egress_ctx(
+    name: &str,
     plan: &airlock_model::plan::EgressPlan,
     opts: &RunOptions<'_>,
 ) -> Result<airlock_egress::proxy::Ctx, RunError> {
     use airlock_egress::journal::{Journal, Verdict};
-    let policy = airlock_egress::policy::EgressPolicy::new(&plan.domains, &plan.ports)
+    let mut policy = airlock_egress::policy::EgressPolicy::new(&plan.domains, &plan.ports)
         .map_err(|e| RunError::Setup(format!("network policy: {e}")))?;
+    if opts.persist.is_some() {
+        policy = policy.of_sandbox(name);
+    }
     let timeout = Duration::from_secs(3);
     let resolver = match std::env::var("AIRLOCK_DNS_UPSTREAM")
         .ok()
@@ -651,7 +655,10 @@ fn run_in(
     if let (Some(h), Some(plan_egress)) = (&net_host, &plan.egress) {
         // The child sends its listeners during setup (EOF if it died first).
         match netns::recv(h) {
-            Ok(listeners) => egress::serve(listeners, Arc::new(egress_ctx(plan_egress, opts)?)),
+            Ok(listeners) => egress::serve(
+                listeners,
+                Arc::new(egress_ctx(&plan.name, plan_egress, opts)?),
+            ),
             Err(e) => crate::phase(&format!("no egress listeners: {e}")),
         }
     }

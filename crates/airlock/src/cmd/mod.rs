@@ -4,6 +4,7 @@ mod agent;
 mod config;
 mod cp;
 mod doctor;
+mod drift;
 mod gc;
 mod init;
 pub(crate) mod run;

@@ -89,6 +89,9 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
     if a.fresh && c.status(&name).is_ok() {
         c.rm(&name, true)?;
     }
+    if !a.fresh && c.status(&name).is_ok() {
+        refuse_changes(&a, &name, global_config, no_user_config)?;
+    }
     match c.status(&name) {
         Ok(st) if st.record.state == airlock_model::lifecycle::SandboxState::Running => {}
         Ok(_) => {
@@ -117,6 +120,48 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
             Ok(0)
         }
     }
+}
+
+/// `up NAME OPTIONS` of an existing sandbox: its policy was fixed at creation, so options
+/// that would differ are refused, each named, with the way out — never dropped silently.
+fn refuse_changes(
+    a: &UpArgs,
+    name: &str,
+    global_config: Option<&Path>,
+    no_user_config: bool,
+) -> CliResult<()> {
+    let Some(recorded) = recorded_spec(&sandbox_dir(name)) else {
+        return Ok(());
+    };
+    let run_args = RunArgs {
+        policy: a.policy.clone(),
+        name: Some(name.to_string()),
+        workdir: None,
+        timeout: None,
+        tty: false,
+        interactive: false,
+        net_log: None,
+        keep: false,
+        cmd: vec![],
+    };
+    let asked = crate::cmd::run::build(&run_args, global_config, no_user_config, true)?.spec;
+    let agent = a
+        .agent
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| CliError::usage(format!("--agent: {e}")))?;
+    let diffs = crate::cmd::drift::drift(&a.policy, agent.as_ref(), &asked, &recorded);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "sandbox {name} exists, and `up` does not change an existing sandbox; these options differ from it:\n    {}",
+        diffs.join("\n    ")
+    ))
+    .hint(format!(
+        "`airlock up {name} --fresh` with these options recreates it (its state is discarded: fetch or sync its work first); or drop them to start it as it is"
+    )))
 }
 
 pub fn logs(a: &LogsArgs) -> CliResult<i32> {

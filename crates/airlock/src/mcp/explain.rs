@@ -190,6 +190,7 @@ fn domain(spec: &RunSpec, host: &str, port: u16) -> Verdict {
                 );
             }
             let policy = match EgressPolicy::new(&spec.domains, &spec.ports) {
+                Ok(p) if spec.persistent => p.of_sandbox(&spec.name),
                 Ok(p) => p,
                 Err(e) => return deny(format!("the configured domains are invalid: {e}"), None),
             };
