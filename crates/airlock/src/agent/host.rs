@@ -153,14 +153,14 @@ impl Host {
     /// Start the runner and the host socket (the sandbox is up and published for exec).
     pub fn start(self: &Arc<Self>) {
         if let Err(e) = self.ensure_runner() {
-            errln!("airlock: agent: cannot start the runner: {e}");
+            eprintln!("airlock: agent: cannot start the runner: {e}");
         }
         let path = self.dir.join(AGENT_SOCKET);
         let _ = std::fs::remove_file(&path);
         let listener = match std::os::unix::net::UnixListener::bind(&path) {
             Ok(l) => l,
             Err(e) => {
-                errln!("airlock: agent: cannot create {}: {e}", path.display());
+                eprintln!("airlock: agent: cannot create {}: {e}", path.display());
                 return;
             }
         };
@@ -334,10 +334,10 @@ impl Host {
             match decode::<SandboxMsg>(&line) {
                 Decoded::Msg(m) => self.on_runner_msg(m),
                 Decoded::Unknown { kind } => {
-                    errln!("airlock: agent: skipped unknown message kind {kind:?}")
+                    eprintln!("airlock: agent: skipped unknown message kind {kind:?}")
                 }
                 Decoded::Malformed { error } => {
-                    errln!("airlock: agent: skipped a malformed line: {error}")
+                    eprintln!("airlock: agent: skipped a malformed line: {error}")
                 }
                 Decoded::Empty => {}
             }

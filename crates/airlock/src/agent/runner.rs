@@ -59,7 +59,7 @@ pub fn main(harness_json: &str) -> i32 {
     let harness: Harness = match serde_json::from_str(harness_json) {
         Ok(h) => h,
         Err(e) => {
-            errln!("airlock agent runner: bad harness {harness_json:?}: {e}");
+            eprintln!("airlock agent runner: bad harness {harness_json:?}: {e}");
             return 2;
         }
     };
@@ -106,10 +106,10 @@ fn read_host(tx: Sender<Ev>) {
                     }
                 }
                 Decoded::Unknown { kind } => {
-                    errln!("airlock agent runner: skipped unknown message kind {kind:?}")
+                    eprintln!("airlock agent runner: skipped unknown message kind {kind:?}")
                 }
                 Decoded::Malformed { error } => {
-                    errln!("airlock agent runner: skipped a malformed line: {error}")
+                    eprintln!("airlock agent runner: skipped a malformed line: {error}")
                 }
                 Decoded::Empty => {}
             }
