@@ -154,13 +154,13 @@ pub fn trust_cmd(dir: Option<&Path>, revoke: bool, json: bool) -> CliResult<i32>
             "file": p.file, "files": p.files, "trusted": !revoke, "sha256": d,
             "widening": p.widening,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
     } else if revoke {
-        println!("untrusted {}", p.file.display());
+        outln!("untrusted {}", p.file.display());
     } else {
-        println!("trusted {} (sha256 {})", p.file.display(), &d[..16]);
+        outln!("trusted {} (sha256 {})", p.file.display(), &d[..16]);
         for w in &p.widening {
-            println!("  {:<18} {}", w.key, w.detail);
+            outln!("  {:<18} {}", w.key, w.detail);
         }
     }
     Ok(0)

@@ -305,15 +305,15 @@ fn review_copy(top: &Path) {
     }
     if !notes.is_empty() {
         notes.sort();
-        eprintln!(
+        errln!(
             "airlock: the copy in {} holds what tools obey or follow; review before running them there:",
             top.display()
         );
         for n in notes.iter().take(50) {
-            eprintln!("  {n}");
+            errln!("  {n}");
         }
         if notes.len() > 50 {
-            eprintln!("  … and {} more", notes.len() - 50);
+            errln!("  … and {} more", notes.len() - 50);
         }
     }
 }

@@ -23,7 +23,7 @@ pub fn gc(json: bool) -> CliResult<i32> {
         None
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "reclaimed": reclaimed, "named": named })
         );
@@ -31,13 +31,13 @@ pub fn gc(json: bool) -> CliResult<i32> {
     }
     if let Some(r) = &named {
         for c in &r.changes {
-            println!("{}: {}", c.name, c.detail);
+            outln!("{}: {}", c.name, c.detail);
         }
     }
     if reclaimed.is_empty() {
-        println!("nothing to reclaim");
+        outln!("nothing to reclaim");
     } else {
-        println!(
+        outln!(
             "reclaimed {} leftover sandbox(es): {}",
             reclaimed.len(),
             reclaimed.join(", ")

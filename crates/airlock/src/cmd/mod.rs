@@ -4,6 +4,7 @@ mod agent;
 mod config;
 mod cp;
 mod doctor;
+mod drift;
 mod gc;
 mod hooks;
 mod init;
@@ -107,7 +108,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
             let dir = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, e))?;
             let path = init::run_init(&dir, a.force)
                 .map_err(|e| CliError::new(exit::USAGE, e).hint("pass --force to overwrite"))?;
-            println!("wrote {}", path.display());
+            outln!("wrote {}", path.display());
             Ok(0)
         }
         Command::Doctor(a) => doctor::run_doctor(a.json, &mut std::io::stdout().lock())

@@ -416,6 +416,13 @@ pub fn build(
         .map(parse_duration)
         .transpose()
         .map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
+    if let Some(p) = &a.net_log {
+        // Checked (and created) now, so a bad target fails before anything starts.
+        airlock_model::userfile::open_append(p).map_err(|e| {
+            CliError::usage(format!("--net-log {}: {e}", p.display()))
+                .hint("name a regular file you can write; the journal is appended to it")
+        })?;
+    }
     if a.tty && !std::io::stdin().is_terminal() {
         return Err(CliError::usage("-t needs a terminal on stdin")
             .hint("drop -t when piping input or running from a script"));
@@ -431,7 +438,7 @@ pub fn build(
                 .hint("cd into a project directory, or pass --workspace none"));
         }
         if std::env::var_os("HOME").is_some_and(|h| Path::new(&h) == project_dir) {
-            eprintln!("airlock: warning: the workspace is your home directory: everything in it (~/.ssh, ~/.aws, …) is visible inside; run from a project directory or pass --workspace none");
+            errln!("airlock: warning: the workspace is your home directory: everything in it (~/.ssh, ~/.aws, …) is visible inside; run from a project directory or pass --workspace none");
         }
     }
     let mut binds = Vec::new();
@@ -464,14 +471,11 @@ pub fn build(
             .hint("mount a narrower directory, or move the state with AIRLOCK_STATE_DIR"));
         }
     }
-    let workdir = a.workdir.as_ref().map(|w| {
-        let p = PathBuf::from(w);
-        if p.is_absolute() {
-            p
-        } else {
-            Path::new("/workspace").join(p)
-        }
-    });
+    let workdir = a
+        .workdir
+        .as_ref()
+        .map(|w| workdir_inside(Path::new(w)))
+        .transpose()?;
     let r = &eff.resources;
     if persistent && r.disk.is_some() {
         return Err(plan::Refusal::DiskUnenforceable.into());
@@ -544,6 +548,35 @@ pub fn build(
     })
 }
 
+/// `-w DIR` of `run` and `exec`: an absolute path as given; a relative one under /workspace,
+/// resolved lexically (`-w .` is /workspace, `-w src/..` too). A relative path that climbs out
+/// of /workspace is refused rather than silently leaving it.
+pub fn workdir_inside(w: &Path) -> CliResult<PathBuf> {
+    use std::path::Component;
+    if w.is_absolute() {
+        return Ok(w.to_path_buf());
+    }
+    let root = Path::new("/workspace");
+    let mut p = root.to_path_buf();
+    for c in w.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(n) => p.push(n),
+            Component::ParentDir if p != root => {
+                p.pop();
+            }
+            _ => {
+                return Err(CliError::usage(format!(
+                "-w {}: a relative working directory is under /workspace, and this one leaves it",
+                w.display()
+            ))
+                .hint("give an absolute path to work elsewhere, e.g. -w /tmp"))
+            }
+        }
+    }
+    Ok(p)
+}
+
 /// Host-side listeners of a launch (agent mode).
 #[derive(Default)]
 pub struct Hooks<'a> {
@@ -604,7 +637,7 @@ pub fn launch(
     let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
     if !plan.unenforced_limits.is_empty() {
-        eprintln!(
+        errln!(
             "airlock: warning: not enforced on this host: {} limit (no usable cgroup{}); pass --require-limits to refuse instead",
             plan.unenforced_limits.join(", "),
             if plan.rootless { " delegation for this user" } else { "" }
@@ -661,11 +694,11 @@ pub fn launch(
         }
     }
     match outcome.ending {
-        Ending::TimedOut => eprintln!(
+        Ending::TimedOut => errln!(
             "airlock: killed: timeout after {}",
             timeout_text.unwrap_or("?")
         ),
-        Ending::OutOfMemory => eprintln!(
+        Ending::OutOfMemory => errln!(
             "airlock: killed: out of memory (limit {})",
             spec.resources
                 .memory
@@ -705,7 +738,11 @@ pub fn resolve_secrets(
                 )
             })?,
             config::SecretSource::FromFile(path) => {
-                let v = std::fs::read_to_string(path).map_err(|e| {
+                let v = airlock_model::userfile::read_to_string(
+                    path,
+                    airlock_model::userfile::MAX_SECRET_BYTES,
+                )
+                .map_err(|e| {
                     CliError::usage(format!(
                         "secret {name}: cannot read {}: {e}",
                         path.display()
@@ -736,17 +773,17 @@ fn print_changes(c: &Changes) {
             lines.push(format!("  {mark} {}", p.display()));
         }
     }
-    eprintln!(
+    errln!(
         "airlock: workspace changes (discarded, host untouched): {} added, {} changed, {} deleted",
         c.added.len(),
         c.modified.len(),
         c.deleted.len()
     );
     for l in lines.iter().take(MAX_LISTED) {
-        eprintln!("{l}");
+        errln!("{l}");
     }
     if lines.len() > MAX_LISTED {
-        eprintln!("  … and {} more", lines.len() - MAX_LISTED);
+        errln!("  … and {} more", lines.len() - MAX_LISTED);
     }
 }
 
@@ -762,6 +799,21 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         for bad in ["", "0", "-1s", "abc", "5x"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn working_directories_stay_under_the_workspace() {
+        let w = |s: &str| workdir_inside(Path::new(s)).map_err(|e| e.error.to_string());
+        assert_eq!(w("."), Ok(PathBuf::from("/workspace")));
+        assert_eq!(w("src"), Ok(PathBuf::from("/workspace/src")));
+        assert_eq!(w("./src/../lib/"), Ok(PathBuf::from("/workspace/lib")));
+        assert_eq!(w("src/.."), Ok(PathBuf::from("/workspace")));
+        assert_eq!(w("/etc"), Ok(PathBuf::from("/etc")));
+        assert_eq!(w("/tmp/../x"), Ok(PathBuf::from("/tmp/../x")));
+        for bad in ["..", "../../etc", "src/../../etc", "./.."] {
+            let err = w(bad).expect_err(bad);
+            assert!(err.contains("leaves it"), "{bad}: {err}");
         }
     }
 

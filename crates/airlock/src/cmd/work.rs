@@ -47,7 +47,7 @@ fn print_findings(findings: &[Finding]) {
         } else {
             &f.path
         };
-        eprintln!(
+        errln!(
             "  {:<24} {}  {}",
             f.kind.label(),
             shown(path),
@@ -61,7 +61,7 @@ fn gate(r: &Review, name: &str, accept: bool, verb: &str) -> CliResult<()> {
     if r.findings.is_empty() || accept {
         return Ok(());
     }
-    eprintln!(
+    errln!(
         "airlock: {} of {} needs review: {} flagged change(s):",
         verb,
         r.info.branch,
@@ -107,7 +107,7 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
             "files": files,
             "findings": r.findings,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
         return Ok(0);
     }
     let mut args = vec!["diff", "--no-ext-diff", "--no-textconv", "--color=auto"];
@@ -122,7 +122,7 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
         .status()
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     if !r.findings.is_empty() {
-        eprintln!(
+        errln!(
             "airlock: the review gate flags {} change(s) (fetch and sync need --accept):",
             r.findings.len()
         );
@@ -142,7 +142,7 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
             "name": a.name, "branch": r.info.branch, "fetched": false,
             "needs_accept": true, "findings": r.findings,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
         return Ok(exit::POLICY_REFUSED);
     }
     gate(&r, &a.name, a.accept, "fetch")?;
@@ -176,9 +176,9 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
             "name": a.name, "branch": r.info.branch, "fetched": fetched, "tip": r.tip,
             "repository": r.info.host_repo, "findings": r.findings,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
     } else {
-        println!(
+        outln!(
             "{} -> {} in {} ({what})",
             a.name,
             r.info.branch,
@@ -223,25 +223,25 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
                 "unchanged": plan.unchanged, "skipped": plan.skipped,
                 "through_links": plan.through_links, "findings": r.findings,
             });
-            println!("{v:#}");
+            outln!("{v:#}");
         } else {
             for s in &plan.steps {
-                println!("{} {}", s.status, shown(&s.path));
+                outln!("{} {}", s.status, shown(&s.path));
             }
             for p in &plan.skipped {
-                println!("skipped (submodule) {}", shown(p));
+                outln!("skipped (submodule) {}", shown(p));
             }
         }
     };
     if !plan.through_links.is_empty() {
         report(false);
-        eprintln!(
+        errln!(
             "airlock: {} path(s) of {} lie below a symbolic link in your checkout:",
             plan.through_links.len(),
             a.name
         );
         for p in &plan.through_links {
-            eprintln!("  {}", shown(p));
+            errln!("  {}", shown(p));
         }
         return Err(CliError::new(
             exit::POLICY_REFUSED,
@@ -254,13 +254,13 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     }
     if !plan.conflicts.is_empty() {
         report(false);
-        eprintln!(
+        errln!(
             "airlock: {} path(s) changed on the host since {} started, and on its branch:",
             plan.conflicts.len(),
             a.name
         );
         for p in &plan.conflicts {
-            eprintln!("  {}", shown(p));
+            errln!("  {}", shown(p));
         }
         return Err(CliError::new(
             exit::CONFLICT,
@@ -274,11 +274,11 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     if a.dry_run {
         report(false);
         if !r.findings.is_empty() {
-            eprintln!("airlock: the review gate flags (sync needs --accept):");
+            errln!("airlock: the review gate flags (sync needs --accept):");
             print_findings(&r.findings);
         }
         if !a.json {
-            eprintln!(
+            errln!(
                 "airlock: dry run: {} change(s) by {}, nothing written",
                 plan.steps.len(),
                 plan.method
@@ -328,7 +328,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
             files += f;
             links += l;
         }
-        eprintln!(
+        errln!(
             "airlock: artifacts: {files} file(s) copied{}",
             if links > 0 {
                 format!(", {links} symlink(s) skipped")
@@ -338,7 +338,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
         );
     }
     if !a.json {
-        eprintln!(
+        errln!(
             "airlock: {} change(s) applied to {} by {}{}",
             plan.steps.len(),
             top.display(),
@@ -396,7 +396,7 @@ git -C /workspace fetch --quiet --no-tags "$f" "+refs/heads/$1:refs/heads/delive
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     match st.code() {
         Some(0) => {
-            println!("{} <- delivered/{}", a.name, a.branch);
+            outln!("{} <- delivered/{}", a.name, a.branch);
             Ok(0)
         }
         Some(c) if c == exit::CONFLICT || c == exit::NOT_FOUND => Ok(c),

@@ -443,12 +443,12 @@ pub fn hooks_path(top: &Path) -> Option<PathBuf> {
 /// Print a report on stderr. Returns whether git control files had to be undone.
 pub fn print(report: &Report) -> bool {
     if !report.git.is_empty() {
-        eprintln!(
+        errln!(
             "airlock: the sandbox changed how git behaves in your checkout ({} change(s)); undone:",
             report.git.len()
         );
         for c in &report.git {
-            eprintln!(
+            errln!(
                 "  {:<8} {}  ({})",
                 c.what,
                 gate::shown(&c.path),
@@ -457,11 +457,11 @@ pub fn print(report: &Report) -> bool {
         }
     }
     if !report.config.is_empty() {
-        eprintln!(
+        errln!(
             "airlock: the sandbox changed configuration that tools obey in your checkout; review before running them there:"
         );
         for c in &report.config {
-            eprintln!(
+            errln!(
                 "  {:<8} {}  ({})",
                 c.what,
                 gate::shown(&c.path),
@@ -470,7 +470,7 @@ pub fn print(report: &Report) -> bool {
         }
     }
     if report.partial {
-        eprintln!(
+        errln!(
             "airlock: warning: the checkout has more than {MAX_ENTRIES} entries; the check on the way out was partial"
         );
     }
