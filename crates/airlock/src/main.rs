@@ -10,8 +10,6 @@ mod cli;
 mod cmd;
 mod error;
 mod mcp;
-mod trust;
-mod work;
 
 use clap::Parser;
 

@@ -9,7 +9,7 @@ pub fn gc(json: bool) -> CliResult<i32> {
     let state = rundir::state_dir();
     let mut reclaimed = rundir::gc(&state, Layout::detect);
     reclaimed.extend(
-        crate::work::home_files::sweep(&state)
+        airlock_work::home_files::sweep(&state, airlock_sandbox::container::rundir::lock_free)
             .into_iter()
             .map(|n| format!("home-files/{n}")),
     );

@@ -74,9 +74,9 @@ pub fn run(name: &str, project_dir: &Path, phase: Phase, state: &str) -> CliResu
             .filter(|w| w.key.starts_with("hooks."))
             .cloned()
             .collect();
-        if !hooks.is_empty() && crate::trust::state(p) != crate::trust::State::Trusted {
+        if !hooks.is_empty() && crate::cmd::trust::state(p) != crate::cmd::trust::State::Trusted {
             if phase.starting() {
-                return Err(crate::trust::refusal(p, &hooks));
+                return Err(crate::cmd::trust::refusal(p, &hooks));
             }
             errln!(
                 "airlock: warning: {} hooks skipped: {} is not trusted (`airlock trust {}`)",

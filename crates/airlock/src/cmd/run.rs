@@ -344,7 +344,7 @@ pub fn build(
 ) -> CliResult<Built> {
     airlock_sandbox::phase("start");
     let resolved = load_config(global_config, no_user_config, cli_layer(&a.policy)?)?;
-    crate::trust::require(resolved.project.as_ref())?;
+    crate::cmd::trust::require(resolved.project.as_ref())?;
     let eff = &resolved.effective;
     let profile = eff.sandbox.profile;
     if eff.sandbox.image != "host" {
@@ -371,7 +371,7 @@ pub fn build(
     // Named sandboxes default to their own clone when the project is a git repository.
     let workspace = match eff.workspace.mode {
         Some(m) => m,
-        None if persistent && crate::work::clone::toplevel(&cwd).is_some() => WorkspaceMode::Clone,
+        None if persistent && airlock_work::clone::toplevel(&cwd).is_some() => WorkspaceMode::Clone,
         None => match profile {
             Profile::Permissive => WorkspaceMode::Bind,
             _ => WorkspaceMode::Overlay,
@@ -382,7 +382,7 @@ pub fn build(
             return Err(airlock_model::plan::Refusal::CloneUnsupported.into());
         }
         // (A default of clone already found the repository.)
-        if eff.workspace.mode.is_some() && crate::work::clone::toplevel(&cwd).is_none() {
+        if eff.workspace.mode.is_some() && airlock_work::clone::toplevel(&cwd).is_none() {
             return Err(CliError::new(
                 exit::POLICY_REFUSED,
                 anyhow::anyhow!(
@@ -521,7 +521,7 @@ pub fn build(
             // The hooks directory git is configured to use, when it is inside the checkout
             // (e.g. husky's `.husky`): in bind mode the sandbox must not write hooks there.
             if workspace == WorkspaceMode::Bind {
-                if let Some(h) = crate::work::wayback::hooks_path(&project_dir) {
+                if let Some(h) = airlock_work::wayback::hooks_path(&project_dir) {
                     if let Ok(r) = h.strip_prefix(&project_dir) {
                         p.push(r.to_string_lossy().into_owned());
                     }
@@ -605,7 +605,7 @@ pub fn launch(
             None => state.join("home-files").join(&spec.name),
         };
         let staging =
-            crate::work::home_files::Staging::new(dir, persist.is_none()).map_err(|e| {
+            airlock_work::home_files::Staging::new(dir, persist.is_none()).map_err(|e| {
                 CliError::new(
                     exit::SANDBOX_FAILED,
                     anyhow::anyhow!("stage home files: {e}"),
@@ -613,7 +613,7 @@ pub fn launch(
             })?;
         let owner = crate::cmd::sandbox::rootful_owner(&spec);
         let kept = spec.home_dir.clone();
-        crate::work::home_files::stage(&mut spec, kept.as_deref(), &staging.dir, owner).map_err(
+        airlock_work::home_files::stage(&mut spec, kept.as_deref(), &staging.dir, owner).map_err(
             |e| CliError::usage(e).hint("fix [home_files] in airlock.toml (see `airlock config`)"),
         )?;
         Some(staging)
@@ -628,7 +628,7 @@ pub fn launch(
         Layout::None
     };
     rundir::gc(&state, Layout::detect);
-    crate::work::home_files::sweep(&state);
+    airlock_work::home_files::sweep(&state, container::rundir::lock_free);
     let secrets = match &b.secrets {
         Some(s) => s.clone(),
         None => resolve_secrets(&spec.secrets)?,
@@ -672,22 +672,22 @@ pub fn launch(
     }
     // Bind mode: the way back is the checkout itself; look at it before and after.
     let wayback = (spec.workspace == WorkspaceMode::Bind).then(|| {
-        let extra: Vec<PathBuf> = crate::work::wayback::hooks_path(&spec.project_dir)
+        let extra: Vec<PathBuf> = airlock_work::wayback::hooks_path(&spec.project_dir)
             .into_iter()
             .collect();
-        let snap = crate::work::wayback::snapshot(&spec.project_dir, &extra);
+        let snap = airlock_work::wayback::snapshot(&spec.project_dir, &extra);
         (extra, snap)
     });
     let outcome = container::run(&plan, &opts)?;
     airlock_sandbox::phase("cleaned up");
     let mut undone = false;
     if let Some((extra, before)) = &wayback {
-        let report = crate::work::wayback::verify(&spec.project_dir, before, extra);
+        let report = airlock_work::wayback::verify(&spec.project_dir, before, extra);
         if !report.is_empty() {
-            undone = crate::work::wayback::print(&report);
+            undone = super::wayback::print(&report);
             if let Some(dir) = persist {
                 let _ = std::fs::write(
-                    dir.join(crate::work::wayback::REPORT_FILE),
+                    dir.join(airlock_work::wayback::REPORT_FILE),
                     serde_json::to_vec_pretty(&report).unwrap_or_default(),
                 );
             }

@@ -318,7 +318,7 @@ fn create_record(
 }
 
 fn prepare_workspace(dir: &Path, name: &str, built: &crate::cmd::run::Built) -> CliResult<()> {
-    use crate::work::clone;
+    use airlock_work::clone;
     let spec = &built.spec;
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("{what}: {e}"))
@@ -337,7 +337,7 @@ fn prepare_workspace(dir: &Path, name: &str, built: &crate::cmd::run::Built) -> 
         let home = persistent_home(dir, spec).map_err(|e| fail("prepare the home", &e))?;
         for r in &built.workspace.repos {
             let dest = home.join(&r.dest);
-            crate::work::clone::clone_reference(&r.source, &dest)
+            airlock_work::clone::clone_reference(&r.source, &dest)
                 .map_err(|e| fail(&format!("copy the repository {}", r.source.display()), &e))?;
         }
         owned.push(home);
@@ -441,37 +441,15 @@ pub fn stop(a: &StopArgs) -> CliResult<i32> {
         super::hooks::run(&a.name, p, super::hooks::Phase::PostDown, "stopped")?;
     }
     // A bind-mode sandbox's check of the checkout on the way out (written by its supervisor).
-    if let Ok(dir) = existing_dir(&a.name) {
-        let f = dir.join(crate::work::wayback::REPORT_FILE);
-        if let Some(b) = crate::work::review::read_small(&f, 1 << 22) {
-            let _ = std::fs::remove_file(&f);
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
-                let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
-                let (git, config) = (list("git"), list("config"));
-                for (items, head) in [
-                    (&git, "the sandbox changed how git behaves in your checkout; undone:"),
-                    (&config, "the sandbox changed configuration that tools obey in your checkout; review before running them there:"),
-                ] {
-                    if !items.is_empty() {
-                        errln!("airlock: {head}");
-                        for c in items {
-                            let s = |k: &str| {
-                                crate::work::gate::shown(c[k].as_str().unwrap_or_default())
-                                    .into_owned()
-                            };
-                            errln!("  {:<8} {}  ({})", s("what"), s("path"), s("note"));
-                        }
-                    }
-                }
-                if !git.is_empty() {
-                    return Err(CliError::new(
-                        exit::POLICY_REFUSED,
-                        anyhow::anyhow!("{} tampered with git's control files in its bind workspace", a.name),
-                    )
-                    .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git"));
-                }
-            }
-        }
+    if existing_dir(&a.name).is_ok_and(|dir| super::wayback::print_saved(&dir)) {
+        return Err(CliError::new(
+            exit::POLICY_REFUSED,
+            anyhow::anyhow!(
+                "{} tampered with git's control files in its bind workspace",
+                a.name
+            ),
+        )
+        .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git"));
     }
     Ok(0)
 }
@@ -592,7 +570,7 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         outln!("network:  {net}");
     }
     if let Some(ws) = r.spec.get("workspace").and_then(|v| v.as_str()) {
-        match crate::work::clone::CloneInfo::load(&sandbox_dir(&r.name)) {
+        match airlock_work::clone::CloneInfo::load(&sandbox_dir(&r.name)) {
             Some(c) => outln!(
                 "workspace: clone of {} on {} (`airlock diff {}`)",
                 c.host_repo.display(),
@@ -856,7 +834,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         .hint("start it with `airlock start` from a shell where its source is available"));
     }
     if spec.workspace == airlock_model::policy::WorkspaceMode::Clone {
-        spec.workspace_dir = Some(dir.join(crate::work::clone::WORKSPACE_DIR));
+        spec.workspace_dir = Some(dir.join(airlock_work::clone::WORKSPACE_DIR));
     }
     spec.home_dir = Some(persistent_home(dir, &spec).map_err(|e| {
         CliError::new(

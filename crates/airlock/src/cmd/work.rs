@@ -3,11 +3,11 @@
 
 use crate::cli::{DeliverArgs, DiffArgs, FetchArgs, SyncArgs};
 use crate::error::{CliError, CliResult};
-use crate::work::gate::{shown, Finding};
-use crate::work::git::{valid_branch, Git, GitError};
-use crate::work::review::{FetchOutcome, Review, ReviewError};
-use crate::work::sync as wsync;
 use airlock_model::exit;
+use airlock_work::gate::{shown, Finding};
+use airlock_work::git::{valid_branch, Git, GitError};
+use airlock_work::review::{FetchOutcome, Review, ReviewError};
+use airlock_work::sync as wsync;
 
 impl From<ReviewError> for CliError {
     fn from(e: ReviewError) -> Self {
@@ -34,9 +34,16 @@ impl From<GitError> for CliError {
     }
 }
 
+/// The sandbox's `[workspace] protected` paths (the gate flags them like agent configuration).
+fn protected_of(dir: &std::path::Path) -> Vec<String> {
+    super::sandbox::recorded_spec(dir)
+        .map(|s| s.protected)
+        .unwrap_or_default()
+}
+
 fn open(name: &str) -> CliResult<(std::path::PathBuf, Review)> {
     let dir = super::sandbox::existing_dir(name)?;
-    let r = Review::open(&dir, name)?;
+    let r = Review::open(&dir, name, protected_of(&dir))?;
     Ok((dir, r))
 }
 
@@ -190,7 +197,7 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
 
 pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     let dir = super::sandbox::existing_dir(&a.name)?;
-    let r = Review::open(&dir, &a.name)?;
+    let r = Review::open(&dir, &a.name, protected_of(&dir))?;
     if !a.dry_run {
         gate(&r, &a.name, a.accept, "sync")?;
     }
@@ -307,7 +314,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
             &format!("refs/heads/{}", r.info.branch),
         ])?;
     } else {
-        let by_path: std::collections::HashMap<&str, &crate::work::gate::Change> =
+        let by_path: std::collections::HashMap<&str, &airlock_work::gate::Change> =
             changes.iter().map(|c| (c.path.as_str(), c)).collect();
         for s in &plan.steps {
             if let Some(c) = by_path.get(s.path.as_str()) {
@@ -319,7 +326,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     r.record(&dir, true)?;
     report(true);
     if a.artifacts {
-        let ws = dir.join(crate::work::clone::WORKSPACE_DIR);
+        let ws = dir.join(airlock_work::clone::WORKSPACE_DIR);
         let (mut files, mut links) = (0, 0);
         for d in wsync::ARTIFACTS {
             let (f, l) = wsync::copy_artifacts(&ws.join(d), &top.join(d)).map_err(|e| {
@@ -355,7 +362,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
 
 pub fn deliver(a: &DeliverArgs) -> CliResult<i32> {
     let dir = super::sandbox::existing_dir(&a.name)?;
-    let info = crate::work::clone::CloneInfo::load(&dir)
+    let info = airlock_work::clone::CloneInfo::load(&dir)
         .ok_or_else(|| CliError::from(ReviewError::NotClone(a.name.clone())))?;
     if !valid_branch(&a.branch) {
         return Err(CliError::usage(format!(
