@@ -264,7 +264,8 @@ fn up_of_an_existing_sandbox_refuses_options_that_differ() {
     for want in [
         "sandbox box exists, and `up` does not change an existing sandbox",
         "--allow example.org (it has domains [github.com] on ports [443, 80])",
-        "--memory 64M (it has none)",
+        // (every sandbox has a default memory limit: half the host's RAM)
+        "--memory 64M (it has ",
         "hint: `airlock up box --fresh` with these options recreates it",
     ] {
         assert!(out.stderr.contains(want), "{want:?}: {}", out.describe());
