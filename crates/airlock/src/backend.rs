@@ -215,7 +215,7 @@ impl Backend for SupervisorBackend {
             Layout::detect().reclaim(&leaf);
         }
         // Its control socket and agent socket lead nowhere now.
-        for f in [exec::CONTROL_SOCKET, crate::agent::AGENT_SOCKET] {
+        for f in [exec::CONTROL_SOCKET, airlock_agent::AGENT_SOCKET] {
             let _ = fs::remove_file(dir.join(f));
         }
     }

@@ -1,11 +1,11 @@
 //! Agent mode commands: prompt, reports, attach, and the agent half of up/stop/list. They talk
 //! to the sandbox's supervisor over `DIR/agent.sock` and read its journal; no engine hop.
 
-use crate::agent::host::{Reply, Request};
-use crate::agent::journal::{self, Follower, TurnEnd};
-use crate::agent::{AGENT_LOG, AGENT_SOCKET, REPORTS};
 use crate::cli::{AttachArgs, PromptArgs, ReportsArgs};
 use crate::error::{CliError, CliResult};
+use airlock_agent::host::{Reply, Request};
+use airlock_agent::journal::{self, Follower, TurnEnd};
+use airlock_agent::{AGENT_LOG, AGENT_SOCKET, REPORTS};
 use airlock_model::exit;
 use airlock_sandbox::container::exec;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -107,7 +107,7 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
     loop {
         for (raw, e) in f.poll() {
             let Some(e) = e else { continue };
-            let mine = crate::agent::host::turn_of(&e.msg) == Some(turn)
+            let mine = airlock_agent::host::turn_of(&e.msg) == Some(turn)
                 || matches!(
                     e.msg,
                     airlock_model::agent::protocol::JournalMsg::Sandbox(

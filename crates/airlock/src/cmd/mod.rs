@@ -8,6 +8,7 @@ mod drift;
 mod gc;
 mod hooks;
 mod init;
+pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod sandbox;
 pub(crate) mod trust;
@@ -43,7 +44,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Prompt(a) => agent::prompt(&a),
         Command::Reports(a) => agent::reports(&a),
         Command::Attach(a) => agent::attach(&a),
-        Command::AgentRunner(a) => Ok(crate::agent::runner::main(&a.harness, a.grace_secs)),
+        Command::AgentRunner(a) => Ok(airlock_agent::runner::main(&a.harness, a.grace_secs)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
         Command::Mcp(a) => crate::mcp::serve(crate::mcp::Options {
             allow_permissive: a.allow_permissive,

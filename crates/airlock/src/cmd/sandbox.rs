@@ -847,7 +847,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     if let Some(h) = spec.agent.clone() {
         // The runner and `report` come from this binary, mounted read-only inside.
         let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-        spec.binds.extend(crate::agent::tool_binds(&exe));
+        spec.binds.extend(airlock_agent::tool_binds(&exe));
         let path = spec
             .env
             .iter()
@@ -856,12 +856,12 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         spec.env.retain(|(k, _)| k != "PATH");
         spec.env.push((
             "PATH".into(),
-            crate::agent::path_with_tools(path.as_deref()),
+            airlock_agent::path_with_tools(path.as_deref()),
         ));
         let grace = spec
             .agent_grace
             .unwrap_or(airlock_model::config::DEFAULT_AGENT_GRACE);
-        let host = crate::agent::host::Host::new(dir, h, grace, exe).map_err(|e| {
+        let host = airlock_agent::host::Host::new(dir, h, grace, exe).map_err(|e| {
             CliError::new(
                 exit::SANDBOX_FAILED,
                 anyhow::anyhow!("prepare the agent journal: {e}"),
@@ -894,7 +894,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         Some(dir),
         &hooks,
     );
-    let _ = std::fs::remove_file(dir.join(crate::agent::AGENT_SOCKET));
+    let _ = std::fs::remove_file(dir.join(airlock_agent::AGENT_SOCKET));
     let _ = std::fs::remove_file(dir.join(backend::SUPERVISOR_PID));
     code
 }
