@@ -4,7 +4,6 @@
 #[macro_use]
 mod out;
 
-mod backend;
 mod cli;
 mod cmd;
 mod error;

@@ -1,11 +1,11 @@
 //! Named, persistent sandboxes: thin clients of the local engine (auto-started), plus exec and
 //! shell, which go straight into the running sandbox (no engine on that path).
 
-use crate::backend::{self, SupervisorBackend};
 use crate::cli::{CreateArgs, ExecArgs, LogsArgs, RmArgs, RunArgs, StatusArgs, StopArgs, UpArgs};
 use crate::error::{CliError, CliResult};
 use airlock_engine::client::{Client, ClientError};
 use airlock_engine::paths;
+use airlock_engine::supervisor::{self as backend, SupervisorBackend};
 use airlock_model::exit;
 use airlock_sandbox::container::exec::{self, ExecRequest};
 use std::io::IsTerminal;
