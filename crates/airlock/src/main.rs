@@ -7,7 +7,6 @@ mod out;
 mod cli;
 mod cmd;
 mod error;
-mod mcp;
 
 use clap::Parser;
 

@@ -46,9 +46,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Attach(a) => agent::attach(&a),
         Command::AgentRunner(a) => Ok(airlock_agent::runner::main(&a.harness, a.grace_secs)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
-        Command::Mcp(a) => crate::mcp::serve(crate::mcp::Options {
-            allow_permissive: a.allow_permissive,
-        }),
+        Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => sandbox::engine_serve(),
         },
@@ -117,4 +115,34 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Doctor(a) => doctor::run_doctor(a.json, &mut std::io::stdout().lock())
             .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e)),
     }
+}
+
+/// `airlock mcp`: the server (airlock-mcp) with this binary's way of turning `run` flags into a
+/// spec, for `policy_explain`.
+fn mcp_serve(allow_permissive: bool) -> CliResult<i32> {
+    let spec_builder: airlock_mcp::SpecBuilder = std::sync::Arc::new(|flags: &[String]| {
+        use clap::Parser;
+        let mut argv = vec!["airlock".to_string(), "run".to_string()];
+        argv.extend(flags.iter().cloned());
+        argv.extend(["--".to_string(), "true".to_string()]);
+        let cli = crate::cli::Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
+        let Command::Run(run) = cli.command else {
+            return Err("internal: not a run".to_string());
+        };
+        run::build(&run, None, false, false)
+            .map(|b| b.spec)
+            .map_err(|e| format!("{:#}", e.error))
+    });
+    airlock_mcp::serve(airlock_mcp::Options {
+        allow_permissive,
+        spec_builder,
+    })
+    .map(|()| 0)
+    .map_err(|e| {
+        let code = match e {
+            airlock_mcp::ServeError::Init(_) => exit::USAGE,
+            _ => exit::SANDBOX_FAILED,
+        };
+        CliError::new(code, e)
+    })
 }
