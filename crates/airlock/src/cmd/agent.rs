@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The harness a sandbox was created with (None: not an agent sandbox).
 pub fn harness_of(dir: &Path) -> Option<airlock_model::config::Harness> {
-    super::sandbox::recorded_spec(dir)?.agent
+    super::named::recorded_spec(dir)?.agent
 }
 
 fn not_agent(name: &str) -> CliError {
@@ -73,7 +73,7 @@ pub fn prompt(a: &PromptArgs) -> CliResult<i32> {
 /// the command returns once the turn is journaled as completed, so a `reports` right after
 /// sees the whole turn.
 pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<i32> {
-    let dir = super::sandbox::existing_dir(name)?;
+    let dir = super::named::existing_dir(name)?;
     if harness_of(&dir).is_none() {
         return Err(not_agent(name));
     }
@@ -149,7 +149,7 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
 
 /// `airlock reports NAME [--follow] [--json]`.
 pub fn reports(a: &ReportsArgs) -> CliResult<i32> {
-    let dir = super::sandbox::existing_dir(&a.name)?;
+    let dir = super::named::existing_dir(&a.name)?;
     let mut f = Follower::from_offset(&dir.join(REPORTS), 0);
     let mut out = std::io::stdout().lock();
     loop {
@@ -171,9 +171,9 @@ pub fn reports(a: &ReportsArgs) -> CliResult<i32> {
 /// `airlock attach NAME`: follow the agent's live session — the harness's output as it runs and
 /// the reports between — until Ctrl-C. Not an agent sandbox, or `--shell`: a shell with a PTY.
 pub fn attach(a: &AttachArgs) -> CliResult<i32> {
-    let dir = super::sandbox::existing_dir(&a.name)?;
+    let dir = super::named::existing_dir(&a.name)?;
     if a.shell || harness_of(&dir).is_none() {
-        return crate::cmd::sandbox::shell(&a.name);
+        return crate::cmd::exec::shell(&a.name);
     }
     if exec::pid1(&dir).is_none() {
         return Err(CliError::new(
@@ -223,7 +223,7 @@ fn tail_offset(path: &Path, keep: u64) -> u64 {
 
 /// Before `stop`: tell the agent to finish its turn and the runner to exit (bounded by `wait`).
 pub fn finish_before_stop(name: &str, wait: Duration) {
-    let Ok(dir) = super::sandbox::existing_dir(name) else {
+    let Ok(dir) = super::named::existing_dir(name) else {
         return;
     };
     if harness_of(&dir).is_none() || exec::pid1(&dir).is_none() || !dir.join(AGENT_SOCKET).exists()
@@ -238,7 +238,7 @@ pub fn finish_before_stop(name: &str, wait: Duration) {
 
 /// For `list`: the last report of each agent sandbox.
 pub fn last_report(name: &str) -> Option<(String, serde_json::Value)> {
-    let dir = super::sandbox::sandbox_dir(name);
+    let dir = super::named::sandbox_dir(name);
     let e = journal::last_report(&dir.join(REPORTS))?;
     let v = serde_json::to_value(&e).ok()?;
     Some((journal::summary(&e), v))

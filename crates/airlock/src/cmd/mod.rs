@@ -5,12 +5,15 @@ mod config;
 mod cp;
 mod doctor;
 mod drift;
+mod exec;
 mod gc;
 mod hooks;
 mod init;
+pub(crate) mod named;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod sandbox;
+mod supervise;
 pub(crate) mod trust;
 mod wayback;
 mod work;
@@ -35,12 +38,12 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Rm(a) => sandbox::rm(&a),
         Command::List(a) => sandbox::list(a.json),
         Command::Status(a) => sandbox::status(&a),
-        Command::Exec(a) => sandbox::exec_cmd(a),
+        Command::Exec(a) => exec::exec_cmd(a),
         Command::Diff(a) => work::diff(&a),
         Command::Fetch(a) => work::fetch(&a),
         Command::Sync(a) => work::sync(&a),
         Command::Deliver(a) => work::deliver(&a),
-        Command::Shell(a) => sandbox::shell(&a.name),
+        Command::Shell(a) => exec::shell(&a.name),
         Command::Prompt(a) => agent::prompt(&a),
         Command::Reports(a) => agent::reports(&a),
         Command::Attach(a) => agent::attach(&a),
@@ -48,9 +51,9 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
         Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Engine(a) => match a.action {
-            crate::cli::EngineAction::Serve => sandbox::engine_serve(),
+            crate::cli::EngineAction::Serve => supervise::engine_serve(),
         },
-        Command::Supervise(a) if a.name.is_none() => sandbox::supervise_spec(&a.dir),
+        Command::Supervise(a) if a.name.is_none() => supervise::supervise_spec(&a.dir),
         Command::Supervise(a) => {
             let a = *a;
             std::fs::create_dir_all(&a.dir).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
@@ -79,7 +82,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let o = a.opts;
-            sandbox::exec_dir(
+            exec::exec_dir(
                 &a.dir,
                 &name,
                 a.cmd,
