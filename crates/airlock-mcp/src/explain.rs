@@ -4,7 +4,7 @@
 //! words them and names the option or configuration line that changes the outcome.
 
 use super::args::{Access, ExplainArgs};
-use super::tools::{check_name, parse, policy_flags, tri, Call};
+use super::call::{check_name, parse, policy_flags, tri, Call};
 use super::{tool_error, tool_ok};
 use airlock_egress::{addr, Decision, EgressPolicy};
 use airlock_model::plan::{self, LaunchPlan, MountStep};

@@ -8,6 +8,7 @@ mod agent;
 mod args;
 mod b64;
 mod bounded;
+mod call;
 mod explain;
 mod paths;
 mod runner;
@@ -153,7 +154,7 @@ impl ServerHandler for Server {
             return Ok(tool_error(format!("{name}: refused: {why}")).into());
         }
         let args = serde_json::Value::Object(request.arguments.unwrap_or_default());
-        let call = tools::Call {
+        let call = call::Call {
             opts: self.opts.clone(),
             context,
         };
