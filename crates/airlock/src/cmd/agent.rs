@@ -243,3 +243,65 @@ pub fn last_report(name: &str) -> Option<(String, serde_json::Value)> {
     let v = serde_json::to_value(&e).ok()?;
     Some((journal::summary(&e), v))
 }
+
+/// `__which PROGRAM`, inside an agent sandbox: where the runner would find the harness (its
+/// PATH, the tools directory first). Prints the path (0), or says where it looked (127).
+pub fn which(program: &str) -> i32 {
+    use std::os::unix::fs::PermissionsExt;
+    let path = airlock_agent::path_with_tools(std::env::var("PATH").ok().as_deref());
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        if runnable(std::path::Path::new(program)) {
+            outln!("{program}");
+            return 0;
+        }
+        errln!("{program}: no executable file there");
+        return exit::NOT_FOUND_CMD;
+    }
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let p = std::path::Path::new(dir).join(program);
+        if runnable(&p) {
+            outln!("{}", p.display());
+            return 0;
+        }
+    }
+    errln!("{program} is not on PATH ({path})");
+    exit::NOT_FOUND_CMD
+}
+
+/// After an agent sandbox starts: is its harness there? Asked inside, of the runner's own PATH
+/// (no shell or tool of the image needed). An error says where airlock looked and how to
+/// provide the CLI.
+pub fn check_harness(name: &str) -> CliResult<()> {
+    let Some(spec) = super::named::existing_dir(name)
+        .ok()
+        .and_then(|d| super::named::recorded_spec(&d))
+    else {
+        return Ok(());
+    };
+    let Some(h) = &spec.agent else { return Ok(()) };
+    let argv = airlock_model::agent::adapter::turn_command(h, "", false, 0).argv;
+    let Some(program) = argv.first() else {
+        return Ok(());
+    };
+    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let tool = format!("{}/airlock", airlock_agent::TOOLS_DIR);
+    let out = std::process::Command::new(exe)
+        .args(["exec", name, "--", &tool, "__which", program])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(CliError::new(
+        exit::NOT_FOUND_CMD,
+        anyhow::anyhow!("the {} harness cannot start in {name}: {said}", airlock_model::agent::adapter::harness_name(h)),
+    )
+    .hint(format!(
+        "the sandbox sees the host's /usr read-only: install the CLI on the host (e.g. `npm install -g` puts it in /usr/local/bin), or mount it with `--ro DIR` and put DIR on PATH with `-e PATH=DIR:/usr/local/bin:/usr/bin:/bin`, or name it in `[agent] harness = {{ command = [\"/path/to/{program}\"] }}`; then `airlock up {name} --fresh` with those options"
+    )))
+}

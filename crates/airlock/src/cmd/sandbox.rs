@@ -50,6 +50,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
         Ok(st) if st.record.state == airlock_model::lifecycle::SandboxState::Running => {}
         Ok(_) => {
             start_named(&c, &name)?;
+            harness_or_stop(&c, &name, false)?;
         }
         Err(_) => {
             create(
@@ -62,6 +63,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
                 no_user_config,
             )?;
             start_named(&c, &name)?;
+            harness_or_stop(&c, &name, true)?;
         }
     }
     outln!("{name} running");
@@ -340,12 +342,33 @@ fn check_limits(name: &str, spec: &airlock_model::spec::RunSpec) -> CliResult<()
     Ok(())
 }
 
+/// An agent sandbox whose harness is missing is not left half-started: stopped, or removed
+/// again when this command created it.
+fn harness_or_stop(c: &Client, name: &str, created: bool) -> CliResult<()> {
+    let Err(e) = super::agent::check_harness(name) else {
+        return Ok(());
+    };
+    let undone = if created {
+        c.rm(name, true).map(|()| "removed")
+    } else {
+        c.stop(name, Some(std::time::Duration::from_secs(2)))
+            .map(|_| "stopped")
+    };
+    match undone {
+        Ok(what) => errln!("airlock: {name} {what}: its agent cannot run"),
+        Err(u) => errln!("airlock: warning: could not undo the start of {name}: {u}"),
+    }
+    Err(e)
+}
+
 pub fn start(name: &str) -> CliResult<i32> {
     let project = super::hooks::project_of(name);
     if let Some(p) = &project {
         super::hooks::run(name, p, super::hooks::Phase::PreUp, "starting")?;
     }
-    let rec = start_named(&client()?, name)?;
+    let c = client()?;
+    let rec = start_named(&c, name)?;
+    harness_or_stop(&c, name, false)?;
     outln!("{} {}", rec.name, rec.state);
     if let Some(p) = &project {
         super::hooks::run(name, p, super::hooks::Phase::PostUp, "running")?;
