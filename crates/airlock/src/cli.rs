@@ -81,6 +81,9 @@ pub enum Command {
     /// Internal: the agent runner inside a sandbox (started by its supervisor).
     #[command(name = "__agent-runner", hide = true)]
     AgentRunner(AgentRunnerArgs),
+    /// Internal: inside an agent sandbox, where the harness executable is on the runner's PATH.
+    #[command(name = "__which", hide = true)]
+    Which(WhichArgs),
     /// Serve the Model Context Protocol on stdio: sandboxes and sandboxed agents as tools.
     Mcp(McpArgs),
     /// The local engine (auto-started by the commands that need it).
@@ -108,7 +111,7 @@ pub struct InitArgs {
     pub force: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
     /// Policy defaults: restrictive (no network, no write-back), moderate (default), permissive.
     #[arg(long, value_name = "PROFILE")]
@@ -185,12 +188,7 @@ pub struct RunArgs {
     #[arg(short = 'i', long)]
     pub interactive: bool,
     /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 
@@ -214,12 +212,7 @@ pub struct ExecDirArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub opts: ExecOptions,
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 
@@ -269,6 +262,11 @@ pub struct AttachArgs {
     /// A shell with a PTY instead of following the agent.
     #[arg(long)]
     pub shell: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WhichArgs {
+    pub program: String,
 }
 
 #[derive(Debug, Args)]
@@ -377,12 +375,7 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub opts: ExecOptions,
     pub name: String,
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 

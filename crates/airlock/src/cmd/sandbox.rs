@@ -1,75 +1,14 @@
 //! Named, persistent sandboxes: thin clients of the local engine (auto-started), plus exec and
 //! shell, which go straight into the running sandbox (no engine on that path).
 
-use crate::backend::{self, SupervisorBackend};
-use crate::cli::{CreateArgs, ExecArgs, LogsArgs, RmArgs, RunArgs, StatusArgs, StopArgs, UpArgs};
+use super::exec::exec_in;
+use super::named::{client, existing_dir, name_from_dir, recorded_spec, sandbox_dir};
+use crate::cli::{CreateArgs, LogsArgs, RmArgs, RunArgs, StatusArgs, StopArgs, UpArgs};
 use crate::error::{CliError, CliResult};
-use airlock_engine::client::{Client, ClientError};
-use airlock_engine::paths;
+use airlock_engine::client::Client;
+use airlock_engine::supervisor as backend;
 use airlock_model::exit;
-use airlock_sandbox::container::exec::{self, ExecRequest};
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-impl From<ClientError> for CliError {
-    fn from(e: ClientError) -> Self {
-        let (code, hint) = (e.exit_code(), e.hint());
-        CliError::new(code, e).maybe_hint(hint)
-    }
-}
-
-fn client() -> CliResult<Client> {
-    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    Ok(Client::connect_or_start(&exe)?)
-}
-
-pub fn sandbox_dir(name: &str) -> PathBuf {
-    paths::state_dir().join("sandboxes").join(name)
-}
-
-/// The folder of an existing sandbox: a usage error for a bad name, NOT_FOUND (with a hint)
-/// when there is no such sandbox.
-pub fn existing_dir(name: &str) -> CliResult<PathBuf> {
-    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
-    let dir = sandbox_dir(name);
-    if !dir.is_dir() {
-        return Err(
-            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no sandbox named {name}"))
-                .hint("airlock list shows the sandboxes"),
-        );
-    }
-    Ok(dir)
-}
-
-/// The spec recorded in a sandbox folder (`DIR/spec.json`), if readable.
-pub fn recorded_spec(dir: &Path) -> Option<airlock_model::spec::RunSpec> {
-    serde_json::from_slice(&std::fs::read(dir.join("spec.json")).ok()?).ok()
-}
-
-/// The host uid (= gid) that owns the sandbox user's files in a root-run sandbox; None when
-/// airlock runs rootless (the invoking user is the sandbox user).
-pub fn rootful_owner(spec: &airlock_model::spec::RunSpec) -> Option<u32> {
-    nix::unistd::geteuid()
-        .is_root()
-        .then(|| airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid())
-}
-
-/// A sandbox name from a directory name: lowercase, [a-z0-9-], at most 63 bytes.
-pub fn name_from_dir(dir: &Path) -> Option<String> {
-    let raw = dir.file_name()?.to_string_lossy().to_lowercase();
-    let mut n: String = raw
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    n = n.trim_matches('-').to_string();
-    while n.contains("--") {
-        n = n.replace("--", "-");
-    }
-    n.truncate(63);
-    let n = n.trim_end_matches('-').to_string();
-    airlock_model::spec::validate_name(&n).ok().map(|()| n)
-}
+use std::path::Path;
 
 pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
     let name = match a.name.clone() {
@@ -94,7 +33,10 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
             .is_ok_and(|st| st.record.state == airlock_model::lifecycle::SandboxState::Running)
     };
     let was_running = running(&c);
-    if !was_running {
+    if !a.fresh && c.status(&name).is_ok() {
+        refuse_changes(&a, &name, global_config, no_user_config)?;
+    }
+    if !was_running || a.fresh {
         if let Some(p) = &project {
             super::hooks::run(&name, p, super::hooks::Phase::PreUp, "starting")?;
         }
@@ -106,6 +48,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
         Ok(st) if st.record.state == airlock_model::lifecycle::SandboxState::Running => {}
         Ok(_) => {
             start_named(&c, &name)?;
+            harness_or_stop(&c, &name, false)?;
         }
         Err(_) => {
             create(
@@ -118,10 +61,11 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
                 no_user_config,
             )?;
             start_named(&c, &name)?;
+            harness_or_stop(&c, &name, true)?;
         }
     }
-    println!("{name} running");
-    if !was_running {
+    outln!("{name} running");
+    if !was_running || a.fresh {
         if let Some(p) = &project {
             super::hooks::run(&name, p, super::hooks::Phase::PostUp, "running")?;
         }
@@ -130,11 +74,53 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
         Some(text) => crate::cmd::agent::send_prompt(&name, text, !a.no_attach, false),
         None => {
             if a.agent.is_some() {
-                eprintln!("airlock: send it a task: airlock prompt {name} \"…\"");
+                errln!("airlock: send it a task: airlock prompt {name} \"…\"");
             }
             Ok(0)
         }
     }
+}
+
+/// `up NAME OPTIONS` of an existing sandbox: its policy was fixed at creation, so options
+/// that would differ are refused, each named, with the way out — never dropped silently.
+fn refuse_changes(
+    a: &UpArgs,
+    name: &str,
+    global_config: Option<&Path>,
+    no_user_config: bool,
+) -> CliResult<()> {
+    let Some(recorded) = recorded_spec(&sandbox_dir(name)) else {
+        return Ok(());
+    };
+    let run_args = RunArgs {
+        policy: a.policy.clone(),
+        name: Some(name.to_string()),
+        workdir: None,
+        timeout: None,
+        tty: false,
+        interactive: false,
+        net_log: None,
+        keep: false,
+        cmd: vec![],
+    };
+    let asked = crate::cmd::run::build(&run_args, global_config, no_user_config, true)?.spec;
+    let agent = a
+        .agent
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| CliError::usage(format!("--agent: {e}")))?;
+    let diffs = crate::cmd::drift::drift(&a.policy, agent.as_ref(), &asked, &recorded);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "sandbox {name} exists, and `up` does not change an existing sandbox; these options differ from it:\n    {}",
+        diffs.join("\n    ")
+    ))
+    .hint(format!(
+        "`airlock up {name} --fresh` with these options recreates it (its state is discarded: fetch or sync its work first); or drop them to start it as it is"
+    )))
 }
 
 pub fn logs(a: &LogsArgs) -> CliResult<i32> {
@@ -160,13 +146,13 @@ pub fn logs(a: &LogsArgs) -> CliResult<i32> {
             .read(&mut buf)
             .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
         if n > 0 {
-            let _ = out.write_all(&buf[..n]);
+            crate::out::bytes(&mut out, &buf[..n]);
             continue;
         }
         if !a.follow {
             return Ok(0);
         }
-        let _ = out.flush();
+        crate::out::check(out.flush());
         std::thread::sleep(std::time::Duration::from_millis(200));
         let _ = f.stream_position();
     }
@@ -186,7 +172,12 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
         ),
     };
     airlock_model::spec::validate_name(&name).map_err(CliError::usage)?;
-    let (tty, interactive, workdir, cmd) = (a.tty, a.interactive, a.workdir.clone(), a.cmd.clone());
+    let (tty, interactive, cmd) = (a.tty, a.interactive, a.cmd.clone());
+    let workdir = a
+        .workdir
+        .as_deref()
+        .map(|w| crate::cmd::run::workdir_inside(Path::new(w)))
+        .transpose()?;
     let run_args = RunArgs {
         name: Some(name.clone()),
         cmd: vec![],
@@ -197,17 +188,9 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
     let c = client()?;
     create_record(&c, &name, &built)?;
     start_with(&c, &name, &built.spec)?;
-    let workdir = workdir.map(|w| {
-        let p = PathBuf::from(&w);
-        if p.is_absolute() {
-            p
-        } else {
-            Path::new("/workspace").join(p)
-        }
-    });
     let code = exec_in(&name, cmd, &[], workdir, tty, interactive, true);
     let stopped = c.stop(&name, Some(std::time::Duration::from_secs(10)));
-    eprintln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
+    errln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
     stopped?;
     code
 }
@@ -245,62 +228,31 @@ pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool)
         }
     }
     let rec = create_record(&client()?, &a.name, &built)?;
-    println!("{}", rec.name);
+    outln!("{}", rec.name);
     Ok(0)
 }
 
 /// Create the engine's record, then the sandbox's own workspace (clone mode): its clone of the
 /// host repository, the `context` paths, the reference repositories. A failure removes the
-/// record again, so nothing half-made stays.
+/// record again, so nothing half-made stays. Secret sources are read first (and the values
+/// dropped): one that is missing fails before anything exists.
 fn create_record(
     c: &Client,
     name: &str,
     built: &crate::cmd::run::Built,
 ) -> CliResult<airlock_engine::store::Record> {
+    drop(crate::cmd::run::resolve_secrets(&built.spec.secrets)?);
+    if built.spec.require_limits {
+        check_limits(name, &built.spec)?;
+    }
     let mut spec =
         serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     // What `list` and `status` show: the only backend and image of this build.
     spec["backend"] = "container".into();
     spec["image"] = "host".into();
-    let rec = c.create(name, &spec)?;
-    if let Err(e) = prepare_workspace(&sandbox_dir(name), name, built) {
-        let _ = c.rm(name, true);
-        return Err(e);
-    }
-    Ok(rec)
-}
-
-fn prepare_workspace(dir: &Path, name: &str, built: &crate::cmd::run::Built) -> CliResult<()> {
-    use crate::work::clone;
-    let spec = &built.spec;
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("{what}: {e}"))
-    };
-    let mut owned = Vec::new();
-    if spec.workspace == airlock_model::policy::WorkspaceMode::Clone {
-        let info = clone::prepare(&spec.project_dir, dir, name)
-            .map_err(|e| fail("clone the project", &e))?;
-        let ws = dir.join(clone::WORKSPACE_DIR);
-        let context: Vec<PathBuf> = built.workspace.context.iter().map(PathBuf::from).collect();
-        clone::copy_context(&info.host_repo, &ws, &context)
-            .map_err(|e| fail("copy the workspace context", &e))?;
-        owned.push(ws);
-    }
-    if !built.workspace.repos.is_empty() {
-        let home = persistent_home(dir, spec).map_err(|e| fail("prepare the home", &e))?;
-        for r in &built.workspace.repos {
-            let dest = home.join(&r.dest);
-            crate::work::clone::clone_reference(&r.source, &dest)
-                .map_err(|e| fail(&format!("copy the repository {}", r.source.display()), &e))?;
-        }
-        owned.push(home);
-    }
-    if let Some(id) = rootful_owner(spec) {
-        for p in owned {
-            clone::chown_tree(&p, id, id).map_err(|e| fail("hand the workspace over", &e))?;
-        }
-    }
-    Ok(())
+    // The engine makes the workspace (the clone, context, reference repos) and rolls the
+    // creation back if that fails.
+    Ok(c.create(name, &spec)?)
 }
 
 /// Start a created sandbox by name, reading the secrets its spec names.
@@ -320,7 +272,55 @@ fn start_with(
     spec: &airlock_model::spec::RunSpec,
 ) -> CliResult<airlock_engine::store::Record> {
     let secrets = crate::cmd::run::resolve_secrets(&spec.secrets)?;
+    check_limits(name, spec)?;
     Ok(c.start_with_secrets(name, &secrets)?)
+}
+
+/// The limits of `spec` this host cannot enforce for this user: what the supervisor's plan
+/// will find (it runs as this user, on this host).
+fn unenforced_limits(spec: &airlock_model::spec::RunSpec) -> Vec<&'static str> {
+    if !spec.resources.any() {
+        return Vec::new();
+    }
+    let support = airlock_sandbox::cgroup::Layout::detect().support();
+    airlock_model::plan::unenforced_limits(&spec.resources, &support)
+}
+
+/// Before anything starts: refuse (121) what `--require-limits` cannot have, or say which
+/// limits will not hold, as `run` does.
+fn check_limits(name: &str, spec: &airlock_model::spec::RunSpec) -> CliResult<()> {
+    let unenforced = unenforced_limits(spec);
+    if unenforced.is_empty() {
+        return Ok(());
+    }
+    if spec.require_limits {
+        return Err(airlock_model::plan::Refusal::LimitsUnenforceable(unenforced).into());
+    }
+    errln!(
+        "airlock: warning: {name}: not enforced on this host: {} limit (no usable cgroup{}); `airlock status {name}` says so too; create it with --require-limits to refuse instead",
+        unenforced.join(", "),
+        if nix::unistd::geteuid().is_root() { "" } else { " delegation for this user" }
+    );
+    Ok(())
+}
+
+/// An agent sandbox whose harness is missing is not left half-started: stopped, or removed
+/// again when this command created it.
+fn harness_or_stop(c: &Client, name: &str, created: bool) -> CliResult<()> {
+    let Err(e) = super::agent::check_harness(name) else {
+        return Ok(());
+    };
+    let undone = if created {
+        c.rm(name, true).map(|()| "removed")
+    } else {
+        c.stop(name, Some(std::time::Duration::from_secs(2)))
+            .map(|_| "stopped")
+    };
+    match undone {
+        Ok(what) => errln!("airlock: {name} {what}: its agent cannot run"),
+        Err(u) => errln!("airlock: warning: could not undo the start of {name}: {u}"),
+    }
+    Err(e)
 }
 
 pub fn start(name: &str) -> CliResult<i32> {
@@ -328,8 +328,10 @@ pub fn start(name: &str) -> CliResult<i32> {
     if let Some(p) = &project {
         super::hooks::run(name, p, super::hooks::Phase::PreUp, "starting")?;
     }
-    let rec = start_named(&client()?, name)?;
-    println!("{} {}", rec.name, rec.state);
+    let c = client()?;
+    let rec = start_named(&c, name)?;
+    harness_or_stop(&c, name, false)?;
+    outln!("{} {}", rec.name, rec.state);
     if let Some(p) = &project {
         super::hooks::run(name, p, super::hooks::Phase::PostUp, "running")?;
     }
@@ -360,42 +362,20 @@ pub fn stop(a: &StopArgs) -> CliResult<i32> {
         super::hooks::run(&a.name, p, super::hooks::Phase::PreDown, "stopping")?;
     }
     let rec = c.stop(&a.name, Some(grace))?;
-    println!("{} {}", rec.name, rec.state);
+    outln!("{} {}", rec.name, rec.state);
     if let Some(p) = &project {
         super::hooks::run(&a.name, p, super::hooks::Phase::PostDown, "stopped")?;
     }
     // A bind-mode sandbox's check of the checkout on the way out (written by its supervisor).
-    if let Ok(dir) = existing_dir(&a.name) {
-        let f = dir.join(crate::work::wayback::REPORT_FILE);
-        if let Some(b) = crate::work::review::read_small(&f, 1 << 22) {
-            let _ = std::fs::remove_file(&f);
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
-                let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
-                let (git, config) = (list("git"), list("config"));
-                for (items, head) in [
-                    (&git, "the sandbox changed how git behaves in your checkout; undone:"),
-                    (&config, "the sandbox changed configuration that tools obey in your checkout; review before running them there:"),
-                ] {
-                    if !items.is_empty() {
-                        eprintln!("airlock: {head}");
-                        for c in items {
-                            let s = |k: &str| {
-                                crate::work::gate::shown(c[k].as_str().unwrap_or_default())
-                                    .into_owned()
-                            };
-                            eprintln!("  {:<8} {}  ({})", s("what"), s("path"), s("note"));
-                        }
-                    }
-                }
-                if !git.is_empty() {
-                    return Err(CliError::new(
-                        exit::POLICY_REFUSED,
-                        anyhow::anyhow!("{} tampered with git's control files in its bind workspace", a.name),
-                    )
-                    .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git"));
-                }
-            }
-        }
+    if existing_dir(&a.name).is_ok_and(|dir| super::wayback::print_saved(&dir)) {
+        return Err(CliError::new(
+            exit::POLICY_REFUSED,
+            anyhow::anyhow!(
+                "{} tampered with git's control files in its bind workspace",
+                a.name
+            ),
+        )
+        .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git"));
     }
     Ok(0)
 }
@@ -407,7 +387,7 @@ pub fn rm(a: &RmArgs) -> CliResult<i32> {
         super::hooks::run(&a.name, p, super::hooks::Phase::PreDown, "stopping")?;
     }
     c.rm(&a.name, a.force)?;
-    println!("removed {}", a.name);
+    outln!("removed {}", a.name);
     if let Some(p) = &project {
         super::hooks::run(&a.name, p, super::hooks::Phase::PostDown, "removed")?;
     }
@@ -430,14 +410,14 @@ pub fn list(json: bool) -> CliResult<i32> {
                 }
             }
         }
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
         );
         return Ok(0);
     }
     if records.is_empty() {
-        println!("no sandboxes");
+        outln!("no sandboxes");
         return Ok(0);
     }
     let agents = last.iter().any(Option::is_some);
@@ -446,9 +426,9 @@ pub fn list(json: bool) -> CliResult<i32> {
         "NAME", "STATE", "PROFILE", "BACKEND"
     );
     if agents {
-        println!("{head} LAST REPORT");
+        outln!("{head} LAST REPORT");
     } else {
-        println!("{}", head.trim_end());
+        outln!("{}", head.trim_end());
     }
     for (r, l) in records.iter().zip(&last) {
         let line = format!(
@@ -459,8 +439,8 @@ pub fn list(json: bool) -> CliResult<i32> {
             r.backend.as_deref().unwrap_or("-")
         );
         match l {
-            Some((summary, _)) => println!("{line} {summary}"),
-            None => println!("{}", line.trim_end()),
+            Some((summary, _)) => outln!("{line} {summary}"),
+            None => outln!("{}", line.trim_end()),
         }
     }
     Ok(0)
@@ -478,32 +458,52 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         }
     };
     let st = client()?.status(&name)?;
+    // Limits that do not hold: what the running sandbox's plan says, else this host now.
+    let unenforced: Vec<String> = match std::fs::read(sandbox_dir(&name).join("plan.json"))
+        .ok()
+        .filter(|_| st.record.state == airlock_model::lifecycle::SandboxState::Running)
+        .and_then(|b| serde_json::from_slice::<airlock_model::plan::LaunchPlan>(&b).ok())
+    {
+        Some(plan) => plan.unenforced_limits,
+        None => recorded_spec(&sandbox_dir(&name))
+            .map(|s| {
+                unenforced_limits(&s)
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
     if a.json {
-        println!(
+        let mut v =
+            serde_json::to_value(&st).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("unenforced_limits".into(), unenforced.clone().into());
+        }
+        outln!(
             "{}",
-            serde_json::to_string_pretty(&st)
-                .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
+            serde_json::to_string_pretty(&v).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
         );
         return Ok(0);
     }
     let r = &st.record;
-    println!("name:     {}", r.name);
-    println!("state:    {}", r.state);
-    println!("backend:  {}", r.backend.as_deref().unwrap_or("container"));
-    println!("image:    {}", r.image.as_deref().unwrap_or("host"));
-    println!("profile:  {}", r.profile.as_deref().unwrap_or("-"));
+    outln!("name:     {}", r.name);
+    outln!("state:    {}", r.state);
+    outln!("backend:  {}", r.backend.as_deref().unwrap_or("container"));
+    outln!("image:    {}", r.image.as_deref().unwrap_or("host"));
+    outln!("profile:  {}", r.profile.as_deref().unwrap_or("-"));
     if let Some(net) = r.spec.get("net").and_then(|v| v.as_str()) {
-        println!("network:  {net}");
+        outln!("network:  {net}");
     }
     if let Some(ws) = r.spec.get("workspace").and_then(|v| v.as_str()) {
-        match crate::work::clone::CloneInfo::load(&sandbox_dir(&r.name)) {
-            Some(c) => println!(
+        match airlock_work::clone::CloneInfo::load(&sandbox_dir(&r.name)) {
+            Some(c) => outln!(
                 "workspace: clone of {} on {} (`airlock diff {}`)",
                 c.host_repo.display(),
                 c.branch,
                 r.name
             ),
-            None => println!("workspace: {ws}"),
+            None => outln!("workspace: {ws}"),
         }
     }
     if let Some(d) = r
@@ -513,7 +513,7 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         .filter(|d| !d.is_empty())
     {
         let list: Vec<&str> = d.iter().filter_map(|v| v.as_str()).collect();
-        println!("allowed:  {}", list.join(", "));
+        outln!("allowed:  {}", list.join(", "));
     }
     if let Some(res) = r.spec.get("resources") {
         let limit = |k: &str| {
@@ -527,9 +527,14 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
             ("pids", limit("pids")),
         ]
         .into_iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+        .filter_map(|(k, v)| {
+            v.map(|v| match unenforced.iter().any(|u| u == k) {
+                true => format!("{k} {v} (not enforced on this host)"),
+                false => format!("{k} {v}"),
+            })
+        })
         .collect();
-        println!(
+        outln!(
             "limits:   {}",
             if parts.is_empty() {
                 "none".to_string()
@@ -539,294 +544,20 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         );
     }
     if let Some(up) = st.uptime_secs {
-        println!("uptime:   {up}s");
+        outln!("uptime:   {up}s");
     }
     if let Some(s) = st.stats {
-        println!("memory:   {} bytes", s.memory_bytes);
-        println!("pids:     {}", s.pids);
-        println!("cpu:      {} us", s.cpu_usec);
+        // Use is read from the sandbox's cgroup; one without limits has none.
+        let shown = |v: Option<u64>, unit: &str| match v {
+            Some(v) => format!("{v}{unit}"),
+            None => "n/a".to_string(),
+        };
+        outln!("memory:   {}", shown(s.memory_bytes, " bytes"));
+        outln!("pids:     {}", shown(s.pids, ""));
+        outln!("cpu:      {}", shown(s.cpu_usec, " us"));
     }
     if let Some(e) = &r.last_error {
-        println!("error:    {e}");
+        outln!("error:    {e}");
     }
     Ok(0)
-}
-
-/// exec/shell: straight into the running sandbox's namespaces.
-pub fn exec_in(
-    name: &str,
-    argv: Vec<String>,
-    env: &[String],
-    workdir: Option<PathBuf>,
-    tty: bool,
-    interactive: bool,
-    with_secrets: bool,
-) -> CliResult<i32> {
-    let dir = existing_dir(name)?;
-    exec_dir(
-        &dir,
-        name,
-        argv,
-        env,
-        workdir,
-        tty,
-        interactive,
-        with_secrets,
-    )
-}
-
-/// exec into the running sandbox whose folder is `dir` (`name` is for messages).
-#[allow(clippy::too_many_arguments)] // the flags of `exec`, one by one
-pub fn exec_dir(
-    dir: &Path,
-    name: &str,
-    argv: Vec<String>,
-    env: &[String],
-    workdir: Option<PathBuf>,
-    tty: bool,
-    interactive: bool,
-    with_secrets: bool,
-) -> CliResult<i32> {
-    if exec::pid1(dir).is_none() {
-        return Err(CliError::new(
-            exit::CONFLICT,
-            anyhow::anyhow!("sandbox {name} is not running"),
-        )
-        .hint(format!("airlock start {name}")));
-    }
-    let plan: airlock_model::plan::LaunchPlan = std::fs::read(dir.join("plan.json"))
-        .map_err(anyhow::Error::from)
-        .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
-        .map_err(|e| {
-            CliError::new(exit::SANDBOX_FAILED, e)
-                .hint(format!("airlock stop {name} && airlock start {name}"))
-        })?;
-    if tty && !std::io::stdin().is_terminal() {
-        return Err(CliError::usage("-t needs a terminal on stdin"));
-    }
-    let env = env.iter().map(|kv| match kv.split_once('=') {
-        Some((k, v)) => (k.to_string(), v.to_string()),
-        None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
-    });
-    let req = ExecRequest {
-        argv,
-        env: env.collect(),
-        cwd: workdir,
-        tty,
-        forward_stdin: interactive || tty || !std::io::stdin().is_terminal(),
-        with_secrets,
-    };
-    Ok(exec::exec(dir, &plan, &req)?.exit_code())
-}
-
-pub fn exec_cmd(a: ExecArgs) -> CliResult<i32> {
-    let o = a.opts;
-    exec_in(
-        &a.name,
-        a.cmd,
-        &o.env,
-        o.workdir,
-        o.tty,
-        o.interactive,
-        o.secrets,
-    )
-}
-
-pub fn shell(name: &str) -> CliResult<i32> {
-    let tty = std::io::stdin().is_terminal();
-    exec_in(
-        name,
-        vec!["/bin/sh".into(), "-l".into()],
-        &[],
-        None,
-        tty,
-        true,
-        false,
-    )
-}
-
-/// `airlock engine serve`: the engine process.
-pub fn engine_serve() -> CliResult<i32> {
-    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    let backend = Arc::new(SupervisorBackend { exe });
-    airlock_engine::api::run(&paths::socket_path(), &paths::state_dir(), backend)
-        .map_err(|e| CliError::new(exit::BACKEND_UNAVAILABLE, e))?;
-    Ok(0)
-}
-
-/// `DIR/home`, created once and owned by the sandbox user as the host sees it.
-fn persistent_home(dir: &Path, spec: &airlock_model::spec::RunSpec) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let home = dir.join("home");
-    match std::fs::create_dir(&home) {
-        Ok(()) => {
-            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
-            if let Some(id) = rootful_owner(spec) {
-                nix::unistd::chown(
-                    &home,
-                    Some(nix::unistd::Uid::from_raw(id)),
-                    Some(nix::unistd::Gid::from_raw(id)),
-                )?;
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    Ok(home)
-}
-
-/// The unique id of the sandbox in `dir` (`DIR/id`, written by the engine at create and
-/// start); a folder without one (driven by `__supervise` directly) gets a fresh one.
-pub fn folder_id(dir: &Path) -> CliResult<String> {
-    if let Some(id) = airlock_engine::engine::read_id(dir) {
-        return Ok(id);
-    }
-    let fail = |e: std::io::Error| {
-        CliError::new(
-            exit::SANDBOX_FAILED,
-            anyhow::anyhow!("write {}/id: {e}", dir.display()),
-        )
-    };
-    let id = format!(
-        "{}{}",
-        airlock_sandbox::container::rundir::random_id().map_err(fail)?,
-        airlock_sandbox::container::rundir::random_id().map_err(fail)?
-    );
-    airlock_engine::engine::write_atomic(&dir.join(airlock_engine::engine::ID_FILE), id.as_bytes())
-        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    Ok(id)
-}
-
-/// `airlock __supervise --dir DIR` for a created sandbox: its spec is DIR/spec.json.
-pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
-    // First, the secret values the engine passes on stdin (JSON [[name, value], …]).
-    let secrets: Vec<(String, String)> = {
-        use std::io::Read;
-        let mut buf = Vec::new();
-        let _ = std::io::stdin().take(16 << 20).read_to_end(&mut buf);
-        if buf.is_empty() {
-            Vec::new()
-        } else {
-            serde_json::from_slice(&buf).map_err(|e| {
-                CliError::new(
-                    exit::SANDBOX_FAILED,
-                    anyhow::anyhow!("secrets from the engine: {e}"),
-                )
-            })?
-        }
-    };
-    let Some(_lock) =
-        backend::take_lock(dir).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
-    else {
-        return Err(CliError::new(
-            exit::CONFLICT,
-            anyhow::anyhow!("another supervisor runs {}", dir.display()),
-        ));
-    };
-    std::fs::write(
-        dir.join(backend::SUPERVISOR_PID),
-        std::process::id().to_string(),
-    )
-    .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    let instance_id = folder_id(dir)?;
-    let spec: airlock_model::spec::RunSpec = std::fs::read(dir.join("spec.json"))
-        .map_err(anyhow::Error::from)
-        .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
-        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    let mut spec = spec;
-    if let Some(missing) = spec
-        .secrets
-        .keys()
-        .find(|k| !secrets.iter().any(|(n, _)| n == *k))
-    {
-        return Err(CliError::new(
-            exit::USAGE,
-            anyhow::anyhow!("secret {missing} was not provided for this start"),
-        )
-        .hint("start it with `airlock start` from a shell where its source is available"));
-    }
-    if spec.workspace == airlock_model::policy::WorkspaceMode::Clone {
-        spec.workspace_dir = Some(dir.join(crate::work::clone::WORKSPACE_DIR));
-    }
-    spec.home_dir = Some(persistent_home(dir, &spec).map_err(|e| {
-        CliError::new(
-            exit::SANDBOX_FAILED,
-            anyhow::anyhow!("prepare the sandbox's home: {e}"),
-        )
-    })?);
-    let mut hooks = crate::cmd::run::Hooks::default();
-    let mut agent_host = None;
-    if let Some(h) = spec.agent.clone() {
-        // The runner and `report` come from this binary, mounted read-only inside.
-        let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-        spec.binds.extend(crate::agent::tool_binds(&exe));
-        let path = spec
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone());
-        spec.env.retain(|(k, _)| k != "PATH");
-        spec.env.push((
-            "PATH".into(),
-            crate::agent::path_with_tools(path.as_deref()),
-        ));
-        let grace = spec
-            .agent_grace
-            .unwrap_or(airlock_model::config::DEFAULT_AGENT_GRACE);
-        let host = crate::agent::host::Host::new(dir, h, grace, exe).map_err(|e| {
-            CliError::new(
-                exit::SANDBOX_FAILED,
-                anyhow::anyhow!("prepare the agent journal: {e}"),
-            )
-        })?;
-        hooks.on_egress = Some(host.egress_callback());
-        agent_host = Some(host);
-    }
-    let start_agent = || {
-        if let Some(h) = &agent_host {
-            h.start();
-        }
-    };
-    if agent_host.is_some() {
-        hooks.on_ready = Some(&start_agent);
-    }
-    let built = crate::cmd::run::Built {
-        spec,
-        timeout: None,
-        forward_stdin: false,
-        workspace: Default::default(),
-        secrets: Some(secrets),
-        instance_id: Some(instance_id),
-    };
-    let code = crate::cmd::run::launch(
-        &built,
-        false,
-        None,
-        Some(&dir.join("net.jsonl")),
-        Some(dir),
-        &hooks,
-    );
-    let _ = std::fs::remove_file(dir.join(crate::agent::AGENT_SOCKET));
-    let _ = std::fs::remove_file(dir.join(backend::SUPERVISOR_PID));
-    code
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_from_directories() {
-        assert_eq!(
-            name_from_dir(Path::new("/home/u/My_Project")),
-            Some("my-project".into())
-        );
-        assert_eq!(name_from_dir(Path::new("/x/--a..b--")), Some("a-b".into()));
-        assert_eq!(name_from_dir(Path::new("/")), None);
-        assert_eq!(name_from_dir(Path::new("/x/___")), None);
-        assert_eq!(
-            name_from_dir(Path::new(&format!("/x/{}", "a".repeat(80)))).map(|n| n.len()),
-            Some(63)
-        );
-    }
 }

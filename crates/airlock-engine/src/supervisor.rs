@@ -2,7 +2,7 @@
 //! (`airlock __supervise --dir DIR`), detached from the engine, holding `DIR/lock` while alive.
 //! Killing the engine never touches a sandbox; the next engine probes the locks to reconcile.
 
-use airlock_engine::backend::{Backend, BackendError, Liveness, Secrets, Started, Stats};
+use crate::backend::{Backend, BackendError, Liveness, Secrets, Started, Stats};
 use airlock_sandbox::cgroup::{leaf_name, remove_cgroup_dir, Layout};
 use airlock_sandbox::container::exec;
 use nix::fcntl::{Flock, FlockArg};
@@ -67,7 +67,7 @@ fn wait_until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
 
 /// The sandbox's cgroup leaf (`NAME.ID`), from the id in its folder.
 fn cgroup_leaf(name: &str, dir: &Path) -> Option<String> {
-    airlock_engine::engine::read_id(dir).map(|id| leaf_name(name, &id))
+    crate::engine::read_id(dir).map(|id| leaf_name(name, &id))
 }
 
 fn cgroup_dirs(name: &str, dir: &Path) -> Vec<PathBuf> {
@@ -109,7 +109,7 @@ impl Backend for SupervisorBackend {
             .map_err(|e| BackendError::Failed(e.to_string()))?;
         let _ = fs::remove_file(dir.join(airlock_sandbox::container::PID1_FILE));
         let mut cmd = Command::new(&self.exe);
-        cmd.env_clear().envs(airlock_engine::client::daemon_env());
+        cmd.env_clear().envs(crate::client::daemon_env());
         cmd.arg("__supervise")
             .arg("--dir")
             .arg(dir)
@@ -178,6 +178,15 @@ impl Backend for SupervisorBackend {
         }
     }
 
+    fn prepare(&self, name: &str, dir: &Path, spec_json: &str) -> Result<(), BackendError> {
+        // A spec that is not a RunSpec (an API client's partial one) needs nothing made here;
+        // `start` refuses it with its own message.
+        let Ok(spec) = serde_json::from_str::<airlock_model::spec::RunSpec>(spec_json) else {
+            return Ok(());
+        };
+        airlock_work::prepare::prepare(dir, name, &spec).map_err(BackendError::Failed)
+    }
+
     fn probe(&self, _name: &str, dir: &Path) -> Liveness {
         if locked(dir) {
             return Liveness::Running {
@@ -215,7 +224,7 @@ impl Backend for SupervisorBackend {
             Layout::detect().reclaim(&leaf);
         }
         // Its control socket and agent socket lead nowhere now.
-        for f in [exec::CONTROL_SOCKET, crate::agent::AGENT_SOCKET] {
+        for f in [exec::CONTROL_SOCKET, airlock_agent::AGENT_SOCKET] {
             let _ = fs::remove_file(dir.join(f));
         }
     }
@@ -229,20 +238,20 @@ impl Backend for SupervisorBackend {
             if let Some(v) = read_u64(&d.join("memory.current"))
                 .or_else(|| read_u64(&d.join("memory.usage_in_bytes")))
             {
-                s.memory_bytes = v;
+                s.memory_bytes = Some(v);
             }
             if let Some(v) = read_u64(&d.join("pids.current")) {
-                s.pids = v;
+                s.pids = Some(v);
             }
             if let Some(v) = read_u64(&d.join("cpuacct.usage")) {
-                s.cpu_usec = v / 1000;
+                s.cpu_usec = Some(v / 1000);
             } else if let Ok(stat) = fs::read_to_string(d.join("cpu.stat")) {
                 if let Some(v) = stat
                     .lines()
                     .find_map(|l| l.strip_prefix("usage_usec "))
                     .and_then(|v| v.trim().parse().ok())
                 {
-                    s.cpu_usec = v;
+                    s.cpu_usec = Some(v);
                 }
             }
         }
