@@ -2,6 +2,9 @@
 //! it, and that it is true — schemathesis (a property-based API tester, from PyPI) generates
 //! requests from it against a live engine and checks every answer against it.
 //!
+//! The engine under test is the real server and engine over the recording fake backend (as in
+//! tests/api.rs): what is proved is the API layer, and fuzzed specs start nothing on the host.
+//!
 //! The tester lives in a venv made by `.ci/install-api-tester` (target/api-tester, or
 //! `$AIRLOCK_API_TESTER`); without it these tests fail, they do not skip.
 
@@ -143,6 +146,30 @@ fn the_document_lists_every_route_with_its_answers() {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     assert_eq!(operations(&doc), expected);
+    // Stable operation ids, for SDK generators.
+    let mut ids: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("item") {
+            let id = operation["operationId"].as_str().expect("operationId");
+            ids.push((id.to_owned(), format!("{} {path}", method.to_uppercase())));
+        }
+    }
+    ids.sort();
+    let ids: Vec<(&str, &str)> = ids.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(
+        ids,
+        [
+            ("create_sandbox", "POST /v1/sandboxes"),
+            ("gc", "POST /v1/gc"),
+            ("get_sandbox", "GET /v1/sandboxes/{name}"),
+            ("health", "GET /v1/health"),
+            ("list_sandboxes", "GET /v1/sandboxes"),
+            ("openapi", "GET /v1/openapi.json"),
+            ("remove_sandbox", "DELETE /v1/sandboxes/{name}"),
+            ("start_sandbox", "POST /v1/sandboxes/{name}/start"),
+            ("stop_sandbox", "POST /v1/sandboxes/{name}/stop"),
+        ]
+    );
     // Every error answer is the one error body.
     for item in doc["paths"].as_object().expect("paths").values() {
         for operation in item.as_object().expect("item").values() {

@@ -172,7 +172,7 @@ where
 }
 
 /// Is the engine there?
-#[utoipa::path(get, path = "/v1/health", tag = "engine",
+#[utoipa::path(get, operation_id = "health", path = "/v1/health", tag = "engine",
     responses((status = 200, description = "The engine answers", body = Health)))]
 async fn health() -> Json<Health> {
     Json(Health {
@@ -182,7 +182,7 @@ async fn health() -> Json<Health> {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "engine",
+#[utoipa::path(get, operation_id = "openapi", path = "/v1/openapi.json", tag = "engine",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API",
                body = Object, content_type = "application/json")))]
 async fn openapi_document(axum::Extension(doc): axum::Extension<Document>) -> Json<Value> {
@@ -190,7 +190,7 @@ async fn openapi_document(axum::Extension(doc): axum::Extension<Document>) -> Js
 }
 
 /// Every sandbox, ordered by name.
-#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes",
+#[utoipa::path(get, operation_id = "list_sandboxes", path = "/v1/sandboxes", tag = "sandboxes",
     responses((status = 200, description = "Every sandbox, ordered by name", body = [Record])))]
 async fn list(State(engine): State<Shared>) -> Result<Json<Vec<Record>>, ApiError> {
     blocking(move || engine.list()).await.map(Json)
@@ -198,7 +198,7 @@ async fn list(State(engine): State<Shared>) -> Result<Json<Vec<Record>>, ApiErro
 
 /// Records a sandbox and makes its folder; it ends `stopped`. If anything fails, neither
 /// record nor folder remains.
-#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes",
+#[utoipa::path(post, operation_id = "create_sandbox", path = "/v1/sandboxes", tag = "sandboxes",
     request_body = CreateRequest,
     responses(
         (status = 201, description = "Created, `stopped`", body = Record),
@@ -221,7 +221,7 @@ async fn create(
 }
 
 /// One sandbox with its uptime and live resource use.
-#[utoipa::path(get, path = "/v1/sandboxes/{name}", tag = "sandboxes",
+#[utoipa::path(get, operation_id = "get_sandbox", path = "/v1/sandboxes/{name}", tag = "sandboxes",
     params(NameParam),
     responses(
         (status = 200, description = "The sandbox", body = Status),
@@ -237,7 +237,7 @@ async fn status(
 
 /// Starts a `stopped` or `failed` sandbox; it ends `running`, or `failed` with the error as
 /// `last_error`.
-#[utoipa::path(post, path = "/v1/sandboxes/{name}/start", tag = "sandboxes",
+#[utoipa::path(post, operation_id = "start_sandbox", path = "/v1/sandboxes/{name}/start", tag = "sandboxes",
     params(NameParam),
     request_body(content = Option<StartRequest>, description = "Optional"),
     responses(
@@ -266,7 +266,7 @@ async fn start(
 }
 
 /// Stops a sandbox: asks, waits `grace_ms`, kills; it ends `stopped`.
-#[utoipa::path(post, path = "/v1/sandboxes/{name}/stop", tag = "sandboxes",
+#[utoipa::path(post, operation_id = "stop_sandbox", path = "/v1/sandboxes/{name}/stop", tag = "sandboxes",
     params(NameParam),
     request_body(content = Option<StopRequest>, description = "Optional"),
     responses(
@@ -296,7 +296,7 @@ async fn stop(
 }
 
 /// Removes a sandbox: its processes, what the backend holds, its folder, its record.
-#[utoipa::path(delete, path = "/v1/sandboxes/{name}", tag = "sandboxes",
+#[utoipa::path(delete, operation_id = "remove_sandbox", path = "/v1/sandboxes/{name}", tag = "sandboxes",
     params(NameParam, ForceParam),
     responses(
         (status = 200, description = "Removed", body = Removed),
@@ -320,7 +320,7 @@ async fn remove(
 }
 
 /// Reconcile (also run at every engine start): makes the records match what runs.
-#[utoipa::path(post, path = "/v1/gc", tag = "engine",
+#[utoipa::path(post, operation_id = "gc", path = "/v1/gc", tag = "engine",
     responses((status = 200, description = "What changed", body = ReconcileReport)))]
 async fn gc(State(engine): State<Shared>) -> Result<Json<ReconcileReport>, ApiError> {
     blocking(move || engine.reconcile()).await.map(Json)
