@@ -622,3 +622,115 @@ fn a_trailing_slash_names_the_same_route() {
     );
     assert_eq!((status, value["removed"].as_bool()), (200, Some(true)));
 }
+
+/// hyper answers heads it refuses with a bare 400; the transport's own head check must refuse
+/// them first, so every answer has the JSON error body.
+#[test]
+fn odd_request_heads_are_answered_in_the_error_shape() {
+    let server = Server::start();
+    let cases: &[(&[u8], u16)] = &[
+        (
+            b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}",
+            400,
+        ),
+        (
+            b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: 0x2\r\n\r\n{}",
+            400,
+        ),
+        (
+            b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            400,
+        ),
+        (
+            b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n{}",
+            400,
+        ),
+        (
+            b"GET /v1/health HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+            400,
+        ),
+        (b"GET /v1/health HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
+        (b"GET /v1/health HTTP/2.0\r\n\r\n", 400),
+        (b"GET /v1/health\r\n\r\n", 400),
+        (b"GET v1/health HTTP/1.1\r\n\r\n", 400),
+        (b"GET /v1/he alth HTTP/1.1\r\n\r\n", 400),
+        (b"\r\n\r\n", 400),
+        (b"GET /v1/health HTTP/1.0\r\n\r\n", 200),
+        (b"GET http://airlock/v1/health HTTP/1.1\r\n\r\n", 200),
+        (
+            b"GET /v1/health HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            200,
+        ),
+        (b"GET /v1/health?x=%ZZ HTTP/1.1\r\n\r\n", 200),
+    ];
+    for (request, expected) in cases {
+        let (status, value) = raw(&server.socket, request);
+        assert_eq!(
+            status,
+            *expected,
+            "{:?}: {value}",
+            String::from_utf8_lossy(request)
+        );
+        if status != 200 {
+            assert!(
+                value["error"].is_string() && value["kind"].is_string(),
+                "{:?}: {value}",
+                String::from_utf8_lossy(request)
+            );
+        } else {
+            assert_eq!(value["ok"], true);
+        }
+    }
+}
+
+/// Random byte-level mutations of valid requests: whatever hyper or the router make of them,
+/// the answer is HTTP with a JSON body (an error body for every error), never a bare status or
+/// silence.
+#[test]
+fn mutated_requests_are_always_answered_in_json() {
+    let server = Server::start();
+    let seeds: [&[u8]; 4] = [
+        b"POST /v1/sandboxes HTTP/1.1\r\nHost: a\r\nContent-Length: 26\r\n\r\n{\"name\":\"m\",\"spec\":{\"a\":1}}",
+        b"POST /v1/sandboxes/m/stop HTTP/1.1\r\nContent-Length: 16\r\n\r\n{\"grace_ms\":100}",
+        b"DELETE /v1/sandboxes/m?force=true HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /v1/sandboxes/m HTTP/1.1\r\nAccept: */*\r\n\r\n",
+    ];
+    let alphabet = b" \r\n:/?%&=\t\0\x7f\xffaZ09-{}\"";
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..1500 {
+        let mut request = seeds[round % seeds.len()].to_vec();
+        for _ in 0..1 + next() % 3 {
+            let at = (next() as usize) % (request.len() + 1);
+            match next() % 3 {
+                0 if at < request.len() => {
+                    request.remove(at);
+                }
+                1 if at < request.len() => {
+                    request[at] = alphabet[(next() as usize) % alphabet.len()];
+                }
+                _ => request.insert(at, alphabet[(next() as usize) % alphabet.len()]),
+            }
+        }
+        let (status, value) = raw(&server.socket, &request);
+        assert!(
+            (200..600).contains(&status),
+            "{:?}: {status}",
+            String::from_utf8_lossy(&request)
+        );
+        if status >= 400 {
+            assert!(
+                value["error"].is_string() && value["kind"].is_string(),
+                "{:?}: {status} {value}",
+                String::from_utf8_lossy(&request)
+            );
+        } else {
+            assert!(!value.is_null(), "{:?}", String::from_utf8_lossy(&request));
+        }
+    }
+}
