@@ -372,3 +372,83 @@ fn collect_labels(value: &Value, out: &mut std::collections::BTreeSet<String>) {
         _ => {}
     }
 }
+
+/// The document's name pattern (request body, path parameter, Record) is the engine's own rule
+/// (`validate_name`), checked over edge cases and random strings with Python's regex engine.
+#[test]
+fn the_name_pattern_is_the_engines_rule() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    let mut patterns = vec![
+        schemas["CreateRequest"]["properties"]["name"]["pattern"].clone(),
+        schemas["Record"]["properties"]["name"]["pattern"].clone(),
+    ];
+    for item in doc["paths"].as_object().expect("paths").values() {
+        for operation in item.as_object().expect("item").values() {
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                if parameter["name"] == "name" {
+                    patterns.push(parameter["schema"]["pattern"].clone());
+                }
+            }
+        }
+    }
+    assert_eq!(patterns.len(), 2 + 4, "{patterns:?}");
+    for pattern in &patterns {
+        assert_eq!(pattern, api::routes::NAME_PATTERN);
+    }
+    let mut names: Vec<String> = [
+        "", "a", "-", "a-", "-a", "a-b", "a--b", "web", "Web", "a_b", "a.b", "..", "0", "9-9",
+        "a\n", "\na", "a b", "é",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "x".repeat(63),
+        "x".repeat(64),
+        format!("a{}b", "-".repeat(61)),
+    ])
+    .collect();
+    let alphabet: Vec<char> = "ab09-A_.\n".chars().collect();
+    let mut state: u64 = 42;
+    for _ in 0..2000 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let len = (state >> 33) as usize % 70;
+        let name: String = (0..len)
+            .map(|i| {
+                let r = state.rotate_left(i as u32 * 7) as usize;
+                alphabet[r % alphabet.len()]
+            })
+            .collect();
+        names.push(name);
+    }
+    let expected: Vec<bool> = names
+        .iter()
+        .map(|n| airlock_model::spec::validate_name(n).is_ok())
+        .collect();
+    let venv = tester();
+    let out = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import json, re, sys; p, names = json.load(sys.stdin); \
+             print(json.dumps([re.fullmatch(p, n) is not None for n in names]))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            let input = serde_json::to_vec(&(api::routes::NAME_PATTERN, &names))?;
+            child.stdin.take().expect("stdin").write_all(&input)?;
+            child.wait_with_output()
+        })
+        .expect("run python");
+    let matched: Vec<bool> = serde_json::from_slice(&out.stdout).expect("python's answer");
+    for ((name, want), got) in names.iter().zip(&expected).zip(&matched) {
+        assert_eq!(
+            want, got,
+            "{name:?}: engine says {want}, pattern says {got}"
+        );
+    }
+    assert!(expected.iter().filter(|ok| **ok).count() > 10);
+}

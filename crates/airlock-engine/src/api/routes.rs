@@ -28,7 +28,8 @@ use crate::store::Record;
 
 type Shared = Arc<Engine>;
 
-/// A sandbox name, as the engine checks it (`airlock_model::spec::validate_name`).
+/// A sandbox name, as the engine checks it (`airlock_model::spec::validate_name`). The schema
+/// attributes below spell it out (they take literals only); a test holds them all to this.
 pub const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 
 /// `GET /v1/health`.
