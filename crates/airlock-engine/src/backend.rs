@@ -34,7 +34,17 @@ pub enum Liveness {
 
 /// Live resource use, read from the sandbox's cgroup: None (JSON null) where it cannot be read
 /// (a sandbox without limits has no cgroup; a host without a controller).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct Stats {
     pub memory_bytes: Option<u64>,
     pub pids: Option<u64>,

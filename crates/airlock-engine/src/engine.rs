@@ -178,7 +178,7 @@ impl EngineError {
 }
 
 /// `status`: the record plus what is live about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     #[serde(flatten)]
     pub record: Record,
@@ -189,7 +189,7 @@ pub struct Status {
 }
 
 /// What reconcile changed, one entry per sandbox it touched.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReconcileReport {
     pub changes: Vec<Change>,
     /// Folders under `sandboxes/` that no record owned, deleted.
@@ -198,7 +198,8 @@ pub struct ReconcileReport {
     pub errors: Vec<Change>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One sandbox reconcile touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Change {
     pub name: String,
     pub from: S,

@@ -130,12 +130,16 @@ fn list_states(states: &[SandboxState]) -> String {
 
 /// One named sandbox as the store knows it. This is the shape `list --json` and
 /// `status --json` build on. Times are Unix seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Record {
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", examples("web"))]
     pub name: String,
+    /// Unique among every sandbox ever made here (names are reused, ids are not).
+    #[schema(pattern = "^[0-9a-f]{32}$")]
     pub id: String,
     pub state: SandboxState,
     /// The spec it was created from, as given to [`Store::create`].
+    #[schema(value_type = Object)]
     pub spec: serde_json::Value,
     pub backend: Option<String>,
     pub image: Option<String>,

@@ -371,3 +371,366 @@ fn connect_or_start_uses_a_running_engine() {
     .expect("connect");
     client.ping().expect("ping");
 }
+
+/// Found by schemathesis: a `grace_ms` past what a deadline can hold (the backend adds it to
+/// `Instant::now()`, which panics on overflow) is refused before anything is stopped.
+#[test]
+fn a_grace_too_long_for_the_clock_is_refused() {
+    let server = Server::start();
+    let client = server.client();
+    client.create("long", &json!({})).expect("create");
+    client.start("long").expect("start");
+    for grace in [
+        json!(9_223_372_036_854_775_808u64),
+        json!(u64::MAX),
+        json!(1_000_000_000_001u64),
+    ] {
+        let (status, value) = client
+            .request(
+                "POST",
+                "/v1/sandboxes/long/stop",
+                Some(&json!({ "grace_ms": grace })),
+            )
+            .expect("request");
+        assert_eq!(
+            (status, value["kind"].as_str()),
+            (400, Some("bad_request")),
+            "{value}"
+        );
+    }
+    assert_eq!(
+        client.status("long").expect("status").record.state,
+        S::Running
+    );
+    // The longest one `airlock stop --grace` can give is fine.
+    let (status, value) = client
+        .request(
+            "POST",
+            "/v1/sandboxes/long/stop",
+            Some(&json!({ "grace_ms": 1_000_000_000_000u64 })),
+        )
+        .expect("request");
+    assert_eq!(
+        (status, value["state"].as_str()),
+        (200, Some("stopped")),
+        "{value}"
+    );
+}
+
+/// A `null` body is no body (the document allows it for start and stop).
+#[test]
+fn a_null_body_is_no_body() {
+    let server = Server::start();
+    let client = server.client();
+    client.create("nul", &json!({})).expect("create");
+    let (status, value) = client
+        .request("POST", "/v1/sandboxes/nul/start", Some(&Value::Null))
+        .expect("request");
+    assert_eq!(
+        (status, value["state"].as_str()),
+        (200, Some("running")),
+        "{value}"
+    );
+    let (status, value) = client
+        .request("POST", "/v1/sandboxes/nul/stop", Some(&Value::Null))
+        .expect("request");
+    assert_eq!(
+        (status, value["state"].as_str()),
+        (200, Some("stopped")),
+        "{value}"
+    );
+    // create needs its body.
+    let (status, _) = client
+        .request("POST", "/v1/sandboxes", Some(&Value::Null))
+        .expect("request");
+    assert_eq!(status, 400);
+}
+
+/// Found by schemathesis: JSON Schema counts `1500.0` as an integer, so the server does too;
+/// fractions and negatives stay refused.
+#[test]
+fn grace_ms_is_an_integer_as_json_schema_counts_them() {
+    let server = Server::start();
+    let client = server.client();
+    client.create("whole", &json!({})).expect("create");
+    client.start("whole").expect("start");
+    for bad in [
+        json!(1.5),
+        json!(-1),
+        json!(-1.0),
+        json!("10"),
+        json!(1e300),
+    ] {
+        let (status, value) = client
+            .request(
+                "POST",
+                "/v1/sandboxes/whole/stop",
+                Some(&json!({ "grace_ms": bad })),
+            )
+            .expect("request");
+        assert_eq!(status, 400, "{bad}: {value}");
+    }
+    let (status, value) = client
+        .request(
+            "POST",
+            "/v1/sandboxes/whole/stop",
+            Some(&json!({ "grace_ms": 1500.0 })),
+        )
+        .expect("request");
+    assert_eq!(
+        (status, value["state"].as_str()),
+        (200, Some("stopped")),
+        "{value}"
+    );
+    assert!(server
+        .fake
+        .calls()
+        .contains(&airlock_engine::backend::Call::Stop(
+            "whole".into(),
+            Duration::from_millis(1500)
+        )));
+}
+
+fn start_with_limits(limits: api::Limits) -> Server {
+    let dir = TempDir::new("api-limits");
+    let fake = Arc::new(FakeBackend::new());
+    let engine = Arc::new(Engine::open(&dir.path().join("state"), fake.clone()).expect("engine"));
+    let socket = dir.path().join("run").join("engine.sock");
+    let listener = api::bind(&socket).expect("bind");
+    std::thread::spawn(move || api::serve_with(engine, listener, limits));
+    Server { dir, socket, fake }
+}
+
+/// Reads what the server sends until it closes, failing the test if it does not within 5 s.
+fn read_until_closed(stream: &mut UnixStream) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    stream
+        .read_to_end(&mut out)
+        .expect("the server closes the connection");
+    out
+}
+
+#[test]
+fn connections_over_the_cap_are_told_busy_and_a_freed_slot_serves_again() {
+    let server = start_with_limits(api::Limits {
+        max_connections: 2,
+        ..api::Limits::default()
+    });
+    let held: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&server.socket).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, value) = raw(&server.socket, b"GET /v1/health HTTP/1.1\r\n\r\n");
+    assert_eq!(
+        (status, value["kind"].as_str()),
+        (503, Some("busy")),
+        "{value}"
+    );
+    assert_eq!(value["hint"], "retry");
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = raw(&server.socket, b"GET /v1/health HTTP/1.1\r\n\r\n");
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still busy: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_client_that_sends_nothing_or_too_slowly_gets_408_and_is_closed() {
+    let server = start_with_limits(api::Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..api::Limits::default()
+    });
+    let partial: [&[u8]; 3] = [
+        b"",
+        b"GET /v1/hea",
+        // The head is whole, the body never comes.
+        b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: 10\r\n\r\n{\"a",
+    ];
+    for sent in partial {
+        let started = std::time::Instant::now();
+        let mut stream = UnixStream::connect(&server.socket).expect("connect");
+        stream.write_all(sent).expect("write");
+        let out = read_until_closed(&mut stream);
+        let (status, value) = parse_response(&out).expect("an answer");
+        assert_eq!(
+            (status, value["kind"].as_str()),
+            (408, Some("timeout")),
+            "{}: {value}",
+            String::from_utf8_lossy(sent)
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+    // Nothing was created.
+    assert!(server.client().list().expect("list").is_empty());
+}
+
+#[test]
+fn a_client_that_stops_reading_the_answer_is_dropped() {
+    let server = start_with_limits(api::Limits {
+        idle_timeout: Duration::from_millis(300),
+        max_connections: 1,
+        ..api::Limits::default()
+    });
+    // A list answer far larger than what the socket buffers hold.
+    let pad = "x".repeat(400_000);
+    for i in 0..5 {
+        server
+            .client()
+            .create(&format!("big-{i}"), &json!({ "pad": pad }))
+            .expect("create");
+    }
+    let mut stream = UnixStream::connect(&server.socket).expect("connect");
+    stream
+        .write_all(b"GET /v1/sandboxes HTTP/1.1\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = read_until_closed(&mut stream);
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &out[..out.len().min(40)]
+    );
+    assert!(
+        out.len() < 2_000_000,
+        "got the whole answer ({} bytes)",
+        out.len()
+    );
+    assert!(parse_response(&out).is_err(), "a cut-off answer parses");
+    // Its slot is free again (the cap is 1).
+    assert_eq!(server.client().list().expect("list").len(), 5);
+}
+
+#[test]
+fn a_trailing_slash_names_the_same_route() {
+    let server = Server::start();
+    server.client().create("slash", &json!({})).expect("create");
+    let (status, value) = raw(&server.socket, b"GET /v1/sandboxes/ HTTP/1.1\r\n\r\n");
+    assert_eq!((status, value[0]["name"].as_str()), (200, Some("slash")));
+    let (status, value) = raw(&server.socket, b"GET /v1/sandboxes/slash/ HTTP/1.1\r\n\r\n");
+    assert_eq!((status, value["name"].as_str()), (200, Some("slash")));
+    let (status, value) = raw(
+        &server.socket,
+        b"DELETE /v1/sandboxes/slash/?force=true HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!((status, value["removed"].as_bool()), (200, Some(true)));
+}
+
+/// hyper answers heads it refuses with a bare 400; the transport's own head check must refuse
+/// them first, so every answer has the JSON error body.
+#[test]
+fn odd_request_heads_are_answered_in_the_error_shape() {
+    let server = Server::start();
+    let cases: &[(&[u8], u16)] = &[
+        (
+            b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}",
+            400,
+        ),
+        (
+            b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: 0x2\r\n\r\n{}",
+            400,
+        ),
+        (
+            b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            400,
+        ),
+        (
+            b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n{}",
+            400,
+        ),
+        (
+            b"GET /v1/health HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+            400,
+        ),
+        (b"GET /v1/health HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
+        (b"GET /v1/health HTTP/2.0\r\n\r\n", 400),
+        (b"GET /v1/health\r\n\r\n", 400),
+        (b"GET v1/health HTTP/1.1\r\n\r\n", 400),
+        (b"GET /v1/he alth HTTP/1.1\r\n\r\n", 400),
+        (b"\r\n\r\n", 400),
+        (b"GET /v1/health HTTP/1.0\r\n\r\n", 200),
+        (b"GET http://airlock/v1/health HTTP/1.1\r\n\r\n", 200),
+        (
+            b"GET /v1/health HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            200,
+        ),
+        (b"GET /v1/health?x=%ZZ HTTP/1.1\r\n\r\n", 200),
+    ];
+    for (request, expected) in cases {
+        let (status, value) = raw(&server.socket, request);
+        assert_eq!(
+            status,
+            *expected,
+            "{:?}: {value}",
+            String::from_utf8_lossy(request)
+        );
+        if status != 200 {
+            assert!(
+                value["error"].is_string() && value["kind"].is_string(),
+                "{:?}: {value}",
+                String::from_utf8_lossy(request)
+            );
+        } else {
+            assert_eq!(value["ok"], true);
+        }
+    }
+}
+
+/// Random byte-level mutations of valid requests: whatever hyper or the router make of them,
+/// the answer is HTTP with a JSON body (an error body for every error), never a bare status or
+/// silence.
+#[test]
+fn mutated_requests_are_always_answered_in_json() {
+    let server = Server::start();
+    let seeds: [&[u8]; 4] = [
+        b"POST /v1/sandboxes HTTP/1.1\r\nHost: a\r\nContent-Length: 26\r\n\r\n{\"name\":\"m\",\"spec\":{\"a\":1}}",
+        b"POST /v1/sandboxes/m/stop HTTP/1.1\r\nContent-Length: 16\r\n\r\n{\"grace_ms\":100}",
+        b"DELETE /v1/sandboxes/m?force=true HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /v1/sandboxes/m HTTP/1.1\r\nAccept: */*\r\n\r\n",
+    ];
+    let alphabet = b" \r\n:/?%&=\t\0\x7f\xffaZ09-{}\"";
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..1500 {
+        let mut request = seeds[round % seeds.len()].to_vec();
+        for _ in 0..1 + next() % 3 {
+            let at = (next() as usize) % (request.len() + 1);
+            match next() % 3 {
+                0 if at < request.len() => {
+                    request.remove(at);
+                }
+                1 if at < request.len() => {
+                    request[at] = alphabet[(next() as usize) % alphabet.len()];
+                }
+                _ => request.insert(at, alphabet[(next() as usize) % alphabet.len()]),
+            }
+        }
+        let (status, value) = raw(&server.socket, &request);
+        assert!(
+            (200..600).contains(&status),
+            "{:?}: {status}",
+            String::from_utf8_lossy(&request)
+        );
+        if status >= 400 {
+            assert!(
+                value["error"].is_string() && value["kind"].is_string(),
+                "{:?}: {status} {value}",
+                String::from_utf8_lossy(&request)
+            );
+        } else {
+            assert!(!value.is_null(), "{:?}", String::from_utf8_lossy(&request));
+        }
+    }
+}

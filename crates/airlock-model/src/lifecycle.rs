@@ -17,7 +17,19 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// Where a named sandbox is in its life. Stored as its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxState {
     /// Its record exists; its folder and filesystem are being prepared.

@@ -1,0 +1,504 @@
+//! The routes: one handler per operation, each with its OpenAPI description next to it.
+//!
+//! Adding a route: write the handler with `#[utoipa::path(...)]` (its request and response
+//! types derive `ToSchema`), run the blocking engine call through [`blocking`], and register it
+//! in [`router`] with `.routes(routes!(handler))`; the document picks it up from there.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::{RefOr, Response as OaResponse};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody};
+use crate::backend::{Secrets, Stats};
+use crate::engine::{Change, Engine, EngineError, ReconcileReport, Status};
+use crate::store::Record;
+
+type Shared = Arc<Engine>;
+
+/// A sandbox name, as the engine checks it (`airlock_model::spec::validate_name`). The schema
+/// attributes below spell it out (they take literals only); a test holds them all to this.
+pub const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `true`: the engine answers.
+    pub ok: bool,
+    /// The engine's process id.
+    pub pid: u32,
+}
+
+/// The body of `POST /v1/sandboxes`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateRequest {
+    /// The sandbox's name: 1-63 lowercase letters, digits and `-`, not starting or ending
+    /// with `-`.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", examples("web"))]
+    pub name: String,
+    /// The sandbox's spec (what `airlock create` resolves from its flags and config);
+    /// stored as given. Its string fields `backend`, `image` and `profile` are copied into
+    /// the record. Default `{}`.
+    #[serde(default)]
+    #[schema(value_type = Object, examples(json!({"image": "debian"})))]
+    pub spec: serde_json::Map<String, Value>,
+}
+
+/// The body of `POST /v1/sandboxes/{name}/start` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct StartRequest {
+    /// Values of the secrets the spec names, read by the client from its own environment.
+    /// They reach the sandbox in memory only: never stored, logged or echoed.
+    #[serde(default)]
+    pub secrets: Option<BTreeMap<String, String>>,
+}
+
+/// The longest stop grace period, in milliseconds (as `airlock stop --grace` allows).
+pub const MAX_GRACE_MS: u64 = 1_000_000_000_000;
+
+/// The body of `POST /v1/sandboxes/{name}/stop` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct StopRequest {
+    /// How long to wait after asking it to stop before killing it, in milliseconds
+    /// (default 10000).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(examples(10000), maximum = 1_000_000_000_000_u64)]
+    pub grace_ms: Option<u64>,
+}
+
+/// A non-negative integer as JSON Schema counts them: `2000.0` is one too.
+fn whole_number<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(de)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_u64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        // Exactly representable (below 2^53) and whole.
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => {
+            Ok(Some(f as u64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a non-negative integer, not {number}"
+        ))),
+    }
+}
+
+/// `DELETE /v1/sandboxes/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Removed {
+    pub name: String,
+    /// Always `true`.
+    pub removed: bool,
+}
+
+/// The OpenAPI document: its head here, its paths from the handlers registered in [`router`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "airlock engine API",
+        description = "The airlock engine's HTTP/1.1 + JSON API on its Unix socket. Only the \
+                       engine's own user may connect. docs/api.md is the guide.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    components(schemas(ErrorBody, Change, Stats)),
+    tags(
+        (name = "sandboxes", description = "Named sandboxes and their lifecycle"),
+        (name = "engine", description = "The engine itself"),
+    ),
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of the API (what `GET /v1/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    build().1
+}
+
+/// The router over `engine`, serving its own document.
+pub fn router(engine: Shared) -> axum::Router {
+    let (router, doc) = build();
+    let document = Document(Arc::new(serde_json::to_value(&doc).unwrap_or(Value::Null)));
+    router
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(document))
+        .with_state(engine)
+}
+
+/// The routes and their document, built together: every route is documented and every
+/// documented route exists.
+fn build() -> (axum::Router<Shared>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(openapi_document))
+        .routes(routes!(list, create))
+        .routes(routes!(status, remove))
+        .routes(routes!(start))
+        .routes(routes!(stop))
+        .routes(routes!(gc))
+        .split_for_parts();
+    CommonResponses::add_to(&mut doc);
+    (router, doc)
+}
+
+/// The served document, rendered once.
+#[derive(Clone)]
+struct Document(Arc<Value>);
+
+/// Runs a blocking engine operation (SQLite, spawning supervisors) on tokio's blocking pool.
+pub async fn blocking<T, F>(op: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, EngineError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(op).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(format!(
+            "the engine operation did not finish: {e}"
+        ))),
+    }
+}
+
+/// Is the engine there?
+#[utoipa::path(get, operation_id = "health", path = "/v1/health", tag = "engine",
+    responses((status = 200, description = "The engine answers", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        ok: true,
+        pid: std::process::id(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, operation_id = "openapi", path = "/v1/openapi.json", tag = "engine",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API",
+               body = Object, content_type = "application/json")))]
+async fn openapi_document(axum::Extension(doc): axum::Extension<Document>) -> Json<Value> {
+    Json(doc.0.as_ref().clone())
+}
+
+/// Every sandbox, ordered by name.
+#[utoipa::path(get, operation_id = "list_sandboxes", path = "/v1/sandboxes", tag = "sandboxes",
+    responses((status = 200, description = "Every sandbox, ordered by name", body = [Record])))]
+async fn list(State(engine): State<Shared>) -> Result<Json<Vec<Record>>, ApiError> {
+    blocking(move || engine.list()).await.map(Json)
+}
+
+/// Records a sandbox and makes its folder; it ends `stopped`. If anything fails, neither
+/// record nor folder remains.
+#[utoipa::path(post, operation_id = "create_sandbox", path = "/v1/sandboxes", tag = "sandboxes",
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Created, `stopped`", body = Record),
+        (status = 400, description = "`bad_request`, `invalid_name` or `bad_spec`", body = ErrorBody),
+        (status = 409, description = "`exists`: the name is in use", body = ErrorBody),
+        (status = 500, description = "`backend` (could not prepare it) or `internal`", body = ErrorBody),
+        (status = 503, description = "`backend`: it cannot work on this host; or `busy`", body = ErrorBody),
+    ))]
+async fn create(
+    State(engine): State<Shared>,
+    JsonBody(body): JsonBody<CreateRequest>,
+) -> Result<(StatusCode, Json<Record>), ApiError> {
+    let body = body.ok_or_else(|| {
+        ApiError::bad_request("expected a JSON object {\"name\": ..., \"spec\": {...}}")
+    })?;
+    let spec = Value::Object(body.spec).to_string();
+    blocking(move || engine.create(&body.name, &spec))
+        .await
+        .map(|record| (StatusCode::CREATED, Json(record)))
+}
+
+/// One sandbox with its uptime and live resource use.
+#[utoipa::path(get, operation_id = "get_sandbox", path = "/v1/sandboxes/{name}", tag = "sandboxes",
+    params(NameParam),
+    responses(
+        (status = 200, description = "The sandbox", body = Status),
+        (status = 400, description = "`invalid_name`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+async fn status(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+) -> Result<Json<Status>, ApiError> {
+    blocking(move || engine.status(&name)).await.map(Json)
+}
+
+/// Starts a `stopped` or `failed` sandbox; it ends `running`, or `failed` with the error as
+/// `last_error`.
+#[utoipa::path(post, operation_id = "start_sandbox", path = "/v1/sandboxes/{name}/start", tag = "sandboxes",
+    params(NameParam),
+    request_body(content = Option<StartRequest>, description = "Optional"),
+    responses(
+        (status = 200, description = "Started, `running`", body = Record),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`wrong_state` or `conflict`", body = ErrorBody),
+        (status = 500, description = "`backend` (it is left `failed`), `damaged` or `internal`", body = ErrorBody),
+        (status = 503, description = "`backend`: it cannot work on this host; or `busy`", body = ErrorBody),
+    ))]
+async fn start(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    JsonBody(body): JsonBody<StartRequest>,
+) -> Result<Json<Record>, ApiError> {
+    let secrets = Secrets(
+        body.unwrap_or_default()
+            .secrets
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    );
+    blocking(move || engine.start_with(&name, &secrets))
+        .await
+        .map(Json)
+}
+
+/// Stops a sandbox: asks, waits `grace_ms`, kills; it ends `stopped`.
+#[utoipa::path(post, operation_id = "stop_sandbox", path = "/v1/sandboxes/{name}/stop", tag = "sandboxes",
+    params(NameParam),
+    request_body(content = Option<StopRequest>, description = "Optional"),
+    responses(
+        (status = 200, description = "Stopped", body = Record),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`wrong_state` or `conflict`", body = ErrorBody),
+        (status = 500, description = "`backend` (it is left `failed` if it still runs) or `internal`", body = ErrorBody),
+        (status = 503, description = "`backend`: it cannot work on this host; or `busy`", body = ErrorBody),
+    ))]
+async fn stop(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    JsonBody(body): JsonBody<StopRequest>,
+) -> Result<Json<Record>, ApiError> {
+    let grace = match body.unwrap_or_default().grace_ms {
+        None => crate::engine::DEFAULT_GRACE,
+        // A deadline that far away overflows the clock (and would panic the backend).
+        Some(ms) if ms > MAX_GRACE_MS => {
+            return Err(ApiError::bad_request(format!(
+                "grace_ms must be at most {MAX_GRACE_MS}"
+            )))
+        }
+        Some(ms) => Duration::from_millis(ms),
+    };
+    blocking(move || engine.stop(&name, grace)).await.map(Json)
+}
+
+/// Removes a sandbox: its processes, what the backend holds, its folder, its record.
+#[utoipa::path(delete, operation_id = "remove_sandbox", path = "/v1/sandboxes/{name}", tag = "sandboxes",
+    params(NameParam, ForceParam),
+    responses(
+        (status = 200, description = "Removed", body = Removed),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`wrong_state` (it runs; use `force`) or `conflict`", body = ErrorBody),
+        (status = 500, description = "`backend` (it is left `removing`; retry with `force`) or `internal`", body = ErrorBody),
+        (status = 503, description = "`backend`: it cannot work on this host; or `busy`", body = ErrorBody),
+    ))]
+async fn remove(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    Force(force): Force,
+) -> Result<Json<Removed>, ApiError> {
+    let removed = name.clone();
+    blocking(move || engine.rm(&name, force)).await?;
+    Ok(Json(Removed {
+        name: removed,
+        removed: true,
+    }))
+}
+
+/// Reconcile (also run at every engine start): makes the records match what runs.
+#[utoipa::path(post, operation_id = "gc", path = "/v1/gc", tag = "engine",
+    responses((status = 200, description = "What changed", body = ReconcileReport)))]
+async fn gc(State(engine): State<Shared>) -> Result<Json<ReconcileReport>, ApiError> {
+    blocking(move || engine.reconcile()).await.map(Json)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        404,
+        "no_route",
+        format!("no route {method} {}", uri.path()),
+        Some("GET /v1/openapi.json lists the routes (docs/api.md)".into()),
+        airlock_model::exit::USAGE,
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        405,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+        Some("GET /v1/openapi.json lists the routes (docs/api.md)".into()),
+        airlock_model::exit::USAGE,
+    )
+}
+
+/// The `{name}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct NameParam {
+    /// The sandbox's name.
+    #[param(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", example = "web")]
+    name: String,
+}
+
+/// The `force` query parameter of `DELETE`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ForceParam {
+    /// Remove it in any state (the way out of a stuck one). Default `false`.
+    force: Option<bool>,
+}
+
+/// Extracts `{name}`; a path that does not decode is a 400 in our error shape.
+struct SandboxName(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SandboxName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| SandboxName(p.0))
+            .map_err(|e| ApiError::bad_request(format!("bad sandbox name in the path: {e}")))
+    }
+}
+
+/// `?force=true|false|1|0` (a bare `force` is `true`); absent is `false`.
+struct Force(bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for Force {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        query_flag(parts.uri.query(), "force").map(Force)
+    }
+}
+
+fn query_flag(query: Option<&str>, key: &str) -> Result<bool, ApiError> {
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        if k == key {
+            return match v {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(ApiError::bad_request(format!(
+                    "{key} must be true or false"
+                ))),
+            };
+        }
+    }
+    Ok(false)
+}
+
+/// A JSON object body, `None` when the body is empty or `null`. Whatever the `Content-Type`; a body
+/// that is not a JSON object, or does not fit `T`, is a 400 in our error shape.
+struct JsonBody<T>(Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        parse_object(&bytes).map(JsonBody)
+    }
+}
+
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    // serde accepts a JSON array for a struct; the API takes objects only.
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(value).map(Some).map_err(|e| {
+        ApiError::bad_request(format!("the request body does not fit its schema: {e}"))
+    })
+}
+
+/// Answers every route can give, whatever the route: the transport's (malformed HTTP, another
+/// user, too slow, too large, too many connections) and the engine's internal errors.
+struct CommonResponses;
+
+impl CommonResponses {
+    const ALL: &'static [(&'static str, &'static str)] = &[
+        ("400", "`bad_request`: malformed HTTP or body"),
+        (
+            "403",
+            "`forbidden`: the connection is not from the engine's own user",
+        ),
+        ("408", "`timeout`: the request did not arrive in time"),
+        ("413", "`too_large`: the body is over 1 MiB"),
+        ("500", "`internal`: the store or the file system failed"),
+        ("503", "`busy`: too many connections at once"),
+    ];
+
+    fn add_to(doc: &mut utoipa::openapi::OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            for operation in operations(item) {
+                for (status, description) in Self::ALL {
+                    operation
+                        .responses
+                        .responses
+                        .entry((*status).to_owned())
+                        .or_insert_with(|| error_response(description));
+                }
+            }
+        }
+    }
+}
+
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        item.get.as_mut(),
+        item.put.as_mut(),
+        item.post.as_mut(),
+        item.delete.as_mut(),
+        item.options.as_mut(),
+        item.head.as_mut(),
+        item.patch.as_mut(),
+        item.trace.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+fn error_response(description: &str) -> RefOr<OaResponse> {
+    RefOr::T(
+        utoipa::openapi::ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}
