@@ -107,6 +107,12 @@ pub trait Backend: Send + Sync {
     /// workspace, home). Must do nothing while a supervisor lives. Idempotent; the default
     /// reclaims nothing.
     fn reclaim(&self, _name: &str, _dir: &Path) {}
+    /// The program that runs a command in one of this backend's running sandboxes
+    /// (`PROGRAM exec NAME -- ARGV…`, a child process of the engine: entering namespaces needs
+    /// a single-threaded process). None: this backend cannot exec (the fake).
+    fn exec_program(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// One call the [`FakeBackend`] received.
@@ -221,6 +227,12 @@ impl FakeBackend {
 }
 
 impl Backend for FakeBackend {
+    /// The fake runs nothing: `true` stands in for the exec (the API layer's tests see a
+    /// command that exits 0 with no output; the real exec is tested end to end).
+    fn exec_program(&self) -> Option<std::path::PathBuf> {
+        Some(std::path::PathBuf::from("true"))
+    }
+
     fn prepare(&self, name: &str, _dir: &Path, _spec_json: &str) -> Result<(), BackendError> {
         let mut state = self.lock();
         state.calls.push(Call::Prepare(name.to_owned()));

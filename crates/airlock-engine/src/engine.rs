@@ -80,6 +80,13 @@ pub enum EngineError {
         dir: PathBuf,
         detail: String,
     },
+    /// diff, fetch or sync of a clone workspace did not (fully) happen.
+    #[error("{}", work_message(.source))]
+    Work {
+        name: String,
+        #[source]
+        source: airlock_work::ops::OpError,
+    },
     #[error("{what} {}", path.display())]
     Io {
         what: &'static str,
@@ -103,6 +110,27 @@ impl From<StoreError> for EngineError {
     }
 }
 
+/// A work error's message, with what it refused listed (an API client sees them in `error`).
+fn work_message(e: &airlock_work::ops::OpError) -> String {
+    use airlock_work::ops::OpError;
+    let list = |items: Vec<String>| items.iter().map(|i| format!("\n  {i}")).collect::<String>();
+    match e {
+        OpError::NeedsReview { findings, .. } => format!(
+            "{e}: {} flagged change(s):{}",
+            findings.len(),
+            list(
+                findings
+                    .iter()
+                    .map(|f| format!("{}  {}  {}", f.kind.label(), f.path, f.detail))
+                    .collect()
+            )
+        ),
+        OpError::ThroughLinks(r) => format!("{e}:{}", list(r.through_links.clone())),
+        OpError::Conflicts(r) => format!("{e}:{}", list(r.conflicts.clone())),
+        _ => e.to_string(),
+    }
+}
+
 impl EngineError {
     /// The exit code the CLI ends with (README "Exit codes").
     pub fn exit_code(&self) -> i32 {
@@ -116,6 +144,7 @@ impl EngineError {
                 ..
             } => exit::BACKEND_UNAVAILABLE,
             EngineError::Backend { .. } => exit::SANDBOX_FAILED,
+            EngineError::Work { source, .. } => source.exit_code(),
             EngineError::Damaged { .. } | EngineError::Io { .. } | EngineError::Store(_) => 1,
         }
     }
@@ -130,6 +159,7 @@ impl EngineError {
                 source: BackendError::Unavailable(_),
                 ..
             } => 503,
+            EngineError::Work { source, .. } if source.kind() != "internal" => 409,
             _ => 500,
         }
     }
@@ -145,6 +175,7 @@ impl EngineError {
             EngineError::Conflict { .. } => "conflict",
             EngineError::Backend { .. } => "backend",
             EngineError::Damaged { .. } => "damaged",
+            EngineError::Work { source, .. } => source.kind(),
             EngineError::Io { .. } | EngineError::Store(_) => "internal",
         }
     }
@@ -172,6 +203,7 @@ impl EngineError {
                 "airlock rm --force {name} removes what is left of it"
             )),
             EngineError::Store(e) => e.hint(),
+            EngineError::Work { name, source } => source.hint(name),
             _ => None,
         }
     }
@@ -284,6 +316,71 @@ impl Engine {
     }
 
     /// The folder of sandbox `name` (whether or not it exists).
+    /// The review of a clone-mode sandbox's branch (the engine runs as the user, so it reads
+    /// the clone and the host repository as the CLI would).
+    fn review(&self, name: &str) -> Result<(PathBuf, airlock_work::review::Review), EngineError> {
+        airlock_model::spec::validate_name(name).map_err(EngineError::InvalidName)?;
+        let dir = self.sandbox_dir(name);
+        if !dir.is_dir() {
+            return Err(EngineError::NotFound(name.to_owned()));
+        }
+        let protected = fs::read(dir.join("spec.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<airlock_model::spec::RunSpec>(&b).ok())
+            .map(|s| s.protected)
+            .unwrap_or_default();
+        let work = |source| EngineError::Work {
+            name: name.to_owned(),
+            source,
+        };
+        let review = airlock_work::ops::open(&dir, name, protected).map_err(work)?;
+        Ok((dir, review))
+    }
+
+    /// What a clone-mode sandbox's branch changes against where it started, and the gate's
+    /// findings.
+    pub fn diff(&self, name: &str) -> Result<airlock_work::ops::DiffSummary, EngineError> {
+        let (_, r) = self.review(name)?;
+        airlock_work::ops::diff(&r, name).map_err(|source| EngineError::Work {
+            name: name.to_owned(),
+            source,
+        })
+    }
+
+    /// The branch into the host repository as `airlock/NAME`, review-gated.
+    pub fn fetch(
+        &self,
+        name: &str,
+        accept: bool,
+        force: bool,
+    ) -> Result<airlock_work::ops::FetchReport, EngineError> {
+        let (dir, r) = self.review(name)?;
+        airlock_work::ops::fetch(&dir, &r, name, accept, force).map_err(|source| {
+            EngineError::Work {
+                name: name.to_owned(),
+                source,
+            }
+        })
+    }
+
+    /// The branch's committed changes into the host checkout, review-gated.
+    pub fn sync(
+        &self,
+        name: &str,
+        options: airlock_work::ops::SyncOptions,
+    ) -> Result<airlock_work::ops::SyncReport, EngineError> {
+        let (dir, r) = self.review(name)?;
+        airlock_work::ops::sync(&dir, &r, name, options).map_err(|source| EngineError::Work {
+            name: name.to_owned(),
+            source,
+        })
+    }
+
+    /// The program that runs `exec` in this engine's sandboxes (None: the backend has none).
+    pub fn exec_program(&self) -> Option<PathBuf> {
+        self.backend.exec_program()
+    }
+
     pub fn sandbox_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("sandboxes").join(name)
     }

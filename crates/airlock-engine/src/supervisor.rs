@@ -178,6 +178,10 @@ impl Backend for SupervisorBackend {
         }
     }
 
+    fn exec_program(&self) -> Option<PathBuf> {
+        Some(self.exe.clone())
+    }
+
     fn prepare(&self, name: &str, dir: &Path, spec_json: &str) -> Result<(), BackendError> {
         // A spec that is not a RunSpec (an API client's partial one) needs nothing made here;
         // `start` refuses it with its own message.

@@ -141,6 +141,19 @@ fn the_document_lists_every_route_with_its_answers() {
             with(&["200", "404", "409"]),
         ),
         ("POST /v1/gc", with(&["200"])),
+        ("POST /v1/sandboxes/{name}/exec", with(&["200", "404"])),
+        (
+            "GET /v1/sandboxes/{name}/diff",
+            with(&["200", "404", "409"]),
+        ),
+        (
+            "POST /v1/sandboxes/{name}/fetch",
+            with(&["200", "404", "409"]),
+        ),
+        (
+            "POST /v1/sandboxes/{name}/sync",
+            with(&["200", "404", "409"]),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -160,6 +173,9 @@ fn the_document_lists_every_route_with_its_answers() {
         ids,
         [
             ("create_sandbox", "POST /v1/sandboxes"),
+            ("diff_sandbox", "GET /v1/sandboxes/{name}/diff"),
+            ("exec_sandbox", "POST /v1/sandboxes/{name}/exec"),
+            ("fetch_sandbox", "POST /v1/sandboxes/{name}/fetch"),
             ("gc", "POST /v1/gc"),
             ("get_sandbox", "GET /v1/sandboxes/{name}"),
             ("health", "GET /v1/health"),
@@ -168,6 +184,7 @@ fn the_document_lists_every_route_with_its_answers() {
             ("remove_sandbox", "DELETE /v1/sandboxes/{name}"),
             ("start_sandbox", "POST /v1/sandboxes/{name}/start"),
             ("stop_sandbox", "POST /v1/sandboxes/{name}/stop"),
+            ("sync_sandbox", "POST /v1/sandboxes/{name}/sync"),
         ]
     );
     // Every error answer is the one error body.
@@ -392,7 +409,7 @@ fn the_name_pattern_is_the_engines_rule() {
             }
         }
     }
-    assert_eq!(patterns.len(), 2 + 4, "{patterns:?}");
+    assert_eq!(patterns.len(), 2 + 8, "{patterns:?}");
     for pattern in &patterns {
         assert_eq!(pattern, api::routes::NAME_PATTERN);
     }

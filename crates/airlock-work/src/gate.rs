@@ -26,7 +26,18 @@ impl Change {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// CI workflows and pipelines (run with the repository's secrets once pushed).
@@ -67,7 +78,9 @@ impl Kind {
 }
 
 /// A flagged change: what, where, and a detail line for humans.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct Finding {
     pub kind: Kind,
     pub path: String,

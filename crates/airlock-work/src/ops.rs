@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// One file of a diff, with its line counts (None for binary files).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileStat {
     pub path: String,
     pub additions: Option<u64>,
@@ -19,7 +19,7 @@ pub struct FileStat {
 }
 
 /// What the branch changes against where it started, and what the gate flags.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiffSummary {
     pub name: String,
     pub branch: String,
@@ -31,12 +31,13 @@ pub struct DiffSummary {
 }
 
 /// A fetch that happened (or had nothing to do).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FetchReport {
     pub name: String,
     pub branch: String,
     pub fetched: bool,
     pub tip: String,
+    #[schema(value_type = String)]
     pub repository: PathBuf,
     /// "already up to date", "new branch, N commit(s)", "OLD..NEW".
     pub what: String,
@@ -45,9 +46,10 @@ pub struct FetchReport {
 }
 
 /// What sync did (or, for a dry run or a refusal, would do).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncReport {
     pub name: String,
+    #[schema(value_type = String)]
     pub repository: PathBuf,
     pub applied: bool,
     pub dry_run: bool,
@@ -61,13 +63,19 @@ pub struct SyncReport {
     pub findings: Vec<Finding>,
     /// With `artifacts`: (files copied, symlinks skipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<u64>>)]
     pub artifacts: Option<(usize, usize)>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How to sync (every field optional, default false).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
 pub struct SyncOptions {
+    /// Say what would change; change nothing.
     pub dry_run: bool,
+    /// Also copy build outputs (dist/ build/ target/ .next/ out/: regular files only).
     pub artifacts: bool,
+    /// Proceed although the review gate flagged changes (after a human reviewed them).
     pub accept: bool,
 }
 

@@ -9,9 +9,10 @@ use std::path::Path;
 
 const MODE_TYPE: u32 = 0o170000;
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Step {
     /// A (added), M (modified), D (deleted), T (type changed).
+    #[schema(value_type = String, pattern = "^[AMDT]$")]
     pub status: char,
     pub path: String,
 }

@@ -1059,10 +1059,32 @@ fn engine_socket(a: &Airlock) -> PathBuf {
         .expect("engine socket")
 }
 
+/// One request to the engine over its socket: (status, body).
+fn http(a: &Airlock, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let sock = engine_socket(a).display().to_string();
+    let url = format!("http://airlock{path}");
+    let mut args = vec![
+        "-sS",
+        "--unix-socket",
+        &sock,
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ];
+    if let Some(b) = body {
+        args.extend(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    args.push(&url);
+    let out = common::run_with_deadline(a.command_with("curl", &args), None, common::DEADLINE);
+    let (text, code) = out.stdout.trim_end().rsplit_once('\n').unwrap_or(("", "0"));
+    (code.parse().unwrap_or(0), text.to_string())
+}
+
 fn api_create_makes_the_clone(a: &Airlock, label: &str) {
     let _g = EngineGuard(a);
     let p = project(a);
-    // A spec as the CLI resolves it, then a second sandbox created through the API alone.
+    // A spec as the CLI resolves it; from there on, the engine's HTTP API alone.
     ok(a, label, &["create", "cli", "--net", "off"]);
     let spec_text =
         std::fs::read_to_string(a.state_dir().join("sandboxes/cli/spec.json")).expect("spec");
@@ -1070,67 +1092,91 @@ fn api_create_makes_the_clone(a: &Airlock, label: &str) {
     spec["name"] = "viaapi".into();
     spec["hostname"] = "viaapi".into();
     let body = serde_json::json!({"name": "viaapi", "spec": spec}).to_string();
-    let sock = engine_socket(a).display().to_string();
-    let out = common::run_with_deadline(
-        a.command_with(
-            "curl",
-            &[
-                "-sS",
-                "--unix-socket",
-                &sock,
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                &body,
-                "-w",
-                "\n%{http_code}",
-                "http://airlock/v1/sandboxes",
-            ],
-        ),
-        None,
-        common::DEADLINE,
-    );
-    assert!(
-        out.stdout.trim_end().ends_with("201"),
-        "{label}: {}",
-        out.describe()
-    );
+    let (code, text) = http(a, "POST", "/v1/sandboxes", Some(&body));
+    assert_eq!(code, 201, "{label}: create: {text}");
     let ws = a.state_dir().join("sandboxes/viaapi/workspace");
     assert!(
         ws.join(".git").is_dir(),
         "{label}: the engine made no clone"
     );
-    ok(a, label, &["start", "viaapi"]);
-    let out = ok(
-        a,
-        label,
-        &[
-            "exec",
-            "viaapi",
-            "--",
-            "git",
-            "-C",
-            "/workspace",
-            "rev-parse",
-            "--abbrev-ref",
-            "HEAD",
-        ],
+    let (code, text) = http(a, "POST", "/v1/sandboxes/viaapi/start", Some("{}"));
+    assert_eq!(code, 200, "{label}: start: {text}");
+    // exec: NDJSON output events, then the exit status.
+    let exec = serde_json::json!({
+        "argv": ["sh", "-c", "git rev-parse --abbrev-ref HEAD && echo api > api.txt && git add -A && git -c user.email=a@b.invalid -c user.name=api commit -qm api && echo done"],
+        "workdir": ".",
+    })
+    .to_string();
+    let (code, text) = http(a, "POST", "/v1/sandboxes/viaapi/exec", Some(&exec));
+    assert_eq!(code, 200, "{label}: exec: {text}");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an NDJSON line"))
+        .collect();
+    let stdout: String = events
+        .iter()
+        .filter(|e| e["stream"] == "stdout")
+        .filter_map(|e| e["data"].as_str())
+        .collect();
+    assert_eq!(stdout, "airlock/viaapi\ndone\n", "{label}: {text}");
+    assert_eq!(
+        events.last().map(|e| e["exit"].clone()),
+        Some(0.into()),
+        "{label}: {text}"
     );
-    assert_eq!(out.stdout, "airlock/viaapi\n", "{label}");
-    inside(
+    let (code, text) = http(
         a,
-        label,
-        "viaapi",
-        "echo api > api.txt && git add -A && git commit -qm api",
+        "POST",
+        "/v1/sandboxes/viaapi/exec",
+        Some(r#"{"argv": ["sh", "-c", "exit 7"]}"#),
     );
-    ok(a, label, &["fetch", "viaapi"]);
+    assert_eq!(
+        (code, text.lines().last()),
+        (200, Some(r#"{"exit":7}"#)),
+        "{label}"
+    );
+    // diff, fetch (gated), sync, all over HTTP.
+    let (code, text) = http(a, "GET", "/v1/sandboxes/viaapi/diff", None);
+    assert_eq!(code, 200, "{label}: diff: {text}");
+    let d: serde_json::Value = serde_json::from_str(&text).expect("diff json");
+    assert_eq!(d["commits"], 1, "{label}: {d}");
+    assert_eq!(d["files"][0]["path"], "api.txt", "{label}: {d}");
+    let (code, text) = http(a, "POST", "/v1/sandboxes/viaapi/fetch", None);
+    assert_eq!(code, 200, "{label}: fetch: {text}");
     assert_eq!(
         git(a, &["log", "-1", "--format=%s", "airlock/viaapi"]),
         "api\n",
         "{label}"
     );
-    let _ = p;
-    ok(a, label, &["rm", "--force", "viaapi"]);
+    // A gated change: 409 needs_review naming it; accepted, it comes.
+    let gated = serde_json::json!({"argv": ["sh", "-c", "mkdir -p .github/workflows && echo on: push > .github/workflows/x.yml && git add -A && git -c user.email=a@b.invalid -c user.name=api commit -qm ci"]}).to_string();
+    let (code, _) = http(a, "POST", "/v1/sandboxes/viaapi/exec", Some(&gated));
+    assert_eq!(code, 200, "{label}");
+    let (code, text) = http(a, "POST", "/v1/sandboxes/viaapi/sync", Some("{}"));
+    assert_eq!(code, 409, "{label}: sync not gated: {text}");
+    let e: serde_json::Value = serde_json::from_str(&text).expect("error json");
+    assert_eq!(e["kind"], "needs_review", "{label}: {e}");
+    assert_eq!(e["code"], 121, "{label}: {e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains(".github/workflows/x.yml")),
+        "{label}: {e}"
+    );
+    let (code, text) = http(
+        a,
+        "POST",
+        "/v1/sandboxes/viaapi/sync",
+        Some(r#"{"accept": true}"#),
+    );
+    assert_eq!(code, 200, "{label}: sync: {text}");
+    assert_eq!(
+        std::fs::read_to_string(p.join("api.txt")).expect("synced"),
+        "api\n",
+        "{label}"
+    );
+    let (code, _) = http(a, "DELETE", "/v1/sandboxes/viaapi?force=true", None);
+    assert_eq!(code, 200, "{label}");
     ok(a, label, &["rm", "--force", "cli"]);
 }
 

@@ -14,6 +14,7 @@
 pub mod error;
 pub mod routes;
 pub mod transport;
+pub mod work;
 
 use std::fs;
 use std::io;

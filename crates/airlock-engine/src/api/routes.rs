@@ -26,7 +26,7 @@ use crate::backend::{Secrets, Stats};
 use crate::engine::{Change, Engine, EngineError, ReconcileReport, Status};
 use crate::store::Record;
 
-type Shared = Arc<Engine>;
+pub type Shared = Arc<Engine>;
 
 /// A sandbox name, as the engine checks it (`airlock_model::spec::validate_name`). The schema
 /// attributes below spell it out (they take literals only); a test holds them all to this.
@@ -118,6 +118,7 @@ pub struct Removed {
     tags(
         (name = "sandboxes", description = "Named sandboxes and their lifecycle"),
         (name = "engine", description = "The engine itself"),
+        (name = "work", description = "What a clone workspace gives back: diff, fetch, sync"),
     ),
 )]
 struct ApiDoc;
@@ -149,6 +150,10 @@ fn build() -> (axum::Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(start))
         .routes(routes!(stop))
         .routes(routes!(gc))
+        .routes(routes!(super::work::exec))
+        .routes(routes!(super::work::diff))
+        .routes(routes!(super::work::fetch))
+        .routes(routes!(super::work::sync))
         .split_for_parts();
     CommonResponses::add_to(&mut doc);
     (router, doc)
@@ -351,7 +356,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
-struct NameParam {
+pub struct NameParam {
     /// The sandbox's name.
     #[param(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", example = "web")]
     name: String,
@@ -367,7 +372,7 @@ struct ForceParam {
 }
 
 /// Extracts `{name}`; a path that does not decode is a 400 in our error shape.
-struct SandboxName(String);
+pub struct SandboxName(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for SandboxName {
     type Rejection = ApiError;
@@ -409,7 +414,7 @@ fn query_flag(query: Option<&str>, key: &str) -> Result<bool, ApiError> {
 
 /// A JSON object body, `None` when the body is empty or `null`. Whatever the `Content-Type`; a body
 /// that is not a JSON object, or does not fit `T`, is a 400 in our error shape.
-struct JsonBody<T>(Option<T>);
+pub struct JsonBody<T>(pub Option<T>);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
