@@ -1,8 +1,10 @@
-//! airlock-sandbox: isolation mechanisms behind the [`Backend`] trait.
-//! `sys` holds every `unsafe` block; `container` is the namespace backend.
+//! airlock-sandbox: isolation mechanisms behind one trait, [`isolation::Isolation`], with
+//! [`isolation::AnyBackend`] over the implementations. `sys` holds every `unsafe` block;
+//! `container` is the namespace backend.
 
 pub mod cgroup;
 pub mod container;
+pub mod isolation;
 pub mod probe;
 pub mod sys;
 

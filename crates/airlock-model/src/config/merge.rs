@@ -12,9 +12,7 @@ use super::effective::{
 };
 use super::error::{ConfigError, Location};
 use super::origin::{join_key, Origins, Source};
-use super::schema::{
-    AgentLayer, HomeFileLayer, Layer, NetworkLayer, ResourcesLayer, SandboxLayer,
-};
+use super::schema::{AgentLayer, HomeFileLayer, Layer, NetworkLayer, ResourcesLayer, SandboxLayer};
 use super::validate::validate;
 use crate::policy::{BackendKind, ByteSize, Profile};
 use std::collections::BTreeMap;

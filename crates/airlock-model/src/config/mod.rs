@@ -61,13 +61,13 @@ pub use load::{
     PROJECT_FILE,
 };
 pub use merge::{default_memory, defaults_layer, host_defaults_layer, merge_layers, DEFAULT_PIDS};
-pub use trust::Widening;
 pub use origin::{join_key, quote_key, Origins, Source};
 pub use plugins::{builtin_plugin, is_plugin_path, BUILTIN_NAMES};
 pub use schema::{
     AgentLayer, Harness, HomeFileLayer, HooksLayer, Layer, MountLayer, NetworkLayer, RepoSpec,
     ResourcesLayer, SandboxLayer, SecretSource, WorkspaceLayer,
 };
+pub use trust::Widening;
 
 /// The starter `airlock.toml` written by `airlock init`. Loading it changes nothing from the
 /// defaults; every commented-out setting (lines starting `#` directly followed by text) is

@@ -246,6 +246,22 @@ pub struct LaunchPlan {
     pub summarize_changes: bool,
 }
 
+/// A launch plan lowered for one isolation backend. The spec and the admission checks are
+/// backend-neutral; each backend has its own pure lowering (`LaunchPlan` is the container's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plan {
+    Container(LaunchPlan),
+}
+
+impl Plan {
+    pub fn name(&self) -> &str {
+        match self {
+            Plan::Container(p) => &p.name,
+        }
+    }
+}
+
 impl LaunchPlan {
     /// The overlay workspace step, if any.
     pub fn overlay(&self) -> Option<(&Path, &UpperStore)> {

@@ -17,20 +17,7 @@ use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// What to run inside.
-#[derive(Debug, Clone, Default)]
-pub struct ExecRequest {
-    pub argv: Vec<String>,
-    /// Added to (and overriding) the sandbox's environment.
-    pub env: Vec<(String, String)>,
-    /// Working directory inside; default the sandbox's.
-    pub cwd: Option<PathBuf>,
-    pub tty: bool,
-    pub forward_stdin: bool,
-    /// Give the command the sandbox's secrets (read from /run/secrets inside) as environment
-    /// variables. Off by default: exec'd commands do not inherit them.
-    pub with_secrets: bool,
-}
+pub use crate::isolation::ExecRequest;
 
 /// The sandbox's secrets as `NAME=value` (read inside its mount namespace).
 fn secret_env() -> Vec<std::ffi::CString> {

@@ -14,6 +14,7 @@ pub mod summary;
 mod tty;
 
 use crate::cgroup::{Cgroup, Layout};
+pub use crate::isolation::{Ending, Outcome};
 use crate::sys;
 use airlock_model::exit;
 use airlock_model::plan::{
@@ -29,32 +30,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use summary::Changes;
-
-/// How the sandboxed command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// Exit code, with 128+N for death by signal N (as a shell reports it).
-    Exited(i32),
-    TimedOut,
-    OutOfMemory,
-}
-
-#[derive(Debug)]
-pub struct Outcome {
-    pub ending: Ending,
-    /// What the command changed in an overlay workspace (discarded with the run).
-    pub changes: Option<Changes>,
-}
-
-impl Outcome {
-    pub fn exit_code(&self) -> i32 {
-        match self.ending {
-            Ending::Exited(c) => c,
-            Ending::TimedOut => exit::TIMEOUT,
-            Ending::OutOfMemory => exit::SIGNAL_BASE + libc::SIGKILL,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -97,7 +72,7 @@ impl RunError {
     }
 }
 
-pub(super) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+pub(crate) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
     move |source| RunError::Io { what, source }
 }
 
