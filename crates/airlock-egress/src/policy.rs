@@ -67,6 +67,9 @@ impl fmt::Display for DomainPattern {
 pub struct EgressPolicy {
     pub domains: Vec<DomainPattern>,
     pub ports: Vec<u16>,
+    /// The named sandbox this policy belongs to, if any: its policy is fixed at creation, so
+    /// a denial's fix says how to recreate it rather than a flag of `airlock run`.
+    pub sandbox: Option<String>,
 }
 
 /// The outcome of a check. A denial carries a human reason and the configuration line that
@@ -100,12 +103,32 @@ impl EgressPolicy {
         Ok(Self {
             domains,
             ports: ports.to_vec(),
+            sandbox: None,
         })
+    }
+
+    /// The policy of the named sandbox `name` (see [`EgressPolicy::sandbox`]).
+    pub fn of_sandbox(mut self, name: impl Into<String>) -> Self {
+        self.sandbox = Some(name.into());
+        self
+    }
+
+    /// How to allow it: `--allow FLAG` or a configuration `line`, phrased for `airlock run` or
+    /// for this named sandbox.
+    fn fix(&self, flag: &str, line: &str) -> String {
+        match &self.sandbox {
+            None => format!("add `--allow {flag}` or `{line}`"),
+            Some(n) => format!(
+                "recreate sandbox {n} with it: `airlock rm {n} && airlock create {n} --allow {flag}` \
+                 (with the options it was created with), or add `{line}` to airlock.toml and run \
+                 `airlock up {n} --fresh`; either discards its state, so fetch or sync its work first"
+            ),
+        }
     }
 
     /// May a connection to `host` (as the program named it) on `port` proceed?
     pub fn check(&self, host: &str, port: u16) -> Decision {
-        let name = match self.check_name(host) {
+        let name = match self.check_name(host, Some(port)) {
             Ok(name) => name,
             Err(d) => return d,
         };
@@ -122,7 +145,10 @@ impl EgressPolicy {
                     "port {port} is not allowed (allowed: {})",
                     self.ports_text()
                 ),
-                format!("add `--allow {name}:{port}` or `[network] ports = [{list}]`"),
+                self.fix(
+                    &format!("{name}:{port}"),
+                    &format!("[network] ports = [{list}]"),
+                ),
             );
         }
         Decision::Allow
@@ -130,14 +156,15 @@ impl EgressPolicy {
 
     /// May `host` be resolved at all (on any allowed port)? Used by the DNS answerer.
     pub fn check_dns(&self, host: &str) -> Decision {
-        match self.check_name(host) {
+        match self.check_name(host, None) {
             Ok(_) => Decision::Allow,
             Err(d) => d,
         }
     }
 
-    /// The normalized name if it is allowed on some port, or the denial.
-    fn check_name(&self, host: &str) -> Result<String, Decision> {
+    /// The normalized name if it is allowed on some port, or the denial. `port`: the port the
+    /// program connected to (None for a DNS query), which the fix names.
+    fn check_name(&self, host: &str, port: Option<u16>) -> Result<String, Decision> {
         let name = host::normalize(host)
             .map_err(|e| Decision::deny(format!("{}: {e}", host::display(host)), String::new()))?;
         if addr::metadata_name(&name) {
@@ -149,21 +176,16 @@ impl EgressPolicy {
         if !self.domains.iter().any(|p| p.matches(&name)) {
             return Err(Decision::deny(
                 format!("{name} is not in the allowed domains"),
-                format!(
-                    "add `--allow {name}:{port}` or `[network] domains = [\"{name}\"]`",
-                    port = self.example_port()
+                self.fix(
+                    &match port {
+                        Some(p) => format!("{name}:{p}"),
+                        None => name.clone(),
+                    },
+                    &format!("[network] domains = [\"{name}\"]"),
                 ),
             ));
         }
         Ok(name)
-    }
-
-    fn example_port(&self) -> u16 {
-        if self.ports.contains(&443) || self.ports.is_empty() {
-            443
-        } else {
-            self.ports[0]
-        }
     }
 
     fn ports_text(&self) -> String {
@@ -299,6 +321,47 @@ mod tests {
         assert_eq!(
             fix,
             "add `--allow example.com:443` or `[network] domains = [\"example.com\"]`"
+        );
+    }
+
+    #[test]
+    fn the_fix_names_the_port_used() {
+        let fix = |d: Decision| match d {
+            Decision::Deny { fix, .. } => fix,
+            Decision::Allow => panic!("allowed"),
+        };
+        let p = policy();
+        assert_eq!(
+            fix(p.check("example.com", 80)),
+            "add `--allow example.com:80` or `[network] domains = [\"example.com\"]`"
+        );
+        // A DNS query has no port.
+        assert_eq!(
+            fix(p.check_dns("example.com")),
+            "add `--allow example.com` or `[network] domains = [\"example.com\"]`"
+        );
+    }
+
+    #[test]
+    fn a_named_sandbox_fix_says_how_to_recreate_it() {
+        let p = policy().of_sandbox("web");
+        let Decision::Deny { fix, .. } = p.check("example.com", 443) else {
+            panic!()
+        };
+        assert_eq!(
+            fix,
+            "recreate sandbox web with it: `airlock rm web && airlock create web --allow example.com:443` \
+             (with the options it was created with), or add `[network] domains = [\"example.com\"]` to \
+             airlock.toml and run `airlock up web --fresh`; either discards its state, so fetch or sync \
+             its work first"
+        );
+        let Decision::Deny { fix, .. } = p.check("github.com", 22) else {
+            panic!()
+        };
+        assert!(
+            fix.starts_with("recreate sandbox web with it: `airlock rm web && airlock create web --allow github.com:22`")
+                && fix.contains("add `[network] ports = [443, 80, 22]` to airlock.toml"),
+            "{fix}"
         );
     }
 

@@ -32,12 +32,13 @@ pub enum Liveness {
     Gone,
 }
 
-/// Live resource use, read from the sandbox's cgroup.
+/// Live resource use, read from the sandbox's cgroup: None (JSON null) where it cannot be read
+/// (a sandbox without limits has no cgroup; a host without a controller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
-    pub memory_bytes: u64,
-    pub pids: u64,
-    pub cpu_usec: u64,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpu_usec: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -270,9 +271,9 @@ impl Backend for FakeBackend {
     fn stats(&self, name: &str, _dir: &Path) -> Option<Stats> {
         let state = self.lock();
         state.running.get(name).map(|&pid| Stats {
-            memory_bytes: 1 << 20,
-            pids: 1,
-            cpu_usec: pid as u64,
+            memory_bytes: Some(1 << 20),
+            pids: Some(1),
+            cpu_usec: Some(pid as u64),
         })
     }
 }

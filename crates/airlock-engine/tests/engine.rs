@@ -454,7 +454,7 @@ fn status_has_uptime_and_stats_only_while_running() {
     let status = f.engine.status("box").expect("status");
     assert_eq!(status.record.state, S::Running);
     assert!(status.uptime_secs.is_some_and(|u| u >= 0));
-    assert_eq!(status.stats.map(|s| s.pids), Some(1));
+    assert_eq!(status.stats.and_then(|s| s.pids), Some(1));
     let json = serde_json::to_value(&status).expect("json");
     assert_eq!(json["name"], "box");
     assert_eq!(json["state"], "running");

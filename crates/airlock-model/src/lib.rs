@@ -7,3 +7,4 @@ pub mod lifecycle;
 pub mod plan;
 pub mod policy;
 pub mod spec;
+pub mod userfile;

@@ -229,20 +229,20 @@ impl Backend for SupervisorBackend {
             if let Some(v) = read_u64(&d.join("memory.current"))
                 .or_else(|| read_u64(&d.join("memory.usage_in_bytes")))
             {
-                s.memory_bytes = v;
+                s.memory_bytes = Some(v);
             }
             if let Some(v) = read_u64(&d.join("pids.current")) {
-                s.pids = v;
+                s.pids = Some(v);
             }
             if let Some(v) = read_u64(&d.join("cpuacct.usage")) {
-                s.cpu_usec = v / 1000;
+                s.cpu_usec = Some(v / 1000);
             } else if let Ok(stat) = fs::read_to_string(d.join("cpu.stat")) {
                 if let Some(v) = stat
                     .lines()
                     .find_map(|l| l.strip_prefix("usage_usec "))
                     .and_then(|v| v.trim().parse().ok())
                 {
-                    s.cpu_usec = v;
+                    s.cpu_usec = Some(v);
                 }
             }
         }

@@ -108,7 +108,7 @@ pub struct InitArgs {
     pub force: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
     /// Policy defaults: restrictive (no network, no write-back), moderate (default), permissive.
     #[arg(long, value_name = "PROFILE")]
@@ -185,12 +185,7 @@ pub struct RunArgs {
     #[arg(short = 'i', long)]
     pub interactive: bool,
     /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 
@@ -214,12 +209,7 @@ pub struct ExecDirArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub opts: ExecOptions,
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 
@@ -377,12 +367,7 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub opts: ExecOptions,
     pub name: String,
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 

@@ -32,20 +32,40 @@ impl CliError {
     }
 
     pub fn print(&self) {
-        eprintln!("airlock: error: {}", self.error);
+        for line in self.lines() {
+            errln!("{line}");
+        }
+    }
+
+    /// The error, each cause not already part of the message before it, and the hint.
+    pub fn lines(&self) -> Vec<String> {
+        let mut shown = self.error.to_string();
+        let mut lines = vec![format!("airlock: error: {shown}")];
         for cause in self.error.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+            let text = cause.to_string();
+            if !shown.ends_with(&text) {
+                lines.push(format!("  caused by: {text}"));
+            }
+            shown = text;
         }
         if let Some(h) = &self.hint {
-            eprintln!("hint: {h}");
+            lines.push(format!("hint: {h}"));
         }
+        lines
     }
 }
 
 impl From<airlock_model::config::ConfigError> for CliError {
     fn from(e: airlock_model::config::ConfigError) -> Self {
-        CliError::new(exit::USAGE, e)
-            .hint("fix the file named above, or run `airlock config` to see the resolved values")
+        let hint = match &e {
+            airlock_model::config::ConfigError::Read { .. } => format!(
+                "config and plugin files are regular TOML files of at most {} MiB",
+                airlock_model::userfile::MAX_CONFIG_BYTES >> 20
+            ),
+            _ => "fix the file named above, or run `airlock config` to see the resolved values"
+                .into(),
+        };
+        CliError::new(exit::USAGE, e).hint(hint)
     }
 }
 
@@ -74,3 +94,40 @@ impl From<airlock_sandbox::container::RunError> for CliError {
 }
 
 pub type CliResult<T> = Result<T, CliError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("open the network journal {path}: {source}")]
+    struct Journal {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let e = Journal {
+            path: "/x/net.jsonl".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        let lines = CliError::new(exit::SANDBOX_FAILED, e).hint("h").lines();
+        assert_eq!(
+            lines,
+            [
+                "airlock: error: open the network journal /x/net.jsonl: Permission denied (os error 13)",
+                "hint: h"
+            ]
+        );
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOENT))
+            .context("read the plan");
+        assert_eq!(
+            CliError::new(2, e).lines(),
+            [
+                "airlock: error: read the plan",
+                "  caused by: No such file or directory (os error 2)"
+            ]
+        );
+    }
+}

@@ -49,6 +49,21 @@ fn processes(a: &Airlock, what: &str) -> Vec<i32> {
 fn kill(pid: i32) {
     // SAFETY: kill(2) on a pid identified as one of this test's processes.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    // kill(2) returns before the process is gone: until it has exited (gone, or a zombie),
+    // it still holds its files and locks, and the check below would race with its death.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat) => {
+                let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+                if matches!(state, Some("Z" | "X")) {
+                    return;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn check(a: &Airlock, round: usize) {

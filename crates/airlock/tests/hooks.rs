@@ -63,14 +63,22 @@ fn hooks(a: &Airlock, label: &str) {
     // Untrusted: nothing runs, nothing is created.
     let out = a.run(&["up", "hk", "--net", "off"]);
     assert_eq!(out.code(), 121, "{label}: {}", out.describe());
-    assert!(out.stderr.contains("hooks.pre_up"), "{label}: {}", out.stderr);
+    assert!(
+        out.stderr.contains("hooks.pre_up"),
+        "{label}: {}",
+        out.stderr
+    );
     assert_eq!(read(), "", "{label}: an untrusted hook ran");
     let list = ok(a, label, &["list", "--json"]);
     assert!(!list.stdout.contains("\"hk\""), "{label}: {}", list.stdout);
 
     ok(a, label, &["trust"]);
     let out = ok(a, label, &["up", "hk", "--net", "off"]);
-    assert!(out.stderr.contains("`false` failed"), "{label}: the failing hook was not reported: {}", out.stderr);
+    assert!(
+        out.stderr.contains("`false` failed"),
+        "{label}: the failing hook was not reported: {}",
+        out.stderr
+    );
     let cwd = std::fs::canonicalize(&p).expect("canon");
     assert_eq!(
         read(),
@@ -81,7 +89,11 @@ fn hooks(a: &Airlock, label: &str) {
         "{label}"
     );
     ok(a, label, &["stop", "hk"]);
-    assert!(read().ends_with("post-up hk\npre-down hk\npost-down hk\n"), "{label}: {}", read());
+    assert!(
+        read().ends_with("post-up hk\npre-down hk\npost-down hk\n"),
+        "{label}: {}",
+        read()
+    );
 
     // --no-hooks skips them.
     let before = read();
@@ -98,7 +110,11 @@ fn hooks(a: &Airlock, label: &str) {
     give(a, &p);
     let out = a.run(&["rm", "--force", "hk"]);
     assert_eq!(out.code(), 0, "{label}: {}", out.describe());
-    assert!(out.stderr.contains("not trusted"), "{label}: {}", out.stderr);
+    assert!(
+        out.stderr.contains("not trusted"),
+        "{label}: {}",
+        out.stderr
+    );
     assert_eq!(read(), before, "{label}: an untrusted hook ran at rm");
 }
 

@@ -101,7 +101,11 @@ fn repeated(a: &Airlock, label: &str) {
             &format!("echo r{round}f >> a.txt && git commit -qam 'round {round} fetch'"),
         );
         let out = ok(a, label, &["fetch", "loop"]);
-        assert!(out.stdout.contains("airlock/loop"), "{label}: {}", out.describe());
+        assert!(
+            out.stdout.contains("airlock/loop"),
+            "{label}: {}",
+            out.describe()
+        );
         inside(
             a,
             label,
@@ -122,7 +126,10 @@ fn repeated(a: &Airlock, label: &str) {
             &format!("echo r{round}x > x{round}.txt && git add -A && git commit -qm 'round {round} more'"),
         );
         ok(a, label, &["sync", "loop"]);
-        assert!(p.join(format!("x{round}.txt")).exists(), "{label}: round {round}");
+        assert!(
+            p.join(format!("x{round}.txt")).exists(),
+            "{label}: round {round}"
+        );
     }
     // The branch on the host has every commit.
     let log = git(a, &["log", "--format=%s", "airlock/loop"]);
@@ -138,9 +145,17 @@ fn repeated(a: &Airlock, label: &str) {
     );
     let out = a.run(&["stop", "loop", "--sync"]);
     assert_eq!(out.code(), 121, "{label}: {}", out.describe());
-    assert!(out.stderr.contains(".github/workflows/ci.yml"), "{label}: {}", out.stderr);
+    assert!(
+        out.stderr.contains(".github/workflows/ci.yml"),
+        "{label}: {}",
+        out.stderr
+    );
     let st = ok(a, label, &["status", "loop", "--json"]);
-    assert!(st.stdout.contains("\"running\""), "{label}: a refused stop --sync stopped: {}", st.stdout);
+    assert!(
+        st.stdout.contains("\"running\""),
+        "{label}: a refused stop --sync stopped: {}",
+        st.stdout
+    );
     ok(a, label, &["stop", "loop", "--sync", "--accept"]);
     assert_eq!(
         std::fs::read_to_string(p.join("last.txt")).expect("last"),
@@ -186,9 +201,7 @@ fn gate_cases(a: &Airlock, label: &str) {
     ];
     let mut script = String::new();
     for f in nested {
-        script.push_str(&format!(
-            "mkdir -p \"$(dirname {f})\" && echo x > {f} && "
-        ));
+        script.push_str(&format!("mkdir -p \"$(dirname {f})\" && echo x > {f} && "));
     }
     // A file name carrying terminal escape sequences and a forged line.
     script.push_str(
@@ -197,16 +210,29 @@ fn gate_cases(a: &Airlock, label: &str) {
     script.push_str("git add -A && git commit -qm nested");
     inside(a, label, "gate", &script);
     let out = a.run(&["fetch", "gate"]);
-    assert_eq!(out.code(), 121, "{label}: nested config not gated: {}", out.describe());
+    assert_eq!(
+        out.code(),
+        121,
+        "{label}: nested config not gated: {}",
+        out.describe()
+    );
     for f in nested {
-        assert!(out.stderr.contains(f), "{label}: {f} not listed: {}", out.stderr);
+        assert!(
+            out.stderr.contains(f),
+            "{label}: {f} not listed: {}",
+            out.stderr
+        );
     }
     assert!(
         !out.stderr.contains('\x1b') && !out.stderr.contains("\n  nothing flagged"),
         "{label}: a path reached the terminal raw: {:?}",
         out.stderr
     );
-    assert!(out.stderr.contains("\\x1b]0;pwned"), "{label}: {:?}", out.stderr);
+    assert!(
+        out.stderr.contains("\\x1b]0;pwned"),
+        "{label}: {:?}",
+        out.stderr
+    );
     let dj: serde_json::Value =
         serde_json::from_str(&ok(a, label, &["diff", "gate", "--json"]).stdout).expect("json");
     let listed: Vec<String> = dj["findings"]
@@ -216,7 +242,10 @@ fn gate_cases(a: &Airlock, label: &str) {
         .map(|f| f["path"].as_str().unwrap_or_default().to_string())
         .collect();
     for f in nested {
-        assert!(listed.iter().any(|l| l == f), "{label}: {f} not in {listed:?}");
+        assert!(
+            listed.iter().any(|l| l == f),
+            "{label}: {f} not in {listed:?}"
+        );
     }
     ok(a, label, &["fetch", "gate", "--accept"]);
 
@@ -236,7 +265,10 @@ fn gate_cases(a: &Airlock, label: &str) {
         .iter()
         .filter(|f| f["path"].as_str().is_some_and(|p| p.starts_with("src/")))
         .collect();
-    assert!(plain.is_empty(), "{label}: ordinary files flagged: {plain:?}");
+    assert!(
+        plain.is_empty(),
+        "{label}: ordinary files flagged: {plain:?}"
+    );
 
     // A symlink chain: each link looks inside the tree, together they leave it.
     inside(
@@ -246,7 +278,12 @@ fn gate_cases(a: &Airlock, label: &str) {
         "mkdir -p a && ln -s .. a/x && ln -s a/x/.. dist && git add -A && git commit -qm chain",
     );
     let out = a.run(&["fetch", "gate"]);
-    assert_eq!(out.code(), 121, "{label}: symlink chain not gated: {}", out.describe());
+    assert_eq!(
+        out.code(),
+        121,
+        "{label}: symlink chain not gated: {}",
+        out.describe()
+    );
     assert!(out.stderr.contains("dist"), "{label}: {}", out.stderr);
     let out = a.run(&["sync", "gate"]);
     assert_eq!(out.code(), 121, "{label}: {}", out.describe());
@@ -275,7 +312,12 @@ fn gate_cases(a: &Airlock, label: &str) {
     // The host already has `out` as a link (e.g. from an earlier accepted sync).
     std::os::unix::fs::symlink(&outside, p.join("out")).expect("host link");
     let out = a.run(&["sync", "via", "--accept"]);
-    assert_ne!(out.code(), 0, "{label}: sync through a host symlink: {}", out.describe());
+    assert_ne!(
+        out.code(),
+        0,
+        "{label}: sync through a host symlink: {}",
+        out.describe()
+    );
     assert!(
         !outside.join("file.txt").exists(),
         "{label}: sync wrote outside the checkout through a symlink"
@@ -286,7 +328,11 @@ fn gate_cases(a: &Airlock, label: &str) {
         a,
         label,
         &[
-            "exec", "via", "--", "sh", "-c",
+            "exec",
+            "via",
+            "--",
+            "sh",
+            "-c",
             "mkdir -p /tmp/out/r/.git /tmp/out/sub && echo x > /tmp/out/r/.git/config && \
              echo x > /tmp/out/sub/.envrc && echo x > /tmp/out/suid && chmod 4755 /tmp/out/suid && \
              ln -s /etc/passwd /tmp/out/pw && echo fine > /tmp/out/plain.txt",
@@ -296,11 +342,18 @@ fn gate_cases(a: &Airlock, label: &str) {
     let out = a.run(&["cp", "via:/tmp/out", &copy.display().to_string()]);
     assert_eq!(out.code(), 0, "{label}: {}", out.describe());
     for listed in ["r/.git", "sub/.envrc", "pw"] {
-        assert!(out.stderr.contains(listed), "{label}: {listed} not listed: {}", out.stderr);
+        assert!(
+            out.stderr.contains(listed),
+            "{label}: {listed} not listed: {}",
+            out.stderr
+        );
     }
     assert!(!out.stderr.contains("plain.txt"), "{label}: {}", out.stderr);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(copy.join("suid")).expect("suid").permissions().mode();
+    let mode = std::fs::metadata(copy.join("suid"))
+        .expect("suid")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o6000, 0, "{label}: set-id bit copied out: {mode:o}");
     ok(a, label, &["rm", "--force", "via"]);
 }
@@ -330,28 +383,55 @@ fn trust_cases(a: &Airlock, label: &str) {
     );
     write(&p.join("airlock.toml"), &widening);
     give(a, &p);
-    let state_before = std::fs::read_dir(a.state_dir()).map(|d| d.count()).unwrap_or(0);
+    let state_before = std::fs::read_dir(a.state_dir())
+        .map(|d| d.count())
+        .unwrap_or(0);
     let out = a.run(&["run", "--", "sh", "-c", "echo pwned > /data/secret.txt"]);
-    assert_eq!(out.code(), 121, "{label}: untrusted widening ran: {}", out.describe());
-    for key in ["sandbox.profile", "network.domains", "mounts", "airlock trust"] {
-        assert!(out.stderr.contains(key), "{label}: {key} not named: {}", out.stderr);
+    assert_eq!(
+        out.code(),
+        121,
+        "{label}: untrusted widening ran: {}",
+        out.describe()
+    );
+    for key in [
+        "sandbox.profile",
+        "network.domains",
+        "mounts",
+        "airlock trust",
+    ] {
+        assert!(
+            out.stderr.contains(key),
+            "{label}: {key} not named: {}",
+            out.stderr
+        );
     }
     assert_eq!(
         std::fs::read_to_string(outside.join("secret.txt")).expect("secret"),
         "host secret\n",
         "{label}"
     );
-    let state_after = std::fs::read_dir(a.state_dir()).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(state_before, state_after, "{label}: a refused run left state behind");
+    let state_after = std::fs::read_dir(a.state_dir())
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        state_before, state_after,
+        "{label}: a refused run left state behind"
+    );
     let out = a.run(&["create", "box"]);
     assert_eq!(out.code(), 121, "{label}: {}", out.describe());
     let list = ok(a, label, &["list", "--json"]);
-    assert!(!list.stdout.contains("\"box\""), "{label}: refused create left a record: {}", list.stdout);
+    assert!(
+        !list.stdout.contains("\"box\""),
+        "{label}: refused create left a record: {}",
+        list.stdout
+    );
     let cfg: serde_json::Value =
         serde_json::from_str(&ok(a, label, &["config", "--json"]).stdout).expect("json");
     assert_eq!(cfg["project"]["trusted"], false, "{label}: {cfg}");
     assert!(
-        cfg["project"]["widening"].as_array().is_some_and(|w| w.len() >= 3),
+        cfg["project"]["widening"]
+            .as_array()
+            .is_some_and(|w| w.len() >= 3),
         "{label}: {cfg}"
     );
 
@@ -360,20 +440,49 @@ fn trust_cases(a: &Airlock, label: &str) {
     let cfg: serde_json::Value =
         serde_json::from_str(&ok(a, label, &["config", "--json"]).stdout).expect("json");
     assert_eq!(cfg["project"]["trusted"], true, "{label}: {cfg}");
-    ok(a, label, &["run", "--net", "filtered", "--workspace", "overlay", "--", "sh", "-c", "test -w /data"]);
+    ok(
+        a,
+        label,
+        &[
+            "run",
+            "--net",
+            "filtered",
+            "--workspace",
+            "overlay",
+            "--",
+            "sh",
+            "-c",
+            "test -w /data",
+        ],
+    );
     write(&p.join("airlock.toml"), &format!("{widening}# edited\n"));
     give(a, &p);
     let out = a.run(&["run", "--", "true"]);
-    assert_eq!(out.code(), 121, "{label}: a changed file kept its trust: {}", out.describe());
+    assert_eq!(
+        out.code(),
+        121,
+        "{label}: a changed file kept its trust: {}",
+        out.describe()
+    );
 
     // Narrowing settings apply without trust.
-    write(&p.join("airlock.toml"), "[sandbox]\nprofile = \"restrictive\"\n");
+    write(
+        &p.join("airlock.toml"),
+        "[sandbox]\nprofile = \"restrictive\"\n",
+    );
     give(a, &p);
-    let out = ok(a, label, &["run", "--", "sh", "-c", "cat /proc/net/route | wc -l"]);
+    let out = ok(
+        a,
+        label,
+        &["run", "--", "sh", "-c", "cat /proc/net/route | wc -l"],
+    );
     let _ = out;
     let cfg: serde_json::Value =
         serde_json::from_str(&ok(a, label, &["config", "--json"]).stdout).expect("json");
-    assert_eq!(cfg["config"]["sandbox"]["profile"], "restrictive", "{label}: {cfg}");
+    assert_eq!(
+        cfg["config"]["sandbox"]["profile"], "restrictive",
+        "{label}: {cfg}"
+    );
 
     // A nested airlock.toml (as a sync could bring) widens nothing in its directory.
     std::fs::remove_file(p.join("airlock.toml")).expect("rm");
@@ -388,7 +497,12 @@ fn trust_cases(a: &Airlock, label: &str) {
     let mut cmd = a.command(&["run", "--", "sh", "-c", "echo pwned > /data/secret.txt"]);
     cmd.current_dir(p.join("sub"));
     let out = common::run_with_deadline(cmd, None, common::DEADLINE);
-    assert_eq!(out.code(), 121, "{label}: nested config widened a run: {}", out.describe());
+    assert_eq!(
+        out.code(),
+        121,
+        "{label}: nested config widened a run: {}",
+        out.describe()
+    );
 
     // The sandbox cannot trust its own configuration: the airlock binary inside, with the
     // workspace bound writable (the user's own flag), writes only its own state.
@@ -402,10 +516,28 @@ fn trust_cases(a: &Airlock, label: &str) {
     let mut cmd = a.command(&["run", "--", "true"]);
     cmd.current_dir(p.join("sub"));
     let out = common::run_with_deadline(cmd, None, common::DEADLINE);
-    assert_eq!(out.code(), 121, "{label}: the sandbox trusted its own config: {}", out.describe());
+    assert_eq!(
+        out.code(),
+        121,
+        "{label}: the sandbox trusted its own config: {}",
+        out.describe()
+    );
     // And a writable mount of airlock's state is refused outright.
-    let out = a.run(&["run", "--workspace", "none", "--rw", &a.dir.path().display().to_string(), "--", "true"]);
-    assert_eq!(out.code(), 121, "{label}: state dir mounted writable: {}", out.describe());
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "none",
+        "--rw",
+        &a.dir.path().display().to_string(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(
+        out.code(),
+        121,
+        "{label}: state dir mounted writable: {}",
+        out.describe()
+    );
 }
 
 #[test]
@@ -452,20 +584,62 @@ e work sh -c 'echo work > work.txt'
 true
 "##
     );
-    let out = a.run(&["run", "--workspace", "bind", "--net", "off", "--", "sh", "-c", &script]);
-    assert_eq!(out.code(), 121, "{label}: tampering not refused: {}", out.describe());
-    for denied in ["rename-git", "fsmonitor", "info-attributes", "git-hook", "husky-hook"] {
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "bind",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(
+        out.code(),
+        121,
+        "{label}: tampering not refused: {}",
+        out.describe()
+    );
+    for denied in [
+        "rename-git",
+        "fsmonitor",
+        "info-attributes",
+        "git-hook",
+        "husky-hook",
+    ] {
         assert!(
             out.stdout.lines().any(|l| l == format!("DENIED {denied}")),
             "{label}: {denied} was not prevented: {}",
             out.stdout
         );
     }
-    for listed in [".git/commondir", ".git/config.worktree", ".git/objects/info/alternates", "shared.gitconfig", ".git/rebase-merge", "sub/.git", "sub/.envrc", "sub/airlock.toml"] {
-        assert!(out.stderr.contains(listed), "{label}: {listed} not reported: {}", out.stderr);
+    for listed in [
+        ".git/commondir",
+        ".git/config.worktree",
+        ".git/objects/info/alternates",
+        "shared.gitconfig",
+        ".git/rebase-merge",
+        "sub/.git",
+        "sub/.envrc",
+        "sub/airlock.toml",
+    ] {
+        assert!(
+            out.stderr.contains(listed),
+            "{label}: {listed} not reported: {}",
+            out.stderr
+        );
     }
-    assert!(!out.stderr.contains("work.txt"), "{label}: ordinary work reported: {}", out.stderr);
-    assert_eq!(std::fs::read_to_string(p.join("work.txt")).expect("work"), "work\n", "{label}: work lost");
+    assert!(
+        !out.stderr.contains("work.txt"),
+        "{label}: ordinary work reported: {}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.join("work.txt")).expect("work"),
+        "work\n",
+        "{label}: work lost"
+    );
 
     // The host's next git: status, log, diff, commit (hooks), in the top and in sub/.
     for args in [
@@ -478,8 +652,15 @@ true
     ] {
         let _ = common::run_with_deadline(a.command_with("git", &args), None, common::DEADLINE);
     }
-    assert!(!canary.exists(), "{label}: something the sandbox planted ran on the host's git");
-    assert_eq!(git(a, &["log", "-1", "--format=%s"]), "host commit\n", "{label}: the host repo broke");
+    assert!(
+        !canary.exists(),
+        "{label}: something the sandbox planted ran on the host's git"
+    );
+    assert_eq!(
+        git(a, &["log", "-1", "--format=%s"]),
+        "host commit\n",
+        "{label}: the host repo broke"
+    );
     // airlock itself, started in every directory of the checkout: the planted sub/airlock.toml
     // widens nothing.
     for d in [p.clone(), p.join("sub"), p.join("evil")] {
@@ -487,23 +668,61 @@ true
         cmd.current_dir(&d);
         let out = common::run_with_deadline(cmd, None, common::DEADLINE);
         let want = if d.ends_with("sub") { 121 } else { 0 };
-        assert_eq!(out.code(), want, "{label}: airlock run in {}: {}", d.display(), out.describe());
+        assert_eq!(
+            out.code(),
+            want,
+            "{label}: airlock run in {}: {}",
+            d.display(),
+            out.describe()
+        );
     }
     assert!(!canary.exists(), "{label}: a canary fired");
 
     // A named bind-mode sandbox: checked when it stops.
     let _g = EngineGuard(a);
-    ok(a, label, &["create", "bound", "--workspace", "bind", "--net", "off"]);
+    ok(
+        a,
+        label,
+        &["create", "bound", "--workspace", "bind", "--net", "off"],
+    );
     ok(a, label, &["start", "bound"]);
-    let out = a.run(&["exec", "bound", "--", "sh", "-c", "mv /workspace/.git /workspace/.gm"]);
+    let out = a.run(&[
+        "exec",
+        "bound",
+        "--",
+        "sh",
+        "-c",
+        "mv /workspace/.git /workspace/.gm",
+    ]);
     assert_ne!(out.code(), 0, "{label}: .git renamed in a named sandbox");
-    ok(a, label, &["exec", "bound", "--", "sh", "-c", "echo ../evil > /workspace/.git/commondir"]);
+    ok(
+        a,
+        label,
+        &[
+            "exec",
+            "bound",
+            "--",
+            "sh",
+            "-c",
+            "echo ../evil > /workspace/.git/commondir",
+        ],
+    );
     let out = a.run(&["stop", "bound"]);
     assert_eq!(out.code(), 121, "{label}: {}", out.describe());
-    assert!(out.stderr.contains(".git/commondir"), "{label}: {}", out.stderr);
-    assert!(!p.join(".git/commondir").exists(), "{label}: commondir left in place");
+    assert!(
+        out.stderr.contains(".git/commondir"),
+        "{label}: {}",
+        out.stderr
+    );
+    assert!(
+        !p.join(".git/commondir").exists(),
+        "{label}: commondir left in place"
+    );
     let _ = common::run_with_deadline(a.command_with("git", &["status"]), None, common::DEADLINE);
-    assert!(!canary.exists(), "{label}: planted by a named sandbox, ran on the host");
+    assert!(
+        !canary.exists(),
+        "{label}: planted by a named sandbox, ran on the host"
+    );
     ok(a, label, &["rm", "--force", "bound"]);
 }
 
@@ -526,7 +745,9 @@ fn fingerprint(dir: &Path) -> std::collections::BTreeMap<PathBuf, (Vec<u8>, u32)
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
-            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
             let rel = p.strip_prefix(dir).expect("under").to_path_buf();
             if m.file_type().is_symlink() {
                 let t = std::fs::read_link(&p).expect("readlink");
@@ -535,7 +756,13 @@ fn fingerprint(dir: &Path) -> std::collections::BTreeMap<PathBuf, (Vec<u8>, u32)
                 out.insert(rel, (Vec::new(), m.permissions().mode()));
                 stack.push(p);
             } else {
-                out.insert(rel, (std::fs::read(&p).unwrap_or_default(), m.permissions().mode()));
+                out.insert(
+                    rel,
+                    (
+                        std::fs::read(&p).unwrap_or_default(),
+                        m.permissions().mode(),
+                    ),
+                );
             }
         }
     }
@@ -605,7 +832,12 @@ fn host_uses(a: &Airlock, p: &Path, label: &str) {
     let mut dirs = vec![p.to_path_buf()];
     for d in fingerprint(p).keys() {
         let full = p.join(d);
-        if full.is_dir() && !d.components().any(|c| c.as_os_str().to_string_lossy().starts_with(".git")) && std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+        if full.is_dir()
+            && !d
+                .components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with(".git"))
+            && std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir())
+        {
             dirs.push(full);
         }
     }
@@ -638,62 +870,172 @@ fn canary_harness(a: &Airlock, label: &str) {
     let p = project(a);
     ok(a, label, &["create", "cl", "--net", "off"]);
     ok(a, label, &["start", "cl"]);
-    let out = ok(a, label, &["exec", "cl", "--", "sh", "-c", &hostile(&fire, &outside, true)]);
-    assert!(out.stdout.contains("COMMITTED"), "{label}: {}", out.describe());
+    let out = ok(
+        a,
+        label,
+        &[
+            "exec",
+            "cl",
+            "--",
+            "sh",
+            "-c",
+            &hostile(&fire, &outside, true),
+        ],
+    );
+    assert!(
+        out.stdout.contains("COMMITTED"),
+        "{label}: {}",
+        out.describe()
+    );
     let _ = a.run(&["diff", "cl"]);
     let _ = a.run(&["diff", "cl", "--stat"]);
     // Planted alternates make the review refuse the repository outright (not 0, not followed).
-    assert_ne!(a.run(&["fetch", "cl"]).code(), 0, "{label}: clone: fetch not gated");
-    assert_ne!(a.run(&["sync", "cl"]).code(), 0, "{label}: clone: sync not gated");
+    assert_ne!(
+        a.run(&["fetch", "cl"]).code(),
+        0,
+        "{label}: clone: fetch not gated"
+    );
+    assert_ne!(
+        a.run(&["sync", "cl"]).code(),
+        0,
+        "{label}: clone: sync not gated"
+    );
     git(a, &["branch", "-f", "feature", "HEAD"]);
     let _ = a.run(&["deliver", "cl", "feature"]);
     // Without the alternates, the gate lists the branch; even a human's --accept brings data,
     // never code that runs.
-    ok(a, label, &["exec", "cl", "--", "rm", "-f", "/workspace/.git/objects/info/alternates"]);
+    ok(
+        a,
+        label,
+        &[
+            "exec",
+            "cl",
+            "--",
+            "rm",
+            "-f",
+            "/workspace/.git/objects/info/alternates",
+        ],
+    );
     let out = a.run(&["fetch", "cl"]);
     assert_eq!(out.code(), 121, "{label}: clone: {}", out.describe());
-    for f in [".gitattributes", "sub/.envrc", "sub/airlock.toml", "sub/.cargo/config.toml", "sub/.npmrc", "deep/.claude/settings.json", ".husky/pre-commit", "out-abs", "out-up", "dist", "a.txt"] {
-        assert!(out.stderr.contains(f), "{label}: clone: {f} not flagged: {}", out.stderr);
+    for f in [
+        ".gitattributes",
+        "sub/.envrc",
+        "sub/airlock.toml",
+        "sub/.cargo/config.toml",
+        "sub/.npmrc",
+        "deep/.claude/settings.json",
+        ".husky/pre-commit",
+        "out-abs",
+        "out-up",
+        "dist",
+        "a.txt",
+    ] {
+        assert!(
+            out.stderr.contains(f),
+            "{label}: clone: {f} not flagged: {}",
+            out.stderr
+        );
     }
-    assert_eq!(a.run(&["sync", "cl"]).code(), 121, "{label}: clone: sync not gated");
+    assert_eq!(
+        a.run(&["sync", "cl"]).code(),
+        121,
+        "{label}: clone: sync not gated"
+    );
     // (The sandbox broke its own repository with commondir: deliver, run by its own git
     // inside, may fail — that is the sandbox's loss, not the host's.)
     let _ = a.run(&["deliver", "cl", "feature"]);
     ok(a, label, &["fetch", "cl", "--accept"]);
     let _ = a.run(&["sync", "cl", "--accept"]);
-    assert!(!outside.join("pwned.txt").exists(), "{label}: clone: written through a link");
+    assert!(
+        !outside.join("pwned.txt").exists(),
+        "{label}: clone: written through a link"
+    );
     host_uses(a, &p, label);
     assert!(!canary.exists(), "{label}: clone: a canary fired");
     ok(a, label, &["rm", "--force", "cl"]);
-    assert_eq!(fingerprint(&outside), outside_before, "{label}: clone: a file outside changed");
+    assert_eq!(
+        fingerprint(&outside),
+        outside_before,
+        "{label}: clone: a file outside changed"
+    );
 
     // overlay: the checkout is never modified at all.
     let before = fingerprint(&p);
-    ok(a, label, &["create", "ov", "--workspace", "overlay", "--net", "off"]);
+    ok(
+        a,
+        label,
+        &["create", "ov", "--workspace", "overlay", "--net", "off"],
+    );
     ok(a, label, &["start", "ov"]);
-    ok(a, label, &["exec", "ov", "--", "sh", "-c", &hostile(&fire, &outside, false)]);
+    ok(
+        a,
+        label,
+        &[
+            "exec",
+            "ov",
+            "--",
+            "sh",
+            "-c",
+            &hostile(&fire, &outside, false),
+        ],
+    );
     ok(a, label, &["stop", "ov"]);
-    let out = ok(a, label, &["run", "--workspace", "overlay", "--net", "off", "--", "sh", "-c", &hostile(&fire, &outside, false)]);
+    let out = ok(
+        a,
+        label,
+        &[
+            "run",
+            "--workspace",
+            "overlay",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            &hostile(&fire, &outside, false),
+        ],
+    );
     let _ = out;
-    assert_eq!(fingerprint(&p), before, "{label}: overlay: the checkout changed");
+    assert_eq!(
+        fingerprint(&p),
+        before,
+        "{label}: overlay: the checkout changed"
+    );
     host_uses(a, &p, label);
     assert!(!canary.exists(), "{label}: overlay: a canary fired");
     ok(a, label, &["rm", "--force", "ov"]);
 
     // bind: prevented where the kernel can, undone on the way out.
-    let out = a.run(&["run", "--workspace", "bind", "--net", "off", "--", "sh", "-c", &hostile(&fire, &outside, false)]);
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "bind",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        &hostile(&fire, &outside, false),
+    ]);
     assert_eq!(out.code(), 121, "{label}: bind: {}", out.describe());
     host_uses(a, &p, label);
     assert!(!canary.exists(), "{label}: bind: a canary fired");
 
-    assert_eq!(fingerprint(&outside), outside_before, "{label}: a file outside the checkout changed");
+    assert_eq!(
+        fingerprint(&outside),
+        outside_before,
+        "{label}: a file outside the checkout changed"
+    );
     let home_after: Vec<_> = fingerprint(&home)
         .into_iter()
-        .filter(|(k, _)| !home_before.contains_key(k) || home_before.get(k) != None)
         .filter(|(k, v)| home_before.get(k) != Some(v))
         .filter(|(k, _)| !k.starts_with(".config/airlock") && !k.starts_with(".local/state"))
         .collect();
-    assert!(home_after.is_empty(), "{label}: files in HOME changed: {home_after:?}");
+    assert!(
+        home_after.is_empty(),
+        "{label}: files in HOME changed: {home_after:?}"
+    );
 }
 
 #[test]

@@ -716,7 +716,12 @@ fn extras(a: &Airlock, label: &str) {
     }
     // repos and home_files read host files: the project file needs the user's trust.
     let out = a.run(&["create", "ex", "--net", "off"]);
-    assert_eq!(out.code(), 121, "{label}: untrusted widening: {}", out.describe());
+    assert_eq!(
+        out.code(),
+        121,
+        "{label}: untrusted widening: {}",
+        out.describe()
+    );
     ok(a, label, &["trust"]);
     ok(a, label, &["create", "ex", "--net", "off"]);
     ok(a, label, &["start", "ex"]);

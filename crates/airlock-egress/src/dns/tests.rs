@@ -106,7 +106,7 @@ fn other_names_are_refused_without_asking() {
     assert_eq!(v["host"], "evil.com");
     assert_eq!(
         v["fix"],
-        "add `--allow evil.com:443` or `[network] domains = [\"evil.com\"]`"
+        "add `--allow evil.com` or `[network] domains = [\"evil.com\"]`"
     );
     let v: serde_json::Value = serde_json::from_str(&lines[4]).unwrap();
     assert!(v["reason"].as_str().unwrap().contains("metadata"));

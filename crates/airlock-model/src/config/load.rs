@@ -221,10 +221,11 @@ impl Sources<'_> {
         path: PathBuf,
         source: fn(PathBuf) -> Source,
     ) -> Result<(Source, Layer), ConfigError> {
-        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
-            path: path.clone(),
-            source: e,
-        })?;
+        let text = crate::userfile::read_to_string(&path, crate::userfile::MAX_CONFIG_BYTES)
+            .map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                source: e,
+            })?;
         self.read.borrow_mut().push((path.clone(), text.clone()));
         let base = path.parent().unwrap_or(self.cwd);
         let src = source(path.clone());

@@ -369,6 +369,19 @@ pub fn tmpfs_sizes(budget: Option<u64>) -> TmpfsSizes {
     }
 }
 
+/// The limits of `r` a host with `support` cannot enforce. pids are always enforced: by the
+/// cgroup where there is one, and by RLIMIT_NPROC.
+pub fn unenforced_limits(r: &Resources, support: &LimitSupport) -> Vec<&'static str> {
+    let mut unenforced = Vec::new();
+    if r.memory.is_some() && !support.memory {
+        unenforced.push("memory");
+    }
+    if r.cpus.is_some() && !support.cpu {
+        unenforced.push("cpus");
+    }
+    unenforced
+}
+
 /// Size of the root tmpfs that holds mount points and the curated /etc.
 const ROOT_TMPFS_SIZE: u64 = 4 << 20;
 const WORKSPACE: &str = "/workspace";

@@ -52,6 +52,8 @@ pub enum RunError {
         what: &'static str,
         source: io::Error,
     },
+    #[error("cannot open the network journal {}: {source}", path.display())]
+    Journal { path: PathBuf, source: io::Error },
     #[error("invalid argument or environment entry (contains a NUL byte): {0:?}")]
     Nul(String),
 }
@@ -265,12 +267,16 @@ impl Drop for KillOnDrop {
 }
 
 fn egress_ctx(
+    name: &str,
     plan: &airlock_model::plan::EgressPlan,
     opts: &RunOptions<'_>,
 ) -> Result<airlock_egress::proxy::Ctx, RunError> {
     use airlock_egress::journal::{Journal, Verdict};
-    let policy = airlock_egress::policy::EgressPolicy::new(&plan.domains, &plan.ports)
+    let mut policy = airlock_egress::policy::EgressPolicy::new(&plan.domains, &plan.ports)
         .map_err(|e| RunError::Setup(format!("network policy: {e}")))?;
+    if opts.persist.is_some() {
+        policy = policy.of_sandbox(name);
+    }
     let timeout = Duration::from_secs(3);
     let resolver = match std::env::var("AIRLOCK_DNS_UPSTREAM")
         .ok()
@@ -287,7 +293,13 @@ fn egress_ctx(
             .map_err(io_err("read the host's DNS configuration"))?,
     };
     let journal = match opts.net_journal {
-        Some(p) => Journal::to_file(p).map_err(io_err("open the network journal"))?,
+        Some(p) => airlock_model::userfile::open_append(p)
+            // Checked as a user-named path first (a regular file, never a FIFO or device).
+            .and_then(|_| Journal::to_file(p))
+            .map_err(|source| RunError::Journal {
+                path: p.to_path_buf(),
+                source,
+            })?,
         None => Journal::discard(),
     };
     // Say each distinct denial once on stderr (a resolver retries, asks A and AAAA, ...), and
@@ -683,7 +695,10 @@ fn run_in(
     if let (Some(h), Some(plan_egress)) = (&net_host, &plan.egress) {
         // The child sends its listeners during setup (EOF if it died first).
         match netns::recv(h) {
-            Ok(listeners) => egress::serve(listeners, Arc::new(egress_ctx(plan_egress, opts)?)),
+            Ok(listeners) => egress::serve(
+                listeners,
+                Arc::new(egress_ctx(&plan.name, plan_egress, opts)?),
+            ),
             Err(e) => crate::phase(&format!("no egress listeners: {e}")),
         }
     }

@@ -123,13 +123,21 @@ impl CgroupReport {
         self.controllers.iter().all(|c| c.usable)
     }
 
-    /// Names of the controllers whose limits would not be enforced.
+    /// Names of the controllers that are not usable.
     pub fn unusable(&self) -> Vec<&str> {
         self.controllers
             .iter()
             .filter(|c| !c.usable)
             .map(|c| c.name.as_str())
             .collect()
+    }
+
+    /// Limits that would not be enforced: the unusable controllers but pids, which RLIMIT_NPROC
+    /// (counted per user namespace) enforces without its controller.
+    pub fn unenforced(&self) -> Vec<&str> {
+        let mut u = self.unusable();
+        u.retain(|c| *c != "pids");
+        u
     }
 }
 
@@ -575,9 +583,18 @@ pub(crate) fn describe(r: &CgroupReport) -> (String, Option<String>) {
     if r.all_usable() {
         return (detail, None);
     }
+    let pids_note = if r.unusable().contains(&"pids") {
+        " (pids limits are: RLIMIT_NPROC caps the sandbox's processes without the controller)"
+    } else {
+        ""
+    };
+    if r.unenforced().is_empty() {
+        detail.push_str(&format!(" — all limits are enforced{pids_note}"));
+        return (detail, None);
+    }
     detail.push_str(&format!(
-        " — {} limits would not be enforced",
-        r.unusable().join("/")
+        " — {} limits would not be enforced{pids_note}",
+        r.unenforced().join("/")
     ));
     let v2_like = r
         .controllers
@@ -802,7 +819,7 @@ mod tests {
         assert_eq!(r.unusable(), vec!["memory", "pids", "cpu"]);
         let (detail, fix) = describe(&r);
         assert!(
-            detail.contains("memory/pids/cpu limits would not be enforced"),
+            detail.contains("memory/cpu limits would not be enforced (pids limits are: RLIMIT_NPROC caps the sandbox's processes without the controller)"),
             "{detail}"
         );
         assert!(fix.expect("fix").contains("cgroup v1 cannot be delegated"));

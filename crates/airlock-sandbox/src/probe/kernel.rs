@@ -4,7 +4,6 @@
 use super::child::{self, Outcome, Reporter};
 use super::{errstr, raw, read_trim, which, Host, Row, Status};
 use nix::sched::{unshare, CloneFlags};
-use std::path::Path;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -303,75 +302,26 @@ fn nft_kernel_probe(root: bool) -> Outcome {
     })
 }
 
+/// airlock does not use nftables (nor any firewall): filtered egress is listeners on the
+/// sandbox's own loopback plus the host-side proxy (the `egress` row), the metadata floor is
+/// checked there and, in `--net open`, held by prohibited routes. Informational only.
 pub(super) fn nftables_row(h: &Host) -> Row {
-    let (id, name, needed) = (
-        "nftables",
-        "nftables",
-        "network modes other than --net off (filtered egress, metadata blocking)",
-    );
     let o = nft_kernel_probe(h.root);
-    let module_hint = Path::new("/sys/module/nf_tables").exists()
-        || std::fs::read_to_string("/proc/modules")
-            .is_ok_and(|m| m.lines().any(|l| l.starts_with("nf_tables ")));
-    let kernel: Result<String, String> = match (o.get(NF_SOCKET), o.get(NF_QUERY)) {
-        (_, Some(Ok(_))) => Ok(format!(
-            "kernel nf_tables answers netlink{}",
-            if o.ok(NF_UNSHARE) {
-                " (queried in a fresh network namespace)"
-            } else {
-                ""
-            }
-        )),
-        (Some(Err(e)), _) => Err(format!("no nfnetlink socket: {}", errstr(e))),
-        (_, Some(Err(libc::EPERM))) if module_hint => {
-            Ok("nf_tables module loaded (netlink query not permitted here)".into())
-        }
-        (_, Some(Err(e))) => Err(format!("nf_tables did not answer: {}", errstr(e))),
-        _ => Err(o
+    let kernel = match (o.get(NF_SOCKET), o.get(NF_QUERY)) {
+        (_, Some(Ok(_))) => "kernel nf_tables answers netlink".to_string(),
+        (Some(Err(e)), _) => format!("no nfnetlink socket: {}", errstr(e)),
+        (_, Some(Err(e))) => format!("nf_tables did not answer: {}", errstr(e)),
+        _ => o
             .abnormal_end()
-            .unwrap_or_else(|| "nf_tables probe did not finish".into())),
+            .unwrap_or_else(|| "nf_tables probe did not finish".into()),
     };
-    let binary = which("nft");
-    let version = binary
-        .as_ref()
-        .and_then(|b| super::run_bounded(b, &["--version"], Duration::from_secs(3)).ok())
-        .map(|(_, s)| s.trim().to_string());
-    let bin_desc = match (&binary, &version) {
-        (Some(b), Some(v)) if !v.is_empty() => format!("{} ({v})", b.display()),
-        (Some(b), _) => b.display().to_string(),
-        (None, _) => "nft not found".into(),
+    let binary = match which("nft") {
+        Some(b) => format!("nft at {}", b.display()),
+        None => "no nft binary".into(),
     };
-    match (&kernel, &binary) {
-        (Ok(k), Some(_)) => Row::new(
-            id,
-            name,
-            Status::Ok,
-            format!("{k}; {bin_desc}"),
-            None,
-            needed,
-        ),
-        (Ok(k), None) => Row::new(
-            id,
-            name,
-            Status::Degraded,
-            format!("{k}; nft binary not found"),
-            Some("apt install nftables  (dnf install nftables)".into()),
-            needed,
-        ),
-        (Err(k), _) => Row::new(
-            id,
-            name,
-            Status::Degraded,
-            format!("{k}; {bin_desc}"),
-            Some(format!(
-                "load nf_tables (modprobe nf_tables; the kernel needs CONFIG_NF_TABLES){}",
-                if binary.is_none() {
-                    " and apt install nftables"
-                } else {
-                    ""
-                }
-            )),
-            needed,
-        ),
-    }
+    Row::info(
+        "nftables",
+        "nftables",
+        format!("not used by airlock (filtered egress and the metadata floor need no firewall rules); {kernel}; {binary}"),
+    )
 }

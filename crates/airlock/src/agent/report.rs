@@ -34,17 +34,17 @@ const USAGE: &str = "usage: report working|done|blocked|info \"text\"\n\
 /// The tool's entry point; returns the exit code.
 pub fn main(args: &[String]) -> i32 {
     let Some((status, rest)) = args.split_first() else {
-        eprintln!("{USAGE}");
+        errln!("{USAGE}");
         return 2;
     };
     if status == "-h" || status == "--help" {
-        println!("{USAGE}");
+        outln!("{USAGE}");
         return 0;
     }
     let status: ReportStatus = match status.parse() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("report: {e}\n{USAGE}");
+            errln!("report: {e}\n{USAGE}");
             return 2;
         }
     };
@@ -53,16 +53,16 @@ pub fn main(args: &[String]) -> i32 {
     match send(&path, &ReportRequest { status, text }) {
         Ok(r) if r.ok => {
             if let Some(n) = r.note {
-                eprintln!("report: {n}");
+                errln!("report: {n}");
             }
             0
         }
         Ok(r) => {
-            eprintln!("report: refused: {}", r.note.unwrap_or_default());
+            errln!("report: refused: {}", r.note.unwrap_or_default());
             1
         }
         Err(e) => {
-            eprintln!(
+            errln!(
                 "report: cannot reach the agent runner at {path}: {e} (is this an agent sandbox?)"
             );
             1

@@ -98,7 +98,7 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
         .hint(format!("airlock logs {name}")));
     };
     if !wait {
-        println!("turn {turn}");
+        outln!("turn {turn}");
         return Ok(0);
     }
     let mut f = Follower::from_offset(&reports, offset);
@@ -118,11 +118,11 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
                 continue;
             }
             if json {
-                let _ = writeln!(out, "{raw}");
+                crate::out::check(writeln!(out, "{raw}"));
             } else if let Some(l) = journal::render(&e) {
-                let _ = writeln!(out, "{l}");
+                crate::out::check(writeln!(out, "{l}"));
             }
-            let _ = out.flush();
+            crate::out::check(out.flush());
             let code = match journal::ends_turn(&e, turn) {
                 Some(TurnEnd::Done) => Some(0),
                 Some(TurnEnd::Blocked) => Some(exit::AGENT_BLOCKED),
@@ -155,12 +155,12 @@ pub fn reports(a: &ReportsArgs) -> CliResult<i32> {
     loop {
         for (raw, e) in f.poll() {
             if a.json {
-                let _ = writeln!(out, "{raw}");
+                crate::out::check(writeln!(out, "{raw}"));
             } else if let Some(l) = e.as_ref().and_then(journal::render) {
-                let _ = writeln!(out, "{l}");
+                crate::out::check(writeln!(out, "{l}"));
             }
         }
-        let _ = out.flush();
+        crate::out::check(out.flush());
         if !a.follow {
             return Ok(0);
         }
@@ -182,7 +182,7 @@ pub fn attach(a: &AttachArgs) -> CliResult<i32> {
         )
         .hint(format!("airlock reports {} shows what it did", a.name)));
     }
-    eprintln!(
+    errln!(
         "airlock: following the agent of {0} (Ctrl-C detaches; `airlock prompt {0} \"…\"` steers it, `airlock attach --shell {0}` opens a shell)",
         a.name
     );
@@ -199,18 +199,18 @@ pub fn attach(a: &AttachArgs) -> CliResult<i32> {
                         break;
                     }
                     log_offset += n as u64;
-                    let _ = out.write_all(&buf[..n]);
+                    crate::out::bytes(&mut out, &buf[..n]);
                 }
             }
         }
         for (_, e) in reports.poll() {
             if let Some(l) = e.as_ref().and_then(journal::render) {
-                let _ = writeln!(out, "\n[airlock] {l}");
+                crate::out::check(writeln!(out, "\n[airlock] {l}"));
             }
         }
-        let _ = out.flush();
+        crate::out::check(out.flush());
         if exec::pid1(&dir).is_none() {
-            eprintln!("airlock: sandbox {} stopped", a.name);
+            errln!("airlock: sandbox {} stopped", a.name);
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(150));

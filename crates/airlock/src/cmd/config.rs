@@ -68,7 +68,7 @@ fn render_json(r: &Resolved, trusted: bool, out: &mut dyn Write) -> io::Result<(
             widening: &p.widening,
         }),
     };
-    serde_json::to_writer_pretty(&mut *out, &view).map_err(io::Error::other)?;
+    serde_json::to_writer_pretty(&mut *out, &view).map_err(io::Error::from)?;
     writeln!(out)
 }
 

@@ -266,25 +266,37 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
 /// symlinks leaving the copy, git control directories and tool configuration (listed, so the
 /// user reviews them before running git or tools there).
 fn review_copy(top: &Path) {
-    use crate::work::gate::{config_kind, shown, symlink_escapes};
+    use airlock_work::gate::{config_kind, shown, symlink_escapes};
     use std::os::unix::fs::PermissionsExt;
     let mut notes = Vec::new();
     let mut stack = vec![top.to_path_buf()];
     let mut budget = 300_000usize;
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             if budget == 0 {
                 break;
             }
             budget -= 1;
             let p = e.path();
-            let rel = p.strip_prefix(top).unwrap_or(&p).to_string_lossy().into_owned();
-            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            let rel = p
+                .strip_prefix(top)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
             if m.file_type().is_symlink() {
                 let t = std::fs::read_link(&p).unwrap_or_default();
                 if symlink_escapes(&rel, t.as_os_str().as_encoded_bytes()) {
-                    notes.push(format!("{}  symlink leaving the copy -> {}", shown(&rel), shown(&t.to_string_lossy())));
+                    notes.push(format!(
+                        "{}  symlink leaving the copy -> {}",
+                        shown(&rel),
+                        shown(&t.to_string_lossy())
+                    ));
                 }
                 continue;
             }
@@ -305,15 +317,15 @@ fn review_copy(top: &Path) {
     }
     if !notes.is_empty() {
         notes.sort();
-        eprintln!(
+        errln!(
             "airlock: the copy in {} holds what tools obey or follow; review before running them there:",
             top.display()
         );
         for n in notes.iter().take(50) {
-            eprintln!("  {n}");
+            errln!("  {n}");
         }
         if notes.len() > 50 {
-            eprintln!("  … and {} more", notes.len() - 50);
+            errln!("  … and {} more", notes.len() - 50);
         }
     }
 }

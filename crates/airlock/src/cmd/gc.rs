@@ -9,7 +9,7 @@ pub fn gc(json: bool) -> CliResult<i32> {
     let state = rundir::state_dir();
     let mut reclaimed = rundir::gc(&state, Layout::detect);
     reclaimed.extend(
-        crate::work::home_files::sweep(&state)
+        airlock_work::home_files::sweep(&state, airlock_sandbox::container::rundir::lock_free)
             .into_iter()
             .map(|n| format!("home-files/{n}")),
     );
@@ -23,7 +23,7 @@ pub fn gc(json: bool) -> CliResult<i32> {
         None
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "reclaimed": reclaimed, "named": named })
         );
@@ -31,13 +31,13 @@ pub fn gc(json: bool) -> CliResult<i32> {
     }
     if let Some(r) = &named {
         for c in &r.changes {
-            println!("{}: {}", c.name, c.detail);
+            outln!("{}: {}", c.name, c.detail);
         }
     }
     if reclaimed.is_empty() {
-        println!("nothing to reclaim");
+        outln!("nothing to reclaim");
     } else {
-        println!(
+        outln!(
             "reclaimed {} leftover sandbox(es): {}",
             reclaimed.len(),
             reclaimed.join(", ")

@@ -52,7 +52,7 @@ pub fn run(name: &str, project_dir: &Path, phase: Phase, state: &str) -> CliResu
     let resolved = match config::load(&LoadOptions::new(project_dir)) {
         Ok(r) => r,
         Err(e) if !phase.starting() => {
-            eprintln!("airlock: warning: {} hooks skipped: {e}", phase.key());
+            errln!("airlock: warning: {} hooks skipped: {e}", phase.key());
             return Ok(());
         }
         Err(e) => return Err(e.into()),
@@ -74,11 +74,11 @@ pub fn run(name: &str, project_dir: &Path, phase: Phase, state: &str) -> CliResu
             .filter(|w| w.key.starts_with("hooks."))
             .cloned()
             .collect();
-        if !hooks.is_empty() && crate::trust::state(p) != crate::trust::State::Trusted {
+        if !hooks.is_empty() && crate::cmd::trust::state(p) != crate::cmd::trust::State::Trusted {
             if phase.starting() {
-                return Err(crate::trust::refusal(p, &hooks));
+                return Err(crate::cmd::trust::refusal(p, &hooks));
             }
-            eprintln!(
+            errln!(
                 "airlock: warning: {} hooks skipped: {} is not trusted (`airlock trust {}`)",
                 phase.key(),
                 p.file.display(),
@@ -100,11 +100,11 @@ pub fn run(name: &str, project_dir: &Path, phase: Phase, state: &str) -> CliResu
             .status();
         match st {
             Ok(s) if s.success() => {}
-            Ok(s) => eprintln!(
+            Ok(s) => errln!(
                 "airlock: warning: {} hook `{cmd}` failed ({s}); continuing",
                 phase.key()
             ),
-            Err(e) => eprintln!(
+            Err(e) => errln!(
                 "airlock: warning: {} hook `{cmd}` could not start: {e}; continuing",
                 phase.key()
             ),

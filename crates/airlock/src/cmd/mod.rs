@@ -4,11 +4,14 @@ mod agent;
 mod config;
 mod cp;
 mod doctor;
+mod drift;
 mod gc;
 mod hooks;
 mod init;
 pub(crate) mod run;
 pub(crate) mod sandbox;
+pub(crate) mod trust;
+mod wayback;
 mod work;
 
 use crate::cli::{Cli, Command};
@@ -97,17 +100,17 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
             let trusted = resolved
                 .project
                 .as_ref()
-                .is_some_and(|p| crate::trust::state(p) == crate::trust::State::Trusted);
+                .is_some_and(|p| crate::cmd::trust::state(p) == crate::cmd::trust::State::Trusted);
             config::run_config(&resolved, trusted, a.json, &mut std::io::stdout().lock())
                 .map_err(|e| CliError::new(exit::USAGE, e))?;
             Ok(0)
         }
-        Command::Trust(a) => crate::trust::trust_cmd(a.dir.as_deref(), a.revoke, a.json),
+        Command::Trust(a) => crate::cmd::trust::trust_cmd(a.dir.as_deref(), a.revoke, a.json),
         Command::Init(a) => {
             let dir = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, e))?;
             let path = init::run_init(&dir, a.force)
                 .map_err(|e| CliError::new(exit::USAGE, e).hint("pass --force to overwrite"))?;
-            println!("wrote {}", path.display());
+            outln!("wrote {}", path.display());
             Ok(0)
         }
         Command::Doctor(a) => doctor::run_doctor(a.json, &mut std::io::stdout().lock())

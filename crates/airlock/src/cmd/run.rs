@@ -344,7 +344,7 @@ pub fn build(
 ) -> CliResult<Built> {
     airlock_sandbox::phase("start");
     let resolved = load_config(global_config, no_user_config, cli_layer(&a.policy)?)?;
-    crate::trust::require(resolved.project.as_ref())?;
+    crate::cmd::trust::require(resolved.project.as_ref())?;
     let eff = &resolved.effective;
     let profile = eff.sandbox.profile;
     if eff.sandbox.image != "host" {
@@ -371,7 +371,7 @@ pub fn build(
     // Named sandboxes default to their own clone when the project is a git repository.
     let workspace = match eff.workspace.mode {
         Some(m) => m,
-        None if persistent && crate::work::clone::toplevel(&cwd).is_some() => WorkspaceMode::Clone,
+        None if persistent && airlock_work::clone::toplevel(&cwd).is_some() => WorkspaceMode::Clone,
         None => match profile {
             Profile::Permissive => WorkspaceMode::Bind,
             _ => WorkspaceMode::Overlay,
@@ -382,7 +382,7 @@ pub fn build(
             return Err(airlock_model::plan::Refusal::CloneUnsupported.into());
         }
         // (A default of clone already found the repository.)
-        if eff.workspace.mode.is_some() && crate::work::clone::toplevel(&cwd).is_none() {
+        if eff.workspace.mode.is_some() && airlock_work::clone::toplevel(&cwd).is_none() {
             return Err(CliError::new(
                 exit::POLICY_REFUSED,
                 anyhow::anyhow!(
@@ -416,6 +416,13 @@ pub fn build(
         .map(parse_duration)
         .transpose()
         .map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
+    if let Some(p) = &a.net_log {
+        // Checked (and created) now, so a bad target fails before anything starts.
+        airlock_model::userfile::open_append(p).map_err(|e| {
+            CliError::usage(format!("--net-log {}: {e}", p.display()))
+                .hint("name a regular file you can write; the journal is appended to it")
+        })?;
+    }
     if a.tty && !std::io::stdin().is_terminal() {
         return Err(CliError::usage("-t needs a terminal on stdin")
             .hint("drop -t when piping input or running from a script"));
@@ -431,7 +438,7 @@ pub fn build(
                 .hint("cd into a project directory, or pass --workspace none"));
         }
         if std::env::var_os("HOME").is_some_and(|h| Path::new(&h) == project_dir) {
-            eprintln!("airlock: warning: the workspace is your home directory: everything in it (~/.ssh, ~/.aws, …) is visible inside; run from a project directory or pass --workspace none");
+            errln!("airlock: warning: the workspace is your home directory: everything in it (~/.ssh, ~/.aws, …) is visible inside; run from a project directory or pass --workspace none");
         }
     }
     let mut binds = Vec::new();
@@ -464,14 +471,11 @@ pub fn build(
             .hint("mount a narrower directory, or move the state with AIRLOCK_STATE_DIR"));
         }
     }
-    let workdir = a.workdir.as_ref().map(|w| {
-        let p = PathBuf::from(w);
-        if p.is_absolute() {
-            p
-        } else {
-            Path::new("/workspace").join(p)
-        }
-    });
+    let workdir = a
+        .workdir
+        .as_ref()
+        .map(|w| workdir_inside(Path::new(w)))
+        .transpose()?;
     let r = &eff.resources;
     if persistent && r.disk.is_some() {
         return Err(plan::Refusal::DiskUnenforceable.into());
@@ -517,7 +521,7 @@ pub fn build(
             // The hooks directory git is configured to use, when it is inside the checkout
             // (e.g. husky's `.husky`): in bind mode the sandbox must not write hooks there.
             if workspace == WorkspaceMode::Bind {
-                if let Some(h) = crate::work::wayback::hooks_path(&project_dir) {
+                if let Some(h) = airlock_work::wayback::hooks_path(&project_dir) {
                     if let Ok(r) = h.strip_prefix(&project_dir) {
                         p.push(r.to_string_lossy().into_owned());
                     }
@@ -542,6 +546,35 @@ pub fn build(
         secrets: None,
         instance_id: None,
     })
+}
+
+/// `-w DIR` of `run` and `exec`: an absolute path as given; a relative one under /workspace,
+/// resolved lexically (`-w .` is /workspace, `-w src/..` too). A relative path that climbs out
+/// of /workspace is refused rather than silently leaving it.
+pub fn workdir_inside(w: &Path) -> CliResult<PathBuf> {
+    use std::path::Component;
+    if w.is_absolute() {
+        return Ok(w.to_path_buf());
+    }
+    let root = Path::new("/workspace");
+    let mut p = root.to_path_buf();
+    for c in w.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(n) => p.push(n),
+            Component::ParentDir if p != root => {
+                p.pop();
+            }
+            _ => {
+                return Err(CliError::usage(format!(
+                "-w {}: a relative working directory is under /workspace, and this one leaves it",
+                w.display()
+            ))
+                .hint("give an absolute path to work elsewhere, e.g. -w /tmp"))
+            }
+        }
+    }
+    Ok(p)
 }
 
 /// Host-side listeners of a launch (agent mode).
@@ -572,7 +605,7 @@ pub fn launch(
             None => state.join("home-files").join(&spec.name),
         };
         let staging =
-            crate::work::home_files::Staging::new(dir, persist.is_none()).map_err(|e| {
+            airlock_work::home_files::Staging::new(dir, persist.is_none()).map_err(|e| {
                 CliError::new(
                     exit::SANDBOX_FAILED,
                     anyhow::anyhow!("stage home files: {e}"),
@@ -580,7 +613,7 @@ pub fn launch(
             })?;
         let owner = crate::cmd::sandbox::rootful_owner(&spec);
         let kept = spec.home_dir.clone();
-        crate::work::home_files::stage(&mut spec, kept.as_deref(), &staging.dir, owner).map_err(
+        airlock_work::home_files::stage(&mut spec, kept.as_deref(), &staging.dir, owner).map_err(
             |e| CliError::usage(e).hint("fix [home_files] in airlock.toml (see `airlock config`)"),
         )?;
         Some(staging)
@@ -595,7 +628,7 @@ pub fn launch(
         Layout::None
     };
     rundir::gc(&state, Layout::detect);
-    crate::work::home_files::sweep(&state);
+    airlock_work::home_files::sweep(&state, container::rundir::lock_free);
     let secrets = match &b.secrets {
         Some(s) => s.clone(),
         None => resolve_secrets(&spec.secrets)?,
@@ -604,7 +637,7 @@ pub fn launch(
     let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
     if !plan.unenforced_limits.is_empty() {
-        eprintln!(
+        errln!(
             "airlock: warning: not enforced on this host: {} limit (no usable cgroup{}); pass --require-limits to refuse instead",
             plan.unenforced_limits.join(", "),
             if plan.rootless { " delegation for this user" } else { "" }
@@ -639,33 +672,33 @@ pub fn launch(
     }
     // Bind mode: the way back is the checkout itself; look at it before and after.
     let wayback = (spec.workspace == WorkspaceMode::Bind).then(|| {
-        let extra: Vec<PathBuf> = crate::work::wayback::hooks_path(&spec.project_dir)
+        let extra: Vec<PathBuf> = airlock_work::wayback::hooks_path(&spec.project_dir)
             .into_iter()
             .collect();
-        let snap = crate::work::wayback::snapshot(&spec.project_dir, &extra);
+        let snap = airlock_work::wayback::snapshot(&spec.project_dir, &extra);
         (extra, snap)
     });
     let outcome = container::run(&plan, &opts)?;
     airlock_sandbox::phase("cleaned up");
     let mut undone = false;
     if let Some((extra, before)) = &wayback {
-        let report = crate::work::wayback::verify(&spec.project_dir, before, extra);
+        let report = airlock_work::wayback::verify(&spec.project_dir, before, extra);
         if !report.is_empty() {
-            undone = crate::work::wayback::print(&report);
+            undone = super::wayback::print(&report);
             if let Some(dir) = persist {
                 let _ = std::fs::write(
-                    dir.join(crate::work::wayback::REPORT_FILE),
+                    dir.join(airlock_work::wayback::REPORT_FILE),
                     serde_json::to_vec_pretty(&report).unwrap_or_default(),
                 );
             }
         }
     }
     match outcome.ending {
-        Ending::TimedOut => eprintln!(
+        Ending::TimedOut => errln!(
             "airlock: killed: timeout after {}",
             timeout_text.unwrap_or("?")
         ),
-        Ending::OutOfMemory => eprintln!(
+        Ending::OutOfMemory => errln!(
             "airlock: killed: out of memory (limit {})",
             spec.resources
                 .memory
@@ -705,7 +738,11 @@ pub fn resolve_secrets(
                 )
             })?,
             config::SecretSource::FromFile(path) => {
-                let v = std::fs::read_to_string(path).map_err(|e| {
+                let v = airlock_model::userfile::read_to_string(
+                    path,
+                    airlock_model::userfile::MAX_SECRET_BYTES,
+                )
+                .map_err(|e| {
                     CliError::usage(format!(
                         "secret {name}: cannot read {}: {e}",
                         path.display()
@@ -736,17 +773,17 @@ fn print_changes(c: &Changes) {
             lines.push(format!("  {mark} {}", p.display()));
         }
     }
-    eprintln!(
+    errln!(
         "airlock: workspace changes (discarded, host untouched): {} added, {} changed, {} deleted",
         c.added.len(),
         c.modified.len(),
         c.deleted.len()
     );
     for l in lines.iter().take(MAX_LISTED) {
-        eprintln!("{l}");
+        errln!("{l}");
     }
     if lines.len() > MAX_LISTED {
-        eprintln!("  … and {} more", lines.len() - MAX_LISTED);
+        errln!("  … and {} more", lines.len() - MAX_LISTED);
     }
 }
 
@@ -762,6 +799,21 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         for bad in ["", "0", "-1s", "abc", "5x"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn working_directories_stay_under_the_workspace() {
+        let w = |s: &str| workdir_inside(Path::new(s)).map_err(|e| e.error.to_string());
+        assert_eq!(w("."), Ok(PathBuf::from("/workspace")));
+        assert_eq!(w("src"), Ok(PathBuf::from("/workspace/src")));
+        assert_eq!(w("./src/../lib/"), Ok(PathBuf::from("/workspace/lib")));
+        assert_eq!(w("src/.."), Ok(PathBuf::from("/workspace")));
+        assert_eq!(w("/etc"), Ok(PathBuf::from("/etc")));
+        assert_eq!(w("/tmp/../x"), Ok(PathBuf::from("/tmp/../x")));
+        for bad in ["..", "../../etc", "src/../../etc", "./.."] {
+            let err = w(bad).expect_err(bad);
+            assert!(err.contains("leaves it"), "{bad}: {err}");
         }
     }
 

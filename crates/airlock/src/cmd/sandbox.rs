@@ -94,7 +94,10 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
             .is_ok_and(|st| st.record.state == airlock_model::lifecycle::SandboxState::Running)
     };
     let was_running = running(&c);
-    if !was_running {
+    if !a.fresh && c.status(&name).is_ok() {
+        refuse_changes(&a, &name, global_config, no_user_config)?;
+    }
+    if !was_running || a.fresh {
         if let Some(p) = &project {
             super::hooks::run(&name, p, super::hooks::Phase::PreUp, "starting")?;
         }
@@ -120,8 +123,8 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
             start_named(&c, &name)?;
         }
     }
-    println!("{name} running");
-    if !was_running {
+    outln!("{name} running");
+    if !was_running || a.fresh {
         if let Some(p) = &project {
             super::hooks::run(&name, p, super::hooks::Phase::PostUp, "running")?;
         }
@@ -130,11 +133,53 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
         Some(text) => crate::cmd::agent::send_prompt(&name, text, !a.no_attach, false),
         None => {
             if a.agent.is_some() {
-                eprintln!("airlock: send it a task: airlock prompt {name} \"…\"");
+                errln!("airlock: send it a task: airlock prompt {name} \"…\"");
             }
             Ok(0)
         }
     }
+}
+
+/// `up NAME OPTIONS` of an existing sandbox: its policy was fixed at creation, so options
+/// that would differ are refused, each named, with the way out — never dropped silently.
+fn refuse_changes(
+    a: &UpArgs,
+    name: &str,
+    global_config: Option<&Path>,
+    no_user_config: bool,
+) -> CliResult<()> {
+    let Some(recorded) = recorded_spec(&sandbox_dir(name)) else {
+        return Ok(());
+    };
+    let run_args = RunArgs {
+        policy: a.policy.clone(),
+        name: Some(name.to_string()),
+        workdir: None,
+        timeout: None,
+        tty: false,
+        interactive: false,
+        net_log: None,
+        keep: false,
+        cmd: vec![],
+    };
+    let asked = crate::cmd::run::build(&run_args, global_config, no_user_config, true)?.spec;
+    let agent = a
+        .agent
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| CliError::usage(format!("--agent: {e}")))?;
+    let diffs = crate::cmd::drift::drift(&a.policy, agent.as_ref(), &asked, &recorded);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "sandbox {name} exists, and `up` does not change an existing sandbox; these options differ from it:\n    {}",
+        diffs.join("\n    ")
+    ))
+    .hint(format!(
+        "`airlock up {name} --fresh` with these options recreates it (its state is discarded: fetch or sync its work first); or drop them to start it as it is"
+    )))
 }
 
 pub fn logs(a: &LogsArgs) -> CliResult<i32> {
@@ -160,13 +205,13 @@ pub fn logs(a: &LogsArgs) -> CliResult<i32> {
             .read(&mut buf)
             .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
         if n > 0 {
-            let _ = out.write_all(&buf[..n]);
+            crate::out::bytes(&mut out, &buf[..n]);
             continue;
         }
         if !a.follow {
             return Ok(0);
         }
-        let _ = out.flush();
+        crate::out::check(out.flush());
         std::thread::sleep(std::time::Duration::from_millis(200));
         let _ = f.stream_position();
     }
@@ -186,7 +231,12 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
         ),
     };
     airlock_model::spec::validate_name(&name).map_err(CliError::usage)?;
-    let (tty, interactive, workdir, cmd) = (a.tty, a.interactive, a.workdir.clone(), a.cmd.clone());
+    let (tty, interactive, cmd) = (a.tty, a.interactive, a.cmd.clone());
+    let workdir = a
+        .workdir
+        .as_deref()
+        .map(|w| crate::cmd::run::workdir_inside(Path::new(w)))
+        .transpose()?;
     let run_args = RunArgs {
         name: Some(name.clone()),
         cmd: vec![],
@@ -197,17 +247,9 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
     let c = client()?;
     create_record(&c, &name, &built)?;
     start_with(&c, &name, &built.spec)?;
-    let workdir = workdir.map(|w| {
-        let p = PathBuf::from(&w);
-        if p.is_absolute() {
-            p
-        } else {
-            Path::new("/workspace").join(p)
-        }
-    });
     let code = exec_in(&name, cmd, &[], workdir, tty, interactive, true);
     let stopped = c.stop(&name, Some(std::time::Duration::from_secs(10)));
-    eprintln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
+    errln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
     stopped?;
     code
 }
@@ -245,18 +287,23 @@ pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool)
         }
     }
     let rec = create_record(&client()?, &a.name, &built)?;
-    println!("{}", rec.name);
+    outln!("{}", rec.name);
     Ok(0)
 }
 
 /// Create the engine's record, then the sandbox's own workspace (clone mode): its clone of the
 /// host repository, the `context` paths, the reference repositories. A failure removes the
-/// record again, so nothing half-made stays.
+/// record again, so nothing half-made stays. Secret sources are read first (and the values
+/// dropped): one that is missing fails before anything exists.
 fn create_record(
     c: &Client,
     name: &str,
     built: &crate::cmd::run::Built,
 ) -> CliResult<airlock_engine::store::Record> {
+    drop(crate::cmd::run::resolve_secrets(&built.spec.secrets)?);
+    if built.spec.require_limits {
+        check_limits(name, &built.spec)?;
+    }
     let mut spec =
         serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     // What `list` and `status` show: the only backend and image of this build.
@@ -271,7 +318,7 @@ fn create_record(
 }
 
 fn prepare_workspace(dir: &Path, name: &str, built: &crate::cmd::run::Built) -> CliResult<()> {
-    use crate::work::clone;
+    use airlock_work::clone;
     let spec = &built.spec;
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("{what}: {e}"))
@@ -290,7 +337,7 @@ fn prepare_workspace(dir: &Path, name: &str, built: &crate::cmd::run::Built) -> 
         let home = persistent_home(dir, spec).map_err(|e| fail("prepare the home", &e))?;
         for r in &built.workspace.repos {
             let dest = home.join(&r.dest);
-            crate::work::clone::clone_reference(&r.source, &dest)
+            airlock_work::clone::clone_reference(&r.source, &dest)
                 .map_err(|e| fail(&format!("copy the repository {}", r.source.display()), &e))?;
         }
         owned.push(home);
@@ -320,7 +367,36 @@ fn start_with(
     spec: &airlock_model::spec::RunSpec,
 ) -> CliResult<airlock_engine::store::Record> {
     let secrets = crate::cmd::run::resolve_secrets(&spec.secrets)?;
+    check_limits(name, spec)?;
     Ok(c.start_with_secrets(name, &secrets)?)
+}
+
+/// The limits of `spec` this host cannot enforce for this user: what the supervisor's plan
+/// will find (it runs as this user, on this host).
+fn unenforced_limits(spec: &airlock_model::spec::RunSpec) -> Vec<&'static str> {
+    if !spec.resources.any() {
+        return Vec::new();
+    }
+    let support = airlock_sandbox::cgroup::Layout::detect().support();
+    airlock_model::plan::unenforced_limits(&spec.resources, &support)
+}
+
+/// Before anything starts: refuse (121) what `--require-limits` cannot have, or say which
+/// limits will not hold, as `run` does.
+fn check_limits(name: &str, spec: &airlock_model::spec::RunSpec) -> CliResult<()> {
+    let unenforced = unenforced_limits(spec);
+    if unenforced.is_empty() {
+        return Ok(());
+    }
+    if spec.require_limits {
+        return Err(airlock_model::plan::Refusal::LimitsUnenforceable(unenforced).into());
+    }
+    errln!(
+        "airlock: warning: {name}: not enforced on this host: {} limit (no usable cgroup{}); `airlock status {name}` says so too; create it with --require-limits to refuse instead",
+        unenforced.join(", "),
+        if nix::unistd::geteuid().is_root() { "" } else { " delegation for this user" }
+    );
+    Ok(())
 }
 
 pub fn start(name: &str) -> CliResult<i32> {
@@ -329,7 +405,7 @@ pub fn start(name: &str) -> CliResult<i32> {
         super::hooks::run(name, p, super::hooks::Phase::PreUp, "starting")?;
     }
     let rec = start_named(&client()?, name)?;
-    println!("{} {}", rec.name, rec.state);
+    outln!("{} {}", rec.name, rec.state);
     if let Some(p) = &project {
         super::hooks::run(name, p, super::hooks::Phase::PostUp, "running")?;
     }
@@ -360,42 +436,20 @@ pub fn stop(a: &StopArgs) -> CliResult<i32> {
         super::hooks::run(&a.name, p, super::hooks::Phase::PreDown, "stopping")?;
     }
     let rec = c.stop(&a.name, Some(grace))?;
-    println!("{} {}", rec.name, rec.state);
+    outln!("{} {}", rec.name, rec.state);
     if let Some(p) = &project {
         super::hooks::run(&a.name, p, super::hooks::Phase::PostDown, "stopped")?;
     }
     // A bind-mode sandbox's check of the checkout on the way out (written by its supervisor).
-    if let Ok(dir) = existing_dir(&a.name) {
-        let f = dir.join(crate::work::wayback::REPORT_FILE);
-        if let Some(b) = crate::work::review::read_small(&f, 1 << 22) {
-            let _ = std::fs::remove_file(&f);
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
-                let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
-                let (git, config) = (list("git"), list("config"));
-                for (items, head) in [
-                    (&git, "the sandbox changed how git behaves in your checkout; undone:"),
-                    (&config, "the sandbox changed configuration that tools obey in your checkout; review before running them there:"),
-                ] {
-                    if !items.is_empty() {
-                        eprintln!("airlock: {head}");
-                        for c in items {
-                            let s = |k: &str| {
-                                crate::work::gate::shown(c[k].as_str().unwrap_or_default())
-                                    .into_owned()
-                            };
-                            eprintln!("  {:<8} {}  ({})", s("what"), s("path"), s("note"));
-                        }
-                    }
-                }
-                if !git.is_empty() {
-                    return Err(CliError::new(
-                        exit::POLICY_REFUSED,
-                        anyhow::anyhow!("{} tampered with git's control files in its bind workspace", a.name),
-                    )
-                    .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git"));
-                }
-            }
-        }
+    if existing_dir(&a.name).is_ok_and(|dir| super::wayback::print_saved(&dir)) {
+        return Err(CliError::new(
+            exit::POLICY_REFUSED,
+            anyhow::anyhow!(
+                "{} tampered with git's control files in its bind workspace",
+                a.name
+            ),
+        )
+        .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git"));
     }
     Ok(0)
 }
@@ -407,7 +461,7 @@ pub fn rm(a: &RmArgs) -> CliResult<i32> {
         super::hooks::run(&a.name, p, super::hooks::Phase::PreDown, "stopping")?;
     }
     c.rm(&a.name, a.force)?;
-    println!("removed {}", a.name);
+    outln!("removed {}", a.name);
     if let Some(p) = &project {
         super::hooks::run(&a.name, p, super::hooks::Phase::PostDown, "removed")?;
     }
@@ -430,14 +484,14 @@ pub fn list(json: bool) -> CliResult<i32> {
                 }
             }
         }
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
         );
         return Ok(0);
     }
     if records.is_empty() {
-        println!("no sandboxes");
+        outln!("no sandboxes");
         return Ok(0);
     }
     let agents = last.iter().any(Option::is_some);
@@ -446,9 +500,9 @@ pub fn list(json: bool) -> CliResult<i32> {
         "NAME", "STATE", "PROFILE", "BACKEND"
     );
     if agents {
-        println!("{head} LAST REPORT");
+        outln!("{head} LAST REPORT");
     } else {
-        println!("{}", head.trim_end());
+        outln!("{}", head.trim_end());
     }
     for (r, l) in records.iter().zip(&last) {
         let line = format!(
@@ -459,8 +513,8 @@ pub fn list(json: bool) -> CliResult<i32> {
             r.backend.as_deref().unwrap_or("-")
         );
         match l {
-            Some((summary, _)) => println!("{line} {summary}"),
-            None => println!("{}", line.trim_end()),
+            Some((summary, _)) => outln!("{line} {summary}"),
+            None => outln!("{}", line.trim_end()),
         }
     }
     Ok(0)
@@ -478,32 +532,52 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         }
     };
     let st = client()?.status(&name)?;
+    // Limits that do not hold: what the running sandbox's plan says, else this host now.
+    let unenforced: Vec<String> = match std::fs::read(sandbox_dir(&name).join("plan.json"))
+        .ok()
+        .filter(|_| st.record.state == airlock_model::lifecycle::SandboxState::Running)
+        .and_then(|b| serde_json::from_slice::<airlock_model::plan::LaunchPlan>(&b).ok())
+    {
+        Some(plan) => plan.unenforced_limits,
+        None => recorded_spec(&sandbox_dir(&name))
+            .map(|s| {
+                unenforced_limits(&s)
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
     if a.json {
-        println!(
+        let mut v =
+            serde_json::to_value(&st).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("unenforced_limits".into(), unenforced.clone().into());
+        }
+        outln!(
             "{}",
-            serde_json::to_string_pretty(&st)
-                .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
+            serde_json::to_string_pretty(&v).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
         );
         return Ok(0);
     }
     let r = &st.record;
-    println!("name:     {}", r.name);
-    println!("state:    {}", r.state);
-    println!("backend:  {}", r.backend.as_deref().unwrap_or("container"));
-    println!("image:    {}", r.image.as_deref().unwrap_or("host"));
-    println!("profile:  {}", r.profile.as_deref().unwrap_or("-"));
+    outln!("name:     {}", r.name);
+    outln!("state:    {}", r.state);
+    outln!("backend:  {}", r.backend.as_deref().unwrap_or("container"));
+    outln!("image:    {}", r.image.as_deref().unwrap_or("host"));
+    outln!("profile:  {}", r.profile.as_deref().unwrap_or("-"));
     if let Some(net) = r.spec.get("net").and_then(|v| v.as_str()) {
-        println!("network:  {net}");
+        outln!("network:  {net}");
     }
     if let Some(ws) = r.spec.get("workspace").and_then(|v| v.as_str()) {
-        match crate::work::clone::CloneInfo::load(&sandbox_dir(&r.name)) {
-            Some(c) => println!(
+        match airlock_work::clone::CloneInfo::load(&sandbox_dir(&r.name)) {
+            Some(c) => outln!(
                 "workspace: clone of {} on {} (`airlock diff {}`)",
                 c.host_repo.display(),
                 c.branch,
                 r.name
             ),
-            None => println!("workspace: {ws}"),
+            None => outln!("workspace: {ws}"),
         }
     }
     if let Some(d) = r
@@ -513,7 +587,7 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         .filter(|d| !d.is_empty())
     {
         let list: Vec<&str> = d.iter().filter_map(|v| v.as_str()).collect();
-        println!("allowed:  {}", list.join(", "));
+        outln!("allowed:  {}", list.join(", "));
     }
     if let Some(res) = r.spec.get("resources") {
         let limit = |k: &str| {
@@ -527,9 +601,14 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
             ("pids", limit("pids")),
         ]
         .into_iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+        .filter_map(|(k, v)| {
+            v.map(|v| match unenforced.iter().any(|u| u == k) {
+                true => format!("{k} {v} (not enforced on this host)"),
+                false => format!("{k} {v}"),
+            })
+        })
         .collect();
-        println!(
+        outln!(
             "limits:   {}",
             if parts.is_empty() {
                 "none".to_string()
@@ -539,15 +618,20 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         );
     }
     if let Some(up) = st.uptime_secs {
-        println!("uptime:   {up}s");
+        outln!("uptime:   {up}s");
     }
     if let Some(s) = st.stats {
-        println!("memory:   {} bytes", s.memory_bytes);
-        println!("pids:     {}", s.pids);
-        println!("cpu:      {} us", s.cpu_usec);
+        // Use is read from the sandbox's cgroup; one without limits has none.
+        let shown = |v: Option<u64>, unit: &str| match v {
+            Some(v) => format!("{v}{unit}"),
+            None => "n/a".to_string(),
+        };
+        outln!("memory:   {}", shown(s.memory_bytes, " bytes"));
+        outln!("pids:     {}", shown(s.pids, ""));
+        outln!("cpu:      {}", shown(s.cpu_usec, " us"));
     }
     if let Some(e) = &r.last_error {
-        println!("error:    {e}");
+        outln!("error:    {e}");
     }
     Ok(0)
 }
@@ -604,6 +688,10 @@ pub fn exec_dir(
     if tty && !std::io::stdin().is_terminal() {
         return Err(CliError::usage("-t needs a terminal on stdin"));
     }
+    let workdir = workdir
+        .as_deref()
+        .map(crate::cmd::run::workdir_inside)
+        .transpose()?;
     let env = env.iter().map(|kv| match kv.split_once('=') {
         Some((k, v)) => (k.to_string(), v.to_string()),
         None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
@@ -746,7 +834,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         .hint("start it with `airlock start` from a shell where its source is available"));
     }
     if spec.workspace == airlock_model::policy::WorkspaceMode::Clone {
-        spec.workspace_dir = Some(dir.join(crate::work::clone::WORKSPACE_DIR));
+        spec.workspace_dir = Some(dir.join(airlock_work::clone::WORKSPACE_DIR));
     }
     spec.home_dir = Some(persistent_home(dir, &spec).map_err(|e| {
         CliError::new(

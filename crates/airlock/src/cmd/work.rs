@@ -3,11 +3,11 @@
 
 use crate::cli::{DeliverArgs, DiffArgs, FetchArgs, SyncArgs};
 use crate::error::{CliError, CliResult};
-use crate::work::gate::{shown, Finding};
-use crate::work::git::{valid_branch, Git, GitError};
-use crate::work::review::{FetchOutcome, Review, ReviewError};
-use crate::work::sync as wsync;
 use airlock_model::exit;
+use airlock_work::gate::{shown, Finding};
+use airlock_work::git::{valid_branch, Git, GitError};
+use airlock_work::review::{FetchOutcome, Review, ReviewError};
+use airlock_work::sync as wsync;
 
 impl From<ReviewError> for CliError {
     fn from(e: ReviewError) -> Self {
@@ -34,9 +34,16 @@ impl From<GitError> for CliError {
     }
 }
 
+/// The sandbox's `[workspace] protected` paths (the gate flags them like agent configuration).
+fn protected_of(dir: &std::path::Path) -> Vec<String> {
+    super::sandbox::recorded_spec(dir)
+        .map(|s| s.protected)
+        .unwrap_or_default()
+}
+
 fn open(name: &str) -> CliResult<(std::path::PathBuf, Review)> {
     let dir = super::sandbox::existing_dir(name)?;
-    let r = Review::open(&dir, name)?;
+    let r = Review::open(&dir, name, protected_of(&dir))?;
     Ok((dir, r))
 }
 
@@ -47,7 +54,7 @@ fn print_findings(findings: &[Finding]) {
         } else {
             &f.path
         };
-        eprintln!(
+        errln!(
             "  {:<24} {}  {}",
             f.kind.label(),
             shown(path),
@@ -61,7 +68,7 @@ fn gate(r: &Review, name: &str, accept: bool, verb: &str) -> CliResult<()> {
     if r.findings.is_empty() || accept {
         return Ok(());
     }
-    eprintln!(
+    errln!(
         "airlock: {} of {} needs review: {} flagged change(s):",
         verb,
         r.info.branch,
@@ -107,7 +114,7 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
             "files": files,
             "findings": r.findings,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
         return Ok(0);
     }
     let mut args = vec!["diff", "--no-ext-diff", "--no-textconv", "--color=auto"];
@@ -122,7 +129,7 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
         .status()
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     if !r.findings.is_empty() {
-        eprintln!(
+        errln!(
             "airlock: the review gate flags {} change(s) (fetch and sync need --accept):",
             r.findings.len()
         );
@@ -142,7 +149,7 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
             "name": a.name, "branch": r.info.branch, "fetched": false,
             "needs_accept": true, "findings": r.findings,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
         return Ok(exit::POLICY_REFUSED);
     }
     gate(&r, &a.name, a.accept, "fetch")?;
@@ -176,9 +183,9 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
             "name": a.name, "branch": r.info.branch, "fetched": fetched, "tip": r.tip,
             "repository": r.info.host_repo, "findings": r.findings,
         });
-        println!("{v:#}");
+        outln!("{v:#}");
     } else {
-        println!(
+        outln!(
             "{} -> {} in {} ({what})",
             a.name,
             r.info.branch,
@@ -190,7 +197,7 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
 
 pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     let dir = super::sandbox::existing_dir(&a.name)?;
-    let r = Review::open(&dir, &a.name)?;
+    let r = Review::open(&dir, &a.name, protected_of(&dir))?;
     if !a.dry_run {
         gate(&r, &a.name, a.accept, "sync")?;
     }
@@ -223,25 +230,25 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
                 "unchanged": plan.unchanged, "skipped": plan.skipped,
                 "through_links": plan.through_links, "findings": r.findings,
             });
-            println!("{v:#}");
+            outln!("{v:#}");
         } else {
             for s in &plan.steps {
-                println!("{} {}", s.status, shown(&s.path));
+                outln!("{} {}", s.status, shown(&s.path));
             }
             for p in &plan.skipped {
-                println!("skipped (submodule) {}", shown(p));
+                outln!("skipped (submodule) {}", shown(p));
             }
         }
     };
     if !plan.through_links.is_empty() {
         report(false);
-        eprintln!(
+        errln!(
             "airlock: {} path(s) of {} lie below a symbolic link in your checkout:",
             plan.through_links.len(),
             a.name
         );
         for p in &plan.through_links {
-            eprintln!("  {}", shown(p));
+            errln!("  {}", shown(p));
         }
         return Err(CliError::new(
             exit::POLICY_REFUSED,
@@ -254,13 +261,13 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     }
     if !plan.conflicts.is_empty() {
         report(false);
-        eprintln!(
+        errln!(
             "airlock: {} path(s) changed on the host since {} started, and on its branch:",
             plan.conflicts.len(),
             a.name
         );
         for p in &plan.conflicts {
-            eprintln!("  {}", shown(p));
+            errln!("  {}", shown(p));
         }
         return Err(CliError::new(
             exit::CONFLICT,
@@ -274,11 +281,11 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     if a.dry_run {
         report(false);
         if !r.findings.is_empty() {
-            eprintln!("airlock: the review gate flags (sync needs --accept):");
+            errln!("airlock: the review gate flags (sync needs --accept):");
             print_findings(&r.findings);
         }
         if !a.json {
-            eprintln!(
+            errln!(
                 "airlock: dry run: {} change(s) by {}, nothing written",
                 plan.steps.len(),
                 plan.method
@@ -307,7 +314,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
             &format!("refs/heads/{}", r.info.branch),
         ])?;
     } else {
-        let by_path: std::collections::HashMap<&str, &crate::work::gate::Change> =
+        let by_path: std::collections::HashMap<&str, &airlock_work::gate::Change> =
             changes.iter().map(|c| (c.path.as_str(), c)).collect();
         for s in &plan.steps {
             if let Some(c) = by_path.get(s.path.as_str()) {
@@ -319,7 +326,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     r.record(&dir, true)?;
     report(true);
     if a.artifacts {
-        let ws = dir.join(crate::work::clone::WORKSPACE_DIR);
+        let ws = dir.join(airlock_work::clone::WORKSPACE_DIR);
         let (mut files, mut links) = (0, 0);
         for d in wsync::ARTIFACTS {
             let (f, l) = wsync::copy_artifacts(&ws.join(d), &top.join(d)).map_err(|e| {
@@ -328,7 +335,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
             files += f;
             links += l;
         }
-        eprintln!(
+        errln!(
             "airlock: artifacts: {files} file(s) copied{}",
             if links > 0 {
                 format!(", {links} symlink(s) skipped")
@@ -338,7 +345,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
         );
     }
     if !a.json {
-        eprintln!(
+        errln!(
             "airlock: {} change(s) applied to {} by {}{}",
             plan.steps.len(),
             top.display(),
@@ -355,7 +362,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
 
 pub fn deliver(a: &DeliverArgs) -> CliResult<i32> {
     let dir = super::sandbox::existing_dir(&a.name)?;
-    let info = crate::work::clone::CloneInfo::load(&dir)
+    let info = airlock_work::clone::CloneInfo::load(&dir)
         .ok_or_else(|| CliError::from(ReviewError::NotClone(a.name.clone())))?;
     if !valid_branch(&a.branch) {
         return Err(CliError::usage(format!(
@@ -396,7 +403,7 @@ git -C /workspace fetch --quiet --no-tags "$f" "+refs/heads/$1:refs/heads/delive
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     match st.code() {
         Some(0) => {
-            println!("{} <- delivered/{}", a.name, a.branch);
+            outln!("{} <- delivered/{}", a.name, a.branch);
             Ok(0)
         }
         Some(c) if c == exit::CONFLICT || c == exit::NOT_FOUND => Ok(c),

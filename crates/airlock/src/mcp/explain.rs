@@ -190,6 +190,7 @@ fn domain(spec: &RunSpec, host: &str, port: u16) -> Verdict {
                 );
             }
             let policy = match EgressPolicy::new(&spec.domains, &spec.ports) {
+                Ok(p) if spec.persistent => p.of_sandbox(&spec.name),
                 Ok(p) => p,
                 Err(e) => return deny(format!("the configured domains are invalid: {e}"), None),
             };
@@ -261,12 +262,89 @@ fn step_target(s: &MountStep) -> Option<(PathBuf, &'static str, bool)> {
     })
 }
 
+/// The deepest step covering `p` (later steps win at equal depth).
+fn covering<'a>(
+    plan: &'a LaunchPlan,
+    p: &Path,
+) -> Option<(PathBuf, &'static str, bool, &'a MountStep)> {
+    let mut best: Option<(PathBuf, &'static str, bool, &MountStep)> = None;
+    for s in &plan.mounts {
+        if let Some((t, what, ro)) = step_target(s) {
+            if p.starts_with(&t)
+                && best
+                    .as_ref()
+                    .is_none_or(|(b, ..)| t.components().count() >= b.components().count())
+            {
+                best = Some((t, what, ro, s));
+            }
+        }
+    }
+    best
+}
+
+/// `p` with the symlinks the plan creates followed (`/bin/sh` is `/usr/bin/sh` inside), as the
+/// sandbox's own path lookup would; `..` in a link target is resolved lexically.
+fn follow_links(plan: &LaunchPlan, p: &Path) -> PathBuf {
+    let mut p = p.to_path_buf();
+    for _ in 0..8 {
+        let Some((t, _, _, MountStep::Symlink { points_to, .. })) = covering(plan, &p) else {
+            break;
+        };
+        let rest = p
+            .strip_prefix(&t)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let base = t.parent().unwrap_or(Path::new("/")).join(points_to);
+        let mut resolved = PathBuf::from("/");
+        for c in base.join(rest).components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    resolved.pop();
+                }
+                std::path::Component::Normal(n) => resolved.push(n),
+                _ => {}
+            }
+        }
+        p = resolved;
+    }
+    p
+}
+
+/// What a directory the sandbox builds itself (the curated /etc) holds: the steps right under it.
+fn entries_of(plan: &LaunchPlan, dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = plan
+        .mounts
+        .iter()
+        .filter_map(step_target)
+        .filter_map(|(t, ..)| {
+            let rest = t.strip_prefix(dir).ok()?;
+            let first = rest.components().next()?;
+            Some(first.as_os_str().to_string_lossy().into_owned())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 fn path(plan: &LaunchPlan, raw: &str, access: Access) -> Verdict {
-    let p = if raw.starts_with('/') {
+    let asked = if raw.starts_with('/') {
         PathBuf::from(raw)
     } else {
         Path::new("/workspace").join(raw)
     };
+    if asked
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Verdict {
+            subject: format!("path {}", asked.display()),
+            allowed: false,
+            reason: "`..` is not resolved here: name the path directly".into(),
+            fix: None,
+        };
+    }
+    let p = follow_links(plan, &asked);
     let subject = format!(
         "{} {}",
         if access == Access::Write {
@@ -282,26 +360,7 @@ fn path(plan: &LaunchPlan, raw: &str, access: Access) -> Verdict {
         reason,
         fix,
     };
-    if p.components().any(|c| c == std::path::Component::ParentDir) {
-        return verdict(
-            false,
-            "`..` is not resolved here: name the path directly".into(),
-            None,
-        );
-    }
-    // The deepest step covering the path decides (later steps win at equal depth).
-    let mut best: Option<(PathBuf, &'static str, bool, &MountStep)> = None;
-    for s in &plan.mounts {
-        if let Some((t, what, ro)) = step_target(s) {
-            if p.starts_with(&t)
-                && best
-                    .as_ref()
-                    .is_none_or(|(b, ..)| t.components().count() >= b.components().count())
-            {
-                best = Some((t, what, ro, s));
-            }
-        }
-    }
+    let best = covering(plan, &p);
     let protected = plan.mounts.iter().find_map(|s| match s {
         MountStep::Protect { target } if p.starts_with(target) => Some(target.clone()),
         _ => None,
@@ -309,6 +368,56 @@ fn path(plan: &LaunchPlan, raw: &str, access: Access) -> Verdict {
     let Some((target, what, ro, step)) = best else {
         return verdict(false, "not in the sandbox".into(), None);
     };
+    let mount_fix = || {
+        Some(format!(
+            "mount it: `--ro HOST:{0}` (or `--rw` for writes), or in airlock.toml \
+             `[[mounts]] source = \"HOST\"  target = \"{0}\"  readonly = true`",
+            asked.display()
+        ))
+    };
+    let via = if p != asked {
+        format!(" ({} inside)", p.display())
+    } else {
+        String::new()
+    };
+    // Below something airlock builds itself: only what the plan puts there exists.
+    if p != target && target != Path::new("/") {
+        let built = match step {
+            MountStep::Dir { .. } => Some(format!(
+                "{} is a directory airlock builds for the sandbox, holding only: {}",
+                target.display(),
+                entries_of(plan, &target).join(", ")
+            )),
+            MountStep::File { .. } | MountStep::Device { .. } => {
+                Some(format!("{} is a file, not a directory", target.display()))
+            }
+            _ => None,
+        };
+        if let Some(why) = built {
+            return verdict(
+                false,
+                format!("{}{via} does not exist inside: {why}", asked.display()),
+                mount_fix(),
+            );
+        }
+    }
+    // Host paths bound read-only: what the host has is what the sandbox sees.
+    if let MountStep::BindRo { source, .. } = step {
+        let host = source.join(p.strip_prefix(&target).unwrap_or(Path::new("")));
+        if access == Access::Read && std::fs::symlink_metadata(&host).is_err() {
+            return verdict(
+                false,
+                format!(
+                    "{}{via} does not exist inside: {} is the host's {}, read-only, and the host has no {}",
+                    asked.display(),
+                    target.display(),
+                    source.display(),
+                    host.display()
+                ),
+                None,
+            );
+        }
+    }
     if target == Path::new("/") {
         return verdict(
             false,
@@ -340,9 +449,19 @@ fn path(plan: &LaunchPlan, raw: &str, access: Access) -> Verdict {
     }
     let landlock_ok = plan.writable_paths.iter().any(|w| p.starts_with(w));
     if access == Access::Read {
+        let note = match step {
+            MountStep::Tmpfs { .. } if p != target => {
+                "; it is empty at start, so this exists only if something inside created it"
+            }
+            _ => "",
+        };
         return verdict(
             true,
-            format!("{} is {what} {}", target.display(), source_of(step)),
+            format!(
+                "{} is {what} {}{via}{note}",
+                target.display(),
+                source_of(step)
+            ),
             None,
         );
     }
@@ -391,5 +510,71 @@ fn source_of(s: &MountStep) -> String {
         }
         MountStep::Overlay { lower, .. } => format!("({})", lower.display()),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan of a default sandbox of /tmp on this host.
+    fn plan_here() -> LaunchPlan {
+        let spec: RunSpec = serde_json::from_value(json!({
+            "name": "box", "hostname": "box", "profile": "moderate", "net": "off",
+            "domains": [], "ports": [], "workspace": "overlay",
+            "project_dir": "/tmp", "binds": [], "env": [["PATH", "/usr/bin:/bin"]],
+            "workdir": null,
+            "resources": {"memory": null, "cpus": null, "pids": null, "disk": null},
+            "require_limits": false, "user": "agent", "timeout": null,
+            "stdio": {"inherit": {"forward_stdin": true}}, "argv": ["true"]
+        }))
+        .expect("spec");
+        let facts = airlock_sandbox::container::host_facts(Path::new("/tmp"), &Layout::None);
+        plan::plan(&spec, &facts).expect("plan")
+    }
+
+    fn read(plan: &LaunchPlan, p: &str) -> Verdict {
+        path(plan, p, Access::Read)
+    }
+
+    #[test]
+    fn paths_are_explained_as_the_sandbox_sees_them() {
+        let plan = plan_here();
+        // The curated /etc has no shadow, whatever the host has.
+        let v = read(&plan, "/etc/shadow");
+        assert!(!v.allowed, "{v:?}");
+        assert!(
+            v.reason.starts_with("/etc/shadow does not exist inside: /etc is a directory airlock builds for the sandbox, holding only: ")
+                && v.reason.contains("passwd"),
+            "{v:?}"
+        );
+        for secret in [
+            "/etc/gshadow",
+            "/etc/sudoers",
+            "/etc/ssh/ssh_host_ed25519_key",
+        ] {
+            assert!(!read(&plan, secret).allowed, "{secret}");
+        }
+        let v = read(&plan, "/etc/passwd");
+        assert!(v.allowed, "{v:?}");
+        // Host /usr, read-only: what exists there is readable, what does not is not.
+        assert!(read(&plan, "/usr/bin/env").allowed);
+        let v = read(&plan, "/usr/bin/airlock-no-such-tool");
+        assert!(!v.allowed && v.reason.contains("the host has no"), "{v:?}");
+        // Through the plan's symlinks (/bin -> usr/bin on merged-/usr hosts).
+        if std::fs::read_link("/bin").is_ok() {
+            let v = read(&plan, "/bin/sh");
+            assert!(
+                v.allowed && v.reason.contains("(/usr/bin/sh inside)"),
+                "{v:?}"
+            );
+        }
+        // A private tmpfs: the sandbox's own, empty at start.
+        let v = read(&plan, "/tmp/notes");
+        assert!(v.allowed && v.reason.contains("empty at start"), "{v:?}");
+        // Nothing of the host's root or home.
+        assert!(!read(&plan, "/root/.ssh/id_rsa").allowed);
+        let v = path(&plan, "/etc/shadow", Access::Write);
+        assert!(!v.allowed, "{v:?}");
     }
 }

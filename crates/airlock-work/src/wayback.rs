@@ -21,14 +21,17 @@ use std::path::{Path, PathBuf};
 /// Files bigger than this are compared by digest only and cannot be restored.
 const KEEP_BYTES: u64 = 1 << 20;
 /// The tree walk stops after this many entries (the check then says it was partial).
-const MAX_ENTRIES: usize = 300_000;
+pub const MAX_ENTRIES: usize = 300_000;
 pub const QUARANTINE_SUFFIX: &str = ".airlock-quarantine";
 /// A named bind-mode sandbox's last report (`DIR/wayback.json`), shown by `stop`.
 pub const REPORT_FILE: &str = "wayback.json";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Entry {
-    Dir { dev: u64, ino: u64 },
+    Dir {
+        dev: u64,
+        ino: u64,
+    },
     File {
         mode: u32,
         digest: [u8; 32],
@@ -48,16 +51,16 @@ pub struct Snapshot {
 }
 
 /// One difference found on the way out.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     pub path: String,
     /// added, changed, removed
-    pub what: &'static str,
+    pub what: String,
     /// For git control: what was done about it. For configuration: the gate's label.
     pub note: String,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub git: Vec<Change>,
     pub config: Vec<Change>,
@@ -85,7 +88,7 @@ fn entry(p: &Path, keep: bool) -> Option<Entry> {
             ino: m.ino(),
         }
     } else if ft.is_file() {
-        let bytes = crate::work::review::read_small(p, KEEP_BYTES + 1);
+        let bytes = crate::review::read_small(p, KEEP_BYTES + 1);
         let digest = match &bytes {
             Some(b) if (b.len() as u64) <= KEEP_BYTES => sha2::Sha256::digest(b).into(),
             _ => {
@@ -190,7 +193,7 @@ fn gitdir_control(top: &Path, gd: &Path, out: &mut BTreeMap<String, Entry>, budg
         walk_all(top, &gd.join(d), out, budget);
     }
     // Files the config includes, when they are inside the checkout.
-    if let Some(b) = crate::work::review::read_small(&gd.join("config"), KEEP_BYTES) {
+    if let Some(b) = crate::review::read_small(&gd.join("config"), KEEP_BYTES) {
         for inc in include_paths(&String::from_utf8_lossy(&b)) {
             let p = if let Some(rest) = inc.strip_prefix("~/") {
                 match std::env::var_os("HOME") {
@@ -410,14 +413,22 @@ pub fn verify(top: &Path, before: &Snapshot, extra_git_dirs: &[PathBuf]) -> Repo
                 Err(e) => e,
             },
         };
-        report.git.push(Change { path, what, note });
+        report.git.push(Change {
+            path,
+            what: what.into(),
+            note,
+        });
     }
     report.git.sort_by(|a, b| a.path.cmp(&b.path));
     for (path, what) in diff(&before.config, &after.config) {
         let note = gate::config_kind(&path)
             .map(|k| k.label().to_string())
             .unwrap_or_default();
-        report.config.push(Change { path, what, note });
+        report.config.push(Change {
+            path,
+            what: what.into(),
+            note,
+        });
     }
     report
 }
@@ -425,7 +436,7 @@ pub fn verify(top: &Path, before: &Snapshot, extra_git_dirs: &[PathBuf]) -> Repo
 /// The directories git would run hooks from that are inside the checkout
 /// (`core.hooksPath`, read with the host's git before the sandbox starts).
 pub fn hooks_path(top: &Path) -> Option<PathBuf> {
-    let out = crate::work::git::Git::worktree(top)
+    let out = crate::git::Git::worktree(top)
         .text(&["config", "--get", "core.hooksPath"])
         .ok()?;
     if out.is_empty() {
@@ -438,43 +449,6 @@ pub fn hooks_path(top: &Path) -> Option<PathBuf> {
     };
     let p = std::fs::canonicalize(p).ok()?;
     (p.starts_with(top) && p != top).then_some(p)
-}
-
-/// Print a report on stderr. Returns whether git control files had to be undone.
-pub fn print(report: &Report) -> bool {
-    if !report.git.is_empty() {
-        eprintln!(
-            "airlock: the sandbox changed how git behaves in your checkout ({} change(s)); undone:",
-            report.git.len()
-        );
-        for c in &report.git {
-            eprintln!(
-                "  {:<8} {}  ({})",
-                c.what,
-                gate::shown(&c.path),
-                gate::shown(&c.note)
-            );
-        }
-    }
-    if !report.config.is_empty() {
-        eprintln!(
-            "airlock: the sandbox changed configuration that tools obey in your checkout; review before running them there:"
-        );
-        for c in &report.config {
-            eprintln!(
-                "  {:<8} {}  ({})",
-                c.what,
-                gate::shown(&c.path),
-                gate::shown(&c.note)
-            );
-        }
-    }
-    if report.partial {
-        eprintln!(
-            "airlock: warning: the checkout has more than {MAX_ENTRIES} entries; the check on the way out was partial"
-        );
-    }
-    !report.git.is_empty()
 }
 
 #[cfg(test)]

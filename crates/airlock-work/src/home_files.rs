@@ -42,14 +42,14 @@ impl Staging {
 }
 
 /// Remove the staging folders of runs that died without cleaning up (`STATE/home-files/*`
-/// whose lock nobody holds). Returns their names.
-pub fn sweep(state: &Path) -> Vec<String> {
+/// whose lock nobody holds, as `lock_free` tells). Returns their names.
+pub fn sweep(state: &Path, lock_free: impl Fn(&Path) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(state.join("home-files")) else {
         return out;
     };
     for e in rd.flatten() {
-        if airlock_sandbox::container::rundir::lock_free(&e.path()) {
+        if lock_free(&e.path()) {
             let _ = std::fs::remove_dir_all(e.path());
             out.push(e.file_name().to_string_lossy().into_owned());
         }

@@ -292,7 +292,10 @@ pub fn chain_escapes(links: &std::collections::BTreeMap<String, Vec<u8>>, link: 
             }
             _ => stack.push(c),
         }
-        if stack.first().is_some_and(|c| c.eq_ignore_ascii_case(".git")) {
+        if stack
+            .first()
+            .is_some_and(|c| c.eq_ignore_ascii_case(".git"))
+        {
             return true;
         }
         if let Some(t) = links.get(&stack.join("/")) {
@@ -593,7 +596,11 @@ mod tests {
         let l = links(&[("abs", "/etc"), ("via", "abs/passwd")]);
         assert!(chain_escapes(&l, "via"));
         // Ordinary links through links stay inside.
-        let l = links(&[("lib", "vendor/lib"), ("vendor/lib", "../src"), ("use", "lib/x")]);
+        let l = links(&[
+            ("lib", "vendor/lib"),
+            ("vendor/lib", "../src"),
+            ("use", "lib/x"),
+        ]);
         assert!(!chain_escapes(&l, "use"));
     }
 

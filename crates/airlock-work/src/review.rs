@@ -150,8 +150,9 @@ fn host_objects(host: &Git) -> Result<PathBuf, GitError> {
 }
 
 impl Review {
-    /// Open the review of sandbox `name` whose folder is `dir`.
-    pub fn open(dir: &Path, name: &str) -> Result<Review, ReviewError> {
+    /// Open the review of sandbox `name` whose folder is `dir`; `protected` are the sandbox's
+    /// `[workspace] protected` paths (flagged like agent configuration).
+    pub fn open(dir: &Path, name: &str, protected: Vec<String>) -> Result<Review, ReviewError> {
         let info = CloneInfo::load(dir).ok_or_else(|| ReviewError::NotClone(name.into()))?;
         let git_dir = dir.join(WORKSPACE_DIR).join(".git");
         real_dir(&dir.join(WORKSPACE_DIR))?;
@@ -198,9 +199,7 @@ impl Review {
             commits: 0,
             net: Vec::new(),
             findings: Vec::new(),
-            protected: crate::cmd::sandbox::recorded_spec(dir)
-                .map(|s| s.protected)
-                .unwrap_or_default(),
+            protected,
             returned: Returned::load(dir),
             gate_from: String::new(),
         };
@@ -288,14 +287,9 @@ impl Review {
 
     /// The net change from `base` to the tip.
     pub fn changes_between(&self, base: &str) -> Result<Vec<Change>, ReviewError> {
-        let out = self.git.output(&[
-            "diff-tree",
-            "-r",
-            "-z",
-            "--no-renames",
-            base,
-            &self.tip,
-        ])?;
+        let out = self
+            .git
+            .output(&["diff-tree", "-r", "-z", "--no-renames", base, &self.tip])?;
         Ok(gate::parse_raw(&out)
             .map_err(ReviewError::Repo)?
             .into_iter()
@@ -353,8 +347,8 @@ impl Review {
                 Default::default()
             };
             for (path, target) in &tip_links {
-                let was = from_links.get(path) == Some(target)
-                    && gate::chain_escapes(&from_links, path);
+                let was =
+                    from_links.get(path) == Some(target) && gate::chain_escapes(&from_links, path);
                 if !was && gate::chain_escapes(&tip_links, path) {
                     findings.push(Finding {
                         kind: Kind::SymlinkOutside,
@@ -399,7 +393,9 @@ impl Review {
             return Ok(links);
         }
         let input: String = want.iter().map(|(_, o)| format!("{o}\n")).collect();
-        let out = self.git.with_input(&["cat-file", "--batch"], input.as_bytes())?;
+        let out = self
+            .git
+            .with_input(&["cat-file", "--batch"], input.as_bytes())?;
         let mut rest = &out[..];
         for (path, _) in want {
             // `<oid> SP blob SP <size> LF <content> LF`
