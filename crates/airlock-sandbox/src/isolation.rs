@@ -116,6 +116,15 @@ pub trait Isolation {
     fn destroy(&self, sandbox: &Instance<'_>);
 }
 
+/// What this build provides, whatever the host: the container backend on the host's root
+/// filesystem (no image support yet). The planner refuses anything else.
+pub fn offer() -> airlock_model::plan::Offer {
+    airlock_model::plan::Offer {
+        backends: vec![airlock_model::policy::BackendKind::Container],
+        images: false,
+    }
+}
+
 /// The container backend: namespaces, seccomp, Landlock, cgroups (see `container`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Container;

@@ -56,7 +56,10 @@ fn kill(pid: i32) {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => return,
             Ok(stat) => {
-                let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+                let state = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next());
                 if matches!(state, Some("Z" | "X")) {
                     return;
                 }

@@ -132,6 +132,7 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
         limits: layout.support(),
         tmpfs_xattr: kernel_at_least(6, 6),
         pasta: pasta_path().is_some(),
+        offer: crate::isolation::offer(),
     }
 }
 

@@ -13,6 +13,7 @@ fn facts() -> HostFacts {
         limits: LimitSupport::default(),
         tmpfs_xattr: true,
         pasta: false,
+        offer: offer(),
     }
 }
 

@@ -304,11 +304,9 @@ fn create_record(
     if built.spec.require_limits {
         check_limits(name, &built.spec)?;
     }
-    let mut spec =
+    // Its `backend` and `rootfs` are what `list` and `status` show.
+    let spec =
         serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    // What `list` and `status` show: the only backend and image of this build.
-    spec["backend"] = "container".into();
-    spec["image"] = "host".into();
     let rec = c.create(name, &spec)?;
     if let Err(e) = prepare_workspace(&sandbox_dir(name), name, built) {
         let _ = c.rm(name, true);
