@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod isolation;
+pub mod os;
 pub mod probe;
 pub mod sys;
 

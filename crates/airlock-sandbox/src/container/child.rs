@@ -6,6 +6,7 @@ use super::rootfs::{self, OverlayDirs, Prepared, SummaryDirs};
 use super::seccomp::Insn;
 use super::summary;
 use super::{landlock, seccomp};
+use crate::os::Real;
 use crate::sys;
 use airlock_model::exit;
 use airlock_model::plan::LaunchPlan;
@@ -115,20 +116,20 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     );
     let mut prepared = match a.prepared.take() {
         Some(p) => p,
-        None => tryc!(ef, rootfs::prepare(plan, None), "prepare mounts"),
+        None => tryc!(ef, rootfs::prepare(&Real, plan, None), "prepare mounts"),
     };
     let (new_root, summary) = tryc!(
         ef,
-        rootfs::build(plan, &mount_point, &mut prepared, overlay.as_ref()),
+        rootfs::build(&Real, plan, &mount_point, &mut prepared, overlay.as_ref()),
         "build root filesystem"
     );
     drop(prepared);
     drop(overlay);
     drop(mount_point);
     crate::phase("child: built root");
-    tryc!(ef, rootfs::pivot(&new_root), "pivot_root");
+    tryc!(ef, rootfs::pivot(&Real, &new_root), "pivot_root");
     drop(new_root);
-    tryc!(ef, rootfs::finish(plan), "make the root read-only");
+    tryc!(ef, rootfs::finish(&Real, plan), "make the root read-only");
     tryc!(ef, write_secrets(plan, a.secrets), "write /run/secrets");
     tryc!(ef, nix::unistd::sethostname(&plan.hostname), "sethostname");
     tryc!(ef, sys::loopback_up(), "bring up loopback");

@@ -564,7 +564,7 @@ fn run_in(
         } else {
             None
         };
-        Some(rootfs::prepare(plan, userns.as_ref())?)
+        Some(rootfs::prepare(&crate::os::Real, plan, userns.as_ref())?)
     };
 
     crate::phase("prepared");
