@@ -72,6 +72,12 @@ pub trait Os {
     /// The path that reaches what `fd` refers to (overlay layer options name them).
     fn fd_path(&self, fd: &Self::Fd) -> PathBuf;
 
+    /// setresgid/setgroups/setresuid to 0: a root-run child becomes its user namespace's root.
+    fn become_root(&self) -> io::Result<()>;
+    /// unshare(CLONE_NEWCGROUP).
+    fn unshare_cgroup_ns(&self) -> io::Result<()>;
+    /// Make every mount of this (new) mount namespace private, recursively.
+    fn make_mounts_private(&self) -> io::Result<()>;
     /// Make `root` the root directory (pivot_root) and detach the old one entirely.
     fn pivot_into(&self, root: &Self::Fd) -> io::Result<()>;
     /// Remount `/` read-only (after the pivot).
@@ -190,6 +196,28 @@ impl Os for Real {
     }
     fn fd_path(&self, fd: &OwnedFd) -> PathBuf {
         proc_fd(fd)
+    }
+    fn become_root(&self) -> io::Result<()> {
+        use nix::unistd::{Gid, Uid};
+        let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
+        nix::unistd::setresgid(g, g, g)
+            .map_err(|e| io::Error::other(format!("setresgid(0): {e}")))?;
+        nix::unistd::setgroups(&[]).map_err(|e| io::Error::other(format!("setgroups: {e}")))?;
+        nix::unistd::setresuid(u, u, u).map_err(|e| io::Error::other(format!("setresuid(0): {e}")))
+    }
+    fn unshare_cgroup_ns(&self) -> io::Result<()> {
+        Ok(nix::sched::unshare(
+            nix::sched::CloneFlags::CLONE_NEWCGROUP,
+        )?)
+    }
+    fn make_mounts_private(&self) -> io::Result<()> {
+        Ok(nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )?)
     }
     fn pivot_into(&self, root: &OwnedFd) -> io::Result<()> {
         nix::unistd::fchdir(root)?;

@@ -85,51 +85,12 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
         upper: tryc!(ef, open_dir(u), "open the overlay upper dir"),
         work: tryc!(ef, open_dir(w), "open the overlay work dir"),
     });
-    if !plan.rootless {
-        tryc!(
-            ef,
-            nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
-            "setresgid(0)"
-        );
-        tryc!(ef, nix::unistd::setgroups(&[]), "setgroups");
-        tryc!(
-            ef,
-            nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
-            "setresuid(0)"
-        );
-    }
-    tryc!(
-        ef,
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
-        "unshare cgroup namespace"
-    );
-    tryc!(
-        ef,
-        nix::mount::mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-            None::<&str>
-        ),
-        "make mounts private"
-    );
-    let mut prepared = match a.prepared.take() {
-        Some(p) => p,
-        None => tryc!(ef, rootfs::prepare(&Real, plan, None), "prepare mounts"),
+    let summary = match rootfs::enter(&Real, plan, mount_point, a.prepared.take(), overlay) {
+        Ok(summary) => summary,
+        Err(rootfs::Failed { what, error }) => {
+            fail(ef, exit::SANDBOX_FAILED, &format!("{what}: {error}"))
+        }
     };
-    let (new_root, summary) = tryc!(
-        ef,
-        rootfs::build(&Real, plan, &mount_point, &mut prepared, overlay.as_ref()),
-        "build root filesystem"
-    );
-    drop(prepared);
-    drop(overlay);
-    drop(mount_point);
-    crate::phase("child: built root");
-    tryc!(ef, rootfs::pivot(&Real, &new_root), "pivot_root");
-    drop(new_root);
-    tryc!(ef, rootfs::finish(&Real, plan), "make the root read-only");
     tryc!(ef, write_secrets(plan, a.secrets), "write /run/secrets");
     tryc!(ef, nix::unistd::sethostname(&plan.hostname), "sethostname");
     tryc!(ef, sys::loopback_up(), "bring up loopback");

@@ -186,6 +186,7 @@ pub struct OverlayDirs<F = OwnedFd> {
 }
 
 /// Descriptors PID 1 keeps to summarize the overlay's changes after the command exits.
+#[derive(Debug)]
 pub struct SummaryDirs<F = OwnedFd> {
     pub upper: F,
     pub lower: F,
@@ -563,6 +564,54 @@ fn step_exec<O: Os>(
         }
         MountStep::RootReadOnly => Ok(()), // applied after pivot_root, see `finish`
     }
+}
+
+/// A step of [`enter`] that failed: what it was, and why.
+#[derive(Debug)]
+pub struct Failed {
+    pub what: &'static str,
+    pub error: String,
+}
+
+fn step<T, E: std::fmt::Display>(what: &'static str, r: Result<T, E>) -> Result<T, Failed> {
+    r.map_err(|e| Failed {
+        what,
+        error: e.to_string(),
+    })
+}
+
+/// The child's way into its root, in order: become the namespace's root (root-run sandboxes;
+/// a rootless child already is), a cgroup namespace of its own, private mounts, the bind
+/// sources (opened here when the parent did not), the root built from the plan, pivot_root,
+/// and the root made read-only. Returns the overlay's layers for the change summary.
+pub fn enter<O: Os>(
+    os: &O,
+    plan: &LaunchPlan,
+    mount_point: O::Fd,
+    prepared: Option<Prepared<O::Fd>>,
+    overlay: Option<OverlayDirs<O::Fd>>,
+) -> Result<Option<SummaryDirs<O::Fd>>, Failed> {
+    if !plan.rootless {
+        step("become root in the sandbox", os.become_root())?;
+    }
+    step("unshare cgroup namespace", os.unshare_cgroup_ns())?;
+    step("make mounts private", os.make_mounts_private())?;
+    let mut prepared = match prepared {
+        Some(p) => p,
+        None => step("prepare mounts", prepare(os, plan, None))?,
+    };
+    let (new_root, summary) = step(
+        "build root filesystem",
+        build(os, plan, &mount_point, &mut prepared, overlay.as_ref()),
+    )?;
+    drop(prepared);
+    drop(overlay);
+    drop(mount_point);
+    crate::phase("child: built root");
+    step("pivot_root", pivot(os, &new_root))?;
+    drop(new_root);
+    step("make the root read-only", finish(os, plan))?;
+    Ok(summary)
 }
 
 /// Switch into the new root and detach the host's filesystem tree entirely.

@@ -411,6 +411,15 @@ impl Os for Fake {
             Err(_) => PathBuf::from(format!("/fd@{fd}")),
         }
     }
+    fn become_root(&self) -> io::Result<()> {
+        self.record("setresgid 0, setgroups [], setresuid 0".into())
+    }
+    fn unshare_cgroup_ns(&self) -> io::Result<()> {
+        self.record("unshare cgroup".into())
+    }
+    fn make_mounts_private(&self) -> io::Result<()> {
+        self.record("mount / private recursive".into())
+    }
     fn pivot_into(&self, root: &FakeFd) -> io::Result<()> {
         self.record(format!("pivot_root {root}"))
     }

@@ -428,3 +428,79 @@ fn a_failing_call_names_the_step_it_belongs_to() {
         "nothing after the failure"
     );
 }
+
+/// The child's way in, as `enter` runs it for the real child.
+fn enter_with(os: &Fake, plan: &LaunchPlan, prepared: Option<Prepared<FakeFd>>) -> Vec<String> {
+    enter(
+        os,
+        plan,
+        FakeFd::Given("mount-point".into()),
+        prepared,
+        None,
+    )
+    .expect("enter");
+    os.effects()
+}
+
+#[test]
+fn the_launch_sequence_of_a_rootless_child_opens_its_own_bind_sources() {
+    let os = host();
+    let plan = lowered(&spec(WorkspaceMode::None), 1000);
+    let effects = enter_with(&os, &plan, None);
+    assert_eq!(
+        effects[..4],
+        lines(&[
+            "unshare cgroup",
+            "mount / private recursive",
+            "open_tree_clone /usr recursive",
+            "mount_setattr tree(host:/usr) rdonly|nosuid|nodev recursive",
+        ])[..]
+    );
+    assert_eq!(
+        effects[effects.len() - 2..],
+        lines(&["pivot_root tree(tmpfs)", "remount / (rdonly|nosuid|nodev)"])[..]
+    );
+}
+
+#[test]
+fn the_launch_sequence_of_a_root_run_child_uses_what_the_parent_prepared() {
+    let os = host();
+    let plan = lowered(&spec(WorkspaceMode::None), 0);
+    // The privileged parent opened the sources (and idmapped them) before the clone.
+    let prepared = prepare(&os, &plan, None).expect("prepare");
+    let before = os.calls().len();
+    let effects = enter_with(&os, &plan, Some(prepared));
+    let own = &os.calls()[before..];
+    assert!(
+        !own.iter().any(|c| c.starts_with("open_tree_clone /usr")),
+        "the child never opens a host path itself: {own:?}"
+    );
+    let i = effects
+        .iter()
+        .position(|l| l.starts_with("setresgid"))
+        .expect("becomes root");
+    assert_eq!(
+        effects[i..i + 4],
+        lines(&[
+            "setresgid 0, setgroups [], setresuid 0",
+            "unshare cgroup",
+            "mount / private recursive",
+            "fsmount tmpfs mode=755,uid=0,gid=0,size=4194304 nosuid|nodev",
+        ])[..]
+    );
+}
+
+#[test]
+fn a_failing_launch_step_is_named() {
+    let os = host();
+    os.fail_on("mount / private", libc::EPERM);
+    let plan = lowered(&spec(WorkspaceMode::None), 1000);
+    let err =
+        enter(&os, &plan, FakeFd::Given("mount-point".into()), None, None).expect_err("fails");
+    assert_eq!(err.what, "make mounts private");
+    assert_eq!(
+        err.error,
+        io::Error::from_raw_os_error(libc::EPERM).to_string()
+    );
+    assert_eq!(os.calls().len(), 2, "nothing after the failed step");
+}
