@@ -22,52 +22,11 @@
 //! socket, disk layers) is its own business.
 
 use crate::cgroup::Layout;
+pub use crate::command::{Ending, ExecRequest, Outcome};
 use crate::container::{self, RunError, RunOptions};
-use airlock_model::exit;
 use airlock_model::plan::{HostFacts, Plan};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-/// How the sandboxed command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// Exit code, with 128+N for death by signal N (as a shell reports it).
-    Exited(i32),
-    TimedOut,
-    OutOfMemory,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    pub ending: Ending,
-    /// What the command changed in an overlay workspace (discarded with the run).
-    pub changes: Option<container::Changes>,
-}
-
-impl Outcome {
-    pub fn exit_code(&self) -> i32 {
-        match self.ending {
-            Ending::Exited(c) => c,
-            Ending::TimedOut => exit::TIMEOUT,
-            Ending::OutOfMemory => exit::SIGNAL_BASE + libc::SIGKILL,
-        }
-    }
-}
-
-/// What to run inside a running sandbox.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecRequest {
-    pub argv: Vec<String>,
-    /// Added to (and overriding) the sandbox's environment.
-    pub env: Vec<(String, String)>,
-    /// Working directory inside; default the sandbox's.
-    pub cwd: Option<PathBuf>,
-    pub tty: bool,
-    pub forward_stdin: bool,
-    /// Give the command the sandbox's secrets (read from /run/secrets inside) as environment
-    /// variables. Off by default: exec'd commands do not inherit them.
-    pub with_secrets: bool,
-}
 
 /// A named sandbox as the backend sees it: its folder, its name and its unique id (the
 /// engine's `DIR/id`; None for a folder driven without an engine).
@@ -162,7 +121,10 @@ fn read_u64(p: &Path) -> Option<u64> {
 
 impl Isolation for Container {
     fn check(&self, project_dir: &Path, layout: &Layout) -> HostFacts {
-        container::host_facts(project_dir, layout)
+        HostFacts {
+            offer: offer(),
+            ..container::host_facts(project_dir, layout)
+        }
     }
 
     fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {

@@ -3,11 +3,14 @@
 //! `container` is the namespace backend.
 
 pub mod cgroup;
+pub mod command;
 pub mod container;
+pub mod hostcaps;
 pub mod isolation;
+pub mod kernel;
 pub mod os;
-pub mod probe;
 pub mod sys;
+pub mod userns;
 
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 /// Start-up profiling: with AIRLOCK_TIMING set, print the time since the first phase.

@@ -448,12 +448,23 @@ pub fn fsmount_tmpfs(options: &[(&str, String)], attrs: u64) -> io::Result<Owned
     })
 }
 
+/// One classic BPF instruction: the kernel's `struct sock_filter` (seccomp programs are
+/// generated in `container::seccomp`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
 /// seccomp(SECCOMP_SET_MODE_FILTER) with a classic BPF program.
-pub fn seccomp_install(prog: &[crate::container::seccomp::Insn]) -> io::Result<()> {
+pub fn seccomp_install(prog: &[Insn]) -> io::Result<()> {
     #[repr(C)]
     struct SockFprog {
         len: libc::c_ushort,
-        filter: *const crate::container::seccomp::Insn,
+        filter: *const Insn,
     }
     let len = libc::c_ushort::try_from(prog.len())
         .map_err(|_| io::Error::other("seccomp program too long"))?;

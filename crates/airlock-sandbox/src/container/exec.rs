@@ -4,8 +4,11 @@
 //! dropped, Landlock, seccomp, only fds 0-2). No daemon on the path.
 
 use super::child::{command, Command};
-use super::{io_err, proc_starttime, seccomp, tty, Ending, Outcome, RunError, PID1_FILE};
+use super::ending::{conclude, Concluded};
+use super::error::{io_err, RunError};
+use super::{seccomp, tty};
 use crate::cgroup::Layout;
+use crate::command::{Ending, Outcome};
 use crate::sys;
 use airlock_model::exit;
 use airlock_model::plan::LaunchPlan;
@@ -17,7 +20,7 @@ use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-pub use crate::isolation::ExecRequest;
+pub use crate::command::ExecRequest;
 
 /// The sandbox's secrets as `NAME=value` (read inside its mount namespace).
 fn secret_env() -> Vec<std::ffi::CString> {
@@ -36,6 +39,16 @@ fn secret_env() -> Vec<std::ffi::CString> {
         }
     }
     out
+}
+
+/// Where a persistent sandbox publishes PID 1: "PID STARTTIME".
+pub const PID1_FILE: &str = "pid1";
+
+/// Field 22 of /proc/PID/stat: when the process started (distinguishes a recycled pid).
+pub fn proc_starttime(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
 }
 
 /// The running sandbox's PID 1, checked against its recorded start time (a recycled pid is
@@ -240,8 +253,8 @@ pub fn exec(dir: &Path, plan: &LaunchPlan, req: &ExecRequest) -> Result<Outcome,
         .map_err(io_err("supervise the command"))?;
     let status = nix::sys::wait::waitpid(child, None)
         .map_err(|e| io_err("wait for the command")(e.into()))?;
-    let code = match super::conclude(status, err_rd)? {
-        super::Concluded::Ran(c) | super::Concluded::NotStarted(c) => c,
+    let code = match conclude(status, err_rd)? {
+        Concluded::Ran(c) | Concluded::NotStarted(c) => c,
     };
     Ok(Outcome {
         ending: Ending::Exited(code),

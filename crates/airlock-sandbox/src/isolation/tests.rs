@@ -1,4 +1,5 @@
 use super::*;
+use airlock_model::exit;
 use airlock_model::plan::{LaunchPlan, LimitSupport};
 use airlock_model::policy::{BackendKind, NetMode};
 
