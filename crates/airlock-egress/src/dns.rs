@@ -116,7 +116,7 @@ fn respond(msg: &Message, resp: &mut Message, ctx: &Ctx) -> ResponseCode {
         .into_iter()
         .partition(|ip| (ctx.forbidden)(*ip).is_none());
     if good.is_empty() && !bad.is_empty() {
-        return deny(&forbidden_reason(ctx, &name, &bad), "");
+        return deny(&ctx.forbidden_reason(&name, &bad), "");
     }
     let mut given = Vec::new();
     for ip in good
@@ -138,18 +138,6 @@ fn respond(msg: &Message, resp: &mut Message, ctx: &Ctx) -> ResponseCode {
     };
     log(Verdict::Allow, &reason, "", &given);
     ResponseCode::NoError
-}
-
-/// "x resolves only to forbidden addresses: 127.0.0.1 (loopback), ..."
-pub(crate) fn forbidden_reason(ctx: &Ctx, name: &str, bad: &[IpAddr]) -> String {
-    let why: Vec<String> = bad
-        .iter()
-        .filter_map(|ip| (ctx.forbidden)(*ip).map(|w| format!("{ip} ({w})")))
-        .collect();
-    format!(
-        "{name} resolves only to forbidden addresses: {}",
-        why.join(", ")
-    )
 }
 
 /// The question name as text if every label is letters, digits and hyphens, else `None`.

@@ -6,7 +6,7 @@ use crate::http::{self, HttpError, Request, Target};
 use crate::journal::{Event, Journal, Kind, Verdict};
 use crate::policy::{Decision, EgressPolicy};
 use crate::resolve::Resolver;
-use crate::{addr, dns, host, relay, sni};
+use crate::{addr, host, relay, sni};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +30,20 @@ pub struct Ctx {
     /// sandbox cannot make the host side spawn threads without bound.
     pub max_connections: usize,
     active: AtomicUsize,
+}
+
+impl Ctx {
+    /// "x resolves only to forbidden addresses: 127.0.0.1 (loopback), ..."
+    pub(crate) fn forbidden_reason(&self, name: &str, bad: &[IpAddr]) -> String {
+        let why: Vec<String> = bad
+            .iter()
+            .filter_map(|ip| (self.forbidden)(*ip).map(|w| format!("{ip} ({w})")))
+            .collect();
+        format!(
+            "{name} resolves only to forbidden addresses: {}",
+            why.join(", ")
+        )
+    }
 }
 
 impl std::fmt::Debug for Ctx {
@@ -264,7 +278,7 @@ fn connect(ctx: &Ctx, name: &str, port: u16) -> Result<(TcpStream, IpAddr), Unre
         return Err(if bad.is_empty() {
             Unreachable::Failed(format!("{name} has no addresses"))
         } else {
-            Unreachable::Forbidden(dns::forbidden_reason(ctx, name, &bad))
+            Unreachable::Forbidden(ctx.forbidden_reason(name, &bad))
         });
     }
     good.sort_by_key(|ip| ip.is_ipv6());

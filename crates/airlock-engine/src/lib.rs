@@ -5,7 +5,9 @@
 //!   over a [`backend::Backend`] that runs the sandboxes;
 //! - [`api`]: the HTTP/1.1 + JSON API on a Unix socket (docs/api.md);
 //! - [`client::Client`]: the CLI's client of that API, starting the engine when needed;
-//! - [`paths`]: where the socket and the state live.
+//! - [`paths`]: where the socket and the state live;
+//! - [`supervisor::SupervisorBackend`]: the real backend — one supervisor process per named
+//!   sandbox (`airlock __supervise`), detached from the engine.
 
 pub mod api;
 pub mod backend;
@@ -13,6 +15,7 @@ pub mod client;
 pub mod engine;
 pub mod paths;
 pub mod store;
+pub mod supervisor;
 
 pub use backend::{Backend, BackendError, FakeBackend, Liveness, Started, Stats};
 pub use client::{Client, ClientError};

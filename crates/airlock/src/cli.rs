@@ -81,6 +81,9 @@ pub enum Command {
     /// Internal: the agent runner inside a sandbox (started by its supervisor).
     #[command(name = "__agent-runner", hide = true)]
     AgentRunner(AgentRunnerArgs),
+    /// Internal: inside an agent sandbox, where the harness executable is on the runner's PATH.
+    #[command(name = "__which", hide = true)]
+    Which(WhichArgs),
     /// Serve the Model Context Protocol on stdio: sandboxes and sandboxed agents as tools.
     Mcp(McpArgs),
     /// The local engine (auto-started by the commands that need it).
@@ -259,6 +262,11 @@ pub struct AttachArgs {
     /// A shell with a PTY instead of following the agent.
     #[arg(long)]
     pub shell: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WhichArgs {
+    pub program: String,
 }
 
 #[derive(Debug, Args)]

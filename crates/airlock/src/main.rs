@@ -4,12 +4,9 @@
 #[macro_use]
 mod out;
 
-mod agent;
-mod backend;
 mod cli;
 mod cmd;
 mod error;
-mod mcp;
 
 use clap::Parser;
 
@@ -19,7 +16,7 @@ fn main() {
     let argv0 = args.next().unwrap_or_default();
     if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("report")) {
         let rest: Vec<String> = args.collect();
-        std::process::exit(agent::report::main(&rest));
+        std::process::exit(cmd::report::main(&rest));
     }
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,

@@ -1,11 +1,11 @@
 //! Agent mode commands: prompt, reports, attach, and the agent half of up/stop/list. They talk
 //! to the sandbox's supervisor over `DIR/agent.sock` and read its journal; no engine hop.
 
-use crate::agent::host::{Reply, Request};
-use crate::agent::journal::{self, Follower, TurnEnd};
-use crate::agent::{AGENT_LOG, AGENT_SOCKET, REPORTS};
 use crate::cli::{AttachArgs, PromptArgs, ReportsArgs};
 use crate::error::{CliError, CliResult};
+use airlock_agent::host::{Reply, Request};
+use airlock_agent::journal::{self, Follower, TurnEnd};
+use airlock_agent::{AGENT_LOG, AGENT_SOCKET, REPORTS};
 use airlock_model::exit;
 use airlock_sandbox::container::exec;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The harness a sandbox was created with (None: not an agent sandbox).
 pub fn harness_of(dir: &Path) -> Option<airlock_model::config::Harness> {
-    super::sandbox::recorded_spec(dir)?.agent
+    super::named::recorded_spec(dir)?.agent
 }
 
 fn not_agent(name: &str) -> CliError {
@@ -73,7 +73,7 @@ pub fn prompt(a: &PromptArgs) -> CliResult<i32> {
 /// the command returns once the turn is journaled as completed, so a `reports` right after
 /// sees the whole turn.
 pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<i32> {
-    let dir = super::sandbox::existing_dir(name)?;
+    let dir = super::named::existing_dir(name)?;
     if harness_of(&dir).is_none() {
         return Err(not_agent(name));
     }
@@ -107,7 +107,7 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
     loop {
         for (raw, e) in f.poll() {
             let Some(e) = e else { continue };
-            let mine = crate::agent::host::turn_of(&e.msg) == Some(turn)
+            let mine = airlock_agent::host::turn_of(&e.msg) == Some(turn)
                 || matches!(
                     e.msg,
                     airlock_model::agent::protocol::JournalMsg::Sandbox(
@@ -149,7 +149,7 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
 
 /// `airlock reports NAME [--follow] [--json]`.
 pub fn reports(a: &ReportsArgs) -> CliResult<i32> {
-    let dir = super::sandbox::existing_dir(&a.name)?;
+    let dir = super::named::existing_dir(&a.name)?;
     let mut f = Follower::from_offset(&dir.join(REPORTS), 0);
     let mut out = std::io::stdout().lock();
     loop {
@@ -171,9 +171,9 @@ pub fn reports(a: &ReportsArgs) -> CliResult<i32> {
 /// `airlock attach NAME`: follow the agent's live session — the harness's output as it runs and
 /// the reports between — until Ctrl-C. Not an agent sandbox, or `--shell`: a shell with a PTY.
 pub fn attach(a: &AttachArgs) -> CliResult<i32> {
-    let dir = super::sandbox::existing_dir(&a.name)?;
+    let dir = super::named::existing_dir(&a.name)?;
     if a.shell || harness_of(&dir).is_none() {
-        return crate::cmd::sandbox::shell(&a.name);
+        return crate::cmd::exec::shell(&a.name);
     }
     if exec::pid1(&dir).is_none() {
         return Err(CliError::new(
@@ -223,7 +223,7 @@ fn tail_offset(path: &Path, keep: u64) -> u64 {
 
 /// Before `stop`: tell the agent to finish its turn and the runner to exit (bounded by `wait`).
 pub fn finish_before_stop(name: &str, wait: Duration) {
-    let Ok(dir) = super::sandbox::existing_dir(name) else {
+    let Ok(dir) = super::named::existing_dir(name) else {
         return;
     };
     if harness_of(&dir).is_none() || exec::pid1(&dir).is_none() || !dir.join(AGENT_SOCKET).exists()
@@ -238,8 +238,70 @@ pub fn finish_before_stop(name: &str, wait: Duration) {
 
 /// For `list`: the last report of each agent sandbox.
 pub fn last_report(name: &str) -> Option<(String, serde_json::Value)> {
-    let dir = super::sandbox::sandbox_dir(name);
+    let dir = super::named::sandbox_dir(name);
     let e = journal::last_report(&dir.join(REPORTS))?;
     let v = serde_json::to_value(&e).ok()?;
     Some((journal::summary(&e), v))
+}
+
+/// `__which PROGRAM`, inside an agent sandbox: where the runner would find the harness (its
+/// PATH, the tools directory first). Prints the path (0), or says where it looked (127).
+pub fn which(program: &str) -> i32 {
+    use std::os::unix::fs::PermissionsExt;
+    let path = airlock_agent::path_with_tools(std::env::var("PATH").ok().as_deref());
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        if runnable(std::path::Path::new(program)) {
+            outln!("{program}");
+            return 0;
+        }
+        errln!("{program}: no executable file there");
+        return exit::NOT_FOUND_CMD;
+    }
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let p = std::path::Path::new(dir).join(program);
+        if runnable(&p) {
+            outln!("{}", p.display());
+            return 0;
+        }
+    }
+    errln!("{program} is not on PATH ({path})");
+    exit::NOT_FOUND_CMD
+}
+
+/// After an agent sandbox starts: is its harness there? Asked inside, of the runner's own PATH
+/// (no shell or tool of the image needed). An error says where airlock looked and how to
+/// provide the CLI.
+pub fn check_harness(name: &str) -> CliResult<()> {
+    let Some(spec) = super::named::existing_dir(name)
+        .ok()
+        .and_then(|d| super::named::recorded_spec(&d))
+    else {
+        return Ok(());
+    };
+    let Some(h) = &spec.agent else { return Ok(()) };
+    let argv = airlock_model::agent::adapter::turn_command(h, "", false, 0).argv;
+    let Some(program) = argv.first() else {
+        return Ok(());
+    };
+    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let tool = format!("{}/airlock", airlock_agent::TOOLS_DIR);
+    let out = std::process::Command::new(exe)
+        .args(["exec", name, "--", &tool, "__which", program])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(CliError::new(
+        exit::NOT_FOUND_CMD,
+        anyhow::anyhow!("the {} harness cannot start in {name}: {said}", airlock_model::agent::adapter::harness_name(h)),
+    )
+    .hint(format!(
+        "the sandbox sees the host's /usr read-only: install the CLI on the host (e.g. `npm install -g` puts it in /usr/local/bin), or mount it with `--ro DIR` and put DIR on PATH with `-e PATH=DIR:/usr/local/bin:/usr/bin:/bin`, or name it in `[agent] harness = {{ command = [\"/path/to/{program}\"] }}`; then `airlock up {name} --fresh` with those options"
+    )))
 }

@@ -3,7 +3,7 @@
 //! privileges (it cannot reach anything the sandbox cannot); the host side is exactly the named
 //! path, never followed through a symlink.
 
-use crate::cmd::sandbox::exec_in;
+use crate::cmd::exec::exec_in;
 use crate::error::{CliError, CliResult};
 use airlock_model::exit;
 use nix::fcntl::{open, openat, OFlag};

@@ -115,6 +115,6 @@ pub fn run(name: &str, project_dir: &Path, phase: Phase, state: &str) -> CliResu
 
 /// The project directory of an existing sandbox (from its recorded spec).
 pub fn project_of(name: &str) -> Option<std::path::PathBuf> {
-    let dir = super::sandbox::existing_dir(name).ok()?;
-    super::sandbox::recorded_spec(&dir).map(|s| s.project_dir)
+    let dir = super::named::existing_dir(name).ok()?;
+    super::named::recorded_spec(&dir).map(|s| s.project_dir)
 }

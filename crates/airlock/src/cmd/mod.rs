@@ -5,11 +5,15 @@ mod config;
 mod cp;
 mod doctor;
 mod drift;
+mod exec;
 mod gc;
 mod hooks;
 mod init;
+pub(crate) mod named;
+pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod sandbox;
+mod supervise;
 pub(crate) mod trust;
 mod wayback;
 mod work;
@@ -34,24 +38,23 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Rm(a) => sandbox::rm(&a),
         Command::List(a) => sandbox::list(a.json),
         Command::Status(a) => sandbox::status(&a),
-        Command::Exec(a) => sandbox::exec_cmd(a),
+        Command::Exec(a) => exec::exec_cmd(a),
         Command::Diff(a) => work::diff(&a),
         Command::Fetch(a) => work::fetch(&a),
         Command::Sync(a) => work::sync(&a),
         Command::Deliver(a) => work::deliver(&a),
-        Command::Shell(a) => sandbox::shell(&a.name),
+        Command::Shell(a) => exec::shell(&a.name),
         Command::Prompt(a) => agent::prompt(&a),
         Command::Reports(a) => agent::reports(&a),
         Command::Attach(a) => agent::attach(&a),
-        Command::AgentRunner(a) => Ok(crate::agent::runner::main(&a.harness, a.grace_secs)),
+        Command::Which(a) => Ok(agent::which(&a.program)),
+        Command::AgentRunner(a) => Ok(airlock_agent::runner::main(&a.harness, a.grace_secs)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
-        Command::Mcp(a) => crate::mcp::serve(crate::mcp::Options {
-            allow_permissive: a.allow_permissive,
-        }),
+        Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Engine(a) => match a.action {
-            crate::cli::EngineAction::Serve => sandbox::engine_serve(),
+            crate::cli::EngineAction::Serve => supervise::engine_serve(),
         },
-        Command::Supervise(a) if a.name.is_none() => sandbox::supervise_spec(&a.dir),
+        Command::Supervise(a) if a.name.is_none() => supervise::supervise_spec(&a.dir),
         Command::Supervise(a) => {
             let a = *a;
             std::fs::create_dir_all(&a.dir).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
@@ -80,7 +83,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let o = a.opts;
-            sandbox::exec_dir(
+            exec::exec_dir(
                 &a.dir,
                 &name,
                 a.cmd,
@@ -116,4 +119,34 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Doctor(a) => doctor::run_doctor(a.json, &mut std::io::stdout().lock())
             .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e)),
     }
+}
+
+/// `airlock mcp`: the server (airlock-mcp) with this binary's way of turning `run` flags into a
+/// spec, for `policy_explain`.
+fn mcp_serve(allow_permissive: bool) -> CliResult<i32> {
+    let spec_builder: airlock_mcp::SpecBuilder = std::sync::Arc::new(|flags: &[String]| {
+        use clap::Parser;
+        let mut argv = vec!["airlock".to_string(), "run".to_string()];
+        argv.extend(flags.iter().cloned());
+        argv.extend(["--".to_string(), "true".to_string()]);
+        let cli = crate::cli::Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
+        let Command::Run(run) = cli.command else {
+            return Err("internal: not a run".to_string());
+        };
+        run::build(&run, None, false, false)
+            .map(|b| b.spec)
+            .map_err(|e| format!("{:#}", e.error))
+    });
+    airlock_mcp::serve(airlock_mcp::Options {
+        allow_permissive,
+        spec_builder,
+    })
+    .map(|()| 0)
+    .map_err(|e| {
+        let code = match e {
+            airlock_mcp::ServeError::Init(_) => exit::USAGE,
+            _ => exit::SANDBOX_FAILED,
+        };
+        CliError::new(code, e)
+    })
 }

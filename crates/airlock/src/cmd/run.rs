@@ -310,7 +310,7 @@ pub fn run_with(
 ) -> CliResult<i32> {
     let mut b = build(a, global_config, no_user_config, persist.is_some())?;
     if let Some(dir) = persist {
-        b.instance_id = Some(crate::cmd::sandbox::folder_id(dir)?);
+        b.instance_id = Some(crate::cmd::named::folder_id(dir)?);
     }
     launch(
         &b,
@@ -603,7 +603,7 @@ pub fn launch(
                     anyhow::anyhow!("stage home files: {e}"),
                 )
             })?;
-        let owner = crate::cmd::sandbox::rootful_owner(&spec);
+        let owner = crate::cmd::named::rootful_owner(&spec);
         let kept = spec.home_dir.clone();
         airlock_work::home_files::stage(&mut spec, kept.as_deref(), &staging.dir, owner).map_err(
             |e| CliError::usage(e).hint("fix [home_files] in airlock.toml (see `airlock config`)"),

@@ -1,75 +1,16 @@
 //! Named, persistent sandboxes: thin clients of the local engine (auto-started), plus exec and
 //! shell, which go straight into the running sandbox (no engine on that path).
 
-use crate::backend::{self, SupervisorBackend};
-use crate::cli::{CreateArgs, ExecArgs, LogsArgs, RmArgs, RunArgs, StatusArgs, StopArgs, UpArgs};
+use super::exec::exec_in;
+use super::named::{
+    client, existing_dir, name_from_dir, persistent_home, recorded_spec, rootful_owner, sandbox_dir,
+};
+use crate::cli::{CreateArgs, LogsArgs, RmArgs, RunArgs, StatusArgs, StopArgs, UpArgs};
 use crate::error::{CliError, CliResult};
-use airlock_engine::client::{Client, ClientError};
-use airlock_engine::paths;
+use airlock_engine::client::Client;
+use airlock_engine::supervisor as backend;
 use airlock_model::exit;
-use airlock_sandbox::container::exec::{self, ExecRequest};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-impl From<ClientError> for CliError {
-    fn from(e: ClientError) -> Self {
-        let (code, hint) = (e.exit_code(), e.hint());
-        CliError::new(code, e).maybe_hint(hint)
-    }
-}
-
-fn client() -> CliResult<Client> {
-    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    Ok(Client::connect_or_start(&exe)?)
-}
-
-pub fn sandbox_dir(name: &str) -> PathBuf {
-    paths::state_dir().join("sandboxes").join(name)
-}
-
-/// The folder of an existing sandbox: a usage error for a bad name, NOT_FOUND (with a hint)
-/// when there is no such sandbox.
-pub fn existing_dir(name: &str) -> CliResult<PathBuf> {
-    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
-    let dir = sandbox_dir(name);
-    if !dir.is_dir() {
-        return Err(
-            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no sandbox named {name}"))
-                .hint("airlock list shows the sandboxes"),
-        );
-    }
-    Ok(dir)
-}
-
-/// The spec recorded in a sandbox folder (`DIR/spec.json`), if readable.
-pub fn recorded_spec(dir: &Path) -> Option<airlock_model::spec::RunSpec> {
-    serde_json::from_slice(&std::fs::read(dir.join("spec.json")).ok()?).ok()
-}
-
-/// The host uid (= gid) that owns the sandbox user's files in a root-run sandbox; None when
-/// airlock runs rootless (the invoking user is the sandbox user).
-pub fn rootful_owner(spec: &airlock_model::spec::RunSpec) -> Option<u32> {
-    nix::unistd::geteuid()
-        .is_root()
-        .then(|| airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid())
-}
-
-/// A sandbox name from a directory name: lowercase, [a-z0-9-], at most 63 bytes.
-pub fn name_from_dir(dir: &Path) -> Option<String> {
-    let raw = dir.file_name()?.to_string_lossy().to_lowercase();
-    let mut n: String = raw
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    n = n.trim_matches('-').to_string();
-    while n.contains("--") {
-        n = n.replace("--", "-");
-    }
-    n.truncate(63);
-    let n = n.trim_end_matches('-').to_string();
-    airlock_model::spec::validate_name(&n).ok().map(|()| n)
-}
 
 pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
     let name = match a.name.clone() {
@@ -109,6 +50,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
         Ok(st) if st.record.state == airlock_model::lifecycle::SandboxState::Running => {}
         Ok(_) => {
             start_named(&c, &name)?;
+            harness_or_stop(&c, &name, false)?;
         }
         Err(_) => {
             create(
@@ -121,6 +63,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
                 no_user_config,
             )?;
             start_named(&c, &name)?;
+            harness_or_stop(&c, &name, true)?;
         }
     }
     outln!("{name} running");
@@ -397,12 +340,33 @@ fn check_limits(name: &str, spec: &airlock_model::spec::RunSpec) -> CliResult<()
     Ok(())
 }
 
+/// An agent sandbox whose harness is missing is not left half-started: stopped, or removed
+/// again when this command created it.
+fn harness_or_stop(c: &Client, name: &str, created: bool) -> CliResult<()> {
+    let Err(e) = super::agent::check_harness(name) else {
+        return Ok(());
+    };
+    let undone = if created {
+        c.rm(name, true).map(|()| "removed")
+    } else {
+        c.stop(name, Some(std::time::Duration::from_secs(2)))
+            .map(|_| "stopped")
+    };
+    match undone {
+        Ok(what) => errln!("airlock: {name} {what}: its agent cannot run"),
+        Err(u) => errln!("airlock: warning: could not undo the start of {name}: {u}"),
+    }
+    Err(e)
+}
+
 pub fn start(name: &str) -> CliResult<i32> {
     let project = super::hooks::project_of(name);
     if let Some(p) = &project {
         super::hooks::run(name, p, super::hooks::Phase::PreUp, "starting")?;
     }
-    let rec = start_named(&client()?, name)?;
+    let c = client()?;
+    let rec = start_named(&c, name)?;
+    harness_or_stop(&c, name, false)?;
     outln!("{} {}", rec.name, rec.state);
     if let Some(p) = &project {
         super::hooks::run(name, p, super::hooks::Phase::PostUp, "running")?;
@@ -632,287 +596,4 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
         outln!("error:    {e}");
     }
     Ok(0)
-}
-
-/// exec/shell: straight into the running sandbox's namespaces.
-pub fn exec_in(
-    name: &str,
-    argv: Vec<String>,
-    env: &[String],
-    workdir: Option<PathBuf>,
-    tty: bool,
-    interactive: bool,
-    with_secrets: bool,
-) -> CliResult<i32> {
-    let dir = existing_dir(name)?;
-    exec_dir(
-        &dir,
-        name,
-        argv,
-        env,
-        workdir,
-        tty,
-        interactive,
-        with_secrets,
-    )
-}
-
-/// exec into the running sandbox whose folder is `dir` (`name` is for messages).
-#[allow(clippy::too_many_arguments)] // the flags of `exec`, one by one
-pub fn exec_dir(
-    dir: &Path,
-    name: &str,
-    argv: Vec<String>,
-    env: &[String],
-    workdir: Option<PathBuf>,
-    tty: bool,
-    interactive: bool,
-    with_secrets: bool,
-) -> CliResult<i32> {
-    if exec::pid1(dir).is_none() {
-        return Err(CliError::new(
-            exit::CONFLICT,
-            anyhow::anyhow!("sandbox {name} is not running"),
-        )
-        .hint(format!("airlock start {name}")));
-    }
-    let plan: airlock_model::plan::LaunchPlan = std::fs::read(dir.join("plan.json"))
-        .map_err(anyhow::Error::from)
-        .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
-        .map_err(|e| {
-            CliError::new(exit::SANDBOX_FAILED, e)
-                .hint(format!("airlock stop {name} && airlock start {name}"))
-        })?;
-    if tty && !std::io::stdin().is_terminal() {
-        return Err(CliError::usage("-t needs a terminal on stdin"));
-    }
-    let workdir = workdir
-        .as_deref()
-        .map(crate::cmd::run::workdir_inside)
-        .transpose()?;
-    let env = env.iter().map(|kv| match kv.split_once('=') {
-        Some((k, v)) => (k.to_string(), v.to_string()),
-        None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
-    });
-    let req = ExecRequest {
-        argv,
-        env: env.collect(),
-        cwd: workdir,
-        tty,
-        forward_stdin: interactive || tty || !std::io::stdin().is_terminal(),
-        with_secrets,
-    };
-    Ok(exec::exec(dir, &plan, &req)?.exit_code())
-}
-
-pub fn exec_cmd(a: ExecArgs) -> CliResult<i32> {
-    let o = a.opts;
-    exec_in(
-        &a.name,
-        a.cmd,
-        &o.env,
-        o.workdir,
-        o.tty,
-        o.interactive,
-        o.secrets,
-    )
-}
-
-pub fn shell(name: &str) -> CliResult<i32> {
-    let tty = std::io::stdin().is_terminal();
-    exec_in(
-        name,
-        vec!["/bin/sh".into(), "-l".into()],
-        &[],
-        None,
-        tty,
-        true,
-        false,
-    )
-}
-
-/// `airlock engine serve`: the engine process.
-pub fn engine_serve() -> CliResult<i32> {
-    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    let backend = Arc::new(SupervisorBackend { exe });
-    airlock_engine::api::run(&paths::socket_path(), &paths::state_dir(), backend)
-        .map_err(|e| CliError::new(exit::BACKEND_UNAVAILABLE, e))?;
-    Ok(0)
-}
-
-/// `DIR/home`, created once and owned by the sandbox user as the host sees it.
-fn persistent_home(dir: &Path, spec: &airlock_model::spec::RunSpec) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let home = dir.join("home");
-    match std::fs::create_dir(&home) {
-        Ok(()) => {
-            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
-            if let Some(id) = rootful_owner(spec) {
-                nix::unistd::chown(
-                    &home,
-                    Some(nix::unistd::Uid::from_raw(id)),
-                    Some(nix::unistd::Gid::from_raw(id)),
-                )?;
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    Ok(home)
-}
-
-/// The unique id of the sandbox in `dir` (`DIR/id`, written by the engine at create and
-/// start); a folder without one (driven by `__supervise` directly) gets a fresh one.
-pub fn folder_id(dir: &Path) -> CliResult<String> {
-    if let Some(id) = airlock_engine::engine::read_id(dir) {
-        return Ok(id);
-    }
-    let fail = |e: std::io::Error| {
-        CliError::new(
-            exit::SANDBOX_FAILED,
-            anyhow::anyhow!("write {}/id: {e}", dir.display()),
-        )
-    };
-    let id = format!(
-        "{}{}",
-        airlock_sandbox::container::rundir::random_id().map_err(fail)?,
-        airlock_sandbox::container::rundir::random_id().map_err(fail)?
-    );
-    airlock_engine::engine::write_atomic(&dir.join(airlock_engine::engine::ID_FILE), id.as_bytes())
-        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    Ok(id)
-}
-
-/// `airlock __supervise --dir DIR` for a created sandbox: its spec is DIR/spec.json.
-pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
-    // First, the secret values the engine passes on stdin (JSON [[name, value], …]).
-    let secrets: Vec<(String, String)> = {
-        use std::io::Read;
-        let mut buf = Vec::new();
-        let _ = std::io::stdin().take(16 << 20).read_to_end(&mut buf);
-        if buf.is_empty() {
-            Vec::new()
-        } else {
-            serde_json::from_slice(&buf).map_err(|e| {
-                CliError::new(
-                    exit::SANDBOX_FAILED,
-                    anyhow::anyhow!("secrets from the engine: {e}"),
-                )
-            })?
-        }
-    };
-    let Some(_lock) =
-        backend::take_lock(dir).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
-    else {
-        return Err(CliError::new(
-            exit::CONFLICT,
-            anyhow::anyhow!("another supervisor runs {}", dir.display()),
-        ));
-    };
-    std::fs::write(
-        dir.join(backend::SUPERVISOR_PID),
-        std::process::id().to_string(),
-    )
-    .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    let instance_id = folder_id(dir)?;
-    let spec: airlock_model::spec::RunSpec = std::fs::read(dir.join("spec.json"))
-        .map_err(anyhow::Error::from)
-        .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
-        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    let mut spec = spec;
-    if let Some(missing) = spec
-        .secrets
-        .keys()
-        .find(|k| !secrets.iter().any(|(n, _)| n == *k))
-    {
-        return Err(CliError::new(
-            exit::USAGE,
-            anyhow::anyhow!("secret {missing} was not provided for this start"),
-        )
-        .hint("start it with `airlock start` from a shell where its source is available"));
-    }
-    if spec.workspace == airlock_model::policy::WorkspaceMode::Clone {
-        spec.workspace_dir = Some(dir.join(airlock_work::clone::WORKSPACE_DIR));
-    }
-    spec.home_dir = Some(persistent_home(dir, &spec).map_err(|e| {
-        CliError::new(
-            exit::SANDBOX_FAILED,
-            anyhow::anyhow!("prepare the sandbox's home: {e}"),
-        )
-    })?);
-    let mut hooks = crate::cmd::run::Hooks::default();
-    let mut agent_host = None;
-    if let Some(h) = spec.agent.clone() {
-        // The runner and `report` come from this binary, mounted read-only inside.
-        let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-        spec.binds.extend(crate::agent::tool_binds(&exe));
-        let path = spec
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone());
-        spec.env.retain(|(k, _)| k != "PATH");
-        spec.env.push((
-            "PATH".into(),
-            crate::agent::path_with_tools(path.as_deref()),
-        ));
-        let grace = spec
-            .agent_grace
-            .unwrap_or(airlock_model::config::DEFAULT_AGENT_GRACE);
-        let host = crate::agent::host::Host::new(dir, h, grace, exe).map_err(|e| {
-            CliError::new(
-                exit::SANDBOX_FAILED,
-                anyhow::anyhow!("prepare the agent journal: {e}"),
-            )
-        })?;
-        hooks.on_egress = Some(host.egress_callback());
-        agent_host = Some(host);
-    }
-    let start_agent = || {
-        if let Some(h) = &agent_host {
-            h.start();
-        }
-    };
-    if agent_host.is_some() {
-        hooks.on_ready = Some(&start_agent);
-    }
-    let built = crate::cmd::run::Built {
-        spec,
-        timeout: None,
-        forward_stdin: false,
-        workspace: Default::default(),
-        secrets: Some(secrets),
-        instance_id: Some(instance_id),
-    };
-    let code = crate::cmd::run::launch(
-        &built,
-        false,
-        None,
-        Some(&dir.join("net.jsonl")),
-        Some(dir),
-        &hooks,
-    );
-    let _ = std::fs::remove_file(dir.join(crate::agent::AGENT_SOCKET));
-    let _ = std::fs::remove_file(dir.join(backend::SUPERVISOR_PID));
-    code
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_from_directories() {
-        assert_eq!(
-            name_from_dir(Path::new("/home/u/My_Project")),
-            Some("my-project".into())
-        );
-        assert_eq!(name_from_dir(Path::new("/x/--a..b--")), Some("a-b".into()));
-        assert_eq!(name_from_dir(Path::new("/")), None);
-        assert_eq!(name_from_dir(Path::new("/x/___")), None);
-        assert_eq!(
-            name_from_dir(Path::new(&format!("/x/{}", "a".repeat(80)))).map(|n| n.len()),
-            Some(63)
-        );
-    }
 }

@@ -36,13 +36,13 @@ impl From<GitError> for CliError {
 
 /// The sandbox's `[workspace] protected` paths (the gate flags them like agent configuration).
 fn protected_of(dir: &std::path::Path) -> Vec<String> {
-    super::sandbox::recorded_spec(dir)
+    super::named::recorded_spec(dir)
         .map(|s| s.protected)
         .unwrap_or_default()
 }
 
 fn open(name: &str) -> CliResult<(std::path::PathBuf, Review)> {
-    let dir = super::sandbox::existing_dir(name)?;
+    let dir = super::named::existing_dir(name)?;
     let r = Review::open(&dir, name, protected_of(&dir))?;
     Ok((dir, r))
 }
@@ -196,7 +196,7 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
 }
 
 pub fn sync(a: &SyncArgs) -> CliResult<i32> {
-    let dir = super::sandbox::existing_dir(&a.name)?;
+    let dir = super::named::existing_dir(&a.name)?;
     let r = Review::open(&dir, &a.name, protected_of(&dir))?;
     if !a.dry_run {
         gate(&r, &a.name, a.accept, "sync")?;
@@ -361,7 +361,7 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
 }
 
 pub fn deliver(a: &DeliverArgs) -> CliResult<i32> {
-    let dir = super::sandbox::existing_dir(&a.name)?;
+    let dir = super::named::existing_dir(&a.name)?;
     let info = airlock_work::clone::CloneInfo::load(&dir)
         .ok_or_else(|| CliError::from(ReviewError::NotClone(a.name.clone())))?;
     if !valid_branch(&a.branch) {

@@ -3,8 +3,8 @@
 //! commands answers with a tool error naming what is missing, never with a made-up result.
 
 use super::args::{NameArgs, NetArg, ProfileArg, WorkspaceArg};
+use super::call::{check_name, parse, policy_flags, tri, Call};
 use super::runner::Output;
-use super::tools::{check_name, parse, policy_flags, tri, Call};
 use super::{tool_error, tool_ok};
 use rmcp::model::CallToolResult;
 use schemars::JsonSchema;

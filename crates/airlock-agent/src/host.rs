@@ -118,7 +118,7 @@ impl Host {
 
     /// The egress listener: each distinct denial during the sandbox's life becomes a `blocked`
     /// event of the turn in progress.
-    pub fn egress_callback(self: &Arc<Self>) -> airlock_sandbox::container::EgressCallback {
+    pub fn egress_callback(self: &Arc<Self>) -> Arc<dyn Fn(&Event) + Send + Sync> {
         let host = Arc::downgrade(self);
         Arc::new(move |ev: &Event| {
             if ev.decision != Verdict::Deny {

@@ -4,7 +4,7 @@
 //! words them and names the option or configuration line that changes the outcome.
 
 use super::args::{Access, ExplainArgs};
-use super::tools::{check_name, parse, policy_flags, tri, Call};
+use super::call::{check_name, parse, policy_flags, tri, Call};
 use super::{tool_error, tool_ok};
 use airlock_egress::{addr, Decision, EgressPolicy};
 use airlock_model::plan::{self, LaunchPlan, MountStep};
@@ -32,21 +32,22 @@ pub async fn run(c: Call, v: Value) -> CallToolResult {
     }
     // Same gate as sandbox_run: a refused policy is not one to explain as if it could run.
     let flags = tri!(policy_flags(&a.policy(), &c.opts));
-    let work = tokio::task::spawn_blocking(move || explain(&a, flags));
+    let builder = c.opts.spec_builder.clone();
+    let work = tokio::task::spawn_blocking(move || explain(&a, flags, &builder));
     match tokio::time::timeout(std::time::Duration::from_secs(20), work).await {
         Ok(Ok(r)) => r,
         _ => tool_error("policy_explain: did not finish in time"),
     }
 }
 
-fn explain(a: &ExplainArgs, flags: Vec<String>) -> CallToolResult {
+fn explain(a: &ExplainArgs, flags: Vec<String>, builder: &super::SpecBuilder) -> CallToolResult {
     let (spec, origin) = match &a.sandbox {
         Some(name) => {
             tri!(check_name(name));
             (tri!(sandbox_spec(name)), format!("sandbox {name}"))
         }
         None => (
-            tri!(new_spec(&flags)),
+            tri!(builder(&flags).map_err(|e| tool_error(format!("policy_explain: {e}")))),
             "a new sandbox of this project".to_string(),
         ),
     };
@@ -116,25 +117,11 @@ fn list_or_none(v: &[String]) -> String {
     }
 }
 
-/// The spec `sandbox_run` would build with these flags (the project's configuration included).
-fn new_spec(flags: &[String]) -> Result<RunSpec, CallToolResult> {
-    use clap::Parser;
-    let mut argv = vec!["airlock".to_string(), "run".to_string()];
-    argv.extend(flags.iter().cloned());
-    argv.extend(["--".to_string(), "true".to_string()]);
-    let cli = crate::cli::Cli::try_parse_from(&argv)
-        .map_err(|e| tool_error(format!("policy_explain: {e}")))?;
-    let crate::cli::Command::Run(run) = cli.command else {
-        return Err(tool_error("policy_explain: internal: not a run"));
-    };
-    crate::cmd::run::build(&run, None, false, false)
-        .map(|b| b.spec)
-        .map_err(|e| tool_error(format!("policy_explain: {:#}", e.error)))
-}
-
 /// A named sandbox's recorded spec.
 fn sandbox_spec(name: &str) -> Result<RunSpec, CallToolResult> {
-    let dir = crate::cmd::sandbox::sandbox_dir(name);
+    let dir = airlock_engine::paths::state_dir()
+        .join("sandboxes")
+        .join(name);
     let bytes = std::fs::read(dir.join("spec.json"))
         .map_err(|_| tool_error(format!("policy_explain: no sandbox named {name}")))?;
     serde_json::from_slice(&bytes)

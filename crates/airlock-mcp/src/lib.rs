@@ -8,13 +8,12 @@ mod agent;
 mod args;
 mod b64;
 mod bounded;
+mod call;
 mod explain;
 mod paths;
 mod runner;
 mod tools;
 
-use crate::error::{CliError, CliResult};
-use airlock_model::exit;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
     Implementation, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
@@ -23,11 +22,29 @@ use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ServerHandler, ServiceExt};
 use std::sync::Arc;
 
+/// How `sandbox_run`'s flags become a spec (configuration + flags, as `airlock run` does);
+/// supplied by the binary, which owns the command line.
+pub type SpecBuilder =
+    Arc<dyn Fn(&[String]) -> Result<airlock_model::spec::RunSpec, String> + Send + Sync>;
+
 /// How the server was started (host-side flags: nothing a tool call can change).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct Options {
     /// Let tool calls ask for the permissive profile or a writable workspace bind.
     pub allow_permissive: bool,
+    /// For `policy_explain` of a new sandbox.
+    pub spec_builder: SpecBuilder,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("MCP initialization: {0}")]
+    Init(String),
+    #[error("the MCP session failed: {0}")]
+    Session(String),
 }
 
 /// The server: its options and, when it runs confined (inside a sandbox), why.
@@ -37,11 +54,11 @@ pub struct Server {
     confined: Option<Arc<str>>,
 }
 
-pub fn serve(opts: Options) -> CliResult<i32> {
+pub fn serve(opts: Options) -> Result<(), ServeError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        .map_err(ServeError::Runtime)?;
     let server = Server {
         opts: Arc::new(opts),
         confined: confinement().map(Arc::from),
@@ -50,16 +67,16 @@ pub fn serve(opts: Options) -> CliResult<i32> {
         let running = server
             .serve(rmcp::transport::stdio())
             .await
-            .map_err(|e| CliError::new(exit::USAGE, anyhow::anyhow!("MCP initialization: {e}")))?;
+            .map_err(|e| ServeError::Init(e.to_string()))?;
         running
             .waiting()
             .await
-            .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-        Ok::<_, CliError>(())
+            .map_err(|e| ServeError::Session(e.to_string()))?;
+        Ok::<_, ServeError>(())
     })?;
     // Tool children still running are killed on drop; stdin stays blocked otherwise.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    Ok(0)
+    Ok(())
 }
 
 /// Why this process looks confined by a sandbox (no_new_privs, a seccomp filter, and no
@@ -137,7 +154,7 @@ impl ServerHandler for Server {
             return Ok(tool_error(format!("{name}: refused: {why}")).into());
         }
         let args = serde_json::Value::Object(request.arguments.unwrap_or_default());
-        let call = tools::Call {
+        let call = call::Call {
             opts: self.opts.clone(),
             context,
         };

@@ -2,7 +2,7 @@
 //! (`airlock __supervise --dir DIR`), detached from the engine, holding `DIR/lock` while alive.
 //! Killing the engine never touches a sandbox; the next engine probes the locks to reconcile.
 
-use airlock_engine::backend::{Backend, BackendError, Liveness, Secrets, Started, Stats};
+use crate::backend::{Backend, BackendError, Liveness, Secrets, Started, Stats};
 use airlock_sandbox::cgroup::{leaf_name, remove_cgroup_dir, Layout};
 use airlock_sandbox::container::exec;
 use nix::fcntl::{Flock, FlockArg};
@@ -67,7 +67,7 @@ fn wait_until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
 
 /// The sandbox's cgroup leaf (`NAME.ID`), from the id in its folder.
 fn cgroup_leaf(name: &str, dir: &Path) -> Option<String> {
-    airlock_engine::engine::read_id(dir).map(|id| leaf_name(name, &id))
+    crate::engine::read_id(dir).map(|id| leaf_name(name, &id))
 }
 
 fn cgroup_dirs(name: &str, dir: &Path) -> Vec<PathBuf> {
@@ -109,7 +109,7 @@ impl Backend for SupervisorBackend {
             .map_err(|e| BackendError::Failed(e.to_string()))?;
         let _ = fs::remove_file(dir.join(airlock_sandbox::container::PID1_FILE));
         let mut cmd = Command::new(&self.exe);
-        cmd.env_clear().envs(airlock_engine::client::daemon_env());
+        cmd.env_clear().envs(crate::client::daemon_env());
         cmd.arg("__supervise")
             .arg("--dir")
             .arg(dir)
@@ -215,7 +215,7 @@ impl Backend for SupervisorBackend {
             Layout::detect().reclaim(&leaf);
         }
         // Its control socket and agent socket lead nowhere now.
-        for f in [exec::CONTROL_SOCKET, crate::agent::AGENT_SOCKET] {
+        for f in [exec::CONTROL_SOCKET, airlock_agent::AGENT_SOCKET] {
             let _ = fs::remove_file(dir.join(f));
         }
     }

@@ -1,0 +1,133 @@
+//! Looking up named sandboxes from the CLI: the engine client, a sandbox's folder, its recorded
+//! spec, who owns its files. A leaf: the other commands build on it, it builds on none of them.
+
+use crate::error::{CliError, CliResult};
+use airlock_engine::client::{Client, ClientError};
+use airlock_engine::paths;
+use airlock_model::exit;
+use std::path::{Path, PathBuf};
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        let (code, hint) = (e.exit_code(), e.hint());
+        CliError::new(code, e).maybe_hint(hint)
+    }
+}
+
+pub fn client() -> CliResult<Client> {
+    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    Ok(Client::connect_or_start(&exe)?)
+}
+
+pub fn sandbox_dir(name: &str) -> PathBuf {
+    paths::state_dir().join("sandboxes").join(name)
+}
+
+/// The folder of an existing sandbox: a usage error for a bad name, NOT_FOUND (with a hint)
+/// when there is no such sandbox.
+pub fn existing_dir(name: &str) -> CliResult<PathBuf> {
+    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
+    let dir = sandbox_dir(name);
+    if !dir.is_dir() {
+        return Err(
+            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no sandbox named {name}"))
+                .hint("airlock list shows the sandboxes"),
+        );
+    }
+    Ok(dir)
+}
+
+/// The spec recorded in a sandbox folder (`DIR/spec.json`), if readable.
+pub fn recorded_spec(dir: &Path) -> Option<airlock_model::spec::RunSpec> {
+    serde_json::from_slice(&std::fs::read(dir.join("spec.json")).ok()?).ok()
+}
+
+/// The host uid (= gid) that owns the sandbox user's files in a root-run sandbox; None when
+/// airlock runs rootless (the invoking user is the sandbox user).
+pub fn rootful_owner(spec: &airlock_model::spec::RunSpec) -> Option<u32> {
+    nix::unistd::geteuid()
+        .is_root()
+        .then(|| airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid())
+}
+
+/// A sandbox name from a directory name: lowercase, [a-z0-9-], at most 63 bytes.
+pub fn name_from_dir(dir: &Path) -> Option<String> {
+    let raw = dir.file_name()?.to_string_lossy().to_lowercase();
+    let mut n: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    n = n.trim_matches('-').to_string();
+    while n.contains("--") {
+        n = n.replace("--", "-");
+    }
+    n.truncate(63);
+    let n = n.trim_end_matches('-').to_string();
+    airlock_model::spec::validate_name(&n).ok().map(|()| n)
+}
+
+/// `DIR/home`, created once and owned by the sandbox user as the host sees it.
+pub fn persistent_home(
+    dir: &Path,
+    spec: &airlock_model::spec::RunSpec,
+) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let home = dir.join("home");
+    match std::fs::create_dir(&home) {
+        Ok(()) => {
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+            if let Some(id) = rootful_owner(spec) {
+                nix::unistd::chown(
+                    &home,
+                    Some(nix::unistd::Uid::from_raw(id)),
+                    Some(nix::unistd::Gid::from_raw(id)),
+                )?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    Ok(home)
+}
+
+/// The unique id of the sandbox in `dir` (`DIR/id`, written by the engine at create and
+/// start); a folder without one (driven by `__supervise` directly) gets a fresh one.
+pub fn folder_id(dir: &Path) -> CliResult<String> {
+    if let Some(id) = airlock_engine::engine::read_id(dir) {
+        return Ok(id);
+    }
+    let fail = |e: std::io::Error| {
+        CliError::new(
+            exit::SANDBOX_FAILED,
+            anyhow::anyhow!("write {}/id: {e}", dir.display()),
+        )
+    };
+    let id = format!(
+        "{}{}",
+        airlock_sandbox::container::rundir::random_id().map_err(fail)?,
+        airlock_sandbox::container::rundir::random_id().map_err(fail)?
+    );
+    airlock_engine::engine::write_atomic(&dir.join(airlock_engine::engine::ID_FILE), id.as_bytes())
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_directories() {
+        assert_eq!(
+            name_from_dir(Path::new("/home/u/My_Project")),
+            Some("my-project".into())
+        );
+        assert_eq!(name_from_dir(Path::new("/x/--a..b--")), Some("a-b".into()));
+        assert_eq!(name_from_dir(Path::new("/")), None);
+        assert_eq!(name_from_dir(Path::new("/x/___")), None);
+        assert_eq!(
+            name_from_dir(Path::new(&format!("/x/{}", "a".repeat(80)))).map(|n| n.len()),
+            Some(63)
+        );
+    }
+}

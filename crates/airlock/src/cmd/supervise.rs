@@ -1,0 +1,133 @@
+//! The processes the CLI starts for named sandboxes: the engine (`engine serve`) and one
+//! supervisor per sandbox (`__supervise --dir DIR`), which runs it until it stops.
+
+use super::named::{folder_id, persistent_home};
+use crate::error::{CliError, CliResult};
+use airlock_engine::paths;
+use airlock_engine::supervisor::{self as backend, SupervisorBackend};
+use airlock_model::exit;
+use std::path::Path;
+use std::sync::Arc;
+
+/// `airlock engine serve`: the engine process.
+pub fn engine_serve() -> CliResult<i32> {
+    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let backend = Arc::new(SupervisorBackend { exe });
+    airlock_engine::api::run(&paths::socket_path(), &paths::state_dir(), backend)
+        .map_err(|e| CliError::new(exit::BACKEND_UNAVAILABLE, e))?;
+    Ok(0)
+}
+
+/// `airlock __supervise --dir DIR` for a created sandbox: its spec is DIR/spec.json.
+pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
+    // First, the secret values the engine passes on stdin (JSON [[name, value], …]).
+    let secrets: Vec<(String, String)> = {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let _ = std::io::stdin().take(16 << 20).read_to_end(&mut buf);
+        if buf.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&buf).map_err(|e| {
+                CliError::new(
+                    exit::SANDBOX_FAILED,
+                    anyhow::anyhow!("secrets from the engine: {e}"),
+                )
+            })?
+        }
+    };
+    let Some(_lock) =
+        backend::take_lock(dir).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
+    else {
+        return Err(CliError::new(
+            exit::CONFLICT,
+            anyhow::anyhow!("another supervisor runs {}", dir.display()),
+        ));
+    };
+    std::fs::write(
+        dir.join(backend::SUPERVISOR_PID),
+        std::process::id().to_string(),
+    )
+    .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let instance_id = folder_id(dir)?;
+    let spec: airlock_model::spec::RunSpec = std::fs::read(dir.join("spec.json"))
+        .map_err(anyhow::Error::from)
+        .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let mut spec = spec;
+    if let Some(missing) = spec
+        .secrets
+        .keys()
+        .find(|k| !secrets.iter().any(|(n, _)| n == *k))
+    {
+        return Err(CliError::new(
+            exit::USAGE,
+            anyhow::anyhow!("secret {missing} was not provided for this start"),
+        )
+        .hint("start it with `airlock start` from a shell where its source is available"));
+    }
+    if spec.workspace == airlock_model::policy::WorkspaceMode::Clone {
+        spec.workspace_dir = Some(dir.join(airlock_work::clone::WORKSPACE_DIR));
+    }
+    spec.home_dir = Some(persistent_home(dir, &spec).map_err(|e| {
+        CliError::new(
+            exit::SANDBOX_FAILED,
+            anyhow::anyhow!("prepare the sandbox's home: {e}"),
+        )
+    })?);
+    let mut hooks = crate::cmd::run::Hooks::default();
+    let mut agent_host = None;
+    if let Some(h) = spec.agent.clone() {
+        // The runner and `report` come from this binary, mounted read-only inside.
+        let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        spec.binds.extend(airlock_agent::tool_binds(&exe));
+        let path = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
+        spec.env.retain(|(k, _)| k != "PATH");
+        spec.env.push((
+            "PATH".into(),
+            airlock_agent::path_with_tools(path.as_deref()),
+        ));
+        let grace = spec
+            .agent_grace
+            .unwrap_or(airlock_model::config::DEFAULT_AGENT_GRACE);
+        let host = airlock_agent::host::Host::new(dir, h, grace, exe).map_err(|e| {
+            CliError::new(
+                exit::SANDBOX_FAILED,
+                anyhow::anyhow!("prepare the agent journal: {e}"),
+            )
+        })?;
+        hooks.on_egress = Some(host.egress_callback());
+        agent_host = Some(host);
+    }
+    let start_agent = || {
+        if let Some(h) = &agent_host {
+            h.start();
+        }
+    };
+    if agent_host.is_some() {
+        hooks.on_ready = Some(&start_agent);
+    }
+    let built = crate::cmd::run::Built {
+        spec,
+        timeout: None,
+        forward_stdin: false,
+        workspace: Default::default(),
+        secrets: Some(secrets),
+        instance_id: Some(instance_id),
+    };
+    let code = crate::cmd::run::launch(
+        &built,
+        false,
+        None,
+        Some(&dir.join("net.jsonl")),
+        Some(dir),
+        &hooks,
+    );
+    let _ = std::fs::remove_file(dir.join(airlock_agent::AGENT_SOCKET));
+    let _ = std::fs::remove_file(dir.join(backend::SUPERVISOR_PID));
+    code
+}
