@@ -41,18 +41,19 @@ pub struct Instance<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observed {
     /// Its PID 1 (host pid) is alive and published for exec.
-    Running {
-        pid1: i32,
-    },
-    NotRunning,
+    Running { pid1: i32 },
+    /// Not running, and it ended in an orderly way (or never ran).
+    Stopped,
+    /// Not running, but its last run left its record behind: it died without cleaning up.
+    Dead,
 }
 
-/// Live resource use, from the sandbox's cgroup.
+/// Live resource use, from the sandbox's cgroup (None: this host does not account it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
-    pub memory_bytes: u64,
-    pub pids: u64,
-    pub cpu_usec: u64,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpu_usec: Option<u64>,
 }
 
 /// What every isolation backend does. See the module documentation for why these operations.
@@ -139,11 +140,9 @@ impl Isolation for Container {
         let plan: airlock_model::plan::LaunchPlan = std::fs::read(sandbox.dir.join(PLAN_FILE))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| {
-                RunError::Setup(format!(
-                    "sandbox {}: cannot read its {PLAN_FILE}: {e}",
-                    sandbox.name
-                ))
+            .map_err(|e| RunError::NotRecorded {
+                name: sandbox.name.to_string(),
+                why: format!("{PLAN_FILE}: {e}"),
             })?;
         container::exec::exec(sandbox.dir, &plan, req)
     }
@@ -151,7 +150,9 @@ impl Isolation for Container {
     fn observe(&self, sandbox: &Instance<'_>) -> Observed {
         match container::exec::pid1(sandbox.dir) {
             Some(pid1) => Observed::Running { pid1 },
-            None => Observed::NotRunning,
+            // A clean end removes the record of PID 1; a supervisor killed outright leaves it.
+            None if sandbox.dir.join(container::PID1_FILE).exists() => Observed::Dead,
+            None => Observed::Stopped,
         }
     }
 
@@ -164,20 +165,20 @@ impl Isolation for Container {
             if let Some(v) = read_u64(&d.join("memory.current"))
                 .or_else(|| read_u64(&d.join("memory.usage_in_bytes")))
             {
-                s.memory_bytes = v;
+                s.memory_bytes = Some(v);
             }
             if let Some(v) = read_u64(&d.join("pids.current")) {
-                s.pids = v;
+                s.pids = Some(v);
             }
             if let Some(v) = read_u64(&d.join("cpuacct.usage")) {
-                s.cpu_usec = v / 1000;
+                s.cpu_usec = Some(v / 1000);
             } else if let Ok(stat) = std::fs::read_to_string(d.join("cpu.stat")) {
                 if let Some(v) = stat
                     .lines()
                     .find_map(|l| l.strip_prefix("usage_usec "))
                     .and_then(|v| v.trim().parse().ok())
                 {
-                    s.cpu_usec = v;
+                    s.cpu_usec = Some(v);
                 }
             }
         }
@@ -188,8 +189,10 @@ impl Isolation for Container {
         if let Some(id) = sandbox.id {
             Layout::detect().reclaim(&crate::cgroup::leaf_name(sandbox.name, id));
         }
-        // Its control socket leads nowhere now.
-        let _ = std::fs::remove_file(sandbox.dir.join(container::exec::CONTROL_SOCKET));
+        // Its control socket leads nowhere now, and the record of its PID 1 is stale.
+        for f in [container::exec::CONTROL_SOCKET, container::PID1_FILE] {
+            let _ = std::fs::remove_file(sandbox.dir.join(f));
+        }
     }
 
     fn destroy(&self, sandbox: &Instance<'_>) {
@@ -301,7 +304,7 @@ impl Isolation for Fake {
         if self.is_running(sandbox.name) {
             Observed::Running { pid1: 1 }
         } else {
-            Observed::NotRunning
+            Observed::Stopped
         }
     }
     fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage> {
@@ -338,6 +341,20 @@ impl AnyBackend {
             airlock_model::policy::BackendKind::Container => Some(AnyBackend::Container(Container)),
             airlock_model::policy::BackendKind::Microvm => None,
         }
+    }
+    /// The backend a stored spec (`spec.json` of a named sandbox) names in `backend` — the
+    /// container when the field is absent (specs written before it existed) or unreadable.
+    pub fn for_spec(json: &[u8]) -> Result<AnyBackend, String> {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            #[serde(default)]
+            backend: airlock_model::policy::BackendKind,
+        }
+        let kind = serde_json::from_slice::<Named>(json)
+            .map(|n| n.backend)
+            .unwrap_or_default();
+        AnyBackend::for_kind(kind)
+            .ok_or_else(|| format!("the {kind} backend is not available in this build"))
     }
     fn inner(&self) -> &dyn Isolation {
         match self {

@@ -26,6 +26,8 @@ pub enum RunError {
     },
     #[error("cannot open the network journal {}: {source}", path.display())]
     Journal { path: PathBuf, source: io::Error },
+    #[error("sandbox {name}: cannot read what it runs with ({why})")]
+    NotRecorded { name: String, why: String },
     #[error("invalid argument or environment entry (contains a NUL byte): {0:?}")]
     Nul(String),
 }
@@ -38,6 +40,9 @@ impl RunError {
             ),
             RunError::Setup(m) if m.starts_with("working directory") => {
                 Some("pass an existing directory to -w (relative paths are under /workspace)".into())
+            }
+            RunError::NotRecorded { name, .. } => {
+                Some(format!("airlock stop {name} && airlock start {name}"))
             }
             RunError::Mount(_) | RunError::Setup(_) => Some("run `airlock doctor` to see which kernel features this host lacks".into()),
             RunError::Cgroup(_) => Some("drop the resource limits, or run `airlock doctor` to see cgroup support".into()),

@@ -77,7 +77,7 @@ fn the_fake_records_every_call_through_any_backend() {
         )
         .expect("start");
     assert_eq!(out.exit_code(), 7);
-    assert_eq!(b.observe(&sbx), Observed::NotRunning);
+    assert_eq!(b.observe(&sbx), Observed::Stopped);
     let req = ExecRequest {
         argv: vec!["ls".into()],
         ..Default::default()
@@ -91,7 +91,7 @@ fn the_fake_records_every_call_through_any_backend() {
     assert_eq!(b.stats(&sbx), Some(Usage::default()));
     b.reclaim(&sbx);
     b.destroy(&sbx);
-    assert_eq!(b.observe(&sbx), Observed::NotRunning);
+    assert_eq!(b.observe(&sbx), Observed::Stopped);
     let AnyBackend::Fake(fk) = &b else {
         unreachable!()
     };
@@ -134,6 +134,25 @@ fn backends_by_kind() {
 }
 
 #[test]
+fn the_backend_of_a_stored_spec() {
+    assert!(matches!(
+        AnyBackend::for_spec(br#"{"name":"x","backend":"container"}"#),
+        Ok(AnyBackend::Container(_))
+    ));
+    // Specs written before the field existed run in containers.
+    assert!(matches!(
+        AnyBackend::for_spec(br#"{"name":"x"}"#),
+        Ok(AnyBackend::Container(_))
+    ));
+    assert_eq!(
+        AnyBackend::for_spec(br#"{"backend":"microvm"}"#)
+            .err()
+            .map(|e| e.to_string()),
+        Some("the microvm backend is not available in this build".to_string())
+    );
+}
+
+#[test]
 fn exit_codes_of_endings() {
     let o = |ending| Outcome {
         ending,
@@ -162,18 +181,20 @@ fn container_observes_a_published_pid1_only_when_it_is_that_process() {
         dir: &dir,
         id: None,
     };
-    assert_eq!(Container.observe(&sbx), Observed::NotRunning);
+    assert_eq!(Container.observe(&sbx), Observed::Stopped);
     let me = std::process::id() as i32;
     let start = container::proc_starttime(me).expect("starttime");
     std::fs::write(dir.join(container::PID1_FILE), format!("{me} {start}\n")).expect("write");
     assert_eq!(Container.observe(&sbx), Observed::Running { pid1: me });
-    // A recycled pid (another start time) is not the sandbox.
+    // A recycled pid (another start time) is not the sandbox: it died, leaving its record.
     std::fs::write(
         dir.join(container::PID1_FILE),
         format!("{me} {}\n", start + 1),
     )
     .expect("write");
-    assert_eq!(Container.observe(&sbx), Observed::NotRunning);
+    assert_eq!(Container.observe(&sbx), Observed::Dead);
+    Container.reclaim(&sbx);
+    assert_eq!(Container.observe(&sbx), Observed::Stopped);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -5,6 +5,7 @@ use crate::error::{CliError, CliResult};
 use airlock_engine::client::{Client, ClientError};
 use airlock_engine::paths;
 use airlock_model::exit;
+use airlock_sandbox::isolation::{AnyBackend, Instance, Isolation, Observed};
 use std::path::{Path, PathBuf};
 
 impl From<ClientError> for CliError {
@@ -35,6 +36,34 @@ pub fn existing_dir(name: &str) -> CliResult<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// Do `f` to the named sandbox in `dir` through its isolation backend (the `backend` of its
+/// spec).
+pub fn isolated<T>(
+    name: &str,
+    dir: &Path,
+    f: impl FnOnce(&AnyBackend, &Instance<'_>) -> T,
+) -> CliResult<T> {
+    let json = std::fs::read(dir.join("spec.json")).unwrap_or_default();
+    let backend = AnyBackend::for_spec(&json).map_err(|e| {
+        CliError::new(
+            exit::BACKEND_UNAVAILABLE,
+            anyhow::anyhow!("sandbox {name}: {e}"),
+        )
+    })?;
+    let id = airlock_engine::engine::read_id(dir);
+    let sandbox = Instance {
+        name,
+        dir,
+        id: id.as_deref(),
+    };
+    Ok(f(&backend, &sandbox))
+}
+
+/// Whether the named sandbox in `dir` runs.
+pub fn running(name: &str, dir: &Path) -> bool {
+    isolated(name, dir, |b, s| b.observe(s)).is_ok_and(|o| matches!(o, Observed::Running { .. }))
 }
 
 /// The spec recorded in a sandbox folder (`DIR/spec.json`), if readable.
