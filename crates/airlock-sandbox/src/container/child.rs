@@ -58,10 +58,8 @@ macro_rules! tryc {
 
 pub fn main(mut a: ChildArgs<'_>) -> ! {
     let ef = a.err_wr.as_raw_fd();
-    for fd in &a.parent_only {
-        // SAFETY: closing descriptors that belong to the parent's side only.
-        unsafe { libc::close(*fd) };
-    }
+    // The parent's side of every pipe and socket pair.
+    sys::close_inherited(&a.parent_only);
     tryc!(
         ef,
         sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
@@ -299,12 +297,7 @@ pub(super) fn command(plan: &LaunchPlan, a: &Command<'_>, slave: Option<&OwnedFd
     let exe = resolve(a.envp, &a.argv[0]);
     // Only 0, 1, 2 and the CLOEXEC error pipe survive until exec; nothing survives past it.
     sys::close_fds_except(3, &[ef]);
-    for sig in Signal::iterator() {
-        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-            // SAFETY: restoring default dispositions before exec; no handler code runs.
-            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
-        }
-    }
+    sys::default_all_signals();
     let _ = SigSet::all().thread_unblock();
     crate::phase("cmd: before exec");
     let e = match &exe {

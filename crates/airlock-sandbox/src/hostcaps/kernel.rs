@@ -3,8 +3,8 @@
 
 use super::child::{self, Outcome, Reporter};
 use super::host::{errstr, read_trim, which, Host};
-use super::raw;
 use super::row::{Row, Status};
+use crate::sys::raw;
 use nix::sched::{unshare, CloneFlags};
 use std::time::Duration;
 

@@ -12,7 +12,6 @@ mod egress;
 mod host;
 mod kernel;
 mod ns;
-mod raw;
 mod row;
 mod vm;
 

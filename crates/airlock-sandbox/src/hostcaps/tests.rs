@@ -200,7 +200,7 @@ fn probe_all_on_this_host() {
         );
         assert_eq!(default_path_ok(&rows), get("seccomp").status == Status::Ok);
     }
-    if let Ok(abi) = raw::landlock_abi() {
+    if let Ok(abi) = crate::sys::raw::landlock_abi() {
         assert_eq!(get("landlock").status, Status::Ok);
         assert!(get("landlock").detail.starts_with(&format!("ABI {abi} ")));
     }

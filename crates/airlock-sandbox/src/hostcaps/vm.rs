@@ -2,8 +2,8 @@
 //! and the user-mode network helpers.
 
 use super::host::{run_bounded, which};
-use super::raw;
 use super::row::{Row, Status};
+use crate::sys::raw;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
