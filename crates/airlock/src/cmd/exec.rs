@@ -5,7 +5,7 @@ use super::named::existing_dir;
 use crate::cli::ExecArgs;
 use crate::error::{CliError, CliResult};
 use airlock_model::exit;
-use airlock_sandbox::isolation::{ExecRequest, Isolation};
+use airlock_sandbox::isolation::{ExecRequest, Instance, Isolation, Observed};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -44,7 +44,14 @@ pub fn exec_dir(
     interactive: bool,
     with_secrets: bool,
 ) -> CliResult<i32> {
-    if !super::named::running(name, dir) {
+    // One look at the folder: which backend runs it, and whether it runs.
+    let (backend, id) = super::named::backend_of(name, dir)?;
+    let sandbox = Instance {
+        name,
+        dir,
+        id: id.as_deref(),
+    };
+    if !matches!(backend.observe(&sandbox), Observed::Running { .. }) {
         return Err(CliError::new(
             exit::CONFLICT,
             anyhow::anyhow!("sandbox {name} is not running"),
@@ -70,7 +77,7 @@ pub fn exec_dir(
         forward_stdin: interactive || tty || !std::io::stdin().is_terminal(),
         with_secrets,
     };
-    Ok(super::named::isolated(name, dir, |b, s| b.exec(s, &req))??.exit_code())
+    Ok(backend.exec(&sandbox, &req)?.exit_code())
 }
 
 pub fn exec_cmd(a: ExecArgs) -> CliResult<i32> {

@@ -38,13 +38,9 @@ pub fn existing_dir(name: &str) -> CliResult<PathBuf> {
     Ok(dir)
 }
 
-/// Do `f` to the named sandbox in `dir` through its isolation backend (the `backend` of its
-/// spec).
-pub fn isolated<T>(
-    name: &str,
-    dir: &Path,
-    f: impl FnOnce(&AnyBackend, &Instance<'_>) -> T,
-) -> CliResult<T> {
+/// The isolation backend of the named sandbox in `dir` (the `backend` of its spec) and its
+/// unique id.
+pub fn backend_of(name: &str, dir: &Path) -> CliResult<(AnyBackend, Option<String>)> {
     let json = std::fs::read(dir.join("spec.json")).unwrap_or_default();
     let backend = AnyBackend::for_spec(&json).map_err(|e| {
         CliError::new(
@@ -52,7 +48,16 @@ pub fn isolated<T>(
             anyhow::anyhow!("sandbox {name}: {e}"),
         )
     })?;
-    let id = airlock_engine::engine::read_id(dir);
+    Ok((backend, airlock_engine::engine::read_id(dir)))
+}
+
+/// Do `f` to the named sandbox in `dir` through its isolation backend.
+pub fn isolated<T>(
+    name: &str,
+    dir: &Path,
+    f: impl FnOnce(&AnyBackend, &Instance<'_>) -> T,
+) -> CliResult<T> {
+    let (backend, id) = backend_of(name, dir)?;
     let sandbox = Instance {
         name,
         dir,
