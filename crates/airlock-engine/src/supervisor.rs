@@ -187,6 +187,15 @@ impl Backend for SupervisorBackend {
         }
     }
 
+    fn prepare(&self, name: &str, dir: &Path, spec_json: &str) -> Result<(), BackendError> {
+        // A spec that is not a RunSpec (an API client's partial one) needs nothing made here;
+        // `start` refuses it with its own message.
+        let Ok(spec) = serde_json::from_str::<airlock_model::spec::RunSpec>(spec_json) else {
+            return Ok(());
+        };
+        airlock_work::prepare::prepare(dir, name, &spec).map_err(BackendError::Failed)
+    }
+
     fn probe(&self, name: &str, dir: &Path) -> Liveness {
         if locked(dir) {
             return Liveness::Running {

@@ -139,6 +139,13 @@ pub struct RunSpec {
     /// `[workspace] protected`: workspace paths made read-only inside, beyond the built-in list.
     #[serde(default)]
     pub protected: Vec<String>,
+    /// `[workspace] context`: untracked project paths copied over a clone workspace at create.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<String>,
+    /// `[[workspace.repos]]`: reference repositories copied into a named sandbox's home at
+    /// create.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repos: Vec<crate::config::RepoSpec>,
     #[serde(default)]
     pub home_files: std::collections::BTreeMap<String, crate::config::HomeFileSpec>,
     /// Secrets by name and where to read them at launch. Only the sources: values never enter a

@@ -26,7 +26,7 @@ impl Change {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// CI workflows and pipelines (run with the repository's secrets once pushed).
@@ -67,7 +67,7 @@ impl Kind {
 }
 
 /// A flagged change: what, where, and a detail line for humans.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct Finding {
     pub kind: Kind,
     pub path: String,

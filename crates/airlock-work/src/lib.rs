@@ -8,6 +8,8 @@ pub mod clone;
 pub mod gate;
 pub mod git;
 pub mod home_files;
+pub mod ops;
+pub mod prepare;
 pub mod review;
 pub mod sync;
 pub mod trust;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 const MODE_TYPE: u32 = 0o170000;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Step {
     /// A (added), M (modified), D (deleted), T (type changed).
     pub status: char,

@@ -1045,3 +1045,99 @@ fn canary_harness_every_mode_every_way_back() {
     }
     both_modes(canary_harness);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The API: a client of the engine's HTTP API gets a clone workspace made too
+
+fn engine_socket(a: &Airlock) -> PathBuf {
+    let dir = a.dir.join("runtime/airlock");
+    std::fs::read_dir(&dir)
+        .expect("runtime dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sock"))
+        .expect("engine socket")
+}
+
+fn api_create_makes_the_clone(a: &Airlock, label: &str) {
+    let _g = EngineGuard(a);
+    let p = project(a);
+    // A spec as the CLI resolves it, then a second sandbox created through the API alone.
+    ok(a, label, &["create", "cli", "--net", "off"]);
+    let spec_text =
+        std::fs::read_to_string(a.state_dir().join("sandboxes/cli/spec.json")).expect("spec");
+    let mut spec: serde_json::Value = serde_json::from_str(&spec_text).expect("json");
+    spec["name"] = "viaapi".into();
+    spec["hostname"] = "viaapi".into();
+    let body = serde_json::json!({"name": "viaapi", "spec": spec}).to_string();
+    let sock = engine_socket(a).display().to_string();
+    let out = common::run_with_deadline(
+        a.command_with(
+            "curl",
+            &[
+                "-sS",
+                "--unix-socket",
+                &sock,
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body,
+                "-w",
+                "\n%{http_code}",
+                "http://airlock/v1/sandboxes",
+            ],
+        ),
+        None,
+        common::DEADLINE,
+    );
+    assert!(
+        out.stdout.trim_end().ends_with("201"),
+        "{label}: {}",
+        out.describe()
+    );
+    let ws = a.state_dir().join("sandboxes/viaapi/workspace");
+    assert!(
+        ws.join(".git").is_dir(),
+        "{label}: the engine made no clone"
+    );
+    ok(a, label, &["start", "viaapi"]);
+    let out = ok(
+        a,
+        label,
+        &[
+            "exec",
+            "viaapi",
+            "--",
+            "git",
+            "-C",
+            "/workspace",
+            "rev-parse",
+            "--abbrev-ref",
+            "HEAD",
+        ],
+    );
+    assert_eq!(out.stdout, "airlock/viaapi\n", "{label}");
+    inside(
+        a,
+        label,
+        "viaapi",
+        "echo api > api.txt && git add -A && git commit -qm api",
+    );
+    ok(a, label, &["fetch", "viaapi"]);
+    assert_eq!(
+        git(a, &["log", "-1", "--format=%s", "airlock/viaapi"]),
+        "api\n",
+        "{label}"
+    );
+    let _ = p;
+    ok(a, label, &["rm", "--force", "viaapi"]);
+    ok(a, label, &["rm", "--force", "cli"]);
+}
+
+#[test]
+fn an_api_client_gets_a_clone_workspace() {
+    if !e2e("an_api_client_gets_a_clone_workspace") {
+        return;
+    }
+    both_modes(api_create_makes_the_clone);
+}

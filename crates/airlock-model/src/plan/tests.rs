@@ -39,6 +39,8 @@ fn spec() -> RunSpec {
         home_dir: None,
         workspace_dir: None,
         protected: Vec::new(),
+        context: Vec::new(),
+        repos: Vec::new(),
         home_files: Default::default(),
         secrets: Default::default(),
         agent: None,

@@ -76,13 +76,8 @@ pub fn recorded_spec(dir: &Path) -> Option<airlock_model::spec::RunSpec> {
     serde_json::from_slice(&std::fs::read(dir.join("spec.json")).ok()?).ok()
 }
 
-/// The host uid (= gid) that owns the sandbox user's files in a root-run sandbox; None when
-/// airlock runs rootless (the invoking user is the sandbox user).
-pub fn rootful_owner(spec: &airlock_model::spec::RunSpec) -> Option<u32> {
-    nix::unistd::geteuid()
-        .is_root()
-        .then(|| airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid())
-}
+/// The host uid (= gid) that owns the sandbox user's files in a root-run sandbox.
+pub use airlock_work::prepare::{persistent_home, rootful_owner};
 
 /// A sandbox name from a directory name: lowercase, [a-z0-9-], at most 63 bytes.
 pub fn name_from_dir(dir: &Path) -> Option<String> {
@@ -98,30 +93,6 @@ pub fn name_from_dir(dir: &Path) -> Option<String> {
     n.truncate(63);
     let n = n.trim_end_matches('-').to_string();
     airlock_model::spec::validate_name(&n).ok().map(|()| n)
-}
-
-/// `DIR/home`, created once and owned by the sandbox user as the host sees it.
-pub fn persistent_home(
-    dir: &Path,
-    spec: &airlock_model::spec::RunSpec,
-) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let home = dir.join("home");
-    match std::fs::create_dir(&home) {
-        Ok(()) => {
-            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
-            if let Some(id) = rootful_owner(spec) {
-                nix::unistd::chown(
-                    &home,
-                    Some(nix::unistd::Uid::from_raw(id)),
-                    Some(nix::unistd::Gid::from_raw(id)),
-                )?;
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    Ok(home)
 }
 
 /// The unique id of the sandbox in `dir` (`DIR/id`, written by the engine at create and

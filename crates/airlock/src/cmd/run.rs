@@ -327,8 +327,6 @@ pub struct Built {
     pub spec: RunSpec,
     pub timeout: Option<Duration>,
     pub forward_stdin: bool,
-    /// Create-time workspace extras of a named sandbox (`context`, `repos`).
-    pub workspace: config::WorkspaceConfig,
     /// Secret values already read (a supervisor gets them from the engine); None: read them
     /// from their sources now.
     pub secrets: Option<Vec<(String, String)>>,
@@ -503,6 +501,16 @@ pub fn build(
         persistent,
         home_dir: None,
         workspace_dir: None,
+        context: if persistent {
+            eff.workspace.context.clone()
+        } else {
+            Vec::new()
+        },
+        repos: if persistent {
+            eff.workspace.repos.clone()
+        } else {
+            Vec::new()
+        },
         protected: {
             let mut p = eff.workspace.protected.clone();
             // The hooks directory git is configured to use, when it is inside the checkout
@@ -534,7 +542,6 @@ pub fn build(
         spec,
         timeout,
         forward_stdin,
-        workspace: eff.workspace.clone(),
         secrets: None,
         instance_id: None,
     })

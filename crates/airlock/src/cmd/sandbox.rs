@@ -2,15 +2,13 @@
 //! shell, which go straight into the running sandbox (no engine on that path).
 
 use super::exec::exec_in;
-use super::named::{
-    client, existing_dir, name_from_dir, persistent_home, recorded_spec, rootful_owner, sandbox_dir,
-};
+use super::named::{client, existing_dir, name_from_dir, recorded_spec, sandbox_dir};
 use crate::cli::{CreateArgs, LogsArgs, RmArgs, RunArgs, StatusArgs, StopArgs, UpArgs};
 use crate::error::{CliError, CliResult};
 use airlock_engine::client::Client;
 use airlock_engine::supervisor as backend;
 use airlock_model::exit;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
     let name = match a.name.clone() {
@@ -250,45 +248,9 @@ fn create_record(
     // Its `backend` and `rootfs` are what `list` and `status` show.
     let spec =
         serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    let rec = c.create(name, &spec)?;
-    if let Err(e) = prepare_workspace(&sandbox_dir(name), name, built) {
-        let _ = c.rm(name, true);
-        return Err(e);
-    }
-    Ok(rec)
-}
-
-fn prepare_workspace(dir: &Path, name: &str, built: &crate::cmd::run::Built) -> CliResult<()> {
-    use airlock_work::clone;
-    let spec = &built.spec;
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("{what}: {e}"))
-    };
-    let mut owned = Vec::new();
-    if spec.workspace == airlock_model::policy::WorkspaceMode::Clone {
-        let info = clone::prepare(&spec.project_dir, dir, name)
-            .map_err(|e| fail("clone the project", &e))?;
-        let ws = dir.join(clone::WORKSPACE_DIR);
-        let context: Vec<PathBuf> = built.workspace.context.iter().map(PathBuf::from).collect();
-        clone::copy_context(&info.host_repo, &ws, &context)
-            .map_err(|e| fail("copy the workspace context", &e))?;
-        owned.push(ws);
-    }
-    if !built.workspace.repos.is_empty() {
-        let home = persistent_home(dir, spec).map_err(|e| fail("prepare the home", &e))?;
-        for r in &built.workspace.repos {
-            let dest = home.join(&r.dest);
-            airlock_work::clone::clone_reference(&r.source, &dest)
-                .map_err(|e| fail(&format!("copy the repository {}", r.source.display()), &e))?;
-        }
-        owned.push(home);
-    }
-    if let Some(id) = rootful_owner(spec) {
-        for p in owned {
-            clone::chown_tree(&p, id, id).map_err(|e| fail("hand the workspace over", &e))?;
-        }
-    }
-    Ok(())
+    // The engine makes the workspace (the clone, context, reference repos) and rolls the
+    // creation back if that fails.
+    Ok(c.create(name, &spec)?)
 }
 
 /// Start a created sandbox by name, reading the secrets its spec names.

@@ -115,7 +115,6 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         spec,
         timeout: None,
         forward_stdin: false,
-        workspace: Default::default(),
         secrets: Some(secrets),
         instance_id: Some(instance_id),
     };

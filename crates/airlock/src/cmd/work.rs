@@ -6,8 +6,8 @@ use crate::error::{CliError, CliResult};
 use airlock_model::exit;
 use airlock_work::gate::{shown, Finding};
 use airlock_work::git::{valid_branch, Git, GitError};
-use airlock_work::review::{FetchOutcome, Review, ReviewError};
-use airlock_work::sync as wsync;
+use airlock_work::ops::{self, OpError, SyncOptions, SyncReport};
+use airlock_work::review::{Review, ReviewError};
 
 impl From<ReviewError> for CliError {
     fn from(e: ReviewError) -> Self {
@@ -63,58 +63,51 @@ fn print_findings(findings: &[Finding]) {
     }
 }
 
-/// Refuse unless the gate is clean or the user accepted.
-fn gate(r: &Review, name: &str, accept: bool, verb: &str) -> CliResult<()> {
-    if r.findings.is_empty() || accept {
-        return Ok(());
+/// An operation's error: what it refused, listed as before, then the error with its hint.
+fn op_error(e: OpError, name: &str, json: bool) -> CliError {
+    match &e {
+        OpError::NeedsReview {
+            verb,
+            branch,
+            findings,
+        } => {
+            errln!(
+                "airlock: {verb} of {branch} needs review: {} flagged change(s):",
+                findings.len()
+            );
+            print_findings(findings);
+        }
+        OpError::ThroughLinks(report) => {
+            sync_lines(report, json);
+            errln!(
+                "airlock: {} path(s) of {name} lie below a symbolic link in your checkout:",
+                report.through_links.len()
+            );
+            for p in &report.through_links {
+                errln!("  {}", shown(p));
+            }
+        }
+        OpError::Conflicts(report) => {
+            sync_lines(report, json);
+            errln!(
+                "airlock: {} path(s) changed on the host since {name} started, and on its branch:",
+                report.conflicts.len()
+            );
+            for p in &report.conflicts {
+                errln!("  {}", shown(p));
+            }
+        }
+        _ => {}
     }
-    errln!(
-        "airlock: {} of {} needs review: {} flagged change(s):",
-        verb,
-        r.info.branch,
-        r.findings.len()
-    );
-    print_findings(&r.findings);
-    Err(CliError::new(
-        exit::POLICY_REFUSED,
-        anyhow::anyhow!("{verb} stopped by the review gate"),
-    )
-    .hint(format!(
-        "review them with `airlock diff {name}`, then `airlock {verb} {name} --accept`"
-    )))
+    let (code, hint) = (e.exit_code(), e.hint(name));
+    CliError::new(code, e).maybe_hint(hint)
 }
 
 pub fn diff(a: &DiffArgs) -> CliResult<i32> {
     let (_, r) = open(&a.name)?;
     if a.json {
-        let out = r
-            .git
-            .output(&["diff", "--numstat", "-z", "--no-renames", &r.from, &r.tip])?;
-        let files: Vec<serde_json::Value> = out
-            .split(|b| *b == 0)
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| {
-                let l = String::from_utf8_lossy(l);
-                let mut f = l.splitn(3, '\t');
-                let (add, del, path) = (f.next()?, f.next()?, f.next()?);
-                Some(serde_json::json!({
-                    "path": path,
-                    "additions": add.parse::<u64>().ok(),
-                    "deletions": del.parse::<u64>().ok(),
-                    "binary": add == "-",
-                }))
-            })
-            .collect();
-        let v = serde_json::json!({
-            "name": a.name,
-            "branch": r.info.branch,
-            "from": r.from,
-            "tip": r.tip,
-            "commits": r.commits,
-            "files": files,
-            "findings": r.findings,
-        });
-        outln!("{v:#}");
+        let d = ops::diff(&r, &a.name).map_err(|e| op_error(e, &a.name, true))?;
+        outln!("{:#}", serde_json::to_value(&d).unwrap_or_default());
         return Ok(0);
     }
     let mut args = vec!["diff", "--no-ext-diff", "--no-textconv", "--color=auto"];
@@ -152,134 +145,54 @@ pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
         outln!("{v:#}");
         return Ok(exit::POLICY_REFUSED);
     }
-    gate(&r, &a.name, a.accept, "fetch")?;
-    let outcome = r.fetch_into_host(a.force)?;
-    let (fetched, what) = match &outcome {
-        FetchOutcome::UpToDate => (false, "already up to date".to_string()),
-        FetchOutcome::Fetched { before: None } => {
-            (true, format!("new branch, {} commit(s)", r.commits))
-        }
-        FetchOutcome::Fetched { before: Some(b) } => {
-            (true, format!("{}..{}", &b[..12.min(b.len())], &r.tip[..12]))
-        }
-        FetchOutcome::Diverged(b) => {
-            return Err(CliError::new(
-                exit::CONFLICT,
-                anyhow::anyhow!(
-                    "the host's {} ({}) has commits the sandbox's branch does not",
-                    r.info.branch,
-                    &b[..12.min(b.len())]
-                ),
-            )
-            .hint(format!(
-                "rename the host branch, or `airlock fetch {} --force` to replace it",
-                a.name
-            )))
-        }
-    };
-    r.record(&dir, false)?;
+    let f = ops::fetch(&dir, &r, &a.name, a.accept, a.force)
+        .map_err(|e| op_error(e, &a.name, a.json))?;
     if a.json {
         let v = serde_json::json!({
-            "name": a.name, "branch": r.info.branch, "fetched": fetched, "tip": r.tip,
-            "repository": r.info.host_repo, "findings": r.findings,
+            "name": f.name, "branch": f.branch, "fetched": f.fetched, "tip": f.tip,
+            "repository": f.repository, "findings": f.findings,
         });
         outln!("{v:#}");
     } else {
         outln!(
-            "{} -> {} in {} ({what})",
-            a.name,
-            r.info.branch,
-            r.info.host_repo.display()
+            "{} -> {} in {} ({})",
+            f.name,
+            f.branch,
+            f.repository.display(),
+            f.what
         );
     }
     Ok(0)
 }
 
-pub fn sync(a: &SyncArgs) -> CliResult<i32> {
-    let dir = super::named::existing_dir(&a.name)?;
-    let r = Review::open(&dir, &a.name, protected_of(&dir))?;
-    if !a.dry_run {
-        gate(&r, &a.name, a.accept, "sync")?;
-    }
-    let top = r.info.host_repo.clone();
-    let host = Git::worktree(&top);
-    let head = host.commit("HEAD")?;
-    let clean = host
-        .output(&["status", "--porcelain", "-z", "--untracked-files=no"])?
-        .is_empty();
-    let current = host
-        .text(&["symbolic-ref", "--quiet", "HEAD"])
-        .unwrap_or_default();
-    // What the checkout already has: everything up to the last sync's tip, else the start.
-    let base = r.sync_base()?;
-    let changes = if base == r.from {
-        r.net.clone()
+/// The plan's lines (stdout): JSON, or one line per change.
+fn sync_lines(r: &SyncReport, json: bool) {
+    if json {
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("artifacts");
+        }
+        outln!("{v:#}");
     } else {
-        r.changes_between(&base)?
-    };
-    let ff = r.from_commit
-        && head.as_deref() == Some(base.as_str())
-        && clean
-        && current != format!("refs/heads/{}", r.info.branch);
-    let plan = wsync::plan(&host, &top, &changes, ff)?;
-    let report = |applied: bool| {
-        if a.json {
-            let v = serde_json::json!({
-                "name": a.name, "repository": top, "applied": applied, "dry_run": a.dry_run,
-                "method": plan.method, "changes": plan.steps, "conflicts": plan.conflicts,
-                "unchanged": plan.unchanged, "skipped": plan.skipped,
-                "through_links": plan.through_links, "findings": r.findings,
-            });
-            outln!("{v:#}");
-        } else {
-            for s in &plan.steps {
-                outln!("{} {}", s.status, shown(&s.path));
-            }
-            for p in &plan.skipped {
-                outln!("skipped (submodule) {}", shown(p));
-            }
+        for s in &r.changes {
+            outln!("{} {}", s.status, shown(&s.path));
         }
-    };
-    if !plan.through_links.is_empty() {
-        report(false);
-        errln!(
-            "airlock: {} path(s) of {} lie below a symbolic link in your checkout:",
-            plan.through_links.len(),
-            a.name
-        );
-        for p in &plan.through_links {
-            errln!("  {}", shown(p));
+        for p in &r.skipped {
+            outln!("skipped (submodule) {}", shown(p));
         }
-        return Err(CliError::new(
-            exit::POLICY_REFUSED,
-            anyhow::anyhow!("sync refused: it never writes through a symbolic link"),
-        )
-        .hint(format!(
-            "replace the link with a real folder if it is yours, or merge by hand: `airlock fetch {0}` then `git merge {1}`",
-            a.name, r.info.branch
-        )));
     }
-    if !plan.conflicts.is_empty() {
-        report(false);
-        errln!(
-            "airlock: {} path(s) changed on the host since {} started, and on its branch:",
-            plan.conflicts.len(),
-            a.name
-        );
-        for p in &plan.conflicts {
-            errln!("  {}", shown(p));
-        }
-        return Err(CliError::new(
-            exit::CONFLICT,
-            anyhow::anyhow!("sync refused: the host has conflicting local edits"),
-        )
-        .hint(format!(
-            "commit or stash those edits, or merge by hand: `airlock fetch {0}` then `git merge {1}`",
-            a.name, r.info.branch
-        )));
-    }
+}
+
+pub fn sync(a: &SyncArgs) -> CliResult<i32> {
+    let (dir, r) = open(&a.name)?;
+    let o = SyncOptions {
+        dry_run: a.dry_run,
+        artifacts: a.artifacts,
+        accept: a.accept,
+    };
+    let report = ops::sync(&dir, &r, &a.name, o).map_err(|e| op_error(e, &a.name, a.json))?;
+    sync_lines(&report, a.json);
     if a.dry_run {
-        report(false);
         if !r.findings.is_empty() {
             errln!("airlock: the review gate flags (sync needs --accept):");
             print_findings(&r.findings);
@@ -287,54 +200,13 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
         if !a.json {
             errln!(
                 "airlock: dry run: {} change(s) by {}, nothing written",
-                plan.steps.len(),
-                plan.method
+                report.changes.len(),
+                report.method
             );
         }
         return Ok(0);
     }
-    match r.fetch_into_host(false)? {
-        FetchOutcome::Diverged(_) => {
-            return Err(CliError::new(
-                exit::CONFLICT,
-                anyhow::anyhow!(
-                    "the host's {} has commits the sandbox's branch does not",
-                    r.info.branch
-                ),
-            )
-            .hint(format!("`airlock fetch {} --force` replaces it", a.name)))
-        }
-        FetchOutcome::UpToDate | FetchOutcome::Fetched { .. } => {}
-    }
-    if ff && !plan.steps.is_empty() {
-        host.output(&[
-            "merge",
-            "--ff-only",
-            "--quiet",
-            &format!("refs/heads/{}", r.info.branch),
-        ])?;
-    } else {
-        let by_path: std::collections::HashMap<&str, &airlock_work::gate::Change> =
-            changes.iter().map(|c| (c.path.as_str(), c)).collect();
-        for s in &plan.steps {
-            if let Some(c) = by_path.get(s.path.as_str()) {
-                wsync::apply(&host, &top, c)
-                    .map_err(|e| CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!(e)))?;
-            }
-        }
-    }
-    r.record(&dir, true)?;
-    report(true);
-    if a.artifacts {
-        let ws = dir.join(airlock_work::clone::WORKSPACE_DIR);
-        let (mut files, mut links) = (0, 0);
-        for d in wsync::ARTIFACTS {
-            let (f, l) = wsync::copy_artifacts(&ws.join(d), &top.join(d)).map_err(|e| {
-                CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("copy {d}/: {e}"))
-            })?;
-            files += f;
-            links += l;
-        }
+    if let Some((files, links)) = report.artifacts {
         errln!(
             "airlock: artifacts: {files} file(s) copied{}",
             if links > 0 {
@@ -347,10 +219,10 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
     if !a.json {
         errln!(
             "airlock: {} change(s) applied to {} by {}{}",
-            plan.steps.len(),
-            top.display(),
-            plan.method,
-            if plan.method == "apply" && !plan.steps.is_empty() {
+            report.changes.len(),
+            report.repository.display(),
+            report.method,
+            if report.method == "apply" && !report.changes.is_empty() {
                 " (uncommitted: review with `git diff`)"
             } else {
                 ""

@@ -77,6 +77,8 @@ fn spec(workspace: WorkspaceMode) -> RunSpec {
         home_dir: None,
         workspace_dir: None,
         protected: vec![],
+        context: vec![],
+        repos: vec![],
         home_files: Default::default(),
         secrets: Default::default(),
         agent: None,
