@@ -144,7 +144,11 @@ impl Isolation for Container {
                 name: sandbox.name.to_string(),
                 why: format!("{PLAN_FILE}: {e}"),
             })?;
-        container::exec::exec(sandbox.dir, &plan, req)
+        // The cgroup is named after the name the sandbox was started with (its plan's).
+        let leaf = sandbox
+            .id
+            .map(|id| crate::cgroup::leaf_name(&plan.name, id));
+        container::exec::exec(sandbox.dir, &plan, leaf.as_deref(), req)
     }
 
     fn observe(&self, sandbox: &Instance<'_>) -> Observed {

@@ -128,8 +128,14 @@ fn cstrings(items: impl Iterator<Item = String>) -> Result<Vec<CString>, RunErro
         .collect()
 }
 
-/// Run `req` in the sandbox whose folder is `dir` (plan.json + pid1). Blocks until it exits.
-pub fn exec(dir: &Path, plan: &LaunchPlan, req: &ExecRequest) -> Result<Outcome, RunError> {
+/// Run `req` in the sandbox whose folder is `dir` (plan.json + pid1), in its cgroup `leaf`
+/// (`NAME.ID`, so that its limits hold for the command too). Blocks until it exits.
+pub fn exec(
+    dir: &Path,
+    plan: &LaunchPlan,
+    leaf: Option<&str>,
+    req: &ExecRequest,
+) -> Result<Outcome, RunError> {
     if req.argv.is_empty() {
         return Err(RunError::Setup("no command to exec".into()));
     }
@@ -142,12 +148,15 @@ pub fn exec(dir: &Path, plan: &LaunchPlan, req: &ExecRequest) -> Result<Outcome,
     let ns = fetch_namespaces(dir)
         .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
     // The sandbox's cgroup directories (host view), joined before entering its namespaces.
-    let cgroups: Vec<PathBuf> = Layout::detect()
-        .parents()
-        .into_iter()
-        .map(|p| p.join(&plan.name))
-        .filter(|p| p.is_dir())
-        .collect();
+    let cgroups: Vec<PathBuf> = match leaf {
+        Some(leaf) => Layout::detect()
+            .parents()
+            .into_iter()
+            .map(|p| p.join(leaf))
+            .filter(|p| p.is_dir())
+            .collect(),
+        None => vec![],
+    };
     let mut env = plan.env.clone();
     for (k, v) in &req.env {
         env.retain(|(ek, _)| ek != k);
