@@ -436,9 +436,14 @@ impl Engine {
             ));
         }
         let str_field = |key: &str| spec.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        // A RunSpec's root filesystem (`rootfs`: "host" or an image), else a plain `image`.
+        let rootfs = spec
+            .get("rootfs")
+            .and_then(|v| serde_json::from_value::<airlock_model::spec::RootFs>(v.clone()).ok())
+            .map(|r| r.label());
         let (backend, image, profile) = (
             str_field("backend"),
-            str_field("image"),
+            rootfs.or_else(|| str_field("image")),
             str_field("profile"),
         );
         let record = lock(&self.store).create(

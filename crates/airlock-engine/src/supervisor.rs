@@ -3,8 +3,7 @@
 //! Killing the engine never touches a sandbox; the next engine probes the locks to reconcile.
 
 use crate::backend::{Backend, BackendError, Liveness, Secrets, Started, Stats};
-use airlock_sandbox::cgroup::{leaf_name, remove_cgroup_dir, Layout};
-use airlock_sandbox::container::exec;
+use airlock_sandbox::isolation::{AnyBackend, Instance, Isolation, Observed};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -65,30 +64,39 @@ fn wait_until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// The sandbox's cgroup leaf (`NAME.ID`), from the id in its folder.
-fn cgroup_leaf(name: &str, dir: &Path) -> Option<String> {
-    crate::engine::read_id(dir).map(|id| leaf_name(name, &id))
+/// The sandbox's isolation backend, from the `backend` of its spec (None: one this build
+/// does not have, so nothing of it can be running or left over).
+fn isolation(dir: &Path) -> Option<AnyBackend> {
+    let json = fs::read(dir.join("spec.json")).unwrap_or_default();
+    AnyBackend::for_spec(&json).ok()
 }
 
-fn cgroup_dirs(name: &str, dir: &Path) -> Vec<PathBuf> {
-    let Some(leaf) = cgroup_leaf(name, dir) else {
-        return vec![];
+/// Run `f` on the sandbox in `dir` through its isolation backend.
+fn with_isolation<T>(
+    name: &str,
+    dir: &Path,
+    f: impl FnOnce(&AnyBackend, &Instance<'_>) -> T,
+) -> Option<T> {
+    let backend = isolation(dir)?;
+    let id = crate::engine::read_id(dir);
+    let sandbox = Instance {
+        name,
+        dir,
+        id: id.as_deref(),
     };
-    Layout::detect()
-        .parents()
-        .into_iter()
-        .map(|p| p.join(&leaf))
-        .collect()
+    Some(f(&backend, &sandbox))
 }
 
-fn read_u64(p: &Path) -> Option<u64> {
-    fs::read_to_string(p).ok()?.trim().parse().ok()
+/// Whether PID 1 of the sandbox in `dir` runs (published for exec).
+fn pid1_up(name: &str, dir: &Path) -> bool {
+    with_isolation(name, dir, |b, s| b.observe(s))
+        .is_some_and(|o| matches!(o, Observed::Running { .. }))
 }
 
 impl Backend for SupervisorBackend {
     fn start(
         &self,
-        _name: &str,
+        name: &str,
         dir: &Path,
         _spec_json: &str,
         secrets: &Secrets,
@@ -107,7 +115,8 @@ impl Backend for SupervisorBackend {
         let err = console
             .try_clone()
             .map_err(|e| BackendError::Failed(e.to_string()))?;
-        let _ = fs::remove_file(dir.join(airlock_sandbox::container::PID1_FILE));
+        // What an earlier, killed run left (its cgroup, the record of its PID 1) goes first.
+        self.reclaim(name, dir);
         let mut cmd = Command::new(&self.exe);
         cmd.env_clear().envs(crate::client::daemon_env());
         cmd.arg("__supervise")
@@ -135,9 +144,9 @@ impl Backend for SupervisorBackend {
             let _ = std::io::Write::write_all(&mut stdin, &msg);
         }
         let up = wait_until(Instant::now() + Duration::from_secs(20), || {
-            exec::pid1(dir).is_some() || child.try_wait().ok().flatten().is_some()
+            pid1_up(name, dir) || child.try_wait().ok().flatten().is_some()
         });
-        if !up || exec::pid1(dir).is_none() {
+        if !up || !pid1_up(name, dir) {
             let _ = child.kill();
             let _ = child.wait();
             return Err(BackendError::Failed(format!(
@@ -191,30 +200,22 @@ impl Backend for SupervisorBackend {
         airlock_work::prepare::prepare(dir, name, &spec).map_err(BackendError::Failed)
     }
 
-    fn probe(&self, _name: &str, dir: &Path) -> Liveness {
+    fn probe(&self, name: &str, dir: &Path) -> Liveness {
         if locked(dir) {
             return Liveness::Running {
                 supervisor_pid: supervisor_pid(dir).unwrap_or(0),
             };
         }
-        // A clean stop removes pid1; a supervisor killed outright leaves it behind.
-        if dir.join(airlock_sandbox::container::PID1_FILE).exists() {
-            Liveness::Gone
-        } else {
-            Liveness::Stopped
+        // A clean stop leaves nothing; a supervisor killed outright leaves its sandbox's record.
+        match with_isolation(name, dir, |b, s| b.observe(s)) {
+            Some(Observed::Stopped) | None => Liveness::Stopped,
+            Some(Observed::Running { .. } | Observed::Dead) => Liveness::Gone,
         }
     }
 
     fn destroy(&self, name: &str, dir: &Path) -> Result<(), BackendError> {
         self.stop(name, dir, Duration::from_secs(0))?;
-        for d in cgroup_dirs(name, dir) {
-            let _ = remove_cgroup_dir(&d);
-        }
-        // The overlay's work directory is left mode 0000 by the kernel: clear the layers here,
-        // so the engine can remove the folder even as an ordinary user.
-        for layer in ["work", "upper", "home"] {
-            airlock_sandbox::container::rundir::remove_tree(&dir.join(layer));
-        }
+        with_isolation(name, dir, |b, s| b.destroy(s));
         Ok(())
     }
 
@@ -224,41 +225,20 @@ impl Backend for SupervisorBackend {
         let Ok(Some(_lock)) = take_lock(dir) else {
             return;
         };
-        if let Some(leaf) = cgroup_leaf(name, dir) {
-            Layout::detect().reclaim(&leaf);
-        }
-        // Its control socket and agent socket lead nowhere now.
-        for f in [exec::CONTROL_SOCKET, airlock_agent::AGENT_SOCKET] {
-            let _ = fs::remove_file(dir.join(f));
-        }
+        with_isolation(name, dir, |b, s| b.reclaim(s));
+        // The agent's socket leads nowhere now either.
+        let _ = fs::remove_file(dir.join(airlock_agent::AGENT_SOCKET));
     }
 
     fn stats(&self, name: &str, dir: &Path) -> Option<Stats> {
         if !locked(dir) {
             return None;
         }
-        let mut s = Stats::default();
-        for d in cgroup_dirs(name, dir).into_iter().filter(|d| d.is_dir()) {
-            if let Some(v) = read_u64(&d.join("memory.current"))
-                .or_else(|| read_u64(&d.join("memory.usage_in_bytes")))
-            {
-                s.memory_bytes = Some(v);
-            }
-            if let Some(v) = read_u64(&d.join("pids.current")) {
-                s.pids = Some(v);
-            }
-            if let Some(v) = read_u64(&d.join("cpuacct.usage")) {
-                s.cpu_usec = Some(v / 1000);
-            } else if let Ok(stat) = fs::read_to_string(d.join("cpu.stat")) {
-                if let Some(v) = stat
-                    .lines()
-                    .find_map(|l| l.strip_prefix("usage_usec "))
-                    .and_then(|v| v.trim().parse().ok())
-                {
-                    s.cpu_usec = Some(v);
-                }
-            }
-        }
-        Some(s)
+        let u = with_isolation(name, dir, |b, s| b.stats(s))??;
+        Some(Stats {
+            memory_bytes: u.memory_bytes,
+            pids: u.pids,
+            cpu_usec: u.cpu_usec,
+        })
     }
 }

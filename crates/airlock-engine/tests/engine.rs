@@ -93,6 +93,25 @@ fn name_for(state: S, op: &str) -> String {
 }
 
 #[test]
+fn create_shows_a_run_specs_typed_root_filesystem_as_its_image() {
+    let f = Fixture::new();
+    let host = f
+        .engine
+        .create("on-host", r#"{"backend":"container","rootfs":"host"}"#)
+        .expect("create");
+    assert_eq!(host.image.as_deref(), Some("host"));
+    assert_eq!(host.backend.as_deref(), Some("container"));
+    let pinned = f
+        .engine
+        .create(
+            "pinned",
+            r#"{"backend":"container","rootfs":{"image":{"reference":"alpine:3.20","digest":"sha256:ab"}}}"#,
+        )
+        .expect("create");
+    assert_eq!(pinned.image.as_deref(), Some("alpine:3.20@sha256:ab"));
+}
+
+#[test]
 fn create_makes_a_stopped_sandbox_with_a_private_folder_and_its_spec() {
     let f = Fixture::new();
     let record = f.engine.create("web", SPEC).expect("create");

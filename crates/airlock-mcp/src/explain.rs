@@ -58,7 +58,9 @@ fn explain(a: &ExplainArgs, flags: Vec<String>, builder: &super::SpecBuilder) ->
     if let Some(p) = &a.path {
         let facts = airlock_sandbox::container::host_facts(&spec.project_dir, &Layout::None);
         match plan::plan(&spec, &facts) {
-            Ok(plan) => verdicts.push(path(&plan, p, a.access.unwrap_or(Access::Write))),
+            Ok(plan::Plan::Container(plan)) => {
+                verdicts.push(path(&plan, p, a.access.unwrap_or(Access::Write)))
+            }
             Err(r) => verdicts.push(Verdict {
                 subject: format!("path {p}"),
                 allowed: false,
@@ -517,7 +519,8 @@ mod tests {
         }))
         .expect("spec");
         let facts = airlock_sandbox::container::host_facts(Path::new("/tmp"), &Layout::None);
-        plan::plan(&spec, &facts).expect("plan")
+        let plan::Plan::Container(plan) = plan::plan(&spec, &facts).expect("plan");
+        plan
     }
 
     fn read(plan: &LaunchPlan, p: &str) -> Verdict {

@@ -1,6 +1,6 @@
 //! What the user asked for, after configuration layering: the input of the launch planner.
 
-use crate::policy::{ByteSize, Cpus, NetMode, Profile, WorkspaceMode};
+use crate::policy::{BackendKind, ByteSize, Cpus, NetMode, Profile, WorkspaceMode};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -162,6 +162,60 @@ pub struct RunSpec {
     /// (None: `config::DEFAULT_AGENT_GRACE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_grace: Option<crate::policy::Seconds>,
+    /// Which isolation mechanism runs it (`[sandbox] backend`); the planner refuses one this
+    /// build or host cannot provide.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Its root filesystem (`[sandbox] image`); the planner refuses one it cannot provide.
+    #[serde(default)]
+    pub rootfs: RootFs,
+}
+
+/// A sandbox's root filesystem: the host's own (read-only `/usr` and friends, curated `/etc`)
+/// or an image's. Serialized as `"host"` or `{"image": {"reference": …, "digest": …}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RootFs {
+    #[default]
+    Host,
+    Image {
+        /// What was asked for, without the digest (`docker.io/library/alpine:3.20`).
+        reference: String,
+        /// The content digest it is pinned to (`sha256:…`), when given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+    },
+}
+
+impl RootFs {
+    /// From `[sandbox] image`: `host`, or an image reference with an optional `@DIGEST`.
+    pub fn from_config(image: &str) -> RootFs {
+        if image == "host" {
+            return RootFs::Host;
+        }
+        match image.split_once('@') {
+            Some((reference, digest)) => RootFs::Image {
+                reference: reference.to_string(),
+                digest: Some(digest.to_string()),
+            },
+            None => RootFs::Image {
+                reference: image.to_string(),
+                digest: None,
+            },
+        }
+    }
+
+    /// How `list` and `status` show it (the inverse of [`RootFs::from_config`]).
+    pub fn label(&self) -> String {
+        match self {
+            RootFs::Host => "host".into(),
+            RootFs::Image {
+                reference,
+                digest: Some(d),
+            } => format!("{reference}@{d}"),
+            RootFs::Image { reference, .. } => reference.clone(),
+        }
+    }
 }
 
 /// Validate a sandbox name: DNS-label-like, 1..=63 bytes, lowercase letters, digits and '-'.
@@ -186,6 +240,29 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rootfs_from_config_and_back() {
+        assert_eq!(RootFs::from_config("host"), RootFs::Host);
+        let pinned = RootFs::from_config("alpine:3.20@sha256:abc");
+        assert_eq!(
+            pinned,
+            RootFs::Image {
+                reference: "alpine:3.20".into(),
+                digest: Some("sha256:abc".into())
+            }
+        );
+        assert_eq!(pinned.label(), "alpine:3.20@sha256:abc");
+        assert_eq!(RootFs::from_config("alpine").label(), "alpine");
+        assert_eq!(
+            serde_json::to_value(&RootFs::Host).expect("json"),
+            serde_json::json!("host")
+        );
+        assert_eq!(
+            serde_json::to_value(&pinned).expect("json"),
+            serde_json::json!({"image": {"reference": "alpine:3.20", "digest": "sha256:abc"}})
+        );
+    }
 
     #[test]
     fn names() {

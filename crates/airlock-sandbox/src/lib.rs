@@ -1,10 +1,16 @@
-//! airlock-sandbox: isolation mechanisms behind the [`Backend`] trait.
-//! `sys` holds every `unsafe` block; `container` is the namespace backend.
+//! airlock-sandbox: isolation mechanisms behind one trait, [`isolation::Isolation`], with
+//! [`isolation::AnyBackend`] over the implementations. `sys` holds every `unsafe` block;
+//! `container` is the namespace backend.
 
 pub mod cgroup;
+pub mod command;
 pub mod container;
-pub mod probe;
+pub mod hostcaps;
+pub mod isolation;
+pub mod kernel;
+pub mod os;
 pub mod sys;
+pub mod userns;
 
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 /// Start-up profiling: with AIRLOCK_TIMING set, print the time since the first phase.

@@ -321,3 +321,38 @@ fn doctor_rows_match_what_airlock_uses() {
         check_doctor(&Airlock::rootless(&bins), "rootless");
     }
 }
+
+/// `[sandbox] backend` and `image` travel in the spec; the planner refuses what this build
+/// cannot provide (with its hint and exit code), for `run` and before `create` makes anything.
+#[test]
+fn the_planner_refuses_a_backend_or_image_this_build_lacks() {
+    let a = Airlock::root();
+    let cfg = a.dir.join("home/.config/airlock/config.toml");
+    std::fs::create_dir_all(cfg.parent().expect("parent")).expect("mkdir");
+    for (toml, code, says, hint) in [
+        (
+            "[sandbox]\nbackend = \"microvm\"\n",
+            123,
+            "refused: the microvm backend is not available in this build or on this host",
+            "hint: use backend = \"container\"",
+        ),
+        (
+            "[sandbox]\nimage = \"alpine:3.20@sha256:ab\"\n",
+            121,
+            "refused: image \"alpine:3.20@sha256:ab\" is not available",
+            "hint: use image = \"host\"",
+        ),
+    ] {
+        std::fs::write(&cfg, toml).expect("config");
+        for args in [&["run", "--", "true"][..], &["create", "box"][..]] {
+            let out = a.run(args);
+            assert_eq!(out.code(), code, "{toml} {args:?}: {}", out.describe());
+            assert!(out.stderr.contains(says), "{args:?}: {}", out.describe());
+            assert!(out.stderr.contains(hint), "{args:?}: {}", out.describe());
+        }
+        assert!(
+            !a.state_dir().join("sandboxes/box").exists(),
+            "nothing half-created"
+        );
+    }
+}

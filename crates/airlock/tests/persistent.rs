@@ -126,3 +126,32 @@ fn persistent_sandbox_exec_stop_start_rootless() {
     let bins = Bins::owned_by(&user);
     lifecycle(&Airlock::rootless(&bins), "rootless");
 }
+
+/// An exec'd command lives in the sandbox's own cgroup (`NAME.ID`), so the sandbox's memory and
+/// pids limits hold for it too: inside its cgroup namespace it sees itself at the root, not
+/// outside it (`/..`).
+#[test]
+fn exec_joins_the_sandboxs_cgroup() {
+    if !e2e("exec_joins_the_sandboxs_cgroup") {
+        return;
+    }
+    let a = Airlock::root();
+    let dir = a.dir.join("sandboxes/cg");
+    let sup = supervise(&a, &dir, "cg");
+    let out = exec(&a, &dir, &["cat", "/proc/self/cgroup"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let limited: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains(":memory:") || l.contains(":pids:") || l.starts_with("0::"))
+        .collect();
+    assert!(!limited.is_empty(), "{}", out.describe());
+    for l in &limited {
+        assert!(
+            l.ends_with(":/"),
+            "the exec'd command is outside the sandbox's cgroup: {l}\n{}",
+            out.describe()
+        );
+    }
+    stop(sup);
+}

@@ -1,6 +1,18 @@
+use super::container::{etc_files, profile_d};
 use super::*;
-use crate::policy::{ByteSize, Cpus};
-use crate::spec::{BindSpec, Stdio};
+use crate::policy::{ByteSize, Cpus, Profile};
+use crate::spec::{BindSpec, SandboxUser, Stdio};
+
+fn p(s: &str) -> PathBuf {
+    PathBuf::from(s)
+}
+
+/// The container lowering, through the planner's front door (admission included).
+fn plan(s: &RunSpec, h: &HostFacts) -> Result<LaunchPlan, Refusal> {
+    super::plan(s, h).map(|p| match p {
+        Plan::Container(c) => c,
+    })
+}
 
 fn spec() -> RunSpec {
     RunSpec {
@@ -34,6 +46,8 @@ fn spec() -> RunSpec {
         agent: None,
         defaulted: Default::default(),
         agent_grace: None,
+        backend: BackendKind::Container,
+        rootfs: RootFs::Host,
     }
 }
 
@@ -55,6 +69,7 @@ fn host(uid: u32) -> HostFacts {
         },
         tmpfs_xattr: true,
         pasta: true,
+        offer: Offer::default(),
     }
 }
 
@@ -597,4 +612,50 @@ fn profile_d_keeps_the_agent_tools_on_login_shells_path() {
     assert!(!got.mounts.iter().any(|m| matches!(m,
         MountStep::BindRo { target, .. } if target == Path::new("/etc/profile.d/airlock.sh")
             || target == Path::new("/etc/profile.d"))));
+}
+
+#[test]
+fn the_planner_refuses_a_backend_this_build_does_not_offer() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    assert_eq!(
+        super::plan(&s, &host(1000)),
+        Err(Refusal::BackendUnavailable(BackendKind::Microvm))
+    );
+    assert_eq!(
+        admit(&s, &Offer::default()),
+        Err(Refusal::BackendUnavailable(BackendKind::Microvm))
+    );
+    // A host that offered it would get past admission (and be refused by the missing lowering).
+    let mut h = host(1000);
+    h.offer.backends.push(BackendKind::Microvm);
+    assert_eq!(admit(&s, &h.offer), Ok(()));
+    assert!(Refusal::BackendUnavailable(BackendKind::Microvm)
+        .hint()
+        .contains("backend = \"container\""));
+}
+
+#[test]
+fn the_planner_refuses_an_image_root_filesystem_until_images_exist() {
+    let mut s = spec();
+    s.rootfs = RootFs::from_config("alpine:3.20@sha256:abc");
+    assert_eq!(
+        super::plan(&s, &host(1000)),
+        Err(Refusal::RootFsUnavailable("alpine:3.20@sha256:abc".into()))
+    );
+    let offer = Offer {
+        backends: vec![BackendKind::Container],
+        images: true,
+    };
+    assert_eq!(admit(&s, &offer), Ok(()));
+    s.rootfs = RootFs::Host;
+    assert_eq!(admit(&s, &Offer::default()), Ok(()));
+}
+
+#[test]
+fn the_container_plan_is_the_container_lowering() {
+    assert_eq!(
+        super::plan(&spec(), &host(1000)),
+        lower(&spec(), &host(1000)).map(Plan::Container)
+    );
 }

@@ -6,6 +6,7 @@ use super::rootfs::{self, OverlayDirs, Prepared, SummaryDirs};
 use super::seccomp::Insn;
 use super::summary;
 use super::{landlock, seccomp};
+use crate::os::Real;
 use crate::sys;
 use airlock_model::exit;
 use airlock_model::plan::LaunchPlan;
@@ -57,10 +58,8 @@ macro_rules! tryc {
 
 pub fn main(mut a: ChildArgs<'_>) -> ! {
     let ef = a.err_wr.as_raw_fd();
-    for fd in &a.parent_only {
-        // SAFETY: closing descriptors that belong to the parent's side only.
-        unsafe { libc::close(*fd) };
-    }
+    // The parent's side of every pipe and socket pair.
+    sys::close_inherited(&a.parent_only);
     tryc!(
         ef,
         sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
@@ -84,51 +83,12 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
         upper: tryc!(ef, open_dir(u), "open the overlay upper dir"),
         work: tryc!(ef, open_dir(w), "open the overlay work dir"),
     });
-    if !plan.rootless {
-        tryc!(
-            ef,
-            nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
-            "setresgid(0)"
-        );
-        tryc!(ef, nix::unistd::setgroups(&[]), "setgroups");
-        tryc!(
-            ef,
-            nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
-            "setresuid(0)"
-        );
-    }
-    tryc!(
-        ef,
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
-        "unshare cgroup namespace"
-    );
-    tryc!(
-        ef,
-        nix::mount::mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-            None::<&str>
-        ),
-        "make mounts private"
-    );
-    let mut prepared = match a.prepared.take() {
-        Some(p) => p,
-        None => tryc!(ef, rootfs::prepare(plan, None), "prepare mounts"),
+    let summary = match rootfs::enter(&Real, plan, mount_point, a.prepared.take(), overlay) {
+        Ok(summary) => summary,
+        Err(rootfs::Failed { what, error }) => {
+            fail(ef, exit::SANDBOX_FAILED, &format!("{what}: {error}"))
+        }
     };
-    let (new_root, summary) = tryc!(
-        ef,
-        rootfs::build(plan, &mount_point, &mut prepared, overlay.as_ref()),
-        "build root filesystem"
-    );
-    drop(prepared);
-    drop(overlay);
-    drop(mount_point);
-    crate::phase("child: built root");
-    tryc!(ef, rootfs::pivot(&new_root), "pivot_root");
-    drop(new_root);
-    tryc!(ef, rootfs::finish(plan), "make the root read-only");
     tryc!(ef, write_secrets(plan, a.secrets), "write /run/secrets");
     tryc!(ef, nix::unistd::sethostname(&plan.hostname), "sethostname");
     tryc!(ef, sys::loopback_up(), "bring up loopback");
@@ -337,12 +297,7 @@ pub(super) fn command(plan: &LaunchPlan, a: &Command<'_>, slave: Option<&OwnedFd
     let exe = resolve(a.envp, &a.argv[0]);
     // Only 0, 1, 2 and the CLOEXEC error pipe survive until exec; nothing survives past it.
     sys::close_fds_except(3, &[ef]);
-    for sig in Signal::iterator() {
-        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-            // SAFETY: restoring default dispositions before exec; no handler code runs.
-            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
-        }
-    }
+    sys::default_all_signals();
     let _ = SigSet::all().thread_unblock();
     crate::phase("cmd: before exec");
     let e = match &exe {

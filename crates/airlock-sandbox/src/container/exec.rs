@@ -4,8 +4,11 @@
 //! dropped, Landlock, seccomp, only fds 0-2). No daemon on the path.
 
 use super::child::{command, Command};
-use super::{io_err, proc_starttime, seccomp, tty, Ending, Outcome, RunError, PID1_FILE};
+use super::ending::{conclude, Concluded};
+use super::error::{io_err, RunError};
+use super::{seccomp, tty};
 use crate::cgroup::Layout;
+use crate::command::{Ending, Outcome};
 use crate::sys;
 use airlock_model::exit;
 use airlock_model::plan::LaunchPlan;
@@ -17,20 +20,7 @@ use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// What to run inside.
-#[derive(Debug, Clone, Default)]
-pub struct ExecRequest {
-    pub argv: Vec<String>,
-    /// Added to (and overriding) the sandbox's environment.
-    pub env: Vec<(String, String)>,
-    /// Working directory inside; default the sandbox's.
-    pub cwd: Option<PathBuf>,
-    pub tty: bool,
-    pub forward_stdin: bool,
-    /// Give the command the sandbox's secrets (read from /run/secrets inside) as environment
-    /// variables. Off by default: exec'd commands do not inherit them.
-    pub with_secrets: bool,
-}
+pub use crate::command::ExecRequest;
 
 /// The sandbox's secrets as `NAME=value` (read inside its mount namespace).
 fn secret_env() -> Vec<std::ffi::CString> {
@@ -49,6 +39,16 @@ fn secret_env() -> Vec<std::ffi::CString> {
         }
     }
     out
+}
+
+/// Where a persistent sandbox publishes PID 1: "PID STARTTIME".
+pub const PID1_FILE: &str = "pid1";
+
+/// Field 22 of /proc/PID/stat: when the process started (distinguishes a recycled pid).
+pub fn proc_starttime(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
 }
 
 /// The running sandbox's PID 1, checked against its recorded start time (a recycled pid is
@@ -128,8 +128,14 @@ fn cstrings(items: impl Iterator<Item = String>) -> Result<Vec<CString>, RunErro
         .collect()
 }
 
-/// Run `req` in the sandbox whose folder is `dir` (plan.json + pid1). Blocks until it exits.
-pub fn exec(dir: &Path, plan: &LaunchPlan, req: &ExecRequest) -> Result<Outcome, RunError> {
+/// Run `req` in the sandbox whose folder is `dir` (plan.json + pid1), in its cgroup `leaf`
+/// (`NAME.ID`, so that its limits hold for the command too). Blocks until it exits.
+pub fn exec(
+    dir: &Path,
+    plan: &LaunchPlan,
+    leaf: Option<&str>,
+    req: &ExecRequest,
+) -> Result<Outcome, RunError> {
     if req.argv.is_empty() {
         return Err(RunError::Setup("no command to exec".into()));
     }
@@ -142,12 +148,15 @@ pub fn exec(dir: &Path, plan: &LaunchPlan, req: &ExecRequest) -> Result<Outcome,
     let ns = fetch_namespaces(dir)
         .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
     // The sandbox's cgroup directories (host view), joined before entering its namespaces.
-    let cgroups: Vec<PathBuf> = Layout::detect()
-        .parents()
-        .into_iter()
-        .map(|p| p.join(&plan.name))
-        .filter(|p| p.is_dir())
-        .collect();
+    let cgroups: Vec<PathBuf> = match leaf {
+        Some(leaf) => Layout::detect()
+            .parents()
+            .into_iter()
+            .map(|p| p.join(leaf))
+            .filter(|p| p.is_dir())
+            .collect(),
+        None => vec![],
+    };
     let mut env = plan.env.clone();
     for (k, v) in &req.env {
         env.retain(|(ek, _)| ek != k);
@@ -253,8 +262,8 @@ pub fn exec(dir: &Path, plan: &LaunchPlan, req: &ExecRequest) -> Result<Outcome,
         .map_err(io_err("supervise the command"))?;
     let status = nix::sys::wait::waitpid(child, None)
         .map_err(|e| io_err("wait for the command")(e.into()))?;
-    let code = match super::conclude(status, err_rd)? {
-        super::Concluded::Ran(c) | super::Concluded::NotStarted(c) => c,
+    let code = match conclude(status, err_rd)? {
+        Concluded::Ran(c) | Concluded::NotStarted(c) => c,
     };
     Ok(Outcome {
         ending: Ending::Exited(code),

@@ -4,6 +4,8 @@
 
 mod child;
 mod egress;
+mod ending;
+mod error;
 pub mod exec;
 pub mod landlock;
 pub mod netns;
@@ -14,94 +16,26 @@ pub mod summary;
 mod tty;
 
 use crate::cgroup::{Cgroup, Layout};
+pub use crate::command::{Ending, Outcome};
 use crate::sys;
 use airlock_model::exit;
 use airlock_model::plan::{
     HostFacts, LaunchPlan, MountStep, RootEntry, UpperStore, ETC_ALLOWLIST, ROOT_CANDIDATES,
 };
+use ending::{conclude, Concluded};
+pub(crate) use error::io_err;
+pub use error::RunError;
+pub use exec::{proc_starttime, PID1_FILE};
 use rundir::RunDir;
 use std::ffi::CString;
 use std::fs;
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use summary::Changes;
-
-/// How the sandboxed command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// Exit code, with 128+N for death by signal N (as a shell reports it).
-    Exited(i32),
-    TimedOut,
-    OutOfMemory,
-}
-
-#[derive(Debug)]
-pub struct Outcome {
-    pub ending: Ending,
-    /// What the command changed in an overlay workspace (discarded with the run).
-    pub changes: Option<Changes>,
-}
-
-impl Outcome {
-    pub fn exit_code(&self) -> i32 {
-        match self.ending {
-            Ending::Exited(c) => c,
-            Ending::TimedOut => exit::TIMEOUT,
-            Ending::OutOfMemory => exit::SIGNAL_BASE + libc::SIGKILL,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("cannot prepare the run directory {path}: {source}")]
-    RunDir { path: PathBuf, source: io::Error },
-    #[error(transparent)]
-    Cgroup(#[from] crate::cgroup::CgroupError),
-    #[error(transparent)]
-    Mount(#[from] rootfs::MountError),
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::SeccompError),
-    #[error("cannot create the sandbox namespaces: {0}")]
-    Clone(io::Error),
-    #[error("cannot write the user namespace mapping: {0}")]
-    IdMap(io::Error),
-    #[error("sandbox setup failed: {0}")]
-    Setup(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: &'static str,
-        source: io::Error,
-    },
-    #[error("cannot open the network journal {}: {source}", path.display())]
-    Journal { path: PathBuf, source: io::Error },
-    #[error("invalid argument or environment entry (contains a NUL byte): {0:?}")]
-    Nul(String),
-}
-
-impl RunError {
-    pub fn hint(&self) -> Option<String> {
-        match self {
-            RunError::Clone(e) if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSPC) => Some(
-                "unprivileged user namespaces look disabled; run `airlock doctor` for the exact sysctl to enable them".into(),
-            ),
-            RunError::Setup(m) if m.starts_with("working directory") => {
-                Some("pass an existing directory to -w (relative paths are under /workspace)".into())
-            }
-            RunError::Mount(_) | RunError::Setup(_) => Some("run `airlock doctor` to see which kernel features this host lacks".into()),
-            RunError::Cgroup(_) => Some("drop the resource limits, or run `airlock doctor` to see cgroup support".into()),
-            _ => None,
-        }
-    }
-}
-
-pub(super) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
-    move |source| RunError::Io { what, source }
-}
 
 /// Gather the facts the planner needs about this host (a few lstat calls).
 pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
@@ -155,8 +89,9 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
         profile_d,
         project_owner: owner,
         limits: layout.support(),
-        tmpfs_xattr: kernel_at_least(6, 6),
+        tmpfs_xattr: crate::kernel::at_least(6, 6),
         pasta: pasta_path().is_some(),
+        offer: Default::default(),
     }
 }
 
@@ -234,52 +169,6 @@ fn start_pasta(pid: i32, dir: &Path) -> Result<i32, RunError> {
         .and_then(|s| s.trim().parse().ok());
     let _ = fs::remove_file(&pidfile);
     pasta.ok_or_else(|| RunError::Setup("pasta did not report its pid".into()))
-}
-
-/// Field 22 of /proc/PID/stat: when the process started (distinguishes a recycled pid).
-pub fn proc_starttime(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split(' ').nth(19)?.parse().ok()
-}
-
-/// How a sandboxed command's process ended, from its wait status and what it wrote on the
-/// error pipe before exec (nothing once exec succeeded).
-pub(super) enum Concluded {
-    /// It ran: its exit code (128+N for a signal).
-    Ran(i32),
-    /// It could not be executed (127 not found, 126 not executable); already reported.
-    NotStarted(i32),
-}
-
-pub(super) fn conclude(
-    status: nix::sys::wait::WaitStatus,
-    err_rd: OwnedFd,
-) -> Result<Concluded, RunError> {
-    use nix::sys::wait::WaitStatus;
-    let mut msg = String::new();
-    let _ = fs::File::from(err_rd).read_to_string(&mut msg);
-    let code = match status {
-        WaitStatus::Exited(_, c) => c,
-        WaitStatus::Signaled(_, s, _) => exit::SIGNAL_BASE + s as i32,
-        _ => exit::SANDBOX_FAILED,
-    };
-    if msg.is_empty() {
-        return Ok(Concluded::Ran(code));
-    }
-    if code == exit::NOT_FOUND_CMD || code == exit::NOT_EXECUTABLE {
-        eprintln!("airlock: {msg}");
-        return Ok(Concluded::NotStarted(code));
-    }
-    Err(RunError::Setup(msg))
-}
-
-/// Whether the running kernel is at least `major.minor`.
-pub fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let Ok(u) = nix::sys::utsname::uname() else {
-        return false;
-    };
-    crate::probe::kernel_version(&u.release().to_string_lossy()) >= (major, minor)
 }
 
 /// A helper process (pasta) killed when the run ends.
@@ -416,28 +305,6 @@ fn write_map(pid: i32, file: &str, maps: &[airlock_model::plan::IdMap]) -> io::R
     fs::write(format!("/proc/{pid}/{file}"), text)
 }
 
-/// A throwaway user namespace whose mapping turns `owner` (a host uid/gid) into `to` (the host
-/// id of the sandbox user): the idmapping applied to writable host mounts of root-run sandboxes.
-pub fn idmap_userns(owner: (u32, u32), to: (u32, u32)) -> io::Result<OwnedFd> {
-    let (pid, held, release, stack) = sys::userns_holder()?;
-    let res = (|| {
-        fs::write(
-            format!("/proc/{pid}/uid_map"),
-            format!("{} {} 1\n", owner.0, to.0),
-        )?;
-        fs::write(
-            format!("/proc/{pid}/gid_map"),
-            format!("{} {} 1\n", owner.1, to.1),
-        )?;
-        let f = fs::File::open(format!("/proc/{pid}/ns/user"))?;
-        Ok(OwnedFd::from(f))
-    })();
-    drop(release);
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-    drop((held, stack)); // only once the child that used them is gone
-    res
-}
-
 /// Run the plan to completion. Everything created is removed before returning.
 pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
     // A run directory marks, through its flock, the run's cgroups as live for gc, and holds a
@@ -521,9 +388,6 @@ fn run_cgroup(
     Ok(Cgroup::create(layout, &leaf, &plan.limits)?)
 }
 
-/// Where a persistent sandbox publishes PID 1: "PID STARTTIME".
-pub const PID1_FILE: &str = "pid1";
-
 /// Disk-backed overlay layers in the run directory (kernels without tmpfs user xattrs) or a
 /// persistent sandbox's folder (kept across stop/start).
 fn disk_layers(plan: &LaunchPlan, dir: &Path) -> Result<(PathBuf, PathBuf), RunError> {
@@ -582,13 +446,13 @@ fn run_in(
             let host_user = plan.uid_map[0].outside + plan.user.0;
             let host_group = plan.gid_map[0].outside + plan.user.1;
             Some(
-                idmap_userns(opts.facts.project_owner, (host_user, host_group))
+                crate::userns::idmap_userns(opts.facts.project_owner, (host_user, host_group))
                     .map_err(io_err("create the idmapping user namespace"))?,
             )
         } else {
             None
         };
-        Some(rootfs::prepare(plan, userns.as_ref())?)
+        Some(rootfs::prepare(&crate::os::Real, plan, userns.as_ref())?)
     };
 
     crate::phase("prepared");

@@ -1,14 +1,17 @@
 //! Executing a plan's mount steps inside the child's fresh mount namespace. Every mount target
 //! is opened component by component with O_NOFOLLOW beneath the new root, so nothing that exists
 //! in a mounted host directory (a planted symlink) can redirect a mount (CVE-2021-30465 class).
+//!
+//! Every OS call goes through [`Os`] (the real kernel in the child, a recording fake in the seam
+//! tests, `tests.rs`), so the exact sequence a plan becomes is tested without root.
 
+use crate::os::Os;
 use crate::sys;
 use airlock_model::plan::{LaunchPlan, MountStep, UpperStore};
-use nix::fcntl::{openat, OFlag};
-use nix::mount::{mount, MsFlags};
-use nix::sys::stat::{fchmod, Mode};
-use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use nix::fcntl::OFlag;
+use nix::mount::MsFlags;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,17 +30,25 @@ fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Moun
     }
 }
 
-fn nix_err(e: nix::Error) -> io::Error {
-    io::Error::from(e)
+fn internal(what: &'static str, path: &Path, why: &str) -> MountError {
+    MountError {
+        what,
+        path: path.to_path_buf(),
+        source: io::Error::other(why.to_string()),
+    }
 }
 
 /// Detached mounts opened ahead of time, by step index (binds, devices, overlay lowers).
-pub type Prepared = Vec<Option<OwnedFd>>;
+pub type Prepared<F = OwnedFd> = Vec<Option<F>>;
 
 /// Open the sources of every bind-like step as detached mounts with their final flags.
 /// Root-run sandboxes do this in the privileged parent (it can traverse any host path and
 /// apply idmappings); rootless ones in the child.
-pub fn prepare(plan: &LaunchPlan, idmap: Option<&OwnedFd>) -> Result<Prepared, MountError> {
+pub fn prepare<O: Os>(
+    os: &O,
+    plan: &LaunchPlan,
+    idmap: Option<&O::Fd>,
+) -> Result<Prepared<O::Fd>, MountError> {
     let base = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
     plan.mounts
         .iter()
@@ -65,8 +76,10 @@ pub fn prepare(plan: &LaunchPlan, idmap: Option<&OwnedFd>) -> Result<Prepared, M
                 ),
                 _ => return Ok(None),
             };
-            let fd = sys::open_tree_clone(&src, true).map_err(err("cannot open", &src))?;
-            sys::mount_setattr(&fd, attrs, true, map)
+            let fd = os
+                .open_tree_clone(&src, true)
+                .map_err(err("cannot open", &src))?;
+            os.mount_setattr(&fd, attrs, true, map)
                 .map_err(err("cannot set mount flags on", &src))?;
             Ok(Some(fd))
         })
@@ -86,41 +99,42 @@ fn rel_components(target: &Path) -> Vec<&std::ffi::OsStr> {
         .collect()
 }
 
+const PATH_FLAGS: OFlag = OFlag::O_PATH
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
 /// Open (creating as needed) `target` beneath `root` without following any symlink.
 /// `leaf_dir`: create a directory (true) or an empty file (false) when missing.
-fn open_target(root: &OwnedFd, target: &Path, leaf_dir: bool) -> io::Result<OwnedFd> {
+fn open_target<O: Os>(os: &O, root: &O::Fd, target: &Path, leaf_dir: bool) -> io::Result<O::Fd> {
     let comps = rel_components(target);
-    let mut cur = nix::unistd::dup(root.as_fd()).map_err(nix_err)?;
-    let path_flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut cur = os.dup(root)?;
     for (i, name) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
         let want_dir = !last || leaf_dir;
         let flags = if want_dir {
-            path_flags | OFlag::O_DIRECTORY
+            PATH_FLAGS | OFlag::O_DIRECTORY
         } else {
-            path_flags
+            PATH_FLAGS
         };
-        match openat(cur.as_fd(), *name, flags, Mode::empty()) {
+        match os.openat(&cur, name, flags, 0) {
             Ok(fd) => cur = fd,
-            Err(nix::Error::ENOENT) => {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 if want_dir {
-                    nix::sys::stat::mkdirat(cur.as_fd(), *name, Mode::from_bits_truncate(0o755))
-                        .map_err(nix_err)?;
+                    os.mkdirat(&cur, name, 0o755)?;
                 } else {
-                    let f = openat(
-                        cur.as_fd(),
-                        *name,
+                    let f = os.openat(
+                        &cur,
+                        name,
                         OFlag::O_CREAT
                             | OFlag::O_EXCL
                             | OFlag::O_WRONLY
                             | OFlag::O_NOFOLLOW
                             | OFlag::O_CLOEXEC,
-                        Mode::from_bits_truncate(0o644),
-                    )
-                    .map_err(nix_err)?;
+                        0o644,
+                    )?;
                     drop(f);
                 }
-                cur = openat(cur.as_fd(), *name, flags, Mode::empty()).map_err(nix_err)?;
+                cur = os.openat(&cur, name, flags, 0)?;
             }
             Err(e) => {
                 return Err(io::Error::other(format!(
@@ -135,52 +149,47 @@ fn open_target(root: &OwnedFd, target: &Path, leaf_dir: bool) -> io::Result<Owne
 
 /// Open an existing `target` beneath `root` (O_PATH), never through a symlink; None when any
 /// component is missing or a symlink.
-fn open_existing(root: &OwnedFd, target: &Path) -> Option<OwnedFd> {
-    let mut cur = nix::unistd::dup(root.as_fd()).ok()?;
+fn open_existing<O: Os>(os: &O, root: &O::Fd, target: &Path) -> Option<O::Fd> {
+    let mut cur = os.dup(root).ok()?;
     for name in rel_components(target) {
-        cur = openat(
-            cur.as_fd(),
-            name,
-            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
-        let st = nix::sys::stat::fstat(&cur).ok()?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        cur = os.openat(&cur, name, PATH_FLAGS, 0).ok()?;
+        if os.stat_mode(&cur).ok()? & libc::S_IFMT == libc::S_IFLNK {
             return None;
         }
     }
     Some(cur)
 }
 
-fn fd_path(fd: &OwnedFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-}
-
-fn parent_and_name(root: &OwnedFd, target: &Path) -> io::Result<(OwnedFd, std::ffi::OsString)> {
+fn parent_and_name<O: Os>(
+    os: &O,
+    root: &O::Fd,
+    target: &Path,
+) -> io::Result<(O::Fd, std::ffi::OsString)> {
     let name = target
         .file_name()
         .ok_or_else(|| io::Error::other("no file name"))?
         .to_os_string();
     let parent = target.parent().unwrap_or(Path::new("/"));
-    Ok((open_target(root, parent, true)?, name))
+    Ok((open_target(os, root, parent, true)?, name))
 }
 
-fn is_dir_fd(fd: &OwnedFd) -> bool {
-    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+fn is_dir_fd<O: Os>(os: &O, fd: &O::Fd) -> bool {
+    os.stat_mode(fd)
+        .is_ok_and(|m| m & libc::S_IFMT == libc::S_IFDIR)
 }
 
 /// Disk-backed overlay layers in the run directory (opened by the child before it drops the
 /// host uid), for kernels whose tmpfs cannot hold the upper layer.
-pub struct OverlayDirs {
-    pub upper: OwnedFd,
-    pub work: OwnedFd,
+pub struct OverlayDirs<F = OwnedFd> {
+    pub upper: F,
+    pub work: F,
 }
 
 /// Descriptors PID 1 keeps to summarize the overlay's changes after the command exits.
-pub struct SummaryDirs {
-    pub upper: OwnedFd,
-    pub lower: OwnedFd,
+#[derive(Debug)]
+pub struct SummaryDirs<F = OwnedFd> {
+    pub upper: F,
+    pub lower: F,
 }
 
 fn escape_opt(p: &Path) -> String {
@@ -190,27 +199,28 @@ fn escape_opt(p: &Path) -> String {
         .replace(':', "\\:")
 }
 
-/// The new root: a tmpfs attached on the run's mount point, and a path that reaches inside it
-/// (through the mount's own fd, so no host directory permissions are involved).
-pub struct NewRoot {
-    pub fd: OwnedFd,
+/// The new root: a tmpfs attached on the run's mount point (reached through the mount's own
+/// fd, so no host directory permissions are involved).
+pub struct NewRoot<F = OwnedFd> {
+    pub fd: F,
 }
 
-impl NewRoot {
-    /// A path to `rel` (absolute inside the sandbox) beneath the new root, mounts traversed.
-    fn path(&self, rel: &Path) -> PathBuf {
-        fd_path(&self.fd).join(rel.strip_prefix("/").unwrap_or(rel))
-    }
-}
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC);
+
+/// What `build` leaves: the new root, and the overlay workspace's layers for the change summary.
+pub type Built<F> = (NewRoot<F>, Option<SummaryDirs<F>>);
 
 /// Mount the root tmpfs on `mount_point` and execute every step beneath it.
-pub fn build(
+pub fn build<O: Os>(
+    os: &O,
     plan: &LaunchPlan,
-    mount_point: &OwnedFd,
-    prepared: &mut Prepared,
-    disk: Option<&OverlayDirs>,
-) -> Result<(NewRoot, Option<SummaryDirs>), MountError> {
-    let mut root: Option<NewRoot> = None;
+    mount_point: &O::Fd,
+    prepared: &mut Prepared<O::Fd>,
+    disk: Option<&OverlayDirs<O::Fd>>,
+) -> Result<Built<O::Fd>, MountError> {
+    let mut root: Option<NewRoot<O::Fd>> = None;
     let mut summary = None;
     for (i, step) in plan.mounts.iter().enumerate() {
         if let MountStep::Tmpfs {
@@ -230,38 +240,33 @@ pub fn build(
                 if let Some(s) = size {
                     opts.push(("size", s.to_string()));
                 }
-                let fd = sys::fsmount_tmpfs(&opts, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
+                let fd = os
+                    .fsmount_tmpfs(&opts, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
                     .map_err(err("cannot create the root tmpfs", target))?;
-                sys::move_mount_to_fd(&fd, mount_point)
+                os.move_mount(&fd, mount_point)
                     .map_err(err("cannot attach the root tmpfs", target))?;
                 root = Some(NewRoot { fd });
                 continue;
             }
         }
         let Some(r) = root.as_ref() else {
-            return Err(MountError {
-                what: "plan does not start with the root tmpfs",
-                path: "/".into(),
-                source: io::Error::other("bad plan"),
-            });
+            return Err(internal(
+                "plan does not start with the root tmpfs",
+                Path::new("/"),
+                "bad plan",
+            ));
         };
         let fd = prepared.get_mut(i).and_then(Option::take);
         if let MountStep::Overlay { target, upper, .. } = step {
-            let fd = fd.ok_or_else(|| MountError {
-                what: "overlay lower was not prepared",
-                path: target.clone(),
-                source: io::Error::other("internal"),
-            })?;
-            summary = Some(overlay(r, target, fd, upper, plan.user, disk)?);
+            let fd =
+                fd.ok_or_else(|| internal("overlay lower was not prepared", target, "internal"))?;
+            summary = Some(overlay(os, r, target, fd, upper, plan.user, disk)?);
         } else {
-            step_exec(r, step, fd)?;
+            step_exec(os, r, step, fd)?;
         }
     }
-    let root = root.ok_or_else(|| MountError {
-        what: "plan has no root tmpfs",
-        path: "/".into(),
-        source: io::Error::other("bad plan"),
-    })?;
+    let root =
+        root.ok_or_else(|| internal("plan has no root tmpfs", Path::new("/"), "bad plan"))?;
     Ok((root, summary))
 }
 
@@ -270,28 +275,33 @@ const STAGE: &str = "/.airlock-stage";
 /// Mount the overlay workspace: stage the (possibly idmapped) lower layer and, for a tmpfs upper,
 /// a size-bounded tmpfs inside the root; mount the overlay from them; keep directory fds for the
 /// change summary; detach the staging mounts (overlay holds its own references).
-fn overlay(
-    root: &NewRoot,
+fn overlay<O: Os>(
+    os: &O,
+    root: &NewRoot<O::Fd>,
     target: &Path,
-    lower: OwnedFd,
+    lower: O::Fd,
     upper: &UpperStore,
     user: (u32, u32),
-    disk: Option<&OverlayDirs>,
-) -> Result<SummaryDirs, MountError> {
+    disk: Option<&OverlayDirs<O::Fd>>,
+) -> Result<SummaryDirs<O::Fd>, MountError> {
     let stage = Path::new(STAGE);
     let lower_at = stage.join("lower");
-    let l = open_target(&root.fd, &lower_at, true).map_err(err("cannot create", &lower_at))?;
-    sys::move_mount_to_fd(&lower, &l)
+    let l = open_target(os, &root.fd, &lower_at, true).map_err(err("cannot create", &lower_at))?;
+    os.move_mount(&lower, &l)
         .map_err(err("cannot stage the overlay lower layer at", &lower_at))?;
-    let lower_dir = open_dir(&root.path(&lower_at)).map_err(err("cannot open", &lower_at))?;
-    let lower_mode = nix::sys::stat::fstat(&lower_dir)
-        .map(|st| st.st_mode & 0o7777)
+    let lower_dir = os
+        .open_beneath(&root.fd, &lower_at, DIR_FLAGS)
+        .map_err(err("cannot open", &lower_at))?;
+    let lower_mode = os
+        .stat_mode(&lower_dir)
+        .map(|m| m & 0o7777)
         .unwrap_or(0o755);
 
     let up_at = stage.join("up");
     let (upper_dir, work_dir) = match upper {
         UpperStore::Tmpfs { size, owner } => {
-            let u = open_target(&root.fd, &up_at, true).map_err(err("cannot create", &up_at))?;
+            let u =
+                open_target(os, &root.fd, &up_at, true).map_err(err("cannot create", &up_at))?;
             let step = MountStep::Tmpfs {
                 target: up_at.clone(),
                 mode: 0o755,
@@ -299,119 +309,88 @@ fn overlay(
                 owner: *owner,
                 noexec: false,
             };
-            tmpfs(&fd_path(&u), &step).map_err(err("cannot mount the upper tmpfs on", &up_at))?;
-            let up = open_dir(&root.path(&up_at)).map_err(err("cannot open", &up_at))?;
+            tmpfs(os, &u, &step).map_err(err("cannot mount the upper tmpfs on", &up_at))?;
+            let up = os
+                .open_beneath(&root.fd, &up_at, DIR_FLAGS)
+                .map_err(err("cannot open", &up_at))?;
             for (name, mode) in [("upper", lower_mode), ("work", 0o700)] {
-                nix::sys::stat::mkdirat(&up, name, Mode::from_bits_truncate(mode)).map_err(
-                    |e| MountError {
+                os.mkdirat(&up, name.as_ref(), mode)
+                    .map_err(|e| MountError {
                         what: "cannot create the overlay layer",
                         path: up_at.join(name),
-                        source: e.into(),
-                    },
-                )?;
+                        source: e,
+                    })?;
             }
             let open_layer = |name: &str| {
-                openat(
-                    &up,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| MountError {
-                    what: "cannot open",
-                    path: up_at.join(name),
-                    source: e.into(),
-                })
+                os.openat(&up, name.as_ref(), DIR_FLAGS | OFlag::O_NOFOLLOW, 0)
+                    .map_err(|e| MountError {
+                        what: "cannot open",
+                        path: up_at.join(name),
+                        source: e,
+                    })
             };
             (open_layer("upper")?, open_layer("work")?)
         }
         UpperStore::Disk => {
-            let d = disk.ok_or_else(|| MountError {
-                what: "no disk overlay directories for",
-                path: target.into(),
-                source: io::Error::other("internal"),
-            })?;
-            let dup = |fd: &OwnedFd| {
-                nix::unistd::dup(fd).map_err(|e| MountError {
-                    what: "dup",
-                    path: target.into(),
-                    source: e.into(),
-                })
-            };
+            let d = disk
+                .ok_or_else(|| internal("no disk overlay directories for", target, "internal"))?;
+            let dup = |fd: &O::Fd| os.dup(fd).map_err(err("dup", target));
             let (u, w) = (dup(&d.upper)?, dup(&d.work)?);
             // O_PATH descriptors cannot be read; reopen the upper for the summary.
-            let u =
-                open_dir(&fd_path(&u)).map_err(err("cannot open the upper layer of", target))?;
+            let u = os
+                .reopen(&u, DIR_FLAGS)
+                .map_err(err("cannot open the upper layer of", target))?;
             (u, w)
         }
     };
     // The workspace root shows the upper directory's owner and mode: the sandbox user's.
-    nix::unistd::fchown(
-        &upper_dir,
-        Some(nix::unistd::Uid::from_raw(user.0)),
-        Some(nix::unistd::Gid::from_raw(user.1)),
-    )
-    .map_err(|e| MountError {
-        what: "cannot chown the upper layer of",
-        path: target.into(),
-        source: e.into(),
-    })?;
-    fchmod(&upper_dir, Mode::from_bits_truncate(lower_mode)).map_err(|e| MountError {
-        what: "cannot chmod the upper layer of",
-        path: target.into(),
-        source: e.into(),
-    })?;
+    os.fchown(&upper_dir, user.0, user.1)
+        .map_err(err("cannot chown the upper layer of", target))?;
+    os.fchmod(&upper_dir, lower_mode)
+        .map_err(err("cannot chmod the upper layer of", target))?;
 
-    let t = open_target(&root.fd, target, true).map_err(err("cannot create", target))?;
+    let t = open_target(os, &root.fd, target, true).map_err(err("cannot create", target))?;
     let data = format!(
         "lowerdir={},upperdir={},workdir={},userxattr",
-        escape_opt(&root.path(&lower_at)),
-        escape_opt(&fd_path(&upper_dir)),
-        escape_opt(&fd_path(&work_dir))
+        escape_opt(
+            &os.fd_path(&root.fd)
+                .join(lower_at.strip_prefix("/").unwrap_or(&lower_at))
+        ),
+        escape_opt(&os.fd_path(&upper_dir)),
+        escape_opt(&os.fd_path(&work_dir))
     );
-    mount(
-        Some("overlay"),
-        &fd_path(&t),
-        Some("overlay"),
+    os.mount_on(
+        &t,
+        "overlay",
+        "overlay",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(data.as_str()),
     )
-    .map_err(|e| MountError {
-        what: "cannot mount the overlay workspace on",
-        path: target.into(),
-        source: e.into(),
-    })?;
+    .map_err(err("cannot mount the overlay workspace on", target))?;
     for staged in [&lower_at, &up_at] {
-        match nix::mount::umount2(&root.path(staged), nix::mount::MntFlags::MNT_DETACH) {
+        match os.umount_beneath(&root.fd, staged) {
+            Ok(()) => {}
             // EINVAL / ENOENT: a disk upper was never staged here.
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {}
             Err(e) => {
                 return Err(MountError {
                     what: "cannot detach",
                     path: staged.clone(),
-                    source: e.into(),
+                    source: e,
                 })
             }
         }
     }
-    let _ = std::fs::remove_dir(root.path(&lower_at));
-    let _ = std::fs::remove_dir(root.path(&up_at));
-    let _ = std::fs::remove_dir(root.path(stage));
+    for d in [&lower_at, &up_at, &stage.to_path_buf()] {
+        let _ = os.remove_dir_beneath(&root.fd, d);
+    }
     Ok(SummaryDirs {
         upper: upper_dir,
         lower: lower_dir,
     })
 }
 
-fn open_dir(p: &Path) -> io::Result<OwnedFd> {
-    Ok(nix::fcntl::open(
-        p,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?)
-}
-
-fn tmpfs(at: &Path, step: &MountStep) -> io::Result<()> {
+fn tmpfs<O: Os>(os: &O, at: &O::Fd, step: &MountStep) -> io::Result<()> {
     let MountStep::Tmpfs {
         mode,
         size,
@@ -430,69 +409,51 @@ fn tmpfs(at: &Path, step: &MountStep) -> io::Result<()> {
     if *noexec {
         flags |= MsFlags::MS_NOEXEC;
     }
-    mount(Some("tmpfs"), at, Some("tmpfs"), flags, Some(data.as_str())).map_err(nix_err)
+    os.mount_on(at, "tmpfs", "tmpfs", flags, Some(data.as_str()))
 }
 
-fn step_exec(new_root: &NewRoot, step: &MountStep, fd: Option<OwnedFd>) -> Result<(), MountError> {
+fn step_exec<O: Os>(
+    os: &O,
+    new_root: &NewRoot<O::Fd>,
+    step: &MountStep,
+    fd: Option<O::Fd>,
+) -> Result<(), MountError> {
     let root = &new_root.fd;
     match step {
         MountStep::Tmpfs { target, .. } => {
-            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
-            tmpfs(&fd_path(&t), step).map_err(err("cannot mount tmpfs on", target))
+            let t = open_target(os, root, target, true).map_err(err("cannot create", target))?;
+            tmpfs(os, &t, step).map_err(err("cannot mount tmpfs on", target))
         }
         MountStep::BindRo { target, source } | MountStep::BindRw { target, source, .. } => {
-            let fd = fd.ok_or_else(|| MountError {
-                what: "bind source was not prepared",
-                path: source.clone(),
-                source: io::Error::other("internal"),
-            })?;
-            let t = open_target(root, target, is_dir_fd(&fd))
+            let fd =
+                fd.ok_or_else(|| internal("bind source was not prepared", source, "internal"))?;
+            let t = open_target(os, root, target, is_dir_fd(os, &fd))
                 .map_err(err("cannot create mount point", target))?;
-            sys::move_mount_to_fd(&fd, &t).map_err(err("cannot bind onto", target))
+            os.move_mount(&fd, &t)
+                .map_err(err("cannot bind onto", target))
         }
         MountStep::Device { name } => {
             let target = Path::new("/dev").join(name);
-            let fd = fd.ok_or_else(|| MountError {
-                what: "device was not prepared",
-                path: target.clone(),
-                source: io::Error::other("internal"),
-            })?;
-            let t = open_target(root, &target, false).map_err(err("cannot create", &target))?;
-            sys::move_mount_to_fd(&fd, &t).map_err(err("cannot bind device onto", &target))
+            let fd = fd.ok_or_else(|| internal("device was not prepared", &target, "internal"))?;
+            let t = open_target(os, root, &target, false).map_err(err("cannot create", &target))?;
+            os.move_mount(&fd, &t)
+                .map_err(err("cannot bind device onto", &target))
         }
-        MountStep::Overlay { target, .. } => Err(MountError {
-            what: "overlay handled by build",
-            path: target.clone(),
-            source: io::Error::other("internal"),
-        }),
+        MountStep::Overlay { target, .. } => {
+            Err(internal("overlay handled by build", target, "internal"))
+        }
         MountStep::Symlink { target, points_to } => {
             let (dir, name) =
-                parent_and_name(root, target).map_err(err("cannot create", target))?;
-            nix::unistd::symlinkat(points_to.as_path(), &dir, name.as_os_str()).map_err(|e| {
-                MountError {
-                    what: "cannot create symlink",
-                    path: target.clone(),
-                    source: e.into(),
-                }
-            })
+                parent_and_name(os, root, target).map_err(err("cannot create", target))?;
+            os.symlinkat(points_to, &dir, &name)
+                .map_err(err("cannot create symlink", target))
         }
         MountStep::Dir { target, mode } => {
-            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
-            let d = nix::fcntl::open(
-                &fd_path(&t),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| MountError {
-                what: "cannot open",
-                path: target.clone(),
-                source: e.into(),
-            })?;
-            fchmod(&d, Mode::from_bits_truncate(*mode)).map_err(|e| MountError {
-                what: "cannot chmod",
-                path: target.clone(),
-                source: e.into(),
-            })
+            let t = open_target(os, root, target, true).map_err(err("cannot create", target))?;
+            let d = os
+                .reopen(&t, DIR_FLAGS)
+                .map_err(err("cannot open", target))?;
+            os.fchmod(&d, *mode).map_err(err("cannot chmod", target))
         }
         MountStep::File {
             target,
@@ -500,172 +461,171 @@ fn step_exec(new_root: &NewRoot, step: &MountStep, fd: Option<OwnedFd>) -> Resul
             mode,
         } => {
             let (dir, name) =
-                parent_and_name(root, target).map_err(err("cannot create", target))?;
-            let f = openat(
-                dir.as_fd(),
-                name.as_os_str(),
-                OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_WRONLY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(*mode),
-            )
-            .map_err(|e| MountError {
-                what: "cannot create",
-                path: target.clone(),
-                source: e.into(),
-            })?;
-            let mut file = std::fs::File::from(f);
-            file.write_all(contents.as_bytes())
+                parent_and_name(os, root, target).map_err(err("cannot create", target))?;
+            let f = os
+                .openat(
+                    &dir,
+                    &name,
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    *mode,
+                )
+                .map_err(err("cannot create", target))?;
+            os.write_all(&f, contents.as_bytes())
                 .map_err(err("cannot write", target))?;
-            fchmod(&file, Mode::from_bits_truncate(*mode)).map_err(|e| MountError {
-                what: "cannot chmod",
-                path: target.clone(),
-                source: e.into(),
-            })
+            os.fchmod(&f, *mode).map_err(err("cannot chmod", target))
         }
         MountStep::Proc { target } => {
-            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
-            mount(
-                Some("proc"),
-                &fd_path(&t),
-                Some("proc"),
+            let t = open_target(os, root, target, true).map_err(err("cannot create", target))?;
+            os.mount_on(
+                &t,
+                "proc",
+                "proc",
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                None::<&str>,
+                None,
             )
-            .map_err(|e| MountError {
-                what: "cannot mount a fresh /proc on",
-                path: target.clone(),
-                source: e.into(),
-            })
+            .map_err(err("cannot mount a fresh /proc on", target))
         }
-        MountStep::ReadOnly { target } => {
-            let host = new_root.path(target);
-            match sys::open_tree_clone(&host, true) {
-                Ok(fd) => {
-                    sys::mount_setattr(
-                        &fd,
-                        sys::MOUNT_ATTR_RDONLY
-                            | sys::MOUNT_ATTR_NOSUID
-                            | sys::MOUNT_ATTR_NODEV
-                            | sys::MOUNT_ATTR_NOEXEC,
-                        true,
-                        None,
-                    )
-                    .map_err(err("cannot make read-only", target))?;
-                    let t = nix::fcntl::open(
-                        &host,
-                        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| MountError {
-                        what: "cannot open",
-                        path: target.clone(),
-                        source: e.into(),
-                    })?;
-                    sys::move_mount_to_fd(&fd, &t).map_err(err("cannot remount read-only", target))
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-                Err(e) => Err(MountError {
-                    what: "cannot open",
-                    path: target.clone(),
-                    source: e,
-                }),
+        MountStep::ReadOnly { target } => match os.open_tree_clone_beneath(root, target) {
+            Ok(fd) => {
+                os.mount_setattr(
+                    &fd,
+                    sys::MOUNT_ATTR_RDONLY
+                        | sys::MOUNT_ATTR_NOSUID
+                        | sys::MOUNT_ATTR_NODEV
+                        | sys::MOUNT_ATTR_NOEXEC,
+                    true,
+                    None,
+                )
+                .map_err(err("cannot make read-only", target))?;
+                let t = os
+                    .open_beneath(root, target, PATH_FLAGS)
+                    .map_err(err("cannot open", target))?;
+                os.move_mount(&fd, &t)
+                    .map_err(err("cannot remount read-only", target))
             }
-        }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(MountError {
+                what: "cannot open",
+                path: target.clone(),
+                source: e,
+            }),
+        },
         MountStep::Sysfs { target } => {
-            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
+            let t = open_target(os, root, target, true).map_err(err("cannot create", target))?;
             let flags =
                 MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-            if mount(
-                Some("sysfs"),
-                &fd_path(&t),
-                Some("sysfs"),
-                flags,
-                None::<&str>,
-            )
-            .is_err()
-            {
+            if os.mount_on(&t, "sysfs", "sysfs", flags, None).is_err() {
                 // Some hosts forbid a fresh sysfs; an empty read-only tmpfs is the safe fallback.
-                mount(
-                    Some("tmpfs"),
-                    &fd_path(&t),
-                    Some("tmpfs"),
-                    flags,
-                    Some("size=0,mode=555"),
-                )
-                .map_err(|e| MountError {
-                    what: "cannot mount /sys on",
-                    path: target.clone(),
-                    source: e.into(),
-                })?;
+                os.mount_on(&t, "tmpfs", "tmpfs", flags, Some("size=0,mode=555"))
+                    .map_err(err("cannot mount /sys on", target))?;
             }
             Ok(())
         }
         MountStep::Devpts { target } => {
-            let t = open_target(root, target, true).map_err(err("cannot create", target))?;
-            mount(
-                Some("devpts"),
-                &fd_path(&t),
-                Some("devpts"),
+            let t = open_target(os, root, target, true).map_err(err("cannot create", target))?;
+            os.mount_on(
+                &t,
+                "devpts",
+                "devpts",
                 MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
                 Some("newinstance,ptmxmode=0666,mode=0620"),
             )
-            .map_err(|e| MountError {
-                what: "cannot mount devpts on",
-                path: target.clone(),
-                source: e.into(),
-            })
+            .map_err(err("cannot mount devpts on", target))
         }
         MountStep::Protect { target } => {
-            let Some(t) = open_existing(root, target) else {
+            let Some(t) = open_existing(os, root, target) else {
                 return Ok(());
             };
-            let fd = sys::open_tree_clone_fd(&t).map_err(err("cannot open", target))?;
-            sys::mount_setattr(
+            let fd = os
+                .open_tree_clone_fd(&t)
+                .map_err(err("cannot open", target))?;
+            os.mount_setattr(
                 &fd,
                 sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
                 true,
                 None,
             )
             .map_err(err("cannot make read-only", target))?;
-            sys::move_mount_to_fd(&fd, &t).map_err(err("cannot protect", target))
+            os.move_mount(&fd, &t)
+                .map_err(err("cannot protect", target))
         }
         MountStep::Pin { target } => {
-            let Some(t) = open_existing(root, target) else {
+            let Some(t) = open_existing(os, root, target) else {
                 return Ok(());
             };
-            let fd = sys::open_tree_clone_fd(&t).map_err(err("cannot open", target))?;
-            sys::move_mount_to_fd(&fd, &t).map_err(err("cannot pin", target))
+            let fd = os
+                .open_tree_clone_fd(&t)
+                .map_err(err("cannot open", target))?;
+            os.move_mount(&fd, &t).map_err(err("cannot pin", target))
         }
         MountStep::RootReadOnly => Ok(()), // applied after pivot_root, see `finish`
     }
 }
 
+/// A step of [`enter`] that failed: what it was, and why.
+#[derive(Debug)]
+pub struct Failed {
+    pub what: &'static str,
+    pub error: String,
+}
+
+fn step<T, E: std::fmt::Display>(what: &'static str, r: Result<T, E>) -> Result<T, Failed> {
+    r.map_err(|e| Failed {
+        what,
+        error: e.to_string(),
+    })
+}
+
+/// The child's way into its root, in order: become the namespace's root (root-run sandboxes;
+/// a rootless child already is), a cgroup namespace of its own, private mounts, the bind
+/// sources (opened here when the parent did not), the root built from the plan, pivot_root,
+/// and the root made read-only. Returns the overlay's layers for the change summary.
+pub fn enter<O: Os>(
+    os: &O,
+    plan: &LaunchPlan,
+    mount_point: O::Fd,
+    prepared: Option<Prepared<O::Fd>>,
+    overlay: Option<OverlayDirs<O::Fd>>,
+) -> Result<Option<SummaryDirs<O::Fd>>, Failed> {
+    if !plan.rootless {
+        step("become root in the sandbox", os.become_root())?;
+    }
+    step("unshare cgroup namespace", os.unshare_cgroup_ns())?;
+    step("make mounts private", os.make_mounts_private())?;
+    let mut prepared = match prepared {
+        Some(p) => p,
+        None => step("prepare mounts", prepare(os, plan, None))?,
+    };
+    let (new_root, summary) = step(
+        "build root filesystem",
+        build(os, plan, &mount_point, &mut prepared, overlay.as_ref()),
+    )?;
+    drop(prepared);
+    drop(overlay);
+    drop(mount_point);
+    crate::phase("child: built root");
+    step("pivot_root", pivot(os, &new_root))?;
+    drop(new_root);
+    step("make the root read-only", finish(os, plan))?;
+    Ok(summary)
+}
+
 /// Switch into the new root and detach the host's filesystem tree entirely.
-pub fn pivot(root: &NewRoot) -> io::Result<()> {
-    nix::unistd::fchdir(&root.fd).map_err(nix_err)?;
-    nix::unistd::pivot_root(".", ".").map_err(nix_err)?;
-    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(nix_err)?;
-    nix::unistd::chdir("/").map_err(nix_err)
+pub fn pivot<O: Os>(os: &O, root: &NewRoot<O::Fd>) -> io::Result<()> {
+    os.pivot_into(&root.fd)
 }
 
 /// Steps that must run after pivot_root.
-pub fn finish(plan: &LaunchPlan) -> io::Result<()> {
+pub fn finish<O: Os>(os: &O, plan: &LaunchPlan) -> io::Result<()> {
     if plan.mounts.contains(&MountStep::RootReadOnly) {
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV,
-            None::<&str>,
-        )
-        .map_err(nix_err)?;
+        os.remount_root_readonly()?;
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

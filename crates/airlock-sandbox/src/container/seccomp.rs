@@ -262,15 +262,7 @@ pub fn describe(name: &str) -> Option<String> {
     })
 }
 
-/// One classic BPF instruction (`struct sock_filter`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Insn {
-    pub code: u16,
-    pub jt: u8,
-    pub jf: u8,
-    pub k: u32,
-}
+pub use crate::sys::Insn;
 
 const LD_W_ABS: u16 = 0x20;
 const JEQ_K: u16 = 0x15;

@@ -9,7 +9,7 @@ use nix::sys::stat::{fstatat, FileStat, Mode};
 use serde::{Deserialize, Serialize};
 use std::ffi::{CString, OsStr};
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -77,16 +77,7 @@ fn is_opaque(dir: BorrowedFd<'_>) -> bool {
                 return false;
             };
             let mut buf = [0u8; 4];
-            // SAFETY: valid fd, C string and a buffer of the length we pass.
-            let n = unsafe {
-                libc::fgetxattr(
-                    dir.as_raw_fd(),
-                    cn.as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            n >= 1 && buf[0] == b'y'
+            crate::sys::fgetxattr(dir, &cn, &mut buf).is_ok_and(|n| n >= 1 && buf[0] == b'y')
         })
 }
 

@@ -2,24 +2,12 @@
 //! between the user's terminal and the sandbox's own pseudo-terminal.
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::signal::{self, Signal};
 use nix::sys::termios::{self, SetArg, Termios};
 use nix::unistd::Pid;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
-
-static SIG_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    let fd = SIG_WRITE_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let b = [sig as u8];
-        // SAFETY: write(2) is async-signal-safe; the buffer is valid.
-        unsafe { libc::write(fd, b.as_ptr().cast(), 1) };
-    }
-}
 
 /// Signals the host side relays to the sandbox.
 const RELAYED: &[Signal] = &[
@@ -42,11 +30,7 @@ impl SignalPipe {
     pub fn install() -> io::Result<SignalPipe> {
         let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
         let (rd, wr) = nix::unistd::pipe2(flags)?;
-        SIG_WRITE_FD.store(wr.as_raw_fd(), Ordering::Relaxed);
-        for s in RELAYED {
-            // SAFETY: the handler only calls write(2) on a descriptor that stays open.
-            unsafe { signal::signal(*s, SigHandler::Handler(on_signal)) }?;
-        }
+        crate::sys::signals_to_pipe(wr.as_raw_fd(), RELAYED)?;
         Ok(SignalPipe { rd, wr })
     }
 
@@ -73,11 +57,7 @@ impl SignalPipe {
 
 impl Drop for SignalPipe {
     fn drop(&mut self) {
-        for s in RELAYED {
-            // SAFETY: restoring the default disposition.
-            let _ = unsafe { signal::signal(*s, SigHandler::SigDfl) };
-        }
-        SIG_WRITE_FD.store(-1, Ordering::Relaxed);
+        crate::sys::restore_signals(RELAYED);
     }
 }
 
@@ -89,8 +69,7 @@ struct RawMode {
 
 impl RawMode {
     fn enter(fd: RawFd) -> Option<RawMode> {
-        // SAFETY: fd 0 stays open for the life of the process.
-        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        let b = crate::sys::stdio(fd);
         let saved = termios::tcgetattr(b).ok()?;
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
@@ -101,21 +80,16 @@ impl RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // SAFETY: as in `enter`.
-        let b = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let b = crate::sys::stdio(self.fd);
         let _ = termios::tcsetattr(b, SetArg::TCSADRAIN, &self.saved);
     }
 }
 
 fn copy(from: RawFd, to: RawFd) -> io::Result<usize> {
     let mut buf = [0u8; 16 * 1024];
-    // SAFETY: buffer valid for its length.
-    let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    crate::sys::write_all_raw(to, &buf[..n as usize]);
-    Ok(n as usize)
+    let n = crate::sys::read_raw(from, &mut buf)?;
+    crate::sys::write_all_raw(to, &buf[..n]);
+    Ok(n)
 }
 
 /// Wait for the sandbox's PID 1 to exit while relaying signals and the terminal.
@@ -152,8 +126,7 @@ pub fn supervise(
             }
             _ => PollTimeout::NONE,
         };
-        // SAFETY: fd 0 stays open for the life of the process.
-        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        let stdin = crate::sys::stdio(0);
         let mut fds = vec![
             PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
             PollFd::new(sigs.rd.as_fd(), PollFlags::POLLIN),

@@ -1,13 +1,13 @@
 //! Agent mode commands: prompt, reports, attach, and the agent half of up/stop/list. They talk
 //! to the sandbox's supervisor over `DIR/agent.sock` and read its journal; no engine hop.
 
+use super::named::running;
 use crate::cli::{AttachArgs, PromptArgs, ReportsArgs};
 use crate::error::{CliError, CliResult};
 use airlock_agent::host::{Reply, Request};
 use airlock_agent::journal::{self, Follower, TurnEnd};
 use airlock_agent::{AGENT_LOG, AGENT_SOCKET, REPORTS};
 use airlock_model::exit;
-use airlock_sandbox::container::exec;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ fn request(dir: &Path, name: &str, req: &Request, timeout: Duration) -> CliResul
         match std::os::unix::net::UnixStream::connect(&path) {
             Ok(c) => break c,
             Err(e) => {
-                if exec::pid1(dir).is_none() {
+                if !running(name, dir) {
                     return Err(CliError::new(
                         exit::CONFLICT,
                         anyhow::anyhow!("sandbox {name} is not running"),
@@ -134,7 +134,7 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
                 return Ok(ended.unwrap_or(exit::AGENT_UNREPORTED));
             }
         }
-        if exec::pid1(&dir).is_none() {
+        if !running(name, &dir) {
             if let Some(code) = ended {
                 return Ok(code);
             }
@@ -175,7 +175,7 @@ pub fn attach(a: &AttachArgs) -> CliResult<i32> {
     if a.shell || harness_of(&dir).is_none() {
         return crate::cmd::exec::shell(&a.name);
     }
-    if exec::pid1(&dir).is_none() {
+    if !running(&a.name, &dir) {
         return Err(CliError::new(
             exit::CONFLICT,
             anyhow::anyhow!("sandbox {} is not running", a.name),
@@ -209,7 +209,7 @@ pub fn attach(a: &AttachArgs) -> CliResult<i32> {
             }
         }
         crate::out::check(out.flush());
-        if exec::pid1(&dir).is_none() {
+        if !running(&a.name, &dir) {
             errln!("airlock: sandbox {} stopped", a.name);
             return Ok(0);
         }
@@ -226,8 +226,7 @@ pub fn finish_before_stop(name: &str, wait: Duration) {
     let Ok(dir) = super::named::existing_dir(name) else {
         return;
     };
-    if harness_of(&dir).is_none() || exec::pid1(&dir).is_none() || !dir.join(AGENT_SOCKET).exists()
-    {
+    if harness_of(&dir).is_none() || !running(name, &dir) || !dir.join(AGENT_SOCKET).exists() {
         return;
     }
     let req = Request::Stop {

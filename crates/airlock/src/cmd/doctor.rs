@@ -3,13 +3,13 @@
 //! container backend: user namespaces, mount+pid namespaces with a fresh /proc, seccomp) works,
 //! 1 otherwise.
 
-use airlock_sandbox::probe::{self, Row, Status};
+use airlock_sandbox::hostcaps::{self, Row, Status};
 use std::io::Write;
 
 /// Probe the host and write the report; returns the exit code.
 pub fn run_doctor(json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let rows = probe::probe_all();
-    let ok = probe::default_path_ok(&rows);
+    let rows = hostcaps::probe_all();
+    let ok = hostcaps::default_path_ok(&rows);
     if json {
         write_json(&rows, ok, out)?;
     } else {
@@ -66,7 +66,7 @@ pub fn write_table(rows: &[Row], default_path_ok: bool, out: &mut dyn Write) -> 
     } else {
         let broken: Vec<&str> = rows
             .iter()
-            .filter(|r| probe::DEFAULT_PATH.contains(&r.id.as_str()) && r.status != Status::Ok)
+            .filter(|r| hostcaps::DEFAULT_PATH.contains(&r.id.as_str()) && r.status != Status::Ok)
             .map(|r| r.name.as_str())
             .collect();
         writeln!(

@@ -5,7 +5,7 @@ use super::named::existing_dir;
 use crate::cli::ExecArgs;
 use crate::error::{CliError, CliResult};
 use airlock_model::exit;
-use airlock_sandbox::container::exec::{self, ExecRequest};
+use airlock_sandbox::isolation::{ExecRequest, Instance, Isolation, Observed};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -44,20 +44,20 @@ pub fn exec_dir(
     interactive: bool,
     with_secrets: bool,
 ) -> CliResult<i32> {
-    if exec::pid1(dir).is_none() {
+    // One look at the folder: which backend runs it, and whether it runs.
+    let (backend, id) = super::named::backend_of(name, dir)?;
+    let sandbox = Instance {
+        name,
+        dir,
+        id: id.as_deref(),
+    };
+    if !matches!(backend.observe(&sandbox), Observed::Running { .. }) {
         return Err(CliError::new(
             exit::CONFLICT,
             anyhow::anyhow!("sandbox {name} is not running"),
         )
         .hint(format!("airlock start {name}")));
     }
-    let plan: airlock_model::plan::LaunchPlan = std::fs::read(dir.join("plan.json"))
-        .map_err(anyhow::Error::from)
-        .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
-        .map_err(|e| {
-            CliError::new(exit::SANDBOX_FAILED, e)
-                .hint(format!("airlock stop {name} && airlock start {name}"))
-        })?;
     if tty && !std::io::stdin().is_terminal() {
         return Err(CliError::usage("-t needs a terminal on stdin"));
     }
@@ -77,7 +77,7 @@ pub fn exec_dir(
         forward_stdin: interactive || tty || !std::io::stdin().is_terminal(),
         with_secrets,
     };
-    Ok(exec::exec(dir, &plan, &req)?.exit_code())
+    Ok(backend.exec(&sandbox, &req)?.exit_code())
 }
 
 pub fn exec_cmd(a: ExecArgs) -> CliResult<i32> {

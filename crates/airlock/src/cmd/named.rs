@@ -5,6 +5,7 @@ use crate::error::{CliError, CliResult};
 use airlock_engine::client::{Client, ClientError};
 use airlock_engine::paths;
 use airlock_model::exit;
+use airlock_sandbox::isolation::{AnyBackend, Instance, Isolation, Observed};
 use std::path::{Path, PathBuf};
 
 impl From<ClientError> for CliError {
@@ -35,6 +36,39 @@ pub fn existing_dir(name: &str) -> CliResult<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// The isolation backend of the named sandbox in `dir` (the `backend` of its spec) and its
+/// unique id.
+pub fn backend_of(name: &str, dir: &Path) -> CliResult<(AnyBackend, Option<String>)> {
+    let json = std::fs::read(dir.join("spec.json")).unwrap_or_default();
+    let backend = AnyBackend::for_spec(&json).map_err(|e| {
+        CliError::new(
+            exit::BACKEND_UNAVAILABLE,
+            anyhow::anyhow!("sandbox {name}: {e}"),
+        )
+    })?;
+    Ok((backend, airlock_engine::engine::read_id(dir)))
+}
+
+/// Do `f` to the named sandbox in `dir` through its isolation backend.
+pub fn isolated<T>(
+    name: &str,
+    dir: &Path,
+    f: impl FnOnce(&AnyBackend, &Instance<'_>) -> T,
+) -> CliResult<T> {
+    let (backend, id) = backend_of(name, dir)?;
+    let sandbox = Instance {
+        name,
+        dir,
+        id: id.as_deref(),
+    };
+    Ok(f(&backend, &sandbox))
+}
+
+/// Whether the named sandbox in `dir` runs.
+pub fn running(name: &str, dir: &Path) -> bool {
+    isolated(name, dir, |b, s| b.observe(s)).is_ok_and(|o| matches!(o, Observed::Running { .. }))
 }
 
 /// The spec recorded in a sandbox folder (`DIR/spec.json`), if readable.

@@ -10,7 +10,8 @@ use airlock_model::policy::{ByteSize, Cpus, NetMode, Profile, WorkspaceMode};
 use airlock_model::spec::{validate_name, BindSpec, Resources, RunSpec, SandboxUser, Stdio};
 use airlock_model::{exit, plan};
 use airlock_sandbox::cgroup::Layout;
-use airlock_sandbox::container::{self, rundir, Changes, Ending};
+use airlock_sandbox::container::{self, rundir, Changes};
+use airlock_sandbox::isolation::{AnyBackend, Ending, Isolation};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -299,8 +300,8 @@ pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> C
     run_with(a, global_config, no_user_config, None)
 }
 
-/// `run`, or with `persist` a persistent sandbox supervised in this process until stopped: its
-/// plan is written to `persist/plan.json` (read by exec) and PID 1 waits for exec'd commands.
+/// `run`, or with `persist` a persistent sandbox supervised in this process until stopped (its
+/// backend keeps what exec needs in `persist`) and PID 1 waits for exec'd commands.
 pub fn run_with(
     a: &RunArgs,
     global_config: Option<&Path>,
@@ -345,20 +346,6 @@ pub fn build(
     crate::cmd::trust::require(resolved.project.as_ref())?;
     let eff = &resolved.effective;
     let profile = eff.sandbox.profile;
-    if eff.sandbox.image != "host" {
-        return Err(CliError::new(
-            exit::POLICY_REFUSED,
-            anyhow::anyhow!("image {:?} is not available yet", eff.sandbox.image),
-        )
-        .hint("only the `host` image exists in this build"));
-    }
-    if eff.sandbox.backend != airlock_model::policy::BackendKind::Container {
-        return Err(CliError::new(
-            exit::BACKEND_UNAVAILABLE,
-            anyhow::anyhow!("the {} backend is not available yet", eff.sandbox.backend),
-        )
-        .hint("use backend = \"container\""));
-    }
     // Profile network defaults (SPEC §2): restrictive -> off, moderate -> filtered, permissive -> open.
     let net = eff.network.mode.unwrap_or(match profile {
         Profile::Restrictive => NetMode::Off,
@@ -545,7 +532,12 @@ pub fn build(
             pids: from_defaults("resources.pids"),
         },
         agent_grace: persistent.then_some(eff.agent_grace),
+        backend: eff.sandbox.backend,
+        rootfs: airlock_model::spec::RootFs::from_config(&eff.sandbox.image),
     };
+    // The planner refuses a backend or image this build cannot provide; asked here already so
+    // that `create` refuses it too (a named sandbox is planned only when it starts).
+    plan::admit(&spec, &airlock_sandbox::isolation::offer())?;
     Ok(Built {
         spec,
         timeout,
@@ -640,14 +632,16 @@ pub fn launch(
         Some(s) => s.clone(),
         None => resolve_secrets(&spec.secrets)?,
     };
-    let facts = container::host_facts(&spec.project_dir, &layout);
+    let backend = AnyBackend::for_kind(spec.backend)
+        .ok_or(plan::Refusal::BackendUnavailable(spec.backend))?;
+    let facts = backend.check(&spec.project_dir, &layout);
     let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
-    if !plan.unenforced_limits.is_empty() {
+    if !plan.unenforced_limits().is_empty() {
         errln!(
             "airlock: warning: not enforced on this host: {} limit (no usable cgroup{}); pass --require-limits to refuse instead",
-            plan.unenforced_limits.join(", "),
-            if plan.rootless { " delegation for this user" } else { "" }
+            plan.unenforced_limits().join(", "),
+            if plan.rootless() { " delegation for this user" } else { "" }
         );
     }
     let opts = container::RunOptions {
@@ -664,19 +658,6 @@ pub fn launch(
         on_egress: hooks.on_egress.clone(),
         on_ready: hooks.on_ready,
     };
-    if let Some(dir) = persist {
-        let json =
-            serde_json::to_vec_pretty(&plan).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-        let tmp = dir.join(".plan.json.tmp");
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, dir.join("plan.json")))
-            .map_err(|e| {
-                CliError::new(
-                    exit::SANDBOX_FAILED,
-                    anyhow::anyhow!("write {}/plan.json: {e}", dir.display()),
-                )
-            })?;
-    }
     // Bind mode: the way back is the checkout itself; look at it before and after.
     let wayback = (spec.workspace == WorkspaceMode::Bind).then(|| {
         let extra: Vec<PathBuf> = airlock_work::wayback::hooks_path(&spec.project_dir)
@@ -685,7 +666,7 @@ pub fn launch(
         let snap = airlock_work::wayback::snapshot(&spec.project_dir, &extra);
         (extra, snap)
     });
-    let outcome = container::run(&plan, &opts)?;
+    let outcome = backend.start(&plan, &opts)?;
     airlock_sandbox::phase("cleaned up");
     let mut undone = false;
     if let Some((extra, before)) = &wayback {

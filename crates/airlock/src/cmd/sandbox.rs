@@ -245,11 +245,9 @@ fn create_record(
     if built.spec.require_limits {
         check_limits(name, &built.spec)?;
     }
-    let mut spec =
+    // Its `backend` and `rootfs` are what `list` and `status` show.
+    let spec =
         serde_json::to_value(&built.spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    // What `list` and `status` show: the only backend and image of this build.
-    spec["backend"] = "container".into();
-    spec["image"] = "host".into();
     // The engine makes the workspace (the clone, context, reference repos) and rolls the
     // creation back if that fails.
     Ok(c.create(name, &spec)?)
@@ -459,21 +457,22 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
     };
     let st = client()?.status(&name)?;
     // Limits that do not hold: what the running sandbox's plan says, else this host now.
-    let unenforced: Vec<String> = match std::fs::read(sandbox_dir(&name).join("plan.json"))
-        .ok()
-        .filter(|_| st.record.state == airlock_model::lifecycle::SandboxState::Running)
-        .and_then(|b| serde_json::from_slice::<airlock_model::plan::LaunchPlan>(&b).ok())
-    {
-        Some(plan) => plan.unenforced_limits,
-        None => recorded_spec(&sandbox_dir(&name))
-            .map(|s| {
-                unenforced_limits(&s)
-                    .iter()
-                    .map(|l| l.to_string())
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
+    let unenforced: Vec<String> =
+        match std::fs::read(sandbox_dir(&name).join(airlock_sandbox::isolation::PLAN_FILE))
+            .ok()
+            .filter(|_| st.record.state == airlock_model::lifecycle::SandboxState::Running)
+            .and_then(|b| serde_json::from_slice::<airlock_model::plan::LaunchPlan>(&b).ok())
+        {
+            Some(plan) => plan.unenforced_limits,
+            None => recorded_spec(&sandbox_dir(&name))
+                .map(|s| {
+                    unenforced_limits(&s)
+                        .iter()
+                        .map(|l| l.to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
     if a.json {
         let mut v =
             serde_json::to_value(&st).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;

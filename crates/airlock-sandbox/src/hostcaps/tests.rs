@@ -1,4 +1,6 @@
 use super::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 #[test]
 fn status_words_and_json_shape() {
@@ -51,9 +53,9 @@ fn uid_map_tells_user_namespaces() {
 
 #[test]
 fn kernel_versions() {
-    assert_eq!(kernel_version("6.18.44-fc-v769"), (6, 18));
-    assert_eq!(kernel_version("5.4.0-150-generic"), (5, 4));
-    assert_eq!(kernel_version("garbage"), (0, 0));
+    assert_eq!(crate::kernel::version("6.18.44-fc-v769"), (6, 18));
+    assert_eq!(crate::kernel::version("5.4.0-150-generic"), (5, 4));
+    assert_eq!(crate::kernel::version("garbage"), (0, 0));
 }
 
 #[test]
@@ -187,7 +189,8 @@ fn probe_all_on_this_host() {
     assert_eq!(!get("user").detail.starts_with("rootless"), root);
 
     // Anything that can run these tests can run processes in namespaces on a modern kernel.
-    let (maj, min) = kernel_version(&read_trim("/proc/sys/kernel/osrelease").unwrap_or_default());
+    let (maj, min) =
+        crate::kernel::version(&read_trim("/proc/sys/kernel/osrelease").unwrap_or_default());
     if (maj, min) >= (6, 1) && get("userns").status == Status::Ok {
         assert_eq!(
             get("mount_pid_proc").status,
@@ -197,7 +200,7 @@ fn probe_all_on_this_host() {
         );
         assert_eq!(default_path_ok(&rows), get("seccomp").status == Status::Ok);
     }
-    if let Ok(abi) = raw::landlock_abi() {
+    if let Ok(abi) = crate::sys::raw::landlock_abi() {
         assert_eq!(get("landlock").status, Status::Ok);
         assert!(get("landlock").detail.starts_with(&format!("ABI {abi} ")));
     }

@@ -2,7 +2,8 @@
 //! for real in a bounded child whose mounts die with its namespaces.
 
 use super::child::{self, Outcome, Reporter};
-use super::{errstr, Host, Row, Scratch, Status};
+use super::host::{errstr, read_trim, Host, Scratch};
+use super::row::{Row, Status};
 use crate::sys;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -55,7 +56,7 @@ pub(crate) struct UsernsSysctls {
 
 impl UsernsSysctls {
     fn read() -> UsernsSysctls {
-        let n = |p: &str| super::read_trim(p).and_then(|s| s.parse().ok());
+        let n = |p: &str| read_trim(p).and_then(|s| s.parse().ok());
         UsernsSysctls {
             max_user_namespaces: n("/proc/sys/user/max_user_namespaces"),
             unprivileged_userns_clone: n("/proc/sys/kernel/unprivileged_userns_clone"),
@@ -276,7 +277,7 @@ fn userns_child(h: &Host, d: &Dirs) -> Outcome {
 /// A user namespace whose single mapping is `inside` -> `outside` (ids of the caller's
 /// namespace), as an fd: as an idmapping it shows files owned by `inside` as owned by `outside`.
 fn holder_userns(inside: u32, outside: u32) -> std::io::Result<std::os::fd::OwnedFd> {
-    crate::container::idmap_userns((inside, inside), (outside, outside))
+    crate::userns::idmap_userns((inside, inside), (outside, outside))
 }
 
 /// The idmapped-mount child: a private mount namespace (inside a user namespace when not

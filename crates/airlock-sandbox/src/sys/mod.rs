@@ -1,5 +1,8 @@
 //! The only module with `unsafe`: thin wrappers over syscalls that libc/nix do not cover
-//! (clone-as-fork, the new mount API, capset, pidfd), each returning `io::Result`.
+//! (clone-as-fork, the new mount API, capset, pidfd, signal dispositions), each returning
+//! `io::Result`; `raw` holds doctor's.
+
+pub(crate) mod raw;
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -448,12 +451,23 @@ pub fn fsmount_tmpfs(options: &[(&str, String)], attrs: u64) -> io::Result<Owned
     })
 }
 
+/// One classic BPF instruction: the kernel's `struct sock_filter` (seccomp programs are
+/// generated in `container::seccomp`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
 /// seccomp(SECCOMP_SET_MODE_FILTER) with a classic BPF program.
-pub fn seccomp_install(prog: &[crate::container::seccomp::Insn]) -> io::Result<()> {
+pub fn seccomp_install(prog: &[Insn]) -> io::Result<()> {
     #[repr(C)]
     struct SockFprog {
         len: libc::c_ushort,
-        filter: *const crate::container::seccomp::Insn,
+        filter: *const Insn,
     }
     let len = libc::c_ushort::try_from(prog.len())
         .map_err(|_| io::Error::other("seccomp program too long"))?;
@@ -719,4 +733,97 @@ pub fn socketpair(kind: nix::sys::socket::SockType) -> io::Result<(OwnedFd, Owne
     use nix::sys::socket::{AddressFamily, SockFlag};
     nix::sys::socket::socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC)
         .map_err(io::Error::from)
+}
+
+/// close(2) of descriptor numbers inherited from the parent that this process must not keep
+/// (a forked child closing the parent's ends of its pipes).
+pub fn close_inherited(fds: &[RawFd]) {
+    for fd in fds {
+        // SAFETY: closing descriptor numbers the caller does not own as Rust objects (they are
+        // the parent's, duplicated by fork); nothing in this process uses them afterwards.
+        unsafe { libc::close(*fd) };
+    }
+}
+
+/// Every signal back to its default disposition (before exec: no handler of ours survives).
+pub fn default_all_signals() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: installing SIG_DFL runs no handler code of ours.
+            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+        }
+    }
+}
+
+static SIG_WRITE_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn write_signal_number(sig: libc::c_int) {
+    let fd = SIG_WRITE_FD.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        let b = [sig as u8];
+        // SAFETY: write(2) is async-signal-safe; the buffer is valid.
+        unsafe { libc::write(fd, b.as_ptr().cast(), 1) };
+    }
+}
+
+/// The self-pipe trick: each of `sigs` is written (as one byte, its number) to `fd`, which the
+/// caller keeps open until [`restore_signals`].
+pub fn signals_to_pipe(fd: RawFd, sigs: &[nix::sys::signal::Signal]) -> io::Result<()> {
+    use nix::sys::signal::{signal, SigHandler};
+    SIG_WRITE_FD.store(fd, std::sync::atomic::Ordering::Relaxed);
+    for s in sigs {
+        // SAFETY: the handler only calls write(2) on a descriptor that stays open.
+        unsafe { signal(*s, SigHandler::Handler(write_signal_number)) }?;
+    }
+    Ok(())
+}
+
+/// Undo [`signals_to_pipe`]: default dispositions, and the pipe forgotten.
+pub fn restore_signals(sigs: &[nix::sys::signal::Signal]) {
+    use nix::sys::signal::{signal, SigHandler};
+    for s in sigs {
+        // SAFETY: restoring the default disposition.
+        let _ = unsafe { signal(*s, SigHandler::SigDfl) };
+    }
+    SIG_WRITE_FD.store(-1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// This process's stdin, stdout or stderr (0, 1, 2), borrowed.
+pub fn stdio(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    assert!((0..=2).contains(&fd), "not a standard descriptor: {fd}");
+    // SAFETY: descriptors 0-2 stay open for the life of the process (a closed one is reopened
+    // on /dev/null by the runtime's startup before main).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// read(2) into `buf` from a descriptor number.
+pub fn read_raw(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// fgetxattr(2): the value of extended attribute `name` of an open file, into `buf`.
+pub fn fgetxattr(
+    fd: std::os::fd::BorrowedFd<'_>,
+    name: &CStr,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    // SAFETY: valid fd, C string and a buffer of the length we pass.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }

@@ -2,8 +2,8 @@
 //! pipe as fixed-size records), wait with a deadline, and kill the whole process group when
 //! the deadline passes. Namespaces and mounts created by a child die with it.
 
-use super::raw;
 use crate::sys;
+use crate::sys::raw;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};

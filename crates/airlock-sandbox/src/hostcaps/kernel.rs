@@ -2,7 +2,9 @@
 //! (ABI query), nf_tables (a netlink request in a fresh network namespace).
 
 use super::child::{self, Outcome, Reporter};
-use super::{errstr, raw, read_trim, which, Host, Row, Status};
+use super::host::{errstr, read_trim, which, Host};
+use super::row::{Row, Status};
+use crate::sys::raw;
 use nix::sched::{unshare, CloneFlags};
 use std::time::Duration;
 

@@ -5,7 +5,8 @@
 //! rest (SNI/Host checks, resolution, the metadata floor) is host-side user-space code.
 
 use super::child::{self, Reporter};
-use super::{errstr, Host, Row, Status};
+use super::host::{errstr, Host};
+use super::row::{Row, Status};
 use nix::sched::{unshare, CloneFlags};
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! The probe's few raw calls that neither nix nor `crate::sys` cover. Every `unsafe` of the
-//! probe module is here.
+//! `doctor`'s few raw calls (hostcaps) that neither nix nor the rest of `sys` cover: fork
+//! through libc, raw syscalls it tries on purpose, KVM ioctls.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// The child must only run the probe closure and then `_exit` (see `child::run`): it never
 /// returns into the caller's frames, and touches no lock another thread could hold except
 /// malloc's, which glibc resets across fork.
-pub(super) fn fork() -> io::Result<Option<libc::pid_t>> {
+pub(crate) fn fork() -> io::Result<Option<libc::pid_t>> {
     // SAFETY: the child side only runs self-contained probe code (syscalls, small
     // allocations made safe by glibc's fork handlers) and ends with _exit; see above.
     match unsafe { nix::unistd::fork() } {
@@ -24,7 +24,7 @@ const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
 
 /// The Landlock ABI version the kernel offers, or the errno of
 /// `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`.
-pub(super) fn landlock_abi() -> Result<i64, i32> {
+pub(crate) fn landlock_abi() -> Result<i64, i32> {
     // SAFETY: a null attribute pointer with size 0 and the VERSION flag is the documented way
     // to query the ABI; no memory is read or written and no descriptor is created.
     let r = unsafe {
@@ -43,12 +43,12 @@ pub(super) fn landlock_abi() -> Result<i64, i32> {
 }
 
 /// prctl(PR_GET_SECCOMP): 0 = not confined, 2 = under a filter.
-pub(super) fn get_seccomp_mode() -> io::Result<i32> {
+pub(crate) fn get_seccomp_mode() -> io::Result<i32> {
     crate::sys::prctl_value(libc::PR_GET_SECCOMP, 0)
 }
 
 /// getppid(2) through the raw syscall, so a seccomp errno shows up as -1/errno.
-pub(super) fn raw_getppid() -> Result<i64, i32> {
+pub(crate) fn raw_getppid() -> Result<i64, i32> {
     // SAFETY: getppid takes no arguments.
     let r = unsafe { libc::syscall(libc::SYS_getppid) };
     if r < 0 {
@@ -62,7 +62,7 @@ const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00; // _IO(KVMIO, 0x00)
 const KVM_CREATE_VM: libc::c_ulong = 0xAE01; // _IO(KVMIO, 0x01)
 
 /// KVM_GET_API_VERSION on an open /dev/kvm.
-pub(super) fn kvm_api_version(kvm: &impl AsRawFd) -> io::Result<i32> {
+pub(crate) fn kvm_api_version(kvm: &impl AsRawFd) -> io::Result<i32> {
     // SAFETY: this ioctl takes no argument and returns an integer.
     let r = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
     if r < 0 {
@@ -74,7 +74,7 @@ pub(super) fn kvm_api_version(kvm: &impl AsRawFd) -> io::Result<i32> {
 
 /// KVM_CREATE_VM (machine type 0): proves VMs can be created; the VM is released when the
 /// returned descriptor is dropped.
-pub(super) fn kvm_create_vm(kvm: &impl AsRawFd) -> io::Result<OwnedFd> {
+pub(crate) fn kvm_create_vm(kvm: &impl AsRawFd) -> io::Result<OwnedFd> {
     // SAFETY: the argument is the integer machine type; the result is a new descriptor.
     let r = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM as _, 0) };
     if r < 0 {
@@ -85,7 +85,7 @@ pub(super) fn kvm_create_vm(kvm: &impl AsRawFd) -> io::Result<OwnedFd> {
 }
 
 /// Install a classic-BPF seccomp filter on the calling thread (no_new_privs must be set).
-pub(super) fn seccomp_install(prog: &[libc::sock_filter]) -> io::Result<()> {
+pub(crate) fn seccomp_install(prog: &[libc::sock_filter]) -> io::Result<()> {
     let fprog = libc::sock_fprog {
         len: prog.len() as libc::c_ushort,
         filter: prog.as_ptr() as *mut libc::sock_filter,

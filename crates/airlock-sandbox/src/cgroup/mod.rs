@@ -5,7 +5,8 @@
 //! unique per sandbox (a named sandbox's store id, a fresh random one per `run`), so sandboxes of
 //! different state directories never share a cgroup even when their names are equal.
 
-use crate::probe::cgroups;
+pub mod procfs;
+
 use airlock_model::plan::LimitSupport;
 use airlock_model::spec::Resources;
 use std::fs;
@@ -111,8 +112,8 @@ impl Layout {
         writable: &dyn Fn(&Path) -> bool,
         read: &dyn Fn(&Path) -> Option<String>,
     ) -> Layout {
-        let mounts = cgroups::cgroup_mounts(&cgroups::parse_mountinfo(mountinfo));
-        let procs = cgroups::parse_proc_cgroup(proc_cgroup);
+        let mounts = procfs::cgroup_mounts(&procfs::parse_mountinfo(mountinfo));
+        let procs = procfs::parse_proc_cgroup(proc_cgroup);
         let v1_ctrl = |ctrl: &str| -> Option<PathBuf> {
             let m = mounts
                 .iter()
@@ -120,7 +121,7 @@ impl Layout {
             let p = procs
                 .iter()
                 .find(|p| p.controllers.iter().any(|x| x == ctrl))?;
-            let own = cgroups::own_dir(&m.mount_point, &m.root, &p.path)?;
+            let own = procfs::own_dir(&m.mount_point, &m.root, &p.path)?;
             let parent = own.join(GROUP_DIR);
             (writable(&parent) || writable(&own)).then_some(parent)
         };
@@ -141,7 +142,7 @@ impl Layout {
         let Some(own) = procs
             .iter()
             .find(|p| p.controllers.is_empty())
-            .and_then(|p| cgroups::own_dir(mp, &m2.root, &p.path))
+            .and_then(|p| procfs::own_dir(mp, &m2.root, &p.path))
         else {
             return Layout::None;
         };

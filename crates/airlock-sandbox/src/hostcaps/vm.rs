@@ -1,7 +1,9 @@
 //! The microVM backend's needs (/dev/kvm that can boot a stock guest, QEMU with `-M microvm`)
 //! and the user-mode network helpers.
 
-use super::{raw, run_bounded, which, Row, Status};
+use super::host::{run_bounded, which};
+use super::row::{Row, Status};
+use crate::sys::raw;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;

@@ -1,0 +1,429 @@
+//! The container backend's lowering: (RunSpec, HostFacts) -> LaunchPlan, the complete,
+//! ordered description of mount steps, id maps, writable roots and limits that
+//! `airlock-sandbox`'s container backend executes without deciding anything.
+
+use super::*;
+use crate::policy::{NetMode, Profile, WorkspaceMode};
+use crate::spec::{RunSpec, SandboxUser};
+use std::path::{Path, PathBuf};
+
+/// Size of the root tmpfs that holds mount points and the curated /etc.
+const ROOT_TMPFS_SIZE: u64 = 4 << 20;
+const WORKSPACE: &str = "/workspace";
+
+fn p(s: &str) -> PathBuf {
+    PathBuf::from(s)
+}
+
+/// The container lowering of an admitted spec. Pure: same inputs, same plan.
+pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
+    if spec.argv.is_empty() != spec.persistent {
+        return Err(Refusal::EmptyCommand);
+    }
+    if spec.net == NetMode::Open && !host.pasta {
+        return Err(Refusal::NetModeUnsupported(NetMode::Open));
+    }
+    if spec.net == NetMode::Filtered && spec.ports.contains(&PROXY_PORT) {
+        return Err(Refusal::ReservedPort(PROXY_PORT));
+    }
+    match spec.workspace {
+        WorkspaceMode::Bind if spec.profile == Profile::Restrictive => {
+            return Err(Refusal::BindUnderRestrictive)
+        }
+        WorkspaceMode::Clone if spec.workspace_dir.is_none() => {
+            return Err(Refusal::CloneUnsupported)
+        }
+        _ => {}
+    }
+    for b in &spec.binds {
+        check_target(&b.target)?;
+    }
+
+    let rootless = host.uid != 0;
+    let inside = spec.user.uid();
+    let (uid_map, gid_map) = if rootless {
+        (
+            vec![IdMap {
+                inside,
+                outside: host.uid,
+                count: 1,
+            }],
+            vec![IdMap {
+                inside,
+                outside: host.gid,
+                count: 1,
+            }],
+        )
+    } else {
+        let m = IdMap {
+            inside: 0,
+            outside: ROOTFUL_UID_BASE,
+            count: ROOTFUL_UID_COUNT,
+        };
+        (vec![m.clone()], vec![m])
+    };
+    let owner = (inside, inside);
+    // Rootless sandboxes map a single uid: every tmpfs must be owned by it.
+    let sys_owner = if rootless { owner } else { (0, 0) };
+    let home = p(spec.user.home());
+    if spec.persistent && spec.resources.disk.is_some() {
+        return Err(Refusal::DiskUnenforceable);
+    }
+    let sizes = tmpfs_sizes(tmpfs_budget(&spec.resources));
+
+    let mut unenforced = Vec::new();
+    let r = &spec.resources;
+    let mut limits = spec.resources;
+    if r.memory.is_some() && !host.limits.memory {
+        if spec.defaulted.memory {
+            // A default the host cannot enforce: left out, not reported (nobody asked).
+            limits.memory = None;
+        } else {
+            unenforced.push("memory");
+        }
+    }
+    // pids are always enforced: by the cgroup where there is one, and by RLIMIT_NPROC.
+    if r.cpus.is_some() && !host.limits.cpu {
+        unenforced.push("cpus");
+    }
+    if spec.require_limits && !unenforced.is_empty() {
+        return Err(Refusal::LimitsUnenforceable(unenforced));
+    }
+
+    let mut m = vec![MountStep::Tmpfs {
+        target: p("/"),
+        mode: 0o755,
+        size: Some(ROOT_TMPFS_SIZE),
+        owner: sys_owner,
+        noexec: false,
+    }];
+    for (name, entry) in &host.root_entries {
+        let target = Path::new("/").join(name);
+        m.push(match entry {
+            RootEntry::Dir => MountStep::BindRo {
+                source: target.clone(),
+                target,
+            },
+            RootEntry::Symlink(to) => MountStep::Symlink {
+                target,
+                points_to: to.clone(),
+            },
+        });
+    }
+    m.push(MountStep::Dir {
+        target: p("/etc"),
+        mode: 0o755,
+    });
+    m.extend(etc_files(spec, &home));
+    for e in &host.etc_entries {
+        let path = Path::new("/etc").join(e);
+        m.push(MountStep::BindRo {
+            source: path.clone(),
+            target: path,
+        });
+    }
+    m.extend(profile_d(&host.profile_d));
+    m.push(MountStep::Proc { target: p("/proc") });
+    for ro in [
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+        "/proc/irq",
+        "/proc/bus",
+        "/proc/fs",
+    ] {
+        m.push(MountStep::ReadOnly { target: p(ro) });
+    }
+    m.push(MountStep::Sysfs { target: p("/sys") });
+    m.push(MountStep::Tmpfs {
+        target: p("/dev"),
+        mode: 0o755,
+        size: Some(1 << 20),
+        owner: sys_owner,
+        noexec: true,
+    });
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        m.push(MountStep::Device { name: dev.into() });
+    }
+    m.push(MountStep::Devpts {
+        target: p("/dev/pts"),
+    });
+    m.push(MountStep::Symlink {
+        target: p("/dev/ptmx"),
+        points_to: p("pts/ptmx"),
+    });
+    m.push(MountStep::Tmpfs {
+        target: p("/dev/shm"),
+        mode: 0o1777,
+        size: sizes.shm,
+        owner: sys_owner,
+        noexec: false,
+    });
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        m.push(MountStep::Symlink {
+            target: Path::new("/dev").join(link),
+            points_to: p(to),
+        });
+    }
+    m.push(MountStep::Tmpfs {
+        target: p("/tmp"),
+        mode: 0o1777,
+        size: sizes.tmp,
+        owner: sys_owner,
+        noexec: false,
+    });
+    m.push(MountStep::Tmpfs {
+        target: p("/run"),
+        mode: 0o755,
+        size: sizes.run,
+        owner: sys_owner,
+        noexec: false,
+    });
+    match &spec.home_dir {
+        // A named sandbox keeps $HOME on disk (its folder's `home`, owned by the sandbox user).
+        Some(dir) => m.push(MountStep::BindRw {
+            source: dir.clone(),
+            target: home.clone(),
+            idmap: false,
+        }),
+        None => m.push(MountStep::Tmpfs {
+            target: home.clone(),
+            mode: 0o700,
+            size: sizes.home,
+            owner,
+            noexec: false,
+        }),
+    }
+
+    let idmap = !rootless;
+    let mut writable = vec![p("/tmp"), p("/run"), p("/dev/shm"), home.clone()];
+    let ws = p(WORKSPACE);
+    match spec.workspace {
+        WorkspaceMode::Overlay => {
+            let upper = if host.tmpfs_xattr && !spec.persistent {
+                UpperStore::Tmpfs {
+                    size: sizes.upper,
+                    owner: sys_owner,
+                }
+            } else {
+                UpperStore::Disk
+            };
+            m.push(MountStep::Overlay {
+                lower: spec.project_dir.clone(),
+                target: ws.clone(),
+                idmap,
+                upper,
+            });
+            writable.push(ws.clone());
+        }
+        WorkspaceMode::Bind => {
+            m.push(MountStep::BindRw {
+                source: spec.project_dir.clone(),
+                target: ws.clone(),
+                idmap,
+            });
+            writable.push(ws.clone());
+        }
+        WorkspaceMode::Clone => {
+            // The clone is the sandbox's own, already owned by the sandbox user.
+            if let Some(dir) = &spec.workspace_dir {
+                m.push(MountStep::BindRw {
+                    source: dir.clone(),
+                    target: ws.clone(),
+                    idmap: false,
+                });
+                writable.push(ws.clone());
+            }
+        }
+        WorkspaceMode::None => {}
+    }
+    if spec.workspace == WorkspaceMode::Bind {
+        // Before the protections below, so they sit on top of the pinned mount.
+        m.push(MountStep::Pin {
+            target: ws.join(".git"),
+        });
+        for rel in BIND_PROTECTED_PATHS {
+            m.push(MountStep::Protect {
+                target: ws.join(rel),
+            });
+        }
+    }
+    if spec.workspace != WorkspaceMode::None {
+        let mut rels: Vec<&str> = protected_paths(spec.workspace).collect();
+        rels.extend(spec.protected.iter().map(String::as_str));
+        for rel in rels {
+            m.push(MountStep::Protect {
+                target: ws.join(rel),
+            });
+        }
+    }
+    for b in &spec.binds {
+        if b.writable {
+            m.push(MountStep::BindRw {
+                source: b.source.clone(),
+                target: b.target.clone(),
+                idmap,
+            });
+            writable.push(b.target.clone());
+        } else {
+            m.push(MountStep::BindRo {
+                source: b.source.clone(),
+                target: b.target.clone(),
+            });
+        }
+    }
+    m.push(MountStep::RootReadOnly);
+
+    let has_ws = spec.workspace != WorkspaceMode::None;
+    let cwd = spec
+        .workdir
+        .clone()
+        .unwrap_or(if has_ws { ws } else { home });
+
+    Ok(LaunchPlan {
+        name: spec.name.clone(),
+        hostname: spec.hostname.clone(),
+        rootless,
+        uid_map,
+        gid_map,
+        user: (inside, inside),
+        mounts: m,
+        cwd,
+        env: with_proxy_env(spec),
+        argv: spec.argv.clone(),
+        writable_paths: writable,
+        limits,
+        unenforced_limits: unenforced.iter().map(|s| s.to_string()).collect(),
+        net: spec.net,
+        egress: (spec.net == NetMode::Filtered).then(|| EgressPlan {
+            ports: spec.ports.clone(),
+            proxy_port: PROXY_PORT,
+            domains: spec.domains.clone(),
+        }),
+        rlimit_nofile: 65536,
+        rlimit_nproc: spec.resources.pids,
+        summarize_changes: spec.workspace == WorkspaceMode::Overlay && !spec.persistent,
+    })
+}
+
+/// Filtered sandboxes also advertise the explicit proxy, for tools that prefer one (the
+/// transparent path enforces the same policy for everything that ignores it).
+fn with_proxy_env(spec: &RunSpec) -> Vec<(String, String)> {
+    let mut env = spec.env.clone();
+    if spec.net == NetMode::Filtered {
+        let url = format!("http://127.0.0.1:{PROXY_PORT}");
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.push((k.into(), url.clone()));
+            }
+        }
+        for k in ["NO_PROXY", "no_proxy"] {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.push((k.into(), "localhost,127.0.0.1,::1".into()));
+            }
+        }
+    }
+    env
+}
+
+fn check_target(t: &Path) -> Result<(), Refusal> {
+    if !t.is_absolute() {
+        return Err(Refusal::BadTarget(t.into(), "not an absolute path"));
+    }
+    if t.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(Refusal::BadTarget(t.into(), "contains `..`"));
+    }
+    if t == Path::new("/") {
+        return Err(Refusal::BadTarget(t.into(), "cannot replace the root"));
+    }
+    for reserved in ["/proc", "/sys", "/dev"] {
+        if t.starts_with(reserved) {
+            return Err(Refusal::BadTarget(
+                t.into(),
+                "reserved for the sandbox's own kernel filesystems",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// /etc/profile.d: a directory of ours with the host's entries and airlock's drop-in, which
+/// puts the agent tools directory back on PATH where it exists (agent sandboxes).
+pub(super) fn profile_d(host_entries: &[(String, RootEntry)]) -> Vec<MountStep> {
+    let dir = Path::new("/etc/profile.d");
+    let tools = crate::agent::adapter::TOOLS_DIR;
+    let mut m = vec![
+        MountStep::Dir {
+            target: dir.to_path_buf(),
+            mode: 0o755,
+        },
+        MountStep::File {
+            target: dir.join(PROFILE_DROP_IN),
+            contents: format!(
+                "# airlock: login shells reset PATH; keep the agent tools (report) on it.\n\
+                 if [ -d {tools} ]; then\n  case \":$PATH:\" in\n    *:{tools}:*) ;;\n    \
+                 *) PATH=\"{tools}:$PATH\"; export PATH ;;\n  esac\nfi\n"
+            ),
+            mode: 0o644,
+        },
+    ];
+    for (name, entry) in host_entries {
+        if name == PROFILE_DROP_IN || name.contains('/') || name.starts_with('.') {
+            continue;
+        }
+        let target = dir.join(name);
+        m.push(match entry {
+            RootEntry::Dir => MountStep::BindRo {
+                source: target.clone(),
+                target,
+            },
+            RootEntry::Symlink(to) => MountStep::Symlink {
+                target,
+                points_to: to.clone(),
+            },
+        });
+    }
+    m
+}
+
+pub(super) fn etc_files(spec: &RunSpec, home: &Path) -> Vec<MountStep> {
+    let u = SandboxUser::AGENT_UID;
+    let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
+    passwd.push_str(&format!(
+        "agent:x:{u}:{u}:airlock sandbox user:/home/agent:/bin/sh\n"
+    ));
+    passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    let group = format!("root:x:0:\ntty:x:5:\nagent:x:{u}:\nnogroup:x:65534:\n");
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+        spec.hostname
+    );
+    let _ = home;
+    let file = |name: &str, contents: String| MountStep::File {
+        target: Path::new("/etc").join(name),
+        contents,
+        mode: 0o644,
+    };
+    vec![
+        file("passwd", passwd),
+        file("group", group),
+        file("hosts", hosts),
+        file("hostname", format!("{}\n", spec.hostname)),
+        // No resolver inside with --net off; filtered mode will point this at the sandbox resolver.
+        file(
+            "resolv.conf",
+            match spec.net {
+                NetMode::Off => "# airlock: no DNS in this sandbox (network off)\n".into(),
+                NetMode::Open => format!("# airlock: open network, the host's resolver via the user-mode stack\nnameserver {OPEN_DNS}\n"),
+                _ => "# airlock: the sandbox resolver answers allowed names only\nnameserver 127.0.0.1\noptions edns0\n".into(),
+            },
+        ),
+        file("nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into()),
+    ]
+}

@@ -1,0 +1,56 @@
+//! How a container launch fails (setup errors, with hints for the CLI).
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot prepare the run directory {path}: {source}")]
+    RunDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Mount(#[from] super::rootfs::MountError),
+    #[error(transparent)]
+    Seccomp(#[from] super::seccomp::SeccompError),
+    #[error("cannot create the sandbox namespaces: {0}")]
+    Clone(io::Error),
+    #[error("cannot write the user namespace mapping: {0}")]
+    IdMap(io::Error),
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("cannot open the network journal {}: {source}", path.display())]
+    Journal { path: PathBuf, source: io::Error },
+    #[error("sandbox {name}: cannot read what it runs with ({why})")]
+    NotRecorded { name: String, why: String },
+    #[error("invalid argument or environment entry (contains a NUL byte): {0:?}")]
+    Nul(String),
+}
+
+impl RunError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RunError::Clone(e) if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSPC) => Some(
+                "unprivileged user namespaces look disabled; run `airlock doctor` for the exact sysctl to enable them".into(),
+            ),
+            RunError::Setup(m) if m.starts_with("working directory") => {
+                Some("pass an existing directory to -w (relative paths are under /workspace)".into())
+            }
+            RunError::NotRecorded { name, .. } => {
+                Some(format!("airlock stop {name} && airlock start {name}"))
+            }
+            RunError::Mount(_) | RunError::Setup(_) => Some("run `airlock doctor` to see which kernel features this host lacks".into()),
+            RunError::Cgroup(_) => Some("drop the resource limits, or run `airlock doctor` to see cgroup support".into()),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Io { what, source }
+}

@@ -1,0 +1,396 @@
+//! The one isolation seam: [`Isolation`] is what the rest of airlock asks of the mechanism
+//! that runs sandboxes; [`AnyBackend`] is the enum over the implementations (the container
+//! backend today, a microVM later) plus a recording [`Fake`] for tests.
+//!
+//! The operations are the ones the callers really perform, nothing speculative:
+//! - `check`: the host facts the planner needs (what this backend can enforce here).
+//! - `start`: start a plan and hold it until it ends (blocking). A sandbox's lifetime *is* this
+//!   call: `run` waits here for the command; a named sandbox's supervisor waits here until it is
+//!   stopped. So there is no separate `stop`: stopping is a signal to the process inside
+//!   `start` (SIGTERM reaches PID 1, which ends every process and exits; the engine's
+//!   supervisor backend applies the grace period and SIGKILL), and the backend cannot stop a
+//!   sandbox that another process holds any better than that signal.
+//! - `exec`: run a command inside a running named sandbox, from the caller's own process (the
+//!   container backend joins its namespaces directly: no daemon on the hot path).
+//! - `observe`: is it running (cheap, changes nothing).
+//! - `stats`: live resource use.
+//! - `reclaim`: remove what a dead instance left outside its state (cgroups, stale sockets),
+//!   keeping what its next start needs. `destroy`: remove everything the backend made for it.
+//!
+//! A running named sandbox is addressed by its [`Instance`] (folder, name, unique id); what
+//! the backend keeps in the folder (the container backend: `plan.json`, `pid1`, the control
+//! socket, disk layers) is its own business.
+
+use crate::cgroup::Layout;
+pub use crate::command::{Ending, ExecRequest, Outcome};
+use crate::container::{self, RunError, RunOptions};
+use airlock_model::plan::{HostFacts, Plan};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// A named sandbox as the backend sees it: its folder, its name and its unique id (the
+/// engine's `DIR/id`; None for a folder driven without an engine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance<'a> {
+    pub name: &'a str,
+    pub dir: &'a Path,
+    pub id: Option<&'a str>,
+}
+
+/// Whether a named sandbox runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Its PID 1 (host pid) is alive and published for exec.
+    Running { pid1: i32 },
+    /// Not running, and it ended in an orderly way (or never ran).
+    Stopped,
+    /// Not running, but its last run left its record behind: it died without cleaning up.
+    Dead,
+}
+
+/// Live resource use, from the sandbox's cgroup (None: this host does not account it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpu_usec: Option<u64>,
+}
+
+/// What every isolation backend does. See the module documentation for why these operations.
+pub trait Isolation {
+    /// The facts about this host the planner needs to lower a spec for this backend.
+    fn check(&self, project_dir: &Path, layout: &Layout) -> HostFacts;
+    /// Start `plan` and hold the sandbox until it ends; everything created is removed before
+    /// returning (a named sandbox's folder keeps its state).
+    fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError>;
+    /// Run a command in a running named sandbox; blocks until it exits.
+    fn exec(&self, sandbox: &Instance<'_>, req: &ExecRequest) -> Result<Outcome, RunError>;
+    fn observe(&self, sandbox: &Instance<'_>) -> Observed;
+    /// Live resource use of a running sandbox (None: not running, or nothing to read).
+    fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage>;
+    /// Reclaim what a dead instance left outside its state. Idempotent; never call it while
+    /// the sandbox may run (the caller holds the folder's lock).
+    fn reclaim(&self, sandbox: &Instance<'_>);
+    /// Remove everything the backend made for the sandbox (cgroups, layers); the caller then
+    /// deletes the folder. Idempotent.
+    fn destroy(&self, sandbox: &Instance<'_>);
+}
+
+/// What this build provides, whatever the host: the container backend on the host's root
+/// filesystem (no image support yet). The planner refuses anything else.
+pub fn offer() -> airlock_model::plan::Offer {
+    airlock_model::plan::Offer {
+        backends: vec![airlock_model::policy::BackendKind::Container],
+        images: false,
+    }
+}
+
+/// The container backend: namespaces, seccomp, Landlock, cgroups (see `container`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Container;
+
+/// The container backend's record of a named sandbox's plan, read by `exec` (what to become
+/// inside: user, environment, working directory, rlimits, writable paths).
+pub const PLAN_FILE: &str = "plan.json";
+
+impl Container {
+    fn cgroup_dirs(sandbox: &Instance<'_>) -> Vec<PathBuf> {
+        let Some(id) = sandbox.id else {
+            return vec![];
+        };
+        let leaf = crate::cgroup::leaf_name(sandbox.name, id);
+        Layout::detect()
+            .parents()
+            .into_iter()
+            .map(|p| p.join(&leaf))
+            .collect()
+    }
+
+    fn record_plan(dir: &Path, plan: &airlock_model::plan::LaunchPlan) -> Result<(), RunError> {
+        let json = serde_json::to_vec_pretty(plan)
+            .map_err(|e| RunError::Setup(format!("encode the plan: {e}")))?;
+        let tmp = dir.join(".plan.json.tmp");
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, dir.join(PLAN_FILE)))
+            .map_err(container::io_err("record the sandbox's plan"))
+    }
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+impl Isolation for Container {
+    fn check(&self, project_dir: &Path, layout: &Layout) -> HostFacts {
+        HostFacts {
+            offer: offer(),
+            ..container::host_facts(project_dir, layout)
+        }
+    }
+
+    fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
+        let Plan::Container(plan) = plan;
+        if let Some(dir) = opts.persist {
+            Self::record_plan(dir, plan)?;
+        }
+        container::run(plan, opts)
+    }
+
+    fn exec(&self, sandbox: &Instance<'_>, req: &ExecRequest) -> Result<Outcome, RunError> {
+        let plan: airlock_model::plan::LaunchPlan = std::fs::read(sandbox.dir.join(PLAN_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| RunError::NotRecorded {
+                name: sandbox.name.to_string(),
+                why: format!("{PLAN_FILE}: {e}"),
+            })?;
+        // The cgroup is named after the name the sandbox was started with (its plan's).
+        let leaf = sandbox
+            .id
+            .map(|id| crate::cgroup::leaf_name(&plan.name, id));
+        container::exec::exec(sandbox.dir, &plan, leaf.as_deref(), req)
+    }
+
+    fn observe(&self, sandbox: &Instance<'_>) -> Observed {
+        match container::exec::pid1(sandbox.dir) {
+            Some(pid1) => Observed::Running { pid1 },
+            // A clean end removes the record of PID 1; a supervisor killed outright leaves it.
+            None if sandbox.dir.join(container::PID1_FILE).exists() => Observed::Dead,
+            None => Observed::Stopped,
+        }
+    }
+
+    fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage> {
+        let mut s = Usage::default();
+        for d in Self::cgroup_dirs(sandbox)
+            .into_iter()
+            .filter(|d| d.is_dir())
+        {
+            if let Some(v) = read_u64(&d.join("memory.current"))
+                .or_else(|| read_u64(&d.join("memory.usage_in_bytes")))
+            {
+                s.memory_bytes = Some(v);
+            }
+            if let Some(v) = read_u64(&d.join("pids.current")) {
+                s.pids = Some(v);
+            }
+            if let Some(v) = read_u64(&d.join("cpuacct.usage")) {
+                s.cpu_usec = Some(v / 1000);
+            } else if let Ok(stat) = std::fs::read_to_string(d.join("cpu.stat")) {
+                if let Some(v) = stat
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse().ok())
+                {
+                    s.cpu_usec = Some(v);
+                }
+            }
+        }
+        Some(s)
+    }
+
+    fn reclaim(&self, sandbox: &Instance<'_>) {
+        if let Some(id) = sandbox.id {
+            Layout::detect().reclaim(&crate::cgroup::leaf_name(sandbox.name, id));
+        }
+        // Its control socket leads nowhere now, and the record of its PID 1 is stale.
+        for f in [container::exec::CONTROL_SOCKET, container::PID1_FILE] {
+            let _ = std::fs::remove_file(sandbox.dir.join(f));
+        }
+    }
+
+    fn destroy(&self, sandbox: &Instance<'_>) {
+        for d in Self::cgroup_dirs(sandbox) {
+            let _ = crate::cgroup::remove_cgroup_dir(&d);
+        }
+        // The overlay's work directory is left mode 0000 by the kernel: clear the layers here,
+        // so the folder can be removed even by an ordinary user.
+        for layer in ["work", "upper", "home"] {
+            container::rundir::remove_tree(&sandbox.dir.join(layer));
+        }
+    }
+}
+
+/// One call the [`Fake`] received, with what identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Check { project_dir: PathBuf },
+    Start { name: String, argv: Vec<String> },
+    Exec { name: String, req: ExecRequest },
+    Observe { name: String },
+    Stats { name: String },
+    Reclaim { name: String },
+    Destroy { name: String },
+}
+
+/// A recording stand-in for tests of code above the seam: it records every call, answers
+/// `check` with the facts it was given, and ends every start/exec with a scripted exit code.
+#[derive(Debug)]
+pub struct Fake {
+    facts: HostFacts,
+    exit_code: i32,
+    running: Mutex<Vec<String>>,
+    calls: Mutex<Vec<Call>>,
+}
+
+impl Fake {
+    pub fn new(facts: HostFacts, exit_code: i32) -> Fake {
+        Fake {
+            facts,
+            exit_code,
+            running: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+    /// Let `name` be seen as running (as if its supervisor were inside `start`).
+    pub fn set_running(&self, name: &str, on: bool) {
+        if let Ok(mut r) = self.running.lock() {
+            r.retain(|n| n != name);
+            if on {
+                r.push(name.to_string());
+            }
+        }
+    }
+    fn record(&self, c: Call) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(c);
+        }
+    }
+    fn is_running(&self, name: &str) -> bool {
+        self.running
+            .lock()
+            .is_ok_and(|r| r.iter().any(|n| n == name))
+    }
+}
+
+impl Isolation for Fake {
+    fn check(&self, project_dir: &Path, _layout: &Layout) -> HostFacts {
+        self.record(Call::Check {
+            project_dir: project_dir.to_path_buf(),
+        });
+        self.facts.clone()
+    }
+    fn start(&self, plan: &Plan, _opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
+        let Plan::Container(p) = plan;
+        self.record(Call::Start {
+            name: p.name.clone(),
+            argv: p.argv.clone(),
+        });
+        Ok(Outcome {
+            ending: Ending::Exited(self.exit_code),
+            changes: None,
+        })
+    }
+    fn exec(&self, sandbox: &Instance<'_>, req: &ExecRequest) -> Result<Outcome, RunError> {
+        self.record(Call::Exec {
+            name: sandbox.name.to_string(),
+            req: req.clone(),
+        });
+        if !self.is_running(sandbox.name) {
+            return Err(RunError::Setup(format!(
+                "sandbox {} is not running",
+                sandbox.name
+            )));
+        }
+        Ok(Outcome {
+            ending: Ending::Exited(self.exit_code),
+            changes: None,
+        })
+    }
+    fn observe(&self, sandbox: &Instance<'_>) -> Observed {
+        self.record(Call::Observe {
+            name: sandbox.name.to_string(),
+        });
+        if self.is_running(sandbox.name) {
+            Observed::Running { pid1: 1 }
+        } else {
+            Observed::Stopped
+        }
+    }
+    fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage> {
+        self.record(Call::Stats {
+            name: sandbox.name.to_string(),
+        });
+        self.is_running(sandbox.name).then(Usage::default)
+    }
+    fn reclaim(&self, sandbox: &Instance<'_>) {
+        self.record(Call::Reclaim {
+            name: sandbox.name.to_string(),
+        });
+    }
+    fn destroy(&self, sandbox: &Instance<'_>) {
+        self.record(Call::Destroy {
+            name: sandbox.name.to_string(),
+        });
+        self.set_running(sandbox.name, false);
+    }
+}
+
+/// Every isolation backend of this build, chosen at run time from the spec's `backend`.
+/// (A `MicroVm` variant joins when the QEMU backend lands.)
+#[derive(Debug)]
+pub enum AnyBackend {
+    Container(Container),
+    Fake(Fake),
+}
+
+impl AnyBackend {
+    /// The backend for a spec's `backend` (the planner has refused the ones this build lacks).
+    pub fn for_kind(kind: airlock_model::policy::BackendKind) -> Option<AnyBackend> {
+        match kind {
+            airlock_model::policy::BackendKind::Container => Some(AnyBackend::Container(Container)),
+            airlock_model::policy::BackendKind::Microvm => None,
+        }
+    }
+    /// The backend a stored spec (`spec.json` of a named sandbox) names in `backend` — the
+    /// container when the field is absent (specs written before it existed) or unreadable.
+    pub fn for_spec(json: &[u8]) -> Result<AnyBackend, String> {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            #[serde(default)]
+            backend: airlock_model::policy::BackendKind,
+        }
+        let kind = serde_json::from_slice::<Named>(json)
+            .map(|n| n.backend)
+            .unwrap_or_default();
+        AnyBackend::for_kind(kind)
+            .ok_or_else(|| format!("the {kind} backend is not available in this build"))
+    }
+    fn inner(&self) -> &dyn Isolation {
+        match self {
+            AnyBackend::Container(c) => c,
+            AnyBackend::Fake(f) => f,
+        }
+    }
+}
+
+impl Isolation for AnyBackend {
+    fn check(&self, project_dir: &Path, layout: &Layout) -> HostFacts {
+        self.inner().check(project_dir, layout)
+    }
+    fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
+        self.inner().start(plan, opts)
+    }
+    fn exec(&self, sandbox: &Instance<'_>, req: &ExecRequest) -> Result<Outcome, RunError> {
+        self.inner().exec(sandbox, req)
+    }
+    fn observe(&self, sandbox: &Instance<'_>) -> Observed {
+        self.inner().observe(sandbox)
+    }
+    fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage> {
+        self.inner().stats(sandbox)
+    }
+    fn reclaim(&self, sandbox: &Instance<'_>) {
+        self.inner().reclaim(sandbox)
+    }
+    fn destroy(&self, sandbox: &Instance<'_>) {
+        self.inner().destroy(sandbox)
+    }
+}
+
+#[cfg(test)]
+mod tests;
