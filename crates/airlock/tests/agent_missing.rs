@@ -4,15 +4,9 @@
 
 mod common;
 
-use common::{e2e, stop_engines_of, Airlock, Bins};
+use common::work::EngineGuard;
 
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
-}
+use common::{e2e, Airlock, Bins};
 
 fn missing(a: &Airlock, label: &str) {
     let _g = EngineGuard(a);

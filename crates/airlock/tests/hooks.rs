@@ -4,32 +4,9 @@
 
 mod common;
 
-use common::{e2e, stop_engines_of, Airlock, Bins};
+use common::work::{give, ok, EngineGuard};
 
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
-}
-
-fn ok(a: &Airlock, label: &str, args: &[&str]) -> common::Outcome {
-    let out = a.run(args);
-    assert_eq!(out.code(), 0, "{label}: {args:?}: {}", out.describe());
-    out
-}
-
-fn give(a: &Airlock, p: &std::path::Path) {
-    if let Some(u) = &a.user {
-        let st = std::process::Command::new("chown")
-            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
-            .arg(p)
-            .status()
-            .expect("chown");
-        assert!(st.success());
-    }
-}
+use common::{e2e, Airlock, Bins};
 
 fn hooks(a: &Airlock, label: &str) {
     let _g = EngineGuard(a);

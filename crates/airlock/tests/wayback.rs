@@ -4,53 +4,10 @@
 
 mod common;
 
-use common::{e2e, stop_engines_of, Airlock, Bins};
+use common::work::{both_modes, git, give, ok, write, EngineGuard};
+
+use common::{e2e, Airlock};
 use std::path::{Path, PathBuf};
-
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
-}
-
-fn both_modes(f: impl Fn(&Airlock, &str)) {
-    f(&Airlock::root(), "rootful");
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    f(&Airlock::rootless(&bins), "rootless");
-}
-
-fn ok(a: &Airlock, label: &str, args: &[&str]) -> common::Outcome {
-    let out = a.run(args);
-    assert_eq!(out.code(), 0, "{label}: {args:?}: {}", out.describe());
-    out
-}
-
-fn git(a: &Airlock, args: &[&str]) -> String {
-    let out = common::run_with_deadline(a.command_with("git", args), None, common::DEADLINE);
-    assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
-    out.stdout
-}
-
-fn write(p: &Path, s: &str) {
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d).expect("mkdir");
-    }
-    std::fs::write(p, s).expect("write");
-}
-
-fn give(a: &Airlock, p: &Path) {
-    if let Some(u) = &a.user {
-        let st = std::process::Command::new("chown")
-            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
-            .arg(p)
-            .status()
-            .expect("chown");
-        assert!(st.success(), "chown {}", p.display());
-    }
-}
 
 /// A clean repository with one commit.
 fn project(a: &Airlock) -> PathBuf {

@@ -7,44 +7,11 @@
 
 mod common;
 
-use common::{e2e, stop_engines_of, Airlock, Bins, TempDir};
+use common::work::{both_modes, git, give, ok, write, EngineGuard};
+
+use common::{e2e, Airlock, TempDir};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
-}
-
-fn both_modes(f: impl Fn(&Airlock, &str)) {
-    f(&Airlock::root(), "rootful");
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    f(&Airlock::rootless(&bins), "rootless");
-}
-
-fn ok(a: &Airlock, label: &str, args: &[&str]) -> common::Outcome {
-    let out = a.run(args);
-    assert_eq!(out.code(), 0, "{label}: {args:?}: {}", out.describe());
-    out
-}
-
-/// git on the host, as the test's airlock user, in the project.
-fn git(a: &Airlock, args: &[&str]) -> String {
-    let out = common::run_with_deadline(a.command_with("git", args), None, common::DEADLINE);
-    assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
-    out.stdout
-}
-
-fn write(p: &Path, s: &str) {
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d).expect("mkdir");
-    }
-    std::fs::write(p, s).expect("write");
-}
 
 /// Every file under `dir` (symlinks as their target) with its bytes and mode: a fingerprint
 /// of the work tree and, separately, of the whole .git directory.
@@ -76,18 +43,6 @@ fn worktree_fingerprint(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
         .into_iter()
         .filter(|(p, _)| !p.starts_with(".git"))
         .collect()
-}
-
-/// Hand a tree to the test's airlock user (rootless runs); root keeps it otherwise.
-fn give(a: &Airlock, p: &Path) {
-    if let Some(u) = &a.user {
-        let st = std::process::Command::new("chown")
-            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
-            .arg(p)
-            .status()
-            .expect("chown");
-        assert!(st.success(), "chown {}", p.display());
-    }
 }
 
 /// A project with one commit plus staged, unstaged, untracked and ignored changes.

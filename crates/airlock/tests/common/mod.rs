@@ -10,6 +10,7 @@
 
 pub mod internet;
 pub mod probe;
+pub mod work;
 
 use std::ffi::OsString;
 use std::io::Read;
