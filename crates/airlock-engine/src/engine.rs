@@ -50,6 +50,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 pub enum EngineError {
     #[error("{0}")]
     InvalidName(String),
+    /// A request whose values are out of range.
+    #[error("{0}")]
+    BadRequest(String),
     #[error("invalid spec: {0}")]
     BadSpec(String),
     #[error("no sandbox named {0}")]
@@ -135,7 +138,9 @@ impl EngineError {
     /// The exit code the CLI ends with (README "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            EngineError::InvalidName(_) | EngineError::BadSpec(_) => exit::USAGE,
+            EngineError::InvalidName(_) | EngineError::BadSpec(_) | EngineError::BadRequest(_) => {
+                exit::USAGE
+            }
             EngineError::NotFound(_) => exit::NOT_FOUND,
             EngineError::Exists(_) => exit::ALREADY_EXISTS,
             EngineError::Refused(_) | EngineError::Conflict { .. } => exit::CONFLICT,
@@ -152,7 +157,9 @@ impl EngineError {
     /// The HTTP status the API answers with.
     pub fn http_status(&self) -> u16 {
         match self {
-            EngineError::InvalidName(_) | EngineError::BadSpec(_) => 400,
+            EngineError::InvalidName(_) | EngineError::BadSpec(_) | EngineError::BadRequest(_) => {
+                400
+            }
             EngineError::NotFound(_) => 404,
             EngineError::Exists(_) | EngineError::Refused(_) | EngineError::Conflict { .. } => 409,
             EngineError::Backend {
@@ -168,6 +175,7 @@ impl EngineError {
     pub fn kind(&self) -> &'static str {
         match self {
             EngineError::InvalidName(_) => "invalid_name",
+            EngineError::BadRequest(_) => "bad_request",
             EngineError::BadSpec(_) => "bad_spec",
             EngineError::NotFound(_) => "not_found",
             EngineError::Exists(_) => "exists",

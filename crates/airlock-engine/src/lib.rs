@@ -9,6 +9,7 @@
 //! - [`supervisor::SupervisorBackend`]: the real backend — one supervisor process per named
 //!   sandbox (`airlock __supervise`), detached from the engine.
 
+pub mod action;
 pub mod api;
 pub mod backend;
 pub mod client;
@@ -17,6 +18,7 @@ pub mod paths;
 pub mod store;
 pub mod supervisor;
 
+pub use action::{Action, ActionData};
 pub use backend::{Backend, BackendError, FakeBackend, Liveness, Started, Stats};
 pub use client::{Client, ClientError};
 pub use engine::{Engine, EngineError, ReconcileReport, Status};

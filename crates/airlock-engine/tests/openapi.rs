@@ -142,6 +142,7 @@ fn the_document_lists_every_route_with_its_answers() {
         ),
         ("POST /v1/gc", with(&["200"])),
         ("POST /v1/sandboxes/{name}/exec", with(&["200", "404"])),
+        ("POST /v1/actions", with(&["200", "404", "409"])),
         (
             "GET /v1/sandboxes/{name}/diff",
             with(&["200", "404", "409"]),
@@ -175,6 +176,7 @@ fn the_document_lists_every_route_with_its_answers() {
             ("create_sandbox", "POST /v1/sandboxes"),
             ("diff_sandbox", "GET /v1/sandboxes/{name}/diff"),
             ("exec_sandbox", "POST /v1/sandboxes/{name}/exec"),
+            ("execute_action", "POST /v1/actions"),
             ("fetch_sandbox", "POST /v1/sandboxes/{name}/fetch"),
             ("gc", "POST /v1/gc"),
             ("get_sandbox", "GET /v1/sandboxes/{name}"),

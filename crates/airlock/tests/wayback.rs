@@ -1098,6 +1098,23 @@ fn api_create_makes_the_clone(a: &Airlock, label: &str) {
     let d: serde_json::Value = serde_json::from_str(&text).expect("diff json");
     assert_eq!(d["commits"], 1, "{label}: {d}");
     assert_eq!(d["files"][0]["path"], "api.txt", "{label}: {d}");
+    // The same operation as one action, through the engine's one dispatch.
+    let (code, text) = http(
+        a,
+        "POST",
+        "/v1/actions",
+        Some(r#"{"action": "diff", "name": "viaapi"}"#),
+    );
+    assert_eq!(code, 200, "{label}: action: {text}");
+    let act: serde_json::Value = serde_json::from_str(&text).expect("action json");
+    assert_eq!(
+        (&act["data"], &act["value"]),
+        (&"diff".into(), &d),
+        "{label}: {act}"
+    );
+    let (code, text) = http(a, "POST", "/v1/actions", Some(r#"{"action": "list"}"#));
+    assert_eq!(code, 200, "{label}: {text}");
+    assert!(text.contains("\"viaapi\""), "{label}: {text}");
     let (code, text) = http(a, "POST", "/v1/sandboxes/viaapi/fetch", None);
     assert_eq!(code, 200, "{label}: fetch: {text}");
     assert_eq!(

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -22,7 +21,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use crate::backend::{Secrets, Stats};
+use crate::action::{Action, ActionData};
+use crate::backend::Stats;
 use crate::engine::{Change, Engine, EngineError, ReconcileReport, Status};
 use crate::store::Record;
 
@@ -65,8 +65,7 @@ pub struct StartRequest {
     pub secrets: Option<BTreeMap<String, String>>,
 }
 
-/// The longest stop grace period, in milliseconds (as `airlock stop --grace` allows).
-pub const MAX_GRACE_MS: u64 = 1_000_000_000_000;
+pub use crate::action::MAX_GRACE_MS;
 
 /// The body of `POST /v1/sandboxes/{name}/stop` (optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -150,6 +149,7 @@ fn build() -> (axum::Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(start))
         .routes(routes!(stop))
         .routes(routes!(gc))
+        .routes(routes!(actions))
         .routes(routes!(super::work::exec))
         .routes(routes!(super::work::diff))
         .routes(routes!(super::work::fetch))
@@ -177,6 +177,35 @@ where
     }
 }
 
+/// Carries out one action on the blocking pool: every route comes here.
+pub async fn act(engine: Shared, action: Action) -> Result<ActionData, ApiError> {
+    blocking(move || engine.execute(action)).await
+}
+
+/// A route got data of another kind than its action gives (a bug, never the client's).
+pub fn unexpected(data: ActionData) -> ApiError {
+    ApiError::internal(format!("internal: unexpected result {data:?}"))
+}
+
+/// Any action, as one JSON object tagged by `action`; its result tagged by `data`. The
+/// routes above are each one of these.
+#[utoipa::path(post, operation_id = "execute_action", path = "/v1/actions", tag = "engine",
+    request_body = Action,
+    responses(
+        (status = 200, description = "The action's result", body = ActionData),
+        (status = 400, description = "`bad_request`, `invalid_name` or `bad_spec`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`exists`, `wrong_state`, `conflict`, `needs_review`, `diverged`, `through_links`, `not_clone`, `no_branch`", body = ErrorBody),
+    ))]
+async fn actions(
+    State(engine): State<Shared>,
+    JsonBody(body): JsonBody<Action>,
+) -> Result<Json<ActionData>, ApiError> {
+    let action =
+        body.ok_or_else(|| ApiError::bad_request("expected an action: {\"action\": \"list\"}"))?;
+    act(engine, action).await.map(Json)
+}
+
 /// Is the engine there?
 #[utoipa::path(get, operation_id = "health", path = "/v1/health", tag = "engine",
     responses((status = 200, description = "The engine answers", body = Health)))]
@@ -199,7 +228,10 @@ async fn openapi_document(axum::Extension(doc): axum::Extension<Document>) -> Js
 #[utoipa::path(get, operation_id = "list_sandboxes", path = "/v1/sandboxes", tag = "sandboxes",
     responses((status = 200, description = "Every sandbox, ordered by name", body = [Record])))]
 async fn list(State(engine): State<Shared>) -> Result<Json<Vec<Record>>, ApiError> {
-    blocking(move || engine.list()).await.map(Json)
+    match act(engine, Action::List).await? {
+        ActionData::Records(r) => Ok(Json(r)),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Records a sandbox and makes its folder; it ends `stopped`. If anything fails, neither
@@ -220,10 +252,14 @@ async fn create(
     let body = body.ok_or_else(|| {
         ApiError::bad_request("expected a JSON object {\"name\": ..., \"spec\": {...}}")
     })?;
-    let spec = Value::Object(body.spec).to_string();
-    blocking(move || engine.create(&body.name, &spec))
-        .await
-        .map(|record| (StatusCode::CREATED, Json(record)))
+    let action = Action::Create {
+        name: body.name,
+        spec: body.spec,
+    };
+    match act(engine, action).await? {
+        ActionData::Record(r) => Ok((StatusCode::CREATED, Json(r))),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// One sandbox with its uptime and live resource use.
@@ -238,7 +274,10 @@ async fn status(
     State(engine): State<Shared>,
     SandboxName(name): SandboxName,
 ) -> Result<Json<Status>, ApiError> {
-    blocking(move || engine.status(&name)).await.map(Json)
+    match act(engine, Action::Status { name }).await? {
+        ActionData::Status(s) => Ok(Json(s)),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Starts a `stopped` or `failed` sandbox; it ends `running`, or `failed` with the error as
@@ -259,16 +298,11 @@ async fn start(
     SandboxName(name): SandboxName,
     JsonBody(body): JsonBody<StartRequest>,
 ) -> Result<Json<Record>, ApiError> {
-    let secrets = Secrets(
-        body.unwrap_or_default()
-            .secrets
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    );
-    blocking(move || engine.start_with(&name, &secrets))
-        .await
-        .map(Json)
+    let secrets = body.unwrap_or_default().secrets;
+    match act(engine, Action::Start { name, secrets }).await? {
+        ActionData::Record(r) => Ok(Json(r)),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Stops a sandbox: asks, waits `grace_ms`, kills; it ends `stopped`.
@@ -288,17 +322,11 @@ async fn stop(
     SandboxName(name): SandboxName,
     JsonBody(body): JsonBody<StopRequest>,
 ) -> Result<Json<Record>, ApiError> {
-    let grace = match body.unwrap_or_default().grace_ms {
-        None => crate::engine::DEFAULT_GRACE,
-        // A deadline that far away overflows the clock (and would panic the backend).
-        Some(ms) if ms > MAX_GRACE_MS => {
-            return Err(ApiError::bad_request(format!(
-                "grace_ms must be at most {MAX_GRACE_MS}"
-            )))
-        }
-        Some(ms) => Duration::from_millis(ms),
-    };
-    blocking(move || engine.stop(&name, grace)).await.map(Json)
+    let grace_ms = body.unwrap_or_default().grace_ms;
+    match act(engine, Action::Stop { name, grace_ms }).await? {
+        ActionData::Record(r) => Ok(Json(r)),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Removes a sandbox: its processes, what the backend holds, its folder, its record.
@@ -317,19 +345,23 @@ async fn remove(
     SandboxName(name): SandboxName,
     Force(force): Force,
 ) -> Result<Json<Removed>, ApiError> {
-    let removed = name.clone();
-    blocking(move || engine.rm(&name, force)).await?;
-    Ok(Json(Removed {
-        name: removed,
-        removed: true,
-    }))
+    match act(engine, Action::Remove { name, force }).await? {
+        ActionData::Removed(name) => Ok(Json(Removed {
+            name,
+            removed: true,
+        })),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Reconcile (also run at every engine start): makes the records match what runs.
 #[utoipa::path(post, operation_id = "gc", path = "/v1/gc", tag = "engine",
     responses((status = 200, description = "What changed", body = ReconcileReport)))]
 async fn gc(State(engine): State<Shared>) -> Result<Json<ReconcileReport>, ApiError> {
-    blocking(move || engine.reconcile()).await.map(Json)
+    match act(engine, Action::Gc).await? {
+        ActionData::Reconciled(r) => Ok(Json(r)),
+        other => Err(unexpected(other)),
+    }
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

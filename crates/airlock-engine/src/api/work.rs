@@ -15,7 +15,8 @@ use tokio::io::AsyncReadExt;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::routes::{blocking, JsonBody, NameParam, SandboxName, Shared};
+use super::routes::{act, unexpected, JsonBody, NameParam, SandboxName, Shared};
+use crate::action::{Action, ActionData};
 use crate::engine::EngineError;
 use airlock_work::ops::{DiffSummary, FetchReport, SyncOptions, SyncReport};
 
@@ -43,7 +44,10 @@ pub async fn diff(
     State(engine): State<Shared>,
     SandboxName(name): SandboxName,
 ) -> Result<Json<DiffSummary>, ApiError> {
-    blocking(move || engine.diff(&name)).await.map(Json)
+    match act(engine, Action::Diff { name }).await? {
+        ActionData::Diff(d) => Ok(Json(d)),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// The branch into the host repository as `airlock/NAME`: objects only, fsck'd, review-gated.
@@ -62,9 +66,15 @@ pub async fn fetch(
     JsonBody(body): JsonBody<FetchRequest>,
 ) -> Result<Json<FetchReport>, ApiError> {
     let b = body.unwrap_or_default();
-    blocking(move || engine.fetch(&name, b.accept, b.force))
-        .await
-        .map(Json)
+    let action = Action::Fetch {
+        name,
+        accept: b.accept,
+        force: b.force,
+    };
+    match act(engine, action).await? {
+        ActionData::Fetched(f) => Ok(Json(f)),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// The branch's committed changes into the host checkout: a fast-forward, or a file-by-file
@@ -84,7 +94,16 @@ pub async fn sync(
     JsonBody(body): JsonBody<SyncOptions>,
 ) -> Result<Json<SyncReport>, ApiError> {
     let o = body.unwrap_or_default();
-    blocking(move || engine.sync(&name, o)).await.map(Json)
+    let action = Action::Sync {
+        name,
+        dry_run: o.dry_run,
+        artifacts: o.artifacts,
+        accept: o.accept,
+    };
+    match act(engine, action).await? {
+        ActionData::Synced(r) => Ok(Json(r)),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// The body of `POST /v1/sandboxes/{name}/exec`.
