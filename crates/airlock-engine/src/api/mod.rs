@@ -12,6 +12,7 @@
 //! ([`crate::client`]) stays blocking and runtime-free.
 
 pub mod error;
+pub mod extract;
 pub mod routes;
 pub mod transport;
 pub mod work;

@@ -7,11 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, Uri};
 use axum::Json;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::path::{Operation, PathItem};
@@ -23,10 +22,10 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ErrorBody};
 use crate::action::{Action, ActionData};
 use crate::backend::Stats;
-use crate::engine::{Change, Engine, EngineError, ReconcileReport, Status};
+use crate::engine::{Change, ReconcileReport, Status};
 use crate::store::Record;
 
-pub type Shared = Arc<Engine>;
+pub use super::extract::{act, blocking, unexpected, JsonBody, NameParam, SandboxName, Shared};
 
 /// A sandbox name, as the engine checks it (`airlock_model::spec::validate_name`). The schema
 /// attributes below spell it out (they take literals only); a test holds them all to this.
@@ -162,30 +161,6 @@ fn build() -> (axum::Router<Shared>, utoipa::openapi::OpenApi) {
 /// The served document, rendered once.
 #[derive(Clone)]
 struct Document(Arc<Value>);
-
-/// Runs a blocking engine operation (SQLite, spawning supervisors) on tokio's blocking pool.
-pub async fn blocking<T, F>(op: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, EngineError> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(op).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(e) => Err(ApiError::internal(format!(
-            "the engine operation did not finish: {e}"
-        ))),
-    }
-}
-
-/// Carries out one action on the blocking pool: every route comes here.
-pub async fn act(engine: Shared, action: Action) -> Result<ActionData, ApiError> {
-    blocking(move || engine.execute(action)).await
-}
-
-/// A route got data of another kind than its action gives (a bug, never the client's).
-pub fn unexpected(data: ActionData) -> ApiError {
-    ApiError::internal(format!("internal: unexpected result {data:?}"))
-}
 
 /// Any action, as one JSON object tagged by `action`; its result tagged by `data`. The
 /// routes above are each one of these.
@@ -384,16 +359,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// The `{name}` path parameter.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct NameParam {
-    /// The sandbox's name.
-    #[param(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", example = "web")]
-    name: String,
-}
-
 /// The `force` query parameter of `DELETE`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -401,20 +366,6 @@ pub struct NameParam {
 struct ForceParam {
     /// Remove it in any state (the way out of a stuck one). Default `false`.
     force: Option<bool>,
-}
-
-/// Extracts `{name}`; a path that does not decode is a 400 in our error shape.
-pub struct SandboxName(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for SandboxName {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|p| SandboxName(p.0))
-            .map_err(|e| ApiError::bad_request(format!("bad sandbox name in the path: {e}")))
-    }
 }
 
 /// `?force=true|false|1|0` (a bare `force` is `true`); absent is `false`.
@@ -442,41 +393,6 @@ fn query_flag(query: Option<&str>, key: &str) -> Result<bool, ApiError> {
         }
     }
     Ok(false)
-}
-
-/// A JSON object body, `None` when the body is empty or `null`. Whatever the `Content-Type`; a body
-/// that is not a JSON object, or does not fit `T`, is a 400 in our error shape.
-pub struct JsonBody<T>(pub Option<T>);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(request, state)
-            .await
-            .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
-        parse_object(&bytes).map(JsonBody)
-    }
-}
-
-fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
-    if value.is_null() {
-        return Ok(None);
-    }
-    // serde accepts a JSON array for a struct; the API takes objects only.
-    if !value.is_object() {
-        return Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        ));
-    }
-    serde_json::from_value(value).map(Some).map_err(|e| {
-        ApiError::bad_request(format!("the request body does not fit its schema: {e}"))
-    })
 }
 
 /// Answers every route can give, whatever the route: the transport's (malformed HTTP, another

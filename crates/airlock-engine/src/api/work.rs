@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::routes::{act, unexpected, JsonBody, NameParam, SandboxName, Shared};
+use super::extract::{act, unexpected, JsonBody, NameParam, SandboxName, Shared};
 use crate::action::{Action, ActionData};
 use crate::engine::EngineError;
 use airlock_work::ops::{DiffSummary, FetchReport, SyncOptions, SyncReport};
