@@ -216,9 +216,33 @@ pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Could `path` match a configuration pattern at all: does one of its components (ASCII
+/// lowercase) begin a pattern?
+fn may_be_config(path: &str) -> bool {
+    static FIRSTS: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    let firsts = FIRSTS.get_or_init(|| {
+        AGENT
+            .iter()
+            .chain(TOOLS)
+            .chain(HOOKS)
+            .chain(CI)
+            .chain(&[".gitattributes", ".gitmodules"])
+            .filter_map(|p| p.split('/').next())
+            .collect()
+    });
+    let lower = path.to_ascii_lowercase();
+    lower.split('/').any(|c| firsts.contains(c))
+}
+
 /// The gate's kind for configuration a tool obeys at `path` (relative, `/`-separated), at any
 /// depth: what the bind-mode check on the way out looks for in the host checkout.
 pub fn config_kind(path: &str) -> Option<Kind> {
+    // Most paths of a checkout (sources, build outputs) have no component any pattern starts
+    // with: one lowercase and a few set lookups rule them out before the full matching.
+    if !may_be_config(path) {
+        return None;
+    }
     if AGENT.iter().any(|p| matches_anywhere(path, p)) {
         return Some(Kind::AgentConfig);
     }
@@ -615,6 +639,28 @@ mod tests {
             ("use", "lib/x"),
         ]);
         assert!(!chain_escapes(&l, "use"));
+    }
+
+    #[test]
+    fn the_quick_check_never_hides_a_match() {
+        // Every pattern, at the root and nested, passes the quick check; ordinary paths do not.
+        for p in AGENT.iter().chain(TOOLS).chain(HOOKS).chain(CI) {
+            let file = if p.ends_with('/') {
+                format!("{p}x")
+            } else {
+                p.to_string()
+            };
+            assert!(may_be_config(&file), "{file}");
+            assert!(may_be_config(&format!("a/b/{file}")), "{file}");
+        }
+        for p in [
+            "src/main.rs",
+            "target/debug/deps/libx.rlib",
+            "node_modules/a/index.js",
+        ] {
+            assert!(!may_be_config(p), "{p}");
+            assert_eq!(config_kind(p), None, "{p}");
+        }
     }
 
     #[test]
