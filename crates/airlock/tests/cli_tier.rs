@@ -275,14 +275,14 @@ fn lifecycle(a: &Airlock) {
     let err = fails(a, &["rm", "demo"], 120);
     snapshot("rm_running.stderr", &err);
     let v: serde_json::Value =
-        serde_json::from_str(&ok(a, &["status", "demo", "--json"]).stdout).unwrap();
+        serde_json::from_str(&ok(a, &["status", "demo", "--json"]).stdout).expect("status --json");
     assert_eq!(v["state"], "running");
 
     // Stop, then stop again (already stopped: 120).
     let out = ok(a, &["stop", "demo"]);
     snapshot("stop", &out.stdout);
     let v: serde_json::Value =
-        serde_json::from_str(&ok(a, &["status", "demo", "--json"]).stdout).unwrap();
+        serde_json::from_str(&ok(a, &["status", "demo", "--json"]).stdout).expect("status --json");
     assert_eq!(v["state"], "stopped");
     assert!(v["supervisor_pid"].is_null());
     snapshot("stop_stopped.stderr", &fails(a, &["stop", "demo"], 120));
