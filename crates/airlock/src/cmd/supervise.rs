@@ -5,14 +5,39 @@ use super::named::{folder_id, persistent_home};
 use crate::error::{CliError, CliResult};
 use airlock_engine::paths;
 use airlock_engine::supervisor::{self as backend, SupervisorBackend};
+use airlock_engine::{Backend, FakeBackend};
 use airlock_model::exit;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Test-only: `AIRLOCK_ENGINE_BACKEND=fake` makes `engine serve` run the engine with the
+/// in-memory [`FakeBackend`] (nothing starts; no root needed), for the CLI test tier
+/// (`crates/airlock/tests/cli_tier.rs`). Read here and nowhere else; unset (or `real`) is the
+/// real backend. Not a user feature: see docs/api.md "For contributors".
+pub const ENGINE_BACKEND_ENV: &str = "AIRLOCK_ENGINE_BACKEND";
+
 /// `airlock engine serve`: the engine process.
 pub fn engine_serve() -> CliResult<i32> {
-    let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    let backend = Arc::new(SupervisorBackend { exe });
+    let backend: Arc<dyn Backend> = match std::env::var(ENGINE_BACKEND_ENV).as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("" | "real") => {
+            let exe =
+                std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+            Arc::new(SupervisorBackend { exe })
+        }
+        Ok("fake") => Arc::new(FakeBackend::new()),
+        other => {
+            let value = match other {
+                Ok(v) => v.to_string(),
+                Err(_) => "(not UTF-8)".to_string(),
+            };
+            return Err(CliError::usage(format!(
+                "{ENGINE_BACKEND_ENV}={value}: unknown engine backend"
+            ))
+            .hint(format!(
+                "unset {ENGINE_BACKEND_ENV} (it is a test-only switch; `fake` is the only other value)"
+            )));
+        }
+    };
     airlock_engine::api::run(&paths::socket_path(), &paths::state_dir(), backend)
         .map_err(|e| CliError::new(exit::BACKEND_UNAVAILABLE, e))?;
     Ok(0)
