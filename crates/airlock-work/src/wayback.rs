@@ -142,6 +142,52 @@ fn walk_all(top: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>, budget: &
     }
 }
 
+/// What git consults in a nested gitdir (a submodule's under `modules/`, a linked worktree's
+/// under `worktrees/`): its config files, hooks and info, its alternates.
+fn consulted(rel: &str) -> bool {
+    rel.split('/').any(|c| c == "hooks" || c == "info")
+        || [
+            "config",
+            "config.worktree",
+            "commondir",
+            "gitdir",
+            "alternates",
+        ]
+        .iter()
+        .any(|f| rel.ends_with(&format!("/{f}")))
+}
+
+/// The consulted entries below `dir` (see [`consulted`]), read only when kept. An object store
+/// is data: only its `info/` (alternates) is walked, never the objects and packs.
+fn walk_nested_gitdirs(
+    top: &Path,
+    dir: &Path,
+    out: &mut BTreeMap<String, Entry>,
+    budget: &mut usize,
+) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let in_objects = dir.file_name().is_some_and(|n| n == "objects");
+    for e in rd.flatten() {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let p = e.path();
+        let r = rel(top, &p);
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if consulted(&r) {
+            if let Some(en) = entry(&p, true) {
+                out.insert(r, en);
+            }
+        }
+        if is_dir && (!in_objects || e.file_name() == "info") {
+            walk_nested_gitdirs(top, &p, out, budget);
+        }
+    }
+}
+
 fn rel(top: &Path, p: &Path) -> String {
     p.strip_prefix(top)
         .unwrap_or(p)
@@ -264,24 +310,7 @@ pub fn snapshot(top: &Path, extra_git_dirs: &[PathBuf]) -> Snapshot {
         if is_dir {
             gitdir_control(top, &dotgit, &mut snap.git, &mut budget);
             for sub in ["modules", "worktrees"] {
-                let mut inner = BTreeMap::new();
-                walk_all(top, &dotgit.join(sub), &mut inner, &mut budget);
-                // Keep what git consults in each nested gitdir, not its objects or refs.
-                for (k, v) in inner {
-                    let keep = k.split('/').any(|c| c == "hooks" || c == "info")
-                        || [
-                            "config",
-                            "config.worktree",
-                            "commondir",
-                            "gitdir",
-                            "alternates",
-                        ]
-                        .iter()
-                        .any(|f| k.ends_with(&format!("/{f}")));
-                    if keep {
-                        snap.git.insert(k, v);
-                    }
-                }
+                walk_nested_gitdirs(top, &dotgit.join(sub), &mut snap.git, &mut budget);
             }
         }
     }
@@ -454,6 +483,43 @@ pub fn hooks_path(top: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_gitdirs_keep_what_git_consults_and_skip_objects() {
+        let top = std::env::temp_dir().join(format!("airlock-wayback-{}", std::process::id()));
+        let m = top.join(".git/modules/sub");
+        for (f, body) in [
+            ("config", "[core]\n"),
+            ("hooks/post-checkout", "#!/bin/sh\n"),
+            ("objects/info/alternates", "/elsewhere\n"),
+            ("objects/ab/cdef", "blob"),
+            ("objects/pack/pack-1.pack", "pack"),
+            ("refs/heads/main", "0000\n"),
+            ("HEAD", "ref: refs/heads/main\n"),
+        ] {
+            let p = m.join(f);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, body).expect("write");
+        }
+        let snap = snapshot(&top, &[]);
+        let _ = std::fs::remove_dir_all(&top);
+        let kept: Vec<&str> = snap
+            .git
+            .keys()
+            .map(String::as_str)
+            .filter(|k| k.starts_with(".git/modules/"))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ".git/modules/sub/config",
+                ".git/modules/sub/hooks",
+                ".git/modules/sub/hooks/post-checkout",
+                ".git/modules/sub/objects/info",
+                ".git/modules/sub/objects/info/alternates",
+            ]
+        );
+    }
 
     #[test]
     fn includes_are_found() {
