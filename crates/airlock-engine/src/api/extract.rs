@@ -97,3 +97,14 @@ fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, ApiError
         ApiError::bad_request(format!("the request body does not fit its schema: {e}"))
     })
 }
+
+/// The data of an action's result as the variant its route expects (any other is our bug).
+macro_rules! expect_data {
+    ($data:expr, $variant:path) => {
+        match $data {
+            $variant(v) => Ok(v),
+            other => Err($crate::api::extract::unexpected(other)),
+        }
+    };
+}
+pub(crate) use expect_data;

@@ -25,7 +25,8 @@ use crate::backend::Stats;
 use crate::engine::{Change, ReconcileReport, Status};
 use crate::store::Record;
 
-pub use super::extract::{act, blocking, unexpected, JsonBody, NameParam, SandboxName, Shared};
+use super::extract::expect_data;
+pub use super::extract::{act, blocking, JsonBody, NameParam, SandboxName, Shared};
 
 /// A sandbox name, as the engine checks it (`airlock_model::spec::validate_name`). The schema
 /// attributes below spell it out (they take literals only); a test holds them all to this.
@@ -203,10 +204,7 @@ async fn openapi_document(axum::Extension(doc): axum::Extension<Document>) -> Js
 #[utoipa::path(get, operation_id = "list_sandboxes", path = "/v1/sandboxes", tag = "sandboxes",
     responses((status = 200, description = "Every sandbox, ordered by name", body = [Record])))]
 async fn list(State(engine): State<Shared>) -> Result<Json<Vec<Record>>, ApiError> {
-    match act(engine, Action::List).await? {
-        ActionData::Records(r) => Ok(Json(r)),
-        other => Err(unexpected(other)),
-    }
+    expect_data!(act(engine, Action::List).await?, ActionData::Records).map(Json)
 }
 
 /// Records a sandbox and makes its folder; it ends `stopped`. If anything fails, neither
@@ -231,10 +229,8 @@ async fn create(
         name: body.name,
         spec: body.spec,
     };
-    match act(engine, action).await? {
-        ActionData::Record(r) => Ok((StatusCode::CREATED, Json(r))),
-        other => Err(unexpected(other)),
-    }
+    expect_data!(act(engine, action).await?, ActionData::Record)
+        .map(|r| (StatusCode::CREATED, Json(r)))
 }
 
 /// One sandbox with its uptime and live resource use.
@@ -249,10 +245,11 @@ async fn status(
     State(engine): State<Shared>,
     SandboxName(name): SandboxName,
 ) -> Result<Json<Status>, ApiError> {
-    match act(engine, Action::Status { name }).await? {
-        ActionData::Status(s) => Ok(Json(s)),
-        other => Err(unexpected(other)),
-    }
+    expect_data!(
+        act(engine, Action::Status { name }).await?,
+        ActionData::Status
+    )
+    .map(Json)
 }
 
 /// Starts a `stopped` or `failed` sandbox; it ends `running`, or `failed` with the error as
@@ -274,10 +271,11 @@ async fn start(
     JsonBody(body): JsonBody<StartRequest>,
 ) -> Result<Json<Record>, ApiError> {
     let secrets = body.unwrap_or_default().secrets;
-    match act(engine, Action::Start { name, secrets }).await? {
-        ActionData::Record(r) => Ok(Json(r)),
-        other => Err(unexpected(other)),
-    }
+    expect_data!(
+        act(engine, Action::Start { name, secrets }).await?,
+        ActionData::Record
+    )
+    .map(Json)
 }
 
 /// Stops a sandbox: asks, waits `grace_ms`, kills; it ends `stopped`.
@@ -298,10 +296,11 @@ async fn stop(
     JsonBody(body): JsonBody<StopRequest>,
 ) -> Result<Json<Record>, ApiError> {
     let grace_ms = body.unwrap_or_default().grace_ms;
-    match act(engine, Action::Stop { name, grace_ms }).await? {
-        ActionData::Record(r) => Ok(Json(r)),
-        other => Err(unexpected(other)),
-    }
+    expect_data!(
+        act(engine, Action::Stop { name, grace_ms }).await?,
+        ActionData::Record
+    )
+    .map(Json)
 }
 
 /// Removes a sandbox: its processes, what the backend holds, its folder, its record.
@@ -320,23 +319,23 @@ async fn remove(
     SandboxName(name): SandboxName,
     Force(force): Force,
 ) -> Result<Json<Removed>, ApiError> {
-    match act(engine, Action::Remove { name, force }).await? {
-        ActionData::Removed(name) => Ok(Json(Removed {
+    expect_data!(
+        act(engine, Action::Remove { name, force }).await?,
+        ActionData::Removed
+    )
+    .map(|name| {
+        Json(Removed {
             name,
             removed: true,
-        })),
-        other => Err(unexpected(other)),
-    }
+        })
+    })
 }
 
 /// Reconcile (also run at every engine start): makes the records match what runs.
 #[utoipa::path(post, operation_id = "gc", path = "/v1/gc", tag = "engine",
     responses((status = 200, description = "What changed", body = ReconcileReport)))]
 async fn gc(State(engine): State<Shared>) -> Result<Json<ReconcileReport>, ApiError> {
-    match act(engine, Action::Gc).await? {
-        ActionData::Reconciled(r) => Ok(Json(r)),
-        other => Err(unexpected(other)),
-    }
+    expect_data!(act(engine, Action::Gc).await?, ActionData::Reconciled).map(Json)
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{act, unexpected, JsonBody, NameParam, SandboxName, Shared};
+use super::extract::{act, expect_data, JsonBody, NameParam, SandboxName, Shared};
 use crate::action::{Action, ActionData};
 use crate::engine::EngineError;
 use airlock_work::ops::{DiffSummary, FetchReport, SyncOptions, SyncReport};
@@ -44,10 +44,7 @@ pub async fn diff(
     State(engine): State<Shared>,
     SandboxName(name): SandboxName,
 ) -> Result<Json<DiffSummary>, ApiError> {
-    match act(engine, Action::Diff { name }).await? {
-        ActionData::Diff(d) => Ok(Json(d)),
-        other => Err(unexpected(other)),
-    }
+    expect_data!(act(engine, Action::Diff { name }).await?, ActionData::Diff).map(Json)
 }
 
 /// The branch into the host repository as `airlock/NAME`: objects only, fsck'd, review-gated.
@@ -71,10 +68,7 @@ pub async fn fetch(
         accept: b.accept,
         force: b.force,
     };
-    match act(engine, action).await? {
-        ActionData::Fetched(f) => Ok(Json(f)),
-        other => Err(unexpected(other)),
-    }
+    expect_data!(act(engine, action).await?, ActionData::Fetched).map(Json)
 }
 
 /// The branch's committed changes into the host checkout: a fast-forward, or a file-by-file
@@ -100,10 +94,7 @@ pub async fn sync(
         artifacts: o.artifacts,
         accept: o.accept,
     };
-    match act(engine, action).await? {
-        ActionData::Synced(r) => Ok(Json(r)),
-        other => Err(unexpected(other)),
-    }
+    expect_data!(act(engine, action).await?, ActionData::Synced).map(Json)
 }
 
 /// The body of `POST /v1/sandboxes/{name}/exec`.
