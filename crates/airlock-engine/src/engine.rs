@@ -332,16 +332,11 @@ impl Engine {
         if !dir.is_dir() {
             return Err(EngineError::NotFound(name.to_owned()));
         }
-        let protected = fs::read(dir.join("spec.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<airlock_model::spec::RunSpec>(&b).ok())
-            .map(|s| s.protected)
-            .unwrap_or_default();
         let work = |source| EngineError::Work {
             name: name.to_owned(),
             source,
         };
-        let review = airlock_work::ops::open(&dir, name, protected).map_err(work)?;
+        let review = airlock_work::ops::open(&dir, name).map_err(work)?;
         Ok((dir, review))
     }
 

@@ -157,8 +157,14 @@ impl OpError {
     }
 }
 
-/// The review of sandbox `name` (folder `dir`, `[workspace] protected` paths `protected`).
-pub fn open(dir: &Path, name: &str, protected: Vec<String>) -> Result<Review, OpError> {
+/// The review of sandbox `name` (folder `dir`), with the `[workspace] protected` paths of its
+/// recorded spec (`DIR/spec.json`), which the gate flags like agent configuration.
+pub fn open(dir: &Path, name: &str) -> Result<Review, OpError> {
+    let protected = std::fs::read(dir.join("spec.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<airlock_model::spec::RunSpec>(&b).ok())
+        .map(|s| s.protected)
+        .unwrap_or_default();
     Ok(Review::open(dir, name, protected)?)
 }
 

@@ -34,16 +34,9 @@ impl From<GitError> for CliError {
     }
 }
 
-/// The sandbox's `[workspace] protected` paths (the gate flags them like agent configuration).
-fn protected_of(dir: &std::path::Path) -> Vec<String> {
-    super::named::recorded_spec(dir)
-        .map(|s| s.protected)
-        .unwrap_or_default()
-}
-
 fn open(name: &str) -> CliResult<(std::path::PathBuf, Review)> {
     let dir = super::named::existing_dir(name)?;
-    let r = Review::open(&dir, name, protected_of(&dir))?;
+    let r = ops::open(&dir, name).map_err(|e| op_error(e, name, false))?;
     Ok((dir, r))
 }
 
@@ -137,16 +130,21 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
 
 pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
     let (dir, r) = open(&a.name)?;
-    if a.json && !r.findings.is_empty() && !a.accept {
-        let v = serde_json::json!({
-            "name": a.name, "branch": r.info.branch, "fetched": false,
-            "needs_accept": true, "findings": r.findings,
-        });
-        outln!("{v:#}");
-        return Ok(exit::POLICY_REFUSED);
-    }
-    let f = ops::fetch(&dir, &r, &a.name, a.accept, a.force)
-        .map_err(|e| op_error(e, &a.name, a.json))?;
+    let f = match ops::fetch(&dir, &r, &a.name, a.accept, a.force) {
+        Ok(f) => f,
+        // --json: the refusal is the answer, on stdout.
+        Err(OpError::NeedsReview {
+            branch, findings, ..
+        }) if a.json => {
+            let v = serde_json::json!({
+                "name": a.name, "branch": branch, "fetched": false,
+                "needs_accept": true, "findings": findings,
+            });
+            outln!("{v:#}");
+            return Ok(exit::POLICY_REFUSED);
+        }
+        Err(e) => return Err(op_error(e, &a.name, a.json)),
+    };
     if a.json {
         let v = serde_json::json!({
             "name": f.name, "branch": f.branch, "fetched": f.fetched, "tip": f.tip,
