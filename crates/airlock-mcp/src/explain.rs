@@ -61,6 +61,13 @@ fn explain(a: &ExplainArgs, flags: Vec<String>, builder: &super::SpecBuilder) ->
             Ok(plan::Plan::Container(plan)) => {
                 verdicts.push(path(&plan, p, a.access.unwrap_or(Access::Write)))
             }
+            // The container facts above never offer a microVM; say so if that changes.
+            Ok(plan::Plan::Microvm(_)) => verdicts.push(Verdict {
+                subject: format!("path {p}"),
+                allowed: false,
+                reason: "path access is explained for the container backend only".into(),
+                fix: None,
+            }),
             Err(r) => verdicts.push(Verdict {
                 subject: format!("path {p}"),
                 allowed: false,
@@ -519,7 +526,9 @@ mod tests {
         }))
         .expect("spec");
         let facts = airlock_sandbox::container::host_facts(Path::new("/tmp"), &Layout::None);
-        let plan::Plan::Container(plan) = plan::plan(&spec, &facts).expect("plan");
+        let plan::Plan::Container(plan) = plan::plan(&spec, &facts).expect("plan") else {
+            panic!("not a container plan")
+        };
         plan
     }
 

@@ -8,3 +8,4 @@ pub mod plan;
 pub mod policy;
 pub mod spec;
 pub mod userfile;
+pub mod vm;

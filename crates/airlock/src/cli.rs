@@ -119,6 +119,9 @@ pub struct PolicyArgs {
     /// Network egress: off (loopback only) or filtered (allowlisted domains only; the default).
     #[arg(long, value_name = "MODE")]
     pub net: Option<String>,
+    /// Isolation backend: container (the default) or microvm (a guest kernel under QEMU).
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<String>,
     /// Allow a domain in filtered mode: DOMAIN[:PORT] (`*.example.com` for its subdomains).
     #[arg(long = "allow", value_name = "DOMAIN[:PORT]")]
     pub allow: Vec<String>,

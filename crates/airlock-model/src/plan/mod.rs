@@ -40,6 +40,10 @@ pub struct HostFacts {
     /// The backends and root filesystems this build and host can provide.
     #[serde(default)]
     pub offer: Offer,
+    /// The microVM backend's findings (kernel, QEMU, acceleration); None where it was not
+    /// checked or is unavailable.
+    #[serde(default)]
+    pub vm: Option<VmFacts>,
 }
 
 /// What a build and host can provide, whatever the policy: the isolation backends, and whether
@@ -274,14 +278,17 @@ pub struct LaunchPlan {
 /// backend-neutral; each backend has its own pure lowering (`LaunchPlan` is the container's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // one plan per launch; the container's is not boxed for its many users
 pub enum Plan {
     Container(LaunchPlan),
+    Microvm(Box<VmPlan>),
 }
 
 impl Plan {
     pub fn name(&self) -> &str {
         match self {
             Plan::Container(p) => &p.name,
+            Plan::Microvm(v) => &v.qemu.name,
         }
     }
     /// Limits asked for that this host cannot enforce (reported, or refused with
@@ -289,12 +296,14 @@ impl Plan {
     pub fn unenforced_limits(&self) -> &[String] {
         match self {
             Plan::Container(p) => &p.unenforced_limits,
+            Plan::Microvm(v) => &v.qemu.unenforced_limits,
         }
     }
     /// Whether it runs without root on the host (limits then need a delegated cgroup).
     pub fn rootless(&self) -> bool {
         match self {
             Plan::Container(p) => p.rootless,
+            Plan::Microvm(v) => v.qemu.rootless,
         }
     }
 }
@@ -358,6 +367,8 @@ pub enum Refusal {
     BackendUnavailable(BackendKind),
     #[error("image {0:?} is not available: this build runs sandboxes on the host's root filesystem only")]
     RootFsUnavailable(String),
+    #[error("the microvm backend does not support {0} yet")]
+    MicrovmUnsupported(&'static str),
     #[error("[resources] disk cannot be enforced for a named sandbox: its workspace, home and writable layer live on the host's disk, where airlock sets no quota")]
     DiskUnenforceable,
 }
@@ -377,6 +388,7 @@ impl Refusal {
             Refusal::ReservedPort(_) => "remove that port from [network] ports / --allow",
             Refusal::BackendUnavailable(_) => "use backend = \"container\" (or drop --backend); run `airlock doctor` to see what this host supports",
             Refusal::RootFsUnavailable(_) => "use image = \"host\" (the default); OCI images come in a later release",
+            Refusal::MicrovmUnsupported(_) => "use the container backend for this (drop --backend microvm)",
             Refusal::DiskUnenforceable => "remove `disk` from [resources] for named sandboxes (it bounds the in-memory mounts of `airlock run`), or run the command with `airlock run`",
         }
     }
@@ -436,8 +448,7 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<Plan, Refusal> {
     admit(spec, &host.offer)?;
     match spec.backend {
         BackendKind::Container => container::lower(spec, host).map(Plan::Container),
-        // admit refused every backend this build does not offer.
-        other => Err(Refusal::BackendUnavailable(other)),
+        BackendKind::Microvm => microvm::lower(spec, host).map(|v| Plan::Microvm(Box::new(v))),
     }
 }
 
@@ -456,6 +467,8 @@ pub fn admit(spec: &RunSpec, offer: &Offer) -> Result<(), Refusal> {
 
 mod container;
 pub use container::lower;
+pub mod microvm;
+pub use microvm::{Accel, VmFacts, VmPlan};
 
 #[cfg(test)]
 mod tests;

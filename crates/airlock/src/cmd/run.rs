@@ -77,6 +77,18 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
             ..Default::default()
         });
     }
+    if let Some(v) = &p.backend {
+        let backend = match v.as_str() {
+            "container" => airlock_model::policy::BackendKind::Container,
+            "microvm" => airlock_model::policy::BackendKind::Microvm,
+            _ => {
+                return Err(CliError::usage(format!(
+                    "--backend {v}: expected container or microvm"
+                )))
+            }
+        };
+        l.sandbox.get_or_insert_with(Default::default).backend = Some(backend);
+    }
     let memory = p
         .memory
         .as_deref()

@@ -1,0 +1,114 @@
+//! The host's end of the guest channel: connect to QEMU's socket for the virtio-serial port,
+//! send the job, relay the command's output to this process's stdout/stderr (and stdin to
+//! the guest when asked), and collect the exit status. Protocol: `airlock_model::vm`.
+
+use airlock_model::vm::{b64_decode, b64_encode, GuestJob, GuestMsg, HostMsg, VM_PROTOCOL_VERSION};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the guest ended, as it reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reported {
+    Exit(i32),
+    Error(String),
+    /// The channel closed (or never opened) without an exit status.
+    Nothing,
+}
+
+/// Wait for QEMU's socket at `path` (until `stop`), then relay until the guest reports its
+/// end or the channel closes.
+pub fn relay(path: &Path, job: &GuestJob, stop: &AtomicBool, stdin: bool) -> Reported {
+    let stream = loop {
+        if stop.load(Ordering::Relaxed) {
+            return Reported::Nothing;
+        }
+        match UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    crate::phase("vm channel connected");
+    serve(stream, job, stdin)
+}
+
+fn send(w: &mut impl Write, m: &HostMsg) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line)
+}
+
+pub fn serve(stream: UnixStream, job: &GuestJob, stdin: bool) -> Reported {
+    let Ok(mut w) = stream.try_clone() else {
+        return Reported::Nothing;
+    };
+    let run = HostMsg::Run {
+        v: VM_PROTOCOL_VERSION,
+        job: Box::new(job.clone()),
+    };
+    if send(&mut w, &run).is_err() {
+        return Reported::Nothing;
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    if stdin {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 << 10];
+            let mut input = std::io::stdin().lock();
+            loop {
+                let msg = match input.read(&mut buf) {
+                    Ok(0) | Err(_) => HostMsg::StdinEof {
+                        v: VM_PROTOCOL_VERSION,
+                    },
+                    Ok(n) => HostMsg::Stdin {
+                        v: VM_PROTOCOL_VERSION,
+                        data: b64_encode(&buf[..n]),
+                    },
+                };
+                let eof = matches!(msg, HostMsg::StdinEof { .. });
+                if done.load(Ordering::Relaxed) || send(&mut w, &msg).is_err() || eof {
+                    return;
+                }
+            }
+        });
+    }
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let mut reported = Reported::Nothing;
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        let msg: GuestMsg = match serde_json::from_str(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                crate::phase(&format!("vm channel: unreadable line skipped: {e}"));
+                continue;
+            }
+        };
+        match msg {
+            GuestMsg::Hello { v, kernel } => {
+                crate::phase(&format!("guest up (protocol {v}, kernel {kernel})"));
+            }
+            GuestMsg::Stdout { data, .. } => {
+                let _ = out.write_all(&b64_decode(&data).unwrap_or_default());
+                let _ = out.flush();
+            }
+            GuestMsg::Stderr { data, .. } => {
+                let _ = err.write_all(&b64_decode(&data).unwrap_or_default());
+            }
+            GuestMsg::Exit { code, .. } => {
+                reported = Reported::Exit(code);
+                break;
+            }
+            GuestMsg::Error { message, .. } => {
+                reported = Reported::Error(message);
+                break;
+            }
+            GuestMsg::Unknown => crate::phase("vm channel: unknown message kind skipped"),
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    reported
+}
