@@ -571,3 +571,6 @@ fn unpack<R: std::io::BufRead>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests;
