@@ -159,10 +159,10 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     push(&["-kernel", &s(&cache.join(&vm.kernel))]);
     push(&["-initrd", &s(&cache.join(&vm.initrd))]);
     // Quiet kernel, no console at all (the channel carries everything); tsc_early_khz spares
-    // TCG guests the slow TSC calibration.
+    // TCG guests the slow TSC calibration. After `--`: the arguments of /init (the guest helper).
     push(&[
         "-append",
-        "quiet loglevel=1 panic=-1 tsc_early_khz=2000000 airlock.v=1",
+        "quiet loglevel=1 panic=-1 tsc_early_khz=2000000 airlock.v=1 -- init",
     ]);
     let mut disk = |id: &str, file: String, serial: &str| {
         argv.extend([
@@ -181,7 +181,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     push(&[
         "-chardev",
         &format!(
-            "socket,id=channel,path={},server=on,wait=on",
+            "socket,id=channel,path={}",
             s(&run.join(VM_CHANNEL))
         ),
     ]);

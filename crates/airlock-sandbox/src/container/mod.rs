@@ -285,7 +285,9 @@ pub struct RunOptions<'a> {
     /// Also called for every filtered-egress decision (agent mode turns denials into `blocked`
     /// events).
     pub on_egress: Option<EgressCallback>,
-    /// Called once a persistent sandbox is published for exec (agent mode starts its runner).
+    /// Called once a persistent sandbox is published for exec (agent mode starts its runner);
+    /// for an ephemeral run, once its PID 1 is released. Threads of the caller's start here:
+    /// before the clone the process must stay single-threaded (the child would inherit locks).
     pub on_ready: Option<&'a (dyn Fn() + Sync)>,
 }
 
@@ -591,6 +593,9 @@ fn run_in(
             ),
             Err(e) => crate::phase(&format!("no egress listeners: {e}")),
         }
+    }
+    if let (None, Some(f)) = (opts.persist, opts.on_ready) {
+        f();
     }
     if let Some(dir) = opts.persist {
         // Publish the sandbox for exec only once PID 1 reports its setup finished: before that

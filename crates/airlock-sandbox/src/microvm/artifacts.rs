@@ -293,12 +293,16 @@ fn excludes() -> Vec<String> {
     ex
 }
 
-/// The key of the host root image: what it holds, and when the package database and the
-/// main /usr directories last changed (a package install changes them).
+/// The key of the host root image: the stat of what it holds at the top (the root entries
+/// and each curated /etc entry), and when the package database and the main /usr
+/// directories last changed (a package install changes them). Not the rest of /etc, which
+/// changes whenever a user is added.
 fn rootfs_key() -> String {
-    let mut parts: Vec<String> = excludes();
+    let mut parts: Vec<String> = Vec::new();
+    for e in ROOT_CANDIDATES {
+        parts.push(stat_key(&Path::new("/").join(e)));
+    }
     for p in [
-        "/usr",
         "/usr/bin",
         "/usr/sbin",
         "/usr/lib",
@@ -306,9 +310,9 @@ fn rootfs_key() -> String {
         "/usr/lib/x86_64-linux-gnu",
         "/usr/local",
         "/usr/local/bin",
+        "/usr/local/lib",
         "/usr/share",
         "/var/lib/dpkg/status",
-        "/etc",
     ] {
         parts.push(stat_key(Path::new(p)));
     }

@@ -1,11 +1,10 @@
-//! The host's end of the guest channel: connect to QEMU's socket for the virtio-serial port,
+//! The host's end of the guest channel: accept QEMU's connection for the virtio-serial port,
 //! send the job, relay the command's output to this process's stdout/stderr (and stdin to
 //! the guest when asked), and collect the exit status. Protocol: `airlock_model::vm`.
 
 use airlock_model::vm::{b64_decode, b64_encode, GuestJob, GuestMsg, HostMsg, VM_PROTOCOL_VERSION};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,18 +18,24 @@ pub enum Reported {
     Nothing,
 }
 
-/// Wait for QEMU's socket at `path` (until `stop`), then relay until the guest reports its
-/// end or the channel closes.
-pub fn relay(path: &Path, job: &GuestJob, stop: &AtomicBool, stdin: bool) -> Reported {
+/// Wait for QEMU to connect to `listener` (until `stop`), then relay until the guest reports
+/// its end or the channel closes.
+pub fn relay(listener: &UnixListener, job: &GuestJob, stop: &AtomicBool, stdin: bool) -> Reported {
+    if listener.set_nonblocking(true).is_err() {
+        return Reported::Nothing;
+    }
     let stream = loop {
         if stop.load(Ordering::Relaxed) {
             return Reported::Nothing;
         }
-        match UnixStream::connect(path) {
-            Ok(s) => break s,
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
     };
+    if stream.set_nonblocking(false).is_err() {
+        return Reported::Nothing;
+    }
     crate::phase("vm channel connected");
     serve(stream, job, stdin)
 }

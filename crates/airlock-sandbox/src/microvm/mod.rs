@@ -36,12 +36,9 @@ pub fn qemu_path() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
-/// The static guest helper (PID 1 inside).
-pub fn guest_binary() -> Result<Vec<u8>, String> {
-    let p = std::env::var_os("AIRLOCK_GUEST_INIT")
-        .map(PathBuf::from)
-        .ok_or("this build has no guest helper")?;
-    std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))
+/// The static guest helper (PID 1 inside: `/init init`).
+pub fn guest_binary() -> &'static [u8] {
+    airlock_guest_embed::BYTES
 }
 
 /// Everything the backend needs on this host, built and cached on first use.
@@ -52,7 +49,7 @@ pub fn prepare() -> Result<VmFacts, String> {
     let dir = artifacts::cache_dir();
     artifacts::ensure_dir(&dir)?;
     let vmlinux = artifacts::vmlinux(&dir, &k)?;
-    let initrd = artifacts::initrd(&dir, &guest_binary()?, &k)?;
+    let initrd = artifacts::initrd(&dir, guest_binary(), &k)?;
     let rootfs = artifacts::host_rootfs(&dir)?;
     let accel = accel(&qemu, &dir, &vmlinux, &initrd);
     Ok(VmFacts {
@@ -121,7 +118,7 @@ fn probe_kvm(qemu: &Path, vmlinux: &Path, initrd: &Path, limit: Duration) -> boo
         .arg(vmlinux)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "quiet panic=-1 airlock.probe=1"])
+        .args(["-append", "quiet panic=-1 airlock.probe=1 -- init"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -192,7 +189,12 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         .map_err(|e| RunError::Vm(format!("chown {}: {e}", dir.display())))?;
     }
     if let Some(src) = &vm.workspace {
-        artifacts::erofs(src, &dir.join(VM_WORKSPACE_IMAGE), &[])
+        // Owned by the sandbox user inside, as the container backend's idmapped overlay.
+        let owner = [
+            format!("--force-uid={}", vm.guest.uid),
+            format!("--force-gid={}", vm.guest.gid),
+        ];
+        artifacts::erofs(src, &dir.join(VM_WORKSPACE_IMAGE), &owner)
             .map_err(|e| RunError::Vm(format!("workspace image: {e}")))?;
         crate::phase("workspace image built");
     }
@@ -211,13 +213,42 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
     );
     qemu.writable_paths.push(PathBuf::from(VM_RUN_DIR));
 
-    let stop = AtomicBool::new(false);
+    // The channel: airlock listens, QEMU connects (as the sandbox's user) once it starts.
     let socket = dir.join(airlock_model::plan::microvm::VM_CHANNEL);
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .map_err(|e| RunError::Vm(format!("listen on {}: {e}", socket.display())))?;
+    if !qemu.rootless {
+        let (u, g) = opts.facts.project_owner;
+        nix::unistd::chown(
+            &socket,
+            Some(nix::unistd::Uid::from_raw(u)),
+            Some(nix::unistd::Gid::from_raw(g)),
+        )
+        .map_err(|e| RunError::Vm(format!("chown {}: {e}", socket.display())))?;
+    }
+    let stop = AtomicBool::new(false);
     let (outcome, reported) = std::thread::scope(|s| {
-        let relay = s.spawn(|| channel::relay(&socket, &vm.guest, &stop, vm.guest.stdin));
-        let outcome = container::run(&qemu, opts);
+        // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
+        let relay = std::sync::Mutex::new(None);
+        let start_relay = || {
+            let handle =
+                s.spawn(|| channel::relay(&listener, &vm.guest, &stop, vm.guest.stdin));
+            if let Ok(mut r) = relay.lock() {
+                *r = Some(handle);
+            }
+        };
+        let inner = RunOptions {
+            on_ready: Some(&start_relay),
+            on_egress: opts.on_egress.clone(),
+            ..*opts
+        };
+        let outcome = container::run(&qemu, &inner);
         stop.store(true, Ordering::Relaxed);
-        (outcome, relay.join().unwrap_or(Reported::Nothing))
+        let handle = relay.lock().ok().and_then(|mut r| r.take());
+        let reported = handle
+            .and_then(|h| h.join().ok())
+            .unwrap_or(Reported::Nothing);
+        (outcome, reported)
     });
     let outcome = outcome?;
     match (outcome.ending, reported) {
