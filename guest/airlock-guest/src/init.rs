@@ -174,9 +174,7 @@ fn find_port(name: &str) -> Option<PathBuf> {
     fs::read_dir("/sys/class/virtio-ports")
         .ok()?
         .flatten()
-        .find(|e| {
-            fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name)
-        })
+        .find(|e| fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name))
         .map(|e| Path::new("/dev").join(e.file_name()))
         .filter(|p| p.exists())
 }
@@ -205,7 +203,13 @@ fn setup(job: &GuestJob) -> Res<()> {
     let ro = MsFlags::MS_RDONLY;
     mnt(&root, "/lower", "erofs", ro, None)?;
     let size = size_opt(job);
-    mnt("tmpfs", "/rw", "tmpfs", MsFlags::empty(), Some(&format!("mode=0755{size}")))?;
+    mnt(
+        "tmpfs",
+        "/rw",
+        "tmpfs",
+        MsFlags::empty(),
+        Some(&format!("mode=0755{size}")),
+    )?;
     for d in ["/rw/upper", "/rw/work", "/rw/ws-upper", "/rw/ws-work"] {
         mkdir(d, 0o755)?;
     }
@@ -218,12 +222,42 @@ fn setup(job: &GuestJob) -> Res<()> {
     )?;
     let at = |p: &str| format!("{NEWROOT}{p}");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mnt("proc", &at("/proc"), "proc", nosuid | MsFlags::MS_NOEXEC, None)?;
-    mnt("sysfs", &at("/sys"), "sysfs", nosuid | MsFlags::MS_NOEXEC | ro, None)?;
-    mnt("devtmpfs", &at("/dev"), "devtmpfs", MsFlags::MS_NOSUID, None)?;
-    mnt("devpts", &at("/dev/pts"), "devpts", nosuid | MsFlags::MS_NOEXEC, Some("ptmxmode=0666,mode=0620"))?;
+    mnt(
+        "proc",
+        &at("/proc"),
+        "proc",
+        nosuid | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mnt(
+        "sysfs",
+        &at("/sys"),
+        "sysfs",
+        nosuid | MsFlags::MS_NOEXEC | ro,
+        None,
+    )?;
+    mnt(
+        "devtmpfs",
+        &at("/dev"),
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        None,
+    )?;
+    mnt(
+        "devpts",
+        &at("/dev/pts"),
+        "devpts",
+        nosuid | MsFlags::MS_NOEXEC,
+        Some("ptmxmode=0666,mode=0620"),
+    )?;
     mnt("tmpfs", &at("/dev/shm"), "tmpfs", nosuid, Some("mode=1777"))?;
-    mnt("tmpfs", &at("/tmp"), "tmpfs", nosuid, Some(&format!("mode=1777{size}")))?;
+    mnt(
+        "tmpfs",
+        &at("/tmp"),
+        "tmpfs",
+        nosuid,
+        Some(&format!("mode=1777{size}")),
+    )?;
     mnt("tmpfs", &at("/run"), "tmpfs", nosuid, Some("mode=0755"))?;
     mnt(
         "tmpfs",
@@ -262,7 +296,10 @@ fn setup(job: &GuestJob) -> Res<()> {
     let _ = nix::unistd::sethostname(&job.hostname);
     net::up("lo", None)?;
     if job.net == GuestNet::User {
-        net::up("eth0", Some(([10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2])))?;
+        net::up(
+            "eth0",
+            Some(([10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2])),
+        )?;
     }
     Ok(())
 }
@@ -289,13 +326,23 @@ fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel) -> Res<i3
             let stdin = if job.stdin {
                 in_r.as_raw_fd()
             } else {
-                File::open("/dev/null").map(|f| {
-                    let fd = f.as_raw_fd();
-                    std::mem::forget(f);
-                    fd
-                }).unwrap_or(in_r.as_raw_fd())
+                File::open("/dev/null")
+                    .map(|f| {
+                        let fd = f.as_raw_fd();
+                        std::mem::forget(f);
+                        fd
+                    })
+                    .unwrap_or(in_r.as_raw_fd())
             };
-            child(job, stdin, out_w.as_raw_fd(), err_w.as_raw_fd(), &argv, &envp, &cwd)
+            child(
+                job,
+                stdin,
+                out_w.as_raw_fd(),
+                err_w.as_raw_fd(),
+                &argv,
+                &envp,
+                &cwd,
+            )
         }
         ForkResult::Parent { child } => {
             drop((out_w, err_w, in_r));
@@ -318,7 +365,11 @@ fn child(
         // SAFETY: writing a buffer to an open descriptor, then exiting without unwinding.
         unsafe {
             libc::write(stderr, msg.as_ptr().cast(), msg.len());
-            libc::_exit(if e == nix::errno::Errno::ENOENT { 127 } else { 126 })
+            libc::_exit(if e == nix::errno::Errno::ENOENT {
+                127
+            } else {
+                126
+            })
         }
     };
     for (fd, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
@@ -356,10 +407,7 @@ fn child(
     } else {
         nix::unistd::execvpe(prog, argv, envp).err()
     };
-    fail(
-        &job.argv[0],
-        e.unwrap_or(nix::errno::Errno::ENOEXEC),
-    )
+    fail(&job.argv[0], e.unwrap_or(nix::errno::Errno::ENOEXEC))
 }
 
 /// Relay stdout/stderr (and stdin from the channel) until the command exits and its output
@@ -374,8 +422,10 @@ fn relay(
 ) -> Res<i32> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let mut pipes: Vec<(Option<File>, bool)> =
-        vec![(Some(File::from(out_r)), true), (Some(File::from(err_r)), false)];
+    let mut pipes: Vec<(Option<File>, bool)> = vec![
+        (Some(File::from(out_r)), true),
+        (Some(File::from(err_r)), false),
+    ];
     let mut stdin = stdin.map(File::from);
     let mut status: Option<i32> = None;
     let mut buf = vec![0u8; 32 << 10];
@@ -399,7 +449,12 @@ fn relay(
         }
         let mut fds: Vec<PollFd> = open
             .iter()
-            .filter_map(|&i| pipes[i].0.as_ref().map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN)))
+            .filter_map(|&i| {
+                pipes[i]
+                    .0
+                    .as_ref()
+                    .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            })
             .collect();
         let with_chan = stdin.is_some();
         if with_chan {
@@ -503,10 +558,20 @@ mod net {
         if let Some((ip, mask, gw)) = addr {
             let mut r = ifreq(name);
             r.ifr_ifru.ifru_addr = sockaddr(ip);
-            ioctl(fd, libc::SIOCSIFADDR, (&raw mut r).cast(), "set the address")?;
+            ioctl(
+                fd,
+                libc::SIOCSIFADDR,
+                (&raw mut r).cast(),
+                "set the address",
+            )?;
             let mut r = ifreq(name);
             r.ifr_ifru.ifru_netmask = sockaddr(mask);
-            ioctl(fd, libc::SIOCSIFNETMASK, (&raw mut r).cast(), "set the netmask")?;
+            ioctl(
+                fd,
+                libc::SIOCSIFNETMASK,
+                (&raw mut r).cast(),
+                "set the netmask",
+            )?;
             up_flags(fd, name)?;
             // SAFETY: rtentry is plain data; all-zero is a valid value.
             let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
@@ -514,18 +579,33 @@ mod net {
             rt.rt_genmask = sockaddr([0, 0, 0, 0]);
             rt.rt_gateway = sockaddr(gw);
             rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-            return ioctl(fd, libc::SIOCADDRT, (&raw mut rt).cast(), "add the default route");
+            return ioctl(
+                fd,
+                libc::SIOCADDRT,
+                (&raw mut rt).cast(),
+                "add the default route",
+            );
         }
         up_flags(fd, name)
     }
 
     fn up_flags(fd: i32, name: &str) -> Res<()> {
         let mut r = ifreq(name);
-        ioctl(fd, libc::SIOCGIFFLAGS, (&raw mut r).cast(), "read the link flags")?;
+        ioctl(
+            fd,
+            libc::SIOCGIFFLAGS,
+            (&raw mut r).cast(),
+            "read the link flags",
+        )?;
         // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
         unsafe {
             r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         }
-        ioctl(fd, libc::SIOCSIFFLAGS, (&raw mut r).cast(), "bring the link up")
+        ioctl(
+            fd,
+            libc::SIOCSIFFLAGS,
+            (&raw mut r).cast(),
+            "bring the link up",
+        )
     }
 }

@@ -180,10 +180,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     push(&["-device", "virtio-serial-device"]);
     push(&[
         "-chardev",
-        &format!(
-            "socket,id=channel,path={}",
-            s(&run.join(VM_CHANNEL))
-        ),
+        &format!("socket,id=channel,path={}", s(&run.join(VM_CHANNEL))),
     ]);
     push(&[
         "-device",

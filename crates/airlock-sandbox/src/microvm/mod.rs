@@ -231,8 +231,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
         let relay = std::sync::Mutex::new(None);
         let start_relay = || {
-            let handle =
-                s.spawn(|| channel::relay(&listener, &vm.guest, &stop, vm.guest.stdin));
+            let handle = s.spawn(|| channel::relay(&listener, &vm.guest, &stop, vm.guest.stdin));
             if let Ok(mut r) = relay.lock() {
                 *r = Some(handle);
             }
