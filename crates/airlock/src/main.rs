@@ -55,7 +55,6 @@ fn not_yet_hint(e: &clap::Error) -> Option<&'static str> {
     };
     match arg.split('=').next()? {
         "--image" => Some("--image is not available yet: this build runs the `host` image only (the host's /usr, read-only)"),
-        "--backend" => Some("--backend is not available yet: this build has the `container` backend only"),
         "--no-network" | "--no-net" | "--offline" => Some("no network is `--net off`"),
         _ => None,
     }

@@ -100,6 +100,11 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if !spec.binds.is_empty() {
         return Err(Refusal::MicrovmUnsupported("--ro mounts"));
     }
+    if spec.stdio == crate::spec::Stdio::Tty {
+        return Err(Refusal::MicrovmUnsupported(
+            "-t (a terminal inside the guest)",
+        ));
+    }
     if spec.net == NetMode::Open {
         return Err(Refusal::MicrovmUnsupported("--net open"));
     }
