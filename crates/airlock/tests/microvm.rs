@@ -27,10 +27,19 @@ fn cache_dir() -> String {
 }
 
 fn vm_run(a: &Airlock, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    vm_run_stdin(a, args, env, None)
+}
+
+fn vm_run_stdin(
+    a: &Airlock,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> Outcome {
     let mut cmd = a.command(&[&["run", "--backend", "microvm"], args].concat());
     cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
     cmd.envs(env.iter().copied());
-    common::run_with_deadline(cmd, None, VM_DEADLINE)
+    common::run_with_deadline(cmd, stdin.map(<[u8]>::to_vec), VM_DEADLINE)
 }
 
 fn host_release() -> String {
@@ -47,7 +56,7 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
     }
     let a = Airlock::root();
     std::fs::write(a.cwd.join("a.txt"), "from the host\n").expect("write");
-    let out = vm_run(
+    let out = vm_run_stdin(
         &a,
         &[
             "--net",
@@ -56,9 +65,11 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
             "sh",
             "-c",
             "echo hi; uname -r; cat /workspace/a.txt; echo changed > /workspace/a.txt; \
-             cat /workspace/a.txt; ls /sys/class/net; id -u; echo oops >&2; exit 7",
+             cat /workspace/a.txt; ls /sys/class/net; id -u; echo oops >&2; \
+             read line; echo \"got $line\"; exit 7",
         ],
         &[],
+        Some(b"piped in\n"),
     );
     assert_eq!(out.code(), 7, "{}", out.describe());
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -77,6 +88,8 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
     assert_eq!(lines[4], "lo", "{}", out.describe());
     assert_eq!(lines[5], "1000", "{}", out.describe());
     assert!(out.stderr.contains("oops"), "{}", out.describe());
+    // stdin reaches the guest's command over the channel.
+    assert_eq!(lines[6], "got piped in", "{}", out.describe());
     assert_eq!(
         std::fs::read_to_string(a.cwd.join("a.txt")).expect("read"),
         "from the host\n"
@@ -271,6 +284,34 @@ fn qemu_is_confined_and_dies_with_airlock() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_guest_outliving_its_timeout_is_killed() {
+    if !e2e("a_guest_outliving_its_timeout_is_killed") {
+        return;
+    }
+    let a = Airlock::root();
+    let start = Instant::now();
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--timeout",
+            "30s",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 600",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 124, "{}", out.describe());
+    assert!(out.stderr.contains("timeout after 30s"), "{}", out.describe());
+    assert!(start.elapsed() < Duration::from_secs(120), "{}", out.describe());
 }
 
 #[test]

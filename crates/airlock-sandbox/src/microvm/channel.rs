@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The longest line the host reads from the guest (its output chunks are 32 KiB, base64).
+const MAX_LINE: u64 = 1 << 20;
+
 /// How the guest ended, as it reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reported {
@@ -83,9 +86,21 @@ pub fn serve(stream: UnixStream, job: &GuestJob, stdin: bool) -> Reported {
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     let mut reported = Reported::Nothing;
-    for line in BufReader::new(stream).lines() {
-        let Ok(line) = line else { break };
-        let msg: GuestMsg = match serde_json::from_str(&line) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        // The guest is untrusted: a line longer than any message it has reason to send ends
+        // the relay rather than growing this process's memory.
+        line.clear();
+        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.last() != Some(&b'\n') => {
+                crate::phase("vm channel: over-long or unterminated line; relay ended");
+                break;
+            }
+            Ok(_) => {}
+        }
+        let msg: GuestMsg = match serde_json::from_slice(&line) {
             Ok(m) => m,
             Err(e) => {
                 crate::phase(&format!("vm channel: unreadable line skipped: {e}"));
