@@ -10,7 +10,6 @@ mod gc;
 mod hooks;
 mod init;
 pub(crate) mod named;
-pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod sandbox;
 mod supervise;
@@ -47,8 +46,6 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Prompt(a) => agent::prompt(&a),
         Command::Reports(a) => agent::reports(&a),
         Command::Attach(a) => agent::attach(&a),
-        Command::Which(a) => Ok(agent::which(&a.program)),
-        Command::AgentRunner(a) => Ok(airlock_agent::runner::main(&a.harness, a.grace_secs)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
         Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Engine(a) => match a.action {
