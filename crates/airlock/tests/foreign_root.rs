@@ -188,6 +188,26 @@ fn foreign_root(a: &Airlock, label: &str) {
     let out = a.run(&["cp", "fr:/etc/shadow", &h("shadow")]);
     assert_eq!(out.code(), 122, "{label}: {}", out.describe());
 
+    // The helper is read-only inside: shared by every sandbox, it cannot be replaced from one.
+    for target in ["/run/airlock/bin/airlock-guest", "/run/airlock/bin/report"] {
+        let out = a.run(&[
+            "exec",
+            "fr",
+            "--",
+            "/usr/bin/busybox",
+            "cp",
+            "/tmp/in.txt",
+            target,
+        ]);
+        assert_ne!(out.code(), 0, "{label}: {target}: {}", out.describe());
+    }
+    let installed = airlock_guest_embed::installed_path(&a.state_dir());
+    assert_eq!(
+        std::fs::read(&installed).expect("installed helper"),
+        airlock_guest_embed::BYTES,
+        "{label}"
+    );
+
     ok(&["rm", "--force", "fr"]);
 }
 
