@@ -227,13 +227,24 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
         Record::File {
             path, size, mtime, ..
         } if path.is_empty() => {
+            let dest = if host.is_dir() {
+                host.join(&base)
+            } else {
+                host.to_path_buf()
+            };
+            let created = std::fs::symlink_metadata(&dest).is_err();
             let mut f = std::fs::File::from(open_host_dest(host, &base)?);
-            stream::write_body(&mut r, &mut f, size, mtime)
-                .and_then(|()| match r.record()? {
-                    Record::End { .. } => Ok(()),
+            let written = stream::write_body(&mut r, &mut f, size, mtime).and_then(|()| {
+                match r.record()? {
+                    Record::End { .. } => Ok(None),
                     _ => Err(FsError::new(Code::Stream, "expected the end of the stream")),
-                })
-                .map(|()| None)
+                }
+            });
+            if written.is_err() && created {
+                // Nothing half-copied is left behind (a file that was there stays, truncated).
+                let _ = std::fs::remove_file(&dest);
+            }
+            written
         }
         Record::Dir { path, .. } if path.is_empty() => {
             // Unpacked into a new directory only, every entry checked (no `..`, no absolute
