@@ -364,6 +364,16 @@ fn read_and_write_keep_to_their_roots() {
     );
     assert_eq!(r.expect_err("parent outside").code, Code::Escape);
     assert!(!outside.join("new").exists());
+    // With `mkdirs`, nothing is created outside the roots before the refusal either.
+    let (r, _) = run(
+        serde_json::json!({"op":"write","path":root.join("to-outside/made/deeper/f"),"mkdirs":true,"roots":roots}),
+        b"pwned",
+    );
+    assert_eq!(r.expect_err("mkdirs outside").code, Code::Escape);
+    assert!(
+        !outside.join("made").exists(),
+        "a directory was made outside the roots"
+    );
     assert_eq!(
         std::fs::read(outside.join("secret")).expect("read"),
         b"s3cr3t"
