@@ -1,0 +1,426 @@
+//! What people coming from other sandbox tools reach for: shell completions and a man page
+//! generated from the CLI definitions, and their spellings of airlock's commands (`remove`,
+//! `mcp server`, `--no-network`, `stop --remove`, `status` with the `environment:` block).
+//!
+//! Completions and the man page need no root; the spellings run real sandboxes, as root and as
+//! the unprivileged test user (see `common::e2e`).
+
+mod common;
+
+use common::{e2e, stop_engines_of, Airlock, Bins};
+use std::path::Path;
+use std::process::Command;
+
+/// Stops the test's engine however the test ends.
+struct EngineGuard<'a>(&'a Airlock);
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        stop_engines_of(self.0);
+    }
+}
+
+fn ok(a: &Airlock, args: &[&str]) -> common::Outcome {
+    let out = a.run(args);
+    assert_eq!(out.code(), 0, "airlock {args:?}: {}", out.describe());
+    out
+}
+
+/// A program the test needs: present, or (under CI, AIRLOCK_E2E) a failure naming the script
+/// that installs it.
+fn tool(name: &str) -> bool {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join(name).is_file());
+    if !found {
+        assert!(
+            std::env::var_os("AIRLOCK_E2E").is_none(),
+            "{name} is missing: .ci/install-shells installs it"
+        );
+        eprintln!("note: {name} not installed; its part of the test not run");
+    }
+    found
+}
+
+fn sh(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .env("TERM", "dumb")
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+fn script(a: &Airlock, shell: &str) -> String {
+    let out = ok(a, &["completions", shell]);
+    assert!(out.stderr.is_empty(), "{}", out.describe());
+    out.stdout
+}
+
+/// The words bash's completion function offers for `line` (the last word being completed).
+fn bash_complete(script_path: &Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let cword = words.len() - 1;
+    let prev = if cword > 0 { words[cword - 1] } else { "" };
+    let prog = format!(
+        "source '{}' || exit 9\n\
+         complete -p airlock || exit 8\n\
+         COMP_WORDS=({}); COMP_CWORD={cword}; COMP_LINE='{}'; COMP_POINT=${{#COMP_LINE}}\n\
+         _airlock airlock '{}' '{prev}'\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script_path.display(),
+        quoted.join(" "),
+        words.join(" "),
+        words[cword]
+    );
+    let out = sh("bash", &["--norc", "--noprofile", "-c", &prog]);
+    assert!(
+        out.status.success(),
+        "bash completion for {words:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let spec = lines.next().unwrap_or_default();
+    assert!(
+        spec.starts_with("complete ") && spec.ends_with(" airlock"),
+        "complete -p airlock: {spec}"
+    );
+    lines.map(str::to_string).collect()
+}
+
+#[test]
+fn completion_scripts_load_and_complete_commands() {
+    let a = Airlock::root();
+    let dir = common::TempDir::new("completions");
+
+    let bash = dir.join("airlock.bash");
+    std::fs::write(&bash, script(&a, "bash")).expect("write");
+    let subs = bash_complete(&bash, &["airlock", "st"]);
+    assert_eq!(subs, ["start", "stop", "status"], "airlock st<TAB>");
+    let subs = bash_complete(&bash, &["airlock", "re"]);
+    assert!(subs.contains(&"remove".to_string()), "{subs:?}");
+    assert!(subs.contains(&"reports".to_string()), "{subs:?}");
+    // Internal commands are not offered.
+    let all = bash_complete(&bash, &["airlock", ""]);
+    assert!(all.contains(&"completions".to_string()), "{all:?}");
+    assert!(all.contains(&"man".to_string()), "{all:?}");
+    assert!(
+        !all.iter().any(|w| w.starts_with("__") || w == "engine"),
+        "{all:?}"
+    );
+    let opts = bash_complete(&bash, &["airlock", "run", "--no-n"]);
+    assert_eq!(opts, ["--no-network"], "airlock run --no-n<TAB>");
+    let opts = bash_complete(&bash, &["airlock", "stop", "box", "--rem"]);
+    assert_eq!(opts, ["--remove"], "airlock stop box --rem<TAB>");
+
+    if tool("fish") {
+        let fish = dir.join("airlock.fish");
+        std::fs::write(&fish, script(&a, "fish")).expect("write");
+        let prog = format!(
+            "source '{}'; complete -C 'airlock st'; complete -C 'airlock mcp s'",
+            fish.display()
+        );
+        let out = sh("fish", &["--no-config", "-c", &prog]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let words: Vec<&str> = text
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default())
+            .collect();
+        assert_eq!(words, ["start", "status", "stop", "server"], "{text}");
+    }
+
+    if tool("zsh") {
+        let zdir = dir.join("zfunc");
+        std::fs::create_dir_all(&zdir).expect("mkdir");
+        std::fs::write(zdir.join("_airlock"), script(&a, "zsh")).expect("write");
+        let out = sh("zsh", &["-n", &zdir.join("_airlock").to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "zsh -n: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // compinit finds it on fpath and binds it to airlock.
+        let prog = format!(
+            "fpath=('{}' $fpath); autoload -U compinit; compinit -u -d '{}'; \
+             print -r -- ${{_comps[airlock]}}; autoload +X _airlock && whence -w _airlock",
+            zdir.display(),
+            dir.join("zcompdump").display()
+        );
+        let out = sh("zsh", &["-f", "-c", &prog]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text.trim(), "_airlock\n_airlock: function", "{text}");
+    }
+}
+
+/// groff with warnings on and input preconverted (UTF-8): nothing on stderr, exit 0.
+fn renders_cleanly(page: &Path) {
+    let out = sh(
+        "groff",
+        &["-k", "-man", "-Tutf8", "-ww", "-z", &page.to_string_lossy()],
+    );
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "groff {}: {}",
+        page.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_man_page_renders() {
+    if !tool("groff") || !tool("man") {
+        return;
+    }
+    let a = Airlock::root();
+    let dir = common::TempDir::new("man");
+    let out = ok(&a, &["man"]);
+    assert!(out.stdout.starts_with(".ie"), "{}", out.describe());
+    let page = dir.join("airlock.1");
+    std::fs::write(&page, &out.stdout).expect("write");
+    renders_cleanly(&page);
+    let man = Command::new("man")
+        .args(["-l", &page.to_string_lossy()])
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .env("LANG", "C.UTF-8")
+        .output()
+        .expect("man -l");
+    assert!(man.status.success(), "{man:?}");
+    let text = String::from_utf8_lossy(&man.stdout);
+    for want in [
+        "NAME",
+        "SYNOPSIS",
+        "airlock-run(1)",
+        "airlock-completions(1)",
+        "airlock-man(1)",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+    assert!(!text.contains("__supervise"), "{text}");
+
+    // --dir: one page per command, each renders, none for the internal commands.
+    let pages = dir.join("pages");
+    ok(&a, &["man", "--dir", &pages.to_string_lossy()]);
+    let mut names: Vec<String> = std::fs::read_dir(&pages)
+        .expect("pages")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for want in [
+        "airlock.1",
+        "airlock-run.1",
+        "airlock-status.1",
+        "airlock-mcp-server.1",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("__") || n.contains("engine")),
+        "{names:?}"
+    );
+    for n in &names {
+        renders_cleanly(&pages.join(n));
+    }
+    let run = std::fs::read_to_string(pages.join("airlock-run.1")).expect("read");
+    assert!(run.contains("no\\-network"), "{run}");
+}
+
+/// `airlock mcp server` is `airlock mcp`: the same server answers `initialize`.
+fn mcp_server_answers(a: &Airlock) {
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    for args in [
+        &["mcp", "server"][..],
+        &["mcp", "server", "--allow-permissive"],
+    ] {
+        let out = a.run_stdin(args, format!("{init}\n").as_bytes());
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        let v: serde_json::Value = serde_json::from_str(out.stdout.lines().next().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", out.describe()));
+        assert_eq!(v["result"]["serverInfo"]["name"], "airlock", "{v}");
+    }
+}
+
+fn spellings(a: &Airlock, mode: &str) {
+    let _guard = EngineGuard(a);
+    // --no-network is --net off: no proxy, loopback only; it cannot be combined with --net.
+    let out = ok(
+        a,
+        &[
+            "run",
+            "--no-network",
+            "--",
+            "sh",
+            "-c",
+            "echo proxy=$HTTP_PROXY; ls /sys/class/net",
+        ],
+    );
+    assert_eq!(out.stdout, "proxy=\nlo\n", "{mode}: {}", out.describe());
+    let out = a.run(&["run", "--no-network", "--net", "filtered", "--", "true"]);
+    assert_eq!(out.code(), 2, "{mode}: {}", out.describe());
+    assert!(
+        out.stderr.contains("cannot be used with"),
+        "{}",
+        out.describe()
+    );
+
+    // A named sandbox created with --no-network records --net off: `up --net off` is the same.
+    ok(a, &["create", "box", "--no-network"]);
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(a, &["status", "box", "--json"]).stdout).expect("json");
+    assert_eq!(st["spec"]["net"], "off", "{mode}: {st}");
+    ok(a, &["up", "box", "--net", "off"]);
+    ok(a, &["up", "box", "--no-network"]);
+
+    // `status` without NAME: the environment block first, then the directory's sandbox
+    // (named "cwd" after the test's directory) — none yet, then one.
+    let out = ok(a, &["status"]);
+    assert!(
+        out.stdout.starts_with("environment:\n"),
+        "{mode}: {}",
+        out.describe()
+    );
+    assert!(
+        out.stdout
+            .contains("  default path (container backend): ok\n"),
+        "{mode}: {}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("  ok        user namespaces\n"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout
+            .contains("sandbox:  none named cwd for this directory"),
+        "{mode}: {}",
+        out.describe()
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(a, &["status", "--json"]).stdout).expect("json");
+    assert_eq!(v["environment"]["default_path_ok"], true, "{v}");
+    assert_eq!(v["name"], "cwd", "{v}");
+    assert!(v["sandbox"].is_null(), "{v}");
+    ok(a, &["create", "cwd", "--net", "off"]);
+    let out = ok(a, &["status"]);
+    let env_at = out.stdout.find("environment:").expect("environment block");
+    let name_at = out.stdout.find("name:     cwd\n").expect("the sandbox");
+    assert!(env_at < name_at, "{mode}: {}", out.describe());
+    assert!(
+        out.stdout.contains("state:    stopped"),
+        "{}",
+        out.describe()
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(a, &["status", "--json"]).stdout).expect("json");
+    assert_eq!(v["sandbox"]["name"], "cwd", "{v}");
+
+    // `remove` is `rm`.
+    ok(a, &["remove", "cwd"]);
+    assert_eq!(a.run(&["status", "cwd"]).code(), 122);
+
+    // `stop --remove` (and `--rm`): stopped, then removed.
+    let out = ok(a, &["stop", "--remove", "box"]);
+    assert!(
+        out.stdout.contains("removed box"),
+        "{mode}: {}",
+        out.describe()
+    );
+    assert_eq!(a.run(&["status", "box"]).code(), 122, "{mode}");
+    ok(a, &["up", "box2", "--net", "off"]);
+    ok(a, &["stop", "box2", "--rm"]);
+    assert_eq!(a.run(&["status", "box2"]).code(), 122, "{mode}");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(a, &["list", "--json"]).stdout).expect("json");
+    assert_eq!(list, serde_json::json!([]), "{mode}");
+
+    mcp_server_answers(a);
+}
+
+#[test]
+fn peer_spellings_are_aliases_rootful() {
+    if !e2e("peer_spellings_are_aliases_rootful") {
+        return;
+    }
+    spellings(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn peer_spellings_are_aliases_rootless() {
+    if !e2e("peer_spellings_are_aliases_rootless") {
+        return;
+    }
+    let bins = Bins::owned_by(&common::test_user());
+    spellings(&Airlock::rootless(&bins), "rootless");
+}
+
+/// Where user namespaces are exhausted (a user namespace of the test's own whose
+/// `user.max_user_namespaces` is 0), `status` still prints the environment block, names what is
+/// missing and exits 123 with a hint; it does not go on to start an engine.
+#[test]
+fn status_exits_non_zero_when_the_host_lacks_what_sandboxes_need() {
+    if !e2e("status_exits_non_zero_when_the_host_lacks_what_sandboxes_need") {
+        return;
+    }
+    let bins = Bins::owned_by(&common::test_user());
+    for a in [Airlock::root(), Airlock::rootless(&bins)] {
+        let _guard = EngineGuard(&a);
+        for json in [false, true] {
+            let mut args = vec![
+                "--user",
+                "--map-root-user",
+                "sh",
+                "-c",
+                "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$0\" \"$@\"",
+            ];
+            let exe = a.exe.to_string_lossy().into_owned();
+            args.push(&exe);
+            args.push("status");
+            if json {
+                args.push("--json");
+            }
+            let out =
+                common::run_with_deadline(a.command_with("unshare", &args), None, common::DEADLINE);
+            assert_eq!(out.code(), 123, "{}", out.describe());
+            assert!(
+                out.stderr
+                    .contains("this host lacks what sandboxes need: user namespaces"),
+                "{}",
+                out.describe()
+            );
+            assert!(out.stderr.contains("hint: "), "{}", out.describe());
+            if json {
+                let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+                assert_eq!(v["environment"]["default_path_ok"], false, "{v}");
+            } else {
+                assert!(
+                    out.stdout.starts_with("environment:\n"),
+                    "{}",
+                    out.describe()
+                );
+                assert!(
+                    out.stdout.contains("  MISSING   user namespaces "),
+                    "{}",
+                    out.describe()
+                );
+                assert!(out.stdout.contains("fix: "), "{}", out.describe());
+            }
+            assert!(
+                !a.state_dir().join("store.db").exists(),
+                "no engine was started"
+            );
+        }
+    }
+}
