@@ -122,6 +122,11 @@ pub struct PolicyArgs {
     /// Policy defaults: restrictive (no network, no write-back), moderate (default), permissive.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
+    /// What an agent expects, in one switch: claude, codex, gemini (its profile, its API's
+    /// domains, the common package registries, its workspace mode) or native. Other options
+    /// and the configuration files still override each setting.
+    #[arg(long, value_name = "MODE")]
+    pub compatibility_mode: Option<String>,
     /// Network egress: off (loopback only) or filtered (allowlisted domains only; the default).
     #[arg(long, value_name = "MODE")]
     pub net: Option<String>,

@@ -424,3 +424,149 @@ fn status_exits_non_zero_when_the_host_lacks_what_sandboxes_need() {
         }
     }
 }
+
+/// A git repository with one commit at `dir` (the test's project).
+fn git_repo(a: &Airlock) {
+    let dir = a.cwd.to_string_lossy().into_owned();
+    for args in [
+        &["init", "-q", "-b", "main", &dir][..],
+        &["-C", &dir, "add", "-A"],
+        &[
+            "-C",
+            &dir,
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-qm",
+            "init",
+        ],
+    ] {
+        let out = a.command_with("git", args).output().expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+}
+
+fn compatibility_modes(a: &Airlock, mode: &str) {
+    let _guard = EngineGuard(a);
+    std::fs::write(a.cwd.join("README"), "project\n").expect("write");
+    if let Some(u) = &a.user {
+        a.dir.chown_to(u);
+    }
+    git_repo(a);
+    // The claude mode on `run`: Anthropic's API and the registries reachable, other names
+    // denied (the fake internet answers every name, so only the policy decides); the workspace
+    // is an overlay (a clone needs a named sandbox), so the host is untouched.
+    let inet = common::internet::Internet::start(
+        &[
+            "api.anthropic.com",
+            "pypi.org",
+            "api.openai.com",
+            "example.com",
+        ],
+        &[],
+    );
+    let probe = "for h in api.anthropic.com pypi.org api.openai.com example.com; do \
+                 printf '%s ' $h; curl -s -o /dev/null -m 10 -w '%{http_code}\\n' http://$h/; done; \
+                 echo x > /workspace/new";
+    let out = a.run_with_env(
+        &[("AIRLOCK_DNS_UPSTREAM", &inet.dns)],
+        &[
+            "run",
+            "--compatibility-mode",
+            "claude",
+            "--",
+            "sh",
+            "-c",
+            probe,
+        ],
+    );
+    assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "api.anthropic.com 200\npypi.org 200\napi.openai.com 403\nexample.com 403\n",
+        "{mode}: {}",
+        out.describe()
+    );
+    assert!(
+        !a.cwd.join("new").exists(),
+        "{mode}: overlay keeps the host untouched"
+    );
+    let out = a.run(&["run", "--compatibility-mode", "cursor", "--", "true"]);
+    assert_eq!(out.code(), 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("claude, codex, gemini, native"),
+        "{}",
+        out.describe()
+    );
+
+    // The mode from the project file widens (its domains): refused until trusted; then
+    // `airlock config` shows where each of its values comes from.
+    std::fs::write(
+        a.cwd.join("airlock.toml"),
+        "[agent]\ncompatibility_mode = \"codex\"\n",
+    )
+    .expect("write");
+    if let Some(u) = &a.user {
+        a.dir.chown_to(u);
+    }
+    let out = a.run(&["create", "box"]);
+    assert_eq!(out.code(), 121, "{mode}: {}", out.describe());
+    assert!(out.stderr.contains("network.domains"), "{}", out.describe());
+    ok(a, &["trust"]);
+    let cfg = ok(a, &["config"]).stdout;
+    for line in [
+        "profile = \"restrictive\"  # from mode:codex",
+        "mode = \"filtered\"  # from mode:codex",
+        "mode = \"clone\"  # from mode:codex",
+        "compatibility_mode = \"codex\"  # from project:",
+    ] {
+        assert!(cfg.contains(line), "{mode}: {line} not in\n{cfg}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(a, &["config", "--json"]).stdout).expect("json");
+    assert_eq!(v["origins"]["network.domains"][0], "mode:codex", "{v}");
+
+    // A named sandbox made in that mode: restrictive, filtered to OpenAI and the registries,
+    // its own clone.
+    ok(a, &["create", "box"]);
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(a, &["status", "box", "--json"]).stdout).expect("json");
+    assert_eq!(st["spec"]["profile"], "restrictive", "{mode}: {st}");
+    assert_eq!(st["spec"]["net"], "filtered", "{st}");
+    assert_eq!(st["spec"]["workspace"], "clone", "{st}");
+    let domains = st["spec"]["domains"].to_string();
+    for d in ["api.openai.com", "registry.npmjs.org", "crates.io"] {
+        assert!(domains.contains(d), "{d} not in {domains}");
+    }
+    assert!(!domains.contains("anthropic"), "{domains}");
+    // Another mode for the same sandbox is a different policy: `up` names it.
+    let out = a.run(&["up", "box", "--compatibility-mode", "claude"]);
+    assert_eq!(out.code(), 2, "{mode}: {}", out.describe());
+    assert!(
+        out.stderr
+            .contains("--compatibility-mode claude (it has profile restrictive"),
+        "{}",
+        out.describe()
+    );
+    ok(a, &["up", "box", "--compatibility-mode", "codex"]);
+    ok(a, &["rm", "--force", "box"]);
+}
+
+#[test]
+fn compatibility_modes_rootful() {
+    if !e2e("compatibility_modes_rootful") {
+        return;
+    }
+    compatibility_modes(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn compatibility_modes_rootless() {
+    if !e2e("compatibility_modes_rootless") {
+        return;
+    }
+    let bins = Bins::owned_by(&common::test_user());
+    compatibility_modes(&Airlock::rootless(&bins), "rootless");
+}

@@ -5,7 +5,8 @@ use super::schema::{
     ResourcesLayer, SandboxLayer, SecretSource, WorkspaceLayer,
 };
 use crate::policy::{
-    BackendKind, ByteSize, Cpus, HomeFileMode, NetMode, Profile, Seconds, WorkspaceMode,
+    BackendKind, ByteSize, CompatibilityMode, Cpus, HomeFileMode, NetMode, Profile, Seconds,
+    WorkspaceMode,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -39,6 +40,9 @@ pub struct Effective {
     pub agent: Option<Harness>,
     /// `[agent] grace`.
     pub agent_grace: Seconds,
+    /// `[agent] compatibility_mode`, whose settings are already merged into the values above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatibility_mode: Option<CompatibilityMode>,
     pub hooks: Hooks,
 }
 
@@ -125,6 +129,7 @@ impl Default for Effective {
             home_files: BTreeMap::new(),
             agent: None,
             agent_grace: DEFAULT_AGENT_GRACE,
+            compatibility_mode: None,
             hooks: Hooks::default(),
         }
     }
@@ -199,6 +204,7 @@ impl Effective {
             agent: Some(AgentLayer {
                 harness: self.agent.clone(),
                 grace: Some(self.agent_grace),
+                compatibility_mode: self.compatibility_mode,
             }),
             hooks: (*h != Hooks::default()).then(|| HooksLayer {
                 pre_up: some_vec(&h.pre_up),

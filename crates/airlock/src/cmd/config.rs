@@ -227,6 +227,7 @@ mod tests {
             agent: Some(AgentLayer {
                 harness: Some(Harness::Command(vec!["my-agent".into(), "--yes".into()])),
                 grace: Some("45s".parse().unwrap()),
+                compatibility_mode: None,
             }),
             ..Default::default()
         };

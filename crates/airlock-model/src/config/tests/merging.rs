@@ -379,6 +379,7 @@ post_down = ["echo bye"]
         .into(),
         agent: Some(Harness::Command(strings(&["my-agent", "--yes"]))),
         agent_grace: crate::policy::Seconds(60),
+        compatibility_mode: None,
         hooks: Hooks {
             pre_up: strings(&["echo user", "echo project"]),
             post_up: vec![],

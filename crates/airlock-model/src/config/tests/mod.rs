@@ -4,6 +4,7 @@
 mod errors;
 mod loading;
 mod merging;
+mod modes;
 mod template;
 
 use super::*;
