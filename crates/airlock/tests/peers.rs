@@ -570,3 +570,167 @@ fn compatibility_modes_rootless() {
     let bins = Bins::owned_by(&common::test_user());
     compatibility_modes(&Airlock::rootless(&bins), "rootless");
 }
+
+fn write_exec(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+    common::set_mode(path, 0o755);
+}
+
+fn setup_scripts(a: &Airlock, mode: &str) {
+    let _guard = EngineGuard(a);
+    // A plugin's script (relative to the plugin file) and the project's, in that order; they
+    // see the sandbox's environment and secrets, run in /workspace, and leave a trace in the
+    // sandbox's home.
+    let script = |who: &str| {
+        format!(
+            "#!/bin/sh\necho \"{who} setup in $(pwd) as $(id -un)\"\n\
+             [ -n \"$TOKEN\" ] && [ \"$TOKEN\" = \"$(cat /run/secrets/TOKEN)\" ] && echo \"{who} has the secret\"\n\
+             echo \"{who} PROJ=$PROJ\"\necho {who} >> \"$HOME/ran\"\n"
+        )
+    };
+    write_exec(&a.cwd.join("tools/plug-setup.sh"), &script("plugin"));
+    std::fs::write(
+        a.cwd.join("tools/plug.toml"),
+        "setup = [\"./plug-setup.sh\"]\n",
+    )
+    .expect("w");
+    write_exec(&a.cwd.join("scripts/setup.sh"), &script("project"));
+    std::fs::write(
+        a.cwd.join("airlock.toml"),
+        "plugins = [\"./tools/plug.toml\"]\nsetup = [\"./scripts/setup.sh\"]\n\
+         [env]\nPROJ = \"p1\"\n[secrets]\nTOKEN = { from_env = \"SETUP_TOKEN\" }\n",
+    )
+    .expect("write");
+    if let Some(u) = &a.user {
+        a.dir.chown_to(u);
+    }
+    let env = [("SETUP_TOKEN", "tok-123")];
+    // Untrusted: the scripts are named, nothing runs.
+    let out = a.run_with_env(&env, &["run", "--net", "off", "--", "true"]);
+    assert_eq!(out.code(), 121, "{mode}: {}", out.describe());
+    assert!(out.stderr.contains("setup "), "{}", out.describe());
+    ok(a, &["trust"]);
+
+    // `run`: the scripts first (their output on stderr), then the command.
+    let out = a.run_with_env(
+        &env,
+        &[
+            "run",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "cat $HOME/ran; echo cmd",
+        ],
+    );
+    assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "plugin\nproject\ncmd\n",
+        "{mode}: {}",
+        out.describe()
+    );
+    for line in [
+        "plugin setup in /workspace as agent",
+        "plugin has the secret",
+        "project has the secret",
+        "project PROJ=p1",
+    ] {
+        assert!(
+            out.stderr.contains(line),
+            "{mode}: {line}: {}",
+            out.describe()
+        );
+    }
+
+    // A named sandbox: once after its first start, output in its log; not again on restart.
+    let out = a.run_with_env(&env, &["up", "box", "--net", "off"]);
+    assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+    let log = ok(a, &["logs", "box"]).stdout;
+    for line in [
+        "plugin setup in /workspace as agent",
+        "project has the secret",
+        "project PROJ=p1",
+        "setup.sh: exit 0",
+    ] {
+        assert!(log.contains(line), "{mode}: {line} not in\n{log}");
+    }
+    ok(a, &["stop", "box"]);
+    let out = a.run_with_env(&env, &["start", "box"]);
+    assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+    let ran = ok(a, &["exec", "box", "--", "cat", "/home/agent/ran"]).stdout;
+    assert_eq!(ran, "plugin\nproject\n", "{mode}: ran once");
+    // --fresh: a new sandbox, set up again.
+    let out = a.run_with_env(&env, &["up", "box", "--fresh", "--net", "off"]);
+    assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+    let ran = ok(a, &["exec", "box", "--", "cat", "/home/agent/ran"]).stdout;
+    assert_eq!(
+        ran, "plugin\nproject\n",
+        "{mode}: set up again after --fresh"
+    );
+    ok(a, &["rm", "--force", "box"]);
+
+    // A failing script: start fails (125) naming it, with its output and a hint; a sandbox
+    // `up` created is removed again, an existing one is left stopped (its log says why).
+    write_exec(
+        &a.cwd.join("scripts/setup.sh"),
+        "#!/bin/sh\necho 'no toolchain here'\nexit 3\n",
+    );
+    if let Some(u) = &a.user {
+        a.dir.chown_to(u);
+    }
+    let out = a.run_with_env(&env, &["up", "bad", "--net", "off"]);
+    assert_eq!(out.code(), 125, "{mode}: {}", out.describe());
+    assert!(
+        out.stderr.contains("setup script ") && out.stderr.contains("with exit 3"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("| no toolchain here"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("hint: "), "{}", out.describe());
+    assert_eq!(a.run(&["status", "bad"]).code(), 122, "{mode}: removed");
+    let out = a.run_with_env(&env, &["create", "b2", "--net", "off"]);
+    assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+    let out = a.run_with_env(&env, &["start", "b2"]);
+    assert_eq!(out.code(), 125, "{mode}: {}", out.describe());
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(a, &["status", "b2", "--json"]).stdout).expect("json");
+    assert_eq!(st["state"], "stopped", "{mode}: {st}");
+    assert!(ok(a, &["logs", "b2"]).stdout.contains("no toolchain here"));
+    ok(a, &["rm", "b2"]);
+    // `run`: the command does not run.
+    let out = a.run_with_env(&env, &["run", "--net", "off", "--", "echo", "cmd"]);
+    assert_eq!(out.code(), 125, "{mode}: {}", out.describe());
+    assert!(!out.stdout.contains("cmd"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("the command did not run"),
+        "{}",
+        out.describe()
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(a, &["list", "--json"]).stdout).expect("json");
+    assert_eq!(list, serde_json::json!([]), "{mode}");
+}
+
+#[test]
+fn setup_scripts_rootful() {
+    if !e2e("setup_scripts_rootful") {
+        return;
+    }
+    setup_scripts(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn setup_scripts_rootless() {
+    if !e2e("setup_scripts_rootless") {
+        return;
+    }
+    let bins = Bins::owned_by(&common::test_user());
+    setup_scripts(&Airlock::rootless(&bins), "rootless");
+}

@@ -44,6 +44,9 @@ pub struct Effective {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatibility_mode: Option<CompatibilityMode>,
     pub hooks: Hooks,
+    /// `setup`: scripts (absolute host paths) run inside after the first start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +134,7 @@ impl Default for Effective {
             agent_grace: DEFAULT_AGENT_GRACE,
             compatibility_mode: None,
             hooks: Hooks::default(),
+            setup: Vec::new(),
         }
     }
 }
@@ -206,6 +210,7 @@ impl Effective {
                 grace: Some(self.agent_grace),
                 compatibility_mode: self.compatibility_mode,
             }),
+            setup: some_vec(&self.setup),
             hooks: (*h != Hooks::default()).then(|| HooksLayer {
                 pre_up: some_vec(&h.pre_up),
                 post_up: some_vec(&h.post_up),

@@ -271,6 +271,7 @@ impl Acc {
                 a.dest == b.dest
             });
         }
+        self.list(&mut m.setup, layer.setup, "setup", src, PartialEq::eq);
         self.list(&mut m.mounts, layer.mounts, "mounts", src, |a, b| {
             a.target == b.target
         });
@@ -412,6 +413,7 @@ impl Acc {
                 .unwrap_or(DEFAULT_AGENT_GRACE),
             compatibility_mode: m.agent.as_ref().and_then(|a| a.compatibility_mode),
             agent: m.agent.and_then(|a| a.harness),
+            setup: m.setup.unwrap_or_default(),
             hooks: Hooks {
                 pre_up: hooks.pre_up.unwrap_or_default(),
                 post_up: hooks.post_up.unwrap_or_default(),

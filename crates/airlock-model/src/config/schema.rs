@@ -38,6 +38,10 @@ pub struct Layer {
     pub agent: Option<AgentLayer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hooks: Option<HooksLayer>,
+    /// Scripts (host paths) run inside the sandbox once after its first start (`run`: before
+    /// the command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup: Option<Vec<PathBuf>>,
 }
 
 /// `[sandbox]`

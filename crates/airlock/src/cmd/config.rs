@@ -23,6 +23,7 @@ const ORDER: &[&str] = &[
     "home_files",
     "agent",
     "hooks",
+    "setup",
 ];
 
 /// `trusted`: whether the project file (if any) is trusted as it is now.

@@ -14,6 +14,7 @@ pub(crate) mod named;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod sandbox;
+mod setup;
 mod supervise;
 pub(crate) mod trust;
 mod wayback;

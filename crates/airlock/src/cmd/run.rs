@@ -520,7 +520,11 @@ pub fn build(
         } else {
             Stdio::Inherit { forward_stdin }
         },
-        argv: if persistent { vec![] } else { a.cmd.clone() },
+        argv: if persistent {
+            vec![]
+        } else {
+            super::setup::wrap_command(&eff.setup, a.cmd.clone())?
+        },
         persistent,
         home_dir: None,
         workspace_dir: None,
@@ -555,6 +559,7 @@ pub fn build(
             pids: from_defaults("resources.pids"),
         },
         agent_grace: persistent.then_some(eff.agent_grace),
+        setup: eff.setup.clone(),
         backend: eff.sandbox.backend,
         rootfs: airlock_model::spec::RootFs::from_config(&eff.sandbox.image),
     };

@@ -49,6 +49,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
         Ok(st) if st.record.state == airlock_model::lifecycle::SandboxState::Running => {}
         Ok(_) => {
             start_named(&c, &name)?;
+            super::setup::after_start(&c, &name, false)?;
             harness_or_stop(&c, &name, false)?;
         }
         Err(_) => {
@@ -62,6 +63,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
                 no_user_config,
             )?;
             start_named(&c, &name)?;
+            super::setup::after_start(&c, &name, true)?;
             harness_or_stop(&c, &name, true)?;
         }
     }
@@ -189,6 +191,7 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
     let c = client()?;
     create_record(&c, &name, &built)?;
     start_with(&c, &name, &built.spec)?;
+    super::setup::after_start(&c, &name, true)?;
     let code = exec_in(&name, cmd, &[], workdir, tty, interactive, true);
     let stopped = c.stop(&name, Some(std::time::Duration::from_secs(10)));
     errln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
@@ -329,6 +332,7 @@ pub fn start(name: &str) -> CliResult<i32> {
     }
     let c = client()?;
     let rec = start_named(&c, name)?;
+    super::setup::after_start(&c, name, false)?;
     harness_or_stop(&c, name, false)?;
     outln!("{} {}", rec.name, rec.state);
     if let Some(p) = &project {

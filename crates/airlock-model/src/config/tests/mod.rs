@@ -5,6 +5,7 @@ mod errors;
 mod loading;
 mod merging;
 mod modes;
+mod setup;
 mod template;
 
 use super::*;
