@@ -60,6 +60,11 @@ pub enum Command {
     Exec(ExecArgs),
     /// Copy files in or out of a running sandbox: `cp HOST NAME:/path` or `cp NAME:/path HOST`.
     Cp(CpArgs),
+    /// Bind a host path into a running sandbox, now, without a restart (kept across restarts):
+    /// `mount NAME HOST[:DEST] [--rw]` (DEST under /workspace, /tmp or the home directory).
+    Mount(MountArgs),
+    /// Take a bind mount away from a running sandbox (and from its later starts).
+    Unmount(UnmountArgs),
     /// What a clone-mode sandbox's branch changes, against where it started.
     Diff(DiffArgs),
     /// Bring branch airlock/NAME into the host repository (review-gated; objects only).
@@ -457,6 +462,24 @@ pub struct LogsArgs {
     /// The network audit journal (JSON lines) instead of the supervisor log.
     #[arg(long)]
     pub net: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    pub name: String,
+    /// The host path, and where it appears inside (default: the same path).
+    #[arg(value_name = "HOST[:DEST]")]
+    pub spec: String,
+    /// Writable (writes reach the host); read-only otherwise. Refused by the restrictive profile.
+    #[arg(long)]
+    pub rw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    pub name: String,
+    /// Where it appears inside.
+    pub dest: PathBuf,
 }
 
 #[derive(Debug, Args)]

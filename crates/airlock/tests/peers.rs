@@ -734,3 +734,211 @@ fn setup_scripts_rootless() {
     let bins = Bins::owned_by(&common::test_user());
     setup_scripts(&Airlock::rootless(&bins), "rootless");
 }
+
+fn refused(a: &Airlock, args: &[&str], code: i32, says: &str) {
+    let out = a.run(args);
+    assert_eq!(out.code(), code, "{args:?}: {}", out.describe());
+    assert!(
+        out.stderr.contains(says),
+        "{args:?}: {says}: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("hint: "),
+        "{args:?}: {}",
+        out.describe()
+    );
+}
+
+fn hot_plug_mounts(a: &Airlock, mode: &str) {
+    let _guard = EngineGuard(a);
+    let host = a.dir.join("host");
+    std::fs::create_dir_all(host.join("data")).expect("mkdir");
+    std::fs::write(host.join("data/f"), "from the host\n").expect("write");
+    std::fs::write(host.join("file"), "a single file\n").expect("write");
+    std::os::unix::fs::symlink(host.join("data"), host.join("link")).expect("symlink");
+    if let Some(u) = &a.user {
+        a.dir.chown_to(u);
+    }
+    let data = host.join("data").to_string_lossy().into_owned();
+    let spec = |dest: &str| format!("{data}:{dest}");
+    ok(a, &["up", "box", "--net", "off"]);
+    let inside = |cmd: &str| a.run(&["exec", "box", "--", "sh", "-c", cmd]);
+
+    // Read-only at a new directory: there at once, without a restart; writes refused.
+    ok(a, &["mount", "box", &spec("/tmp/data")]);
+    let out = inside("cat /tmp/data/f; echo x > /tmp/data/new");
+    assert_eq!(out.stdout, "from the host\n", "{mode}: {}", out.describe());
+    assert!(
+        out.stderr.contains("Read-only"),
+        "{mode}: {}",
+        out.describe()
+    );
+    assert!(!host.join("data/new").exists());
+    // Writable, in the home directory: writes reach the host, owned as the host's own.
+    ok(a, &["mount", "box", &spec("/home/agent/rw"), "--rw"]);
+    let out = inside("echo written > /home/agent/rw/new && cat /home/agent/rw/f");
+    assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+    assert_eq!(
+        std::fs::read_to_string(host.join("data/new")).expect("written through"),
+        "written\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(host.join("data")).expect("meta").uid();
+    assert_eq!(
+        std::fs::metadata(host.join("data/new"))
+            .expect("meta")
+            .uid(),
+        owner,
+        "{mode}: a file written inside belongs to the host directory's owner"
+    );
+    // A single file, at a path that does not exist yet.
+    let file = format!("{}:/workspace/notes.txt", host.join("file").display());
+    ok(a, &["mount", "box", &file]);
+    assert_eq!(inside("cat /workspace/notes.txt").stdout, "a single file\n");
+
+    // Kept across a restart; `unmount` takes one away now and for later starts.
+    ok(a, &["stop", "box"]);
+    ok(a, &["start", "box"]);
+    assert_eq!(
+        inside("cat /tmp/data/f").stdout,
+        "from the host\n",
+        "{mode}"
+    );
+    assert_eq!(
+        inside("cat /home/agent/rw/new").stdout,
+        "written\n",
+        "{mode}"
+    );
+    ok(a, &["unmount", "box", "/tmp/data"]);
+    let out = inside("ls -A /tmp/data");
+    assert_eq!(out.stdout, "", "{mode}: {}", out.describe());
+    ok(a, &["stop", "box"]);
+    ok(a, &["start", "box"]);
+    assert!(!inside("test -e /tmp/data/f").status.success(), "{mode}");
+    assert_eq!(inside("cat /home/agent/rw/f").stdout, "from the host\n");
+    refused(
+        a,
+        &["unmount", "box", "/tmp/data"],
+        122,
+        "no mount at /tmp/data",
+    );
+
+    // Attacks. A symlink on the host side, as the path or one of its directories.
+    let link = host.join("link").to_string_lossy().into_owned();
+    for h in [link.clone(), format!("{link}/f")] {
+        refused(
+            a,
+            &["mount", "box", &format!("{h}:/tmp/l")],
+            121,
+            "is a symbolic link",
+        );
+    }
+    // Symlinks the sandbox planted on the destination side: a directory leading to the
+    // workspace (to reach a protected path) and a leaf pointing at /run/secrets.
+    ok(
+        a,
+        &[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "ln -s /workspace /tmp/evil && ln -s /run/secrets /home/agent/evil2",
+        ],
+    );
+    refused(
+        a,
+        &["mount", "box", &spec("/tmp/evil/.claude")],
+        121,
+        "is a symbolic link",
+    );
+    refused(
+        a,
+        &["mount", "box", &spec("/home/agent/evil2")],
+        121,
+        "is a symbolic link",
+    );
+    refused(
+        a,
+        &["mount", "box", &spec("/tmp/evil/sub"), "--rw"],
+        121,
+        "is a symbolic link",
+    );
+    assert!(
+        !inside("test -e /workspace/sub").status.success(),
+        "{mode}: nothing created through the link"
+    );
+    assert_eq!(inside("ls -A /run/secrets").stdout, "", "{mode}");
+    // Protected paths and the sandbox's own mounts stay as they are.
+    for dest in [
+        "/workspace/.claude",
+        "/workspace/.git/hooks",
+        "/workspace/airlock.toml",
+    ] {
+        refused(
+            a,
+            &["mount", "box", &spec(dest), "--rw"],
+            121,
+            "must not rewrite",
+        );
+    }
+    for dest in [
+        "/run/secrets/x",
+        "/etc/passwd",
+        "/usr/bin/x",
+        "/tmp",
+        "/workspace",
+    ] {
+        refused(
+            a,
+            &["mount", "box", &spec(dest)],
+            121,
+            "hot-plugged mounts go there only",
+        );
+    }
+    refused(a, &["mount", "box", &spec("../x")], 2, "absolute");
+    refused(a, &["mount", "box", &spec("/tmp/a/../../etc")], 2, "`..`");
+    refused(
+        a,
+        &["mount", "box", &spec("/home/agent/rw/deeper")],
+        120,
+        "already has",
+    );
+    ok(a, &["rm", "--force", "box"]);
+
+    // The restrictive profile has no writable mounts; a stopped sandbox gets none.
+    ok(a, &["create", "strict", "--profile", "restrictive"]);
+    refused(
+        a,
+        &["mount", "strict", &spec("/tmp/d")],
+        120,
+        "is not running",
+    );
+    ok(a, &["start", "strict"]);
+    refused(
+        a,
+        &["mount", "strict", &spec("/tmp/d"), "--rw"],
+        121,
+        "restrictive",
+    );
+    ok(a, &["mount", "strict", &spec("/tmp/d")]);
+    ok(a, &["rm", "--force", "strict"]);
+}
+
+#[test]
+fn hot_plug_mounts_rootful() {
+    if !e2e("hot_plug_mounts_rootful") {
+        return;
+    }
+    hot_plug_mounts(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn hot_plug_mounts_rootless() {
+    if !e2e("hot_plug_mounts_rootless") {
+        return;
+    }
+    let bins = Bins::owned_by(&common::test_user());
+    hot_plug_mounts(&Airlock::rootless(&bins), "rootless");
+}

@@ -10,6 +10,7 @@ mod gc;
 mod hooks;
 mod init;
 mod manual;
+mod mounts;
 pub(crate) mod named;
 pub(crate) mod report;
 pub(crate) mod run;
@@ -52,6 +53,8 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Which(a) => Ok(agent::which(&a.program)),
         Command::AgentRunner(a) => Ok(airlock_agent::runner::main(&a.harness, a.grace_secs)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
+        Command::Mount(a) => mounts::mount(&a),
+        Command::Unmount(a) => mounts::unmount(&a),
         // `airlock mcp server` is `airlock mcp` (the spelling other tools use).
         Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Completions(a) => manual::completions(a.shell),
