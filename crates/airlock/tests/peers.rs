@@ -810,6 +810,13 @@ fn hot_plug_mounts(a: &Airlock, mode: &str) {
         "written\n",
         "{mode}"
     );
+    let st = ok(a, &["status", "box"]).stdout;
+    assert!(
+        st.contains(&format!(
+            "mounts:   {data} at /tmp/data (ro), {data} at /home/agent/rw (rw)"
+        )),
+        "{mode}: {st}"
+    );
     ok(a, &["unmount", "box", "/tmp/data"]);
     let out = inside("ls -A /tmp/data");
     assert_eq!(out.stdout, "", "{mode}: {}", out.describe());

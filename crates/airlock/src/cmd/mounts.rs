@@ -81,9 +81,11 @@ fn check_dest(spec: &RunSpec, home: &Path, dest: &Path) -> CliResult<()> {
     Ok(())
 }
 
-/// The sandbox's spec and folder, running (its backend says so) — or why not.
-fn running(name: &str) -> CliResult<(PathBuf, RunSpec)> {
+/// The sandbox's spec and folder, running (its backend says so) — or why not — with the lock
+/// that serializes hot-plug changes (their read-modify-write of `spec.json`).
+fn running(name: &str) -> CliResult<(PathBuf, RunSpec, Lock)> {
     let dir = existing_dir(name)?;
+    let lock = lock(&dir)?;
     let spec = recorded_spec(&dir).ok_or_else(|| {
         CliError::new(
             exit::SANDBOX_FAILED,
@@ -100,7 +102,21 @@ fn running(name: &str) -> CliResult<(PathBuf, RunSpec)> {
             "`airlock start {name}` first, or give the mount at creation: `airlock create {name} --ro HOST:DEST`"
         )));
     }
-    Ok((dir, spec))
+    Ok((dir, spec, lock))
+}
+
+type Lock = nix::fcntl::Flock<std::fs::File>;
+
+fn lock(dir: &Path) -> CliResult<Lock> {
+    let failed = |e: std::io::Error| CliError::new(exit::SANDBOX_FAILED, e);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("mounts.lock"))
+        .map_err(failed)?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| failed(e.into()))
 }
 
 fn apply(name: &str, dir: &Path, change: &Hotplug) -> CliResult<()> {
@@ -150,7 +166,7 @@ pub fn mount(a: &MountArgs) -> CliResult<i32> {
     let cwd = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, e))?;
     let source = lexical(&cwd.join(host), "HOST")?;
     let target = lexical(Path::new(dest.unwrap_or(&source.to_string_lossy())), "DEST")?;
-    let (dir, mut spec) = running(&a.name)?;
+    let (dir, mut spec, _lock) = running(&a.name)?;
     if a.rw && spec.profile == Profile::Restrictive {
         return Err(CliError::new(
             exit::POLICY_REFUSED,
@@ -205,7 +221,7 @@ pub fn mount(a: &MountArgs) -> CliResult<i32> {
 
 pub fn unmount(a: &UnmountArgs) -> CliResult<i32> {
     let target = lexical(&a.dest, "DEST")?;
-    let (dir, mut spec) = running(&a.name)?;
+    let (dir, mut spec, _lock) = running(&a.name)?;
     let Some(i) = spec.binds.iter().position(|b| b.target == target) else {
         let list: Vec<String> = spec
             .binds

@@ -620,6 +620,20 @@ fn print_status(st: SandboxStatus) -> CliResult<i32> {
         let list: Vec<&str> = d.iter().filter_map(|v| v.as_str()).collect();
         outln!("allowed:  {}", list.join(", "));
     }
+    // Binds as the sandbox has them now (`airlock mount`/`unmount` change them while it runs).
+    if let Some(spec) = recorded_spec(&sandbox_dir(&r.name)).filter(|s| !s.binds.is_empty()) {
+        let list: Vec<String> = (spec.binds.iter())
+            .map(|b| {
+                format!(
+                    "{} at {} ({})",
+                    b.source.display(),
+                    b.target.display(),
+                    if b.writable { "rw" } else { "ro" }
+                )
+            })
+            .collect();
+        outln!("mounts:   {}", list.join(", "));
+    }
     if let Some(res) = r.spec.get("resources") {
         let limit = |k: &str| {
             res.get(k)
