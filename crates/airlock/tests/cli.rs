@@ -42,7 +42,8 @@ fn unknown_options_before_the_command_are_usage_errors() {
             &["run", "--image", "python:3.12", "--", "true"][..],
             "--image is not available yet",
         ),
-        (&["run", "--no-network", "--", "true"][..], "`--net off`"),
+        // `--no-network` is an alias of `--net off` (tests/peers.rs); near misses say so.
+        (&["run", "--offline", "--", "true"][..], "`--net off`"),
         (
             &["create", "box", "--image", "alpine"][..],
             "--image is not available yet",

@@ -30,12 +30,7 @@ fn vm_run(a: &Airlock, args: &[&str], env: &[(&str, &str)]) -> Outcome {
     vm_run_stdin(a, args, env, None)
 }
 
-fn vm_run_stdin(
-    a: &Airlock,
-    args: &[&str],
-    env: &[(&str, &str)],
-    stdin: Option<&[u8]>,
-) -> Outcome {
+fn vm_run_stdin(a: &Airlock, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Outcome {
     let mut cmd = a.command(&[&["run", "--backend", "microvm"], args].concat());
     cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
     cmd.envs(env.iter().copied());
@@ -310,8 +305,16 @@ fn a_guest_outliving_its_timeout_is_killed() {
         &[],
     );
     assert_eq!(out.code(), 124, "{}", out.describe());
-    assert!(out.stderr.contains("timeout after 30s"), "{}", out.describe());
-    assert!(start.elapsed() < Duration::from_secs(120), "{}", out.describe());
+    assert!(
+        out.stderr.contains("timeout after 30s"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(120),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]

@@ -461,15 +461,21 @@ fn relay(
             fds.push(PollFd::new(chan_fd.as_fd(), PollFlags::POLLIN));
         }
         // Once the command has exited, what is left in the pipes is drained without waiting
-        // for background processes that keep them open.
-        let timeout = if status.is_some() { 0u16 } else { 50 };
+        // for background processes that keep them open. Host lines already buffered (read
+        // together with the job) are ready without the descriptor being readable.
+        let buffered = with_chan && !input.buffer().is_empty();
+        let timeout = if status.is_some() || buffered {
+            0u16
+        } else {
+            50
+        };
         let n = poll(&mut fds, PollTimeout::from(timeout)).unwrap_or(0);
         let ready: Vec<bool> = fds
             .iter()
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
-        if n == 0 && status.is_some() {
+        if n == 0 && status.is_some() && !buffered {
             return Ok(status.unwrap_or(0));
         }
         for (k, &i) in open.iter().enumerate() {
@@ -491,7 +497,7 @@ fn relay(
                 }
             }
         }
-        if with_chan && ready.last().copied().unwrap_or(false) {
+        if with_chan && (buffered || ready.last().copied().unwrap_or(false)) {
             pending.clear();
             if input.read_line(&mut pending).unwrap_or(0) == 0 {
                 stdin = None;

@@ -47,6 +47,7 @@ fn spec() -> RunSpec {
         agent: None,
         defaulted: Default::default(),
         agent_grace: None,
+        setup: Vec::new(),
         backend: BackendKind::Container,
         rootfs: RootFs::Host,
     }
