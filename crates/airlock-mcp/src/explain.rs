@@ -246,7 +246,12 @@ fn step_target(s: &MountStep) -> Option<(PathBuf, &'static str, bool)> {
         MountStep::Sysfs { target } => (target.clone(), "a read-only /sys", true),
         MountStep::Devpts { target } => (target.clone(), "the sandbox's own devpts", false),
         MountStep::Protect { target } => (target.clone(), "protected", true),
-        MountStep::Pin { .. } => return None,
+        MountStep::ImageRoot { .. } => (
+            PathBuf::from("/"),
+            "the image's files (read-only overlay of its layers)",
+            true,
+        ),
+        MountStep::Pin { .. } | MountStep::ImageLayer { .. } => return None,
         MountStep::RootReadOnly => return None,
     })
 }

@@ -1,8 +1,8 @@
 //! The resolved configuration: concrete values after every layer has been merged.
 
 use super::schema::{
-    AgentLayer, Harness, HomeFileLayer, HooksLayer, Layer, MountLayer, NetworkLayer, RepoSpec,
-    ResourcesLayer, SandboxLayer, SecretSource, WorkspaceLayer,
+    AgentLayer, Harness, HomeFileLayer, HooksLayer, ImagesLayer, Layer, MountLayer, NetworkLayer,
+    RepoSpec, ResourcesLayer, SandboxLayer, SecretSource, WorkspaceLayer,
 };
 use crate::policy::{
     BackendKind, ByteSize, Cpus, HomeFileMode, NetMode, Profile, Seconds, WorkspaceMode,
@@ -40,6 +40,16 @@ pub struct Effective {
     /// `[agent] grace`.
     pub agent_grace: Seconds,
     pub hooks: Hooks,
+    #[serde(default)]
+    pub images: ImagesConfig,
+}
+
+/// `[images]`, merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagesConfig {
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    pub insecure_registries: Vec<String>,
+    pub runtimes: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +136,7 @@ impl Default for Effective {
             agent: None,
             agent_grace: DEFAULT_AGENT_GRACE,
             hooks: Hooks::default(),
+            images: ImagesConfig::default(),
         }
     }
 }
@@ -205,6 +216,11 @@ impl Effective {
                 post_up: some_vec(&h.post_up),
                 pre_down: some_vec(&h.pre_down),
                 post_down: some_vec(&h.post_down),
+            }),
+            images: (self.images != ImagesConfig::default()).then(|| ImagesLayer {
+                mirrors: some_map(&self.images.mirrors),
+                insecure_registries: some_vec(&self.images.insecure_registries),
+                runtimes: some_map(&self.images.runtimes),
             }),
         }
     }
