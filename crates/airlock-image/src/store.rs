@@ -193,10 +193,10 @@ impl Store {
     }
 
     /// Make sure the layer `diff_id` is unpacked. `blob` is called (only when it is missing,
-    /// under the layer's lock) for the layer's blob as stored (gzip or plain tar); it is
-    /// verified against `blob_digest` (when given) and, uncompressed, against `diff_id` before
-    /// the layer is renamed into place. Concurrent callers for one layer unpack it once.
-    /// Returns the layer's size and whether it was already there.
+    /// under the layer's lock) for the layer's blob as stored (gzip or plain tar). With a
+    /// `blob_digest` the blob is downloaded and verified first, then unpacked; its content is
+    /// checked against `diff_id` before the layer is renamed into place. Concurrent callers for
+    /// one layer unpack it once. Returns the layer's size and whether it was already there.
     pub fn ensure_layer<R: Read>(
         &self,
         diff_id: &Digest,
@@ -226,7 +226,19 @@ impl Store {
         let result = (|| {
             let dest = tmp.join("layer");
             fs::create_dir(&dest).map_err(io_err("cannot create", &dest))?;
-            let unpacked = unpack_verified(blob()?, &dest, diff_id, blob_digest)?;
+            let unpacked = match blob_digest {
+                // A blob with a known digest is downloaded and checked before anything of it
+                // is parsed: the tar reader only ever sees verified bytes.
+                Some(d) => {
+                    let file = tmp.join("blob");
+                    fetch_verified(blob()?, &file, d)?;
+                    let f = fs::File::open(&file).map_err(io_err("cannot open", &file))?;
+                    let u = unpack_verified(f, &dest, diff_id, None);
+                    let _ = fs::remove_file(&file);
+                    u?
+                }
+                None => unpack_verified(blob()?, &dest, diff_id, None)?,
+            };
             let layers = self.dir("layers")?;
             let meta = layers.join(format!("{}.json", diff_id.hex()));
             let json = serde_json::json!({"size": unpacked.bytes, "entries": unpacked.entries});
@@ -420,6 +432,24 @@ impl Store {
         }
         n
     }
+}
+
+/// Copy `blob` into `file`, checking it against `expected`.
+fn fetch_verified(blob: impl Read, file: &Path, expected: &Digest) -> Result<(), StoreError> {
+    let out = fs::File::create(file).map_err(io_err("cannot create", file))?;
+    let mut w = crate::digest::HashingWriter::new(io::BufWriter::with_capacity(1 << 16, out));
+    let mut r = blob;
+    io::copy(&mut r, &mut w).map_err(io_err("cannot download the layer into", file))?;
+    io::Write::flush(&mut w).map_err(io_err("cannot write", file))?;
+    let actual = w.hasher.finish();
+    if actual != *expected {
+        return Err(StoreError::DigestMismatch {
+            what: "layer blob".into(),
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    Ok(())
 }
 
 /// Decompress (gzip or none, by magic number), unpack into `dest`, and check both digests.
