@@ -548,3 +548,27 @@ fn auto_picks_the_runtime_through_a_mirror() {
         ls.stdout
     );
 }
+
+#[test]
+fn a_named_sandbox_on_an_image_keeps_it_across_restarts() {
+    if !e2e("a_named_sandbox_on_an_image_keeps_it_across_restarts") {
+        return;
+    }
+    let src = TempDir::new("layout");
+    image(&src.join("oci"), "example.com/named/busybox:1", "named-image");
+    let a = Airlock::root();
+    ok(&a, &["image", "import", &src.join("oci").to_string_lossy()]);
+    let name = format!("img-{}", &common::random_hex()[..8]);
+    ok(&a, &["create", &name, "--workspace", "none", "--image", "example.com/named/busybox:1"]);
+    let status = ok(&a, &["status", &name, "--json"]);
+    assert!(status.stdout.contains("example.com/named/busybox:1@sha256:"), "pinned by digest: {}", status.stdout);
+    ok(&a, &["start", &name]);
+    let out = ok(&a, &["exec", &name, "--", "sh", "-c", "cat /etc/os-release; echo hi > /tmp/x; cat /tmp/x"]);
+    assert!(out.stdout.contains("ID=named-image") && out.stdout.contains("hi"), "{}", out.describe());
+    ok(&a, &["stop", &name]);
+    ok(&a, &["start", &name]);
+    let out = ok(&a, &["exec", &name, "--", "cat", "/etc/os-release"]);
+    assert!(out.stdout.contains("ID=named-image"), "{}", out.describe());
+    ok(&a, &["rm", "--force", &name]);
+    common::stop_engines_of(&a);
+}
