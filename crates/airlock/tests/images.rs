@@ -547,6 +547,41 @@ fn auto_picks_the_runtime_through_a_mirror() {
         "{}",
         ls.stdout
     );
+    // `airlock config` says what auto picks here; `doctor` shows the store and the mirrors.
+    let cfg = ok(&a, &["config", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&cfg.stdout).expect("config --json");
+    assert_eq!(
+        v["image_auto"]["image"], "python:3.12-alpine",
+        "{}",
+        cfg.stdout
+    );
+    let cfg = ok(&a, &["config"]);
+    assert!(
+        cfg.stdout
+            .contains("here python:3.12-alpine (the project file pyproject.toml)"),
+        "{}",
+        cfg.stdout
+    );
+    let doc = a.run(&["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&doc.stdout).expect("doctor --json");
+    let row = |id: &str| {
+        v["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["id"] == id))
+            .map(|r| r["detail"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("no doctor row {id}: {}", doc.stdout))
+    };
+    let store = row("images.store");
+    let root = a.state_dir().join("images").display().to_string();
+    assert!(
+        store.contains(&root) && store.contains("2 image(s)"),
+        "{store}"
+    );
+    let regs = row("images.registries");
+    assert!(
+        regs.contains(&format!("docker.io -> {}", reg.host())),
+        "{regs}"
+    );
 }
 
 #[test]
@@ -555,16 +590,50 @@ fn a_named_sandbox_on_an_image_keeps_it_across_restarts() {
         return;
     }
     let src = TempDir::new("layout");
-    image(&src.join("oci"), "example.com/named/busybox:1", "named-image");
+    image(
+        &src.join("oci"),
+        "example.com/named/busybox:1",
+        "named-image",
+    );
     let a = Airlock::root();
     ok(&a, &["image", "import", &src.join("oci").to_string_lossy()]);
     let name = format!("img-{}", &common::random_hex()[..8]);
-    ok(&a, &["create", &name, "--workspace", "none", "--image", "example.com/named/busybox:1"]);
+    ok(
+        &a,
+        &[
+            "create",
+            &name,
+            "--workspace",
+            "none",
+            "--image",
+            "example.com/named/busybox:1",
+        ],
+    );
     let status = ok(&a, &["status", &name, "--json"]);
-    assert!(status.stdout.contains("example.com/named/busybox:1@sha256:"), "pinned by digest: {}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("example.com/named/busybox:1@sha256:"),
+        "pinned by digest: {}",
+        status.stdout
+    );
     ok(&a, &["start", &name]);
-    let out = ok(&a, &["exec", &name, "--", "sh", "-c", "cat /etc/os-release; echo hi > /tmp/x; cat /tmp/x"]);
-    assert!(out.stdout.contains("ID=named-image") && out.stdout.contains("hi"), "{}", out.describe());
+    let out = ok(
+        &a,
+        &[
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/os-release; echo hi > /tmp/x; cat /tmp/x",
+        ],
+    );
+    assert!(
+        out.stdout.contains("ID=named-image") && out.stdout.contains("hi"),
+        "{}",
+        out.describe()
+    );
     ok(&a, &["stop", &name]);
     ok(&a, &["start", &name]);
     let out = ok(&a, &["exec", &name, "--", "cat", "/etc/os-release"]);

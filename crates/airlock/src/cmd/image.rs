@@ -364,3 +364,83 @@ pub fn root_facts(rootfs: &RootFs) -> CliResult<Option<Box<ImageRoot>>> {
 fn strip_digest(r: &str) -> &str {
     r.split_once('@').map(|(a, _)| a).unwrap_or(r)
 }
+
+/// `airlock doctor`'s rows about images: the store, the registry settings, image roots.
+pub fn doctor_rows() -> Vec<airlock_sandbox::hostcaps::Row> {
+    use airlock_sandbox::hostcaps::{Row, Status};
+    let row = |id: &str, name: &str, status, detail: String, fix: Option<String>| Row {
+        id: id.into(),
+        name: name.into(),
+        status,
+        detail,
+        fix,
+        needed_for: "OCI images (--image, [sandbox] image)".into(),
+    };
+    let store = store();
+    let (n, size) = store
+        .list()
+        .map(|l| (l.len(), l.iter().map(ImageRecord::size).sum::<u64>()))
+        .unwrap_or((0, 0));
+    let mut rows = vec![row(
+        "images.store",
+        "image store",
+        Status::Ok,
+        format!(
+            "{}: {n} image(s), {} unpacked",
+            store.root().display(),
+            human(size)
+        ),
+        None,
+    )];
+    let eff = super::run::load_config(None, false, Default::default())
+        .map(|r| r.effective)
+        .unwrap_or_default();
+    let mirrors: Vec<String> = eff
+        .images
+        .mirrors
+        .iter()
+        .map(|(r, m)| format!("{r} -> {}", m.join(", ")))
+        .collect();
+    let auth: Vec<String> = airlock_image::registry::default_auth_files()
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    rows.push(row(
+        "images.registries",
+        "image registries",
+        Status::Ok,
+        format!(
+            "mirrors: {}; plain HTTP: {}; credentials from: {}",
+            if mirrors.is_empty() {
+                "none".into()
+            } else {
+                mirrors.join("; ")
+            },
+            if eff.images.insecure_registries.is_empty() {
+                "none".into()
+            } else {
+                eff.images.insecure_registries.join(", ")
+            },
+            if auth.is_empty() {
+                "no auth file".into()
+            } else {
+                auth.join(", ")
+            }
+        ),
+        None,
+    ));
+    let xattr = airlock_sandbox::kernel::at_least(6, 6);
+    rows.push(row(
+        "images.overlay",
+        "image root filesystems",
+        if xattr { Status::Ok } else { Status::Missing },
+        if xattr {
+            "overlay of the image's layers, tmpfs upper layer with user xattrs".into()
+        } else {
+            "this kernel's tmpfs has no user xattrs (Linux < 6.6)".into()
+        },
+        (!xattr).then(|| "upgrade to Linux 6.6 or later, or keep image = \"host\"".into()),
+    ));
+    rows
+}
