@@ -638,6 +638,11 @@ fn a_named_sandbox_on_an_image_keeps_it_across_restarts() {
     ok(&a, &["start", &name]);
     let out = ok(&a, &["exec", &name, "--", "cat", "/etc/os-release"]);
     assert!(out.stdout.contains("ID=named-image"), "{}", out.describe());
+    // The image cannot be removed from under the sandbox.
+    let refused = a.run(&["image", "rm", "example.com/named/busybox:1"]);
+    assert_eq!(refused.code(), 120, "{}", refused.describe());
+    assert!(refused.stderr.contains(&name), "{}", refused.stderr);
     ok(&a, &["rm", "--force", &name]);
+    ok(&a, &["image", "rm", "example.com/named/busybox:1"]);
     common::stop_engines_of(&a);
 }

@@ -98,6 +98,22 @@ pub fn dispatch(c: ImageCommand, global_config: Option<&Path>, no_user: bool) ->
         }
         ImageCommand::Rm(a) => {
             let r = parse_ref(&a.reference)?;
+            // A named sandbox is pinned to its image: removing it would strand the sandbox
+            // (and prune would take the layers it runs on).
+            for rec in store.list()?.iter().filter(|rec| matches(rec, &r)) {
+                let users = sandboxes_using(&rec.manifest.to_string());
+                if !users.is_empty() {
+                    return Err(CliError::new(
+                        exit::CONFLICT,
+                        anyhow::anyhow!(
+                            "image {} is used by sandbox {}",
+                            short(&rec.reference),
+                            users.join(", ")
+                        ),
+                    )
+                    .hint("remove those sandboxes first (airlock rm NAME)"));
+                }
+            }
             let removed = store.remove(&r)?;
             if removed.is_empty() {
                 return Err(ImageError::NotInStore(a.reference.clone()).into());
@@ -443,4 +459,31 @@ pub fn doctor_rows() -> Vec<airlock_sandbox::hostcaps::Row> {
         (!xattr).then(|| "upgrade to Linux 6.6 or later, or keep image = \"host\"".into()),
     ));
     rows
+}
+
+fn matches(rec: &ImageRecord, r: &Reference) -> bool {
+    match &r.digest {
+        Some(d) => rec.manifest == *d,
+        None => rec.reference == r.without_digest().to_string(),
+    }
+}
+
+/// Named sandboxes whose recorded spec is pinned to the manifest `digest`.
+fn sandboxes_using(digest: &str) -> Vec<String> {
+    let dir = airlock_engine::paths::state_dir().join("sandboxes");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Some(spec) = super::named::recorded_spec(&e.path()) {
+            if let RootFs::Image {
+                digest: Some(d), ..
+            } = &spec.rootfs
+            {
+                if d == digest {
+                    out.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
