@@ -97,6 +97,8 @@ pub fn now() -> u64 {
 /// What `prune` reclaimed.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct Pruned {
+    /// Superseded records removed.
+    pub images: usize,
     pub layers: usize,
     pub blobs: usize,
     pub bytes: u64,
@@ -269,8 +271,10 @@ impl Store {
             .flatten()
     }
 
-    fn record_path(&self, reference: &str) -> PathBuf {
-        let key = Digest::of(reference.as_bytes());
+    /// One record per (reference, manifest): a tag that moves keeps the image it named before
+    /// (a named sandbox may be pinned to it) until `prune` finds it superseded and unpinned.
+    fn record_path(&self, reference: &str, manifest: &Digest) -> PathBuf {
+        let key = Digest::of(format!("{reference}@{manifest}").as_bytes());
         self.root
             .join("refs")
             .join(format!("{}.json", &key.hex()[..32]))
@@ -278,7 +282,7 @@ impl Store {
 
     pub fn save(&self, rec: &ImageRecord) -> Result<(), StoreError> {
         let dir = self.dir("refs")?;
-        let path = self.record_path(&rec.reference);
+        let path = self.record_path(&rec.reference, &rec.manifest);
         let tmp = dir.join(format!(".{}.tmp", std::process::id()));
         let json = serde_json::to_vec_pretty(rec).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
@@ -318,10 +322,15 @@ impl Store {
     /// records whose layers are all present count.
     pub fn find(&self, r: &Reference) -> Result<Option<ImageRecord>, StoreError> {
         let name = r.without_digest().to_string();
-        let found = self.list()?.into_iter().find(|rec| match &r.digest {
-            Some(d) => rec.manifest == *d,
-            None => rec.reference == name,
-        });
+        // By name: the newest pull of it.
+        let found = self
+            .list()?
+            .into_iter()
+            .filter(|rec| match &r.digest {
+                Some(d) => rec.manifest == *d,
+                None => rec.reference == name,
+            })
+            .max_by_key(|rec| rec.created);
         Ok(found.filter(|rec| rec.layers.iter().all(|l| self.has_layer(&l.diff_id))))
     }
 
@@ -335,7 +344,7 @@ impl Store {
                 None => rec.reference == name,
             };
             if hit {
-                let p = self.record_path(&rec.reference);
+                let p = self.record_path(&rec.reference, &rec.manifest);
                 fs::remove_file(&p).map_err(io_err("cannot remove", &p))?;
                 removed.push(rec);
             }
@@ -359,10 +368,27 @@ impl Store {
             .collect()
     }
 
-    /// Remove layers and blobs no record references, and temporaries of dead processes.
-    pub fn prune(&self) -> Result<Pruned, StoreError> {
+    /// Remove superseded records (an older pull of a reference whose tag has moved) unless
+    /// `pinned` names their manifest, then the layers and blobs no record references, and
+    /// temporaries of dead processes.
+    pub fn prune(&self, pinned: &[Digest]) -> Result<Pruned, StoreError> {
         let mut out = Pruned::default();
-        let records = self.list()?;
+        let mut records = self.list()?;
+        let newest: std::collections::BTreeMap<String, u64> =
+            records.iter().fold(Default::default(), |mut m, r| {
+                let e = m.entry(r.reference.clone()).or_insert(0);
+                *e = (*e).max(r.created);
+                m
+            });
+        records.retain(|r| {
+            let superseded = newest.get(&r.reference).is_some_and(|n| *n > r.created);
+            if superseded && !pinned.contains(&r.manifest) {
+                let _ = fs::remove_file(self.record_path(&r.reference, &r.manifest));
+                out.images += 1;
+                return false;
+            }
+            true
+        });
         let mut keep_layers = std::collections::BTreeSet::new();
         let mut keep_blobs = std::collections::BTreeSet::new();
         for r in &records {

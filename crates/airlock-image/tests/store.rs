@@ -102,7 +102,7 @@ fn oci_layout_import_shares_layers_and_prune_keeps_what_is_used() {
     store
         .remove(&Reference::parse("example.com/app:1").expect("ref"))
         .expect("rm");
-    let pruned = store.prune().expect("prune");
+    let pruned = store.prune(&[]).expect("prune");
     assert_eq!(pruned.layers, 1);
     assert_eq!(layer_count(&store), 2);
     assert!(store
@@ -112,7 +112,7 @@ fn oci_layout_import_shares_layers_and_prune_keeps_what_is_used() {
     store
         .remove(&Reference::parse("example.com/app:2").expect("ref"))
         .expect("rm");
-    assert_eq!(store.prune().expect("prune").layers, 2);
+    assert_eq!(store.prune(&[]).expect("prune").layers, 2);
     assert_eq!(layer_count(&store), 0);
     assert!(tmp_is_empty(&store));
 }
@@ -263,4 +263,52 @@ fn leftovers_of_an_interrupted_unpack_are_never_used_and_are_swept() {
         .layer_dir(&layer.diff_id())
         .join("bin/hello")
         .is_file());
+}
+
+#[test]
+fn a_moved_tag_keeps_the_older_image_until_prune_and_a_pinned_one_stays() {
+    let t = T::new("moved");
+    let store = t.store();
+    let mut recs = Vec::new();
+    for (i, text) in [b"v1", b"v2", b"v3"].iter().enumerate() {
+        let layout = t.0.join(format!("l{i}"));
+        let layers = vec![base(), top(*text)];
+        write_oci(
+            &layout,
+            "x.io/moving:latest",
+            &layers,
+            &config_json(&layers, &[], None, None),
+        )
+        .expect("write");
+        let mut rec = import::import(&store, &layout, None, &Quiet).expect("import");
+        // Pulled at distinct times.
+        rec.created = 1000 + i as u64;
+        store.save(&rec).expect("save");
+        recs.push(rec);
+    }
+    let name = Reference::parse("x.io/moving:latest").expect("ref");
+    assert_eq!(store.list().expect("list").len(), 3);
+    assert_eq!(
+        store.find(&name).expect("find").map(|r| r.manifest),
+        Some(recs[2].manifest.clone())
+    );
+    let old = Reference::parse(&format!("x.io/moving@{}", recs[0].manifest)).expect("ref");
+    assert!(
+        store.find(&old).expect("find").is_some(),
+        "the older image is still there by digest"
+    );
+    // v1 is pinned (a named sandbox uses it): kept; v2 is superseded and unpinned: removed.
+    let p = store
+        .prune(std::slice::from_ref(&recs[0].manifest))
+        .expect("prune");
+    assert_eq!((p.images, p.layers), (1, 1));
+    let left: Vec<_> = store
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|r| r.manifest)
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&recs[0].manifest) && left.contains(&recs[2].manifest));
+    assert!(store.find(&old).expect("find").is_some());
 }

@@ -167,12 +167,13 @@ pub fn dispatch(c: ImageCommand, global_config: Option<&Path>, no_user: bool) ->
             Ok(0)
         }
         ImageCommand::Prune(a) => {
-            let p = store.prune()?;
+            let p = store.prune(&pinned_digests())?;
             if a.json {
                 outln!("{}", serde_json::to_value(&p).unwrap_or_default());
             } else {
                 outln!(
-                    "removed {} layers, {} blobs, {} leftovers; {} reclaimed",
+                    "removed {} superseded images, {} layers, {} blobs, {} leftovers; {} reclaimed",
+                    p.images,
                     p.layers,
                     p.blobs,
                     p.temporaries,
@@ -468,8 +469,8 @@ fn matches(rec: &ImageRecord, r: &Reference) -> bool {
     }
 }
 
-/// Named sandboxes whose recorded spec is pinned to the manifest `digest`.
-fn sandboxes_using(digest: &str) -> Vec<String> {
+/// Every named sandbox and the image manifest its spec is pinned to.
+fn pins() -> Vec<(String, String)> {
     let dir = airlock_engine::paths::state_dir().join("sandboxes");
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -478,12 +479,26 @@ fn sandboxes_using(digest: &str) -> Vec<String> {
                 digest: Some(d), ..
             } = &spec.rootfs
             {
-                if d == digest {
-                    out.push(e.file_name().to_string_lossy().into_owned());
-                }
+                out.push((e.file_name().to_string_lossy().into_owned(), d.clone()));
             }
         }
     }
     out.sort();
     out
+}
+
+/// Named sandboxes whose recorded spec is pinned to the manifest `digest`.
+fn sandboxes_using(digest: &str) -> Vec<String> {
+    pins()
+        .into_iter()
+        .filter(|(_, d)| d == digest)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+fn pinned_digests() -> Vec<airlock_image::Digest> {
+    pins()
+        .iter()
+        .filter_map(|(_, d)| airlock_image::Digest::parse(d).ok())
+        .collect()
 }
