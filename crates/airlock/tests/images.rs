@@ -646,3 +646,104 @@ fn a_named_sandbox_on_an_image_keeps_it_across_restarts() {
     ok(&a, &["image", "rm", "example.com/named/busybox:1"]);
     common::stop_engines_of(&a);
 }
+
+/// Agent mode and `cp` in a busybox image (no glibc, no tar, no git): the static in-sandbox
+/// helper carries the runner, `report` and the file tools.
+#[test]
+fn an_agent_turn_and_cp_work_in_a_busybox_image() {
+    if !e2e("an_agent_turn_and_cp_work_in_a_busybox_image") {
+        return;
+    }
+    let src = TempDir::new("layout");
+    image(
+        &src.join("oci"),
+        "example.com/agent/busybox:1",
+        "agent-image",
+    );
+    let a = Airlock::root();
+    ok(&a, &["image", "import", &src.join("oci").to_string_lossy()]);
+    let dir = &a.cwd;
+    std::fs::write(
+        dir.join("agent.sh"),
+        "#!/bin/sh\nreport working \"starting\"\nreport done \"image says $(head -n 1 /etc/os-release)\"\n",
+    )
+    .expect("agent");
+    common::set_mode(&dir.join("agent.sh"), 0o755);
+    std::fs::write(
+        dir.join("airlock.toml"),
+        "[sandbox]\nimage = \"example.com/agent/busybox:1\"\n[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+    )
+    .expect("airlock.toml");
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-qm",
+            "init",
+        ],
+    ] {
+        let st = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .expect("git");
+        assert!(st.success(), "git {args:?}");
+    }
+    let name = format!("agent-{}", &common::random_hex()[..8]);
+    let out = a.run(&["up", &name, "--prompt", "go"]);
+    let reports = a.run(&["reports", &name]);
+    assert_eq!(
+        out.code(),
+        0,
+        "up: {}\nreports:\n{}",
+        out.describe(),
+        reports.stdout
+    );
+    assert!(
+        reports.stdout.contains("image says ID=agent-image"),
+        "{}",
+        reports.stdout
+    );
+    // cp in and out.
+    let host_in = a.dir.join("in.txt");
+    std::fs::write(&host_in, "from the host\n").expect("write");
+    ok(
+        &a,
+        &[
+            "cp",
+            &host_in.to_string_lossy(),
+            &format!("{name}:/tmp/in.txt"),
+        ],
+    );
+    let host_out = a.dir.join("out.txt");
+    ok(
+        &a,
+        &[
+            "cp",
+            &format!("{name}:/tmp/in.txt"),
+            &host_out.to_string_lossy(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&host_out).expect("read"),
+        "from the host\n"
+    );
+    ok(
+        &a,
+        &[
+            "cp",
+            &format!("{name}:/etc/os-release"),
+            &a.dir.join("os").to_string_lossy(),
+        ],
+    );
+    assert!(std::fs::read_to_string(a.dir.join("os"))
+        .expect("read")
+        .contains("agent-image"));
+    ok(&a, &["rm", "--force", &name]);
+    common::stop_engines_of(&a);
+}
