@@ -817,12 +817,26 @@ fn hot_plug_mounts(a: &Airlock, mode: &str) {
         )),
         "{mode}: {st}"
     );
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(a, &["status", "box", "--json"]).stdout).expect("json");
+    assert_eq!(
+        st["spec"]["binds"][1]["target"], "/home/agent/rw",
+        "{mode}: {st}"
+    );
+    assert_eq!(st["spec"]["binds"][1]["writable"], true, "{st}");
     ok(a, &["unmount", "box", "/tmp/data"]);
     let out = inside("ls -A /tmp/data");
     assert_eq!(out.stdout, "", "{mode}: {}", out.describe());
     ok(a, &["stop", "box"]);
     ok(a, &["start", "box"]);
     assert!(!inside("test -e /tmp/data/f").status.success(), "{mode}");
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(a, &["status", "box", "--json"]).stdout).expect("json");
+    assert_eq!(
+        st["spec"]["binds"].as_array().map(Vec::len),
+        Some(2),
+        "{mode}: {st}"
+    );
     assert_eq!(inside("cat /home/agent/rw/f").stdout, "from the host\n");
     refused(
         a,
