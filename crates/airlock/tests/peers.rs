@@ -918,6 +918,15 @@ fn hot_plug_mounts(a: &Airlock, mode: &str) {
             "hot-plugged mounts go there only",
         );
     }
+    // A file where a directory goes is named as such, not taken for a link.
+    ok(a, &["exec", "box", "--", "sh", "-c", "echo > /tmp/plain"]);
+    let out = a.run(&["mount", "box", &spec("/tmp/plain/x")]);
+    assert_eq!(out.code(), 125, "{mode}: {}", out.describe());
+    assert!(
+        out.stderr.contains("is not a directory"),
+        "{}",
+        out.describe()
+    );
     refused(a, &["mount", "box", &spec("../x")], 2, "absolute");
     refused(a, &["mount", "box", &spec("/tmp/a/../../etc")], 2, "`..`");
     refused(
