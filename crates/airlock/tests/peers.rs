@@ -493,6 +493,29 @@ fn compatibility_modes(a: &Airlock, mode: &str) {
         !a.cwd.join("new").exists(),
         "{mode}: overlay keeps the host untouched"
     );
+    // The same switch on the MCP server's sandbox_run (agentkernel's MCP option).
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "sandbox_run", "arguments": {"command": ["sh", "-c", probe],
+        "compatibility_mode": "claude", "timeout_seconds": 60}}});
+    let input = format!(
+        "{}\n{}\n{call}\n",
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+    );
+    let mut cmd = a.command(&["mcp", "server"]);
+    cmd.env("AIRLOCK_DNS_UPSTREAM", &inet.dns);
+    let out = common::run_with_deadline(cmd, Some(input.into_bytes()), common::DEADLINE);
+    let answer: serde_json::Value = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["id"] == 2)
+        .unwrap_or_else(|| panic!("{mode}: no answer: {}", out.describe()));
+    assert_eq!(
+        answer["result"]["structuredContent"]["stdout"],
+        "api.anthropic.com 200\npypi.org 200\napi.openai.com 403\nexample.com 403\n",
+        "{mode}: {answer}"
+    );
     let out = a.run(&["run", "--compatibility-mode", "cursor", "--", "true"]);
     assert_eq!(out.code(), 2, "{}", out.describe());
     assert!(
