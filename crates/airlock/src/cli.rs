@@ -84,12 +84,6 @@ pub enum Command {
     /// Agent mode: follow the agent's live session (its output and reports); a shell (PTY) for
     /// other sandboxes or with --shell.
     Attach(AttachArgs),
-    /// Internal: the agent runner inside a sandbox (started by its supervisor).
-    #[command(name = "__agent-runner", hide = true)]
-    AgentRunner(AgentRunnerArgs),
-    /// Internal: inside an agent sandbox, where the harness executable is on the runner's PATH.
-    #[command(name = "__which", hide = true)]
-    Which(WhichArgs),
     /// Serve the Model Context Protocol on stdio: sandboxes and sandboxed agents as tools
     /// (`airlock mcp server` is the same).
     Mcp(McpArgs),
@@ -281,21 +275,6 @@ pub struct AttachArgs {
     /// A shell with a PTY instead of following the agent.
     #[arg(long)]
     pub shell: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct WhichArgs {
-    pub program: String,
-}
-
-#[derive(Debug, Args)]
-pub struct AgentRunnerArgs {
-    /// The harness, as JSON (`"claude"` or `{"command":[...]}`).
-    #[arg(long)]
-    pub harness: String,
-    /// Seconds the harness may go on after its terminal report (`[agent] grace`).
-    #[arg(long, default_value_t = airlock_model::config::DEFAULT_AGENT_GRACE.0)]
-    pub grace_secs: u64,
 }
 
 #[derive(Debug, Args)]

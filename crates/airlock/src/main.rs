@@ -11,13 +11,6 @@ mod error;
 use clap::Parser;
 
 fn main() {
-    // Multi-call: inside an agent sandbox this binary is also `report`.
-    let mut args = std::env::args();
-    let argv0 = args.next().unwrap_or_default();
-    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("report")) {
-        let rest: Vec<String> = args.collect();
-        std::process::exit(cmd::report::main(&rest));
-    }
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c.normalize(),
         Err(e) => {

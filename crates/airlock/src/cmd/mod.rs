@@ -12,7 +12,6 @@ mod init;
 mod manual;
 mod mounts;
 pub(crate) mod named;
-pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod sandbox;
 mod setup;
@@ -50,8 +49,6 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Prompt(a) => agent::prompt(&a),
         Command::Reports(a) => agent::reports(&a),
         Command::Attach(a) => agent::attach(&a),
-        Command::Which(a) => Ok(agent::which(&a.program)),
-        Command::AgentRunner(a) => Ok(airlock_agent::runner::main(&a.harness, a.grace_secs)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
         Command::Mount(a) => mounts::mount(&a),
         Command::Unmount(a) => mounts::unmount(&a),
