@@ -6,6 +6,7 @@ pub mod exit;
 pub mod lifecycle;
 pub mod plan;
 pub mod policy;
+pub mod runtime;
 pub mod spec;
 pub mod userfile;
 pub mod vm;

@@ -93,7 +93,7 @@ pub fn offer() -> airlock_model::plan::Offer {
             airlock_model::policy::BackendKind::Container,
             airlock_model::policy::BackendKind::Microvm,
         ],
-        images: false,
+        images: true,
     }
 }
 
@@ -278,7 +278,7 @@ pub enum Call {
 /// `check` with the facts it was given, and ends every start/exec with a scripted exit code.
 #[derive(Debug)]
 pub struct Fake {
-    facts: HostFacts,
+    facts: Box<HostFacts>,
     exit_code: i32,
     running: Mutex<Vec<String>>,
     calls: Mutex<Vec<Call>>,
@@ -287,7 +287,7 @@ pub struct Fake {
 impl Fake {
     pub fn new(facts: HostFacts, exit_code: i32) -> Fake {
         Fake {
-            facts,
+            facts: Box::new(facts),
             exit_code,
             running: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
@@ -323,7 +323,7 @@ impl Isolation for Fake {
         self.record(Call::Check {
             project_dir: project_dir.to_path_buf(),
         });
-        self.facts.clone()
+        (*self.facts).clone()
     }
     fn start(&self, plan: &Plan, _opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
         let (name, argv) = match plan {

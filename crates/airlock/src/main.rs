@@ -47,7 +47,6 @@ fn not_yet_hint(e: &clap::Error) -> Option<&'static str> {
         return None;
     };
     match arg.split('=').next()? {
-        "--image" => Some("--image is not available yet: this build runs the `host` image only (the host's /usr, read-only)"),
         "--no-net" | "--offline" => Some("no network is `--net off` (or `--no-network`)"),
         _ => None,
     }

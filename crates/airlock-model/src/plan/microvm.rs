@@ -100,6 +100,11 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if !spec.binds.is_empty() {
         return Err(Refusal::MicrovmUnsupported("--ro mounts"));
     }
+    if spec.rootfs != crate::spec::RootFs::Host {
+        return Err(Refusal::MicrovmUnsupported(
+            "image root filesystems (image = \"host\" only)",
+        ));
+    }
     if spec.stdio == crate::spec::Stdio::Tty {
         return Err(Refusal::MicrovmUnsupported(
             "-t (a terminal inside the guest)",
@@ -248,7 +253,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             }
         }
     }
-    let files = container::etc_files(spec, Path::new(&home))
+    let files = container::etc_files(spec, None)
         .into_iter()
         .filter_map(|m| match m {
             MountStep::File {

@@ -94,6 +94,7 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
         pasta: pasta_path().is_some(),
         offer: Default::default(),
         vm: None,
+        image: None,
     }
 }
 

@@ -16,6 +16,7 @@ fn facts() -> HostFacts {
         pasta: false,
         offer: offer(),
         vm: None,
+        image: None,
     }
 }
 
