@@ -53,6 +53,36 @@ pub struct GuestJob {
     pub files: Vec<GuestFile>,
     /// Whether stdin is forwarded (else the command's stdin is /dev/null).
     pub stdin: bool,
+    /// A named sandbox: with an empty `argv` the guest builds its root, reports
+    /// [`GuestMsg::Ready`] and then serves [`HostMsg::Exec`] sessions until
+    /// [`HostMsg::Poweroff`] (or the channel closes). Absent in older hosts' jobs: false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hold: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The session of the `run` job itself (and of every message that names no session: the
+/// first protocol had one command per VM, and its lines still mean that).
+pub const MAIN_SESSION: u32 = 0;
+
+/// One more command in a running guest (a named sandbox's `exec`): it runs in the root the
+/// job built, as `uid`/`gid`, beside every other session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestExec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Whether stdin is forwarded (else the command's stdin is /dev/null).
+    pub stdin: bool,
 }
 
 /// Host → guest.
@@ -66,14 +96,32 @@ pub enum HostMsg {
     Stdin {
         v: u32,
         data: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        session: u32,
     },
     StdinEof {
         v: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        session: u32,
     },
     /// Forward a signal to the command's process group.
     Signal {
         v: u32,
         signal: i32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        session: u32,
+    },
+    /// Start session `session` (chosen by the host, never MAIN_SESSION, unique while it runs)
+    /// in a guest that holds (`GuestJob::hold`).
+    Exec {
+        v: u32,
+        session: u32,
+        exec: Box<GuestExec>,
+    },
+    /// End every session (SIGTERM, then SIGKILL after `grace_ms`) and power the VM off.
+    Poweroff {
+        v: u32,
+        grace_ms: u64,
     },
     #[serde(other)]
     Unknown,
@@ -87,24 +135,38 @@ pub enum GuestMsg {
     Hello {
         v: u32,
         kernel: String,
+        /// The guest serves `exec` sessions (`GuestJob::hold`); absent in older guests.
+        #[serde(default, skip_serializing_if = "is_false")]
+        sessions: bool,
     },
+    /// A holding guest built its root and takes `exec` sessions now.
+    Ready { v: u32 },
     Stdout {
         v: u32,
         data: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        session: u32,
     },
     Stderr {
         v: u32,
         data: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        session: u32,
     },
     /// The command ended: its exit status (128+N for signal N).
     Exit {
         v: u32,
         code: i32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        session: u32,
     },
-    /// The guest could not run the job; it powers off after this.
+    /// The guest could not run the job (it powers off after this), or, with a session, could
+    /// not start that session's command (the guest goes on).
     Error {
         v: u32,
         message: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        session: u32,
     },
     #[serde(other)]
     Unknown,
@@ -172,6 +234,7 @@ mod tests {
         let m = GuestMsg::Exit {
             v: VM_PROTOCOL_VERSION,
             code: 7,
+            session: MAIN_SESSION,
         };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
@@ -180,6 +243,63 @@ mod tests {
         let later: GuestMsg = serde_json::from_str(r#"{"kind":"resize","v":2,"rows":3}"#).unwrap();
         assert_eq!(later, GuestMsg::Unknown);
         let h: HostMsg = serde_json::from_str(r#"{"kind":"stdin_eof","v":1}"#).unwrap();
-        assert_eq!(h, HostMsg::StdinEof { v: 1 });
+        assert_eq!(h, HostMsg::StdinEof { v: 1, session: 0 });
+    }
+
+    #[test]
+    fn sessions_are_named_on_the_wire_and_absent_means_the_main_one() {
+        // A first-protocol line (no session) is the run job's own session.
+        let old: GuestMsg =
+            serde_json::from_str(r#"{"kind":"stdout","v":1,"data":"aGk="}"#).unwrap();
+        assert_eq!(
+            old,
+            GuestMsg::Stdout {
+                v: 1,
+                data: "aGk=".into(),
+                session: MAIN_SESSION
+            }
+        );
+        let m = GuestMsg::Exit {
+            v: VM_PROTOCOL_VERSION,
+            code: 3,
+            session: 5,
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"kind":"exit","v":1,"code":3,"session":5}"#
+        );
+        let e = HostMsg::Exec {
+            v: 1,
+            session: 2,
+            exec: Box::new(GuestExec {
+                argv: vec!["cat".into(), "/tmp/f".into()],
+                env: vec![("PATH".into(), "/usr/bin".into())],
+                cwd: "/workspace".into(),
+                uid: 1000,
+                gid: 1000,
+                stdin: false,
+            }),
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.starts_with(r#"{"kind":"exec","v":1,"session":2,"exec":{"argv":["cat""#));
+        assert_eq!(serde_json::from_str::<HostMsg>(&line).unwrap(), e);
+        // A guest that says nothing about sessions has none; the host must not send `exec`.
+        let h: GuestMsg = serde_json::from_str(r#"{"kind":"hello","v":1,"kernel":"6.1"}"#).unwrap();
+        assert!(matches!(
+            h,
+            GuestMsg::Hello {
+                sessions: false,
+                ..
+            }
+        ));
+        let p: HostMsg =
+            serde_json::from_str(r#"{"kind":"poweroff","v":1,"grace_ms":500}"#).unwrap();
+        assert_eq!(
+            p,
+            HostMsg::Poweroff {
+                v: 1,
+                grace_ms: 500
+            }
+        );
     }
 }

@@ -8,7 +8,7 @@
 
 use airlock_model::vm::{
     b64_decode, b64_encode, GuestJob, GuestMsg, GuestNet, HostMsg, DISK_ROOT, DISK_WORKSPACE,
-    VM_PORT_NAME, VM_PROTOCOL_VERSION,
+    MAIN_SESSION, VM_PORT_NAME, VM_PROTOCOL_VERSION,
 };
 use nix::mount::{mount, MsFlags};
 use std::ffi::CString;
@@ -87,6 +87,7 @@ fn boot() -> Res<()> {
     out.send(&GuestMsg::Hello {
         v: VM_PROTOCOL_VERSION,
         kernel,
+        sessions: false,
     });
     let mut input = BufReader::new(chan);
     let job = loop {
@@ -105,6 +106,7 @@ fn boot() -> Res<()> {
             out.send(&GuestMsg::Error {
                 v: VM_PROTOCOL_VERSION,
                 message,
+                session: MAIN_SESSION,
             });
             return Ok(());
         }
@@ -112,6 +114,7 @@ fn boot() -> Res<()> {
     out.send(&GuestMsg::Exit {
         v: VM_PROTOCOL_VERSION,
         code,
+        session: MAIN_SESSION,
     });
     Ok(())
 }
@@ -490,9 +493,17 @@ fn relay(
                     let data = b64_encode(&buf[..n]);
                     let v = VM_PROTOCOL_VERSION;
                     chan.send(&if *is_out {
-                        GuestMsg::Stdout { v, data }
+                        GuestMsg::Stdout {
+                            v,
+                            data,
+                            session: MAIN_SESSION,
+                        }
                     } else {
-                        GuestMsg::Stderr { v, data }
+                        GuestMsg::Stderr {
+                            v,
+                            data,
+                            session: MAIN_SESSION,
+                        }
                     });
                 }
             }

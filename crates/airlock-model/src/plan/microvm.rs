@@ -291,6 +291,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
                     forward_stdin: true
                 }
             ),
+            hold: false,
         },
         qemu,
         workspace: has_ws.then(|| spec.project_dir.clone()),

@@ -893,6 +893,7 @@ fn the_microvm_plan_is_exact() {
                 })
                 .collect(),
             stdin: false,
+            hold: false,
         },
         workspace: Some(p("/home/u/proj")),
         accel: Accel::Tcg,

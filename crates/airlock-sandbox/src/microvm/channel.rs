@@ -2,7 +2,9 @@
 //! send the job, relay the command's output to this process's stdout/stderr (and stdin to
 //! the guest when asked), and collect the exit status. Protocol: `airlock_model::vm`.
 
-use airlock_model::vm::{b64_decode, b64_encode, GuestJob, GuestMsg, HostMsg, VM_PROTOCOL_VERSION};
+use airlock_model::vm::{
+    b64_decode, b64_encode, GuestJob, GuestMsg, HostMsg, MAIN_SESSION, VM_PROTOCOL_VERSION,
+};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,10 +72,12 @@ pub fn serve(stream: UnixStream, job: &GuestJob, stdin: bool) -> Reported {
                 let msg = match input.read(&mut buf) {
                     Ok(0) | Err(_) => HostMsg::StdinEof {
                         v: VM_PROTOCOL_VERSION,
+                        session: MAIN_SESSION,
                     },
                     Ok(n) => HostMsg::Stdin {
                         v: VM_PROTOCOL_VERSION,
                         data: b64_encode(&buf[..n]),
+                        session: MAIN_SESSION,
                     },
                 };
                 let eof = matches!(msg, HostMsg::StdinEof { .. });
@@ -108,7 +112,7 @@ pub fn serve(stream: UnixStream, job: &GuestJob, stdin: bool) -> Reported {
             }
         };
         match msg {
-            GuestMsg::Hello { v, kernel } => {
+            GuestMsg::Hello { v, kernel, .. } => {
                 crate::phase(&format!("guest up (protocol {v}, kernel {kernel})"));
             }
             GuestMsg::Stdout { data, .. } => {
@@ -126,6 +130,7 @@ pub fn serve(stream: UnixStream, job: &GuestJob, stdin: bool) -> Reported {
                 reported = Reported::Error(message);
                 break;
             }
+            GuestMsg::Ready { .. } => {}
             GuestMsg::Unknown => crate::phase("vm channel: unknown message kind skipped"),
         }
     }

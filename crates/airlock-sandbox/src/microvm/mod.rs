@@ -11,6 +11,7 @@
 pub mod artifacts;
 pub mod channel;
 pub mod kernel;
+pub mod mux;
 
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
 use airlock_model::plan::microvm::{Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_IMAGE};
