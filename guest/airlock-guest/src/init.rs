@@ -19,6 +19,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod sessions;
+
 const NEWROOT: &str = "/newroot";
 
 /// The subcommand's entry point. As PID 1 it never returns: it powers the VM off.
@@ -87,7 +89,7 @@ fn boot() -> Res<()> {
     out.send(&GuestMsg::Hello {
         v: VM_PROTOCOL_VERSION,
         kernel,
-        sessions: false,
+        sessions: true,
     });
     let mut input = BufReader::new(chan);
     let job = loop {
@@ -100,6 +102,27 @@ fn boot() -> Res<()> {
             _ => continue,
         }
     };
+    if job.hold {
+        // A named sandbox: the root, then exec sessions until poweroff.
+        let how = sessions::Serve {
+            root: Some(NEWROOT),
+            reap_all: true,
+        };
+        let held = setup(&job).and_then(|()| {
+            out.send(&GuestMsg::Ready {
+                v: VM_PROTOCOL_VERSION,
+            });
+            sessions::serve(&mut input, &mut out.0, &how)
+        });
+        if let Err(message) = held {
+            out.send(&GuestMsg::Error {
+                v: VM_PROTOCOL_VERSION,
+                message,
+                session: MAIN_SESSION,
+            });
+        }
+        return Ok(());
+    }
     let code = match setup(&job).and_then(|()| run(&job, &mut input, &mut out)) {
         Ok(code) => code,
         Err(message) => {
@@ -337,14 +360,18 @@ fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel) -> Res<i3
                     })
                     .unwrap_or(in_r.as_raw_fd())
             };
+            let who = Become {
+                uid: job.uid,
+                gid: job.gid,
+                root: Some(NEWROOT),
+                cwd: &cwd,
+                cwd_label: &job.cwd,
+            };
             child(
-                job,
-                stdin,
-                out_w.as_raw_fd(),
-                err_w.as_raw_fd(),
+                &who,
+                [stdin, out_w.as_raw_fd(), err_w.as_raw_fd()],
                 &argv,
                 &envp,
-                &cwd,
             )
         }
         ForkResult::Parent { child } => {
@@ -354,15 +381,20 @@ fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel) -> Res<i3
     }
 }
 
-fn child(
-    job: &GuestJob,
-    stdin: i32,
-    stdout: i32,
-    stderr: i32,
-    argv: &[CString],
-    envp: &[CString],
-    cwd: &CString,
-) -> ! {
+/// Who a command runs as, and where: the root to chroot into (None: stay, for tests), its
+/// working directory.
+pub(crate) struct Become<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    pub root: Option<&'a str>,
+    pub cwd: &'a CString,
+    pub cwd_label: &'a str,
+}
+
+/// In a freshly forked child: take `stdio` as 0/1/2, become `who`, exec `argv`. Exit status
+/// 127 (not found) or 126 (any other failure) with the reason on its stderr.
+pub(crate) fn child(who: &Become<'_>, stdio: [i32; 3], argv: &[CString], envp: &[CString]) -> ! {
+    let stderr = stdio[2];
     let fail = |what: &str, e: nix::errno::Errno| -> ! {
         let msg = format!("airlock: {what}: {e}\n");
         // SAFETY: writing a buffer to an open descriptor, then exiting without unwinding.
@@ -375,25 +407,30 @@ fn child(
             })
         }
     };
-    for (fd, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
+    for (to, &fd) in stdio.iter().enumerate() {
         // SAFETY: dup2 onto the standard descriptors of this (child) process.
-        if unsafe { libc::dup2(fd, to) } < 0 {
+        if unsafe { libc::dup2(fd, to as i32) } < 0 {
             fail("dup2", nix::errno::Errno::last());
         }
     }
     let _ = nix::unistd::setsid();
-    if let Err(e) = nix::unistd::chroot(NEWROOT) {
-        fail("chroot", e);
-    }
-    if let Err(e) = nix::unistd::chdir("/") {
-        fail("chdir /", e);
+    if let Some(root) = who.root {
+        if let Err(e) = nix::unistd::chroot(root) {
+            fail("chroot", e);
+        }
+        if let Err(e) = nix::unistd::chdir("/") {
+            fail("chdir /", e);
+        }
     }
     let (uid, gid) = (
-        nix::unistd::Uid::from_raw(job.uid),
-        nix::unistd::Gid::from_raw(job.gid),
+        nix::unistd::Uid::from_raw(who.uid),
+        nix::unistd::Gid::from_raw(who.gid),
     );
-    if let Err(e) = nix::unistd::setgroups(&[gid]) {
-        fail("setgroups", e);
+    // (Only root has supplementary groups to drop: in tests the helper runs unprivileged.)
+    if nix::unistd::geteuid().is_root() {
+        if let Err(e) = nix::unistd::setgroups(&[gid]) {
+            fail("setgroups", e);
+        }
     }
     if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
         fail("setgid", e);
@@ -401,8 +438,8 @@ fn child(
     if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
         fail("setuid", e);
     }
-    if let Err(e) = nix::unistd::chdir(cwd.as_c_str()) {
-        fail(&format!("working directory {}", job.cwd), e);
+    if let Err(e) = nix::unistd::chdir(who.cwd.as_c_str()) {
+        fail(&format!("working directory {}", who.cwd_label), e);
     }
     let prog = &argv[0];
     let e = if prog.as_bytes().contains(&b'/') {
@@ -410,7 +447,10 @@ fn child(
     } else {
         nix::unistd::execvpe(prog, argv, envp).err()
     };
-    fail(&job.argv[0], e.unwrap_or(nix::errno::Errno::ENOEXEC))
+    fail(
+        &argv[0].to_string_lossy(),
+        e.unwrap_or(nix::errno::Errno::ENOEXEC),
+    )
 }
 
 /// Relay stdout/stderr (and stdin from the channel) until the command exits and its output
