@@ -5,6 +5,10 @@ use super::*;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 
+/// One session as the host saw it: stdout, stderr, and how it ended (when it has).
+type Seen = (String, String, Option<Result<i32, String>>);
+type Update = Box<dyn FnOnce(&mut Seen)>;
+
 struct Host {
     w: UnixStream,
     rx: mpsc::Receiver<GuestMsg>,
@@ -33,13 +37,13 @@ impl Host {
     }
     /// Collect (stdout, stderr, exit) per session until `n` sessions ended.
     fn collect(&self, n: usize) -> BTreeMap<u32, (String, String, Result<i32, String>)> {
-        let mut got: BTreeMap<u32, (String, String, Option<Result<i32, String>>)> = BTreeMap::new();
+        let mut got: BTreeMap<u32, Seen> = BTreeMap::new();
         while got.values().filter(|g| g.2.is_some()).count() < n {
             let m = self
                 .rx
                 .recv_timeout(Duration::from_secs(20))
                 .expect("the guest answers");
-            let (id, f): (u32, Box<dyn FnOnce(&mut (String, String, Option<_>))>) = match m {
+            let (id, f): (u32, Update) = match m {
                 GuestMsg::Stdout { data, session, .. } => (
                     session,
                     Box::new(move |g| g.0 += &String::from_utf8_lossy(&b64_decode(&data).unwrap())),
