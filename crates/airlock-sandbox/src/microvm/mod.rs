@@ -10,6 +10,7 @@
 
 pub mod artifacts;
 pub mod channel;
+pub mod control;
 pub mod kernel;
 pub mod mux;
 

@@ -240,7 +240,36 @@ fn route(mut reader: BufReader<UnixStream>, routes: &Routes) {
     }
 }
 
-impl Session<'_> {
+/// A session's input side, shareable with another thread.
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    mux: &'a Mux,
+    id: u32,
+}
+
+impl<'a> Session<'a> {
+    pub fn input(&self) -> Input<'a> {
+        Input {
+            mux: self.mux,
+            id: self.id,
+        }
+    }
+
+    pub fn stdin(&self, data: &[u8]) -> Result<(), String> {
+        self.input().stdin(data)
+    }
+
+    pub fn stdin_eof(&self) -> Result<(), String> {
+        self.input().stdin_eof()
+    }
+
+    /// Forward `signal` to the session's process group.
+    pub fn signal(&self, signal: i32) -> Result<(), String> {
+        self.input().signal(signal)
+    }
+}
+
+impl Input<'_> {
     pub fn stdin(&self, data: &[u8]) -> Result<(), String> {
         self.mux.send(&HostMsg::Stdin {
             v: VM_PROTOCOL_VERSION,
@@ -264,7 +293,9 @@ impl Session<'_> {
             session: self.id,
         })
     }
+}
 
+impl Session<'_> {
     /// The next event (None: the session has ended and all its events were taken).
     pub fn next(&self) -> Option<Event> {
         self.events.recv().ok()
@@ -289,4 +320,4 @@ impl Session<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

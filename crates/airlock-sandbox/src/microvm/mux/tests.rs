@@ -6,7 +6,7 @@ use super::*;
 use airlock_model::vm::GuestNet;
 use std::io::BufRead;
 
-fn job(hold: bool) -> GuestJob {
+pub(crate) fn job(hold: bool) -> GuestJob {
     GuestJob {
         argv: vec![],
         env: vec![],
@@ -24,7 +24,7 @@ fn job(hold: bool) -> GuestJob {
     }
 }
 
-fn exec(argv: &[&str], stdin: bool) -> GuestExec {
+pub(crate) fn exec(argv: &[&str], stdin: bool) -> GuestExec {
     GuestExec {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![],
@@ -43,7 +43,7 @@ fn put(w: &mut UnixStream, m: &GuestMsg) {
 
 /// A guest that serves sessions: `echo ARGS` prints, `exit N` ends with N, `cat` echoes its
 /// stdin (upper-cased on stderr too) until EOF. Everything it received is returned.
-fn guest(stream: UnixStream, sessions: bool) -> JoinHandle<Vec<HostMsg>> {
+pub(crate) fn guest(stream: UnixStream, sessions: bool) -> JoinHandle<Vec<HostMsg>> {
     std::thread::spawn(move || {
         let mut w = stream.try_clone().unwrap();
         let mut seen = vec![];
