@@ -398,8 +398,8 @@ impl Isolation for Fake {
     }
 }
 
-/// The microVM backend (QEMU; see `microvm`). Ephemeral runs only so far: a named microVM
-/// sandbox is refused by the planner, so exec and the folder operations have nothing to do.
+/// The microVM backend (QEMU; see `microvm`). A named microVM sandbox's supervisor holds its
+/// guest inside `start`; exec goes through the folder's control socket.
 impl Isolation for MicroVm {
     fn check(&self, project_dir: &Path, layout: &Layout) -> HostFacts {
         MicroVm::check(self, project_dir, layout)
@@ -407,11 +407,8 @@ impl Isolation for MicroVm {
     fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
         MicroVm::start(self, plan, opts)
     }
-    fn exec(&self, sandbox: &Instance<'_>, _req: &ExecRequest) -> Result<Outcome, RunError> {
-        Err(RunError::Vm(format!(
-            "sandbox {}: exec into a microVM sandbox is not supported yet",
-            sandbox.name
-        )))
+    fn exec(&self, sandbox: &Instance<'_>, req: &ExecRequest) -> Result<Outcome, RunError> {
+        self.exec_in(sandbox.dir, sandbox.name, req)
     }
     fn hotplug(
         &self,
@@ -423,14 +420,19 @@ impl Isolation for MicroVm {
             sandbox.name
         )))
     }
-    fn observe(&self, _sandbox: &Instance<'_>) -> Observed {
-        Observed::Stopped
+    fn observe(&self, sandbox: &Instance<'_>) -> Observed {
+        self.observe_in(sandbox.dir)
     }
     fn stats(&self, _sandbox: &Instance<'_>) -> Option<Usage> {
         None
     }
-    fn reclaim(&self, _sandbox: &Instance<'_>) {}
-    fn destroy(&self, _sandbox: &Instance<'_>) {}
+    fn reclaim(&self, sandbox: &Instance<'_>) {
+        self.reclaim_in(sandbox.dir);
+    }
+    fn destroy(&self, sandbox: &Instance<'_>) {
+        self.reclaim_in(sandbox.dir);
+        let _ = std::fs::remove_file(sandbox.dir.join(crate::microvm::JOB_FILE));
+    }
 }
 
 /// Every isolation backend of this build, chosen at run time from the spec's `backend`.

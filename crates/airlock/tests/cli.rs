@@ -317,23 +317,15 @@ fn doctor_rows_match_what_airlock_uses() {
 
 /// `[sandbox] backend` and `image` travel in the spec; the planner refuses what this build
 /// cannot provide (with its hint and exit code), for `run` and before `create` makes anything.
-/// (The microvm backend runs `run`; named microVM sandboxes are refused until they exist.)
+/// (Named microVM sandboxes exist now: tests/microvm.rs.)
 #[test]
 fn the_planner_refuses_a_backend_or_image_this_build_lacks() {
     let a = Airlock::root();
     let cfg = a.dir.join("home/.config/airlock/config.toml");
     std::fs::create_dir_all(cfg.parent().expect("parent")).expect("mkdir");
     let run = &["run", "--", "true"][..];
-    let keep = &["run", "--keep", "--", "true"][..];
     let create = &["create", "box"][..];
     for (toml, code, says, hint, commands) in [
-        (
-            "[sandbox]\nbackend = \"microvm\"\n",
-            123,
-            "refused: the microvm backend does not support named sandboxes (create, up, run --keep) yet",
-            "hint: use the container backend for this",
-            &[keep, create][..],
-        ),
         // Images exist now (tests/images.rs); a malformed one is refused before anything is
         // created or pulled.
         (

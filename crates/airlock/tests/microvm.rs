@@ -350,3 +350,97 @@ fn rootless_airlock_boots_a_guest_too() {
     assert_eq!(out.code(), 3, "{}", out.describe());
     assert_eq!(out.stdout, "1000\n", "{}", out.describe());
 }
+
+/// Stops the sandbox's engine (and its supervisors) whatever the test's outcome.
+struct EngineGuard<'a>(&'a Airlock);
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        let _ = vm_cli(self.0, &["rm", "-f", "vmbox"]);
+        common::stop_engines_of(self.0);
+    }
+}
+
+fn vm_cli(a: &Airlock, args: &[&str]) -> Outcome {
+    let mut cmd = a.command(args);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    common::run_with_deadline(cmd, None, VM_DEADLINE)
+}
+
+/// A named microVM sandbox: create, start (the supervisor holds the guest), two execs at
+/// once over the one guest channel, state kept between execs, stop, rm.
+#[test]
+fn a_named_microvm_sandbox_serves_concurrent_execs_and_keeps_its_state() {
+    if !e2e("a_named_microvm_sandbox_serves_concurrent_execs_and_keeps_its_state") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    let ok = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    ok(&["create", "--backend", "microvm", "vmbox", "--net", "off"]);
+    ok(&["start", "vmbox"]);
+    // The guest's own kernel, and its exit status.
+    let out = ok(&["exec", "vmbox", "--", "sh", "-c", "uname -r; id -u"]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_ne!(
+        lines.first().copied(),
+        Some(host_release().as_str()),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(lines.get(1).copied(), Some("1000"), "{}", out.describe());
+    let out = vm_cli(
+        &a,
+        &["exec", "vmbox", "--", "sh", "-c", "echo err >&2; exit 7"],
+    );
+    assert_eq!(out.code(), 7, "{}", out.describe());
+    assert!(out.stderr.contains("err"), "{}", out.describe());
+    // Two sessions at once: the first waits for a file the second writes (so they overlap).
+    let started = Instant::now();
+    let (first, second) = std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            vm_cli(
+                &a,
+                &[
+                    "exec", "vmbox", "--", "sh", "-c",
+                    "i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; cat /tmp/go",
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let writer = vm_cli(
+            &a,
+            &[
+                "exec",
+                "vmbox",
+                "--",
+                "sh",
+                "-c",
+                "echo went > /tmp/go; echo wrote",
+            ],
+        );
+        (waiter.join().expect("waiter"), writer)
+    });
+    assert_eq!(second.code(), 0, "{}", second.describe());
+    assert_eq!(second.stdout, "wrote\n", "{}", second.describe());
+    assert_eq!(first.code(), 0, "{}", first.describe());
+    assert_eq!(first.stdout, "went\n", "{}", first.describe());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // State persists between execs.
+    let out = ok(&["exec", "vmbox", "--", "cat", "/tmp/go"]);
+    assert_eq!(out.stdout, "went\n");
+    ok(&["stop", "vmbox"]);
+    let out = vm_cli(&a, &["exec", "vmbox", "--", "true"]);
+    assert_eq!(
+        out.code(),
+        120,
+        "exec on a stopped sandbox: {}",
+        out.describe()
+    );
+    ok(&["rm", "vmbox"]);
+    assert!(!a.state_dir().join("sandboxes/vmbox").exists());
+}

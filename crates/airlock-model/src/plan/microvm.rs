@@ -77,11 +77,8 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     let Some(vm) = &host.vm else {
         return Err(Refusal::BackendUnavailable(BackendKind::Microvm));
     };
-    if spec.argv.is_empty() || spec.persistent {
-        // Named microVM sandboxes (create/exec) come later; refuse rather than half-work.
-        return Err(Refusal::MicrovmUnsupported(
-            "named sandboxes (create, up, --keep)",
-        ));
+    if spec.argv.is_empty() != spec.persistent {
+        return Err(Refusal::EmptyCommand);
     }
     match spec.workspace {
         WorkspaceMode::Bind => {
@@ -210,6 +207,8 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     // artifact cache read-only; limits sized for the guest plus QEMU's own overhead.
     let mut q = spec.clone();
     q.argv = argv;
+    // QEMU is the container's command even for a named sandbox (the guest holds its state).
+    q.persistent = false;
     q.workspace = WorkspaceMode::None;
     q.workdir = Some(PathBuf::from("/"));
     q.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
@@ -291,7 +290,8 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
                     forward_stdin: true
                 }
             ),
-            hold: false,
+            // A named sandbox: the guest holds its root and serves exec sessions.
+            hold: spec.persistent,
         },
         qemu,
         workspace: has_ws.then(|| spec.project_dir.clone()),

@@ -485,18 +485,11 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<Plan, Refusal> {
     }
 }
 
-/// What the microVM backend does not do yet: named sandboxes.
-pub const NAMED_MICROVM: &str = "named sandboxes (create, up, run --keep)";
-
 /// Whether this build and host can provide the spec's backend and root filesystem at all.
 /// Also called on its own where a spec is accepted before it is ever planned (`create`).
 pub fn admit(spec: &RunSpec, offer: &Offer) -> Result<(), Refusal> {
     if !offer.backends.contains(&spec.backend) {
         return Err(Refusal::BackendUnavailable(spec.backend));
-    }
-    if spec.backend == BackendKind::Microvm && spec.persistent {
-        // Refused here too, so that `create` refuses before it makes anything.
-        return Err(Refusal::MicrovmUnsupported(NAMED_MICROVM));
     }
     match &spec.rootfs {
         RootFs::Host => Ok(()),

@@ -959,6 +959,26 @@ fn the_microvm_plan_gives_filtered_guests_a_nic_and_the_proxy_on_qemus_host_side
 }
 
 #[test]
+fn a_named_microvm_sandbox_is_a_held_guest_without_a_command() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.persistent = true;
+    s.argv = vec![];
+    let v = match super::plan(&s, &vm_host()) {
+        Ok(Plan::Microvm(v)) => v,
+        other => panic!("{other:?}"),
+    };
+    assert!(v.guest.hold);
+    assert!(v.guest.argv.is_empty());
+    // A command for a named sandbox (or none for a run) is still an error.
+    s.argv = vec!["true".into()];
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::EmptyCommand)
+    ));
+}
+
+#[test]
 fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
     let mut s = spec();
     s.backend = BackendKind::Microvm;

@@ -26,23 +26,27 @@ pub enum Reported {
 /// Wait for QEMU to connect to `listener` (until `stop`), then relay until the guest reports
 /// its end or the channel closes.
 pub fn relay(listener: &UnixListener, job: &GuestJob, stop: &AtomicBool, stdin: bool) -> Reported {
-    if listener.set_nonblocking(true).is_err() {
-        return Reported::Nothing;
+    match accept(listener, stop) {
+        Some(stream) => serve(stream, job, stdin),
+        None => Reported::Nothing,
     }
+}
+
+/// QEMU's connection for the channel (None: `stop` came first).
+pub fn accept(listener: &UnixListener, stop: &AtomicBool) -> Option<UnixStream> {
+    listener.set_nonblocking(true).ok()?;
     let stream = loop {
         if stop.load(Ordering::Relaxed) {
-            return Reported::Nothing;
+            return None;
         }
         match listener.accept() {
             Ok((s, _)) => break s,
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
     };
-    if stream.set_nonblocking(false).is_err() {
-        return Reported::Nothing;
-    }
+    stream.set_nonblocking(false).ok()?;
     crate::phase("vm channel connected");
-    serve(stream, job, stdin)
+    Some(stream)
 }
 
 fn send(w: &mut impl Write, m: &HostMsg) -> std::io::Result<()> {

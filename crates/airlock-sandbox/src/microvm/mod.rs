@@ -157,10 +157,13 @@ impl MicroVm {
                 "the microvm backend got another backend's plan".into(),
             ));
         };
-        if opts.persist.is_some() {
-            return Err(RunError::Vm(
-                "named microVM sandboxes are not supported yet".into(),
-            ));
+        if let Some(dir) = opts.persist {
+            if !vm.guest.hold {
+                return Err(RunError::Vm(
+                    "a named microVM sandbox needs a plan that holds its guest".into(),
+                ));
+            }
+            record_job(dir, &vm.guest)?;
         }
         let rd =
             RunDir::create(opts.state_dir, &format!("{}.vm", vm.qemu.name)).map_err(|source| {
@@ -233,7 +236,10 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
         let relay = std::sync::Mutex::new(None);
         let start_relay = || {
-            let handle = s.spawn(|| channel::relay(&listener, &vm.guest, &stop, vm.guest.stdin));
+            let handle = s.spawn(|| match opts.persist {
+                Some(folder) => hold(&listener, vm, folder, &stop),
+                None => channel::relay(&listener, &vm.guest, &stop, vm.guest.stdin),
+            });
             if let Ok(mut r) = relay.lock() {
                 *r = Some(handle);
             }
@@ -241,6 +247,8 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         let inner = RunOptions {
             on_ready: Some(&start_relay),
             on_egress: opts.on_egress.clone(),
+            // The guest holds a named sandbox's state; QEMU's container is a run's.
+            persist: None,
             ..*opts
         };
         let outcome = container::run(&qemu, &inner);
@@ -252,6 +260,12 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         (outcome, reported)
     });
     let outcome = outcome?;
+    if opts.persist.is_some() {
+        return Ok(Outcome {
+            ending: outcome.ending,
+            changes: None,
+        });
+    }
     match (outcome.ending, reported) {
         (Ending::TimedOut | Ending::OutOfMemory, _) => Ok(outcome),
         (_, Reported::Exit(code)) => Ok(Outcome {
@@ -264,5 +278,133 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         (Ending::Exited(q), Reported::Nothing) => Err(RunError::Vm(format!(
             "the VM ended without reporting the command's exit status (QEMU exited with {q})"
         ))),
+    }
+}
+
+/// A named sandbox's guest job, recorded in its folder: what `exec` starts from (environment,
+/// working directory, user).
+pub const JOB_FILE: &str = "vm-job.json";
+/// The supervisor's pid while its guest takes exec sessions.
+pub const PID_FILE: &str = "vm.pid";
+
+fn record_job(dir: &Path, job: &airlock_model::vm::GuestJob) -> Result<(), RunError> {
+    let json = serde_json::to_vec_pretty(job)
+        .map_err(|e| RunError::Setup(format!("encode the guest job: {e}")))?;
+    let tmp = dir.join(".vm-job.json.tmp");
+    std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, dir.join(JOB_FILE)))
+        .map_err(container::io_err("record the sandbox's guest job"))
+}
+
+/// A named sandbox's guest: open the held channel, then serve exec clients on the folder's
+/// control socket until QEMU ends.
+fn hold(
+    listener: &std::os::unix::net::UnixListener,
+    vm: &VmPlan,
+    folder: &Path,
+    stop: &AtomicBool,
+) -> Reported {
+    let Some(stream) = channel::accept(listener, stop) else {
+        return Reported::Nothing;
+    };
+    let mux = match mux::Mux::open(stream, &vm.guest) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("airlock: {e}");
+            return Reported::Error(e);
+        }
+    };
+    crate::phase("guest ready for exec");
+    let sock = folder.join(control::VM_CONTROL);
+    let _ = std::fs::remove_file(&sock);
+    let ctl = match std::os::unix::net::UnixListener::bind(&sock) {
+        Ok(l) => l,
+        Err(e) => return Reported::Error(format!("listen on {}: {e}", sock.display())),
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
+    let _ = std::fs::write(folder.join(PID_FILE), std::process::id().to_string());
+    control::serve(&ctl, &mux, stop);
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(folder.join(PID_FILE));
+    Reported::Nothing
+}
+
+impl MicroVm {
+    /// Run a command in a running named microVM sandbox, through its control socket.
+    pub fn exec_in(
+        &self,
+        dir: &Path,
+        name: &str,
+        req: &crate::command::ExecRequest,
+    ) -> Result<Outcome, RunError> {
+        if req.tty {
+            return Err(RunError::Vm(
+                "-t (a terminal inside the guest) is not supported for microVM sandboxes yet"
+                    .into(),
+            ));
+        }
+        let job: airlock_model::vm::GuestJob = std::fs::read(dir.join(JOB_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| RunError::NotRecorded {
+                name: name.to_string(),
+                why: format!("{JOB_FILE}: {e}"),
+            })?;
+        let mut env = job.env.clone();
+        for (k, v) in &req.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let exec = airlock_model::vm::GuestExec {
+            argv: req.argv.clone(),
+            env,
+            cwd: req
+                .cwd
+                .as_ref()
+                .map(|c| c.display().to_string())
+                .unwrap_or(job.cwd.clone()),
+            uid: job.uid,
+            gid: job.gid,
+            stdin: req.forward_stdin,
+        };
+        let stdin: Option<Box<dyn std::io::Read + Send>> = req
+            .forward_stdin
+            .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
+        let code = control::exec(
+            &dir.join(control::VM_CONTROL),
+            exec,
+            stdin,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )
+        .map_err(|e| RunError::Vm(format!("sandbox {name}: {e}")))?;
+        Ok(Outcome {
+            ending: Ending::Exited(code),
+            changes: None,
+        })
+    }
+
+    /// Running: its control socket answers.
+    pub fn observe_in(&self, dir: &Path) -> crate::isolation::Observed {
+        use crate::isolation::Observed;
+        let sock = dir.join(control::VM_CONTROL);
+        let pid = std::fs::read_to_string(dir.join(PID_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        match pid {
+            Some(pid1) if std::os::unix::net::UnixStream::connect(&sock).is_ok() => {
+                Observed::Running { pid1 }
+            }
+            Some(_) => Observed::Dead,
+            None => Observed::Stopped,
+        }
+    }
+
+    /// What a dead supervisor left: its control socket and pid record.
+    pub fn reclaim_in(&self, dir: &Path) {
+        for f in [control::VM_CONTROL, PID_FILE] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
     }
 }

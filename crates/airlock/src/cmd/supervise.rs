@@ -103,9 +103,12 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     let mut hooks = crate::cmd::run::Hooks::default();
     let mut agent_host = None;
     // The static helper (`cp`, the MCP file tools, the agent runner, `report`), read-only: it
-    // needs nothing from the sandbox's root filesystem.
-    spec.binds
-        .extend(airlock_agent::tool_binds(&install_guest()?));
+    // needs nothing from the sandbox's root filesystem. (A microVM guest has no host mounts;
+    // its PID 1 is that helper already.)
+    if spec.backend != airlock_model::policy::BackendKind::Microvm {
+        spec.binds
+            .extend(airlock_agent::tool_binds(&install_guest()?));
+    }
     if let Some(h) = spec.agent.clone() {
         let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
         let path = spec
