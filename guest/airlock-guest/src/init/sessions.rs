@@ -258,10 +258,7 @@ pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_
                 signal, session, ..
             }) => {
                 if let Some(s) = sessions.get(&session) {
-                    // SAFETY: kill(2) on the session's process group.
-                    unsafe {
-                        libc::kill(-s.pid.as_raw(), signal);
-                    }
+                    signal_group(s.pid, signal);
                 }
             }
             Ok(HostMsg::Poweroff { grace_ms, .. }) => break Duration::from_millis(grace_ms),
@@ -270,6 +267,17 @@ pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_
     };
     end_all(&mut sessions, grace);
     Ok(())
+}
+
+/// Signal a session's process group; a child that has not reached its setsid yet (the
+/// signal came right after the exec) has no group of its own: signal the child itself.
+fn signal_group(pid: Pid, sig: i32) {
+    // SAFETY: kill(2) on a session's process group, or on the session's child.
+    unsafe {
+        if libc::kill(-pid.as_raw(), sig) != 0 {
+            libc::kill(pid.as_raw(), sig);
+        }
+    }
 }
 
 /// SIGTERM every running session's process group; SIGKILL what is left after `grace`.
@@ -282,10 +290,7 @@ fn end_all(sessions: &mut BTreeMap<u32, Session>, grace: Duration) {
     };
     let kill = |pids: &[Pid], sig: i32| {
         for p in pids {
-            // SAFETY: kill(2) on a session's process group.
-            unsafe {
-                libc::kill(-p.as_raw(), sig);
-            }
+            signal_group(*p, sig);
         }
     };
     kill(&running(sessions), libc::SIGTERM);
