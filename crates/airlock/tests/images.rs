@@ -64,8 +64,14 @@ impl Registry {
 
     /// Push an OCI layout's image `tag` as `repo:tag` with skopeo.
     fn push(&self, layout: &Path, tag: &str, repo: &str) {
+        self.push_with(layout, tag, repo, &[]);
+    }
+
+    /// `push` with more `skopeo copy` options (e.g. the layers' compression).
+    fn push_with(&self, layout: &Path, tag: &str, repo: &str, extra: &[&str]) {
         let out = Command::new("skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(extra)
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{repo}:{tag}", self.host()))
             .output()
@@ -746,4 +752,74 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
         .contains("agent-image"));
     ok(&a, &["rm", "--force", &name]);
     common::stop_engines_of(&a);
+}
+
+/// zstd layers (`tar+zstd`, compressed by skopeo, a real producer) are pulled, verified and
+/// unpacked like gzip ones.
+#[test]
+fn zstd_layers_are_pulled_and_run() {
+    if !e2e("zstd_layers_are_pulled_and_run") {
+        return;
+    }
+    let reg = Registry::start();
+    let src = TempDir::new("layout");
+    let mut layers = vec![base_layer("zstd-image"), whiteout_layer()];
+    for l in &mut layers {
+        l.gzip = false; // skopeo compresses what is not compressed, with the format asked
+    }
+    let cfg = config_json(&layers, &["PATH=/bin"], None, None);
+    write_oci(&src.join("oci"), "busybox:zstd", &layers, &cfg).expect("layout");
+    reg.push_with(
+        &src.join("oci"),
+        "zstd",
+        "library/busybox",
+        &["--dest-compress-format", "zstd"],
+    );
+    let reference = format!("{}/library/busybox:zstd", reg.host());
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo inspect");
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("manifest");
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(|l| l["mediaType"].as_str())
+        .collect();
+    assert_eq!(
+        types, ["application/vnd.oci.image.layer.v1.tar+zstd"; 2],
+        "the registry serves zstd layers: {manifest}"
+    );
+    let a = Airlock::root();
+    write_user_config(
+        &a,
+        &format!("[images]\ninsecure_registries = [\"{}\"]\n", reg.host()),
+    );
+    ok(&a, &["image", "pull", &reference]);
+    let out = ok(
+        &a,
+        &[
+            "run",
+            "--image",
+            &reference,
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/os-release; ls /d; test -e /gone || echo gone-hidden",
+        ],
+    );
+    for want in ["ID=zstd-image", "new", "gone-hidden"] {
+        assert!(out.stdout.contains(want), "{want}: {}", out.describe());
+    }
+    assert_eq!(layer_dirs(&a), 2);
+    // The unpacked layers are the same content as the plain tars (diffIDs checked).
+    for l in &layers {
+        assert!(a
+            .state_dir()
+            .join("images/layers")
+            .join(l.diff_id().hex())
+            .is_dir());
+    }
 }
