@@ -668,16 +668,27 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
     );
     let a = Airlock::root();
     ok(&a, &["image", "import", &src.join("oci").to_string_lossy()]);
+    agent_turn_and_cp(
+        &a,
+        "example.com/agent/busybox:1",
+        "image says $(head -n 1 /etc/os-release)",
+        "image says ID=agent-image",
+    );
+}
+
+/// One agent turn (scripted harness: `agent.sh` reports `said`, which must come back as
+/// `want`) in a named sandbox on `image`, then `cp` in and out of it.
+fn agent_turn_and_cp(a: &Airlock, image: &str, said: &str, want: &str) {
     let dir = &a.cwd;
     std::fs::write(
         dir.join("agent.sh"),
-        "#!/bin/sh\nreport working \"starting\"\nreport done \"image says $(head -n 1 /etc/os-release)\"\n",
+        format!("#!/bin/sh\nreport working \"starting\"\nreport done \"{said}\"\n"),
     )
     .expect("agent");
     common::set_mode(&dir.join("agent.sh"), 0o755);
     std::fs::write(
         dir.join("airlock.toml"),
-        "[sandbox]\nimage = \"example.com/agent/busybox:1\"\n[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+        format!("[sandbox]\nimage = \"{image}\"\n[agent]\nharness = {{ command = [\"/workspace/agent.sh\"] }}\ngrace = \"3s\"\n"),
     )
     .expect("airlock.toml");
     for args in [
@@ -710,16 +721,12 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
         out.describe(),
         reports.stdout
     );
-    assert!(
-        reports.stdout.contains("image says ID=agent-image"),
-        "{}",
-        reports.stdout
-    );
+    assert!(reports.stdout.contains(want), "{}", reports.stdout);
     // cp in and out.
     let host_in = a.dir.join("in.txt");
     std::fs::write(&host_in, "from the host\n").expect("write");
     ok(
-        &a,
+        a,
         &[
             "cp",
             &host_in.to_string_lossy(),
@@ -728,7 +735,7 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
     );
     let host_out = a.dir.join("out.txt");
     ok(
-        &a,
+        a,
         &[
             "cp",
             &format!("{name}:/tmp/in.txt"),
@@ -740,7 +747,7 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
         "from the host\n"
     );
     ok(
-        &a,
+        a,
         &[
             "cp",
             &format!("{name}:/etc/os-release"),
@@ -749,9 +756,86 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
     );
     assert!(std::fs::read_to_string(a.dir.join("os"))
         .expect("read")
-        .contains("agent-image"));
-    ok(&a, &["rm", "--force", &name]);
-    common::stop_engines_of(&a);
+        .starts_with("ID="));
+    ok(a, &["rm", "--force", &name]);
+    common::stop_engines_of(a);
+}
+
+/// An Alpine-like image: its programs are musl-dynamic (a C program built with `musl-gcc`,
+/// musl's loader at /lib/ld-musl-x86_64.so.1), no glibc anywhere; busybox-static is its shell.
+/// The musl program runs inside, and an agent turn and `cp` work through the static helper.
+#[test]
+fn a_musl_image_runs_its_programs_an_agent_turn_and_cp() {
+    if !e2e("a_musl_image_runs_its_programs_an_agent_turn_and_cp") {
+        return;
+    }
+    let build = TempDir::new("musl");
+    std::fs::write(
+        build.join("hello.c"),
+        "#include <stdio.h>\nint main(void) { printf(\"hello from musl\\n\"); return 0; }\n",
+    )
+    .expect("write");
+    let st = Command::new("musl-gcc")
+        .arg("-o")
+        .arg(build.join("hello"))
+        .arg(build.join("hello.c"))
+        .status()
+        .expect("musl-gcc (run .ci/install-images)");
+    assert!(st.success(), "musl-gcc");
+    let hello = std::fs::read(build.join("hello")).expect("read");
+    assert!(
+        hello
+            .windows(b"/lib/ld-musl-x86_64.so.1".len())
+            .any(|w| w == b"/lib/ld-musl-x86_64.so.1"),
+        "a musl-dynamic program"
+    );
+    let loader = std::fs::read("/lib/ld-musl-x86_64.so.1").expect("musl (run .ci/install-images)");
+    let files: Vec<(&str, &[u8], u32)> = vec![
+        ("bin/hello", &hello, 0o755),
+        ("lib/ld-musl-x86_64.so.1", &loader, 0o755),
+        ("etc/os-release", b"ID=alpine-like\n", 0o644),
+    ];
+    let layers = vec![
+        base_layer("musl-image"),
+        LayerTar {
+            tar: tar_of_files(&files).expect("tar"),
+            gzip: true,
+        },
+    ];
+    let src = TempDir::new("layout");
+    write_oci(
+        &src.join("oci"),
+        "example.com/agent/musl:1",
+        &layers,
+        &config_json(&layers, &["PATH=/bin"], None, None),
+    )
+    .expect("layout");
+    let a = Airlock::root();
+    ok(&a, &["image", "import", &src.join("oci").to_string_lossy()]);
+    // No glibc loader in the image: only musl's.
+    let out = ok(
+        &a,
+        &[
+            "run",
+            "--image",
+            "example.com/agent/musl:1",
+            "--",
+            "sh",
+            "-c",
+            "hello; ls /lib; test -e /lib64/ld-linux-x86-64.so.2 || echo no-glibc",
+        ],
+    );
+    assert!(
+        out.stdout.contains("hello from musl") && out.stdout.contains("no-glibc"),
+        "{}",
+        out.describe()
+    );
+    agent_turn_and_cp(
+        &a,
+        "example.com/agent/musl:1",
+        "musl says $(/bin/hello)",
+        "musl says hello from musl",
+    );
 }
 
 /// zstd layers (`tar+zstd`, compressed by skopeo, a real producer) are pulled, verified and
