@@ -14,6 +14,7 @@ pub mod registry;
 pub mod store;
 mod sys;
 pub mod unpack;
+pub mod user;
 pub mod zstd;
 
 pub use digest::Digest;

@@ -207,7 +207,8 @@ pub struct PolicyArgs {
     /// Refuse to run when a requested limit cannot be enforced on this host.
     #[arg(long)]
     pub require_limits: bool,
-    /// User inside: agent (uid 1000, default) or root (still unprivileged on the host).
+    /// User inside: agent (uid 1000) or root (still unprivileged on the host). Default: an
+    /// image's own non-root User, else agent.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
     /// Hostname inside (default: the sandbox name).

@@ -10,6 +10,7 @@ mod common;
 use airlock_image::layout::{config_json, tar_of_files, write_docker_save, write_oci, LayerTar};
 use common::{e2e, test_user, Airlock, Bins, TempDir};
 use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -217,7 +218,7 @@ fn pull_run_ls_rm_prune_through_a_loopback_registry_rootful_and_rootless() {
         let digest = list[0]["digest"].as_str().expect("digest").to_string();
 
         // The image is the root: its os-release, not the host's /usr; whiteouts applied; its
-        // Env applies; the sandbox user stays the unprivileged agent.
+        // Env applies; its non-root User (`www`, uid 33 in its passwd) runs.
         let script = "cat /etc/os-release; test -e /usr/bin/dpkg || echo no-host-usr; \
                       test -e /gone || echo gone-hidden; ls /d; echo var=$IMAGE_VAR; id -u; \
                       grep -c ^www: /etc/passwd; touch /bin/x 2>/dev/null || echo root-ro";
@@ -231,7 +232,7 @@ fn pull_run_ls_rm_prune_through_a_loopback_registry_rootful_and_rootless() {
             "no-host-usr",
             "gone-hidden",
             "var=from-image",
-            "1000",
+            "\n33\n",
             "root-ro",
         ] {
             assert!(
@@ -905,5 +906,85 @@ fn zstd_layers_are_pulled_and_run() {
             .join("images/layers")
             .join(l.diff_id().hex())
             .is_dir());
+    }
+}
+
+/// The image's `User` runs (a name from the image's own /etc/passwd and /etc/group, or a bare
+/// `uid:gid`), mapped like `agent`: files it writes in the workspace belong to the project's
+/// owner on the host, rootful and rootless; `--user` overrides; its HOME is its passwd entry's.
+#[test]
+fn an_images_user_runs_with_its_home_rootful_and_rootless() {
+    if !e2e("an_images_user_runs_with_its_home_rootful_and_rootless") {
+        return;
+    }
+    let reg = Registry::start();
+    let src = TempDir::new("layout");
+    let users = LayerTar {
+        tar: tar_of_files(&[
+            (
+                "etc/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\napp:x:1234:2345:app:/home/app:/bin/sh\n",
+                0o644,
+            ),
+            ("etc/group", b"root:x:0:\napp:x:2345:\n", 0o644),
+        ])
+        .expect("tar"),
+        gzip: true,
+    };
+    let layers = vec![base_layer("user-image"), users];
+    for (tag, user) in [("named", "app"), ("numeric", "4321:4321"), ("root", "0")] {
+        let cfg = config_json(&layers, &["PATH=/bin"], None, Some(user));
+        let dir = src.join(tag);
+        write_oci(&dir, &format!("users:{tag}"), &layers, &cfg).expect("layout");
+        reg.push(&dir, tag, "library/users");
+    }
+    let bins = Bins::owned_by(&test_user());
+    let script = "id -u; id -g; echo home=$HOME; whoami 2>/dev/null || echo noname; \
+                  echo hi > /workspace/by-$(id -u); touch $HOME/x && echo home-writable";
+    for (mode, a) in [
+        ("rootful", Airlock::root()),
+        ("rootless", Airlock::rootless(&bins)),
+    ] {
+        write_user_config(
+            &a,
+            &format!("[images]\ninsecure_registries = [\"{}\"]\n", reg.host()),
+        );
+        let project_owner = std::fs::metadata(&a.cwd).expect("cwd").uid();
+        for (tag, user_flag, want) in [
+            ("named", None, ["1234", "2345", "home=/home/app", "app"]),
+            (
+                "numeric",
+                None,
+                ["4321", "4321", "home=/home/4321", "noname"],
+            ),
+            ("root", None, ["1000", "1000", "home=/home/agent", "agent"]),
+            (
+                "named",
+                Some("agent"),
+                ["1000", "1000", "home=/home/agent", "agent"],
+            ),
+        ] {
+            let reference = format!("{}/library/users:{tag}", reg.host());
+            let mut args = vec!["run", "--workspace", "bind", "--image", &reference];
+            if let Some(u) = user_flag {
+                args.extend(["--user", u]);
+            }
+            args.extend(["--", "sh", "-c", script]);
+            let out = ok(&a, &args);
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            assert_eq!(
+                lines,
+                [want[0], want[1], want[2], want[3], "home-writable"],
+                "{mode} {tag} {user_flag:?}: {}",
+                out.describe()
+            );
+            let written = a.cwd.join(format!("by-{}", want[0]));
+            assert_eq!(
+                std::fs::metadata(&written).expect("written").uid(),
+                project_owner,
+                "{mode} {tag}: owned on the host as before"
+            );
+            std::fs::remove_file(&written).expect("rm");
+        }
     }
 }

@@ -141,7 +141,7 @@ pub fn drift(
     if p.user.is_some() && asked.user != recorded.user {
         differs(
             format!("--user {}", asked.user.name()),
-            recorded.user.name().into(),
+            recorded.user.name(),
         );
     }
     if p.hostname.is_some() && asked.hostname != recorded.hostname {

@@ -268,7 +268,7 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 fn build_env(
     eff_env: &std::collections::BTreeMap<String, String>,
     profile: Profile,
-    user: SandboxUser,
+    user: &SandboxUser,
     tty: bool,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
@@ -292,8 +292,8 @@ fn build_env(
     }
     set("PATH", SANDBOX_PATH.into());
     set("HOME", user.home().into());
-    set("USER", user.name().into());
-    set("LOGNAME", user.name().into());
+    set("USER", user.name());
+    set("LOGNAME", user.name());
     set("SHELL", "/bin/sh".into());
     if tty && std::env::var_os("TERM").is_none() {
         set("TERM", "xterm-256color".into());
@@ -404,7 +404,7 @@ pub fn build(
             .hint("run from the repository, or use --workspace overlay"));
         }
     }
-    let user = match &a.policy.user {
+    let mut user = match &a.policy.user {
         Some(u) => parse::<SandboxUser>("user", u)?,
         None => SandboxUser::Agent,
     };
@@ -493,7 +493,13 @@ pub fn build(
     }
     let (rootfs, image) =
         crate::cmd::image::resolve_for_spec(eff, &eff.sandbox.image, &a.cmd, &project_dir)?;
-    let mut env = build_env(&eff.env, profile, user, a.tty);
+    // An image's non-root `User` runs unless --user says who.
+    if let (None, Some(rec)) = (&a.policy.user, &image) {
+        if let Some(iu) = crate::cmd::image::image_user(rec)? {
+            user = SandboxUser::Image(iu);
+        }
+    }
+    let mut env = build_env(&eff.env, profile, &user, a.tty);
     let mut workdir = workdir;
     if let Some(rec) = &image {
         apply_image_config(&mut env, &mut workdir, rec, &eff.env, workspace);
