@@ -480,12 +480,16 @@ pub(super) fn etc_files(spec: &RunSpec, image: Option<&ImageRoot>) -> Vec<MountS
         let (uid, gid, home) = (iu.uid, iu.gid, &iu.home);
         passwd.push_str(&format!("{name}:x:{uid}:{gid}:image user:{home}:/bin/sh\n"));
     }
-    passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    if !clash(65534, "nobody") {
+        passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    }
     let mut group = String::from("root:x:0:\ntty:x:5:\n");
     if !clash(u, "agent") {
         group.push_str(&format!("agent:x:{u}:\n"));
     }
-    group.push_str("nogroup:x:65534:\n");
+    if !clash(65534, "nogroup") {
+        group.push_str("nogroup:x:65534:\n");
+    }
     let (passwd, group) = match image {
         Some(img) => (
             merge_id_file(img.passwd.as_deref(), &passwd),

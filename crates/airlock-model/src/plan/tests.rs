@@ -880,6 +880,12 @@ fn an_images_user_is_in_passwd_and_replaces_agent_only_where_they_clash() {
     assert!(passwd.contains("node:x:1000:1000:image user:/home/node:/bin/sh\n"));
     assert!(!passwd.contains("agent"), "{passwd}");
     assert!(!group.contains("agent"), "{group}");
+    // `nobody` (as many images run): once, as the image user.
+    s.user = image_user(65534, 65534, Some("nobody"), "/nonexistent");
+    let (passwd, group) = passwd_and_group(&s, img.as_deref());
+    assert_eq!(passwd.matches(":65534:").count(), 1, "{passwd}");
+    assert!(passwd.contains("nobody:x:65534:65534:image user:/nonexistent:/bin/sh\n"));
+    assert!(!group.contains("nogroup"), "{group}");
     // A numeric user the image does not list: no entry is made up.
     s.user = image_user(4321, 4321, None, "/home/4321");
     let (passwd, _) = passwd_and_group(&s, img.as_deref());
