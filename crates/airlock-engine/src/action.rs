@@ -5,9 +5,10 @@
 //!
 //! The actions live here rather than in `airlock-model` because their results are the engine's
 //! records and airlock-work's reports; the model crate keeps the pure vocabulary they use.
-//! Operations that need a process of their own (exec, and `run`) are routes that start one;
-//! the CLI-side operations that are not actions yet (run, cp, prompt, explain, trust) are listed
-//! in docs/ARCHITECTURE.md.
+//! Operations that need a process of their own carry out in a typed child (`airlock __action`:
+//! the action as JSON on stdin, one [`ChildAnswer`] line on stdout): entering a sandbox's
+//! namespaces (file read/write/copy, deliver) needs a single-threaded process, and trust and
+//! explain use the CLI's configuration resolution. exec streams from a child of its own.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -92,6 +93,316 @@ pub enum Action {
         #[serde(default)]
         accept: bool,
     },
+    /// Read a file (or list a directory) inside a running sandbox, as the sandbox sees it.
+    /// `path`: relative to /workspace, or absolute under /workspace, /tmp, /home/agent, /root;
+    /// `..` and symlinks leading outside those are refused.
+    FileRead {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        path: String,
+        /// Byte offset to start at (default 0).
+        #[serde(default)]
+        offset: u64,
+        /// Most bytes returned (1-4194304, default 262144).
+        #[serde(default)]
+        #[schema(minimum = 1, maximum = 4194304)]
+        max_bytes: Option<u64>,
+    },
+    /// Write (or append to) a file inside a running sandbox, with the sandbox's own
+    /// permissions. Same path rules as `file_read`; writing through a symlink is refused.
+    FileWrite {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        path: String,
+        /// The content, encoded as `encoding` says (at most 4 MiB decoded).
+        content: String,
+        #[serde(default)]
+        encoding: Encoding,
+        /// Append instead of replacing.
+        #[serde(default)]
+        append: bool,
+        /// Make missing parent directories.
+        #[serde(default)]
+        create_dirs: bool,
+    },
+    /// Copy a file or directory between the host and a running sandbox, as `airlock cp` does
+    /// (the host side is exactly `host_path`, never followed through a symlink; the sandbox side
+    /// is resolved inside the sandbox).
+    Copy {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        direction: Direction,
+        /// An absolute path on the host (the engine's user's view).
+        host_path: String,
+        /// An absolute path inside the sandbox.
+        path: String,
+    },
+    /// Push a branch of the host repository into a clone-mode sandbox's repository as
+    /// `delivered/BRANCH`.
+    Deliver {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        branch: String,
+    },
+    /// Whether a project's `airlock.toml` is trusted (`status`), or trust it as it is now
+    /// (`allow`), or withdraw the trust (`revoke`).
+    Trust {
+        /// An absolute project directory (its airlock.toml is found upward).
+        dir: String,
+        #[serde(default)]
+        op: TrustOp,
+    },
+    /// Whether a connection, a path access or a system call would be allowed in a sandbox,
+    /// why, and what would allow it — from the code that enforces it.
+    Explain {
+        /// The sandbox whose policy to explain.
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        sandbox: String,
+        /// A host name (or IP literal) to connect to.
+        #[serde(default)]
+        domain: Option<String>,
+        /// The connection's port (default 443).
+        #[serde(default)]
+        port: Option<u16>,
+        /// A path inside the sandbox.
+        #[serde(default)]
+        path: Option<String>,
+        /// The access to `path` (default write).
+        #[serde(default)]
+        access: Option<Access>,
+        /// A system call's name, e.g. `ptrace`.
+        #[serde(default)]
+        syscall: Option<String>,
+    },
+}
+
+impl Action {
+    /// Carried out in a typed child process (`airlock __action`), not by the engine itself.
+    pub fn in_child(&self) -> bool {
+        matches!(
+            self,
+            Action::FileRead { .. }
+                | Action::FileWrite { .. }
+                | Action::Copy { .. }
+                | Action::Deliver { .. }
+                | Action::Trust { .. }
+                | Action::Explain { .. }
+        )
+    }
+}
+
+/// How file content travels in JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// The text itself.
+    #[default]
+    Utf8,
+    /// Base64 (standard alphabet, padded): for bytes that are not UTF-8.
+    Base64,
+}
+
+/// Which way a copy goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the host into the sandbox.
+    In,
+    /// From the sandbox out to the host.
+    Out,
+}
+
+/// What `trust` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustOp {
+    #[default]
+    Status,
+    Allow,
+    Revoke,
+}
+
+/// An access to a path, for `explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// `file_read`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileContent {
+    /// The absolute path inside the sandbox.
+    pub path: String,
+    /// `file` or `directory`.
+    pub kind: String,
+    /// A file's full size in bytes.
+    pub size: Option<u64>,
+    pub offset: u64,
+    /// The bytes returned (for a file).
+    pub returned_bytes: u64,
+    /// More of the file follows (read on from `offset + returned_bytes`).
+    pub truncated: bool,
+    pub encoding: Encoding,
+    /// The bytes read (a file), or the listing (a directory).
+    pub content: String,
+}
+
+/// `file_write`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Written {
+    pub path: String,
+    pub written_bytes: u64,
+    /// The file's size afterwards.
+    pub size: Option<u64>,
+}
+
+/// `copy`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Copied {
+    pub direction: Direction,
+    pub host_path: String,
+    pub path: String,
+    /// For a directory copied out: what it holds that the host's tools would obey or follow
+    /// (set-id bits are cleared), to review before running them there.
+    pub review: Vec<String>,
+}
+
+/// `deliver`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Delivered {
+    pub name: String,
+    /// The branch made in the sandbox's repository: `delivered/BRANCH`.
+    pub branch: String,
+}
+
+/// `trust`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TrustReport {
+    /// The project's airlock.toml.
+    pub file: String,
+    pub trusted: bool,
+    /// The digest of the file as trusted (or as it is now).
+    pub sha256: String,
+    /// What the file's settings widen (apply only once trusted).
+    #[schema(value_type = Vec<Object>)]
+    pub widening: Vec<serde_json::Value>,
+}
+
+/// One verdict of `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Verdict {
+    pub subject: String,
+    pub allowed: bool,
+    pub reason: String,
+    /// The option or configuration line that would allow it; none when nothing may.
+    pub fix: Option<String>,
+}
+
+/// `explain`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Explanation {
+    /// Whose policy: `sandbox NAME`.
+    pub origin: String,
+    /// The policy in one line.
+    pub policy: String,
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Why an action failed: one shape for the CLI (its exit code and `hint:` line), the HTTP API
+/// (the error body, its status from `kind`) and MCP. `kind` is a stable name, see [`KINDS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
+#[error("{message}")]
+pub struct ActionError {
+    pub kind: String,
+    /// The exit code the CLI ends with for it (README, "Exit codes").
+    pub code: i32,
+    /// What went wrong, with its causes.
+    #[serde(rename = "error")]
+    pub message: String,
+    /// What the user can do about it.
+    pub hint: Option<String>,
+}
+
+/// Every kind of error an action (or the API around it) answers: its name, the CLI's exit
+/// code and the HTTP status. The one place they are mapped.
+pub const KINDS: &[(&str, i32, u16)] = {
+    use airlock_model::exit::*;
+    &[
+        ("bad_request", USAGE, 400),
+        ("invalid_name", USAGE, 400),
+        ("bad_spec", USAGE, 400),
+        ("forbidden", USAGE, 403),
+        ("refused", POLICY_REFUSED, 403),
+        ("not_found", NOT_FOUND, 404),
+        ("no_such_path", NOT_FOUND, 404),
+        ("no_route", USAGE, 404),
+        ("method_not_allowed", USAGE, 405),
+        ("timeout", USAGE, 408),
+        ("exists", ALREADY_EXISTS, 409),
+        ("wrong_state", CONFLICT, 409),
+        ("conflict", CONFLICT, 409),
+        ("too_large", USAGE, 413),
+        ("failed", SANDBOX_FAILED, 500),
+        ("backend", SANDBOX_FAILED, 500),
+        ("damaged", 1, 500),
+        ("internal", 1, 500),
+        ("unavailable", BACKEND_UNAVAILABLE, 503),
+        ("busy", 1, 503),
+    ]
+};
+
+impl ActionError {
+    /// An error of `kind`, with that kind's exit code.
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        let code = KINDS.iter().find(|k| k.0 == kind).map_or(1, |k| k.1);
+        ActionError {
+            kind: kind.to_owned(),
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The error for a CLI exit code (the kind the code means; `failed` when it means none).
+    pub fn from_code(code: i32, message: impl Into<String>, hint: Option<String>) -> Self {
+        use airlock_model::exit::*;
+        let kind = match code {
+            USAGE => "bad_request",
+            ALREADY_EXISTS => "exists",
+            CONFLICT => "wrong_state",
+            POLICY_REFUSED => "refused",
+            NOT_FOUND => "not_found",
+            BACKEND_UNAVAILABLE => "unavailable",
+            _ => "failed",
+        };
+        ActionError {
+            kind: kind.to_owned(),
+            code,
+            message: message.into(),
+            hint,
+        }
+    }
+
+    /// The HTTP status the API answers it with (the kind's; 409 for the clone workspace's
+    /// refusals, `needs_review` and the like, which are not in [`KINDS`]).
+    pub fn http_status(&self) -> u16 {
+        KINDS.iter().find(|k| k.0 == self.kind).map_or(409, |k| k.2)
+    }
+}
+
+/// What a typed child process (`airlock __action`) answers on its stdout: one JSON line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildAnswer {
+    Ok(ActionData),
+    Error(ActionError),
 }
 
 /// Secret values never show in logs or debug output: only their names.
@@ -134,6 +445,18 @@ pub enum ActionData {
     Fetched(FetchReport),
     /// sync
     Synced(SyncReport),
+    /// file_read
+    File(FileContent),
+    /// file_write
+    Written(Written),
+    /// copy
+    Copied(Copied),
+    /// deliver
+    Delivered(Delivered),
+    /// trust
+    Trust(TrustReport),
+    /// explain
+    Explained(Explanation),
 }
 
 impl Engine {
@@ -188,6 +511,96 @@ impl Engine {
                     accept,
                 },
             )?),
+            Action::FileRead { .. }
+            | Action::FileWrite { .. }
+            | Action::Copy { .. }
+            | Action::Deliver { .. }
+            | Action::Trust { .. }
+            | Action::Explain { .. } => return self.in_child(&action),
         })
     }
+
+    /// Carries out `action` in a typed child process: `PROGRAM __action`, the action as JSON on
+    /// its stdin, one [`ChildAnswer`] line on its stdout (its stderr goes to the engine's log).
+    fn in_child(&self, action: &Action) -> Result<ActionData, EngineError> {
+        let Some(program) = self.action_program() else {
+            return Err(EngineError::Action(ActionError::new(
+                "unavailable",
+                "this engine's backend carries out no actions in a child process",
+            )));
+        };
+        run_child(&program, action, CHILD_DEADLINE).map_err(EngineError::Action)
+    }
 }
+
+/// The longest a typed child may take.
+pub const CHILD_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs `PROGRAM __action` for `action`: the typed contract (no argv from the action, no
+/// scraping of its stderr). The child is killed at `deadline`.
+pub fn run_child(
+    program: &std::path::Path,
+    action: &Action,
+    deadline: Duration,
+) -> Result<ActionData, ActionError> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        ActionError::new("internal", format!("{what} the action's process: {e}"))
+    };
+    let input = serde_json::to_vec(action).map_err(|e| internal("encoding for", &e))?;
+    let mut child = Command::new(program)
+        .arg("__action")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| internal("starting", &e))?;
+    let stdin = child.stdin.take();
+    let writer = std::thread::spawn(move || {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(&input);
+        }
+    });
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(s) = stdout {
+            let _ = s.take(MAX_CHILD_ANSWER).read_to_end(&mut out);
+        }
+        out
+    });
+    let end = std::time::Instant::now() + deadline;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() >= end => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ActionError::new(
+                    "timeout",
+                    format!(
+                        "the action did not finish within {}s; stopped",
+                        deadline.as_secs()
+                    ),
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(internal("waiting for", &e)),
+        }
+    };
+    let _ = writer.join();
+    let out = reader.join().unwrap_or_default();
+    let line = out.split(|b| *b == b'\n').next().unwrap_or_default();
+    match serde_json::from_slice::<ChildAnswer>(line) {
+        Ok(ChildAnswer::Ok(data)) => Ok(data),
+        Ok(ChildAnswer::Error(e)) => Err(e),
+        Err(e) => Err(ActionError::new(
+            "internal",
+            format!("the action's process ({status}) gave no answer: {e}"),
+        )),
+    }
+}
+
+/// The largest answer read from a typed child (a 4 MiB file read as base64, and its framing).
+const MAX_CHILD_ANSWER: u64 = 8 << 20;

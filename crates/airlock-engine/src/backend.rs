@@ -113,6 +113,12 @@ pub trait Backend: Send + Sync {
     fn exec_program(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// The program that carries out an action in a typed child (`PROGRAM __action`, the
+    /// action as JSON on stdin): file access, copies, deliver, trust, explain. None: this
+    /// backend has none (the fake). Default: the exec program.
+    fn action_program(&self) -> Option<std::path::PathBuf> {
+        self.exec_program()
+    }
 }
 
 /// One call the [`FakeBackend`] received.
@@ -231,6 +237,11 @@ impl Backend for FakeBackend {
     /// command that exits 0 with no output; the real exec is tested end to end).
     fn exec_program(&self) -> Option<std::path::PathBuf> {
         Some(std::path::PathBuf::from("true"))
+    }
+
+    /// No typed child: those actions answer `unavailable` (503).
+    fn action_program(&self) -> Option<std::path::PathBuf> {
+        None
     }
 
     fn prepare(&self, name: &str, _dir: &Path, _spec_json: &str) -> Result<(), BackendError> {

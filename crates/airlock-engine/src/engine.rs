@@ -99,6 +99,9 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Store(StoreError),
+    /// An action carried out in a typed child process failed (its error as it gave it).
+    #[error(transparent)]
+    Action(crate::action::ActionError),
 }
 
 impl From<StoreError> for EngineError {
@@ -151,6 +154,7 @@ impl EngineError {
             EngineError::Backend { .. } => exit::SANDBOX_FAILED,
             EngineError::Work { source, .. } => source.exit_code(),
             EngineError::Damaged { .. } | EngineError::Io { .. } | EngineError::Store(_) => 1,
+            EngineError::Action(e) => e.code,
         }
     }
 
@@ -167,12 +171,13 @@ impl EngineError {
                 ..
             } => 503,
             EngineError::Work { source, .. } if source.kind() != "internal" => 409,
+            EngineError::Action(e) => e.http_status(),
             _ => 500,
         }
     }
 
     /// A short stable name for the kind of error (`kind` in the API's error body).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &str {
         match self {
             EngineError::InvalidName(_) => "invalid_name",
             EngineError::BadRequest(_) => "bad_request",
@@ -185,6 +190,7 @@ impl EngineError {
             EngineError::Damaged { .. } => "damaged",
             EngineError::Work { source, .. } => source.kind(),
             EngineError::Io { .. } | EngineError::Store(_) => "internal",
+            EngineError::Action(e) => &e.kind,
         }
     }
 
@@ -212,6 +218,7 @@ impl EngineError {
             )),
             EngineError::Store(e) => e.hint(),
             EngineError::Work { name, source } => source.hint(name),
+            EngineError::Action(e) => e.hint.clone(),
             _ => None,
         }
     }
@@ -382,6 +389,11 @@ impl Engine {
     /// The program that runs `exec` in this engine's sandboxes (None: the backend has none).
     pub fn exec_program(&self) -> Option<PathBuf> {
         self.backend.exec_program()
+    }
+
+    /// The program that carries out actions in a typed child (None: the backend has none).
+    pub fn action_program(&self) -> Option<PathBuf> {
+        self.backend.action_program()
     }
 
     pub fn sandbox_dir(&self, name: &str) -> PathBuf {

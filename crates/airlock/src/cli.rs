@@ -92,6 +92,9 @@ pub enum Command {
     /// Internal: supervise a persistent sandbox whose folder is DIR until it is stopped (SIGTERM).
     #[command(name = "__supervise", hide = true)]
     Supervise(Box<SuperviseArgs>),
+    /// Internal: carry out one action (JSON on stdin), answer one JSON line on stdout.
+    #[command(name = "__action", hide = true)]
+    Action,
     /// Internal: run a command in the running persistent sandbox whose folder is DIR.
     #[command(name = "__exec", hide = true)]
     ExecDir(ExecDirArgs),

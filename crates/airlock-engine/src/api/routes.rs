@@ -117,7 +117,8 @@ pub struct Removed {
     tags(
         (name = "sandboxes", description = "Named sandboxes and their lifecycle"),
         (name = "engine", description = "The engine itself"),
-        (name = "work", description = "What a clone workspace gives back: diff, fetch, sync"),
+        (name = "work", description = "What a clone workspace gives back: diff, fetch, sync; and deliver"),
+        (name = "files", description = "Files inside a running sandbox: read, write, copy"),
     ),
 )]
 struct ApiDoc;
@@ -154,6 +155,12 @@ fn build() -> (axum::Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(super::work::diff))
         .routes(routes!(super::work::fetch))
         .routes(routes!(super::work::sync))
+        .routes(routes!(super::child::read_file))
+        .routes(routes!(super::child::write_file))
+        .routes(routes!(super::child::copy))
+        .routes(routes!(super::child::deliver))
+        .routes(routes!(super::child::trust))
+        .routes(routes!(super::child::explain))
         .split_for_parts();
     CommonResponses::add_to(&mut doc);
     (router, doc)
@@ -170,7 +177,8 @@ struct Document(Arc<Value>);
     responses(
         (status = 200, description = "The action's result", body = ActionData),
         (status = 400, description = "`bad_request`, `invalid_name` or `bad_spec`", body = ErrorBody),
-        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 403, description = "`refused`: a path leads outside a sandbox's allowed roots", body = ErrorBody),
+        (status = 404, description = "`not_found` or `no_such_path`", body = ErrorBody),
         (status = 409, description = "`exists`, `wrong_state`, `conflict`, `needs_review`, `diverged`, `through_links`, `not_clone`, `no_branch`", body = ErrorBody),
     ))]
 async fn actions(

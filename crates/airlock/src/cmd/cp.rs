@@ -29,8 +29,15 @@ fn redirect(fd: &OwnedFd, to: i32) -> CliResult<()> {
 }
 
 pub fn cp(src: &str, dst: &str) -> CliResult<i32> {
+    let (code, notes) = copy(src, dst)?;
+    print_review(&notes);
+    Ok(code)
+}
+
+/// The copy: the exit code, and for a directory copied out, what it holds to review.
+pub fn copy(src: &str, dst: &str) -> CliResult<(i32, Vec<(PathBuf, String)>)> {
     match (sandbox_side(src), sandbox_side(dst)) {
-        (None, Some((name, path))) => copy_in(Path::new(src), name, path),
+        (None, Some((name, path))) => copy_in(Path::new(src), name, path).map(|c| (c, vec![])),
         (Some((name, path)), None) => copy_out(name, path, Path::new(dst)),
         (Some(_), Some(_)) => Err(usage("both sides name a sandbox: copy through the host")),
         (None, None) => Err(usage("neither side names a sandbox (NAME:/absolute/path)")),
@@ -151,7 +158,7 @@ fn open_host_dest(host: &Path, base: &str) -> CliResult<OwnedFd> {
     }
 }
 
-fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
+fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<(i32, Vec<(PathBuf, String)>)> {
     let base = Path::new(inside)
         .file_name()
         .map(|b| b.to_string_lossy().into_owned())
@@ -187,6 +194,7 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
                 false,
                 false,
             )
+            .map(|c| (c, vec![]))
         }
         "dir" => {
             // Extract into a new directory only, with GNU tar's protections against members that
@@ -248,12 +256,16 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
             let st = tar
                 .wait()
                 .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-            review_copy(&target);
-            Ok(if code == 0 && !st.success() {
+            let notes = review_copy(&target)
+                .into_iter()
+                .map(|n| (target.clone(), n))
+                .collect();
+            let code = if code == 0 && !st.success() {
                 exit::SANDBOX_FAILED
             } else {
                 code
-            })
+            };
+            Ok((code, notes))
         }
         _ => Err(CliError::new(
             exit::NOT_FOUND,
@@ -264,8 +276,8 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
 
 /// What a copied-out tree brings that the host would obey or follow: set-id bits (cleared),
 /// symlinks leaving the copy, git control directories and tool configuration (listed, so the
-/// user reviews them before running git or tools there).
-fn review_copy(top: &Path) {
+/// user reviews them before running git or tools there). Sorted.
+fn review_copy(top: &Path) -> Vec<String> {
     use airlock_work::gate::{config_kind, shown, symlink_escapes};
     use std::os::unix::fs::PermissionsExt;
     let mut notes = Vec::new();
@@ -315,18 +327,24 @@ fn review_copy(top: &Path) {
             }
         }
     }
-    if !notes.is_empty() {
-        notes.sort();
-        errln!(
-            "airlock: the copy in {} holds what tools obey or follow; review before running them there:",
-            top.display()
-        );
-        for n in notes.iter().take(50) {
-            errln!("  {n}");
-        }
-        if notes.len() > 50 {
-            errln!("  … and {} more", notes.len() - 50);
-        }
+    notes.sort();
+    notes
+}
+
+/// The review notes of a copy, on stderr.
+fn print_review(notes: &[(PathBuf, String)]) {
+    let Some((top, _)) = notes.first() else {
+        return;
+    };
+    errln!(
+        "airlock: the copy in {} holds what tools obey or follow; review before running them there:",
+        top.display()
+    );
+    for (_, n) in notes.iter().take(50) {
+        errln!("  {n}");
+    }
+    if notes.len() > 50 {
+        errln!("  … and {} more", notes.len() - 50);
     }
 }
 

@@ -1,5 +1,6 @@
 //! Command implementations, one module per subcommand.
 
+mod action;
 mod agent;
 mod config;
 mod cp;
@@ -50,6 +51,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Which(a) => Ok(agent::which(&a.program)),
         Command::AgentRunner(a) => Ok(airlock_agent::runner::main(&a.harness, a.grace_secs)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
+        Command::Action => action::main(),
         Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => supervise::engine_serve(),

@@ -1,0 +1,265 @@
+//! Routes of the actions a typed child process carries out (`airlock __action`, see
+//! [`crate::action::run_child`]): file read and write, copies between the host and a sandbox,
+//! deliver, trust and explain. Each parses its path and body into an [`Action`]; how the bytes
+//! move is the child's business.
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{act, expect_data, JsonBody, NameParam, SandboxName, Shared};
+use crate::action::{
+    Access, Action, ActionData, Copied, Delivered, Direction, Encoding, Explanation, FileContent,
+    TrustOp, TrustReport, Written,
+};
+
+fn required<T>(body: Option<T>, shape: &str) -> Result<T, ApiError> {
+    body.ok_or_else(|| ApiError::bad_request(format!("expected a JSON object {shape}")))
+}
+
+/// The body of `POST /v1/sandboxes/{name}/files/read`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileReadRequest {
+    /// Relative to /workspace, or absolute under /workspace, /tmp, /home/agent or /root.
+    #[schema(examples("src/main.rs"))]
+    pub path: String,
+    /// Byte offset to start at (default 0).
+    #[serde(default)]
+    pub offset: u64,
+    /// Most bytes returned (1-4194304, default 262144).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 4194304)]
+    pub max_bytes: Option<u64>,
+}
+
+/// The body of `POST /v1/sandboxes/{name}/files/write`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileWriteRequest {
+    /// Same rules as for reading; writing through a symbolic link is refused.
+    #[schema(examples("notes.txt"))]
+    pub path: String,
+    /// The new content, encoded as `encoding` says.
+    #[schema(examples("hello\n"))]
+    pub content: String,
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// Append instead of replacing (default false).
+    #[serde(default)]
+    pub append: bool,
+    /// Make missing parent directories (default false).
+    #[serde(default)]
+    pub create_dirs: bool,
+}
+
+/// The body of `POST /v1/sandboxes/{name}/copy`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CopyRequest {
+    /// `in`: host to sandbox; `out`: sandbox to host.
+    pub direction: Direction,
+    /// An absolute path on the host, as the engine's user sees it; never followed through a
+    /// symbolic link.
+    #[schema(examples("/home/me/data.csv"))]
+    pub host_path: String,
+    /// An absolute path inside the sandbox (resolved there).
+    #[schema(examples("/workspace/data.csv"))]
+    pub path: String,
+}
+
+/// The body of `POST /v1/sandboxes/{name}/deliver`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeliverRequest {
+    /// A branch of the host repository.
+    #[schema(examples("main"))]
+    pub branch: String,
+}
+
+/// The body of `POST /v1/trust`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrustRequest {
+    /// An absolute project directory; its airlock.toml is found upward.
+    #[schema(examples("/home/me/project"))]
+    pub dir: String,
+    /// `status` (default), `allow` or `revoke`.
+    #[serde(default)]
+    pub op: TrustOp,
+}
+
+/// The body of `POST /v1/explain`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExplainRequest {
+    /// The sandbox whose policy to explain.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", examples("web"))]
+    pub sandbox: String,
+    /// A host name (or IP literal) to connect to.
+    #[serde(default)]
+    #[schema(examples("pypi.org"))]
+    pub domain: Option<String>,
+    /// The connection's port (default 443).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// A path inside the sandbox.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The access to `path` (default write).
+    #[serde(default)]
+    pub access: Option<Access>,
+    /// A system call, e.g. `ptrace`.
+    #[serde(default)]
+    pub syscall: Option<String>,
+}
+
+/// Reads a file (or lists a directory) inside a running sandbox, as the sandbox sees it:
+/// resolved inside, by a process with the sandbox's own privileges; `..` and symbolic links
+/// leading outside the allowed roots are refused.
+#[utoipa::path(post, operation_id = "read_file", path = "/v1/sandboxes/{name}/files/read", tag = "files",
+    params(NameParam),
+    request_body = FileReadRequest,
+    responses(
+        (status = 200, description = "The content (`encoding` utf8 or base64) or the listing", body = FileContent),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 403, description = "`refused`: the path leads outside the allowed roots", body = ErrorBody),
+        (status = 404, description = "`not_found` (no such sandbox) or `no_such_path`", body = ErrorBody),
+        (status = 409, description = "`wrong_state`: it is not running", body = ErrorBody),
+    ))]
+pub async fn read_file(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    JsonBody(body): JsonBody<FileReadRequest>,
+) -> Result<Json<FileContent>, ApiError> {
+    let b = required(body, "{\"path\": ...}")?;
+    let action = Action::FileRead {
+        name,
+        path: b.path,
+        offset: b.offset,
+        max_bytes: b.max_bytes,
+    };
+    expect_data!(act(engine, action).await?, ActionData::File).map(Json)
+}
+
+/// Writes (or appends to) a file inside a running sandbox, with the sandbox's own permissions.
+/// The request body is at most 1 MiB.
+#[utoipa::path(post, operation_id = "write_file", path = "/v1/sandboxes/{name}/files/write", tag = "files",
+    params(NameParam),
+    request_body = FileWriteRequest,
+    responses(
+        (status = 200, description = "Written", body = Written),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 403, description = "`refused`: outside the allowed roots, or through a symbolic link", body = ErrorBody),
+        (status = 404, description = "`not_found` (no such sandbox) or `no_such_path` (no such folder)", body = ErrorBody),
+        (status = 409, description = "`wrong_state`: it is not running", body = ErrorBody),
+    ))]
+pub async fn write_file(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    JsonBody(body): JsonBody<FileWriteRequest>,
+) -> Result<Json<Written>, ApiError> {
+    let b = required(body, "{\"path\": ..., \"content\": ...}")?;
+    let action = Action::FileWrite {
+        name,
+        path: b.path,
+        content: b.content,
+        encoding: b.encoding,
+        append: b.append,
+        create_dirs: b.create_dirs,
+    };
+    expect_data!(act(engine, action).await?, ActionData::Written).map(Json)
+}
+
+/// Copies a file or directory between the host and a running sandbox, as `airlock cp` does.
+#[utoipa::path(post, operation_id = "copy_files", path = "/v1/sandboxes/{name}/copy", tag = "files",
+    params(NameParam),
+    request_body = CopyRequest,
+    responses(
+        (status = 200, description = "Copied; a directory copied out lists what to review", body = Copied),
+        (status = 400, description = "`bad_request` (e.g. a host path that is a symbolic link, or a directory copied out onto an existing path) or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox, or nothing at `path` inside", body = ErrorBody),
+        (status = 409, description = "`wrong_state`: it is not running", body = ErrorBody),
+    ))]
+pub async fn copy(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    JsonBody(body): JsonBody<CopyRequest>,
+) -> Result<Json<Copied>, ApiError> {
+    let b = required(
+        body,
+        "{\"direction\": \"in\", \"host_path\": ..., \"path\": ...}",
+    )?;
+    let action = Action::Copy {
+        name,
+        direction: b.direction,
+        host_path: b.host_path,
+        path: b.path,
+    };
+    expect_data!(act(engine, action).await?, ActionData::Copied).map(Json)
+}
+
+/// Pushes a host branch into a clone-mode sandbox's repository as `delivered/BRANCH` (the
+/// sandbox's own git stores it, inside the sandbox).
+#[utoipa::path(post, operation_id = "deliver_branch", path = "/v1/sandboxes/{name}/deliver", tag = "work",
+    params(NameParam),
+    request_body = DeliverRequest,
+    responses(
+        (status = 200, description = "Delivered", body = Delivered),
+        (status = 400, description = "`bad_request` (not a branch name) or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox or host branch", body = ErrorBody),
+        (status = 409, description = "`wrong_state` (not running) or `not_clone`", body = ErrorBody),
+    ))]
+pub async fn deliver(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    JsonBody(body): JsonBody<DeliverRequest>,
+) -> Result<Json<Delivered>, ApiError> {
+    let b = required(body, "{\"branch\": ...}")?;
+    let action = Action::Deliver {
+        name,
+        branch: b.branch,
+    };
+    expect_data!(act(engine, action).await?, ActionData::Delivered).map(Json)
+}
+
+/// Whether a project's airlock.toml is trusted; or trust it as it is now; or withdraw the
+/// trust. Its settings that widen the policy (and its hooks) apply only once trusted.
+#[utoipa::path(post, operation_id = "trust_project", path = "/v1/trust", tag = "engine",
+    request_body = TrustRequest,
+    responses(
+        (status = 200, description = "The trust as it now is", body = TrustReport),
+        (status = 400, description = "`bad_request`: no such directory, or no airlock.toml in it or above", body = ErrorBody),
+    ))]
+pub async fn trust(
+    State(engine): State<Shared>,
+    JsonBody(body): JsonBody<TrustRequest>,
+) -> Result<Json<TrustReport>, ApiError> {
+    let b = required(body, "{\"dir\": ..., \"op\": \"status\"}")?;
+    let action = Action::Trust {
+        dir: b.dir,
+        op: b.op,
+    };
+    expect_data!(act(engine, action).await?, ActionData::Trust).map(Json)
+}
+
+/// Whether a connection, a path access or a system call would be allowed in a sandbox, why,
+/// and which option or configuration line would allow it (or that nothing may: the floor).
+#[utoipa::path(post, operation_id = "explain_policy", path = "/v1/explain", tag = "engine",
+    request_body = ExplainRequest,
+    responses(
+        (status = 200, description = "One verdict per subject asked about", body = Explanation),
+        (status = 400, description = "`bad_request` (nothing asked about) or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+pub async fn explain(
+    State(engine): State<Shared>,
+    JsonBody(body): JsonBody<ExplainRequest>,
+) -> Result<Json<Explanation>, ApiError> {
+    let b = required(body, "{\"sandbox\": ..., \"domain\": ...}")?;
+    let action = Action::Explain {
+        sandbox: b.sandbox,
+        domain: b.domain,
+        port: b.port,
+        path: b.path,
+        access: b.access,
+        syscall: b.syscall,
+    };
+    expect_data!(act(engine, action).await?, ActionData::Explained).map(Json)
+}

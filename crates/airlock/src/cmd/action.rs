@@ -1,0 +1,428 @@
+//! `airlock __action`: the typed child process. It reads one [`Action`] as JSON on stdin and
+//! writes one [`ChildAnswer`] line on stdout — the engine (for its routes) and the MCP server
+//! start it, never with argv built from what a client sent, and never reading its stderr (which
+//! is their log). The actions that enter a sandbox (file read/write/copy, deliver) need a
+//! single-threaded process; trust and explain use this binary's configuration resolution;
+//! the engine's own actions are forwarded to the engine.
+//!
+//! What this module decides is the contract (the action in, one answer out, errors as
+//! [`ActionError`]); how bytes move inside the sandbox is the file scripts' business
+//! (`airlock_mcp::paths`) and `airlock cp`'s.
+
+use crate::cmd::exec::exec_in;
+use crate::error::{CliError, CliResult};
+use airlock_engine::action::{
+    Action, ActionData, ActionError, ChildAnswer, Copied, Delivered, Direction, Encoding,
+    Explanation, FileContent, Verdict, Written,
+};
+use airlock_mcp::{b64, explain, paths};
+use airlock_model::exit;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+/// The largest action read from stdin (a 4 MiB file to write, as base64, and its framing).
+const MAX_INPUT: u64 = 8 << 20;
+/// The most a file read returns, and a file write takes.
+const MAX_FILE: u64 = 4 << 20;
+
+pub fn main() -> CliResult<i32> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .take(MAX_INPUT + 1)
+        .read_to_end(&mut input)
+        .map_err(|e| CliError::new(exit::USAGE, e))?;
+    // The answer channel is our stdout, kept aside: whatever runs from here on writes to
+    // stderr (the caller's log), reads nothing from the caller.
+    let answer = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let null = File::open("/dev/null").map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    redirect(&null.into(), 0)?;
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    redirect(&stderr, 1)?;
+    let result = if input.len() as u64 > MAX_INPUT {
+        Err(ActionError::new(
+            "too_large",
+            format!("the action is over {MAX_INPUT} bytes"),
+        ))
+    } else {
+        serde_json::from_slice::<Action>(&input)
+            .map_err(|e| ActionError::new("bad_request", format!("not an action: {e}")))
+            .and_then(carry_out)
+    };
+    let answer_line = match result {
+        Ok(data) => ChildAnswer::Ok(data),
+        Err(e) => ChildAnswer::Error(e),
+    };
+    let mut line = serde_json::to_vec(&answer_line).unwrap_or_default();
+    line.push(b'\n');
+    File::from(answer)
+        .write_all(&line)
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    Ok(0)
+}
+
+/// A CLI error as the action's error: its kind from its exit code, its whole cause chain.
+pub fn action_error(e: CliError) -> ActionError {
+    let mut message = e.error.to_string();
+    for cause in e.error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+    }
+    ActionError::from_code(e.code, message, e.hint)
+}
+
+fn carry_out(action: Action) -> Result<ActionData, ActionError> {
+    match action {
+        Action::FileRead {
+            name,
+            path,
+            offset,
+            max_bytes,
+        } => file_read(&name, &path, offset, max_bytes).map(ActionData::File),
+        Action::FileWrite {
+            name,
+            path,
+            content,
+            encoding,
+            append,
+            create_dirs,
+        } => file_write(&name, &path, &content, encoding, append, create_dirs)
+            .map(ActionData::Written),
+        Action::Copy {
+            name,
+            direction,
+            host_path,
+            path,
+        } => copy(&name, direction, &host_path, &path).map(ActionData::Copied),
+        Action::Deliver { name, branch } => deliver(&name, &branch).map(ActionData::Delivered),
+        Action::Trust { dir, op } => {
+            let dir = absolute(&dir, "dir")?;
+            let dir = std::fs::canonicalize(dir)
+                .map_err(|e| ActionError::new("bad_request", format!("{dir}: {e}")))?;
+            crate::cmd::trust::trust(&dir, op)
+                .map(|(_, report)| ActionData::Trust(report))
+                .map_err(action_error)
+        }
+        Action::Explain {
+            sandbox,
+            domain,
+            port,
+            path,
+            access,
+            syscall,
+        } => {
+            airlock_model::spec::validate_name(&sandbox)
+                .map_err(|e| ActionError::new("invalid_name", e.to_string()))?;
+            if domain.is_none() && path.is_none() && syscall.is_none() {
+                return Err(ActionError::new(
+                    "bad_request",
+                    "give at least one of domain, path, syscall",
+                ));
+            }
+            let spec =
+                explain::recorded_spec(&sandbox).map_err(|e| ActionError::new("not_found", e))?;
+            let subjects = explain::Subjects {
+                domain: domain.as_deref(),
+                port,
+                path: path.as_deref(),
+                write: access != Some(airlock_engine::action::Access::Read),
+                syscall: syscall.as_deref(),
+            };
+            let verdicts = explain::verdicts(&spec, &subjects)
+                .into_iter()
+                .map(|v| Verdict {
+                    subject: v.subject,
+                    allowed: v.allowed,
+                    reason: v.reason,
+                    fix: v.fix,
+                })
+                .collect();
+            Ok(ActionData::Explained(Explanation {
+                origin: format!("sandbox {sandbox}"),
+                policy: explain::policy_line(&spec),
+                verdicts,
+            }))
+        }
+        // The engine's own: through its API (started if need be).
+        other => forward(&other),
+    }
+}
+
+fn absolute<'a>(path: &'a str, what: &str) -> Result<&'a str, ActionError> {
+    if path.starts_with('/') && !path.contains('\0') {
+        Ok(path)
+    } else {
+        Err(ActionError::new(
+            "bad_request",
+            format!("{what} must be an absolute path, not {path:?}"),
+        ))
+    }
+}
+
+fn forward(action: &Action) -> Result<ActionData, ActionError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| ActionError::new("internal", format!("this program: {e}")))?;
+    let client = airlock_engine::Client::connect_or_start(&exe)
+        .map_err(|e| ActionError::new("unavailable", e.to_string()))?;
+    let body =
+        serde_json::to_value(action).map_err(|e| ActionError::new("internal", e.to_string()))?;
+    let (status, value) = client
+        .request("POST", "/v1/actions", Some(&body))
+        .map_err(|e| ActionError::new("internal", e.to_string()))?;
+    if (200..300).contains(&status) {
+        serde_json::from_value(value).map_err(|e| ActionError::new("internal", e.to_string()))
+    } else {
+        serde_json::from_value(value)
+            .map_err(|e| ActionError::new("internal", e.to_string()))
+            .and_then(Err)
+    }
+}
+
+fn redirect(fd: &OwnedFd, to: i32) -> CliResult<()> {
+    airlock_sandbox::sys::dup2(fd.as_raw_fd(), to)
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))
+}
+
+/// An anonymous file (never linked anywhere).
+fn scratch() -> Result<File, ActionError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(std::env::temp_dir())
+        .map_err(|e| ActionError::new("internal", format!("a scratch file: {e}")))
+}
+
+fn slurp(mut f: File) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = f.rewind().and_then(|()| f.read_to_end(&mut out));
+    out
+}
+
+/// What ran with `input` on its stdin: its result, its stdout and its stderr (the caller's own
+/// descriptors put back afterwards, whatever `f` did to them).
+fn captured<T>(
+    input: &[u8],
+    f: impl FnOnce() -> CliResult<T>,
+) -> Result<(CliResult<T>, Vec<u8>, Vec<u8>), ActionError> {
+    let internal = |e: std::io::Error| ActionError::new("internal", e.to_string());
+    let mut inp = scratch()?;
+    inp.write_all(input)
+        .and_then(|()| inp.rewind())
+        .map_err(internal)?;
+    let (out, err) = (scratch()?, scratch()?);
+    let saved: Vec<OwnedFd> = [
+        std::io::stdin().as_fd(),
+        std::io::stdout().as_fd(),
+        std::io::stderr().as_fd(),
+    ]
+    .into_iter()
+    .map(|fd| fd.try_clone_to_owned())
+    .collect::<Result<_, _>>()
+    .map_err(internal)?;
+    let set = |fds: [&dyn AsRawFd; 3]| -> Result<(), ActionError> {
+        for (i, fd) in fds.into_iter().enumerate() {
+            airlock_sandbox::sys::dup2(fd.as_raw_fd(), i as i32).map_err(internal)?;
+        }
+        Ok(())
+    };
+    set([&inp, &out, &err])?;
+    let result = f();
+    set([&saved[0], &saved[1], &saved[2]])?;
+    Ok((result, slurp(out), slurp(err)))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_string()
+}
+
+/// The inside path for a file action (lexically checked; checked again inside, on the opened
+/// descriptor, by the scripts).
+fn inside_path(path: &str) -> Result<String, ActionError> {
+    paths::resolve(path).map_err(|e| ActionError::new("refused", e.to_string()))
+}
+
+/// The script's refusal and failure codes, as errors.
+fn script_failed(code: i32, path: &str, stderr: &[u8]) -> ActionError {
+    match code {
+        paths::ESCAPE => ActionError::new("refused", format!("refused: {}", text(stderr))),
+        // 66: the scripts' own failures; 2: the shell's, when it cannot open the path.
+        2 | 66 => ActionError::new("no_such_path", format!("{path}: {}", text(stderr))),
+        c => ActionError::from_code(c, format!("{path}: {} (exit {c})", text(stderr)), None),
+    }
+}
+
+fn file_read(
+    name: &str,
+    path: &str,
+    offset: u64,
+    max_bytes: Option<u64>,
+) -> Result<FileContent, ActionError> {
+    airlock_model::spec::validate_name(name)
+        .map_err(|e| ActionError::new("invalid_name", e.to_string()))?;
+    let path = inside_path(path)?;
+    let max = max_bytes.unwrap_or(256 * 1024);
+    if !(1..=MAX_FILE).contains(&max) {
+        return Err(ActionError::new(
+            "bad_request",
+            format!("max_bytes {max} is out of range (1-{MAX_FILE})"),
+        ));
+    }
+    let argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        paths::read_script(),
+        "sh".into(),
+        path.clone(),
+        offset.to_string(),
+        max.to_string(),
+    ];
+    let (code, out, err) = captured(b"", || exec_in(name, argv, &[], None, false, false, false))?;
+    let code = code.map_err(action_error)?;
+    if code != 0 {
+        return Err(script_failed(code, &path, &err));
+    }
+    let unreadable =
+        || ActionError::new("internal", format!("{path}: unreadable answer from inside"));
+    let nl = out
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(unreadable)?;
+    let header = String::from_utf8_lossy(&out[..nl]).to_string();
+    let body = &out[nl + 1..];
+    if header == "airlock-dir" {
+        return Ok(FileContent {
+            path,
+            kind: "directory".into(),
+            size: None,
+            offset: 0,
+            returned_bytes: body.len() as u64,
+            truncated: false,
+            encoding: Encoding::Utf8,
+            content: String::from_utf8_lossy(body).into_owned(),
+        });
+    }
+    let size = header
+        .strip_prefix("airlock-file ")
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(unreadable)?;
+    let (content, encoding) = match std::str::from_utf8(body) {
+        Ok(s) => (s.to_string(), Encoding::Utf8),
+        Err(_) => (b64::encode(body), Encoding::Base64),
+    };
+    Ok(FileContent {
+        path,
+        kind: "file".into(),
+        size: Some(size),
+        offset,
+        returned_bytes: body.len() as u64,
+        truncated: offset + (body.len() as u64) < size,
+        encoding,
+        content,
+    })
+}
+
+fn file_write(
+    name: &str,
+    path: &str,
+    content: &str,
+    encoding: Encoding,
+    append: bool,
+    create_dirs: bool,
+) -> Result<Written, ActionError> {
+    airlock_model::spec::validate_name(name)
+        .map_err(|e| ActionError::new("invalid_name", e.to_string()))?;
+    let path = inside_path(path)?;
+    let data = match encoding {
+        Encoding::Utf8 => content.as_bytes().to_vec(),
+        Encoding::Base64 => b64::decode(content)
+            .map_err(|e| ActionError::new("bad_request", format!("content: {e}")))?,
+    };
+    if data.len() as u64 > MAX_FILE {
+        return Err(ActionError::new(
+            "too_large",
+            format!("content is {} bytes; at most {MAX_FILE}", data.len()),
+        ));
+    }
+    let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+    let argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        paths::write_script(),
+        "sh".into(),
+        path.clone(),
+        flag(append),
+        flag(create_dirs),
+    ];
+    let (code, out, err) = captured(&data, || exec_in(name, argv, &[], None, false, true, false))?;
+    let code = code.map_err(action_error)?;
+    if code != 0 {
+        return Err(script_failed(code, &path, &err));
+    }
+    Ok(Written {
+        path,
+        written_bytes: data.len() as u64,
+        size: text(&out).parse().ok(),
+    })
+}
+
+fn copy(
+    name: &str,
+    direction: Direction,
+    host_path: &str,
+    path: &str,
+) -> Result<Copied, ActionError> {
+    airlock_model::spec::validate_name(name)
+        .map_err(|e| ActionError::new("invalid_name", e.to_string()))?;
+    absolute(host_path, "host_path")?;
+    absolute(path, "path")?;
+    let inside = format!("{name}:{path}");
+    let (src, dst) = match direction {
+        Direction::In => (host_path, inside.as_str()),
+        Direction::Out => (inside.as_str(), host_path),
+    };
+    let (result, _, err) = captured(b"", || crate::cmd::cp::copy(src, dst))?;
+    let (code, notes) = result.map_err(action_error)?;
+    if code != 0 {
+        return Err(ActionError::from_code(
+            code,
+            format!("the copy failed (exit {code}): {}", text(&err)),
+            None,
+        ));
+    }
+    Ok(Copied {
+        direction,
+        host_path: host_path.to_owned(),
+        path: path.to_owned(),
+        review: notes.into_iter().map(|(_, n)| n).collect(),
+    })
+}
+
+fn deliver(name: &str, branch: &str) -> Result<Delivered, ActionError> {
+    let args = crate::cli::DeliverArgs {
+        name: name.to_owned(),
+        branch: branch.to_owned(),
+    };
+    let (result, _, err) = captured(b"", || crate::cmd::work::deliver(&args))?;
+    match result.map_err(action_error)? {
+        0 => Ok(Delivered {
+            name: name.to_owned(),
+            branch: format!("delivered/{branch}"),
+        }),
+        code => Err(ActionError::from_code(
+            code,
+            format!("deliver {branch}: {}", text(&err)),
+            None,
+        )),
+    }
+}
