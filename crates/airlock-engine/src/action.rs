@@ -48,7 +48,7 @@ pub enum Action {
     Stop {
         #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
         name: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "whole_number")]
         #[schema(maximum = 1_000_000_000_000_u64)]
         grace_ms: Option<u64>,
     },
@@ -101,10 +101,11 @@ pub enum Action {
         name: String,
         path: String,
         /// Byte offset to start at (default 0).
-        #[serde(default)]
-        offset: u64,
+        #[serde(default, deserialize_with = "whole_number")]
+        #[schema(maximum = 9007199254740991_u64)]
+        offset: Option<u64>,
         /// Most bytes returned (1-4194304, default 262144).
-        #[serde(default)]
+        #[serde(default, deserialize_with = "whole_number")]
         #[schema(minimum = 1, maximum = 4194304)]
         max_bytes: Option<u64>,
     },
@@ -162,8 +163,9 @@ pub enum Action {
         #[serde(default)]
         domain: Option<String>,
         /// The connection's port (default 443).
-        #[serde(default)]
-        port: Option<u16>,
+        #[serde(default, deserialize_with = "whole_number")]
+        #[schema(minimum = 1, maximum = 65535)]
+        port: Option<u64>,
         /// A path inside the sandbox.
         #[serde(default)]
         path: Option<String>,
@@ -190,6 +192,30 @@ impl Action {
         )
     }
 }
+
+/// A non-negative integer as JSON Schema counts them: `2000.0` is one too.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(de)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_u64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        // Exactly representable (below 2^53) and whole.
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => {
+            Ok(Some(f as u64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a non-negative integer, not {number}"
+        ))),
+    }
+}
+
+/// The largest `offset` of a file read (2^53 - 1: what every JSON reader holds exactly).
+pub const MAX_OFFSET: u64 = (1 << 53) - 1;
+/// The most bytes a file read returns.
+pub const MAX_READ: u64 = 4 << 20;
 
 /// How file content travels in JSON.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -520,16 +546,36 @@ impl Engine {
         })
     }
 
-    /// Carries out `action` in a typed child process: `PROGRAM __action`, the action as JSON on
-    /// its stdin, one [`ChildAnswer`] line on its stdout (its stderr goes to the engine's log).
+    /// Carries out `action` in a typed child process (the backend's; see [`run_child`]).
+    /// The sandbox it names must exist (and its name be valid) before anything starts.
     fn in_child(&self, action: &Action) -> Result<ActionData, EngineError> {
-        let Some(program) = self.action_program() else {
-            return Err(EngineError::Action(ActionError::new(
-                "unavailable",
-                "this engine's backend carries out no actions in a child process",
-            )));
+        let name = match action {
+            Action::FileRead { name, .. }
+            | Action::FileWrite { name, .. }
+            | Action::Copy { name, .. }
+            | Action::Deliver { name, .. } => Some(name),
+            Action::Explain { sandbox, .. } => Some(sandbox),
+            _ => None,
         };
-        run_child(&program, action, CHILD_DEADLINE).map_err(EngineError::Action)
+        if let Some(name) = name {
+            self.get_record(name)?;
+        }
+        let bad = |m: String| Err(EngineError::BadRequest(m));
+        match action {
+            Action::FileRead {
+                offset: Some(o), ..
+            } if *o > MAX_OFFSET => return bad(format!("offset must be at most {MAX_OFFSET}")),
+            Action::FileRead {
+                max_bytes: Some(m), ..
+            } if !(1..=MAX_READ).contains(m) => {
+                return bad(format!("max_bytes must be 1-{MAX_READ}"))
+            }
+            Action::Explain { port: Some(p), .. } if !(1..=65535).contains(p) => {
+                return bad("port must be 1-65535".into())
+            }
+            _ => {}
+        }
+        self.child_action(action)
     }
 }
 

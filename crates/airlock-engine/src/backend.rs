@@ -113,11 +113,22 @@ pub trait Backend: Send + Sync {
     fn exec_program(&self) -> Option<std::path::PathBuf> {
         None
     }
-    /// The program that carries out an action in a typed child (`PROGRAM __action`, the
-    /// action as JSON on stdin): file access, copies, deliver, trust, explain. None: this
-    /// backend has none (the fake). Default: the exec program.
-    fn action_program(&self) -> Option<std::path::PathBuf> {
-        self.exec_program()
+    /// Carries out an action that needs a process of its own (file access, copies, deliver,
+    /// trust, explain: [`Action::in_child`](crate::action::Action::in_child)). The default runs
+    /// the typed child, `EXEC_PROGRAM __action`.
+    fn child_action(
+        &self,
+        action: &crate::action::Action,
+    ) -> Result<crate::action::ActionData, crate::action::ActionError> {
+        match self.exec_program() {
+            Some(program) => {
+                crate::action::run_child(&program, action, crate::action::CHILD_DEADLINE)
+            }
+            None => Err(crate::action::ActionError::new(
+                "unavailable",
+                "this engine's backend carries out no actions in a child process",
+            )),
+        }
     }
 }
 
@@ -129,6 +140,8 @@ pub enum Call {
     Stop(String, Duration),
     Destroy(String),
     Reclaim(String),
+    /// An action for a typed child (its `action` tag).
+    Child(String),
 }
 
 /// Which operation a [`FakeBackend`] should fail.
@@ -239,9 +252,67 @@ impl Backend for FakeBackend {
         Some(std::path::PathBuf::from("true"))
     }
 
-    /// No typed child: those actions answer `unavailable` (503).
-    fn action_program(&self) -> Option<std::path::PathBuf> {
-        None
+    /// No child: a canned answer of the right kind (the API layer's tests see its shape; the
+    /// real child is tested end to end).
+    fn child_action(
+        &self,
+        action: &crate::action::Action,
+    ) -> Result<crate::action::ActionData, crate::action::ActionError> {
+        use crate::action::*;
+        let label = serde_json::to_value(action)
+            .ok()
+            .and_then(|v| v.get("action").and_then(|a| a.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        self.lock().calls.push(Call::Child(label));
+        Ok(match action.clone() {
+            Action::FileRead { path, offset, .. } => ActionData::File(FileContent {
+                path,
+                kind: "file".into(),
+                size: Some(0),
+                offset: offset.unwrap_or(0),
+                returned_bytes: 0,
+                truncated: false,
+                encoding: Encoding::Utf8,
+                content: String::new(),
+            }),
+            Action::FileWrite { path, .. } => ActionData::Written(Written {
+                path,
+                written_bytes: 0,
+                size: Some(0),
+            }),
+            Action::Copy {
+                direction,
+                host_path,
+                path,
+                ..
+            } => ActionData::Copied(Copied {
+                direction,
+                host_path,
+                path,
+                review: vec![],
+            }),
+            Action::Deliver { name, branch } => ActionData::Delivered(Delivered {
+                name,
+                branch: format!("delivered/{branch}"),
+            }),
+            Action::Trust { dir, op } => ActionData::Trust(TrustReport {
+                file: format!("{dir}/airlock.toml"),
+                trusted: op == TrustOp::Allow,
+                sha256: String::new(),
+                widening: vec![],
+            }),
+            Action::Explain { sandbox, .. } => ActionData::Explained(Explanation {
+                origin: format!("sandbox {sandbox}"),
+                policy: String::new(),
+                verdicts: vec![],
+            }),
+            other => {
+                return Err(ActionError::new(
+                    "internal",
+                    format!("not a child's action: {other:?}"),
+                ))
+            }
+        })
     }
 
     fn prepare(&self, name: &str, _dir: &Path, _spec_json: &str) -> Result<(), BackendError> {

@@ -391,9 +391,14 @@ impl Engine {
         self.backend.exec_program()
     }
 
-    /// The program that carries out actions in a typed child (None: the backend has none).
-    pub fn action_program(&self) -> Option<PathBuf> {
-        self.backend.action_program()
+    /// Carries out an action that needs a process of its own, through the backend.
+    pub(crate) fn child_action(
+        &self,
+        action: &crate::action::Action,
+    ) -> Result<crate::action::ActionData, EngineError> {
+        self.backend
+            .child_action(action)
+            .map_err(EngineError::Action)
     }
 
     pub fn sandbox_dir(&self, name: &str) -> PathBuf {
@@ -408,7 +413,7 @@ impl Engine {
         }
     }
 
-    fn get_record(&self, name: &str) -> Result<Record, EngineError> {
+    pub(crate) fn get_record(&self, name: &str) -> Result<Record, EngineError> {
         lock(&self.store)
             .get(name)?
             .ok_or_else(|| EngineError::NotFound(name.to_owned()))

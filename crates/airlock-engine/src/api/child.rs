@@ -26,10 +26,11 @@ pub struct FileReadRequest {
     #[schema(examples("src/main.rs"))]
     pub path: String,
     /// Byte offset to start at (default 0).
-    #[serde(default)]
-    pub offset: u64,
+    #[serde(default, deserialize_with = "crate::action::whole_number")]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub offset: Option<u64>,
     /// Most bytes returned (1-4194304, default 262144).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::action::whole_number")]
     #[schema(minimum = 1, maximum = 4194304)]
     pub max_bytes: Option<u64>,
 }
@@ -97,8 +98,9 @@ pub struct ExplainRequest {
     #[schema(examples("pypi.org"))]
     pub domain: Option<String>,
     /// The connection's port (default 443).
-    #[serde(default)]
-    pub port: Option<u16>,
+    #[serde(default, deserialize_with = "crate::action::whole_number")]
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: Option<u64>,
     /// A path inside the sandbox.
     #[serde(default)]
     pub path: Option<String>,

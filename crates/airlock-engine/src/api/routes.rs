@@ -72,28 +72,9 @@ pub use crate::action::MAX_GRACE_MS;
 pub struct StopRequest {
     /// How long to wait after asking it to stop before killing it, in milliseconds
     /// (default 10000).
-    #[serde(default, deserialize_with = "whole_number")]
+    #[serde(default, deserialize_with = "crate::action::whole_number")]
     #[schema(examples(10000), maximum = 1_000_000_000_000_u64)]
     pub grace_ms: Option<u64>,
-}
-
-/// A non-negative integer as JSON Schema counts them: `2000.0` is one too.
-fn whole_number<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
-    let Some(number) = Option::<serde_json::Number>::deserialize(de)? else {
-        return Ok(None);
-    };
-    if let Some(n) = number.as_u64() {
-        return Ok(Some(n));
-    }
-    match number.as_f64() {
-        // Exactly representable (below 2^53) and whole.
-        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => {
-            Ok(Some(f as u64))
-        }
-        _ => Err(serde::de::Error::custom(format!(
-            "expected a non-negative integer, not {number}"
-        ))),
-    }
 }
 
 /// `DELETE /v1/sandboxes/{name}`.

@@ -86,7 +86,7 @@ fn carry_out(action: Action) -> Result<ActionData, ActionError> {
             path,
             offset,
             max_bytes,
-        } => file_read(&name, &path, offset, max_bytes).map(ActionData::File),
+        } => file_read(&name, &path, offset.unwrap_or(0), max_bytes).map(ActionData::File),
         Action::FileWrite {
             name,
             path,
@@ -131,7 +131,7 @@ fn carry_out(action: Action) -> Result<ActionData, ActionError> {
                 explain::recorded_spec(&sandbox).map_err(|e| ActionError::new("not_found", e))?;
             let subjects = explain::Subjects {
                 domain: domain.as_deref(),
-                port,
+                port: port.and_then(|p| u16::try_from(p).ok()),
                 path: path.as_deref(),
                 write: access != Some(airlock_engine::action::Access::Read),
                 syscall: syscall.as_deref(),
