@@ -427,7 +427,7 @@ impl ActionError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChildAnswer {
-    Ok(ActionData),
+    Ok(Box<ActionData>),
     Error(ActionError),
 }
 
@@ -639,7 +639,7 @@ pub fn run_child(
     let out = reader.join().unwrap_or_default();
     let line = out.split(|b| *b == b'\n').next().unwrap_or_default();
     match serde_json::from_slice::<ChildAnswer>(line) {
-        Ok(ChildAnswer::Ok(data)) => Ok(data),
+        Ok(ChildAnswer::Ok(data)) => Ok(*data),
         Ok(ChildAnswer::Error(e)) => Err(e),
         Err(e) => Err(ActionError::new(
             "internal",

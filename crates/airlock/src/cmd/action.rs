@@ -56,7 +56,7 @@ pub fn main() -> CliResult<i32> {
             .and_then(carry_out)
     };
     let answer_line = match result {
-        Ok(data) => ChildAnswer::Ok(data),
+        Ok(data) => ChildAnswer::Ok(Box::new(data)),
         Err(e) => ChildAnswer::Error(e),
     };
     let mut line = serde_json::to_vec(&answer_line).unwrap_or_default();
@@ -209,12 +209,12 @@ fn slurp(mut f: File) -> Vec<u8> {
     out
 }
 
+/// What ran: its result, its stdout, its stderr.
+type Captured<T> = (CliResult<T>, Vec<u8>, Vec<u8>);
+
 /// What ran with `input` on its stdin: its result, its stdout and its stderr (the caller's own
 /// descriptors put back afterwards, whatever `f` did to them).
-fn captured<T>(
-    input: &[u8],
-    f: impl FnOnce() -> CliResult<T>,
-) -> Result<(CliResult<T>, Vec<u8>, Vec<u8>), ActionError> {
+fn captured<T>(input: &[u8], f: impl FnOnce() -> CliResult<T>) -> Result<Captured<T>, ActionError> {
     let internal = |e: std::io::Error| ActionError::new("internal", e.to_string());
     let mut inp = scratch()?;
     inp.write_all(input)
