@@ -3,6 +3,7 @@
 //! supervisor's side of the channel (`host`), the journal reader shared by `prompt`, `reports`,
 //! `attach` and `list` (`journal`). The protocol itself is `airlock_model::agent`.
 
+#[cfg(feature = "host")]
 pub mod host;
 pub mod journal;
 pub mod report;
