@@ -176,9 +176,35 @@ pub enum Action {
         #[serde(default)]
         syscall: Option<String>,
     },
+    /// Agent mode: send the next prompt; with `wait` (default), stream the turn's journal lines
+    /// until it ends (streams: `POST /v1/sandboxes/{name}/prompt`).
+    Prompt {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        text: String,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    /// Agent mode: the report journal; with `follow`, as it grows (streams:
+    /// `GET /v1/sandboxes/{name}/reports`).
+    Reports {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Action {
+    /// Streams (NDJSON, from a typed child): its events as they come, then its end.
+    pub fn streams(&self) -> bool {
+        matches!(self, Action::Prompt { .. } | Action::Reports { .. })
+    }
+
     /// Carried out in a typed child process (`airlock __action`), not by the engine itself.
     pub fn in_child(&self) -> bool {
         matches!(
@@ -483,6 +509,18 @@ pub enum ActionData {
     Trust(TrustReport),
     /// explain
     Explained(Explanation),
+    /// prompt, reports: how the stream ended
+    Ended(StreamEnd),
+}
+
+/// The end of a streamed action (prompt, reports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StreamEnd {
+    /// prompt: the turn's id.
+    pub turn: Option<u64>,
+    /// The CLI's exit code: for prompt 0 done, 3 blocked, 4 ended without a report (0 when it
+    /// did not wait); 0 for reports.
+    pub exit: i32,
 }
 
 impl Engine {
@@ -543,6 +581,13 @@ impl Engine {
             | Action::Deliver { .. }
             | Action::Trust { .. }
             | Action::Explain { .. } => return self.in_child(&action),
+            Action::Prompt { .. } | Action::Reports { .. } => {
+                return Err(EngineError::BadRequest(
+                    "prompt and reports stream: POST /v1/actions, \
+                     POST /v1/sandboxes/{name}/prompt, GET /v1/sandboxes/{name}/reports"
+                        .into(),
+                ))
+            }
         })
     }
 

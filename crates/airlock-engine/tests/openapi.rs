@@ -172,6 +172,8 @@ fn the_document_lists_every_route_with_its_answers() {
             with(&["200", "404", "409"]),
         ),
         ("POST /v1/trust", with(&["200"])),
+        ("POST /v1/sandboxes/{name}/prompt", with(&["200", "404"])),
+        ("GET /v1/sandboxes/{name}/reports", with(&["200", "404"])),
         ("POST /v1/explain", with(&["200", "404"])),
     ]
     .into_iter()
@@ -191,6 +193,7 @@ fn the_document_lists_every_route_with_its_answers() {
     assert_eq!(
         ids,
         [
+            ("agent_reports", "GET /v1/sandboxes/{name}/reports"),
             ("copy_files", "POST /v1/sandboxes/{name}/copy"),
             ("create_sandbox", "POST /v1/sandboxes"),
             ("deliver_branch", "POST /v1/sandboxes/{name}/deliver"),
@@ -204,6 +207,7 @@ fn the_document_lists_every_route_with_its_answers() {
             ("health", "GET /v1/health"),
             ("list_sandboxes", "GET /v1/sandboxes"),
             ("openapi", "GET /v1/openapi.json"),
+            ("prompt_agent", "POST /v1/sandboxes/{name}/prompt"),
             ("read_file", "POST /v1/sandboxes/{name}/files/read"),
             ("remove_sandbox", "DELETE /v1/sandboxes/{name}"),
             ("start_sandbox", "POST /v1/sandboxes/{name}/start"),
@@ -436,7 +440,7 @@ fn the_name_pattern_is_the_engines_rule() {
             }
         }
     }
-    assert_eq!(patterns.len(), 3 + 12, "{patterns:?}");
+    assert_eq!(patterns.len(), 3 + 14, "{patterns:?}");
     for pattern in &patterns {
         assert_eq!(pattern, api::routes::NAME_PATTERN);
     }

@@ -488,3 +488,188 @@ fn an_api_client_drives_files_copies_deliver_trust_and_explain() {
     }
     both_modes(cycle);
 }
+
+/// A scripted harness (as in tests/agent.rs): `edit` edits, commits and reports done;
+/// `silent` ends without a report.
+const AGENT: &str = r#"#!/bin/sh
+set -u
+word=${AIRLOCK_PROMPT%% *}
+case "$word" in
+  edit)
+    report working "editing notes.txt"
+    echo "edited in turn $AIRLOCK_TURN_ID" >> notes.txt
+    git add notes.txt && git -c user.email=agent@example.com -c user.name=agent commit -qm "agent: notes" || exit 1
+    report done "committed"
+    ;;
+  *)
+    echo "finishing without a report"
+    ;;
+esac
+"#;
+
+/// NDJSON lines of a streamed answer.
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+fn agent(a: &Airlock, label: &str) {
+    let _g = EngineGuard(a);
+    let p = a.cwd.clone();
+    write(&p.join("agent.sh"), AGENT);
+    common::set_mode(&p.join("agent.sh"), 0o755);
+    write(
+        &p.join("airlock.toml"),
+        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+    );
+    git(a, &["init", "-q", "-b", "main"]);
+    give(a, &p);
+    git(a, &["add", "."]);
+    git(
+        a,
+        &[
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-qm",
+            "init",
+        ],
+    );
+    ok(a, label, &["up", "ag"]);
+    ok(a, label, &["create", "plain", "--net", "off"]);
+
+    // A prompt: the turn's journal lines as they come, then how it ended.
+    let (code, text) = http(
+        a,
+        "POST",
+        "/v1/sandboxes/ag/prompt",
+        Some(&json!({"text": "edit the notes"})),
+    );
+    assert_eq!(code, 200, "{label}: {text}");
+    let l = lines(&text);
+    assert_eq!(
+        l.last(),
+        Some(&json!({"exit": 0, "turn": 1})),
+        "{label}: {text}"
+    );
+    let kinds: Vec<&str> = l.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.contains(&"turn_completed"), "{label}: {text}");
+    assert!(
+        text.contains("editing notes.txt") && text.contains("committed"),
+        "{label}: {text}"
+    );
+    // The CLI sees the same journal.
+    let cli = ok(a, label, &["reports", "ag", "--json"]).stdout;
+    let (code, text) = http(a, "GET", "/v1/sandboxes/ag/reports", None);
+    assert_eq!(code, 200, "{label}: {text}");
+    let l = lines(&text);
+    assert_eq!(
+        l.last(),
+        Some(&json!({"exit": 0, "turn": null})),
+        "{label}: {text}"
+    );
+    assert_eq!(
+        l[..l.len() - 1].to_vec(),
+        lines(&cli),
+        "{label}: the API's journal is not the CLI's"
+    );
+    // The same as one action (streamed the same way).
+    let (code, text2) = http(
+        a,
+        "POST",
+        "/v1/actions",
+        Some(&json!({"action": "reports", "name": "ag"})),
+    );
+    assert_eq!((code, &text2), (200, &text), "{label}");
+    // A turn that ends without a report: exit 4.
+    let (code, text) = http(
+        a,
+        "POST",
+        "/v1/sandboxes/ag/prompt",
+        Some(&json!({"text": "silent please"})),
+    );
+    assert_eq!(code, 200, "{label}: {text}");
+    assert_eq!(
+        lines(&text).last(),
+        Some(&json!({"exit": 4, "turn": 2})),
+        "{label}: {text}"
+    );
+    // Not waiting: queued, its turn id at once.
+    let (code, text) = http(
+        a,
+        "POST",
+        "/v1/sandboxes/ag/prompt",
+        Some(&json!({"text": "silent again", "wait": false})),
+    );
+    assert_eq!(
+        (code, text.trim()),
+        (200, r#"{"exit":0,"turn":3}"#),
+        "{label}"
+    );
+    // Following: lines come, and the stream goes on until the client leaves.
+    let sock = engine_socket(a).display().to_string();
+    let out = common::run_with_deadline(
+        a.command_with(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "3",
+                "--unix-socket",
+                &sock,
+                "http://airlock/v1/sandboxes/ag/reports?follow=true",
+            ],
+        ),
+        None,
+        common::DEADLINE,
+    );
+    assert_eq!(
+        out.code(),
+        28,
+        "{label}: curl should time out following: {}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("turn_completed"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert!(
+        !out.stdout.contains("\"exit\""),
+        "{label}: {}",
+        out.describe()
+    );
+    // Not running (created in the same project, so an agent sandbox too): the stream says so;
+    // no sandbox: 404 before any stream.
+    let (code, text) = http(
+        a,
+        "POST",
+        "/v1/sandboxes/plain/prompt",
+        Some(&json!({"text": "hello"})),
+    );
+    assert_eq!(code, 200, "{label}: {text}");
+    let last = lines(&text).pop().unwrap_or_default();
+    assert_eq!(last["error"]["kind"], "wrong_state", "{label}: {text}");
+    assert!(
+        last["error"]["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("sandbox plain is not running")),
+        "{label}: {text}"
+    );
+    let (code, text) = http(a, "GET", "/v1/sandboxes/nosuch/reports", None);
+    assert_eq!(code, 404, "{label}: {text}");
+
+    ok(a, label, &["rm", "--force", "ag"]);
+    ok(a, label, &["rm", "--force", "plain"]);
+}
+
+#[test]
+fn an_api_client_prompts_an_agent_and_reads_its_reports() {
+    if !e2e("an_api_client_prompts_an_agent_and_reads_its_reports") {
+        return;
+    }
+    both_modes(agent);
+}

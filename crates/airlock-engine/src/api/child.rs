@@ -3,6 +3,8 @@
 //! deliver, trust and explain. Each parses its path and body into an [`Action`]; how the bytes
 //! move is the child's business.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -11,8 +13,8 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{act, expect_data, JsonBody, NameParam, SandboxName, Shared};
 use crate::action::{
-    Access, Action, ActionData, Copied, Delivered, Direction, Encoding, Explanation, FileContent,
-    TrustOp, TrustReport, Written,
+    Access, Action, ActionData, ActionError, ChildAnswer, Copied, Delivered, Direction, Encoding,
+    Explanation, FileContent, TrustOp, TrustReport, Written,
 };
 
 fn required<T>(body: Option<T>, shape: &str) -> Result<T, ApiError> {
@@ -264,4 +266,197 @@ pub async fn explain(
         syscall: b.syscall,
     };
     expect_data!(act(engine, action).await?, ActionData::Explained).map(Json)
+}
+
+/// The body of `POST /v1/sandboxes/{name}/prompt`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PromptRequest {
+    /// The directive: the next turn of the agent's conversation.
+    #[schema(examples("add a test for the parser"))]
+    pub text: String,
+    /// Stream the turn's journal lines until it ends (default true); false: answer once the
+    /// prompt is queued.
+    #[serde(default = "yes")]
+    pub wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One line of a streamed answer (prompt, reports; NDJSON): journal lines as they come (the
+/// journal's own JSON objects, as `airlock reports --json` prints them), then one last line,
+/// `{"exit": N, "turn": T}` or `{"error": ActionError}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StreamLine {
+    /// How it ended: the CLI's exit code (prompt: 0 done, 3 blocked, 4 ended without a
+    /// report) and the turn's id (prompt).
+    End { exit: i32, turn: Option<u64> },
+    /// It failed (after the answer began: the status is already 200).
+    Failed { error: ActionError },
+    /// A journal line.
+    Journal(std::collections::BTreeMap<String, serde_json::Value>),
+}
+
+/// Sends a prompt to the agent of a running agent-mode sandbox and, with `wait`, streams the
+/// turn's journal lines until it ends (done, blocked, or ended without a report).
+#[utoipa::path(post, operation_id = "prompt_agent", path = "/v1/sandboxes/{name}/prompt", tag = "agent",
+    params(NameParam),
+    request_body = PromptRequest,
+    responses(
+        (status = 200, description = "NDJSON: journal lines, then `{\"exit\": N, \"turn\": T}` (or `{\"error\": ...}`)", body = [StreamLine], content_type = "application/x-ndjson"),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+pub async fn prompt(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    JsonBody(body): JsonBody<PromptRequest>,
+) -> Result<axum::response::Response, ApiError> {
+    let b = required(body, "{\"text\": ...}")?;
+    let action = Action::Prompt {
+        name,
+        text: b.text,
+        wait: b.wait,
+    };
+    stream_child(engine, action).await
+}
+
+/// The report journal of an agent-mode sandbox (prompts, reports, blocked events, turn ends);
+/// with `follow`, it goes on as the journal grows until the client goes away.
+#[utoipa::path(get, operation_id = "agent_reports", path = "/v1/sandboxes/{name}/reports", tag = "agent",
+    params(NameParam, FollowParam),
+    responses(
+        (status = 200, description = "NDJSON: journal lines, then `{\"exit\": 0}` (never, with `follow`)", body = [StreamLine], content_type = "application/x-ndjson"),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+pub async fn reports(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    uri: axum::http::Uri,
+) -> Result<axum::response::Response, ApiError> {
+    let follow = super::routes::query_flag(uri.query(), "follow")?;
+    stream_child(engine, Action::Reports { name, follow }).await
+}
+
+/// The `follow` query parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct FollowParam {
+    /// Go on as the journal grows. Default `false`.
+    follow: Option<bool>,
+}
+
+/// Runs a streamed action in the typed child and answers its lines as NDJSON: `{"event": X}`
+/// lines become `X`, the child's answer becomes the last line. A client that goes away ends the
+/// child.
+pub(crate) async fn stream_child(
+    engine: Shared,
+    action: Action,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::body::{Body, Bytes};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let name = match &action {
+        Action::Prompt { name, .. } | Action::Reports { name, .. } => name.clone(),
+        _ => return Err(ApiError::internal("internal: not a streamed action")),
+    };
+    let e2 = engine.clone();
+    super::extract::blocking(move || e2.get_record(&name).map(drop)).await?;
+    let Some(program) = engine.exec_program() else {
+        return Err(crate::engine::EngineError::Action(ActionError::new(
+            "unavailable",
+            "this engine's backend carries out no actions in a child process",
+        ))
+        .into());
+    };
+    let input = serde_json::to_vec(&action).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut child = tokio::process::Command::new(program)
+        .arg("__action")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ApiError::internal(format!("cannot start the action: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+        });
+    }
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| ApiError::internal("the action has no stdout"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut ended = false;
+        loop {
+            // The client gone (the body dropped): end the child (dropped: killed), even when
+            // it is quiet.
+            let line = match tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await {
+                Err(_) if tx.is_closed() => break,
+                Err(_) => continue,
+                Ok(Ok(Some(line))) => line,
+                Ok(_) => break,
+            };
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let out = if let Some(event) = value.get("event") {
+                StreamLine::Journal(match event {
+                    serde_json::Value::Object(m) => m.clone().into_iter().collect(),
+                    other => [("line".to_owned(), other.clone())].into_iter().collect(),
+                })
+            } else {
+                ended = true;
+                match serde_json::from_value::<ChildAnswer>(value) {
+                    Ok(ChildAnswer::Ok(data)) => match *data {
+                        ActionData::Ended(end) => StreamLine::End {
+                            exit: end.exit,
+                            turn: end.turn,
+                        },
+                        other => StreamLine::Failed {
+                            error: ActionError::new(
+                                "internal",
+                                format!("an answer of another kind: {other:?}"),
+                            ),
+                        },
+                    },
+                    Ok(ChildAnswer::Error(error)) => StreamLine::Failed { error },
+                    Err(e) => StreamLine::Failed {
+                        error: ActionError::new("internal", format!("unreadable answer: {e}")),
+                    },
+                }
+            };
+            if tx.send(stream_line(&out)).await.is_err() {
+                break;
+            }
+        }
+        if !ended {
+            let out = StreamLine::Failed {
+                error: ActionError::new("internal", "the action's process gave no answer"),
+            };
+            let _ = tx.send(stream_line(&out)).await;
+        }
+        let _ = child.wait().await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn stream_line(line: &StreamLine) -> axum::body::Bytes {
+    let mut v = serde_json::to_vec(line).unwrap_or_default();
+    v.push(b'\n');
+    axum::body::Bytes::from(v)
 }

@@ -99,6 +99,7 @@ pub struct Removed {
         (name = "sandboxes", description = "Named sandboxes and their lifecycle"),
         (name = "engine", description = "The engine itself"),
         (name = "work", description = "What a clone workspace gives back: diff, fetch, sync; and deliver"),
+        (name = "agent", description = "Agent mode: prompts and the report journal, streamed"),
         (name = "files", description = "Files inside a running sandbox: read, write, copy"),
     ),
 )]
@@ -142,6 +143,8 @@ fn build() -> (axum::Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(super::child::deliver))
         .routes(routes!(super::child::trust))
         .routes(routes!(super::child::explain))
+        .routes(routes!(super::child::prompt))
+        .routes(routes!(super::child::reports))
         .split_for_parts();
     CommonResponses::add_to(&mut doc);
     (router, doc)
@@ -156,7 +159,8 @@ struct Document(Arc<Value>);
 #[utoipa::path(post, operation_id = "execute_action", path = "/v1/actions", tag = "engine",
     request_body = Action,
     responses(
-        (status = 200, description = "The action's result", body = ActionData),
+        (status = 200, description = "The action's result; for the streamed actions (prompt, reports), NDJSON lines as their routes answer",
+            content((ActionData = "application/json"), ([super::child::StreamLine] = "application/x-ndjson"))),
         (status = 400, description = "`bad_request`, `invalid_name` or `bad_spec`", body = ErrorBody),
         (status = 403, description = "`refused`: a path leads outside a sandbox's allowed roots", body = ErrorBody),
         (status = 404, description = "`not_found` or `no_such_path`", body = ErrorBody),
@@ -165,10 +169,14 @@ struct Document(Arc<Value>);
 async fn actions(
     State(engine): State<Shared>,
     JsonBody(body): JsonBody<Action>,
-) -> Result<Json<ActionData>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let action =
         body.ok_or_else(|| ApiError::bad_request("expected an action: {\"action\": \"list\"}"))?;
-    act(engine, action).await.map(Json)
+    if action.streams() {
+        return super::child::stream_child(engine, action).await;
+    }
+    act(engine, action).await.map(|d| Json(d).into_response())
 }
 
 /// Is the engine there?
@@ -367,7 +375,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Force {
     }
 }
 
-fn query_flag(query: Option<&str>, key: &str) -> Result<bool, ApiError> {
+pub(crate) fn query_flag(query: Option<&str>, key: &str) -> Result<bool, ApiError> {
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
         if k == key {

@@ -13,7 +13,7 @@ use crate::cmd::exec::exec_in;
 use crate::error::{CliError, CliResult};
 use airlock_engine::action::{
     Action, ActionData, ActionError, ChildAnswer, Copied, Delivered, Direction, Encoding,
-    Explanation, FileContent, Verdict, Written,
+    Explanation, FileContent, StreamEnd, Verdict, Written,
 };
 use airlock_mcp::{b64, explain, paths};
 use airlock_model::exit;
@@ -45,6 +45,7 @@ pub fn main() -> CliResult<i32> {
         .try_clone_to_owned()
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     redirect(&stderr, 1)?;
+    let mut answer = File::from(answer);
     let result = if input.len() as u64 > MAX_INPUT {
         Err(ActionError::new(
             "too_large",
@@ -53,7 +54,7 @@ pub fn main() -> CliResult<i32> {
     } else {
         serde_json::from_slice::<Action>(&input)
             .map_err(|e| ActionError::new("bad_request", format!("not an action: {e}")))
-            .and_then(carry_out)
+            .and_then(|a| carry_out(a, &mut answer))
     };
     let answer_line = match result {
         Ok(data) => ChildAnswer::Ok(Box::new(data)),
@@ -61,7 +62,7 @@ pub fn main() -> CliResult<i32> {
     };
     let mut line = serde_json::to_vec(&answer_line).unwrap_or_default();
     line.push(b'\n');
-    File::from(answer)
+    answer
         .write_all(&line)
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     Ok(0)
@@ -79,8 +80,41 @@ pub fn action_error(e: CliError) -> ActionError {
     ActionError::from_code(e.code, message, e.hint)
 }
 
-fn carry_out(action: Action) -> Result<ActionData, ActionError> {
+/// One event of a streamed action, on the answer channel: `{"event": LINE}` (the journal line
+/// as JSON; a line that is not JSON as a string).
+fn event(answer: &mut File, raw: &str) {
+    let value: serde_json::Value =
+        serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_owned()));
+    let mut line = serde_json::to_vec(&serde_json::json!({ "event": value })).unwrap_or_default();
+    line.push(b'\n');
+    let _ = answer.write_all(&line);
+}
+
+fn carry_out(action: Action, answer: &mut File) -> Result<ActionData, ActionError> {
     match action {
+        Action::Prompt { name, text, wait } => {
+            let (turn, exit) = crate::cmd::agent::prompt_with(&name, &text, wait, &mut |raw, _| {
+                event(answer, raw)
+            })
+            .map_err(action_error)?;
+            Ok(ActionData::Ended(StreamEnd {
+                turn: Some(turn),
+                exit,
+            }))
+        }
+        Action::Reports { name, follow } => {
+            crate::cmd::agent::reports_with(
+                &name,
+                follow,
+                &mut |raw, _| event(answer, raw),
+                &mut || {},
+            )
+            .map_err(action_error)?;
+            Ok(ActionData::Ended(StreamEnd {
+                turn: None,
+                exit: 0,
+            }))
+        }
         Action::FileRead {
             name,
             path,
