@@ -176,6 +176,9 @@ pub enum Action {
         #[serde(default)]
         syscall: Option<String>,
     },
+    /// Run a command in a fresh, disposable sandbox, as `airlock run` (streams:
+    /// `POST /v1/run`, its output and then its exit status).
+    Run(RunRequest),
     /// Agent mode: send the next prompt; with `wait` (default), stream the turn's journal lines
     /// until it ends (streams: `POST /v1/sandboxes/{name}/prompt`).
     Prompt {
@@ -199,10 +202,61 @@ fn yes() -> bool {
     true
 }
 
+/// What `run` runs, and the policy options it adds to the project's configuration (as `airlock
+/// run`'s flags do; unset: the configuration's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunRequest {
+    /// The project directory (absolute): its airlock.toml applies, and it appears at
+    /// /workspace.
+    #[schema(pattern = "^/", examples("/home/me/project"))]
+    pub dir: String,
+    /// The command and its arguments.
+    #[schema(min_items = 1, examples(json!(["make", "test"])))]
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The working directory inside (relative: under /workspace).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Kill the command after this many seconds (exit 124).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 86400)]
+    pub timeout_secs: Option<u64>,
+    /// `restrictive`, `moderate` or `permissive`.
+    #[serde(default)]
+    #[schema(examples("moderate"))]
+    pub profile: Option<String>,
+    /// `off` or `filtered`.
+    #[serde(default)]
+    #[schema(examples("filtered"))]
+    pub net: Option<String>,
+    /// Domains allowed in filtered mode: `DOMAIN[:PORT]`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// `overlay`, `bind` or `none`.
+    #[serde(default)]
+    #[schema(examples("overlay"))]
+    pub workspace: Option<String>,
+    /// Memory limit, e.g. `512M`.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// CPU limit in cores, e.g. `0.5`.
+    #[serde(default)]
+    pub cpus: Option<String>,
+    /// Most processes and threads.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 4194304)]
+    pub pids: Option<u64>,
+}
+
 impl Action {
     /// Streams (NDJSON, from a typed child): its events as they come, then its end.
     pub fn streams(&self) -> bool {
-        matches!(self, Action::Prompt { .. } | Action::Reports { .. })
+        matches!(
+            self,
+            Action::Prompt { .. } | Action::Reports { .. } | Action::Run(_)
+        )
     }
 
     /// Carried out in a typed child process (`airlock __action`), not by the engine itself.
@@ -519,7 +573,8 @@ pub struct StreamEnd {
     /// prompt: the turn's id.
     pub turn: Option<u64>,
     /// The CLI's exit code: for prompt 0 done, 3 blocked, 4 ended without a report (0 when it
-    /// did not wait); 0 for reports.
+    /// did not wait); 0 for reports; for run the command's (or airlock's own, README "Exit
+    /// codes").
     pub exit: i32,
 }
 
@@ -581,9 +636,9 @@ impl Engine {
             | Action::Deliver { .. }
             | Action::Trust { .. }
             | Action::Explain { .. } => return self.in_child(&action),
-            Action::Prompt { .. } | Action::Reports { .. } => {
+            Action::Prompt { .. } | Action::Reports { .. } | Action::Run(_) => {
                 return Err(EngineError::BadRequest(
-                    "prompt and reports stream: POST /v1/actions, \
+                    "run, prompt and reports stream: POST /v1/actions, POST /v1/run, \
                      POST /v1/sandboxes/{name}/prompt, GET /v1/sandboxes/{name}/reports"
                         .into(),
                 ))

@@ -566,11 +566,7 @@ fn agent(a: &Airlock, label: &str) {
     let (code, text) = http(a, "GET", "/v1/sandboxes/ag/reports", None);
     assert_eq!(code, 200, "{label}: {text}");
     let l = lines(&text);
-    assert_eq!(
-        l.last(),
-        Some(&json!({"exit": 0, "turn": null})),
-        "{label}: {text}"
-    );
+    assert_eq!(l.last(), Some(&json!({"exit": 0})), "{label}: {text}");
     assert_eq!(
         l[..l.len() - 1].to_vec(),
         lines(&cli),
@@ -672,4 +668,139 @@ fn an_api_client_prompts_an_agent_and_reads_its_reports() {
         return;
     }
     both_modes(agent);
+}
+
+fn run_route(a: &Airlock, label: &str) {
+    let _g = EngineGuard(a);
+    let p = project(a);
+    ok(a, label, &["list"]); // starts the engine
+    let dir = p.display().to_string();
+    // Output as it comes, then the exit status; the project at /workspace, copy-on-write.
+    let (code, text) = http(
+        a,
+        "POST",
+        "/v1/run",
+        Some(
+            &json!({"dir": dir, "argv": ["sh", "-c", "cat a.txt; echo oops >&2; echo changed > a.txt; exit 3"], "net": "off"}),
+        ),
+    );
+    assert_eq!(code, 200, "{label}: {text}");
+    let l = lines(&text);
+    let of = |stream: &str| -> String {
+        l.iter()
+            .filter(|e| e["stream"] == stream)
+            .filter_map(|e| e["data"].as_str())
+            .collect()
+    };
+    assert_eq!(of("stdout"), "one\n", "{label}: {text}");
+    // The command's stderr, then airlock's own note on the discarded changes.
+    assert!(
+        of("stderr").starts_with("oops\n") && of("stderr").contains("~ a.txt"),
+        "{label}: {text}"
+    );
+    assert_eq!(l.last(), Some(&json!({"exit": 3})), "{label}: {text}");
+    assert_eq!(
+        std::fs::read_to_string(p.join("a.txt")).expect("a.txt"),
+        "one\n",
+        "{label}"
+    );
+    // airlock's own codes: the timeout (124), a command not found (127).
+    let (_, text) = http(
+        a,
+        "POST",
+        "/v1/run",
+        Some(&json!({"dir": dir, "argv": ["sleep", "20"], "timeout_secs": 1})),
+    );
+    assert_eq!(
+        lines(&text).last(),
+        Some(&json!({"exit": 124})),
+        "{label}: {text}"
+    );
+    let (_, text) = http(
+        a,
+        "POST",
+        "/v1/actions",
+        Some(&json!({"action": "run", "dir": dir, "argv": ["no-such-command-x"]})),
+    );
+    assert_eq!(
+        lines(&text).last(),
+        Some(&json!({"exit": 127})),
+        "{label}: {text}"
+    );
+    // A policy the CLI refuses: the stream's error, with its exit code.
+    let (_, text) = http(
+        a,
+        "POST",
+        "/v1/run",
+        Some(&json!({"dir": dir, "argv": ["true"], "profile": "yolo"})),
+    );
+    let last = lines(&text).pop().unwrap_or_default();
+    assert_eq!(
+        (&last["error"]["kind"], &last["error"]["code"]),
+        (&"bad_request".into(), &2.into()),
+        "{label}: {text}"
+    );
+    // Refused before anything starts: out of the schema (400), or by the run (a usage error).
+    for bad in [
+        json!({"dir": dir, "argv": []}),
+        json!({"dir": "relative", "argv": ["true"]}),
+        json!({"dir": dir, "argv": ["true"], "timeout_secs": 0}),
+    ] {
+        let (code, text) = http(a, "POST", "/v1/run", Some(&bad));
+        assert_eq!(code, 400, "{label}: {bad}: {text}");
+    }
+    for bad in [
+        json!({"dir": dir, "argv": ["true"], "env": {"A=B": "x"}}),
+        json!({"dir": dir, "argv": [""]}),
+        json!({"dir": dir, "argv": ["echo", "a\0b"]}),
+    ] {
+        let (code, text) = http(a, "POST", "/v1/run", Some(&bad));
+        assert_eq!(code, 200, "{label}: {bad}: {text}");
+        let last = lines(&text).pop().unwrap_or_default();
+        assert_eq!(
+            last["error"]["kind"], "bad_request",
+            "{label}: {bad}: {text}"
+        );
+    }
+    // A client that goes away ends the run (noticed when the run next writes: the engine's
+    // HTTP/1 connections take half-closed clients, so a quiet one is noticed on its next line).
+    let marker = format!("api-run-marker-{}", common::random_hex());
+    let sock = engine_socket(a).display().to_string();
+    let body =
+        json!({"dir": dir, "argv": ["sh", "-c", format!("while :; do echo tick; sleep 0.2; done # {marker}")]}).to_string();
+    let out = common::run_with_deadline(
+        a.command_with(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "2",
+                "--unix-socket",
+                &sock,
+                "-X",
+                "POST",
+                "-d",
+                &body,
+                "http://airlock/v1/run",
+            ],
+        ),
+        None,
+        common::DEADLINE,
+    );
+    assert_eq!(out.code(), 28, "{label}: {}", out.describe());
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || {
+            common::pids_with_marker(&marker).is_empty()
+        }),
+        "{label}: the run outlived its client: {:?}",
+        common::pids_with_marker(&marker)
+    );
+}
+
+#[test]
+fn an_api_client_runs_a_command_in_a_fresh_sandbox() {
+    if !e2e("an_api_client_runs_a_command_in_a_fresh_sandbox") {
+        return;
+    }
+    both_modes(run_route);
 }

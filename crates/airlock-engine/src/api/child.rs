@@ -14,7 +14,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{act, expect_data, JsonBody, NameParam, SandboxName, Shared};
 use crate::action::{
     Access, Action, ActionData, ActionError, ChildAnswer, Copied, Delivered, Direction, Encoding,
-    Explanation, FileContent, TrustOp, TrustReport, Written,
+    Explanation, FileContent, RunRequest, TrustOp, TrustReport, Written,
 };
 
 fn required<T>(body: Option<T>, shape: &str) -> Result<T, ApiError> {
@@ -292,7 +292,11 @@ fn yes() -> bool {
 pub enum StreamLine {
     /// How it ended: the CLI's exit code (prompt: 0 done, 3 blocked, 4 ended without a
     /// report) and the turn's id (prompt).
-    End { exit: i32, turn: Option<u64> },
+    End {
+        exit: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn: Option<u64>,
+    },
     /// It failed (after the answer began: the status is already 200).
     Failed { error: ActionError },
     /// A journal line.
@@ -341,6 +345,42 @@ pub async fn reports(
     stream_child(engine, Action::Reports { name, follow }).await
 }
 
+/// Why a run request is out of its schema, if so (what the schema cannot say — variable names,
+/// NUL bytes — the run itself refuses, as a usage error in the stream).
+fn run_problem(r: &RunRequest) -> Option<String> {
+    if r.argv.is_empty() {
+        return Some("argv must name a command".into());
+    }
+    if !r.dir.starts_with('/') {
+        return Some(format!("dir must be an absolute path, not {:?}", r.dir));
+    }
+    if r.timeout_secs.is_some_and(|t| !(1..=86400).contains(&t)) {
+        return Some("timeout_secs must be 1-86400".into());
+    }
+    if r.pids.is_some_and(|p| !(1..=4194304).contains(&p)) {
+        return Some("pids must be 1-4194304".into());
+    }
+    None
+}
+
+/// Runs a command in a fresh, disposable sandbox — `airlock run`, in a child process of the
+/// engine — and streams its output and exit status as NDJSON: `{"stream": "stdout"|"stderr",
+/// "data": "..."}` lines as output comes, then `{"exit": N}` (or `{"error": ...}` when it could
+/// not start, e.g. a refused policy). A client that goes away ends it.
+#[utoipa::path(post, operation_id = "run_command", path = "/v1/run", tag = "sandboxes",
+    request_body = RunRequest,
+    responses(
+        (status = 200, description = "NDJSON: output events, then `{\"exit\": N}` (or `{\"error\": ...}`)", body = [StreamLine], content_type = "application/x-ndjson"),
+        (status = 400, description = "`bad_request`: no command, a relative `dir`, values out of range", body = ErrorBody),
+    ))]
+pub async fn run(
+    State(engine): State<Shared>,
+    JsonBody(body): JsonBody<RunRequest>,
+) -> Result<axum::response::Response, ApiError> {
+    let r = required(body, "{\"dir\": ..., \"argv\": [...]}")?;
+    stream_child(engine, Action::Run(r)).await
+}
+
 /// The `follow` query parameter.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -360,11 +400,17 @@ pub(crate) async fn stream_child(
     use axum::body::{Body, Bytes};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let name = match &action {
-        Action::Prompt { name, .. } | Action::Reports { name, .. } => name.clone(),
+        Action::Prompt { name, .. } | Action::Reports { name, .. } => Some(name.clone()),
+        Action::Run(r) => {
+            run_problem(r).map_or(Ok(()), |p| Err(ApiError::bad_request(p)))?;
+            None
+        }
         _ => return Err(ApiError::internal("internal: not a streamed action")),
     };
-    let e2 = engine.clone();
-    super::extract::blocking(move || e2.get_record(&name).map(drop)).await?;
+    if let Some(name) = name {
+        let e2 = engine.clone();
+        super::extract::blocking(move || e2.get_record(&name).map(drop)).await?;
+    }
     let Some(program) = engine.exec_program() else {
         return Err(crate::engine::EngineError::Action(ActionError::new(
             "unavailable",
@@ -441,6 +487,10 @@ pub(crate) async fn stream_child(
                 error: ActionError::new("internal", "the action's process gave no answer"),
             };
             let _ = tx.send(stream_line(&out)).await;
+        }
+        if tx.is_closed() {
+            // The client is gone: end the child rather than wait for it.
+            let _ = child.start_kill();
         }
         let _ = child.wait().await;
     });

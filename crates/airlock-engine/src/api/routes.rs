@@ -145,6 +145,7 @@ fn build() -> (axum::Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(super::child::explain))
         .routes(routes!(super::child::prompt))
         .routes(routes!(super::child::reports))
+        .routes(routes!(super::child::run))
         .split_for_parts();
     CommonResponses::add_to(&mut doc);
     (router, doc)

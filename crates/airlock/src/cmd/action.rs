@@ -20,6 +20,7 @@ use airlock_model::exit;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
 
 /// The largest action read from stdin (a 4 MiB file to write, as base64, and its framing).
 const MAX_INPUT: u64 = 8 << 20;
@@ -27,6 +28,8 @@ const MAX_INPUT: u64 = 8 << 20;
 const MAX_FILE: u64 = 4 << 20;
 
 pub fn main() -> CliResult<i32> {
+    // Nothing of it outlives its caller (the engine's streams end it by killing it).
+    let _ = airlock_sandbox::sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64);
     let mut input = Vec::new();
     std::io::stdin()
         .take(MAX_INPUT + 1)
@@ -92,6 +95,7 @@ fn event(answer: &mut File, raw: &str) {
 
 fn carry_out(action: Action, answer: &mut File) -> Result<ActionData, ActionError> {
     match action {
+        Action::Run(r) => run(r, answer).map(ActionData::Ended),
         Action::Prompt { name, text, wait } => {
             let (turn, exit) = crate::cmd::agent::prompt_with(&name, &text, wait, &mut |raw, _| {
                 event(answer, raw)
@@ -188,6 +192,198 @@ fn carry_out(action: Action, answer: &mut File) -> Result<ActionData, ActionErro
         // The engine's own: through its API (started if need be).
         other => forward(&other),
     }
+}
+
+/// `run`: carried out by a grandchild, `airlock __run` (the request as JSON on its stdin), whose
+/// stdout and stderr are the command's and become `{"event": {"stream", "data"}}` lines as
+/// they come. Not in this process: starting a sandbox forks, and this one has the pumping
+/// threads. Its error, if it has one, comes back typed through a scratch file it inherits.
+fn run(r: airlock_engine::action::RunRequest, answer: &mut File) -> Result<StreamEnd, ActionError> {
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    let internal = |e: std::io::Error| ActionError::new("internal", e.to_string());
+    let errors = scratch()?;
+    airlock_sandbox::sys::set_cloexec(errors.as_raw_fd(), false).map_err(internal)?;
+    let input = serde_json::to_vec(&RunJob {
+        request: r,
+        error_fd: errors.as_raw_fd(),
+    })
+    .map_err(|e| ActionError::new("internal", e.to_string()))?;
+    let exe = std::env::current_exe().map_err(internal)?;
+    let mut child = Command::new(exe)
+        .arg("__run")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(internal)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&input).map_err(internal)?;
+    }
+    let shared = Arc::new(Mutex::new(answer.try_clone().map_err(internal)?));
+    let mut pumps = Vec::new();
+    let readers: [(Option<Box<dyn Read + Send>>, &'static str); 2] = [
+        (
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+            "stdout",
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+            "stderr",
+        ),
+    ];
+    for (reader, stream) in readers {
+        let Some(mut reader) = reader else { continue };
+        let out = Arc::clone(&shared);
+        pumps.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let data = String::from_utf8_lossy(&buf[..n]);
+                let value = serde_json::json!({ "stream": stream, "data": data });
+                if let Ok(mut f) = out.lock() {
+                    event(&mut f, &value.to_string());
+                }
+            }
+        }));
+    }
+    let status = child.wait().map_err(internal)?;
+    for p in pumps {
+        let _ = p.join();
+    }
+    let error = slurp(errors);
+    if !error.is_empty() {
+        return Err(serde_json::from_slice(&error).unwrap_or_else(|e| {
+            ActionError::new("internal", format!("unreadable error from the run: {e}"))
+        }));
+    }
+    let exit = status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        exit::SIGNAL_BASE + status.signal().unwrap_or(0)
+    });
+    Ok(StreamEnd { turn: None, exit })
+}
+
+/// What `airlock __run` reads on its stdin.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunJob {
+    request: airlock_engine::action::RunRequest,
+    /// An inherited descriptor to write its [`ActionError`] to, if it fails itself.
+    error_fd: i32,
+}
+
+/// `airlock __run`: a run request (JSON on stdin) as `airlock run` runs it, in this process,
+/// its stdout and stderr the command's. Ends with the command's exit code; airlock's own error
+/// goes, typed, to the descriptor the request names. Dies with its parent.
+pub fn run_main() -> CliResult<i32> {
+    let _ = airlock_sandbox::sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64);
+    let mut input = Vec::new();
+    std::io::stdin()
+        .take(MAX_INPUT)
+        .read_to_end(&mut input)
+        .map_err(|e| CliError::new(exit::USAGE, e))?;
+    let job: RunJob =
+        serde_json::from_slice(&input).map_err(|e| CliError::usage(format!("not a run: {e}")))?;
+    let null = File::open("/dev/null").map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    redirect(&null.into(), 0)?;
+    match run_request(job.request) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            let code = e.code;
+            let error = serde_json::to_vec(&action_error(e)).unwrap_or_default();
+            // The scratch file the parent made for this, behind a descriptor we own.
+            let fd = job.error_fd;
+            if fd > 2 {
+                let dup = std::io::stderr()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+                airlock_sandbox::sys::dup2(fd, dup.as_raw_fd())
+                    .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+                let _ = File::from(dup).write_all(&error);
+            }
+            Ok(code)
+        }
+    }
+}
+
+fn run_request(r: airlock_engine::action::RunRequest) -> CliResult<i32> {
+    let nul = |s: &String| s.contains('\0');
+    let strings = r
+        .argv
+        .iter()
+        .chain(r.env.values())
+        .chain(&r.allow)
+        .chain([&r.dir])
+        .chain(r.workdir.iter())
+        .chain(r.profile.iter())
+        .chain(r.net.iter())
+        .chain(r.workspace.iter())
+        .chain(r.memory.iter())
+        .chain(r.cpus.iter());
+    if strings.into_iter().any(nul) {
+        return Err(CliError::usage(
+            "the request's strings cannot hold NUL bytes",
+        ));
+    }
+    if r.argv.first().is_none_or(String::is_empty) {
+        return Err(CliError::usage("argv must name a command"));
+    }
+    for k in r.env.keys() {
+        let ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(CliError::usage(format!(
+                "invalid environment variable name {k:?}: names are [A-Za-z_][A-Za-z0-9_]*"
+            )));
+        }
+    }
+    let dir = Path::new(&r.dir);
+    if !dir.is_absolute() {
+        return Err(CliError::usage(format!(
+            "dir must be an absolute path, not {:?}",
+            r.dir
+        )));
+    }
+    std::env::set_current_dir(dir)
+        .map_err(|e| CliError::usage(format!("{}: {e}", dir.display())))?;
+    let args = crate::cli::RunArgs {
+        policy: crate::cli::PolicyArgs {
+            profile: r.profile,
+            net: r.net,
+            allow: r.allow,
+            workspace: r.workspace,
+            ro: vec![],
+            rw: vec![],
+            env: r.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            env_pass: vec![],
+            secret: vec![],
+            memory: r.memory,
+            cpus: r.cpus,
+            pids: r.pids,
+            require_limits: false,
+            user: None,
+            hostname: None,
+        },
+        keep: false,
+        name: None,
+        workdir: r.workdir,
+        timeout: r.timeout_secs.map(|s| format!("{s}s")),
+        tty: false,
+        net_log: None,
+        interactive: false,
+        cmd: r.argv,
+    };
+    crate::cmd::run::run(&args, None, false)
 }
 
 fn absolute<'a>(path: &'a str, what: &str) -> Result<&'a str, ActionError> {

@@ -52,6 +52,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::AgentRunner(a) => Ok(airlock_agent::runner::main(&a.harness, a.grace_secs)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
         Command::Action => action::main(),
+        Command::RunJson => action::run_main(),
         Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => supervise::engine_serve(),
