@@ -420,14 +420,21 @@ pub struct Explanation {
 /// (the error body, its status from `kind`) and MCP. `kind` is a stable name, see [`KINDS`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
 #[error("{message}")]
+#[schema(as = ErrorBody)]
 pub struct ActionError {
+    /// A short stable name for the kind of error (`KINDS` lists them; the clone workspace's
+    /// refusals add `needs_review`, `diverged`, `through_links`, `not_clone`, `no_branch`).
+    #[schema(examples("not_found"))]
     pub kind: String,
     /// The exit code the CLI ends with for it (README, "Exit codes").
+    #[schema(examples(122))]
     pub code: i32,
     /// What went wrong, with its causes.
     #[serde(rename = "error")]
+    #[schema(examples("no sandbox named web"))]
     pub message: String,
     /// What the user can do about it.
+    #[schema(examples("airlock list shows the sandboxes"))]
     pub hint: Option<String>,
 }
 
@@ -447,6 +454,11 @@ pub const KINDS: &[(&str, i32, u16)] = {
         ("method_not_allowed", USAGE, 405),
         ("timeout", USAGE, 408),
         ("exists", ALREADY_EXISTS, 409),
+        ("needs_review", POLICY_REFUSED, 409),
+        ("through_links", POLICY_REFUSED, 409),
+        ("diverged", CONFLICT, 409),
+        ("not_clone", CONFLICT, 409),
+        ("no_branch", CONFLICT, 409),
         ("wrong_state", CONFLICT, 409),
         ("conflict", CONFLICT, 409),
         ("too_large", USAGE, 413),
@@ -496,10 +508,9 @@ impl ActionError {
         }
     }
 
-    /// The HTTP status the API answers it with (the kind's; 409 for the clone workspace's
-    /// refusals, `needs_review` and the like, which are not in [`KINDS`]).
+    /// The HTTP status the API answers it with: its kind's (500 for a kind not in [`KINDS`]).
     pub fn http_status(&self) -> u16 {
-        KINDS.iter().find(|k| k.0 == self.kind).map_or(409, |k| k.2)
+        KINDS.iter().find(|k| k.0 == self.kind).map_or(500, |k| k.2)
     }
 }
 
@@ -750,3 +761,99 @@ pub fn run_child(
 
 /// The largest answer read from a typed child (a 4 MiB file read as base64, and its framing).
 const MAX_CHILD_ANSWER: u64 = 8 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendError;
+    use airlock_model::exit;
+
+    #[test]
+    fn every_kind_has_one_code_and_one_status() {
+        let mut names: Vec<&str> = KINDS.iter().map(|k| k.0).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KINDS.len(), "a kind listed twice");
+        for (kind, code, status) in KINDS {
+            let e = ActionError::new(kind, "x");
+            assert_eq!((e.code, e.http_status()), (*code, *status), "{kind}");
+        }
+        assert_eq!(ActionError::new("no_such_kind", "x").http_status(), 500);
+        // The CLI's codes map back to kinds of that code.
+        for code in [
+            exit::USAGE,
+            exit::ALREADY_EXISTS,
+            exit::CONFLICT,
+            exit::POLICY_REFUSED,
+            exit::NOT_FOUND,
+            exit::BACKEND_UNAVAILABLE,
+            exit::SANDBOX_FAILED,
+        ] {
+            let e = ActionError::from_code(code, "x", None);
+            let row = KINDS.iter().find(|k| k.0 == e.kind).expect("a known kind");
+            assert_eq!(row.1, code, "{code} -> {}", e.kind);
+        }
+    }
+
+    /// The engine's errors answer with their kind's code and status — the table is the one
+    /// mapping; the exceptions are a backend that cannot work on this host (`backend` as 503,
+    /// code 123) and the work operations' internal failures (code 125).
+    #[test]
+    fn engine_errors_follow_the_table() {
+        use airlock_model::lifecycle::{Refused, SandboxState};
+        let io = || std::io::Error::other("x");
+        let errors = vec![
+            EngineError::InvalidName("x".into()),
+            EngineError::BadRequest("x".into()),
+            EngineError::BadSpec("x".into()),
+            EngineError::NotFound("x".into()),
+            EngineError::Exists("x".into()),
+            EngineError::Refused(Refused::Busy {
+                name: "x".into(),
+                state: SandboxState::Starting,
+            }),
+            EngineError::Conflict {
+                name: "x".into(),
+                op: "start",
+                actual: "running".into(),
+            },
+            EngineError::Backend {
+                op: "start",
+                name: "x".into(),
+                source: BackendError::Failed("x".into()),
+            },
+            EngineError::Damaged {
+                name: "x".into(),
+                dir: "/x".into(),
+                detail: "x".into(),
+            },
+            EngineError::Io {
+                what: "x",
+                path: "/x".into(),
+                source: io(),
+            },
+            EngineError::Action(ActionError::new("refused", "x")),
+        ];
+        for e in &errors {
+            let a = e.action_error();
+            assert_eq!(
+                (a.code, a.http_status()),
+                (e.exit_code(), e.http_status()),
+                "{e:?}"
+            );
+        }
+        let unavailable = EngineError::Backend {
+            op: "start",
+            name: "x".into(),
+            source: BackendError::Unavailable("x".into()),
+        };
+        assert_eq!(
+            (
+                unavailable.kind(),
+                unavailable.exit_code(),
+                unavailable.http_status()
+            ),
+            ("backend", exit::BACKEND_UNAVAILABLE, 503)
+        );
+    }
+}

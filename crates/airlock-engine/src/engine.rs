@@ -158,6 +158,28 @@ impl EngineError {
         }
     }
 
+    /// As the one error shape of actions: kind, exit code, the whole cause chain, hint (a test
+    /// holds kind, code and status to the table, [`crate::action::KINDS`]).
+    pub fn action_error(&self) -> crate::action::ActionError {
+        // The whole cause chain: "cannot start sandbox x: <backend's reason>" already holds
+        // it for backend errors; store errors keep theirs in source().
+        let mut message = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            source = cause.source();
+        }
+        crate::action::ActionError {
+            kind: self.kind().to_owned(),
+            code: self.exit_code(),
+            message,
+            hint: self.hint(),
+        }
+    }
+
     /// The HTTP status the API answers with.
     pub fn http_status(&self) -> u16 {
         match self {

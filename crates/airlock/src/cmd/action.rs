@@ -71,7 +71,8 @@ pub fn main() -> CliResult<i32> {
     Ok(0)
 }
 
-/// A CLI error as the action's error: its kind from its exit code, its whole cause chain.
+/// A CLI error as the action's error: its kind from its exit code, its whole cause chain (the
+/// reverse of `CliError::from(ActionError)`; a test holds the round trip).
 pub fn action_error(e: CliError) -> ActionError {
     let mut message = e.error.to_string();
     for cause in e.error.chain().skip(1) {
@@ -654,5 +655,33 @@ fn deliver(name: &str, branch: &str) -> Result<Delivered, ActionError> {
             format!("deliver {branch}: {}", text(&err)),
             None,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_round_trip_between_the_cli_and_actions() {
+        for code in [
+            exit::USAGE,
+            exit::NOT_FOUND,
+            exit::CONFLICT,
+            exit::POLICY_REFUSED,
+            125,
+        ] {
+            let e = CliError::new(code, anyhow::anyhow!("inner")).hint("do this");
+            let a = action_error(e);
+            assert_eq!((a.code, a.hint.as_deref()), (code, Some("do this")));
+            let back = CliError::from(a.clone());
+            assert_eq!((back.code, back.hint.as_deref()), (code, Some("do this")));
+            assert_eq!(back.error.to_string(), a.message);
+        }
+        let chained = CliError::new(
+            exit::SANDBOX_FAILED,
+            anyhow::Error::from(std::io::Error::other("cause")).context("outer"),
+        );
+        assert_eq!(action_error(chained).message, "outer: cause");
     }
 }
