@@ -136,14 +136,21 @@ fn build(ws: &Path, target_dir: &Path) -> PathBuf {
             "--locked",
         ])
         .arg("--target-dir")
-        .arg(target_dir)
-        .args([
-            "--",
-            "-C",
-            "target-feature=+crt-static",
-            "-C",
-            "strip=symbols",
-        ]);
+        .arg(target_dir);
+    // Cross builds: the helper is built for the target the binary carrying it runs on.
+    let target = std::env::var("TARGET").ok();
+    let host = std::env::var("HOST").ok();
+    let cross = target.as_deref().filter(|t| Some(*t) != host.as_deref());
+    if let Some(t) = cross {
+        cmd.args(["--target", t]);
+    }
+    cmd.args([
+        "--",
+        "-C",
+        "target-feature=+crt-static",
+        "-C",
+        "strip=symbols",
+    ]);
     let t = Instant::now();
     let st = cmd
         .status()
@@ -157,7 +164,20 @@ fn build(ws: &Path, target_dir: &Path) -> PathBuf {
         "airlock-guest: static build took {:.1}s",
         t.elapsed().as_secs_f64()
     );
-    target_dir.join("release").join("airlock-guest")
+    // Under <triple>/ when cross-building, or when a cargo config names a `build.target`.
+    let plain = target_dir.join("release").join("airlock-guest");
+    match cross {
+        Some(t) => target_dir.join(t).join("release").join("airlock-guest"),
+        None if plain.exists() => plain,
+        None => std::fs::read_dir(target_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("release").join("airlock-guest"))
+            .filter(|p| p.exists())
+            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .unwrap_or(plain),
+    }
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) {

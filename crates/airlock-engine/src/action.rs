@@ -353,6 +353,10 @@ pub struct FileContent {
     pub encoding: Encoding,
     /// The bytes read (a file), or the listing (a directory).
     pub content: String,
+    /// A directory's entries: `{name, kind, size, mode}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub entries: Option<Vec<serde_json::Value>>,
 }
 
 /// `file_write`'s answer.

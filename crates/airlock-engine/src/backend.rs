@@ -274,6 +274,7 @@ impl Backend for FakeBackend {
                 truncated: false,
                 encoding: Encoding::Utf8,
                 content: String::new(),
+                entries: None,
             }),
             Action::FileWrite { path, .. } => ActionData::Written(Written {
                 path,

@@ -637,7 +637,7 @@ async fn file_read(c: Call, v: Value) -> CallToolResult {
     if f.kind == "directory" {
         return tool_ok(
             f.content.clone(),
-            json!({ "path": f.path, "kind": "directory", "listing": f.content }),
+            json!({ "path": f.path, "kind": "directory", "listing": f.content, "entries": f.entries }),
         );
     }
     let size = f.size.unwrap_or(0);

@@ -12,6 +12,9 @@ pub mod init;
 pub mod report;
 pub mod which;
 
+/// Where the helper is inside every sandbox.
+pub const TOOL: &str = airlock_agent::GUEST_TOOL;
+
 /// `airlock-guest runner --harness JSON --grace-secs N`.
 pub fn runner_main(args: &[String]) -> i32 {
     let mut harness = None;

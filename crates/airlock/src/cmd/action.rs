@@ -15,6 +15,7 @@ use airlock_engine::action::{
     Action, ActionData, ActionError, ChildAnswer, Copied, Delivered, Direction, Encoding,
     Explanation, FileContent, StreamEnd, Verdict, Written,
 };
+use airlock_guest::fs::{Answer as FsAnswer, Code as FsCode, Request as FsRequest};
 use airlock_mcp::{b64, explain, paths};
 use airlock_model::exit;
 use std::fs::File;
@@ -360,7 +361,9 @@ fn run_request(r: airlock_engine::action::RunRequest) -> CliResult<i32> {
     let args = crate::cli::RunArgs {
         policy: crate::cli::PolicyArgs {
             profile: r.profile,
+            compatibility_mode: None,
             net: r.net,
+            no_network: false,
             allow: r.allow,
             workspace: r.workspace,
             ro: vec![],
@@ -477,20 +480,81 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim().to_string()
 }
 
-/// The inside path for a file action (lexically checked; checked again inside, on the opened
-/// descriptor, by the scripts).
+/// The inside path for a file action (lexically checked; the sandbox's helper checks the
+/// opened file again, inside).
 fn inside_path(path: &str) -> Result<String, ActionError> {
     paths::resolve(path).map_err(|e| ActionError::new("refused", e.to_string()))
 }
 
-/// The script's refusal and failure codes, as errors.
-fn script_failed(code: i32, path: &str, stderr: &[u8]) -> ActionError {
-    match code {
-        paths::ESCAPE => ActionError::new("refused", format!("refused: {}", text(stderr))),
-        // 66: the scripts' own failures; 2: the shell's, when it cannot open the path.
-        2 | 66 => ActionError::new("no_such_path", format!("{path}: {}", text(stderr))),
-        c => ActionError::from_code(c, format!("{path}: {} (exit {c})", text(stderr)), None),
+fn roots() -> Vec<std::path::PathBuf> {
+    paths::ROOTS.iter().map(std::path::PathBuf::from).collect()
+}
+
+/// `airlock-guest fs REQUEST` in the sandbox (its static helper: it resolves the path inside,
+/// with the sandbox's own credentials and view, and checks the opened file against the roots),
+/// `input` on its stdin. Its answer line and what follows it; its refusal or failure as the
+/// action's error.
+fn guest_fs(
+    name: &str,
+    path: &str,
+    req: &FsRequest,
+    input: Option<&[u8]>,
+) -> Result<(FsAnswer, Vec<u8>), ActionError> {
+    let argv = vec![
+        airlock_guest::TOOL.into(),
+        "fs".into(),
+        serde_json::to_string(req).map_err(|e| ActionError::new("internal", e.to_string()))?,
+    ];
+    let interactive = input.is_some();
+    let (code, out, err) = captured(input.unwrap_or_default(), || {
+        exec_in(name, argv, &[], None, false, interactive, false)
+    })?;
+    let code = code.map_err(action_error)?;
+    let answer = out
+        .iter()
+        .position(|b| *b == b'\n')
+        .and_then(|nl| Some((serde_json::from_slice::<FsAnswer>(&out[..nl]).ok()?, nl)));
+    let Some((a, nl)) = answer else {
+        return Err(ActionError::from_code(
+            if code == 0 {
+                exit::SANDBOX_FAILED
+            } else {
+                code
+            },
+            format!(
+                "{path}: no answer from the sandbox's helper: {}",
+                text(&err)
+            ),
+            None,
+        ));
+    };
+    if !a.ok {
+        let msg = a.message.clone().unwrap_or_default();
+        return Err(match a.code {
+            Some(FsCode::Escape) => ActionError::new("refused", format!("refused: {msg}")),
+            Some(FsCode::NotFound) => ActionError::new("no_such_path", format!("{path}: {msg}")),
+            Some(FsCode::Invalid) => ActionError::new("bad_request", format!("{path}: {msg}")),
+            _ => ActionError::new("failed", format!("{path}: {msg}")),
+        });
     }
+    Ok((a, out[nl + 1..].to_vec()))
+}
+
+/// A directory listing for people: kind, mode, size, name.
+fn listing(entries: &[airlock_guest::fs::DirEntry]) -> String {
+    use airlock_guest::fs::Kind;
+    entries
+        .iter()
+        .map(|e| {
+            let k = match e.kind {
+                Kind::Dir => 'd',
+                Kind::File => '-',
+                Kind::Symlink => 'l',
+                Kind::Other => '?',
+            };
+            format!("{k} {:04o} {:>12} {}\n", e.mode, e.size, e.name)
+        })
+        .collect()
 }
 
 fn file_read(
@@ -509,47 +573,36 @@ fn file_read(
             format!("max_bytes {max} is out of range (1-{MAX_FILE})"),
         ));
     }
-    let argv = vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        paths::read_script(),
-        "sh".into(),
-        path.clone(),
-        offset.to_string(),
-        max.to_string(),
-    ];
-    let (code, out, err) = captured(b"", || exec_in(name, argv, &[], None, false, false, false))?;
-    let code = code.map_err(action_error)?;
-    if code != 0 {
-        return Err(script_failed(code, &path, &err));
-    }
-    let unreadable =
-        || ActionError::new("internal", format!("{path}: unreadable answer from inside"));
-    let nl = out
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or_else(unreadable)?;
-    let header = String::from_utf8_lossy(&out[..nl]).to_string();
-    let body = &out[nl + 1..];
-    if header == "airlock-dir" {
+    let req = FsRequest::Read {
+        path: path.clone().into(),
+        offset,
+        max: Some(max),
+        roots: roots(),
+    };
+    let (answer, body) = guest_fs(name, &path, &req, None)?;
+    if let Some(entries) = &answer.entries {
+        let listing = listing(entries);
         return Ok(FileContent {
             path,
             kind: "directory".into(),
             size: None,
             offset: 0,
-            returned_bytes: body.len() as u64,
+            returned_bytes: listing.len() as u64,
             truncated: false,
             encoding: Encoding::Utf8,
-            content: String::from_utf8_lossy(body).into_owned(),
+            content: listing,
+            entries: Some(
+                entries
+                    .iter()
+                    .filter_map(|e| serde_json::to_value(e).ok())
+                    .collect(),
+            ),
         });
     }
-    let size = header
-        .strip_prefix("airlock-file ")
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or_else(unreadable)?;
-    let (content, encoding) = match std::str::from_utf8(body) {
+    let size = answer.size.unwrap_or(0);
+    let (content, encoding) = match std::str::from_utf8(&body) {
         Ok(s) => (s.to_string(), Encoding::Utf8),
-        Err(_) => (b64::encode(body), Encoding::Base64),
+        Err(_) => (b64::encode(&body), Encoding::Base64),
     };
     Ok(FileContent {
         path,
@@ -560,6 +613,7 @@ fn file_read(
         truncated: offset + (body.len() as u64) < size,
         encoding,
         content,
+        entries: None,
     })
 }
 
@@ -585,25 +639,17 @@ fn file_write(
             format!("content is {} bytes; at most {MAX_FILE}", data.len()),
         ));
     }
-    let flag = |b: bool| if b { "1" } else { "0" }.to_string();
-    let argv = vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        paths::write_script(),
-        "sh".into(),
-        path.clone(),
-        flag(append),
-        flag(create_dirs),
-    ];
-    let (code, out, err) = captured(&data, || exec_in(name, argv, &[], None, false, true, false))?;
-    let code = code.map_err(action_error)?;
-    if code != 0 {
-        return Err(script_failed(code, &path, &err));
-    }
+    let req = FsRequest::Write {
+        path: path.clone().into(),
+        append,
+        mkdirs: create_dirs,
+        roots: roots(),
+    };
+    let (answer, _) = guest_fs(name, &path, &req, Some(&data))?;
     Ok(Written {
         path,
         written_bytes: data.len() as u64,
-        size: text(&out).parse().ok(),
+        size: answer.size,
     })
 }
 

@@ -440,6 +440,26 @@ fn write(
 ) -> Result<Answer, FsError> {
     let (parent, name) = split(path)?;
     if mkdirs {
+        if !roots.is_empty() {
+            // Nothing is made outside the roots: the nearest existing ancestor, resolved, with
+            // the rest of the path below it, must already be beneath one.
+            let existing = parent
+                .ancestors()
+                .find(|a| std::fs::metadata(a).is_ok_and(|m| m.is_dir()))
+                .unwrap_or(Path::new("/"));
+            let rest = parent.strip_prefix(existing).unwrap_or(Path::new(""));
+            let would_be = real_path(&open_dir(existing)?)?.join(rest).join(name);
+            if !roots.iter().any(|r| beneath(&would_be, r)) {
+                return Err(FsError::new(
+                    Code::Escape,
+                    format!(
+                        "{} resolves to {}, outside the allowed roots",
+                        path.display(),
+                        would_be.display()
+                    ),
+                ));
+            }
+        }
         std::fs::create_dir_all(parent)
             .map_err(|e| FsError::new(Code::Io, format!("{}: {e}", parent.display())))?;
     }

@@ -364,6 +364,16 @@ fn read_and_write_keep_to_their_roots() {
     );
     assert_eq!(r.expect_err("parent outside").code, Code::Escape);
     assert!(!outside.join("new").exists());
+    // With `mkdirs`, nothing is created outside the roots before the refusal either.
+    let (r, _) = run(
+        serde_json::json!({"op":"write","path":root.join("to-outside/made/deeper/f"),"mkdirs":true,"roots":roots}),
+        b"pwned",
+    );
+    assert_eq!(r.expect_err("mkdirs outside").code, Code::Escape);
+    assert!(
+        !outside.join("made").exists(),
+        "a directory was made outside the roots"
+    );
     assert_eq!(
         std::fs::read(outside.join("secret")).expect("read"),
         b"s3cr3t"
@@ -426,5 +436,85 @@ fn requests_are_typed() {
             max: Some(5),
             roots: vec![]
         }
+    );
+}
+
+/// The wire shapes of contract version 1, whole: a change here is a protocol change (bump
+/// `FS_VERSION` and keep the host able to speak to helpers of running sandboxes).
+#[test]
+fn the_version_1_wire_shapes() {
+    assert_eq!(FS_VERSION, 1);
+    let req = |r: Request| serde_json::to_string(&r).expect("json");
+    assert_eq!(
+        req(Request::Stat { path: "/a".into() }),
+        r#"{"op":"stat","path":"/a"}"#
+    );
+    assert_eq!(
+        req(Request::Read {
+            path: "/a".into(),
+            offset: 2,
+            max: Some(3),
+            roots: vec!["/tmp".into()]
+        }),
+        r#"{"op":"read","path":"/a","offset":2,"max":3,"roots":["/tmp"]}"#
+    );
+    assert_eq!(
+        req(Request::Write {
+            path: "/a".into(),
+            append: true,
+            mkdirs: false,
+            roots: vec![]
+        }),
+        r#"{"op":"write","path":"/a","append":true,"mkdirs":false}"#
+    );
+    assert_eq!(
+        req(Request::Pack { path: "/a".into() }),
+        r#"{"op":"pack","path":"/a"}"#
+    );
+    assert_eq!(
+        req(Request::Unpack {
+            path: "/a".into(),
+            name: Some("b".into())
+        }),
+        r#"{"op":"unpack","path":"/a","name":"b"}"#
+    );
+    let rec = |r: Record| serde_json::to_string(&r).expect("json");
+    assert_eq!(rec(dir("")), r#"{"kind":"dir","path":"","mode":493}"#);
+    assert_eq!(
+        rec(Record::File {
+            path: "a/b".into(),
+            mode: 0o644,
+            size: 5,
+            mtime: Some(7)
+        }),
+        r#"{"kind":"file","path":"a/b","mode":420,"size":5,"mtime":7}"#
+    );
+    assert_eq!(
+        rec(Record::Symlink {
+            path: "l".into(),
+            target: "../x".into()
+        }),
+        r#"{"kind":"symlink","path":"l","target":"../x"}"#
+    );
+    assert_eq!(
+        rec(end()),
+        r#"{"kind":"end","entries":0,"bytes":0,"skipped":0}"#
+    );
+    assert_eq!(
+        rec(Record::Error {
+            code: Code::NotFound,
+            message: "m".into()
+        }),
+        r#"{"kind":"error","code":"not_found","message":"m"}"#
+    );
+    let failed = Answer {
+        ok: false,
+        code: Some(Code::Escape),
+        message: Some("m".into()),
+        ..Answer::default()
+    };
+    assert_eq!(
+        serde_json::to_string(&failed).expect("json"),
+        r#"{"ok":false,"code":"escape","message":"m"}"#
     );
 }
