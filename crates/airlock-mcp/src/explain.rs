@@ -79,7 +79,7 @@ fn explain(a: &ExplainArgs, flags: Vec<String>, builder: &super::SpecBuilder) ->
         text,
         json!({
             "policy": {
-                "source": origin, "profile": spec.profile.to_string(),
+                "source": origin, "image": spec.rootfs.label(), "profile": spec.profile.to_string(),
                 "network": spec.net.to_string(), "domains": spec.domains,
                 "ports": spec.ports, "workspace": spec.workspace.to_string(),
             },
@@ -111,7 +111,18 @@ pub fn verdicts(spec: &RunSpec, subjects: &Subjects) -> Vec<Verdict> {
         } else {
             Access::Read
         };
-        let facts = airlock_sandbox::container::host_facts(&spec.project_dir, &Layout::None);
+        let mut facts = airlock_sandbox::container::host_facts(&spec.project_dir, &Layout::None);
+        facts.offer = airlock_sandbox::isolation::offer();
+        // An image root: which paths are writable does not depend on the image's files, so
+        // the plan is explained without opening the store (it is never executed).
+        if let airlock_model::spec::RootFs::Image { .. } = &spec.rootfs {
+            facts.image = Some(Box::new(plan::ImageRoot {
+                reference: spec.rootfs.label(),
+                layers: Vec::new(),
+                passwd: None,
+                group: None,
+            }));
+        }
         match plan::plan(spec, &facts) {
             Ok(plan::Plan::Container(plan)) => verdicts.push(path(&plan, p, access)),
             Err(r) => verdicts.push(Verdict {
@@ -128,10 +139,11 @@ pub fn verdicts(spec: &RunSpec, subjects: &Subjects) -> Vec<Verdict> {
     verdicts
 }
 
-/// The policy in one line: profile, network (and its domains), workspace.
+/// The policy in one line: image, profile, network (and its domains), workspace.
 pub fn policy_line(spec: &RunSpec) -> String {
     format!(
-        "profile {}, network {}{}, workspace {}",
+        "image {}, profile {}, network {}{}, workspace {}",
+        spec.rootfs.label(),
         spec.profile,
         spec.net,
         if spec.net == NetMode::Filtered {
@@ -284,7 +296,12 @@ fn step_target(s: &MountStep) -> Option<(PathBuf, &'static str, bool)> {
         MountStep::Sysfs { target } => (target.clone(), "a read-only /sys", true),
         MountStep::Devpts { target } => (target.clone(), "the sandbox's own devpts", false),
         MountStep::Protect { target } => (target.clone(), "protected", true),
-        MountStep::Pin { .. } => return None,
+        MountStep::ImageRoot { .. } => (
+            PathBuf::from("/"),
+            "the image's files (read-only overlay of its layers)",
+            true,
+        ),
+        MountStep::Pin { .. } | MountStep::ImageLayer { .. } => return None,
         MountStep::RootReadOnly => return None,
     })
 }
@@ -445,6 +462,21 @@ fn path(plan: &LaunchPlan, raw: &str, access: Access) -> Verdict {
             );
         }
     }
+    if let MountStep::ImageRoot { .. } = step {
+        return verdict(
+            access == Access::Read,
+            format!(
+                "{} is among the image's files (read-only overlay of its layers): readable if the \
+                 image has it, never writable; the host's {} is not visible",
+                p.display(),
+                p.display()
+            ),
+            Some(format!(
+                "write under /tmp, $HOME or /workspace instead, or mount a host directory: `--rw HOST:{}`",
+                p.display()
+            )),
+        );
+    }
     if target == Path::new("/") {
         return verdict(
             false,
@@ -559,6 +591,31 @@ mod tests {
         let facts = airlock_sandbox::container::host_facts(Path::new("/tmp"), &Layout::None);
         let plan::Plan::Container(plan) = plan::plan(&spec, &facts).expect("plan");
         plan
+    }
+
+    #[test]
+    fn an_image_sandbox_is_explained_with_its_image_and_a_read_only_root() {
+        let mut spec: RunSpec = serde_json::from_value(json!({
+            "name": "box", "hostname": "box", "profile": "moderate", "net": "off",
+            "domains": [], "ports": [], "workspace": "overlay",
+            "project_dir": "/tmp", "binds": [], "env": [["PATH", "/usr/bin:/bin"]],
+            "workdir": null,
+            "resources": {"memory": null, "cpus": null, "pids": null, "disk": null},
+            "require_limits": false, "user": "agent", "timeout": null,
+            "stdio": {"inherit": {"forward_stdin": true}}, "argv": ["true"]
+        }))
+        .expect("spec");
+        spec.rootfs = airlock_model::spec::RootFs::from_config("docker.io/library/busybox:1");
+        let a: ExplainArgs =
+            serde_json::from_value(json!({"path": "/usr/bin/x", "access": "write"})).expect("args");
+        let builder: super::super::SpecBuilder = std::sync::Arc::new(move |_| Ok(spec.clone()));
+        let r = explain(&a, vec![], &builder);
+        let text = format!("{:?}", r.content);
+        assert!(text.contains("image docker.io/library/busybox:1"), "{text}");
+        assert!(
+            text.contains("DENIED") && text.contains("the image's files"),
+            "{text}"
+        );
     }
 
     fn read(plan: &LaunchPlan, p: &str) -> Verdict {

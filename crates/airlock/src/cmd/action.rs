@@ -362,6 +362,7 @@ fn run_request(r: airlock_engine::action::RunRequest) -> CliResult<i32> {
         policy: crate::cli::PolicyArgs {
             profile: r.profile,
             compatibility_mode: None,
+            image: None,
             net: r.net,
             no_network: false,
             allow: r.allow,
