@@ -100,6 +100,12 @@ pub enum Command {
     /// Internal: supervise a persistent sandbox whose folder is DIR until it is stopped (SIGTERM).
     #[command(name = "__supervise", hide = true)]
     Supervise(Box<SuperviseArgs>),
+    /// Internal: carry out one action (JSON on stdin), answer one JSON line on stdout.
+    #[command(name = "__action", hide = true)]
+    Action,
+    /// Internal: `run` a request given as JSON on stdin (the typed child's `run`).
+    #[command(name = "__run", hide = true)]
+    RunJson,
     /// Internal: run a command in the running persistent sandbox whose folder is DIR.
     #[command(name = "__exec", hide = true)]
     ExecDir(ExecDirArgs),

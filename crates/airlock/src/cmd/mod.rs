@@ -1,5 +1,6 @@
 //! Command implementations, one module per subcommand.
 
+mod action;
 mod agent;
 mod config;
 mod cp;
@@ -52,6 +53,8 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Reports(a) => agent::reports(&a),
         Command::Attach(a) => agent::attach(&a),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
+        Command::Action => action::main(),
+        Command::RunJson => action::run_main(),
         Command::Mount(a) => mounts::mount(&a),
         Command::Unmount(a) => mounts::unmount(&a),
         // `airlock mcp server` is `airlock mcp` (the spelling other tools use).
