@@ -25,6 +25,8 @@ use airlock_work::ops::{DiffSummary, FetchReport, SyncOptions, SyncReport};
 pub const MAX_GRACE_MS: u64 = 1_000_000_000_000;
 
 /// An operation of the engine, as data. Tagged by `action`.
+// One value per request, parsed and moved once: a boxed `Run` would save bytes nobody copies.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
@@ -238,6 +240,14 @@ pub struct RunRequest {
     #[serde(default)]
     #[schema(examples("overlay"))]
     pub workspace: Option<String>,
+    /// The root filesystem: `host` (the default), an OCI image reference, or `auto`.
+    #[serde(default)]
+    #[schema(examples("host"))]
+    pub image: Option<String>,
+    /// The isolation backend: `container` (the default) or `microvm`.
+    #[serde(default)]
+    #[schema(examples("container"))]
+    pub backend: Option<String>,
     /// Memory limit, e.g. `512M`.
     #[serde(default)]
     pub memory: Option<String>,

@@ -362,7 +362,8 @@ fn run_request(r: airlock_engine::action::RunRequest) -> CliResult<i32> {
         policy: crate::cli::PolicyArgs {
             profile: r.profile,
             compatibility_mode: None,
-            image: None,
+            backend: r.backend,
+            image: r.image,
             net: r.net,
             no_network: false,
             allow: r.allow,
