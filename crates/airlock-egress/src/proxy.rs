@@ -469,6 +469,36 @@ fn decide(ctx: &Ctx, note: &Note, name: &str, port: u16) -> Result<String, (Stri
     Err((reason, fix))
 }
 
+/// How much of a plain-HTTP body is read (and scanned for placeholders) before it is sent.
+const PLAIN_BODY_SEEN: usize = 64 * 1024;
+
+/// Read more of the request's body into `buf`, until it is complete, PLAIN_BODY_SEEN bytes
+/// are there, or the inspection time is over.
+fn read_body_start(conn: &mut TcpStream, buf: &mut Vec<u8>, req: &Request, ctx: &Ctx) {
+    let deadline = Instant::now() + ctx.inspect_timeout;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut framer = BodyFramer::new(req.body);
+        let rest = &buf[req.head_len..];
+        match framer.feed(rest) {
+            Ok(_) if framer.done() => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if rest.len() >= PLAIN_BODY_SEEN || left.is_zero() {
+            return;
+        }
+        let _ = conn.set_read_timeout(Some(left));
+        match conn.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Send one plain-HTTP request to its host and relay the response. `port` is where it goes;
 /// `expect` (inside a CONNECT tunnel) is the host the tunnel was opened for. `upstream`, if
 /// given, is the already open connection (CONNECT).
@@ -499,8 +529,15 @@ fn forward_http(
     };
     note.host = Some(raw_host.clone());
     // No secret goes anywhere in clear text: a placeholder in plain HTTP is a leak attempt.
+    // The body's start (up to PLAIN_BODY_SEEN bytes) is read before deciding.
+    let mut owned;
+    let mut buf = buf;
+    let mut conn = conn;
     if let Some(icpt) = &ctx.intercept {
         let secrets = icpt.secrets();
+        owned = buf.to_vec();
+        read_body_start(&mut conn, &mut owned, &req, ctx);
+        buf = &owned;
         let rest = &buf[req.head_len..];
         let leak = secrets
             .check_plain(&req)

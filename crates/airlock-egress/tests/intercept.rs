@@ -435,3 +435,38 @@ fn connect_tunnels_to_a_bound_host_are_intercepted_too() {
     let req = String::from_utf8(got.recv_timeout(T).unwrap()).unwrap();
     assert!(req.contains(&format!("x-api-key: {KEY}\r\n")), "{req}");
 }
+
+#[test]
+fn a_placeholder_in_a_plain_body_sent_after_the_head_is_blocked() {
+    let (port, got) = http_server();
+    let s = setup(None, &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let mut c = dial(at);
+    let body = format!("k={}", s.placeholder);
+    write!(
+        c,
+        "POST /x HTTP/1.1\r\nHost: plain.test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.flush().unwrap();
+    thread::sleep(Duration::from_millis(200));
+    c.write_all(body.as_bytes()).unwrap();
+    let answer = String::from_utf8(read_all(&mut c)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+    assert!(got.recv_timeout(Duration::from_millis(300)).is_err());
+    // Without a placeholder the same request goes through.
+    let mut c = dial(at);
+    write!(
+        c,
+        "POST /x HTTP/1.1\r\nHost: plain.test\r\nContent-Length: 3\r\n\r\n"
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    c.write_all(b"k=v").unwrap();
+    let answer = String::from_utf8(read_all(&mut c)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(String::from_utf8(got.recv_timeout(T).unwrap())
+        .unwrap()
+        .ends_with("k=v"));
+}

@@ -13,6 +13,7 @@ pub(crate) mod named;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod sandbox;
+pub(crate) mod secrets;
 mod supervise;
 pub(crate) mod trust;
 mod wayback;
