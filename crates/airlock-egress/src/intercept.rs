@@ -374,7 +374,8 @@ fn exchange(
         None => match crate::proxy::connect_upstream(ctx, name, at.port) {
             Ok(u) => u,
             Err(reason) => {
-                at.record(ctx, Verdict::Deny, &reason, None, &[]);
+                // Allowed, but the network failed (as for connections not intercepted).
+                at.record(ctx, Verdict::Allow, &reason, None, &[]);
                 return answer(client, "502 Bad Gateway", &format!("airlock: {reason}\n"));
             }
         },

@@ -37,7 +37,7 @@ pub struct ChildArgs<'a> {
     pub envp: Vec<CString>,
     /// Written to /run/secrets/NAME (0400, the sandbox user's) before privileges are dropped.
     pub secrets: &'a [(String, String)],
-    /// Injected secrets: the CA bundle to write at [`CA_BUNDLE`] (the system's roots plus the
+    /// Injected secrets: the CA bundle to write at [`airlock_model::plan::CA_BUNDLE`] (the system's roots plus the
     /// sandbox's interception CA).
     pub ca_bundle: Option<&'a [u8]>,
     /// Descriptors of the parent that must not survive in the child.
@@ -94,7 +94,11 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
     };
     tryc!(ef, write_secrets(plan, a.secrets), "write /run/secrets");
     if let Some(b) = a.ca_bundle {
-        tryc!(ef, write_ca_bundle(b), format!("write {CA_BUNDLE}"));
+        tryc!(
+            ef,
+            write_ca_bundle(b),
+            format!("write {}", airlock_model::plan::CA_BUNDLE)
+        );
     }
     tryc!(ef, nix::unistd::sethostname(&plan.hostname), "sethostname");
     tryc!(ef, sys::loopback_up(), "bring up loopback");
@@ -484,26 +488,10 @@ fn others_alive() -> bool {
         .unwrap_or(false)
 }
 
-/// Where a sandbox with injected secrets finds the CA bundle that trusts its interception CA
-/// (`SSL_CERT_FILE` and the other variables in [`CA_BUNDLE_VARS`] point here).
-pub const CA_BUNDLE: &str = "/run/airlock-tls/ca-bundle.pem";
-
-/// The variables TLS clients read a CA bundle from: OpenSSL (and what builds on it: curl,
-/// Python's ssl, Ruby, git), Node, requests, curl, git.
-pub const CA_BUNDLE_VARS: &[&str] = &[
-    "SSL_CERT_FILE",
-    "NODE_EXTRA_CA_CERTS",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "AWS_CA_BUNDLE",
-    "DENO_CERT",
-];
-
 /// The CA bundle on the sandbox's /run tmpfs: root's (inside), readable by everyone.
 fn write_ca_bundle(bundle: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let path = Path::new(CA_BUNDLE);
+    let path = Path::new(airlock_model::plan::CA_BUNDLE);
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new().mode(0o555).create(dir)?;
     }

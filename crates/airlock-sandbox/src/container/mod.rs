@@ -488,21 +488,14 @@ fn run_in(
     let filters = seccomp::programs()?;
     let argv = cstrings(plan.argv.iter().cloned())?;
     // Injected secrets: the sandbox trusts its interception CA through a bundle of the
-    // system's roots and it, named by the variables TLS clients read.
+    // system's roots and it (the plan's environment names it: plan::CA_BUNDLE_VARS).
     let ca_bundle = opts.intercept.as_ref().map(|i| ca_bundle(i.ca_pem()));
-    let ca_vars: Vec<(String, String)> = match &ca_bundle {
-        Some(_) => child::CA_BUNDLE_VARS
-            .iter()
-            .map(|v| (v.to_string(), child::CA_BUNDLE.to_string()))
-            .collect(),
-        None => Vec::new(),
-    };
-    let env = plan.env.iter().filter(|(k, _)| {
-        !opts.secrets.iter().any(|(n, _)| n == k) && !ca_vars.iter().any(|(n, _)| n == k)
-    });
+    let env = plan
+        .env
+        .iter()
+        .filter(|(k, _)| !opts.secrets.iter().any(|(n, _)| n == k));
     let envp = cstrings(
         env.chain(opts.secrets.iter())
-            .chain(ca_vars.iter())
             .map(|(k, v)| format!("{k}={v}")),
     )?;
     let pipe =

@@ -226,6 +226,13 @@ pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool)
         if built.spec.ports.is_empty() {
             built.spec.ports.push(443);
         }
+        // Its API key is injected, not handed over (unless the user said how).
+        for (name, secret) in built.spec.secrets.iter_mut() {
+            if secret.inject.is_none() && built.spec.net == airlock_model::policy::NetMode::Filtered
+            {
+                secret.inject = airlock_model::agent::adapter::default_inject(h, name);
+            }
+        }
     }
     let rec = create_record(&client()?, &a.name, &built)?;
     outln!("{}", rec.name);
