@@ -88,7 +88,9 @@ fn the_bound_host_gets_the_value_the_sandbox_never_does() {
          echo \"bundle=$SSL_CERT_FILE $NODE_EXTRA_CA_CERTS\"; \
          {CURL} -H \"x-api-key: $KEY\" https://api.test/v1/models; \
          {CURL} -X POST -H \"x-api-key: $KEY\" -H 'content-type: application/json' -d '{{\"model\":\"m\"}}' https://api.test/v1/messages/count_tokens; echo; \
-         {CURL} -H \"Authorization: Bearer $GH\" https://gh.test/user"
+         {CURL} -H \"Authorization: Bearer $GH\" https://gh.test/user; \
+         {CURL} --noproxy '*' -H \"x-api-key: $KEY\" https://api.test/transparent; \
+         {CURL} --noproxy '*' --resolve api.test:443:203.0.113.9 -H \"x-api-key: $KEY\" https://api.test/forced"
     );
     let (out, journal, text) = run(&a, &inet, &script);
     assert_eq!(out.code(), 0, "{}", out.describe());
@@ -104,6 +106,12 @@ fn the_bound_host_gets_the_value_the_sandbox_never_does() {
     assert_eq!(lines[4], "hello from api.test /v1/models");
     assert_eq!(lines[5], "{\"input_tokens\": 10}");
     assert_eq!(lines[6], "hello from gh.test /user");
+    // Without the proxy variables (the transparent path), and with a forced address (the host
+    // side resolves the name itself: the key cannot be steered to another server).
+    assert_eq!(lines[7], "hello from api.test /transparent");
+    assert_eq!(lines[8], "hello from api.test /forced");
+    assert_eq!(received(&inet, "/transparent")[0]["x-api-key"], REAL);
+    assert_eq!(received(&inet, "/forced")[0]["x-api-key"], REAL);
     assert!(!out.stdout.contains(REAL) && !out.stderr.contains(REAL));
     // The server got the real value, in the configured header.
     let got = received(&inet, "/v1/models");
@@ -122,7 +130,7 @@ fn the_bound_host_gets_the_value_the_sandbox_never_does() {
         .iter()
         .filter(|e| e["injected"].is_array())
         .collect();
-    assert_eq!(inj.len(), 3, "{text}");
+    assert_eq!(inj.len(), 5, "{text}");
     assert_eq!(
         inj[0]["injected"],
         serde_json::json!([{"secret": "KEY", "at": "header x-api-key"}])
