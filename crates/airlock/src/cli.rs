@@ -46,6 +46,9 @@ pub enum Command {
     Up(Box<UpArgs>),
     /// A sandbox's supervisor log (--net: its network audit journal).
     Logs(LogsArgs),
+    /// A sandbox's audit journal (all sandboxes without NAME): egress decisions and secret
+    /// injections, lifecycle, review-gate outcomes and accepts, oldest first.
+    Audit(AuditArgs),
     /// Stop a running sandbox (SIGTERM to everything inside, SIGKILL after the grace period).
     Stop(StopArgs),
     /// Remove a sandbox and everything it kept.
@@ -440,6 +443,17 @@ pub struct LogsArgs {
     /// The network audit journal (JSON lines) instead of the supervisor log.
     #[arg(long)]
     pub net: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    pub name: Option<String>,
+    /// Keep printing new events.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -237,3 +237,111 @@ fn injection_needs_the_filtered_network_and_an_allowed_host() {
     );
     assert!(!out.stderr.contains(REAL));
 }
+
+/// A named sandbox: the secret's source and binding are recorded, never its value; each start
+/// gets a new placeholder; `airlock audit` shows lifecycle, egress and injections in one
+/// journal (`--json` and human).
+#[test]
+fn named_sandboxes_inject_and_audit_it() {
+    if !e2e("named_sandboxes_inject_and_audit_it") {
+        return;
+    }
+    let inet = Internet::start(&["api.test"], &[]);
+    let a = Airlock::root();
+    let ca = inet.cert().display().to_string();
+    let env = [
+        ("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str()),
+        ("AIRLOCK_UPSTREAM_CA", ca.as_str()),
+        ("HOST_KEY", REAL),
+    ];
+    let run = |args: &[&str]| a.run_with_env(&env, args);
+    let out = run(&[
+        "create",
+        "injbox",
+        "--workspace",
+        "none",
+        "--allow",
+        "api.test",
+        "--secret",
+        "KEY=env:HOST_KEY;hosts=api.test;header=x-api-key",
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let dir = a.state_dir().join("sandboxes").join("injbox");
+    let spec = std::fs::read_to_string(dir.join("spec.json")).unwrap();
+    assert!(
+        spec.contains("\"inject\"") && !spec.contains(REAL),
+        "{spec}"
+    );
+    let mut placeholders = Vec::new();
+    for round in 0..2 {
+        assert_eq!(run(&["start", "injbox"]).code(), 0, "round {round}");
+        let out = run(&[
+            "exec",
+            "injbox",
+            "--secrets",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo $KEY; {CURL} -H \"x-api-key: $KEY\" https://api.test/named{round}"),
+        ]);
+        assert_eq!(out.code(), 0, "{}", out.describe());
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert!(
+            lines[0].starts_with("airlock-placeholder-"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(lines[1], format!("hello from api.test /named{round}"));
+        assert_eq!(
+            received(&inet, &format!("/named{round}"))[0]["x-api-key"],
+            REAL
+        );
+        placeholders.push(lines[0].to_string());
+        assert_eq!(run(&["stop", "injbox"]).code(), 0);
+    }
+    assert_ne!(
+        placeholders[0], placeholders[1],
+        "a new placeholder at each start"
+    );
+    let out = run(&["audit", "injbox", "--json"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect();
+    let cat = |c: &str| events.iter().filter(|e| e["category"] == c).count();
+    assert!(cat("lifecycle") >= 6, "{}", out.stdout);
+    let injected: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["category"] == "egress" && e["injected"].is_array())
+        .collect();
+    assert_eq!(injected.len(), 2, "{}", out.stdout);
+    let times: Vec<&str> = events.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "oldest first");
+    assert!(!out.stdout.contains(REAL));
+    let human = run(&["audit", "injbox"]);
+    assert!(
+        human
+            .stdout
+            .contains("allow connect api.test:443 — injected KEY (header x-api-key)"),
+        "{}",
+        human.describe()
+    );
+    assert!(
+        human.stdout.contains("starting -> running"),
+        "{}",
+        human.stdout
+    );
+    // Without a name: every sandbox, each line naming its sandbox.
+    let all = run(&["audit"]);
+    assert!(
+        all.stdout.lines().all(|l| l.starts_with("injbox  ")),
+        "{}",
+        all.stdout
+    );
+    assert_eq!(run(&["rm", "--force", "injbox"]).code(), 0);
+    common::stop_engines_of(&a);
+}

@@ -8,7 +8,7 @@ use crate::error::{CliError, CliResult};
 use airlock_engine::client::Client;
 use airlock_engine::supervisor as backend;
 use airlock_model::exit;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
     let name = match a.name.clone() {
@@ -121,6 +121,70 @@ fn refuse_changes(
     .hint(format!(
         "`airlock up {name} --fresh` with these options recreates it (its state is discarded: fetch or sync its work first); or drop them to start it as it is"
     )))
+}
+
+/// `airlock audit [NAME] [--follow] [--json]`: the merged journal of one sandbox, or of all.
+pub fn audit(a: &crate::cli::AuditArgs) -> CliResult<i32> {
+    use std::io::Write;
+    let dirs: Vec<(String, PathBuf)> = match &a.name {
+        Some(n) => vec![(n.clone(), existing_dir(n)?)],
+        None => {
+            let root = sandbox_dir("x")
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(&root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let mut events: Vec<serde_json::Value> = Vec::new();
+        for (name, dir) in &dirs {
+            for mut e in airlock_engine::audit::read(dir) {
+                if a.name.is_none() {
+                    e["sandbox"] = name.clone().into();
+                }
+                events.push(e);
+            }
+        }
+        events.sort_by(|x, y| {
+            let t = |v: &serde_json::Value| v["time"].as_str().unwrap_or_default().to_string();
+            t(x).cmp(&t(y))
+        });
+        let mut out = std::io::stdout().lock();
+        for e in events {
+            let line = e.to_string();
+            if !seen.insert(line.clone()) {
+                continue;
+            }
+            let text = if a.json {
+                line
+            } else if a.name.is_none() {
+                format!(
+                    "{}  {}",
+                    e["sandbox"].as_str().unwrap_or_default(),
+                    airlock_engine::audit::human(&e)
+                )
+            } else {
+                airlock_engine::audit::human(&e)
+            };
+            crate::out::bytes(&mut out, format!("{text}\n").as_bytes());
+        }
+        if !a.follow {
+            return Ok(0);
+        }
+        crate::out::check(out.flush());
+        drop(out);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }
 
 pub fn logs(a: &LogsArgs) -> CliResult<i32> {
