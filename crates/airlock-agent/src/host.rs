@@ -4,7 +4,7 @@
 //! into `blocked` events, and serves `prompt`/`stop` on `DIR/agent.sock` — a host path, mode
 //! 0600, callers of our own uid only; nothing inside the sandbox can see it.
 
-use super::{AGENT_LOG, AGENT_SOCKET, REPORTS, TOOLS_DIR};
+use super::{AGENT_LOG, AGENT_SOCKET, GUEST_TOOL, REPORTS};
 use airlock_egress::journal::{now_rfc3339, Event, Verdict};
 use airlock_model::agent::protocol::{decode, encode, Decoded, JournalEntry, JournalMsg, Origin};
 use airlock_model::agent::{HostMsg, SandboxMsg, PROTOCOL_VERSION};
@@ -298,8 +298,8 @@ impl Host {
             .arg("--dir")
             .arg(&self.dir)
             .arg("--")
-            .arg(format!("{TOOLS_DIR}/airlock"))
-            .arg("__agent-runner")
+            .arg(GUEST_TOOL)
+            .arg("runner")
             .arg("--harness")
             .arg(harness)
             .arg("--grace-secs")

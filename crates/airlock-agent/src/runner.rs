@@ -54,7 +54,7 @@ struct Turn {
     killed: Option<u64>,
 }
 
-/// `airlock __agent-runner --harness JSON --grace-secs N`.
+/// `airlock-guest runner --harness JSON --grace-secs N`.
 pub fn main(harness_json: &str, grace_secs: u64) -> i32 {
     let finish_grace = Duration::from_secs(grace_secs);
     let harness: Harness = match serde_json::from_str(harness_json) {

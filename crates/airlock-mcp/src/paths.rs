@@ -1,10 +1,11 @@
 //! Paths the file tools accept inside a sandbox. Two checks, both needed:
 //! 1. here, lexically: relative paths are under /workspace, no `..`, no NUL, and the result is
 //!    strictly beneath one of the allowed roots;
-//! 2. inside the sandbox (the scripts below, run by `airlock exec` with the sandbox's own
-//!    credentials, seccomp and Landlock): the file is opened first and the path of the *opened*
-//!    descriptor (`/proc/$$/fd/3`) is checked against the same roots, so a symlink planted
-//!    inside the sandbox cannot lead the tool elsewhere, not even by swapping it mid-call.
+//! 2. inside the sandbox (the static helper's `fs read`/`fs write`, run by `airlock exec` with
+//!    the sandbox's own credentials, seccomp and Landlock, given these `ROOTS`): the file is
+//!    opened first and the path of the *opened* descriptor is checked against the same roots, so
+//!    a symlink planted inside the sandbox cannot lead the tool elsewhere, not even by swapping
+//!    it mid-call; a write never goes through a symlink in the last component.
 //!
 //! Neither check is what keeps host files safe: the sandbox side is resolved in the sandbox's
 //! own mount namespace, where host paths do not exist. The roots keep the tools to the sandbox's
@@ -80,55 +81,6 @@ fn beneath(p: &str, root: &str) -> bool {
         .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
 }
 
-/// A POSIX-sh function `inside_roots PATH` (status 0 when PATH is strictly beneath a root).
-fn roots_case() -> String {
-    let pats: Vec<String> = ROOTS.iter().map(|r| format!("'{r}'/?*")).collect();
-    format!(
-        "inside_roots() {{ case \"$1\" in {}) return 0;; esac; return 1; }}\n",
-        pats.join("|")
-    )
-}
-
-/// Read: `sh -c READ sh PATH OFFSET MAX`. Prints `airlock-file SIZE\n` then at most MAX bytes
-/// from OFFSET; for a directory `airlock-dir\n` then a listing. Exit 65: resolves outside.
-pub fn read_script() -> String {
-    roots_case()
-        + r#"exec 3<"$1" || exit 66
-real=$(readlink "/proc/$$/fd/3")
-inside_roots "$real" || { echo "$1 resolves to $real, outside the allowed roots" >&2; exit 65; }
-if [ -d "/proc/$$/fd/3" ]; then
-  echo airlock-dir
-  exec ls -la -- "$real"
-fi
-[ -f "/proc/$$/fd/3" ] || { echo "$1 is not a regular file" >&2; exit 66; }
-size=$(stat -L -c %s "/proc/$$/fd/3") || exit 66
-echo "airlock-file $size"
-tail -c +$(($2 + 1)) <&3 | head -c "$3"
-"#
-}
-
-/// Write: `sh -c WRITE sh PATH APPEND(0|1) MKDIRS(0|1)`, content on stdin. Refuses a final
-/// component that is a symlink, a parent that resolves outside the roots, and (after opening) a
-/// descriptor whose path is outside them. Prints the bytes written.
-pub fn write_script() -> String {
-    roots_case()
-        + r#"d=$(dirname -- "$1"); b=$(basename -- "$1")
-if [ "$3" = 1 ]; then mkdir -p -- "$d" || exit 66; fi
-rd=$(cd -P -- "$d" 2>/dev/null && pwd -P) || { echo "$d: no such directory" >&2; exit 66; }
-inside_roots "$rd/$b" || { echo "$1 resolves to $rd/$b, outside the allowed roots" >&2; exit 65; }
-if [ -L "$rd/$b" ]; then echo "$1 is a symlink; refusing to write through it" >&2; exit 65; fi
-if [ "$2" = 1 ]; then exec 3>>"$rd/$b" || exit 66; else exec 3>"$rd/$b" || exit 66; fi
-real=$(readlink "/proc/$$/fd/3")
-inside_roots "$real" || { echo "$1 resolves to $real, outside the allowed roots" >&2; exit 65; }
-cat >&3 || exit 66
-exec 3>&-
-stat -c %s -- "$real"
-"#
-}
-
-/// Exit status the scripts use for "resolves outside the roots".
-pub const ESCAPE: i32 = 65;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,23 +127,5 @@ mod tests {
         assert_eq!(resolve(""), Err(PathError::Empty));
         assert_eq!(resolve("a\0b"), Err(PathError::Nul));
         assert_eq!(resolve(&"a/".repeat(3000)), Err(PathError::TooLong));
-    }
-
-    #[test]
-    fn the_inside_check_matches_the_roots() {
-        let f = roots_case();
-        assert!(f.contains("'/workspace'/?*"));
-        assert!(f.contains("'/tmp'/?*"));
-    }
-
-    #[test]
-    fn scripts_are_valid_sh() {
-        for s in [read_script(), write_script()] {
-            let st = std::process::Command::new("/bin/sh")
-                .args(["-n", "-c", &s])
-                .status()
-                .expect("sh");
-            assert!(st.success(), "{s}");
-        }
     }
 }

@@ -5,6 +5,7 @@ use super::args::*;
 use super::call::{check_name, parse, policy_flags, tri, Call};
 use super::runner::Output;
 use super::{agent, b64, explain, paths, tool_error, tool_ok};
+use airlock_guest::fs::{Answer as FsAnswer, Code as FsCode, Request as FsRequest};
 use rmcp::handler::server::common::schema_for_type;
 use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
 use serde_json::{json, Value};
@@ -571,6 +572,73 @@ async fn sandbox_remove(c: Call, v: Value) -> CallToolResult {
     )
 }
 
+/// `airlock exec [--interactive] NAME -- airlock-guest fs REQUEST`: the sandbox's static helper
+/// resolves the path inside, with the sandbox's own credentials and view, and checks the opened
+/// file against the roots (no shell or tool of the image involved).
+fn guest_fs_args(name: &str, interactive: bool, req: &FsRequest) -> Vec<String> {
+    let mut args = vec!["exec".to_string()];
+    if interactive {
+        args.push("--interactive".into());
+    }
+    args.extend([
+        name.to_string(),
+        "--".into(),
+        airlock_guest::TOOL.into(),
+        "fs".into(),
+        serde_json::to_string(req).unwrap_or_default(),
+    ]);
+    args
+}
+
+fn roots() -> Vec<std::path::PathBuf> {
+    paths::ROOTS.iter().map(std::path::PathBuf::from).collect()
+}
+
+/// The helper's answer line and what follows it; a refusal or failure as the tool's error.
+fn guest_answer<'a>(
+    what: &str,
+    path: &str,
+    stderr: &str,
+    bytes: &'a [u8],
+) -> Result<(FsAnswer, &'a [u8]), CallToolResult> {
+    let unreadable = || {
+        tool_error(format!(
+            "{what}: {path}: no answer from the sandbox's helper: {}",
+            stderr.trim()
+        ))
+    };
+    let nl = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(unreadable)?;
+    let a: FsAnswer = serde_json::from_slice(&bytes[..nl]).map_err(|_| unreadable())?;
+    if !a.ok {
+        let msg = a.message.unwrap_or_default();
+        return Err(match a.code {
+            Some(FsCode::Escape) => tool_error(format!("{what}: refused: {msg}")),
+            _ => tool_error(format!("{what}: {path}: {msg}")),
+        });
+    }
+    Ok((a, &bytes[nl + 1..]))
+}
+
+/// A directory listing for people: kind, mode, size, name.
+fn listing(entries: &[airlock_guest::fs::DirEntry]) -> String {
+    use airlock_guest::fs::Kind;
+    entries
+        .iter()
+        .map(|e| {
+            let k = match e.kind {
+                Kind::Dir => 'd',
+                Kind::File => '-',
+                Kind::Symlink => 'l',
+                Kind::Other => '?',
+            };
+            format!("{k} {:04o} {:>12} {}\n", e.mode, e.size, e.name)
+        })
+        .collect()
+}
+
 async fn file_read(c: Call, v: Value) -> CallToolResult {
     let a: FileReadArgs = tri!(parse("sandbox_file_read", v));
     tri!(check_name(&a.name));
@@ -581,18 +649,13 @@ async fn file_read(c: Call, v: Value) -> CallToolResult {
         return tool_error(format!("max_bytes {max} is out of range (1-4194304)"));
     }
     let offset = a.offset.unwrap_or(0);
-    let args = vec![
-        "exec".into(),
-        a.name.clone(),
-        "--".into(),
-        "/bin/sh".into(),
-        "-c".into(),
-        paths::read_script(),
-        "sh".into(),
-        path.clone(),
-        offset.to_string(),
-        max.to_string(),
-    ];
+    let req = FsRequest::Read {
+        path: path.clone().into(),
+        offset,
+        max: Some(max),
+        roots: roots(),
+    };
+    let args = guest_fs_args(&a.name, false, &req);
     let limit = max as usize + 64 * 1024;
     let out = tri!(
         c.airlock(args, None, Duration::from_secs(FILE_SECS - 10), limit)
@@ -601,35 +664,19 @@ async fn file_read(c: Call, v: Value) -> CallToolResult {
     if let Some(e) = airlock_failed("sandbox_file_read", &out, FILE_SECS - 10) {
         return e;
     }
-    let err = out.stderr.render();
-    match out.code {
-        Some(0) => {}
-        Some(paths::ESCAPE) => {
-            return tool_error(format!("sandbox_file_read: refused: {}", err.trim()))
-        }
-        _ => return tool_error(format!("sandbox_file_read: {path}: {}", err.trim())),
-    }
+    let stderr = out.stderr.render();
     let Some(bytes) = out.stdout.into_complete() else {
         return tool_error("sandbox_file_read: the answer was larger than expected");
     };
-    let Some(nl) = bytes.iter().position(|b| *b == b'\n') else {
-        return tool_error("sandbox_file_read: unreadable answer");
-    };
-    let header = String::from_utf8_lossy(&bytes[..nl]).to_string();
-    let body = &bytes[nl + 1..];
-    if header == "airlock-dir" {
-        let listing = String::from_utf8_lossy(body).to_string();
+    let (ans, body) = tri!(guest_answer("sandbox_file_read", &path, &stderr, &bytes));
+    if let Some(entries) = &ans.entries {
+        let listing = listing(entries);
         return tool_ok(
             listing.clone(),
-            json!({ "path": path, "kind": "directory", "listing": listing }),
+            json!({ "path": path, "kind": "directory", "listing": listing, "entries": entries }),
         );
     }
-    let Some(size) = header
-        .strip_prefix("airlock-file ")
-        .and_then(|s| s.trim().parse::<u64>().ok())
-    else {
-        return tool_error("sandbox_file_read: unreadable answer");
-    };
+    let size = ans.size.unwrap_or(0);
     let truncated = offset + (body.len() as u64) < size;
     let (content, encoding) = match std::str::from_utf8(body) {
         Ok(s) => (s.to_string(), "utf8"),
@@ -677,20 +724,13 @@ async fn file_write(c: Call, v: Value) -> CallToolResult {
             data.len()
         ));
     }
-    let flag = |b: Option<bool>| if b == Some(true) { "1" } else { "0" }.to_string();
-    let args = vec![
-        "exec".into(),
-        "--interactive".into(),
-        a.name.clone(),
-        "--".into(),
-        "/bin/sh".into(),
-        "-c".into(),
-        paths::write_script(),
-        "sh".into(),
-        path.clone(),
-        flag(a.append),
-        flag(a.create_dirs),
-    ];
+    let req = FsRequest::Write {
+        path: path.clone().into(),
+        append: a.append == Some(true),
+        mkdirs: a.create_dirs == Some(true),
+        roots: roots(),
+    };
+    let args = guest_fs_args(&a.name, true, &req);
     let n = data.len();
     let out = tri!(
         c.airlock(
@@ -704,17 +744,11 @@ async fn file_write(c: Call, v: Value) -> CallToolResult {
     if let Some(e) = airlock_failed("sandbox_file_write", &out, FILE_SECS - 10) {
         return e;
     }
-    let err = out.stderr.render();
-    match out.code {
-        Some(0) => {}
-        Some(paths::ESCAPE) => {
-            return tool_error(format!("sandbox_file_write: refused: {}", err.trim()))
-        }
-        _ => return tool_error(format!("sandbox_file_write: {path}: {}", err.trim())),
-    }
-    let size: Option<u64> = out.stdout.render().trim().parse().ok();
+    let stderr = out.stderr.render();
+    let bytes = out.stdout.into_complete().unwrap_or_default();
+    let (ans, _) = tri!(guest_answer("sandbox_file_write", &path, &stderr, &bytes));
     tool_ok(
         format!("wrote {n} bytes to {path}"),
-        json!({ "path": path, "written_bytes": n, "size": size }),
+        json!({ "path": path, "written_bytes": n, "size": ans.size }),
     )
 }

@@ -54,6 +54,19 @@ pub enum BackendKind {
     Microvm,
 }
 
+/// `--compatibility-mode` / `[agent] compatibility_mode`: one switch that sets what an agent
+/// expects (profile, its API domains, the common package registries, the workspace mode); see
+/// `config::compatibility_layer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompatibilityMode {
+    Claude,
+    Codex,
+    Gemini,
+    /// airlock's own defaults and no project workspace (agentkernel's `native`).
+    Native,
+}
+
 /// home_files modes (SPEC §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,6 +107,7 @@ str_enum!(NetMode, "network mode" { Off => "off", Filtered => "filtered", Open =
 str_enum!(WorkspaceMode, "workspace mode" { Clone => "clone", Overlay => "overlay", Bind => "bind", None => "none" });
 str_enum!(BackendKind, "backend" { Container => "container", Microvm => "microvm" });
 str_enum!(HomeFileMode, "home file mode" { Immutable => "immutable", Seed => "seed", Link => "link" });
+str_enum!(CompatibilityMode, "compatibility mode" { Claude => "claude", Codex => "codex", Gemini => "gemini", Native => "native" });
 
 /// A value that is not one of an enum's spellings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -162,6 +162,10 @@ pub struct RunSpec {
     /// (None: `config::DEFAULT_AGENT_GRACE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_grace: Option<crate::policy::Seconds>,
+    /// `setup`: scripts (absolute host paths) run inside after the first start of a named
+    /// sandbox, before the command of `run`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<std::path::PathBuf>,
     /// Which isolation mechanism runs it (`[sandbox] backend`); the planner refuses one this
     /// build or host cannot provide.
     #[serde(default)]

@@ -65,6 +65,13 @@ pub trait Isolation {
     fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError>;
     /// Run a command in a running named sandbox; blocks until it exits.
     fn exec(&self, sandbox: &Instance<'_>, req: &ExecRequest) -> Result<Outcome, RunError>;
+    /// Bind a host path into a running named sandbox, or take such a bind away, without a
+    /// restart (`airlock mount` / `unmount`). Never through a symlink on either side.
+    fn hotplug(
+        &self,
+        sandbox: &Instance<'_>,
+        change: &container::hotplug::Hotplug,
+    ) -> Result<(), RunError>;
     fn observe(&self, sandbox: &Instance<'_>) -> Observed;
     /// Live resource use of a running sandbox (None: not running, or nothing to read).
     fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage>;
@@ -151,6 +158,21 @@ impl Isolation for Container {
         container::exec::exec(sandbox.dir, &plan, leaf.as_deref(), req)
     }
 
+    fn hotplug(
+        &self,
+        sandbox: &Instance<'_>,
+        change: &container::hotplug::Hotplug,
+    ) -> Result<(), RunError> {
+        let plan: airlock_model::plan::LaunchPlan = std::fs::read(sandbox.dir.join(PLAN_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| RunError::NotRecorded {
+                name: sandbox.name.to_string(),
+                why: format!("{PLAN_FILE}: {e}"),
+            })?;
+        container::hotplug::apply(sandbox.dir, &plan, change)
+    }
+
     fn observe(&self, sandbox: &Instance<'_>) -> Observed {
         match container::exec::pid1(sandbox.dir) {
             Some(pid1) => Observed::Running { pid1 },
@@ -214,13 +236,33 @@ impl Isolation for Container {
 /// One call the [`Fake`] received, with what identifies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Check { project_dir: PathBuf },
-    Start { name: String, argv: Vec<String> },
-    Exec { name: String, req: ExecRequest },
-    Observe { name: String },
-    Stats { name: String },
-    Reclaim { name: String },
-    Destroy { name: String },
+    Check {
+        project_dir: PathBuf,
+    },
+    Start {
+        name: String,
+        argv: Vec<String>,
+    },
+    Exec {
+        name: String,
+        req: ExecRequest,
+    },
+    Hotplug {
+        name: String,
+        change: container::hotplug::Hotplug,
+    },
+    Observe {
+        name: String,
+    },
+    Stats {
+        name: String,
+    },
+    Reclaim {
+        name: String,
+    },
+    Destroy {
+        name: String,
+    },
 }
 
 /// A recording stand-in for tests of code above the seam: it records every call, answers
@@ -301,6 +343,23 @@ impl Isolation for Fake {
             changes: None,
         })
     }
+    fn hotplug(
+        &self,
+        sandbox: &Instance<'_>,
+        change: &container::hotplug::Hotplug,
+    ) -> Result<(), RunError> {
+        self.record(Call::Hotplug {
+            name: sandbox.name.to_string(),
+            change: change.clone(),
+        });
+        if !self.is_running(sandbox.name) {
+            return Err(RunError::Setup(format!(
+                "sandbox {} is not running",
+                sandbox.name
+            )));
+        }
+        Ok(())
+    }
     fn observe(&self, sandbox: &Instance<'_>) -> Observed {
         self.record(Call::Observe {
             name: sandbox.name.to_string(),
@@ -377,6 +436,13 @@ impl Isolation for AnyBackend {
     }
     fn exec(&self, sandbox: &Instance<'_>, req: &ExecRequest) -> Result<Outcome, RunError> {
         self.inner().exec(sandbox, req)
+    }
+    fn hotplug(
+        &self,
+        sandbox: &Instance<'_>,
+        change: &container::hotplug::Hotplug,
+    ) -> Result<(), RunError> {
+        self.inner().hotplug(sandbox, change)
     }
     fn observe(&self, sandbox: &Instance<'_>) -> Observed {
         self.inner().observe(sandbox)

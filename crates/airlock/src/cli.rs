@@ -52,16 +52,22 @@ pub enum Command {
     /// Stop a running sandbox (SIGTERM to everything inside, SIGKILL after the grace period).
     Stop(StopArgs),
     /// Remove a sandbox and everything it kept.
-    #[command(visible_aliases = ["down", "destroy"])]
+    #[command(visible_aliases = ["down", "destroy", "remove"])]
     Rm(RmArgs),
     /// List sandboxes.
     List(JsonArg),
-    /// Show a sandbox's state, policy and live resource use.
+    /// Show a sandbox's state, policy and live resource use; without NAME, first this host's
+    /// `environment:` (doctor's key checks; non-zero exit when something needed is missing).
     Status(StatusArgs),
     /// Run a command in a running sandbox.
     Exec(ExecArgs),
     /// Copy files in or out of a running sandbox: `cp HOST NAME:/path` or `cp NAME:/path HOST`.
     Cp(CpArgs),
+    /// Bind a host path into a running sandbox, now, without a restart (kept across restarts):
+    /// `mount NAME HOST[:DEST] [--rw]` (DEST under /workspace, /tmp or the home directory).
+    Mount(MountArgs),
+    /// Take a bind mount away from a running sandbox (and from its later starts).
+    Unmount(UnmountArgs),
     /// What a clone-mode sandbox's branch changes, against where it started.
     Diff(DiffArgs),
     /// Bring branch airlock/NAME into the host repository (review-gated; objects only).
@@ -81,14 +87,13 @@ pub enum Command {
     /// Agent mode: follow the agent's live session (its output and reports); a shell (PTY) for
     /// other sandboxes or with --shell.
     Attach(AttachArgs),
-    /// Internal: the agent runner inside a sandbox (started by its supervisor).
-    #[command(name = "__agent-runner", hide = true)]
-    AgentRunner(AgentRunnerArgs),
-    /// Internal: inside an agent sandbox, where the harness executable is on the runner's PATH.
-    #[command(name = "__which", hide = true)]
-    Which(WhichArgs),
-    /// Serve the Model Context Protocol on stdio: sandboxes and sandboxed agents as tools.
+    /// Serve the Model Context Protocol on stdio: sandboxes and sandboxed agents as tools
+    /// (`airlock mcp server` is the same).
     Mcp(McpArgs),
+    /// Print a shell completion script: `airlock completions bash > /etc/bash_completion.d/airlock`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff): `airlock man | man -l -`; --dir DIR writes one page per command.
+    Man(ManArgs),
     /// The local engine (auto-started by the commands that need it).
     #[command(hide = true)]
     Engine(EngineArgs),
@@ -119,9 +124,17 @@ pub struct PolicyArgs {
     /// Policy defaults: restrictive (no network, no write-back), moderate (default), permissive.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
+    /// What an agent expects, in one switch: claude, codex, gemini (its profile, its API's
+    /// domains, the common package registries, its workspace mode) or native. Other options
+    /// and the configuration files still override each setting.
+    #[arg(long, value_name = "MODE")]
+    pub compatibility_mode: Option<String>,
     /// Network egress: off (loopback only) or filtered (allowlisted domains only; the default).
     #[arg(long, value_name = "MODE")]
     pub net: Option<String>,
+    /// The same as `--net off`.
+    #[arg(long, conflicts_with = "net")]
+    pub no_network: bool,
     /// Allow a domain in filtered mode: DOMAIN[:PORT] (`*.example.com` for its subdomains).
     #[arg(long = "allow", value_name = "DOMAIN[:PORT]")]
     pub allow: Vec<String>,
@@ -268,21 +281,6 @@ pub struct AttachArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct WhichArgs {
-    pub program: String,
-}
-
-#[derive(Debug, Args)]
-pub struct AgentRunnerArgs {
-    /// The harness, as JSON (`"claude"` or `{"command":[...]}`).
-    #[arg(long)]
-    pub harness: String,
-    /// Seconds the harness may go on after its terminal report (`[agent] grace`).
-    #[arg(long, default_value_t = airlock_model::config::DEFAULT_AGENT_GRACE.0)]
-    pub grace_secs: u64,
-}
-
-#[derive(Debug, Args)]
 pub struct TrustArgs {
     /// The project directory (default: the current one; its airlock.toml is found upward).
     pub dir: Option<std::path::PathBuf>,
@@ -308,6 +306,9 @@ pub struct StopArgs {
     /// With --sync: also copy build outputs back (as `airlock sync --artifacts`).
     #[arg(long, requires = "sync")]
     pub artifacts: bool,
+    /// Remove it once stopped (as `airlock rm`).
+    #[arg(long, visible_alias = "rm")]
+    pub remove: bool,
 }
 
 #[derive(Debug, Args)]
@@ -457,6 +458,24 @@ pub struct AuditArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MountArgs {
+    pub name: String,
+    /// The host path, and where it appears inside (default: the same path).
+    #[arg(value_name = "HOST[:DEST]")]
+    pub spec: String,
+    /// Writable (writes reach the host); read-only otherwise. Refused by the restrictive profile.
+    #[arg(long)]
+    pub rw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    pub name: String,
+    /// Where it appears inside.
+    pub dest: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct CpArgs {
     pub src: String,
     pub dst: String,
@@ -466,6 +485,55 @@ pub struct CpArgs {
 pub struct McpArgs {
     /// Let tool calls ask for the permissive profile or a writable workspace bind (writes reach
     /// this project directory; the server's environment is passed through).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub allow_permissive: bool,
+    #[command(subcommand)]
+    pub action: Option<McpAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpAction {
+    /// The same as `airlock mcp`: serve on stdio.
+    Server,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write airlock.1 and one page per command (airlock-run.1, …) into this directory instead
+    /// of printing airlock.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+impl Cli {
+    /// Spellings that are aliases of other options, resolved once after parsing so the rest of
+    /// the code sees one form: `--no-network` is `--net off`.
+    pub fn normalize(mut self) -> Self {
+        let policy = match &mut self.command {
+            Command::Run(a) => Some(&mut a.policy),
+            Command::Create(a) => Some(&mut a.policy),
+            Command::Up(a) => Some(&mut a.policy),
+            Command::Supervise(a) => Some(&mut a.policy),
+            _ => None,
+        };
+        if let Some(p) = policy {
+            p.normalize();
+        }
+        self
+    }
+}
+
+impl PolicyArgs {
+    fn normalize(&mut self) {
+        if std::mem::take(&mut self.no_network) {
+            self.net = Some("off".to_string());
+        }
+    }
 }

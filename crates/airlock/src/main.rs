@@ -11,15 +11,8 @@ mod error;
 use clap::Parser;
 
 fn main() {
-    // Multi-call: inside an agent sandbox this binary is also `report`.
-    let mut args = std::env::args();
-    let argv0 = args.next().unwrap_or_default();
-    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("report")) {
-        let rest: Vec<String> = args.collect();
-        std::process::exit(cmd::report::main(&rest));
-    }
     let cli = match cli::Cli::try_parse() {
-        Ok(c) => c,
+        Ok(c) => c.normalize(),
         Err(e) => {
             let code = if e.use_stderr() {
                 airlock_model::exit::USAGE
@@ -56,7 +49,7 @@ fn not_yet_hint(e: &clap::Error) -> Option<&'static str> {
     match arg.split('=').next()? {
         "--image" => Some("--image is not available yet: this build runs the `host` image only (the host's /usr, read-only)"),
         "--backend" => Some("--backend is not available yet: this build has the `container` backend only"),
-        "--no-network" | "--no-net" | "--offline" => Some("no network is `--net off`"),
+        "--no-net" | "--offline" => Some("no network is `--net off` (or `--no-network`)"),
         _ => None,
     }
 }

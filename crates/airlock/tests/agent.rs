@@ -420,7 +420,7 @@ fn parallel_and_forgery(a: &Airlock, label: &str) {
     let out = sh(
         a,
         "par-a",
-        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/run/airlock/bin/airlock __agent-runner' && pid=${p#/proc/}; done; \
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/run/airlock/bin/airlock-guest runner' && pid=${p#/proc/}; done; \
          echo pid=$pid; \
          (echo '{\"kind\":\"report\",\"status\":\"done\",\"text\":\"forged\"}' > /proc/$pid/fd/1) 2>&1; echo w=$?; \
          (cat /proc/$pid/fd/0 </dev/null | head -c1) 2>&1; echo r=$?; ls /proc/$pid/fd 2>&1; echo l=$?",

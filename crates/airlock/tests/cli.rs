@@ -46,7 +46,8 @@ fn unknown_options_before_the_command_are_usage_errors() {
             &["run", "--backend=microvm", "--", "true"][..],
             "--backend is not available yet",
         ),
-        (&["run", "--no-network", "--", "true"][..], "`--net off`"),
+        // `--no-network` is an alias of `--net off` (tests/peers.rs); near misses say so.
+        (&["run", "--offline", "--", "true"][..], "`--net off`"),
         (
             &["create", "box", "--image", "alpine"][..],
             "--image is not available yet",

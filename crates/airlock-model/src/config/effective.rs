@@ -5,7 +5,8 @@ use super::schema::{
     ResourcesLayer, SandboxLayer, Secret, WorkspaceLayer,
 };
 use crate::policy::{
-    BackendKind, ByteSize, Cpus, HomeFileMode, NetMode, Profile, Seconds, WorkspaceMode,
+    BackendKind, ByteSize, CompatibilityMode, Cpus, HomeFileMode, NetMode, Profile, Seconds,
+    WorkspaceMode,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -39,7 +40,13 @@ pub struct Effective {
     pub agent: Option<Harness>,
     /// `[agent] grace`.
     pub agent_grace: Seconds,
+    /// `[agent] compatibility_mode`, whose settings are already merged into the values above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatibility_mode: Option<CompatibilityMode>,
     pub hooks: Hooks,
+    /// `setup`: scripts (absolute host paths) run inside after the first start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +132,9 @@ impl Default for Effective {
             home_files: BTreeMap::new(),
             agent: None,
             agent_grace: DEFAULT_AGENT_GRACE,
+            compatibility_mode: None,
             hooks: Hooks::default(),
+            setup: Vec::new(),
         }
     }
 }
@@ -199,7 +208,9 @@ impl Effective {
             agent: Some(AgentLayer {
                 harness: self.agent.clone(),
                 grace: Some(self.agent_grace),
+                compatibility_mode: self.compatibility_mode,
             }),
+            setup: some_vec(&self.setup),
             hooks: (*h != Hooks::default()).then(|| HooksLayer {
                 pre_up: some_vec(&h.pre_up),
                 post_up: some_vec(&h.post_up),

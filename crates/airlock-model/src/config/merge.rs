@@ -12,9 +12,11 @@ use super::effective::{
 };
 use super::error::{ConfigError, Location};
 use super::origin::{join_key, Origins, Source};
-use super::schema::{AgentLayer, HomeFileLayer, Layer, NetworkLayer, ResourcesLayer, SandboxLayer};
+use super::schema::{
+    AgentLayer, HomeFileLayer, Layer, NetworkLayer, ResourcesLayer, SandboxLayer, WorkspaceLayer,
+};
 use super::validate::validate;
-use crate::policy::{BackendKind, ByteSize, Profile};
+use crate::policy::{BackendKind, ByteSize, CompatibilityMode, NetMode, Profile, WorkspaceMode};
 use std::collections::BTreeMap;
 
 /// The defaults, as the first layer of every merge.
@@ -32,6 +34,75 @@ pub fn defaults_layer() -> Layer {
         agent: Some(AgentLayer {
             harness: None,
             grace: Some(DEFAULT_AGENT_GRACE),
+            compatibility_mode: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The domains of the package registries agents commonly install from: npm and yarn, PyPI,
+/// crates.io, the Go module proxy.
+pub const REGISTRY_DOMAINS: &[&str] = &[
+    "registry.npmjs.org",
+    "registry.yarnpkg.com",
+    "pypi.org",
+    "files.pythonhosted.org",
+    "crates.io",
+    "index.crates.io",
+    "static.crates.io",
+    "proxy.golang.org",
+    "sum.golang.org",
+];
+
+/// What a compatibility mode sets (as defaults every source can override):
+///
+/// | mode | profile | network | domains | workspace |
+/// |---|---|---|---|---|
+/// | claude | moderate | filtered | Anthropic's API + registries | clone |
+/// | codex | restrictive (stricter) | filtered | OpenAI's API + registries | clone |
+/// | gemini | moderate | filtered | Google's APIs + registries | clone |
+/// | native | moderate | (airlock's default) | none | none (no project) |
+///
+/// `clone` applies where a clone can be made (a named sandbox in a git repository); elsewhere
+/// the workspace is an overlay (`airlock run`'s default).
+pub fn compatibility_layer(mode: CompatibilityMode) -> Layer {
+    let api: &[&str] = match mode {
+        CompatibilityMode::Claude => &["api.anthropic.com", "console.anthropic.com", "claude.ai"],
+        CompatibilityMode::Codex => &["api.openai.com", "auth.openai.com", "chatgpt.com"],
+        CompatibilityMode::Gemini => &[
+            "generativelanguage.googleapis.com",
+            "cloudcode-pa.googleapis.com",
+            "oauth2.googleapis.com",
+        ],
+        CompatibilityMode::Native => &[],
+    };
+    let profile = match mode {
+        CompatibilityMode::Codex => Profile::Restrictive,
+        _ => Profile::Moderate,
+    };
+    let native = mode == CompatibilityMode::Native;
+    let domains: Vec<String> = api
+        .iter()
+        .chain(if native { &[][..] } else { REGISTRY_DOMAINS })
+        .map(|d| d.to_string())
+        .collect();
+    Layer {
+        sandbox: Some(SandboxLayer {
+            profile: Some(profile),
+            ..Default::default()
+        }),
+        network: (!native).then_some(NetworkLayer {
+            mode: Some(NetMode::Filtered),
+            domains: Some(domains),
+            ports: None,
+        }),
+        workspace: Some(WorkspaceLayer {
+            mode: Some(if native {
+                WorkspaceMode::None
+            } else {
+                WorkspaceMode::Clone
+            }),
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -67,11 +138,22 @@ pub fn host_defaults_layer(host_memory: u64) -> Layer {
 ///
 /// Layers are expected to be already path-resolved (see `load`); they are re-validated here
 /// so that the result's invariants hold whoever built them.
+///
+/// The compatibility mode the layers choose (the last `[agent] compatibility_mode`) adds its
+/// settings right after the defaults, so every source can still override them.
 pub fn merge_layers(
     layers: impl IntoIterator<Item = (Source, Layer)>,
 ) -> Result<(Effective, Origins), ConfigError> {
     let mut acc = Acc::default();
-    let all = std::iter::once((Source::Default, defaults_layer())).chain(layers);
+    let layers: Vec<(Source, Layer)> = layers.into_iter().collect();
+    let mode = layers
+        .iter()
+        .filter_map(|(_, l)| l.agent.as_ref().and_then(|a| a.compatibility_mode))
+        .next_back();
+    let mode = mode.map(|m| (Source::Mode(m.to_string()), compatibility_layer(m)));
+    let all = std::iter::once((Source::Default, defaults_layer()))
+        .chain(mode)
+        .chain(layers);
     for (source, mut layer) in all {
         validate(&mut layer).map_err(|inv| ConfigError::InvalidValue {
             key: inv.key.to_string(),
@@ -189,6 +271,7 @@ impl Acc {
                 a.dest == b.dest
             });
         }
+        self.list(&mut m.setup, layer.setup, "setup", src, PartialEq::eq);
         self.list(&mut m.mounts, layer.mounts, "mounts", src, |a, b| {
             a.target == b.target
         });
@@ -209,6 +292,12 @@ impl Acc {
             let d = m.agent.get_or_insert_with(Default::default);
             self.scalar(&mut d.harness, a.harness, "agent.harness", src);
             self.scalar(&mut d.grace, a.grace, "agent.grace", src);
+            self.scalar(
+                &mut d.compatibility_mode,
+                a.compatibility_mode,
+                "agent.compatibility_mode",
+                src,
+            );
         }
         if let Some(h) = layer.hooks {
             let d = m.hooks.get_or_insert_with(Default::default);
@@ -322,7 +411,9 @@ impl Acc {
                 .as_ref()
                 .and_then(|a| a.grace)
                 .unwrap_or(DEFAULT_AGENT_GRACE),
+            compatibility_mode: m.agent.as_ref().and_then(|a| a.compatibility_mode),
             agent: m.agent.and_then(|a| a.harness),
+            setup: m.setup.unwrap_or_default(),
             hooks: Hooks {
                 pre_up: hooks.pre_up.unwrap_or_default(),
                 post_up: hooks.post_up.unwrap_or_default(),

@@ -60,7 +60,10 @@ pub use load::{
     default_user_config_path, find_project_file, load, LoadOptions, ProjectConfig, Resolved,
     PROJECT_FILE,
 };
-pub use merge::{default_memory, defaults_layer, host_defaults_layer, merge_layers, DEFAULT_PIDS};
+pub use merge::{
+    compatibility_layer, default_memory, defaults_layer, host_defaults_layer, merge_layers,
+    DEFAULT_PIDS, REGISTRY_DOMAINS,
+};
 pub use origin::{join_key, quote_key, Origins, Source};
 pub use plugins::{builtin_plugin, is_plugin_path, BUILTIN_NAMES};
 pub use schema::{

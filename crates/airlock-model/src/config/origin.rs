@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 pub enum Source {
     /// Built-in defaults.
     Default,
+    /// The settings of a compatibility mode (`[agent] compatibility_mode`), by name.
+    Mode(String),
     /// The user config file.
     User(PathBuf),
     /// A built-in plugin, by name.
@@ -28,7 +30,9 @@ impl Source {
     pub fn file(&self) -> Option<&Path> {
         match self {
             Source::User(p) | Source::PluginFile(p) | Source::Project(p) => Some(p),
-            Source::Default | Source::BuiltinPlugin(_) | Source::CommandLine => None,
+            Source::Default | Source::Mode(_) | Source::BuiltinPlugin(_) | Source::CommandLine => {
+                None
+            }
         }
     }
 
@@ -37,17 +41,19 @@ impl Source {
         match self {
             Source::Default => "the built-in defaults".to_string(),
             Source::BuiltinPlugin(name) => format!("built-in plugin `{name}`"),
+            Source::Mode(name) => format!("compatibility mode `{name}`"),
             Source::CommandLine => "the command-line options".to_string(),
             Source::User(p) | Source::PluginFile(p) | Source::Project(p) => p.display().to_string(),
         }
     }
 }
 
-/// `default`, `user:/path`, `plugin:rust`, `plugin:/path`, `project:/path`, `cli`.
+/// `default`, `mode:claude`, `user:/path`, `plugin:rust`, `plugin:/path`, `project:/path`, `cli`.
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Default => f.write_str("default"),
+            Source::Mode(m) => write!(f, "mode:{m}"),
             Source::User(p) => write!(f, "user:{}", p.display()),
             Source::BuiltinPlugin(n) => write!(f, "plugin:{n}"),
             Source::PluginFile(p) => write!(f, "plugin:{}", p.display()),

@@ -80,6 +80,9 @@ pub(crate) fn resolve_layer(layer: &mut Layer, ctx: &PathCtx) -> Result<(), Inva
             ctx.resolve_at(KeyPath::of(&["secrets"]).key(k).key("from_file"), p)?;
         }
     }
+    for (i, s) in layer.setup.iter_mut().flatten().enumerate() {
+        ctx.resolve_at(KeyPath::of(&["setup"]).index(i), s)?;
+    }
     for (k, h) in layer.home_files.iter_mut().flatten() {
         if let Some(src) = &mut h.source {
             ctx.resolve_at(KeyPath::of(&["home_files"]).key(k).key("source"), src)?;

@@ -38,6 +38,10 @@ pub struct Layer {
     pub agent: Option<AgentLayer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hooks: Option<HooksLayer>,
+    /// Scripts (host paths) run inside the sandbox once after its first start (`run`: before
+    /// the command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup: Option<Vec<PathBuf>>,
 }
 
 /// `[sandbox]`
@@ -232,6 +236,10 @@ pub struct AgentLayer {
     /// before it is stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grace: Option<crate::policy::Seconds>,
+    /// What the agent expects (profile, API domains, registries, workspace mode), applied
+    /// as defaults that every source can override (`config::compatibility_layer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compatibility_mode: Option<crate::policy::CompatibilityMode>,
 }
 
 /// `[hooks]`: shell command strings run on the host in the project directory.

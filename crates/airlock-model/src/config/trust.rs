@@ -171,6 +171,15 @@ pub fn widening(without: &Effective, with: &Effective) -> Vec<Widening> {
     if more(r.0.disk.map(|m| m.0), r.1.disk.map(|m| m.0)) {
         add("resources.disk", "raises the disk limit".into());
     }
+    for s in with.setup.iter().filter(|s| !without.setup.contains(s)) {
+        add(
+            "setup",
+            format!(
+                "runs {} inside the sandbox (read from this host)",
+                s.display()
+            ),
+        );
+    }
     let hooks = |e: &Effective| {
         [
             ("hooks.pre_up", e.hooks.pre_up.clone()),

@@ -46,6 +46,7 @@ fn spec() -> RunSpec {
         agent: None,
         defaulted: Default::default(),
         agent_grace: None,
+        setup: Vec::new(),
         backend: BackendKind::Container,
         rootfs: RootFs::Host,
     }

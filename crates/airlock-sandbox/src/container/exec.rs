@@ -111,7 +111,7 @@ pub fn serve_namespaces(dir: &Path, fds: Vec<OwnedFd>) -> Result<(), RunError> {
     Ok(())
 }
 
-fn fetch_namespaces(dir: &Path) -> std::io::Result<Vec<(CloneFlags, OwnedFd)>> {
+pub(crate) fn fetch_namespaces(dir: &Path) -> std::io::Result<Vec<(CloneFlags, OwnedFd)>> {
     let conn = std::os::unix::net::UnixStream::connect(dir.join(CONTROL_SOCKET))?;
     let (data, fds) = sys::recv_fds(conn.as_raw_fd(), NAMESPACES.len())?;
     if data != b"ns" || fds.len() != NAMESPACES.len() {

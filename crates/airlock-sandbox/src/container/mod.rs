@@ -7,6 +7,7 @@ mod egress;
 mod ending;
 mod error;
 pub mod exec;
+pub mod hotplug;
 pub mod landlock;
 pub mod netns;
 pub mod rootfs;

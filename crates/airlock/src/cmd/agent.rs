@@ -243,33 +243,6 @@ pub fn last_report(name: &str) -> Option<(String, serde_json::Value)> {
     Some((journal::summary(&e), v))
 }
 
-/// `__which PROGRAM`, inside an agent sandbox: where the runner would find the harness (its
-/// PATH, the tools directory first). Prints the path (0), or says where it looked (127).
-pub fn which(program: &str) -> i32 {
-    use std::os::unix::fs::PermissionsExt;
-    let path = airlock_agent::path_with_tools(std::env::var("PATH").ok().as_deref());
-    let runnable = |p: &std::path::Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        if runnable(std::path::Path::new(program)) {
-            outln!("{program}");
-            return 0;
-        }
-        errln!("{program}: no executable file there");
-        return exit::NOT_FOUND_CMD;
-    }
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let p = std::path::Path::new(dir).join(program);
-        if runnable(&p) {
-            outln!("{}", p.display());
-            return 0;
-        }
-    }
-    errln!("{program} is not on PATH ({path})");
-    exit::NOT_FOUND_CMD
-}
-
 /// After an agent sandbox starts: is its harness there? Asked inside, of the runner's own PATH
 /// (no shell or tool of the image needed). An error says where airlock looked and how to
 /// provide the CLI.
@@ -286,9 +259,15 @@ pub fn check_harness(name: &str) -> CliResult<()> {
         return Ok(());
     };
     let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    let tool = format!("{}/airlock", airlock_agent::TOOLS_DIR);
     let out = std::process::Command::new(exe)
-        .args(["exec", name, "--", &tool, "__which", program])
+        .args([
+            "exec",
+            name,
+            "--",
+            airlock_agent::GUEST_TOOL,
+            "which",
+            program,
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;

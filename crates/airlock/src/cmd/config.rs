@@ -23,6 +23,7 @@ const ORDER: &[&str] = &[
     "home_files",
     "agent",
     "hooks",
+    "setup",
 ];
 
 /// `trusted`: whether the project file (if any) is trusted as it is now.
@@ -227,6 +228,7 @@ mod tests {
             agent: Some(AgentLayer {
                 harness: Some(Harness::Command(vec!["my-agent".into(), "--yes".into()])),
                 grace: Some("45s".parse().unwrap()),
+                compatibility_mode: None,
             }),
             ..Default::default()
         };

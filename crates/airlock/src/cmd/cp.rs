@@ -1,16 +1,21 @@
 //! `airlock cp`: files and directories in and out of a running sandbox. The sandbox side is
-//! always resolved *inside* the sandbox, by a process exec'd there with the sandbox's own
-//! privileges (it cannot reach anything the sandbox cannot); the host side is exactly the named
-//! path, never followed through a symlink.
+//! always resolved *inside* the sandbox, by the static helper (`airlock-guest fs`, mounted in
+//! every sandbox) exec'd there with the sandbox's own privileges (it cannot reach anything the
+//! sandbox cannot, and needs no shell or `tar` in the image); the host side is exactly the named
+//! path, never followed through a symlink. Both sides speak the helper's tree stream
+//! (`airlock_guest::fs::stream`): the host packs what goes in and unpacks what comes out with the
+//! same checked code the helper runs inside.
 
-use crate::cmd::exec::exec_in;
 use crate::error::{CliError, CliResult};
+use airlock_guest::fs::stream::{self, Reader, Record, Top};
+use airlock_guest::fs::{Answer, Code, FsError, Request};
 use airlock_model::exit;
 use nix::fcntl::{open, openat, OFlag};
 use nix::sys::stat::Mode;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// `NAME:/path` -> (NAME, /path).
 fn sandbox_side(s: &str) -> Option<(&str, &str)> {
@@ -23,9 +28,8 @@ fn usage(msg: impl std::fmt::Display) -> CliError {
         .hint("airlock cp HOST_PATH NAME:/path  or  airlock cp NAME:/path HOST_PATH")
 }
 
-fn redirect(fd: &OwnedFd, to: i32) -> CliResult<()> {
-    airlock_sandbox::sys::dup2(fd.as_raw_fd(), to)
-        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))
+fn failed(e: impl std::fmt::Display) -> CliError {
+    CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("{e}"))
 }
 
 pub fn cp(src: &str, dst: &str) -> CliResult<i32> {
@@ -34,6 +38,68 @@ pub fn cp(src: &str, dst: &str) -> CliResult<i32> {
         (Some((name, path)), None) => copy_out(name, path, Path::new(dst)),
         (Some(_), Some(_)) => Err(usage("both sides name a sandbox: copy through the host")),
         (None, None) => Err(usage("neither side names a sandbox (NAME:/absolute/path)")),
+    }
+}
+
+/// `airlock exec NAME -- airlock-guest fs REQUEST`, with piped stdin and stdout.
+fn guest_fs(name: &str, req: &Request) -> CliResult<Child> {
+    let json = serde_json::to_string(req).map_err(failed)?;
+    Command::new(std::env::current_exe().map_err(failed)?)
+        .args([
+            "exec",
+            "--interactive",
+            name,
+            "--",
+            airlock_agent::GUEST_TOOL,
+            "fs",
+        ])
+        .arg(json)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(failed)
+}
+
+/// The helper's (or `exec`'s) failure as our error: a refusal or a missing path by its code,
+/// anything else with what it said on stderr.
+fn guest_error(name: &str, inside: &str, e: Option<FsError>, child: Child) -> CliError {
+    let out = child.wait_with_output();
+    let stderr = out
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default();
+    let code = out.ok().and_then(|o| o.status.code());
+    match e {
+        Some(e) if e.code == Code::NotFound => CliError::new(
+            exit::NOT_FOUND,
+            anyhow::anyhow!("{name}:{inside}: {}", e.message),
+        ),
+        Some(e) if e.code == Code::Escape || e.code == Code::Invalid => {
+            usage(format!("{name}:{inside}: {}", e.message))
+        }
+        Some(e) if e.code != Code::Stream => failed(format!("{name}:{inside}: {}", e.message)),
+        _ => {
+            // The helper did not answer: `exec` failed (not running, no such sandbox) and said
+            // why on stderr, or the helper is missing (a sandbox started by an older airlock).
+            let said = stderr
+                .lines()
+                .filter(|l| !l.starts_with("airlock-guest fs:"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let err = CliError::new(
+                code.filter(|c| *c != 0).unwrap_or(exit::SANDBOX_FAILED),
+                anyhow::anyhow!("{}", if said.is_empty() { stderr } else { said }),
+            );
+            if code == Some(exit::NOT_FOUND_CMD) || code == Some(126) {
+                err.hint(format!(
+                    "{name} has no {} (started by an older airlock?): `airlock restart {name}`",
+                    airlock_agent::GUEST_TOOL
+                ))
+            } else {
+                err
+            }
+        }
     }
 }
 
@@ -46,82 +112,68 @@ fn copy_in(host: &Path, name: &str, inside: &str) -> CliResult<i32> {
             host.display()
         )));
     }
-    if meta.is_file() {
-        let f = open(
-            host,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| usage(format!("{}: {e}", host.display())))?;
-        redirect(&f, 0)?;
-        let base = host
-            .file_name()
-            .map(|b| b.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let script = r#"if [ -d "$1" ]; then exec cat > "$1/$2"; else exec cat > "$1"; fi"#;
-        return exec_in(
-            name,
-            vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                script.into(),
-                "sh".into(),
-                inside.into(),
-                base,
-            ],
-            &[],
-            None,
-            false,
-            true,
-            false,
-        );
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(usage(format!(
+            "{}: only regular files and directories can be copied",
+            host.display()
+        )));
     }
-    if meta.is_dir() {
-        // tar on the host reads the directory as the invoking user (symlinks stay symlinks);
-        // tar inside extracts it as the sandbox user, into the sandbox's own view.
-        let parent = host
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let base = host
-            .file_name()
-            .ok_or_else(|| usage(format!("{}: no directory name", host.display())))?;
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(parent)
-            .arg("-cf")
-            .arg("-")
-            .arg(base)
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("run tar: {e}")))?;
-        let out = tar.stdout.take().ok_or_else(|| {
-            CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("tar has no stdout"))
-        })?;
-        redirect(&OwnedFd::from(out), 0)?;
-        let script = r#"mkdir -p "$1" && exec tar -C "$1" -xf - --no-same-owner"#;
-        let code = exec_in(
+    let base = host
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .ok_or_else(|| usage(format!("{}: name a file or directory", host.display())))?;
+    let mut child = guest_fs(
+        name,
+        &Request::Unpack {
+            path: inside.into(),
+            name: Some(base),
+        },
+    )?;
+    let stdin = child.stdin.take().ok_or_else(|| failed("no stdin"))?;
+    let stdout = child.stdout.take().ok_or_else(|| failed("no stdout"))?;
+    // The host side is read here, as the invoking user, never through a symlink (the top was
+    // checked above and is opened O_NOFOLLOW; below it symlinks travel as symlinks).
+    let host_path = host.to_path_buf();
+    let packer = std::thread::spawn(move || {
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, stdin);
+        stream::pack_path(&host_path, Top::NoFollow, &mut w)
+    });
+    let answer = read_answer(stdout);
+    let packed = packer
+        .join()
+        .map_err(|_| failed("the copy thread panicked"))?;
+    match (packed, answer) {
+        (Err(e), _) if e.code != Code::Stream => {
+            let _ = child.wait();
+            Err(usage(format!("{}: {}", host.display(), e.message)))
+        }
+        (_, Ok(a)) if a.ok => {
+            let st = child.wait().map_err(failed)?;
+            Ok(st.code().unwrap_or(exit::SANDBOX_FAILED))
+        }
+        (_, Ok(a)) => Err(guest_error(
             name,
-            vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                script.into(),
-                "sh".into(),
-                inside.into(),
-            ],
-            &[],
-            None,
-            false,
-            true,
-            false,
-        )?;
-        let _ = tar.wait();
-        return Ok(code);
+            inside,
+            Some(FsError::new(
+                a.code.unwrap_or(Code::Io),
+                a.message.unwrap_or_default(),
+            )),
+            child,
+        )),
+        (_, Err(e)) => Err(guest_error(name, inside, Some(e), child)),
     }
-    Err(usage(format!(
-        "{}: only regular files and directories can be copied",
-        host.display()
-    )))
+}
+
+/// The helper's answer line.
+fn read_answer(out: impl Read) -> Result<Answer, FsError> {
+    let mut line = Vec::new();
+    BufReader::new(out.take(1 << 20))
+        .read_until(b'\n', &mut line)
+        .map_err(|e| FsError::new(Code::Stream, e.to_string()))?;
+    if line.is_empty() {
+        return Err(FsError::new(Code::Stream, "no answer"));
+    }
+    serde_json::from_slice(&line).map_err(|e| FsError::new(Code::Stream, e.to_string()))
 }
 
 /// Open `host` for writing a copied file: never through a symlink; into it if it is a directory.
@@ -156,41 +208,47 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
         .file_name()
         .map(|b| b.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // Ask the sandbox what the path is (resolved inside, as the sandbox sees it).
-    let kind = {
-        let probe = r#"if [ -d "$1" ]; then echo dir; elif [ -f "$1" ]; then echo file; else echo none; fi"#;
-        let out = Command::new(
-            std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?,
-        )
-        .args(["exec", name, "--", "/bin/sh", "-c", probe, "sh", inside])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-        if !out.status.success() {
-            return Err(CliError::new(
-                out.status.code().unwrap_or(exit::SANDBOX_FAILED),
-                anyhow::anyhow!("{}", String::from_utf8_lossy(&out.stderr).trim()),
-            ));
-        }
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let mut child = guest_fs(
+        name,
+        &Request::Pack {
+            path: inside.into(),
+        },
+    )?;
+    drop(child.stdin.take());
+    let stdout = child.stdout.take().ok_or_else(|| failed("no stdout"))?;
+    let mut r = Reader::new(BufReader::with_capacity(64 * 1024, stdout));
+    // The helper resolved the path inside, as the sandbox sees it; its first record says what
+    // it is.
+    let root = match r.record() {
+        Ok(rec) => rec,
+        Err(e) => return Err(guest_error(name, inside, Some(e), child)),
     };
-    match kind.as_str() {
-        "file" => {
-            let f = open_host_dest(host, &base)?;
-            redirect(&f, 1)?;
-            exec_in(
-                name,
-                vec!["cat".into(), "--".into(), inside.into()],
-                &[],
-                None,
-                false,
-                false,
-                false,
-            )
+    let copied = match root {
+        Record::File {
+            path, size, mtime, ..
+        } if path.is_empty() => {
+            let dest = if host.is_dir() {
+                host.join(&base)
+            } else {
+                host.to_path_buf()
+            };
+            let created = std::fs::symlink_metadata(&dest).is_err();
+            let mut f = std::fs::File::from(open_host_dest(host, &base)?);
+            let written = stream::write_body(&mut r, &mut f, size, mtime).and_then(|()| {
+                match r.record()? {
+                    Record::End { .. } => Ok(None),
+                    _ => Err(FsError::new(Code::Stream, "expected the end of the stream")),
+                }
+            });
+            if written.is_err() && created {
+                // Nothing half-copied is left behind (a file that was there stays, truncated).
+                let _ = std::fs::remove_file(&dest);
+            }
+            written
         }
-        "dir" => {
-            // Extract into a new directory only, with GNU tar's protections against members that
-            // climb out (`..`, absolute names, writes through symlinks it created).
+        Record::Dir { path, .. } if path.is_empty() => {
+            // Unpacked into a new directory only, every entry checked (no `..`, no absolute
+            // names, never through a symlink, not even one the stream made).
             let target: PathBuf = if host.is_dir() {
                 host.join(&base)
             } else {
@@ -204,61 +262,36 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
             }
             std::fs::create_dir(&target)
                 .map_err(|e| usage(format!("{}: {e}", target.display())))?;
-            let mut tar = Command::new("tar")
-                .arg("-C")
-                .arg(&target)
-                .args([
-                    "-xf",
-                    "-",
-                    "--no-same-owner",
-                    "--no-same-permissions",
-                    "--no-overwrite-dir",
-                ])
-                .stdin(Stdio::piped())
-                .spawn()
-                .map_err(|e| {
-                    CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("run tar: {e}"))
-                })?;
-            let input = tar.stdin.take().ok_or_else(|| {
-                CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!("tar has no stdin"))
-            })?;
-            let input = OwnedFd::from(input);
-            redirect(&input, 1)?;
-            drop(input);
-            let code = exec_in(
-                name,
-                vec![
-                    "tar".into(),
-                    "-C".into(),
-                    inside.into(),
-                    "-cf".into(),
-                    "-".into(),
-                    ".".into(),
-                ],
-                &[],
-                None,
-                false,
-                false,
-                false,
-            )?;
-            // Close our stdout (the pipe) so tar sees the end.
-            let null = open("/dev/null", OFlag::O_WRONLY, Mode::empty())
-                .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-            redirect(&null, 1)?;
-            let st = tar
-                .wait()
-                .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-            review_copy(&target);
-            Ok(if code == 0 && !st.success() {
-                exit::SANDBOX_FAILED
-            } else {
-                code
-            })
+            let unpacked = open(
+                &target,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| FsError::new(Code::Io, format!("{}: {e}", target.display())))
+            .and_then(|fd| stream::unpack_rest(fd.as_fd(), &mut r));
+            match unpacked {
+                Ok(_) => Ok(Some(target)),
+                Err(e) => {
+                    // Nothing half-copied is left behind.
+                    let _ = std::fs::remove_dir_all(&target);
+                    Err(e)
+                }
+            }
         }
-        _ => Err(CliError::new(
-            exit::NOT_FOUND,
-            anyhow::anyhow!("{name}:{inside}: no such file or directory"),
+        _ => Err(FsError::new(
+            Code::Stream,
+            "the stream does not start with its root",
         )),
+    };
+    match copied {
+        Ok(tree) => {
+            let st = child.wait().map_err(failed)?;
+            if let Some(t) = tree {
+                review_copy(&t);
+            }
+            Ok(st.code().unwrap_or(exit::SANDBOX_FAILED))
+        }
+        Err(e) => Err(guest_error(name, inside, Some(e), child)),
     }
 }
 

@@ -78,6 +78,45 @@ pub fn write_table(rows: &[Row], default_path_ok: bool, out: &mut dyn Write) -> 
     Ok(())
 }
 
+/// `airlock status`'s `environment:` block: doctor's rows without the informational ones,
+/// each not-ok row with its fix, then whether the default path works.
+pub fn write_environment(
+    rows: &[Row],
+    default_path_ok: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let shown: Vec<&Row> = rows.iter().filter(|r| r.needed_for != "info").collect();
+    let name_w = shown
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(40);
+    writeln!(out, "environment:")?;
+    for r in shown {
+        if r.status == Status::Ok {
+            writeln!(out, "  {:<9} {}", r.status.to_string(), r.name)?;
+            continue;
+        }
+        writeln!(
+            out,
+            "  {:<9} {:<name_w$}  {}",
+            r.status.to_string(),
+            r.name,
+            r.detail
+        )?;
+        if let Some(fix) = &r.fix {
+            writeln!(out, "  {:<9} {:<name_w$}  fix: {fix}", "", "")?;
+        }
+    }
+    writeln!(
+        out,
+        "  default path (container backend): {}",
+        if default_path_ok { "ok" } else { "MISSING" }
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +166,28 @@ mod tests {
         assert_eq!(v["default_path_ok"], false);
         assert_eq!(v["rows"][1]["status"], "missing");
         assert_eq!(v["rows"][0]["fix"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn environment_block() {
+        let rows = vec![
+            row("userns", "user namespaces", Status::Ok, None),
+            row("seccomp", "seccomp", Status::Missing, Some("rebuild")),
+            Row {
+                needed_for: "info".into(),
+                ..row("nft", "nftables", Status::Ok, None)
+            },
+        ];
+        let mut out = Vec::new();
+        write_environment(&rows, false, &mut out).expect("block");
+        let text = String::from_utf8(out).expect("utf8");
+        assert_eq!(
+            text,
+            format!(
+                "environment:\n  ok        user namespaces\n  MISSING   seccomp          seccomp detail\n{}fix: rebuild\n  default path (container backend): MISSING\n",
+                // the fix starts in the detail column
+                " ".repeat("  MISSING   seccomp          ".len())
+            )
+        );
     }
 }

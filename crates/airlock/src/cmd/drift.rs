@@ -25,6 +25,29 @@ pub fn drift(
             differs(format!("--profile {v}"), recorded.profile.to_string());
         }
     }
+    if let Some(v) = &p.compatibility_mode {
+        // What the mode sets, as the sandbox has it (it may have been made without the mode).
+        let mut has = Vec::new();
+        if asked.profile != recorded.profile {
+            has.push(format!("profile {}", recorded.profile));
+        }
+        if asked.net != recorded.net {
+            has.push(format!("network {}", recorded.net));
+        }
+        let missing: Vec<&str> = (asked.domains.iter())
+            .filter(|d| !recorded.domains.contains(d))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            has.push(format!("no {}", missing.join(", ")));
+        }
+        if asked.workspace != recorded.workspace {
+            has.push(format!("workspace {}", recorded.workspace));
+        }
+        if !has.is_empty() {
+            differs(format!("--compatibility-mode {v}"), has.join("; "));
+        }
+    }
     if let Some(v) = &p.net {
         if asked.net != recorded.net {
             differs(format!("--net {v}"), recorded.net.to_string());

@@ -9,11 +9,13 @@ mod exec;
 mod gc;
 mod hooks;
 mod init;
+mod manual;
+mod mounts;
 pub(crate) mod named;
-pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod sandbox;
 pub(crate) mod secrets;
+mod setup;
 mod supervise;
 pub(crate) mod trust;
 mod wayback;
@@ -49,10 +51,13 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Prompt(a) => agent::prompt(&a),
         Command::Reports(a) => agent::reports(&a),
         Command::Attach(a) => agent::attach(&a),
-        Command::Which(a) => Ok(agent::which(&a.program)),
-        Command::AgentRunner(a) => Ok(airlock_agent::runner::main(&a.harness, a.grace_secs)),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
+        Command::Mount(a) => mounts::mount(&a),
+        Command::Unmount(a) => mounts::unmount(&a),
+        // `airlock mcp server` is `airlock mcp` (the spelling other tools use).
         Command::Mcp(a) => mcp_serve(a.allow_permissive),
+        Command::Completions(a) => manual::completions(a.shell),
+        Command::Man(a) => manual::man(a.dir.as_deref()),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => supervise::engine_serve(),
         },
@@ -131,7 +136,9 @@ fn mcp_serve(allow_permissive: bool) -> CliResult<i32> {
         let mut argv = vec!["airlock".to_string(), "run".to_string()];
         argv.extend(flags.iter().cloned());
         argv.extend(["--".to_string(), "true".to_string()]);
-        let cli = crate::cli::Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
+        let cli = crate::cli::Cli::try_parse_from(&argv)
+            .map_err(|e| e.to_string())?
+            .normalize();
         let Command::Run(run) = cli.command else {
             return Err("internal: not a run".to_string());
         };

@@ -71,6 +71,15 @@ fn split_bind(spec: &str) -> (&str, Option<&str>) {
 /// The command-line layer: flags that map onto configuration keys.
 pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
     let mut l = Layer::default();
+    if let Some(v) = &p.compatibility_mode {
+        l.agent = Some(airlock_model::config::AgentLayer {
+            compatibility_mode: Some(parse::<airlock_model::policy::CompatibilityMode>(
+                "compatibility-mode",
+                v,
+            )?),
+            ..Default::default()
+        });
+    }
     if let Some(v) = &p.profile {
         l.sandbox = Some(SandboxLayer {
             profile: Some(parse::<Profile>("profile", v)?),
@@ -341,8 +350,22 @@ pub fn build(
         Profile::Permissive => NetMode::Open,
     });
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    // A compatibility mode's `clone` applies where a clone can be made (a named sandbox in a
+    // git repository); elsewhere its workspace is an overlay, as `run`'s default.
+    let clone_from_mode = eff.workspace.mode == Some(WorkspaceMode::Clone)
+        && resolved
+            .origins
+            .get("workspace.mode")
+            .and_then(|s| s.last())
+            .is_some_and(|s| matches!(s, airlock_model::config::Source::Mode(_)));
     // Named sandboxes default to their own clone when the project is a git repository.
     let workspace = match eff.workspace.mode {
+        Some(WorkspaceMode::Clone)
+            if clone_from_mode
+                && !(persistent && airlock_work::clone::toplevel(&cwd).is_some()) =>
+        {
+            WorkspaceMode::Overlay
+        }
         Some(m) => m,
         None if persistent && airlock_work::clone::toplevel(&cwd).is_some() => WorkspaceMode::Clone,
         None => match profile {
@@ -485,7 +508,11 @@ pub fn build(
         } else {
             Stdio::Inherit { forward_stdin }
         },
-        argv: if persistent { vec![] } else { a.cmd.clone() },
+        argv: if persistent {
+            vec![]
+        } else {
+            super::setup::wrap_command(&eff.setup, a.cmd.clone())?
+        },
         persistent,
         home_dir: None,
         workspace_dir: None,
@@ -520,6 +547,7 @@ pub fn build(
             pids: from_defaults("resources.pids"),
         },
         agent_grace: persistent.then_some(eff.agent_grace),
+        setup: eff.setup.clone(),
         backend: eff.sandbox.backend,
         rootfs: airlock_model::spec::RootFs::from_config(&eff.sandbox.image),
     };

@@ -7,6 +7,7 @@ use crate::cli::{CreateArgs, LogsArgs, RmArgs, RunArgs, StatusArgs, StopArgs, Up
 use crate::error::{CliError, CliResult};
 use airlock_engine::client::Client;
 use airlock_engine::supervisor as backend;
+use airlock_engine::Status as SandboxStatus;
 use airlock_model::exit;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +49,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
         Ok(st) if st.record.state == airlock_model::lifecycle::SandboxState::Running => {}
         Ok(_) => {
             start_named(&c, &name)?;
+            super::setup::after_start(&c, &name, false)?;
             harness_or_stop(&c, &name, false)?;
         }
         Err(_) => {
@@ -61,6 +63,7 @@ pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliR
                 no_user_config,
             )?;
             start_named(&c, &name)?;
+            super::setup::after_start(&c, &name, true)?;
             harness_or_stop(&c, &name, true)?;
         }
     }
@@ -252,6 +255,7 @@ pub fn run_keep(a: RunArgs, global_config: Option<&Path>, no_user_config: bool) 
     let c = client()?;
     create_record(&c, &name, &built)?;
     start_with(&c, &name, &built.spec)?;
+    super::setup::after_start(&c, &name, true)?;
     let code = exec_in(&name, cmd, &[], workdir, tty, interactive, true);
     let stopped = c.stop(&name, Some(std::time::Duration::from_secs(10)));
     errln!("airlock: kept as sandbox {name}: `airlock start {name}` to resume, `airlock rm {name}` to discard");
@@ -399,6 +403,7 @@ pub fn start(name: &str) -> CliResult<i32> {
     }
     let c = client()?;
     let rec = start_named(&c, name)?;
+    super::setup::after_start(&c, name, false)?;
     harness_or_stop(&c, name, false)?;
     outln!("{} {}", rec.name, rec.state);
     if let Some(p) = &project {
@@ -413,6 +418,19 @@ fn is_running(c: &Client, name: &str) -> bool {
 }
 
 pub fn stop(a: &StopArgs) -> CliResult<i32> {
+    let code = stop_only(a)?;
+    if a.remove {
+        // `stop --remove` is `stop` then `rm` (Katsuobushi's spelling); not reached when the
+        // stop failed or its checks refused, so there is still something to look at.
+        return rm(&RmArgs {
+            name: a.name.clone(),
+            force: false,
+        });
+    }
+    Ok(code)
+}
+
+fn stop_only(a: &StopArgs) -> CliResult<i32> {
     let grace = crate::cmd::run::parse_duration(&a.grace)
         .map_err(|e| CliError::usage(format!("--grace: {e}")))?;
     crate::cmd::agent::finish_before_stop(&a.name, grace);
@@ -516,46 +534,134 @@ pub fn list(json: bool) -> CliResult<i32> {
 }
 
 pub fn status(a: &StatusArgs) -> CliResult<i32> {
-    let name = match &a.name {
-        Some(n) => n.clone(),
-        None => {
-            let cwd = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, e))?;
-            name_from_dir(&cwd).ok_or_else(|| {
-                CliError::usage("cannot derive a sandbox name from the current directory")
-                    .hint("airlock status NAME")
-            })?
-        }
+    match &a.name {
+        Some(name) => status_of(name, a.json),
+        None => status_here(a.json),
+    }
+}
+
+/// `airlock status` without NAME: this host's `environment:` (doctor's checks) first, then the
+/// sandbox `up` would name after the current directory, if there is one. Exits 123 when the
+/// default path cannot work here (as `doctor` says), after printing what is missing.
+fn status_here(json: bool) -> CliResult<i32> {
+    use airlock_sandbox::hostcaps;
+    let rows = hostcaps::probe_all();
+    let env_ok = hostcaps::default_path_ok(&rows);
+    let cwd = std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, e))?;
+    let name = name_from_dir(&cwd);
+    // The sandbox is looked up only where sandboxes can run at all.
+    let sandbox = match (&name, env_ok) {
+        (Some(n), true) => match client()?.status(n) {
+            Ok(st) => Some(st),
+            Err(e) => {
+                let e = CliError::from(e);
+                if e.code != exit::NOT_FOUND {
+                    return Err(e);
+                }
+                None
+            }
+        },
+        _ => None,
     };
-    let st = client()?.status(&name)?;
-    // Limits that do not hold: what the running sandbox's plan says, else this host now.
-    let unenforced: Vec<String> =
-        match std::fs::read(sandbox_dir(&name).join(airlock_sandbox::isolation::PLAN_FILE))
-            .ok()
-            .filter(|_| st.record.state == airlock_model::lifecycle::SandboxState::Running)
-            .and_then(|b| serde_json::from_slice::<airlock_model::plan::LaunchPlan>(&b).ok())
-        {
-            Some(plan) => plan.unenforced_limits,
-            None => recorded_spec(&sandbox_dir(&name))
-                .map(|s| {
-                    unenforced_limits(&s)
-                        .iter()
-                        .map(|l| l.to_string())
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
-    if a.json {
-        let mut v =
-            serde_json::to_value(&st).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("unenforced_limits".into(), unenforced.clone().into());
+    if json {
+        let env = serde_json::json!({ "rows": rows, "default_path_ok": env_ok });
+        let sandbox = sandbox.as_ref().map(status_json).transpose()?;
+        let v = serde_json::json!({ "environment": env, "name": name, "sandbox": sandbox });
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
+        );
+    } else {
+        let mut buf = Vec::new();
+        super::doctor::write_environment(&rows, env_ok, &mut buf)
+            .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        out_text(&String::from_utf8_lossy(&buf));
+        outln!();
+    }
+    if !env_ok {
+        let missing: Vec<&str> = rows
+            .iter()
+            .filter(|r| {
+                hostcaps::DEFAULT_PATH.contains(&r.id.as_str()) && r.status != hostcaps::Status::Ok
+            })
+            .map(|r| r.name.as_str())
+            .collect();
+        return Err(CliError::new(
+            exit::BACKEND_UNAVAILABLE,
+            anyhow::anyhow!(
+                "this host lacks what sandboxes need: {}",
+                if missing.is_empty() {
+                    "see above".to_string()
+                } else {
+                    missing.join(", ")
+                }
+            ),
+        )
+        .hint("each row above says its fix; `airlock doctor` has the full report"));
+    }
+    match (sandbox, name) {
+        (Some(st), _) if !json => print_status(st),
+        (None, Some(n)) if !json => {
+            outln!("sandbox:  none named {n} for this directory (`airlock up` creates it)");
+            Ok(0)
         }
+        (None, None) if !json => {
+            outln!("sandbox:  none (no name can be derived from this directory's name)");
+            Ok(0)
+        }
+        _ => Ok(0),
+    }
+}
+
+fn out_text(text: &str) {
+    for line in text.lines() {
+        outln!("{line}");
+    }
+}
+
+fn status_of(name: &str, json: bool) -> CliResult<i32> {
+    let st = client()?.status(name)?;
+    if json {
+        let v = status_json(&st)?;
         outln!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
         );
         return Ok(0);
     }
+    print_status(st)
+}
+
+fn status_json(st: &SandboxStatus) -> CliResult<serde_json::Value> {
+    let mut v = serde_json::to_value(st).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("unenforced_limits".into(), unenforced_of(st).into());
+    }
+    Ok(v)
+}
+
+/// Limits that do not hold: what the running sandbox's plan says, else this host now.
+fn unenforced_of(st: &SandboxStatus) -> Vec<String> {
+    let name = &st.record.name;
+    match std::fs::read(sandbox_dir(name).join(airlock_sandbox::isolation::PLAN_FILE))
+        .ok()
+        .filter(|_| st.record.state == airlock_model::lifecycle::SandboxState::Running)
+        .and_then(|b| serde_json::from_slice::<airlock_model::plan::LaunchPlan>(&b).ok())
+    {
+        Some(plan) => plan.unenforced_limits,
+        None => recorded_spec(&sandbox_dir(name))
+            .map(|s| {
+                unenforced_limits(&s)
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn print_status(st: SandboxStatus) -> CliResult<i32> {
+    let unenforced = unenforced_of(&st);
     let r = &st.record;
     outln!("name:     {}", r.name);
     outln!("state:    {}", r.state);
@@ -584,6 +690,20 @@ pub fn status(a: &StatusArgs) -> CliResult<i32> {
     {
         let list: Vec<&str> = d.iter().filter_map(|v| v.as_str()).collect();
         outln!("allowed:  {}", list.join(", "));
+    }
+    // Binds as the sandbox has them now (`airlock mount`/`unmount` change them while it runs).
+    if let Some(spec) = recorded_spec(&sandbox_dir(&r.name)).filter(|s| !s.binds.is_empty()) {
+        let list: Vec<String> = (spec.binds.iter())
+            .map(|b| {
+                format!(
+                    "{} at {} ({})",
+                    b.source.display(),
+                    b.target.display(),
+                    if b.writable { "rw" } else { "ro" }
+                )
+            })
+            .collect();
+        outln!("mounts:   {}", list.join(", "));
     }
     if let Some(res) = r.spec.get("resources") {
         let limit = |k: &str| {

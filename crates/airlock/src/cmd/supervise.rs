@@ -102,10 +102,12 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     })?);
     let mut hooks = crate::cmd::run::Hooks::default();
     let mut agent_host = None;
+    // The static helper (`cp`, the MCP file tools, the agent runner, `report`), read-only: it
+    // needs nothing from the sandbox's root filesystem.
+    spec.binds
+        .extend(airlock_agent::tool_binds(&install_guest()?));
     if let Some(h) = spec.agent.clone() {
-        // The runner and `report` come from this binary, mounted read-only inside.
         let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-        spec.binds.extend(airlock_agent::tool_binds(&exe));
         let path = spec
             .env
             .iter()
@@ -154,4 +156,19 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     let _ = std::fs::remove_file(dir.join(airlock_agent::AGENT_SOCKET));
     let _ = std::fs::remove_file(dir.join(backend::SUPERVISOR_PID));
     code
+}
+
+/// The in-sandbox helper carried in this binary, installed once under the state directory.
+fn install_guest() -> CliResult<std::path::PathBuf> {
+    let state = paths::state_dir();
+    airlock_guest_embed::install(&state).map_err(|e| {
+        CliError::new(
+            exit::SANDBOX_FAILED,
+            anyhow::anyhow!(
+                "install the in-sandbox helper at {}: {e}",
+                airlock_guest_embed::installed_path(&state).display()
+            ),
+        )
+        .hint("the state directory must be writable (AIRLOCK_STATE_DIR names another one)")
+    })
 }

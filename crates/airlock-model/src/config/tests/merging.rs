@@ -382,6 +382,8 @@ post_down = ["echo bye"]
         .into(),
         agent: Some(Harness::Command(strings(&["my-agent", "--yes"]))),
         agent_grace: crate::policy::Seconds(60),
+        compatibility_mode: None,
+        setup: vec![],
         hooks: Hooks {
             pre_up: strings(&["echo user", "echo project"]),
             post_up: vec![],

@@ -4,6 +4,8 @@
 mod errors;
 mod loading;
 mod merging;
+mod modes;
+mod setup;
 mod template;
 
 use super::*;

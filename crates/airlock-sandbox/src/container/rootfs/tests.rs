@@ -84,6 +84,7 @@ fn spec(workspace: WorkspaceMode) -> RunSpec {
         agent: None,
         defaulted: Default::default(),
         agent_grace: None,
+        setup: Vec::new(),
         backend: Default::default(),
         rootfs: Default::default(),
     }

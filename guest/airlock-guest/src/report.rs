@@ -1,5 +1,5 @@
-//! `report working|done|blocked|info "text"` inside the sandbox (this binary invoked as
-//! `report`): one line to the runner's report socket (`airlock_agent::report`), one line back.
+//! `report working|done|blocked|info "text"` inside an agent sandbox: one line to the runner's
+//! report socket (`airlock_agent::report`), one line back.
 
 use airlock_agent::report::ReportRequest;
 use airlock_model::agent::ReportStatus;
@@ -13,36 +13,36 @@ const USAGE: &str = "usage: report working|done|blocked|info \"text\"\n\
 /// The tool's entry point; returns the exit code.
 pub fn main(args: &[String]) -> i32 {
     let Some((status, rest)) = args.split_first() else {
-        errln!("{USAGE}");
+        eprintln!("{USAGE}");
         return 2;
     };
     if status == "-h" || status == "--help" {
-        outln!("{USAGE}");
+        println!("{USAGE}");
         return 0;
     }
     let status: ReportStatus = match status.parse() {
         Ok(s) => s,
         Err(e) => {
-            errln!("report: {e}\n{USAGE}");
+            eprintln!("report: {e}\n{USAGE}");
             return 2;
         }
     };
     let text = rest.join(" ");
-    let path = std::env::var("AIRLOCK_airlock_agent::REPORT_SOCKET")
+    let path = std::env::var("AIRLOCK_REPORT_SOCKET")
         .unwrap_or_else(|_| airlock_agent::REPORT_SOCKET.into());
     match airlock_agent::report::send(&path, &ReportRequest { status, text }) {
         Ok(r) if r.ok => {
             if let Some(n) = r.note {
-                errln!("report: {n}");
+                eprintln!("report: {n}");
             }
             0
         }
         Ok(r) => {
-            errln!("report: refused: {}", r.note.unwrap_or_default());
+            eprintln!("report: refused: {}", r.note.unwrap_or_default());
             1
         }
         Err(e) => {
-            errln!(
+            eprintln!(
                 "report: cannot reach the agent runner at {path}: {e} (is this an agent sandbox?)"
             );
             1

@@ -1,0 +1,340 @@
+//! Hot-plug mounts: a host path bound into a running named sandbox (`airlock mount`), or such
+//! a bind taken away again (`airlock unmount`), inside its mount namespace, without a restart.
+//!
+//! The host side is opened here, never through a symlink (each component `O_NOFOLLOW`); the
+//! destination is opened inside the sandbox's mount namespace the same way (created as needed,
+//! as a directory or an empty file), so a symlink the sandbox planted in either path is refused
+//! rather than followed. The detached mount (`open_tree`) is attached to the opened
+//! destination (`move_mount`), so nothing can be swapped in between.
+//!
+//! Root-run sandboxes: this (privileged) process opens the tree and applies the idmapping of a
+//! writable bind, as at start; a forked child joins the sandbox's user and mount namespaces and
+//! attaches it. Rootless ones: the child joins the user namespace, makes a mount namespace of
+//! its own there (a copy of the host's, which it may clone from), opens the tree, then joins
+//! the sandbox's mount namespace to attach it. Joining namespaces needs a single thread: the
+//! child is forked for it.
+
+use super::error::{io_err, RunError};
+use crate::sys;
+use airlock_model::exit;
+use airlock_model::plan::LaunchPlan;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+/// What to change in a running sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hotplug {
+    /// Bind host `source` at `target` inside (read-only unless `writable`).
+    Mount {
+        source: PathBuf,
+        target: PathBuf,
+        writable: bool,
+    },
+    /// Detach the bind at `target`, which must be a bind of `source` (checked by inode, so a
+    /// path the sandbox rearranged cannot make it detach something else).
+    Unmount { source: PathBuf, target: PathBuf },
+}
+
+const PATH_FLAGS: OFlag = OFlag::O_PATH
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+fn names(p: &Path) -> io::Result<Vec<&OsStr>> {
+    if !p.is_absolute() {
+        return Err(io::Error::other(format!(
+            "{} is not an absolute path",
+            p.display()
+        )));
+    }
+    p.components()
+        .filter(|c| !matches!(c, Component::RootDir))
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(io::Error::other(format!(
+                "{} has `.` or `..` components",
+                p.display()
+            ))),
+        })
+        .collect()
+}
+
+fn kind(fd: &OwnedFd) -> io::Result<u32> {
+    Ok(nix::sys::stat::fstat(fd.as_fd())?.st_mode & libc::S_IFMT)
+}
+
+fn symlink_refused(p: &Path, at: &OsStr) -> io::Error {
+    io::Error::other(format!(
+        "{}: {:?} is a symbolic link (never followed)",
+        p.display(),
+        at
+    ))
+}
+
+/// Open the existing `path` (O_PATH) from the current root without following any symlink.
+pub fn open_nofollow(path: &Path) -> io::Result<OwnedFd> {
+    let comps = names(path)?;
+    let mut cur = nix::fcntl::open(
+        "/",
+        PATH_FLAGS | OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    for (i, name) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let flags = if last {
+            PATH_FLAGS
+        } else {
+            PATH_FLAGS | OFlag::O_DIRECTORY
+        };
+        cur = match nix::fcntl::openat(cur.as_fd(), *name, flags, nix::sys::stat::Mode::empty()) {
+            Ok(fd) => fd,
+            Err(nix::Error::ENOTDIR) | Err(nix::Error::ELOOP) => {
+                return Err(symlink_refused(path, name))
+            }
+            Err(e) => return Err(io::Error::other(format!("{}: {e}", path.display()))),
+        };
+        if kind(&cur)? == libc::S_IFLNK {
+            return Err(symlink_refused(path, name));
+        }
+    }
+    Ok(cur)
+}
+
+/// Open (creating as needed: directories, and the leaf as a directory when `dir`, else an
+/// empty file) `path` from the current root without following any symlink.
+fn open_or_create(path: &Path, dir: bool) -> io::Result<OwnedFd> {
+    let comps = names(path)?;
+    if comps.is_empty() {
+        return Err(io::Error::other("cannot mount over /"));
+    }
+    let mode = nix::sys::stat::Mode::from_bits_truncate(0o755);
+    let mut cur = nix::fcntl::open(
+        "/",
+        PATH_FLAGS | OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    for (i, name) in comps.iter().enumerate() {
+        let want_dir = i + 1 < comps.len() || dir;
+        let flags = if want_dir {
+            PATH_FLAGS | OFlag::O_DIRECTORY
+        } else {
+            PATH_FLAGS
+        };
+        let next =
+            match nix::fcntl::openat(cur.as_fd(), *name, flags, nix::sys::stat::Mode::empty()) {
+                Ok(fd) => fd,
+                Err(nix::Error::ENOENT) => {
+                    if want_dir {
+                        nix::sys::stat::mkdirat(cur.as_fd(), *name, mode)?;
+                    } else {
+                        drop(nix::fcntl::openat(
+                            cur.as_fd(),
+                            *name,
+                            OFlag::O_CREAT
+                                | OFlag::O_EXCL
+                                | OFlag::O_WRONLY
+                                | OFlag::O_NOFOLLOW
+                                | OFlag::O_CLOEXEC,
+                            nix::sys::stat::Mode::from_bits_truncate(0o644),
+                        )?);
+                    }
+                    nix::fcntl::openat(cur.as_fd(), *name, flags, nix::sys::stat::Mode::empty())?
+                }
+                Err(nix::Error::ENOTDIR) | Err(nix::Error::ELOOP) => {
+                    return Err(symlink_refused(path, name))
+                }
+                Err(e) => return Err(io::Error::other(format!("{}: {e}", path.display()))),
+            };
+        match kind(&next)? {
+            libc::S_IFLNK => return Err(symlink_refused(path, name)),
+            libc::S_IFDIR if !want_dir => {
+                return Err(io::Error::other(format!(
+                    "{} is a directory, and the host path is a file",
+                    path.display()
+                )))
+            }
+            _ => {}
+        }
+        cur = next;
+    }
+    Ok(cur)
+}
+
+/// The detached mount of host `source` (opened without following symlinks), with the flags
+/// of a bind (nosuid, nodev; read-only unless `writable`) and an optional idmapping.
+fn detached(source: &Path, writable: bool, idmap: Option<&OwnedFd>) -> io::Result<(OwnedFd, bool)> {
+    let fd = open_nofollow(source)?;
+    let is_dir = match kind(&fd)? {
+        libc::S_IFDIR => true,
+        libc::S_IFREG => false,
+        _ => {
+            return Err(io::Error::other(format!(
+                "{} is neither a directory nor a regular file",
+                source.display()
+            )))
+        }
+    };
+    let tree = sys::open_tree_clone_fd(&fd)
+        .map_err(|e| io::Error::other(format!("open_tree {}: {e}", source.display())))?;
+    let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    if !writable {
+        attrs |= sys::MOUNT_ATTR_RDONLY;
+    }
+    sys::mount_setattr(&tree, attrs, true, idmap).map_err(|e| {
+        io::Error::other(format!("set the mount flags of {}: {e}", source.display()))
+    })?;
+    Ok((tree, is_dir))
+}
+
+/// (device, inode) of what `fd` is.
+fn identity(fd: &OwnedFd) -> io::Result<(u64, u64)> {
+    let st = nix::sys::stat::fstat(fd.as_fd())?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Apply `change` to the running sandbox in `dir` (its plan: `plan`). Blocks until done.
+pub fn apply(dir: &Path, plan: &LaunchPlan, change: &Hotplug) -> Result<(), RunError> {
+    if super::exec::pid1(dir).is_none() {
+        return Err(RunError::Setup(format!(
+            "sandbox {} is not running",
+            plan.name
+        )));
+    }
+    let ns = super::exec::fetch_namespaces(dir)
+        .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
+    let find = |flag: CloneFlags| {
+        ns.iter()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, fd)| fd)
+            .ok_or_else(|| RunError::Setup("the sandbox's namespaces are incomplete".into()))
+    };
+    let (userns, mntns) = (
+        find(CloneFlags::CLONE_NEWUSER)?,
+        find(CloneFlags::CLONE_NEWNS)?,
+    );
+    // Root-run: this process opens (and idmaps) the tree; the child only attaches it.
+    let mut prepared: Option<(OwnedFd, bool)> = None;
+    let mut expect: Option<(u64, u64)> = None;
+    match change {
+        Hotplug::Mount {
+            source, writable, ..
+        } if !plan.rootless => {
+            let idmap = if *writable {
+                let st = nix::sys::stat::stat(source.as_path())
+                    .map_err(|e| io_err("stat the host path")(e.into()))?;
+                let to = (
+                    plan.uid_map[0].outside + plan.user.0,
+                    plan.gid_map[0].outside + plan.user.1,
+                );
+                Some(
+                    crate::userns::idmap_userns((st.st_uid, st.st_gid), to)
+                        .map_err(io_err("create the idmapping user namespace"))?,
+                )
+            } else {
+                None
+            };
+            prepared = Some(
+                detached(source, *writable, idmap.as_ref())
+                    .map_err(|e| RunError::Setup(e.to_string()))?,
+            );
+        }
+        Hotplug::Unmount { source, .. } => {
+            let fd = open_nofollow(source).map_err(|e| RunError::Setup(e.to_string()))?;
+            expect = Some(identity(&fd).map_err(io_err("stat the host path"))?);
+        }
+        Hotplug::Mount { .. } => {}
+    }
+    let (err_rd, err_wr) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
+    let child = sys::clone_fork(0).map_err(RunError::Clone)?;
+    if child == 0 {
+        drop(err_rd);
+        let ef = err_wr.as_raw_fd();
+        let fail = |msg: String| -> ! {
+            sys::write_all_raw(ef, msg.as_bytes());
+            sys::exit_now(exit::SANDBOX_FAILED)
+        };
+        let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if let Err(e) = nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER) {
+            fail(format!("join the sandbox's user namespace: {e}"));
+        }
+        let tree = match (change, prepared) {
+            (
+                Hotplug::Mount {
+                    source, writable, ..
+                },
+                None,
+            ) => {
+                // Rootless: clone the host path from a mount namespace of our own.
+                if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS) {
+                    fail(format!("make a mount namespace: {e}"));
+                }
+                match detached(source, *writable, None) {
+                    Ok(t) => Some(t),
+                    Err(e) => fail(e.to_string()),
+                }
+            }
+            (_, p) => p,
+        };
+        if !plan.rootless {
+            // Become the sandbox's root: what it creates inside is its own.
+            let root = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+            if let Err(e) = nix::unistd::setresgid(root.1, root.1, root.1)
+                .and_then(|()| nix::unistd::setresuid(root.0, root.0, root.0))
+            {
+                fail(format!("become the sandbox's root: {e}"));
+            }
+        }
+        if let Err(e) = nix::sched::setns(mntns, CloneFlags::CLONE_NEWNS) {
+            fail(format!("join the sandbox's mount namespace: {e}"));
+        }
+        match change {
+            Hotplug::Mount { target, .. } => {
+                let Some((tree, is_dir)) = tree else {
+                    fail("internal: no mount to attach".into())
+                };
+                let at = match open_or_create(target, is_dir) {
+                    Ok(fd) => fd,
+                    Err(e) => fail(format!("inside the sandbox: {e}")),
+                };
+                if let Err(e) = sys::move_mount_to_fd(&tree, &at) {
+                    fail(format!("attach at {}: {e}", target.display()));
+                }
+            }
+            Hotplug::Unmount { target, .. } => {
+                let at = match open_nofollow(target) {
+                    Ok(fd) => fd,
+                    Err(e) => fail(format!("inside the sandbox: {e}")),
+                };
+                if identity(&at).ok() != expect {
+                    fail(format!(
+                        "{} inside is not the bind of that host path",
+                        target.display()
+                    ));
+                }
+                if let Err(e) = nix::unistd::fchdir(at.as_fd())
+                    .and_then(|()| nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH))
+                {
+                    fail(format!("detach {}: {e}", target.display()));
+                }
+            }
+        }
+        sys::exit_now(0);
+    }
+    drop(err_wr);
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None)
+        .map_err(|e| io_err("wait for the mount helper")(e.into()))?;
+    let mut msg = Vec::new();
+    let _ = io::Read::read_to_end(&mut std::fs::File::from(err_rd), &mut msg);
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        _ => Err(RunError::Setup(if msg.is_empty() {
+            format!("the mount helper ended: {status:?}")
+        } else {
+            String::from_utf8_lossy(&msg).into_owned()
+        })),
+    }
+}
