@@ -470,3 +470,48 @@ fn a_placeholder_in_a_plain_body_sent_after_the_head_is_blocked() {
         .unwrap()
         .ends_with("k=v"));
 }
+
+/// Cost of interception on loopback (run with `--release -- --ignored --nocapture`): median
+/// time of a fresh HTTPS connection + request through the proxy, passthrough vs intercepted,
+/// against the same server.
+#[test]
+#[ignore]
+fn measure_interception_cost() {
+    let ca = UpstreamCa::new();
+    let (port, got) = ca.server(&["api.test", "plain.test"]);
+    thread::spawn(move || while got.recv().is_ok() {});
+    let s = setup(Some(&ca), &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let trust_proxy = client_config(s.icpt.ca_pem().as_bytes());
+    let trust_server = client_config(&ca.pem());
+    let n = 200;
+    let median = |sni: &str, cfg: &Arc<rustls::ClientConfig>, req: &str| {
+        let mut v: Vec<f64> = (0..n)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let a = tls_exchange(dial(at), cfg.clone(), sni, req).unwrap();
+                assert!(a.contains("hello from"), "{a}");
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[n / 2]
+    };
+    let pass = median(
+        "plain.test",
+        &trust_server,
+        "GET / HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\n\r\n",
+    );
+    let icpt = median(
+        "api.test",
+        &trust_proxy,
+        &format!(
+            "GET / HTTP/1.1\r\nHost: api.test\r\nx-api-key: {}\r\n\r\n",
+            s.placeholder
+        ),
+    );
+    println!(
+        "passthrough {pass:.3} ms, intercepted {icpt:.3} ms, +{:.3} ms",
+        icpt - pass
+    );
+}
