@@ -2,7 +2,8 @@
 //! what happened to it. Two size-capped, rotated JSONL files in its folder feed it:
 //! `net.jsonl` (every egress decision and secret injection, written by its supervisor) and
 //! `audit.jsonl` (lifecycle transitions and review-gate outcomes, written by the engine).
-//! [`read`] merges them; each line gets a `category`: `egress`, `lifecycle`, `review`.
+//! [`read`] merges them; each line gets a `category`: `egress`, `lifecycle`, `review`,
+//! `policy` (mounts added to or removed from a running sandbox).
 
 use airlock_egress::journal::{now_rfc3339, RotatingFile, MAX_FILE_BYTES};
 use serde_json::{json, Value};
@@ -140,6 +141,19 @@ pub fn human(e: &Value) -> String {
             }
             if let Some(r) = e["reason"].as_str() {
                 t.push_str(&format!(": {r}"));
+            }
+            t
+        }
+        "policy" => {
+            let mut t = s("op");
+            if let Some(src) = e["source"].as_str() {
+                t.push_str(&format!(" {src}"));
+            }
+            if let Some(tgt) = e["target"].as_str() {
+                t.push_str(&format!(" at {tgt}"));
+            }
+            if e["writable"] == true {
+                t.push_str(" (writable)");
             }
             t
         }
