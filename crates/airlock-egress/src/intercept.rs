@@ -285,7 +285,7 @@ fn exchange(
     let secrets = icpt.secrets();
     let deadline = Instant::now() + ctx.inspect_timeout;
     let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
+    let mut chunk = vec![0u8; 64 * 1024];
     let req = loop {
         let parsed = if buf.is_empty() {
             Err(HttpError::NeedMore)

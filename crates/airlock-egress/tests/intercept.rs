@@ -19,6 +19,8 @@ use std::thread;
 use std::time::Duration;
 
 const KEY: &str = "sk-ant-REAL-0123456789abcdef";
+/// The bulk body of `GET /big` (measurement only).
+const BIG: usize = 128 << 20;
 
 fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -88,6 +90,22 @@ impl UpstreamCa {
                         }
                     }
                     let sni = s.conn.server_name().unwrap_or("").to_string();
+                    if got.starts_with(b"GET /big ") {
+                        // Bulk: BIG bytes of zeros (throughput measurement).
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\nConnection: close\r\n\r\n"
+                        );
+                        let chunk = vec![0u8; 1 << 16];
+                        for _ in 0..BIG / chunk.len() {
+                            if s.write_all(&chunk).is_err() {
+                                return;
+                            }
+                        }
+                        s.conn.send_close_notify();
+                        let _ = s.flush();
+                        return;
+                    }
                     let _ = tx.send(got);
                     let body = format!("hello from {sni}");
                     let _ = write!(
@@ -513,5 +531,28 @@ fn measure_interception_cost() {
     println!(
         "passthrough {pass:.3} ms, intercepted {icpt:.3} ms, +{:.3} ms",
         icpt - pass
+    );
+    let rate = |sni: &str, cfg: &Arc<rustls::ClientConfig>, req: &str| {
+        let t = std::time::Instant::now();
+        let a = tls_exchange(dial(at), cfg.clone(), sni, req).unwrap();
+        assert!(a.len() > BIG, "{}", a.len());
+        BIG as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64()
+    };
+    let tp = rate(
+        "plain.test",
+        &trust_server,
+        "GET /big HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\n\r\n",
+    );
+    let ti = rate(
+        "api.test",
+        &trust_proxy,
+        &format!(
+            "GET /big HTTP/1.1\r\nHost: api.test\r\nx-api-key: {}\r\n\r\n",
+            s.placeholder
+        ),
+    );
+    println!(
+        "bulk: passthrough {tp:.0} MiB/s, intercepted {ti:.0} MiB/s, {:.2}x",
+        ti / tp
     );
 }
