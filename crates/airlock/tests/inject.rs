@@ -236,6 +236,19 @@ fn injection_needs_the_filtered_network_and_an_allowed_host() {
         out.describe()
     );
     assert!(!out.stderr.contains(REAL));
+    // A named sandbox that could never start is not created.
+    let out = a.run_with_env(
+        &env,
+        &["create", "never", "--net", "off", "--secret", secret],
+    );
+    assert_eq!(out.code(), 121, "{}", out.describe());
+    assert!(
+        out.stderr.contains("needs the filtered network"),
+        "{}",
+        out.describe()
+    );
+    assert!(!a.state_dir().join("sandboxes").join("never").exists());
+    common::stop_engines_of(&a);
 }
 
 /// A named sandbox: the secret's source and binding are recorded, never its value; each start

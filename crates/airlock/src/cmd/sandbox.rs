@@ -317,6 +317,7 @@ fn create_record(
     built: &crate::cmd::run::Built,
 ) -> CliResult<airlock_engine::store::Record> {
     drop(crate::cmd::run::resolve_secrets(&built.spec.secrets)?);
+    crate::cmd::secrets::check(&built.spec)?;
     if built.spec.require_limits {
         check_limits(name, &built.spec)?;
     }

@@ -76,24 +76,23 @@ fn at(i: &Inject) -> At {
     }
 }
 
-/// The secrets as the sandbox sees them (injected ones replaced by fresh placeholders) and,
-/// when some are injected, the interceptor that holds their values. Refuses what cannot work:
-/// injection without the filtered network, or to a host the policy does not allow.
-pub fn bind(spec: &RunSpec, values: Vec<(String, String)>) -> CliResult<Bound> {
+/// Whether `spec` injects secrets, refusing what cannot work: injection without the filtered
+/// network, or to a host the policy does not allow. Also called at `create`, so a named
+/// sandbox that could never start is not made.
+pub fn check(spec: &RunSpec) -> CliResult<bool> {
     let injected: Vec<(&String, &Inject)> = spec
         .secrets
         .iter()
         .filter_map(|(n, s)| s.inject.as_ref().map(|i| (n, i)))
         .collect();
-    if injected.is_empty() {
-        return Ok((values, None));
-    }
+    let Some((first, _)) = injected.first() else {
+        return Ok(false);
+    };
     if spec.net != NetMode::Filtered {
-        let (name, _) = injected[0];
         return Err(CliError::new(
             exit::POLICY_REFUSED,
             anyhow::anyhow!(
-                "secret {name} is injected into requests, which needs the filtered network (this sandbox's network is {:?})",
+                "secret {first} is injected into requests, which needs the filtered network (this sandbox's network is {:?})",
                 spec.net
             ),
         )
@@ -117,6 +116,15 @@ pub fn bind(spec: &RunSpec, values: Vec<(String, String)>) -> CliResult<Bound> {
                 .hint(format!("allow it: --allow {host} (or add it to [network] domains)")));
             }
         }
+    }
+    Ok(true)
+}
+
+/// The secrets as the sandbox sees them (injected ones replaced by fresh placeholders) and,
+/// when some are injected, the interceptor that holds their values (see [`check`]).
+pub fn bind(spec: &RunSpec, values: Vec<(String, String)>) -> CliResult<Bound> {
+    if !check(spec)? {
+        return Ok((values, None));
     }
     let mut bindings = Vec::new();
     let mut seen = Vec::new();
