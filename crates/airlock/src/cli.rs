@@ -154,8 +154,10 @@ pub struct PolicyArgs {
     #[arg(long = "env-pass", value_name = "NAME")]
     pub env_pass: Vec<String>,
     /// A secret: NAME=env:HOST_VAR or NAME=file:PATH. Read at start, given as $NAME and
-    /// /run/secrets/NAME (0400, tmpfs); never written to disk, never in argv or logs.
-    #[arg(long = "secret", value_name = "NAME=env:VAR|file:PATH")]
+    /// /run/secrets/NAME (0400, tmpfs); never written to disk, never in argv or logs. With
+    /// `;hosts=H[,H];header=X` (or `;bearer`, `;basic`, `;query=P`) the sandbox holds a
+    /// placeholder and the value is put into requests to those hosts only (filtered network).
+    #[arg(long = "secret", value_name = "NAME=env:VAR|file:PATH[;hosts=…;header=…]")]
     pub secret: Vec<String>,
     /// Memory limit, e.g. 512M, 2G.
     #[arg(long, value_name = "SIZE")]
