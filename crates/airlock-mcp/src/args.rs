@@ -28,6 +28,32 @@ impl ProfileArg {
     }
 }
 
+/// What an agent expects, in one switch (agentkernel's compatibility modes): its profile, its
+/// API's domains, the common package registries, its workspace mode.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CompatibilityArg {
+    /// Moderate profile, filtered to Anthropic's API and the package registries.
+    Claude,
+    /// Restrictive profile (stricter), filtered to OpenAI's API and the package registries.
+    Codex,
+    /// Moderate profile, filtered to Google's Gemini APIs and the package registries.
+    Gemini,
+    /// airlock's defaults, no project workspace.
+    Native,
+}
+
+impl CompatibilityArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompatibilityArg::Claude => "claude",
+            CompatibilityArg::Codex => "codex",
+            CompatibilityArg::Gemini => "gemini",
+            CompatibilityArg::Native => "native",
+        }
+    }
+}
+
 /// Network egress inside the sandbox.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -79,6 +105,7 @@ impl WorkspaceArg {
 /// The policy options of `sandbox_run`, `sandbox_create` and `policy_explain`.
 #[derive(Debug, Default, Clone)]
 pub struct Policy {
+    pub compatibility_mode: Option<CompatibilityArg>,
     pub profile: Option<ProfileArg>,
     pub network: Option<NetArg>,
     pub allow_domains: Vec<String>,
@@ -97,6 +124,9 @@ macro_rules! with_policy {
         #[serde(deny_unknown_fields)]
         pub struct $name {
             $($(#[$fm])* pub $f: $t,)*
+            /// One switch for what an agent expects (profile, its API's domains, the common
+            /// package registries, workspace mode); the other options here override it.
+            pub compatibility_mode: Option<CompatibilityArg>,
             /// Policy defaults (default: the project's configuration, else `moderate`).
             pub profile: Option<ProfileArg>,
             /// Network mode (default: from the profile / configuration).
@@ -118,6 +148,7 @@ macro_rules! with_policy {
         impl $name {
             pub fn policy(&self) -> Policy {
                 Policy {
+                    compatibility_mode: self.compatibility_mode,
                     profile: self.profile,
                     network: self.network,
                     allow_domains: self.allow_domains.clone(),

@@ -109,6 +109,9 @@ pub fn policy_flags(p: &Policy, opts: &Options) -> Result<Vec<String>, CallToolR
         ));
     }
     let mut f = Vec::new();
+    if let Some(v) = p.compatibility_mode {
+        f.push(format!("--compatibility-mode={}", v.as_str()));
+    }
     if let Some(v) = p.profile {
         f.push(format!("--profile={}", v.as_str()));
     }

@@ -56,7 +56,18 @@ fn explain(a: &ExplainArgs, flags: Vec<String>, builder: &super::SpecBuilder) ->
         verdicts.push(domain(&spec, d, a.port.unwrap_or(443)));
     }
     if let Some(p) = &a.path {
-        let facts = airlock_sandbox::container::host_facts(&spec.project_dir, &Layout::None);
+        let mut facts = airlock_sandbox::container::host_facts(&spec.project_dir, &Layout::None);
+        facts.offer = airlock_sandbox::isolation::offer();
+        // An image root: which paths are writable does not depend on the image's files, so
+        // the plan is explained without opening the store (it is never executed).
+        if let airlock_model::spec::RootFs::Image { .. } = &spec.rootfs {
+            facts.image = Some(Box::new(plan::ImageRoot {
+                reference: spec.rootfs.label(),
+                layers: Vec::new(),
+                passwd: None,
+                group: None,
+            }));
+        }
         match plan::plan(&spec, &facts) {
             Ok(plan::Plan::Container(plan)) => {
                 verdicts.push(path(&plan, p, a.access.unwrap_or(Access::Write)))
@@ -73,7 +84,8 @@ fn explain(a: &ExplainArgs, flags: Vec<String>, builder: &super::SpecBuilder) ->
         verdicts.push(syscall(s));
     }
     let mut text = format!(
-        "policy of {origin}: profile {}, network {}{}, workspace {}\n",
+        "policy of {origin}: image {}, profile {}, network {}{}, workspace {}\n",
+        spec.rootfs.label(),
         spec.profile,
         spec.net,
         if spec.net == NetMode::Filtered {
@@ -100,7 +112,7 @@ fn explain(a: &ExplainArgs, flags: Vec<String>, builder: &super::SpecBuilder) ->
         text,
         json!({
             "policy": {
-                "source": origin, "profile": spec.profile.to_string(),
+                "source": origin, "image": spec.rootfs.label(), "profile": spec.profile.to_string(),
                 "network": spec.net.to_string(), "domains": spec.domains,
                 "ports": spec.ports, "workspace": spec.workspace.to_string(),
             },
@@ -246,7 +258,12 @@ fn step_target(s: &MountStep) -> Option<(PathBuf, &'static str, bool)> {
         MountStep::Sysfs { target } => (target.clone(), "a read-only /sys", true),
         MountStep::Devpts { target } => (target.clone(), "the sandbox's own devpts", false),
         MountStep::Protect { target } => (target.clone(), "protected", true),
-        MountStep::Pin { .. } => return None,
+        MountStep::ImageRoot { .. } => (
+            PathBuf::from("/"),
+            "the image's files (read-only overlay of its layers)",
+            true,
+        ),
+        MountStep::Pin { .. } | MountStep::ImageLayer { .. } => return None,
         MountStep::RootReadOnly => return None,
     })
 }
@@ -407,6 +424,21 @@ fn path(plan: &LaunchPlan, raw: &str, access: Access) -> Verdict {
             );
         }
     }
+    if let MountStep::ImageRoot { .. } = step {
+        return verdict(
+            access == Access::Read,
+            format!(
+                "{} is among the image's files (read-only overlay of its layers): readable if the \
+                 image has it, never writable; the host's {} is not visible",
+                p.display(),
+                p.display()
+            ),
+            Some(format!(
+                "write under /tmp, $HOME or /workspace instead, or mount a host directory: `--rw HOST:{}`",
+                p.display()
+            )),
+        );
+    }
     if target == Path::new("/") {
         return verdict(
             false,
@@ -521,6 +553,31 @@ mod tests {
         let facts = airlock_sandbox::container::host_facts(Path::new("/tmp"), &Layout::None);
         let plan::Plan::Container(plan) = plan::plan(&spec, &facts).expect("plan");
         plan
+    }
+
+    #[test]
+    fn an_image_sandbox_is_explained_with_its_image_and_a_read_only_root() {
+        let mut spec: RunSpec = serde_json::from_value(json!({
+            "name": "box", "hostname": "box", "profile": "moderate", "net": "off",
+            "domains": [], "ports": [], "workspace": "overlay",
+            "project_dir": "/tmp", "binds": [], "env": [["PATH", "/usr/bin:/bin"]],
+            "workdir": null,
+            "resources": {"memory": null, "cpus": null, "pids": null, "disk": null},
+            "require_limits": false, "user": "agent", "timeout": null,
+            "stdio": {"inherit": {"forward_stdin": true}}, "argv": ["true"]
+        }))
+        .expect("spec");
+        spec.rootfs = airlock_model::spec::RootFs::from_config("docker.io/library/busybox:1");
+        let a: ExplainArgs =
+            serde_json::from_value(json!({"path": "/usr/bin/x", "access": "write"})).expect("args");
+        let builder: super::super::SpecBuilder = std::sync::Arc::new(move |_| Ok(spec.clone()));
+        let r = explain(&a, vec![], &builder);
+        let text = format!("{:?}", r.content);
+        assert!(text.contains("image docker.io/library/busybox:1"), "{text}");
+        assert!(
+            text.contains("DENIED") && text.contains("the image's files"),
+            "{text}"
+        );
     }
 
     fn read(plan: &LaunchPlan, p: &str) -> Verdict {

@@ -3,6 +3,9 @@
 
 /// Bad flags, bad config, invalid input.
 pub const USAGE: i32 = 2;
+/// An image could not be pulled, imported or verified (registry unreachable, authentication
+/// required, digest mismatch, unsafe layer).
+pub const IMAGE_FAILED: i32 = 118;
 /// A sandbox with that name already exists.
 pub const ALREADY_EXISTS: i32 = 119;
 /// The sandbox is in the wrong state for that (e.g. rm of a running one without --force,

@@ -6,5 +6,6 @@ pub mod exit;
 pub mod lifecycle;
 pub mod plan;
 pub mod policy;
+pub mod runtime;
 pub mod spec;
 pub mod userfile;

@@ -88,7 +88,7 @@ pub trait Isolation {
 pub fn offer() -> airlock_model::plan::Offer {
     airlock_model::plan::Offer {
         backends: vec![airlock_model::policy::BackendKind::Container],
-        images: false,
+        images: true,
     }
 }
 
@@ -269,7 +269,7 @@ pub enum Call {
 /// `check` with the facts it was given, and ends every start/exec with a scripted exit code.
 #[derive(Debug)]
 pub struct Fake {
-    facts: HostFacts,
+    facts: Box<HostFacts>,
     exit_code: i32,
     running: Mutex<Vec<String>>,
     calls: Mutex<Vec<Call>>,
@@ -278,7 +278,7 @@ pub struct Fake {
 impl Fake {
     pub fn new(facts: HostFacts, exit_code: i32) -> Fake {
         Fake {
-            facts,
+            facts: Box::new(facts),
             exit_code,
             running: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
@@ -314,7 +314,7 @@ impl Isolation for Fake {
         self.record(Call::Check {
             project_dir: project_dir.to_path_buf(),
         });
-        self.facts.clone()
+        (*self.facts).clone()
     }
     fn start(&self, plan: &Plan, _opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
         let Plan::Container(p) = plan;

@@ -62,6 +62,8 @@ pub trait Os {
     fn reopen(&self, fd: &Self::Fd, flags: OFlag) -> io::Result<Self::Fd>;
     fn mkdirat(&self, dir: &Self::Fd, name: &OsStr, mode: u32) -> io::Result<()>;
     fn symlinkat(&self, points_to: &Path, dir: &Self::Fd, name: &OsStr) -> io::Result<()>;
+    /// unlinkat(2) of a non-directory (never follows a symlink: removes the link itself).
+    fn unlinkat(&self, dir: &Self::Fd, name: &OsStr) -> io::Result<()>;
     /// st_mode of what `fd` refers to.
     fn stat_mode(&self, fd: &Self::Fd) -> io::Result<u32>;
     fn fchmod(&self, fd: &Self::Fd, mode: u32) -> io::Result<()>;
@@ -166,6 +168,13 @@ impl Os for Real {
     }
     fn symlinkat(&self, points_to: &Path, dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
         Ok(nix::unistd::symlinkat(points_to, dir, name)?)
+    }
+    fn unlinkat(&self, dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+        Ok(nix::unistd::unlinkat(
+            dir,
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )?)
     }
     fn stat_mode(&self, fd: &OwnedFd) -> io::Result<u32> {
         Ok(nix::sys::stat::fstat(fd)?.st_mode)

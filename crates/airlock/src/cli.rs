@@ -38,6 +38,9 @@ pub enum Command {
     Trust(TrustArgs),
     /// Reclaim leftovers of sandboxes whose airlock process died.
     Gc(JsonArg),
+    /// OCI images: pull, list, inspect, import, remove, prune.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Create a named, persistent sandbox of the current directory (same options as run).
     Create(Box<CreateArgs>),
     /// Start a created or stopped sandbox.
@@ -105,6 +108,44 @@ pub enum Command {
     ExecDir(ExecDirArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from its registry (or a configured mirror) into the local store.
+    Pull(ImageRefArgs),
+    /// List the images in the store.
+    #[command(visible_alias = "list")]
+    Ls(JsonArg),
+    /// Remove an image from the store (its layers go at the next `image prune`).
+    Rm(ImageRefArgs),
+    /// Show an image's digest, layers and run configuration.
+    Inspect(ImageRefArgs),
+    /// Import an OCI image layout (directory or tar) or a `docker save` archive.
+    Import(ImageImportArgs),
+    /// Remove layers no image uses and leftovers of interrupted pulls.
+    Prune(JsonArg),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageRefArgs {
+    /// Image reference: NAME[:TAG][@sha256:DIGEST] (`python:3.12` is docker.io/library/python:3.12).
+    pub reference: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageImportArgs {
+    /// An OCI image layout directory, a tar of one, or a `docker save` tar.
+    pub file: std::path::PathBuf,
+    /// Name the image (default: the name the archive carries).
+    #[arg(long, value_name = "REF")]
+    pub tag: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct JsonArg {
     /// Machine-readable output.
@@ -157,7 +198,10 @@ pub struct PolicyArgs {
     /// /run/secrets/NAME (0400, tmpfs); never written to disk, never in argv or logs. With
     /// `;hosts=H[,H];header=X` (or `;bearer`, `;basic`, `;query=P`) the sandbox holds a
     /// placeholder and the value is put into requests to those hosts only (filtered network).
-    #[arg(long = "secret", value_name = "NAME=env:VAR|file:PATH[;hosts=…;header=…]")]
+    #[arg(
+        long = "secret",
+        value_name = "NAME=env:VAR|file:PATH[;hosts=…;header=…]"
+    )]
     pub secret: Vec<String>,
     /// Memory limit, e.g. 512M, 2G.
     #[arg(long, value_name = "SIZE")]
@@ -177,6 +221,10 @@ pub struct PolicyArgs {
     /// Hostname inside (default: the sandbox name).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
+    /// Root filesystem: `host` (default), an OCI image (`python:3.12-alpine`, pulled when
+    /// missing), or `auto` (picked from the command and the project's files).
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -47,8 +47,9 @@ fn not_yet_hint(e: &clap::Error) -> Option<&'static str> {
         return None;
     };
     match arg.split('=').next()? {
-        "--image" => Some("--image is not available yet: this build runs the `host` image only (the host's /usr, read-only)"),
-        "--backend" => Some("--backend is not available yet: this build has the `container` backend only"),
+        "--backend" => {
+            Some("--backend is not available yet: this build has the `container` backend only")
+        }
         "--no-net" | "--offline" => Some("no network is `--net off` (or `--no-network`)"),
         _ => None,
     }

@@ -39,19 +39,11 @@ fn unknown_options_before_the_command_are_usage_errors() {
     // Options of the product that this build does not have yet.
     for (args, says) in [
         (
-            &["run", "--image", "python:3.12", "--", "true"][..],
-            "--image is not available yet",
-        ),
-        (
             &["run", "--backend=microvm", "--", "true"][..],
             "--backend is not available yet",
         ),
         // `--no-network` is an alias of `--net off` (tests/peers.rs); near misses say so.
         (&["run", "--offline", "--", "true"][..], "`--net off`"),
-        (
-            &["create", "box", "--image", "alpine"][..],
-            "--image is not available yet",
-        ),
     ] {
         let err = usage_error(&a, args);
         assert!(err.contains("unexpected argument"), "{args:?}: {err}");
@@ -337,11 +329,13 @@ fn the_planner_refuses_a_backend_or_image_this_build_lacks() {
             "refused: the microvm backend is not available in this build or on this host",
             "hint: use backend = \"container\"",
         ),
+        // Images exist now (tests/images.rs); a malformed one is refused before anything is
+        // created or pulled.
         (
             "[sandbox]\nimage = \"alpine:3.20@sha256:ab\"\n",
-            121,
-            "refused: image \"alpine:3.20@sha256:ab\" is not available",
-            "hint: use image = \"host\"",
+            2,
+            "invalid image reference \"alpine:3.20@sha256:ab\"",
+            "hint: write it like Docker does",
         ),
     ] {
         std::fs::write(&cfg, toml).expect("config");

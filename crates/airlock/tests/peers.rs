@@ -493,6 +493,29 @@ fn compatibility_modes(a: &Airlock, mode: &str) {
         !a.cwd.join("new").exists(),
         "{mode}: overlay keeps the host untouched"
     );
+    // The same switch on the MCP server's sandbox_run (agentkernel's MCP option).
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "sandbox_run", "arguments": {"command": ["sh", "-c", probe],
+        "compatibility_mode": "claude", "timeout_seconds": 60}}});
+    let input = format!(
+        "{}\n{}\n{call}\n",
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+    );
+    let mut cmd = a.command(&["mcp", "server"]);
+    cmd.env("AIRLOCK_DNS_UPSTREAM", &inet.dns);
+    let out = common::run_with_deadline(cmd, Some(input.into_bytes()), common::DEADLINE);
+    let answer: serde_json::Value = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["id"] == 2)
+        .unwrap_or_else(|| panic!("{mode}: no answer: {}", out.describe()));
+    assert_eq!(
+        answer["result"]["structuredContent"]["stdout"],
+        "api.anthropic.com 200\npypi.org 200\napi.openai.com 403\nexample.com 403\n",
+        "{mode}: {answer}"
+    );
     let out = a.run(&["run", "--compatibility-mode", "cursor", "--", "true"]);
     assert_eq!(out.code(), 2, "{}", out.describe());
     assert!(
@@ -817,6 +840,13 @@ fn hot_plug_mounts(a: &Airlock, mode: &str) {
         )),
         "{mode}: {st}"
     );
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(a, &["status", "box", "--json"]).stdout).expect("json");
+    assert_eq!(
+        st["spec"]["binds"][1]["target"], "/home/agent/rw",
+        "{mode}: {st}"
+    );
+    assert_eq!(st["spec"]["binds"][1]["writable"], true, "{st}");
     ok(a, &["unmount", "box", "/tmp/data"]);
     // Each change is in the sandbox's audit journal.
     let audit = ok(a, &["audit", "box"]).stdout;
@@ -842,6 +872,13 @@ fn hot_plug_mounts(a: &Airlock, mode: &str) {
     ok(a, &["stop", "box"]);
     ok(a, &["start", "box"]);
     assert!(!inside("test -e /tmp/data/f").status.success(), "{mode}");
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(a, &["status", "box", "--json"]).stdout).expect("json");
+    assert_eq!(
+        st["spec"]["binds"].as_array().map(Vec::len),
+        Some(2),
+        "{mode}: {st}"
+    );
     assert_eq!(inside("cat /home/agent/rw/f").stdout, "from the host\n");
     refused(
         a,
@@ -923,6 +960,15 @@ fn hot_plug_mounts(a: &Airlock, mode: &str) {
             "hot-plugged mounts go there only",
         );
     }
+    // A file where a directory goes is named as such, not taken for a link.
+    ok(a, &["exec", "box", "--", "sh", "-c", "echo > /tmp/plain"]);
+    let out = a.run(&["mount", "box", &spec("/tmp/plain/x")]);
+    assert_eq!(out.code(), 125, "{mode}: {}", out.describe());
+    assert!(
+        out.stderr.contains("is not a directory"),
+        "{}",
+        out.describe()
+    );
     refused(a, &["mount", "box", &spec("../x")], 2, "absolute");
     refused(a, &["mount", "box", &spec("/tmp/a/../../etc")], 2, "`..`");
     refused(

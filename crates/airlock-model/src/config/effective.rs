@@ -1,8 +1,8 @@
 //! The resolved configuration: concrete values after every layer has been merged.
 
 use super::schema::{
-    AgentLayer, Harness, HomeFileLayer, HooksLayer, Layer, MountLayer, NetworkLayer, RepoSpec,
-    ResourcesLayer, SandboxLayer, Secret, WorkspaceLayer,
+    AgentLayer, Harness, HomeFileLayer, HooksLayer, ImagesLayer, Layer, MountLayer, NetworkLayer,
+    RepoSpec, ResourcesLayer, SandboxLayer, Secret, WorkspaceLayer,
 };
 use crate::policy::{
     BackendKind, ByteSize, CompatibilityMode, Cpus, HomeFileMode, NetMode, Profile, Seconds,
@@ -47,6 +47,16 @@ pub struct Effective {
     /// `setup`: scripts (absolute host paths) run inside after the first start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub setup: Vec<PathBuf>,
+    #[serde(default)]
+    pub images: ImagesConfig,
+}
+
+/// `[images]`, merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagesConfig {
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    pub insecure_registries: Vec<String>,
+    pub runtimes: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +145,7 @@ impl Default for Effective {
             compatibility_mode: None,
             hooks: Hooks::default(),
             setup: Vec::new(),
+            images: ImagesConfig::default(),
         }
     }
 }
@@ -216,6 +227,11 @@ impl Effective {
                 post_up: some_vec(&h.post_up),
                 pre_down: some_vec(&h.pre_down),
                 post_down: some_vec(&h.post_down),
+            }),
+            images: (self.images != ImagesConfig::default()).then(|| ImagesLayer {
+                mirrors: some_map(&self.images.mirrors),
+                insecure_registries: some_vec(&self.images.insecure_registries),
+                runtimes: some_map(&self.images.runtimes),
             }),
         }
     }

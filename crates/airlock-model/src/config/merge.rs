@@ -6,8 +6,8 @@
 //! same `dest`) replaces the earlier one in place. `home_files` entries merge field by field.
 
 use super::effective::{
-    Effective, HomeFileSpec, Hooks, MountSpec, NetworkConfig, ResourcesConfig, SandboxConfig,
-    WorkspaceConfig, DEFAULT_AGENT_GRACE, DEFAULT_HOME_FILE_MODE, DEFAULT_IMAGE,
+    Effective, HomeFileSpec, Hooks, ImagesConfig, MountSpec, NetworkConfig, ResourcesConfig,
+    SandboxConfig, WorkspaceConfig, DEFAULT_AGENT_GRACE, DEFAULT_HOME_FILE_MODE, DEFAULT_IMAGE,
     DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
 };
 use super::error::{ConfigError, Location};
@@ -324,6 +324,18 @@ impl Acc {
                 PartialEq::eq,
             );
         }
+        if let Some(i) = layer.images {
+            let d = m.images.get_or_insert_with(Default::default);
+            self.map(&mut d.mirrors, i.mirrors, "images.mirrors", src);
+            self.list(
+                &mut d.insecure_registries,
+                i.insecure_registries,
+                "images.insecure_registries",
+                src,
+                PartialEq::eq,
+            );
+            self.map(&mut d.runtimes, i.runtimes, "images.runtimes", src);
+        }
         self.merged = m;
     }
 
@@ -335,6 +347,7 @@ impl Acc {
             m.resources.unwrap_or_default(),
         );
         let hooks = m.hooks.unwrap_or_default();
+        let images = m.images.unwrap_or_default();
         let mut home_files = BTreeMap::new();
         for (k, HomeFileLayer { source, mode }) in m.home_files.unwrap_or_default() {
             let at = join_key("home_files", &k);
@@ -419,6 +432,11 @@ impl Acc {
                 post_up: hooks.post_up.unwrap_or_default(),
                 pre_down: hooks.pre_down.unwrap_or_default(),
                 post_down: hooks.post_down.unwrap_or_default(),
+            },
+            images: ImagesConfig {
+                mirrors: images.mirrors.unwrap_or_default(),
+                insecure_registries: images.insecure_registries.unwrap_or_default(),
+                runtimes: images.runtimes.unwrap_or_default(),
             },
         };
         Ok((effective, self.origins))

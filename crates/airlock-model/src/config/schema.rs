@@ -42,6 +42,24 @@ pub struct Layer {
     /// the command).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub setup: Option<Vec<PathBuf>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImagesLayer>,
+}
+
+/// `[images]`: registries and the runtime auto-detection table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesLayer {
+    /// Registry (`docker.io`) -> mirror hosts tried first, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirrors: Option<BTreeMap<String, Vec<String>>>,
+    /// Registry hosts spoken to over plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_registries: Option<Vec<String>>,
+    /// `image = "auto"`: a command name (`python3`) or project file (`file:Cargo.toml`) -> the
+    /// image to use; entries here override the built-in table (`runtime::BUILTIN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtimes: Option<BTreeMap<String, String>>,
 }
 
 /// `[sandbox]`

@@ -188,6 +188,25 @@ pub fn widening(without: &Effective, with: &Effective) -> Vec<Widening> {
             ("hooks.post_down", e.hooks.post_down.clone()),
         ]
     };
+    for host in with
+        .images
+        .insecure_registries
+        .iter()
+        .filter(|h| !without.images.insecure_registries.contains(h))
+    {
+        add(
+            "images.insecure_registries",
+            format!("pulls images from {host} over plain HTTP"),
+        );
+    }
+    for (reg, hosts) in &with.images.mirrors {
+        if without.images.mirrors.get(reg) != Some(hosts) {
+            add(
+                "images.mirrors",
+                format!("pulls {reg} images from {}", hosts.join(", ")),
+            );
+        }
+    }
     for ((key, w), (_, wo)) in hooks(with).into_iter().zip(hooks(without)) {
         for cmd in w.iter().filter(|c| !wo.contains(c)) {
             add(key, format!("runs `{cmd}` on the host"));

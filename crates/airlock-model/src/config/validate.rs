@@ -158,6 +158,22 @@ pub(crate) fn validate(layer: &mut Layer) -> Check {
             }
         }
     }
+    if let Some(im) = &layer.images {
+        for (i, host) in im.insecure_registries.iter().flatten().enumerate() {
+            text(
+                &KeyPath::of(&["images", "insecure_registries"]).index(i),
+                host,
+            )?;
+        }
+        for (reg, hosts) in im.mirrors.iter().flatten() {
+            for (i, host) in hosts.iter().enumerate() {
+                text(&KeyPath::of(&["images", "mirrors", reg]).index(i), host)?;
+            }
+        }
+        for (key, image) in im.runtimes.iter().flatten() {
+            text(&KeyPath::of(&["images", "runtimes", key]), image)?;
+        }
+    }
     Ok(())
 }
 

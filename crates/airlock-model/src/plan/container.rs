@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 /// Size of the root tmpfs that holds mount points and the curated /etc.
 const ROOT_TMPFS_SIZE: u64 = 4 << 20;
+/// Size of an image root's writable upper layer: mount points and airlock's /etc files only
+/// (the root is read-only once built).
+pub const IMAGE_UPPER_SIZE: u64 = 8 << 20;
 const WORKSPACE: &str = "/workspace";
 
 fn p(s: &str) -> PathBuf {
@@ -90,6 +93,19 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         return Err(Refusal::LimitsUnenforceable(unenforced));
     }
 
+    let image = match &spec.rootfs {
+        crate::spec::RootFs::Host => None,
+        image @ crate::spec::RootFs::Image { .. } => {
+            let found = host
+                .image
+                .as_deref()
+                .ok_or_else(|| Refusal::ImageNotInStore(image.label()))?;
+            if !host.tmpfs_xattr {
+                return Err(Refusal::ImageNeedsTmpfsXattr);
+            }
+            Some(found)
+        }
+    };
     let mut m = vec![MountStep::Tmpfs {
         target: p("/"),
         mode: 0o755,
@@ -97,7 +113,22 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         owner: sys_owner,
         noexec: false,
     }];
-    for (name, entry) in &host.root_entries {
+    // An image: the tmpfs above only stages the layers; the overlay of them is the root.
+    if let Some(img) = image {
+        for l in &img.layers {
+            m.push(MountStep::ImageLayer { source: l.clone() });
+        }
+        m.push(MountStep::ImageRoot {
+            upper_size: IMAGE_UPPER_SIZE,
+            owner: sys_owner,
+        });
+    }
+    let host_root_entries: &[(String, RootEntry)] = if image.is_some() {
+        &[]
+    } else {
+        &host.root_entries
+    };
+    for (name, entry) in host_root_entries {
         let target = Path::new("/").join(name);
         m.push(match entry {
             RootEntry::Dir => MountStep::BindRo {
@@ -114,15 +145,20 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         target: p("/etc"),
         mode: 0o755,
     });
-    m.extend(etc_files(spec, &home));
-    for e in &host.etc_entries {
+    m.extend(etc_files(spec, image));
+    // An image brings its own /etc: the host's stays out.
+    let (etc_entries, profile_entries): (&[String], &[(String, RootEntry)]) = match image {
+        Some(_) => (&[], &[]),
+        None => (&host.etc_entries, &host.profile_d),
+    };
+    for e in etc_entries {
         let path = Path::new("/etc").join(e);
         m.push(MountStep::BindRo {
             source: path.clone(),
             target: path,
         });
     }
-    m.extend(profile_d(&host.profile_d));
+    m.extend(profile_d(profile_entries));
     m.push(MountStep::Proc { target: p("/proc") });
     for ro in [
         "/proc/sys",
@@ -399,7 +435,35 @@ pub(super) fn profile_d(host_entries: &[(String, RootEntry)]) -> Vec<MountStep> 
     m
 }
 
-pub(super) fn etc_files(spec: &RunSpec, home: &Path) -> Vec<MountStep> {
+/// airlock's users and groups merged into an image's file: the image's entries are kept
+/// unless they take one of airlock's names or ids (uid/gid 1000 is the sandbox user's).
+pub fn merge_id_file(image: Option<&str>, ours: &str) -> String {
+    let ours_keys: Vec<(&str, &str)> = ours
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let id = f.nth(1)?;
+            Some((name, id))
+        })
+        .collect();
+    let mut out = String::from(ours);
+    for line in image.unwrap_or("").lines() {
+        let mut f = line.split(':');
+        let (name, id) = (f.next().unwrap_or(""), f.nth(1).unwrap_or(""));
+        if line.trim().is_empty()
+            || line.starts_with('#')
+            || ours_keys.iter().any(|(n, i)| *n == name || *i == id)
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+pub(super) fn etc_files(spec: &RunSpec, image: Option<&ImageRoot>) -> Vec<MountStep> {
     let u = SandboxUser::AGENT_UID;
     let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
     passwd.push_str(&format!(
@@ -407,11 +471,17 @@ pub(super) fn etc_files(spec: &RunSpec, home: &Path) -> Vec<MountStep> {
     ));
     passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
     let group = format!("root:x:0:\ntty:x:5:\nagent:x:{u}:\nnogroup:x:65534:\n");
+    let (passwd, group) = match image {
+        Some(img) => (
+            merge_id_file(img.passwd.as_deref(), &passwd),
+            merge_id_file(img.group.as_deref(), &group),
+        ),
+        None => (passwd, group),
+    };
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
         spec.hostname
     );
-    let _ = home;
     let file = |name: &str, contents: String| MountStep::File {
         target: Path::new("/etc").join(name),
         contents,

@@ -40,6 +40,22 @@ pub struct HostFacts {
     /// The backends and root filesystems this build and host can provide.
     #[serde(default)]
     pub offer: Offer,
+    /// The spec's image, resolved in the local store (None for the host root filesystem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Box<ImageRoot>>,
+}
+
+/// An image found in the store: what the planner lowers an image root filesystem to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRoot {
+    /// `docker.io/library/busybox:1.36@sha256:…`
+    pub reference: String,
+    /// The unpacked layer directories, top layer first (overlay's lowerdir order).
+    pub layers: Vec<PathBuf>,
+    /// The image's /etc/passwd and /etc/group, when it has them (kept, with airlock's users
+    /// added, so the image's own users still resolve).
+    pub passwd: Option<String>,
+    pub group: Option<String>,
 }
 
 /// What a build and host can provide, whatever the policy: the isolation backends, and whether
@@ -233,6 +249,17 @@ pub enum MountStep {
     },
     /// Make the root tmpfs read-only once everything is in place.
     RootReadOnly,
+    /// Stage one unpacked image layer (a host directory, read-only) for [`MountStep::ImageRoot`].
+    ImageLayer {
+        source: PathBuf,
+    },
+    /// The image's root: an overlay of the staged layers (top first) with a small writable
+    /// tmpfs upper layer (mount points, airlock's /etc files), mounted with `userxattr`. Every
+    /// later step builds beneath it, and it is what pivot_root enters.
+    ImageRoot {
+        upper_size: u64,
+        owner: (u32, u32),
+    },
 }
 
 /// Extra workspace paths made read-only when the workspace is the host's own checkout (bind):
@@ -377,6 +404,10 @@ pub enum Refusal {
     BackendUnavailable(BackendKind),
     #[error("image {0:?} is not available: this build runs sandboxes on the host's root filesystem only")]
     RootFsUnavailable(String),
+    #[error("image {0:?} is not in the local image store")]
+    ImageNotInStore(String),
+    #[error("image root filesystems need Linux >= 6.6 (user xattrs on tmpfs for the overlay's upper layer)")]
+    ImageNeedsTmpfsXattr,
     #[error("[resources] disk cannot be enforced for a named sandbox: its workspace, home and writable layer live on the host's disk, where airlock sets no quota")]
     DiskUnenforceable,
 }
@@ -395,7 +426,9 @@ impl Refusal {
             Refusal::EmptyCommand => "give the command after `--`, e.g. airlock run -- echo hello",
             Refusal::ReservedPort(_) => "remove that port from [network] ports / --allow",
             Refusal::BackendUnavailable(_) => "use backend = \"container\" (or drop --backend); run `airlock doctor` to see what this host supports",
-            Refusal::RootFsUnavailable(_) => "use image = \"host\" (the default); OCI images come in a later release",
+            Refusal::RootFsUnavailable(_) => "use image = \"host\" (the default); run `airlock doctor` to see what this host supports",
+            Refusal::ImageNotInStore(_) => "pull it first: airlock image pull IMAGE (`airlock image ls` lists the store)",
+            Refusal::ImageNeedsTmpfsXattr => "use image = \"host\" on this kernel, or upgrade to Linux 6.6 or later",
             Refusal::DiskUnenforceable => "remove `disk` from [resources] for named sandboxes (it bounds the in-memory mounts of `airlock run`), or run the command with `airlock run`",
         }
     }

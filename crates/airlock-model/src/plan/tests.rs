@@ -71,6 +71,7 @@ fn host(uid: u32) -> HostFacts {
         tmpfs_xattr: true,
         pasta: true,
         offer: Offer::default(),
+        image: None,
     }
 }
 
@@ -102,7 +103,7 @@ fn rootless_overlay_plan_is_exact() {
         target: p("/etc"),
         mode: 0o755,
     });
-    mounts.extend(etc_files(&spec(), Path::new("/home/agent")));
+    mounts.extend(etc_files(&spec(), None));
     mounts.push(ro("/etc/ssl"));
     mounts.extend(profile_d(&[]));
     mounts.push(MountStep::Proc { target: p("/proc") });
@@ -696,4 +697,117 @@ fn the_container_plan_is_the_container_lowering() {
         super::plan(&spec(), &host(1000)),
         lower(&spec(), &host(1000)).map(Plan::Container)
     );
+}
+
+fn image_host(uid: u32) -> HostFacts {
+    let mut h = host(uid);
+    h.offer.images = true;
+    h.image = Some(Box::new(ImageRoot {
+        reference: "docker.io/library/busybox:1@sha256:00".into(),
+        layers: vec![p("/s/images/layers/top"), p("/s/images/layers/base")],
+        passwd: Some("root:x:0:0:root:/root:/bin/ash\nnode:x:1000:1000::/home/node:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n".into()),
+        group: Some("root:x:0:\nwww:x:33:\n".into()),
+    }));
+    h
+}
+
+#[test]
+fn an_image_root_is_an_overlay_of_its_layers_instead_of_the_hosts_usr() {
+    let mut s = spec();
+    s.rootfs = RootFs::from_config("busybox:1");
+    let got = plan(&s, &image_host(1001)).expect("plan");
+    let o = (1000, 1000);
+    let img = image_host(1001).image;
+    let mut want = vec![
+        MountStep::Tmpfs {
+            target: p("/"),
+            mode: 0o755,
+            size: Some(4 << 20),
+            owner: o,
+            noexec: false,
+        },
+        MountStep::ImageLayer {
+            source: p("/s/images/layers/top"),
+        },
+        MountStep::ImageLayer {
+            source: p("/s/images/layers/base"),
+        },
+        MountStep::ImageRoot {
+            upper_size: container::IMAGE_UPPER_SIZE,
+            owner: o,
+        },
+        MountStep::Dir {
+            target: p("/etc"),
+            mode: 0o755,
+        },
+    ];
+    want.extend(etc_files(&s, img.as_deref()));
+    want.extend(profile_d(&[]));
+    want.push(MountStep::Proc { target: p("/proc") });
+    assert_eq!(got.mounts[..want.len()], want[..]);
+    // Nothing of the host's root or /etc is bound in.
+    for m in &got.mounts {
+        if let MountStep::BindRo { source, .. } = m {
+            assert!(
+                !source.starts_with("/usr") && !source.starts_with("/etc"),
+                "{m:?}"
+            );
+        }
+    }
+    assert!(!got
+        .mounts
+        .iter()
+        .any(|m| matches!(m, MountStep::Symlink { target, .. } if target == Path::new("/bin"))));
+    // Everything else is the same plan as on the host: workspace, /proc, limits, read-only root.
+    let host_plan = plan(&spec(), &host(1001)).expect("plan");
+    let tail = |p: &LaunchPlan| -> Vec<MountStep> {
+        let at = p
+            .mounts
+            .iter()
+            .position(|m| matches!(m, MountStep::Proc { .. }))
+            .expect("proc");
+        p.mounts[at..].to_vec()
+    };
+    assert_eq!(tail(&got), tail(&host_plan));
+    assert_eq!(got.writable_paths, host_plan.writable_paths);
+    assert_eq!(got.user, host_plan.user);
+}
+
+#[test]
+fn an_images_users_are_kept_beside_the_sandbox_user() {
+    let mut s = spec();
+    s.rootfs = RootFs::from_config("busybox:1");
+    let img = image_host(0).image;
+    let files = etc_files(&s, img.as_deref());
+    let passwd = files
+        .iter()
+        .find_map(|m| match m {
+            MountStep::File {
+                target, contents, ..
+            } if target == Path::new("/etc/passwd") => Some(contents.clone()),
+            _ => None,
+        })
+        .expect("passwd");
+    assert_eq!(
+        passwd,
+        "root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:airlock sandbox user:/home/agent:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\nwww:x:33:33::/var/www:/bin/false\n"
+    );
+}
+
+#[test]
+fn an_image_missing_from_the_store_or_on_an_old_kernel_is_refused() {
+    let mut s = spec();
+    s.rootfs = RootFs::from_config("busybox:1");
+    let mut h = host(1000);
+    h.offer.images = true;
+    assert_eq!(
+        plan(&s, &h),
+        Err(Refusal::ImageNotInStore("busybox:1".into()))
+    );
+    assert!(Refusal::ImageNotInStore("x".into())
+        .hint()
+        .contains("airlock image pull"));
+    let mut h = image_host(1000);
+    h.tmpfs_xattr = false;
+    assert_eq!(plan(&s, &h), Err(Refusal::ImageNeedsTmpfsXattr));
 }

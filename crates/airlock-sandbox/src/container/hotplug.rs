@@ -74,6 +74,19 @@ fn symlink_refused(p: &Path, at: &OsStr) -> io::Error {
     ))
 }
 
+/// Why `name` (in `dir`) could not be opened as a directory: a symlink (refused), or not a
+/// directory at all.
+fn not_a_dir(dir: &OwnedFd, path: &Path, name: &OsStr, e: nix::Error) -> io::Error {
+    match nix::fcntl::openat(dir.as_fd(), name, PATH_FLAGS, nix::sys::stat::Mode::empty())
+        .map_err(io::Error::from)
+        .and_then(|fd| kind(&fd))
+    {
+        Ok(libc::S_IFLNK) => symlink_refused(path, name),
+        Ok(_) => io::Error::other(format!("{}: {name:?} is not a directory", path.display())),
+        Err(_) => io::Error::other(format!("{}: {name:?}: {e}", path.display())),
+    }
+}
+
 /// Open the existing `path` (O_PATH) from the current root without following any symlink.
 pub fn open_nofollow(path: &Path) -> io::Result<OwnedFd> {
     let comps = names(path)?;
@@ -91,8 +104,8 @@ pub fn open_nofollow(path: &Path) -> io::Result<OwnedFd> {
         };
         cur = match nix::fcntl::openat(cur.as_fd(), *name, flags, nix::sys::stat::Mode::empty()) {
             Ok(fd) => fd,
-            Err(nix::Error::ENOTDIR) | Err(nix::Error::ELOOP) => {
-                return Err(symlink_refused(path, name))
+            Err(e @ (nix::Error::ENOTDIR | nix::Error::ELOOP)) => {
+                return Err(not_a_dir(&cur, path, name, e))
             }
             Err(e) => return Err(io::Error::other(format!("{}: {e}", path.display()))),
         };
@@ -143,8 +156,8 @@ fn open_or_create(path: &Path, dir: bool) -> io::Result<OwnedFd> {
                     }
                     nix::fcntl::openat(cur.as_fd(), *name, flags, nix::sys::stat::Mode::empty())?
                 }
-                Err(nix::Error::ENOTDIR) | Err(nix::Error::ELOOP) => {
-                    return Err(symlink_refused(path, name))
+                Err(e @ (nix::Error::ENOTDIR | nix::Error::ELOOP)) => {
+                    return Err(not_a_dir(&cur, path, name, e))
                 }
                 Err(e) => return Err(io::Error::other(format!("{}: {e}", path.display()))),
             };

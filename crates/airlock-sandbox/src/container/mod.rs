@@ -93,6 +93,7 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
         tmpfs_xattr: crate::kernel::at_least(6, 6),
         pasta: pasta_path().is_some(),
         offer: Default::default(),
+        image: None,
     }
 }
 

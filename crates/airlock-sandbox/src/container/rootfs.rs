@@ -74,6 +74,9 @@ pub fn prepare<O: Os>(
                     sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
                     None,
                 ),
+                MountStep::ImageLayer { source } => {
+                    (source.clone(), base | sys::MOUNT_ATTR_RDONLY, None)
+                }
                 _ => return Ok(None),
             };
             let fd = os
@@ -222,6 +225,7 @@ pub fn build<O: Os>(
 ) -> Result<Built<O::Fd>, MountError> {
     let mut root: Option<NewRoot<O::Fd>> = None;
     let mut summary = None;
+    let mut layers = 0usize;
     for (i, step) in plan.mounts.iter().enumerate() {
         if let MountStep::Tmpfs {
             target,
@@ -257,6 +261,21 @@ pub fn build<O: Os>(
             ));
         };
         let fd = prepared.get_mut(i).and_then(Option::take);
+        if let MountStep::ImageLayer { source } = step {
+            let fd =
+                fd.ok_or_else(|| internal("image layer was not prepared", source, "internal"))?;
+            let at = Path::new(IMAGE_STAGE).join(layers.to_string());
+            let t = open_target(os, &r.fd, &at, true).map_err(err("cannot create", &at))?;
+            os.move_mount(&fd, &t)
+                .map_err(err("cannot stage the image layer at", &at))?;
+            layers += 1;
+            continue;
+        }
+        if let MountStep::ImageRoot { upper_size, owner } = step {
+            let fd = image_root(os, r, layers, *upper_size, *owner)?;
+            root = Some(NewRoot { fd });
+            continue;
+        }
         if let MountStep::Overlay { target, upper, .. } = step {
             let fd =
                 fd.ok_or_else(|| internal("overlay lower was not prepared", target, "internal"))?;
@@ -271,6 +290,78 @@ pub fn build<O: Os>(
 }
 
 const STAGE: &str = "/.airlock-stage";
+/// Where an image's layers, upper layer and merged root are staged in the scaffold tmpfs.
+const IMAGE_STAGE: &str = "/.airlock-image";
+
+/// Mount an image's root: the overlay of the `layers` staged layers (0 on top) with a tmpfs
+/// upper layer, on a directory of the scaffold; the staged mounts are detached again (overlay
+/// holds its own references). Returns the overlay's root, beneath which the rest is built.
+fn image_root<O: Os>(
+    os: &O,
+    scaffold: &NewRoot<O::Fd>,
+    layers: usize,
+    upper_size: u64,
+    owner: (u32, u32),
+) -> Result<O::Fd, MountError> {
+    let stage = Path::new(IMAGE_STAGE);
+    if layers == 0 {
+        return Err(internal("an image root needs layers", stage, "bad plan"));
+    }
+    let up_at = stage.join("up");
+    let u = open_target(os, &scaffold.fd, &up_at, true).map_err(err("cannot create", &up_at))?;
+    let step = MountStep::Tmpfs {
+        target: up_at.clone(),
+        mode: 0o755,
+        size: Some(upper_size),
+        owner,
+        noexec: false,
+    };
+    tmpfs(os, &u, &step).map_err(err("cannot mount the image's upper tmpfs on", &up_at))?;
+    let up = os
+        .open_beneath(&scaffold.fd, &up_at, DIR_FLAGS)
+        .map_err(err("cannot open", &up_at))?;
+    for (name, mode) in [("upper", 0o755), ("work", 0o700)] {
+        os.mkdirat(&up, name.as_ref(), mode)
+            .map_err(|e| MountError {
+                what: "cannot create the image's layer",
+                path: up_at.join(name),
+                source: e,
+            })?;
+    }
+    let merged_at = stage.join("root");
+    let t = open_target(os, &scaffold.fd, &merged_at, true)
+        .map_err(err("cannot create", &merged_at))?;
+    let base = os.fd_path(&scaffold.fd);
+    let under = |rel: &Path| base.join(rel.strip_prefix("/").unwrap_or(rel));
+    let lower: Vec<String> = (0..layers)
+        .map(|i| escape_opt(&under(&stage.join(i.to_string()))))
+        .collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        lower.join(":"),
+        escape_opt(&under(&up_at.join("upper"))),
+        escape_opt(&under(&up_at.join("work")))
+    );
+    os.mount_on(
+        &t,
+        "overlay",
+        "overlay",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(err("cannot mount the image's overlay root on", &merged_at))?;
+    let merged = os
+        .open_beneath(&scaffold.fd, &merged_at, PATH_FLAGS | OFlag::O_DIRECTORY)
+        .map_err(err("cannot open", &merged_at))?;
+    for staged in (0..layers)
+        .map(|i| stage.join(i.to_string()))
+        .chain([up_at.clone()])
+    {
+        os.umount_beneath(&scaffold.fd, &staged)
+            .map_err(err("cannot detach", &staged))?;
+    }
+    Ok(merged)
+}
 
 /// Mount the overlay workspace: stage the (possibly idmapped) lower layer and, for a tmpfs upper,
 /// a size-bounded tmpfs inside the root; mount the overlay from them; keep directory fds for the
@@ -462,8 +553,8 @@ fn step_exec<O: Os>(
         } => {
             let (dir, name) =
                 parent_and_name(os, root, target).map_err(err("cannot create", target))?;
-            let f = os
-                .openat(
+            let create = || {
+                os.openat(
                     &dir,
                     &name,
                     OFlag::O_CREAT
@@ -473,7 +564,16 @@ fn step_exec<O: Os>(
                         | OFlag::O_CLOEXEC,
                     *mode,
                 )
-                .map_err(err("cannot create", target))?;
+            };
+            // An image root has its own /etc files (or symlinks there): replaced, never
+            // written through.
+            let f = match create() {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => os
+                    .unlinkat(&dir, &name)
+                    .and_then(|()| create())
+                    .map_err(err("cannot replace", target))?,
+                other => other.map_err(err("cannot create", target))?,
+            };
             os.write_all(&f, contents.as_bytes())
                 .map_err(err("cannot write", target))?;
             os.fchmod(&f, *mode).map_err(err("cannot chmod", target))
@@ -563,6 +663,11 @@ fn step_exec<O: Os>(
             os.move_mount(&fd, &t).map_err(err("cannot pin", target))
         }
         MountStep::RootReadOnly => Ok(()), // applied after pivot_root, see `finish`
+        MountStep::ImageLayer { .. } | MountStep::ImageRoot { .. } => Err(internal(
+            "image root handled by build",
+            Path::new(IMAGE_STAGE),
+            "internal",
+        )),
     }
 }
 

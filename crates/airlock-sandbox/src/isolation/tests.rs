@@ -15,6 +15,7 @@ fn facts() -> HostFacts {
         tmpfs_xattr: true,
         pasta: false,
         offer: offer(),
+        image: None,
     }
 }
 

@@ -380,6 +380,12 @@ impl Os for Fake {
         self.add(p, Kind::Symlink);
         Ok(())
     }
+    fn unlinkat(&self, dir: &FakeFd, name: &OsStr) -> io::Result<()> {
+        let p = self.base(dir)?.join(name);
+        self.record(format!("unlink {}", p.display()))?;
+        self.state.borrow_mut().inside.remove(&p);
+        Ok(())
+    }
     fn stat_mode(&self, fd: &FakeFd) -> io::Result<u32> {
         self.record(format!("stat {fd}"))?;
         let kind = match fd {

@@ -24,7 +24,31 @@ const ORDER: &[&str] = &[
     "agent",
     "hooks",
     "setup",
+    "images",
 ];
+
+/// `image = "auto"`: what it picks here for a command-less start (a shell, a named sandbox),
+/// from the project's files; a command picks by its own name first.
+fn auto_image(r: &Resolved) -> Option<airlock_model::runtime::Detected> {
+    if r.effective.sandbox.image != airlock_model::runtime::AUTO {
+        return None;
+    }
+    let dir = r
+        .project_dir
+        .clone()
+        .or_else(|| std::env::current_dir().ok())?;
+    let files: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    Some(airlock_model::runtime::detect(
+        &[],
+        &files,
+        &r.effective.images.runtimes,
+    ))
+}
 
 /// `trusted`: whether the project file (if any) is trusted as it is now.
 pub fn run_config(
@@ -55,6 +79,9 @@ struct JsonView<'a> {
     files: &'a [PathBuf],
     project_dir: Option<&'a Path>,
     project: Option<ProjectView<'a>>,
+    /// `image = "auto"`: the image a command-less start picks in this project, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_auto: Option<serde_json::Value>,
 }
 
 fn render_json(r: &Resolved, trusted: bool, out: &mut dyn Write) -> io::Result<()> {
@@ -68,6 +95,8 @@ fn render_json(r: &Resolved, trusted: bool, out: &mut dyn Write) -> io::Result<(
             trusted,
             widening: &p.widening,
         }),
+        image_auto: auto_image(r)
+            .map(|d| serde_json::json!({"image": d.image, "reason": d.reason})),
     };
     serde_json::to_writer_pretty(&mut *out, &view).map_err(io::Error::from)?;
     writeln!(out)
@@ -96,6 +125,13 @@ fn render_human(r: &Resolved, trusted: bool, out: &mut dyn Write) -> io::Result<
         for w in &p.widening {
             writeln!(out, "#   widens {:<18} {}", w.key, w.detail)?;
         }
+    }
+    if let Some(d) = auto_image(r) {
+        writeln!(
+            out,
+            "# sandbox.image = \"auto\": here {} ({}); a command picks by its name first ([images] runtimes, README \"Images\")",
+            d.image, d.reason
+        )?;
     }
     let table = Table::try_from(r.effective.to_layer()).map_err(io::Error::other)?;
     let mut keys: Vec<&String> = table.keys().collect();

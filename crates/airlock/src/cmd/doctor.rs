@@ -8,7 +8,8 @@ use std::io::Write;
 
 /// Probe the host and write the report; returns the exit code.
 pub fn run_doctor(json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let rows = hostcaps::probe_all();
+    let mut rows = hostcaps::probe_all();
+    rows.extend(super::image::doctor_rows());
     let ok = hostcaps::default_path_ok(&rows);
     if json {
         write_json(&rows, ok, out)?;

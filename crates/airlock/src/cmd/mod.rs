@@ -8,6 +8,7 @@ mod drift;
 mod exec;
 mod gc;
 mod hooks;
+pub(crate) mod image;
 mod init;
 mod manual;
 mod mounts;
@@ -33,6 +34,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         }
         Command::Run(a) => run::run(&a, cli.config.as_deref(), cli.no_user_config),
         Command::Gc(a) => gc::gc(a.json),
+        Command::Image(c) => image::dispatch(c, cli.config.as_deref(), cli.no_user_config),
         Command::Create(a) => sandbox::create(*a, cli.config.as_deref(), cli.no_user_config),
         Command::Start(a) => sandbox::start(&a.name),
         Command::Up(a) => sandbox::up(*a, cli.config.as_deref(), cli.no_user_config),

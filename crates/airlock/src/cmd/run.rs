@@ -86,6 +86,9 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
             ..Default::default()
         });
     }
+    if let Some(image) = &p.image {
+        l.sandbox.get_or_insert_with(Default::default).image = Some(image.clone());
+    }
     let memory = p
         .memory
         .as_deref()
@@ -476,6 +479,13 @@ pub fn build(
     if persistent && r.disk.is_some() {
         return Err(plan::Refusal::DiskUnenforceable.into());
     }
+    let (rootfs, image) =
+        crate::cmd::image::resolve_for_spec(eff, &eff.sandbox.image, &a.cmd, &project_dir)?;
+    let mut env = build_env(&eff.env, profile, user, a.tty);
+    let mut workdir = workdir;
+    if let Some(rec) = &image {
+        apply_image_config(&mut env, &mut workdir, rec, &eff.env, workspace);
+    }
     let from_defaults = |key: &str| {
         resolved
             .origins
@@ -492,7 +502,7 @@ pub fn build(
         workspace,
         project_dir: project_dir.clone(),
         binds,
-        env: build_env(&eff.env, profile, user, a.tty),
+        env,
         workdir,
         resources: Resources {
             memory: r.memory,
@@ -549,7 +559,7 @@ pub fn build(
         agent_grace: persistent.then_some(eff.agent_grace),
         setup: eff.setup.clone(),
         backend: eff.sandbox.backend,
-        rootfs: airlock_model::spec::RootFs::from_config(&eff.sandbox.image),
+        rootfs,
     };
     // The planner refuses a backend or image this build cannot provide; asked here already so
     // that `create` refuses it too (a named sandbox is planned only when it starts).
@@ -561,6 +571,35 @@ pub fn build(
         secrets: None,
         instance_id: None,
     })
+}
+
+/// An image's `Env` and `WorkingDir`: its variables replace airlock's defaults (`PATH`…) but
+/// never what the configuration or flags set, nor who the sandbox user is (`HOME`, `USER`,
+/// `LOGNAME`); its working directory applies when there is no workspace and no `-w`.
+fn apply_image_config(
+    env: &mut Vec<(String, String)>,
+    workdir: &mut Option<PathBuf>,
+    rec: &airlock_image::ImageRecord,
+    explicit: &std::collections::BTreeMap<String, String>,
+    workspace: WorkspaceMode,
+) {
+    for (k, v) in rec.config.env_pairs() {
+        if explicit.contains_key(&k) || ["HOME", "USER", "LOGNAME"].contains(&k.as_str()) {
+            continue;
+        }
+        match env.iter_mut().find(|(ek, _)| *ek == k) {
+            Some(slot) => slot.1 = v,
+            None => env.push((k, v)),
+        }
+    }
+    if workspace == WorkspaceMode::None && workdir.is_none() {
+        *workdir = rec
+            .config
+            .working_dir
+            .as_deref()
+            .filter(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+    }
 }
 
 /// `-w DIR` of `run` and `exec`: an absolute path as given; a relative one under /workspace,
@@ -652,7 +691,8 @@ pub fn launch(
     let (secrets, intercept) = super::secrets::bind(spec, secrets)?;
     let backend = AnyBackend::for_kind(spec.backend)
         .ok_or(plan::Refusal::BackendUnavailable(spec.backend))?;
-    let facts = backend.check(&spec.project_dir, &layout);
+    let mut facts = backend.check(&spec.project_dir, &layout);
+    facts.image = crate::cmd::image::root_facts(&spec.rootfs)?;
     let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
     if !plan.unenforced_limits().is_empty() {

@@ -638,6 +638,14 @@ fn status_json(st: &SandboxStatus) -> CliResult<serde_json::Value> {
     if let Some(obj) = v.as_object_mut() {
         obj.insert("unenforced_limits".into(), unenforced_of(st).into());
     }
+    // Binds as the sandbox has them now: `airlock mount`/`unmount` change its spec.json.
+    if let (Some(spec), Some(binds)) = (
+        recorded_spec(&sandbox_dir(&st.record.name)),
+        v.get_mut("spec").and_then(|s| s.get_mut("binds")),
+    ) {
+        *binds = serde_json::to_value(&spec.binds)
+            .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    }
     Ok(v)
 }
 

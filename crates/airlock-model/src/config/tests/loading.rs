@@ -314,3 +314,47 @@ fn a_secret_with_inject_round_trips_through_json() {
     let plain: crate::config::Secret = serde_json::from_str(r#"{"from_file":"/k"}"#).unwrap();
     assert_eq!(plain, SecretSource::FromFile("/k".into()).into());
 }
+
+#[test]
+fn images_settings_merge_and_a_project_choosing_registries_needs_trust() {
+    let t = TempDir::new("images");
+    let user = t.write(
+        "user.toml",
+        "[images]\ninsecure_registries = [\"127.0.0.1:5000\"]\nruntimes = { python3 = \"python:3.11\" }\n",
+    );
+    let file = t.write(
+        "proj/airlock.toml",
+        "[sandbox]\nimage = \"auto\"\n[images]\nmirrors = { \"docker.io\" = [\"mirror.example:5000\"] }\ninsecure_registries = [\"mirror.example:5000\"]\nruntimes = { \"file:deno.json\" = \"denoland/deno\" }\n",
+    );
+    let r = load(&opts_with_user(&t.path().join("proj"), &user)).unwrap();
+    let im = &r.effective.images;
+    assert_eq!(
+        im.insecure_registries,
+        vec![s("127.0.0.1:5000"), s("mirror.example:5000")]
+    );
+    assert_eq!(im.mirrors["docker.io"], vec![s("mirror.example:5000")]);
+    assert_eq!(im.runtimes.len(), 2);
+    assert_eq!(
+        r.origins["images.mirrors.\"docker.io\""],
+        vec![Source::Project(file.clone())]
+    );
+    let p = r.project.expect("project");
+    let keys: Vec<&str> = p.widening.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec!["images.insecure_registries", "images.mirrors"],
+        "{:?}",
+        p.widening
+    );
+    // Round trip through `airlock config`'s TOML.
+    let text = r.effective.to_toml_string().unwrap();
+    assert!(text.contains("[images]"), "{text}");
+}
+
+#[test]
+fn an_unknown_images_key_is_an_error() {
+    let t = TempDir::new("images-bad");
+    t.write("airlock.toml", "[images]\nmirror = {}\n");
+    let err = load(&opts(t.path())).unwrap_err().to_string();
+    assert!(err.contains("unknown key `images.mirror`"), "{err}");
+}

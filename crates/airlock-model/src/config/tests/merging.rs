@@ -390,6 +390,7 @@ post_down = ["echo bye"]
             pre_down: vec![],
             post_down: strings(&["echo bye"]),
         },
+        images: Default::default(),
     };
     assert_eq!(r.effective, expected);
 

@@ -106,6 +106,7 @@ fn facts(uid: u32) -> HostFacts {
         tmpfs_xattr: true,
         pasta: false,
         offer: Offer::default(),
+        image: None,
     }
 }
 
@@ -506,4 +507,90 @@ fn a_failing_launch_step_is_named() {
         io::Error::from_raw_os_error(libc::EPERM).to_string()
     );
     assert_eq!(os.calls().len(), 2, "nothing after the failed step");
+}
+
+#[test]
+fn an_image_root_stacks_its_layers_and_replaces_the_images_own_etc_files() {
+    let os = Fake::with_host(&[("/s/layers/top", Kind::Dir), ("/s/layers/base", Kind::Dir)]);
+    let plan = plan_of(vec![
+        MountStep::Tmpfs {
+            target: p("/"),
+            mode: 0o755,
+            size: Some(4 << 20),
+            owner: (1000, 1000),
+            noexec: false,
+        },
+        MountStep::ImageLayer {
+            source: p("/s/layers/top"),
+        },
+        MountStep::ImageLayer {
+            source: p("/s/layers/base"),
+        },
+        MountStep::ImageRoot {
+            upper_size: 8 << 20,
+            owner: (1000, 1000),
+        },
+        // The image has its own file there (the fake's overlay shows no lower content, so a
+        // first step puts one in place): it is replaced, never written through.
+        MountStep::Symlink {
+            target: p("/etc/hostname"),
+            points_to: p("/proc/self/root/host-file"),
+        },
+        MountStep::File {
+            target: p("/etc/hostname"),
+            contents: "t\n".into(),
+            mode: 0o644,
+        },
+        MountStep::RootReadOnly,
+    ]);
+    execute(&os, &plan, None).expect("execute");
+    let calls = os.calls();
+    assert_eq!(
+        from(calls.clone(), "openat /.airlock-image/root/etc/hostname")[..5],
+        lines(&[
+            "openat /.airlock-image/root/etc/hostname (wronly|nofollow|creat|excl) 644",
+            "unlink /.airlock-image/root/etc/hostname",
+            "openat /.airlock-image/root/etc/hostname (wronly|nofollow|creat|excl) 644",
+            "write /.airlock-image/root/etc/hostname 2 bytes",
+            "chmod /.airlock-image/root/etc/hostname 644",
+        ])[..]
+    );
+    assert_eq!(
+        calls[..4],
+        lines(&[
+            "open_tree_clone /s/layers/top recursive",
+            "mount_setattr tree(host:/s/layers/top) rdonly|nosuid|nodev recursive",
+            "open_tree_clone /s/layers/base recursive",
+            "mount_setattr tree(host:/s/layers/base) rdonly|nosuid|nodev recursive",
+        ])[..]
+    );
+    let mount = calls
+        .iter()
+        .find(|l| l.starts_with("mount overlay"))
+        .expect("the overlay mount");
+    assert_eq!(
+        mount,
+        "mount overlay on /.airlock-image/root (overlay nosuid|nodev) lowerdir=/fd@/.airlock-image/0:/fd@/.airlock-image/1,upperdir=/fd@/.airlock-image/up/upper,workdir=/fd@/.airlock-image/up/work,userxattr"
+    );
+    // The staged layers and upper are detached once the overlay holds them.
+    let after = from(calls.clone(), "mount overlay");
+    for staged in [
+        "/.airlock-image/0",
+        "/.airlock-image/1",
+        "/.airlock-image/up",
+    ] {
+        assert!(
+            after.iter().any(|l| l == &format!("umount {staged}")),
+            "{staged} in\n{}",
+            after.join("\n")
+        );
+    }
+    // The image's root is what pivot_root enters.
+    assert!(
+        calls
+            .iter()
+            .any(|l| l.starts_with("pivot_root") && l.contains(".airlock-image/root")),
+        "{}",
+        calls.join("\n")
+    );
 }
