@@ -387,12 +387,23 @@ impl Engine {
         force: bool,
     ) -> Result<airlock_work::ops::FetchReport, EngineError> {
         let (dir, r) = self.review(name)?;
-        airlock_work::ops::fetch(&dir, &r, name, accept, force).map_err(|source| {
-            EngineError::Work {
-                name: name.to_owned(),
-                source,
-            }
+        let got = airlock_work::ops::fetch(&dir, &r, name, accept, force);
+        self.audit_review(name, "fetch", accept, got.as_ref().map(|f| &f.findings));
+        got.map_err(|source| EngineError::Work {
+            name: name.to_owned(),
+            source,
         })
+    }
+
+    /// The review gate's outcome in the sandbox's audit journal.
+    fn audit_review(
+        &self,
+        name: &str,
+        op: &str,
+        accept: bool,
+        got: Result<&Vec<airlock_work::gate::Finding>, &airlock_work::ops::OpError>,
+    ) {
+        crate::audit::review(&self.sandbox_dir(name), op, accept, got);
     }
 
     /// The branch's committed changes into the host checkout, review-gated.
@@ -402,7 +413,12 @@ impl Engine {
         options: airlock_work::ops::SyncOptions,
     ) -> Result<airlock_work::ops::SyncReport, EngineError> {
         let (dir, r) = self.review(name)?;
-        airlock_work::ops::sync(&dir, &r, name, options).map_err(|source| EngineError::Work {
+        let (accept, dry_run) = (options.accept, options.dry_run);
+        let got = airlock_work::ops::sync(&dir, &r, name, options);
+        if !dry_run {
+            self.audit_review(name, "sync", accept, got.as_ref().map(|s| &s.findings));
+        }
+        got.map_err(|source| EngineError::Work {
             name: name.to_owned(),
             source,
         })
@@ -451,6 +467,13 @@ impl Engine {
         error: Option<&str>,
     ) -> Result<Record, EngineError> {
         let result = lock(&self.store).transition(name, from, to, supervisor_pid, error);
+        if result.is_ok() {
+            let mut ev = serde_json::json!({"op": op, "to": to.to_string()});
+            if let Some(e) = error {
+                ev["error"] = e.into();
+            }
+            crate::audit::record(&self.sandbox_dir(name), "lifecycle", ev);
+        }
         result.map_err(|e| match e {
             StoreError::Conflict { actual, .. } => EngineError::Conflict {
                 name: name.to_owned(),

@@ -49,6 +49,9 @@ pub enum Command {
     Up(Box<UpArgs>),
     /// A sandbox's supervisor log (--net: its network audit journal).
     Logs(LogsArgs),
+    /// A sandbox's audit journal (all sandboxes without NAME): egress decisions and secret
+    /// injections, lifecycle, review-gate outcomes and accepts, oldest first.
+    Audit(AuditArgs),
     /// Stop a running sandbox (SIGTERM to everything inside, SIGKILL after the grace period).
     Stop(StopArgs),
     /// Remove a sandbox and everything it kept.
@@ -201,8 +204,13 @@ pub struct PolicyArgs {
     #[arg(long = "env-pass", value_name = "NAME")]
     pub env_pass: Vec<String>,
     /// A secret: NAME=env:HOST_VAR or NAME=file:PATH. Read at start, given as $NAME and
-    /// /run/secrets/NAME (0400, tmpfs); never written to disk, never in argv or logs.
-    #[arg(long = "secret", value_name = "NAME=env:VAR|file:PATH")]
+    /// /run/secrets/NAME (0400, tmpfs); never written to disk, never in argv or logs. With
+    /// `;hosts=H[,H];header=X` (or `;bearer`, `;basic`, `;query=P`) the sandbox holds a
+    /// placeholder and the value is put into requests to those hosts only (filtered network).
+    #[arg(
+        long = "secret",
+        value_name = "NAME=env:VAR|file:PATH[;hosts=…;header=…]"
+    )]
     pub secret: Vec<String>,
     /// Memory limit, e.g. 512M, 2G.
     #[arg(long, value_name = "SIZE")]
@@ -495,6 +503,17 @@ pub struct LogsArgs {
     /// The network audit journal (JSON lines) instead of the supervisor log.
     #[arg(long)]
     pub net: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    pub name: Option<String>,
+    /// Keep printing new events.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -497,6 +497,43 @@ fn filtered_plans_listeners_proxy_env_and_resolver() {
 }
 
 #[test]
+fn injected_secrets_point_every_ca_variable_at_the_bundle() {
+    let mut s = spec();
+    s.net = NetMode::Filtered;
+    s.domains = vec!["api.anthropic.com".into()];
+    s.env
+        .push(("NODE_EXTRA_CA_CERTS".into(), "/mine.pem".into()));
+    let plain = plan(&s, &host(1000)).expect("plan");
+    assert!(plain
+        .env
+        .contains(&("NODE_EXTRA_CA_CERTS".into(), "/mine.pem".into())));
+    assert!(!plain.env.iter().any(|(k, _)| k == "SSL_CERT_FILE"));
+    s.secrets.insert(
+        "K".into(),
+        crate::config::Secret {
+            source: crate::config::SecretSource::FromEnv("K".into()),
+            inject: Some(crate::config::Inject {
+                hosts: vec!["api.anthropic.com".into()],
+                header: Some("x-api-key".into()),
+                bearer: false,
+                basic: false,
+                query: None,
+            }),
+        },
+    );
+    let got = plan(&s, &host(1000)).expect("plan");
+    for v in CA_BUNDLE_VARS {
+        let vals: Vec<&str> = got
+            .env
+            .iter()
+            .filter(|(k, _)| k == v)
+            .map(|(_, x)| x.as_str())
+            .collect();
+        assert_eq!(vals, vec![CA_BUNDLE], "{v}");
+    }
+}
+
+#[test]
 fn persistent_plans_have_no_command_and_a_disk_upper() {
     let mut s = spec();
     s.persistent = true;

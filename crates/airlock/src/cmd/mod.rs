@@ -16,6 +16,7 @@ mod mounts;
 pub(crate) mod named;
 pub(crate) mod run;
 pub(crate) mod sandbox;
+pub(crate) mod secrets;
 mod setup;
 mod supervise;
 pub(crate) mod trust;
@@ -39,6 +40,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Start(a) => sandbox::start(&a.name),
         Command::Up(a) => sandbox::up(*a, cli.config.as_deref(), cli.no_user_config),
         Command::Logs(a) => sandbox::logs(&a),
+        Command::Audit(a) => sandbox::audit(&a),
         Command::Stop(a) => sandbox::stop(&a),
         Command::Rm(a) => sandbox::rm(&a),
         Command::List(a) => sandbox::list(a.json),
