@@ -113,6 +113,10 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if spec.net == NetMode::Open {
         return Err(Refusal::MicrovmUnsupported("--net open"));
     }
+    if !spec.secrets.is_empty() {
+        // The guest job carries no secrets yet: refuse rather than start without them.
+        return Err(Refusal::MicrovmUnsupported("secrets (--secret, [secrets])"));
+    }
     let memory = match spec.resources.memory {
         Some(m) if !spec.defaulted.memory => m.0,
         _ => VM_DEFAULT_MEMORY,

@@ -1014,6 +1014,15 @@ fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
         Err(Refusal::MicrovmUnsupported(_))
     ));
     s.binds.clear();
+    s.secrets.insert(
+        "TOKEN".into(),
+        crate::config::SecretSource::FromEnv("TOKEN".into()).into(),
+    );
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::MicrovmUnsupported(m)) if m.contains("secrets")
+    ));
+    s.secrets.clear();
     s.rootfs = RootFs::from_config("busybox:1.36");
     let mut with_images = vm_host();
     with_images.offer.images = true;

@@ -239,6 +239,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         let inner = RunOptions {
             on_ready: Some(&start_relay),
             on_egress: opts.on_egress.clone(),
+            intercept: opts.intercept.clone(),
             ..*opts
         };
         let outcome = container::run(&qemu, &inner);
