@@ -9,3 +9,4 @@ pub mod policy;
 pub mod runtime;
 pub mod spec;
 pub mod userfile;
+pub mod vm;

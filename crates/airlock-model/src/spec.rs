@@ -175,7 +175,7 @@ pub struct RunSpec {
     /// Secrets by name and where to read them at launch. Only the sources: values never enter a
     /// spec, a plan or anything written to disk.
     #[serde(default)]
-    pub secrets: std::collections::BTreeMap<String, crate::config::SecretSource>,
+    pub secrets: std::collections::BTreeMap<String, crate::config::Secret>,
     /// Agent mode: the harness a named sandbox runs prompts with (`airlock up --agent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<crate::config::Harness>,

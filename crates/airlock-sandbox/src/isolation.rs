@@ -24,6 +24,7 @@
 use crate::cgroup::Layout;
 pub use crate::command::{Ending, ExecRequest, Outcome};
 use crate::container::{self, RunError, RunOptions};
+pub use crate::microvm::MicroVm;
 use airlock_model::plan::{HostFacts, Plan};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -83,11 +84,15 @@ pub trait Isolation {
     fn destroy(&self, sandbox: &Instance<'_>);
 }
 
-/// What this build provides, whatever the host: the container backend on the host's root
-/// filesystem (no image support yet). The planner refuses anything else.
+/// What this build provides, whatever the host: the container and microVM backends on the
+/// host's root filesystem (no image support yet). The planner refuses anything else; the
+/// microVM lowering also needs what `MicroVm::check` found on the host (`HostFacts::vm`).
 pub fn offer() -> airlock_model::plan::Offer {
     airlock_model::plan::Offer {
-        backends: vec![airlock_model::policy::BackendKind::Container],
+        backends: vec![
+            airlock_model::policy::BackendKind::Container,
+            airlock_model::policy::BackendKind::Microvm,
+        ],
         images: true,
     }
 }
@@ -136,7 +141,11 @@ impl Isolation for Container {
     }
 
     fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
-        let Plan::Container(plan) = plan;
+        let Plan::Container(plan) = plan else {
+            return Err(RunError::Setup(
+                "the container backend got another backend's plan".into(),
+            ));
+        };
         if let Some(dir) = opts.persist {
             Self::record_plan(dir, plan)?;
         }
@@ -317,11 +326,11 @@ impl Isolation for Fake {
         (*self.facts).clone()
     }
     fn start(&self, plan: &Plan, _opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
-        let Plan::Container(p) = plan;
-        self.record(Call::Start {
-            name: p.name.clone(),
-            argv: p.argv.clone(),
-        });
+        let (name, argv) = match plan {
+            Plan::Container(p) => (p.name.clone(), p.argv.clone()),
+            Plan::Microvm(v) => (v.qemu.name.clone(), v.guest.argv.clone()),
+        };
+        self.record(Call::Start { name, argv });
         Ok(Outcome {
             ending: Ending::Exited(self.exit_code),
             changes: None,
@@ -389,11 +398,48 @@ impl Isolation for Fake {
     }
 }
 
+/// The microVM backend (QEMU; see `microvm`). Ephemeral runs only so far: a named microVM
+/// sandbox is refused by the planner, so exec and the folder operations have nothing to do.
+impl Isolation for MicroVm {
+    fn check(&self, project_dir: &Path, layout: &Layout) -> HostFacts {
+        MicroVm::check(self, project_dir, layout)
+    }
+    fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
+        MicroVm::start(self, plan, opts)
+    }
+    fn exec(&self, sandbox: &Instance<'_>, _req: &ExecRequest) -> Result<Outcome, RunError> {
+        Err(RunError::Vm(format!(
+            "sandbox {}: exec into a microVM sandbox is not supported yet",
+            sandbox.name
+        )))
+    }
+    fn hotplug(
+        &self,
+        sandbox: &Instance<'_>,
+        _change: &container::hotplug::Hotplug,
+    ) -> Result<(), RunError> {
+        Err(RunError::Vm(format!(
+            "sandbox {}: a microVM gets no host mounts",
+            sandbox.name
+        )))
+    }
+    fn observe(&self, _sandbox: &Instance<'_>) -> Observed {
+        Observed::Stopped
+    }
+    fn stats(&self, _sandbox: &Instance<'_>) -> Option<Usage> {
+        None
+    }
+    fn reclaim(&self, _sandbox: &Instance<'_>) {}
+    fn destroy(&self, _sandbox: &Instance<'_>) {}
+}
+
 /// Every isolation backend of this build, chosen at run time from the spec's `backend`.
-/// (A `MicroVm` variant joins when the QEMU backend lands.)
+// The Fake (tests only) is the large one; one backend value lives per command.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum AnyBackend {
     Container(Container),
+    MicroVm(MicroVm),
     Fake(Fake),
 }
 
@@ -402,7 +448,7 @@ impl AnyBackend {
     pub fn for_kind(kind: airlock_model::policy::BackendKind) -> Option<AnyBackend> {
         match kind {
             airlock_model::policy::BackendKind::Container => Some(AnyBackend::Container(Container)),
-            airlock_model::policy::BackendKind::Microvm => None,
+            airlock_model::policy::BackendKind::Microvm => Some(AnyBackend::MicroVm(MicroVm)),
         }
     }
     /// The backend a stored spec (`spec.json` of a named sandbox) names in `backend` — the
@@ -422,6 +468,7 @@ impl AnyBackend {
     fn inner(&self) -> &dyn Isolation {
         match self {
             AnyBackend::Container(c) => c,
+            AnyBackend::MicroVm(m) => m,
             AnyBackend::Fake(f) => f,
         }
     }

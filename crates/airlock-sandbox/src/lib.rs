@@ -8,6 +8,7 @@ pub mod container;
 pub mod hostcaps;
 pub mod isolation;
 pub mod kernel;
+pub mod microvm;
 pub mod os;
 pub mod sys;
 pub mod userns;

@@ -74,7 +74,8 @@ impl From<airlock_model::plan::Refusal> for CliError {
         let code = match r {
             airlock_model::plan::Refusal::EmptyCommand
             | airlock_model::plan::Refusal::BadTarget(..) => exit::USAGE,
-            airlock_model::plan::Refusal::BackendUnavailable(_) => exit::BACKEND_UNAVAILABLE,
+            airlock_model::plan::Refusal::BackendUnavailable(_)
+            | airlock_model::plan::Refusal::MicrovmUnsupported(_) => exit::BACKEND_UNAVAILABLE,
             _ => exit::POLICY_REFUSED,
         };
         let hint = r.hint();
@@ -91,6 +92,15 @@ impl From<airlock_sandbox::container::RunError> for CliError {
         };
         let hint = e.hint();
         CliError::new(code, e).maybe_hint(hint)
+    }
+}
+
+/// An action's error (from the engine or a typed child) as the CLI ends with it: its exit code
+/// and hint as the action gave them.
+impl From<airlock_engine::action::ActionError> for CliError {
+    fn from(e: airlock_engine::action::ActionError) -> Self {
+        let hint = e.hint.clone();
+        CliError::new(e.code, anyhow::anyhow!(e.message)).maybe_hint(hint)
     }
 }
 

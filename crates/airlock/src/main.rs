@@ -47,9 +47,6 @@ fn not_yet_hint(e: &clap::Error) -> Option<&'static str> {
         return None;
     };
     match arg.split('=').next()? {
-        "--backend" => {
-            Some("--backend is not available yet: this build has the `container` backend only")
-        }
         "--no-net" | "--offline" => Some("no network is `--net off` (or `--no-network`)"),
         _ => None,
     }

@@ -1,8 +1,617 @@
-//! `airlock-guest init`: PID 1 inside a microVM (issue 15). Not yet: the microVM backend fills
-//! this in (mounts, the host channel, starting the command or the runner, relaying exit status).
+//! `airlock-guest init`: PID 1 inside a microVM (the initramfs's `/init`). It loads the kernel
+//! modules the host put in `/modules` (virtio, erofs, overlay), finds its channel (the
+//! virtio-serial port named `airlock`) and its disks (by virtio-blk serial), says hello, takes
+//! the job, builds the root (the read-only image under a tmpfs overlay, a fresh /proc, /sys,
+//! /dev, /tmp, $HOME and the workspace image under its own overlay), runs the command as the
+//! sandbox user with its output relayed over the channel, reports the exit status and powers
+//! the VM off. Protocol: `airlock_model::vm`.
 
-/// The subcommand's entry point; returns the exit code.
+use airlock_model::vm::{
+    b64_decode, b64_encode, GuestJob, GuestMsg, GuestNet, HostMsg, DISK_ROOT, DISK_WORKSPACE,
+    VM_PORT_NAME, VM_PROTOCOL_VERSION,
+};
+use nix::mount::{mount, MsFlags};
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const NEWROOT: &str = "/newroot";
+
+/// The subcommand's entry point. As PID 1 it never returns: it powers the VM off.
 pub fn main(_args: &[String]) -> i32 {
-    eprintln!("airlock-guest init: not yet (the microVM backend is not built)");
-    1
+    if std::process::id() != 1 {
+        eprintln!("airlock-guest init: runs only as PID 1 of an airlock microVM");
+        return 2;
+    }
+    let _ = boot();
+    poweroff()
+}
+
+fn poweroff() -> ! {
+    nix::unistd::sync();
+    // SAFETY: reboot(2) with a valid command; as PID 1 this ends the VM (QEMU -no-reboot).
+    unsafe {
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+fn mkdir(p: &str, mode: u32) -> Res<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(p)
+        .map_err(ctx(format!("mkdir {p}")))
+}
+
+fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Res<()> {
+    mkdir(target, 0o755)?;
+    mount(Some(src), target, Some(fstype), flags, data)
+        .map_err(ctx(format!("mount {fstype} at {target}")))
+}
+
+/// The early mounts and modules; then the channel, and everything else reported over it.
+fn boot() -> Res<()> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mnt("proc", "/proc", "proc", nosuid, None)?;
+    mnt("sysfs", "/sys", "sysfs", nosuid, None)?;
+    mnt("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline.split_whitespace().any(|w| w == "airlock.probe=1") {
+        return Ok(());
+    }
+    load_modules()?;
+    let port = wait_for(Duration::from_secs(20), || find_port(VM_PORT_NAME))
+        .ok_or("the channel port did not appear")?;
+    let chan = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&port)
+        .map_err(ctx(port.display()))?;
+    let mut out = Channel(chan.try_clone().map_err(ctx("channel"))?);
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.send(&GuestMsg::Hello {
+        v: VM_PROTOCOL_VERSION,
+        kernel,
+    });
+    let mut input = BufReader::new(chan);
+    let job = loop {
+        let mut line = String::new();
+        if input.read_line(&mut line).map_err(ctx("channel"))? == 0 {
+            return Err("the host closed the channel before sending the job".into());
+        }
+        match serde_json::from_str::<HostMsg>(&line) {
+            Ok(HostMsg::Run { job, .. }) => break job,
+            _ => continue,
+        }
+    };
+    let code = match setup(&job).and_then(|()| run(&job, &mut input, &mut out)) {
+        Ok(code) => code,
+        Err(message) => {
+            out.send(&GuestMsg::Error {
+                v: VM_PROTOCOL_VERSION,
+                message,
+            });
+            return Ok(());
+        }
+    };
+    out.send(&GuestMsg::Exit {
+        v: VM_PROTOCOL_VERSION,
+        code,
+    });
+    Ok(())
+}
+
+struct Channel(File);
+
+impl Channel {
+    fn send(&mut self, m: &GuestMsg) {
+        if let Ok(mut line) = serde_json::to_vec(m) {
+            line.push(b'\n');
+            let _ = self.0.write_all(&line);
+        }
+    }
+}
+
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// finit_module every /modules/NN-NAME.ko in order (already loaded or built in: fine).
+fn load_modules() -> Res<()> {
+    let mut mods: Vec<PathBuf> = fs::read_dir("/modules")
+        .map_err(ctx("/modules"))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    mods.sort();
+    for m in mods {
+        let f = File::open(&m).map_err(ctx(m.display()))?;
+        // SAFETY: finit_module(2) with an open module file and an empty parameter string.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_finit_module,
+                f.as_raw_fd(),
+                c"".as_ptr(),
+                0 as libc::c_int,
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(format!("load {}: {e}", m.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// /dev/vportNpM whose name (virtio-serial `name=`) is `name`.
+fn find_port(name: &str) -> Option<PathBuf> {
+    fs::read_dir("/sys/class/virtio-ports")
+        .ok()?
+        .flatten()
+        .find(|e| fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name))
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .filter(|p| p.exists())
+}
+
+/// /dev/vdX whose virtio-blk serial is `serial`.
+fn find_disk(serial: &str) -> Option<String> {
+    fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .find(|e| fs::read_to_string(e.path().join("serial")).is_ok_and(|s| s.trim() == serial))
+        .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
+        .filter(|p| Path::new(p).exists())
+}
+
+fn size_opt(job: &GuestJob) -> String {
+    job.tmpfs_size
+        .map(|s| format!(",size={s}"))
+        .unwrap_or_default()
+}
+
+/// The root: the image read-only under a tmpfs overlay; kernel filesystems, tmpfs mounts, the
+/// workspace image under its own overlay, the generated /etc files, hostname, network.
+fn setup(job: &GuestJob) -> Res<()> {
+    let root = wait_for(Duration::from_secs(20), || find_disk(DISK_ROOT))
+        .ok_or("the root disk did not appear")?;
+    let ro = MsFlags::MS_RDONLY;
+    mnt(&root, "/lower", "erofs", ro, None)?;
+    let size = size_opt(job);
+    mnt(
+        "tmpfs",
+        "/rw",
+        "tmpfs",
+        MsFlags::empty(),
+        Some(&format!("mode=0755{size}")),
+    )?;
+    for d in ["/rw/upper", "/rw/work", "/rw/ws-upper", "/rw/ws-work"] {
+        mkdir(d, 0o755)?;
+    }
+    mnt(
+        "overlay",
+        NEWROOT,
+        "overlay",
+        MsFlags::empty(),
+        Some("lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work"),
+    )?;
+    let at = |p: &str| format!("{NEWROOT}{p}");
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mnt(
+        "proc",
+        &at("/proc"),
+        "proc",
+        nosuid | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mnt(
+        "sysfs",
+        &at("/sys"),
+        "sysfs",
+        nosuid | MsFlags::MS_NOEXEC | ro,
+        None,
+    )?;
+    mnt(
+        "devtmpfs",
+        &at("/dev"),
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        None,
+    )?;
+    mnt(
+        "devpts",
+        &at("/dev/pts"),
+        "devpts",
+        nosuid | MsFlags::MS_NOEXEC,
+        Some("ptmxmode=0666,mode=0620"),
+    )?;
+    mnt("tmpfs", &at("/dev/shm"), "tmpfs", nosuid, Some("mode=1777"))?;
+    mnt(
+        "tmpfs",
+        &at("/tmp"),
+        "tmpfs",
+        nosuid,
+        Some(&format!("mode=1777{size}")),
+    )?;
+    mnt("tmpfs", &at("/run"), "tmpfs", nosuid, Some("mode=0755"))?;
+    mnt(
+        "tmpfs",
+        &at(&job.home),
+        "tmpfs",
+        nosuid,
+        Some(&format!("mode=0700,uid={},gid={}{size}", job.uid, job.gid)),
+    )?;
+    if job.workspace {
+        let ws = wait_for(Duration::from_secs(20), || find_disk(DISK_WORKSPACE))
+            .ok_or("the workspace disk did not appear")?;
+        mnt(&ws, "/ws-lower", "erofs", ro, None)?;
+        nix::unistd::chown(
+            "/rw/ws-upper",
+            Some(nix::unistd::Uid::from_raw(job.uid)),
+            Some(nix::unistd::Gid::from_raw(job.gid)),
+        )
+        .map_err(ctx("chown the workspace layer"))?;
+        mnt(
+            "overlay",
+            &at("/workspace"),
+            "overlay",
+            nosuid,
+            Some("lowerdir=/ws-lower,upperdir=/rw/ws-upper,workdir=/rw/ws-work"),
+        )?;
+    }
+    for f in &job.files {
+        let path = at(&f.path);
+        if let Some(parent) = Path::new(&path).parent() {
+            let _ = fs::create_dir_all(parent);
+        }
+        let _ = fs::remove_file(&path);
+        fs::write(&path, &f.contents).map_err(ctx(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode)).map_err(ctx(&path))?;
+    }
+    let _ = nix::unistd::sethostname(&job.hostname);
+    net::up("lo", None)?;
+    if job.net == GuestNet::User {
+        net::up(
+            "eth0",
+            Some(([10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2])),
+        )?;
+    }
+    Ok(())
+}
+
+/// Start the command and relay until it ends; returns its exit status (128+N: signal N).
+fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel) -> Res<i32> {
+    use nix::unistd::{fork, ForkResult};
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ctx("pipe"));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (in_r, in_w) = pipe()?;
+    let cstr = |s: &str| CString::new(s).map_err(ctx("a NUL byte in the job"));
+    let argv: Vec<CString> = job.argv.iter().map(|a| cstr(a)).collect::<Res<_>>()?;
+    let envp: Vec<CString> = job
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect::<Res<_>>()?;
+    let cwd = cstr(&job.cwd)?;
+    // SAFETY: this process is single-threaded (PID 1, no threads started), so the child may
+    // run any code until exec.
+    match unsafe { fork() }.map_err(ctx("fork"))? {
+        ForkResult::Child => {
+            let stdin = if job.stdin {
+                in_r.as_raw_fd()
+            } else {
+                File::open("/dev/null")
+                    .map(|f| {
+                        let fd = f.as_raw_fd();
+                        std::mem::forget(f);
+                        fd
+                    })
+                    .unwrap_or(in_r.as_raw_fd())
+            };
+            child(
+                job,
+                stdin,
+                out_w.as_raw_fd(),
+                err_w.as_raw_fd(),
+                &argv,
+                &envp,
+                &cwd,
+            )
+        }
+        ForkResult::Parent { child } => {
+            drop((out_w, err_w, in_r));
+            relay(child, job.stdin.then_some(in_w), out_r, err_r, input, out)
+        }
+    }
+}
+
+fn child(
+    job: &GuestJob,
+    stdin: i32,
+    stdout: i32,
+    stderr: i32,
+    argv: &[CString],
+    envp: &[CString],
+    cwd: &CString,
+) -> ! {
+    let fail = |what: &str, e: nix::errno::Errno| -> ! {
+        let msg = format!("airlock: {what}: {e}\n");
+        // SAFETY: writing a buffer to an open descriptor, then exiting without unwinding.
+        unsafe {
+            libc::write(stderr, msg.as_ptr().cast(), msg.len());
+            libc::_exit(if e == nix::errno::Errno::ENOENT {
+                127
+            } else {
+                126
+            })
+        }
+    };
+    for (fd, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
+        // SAFETY: dup2 onto the standard descriptors of this (child) process.
+        if unsafe { libc::dup2(fd, to) } < 0 {
+            fail("dup2", nix::errno::Errno::last());
+        }
+    }
+    let _ = nix::unistd::setsid();
+    if let Err(e) = nix::unistd::chroot(NEWROOT) {
+        fail("chroot", e);
+    }
+    if let Err(e) = nix::unistd::chdir("/") {
+        fail("chdir /", e);
+    }
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(job.uid),
+        nix::unistd::Gid::from_raw(job.gid),
+    );
+    if let Err(e) = nix::unistd::setgroups(&[gid]) {
+        fail("setgroups", e);
+    }
+    if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
+        fail("setgid", e);
+    }
+    if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
+        fail("setuid", e);
+    }
+    if let Err(e) = nix::unistd::chdir(cwd.as_c_str()) {
+        fail(&format!("working directory {}", job.cwd), e);
+    }
+    let prog = &argv[0];
+    let e = if prog.as_bytes().contains(&b'/') {
+        nix::unistd::execve(prog, argv, envp).err()
+    } else {
+        nix::unistd::execvpe(prog, argv, envp).err()
+    };
+    fail(&job.argv[0], e.unwrap_or(nix::errno::Errno::ENOEXEC))
+}
+
+/// Relay stdout/stderr (and stdin from the channel) until the command exits and its output
+/// is drained; reap every orphan meanwhile (PID 1's duty).
+fn relay(
+    pid: nix::unistd::Pid,
+    stdin: Option<OwnedFd>,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    input: &mut BufReader<File>,
+    chan: &mut Channel,
+) -> Res<i32> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut pipes: Vec<(Option<File>, bool)> = vec![
+        (Some(File::from(out_r)), true),
+        (Some(File::from(err_r)), false),
+    ];
+    let mut stdin = stdin.map(File::from);
+    let mut status: Option<i32> = None;
+    let mut buf = vec![0u8; 32 << 10];
+    let chan_fd = input.get_ref().try_clone().map_err(ctx("channel"))?;
+    let mut pending = String::new();
+    loop {
+        // Reap: the command's status, and any orphan.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, c)) if p == pid => status = Some(c),
+                Ok(WaitStatus::Signaled(p, s, _)) if p == pid => status = Some(128 + s as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let open: Vec<usize> = (0..pipes.len()).filter(|&i| pipes[i].0.is_some()).collect();
+        if let Some(code) = status {
+            if open.is_empty() {
+                return Ok(code);
+            }
+        }
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .filter_map(|&i| {
+                pipes[i]
+                    .0
+                    .as_ref()
+                    .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            })
+            .collect();
+        let with_chan = stdin.is_some();
+        if with_chan {
+            fds.push(PollFd::new(chan_fd.as_fd(), PollFlags::POLLIN));
+        }
+        // Once the command has exited, what is left in the pipes is drained without waiting
+        // for background processes that keep them open. Host lines already buffered (read
+        // together with the job) are ready without the descriptor being readable.
+        let buffered = with_chan && !input.buffer().is_empty();
+        let timeout = if status.is_some() || buffered {
+            0u16
+        } else {
+            50
+        };
+        let n = poll(&mut fds, PollTimeout::from(timeout)).unwrap_or(0);
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        if n == 0 && status.is_some() && !buffered {
+            return Ok(status.unwrap_or(0));
+        }
+        for (k, &i) in open.iter().enumerate() {
+            if !ready[k] {
+                continue;
+            }
+            let (file, is_out) = &mut pipes[i];
+            let got = file.as_mut().map(|f| f.read(&mut buf)).unwrap_or(Ok(0));
+            match got {
+                Ok(0) | Err(_) => *file = None,
+                Ok(n) => {
+                    let data = b64_encode(&buf[..n]);
+                    let v = VM_PROTOCOL_VERSION;
+                    chan.send(&if *is_out {
+                        GuestMsg::Stdout { v, data }
+                    } else {
+                        GuestMsg::Stderr { v, data }
+                    });
+                }
+            }
+        }
+        if with_chan && (buffered || ready.last().copied().unwrap_or(false)) {
+            pending.clear();
+            if input.read_line(&mut pending).unwrap_or(0) == 0 {
+                stdin = None;
+                continue;
+            }
+            match serde_json::from_str::<HostMsg>(&pending) {
+                Ok(HostMsg::Stdin { data, .. }) => {
+                    if let Some(s) = stdin.as_mut() {
+                        let _ = s.write_all(&b64_decode(&data).unwrap_or_default());
+                    }
+                }
+                Ok(HostMsg::StdinEof { .. }) => stdin = None,
+                Ok(HostMsg::Signal { signal, .. }) => {
+                    // SAFETY: kill(2) on the command's process group.
+                    unsafe {
+                        libc::kill(-pid.as_raw(), signal);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Interface configuration through the classic ioctls (no netlink code needed for this).
+mod net {
+    use super::Res;
+    use std::os::fd::AsRawFd;
+
+    fn ifreq(name: &str) -> libc::ifreq {
+        // SAFETY: ifreq is plain data; all-zero is a valid value.
+        let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in r.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        r
+    }
+
+    fn sockaddr(ip: [u8; 4]) -> libc::sockaddr {
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sockaddr_in and sockaddr have the same size; this is how the API is used.
+        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+    }
+
+    fn ioctl(fd: i32, req: libc::c_ulong, arg: *mut libc::c_void, what: &str) -> Res<()> {
+        // SAFETY: the request matches the argument's type at every call site below.
+        if unsafe { libc::ioctl(fd, req, arg) } < 0 {
+            return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Bring `name` up; with `addr`: (address, netmask, default gateway).
+    pub fn up(name: &str, addr: Option<([u8; 4], [u8; 4], [u8; 4])>) -> Res<()> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("socket: {e}"))?;
+        let fd = s.as_raw_fd();
+        if let Some((ip, mask, gw)) = addr {
+            let mut r = ifreq(name);
+            r.ifr_ifru.ifru_addr = sockaddr(ip);
+            ioctl(
+                fd,
+                libc::SIOCSIFADDR,
+                (&raw mut r).cast(),
+                "set the address",
+            )?;
+            let mut r = ifreq(name);
+            r.ifr_ifru.ifru_netmask = sockaddr(mask);
+            ioctl(
+                fd,
+                libc::SIOCSIFNETMASK,
+                (&raw mut r).cast(),
+                "set the netmask",
+            )?;
+            up_flags(fd, name)?;
+            // SAFETY: rtentry is plain data; all-zero is a valid value.
+            let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+            rt.rt_dst = sockaddr([0, 0, 0, 0]);
+            rt.rt_genmask = sockaddr([0, 0, 0, 0]);
+            rt.rt_gateway = sockaddr(gw);
+            rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+            return ioctl(
+                fd,
+                libc::SIOCADDRT,
+                (&raw mut rt).cast(),
+                "add the default route",
+            );
+        }
+        up_flags(fd, name)
+    }
+
+    fn up_flags(fd: i32, name: &str) -> Res<()> {
+        let mut r = ifreq(name);
+        ioctl(
+            fd,
+            libc::SIOCGIFFLAGS,
+            (&raw mut r).cast(),
+            "read the link flags",
+        )?;
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        unsafe {
+            r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        }
+        ioctl(
+            fd,
+            libc::SIOCSIFFLAGS,
+            (&raw mut r).cast(),
+            "bring the link up",
+        )
+    }
 }

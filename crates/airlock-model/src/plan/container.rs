@@ -364,6 +364,13 @@ fn with_proxy_env(spec: &RunSpec) -> Vec<(String, String)> {
                 env.push((k.into(), "localhost,127.0.0.1,::1".into()));
             }
         }
+        // Injected secrets: every TLS client inside trusts the interception CA's bundle.
+        if spec.secrets.values().any(|s| s.inject.is_some()) {
+            env.retain(|(k, _)| !super::CA_BUNDLE_VARS.contains(&k.as_str()));
+            for k in super::CA_BUNDLE_VARS {
+                env.push((k.to_string(), super::CA_BUNDLE.into()));
+            }
+        }
     }
     env
 }

@@ -40,6 +40,10 @@ pub struct HostFacts {
     /// The backends and root filesystems this build and host can provide.
     #[serde(default)]
     pub offer: Offer,
+    /// The microVM backend's findings (kernel, QEMU, acceleration); None where it was not
+    /// checked or is unavailable.
+    #[serde(default)]
+    pub vm: Option<VmFacts>,
     /// The spec's image, resolved in the local store (None for the host root filesystem).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<Box<ImageRoot>>,
@@ -301,14 +305,17 @@ pub struct LaunchPlan {
 /// backend-neutral; each backend has its own pure lowering (`LaunchPlan` is the container's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // one plan per launch; the container's is not boxed for its many users
 pub enum Plan {
     Container(LaunchPlan),
+    Microvm(Box<VmPlan>),
 }
 
 impl Plan {
     pub fn name(&self) -> &str {
         match self {
             Plan::Container(p) => &p.name,
+            Plan::Microvm(v) => &v.qemu.name,
         }
     }
     /// Limits asked for that this host cannot enforce (reported, or refused with
@@ -316,12 +323,14 @@ impl Plan {
     pub fn unenforced_limits(&self) -> &[String] {
         match self {
             Plan::Container(p) => &p.unenforced_limits,
+            Plan::Microvm(v) => &v.qemu.unenforced_limits,
         }
     }
     /// Whether it runs without root on the host (limits then need a delegated cgroup).
     pub fn rootless(&self) -> bool {
         match self {
             Plan::Container(p) => p.rootless,
+            Plan::Microvm(v) => v.qemu.rootless,
         }
     }
 }
@@ -350,6 +359,25 @@ pub struct EgressPlan {
 
 /// The explicit proxy's port inside filtered sandboxes.
 pub const PROXY_PORT: u16 = 3128;
+
+/// Where a sandbox with injected secrets finds the CA bundle that trusts its interception CA
+/// (the system's roots plus the CA; PID 1 writes it on the sandbox's /run).
+pub const CA_BUNDLE: &str = "/run/airlock-tls/ca-bundle.pem";
+
+/// The variables TLS clients read a CA bundle from, set to [`CA_BUNDLE`] in sandboxes with
+/// injected secrets (over any value given: a client trusting another bundle would refuse the
+/// interception): OpenSSL and what builds on it (curl, Python's ssl, Ruby, git), Node,
+/// requests, curl, git, the AWS SDKs, Deno, Codex.
+pub const CA_BUNDLE_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "AWS_CA_BUNDLE",
+    "DENO_CERT",
+    "CODEX_CA_CERTIFICATE",
+];
 
 /// Open mode: the resolver address inside (TEST-NET-2, never routed anywhere); the user-mode
 /// network stack forwards queries to it to the host's resolver.
@@ -385,6 +413,8 @@ pub enum Refusal {
     BackendUnavailable(BackendKind),
     #[error("image {0:?} is not available: this build runs sandboxes on the host's root filesystem only")]
     RootFsUnavailable(String),
+    #[error("the microvm backend does not support {0} yet")]
+    MicrovmUnsupported(&'static str),
     #[error("image {0:?} is not in the local image store")]
     ImageNotInStore(String),
     #[error("image root filesystems need Linux >= 6.6 (user xattrs on tmpfs for the overlay's upper layer)")]
@@ -408,6 +438,7 @@ impl Refusal {
             Refusal::ReservedPort(_) => "remove that port from [network] ports / --allow",
             Refusal::BackendUnavailable(_) => "use backend = \"container\" (or drop --backend); run `airlock doctor` to see what this host supports",
             Refusal::RootFsUnavailable(_) => "use image = \"host\" (the default); run `airlock doctor` to see what this host supports",
+            Refusal::MicrovmUnsupported(_) => "use the container backend for this (drop --backend microvm)",
             Refusal::ImageNotInStore(_) => "pull it first: airlock image pull IMAGE (`airlock image ls` lists the store)",
             Refusal::ImageNeedsTmpfsXattr => "use image = \"host\" on this kernel, or upgrade to Linux 6.6 or later",
             Refusal::DiskUnenforceable => "remove `disk` from [resources] for named sandboxes (it bounds the in-memory mounts of `airlock run`), or run the command with `airlock run`",
@@ -469,16 +500,22 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<Plan, Refusal> {
     admit(spec, &host.offer)?;
     match spec.backend {
         BackendKind::Container => container::lower(spec, host).map(Plan::Container),
-        // admit refused every backend this build does not offer.
-        other => Err(Refusal::BackendUnavailable(other)),
+        BackendKind::Microvm => microvm::lower(spec, host).map(|v| Plan::Microvm(Box::new(v))),
     }
 }
+
+/// What the microVM backend does not do yet: named sandboxes.
+pub const NAMED_MICROVM: &str = "named sandboxes (create, up, run --keep)";
 
 /// Whether this build and host can provide the spec's backend and root filesystem at all.
 /// Also called on its own where a spec is accepted before it is ever planned (`create`).
 pub fn admit(spec: &RunSpec, offer: &Offer) -> Result<(), Refusal> {
     if !offer.backends.contains(&spec.backend) {
         return Err(Refusal::BackendUnavailable(spec.backend));
+    }
+    if spec.backend == BackendKind::Microvm && spec.persistent {
+        // Refused here too, so that `create` refuses before it makes anything.
+        return Err(Refusal::MicrovmUnsupported(NAMED_MICROVM));
     }
     match &spec.rootfs {
         RootFs::Host => Ok(()),
@@ -489,6 +526,8 @@ pub fn admit(spec: &RunSpec, offer: &Offer) -> Result<(), Refusal> {
 
 mod container;
 pub use container::lower;
+pub mod microvm;
+pub use microvm::{Accel, VmFacts, VmPlan};
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ fn p(s: &str) -> PathBuf {
 fn plan(s: &RunSpec, h: &HostFacts) -> Result<LaunchPlan, Refusal> {
     super::plan(s, h).map(|p| match p {
         Plan::Container(c) => c,
+        Plan::Microvm(_) => panic!("a container spec lowered to a microVM"),
     })
 }
 
@@ -72,6 +73,7 @@ fn host(uid: u32) -> HostFacts {
         pasta: true,
         offer: Offer::default(),
         image: None,
+        vm: None,
     }
 }
 
@@ -495,6 +497,43 @@ fn filtered_plans_listeners_proxy_env_and_resolver() {
 }
 
 #[test]
+fn injected_secrets_point_every_ca_variable_at_the_bundle() {
+    let mut s = spec();
+    s.net = NetMode::Filtered;
+    s.domains = vec!["api.anthropic.com".into()];
+    s.env
+        .push(("NODE_EXTRA_CA_CERTS".into(), "/mine.pem".into()));
+    let plain = plan(&s, &host(1000)).expect("plan");
+    assert!(plain
+        .env
+        .contains(&("NODE_EXTRA_CA_CERTS".into(), "/mine.pem".into())));
+    assert!(!plain.env.iter().any(|(k, _)| k == "SSL_CERT_FILE"));
+    s.secrets.insert(
+        "K".into(),
+        crate::config::Secret {
+            source: crate::config::SecretSource::FromEnv("K".into()),
+            inject: Some(crate::config::Inject {
+                hosts: vec!["api.anthropic.com".into()],
+                header: Some("x-api-key".into()),
+                bearer: false,
+                basic: false,
+                query: None,
+            }),
+        },
+    );
+    let got = plan(&s, &host(1000)).expect("plan");
+    for v in CA_BUNDLE_VARS {
+        let vals: Vec<&str> = got
+            .env
+            .iter()
+            .filter(|(k, _)| k == v)
+            .map(|(_, x)| x.as_str())
+            .collect();
+        assert_eq!(vals, vec![CA_BUNDLE], "{v}");
+    }
+}
+
+#[test]
 fn persistent_plans_have_no_command_and_a_disk_upper() {
     let mut s = spec();
     s.persistent = true;
@@ -891,4 +930,234 @@ fn an_images_user_is_in_passwd_and_replaces_agent_only_where_they_clash() {
     let (passwd, _) = passwd_and_group(&s, img.as_deref());
     assert!(!passwd.contains("4321"), "{passwd}");
     assert!(passwd.contains("agent:x:1000"), "{passwd}");
+}
+
+fn vm_host() -> HostFacts {
+    let mut h = host(0);
+    h.offer.backends.push(BackendKind::Microvm);
+    h.vm = Some(VmFacts {
+        qemu: p("/usr/bin/qemu-system-x86_64"),
+        cache_dir: p("/var/cache/airlock/microvm"),
+        kernel: "vmlinux-K".into(),
+        initrd: "initrd-I".into(),
+        rootfs: "root-R.erofs".into(),
+        kernel_release: "6.1.0-48-cloud-amd64".into(),
+        accel: Accel::Tcg,
+    });
+    h
+}
+
+#[test]
+fn the_microvm_plan_is_exact() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.argv = vec!["echo".into(), "hi".into()];
+    s.resources.memory = Some(ByteSize(512 << 20));
+    s.resources.cpus = Some(Cpus::new(1.5).expect("cpus"));
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microVM plan");
+    };
+    let argv: Vec<String> = [
+        "/usr/bin/qemu-system-x86_64",
+        "-M",
+        "microvm",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "none",
+        "-parallel",
+        "none",
+        "-monitor",
+        "none",
+        "-accel",
+        "tcg,tb-size=128",
+        "-cpu",
+        "max",
+        "-m",
+        "512M",
+        "-smp",
+        "2",
+        "-kernel",
+        "/airlock-vm/cache/vmlinux-K",
+        "-initrd",
+        "/airlock-vm/cache/initrd-I",
+        "-append",
+        "quiet loglevel=1 panic=-1 tsc_early_khz=2000000 airlock.v=1 -- init",
+        "-drive",
+        "id=root,file=/airlock-vm/cache/root-R.erofs,format=raw,if=none,readonly=on",
+        "-device",
+        "virtio-blk-device,drive=root,serial=airlock-root",
+        "-drive",
+        "id=ws,file=/airlock-vm/run/workspace.erofs,format=raw,if=none,readonly=on",
+        "-device",
+        "virtio-blk-device,drive=ws,serial=airlock-ws",
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        "socket,id=channel,path=/airlock-vm/run/channel.sock",
+        "-device",
+        "virtserialport,chardev=channel,name=airlock",
+        "-nic",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // QEMU is the command of a container built from the same spec: no workspace, the
+    // artifact cache read-only, the guest's memory plus QEMU's overhead as its limit.
+    let mut q = s.clone();
+    q.argv = argv;
+    q.workspace = WorkspaceMode::None;
+    q.workdir = Some(p("/"));
+    q.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
+    q.binds = vec![BindSpec {
+        source: p("/var/cache/airlock/microvm"),
+        target: p("/airlock-vm/cache"),
+        writable: false,
+    }];
+    q.resources.memory = Some(ByteSize((512 << 20) + microvm::VM_OVERHEAD));
+    let want = VmPlan {
+        qemu: lower(&q, &vm_host()).expect("qemu container"),
+        guest: crate::vm::GuestJob {
+            argv: vec!["echo".into(), "hi".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: "/workspace".into(),
+            uid: 1000,
+            gid: 1000,
+            hostname: "run-1".into(),
+            net: crate::vm::GuestNet::None,
+            workspace: true,
+            home: "/home/agent".into(),
+            tmpfs_size: Some(128 << 20),
+            files: etc_files(&s, None)
+                .into_iter()
+                .map(|m| match m {
+                    MountStep::File {
+                        target,
+                        contents,
+                        mode,
+                    } => crate::vm::GuestFile {
+                        path: target.display().to_string(),
+                        contents,
+                        mode,
+                    },
+                    other => panic!("{other:?}"),
+                })
+                .collect(),
+            stdin: false,
+        },
+        workspace: Some(p("/home/u/proj")),
+        accel: Accel::Tcg,
+        memory: 512 << 20,
+        cpus: 2,
+    };
+    assert_eq!(*got, want);
+    assert_eq!(
+        got.qemu.limits.memory,
+        Some(ByteSize((512 << 20) + (384 << 20)))
+    );
+}
+
+#[test]
+fn the_microvm_plan_gives_filtered_guests_a_nic_and_the_proxy_on_qemus_host_side() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.net = NetMode::Filtered;
+    s.domains = vec!["example.com".into()];
+    s.workspace = WorkspaceMode::None;
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microVM plan");
+    };
+    let a = &got.qemu.argv;
+    let at = a.iter().position(|x| x == "-netdev").expect("a NIC");
+    assert_eq!(
+        a[at..],
+        [
+            "-netdev",
+            "user,id=net0,ipv6=off",
+            "-device",
+            "virtio-net-device,netdev=net0"
+        ]
+    );
+    assert!(!a.iter().any(|x| x.contains("airlock-ws")));
+    // The QEMU container holds the filtered network namespace and its egress listeners.
+    assert_eq!(
+        got.qemu.egress,
+        Some(EgressPlan {
+            ports: vec![443, 80],
+            proxy_port: PROXY_PORT,
+            domains: vec!["example.com".into()],
+        })
+    );
+    assert!(got
+        .guest
+        .env
+        .contains(&("HTTPS_PROXY".into(), "http://10.0.2.2:3128".into())));
+    let resolv = got
+        .guest
+        .files
+        .iter()
+        .find(|f| f.path == "/etc/resolv.conf");
+    assert!(resolv.is_some_and(|f| f.contents.contains("nameserver 10.0.2.3")));
+    assert_eq!(got.guest.cwd, "/home/agent");
+    assert_eq!(got.guest.net, crate::vm::GuestNet::User);
+    // No explicit memory: a 1 GiB guest in a container limited to it plus QEMU's overhead.
+    assert!(a.windows(2).any(|w| w == ["-m", "1024M"]));
+    assert_eq!(
+        got.qemu.limits.memory,
+        Some(ByteSize((1 << 30) + (384 << 20)))
+    );
+}
+
+#[test]
+fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.workspace = WorkspaceMode::Bind;
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::MicrovmUnsupported(_))
+    ));
+    s.workspace = WorkspaceMode::Overlay;
+    s.binds = vec![BindSpec {
+        source: p("/srv"),
+        target: p("/srv"),
+        writable: true,
+    }];
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::MicrovmUnsupported(_))
+    ));
+    s.binds.clear();
+    s.secrets.insert(
+        "TOKEN".into(),
+        crate::config::SecretSource::FromEnv("TOKEN".into()).into(),
+    );
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::MicrovmUnsupported(m)) if m.contains("secrets")
+    ));
+    s.secrets.clear();
+    s.rootfs = RootFs::from_config("busybox:1.36");
+    let mut with_images = vm_host();
+    with_images.offer.images = true;
+    assert!(matches!(
+        super::plan(&s, &with_images),
+        Err(Refusal::MicrovmUnsupported(_))
+    ));
+    s.rootfs = RootFs::Host;
+    let mut h = vm_host();
+    h.vm = None;
+    assert_eq!(
+        super::plan(&s, &h),
+        Err(Refusal::BackendUnavailable(BackendKind::Microvm))
+    );
+    // Not offered by the build at all: refused at admission.
+    assert_eq!(
+        super::plan(&s, &host(0)),
+        Err(Refusal::BackendUnavailable(BackendKind::Microvm))
+    );
 }

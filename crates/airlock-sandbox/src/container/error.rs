@@ -28,6 +28,8 @@ pub enum RunError {
     Journal { path: PathBuf, source: io::Error },
     #[error("sandbox {name}: cannot read what it runs with ({why})")]
     NotRecorded { name: String, why: String },
+    #[error("microVM: {0}")]
+    Vm(String),
     #[error("invalid argument or environment entry (contains a NUL byte): {0:?}")]
     Nul(String),
 }
@@ -45,6 +47,7 @@ impl RunError {
                 Some(format!("airlock stop {name} && airlock start {name}"))
             }
             RunError::Mount(_) | RunError::Setup(_) => Some("run `airlock doctor` to see which kernel features this host lacks".into()),
+            RunError::Vm(_) => Some("run `airlock doctor` to see what the microvm backend found on this host".into()),
             RunError::Cgroup(_) => Some("drop the resource limits, or run `airlock doctor` to see cgroup support".into()),
             _ => None,
         }

@@ -93,6 +93,7 @@ pub fn host_facts(project_dir: &Path, layout: &Layout) -> HostFacts {
         tmpfs_xattr: crate::kernel::at_least(6, 6),
         pasta: pasta_path().is_some(),
         offer: Default::default(),
+        vm: None,
         image: None,
     }
 }
@@ -231,13 +232,19 @@ fn egress_ctx(
         if ev.decision != Verdict::Deny {
             return;
         }
-        let key = (ev.host.clone(), ev.dst.clone());
+        // Intercepted connections are told per reason (a leak, fronting, a refused
+        // certificate are different stories about the same host).
+        let key = (
+            ev.host.clone(),
+            ev.dst.clone(),
+            ev.intercepted.then(|| ev.reason.clone()).flatten(),
+        );
         let first = said
             .lock()
             .map(|mut s| {
                 if s.len() < MAX_SAID {
                     s.insert(key)
-                } else if s.len() == MAX_SAID && s.insert((None, None)) {
+                } else if s.len() == MAX_SAID && s.insert((None, None, None)) {
                     eprintln!("airlock: more connections blocked; no longer listed here (see the network journal)");
                     false
                 } else {
@@ -258,11 +265,31 @@ fn egress_ctx(
             }
         }
     });
-    Ok(airlock_egress::proxy::Ctx::new(
-        policy,
-        Arc::new(resolver),
-        journal,
-    ))
+    let mut ctx = airlock_egress::proxy::Ctx::new(policy, Arc::new(resolver), journal);
+    ctx.intercept = opts.intercept.clone();
+    Ok(ctx)
+}
+
+/// The host's CA bundles, in the order distributions keep them.
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's roots (the first bundle found on the host) followed by the sandbox's CA.
+fn ca_bundle(ca_pem: &str) -> Vec<u8> {
+    let mut out = SYSTEM_BUNDLES
+        .iter()
+        .find_map(|p| fs::read(p).ok())
+        .unwrap_or_default();
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"# airlock: this sandbox's secret injection CA\n");
+    out.extend_from_slice(ca_pem.as_bytes());
+    out
 }
 
 /// Options of one run that are about the host side, not the sandbox's policy.
@@ -278,6 +305,9 @@ pub struct RunOptions<'a> {
     /// Secrets (name, value): given to the command as environment variables and as 0400 files
     /// in /run/secrets. Held in memory only; never part of the plan.
     pub secrets: &'a [(String, String)],
+    /// Secrets bound to hosts (their placeholders are what `secrets` holds for them): the
+    /// egress proxy ends TLS to those hosts with this CA, which the sandbox is made to trust.
+    pub intercept: Option<Arc<airlock_egress::intercept::Interceptor>>,
     /// A persistent sandbox's folder: its disk layers live (and stay) there, and the host pid
     /// of PID 1 is published there for exec while it runs.
     pub persist: Option<&'a Path>,
@@ -286,7 +316,9 @@ pub struct RunOptions<'a> {
     /// Also called for every filtered-egress decision (agent mode turns denials into `blocked`
     /// events).
     pub on_egress: Option<EgressCallback>,
-    /// Called once a persistent sandbox is published for exec (agent mode starts its runner).
+    /// Called once a persistent sandbox is published for exec (agent mode starts its runner);
+    /// for an ephemeral run, once its PID 1 is released. Threads of the caller's start here:
+    /// before the clone the process must stay single-threaded (the child would inherit locks).
     pub on_ready: Option<&'a (dyn Fn() + Sync)>,
 }
 
@@ -460,6 +492,9 @@ fn run_in(
     crate::phase("prepared");
     let filters = seccomp::programs()?;
     let argv = cstrings(plan.argv.iter().cloned())?;
+    // Injected secrets: the sandbox trusts its interception CA through a bundle of the
+    // system's roots and it (the plan's environment names it: plan::CA_BUNDLE_VARS).
+    let ca_bundle = opts.intercept.as_ref().map(|i| ca_bundle(i.ca_pem()));
     let env = plan
         .env
         .iter()
@@ -524,6 +559,7 @@ fn run_in(
             argv,
             envp,
             secrets: opts.secrets,
+            ca_bundle: ca_bundle.as_deref(),
             parent_only,
         });
     }
@@ -592,6 +628,9 @@ fn run_in(
             ),
             Err(e) => crate::phase(&format!("no egress listeners: {e}")),
         }
+    }
+    if let (None, Some(f)) = (opts.persist, opts.on_ready) {
+        f();
     }
     if let Some(dir) = opts.persist {
         // Publish the sandbox for exec only once PID 1 reports its setup finished: before that

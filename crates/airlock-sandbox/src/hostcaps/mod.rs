@@ -54,23 +54,11 @@ pub fn probe_all() -> Vec<Row> {
     rows.push(cgroups_row(&cgroups(), &crate::cgroup::Layout::detect()));
     rows.push(egress::egress_row(&host));
     rows.push(kernel::nftables_row(&host));
-    rows.push(not_built(vm::kvm_row()));
-    rows.push(not_built(vm::qemu_row()));
+    rows.push(vm::kvm_row());
+    rows.push(vm::qemu_row());
+    rows.push(vm::microvm_row());
     rows.push(vm::net_helpers_row());
     rows
-}
-
-/// A row about a backend this build does not have (the microvm backend): informational, what
-/// was found kept as a note, never a failure nor a capability claim.
-fn not_built(r: Row) -> Row {
-    Row::info(
-        &r.id,
-        &r.name,
-        format!(
-            "not built yet: the microvm backend does not exist in this build, nothing uses this (found: {})",
-            r.detail
-        ),
-    )
 }
 
 /// `layout` is what `airlock run` will actually use; it can do better than the own-cgroup view

@@ -288,3 +288,70 @@ pub(super) fn net_helpers_row() -> Row {
         )
     }
 }
+
+/// The microVM backend as a whole: which guest kernel it boots, KVM or TCG, the host image
+/// cache, erofs-utils. Boots nothing and builds nothing (the first `run --backend microvm`
+/// does, once).
+pub(super) fn microvm_row() -> Row {
+    let (id, name, needed) = ("microvm", "microvm backend", "--backend microvm");
+    let mut missing = Vec::new();
+    let mut fixes = Vec::new();
+    let kernel = match crate::microvm::kernel::find() {
+        Ok(k) => format!("kernel {} ({})", k.release, k.image.display()),
+        Err(e) => {
+            missing.push(format!("no guest kernel: {e}"));
+            fixes.push(crate::microvm::kernel::KERNEL_HINT.to_string());
+            String::new()
+        }
+    };
+    if crate::microvm::artifacts::mkfs_erofs().is_none() {
+        missing.push("mkfs.erofs not found".into());
+        fixes.push("apt install erofs-utils".into());
+    }
+    if crate::microvm::qemu_path().is_none() {
+        missing.push("qemu-system-x86_64 not found".into());
+        fixes.push("apt install qemu-system-x86".into());
+    }
+    let pvm = KvmModules::detect().pvm;
+    let kvm_usable = !pvm
+        && OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+    let accel = if kvm_usable {
+        "KVM if its probe boot succeeds at the first run (else TCG)"
+    } else {
+        "microvm: TCG, ~10–50× slower CPU"
+    };
+    let cache = crate::microvm::artifacts::cache_dir();
+    let image = std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("root-") && n.ends_with(".erofs")
+        })
+        .and_then(|e| e.metadata().ok())
+        .map(|m| format!("host image cached ({} MiB)", m.len() >> 20))
+        .unwrap_or_else(|| "host image not built yet (the first run builds it)".into());
+    if !missing.is_empty() {
+        return Row::new(
+            id,
+            name,
+            Status::Degraded,
+            format!("{}; {accel}", missing.join("; ")),
+            Some(fixes.join("; ")),
+            needed,
+        );
+    }
+    Row::new(
+        id,
+        name,
+        Status::Ok,
+        format!("{kernel}; {accel}; {image} in {}", cache.display()),
+        None,
+        needed,
+    )
+}

@@ -86,6 +86,18 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
             ..Default::default()
         });
     }
+    if let Some(v) = &p.backend {
+        let backend = match v.as_str() {
+            "container" => airlock_model::policy::BackendKind::Container,
+            "microvm" => airlock_model::policy::BackendKind::Microvm,
+            _ => {
+                return Err(CliError::usage(format!(
+                    "--backend {v}: expected container or microvm"
+                )))
+            }
+        };
+        l.sandbox.get_or_insert_with(Default::default).backend = Some(backend);
+    }
     if let Some(image) = &p.image {
         l.sandbox.get_or_insert_with(Default::default).image = Some(image.clone());
     }
@@ -191,20 +203,8 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
     }
     let mut secrets = std::collections::BTreeMap::new();
     for spec in &p.secret {
-        let bad = || {
-            CliError::usage(format!(
-                "--secret {spec}: expected NAME=env:VAR or NAME=file:PATH"
-            ))
-        };
-        let (name, source) = spec.split_once('=').ok_or_else(bad)?;
-        let source = match source.split_once(':') {
-            Some(("env", var)) if !var.is_empty() => config::SecretSource::FromEnv(var.to_string()),
-            Some(("file", path)) if !path.is_empty() => {
-                config::SecretSource::FromFile(PathBuf::from(path))
-            }
-            _ => return Err(bad()),
-        };
-        secrets.insert(name.to_string(), source);
+        let (name, secret) = super::secrets::parse_flag(spec)?;
+        secrets.insert(name, secret);
     }
     if !secrets.is_empty() {
         l.secrets = Some(secrets);
@@ -705,6 +705,8 @@ pub fn launch(
         Some(s) => s.clone(),
         None => resolve_secrets(&spec.secrets)?,
     };
+    // Injected secrets: the sandbox gets placeholders, the egress proxy the values.
+    let (secrets, intercept) = super::secrets::bind(spec, secrets)?;
     let backend = AnyBackend::for_kind(spec.backend)
         .ok_or(plan::Refusal::BackendUnavailable(spec.backend))?;
     let mut facts = backend.check(&spec.project_dir, &layout);
@@ -727,6 +729,7 @@ pub fn launch(
         facts: &facts,
         net_journal: net_log,
         secrets: &secrets,
+        intercept,
         persist,
         instance_id: b.instance_id.as_deref(),
         on_egress: hooks.on_egress.clone(),
@@ -789,11 +792,11 @@ pub fn launch(
 /// Read every secret from its source, in memory only. Errors name the secret and its source,
 /// never a value.
 pub fn resolve_secrets(
-    sources: &std::collections::BTreeMap<String, config::SecretSource>,
+    sources: &std::collections::BTreeMap<String, config::Secret>,
 ) -> CliResult<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (name, source) in sources {
-        let value = match source {
+        let value = match &source.source {
             config::SecretSource::FromEnv(var) => std::env::var(var).map_err(|_| {
                 CliError::usage(format!("secret {name}: the host variable {var} is not set")).hint(
                     format!("export {var}=… before running, or change where {name} comes from"),

@@ -106,6 +106,7 @@ fn facts(uid: u32) -> HostFacts {
         tmpfs_xattr: true,
         pasta: false,
         offer: Offer::default(),
+        vm: None,
         image: None,
     }
 }
@@ -132,7 +133,9 @@ fn host() -> Fake {
 }
 
 fn lowered(s: &RunSpec, uid: u32) -> LaunchPlan {
-    let planner::Plan::Container(plan) = planner::plan(s, &facts(uid)).expect("plan");
+    let planner::Plan::Container(plan) = planner::plan(s, &facts(uid)).expect("plan") else {
+        panic!("not a container plan")
+    };
     plan
 }
 

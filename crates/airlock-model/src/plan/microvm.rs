@@ -1,0 +1,313 @@
+//! The microVM backend's lowering: (RunSpec, HostFacts) -> VmPlan. QEMU (`-M microvm`, direct
+//! kernel boot) runs as the command of a container sandbox built from the same spec — same
+//! namespaces, seccomp, Landlock, cgroup limits and network namespace with its egress
+//! listeners — so QEMU's user-mode network turns every guest connection into an ordinary
+//! connect that the same egress engine decides. The guest's side (what runs inside, as whom,
+//! with which files) is a [`GuestJob`] sent over the channel when the guest is up.
+
+use super::*;
+use crate::policy::WorkspaceMode;
+use crate::spec::SandboxUser;
+use crate::vm::{GuestFile, GuestJob, GuestNet, DISK_ROOT, DISK_WORKSPACE, VM_PORT_NAME};
+
+/// Inside the QEMU container: the host's artifact cache (kernel, initrd, root image),
+/// read-only.
+pub const VM_CACHE_DIR: &str = "/airlock-vm/cache";
+/// Inside the QEMU container: the run's own directory (channel socket, workspace image).
+pub const VM_RUN_DIR: &str = "/airlock-vm/run";
+/// The channel's socket in the run directory.
+pub const VM_CHANNEL: &str = "channel.sock";
+/// The workspace image in the run directory.
+pub const VM_WORKSPACE_IMAGE: &str = "workspace.erofs";
+/// Guest memory when the spec's memory limit is airlock's default (half the host's RAM).
+pub const VM_DEFAULT_MEMORY: u64 = 1 << 30;
+/// What QEMU needs beyond the guest's memory (its own heap, the TCG translation cache):
+/// added to the guest's memory for the cgroup limit of the QEMU container.
+pub const VM_OVERHEAD: u64 = 384 << 20;
+/// TCG translation block cache in MiB (QEMU's default is 1 GiB of address space).
+pub const TCG_TB_MIB: u64 = 128;
+/// The guest's address on QEMU's user-mode network, where the host side is 10.0.2.2.
+pub const SLIRP_HOST: &str = "10.0.2.2";
+
+/// How the guest's CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualization through /dev/kvm (its probe booted a guest).
+    Kvm,
+    /// Software emulation: works everywhere, ~10–50× slower CPU.
+    Tcg,
+}
+
+/// What the microVM backend found on this host (gathered by its `check`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmFacts {
+    /// qemu-system-x86_64 on the host.
+    pub qemu: PathBuf,
+    /// The host's artifact cache directory (bound read-only at VM_CACHE_DIR).
+    pub cache_dir: PathBuf,
+    /// File names in `cache_dir`: the guest kernel (uncompressed, PVH-bootable vmlinux), the
+    /// initramfs (airlock's init and the kernel modules it loads), the root image (erofs).
+    pub kernel: String,
+    pub initrd: String,
+    pub rootfs: String,
+    /// The guest kernel's release (`uname -r` inside).
+    pub kernel_release: String,
+    pub accel: Accel,
+}
+
+/// The complete description of one microVM launch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmPlan {
+    /// The container that confines QEMU; its argv is QEMU's command line. The executor adds
+    /// one writable bind: the run's directory at VM_RUN_DIR.
+    pub qemu: LaunchPlan,
+    /// What runs in the guest.
+    pub guest: GuestJob,
+    /// The host directory whose read-only image becomes the guest's /workspace (under a
+    /// tmpfs overlay inside: the host directory stays as it is).
+    pub workspace: Option<PathBuf>,
+    pub accel: Accel,
+    pub memory: u64,
+    pub cpus: u32,
+}
+
+/// The microVM lowering of an admitted spec. Pure: same inputs, same plan.
+pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
+    let Some(vm) = &host.vm else {
+        return Err(Refusal::BackendUnavailable(BackendKind::Microvm));
+    };
+    if spec.argv.is_empty() || spec.persistent {
+        // Named microVM sandboxes (create/exec) come later; refuse rather than half-work.
+        return Err(Refusal::MicrovmUnsupported(
+            "named sandboxes (create, up, --keep)",
+        ));
+    }
+    match spec.workspace {
+        WorkspaceMode::Bind => {
+            return Err(Refusal::MicrovmUnsupported(
+                "--workspace bind (a microVM gets no writable host share)",
+            ))
+        }
+        WorkspaceMode::Clone => return Err(Refusal::CloneUnsupported),
+        _ => {}
+    }
+    if spec.binds.iter().any(|b| b.writable) {
+        return Err(Refusal::MicrovmUnsupported(
+            "--rw mounts (a microVM gets no writable host share)",
+        ));
+    }
+    if !spec.binds.is_empty() {
+        return Err(Refusal::MicrovmUnsupported("--ro mounts"));
+    }
+    if spec.rootfs != crate::spec::RootFs::Host {
+        return Err(Refusal::MicrovmUnsupported(
+            "image root filesystems (image = \"host\" only)",
+        ));
+    }
+    if spec.stdio == crate::spec::Stdio::Tty {
+        return Err(Refusal::MicrovmUnsupported(
+            "-t (a terminal inside the guest)",
+        ));
+    }
+    if spec.net == NetMode::Open {
+        return Err(Refusal::MicrovmUnsupported("--net open"));
+    }
+    if !spec.secrets.is_empty() {
+        // The guest job carries no secrets yet: refuse rather than start without them.
+        return Err(Refusal::MicrovmUnsupported("secrets (--secret, [secrets])"));
+    }
+    let memory = match spec.resources.memory {
+        Some(m) if !spec.defaulted.memory => m.0,
+        _ => VM_DEFAULT_MEMORY,
+    };
+    let cpus = spec
+        .resources
+        .cpus
+        .map(|c| c.get().ceil().max(1.0) as u32)
+        .unwrap_or(1);
+    let has_ws = spec.workspace == WorkspaceMode::Overlay;
+    let net = if spec.net == NetMode::Off {
+        GuestNet::None
+    } else {
+        GuestNet::User
+    };
+
+    let cache = Path::new(VM_CACHE_DIR);
+    let run = Path::new(VM_RUN_DIR);
+    let s = |p: &Path| p.display().to_string();
+    let mut argv: Vec<String> = vec![s(&vm.qemu)];
+    let mut push = |a: &[&str]| argv.extend(a.iter().map(|x| x.to_string()));
+    push(&[
+        "-M",
+        "microvm",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+    ]);
+    push(&[
+        "-no-reboot",
+        "-serial",
+        "none",
+        "-parallel",
+        "none",
+        "-monitor",
+        "none",
+    ]);
+    match vm.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&[
+            "-accel",
+            &format!("tcg,tb-size={TCG_TB_MIB}"),
+            "-cpu",
+            "max",
+        ]),
+    }
+    push(&[
+        "-m",
+        &format!("{}M", memory >> 20),
+        "-smp",
+        &cpus.to_string(),
+    ]);
+    push(&["-kernel", &s(&cache.join(&vm.kernel))]);
+    push(&["-initrd", &s(&cache.join(&vm.initrd))]);
+    // Quiet kernel, no console at all (the channel carries everything); tsc_early_khz spares
+    // TCG guests the slow TSC calibration. After `--`: the arguments of /init (the guest helper).
+    push(&[
+        "-append",
+        "quiet loglevel=1 panic=-1 tsc_early_khz=2000000 airlock.v=1 -- init",
+    ]);
+    let mut disk = |id: &str, file: String, serial: &str| {
+        argv.extend([
+            "-drive".to_string(),
+            format!("id={id},file={file},format=raw,if=none,readonly=on"),
+            "-device".to_string(),
+            format!("virtio-blk-device,drive={id},serial={serial}"),
+        ]);
+    };
+    disk("root", s(&cache.join(&vm.rootfs)), DISK_ROOT);
+    if has_ws {
+        disk("ws", s(&run.join(VM_WORKSPACE_IMAGE)), DISK_WORKSPACE);
+    }
+    let mut push = |a: &[&str]| argv.extend(a.iter().map(|x| x.to_string()));
+    push(&["-device", "virtio-serial-device"]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=channel,path={}", s(&run.join(VM_CHANNEL))),
+    ]);
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=channel,name={VM_PORT_NAME}"),
+    ]);
+    match net {
+        GuestNet::None => push(&["-nic", "none"]),
+        GuestNet::User => push(&[
+            "-netdev",
+            "user,id=net0,ipv6=off",
+            "-device",
+            "virtio-net-device,netdev=net0",
+        ]),
+    }
+
+    // The QEMU container: the same spec's policy with QEMU as the command, no workspace, the
+    // artifact cache read-only; limits sized for the guest plus QEMU's own overhead.
+    let mut q = spec.clone();
+    q.argv = argv;
+    q.workspace = WorkspaceMode::None;
+    q.workdir = Some(PathBuf::from("/"));
+    q.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
+    q.user = SandboxUser::Agent;
+    q.binds = vec![crate::spec::BindSpec {
+        source: vm.cache_dir.clone(),
+        target: cache.to_path_buf(),
+        writable: false,
+    }];
+    q.protected = vec![];
+    q.home_files = Default::default();
+    q.secrets = Default::default();
+    if !spec.defaulted.memory || spec.resources.memory.is_none() {
+        q.resources.memory = Some(crate::policy::ByteSize(memory + VM_OVERHEAD));
+        q.defaulted.memory = false;
+    }
+    q.resources.disk = None;
+    let mut qemu = container::lower(&q, host)?;
+    if vm.accel == Accel::Kvm {
+        qemu.mounts.insert(
+            qemu.mounts.len() - 1,
+            MountStep::Device { name: "kvm".into() },
+        );
+    }
+
+    let user = &spec.user;
+    let home = user.home().to_string();
+    let mut env = spec.env.clone();
+    if spec.net == NetMode::Filtered {
+        // The explicit proxy is reachable as QEMU's host side (its loopback, in the
+        // sandbox's network namespace, where the egress proxy listens).
+        let url = format!("http://{SLIRP_HOST}:{PROXY_PORT}");
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.push((k.into(), url.clone()));
+            }
+        }
+        for k in ["NO_PROXY", "no_proxy"] {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.push((k.into(), "localhost,127.0.0.1,::1".into()));
+            }
+        }
+    }
+    let files = container::etc_files(spec, None)
+        .into_iter()
+        .filter_map(|m| match m {
+            MountStep::File {
+                target,
+                contents,
+                mode,
+            } => Some(GuestFile {
+                path: target.display().to_string(),
+                contents: guest_etc(&target, contents, net),
+                mode,
+            }),
+            _ => None,
+        })
+        .collect();
+    let cwd = spec
+        .workdir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(if has_ws { "/workspace" } else { home.as_str() }));
+    Ok(VmPlan {
+        guest: GuestJob {
+            argv: spec.argv.clone(),
+            env,
+            cwd: s(&cwd),
+            uid: user.uid(),
+            gid: user.gid(),
+            hostname: spec.hostname.clone(),
+            net,
+            workspace: has_ws,
+            home,
+            tmpfs_size: tmpfs_sizes(Some(memory)).tmp,
+            files,
+            stdin: matches!(
+                spec.stdio,
+                crate::spec::Stdio::Inherit {
+                    forward_stdin: true
+                }
+            ),
+        },
+        qemu,
+        workspace: has_ws.then(|| spec.project_dir.clone()),
+        accel: vm.accel,
+        memory,
+        cpus,
+    })
+}
+
+/// The guest's resolver is QEMU's (10.0.2.3), which forwards to the sandbox resolver.
+fn guest_etc(target: &Path, contents: String, net: GuestNet) -> String {
+    if target != Path::new("/etc/resolv.conf") || net == GuestNet::None {
+        return contents;
+    }
+    "# airlock: QEMU's resolver, which asks the sandbox resolver (allowed names only)\nnameserver 10.0.2.3\n".into()
+}

@@ -1,0 +1,134 @@
+//! The host's end of the guest channel: accept QEMU's connection for the virtio-serial port,
+//! send the job, relay the command's output to this process's stdout/stderr (and stdin to
+//! the guest when asked), and collect the exit status. Protocol: `airlock_model::vm`.
+
+use airlock_model::vm::{b64_decode, b64_encode, GuestJob, GuestMsg, HostMsg, VM_PROTOCOL_VERSION};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest line the host reads from the guest (its output chunks are 32 KiB, base64).
+const MAX_LINE: u64 = 1 << 20;
+
+/// How the guest ended, as it reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reported {
+    Exit(i32),
+    Error(String),
+    /// The channel closed (or never opened) without an exit status.
+    Nothing,
+}
+
+/// Wait for QEMU to connect to `listener` (until `stop`), then relay until the guest reports
+/// its end or the channel closes.
+pub fn relay(listener: &UnixListener, job: &GuestJob, stop: &AtomicBool, stdin: bool) -> Reported {
+    if listener.set_nonblocking(true).is_err() {
+        return Reported::Nothing;
+    }
+    let stream = loop {
+        if stop.load(Ordering::Relaxed) {
+            return Reported::Nothing;
+        }
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    };
+    if stream.set_nonblocking(false).is_err() {
+        return Reported::Nothing;
+    }
+    crate::phase("vm channel connected");
+    serve(stream, job, stdin)
+}
+
+fn send(w: &mut impl Write, m: &HostMsg) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line)
+}
+
+pub fn serve(stream: UnixStream, job: &GuestJob, stdin: bool) -> Reported {
+    let Ok(mut w) = stream.try_clone() else {
+        return Reported::Nothing;
+    };
+    let run = HostMsg::Run {
+        v: VM_PROTOCOL_VERSION,
+        job: Box::new(job.clone()),
+    };
+    if send(&mut w, &run).is_err() {
+        return Reported::Nothing;
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    if stdin {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 << 10];
+            let mut input = std::io::stdin().lock();
+            loop {
+                let msg = match input.read(&mut buf) {
+                    Ok(0) | Err(_) => HostMsg::StdinEof {
+                        v: VM_PROTOCOL_VERSION,
+                    },
+                    Ok(n) => HostMsg::Stdin {
+                        v: VM_PROTOCOL_VERSION,
+                        data: b64_encode(&buf[..n]),
+                    },
+                };
+                let eof = matches!(msg, HostMsg::StdinEof { .. });
+                if done.load(Ordering::Relaxed) || send(&mut w, &msg).is_err() || eof {
+                    return;
+                }
+            }
+        });
+    }
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let mut reported = Reported::Nothing;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        // The guest is untrusted: a line longer than any message it has reason to send ends
+        // the relay rather than growing this process's memory.
+        line.clear();
+        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.last() != Some(&b'\n') => {
+                crate::phase("vm channel: over-long or unterminated line; relay ended");
+                break;
+            }
+            Ok(_) => {}
+        }
+        let msg: GuestMsg = match serde_json::from_slice(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                crate::phase(&format!("vm channel: unreadable line skipped: {e}"));
+                continue;
+            }
+        };
+        match msg {
+            GuestMsg::Hello { v, kernel } => {
+                crate::phase(&format!("guest up (protocol {v}, kernel {kernel})"));
+            }
+            GuestMsg::Stdout { data, .. } => {
+                let _ = out.write_all(&b64_decode(&data).unwrap_or_default());
+                let _ = out.flush();
+            }
+            GuestMsg::Stderr { data, .. } => {
+                let _ = err.write_all(&b64_decode(&data).unwrap_or_default());
+            }
+            GuestMsg::Exit { code, .. } => {
+                reported = Reported::Exit(code);
+                break;
+            }
+            GuestMsg::Error { message, .. } => {
+                reported = Reported::Error(message);
+                break;
+            }
+            GuestMsg::Unknown => crate::phase("vm channel: unknown message kind skipped"),
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    reported
+}

@@ -1,0 +1,267 @@
+//! The microVM backend: a real guest kernel under QEMU (`-M microvm`, direct PVH boot of an
+//! extracted vmlinux), airlock's static helper as the guest's PID 1 (`airlock-guest init`),
+//! a virtio-serial channel for the job, its output and its exit status.
+//!
+//! QEMU itself runs as the command of a container sandbox lowered from the same spec
+//! (`plan::microvm`): namespaces, no capabilities, seccomp, Landlock, the cgroup limits (the
+//! guest's memory plus QEMU's overhead), death with airlock — and the sandbox's network
+//! namespace with its egress listeners, where QEMU's user-mode network makes every guest
+//! connection an ordinary connect that airlock-egress decides. No tap device, no bridge.
+
+pub mod artifacts;
+pub mod channel;
+pub mod kernel;
+
+use crate::container::{self, rundir::RunDir, RunError, RunOptions};
+use airlock_model::plan::microvm::{Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_IMAGE};
+use airlock_model::plan::{HostFacts, MountStep, Plan};
+use channel::Reported;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The microVM backend (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MicroVm;
+
+/// qemu-system-x86_64 on this host.
+pub fn qemu_path() -> Option<PathBuf> {
+    [
+        "/usr/bin/qemu-system-x86_64",
+        "/usr/local/bin/qemu-system-x86_64",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// The static guest helper (PID 1 inside: `/init init`).
+pub fn guest_binary() -> &'static [u8] {
+    airlock_guest_embed::BYTES
+}
+
+/// Everything the backend needs on this host, built and cached on first use.
+pub fn prepare() -> Result<VmFacts, String> {
+    let qemu = qemu_path()
+        .ok_or("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")?;
+    let k = kernel::find().map_err(|e| format!("guest kernel: {e}; {}", kernel::KERNEL_HINT))?;
+    let dir = artifacts::cache_dir();
+    artifacts::ensure_dir(&dir)?;
+    let vmlinux = artifacts::vmlinux(&dir, &k)?;
+    let initrd = artifacts::initrd(&dir, guest_binary(), &k)?;
+    let rootfs = artifacts::host_rootfs(&dir)?;
+    let accel = accel(&qemu, &dir, &vmlinux, &initrd);
+    Ok(VmFacts {
+        qemu,
+        cache_dir: dir,
+        kernel: vmlinux,
+        initrd,
+        rootfs,
+        kernel_release: k.release,
+        accel,
+    })
+}
+
+/// Whether /dev/kvm can run our guest: not kvm_pvm (it hangs stock guest kernels), openable,
+/// and a bounded probe boot (the guest powers off at once) ends in time. Cached per host
+/// kernel; TCG otherwise.
+pub fn accel(qemu: &Path, dir: &Path, vmlinux: &str, initrd: &str) -> Accel {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Accel::Tcg;
+    }
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !usable {
+        return Accel::Tcg;
+    }
+    let host = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cache = dir.join(format!(
+        "accel-{}",
+        artifacts::key(&[host.as_bytes(), vmlinux.as_bytes()])
+    ));
+    match std::fs::read_to_string(&cache).as_deref() {
+        Ok("kvm") => return Accel::Kvm,
+        Ok("tcg") => return Accel::Tcg,
+        _ => {}
+    }
+    let ok = probe_kvm(
+        qemu,
+        &dir.join(vmlinux),
+        &dir.join(initrd),
+        Duration::from_secs(20),
+    );
+    let a = if ok { Accel::Kvm } else { Accel::Tcg };
+    let _ = std::fs::write(&cache, if ok { "kvm" } else { "tcg" });
+    a
+}
+
+fn probe_kvm(qemu: &Path, vmlinux: &Path, initrd: &Path, limit: Duration) -> bool {
+    let child = Command::new(qemu)
+        .args([
+            "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128M",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-serial", "none", "-nic", "none"])
+        .arg("-kernel")
+        .arg(vmlinux)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "quiet panic=-1 airlock.probe=1 -- init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return st.success(),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
+impl MicroVm {
+    pub fn check(&self, project_dir: &Path, layout: &crate::cgroup::Layout) -> HostFacts {
+        let mut facts = container::host_facts(project_dir, layout);
+        facts.offer = crate::isolation::offer();
+        match prepare() {
+            Ok(vm) => facts.vm = Some(vm),
+            Err(e) => eprintln!("airlock: microvm backend unavailable: {e}"),
+        }
+        facts
+    }
+
+    pub fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
+        let Plan::Microvm(vm) = plan else {
+            return Err(RunError::Setup(
+                "the microvm backend got another backend's plan".into(),
+            ));
+        };
+        if opts.persist.is_some() {
+            return Err(RunError::Vm(
+                "named microVM sandboxes are not supported yet".into(),
+            ));
+        }
+        let rd =
+            RunDir::create(opts.state_dir, &format!("{}.vm", vm.qemu.name)).map_err(|source| {
+                RunError::RunDir {
+                    path: opts.state_dir.join("runs"),
+                    source,
+                }
+            })?;
+        let result = run_in(vm, opts, &rd.path);
+        rd.remove();
+        result
+    }
+}
+
+use crate::command::{Ending, Outcome};
+
+fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, RunError> {
+    let mut qemu = vm.qemu.clone();
+    if !qemu.rootless {
+        // Root-run: the run directory is bound idmapped, so its owner must be the project
+        // owner (who appears as the sandbox user inside).
+        let (u, g) = opts.facts.project_owner;
+        nix::unistd::chown(
+            dir,
+            Some(nix::unistd::Uid::from_raw(u)),
+            Some(nix::unistd::Gid::from_raw(g)),
+        )
+        .map_err(|e| RunError::Vm(format!("chown {}: {e}", dir.display())))?;
+    }
+    if let Some(src) = &vm.workspace {
+        // Owned by the sandbox user inside, as the container backend's idmapped overlay.
+        let owner = [
+            format!("--force-uid={}", vm.guest.uid),
+            format!("--force-gid={}", vm.guest.gid),
+        ];
+        artifacts::erofs(src, &dir.join(VM_WORKSPACE_IMAGE), &owner)
+            .map_err(|e| RunError::Vm(format!("workspace image: {e}")))?;
+        crate::phase("workspace image built");
+    }
+    let at = qemu
+        .mounts
+        .iter()
+        .position(|m| *m == MountStep::RootReadOnly)
+        .unwrap_or(qemu.mounts.len());
+    qemu.mounts.insert(
+        at,
+        MountStep::BindRw {
+            source: dir.to_path_buf(),
+            target: PathBuf::from(VM_RUN_DIR),
+            idmap: !qemu.rootless,
+        },
+    );
+    qemu.writable_paths.push(PathBuf::from(VM_RUN_DIR));
+
+    // The channel: airlock listens, QEMU connects (as the sandbox's user) once it starts.
+    let socket = dir.join(airlock_model::plan::microvm::VM_CHANNEL);
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .map_err(|e| RunError::Vm(format!("listen on {}: {e}", socket.display())))?;
+    if !qemu.rootless {
+        let (u, g) = opts.facts.project_owner;
+        nix::unistd::chown(
+            &socket,
+            Some(nix::unistd::Uid::from_raw(u)),
+            Some(nix::unistd::Gid::from_raw(g)),
+        )
+        .map_err(|e| RunError::Vm(format!("chown {}: {e}", socket.display())))?;
+    }
+    let stop = AtomicBool::new(false);
+    let (outcome, reported) = std::thread::scope(|s| {
+        // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
+        let relay = std::sync::Mutex::new(None);
+        let start_relay = || {
+            let handle = s.spawn(|| channel::relay(&listener, &vm.guest, &stop, vm.guest.stdin));
+            if let Ok(mut r) = relay.lock() {
+                *r = Some(handle);
+            }
+        };
+        let inner = RunOptions {
+            on_ready: Some(&start_relay),
+            on_egress: opts.on_egress.clone(),
+            intercept: opts.intercept.clone(),
+            ..*opts
+        };
+        let outcome = container::run(&qemu, &inner);
+        stop.store(true, Ordering::Relaxed);
+        let handle = relay.lock().ok().and_then(|mut r| r.take());
+        let reported = handle
+            .and_then(|h| h.join().ok())
+            .unwrap_or(Reported::Nothing);
+        (outcome, reported)
+    });
+    let outcome = outcome?;
+    match (outcome.ending, reported) {
+        (Ending::TimedOut | Ending::OutOfMemory, _) => Ok(outcome),
+        (_, Reported::Exit(code)) => Ok(Outcome {
+            ending: Ending::Exited(code),
+            changes: None,
+        }),
+        (_, Reported::Error(m)) => Err(RunError::Vm(format!(
+            "the guest could not run the command: {m}"
+        ))),
+        (Ending::Exited(q), Reported::Nothing) => Err(RunError::Vm(format!(
+            "the VM ended without reporting the command's exit status (QEMU exited with {q})"
+        ))),
+    }
+}

@@ -1,0 +1,352 @@
+//! End-to-end: the microVM backend boots real guests (QEMU `-M microvm`, TCG on hosts whose KVM
+//! cannot boot a stock kernel) with a distribution kernel and airlock's guest init. Each test
+//! boots as few VMs as it can: under emulation a boot costs seconds. Needs root, QEMU, a
+//! `linux-image-*` package and erofs-utils (`.ci/install-microvm`).
+//!
+//! The kernel, initramfs and host root image are cached in a shared, world-readable directory
+//! (`AIRLOCK_CACHE_DIR`, /var/cache/airlock-test unless the test environment sets it), so the
+//! host image (the size of /usr) is built once per machine, not once per test.
+
+mod common;
+
+use common::internet::Internet;
+use common::{e2e, Airlock, Bins, Outcome};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Boots under TCG on a loaded 2-core machine take a while.
+const VM_DEADLINE: Duration = Duration::from_secs(240);
+
+fn cache_dir() -> String {
+    let dir = std::env::var("AIRLOCK_TEST_VM_CACHE")
+        .unwrap_or_else(|_| "/var/cache/airlock-test".to_string());
+    std::fs::create_dir_all(&dir).expect("create the VM cache directory");
+    common::set_mode(std::path::Path::new(&dir), 0o755);
+    dir
+}
+
+fn vm_run(a: &Airlock, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    vm_run_stdin(a, args, env, None)
+}
+
+fn vm_run_stdin(a: &Airlock, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Outcome {
+    let mut cmd = a.command(&[&["run", "--backend", "microvm"], args].concat());
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    cmd.envs(env.iter().copied());
+    common::run_with_deadline(cmd, stdin.map(<[u8]>::to_vec), VM_DEADLINE)
+}
+
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("osrelease")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
+    if !e2e("a_command_runs_on_the_guest_kernel_with_its_exit_status") {
+        return;
+    }
+    let a = Airlock::root();
+    std::fs::write(a.cwd.join("a.txt"), "from the host\n").expect("write");
+    let out = vm_run_stdin(
+        &a,
+        &[
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "echo hi; uname -r; cat /workspace/a.txt; echo changed > /workspace/a.txt; \
+             cat /workspace/a.txt; ls /sys/class/net; id -u; echo oops >&2; \
+             read line; echo \"got $line\"; exit 7",
+        ],
+        &[],
+        Some(b"piped in\n"),
+    );
+    assert_eq!(out.code(), 7, "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "hi", "{}", out.describe());
+    // A kernel of its own, not the host's.
+    assert_ne!(lines[1], host_release(), "{}", out.describe());
+    assert!(lines[1].contains('.'), "{}", out.describe());
+    // The workspace: the host's files, writable inside, unchanged outside.
+    assert_eq!(
+        lines[2..4],
+        ["from the host", "changed"],
+        "{}",
+        out.describe()
+    );
+    // --net off: no NIC at all.
+    assert_eq!(lines[4], "lo", "{}", out.describe());
+    assert_eq!(lines[5], "1000", "{}", out.describe());
+    assert!(out.stderr.contains("oops"), "{}", out.describe());
+    // stdin reaches the guest's command over the channel.
+    assert_eq!(lines[6], "got piped in", "{}", out.describe());
+    assert_eq!(
+        std::fs::read_to_string(a.cwd.join("a.txt")).expect("read"),
+        "from the host\n"
+    );
+}
+
+#[test]
+fn guest_connections_go_through_the_egress_filter() {
+    if !e2e("guest_connections_go_through_the_egress_filter") {
+        return;
+    }
+    let inet = Internet::start(&["allowed.test", "denied.test"], &[]);
+    let a = Airlock::root();
+    let log = a.dir.join("net.jsonl");
+    let log_s = log.display().to_string();
+    // Transparently (no proxy variables: the guest's own connect, through QEMU's user-mode
+    // network, into the sandbox's namespace) and through the explicit proxy.
+    let script = format!(
+        "unset HTTP_PROXY http_proxy; \
+         curl -sS --max-time 30 http://allowed.test/y; \
+         echo rc1=$?; curl -sS --max-time 30 http://denied.test/ >/dev/null 2>&1; echo rc2=$?; \
+         echo ip=$(curl -sS --max-time 30 -o /dev/null -w '%{{http_code}}' http://{ip}/ 2>/dev/null); \
+         export http_proxy=$https_proxy; \
+         curl -sS --max-time 30 -o - -w '%{{http_code}}' http://denied.test/; echo",
+        ip = inet.ip
+    );
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "none",
+            "--net",
+            "filtered",
+            "--allow",
+            "allowed.test",
+            "--net-log",
+            &log_s,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[("AIRLOCK_DNS_UPSTREAM", &inet.dns)],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "hello from allowed.test /y", "{}", out.describe());
+    assert_eq!(lines[1], "rc1=0", "{}", out.describe());
+    // A denied name does not resolve; a literal IP gets no answer from the server.
+    assert_ne!(lines[2], "rc2=0", "{}", out.describe());
+    assert!(
+        lines[3] == "ip=000" || lines[3] == "ip=403",
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("literal IPs are not allowed"),
+        "{}",
+        out.describe()
+    );
+    // The explicit proxy (reached at QEMU's host address) answers an explained 403.
+    assert!(
+        lines[4].starts_with("airlock: blocked denied.test:80"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("--allow denied.test"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(lines.last(), Some(&"403"), "{}", out.describe());
+    let journal = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        journal.contains("\"allow\"") && journal.contains("denied.test"),
+        "the same journal records the guest's connections: {journal}"
+    );
+}
+
+/// The host processes of a sandbox: those whose cgroup names it.
+fn pids_in_cgroup_of(name: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&format!("/{name}.")))
+        })
+        .collect()
+}
+
+fn status_field(pid: i32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn qemu_is_confined_and_dies_with_airlock() {
+    if !e2e("qemu_is_confined_and_dies_with_airlock") {
+        return;
+    }
+    let a = Airlock::root();
+    let name = format!("vm-{}", &common::random_hex()[..8]);
+    let mut cmd = a.command(&[
+        "run",
+        "--backend",
+        "microvm",
+        "--name",
+        &name,
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--memory",
+        "256M",
+        "--cpus",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "echo up; sleep 600",
+    ]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read");
+    assert_eq!(first, "up\n");
+    let qemu: Vec<i32> = pids_in_cgroup_of(&name)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe"))
+                .is_ok_and(|e| e.to_string_lossy().contains("qemu-system"))
+        })
+        .collect();
+    assert_eq!(qemu.len(), 1, "one QEMU in the sandbox's cgroup");
+    let q = qemu[0];
+    // No capabilities, no new privileges, a seccomp filter, its own pid namespace.
+    assert_eq!(status_field(q, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(q, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(q, "NoNewPrivs"), "1");
+    assert_eq!(status_field(q, "Seccomp"), "2");
+    assert_eq!(status_field(q, "NSpid").split_whitespace().count(), 2);
+    let ns = |pid: &str, n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).ok();
+    assert_ne!(ns(&q.to_string(), "net"), ns("self", "net"));
+    // The VM's size: -m 256M, and a memory limit of the guest plus QEMU's overhead.
+    let argv = std::fs::read(format!("/proc/{q}/cmdline")).expect("cmdline");
+    let argv: Vec<String> = argv
+        .split(|&b| b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    assert!(argv.windows(2).any(|w| w == ["-m", "256M"]), "{argv:?}");
+    assert!(argv.windows(2).any(|w| w == ["-smp", "1"]), "{argv:?}");
+    let cg = std::fs::read_to_string(format!("/proc/{q}/cgroup")).expect("cgroup");
+    let limit = cg.lines().find_map(|l| {
+        let candidates = if let Some((_, path)) = l.split_once(":memory:") {
+            vec![format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")]
+        } else if let Some(path) = l.strip_prefix("0::") {
+            vec![
+                format!("/sys/fs/cgroup{path}/memory.max"),
+                format!("/sys/fs/cgroup/unified{path}/memory.max"),
+            ]
+        } else {
+            vec![]
+        };
+        candidates.iter().find_map(|f| {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+    });
+    assert_eq!(limit, Some((256 << 20) + (384 << 20)), "{cg}");
+    // airlock killed outright: QEMU goes with it.
+    child.kill().expect("kill airlock");
+    let _ = child.wait();
+    let start = Instant::now();
+    while std::path::Path::new(&format!("/proc/{q}")).exists()
+        && !status_field(q, "State").starts_with('Z')
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "QEMU outlived airlock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_guest_outliving_its_timeout_is_killed() {
+    if !e2e("a_guest_outliving_its_timeout_is_killed") {
+        return;
+    }
+    let a = Airlock::root();
+    let start = Instant::now();
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--timeout",
+            "30s",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 600",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 124, "{}", out.describe());
+    assert!(
+        out.stderr.contains("timeout after 30s"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(120),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn rootless_airlock_boots_a_guest_too() {
+    if !e2e("rootless_airlock_boots_a_guest_too") {
+        return;
+    }
+    // The shared cache is built by root (a rootless user could not write it): make sure it
+    // exists before the unprivileged run reads it.
+    let root = Airlock::root();
+    let out = vm_run(
+        &root,
+        &["--workspace", "none", "--net", "off", "--", "true"],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let bins = Bins::owned_by(&common::test_user());
+    let a = Airlock::rootless(&bins);
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "id -u; exit 3",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 3, "{}", out.describe());
+    assert_eq!(out.stdout, "1000\n", "{}", out.describe());
+}
