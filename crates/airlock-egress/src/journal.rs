@@ -56,6 +56,12 @@ pub struct Event {
     /// The configuration line that would allow a denied attempt, when one would.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
+    /// The connection's TLS was ended here because a secret is bound to its host.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub intercepted: bool,
+    /// Secrets put into the request (name and place; never a value).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub injected: Vec<crate::inject::Injected>,
 }
 
 impl Event {
@@ -71,6 +77,8 @@ impl Event {
             decision,
             reason: None,
             fix: None,
+            intercepted: false,
+            injected: Vec::new(),
         }
     }
 }

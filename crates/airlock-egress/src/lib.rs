@@ -10,6 +10,8 @@
 //! - [`resolve`]: the upstream resolver (a trait, with a UDP implementation).
 //! - [`dns`]: the sandbox's DNS answerer: allowed names only, nothing forwarded for the rest.
 //! - [`proxy`]: transparent and explicit (HTTP proxy) connections: inspect, decide, relay.
+//! - [`inject`] / [`intercept`]: secrets held as placeholders inside, put into requests to
+//!   their bound hosts by ending TLS with a per-sandbox CA.
 //! - [`journal`]: the JSONL audit trail of every decision.
 //!
 //! Everything runs on plain threads with blocking `std::net` sockets.
@@ -20,6 +22,8 @@ pub mod addr;
 pub mod dns;
 pub mod host;
 pub mod http;
+pub mod inject;
+pub mod intercept;
 pub mod journal;
 pub mod policy;
 pub mod proxy;

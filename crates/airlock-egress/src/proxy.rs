@@ -29,6 +29,8 @@ pub struct Ctx {
     /// Connections served at once (inspecting or relaying); more are closed at once, so a
     /// sandbox cannot make the host side spawn threads without bound.
     pub max_connections: usize,
+    /// Secrets bound to hosts: TLS to those hosts is ended here and the secrets put in.
+    pub intercept: Option<Arc<crate::intercept::Interceptor>>,
     active: AtomicUsize,
 }
 
@@ -67,6 +69,7 @@ impl Ctx {
             dns_ttl: 5,
             forbidden: addr::forbidden,
             max_connections: 1024,
+            intercept: None,
             active: AtomicUsize::new(0),
         }
     }
@@ -295,6 +298,22 @@ fn connect(ctx: &Ctx, name: &str, port: u16) -> Result<(TcpStream, IpAddr), Unre
     Err(Unreachable::Failed(last))
 }
 
+/// Resolve and connect for an intercepted connection: the address, or why not.
+pub(crate) fn connect_upstream(
+    ctx: &Ctx,
+    name: &str,
+    port: u16,
+) -> Result<(TcpStream, IpAddr), String> {
+    connect(ctx, name, port).map_err(|u| match u {
+        Unreachable::Forbidden(r) | Unreachable::Failed(r) => r,
+    })
+}
+
+/// The interceptor, if TLS to `name` (normalized) is to be ended here.
+fn interceptor_for<'a>(ctx: &'a Ctx, name: &str) -> Option<&'a crate::intercept::Interceptor> {
+    ctx.intercept.as_deref().filter(|i| i.intercepts(name))
+}
+
 /// Connect upstream for an allowed name, or refuse and journal. On success the allow is
 /// journaled with the address.
 fn connect_or_refuse(
@@ -399,6 +418,15 @@ pub fn serve_transparent(mut conn: TcpStream, dst: SocketAddr, ctx: &Ctx) {
             let Ok(canon) = decide(ctx, &note, &name, port) else {
                 return relay::refuse(conn, &sni::ALERT_ACCESS_DENIED);
             };
+            if let Some(icpt) = interceptor_for(ctx, &canon) {
+                let at = crate::intercept::Where {
+                    kind: Kind::Tcp,
+                    host: name,
+                    port,
+                    dst: Some(dst),
+                };
+                return crate::intercept::serve(conn, &buf, &canon, at, ctx, icpt, None);
+            }
             let Some((conn, mut up)) = connect_or_refuse(conn, ctx, &note, &canon, port, Say::Tls)
             else {
                 return;
@@ -441,6 +469,36 @@ fn decide(ctx: &Ctx, note: &Note, name: &str, port: u16) -> Result<String, (Stri
     Err((reason, fix))
 }
 
+/// How much of a plain-HTTP body is read (and scanned for placeholders) before it is sent.
+const PLAIN_BODY_SEEN: usize = 64 * 1024;
+
+/// Read more of the request's body into `buf`, until it is complete, PLAIN_BODY_SEEN bytes
+/// are there, or the inspection time is over.
+fn read_body_start(conn: &mut TcpStream, buf: &mut Vec<u8>, req: &Request, ctx: &Ctx) {
+    let deadline = Instant::now() + ctx.inspect_timeout;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut framer = BodyFramer::new(req.body);
+        let rest = &buf[req.head_len..];
+        match framer.feed(rest) {
+            Ok(_) if framer.done() => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if rest.len() >= PLAIN_BODY_SEEN || left.is_zero() {
+            return;
+        }
+        let _ = conn.set_read_timeout(Some(left));
+        match conn.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Send one plain-HTTP request to its host and relay the response. `port` is where it goes;
 /// `expect` (inside a CONNECT tunnel) is the host the tunnel was opened for. `upstream`, if
 /// given, is the already open connection (CONNECT).
@@ -470,6 +528,38 @@ fn forward_http(
         }
     };
     note.host = Some(raw_host.clone());
+    // No secret goes anywhere in clear text: a placeholder in plain HTTP is a leak attempt.
+    // The body's start (up to PLAIN_BODY_SEEN bytes) is read before deciding.
+    let mut owned;
+    let mut buf = buf;
+    let mut conn = conn;
+    if let Some(icpt) = &ctx.intercept {
+        let secrets = icpt.secrets();
+        owned = buf.to_vec();
+        read_body_start(&mut conn, &mut owned, &req, ctx);
+        buf = &owned;
+        let rest = &buf[req.head_len..];
+        let leak = secrets
+            .check_plain(&req)
+            .err()
+            .or_else(|| crate::inject::BodyScan::new(secrets, None).feed(rest).err());
+        if let Some(l) = leak {
+            let reason = format!(
+                "{} (never in plain HTTP)",
+                l.reason(&host::display(&raw_host))
+            );
+            note.record(ctx, Verdict::Deny, &reason, "", None);
+            return refuse(
+                conn,
+                Say::Http,
+                "403 Forbidden",
+                Some(&raw_host),
+                Some(port),
+                &reason,
+                "",
+            );
+        }
+    }
     let decision = match &tunnel {
         Some((expect, _)) if host::normalize(&raw_host).ok().as_deref() != Some(expect) => {
             Decision::Deny {
@@ -634,6 +724,24 @@ fn connect_tunnel(conn: TcpStream, ctx: &Ctx, mut note: Note, buf: Vec<u8>, req:
                 let reason = format!("the TLS server name {} differs from the CONNECT target {canon} (domain fronting)", host::display(&name));
                 n.record(ctx, Verdict::Deny, &reason, "", None);
                 return relay::refuse(conn, &sni::ALERT_ACCESS_DENIED);
+            }
+            if let Some(icpt) = interceptor_for(ctx, &canon) {
+                let Ok(peer) = up.peer_addr() else { return };
+                let at = crate::intercept::Where {
+                    kind: Kind::Connect,
+                    host: name,
+                    port,
+                    dst: None,
+                };
+                return crate::intercept::serve(
+                    conn,
+                    &inner,
+                    &canon,
+                    at,
+                    ctx,
+                    icpt,
+                    Some((up, peer.ip())),
+                );
             }
             let mut up = up;
             if up.write_all(&inner).is_ok() {

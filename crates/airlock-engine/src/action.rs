@@ -5,9 +5,10 @@
 //!
 //! The actions live here rather than in `airlock-model` because their results are the engine's
 //! records and airlock-work's reports; the model crate keeps the pure vocabulary they use.
-//! Operations that need a process of their own (exec, and `run`) are routes that start one;
-//! the CLI-side operations that are not actions yet (run, cp, prompt, explain, trust) are listed
-//! in docs/ARCHITECTURE.md.
+//! Operations that need a process of their own carry out in a typed child (`airlock __action`:
+//! the action as JSON on stdin, one [`ChildAnswer`] line on stdout): entering a sandbox's
+//! namespaces (file read/write/copy, deliver) needs a single-threaded process, and trust and
+//! explain use the CLI's configuration resolution. exec streams from a child of its own.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +25,8 @@ use airlock_work::ops::{DiffSummary, FetchReport, SyncOptions, SyncReport};
 pub const MAX_GRACE_MS: u64 = 1_000_000_000_000;
 
 /// An operation of the engine, as data. Tagged by `action`.
+// One value per request, parsed and moved once: a boxed `Run` would save bytes nobody copies.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
@@ -47,7 +50,7 @@ pub enum Action {
     Stop {
         #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
         name: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "whole_number")]
         #[schema(maximum = 1_000_000_000_000_u64)]
         grace_ms: Option<u64>,
     },
@@ -92,6 +95,445 @@ pub enum Action {
         #[serde(default)]
         accept: bool,
     },
+    /// Read a file (or list a directory) inside a running sandbox, as the sandbox sees it.
+    /// `path`: relative to /workspace, or absolute under /workspace, /tmp, /home/agent, /root;
+    /// `..` and symlinks leading outside those are refused.
+    FileRead {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        path: String,
+        /// Byte offset to start at (default 0).
+        #[serde(default, deserialize_with = "whole_number")]
+        #[schema(maximum = 9007199254740991_u64)]
+        offset: Option<u64>,
+        /// Most bytes returned (1-4194304, default 262144).
+        #[serde(default, deserialize_with = "whole_number")]
+        #[schema(minimum = 1, maximum = 4194304)]
+        max_bytes: Option<u64>,
+    },
+    /// Write (or append to) a file inside a running sandbox, with the sandbox's own
+    /// permissions. Same path rules as `file_read`; writing through a symlink is refused.
+    FileWrite {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        path: String,
+        /// The content, encoded as `encoding` says (at most 4 MiB decoded).
+        content: String,
+        #[serde(default)]
+        encoding: Encoding,
+        /// Append instead of replacing.
+        #[serde(default)]
+        append: bool,
+        /// Make missing parent directories.
+        #[serde(default)]
+        create_dirs: bool,
+    },
+    /// Copy a file or directory between the host and a running sandbox, as `airlock cp` does
+    /// (the host side is exactly `host_path`, never followed through a symlink; the sandbox side
+    /// is resolved inside the sandbox).
+    Copy {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        direction: Direction,
+        /// An absolute path on the host (the engine's user's view).
+        host_path: String,
+        /// An absolute path inside the sandbox.
+        path: String,
+    },
+    /// Push a branch of the host repository into a clone-mode sandbox's repository as
+    /// `delivered/BRANCH`.
+    Deliver {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        branch: String,
+    },
+    /// Whether a project's `airlock.toml` is trusted (`status`), or trust it as it is now
+    /// (`allow`), or withdraw the trust (`revoke`).
+    Trust {
+        /// An absolute project directory (its airlock.toml is found upward).
+        dir: String,
+        #[serde(default)]
+        op: TrustOp,
+    },
+    /// Whether a connection, a path access or a system call would be allowed in a sandbox,
+    /// why, and what would allow it — from the code that enforces it.
+    Explain {
+        /// The sandbox whose policy to explain.
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        sandbox: String,
+        /// A host name (or IP literal) to connect to.
+        #[serde(default)]
+        domain: Option<String>,
+        /// The connection's port (default 443).
+        #[serde(default, deserialize_with = "whole_number")]
+        #[schema(minimum = 1, maximum = 65535)]
+        port: Option<u64>,
+        /// A path inside the sandbox.
+        #[serde(default)]
+        path: Option<String>,
+        /// The access to `path` (default write).
+        #[serde(default)]
+        access: Option<Access>,
+        /// A system call's name, e.g. `ptrace`.
+        #[serde(default)]
+        syscall: Option<String>,
+    },
+    /// Run a command in a fresh, disposable sandbox, as `airlock run` (streams:
+    /// `POST /v1/run`, its output and then its exit status).
+    Run(RunRequest),
+    /// Agent mode: send the next prompt; with `wait` (default), stream the turn's journal lines
+    /// until it ends (streams: `POST /v1/sandboxes/{name}/prompt`).
+    Prompt {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        text: String,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    /// Agent mode: the report journal; with `follow`, as it grows (streams:
+    /// `GET /v1/sandboxes/{name}/reports`).
+    Reports {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What `run` runs, and the policy options it adds to the project's configuration (as `airlock
+/// run`'s flags do; unset: the configuration's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunRequest {
+    /// The project directory (absolute): its airlock.toml applies, and it appears at
+    /// /workspace.
+    #[schema(pattern = "^/", examples("/home/me/project"))]
+    pub dir: String,
+    /// The command and its arguments.
+    #[schema(min_items = 1, examples(json!(["make", "test"])))]
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The working directory inside (relative: under /workspace).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Kill the command after this many seconds (exit 124).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 86400)]
+    pub timeout_secs: Option<u64>,
+    /// `restrictive`, `moderate` or `permissive`.
+    #[serde(default)]
+    #[schema(examples("moderate"))]
+    pub profile: Option<String>,
+    /// `off` or `filtered`.
+    #[serde(default)]
+    #[schema(examples("filtered"))]
+    pub net: Option<String>,
+    /// Domains allowed in filtered mode: `DOMAIN[:PORT]`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// `overlay`, `bind` or `none`.
+    #[serde(default)]
+    #[schema(examples("overlay"))]
+    pub workspace: Option<String>,
+    /// The root filesystem: `host` (the default), an OCI image reference, or `auto`.
+    #[serde(default)]
+    #[schema(examples("host"))]
+    pub image: Option<String>,
+    /// The isolation backend: `container` (the default) or `microvm`.
+    #[serde(default)]
+    #[schema(examples("container"))]
+    pub backend: Option<String>,
+    /// Memory limit, e.g. `512M`.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// CPU limit in cores, e.g. `0.5`.
+    #[serde(default)]
+    pub cpus: Option<String>,
+    /// Most processes and threads.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 4194304)]
+    pub pids: Option<u64>,
+}
+
+impl Action {
+    /// Streams (NDJSON, from a typed child): its events as they come, then its end.
+    pub fn streams(&self) -> bool {
+        matches!(
+            self,
+            Action::Prompt { .. } | Action::Reports { .. } | Action::Run(_)
+        )
+    }
+
+    /// Carried out in a typed child process (`airlock __action`), not by the engine itself.
+    pub fn in_child(&self) -> bool {
+        matches!(
+            self,
+            Action::FileRead { .. }
+                | Action::FileWrite { .. }
+                | Action::Copy { .. }
+                | Action::Deliver { .. }
+                | Action::Trust { .. }
+                | Action::Explain { .. }
+        )
+    }
+}
+
+/// A non-negative integer as JSON Schema counts them: `2000.0` is one too.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(de)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_u64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        // Exactly representable (below 2^53) and whole.
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => {
+            Ok(Some(f as u64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a non-negative integer, not {number}"
+        ))),
+    }
+}
+
+/// The largest `offset` of a file read (2^53 - 1: what every JSON reader holds exactly).
+pub const MAX_OFFSET: u64 = (1 << 53) - 1;
+/// The most bytes a file read returns.
+pub const MAX_READ: u64 = 4 << 20;
+
+/// How file content travels in JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// The text itself.
+    #[default]
+    Utf8,
+    /// Base64 (standard alphabet, padded): for bytes that are not UTF-8.
+    Base64,
+}
+
+/// Which way a copy goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the host into the sandbox.
+    In,
+    /// From the sandbox out to the host.
+    Out,
+}
+
+/// What `trust` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustOp {
+    #[default]
+    Status,
+    Allow,
+    Revoke,
+}
+
+/// An access to a path, for `explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// `file_read`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileContent {
+    /// The absolute path inside the sandbox.
+    pub path: String,
+    /// `file` or `directory`.
+    pub kind: String,
+    /// A file's full size in bytes.
+    pub size: Option<u64>,
+    pub offset: u64,
+    /// The bytes returned (for a file).
+    pub returned_bytes: u64,
+    /// More of the file follows (read on from `offset + returned_bytes`).
+    pub truncated: bool,
+    pub encoding: Encoding,
+    /// The bytes read (a file), or the listing (a directory).
+    pub content: String,
+    /// A directory's entries: `{name, kind, size, mode}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub entries: Option<Vec<serde_json::Value>>,
+}
+
+/// `file_write`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Written {
+    pub path: String,
+    pub written_bytes: u64,
+    /// The file's size afterwards.
+    pub size: Option<u64>,
+}
+
+/// `copy`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Copied {
+    pub direction: Direction,
+    pub host_path: String,
+    pub path: String,
+    /// For a directory copied out: what it holds that the host's tools would obey or follow
+    /// (set-id bits are cleared), to review before running them there.
+    pub review: Vec<String>,
+}
+
+/// `deliver`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Delivered {
+    pub name: String,
+    /// The branch made in the sandbox's repository: `delivered/BRANCH`.
+    pub branch: String,
+}
+
+/// `trust`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TrustReport {
+    /// The project's airlock.toml.
+    pub file: String,
+    pub trusted: bool,
+    /// The digest of the file as trusted (or as it is now).
+    pub sha256: String,
+    /// What the file's settings widen (apply only once trusted).
+    #[schema(value_type = Vec<Object>)]
+    pub widening: Vec<serde_json::Value>,
+}
+
+/// One verdict of `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Verdict {
+    pub subject: String,
+    pub allowed: bool,
+    pub reason: String,
+    /// The option or configuration line that would allow it; none when nothing may.
+    pub fix: Option<String>,
+}
+
+/// `explain`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Explanation {
+    /// Whose policy: `sandbox NAME`.
+    pub origin: String,
+    /// The policy in one line.
+    pub policy: String,
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Why an action failed: one shape for the CLI (its exit code and `hint:` line), the HTTP API
+/// (the error body, its status from `kind`) and MCP. `kind` is a stable name, see [`KINDS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
+#[error("{message}")]
+#[schema(as = ErrorBody)]
+pub struct ActionError {
+    /// A short stable name for the kind of error (`KINDS` lists them; the clone workspace's
+    /// refusals add `needs_review`, `diverged`, `through_links`, `not_clone`, `no_branch`).
+    #[schema(examples("not_found"))]
+    pub kind: String,
+    /// The exit code the CLI ends with for it (README, "Exit codes").
+    #[schema(examples(122))]
+    pub code: i32,
+    /// What went wrong, with its causes.
+    #[serde(rename = "error")]
+    #[schema(examples("no sandbox named web"))]
+    pub message: String,
+    /// What the user can do about it.
+    #[schema(examples("airlock list shows the sandboxes"))]
+    pub hint: Option<String>,
+}
+
+/// Every kind of error an action (or the API around it) answers: its name, the CLI's exit
+/// code and the HTTP status. The one place they are mapped.
+pub const KINDS: &[(&str, i32, u16)] = {
+    use airlock_model::exit::*;
+    &[
+        ("bad_request", USAGE, 400),
+        ("invalid_name", USAGE, 400),
+        ("bad_spec", USAGE, 400),
+        ("forbidden", USAGE, 403),
+        ("refused", POLICY_REFUSED, 403),
+        ("not_found", NOT_FOUND, 404),
+        ("no_such_path", NOT_FOUND, 404),
+        ("no_route", USAGE, 404),
+        ("method_not_allowed", USAGE, 405),
+        ("timeout", USAGE, 408),
+        ("exists", ALREADY_EXISTS, 409),
+        ("needs_review", POLICY_REFUSED, 409),
+        ("through_links", POLICY_REFUSED, 409),
+        ("diverged", CONFLICT, 409),
+        ("not_clone", CONFLICT, 409),
+        ("no_branch", CONFLICT, 409),
+        ("wrong_state", CONFLICT, 409),
+        ("conflict", CONFLICT, 409),
+        ("too_large", USAGE, 413),
+        ("failed", SANDBOX_FAILED, 500),
+        ("backend", SANDBOX_FAILED, 500),
+        ("damaged", 1, 500),
+        ("internal", 1, 500),
+        ("unavailable", BACKEND_UNAVAILABLE, 503),
+        ("busy", 1, 503),
+    ]
+};
+
+impl ActionError {
+    /// An error of `kind`, with that kind's exit code.
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        let code = KINDS.iter().find(|k| k.0 == kind).map_or(1, |k| k.1);
+        ActionError {
+            kind: kind.to_owned(),
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The error for a CLI exit code (the kind the code means; `failed` when it means none).
+    pub fn from_code(code: i32, message: impl Into<String>, hint: Option<String>) -> Self {
+        use airlock_model::exit::*;
+        let kind = match code {
+            USAGE => "bad_request",
+            ALREADY_EXISTS => "exists",
+            CONFLICT => "wrong_state",
+            POLICY_REFUSED => "refused",
+            NOT_FOUND => "not_found",
+            BACKEND_UNAVAILABLE => "unavailable",
+            _ => "failed",
+        };
+        ActionError {
+            kind: kind.to_owned(),
+            code,
+            message: message.into(),
+            hint,
+        }
+    }
+
+    /// The HTTP status the API answers it with: its kind's (500 for a kind not in [`KINDS`]).
+    pub fn http_status(&self) -> u16 {
+        KINDS.iter().find(|k| k.0 == self.kind).map_or(500, |k| k.2)
+    }
+}
+
+/// What a typed child process (`airlock __action`) answers on its stdout: one JSON line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildAnswer {
+    Ok(Box<ActionData>),
+    Error(ActionError),
 }
 
 /// Secret values never show in logs or debug output: only their names.
@@ -134,6 +576,31 @@ pub enum ActionData {
     Fetched(FetchReport),
     /// sync
     Synced(SyncReport),
+    /// file_read
+    File(FileContent),
+    /// file_write
+    Written(Written),
+    /// copy
+    Copied(Copied),
+    /// deliver
+    Delivered(Delivered),
+    /// trust
+    Trust(TrustReport),
+    /// explain
+    Explained(Explanation),
+    /// prompt, reports: how the stream ended
+    Ended(StreamEnd),
+}
+
+/// The end of a streamed action (prompt, reports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StreamEnd {
+    /// prompt: the turn's id.
+    pub turn: Option<u64>,
+    /// The CLI's exit code: for prompt 0 done, 3 blocked, 4 ended without a report (0 when it
+    /// did not wait); 0 for reports; for run the command's (or airlock's own, README "Exit
+    /// codes").
+    pub exit: i32,
 }
 
 impl Engine {
@@ -188,6 +655,219 @@ impl Engine {
                     accept,
                 },
             )?),
+            Action::FileRead { .. }
+            | Action::FileWrite { .. }
+            | Action::Copy { .. }
+            | Action::Deliver { .. }
+            | Action::Trust { .. }
+            | Action::Explain { .. } => return self.in_child(&action),
+            Action::Prompt { .. } | Action::Reports { .. } | Action::Run(_) => {
+                return Err(EngineError::BadRequest(
+                    "run, prompt and reports stream: POST /v1/actions, POST /v1/run, \
+                     POST /v1/sandboxes/{name}/prompt, GET /v1/sandboxes/{name}/reports"
+                        .into(),
+                ))
+            }
         })
+    }
+
+    /// Carries out `action` in a typed child process (the backend's; see [`run_child`]).
+    /// The sandbox it names must exist (and its name be valid) before anything starts.
+    fn in_child(&self, action: &Action) -> Result<ActionData, EngineError> {
+        let name = match action {
+            Action::FileRead { name, .. }
+            | Action::FileWrite { name, .. }
+            | Action::Copy { name, .. }
+            | Action::Deliver { name, .. } => Some(name),
+            Action::Explain { sandbox, .. } => Some(sandbox),
+            _ => None,
+        };
+        if let Some(name) = name {
+            self.get_record(name)?;
+        }
+        let bad = |m: String| Err(EngineError::BadRequest(m));
+        match action {
+            Action::FileRead {
+                offset: Some(o), ..
+            } if *o > MAX_OFFSET => return bad(format!("offset must be at most {MAX_OFFSET}")),
+            Action::FileRead {
+                max_bytes: Some(m), ..
+            } if !(1..=MAX_READ).contains(m) => {
+                return bad(format!("max_bytes must be 1-{MAX_READ}"))
+            }
+            Action::Explain { port: Some(p), .. } if !(1..=65535).contains(p) => {
+                return bad("port must be 1-65535".into())
+            }
+            _ => {}
+        }
+        self.child_action(action)
+    }
+}
+
+/// The longest a typed child may take.
+pub const CHILD_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs `PROGRAM __action` for `action`: the typed contract (no argv from the action, no
+/// scraping of its stderr). The child is killed at `deadline`.
+pub fn run_child(
+    program: &std::path::Path,
+    action: &Action,
+    deadline: Duration,
+) -> Result<ActionData, ActionError> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        ActionError::new("internal", format!("{what} the action's process: {e}"))
+    };
+    let input = serde_json::to_vec(action).map_err(|e| internal("encoding for", &e))?;
+    let mut child = Command::new(program)
+        .arg("__action")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| internal("starting", &e))?;
+    let stdin = child.stdin.take();
+    let writer = std::thread::spawn(move || {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(&input);
+        }
+    });
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(s) = stdout {
+            let _ = s.take(MAX_CHILD_ANSWER).read_to_end(&mut out);
+        }
+        out
+    });
+    let end = std::time::Instant::now() + deadline;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() >= end => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ActionError::new(
+                    "timeout",
+                    format!(
+                        "the action did not finish within {}s; stopped",
+                        deadline.as_secs()
+                    ),
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(internal("waiting for", &e)),
+        }
+    };
+    let _ = writer.join();
+    let out = reader.join().unwrap_or_default();
+    let line = out.split(|b| *b == b'\n').next().unwrap_or_default();
+    match serde_json::from_slice::<ChildAnswer>(line) {
+        Ok(ChildAnswer::Ok(data)) => Ok(*data),
+        Ok(ChildAnswer::Error(e)) => Err(e),
+        Err(e) => Err(ActionError::new(
+            "internal",
+            format!("the action's process ({status}) gave no answer: {e}"),
+        )),
+    }
+}
+
+/// The largest answer read from a typed child (a 4 MiB file read as base64, and its framing).
+const MAX_CHILD_ANSWER: u64 = 8 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendError;
+    use airlock_model::exit;
+
+    #[test]
+    fn every_kind_has_one_code_and_one_status() {
+        let mut names: Vec<&str> = KINDS.iter().map(|k| k.0).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KINDS.len(), "a kind listed twice");
+        for (kind, code, status) in KINDS {
+            let e = ActionError::new(kind, "x");
+            assert_eq!((e.code, e.http_status()), (*code, *status), "{kind}");
+        }
+        assert_eq!(ActionError::new("no_such_kind", "x").http_status(), 500);
+        // The CLI's codes map back to kinds of that code.
+        for code in [
+            exit::USAGE,
+            exit::ALREADY_EXISTS,
+            exit::CONFLICT,
+            exit::POLICY_REFUSED,
+            exit::NOT_FOUND,
+            exit::BACKEND_UNAVAILABLE,
+            exit::SANDBOX_FAILED,
+        ] {
+            let e = ActionError::from_code(code, "x", None);
+            let row = KINDS.iter().find(|k| k.0 == e.kind).expect("a known kind");
+            assert_eq!(row.1, code, "{code} -> {}", e.kind);
+        }
+    }
+
+    /// The engine's errors answer with their kind's code and status — the table is the one
+    /// mapping; the exceptions are a backend that cannot work on this host (`backend` as 503,
+    /// code 123) and the work operations' internal failures (code 125).
+    #[test]
+    fn engine_errors_follow_the_table() {
+        use airlock_model::lifecycle::{Refused, SandboxState};
+        let io = || std::io::Error::other("x");
+        let errors = vec![
+            EngineError::InvalidName("x".into()),
+            EngineError::BadRequest("x".into()),
+            EngineError::BadSpec("x".into()),
+            EngineError::NotFound("x".into()),
+            EngineError::Exists("x".into()),
+            EngineError::Refused(Refused::Busy {
+                name: "x".into(),
+                state: SandboxState::Starting,
+            }),
+            EngineError::Conflict {
+                name: "x".into(),
+                op: "start",
+                actual: "running".into(),
+            },
+            EngineError::Backend {
+                op: "start",
+                name: "x".into(),
+                source: BackendError::Failed("x".into()),
+            },
+            EngineError::Damaged {
+                name: "x".into(),
+                dir: "/x".into(),
+                detail: "x".into(),
+            },
+            EngineError::Io {
+                what: "x",
+                path: "/x".into(),
+                source: io(),
+            },
+            EngineError::Action(ActionError::new("refused", "x")),
+        ];
+        for e in &errors {
+            let a = e.action_error();
+            assert_eq!(
+                (a.code, a.http_status()),
+                (e.exit_code(), e.http_status()),
+                "{e:?}"
+            );
+        }
+        let unavailable = EngineError::Backend {
+            op: "start",
+            name: "x".into(),
+            source: BackendError::Unavailable("x".into()),
+        };
+        assert_eq!(
+            (
+                unavailable.kind(),
+                unavailable.exit_code(),
+                unavailable.http_status()
+            ),
+            ("backend", exit::BACKEND_UNAVAILABLE, 503)
+        );
     }
 }

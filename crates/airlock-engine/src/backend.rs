@@ -113,6 +113,23 @@ pub trait Backend: Send + Sync {
     fn exec_program(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// Carries out an action that needs a process of its own (file access, copies, deliver,
+    /// trust, explain: [`Action::in_child`](crate::action::Action::in_child)). The default runs
+    /// the typed child, `EXEC_PROGRAM __action`.
+    fn child_action(
+        &self,
+        action: &crate::action::Action,
+    ) -> Result<crate::action::ActionData, crate::action::ActionError> {
+        match self.exec_program() {
+            Some(program) => {
+                crate::action::run_child(&program, action, crate::action::CHILD_DEADLINE)
+            }
+            None => Err(crate::action::ActionError::new(
+                "unavailable",
+                "this engine's backend carries out no actions in a child process",
+            )),
+        }
+    }
 }
 
 /// One call the [`FakeBackend`] received.
@@ -123,6 +140,8 @@ pub enum Call {
     Stop(String, Duration),
     Destroy(String),
     Reclaim(String),
+    /// An action for a typed child (its `action` tag).
+    Child(String),
 }
 
 /// Which operation a [`FakeBackend`] should fail.
@@ -231,6 +250,70 @@ impl Backend for FakeBackend {
     /// command that exits 0 with no output; the real exec is tested end to end).
     fn exec_program(&self) -> Option<std::path::PathBuf> {
         Some(std::path::PathBuf::from("true"))
+    }
+
+    /// No child: a canned answer of the right kind (the API layer's tests see its shape; the
+    /// real child is tested end to end).
+    fn child_action(
+        &self,
+        action: &crate::action::Action,
+    ) -> Result<crate::action::ActionData, crate::action::ActionError> {
+        use crate::action::*;
+        let label = serde_json::to_value(action)
+            .ok()
+            .and_then(|v| v.get("action").and_then(|a| a.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        self.lock().calls.push(Call::Child(label));
+        Ok(match action.clone() {
+            Action::FileRead { path, offset, .. } => ActionData::File(FileContent {
+                path,
+                kind: "file".into(),
+                size: Some(0),
+                offset: offset.unwrap_or(0),
+                returned_bytes: 0,
+                truncated: false,
+                encoding: Encoding::Utf8,
+                content: String::new(),
+                entries: None,
+            }),
+            Action::FileWrite { path, .. } => ActionData::Written(Written {
+                path,
+                written_bytes: 0,
+                size: Some(0),
+            }),
+            Action::Copy {
+                direction,
+                host_path,
+                path,
+                ..
+            } => ActionData::Copied(Copied {
+                direction,
+                host_path,
+                path,
+                review: vec![],
+            }),
+            Action::Deliver { name, branch } => ActionData::Delivered(Delivered {
+                name,
+                branch: format!("delivered/{branch}"),
+            }),
+            Action::Trust { dir, op } => ActionData::Trust(TrustReport {
+                file: format!("{dir}/airlock.toml"),
+                trusted: op == TrustOp::Allow,
+                sha256: String::new(),
+                widening: vec![],
+            }),
+            Action::Explain { sandbox, .. } => ActionData::Explained(Explanation {
+                origin: format!("sandbox {sandbox}"),
+                policy: String::new(),
+                verdicts: vec![],
+            }),
+            other => {
+                return Err(ActionError::new(
+                    "internal",
+                    format!("not a child's action: {other:?}"),
+                ))
+            }
+        })
     }
 
     fn prepare(&self, name: &str, _dir: &Path, _spec_json: &str) -> Result<(), BackendError> {

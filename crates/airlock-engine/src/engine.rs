@@ -99,6 +99,9 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Store(StoreError),
+    /// An action carried out in a typed child process failed (its error as it gave it).
+    #[error(transparent)]
+    Action(crate::action::ActionError),
 }
 
 impl From<StoreError> for EngineError {
@@ -151,6 +154,29 @@ impl EngineError {
             EngineError::Backend { .. } => exit::SANDBOX_FAILED,
             EngineError::Work { source, .. } => source.exit_code(),
             EngineError::Damaged { .. } | EngineError::Io { .. } | EngineError::Store(_) => 1,
+            EngineError::Action(e) => e.code,
+        }
+    }
+
+    /// As the one error shape of actions: kind, exit code, the whole cause chain, hint (a test
+    /// holds kind, code and status to the table, [`crate::action::KINDS`]).
+    pub fn action_error(&self) -> crate::action::ActionError {
+        // The whole cause chain: "cannot start sandbox x: <backend's reason>" already holds
+        // it for backend errors; store errors keep theirs in source().
+        let mut message = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            source = cause.source();
+        }
+        crate::action::ActionError {
+            kind: self.kind().to_owned(),
+            code: self.exit_code(),
+            message,
+            hint: self.hint(),
         }
     }
 
@@ -167,12 +193,13 @@ impl EngineError {
                 ..
             } => 503,
             EngineError::Work { source, .. } if source.kind() != "internal" => 409,
+            EngineError::Action(e) => e.http_status(),
             _ => 500,
         }
     }
 
     /// A short stable name for the kind of error (`kind` in the API's error body).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &str {
         match self {
             EngineError::InvalidName(_) => "invalid_name",
             EngineError::BadRequest(_) => "bad_request",
@@ -185,6 +212,7 @@ impl EngineError {
             EngineError::Damaged { .. } => "damaged",
             EngineError::Work { source, .. } => source.kind(),
             EngineError::Io { .. } | EngineError::Store(_) => "internal",
+            EngineError::Action(e) => &e.kind,
         }
     }
 
@@ -212,6 +240,7 @@ impl EngineError {
             )),
             EngineError::Store(e) => e.hint(),
             EngineError::Work { name, source } => source.hint(name),
+            EngineError::Action(e) => e.hint.clone(),
             _ => None,
         }
     }
@@ -358,12 +387,23 @@ impl Engine {
         force: bool,
     ) -> Result<airlock_work::ops::FetchReport, EngineError> {
         let (dir, r) = self.review(name)?;
-        airlock_work::ops::fetch(&dir, &r, name, accept, force).map_err(|source| {
-            EngineError::Work {
-                name: name.to_owned(),
-                source,
-            }
+        let got = airlock_work::ops::fetch(&dir, &r, name, accept, force);
+        self.audit_review(name, "fetch", accept, got.as_ref().map(|f| &f.findings));
+        got.map_err(|source| EngineError::Work {
+            name: name.to_owned(),
+            source,
         })
+    }
+
+    /// The review gate's outcome in the sandbox's audit journal.
+    fn audit_review(
+        &self,
+        name: &str,
+        op: &str,
+        accept: bool,
+        got: Result<&Vec<airlock_work::gate::Finding>, &airlock_work::ops::OpError>,
+    ) {
+        crate::audit::review(&self.sandbox_dir(name), op, accept, got);
     }
 
     /// The branch's committed changes into the host checkout, review-gated.
@@ -373,7 +413,12 @@ impl Engine {
         options: airlock_work::ops::SyncOptions,
     ) -> Result<airlock_work::ops::SyncReport, EngineError> {
         let (dir, r) = self.review(name)?;
-        airlock_work::ops::sync(&dir, &r, name, options).map_err(|source| EngineError::Work {
+        let (accept, dry_run) = (options.accept, options.dry_run);
+        let got = airlock_work::ops::sync(&dir, &r, name, options);
+        if !dry_run {
+            self.audit_review(name, "sync", accept, got.as_ref().map(|s| &s.findings));
+        }
+        got.map_err(|source| EngineError::Work {
             name: name.to_owned(),
             source,
         })
@@ -382,6 +427,16 @@ impl Engine {
     /// The program that runs `exec` in this engine's sandboxes (None: the backend has none).
     pub fn exec_program(&self) -> Option<PathBuf> {
         self.backend.exec_program()
+    }
+
+    /// Carries out an action that needs a process of its own, through the backend.
+    pub(crate) fn child_action(
+        &self,
+        action: &crate::action::Action,
+    ) -> Result<crate::action::ActionData, EngineError> {
+        self.backend
+            .child_action(action)
+            .map_err(EngineError::Action)
     }
 
     pub fn sandbox_dir(&self, name: &str) -> PathBuf {
@@ -396,7 +451,7 @@ impl Engine {
         }
     }
 
-    fn get_record(&self, name: &str) -> Result<Record, EngineError> {
+    pub(crate) fn get_record(&self, name: &str) -> Result<Record, EngineError> {
         lock(&self.store)
             .get(name)?
             .ok_or_else(|| EngineError::NotFound(name.to_owned()))
@@ -412,6 +467,13 @@ impl Engine {
         error: Option<&str>,
     ) -> Result<Record, EngineError> {
         let result = lock(&self.store).transition(name, from, to, supervisor_pid, error);
+        if result.is_ok() {
+            let mut ev = serde_json::json!({"op": op, "to": to.to_string()});
+            if let Some(e) = error {
+                ev["error"] = e.into();
+            }
+            crate::audit::record(&self.sandbox_dir(name), "lifecycle", ev);
+        }
         result.map_err(|e| match e {
             StoreError::Conflict { actual, .. } => EngineError::Conflict {
                 name: name.to_owned(),

@@ -11,6 +11,7 @@
 
 pub mod action;
 pub mod api;
+pub mod audit;
 pub mod backend;
 pub mod client;
 pub mod engine;

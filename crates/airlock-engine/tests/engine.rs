@@ -133,7 +133,7 @@ fn create_makes_a_stopped_sandbox_with_a_private_folder_and_its_spec() {
         .permissions()
         .mode();
     assert_eq!(spec_mode & 0o777, 0o600);
-    // No temporary file is left beside it.
+    // No temporary file is left beside it (the audit journal has its creation).
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .expect("read")
         .map(|e| e.expect("entry").file_name())
@@ -142,9 +142,19 @@ fn create_makes_a_stopped_sandbox_with_a_private_folder_and_its_spec() {
     assert_eq!(
         entries,
         vec![
+            std::ffi::OsString::from("audit.jsonl"),
             std::ffi::OsString::from("id"),
             std::ffi::OsString::from("spec.json")
         ]
+    );
+    let audit = airlock_engine::audit::read(&dir);
+    assert_eq!(
+        (audit.len(), &audit[0]["op"], &audit[0]["to"]),
+        (
+            1,
+            &serde_json::json!("creating"),
+            &serde_json::json!("stopped")
+        )
     );
     // The unique id the backend names things outside the folder by (cgroups).
     assert_eq!(

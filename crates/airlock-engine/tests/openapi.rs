@@ -155,6 +155,27 @@ fn the_document_lists_every_route_with_its_answers() {
             "POST /v1/sandboxes/{name}/sync",
             with(&["200", "404", "409"]),
         ),
+        (
+            "POST /v1/sandboxes/{name}/files/read",
+            with(&["200", "404", "409"]),
+        ),
+        (
+            "POST /v1/sandboxes/{name}/files/write",
+            with(&["200", "404", "409"]),
+        ),
+        (
+            "POST /v1/sandboxes/{name}/copy",
+            with(&["200", "404", "409"]),
+        ),
+        (
+            "POST /v1/sandboxes/{name}/deliver",
+            with(&["200", "404", "409"]),
+        ),
+        ("POST /v1/trust", with(&["200"])),
+        ("POST /v1/run", with(&["200"])),
+        ("POST /v1/sandboxes/{name}/prompt", with(&["200", "404"])),
+        ("GET /v1/sandboxes/{name}/reports", with(&["200", "404"])),
+        ("POST /v1/explain", with(&["200", "404"])),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -173,20 +194,29 @@ fn the_document_lists_every_route_with_its_answers() {
     assert_eq!(
         ids,
         [
+            ("agent_reports", "GET /v1/sandboxes/{name}/reports"),
+            ("copy_files", "POST /v1/sandboxes/{name}/copy"),
             ("create_sandbox", "POST /v1/sandboxes"),
+            ("deliver_branch", "POST /v1/sandboxes/{name}/deliver"),
             ("diff_sandbox", "GET /v1/sandboxes/{name}/diff"),
             ("exec_sandbox", "POST /v1/sandboxes/{name}/exec"),
             ("execute_action", "POST /v1/actions"),
+            ("explain_policy", "POST /v1/explain"),
             ("fetch_sandbox", "POST /v1/sandboxes/{name}/fetch"),
             ("gc", "POST /v1/gc"),
             ("get_sandbox", "GET /v1/sandboxes/{name}"),
             ("health", "GET /v1/health"),
             ("list_sandboxes", "GET /v1/sandboxes"),
             ("openapi", "GET /v1/openapi.json"),
+            ("prompt_agent", "POST /v1/sandboxes/{name}/prompt"),
+            ("read_file", "POST /v1/sandboxes/{name}/files/read"),
             ("remove_sandbox", "DELETE /v1/sandboxes/{name}"),
+            ("run_command", "POST /v1/run"),
             ("start_sandbox", "POST /v1/sandboxes/{name}/start"),
             ("stop_sandbox", "POST /v1/sandboxes/{name}/stop"),
             ("sync_sandbox", "POST /v1/sandboxes/{name}/sync"),
+            ("trust_project", "POST /v1/trust"),
+            ("write_file", "POST /v1/sandboxes/{name}/files/write"),
         ]
     );
     // Every error answer is the one error body.
@@ -401,6 +431,7 @@ fn the_name_pattern_is_the_engines_rule() {
     let mut patterns = vec![
         schemas["CreateRequest"]["properties"]["name"]["pattern"].clone(),
         schemas["Record"]["properties"]["name"]["pattern"].clone(),
+        schemas["ExplainRequest"]["properties"]["sandbox"]["pattern"].clone(),
     ];
     for item in doc["paths"].as_object().expect("paths").values() {
         for operation in item.as_object().expect("item").values() {
@@ -411,7 +442,7 @@ fn the_name_pattern_is_the_engines_rule() {
             }
         }
     }
-    assert_eq!(patterns.len(), 2 + 8, "{patterns:?}");
+    assert_eq!(patterns.len(), 3 + 14, "{patterns:?}");
     for pattern in &patterns {
         assert_eq!(pattern, api::routes::NAME_PATTERN);
     }

@@ -14,6 +14,8 @@ pub mod registry;
 pub mod store;
 mod sys;
 pub mod unpack;
+pub mod user;
+pub mod zstd;
 
 pub use digest::Digest;
 pub use reference::Reference;
@@ -61,9 +63,6 @@ impl ImageError {
             }
             ImageError::Store(store::StoreError::Unpack { .. }) => {
                 "the layer was refused as unsafe; nothing was kept".into()
-            }
-            ImageError::Store(store::StoreError::Zstd(_)) => {
-                "pull a gzip-compressed variant of the image".into()
             }
             ImageError::Store(_) => {
                 "check free space and permissions of the state directory (`airlock doctor` shows it)".into()

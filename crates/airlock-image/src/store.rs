@@ -44,8 +44,6 @@ pub enum StoreError {
         #[source]
         source: UnpackError,
     },
-    #[error("layer {0} is compressed with zstd, which this build does not read")]
-    Zstd(Digest),
     #[error("corrupt store record {path}: {why}")]
     Corrupt { path: PathBuf, why: String },
 }
@@ -195,7 +193,7 @@ impl Store {
     }
 
     /// Make sure the layer `diff_id` is unpacked. `blob` is called (only when it is missing,
-    /// under the layer's lock) for the layer's blob as stored (gzip or plain tar). With a
+    /// under the layer's lock) for the layer's blob as stored (gzip, zstd or plain tar). With a
     /// `blob_digest` the blob is downloaded and verified first, then unpacked; its content is
     /// checked against `diff_id` before the layer is renamed into place. Concurrent callers for
     /// one layer unpack it once. Returns the layer's size and whether it was already there.
@@ -478,7 +476,7 @@ fn fetch_verified(blob: impl Read, file: &Path, expected: &Digest) -> Result<(),
     Ok(())
 }
 
-/// Decompress (gzip or none, by magic number), unpack into `dest`, and check both digests.
+/// Decompress (gzip, zstd or none, by magic number), unpack into `dest`, and check both digests.
 pub fn unpack_verified(
     blob: impl Read,
     dest: &Path,
@@ -502,8 +500,17 @@ pub fn unpack_verified(
         io::copy(&mut inner.inner.into_inner(), &mut io::sink())
             .map_err(io_err("cannot read the layer of", dest))?;
         (u, d)
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(StoreError::Zstd(diff_id.clone()));
+    } else if magic.starts_with(&crate::zstd::MAGIC) {
+        let mut inner = HashingReader::new(crate::zstd::Decoder::new(buffered));
+        let u = unpack::unpack(&mut inner, dest).map_err(|source| StoreError::Unpack {
+            diff_id: diff_id.clone(),
+            source,
+        })?;
+        io::copy(&mut inner, &mut io::sink()).map_err(io_err("cannot read the layer of", dest))?;
+        let d = inner.hasher.finish();
+        io::copy(&mut inner.inner.into_inner(), &mut io::sink())
+            .map_err(io_err("cannot read the layer of", dest))?;
+        (u, d)
     } else {
         let mut inner = HashingReader::new(buffered);
         let u = unpack::unpack(&mut inner, dest).map_err(|source| StoreError::Unpack {

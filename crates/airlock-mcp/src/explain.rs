@@ -51,57 +51,17 @@ fn explain(a: &ExplainArgs, flags: Vec<String>, builder: &super::SpecBuilder) ->
             "a new sandbox of this project".to_string(),
         ),
     };
-    let mut verdicts = Vec::new();
-    if let Some(d) = &a.domain {
-        verdicts.push(domain(&spec, d, a.port.unwrap_or(443)));
-    }
-    if let Some(p) = &a.path {
-        let mut facts = airlock_sandbox::container::host_facts(&spec.project_dir, &Layout::None);
-        facts.offer = airlock_sandbox::isolation::offer();
-        // An image root: which paths are writable does not depend on the image's files, so
-        // the plan is explained without opening the store (it is never executed).
-        if let airlock_model::spec::RootFs::Image { .. } = &spec.rootfs {
-            facts.image = Some(Box::new(plan::ImageRoot {
-                reference: spec.rootfs.label(),
-                layers: Vec::new(),
-                passwd: None,
-                group: None,
-            }));
-        }
-        match plan::plan(&spec, &facts) {
-            Ok(plan::Plan::Container(plan)) => {
-                verdicts.push(path(&plan, p, a.access.unwrap_or(Access::Write)))
-            }
-            // The container facts above never offer a microVM; say so if that changes.
-            Ok(plan::Plan::Microvm(_)) => verdicts.push(Verdict {
-                subject: format!("path {p}"),
-                allowed: false,
-                reason: "path access is explained for the container backend only".into(),
-                fix: None,
-            }),
-            Err(r) => verdicts.push(Verdict {
-                subject: format!("path {p}"),
-                allowed: false,
-                reason: format!("this policy is refused before anything runs: {r}"),
-                fix: Some(r.hint().to_string()),
-            }),
-        }
-    }
-    if let Some(s) = &a.syscall {
-        verdicts.push(syscall(s));
-    }
-    let mut text = format!(
-        "policy of {origin}: image {}, profile {}, network {}{}, workspace {}\n",
-        spec.rootfs.label(),
-        spec.profile,
-        spec.net,
-        if spec.net == NetMode::Filtered {
-            format!(" (domains: {})", list_or_none(&spec.domains))
-        } else {
-            String::new()
+    let verdicts = verdicts(
+        &spec,
+        &Subjects {
+            domain: a.domain.as_deref(),
+            port: a.port,
+            path: a.path.as_deref(),
+            write: a.access.unwrap_or(Access::Write) == Access::Write,
+            syscall: a.syscall.as_deref(),
         },
-        spec.workspace
     );
+    let mut text = format!("policy of {origin}: {}\n", policy_line(&spec));
     for v in &verdicts {
         text.push_str(&format!(
             "\n{}: {}\n  why: {}\n",
@@ -128,6 +88,80 @@ fn explain(a: &ExplainArgs, flags: Vec<String>, builder: &super::SpecBuilder) ->
     )
 }
 
+/// What to explain.
+pub struct Subjects<'a> {
+    pub domain: Option<&'a str>,
+    /// Default 443.
+    pub port: Option<u16>,
+    pub path: Option<&'a str>,
+    /// Write access to `path` (else read).
+    pub write: bool,
+    pub syscall: Option<&'a str>,
+}
+
+/// The verdicts on `subjects` under `spec`'s policy, from the code that enforces it.
+pub fn verdicts(spec: &RunSpec, subjects: &Subjects) -> Vec<Verdict> {
+    let mut verdicts = Vec::new();
+    if let Some(d) = subjects.domain {
+        verdicts.push(domain(spec, d, subjects.port.unwrap_or(443)));
+    }
+    if let Some(p) = subjects.path {
+        let access = if subjects.write {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        let mut facts = airlock_sandbox::container::host_facts(&spec.project_dir, &Layout::None);
+        facts.offer = airlock_sandbox::isolation::offer();
+        // An image root: which paths are writable does not depend on the image's files, so
+        // the plan is explained without opening the store (it is never executed).
+        if let airlock_model::spec::RootFs::Image { .. } = &spec.rootfs {
+            facts.image = Some(Box::new(plan::ImageRoot {
+                reference: spec.rootfs.label(),
+                layers: Vec::new(),
+                passwd: None,
+                group: None,
+            }));
+        }
+        match plan::plan(spec, &facts) {
+            Ok(plan::Plan::Container(plan)) => verdicts.push(path(&plan, p, access)),
+            // The container facts above never offer a microVM; say so if that changes.
+            Ok(plan::Plan::Microvm(_)) => verdicts.push(Verdict {
+                subject: format!("path {p}"),
+                allowed: false,
+                reason: "path access is explained for the container backend only".into(),
+                fix: None,
+            }),
+            Err(r) => verdicts.push(Verdict {
+                subject: format!("path {p}"),
+                allowed: false,
+                reason: format!("this policy is refused before anything runs: {r}"),
+                fix: Some(r.hint().to_string()),
+            }),
+        }
+    }
+    if let Some(s) = subjects.syscall {
+        verdicts.push(syscall(s));
+    }
+    verdicts
+}
+
+/// The policy in one line: image, profile, network (and its domains), workspace.
+pub fn policy_line(spec: &RunSpec) -> String {
+    format!(
+        "image {}, profile {}, network {}{}, workspace {}",
+        spec.rootfs.label(),
+        spec.profile,
+        spec.net,
+        if spec.net == NetMode::Filtered {
+            format!(" (domains: {})", list_or_none(&spec.domains))
+        } else {
+            String::new()
+        },
+        spec.workspace
+    )
+}
+
 fn list_or_none(v: &[String]) -> String {
     if v.is_empty() {
         "none".into()
@@ -138,13 +172,17 @@ fn list_or_none(v: &[String]) -> String {
 
 /// A named sandbox's recorded spec.
 fn sandbox_spec(name: &str) -> Result<RunSpec, CallToolResult> {
+    recorded_spec(name).map_err(|e| tool_error(format!("policy_explain: {e}")))
+}
+
+/// A named sandbox's recorded spec; the error names what is wrong.
+pub fn recorded_spec(name: &str) -> Result<RunSpec, String> {
     let dir = airlock_engine::paths::state_dir()
         .join("sandboxes")
         .join(name);
-    let bytes = std::fs::read(dir.join("spec.json"))
-        .map_err(|_| tool_error(format!("policy_explain: no sandbox named {name}")))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| tool_error(format!("policy_explain: sandbox {name}'s spec: {e}")))
+    let bytes =
+        std::fs::read(dir.join("spec.json")).map_err(|_| format!("no sandbox named {name}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("sandbox {name}'s spec: {e}"))
 }
 
 fn domain(spec: &RunSpec, host: &str, port: u16) -> Verdict {
@@ -558,10 +596,10 @@ mod tests {
         }))
         .expect("spec");
         let facts = airlock_sandbox::container::host_facts(Path::new("/tmp"), &Layout::None);
-        let plan::Plan::Container(plan) = plan::plan(&spec, &facts).expect("plan") else {
-            panic!("not a container plan")
-        };
-        plan
+        match plan::plan(&spec, &facts).expect("plan") {
+            plan::Plan::Container(plan) => plan,
+            plan::Plan::Microvm(_) => panic!("a container spec lowers to a container plan"),
+        }
     }
 
     #[test]

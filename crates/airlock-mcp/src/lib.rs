@@ -6,11 +6,11 @@
 
 mod agent;
 mod args;
-mod b64;
+pub mod b64;
 mod bounded;
 mod call;
-mod explain;
-mod paths;
+pub mod explain;
+pub mod paths;
 mod runner;
 mod tools;
 

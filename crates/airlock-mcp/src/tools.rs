@@ -4,8 +4,8 @@
 use super::args::*;
 use super::call::{check_name, parse, policy_flags, tri, Call};
 use super::runner::Output;
-use super::{agent, b64, explain, paths, tool_error, tool_ok};
-use airlock_guest::fs::{Answer as FsAnswer, Code as FsCode, Request as FsRequest};
+use super::{agent, explain, tool_error, tool_ok};
+use airlock_engine::action::{Action, ActionData, ChildAnswer, Encoding as ActionEncoding};
 use rmcp::handler::server::common::schema_for_type;
 use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
 use serde_json::{json, Value};
@@ -572,183 +572,117 @@ async fn sandbox_remove(c: Call, v: Value) -> CallToolResult {
     )
 }
 
-/// `airlock exec [--interactive] NAME -- airlock-guest fs REQUEST`: the sandbox's static helper
-/// resolves the path inside, with the sandbox's own credentials and view, and checks the opened
-/// file against the roots (no shell or tool of the image involved).
-fn guest_fs_args(name: &str, interactive: bool, req: &FsRequest) -> Vec<String> {
-    let mut args = vec!["exec".to_string()];
-    if interactive {
-        args.push("--interactive".into());
+/// Carry out `action` in the typed child (`airlock __action`: the action as JSON on its stdin,
+/// one answer line on its stdout); no argv from the call, no reading of its stderr.
+async fn child_action(
+    c: &Call,
+    tool: &str,
+    action: &Action,
+    limit: usize,
+) -> Result<ActionData, CallToolResult> {
+    let input =
+        serde_json::to_vec(action).map_err(|e| tool_error(format!("{tool}: internal: {e}")))?;
+    let secs = FILE_SECS - 10;
+    let out = c
+        .airlock(
+            vec!["__action".into()],
+            Some(input),
+            Duration::from_secs(secs),
+            limit,
+        )
+        .await?;
+    if out.timed_out {
+        return Err(tool_error(format!(
+            "{tool}: did not finish within {secs}s; stopped"
+        )));
     }
-    args.extend([
-        name.to_string(),
-        "--".into(),
-        airlock_guest::TOOL.into(),
-        "fs".into(),
-        serde_json::to_string(req).unwrap_or_default(),
-    ]);
-    args
-}
-
-fn roots() -> Vec<std::path::PathBuf> {
-    paths::ROOTS.iter().map(std::path::PathBuf::from).collect()
-}
-
-/// The helper's answer line and what follows it; a refusal or failure as the tool's error.
-fn guest_answer<'a>(
-    what: &str,
-    path: &str,
-    stderr: &str,
-    bytes: &'a [u8],
-) -> Result<(FsAnswer, &'a [u8]), CallToolResult> {
-    let unreadable = || {
-        tool_error(format!(
-            "{what}: {path}: no answer from the sandbox's helper: {}",
-            stderr.trim()
-        ))
+    if out.cancelled {
+        return Err(tool_error(format!("{tool}: cancelled")));
+    }
+    let code = out.code;
+    let Some(bytes) = out.stdout.into_complete() else {
+        return Err(tool_error(format!(
+            "{tool}: the answer was larger than expected"
+        )));
     };
-    let nl = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or_else(unreadable)?;
-    let a: FsAnswer = serde_json::from_slice(&bytes[..nl]).map_err(|_| unreadable())?;
-    if !a.ok {
-        let msg = a.message.unwrap_or_default();
-        return Err(match a.code {
-            Some(FsCode::Escape) => tool_error(format!("{what}: refused: {msg}")),
-            _ => tool_error(format!("{what}: {path}: {msg}")),
-        });
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    match serde_json::from_slice::<ChildAnswer>(line) {
+        Ok(ChildAnswer::Ok(data)) => Ok(*data),
+        Ok(ChildAnswer::Error(e)) if e.kind == "refused" && !e.message.starts_with("refused") => {
+            Err(tool_error(format!("{tool}: refused: {}", e.message)))
+        }
+        Ok(ChildAnswer::Error(e)) => Err(tool_error(format!("{tool}: {}", e.message))),
+        Err(e) => Err(tool_error(format!(
+            "{tool}: no answer from airlock (exit {code:?}): {e}"
+        ))),
     }
-    Ok((a, &bytes[nl + 1..]))
-}
-
-/// A directory listing for people: kind, mode, size, name.
-fn listing(entries: &[airlock_guest::fs::DirEntry]) -> String {
-    use airlock_guest::fs::Kind;
-    entries
-        .iter()
-        .map(|e| {
-            let k = match e.kind {
-                Kind::Dir => 'd',
-                Kind::File => '-',
-                Kind::Symlink => 'l',
-                Kind::Other => '?',
-            };
-            format!("{k} {:04o} {:>12} {}\n", e.mode, e.size, e.name)
-        })
-        .collect()
 }
 
 async fn file_read(c: Call, v: Value) -> CallToolResult {
     let a: FileReadArgs = tri!(parse("sandbox_file_read", v));
     tri!(check_name(&a.name));
-    let path =
-        tri!(paths::resolve(&a.path).map_err(|e| tool_error(format!("sandbox_file_read: {e}"))));
     let max = a.max_bytes.unwrap_or(256 * 1024);
-    if !(1..=4 << 20).contains(&max) {
-        return tool_error(format!("max_bytes {max} is out of range (1-4194304)"));
-    }
-    let offset = a.offset.unwrap_or(0);
-    let req = FsRequest::Read {
-        path: path.clone().into(),
-        offset,
-        max: Some(max),
-        roots: roots(),
+    let action = Action::FileRead {
+        name: a.name,
+        path: a.path,
+        offset: a.offset,
+        max_bytes: a.max_bytes,
     };
-    let args = guest_fs_args(&a.name, false, &req);
-    let limit = max as usize + 64 * 1024;
-    let out = tri!(
-        c.airlock(args, None, Duration::from_secs(FILE_SECS - 10), limit)
-            .await
-    );
-    if let Some(e) = airlock_failed("sandbox_file_read", &out, FILE_SECS - 10) {
-        return e;
-    }
-    let stderr = out.stderr.render();
-    let Some(bytes) = out.stdout.into_complete() else {
-        return tool_error("sandbox_file_read: the answer was larger than expected");
+    // base64 of the most it reads, and the answer's framing.
+    let limit = (max.min(4 << 20) as usize) / 3 * 4 + 64 * 1024;
+    let data = tri!(child_action(&c, "sandbox_file_read", &action, limit).await);
+    let ActionData::File(f) = data else {
+        return tool_error("sandbox_file_read: internal: an answer of another kind");
     };
-    let (ans, body) = tri!(guest_answer("sandbox_file_read", &path, &stderr, &bytes));
-    if let Some(entries) = &ans.entries {
-        let listing = listing(entries);
+    if f.kind == "directory" {
         return tool_ok(
-            listing.clone(),
-            json!({ "path": path, "kind": "directory", "listing": listing, "entries": entries }),
+            f.content.clone(),
+            json!({ "path": f.path, "kind": "directory", "listing": f.content, "entries": f.entries }),
         );
     }
-    let size = ans.size.unwrap_or(0);
-    let truncated = offset + (body.len() as u64) < size;
-    let (content, encoding) = match std::str::from_utf8(body) {
-        Ok(s) => (s.to_string(), "utf8"),
-        Err(_) => (b64::encode(body), "base64"),
-    };
-    let note = if truncated {
+    let size = f.size.unwrap_or(0);
+    let note = if f.truncated {
         format!(
-            "\n[airlock: returned bytes {offset}..{} of {size}; read on with offset]",
-            offset + body.len() as u64
+            "\n[airlock: returned bytes {}..{} of {size}; read on with offset]",
+            f.offset,
+            f.offset + f.returned_bytes
         )
     } else {
         String::new()
     };
-    let text = if encoding == "utf8" {
-        format!("{content}{note}")
+    let text = if f.encoding == ActionEncoding::Utf8 {
+        format!("{}{note}", f.content)
     } else {
         format!(
             "(binary file, {} bytes, base64 in structuredContent.content){note}",
-            body.len()
+            f.returned_bytes
         )
     };
-    tool_ok(
-        text,
-        json!({
-            "path": path, "kind": "file", "size": size, "offset": offset,
-            "returned_bytes": body.len(), "truncated": truncated,
-            "encoding": encoding, "content": content,
-        }),
-    )
+    let structured = serde_json::to_value(&f).unwrap_or_default();
+    tool_ok(text, structured)
 }
 
 async fn file_write(c: Call, v: Value) -> CallToolResult {
     let a: FileWriteArgs = tri!(parse("sandbox_file_write", v));
     tri!(check_name(&a.name));
-    let path =
-        tri!(paths::resolve(&a.path).map_err(|e| tool_error(format!("sandbox_file_write: {e}"))));
-    let data = match a.encoding.unwrap_or(Encoding::Utf8) {
-        Encoding::Utf8 => a.content.into_bytes(),
-        Encoding::Base64 => tri!(b64::decode(&a.content)
-            .map_err(|e| tool_error(format!("sandbox_file_write: content: {e}")))),
+    let encoding = match a.encoding.unwrap_or(Encoding::Utf8) {
+        Encoding::Utf8 => ActionEncoding::Utf8,
+        Encoding::Base64 => ActionEncoding::Base64,
     };
-    if data.len() > 4 << 20 {
-        return tool_error(format!(
-            "sandbox_file_write: content is {} bytes; at most 4194304",
-            data.len()
-        ));
-    }
-    let req = FsRequest::Write {
-        path: path.clone().into(),
+    let action = Action::FileWrite {
+        name: a.name,
+        path: a.path,
+        content: a.content,
+        encoding,
         append: a.append == Some(true),
-        mkdirs: a.create_dirs == Some(true),
-        roots: roots(),
+        create_dirs: a.create_dirs == Some(true),
     };
-    let args = guest_fs_args(&a.name, true, &req);
-    let n = data.len();
-    let out = tri!(
-        c.airlock(
-            args,
-            Some(data),
-            Duration::from_secs(FILE_SECS - 10),
-            64 * 1024
-        )
-        .await
-    );
-    if let Some(e) = airlock_failed("sandbox_file_write", &out, FILE_SECS - 10) {
-        return e;
-    }
-    let stderr = out.stderr.render();
-    let bytes = out.stdout.into_complete().unwrap_or_default();
-    let (ans, _) = tri!(guest_answer("sandbox_file_write", &path, &stderr, &bytes));
+    let data = tri!(child_action(&c, "sandbox_file_write", &action, 64 * 1024).await);
+    let ActionData::Written(w) = data else {
+        return tool_error("sandbox_file_write: internal: an answer of another kind");
+    };
     tool_ok(
-        format!("wrote {n} bytes to {path}"),
-        json!({ "path": path, "written_bytes": n, "size": ans.size }),
+        format!("wrote {} bytes to {}", w.written_bytes, w.path),
+        json!({ "path": w.path, "written_bytes": w.written_bytes, "size": w.size }),
     )
 }

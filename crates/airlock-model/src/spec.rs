@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Who runs inside the sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxUser {
     /// The unprivileged `agent` user (uid/gid 1000). Default: agents refuse to auto-approve as root.
@@ -14,26 +14,50 @@ pub enum SandboxUser {
     Agent,
     /// uid 0 inside, mapped to an unprivileged host uid; every capability still dropped.
     Root,
+    /// An image's own non-root `User` (its uid/gid inside; mapped like `agent`: into the
+    /// sandbox range when airlock runs as root, to the invoking user rootless).
+    Image(ImageUser),
+}
+
+/// An image's `User`, resolved through the image's own /etc/passwd and /etc/group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// The passwd entry's name (None: a numeric user the image's passwd does not list).
+    pub name: Option<String>,
+    /// Absolute: the passwd entry's home, else `/home/UID`.
+    pub home: String,
 }
 
 impl SandboxUser {
     pub const AGENT_UID: u32 = 1000;
-    pub fn uid(self) -> u32 {
+    pub fn uid(&self) -> u32 {
         match self {
             SandboxUser::Agent => Self::AGENT_UID,
             SandboxUser::Root => 0,
+            SandboxUser::Image(u) => u.uid,
         }
     }
-    pub fn name(self) -> &'static str {
+    pub fn gid(&self) -> u32 {
         match self {
-            SandboxUser::Agent => "agent",
-            SandboxUser::Root => "root",
+            SandboxUser::Image(u) => u.gid,
+            other => other.uid(),
         }
     }
-    pub fn home(self) -> &'static str {
+    /// The user's name (a nameless image user is shown by its uid).
+    pub fn name(&self) -> String {
+        match self {
+            SandboxUser::Agent => "agent".into(),
+            SandboxUser::Root => "root".into(),
+            SandboxUser::Image(u) => u.name.clone().unwrap_or_else(|| u.uid.to_string()),
+        }
+    }
+    pub fn home(&self) -> &str {
         match self {
             SandboxUser::Agent => "/home/agent",
             SandboxUser::Root => "/root",
+            SandboxUser::Image(u) => &u.home,
         }
     }
 }
@@ -151,7 +175,7 @@ pub struct RunSpec {
     /// Secrets by name and where to read them at launch. Only the sources: values never enter a
     /// spec, a plan or anything written to disk.
     #[serde(default)]
-    pub secrets: std::collections::BTreeMap<String, crate::config::SecretSource>,
+    pub secrets: std::collections::BTreeMap<String, crate::config::Secret>,
     /// Agent mode: the harness a named sandbox runs prompts with (`airlock up --agent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<crate::config::Harness>,

@@ -78,24 +78,24 @@ fn relative(rel: &str) -> Result<PathBuf, String> {
     Ok(p)
 }
 
-fn copy(src: &Path, dst: &Path, owner: Option<u32>) -> Result<(), String> {
+fn copy(src: &Path, dst: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     let _ = std::fs::remove_file(dst);
     let _ = std::fs::remove_dir_all(dst);
     super::clone::copy_tree(src, dst).map_err(|e| e.to_string())?;
-    if let Some(id) = owner {
-        super::clone::chown_tree(dst, id, id).map_err(|e| format!("{}: {e}", dst.display()))?;
+    if let Some((u, g)) = owner {
+        super::clone::chown_tree(dst, u, g).map_err(|e| format!("{}: {e}", dst.display()))?;
     }
     Ok(())
 }
 
 /// Turn `spec.home_files` into binds (and seed copies). `kept_home`: a named sandbox's home on
-/// disk; `staging`: where copies go. `owner`: the host uid owning the sandbox user's files
+/// disk; `staging`: where copies go. `owner`: the host uid/gid owning the sandbox user's files
 /// (root-run sandboxes), for copies the sandbox may read or own.
 pub fn stage(
     spec: &mut RunSpec,
     kept_home: Option<&Path>,
     staging: &Path,
-    owner: Option<u32>,
+    owner: Option<(u32, u32)>,
 ) -> Result<(), String> {
     let home = PathBuf::from(spec.user.home());
     for (rel, hf) in spec.home_files.clone() {
@@ -134,8 +134,8 @@ pub fn stage(
                             if std::fs::symlink_metadata(&d).is_err() {
                                 std::fs::create_dir(&d)
                                     .map_err(|e| format!("{}: {e}", d.display()))?;
-                                if let Some(id) = owner {
-                                    std::os::unix::fs::lchown(&d, Some(id), Some(id))
+                                if let Some((u, g)) = owner {
+                                    std::os::unix::fs::lchown(&d, Some(u), Some(g))
                                         .map_err(|e| format!("{}: {e}", d.display()))?;
                                 }
                             }

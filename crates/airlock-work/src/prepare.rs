@@ -7,12 +7,13 @@ use airlock_model::policy::WorkspaceMode;
 use airlock_model::spec::RunSpec;
 use std::path::{Path, PathBuf};
 
-/// The host uid (= gid) that owns the sandbox user's files in a root-run sandbox; None when
+/// The host uid and gid that own the sandbox user's files in a root-run sandbox; None when
 /// airlock runs rootless (the invoking user is the sandbox user).
-pub fn rootful_owner(spec: &RunSpec) -> Option<u32> {
+pub fn rootful_owner(spec: &RunSpec) -> Option<(u32, u32)> {
+    let base = airlock_model::plan::ROOTFUL_UID_BASE;
     nix::unistd::geteuid()
         .is_root()
-        .then(|| airlock_model::plan::ROOTFUL_UID_BASE + spec.user.uid())
+        .then(|| (base + spec.user.uid(), base + spec.user.gid()))
 }
 
 /// The sandbox's kept home (`DIR/home`, 0700, the sandbox user's), made if missing.
@@ -22,11 +23,11 @@ pub fn persistent_home(dir: &Path, spec: &RunSpec) -> std::io::Result<PathBuf> {
     match std::fs::create_dir(&home) {
         Ok(()) => {
             std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
-            if let Some(id) = rootful_owner(spec) {
+            if let Some((u, g)) = rootful_owner(spec) {
                 nix::unistd::chown(
                     &home,
-                    Some(nix::unistd::Uid::from_raw(id)),
-                    Some(nix::unistd::Gid::from_raw(id)),
+                    Some(nix::unistd::Uid::from_raw(u)),
+                    Some(nix::unistd::Gid::from_raw(g)),
                 )?;
             }
         }
@@ -59,9 +60,9 @@ pub fn prepare(dir: &Path, name: &str, spec: &RunSpec) -> Result<(), String> {
         }
         owned.push(home);
     }
-    if let Some(id) = rootful_owner(spec) {
+    if let Some((u, g)) = rootful_owner(spec) {
         for p in owned {
-            clone::chown_tree(&p, id, id).map_err(|e| fail("hand the workspace over", &e))?;
+            clone::chown_tree(&p, u, g).map_err(|e| fail("hand the workspace over", &e))?;
         }
     }
     Ok(())

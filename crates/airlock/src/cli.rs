@@ -49,6 +49,9 @@ pub enum Command {
     Up(Box<UpArgs>),
     /// A sandbox's supervisor log (--net: its network audit journal).
     Logs(LogsArgs),
+    /// A sandbox's audit journal (all sandboxes without NAME): egress decisions and secret
+    /// injections, lifecycle, review-gate outcomes and accepts, oldest first.
+    Audit(AuditArgs),
     /// Stop a running sandbox (SIGTERM to everything inside, SIGKILL after the grace period).
     Stop(StopArgs),
     /// Remove a sandbox and everything it kept.
@@ -100,6 +103,12 @@ pub enum Command {
     /// Internal: supervise a persistent sandbox whose folder is DIR until it is stopped (SIGTERM).
     #[command(name = "__supervise", hide = true)]
     Supervise(Box<SuperviseArgs>),
+    /// Internal: carry out one action (JSON on stdin), answer one JSON line on stdout.
+    #[command(name = "__action", hide = true)]
+    Action,
+    /// Internal: `run` a request given as JSON on stdin (the typed child's `run`).
+    #[command(name = "__run", hide = true)]
+    RunJson,
     /// Internal: run a command in the running persistent sandbox whose folder is DIR.
     #[command(name = "__exec", hide = true)]
     ExecDir(ExecDirArgs),
@@ -195,8 +204,13 @@ pub struct PolicyArgs {
     #[arg(long = "env-pass", value_name = "NAME")]
     pub env_pass: Vec<String>,
     /// A secret: NAME=env:HOST_VAR or NAME=file:PATH. Read at start, given as $NAME and
-    /// /run/secrets/NAME (0400, tmpfs); never written to disk, never in argv or logs.
-    #[arg(long = "secret", value_name = "NAME=env:VAR|file:PATH")]
+    /// /run/secrets/NAME (0400, tmpfs); never written to disk, never in argv or logs. With
+    /// `;hosts=H[,H];header=X` (or `;bearer`, `;basic`, `;query=P`) the sandbox holds a
+    /// placeholder and the value is put into requests to those hosts only (filtered network).
+    #[arg(
+        long = "secret",
+        value_name = "NAME=env:VAR|file:PATH[;hosts=…;header=…]"
+    )]
     pub secret: Vec<String>,
     /// Memory limit, e.g. 512M, 2G.
     #[arg(long, value_name = "SIZE")]
@@ -210,7 +224,8 @@ pub struct PolicyArgs {
     /// Refuse to run when a requested limit cannot be enforced on this host.
     #[arg(long)]
     pub require_limits: bool,
-    /// User inside: agent (uid 1000, default) or root (still unprivileged on the host).
+    /// User inside: agent (uid 1000) or root (still unprivileged on the host). Default: an
+    /// image's own non-root User, else agent.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
     /// Hostname inside (default: the sandbox name).
@@ -489,6 +504,17 @@ pub struct LogsArgs {
     /// The network audit journal (JSON lines) instead of the supervisor log.
     #[arg(long)]
     pub net: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    pub name: Option<String>,
+    /// Keep printing new events.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -95,6 +95,15 @@ impl From<airlock_sandbox::container::RunError> for CliError {
     }
 }
 
+/// An action's error (from the engine or a typed child) as the CLI ends with it: its exit code
+/// and hint as the action gave them.
+impl From<airlock_engine::action::ActionError> for CliError {
+    fn from(e: airlock_engine::action::ActionError) -> Self {
+        let hint = e.hint.clone();
+        CliError::new(e.code, anyhow::anyhow!(e.message)).maybe_hint(hint)
+    }
+}
+
 pub type CliResult<T> = Result<T, CliError>;
 
 #[cfg(test)]

@@ -146,13 +146,24 @@ fn real_cli(c: &Case, dir: &Path) {
     assert_eq!(out.code(), 0, "{}: up: {}", c.harness, out.describe());
     let probe = format!("cat /run/secrets/{}", c.credential);
     let out = a.run(&["exec", &name, "--", "sh", "-c", &probe]);
-    assert_eq!(
-        out.stdout.trim(),
-        "airlock-test-credential",
-        "{}: {}",
-        c.harness,
-        out.describe()
-    );
+    // API keys are injected by default (the sandbox holds a placeholder); OAuth tokens are
+    // handed over.
+    if c.credential.ends_with("_API_KEY") {
+        assert!(
+            out.stdout.trim().starts_with("airlock-placeholder-"),
+            "{}: {}",
+            c.harness,
+            out.describe()
+        );
+    } else {
+        assert_eq!(
+            out.stdout.trim(),
+            "airlock-test-credential",
+            "{}: {}",
+            c.harness,
+            out.describe()
+        );
+    }
     let out = a.run(&["prompt", &name, "say hello", "--no-wait"]);
     assert_eq!(out.code(), 0, "{}: prompt: {}", c.harness, out.describe());
     let net = a
@@ -329,9 +340,13 @@ fn completes_turns(m: &Model, clis: &Path, a: &Airlock, label: &str) {
     for e in &ca_env {
         args.extend(["-e", e.as_str()]);
     }
+    // The API key is injected: the egress proxy verifies the fake API's certificate with the
+    // test CA.
+    let upstream_ca = cert.display().to_string();
     let env = [
         ("HARNESS_TOKEN", "airlock-test-credential"),
         ("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str()),
+        ("AIRLOCK_UPSTREAM_CA", upstream_ca.as_str()),
     ];
     let diagnose = |what: &str, out: &common::Outcome| {
         let dir = a.state_dir().join("sandboxes").join(&name);
@@ -422,6 +437,24 @@ fn completes_turns(m: &Model, clis: &Path, a: &Airlock, label: &str) {
         !j.stdout.lines().any(|l| l.contains("\"kind\":\"blocked\"")),
         "{}",
         diagnose("blocked events", &j)
+    );
+
+    // The API got the real key on every request; never the placeholder the CLI held. (Codex's
+    // `exec` sends no credential to this API in this setup: only the placeholder check.)
+    let posts: Vec<serde_json::Value> = inet
+        .model_requests()
+        .into_iter()
+        .filter(|r| r["api"] == "post")
+        .collect();
+    assert!(
+        !posts.is_empty()
+            && posts.iter().all(|r| {
+                let h = r["headers"].to_string();
+                (m.harness == "codex" || h.contains("airlock-test-credential"))
+                    && !h.contains("airlock-placeholder-")
+            }),
+        "{}",
+        diagnose("the API did not get the injected key", &out)
     );
 
     // Both commits come home.

@@ -10,6 +10,7 @@ mod common;
 use airlock_image::layout::{config_json, tar_of_files, write_docker_save, write_oci, LayerTar};
 use common::{e2e, test_user, Airlock, Bins, TempDir};
 use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,8 +65,14 @@ impl Registry {
 
     /// Push an OCI layout's image `tag` as `repo:tag` with skopeo.
     fn push(&self, layout: &Path, tag: &str, repo: &str) {
+        self.push_with(layout, tag, repo, &[]);
+    }
+
+    /// `push` with more `skopeo copy` options (e.g. the layers' compression).
+    fn push_with(&self, layout: &Path, tag: &str, repo: &str, extra: &[&str]) {
         let out = Command::new("skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(extra)
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{repo}:{tag}", self.host()))
             .output()
@@ -211,7 +218,7 @@ fn pull_run_ls_rm_prune_through_a_loopback_registry_rootful_and_rootless() {
         let digest = list[0]["digest"].as_str().expect("digest").to_string();
 
         // The image is the root: its os-release, not the host's /usr; whiteouts applied; its
-        // Env applies; the sandbox user stays the unprivileged agent.
+        // Env applies; its non-root User (`www`, uid 33 in its passwd) runs.
         let script = "cat /etc/os-release; test -e /usr/bin/dpkg || echo no-host-usr; \
                       test -e /gone || echo gone-hidden; ls /d; echo var=$IMAGE_VAR; id -u; \
                       grep -c ^www: /etc/passwd; touch /bin/x 2>/dev/null || echo root-ro";
@@ -225,7 +232,7 @@ fn pull_run_ls_rm_prune_through_a_loopback_registry_rootful_and_rootless() {
             "no-host-usr",
             "gone-hidden",
             "var=from-image",
-            "1000",
+            "\n33\n",
             "root-ro",
         ] {
             assert!(
@@ -662,16 +669,27 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
     );
     let a = Airlock::root();
     ok(&a, &["image", "import", &src.join("oci").to_string_lossy()]);
+    agent_turn_and_cp(
+        &a,
+        "example.com/agent/busybox:1",
+        "image says $(head -n 1 /etc/os-release)",
+        "image says ID=agent-image",
+    );
+}
+
+/// One agent turn (scripted harness: `agent.sh` reports `said`, which must come back as
+/// `want`) in a named sandbox on `image`, then `cp` in and out of it.
+fn agent_turn_and_cp(a: &Airlock, image: &str, said: &str, want: &str) {
     let dir = &a.cwd;
     std::fs::write(
         dir.join("agent.sh"),
-        "#!/bin/sh\nreport working \"starting\"\nreport done \"image says $(head -n 1 /etc/os-release)\"\n",
+        format!("#!/bin/sh\nreport working \"starting\"\nreport done \"{said}\"\n"),
     )
     .expect("agent");
     common::set_mode(&dir.join("agent.sh"), 0o755);
     std::fs::write(
         dir.join("airlock.toml"),
-        "[sandbox]\nimage = \"example.com/agent/busybox:1\"\n[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+        format!("[sandbox]\nimage = \"{image}\"\n[agent]\nharness = {{ command = [\"/workspace/agent.sh\"] }}\ngrace = \"3s\"\n"),
     )
     .expect("airlock.toml");
     for args in [
@@ -704,16 +722,12 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
         out.describe(),
         reports.stdout
     );
-    assert!(
-        reports.stdout.contains("image says ID=agent-image"),
-        "{}",
-        reports.stdout
-    );
+    assert!(reports.stdout.contains(want), "{}", reports.stdout);
     // cp in and out.
     let host_in = a.dir.join("in.txt");
     std::fs::write(&host_in, "from the host\n").expect("write");
     ok(
-        &a,
+        a,
         &[
             "cp",
             &host_in.to_string_lossy(),
@@ -722,7 +736,7 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
     );
     let host_out = a.dir.join("out.txt");
     ok(
-        &a,
+        a,
         &[
             "cp",
             &format!("{name}:/tmp/in.txt"),
@@ -734,7 +748,7 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
         "from the host\n"
     );
     ok(
-        &a,
+        a,
         &[
             "cp",
             &format!("{name}:/etc/os-release"),
@@ -743,7 +757,234 @@ fn an_agent_turn_and_cp_work_in_a_busybox_image() {
     );
     assert!(std::fs::read_to_string(a.dir.join("os"))
         .expect("read")
-        .contains("agent-image"));
-    ok(&a, &["rm", "--force", &name]);
-    common::stop_engines_of(&a);
+        .starts_with("ID="));
+    ok(a, &["rm", "--force", &name]);
+    common::stop_engines_of(a);
+}
+
+/// An Alpine-like image: its programs are musl-dynamic (a C program built with `musl-gcc`,
+/// musl's loader at /lib/ld-musl-x86_64.so.1), no glibc anywhere; busybox-static is its shell.
+/// The musl program runs inside, and an agent turn and `cp` work through the static helper.
+#[test]
+fn a_musl_image_runs_its_programs_an_agent_turn_and_cp() {
+    if !e2e("a_musl_image_runs_its_programs_an_agent_turn_and_cp") {
+        return;
+    }
+    let build = TempDir::new("musl");
+    std::fs::write(
+        build.join("hello.c"),
+        "#include <stdio.h>\nint main(void) { printf(\"hello from musl\\n\"); return 0; }\n",
+    )
+    .expect("write");
+    let st = Command::new("musl-gcc")
+        .arg("-o")
+        .arg(build.join("hello"))
+        .arg(build.join("hello.c"))
+        .status()
+        .expect("musl-gcc (run .ci/install-images)");
+    assert!(st.success(), "musl-gcc");
+    let hello = std::fs::read(build.join("hello")).expect("read");
+    assert!(
+        hello
+            .windows(b"/lib/ld-musl-x86_64.so.1".len())
+            .any(|w| w == b"/lib/ld-musl-x86_64.so.1"),
+        "a musl-dynamic program"
+    );
+    let loader = std::fs::read("/lib/ld-musl-x86_64.so.1").expect("musl (run .ci/install-images)");
+    let files: Vec<(&str, &[u8], u32)> = vec![
+        ("bin/hello", &hello, 0o755),
+        ("lib/ld-musl-x86_64.so.1", &loader, 0o755),
+        ("etc/os-release", b"ID=alpine-like\n", 0o644),
+    ];
+    let layers = vec![
+        base_layer("musl-image"),
+        LayerTar {
+            tar: tar_of_files(&files).expect("tar"),
+            gzip: true,
+        },
+    ];
+    let src = TempDir::new("layout");
+    write_oci(
+        &src.join("oci"),
+        "example.com/agent/musl:1",
+        &layers,
+        &config_json(&layers, &["PATH=/bin"], None, None),
+    )
+    .expect("layout");
+    let a = Airlock::root();
+    ok(&a, &["image", "import", &src.join("oci").to_string_lossy()]);
+    // No glibc loader in the image: only musl's.
+    let out = ok(
+        &a,
+        &[
+            "run",
+            "--image",
+            "example.com/agent/musl:1",
+            "--",
+            "sh",
+            "-c",
+            "hello; ls /lib; test -e /lib64/ld-linux-x86-64.so.2 || echo no-glibc",
+        ],
+    );
+    assert!(
+        out.stdout.contains("hello from musl") && out.stdout.contains("no-glibc"),
+        "{}",
+        out.describe()
+    );
+    agent_turn_and_cp(
+        &a,
+        "example.com/agent/musl:1",
+        "musl says $(/bin/hello)",
+        "musl says hello from musl",
+    );
+}
+
+/// zstd layers (`tar+zstd`, compressed by skopeo, a real producer) are pulled, verified and
+/// unpacked like gzip ones.
+#[test]
+fn zstd_layers_are_pulled_and_run() {
+    if !e2e("zstd_layers_are_pulled_and_run") {
+        return;
+    }
+    let reg = Registry::start();
+    let src = TempDir::new("layout");
+    let mut layers = vec![base_layer("zstd-image"), whiteout_layer()];
+    for l in &mut layers {
+        l.gzip = false; // skopeo compresses what is not compressed, with the format asked
+    }
+    let cfg = config_json(&layers, &["PATH=/bin"], None, None);
+    write_oci(&src.join("oci"), "busybox:zstd", &layers, &cfg).expect("layout");
+    reg.push_with(
+        &src.join("oci"),
+        "zstd",
+        "library/busybox",
+        &["--dest-compress-format", "zstd"],
+    );
+    let reference = format!("{}/library/busybox:zstd", reg.host());
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo inspect");
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("manifest");
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(|l| l["mediaType"].as_str())
+        .collect();
+    assert_eq!(
+        types, ["application/vnd.oci.image.layer.v1.tar+zstd"; 2],
+        "the registry serves zstd layers: {manifest}"
+    );
+    let a = Airlock::root();
+    write_user_config(
+        &a,
+        &format!("[images]\ninsecure_registries = [\"{}\"]\n", reg.host()),
+    );
+    ok(&a, &["image", "pull", &reference]);
+    let out = ok(
+        &a,
+        &[
+            "run",
+            "--image",
+            &reference,
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/os-release; ls /d; test -e /gone || echo gone-hidden",
+        ],
+    );
+    for want in ["ID=zstd-image", "new", "gone-hidden"] {
+        assert!(out.stdout.contains(want), "{want}: {}", out.describe());
+    }
+    assert_eq!(layer_dirs(&a), 2);
+    // The unpacked layers are the same content as the plain tars (diffIDs checked).
+    for l in &layers {
+        assert!(a
+            .state_dir()
+            .join("images/layers")
+            .join(l.diff_id().hex())
+            .is_dir());
+    }
+}
+
+/// The image's `User` runs (a name from the image's own /etc/passwd and /etc/group, or a bare
+/// `uid:gid`), mapped like `agent`: files it writes in the workspace belong to the project's
+/// owner on the host, rootful and rootless; `--user` overrides; its HOME is its passwd entry's.
+#[test]
+fn an_images_user_runs_with_its_home_rootful_and_rootless() {
+    if !e2e("an_images_user_runs_with_its_home_rootful_and_rootless") {
+        return;
+    }
+    let reg = Registry::start();
+    let src = TempDir::new("layout");
+    let users = LayerTar {
+        tar: tar_of_files(&[
+            (
+                "etc/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\napp:x:1234:2345:app:/home/app:/bin/sh\n",
+                0o644,
+            ),
+            ("etc/group", b"root:x:0:\napp:x:2345:\n", 0o644),
+        ])
+        .expect("tar"),
+        gzip: true,
+    };
+    let layers = vec![base_layer("user-image"), users];
+    for (tag, user) in [("named", "app"), ("numeric", "4321:4321"), ("root", "0")] {
+        let cfg = config_json(&layers, &["PATH=/bin"], None, Some(user));
+        let dir = src.join(tag);
+        write_oci(&dir, &format!("users:{tag}"), &layers, &cfg).expect("layout");
+        reg.push(&dir, tag, "library/users");
+    }
+    let bins = Bins::owned_by(&test_user());
+    let script = "id -u; id -g; echo home=$HOME; whoami 2>/dev/null || echo noname; \
+                  echo hi > /workspace/by-$(id -u); touch $HOME/x && echo home-writable";
+    for (mode, a) in [
+        ("rootful", Airlock::root()),
+        ("rootless", Airlock::rootless(&bins)),
+    ] {
+        write_user_config(
+            &a,
+            &format!("[images]\ninsecure_registries = [\"{}\"]\n", reg.host()),
+        );
+        let project_owner = std::fs::metadata(&a.cwd).expect("cwd").uid();
+        for (tag, user_flag, want) in [
+            ("named", None, ["1234", "2345", "home=/home/app", "app"]),
+            (
+                "numeric",
+                None,
+                ["4321", "4321", "home=/home/4321", "noname"],
+            ),
+            ("root", None, ["1000", "1000", "home=/home/agent", "agent"]),
+            (
+                "named",
+                Some("agent"),
+                ["1000", "1000", "home=/home/agent", "agent"],
+            ),
+        ] {
+            let reference = format!("{}/library/users:{tag}", reg.host());
+            let mut args = vec!["run", "--workspace", "bind", "--image", &reference];
+            if let Some(u) = user_flag {
+                args.extend(["--user", u]);
+            }
+            args.extend(["--", "sh", "-c", script]);
+            let out = ok(&a, &args);
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            assert_eq!(
+                lines,
+                [want[0], want[1], want[2], want[3], "home-writable"],
+                "{mode} {tag} {user_flag:?}: {}",
+                out.describe()
+            );
+            let written = a.cwd.join(format!("by-{}", want[0]));
+            assert_eq!(
+                std::fs::metadata(&written).expect("written").uid(),
+                project_owner,
+                "{mode} {tag}: owned on the host as before"
+            );
+            std::fs::remove_file(&written).expect("rm");
+        }
+    }
 }

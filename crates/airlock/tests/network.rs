@@ -8,6 +8,12 @@ mod common;
 use common::internet::Internet;
 use common::{e2e, Airlock, Outcome};
 
+thread_local! {
+    /// When set, every run also binds a secret to this (allowed) host, so the attacks run with
+    /// TLS interception and placeholder scanning on (`--secret ...;hosts=HOST;header=...`).
+    static BOUND: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
 fn run(a: &Airlock, inet: &Internet, allow: &[&str], cmd: &[&str]) -> Outcome {
     run_journaled(a, inet, allow, cmd).0
 }
@@ -37,9 +43,20 @@ fn run_journaled(
         args.push("--allow");
         args.push(d);
     }
+    let bound = BOUND.with(|b| b.get());
+    let secret = bound.map(|h| format!("KEY=env:HOST_KEY;hosts={h};header=x-api-key"));
+    let ca = inet.cert().display().to_string();
+    let mut env = vec![("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str())];
+    if let (Some(h), Some(secret)) = (bound, &secret) {
+        args.extend_from_slice(&["--allow", h, "--secret", secret]);
+        env.extend([
+            ("HOST_KEY", "real-key-value"),
+            ("AIRLOCK_UPSTREAM_CA", ca.as_str()),
+        ]);
+    }
     args.push("--");
     args.extend_from_slice(cmd);
-    let out = a.run_with_env(&[("AIRLOCK_DNS_UPSTREAM", &inet.dns)], &args);
+    let out = a.run_with_env(&env, &args);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let journal = text
         .lines()
@@ -131,6 +148,20 @@ fn denied_names_get_an_explained_403_and_no_dns() {
     if !e2e("denied_names_get_an_explained_403_and_no_dns") {
         return;
     }
+    denied_names();
+}
+
+/// The same attacks with a secret bound to allowed.test: interception on changes nothing.
+#[test]
+fn denied_names_with_a_bound_secret() {
+    if !e2e("denied_names_with_a_bound_secret") {
+        return;
+    }
+    BOUND.with(|b| b.set(Some("allowed.test")));
+    denied_names();
+}
+
+fn denied_names() {
     let inet = Internet::start(&["allowed.test", "denied.test"], &[]);
     let a = Airlock::root();
     // Through the explicit proxy (curl honours HTTP_PROXY) and transparently.
@@ -237,6 +268,20 @@ fn literal_ips_fronting_rebinding_and_metadata_are_denied() {
     if !e2e("literal_ips_fronting_rebinding_and_metadata_are_denied") {
         return;
     }
+    literal_ips_fronting_rebinding_and_metadata();
+}
+
+/// The same attacks with a secret bound to allowed.test: interception on changes nothing.
+#[test]
+fn literal_ips_fronting_rebinding_and_metadata_with_a_bound_secret() {
+    if !e2e("literal_ips_fronting_rebinding_and_metadata_with_a_bound_secret") {
+        return;
+    }
+    BOUND.with(|b| b.set(Some("allowed.test")));
+    literal_ips_fronting_rebinding_and_metadata();
+}
+
+fn literal_ips_fronting_rebinding_and_metadata() {
     let inet = Internet::start(
         &["allowed.test"],
         &[

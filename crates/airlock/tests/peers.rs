@@ -848,6 +848,25 @@ fn hot_plug_mounts(a: &Airlock, mode: &str) {
     );
     assert_eq!(st["spec"]["binds"][1]["writable"], true, "{st}");
     ok(a, &["unmount", "box", "/tmp/data"]);
+    // Each change is in the sandbox's audit journal.
+    let audit = ok(a, &["audit", "box"]).stdout;
+    let policy: Vec<&str> = audit.lines().filter(|l| l.contains("  policy ")).collect();
+    assert_eq!(
+        policy
+            .iter()
+            .map(|l| l.split("  policy ").nth(1).unwrap_or_default().trim())
+            .collect::<Vec<_>>(),
+        vec![
+            format!("mount {data} at /tmp/data"),
+            format!("mount {data} at /home/agent/rw (writable)"),
+            format!(
+                "mount {} at /workspace/notes.txt",
+                host.join("file").display()
+            ),
+            "unmount at /tmp/data".to_string(),
+        ],
+        "{mode}: {audit}"
+    );
     let out = inside("ls -A /tmp/data");
     assert_eq!(out.stdout, "", "{mode}: {}", out.describe());
     ok(a, &["stop", "box"]);

@@ -205,6 +205,24 @@ fn gate_cases(a: &Airlock, label: &str) {
         );
     }
     ok(a, label, &["fetch", "gate", "--accept"]);
+    // The audit journal has the refusal with its findings, then the accept.
+    let audit = ok(a, label, &["audit", "gate", "--json"]).stdout;
+    let reviews: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["category"] == "review" && e["op"] == "fetch")
+        .collect();
+    let last_two = &reviews[reviews.len().saturating_sub(2)..];
+    assert!(
+        last_two.len() == 2
+            && last_two[0]["result"] == "refused"
+            && last_two[0]["findings"]
+                .as_array()
+                .is_some_and(|f| f.len() >= nested.len())
+            && last_two[1]["result"] == "done"
+            && last_two[1]["accepted"] == true,
+        "{label}: {audit}"
+    );
 
     // Ordinary nested files are not flagged.
     inside(

@@ -1,30 +1,13 @@
 //! The API's one error shape, `{error, hint, code, kind}`, and how engine errors map onto it.
 
 use axum::http::{header, HeaderValue, StatusCode};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
 
 use crate::engine::EngineError;
 
-/// The body of every error answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong, with its causes.
-    #[schema(examples("no sandbox named web"))]
-    pub error: String,
-    /// What the user can do about it.
-    #[schema(examples("airlock list shows the sandboxes"))]
-    pub hint: Option<String>,
-    /// The exit code the CLI ends with for this error (README, "Exit codes").
-    #[schema(examples(122))]
-    pub code: i32,
-    /// A short stable name for the kind of error: `bad_request`, `invalid_name`, `bad_spec`,
-    /// `forbidden`, `not_found`, `no_route`, `method_not_allowed`, `timeout`, `exists`,
-    /// `wrong_state`, `conflict`, `too_large`, `backend`, `damaged`, `internal`, `busy`.
-    #[schema(examples("not_found"))]
-    pub kind: String,
-}
+/// The body of every error answer: an action's error, [`ActionError`] (`{error, hint, code,
+/// kind}`; its kinds, with their exit codes and HTTP statuses, in [`crate::action::KINDS`]).
+pub use crate::action::ActionError as ErrorBody;
 
 /// An error answer: HTTP status and [`ErrorBody`] (kept as JSON so callers can index it).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +19,7 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(status: u16, kind: &str, error: String, hint: Option<String>, code: i32) -> Self {
         let body = ErrorBody {
-            error,
+            message: error,
             hint,
             code,
             kind: kind.to_owned(),
@@ -112,18 +95,20 @@ impl ApiError {
 
 impl From<&EngineError> for ApiError {
     fn from(e: &EngineError) -> Self {
-        // The whole cause chain: "cannot start sandbox x: <backend's reason>" already holds
-        // it for backend errors; store errors keep theirs in source().
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !message.contains(&text) {
-                message = format!("{message}: {text}");
-            }
-            source = cause.source();
+        ApiError {
+            status: e.http_status(),
+            body: serde_json::to_value(e.action_error()).unwrap_or(Value::Null),
         }
-        ApiError::new(e.http_status(), e.kind(), message, e.hint(), e.exit_code())
+    }
+}
+
+impl From<ErrorBody> for ApiError {
+    fn from(e: ErrorBody) -> Self {
+        let status = e.http_status();
+        ApiError {
+            status,
+            body: serde_json::to_value(e).unwrap_or(Value::Null),
+        }
     }
 }
 

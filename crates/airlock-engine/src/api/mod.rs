@@ -11,6 +11,7 @@
 //! blocking pool. Only `airlock engine serve` starts a runtime; the CLI's client
 //! ([`crate::client`]) stays blocking and runtime-free.
 
+pub mod child;
 pub mod error;
 pub mod extract;
 pub mod routes;

@@ -72,28 +72,9 @@ pub use crate::action::MAX_GRACE_MS;
 pub struct StopRequest {
     /// How long to wait after asking it to stop before killing it, in milliseconds
     /// (default 10000).
-    #[serde(default, deserialize_with = "whole_number")]
+    #[serde(default, deserialize_with = "crate::action::whole_number")]
     #[schema(examples(10000), maximum = 1_000_000_000_000_u64)]
     pub grace_ms: Option<u64>,
-}
-
-/// A non-negative integer as JSON Schema counts them: `2000.0` is one too.
-fn whole_number<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
-    let Some(number) = Option::<serde_json::Number>::deserialize(de)? else {
-        return Ok(None);
-    };
-    if let Some(n) = number.as_u64() {
-        return Ok(Some(n));
-    }
-    match number.as_f64() {
-        // Exactly representable (below 2^53) and whole.
-        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => {
-            Ok(Some(f as u64))
-        }
-        _ => Err(serde::de::Error::custom(format!(
-            "expected a non-negative integer, not {number}"
-        ))),
-    }
 }
 
 /// `DELETE /v1/sandboxes/{name}`.
@@ -117,7 +98,9 @@ pub struct Removed {
     tags(
         (name = "sandboxes", description = "Named sandboxes and their lifecycle"),
         (name = "engine", description = "The engine itself"),
-        (name = "work", description = "What a clone workspace gives back: diff, fetch, sync"),
+        (name = "work", description = "What a clone workspace gives back: diff, fetch, sync; and deliver"),
+        (name = "agent", description = "Agent mode: prompts and the report journal, streamed"),
+        (name = "files", description = "Files inside a running sandbox: read, write, copy"),
     ),
 )]
 struct ApiDoc;
@@ -154,6 +137,15 @@ fn build() -> (axum::Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(super::work::diff))
         .routes(routes!(super::work::fetch))
         .routes(routes!(super::work::sync))
+        .routes(routes!(super::child::read_file))
+        .routes(routes!(super::child::write_file))
+        .routes(routes!(super::child::copy))
+        .routes(routes!(super::child::deliver))
+        .routes(routes!(super::child::trust))
+        .routes(routes!(super::child::explain))
+        .routes(routes!(super::child::prompt))
+        .routes(routes!(super::child::reports))
+        .routes(routes!(super::child::run))
         .split_for_parts();
     CommonResponses::add_to(&mut doc);
     (router, doc)
@@ -168,18 +160,24 @@ struct Document(Arc<Value>);
 #[utoipa::path(post, operation_id = "execute_action", path = "/v1/actions", tag = "engine",
     request_body = Action,
     responses(
-        (status = 200, description = "The action's result", body = ActionData),
+        (status = 200, description = "The action's result; for the streamed actions (prompt, reports), NDJSON lines as their routes answer",
+            content((ActionData = "application/json"), ([super::child::StreamLine] = "application/x-ndjson"))),
         (status = 400, description = "`bad_request`, `invalid_name` or `bad_spec`", body = ErrorBody),
-        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 403, description = "`refused`: a path leads outside a sandbox's allowed roots", body = ErrorBody),
+        (status = 404, description = "`not_found` or `no_such_path`", body = ErrorBody),
         (status = 409, description = "`exists`, `wrong_state`, `conflict`, `needs_review`, `diverged`, `through_links`, `not_clone`, `no_branch`", body = ErrorBody),
     ))]
 async fn actions(
     State(engine): State<Shared>,
     JsonBody(body): JsonBody<Action>,
-) -> Result<Json<ActionData>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let action =
         body.ok_or_else(|| ApiError::bad_request("expected an action: {\"action\": \"list\"}"))?;
-    act(engine, action).await.map(Json)
+    if action.streams() {
+        return super::child::stream_child(engine, action).await;
+    }
+    act(engine, action).await.map(|d| Json(d).into_response())
 }
 
 /// Is the engine there?
@@ -378,7 +376,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Force {
     }
 }
 
-fn query_flag(query: Option<&str>, key: &str) -> Result<bool, ApiError> {
+pub(crate) fn query_flag(query: Option<&str>, key: &str) -> Result<bool, ApiError> {
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
         if k == key {

@@ -138,6 +138,29 @@ pub fn credential_vars(h: &Harness) -> &'static [&'static str] {
     }
 }
 
+/// How the harness's API key is injected when the user names it without `inject`: the
+/// sandbox holds a placeholder and the egress proxy puts the key into requests to the API
+/// (`docs/design/secrets.md`). OAuth tokens are not injected by default: see there.
+pub fn default_inject(h: &Harness, var: &str) -> Option<crate::config::Inject> {
+    let (host, header, bearer) = match (h, var) {
+        (Harness::Claude, "ANTHROPIC_API_KEY") => ("api.anthropic.com", Some("x-api-key"), false),
+        (Harness::Codex, "OPENAI_API_KEY" | "CODEX_API_KEY") => ("api.openai.com", None, true),
+        (Harness::Gemini, "GEMINI_API_KEY" | "GOOGLE_API_KEY") => (
+            "generativelanguage.googleapis.com",
+            Some("x-goog-api-key"),
+            false,
+        ),
+        _ => return None,
+    };
+    Some(crate::config::Inject {
+        hosts: vec![host.to_string()],
+        header: header.map(str::to_string),
+        bearer,
+        basic: false,
+        query: None,
+    })
+}
+
 /// The short name shown in listings and the runner's hello.
 pub fn harness_name(h: &Harness) -> String {
     match h {
@@ -294,6 +317,23 @@ mod tests {
         assert!(credential_vars(&Harness::Codex).contains(&"OPENAI_API_KEY"));
         assert!(credential_vars(&Harness::Gemini).contains(&"GEMINI_API_KEY"));
         assert!(default_domains(&Harness::Command(vec![])).is_empty());
+        // API keys are injected into their API's requests by default, on a host the adapter
+        // allows; OAuth tokens and other harnesses' keys are not.
+        for (h, var) in [
+            (Harness::Claude, "ANTHROPIC_API_KEY"),
+            (Harness::Codex, "OPENAI_API_KEY"),
+            (Harness::Gemini, "GEMINI_API_KEY"),
+        ] {
+            let i = default_inject(&h, var).unwrap();
+            assert!(i.place().is_ok());
+            assert!(i
+                .hosts
+                .iter()
+                .all(|x| default_domains(&h).contains(&x.as_str())));
+        }
+        assert!(default_inject(&Harness::Claude, "CLAUDE_CODE_OAUTH_TOKEN").is_none());
+        assert!(default_inject(&Harness::Codex, "ANTHROPIC_API_KEY").is_none());
+        assert!(default_inject(&Harness::Command(vec![]), "ANTHROPIC_API_KEY").is_none());
         let (rel, json) = seed_settings(&Harness::Gemini).expect("gemini settings");
         assert_eq!(rel, ".gemini/settings.json");
         let v: serde_json::Value = serde_json::from_str(json).expect("settings are JSON");

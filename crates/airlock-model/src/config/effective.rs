@@ -2,7 +2,7 @@
 
 use super::schema::{
     AgentLayer, Harness, HomeFileLayer, HooksLayer, ImagesLayer, Layer, MountLayer, NetworkLayer,
-    RepoSpec, ResourcesLayer, SandboxLayer, SecretSource, WorkspaceLayer,
+    RepoSpec, ResourcesLayer, SandboxLayer, Secret, WorkspaceLayer,
 };
 use crate::policy::{
     BackendKind, ByteSize, CompatibilityMode, Cpus, HomeFileMode, NetMode, Profile, Seconds,
@@ -34,7 +34,7 @@ pub struct Effective {
     pub mounts: Vec<MountSpec>,
     pub env: BTreeMap<String, String>,
     /// Where each secret comes from; values are never read by the config layer.
-    pub secrets: BTreeMap<String, SecretSource>,
+    pub secrets: BTreeMap<String, Secret>,
     /// Keyed by the path relative to the sandbox user's home.
     pub home_files: BTreeMap<String, HomeFileSpec>,
     pub agent: Option<Harness>,

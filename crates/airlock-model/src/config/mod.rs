@@ -10,7 +10,7 @@
 //!   - `Resolved { effective: Effective, origins: Origins, project_dir: Option<PathBuf>,
 //!     files: Vec<PathBuf> }`.
 //! - [`Layer`] (and `SandboxLayer`, `ResourcesLayer`, `NetworkLayer`, `WorkspaceLayer`,
-//!   `MountLayer`, `HomeFileLayer`, `AgentLayer`, `HooksLayer`, `RepoSpec`, `SecretSource`,
+//!   `MountLayer`, `HomeFileLayer`, `AgentLayer`, `HooksLayer`, `RepoSpec`, `Secret`, `SecretSource`, `Inject`,
 //!   `Harness`): one source's settings, every field optional, `Default` everywhere so the CLI
 //!   can build one from flags: `Layer { sandbox: Some(SandboxLayer { profile: Some(p),
 //!   ..Default::default() }), ..Default::default() }`.
@@ -67,8 +67,8 @@ pub use merge::{
 pub use origin::{join_key, quote_key, Origins, Source};
 pub use plugins::{builtin_plugin, is_plugin_path, BUILTIN_NAMES};
 pub use schema::{
-    AgentLayer, Harness, HomeFileLayer, HooksLayer, ImagesLayer, Layer, MountLayer, NetworkLayer,
-    RepoSpec, ResourcesLayer, SandboxLayer, SecretSource, WorkspaceLayer,
+    AgentLayer, Harness, HomeFileLayer, HooksLayer, ImagesLayer, Inject, Layer, MountLayer,
+    NetworkLayer, RepoSpec, ResourcesLayer, SandboxLayer, Secret, SecretSource, WorkspaceLayer,
 };
 pub use trust::Widening;
 

@@ -76,7 +76,7 @@ pub(crate) fn resolve_layer(layer: &mut Layer, ctx: &PathCtx) -> Result<(), Inva
         )?;
     }
     for (k, s) in layer.secrets.iter_mut().flatten() {
-        if let SecretSource::FromFile(p) = s {
+        if let SecretSource::FromFile(p) = &mut s.source {
             ctx.resolve_at(KeyPath::of(&["secrets"]).key(k).key("from_file"), p)?;
         }
     }

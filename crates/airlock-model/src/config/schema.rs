@@ -30,7 +30,7 @@ pub struct Layer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub secrets: Option<BTreeMap<String, SecretSource>>,
+    pub secrets: Option<BTreeMap<String, Secret>>,
     /// Keyed by the path relative to the sandbox user's home, e.g. `.claude/CLAUDE.md`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub home_files: Option<BTreeMap<String, HomeFileLayer>>,
@@ -137,8 +137,8 @@ pub struct MountLayer {
     pub readonly: Option<bool>,
 }
 
-/// `[secrets] NAME = { from_env = "VAR" } | { from_file = "PATH" }`. Only the source is
-/// recorded; the value is read by whoever injects it, never by the config layer.
+/// Where a secret's value is read from. Only the source is recorded; the value is read by
+/// whoever injects it, never by the config layer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretSource {
@@ -146,34 +146,88 @@ pub enum SecretSource {
     FromFile(PathBuf),
 }
 
+/// `[secrets] NAME = { from_env = "VAR" } | { from_file = "PATH" }`, optionally with
+/// `inject = { hosts = [...], header = "x-api-key" }`: then the sandbox holds a placeholder
+/// and the egress proxy puts the value into requests to those hosts only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Secret {
+    #[serde(flatten)]
+    pub source: SecretSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inject: Option<Inject>,
+}
+
+impl From<SecretSource> for Secret {
+    fn from(source: SecretSource) -> Self {
+        Self {
+            source,
+            inject: None,
+        }
+    }
+}
+
+/// `inject = { hosts = ["api.example.com"], header = "x-api-key" }` — or `bearer = true`
+/// (`Authorization: Bearer`), `basic = true` (the placeholder inside basic auth's
+/// `user:password`), `query = "key"` (a query parameter). Exactly one place.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inject {
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bearer: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub basic: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+impl Inject {
+    /// Where the value goes, in words (`header x-api-key`), or why the table is wrong.
+    pub fn place(&self) -> Result<String, &'static str> {
+        match (&self.header, self.bearer, self.basic, &self.query) {
+            (Some(h), false, false, None) => Ok(format!("header {}", h.to_ascii_lowercase())),
+            (None, true, false, None) => Ok("authorization bearer".into()),
+            (None, false, true, None) => Ok("authorization basic".into()),
+            (None, false, false, Some(q)) => Ok(format!("query parameter {q}")),
+            _ => Err("set exactly one of `header`, `bearer = true`, `basic = true` and `query`"),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SecretTable {
     from_env: Option<String>,
     from_file: Option<PathBuf>,
+    inject: Option<Inject>,
 }
 
-impl<'de> Deserialize<'de> for SecretSource {
+impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = SecretSource;
+            type Value = Secret;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("{ from_env = \"VAR\" } or { from_file = \"PATH\" }")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<SecretSource, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Secret, A::Error> {
                 let t =
                     SecretTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                match (t.from_env, t.from_file) {
-                    (Some(var), None) => Ok(SecretSource::FromEnv(var)),
-                    (None, Some(path)) => Ok(SecretSource::FromFile(path)),
-                    _ => Err(serde::de::Error::custom(
-                        "set exactly one of `from_env` and `from_file`",
-                    )),
-                }
+                let source = match (t.from_env, t.from_file) {
+                    (Some(var), None) => SecretSource::FromEnv(var),
+                    (None, Some(path)) => SecretSource::FromFile(path),
+                    _ => {
+                        return Err(serde::de::Error::custom(
+                            "set exactly one of `from_env` and `from_file`",
+                        ))
+                    }
+                };
+                Ok(Secret {
+                    source,
+                    inject: t.inject,
+                })
             }
         }
         d.deserialize_map(V)

@@ -128,14 +128,18 @@ pub fn widening(without: &Effective, with: &Effective) -> Vec<Widening> {
     }
     for (name, src) in &with.secrets {
         if without.secrets.get(name) != Some(src) {
-            let from = match src {
+            let from = match &src.source {
                 super::SecretSource::FromEnv(v) => format!("your ${v}"),
                 super::SecretSource::FromFile(p) => p.display().to_string(),
             };
-            add(
-                "secrets",
-                format!("gives {name} (from {from}) to the sandbox"),
-            );
+            let what = match &src.inject {
+                None => format!("gives {name} (from {from}) to the sandbox"),
+                Some(i) => format!(
+                    "sends {name} (from {from}) to {} (the sandbox holds a placeholder)",
+                    i.hosts.join(", ")
+                ),
+            };
+            add("secrets", what);
         }
     }
     for (rel, f) in &with.home_files {

@@ -89,9 +89,43 @@ pub(crate) fn validate(layer: &mut Layer) -> Check {
     for (k, s) in layer.secrets.iter().flatten() {
         let at = KeyPath::of(&["secrets"]).key(k);
         env_name(&at, k)?;
-        match s {
+        match &s.source {
             SecretSource::FromEnv(var) => env_name(&at.key("from_env"), var)?,
             SecretSource::FromFile(p) => path(&at.key("from_file"), p)?,
+        }
+        if let Some(inj) = &s.inject {
+            let at = at.key("inject");
+            inj.place().map_err(|m| bad(at.clone(), m))?;
+            if inj.hosts.is_empty() {
+                return Err(bad(at.key("hosts"), "name at least one host"));
+            }
+            for h in &inj.hosts {
+                let ok = !h.is_empty()
+                    && h.len() <= 253
+                    && h.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    })
+                    && h.parse::<std::net::IpAddr>().is_err();
+                if !ok {
+                    return Err(bad(
+                        at.key("hosts"),
+                        "each host is a DNS name (no wildcards, ports or addresses)",
+                    ));
+                }
+            }
+            let token = |v: &str| {
+                !v.is_empty()
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            };
+            if inj.header.as_deref().is_some_and(|h| !token(h)) {
+                return Err(bad(at.key("header"), "not a header name"));
+            }
+            if inj.query.as_deref().is_some_and(|q| !token(q)) {
+                return Err(bad(at.key("query"), "not a query parameter name"));
+            }
         }
     }
     for (k, h) in layer.home_files.iter().flatten() {

@@ -43,7 +43,9 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     }
 
     let rootless = host.uid != 0;
-    let inside = spec.user.uid();
+    // Rootless: the sandbox user (agent, root or an image's own user) is the invoking user;
+    // root-run: the whole sandbox range, so the user is its unprivileged host id there.
+    let (inside, inside_gid) = (spec.user.uid(), spec.user.gid());
     let (uid_map, gid_map) = if rootless {
         (
             vec![IdMap {
@@ -52,7 +54,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
                 count: 1,
             }],
             vec![IdMap {
-                inside,
+                inside: inside_gid,
                 outside: host.gid,
                 count: 1,
             }],
@@ -65,7 +67,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         };
         (vec![m.clone()], vec![m])
     };
-    let owner = (inside, inside);
+    let owner = (inside, inside_gid);
     // Rootless sandboxes map a single uid: every tmpfs must be owned by it.
     let sys_owner = if rootless { owner } else { (0, 0) };
     let home = p(spec.user.home());
@@ -326,7 +328,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         rootless,
         uid_map,
         gid_map,
-        user: (inside, inside),
+        user: owner,
         mounts: m,
         cwd,
         env: with_proxy_env(spec),
@@ -360,6 +362,13 @@ fn with_proxy_env(spec: &RunSpec) -> Vec<(String, String)> {
         for k in ["NO_PROXY", "no_proxy"] {
             if !env.iter().any(|(ek, _)| ek == k) {
                 env.push((k.into(), "localhost,127.0.0.1,::1".into()));
+            }
+        }
+        // Injected secrets: every TLS client inside trusts the interception CA's bundle.
+        if spec.secrets.values().any(|s| s.inject.is_some()) {
+            env.retain(|(k, _)| !super::CA_BUNDLE_VARS.contains(&k.as_str()));
+            for k in super::CA_BUNDLE_VARS {
+                env.push((k.to_string(), super::CA_BUNDLE.into()));
             }
         }
     }
@@ -458,12 +467,36 @@ pub fn merge_id_file(image: Option<&str>, ours: &str) -> String {
 
 pub(super) fn etc_files(spec: &RunSpec, image: Option<&ImageRoot>) -> Vec<MountStep> {
     let u = SandboxUser::AGENT_UID;
+    // An image's own user replaces `agent` where they would clash (same name or id).
+    let image_user = match &spec.user {
+        SandboxUser::Image(iu) => Some(iu),
+        _ => None,
+    };
+    let clash = |id: u32, name: &str| {
+        image_user
+            .is_some_and(|iu| iu.uid == id || iu.gid == id || iu.name.as_deref() == Some(name))
+    };
     let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
-    passwd.push_str(&format!(
-        "agent:x:{u}:{u}:airlock sandbox user:/home/agent:/bin/sh\n"
-    ));
-    passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
-    let group = format!("root:x:0:\ntty:x:5:\nagent:x:{u}:\nnogroup:x:65534:\n");
+    if !clash(u, "agent") {
+        passwd.push_str(&format!(
+            "agent:x:{u}:{u}:airlock sandbox user:/home/agent:/bin/sh\n"
+        ));
+    }
+    if let Some(iu) = image_user.filter(|iu| iu.name.is_some()) {
+        let name = iu.name.as_deref().unwrap_or_default();
+        let (uid, gid, home) = (iu.uid, iu.gid, &iu.home);
+        passwd.push_str(&format!("{name}:x:{uid}:{gid}:image user:{home}:/bin/sh\n"));
+    }
+    if !clash(65534, "nobody") {
+        passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    }
+    let mut group = String::from("root:x:0:\ntty:x:5:\n");
+    if !clash(u, "agent") {
+        group.push_str(&format!("agent:x:{u}:\n"));
+    }
+    if !clash(65534, "nogroup") {
+        group.push_str("nogroup:x:65534:\n");
+    }
     let (passwd, group) = match image {
         Some(img) => (
             merge_id_file(img.passwd.as_deref(), &passwd),

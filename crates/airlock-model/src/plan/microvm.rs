@@ -110,6 +110,10 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if spec.net == NetMode::Open {
         return Err(Refusal::MicrovmUnsupported("--net open"));
     }
+    if !spec.secrets.is_empty() {
+        // The guest job carries no secrets yet: refuse rather than start without them.
+        return Err(Refusal::MicrovmUnsupported("secrets (--secret, [secrets])"));
+    }
     let memory = match spec.resources.memory {
         Some(m) if !spec.defaulted.memory => m.0,
         _ => VM_DEFAULT_MEMORY,
@@ -234,7 +238,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         );
     }
 
-    let user = spec.user;
+    let user = &spec.user;
     let home = user.home().to_string();
     let mut env = spec.env.clone();
     if spec.net == NetMode::Filtered {
@@ -277,7 +281,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             env,
             cwd: s(&cwd),
             uid: user.uid(),
-            gid: user.uid(),
+            gid: user.gid(),
             hostname: spec.hostname.clone(),
             net,
             workspace: has_ws,

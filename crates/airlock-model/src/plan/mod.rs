@@ -360,6 +360,25 @@ pub struct EgressPlan {
 /// The explicit proxy's port inside filtered sandboxes.
 pub const PROXY_PORT: u16 = 3128;
 
+/// Where a sandbox with injected secrets finds the CA bundle that trusts its interception CA
+/// (the system's roots plus the CA; PID 1 writes it on the sandbox's /run).
+pub const CA_BUNDLE: &str = "/run/airlock-tls/ca-bundle.pem";
+
+/// The variables TLS clients read a CA bundle from, set to [`CA_BUNDLE`] in sandboxes with
+/// injected secrets (over any value given: a client trusting another bundle would refuse the
+/// interception): OpenSSL and what builds on it (curl, Python's ssl, Ruby, git), Node,
+/// requests, curl, git, the AWS SDKs, Deno, Codex.
+pub const CA_BUNDLE_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "AWS_CA_BUNDLE",
+    "DENO_CERT",
+    "CODEX_CA_CERTIFICATE",
+];
+
 /// Open mode: the resolver address inside (TEST-NET-2, never routed anywhere); the user-mode
 /// network stack forwards queries to it to the host's resolver.
 pub const OPEN_DNS: &str = "198.51.100.53";

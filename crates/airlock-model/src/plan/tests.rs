@@ -497,6 +497,43 @@ fn filtered_plans_listeners_proxy_env_and_resolver() {
 }
 
 #[test]
+fn injected_secrets_point_every_ca_variable_at_the_bundle() {
+    let mut s = spec();
+    s.net = NetMode::Filtered;
+    s.domains = vec!["api.anthropic.com".into()];
+    s.env
+        .push(("NODE_EXTRA_CA_CERTS".into(), "/mine.pem".into()));
+    let plain = plan(&s, &host(1000)).expect("plan");
+    assert!(plain
+        .env
+        .contains(&("NODE_EXTRA_CA_CERTS".into(), "/mine.pem".into())));
+    assert!(!plain.env.iter().any(|(k, _)| k == "SSL_CERT_FILE"));
+    s.secrets.insert(
+        "K".into(),
+        crate::config::Secret {
+            source: crate::config::SecretSource::FromEnv("K".into()),
+            inject: Some(crate::config::Inject {
+                hosts: vec!["api.anthropic.com".into()],
+                header: Some("x-api-key".into()),
+                bearer: false,
+                basic: false,
+                query: None,
+            }),
+        },
+    );
+    let got = plan(&s, &host(1000)).expect("plan");
+    for v in CA_BUNDLE_VARS {
+        let vals: Vec<&str> = got
+            .env
+            .iter()
+            .filter(|(k, _)| k == v)
+            .map(|(_, x)| x.as_str())
+            .collect();
+        assert_eq!(vals, vec![CA_BUNDLE], "{v}");
+    }
+}
+
+#[test]
 fn persistent_plans_have_no_command_and_a_disk_upper() {
     let mut s = spec();
     s.persistent = true;
@@ -777,6 +814,124 @@ fn an_image_missing_from_the_store_or_on_an_old_kernel_is_refused() {
     assert_eq!(plan(&s, &h), Err(Refusal::ImageNeedsTmpfsXattr));
 }
 
+fn passwd_and_group(s: &RunSpec, img: Option<&ImageRoot>) -> (String, String) {
+    let files = etc_files(s, img);
+    let get = |name: &str| {
+        files
+            .iter()
+            .find_map(|m| match m {
+                MountStep::File {
+                    target, contents, ..
+                } if target == &Path::new("/etc").join(name) => Some(contents.clone()),
+                _ => None,
+            })
+            .expect("file")
+    };
+    (get("passwd"), get("group"))
+}
+
+fn image_user(uid: u32, gid: u32, name: Option<&str>, home: &str) -> SandboxUser {
+    SandboxUser::Image(crate::spec::ImageUser {
+        uid,
+        gid,
+        name: name.map(str::to_string),
+        home: home.into(),
+    })
+}
+
+#[test]
+fn an_images_user_runs_with_its_ids_mapped_like_the_sandbox_user() {
+    let mut s = spec();
+    s.rootfs = RootFs::from_config("busybox:1");
+    s.workspace = WorkspaceMode::Bind;
+    s.user = image_user(1234, 2345, Some("app"), "/home/app");
+
+    // Root-run: the sandbox range (uid 1234 is BASE + 1234, as unprivileged as agent's BASE +
+    // 1000); writable host paths are id-mapped to the project's owner as before.
+    let got = plan(&s, &image_host(0)).expect("plan");
+    let range = IdMap {
+        inside: 0,
+        outside: ROOTFUL_UID_BASE,
+        count: ROOTFUL_UID_COUNT,
+    };
+    assert_eq!(
+        (got.uid_map.clone(), got.gid_map.clone(), got.user),
+        (vec![range.clone()], vec![range], (1234, 2345))
+    );
+    assert!(got.mounts.iter().any(|m| matches!(
+        m,
+        MountStep::BindRw { target, idmap: true, .. } if target == Path::new("/workspace")
+    )));
+    // Its home is a tmpfs it owns; no workspace means it starts there.
+    assert!(got.mounts.contains(&MountStep::Tmpfs {
+        target: p("/home/app"),
+        mode: 0o700,
+        size: tmpfs_sizes(tmpfs_budget(&s.resources)).home,
+        owner: (1234, 2345),
+        noexec: false,
+    }));
+    assert!(got.writable_paths.contains(&p("/home/app")));
+    assert!(!got.writable_paths.contains(&p("/home/agent")));
+
+    // Rootless: exactly one id each way, the invoking user's.
+    let got = plan(&s, &image_host(1001)).expect("plan");
+    assert_eq!(
+        (got.uid_map, got.gid_map, got.user),
+        (
+            vec![IdMap {
+                inside: 1234,
+                outside: 1001,
+                count: 1
+            }],
+            vec![IdMap {
+                inside: 2345,
+                outside: 1001,
+                count: 1
+            }],
+            (1234, 2345)
+        )
+    );
+    assert!(got
+        .mounts
+        .iter()
+        .all(|m| !matches!(m, MountStep::Tmpfs { owner, .. } if *owner != (1234, 2345))));
+}
+
+#[test]
+fn an_images_user_is_in_passwd_and_replaces_agent_only_where_they_clash() {
+    let mut s = spec();
+    s.rootfs = RootFs::from_config("busybox:1");
+    let img = image_host(0).image;
+    // A user of the image's own: its entry (airlock's home), agent kept beside it.
+    s.user = image_user(33, 33, Some("www"), "/var/www");
+    let (passwd, group) = passwd_and_group(&s, img.as_deref());
+    assert_eq!(
+        passwd,
+        "root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:airlock sandbox user:/home/agent:/bin/sh\nwww:x:33:33:image user:/var/www:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    );
+    assert_eq!(
+        group,
+        "root:x:0:\ntty:x:5:\nagent:x:1000:\nnogroup:x:65534:\nwww:x:33:\n"
+    );
+    // The image's uid 1000 (`node`, as in node images): it is node, not agent.
+    s.user = image_user(1000, 1000, Some("node"), "/home/node");
+    let (passwd, group) = passwd_and_group(&s, img.as_deref());
+    assert!(passwd.contains("node:x:1000:1000:image user:/home/node:/bin/sh\n"));
+    assert!(!passwd.contains("agent"), "{passwd}");
+    assert!(!group.contains("agent"), "{group}");
+    // `nobody` (as many images run): once, as the image user.
+    s.user = image_user(65534, 65534, Some("nobody"), "/nonexistent");
+    let (passwd, group) = passwd_and_group(&s, img.as_deref());
+    assert_eq!(passwd.matches(":65534:").count(), 1, "{passwd}");
+    assert!(passwd.contains("nobody:x:65534:65534:image user:/nonexistent:/bin/sh\n"));
+    assert!(!group.contains("nogroup"), "{group}");
+    // A numeric user the image does not list: no entry is made up.
+    s.user = image_user(4321, 4321, None, "/home/4321");
+    let (passwd, _) = passwd_and_group(&s, img.as_deref());
+    assert!(!passwd.contains("4321"), "{passwd}");
+    assert!(passwd.contains("agent:x:1000"), "{passwd}");
+}
+
 fn vm_host() -> HostFacts {
     let mut h = host(0);
     h.offer.backends.push(BackendKind::Microvm);
@@ -998,6 +1153,15 @@ fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
         Err(Refusal::MicrovmUnsupported(_))
     ));
     s.binds.clear();
+    s.secrets.insert(
+        "TOKEN".into(),
+        crate::config::SecretSource::FromEnv("TOKEN".into()).into(),
+    );
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::MicrovmUnsupported(m)) if m.contains("secrets")
+    ));
+    s.secrets.clear();
     s.rootfs = RootFs::from_config("busybox:1.36");
     let mut with_images = vm_host();
     with_images.offer.images = true;

@@ -37,6 +37,9 @@ pub struct ChildArgs<'a> {
     pub envp: Vec<CString>,
     /// Written to /run/secrets/NAME (0400, the sandbox user's) before privileges are dropped.
     pub secrets: &'a [(String, String)],
+    /// Injected secrets: the CA bundle to write at [`airlock_model::plan::CA_BUNDLE`] (the system's roots plus the
+    /// sandbox's interception CA).
+    pub ca_bundle: Option<&'a [u8]>,
     /// Descriptors of the parent that must not survive in the child.
     pub parent_only: Vec<RawFd>,
 }
@@ -90,6 +93,13 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
         }
     };
     tryc!(ef, write_secrets(plan, a.secrets), "write /run/secrets");
+    if let Some(b) = a.ca_bundle {
+        tryc!(
+            ef,
+            write_ca_bundle(b),
+            format!("write {}", airlock_model::plan::CA_BUNDLE)
+        );
+    }
     tryc!(ef, nix::unistd::sethostname(&plan.hostname), "sethostname");
     tryc!(ef, sys::loopback_up(), "bring up loopback");
     if plan.net == airlock_model::policy::NetMode::Open {
@@ -476,6 +486,21 @@ fn others_alive() -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+/// The CA bundle on the sandbox's /run tmpfs: root's (inside), readable by everyone.
+fn write_ca_bundle(bundle: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = Path::new(airlock_model::plan::CA_BUNDLE);
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new().mode(0o555).create(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, bundle)
 }
 
 /// /run/secrets/NAME files on the sandbox's /run tmpfs, readable by the sandbox user only.

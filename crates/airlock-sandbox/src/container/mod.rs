@@ -232,13 +232,19 @@ fn egress_ctx(
         if ev.decision != Verdict::Deny {
             return;
         }
-        let key = (ev.host.clone(), ev.dst.clone());
+        // Intercepted connections are told per reason (a leak, fronting, a refused
+        // certificate are different stories about the same host).
+        let key = (
+            ev.host.clone(),
+            ev.dst.clone(),
+            ev.intercepted.then(|| ev.reason.clone()).flatten(),
+        );
         let first = said
             .lock()
             .map(|mut s| {
                 if s.len() < MAX_SAID {
                     s.insert(key)
-                } else if s.len() == MAX_SAID && s.insert((None, None)) {
+                } else if s.len() == MAX_SAID && s.insert((None, None, None)) {
                     eprintln!("airlock: more connections blocked; no longer listed here (see the network journal)");
                     false
                 } else {
@@ -259,11 +265,31 @@ fn egress_ctx(
             }
         }
     });
-    Ok(airlock_egress::proxy::Ctx::new(
-        policy,
-        Arc::new(resolver),
-        journal,
-    ))
+    let mut ctx = airlock_egress::proxy::Ctx::new(policy, Arc::new(resolver), journal);
+    ctx.intercept = opts.intercept.clone();
+    Ok(ctx)
+}
+
+/// The host's CA bundles, in the order distributions keep them.
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's roots (the first bundle found on the host) followed by the sandbox's CA.
+fn ca_bundle(ca_pem: &str) -> Vec<u8> {
+    let mut out = SYSTEM_BUNDLES
+        .iter()
+        .find_map(|p| fs::read(p).ok())
+        .unwrap_or_default();
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"# airlock: this sandbox's secret injection CA\n");
+    out.extend_from_slice(ca_pem.as_bytes());
+    out
 }
 
 /// Options of one run that are about the host side, not the sandbox's policy.
@@ -279,6 +305,9 @@ pub struct RunOptions<'a> {
     /// Secrets (name, value): given to the command as environment variables and as 0400 files
     /// in /run/secrets. Held in memory only; never part of the plan.
     pub secrets: &'a [(String, String)],
+    /// Secrets bound to hosts (their placeholders are what `secrets` holds for them): the
+    /// egress proxy ends TLS to those hosts with this CA, which the sandbox is made to trust.
+    pub intercept: Option<Arc<airlock_egress::intercept::Interceptor>>,
     /// A persistent sandbox's folder: its disk layers live (and stay) there, and the host pid
     /// of PID 1 is published there for exec while it runs.
     pub persist: Option<&'a Path>,
@@ -463,6 +492,9 @@ fn run_in(
     crate::phase("prepared");
     let filters = seccomp::programs()?;
     let argv = cstrings(plan.argv.iter().cloned())?;
+    // Injected secrets: the sandbox trusts its interception CA through a bundle of the
+    // system's roots and it (the plan's environment names it: plan::CA_BUNDLE_VARS).
+    let ca_bundle = opts.intercept.as_ref().map(|i| ca_bundle(i.ca_pem()));
     let env = plan
         .env
         .iter()
@@ -527,6 +559,7 @@ fn run_in(
             argv,
             envp,
             secrets: opts.secrets,
+            ca_bundle: ca_bundle.as_deref(),
             parent_only,
         });
     }

@@ -53,6 +53,7 @@ fn opts<'a>(state: &'a Path, layout: &'a Layout, facts: &'a HostFacts) -> RunOpt
         facts,
         net_journal: None,
         secrets: &[],
+        intercept: None,
         persist: None,
         instance_id: None,
         on_egress: None,

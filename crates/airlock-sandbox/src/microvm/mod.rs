@@ -247,6 +247,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         let inner = RunOptions {
             on_ready: Some(&start_relay),
             on_egress: opts.on_egress.clone(),
+            intercept: opts.intercept.clone(),
             // The guest holds a named sandbox's state; QEMU's container is a run's.
             persist: None,
             ..*opts

@@ -73,6 +73,30 @@ pub fn prompt(a: &PromptArgs) -> CliResult<i32> {
 /// the command returns once the turn is journaled as completed, so a `reports` right after
 /// sees the whole turn.
 pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<i32> {
+    let mut out = std::io::stdout().lock();
+    let (turn, code) = prompt_with(name, text, wait, &mut |raw, e| {
+        if json {
+            crate::out::check(writeln!(out, "{raw}"));
+        } else if let Some(l) = journal::render(e) {
+            crate::out::check(writeln!(out, "{l}"));
+        }
+        crate::out::check(out.flush());
+    })?;
+    if !wait {
+        outln!("turn {turn}");
+    }
+    Ok(code)
+}
+
+/// Send a prompt; with `wait`, give each of the turn's journal lines (raw and parsed) to `sink`
+/// until the turn ends. The turn's id and the exit code (0 done, 3 blocked, 4 unreported; 0
+/// without `wait`).
+pub fn prompt_with(
+    name: &str,
+    text: &str,
+    wait: bool,
+    sink: &mut dyn FnMut(&str, &airlock_model::agent::protocol::JournalEntry),
+) -> CliResult<(u64, i32)> {
     let dir = super::named::existing_dir(name)?;
     if harness_of(&dir).is_none() {
         return Err(not_agent(name));
@@ -98,11 +122,9 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
         .hint(format!("airlock logs {name}")));
     };
     if !wait {
-        outln!("turn {turn}");
-        return Ok(0);
+        return Ok((turn, 0));
     }
     let mut f = Follower::from_offset(&reports, offset);
-    let mut out = std::io::stdout().lock();
     let mut ended: Option<i32> = None;
     loop {
         for (raw, e) in f.poll() {
@@ -117,12 +139,7 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
             if !mine {
                 continue;
             }
-            if json {
-                crate::out::check(writeln!(out, "{raw}"));
-            } else if let Some(l) = journal::render(&e) {
-                crate::out::check(writeln!(out, "{l}"));
-            }
-            crate::out::check(out.flush());
+            sink(&raw, &e);
             let code = match journal::ends_turn(&e, turn) {
                 Some(TurnEnd::Done) => Some(0),
                 Some(TurnEnd::Blocked) => Some(exit::AGENT_BLOCKED),
@@ -131,12 +148,12 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
             };
             ended = ended.or(code);
             if journal::completes_turn(&e, turn) {
-                return Ok(ended.unwrap_or(exit::AGENT_UNREPORTED));
+                return Ok((turn, ended.unwrap_or(exit::AGENT_UNREPORTED)));
             }
         }
         if !running(name, &dir) {
             if let Some(code) = ended {
-                return Ok(code);
+                return Ok((turn, code));
             }
             return Err(CliError::new(
                 exit::CONFLICT,
@@ -149,19 +166,37 @@ pub fn send_prompt(name: &str, text: &str, wait: bool, json: bool) -> CliResult<
 
 /// `airlock reports NAME [--follow] [--json]`.
 pub fn reports(a: &ReportsArgs) -> CliResult<i32> {
-    let dir = super::named::existing_dir(&a.name)?;
-    let mut f = Follower::from_offset(&dir.join(REPORTS), 0);
     let mut out = std::io::stdout().lock();
-    loop {
-        for (raw, e) in f.poll() {
+    reports_with(
+        &a.name,
+        a.follow,
+        &mut |raw, e| {
             if a.json {
                 crate::out::check(writeln!(out, "{raw}"));
-            } else if let Some(l) = e.as_ref().and_then(journal::render) {
+            } else if let Some(l) = e.and_then(journal::render) {
                 crate::out::check(writeln!(out, "{l}"));
             }
+        },
+        &mut || crate::out::check(std::io::stdout().flush()),
+    )
+}
+
+/// The report journal, line by line (raw, and parsed when it parses) to `sink`; with `follow`,
+/// as it grows, for good. `flush` after each batch.
+pub fn reports_with(
+    name: &str,
+    follow: bool,
+    sink: &mut dyn FnMut(&str, Option<&airlock_model::agent::protocol::JournalEntry>),
+    flush: &mut dyn FnMut(),
+) -> CliResult<i32> {
+    let dir = super::named::existing_dir(name)?;
+    let mut f = Follower::from_offset(&dir.join(REPORTS), 0);
+    loop {
+        for (raw, e) in f.poll() {
+            sink(&raw, e.as_ref());
         }
-        crate::out::check(out.flush());
-        if !a.follow {
+        flush();
+        if !follow {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(200));

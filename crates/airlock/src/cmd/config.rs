@@ -247,7 +247,7 @@ mod tests {
             secrets: Some(
                 [(
                     "TOKEN".to_string(),
-                    SecretSource::FromEnv("HOST_TOKEN".into()),
+                    SecretSource::FromEnv("HOST_TOKEN".into()).into(),
                 )]
                 .into(),
             ),

@@ -33,8 +33,15 @@ fn failed(e: impl std::fmt::Display) -> CliError {
 }
 
 pub fn cp(src: &str, dst: &str) -> CliResult<i32> {
+    let (code, notes) = copy(src, dst)?;
+    print_review(&notes);
+    Ok(code)
+}
+
+/// The copy: the exit code, and for a directory copied out, what it holds to review.
+pub fn copy(src: &str, dst: &str) -> CliResult<(i32, Vec<(PathBuf, String)>)> {
     match (sandbox_side(src), sandbox_side(dst)) {
-        (None, Some((name, path))) => copy_in(Path::new(src), name, path),
+        (None, Some((name, path))) => copy_in(Path::new(src), name, path).map(|c| (c, vec![])),
         (Some((name, path)), None) => copy_out(name, path, Path::new(dst)),
         (Some(_), Some(_)) => Err(usage("both sides name a sandbox: copy through the host")),
         (None, None) => Err(usage("neither side names a sandbox (NAME:/absolute/path)")),
@@ -203,7 +210,7 @@ fn open_host_dest(host: &Path, base: &str) -> CliResult<OwnedFd> {
     }
 }
 
-fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
+fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<(i32, Vec<(PathBuf, String)>)> {
     let base = Path::new(inside)
         .file_name()
         .map(|b| b.to_string_lossy().into_owned())
@@ -286,10 +293,14 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
     match copied {
         Ok(tree) => {
             let st = child.wait().map_err(failed)?;
-            if let Some(t) = tree {
-                review_copy(&t);
-            }
-            Ok(st.code().unwrap_or(exit::SANDBOX_FAILED))
+            let notes = match tree {
+                Some(t) => review_copy(&t)
+                    .into_iter()
+                    .map(|n| (t.clone(), n))
+                    .collect(),
+                None => vec![],
+            };
+            Ok((st.code().unwrap_or(exit::SANDBOX_FAILED), notes))
         }
         Err(e) => Err(guest_error(name, inside, Some(e), child)),
     }
@@ -297,8 +308,8 @@ fn copy_out(name: &str, inside: &str, host: &Path) -> CliResult<i32> {
 
 /// What a copied-out tree brings that the host would obey or follow: set-id bits (cleared),
 /// symlinks leaving the copy, git control directories and tool configuration (listed, so the
-/// user reviews them before running git or tools there).
-fn review_copy(top: &Path) {
+/// user reviews them before running git or tools there). Sorted.
+fn review_copy(top: &Path) -> Vec<String> {
     use airlock_work::gate::{config_kind, shown, symlink_escapes};
     use std::os::unix::fs::PermissionsExt;
     let mut notes = Vec::new();
@@ -348,18 +359,24 @@ fn review_copy(top: &Path) {
             }
         }
     }
-    if !notes.is_empty() {
-        notes.sort();
-        errln!(
-            "airlock: the copy in {} holds what tools obey or follow; review before running them there:",
-            top.display()
-        );
-        for n in notes.iter().take(50) {
-            errln!("  {n}");
-        }
-        if notes.len() > 50 {
-            errln!("  … and {} more", notes.len() - 50);
-        }
+    notes.sort();
+    notes
+}
+
+/// The review notes of a copy, on stderr.
+fn print_review(notes: &[(PathBuf, String)]) {
+    let Some((top, _)) = notes.first() else {
+        return;
+    };
+    errln!(
+        "airlock: the copy in {} holds what tools obey or follow; review before running them there:",
+        top.display()
+    );
+    for (_, n) in notes.iter().take(50) {
+        errln!("  {n}");
+    }
+    if notes.len() > 50 {
+        errln!("  … and {} more", notes.len() - 50);
     }
 }
 

@@ -3,7 +3,7 @@
 //! (naming each) instead of dropping them silently. Pure: specs in, descriptions out.
 
 use crate::cli::PolicyArgs;
-use airlock_model::config::{Harness, SecretSource};
+use airlock_model::config::{Harness, Secret, SecretSource};
 use airlock_model::spec::RunSpec;
 use std::fmt::Display;
 
@@ -111,10 +111,20 @@ pub fn drift(
             differs(format!("-e {k}"), has.into());
         }
     }
-    let source = |s: Option<&SecretSource>| match s {
-        Some(SecretSource::FromEnv(v)) => format!("env:{v}"),
-        Some(SecretSource::FromFile(f)) => format!("file:{}", f.display()),
-        None => "none".into(),
+    let source = |s: Option<&Secret>| {
+        let from = match s.map(|s| &s.source) {
+            Some(SecretSource::FromEnv(v)) => format!("env:{v}"),
+            Some(SecretSource::FromFile(f)) => format!("file:{}", f.display()),
+            None => return "none".into(),
+        };
+        match s.and_then(|s| s.inject.as_ref()) {
+            Some(i) => format!(
+                "{from};hosts={};{}",
+                i.hosts.join(","),
+                i.place().unwrap_or_default()
+            ),
+            None => from,
+        }
     };
     for spec in &p.secret {
         let name = spec.split_once('=').map_or(spec.as_str(), |(n, _)| n);
@@ -141,7 +151,7 @@ pub fn drift(
     if p.user.is_some() && asked.user != recorded.user {
         differs(
             format!("--user {}", asked.user.name()),
-            recorded.user.name().into(),
+            recorded.user.name(),
         );
     }
     if p.hostname.is_some() && asked.hostname != recorded.hostname {

@@ -9,7 +9,7 @@ use airlock_image::store::StoreError;
 use airlock_image::{Client, ImageError, ImageRecord, Reference, RegistryConfig, Store};
 use airlock_model::config::Effective;
 use airlock_model::plan::ImageRoot;
-use airlock_model::spec::RootFs;
+use airlock_model::spec::{ImageUser, RootFs};
 use airlock_model::{exit, runtime};
 use airlock_sandbox::container::rundir;
 use std::io::IsTerminal;
@@ -359,23 +359,33 @@ pub fn root_facts(rootfs: &RootFs) -> CliResult<Option<Box<ImageRoot>>> {
     };
     let _ = store.touch(&rec);
     let layers = store.layer_dirs(&rec);
-    // /etc/passwd and /etc/group as the image shows them: the topmost layer that has them.
-    let read = |name: &str| {
-        layers.iter().find_map(|l| {
-            let p = l.join("etc").join(name);
-            let m = std::fs::symlink_metadata(&p).ok()?;
-            if !m.is_file() || m.len() > 1 << 20 {
-                return None;
-            }
-            std::fs::read_to_string(p).ok()
-        })
-    };
+    // /etc/passwd and /etc/group as the image shows them (never through a symlink).
+    let read = |name: &str| airlock_image::user::read_file(&layers, &["etc", name]);
     Ok(Some(Box::new(ImageRoot {
         reference: format!("{}@{}", strip_digest(&rec.reference), rec.manifest),
         passwd: read("passwd"),
         group: read("group"),
         layers,
     })))
+}
+
+/// Who runs in an image by default: its `User` resolved through its own /etc/passwd and
+/// /etc/group (None: empty or root, so the unprivileged `agent`).
+pub fn image_user(rec: &ImageRecord) -> CliResult<Option<ImageUser>> {
+    let Some(user) = rec.config.user.as_deref() else {
+        return Ok(None);
+    };
+    let layers = store().layer_dirs(rec);
+    let read = |name: &str| airlock_image::user::read_file(&layers, &["etc", name]);
+    airlock_image::user::resolve(user, read("passwd").as_deref(), read("group").as_deref()).map_err(
+        |e| {
+            CliError::new(
+                exit::IMAGE_FAILED,
+                anyhow::anyhow!("image {}: {e}", rec.reference),
+            )
+            .hint("pass --user agent (or --user root) to run as airlock's own user instead")
+        },
+    )
 }
 
 fn strip_digest(r: &str) -> &str {

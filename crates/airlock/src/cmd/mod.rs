@@ -1,5 +1,6 @@
 //! Command implementations, one module per subcommand.
 
+mod action;
 mod agent;
 mod config;
 mod cp;
@@ -15,6 +16,7 @@ mod mounts;
 pub(crate) mod named;
 pub(crate) mod run;
 pub(crate) mod sandbox;
+pub(crate) mod secrets;
 mod setup;
 mod supervise;
 pub(crate) mod trust;
@@ -38,6 +40,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Start(a) => sandbox::start(&a.name),
         Command::Up(a) => sandbox::up(*a, cli.config.as_deref(), cli.no_user_config),
         Command::Logs(a) => sandbox::logs(&a),
+        Command::Audit(a) => sandbox::audit(&a),
         Command::Stop(a) => sandbox::stop(&a),
         Command::Rm(a) => sandbox::rm(&a),
         Command::List(a) => sandbox::list(a.json),
@@ -52,6 +55,8 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Reports(a) => agent::reports(&a),
         Command::Attach(a) => agent::attach(&a),
         Command::Cp(a) => cp::cp(&a.src, &a.dst),
+        Command::Action => action::main(),
+        Command::RunJson => action::run_main(),
         Command::Mount(a) => mounts::mount(&a),
         Command::Unmount(a) => mounts::unmount(&a),
         // `airlock mcp server` is `airlock mcp` (the spelling other tools use).

@@ -209,6 +209,11 @@ pub fn mount(a: &MountArgs) -> CliResult<i32> {
         writable: a.rw,
     });
     record(&dir, &spec)?;
+    airlock_engine::audit::record(
+        &dir,
+        "policy",
+        serde_json::json!({"op": "mount", "source": source, "target": target, "writable": a.rw}),
+    );
     outln!(
         "mounted {} at {} in {} ({})",
         source.display(),
@@ -249,6 +254,11 @@ pub fn unmount(a: &UnmountArgs) -> CliResult<i32> {
     )?;
     spec.binds.remove(i);
     record(&dir, &spec)?;
+    airlock_engine::audit::record(
+        &dir,
+        "policy",
+        serde_json::json!({"op": "unmount", "target": target}),
+    );
     outln!("unmounted {} from {}", target.display(), a.name);
     Ok(0)
 }

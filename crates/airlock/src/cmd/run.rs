@@ -203,20 +203,8 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
     }
     let mut secrets = std::collections::BTreeMap::new();
     for spec in &p.secret {
-        let bad = || {
-            CliError::usage(format!(
-                "--secret {spec}: expected NAME=env:VAR or NAME=file:PATH"
-            ))
-        };
-        let (name, source) = spec.split_once('=').ok_or_else(bad)?;
-        let source = match source.split_once(':') {
-            Some(("env", var)) if !var.is_empty() => config::SecretSource::FromEnv(var.to_string()),
-            Some(("file", path)) if !path.is_empty() => {
-                config::SecretSource::FromFile(PathBuf::from(path))
-            }
-            _ => return Err(bad()),
-        };
-        secrets.insert(name.to_string(), source);
+        let (name, secret) = super::secrets::parse_flag(spec)?;
+        secrets.insert(name, secret);
     }
     if !secrets.is_empty() {
         l.secrets = Some(secrets);
@@ -280,7 +268,7 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 fn build_env(
     eff_env: &std::collections::BTreeMap<String, String>,
     profile: Profile,
-    user: SandboxUser,
+    user: &SandboxUser,
     tty: bool,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
@@ -304,8 +292,8 @@ fn build_env(
     }
     set("PATH", SANDBOX_PATH.into());
     set("HOME", user.home().into());
-    set("USER", user.name().into());
-    set("LOGNAME", user.name().into());
+    set("USER", user.name());
+    set("LOGNAME", user.name());
     set("SHELL", "/bin/sh".into());
     if tty && std::env::var_os("TERM").is_none() {
         set("TERM", "xterm-256color".into());
@@ -416,7 +404,7 @@ pub fn build(
             .hint("run from the repository, or use --workspace overlay"));
         }
     }
-    let user = match &a.policy.user {
+    let mut user = match &a.policy.user {
         Some(u) => parse::<SandboxUser>("user", u)?,
         None => SandboxUser::Agent,
     };
@@ -505,7 +493,13 @@ pub fn build(
     }
     let (rootfs, image) =
         crate::cmd::image::resolve_for_spec(eff, &eff.sandbox.image, &a.cmd, &project_dir)?;
-    let mut env = build_env(&eff.env, profile, user, a.tty);
+    // An image's non-root `User` runs unless --user says who.
+    if let (None, Some(rec)) = (&a.policy.user, &image) {
+        if let Some(iu) = crate::cmd::image::image_user(rec)? {
+            user = SandboxUser::Image(iu);
+        }
+    }
+    let mut env = build_env(&eff.env, profile, &user, a.tty);
     let mut workdir = workdir;
     if let Some(rec) = &image {
         apply_image_config(&mut env, &mut workdir, rec, &eff.env, workspace);
@@ -711,6 +705,8 @@ pub fn launch(
         Some(s) => s.clone(),
         None => resolve_secrets(&spec.secrets)?,
     };
+    // Injected secrets: the sandbox gets placeholders, the egress proxy the values.
+    let (secrets, intercept) = super::secrets::bind(spec, secrets)?;
     let backend = AnyBackend::for_kind(spec.backend)
         .ok_or(plan::Refusal::BackendUnavailable(spec.backend))?;
     let mut facts = backend.check(&spec.project_dir, &layout);
@@ -733,6 +729,7 @@ pub fn launch(
         facts: &facts,
         net_journal: net_log,
         secrets: &secrets,
+        intercept,
         persist,
         instance_id: b.instance_id.as_deref(),
         on_egress: hooks.on_egress.clone(),
@@ -795,11 +792,11 @@ pub fn launch(
 /// Read every secret from its source, in memory only. Errors name the secret and its source,
 /// never a value.
 pub fn resolve_secrets(
-    sources: &std::collections::BTreeMap<String, config::SecretSource>,
+    sources: &std::collections::BTreeMap<String, config::Secret>,
 ) -> CliResult<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (name, source) in sources {
-        let value = match source {
+        let value = match &source.source {
             config::SecretSource::FromEnv(var) => std::env::var(var).map_err(|_| {
                 CliError::usage(format!("secret {name}: the host variable {var} is not set")).hint(
                     format!("export {var}=… before running, or change where {name} comes from"),

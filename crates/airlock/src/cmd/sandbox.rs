@@ -9,7 +9,7 @@ use airlock_engine::client::Client;
 use airlock_engine::supervisor as backend;
 use airlock_engine::Status as SandboxStatus;
 use airlock_model::exit;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub fn up(a: UpArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
     let name = match a.name.clone() {
@@ -126,6 +126,70 @@ fn refuse_changes(
     )))
 }
 
+/// `airlock audit [NAME] [--follow] [--json]`: the merged journal of one sandbox, or of all.
+pub fn audit(a: &crate::cli::AuditArgs) -> CliResult<i32> {
+    use std::io::Write;
+    let dirs: Vec<(String, PathBuf)> = match &a.name {
+        Some(n) => vec![(n.clone(), existing_dir(n)?)],
+        None => {
+            let root = sandbox_dir("x")
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(&root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let mut events: Vec<serde_json::Value> = Vec::new();
+        for (name, dir) in &dirs {
+            for mut e in airlock_engine::audit::read(dir) {
+                if a.name.is_none() {
+                    e["sandbox"] = name.clone().into();
+                }
+                events.push(e);
+            }
+        }
+        events.sort_by(|x, y| {
+            let t = |v: &serde_json::Value| v["time"].as_str().unwrap_or_default().to_string();
+            t(x).cmp(&t(y))
+        });
+        let mut out = std::io::stdout().lock();
+        for e in events {
+            let line = e.to_string();
+            if !seen.insert(line.clone()) {
+                continue;
+            }
+            let text = if a.json {
+                line
+            } else if a.name.is_none() {
+                format!(
+                    "{}  {}",
+                    e["sandbox"].as_str().unwrap_or_default(),
+                    airlock_engine::audit::human(&e)
+                )
+            } else {
+                airlock_engine::audit::human(&e)
+            };
+            crate::out::bytes(&mut out, format!("{text}\n").as_bytes());
+        }
+        if !a.follow {
+            return Ok(0);
+        }
+        crate::out::check(out.flush());
+        drop(out);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 pub fn logs(a: &LogsArgs) -> CliResult<i32> {
     use std::io::{Read, Seek, Write};
     let dir = existing_dir(&a.name)?;
@@ -230,6 +294,13 @@ pub fn create(a: CreateArgs, global_config: Option<&Path>, no_user_config: bool)
         if built.spec.ports.is_empty() {
             built.spec.ports.push(443);
         }
+        // Its API key is injected, not handed over (unless the user said how).
+        for (name, secret) in built.spec.secrets.iter_mut() {
+            if secret.inject.is_none() && built.spec.net == airlock_model::policy::NetMode::Filtered
+            {
+                secret.inject = airlock_model::agent::adapter::default_inject(h, name);
+            }
+        }
     }
     let rec = create_record(&client()?, &a.name, &built)?;
     outln!("{}", rec.name);
@@ -246,6 +317,7 @@ fn create_record(
     built: &crate::cmd::run::Built,
 ) -> CliResult<airlock_engine::store::Record> {
     drop(crate::cmd::run::resolve_secrets(&built.spec.secrets)?);
+    crate::cmd::secrets::check(&built.spec)?;
     if built.spec.require_limits {
         check_limits(name, &built.spec)?;
     }

@@ -2,6 +2,7 @@
 //! `airlock_work::trust`).
 
 use crate::error::{CliError, CliResult};
+use airlock_engine::action::{TrustOp, TrustReport};
 use airlock_model::config::{ProjectConfig, Widening};
 use airlock_model::exit;
 use std::path::{Path, PathBuf};
@@ -50,7 +51,37 @@ pub fn trust_cmd(dir: Option<&Path>, revoke: bool, json: bool) -> CliResult<i32>
             .map_err(|e| CliError::usage(format!("{}: {e}", d.display())))?,
         None => std::env::current_dir().map_err(|e| CliError::new(exit::USAGE, e))?,
     };
-    let resolved = airlock_model::config::load(&airlock_model::config::LoadOptions::new(&start))?;
+    let op = if revoke {
+        TrustOp::Revoke
+    } else {
+        TrustOp::Allow
+    };
+    let (p, report) = trust(&start, op)?;
+    if json {
+        let v = serde_json::json!({
+            "file": p.file, "files": p.files, "trusted": report.trusted,
+            "sha256": report.sha256, "widening": p.widening,
+        });
+        outln!("{v:#}");
+    } else if revoke {
+        outln!("untrusted {}", p.file.display());
+    } else {
+        outln!(
+            "trusted {} (sha256 {})",
+            p.file.display(),
+            &report.sha256[..16]
+        );
+        for w in &p.widening {
+            outln!("  {:<18} {}", w.key, w.detail);
+        }
+    }
+    Ok(0)
+}
+
+/// The trust action: the project's airlock.toml found upward from `start`, its trust as it
+/// is (`status`) or as `op` makes it.
+pub fn trust(start: &Path, op: TrustOp) -> CliResult<(ProjectConfig, TrustReport)> {
+    let resolved = airlock_model::config::load(&airlock_model::config::LoadOptions::new(start))?;
     let Some(p) = resolved.project else {
         return Err(CliError::usage(format!(
             "no airlock.toml in {} or above it",
@@ -58,6 +89,21 @@ pub fn trust_cmd(dir: Option<&Path>, revoke: bool, json: bool) -> CliResult<i32>
         ))
         .hint("`airlock init` writes one"));
     };
+    let d = airlock_work::trust::digest(&p);
+    let report = |trusted: bool| TrustReport {
+        file: p.file.display().to_string(),
+        trusted,
+        sha256: d.clone(),
+        widening: p
+            .widening
+            .iter()
+            .filter_map(|w| serde_json::to_value(w).ok())
+            .collect(),
+    };
+    if op == TrustOp::Status {
+        let r = report(state(&p) == State::Trusted);
+        return Ok((p, r));
+    }
     let path = store_path();
     let _lock = airlock_work::trust::lock(&path).map_err(|e| {
         CliError::new(
@@ -66,8 +112,7 @@ pub fn trust_cmd(dir: Option<&Path>, revoke: bool, json: bool) -> CliResult<i32>
         )
     })?;
     let mut store = airlock_work::trust::Store::load(&path);
-    let d = airlock_work::trust::digest(&p);
-    if revoke {
+    if op == TrustOp::Revoke {
         store.trusted.remove(&p.file);
     } else {
         store.trusted.insert(p.file.clone(), d.clone());
@@ -78,19 +123,6 @@ pub fn trust_cmd(dir: Option<&Path>, revoke: bool, json: bool) -> CliResult<i32>
             anyhow::anyhow!("write {}: {e}", path.display()),
         )
     })?;
-    if json {
-        let v = serde_json::json!({
-            "file": p.file, "files": p.files, "trusted": !revoke, "sha256": d,
-            "widening": p.widening,
-        });
-        outln!("{v:#}");
-    } else if revoke {
-        outln!("untrusted {}", p.file.display());
-    } else {
-        outln!("trusted {} (sha256 {})", p.file.display(), &d[..16]);
-        for w in &p.widening {
-            outln!("  {:<18} {}", w.key, w.detail);
-        }
-    }
-    Ok(0)
+    let r = report(op == TrustOp::Allow);
+    Ok((p, r))
 }

@@ -130,7 +130,9 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
 
 pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
     let (dir, r) = open(&a.name)?;
-    let f = match ops::fetch(&dir, &r, &a.name, a.accept, a.force) {
+    let got = ops::fetch(&dir, &r, &a.name, a.accept, a.force);
+    airlock_engine::audit::review(&dir, "fetch", a.accept, got.as_ref().map(|f| &f.findings));
+    let f = match got {
         Ok(f) => f,
         // --json: the refusal is the answer, on stdout.
         Err(OpError::NeedsReview {
@@ -188,7 +190,11 @@ pub fn sync(a: &SyncArgs) -> CliResult<i32> {
         artifacts: a.artifacts,
         accept: a.accept,
     };
-    let report = ops::sync(&dir, &r, &a.name, o).map_err(|e| op_error(e, &a.name, a.json))?;
+    let got = ops::sync(&dir, &r, &a.name, o);
+    if !a.dry_run {
+        airlock_engine::audit::review(&dir, "sync", a.accept, got.as_ref().map(|s| &s.findings));
+    }
+    let report = got.map_err(|e| op_error(e, &a.name, a.json))?;
     sync_lines(&report, a.json);
     if a.dry_run {
         if !r.findings.is_empty() {

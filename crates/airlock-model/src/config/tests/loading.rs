@@ -107,6 +107,7 @@ source = "~/datasets"
 target = "/datasets"
 [secrets]
 A = { from_file = "secret.txt" }
+K = { from_env = "HARNESS_KEY", inject = { hosts = ["api.anthropic.com"], header = "x-api-key" } }
 [home_files.".bashrc"]
 source = "dotfiles/bashrc"
 "#,
@@ -150,7 +151,20 @@ source = "dotfiles/bashrc"
     );
     assert_eq!(
         r.effective.secrets["A"],
-        SecretSource::FromFile(proj.join("secret.txt"))
+        SecretSource::FromFile(proj.join("secret.txt")).into()
+    );
+    assert_eq!(
+        r.effective.secrets["K"],
+        crate::config::Secret {
+            source: SecretSource::FromEnv("HARNESS_KEY".into()),
+            inject: Some(crate::config::Inject {
+                hosts: vec!["api.anthropic.com".into()],
+                header: Some("x-api-key".into()),
+                bearer: false,
+                basic: false,
+                query: None,
+            }),
+        }
     );
     assert_eq!(
         r.effective.home_files[".bashrc"].source,
@@ -282,6 +296,23 @@ fn default_limits_follow_the_host_and_yield_to_every_layer() {
     assert_eq!(r.origins["resources.pids"], vec![Source::Project(file)]);
     // Half of the RAM, in whole MiB.
     assert_eq!(default_memory(3 * gib + 12345).0, (3 * gib / 2) >> 20 << 20);
+}
+
+#[test]
+fn a_secret_with_inject_round_trips_through_json() {
+    // spec.json records sources and bindings (never values) and reads them back.
+    let s: crate::config::Secret =
+        toml::from_str("from_env = \"K\"\ninject = { hosts = [\"api.x.com\"], query = \"key\" }\n")
+            .unwrap();
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(
+        json,
+        r#"{"from_env":"K","inject":{"hosts":["api.x.com"],"query":"key"}}"#
+    );
+    let back: crate::config::Secret = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, s);
+    let plain: crate::config::Secret = serde_json::from_str(r#"{"from_file":"/k"}"#).unwrap();
+    assert_eq!(plain, SecretSource::FromFile("/k".into()).into());
 }
 
 #[test]

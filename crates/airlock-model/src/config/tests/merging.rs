@@ -243,7 +243,7 @@ fn home_files_merge_field_by_field() {
 fn a_variable_cannot_be_both_plain_and_secret() {
     let l = Layer {
         env: Some([(s("TOKEN"), s("x"))].into()),
-        secrets: Some([(s("TOKEN"), SecretSource::FromEnv(s("HOST_TOKEN")))].into()),
+        secrets: Some([(s("TOKEN"), SecretSource::FromEnv(s("HOST_TOKEN")).into())].into()),
         ..Default::default()
     };
     let err = merge_layers([(Source::CommandLine, l)]).unwrap_err();
@@ -365,8 +365,11 @@ post_down = ["echo bye"]
         }],
         env: [(s("EDITOR"), s("vi")), (s("RUST_LOG"), s("info"))].into(),
         secrets: [
-            (s("API_KEY"), SecretSource::FromFile(proj.join("keys/api"))),
-            (s("TOKEN"), SecretSource::FromEnv(s("HOST_TOKEN"))),
+            (
+                s("API_KEY"),
+                SecretSource::FromFile(proj.join("keys/api")).into(),
+            ),
+            (s("TOKEN"), SecretSource::FromEnv(s("HOST_TOKEN")).into()),
         ]
         .into(),
         home_files: [(

@@ -1,0 +1,247 @@
+use super::*;
+use crate::http;
+use proptest::prelude::*;
+
+const KEY: &str = "sk-real-KEY-0123456789";
+const TOKEN: &str = "ghp_realtoken";
+
+fn secrets() -> Secrets {
+    Secrets::new(vec![
+        Binding::new(
+            "ANTHROPIC_API_KEY",
+            KEY.into(),
+            &["api.anthropic.com".into()],
+            At::Header("x-api-key".into()),
+        )
+        .unwrap(),
+        Binding::new(
+            "GH_TOKEN",
+            TOKEN.into(),
+            &["api.github.com".into()],
+            At::Bearer,
+        )
+        .unwrap(),
+        Binding::new(
+            "PASS",
+            "hunter2".into(),
+            &["registry.example.org".into()],
+            At::Basic,
+        )
+        .unwrap(),
+        Binding::new(
+            "MAPS",
+            "k/ey+1".into(),
+            &["maps.example.org".into()],
+            At::Query("key".into()),
+        )
+        .unwrap(),
+    ])
+}
+
+fn ph(s: &Secrets, name: &str) -> String {
+    s.bindings()
+        .iter()
+        .find(|b| b.name == name)
+        .unwrap()
+        .placeholder
+        .clone()
+}
+
+fn req(text: &str) -> http::Request {
+    http::parse(text.as_bytes()).unwrap()
+}
+
+fn head(r: &http::Request) -> String {
+    String::from_utf8(r.forward_head()).unwrap()
+}
+
+#[test]
+fn placeholders_are_unique_and_random() {
+    let a = placeholder().unwrap();
+    let b = placeholder().unwrap();
+    assert_ne!(a, b);
+    assert!(a.starts_with("airlock-placeholder-") && a.len() == 20 + 32);
+}
+
+#[test]
+fn header_is_swapped_for_the_bound_host_only_there() {
+    let s = secrets();
+    let p = ph(&s, "ANTHROPIC_API_KEY");
+    let r = req(&format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: api.anthropic.com\r\nx-api-key: {p}\r\nx-other: {p}\r\n\r\n"
+    ));
+    let (out, inj) = s.rewrite(&r, "api.anthropic.com").unwrap();
+    let h = head(&out);
+    assert!(h.contains(&format!("x-api-key: {KEY}\r\n")), "{h}");
+    // Only the configured header gets the value.
+    assert!(h.contains(&format!("x-other: {p}\r\n")), "{h}");
+    assert_eq!(
+        inj,
+        vec![Injected {
+            secret: "ANTHROPIC_API_KEY".into(),
+            at: "header x-api-key".into()
+        }]
+    );
+}
+
+#[test]
+fn bearer_basic_and_query() {
+    let s = secrets();
+    let g = ph(&s, "GH_TOKEN");
+    let r = req(&format!(
+        "GET /user HTTP/1.1\r\nHost: api.github.com\r\nAuthorization: Bearer {g}\r\n\r\n"
+    ));
+    let (out, _) = s.rewrite(&r, "api.github.com").unwrap();
+    assert!(head(&out).contains(&format!("Authorization: Bearer {TOKEN}\r\n")));
+
+    let b = ph(&s, "PASS");
+    let enc = base64::engine::general_purpose::STANDARD.encode(format!("me:{b}"));
+    let r = req(&format!(
+        "GET / HTTP/1.1\r\nHost: registry.example.org\r\nAuthorization: Basic {enc}\r\n\r\n"
+    ));
+    let (out, inj) = s.rewrite(&r, "registry.example.org").unwrap();
+    let want = base64::engine::general_purpose::STANDARD.encode("me:hunter2");
+    assert!(head(&out).contains(&format!("Authorization: Basic {want}\r\n")));
+    assert_eq!(inj.len(), 1);
+
+    let m = ph(&s, "MAPS");
+    let r = req(&format!(
+        "GET /geo?a=1&key={m}&b=2 HTTP/1.1\r\nHost: maps.example.org\r\n\r\n"
+    ));
+    let (out, _) = s.rewrite(&r, "maps.example.org").unwrap();
+    assert!(head(&out).starts_with("GET /geo?a=1&key=k%2Fey%2B1&b=2 HTTP/1.1\r\n"));
+}
+
+#[test]
+fn a_placeholder_for_another_host_is_a_leak_wherever_it_is() {
+    let s = secrets();
+    let p = ph(&s, "ANTHROPIC_API_KEY");
+    for text in [
+        format!("GET /?q={p} HTTP/1.1\r\nHost: api.github.com\r\n\r\n"),
+        format!("GET / HTTP/1.1\r\nHost: api.github.com\r\nx-api-key: {p}\r\n\r\n"),
+        format!("GET / HTTP/1.1\r\nHost: api.github.com\r\nCookie: a=x{p}y\r\n\r\n"),
+        format!(
+            "GET / HTTP/1.1\r\nHost: api.github.com\r\nAuthorization: Basic {}\r\n\r\n",
+            base64::engine::general_purpose::STANDARD.encode(format!("u:{p}"))
+        ),
+    ] {
+        let l = s.rewrite(&req(&text), "api.github.com").unwrap_err();
+        assert_eq!(l.secret, "ANTHROPIC_API_KEY", "{text}");
+        assert_eq!(l.bound, vec!["api.anthropic.com".to_string()]);
+    }
+    // In plain HTTP every placeholder is a leak, even to its own host.
+    let text = format!("GET / HTTP/1.1\r\nHost: api.anthropic.com\r\nx-api-key: {p}\r\n\r\n");
+    assert!(s.check_plain(&req(&text)).is_err());
+}
+
+#[test]
+fn body_scan_finds_a_placeholder_split_across_reads() {
+    let s = secrets();
+    let p = ph(&s, "GH_TOKEN");
+    let body = format!("{{\"x\": \"{p}\"}}");
+    let (a, b) = body.as_bytes().split_at(20);
+    let mut scan = BodyScan::new(&s, Some("api.anthropic.com"));
+    scan.feed(a).unwrap();
+    assert_eq!(scan.feed(b).unwrap_err().secret, "GH_TOKEN");
+    // Its own host may get it in a body (it is not swapped there).
+    let mut scan = BodyScan::new(&s, Some("api.github.com"));
+    scan.feed(a).unwrap();
+    scan.feed(b).unwrap();
+}
+
+#[test]
+fn bad_bindings_are_refused() {
+    let at = || At::Header("x".into());
+    assert!(matches!(
+        Binding::new("A", "v".into(), &[], at()),
+        Err(BindError::NoHosts(_))
+    ));
+    assert!(matches!(
+        Binding::new("A", "v".into(), &["*.x.com".into()], at()),
+        Err(BindError::BadHost { .. })
+    ));
+    assert!(matches!(
+        Binding::new("A", "v\r\nEvil: 1".into(), &["x.com".into()], at()),
+        Err(BindError::BadValue(_))
+    ));
+}
+
+#[test]
+fn debug_never_shows_a_value() {
+    let s = secrets();
+    let d = format!("{s:?}");
+    assert!(
+        !d.contains(KEY) && !d.contains(TOKEN) && !d.contains("hunter2"),
+        "{d}"
+    );
+}
+
+fn hosts() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "api.anthropic.com",
+        "api.github.com",
+        "registry.example.org",
+        "maps.example.org",
+        "evil.example.com",
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Any request head: parsing and rewriting never panic, and whatever is forwarded to a
+    /// host carries no value of a secret not bound to it, nor a placeholder of one.
+    #[test]
+    fn rewrite_never_sends_a_secret_elsewhere(
+        host in hosts(),
+        method in prop::sample::select(vec!["GET", "POST", "PUT", "OPTIONS"]),
+        path in "/[a-zA-Z0-9/?=&%._-]{0,40}",
+        headers in prop::collection::vec(
+            (prop::sample::select(vec!["x-api-key", "Authorization", "Cookie", "X-Other", "Host", "Content-Length", "Transfer-Encoding"]),
+             "[ -~]{0,30}",
+             prop::sample::select(vec![None, Some(0usize), Some(1), Some(2), Some(3)]),
+             prop::sample::select(vec!["", "Bearer ", "Basic "])),
+            0..6),
+        tail in prop::collection::vec(any::<u8>(), 0..64),
+        junk in prop::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let s = secrets();
+        let names = ["ANTHROPIC_API_KEY", "GH_TOKEN", "PASS", "MAPS"];
+        let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n").into_bytes();
+        for (name, value, put, scheme) in &headers {
+            let mut v = value.clone();
+            if let Some(i) = put {
+                let p = ph(&s, names[*i]);
+                v = if *scheme == "Basic " {
+                    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("u:{p}")))
+                } else {
+                    format!("{scheme}{p}")
+                };
+            }
+            text.extend_from_slice(format!("{name}: {v}\r\n").as_bytes());
+        }
+        text.extend_from_slice(b"\r\n");
+        text.extend_from_slice(&tail);
+        // Arbitrary bytes too: the parser and the rewrite must not panic on them.
+        let _ = http::parse(&junk).map(|r| s.rewrite(&r, host));
+        if let Ok(r) = http::parse(&text) {
+            match s.rewrite(&r, host) {
+                Ok((out, inj)) => {
+                    let fwd = out.forward_head();
+                    for b in s.bindings() {
+                        if b.hosts.iter().any(|h| h == host) {
+                            continue;
+                        }
+                        prop_assert!(!contains(&fwd, b.placeholder.as_bytes()));
+                        prop_assert!(!contains(&fwd, b.value.as_bytes()));
+                        prop_assert!(!inj.iter().any(|i| i.secret == b.name));
+                    }
+                }
+                Err(l) => {
+                    let b = s.bindings().iter().find(|b| b.name == l.secret).unwrap();
+                    prop_assert!(!b.hosts.iter().any(|h| h == host));
+                }
+            }
+        }
+    }
+}
