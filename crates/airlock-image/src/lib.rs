@@ -12,7 +12,6 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod store;
-mod sys;
 pub mod unpack;
 pub mod user;
 pub mod zstd;

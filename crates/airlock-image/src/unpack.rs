@@ -16,7 +16,7 @@
 //! owners; otherwise they belong to the unpacking user, which is who rootless sandboxes map.
 
 use airlock_model::plan::{ROOTFUL_UID_BASE, ROOTFUL_UID_COUNT};
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -332,17 +332,17 @@ fn whiteout(path: &Path) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-fn xattr_set(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let n = CString::new(name).map_err(io::Error::other)?;
-    crate::sys::lsetxattr(&p, &n, value)
+pub(crate) fn xattr_set(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty())
+        .map_err(io::Error::from)
 }
 
 /// Read an xattr without following a symlink (tests and `inspect`).
 pub fn xattr_get(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let p = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let n = CString::new(name).ok()?;
-    crate::sys::lgetxattr(&p, &n)
+    let mut buf = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(path, name, &mut buf[..]).ok()?;
+    buf.truncate(n);
+    Some(buf)
 }
 
 #[cfg(test)]

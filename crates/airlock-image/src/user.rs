@@ -269,13 +269,7 @@ mod tests {
         fs::remove_file(top.join("etc")).expect("rm");
         // An opaque /etc in the top layer hides the lower ones' files.
         fs::create_dir_all(top.join("etc")).expect("mkdir");
-        if crate::sys::lsetxattr(
-            &std::ffi::CString::new(top.join("etc").as_os_str().as_encoded_bytes()).expect("cstr"),
-            &std::ffi::CString::new(crate::unpack::OPAQUE_XATTR).expect("cstr"),
-            b"y",
-        )
-        .is_ok()
-        {
+        if crate::unpack::xattr_set(&top.join("etc"), crate::unpack::OPAQUE_XATTR, b"y").is_ok() {
             assert_eq!(read("passwd"), None, "opaque");
         }
         let _ = fs::remove_dir_all(&tmp);
