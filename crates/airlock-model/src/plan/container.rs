@@ -353,17 +353,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
 fn with_proxy_env(spec: &RunSpec) -> Vec<(String, String)> {
     let mut env = spec.env.clone();
     if spec.net == NetMode::Filtered {
-        let url = format!("http://127.0.0.1:{PROXY_PORT}");
-        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            if !env.iter().any(|(ek, _)| ek == k) {
-                env.push((k.into(), url.clone()));
-            }
-        }
-        for k in ["NO_PROXY", "no_proxy"] {
-            if !env.iter().any(|(ek, _)| ek == k) {
-                env.push((k.into(), "localhost,127.0.0.1,::1".into()));
-            }
-        }
+        add_proxy_env(&mut env, "127.0.0.1");
         // Injected secrets: every TLS client inside trusts the interception CA's bundle.
         if spec.secrets.values().any(|s| s.inject.is_some()) {
             env.retain(|(k, _)| !super::CA_BUNDLE_VARS.contains(&k.as_str()));
@@ -373,6 +363,21 @@ fn with_proxy_env(spec: &RunSpec) -> Vec<(String, String)> {
         }
     }
     env
+}
+
+/// The explicit proxy's variables, at `proxy_host`, where the command did not set its own.
+pub(super) fn add_proxy_env(env: &mut Vec<(String, String)>, proxy_host: &str) {
+    let url = format!("http://{proxy_host}:{PROXY_PORT}");
+    for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        if !env.iter().any(|(ek, _)| ek == k) {
+            env.push((k.into(), url.clone()));
+        }
+    }
+    for k in ["NO_PROXY", "no_proxy"] {
+        if !env.iter().any(|(ek, _)| ek == k) {
+            env.push((k.into(), "localhost,127.0.0.1,::1".into()));
+        }
+    }
 }
 
 fn check_target(t: &Path) -> Result<(), Refusal> {

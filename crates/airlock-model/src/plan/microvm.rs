@@ -244,17 +244,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if spec.net == NetMode::Filtered {
         // The explicit proxy is reachable as QEMU's host side (its loopback, in the
         // sandbox's network namespace, where the egress proxy listens).
-        let url = format!("http://{SLIRP_HOST}:{PROXY_PORT}");
-        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            if !env.iter().any(|(ek, _)| ek == k) {
-                env.push((k.into(), url.clone()));
-            }
-        }
-        for k in ["NO_PROXY", "no_proxy"] {
-            if !env.iter().any(|(ek, _)| ek == k) {
-                env.push((k.into(), "localhost,127.0.0.1,::1".into()));
-            }
-        }
+        container::add_proxy_env(&mut env, SLIRP_HOST);
     }
     let files = container::etc_files(spec, None)
         .into_iter()
