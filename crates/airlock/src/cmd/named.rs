@@ -117,6 +117,21 @@ pub fn folder_id(dir: &Path) -> CliResult<String> {
     Ok(id)
 }
 
+/// Undo a start that cannot be completed: remove the sandbox when this command created it,
+/// else stop it; say which (`why` ends the line), or that the undo failed.
+pub(super) fn undo_start(c: &airlock_engine::client::Client, name: &str, created: bool, why: &str) {
+    let undone = if created {
+        c.rm(name, true).map(|()| "removed")
+    } else {
+        c.stop(name, Some(std::time::Duration::from_secs(2)))
+            .map(|_| "stopped")
+    };
+    match undone {
+        Ok(what) => errln!("airlock: {name} {what}: {why}"),
+        Err(u) => errln!("airlock: warning: could not undo the start of {name}: {u}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

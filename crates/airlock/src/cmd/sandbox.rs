@@ -384,16 +384,7 @@ fn harness_or_stop(c: &Client, name: &str, created: bool) -> CliResult<()> {
     let Err(e) = super::agent::check_harness(name) else {
         return Ok(());
     };
-    let undone = if created {
-        c.rm(name, true).map(|()| "removed")
-    } else {
-        c.stop(name, Some(std::time::Duration::from_secs(2)))
-            .map(|_| "stopped")
-    };
-    match undone {
-        Ok(what) => errln!("airlock: {name} {what}: its agent cannot run"),
-        Err(u) => errln!("airlock: warning: could not undo the start of {name}: {u}"),
-    }
+    super::named::undo_start(c, name, created, "its agent cannot run");
     Err(e)
 }
 

@@ -99,16 +99,7 @@ pub fn after_start(c: &Client, name: &str, created: bool) -> CliResult<()> {
     let Err(e) = run_all(name, &dir, &spec.setup) else {
         return Ok(());
     };
-    let undone = if created {
-        c.rm(name, true).map(|()| "removed")
-    } else {
-        c.stop(name, Some(std::time::Duration::from_secs(2)))
-            .map(|_| "stopped")
-    };
-    match undone {
-        Ok(what) => errln!("airlock: {name} {what}: its setup did not complete"),
-        Err(u) => errln!("airlock: warning: could not undo the start of {name}: {u}"),
-    }
+    super::named::undo_start(c, name, created, "its setup did not complete");
     Err(e)
 }
 
