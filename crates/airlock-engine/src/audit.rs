@@ -159,12 +159,35 @@ pub fn human(e: &Value) -> String {
         }
         _ => e.to_string(),
     };
-    format!("{}  {:<9}  {what}", s("time"), s("category"))
+    // Paths in review findings, hosts and reasons are the sandbox's choice: no escape sequence
+    // or forged line reaches the user's terminal.
+    let line = format!("{}  {:<9}  {what}", s("time"), s("category"));
+    airlock_work::gate::shown(&line).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_sandbox_chose_is_shown_without_control_characters() {
+        let e = serde_json::json!({
+            "time": "2026-12-06T10:00:00Z", "category": "review", "op": "fetch",
+            "result": "refused",
+            "findings": [{"kind": "hook", "path": "a\u{1b}]0;pwned\u{7}\nforged line"}],
+        });
+        let line = human(&e);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains("a\\x1b]0;pwned\\x07\\x0aforged line"),
+            "{line:?}"
+        );
+        let e = serde_json::json!({
+            "time": "t", "category": "egress", "decision": "deny", "kind": "tls",
+            "host": "x\u{1b}[2J", "port": 443,
+        });
+        assert!(!human(&e).contains('\u{1b}'));
+    }
 
     #[test]
     fn merges_both_files_in_time_order_and_rotates() {
