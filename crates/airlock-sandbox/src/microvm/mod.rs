@@ -54,6 +54,7 @@ pub fn prepare() -> Result<VmFacts, String> {
     let initrd = artifacts::initrd(&dir, guest_binary(), &k)?;
     let rootfs = artifacts::host_rootfs(&dir)?;
     let accel = accel(&qemu, &dir, &vmlinux, &initrd);
+    let tsc_khz = tsc_khz(&dir);
     Ok(VmFacts {
         qemu,
         cache_dir: dir,
@@ -62,7 +63,47 @@ pub fn prepare() -> Result<VmFacts, String> {
         rootfs,
         kernel_release: k.release,
         accel,
+        tsc_khz,
     })
+}
+
+/// The host's TSC frequency in kHz (rounded to the MHz): QEMU gives the guest the host's TSC,
+/// under TCG as under KVM. Measured against CLOCK_MONOTONIC_RAW over a few milliseconds once
+/// per host boot (cached in the cache directory under the boot id).
+pub fn tsc_khz(dir: &Path) -> Option<u64> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let cache = dir.join(format!("tsc-{}", artifacts::key(&[boot.trim().as_bytes()])));
+    if let Some(khz) = std::fs::read_to_string(&cache)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return Some(khz);
+    }
+    let khz = measure_tsc_khz()?;
+    let _ = std::fs::write(&cache, khz.to_string());
+    Some(khz)
+}
+
+fn measure_tsc_khz() -> Option<u64> {
+    let constant = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == "constant_tsc"));
+    if !constant {
+        return None;
+    }
+    // The middle of three short windows (one the scheduler interrupted reads high or low).
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let (t0, c0) = (Instant::now(), crate::sys::rdtsc()?);
+        std::thread::sleep(Duration::from_millis(4));
+        let (c1, ns) = (crate::sys::rdtsc()?, t0.elapsed().as_nanos());
+        rates.push(c1.checked_sub(c0)? as f64 * 1e6 / ns.max(1) as f64);
+    }
+    rates.sort_by(f64::total_cmp);
+    let khz = rates[1];
+    (khz > 100_000.0).then(|| ((khz / 1000.0).round() as u64) * 1000)
 }
 
 /// Whether /dev/kvm can run our guest: not kvm_pvm (it hangs stock guest kernels), openable,
@@ -217,6 +258,13 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         },
     );
     qemu.writable_paths.push(PathBuf::from(VM_RUN_DIR));
+    if std::env::var_os("AIRLOCK_TIMING").is_some() {
+        // The exact command line (bench/microvm.sh starts raw QEMU from it).
+        crate::phase(&format!(
+            "qemu argv {}",
+            serde_json::to_string(&qemu.argv).unwrap_or_default()
+        ));
+    }
 
     // The channel: airlock listens, QEMU connects (as the sandbox's user) once it starts.
     let socket = dir.join(airlock_model::plan::microvm::VM_CHANNEL);
