@@ -132,6 +132,34 @@ fn read_u64(p: &Path) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
+/// What a sandbox's cgroups (one per hierarchy: cgroup v2, or v1's memory, pids, cpuacct)
+/// say it uses now; fields the hierarchies do not have stay None.
+fn usage_of(dirs: &[PathBuf]) -> Usage {
+    let mut s = Usage::default();
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        if let Some(v) = read_u64(&d.join("memory.current"))
+            .or_else(|| read_u64(&d.join("memory.usage_in_bytes")))
+        {
+            s.memory_bytes = Some(v);
+        }
+        if let Some(v) = read_u64(&d.join("pids.current")) {
+            s.pids = Some(v);
+        }
+        if let Some(v) = read_u64(&d.join("cpuacct.usage")) {
+            s.cpu_usec = Some(v / 1000);
+        } else if let Ok(stat) = std::fs::read_to_string(d.join("cpu.stat")) {
+            if let Some(v) = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                s.cpu_usec = Some(v);
+            }
+        }
+    }
+    s
+}
+
 impl Isolation for Container {
     fn check(&self, project_dir: &Path, layout: &Layout) -> HostFacts {
         HostFacts {
@@ -192,32 +220,7 @@ impl Isolation for Container {
     }
 
     fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage> {
-        let mut s = Usage::default();
-        for d in Self::cgroup_dirs(sandbox)
-            .into_iter()
-            .filter(|d| d.is_dir())
-        {
-            if let Some(v) = read_u64(&d.join("memory.current"))
-                .or_else(|| read_u64(&d.join("memory.usage_in_bytes")))
-            {
-                s.memory_bytes = Some(v);
-            }
-            if let Some(v) = read_u64(&d.join("pids.current")) {
-                s.pids = Some(v);
-            }
-            if let Some(v) = read_u64(&d.join("cpuacct.usage")) {
-                s.cpu_usec = Some(v / 1000);
-            } else if let Ok(stat) = std::fs::read_to_string(d.join("cpu.stat")) {
-                if let Some(v) = stat
-                    .lines()
-                    .find_map(|l| l.strip_prefix("usage_usec "))
-                    .and_then(|v| v.trim().parse().ok())
-                {
-                    s.cpu_usec = Some(v);
-                }
-            }
-        }
-        Some(s)
+        Some(usage_of(&Self::cgroup_dirs(sandbox)))
     }
 
     fn reclaim(&self, sandbox: &Instance<'_>) {
@@ -423,13 +426,21 @@ impl Isolation for MicroVm {
     fn observe(&self, sandbox: &Instance<'_>) -> Observed {
         self.observe_in(sandbox.dir)
     }
-    fn stats(&self, _sandbox: &Instance<'_>) -> Option<Usage> {
-        None
+    /// The VM's usage is its QEMU's: the cgroup of QEMU's container (`NAME.ID`, as a
+    /// container sandbox's) holds the guest's memory, its vCPU threads and QEMU itself.
+    fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage> {
+        Some(usage_of(&Container::cgroup_dirs(sandbox)))
     }
     fn reclaim(&self, sandbox: &Instance<'_>) {
+        if let Some(id) = sandbox.id {
+            Layout::detect().reclaim(&crate::cgroup::leaf_name(sandbox.name, id));
+        }
         self.reclaim_in(sandbox.dir);
     }
     fn destroy(&self, sandbox: &Instance<'_>) {
+        if let Some(id) = sandbox.id {
+            Layout::detect().reclaim(&crate::cgroup::leaf_name(sandbox.name, id));
+        }
         self.reclaim_in(sandbox.dir);
         let _ = std::fs::remove_file(sandbox.dir.join(crate::microvm::JOB_FILE));
     }

@@ -231,7 +231,10 @@ fn load_modules(dir: &Path, t: &mut Timing) -> Res<()> {
                 return Err(format!("load {}: {e}", m.display()));
             }
         }
-        let name = m.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
+        let name = m
+            .file_stem()
+            .map(|s| s.to_string_lossy())
+            .unwrap_or_default();
         t.mark(format!("module {name}"));
     }
     Ok(())
@@ -379,12 +382,7 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
 }
 
 /// Start the command and relay until it ends; returns its exit status (128+N: signal N).
-fn run(
-    job: &GuestJob,
-    input: &mut BufReader<File>,
-    out: &mut Channel,
-    t: &mut Timing,
-) -> Res<i32> {
+fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel, t: &mut Timing) -> Res<i32> {
     use nix::unistd::{fork, ForkResult};
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ctx("pipe"));
     let (out_r, out_w) = pipe()?;

@@ -122,13 +122,18 @@ pub fn ensure_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// The extracted vmlinux of `k`, in the cache; returns its file name.
-pub fn vmlinux(dir: &Path, k: &Kernel) -> Result<String, String> {
-    let name = format!(
+/// The file name of `k`'s extracted vmlinux in the cache.
+pub fn vmlinux_name(k: &Kernel) -> String {
+    format!(
         "vmlinux-{}-{}",
         k.release,
         key(&[stat_key(&k.image).as_bytes()])
-    );
+    )
+}
+
+/// The extracted vmlinux of `k`, in the cache; returns its file name.
+pub fn vmlinux(dir: &Path, k: &Kernel) -> Result<String, String> {
+    let name = vmlinux_name(k);
     cached(dir, &name, |tmp| {
         let bz = fs::read(&k.image).map_err(|e| format!("{}: {e}", k.image.display()))?;
         let elf = kernel::extract(&bz).map_err(|e| format!("{}: {e}", k.image.display()))?;
@@ -462,7 +467,8 @@ mod tests {
     use super::*;
 
     fn scratch(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("airlock-artifacts-{tag}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("airlock-artifacts-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).expect("scratch directory");
         d

@@ -121,17 +121,9 @@ pub fn accel(qemu: &Path, dir: &Path, vmlinux: &str, initrd: &str) -> Accel {
     if !usable {
         return Accel::Tcg;
     }
-    let host = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cache = dir.join(format!(
-        "accel-{}",
-        artifacts::key(&[host.as_bytes(), vmlinux.as_bytes()])
-    ));
-    match std::fs::read_to_string(&cache).as_deref() {
-        Ok("kvm") => return Accel::Kvm,
-        Ok("tcg") => return Accel::Tcg,
-        _ => {}
+    let cache = accel_cache(dir, vmlinux);
+    if let Some(a) = cached_accel(dir, vmlinux) {
+        return a;
     }
     let ok = probe_kvm(
         qemu,
@@ -142,6 +134,26 @@ pub fn accel(qemu: &Path, dir: &Path, vmlinux: &str, initrd: &str) -> Accel {
     let a = if ok { Accel::Kvm } else { Accel::Tcg };
     let _ = std::fs::write(&cache, if ok { "kvm" } else { "tcg" });
     a
+}
+
+/// Where the KVM probe's decision for this host kernel and guest kernel is kept.
+pub fn accel_cache(dir: &Path, vmlinux: &str) -> PathBuf {
+    let host = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(
+        "accel-{}",
+        artifacts::key(&[host.as_bytes(), vmlinux.as_bytes()])
+    ))
+}
+
+/// The KVM probe's decision, if it has been made (by the first run) for these kernels.
+pub fn cached_accel(dir: &Path, vmlinux: &str) -> Option<Accel> {
+    match std::fs::read_to_string(accel_cache(dir, vmlinux)).as_deref() {
+        Ok("kvm") => Some(Accel::Kvm),
+        Ok("tcg") => Some(Accel::Tcg),
+        _ => None,
+    }
 }
 
 fn probe_kvm(qemu: &Path, vmlinux: &Path, initrd: &Path, limit: Duration) -> bool {
