@@ -444,3 +444,203 @@ fn a_named_microvm_sandbox_serves_concurrent_execs_and_keeps_its_state() {
     ok(&["rm", "vmbox"]);
     assert!(!a.state_dir().join("sandboxes/vmbox").exists());
 }
+
+/// airlock on a real pseudo-terminal of its own (the user's terminal, as far as it can tell):
+/// its stdin, stdout and stderr, and its controlling terminal, with a window size.
+struct OnTerminal {
+    master: std::fs::File,
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OnTerminal {
+    fn spawn(mut cmd: std::process::Command, rows: u16, cols: u16) -> OnTerminal {
+        use std::os::unix::process::CommandExt;
+        let ws = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
+        let slave = std::fs::File::from(pty.slave);
+        for set in [
+            std::process::Command::stdin,
+            std::process::Command::stdout,
+            std::process::Command::stderr,
+        ] {
+            set(&mut cmd, Stdio::from(slave.try_clone().expect("dup")));
+        }
+        // SAFETY: setsid and TIOCSCTTY are async-signal-safe; stdin is the terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn airlock on a terminal");
+        drop(slave);
+        let master = std::fs::File::from(pty.master);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut r, s) = (master.try_clone().expect("dup"), seen.clone());
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock()
+                    .expect("terminal log")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        OnTerminal {
+            master,
+            child,
+            seen,
+            reader: Some(reader),
+        }
+    }
+
+    fn seen(&self) -> String {
+        self.seen.lock().expect("terminal log").replace('\r', "")
+    }
+
+    fn wait_for(&self, needle: &str) {
+        assert!(
+            common::wait_until(VM_DEADLINE, || self.seen().contains(needle)),
+            "{needle:?} never appeared on the terminal:\n{}",
+            self.seen()
+        );
+    }
+
+    fn type_in(&mut self, text: &str) {
+        use std::io::Write;
+        self.master.write_all(text.as_bytes()).expect("type");
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: TIOCSWINSZ on our own terminal: its foreground group (airlock) gets SIGWINCH.
+        let r = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(r, 0);
+    }
+
+    /// Its exit status, once all it printed is seen (panics after the VM deadline).
+    fn exit_code(&mut self) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                // Its last output: the terminal reads EIO once no process holds it.
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return st.code().unwrap_or(-1);
+            }
+            if start.elapsed() > VM_DEADLINE {
+                let _ = self.child.kill();
+                panic!("airlock did not end; terminal:\n{}", self.seen());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// What a terminal session in the guest prints about itself: its terminal, its size (then
+/// again after a resize), what was typed, and its exit status.
+const TTY_SCRIPT: &str = "tty; stty size; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo term-ok; \
+    (: </dev/tty) && echo ctty-ok; read x; echo \"got:$x\"; \
+    trap 'stty size; exit 5' WINCH; echo ready; while :; do sleep 0.1; done";
+
+fn check_terminal_session(mut t: OnTerminal, label: &str) {
+    t.wait_for("ctty-ok");
+    t.type_in("typed words\n");
+    t.wait_for("ready");
+    t.resize(40, 120);
+    let code = t.exit_code();
+    let seen = t.seen();
+    assert_eq!(code, 5, "{label}:\n{seen}");
+    let lines: Vec<&str> = seen.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("/dev/pts/"))
+        .unwrap_or_else(|| panic!("{label}: no terminal inside:\n{seen}"));
+    assert_eq!(
+        lines[at + 1..at + 4],
+        ["30 100", "term-ok", "ctty-ok"],
+        "{label}:\n{seen}"
+    );
+    // The guest's terminal echoed the typing, the command read it.
+    assert!(lines.contains(&"typed words"), "{label}:\n{seen}");
+    assert!(lines.contains(&"got:typed words"), "{label}:\n{seen}");
+    assert_eq!(lines.last(), Some(&"40 120"), "{label}:\n{seen}");
+}
+
+/// `run -t`: the command gets a terminal of its own in the guest, the size of the user's.
+#[test]
+fn run_t_gives_the_guest_command_a_real_terminal() {
+    if !e2e("run_t_gives_the_guest_command_a_real_terminal") {
+        return;
+    }
+    let a = Airlock::root();
+    let mut cmd = a.command(&[
+        "run",
+        "--backend",
+        "microvm",
+        "-t",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        TTY_SCRIPT,
+    ]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
+        .env("TERM", "xterm");
+    check_terminal_session(OnTerminal::spawn(cmd, 30, 100), "run -t");
+}
+
+/// A named microVM sandbox: `exec -t` and `shell` on a real terminal.
+#[test]
+fn exec_t_and_shell_get_a_real_terminal_in_a_named_microvm() {
+    if !e2e("exec_t_and_shell_get_a_real_terminal_in_a_named_microvm") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    let ok = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    ok(&["create", "--backend", "microvm", "vmbox", "--net", "off"]);
+    ok(&["start", "vmbox"]);
+    let mut cmd = a.command(&["exec", "-t", "vmbox", "--", "sh", "-c", TTY_SCRIPT]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
+        .env("TERM", "xterm");
+    check_terminal_session(OnTerminal::spawn(cmd, 30, 100), "exec -t");
+    // `shell`: a login shell on a terminal; what is typed runs, `exit` is its status.
+    let mut cmd = a.command(&["shell", "vmbox"]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
+        .env("TERM", "xterm");
+    let mut t = OnTerminal::spawn(cmd, 24, 80);
+    t.type_in("echo \"[$((6*7))] $TERM\"; [ -t 0 ] && echo on-a-tty; exit 3\n");
+    let code = t.exit_code();
+    let seen = t.seen();
+    assert_eq!(code, 3, "{seen}");
+    assert!(seen.contains("[42] xterm"), "{seen}");
+    assert!(seen.lines().any(|l| l == "on-a-tty"), "{seen}");
+    ok(&["stop", "vmbox"]);
+}

@@ -14,7 +14,7 @@ pub mod rootfs;
 pub mod rundir;
 pub mod seccomp;
 pub mod summary;
-mod tty;
+pub(crate) mod tty;
 
 use crate::cgroup::{Cgroup, Layout};
 pub use crate::command::{Ending, Outcome};

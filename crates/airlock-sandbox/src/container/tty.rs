@@ -62,13 +62,13 @@ impl Drop for SignalPipe {
 }
 
 /// Puts the user's terminal in raw mode and restores it on drop.
-struct RawMode {
+pub(crate) struct RawMode {
     fd: RawFd,
     saved: Termios,
 }
 
 impl RawMode {
-    fn enter(fd: RawFd) -> Option<RawMode> {
+    pub(crate) fn enter(fd: RawFd) -> Option<RawMode> {
         let b = crate::sys::stdio(fd);
         let saved = termios::tcgetattr(b).ok()?;
         let mut raw = saved.clone();

@@ -13,6 +13,7 @@ pub mod channel;
 pub mod control;
 pub mod kernel;
 pub mod mux;
+pub mod term;
 
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
 use airlock_model::plan::microvm::{Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_IMAGE};
@@ -231,6 +232,12 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         )
         .map_err(|e| RunError::Vm(format!("chown {}: {e}", socket.display())))?;
     }
+    // `run -t`: the guest's terminal starts at the size of the user's.
+    let mut guest = vm.guest.clone();
+    if guest.tty.is_some() {
+        guest.tty = term::size_of(0).or(guest.tty);
+    }
+    let guest = &guest;
     let stop = AtomicBool::new(false);
     let (outcome, reported) = std::thread::scope(|s| {
         // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
@@ -238,7 +245,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         let start_relay = || {
             let handle = s.spawn(|| match opts.persist {
                 Some(folder) => hold(&listener, vm, folder, &stop),
-                None => channel::relay(&listener, &vm.guest, &stop, vm.guest.stdin),
+                None => channel::relay(&listener, guest, &stop, guest.stdin),
             });
             if let Ok(mut r) = relay.lock() {
                 *r = Some(handle);
@@ -250,6 +257,9 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             intercept: opts.intercept.clone(),
             // The guest holds a named sandbox's state; QEMU's container is a run's.
             persist: None,
+            // The guest has the terminal and stdin (over the channel); QEMU neither.
+            tty: false,
+            forward_stdin: false,
             ..*opts
         };
         let outcome = container::run(&qemu, &inner);
@@ -339,12 +349,6 @@ impl MicroVm {
         name: &str,
         req: &crate::command::ExecRequest,
     ) -> Result<Outcome, RunError> {
-        if req.tty {
-            return Err(RunError::Vm(
-                "-t (a terminal inside the guest) is not supported for microVM sandboxes yet"
-                    .into(),
-            ));
-        }
         let job: airlock_model::vm::GuestJob = std::fs::read(dir.join(JOB_FILE))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -357,6 +361,14 @@ impl MicroVm {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
         }
+        // A terminal: the user's size, and a TERM that knows it is one.
+        let tty = req
+            .tty
+            .then(|| term::size_of(0).unwrap_or(airlock_model::plan::microvm::DEFAULT_TTY));
+        if tty.is_some() && !env.iter().any(|(k, _)| k == "TERM") {
+            let t = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
+            env.push(("TERM".into(), t));
+        }
         let exec = airlock_model::vm::GuestExec {
             argv: req.argv.clone(),
             env,
@@ -367,10 +379,10 @@ impl MicroVm {
                 .unwrap_or(job.cwd.clone()),
             uid: job.uid,
             gid: job.gid,
-            stdin: req.forward_stdin,
+            stdin: req.forward_stdin || tty.is_some(),
+            tty,
         };
-        let stdin: Option<Box<dyn std::io::Read + Send>> = req
-            .forward_stdin
+        let stdin: Option<Box<dyn std::io::Read + Send>> = (req.forward_stdin && tty.is_none())
             .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
         let code = control::exec(
             &dir.join(control::VM_CONTROL),
