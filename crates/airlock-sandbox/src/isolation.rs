@@ -38,6 +38,11 @@ pub struct Instance<'a> {
     pub id: Option<&'a str>,
 }
 
+/// In a named sandbox's folder: the grace period (milliseconds) its stopper gives before
+/// SIGKILL, written just before the stop's SIGTERM (a microVM's supervisor shares it with its
+/// guest: see `microvm`).
+pub const STOP_GRACE_FILE: &str = "stop-grace-ms";
+
 /// Whether a named sandbox runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observed {

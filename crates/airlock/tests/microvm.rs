@@ -612,10 +612,20 @@ fn run_t_gives_the_guest_command_a_real_terminal() {
     check_terminal_session(OnTerminal::spawn(cmd, 30, 100), "run -t");
 }
 
-/// A named microVM sandbox: `exec -t` and `shell` on a real terminal.
+/// `airlock __action` (what the MCP server and the engine run for file tools): its answer.
+fn action(a: &Airlock, act: serde_json::Value) -> serde_json::Value {
+    let mut cmd = a.command(&["__action"]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    let out = common::run_with_deadline(cmd, Some(act.to_string().into_bytes()), VM_DEADLINE);
+    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.describe()))
+}
+
+/// A named microVM sandbox, one boot: `exec -t` and `shell` on a real terminal; `cp` both
+/// ways and the MCP file tools, with their refusals; `stop` asks the guest to power off (its
+/// commands get SIGTERM, then SIGKILL) and ends within the grace however busy the guest is.
 #[test]
-fn exec_t_and_shell_get_a_real_terminal_in_a_named_microvm() {
-    if !e2e("exec_t_and_shell_get_a_real_terminal_in_a_named_microvm") {
+fn a_named_microvm_has_a_terminal_cp_file_tools_and_a_clean_stop() {
+    if !e2e("a_named_microvm_has_a_terminal_cp_file_tools_and_a_clean_stop") {
         return;
     }
     let a = Airlock::root();
@@ -642,5 +652,116 @@ fn exec_t_and_shell_get_a_real_terminal_in_a_named_microvm() {
     assert_eq!(code, 3, "{seen}");
     assert!(seen.contains("[42] xterm"), "{seen}");
     assert!(seen.lines().any(|l| l == "on-a-tty"), "{seen}");
-    ok(&["stop", "vmbox"]);
+
+    // cp in: a file into a directory, a tree with a symlink inside it.
+    let host = common::TempDir::new("vm-cp");
+    std::fs::write(host.join("in.txt"), "to the guest\n").expect("write");
+    std::fs::create_dir_all(host.join("tree/sub")).expect("mkdir");
+    std::fs::write(host.join("tree/sub/f"), [0u8, 255, 10, 1].repeat(50_000)).expect("write");
+    std::os::unix::fs::symlink("sub/f", host.join("tree/link")).expect("symlink");
+    let h = |p: &str| host.join(p).display().to_string();
+    ok(&["cp", &h("in.txt"), "vmbox:/tmp/"]);
+    ok(&["cp", &h("tree"), "vmbox:/home/agent/"]);
+    let out = ok(&[
+        "exec",
+        "vmbox",
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/in.txt; md5sum < /home/agent/tree/link; readlink /home/agent/tree/link; \
+         stat -c %U /tmp/in.txt; mkdir -p /tmp/d/x; cp /tmp/in.txt /tmp/d/x/y; ln -s /etc /tmp/d/esc; \
+         ln -s /etc/passwd /tmp/pw",
+    ]);
+    let want_md5 = {
+        let o = std::process::Command::new("md5sum")
+            .stdin(std::fs::File::open(host.join("tree/sub/f")).expect("open"))
+            .output()
+            .expect("md5sum");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(
+        out.stdout,
+        format!("to the guest\n{want_md5}sub/f\nagent\n"),
+        "{}",
+        out.describe()
+    );
+    // cp out: a file, and a tree whose symlink leads out (it stays a symlink on the host).
+    ok(&["cp", "vmbox:/home/agent/tree/sub/f", &h("out.bin")]);
+    assert_eq!(
+        std::fs::read(host.join("out.bin")).expect("out"),
+        std::fs::read(host.join("tree/sub/f")).expect("in")
+    );
+    ok(&["cp", "vmbox:/tmp/d", &h("outdir")]);
+    assert_eq!(
+        std::fs::read_to_string(host.join("outdir/x/y")).expect("tree"),
+        "to the guest\n"
+    );
+    assert!(std::fs::symlink_metadata(host.join("outdir/esc"))
+        .expect("esc")
+        .file_type()
+        .is_symlink());
+    // Refusals: a path that is not there, a host symlink as the source.
+    let out = vm_cli(&a, &["cp", "vmbox:/tmp/nothing-here", &h("x")]);
+    assert_eq!(out.code(), 122, "{}", out.describe());
+    std::os::unix::fs::symlink("/etc/passwd", host.join("pw")).expect("symlink");
+    let out = vm_cli(&a, &["cp", &h("pw"), "vmbox:/tmp/"]);
+    assert_eq!(out.code(), 2, "{}", out.describe());
+
+    // The MCP file tools: write, read back, and their refusals (outside the roots, and a
+    // symlink planted inside that leads out).
+    let w = action(
+        &a,
+        serde_json::json!({"action": "file_write", "name": "vmbox", "path": "/tmp/mcp.txt",
+                           "content": "from the tools\n"}),
+    );
+    assert_eq!(w["ok"]["value"]["written_bytes"], 15, "{w}");
+    let r = action(
+        &a,
+        serde_json::json!({"action": "file_read", "name": "vmbox", "path": "/tmp/mcp.txt"}),
+    );
+    assert_eq!(r["ok"]["value"]["content"], "from the tools\n", "{r}");
+    for path in ["/etc/passwd", "/tmp/pw"] {
+        let e = action(
+            &a,
+            serde_json::json!({"action": "file_read", "name": "vmbox", "path": path}),
+        );
+        assert_eq!(e["error"]["kind"], "refused", "{path}: {e}");
+    }
+    let c = action(
+        &a,
+        serde_json::json!({"action": "copy", "name": "vmbox", "direction": "out",
+                           "host_path": h("mcp-out.txt"), "path": "/tmp/mcp.txt"}),
+    );
+    assert!(c.get("ok").is_some(), "{c}");
+    assert_eq!(
+        std::fs::read_to_string(host.join("mcp-out.txt")).expect("copied out"),
+        "from the tools\n"
+    );
+
+    // stop: the guest's commands hear SIGTERM (143); one that ignores it is killed when the
+    // guest's share of the grace is over (137); the stop itself ends within its grace.
+    let spawn_exec = |script: &str| {
+        let mut cmd = a.command(&["exec", "vmbox", "--", "sh", "-c", script]);
+        cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn exec");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("read");
+        assert_eq!(first, "up\n");
+        child
+    };
+    let mut polite = spawn_exec("echo up; sleep 600");
+    let mut stubborn = spawn_exec("trap '' TERM; echo up; while :; do sleep 0.2; done");
+    let started = Instant::now();
+    ok(&["stop", "--grace", "6s", "vmbox"]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "stop took {took:?}");
+    assert!(took >= Duration::from_secs(3), "stop took {took:?}");
+    for (child, want) in [(&mut polite, 143), (&mut stubborn, 137)] {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err);
+        assert_eq!(child.wait().expect("wait").code(), Some(want), "{err}");
+    }
 }

@@ -315,6 +315,7 @@ fn setup(job: &GuestJob) -> Res<()> {
         Some(&format!("mode=1777{size}")),
     )?;
     mnt("tmpfs", &at("/run"), "tmpfs", nosuid, Some("mode=0755"))?;
+    tools(&at(airlock_model::agent::adapter::TOOLS_DIR))?;
     mnt(
         "tmpfs",
         &at(&job.home),
@@ -356,6 +357,34 @@ fn setup(job: &GuestJob) -> Res<()> {
             "eth0",
             Some(([10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2])),
         )?;
+    }
+    Ok(())
+}
+
+/// The helper's own tools inside, as in a container sandbox (`cp` and the MCP file tools run
+/// `airlock-guest fs` there): this very binary (/init), bound read-only as `airlock-guest`
+/// and `report`.
+fn tools(dir: &str) -> Res<()> {
+    mkdir(dir, 0o755)?;
+    for name in ["airlock-guest", "report"] {
+        let target = format!("{dir}/{name}");
+        File::create(&target).map_err(ctx(&target))?;
+        mount(
+            Some("/init"),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(ctx(format!("bind the helper at {target}")))?;
+        mount(
+            None::<&str>,
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+            None::<&str>,
+        )
+        .map_err(ctx(format!("make {target} read-only")))?;
     }
     Ok(())
 }

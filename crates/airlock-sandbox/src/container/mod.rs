@@ -320,6 +320,9 @@ pub struct RunOptions<'a> {
     /// for an ephemeral run, once its PID 1 is released. Threads of the caller's start here:
     /// before the clone the process must stay single-threaded (the child would inherit locks).
     pub on_ready: Option<&'a (dyn Fn() + Sync)>,
+    /// Asked about each signal relayed to the sandbox: hold it back this long (a microVM
+    /// asks its guest to power off first). None: every signal goes at once.
+    pub defer_signal: Option<&'a (dyn Fn(nix::sys::signal::Signal) -> Option<Duration> + Sync)>,
 }
 
 /// A listener of egress decisions.
@@ -662,6 +665,7 @@ fn run_in(
         tty_host.as_ref(),
         &result_rd,
         deadline,
+        opts.defer_signal,
     )
     .map_err(io_err("supervise the sandbox"))?;
     let status = nix::sys::wait::waitpid(child, None)

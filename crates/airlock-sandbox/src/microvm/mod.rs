@@ -239,12 +239,25 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
     }
     let guest = &guest;
     let stop = AtomicBool::new(false);
+    // A named sandbox's guest, once it takes sessions: stopping asks it to power off.
+    let held: Held = std::sync::Mutex::new(None);
+    let defer = |sig: nix::sys::signal::Signal| -> Option<Duration> {
+        use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGTERM};
+        if !matches!(sig, SIGTERM | SIGINT | SIGHUP) {
+            return None;
+        }
+        let mux = held.lock().ok()?.clone()?;
+        let (guest_grace, hold_back) = stop_graces(stop_grace(opts.persist?));
+        mux.poweroff(guest_grace.as_millis() as u64).ok()?;
+        crate::phase("asked the guest to power off");
+        Some(hold_back)
+    };
     let (outcome, reported) = std::thread::scope(|s| {
         // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
         let relay = std::sync::Mutex::new(None);
         let start_relay = || {
             let handle = s.spawn(|| match opts.persist {
-                Some(folder) => hold(&listener, vm, folder, &stop),
+                Some(folder) => hold(&listener, vm, folder, &stop, &held),
                 None => channel::relay(&listener, guest, &stop, guest.stdin),
             });
             if let Ok(mut r) = relay.lock() {
@@ -260,6 +273,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             // The guest has the terminal and stdin (over the channel); QEMU neither.
             tty: false,
             forward_stdin: false,
+            defer_signal: opts.persist.map(|_| &defer as _),
             ..*opts
         };
         let outcome = container::run(&qemu, &inner);
@@ -307,6 +321,27 @@ fn record_job(dir: &Path, job: &airlock_model::vm::GuestJob) -> Result<(), RunEr
         .map_err(container::io_err("record the sandbox's guest job"))
 }
 
+/// A held guest's channel, shared with the signal relay (which asks it to power off).
+type Held = std::sync::Mutex<Option<std::sync::Arc<mux::Mux>>>;
+
+/// How long the one who stops a named sandbox waits before SIGKILL (what the engine wrote in
+/// the folder's [`crate::isolation::STOP_GRACE_FILE`] before its SIGTERM; 10 s without).
+fn stop_grace(folder: &Path) -> Duration {
+    std::fs::read_to_string(folder.join(crate::isolation::STOP_GRACE_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(10))
+}
+
+/// Out of a stop's `grace`: the guest's commands get SIGTERM and `guest` to end (then the
+/// guest kills them, syncs and powers off); QEMU itself gets the stop signal after
+/// `hold_back` if the guest is still up — both before the stopper's own SIGKILL.
+fn stop_graces(grace: Duration) -> (Duration, Duration) {
+    let margin = (grace / 3).min(Duration::from_secs(3));
+    (grace - margin, grace - margin / 4)
+}
+
 /// A named sandbox's guest: open the held channel, then serve exec clients on the folder's
 /// control socket until QEMU ends.
 fn hold(
@@ -314,17 +349,29 @@ fn hold(
     vm: &VmPlan,
     folder: &Path,
     stop: &AtomicBool,
+    held: &Held,
 ) -> Reported {
     let Some(stream) = channel::accept(listener, stop) else {
         return Reported::Nothing;
     };
     let mux = match mux::Mux::open(stream, &vm.guest) {
-        Ok(m) => m,
+        Ok(m) => std::sync::Arc::new(m),
         Err(e) => {
             eprintln!("airlock: {e}");
             return Reported::Error(e);
         }
     };
+    if let Ok(mut h) = held.lock() {
+        *h = Some(mux.clone());
+    }
+    let reported = serve_held(&mux, folder, stop);
+    if let Ok(mut h) = held.lock() {
+        *h = None;
+    }
+    reported
+}
+
+fn serve_held(mux: &mux::Mux, folder: &Path, stop: &AtomicBool) -> Reported {
     crate::phase("guest ready for exec");
     let sock = folder.join(control::VM_CONTROL);
     let _ = std::fs::remove_file(&sock);
@@ -335,7 +382,7 @@ fn hold(
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
     let _ = std::fs::write(folder.join(PID_FILE), std::process::id().to_string());
-    control::serve(&ctl, &mux, stop);
+    control::serve(&ctl, mux, stop);
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(folder.join(PID_FILE));
     Reported::Nothing
@@ -382,8 +429,19 @@ impl MicroVm {
             stdin: req.forward_stdin || tty.is_some(),
             tty,
         };
-        let stdin: Option<Box<dyn std::io::Read + Send>> = (req.forward_stdin && tty.is_none())
-            .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
+        // A descriptor of its own: the relay thread may outlive this call (the command can end
+        // before its stdin does), and must never read whatever fd 0 becomes afterwards (the
+        // MCP file tools put their caller's stdin back there).
+        let stdin: Option<Box<dyn std::io::Read + Send>> = if req.forward_stdin && tty.is_none() {
+            use std::os::fd::AsFd;
+            let fd = std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| RunError::Vm(format!("stdin: {e}")))?;
+            Some(Box::new(std::fs::File::from(fd)))
+        } else {
+            None
+        };
         let code = control::exec(
             &dir.join(control::VM_CONTROL),
             exec,
@@ -419,5 +477,24 @@ impl MicroVm {
         for f in [control::VM_CONTROL, PID_FILE] {
             let _ = std::fs::remove_file(dir.join(f));
         }
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_powers_off_inside_the_stoppers_grace_and_qemu_goes_before_its_sigkill() {
+        for (grace, guest, hold) in [(10_000, 7_000, 9_250), (6_000, 4_000, 5_500), (0, 0, 0)] {
+            let ms = Duration::from_millis;
+            assert_eq!(stop_graces(ms(grace)), (ms(guest), ms(hold)), "{grace}");
+        }
+        let dir = std::env::temp_dir().join(format!("airlock-stop-grace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(stop_grace(&dir), Duration::from_secs(10));
+        std::fs::write(dir.join(crate::isolation::STOP_GRACE_FILE), "2500").unwrap();
+        assert_eq!(stop_grace(&dir), Duration::from_millis(2500));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

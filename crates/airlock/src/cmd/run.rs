@@ -734,6 +734,7 @@ pub fn launch(
         instance_id: b.instance_id.as_deref(),
         on_egress: hooks.on_egress.clone(),
         on_ready: hooks.on_ready,
+        defer_signal: None,
     };
     // Bind mode: the way back is the checkout itself; look at it before and after.
     let wayback = (spec.workspace == WorkspaceMode::Bind).then(|| {

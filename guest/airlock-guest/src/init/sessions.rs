@@ -387,7 +387,7 @@ pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_
             _ => {}
         }
     };
-    end_all(&mut sessions, grace);
+    end_all(&mut sessions, grace, chan);
     Ok(())
 }
 
@@ -402,8 +402,10 @@ fn signal_group(pid: Pid, sig: i32) {
     }
 }
 
-/// SIGTERM every running session's process group; SIGKILL what is left after `grace`.
-fn end_all(sessions: &mut BTreeMap<u32, Session>, grace: Duration) {
+/// SIGTERM every running session's process group; SIGKILL what is left after `grace`. Each
+/// session's end is reported (its exit status: 143 for SIGTERM, 137 for SIGKILL), so its
+/// client hears how its command ended rather than a closed channel.
+fn end_all(sessions: &mut BTreeMap<u32, Session>, grace: Duration, chan: &mut File) {
     let running = |s: &BTreeMap<u32, Session>| -> Vec<Pid> {
         s.values()
             .filter(|s| s.status.is_none())
@@ -426,18 +428,51 @@ fn end_all(sessions: &mut BTreeMap<u32, Session>, grace: Duration) {
                 s.status = Some(c);
             }
         }
+        // Each end is reported as it happens, not after the grace.
+        let ended: Vec<u32> = sessions
+            .iter()
+            .filter(|(_, s)| s.status.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            if let Some(s) = sessions.remove(&id) {
+                let code = s.status.unwrap_or(0);
+                send(
+                    chan,
+                    &GuestMsg::Exit {
+                        v: VM_PROTOCOL_VERSION,
+                        code,
+                        session: id,
+                    },
+                );
+            }
+        }
         let left = running(sessions);
         if left.is_empty() {
-            return;
+            break;
         }
         if start.elapsed() >= grace {
             kill(&left, libc::SIGKILL);
-            for p in left {
-                let _ = waitpid(p, None);
+            for s in sessions.values_mut().filter(|s| s.status.is_none()) {
+                s.status = waitpid(s.pid, None)
+                    .ok()
+                    .and_then(status_of)
+                    .map(|(_, c)| c);
             }
-            return;
+            break;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+    for (id, s) in std::mem::take(sessions) {
+        let code = s.status.unwrap_or(128 + libc::SIGKILL);
+        send(
+            chan,
+            &GuestMsg::Exit {
+                v: VM_PROTOCOL_VERSION,
+                code,
+                session: id,
+            },
+        );
     }
 }
 

@@ -191,6 +191,8 @@ fn sessions_run_side_by_side_and_share_the_guests_state() {
     });
     server.join().unwrap().unwrap();
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // Its client hears how it ended (SIGKILL after the grace), not a closed channel.
+    assert_eq!(h.collect(1).get(&8).map(|g| g.2.clone()), Some(Ok(137)));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -268,4 +270,35 @@ fn the_main_session_ends_the_server_with_its_status() {
     assert_eq!(h.stdout_until(MAIN_SESSION, "never", &mut out), Some(4));
     assert_eq!(out.trim_end(), "7 33");
     server.join().unwrap().unwrap();
+}
+
+/// Poweroff: a command that ends on SIGTERM reports 143, one that ignores it 137 after the
+/// grace — both before the server returns.
+#[test]
+fn poweroff_reports_how_each_running_session_ended() {
+    let (mut h, server) = start();
+    h.exec(1, &["sleep", "30"], false);
+    h.exec(
+        2,
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo up; while :; do sleep 0.05; done",
+        ],
+        false,
+    );
+    let mut out = String::new();
+    assert_eq!(h.stdout_until(2, "up", &mut out), None);
+    let t = Instant::now();
+    h.put(&HostMsg::Poweroff {
+        v: 1,
+        grace_ms: 500,
+    });
+    server.join().unwrap().unwrap();
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    let got = h.collect(2);
+    assert_eq!(got.get(&1).map(|g| g.2.clone()), Some(Ok(143)));
+    assert_eq!(got.get(&2).map(|g| g.2.clone()), Some(Ok(137)));
 }
