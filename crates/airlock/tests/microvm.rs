@@ -765,3 +765,65 @@ fn a_named_microvm_has_a_terminal_cp_file_tools_and_a_clean_stop() {
         assert_eq!(child.wait().expect("wait").code(), Some(want), "{err}");
     }
 }
+
+/// A named microVM sandbox run by an ordinary user (rootless airlock, its own engine):
+/// create, start, exec (the guest's kernel, the sandbox user, state kept between execs, stdin),
+/// stop, rm.
+#[test]
+fn a_named_microvm_sandbox_works_rootless() {
+    if !e2e("a_named_microvm_sandbox_works_rootless") {
+        return;
+    }
+    // The shared cache is built by root (the user could not write it): make sure it is there.
+    let root = Airlock::root();
+    let out = vm_run(
+        &root,
+        &["--workspace", "none", "--net", "off", "--", "true"],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let bins = Bins::owned_by(&common::test_user());
+    let a = Airlock::rootless(&bins);
+    let _guard = EngineGuard(&a);
+    let ok = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    ok(&["create", "--backend", "microvm", "vmbox", "--net", "off"]);
+    ok(&["start", "vmbox"]);
+    let out = ok(&[
+        "exec",
+        "vmbox",
+        "--",
+        "sh",
+        "-c",
+        "uname -r; id -u; echo kept > /tmp/state",
+    ]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_ne!(
+        lines.first().copied(),
+        Some(host_release().as_str()),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(lines.get(1).copied(), Some("1000"), "{}", out.describe());
+    let mut cmd = a.command(&[
+        "exec",
+        "-i",
+        "vmbox",
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/state; cat",
+    ]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    let out = common::run_with_deadline(cmd, Some(b"piped\n".to_vec()), VM_DEADLINE);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.stdout, "kept\npiped\n", "{}", out.describe());
+    ok(&["stop", "vmbox"]);
+    let out = vm_cli(&a, &["exec", "vmbox", "--", "true"]);
+    assert_eq!(out.code(), 120, "{}", out.describe());
+    ok(&["rm", "vmbox"]);
+    assert!(!a.state_dir().join("sandboxes/vmbox").exists());
+}
