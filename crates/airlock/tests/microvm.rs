@@ -586,17 +586,41 @@ fn check_terminal_session(mut t: OnTerminal, label: &str) {
     assert_eq!(lines.last(), Some(&"40 120"), "{label}:\n{seen}");
 }
 
+/// The newest distribution kernel in /boot with its modules: (image, release).
+fn boot_kernel() -> (String, String) {
+    let mut found: Vec<(String, String)> = std::fs::read_dir("/boot")
+        .expect("/boot")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let release = name.strip_prefix("vmlinuz-")?.to_string();
+            std::path::Path::new(&format!("/lib/modules/{release}/modules.dep"))
+                .exists()
+                .then(|| (e.path().display().to_string(), release))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("a kernel in /boot (.ci/install-microvm)")
+}
+
 /// `run -t`: the command gets a terminal of its own in the guest, the size of the user's.
+/// (Booted with `--kernel` naming the kernel it runs.)
 #[test]
 fn run_t_gives_the_guest_command_a_real_terminal() {
     if !e2e("run_t_gives_the_guest_command_a_real_terminal") {
         return;
     }
     let a = Airlock::root();
+    let (image, release) = boot_kernel();
+    let script = format!("uname -r; {TTY_SCRIPT}");
     let mut cmd = a.command(&[
         "run",
         "--backend",
         "microvm",
+        "--kernel",
+        &image,
         "-t",
         "--workspace",
         "none",
@@ -605,11 +629,87 @@ fn run_t_gives_the_guest_command_a_real_terminal() {
         "--",
         "sh",
         "-c",
-        TTY_SCRIPT,
+        &script,
     ]);
     cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
         .env("TERM", "xterm");
-    check_terminal_session(OnTerminal::spawn(cmd, 30, 100), "run -t");
+    let t = OnTerminal::spawn(cmd, 30, 100);
+    t.wait_for(&release);
+    check_terminal_session(t, "run -t");
+}
+
+/// The guest kernel: `--kernel` and `[sandbox] kernel` name one; one that is missing or not a
+/// kernel is exit 123 with the path, who chose it and how to get one; `doctor` says which
+/// kernel and where it came from. (No boot.)
+#[test]
+fn a_missing_or_unusable_guest_kernel_is_explained() {
+    if !e2e("a_missing_or_unusable_guest_kernel_is_explained") {
+        return;
+    }
+    let a = Airlock::root();
+    let out = vm_run(&a, &["--kernel", "/nonexistent/vmlinuz", "--", "true"], &[]);
+    assert_eq!(out.code(), 123, "{}", out.describe());
+    assert!(
+        out.stderr.contains("/nonexistent/vmlinuz (from --kernel)"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains(
+            "hint: install a distribution kernel package (Debian: apt-get install linux-image-cloud-amd64"
+        ),
+        "{}",
+        out.describe()
+    );
+    // The configuration's, relative to the project; not a kernel at all.
+    std::fs::write(a.cwd.join("junk-kernel"), "not a kernel").expect("write");
+    std::fs::write(
+        a.cwd.join("airlock.toml"),
+        "[sandbox]\nkernel = \"junk-kernel\"\n",
+    )
+    .expect("write");
+    let out = vm_run(&a, &["--", "true"], &[]);
+    assert_eq!(out.code(), 123, "{}", out.describe());
+    let project = a.cwd.canonicalize().expect("cwd");
+    assert!(
+        out.stderr.contains(&format!(
+            "{}/junk-kernel (from project:{}/airlock.toml): not a bzImage or vmlinux",
+            project.display(),
+            project.display()
+        )),
+        "{}",
+        out.describe()
+    );
+    // --kernel wins over the configuration (here: it is missing too, and says so).
+    let out = vm_run(&a, &["--kernel", "/nonexistent/k2", "--", "true"], &[]);
+    assert!(
+        out.stderr.contains("/nonexistent/k2 (from --kernel)"),
+        "{}",
+        out.describe()
+    );
+    // doctor: which kernel, and from where.
+    let (image, release) = boot_kernel();
+    let doctor = |env: &[(&str, &str)]| {
+        let mut cmd = a.command(&["doctor", "--json"]);
+        cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
+            .envs(env.iter().copied());
+        let out = common::run_with_deadline(cmd, None, VM_DEADLINE);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("doctor json");
+        v["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["id"] == "microvm")
+            .map(|r| r["detail"].as_str().unwrap_or_default().to_string())
+            .expect("a microvm row")
+    };
+    let d = doctor(&[]);
+    assert!(
+        d.contains(&format!("kernel {release} ({image}, from /boot")),
+        "{d}"
+    );
+    let d = doctor(&[("AIRLOCK_KERNEL", &image)]);
+    assert!(d.contains("from AIRLOCK_KERNEL"), "{d}");
 }
 
 /// `airlock __action` (what the MCP server and the engine run for file tools): its answer.

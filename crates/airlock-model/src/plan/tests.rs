@@ -50,6 +50,7 @@ fn spec() -> RunSpec {
         setup: Vec::new(),
         backend: BackendKind::Container,
         rootfs: RootFs::Host,
+        kernel: None,
     }
 }
 

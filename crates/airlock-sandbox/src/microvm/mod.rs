@@ -24,9 +24,19 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The microVM backend (see the module documentation).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MicroVm;
+/// The microVM backend (see the module documentation), with the guest kernel a spec chose
+/// (`--kernel`, `[sandbox] kernel`; None: AIRLOCK_KERNEL, else /boot's newest).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MicroVm {
+    pub kernel: Option<airlock_model::spec::GuestKernel>,
+}
+
+/// Why the backend cannot run here, and what fixes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    pub why: String,
+    pub hint: String,
+}
 
 /// qemu-system-x86_64 on this host.
 pub fn qemu_path() -> Option<PathBuf> {
@@ -44,16 +54,29 @@ pub fn guest_binary() -> &'static [u8] {
     airlock_guest_embed::BYTES
 }
 
-/// Everything the backend needs on this host, built and cached on first use.
-pub fn prepare() -> Result<VmFacts, String> {
-    let qemu = qemu_path()
-        .ok_or("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")?;
-    let k = kernel::find().map_err(|e| format!("guest kernel: {e}; {}", kernel::KERNEL_HINT))?;
+/// Everything the backend needs on this host, built and cached on first use, with the guest
+/// kernel `chosen` (see [`kernel::find`]).
+pub fn prepare(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<VmFacts, Unavailable> {
+    let qemu = qemu_path().ok_or_else(|| Unavailable {
+        why: "qemu-system-x86_64 is not installed".into(),
+        hint: "apt-get install qemu-system-x86".into(),
+    })?;
+    let unusable = |e: String| Unavailable {
+        why: format!("guest kernel: {e}"),
+        hint: kernel::KERNEL_HINT.into(),
+    };
+    let k = kernel::find(chosen).map_err(unusable)?;
     let dir = artifacts::cache_dir();
-    artifacts::ensure_dir(&dir)?;
-    let vmlinux = artifacts::vmlinux(&dir, &k)?;
-    let initrd = artifacts::initrd(&dir, guest_binary(), &k)?;
-    let rootfs = artifacts::host_rootfs(&dir)?;
+    let other = |why: String| Unavailable {
+        why,
+        hint: "run `airlock doctor` to see what the microvm backend found on this host".into(),
+    };
+    artifacts::ensure_dir(&dir).map_err(other)?;
+    // A kernel that cannot be unpacked, or whose modules are missing, is unusable.
+    let from = |e: String| unusable(format!("{} (from {}): {e}", k.image.display(), k.from));
+    let vmlinux = artifacts::vmlinux(&dir, &k).map_err(from)?;
+    let initrd = artifacts::initrd(&dir, guest_binary(), &k).map_err(from)?;
+    let rootfs = artifacts::host_rootfs(&dir).map_err(other)?;
     let accel = accel(&qemu, &dir, &vmlinux, &initrd);
     Ok(VmFacts {
         qemu,
@@ -143,13 +166,28 @@ fn probe_kvm(qemu: &Path, vmlinux: &Path, initrd: &Path, limit: Duration) -> boo
 
 impl MicroVm {
     pub fn check(&self, project_dir: &Path, layout: &crate::cgroup::Layout) -> HostFacts {
+        self.check_or_explain(project_dir, layout)
+            .unwrap_or_else(|(facts, e)| {
+                eprintln!("airlock: microvm backend unavailable: {}", e.why);
+                *facts
+            })
+    }
+
+    /// The host facts with the VM's, or (the facts without them, why not).
+    pub fn check_or_explain(
+        &self,
+        project_dir: &Path,
+        layout: &crate::cgroup::Layout,
+    ) -> Result<HostFacts, (Box<HostFacts>, Unavailable)> {
         let mut facts = container::host_facts(project_dir, layout);
         facts.offer = crate::isolation::offer();
-        match prepare() {
-            Ok(vm) => facts.vm = Some(vm),
-            Err(e) => eprintln!("airlock: microvm backend unavailable: {e}"),
+        match prepare(self.kernel.as_ref()) {
+            Ok(vm) => {
+                facts.vm = Some(vm);
+                Ok(facts)
+            }
+            Err(e) => Err((Box::new(facts), e)),
         }
-        facts
     }
 
     pub fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
