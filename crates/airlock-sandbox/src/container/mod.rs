@@ -320,13 +320,13 @@ pub struct RunOptions<'a> {
     /// for an ephemeral run, once its PID 1 is released. Threads of the caller's start here:
     /// before the clone the process must stay single-threaded (the child would inherit locks).
     pub on_ready: Option<&'a (dyn Fn() + Sync)>,
-    /// Asked about each signal relayed to the sandbox: hold it back this long (a microVM
-    /// asks its guest to power off first). None: every signal goes at once.
-    pub defer_signal: Option<&'a (dyn Fn(nix::sys::signal::Signal) -> Option<Duration> + Sync)>,
     /// Given the filtered-egress context once it serves (before `on_ready`): a named
     /// sandbox's supervisor keeps it to change the policy while the sandbox runs
     /// (`airlock allow`/`deny`). Must not start threads (it may run before `on_ready`).
     pub on_egress_ctx: Option<&'a (dyn Fn(Arc<airlock_egress::proxy::Ctx>) + Sync)>,
+    /// Asked about each signal relayed to the sandbox: hold it back this long (a microVM
+    /// asks its guest to power off first). None: every signal goes at once.
+    pub defer_signal: Option<&'a (dyn Fn(nix::sys::signal::Signal) -> Option<Duration> + Sync)>,
 }
 
 /// A listener of egress decisions.

@@ -58,8 +58,8 @@ fn opts<'a>(state: &'a Path, layout: &'a Layout, facts: &'a HostFacts) -> RunOpt
         instance_id: None,
         on_egress: None,
         on_ready: None,
-        defer_signal: None,
         on_egress_ctx: None,
+        defer_signal: None,
     }
 }
 

@@ -771,8 +771,8 @@ pub fn launch(
         instance_id: b.instance_id.as_deref(),
         on_egress: hooks.on_egress.clone(),
         on_ready: hooks.on_ready,
-        defer_signal: None,
         on_egress_ctx: hooks.on_egress_ctx,
+        defer_signal: None,
     };
     // Bind mode: the way back is the checkout itself; look at it before and after.
     let wayback = (spec.workspace == WorkspaceMode::Bind).then(|| {
