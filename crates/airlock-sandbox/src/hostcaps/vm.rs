@@ -318,12 +318,17 @@ pub(super) fn microvm_row() -> Row {
     let mut fixes = Vec::new();
     let cache = crate::microvm::artifacts::cache_dir();
     let mut probed = None;
-    let kernel = match crate::microvm::kernel::find() {
+    let kernel = match crate::microvm::kernel::find(None) {
         Ok(k) => {
             let vmlinux = crate::microvm::artifacts::vmlinux_name(&k);
             probed = crate::microvm::cached_accel(&cache, &vmlinux)
                 .map(|a| (a, crate::microvm::accel_cache(&cache, &vmlinux)));
-            format!("kernel {} ({})", k.release, k.image.display())
+            format!(
+                "kernel {} ({}, from {}; --kernel or [sandbox] kernel choose another)",
+                k.release,
+                k.image.display(),
+                k.from
+            )
         }
         Err(e) => {
             missing.push(format!("no guest kernel: {e}"));
