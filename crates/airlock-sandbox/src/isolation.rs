@@ -137,6 +137,39 @@ fn read_u64(p: &Path) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
+/// The CPU time (user + system, their own and their waited-for children's) of the processes
+/// listed in the first of `dirs` that lists any, from /proc/PID/stat.
+fn procs_cpu_usec(dirs: &[PathBuf]) -> Option<u64> {
+    let procs = dirs
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .filter(|p| !p.trim().is_empty())?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&h| h > 0)
+        .unwrap_or(100) as u64;
+    let mut ticks = 0u64;
+    for pid in procs.split_whitespace() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name (in parentheses, which may hold spaces): state is field 3;
+        // utime, stime, cutime, cstime are fields 14–17.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f
+            .get(11..15)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(ticks * 1_000_000 / hz)
+}
+
 /// What a sandbox's cgroups (one per hierarchy: cgroup v2, or v1's memory, pids, cpuacct)
 /// say it uses now; fields the hierarchies do not have stay None.
 fn usage_of(dirs: &[PathBuf]) -> Usage {
@@ -434,7 +467,14 @@ impl Isolation for MicroVm {
     /// The VM's usage is its QEMU's: the cgroup of QEMU's container (`NAME.ID`, as a
     /// container sandbox's) holds the guest's memory, its vCPU threads and QEMU itself.
     fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage> {
-        Some(usage_of(&Container::cgroup_dirs(sandbox)))
+        let dirs = Container::cgroup_dirs(sandbox);
+        let mut u = usage_of(&dirs);
+        if u.cpu_usec.is_none() {
+            // No CPU accounting hierarchy for it (cgroup v1 without a --cpus limit): the CPU
+            // time of the processes in its cgroup, and of their reaped children.
+            u.cpu_usec = procs_cpu_usec(&dirs);
+        }
+        Some(u)
     }
     fn reclaim(&self, sandbox: &Instance<'_>) {
         if let Some(id) = sandbox.id {
