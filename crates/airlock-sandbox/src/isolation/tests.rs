@@ -286,7 +286,7 @@ fn cpu_time_without_a_cpu_hierarchy_comes_from_the_cgroups_processes() {
     assert!(got.is_some_and(|us| us >= 10_000), "{got:?}");
     std::fs::write(dir.join("cgroup.procs"), "").expect("procs");
     assert_eq!(
-        super::procs_cpu_usec(&[dir.clone()]),
+        super::procs_cpu_usec(std::slice::from_ref(&dir)),
         None,
         "an empty cgroup"
     );
