@@ -16,6 +16,7 @@ pub mod backend;
 pub mod client;
 pub mod engine;
 pub mod paths;
+pub mod pool;
 pub mod store;
 pub mod supervisor;
 
