@@ -221,6 +221,34 @@ fn warm_lifecycle(a: &Airlock, label: &str) {
     assert_ne!(second, member, "{label}: a member was claimed twice");
     assert_eq!(out.stdout.trim(), "0", "{label}: {}", out.describe());
 
+    // The time limit is bound at claim too.
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(&status(a))["ready"] == 2),
+        "{label}: not refilled: {}",
+        status(a)
+    );
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "none",
+        "--timeout",
+        "1s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(out.code(), 124, "{label}: {}", out.describe());
+    assert!(
+        claimed(&out).is_some() && out.stderr.contains("killed: timeout after 1s"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(10),
+        "{label}: {:?}",
+        out.elapsed
+    );
+
     ok(a, &["daemon", "stop"]);
     assert_nothing_left(a, label);
 }

@@ -258,10 +258,24 @@ pub fn exec(
     });
     let pidfd = sys::pidfd_open(child).map_err(io_err("pidfd_open"))?;
     let child = Pid::from_raw(child);
-    let (_, _) = tty::supervise(&pidfd, child, &signals, tty_host.as_ref(), &result_rd, None)
-        .map_err(io_err("supervise the command"))?;
+    let deadline = req.timeout.map(|t| std::time::Instant::now() + t);
+    let (timed_out, _) = tty::supervise(
+        &pidfd,
+        child,
+        &signals,
+        tty_host.as_ref(),
+        &result_rd,
+        deadline,
+    )
+    .map_err(io_err("supervise the command"))?;
     let status = nix::sys::wait::waitpid(child, None)
         .map_err(|e| io_err("wait for the command")(e.into()))?;
+    if timed_out {
+        return Ok(Outcome {
+            ending: Ending::TimedOut,
+            changes: None,
+        });
+    }
     let code = match conclude(status, err_rd)? {
         Concluded::Ran(c) | Concluded::NotStarted(c) => c,
     };

@@ -328,6 +328,7 @@ pub fn serve() -> CliResult<i32> {
 pub fn try_warm(
     b: &super::run::Built,
     tty: bool,
+    timeout_text: Option<&str>,
     net_log: Option<&Path>,
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
@@ -336,11 +337,10 @@ pub fn try_warm(
     if !pool::members_dir(&state).is_dir() {
         return Ok(None);
     }
-    // Bound at claim today: command, environment, working directory, terminal, plain
-    // secrets. The rest starts cold (docs/design/warm-pool.md).
+    // Bound at claim today: command, environment, working directory, terminal, time limit,
+    // plain secrets. The rest starts cold (docs/design/warm-pool.md).
     if spec.backend != BackendKind::Container
         || spec.workspace != WorkspaceMode::None
-        || b.timeout.is_some()
         || net_log.is_some()
         || spec.secrets.values().any(|s| s.inject.is_some())
     {
@@ -415,6 +415,7 @@ pub fn try_warm(
         tty,
         forward_stdin: b.forward_stdin,
         with_secrets: false,
+        timeout: b.timeout,
     };
     let ran = delivered.and_then(|()| backend.exec(&inst, &req).map_err(CliError::from));
     // Never reused: its PID 1 goes now (its supervisor then cleans up and exits), and its
@@ -446,5 +447,12 @@ pub fn try_warm(
             pool::remove_member(&mut store, &backend, &state, &member.name);
         }
     }
-    Ok(Some(ran?.exit_code()))
+    let outcome = ran?;
+    if outcome.ending == airlock_sandbox::isolation::Ending::TimedOut {
+        errln!(
+            "airlock: killed: timeout after {}",
+            timeout_text.unwrap_or("?")
+        );
+    }
+    Ok(Some(outcome.exit_code()))
 }

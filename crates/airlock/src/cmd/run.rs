@@ -323,7 +323,9 @@ pub fn run_with(
     let mut b = build(a, global_config, no_user_config, persist.is_some())?;
     if let Some(dir) = persist {
         b.instance_id = Some(crate::cmd::named::folder_id(dir)?);
-    } else if let Some(code) = super::daemon::try_warm(&b, a.tty, a.net_log.as_deref())? {
+    } else if let Some(code) =
+        super::daemon::try_warm(&b, a.tty, a.timeout.as_deref(), a.net_log.as_deref())?
+    {
         return Ok(code);
     }
     launch(
