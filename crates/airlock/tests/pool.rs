@@ -430,3 +430,33 @@ fn claims_survive_daemon_kill_9_at_random_points() {
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "kill -9");
 }
+
+/// `[pool] size` in the user configuration: the first run of a kind starts its pool (and the
+/// daemon) and runs cold; the next one is warm.
+#[test]
+fn configured_pool_starts_on_the_first_run() {
+    if !e2e("configured_pool_starts_on_the_first_run") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let cfg = a.dir.join("home/.config/airlock");
+    std::fs::create_dir_all(&cfg).expect("config dir");
+    std::fs::write(cfg.join("config.toml"), "[pool]\nsize = 1\n").expect("config");
+    let run = ["run", "--workspace", "none", "--net", "off", "--", "true"];
+    let out = ok(&a, &run);
+    assert!(
+        claimed(&out).is_none() && out.stderr.contains("warm pool"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(&status(&a))["ready"] == 1),
+        "{}",
+        status(&a)
+    );
+    let out = ok(&a, &run);
+    assert!(claimed(&out).is_some(), "{}", out.describe());
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "configured");
+}

@@ -54,7 +54,7 @@ fn member_spec(
     a: &PoolArgs,
     global_config: Option<&Path>,
     no_user_config: bool,
-) -> CliResult<airlock_model::spec::RunSpec> {
+) -> CliResult<(airlock_model::spec::RunSpec, u32)> {
     let mut policy = a.policy.clone();
     match policy.workspace.as_deref() {
         None | Some("none") => policy.workspace = Some("none".into()),
@@ -77,20 +77,64 @@ fn member_spec(
         cmd: vec![],
     };
     let built = super::run::build(&ra, global_config, no_user_config, true)?;
-    let mut spec = built.spec;
-    if spec.backend != BackendKind::Container {
+    if built.spec.backend != BackendKind::Container {
         return Err(CliError::new(
             exit::POLICY_REFUSED,
             anyhow::anyhow!("warm pools hold container sandboxes only (for now)"),
         )
         .hint("drop --backend microvm"));
     }
-    // Bound at claim: what the claimer's `run` resolves. Secret values never wait in a member.
-    spec.env.clear();
-    spec.secrets.clear();
-    spec.agent = None;
-    spec.agent_grace = None;
-    Ok(spec)
+    Ok((member_of(&built.spec), built.pool_size))
+}
+
+/// A member spec for runs like `spec`: persistent (PID 1 waits), and nothing a claim binds —
+/// the claimer's `run` resolves those. Secret values never wait in a member.
+fn member_of(spec: &airlock_model::spec::RunSpec) -> airlock_model::spec::RunSpec {
+    let mut m = spec.clone();
+    m.persistent = true;
+    m.argv.clear();
+    m.env.clear();
+    m.secrets.clear();
+    m.timeout = None;
+    m.stdio = airlock_model::spec::Stdio::Inherit {
+        forward_stdin: false,
+    };
+    m.workdir = None;
+    m.setup.clear();
+    m.agent = None;
+    m.agent_grace = None;
+    m
+}
+
+/// At most this many pools are made on demand (`[pool] size`); `daemon start` adds more.
+const MAX_AUTO_POOLS: usize = 4;
+
+/// `[pool] size` and no pool for this run's kind: make one (and start the daemon). This run
+/// starts cold; the next ones like it are warm.
+fn auto_pool(spec: &airlock_model::spec::RunSpec, size: u32, state: &Path, key: &str) {
+    let member = member_of(spec);
+    if pool::key(&member) != key {
+        return;
+    }
+    let made = (|| -> CliResult<()> {
+        let mut store = open_store(state)?;
+        if store.pools().map_err(store_err)?.len() >= MAX_AUTO_POOLS {
+            return Ok(());
+        }
+        let json =
+            serde_json::to_string(&member).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        store.pool_define(key, &json, size).map_err(store_err)?;
+        ensure_daemon(state)?;
+        pool::wake(state);
+        errln!(
+            "airlock: cold start; warm pool {} started ([pool] size = {size}): runs like this one are warm from now on",
+            &key[..8]
+        );
+        Ok(())
+    })();
+    if let Err(e) = made {
+        errln!("airlock: warning: no warm pool: {:#}", e.error);
+    }
 }
 
 fn start(a: &PoolArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
@@ -113,12 +157,20 @@ fn start(a: &PoolArgs, global_config: Option<&Path>, no_user_config: bool) -> Cl
             p.key.clone()
         }
         None => {
-            let spec = member_spec(a, global_config, no_user_config)?;
+            let (spec, configured) = member_spec(a, global_config, no_user_config)?;
             let key = pool::key(&spec);
             let json =
                 serde_json::to_string(&spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
             store
-                .pool_define(&key, &json, a.size.unwrap_or(DEFAULT_SIZE))
+                .pool_define(
+                    &key,
+                    &json,
+                    a.size.unwrap_or(if configured > 0 {
+                        configured
+                    } else {
+                        DEFAULT_SIZE
+                    }),
+                )
                 .map_err(store_err)?;
             key
         }
@@ -333,8 +385,8 @@ pub fn try_warm(
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
     let state = paths::state_dir();
-    // No pool was ever made here: one stat, nothing opened.
-    if !pool::members_dir(&state).is_dir() {
+    // No pool was ever made here and none is asked for: one stat, nothing opened.
+    if b.pool_size == 0 && !pool::members_dir(&state).is_dir() {
         return Ok(None);
     }
     // Bound at claim today: command, environment, working directory, terminal, time limit,
@@ -355,7 +407,13 @@ pub fn try_warm(
     let member = loop {
         tries += 1;
         match store.claim(&key, me, me_start).map_err(store_err)? {
-            Claim::NoPool => return Ok(None),
+            Claim::NoPool => {
+                if b.pool_size > 0 {
+                    drop(store);
+                    auto_pool(spec, b.pool_size, &state, &key);
+                }
+                return Ok(None);
+            }
             Claim::Miss => {
                 pool::wake(&state);
                 errln!("airlock: cold start (warm pool {} is empty)", &key[..8]);

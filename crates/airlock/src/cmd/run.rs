@@ -348,6 +348,8 @@ pub struct Built {
     pub secrets: Option<Vec<(String, String)>>,
     /// A named sandbox's unique id (from its folder); None for `run`.
     pub instance_id: Option<String>,
+    /// `[pool] size`: a `run` with no pool for its kind starts one of this size.
+    pub pool_size: u32,
 }
 
 /// Config + flags -> the spec (`persistent`: a named sandbox, no command).
@@ -592,6 +594,7 @@ pub fn build(
         forward_stdin,
         secrets: None,
         instance_id: None,
+        pool_size: eff.pool.size,
     })
 }
 

@@ -391,6 +391,7 @@ post_down = ["echo bye"]
             post_down: strings(&["echo bye"]),
         },
         images: Default::default(),
+        pool: Default::default(),
     };
     assert_eq!(r.effective, expected);
 
