@@ -243,7 +243,7 @@ impl Effective {
                 insecure_registries: some_vec(&self.images.insecure_registries),
                 runtimes: some_map(&self.images.runtimes),
             }),
-            pool: (self.pool != PoolConfig::default()).then(|| PoolLayer {
+            pool: (self.pool != PoolConfig::default()).then_some(PoolLayer {
                 size: Some(self.pool.size),
             }),
         }
