@@ -460,3 +460,89 @@ fn configured_pool_starts_on_the_first_run() {
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "configured");
 }
+
+/// The HTTP API's `run` (and so the MCP run tool) claims from the pool like the CLI does.
+#[test]
+fn an_api_run_claims_a_warm_member() {
+    if !e2e("an_api_run_claims_a_warm_member") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let _engine = EngineGuard(&a);
+    ok(
+        &a,
+        &["daemon", "start", "--size", "1", "--wait", "--net", "off"],
+    );
+    ok(&a, &["list"]); // starts the engine
+    let sock = std::fs::read_dir(a.dir.join("runtime/airlock"))
+        .expect("runtime dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sock"))
+        .expect("engine socket")
+        .display()
+        .to_string();
+    let body = serde_json::json!({
+        "dir": a.cwd.display().to_string(),
+        "argv": ["hostname"],
+        "workspace": "none",
+        "net": "off",
+        "env": {"X": "1"},
+    })
+    .to_string();
+    let out = common::run_with_deadline(
+        a.command_with(
+            "curl",
+            &[
+                "-sS",
+                "--unix-socket",
+                &sock,
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body,
+                "http://airlock/v1/run",
+            ],
+        ),
+        None,
+        common::DEADLINE,
+    );
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let of = |stream: &str| -> String {
+        events
+            .iter()
+            .filter(|e| e["stream"] == stream)
+            .filter_map(|e| e["data"].as_str())
+            .collect()
+    };
+    let stderr = of("stderr");
+    let member = stderr
+        .lines()
+        .find(|l| l.contains("warm start"))
+        .and_then(|l| l.split(", ").nth(1))
+        .unwrap_or_else(|| panic!("not warm: {}", out.stdout))
+        .to_string();
+    assert_eq!(of("stdout").trim(), member, "{}", out.stdout);
+    assert_eq!(
+        events.last(),
+        Some(&serde_json::json!({"exit": 0})),
+        "{}",
+        out.stdout
+    );
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "api");
+}
+
+/// Stops the engine a test's commands auto-started.
+struct EngineGuard<'a>(&'a Airlock);
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        common::stop_engines_of(self.0);
+    }
+}
