@@ -546,3 +546,38 @@ impl Drop for EngineGuard<'_> {
         common::stop_engines_of(self.0);
     }
 }
+
+/// The pool is an optimisation: records it cannot read make a cold start with a warning, never
+/// a failed run.
+#[test]
+fn unreadable_pool_records_mean_a_cold_start_not_a_failure() {
+    if !e2e("unreadable_pool_records_mean_a_cold_start_not_a_failure") {
+        return;
+    }
+    let a = Airlock::root();
+    std::fs::create_dir_all(members_dir(&a)).expect("members dir");
+    std::fs::write(
+        a.state_dir().join("store.db"),
+        "this is not an SQLite database, whatever its name says\n".repeat(200),
+    )
+    .expect("garbage store");
+    let out = ok(
+        &a,
+        &[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "echo",
+            "hi",
+        ],
+    );
+    assert_eq!(out.stdout, "hi\n", "{}", out.describe());
+    assert!(
+        out.stderr.contains("warm pool unavailable, starting cold"),
+        "{}",
+        out.describe()
+    );
+}

@@ -401,61 +401,38 @@ pub fn try_warm(
     let secrets = super::run::resolve_secrets(&spec.secrets)?;
     let t0 = Instant::now();
     let key = pool::key(spec);
-    let mut store = open_store(&state)?;
-    let (me, me_start) = pool::me();
-    let mut tries = 0;
-    let member = loop {
-        tries += 1;
-        match store.claim(&key, me, me_start).map_err(store_err)? {
-            Claim::NoPool => {
-                if b.pool_size > 0 {
-                    drop(store);
-                    auto_pool(spec, b.pool_size, &state, &key);
-                }
-                return Ok(None);
-            }
-            Claim::Miss => {
-                pool::wake(&state);
-                errln!("airlock: cold start (warm pool {} is empty)", &key[..8]);
-                return Ok(None);
-            }
-            Claim::Hit(m) => {
-                let dir = pool::member_dir(&state, &m.name);
-                if supervisor::locked(&dir)
-                    && airlock_sandbox::container::exec::pid1(&dir).is_some()
-                {
-                    break m;
-                }
-                // Died since it was checked: the daemon removes it.
-                let _ = store.member_release(&m.name, me);
-                if tries >= 3 {
-                    pool::wake(&state);
-                    return Ok(None);
-                }
-            }
+    // The pool is an optimisation: when its records cannot be read, the run starts cold.
+    let (mut store, member) = match claim(&state, &key, spec, b.pool_size) {
+        Ok(Some(got)) => got,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            errln!(
+                "airlock: warning: warm pool unavailable, starting cold: {:#}",
+                e.error
+            );
+            return Ok(None);
         }
     };
     let claimed_in = t0.elapsed();
     pool::wake(&state);
     let dir = pool::member_dir(&state, &member.name);
-    let backend = AnyBackend::for_kind(BackendKind::Container).ok_or(
-        airlock_model::plan::Refusal::BackendUnavailable(BackendKind::Container),
-    )?;
     let inst = Instance {
         name: &member.name,
         dir: &dir,
         id: Some(&member.id),
     };
+    if !secrets.is_empty() {
+        if let Err(e) = airlock_sandbox::container::exec::deliver_secrets(&dir, &secrets) {
+            release(&mut store, &state, &member, &dir, None);
+            errln!("airlock: warning: the warm member refused its secrets, starting cold: {e}");
+            return Ok(None);
+        }
+    }
     let mut env = spec.env.clone();
     for (k, v) in &secrets {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
-    let delivered = if secrets.is_empty() {
-        Ok(())
-    } else {
-        airlock_sandbox::container::exec::deliver_secrets(&dir, &secrets).map_err(CliError::from)
-    };
     errln!(
         "airlock: warm start (pool {}, {}, claimed in {:.2} ms)",
         &key[..8],
@@ -475,36 +452,13 @@ pub fn try_warm(
         with_secrets: false,
         timeout: b.timeout,
     };
-    let ran = delivered.and_then(|()| backend.exec(&inst, &req).map_err(CliError::from));
-    // Never reused: its PID 1 goes now (its supervisor then cleans up and exits), and its
-    // record and folder with the daemon — or here when no daemon runs.
-    if let Some(p) = airlock_sandbox::container::exec::pid1(&dir) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let _ = store.member_release(&member.name, me);
-    let _ = store.claim_done(&key, claimed_in.as_micros() as u64);
-    if pool::daemon_running(&state) {
-        pool::wake(&state);
-    } else {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while supervisor::locked(&dir) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let backend = SupervisorBackend { exe: exe()? };
-        if store
-            .member_cas(
-                &member.name,
-                &[pool::MemberState::Released],
-                pool::MemberState::Draining,
-            )
-            .unwrap_or(false)
-        {
-            pool::remove_member(&mut store, &backend, &state, &member.name);
-        }
-    }
+    let ran = AnyBackend::for_kind(BackendKind::Container)
+        .ok_or(airlock_model::plan::Refusal::BackendUnavailable(
+            BackendKind::Container,
+        ))
+        .map_err(CliError::from)
+        .and_then(|backend| backend.exec(&inst, &req).map_err(CliError::from));
+    release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
     let outcome = ran?;
     if outcome.ending == airlock_sandbox::isolation::Ending::TimedOut {
         errln!(
@@ -513,4 +467,85 @@ pub fn try_warm(
         );
     }
     Ok(Some(outcome.exit_code()))
+}
+
+/// The claim: a ready, live member of pool `key` for this process (None: start cold — no pool,
+/// made one now with `[pool] size`, or the pool is empty).
+fn claim(
+    state: &Path,
+    key: &str,
+    spec: &airlock_model::spec::RunSpec,
+    pool_size: u32,
+) -> CliResult<Option<(Store, pool::Member)>> {
+    let mut store = open_store(state)?;
+    let (me, me_start) = pool::me();
+    for _ in 0..3 {
+        match store.claim(key, me, me_start).map_err(store_err)? {
+            Claim::NoPool => {
+                if pool_size > 0 {
+                    drop(store);
+                    auto_pool(spec, pool_size, state, key);
+                }
+                return Ok(None);
+            }
+            Claim::Miss => {
+                pool::wake(state);
+                errln!("airlock: cold start (warm pool {} is empty)", &key[..8]);
+                return Ok(None);
+            }
+            Claim::Hit(m) => {
+                let dir = pool::member_dir(state, &m.name);
+                if supervisor::locked(&dir)
+                    && airlock_sandbox::container::exec::pid1(&dir).is_some()
+                {
+                    return Ok(Some((store, m)));
+                }
+                // Died since it was checked: released, for the daemon to remove.
+                let _ = store.member_release(&m.name, me);
+            }
+        }
+    }
+    pool::wake(state);
+    Ok(None)
+}
+
+/// A claimed member is never reused: its PID 1 goes now (its supervisor then cleans up and
+/// exits), and its record and folder with the daemon — or here when no daemon runs. `done`:
+/// the claim was used (a hit, and its latency).
+fn release(
+    store: &mut Store,
+    state: &Path,
+    member: &pool::Member,
+    dir: &Path,
+    done: Option<(&str, Duration)>,
+) {
+    if let Some(p) = airlock_sandbox::container::exec::pid1(dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = store.member_release(&member.name, pool::me().0);
+    if let Some((key, took)) = done {
+        let _ = store.claim_done(key, took.as_micros() as u64);
+    }
+    if pool::daemon_running(state) {
+        pool::wake(state);
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while supervisor::locked(dir) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let Ok(exe) = exe() else { return };
+    if store
+        .member_cas(
+            &member.name,
+            &[pool::MemberState::Released],
+            pool::MemberState::Draining,
+        )
+        .unwrap_or(false)
+    {
+        pool::remove_member(store, &SupervisorBackend { exe }, state, &member.name);
+    }
 }
