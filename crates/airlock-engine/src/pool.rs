@@ -50,9 +50,10 @@ const KEPT_LATENCIES: i64 = 1000;
 
 /// The pool key of a spec: a hash of it with every field a claim binds cleared — the name and
 /// hostname, the command, environment, working directory, time limit, terminal, plain secrets
-/// (written at claim) — and the project directory when there is no workspace. What stays
-/// (backend, root filesystem and its digest, profile, network policy, limits, user, binds,
-/// home files, injected secrets) is what a member was started with and a claim cannot change.
+/// (written at claim), a filtered network's allowed domains (put in force at claim) — and the
+/// project directory when there is no workspace. What stays (backend, root filesystem and its
+/// digest, profile, network mode and ports, limits, user, binds, home files, injected secrets)
+/// is what a member was started with and a claim cannot change.
 pub fn key(spec: &RunSpec) -> String {
     use sha2::Digest;
     let mut s = spec.clone();
@@ -74,6 +75,11 @@ pub fn key(spec: &RunSpec) -> String {
     s.context.clear();
     s.repos.clear();
     s.secrets.retain(|_, v| v.inject.is_some());
+    // A filtered member's allowed domains are set at claim (the live policy socket of its
+    // supervisor). Its ports stay: the listeners for them are opened at start.
+    if s.net == airlock_model::policy::NetMode::Filtered {
+        s.domains.clear();
+    }
     if s.workspace == airlock_model::policy::WorkspaceMode::None {
         s.project_dir = PathBuf::from("/");
     }

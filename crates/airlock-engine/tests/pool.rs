@@ -69,6 +69,7 @@ fn member() -> RunSpec {
         setup: Vec::new(),
         backend: BackendKind::Container,
         rootfs: RootFs::Host,
+        kernel: None,
     }
 }
 
@@ -101,10 +102,21 @@ type Change = Box<dyn Fn(&mut RunSpec)>;
 fn a_claim_binds_what_the_key_leaves_out_and_nothing_else() {
     let m = member();
     assert_eq!(pool::key(&m), pool::key(&run_of(&m)));
+    // A filtered run's allowlist is put in force at claim.
+    let mut other = run_of(&m);
+    other.domains = vec!["two.example".into()];
+    assert_eq!(
+        pool::key(&m),
+        pool::key(&other),
+        "domains are bound at claim"
+    );
     let changed: Vec<(&str, Change)> = vec![
         (
-            "domains",
-            Box::new(|r| r.domains = vec!["two.example".into()]),
+            "domains with the network off",
+            Box::new(|r| {
+                r.net = NetMode::Off;
+                r.domains = vec!["two.example".into()];
+            }),
         ),
         ("net", Box::new(|r| r.net = NetMode::Off)),
         ("ports", Box::new(|r| r.ports = vec![443, 80])),

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::internet::Internet;
 use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -272,8 +273,7 @@ fn daemon_start_claim_refill_stop_rootless() {
 }
 
 /// An empty pool: cold start (said so), counted as a miss. A run whose policy differs from
-/// every pool's never gets a member (a pool of `--net off` members serves no filtered run,
-/// and a pool allowing one domain serves no run allowing another).
+/// every pool's never gets a member (a pool of filtered members serves no `--net off` run).
 #[test]
 fn cold_fallback_and_no_policy_leak() {
     if !e2e("cold_fallback_and_no_policy_leak") {
@@ -305,14 +305,13 @@ fn cold_fallback_and_no_policy_leak() {
             "one.example",
         ],
     );
-    // Filtered with another allowlist, and off: neither is that pool's.
-    for args in [&["--allow", "two.example"][..], &["--net", "filtered"][..]] {
-        let mut argv = vec!["run", "--workspace", "none"];
-        argv.extend_from_slice(args);
-        argv.extend_from_slice(&["--", "true"]);
-        let out = ok(&a, &argv);
-        assert!(claimed(&out).is_none(), "{args:?}: {}", out.describe());
-    }
+    // Another network mode is not that pool's (a filtered run with another allowlist is:
+    // `a_claim_gets_its_own_allowlist`).
+    let out = ok(
+        &a,
+        &["run", "--workspace", "none", "--net", "off", "--", "true"],
+    );
+    assert!(claimed(&out).is_none(), "{}", out.describe());
     // The same policy claims it.
     let out = ok(
         &a,
@@ -580,4 +579,71 @@ fn unreadable_pool_records_mean_a_cold_start_not_a_failure() {
         "{}",
         out.describe()
     );
+}
+
+/// A filtered member's allowlist is the claim's: put in force before the command runs, so a
+/// run reaches what it allows and nothing the pool (or an earlier claim) allowed.
+#[test]
+fn a_claim_gets_its_own_allowlist() {
+    if !e2e("a_claim_gets_its_own_allowlist") {
+        return;
+    }
+    const CA: &str = "/etc/airlock-test-ca.pem";
+    let inet = Internet::start(&["x.test", "y.test"], &[]);
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let cert_dir = common::TempDir::new("cert");
+    let cert = cert_dir.join("ca.pem");
+    std::fs::copy(inet.cert(), &cert).expect("copy cert");
+    common::set_mode(&cert, 0o644);
+    let ro = format!("{}:{CA}", cert.display());
+    let env = [("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str())];
+    let start = a.run_with_env(
+        &env,
+        &[
+            "daemon", "start", "--size", "2", "--wait", "--allow", "x.test", "--ro", &ro,
+        ],
+    );
+    assert_eq!(start.code(), 0, "{}", start.describe());
+    let probe = format!(
+        "for h in x.test y.test; do \
+           curl -sS --max-time 10 --cacert {CA} https://$h/ >/dev/null 2>&1 \
+             && echo \"$h reached\" || echo \"$h denied\"; \
+         done"
+    );
+    for (allow, reached, denied) in [
+        ("y.test", "y.test", "x.test"),
+        ("x.test", "x.test", "y.test"),
+    ] {
+        let out = a.run_with_env(
+            &env,
+            &[
+                "run",
+                "--workspace",
+                "none",
+                "--allow",
+                allow,
+                "--ro",
+                &ro,
+                "--",
+                "sh",
+                "-c",
+                &probe,
+            ],
+        );
+        assert_eq!(out.code(), 0, "{allow}: {}", out.describe());
+        assert!(
+            claimed(&out).is_some(),
+            "{allow}: not warm: {}",
+            out.describe()
+        );
+        assert!(
+            out.stdout.contains(&format!("{reached} reached"))
+                && out.stdout.contains(&format!("{denied} denied")),
+            "allowing {allow}: {}",
+            out.describe()
+        );
+    }
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "allowlist");
 }

@@ -266,6 +266,7 @@ pub fn exec(
         tty_host.as_ref(),
         &result_rd,
         deadline,
+        None,
     )
     .map_err(io_err("supervise the command"))?;
     let status = nix::sys::wait::waitpid(child, None)

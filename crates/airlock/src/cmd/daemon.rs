@@ -421,6 +421,14 @@ pub fn try_warm(
         dir: &dir,
         id: Some(&member.id),
     };
+    // This run's allowlist, in force before its command runs (whatever the member had).
+    if spec.net == airlock_model::policy::NetMode::Filtered {
+        if let Err(e) = airlock_engine::live_policy::send(&dir, &spec.domains, &spec.ports) {
+            release(&mut store, &state, &member, &dir, None);
+            errln!("airlock: warning: the warm member refused this run's allowlist, starting cold: {e}");
+            return Ok(None);
+        }
+    }
     if !secrets.is_empty() {
         if let Err(e) = airlock_sandbox::container::exec::deliver_secrets(&dir, &secrets) {
             release(&mut store, &state, &member, &dir, None);
