@@ -368,10 +368,10 @@ fn status(json: bool) -> CliResult<i32> {
 pub fn serve() -> CliResult<i32> {
     let state = paths::state_dir();
     pool::serve(&state, exe()?, || {
-        eprintln!("airlock daemon: pid {} serving", std::process::id());
+        errln!("airlock daemon: pid {} serving", std::process::id());
     })
     .map_err(|e| CliError::new(exit::CONFLICT, anyhow::anyhow!(e)))?;
-    eprintln!("airlock daemon: stopped");
+    errln!("airlock daemon: stopped");
     Ok(0)
 }
 
