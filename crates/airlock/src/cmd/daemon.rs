@@ -414,7 +414,9 @@ pub fn try_warm(
         }
     };
     let claimed_in = t0.elapsed();
-    pool::wake(&state);
+    // The daemon is woken when this run ends (`release`): a member's start costs CPU this run
+    // would share on a small machine. A long run's pool is refilled by the daemon's own pass
+    // (every half second) meanwhile.
     let dir = pool::member_dir(&state, &member.name);
     let inst = Instance {
         name: &member.name,
