@@ -604,6 +604,44 @@ fn agent_tools_fail_clearly_without_their_commands_or_sandbox() {
     tool_err(&r[4], "empty");
 }
 
+/// A tool's error is the action's own (`ActionError`: kind, exit code, message, hint), as
+/// structured content and in the text — not airlock's stderr read back. Each tool here goes
+/// its own way: stop in the typed child (as the CLI stops), status and diff through the
+/// engine's API, exec in the typed child's grandchild.
+#[test]
+fn tool_errors_carry_the_action_error() {
+    if !e2e("tool_errors_carry_the_action_error") {
+        return;
+    }
+    let a = Airlock::root();
+    let _g = EngineGuard(&a);
+    let r = drive(
+        &a,
+        Client::Python,
+        json!([
+            {"tool": "sandbox_stop", "args": {"name": "ghost"}},
+            {"tool": "sandbox_status", "args": {"name": "ghost"}},
+            {"tool": "agent_diff", "args": {"name": "ghost"}},
+            {"tool": "sandbox_exec", "args": {"name": "ghost", "command": ["true"]}},
+            {"tool": "sandbox_remove", "args": {"name": "ghost"}},
+        ]),
+    );
+    for r in results(&r) {
+        let e = &tool_err(r, "no sandbox named ghost")["structured"]["error"];
+        assert_eq!(
+            (e["kind"].as_str(), e["code"].as_i64()),
+            (Some("not_found"), Some(122)),
+            "{r}"
+        );
+        assert_eq!(e["hint"], "airlock list shows the sandboxes", "{r}");
+        assert!(
+            text(r).contains("hint: airlock list shows the sandboxes")
+                && text(r).contains("not_found, airlock exit code 122"),
+            "{r}"
+        );
+    }
+}
+
 fn git(a: &Airlock, args: &[&str]) -> String {
     let out = run_with_deadline(a.command_with("git", args), None, common::DEADLINE);
     assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
