@@ -7,8 +7,8 @@
 //! records and airlock-work's reports; the model crate keeps the pure vocabulary they use.
 //! Operations that need a process of their own carry out in a typed child (`airlock __action`:
 //! the action as JSON on stdin, one [`ChildAnswer`] line on stdout): entering a sandbox's
-//! namespaces (file read/write/copy, deliver) needs a single-threaded process, and trust and
-//! explain use the CLI's configuration resolution. exec streams from a child of its own.
+//! namespaces (file read/write/copy, deliver, exec) needs a single-threaded process, and trust,
+//! explain and up use the CLI's configuration resolution.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

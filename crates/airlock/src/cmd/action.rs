@@ -1,9 +1,11 @@
 //! `airlock __action`: the typed child process. It reads one [`Action`] as JSON on stdin and
 //! writes one [`ChildAnswer`] line on stdout — the engine (for its routes) and the MCP server
 //! start it, never with argv built from what a client sent, and never reading its stderr (which
-//! is their log). The actions that enter a sandbox (file read/write/copy, deliver) need a
-//! single-threaded process; trust and explain use this binary's configuration resolution;
-//! the engine's own actions are forwarded to the engine.
+//! is their log). The actions that enter a sandbox (file read/write/copy, deliver; run and exec
+//! from a grandchild) need a single-threaded process; trust, explain and up use this binary's
+//! configuration resolution; start (without secrets), stop and remove are carried out as the
+//! CLI carries them out (hooks, setup scripts, secrets from this process's environment), then
+//! through the engine; the engine's other actions are forwarded to it.
 //!
 //! What this module decides is the contract (the action in, one answer out, errors as
 //! [`ActionError`]); how bytes move inside the sandbox is the file scripts' business
