@@ -301,22 +301,13 @@ pub struct RunRequest {
     /// /workspace.
     #[schema(pattern = "^/", examples("/home/me/project"))]
     pub dir: String,
-    /// The command and its arguments.
-    #[schema(min_items = 1, examples(json!(["make", "test"])))]
-    pub argv: Vec<String>,
-    /// Extra environment variables.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// The working directory inside (relative: under /workspace).
-    #[serde(default)]
-    pub workdir: Option<String>,
+    /// The command, as for exec.
+    #[serde(flatten)]
+    pub command: ExecRequest,
     /// Kill the command after this many seconds (exit 124).
     #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 86400)]
     pub timeout_secs: Option<u64>,
-    /// The command's standard input (default: none, as from /dev/null).
-    #[serde(default)]
-    pub stdin: Option<String>,
     #[serde(flatten)]
     pub policy: PolicyOptions,
 }
@@ -363,11 +354,11 @@ pub struct PolicyOptions {
     pub pids: Option<u64>,
 }
 
-/// What `exec` runs in a running sandbox.
+/// A command to run (`exec`: in a running sandbox; `run`: in a fresh one).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ExecRequest {
     /// The command and its arguments, run inside the sandbox as its user.
-    #[schema(min_items = 1, examples(json!(["git", "status"])))]
+    #[schema(min_items = 1, examples(json!(["make", "test"])))]
     pub argv: Vec<String>,
     /// Extra environment variables.
     #[serde(default)]

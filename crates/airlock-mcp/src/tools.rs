@@ -412,11 +412,13 @@ async fn sandbox_run(c: Call, v: Value) -> CallToolResult {
     tri!(check_env(&a.env));
     let request = RunRequest {
         dir: tri!(project_dir()),
-        argv: a.command,
-        env: a.env,
-        workdir: a.workdir,
+        command: ExecRequest {
+            argv: a.command,
+            env: a.env,
+            workdir: a.workdir,
+            stdin: a.stdin,
+        },
         timeout_secs: Some(secs),
-        stdin: a.stdin,
         policy,
     };
     // The run's own timeout ends the command (exit 124); this bound is for airlock itself.

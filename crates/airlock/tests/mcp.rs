@@ -577,6 +577,10 @@ fn policy_explain_uses_the_real_policy() {
     assert_eq!(verdict(12)["allowed"], true);
 }
 
+/// A tool's error is the action's own (`ActionError`: kind, exit code, message, hint), as
+/// structured content and in the text — not airlock's stderr read back. The tools go their own
+/// ways: prompt, reports, stop, remove and exec in the typed child (exec from its grandchild),
+/// status, diff and fetch through the engine's API.
 #[test]
 fn agent_tools_fail_clearly_without_their_commands_or_sandbox() {
     if !e2e("agent_tools_fail_clearly_without_their_commands_or_sandbox") {
@@ -593,6 +597,10 @@ fn agent_tools_fail_clearly_without_their_commands_or_sandbox() {
             {"tool": "agent_diff", "args": {"name": "ghost"}},
             {"tool": "agent_fetch", "args": {"name": "ghost"}},
             {"tool": "agent_prompt", "args": {"name": "ghost", "prompt": "  "}},
+            {"tool": "sandbox_stop", "args": {"name": "ghost"}},
+            {"tool": "sandbox_status", "args": {"name": "ghost"}},
+            {"tool": "sandbox_exec", "args": {"name": "ghost", "command": ["true"]}},
+            {"tool": "sandbox_remove", "args": {"name": "ghost"}},
         ]),
     );
     let r = results(&r);
@@ -602,31 +610,7 @@ fn agent_tools_fail_clearly_without_their_commands_or_sandbox() {
         assert!(!text(r).contains("not available"), "{r}");
     }
     tool_err(&r[4], "empty");
-}
-
-/// A tool's error is the action's own (`ActionError`: kind, exit code, message, hint), as
-/// structured content and in the text — not airlock's stderr read back. Each tool here goes
-/// its own way: stop in the typed child (as the CLI stops), status and diff through the
-/// engine's API, exec in the typed child's grandchild.
-#[test]
-fn tool_errors_carry_the_action_error() {
-    if !e2e("tool_errors_carry_the_action_error") {
-        return;
-    }
-    let a = Airlock::root();
-    let _g = EngineGuard(&a);
-    let r = drive(
-        &a,
-        Client::Python,
-        json!([
-            {"tool": "sandbox_stop", "args": {"name": "ghost"}},
-            {"tool": "sandbox_status", "args": {"name": "ghost"}},
-            {"tool": "agent_diff", "args": {"name": "ghost"}},
-            {"tool": "sandbox_exec", "args": {"name": "ghost", "command": ["true"]}},
-            {"tool": "sandbox_remove", "args": {"name": "ghost"}},
-        ]),
-    );
-    for r in results(&r) {
+    for r in r[..4].iter().chain(&r[5..]) {
         let e = &tool_err(r, "no sandbox named ghost")["structured"]["error"];
         assert_eq!(
             (e["kind"].as_str(), e["code"].as_i64()),

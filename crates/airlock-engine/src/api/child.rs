@@ -348,7 +348,7 @@ pub async fn reports(
 /// Why a run request is out of its schema, if so (what the schema cannot say — variable names,
 /// NUL bytes — the run itself refuses, as a usage error in the stream).
 fn run_problem(r: &RunRequest) -> Option<String> {
-    if r.argv.is_empty() {
+    if r.command.argv.is_empty() {
         return Some("argv must name a command".into());
     }
     if !r.dir.starts_with('/') {

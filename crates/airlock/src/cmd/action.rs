@@ -355,7 +355,7 @@ pub fn run_main() -> CliResult<i32> {
     let job: RunJob =
         serde_json::from_slice(&input).map_err(|e| CliError::usage(format!("not a run: {e}")))?;
     let stdin = match &job.job {
-        Job::Run(r) => r.stdin.as_deref(),
+        Job::Run(r) => r.command.stdin.as_deref(),
         Job::Exec { request, .. } => request.stdin.as_deref(),
     };
     let stdin: OwnedFd = match stdin {
@@ -424,18 +424,31 @@ fn check_strings<'a>(
     Ok(())
 }
 
-fn exec_request(name: &str, r: ExecRequest) -> CliResult<i32> {
-    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
-    check_strings(r.argv.iter().chain(r.workdir.iter()), &r.env)?;
-    if r.argv.first().is_none_or(String::is_empty) {
+/// A command that can be a command line: it names one, and its strings (and `more`) hold no
+/// NUL bytes, its environment names are names.
+fn check_command<'a>(
+    c: &'a ExecRequest,
+    more: impl IntoIterator<Item = &'a String>,
+) -> CliResult<()> {
+    check_strings(c.argv.iter().chain(c.workdir.iter()).chain(more), &c.env)?;
+    if c.argv.first().is_none_or(String::is_empty) {
         return Err(CliError::usage("argv must name a command"));
     }
-    let env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Ok(())
+}
+
+fn env_pairs(env: &BTreeMap<String, String>) -> Vec<String> {
+    env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn exec_request(name: &str, r: ExecRequest) -> CliResult<i32> {
+    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
+    check_command(&r, [])?;
     let interactive = r.stdin.is_some();
     exec_in(
         name,
         r.argv,
-        &env,
+        &env_pairs(&r.env),
         r.workdir.map(Into::into),
         false,
         interactive,
@@ -482,17 +495,10 @@ fn policy_strings(p: &PolicyOptions) -> impl Iterator<Item = &String> {
 }
 
 fn run_request(r: RunRequest) -> CliResult<i32> {
-    check_strings(
-        r.argv
-            .iter()
-            .chain([&r.dir])
-            .chain(r.workdir.iter())
-            .chain(policy_strings(&r.policy)),
-        &r.env,
+    check_command(
+        &r.command,
+        [&r.dir].into_iter().chain(policy_strings(&r.policy)),
     )?;
-    if r.argv.first().is_none_or(String::is_empty) {
-        return Err(CliError::usage("argv must name a command"));
-    }
     let dir = Path::new(&r.dir);
     if !dir.is_absolute() {
         return Err(CliError::usage(format!(
@@ -502,17 +508,16 @@ fn run_request(r: RunRequest) -> CliResult<i32> {
     }
     std::env::set_current_dir(dir)
         .map_err(|e| CliError::usage(format!("{}: {e}", dir.display())))?;
-    let env = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let args = crate::cli::RunArgs {
-        policy: policy_args(r.policy, env),
+        policy: policy_args(r.policy, env_pairs(&r.command.env)),
         keep: false,
         name: None,
-        workdir: r.workdir,
+        workdir: r.command.workdir,
         timeout: r.timeout_secs.map(|s| format!("{s}s")),
         tty: false,
         net_log: None,
         interactive: false,
-        cmd: r.argv,
+        cmd: r.command.argv,
     };
     crate::cmd::run::run(&args, None, false)
 }
