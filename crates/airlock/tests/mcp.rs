@@ -360,6 +360,36 @@ fn bad_arguments_are_tool_errors() {
     }
 }
 
+/// An exec past its timeout is stopped: the tool says so, with the output so far, and the
+/// command no longer runs in the sandbox (the typed child's process group gets SIGTERM; the
+/// exec forwards it into the sandbox).
+#[test]
+fn an_exec_past_its_timeout_is_stopped() {
+    if !e2e("an_exec_past_its_timeout_is_stopped") {
+        return;
+    }
+    let a = Airlock::root();
+    let _g = EngineGuard(&a);
+    project(&a);
+    let sleeping = "cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$' || true";
+    let r = drive(
+        &a,
+        Client::Python,
+        json!([
+            {"tool": "sandbox_create", "args": {"name": "slow", "network": "off"}},
+            {"tool": "sandbox_exec", "args": {"name": "slow", "command": ["sh", "-c", "echo begun; exec sleep 300"], "timeout_seconds": 2}},
+            {"tool": "sandbox_exec", "args": {"name": "slow", "command": ["sh", "-c", sleeping]}},
+            {"tool": "sandbox_remove", "args": {"name": "slow", "force": true}},
+        ]),
+    );
+    let r = results(&r);
+    ok(&r[0]);
+    let t = tool_err(&r[1], "timed out after 2s; the command was stopped");
+    assert_eq!(t["structured"]["stdout"], "begun\n", "{t}");
+    assert_eq!(ok(&r[2])["structured"]["stdout"], "0\n", "{}", r[2]);
+    ok(&r[3]);
+}
+
 #[test]
 fn oversized_output_keeps_head_and_tail() {
     if !e2e("oversized_output_keeps_head_and_tail") {
