@@ -462,6 +462,7 @@ pub fn policy_args(p: PolicyOptions, env: Vec<String>) -> crate::cli::PolicyArgs
         profile: p.profile,
         compatibility_mode: p.compatibility_mode,
         backend: p.backend,
+        kernel: None,
         image: p.image,
         net: p.net,
         no_network: false,
