@@ -15,6 +15,7 @@ pub mod audit;
 pub mod backend;
 pub mod client;
 pub mod engine;
+pub mod guest_work;
 pub mod paths;
 pub mod store;
 pub mod supervisor;

@@ -53,6 +53,11 @@ pub struct GuestJob {
     pub files: Vec<GuestFile>,
     /// Whether stdin is forwarded (else the command's stdin is /dev/null).
     pub stdin: bool,
+    /// The workspace disk (serial DISK_WORKSPACE) is the sandbox's own writable ext4 image (a
+    /// named sandbox's clone workspace): mounted read-write at /workspace and handed to
+    /// uid/gid on its first boot. Absent in older hosts' jobs: false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub workspace_disk: bool,
     /// A named sandbox: with an empty `argv` the guest builds its root, reports
     /// [`GuestMsg::Ready`] and then serves [`HostMsg::Exec`] sessions until
     /// [`HostMsg::Poweroff`] (or the channel closes). Absent in older hosts' jobs: false.

@@ -444,3 +444,171 @@ fn a_named_microvm_sandbox_serves_concurrent_execs_and_keeps_its_state() {
     ok(&["rm", "vmbox"]);
     assert!(!a.state_dir().join("sandboxes/vmbox").exists());
 }
+
+/// Removes a test's sandboxes and stops its engine whatever the outcome.
+struct Cleanup<'a>(&'a Airlock, &'a [&'a str]);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for n in self.1 {
+            let _ = vm_cli(self.0, &["rm", "-f", n]);
+        }
+        common::stop_engines_of(self.0);
+    }
+}
+
+/// A git project in the test's working directory, with one commit.
+fn git_project(a: &Airlock) -> std::path::PathBuf {
+    let p = a.cwd.clone();
+    let git = |args: &[&str]| {
+        let out = common::run_with_deadline(a.command_with("git", args), None, VM_DEADLINE);
+        assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+        out.stdout
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["config", "user.name", "Host User"]);
+    git(&["config", "user.email", "host@example.invalid"]);
+    std::fs::write(p.join("a.txt"), "one\n").expect("write");
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "initial"]);
+    p
+}
+
+fn host_git(a: &Airlock, args: &[&str]) -> String {
+    let out = common::run_with_deadline(a.command_with("git", args), None, VM_DEADLINE);
+    assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+    out.stdout
+}
+
+/// A named microVM sandbox in a git repository gets its own clone (on a disk of its own),
+/// and its work comes back through the same review gate as a container's: hooks and config
+/// planted in the guest's repository never run on the host, nested agent configuration and
+/// symlink chains are flagged, an oversized bundle is refused and changes nothing, and the
+/// work (committed or not) survives a stop. Two boots.
+#[test]
+fn a_microvm_clone_workspace_comes_back_through_the_review_gate() {
+    if !e2e("a_microvm_clone_workspace_comes_back_through_the_review_gate") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = Cleanup(&a, &["vmclone"]);
+    let p = git_project(&a);
+    let ok = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    let inside = |script: &str| {
+        ok(&[
+            "exec",
+            "vmclone",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "cd /workspace && export GIT_AUTHOR_NAME=agent GIT_AUTHOR_EMAIL=a@b.invalid \
+                 GIT_COMMITTER_NAME=agent GIT_COMMITTER_EMAIL=a@b.invalid; {script}"
+            ),
+        ])
+    };
+    ok(&["create", "--backend", "microvm", "vmclone", "--net", "off"]);
+    assert!(
+        a.state_dir()
+            .join("sandboxes/vmclone/workspace/.git")
+            .is_dir(),
+        "the host made the clone"
+    );
+    ok(&["start", "vmclone"]);
+    let marker = a.dir.join("pwned");
+    let m = marker.display().to_string();
+    // The clone in the guest: the project's files and history, the sandbox user's.
+    let out = inside(&format!(
+        "cat a.txt; stat -c %u a.txt .git/HEAD; git rev-parse --abbrev-ref HEAD; \
+         echo two > a.txt && git commit -qam two && \
+         mkdir -p sub/.claude && echo '{{}}' > sub/.claude/settings.json && \
+         mkdir -p l && ln -s .. l/x && ln -s l/x/.. dist && git add -A && git commit -qm nested && \
+         git log --oneline | wc -l && \
+         printf '#!/bin/sh\\ntouch {m}\\n' > .git/hooks/post-merge && chmod +x .git/hooks/post-merge && \
+         for h in reference-transaction post-checkout pre-auto-gc post-rewrite; do \
+           cp .git/hooks/post-merge .git/hooks/$h; done && \
+         git config core.fsmonitor 'touch {m}' && git config core.hooksPath .git/hooks && \
+         git config core.pager 'touch {m}'"
+    ));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["one", "1000", "1000", "airlock/vmclone", "3"],
+        "{}",
+        out.describe()
+    );
+    // The host never mounts the guest's disk: the work comes over the channel at diff time.
+    let dj: serde_json::Value =
+        serde_json::from_str(&ok(&["diff", "vmclone", "--json"]).stdout).expect("diff json");
+    let flagged: Vec<String> = dj["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for f in ["sub/.claude/settings.json", "dist"] {
+        assert!(flagged.iter().any(|l| l == f), "{f} not in {flagged:?}");
+    }
+    let host_config = std::fs::read(p.join(".git/config")).expect("host config");
+    let out = vm_cli(&a, &["fetch", "vmclone"]);
+    assert_eq!(out.code(), 121, "the gate stops it: {}", out.describe());
+    assert!(
+        out.stderr.contains("sub/.claude/settings.json"),
+        "{}",
+        out.describe()
+    );
+    ok(&["fetch", "vmclone", "--accept"]);
+    let log = host_git(&a, &["log", "--format=%s", "airlock/vmclone"]);
+    assert_eq!(log, "nested\ntwo\ninitial\n");
+    assert_eq!(
+        host_git(&a, &["show", "airlock/vmclone:a.txt"]),
+        "two\n",
+        "the guest's commit is on the host's branch"
+    );
+    // Nothing the guest planted in its repository ran or landed on the host.
+    assert!(
+        !marker.exists(),
+        "a hook or fsmonitor of the guest ran on the host"
+    );
+    assert_eq!(
+        std::fs::read(p.join(".git/config")).expect("host config"),
+        host_config
+    );
+    assert!(!p.join(".git/hooks/post-merge").exists());
+
+    // (The guest's own git is its business; unplant so its next commits work.)
+    inside(
+        "git config --unset core.fsmonitor; git config --unset core.hooksPath; rm -f .git/hooks/*",
+    );
+    // A bundle over the limit: refused, and nothing changes on the host.
+    inside("head -c 1048576 /dev/urandom > big.bin && git add big.bin && git commit -qm big");
+    let mut cmd = a.command(&["fetch", "vmclone", "--accept"]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    cmd.env("AIRLOCK_VM_BUNDLE_MAX", "65536");
+    let out = common::run_with_deadline(cmd, None, VM_DEADLINE);
+    assert_ne!(out.code(), 0, "{}", out.describe());
+    assert!(out.stderr.contains("65536"), "{}", out.describe());
+    assert_eq!(
+        host_git(&a, &["log", "-1", "--format=%s", "airlock/vmclone"]),
+        "nested\n"
+    );
+
+    // Work made just before a stop comes out at the stop; the disk keeps everything,
+    // uncommitted work too, for the next start.
+    inside("echo three > a.txt && git commit -qam three && echo draft > scratch.txt");
+    ok(&["stop", "vmclone"]);
+    ok(&["fetch", "vmclone", "--accept"]);
+    assert_eq!(
+        host_git(&a, &["log", "-1", "--format=%s", "airlock/vmclone"]),
+        "three\n",
+        "the stopped sandbox's last commit came back"
+    );
+    ok(&["start", "vmclone"]);
+    let out = inside("cat a.txt scratch.txt; git log -1 --format=%s");
+    assert_eq!(out.stdout, "three\ndraft\nthree\n", "{}", out.describe());
+    assert!(!marker.exists());
+}

@@ -74,7 +74,7 @@ fn boot() -> Res<()> {
     if cmdline.split_whitespace().any(|w| w == "airlock.probe=1") {
         return Ok(());
     }
-    load_modules()?;
+    load_modules("/modules")?;
     let port = wait_for(Duration::from_secs(20), || find_port(VM_PORT_NAME))
         .ok_or("the channel port did not appear")?;
     let chan = fs::OpenOptions::new()
@@ -166,13 +166,18 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// finit_module every /modules/NN-NAME.ko in order (already loaded or built in: fine).
-fn load_modules() -> Res<()> {
-    let mut mods: Vec<PathBuf> = fs::read_dir("/modules")
-        .map_err(ctx("/modules"))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+/// finit_module every DIR/NN-NAME.ko in order (already loaded or built in: fine).
+fn load_modules(dir: &str) -> Res<()> {
+    let mut mods: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(d) => d,
+        // No optional group in this initramfs: nothing to load.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != "/modules" => return Ok(()),
+        Err(e) => return Err(format!("{dir}: {e}")),
+    }
+    .flatten()
+    .map(|e| e.path())
+    .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+    .collect();
     mods.sort();
     for m in mods {
         let f = File::open(&m).map_err(ctx(m.display()))?;
@@ -310,6 +315,19 @@ fn setup(job: &GuestJob) -> Res<()> {
             Some("lowerdir=/ws-lower,upperdir=/rw/ws-upper,workdir=/rw/ws-work"),
         )?;
     }
+    if job.workspace_disk {
+        // The sandbox's own clone: its ext4 image, writable, kept between starts.
+        load_modules("/modules/disk")?;
+        let ws = wait_for(Duration::from_secs(20), || find_disk(DISK_WORKSPACE))
+            .ok_or("the workspace disk did not appear")?;
+        let target = at("/workspace");
+        // The VM may end without a clean poweroff (a killed supervisor): commit the journal
+        // every second and write dirty data back within about a second, so little is lost.
+        mnt(&ws, &target, "ext4", nosuid, Some("commit=1"))?;
+        let _ = fs::write("/proc/sys/vm/dirty_expire_centisecs", "100");
+        let _ = fs::write("/proc/sys/vm/dirty_writeback_centisecs", "50");
+        hand_over(Path::new(&target), job.uid, job.gid)?;
+    }
     for f in &job.files {
         let path = at(&f.path);
         if let Some(parent) = Path::new(&path).parent() {
@@ -326,6 +344,36 @@ fn setup(job: &GuestJob) -> Res<()> {
             "eth0",
             Some(([10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2])),
         )?;
+    }
+    Ok(())
+}
+
+/// On a disk's first boot (its root is not the sandbox user's yet: the host made it from a
+/// clone owned by someone else), every entry becomes `uid`/`gid`'s; never through a symlink.
+fn hand_over(root: &Path, uid: u32, gid: u32) -> Res<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(root).map_err(ctx(root.display()))?;
+    if meta.uid() == uid && meta.gid() == gid {
+        return Ok(());
+    }
+    let mut stack = vec![root.to_path_buf()];
+    let mut dirs = Vec::new();
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).map_err(ctx(p.display()))?;
+        if m.is_dir() {
+            for e in fs::read_dir(&p).map_err(ctx(p.display()))? {
+                stack.push(e.map_err(ctx(p.display()))?.path());
+            }
+            // The root last: an interrupted hand-over is redone at the next boot.
+            dirs.push(p);
+            continue;
+        }
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
+            .map_err(ctx(format!("chown {}", p.display())))?;
+    }
+    for d in dirs.iter().rev() {
+        std::os::unix::fs::lchown(d, Some(uid), Some(gid))
+            .map_err(ctx(format!("chown {}", d.display())))?;
     }
     Ok(())
 }

@@ -1048,9 +1048,11 @@ fn the_microvm_plan_is_exact() {
                 })
                 .collect(),
             stdin: false,
+            workspace_disk: false,
             hold: false,
         },
         workspace: Some(p("/home/u/proj")),
+        workspace_disk: None,
         accel: Accel::Tcg,
         memory: 512 << 20,
         cpus: 2,
@@ -1131,6 +1133,51 @@ fn a_named_microvm_sandbox_is_a_held_guest_without_a_command() {
         super::plan(&s, &vm_host()),
         Err(Refusal::EmptyCommand)
     ));
+}
+
+#[test]
+fn a_named_microvm_sandboxs_clone_is_a_writable_disk_of_its_own() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.persistent = true;
+    s.argv = vec![];
+    s.workspace = WorkspaceMode::Clone;
+    // A run (no clone made for it) cannot have one.
+    assert_eq!(
+        super::plan(&s, &vm_host()).map(|_| ()),
+        Err(Refusal::CloneUnsupported)
+    );
+    s.workspace_dir = Some(p("/state/sandboxes/box/workspace"));
+    let Plan::Microvm(v) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microVM plan");
+    };
+    assert_eq!(
+        v.workspace_disk,
+        Some(microvm::WorkspaceDisk {
+            source: p("/state/sandboxes/box/workspace"),
+            image: p("/state/sandboxes/box/vm-workspace.img"),
+            size: microvm::VM_DEFAULT_WORKSPACE_DISK,
+        })
+    );
+    assert_eq!(v.workspace, None, "no read-only image of the project");
+    assert!(v.guest.workspace_disk && !v.guest.workspace);
+    assert_eq!(v.guest.cwd, "/workspace");
+    let argv = &v.qemu.argv;
+    // Writable (no readonly=on), from the run directory, found by its serial.
+    assert!(
+        argv.iter()
+            .any(|a| a == "id=ws,file=/airlock-vm/run/workspace.img,format=raw,if=none"),
+        "{argv:?}"
+    );
+    assert!(argv
+        .iter()
+        .any(|a| a == "virtio-blk-device,drive=ws,serial=airlock-ws"));
+    // `disk` sizes it.
+    s.resources.disk = Some(ByteSize(3 << 30));
+    let Plan::Microvm(v) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microVM plan");
+    };
+    assert_eq!(v.workspace_disk.map(|d| d.size), Some(3 << 30));
 }
 
 #[test]

@@ -15,7 +15,9 @@ pub mod kernel;
 pub mod mux;
 
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
-use airlock_model::plan::microvm::{Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_IMAGE};
+use airlock_model::plan::microvm::{
+    Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_DISK, VM_WORKSPACE_IMAGE,
+};
 use airlock_model::plan::{HostFacts, MountStep, Plan};
 use channel::Reported;
 use std::path::{Path, PathBuf};
@@ -203,6 +205,33 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             .map_err(|e| RunError::Vm(format!("workspace image: {e}")))?;
         crate::phase("workspace image built");
     }
+    if let Some(d) = &vm.workspace_disk {
+        // A clone workspace: the sandbox's own disk, made from its clone at the first start
+        // and the guest's from then on (the host never mounts it). QEMU opens it through a
+        // hard link in the run directory, owned like that directory.
+        if !d.image.exists() {
+            artifacts::ext4(&d.source, &d.image, d.size)
+                .map_err(|e| RunError::Vm(format!("workspace disk: {e}")))?;
+            crate::phase("workspace disk made from the clone");
+        }
+        if !qemu.rootless {
+            let (u, g) = opts.facts.project_owner;
+            nix::unistd::chown(
+                &d.image,
+                Some(nix::unistd::Uid::from_raw(u)),
+                Some(nix::unistd::Gid::from_raw(g)),
+            )
+            .map_err(|e| RunError::Vm(format!("chown {}: {e}", d.image.display())))?;
+        }
+        let link = dir.join(VM_WORKSPACE_DISK);
+        std::fs::hard_link(&d.image, &link).map_err(|e| {
+            RunError::Vm(format!(
+                "link the workspace disk {} into {}: {e}",
+                d.image.display(),
+                dir.display()
+            ))
+        })?;
+    }
     let at = qemu
         .mounts
         .iter()
@@ -384,6 +413,36 @@ impl MicroVm {
             ending: Ending::Exited(code),
             changes: None,
         })
+    }
+
+    /// Run `argv` in a running named microVM sandbox (in /workspace, as its user, with its
+    /// environment) and copy at most `limit` bytes of its stdout to `out`: how the host takes
+    /// a clone workspace's work back (a git bundle). The exit status and the command's stderr.
+    pub fn capture_in(
+        &self,
+        dir: &Path,
+        name: &str,
+        argv: Vec<String>,
+        out: &mut dyn std::io::Write,
+        limit: u64,
+    ) -> Result<(i32, Vec<u8>), RunError> {
+        let job: airlock_model::vm::GuestJob = std::fs::read(dir.join(JOB_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| RunError::NotRecorded {
+                name: name.to_string(),
+                why: format!("{JOB_FILE}: {e}"),
+            })?;
+        let exec = airlock_model::vm::GuestExec {
+            argv,
+            env: job.env.clone(),
+            cwd: "/workspace".into(),
+            uid: job.uid,
+            gid: job.gid,
+            stdin: false,
+        };
+        control::capture(&dir.join(control::VM_CONTROL), exec, out, limit)
+            .map_err(|e| RunError::Vm(format!("sandbox {name}: {e}")))
     }
 
     /// Running: its control socket answers.

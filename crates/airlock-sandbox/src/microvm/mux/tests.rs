@@ -20,6 +20,7 @@ pub(crate) fn job(hold: bool) -> GuestJob {
         tmpfs_size: None,
         files: vec![],
         stdin: false,
+        workspace_disk: false,
         hold,
     }
 }
