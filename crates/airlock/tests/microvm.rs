@@ -612,3 +612,118 @@ fn a_microvm_clone_workspace_comes_back_through_the_review_gate() {
     assert_eq!(out.stdout, "three\ndraft\nthree\n", "{}", out.describe());
     assert!(!marker.exists());
 }
+
+/// A scripted harness (as tests/agent.rs has it): edits and commits, or recalls its session.
+const SCRIPTED_AGENT: &str = r#"#!/bin/sh
+set -u
+word=${AIRLOCK_PROMPT%% *}
+echo "scripted agent: turn $AIRLOCK_TURN_ID continue=$AIRLOCK_CONTINUE word=$word kernel=$(uname -r)"
+case "$word" in
+  edit)
+    report working "editing notes.txt"
+    echo "edited in turn $AIRLOCK_TURN_ID" >> notes.txt
+    git add notes.txt && git -c user.email=agent@example.com -c user.name=agent commit -qm "agent: notes" || exit 1
+    echo "$AIRLOCK_PROMPT" | head -n 1 > "$HOME/.scripted-session"
+    report done "committed $(git rev-parse --short HEAD)"
+    ;;
+  recall)
+    [ "$AIRLOCK_CONTINUE" = 1 ] || { report blocked "not a continued session"; exit 0; }
+    report done "continuing after: $(cat "$HOME/.scripted-session")"
+    ;;
+  login)
+    sh -lc 'report done "login shell found $(command -v report)"' || report blocked "report is not on a login shell's PATH"
+    ;;
+  silent)
+    echo "finishing without a report"
+    ;;
+  *)
+    report info "unknown word $word"
+    ;;
+esac
+"#;
+
+/// Agent mode on a microVM: `up --prompt` starts the runner in the guest (through an exec
+/// session on the channel), reports come back over it, the next prompt continues the
+/// session, `reports` reads the journal, and the agent's commit comes back with `fetch`. One
+/// boot.
+#[test]
+fn agent_mode_runs_in_the_guest() {
+    if !e2e("agent_mode_runs_in_the_guest") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = Cleanup(&a, &["vmagent"]);
+    let p = git_project(&a);
+    std::fs::write(p.join("agent.sh"), SCRIPTED_AGENT).expect("agent");
+    common::set_mode(&p.join("agent.sh"), 0o755);
+    std::fs::write(
+        p.join("airlock.toml"),
+        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+    )
+    .expect("airlock.toml");
+    host_git(&a, &["add", "."]);
+    host_git(&a, &["commit", "-qm", "agent"]);
+    let out = vm_cli(
+        &a,
+        &[
+            "up",
+            "vmagent",
+            "--backend",
+            "microvm",
+            "--net",
+            "off",
+            "--prompt",
+            "edit the notes",
+        ],
+    );
+    assert_eq!(out.code(), 0, "up --prompt: {}", out.describe());
+    let working = out.stdout.find("turn 1 working: editing notes.txt");
+    let done = out.stdout.find("turn 1 done: committed");
+    assert!(
+        working.is_some() && done.is_some() && working < done,
+        "{}",
+        out.describe()
+    );
+    let out = vm_cli(&a, &["prompt", "vmagent", "recall what you did"]);
+    assert_eq!(out.code(), 0, "recall: {}", out.describe());
+    assert!(
+        out.stdout
+            .contains("turn 2 done: continuing after: edit the notes"),
+        "{}",
+        out.describe()
+    );
+    let out = vm_cli(&a, &["prompt", "vmagent", "login shell check"]);
+    assert!(
+        out.stdout
+            .contains("turn 3 done: login shell found /run/airlock/bin/report"),
+        "{}",
+        out.describe()
+    );
+    let out = vm_cli(&a, &["prompt", "vmagent", "silent please"]);
+    assert_eq!(out.code(), 4, "silent: {}", out.describe());
+    let out = vm_cli(&a, &["reports", "vmagent"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("turn 1 done: committed")
+            && !out.stdout.contains("turn 3 ended-unreported")
+            && out.stdout.contains("turn 4 ended-unreported"),
+        "{}",
+        out.describe()
+    );
+    // The harness ran on the guest's kernel.
+    let agent_log = std::fs::read_to_string(a.state_dir().join("sandboxes/vmagent/agent.log"))
+        .expect("agent.log");
+    assert!(
+        agent_log.contains("scripted agent: turn 2 continue=1")
+            && !agent_log.contains(&format!("kernel={}", host_release())),
+        "{agent_log}"
+    );
+    let out = vm_cli(&a, &["fetch", "vmagent"]);
+    assert_eq!(out.code(), 0, "fetch: {}", out.describe());
+    assert_eq!(
+        host_git(&a, &["log", "-1", "--format=%s", "airlock/vmagent"]),
+        "agent: notes\n"
+    );
+    let out = vm_cli(&a, &["stop", "vmagent"]);
+    assert_eq!(out.code(), 0, "stop: {}", out.describe());
+}

@@ -290,6 +290,7 @@ fn setup(job: &GuestJob) -> Res<()> {
         Some(&format!("mode=1777{size}")),
     )?;
     mnt("tmpfs", &at("/run"), "tmpfs", nosuid, Some("mode=0755"))?;
+    tools(&at("/run/airlock/bin"))?;
     mnt(
         "tmpfs",
         &at(&job.home),
@@ -346,6 +347,17 @@ fn setup(job: &GuestJob) -> Res<()> {
         )?;
     }
     Ok(())
+}
+
+/// The helper itself (this PID 1's /init) at /run/airlock/bin/{airlock-guest,report} in the
+/// new root, root's and read-only to everyone else, as every container sandbox has it: the
+/// agent runner, `report`, `which` and `fs` run from there.
+fn tools(bin: &str) -> Res<()> {
+    mkdir(bin, 0o755)?;
+    let helper = format!("{bin}/airlock-guest");
+    fs::copy("/init", &helper).map_err(ctx(format!("copy the helper to {helper}")))?;
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o555)).map_err(ctx(&helper))?;
+    fs::hard_link(&helper, format!("{bin}/report")).map_err(ctx(format!("{bin}/report")))
 }
 
 /// On a disk's first boot (its root is not the sandbox user's yet: the host made it from a

@@ -295,8 +295,11 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         // sandbox's network namespace, where the egress proxy listens).
         container::add_proxy_env(&mut env, SLIRP_HOST);
     }
+    // The generated /etc files, and airlock's profile.d drop-in (login shells keep the agent
+    // tools on PATH): the guest's root image has no /etc/profile.d of the host's.
     let files = container::etc_files(spec, None)
         .into_iter()
+        .chain(container::profile_d(&[]))
         .filter_map(|m| match m {
             MountStep::File {
                 target,

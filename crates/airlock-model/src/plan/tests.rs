@@ -1034,16 +1034,18 @@ fn the_microvm_plan_is_exact() {
             tmpfs_size: Some(128 << 20),
             files: etc_files(&s, None)
                 .into_iter()
-                .map(|m| match m {
+                .chain(profile_d(&[]))
+                .filter_map(|m| match m {
                     MountStep::File {
                         target,
                         contents,
                         mode,
-                    } => crate::vm::GuestFile {
+                    } => Some(crate::vm::GuestFile {
                         path: target.display().to_string(),
                         contents,
                         mode,
-                    },
+                    }),
+                    MountStep::Dir { .. } => None,
                     other => panic!("{other:?}"),
                 })
                 .collect(),

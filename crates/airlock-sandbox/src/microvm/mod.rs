@@ -266,7 +266,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         let relay = std::sync::Mutex::new(None);
         let start_relay = || {
             let handle = s.spawn(|| match opts.persist {
-                Some(folder) => hold(&listener, vm, folder, &stop),
+                Some(folder) => hold(&listener, vm, folder, &stop, opts.on_ready),
                 None => channel::relay(&listener, &vm.guest, &stop, vm.guest.stdin),
             });
             if let Ok(mut r) = relay.lock() {
@@ -333,6 +333,7 @@ fn hold(
     vm: &VmPlan,
     folder: &Path,
     stop: &AtomicBool,
+    on_ready: Option<&(dyn Fn() + Sync)>,
 ) -> Reported {
     let Some(stream) = channel::accept(listener, stop) else {
         return Reported::Nothing;
@@ -354,7 +355,14 @@ fn hold(
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
     let _ = std::fs::write(folder.join(PID_FILE), std::process::id().to_string());
-    control::serve(&ctl, &mux, stop);
+    std::thread::scope(|s| {
+        // The guest takes exec sessions now: what waits for that (agent mode's runner)
+        // starts beside the control socket's server.
+        if let Some(f) = on_ready {
+            s.spawn(f);
+        }
+        control::serve(&ctl, &mux, stop);
+    });
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(folder.join(PID_FILE));
     Reported::Nothing
