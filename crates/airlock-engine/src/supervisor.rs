@@ -226,8 +226,19 @@ impl Backend for SupervisorBackend {
             return;
         };
         with_isolation(name, dir, |b, s| b.reclaim(s));
-        // The agent's socket leads nowhere now either.
+        // The agent's and the policy's sockets lead nowhere now either.
         let _ = fs::remove_file(dir.join(airlock_agent::AGENT_SOCKET));
+        let _ = fs::remove_file(dir.join(crate::live_policy::SOCKET));
+    }
+
+    fn set_egress(
+        &self,
+        _name: &str,
+        dir: &Path,
+        domains: &[String],
+        ports: &[u16],
+    ) -> Result<usize, BackendError> {
+        crate::live_policy::send(dir, domains, ports)
     }
 
     fn stats(&self, name: &str, dir: &Path) -> Option<Stats> {

@@ -276,7 +276,8 @@ fn up_of_an_existing_sandbox_refuses_options_that_differ() {
     assert!(st["started_at"].is_null(), "never started: {st}");
     // The options it has: started as it is.
     ok(&a, &["up", "box", "--allow", "github.com"]);
-    // A denial names a fix that works for this named sandbox, and the port really used.
+    // A denial names a fix that works for this named sandbox (at once, while it runs), and the
+    // port really used.
     let out = a.run(&[
         "exec",
         "box",
@@ -288,9 +289,8 @@ fn up_of_an_existing_sandbox_refuses_options_that_differ() {
         "http://example.org/",
     ]);
     assert!(
-        out.stdout.contains(
-            "recreate sandbox box with it: `airlock rm box && airlock create box --allow example.org:80`"
-        ) && out.stdout.contains("`airlock up box --fresh`"),
+        out.stdout
+            .contains("To allow it, run `airlock allow box example.org:80` (applies at once, no restart)."),
         "{}",
         out.describe()
     );

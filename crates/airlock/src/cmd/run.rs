@@ -654,6 +654,7 @@ pub fn workdir_inside(w: &Path) -> CliResult<PathBuf> {
 pub struct Hooks<'a> {
     pub on_egress: Option<container::EgressCallback>,
     pub on_ready: Option<&'a (dyn Fn() + Sync)>,
+    pub on_egress_ctx: Option<&'a (dyn Fn(std::sync::Arc<airlock_egress::proxy::Ctx>) + Sync)>,
 }
 
 /// Launch a built spec: to completion (`run`), or supervised until stopped (`persist`).
@@ -734,6 +735,7 @@ pub fn launch(
         instance_id: b.instance_id.as_deref(),
         on_egress: hooks.on_egress.clone(),
         on_ready: hooks.on_ready,
+        on_egress_ctx: hooks.on_egress_ctx,
     };
     // Bind mode: the way back is the checkout itself; look at it before and after.
     let wayback = (spec.workspace == WorkspaceMode::Bind).then(|| {
