@@ -88,6 +88,10 @@ pub struct GuestExec {
     pub gid: u32,
     /// Whether stdin is forwarded (else the command's stdin is /dev/null).
     pub stdin: bool,
+    /// Give the command the sandbox's secrets (from /run/secrets in the guest) as environment
+    /// variables, as `exec --secrets` does for containers. Absent: false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secrets: bool,
 }
 
 /// Host → guest.
@@ -97,6 +101,15 @@ pub enum HostMsg {
     Run {
         v: u32,
         job: Box<GuestJob>,
+        /// The sandbox's secrets (name, value): the command's environment and 0400 files in
+        /// /run/secrets (a tmpfs), the sandbox user's. Outside the job on purpose: the job is
+        /// recorded on the host (a named sandbox's `vm-job.json`), secrets never are.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        secrets: Vec<(String, String)>,
+        /// Injected secrets: the CA bundle the guest's TLS clients trust (written at
+        /// `plan::CA_BUNDLE`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_bundle: Option<String>,
     },
     Stdin {
         v: u32,
@@ -124,10 +137,7 @@ pub enum HostMsg {
         exec: Box<GuestExec>,
     },
     /// End every session (SIGTERM, then SIGKILL after `grace_ms`) and power the VM off.
-    Poweroff {
-        v: u32,
-        grace_ms: u64,
-    },
+    Poweroff { v: u32, grace_ms: u64 },
     #[serde(other)]
     Unknown,
 }
@@ -283,6 +293,7 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 stdin: false,
+                secrets: false,
             }),
         };
         let line = serde_json::to_string(&e).unwrap();

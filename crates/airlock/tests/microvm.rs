@@ -727,3 +727,106 @@ fn agent_mode_runs_in_the_guest() {
     let out = vm_cli(&a, &["stop", "vmagent"]);
     assert_eq!(out.code(), 0, "stop: {}", out.describe());
 }
+
+/// Secrets in the guest: a plain one as $NAME and /run/secrets/NAME (0400, the sandbox
+/// user's, on a tmpfs); an injected one reaches the guest as its placeholder only, and the
+/// proxy (QEMU's host side, 10.0.2.2) puts the real value in on its way to the TLS test
+/// server, which the guest's curl trusts through the bundle the run message carried. The
+/// values appear nowhere on QEMU's command line. One boot.
+#[test]
+fn secrets_reach_the_guest_over_the_channel_and_injection_works_from_it() {
+    if !e2e("secrets_reach_the_guest_over_the_channel_and_injection_works_from_it") {
+        return;
+    }
+    const REAL: &str = "sk-real-value-for-the-vm-0123456789";
+    const PLAIN: &str = "plain-secret-value-42";
+    let inet = Internet::start(&["api.test"], &[]);
+    let a = Airlock::root();
+    let ca = inet.cert().display().to_string();
+    let script = "echo \"key=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; \
+         echo \"plain=$PLAIN file=$(cat /run/secrets/PLAIN)\"; \
+         stat -c '%a %u %n' /run/secrets/PLAIN; grep -c ' /run tmpfs' /proc/mounts; \
+         echo \"bundle=$CURL_CA_BUNDLE\"; \
+         curl -sS --max-time 60 -H \"x-api-key: $KEY\" https://api.test/v1/models; echo";
+    let mut cmd = a.command(&[
+        "run",
+        "--backend",
+        "microvm",
+        "--workspace",
+        "none",
+        "--net",
+        "filtered",
+        "--allow",
+        "api.test",
+        "--secret",
+        "KEY=env:HOST_KEY;hosts=api.test;header=x-api-key",
+        "--secret",
+        "PLAIN=env:HOST_PLAIN",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
+        .env("AIRLOCK_DNS_UPSTREAM", &inet.dns)
+        .env("AIRLOCK_UPSTREAM_CA", &ca)
+        .env("HOST_KEY", REAL)
+        .env("HOST_PLAIN", PLAIN);
+    // While it runs, QEMU's command line is looked at from the host.
+    let watcher_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = {
+        let stop = watcher_stop.clone();
+        std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let exe = std::fs::read_link(e.path().join("exe")).unwrap_or_default();
+                    if exe.to_string_lossy().contains("qemu-system") {
+                        let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+                        lines.push((c, env));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            lines
+        })
+    };
+    let out = common::run_with_deadline(cmd, None, VM_DEADLINE);
+    watcher_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let qemus = seen.join().expect("watcher");
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let ph = lines[0].strip_prefix("key=").expect("key line");
+    assert!(ph.starts_with("airlock-placeholder-"), "{}", out.describe());
+    assert_eq!(lines[1], format!("file={ph}"));
+    assert_eq!(lines[2], format!("plain={PLAIN} file={PLAIN}"));
+    assert_eq!(lines[3], "400 1000 /run/secrets/PLAIN");
+    assert_eq!(lines[4], "1", "/run is a tmpfs: {}", out.describe());
+    assert_eq!(lines[5], "bundle=/run/airlock-tls/ca-bundle.pem");
+    assert_eq!(
+        lines[6],
+        "hello from api.test /v1/models",
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stdout.contains(REAL) && !out.stderr.contains(REAL));
+    let got: Vec<serde_json::Value> = inet
+        .model_requests()
+        .into_iter()
+        .filter(|r| r["path"] == "/v1/models")
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["headers"]["x-api-key"], REAL);
+    // QEMU (and its environment) never held either value.
+    assert!(!qemus.is_empty(), "QEMU was never seen running");
+    for (cmdline, env) in &qemus {
+        for v in [REAL, PLAIN] {
+            let hit = |b: &[u8]| b.windows(v.len()).any(|w| w == v.as_bytes());
+            assert!(
+                !hit(cmdline) && !hit(env),
+                "{v} in QEMU's cmdline/environment"
+            );
+        }
+    }
+}

@@ -289,8 +289,9 @@ fn up_of_an_existing_sandbox_refuses_options_that_differ() {
         "http://example.org/",
     ]);
     assert!(
-        out.stdout
-            .contains("To allow it, run `airlock allow box example.org:80` (applies at once, no restart)."),
+        out.stdout.contains(
+            "To allow it, run `airlock allow box example.org:80` (applies at once, no restart)."
+        ),
         "{}",
         out.describe()
     );

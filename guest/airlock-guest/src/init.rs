@@ -92,15 +92,23 @@ fn boot() -> Res<()> {
         sessions: true,
     });
     let mut input = BufReader::new(chan);
-    let job = loop {
+    let (mut job, secrets, ca_bundle) = loop {
         let mut line = String::new();
         if input.read_line(&mut line).map_err(ctx("channel"))? == 0 {
             return Err("the host closed the channel before sending the job".into());
         }
         match serde_json::from_str::<HostMsg>(&line) {
-            Ok(HostMsg::Run { job, .. }) => break job,
+            Ok(HostMsg::Run {
+                job,
+                secrets,
+                ca_bundle,
+                ..
+            }) => break (job, secrets, ca_bundle),
             _ => continue,
         }
+    };
+    let setup = |job: &GuestJob| {
+        setup(job).and_then(|()| install_secrets(job, &secrets, ca_bundle.as_deref()))
     };
     if job.hold {
         // A named sandbox: the root, then exec sessions until poweroff.
@@ -122,6 +130,11 @@ fn boot() -> Res<()> {
             });
         }
         return Ok(());
+    }
+    // The run's command gets the secrets as environment variables too.
+    for (k, v) in &secrets {
+        job.env.retain(|(ek, _)| ek != k);
+        job.env.push((k.clone(), v.clone()));
     }
     let code = match setup(&job).and_then(|()| run(&job, &mut input, &mut out)) {
         Ok(code) => code,
@@ -348,6 +361,46 @@ fn setup(job: &GuestJob) -> Res<()> {
     }
     Ok(())
 }
+
+/// The secrets as /run/secrets/NAME (0400 files in a 0500 directory, the sandbox user's, on
+/// the new root's /run tmpfs) and the injection CA bundle at `plan::CA_BUNDLE` (0444).
+fn install_secrets(job: &GuestJob, secrets: &[(String, String)], ca: Option<&str>) -> Res<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = |path: &str, data: &[u8], mode: u32| -> Res<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(ctx(path))?;
+        f.write_all(data).map_err(ctx(path))
+    };
+    if let Some(bundle) = ca {
+        let path = format!("{NEWROOT}{}", airlock_model::plan::CA_BUNDLE);
+        if let Some(dir) = Path::new(&path).parent() {
+            mkdir(&dir.display().to_string(), 0o755)?;
+        }
+        write(&path, bundle.as_bytes(), 0o444)?;
+    }
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let dir = format!("{NEWROOT}{SECRETS_DIR}");
+    mkdir(&dir, 0o500)?;
+    for (name, value) in secrets {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(format!("a secret's name is not a file name: {name:?}"));
+        }
+        let path = format!("{dir}/{name}");
+        write(&path, value.as_bytes(), 0o400)?;
+        std::os::unix::fs::lchown(&path, Some(job.uid), Some(job.gid)).map_err(ctx(&path))?;
+    }
+    std::os::unix::fs::lchown(&dir, Some(job.uid), Some(job.gid)).map_err(ctx(&dir))
+}
+
+/// Where the secrets are inside.
+pub(crate) const SECRETS_DIR: &str = "/run/secrets";
 
 /// The helper itself (this PID 1's /init) at /run/airlock/bin/{airlock-guest,report} in the
 /// new root, root's and read-only to everyone else, as every container sandbox has it: the

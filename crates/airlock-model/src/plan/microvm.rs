@@ -135,10 +135,6 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if spec.net == NetMode::Open {
         return Err(Refusal::MicrovmUnsupported("--net open"));
     }
-    if !spec.secrets.is_empty() {
-        // The guest job carries no secrets yet: refuse rather than start without them.
-        return Err(Refusal::MicrovmUnsupported("secrets (--secret, [secrets])"));
-    }
     let memory = match spec.resources.memory {
         Some(m) if !spec.defaulted.memory => m.0,
         _ => VM_DEFAULT_MEMORY,
@@ -294,6 +290,14 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         // The explicit proxy is reachable as QEMU's host side (its loopback, in the
         // sandbox's network namespace, where the egress proxy listens).
         container::add_proxy_env(&mut env, SLIRP_HOST);
+        // Injected secrets: every TLS client in the guest trusts the interception CA's
+        // bundle (the guest writes it from the run message).
+        if spec.secrets.values().any(|s| s.inject.is_some()) {
+            env.retain(|(k, _)| !super::CA_BUNDLE_VARS.contains(&k.as_str()));
+            for k in super::CA_BUNDLE_VARS {
+                env.push((k.to_string(), super::CA_BUNDLE.into()));
+            }
+        }
     }
     // The generated /etc files, and airlock's profile.d drop-in (login shells keep the agent
     // tools on PATH): the guest's root image has no /etc/profile.d of the host's.

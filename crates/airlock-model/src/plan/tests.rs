@@ -1183,6 +1183,47 @@ fn a_named_microvm_sandboxs_clone_is_a_writable_disk_of_its_own() {
 }
 
 #[test]
+fn microvm_guests_take_secrets_and_trust_the_injection_ca_while_qemu_gets_neither() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.net = NetMode::Filtered;
+    s.domains = vec!["api.test".into()];
+    s.secrets.insert(
+        "K".into(),
+        crate::config::Secret {
+            source: crate::config::SecretSource::FromEnv("K".into()),
+            inject: Some(crate::config::Inject {
+                hosts: vec!["api.test".into()],
+                header: Some("x-api-key".into()),
+                bearer: false,
+                basic: false,
+                query: None,
+            }),
+        },
+    );
+    s.secrets.insert(
+        "PLAIN".into(),
+        crate::config::SecretSource::FromEnv("PLAIN".into()).into(),
+    );
+    let Plan::Microvm(v) = super::plan(&s, &vm_host()).expect("secrets are not refused") else {
+        panic!("not a microVM plan");
+    };
+    for var in CA_BUNDLE_VARS {
+        let vals: Vec<&str> = v
+            .guest
+            .env
+            .iter()
+            .filter(|(k, _)| k == var)
+            .map(|(_, x)| x.as_str())
+            .collect();
+        assert_eq!(vals, vec![CA_BUNDLE], "{var}");
+    }
+    // QEMU's container is given no secret, and its environment names none.
+    assert!(!v.qemu.env.iter().any(|(k, _)| k == "K" || k == "PLAIN"));
+    assert!(!v.qemu.argv.iter().any(|a| a.contains("K=")));
+}
+
+#[test]
 fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
     let mut s = spec();
     s.backend = BackendKind::Microvm;
@@ -1202,15 +1243,6 @@ fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
         Err(Refusal::MicrovmUnsupported(_))
     ));
     s.binds.clear();
-    s.secrets.insert(
-        "TOKEN".into(),
-        crate::config::SecretSource::FromEnv("TOKEN".into()).into(),
-    );
-    assert!(matches!(
-        super::plan(&s, &vm_host()),
-        Err(Refusal::MicrovmUnsupported(m)) if m.contains("secrets")
-    ));
-    s.secrets.clear();
     s.rootfs = RootFs::from_config("busybox:1.36");
     let mut with_images = vm_host();
     with_images.offer.images = true;

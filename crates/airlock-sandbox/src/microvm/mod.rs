@@ -260,14 +260,23 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         )
         .map_err(|e| RunError::Vm(format!("chown {}: {e}", socket.display())))?;
     }
+    // The secrets' values go to the guest in the run message only (never QEMU's command line,
+    // environment or files, the kernel command line, the job record or a disk image).
+    let sealed = channel::Sealed {
+        secrets: opts.secrets.to_vec(),
+        ca_bundle: opts
+            .intercept
+            .as_ref()
+            .map(|i| String::from_utf8_lossy(&container::ca_bundle(i.ca_pem())).into_owned()),
+    };
     let stop = AtomicBool::new(false);
     let (outcome, reported) = std::thread::scope(|s| {
         // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
         let relay = std::sync::Mutex::new(None);
         let start_relay = || {
             let handle = s.spawn(|| match opts.persist {
-                Some(folder) => hold(&listener, vm, folder, &stop, opts.on_ready),
-                None => channel::relay(&listener, &vm.guest, &stop, vm.guest.stdin),
+                Some(folder) => hold(&listener, vm, &sealed, folder, &stop, opts.on_ready),
+                None => channel::relay(&listener, &vm.guest, &sealed, &stop, vm.guest.stdin),
             });
             if let Ok(mut r) = relay.lock() {
                 *r = Some(handle);
@@ -279,6 +288,8 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             intercept: opts.intercept.clone(),
             // The guest holds a named sandbox's state; QEMU's container is a run's.
             persist: None,
+            // Secrets are the guest's, not QEMU's.
+            secrets: &[],
             ..*opts
         };
         let outcome = container::run(&qemu, &inner);
@@ -331,6 +342,7 @@ fn record_job(dir: &Path, job: &airlock_model::vm::GuestJob) -> Result<(), RunEr
 fn hold(
     listener: &std::os::unix::net::UnixListener,
     vm: &VmPlan,
+    sealed: &channel::Sealed,
     folder: &Path,
     stop: &AtomicBool,
     on_ready: Option<&(dyn Fn() + Sync)>,
@@ -338,7 +350,7 @@ fn hold(
     let Some(stream) = channel::accept(listener, stop) else {
         return Reported::Nothing;
     };
-    let mux = match mux::Mux::open(stream, &vm.guest) {
+    let mux = match mux::Mux::open_sealed(stream, &vm.guest, sealed) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("airlock: {e}");
@@ -405,6 +417,7 @@ impl MicroVm {
             uid: job.uid,
             gid: job.gid,
             stdin: req.forward_stdin,
+            secrets: req.with_secrets,
         };
         let stdin: Option<Box<dyn std::io::Read + Send>> = req
             .forward_stdin
@@ -448,6 +461,7 @@ impl MicroVm {
             uid: job.uid,
             gid: job.gid,
             stdin: false,
+            secrets: false,
         };
         control::capture(&dir.join(control::VM_CONTROL), exec, out, limit)
             .map_err(|e| RunError::Vm(format!("sandbox {name}: {e}")))

@@ -33,6 +33,7 @@ pub(crate) fn exec(argv: &[&str], stdin: bool) -> GuestExec {
         uid: 1000,
         gid: 1000,
         stdin,
+        secrets: false,
     }
 }
 

@@ -32,6 +32,7 @@ impl Host {
                 uid: uid.as_raw(),
                 gid: gid.as_raw(),
                 stdin,
+                secrets: false,
             }),
         });
     }
