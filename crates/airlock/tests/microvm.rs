@@ -830,3 +830,226 @@ fn secrets_reach_the_guest_over_the_channel_and_injection_works_from_it() {
         }
     }
 }
+
+/// Probe checks whose subject is the guest kernel's own policy, not a way out of the VM: in a
+/// microVM the boundary is the hardware virtualization (or TCG) plus QEMU's confinement
+/// (namespaces, seccomp, no capabilities, no_new_privs: `qemu_is_confined_and_dies_with_airlock`),
+/// and what the guest's processes may do with the guest's kernel is the guest's business.
+const NOT_A_VM_BOUNDARY: &[(&str, &str)] = &[
+    (
+        "seccomp-filter",
+        "filters the host kernel's syscalls; QEMU has one, the guest's syscalls reach the guest kernel",
+    ),
+    ("keyctl", "the guest kernel's keyrings"),
+    ("io-uring", "the guest kernel's io_uring"),
+    ("userfaultfd", "the guest kernel's userfaultfd"),
+    ("personality", "a guest process's personality"),
+    ("socket-netlink", "netlink of the guest kernel"),
+];
+
+/// The escape probe in the guest (`--net off`, as for containers): every check that is about
+/// leaving the sandbox — host files, host processes, host sockets and listeners, host
+/// devices, the network floor, privileges — is blocked; the rest is listed above with why it
+/// does not apply to a VM. The guest's kernel is not the host's. One boot.
+#[test]
+fn the_escape_probe_is_blocked_in_the_guest() {
+    if !e2e("the_escape_probe_is_blocked_in_the_guest") {
+        return;
+    }
+    let a = Airlock::root();
+    let bait = common::probe::Bait::new(std::path::Path::new("/root"), None);
+    let probe = a.cwd.join("probe");
+    std::fs::copy(common::probe_exe(), &probe).expect("copy the probe into the workspace");
+    // Read-only to the sandbox user, as the containers' bind of it is.
+    common::set_mode(&probe, 0o555);
+    let args = bait.probe_args(&a.exe).join(" ");
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "overlay",
+            "--net",
+            "off",
+            "--timeout",
+            "200s",
+            "--",
+            "sh",
+            "-c",
+            &format!("uname -r; /workspace/probe all {args}"),
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let first = out.stdout.lines().next().unwrap_or_default();
+    assert_ne!(first, host_release(), "{}", out.describe());
+    let report = common::probe::Report::parse(&out.stdout);
+    assert!(report.summary.is_some(), "no summary: {}", out.describe());
+    let names = common::probe::all_check_names();
+    let mut open = Vec::new();
+    for n in &names {
+        let Some(c) = report.get(n) else {
+            panic!("{n} did not report:\n{}", out.describe());
+        };
+        if !c.blocked && !NOT_A_VM_BOUNDARY.iter().any(|(x, _)| x == n) {
+            open.push(format!("  {n}: {}", c.detail));
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "{} check(s) NOT blocked in the guest:\n{}",
+        open.len(),
+        open.join("\n")
+    );
+    bait.assert_untouched("microvm", &out.stdout);
+    // What the guest kernel's own policy gave the probe, for the record (not asserted).
+    for (n, why) in NOT_A_VM_BOUNDARY {
+        if let Some(c) = report.get(n) {
+            eprintln!("{n}: blocked={} ({why})", c.blocked);
+        }
+    }
+}
+
+/// tests/network.rs's bypass attempts from a guest (filtered): literal IPs in every spelling,
+/// Host-header tricks and fronting, QUIC, a forced address, DNS rebinding to loopback /
+/// metadata / private addresses, the metadata name, DoT; plus the VM's own path: QEMU's host
+/// address (10.0.2.2) leads to the sandbox's namespace, never to the host's loopback. One boot.
+#[test]
+fn network_bypass_attempts_from_the_guest_fail() {
+    if !e2e("network_bypass_attempts_from_the_guest_fail") {
+        return;
+    }
+    let inet = Internet::start(
+        &["allowed.test"],
+        &[
+            ("rebind.test", "127.0.0.1"),
+            ("meta.test", "169.254.169.254"),
+            ("private.test", "10.0.0.1"),
+        ],
+    );
+    let host_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("host listener");
+    host_listener.set_nonblocking(true).expect("nonblocking");
+    let host_port = host_listener.local_addr().expect("addr").port();
+    let a = Airlock::root();
+    let log = a.dir.join("net.jsonl");
+    let log_s = log.display().to_string();
+    let c = "curl -sS --max-time 20 --noproxy '*' -o - -w ' %{http_code}'";
+    let py = format!(
+        r#"
+import socket
+for host in [b'allowed.test\x00.evil.test', b'evil.test.', b'allowed.test..']:
+    s = socket.create_connection(('allowed.test', 80), timeout=20)
+    s.sendall(b'GET / HTTP/1.1\r\nHost: ' + host + b'\r\n\r\n')
+    print('host-trick', s.recv(200).split(b'\r\n')[0].decode())
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.connect(('allowed.test', 443))
+u.send(b'quic')
+try:
+    u.recv(10); print('quic answered')
+except Exception:
+    print('quic blocked')
+for (ip, port) in [('{ip}', 853), ('10.0.2.2', {host_port}), ('8.8.8.8', 53), ('1.1.1.1', 443)]:
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect((ip, port)); s.sendall(b'x'); print('tcp', ip, port, 'connected', s.recv(10))
+    except Exception as e:
+        print('tcp', ip, port, 'blocked')
+"#,
+        ip = inet.ip
+    );
+    let script = format!(
+        "for u in http://{ip}/ http://169.254.169.254/latest/meta-data/ 'http://[::ffff:169.254.169.254]/' \
+           http://2852039166/ http://rebind.test/ http://meta.test/ http://private.test/; do \
+           echo \"url $u: $({c} \"$u\" 2>/dev/null | tr '\\n' ' ')\"; done; \
+         echo \"fronting: $({c} -H 'Host: evil.test' http://allowed.test/ 2>/dev/null | tr '\\n' ' ')\"; \
+         echo \"forced: $({c} --resolve allowed.test:80:203.0.113.9 http://allowed.test/ 2>/dev/null | tr '\\n' ' ')\"; \
+         getent hosts metadata.google.internal >/dev/null && echo metadata-resolved || echo metadata-refused; \
+         python3 -c \"$PY\"",
+        ip = inet.ip
+    );
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "none",
+            "--net",
+            "filtered",
+            "--allow",
+            "allowed.test",
+            "--allow",
+            "rebind.test",
+            "--allow",
+            "meta.test",
+            "--allow",
+            "private.test",
+            "--allow",
+            "metadata.google.internal",
+            "--net-log",
+            &log_s,
+            "--env",
+            &format!("PY={py}"),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[("AIRLOCK_DNS_UPSTREAM", &inet.dns)],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let so = &out.stdout;
+    for l in so.lines().filter(|l| l.starts_with("url ")) {
+        assert!(
+            !l.contains("hello"),
+            "reached a server: {l}\n{}",
+            out.describe()
+        );
+    }
+    assert_eq!(
+        so.lines().filter(|l| l.starts_with("url ")).count(),
+        7,
+        "{}",
+        out.describe()
+    );
+    assert!(
+        so.lines()
+            .any(|l| l.starts_with("fronting: airlock: blocked evil.test:80") && l.ends_with("403")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        so.contains("forced: hello from allowed.test"),
+        "{}",
+        out.describe()
+    );
+    assert!(so.contains("metadata-refused"), "{}", out.describe());
+    let tricks = so
+        .lines()
+        .filter(|l| l.starts_with("host-trick") && (l.contains(" 403 ") || l.contains(" 400 ")))
+        .count();
+    assert_eq!(tricks, 3, "{}", out.describe());
+    assert!(so.contains("quic blocked"), "{}", out.describe());
+    for (ip, port) in [
+        (inet.ip.as_str(), "853".to_string()),
+        ("10.0.2.2", host_port.to_string()),
+        ("8.8.8.8", "53".to_string()),
+        ("1.1.1.1", "443".to_string()),
+    ] {
+        let l = format!("tcp {ip} {port} ");
+        let line = so.lines().find(|x| x.starts_with(&l)).unwrap_or_default();
+        assert!(
+            !line.contains("b'") || line.contains("b''"),
+            "{l}: {line}\n{}",
+            out.describe()
+        );
+    }
+    // The host's own loopback listener heard nothing.
+    assert!(
+        host_listener.accept().is_err(),
+        "the guest reached the host's loopback"
+    );
+    let journal = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        journal.contains("\"deny\"") && journal.contains("evil.test"),
+        "the denials are journaled: {journal}"
+    );
+}

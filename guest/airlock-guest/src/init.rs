@@ -266,12 +266,13 @@ fn setup(job: &GuestJob) -> Res<()> {
     )?;
     let at = |p: &str| format!("{NEWROOT}{p}");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // The sandbox user sees its own processes only (not PID 1's, not the kernel threads).
     mnt(
         "proc",
         &at("/proc"),
         "proc",
         nosuid | MsFlags::MS_NOEXEC,
-        None,
+        Some("hidepid=invisible"),
     )?;
     mnt(
         "sysfs",
@@ -547,6 +548,20 @@ pub(crate) fn child(who: &Become<'_>, stdio: [i32; 3], argv: &[CString], envp: &
     }
     if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
         fail("setgid", e);
+    }
+    // As in a container: a non-root sandbox user can never gain a capability (an empty
+    // bounding set; the root image holds the host's set-id programs) and no_new_privs holds.
+    if who.uid != 0 && nix::unistd::geteuid().is_root() {
+        for cap in 0..64 {
+            // SAFETY: prctl(2) with integer arguments; unknown capabilities fail with EINVAL.
+            unsafe {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            }
+        }
+    }
+    // SAFETY: prctl(2) with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        fail("no_new_privs", nix::errno::Errno::last());
     }
     if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
         fail("setuid", e);
