@@ -49,6 +49,8 @@ struct Open {
     dst: Option<SocketAddr>,
     conn: TcpStream,
     up: Option<TcpStream>,
+    /// Shut down by a policy change already (its relay is ending).
+    closed: bool,
 }
 
 /// A connection's place in [`Ctx::open`]; given back on drop.
@@ -118,10 +120,11 @@ impl Ctx {
         // Taken after the swap: a connection registered after this sweep re-checks the new
         // policy itself (see `register`), so none slips between the two.
         let now = self.policy.get();
-        let open = self.open_conns();
+        let mut open = self.open_conns();
         let mut closed = 0;
-        for o in open.values() {
+        for o in open.values_mut().filter(|o| !o.closed) {
             if let Decision::Deny { reason, fix } = now.check(&o.host, o.port) {
+                o.closed = true;
                 let _ = o.conn.shutdown(Shutdown::Both);
                 if let Some(up) = &o.up {
                     let _ = up.shutdown(Shutdown::Both);
@@ -180,6 +183,7 @@ impl Ctx {
                 dst: note.dst,
                 conn: c,
                 up,
+                closed: false,
             },
         );
         let reg = Registered { ctx: self, id };

@@ -150,3 +150,102 @@ fn wait_until(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Connections opened while the policy flips between allowing and denying x.test: once it
+/// ends denied, none of them is left open — a connection allowed under the old policy but
+/// registered after the sweep re-checks the new one itself.
+#[test]
+fn no_connection_slips_past_a_deny() {
+    let (port, _got) = tls_server();
+    let (ctx, _buf) = test_ctx(&["x.test"], &[port], &["x.test"]);
+    let at = transparent(&ctx, fake_dst(port));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (ok, c) = open(at, "x.test");
+                    if ok {
+                        kept.push(c);
+                    }
+                }
+                kept
+            })
+        })
+        .collect();
+    for i in 0..40 {
+        let domains: &[&str] = if i % 2 == 0 { &[] } else { &["x.test"] };
+        ctx.set_policy(policy(domains, port));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ctx.set_policy(policy(&[], port));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let kept: Vec<TcpStream> = openers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(!kept.is_empty(), "no connection was ever allowed");
+    for mut c in kept {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "a connection stayed open"
+        );
+    }
+    assert!(wait_until(|| ctx.open_connections() == 0));
+}
+
+/// Resolves to loopback, but only when let go: holds a connection between its (allowed)
+/// decision and its upstream connect.
+struct GatedResolver {
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl airlock_egress::Resolver for GatedResolver {
+    fn lookup(&self, _host: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self.release.lock().unwrap().recv_timeout(T);
+        Ok(vec![loopback()])
+    }
+}
+
+/// The deterministic case of the race above: a connection allowed, then the deny (whose sweep
+/// cannot see it yet), then its upstream connect — it is refused, not relayed.
+#[test]
+fn a_connection_decided_before_a_deny_is_not_relayed_after_it() {
+    let (port, got) = tls_server();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let resolver = GatedResolver {
+        entered: std::sync::Mutex::new(entered_tx),
+        release: std::sync::Mutex::new(release_rx),
+    };
+    let (ctx, buf) = ctx_with(&["x.test"], &[port], std::sync::Arc::new(resolver), true);
+    let at = transparent(&ctx, fake_dst(port));
+    let client = std::thread::spawn(move || open(at, "x.test"));
+    entered.recv_timeout(T).expect("the connection was allowed");
+    assert_eq!(
+        ctx.set_policy(policy(&[], port)),
+        0,
+        "nothing registered yet"
+    );
+    release.send(()).unwrap();
+    let (ok, _c) = client.join().unwrap();
+    assert!(!ok, "relayed after the deny");
+    assert!(got
+        .recv_timeout(Duration::from_secs(2))
+        .map_or(true, |b| b.is_empty()));
+    let j = journal(&buf, 2);
+    assert!(
+        j.iter()
+            .any(|e| e["decision"] == "deny" && e["host"] == "x.test"),
+        "{j:#?}"
+    );
+    assert_eq!(ctx.open_connections(), 0);
+}

@@ -21,7 +21,7 @@ pub fn pull(dir: &Path, name: &str) -> Result<bool, ReviewError> {
     if !dir.join(VM_CONTROL).exists() {
         return Ok(false);
     }
-    let vm = MicroVm;
+    let vm = MicroVm::default();
     if !matches!(vm.observe_in(dir), Observed::Running { .. }) {
         return Ok(false);
     }
@@ -59,7 +59,7 @@ pub fn before_stop(dir: &Path, name: &str) -> Result<(), ReviewError> {
         return Ok(());
     }
     let mut sink = std::io::sink();
-    MicroVm
+    MicroVm::default()
         .capture_in(dir, name, vec!["sync".into()], &mut sink, 1 << 16)
         .map(|_| ())
         .map_err(|e| ReviewError::Repo(format!("flushing the guest's disk failed: {e}")))

@@ -173,6 +173,11 @@ impl Backend for SupervisorBackend {
             ));
         };
         let pid = nix::unistd::Pid::from_raw(pid);
+        // The supervisor shares the grace with what it runs (a microVM's guest powers off in it).
+        let _ = fs::write(
+            dir.join(airlock_sandbox::isolation::STOP_GRACE_FILE),
+            grace.as_millis().to_string(),
+        );
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         if wait_until(Instant::now() + grace, || !locked(dir)) {
             return Ok(());

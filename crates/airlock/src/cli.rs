@@ -189,6 +189,10 @@ pub struct PolicyArgs {
     /// Isolation backend: container (the default) or microvm (a guest kernel under QEMU).
     #[arg(long, value_name = "BACKEND")]
     pub backend: Option<String>,
+    /// The microVM backend's guest kernel: a bzImage or vmlinux whose modules are in
+    /// /lib/modules (default: AIRLOCK_KERNEL, [sandbox] kernel, else /boot's newest).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
     /// The same as `--net off`.
     #[arg(long, conflicts_with = "net")]
     pub no_network: bool,

@@ -49,6 +49,17 @@ struct Setup {
     inet: Internet,
     ro: String,
     _cert_dir: common::TempDir,
+    made: std::cell::RefCell<Vec<String>>,
+}
+
+/// Whatever happened: the sandboxes made are removed and the engine stopped.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        for name in self.made.borrow().iter() {
+            let _ = self.run(&["rm", "--force", name]);
+        }
+        common::stop_engines_of(&self.a);
+    }
 }
 
 impl Setup {
@@ -68,6 +79,7 @@ impl Setup {
             inet,
             ro,
             _cert_dir: cert_dir,
+            made: Default::default(),
         }
     }
 
@@ -88,6 +100,7 @@ impl Setup {
     }
 
     fn create(&self, name: &str) {
+        self.made.borrow_mut().push(name.to_string());
         self.ok(&[
             "create",
             name,
@@ -110,10 +123,46 @@ impl Setup {
     }
 }
 
+fn engine_socket(a: &Airlock) -> std::path::PathBuf {
+    let dir = a.dir.join("runtime/airlock");
+    std::fs::read_dir(&dir)
+        .expect("runtime dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sock"))
+        .expect("engine socket")
+}
+
+/// The policy socket is there on the host (a socket, 0600), and nothing of it — nor of the
+/// sandbox's folder or the engine's socket — exists inside the sandbox.
+fn unreachable_from_inside(s: &Setup, name: &str, label: &str) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = s.a.state_dir().join("sandboxes").join(name);
+    let sock = dir.join("policy.sock");
+    let meta = std::fs::symlink_metadata(&sock).expect("the policy socket on the host");
+    assert!(meta.file_type().is_socket(), "{label}");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{label}");
+    let engine = engine_socket(&s.a);
+    let script = format!(
+        "for p in {sock} {dir} {engine}; do test -e \"$p\" && echo \"present $p\"; done; \
+         python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('{sock}')\" 2>&1 | tail -1",
+        sock = sock.display(),
+        dir = dir.display(),
+        engine = engine.display()
+    );
+    let out = s.exec(name, &script);
+    assert!(!out.contains("present"), "{label}: {out}");
+    assert!(
+        out.contains("FileNotFoundError"),
+        "{label}: connecting from inside: {out}"
+    );
+}
+
 fn allow_then_deny(a: Airlock, label: &str) {
     let s = Setup::new(a);
     let name = format!("live-{label}");
     s.create(&name);
+    unreachable_from_inside(&s, &name, label);
     let denied = "curl=DENIED py=DENIED";
     assert_eq!(s.exec(&name, &both_paths("/a")), denied, "{label}: before");
     // The denial is journaled with `airlock allow` as its fix.
@@ -239,8 +288,6 @@ fn allow_then_deny(a: Airlock, label: &str) {
     );
     let out = s.run(&["allow", "no-such-box", "x.test"]);
     assert_eq!(out.code(), 122, "{}", out.describe());
-    s.ok(&["rm", "--force", &name]);
-    common::stop_engines_of(&s.a);
 }
 
 #[test]
@@ -259,4 +306,102 @@ fn allow_and_deny_a_running_sandbox_rootless() {
     let user = common::test_user();
     let bins = common::Bins::owned_by(&user);
     allow_then_deny(Airlock::rootless(&bins), "rootless");
+}
+
+/// One request to the engine over its socket (curl): status and JSON body.
+fn http(s: &Setup, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let sock = engine_socket(&s.a).display().to_string();
+    let url = format!("http://airlock{path}");
+    let body = body.to_string();
+    let args = [
+        "-sS",
+        "--unix-socket",
+        &sock,
+        "-X",
+        "POST",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        &url,
+    ];
+    let out = common::run_with_deadline(s.a.command_with("curl", &args), None, common::DEADLINE);
+    let (text, code) = out.stdout.trim_end().rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.parse().unwrap_or(0),
+        serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.into())),
+    )
+}
+
+/// The same sequence through the HTTP API: allow, the connection succeeds; deny, refused
+/// again; the journal says `via: api`; the errors have the error body with a hint.
+#[test]
+fn allow_and_deny_through_the_http_api() {
+    if !e2e("allow_and_deny_through_the_http_api") {
+        return;
+    }
+    let s = Setup::new(Airlock::root());
+    let name = "live-api";
+    s.create(name);
+    assert_eq!(s.exec(name, &both_paths("/a")), "curl=DENIED py=DENIED");
+    let (code, body) = http(
+        &s,
+        &format!("/v1/sandboxes/{name}/allow"),
+        serde_json::json!({"domain": "x.test"}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        (&body["live"], &body["changed"]),
+        (&serde_json::json!(true), &serde_json::json!(true))
+    );
+    assert_eq!(
+        s.exec(name, &both_paths("/b")),
+        "curl=hello from x.test /b py=hello from x.test /b"
+    );
+    // POST /v1/actions takes the same action whole.
+    let (code, body) = http(
+        &s,
+        "/v1/actions",
+        serde_json::json!({"action": "deny", "name": name, "domain": "x.test"}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"], "policy", "{body}");
+    assert_eq!(s.exec(name, &both_paths("/c")), "curl=DENIED py=DENIED");
+    let (code, body) = http(
+        &s,
+        &format!("/v1/sandboxes/{name}/allow"),
+        serde_json::json!({"domain": "metadata.google.internal"}),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["kind"], "refused", "{body}");
+    assert!(body["hint"].is_string(), "{body}");
+    let (code, body) = http(
+        &s,
+        "/v1/sandboxes/nope/allow",
+        serde_json::json!({"domain": "x.test"}),
+    );
+    assert_eq!(
+        (code, &body["kind"]),
+        (404, &serde_json::json!("not_found"))
+    );
+    let policy: Vec<serde_json::Value> = s
+        .journal(name)
+        .into_iter()
+        .filter(|e| e["category"] == "policy")
+        .collect();
+    assert_eq!(policy.len(), 2, "{policy:#?}");
+    assert!(policy.iter().all(|e| e["via"] == "api"), "{policy:#?}");
+    // A sandbox without the filtered network has no allowlist to change.
+    s.made.borrow_mut().push("live-off".into());
+    s.ok(&["create", "live-off", "--workspace", "none", "--net", "off"]);
+    let out = s.run(&["allow", "live-off", "x.test"]);
+    assert_eq!(out.code(), 121, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("hint: an allowlist applies to --net filtered only"),
+        "{}",
+        out.describe()
+    );
 }

@@ -267,6 +267,7 @@ fn up_of_an_existing_sandbox_refuses_options_that_differ() {
         // (every sandbox has a default memory limit: half the host's RAM)
         "--memory 64M (it has ",
         "hint: `airlock up box --fresh` with these options recreates it",
+        "`airlock allow box DOMAIN[:PORT]` adds a domain to it in place, even while it runs",
     ] {
         assert!(out.stderr.contains(want), "{want:?}: {}", out.describe());
     }

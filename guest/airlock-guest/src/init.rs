@@ -7,8 +7,8 @@
 //! the VM off. Protocol: `airlock_model::vm`.
 
 use airlock_model::vm::{
-    b64_decode, b64_encode, GuestJob, GuestMsg, GuestNet, HostMsg, DISK_ROOT, DISK_WORKSPACE,
-    MAIN_SESSION, VM_PORT_NAME, VM_PROTOCOL_VERSION,
+    b64_decode, b64_encode, GuestExec, GuestJob, GuestMsg, GuestNet, HostMsg, DISK_ROOT,
+    DISK_WORKSPACE, MAIN_SESSION, VM_PORT_NAME, VM_PROTOCOL_VERSION,
 };
 use nix::mount::{mount, MsFlags};
 use std::ffi::CString;
@@ -115,6 +115,7 @@ fn boot() -> Res<()> {
         let how = sessions::Serve {
             root: Some(NEWROOT),
             reap_all: true,
+            main: None,
         };
         let held = setup(&job).and_then(|()| {
             out.send(&GuestMsg::Ready {
@@ -135,6 +136,35 @@ fn boot() -> Res<()> {
     for (k, v) in &secrets {
         job.env.retain(|(ek, _)| ek != k);
         job.env.push((k.clone(), v.clone()));
+    }
+    if let Some(size) = job.tty {
+        // `run -t`: the command is a session with a terminal (the session server's own
+        // pseudo-terminal handling); its exit ends the VM.
+        let main = GuestExec {
+            argv: job.argv.clone(),
+            env: job.env.clone(),
+            cwd: job.cwd.clone(),
+            uid: job.uid,
+            gid: job.gid,
+            stdin: true,
+            secrets: false,
+            tty: Some(size),
+        };
+        let how = sessions::Serve {
+            root: Some(NEWROOT),
+            reap_all: true,
+            main: Some(&main),
+        };
+        if let Err(message) =
+            setup(&job).and_then(|()| sessions::serve(&mut input, &mut out.0, &how))
+        {
+            out.send(&GuestMsg::Error {
+                v: VM_PROTOCOL_VERSION,
+                message,
+                session: MAIN_SESSION,
+            });
+        }
+        return Ok(());
     }
     let code = match setup(&job).and_then(|()| run(&job, &mut input, &mut out)) {
         Ok(code) => code,
@@ -288,12 +318,13 @@ fn setup(job: &GuestJob) -> Res<()> {
         MsFlags::MS_NOSUID,
         None,
     )?;
+    // Not nodev: its ptmx and terminals are device nodes that must open (`exec -t`).
     mnt(
         "devpts",
         &at("/dev/pts"),
         "devpts",
-        nosuid | MsFlags::MS_NOEXEC,
-        Some("ptmxmode=0666,mode=0620"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
     mnt("tmpfs", &at("/dev/shm"), "tmpfs", nosuid, Some("mode=1777"))?;
     mnt(
@@ -304,7 +335,7 @@ fn setup(job: &GuestJob) -> Res<()> {
         Some(&format!("mode=1777{size}")),
     )?;
     mnt("tmpfs", &at("/run"), "tmpfs", nosuid, Some("mode=0755"))?;
-    tools(&at("/run/airlock/bin"))?;
+    tools(&at(airlock_model::agent::adapter::TOOLS_DIR))?;
     mnt(
         "tmpfs",
         &at(&job.home),
@@ -403,17 +434,6 @@ fn install_secrets(job: &GuestJob, secrets: &[(String, String)], ca: Option<&str
 /// Where the secrets are inside.
 pub(crate) const SECRETS_DIR: &str = "/run/secrets";
 
-/// The helper itself (this PID 1's /init) at /run/airlock/bin/{airlock-guest,report} in the
-/// new root, root's and read-only to everyone else, as every container sandbox has it: the
-/// agent runner, `report`, `which` and `fs` run from there.
-fn tools(bin: &str) -> Res<()> {
-    mkdir(bin, 0o755)?;
-    let helper = format!("{bin}/airlock-guest");
-    fs::copy("/init", &helper).map_err(ctx(format!("copy the helper to {helper}")))?;
-    fs::set_permissions(&helper, fs::Permissions::from_mode(0o555)).map_err(ctx(&helper))?;
-    fs::hard_link(&helper, format!("{bin}/report")).map_err(ctx(format!("{bin}/report")))
-}
-
 /// On a disk's first boot (its root is not the sandbox user's yet: the host made it from a
 /// clone owned by someone else), every entry becomes `uid`/`gid`'s; never through a symlink.
 fn hand_over(root: &Path, uid: u32, gid: u32) -> Res<()> {
@@ -440,6 +460,34 @@ fn hand_over(root: &Path, uid: u32, gid: u32) -> Res<()> {
     for d in dirs.iter().rev() {
         std::os::unix::fs::lchown(d, Some(uid), Some(gid))
             .map_err(ctx(format!("chown {}", d.display())))?;
+    }
+    Ok(())
+}
+
+/// The helper's own tools inside, as in a container sandbox (`cp` and the MCP file tools run
+/// `airlock-guest fs` there): this very binary (/init), bound read-only as `airlock-guest`
+/// and `report`.
+fn tools(dir: &str) -> Res<()> {
+    mkdir(dir, 0o755)?;
+    for name in ["airlock-guest", "report"] {
+        let target = format!("{dir}/{name}");
+        File::create(&target).map_err(ctx(&target))?;
+        mount(
+            Some("/init"),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(ctx(format!("bind the helper at {target}")))?;
+        mount(
+            None::<&str>,
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+            None::<&str>,
+        )
+        .map_err(ctx(format!("make {target} read-only")))?;
     }
     Ok(())
 }
@@ -480,6 +528,7 @@ fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel) -> Res<i3
                 root: Some(NEWROOT),
                 cwd: &cwd,
                 cwd_label: &job.cwd,
+                ctty: false,
             };
             child(
                 &who,
@@ -503,6 +552,8 @@ pub(crate) struct Become<'a> {
     pub root: Option<&'a str>,
     pub cwd: &'a CString,
     pub cwd_label: &'a str,
+    /// stdin is a terminal that becomes the command's controlling terminal (after setsid).
+    pub ctty: bool,
 }
 
 /// In a freshly forked child: take `stdio` as 0/1/2, become `who`, exec `argv`. Exit status
@@ -528,6 +579,10 @@ pub(crate) fn child(who: &Become<'_>, stdio: [i32; 3], argv: &[CString], envp: &
         }
     }
     let _ = nix::unistd::setsid();
+    // SAFETY: TIOCSCTTY on the terminal just dup'ed onto stdin, in a new session.
+    if who.ctty && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        fail("take the terminal", nix::errno::Errno::last());
+    }
     if let Some(root) = who.root {
         if let Err(e) = nix::unistd::chroot(root) {
             fail("chroot", e);

@@ -50,6 +50,7 @@ fn spec() -> RunSpec {
         setup: Vec::new(),
         backend: BackendKind::Container,
         rootfs: RootFs::Host,
+        kernel: None,
     }
 }
 
@@ -1052,6 +1053,7 @@ fn the_microvm_plan_is_exact() {
             stdin: false,
             workspace_disk: false,
             hold: false,
+            tty: None,
         },
         workspace: Some(p("/home/u/proj")),
         workspace_disk: None,
@@ -1221,6 +1223,19 @@ fn microvm_guests_take_secrets_and_trust_the_injection_ca_while_qemu_gets_neithe
     // QEMU's container is given no secret, and its environment names none.
     assert!(!v.qemu.env.iter().any(|(k, _)| k == "K" || k == "PLAIN"));
     assert!(!v.qemu.argv.iter().any(|a| a.contains("K=")));
+}
+
+#[test]
+fn a_microvm_run_with_a_terminal_gives_the_guest_one() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.stdio = crate::spec::Stdio::Tty;
+    let v = match super::plan(&s, &vm_host()) {
+        Ok(Plan::Microvm(v)) => v,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(v.guest.tty, Some(microvm::DEFAULT_TTY));
+    assert!(v.guest.stdin);
 }
 
 #[test]

@@ -14,7 +14,7 @@ pub mod rootfs;
 pub mod rundir;
 pub mod seccomp;
 pub mod summary;
-mod tty;
+pub(crate) mod tty;
 
 use crate::cgroup::{Cgroup, Layout};
 pub use crate::command::{Ending, Outcome};
@@ -324,6 +324,9 @@ pub struct RunOptions<'a> {
     /// sandbox's supervisor keeps it to change the policy while the sandbox runs
     /// (`airlock allow`/`deny`). Must not start threads (it may run before `on_ready`).
     pub on_egress_ctx: Option<&'a (dyn Fn(Arc<airlock_egress::proxy::Ctx>) + Sync)>,
+    /// Asked about each signal relayed to the sandbox: hold it back this long (a microVM
+    /// asks its guest to power off first). None: every signal goes at once.
+    pub defer_signal: Option<&'a (dyn Fn(nix::sys::signal::Signal) -> Option<Duration> + Sync)>,
 }
 
 /// A listener of egress decisions.
@@ -669,6 +672,7 @@ fn run_in(
         tty_host.as_ref(),
         &result_rd,
         deadline,
+        opts.defer_signal,
     )
     .map_err(io_err("supervise the sandbox"))?;
     let status = nix::sys::wait::waitpid(child, None)

@@ -144,7 +144,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     let on_ready = || {
         if let Some(ctx) = egress.get() {
             if let Err(e) = airlock_engine::live_policy::serve(dir, &name, ctx.clone()) {
-                eprintln!("airlock: cannot serve the policy socket: {e}");
+                errln!("airlock: cannot serve the policy socket: {e}");
             }
         }
         if let Some(h) = &agent_host {

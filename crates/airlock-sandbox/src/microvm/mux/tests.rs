@@ -22,6 +22,7 @@ pub(crate) fn job(hold: bool) -> GuestJob {
         stdin: false,
         workspace_disk: false,
         hold,
+        tty: None,
     }
 }
 
@@ -34,6 +35,7 @@ pub(crate) fn exec(argv: &[&str], stdin: bool) -> GuestExec {
         gid: 1000,
         stdin,
         secrets: false,
+        tty: None,
     }
 }
 
@@ -126,6 +128,15 @@ pub(crate) fn guest(stream: UnixStream, sessions: bool) -> JoinHandle<Vec<HostMs
                         session,
                     },
                 ),
+                HostMsg::Resize {
+                    rows,
+                    cols,
+                    session,
+                    ..
+                } => {
+                    let data = b64_encode(format!("resized {rows}x{cols}\n").as_bytes());
+                    put(&mut w, &GuestMsg::Stdout { v, data, session });
+                }
                 HostMsg::Poweroff { .. } => break,
                 HostMsg::Unknown => {}
             }
