@@ -71,6 +71,25 @@ impl Interceptor {
     /// A fresh CA for `secrets`' hosts. Upstream servers are verified against the system's
     /// roots plus `extra_roots` (PEM; a test CA, or a corporate one: `AIRLOCK_UPSTREAM_CA`).
     pub fn new(secrets: Secrets, extra_roots: Option<&[u8]>) -> Result<Self, InterceptError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        let _ = roots.add_parsable_certificates(native.certs);
+        if let Some(pem) = extra_roots {
+            use rustls::pki_types::pem::PemObject;
+            for c in CertificateDer::pem_slice_iter(pem) {
+                let c = c.map_err(|e| InterceptError::UpstreamCa {
+                    path: "(given)".into(),
+                    why: e.to_string(),
+                })?;
+                roots
+                    .add(c)
+                    .map_err(|e| InterceptError::Tls(e.to_string()))?;
+            }
+        }
+        Self::with_roots(secrets, roots)
+    }
+
+    fn with_roots(secrets: Secrets, roots: rustls::RootCertStore) -> Result<Self, InterceptError> {
         let ca_err = |e: rcgen::Error| InterceptError::Ca(e.to_string());
         let ca_key = rcgen::KeyPair::generate().map_err(ca_err)?;
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(ca_err)?;
@@ -97,22 +116,6 @@ impl Interceptor {
         });
         let ca = p.self_signed(&ca_key).map_err(ca_err)?;
         let ca_pem = ca.pem();
-
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        let _ = roots.add_parsable_certificates(native.certs);
-        if let Some(pem) = extra_roots {
-            use rustls::pki_types::pem::PemObject;
-            for c in CertificateDer::pem_slice_iter(pem) {
-                let c = c.map_err(|e| InterceptError::UpstreamCa {
-                    path: "(given)".into(),
-                    why: e.to_string(),
-                })?;
-                roots
-                    .add(c)
-                    .map_err(|e| InterceptError::Tls(e.to_string()))?;
-            }
-        }
         let provider = ring();
         let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -185,6 +188,100 @@ impl Interceptor {
     }
 }
 
+/// What `airlock doctor` reports about secret injection on this host.
+#[derive(Debug, Clone)]
+pub struct SelfTest {
+    /// System root certificates found for verifying the real servers.
+    pub roots: usize,
+    pub roots_ms: f64,
+    /// Making a sandbox's CA (and the TLS configurations), as a sandbox start does.
+    pub ca_ms: f64,
+    /// Making one host's leaf certificate, then a TLS handshake against it in memory that
+    /// verifies it under the CA.
+    pub leaf_ms: f64,
+}
+
+/// Check on this host what interception needs: the ring provider, making a CA and a leaf, a
+/// verified handshake, the system roots. Timed.
+pub fn self_test() -> Result<SelfTest, InterceptError> {
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let native = rustls_native_certs::load_native_certs();
+    let mut system = rustls::RootCertStore::empty();
+    let (roots, _) = system.add_parsable_certificates(native.certs);
+    let roots_ms = ms(t);
+    let host = "doctor.airlock.invalid";
+    let b = crate::inject::Binding::new(
+        "AIRLOCK_DOCTOR",
+        "doctor".into(),
+        &[host.into()],
+        crate::inject::At::Header("x-doctor".into()),
+    )
+    .map_err(|e| InterceptError::Ca(e.to_string()))?;
+    let t = Instant::now();
+    let icpt = Interceptor::with_roots(Secrets::new(vec![b]), system)?;
+    let ca_ms = ms(t);
+    let t = Instant::now();
+    let server_cfg = icpt.server_config(host).map_err(InterceptError::Ca)?;
+    let mut trust = rustls::RootCertStore::empty();
+    trust
+        .add(icpt.ca.der().clone())
+        .map_err(|e| InterceptError::Tls(e.to_string()))?;
+    let client_cfg = rustls::ClientConfig::builder_with_provider(icpt.provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| InterceptError::Tls(e.to_string()))?
+        .with_root_certificates(trust)
+        .with_no_client_auth();
+    let tls = |e: rustls::Error| InterceptError::Tls(e.to_string());
+    let name =
+        ServerName::try_from(host.to_string()).map_err(|e| InterceptError::Tls(e.to_string()))?;
+    let mut client = rustls::ClientConnection::new(Arc::new(client_cfg), name).map_err(tls)?;
+    let mut server = rustls::ServerConnection::new(server_cfg).map_err(tls)?;
+    // Both ends in memory: move each side's bytes to the other until both are done.
+    for _ in 0..10 {
+        if !client.is_handshaking() && !server.is_handshaking() {
+            break;
+        }
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client
+                .write_tls(&mut wire)
+                .map_err(|e| InterceptError::Tls(e.to_string()))?;
+        }
+        let mut rd = wire.as_slice();
+        while !rd.is_empty() {
+            server
+                .read_tls(&mut rd)
+                .map_err(|e| InterceptError::Tls(e.to_string()))?;
+        }
+        server.process_new_packets().map_err(tls)?;
+        let mut wire = Vec::new();
+        while server.wants_write() {
+            server
+                .write_tls(&mut wire)
+                .map_err(|e| InterceptError::Tls(e.to_string()))?;
+        }
+        let mut rd = wire.as_slice();
+        while !rd.is_empty() {
+            client
+                .read_tls(&mut rd)
+                .map_err(|e| InterceptError::Tls(e.to_string()))?;
+        }
+        client.process_new_packets().map_err(tls)?;
+    }
+    if client.is_handshaking() || server.is_handshaking() {
+        return Err(InterceptError::Tls(
+            "the test handshake did not complete".into(),
+        ));
+    }
+    Ok(SelfTest {
+        roots,
+        roots_ms,
+        ca_ms,
+        leaf_ms: ms(t),
+    })
+}
+
 /// Facts for the journal lines of one intercepted connection.
 pub(crate) struct Where {
     pub kind: Kind,
@@ -235,6 +332,11 @@ impl BufSock {
 impl Read for BufSock {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.end {
+            // Acknowledge at once what arrives: a kept-alive connection is in the kernel's
+            // "ping-pong" mode, which delays ACKs (40 ms) to ride on the next data we send, and a
+            // peer with Nagle on (most servers' default) holds the rest of its answer until
+            // then. A new connection starts in quick-ACK mode; this keeps every read there.
+            let _ = rustix::net::sockopt::set_tcp_quickack(&self.sock, true);
             let n = self.sock.read(&mut self.buf)?;
             self.pos = 0;
             self.end = n;
@@ -553,8 +655,7 @@ impl Exchange<'_> {
     /// Read the next request's head (`first`: the connection's first request).
     fn read_head(&mut self, first: bool) -> Result<http::Request, Next> {
         let (name, ctx, at) = (self.name, self.ctx, self.at);
-        let wait = if first { Duration::ZERO } else { KEEP_IDLE };
-        let deadline = Instant::now() + wait + ctx.inspect_timeout;
+        let mut deadline = Instant::now() + ctx.inspect_timeout;
         loop {
             let parsed = if self.buf.is_empty() {
                 Err(HttpError::NeedMore)
@@ -593,16 +694,28 @@ impl Exchange<'_> {
                 ctx.inspect_timeout
             };
             let _ = self.client.sock.sock.set_read_timeout(Some(idle));
+            let waiting = self.buf.is_empty() && !first;
             match read_bulk(self.client, &mut self.chunk) {
                 Ok(0) => return Err(Next::Close),
-                Ok(n) => self.buf.extend_from_slice(&self.chunk[..n]),
+                Ok(n) => {
+                    if waiting {
+                        // The next request began: its head has the usual time.
+                        deadline = Instant::now() + ctx.inspect_timeout;
+                    }
+                    self.buf.extend_from_slice(&self.chunk[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A timeout is judged above (with the deadline).
+                // An idle kept-alive connection ends quietly; other timeouts are judged above.
                 Err(e)
                     if matches!(
                         e.kind(),
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
+                    ) =>
+                {
+                    if self.buf.is_empty() && !first {
+                        return Err(Next::Close);
+                    }
+                }
                 Err(_) => return Err(Next::Close),
             }
         }
