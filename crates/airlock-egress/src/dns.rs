@@ -86,7 +86,7 @@ fn respond(msg: &Message, resp: &mut Message, ctx: &Ctx) -> ResponseCode {
     let Some(text) = text else {
         return deny("a label with bytes other than letters, digits and '-'", "");
     };
-    if let Decision::Deny { reason, fix } = ctx.policy.check_dns(&text) {
+    if let Decision::Deny { reason, fix } = ctx.policy().check_dns(&text) {
         return deny(&reason, &fix);
     }
     let Ok(name) = host::normalize(&text) else {

@@ -2,6 +2,7 @@
 
 use crate::{addr, host};
 use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// One allowed-domain entry: an exact name, or `*.x` for the strict subdomains of `x`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -67,8 +68,9 @@ impl fmt::Display for DomainPattern {
 pub struct EgressPolicy {
     pub domains: Vec<DomainPattern>,
     pub ports: Vec<u16>,
-    /// The named sandbox this policy belongs to, if any: its policy is fixed at creation, so
-    /// a denial's fix says how to recreate it rather than a flag of `airlock run`.
+    /// The named sandbox this policy belongs to, if any: a denial's fix then says
+    /// `airlock allow NAME DOMAIN[:PORT]` (its allowlist changes while it runs) rather than a
+    /// flag of `airlock run`.
     pub sandbox: Option<String>,
 }
 
@@ -113,16 +115,12 @@ impl EgressPolicy {
         self
     }
 
-    /// How to allow it: `--allow FLAG` or a configuration `line`, phrased for `airlock run` or
-    /// for this named sandbox.
+    /// How to allow it: `--allow FLAG` or a configuration `line` for `airlock run`; for a
+    /// named sandbox, `airlock allow NAME FLAG` (it applies at once, without a restart).
     fn fix(&self, flag: &str, line: &str) -> String {
         match &self.sandbox {
             None => format!("add `--allow {flag}` or `{line}`"),
-            Some(n) => format!(
-                "recreate sandbox {n} with it: `airlock rm {n} && airlock create {n} --allow {flag}` \
-                 (with the options it was created with), or add `{line}` to airlock.toml and run \
-                 `airlock up {n} --fresh`; either discards its state, so fetch or sync its work first"
-            ),
+            Some(n) => format!("run `airlock allow {n} {flag}` (applies at once, no restart)"),
         }
     }
 
@@ -197,6 +195,119 @@ impl EgressPolicy {
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// The policy of a running sandbox, replaceable while connections and DNS queries use it
+/// (`airlock allow`/`deny`). A lookup takes the current policy as a whole (an `Arc` cloned
+/// under a read lock held for that clone only), so a decision never sees half of an old
+/// policy and half of a new one.
+#[derive(Debug)]
+pub struct LivePolicy {
+    current: RwLock<Arc<EgressPolicy>>,
+}
+
+impl LivePolicy {
+    pub fn new(policy: EgressPolicy) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(policy)),
+        }
+    }
+
+    /// The policy in force now.
+    pub fn get(&self) -> Arc<EgressPolicy> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Put `policy` in force for every later decision; the one it replaces is returned.
+    pub fn set(&self, policy: EgressPolicy) -> Arc<EgressPolicy> {
+        let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *cur, Arc::new(policy))
+    }
+}
+
+/// A configured allowlist as it is stored (`[network] domains` / `ports`, a sandbox's spec),
+/// and the two edits `airlock allow` / `airlock deny` make to it. Pure.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Allowlist {
+    pub domains: Vec<String>,
+    pub ports: Vec<u16>,
+}
+
+/// Why an allow or deny cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error("port 0 is not a port")]
+    PortZero,
+    #[error("{0} is a cloud metadata service: it is never allowed, in any mode")]
+    Metadata(String),
+    /// `deny` of a name that another entry still allows.
+    #[error("{name} stays allowed by the entry {by}")]
+    StillAllowed { name: String, by: String },
+}
+
+impl Allowlist {
+    /// Allow `entry` (`github.com`, `*.npmjs.org`), and `port` when given. True when anything
+    /// changed (allowing what is allowed already is no error).
+    pub fn allow(&mut self, entry: &str, port: Option<u16>) -> Result<bool, EditError> {
+        let pattern = DomainPattern::parse(entry)?;
+        let name = match &pattern {
+            DomainPattern::Exact(n) | DomainPattern::Subdomains(n) => n,
+        };
+        if addr::metadata_name(name) {
+            return Err(EditError::Metadata(pattern.to_string()));
+        }
+        if port == Some(0) {
+            return Err(EditError::PortZero);
+        }
+        let mut changed = false;
+        if !self.patterns().any(|p| p == pattern) {
+            self.domains.push(pattern.to_string());
+            changed = true;
+        }
+        if let Some(p) = port.filter(|p| !self.ports.contains(p)) {
+            self.ports.push(p);
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Take `entry` out: every stored entry equal to it goes. Refused (nothing changed) when
+    /// the name would stay allowed by another entry (`a.x.com` under `*.x.com`): deny that
+    /// one instead. True when anything changed. Ports stay: they are shared by every domain.
+    pub fn deny(&mut self, entry: &str) -> Result<bool, EditError> {
+        let pattern = DomainPattern::parse(entry)?;
+        let keep: Vec<String> = self
+            .domains
+            .iter()
+            .filter(|d| DomainPattern::parse(d).ok().as_ref() != Some(&pattern))
+            .cloned()
+            .collect();
+        if let DomainPattern::Exact(name) = &pattern {
+            if let Some(by) = keep
+                .iter()
+                .find(|d| DomainPattern::parse(d).is_ok_and(|p| p.matches(name)))
+            {
+                return Err(EditError::StillAllowed {
+                    name: name.clone(),
+                    by: by.clone(),
+                });
+            }
+        }
+        let changed = keep.len() != self.domains.len();
+        self.domains = keep;
+        Ok(changed)
+    }
+
+    fn patterns(&self) -> impl Iterator<Item = DomainPattern> + '_ {
+        self.domains
+            .iter()
+            .filter_map(|d| DomainPattern::parse(d).ok())
     }
 }
 
@@ -343,26 +454,130 @@ mod tests {
     }
 
     #[test]
-    fn a_named_sandbox_fix_says_how_to_recreate_it() {
+    fn a_named_sandbox_fix_says_airlock_allow() {
         let p = policy().of_sandbox("web");
         let Decision::Deny { fix, .. } = p.check("example.com", 443) else {
             panic!()
         };
         assert_eq!(
             fix,
-            "recreate sandbox web with it: `airlock rm web && airlock create web --allow example.com:443` \
-             (with the options it was created with), or add `[network] domains = [\"example.com\"]` to \
-             airlock.toml and run `airlock up web --fresh`; either discards its state, so fetch or sync \
-             its work first"
+            "run `airlock allow web example.com:443` (applies at once, no restart)"
         );
         let Decision::Deny { fix, .. } = p.check("github.com", 22) else {
             panic!()
         };
-        assert!(
-            fix.starts_with("recreate sandbox web with it: `airlock rm web && airlock create web --allow github.com:22`")
-                && fix.contains("add `[network] ports = [443, 80, 22]` to airlock.toml"),
-            "{fix}"
+        assert_eq!(
+            fix,
+            "run `airlock allow web github.com:22` (applies at once, no restart)"
         );
+        let Decision::Deny { fix, .. } = p.check_dns("example.com") else {
+            panic!()
+        };
+        assert_eq!(
+            fix,
+            "run `airlock allow web example.com` (applies at once, no restart)"
+        );
+    }
+
+    #[test]
+    fn allowlist_edits() {
+        let mut a = Allowlist {
+            domains: vec!["github.com".into(), "*.npmjs.org".into()],
+            ports: vec![443],
+        };
+        assert_eq!(a.allow("Example.COM.", None), Ok(true));
+        assert_eq!(a.allow("example.com", None), Ok(false));
+        assert_eq!(a.allow("example.com", Some(8443)), Ok(true));
+        assert_eq!(a.allow("*.npmjs.org", Some(443)), Ok(false));
+        assert_eq!(
+            a,
+            Allowlist {
+                domains: vec![
+                    "github.com".into(),
+                    "*.npmjs.org".into(),
+                    "example.com".into()
+                ],
+                ports: vec![443, 8443],
+            }
+        );
+        for bad in ["1.2.3.4", "a b", "", "*"] {
+            assert!(
+                matches!(a.allow(bad, None), Err(EditError::Pattern(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(a.allow("x.com", Some(0)), Err(EditError::PortZero));
+        assert!(matches!(
+            a.allow("metadata.google.internal", None),
+            Err(EditError::Metadata(_))
+        ));
+        // deny: exact entries go; ports stay; denying what is not there changes nothing.
+        assert_eq!(a.deny("EXAMPLE.com."), Ok(true));
+        assert_eq!(a.deny("example.com"), Ok(false));
+        assert_eq!(a.ports, vec![443, 8443]);
+        // A name a wildcard still covers is refused, and nothing changes.
+        let before = a.clone();
+        assert_eq!(
+            a.deny("registry.npmjs.org"),
+            Err(EditError::StillAllowed {
+                name: "registry.npmjs.org".into(),
+                by: "*.npmjs.org".into()
+            })
+        );
+        assert_eq!(a, before);
+        assert_eq!(a.deny("*.npmjs.org"), Ok(true));
+        assert_eq!(a.domains, vec!["github.com".to_string()]);
+        let p = EgressPolicy::new(&a.domains, &a.ports).unwrap();
+        assert!(!p.check("registry.npmjs.org", 443).is_allow());
+    }
+
+    /// Readers racing a writer that flips between two policies only ever see one of the two
+    /// whole: never a domain list of one with the ports of the other.
+    #[test]
+    fn live_policy_swaps_whole_under_concurrent_lookups() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let a = EgressPolicy::new(&["a.test"], &[443]).unwrap();
+        let b = EgressPolicy::new(&["b.test"], &[8443]).unwrap();
+        let live = Arc::new(LivePolicy::new(a.clone()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (live, stop) = (live.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let (mut seen_a, mut seen_b) = (0u64, 0u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        let p = live.get();
+                        let ok_a = p.check("a.test", 443).is_allow();
+                        let ok_b = p.check("b.test", 8443).is_allow();
+                        // Exactly one of the two policies, as a whole.
+                        assert!(ok_a != ok_b, "torn read: {p:?}");
+                        assert!(!p.check("a.test", 8443).is_allow(), "{p:?}");
+                        assert!(!p.check("b.test", 443).is_allow(), "{p:?}");
+                        if ok_a {
+                            seen_a += 1
+                        } else {
+                            seen_b += 1
+                        }
+                    }
+                    (seen_a, seen_b)
+                })
+            })
+            .collect();
+        for i in 0..20_000 {
+            live.set(if i % 2 == 0 { b.clone() } else { a.clone() });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for r in readers {
+            let (sa, sb) = r.join().expect("a reader saw a torn policy");
+            total += sa + sb;
+        }
+        assert!(total > 0);
+        // The last write is what every later lookup sees.
+        assert_eq!(*live.get(), a);
+        assert_eq!(*live.set(b.clone()), a);
+        assert_eq!(*live.get(), b);
     }
 
     #[test]

@@ -4,18 +4,20 @@
 use crate::http::body::BodyFramer;
 use crate::http::{self, HttpError, Request, Target};
 use crate::journal::{Event, Journal, Kind, Verdict};
-use crate::policy::{Decision, EgressPolicy};
+use crate::policy::{Decision, EgressPolicy, LivePolicy};
 use crate::resolve::Resolver;
 use crate::{addr, host, relay, sni};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Everything the enforcement needs, shared by all connections of one sandbox.
 pub struct Ctx {
-    pub policy: EgressPolicy,
+    /// The domain policy: replaceable while the sandbox runs ([`Ctx::set_policy`]).
+    policy: LivePolicy,
     pub resolver: Arc<dyn Resolver>,
     pub journal: Journal,
     /// Per upstream address tried.
@@ -32,6 +34,35 @@ pub struct Ctx {
     /// Secrets bound to hosts: TLS to those hosts is ended here and the secrets put in.
     pub intercept: Option<Arc<crate::intercept::Interceptor>>,
     active: AtomicUsize,
+    /// The allowed connections being relayed, re-checked whenever the policy changes.
+    open: Mutex<HashMap<u64, Open>>,
+    next_open: AtomicU64,
+}
+
+/// An allowed connection being relayed: what it was allowed as, and its sockets (clones),
+/// to close it if a new policy denies that.
+struct Open {
+    kind: Kind,
+    shown: Option<String>,
+    host: String,
+    port: u16,
+    dst: Option<SocketAddr>,
+    conn: TcpStream,
+    up: Option<TcpStream>,
+    /// Shut down by a policy change already (its relay is ending).
+    closed: bool,
+}
+
+/// A connection's place in [`Ctx::open`]; given back on drop.
+pub(crate) struct Registered<'a> {
+    ctx: &'a Ctx,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.ctx.open_conns().remove(&self.id);
+    }
 }
 
 impl Ctx {
@@ -51,7 +82,7 @@ impl Ctx {
 impl std::fmt::Debug for Ctx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ctx")
-            .field("policy", &self.policy)
+            .field("policy", &self.policy.get())
             .field("journal", &self.journal)
             .finish_non_exhaustive()
     }
@@ -61,7 +92,7 @@ impl Ctx {
     /// The defaults: the real address floor, 10 s to connect and to inspect, 5 s DNS TTL.
     pub fn new(policy: EgressPolicy, resolver: Arc<dyn Resolver>, journal: Journal) -> Self {
         Self {
-            policy,
+            policy: LivePolicy::new(policy),
             resolver,
             journal,
             connect_timeout: Duration::from_secs(10),
@@ -71,7 +102,96 @@ impl Ctx {
             max_connections: 1024,
             intercept: None,
             active: AtomicUsize::new(0),
+            open: Mutex::new(HashMap::new()),
+            next_open: AtomicU64::new(0),
         }
+    }
+
+    /// The policy in force now (each decision takes it once, whole).
+    pub fn policy(&self) -> Arc<EgressPolicy> {
+        self.policy.get()
+    }
+
+    /// Put `policy` in force at once: later connections and DNS answers follow it, and every
+    /// open connection it no longer allows is closed (both sides shut down) and journaled as a
+    /// denial. Returns how many were closed.
+    pub fn set_policy(&self, policy: EgressPolicy) -> usize {
+        self.policy.set(policy);
+        // Taken after the swap: a connection registered after this sweep re-checks the new
+        // policy itself (see `register`), so none slips between the two.
+        let now = self.policy.get();
+        let mut open = self.open_conns();
+        let mut closed = 0;
+        for o in open.values_mut().filter(|o| !o.closed) {
+            if let Decision::Deny { reason, fix } = now.check(&o.host, o.port) {
+                o.closed = true;
+                let _ = o.conn.shutdown(Shutdown::Both);
+                if let Some(up) = &o.up {
+                    let _ = up.shutdown(Shutdown::Both);
+                }
+                let note = Note {
+                    kind: o.kind,
+                    host: o.shown.clone(),
+                    port: Some(o.port),
+                    dst: o.dst,
+                };
+                note.record(
+                    self,
+                    Verdict::Deny,
+                    &format!("{reason}; the open connection was closed (the policy changed)"),
+                    &fix,
+                    None,
+                );
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Connections being relayed now that a policy change would re-check.
+    pub fn open_connections(&self) -> usize {
+        self.open_conns().len()
+    }
+
+    fn open_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Open>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Record an allowed connection (to `host`, normalized, on `port`) for as long as the
+    /// returned guard lives. None — and the denial journaled — when the policy in force no
+    /// longer allows it (it changed since the decision), or its sockets cannot be kept.
+    fn register(
+        &self,
+        note: &Note,
+        host: &str,
+        port: u16,
+        conn: &TcpStream,
+        up: Option<&TcpStream>,
+    ) -> Option<Registered<'_>> {
+        let (Ok(c), up) = (conn.try_clone(), up.map(TcpStream::try_clone).transpose()) else {
+            return None;
+        };
+        let Ok(up) = up else { return None };
+        let id = self.next_open.fetch_add(1, Ordering::SeqCst);
+        self.open_conns().insert(
+            id,
+            Open {
+                kind: note.kind,
+                shown: note.host.clone(),
+                host: host.to_string(),
+                port,
+                dst: note.dst,
+                conn: c,
+                up,
+                closed: false,
+            },
+        );
+        let reg = Registered { ctx: self, id };
+        if let Decision::Deny { reason, fix } = self.policy.get().check(host, port) {
+            note.record(self, Verdict::Deny, &reason, &fix, None);
+            return None;
+        }
+        Some(reg)
     }
 }
 
@@ -419,6 +539,9 @@ pub fn serve_transparent(mut conn: TcpStream, dst: SocketAddr, ctx: &Ctx) {
                 return relay::refuse(conn, &sni::ALERT_ACCESS_DENIED);
             };
             if let Some(icpt) = interceptor_for(ctx, &canon) {
+                let Some(_open) = ctx.register(&note, &canon, port, &conn, None) else {
+                    return;
+                };
                 let at = crate::intercept::Where {
                     kind: Kind::Tcp,
                     host: name,
@@ -429,6 +552,9 @@ pub fn serve_transparent(mut conn: TcpStream, dst: SocketAddr, ctx: &Ctx) {
             }
             let Some((conn, mut up)) = connect_or_refuse(conn, ctx, &note, &canon, port, Say::Tls)
             else {
+                return;
+            };
+            let Some(_open) = ctx.register(&note, &canon, port, &conn, Some(&up)) else {
                 return;
             };
             if up.write_all(&buf).is_ok() {
@@ -458,7 +584,7 @@ pub fn serve_transparent(mut conn: TcpStream, dst: SocketAddr, ctx: &Ctx) {
 /// Check the policy for `name:port`: the canonical name, or the journaled denial's reason and
 /// fix (the caller tells the program).
 fn decide(ctx: &Ctx, note: &Note, name: &str, port: u16) -> Result<String, (String, String)> {
-    let (reason, fix) = match ctx.policy.check(name, port) {
+    let (reason, fix) = match ctx.policy().check(name, port) {
         Decision::Allow => match host::normalize(name) {
             Ok(canon) => return Ok(canon),
             Err(e) => (e.to_string(), String::new()),
@@ -570,7 +696,7 @@ fn forward_http(
                 fix: String::new(),
             }
         }
-        _ => ctx.policy.check(&raw_host, port),
+        _ => ctx.policy().check(&raw_host, port),
     };
     if let Decision::Deny { reason, fix } = decision {
         note.record(ctx, Verdict::Deny, &reason, &fix, None);
@@ -587,12 +713,22 @@ fn forward_http(
     let Ok(canon) = host::normalize(&raw_host) else {
         return;
     };
+    let tunnel_open = tunnel.is_some();
     let (conn, mut up) = match tunnel {
         Some((_, up)) => (conn, up),
         None => match connect_or_refuse(conn, ctx, &note, &canon, port, Say::Http) {
             Some(pair) => pair,
             None => return,
         },
+    };
+    // A tunnel's connection is registered by the tunnel.
+    let _open = if tunnel_open {
+        None
+    } else {
+        match ctx.register(&note, &canon, port, &conn, Some(&up)) {
+            Some(r) => Some(r),
+            None => return,
+        }
     };
     let mut framer = BodyFramer::new(req.body);
     let rest = &buf[req.head_len..];
@@ -699,6 +835,9 @@ fn connect_tunnel(conn: TcpStream, ctx: &Ctx, mut note: Note, buf: Vec<u8>, req:
         }
     };
     let Some((mut conn, up)) = connect_or_refuse(conn, ctx, &note, &canon, port, Say::Http) else {
+        return;
+    };
+    let Some(_open) = ctx.register(&note, &canon, port, &conn, Some(&up)) else {
         return;
     };
     if conn

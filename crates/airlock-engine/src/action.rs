@@ -198,6 +198,81 @@ pub enum Action {
         #[serde(default)]
         follow: bool,
     },
+    /// Allow a domain (`*.example.com`: its subdomains), and a port when given, in a
+    /// filtered sandbox's egress allowlist: in force at once while it runs (no restart), and
+    /// kept for its later starts. Journaled as a policy change.
+    Allow {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        #[schema(
+            examples("github.com"),
+            max_length = 253,
+            pattern = "^(\\*\\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.?$"
+        )]
+        domain: String,
+        #[serde(default, deserialize_with = "whole_number")]
+        #[schema(minimum = 1, maximum = 65535)]
+        port: Option<u64>,
+        /// Which surface asked (for the audit journal; default `api`).
+        #[serde(default)]
+        via: Via,
+    },
+    /// Take a domain out of a filtered sandbox's egress allowlist: new connections and DNS
+    /// answers for it are refused at once, and its open connections to it are closed.
+    Deny {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        #[schema(
+            examples("github.com"),
+            max_length = 253,
+            pattern = "^(\\*\\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.?$"
+        )]
+        domain: String,
+        #[serde(default)]
+        via: Via,
+    },
+}
+
+/// The surface a policy change came through, as the audit journal records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    #[default]
+    Api,
+    Cli,
+    Mcp,
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Via::Api => "api",
+            Via::Cli => "cli",
+            Via::Mcp => "mcp",
+        })
+    }
+}
+
+/// `allow`'s and `deny`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyChange {
+    pub name: String,
+    /// `allow` or `deny`.
+    #[schema(examples("allow"))]
+    pub op: String,
+    /// The entry as stored (lowercase, no trailing dot).
+    pub domain: String,
+    pub port: Option<u16>,
+    /// False when the allowlist already was so (nothing to change).
+    pub changed: bool,
+    /// The running sandbox has the new allowlist in force; false when it is not running (its
+    /// next start has it).
+    pub live: bool,
+    /// Open connections the change closed (a deny of a host they were going to).
+    pub closed: u64,
+    /// The allowlist now.
+    pub domains: Vec<String>,
+    pub ports: Vec<u16>,
 }
 
 fn yes() -> bool {
@@ -590,6 +665,8 @@ pub enum ActionData {
     Explained(Explanation),
     /// prompt, reports: how the stream ended
     Ended(StreamEnd),
+    /// allow, deny
+    Policy(PolicyChange),
 }
 
 /// The end of a streamed action (prompt, reports).
@@ -654,6 +731,29 @@ impl Engine {
                     artifacts,
                     accept,
                 },
+            )?),
+            Action::Allow {
+                name,
+                domain,
+                port,
+                via,
+            } => {
+                let port = match port {
+                    None => None,
+                    Some(p) => Some(u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                        EngineError::BadRequest(format!("port {p}: must be 1-65535"))
+                    })?),
+                };
+                ActionData::Policy(self.change_policy(
+                    &name,
+                    crate::live_policy::Edit::Allow { domain, port },
+                    via,
+                )?)
+            }
+            Action::Deny { name, domain, via } => ActionData::Policy(self.change_policy(
+                &name,
+                crate::live_policy::Edit::Deny { domain },
+                via,
             )?),
             Action::FileRead { .. }
             | Action::FileWrite { .. }

@@ -3,7 +3,7 @@
 //! `net.jsonl` (every egress decision and secret injection, written by its supervisor) and
 //! `audit.jsonl` (lifecycle transitions and review-gate outcomes, written by the engine).
 //! [`read`] merges them; each line gets a `category`: `egress`, `lifecycle`, `review`,
-//! `policy` (mounts added to or removed from a running sandbox).
+//! `policy` (mounts added to or removed from a running sandbox, domains allowed or denied).
 //!
 //! Events about no one sandbox go to the host's journal, `audit.jsonl` in the state directory
 //! (same format, same cap): `trust` (a project's airlock.toml trusted or untrusted: which file,
@@ -293,6 +293,24 @@ pub fn human(e: &Value) -> String {
             }
             if let Some(r) = e["reason"].as_str() {
                 t.push_str(&format!(": {r}"));
+            }
+            t
+        }
+        "policy" if e["domain"].is_string() => {
+            // An egress allowlist change (`airlock allow`/`deny`).
+            let mut t = format!("{} {}", s("op"), s("domain"));
+            if let Some(p) = e["port"].as_u64() {
+                t.push_str(&format!(":{p}"));
+            }
+            t.push_str(&format!(" via {}", s("via")));
+            if e["changed"] == false {
+                t.push_str(" (no change)");
+            }
+            if e["live"] == true {
+                t.push_str(" (in force at once)");
+            }
+            if let Some(n) = e["closed"].as_u64().filter(|n| *n > 0) {
+                t.push_str(&format!(", {n} open connection(s) closed"));
             }
             t
         }

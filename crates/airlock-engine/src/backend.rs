@@ -113,6 +113,20 @@ pub trait Backend: Send + Sync {
     fn exec_program(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// Puts a new egress allowlist in force in the running sandbox `name` at once (no
+    /// restart): new connections and DNS answers follow it, open connections it no longer
+    /// allows are closed (how many is returned). The default: this backend cannot.
+    fn set_egress(
+        &self,
+        _name: &str,
+        _dir: &Path,
+        _domains: &[String],
+        _ports: &[u16],
+    ) -> Result<usize, BackendError> {
+        Err(BackendError::Unavailable(
+            "this backend cannot change a running sandbox's egress policy".into(),
+        ))
+    }
     /// Carries out an action that needs a process of its own (file access, copies, deliver,
     /// trust, explain: [`Action::in_child`](crate::action::Action::in_child)). The default runs
     /// the typed child, `EXEC_PROGRAM __action`.
@@ -142,6 +156,8 @@ pub enum Call {
     Reclaim(String),
     /// An action for a typed child (its `action` tag).
     Child(String),
+    /// A running sandbox's new egress allowlist: domains, ports.
+    SetEgress(String, Vec<String>, Vec<u16>),
 }
 
 /// Which operation a [`FakeBackend`] should fail.
@@ -151,6 +167,7 @@ pub enum FakeOp {
     Start,
     Stop,
     Destroy,
+    SetEgress,
 }
 
 #[derive(Debug, Default)]
@@ -371,6 +388,26 @@ impl Backend for FakeBackend {
 
     fn reclaim(&self, name: &str, _dir: &Path) {
         self.lock().calls.push(Call::Reclaim(name.to_owned()));
+    }
+
+    fn set_egress(
+        &self,
+        name: &str,
+        _dir: &Path,
+        domains: &[String],
+        ports: &[u16],
+    ) -> Result<usize, BackendError> {
+        let mut state = self.lock();
+        state.calls.push(Call::SetEgress(
+            name.to_owned(),
+            domains.to_vec(),
+            ports.to_vec(),
+        ));
+        FakeBackend::check(&state, name, FakeOp::SetEgress)?;
+        if !state.running.contains_key(name) {
+            return Err(BackendError::Failed(format!("{name} is not running")));
+        }
+        Ok(0)
     }
 
     fn stats(&self, name: &str, _dir: &Path) -> Option<Stats> {

@@ -278,8 +278,8 @@ pub struct Change {
 }
 
 pub struct Engine {
-    store: Mutex<Store>,
-    backend: Arc<dyn Backend>,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) backend: Arc<dyn Backend>,
     state_dir: PathBuf,
     /// Names with an operation in progress in this engine, and how many: reconcile leaves
     /// them alone (their transitional state is not a leftover).

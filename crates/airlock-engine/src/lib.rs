@@ -5,6 +5,8 @@
 //!   over a [`backend::Backend`] that runs the sandboxes;
 //! - [`api`]: the HTTP/1.1 + JSON API on a Unix socket (docs/api.md);
 //! - [`client::Client`]: the CLI's client of that API, starting the engine when needed;
+//! - [`live_policy`]: `allow`/`deny` on a sandbox's egress allowlist, and the supervisor's
+//!   policy socket that puts it in force while the sandbox runs;
 //! - [`paths`]: where the socket and the state live;
 //! - [`supervisor::SupervisorBackend`]: the real backend — one supervisor process per named
 //!   sandbox (`airlock __supervise`), detached from the engine.
@@ -15,6 +17,7 @@ pub mod audit;
 pub mod backend;
 pub mod client;
 pub mod engine;
+pub mod live_policy;
 pub mod paths;
 pub mod store;
 pub mod supervisor;

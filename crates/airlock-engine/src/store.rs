@@ -267,6 +267,26 @@ impl Store {
         }
     }
 
+    /// Replaces the spec of `name` (its egress allowlist changed by `allow`/`deny`); its
+    /// state, id and times stay.
+    pub fn set_spec(&mut self, name: &str, spec_json: &str) -> Result<(), StoreError> {
+        check_name(name)?;
+        serde_json::from_str::<serde_json::Value>(spec_json).map_err(|source| {
+            StoreError::BadSpec {
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        let n = self.conn.execute(
+            "UPDATE sandboxes SET spec_json = ?2 WHERE name = ?1",
+            params![name, spec_json],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(name.to_owned()));
+        }
+        Ok(())
+    }
+
     /// The sandbox named `name`, if there is one.
     pub fn get(&self, name: &str) -> Result<Option<Record>, StoreError> {
         check_name(name)?;

@@ -173,6 +173,11 @@ impl Backend for SupervisorBackend {
             ));
         };
         let pid = nix::unistd::Pid::from_raw(pid);
+        // The supervisor shares the grace with what it runs (a microVM's guest powers off in it).
+        let _ = fs::write(
+            dir.join(airlock_sandbox::isolation::STOP_GRACE_FILE),
+            grace.as_millis().to_string(),
+        );
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         if wait_until(Instant::now() + grace, || !locked(dir)) {
             return Ok(());
@@ -226,8 +231,19 @@ impl Backend for SupervisorBackend {
             return;
         };
         with_isolation(name, dir, |b, s| b.reclaim(s));
-        // The agent's socket leads nowhere now either.
+        // The agent's and the policy's sockets lead nowhere now either.
         let _ = fs::remove_file(dir.join(airlock_agent::AGENT_SOCKET));
+        let _ = fs::remove_file(dir.join(crate::live_policy::SOCKET));
+    }
+
+    fn set_egress(
+        &self,
+        _name: &str,
+        dir: &Path,
+        domains: &[String],
+        ports: &[u16],
+    ) -> Result<usize, BackendError> {
+        crate::live_policy::send(dir, domains, ports)
     }
 
     fn stats(&self, name: &str, dir: &Path) -> Option<Stats> {

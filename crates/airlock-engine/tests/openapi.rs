@@ -176,6 +176,14 @@ fn the_document_lists_every_route_with_its_answers() {
         ("POST /v1/sandboxes/{name}/prompt", with(&["200", "404"])),
         ("GET /v1/sandboxes/{name}/reports", with(&["200", "404"])),
         ("POST /v1/explain", with(&["200", "404"])),
+        (
+            "POST /v1/sandboxes/{name}/allow",
+            with(&["200", "404", "409"]),
+        ),
+        (
+            "POST /v1/sandboxes/{name}/deny",
+            with(&["200", "404", "409"]),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -195,9 +203,11 @@ fn the_document_lists_every_route_with_its_answers() {
         ids,
         [
             ("agent_reports", "GET /v1/sandboxes/{name}/reports"),
+            ("allow_domain", "POST /v1/sandboxes/{name}/allow"),
             ("copy_files", "POST /v1/sandboxes/{name}/copy"),
             ("create_sandbox", "POST /v1/sandboxes"),
             ("deliver_branch", "POST /v1/sandboxes/{name}/deliver"),
+            ("deny_domain", "POST /v1/sandboxes/{name}/deny"),
             ("diff_sandbox", "GET /v1/sandboxes/{name}/diff"),
             ("exec_sandbox", "POST /v1/sandboxes/{name}/exec"),
             ("execute_action", "POST /v1/actions"),
@@ -442,7 +452,7 @@ fn the_name_pattern_is_the_engines_rule() {
             }
         }
     }
-    assert_eq!(patterns.len(), 3 + 14, "{patterns:?}");
+    assert_eq!(patterns.len(), 3 + 16, "{patterns:?}");
     for pattern in &patterns {
         assert_eq!(pattern, api::routes::NAME_PATTERN);
     }

@@ -222,6 +222,28 @@ pub struct NameArgs {
     pub name: String,
 }
 
+/// `sandbox_allow`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowArgs {
+    /// The sandbox's name.
+    pub name: String,
+    /// A host name to allow, e.g. `pypi.org`; `*.example.com` allows its subdomains.
+    pub domain: String,
+    /// Also allow this port (1-65535; 443 and 80 are allowed by default).
+    pub port: Option<u16>,
+}
+
+/// `sandbox_deny`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenyArgs {
+    /// The sandbox's name.
+    pub name: String,
+    /// An entry of its allowlist to take out, e.g. `pypi.org` or `*.example.com`.
+    pub domain: String,
+}
+
 /// `sandbox_stop`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -134,6 +134,33 @@ pub static TOOLS: &[Def] = &[
         run: |c, v| Box::pin(sandbox_remove(c, v)),
     },
     Def {
+        name: "sandbox_allow",
+        title: "Allow a domain in a sandbox",
+        description: "Allow a domain (and optionally a port) in a named sandbox's egress \
+            allowlist (filtered network): in force at once while it runs, no restart, and kept \
+            for its later starts. Use it when a `blocked` report or a denial names a domain \
+            the work needs. Journaled in the sandbox's audit journal.",
+        schema: schema_for_type::<AllowArgs>,
+        read_only: false,
+        destructive: false,
+        idempotent: true,
+        max_secs: FILE_SECS,
+        run: |c, v| Box::pin(sandbox_allow(c, v)),
+    },
+    Def {
+        name: "sandbox_deny",
+        title: "Deny a domain in a sandbox",
+        description: "Take a domain out of a named sandbox's egress allowlist: new connections \
+            and DNS answers for it are refused at once, and open connections to it are closed. \
+            Journaled in the sandbox's audit journal.",
+        schema: schema_for_type::<DenyArgs>,
+        read_only: false,
+        destructive: true,
+        idempotent: true,
+        max_secs: FILE_SECS,
+        run: |c, v| Box::pin(sandbox_deny(c, v)),
+    },
+    Def {
         name: "sandbox_file_read",
         title: "Read a file in a sandbox",
         description: "Read a file (or list a directory) inside a running named sandbox, as the \
@@ -685,4 +712,56 @@ async fn file_write(c: Call, v: Value) -> CallToolResult {
         format!("wrote {} bytes to {}", w.written_bytes, w.path),
         json!({ "path": w.path, "written_bytes": w.written_bytes, "size": w.size }),
     )
+}
+
+/// An allow or deny through the engine (via the typed child, which forwards it); the answer
+/// says what is in force.
+async fn policy_change(c: Call, tool: &str, action: Action) -> CallToolResult {
+    let data = tri!(child_action(&c, tool, &action, 64 * 1024).await);
+    let ActionData::Policy(p) = data else {
+        return tool_error(format!("{tool}: internal: an answer of another kind"));
+    };
+    let target = match p.port {
+        Some(port) => format!("{}:{port}", p.domain),
+        None => p.domain.clone(),
+    };
+    let verb = if p.op == "allow" { "allowed" } else { "denied" };
+    let when = if p.live {
+        "in force now"
+    } else {
+        "stored; it is not running, its next start has it"
+    };
+    let text = format!(
+        "{verb} {target} in {} ({when}); allowed domains: {}",
+        p.name,
+        if p.domains.is_empty() {
+            "none".to_string()
+        } else {
+            p.domains.join(", ")
+        }
+    );
+    tool_ok(text, serde_json::to_value(&p).unwrap_or_default())
+}
+
+async fn sandbox_allow(c: Call, v: Value) -> CallToolResult {
+    let a: AllowArgs = tri!(parse("sandbox_allow", v));
+    tri!(check_name(&a.name));
+    let action = Action::Allow {
+        name: a.name,
+        domain: a.domain,
+        port: a.port.map(u64::from),
+        via: airlock_engine::action::Via::Mcp,
+    };
+    policy_change(c, "sandbox_allow", action).await
+}
+
+async fn sandbox_deny(c: Call, v: Value) -> CallToolResult {
+    let a: DenyArgs = tri!(parse("sandbox_deny", v));
+    tri!(check_name(&a.name));
+    let action = Action::Deny {
+        name: a.name,
+        domain: a.domain,
+        via: airlock_engine::action::Via::Mcp,
+    };
+    policy_change(c, "sandbox_deny", action).await
 }

@@ -103,6 +103,14 @@ impl Resources {
     }
 }
 
+/// A guest kernel someone chose: its path (absolute) and who chose it (`--kernel`, or the
+/// configuration file that says `[sandbox] kernel`), for messages and `doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestKernel {
+    pub path: PathBuf,
+    pub from: String,
+}
+
 /// Which of a spec's `resources` are airlock's defaults rather than asked for. A default the
 /// host cannot enforce (rootless without a delegated cgroup) is left out quietly; one asked for
 /// is reported, or refused with `--require-limits`.
@@ -197,6 +205,10 @@ pub struct RunSpec {
     /// Its root filesystem (`[sandbox] image`); the planner refuses one it cannot provide.
     #[serde(default)]
     pub rootfs: RootFs,
+    /// The microVM backend's guest kernel as the configuration or `--kernel` chose it (None:
+    /// AIRLOCK_KERNEL, else the newest distribution kernel in /boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<GuestKernel>,
 }
 
 /// A sandbox's root filesystem: the host's own (read-only `/usr` and friends, curated `/etc`)

@@ -58,6 +58,9 @@ pub struct GuestJob {
     /// [`HostMsg::Poweroff`] (or the channel closes). Absent in older hosts' jobs: false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub hold: bool,
+    /// `run -t`: the command gets a pseudo-terminal of this size (see [`GuestExec::tty`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -83,6 +86,18 @@ pub struct GuestExec {
     pub gid: u32,
     /// Whether stdin is forwarded (else the command's stdin is /dev/null).
     pub stdin: bool,
+    /// A terminal of this size (`exec -t`, `shell`): the guest gives the command a pseudo-
+    /// terminal of its own (its stdin, stdout and stderr, its controlling terminal); its
+    /// output comes back as `stdout` only. Absent in older hosts' lines: pipes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
+}
+
+/// A terminal's size, in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// Host → guest.
@@ -117,6 +132,16 @@ pub enum HostMsg {
         v: u32,
         session: u32,
         exec: Box<GuestExec>,
+    },
+    /// The user's terminal changed size: set the session's pseudo-terminal to it (the guest
+    /// kernel then sends SIGWINCH to its foreground process group). Ignored for a session
+    /// without a terminal.
+    Resize {
+        v: u32,
+        rows: u16,
+        cols: u16,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        session: u32,
     },
     /// End every session (SIGTERM, then SIGKILL after `grace_ms`) and power the VM off.
     Poweroff {
@@ -278,6 +303,7 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 stdin: false,
+                tty: None,
             }),
         };
         let line = serde_json::to_string(&e).unwrap();
@@ -292,6 +318,23 @@ mod tests {
                 ..
             }
         ));
+        // A terminal: its size in the exec, and resizes as their own line.
+        let t: HostMsg = serde_json::from_str(
+            r#"{"kind":"exec","v":1,"session":3,"exec":{"argv":["sh"],"env":[],"cwd":"/","uid":0,"gid":0,"stdin":true,"tty":{"rows":24,"cols":80}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(&t, HostMsg::Exec { exec, .. }
+            if exec.tty == Some(TtySize { rows: 24, cols: 80 })));
+        let r = HostMsg::Resize {
+            v: 1,
+            rows: 50,
+            cols: 132,
+            session: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"kind":"resize","v":1,"rows":50,"cols":132,"session":3}"#
+        );
         let p: HostMsg =
             serde_json::from_str(r#"{"kind":"poweroff","v":1,"grace_ms":500}"#).unwrap();
         assert_eq!(

@@ -38,6 +38,11 @@ pub struct Instance<'a> {
     pub id: Option<&'a str>,
 }
 
+/// In a named sandbox's folder: the grace period (milliseconds) its stopper gives before
+/// SIGKILL, written just before the stop's SIGTERM (a microVM's supervisor shares it with its
+/// guest: see `microvm`).
+pub const STOP_GRACE_FILE: &str = "stop-grace-ms";
+
 /// Whether a named sandbox runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observed {
@@ -450,7 +455,18 @@ impl AnyBackend {
     pub fn for_kind(kind: airlock_model::policy::BackendKind) -> Option<AnyBackend> {
         match kind {
             airlock_model::policy::BackendKind::Container => Some(AnyBackend::Container(Container)),
-            airlock_model::policy::BackendKind::Microvm => Some(AnyBackend::MicroVm(MicroVm)),
+            airlock_model::policy::BackendKind::Microvm => {
+                Some(AnyBackend::MicroVm(MicroVm::default()))
+            }
+        }
+    }
+    /// The backend for a spec, with what it chose for it (the microVM's guest kernel).
+    pub fn for_run(spec: &airlock_model::spec::RunSpec) -> Option<AnyBackend> {
+        match AnyBackend::for_kind(spec.backend)? {
+            AnyBackend::MicroVm(_) => Some(AnyBackend::MicroVm(MicroVm {
+                kernel: spec.kernel.clone(),
+            })),
+            other => Some(other),
         }
     }
     /// The backend a stored spec (`spec.json` of a named sandbox) names in `backend` — the

@@ -71,6 +71,13 @@ pub enum Command {
     Mount(MountArgs),
     /// Take a bind mount away from a running sandbox (and from its later starts).
     Unmount(UnmountArgs),
+    /// Allow a domain in a filtered sandbox's egress allowlist: at once while it runs (no
+    /// restart), and at its later starts: `allow NAME DOMAIN[:PORT]` (`*.example.com`: its
+    /// subdomains).
+    Allow(AllowArgs),
+    /// Take a domain out of a filtered sandbox's egress allowlist: new connections and DNS
+    /// answers for it are refused at once, open connections to it are closed.
+    Deny(DenyArgs),
     /// What a clone-mode sandbox's branch changes, against where it started.
     Diff(DiffArgs),
     /// Bring branch airlock/NAME into the host repository (review-gated; objects only).
@@ -182,6 +189,10 @@ pub struct PolicyArgs {
     /// Isolation backend: container (the default) or microvm (a guest kernel under QEMU).
     #[arg(long, value_name = "BACKEND")]
     pub backend: Option<String>,
+    /// The microVM backend's guest kernel: a bzImage or vmlinux whose modules are in
+    /// /lib/modules (default: AIRLOCK_KERNEL, [sandbox] kernel, else /boot's newest).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
     /// The same as `--net off`.
     #[arg(long, conflicts_with = "net")]
     pub no_network: bool,
@@ -526,6 +537,33 @@ pub struct MountArgs {
     /// Writable (writes reach the host); read-only otherwise. Refused by the restrictive profile.
     #[arg(long)]
     pub rw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AllowArgs {
+    pub name: String,
+    /// A host name (`*.example.com` for its subdomains), and a port to allow too.
+    #[arg(value_name = "DOMAIN[:PORT]")]
+    pub domain: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: the surface asking, for the audit journal (`mcp` from the MCP server).
+    #[arg(long, hide = true, value_parser = ["cli", "mcp", "api"], default_value = "cli")]
+    pub via: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    pub name: String,
+    /// An entry of its allowlist (`github.com`, `*.example.com`).
+    pub domain: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: the surface asking, for the audit journal (`mcp` from the MCP server).
+    #[arg(long, hide = true, value_parser = ["cli", "mcp", "api"], default_value = "cli")]
+    pub via: String,
 }
 
 #[derive(Debug, Args)]

@@ -177,13 +177,16 @@ fn turns(a: &Airlock, label: &str) {
         "{label}: {}",
         out.describe()
     );
-    // 4. A denied domain: a blocked event naming it and how to allow it; the agent's own
-    // `blocked` ends the turn with exit code 3.
+    // 4. A denied domain: a blocked event naming it and how to allow it (at once:
+    // `airlock allow NAME DOMAIN:PORT`); the agent's own `blocked` ends the turn with exit
+    // code 3.
     let out = a.run(&["prompt", "agent1", "net check"]);
     assert_eq!(out.code(), 3, "{label}: net: {}", out.describe());
     assert!(
         out.stdout.contains("blocked (network): example.org:443")
-            && out.stdout.contains("--allow example.org:443")
+            && out
+                .stdout
+                .contains("run `airlock allow agent1 example.org:443` (applies at once")
             && out.stdout.contains("turn 4 blocked: I need example.org"),
         "{label}: {}",
         out.describe()

@@ -79,7 +79,13 @@ impl Client {
 
 /// Run the client through `calls`; its JSON report.
 fn drive(a: &Airlock, client: Client, calls: Value) -> Value {
+    drive_env(a, client, &[], calls)
+}
+
+/// `drive`, with extra environment variables for the server (and so its engine).
+fn drive_env(a: &Airlock, client: Client, env: &[(&str, &str)], calls: Value) -> Value {
     let mut cmd = client.command(a);
+    cmd.envs(env.iter().copied());
     cmd.arg(calls.to_string());
     let out = run_with_deadline(cmd, None, Duration::from_secs(300));
     assert_eq!(out.code(), 0, "{client:?} client: {}", out.describe());
@@ -497,6 +503,64 @@ fn paths_cannot_escape_the_sandbox() {
         std::fs::read_to_string(a.cwd.join(".claude/settings.json")).expect("read"),
         "{}"
     );
+}
+
+/// `sandbox_allow` / `sandbox_deny` change a running sandbox's allowlist at once: a plain-HTTP
+/// request through its proxy is refused, allowed, refused again — no restart; the audit journal
+/// says the changes came through MCP.
+#[test]
+fn sandbox_allow_and_deny_change_a_running_sandbox() {
+    if !e2e("sandbox_allow_and_deny_change_a_running_sandbox") {
+        return;
+    }
+    let inet = common::internet::Internet::start(&["x.test"], &[]);
+    let a = Airlock::root();
+    let _g = EngineGuard(&a);
+    project(&a);
+    let get = json!({"tool": "sandbox_exec", "args": {"name": "pol", "command":
+        ["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "http://x.test/"]}});
+    let r = drive_env(
+        &a,
+        Client::Python,
+        &[("AIRLOCK_DNS_UPSTREAM", &inet.dns)],
+        json!([
+            {"tool": "sandbox_create", "args": {"name": "pol", "network": "filtered"}},
+            get,
+            {"tool": "sandbox_allow", "args": {"name": "pol", "domain": "x.test"}},
+            get,
+            {"tool": "sandbox_deny", "args": {"name": "pol", "domain": "x.test"}},
+            get,
+            {"tool": "sandbox_allow", "args": {"name": "pol", "domain": "10.0.0.1"}},
+        ]),
+    );
+    let r = results(&r);
+    assert_eq!(ok(&r[0])["structured"]["state"], "running");
+    assert_eq!(ok(&r[1])["structured"]["stdout"], "403", "{}", r[1]);
+    let allowed = &ok(&r[2])["structured"];
+    assert_eq!(
+        (&allowed["op"], &allowed["domain"], &allowed["live"]),
+        (&json!("allow"), &json!("x.test"), &json!(true)),
+        "{allowed}"
+    );
+    assert!(
+        text(&r[2]).starts_with("allowed x.test in pol (in force now)"),
+        "{}",
+        r[2]
+    );
+    assert_eq!(ok(&r[3])["structured"]["stdout"], "200", "{}", r[3]);
+    assert_eq!(ok(&r[4])["structured"]["op"], "deny");
+    assert_eq!(ok(&r[5])["structured"]["stdout"], "403", "{}", r[5]);
+    tool_err(&r[6], "literal IPs are not allowed");
+    let audit = std::fs::read_to_string(a.state_dir().join("sandboxes/pol/audit.jsonl"))
+        .expect("audit journal");
+    let policy: Vec<Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["category"] == "policy")
+        .collect();
+    assert_eq!(policy.len(), 2, "{audit}");
+    assert!(policy.iter().all(|e| e["via"] == "mcp"), "{audit}");
+    assert_eq!(a.run(&["rm", "--force", "pol"]).code(), 0);
 }
 
 #[test]

@@ -267,6 +267,7 @@ fn up_of_an_existing_sandbox_refuses_options_that_differ() {
         // (every sandbox has a default memory limit: half the host's RAM)
         "--memory 64M (it has ",
         "hint: `airlock up box --fresh` with these options recreates it",
+        "`airlock allow box DOMAIN[:PORT]` adds a domain to it in place, even while it runs",
     ] {
         assert!(out.stderr.contains(want), "{want:?}: {}", out.describe());
     }
@@ -276,7 +277,8 @@ fn up_of_an_existing_sandbox_refuses_options_that_differ() {
     assert!(st["started_at"].is_null(), "never started: {st}");
     // The options it has: started as it is.
     ok(&a, &["up", "box", "--allow", "github.com"]);
-    // A denial names a fix that works for this named sandbox, and the port really used.
+    // A denial names a fix that works for this named sandbox (at once, while it runs), and the
+    // port really used.
     let out = a.run(&[
         "exec",
         "box",
@@ -289,8 +291,8 @@ fn up_of_an_existing_sandbox_refuses_options_that_differ() {
     ]);
     assert!(
         out.stdout.contains(
-            "recreate sandbox box with it: `airlock rm box && airlock create box --allow example.org:80`"
-        ) && out.stdout.contains("`airlock up box --fresh`"),
+            "To allow it, run `airlock allow box example.org:80` (applies at once, no restart)."
+        ),
         "{}",
         out.describe()
     );

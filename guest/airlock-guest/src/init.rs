@@ -7,8 +7,8 @@
 //! the VM off. Protocol: `airlock_model::vm`.
 
 use airlock_model::vm::{
-    b64_decode, b64_encode, GuestJob, GuestMsg, GuestNet, HostMsg, DISK_ROOT, DISK_WORKSPACE,
-    MAIN_SESSION, VM_PORT_NAME, VM_PROTOCOL_VERSION,
+    b64_decode, b64_encode, GuestExec, GuestJob, GuestMsg, GuestNet, HostMsg, DISK_ROOT,
+    DISK_WORKSPACE, MAIN_SESSION, VM_PORT_NAME, VM_PROTOCOL_VERSION,
 };
 use nix::mount::{mount, MsFlags};
 use std::ffi::CString;
@@ -107,6 +107,7 @@ fn boot() -> Res<()> {
         let how = sessions::Serve {
             root: Some(NEWROOT),
             reap_all: true,
+            main: None,
         };
         let held = setup(&job).and_then(|()| {
             out.send(&GuestMsg::Ready {
@@ -115,6 +116,34 @@ fn boot() -> Res<()> {
             sessions::serve(&mut input, &mut out.0, &how)
         });
         if let Err(message) = held {
+            out.send(&GuestMsg::Error {
+                v: VM_PROTOCOL_VERSION,
+                message,
+                session: MAIN_SESSION,
+            });
+        }
+        return Ok(());
+    }
+    if let Some(size) = job.tty {
+        // `run -t`: the command is a session with a terminal (the session server's own
+        // pseudo-terminal handling); its exit ends the VM.
+        let main = GuestExec {
+            argv: job.argv.clone(),
+            env: job.env.clone(),
+            cwd: job.cwd.clone(),
+            uid: job.uid,
+            gid: job.gid,
+            stdin: true,
+            tty: Some(size),
+        };
+        let how = sessions::Serve {
+            root: Some(NEWROOT),
+            reap_all: true,
+            main: Some(&main),
+        };
+        if let Err(message) =
+            setup(&job).and_then(|()| sessions::serve(&mut input, &mut out.0, &how))
+        {
             out.send(&GuestMsg::Error {
                 v: VM_PROTOCOL_VERSION,
                 message,
@@ -269,12 +298,13 @@ fn setup(job: &GuestJob) -> Res<()> {
         MsFlags::MS_NOSUID,
         None,
     )?;
+    // Not nodev: its ptmx and terminals are device nodes that must open (`exec -t`).
     mnt(
         "devpts",
         &at("/dev/pts"),
         "devpts",
-        nosuid | MsFlags::MS_NOEXEC,
-        Some("ptmxmode=0666,mode=0620"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
     mnt("tmpfs", &at("/dev/shm"), "tmpfs", nosuid, Some("mode=1777"))?;
     mnt(
@@ -285,6 +315,7 @@ fn setup(job: &GuestJob) -> Res<()> {
         Some(&format!("mode=1777{size}")),
     )?;
     mnt("tmpfs", &at("/run"), "tmpfs", nosuid, Some("mode=0755"))?;
+    tools(&at(airlock_model::agent::adapter::TOOLS_DIR))?;
     mnt(
         "tmpfs",
         &at(&job.home),
@@ -330,6 +361,34 @@ fn setup(job: &GuestJob) -> Res<()> {
     Ok(())
 }
 
+/// The helper's own tools inside, as in a container sandbox (`cp` and the MCP file tools run
+/// `airlock-guest fs` there): this very binary (/init), bound read-only as `airlock-guest`
+/// and `report`.
+fn tools(dir: &str) -> Res<()> {
+    mkdir(dir, 0o755)?;
+    for name in ["airlock-guest", "report"] {
+        let target = format!("{dir}/{name}");
+        File::create(&target).map_err(ctx(&target))?;
+        mount(
+            Some("/init"),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(ctx(format!("bind the helper at {target}")))?;
+        mount(
+            None::<&str>,
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+            None::<&str>,
+        )
+        .map_err(ctx(format!("make {target} read-only")))?;
+    }
+    Ok(())
+}
+
 /// Start the command and relay until it ends; returns its exit status (128+N: signal N).
 fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel) -> Res<i32> {
     use nix::unistd::{fork, ForkResult};
@@ -366,6 +425,7 @@ fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel) -> Res<i3
                 root: Some(NEWROOT),
                 cwd: &cwd,
                 cwd_label: &job.cwd,
+                ctty: false,
             };
             child(
                 &who,
@@ -389,6 +449,8 @@ pub(crate) struct Become<'a> {
     pub root: Option<&'a str>,
     pub cwd: &'a CString,
     pub cwd_label: &'a str,
+    /// stdin is a terminal that becomes the command's controlling terminal (after setsid).
+    pub ctty: bool,
 }
 
 /// In a freshly forked child: take `stdio` as 0/1/2, become `who`, exec `argv`. Exit status
@@ -414,6 +476,10 @@ pub(crate) fn child(who: &Become<'_>, stdio: [i32; 3], argv: &[CString], envp: &
         }
     }
     let _ = nix::unistd::setsid();
+    // SAFETY: TIOCSCTTY on the terminal just dup'ed onto stdin, in a new session.
+    if who.ctty && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        fail("take the terminal", nix::errno::Errno::last());
+    }
     if let Some(root) = who.root {
         if let Err(e) = nix::unistd::chroot(root) {
             fail("chroot", e);

@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use crate::action::{Action, ActionData};
+use crate::action::{Action, ActionData, PolicyChange, Via};
 use crate::backend::Stats;
 use crate::engine::{Change, ReconcileReport, Status};
 use crate::store::Record;
@@ -77,6 +77,34 @@ pub struct StopRequest {
     pub grace_ms: Option<u64>,
 }
 
+/// The body of `POST /v1/sandboxes/{name}/allow`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AllowRequest {
+    /// A host name, or `*.example.com` for its subdomains.
+    #[schema(
+        examples("github.com"),
+        max_length = 253,
+        pattern = "^(\\*\\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.?$"
+    )]
+    pub domain: String,
+    /// Also allow this port (for every allowed domain: ports are one list).
+    #[serde(default, deserialize_with = "crate::action::whole_number")]
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: Option<u64>,
+}
+
+/// The body of `POST /v1/sandboxes/{name}/deny`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DenyRequest {
+    /// An entry of the allowlist (`github.com`, `*.example.com`).
+    #[schema(
+        examples("github.com"),
+        max_length = 253,
+        pattern = "^(\\*\\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.?$"
+    )]
+    pub domain: String,
+}
+
 /// `DELETE /v1/sandboxes/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Removed {
@@ -131,6 +159,8 @@ fn build() -> (axum::Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(status, remove))
         .routes(routes!(start))
         .routes(routes!(stop))
+        .routes(routes!(allow))
+        .routes(routes!(deny))
         .routes(routes!(gc))
         .routes(routes!(actions))
         .routes(routes!(super::work::exec))
@@ -299,6 +329,62 @@ async fn stop(
         ActionData::Record
     )
     .map(Json)
+}
+
+/// Allows a domain (and a port) in a filtered sandbox's egress allowlist: in force at once
+/// while it runs, without a restart, and kept for its later starts (a stopped sandbox's is
+/// only stored). Journaled as a policy change (`via: api`).
+#[utoipa::path(post, operation_id = "allow_domain", path = "/v1/sandboxes/{name}/allow", tag = "sandboxes",
+    params(NameParam),
+    request_body = AllowRequest,
+    responses(
+        (status = 200, description = "The allowlist now", body = PolicyChange),
+        (status = 400, description = "`bad_request` (not a host name, a bad port) or `invalid_name`", body = ErrorBody),
+        (status = 403, description = "`refused`: its network mode has no allowlist, a metadata name, the proxy's port", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`wrong_state`: starting, stopping or being removed", body = ErrorBody),
+        (status = 500, description = "`backend`: the running sandbox could not take it (nothing changed)", body = ErrorBody),
+    ))]
+async fn allow(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    JsonBody(body): JsonBody<AllowRequest>,
+) -> Result<Json<PolicyChange>, ApiError> {
+    let body = body.ok_or_else(|| ApiError::bad_request("expected {\"domain\": ...}"))?;
+    let action = Action::Allow {
+        name,
+        domain: body.domain,
+        port: body.port,
+        via: Via::Api,
+    };
+    expect_data!(act(engine, action).await?, ActionData::Policy).map(Json)
+}
+
+/// Takes a domain out of a filtered sandbox's egress allowlist: new connections and DNS
+/// answers for it are refused at once, and its open connections to it are closed.
+#[utoipa::path(post, operation_id = "deny_domain", path = "/v1/sandboxes/{name}/deny", tag = "sandboxes",
+    params(NameParam),
+    request_body = DenyRequest,
+    responses(
+        (status = 200, description = "The allowlist now", body = PolicyChange),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 403, description = "`refused`: its network mode has no allowlist, or another entry (a wildcard) still allows the name", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`wrong_state`: starting, stopping or being removed", body = ErrorBody),
+        (status = 500, description = "`backend`: the running sandbox could not take it (nothing changed)", body = ErrorBody),
+    ))]
+async fn deny(
+    State(engine): State<Shared>,
+    SandboxName(name): SandboxName,
+    JsonBody(body): JsonBody<DenyRequest>,
+) -> Result<Json<PolicyChange>, ApiError> {
+    let body = body.ok_or_else(|| ApiError::bad_request("expected {\"domain\": ...}"))?;
+    let action = Action::Deny {
+        name,
+        domain: body.domain,
+        via: Via::Api,
+    };
+    expect_data!(act(engine, action).await?, ActionData::Policy).map(Json)
 }
 
 /// Removes a sandbox: its processes, what the backend holds, its folder, its record.

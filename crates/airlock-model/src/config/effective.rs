@@ -64,6 +64,10 @@ pub struct SandboxConfig {
     pub backend: BackendKind,
     pub image: String,
     pub profile: Profile,
+    /// The microVM guest kernel (`[sandbox] kernel`, `--kernel`); None: AIRLOCK_KERNEL, else
+    /// the newest distribution kernel in /boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 /// Resource limits; `None` = no explicit limit from configuration.
@@ -128,6 +132,7 @@ impl Default for Effective {
                 backend: BackendKind::Container,
                 image: DEFAULT_IMAGE.to_string(),
                 profile: Profile::Moderate,
+                kernel: None,
             },
             resources: ResourcesConfig::default(),
             network: NetworkConfig {
@@ -179,6 +184,7 @@ impl Effective {
                 backend: Some(self.sandbox.backend),
                 image: Some(self.sandbox.image.clone()),
                 profile: Some(self.sandbox.profile),
+                kernel: self.sandbox.kernel.clone(),
             }),
             resources: (resources != ResourcesLayer::default()).then_some(resources),
             network: Some(NetworkLayer {

@@ -26,6 +26,7 @@ pub fn defaults_layer() -> Layer {
             backend: Some(BackendKind::Container),
             image: Some(DEFAULT_IMAGE.to_string()),
             profile: Some(Profile::Moderate),
+            kernel: None,
         }),
         network: Some(NetworkLayer {
             ports: Some(DEFAULT_PORTS.to_vec()),
@@ -230,6 +231,7 @@ impl Acc {
             self.scalar(&mut d.backend, s.backend, "sandbox.backend", src);
             self.scalar(&mut d.image, s.image, "sandbox.image", src);
             self.scalar(&mut d.profile, s.profile, "sandbox.profile", src);
+            self.scalar(&mut d.kernel, s.kernel, "sandbox.kernel", src);
         }
         if let Some(r) = layer.resources {
             let d = m.resources.get_or_insert_with(Default::default);
@@ -391,6 +393,7 @@ impl Acc {
                 backend: sandbox.backend.unwrap_or(BackendKind::Container),
                 image: sandbox.image.unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
                 profile: sandbox.profile.unwrap_or(Profile::Moderate),
+                kernel: sandbox.kernel,
             },
             resources: ResourcesConfig {
                 cpus: resources.cpus,

@@ -72,6 +72,10 @@ pub struct SandboxLayer {
     pub image: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
+    /// The microVM backend's guest kernel: a bzImage or vmlinux whose modules are in
+    /// /lib/modules (relative: to the project directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 /// `[resources]`

@@ -29,6 +29,9 @@ pub const TCG_TB_MIB: u64 = 128;
 /// The guest's address on QEMU's user-mode network, where the host side is 10.0.2.2.
 pub const SLIRP_HOST: &str = "10.0.2.2";
 
+/// The size a `-t` guest terminal is planned with (the executor puts the user's in).
+pub const DEFAULT_TTY: crate::vm::TtySize = crate::vm::TtySize { rows: 24, cols: 80 };
+
 /// How the guest's CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,11 +103,6 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if spec.rootfs != crate::spec::RootFs::Host {
         return Err(Refusal::MicrovmUnsupported(
             "image root filesystems (image = \"host\" only)",
-        ));
-    }
-    if spec.stdio == crate::spec::Stdio::Tty {
-        return Err(Refusal::MicrovmUnsupported(
-            "-t (a terminal inside the guest)",
         ));
     }
     if spec.net == NetMode::Open {
@@ -280,12 +278,15 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             files,
             stdin: matches!(
                 spec.stdio,
-                crate::spec::Stdio::Inherit {
-                    forward_stdin: true
-                }
+                crate::spec::Stdio::Tty
+                    | crate::spec::Stdio::Inherit {
+                        forward_stdin: true
+                    }
             ),
             // A named sandbox: the guest holds its root and serves exec sessions.
             hold: spec.persistent,
+            // The executor sets the user's terminal size when it starts the guest.
+            tty: (spec.stdio == crate::spec::Stdio::Tty).then_some(DEFAULT_TTY),
         },
         qemu,
         workspace: has_ws.then(|| spec.project_dir.clone()),

@@ -50,6 +50,7 @@ fn spec() -> RunSpec {
         setup: Vec::new(),
         backend: BackendKind::Container,
         rootfs: RootFs::Host,
+        kernel: None,
     }
 }
 
@@ -1049,6 +1050,7 @@ fn the_microvm_plan_is_exact() {
                 .collect(),
             stdin: false,
             hold: false,
+            tty: None,
         },
         workspace: Some(p("/home/u/proj")),
         accel: Accel::Tcg,
@@ -1131,6 +1133,19 @@ fn a_named_microvm_sandbox_is_a_held_guest_without_a_command() {
         super::plan(&s, &vm_host()),
         Err(Refusal::EmptyCommand)
     ));
+}
+
+#[test]
+fn a_microvm_run_with_a_terminal_gives_the_guest_one() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.stdio = crate::spec::Stdio::Tty;
+    let v = match super::plan(&s, &vm_host()) {
+        Ok(Plan::Microvm(v)) => v,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(v.guest.tty, Some(microvm::DEFAULT_TTY));
+    assert!(v.guest.stdin);
 }
 
 #[test]

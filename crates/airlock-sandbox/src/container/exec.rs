@@ -258,8 +258,16 @@ pub fn exec(
     });
     let pidfd = sys::pidfd_open(child).map_err(io_err("pidfd_open"))?;
     let child = Pid::from_raw(child);
-    let (_, _) = tty::supervise(&pidfd, child, &signals, tty_host.as_ref(), &result_rd, None)
-        .map_err(io_err("supervise the command"))?;
+    let (_, _) = tty::supervise(
+        &pidfd,
+        child,
+        &signals,
+        tty_host.as_ref(),
+        &result_rd,
+        None,
+        None,
+    )
+    .map_err(io_err("supervise the command"))?;
     let status = nix::sys::wait::waitpid(child, None)
         .map_err(|e| io_err("wait for the command")(e.into()))?;
     let code = match conclude(status, err_rd)? {

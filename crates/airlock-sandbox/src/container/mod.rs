@@ -14,7 +14,7 @@ pub mod rootfs;
 pub mod rundir;
 pub mod seccomp;
 pub mod summary;
-mod tty;
+pub(crate) mod tty;
 
 use crate::cgroup::{Cgroup, Layout};
 pub use crate::command::{Ending, Outcome};
@@ -328,6 +328,13 @@ pub struct RunOptions<'a> {
     /// for an ephemeral run, once its PID 1 is released. Threads of the caller's start here:
     /// before the clone the process must stay single-threaded (the child would inherit locks).
     pub on_ready: Option<&'a (dyn Fn() + Sync)>,
+    /// Given the filtered-egress context once it serves (before `on_ready`): a named
+    /// sandbox's supervisor keeps it to change the policy while the sandbox runs
+    /// (`airlock allow`/`deny`). Must not start threads (it may run before `on_ready`).
+    pub on_egress_ctx: Option<&'a (dyn Fn(Arc<airlock_egress::proxy::Ctx>) + Sync)>,
+    /// Asked about each signal relayed to the sandbox: hold it back this long (a microVM
+    /// asks its guest to power off first). None: every signal goes at once.
+    pub defer_signal: Option<&'a (dyn Fn(nix::sys::signal::Signal) -> Option<Duration> + Sync)>,
 }
 
 /// A listener of egress decisions.
@@ -630,10 +637,13 @@ fn run_in(
     if let (Some(h), Some(plan_egress)) = (&net_host, &plan.egress) {
         // The child sends its listeners during setup (EOF if it died first).
         match netns::recv(h) {
-            Ok(listeners) => egress::serve(
-                listeners,
-                Arc::new(egress_ctx(&plan.name, plan_egress, opts)?),
-            ),
+            Ok(listeners) => {
+                let ctx = Arc::new(egress_ctx(&plan.name, plan_egress, opts)?);
+                if let Some(f) = opts.on_egress_ctx {
+                    f(ctx.clone());
+                }
+                egress::serve(listeners, ctx)
+            }
             Err(e) => crate::phase(&format!("no egress listeners: {e}")),
         }
     }
@@ -670,6 +680,7 @@ fn run_in(
         tty_host.as_ref(),
         &result_rd,
         deadline,
+        opts.defer_signal,
     )
     .map_err(io_err("supervise the sandbox"))?;
     let status = nix::sys::wait::waitpid(child, None)

@@ -62,13 +62,13 @@ impl Drop for SignalPipe {
 }
 
 /// Puts the user's terminal in raw mode and restores it on drop.
-struct RawMode {
+pub(crate) struct RawMode {
     fd: RawFd,
     saved: Termios,
 }
 
 impl RawMode {
-    fn enter(fd: RawFd) -> Option<RawMode> {
+    pub(crate) fn enter(fd: RawFd) -> Option<RawMode> {
         let b = crate::sys::stdio(fd);
         let saved = termios::tcgetattr(b).ok()?;
         let mut raw = saved.clone();
@@ -96,6 +96,8 @@ fn copy(from: RawFd, to: RawFd) -> io::Result<usize> {
 /// Returns whether the timeout fired (the sandbox was then killed).
 /// Also collects what PID 1 reports on `result` (read as it arrives, so a large report never
 /// blocks PID 1). Returns (timed out, report bytes).
+/// `defer`: asked about each relayed signal (save SIGWINCH); `Some(d)` holds it back, to be
+/// sent only if the sandbox still runs after `d` (a microVM first asks its guest to power off).
 pub fn supervise(
     pidfd: &OwnedFd,
     child: Pid,
@@ -103,6 +105,7 @@ pub fn supervise(
     tty_sock: Option<&OwnedFd>,
     result: &OwnedFd,
     deadline: Option<Instant>,
+    defer: Option<&(dyn Fn(Signal) -> Option<std::time::Duration> + Sync)>,
 ) -> io::Result<(bool, Vec<u8>)> {
     const MAX_REPORT: usize = 8 << 20;
     let mut report = Vec::new();
@@ -117,14 +120,23 @@ pub fn supervise(
     }
     let mut stdin_open = master.is_some();
     let mut timed_out = false;
+    let mut held: Option<(Instant, Signal)> = None;
     loop {
-        let timeout = match deadline {
-            Some(d) if !timed_out => {
+        if let Some((at, s)) = held.filter(|(at, _)| *at <= Instant::now()) {
+            let _ = (at, signal::kill(child, s));
+            held = None;
+        }
+        let next = [deadline.filter(|_| !timed_out), held.map(|(at, _)| at)]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = match next {
+            Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
                     .unwrap_or(PollTimeout::MAX)
             }
-            _ => PollTimeout::NONE,
+            None => PollTimeout::NONE,
         };
         let stdin = crate::sys::stdio(0);
         let mut fds = vec![
@@ -144,11 +156,12 @@ pub fn supervise(
             fds.len() - 1
         });
         match poll(&mut fds, timeout) {
-            Ok(0) => {
+            Ok(0) if deadline.is_some_and(|d| !timed_out && d <= Instant::now()) => {
                 timed_out = true;
                 let _ = signal::kill(child, Signal::SIGKILL);
                 continue;
             }
+            Ok(0) => continue,
             Ok(_) => {}
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -180,6 +193,8 @@ pub fn supervise(
                     if let (Some(m), Some(ws)) = (&master, crate::sys::get_winsize(0)) {
                         crate::sys::set_winsize(m.as_raw_fd(), &ws);
                     }
+                } else if let Some(d) = held.is_none().then(|| defer.and_then(|f| f(s))).flatten() {
+                    held = Some((Instant::now() + d, s));
                 } else {
                     let _ = signal::kill(child, s);
                 }

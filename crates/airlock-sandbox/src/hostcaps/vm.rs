@@ -296,8 +296,13 @@ pub(super) fn microvm_row() -> Row {
     let (id, name, needed) = ("microvm", "microvm backend", "--backend microvm");
     let mut missing = Vec::new();
     let mut fixes = Vec::new();
-    let kernel = match crate::microvm::kernel::find() {
-        Ok(k) => format!("kernel {} ({})", k.release, k.image.display()),
+    let kernel = match crate::microvm::kernel::find(None) {
+        Ok(k) => format!(
+            "kernel {} ({}, from {}; --kernel or [sandbox] kernel choose another)",
+            k.release,
+            k.image.display(),
+            k.from
+        ),
         Err(e) => {
             missing.push(format!("no guest kernel: {e}"));
             fixes.push(crate::microvm::kernel::KERNEL_HINT.to_string());

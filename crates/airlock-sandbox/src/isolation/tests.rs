@@ -58,6 +58,8 @@ fn opts<'a>(state: &'a Path, layout: &'a Layout, facts: &'a HostFacts) -> RunOpt
         instance_id: None,
         on_egress: None,
         on_ready: None,
+        on_egress_ctx: None,
+        defer_signal: None,
     }
 }
 

@@ -67,7 +67,13 @@ pub fn serve(stream: UnixStream, job: &GuestJob, stdin: bool) -> Reported {
         return Reported::Nothing;
     }
     let done = Arc::new(AtomicBool::new(false));
-    if stdin {
+    // `run -t`: the user's terminal, raw until the command ends (the guard's drop).
+    let _raw = job.tty.and_then(|_| super::term::RawMode::enter(0));
+    if job.tty.is_some() {
+        let done = done.clone();
+        let size = job.tty;
+        std::thread::spawn(move || super::term::pump(size, &done, |m| send(&mut w, m).is_ok()));
+    } else if stdin {
         let done = done.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 16 << 10];

@@ -88,6 +88,7 @@ fn client(c: UnixStream, mux: &Mux) {
                     }
                     Ok(HostMsg::StdinEof { .. }) => input.stdin_eof(),
                     Ok(HostMsg::Signal { signal, .. }) => input.signal(signal),
+                    Ok(HostMsg::Resize { rows, cols, .. }) => input.resize(rows, cols),
                     _ => Ok(()),
                 };
                 if sent.is_err() {
@@ -145,7 +146,8 @@ fn client(c: UnixStream, mux: &Mux) {
 
 /// The exec side: run `exec` in the guest held behind the control socket `sock`, with
 /// `stdin` forwarded when given; its output to `out`/`err`. The command's exit status, or
-/// why there is none.
+/// why there is none. With a terminal (`exec.tty`), this process's stdin is that terminal:
+/// raw while the command runs, its input and size relayed ([`super::term`]); `stdin` unused.
 pub fn exec(
     sock: &Path,
     exec: GuestExec,
@@ -156,6 +158,7 @@ pub fn exec(
     let v = VM_PROTOCOL_VERSION;
     let c = UnixStream::connect(sock).map_err(|e| format!("connect {}: {e}", sock.display()))?;
     let mut w = c.try_clone().map_err(|e| e.to_string())?;
+    let tty = exec.tty;
     put(
         &mut w,
         &HostMsg::Exec {
@@ -165,7 +168,14 @@ pub fn exec(
         },
     )
     .map_err(|e| format!("write {}: {e}", sock.display()))?;
-    if let Some(mut input) = stdin {
+    let _raw = tty.and_then(|_| super::term::RawMode::enter(0));
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    if tty.is_some() {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            super::term::pump(tty, &done, |m| put(&mut w, m).is_ok());
+        });
+    } else if let Some(mut input) = stdin {
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 16 << 10];
             loop {
@@ -189,7 +199,10 @@ pub fn exec(
     }
     let mut r = BufReader::new(c);
     let mut line = Vec::new();
-    while read_line(&mut r, &mut line) {
+    let ended = loop {
+        if !read_line(&mut r, &mut line) {
+            break Err("the sandbox's VM ended before the command did".into());
+        }
         match serde_json::from_slice(&line) {
             Ok(GuestMsg::Stdout { data, .. }) => {
                 let _ = out
@@ -199,12 +212,13 @@ pub fn exec(
             Ok(GuestMsg::Stderr { data, .. }) => {
                 let _ = err.write_all(&b64_decode(&data).unwrap_or_default());
             }
-            Ok(GuestMsg::Exit { code, .. }) => return Ok(code),
-            Ok(GuestMsg::Error { message, .. }) => return Err(message),
+            Ok(GuestMsg::Exit { code, .. }) => break Ok(code),
+            Ok(GuestMsg::Error { message, .. }) => break Err(message),
             _ => {}
         }
-    }
-    Err("the sandbox's VM ended before the command did".into())
+    };
+    done.store(true, Ordering::Relaxed);
+    ended
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The guest kernel: found (a path the user gives in AIRLOCK_KERNEL, else the newest
-//! distribution kernel in /boot with its modules in /lib/modules), and turned into what QEMU
+//! The guest kernel: found (a path the user gives — `--kernel`, AIRLOCK_KERNEL, `[sandbox]
+//! kernel`, in that order — else the newest distribution kernel in /boot with its modules in
+//! /lib/modules), and turned into what QEMU
 //! boots fast: an uncompressed vmlinux, booted through PVH. Decompressing a bzImage inside the
 //! guest costs seconds under emulation; here it costs a fraction of one, once (cached).
 //!
@@ -16,24 +17,43 @@ use std::process::{Command, Stdio};
 pub struct Kernel {
     pub image: PathBuf,
     pub release: String,
+    /// Who chose it: `--kernel`, `AIRLOCK_KERNEL`, a configuration file, or `/boot`.
+    pub from: String,
 }
 
 /// Where the guest kernel comes from, for errors and `doctor`.
-pub const KERNEL_HINT: &str = "install a distribution kernel package (Debian: apt-get install linux-image-cloud-amd64; Ubuntu: linux-image-kvm), or point AIRLOCK_KERNEL at a bzImage or vmlinux whose modules are in /lib/modules";
+pub const KERNEL_HINT: &str = "install a distribution kernel package (Debian: apt-get install linux-image-cloud-amd64; Ubuntu: linux-image-kvm), or name a bzImage or vmlinux whose modules are in /lib/modules with --kernel, [sandbox] kernel or AIRLOCK_KERNEL";
 
-/// The kernel to boot: AIRLOCK_KERNEL, else the newest /boot/vmlinuz-RELEASE with modules.
-pub fn find() -> Result<Kernel, String> {
-    if let Some(p) = std::env::var_os("AIRLOCK_KERNEL").filter(|v| !v.is_empty()) {
-        let image = PathBuf::from(p);
-        let data = std::fs::read(&image)
-            .map_err(|e| format!("AIRLOCK_KERNEL={}: {e}", image.display()))?;
-        let release = release_of(&data).ok_or_else(|| {
-            format!(
-                "AIRLOCK_KERNEL={}: not a bzImage with a version string",
-                image.display()
-            )
-        })?;
-        return Ok(Kernel { image, release });
+/// Who chose a kernel given as `--kernel` (a [`airlock_model::spec::GuestKernel`]'s `from`).
+pub const FROM_FLAG: &str = "--kernel";
+
+/// The kernel to boot: `chosen` when it came from `--kernel`, else AIRLOCK_KERNEL, else
+/// `chosen` (the configuration's), else the newest /boot/vmlinuz-RELEASE with modules.
+pub fn find(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<Kernel, String> {
+    let env = std::env::var_os("AIRLOCK_KERNEL")
+        .filter(|v| !v.is_empty())
+        .map(|p| (PathBuf::from(p), "AIRLOCK_KERNEL".to_string()));
+    let given = match chosen {
+        Some(c) if c.from == FROM_FLAG => Some((c.path.clone(), c.from.clone())),
+        Some(c) => env.or_else(|| Some((c.path.clone(), c.from.clone()))),
+        None => env,
+    };
+    if let Some((image, from)) = given {
+        let data =
+            std::fs::read(&image).map_err(|e| format!("{} (from {from}): {e}", image.display()))?;
+        let release = release_of(&data)
+            .or_else(|| vmlinux_release(&data))
+            .ok_or_else(|| {
+                format!(
+                    "{} (from {from}): not a bzImage or vmlinux with a version string",
+                    image.display()
+                )
+            })?;
+        return Ok(Kernel {
+            image,
+            release,
+            from,
+        });
     }
     let mut found: Vec<Kernel> = std::fs::read_dir("/boot")
         .map_err(|e| format!("/boot: {e}"))?
@@ -48,6 +68,7 @@ pub fn find() -> Result<Kernel, String> {
                 .then(|| Kernel {
                     image: e.path(),
                     release,
+                    from: "/boot".into(),
                 })
         })
         .collect();
@@ -79,6 +100,19 @@ pub fn release_of(bz: &[u8]) -> Option<String> {
     let s = bz.get(at..(at + 256).min(bz.len()))?;
     let s = &s[..s.iter().position(|&b| b == 0)?];
     Some(String::from_utf8_lossy(s).split(' ').next()?.to_string())
+}
+
+/// The release an uncompressed vmlinux (ELF) names in its banner ("Linux version R ...").
+pub fn vmlinux_release(elf: &[u8]) -> Option<String> {
+    if !elf.starts_with(b"\x7fELF") {
+        return None;
+    }
+    let tag = b"Linux version ";
+    let at = elf.windows(tag.len()).position(|w| w == tag)? + tag.len();
+    let rest = elf.get(at..(at + 128).min(elf.len()))?;
+    let end = rest.iter().position(|&b| b == b' ' || b == 0)?;
+    let r = String::from_utf8(rest[..end].to_vec()).ok()?;
+    (!r.is_empty() && r.chars().next().is_some_and(|c| c.is_ascii_digit())).then_some(r)
 }
 
 /// The uncompressed kernel (an ELF vmlinux) inside a bzImage; a vmlinux is returned as is.
@@ -240,5 +274,56 @@ mod tests {
         bz[1040..1040 + payload.len()].copy_from_slice(&payload);
         assert_eq!(extract(&bz), Ok(b"\x7fELF".to_vec()));
         assert!(extract(b"MZ not a kernel").is_err());
+    }
+
+    #[test]
+    fn a_vmlinux_names_its_release_in_its_banner() {
+        let mut elf = b"\x7fELF....".to_vec();
+        elf.extend(b"Linux version 6.12.5-cloud (builder@x) #1 SMP\0");
+        assert_eq!(vmlinux_release(&elf).as_deref(), Some("6.12.5-cloud"));
+        assert_eq!(vmlinux_release(b"\x7fELF no banner"), None);
+        assert_eq!(vmlinux_release(b"Linux version 6.1 but not an ELF"), None);
+    }
+
+    /// `--kernel` wins over AIRLOCK_KERNEL, which wins over the configuration's; each one's
+    /// failure names the path and who chose it.
+    #[test]
+    fn the_kernel_comes_from_the_flag_then_the_environment_then_the_configuration() {
+        let dir = std::env::temp_dir().join(format!("airlock-kernel-find-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = |name: &str, release: &str| {
+            let mut elf = b"\x7fELF".to_vec();
+            elf.extend(format!("Linux version {release} (x)").as_bytes());
+            let p = dir.join(name);
+            std::fs::write(&p, elf).unwrap();
+            p
+        };
+        let (flag, env, conf) = (k("f", "6.1.1"), k("e", "6.2.2"), k("c", "6.3.3"));
+        let chose = |p: &Path, from: &str| airlock_model::spec::GuestKernel {
+            path: p.to_path_buf(),
+            from: from.into(),
+        };
+        // The only test in this binary that sets AIRLOCK_KERNEL.
+        std::env::set_var("AIRLOCK_KERNEL", &env);
+        let got = find(Some(&chose(&flag, FROM_FLAG))).unwrap();
+        assert_eq!(
+            (got.release.as_str(), got.from.as_str()),
+            ("6.1.1", "--kernel")
+        );
+        let got = find(Some(&chose(&conf, "project:/p/airlock.toml"))).unwrap();
+        assert_eq!(
+            (got.release.as_str(), got.from.as_str()),
+            ("6.2.2", "AIRLOCK_KERNEL")
+        );
+        std::env::remove_var("AIRLOCK_KERNEL");
+        let got = find(Some(&chose(&conf, "project:/p/airlock.toml"))).unwrap();
+        assert_eq!(got.image, conf);
+        assert_eq!(got.from, "project:/p/airlock.toml");
+        let e = find(Some(&chose(&dir.join("missing"), FROM_FLAG))).unwrap_err();
+        assert!(e.contains("missing (from --kernel)"), "{e}");
+        std::fs::write(dir.join("junk"), "not a kernel").unwrap();
+        let e = find(Some(&chose(&dir.join("junk"), FROM_FLAG))).unwrap_err();
+        assert!(e.contains("not a bzImage or vmlinux"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -13,6 +13,7 @@ pub mod channel;
 pub mod control;
 pub mod kernel;
 pub mod mux;
+pub mod term;
 
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
 use airlock_model::plan::microvm::{Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_IMAGE};
@@ -23,9 +24,19 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The microVM backend (see the module documentation).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MicroVm;
+/// The microVM backend (see the module documentation), with the guest kernel a spec chose
+/// (`--kernel`, `[sandbox] kernel`; None: AIRLOCK_KERNEL, else /boot's newest).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MicroVm {
+    pub kernel: Option<airlock_model::spec::GuestKernel>,
+}
+
+/// Why the backend cannot run here, and what fixes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    pub why: String,
+    pub hint: String,
+}
 
 /// qemu-system-x86_64 on this host.
 pub fn qemu_path() -> Option<PathBuf> {
@@ -43,16 +54,29 @@ pub fn guest_binary() -> &'static [u8] {
     airlock_guest_embed::BYTES
 }
 
-/// Everything the backend needs on this host, built and cached on first use.
-pub fn prepare() -> Result<VmFacts, String> {
-    let qemu = qemu_path()
-        .ok_or("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")?;
-    let k = kernel::find().map_err(|e| format!("guest kernel: {e}; {}", kernel::KERNEL_HINT))?;
+/// Everything the backend needs on this host, built and cached on first use, with the guest
+/// kernel `chosen` (see [`kernel::find`]).
+pub fn prepare(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<VmFacts, Unavailable> {
+    let qemu = qemu_path().ok_or_else(|| Unavailable {
+        why: "qemu-system-x86_64 is not installed".into(),
+        hint: "apt-get install qemu-system-x86".into(),
+    })?;
+    let unusable = |e: String| Unavailable {
+        why: format!("guest kernel: {e}"),
+        hint: kernel::KERNEL_HINT.into(),
+    };
+    let k = kernel::find(chosen).map_err(unusable)?;
     let dir = artifacts::cache_dir();
-    artifacts::ensure_dir(&dir)?;
-    let vmlinux = artifacts::vmlinux(&dir, &k)?;
-    let initrd = artifacts::initrd(&dir, guest_binary(), &k)?;
-    let rootfs = artifacts::host_rootfs(&dir)?;
+    let other = |why: String| Unavailable {
+        why,
+        hint: "run `airlock doctor` to see what the microvm backend found on this host".into(),
+    };
+    artifacts::ensure_dir(&dir).map_err(other)?;
+    // A kernel that cannot be unpacked, or whose modules are missing, is unusable.
+    let from = |e: String| unusable(format!("{} (from {}): {e}", k.image.display(), k.from));
+    let vmlinux = artifacts::vmlinux(&dir, &k).map_err(from)?;
+    let initrd = artifacts::initrd(&dir, guest_binary(), &k).map_err(from)?;
+    let rootfs = artifacts::host_rootfs(&dir).map_err(other)?;
     let accel = accel(&qemu, &dir, &vmlinux, &initrd);
     Ok(VmFacts {
         qemu,
@@ -142,13 +166,28 @@ fn probe_kvm(qemu: &Path, vmlinux: &Path, initrd: &Path, limit: Duration) -> boo
 
 impl MicroVm {
     pub fn check(&self, project_dir: &Path, layout: &crate::cgroup::Layout) -> HostFacts {
+        self.check_or_explain(project_dir, layout)
+            .unwrap_or_else(|(facts, e)| {
+                eprintln!("airlock: microvm backend unavailable: {}", e.why);
+                *facts
+            })
+    }
+
+    /// The host facts with the VM's, or (the facts without them, why not).
+    pub fn check_or_explain(
+        &self,
+        project_dir: &Path,
+        layout: &crate::cgroup::Layout,
+    ) -> Result<HostFacts, (Box<HostFacts>, Unavailable)> {
         let mut facts = container::host_facts(project_dir, layout);
         facts.offer = crate::isolation::offer();
-        match prepare() {
-            Ok(vm) => facts.vm = Some(vm),
-            Err(e) => eprintln!("airlock: microvm backend unavailable: {e}"),
+        match prepare(self.kernel.as_ref()) {
+            Ok(vm) => {
+                facts.vm = Some(vm);
+                Ok(facts)
+            }
+            Err(e) => Err((Box::new(facts), e)),
         }
-        facts
     }
 
     pub fn start(&self, plan: &Plan, opts: &RunOptions<'_>) -> Result<Outcome, RunError> {
@@ -231,14 +270,33 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         )
         .map_err(|e| RunError::Vm(format!("chown {}: {e}", socket.display())))?;
     }
+    // `run -t`: the guest's terminal starts at the size of the user's.
+    let mut guest = vm.guest.clone();
+    if guest.tty.is_some() {
+        guest.tty = term::size_of(0).or(guest.tty);
+    }
+    let guest = &guest;
     let stop = AtomicBool::new(false);
+    // A named sandbox's guest, once it takes sessions: stopping asks it to power off.
+    let held: Held = std::sync::Mutex::new(None);
+    let defer = |sig: nix::sys::signal::Signal| -> Option<Duration> {
+        use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGTERM};
+        if !matches!(sig, SIGTERM | SIGINT | SIGHUP) {
+            return None;
+        }
+        let mux = held.lock().ok()?.clone()?;
+        let (guest_grace, hold_back) = stop_graces(stop_grace(opts.persist?));
+        mux.poweroff(guest_grace.as_millis() as u64).ok()?;
+        crate::phase("asked the guest to power off");
+        Some(hold_back)
+    };
     let (outcome, reported) = std::thread::scope(|s| {
         // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
         let relay = std::sync::Mutex::new(None);
         let start_relay = || {
             let handle = s.spawn(|| match opts.persist {
-                Some(folder) => hold(&listener, vm, folder, &stop),
-                None => channel::relay(&listener, &vm.guest, &stop, vm.guest.stdin),
+                Some(folder) => hold(&listener, vm, folder, &stop, &held),
+                None => channel::relay(&listener, guest, &stop, guest.stdin),
             });
             if let Ok(mut r) = relay.lock() {
                 *r = Some(handle);
@@ -250,6 +308,10 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             intercept: opts.intercept.clone(),
             // The guest holds a named sandbox's state; QEMU's container is a run's.
             persist: None,
+            // The guest has the terminal and stdin (over the channel); QEMU neither.
+            tty: false,
+            forward_stdin: false,
+            defer_signal: opts.persist.map(|_| &defer as _),
             ..*opts
         };
         let outcome = container::run(&qemu, &inner);
@@ -297,6 +359,29 @@ fn record_job(dir: &Path, job: &airlock_model::vm::GuestJob) -> Result<(), RunEr
         .map_err(container::io_err("record the sandbox's guest job"))
 }
 
+/// A held guest's channel, shared with the signal relay (which asks it to power off).
+type Held = std::sync::Mutex<Option<std::sync::Arc<mux::Mux>>>;
+
+/// How long the one who stops a named sandbox waits before SIGKILL (what the engine wrote in
+/// the folder's [`crate::isolation::STOP_GRACE_FILE`] before its SIGTERM; 10 s without).
+fn stop_grace(folder: &Path) -> Duration {
+    std::fs::read_to_string(folder.join(crate::isolation::STOP_GRACE_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(10))
+}
+
+/// Out of a stop's `grace`: the guest's commands get SIGTERM and `guest` to end (then the
+/// guest kills them, syncs and powers off); QEMU itself gets the stop signal after
+/// `hold_back` if the guest is still up — both before the stopper's own SIGKILL.
+fn stop_graces(grace: Duration) -> (Duration, Duration) {
+    // Under emulation on a loaded host a guest's last steps (kill, report, sync, power off)
+    // can take a second or more: half the grace, up to 3 s, is theirs.
+    let margin = (grace / 2).min(Duration::from_secs(3));
+    (grace - margin, grace - margin / 4)
+}
+
 /// A named sandbox's guest: open the held channel, then serve exec clients on the folder's
 /// control socket until QEMU ends.
 fn hold(
@@ -304,17 +389,29 @@ fn hold(
     vm: &VmPlan,
     folder: &Path,
     stop: &AtomicBool,
+    held: &Held,
 ) -> Reported {
     let Some(stream) = channel::accept(listener, stop) else {
         return Reported::Nothing;
     };
     let mux = match mux::Mux::open(stream, &vm.guest) {
-        Ok(m) => m,
+        Ok(m) => std::sync::Arc::new(m),
         Err(e) => {
             eprintln!("airlock: {e}");
             return Reported::Error(e);
         }
     };
+    if let Ok(mut h) = held.lock() {
+        *h = Some(mux.clone());
+    }
+    let reported = serve_held(&mux, folder, stop);
+    if let Ok(mut h) = held.lock() {
+        *h = None;
+    }
+    reported
+}
+
+fn serve_held(mux: &mux::Mux, folder: &Path, stop: &AtomicBool) -> Reported {
     crate::phase("guest ready for exec");
     let sock = folder.join(control::VM_CONTROL);
     let _ = std::fs::remove_file(&sock);
@@ -325,7 +422,7 @@ fn hold(
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
     let _ = std::fs::write(folder.join(PID_FILE), std::process::id().to_string());
-    control::serve(&ctl, &mux, stop);
+    control::serve(&ctl, mux, stop);
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(folder.join(PID_FILE));
     Reported::Nothing
@@ -339,12 +436,6 @@ impl MicroVm {
         name: &str,
         req: &crate::command::ExecRequest,
     ) -> Result<Outcome, RunError> {
-        if req.tty {
-            return Err(RunError::Vm(
-                "-t (a terminal inside the guest) is not supported for microVM sandboxes yet"
-                    .into(),
-            ));
-        }
         let job: airlock_model::vm::GuestJob = std::fs::read(dir.join(JOB_FILE))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -357,6 +448,14 @@ impl MicroVm {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
         }
+        // A terminal: the user's size, and a TERM that knows it is one.
+        let tty = req
+            .tty
+            .then(|| term::size_of(0).unwrap_or(airlock_model::plan::microvm::DEFAULT_TTY));
+        if tty.is_some() && !env.iter().any(|(k, _)| k == "TERM") {
+            let t = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
+            env.push(("TERM".into(), t));
+        }
         let exec = airlock_model::vm::GuestExec {
             argv: req.argv.clone(),
             env,
@@ -367,11 +466,22 @@ impl MicroVm {
                 .unwrap_or(job.cwd.clone()),
             uid: job.uid,
             gid: job.gid,
-            stdin: req.forward_stdin,
+            stdin: req.forward_stdin || tty.is_some(),
+            tty,
         };
-        let stdin: Option<Box<dyn std::io::Read + Send>> = req
-            .forward_stdin
-            .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
+        // A descriptor of its own: the relay thread may outlive this call (the command can end
+        // before its stdin does), and must never read whatever fd 0 becomes afterwards (the
+        // MCP file tools put their caller's stdin back there).
+        let stdin: Option<Box<dyn std::io::Read + Send>> = if req.forward_stdin && tty.is_none() {
+            use std::os::fd::AsFd;
+            let fd = std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| RunError::Vm(format!("stdin: {e}")))?;
+            Some(Box::new(std::fs::File::from(fd)))
+        } else {
+            None
+        };
         let code = control::exec(
             &dir.join(control::VM_CONTROL),
             exec,
@@ -407,5 +517,24 @@ impl MicroVm {
         for f in [control::VM_CONTROL, PID_FILE] {
             let _ = std::fs::remove_file(dir.join(f));
         }
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_powers_off_inside_the_stoppers_grace_and_qemu_goes_before_its_sigkill() {
+        for (grace, guest, hold) in [(10_000, 7_000, 9_250), (6_000, 3_000, 5_250), (0, 0, 0)] {
+            let ms = Duration::from_millis;
+            assert_eq!(stop_graces(ms(grace)), (ms(guest), ms(hold)), "{grace}");
+        }
+        let dir = std::env::temp_dir().join(format!("airlock-stop-grace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(stop_grace(&dir), Duration::from_secs(10));
+        std::fs::write(dir.join(crate::isolation::STOP_GRACE_FILE), "2500").unwrap();
+        assert_eq!(stop_grace(&dir), Duration::from_millis(2500));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -285,6 +285,16 @@ impl Input<'_> {
         })
     }
 
+    /// The user's terminal has this size now (a session with a terminal).
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), String> {
+        self.mux.send(&HostMsg::Resize {
+            v: VM_PROTOCOL_VERSION,
+            rows,
+            cols,
+            session: self.id,
+        })
+    }
+
     /// Forward `signal` to the session's process group.
     pub fn signal(&self, signal: i32) -> Result<(), String> {
         self.mux.send(&HostMsg::Signal {

@@ -363,6 +363,7 @@ fn run_request(r: airlock_engine::action::RunRequest) -> CliResult<i32> {
             profile: r.profile,
             compatibility_mode: None,
             backend: r.backend,
+            kernel: None,
             image: r.image,
             net: r.net,
             no_network: false,

@@ -14,6 +14,7 @@ mod init;
 mod manual;
 mod mounts;
 pub(crate) mod named;
+mod policy;
 pub(crate) mod run;
 pub(crate) mod sandbox;
 pub(crate) mod secrets;
@@ -59,6 +60,8 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::RunJson => action::run_main(),
         Command::Mount(a) => mounts::mount(&a),
         Command::Unmount(a) => mounts::unmount(&a),
+        Command::Allow(a) => policy::allow(&a),
+        Command::Deny(a) => policy::deny(&a),
         // `airlock mcp server` is `airlock mcp` (the spelling other tools use).
         Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Completions(a) => manual::completions(a.shell),

@@ -101,6 +101,12 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
     if let Some(image) = &p.image {
         l.sandbox.get_or_insert_with(Default::default).image = Some(image.clone());
     }
+    if let Some(k) = &p.kernel {
+        // Relative to where the command runs (a configuration file's: to its project).
+        let k = std::path::absolute(k)
+            .map_err(|e| CliError::usage(format!("--kernel {}: {e}", k.display())))?;
+        l.sandbox.get_or_insert_with(Default::default).kernel = Some(k.display().to_string());
+    }
     let memory = p
         .memory
         .as_deref()
@@ -578,6 +584,23 @@ pub fn build(
         setup: eff.setup.clone(),
         backend: eff.sandbox.backend,
         rootfs,
+        kernel: eff.sandbox.kernel.as_ref().map(|k| {
+            let from = resolved
+                .origins
+                .get("sandbox.kernel")
+                .and_then(|s| s.last())
+                .map(|s| match s {
+                    config::Source::CommandLine => {
+                        airlock_sandbox::microvm::kernel::FROM_FLAG.to_string()
+                    }
+                    other => other.to_string(),
+                })
+                .unwrap_or_default();
+            airlock_model::spec::GuestKernel {
+                path: project_dir.join(k),
+                from,
+            }
+        }),
     };
     // The planner refuses a backend or image this build cannot provide; asked here already so
     // that `create` refuses it too (a named sandbox is planned only when it starts).
@@ -654,6 +677,7 @@ pub fn workdir_inside(w: &Path) -> CliResult<PathBuf> {
 pub struct Hooks<'a> {
     pub on_egress: Option<container::EgressCallback>,
     pub on_ready: Option<&'a (dyn Fn() + Sync)>,
+    pub on_egress_ctx: Option<&'a (dyn Fn(std::sync::Arc<airlock_egress::proxy::Ctx>) + Sync)>,
 }
 
 /// Launch a built spec: to completion (`run`), or supervised until stopped (`persist`).
@@ -707,9 +731,22 @@ pub fn launch(
     };
     // Injected secrets: the sandbox gets placeholders, the egress proxy the values.
     let (secrets, intercept) = super::secrets::bind(spec, secrets)?;
-    let backend = AnyBackend::for_kind(spec.backend)
-        .ok_or(plan::Refusal::BackendUnavailable(spec.backend))?;
-    let mut facts = backend.check(&spec.project_dir, &layout);
+    let backend =
+        AnyBackend::for_run(spec).ok_or(plan::Refusal::BackendUnavailable(spec.backend))?;
+    let mut facts = match &backend {
+        // What the microVM backend lacks here (its kernel, QEMU) is this command's error.
+        AnyBackend::MicroVm(m) => {
+            m.check_or_explain(&spec.project_dir, &layout)
+                .map_err(|(_, e)| {
+                    CliError::new(
+                        exit::BACKEND_UNAVAILABLE,
+                        anyhow::anyhow!("the microvm backend cannot run here: {}", e.why),
+                    )
+                    .hint(e.hint)
+                })?
+        }
+        _ => backend.check(&spec.project_dir, &layout),
+    };
     facts.image = crate::cmd::image::root_facts(&spec.rootfs)?;
     let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
@@ -734,6 +771,8 @@ pub fn launch(
         instance_id: b.instance_id.as_deref(),
         on_egress: hooks.on_egress.clone(),
         on_ready: hooks.on_ready,
+        on_egress_ctx: hooks.on_egress_ctx,
+        defer_signal: None,
     };
     // Bind mode: the way back is the checkout itself; look at it before and after.
     let wayback = (spec.workspace == WorkspaceMode::Bind).then(|| {

@@ -122,7 +122,12 @@ fn refuse_changes(
         diffs.join("\n    ")
     ))
     .hint(format!(
-        "`airlock up {name} --fresh` with these options recreates it (its state is discarded: fetch or sync its work first); or drop them to start it as it is"
+        "`airlock up {name} --fresh` with these options recreates it (its state is discarded: fetch or sync its work first); or drop them to start it as it is{}",
+        if diffs.iter().any(|d| d.starts_with("--allow ")) {
+            format!("; `airlock allow {name} DOMAIN[:PORT]` adds a domain to it in place, even while it runs")
+        } else {
+            String::new()
+        }
     )))
 }
 

@@ -133,14 +133,25 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         hooks.on_egress = Some(host.egress_callback());
         agent_host = Some(host);
     }
-    let start_agent = || {
+    // The filtered-egress context, kept to change the policy while the sandbox runs
+    // (`airlock allow`/`deny` reach it on DIR/policy.sock).
+    let egress: std::sync::OnceLock<Arc<airlock_egress::proxy::Ctx>> = std::sync::OnceLock::new();
+    let keep_egress = |ctx: Arc<airlock_egress::proxy::Ctx>| {
+        let _ = egress.set(ctx);
+    };
+    hooks.on_egress_ctx = Some(&keep_egress);
+    let name = spec.name.clone();
+    let on_ready = || {
+        if let Some(ctx) = egress.get() {
+            if let Err(e) = airlock_engine::live_policy::serve(dir, &name, ctx.clone()) {
+                errln!("airlock: cannot serve the policy socket: {e}");
+            }
+        }
         if let Some(h) = &agent_host {
             h.start();
         }
     };
-    if agent_host.is_some() {
-        hooks.on_ready = Some(&start_agent);
-    }
+    hooks.on_ready = Some(&on_ready);
     let built = crate::cmd::run::Built {
         spec,
         timeout: None,
@@ -157,6 +168,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         &hooks,
     );
     let _ = std::fs::remove_file(dir.join(airlock_agent::AGENT_SOCKET));
+    let _ = std::fs::remove_file(dir.join(airlock_engine::live_policy::SOCKET));
     let _ = std::fs::remove_file(dir.join(backend::SUPERVISOR_PID));
     code
 }

@@ -4,7 +4,8 @@
 
 use super::{child, Become, Res};
 use airlock_model::vm::{
-    b64_decode, b64_encode, GuestExec, GuestMsg, HostMsg, VM_PROTOCOL_VERSION,
+    b64_decode, b64_encode, GuestExec, GuestMsg, HostMsg, TtySize, MAIN_SESSION,
+    VM_PROTOCOL_VERSION,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 struct Session {
@@ -21,6 +22,8 @@ struct Session {
     stdin: Option<File>,
     out: Option<File>,
     err: Option<File>,
+    /// The session's pseudo-terminal (its master side), when it has one.
+    pty: Option<File>,
     status: Option<i32>,
 }
 
@@ -30,6 +33,8 @@ pub(crate) struct Serve<'a> {
     pub root: Option<&'a str>,
     /// Reap every child, orphans included (PID 1's duty); else only the sessions' own.
     pub reap_all: bool,
+    /// `run -t`: start this as MAIN_SESSION first; its end ends the server.
+    pub main: Option<&'a GuestExec>,
 }
 
 fn send(chan: &mut File, m: &GuestMsg) {
@@ -47,24 +52,73 @@ fn status_of(w: WaitStatus) -> Option<(Pid, i32)> {
     }
 }
 
+/// A new pseudo-terminal of `size`: (master, slave). The master comes from the devpts
+/// instance the command will see (the new root's /dev/pts), so its `tty` names it there; the
+/// slave is opened through the master (TIOCGPTPEER), by no path.
+fn open_pty(root: Option<&str>, size: TtySize) -> Res<(File, OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let ptmx = match root {
+        Some(r) => format!("{r}/dev/pts/ptmx"),
+        None => "/dev/ptmx".into(),
+    };
+    let master = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&ptmx)
+        .map_err(|e| format!("{ptmx}: {e}"))?;
+    let m = master.as_raw_fd();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int; TIOCGPTPEER returns a new descriptor.
+    let slave = unsafe {
+        if libc::ioctl(m, libc::TIOCSPTLCK, &unlock) < 0 {
+            return Err(format!(
+                "unlock the terminal: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        libc::ioctl(
+            m,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(format!(
+            "open the terminal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    resize(&master, size);
+    Ok((master, slave))
+}
+
+fn resize(pty: &File, size: TtySize) {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a valid winsize.
+    unsafe {
+        libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+    }
+}
+
 fn spawn(e: &GuestExec, root: Option<&str>) -> Res<Session> {
+    if let Some(size) = e.tty {
+        return spawn_tty(e, root, size);
+    }
     use nix::unistd::{fork, ForkResult};
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (in_r, in_w) = pipe()?;
-    let cstr = |s: &str| CString::new(s).map_err(|_| "a NUL byte in the command".to_string());
-    if e.argv.is_empty() {
-        return Err("an empty command".into());
-    }
-    let argv: Vec<CString> = e.argv.iter().map(|a| cstr(a)).collect::<Res<_>>()?;
-    let envp: Vec<CString> = e
-        .env
-        .iter()
-        .map(|(k, v)| cstr(&format!("{k}={v}")))
-        .collect::<Res<_>>()?;
-    let cwd = cstr(&e.cwd)?;
+    let (argv, envp, cwd) = prepare(e)?;
     let null = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     let who = Become {
         uid: e.uid,
@@ -72,6 +126,7 @@ fn spawn(e: &GuestExec, root: Option<&str>) -> Res<Session> {
         root,
         cwd: &cwd,
         cwd_label: &e.cwd,
+        ctty: false,
     };
     // SAFETY: the child only dups descriptors, changes credentials and execs (in the guest
     // this process is single-threaded; in tests, nothing it calls takes a lock another thread
@@ -95,6 +150,55 @@ fn spawn(e: &GuestExec, root: Option<&str>) -> Res<Session> {
             stdin: e.stdin.then(|| File::from(in_w)),
             out: Some(File::from(out_r)),
             err: Some(File::from(err_r)),
+            pty: None,
+            status: None,
+        }),
+    }
+}
+
+/// The command as parts of its own argv, environment and working directory (C strings).
+type Prepared = (Vec<CString>, Vec<CString>, CString);
+
+fn prepare(e: &GuestExec) -> Res<Prepared> {
+    let cstr = |s: &str| CString::new(s).map_err(|_| "a NUL byte in the command".to_string());
+    if e.argv.is_empty() {
+        return Err("an empty command".into());
+    }
+    let argv: Vec<CString> = e.argv.iter().map(|a| cstr(a)).collect::<Res<_>>()?;
+    let envp: Vec<CString> = e
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect::<Res<_>>()?;
+    Ok((argv, envp, cstr(&e.cwd)?))
+}
+
+/// A session on a pseudo-terminal: the terminal is its stdin, stdout, stderr and controlling
+/// terminal; what it prints comes back as stdout.
+fn spawn_tty(e: &GuestExec, root: Option<&str>, size: TtySize) -> Res<Session> {
+    use nix::unistd::{fork, ForkResult};
+    let (argv, envp, cwd) = prepare(e)?;
+    let (master, slave) = open_pty(root, size)?;
+    let dup = |f: &File| f.try_clone().map_err(|e| format!("terminal: {e}"));
+    let (out, input) = (dup(&master)?, dup(&master)?);
+    let who = Become {
+        uid: e.uid,
+        gid: e.gid,
+        root,
+        cwd: &cwd,
+        cwd_label: &e.cwd,
+        ctty: true,
+    };
+    let fd = slave.as_raw_fd();
+    // SAFETY: as in `spawn`.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => child(&who, [fd, fd, fd], &argv, &envp),
+        ForkResult::Parent { child } => Ok(Session {
+            pid: child,
+            stdin: Some(input),
+            out: Some(out),
+            err: None,
+            pty: Some(master),
             status: None,
         }),
     }
@@ -111,6 +215,9 @@ pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_
         .try_clone()
         .map_err(|e| format!("channel: {e}"))?;
     let mut line = String::new();
+    if let Some(main) = how.main {
+        sessions.insert(MAIN_SESSION, spawn(main, how.root)?);
+    }
     let grace = loop {
         // Reap.
         if how.reap_all {
@@ -196,6 +303,7 @@ pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_
             .filter(|(_, s)| s.status.is_some() && s.out.is_none() && s.err.is_none())
             .map(|(id, _)| *id)
             .collect();
+        let mut main_done = false;
         for id in done {
             if let Some(s) = sessions.remove(&id) {
                 let code = s.status.unwrap_or(0);
@@ -207,7 +315,11 @@ pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_
                         session: id,
                     },
                 );
+                main_done |= id == MAIN_SESSION && how.main.is_some();
             }
+        }
+        if main_done {
+            break Duration::ZERO;
         }
         if !(buffered || ready[0]) {
             continue;
@@ -261,11 +373,21 @@ pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_
                     signal_group(s.pid, signal);
                 }
             }
+            Ok(HostMsg::Resize {
+                rows,
+                cols,
+                session,
+                ..
+            }) => {
+                if let Some(p) = sessions.get(&session).and_then(|s| s.pty.as_ref()) {
+                    resize(p, TtySize { rows, cols });
+                }
+            }
             Ok(HostMsg::Poweroff { grace_ms, .. }) => break Duration::from_millis(grace_ms),
             _ => {}
         }
     };
-    end_all(&mut sessions, grace);
+    end_all(&mut sessions, grace, chan);
     Ok(())
 }
 
@@ -280,8 +402,10 @@ fn signal_group(pid: Pid, sig: i32) {
     }
 }
 
-/// SIGTERM every running session's process group; SIGKILL what is left after `grace`.
-fn end_all(sessions: &mut BTreeMap<u32, Session>, grace: Duration) {
+/// SIGTERM every running session's process group; SIGKILL what is left after `grace`. Each
+/// session's end is reported (its exit status: 143 for SIGTERM, 137 for SIGKILL), so its
+/// client hears how its command ended rather than a closed channel.
+fn end_all(sessions: &mut BTreeMap<u32, Session>, grace: Duration, chan: &mut File) {
     let running = |s: &BTreeMap<u32, Session>| -> Vec<Pid> {
         s.values()
             .filter(|s| s.status.is_none())
@@ -304,18 +428,51 @@ fn end_all(sessions: &mut BTreeMap<u32, Session>, grace: Duration) {
                 s.status = Some(c);
             }
         }
+        // Each end is reported as it happens, not after the grace.
+        let ended: Vec<u32> = sessions
+            .iter()
+            .filter(|(_, s)| s.status.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            if let Some(s) = sessions.remove(&id) {
+                let code = s.status.unwrap_or(0);
+                send(
+                    chan,
+                    &GuestMsg::Exit {
+                        v: VM_PROTOCOL_VERSION,
+                        code,
+                        session: id,
+                    },
+                );
+            }
+        }
         let left = running(sessions);
         if left.is_empty() {
-            return;
+            break;
         }
         if start.elapsed() >= grace {
             kill(&left, libc::SIGKILL);
-            for p in left {
-                let _ = waitpid(p, None);
+            for s in sessions.values_mut().filter(|s| s.status.is_none()) {
+                s.status = waitpid(s.pid, None)
+                    .ok()
+                    .and_then(status_of)
+                    .map(|(_, c)| c);
             }
-            return;
+            break;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+    for (id, s) in std::mem::take(sessions) {
+        let code = s.status.unwrap_or(128 + libc::SIGKILL);
+        send(
+            chan,
+            &GuestMsg::Exit {
+                v: VM_PROTOCOL_VERSION,
+                code,
+                session: id,
+            },
+        );
     }
 }
 

@@ -55,6 +55,7 @@ fn user_config_sits_below_plugins_and_project() {
         backend: crate::policy::BackendKind::Container,
         image: s("plugin"),
         profile: Profile::Restrictive,
+        kernel: None,
     };
     assert_eq!(r.effective.sandbox, expected);
     assert_eq!(

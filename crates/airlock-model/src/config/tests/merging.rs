@@ -73,7 +73,8 @@ fn scalars_take_the_later_value() {
         SandboxConfig {
             backend: BackendKind::Container,
             image: s("alpine"),
-            profile: Profile::Permissive
+            profile: Profile::Permissive,
+            kernel: None,
         }
     );
     assert_eq!(
@@ -262,6 +263,7 @@ fn every_section_merges_across_files() {
 plugins = ["rust"]
 [sandbox]
 backend = "microvm"
+kernel = "/srv/kernels/vmlinuz-6.1"
 [network]
 mode = "filtered"
 domains = ["example.org"]
@@ -330,6 +332,7 @@ post_down = ["echo bye"]
             backend: BackendKind::Microvm,
             image: s("python:3.12-alpine"),
             profile: Profile::Restrictive,
+            kernel: Some(s("/srv/kernels/vmlinuz-6.1")),
         },
         resources: ResourcesConfig {
             cpus: Some(Cpus::new(2.0).unwrap()),
@@ -400,6 +403,7 @@ post_down = ["echo bye"]
     let o = |k: &str| r.origins.get(k).cloned().unwrap_or_default();
     assert_eq!(o("plugins"), vec![us.clone()]);
     assert_eq!(o("sandbox.backend"), vec![us.clone()]);
+    assert_eq!(o("sandbox.kernel"), vec![us.clone()]);
     assert_eq!(o("sandbox.image"), vec![ps.clone()]);
     assert_eq!(o("sandbox.profile"), vec![Source::CommandLine]);
     assert_eq!(o("network.mode"), vec![us.clone()]);

@@ -87,6 +87,7 @@ fn spec(workspace: WorkspaceMode) -> RunSpec {
         setup: Vec::new(),
         backend: Default::default(),
         rootfs: Default::default(),
+        kernel: None,
     }
 }
 

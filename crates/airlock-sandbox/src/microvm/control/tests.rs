@@ -71,3 +71,66 @@ fn concurrent_exec_clients_each_get_their_own_session_through_the_control_socket
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A terminal's resize from an exec client reaches the guest as its session's `resize`.
+#[test]
+fn a_clients_resize_reaches_its_session_in_the_guest() {
+    let dir = std::env::temp_dir().join(format!("airlock-vm-resize-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join(VM_CONTROL);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let (host, g) = UnixStream::pair().unwrap();
+    let guest = guest(g, true);
+    let mux = Mux::open(host, &job(true)).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| serve(&listener, &mux, &stop));
+        let c = UnixStream::connect(&sock).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let mut e = gexec(&["cat"], true);
+        e.tty = Some(airlock_model::vm::TtySize { rows: 24, cols: 80 });
+        let v = VM_PROTOCOL_VERSION;
+        put(
+            &mut w,
+            &HostMsg::Exec {
+                v,
+                session: 0,
+                exec: Box::new(e),
+            },
+        )
+        .unwrap();
+        put(
+            &mut w,
+            &HostMsg::Resize {
+                v,
+                rows: 40,
+                cols: 120,
+                session: 0,
+            },
+        )
+        .unwrap();
+        let mut r = BufReader::new(c);
+        let mut line = Vec::new();
+        assert!(read_line(&mut r, &mut line));
+        match serde_json::from_slice(&line).unwrap() {
+            GuestMsg::Stdout { data, .. } => {
+                assert_eq!(b64_decode(&data).unwrap(), b"resized 40x120\n");
+            }
+            other => panic!("{other:?}"),
+        }
+        put(&mut w, &HostMsg::StdinEof { v, session: 0 }).unwrap();
+        assert!(read_line(&mut r, &mut line));
+        assert!(matches!(
+            serde_json::from_slice(&line).unwrap(),
+            GuestMsg::Exit { code: 0, .. }
+        ));
+        stop.store(true, Ordering::Relaxed);
+    });
+    mux.poweroff(0).unwrap();
+    let seen = guest.join().unwrap();
+    // The session the supervisor chose for this client, not the client's 0.
+    assert!(seen.iter().any(|m| matches!(m,
+        HostMsg::Resize { rows: 40, cols: 120, session, .. } if *session != 0)));
+    let _ = std::fs::remove_dir_all(&dir);
+}

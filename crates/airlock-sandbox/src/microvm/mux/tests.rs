@@ -21,6 +21,7 @@ pub(crate) fn job(hold: bool) -> GuestJob {
         files: vec![],
         stdin: false,
         hold,
+        tty: None,
     }
 }
 
@@ -32,6 +33,7 @@ pub(crate) fn exec(argv: &[&str], stdin: bool) -> GuestExec {
         uid: 1000,
         gid: 1000,
         stdin,
+        tty: None,
     }
 }
 
@@ -124,6 +126,15 @@ pub(crate) fn guest(stream: UnixStream, sessions: bool) -> JoinHandle<Vec<HostMs
                         session,
                     },
                 ),
+                HostMsg::Resize {
+                    rows,
+                    cols,
+                    session,
+                    ..
+                } => {
+                    let data = b64_encode(format!("resized {rows}x{cols}\n").as_bytes());
+                    put(&mut w, &GuestMsg::Stdout { v, data, session });
+                }
                 HostMsg::Poweroff { .. } => break,
                 HostMsg::Unknown => {}
             }

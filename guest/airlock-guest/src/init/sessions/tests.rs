@@ -21,19 +21,35 @@ impl Host {
         self.w.write_all(&l).unwrap();
     }
     fn exec(&mut self, session: u32, argv: &[&str], stdin: bool) {
-        let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+        self.exec_tty(session, argv, stdin, None);
+    }
+    fn exec_tty(&mut self, session: u32, argv: &[&str], stdin: bool, tty: Option<TtySize>) {
         self.put(&HostMsg::Exec {
             v: 1,
             session,
-            exec: Box::new(GuestExec {
-                argv: argv.iter().map(|s| s.to_string()).collect(),
-                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-                cwd: "/".into(),
-                uid: uid.as_raw(),
-                gid: gid.as_raw(),
-                stdin,
-            }),
+            exec: Box::new(exec_of(argv, stdin, tty)),
         });
+    }
+    /// The session's stdout until it contains `needle` (or it ends: then, all of it).
+    fn stdout_until(&self, session: u32, needle: &str, so_far: &mut String) -> Option<i32> {
+        while !so_far.contains(needle) {
+            match self
+                .rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the guest answers")
+            {
+                GuestMsg::Stdout {
+                    data, session: s, ..
+                } if s == session => {
+                    *so_far += &String::from_utf8_lossy(&b64_decode(&data).unwrap());
+                }
+                GuestMsg::Exit {
+                    code, session: s, ..
+                } if s == session => return Some(code),
+                other => panic!("unexpected {other:?} (stdout so far: {so_far:?})"),
+            }
+        }
+        None
     }
     /// Collect (stdout, stderr, exit) per session until `n` sessions ended.
     fn collect(&self, n: usize) -> BTreeMap<u32, (String, String, Result<i32, String>)> {
@@ -68,7 +84,24 @@ impl Host {
     }
 }
 
+fn exec_of(argv: &[&str], stdin: bool, tty: Option<TtySize>) -> GuestExec {
+    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+    GuestExec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: "/".into(),
+        uid: uid.as_raw(),
+        gid: gid.as_raw(),
+        stdin,
+        tty,
+    }
+}
+
 fn start() -> (Host, std::thread::JoinHandle<Res<()>>) {
+    start_with(None)
+}
+
+fn start_with(main: Option<GuestExec>) -> (Host, std::thread::JoinHandle<Res<()>>) {
     let (h, g) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || {
         let mut chan = File::from(std::os::fd::OwnedFd::from(g.try_clone().unwrap()));
@@ -79,6 +112,7 @@ fn start() -> (Host, std::thread::JoinHandle<Res<()>>) {
             &Serve {
                 root: None,
                 reap_all: false,
+                main: main.as_ref(),
             },
         )
     });
@@ -157,6 +191,8 @@ fn sessions_run_side_by_side_and_share_the_guests_state() {
     });
     server.join().unwrap().unwrap();
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // Its client hears how it ended (SIGKILL after the grace), not a closed channel.
+    assert_eq!(h.collect(1).get(&8).map(|g| g.2.clone()), Some(Ok(137)));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -171,4 +207,98 @@ fn a_session_id_in_use_is_refused_and_the_channel_closing_ends_the_server() {
     h.w.shutdown(std::net::Shutdown::Both).unwrap();
     server.join().unwrap().unwrap();
     assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+/// `exec -t`: the command's stdin, stdout and stderr are one pseudo-terminal of the size the
+/// host gave, which is its controlling terminal; typed input arrives through the terminal's
+/// line discipline; a resize reaches the command as SIGWINCH with the new size; the exit
+/// status comes back as without a terminal.
+#[test]
+fn a_tty_session_gets_a_terminal_of_its_size_that_follows_resizes() {
+    let (mut h, server) = start();
+    let script = "tty; stty size; [ -t 0 ] && [ -t 2 ] && echo term; (: </dev/tty) && echo ctty; \
+                  read x; echo \"got $x\"; trap 'stty size; exit 5' WINCH; echo ready; \
+                  while :; do sleep 0.05; done";
+    h.exec_tty(
+        1,
+        &["sh", "-c", script],
+        true,
+        Some(TtySize {
+            rows: 30,
+            cols: 100,
+        }),
+    );
+    let mut out = String::new();
+    assert_eq!(h.stdout_until(1, "ctty", &mut out), None, "{out}");
+    h.put(&HostMsg::Stdin {
+        v: 1,
+        data: b64_encode(b"hello\n"),
+        session: 1,
+    });
+    assert_eq!(h.stdout_until(1, "ready", &mut out), None, "{out}");
+    h.put(&HostMsg::Resize {
+        v: 1,
+        rows: 40,
+        cols: 120,
+        session: 1,
+    });
+    let code = h.stdout_until(1, "no such line", &mut out);
+    assert_eq!(code, Some(5), "{out}");
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(lines[0].starts_with("/dev/pts/"), "{out}");
+    assert_eq!(lines[1..4], ["30 100", "term", "ctty"], "{out}");
+    // The terminal echoes what was typed, and the command read it.
+    assert!(
+        lines.contains(&"hello") && lines.contains(&"got hello"),
+        "{out}"
+    );
+    assert_eq!(lines.last(), Some(&"40 120"), "{out}");
+    h.w.shutdown(std::net::Shutdown::Both).unwrap();
+    server.join().unwrap().unwrap();
+}
+
+/// `run -t`: the job's command is the main session, on a terminal; its end ends the server.
+#[test]
+fn the_main_session_ends_the_server_with_its_status() {
+    let main = exec_of(
+        &["sh", "-c", "stty size; exit 4"],
+        true,
+        Some(TtySize { rows: 7, cols: 33 }),
+    );
+    let (h, server) = start_with(Some(main));
+    let mut out = String::new();
+    assert_eq!(h.stdout_until(MAIN_SESSION, "never", &mut out), Some(4));
+    assert_eq!(out.trim_end(), "7 33");
+    server.join().unwrap().unwrap();
+}
+
+/// Poweroff: a command that ends on SIGTERM reports 143, one that ignores it 137 after the
+/// grace — both before the server returns.
+#[test]
+fn poweroff_reports_how_each_running_session_ended() {
+    let (mut h, server) = start();
+    h.exec(1, &["sleep", "30"], false);
+    h.exec(
+        2,
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo up; while :; do sleep 0.05; done",
+        ],
+        false,
+    );
+    let mut out = String::new();
+    assert_eq!(h.stdout_until(2, "up", &mut out), None);
+    let t = Instant::now();
+    h.put(&HostMsg::Poweroff {
+        v: 1,
+        grace_ms: 500,
+    });
+    server.join().unwrap().unwrap();
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    let got = h.collect(2);
+    assert_eq!(got.get(&1).map(|g| g.2.clone()), Some(Ok(143)));
+    assert_eq!(got.get(&2).map(|g| g.2.clone()), Some(Ok(137)));
 }

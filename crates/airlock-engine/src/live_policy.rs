@@ -1,0 +1,356 @@
+//! Live egress policy: `airlock allow NAME DOMAIN[:PORT]` / `airlock deny NAME DOMAIN` change a
+//! filtered sandbox's allowlist — at once while it runs, and for its later starts.
+//!
+//! The engine edits the allowlist ([`airlock_egress::policy::Allowlist`]), has the backend put
+//! it in force ([`Backend::set_egress`]: for the real backend, one line to the supervisor's
+//! policy socket), then stores it in the sandbox's `spec.json` and record, and journals the
+//! change (category `policy`). A running sandbox that cannot take it keeps its old policy and
+//! nothing is stored; a failed store puts the old policy back.
+//!
+//! The policy socket, `DIR/policy.sock` in the sandbox's folder (0600, the supervisor's own
+//! uid or root only, checked with `SO_PEERCRED`), is served by the supervisor that holds the
+//! sandbox's egress context. The folder is never mounted into the sandbox, and the sandbox's
+//! mount and network namespaces are its own: nothing inside can reach the socket (or the
+//! engine's). Its protocol is one JSON line each way: `{"domains": [...], "ports": [...]}` →
+//! `{"ok": true, "closed": N}` or `{"ok": false, "error": "..."}` — the whole allowlist, so
+//! a repeated or late line leaves the same state (a warm pool binds a claim's allowlist the same
+//! way).
+
+use crate::action::{PolicyChange, Via};
+use crate::backend::BackendError;
+use crate::engine::{Engine, EngineError};
+use airlock_egress::policy::{Allowlist, EditError, EgressPolicy};
+use airlock_egress::proxy::Ctx;
+use airlock_model::lifecycle::SandboxState as S;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+/// The supervisor's policy socket, in the sandbox's folder.
+pub const SOCKET: &str = "policy.sock";
+/// Serializes read-modify-writes of a sandbox's `spec.json` (`allow`/`deny` here, `mount`/
+/// `unmount` in the CLI).
+pub const SPEC_LOCK: &str = "mounts.lock";
+/// The longest wait on the supervisor's answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request line the supervisor reads.
+const MAX_LINE: u64 = 1 << 20;
+
+/// One change to an allowlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    Allow { domain: String, port: Option<u16> },
+    Deny { domain: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    domains: Vec<String>,
+    ports: Vec<u16>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Reply {
+    ok: bool,
+    #[serde(default)]
+    closed: usize,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+fn refused(message: String, hint: String) -> EngineError {
+    EngineError::Action(crate::action::ActionError::new("refused", message).with_hint(hint))
+}
+
+fn bad(message: String, hint: &str) -> EngineError {
+    EngineError::Action(crate::action::ActionError::new("bad_request", message).with_hint(hint))
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> EngineError + 'a {
+    move |source| EngineError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Engine {
+    /// Allow or deny a domain in sandbox `name`'s egress allowlist (see the module doc).
+    pub fn change_policy(
+        &self,
+        name: &str,
+        edit: Edit,
+        via: Via,
+    ) -> Result<PolicyChange, EngineError> {
+        let record = self.get_record(name)?;
+        let dir = self.sandbox_dir(name);
+        let _lock = spec_lock(&dir)?;
+        let spec_path = dir.join("spec.json");
+        let text = std::fs::read_to_string(&spec_path).map_err(|e| EngineError::Damaged {
+            name: name.to_owned(),
+            dir: dir.clone(),
+            detail: format!("spec.json: {e}"),
+        })?;
+        let mut spec: Value = serde_json::from_str(&text).map_err(|e| EngineError::Damaged {
+            name: name.to_owned(),
+            dir: dir.clone(),
+            detail: format!("spec.json: {e}"),
+        })?;
+        let net = spec["net"].as_str().unwrap_or("filtered").to_owned();
+        if net != "filtered" {
+            return Err(refused(
+                format!(
+                    "sandbox {name} has network mode {net}: it has no allowlist to change ({})",
+                    if net == "off" {
+                        "it reaches no network at all"
+                    } else {
+                        "it reaches every destination but the security floor already"
+                    }
+                ),
+                format!(
+                    "an allowlist applies to --net filtered only: `airlock rm {name} && airlock create {name} --net filtered --allow DOMAIN` (fetch or sync its work first)"
+                ),
+            ));
+        }
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let old = Allowlist {
+            domains: strings(&spec["domains"]),
+            ports: spec["ports"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64().and_then(|p| u16::try_from(p).ok()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let mut list = old.clone();
+        let (op, entry, port) = match &edit {
+            Edit::Allow { domain, port } => ("allow", domain, *port),
+            Edit::Deny { domain } => ("deny", domain, None),
+        };
+        if port == Some(airlock_model::plan::PROXY_PORT) {
+            return Err(refused(
+                format!(
+                    "port {} is airlock's own proxy inside the sandbox",
+                    airlock_model::plan::PROXY_PORT
+                ),
+                "choose another port".into(),
+            ));
+        }
+        let edited = match &edit {
+            Edit::Allow { domain, port } => list.allow(domain, *port),
+            Edit::Deny { domain } => list.deny(domain),
+        };
+        let changed = edited.map_err(|e| match e {
+            EditError::Pattern(p) => bad(
+                p.to_string(),
+                "give a host name (`example.com`) or `*.example.com` for its subdomains; \
+                 IP addresses, ports other than 1-65535 and other wildcards are not accepted",
+            ),
+            EditError::PortZero => bad(e.to_string(), "give a port 1-65535: DOMAIN:PORT"),
+            EditError::Metadata(_) => refused(
+                e.to_string(),
+                "cloud metadata endpoints are unreachable from every sandbox; nothing allows them"
+                    .into(),
+            ),
+            EditError::StillAllowed { ref by, .. } => refused(
+                e.to_string(),
+                format!("deny {by} instead (then allow the names it should keep)"),
+            ),
+        })?;
+        let shown = airlock_egress::policy::DomainPattern::parse(entry)
+            .map(|p| p.to_string())
+            .unwrap_or_else(|_| entry.clone());
+        let running = match record.state {
+            S::Running => true,
+            S::Stopped | S::Failed | S::Creating => false,
+            other => {
+                return Err(EngineError::Action(
+                    crate::action::ActionError::new(
+                        "wrong_state",
+                        format!("sandbox {name} is {other}: its policy cannot change now"),
+                    )
+                    .with_hint(format!(
+                        "wait until it is running or stopped (`airlock status {name}`), then retry"
+                    )),
+                ))
+            }
+        };
+        let backend_err = |source: BackendError| EngineError::Backend {
+            op: "change the policy of",
+            name: name.to_owned(),
+            source,
+        };
+        // In force first: a running sandbox that cannot take it keeps the old one, and
+        // nothing is stored.
+        let closed = if running {
+            self.backend
+                .set_egress(name, &dir, &list.domains, &list.ports)
+                .map_err(backend_err)?
+        } else {
+            0
+        };
+        spec["domains"] = json!(list.domains);
+        spec["ports"] = json!(list.ports);
+        let stored = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| EngineError::BadSpec(e.to_string()))
+            .and_then(|bytes| {
+                crate::engine::write_atomic(&spec_path, &bytes)?;
+                let json = String::from_utf8_lossy(&bytes).into_owned();
+                let r = self
+                    .store
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .set_spec(name, &json);
+                if let Err(e) = r {
+                    let _ = crate::engine::write_atomic(&spec_path, text.as_bytes());
+                    return Err(e.into());
+                }
+                Ok(())
+            });
+        if let Err(e) = stored {
+            if running {
+                let _ = self
+                    .backend
+                    .set_egress(name, &dir, &old.domains, &old.ports);
+            }
+            return Err(e);
+        }
+        let mut ev = json!({
+            "op": op, "domain": shown, "via": via.to_string(), "changed": changed,
+            "live": running, "closed": closed,
+        });
+        if let Some(p) = port {
+            ev["port"] = json!(p);
+        }
+        crate::audit::record(&dir, "policy", ev);
+        Ok(PolicyChange {
+            name: name.to_owned(),
+            op: op.to_owned(),
+            domain: shown,
+            port,
+            changed,
+            live: running,
+            closed: closed as u64,
+            domains: list.domains,
+            ports: list.ports,
+        })
+    }
+}
+
+fn spec_lock(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, EngineError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(SPEC_LOCK);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err("cannot open", &path))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io_err("cannot lock", &path)(e.into()))
+}
+
+/// The supervisor's side: serve `DIR/policy.sock` for the egress context `ctx` of sandbox
+/// `name`, on a thread of its own, for callers of this process's uid (or root) only.
+pub fn serve(dir: &Path, name: &str, ctx: Arc<Ctx>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let name = name.to_owned();
+    std::thread::Builder::new()
+        .name("policy".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let ok =
+                    nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+                        .is_ok_and(|c| c.uid() == me || c.uid() == 0);
+                if ok {
+                    answer(conn, &name, &ctx);
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// One request on the policy socket: the whole new allowlist, put in force.
+fn answer(conn: UnixStream, name: &str, ctx: &Ctx) {
+    let _ = conn.set_read_timeout(Some(TIMEOUT));
+    let _ = conn.set_write_timeout(Some(TIMEOUT));
+    let mut line = String::new();
+    let read = BufReader::new((&conn).take(MAX_LINE)).read_line(&mut line);
+    let reply = match read
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()))
+        .and_then(|r| EgressPolicy::new(&r.domains, &r.ports).map_err(|e| e.to_string()))
+    {
+        Ok(policy) => Reply {
+            ok: true,
+            closed: ctx.set_policy(policy.of_sandbox(name)),
+            error: None,
+        },
+        Err(e) => Reply {
+            ok: false,
+            closed: 0,
+            error: Some(format!("bad request: {e}")),
+        },
+    };
+    let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
+    bytes.push(b'\n');
+    let _ = (&conn).write_all(&bytes);
+}
+
+/// The engine's side: have the supervisor of the sandbox in `dir` put this allowlist in force.
+/// Returns how many open connections it closed.
+pub fn send(dir: &Path, domains: &[String], ports: &[u16]) -> Result<usize, BackendError> {
+    let path = dir.join(SOCKET);
+    let conn = UnixStream::connect(&path).map_err(|e| {
+        BackendError::Failed(format!(
+            "its supervisor's policy socket {} does not answer ({e}); a sandbox started by an \
+             older airlock has none: restart it (`airlock stop` and `airlock start`) to change \
+             its policy while it runs",
+            path.display()
+        ))
+    })?;
+    let _ = conn.set_read_timeout(Some(TIMEOUT));
+    let _ = conn.set_write_timeout(Some(TIMEOUT));
+    let mut line = serde_json::to_vec(&Request {
+        domains: domains.to_vec(),
+        ports: ports.to_vec(),
+    })
+    .map_err(|e| BackendError::Failed(e.to_string()))?;
+    line.push(b'\n');
+    let failed = |e: std::io::Error| BackendError::Failed(format!("the policy socket: {e}"));
+    (&conn).write_all(&line).map_err(failed)?;
+    let mut answer = String::new();
+    BufReader::new((&conn).take(MAX_LINE))
+        .read_line(&mut answer)
+        .map_err(failed)?;
+    let reply: Reply = serde_json::from_str(&answer)
+        .map_err(|e| BackendError::Failed(format!("the supervisor answered unexpectedly: {e}")))?;
+    if reply.ok {
+        Ok(reply.closed)
+    } else {
+        Err(BackendError::Failed(reply.error.unwrap_or_default()))
+    }
+}
