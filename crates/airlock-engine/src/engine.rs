@@ -365,6 +365,8 @@ impl Engine {
             name: name.to_owned(),
             source,
         };
+        // A running microVM sandbox's work is in its guest: bring the branch over first.
+        crate::guest_work::pull(&dir, name).map_err(|e| work(e.into()))?;
         let review = airlock_work::ops::open(&dir, name).map_err(work)?;
         Ok((dir, review))
     }

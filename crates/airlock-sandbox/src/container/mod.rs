@@ -287,7 +287,7 @@ pub fn system_ca_bundle() -> Option<&'static str> {
 }
 
 /// The system's roots (the first bundle found on the host) followed by the sandbox's CA.
-fn ca_bundle(ca_pem: &str) -> Vec<u8> {
+pub(crate) fn ca_bundle(ca_pem: &str) -> Vec<u8> {
     let mut out = SYSTEM_BUNDLES
         .iter()
         .find_map(|p| fs::read(p).ok())

@@ -433,6 +433,13 @@ fn stop_only(a: &StopArgs) -> CliResult<i32> {
     if let Some(p) = &project {
         super::hooks::run(&a.name, p, super::hooks::Phase::PreDown, "stopping")?;
     }
+    // A microVM sandbox's clone work, taken out of the guest while it still runs: diff,
+    // fetch and sync of the stopped sandbox review it.
+    if let Ok(dir) = existing_dir(&a.name) {
+        if let Err(e) = airlock_engine::guest_work::before_stop(&dir, &a.name) {
+            errln!("airlock: warning: the work of {} was not taken out of its VM before it stopped: {e}", a.name);
+        }
+    }
     let rec = c.stop(&a.name, Some(grace))?;
     outln!("{} {}", rec.name, rec.state);
     if let Some(p) = &project {
