@@ -196,7 +196,7 @@ fn carry_out(action: Action, answer: &mut File) -> Result<ActionData, ActionErro
             let dir = absolute(&dir, "dir")?;
             let dir = std::fs::canonicalize(dir)
                 .map_err(|e| ActionError::new("bad_request", format!("{dir}: {e}")))?;
-            crate::cmd::trust::trust(&dir, op)
+            crate::cmd::trust::trust(&dir, op, "api")
                 .map(|(_, report)| ActionData::Trust(report))
                 .map_err(action_error)
         }
