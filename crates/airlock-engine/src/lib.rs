@@ -17,6 +17,7 @@ pub mod audit;
 pub mod backend;
 pub mod client;
 pub mod engine;
+pub mod guest_work;
 pub mod live_policy;
 pub mod paths;
 pub mod pool;

@@ -24,6 +24,10 @@ pub const GUEST_MODULES: &[&str] = &[
     "overlay",
 ];
 
+/// Modules the guest init loads only for a job with a workspace disk (a clone workspace's
+/// ext4 image), from `/modules/disk`: a boot without one does not pay for them.
+pub const DISK_MODULES: &[&str] = &["ext4"];
+
 /// The microVM artifact cache.
 pub fn cache_dir() -> PathBuf {
     let base = std::env::var_os("AIRLOCK_CACHE_DIR")
@@ -131,6 +135,11 @@ pub fn vmlinux(dir: &Path, k: &Kernel) -> Result<String, String> {
 
 /// The modules to load for `release`, dependencies first (paths under /lib/modules/RELEASE).
 pub fn module_list(release: &str) -> Result<Vec<PathBuf>, String> {
+    module_list_of(release, GUEST_MODULES)
+}
+
+/// The modules for `wants` and their dependencies, in load order.
+pub fn module_list_of(release: &str, wants: &[&str]) -> Result<Vec<PathBuf>, String> {
     let root = Path::new("/lib/modules").join(release);
     let dep = fs::read_to_string(root.join("modules.dep"))
         .map_err(|e| format!("{}/modules.dep: {e}", root.display()))?;
@@ -168,7 +177,7 @@ pub fn module_list(release: &str) -> Result<Vec<PathBuf>, String> {
         order.push(m.to_string());
         Ok(())
     }
-    for want in GUEST_MODULES {
+    for want in wants {
         let Some((path, _)) = deps.iter().find(|(p, _)| stem(p) == *want) else {
             if builtin.lines().any(|l| stem(l) == *want) {
                 continue;
@@ -222,11 +231,18 @@ fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8], ino: u32) {
     }
 }
 
-/// The initramfs: /init (the guest helper, static) and /modules/NN-NAME.ko in load order.
+/// The initramfs: /init (the guest helper, static), /modules/NN-NAME.ko in load order and
+/// /modules/disk/NN-NAME.ko (loaded for a workspace disk only).
 pub fn initrd(dir: &Path, guest: &[u8], k: &Kernel) -> Result<String, String> {
     let mods = module_list(&k.release)?;
+    let disk: Vec<PathBuf> = module_list_of(&k.release, DISK_MODULES)?
+        .into_iter()
+        .filter(|m| !mods.contains(m))
+        .collect();
     let mut parts: Vec<Vec<u8>> = vec![guest.to_vec(), k.release.as_bytes().to_vec()];
     parts.extend(mods.iter().map(|m| stat_key(m).into_bytes()));
+    parts.push(b"disk".to_vec());
+    parts.extend(disk.iter().map(|m| stat_key(m).into_bytes()));
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
     let name = format!("initrd-{}-{}", k.release, key(&refs));
     cached(dir, &name, |tmp| {
@@ -235,7 +251,18 @@ pub fn initrd(dir: &Path, guest: &[u8], k: &Kernel) -> Result<String, String> {
         cpio_entry(&mut out, "init", 0o100_755, guest, ino);
         ino += 1;
         cpio_entry(&mut out, "modules", 0o040_755, &[], ino);
-        for (i, m) in mods.iter().enumerate() {
+        ino += 1;
+        cpio_entry(&mut out, "modules/disk", 0o040_755, &[], ino);
+        let all = mods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (format!("modules/{i:02}"), m))
+            .chain(
+                disk.iter()
+                    .enumerate()
+                    .map(|(i, m)| (format!("modules/disk/{i:02}"), m)),
+            );
+        for (prefix, m) in all {
             ino += 1;
             let stem = m
                 .file_name()
@@ -248,7 +275,7 @@ pub fn initrd(dir: &Path, guest: &[u8], k: &Kernel) -> Result<String, String> {
             let data = module_bytes(m)?;
             cpio_entry(
                 &mut out,
-                &format!("modules/{i:02}-{stem}.ko"),
+                &format!("{prefix}-{stem}.ko"),
                 0o100_644,
                 &data,
                 ino,
@@ -355,6 +382,57 @@ pub fn erofs(source: &Path, out: &Path, extra: &[String]) -> Result<(), String> 
         ));
     }
     Ok(())
+}
+
+/// mkfs.ext4 (e2fsprogs).
+pub fn mkfs_ext4() -> Option<PathBuf> {
+    [
+        "/usr/sbin/mkfs.ext4",
+        "/sbin/mkfs.ext4",
+        "/usr/bin/mkfs.ext4",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// A writable ext4 image of `size` bytes (sparse) at `out` holding `source`'s tree: a clone
+/// workspace's disk. Built beside `out` and renamed into place, so a failure leaves nothing.
+pub fn ext4(source: &Path, out: &Path, size: u64) -> Result<(), String> {
+    let mkfs = mkfs_ext4().ok_or("mkfs.ext4 is not installed (apt-get install e2fsprogs)")?;
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let made = (|| {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.set_len(size)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        drop(f);
+        let res = Command::new(&mkfs)
+            .args(["-q", "-F", "-t", "ext4", "-m", "0", "-L", "workspace"])
+            .args(["-E", "lazy_itable_init=1,lazy_journal_init=1"])
+            .arg("-d")
+            .arg(source)
+            .arg(&tmp)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", mkfs.display()))?;
+        if !res.status.success() {
+            return Err(format!(
+                "mkfs.ext4 -d {}: {}",
+                source.display(),
+                String::from_utf8_lossy(&res.stderr).trim()
+            ));
+        }
+        fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
+    })();
+    if made.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    made
 }
 
 /// The host root image (built on first use: minutes for a large /usr, then cached).
