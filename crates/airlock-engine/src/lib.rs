@@ -20,6 +20,7 @@ pub mod engine;
 pub mod guest_work;
 pub mod live_policy;
 pub mod paths;
+pub mod pool;
 pub mod store;
 pub mod supervisor;
 

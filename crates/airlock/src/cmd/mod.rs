@@ -4,6 +4,7 @@ mod action;
 mod agent;
 mod config;
 mod cp;
+pub(crate) mod daemon;
 mod doctor;
 mod drift;
 mod exec;
@@ -66,6 +67,8 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Completions(a) => manual::completions(a.shell),
         Command::Man(a) => manual::man(a.dir.as_deref()),
+        Command::Daemon(c) => daemon::dispatch(c, cli.config.as_deref(), cli.no_user_config),
+        Command::DaemonServe => daemon::serve(),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => supervise::engine_serve(),
         },
