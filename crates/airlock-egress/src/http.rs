@@ -4,7 +4,9 @@
 //! Strict on purpose: CRLF line ends only, no folded headers, one Host, no NUL, no
 //! Content-Length together with Transfer-Encoding, no userinfo in absolute targets, a head of
 //! at most [`MAX_HEAD`] bytes. The proxy forwards one request per connection (see [`body`]) with
-//! `Connection: close`, so a second request with another Host cannot ride along.
+//! `Connection: close`, so a second request with another Host cannot ride along. (The
+//! intercepting proxy for bound secrets parses each request on a kept-alive connection, and
+//! response heads with [`parse_response`], see [`crate::intercept`].)
 
 pub mod body;
 
@@ -336,6 +338,18 @@ impl Request {
     /// The head to send upstream: origin-form target, hop-by-hop and proxy headers removed,
     /// a Host header guaranteed, and `Connection: close` so the origin serves this one request.
     pub fn forward_head(&self) -> Vec<u8> {
+        self.forward_head_with(false)
+    }
+
+    /// Whether the client asked to keep the connection open after this request (HTTP/1.1
+    /// without `Connection: close`).
+    pub fn keep_alive(&self) -> bool {
+        self.minor >= 1 && !has_token(&self.headers, "connection", "close")
+    }
+
+    /// [`forward_head`](Self::forward_head), but for a connection the proxy keeps open to the
+    /// origin (`keep_alive`: no `Connection: close`; HTTP/1.1 only).
+    pub fn forward_head_with(&self, keep_alive: bool) -> Vec<u8> {
         let (target, authority) = match &self.target {
             Target::Origin(t) => (t.as_str(), None),
             Target::Absolute {
@@ -366,9 +380,130 @@ impl Request {
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        if keep_alive && self.minor >= 1 {
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(b"Connection: close\r\n\r\n");
+        }
         out
     }
+}
+
+/// Whether a comma-separated header (`Connection`, `Transfer-Encoding`) lists `token`.
+fn has_token(headers: &[(String, Vec<u8>)], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The largest response head the intercepting proxy parses (longer ones are relayed raw).
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// How a response's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// A 1xx interim response (not 101): another head follows.
+    Interim,
+    /// Delimited: no body, a length or chunked ([`body::BodyFramer`] finds the end).
+    Framed(BodyLength),
+    /// Until the server closes the connection (no length, a 101, or another coding).
+    UntilClose,
+}
+
+/// A parsed response head (only what framing and connection reuse need).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: ResponseBody,
+    /// The server will close the connection after this response.
+    pub close: bool,
+    /// Bytes the head took, including the final empty line.
+    pub head_len: usize,
+}
+
+/// Parse the response head at the start of `buf` (to a request with `method`).
+pub fn parse_response(buf: &[u8], method: &str) -> Result<Response, HttpError> {
+    let window = &buf[..buf.len().min(MAX_RESPONSE_HEAD)];
+    let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(if buf.len() >= MAX_RESPONSE_HEAD {
+            HttpError::TooLong
+        } else {
+            HttpError::NeedMore
+        });
+    };
+    let head = &buf[..end + 2];
+    if head.contains(&0) {
+        return Err(HttpError::Nul);
+    }
+    let mut lines = head.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    let first = lines
+        .next()
+        .and_then(|l| l.strip_suffix(b"\r"))
+        .ok_or(HttpError::Malformed("status line"))?;
+    let minor = match first.get(..9) {
+        Some(b"HTTP/1.1 ") => 1,
+        Some(b"HTTP/1.0 ") => 0,
+        _ => return Err(HttpError::NotHttp),
+    };
+    let status = first
+        .get(9..12)
+        .filter(|d| d.iter().all(u8::is_ascii_digit))
+        .filter(|_| first.get(12).is_none_or(|&b| b == b' '))
+        .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u16>().ok())
+        .ok_or(HttpError::Malformed("status code"))?;
+    let mut headers = Vec::new();
+    for line in lines {
+        let line = line
+            .strip_suffix(b"\r")
+            .ok_or(HttpError::Malformed("bare LF line end"))?;
+        if line.contains(&b'\r') {
+            return Err(HttpError::Malformed("bare CR"));
+        }
+        headers.push(parse_header(line)?);
+    }
+    let mut cl: Option<u64> = None;
+    let mut te = false;
+    for (name, value) in &headers {
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(value)?;
+            if cl.is_some_and(|c| c != n) {
+                return Err(HttpError::Malformed("conflicting Content-Length headers"));
+            }
+            cl = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            te = true;
+        }
+    }
+    let chunked_last = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .rfind(|t| !t.is_empty())
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+    let body = match status {
+        101 => ResponseBody::UntilClose,
+        100..=199 => ResponseBody::Interim,
+        204 | 304 => ResponseBody::Framed(BodyLength::None),
+        _ if method.eq_ignore_ascii_case("HEAD") => ResponseBody::Framed(BodyLength::None),
+        _ if te && chunked_last => ResponseBody::Framed(BodyLength::Chunked),
+        _ if te => ResponseBody::UntilClose,
+        _ => match cl {
+            Some(n) => ResponseBody::Framed(BodyLength::Length(n)),
+            None => ResponseBody::UntilClose,
+        },
+    };
+    let close = has_token(&headers, "connection", "close")
+        || (minor == 0 && !has_token(&headers, "connection", "keep-alive"))
+        || body == ResponseBody::UntilClose;
+    Ok(Response {
+        status,
+        body,
+        close,
+        head_len: end + 4,
+    })
 }
 
 /// A complete plain-text response (`403 Forbidden`, `502 Bad Gateway`, ...), closing the

@@ -13,6 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::thread;
@@ -121,6 +122,86 @@ impl UpstreamCa {
         (port, rx)
     }
 
+    /// An HTTPS server that keeps connections open (HTTP/1.1 keep-alive): answers each
+    /// request `200 hello N` with a length, sends every request on the channel, and counts
+    /// the TCP connections it accepted. `hang_up`: closes each connection after one answer
+    /// without saying so (as a server whose idle timeout ran out does).
+    fn keepalive_server(
+        &self,
+        names: &[&str],
+        hang_up: bool,
+    ) -> (u16, Receiver<Vec<u8>>, Arc<AtomicUsize>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let leaf = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(ring())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![leaf.der().clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .unwrap(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = channel();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let (cfg, tx) = (cfg.clone(), tx.clone());
+                thread::spawn(move || {
+                    c.set_read_timeout(Some(T)).unwrap();
+                    let conn = rustls::ServerConnection::new(cfg).unwrap();
+                    let mut s = rustls::StreamOwned::new(conn, c);
+                    let mut got = Vec::new();
+                    let mut n = 0;
+                    let mut b = [0u8; 4096];
+                    loop {
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .map(|v| v.trim().parse().unwrap())
+                                .unwrap_or(0);
+                            if got.len() < end + 4 + len {
+                                break;
+                            }
+                            let req: Vec<u8> = got.drain(..end + 4 + len).collect();
+                            let close = head.contains("connection: close");
+                            let _ = tx.send(req);
+                            n += 1;
+                            let body = format!("hello {n}");
+                            let _ = write!(
+                                s,
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = s.flush();
+                            if close || hang_up {
+                                s.conn.send_close_notify();
+                                let _ = s.flush();
+                                return;
+                            }
+                        }
+                        match s.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => got.extend_from_slice(&b[..k]),
+                        }
+                    }
+                });
+            }
+        });
+        (port, rx, accepted)
+    }
+
     fn pem(&self) -> Vec<u8> {
         self.cert.pem().into_bytes()
     }
@@ -216,6 +297,54 @@ fn tls_exchange(
         }
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A TLS connection from the sandbox that sends requests one after another on it.
+struct KeptAlive(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
+
+impl KeptAlive {
+    fn open(at: SocketAddr, cfg: Arc<rustls::ClientConfig>, sni: &str) -> Self {
+        let conn =
+            rustls::ClientConnection::new(cfg, ServerName::try_from(sni.to_string()).unwrap())
+                .unwrap();
+        Self(rustls::StreamOwned::new(conn, dial(at)))
+    }
+
+    /// Send `request`, read one answer (its head and `Content-Length` body).
+    fn ask(&mut self, request: &str) -> String {
+        self.0.write_all(request.as_bytes()).unwrap();
+        self.0.flush().unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    return String::from_utf8(got).unwrap();
+                }
+            }
+            match self.0.read(&mut b) {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&got).into_owned(),
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+        }
+    }
+}
+
+/// The certificate chain the proxy showed for `sni`.
+fn leaf_of(at: SocketAddr, cfg: Arc<rustls::ClientConfig>, sni: &str) -> Vec<u8> {
+    let conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from(sni.to_string()).unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, dial(at));
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).unwrap();
+    }
+    s.conn.peer_certificates().unwrap()[0].to_vec()
 }
 
 fn transparent_to(ctx: &Arc<Ctx>, port: u16) -> SocketAddr {
@@ -487,6 +616,93 @@ fn a_placeholder_in_a_plain_body_sent_after_the_head_is_blocked() {
     assert!(String::from_utf8(got.recv_timeout(T).unwrap())
         .unwrap()
         .ends_with("k=v"));
+}
+
+#[test]
+fn a_kept_alive_connection_gets_the_key_on_every_request_and_the_upstream_is_reused() {
+    let ca = UpstreamCa::new();
+    let (port, got, accepted) = ca.keepalive_server(&["api.test"], false);
+    let s = setup(Some(&ca), &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let cfg = client_config(s.icpt.ca_pem().as_bytes());
+    let req = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: api.test\r\nx-api-key: {}\r\n\r\n",
+        s.placeholder
+    );
+    let mut c = KeptAlive::open(at, cfg.clone(), "api.test");
+    for i in 1..=3 {
+        let answer = c.ask(&req);
+        assert!(
+            answer.ends_with(&format!("hello {i}")),
+            "request {i}: {answer}"
+        );
+        let up = String::from_utf8(got.recv_timeout(T).unwrap()).unwrap();
+        assert!(
+            up.contains(&format!("x-api-key: {KEY}\r\n")),
+            "request {i}: {up}"
+        );
+        assert!(!up.contains(&s.placeholder), "{up}");
+        assert!(!up.to_lowercase().contains("connection: close"), "{up}");
+    }
+    drop(c);
+    // A new connection from the sandbox: the idle upstream connection is used again (no new
+    // TCP connection, no new handshake) and its request gets the key too.
+    let mut c = KeptAlive::open(at, cfg, "api.test");
+    assert!(c.ask(&req).ends_with("hello 4"));
+    let up = String::from_utf8(got.recv_timeout(T).unwrap()).unwrap();
+    assert!(up.contains(&format!("x-api-key: {KEY}\r\n")), "{up}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Every request was judged and journaled on its own.
+    let j = journal(&s.journal, 4);
+    assert!(
+        j.iter()
+            .all(|l| l["decision"] == "allow" && l["injected"][0]["secret"] == "ANTHROPIC_API_KEY"),
+        "{j:?}"
+    );
+    // The second request on a kept connection is checked like the first: another Host is
+    // refused and never reaches the server.
+    let bad = c.ask("GET / HTTP/1.1\r\nHost: other.test\r\n\r\n");
+    assert!(bad.starts_with("HTTP/1.1 421"), "{bad}");
+    assert!(got.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
+#[test]
+fn an_idle_upstream_the_server_closed_is_not_used_again() {
+    let ca = UpstreamCa::new();
+    let (port, got, accepted) = ca.keepalive_server(&["api.test"], true);
+    let s = setup(Some(&ca), &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let cfg = client_config(s.icpt.ca_pem().as_bytes());
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: api.test\r\nx-api-key: {}\r\n\r\n",
+        s.placeholder
+    );
+    for _ in 0..3 {
+        let mut c = KeptAlive::open(at, cfg.clone(), "api.test");
+        assert!(c.ask(&req).ends_with("hello 1"));
+        assert!(String::from_utf8(got.recv_timeout(T).unwrap())
+            .unwrap()
+            .contains(KEY));
+        // Let the server's hang-up arrive before the next request.
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn one_leaf_certificate_per_host_and_sandbox() {
+    let ca = UpstreamCa::new();
+    let s = setup(Some(&ca), &[443]);
+    let at = transparent_to(&s.ctx, 443);
+    let cfg = client_config(s.icpt.ca_pem().as_bytes());
+    let first = leaf_of(at, cfg.clone(), "api.test");
+    assert_eq!(leaf_of(at, cfg.clone(), "api.test"), first);
+    assert_ne!(leaf_of(at, cfg, "gh.test"), first);
+    // Another sandbox: its own CA, its own leaf for the same host.
+    let other = setup(Some(&ca), &[443]);
+    let at2 = transparent_to(&other.ctx, 443);
+    let cfg2 = client_config(other.icpt.ca_pem().as_bytes());
+    assert_ne!(leaf_of(at2, cfg2, "api.test"), first);
 }
 
 /// Cost of interception on loopback (run with `--release -- --ignored --nocapture`): median

@@ -7,8 +7,8 @@
 //! records and airlock-work's reports; the model crate keeps the pure vocabulary they use.
 //! Operations that need a process of their own carry out in a typed child (`airlock __action`:
 //! the action as JSON on stdin, one [`ChildAnswer`] line on stdout): entering a sandbox's
-//! namespaces (file read/write/copy, deliver) needs a single-threaded process, and trust and
-//! explain use the CLI's configuration resolution. exec streams from a child of its own.
+//! namespaces (file read/write/copy, deliver, exec) needs a single-threaded process, and trust,
+//! explain and up use the CLI's configuration resolution.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -74,6 +74,9 @@ pub enum Action {
     Diff {
         #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
         name: String,
+        /// Also the changes as text (`full`: the patch; `stat`: its summary), in `patch`.
+        #[serde(default)]
+        patch: Option<airlock_work::ops::PatchForm>,
     },
     /// The branch into the host repository as `airlock/NAME`, review-gated.
     Fetch {
@@ -181,6 +184,17 @@ pub enum Action {
     /// Run a command in a fresh, disposable sandbox, as `airlock run` (streams:
     /// `POST /v1/run`, its output and then its exit status).
     Run(RunRequest),
+    /// Run a command in a running sandbox (streams: `POST /v1/sandboxes/{name}/exec`, its
+    /// output and then its exit status).
+    Exec {
+        #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+        name: String,
+        #[serde(flatten)]
+        request: ExecRequest,
+    },
+    /// Create (and start) a sandbox of a project from its configuration, as `airlock up` /
+    /// `airlock create` + `start` do (hooks, setup scripts, secrets from the environment).
+    Up(UpRequest),
     /// Agent mode: send the next prompt; with `wait` (default), stream the turn's journal lines
     /// until it ends (streams: `POST /v1/sandboxes/{name}/prompt`).
     Prompt {
@@ -287,19 +301,21 @@ pub struct RunRequest {
     /// /workspace.
     #[schema(pattern = "^/", examples("/home/me/project"))]
     pub dir: String,
-    /// The command and its arguments.
-    #[schema(min_items = 1, examples(json!(["make", "test"])))]
-    pub argv: Vec<String>,
-    /// Extra environment variables.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// The working directory inside (relative: under /workspace).
-    #[serde(default)]
-    pub workdir: Option<String>,
+    /// The command, as for exec.
+    #[serde(flatten)]
+    pub command: ExecRequest,
     /// Kill the command after this many seconds (exit 124).
     #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 86400)]
     pub timeout_secs: Option<u64>,
+    #[serde(flatten)]
+    pub policy: PolicyOptions,
+}
+
+/// The policy options a new sandbox adds to its project's configuration, as the CLI's flags
+/// do (unset: the configuration's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyOptions {
     /// `restrictive`, `moderate` or `permissive`.
     #[serde(default)]
     #[schema(examples("moderate"))]
@@ -311,10 +327,13 @@ pub struct RunRequest {
     /// Domains allowed in filtered mode: `DOMAIN[:PORT]`.
     #[serde(default)]
     pub allow: Vec<String>,
-    /// `overlay`, `bind` or `none`.
+    /// `overlay`, `bind`, `clone` or `none`.
     #[serde(default)]
     #[schema(examples("overlay"))]
     pub workspace: Option<String>,
+    /// A compatibility mode (`airlock run --compatibility-mode`), e.g. `browser`.
+    #[serde(default)]
+    pub compatibility_mode: Option<String>,
     /// The root filesystem: `host` (the default), an OCI image reference, or `auto`.
     #[serde(default)]
     #[schema(examples("host"))]
@@ -335,12 +354,53 @@ pub struct RunRequest {
     pub pids: Option<u64>,
 }
 
+/// A command to run (`exec`: in a running sandbox; `run`: in a fresh one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecRequest {
+    /// The command and its arguments, run inside the sandbox as its user.
+    #[schema(min_items = 1, examples(json!(["make", "test"])))]
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The working directory inside (relative: under /workspace).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// The command's standard input (default: none, as from /dev/null).
+    #[serde(default)]
+    pub stdin: Option<String>,
+}
+
+/// A sandbox of a project, made as `airlock create` / `airlock up` make one: the project's
+/// configuration and `policy` resolve into its spec in the typed child (the CLI's resolution).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UpRequest {
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    pub name: String,
+    /// The project directory (absolute): its airlock.toml applies.
+    #[schema(pattern = "^/", examples("/home/me/project"))]
+    pub dir: String,
+    /// Agent mode: the harness (`claude`, `codex`, `gemini`; default none, or the
+    /// configuration's `[agent] harness`).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Refuse (`exists`) when the sandbox exists; otherwise an existing one is started as it
+    /// is (as `airlock up`, which refuses options that differ from it).
+    #[serde(default)]
+    pub new: bool,
+    /// Start it (default); `false` only creates it (with `new`).
+    #[serde(default = "yes")]
+    pub start: bool,
+    #[serde(flatten)]
+    pub policy: PolicyOptions,
+}
+
 impl Action {
     /// Streams (NDJSON, from a typed child): its events as they come, then its end.
     pub fn streams(&self) -> bool {
         matches!(
             self,
-            Action::Prompt { .. } | Action::Reports { .. } | Action::Run(_)
+            Action::Prompt { .. } | Action::Reports { .. } | Action::Run(_) | Action::Exec { .. }
         )
     }
 
@@ -354,6 +414,7 @@ impl Action {
                 | Action::Deliver { .. }
                 | Action::Trust { .. }
                 | Action::Explain { .. }
+                | Action::Up(_)
         )
     }
 }
@@ -713,7 +774,7 @@ impl Engine {
             Action::List => ActionData::Records(self.list()?),
             Action::Status { name } => ActionData::Status(self.status(&name)?),
             Action::Gc => ActionData::Reconciled(self.reconcile()?),
-            Action::Diff { name } => ActionData::Diff(self.diff(&name)?),
+            Action::Diff { name, patch } => ActionData::Diff(self.diff(&name, patch)?),
             Action::Fetch {
                 name,
                 accept,
@@ -760,11 +821,16 @@ impl Engine {
             | Action::Copy { .. }
             | Action::Deliver { .. }
             | Action::Trust { .. }
-            | Action::Explain { .. } => return self.in_child(&action),
-            Action::Prompt { .. } | Action::Reports { .. } | Action::Run(_) => {
+            | Action::Explain { .. }
+            | Action::Up(_) => return self.in_child(&action),
+            Action::Prompt { .. }
+            | Action::Reports { .. }
+            | Action::Run(_)
+            | Action::Exec { .. } => {
                 return Err(EngineError::BadRequest(
-                    "run, prompt and reports stream: POST /v1/actions, POST /v1/run, \
-                     POST /v1/sandboxes/{name}/prompt, GET /v1/sandboxes/{name}/reports"
+                    "run, exec, prompt and reports stream: POST /v1/actions, POST /v1/run, \
+                     POST /v1/sandboxes/{name}/exec, POST /v1/sandboxes/{name}/prompt, \
+                     GET /v1/sandboxes/{name}/reports"
                         .into(),
                 ))
             }
@@ -797,6 +863,13 @@ impl Engine {
             }
             Action::Explain { port: Some(p), .. } if !(1..=65535).contains(p) => {
                 return bad("port must be 1-65535".into())
+            }
+            Action::Up(r) => {
+                airlock_model::spec::validate_name(&r.name)
+                    .map_err(|e| EngineError::InvalidName(e.to_string()))?;
+                if !r.dir.starts_with('/') {
+                    return bad(format!("dir must be an absolute path, not {:?}", r.dir));
+                }
             }
             _ => {}
         }

@@ -324,6 +324,24 @@ impl Backend for FakeBackend {
                 policy: String::new(),
                 verdicts: vec![],
             }),
+            Action::Up(r) => ActionData::Record(crate::store::Record {
+                name: r.name,
+                id: "0".repeat(32),
+                state: if r.start {
+                    airlock_model::lifecycle::SandboxState::Running
+                } else {
+                    airlock_model::lifecycle::SandboxState::Stopped
+                },
+                spec: serde_json::json!({}),
+                backend: r.policy.backend,
+                image: r.policy.image,
+                profile: r.policy.profile,
+                supervisor_pid: None,
+                created_at: 0,
+                started_at: None,
+                stopped_at: None,
+                last_error: None,
+            }),
             other => {
                 return Err(ActionError::new(
                     "internal",

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use crate::action::{Action, ActionData};
 use crate::engine::{ReconcileReport, Status};
 use crate::store::Record;
 
@@ -21,6 +22,18 @@ use crate::store::Record;
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest response the client reads.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// The value of an action's answer of the kind expected (another kind is a protocol error).
+macro_rules! data {
+    ($data:expr, $kind:path) => {
+        match $data {
+            $kind(v) => Ok(v),
+            other => Err(ClientError::Protocol(format!(
+                "an answer of another kind: {other:?}"
+            ))),
+        }
+    };
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -237,24 +250,52 @@ impl Client {
         serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// Carries out one action through the engine's one dispatch (`POST /v1/actions`); its
+    /// error is the engine's `ActionError` (kind, code, message, hint) as [`ClientError::Api`].
+    /// The streamed actions (run, exec, prompt, reports) are not for this call.
+    pub fn act(&self, action: &Action) -> Result<ActionData, ClientError> {
+        if action.streams() {
+            return Err(ClientError::Protocol(
+                "a streamed action needs a streaming reader".into(),
+            ));
+        }
+        let body =
+            serde_json::to_value(action).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.call("POST", "/v1/actions", Some(&body))
+    }
+
     pub fn create(&self, name: &str, spec: &Value) -> Result<Record, ClientError> {
-        self.call(
-            "POST",
-            "/v1/sandboxes",
-            Some(&json!({ "name": name, "spec": spec })),
-        )
+        // What the Action cannot carry, refused here as the engine refuses it.
+        let Value::Object(spec) = spec else {
+            let e = crate::action::ActionError::new("bad_spec", "the spec must be a JSON object");
+            return Err(ClientError::Api {
+                status: e.http_status(),
+                kind: e.kind,
+                error: e.message,
+                hint: e.hint,
+                code: e.code,
+            });
+        };
+        let action = Action::Create {
+            name: name.to_owned(),
+            spec: spec.clone(),
+        };
+        data!(self.act(&action)?, ActionData::Record)
     }
 
     pub fn list(&self) -> Result<Vec<Record>, ClientError> {
-        self.call("GET", "/v1/sandboxes", None)
+        data!(self.act(&Action::List)?, ActionData::Records)
     }
 
     pub fn status(&self, name: &str) -> Result<Status, ClientError> {
-        self.call("GET", &format!("/v1/sandboxes/{name}"), None)
+        let action = Action::Status {
+            name: name.to_owned(),
+        };
+        data!(self.act(&action)?, ActionData::Status)
     }
 
     pub fn start(&self, name: &str) -> Result<Record, ClientError> {
-        self.call("POST", &format!("/v1/sandboxes/{name}/start"), None)
+        self.start_with_secrets(name, &[])
     }
 
     /// Start with secret values read by the caller; they reach the sandbox in memory only.
@@ -263,33 +304,31 @@ impl Client {
         name: &str,
         secrets: &[(String, String)],
     ) -> Result<Record, ClientError> {
-        if secrets.is_empty() {
-            return self.start(name);
-        }
-        let map: serde_json::Map<String, Value> = secrets
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        let body = json!({ "secrets": map });
-        self.call("POST", &format!("/v1/sandboxes/{name}/start"), Some(&body))
+        let action = Action::Start {
+            name: name.to_owned(),
+            secrets: (!secrets.is_empty()).then(|| secrets.iter().cloned().collect()),
+        };
+        data!(self.act(&action)?, ActionData::Record)
     }
 
     pub fn stop(&self, name: &str, grace: Option<Duration>) -> Result<Record, ClientError> {
-        let body = json!({ "grace_ms": grace.map(|g| g.as_millis() as u64) });
-        self.call("POST", &format!("/v1/sandboxes/{name}/stop"), Some(&body))
+        let action = Action::Stop {
+            name: name.to_owned(),
+            grace_ms: grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX)),
+        };
+        data!(self.act(&action)?, ActionData::Record)
     }
 
     pub fn rm(&self, name: &str, force: bool) -> Result<(), ClientError> {
-        self.call::<Value>(
-            "DELETE",
-            &format!("/v1/sandboxes/{name}?force={force}"),
-            None,
-        )
-        .map(drop)
+        let action = Action::Remove {
+            name: name.to_owned(),
+            force,
+        };
+        data!(self.act(&action)?, ActionData::Removed).map(drop)
     }
 
     pub fn gc(&self) -> Result<ReconcileReport, ClientError> {
-        self.call("POST", "/v1/gc", None)
+        data!(self.act(&Action::Gc)?, ActionData::Reconciled)
     }
 }
 

@@ -365,18 +365,30 @@ impl Engine {
             name: name.to_owned(),
             source,
         };
+        // A running microVM sandbox's work is in its guest: bring the branch over first.
+        crate::guest_work::pull(&dir, name).map_err(|e| work(e.into()))?;
         let review = airlock_work::ops::open(&dir, name).map_err(work)?;
         Ok((dir, review))
     }
 
     /// What a clone-mode sandbox's branch changes against where it started, and the gate's
     /// findings.
-    pub fn diff(&self, name: &str) -> Result<airlock_work::ops::DiffSummary, EngineError> {
+    /// With `patch`, the changes as text too.
+    pub fn diff(
+        &self,
+        name: &str,
+        patch: Option<airlock_work::ops::PatchForm>,
+    ) -> Result<airlock_work::ops::DiffSummary, EngineError> {
         let (_, r) = self.review(name)?;
-        airlock_work::ops::diff(&r, name).map_err(|source| EngineError::Work {
+        let work = |source| EngineError::Work {
             name: name.to_owned(),
             source,
-        })
+        };
+        let mut d = airlock_work::ops::diff(&r, name).map_err(work)?;
+        if let Some(form) = patch {
+            d.patch = Some(airlock_work::ops::patch(&r, form).map_err(work)?);
+        }
+        Ok(d)
     }
 
     /// The branch into the host repository as `airlock/NAME`, review-gated.

@@ -17,8 +17,10 @@ pub mod audit;
 pub mod backend;
 pub mod client;
 pub mod engine;
+pub mod guest_work;
 pub mod live_policy;
 pub mod paths;
+pub mod pool;
 pub mod store;
 pub mod supervisor;
 

@@ -21,7 +21,10 @@ use serde::{Deserialize, Serialize};
 
 /// The schema, one migration per version: `MIGRATIONS[i]` takes a store from version `i` to
 /// `i + 1`. Only ever append.
-pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_sandboxes.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_sandboxes.sql"),
+    include_str!("migrations/0002_pool.sql"),
+];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -207,6 +210,11 @@ impl Store {
     /// The file this store lives in.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The connection, for the other tables' code in this crate (the warm pool's).
+    pub(crate) fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// Records a new sandbox in state `creating`, with a fresh unique id.
@@ -532,7 +540,7 @@ impl RawRow {
 }
 
 /// 128 random bits as 32 lowercase hex digits.
-fn new_id() -> Result<String, StoreError> {
+pub(crate) fn new_id() -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
     fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -540,7 +548,7 @@ fn new_id() -> Result<String, StoreError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

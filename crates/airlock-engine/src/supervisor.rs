@@ -28,14 +28,31 @@ pub fn locked(dir: &Path) -> bool {
 
 /// Take the folder's lock for the life of this supervisor (None: another one holds it).
 pub fn take_lock(dir: &Path) -> std::io::Result<Option<Flock<File>>> {
+    take_lock_file(&dir.join(LOCK))
+}
+
+/// Take the lock file `path` (None: another process holds it).
+pub fn take_lock_file(path: &Path) -> std::io::Result<Option<Flock<File>>> {
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
-        .open(dir.join(LOCK))?;
+        .open(path)?;
     Ok(Flock::lock(f, FlockArg::LockExclusiveNonblock).ok())
+}
+
+/// Whether a process holds the lock file `path` (a missing file: nobody).
+pub fn locked_file(path: &Path) -> bool {
+    let Ok(f) = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return false;
+    };
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err()
 }
 
 fn supervisor_pid(dir: &Path) -> Option<i32> {

@@ -91,7 +91,10 @@ fn migrates_from_empty() {
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows");
-    assert_eq!(tables, vec!["sandboxes".to_owned()]);
+    assert_eq!(
+        tables,
+        ["pool_claims", "pool_members", "pools", "sandboxes"].map(str::to_owned)
+    );
     let mode = std::fs::metadata(dir.db())
         .expect("stat")
         .permissions()

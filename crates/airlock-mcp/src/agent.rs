@@ -1,11 +1,16 @@
-//! The agent tools: the agent-mode commands (`up --agent`, `prompt`, `reports`) and the
-//! work-return commands (`diff`, `fetch`), run as the CLI runs them. A build without one of those
-//! commands answers with a tool error naming what is missing, never with a made-up result.
+//! The agent tools: agent mode (`up` with an agent, `prompt`, `reports`: actions in the typed
+//! child, the journal streamed as events) and the work-return actions (`diff`, `fetch`: the
+//! engine's own, through its API).
 
 use super::args::{NameArgs, NetArg, ProfileArg, WorkspaceArg};
-use super::call::{check_name, parse, policy_flags, tri, Call};
-use super::runner::Output;
+use super::bounded::Bounded;
+use super::call::{action_failed, check_name, parse, policy, project_dir, tri, Call, Events};
+use super::runner::Ended;
 use super::{tool_error, tool_ok};
+use airlock_agent::journal;
+use airlock_engine::action::{Action, ActionData, StreamEnd, UpRequest};
+use airlock_model::agent::protocol::JournalEntry;
+use airlock_work::ops::PatchForm;
 use rmcp::model::CallToolResult;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -77,19 +82,6 @@ pub struct DiffArgs {
     pub max_output_bytes: Option<usize>,
 }
 
-/// The command a tool needs, when this build of airlock lacks it.
-fn missing(out: &Output, command: &str, issue: &str) -> Option<CallToolResult> {
-    let err = out.stderr.render();
-    (out.code == Some(airlock_model::exit::USAGE)
-        && (err.contains("unrecognized subcommand") || err.contains("unexpected argument")))
-    .then(|| {
-        tool_error(format!(
-            "not available: this airlock has no `airlock {command}` yet ({issue}); the MCP tool \
-             runs that command and cannot work without it"
-        ))
-    })
-}
-
 fn turn_secs(secs: Option<u64>) -> Result<u64, CallToolResult> {
     match secs.unwrap_or(1800) {
         s @ 1..=3600 => Ok(s),
@@ -99,73 +91,110 @@ fn turn_secs(secs: Option<u64>) -> Result<u64, CallToolResult> {
     }
 }
 
-/// Run an agent command, streaming its stdout lines (the reports) as progress notifications
-/// when the client asked for progress.
-async fn streamed(c: &Call, args: Vec<String>, secs: u64) -> Result<Output, CallToolResult> {
-    c.airlock_streamed(args, None, Duration::from_secs(secs), 256 * 1024, true)
-        .await
+/// The journal's lines as `airlock prompt` and `airlock reports` show them (bounded, head and
+/// tail kept); each also progress.
+struct Reports(Bounded);
+
+impl Events for Reports {
+    fn event(&mut self, event: Value) -> Vec<String> {
+        let line = match serde_json::from_value::<JournalEntry>(event.clone()) {
+            Ok(e) => journal::render(&e),
+            Err(_) => event.as_str().map(str::to_owned),
+        };
+        let Some(line) = line else { return Vec::new() };
+        self.0.push(format!("{line}\n").as_bytes());
+        vec![line]
+    }
 }
 
-/// The answer of a turn-running command (`prompt`, `up --agent --prompt`).
-fn turn_result(tool: &str, out: Output, secs: u64, turn: bool) -> CallToolResult {
-    if out.timed_out {
-        return tool_error(format!(
-            "{tool}: the turn did not end within {secs}s; the agent was interrupted. Reports so \
-             far:\n{}",
-            out.stdout.render()
-        ));
-    }
-    if out.cancelled {
-        return tool_error(format!("{tool}: cancelled"));
-    }
-    let reports = out.stdout.render();
-    if let Some(e) = out.airlock_error() {
-        return tool_error(format!("{tool}: {e}\nreports:\n{reports}"));
-    }
+/// A turn's end as the tool's answer (`prompt`; `up` with a first prompt).
+fn turn_result(tool: &str, ended: Ended, reports: Reports, secs: u64) -> CallToolResult {
+    let text = reports.0.render();
+    let end = match ended {
+        Ended::Answer(Ok(ActionData::Ended(end))) => end,
+        Ended::Answer(Ok(other)) => {
+            return tool_error(format!(
+                "{tool}: internal: an answer of another kind: {other:?}"
+            ))
+        }
+        Ended::Answer(Err(e)) => {
+            let mut r = action_failed(tool, &e);
+            if let Some(rmcp::model::ContentBlock::Text(t)) = r.content.first_mut() {
+                t.text.push_str(&format!("\nreports:\n{text}"));
+            }
+            return r;
+        }
+        Ended::TimedOut => {
+            return tool_error(format!(
+                "{tool}: the turn did not end within {secs}s; the agent was interrupted. Reports \
+                 so far:\n{text}"
+            ))
+        }
+        Ended::Cancelled => return tool_error(format!("{tool}: cancelled")),
+    };
     // How the turn ended, as `airlock prompt`'s exit code says.
-    let status = match out.code {
-        _ if !turn => "no turn",
-        Some(0) => "done",
-        Some(airlock_model::exit::AGENT_BLOCKED) => "blocked",
-        Some(airlock_model::exit::AGENT_UNREPORTED) => "ended-unreported",
+    let StreamEnd { exit, .. } = end;
+    let status = match exit {
+        0 => "done",
+        airlock_model::exit::AGENT_BLOCKED => "blocked",
+        airlock_model::exit::AGENT_UNREPORTED => "ended-unreported",
         _ => "unknown",
     };
     tool_ok(
-        reports.clone(),
+        text.clone(),
         json!({
-            "exit_code": out.code,
+            "exit_code": exit,
             "status": status,
-            "reports": reports,
-            "truncated": out.stdout.cut(),
+            "reports": text,
+            "truncated": reports.0.cut(),
         }),
     )
+}
+
+/// A turn: the prompt sent, its reports streamed until it ends.
+async fn turn(c: &Call, tool: &str, name: String, text: String, secs: u64) -> CallToolResult {
+    let action = Action::Prompt {
+        name,
+        text,
+        wait: true,
+    };
+    let limit = Duration::from_secs(secs);
+    let reports = Reports(Bounded::new(256 * 1024));
+    let (ended, reports) = tri!(c.act(tool, action, limit, 64 * 1024, true, reports).await);
+    turn_result(tool, ended, reports, secs)
 }
 
 pub async fn start(c: Call, v: Value) -> CallToolResult {
     let a: StartArgs = tri!(parse("agent_start", v));
     tri!(check_name(&a.name));
     let secs = tri!(turn_secs(a.timeout_seconds));
-    let policy = super::args::Policy {
+    let p = super::args::Policy {
         profile: a.profile,
         network: a.network,
         allow_domains: a.allow_domains.clone(),
         workspace: None::<WorkspaceArg>,
         ..Default::default()
     };
-    let mut args = vec!["up".to_string(), a.name.clone()];
-    if let Some(h) = a.harness {
-        args.push(format!("--agent={}", h.as_str()));
+    let action = Action::Up(UpRequest {
+        name: a.name.clone(),
+        dir: tri!(project_dir()),
+        agent: a.harness.map(|h| h.as_str().to_owned()),
+        new: false,
+        start: true,
+        policy: tri!(policy(&p, &c.opts)),
+    });
+    let up = Duration::from_secs(secs);
+    tri!(c.child("agent_start", action, up, 64 * 1024).await);
+    match a.prompt {
+        Some(p) => turn(&c, "agent_start", a.name, p, secs).await,
+        None => {
+            let text = format!("{} running\n", a.name);
+            tool_ok(
+                text.clone(),
+                json!({ "exit_code": 0, "status": "no turn", "reports": text, "truncated": null }),
+            )
+        }
     }
-    args.extend(tri!(policy_flags(&policy, &c.opts)));
-    match &a.prompt {
-        Some(p) => args.push(format!("--prompt={p}")),
-        None => args.push("--no-attach".into()),
-    }
-    let out = tri!(streamed(&c, args, secs).await);
-    if let Some(e) = missing(&out, "up --agent", "issue 6, agent mode") {
-        return e;
-    }
-    turn_result("agent_start", out, secs, a.prompt.is_some())
 }
 
 pub async fn prompt(c: Call, v: Value) -> CallToolResult {
@@ -175,57 +204,31 @@ pub async fn prompt(c: Call, v: Value) -> CallToolResult {
         return tool_error("agent_prompt: the prompt is empty");
     }
     let secs = tri!(turn_secs(a.timeout_seconds));
-    let args = vec!["prompt".into(), a.name.clone(), "--".into(), a.prompt];
-    let out = tri!(streamed(&c, args, secs).await);
-    if let Some(e) = missing(&out, "prompt", "issue 6, agent mode") {
-        return e;
-    }
-    turn_result("agent_prompt", out, secs, true)
-}
-
-/// A read-style command: bounded output, airlock errors as tool errors.
-async fn plain(
-    c: &Call,
-    tool: &str,
-    args: Vec<String>,
-    needs: (&str, &str),
-    limit: usize,
-    secs: u64,
-) -> Result<Output, CallToolResult> {
-    let out = c
-        .airlock(args, None, Duration::from_secs(secs), limit)
-        .await?;
-    if let Some(e) = missing(&out, needs.0, needs.1) {
-        return Err(e);
-    }
-    if out.timed_out || out.cancelled {
-        return Err(tool_error(format!("{tool}: did not finish within {secs}s")));
-    }
-    Ok(out)
+    turn(&c, "agent_prompt", a.name, a.prompt, secs).await
 }
 
 pub async fn reports(c: Call, v: Value) -> CallToolResult {
     let a: NameArgs = tri!(parse("agent_reports", v));
     tri!(check_name(&a.name));
-    let args = vec!["reports".into(), a.name.clone()];
-    let out = tri!(
-        plain(
-            &c,
-            "agent_reports",
-            args,
-            ("reports", "issue 6, agent mode"),
-            256 * 1024,
-            50
-        )
-        .await
+    let action = Action::Reports {
+        name: a.name,
+        follow: false,
+    };
+    let limit = Duration::from_secs(50);
+    let reports = Reports(Bounded::new(256 * 1024));
+    let (ended, reports) = tri!(
+        c.act("agent_reports", action, limit, 64 * 1024, false, reports)
+            .await
     );
-    if let Some(e) = out.airlock_error() {
-        return tool_error(format!("agent_reports: {e}"));
+    match ended {
+        Ended::Answer(Ok(_)) => {}
+        Ended::Answer(Err(e)) => return action_failed("agent_reports", &e),
+        _ => return tool_error("agent_reports: did not finish within 50s"),
     }
-    let text = out.stdout.render();
+    let text = reports.0.render();
     tool_ok(
         text.clone(),
-        json!({ "reports": text, "truncated": out.stdout.cut() }),
+        json!({ "reports": text, "truncated": reports.0.cut() }),
     )
 }
 
@@ -246,29 +249,21 @@ fn findings_text(findings: &Value) -> String {
     t
 }
 
-/// `airlock ARGS --json` of a work command: its JSON answer (also on a non-zero exit, where
-/// the command says why in JSON) or a tool error.
-async fn work_json(
+/// The engine's diff of a sandbox's branch (with its patch text, if asked), as JSON.
+async fn diff_of(
     c: &Call,
     tool: &str,
-    args: Vec<String>,
-    secs: u64,
-) -> Result<(Option<i32>, Value), CallToolResult> {
-    let out = plain(
-        c,
-        tool,
-        args,
-        ("diff/fetch", "issue 5, workspaces"),
-        4 << 20,
-        secs,
-    )
-    .await?;
-    match serde_json::from_str::<Value>(out.stdout.render().trim()) {
-        Ok(v) => Ok((out.code, v)),
-        Err(_) => Err(tool_error(format!(
-            "{tool}: {}",
-            out.airlock_error()
-                .unwrap_or_else(|| out.stderr.render().trim().to_string())
+    name: &str,
+    patch: Option<PatchForm>,
+) -> Result<Value, CallToolResult> {
+    let action = Action::Diff {
+        name: name.to_owned(),
+        patch,
+    };
+    match c.engine(tool, action, Duration::from_secs(60)).await? {
+        ActionData::Diff(d) => Ok(serde_json::to_value(&d).unwrap_or_default()),
+        _ => Err(tool_error(format!(
+            "{tool}: internal: an answer of another kind"
         ))),
     }
 }
@@ -284,34 +279,23 @@ pub async fn diff(c: Call, v: Value) -> CallToolResult {
             ))
         }
     };
-    let (_, summary) = tri!(
-        work_json(
-            &c,
-            "agent_diff",
-            vec!["diff".into(), a.name.clone(), "--json".into()],
-            60
-        )
-        .await
-    );
-    let mut args = vec!["diff".to_string(), a.name.clone()];
-    if a.stat == Some(true) {
-        args.push("--stat".into());
+    let form = if a.stat == Some(true) {
+        PatchForm::Stat
+    } else {
+        PatchForm::Full
+    };
+    let mut summary = tri!(diff_of(&c, "agent_diff", &a.name, Some(form)).await);
+    let mut patch = Bounded::new(limit);
+    if let Some(obj) = summary.as_object_mut() {
+        let text = obj.remove("patch");
+        patch.push(
+            text.as_ref()
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .as_bytes(),
+        );
     }
-    let out = tri!(
-        plain(
-            &c,
-            "agent_diff",
-            args,
-            ("diff", "issue 5, workspaces"),
-            limit,
-            60
-        )
-        .await
-    );
-    if let Some(e) = out.airlock_error() {
-        return tool_error(format!("agent_diff: {e}"));
-    }
-    let text = out.stdout.render();
+    let text = patch.render();
     let mut shown = if text.is_empty() {
         "no changes\n".to_string()
     } else {
@@ -324,43 +308,67 @@ pub async fn diff(c: Call, v: Value) -> CallToolResult {
     }
     let mut structured = summary.clone();
     structured["diff"] = json!(text);
-    structured["diff_truncated"] = json!(out.stdout.cut());
+    structured["diff_truncated"] = json!(patch.cut());
     tool_ok(shown, structured)
 }
 
 pub async fn fetch(c: Call, v: Value) -> CallToolResult {
     let a: NameArgs = tri!(parse("agent_fetch", v));
     tri!(check_name(&a.name));
-    // Never --accept or --force: accepting gated changes, or replacing a diverged host branch,
+    // Never accept or force: accepting gated changes, or replacing a diverged host branch,
     // is a human's decision, made at the CLI.
-    let args = vec!["fetch".into(), a.name.clone(), "--json".into()];
-    let (code, v) = tri!(work_json(&c, "agent_fetch", args, 290).await);
-    if v["needs_accept"] == json!(true) {
-        return tool_ok(
-            format!(
-                "NOT fetched: the review gate flagged these changes on {}; a human must review \
-                 them and run `airlock fetch {} --accept`:\n{}",
-                v["branch"].as_str().unwrap_or("the branch"),
-                a.name,
-                findings_text(&v["findings"])
-            ),
-            v,
-        );
-    }
-    if code != Some(0) {
-        return tool_error(format!("agent_fetch: airlock exited {code:?}: {v}"));
-    }
+    let action = Action::Fetch {
+        name: a.name.clone(),
+        accept: false,
+        force: false,
+    };
+    let f = match c
+        .engine("agent_fetch", action, Duration::from_secs(290))
+        .await
+    {
+        Ok(ActionData::Fetched(f)) => f,
+        Ok(_) => return tool_error("agent_fetch: internal: an answer of another kind"),
+        Err(e) => {
+            let gated = e
+                .structured_content
+                .as_ref()
+                .is_some_and(|s| s["error"]["kind"] == "needs_review");
+            if !gated {
+                return e;
+            }
+            // Held by the review gate: what it flags, for a human to review.
+            let d = tri!(diff_of(&c, "agent_fetch", &a.name, None).await);
+            let v = json!({
+                "name": a.name, "branch": d["branch"], "fetched": false,
+                "needs_accept": true, "findings": d["findings"],
+            });
+            return tool_ok(
+                format!(
+                    "NOT fetched: the review gate flagged these changes on {}; a human must \
+                     review them and run `airlock fetch {} --accept`:\n{}",
+                    v["branch"].as_str().unwrap_or("the branch"),
+                    a.name,
+                    findings_text(&v["findings"])
+                ),
+                v,
+            );
+        }
+    };
+    let v = json!({
+        "name": f.name, "branch": f.branch, "fetched": f.fetched, "tip": f.tip,
+        "repository": f.repository, "findings": f.findings,
+    });
     tool_ok(
         format!(
             "{} {} into {} (tip {})",
-            if v["fetched"] == json!(true) {
+            if f.fetched {
                 "fetched"
             } else {
                 "already up to date:"
             },
-            v["branch"].as_str().unwrap_or("?"),
-            v["repository"].as_str().unwrap_or("?"),
-            v["tip"].as_str().unwrap_or("?"),
+            f.branch,
+            f.repository.display(),
+            f.tip,
         ),
         v,
     )

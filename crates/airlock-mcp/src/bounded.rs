@@ -85,16 +85,6 @@ impl Bounded {
             ),
         }
     }
-
-    /// All the bytes, when nothing was cut.
-    pub fn into_complete(self) -> Option<Vec<u8>> {
-        if self.cut().is_some() {
-            return None;
-        }
-        let mut v = self.head;
-        v.extend(self.tail);
-        Some(v)
-    }
 }
 
 #[cfg(test)]
@@ -108,7 +98,6 @@ mod tests {
         b.push(b"def");
         assert_eq!(b.cut(), None);
         assert_eq!(b.render(), "abcdef");
-        assert_eq!(b.into_complete(), Some(b"abcdef".to_vec()));
     }
 
     #[test]
@@ -134,7 +123,6 @@ mod tests {
         assert!(r.starts_with("HEAD\n[airlock: 14000 bytes cut"), "{r}");
         assert!(r.ends_with("]\ne-TAIL") || r.ends_with("]\nTAIL"), "{r}");
         assert!(r.ends_with("TAIL"));
-        assert_eq!(b.into_complete(), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! words them and names the option or configuration line that changes the outcome.
 
 use super::args::{Access, ExplainArgs};
-use super::call::{check_name, parse, policy_flags, tri, Call};
+use super::call::{check_name, parse, policy, tri, Call};
 use super::{tool_error, tool_ok};
 use airlock_egress::{addr, Decision, EgressPolicy};
 use airlock_model::plan::{self, LaunchPlan, MountStep};
@@ -31,23 +31,27 @@ pub async fn run(c: Call, v: Value) -> CallToolResult {
         return tool_error("policy_explain: give at least one of domain, path, syscall");
     }
     // Same gate as sandbox_run: a refused policy is not one to explain as if it could run.
-    let flags = tri!(policy_flags(&a.policy(), &c.opts));
+    let options = tri!(policy(&a.policy(), &c.opts));
     let builder = c.opts.spec_builder.clone();
-    let work = tokio::task::spawn_blocking(move || explain(&a, flags, &builder));
+    let work = tokio::task::spawn_blocking(move || explain(&a, &options, &builder));
     match tokio::time::timeout(std::time::Duration::from_secs(20), work).await {
         Ok(Ok(r)) => r,
         _ => tool_error("policy_explain: did not finish in time"),
     }
 }
 
-fn explain(a: &ExplainArgs, flags: Vec<String>, builder: &super::SpecBuilder) -> CallToolResult {
+fn explain(
+    a: &ExplainArgs,
+    options: &airlock_engine::action::PolicyOptions,
+    builder: &super::SpecBuilder,
+) -> CallToolResult {
     let (spec, origin) = match &a.sandbox {
         Some(name) => {
             tri!(check_name(name));
             (tri!(sandbox_spec(name)), format!("sandbox {name}"))
         }
         None => (
-            tri!(builder(&flags).map_err(|e| tool_error(format!("policy_explain: {e}")))),
+            tri!(builder(options).map_err(|e| tool_error(format!("policy_explain: {e}")))),
             "a new sandbox of this project".to_string(),
         ),
     };
@@ -618,7 +622,7 @@ mod tests {
         let a: ExplainArgs =
             serde_json::from_value(json!({"path": "/usr/bin/x", "access": "write"})).expect("args");
         let builder: super::super::SpecBuilder = std::sync::Arc::new(move |_| Ok(spec.clone()));
-        let r = explain(&a, vec![], &builder);
+        let r = explain(&a, &Default::default(), &builder);
         let text = format!("{:?}", r.content);
         assert!(text.contains("image docker.io/library/busybox:1"), "{text}");
         assert!(

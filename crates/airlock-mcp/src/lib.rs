@@ -1,8 +1,10 @@
 //! `airlock mcp`: the Model Context Protocol over stdio (rmcp), so other agents can use
-//! sandboxes as tools. Every tool is the CLI's own operation: the tools that create, enter or
-//! change sandboxes run this binary as a child (`runner`), `policy_explain` calls the planner and
-//! the policy code in-process (pure, nothing to isolate). stdout belongs to the protocol: nothing
-//! else here writes to it.
+//! sandboxes as tools. Every tool makes its arguments an `Action` and renders its answer or its
+//! `ActionError`: the engine's own actions (list, status, diff, fetch) go through its API, the
+//! ones that create, enter or change sandboxes run in the typed child (`runner`: this binary's
+//! `airlock __action`, the action as JSON on its stdin), and `policy_explain` calls the
+//! planner and the policy code in-process (pure, nothing to isolate). stdout belongs to the
+//! protocol: nothing else here writes to it.
 
 mod agent;
 mod args;
@@ -22,10 +24,13 @@ use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ServerHandler, ServiceExt};
 use std::sync::Arc;
 
-/// How `sandbox_run`'s flags become a spec (configuration + flags, as `airlock run` does);
-/// supplied by the binary, which owns the command line.
-pub type SpecBuilder =
-    Arc<dyn Fn(&[String]) -> Result<airlock_model::spec::RunSpec, String> + Send + Sync>;
+/// How a new sandbox's policy options become a spec (configuration + options, as `airlock run`
+/// resolves them); supplied by the binary, which owns the configuration resolution.
+pub type SpecBuilder = Arc<
+    dyn Fn(&airlock_engine::action::PolicyOptions) -> Result<airlock_model::spec::RunSpec, String>
+        + Send
+        + Sync,
+>;
 
 /// How the server was started (host-side flags: nothing a tool call can change).
 #[derive(Clone)]

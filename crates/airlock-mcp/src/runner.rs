@@ -1,121 +1,100 @@
-//! Running the airlock binary itself as a child, the way a user would: every tool that changes
-//! or enters a sandbox is the very CLI operation, in its own process. That process owns the
-//! fds it redirects, the namespaces it enters and the signals it forwards; a failure in it can
-//! not take the server down; and it can always be stopped: SIGTERM on timeout or cancellation
-//! (airlock forwards it into the sandbox and cleans up), SIGKILL to the whole process group a
-//! few seconds later. Output is captured bounded (head and tail kept).
+//! The typed child: an [`Action`] carried out by this binary's `airlock __action`, the action
+//! as JSON on its stdin, `{"event": ...}` lines (streamed actions) and then one
+//! [`ChildAnswer`] line on its stdout. Nothing here builds a command line from a call: the
+//! child's one argument is the constant `__action`, and its stderr is the server's log, never
+//! read for errors. The child owns the fds it redirects, the namespaces it enters and the
+//! signals it forwards; a failure in it cannot take the server down; and it can always be
+//! stopped: SIGTERM to its process group on timeout or cancellation (a run or exec forwards it
+//! into the sandbox and ends), SIGKILL a few seconds later.
 
-use super::bounded::Bounded;
-use std::ffi::OsString;
+use airlock_engine::action::{Action, ActionData, ActionError, ChildAnswer};
+use serde_json::Value;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a child gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// The longest event line read (a 16 KiB chunk of output, escaped as JSON, fits many times).
+const MAX_EVENT: usize = 1 << 20;
 
-/// A finished child.
-#[derive(Debug)]
-pub struct Output {
-    /// The exit code; 128+N for a signal; `None` when it had to be killed.
-    pub code: Option<i32>,
-    pub stdout: Bounded,
-    pub stderr: Bounded,
-    /// Killed because the deadline passed.
-    pub timed_out: bool,
-    /// Killed because the client cancelled the call.
-    pub cancelled: bool,
-}
-
-impl Output {
-    /// airlock's own error message (`airlock: error: …` and what follows), if it printed one.
-    pub fn airlock_error(&self) -> Option<String> {
-        let text = self.stderr.render();
-        let at = text.find("airlock: error:")?;
-        Some(text[at..].trim_end().to_string())
-    }
-}
-
-/// What to run.
+/// What to carry out.
 pub struct Job {
-    pub args: Vec<OsString>,
-    pub stdin: Option<Vec<u8>>,
+    pub action: Action,
     pub timeout: Duration,
-    /// Bytes kept per stream.
+    /// The longest answer line accepted, in bytes.
     pub limit: usize,
-    /// Also send each complete stdout line here as it arrives (progress streaming).
-    pub lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Each `{"event": X}` line's `X`, as it arrives (streamed actions).
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
 }
 
-/// Run `airlock ARGS…` to completion, the deadline, or cancellation.
-pub async fn run(
+/// How a child ended.
+// One value per call, moved once: boxing the answer would save bytes nobody copies.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Ended {
+    /// It answered.
+    Answer(Result<ActionData, ActionError>),
+    /// Stopped because the deadline passed.
+    TimedOut,
+    /// Stopped because the client cancelled the call.
+    Cancelled,
+}
+
+/// Carry out `job` to its answer, the deadline, or cancellation.
+pub async fn act(
     job: Job,
     cancel: impl std::future::Future<Output = ()>,
-) -> std::io::Result<Output> {
+) -> std::io::Result<Ended> {
     tokio::pin!(cancel);
-    let exe = std::env::current_exe()?;
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(&job.args)
-        .stdin(if job.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+    let input = serde_json::to_vec(&job.action)?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("__action")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::inherit())
         .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
+        .kill_on_drop(true)
+        .spawn()?;
     let pid = child.id().map(|p| p as i32);
-    if let (Some(data), Some(mut w)) = (job.stdin, child.stdin.take()) {
+    if let Some(mut w) = child.stdin.take() {
         tokio::spawn(async move {
-            let _ = w.write_all(&data).await;
+            let _ = w.write_all(&input).await;
             let _ = w.shutdown().await;
         });
     }
-    let out = tokio::spawn(drain(child.stdout.take(), job.limit, job.lines));
-    let err = tokio::spawn(drain(child.stderr.take(), job.limit, None));
+    let reader = tokio::spawn(answer(child.stdout.take(), job.limit, job.events));
     let deadline = tokio::time::sleep(job.timeout);
     tokio::pin!(deadline);
-    let (mut timed_out, mut cancelled) = (false, false);
-    let status = tokio::select! {
-        s = child.wait() => Some(s?),
-        () = &mut deadline => { timed_out = true; None }
-        () = &mut cancel => { cancelled = true; None }
+    let stopped = tokio::select! {
+        s = child.wait() => { s?; None }
+        () = &mut deadline => Some(Ended::TimedOut),
+        () = &mut cancel => Some(Ended::Cancelled),
     };
-    let status = match status {
-        Some(s) => Some(s),
-        None => {
-            signal_group(pid, libc::SIGTERM);
-            match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                Ok(s) => Some(s?),
-                Err(_) => {
-                    signal_group(pid, libc::SIGKILL);
-                    let _ = child.wait().await;
-                    None
-                }
-            }
+    if stopped.is_some() {
+        signal_group(pid, libc::SIGTERM);
+        if tokio::time::timeout(KILL_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            signal_group(pid, libc::SIGKILL);
+            let _ = child.wait().await;
         }
+    }
+    // The pipe closes when the child is gone; a grandchild that kept it open gets a bound.
+    let answered = match tokio::time::timeout(KILL_GRACE, reader).await {
+        Ok(Ok(a)) => a,
+        _ => None,
     };
-    // The pipes close when the group is gone; a grandchild that kept them open gets a bound.
-    let collect = |h: tokio::task::JoinHandle<Bounded>| async move {
-        match tokio::time::timeout(KILL_GRACE, h).await {
-            Ok(Ok(b)) => b,
-            _ => Bounded::new(0),
-        }
-    };
-    let (stdout, stderr) = (collect(out).await, collect(err).await);
-    let code = status.map(|s| {
-        use std::os::unix::process::ExitStatusExt;
-        s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
-    });
-    Ok(Output {
-        code: if timed_out || cancelled { None } else { code },
-        stdout,
-        stderr,
-        timed_out,
-        cancelled,
-    })
+    if let Some(stopped) = stopped {
+        return Ok(stopped);
+    }
+    Ok(Ended::Answer(answered.unwrap_or_else(|| {
+        Err(ActionError::new(
+            "internal",
+            "the action's process ended without an answer",
+        ))
+    })))
 }
 
 fn signal_group(pid: Option<i32>, sig: i32) {
@@ -127,33 +106,135 @@ fn signal_group(pid: Option<i32>, sig: i32) {
     }
 }
 
-async fn drain<R: AsyncRead + Unpin>(
+/// Reads the child's lines: events go to `events`, the answer line ends it (`None`: there was
+/// none). A line longer than its bound ends the reading with an error as the answer.
+async fn answer<R: tokio::io::AsyncRead + Unpin>(
     r: Option<R>,
     limit: usize,
-    lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-) -> Bounded {
-    let mut b = Bounded::new(limit);
-    let Some(mut r) = r else { return b };
-    let mut buf = vec![0u8; 16 * 1024];
+    events: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+) -> Option<Result<ActionData, ActionError>> {
+    let mut r = r?;
+    let bound = limit.max(MAX_EVENT);
+    let mut buf = vec![0u8; 64 * 1024];
     let mut partial: Vec<u8> = Vec::new();
     loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return b,
-            Ok(n) => {
-                b.push(&buf[..n]);
-                if let Some(tx) = &lines {
-                    partial.extend_from_slice(&buf[..n]);
-                    while let Some(i) = partial.iter().position(|c| *c == b'\n') {
-                        let line: Vec<u8> = partial.drain(..=i).collect();
-                        let _ = tx.send(String::from_utf8_lossy(&line).trim_end().to_string());
+        while let Some(i) = partial.iter().position(|c| *c == b'\n') {
+            let line: Vec<u8> = partial.drain(..=i).collect();
+            match serde_json::from_slice::<Value>(&line) {
+                Ok(Value::Object(mut m)) if m.contains_key("event") => {
+                    if let (Some(tx), Some(ev)) = (&events, m.remove("event")) {
+                        let _ = tx.send(ev);
                     }
-                    // A line longer than the buffer is passed on in pieces.
-                    if partial.len() > 64 * 1024 {
-                        let _ = tx.send(String::from_utf8_lossy(&partial).into_owned());
-                        partial.clear();
-                    }
+                }
+                _ if line.len() > limit + 1 => {
+                    return Some(Err(ActionError::new(
+                        "too_large",
+                        format!("the answer is over {limit} bytes"),
+                    )))
+                }
+                _ => {
+                    return Some(match serde_json::from_slice::<ChildAnswer>(&line) {
+                        Ok(ChildAnswer::Ok(data)) => Ok(*data),
+                        Ok(ChildAnswer::Error(e)) => Err(e),
+                        Err(e) => Err(ActionError::new(
+                            "internal",
+                            format!("an unreadable answer from the action's process: {e}"),
+                        )),
+                    })
                 }
             }
         }
+        if partial.len() > bound {
+            return Some(Err(ActionError::new(
+                "too_large",
+                format!("the answer is over {limit} bytes"),
+            )));
+        }
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => partial.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read(
+        lines: &str,
+        limit: usize,
+    ) -> (Option<Result<ActionData, ActionError>>, Vec<Value>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let got = answer(Some(lines.as_bytes()), limit, Some(tx)).await;
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        (got, events)
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+    }
+
+    /// The contract: events in order, then the one answer line; what follows it is not read.
+    #[test]
+    fn events_then_the_answer() {
+        let lines = "{\"event\":{\"stream\":\"stdout\",\"data\":\"a\\n\"}}\n\
+                     {\"event\":\"plain\"}\n\
+                     {\"ok\":{\"data\":\"removed\",\"value\":\"box\"}}\n\
+                     {\"event\":\"after\"}\n";
+        let (got, events) = rt().block_on(read(lines, 1024));
+        assert_eq!(
+            events,
+            vec![
+                serde_json::json!({"stream": "stdout", "data": "a\n"}),
+                serde_json::json!("plain")
+            ]
+        );
+        assert_eq!(
+            got.expect("an answer").expect("ok"),
+            ActionData::Removed("box".into())
+        );
+    }
+
+    /// An error answer arrives whole: kind, code, message and hint as the child sent them.
+    #[test]
+    fn an_error_answer_keeps_kind_code_and_hint() {
+        let e = ActionError::new("not_found", "no sandbox named ghost")
+            .with_hint("airlock list shows the sandboxes");
+        let line = format!(
+            "{}\n",
+            serde_json::to_string(&ChildAnswer::Error(e.clone())).expect("json")
+        );
+        let (got, events) = rt().block_on(read(&line, 1024));
+        assert!(events.is_empty());
+        assert_eq!(got.expect("an answer"), Err(e));
+    }
+
+    /// No answer (the child died first) is said as such; an answer over the limit is refused,
+    /// never parsed in part.
+    #[test]
+    fn no_answer_and_oversized_answers() {
+        let (got, _) = rt().block_on(read("{\"event\":1}\n", 1024));
+        assert!(got.is_none());
+        let big = format!(
+            "{{\"ok\":{{\"data\":\"removed\",\"value\":\"{}\"}}}}\n",
+            "x".repeat(4096)
+        );
+        let (got, _) = rt().block_on(read(&big, 1024));
+        assert_eq!(
+            got.expect("an answer").map_err(|e| e.kind),
+            Err("too_large".into())
+        );
+        let endless = "y".repeat(3 << 20);
+        let (got, _) = rt().block_on(read(&endless, 1024));
+        assert_eq!(
+            got.expect("an answer").map_err(|e| e.kind),
+            Err("too_large".into())
+        );
     }
 }

@@ -1,11 +1,15 @@
 //! The tool table (names, descriptions, schemas, annotations, time bounds) and the sandbox
-//! tools. Each handler validates its arguments, then runs the same CLI operation a user would.
+//! tools. Each handler validates its arguments, makes them an [`Action`] and renders its
+//! answer: the engine's own actions through its API, the rest in the typed child.
 
 use super::args::*;
-use super::call::{check_name, parse, policy_flags, tri, Call};
-use super::runner::Output;
+use super::bounded::Bounded;
+use super::call::{action_failed, check_name, parse, policy, project_dir, tri, Call, Events};
+use super::runner::Ended;
 use super::{agent, explain, tool_error, tool_ok};
-use airlock_engine::action::{Action, ActionData, ChildAnswer, Encoding as ActionEncoding};
+use airlock_engine::action::{
+    Action, ActionData, Encoding as ActionEncoding, ExecRequest, RunRequest, UpRequest,
+};
 use rmcp::handler::server::common::schema_for_type;
 use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
 use serde_json::{json, Value};
@@ -107,7 +111,7 @@ pub static TOOLS: &[Def] = &[
         destructive: false,
         idempotent: false,
         max_secs: LIFECYCLE_SECS,
-        run: |c, v| Box::pin(lifecycle(c, v, "start")),
+        run: |c, v| Box::pin(sandbox_start(c, v)),
     },
     Def {
         name: "sandbox_stop",
@@ -304,10 +308,7 @@ fn check_command(cmd: &[String]) -> Result<(), CallToolResult> {
     }
 }
 
-fn check_env(
-    env: &std::collections::BTreeMap<String, String>,
-) -> Result<Vec<String>, CallToolResult> {
-    let mut out = Vec::new();
+fn check_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), CallToolResult> {
     for (k, v) in env {
         let ok = !k.is_empty()
             && !k.starts_with(|c: char| c.is_ascii_digit())
@@ -318,9 +319,8 @@ fn check_env(
                  without NUL"
             )));
         }
-        out.push(format!("--env={k}={v}"));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The timeout a call asked for, within bounds.
@@ -342,24 +342,52 @@ fn output_limit(bytes: Option<usize>) -> Result<usize, CallToolResult> {
     }
 }
 
-/// A failure of airlock itself (not of the command it ran), as a tool error.
-fn airlock_failed(what: &str, out: &Output, timeout_secs: u64) -> Option<CallToolResult> {
-    if out.timed_out {
-        return Some(tool_error(format!(
-            "{what}: did not finish within {timeout_secs}s; stopped"
-        )));
+/// A run's or an exec's output events: the command's stdout and stderr, bounded (head and
+/// tail kept); each complete stdout line is also progress.
+pub struct Output {
+    stdout: Bounded,
+    stderr: Bounded,
+    partial: Vec<u8>,
+}
+
+impl Output {
+    fn new(limit: usize) -> Output {
+        Output {
+            stdout: Bounded::new(limit),
+            stderr: Bounded::new(limit),
+            partial: Vec::new(),
+        }
     }
-    if out.cancelled {
-        return Some(tool_error(format!("{what}: cancelled")));
+}
+
+impl Events for Output {
+    fn event(&mut self, event: Value) -> Vec<String> {
+        let data = event["data"].as_str().unwrap_or_default().as_bytes();
+        if event["stream"] == "stderr" {
+            self.stderr.push(data);
+            return Vec::new();
+        }
+        if event["stream"] != "stdout" {
+            return Vec::new();
+        }
+        self.stdout.push(data);
+        self.partial.extend_from_slice(data);
+        let mut lines = Vec::new();
+        while let Some(i) = self.partial.iter().position(|c| *c == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
+        }
+        // A line longer than this is passed on in pieces.
+        if self.partial.len() > 64 * 1024 {
+            lines.push(String::from_utf8_lossy(&self.partial).into_owned());
+            self.partial.clear();
+        }
+        lines
     }
-    let code = out.code?;
-    out.airlock_error()
-        .map(|e| tool_error(format!("{what}: {e}\n(airlock exit code {code})")))
 }
 
 /// A command's result: exit code and bounded output, as text and structured.
-fn command_result(out: Output) -> CallToolResult {
-    let code = out.code.unwrap_or(-1);
+fn command_result(out: Output, code: i32) -> CallToolResult {
     let stderr = out.stderr.render();
     let timed_out =
         code == airlock_model::exit::TIMEOUT && stderr.contains("airlock: killed: timeout");
@@ -389,30 +417,50 @@ fn command_result(out: Output) -> CallToolResult {
     )
 }
 
+/// A streamed command's end as the tool's answer (a timeout or a cancellation as errors).
+fn command_end(tool: &str, ended: Ended, out: Output, secs: u64) -> CallToolResult {
+    match ended {
+        Ended::Answer(Ok(ActionData::Ended(end))) => command_result(out, end.exit),
+        Ended::Answer(Ok(other)) => tool_error(format!(
+            "{tool}: internal: an answer of another kind: {other:?}"
+        )),
+        Ended::Answer(Err(e)) => action_failed(tool, &e),
+        Ended::TimedOut => tool_error(format!("{tool}: did not finish within {secs}s; stopped")),
+        Ended::Cancelled => tool_error(format!("{tool}: cancelled")),
+    }
+}
+
 async fn sandbox_run(c: Call, v: Value) -> CallToolResult {
     let a: RunArgs = tri!(parse("sandbox_run", v));
     tri!(check_command(&a.command));
     let secs = tri!(timeout(a.timeout_seconds, 120));
     let limit = tri!(output_limit(a.max_output_bytes));
-    let mut args = vec!["run".to_string()];
-    args.extend(tri!(policy_flags(&a.policy(), &c.opts)));
-    args.extend(tri!(check_env(&a.env)));
-    if let Some(w) = &a.workdir {
-        args.push(format!("--workdir={w}"));
-    }
-    args.push(format!("--timeout={secs}s"));
-    args.push("--".into());
-    args.extend(a.command);
-    let stdin = a.stdin.map(String::into_bytes);
-    // airlock's own --timeout ends the command (exit 124); this bound is for airlock itself.
-    let out = tri!(
-        c.airlock_streamed(args, stdin, Duration::from_secs(secs + 20), limit, true)
-            .await
+    let policy = tri!(policy(&a.policy(), &c.opts));
+    tri!(check_env(&a.env));
+    let request = RunRequest {
+        dir: tri!(project_dir()),
+        command: ExecRequest {
+            argv: a.command,
+            env: a.env,
+            workdir: a.workdir,
+            stdin: a.stdin,
+        },
+        timeout_secs: Some(secs),
+        policy,
+    };
+    // The run's own timeout ends the command (exit 124); this bound is for airlock itself.
+    let (ended, out) = tri!(
+        c.act(
+            "sandbox_run",
+            Action::Run(request),
+            Duration::from_secs(secs + 20),
+            64 * 1024,
+            true,
+            Output::new(limit)
+        )
+        .await
     );
-    if let Some(e) = airlock_failed("sandbox_run", &out, secs) {
-        return e;
-    }
-    command_result(out)
+    command_end("sandbox_run", ended, out, secs + 20)
 }
 
 async fn sandbox_exec(c: Call, v: Value) -> CallToolResult {
@@ -421,23 +469,29 @@ async fn sandbox_exec(c: Call, v: Value) -> CallToolResult {
     tri!(check_command(&a.command));
     let secs = tri!(timeout(a.timeout_seconds, 120));
     let limit = tri!(output_limit(a.max_output_bytes));
-    let mut args = vec!["exec".to_string()];
-    args.extend(tri!(check_env(&a.env)));
-    if let Some(w) = &a.workdir {
-        args.push(format!("--workdir={w}"));
-    }
-    if a.stdin.is_some() {
-        args.push("--interactive".into());
-    }
-    args.extend([a.name.clone(), "--".into()]);
-    args.extend(a.command);
-    let stdin = a.stdin.map(String::into_bytes);
-    let out = tri!(
-        c.airlock_streamed(args, stdin, Duration::from_secs(secs), limit, true)
-            .await
+    tri!(check_env(&a.env));
+    let action = Action::Exec {
+        name: a.name,
+        request: ExecRequest {
+            argv: a.command,
+            env: a.env,
+            workdir: a.workdir,
+            stdin: a.stdin,
+        },
+    };
+    let (ended, out) = tri!(
+        c.act(
+            "sandbox_exec",
+            action,
+            Duration::from_secs(secs),
+            64 * 1024,
+            true,
+            Output::new(limit)
+        )
+        .await
     );
-    if out.timed_out {
-        let mut r = command_result(out);
+    if let Ended::TimedOut = ended {
+        let mut r = command_result(out, -1);
         r.is_error = Some(true);
         if let Some(rmcp::model::ContentBlock::Text(t)) = r.content.first_mut() {
             t.text = format!(
@@ -447,74 +501,56 @@ async fn sandbox_exec(c: Call, v: Value) -> CallToolResult {
         }
         return r;
     }
-    if let Some(e) = airlock_failed("sandbox_exec", &out, secs) {
-        return e;
-    }
-    command_result(out)
-}
-
-/// `airlock ARGS` whose stdout is JSON.
-async fn json_of(c: &Call, what: &str, args: Vec<String>) -> Result<Value, CallToolResult> {
-    let out = c
-        .airlock(args, None, Duration::from_secs(50), 4 << 20)
-        .await?;
-    if let Some(e) = airlock_failed(what, &out, 50) {
-        return Err(e);
-    }
-    if out.code != Some(0) {
-        return Err(tool_error(format!(
-            "{what}: airlock exited {:?}: {}",
-            out.code,
-            out.stderr.render().trim()
-        )));
-    }
-    let text = out.stdout.render();
-    serde_json::from_str(&text)
-        .map_err(|e| tool_error(format!("{what}: unreadable answer from airlock: {e}")))
+    command_end("sandbox_exec", ended, out, secs)
 }
 
 async fn sandbox_list(c: Call, v: Value) -> CallToolResult {
     let _: NoArgs = tri!(parse("sandbox_list", v));
-    let list = tri!(json_of(&c, "sandbox_list", vec!["list".into(), "--json".into()]).await);
+    let data = tri!(
+        c.engine("sandbox_list", Action::List, Duration::from_secs(50))
+            .await
+    );
+    let ActionData::Records(list) = data else {
+        return tool_error("sandbox_list: internal: an answer of another kind");
+    };
+    let list = serde_json::to_value(&list).unwrap_or_default();
     let text = serde_json::to_string_pretty(&list).unwrap_or_default();
     tool_ok(text, json!({ "sandboxes": list }))
 }
 
-async fn status_of(c: &Call, name: &str) -> Result<Value, CallToolResult> {
-    json_of(
-        c,
-        "sandbox_status",
-        vec!["status".into(), name.into(), "--json".into()],
-    )
-    .await
+async fn status_of(c: &Call, tool: &str, name: &str) -> Result<Value, CallToolResult> {
+    let action = Action::Status {
+        name: name.to_owned(),
+    };
+    match c.engine(tool, action, Duration::from_secs(50)).await? {
+        ActionData::Status(st) => Ok(serde_json::to_value(&st).unwrap_or_default()),
+        _ => Err(tool_error(format!(
+            "{tool}: internal: an answer of another kind"
+        ))),
+    }
 }
 
 async fn sandbox_status(c: Call, v: Value) -> CallToolResult {
     let a: NameArgs = tri!(parse("sandbox_status", v));
     tri!(check_name(&a.name));
-    let st = tri!(status_of(&c, &a.name).await);
+    let st = tri!(status_of(&c, "sandbox_status", &a.name).await);
     tool_ok(serde_json::to_string_pretty(&st).unwrap_or_default(), st)
 }
 
-/// Run a lifecycle command; on success answer with the sandbox's status.
-async fn lifecycle_cmd(
+/// A lifecycle action in the typed child (as the CLI carries it out); on success the
+/// sandbox's status.
+async fn lifecycle_act(
     c: &Call,
     tool: &str,
-    args: Vec<String>,
+    action: Action,
     name: &str,
     secs: u64,
 ) -> CallToolResult {
-    let out = tri!(
-        c.airlock(args, None, Duration::from_secs(secs), 64 * 1024)
+    tri!(
+        c.child(tool, action, Duration::from_secs(secs), 64 * 1024)
             .await
     );
-    if let Some(e) = airlock_failed(tool, &out, secs) {
-        return e;
-    }
-    if out.code != Some(0) {
-        return tool_error(format!("{tool}: {}", out.stderr.render().trim()));
-    }
-    match status_of(c, name).await {
+    match status_of(c, tool, name).await {
         Ok(st) => {
             let state = st
                 .get("state")
@@ -527,41 +563,28 @@ async fn lifecycle_cmd(
     }
 }
 
-async fn lifecycle(c: Call, v: Value, verb: &str) -> CallToolResult {
-    let tool = format!("sandbox_{verb}");
-    let a: NameArgs = tri!(parse(&tool, v));
+async fn sandbox_start(c: Call, v: Value) -> CallToolResult {
+    let a: NameArgs = tri!(parse("sandbox_start", v));
     tri!(check_name(&a.name));
-    lifecycle_cmd(
-        &c,
-        &tool,
-        vec![verb.into(), a.name.clone()],
-        &a.name,
-        LIFECYCLE_SECS,
-    )
-    .await
+    let action = Action::Start {
+        name: a.name.clone(),
+        secrets: None,
+    };
+    lifecycle_act(&c, "sandbox_start", action, &a.name, LIFECYCLE_SECS).await
 }
 
 async fn sandbox_create(c: Call, v: Value) -> CallToolResult {
     let a: CreateArgs = tri!(parse("sandbox_create", v));
     tri!(check_name(&a.name));
-    let mut args = vec!["create".to_string()];
-    args.extend(tri!(policy_flags(&a.policy(), &c.opts)));
-    args.extend(["--".into(), a.name.clone()]);
-    if a.start == Some(false) {
-        return lifecycle_cmd(&c, "sandbox_create", args, &a.name, LIFECYCLE_SECS).await;
-    }
-    let created = lifecycle_cmd(&c, "sandbox_create", args, &a.name, LIFECYCLE_SECS).await;
-    if created.is_error == Some(true) {
-        return created;
-    }
-    lifecycle_cmd(
-        &c,
-        "sandbox_create",
-        vec!["start".into(), a.name.clone()],
-        &a.name,
-        LIFECYCLE_SECS,
-    )
-    .await
+    let action = Action::Up(UpRequest {
+        name: a.name.clone(),
+        dir: tri!(project_dir()),
+        agent: None,
+        new: true,
+        start: a.start != Some(false),
+        policy: tri!(policy(&a.policy(), &c.opts)),
+    });
+    lifecycle_act(&c, "sandbox_create", action, &a.name, LIFECYCLE_SECS * 2).await
 }
 
 async fn sandbox_stop(c: Call, v: Value) -> CallToolResult {
@@ -571,78 +594,26 @@ async fn sandbox_stop(c: Call, v: Value) -> CallToolResult {
     if !(1..=300).contains(&grace) {
         return tool_error(format!("grace_seconds {grace} is out of range (1-300)"));
     }
-    let args = vec!["stop".into(), format!("--grace={grace}s"), a.name.clone()];
-    lifecycle_cmd(&c, "sandbox_stop", args, &a.name, grace + LIFECYCLE_SECS).await
+    let action = Action::Stop {
+        name: a.name.clone(),
+        grace_ms: Some(grace * 1000),
+    };
+    lifecycle_act(&c, "sandbox_stop", action, &a.name, grace + LIFECYCLE_SECS).await
 }
 
 async fn sandbox_remove(c: Call, v: Value) -> CallToolResult {
     let a: RemoveArgs = tri!(parse("sandbox_remove", v));
     tri!(check_name(&a.name));
-    let mut args = vec!["rm".to_string()];
-    if a.force == Some(true) {
-        args.push("--force".into());
-    }
-    args.push(a.name.clone());
-    let out = tri!(
-        c.airlock(args, None, Duration::from_secs(LIFECYCLE_SECS), 64 * 1024)
-            .await
-    );
-    if let Some(e) = airlock_failed("sandbox_remove", &out, LIFECYCLE_SECS) {
-        return e;
-    }
-    if out.code != Some(0) {
-        return tool_error(format!("sandbox_remove: {}", out.stderr.render().trim()));
-    }
+    let action = Action::Remove {
+        name: a.name.clone(),
+        force: a.force == Some(true),
+    };
+    let limit = Duration::from_secs(LIFECYCLE_SECS);
+    tri!(c.child("sandbox_remove", action, limit, 64 * 1024).await);
     tool_ok(
         format!("removed {}", a.name),
         json!({ "name": a.name, "removed": true }),
     )
-}
-
-/// Carry out `action` in the typed child (`airlock __action`: the action as JSON on its stdin,
-/// one answer line on its stdout); no argv from the call, no reading of its stderr.
-async fn child_action(
-    c: &Call,
-    tool: &str,
-    action: &Action,
-    limit: usize,
-) -> Result<ActionData, CallToolResult> {
-    let input =
-        serde_json::to_vec(action).map_err(|e| tool_error(format!("{tool}: internal: {e}")))?;
-    let secs = FILE_SECS - 10;
-    let out = c
-        .airlock(
-            vec!["__action".into()],
-            Some(input),
-            Duration::from_secs(secs),
-            limit,
-        )
-        .await?;
-    if out.timed_out {
-        return Err(tool_error(format!(
-            "{tool}: did not finish within {secs}s; stopped"
-        )));
-    }
-    if out.cancelled {
-        return Err(tool_error(format!("{tool}: cancelled")));
-    }
-    let code = out.code;
-    let Some(bytes) = out.stdout.into_complete() else {
-        return Err(tool_error(format!(
-            "{tool}: the answer was larger than expected"
-        )));
-    };
-    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
-    match serde_json::from_slice::<ChildAnswer>(line) {
-        Ok(ChildAnswer::Ok(data)) => Ok(*data),
-        Ok(ChildAnswer::Error(e)) if e.kind == "refused" && !e.message.starts_with("refused") => {
-            Err(tool_error(format!("{tool}: refused: {}", e.message)))
-        }
-        Ok(ChildAnswer::Error(e)) => Err(tool_error(format!("{tool}: {}", e.message))),
-        Err(e) => Err(tool_error(format!(
-            "{tool}: no answer from airlock (exit {code:?}): {e}"
-        ))),
-    }
 }
 
 async fn file_read(c: Call, v: Value) -> CallToolResult {
@@ -657,7 +628,8 @@ async fn file_read(c: Call, v: Value) -> CallToolResult {
     };
     // base64 of the most it reads, and the answer's framing.
     let limit = (max.min(4 << 20) as usize) / 3 * 4 + 64 * 1024;
-    let data = tri!(child_action(&c, "sandbox_file_read", &action, limit).await);
+    let secs = Duration::from_secs(FILE_SECS - 10);
+    let data = tri!(c.child("sandbox_file_read", action, secs, limit).await);
     let ActionData::File(f) = data else {
         return tool_error("sandbox_file_read: internal: an answer of another kind");
     };
@@ -704,7 +676,8 @@ async fn file_write(c: Call, v: Value) -> CallToolResult {
         append: a.append == Some(true),
         create_dirs: a.create_dirs == Some(true),
     };
-    let data = tri!(child_action(&c, "sandbox_file_write", &action, 64 * 1024).await);
+    let secs = Duration::from_secs(FILE_SECS - 10);
+    let data = tri!(c.child("sandbox_file_write", action, secs, 64 * 1024).await);
     let ActionData::Written(w) = data else {
         return tool_error("sandbox_file_write: internal: an answer of another kind");
     };
@@ -714,10 +687,10 @@ async fn file_write(c: Call, v: Value) -> CallToolResult {
     )
 }
 
-/// An allow or deny through the engine (via the typed child, which forwards it); the answer
-/// says what is in force.
+/// An allow or deny through the engine's API (the engine's own actions); the answer says what
+/// is in force.
 async fn policy_change(c: Call, tool: &str, action: Action) -> CallToolResult {
-    let data = tri!(child_action(&c, tool, &action, 64 * 1024).await);
+    let data = tri!(c.engine(tool, action, Duration::from_secs(50)).await);
     let ActionData::Policy(p) = data else {
         return tool_error(format!("{tool}: internal: an answer of another kind"));
     };

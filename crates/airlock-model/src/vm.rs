@@ -53,6 +53,11 @@ pub struct GuestJob {
     pub files: Vec<GuestFile>,
     /// Whether stdin is forwarded (else the command's stdin is /dev/null).
     pub stdin: bool,
+    /// The workspace disk (serial DISK_WORKSPACE) is the sandbox's own writable ext4 image (a
+    /// named sandbox's clone workspace): mounted read-write at /workspace and handed to
+    /// uid/gid on its first boot. Absent in older hosts' jobs: false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub workspace_disk: bool,
     /// A named sandbox: with an empty `argv` the guest builds its root, reports
     /// [`GuestMsg::Ready`] and then serves [`HostMsg::Exec`] sessions until
     /// [`HostMsg::Poweroff`] (or the channel closes). Absent in older hosts' jobs: false.
@@ -86,6 +91,10 @@ pub struct GuestExec {
     pub gid: u32,
     /// Whether stdin is forwarded (else the command's stdin is /dev/null).
     pub stdin: bool,
+    /// Give the command the sandbox's secrets (from /run/secrets in the guest) as environment
+    /// variables, as `exec --secrets` does for containers. Absent: false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secrets: bool,
     /// A terminal of this size (`exec -t`, `shell`): the guest gives the command a pseudo-
     /// terminal of its own (its stdin, stdout and stderr, its controlling terminal); its
     /// output comes back as `stdout` only. Absent in older hosts' lines: pipes.
@@ -107,6 +116,15 @@ pub enum HostMsg {
     Run {
         v: u32,
         job: Box<GuestJob>,
+        /// The sandbox's secrets (name, value): the command's environment and 0400 files in
+        /// /run/secrets (a tmpfs), the sandbox user's. Outside the job on purpose: the job is
+        /// recorded on the host (a named sandbox's `vm-job.json`), secrets never are.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        secrets: Vec<(String, String)>,
+        /// Injected secrets: the CA bundle the guest's TLS clients trust (written at
+        /// `plan::CA_BUNDLE`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_bundle: Option<String>,
     },
     Stdin {
         v: u32,
@@ -144,10 +162,7 @@ pub enum HostMsg {
         session: u32,
     },
     /// End every session (SIGTERM, then SIGKILL after `grace_ms`) and power the VM off.
-    Poweroff {
-        v: u32,
-        grace_ms: u64,
-    },
+    Poweroff { v: u32, grace_ms: u64 },
     #[serde(other)]
     Unknown,
 }
@@ -315,6 +330,7 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 stdin: false,
+                secrets: false,
                 tty: None,
             }),
         };

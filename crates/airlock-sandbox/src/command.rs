@@ -44,4 +44,8 @@ pub struct ExecRequest {
     /// Give the command the sandbox's secrets (read from /run/secrets inside) as environment
     /// variables. Off by default: exec'd commands do not inherit them.
     pub with_secrets: bool,
+    /// Stop waiting after this long: the command's host-side relay is killed and the outcome
+    /// is `TimedOut`. What it started inside runs on until the caller ends the sandbox (the
+    /// warm pool's claim does: its member is destroyed after every run).
+    pub timeout: Option<std::time::Duration>,
 }

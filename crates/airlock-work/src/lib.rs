@@ -10,6 +10,7 @@ pub mod git;
 pub mod home_files;
 pub mod ops;
 pub mod prepare;
+pub mod pull;
 pub mod review;
 pub mod sync;
 pub mod trust;

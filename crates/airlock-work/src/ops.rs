@@ -28,6 +28,45 @@ pub struct DiffSummary {
     pub commits: usize,
     pub files: Vec<FileStat>,
     pub findings: Vec<Finding>,
+    /// The changes as text (`git diff`, or its `--stat`), when asked for; at most
+    /// [`MAX_PATCH`] bytes (head and tail kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+}
+
+/// The most bytes of patch text a [`DiffSummary`] carries.
+pub const MAX_PATCH: usize = 4 << 20;
+
+/// How much of the changes a diff shows as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchForm {
+    /// The whole patch (`git diff`).
+    Full,
+    /// The summary of changed files (`git diff --stat`).
+    Stat,
+}
+
+/// The patch text of the branch's changes, as `airlock diff` shows it (no colour), bounded by
+/// [`MAX_PATCH`]: what is cut from the middle is said in its place.
+pub fn patch(r: &Review, form: PatchForm) -> Result<String, OpError> {
+    let mut args = vec!["diff", "--no-ext-diff", "--no-textconv", "--no-color"];
+    if form == PatchForm::Stat {
+        args.push("--stat");
+    }
+    args.extend([r.from.as_str(), r.tip.as_str()]);
+    let out = r.git.output(&args)?;
+    if out.len() <= MAX_PATCH {
+        return Ok(String::from_utf8_lossy(&out).into_owned());
+    }
+    let half = MAX_PATCH / 2;
+    Ok(format!(
+        "{}\n[airlock: {} bytes cut from the middle of {} bytes]\n{}",
+        String::from_utf8_lossy(&out[..half]),
+        out.len() - 2 * half,
+        out.len(),
+        String::from_utf8_lossy(&out[out.len() - half..])
+    ))
 }
 
 /// A fetch that happened (or had nothing to do).
@@ -196,6 +235,7 @@ pub fn diff(r: &Review, name: &str) -> Result<DiffSummary, OpError> {
         commits: r.commits,
         files,
         findings: r.findings.clone(),
+        patch: None,
     })
 }
 

@@ -167,7 +167,15 @@ impl Review {
                 )));
             }
         }
-        let tip = read_ref(&git_dir, &info.branch)?;
+        // A microVM sandbox's work arrives in DIR/pulled.git (see `pull`): its branch, when
+        // there, is newer than the host-made clone's.
+        let pulled = dir.join(crate::pull::PULLED_DIR);
+        let from_guest = real_dir(&pulled).is_ok() && read_ref(&pulled, &info.branch).is_ok();
+        let tip = if from_guest {
+            read_ref(&pulled, &info.branch)?
+        } else {
+            read_ref(&git_dir, &info.branch)?
+        };
 
         let rdir = dir.join("review.git");
         let _ = std::fs::remove_dir_all(&rdir);
@@ -179,11 +187,15 @@ impl Review {
             rdir.as_os_str(),
         ])?;
         let host = Git::worktree(&info.host_repo);
-        let alternates = format!(
+        let mut alternates = String::new();
+        if from_guest {
+            alternates.push_str(&format!("{}\n", pulled.join("objects").display()));
+        }
+        alternates.push_str(&format!(
             "{}\n{}\n",
             objects.display(),
             host_objects(&host)?.display()
-        );
+        ));
         let info_dir = rdir.join("objects/info");
         std::fs::create_dir_all(&info_dir)
             .and_then(|()| std::fs::write(info_dir.join("alternates"), alternates))

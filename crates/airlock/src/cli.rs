@@ -104,9 +104,16 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff): `airlock man | man -l -`; --dir DIR writes one page per command.
     Man(ManArgs),
+    /// The warm pool: pre-started sandboxes that `run` claims and binds its own command,
+    /// environment and secrets to (start, stop, status, prewarm).
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
     /// The local engine (auto-started by the commands that need it).
     #[command(hide = true)]
     Engine(EngineArgs),
+    /// Internal: the warm pool daemon itself (`airlock daemon start` starts it detached).
+    #[command(name = "__daemon", hide = true)]
+    DaemonServe,
     /// Internal: supervise a persistent sandbox whose folder is DIR until it is stopped (SIGTERM).
     #[command(name = "__supervise", hide = true)]
     Supervise(Box<SuperviseArgs>),
@@ -475,6 +482,37 @@ pub struct ExecOptions {
     pub secrets: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Start the daemon (if it is not running) with a pool of sandboxes made from these options
+    /// (as `run` would make them; no workspace) and keep it full.
+    Start(Box<PoolArgs>),
+    /// Remove every member nobody claimed, forget the pools, and stop the daemon.
+    Stop(JsonArg),
+    /// Whether the daemon runs; per pool: size, members ready, hits, misses, claim latency.
+    Status(JsonArg),
+    /// Add a pool (or resize one: --pool KEY) and fill it; starts the daemon if needed.
+    Prewarm(Box<PoolArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Members to keep ready (default: [pool] size in the configuration, else 2).
+    #[arg(long, value_name = "N")]
+    pub size: Option<u32>,
+    /// The pool to resize (a key from `daemon status`, or its first 8 characters).
+    #[arg(long, value_name = "KEY")]
+    pub pool: Option<String>,
+    /// Return only once every pool is full.
+    #[arg(long)]
+    pub wait: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct EngineArgs {
     #[command(subcommand)]
@@ -619,6 +657,9 @@ impl Cli {
             Command::Create(a) => Some(&mut a.policy),
             Command::Up(a) => Some(&mut a.policy),
             Command::Supervise(a) => Some(&mut a.policy),
+            Command::Daemon(DaemonCommand::Start(a) | DaemonCommand::Prewarm(a)) => {
+                Some(&mut a.policy)
+            }
             _ => None,
         };
         if let Some(p) = policy {

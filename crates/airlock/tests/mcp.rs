@@ -366,6 +366,36 @@ fn bad_arguments_are_tool_errors() {
     }
 }
 
+/// An exec past its timeout is stopped: the tool says so, with the output so far, and the
+/// command no longer runs in the sandbox (the typed child's process group gets SIGTERM; the
+/// exec forwards it into the sandbox).
+#[test]
+fn an_exec_past_its_timeout_is_stopped() {
+    if !e2e("an_exec_past_its_timeout_is_stopped") {
+        return;
+    }
+    let a = Airlock::root();
+    let _g = EngineGuard(&a);
+    project(&a);
+    let sleeping = "cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$' || true";
+    let r = drive(
+        &a,
+        Client::Python,
+        json!([
+            {"tool": "sandbox_create", "args": {"name": "slow", "network": "off"}},
+            {"tool": "sandbox_exec", "args": {"name": "slow", "command": ["sh", "-c", "echo begun; exec sleep 300"], "timeout_seconds": 2}},
+            {"tool": "sandbox_exec", "args": {"name": "slow", "command": ["sh", "-c", sleeping]}},
+            {"tool": "sandbox_remove", "args": {"name": "slow", "force": true}},
+        ]),
+    );
+    let r = results(&r);
+    ok(&r[0]);
+    let t = tool_err(&r[1], "timed out after 2s; the command was stopped");
+    assert_eq!(t["structured"]["stdout"], "begun\n", "{t}");
+    assert_eq!(ok(&r[2])["structured"]["stdout"], "0\n", "{}", r[2]);
+    ok(&r[3]);
+}
+
 #[test]
 fn oversized_output_keeps_head_and_tail() {
     if !e2e("oversized_output_keeps_head_and_tail") {
@@ -641,6 +671,10 @@ fn policy_explain_uses_the_real_policy() {
     assert_eq!(verdict(12)["allowed"], true);
 }
 
+/// A tool's error is the action's own (`ActionError`: kind, exit code, message, hint), as
+/// structured content and in the text — not airlock's stderr read back. The tools go their own
+/// ways: prompt, reports, stop, remove and exec in the typed child (exec from its grandchild),
+/// status, diff and fetch through the engine's API.
 #[test]
 fn agent_tools_fail_clearly_without_their_commands_or_sandbox() {
     if !e2e("agent_tools_fail_clearly_without_their_commands_or_sandbox") {
@@ -657,6 +691,10 @@ fn agent_tools_fail_clearly_without_their_commands_or_sandbox() {
             {"tool": "agent_diff", "args": {"name": "ghost"}},
             {"tool": "agent_fetch", "args": {"name": "ghost"}},
             {"tool": "agent_prompt", "args": {"name": "ghost", "prompt": "  "}},
+            {"tool": "sandbox_stop", "args": {"name": "ghost"}},
+            {"tool": "sandbox_status", "args": {"name": "ghost"}},
+            {"tool": "sandbox_exec", "args": {"name": "ghost", "command": ["true"]}},
+            {"tool": "sandbox_remove", "args": {"name": "ghost"}},
         ]),
     );
     let r = results(&r);
@@ -666,6 +704,20 @@ fn agent_tools_fail_clearly_without_their_commands_or_sandbox() {
         assert!(!text(r).contains("not available"), "{r}");
     }
     tool_err(&r[4], "empty");
+    for r in r[..4].iter().chain(&r[5..]) {
+        let e = &tool_err(r, "no sandbox named ghost")["structured"]["error"];
+        assert_eq!(
+            (e["kind"].as_str(), e["code"].as_i64()),
+            (Some("not_found"), Some(122)),
+            "{r}"
+        );
+        assert_eq!(e["hint"], "airlock list shows the sandboxes", "{r}");
+        assert!(
+            text(r).contains("hint: airlock list shows the sandboxes")
+                && text(r).contains("not_found, airlock exit code 122"),
+            "{r}"
+        );
+    }
 }
 
 fn git(a: &Airlock, args: &[&str]) -> String {

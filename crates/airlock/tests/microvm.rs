@@ -943,3 +943,612 @@ fn a_named_microvm_sandbox_works_rootless() {
     ok(&["rm", "vmbox"]);
     assert!(!a.state_dir().join("sandboxes/vmbox").exists());
 }
+
+/// Removes a test's sandboxes and stops its engine whatever the outcome.
+struct Cleanup<'a>(&'a Airlock, &'a [&'a str]);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for n in self.1 {
+            let _ = vm_cli(self.0, &["rm", "-f", n]);
+        }
+        common::stop_engines_of(self.0);
+    }
+}
+
+/// A git project in the test's working directory, with one commit.
+fn git_project(a: &Airlock) -> std::path::PathBuf {
+    let p = a.cwd.clone();
+    let git = |args: &[&str]| {
+        let out = common::run_with_deadline(a.command_with("git", args), None, VM_DEADLINE);
+        assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+        out.stdout
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["config", "user.name", "Host User"]);
+    git(&["config", "user.email", "host@example.invalid"]);
+    std::fs::write(p.join("a.txt"), "one\n").expect("write");
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "initial"]);
+    p
+}
+
+fn host_git(a: &Airlock, args: &[&str]) -> String {
+    let out = common::run_with_deadline(a.command_with("git", args), None, VM_DEADLINE);
+    assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+    out.stdout
+}
+
+/// A named microVM sandbox in a git repository gets its own clone (on a disk of its own),
+/// and its work comes back through the same review gate as a container's: hooks and config
+/// planted in the guest's repository never run on the host, nested agent configuration and
+/// symlink chains are flagged, an oversized bundle is refused and changes nothing, and the
+/// work (committed or not) survives a stop. Two boots.
+#[test]
+fn a_microvm_clone_workspace_comes_back_through_the_review_gate() {
+    if !e2e("a_microvm_clone_workspace_comes_back_through_the_review_gate") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = Cleanup(&a, &["vmclone"]);
+    let p = git_project(&a);
+    let ok = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    let inside = |script: &str| {
+        ok(&[
+            "exec",
+            "vmclone",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "cd /workspace && export GIT_AUTHOR_NAME=agent GIT_AUTHOR_EMAIL=a@b.invalid \
+                 GIT_COMMITTER_NAME=agent GIT_COMMITTER_EMAIL=a@b.invalid; {script}"
+            ),
+        ])
+    };
+    ok(&["create", "--backend", "microvm", "vmclone", "--net", "off"]);
+    assert!(
+        a.state_dir()
+            .join("sandboxes/vmclone/workspace/.git")
+            .is_dir(),
+        "the host made the clone"
+    );
+    ok(&["start", "vmclone"]);
+    let marker = a.dir.join("pwned");
+    let m = marker.display().to_string();
+    // The clone in the guest: the project's files and history, the sandbox user's.
+    let out = inside(&format!(
+        "cat a.txt; stat -c %u a.txt .git/HEAD; git rev-parse --abbrev-ref HEAD; \
+         echo two > a.txt && git commit -qam two && \
+         mkdir -p sub/.claude && echo '{{}}' > sub/.claude/settings.json && \
+         mkdir -p l && ln -s .. l/x && ln -s l/x/.. dist && git add -A && git commit -qm nested && \
+         git log --oneline | wc -l && \
+         printf '#!/bin/sh\\ntouch {m}\\n' > .git/hooks/post-merge && chmod +x .git/hooks/post-merge && \
+         for h in reference-transaction post-checkout pre-auto-gc post-rewrite; do \
+           cp .git/hooks/post-merge .git/hooks/$h; done && \
+         git config core.fsmonitor 'touch {m}' && git config core.hooksPath .git/hooks && \
+         git config core.pager 'touch {m}'"
+    ));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["one", "1000", "1000", "airlock/vmclone", "3"],
+        "{}",
+        out.describe()
+    );
+    // The host never mounts the guest's disk: the work comes over the channel at diff time.
+    let dj: serde_json::Value =
+        serde_json::from_str(&ok(&["diff", "vmclone", "--json"]).stdout).expect("diff json");
+    let flagged: Vec<String> = dj["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for f in ["sub/.claude/settings.json", "dist"] {
+        assert!(flagged.iter().any(|l| l == f), "{f} not in {flagged:?}");
+    }
+    let host_config = std::fs::read(p.join(".git/config")).expect("host config");
+    let out = vm_cli(&a, &["fetch", "vmclone"]);
+    assert_eq!(out.code(), 121, "the gate stops it: {}", out.describe());
+    assert!(
+        out.stderr.contains("sub/.claude/settings.json"),
+        "{}",
+        out.describe()
+    );
+    ok(&["fetch", "vmclone", "--accept"]);
+    let log = host_git(&a, &["log", "--format=%s", "airlock/vmclone"]);
+    assert_eq!(log, "nested\ntwo\ninitial\n");
+    assert_eq!(
+        host_git(&a, &["show", "airlock/vmclone:a.txt"]),
+        "two\n",
+        "the guest's commit is on the host's branch"
+    );
+    // Nothing the guest planted in its repository ran or landed on the host.
+    assert!(
+        !marker.exists(),
+        "a hook or fsmonitor of the guest ran on the host"
+    );
+    assert_eq!(
+        std::fs::read(p.join(".git/config")).expect("host config"),
+        host_config
+    );
+    assert!(!p.join(".git/hooks/post-merge").exists());
+
+    // (The guest's own git is its business; unplant so its next commits work.)
+    inside(
+        "git config --unset core.fsmonitor; git config --unset core.hooksPath; rm -f .git/hooks/*",
+    );
+    // A bundle over the limit: refused, and nothing changes on the host.
+    inside("head -c 1048576 /dev/urandom > big.bin && git add big.bin && git commit -qm big");
+    let mut cmd = a.command(&["fetch", "vmclone", "--accept"]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    cmd.env("AIRLOCK_VM_BUNDLE_MAX", "65536");
+    let out = common::run_with_deadline(cmd, None, VM_DEADLINE);
+    assert_ne!(out.code(), 0, "{}", out.describe());
+    assert!(out.stderr.contains("65536"), "{}", out.describe());
+    assert_eq!(
+        host_git(&a, &["log", "-1", "--format=%s", "airlock/vmclone"]),
+        "nested\n"
+    );
+
+    // Work made just before a stop comes out at the stop; the disk keeps everything,
+    // uncommitted work too, for the next start.
+    inside("echo three > a.txt && git commit -qam three && echo draft > scratch.txt");
+    ok(&["stop", "vmclone"]);
+    ok(&["fetch", "vmclone", "--accept"]);
+    assert_eq!(
+        host_git(&a, &["log", "-1", "--format=%s", "airlock/vmclone"]),
+        "three\n",
+        "the stopped sandbox's last commit came back"
+    );
+    ok(&["start", "vmclone"]);
+    let out = inside("cat a.txt scratch.txt; git log -1 --format=%s");
+    assert_eq!(out.stdout, "three\ndraft\nthree\n", "{}", out.describe());
+    assert!(!marker.exists());
+}
+
+/// A scripted harness (as tests/agent.rs has it): edits and commits, or recalls its session.
+const SCRIPTED_AGENT: &str = r#"#!/bin/sh
+set -u
+word=${AIRLOCK_PROMPT%% *}
+echo "scripted agent: turn $AIRLOCK_TURN_ID continue=$AIRLOCK_CONTINUE word=$word kernel=$(uname -r)"
+case "$word" in
+  edit)
+    report working "editing notes.txt"
+    echo "edited in turn $AIRLOCK_TURN_ID" >> notes.txt
+    git add notes.txt && git -c user.email=agent@example.com -c user.name=agent commit -qm "agent: notes" || exit 1
+    echo "$AIRLOCK_PROMPT" | head -n 1 > "$HOME/.scripted-session"
+    report done "committed $(git rev-parse --short HEAD)"
+    ;;
+  recall)
+    [ "$AIRLOCK_CONTINUE" = 1 ] || { report blocked "not a continued session"; exit 0; }
+    report done "continuing after: $(cat "$HOME/.scripted-session")"
+    ;;
+  login)
+    sh -lc 'report done "login shell found $(command -v report)"' || report blocked "report is not on a login shell's PATH"
+    ;;
+  silent)
+    echo "finishing without a report"
+    ;;
+  *)
+    report info "unknown word $word"
+    ;;
+esac
+"#;
+
+/// Agent mode on a microVM: `up --prompt` starts the runner in the guest (through an exec
+/// session on the channel), reports come back over it, the next prompt continues the
+/// session, `reports` reads the journal, and the agent's commit comes back with `fetch`. One
+/// boot.
+#[test]
+fn agent_mode_runs_in_the_guest() {
+    if !e2e("agent_mode_runs_in_the_guest") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = Cleanup(&a, &["vmagent"]);
+    let p = git_project(&a);
+    std::fs::write(p.join("agent.sh"), SCRIPTED_AGENT).expect("agent");
+    common::set_mode(&p.join("agent.sh"), 0o755);
+    std::fs::write(
+        p.join("airlock.toml"),
+        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+    )
+    .expect("airlock.toml");
+    host_git(&a, &["add", "."]);
+    host_git(&a, &["commit", "-qm", "agent"]);
+    let out = vm_cli(
+        &a,
+        &[
+            "up",
+            "vmagent",
+            "--backend",
+            "microvm",
+            "--net",
+            "off",
+            "--prompt",
+            "edit the notes",
+        ],
+    );
+    assert_eq!(out.code(), 0, "up --prompt: {}", out.describe());
+    let working = out.stdout.find("turn 1 working: editing notes.txt");
+    let done = out.stdout.find("turn 1 done: committed");
+    assert!(
+        working.is_some() && done.is_some() && working < done,
+        "{}",
+        out.describe()
+    );
+    let out = vm_cli(&a, &["prompt", "vmagent", "recall what you did"]);
+    assert_eq!(out.code(), 0, "recall: {}", out.describe());
+    assert!(
+        out.stdout
+            .contains("turn 2 done: continuing after: edit the notes"),
+        "{}",
+        out.describe()
+    );
+    let out = vm_cli(&a, &["prompt", "vmagent", "login shell check"]);
+    assert!(
+        out.stdout
+            .contains("turn 3 done: login shell found /run/airlock/bin/report"),
+        "{}",
+        out.describe()
+    );
+    let out = vm_cli(&a, &["prompt", "vmagent", "silent please"]);
+    assert_eq!(out.code(), 4, "silent: {}", out.describe());
+    let out = vm_cli(&a, &["reports", "vmagent"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("turn 1 done: committed")
+            && !out.stdout.contains("turn 3 ended-unreported")
+            && out.stdout.contains("turn 4 ended-unreported"),
+        "{}",
+        out.describe()
+    );
+    // The harness ran on the guest's kernel.
+    let agent_log = std::fs::read_to_string(a.state_dir().join("sandboxes/vmagent/agent.log"))
+        .expect("agent.log");
+    assert!(
+        agent_log.contains("scripted agent: turn 2 continue=1")
+            && !agent_log.contains(&format!("kernel={}", host_release())),
+        "{agent_log}"
+    );
+    let out = vm_cli(&a, &["fetch", "vmagent"]);
+    assert_eq!(out.code(), 0, "fetch: {}", out.describe());
+    assert_eq!(
+        host_git(&a, &["log", "-1", "--format=%s", "airlock/vmagent"]),
+        "agent: notes\n"
+    );
+    let out = vm_cli(&a, &["stop", "vmagent"]);
+    assert_eq!(out.code(), 0, "stop: {}", out.describe());
+}
+
+/// Secrets in the guest: a plain one as $NAME and /run/secrets/NAME (0400, the sandbox
+/// user's, on a tmpfs); an injected one reaches the guest as its placeholder only, and the
+/// proxy (QEMU's host side, 10.0.2.2) puts the real value in on its way to the TLS test
+/// server, which the guest's curl trusts through the bundle the run message carried. The
+/// values appear nowhere on QEMU's command line. One boot.
+#[test]
+fn secrets_reach_the_guest_over_the_channel_and_injection_works_from_it() {
+    if !e2e("secrets_reach_the_guest_over_the_channel_and_injection_works_from_it") {
+        return;
+    }
+    const REAL: &str = "sk-real-value-for-the-vm-0123456789";
+    const PLAIN: &str = "plain-secret-value-42";
+    let inet = Internet::start(&["api.test"], &[]);
+    let a = Airlock::root();
+    let ca = inet.cert().display().to_string();
+    let script = "echo \"key=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; \
+         echo \"plain=$PLAIN file=$(cat /run/secrets/PLAIN)\"; \
+         stat -c '%a %u %n' /run/secrets/PLAIN; grep -c ' /run tmpfs' /proc/mounts; \
+         echo \"bundle=$CURL_CA_BUNDLE\"; \
+         curl -sS --max-time 60 -H \"x-api-key: $KEY\" https://api.test/v1/models; echo";
+    let mut cmd = a.command(&[
+        "run",
+        "--backend",
+        "microvm",
+        "--workspace",
+        "none",
+        "--net",
+        "filtered",
+        "--allow",
+        "api.test",
+        "--secret",
+        "KEY=env:HOST_KEY;hosts=api.test;header=x-api-key",
+        "--secret",
+        "PLAIN=env:HOST_PLAIN",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
+        .env("AIRLOCK_DNS_UPSTREAM", &inet.dns)
+        .env("AIRLOCK_UPSTREAM_CA", &ca)
+        .env("HOST_KEY", REAL)
+        .env("HOST_PLAIN", PLAIN);
+    // While it runs, QEMU's command line is looked at from the host.
+    let watcher_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = {
+        let stop = watcher_stop.clone();
+        std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let exe = std::fs::read_link(e.path().join("exe")).unwrap_or_default();
+                    if exe.to_string_lossy().contains("qemu-system") {
+                        let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+                        lines.push((c, env));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            lines
+        })
+    };
+    let out = common::run_with_deadline(cmd, None, VM_DEADLINE);
+    watcher_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let qemus = seen.join().expect("watcher");
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let ph = lines[0].strip_prefix("key=").expect("key line");
+    assert!(ph.starts_with("airlock-placeholder-"), "{}", out.describe());
+    assert_eq!(lines[1], format!("file={ph}"));
+    assert_eq!(lines[2], format!("plain={PLAIN} file={PLAIN}"));
+    assert_eq!(lines[3], "400 1000 /run/secrets/PLAIN");
+    assert_eq!(lines[4], "1", "/run is a tmpfs: {}", out.describe());
+    assert_eq!(lines[5], "bundle=/run/airlock-tls/ca-bundle.pem");
+    assert_eq!(
+        lines[6],
+        "hello from api.test /v1/models",
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stdout.contains(REAL) && !out.stderr.contains(REAL));
+    let got: Vec<serde_json::Value> = inet
+        .model_requests()
+        .into_iter()
+        .filter(|r| r["path"] == "/v1/models")
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["headers"]["x-api-key"], REAL);
+    // QEMU (and its environment) never held either value.
+    assert!(!qemus.is_empty(), "QEMU was never seen running");
+    for (cmdline, env) in &qemus {
+        for v in [REAL, PLAIN] {
+            let hit = |b: &[u8]| b.windows(v.len()).any(|w| w == v.as_bytes());
+            assert!(
+                !hit(cmdline) && !hit(env),
+                "{v} in QEMU's cmdline/environment"
+            );
+        }
+    }
+}
+
+/// Probe checks whose subject is the guest kernel's own policy, not a way out of the VM: in a
+/// microVM the boundary is the hardware virtualization (or TCG) plus QEMU's confinement
+/// (namespaces, seccomp, no capabilities, no_new_privs: `qemu_is_confined_and_dies_with_airlock`),
+/// and what the guest's processes may do with the guest's kernel is the guest's business.
+const NOT_A_VM_BOUNDARY: &[(&str, &str)] = &[
+    (
+        "seccomp-filter",
+        "filters the host kernel's syscalls; QEMU has one, the guest's syscalls reach the guest kernel",
+    ),
+    ("keyctl", "the guest kernel's keyrings"),
+    ("io-uring", "the guest kernel's io_uring"),
+    ("userfaultfd", "the guest kernel's userfaultfd"),
+    ("personality", "a guest process's personality"),
+    ("socket-netlink", "netlink of the guest kernel"),
+];
+
+/// The escape probe in the guest (`--net off`, as for containers): every check that is about
+/// leaving the sandbox — host files, host processes, host sockets and listeners, host
+/// devices, the network floor, privileges — is blocked; the rest is listed above with why it
+/// does not apply to a VM. The guest's kernel is not the host's. One boot.
+#[test]
+fn the_escape_probe_is_blocked_in_the_guest() {
+    if !e2e("the_escape_probe_is_blocked_in_the_guest") {
+        return;
+    }
+    let a = Airlock::root();
+    let bait = common::probe::Bait::new(std::path::Path::new("/root"), None);
+    let probe = a.cwd.join("probe");
+    std::fs::copy(common::probe_exe(), &probe).expect("copy the probe into the workspace");
+    // Read-only to the sandbox user, as the containers' bind of it is.
+    common::set_mode(&probe, 0o555);
+    let args = bait.probe_args(&a.exe).join(" ");
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "overlay",
+            "--net",
+            "off",
+            "--timeout",
+            "200s",
+            "--",
+            "sh",
+            "-c",
+            &format!("uname -r; /workspace/probe all {args}"),
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let first = out.stdout.lines().next().unwrap_or_default();
+    assert_ne!(first, host_release(), "{}", out.describe());
+    let report = common::probe::Report::parse(&out.stdout);
+    assert!(report.summary.is_some(), "no summary: {}", out.describe());
+    let names = common::probe::all_check_names();
+    let mut open = Vec::new();
+    for n in &names {
+        let Some(c) = report.get(n) else {
+            panic!("{n} did not report:\n{}", out.describe());
+        };
+        if !c.blocked && !NOT_A_VM_BOUNDARY.iter().any(|(x, _)| x == n) {
+            open.push(format!("  {n}: {}", c.detail));
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "{} check(s) NOT blocked in the guest:\n{}",
+        open.len(),
+        open.join("\n")
+    );
+    bait.assert_untouched("microvm", &out.stdout);
+    // What the guest kernel's own policy gave the probe, for the record (not asserted).
+    for (n, why) in NOT_A_VM_BOUNDARY {
+        if let Some(c) = report.get(n) {
+            eprintln!("{n}: blocked={} ({why})", c.blocked);
+        }
+    }
+}
+
+/// tests/network.rs's bypass attempts from a guest (filtered): literal IPs in every spelling,
+/// Host-header tricks and fronting, QUIC, a forced address, DNS rebinding to loopback /
+/// metadata / private addresses, the metadata name, DoT; plus the VM's own path: QEMU's host
+/// address (10.0.2.2) leads to the sandbox's namespace, never to the host's loopback. One boot.
+#[test]
+fn network_bypass_attempts_from_the_guest_fail() {
+    if !e2e("network_bypass_attempts_from_the_guest_fail") {
+        return;
+    }
+    let inet = Internet::start(
+        &["allowed.test"],
+        &[
+            ("rebind.test", "127.0.0.1"),
+            ("meta.test", "169.254.169.254"),
+            ("private.test", "10.0.0.1"),
+        ],
+    );
+    let host_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("host listener");
+    host_listener.set_nonblocking(true).expect("nonblocking");
+    let host_port = host_listener.local_addr().expect("addr").port();
+    let a = Airlock::root();
+    let log = a.dir.join("net.jsonl");
+    let log_s = log.display().to_string();
+    let c = "curl -sS --max-time 20 --noproxy '*' -o - -w ' %{http_code}'";
+    let py = format!(
+        r#"
+import socket
+for host in [b'allowed.test\x00.evil.test', b'evil.test.', b'allowed.test..']:
+    s = socket.create_connection(('allowed.test', 80), timeout=20)
+    s.sendall(b'GET / HTTP/1.1\r\nHost: ' + host + b'\r\n\r\n')
+    print('host-trick', s.recv(200).split(b'\r\n')[0].decode())
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.connect(('allowed.test', 443))
+u.send(b'quic')
+try:
+    u.recv(10); print('quic answered')
+except Exception:
+    print('quic blocked')
+for (ip, port) in [('{ip}', 853), ('10.0.2.2', {host_port}), ('8.8.8.8', 53), ('1.1.1.1', 443)]:
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect((ip, port)); s.sendall(b'x'); print('tcp', ip, port, 'connected', s.recv(10))
+    except Exception as e:
+        print('tcp', ip, port, 'blocked')
+"#,
+        ip = inet.ip
+    );
+    let script = format!(
+        "for u in http://{ip}/ http://169.254.169.254/latest/meta-data/ 'http://[::ffff:169.254.169.254]/' \
+           http://2852039166/ http://rebind.test/ http://meta.test/ http://private.test/; do \
+           echo \"url $u: $({c} \"$u\" 2>/dev/null | tr '\\n' ' ')\"; done; \
+         echo \"fronting: $({c} -H 'Host: evil.test' http://allowed.test/ 2>/dev/null | tr '\\n' ' ')\"; \
+         echo \"forced: $({c} --resolve allowed.test:80:203.0.113.9 http://allowed.test/ 2>/dev/null | tr '\\n' ' ')\"; \
+         getent hosts metadata.google.internal >/dev/null && echo metadata-resolved || echo metadata-refused; \
+         python3 -c \"$PY\"",
+        ip = inet.ip
+    );
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "none",
+            "--net",
+            "filtered",
+            "--allow",
+            "allowed.test",
+            "--allow",
+            "rebind.test",
+            "--allow",
+            "meta.test",
+            "--allow",
+            "private.test",
+            "--allow",
+            "metadata.google.internal",
+            "--net-log",
+            &log_s,
+            "--env",
+            &format!("PY={py}"),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[("AIRLOCK_DNS_UPSTREAM", &inet.dns)],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let so = &out.stdout;
+    for l in so.lines().filter(|l| l.starts_with("url ")) {
+        assert!(
+            !l.contains("hello"),
+            "reached a server: {l}\n{}",
+            out.describe()
+        );
+    }
+    assert_eq!(
+        so.lines().filter(|l| l.starts_with("url ")).count(),
+        7,
+        "{}",
+        out.describe()
+    );
+    assert!(
+        so.lines()
+            .any(|l| l.starts_with("fronting: airlock: blocked evil.test:80") && l.ends_with("403")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        so.contains("forced: hello from allowed.test"),
+        "{}",
+        out.describe()
+    );
+    assert!(so.contains("metadata-refused"), "{}", out.describe());
+    let tricks = so
+        .lines()
+        .filter(|l| l.starts_with("host-trick") && (l.contains(" 403 ") || l.contains(" 400 ")))
+        .count();
+    assert_eq!(tricks, 3, "{}", out.describe());
+    assert!(so.contains("quic blocked"), "{}", out.describe());
+    for (ip, port) in [
+        (inet.ip.as_str(), "853".to_string()),
+        ("10.0.2.2", host_port.to_string()),
+        ("8.8.8.8", "53".to_string()),
+        ("1.1.1.1", "443".to_string()),
+    ] {
+        let l = format!("tcp {ip} {port} ");
+        let line = so.lines().find(|x| x.starts_with(&l)).unwrap_or_default();
+        assert!(
+            !line.contains("b'") || line.contains("b''"),
+            "{l}: {line}\n{}",
+            out.describe()
+        );
+    }
+    // The host's own loopback listener heard nothing.
+    assert!(
+        host_listener.accept().is_err(),
+        "the guest reached the host's loopback"
+    );
+    let journal = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        journal.contains("\"deny\"") && journal.contains("evil.test"),
+        "the denials are journaled: {journal}"
+    );
+}

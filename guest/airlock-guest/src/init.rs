@@ -123,17 +123,25 @@ fn boot() -> Res<()> {
         sessions: true,
     });
     let mut input = BufReader::new(chan);
-    let job = loop {
+    let (mut job, secrets, ca_bundle) = loop {
         let mut line = String::new();
         if input.read_line(&mut line).map_err(ctx("channel"))? == 0 {
             return Err("the host closed the channel before sending the job".into());
         }
         match serde_json::from_str::<HostMsg>(&line) {
-            Ok(HostMsg::Run { job, .. }) => break job,
+            Ok(HostMsg::Run {
+                job,
+                secrets,
+                ca_bundle,
+                ..
+            }) => break (job, secrets, ca_bundle),
             _ => continue,
         }
     };
     t.mark("job received");
+    let setup = |job: &GuestJob, t: &mut Timing| {
+        setup(job, t).and_then(|()| install_secrets(job, &secrets, ca_bundle.as_deref()))
+    };
     if job.hold {
         // A named sandbox: the root, then exec sessions until poweroff.
         let how = sessions::Serve {
@@ -157,6 +165,11 @@ fn boot() -> Res<()> {
         }
         return Ok(());
     }
+    // The run's command gets the secrets as environment variables too.
+    for (k, v) in &secrets {
+        job.env.retain(|(ek, _)| ek != k);
+        job.env.push((k.clone(), v.clone()));
+    }
     if let Some(size) = job.tty {
         // `run -t`: the command is a session with a terminal (the session server's own
         // pseudo-terminal handling); its exit ends the VM.
@@ -167,6 +180,7 @@ fn boot() -> Res<()> {
             uid: job.uid,
             gid: job.gid,
             stdin: true,
+            secrets: false,
             tty: Some(size),
         };
         let how = sessions::Serve {
@@ -232,18 +246,26 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 }
 
 /// Where the initramfs holds the kernel modules: those every boot needs, in load order
-/// (`NN-NAME.ko`), and in `net/` those only a guest with a network needs.
+/// (`NN-NAME.ko`), in `net/` those only a guest with a network needs and in `disk/` those only a
+/// workspace disk needs.
 const MODULES: &str = "/modules";
 const NET_MODULES: &str = "/modules/net";
+const DISK_MODULES: &str = "/modules/disk";
 
 /// finit_module every DIR/NN-NAME.ko in order (already loaded or built in: fine).
 fn load_modules(dir: &Path, t: &mut Timing) -> Res<()> {
-    let mut mods: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(ctx(dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "ko"))
-        .collect();
+    let mut mods: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(d) => d,
+        // No optional group in this initramfs: nothing to load.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != Path::new(MODULES) => {
+            return Ok(())
+        }
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
+    .flatten()
+    .map(|e| e.path())
+    .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+    .collect();
     mods.sort();
     for m in mods {
         let f = File::open(&m).map_err(ctx(m.display()))?;
@@ -326,12 +348,13 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     )?;
     let at = |p: &str| format!("{NEWROOT}{p}");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // The sandbox user sees its own processes only (not PID 1's, not the kernel threads).
     mnt(
         "proc",
         &at("/proc"),
         "proc",
         nosuid | MsFlags::MS_NOEXEC,
-        None,
+        Some("hidepid=invisible"),
     )?;
     mnt(
         "sysfs",
@@ -391,6 +414,19 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
         )?;
         t.mark("workspace mounted");
     }
+    if job.workspace_disk {
+        // The sandbox's own clone: its ext4 image, writable, kept between starts.
+        load_modules(Path::new(DISK_MODULES), t)?;
+        let ws = wait_for(Duration::from_secs(20), || find_disk(DISK_WORKSPACE))
+            .ok_or("the workspace disk did not appear")?;
+        let target = at("/workspace");
+        // The VM may end without a clean poweroff (a killed supervisor): commit the journal
+        // every second and write dirty data back within about a second, so little is lost.
+        mnt(&ws, &target, "ext4", nosuid, Some("commit=1"))?;
+        let _ = fs::write("/proc/sys/vm/dirty_expire_centisecs", "100");
+        let _ = fs::write("/proc/sys/vm/dirty_writeback_centisecs", "50");
+        hand_over(Path::new(&target), job.uid, job.gid)?;
+    }
     for f in &job.files {
         let path = at(&f.path);
         if let Some(parent) = Path::new(&path).parent() {
@@ -411,6 +447,76 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
         )?;
     }
     t.mark("network up");
+    Ok(())
+}
+
+/// The secrets as /run/secrets/NAME (0400 files in a 0500 directory, the sandbox user's, on
+/// the new root's /run tmpfs) and the injection CA bundle at `plan::CA_BUNDLE` (0444).
+fn install_secrets(job: &GuestJob, secrets: &[(String, String)], ca: Option<&str>) -> Res<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = |path: &str, data: &[u8], mode: u32| -> Res<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(ctx(path))?;
+        f.write_all(data).map_err(ctx(path))
+    };
+    if let Some(bundle) = ca {
+        let path = format!("{NEWROOT}{}", airlock_model::plan::CA_BUNDLE);
+        if let Some(dir) = Path::new(&path).parent() {
+            mkdir(&dir.display().to_string(), 0o755)?;
+        }
+        write(&path, bundle.as_bytes(), 0o444)?;
+    }
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let dir = format!("{NEWROOT}{SECRETS_DIR}");
+    mkdir(&dir, 0o500)?;
+    for (name, value) in secrets {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(format!("a secret's name is not a file name: {name:?}"));
+        }
+        let path = format!("{dir}/{name}");
+        write(&path, value.as_bytes(), 0o400)?;
+        std::os::unix::fs::lchown(&path, Some(job.uid), Some(job.gid)).map_err(ctx(&path))?;
+    }
+    std::os::unix::fs::lchown(&dir, Some(job.uid), Some(job.gid)).map_err(ctx(&dir))
+}
+
+/// Where the secrets are inside.
+pub(crate) const SECRETS_DIR: &str = "/run/secrets";
+
+/// On a disk's first boot (its root is not the sandbox user's yet: the host made it from a
+/// clone owned by someone else), every entry becomes `uid`/`gid`'s; never through a symlink.
+fn hand_over(root: &Path, uid: u32, gid: u32) -> Res<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(root).map_err(ctx(root.display()))?;
+    if meta.uid() == uid && meta.gid() == gid {
+        return Ok(());
+    }
+    let mut stack = vec![root.to_path_buf()];
+    let mut dirs = Vec::new();
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).map_err(ctx(p.display()))?;
+        if m.is_dir() {
+            for e in fs::read_dir(&p).map_err(ctx(p.display()))? {
+                stack.push(e.map_err(ctx(p.display()))?.path());
+            }
+            // The root last: an interrupted hand-over is redone at the next boot.
+            dirs.push(p);
+            continue;
+        }
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
+            .map_err(ctx(format!("chown {}", p.display())))?;
+    }
+    for d in dirs.iter().rev() {
+        std::os::unix::fs::lchown(d, Some(uid), Some(gid))
+            .map_err(ctx(format!("chown {}", d.display())))?;
+    }
     Ok(())
 }
 
@@ -556,6 +662,20 @@ pub(crate) fn child(who: &Become<'_>, stdio: [i32; 3], argv: &[CString], envp: &
     }
     if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
         fail("setgid", e);
+    }
+    // As in a container: a non-root sandbox user can never gain a capability (an empty
+    // bounding set; the root image holds the host's set-id programs) and no_new_privs holds.
+    if who.uid != 0 && nix::unistd::geteuid().is_root() {
+        for cap in 0..64 {
+            // SAFETY: prctl(2) with integer arguments; unknown capabilities fail with EINVAL.
+            unsafe {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            }
+        }
+    }
+    // SAFETY: prctl(2) with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        fail("no_new_privs", nix::errno::Errno::last());
     }
     if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
         fail("setuid", e);

@@ -217,3 +217,82 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn response_framing() {
+    let r = |s: &str, m: &str| parse_response(s.as_bytes(), m);
+    let ok = r("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "GET").unwrap();
+    assert_eq!(ok.body, ResponseBody::Framed(BodyLength::Length(5)));
+    assert!(!ok.close);
+    assert_eq!(
+        ok.head_len,
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".len()
+    );
+    let c = r(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: Close\r\n\r\n",
+        "GET",
+    )
+    .unwrap();
+    assert_eq!(c.body, ResponseBody::Framed(BodyLength::Chunked));
+    assert!(c.close);
+    // No length: until the server closes, never reused.
+    let u = r("HTTP/1.1 200 OK\r\n\r\n", "GET").unwrap();
+    assert_eq!((u.body, u.close), (ResponseBody::UntilClose, true));
+    let u = r("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "GET").unwrap();
+    assert_eq!(u.body, ResponseBody::UntilClose);
+    // HEAD, 204 and 304 have no body whatever the length says; 1xx is interim; 101 is a tunnel.
+    let h = r("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", "HEAD").unwrap();
+    assert_eq!(h.body, ResponseBody::Framed(BodyLength::None));
+    let n = r(
+        "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+        "GET",
+    )
+    .unwrap();
+    assert_eq!(n.body, ResponseBody::Framed(BodyLength::None));
+    let i = r("HTTP/1.1 100 Continue\r\n\r\n", "POST").unwrap();
+    assert_eq!(i.body, ResponseBody::Interim);
+    let s = r("HTTP/1.1 101 Switching Protocols\r\n\r\n", "GET").unwrap();
+    assert!(s.close);
+    // HTTP/1.0 closes unless it says keep-alive.
+    assert!(
+        r("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", "GET")
+            .unwrap()
+            .close
+    );
+    let k = r(
+        "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+        "GET",
+    );
+    assert!(!k.unwrap().close);
+    assert_eq!(
+        r("HTTP/1.1 200 OK\r\nContent-", "GET"),
+        Err(HttpError::NeedMore)
+    );
+    assert!(r("HTTP/1.1 2x0 OK\r\n\r\n", "GET").is_err());
+    assert!(r("SSH-2.0\r\n\r\n", "GET").is_err());
+    assert!(r(
+        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        "GET"
+    )
+    .is_err());
+}
+
+#[test]
+fn keep_alive_head() {
+    let r = req("GET / HTTP/1.1\r\nHost: a.com\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    assert!(r.keep_alive());
+    assert_eq!(
+        String::from_utf8(r.forward_head_with(true)).unwrap(),
+        "GET / HTTP/1.1\r\nHost: a.com\r\n\r\n"
+    );
+    assert!(
+        !req("GET / HTTP/1.1\r\nHost: a\r\nConnection: x, close\r\n\r\n")
+            .unwrap()
+            .keep_alive()
+    );
+    let old = req("GET / HTTP/1.0\r\nHost: a\r\n\r\n").unwrap();
+    assert!(!old.keep_alive());
+    assert!(String::from_utf8(old.forward_head_with(true))
+        .unwrap()
+        .ends_with("Connection: close\r\n\r\n"));
+}

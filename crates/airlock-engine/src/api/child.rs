@@ -348,7 +348,7 @@ pub async fn reports(
 /// Why a run request is out of its schema, if so (what the schema cannot say — variable names,
 /// NUL bytes — the run itself refuses, as a usage error in the stream).
 fn run_problem(r: &RunRequest) -> Option<String> {
-    if r.argv.is_empty() {
+    if r.command.argv.is_empty() {
         return Some("argv must name a command".into());
     }
     if !r.dir.starts_with('/') {
@@ -357,7 +357,7 @@ fn run_problem(r: &RunRequest) -> Option<String> {
     if r.timeout_secs.is_some_and(|t| !(1..=86400).contains(&t)) {
         return Some("timeout_secs must be 1-86400".into());
     }
-    if r.pids.is_some_and(|p| !(1..=4194304).contains(&p)) {
+    if r.policy.pids.is_some_and(|p| !(1..=4194304).contains(&p)) {
         return Some("pids must be 1-4194304".into());
     }
     None
@@ -404,6 +404,12 @@ pub(crate) async fn stream_child(
         Action::Run(r) => {
             run_problem(r).map_or(Ok(()), |p| Err(ApiError::bad_request(p)))?;
             None
+        }
+        Action::Exec { name, request } => {
+            if request.argv.is_empty() {
+                return Err(ApiError::bad_request("argv must name a command"));
+            }
+            Some(name.clone())
         }
         _ => return Err(ApiError::internal("internal: not a streamed action")),
     };

@@ -2,7 +2,7 @@
 
 use super::schema::{
     AgentLayer, Harness, HomeFileLayer, HooksLayer, ImagesLayer, Layer, MountLayer, NetworkLayer,
-    RepoSpec, ResourcesLayer, SandboxLayer, Secret, WorkspaceLayer,
+    PoolLayer, RepoSpec, ResourcesLayer, SandboxLayer, Secret, WorkspaceLayer,
 };
 use crate::policy::{
     BackendKind, ByteSize, CompatibilityMode, Cpus, HomeFileMode, NetMode, Profile, Seconds,
@@ -49,6 +49,15 @@ pub struct Effective {
     pub setup: Vec<PathBuf>,
     #[serde(default)]
     pub images: ImagesConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// `[pool]`, merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    /// Sandboxes kept started for each kind of `run` seen; 0: no pool.
+    pub size: u32,
 }
 
 /// `[images]`, merged.
@@ -151,6 +160,7 @@ impl Default for Effective {
             hooks: Hooks::default(),
             setup: Vec::new(),
             images: ImagesConfig::default(),
+            pool: PoolConfig::default(),
         }
     }
 }
@@ -238,6 +248,9 @@ impl Effective {
                 mirrors: some_map(&self.images.mirrors),
                 insecure_registries: some_vec(&self.images.insecure_registries),
                 runtimes: some_map(&self.images.runtimes),
+            }),
+            pool: (self.pool != PoolConfig::default()).then_some(PoolLayer {
+                size: Some(self.pool.size),
             }),
         }
     }

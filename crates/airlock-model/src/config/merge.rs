@@ -6,9 +6,9 @@
 //! same `dest`) replaces the earlier one in place. `home_files` entries merge field by field.
 
 use super::effective::{
-    Effective, HomeFileSpec, Hooks, ImagesConfig, MountSpec, NetworkConfig, ResourcesConfig,
-    SandboxConfig, WorkspaceConfig, DEFAULT_AGENT_GRACE, DEFAULT_HOME_FILE_MODE, DEFAULT_IMAGE,
-    DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
+    Effective, HomeFileSpec, Hooks, ImagesConfig, MountSpec, NetworkConfig, PoolConfig,
+    ResourcesConfig, SandboxConfig, WorkspaceConfig, DEFAULT_AGENT_GRACE, DEFAULT_HOME_FILE_MODE,
+    DEFAULT_IMAGE, DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
 };
 use super::error::{ConfigError, Location};
 use super::origin::{join_key, Origins, Source};
@@ -338,6 +338,10 @@ impl Acc {
             );
             self.map(&mut d.runtimes, i.runtimes, "images.runtimes", src);
         }
+        if let Some(p) = layer.pool {
+            let d = m.pool.get_or_insert_with(Default::default);
+            self.scalar(&mut d.size, p.size, "pool.size", src);
+        }
         self.merged = m;
     }
 
@@ -440,6 +444,9 @@ impl Acc {
                 mirrors: images.mirrors.unwrap_or_default(),
                 insecure_registries: images.insecure_registries.unwrap_or_default(),
                 runtimes: images.runtimes.unwrap_or_default(),
+            },
+            pool: PoolConfig {
+                size: m.pool.and_then(|p| p.size).unwrap_or(0),
             },
         };
         Ok((effective, self.origins))

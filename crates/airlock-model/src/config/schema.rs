@@ -44,6 +44,17 @@ pub struct Layer {
     pub setup: Option<Vec<PathBuf>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub images: Option<ImagesLayer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolLayer>,
+}
+
+/// `[pool]`: the warm pool (docs/design/warm-pool.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolLayer {
+    /// Sandboxes kept started for each kind of `run` seen (0: no pool, no daemon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
 }
 
 /// `[images]`: registries and the runtime auto-detection table.

@@ -207,6 +207,15 @@ pub fn widening(without: &Effective, with: &Effective) -> Vec<Widening> {
             );
         }
     }
+    if with.pool.size > without.pool.size {
+        add(
+            "pool.size",
+            format!(
+                "keeps {} sandboxes started in the background per kind of run",
+                with.pool.size
+            ),
+        );
+    }
     for ((key, w), (_, wo)) in hooks(with).into_iter().zip(hooks(without)) {
         for cmd in w.iter().filter(|c| !wo.contains(c)) {
             add(key, format!("runs `{cmd}` on the host"));

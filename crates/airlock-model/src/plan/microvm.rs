@@ -19,6 +19,15 @@ pub const VM_RUN_DIR: &str = "/airlock-vm/run";
 pub const VM_CHANNEL: &str = "channel.sock";
 /// The workspace image in the run directory.
 pub const VM_WORKSPACE_IMAGE: &str = "workspace.erofs";
+/// A clone workspace's disk in the run directory (a hard link to the sandbox's own image).
+pub const VM_WORKSPACE_DISK: &str = "workspace.img";
+/// A clone workspace's disk image in the sandbox's folder, beside its clone: an ext4 image
+/// made from the clone at the first start, the guest's to write from then on. The host never
+/// mounts or reads it; the work comes back as a git bundle over the channel.
+pub const WORKSPACE_IMAGE_FILE: &str = "vm-workspace.img";
+/// The size of that image when the spec sets no `disk` (a sparse file: blocks cost only what
+/// the guest writes).
+pub const VM_DEFAULT_WORKSPACE_DISK: u64 = 8 << 30;
 /// Guest memory when the spec's memory limit is airlock's default (half the host's RAM).
 pub const VM_DEFAULT_MEMORY: u64 = 1 << 30;
 /// What QEMU needs beyond the guest's memory (its own heap, the TCG translation cache):
@@ -92,9 +101,23 @@ pub struct VmPlan {
     /// The host directory whose read-only image becomes the guest's /workspace (under a
     /// tmpfs overlay inside: the host directory stays as it is).
     pub workspace: Option<PathBuf>,
+    /// A clone workspace: the guest's writable disk (made from the clone at the first start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_disk: Option<WorkspaceDisk>,
     pub accel: Accel,
     pub memory: u64,
     pub cpus: u32,
+}
+
+/// A named sandbox's clone workspace as a disk of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceDisk {
+    /// The host clone the image is made from when it does not exist yet.
+    pub source: PathBuf,
+    /// The image (`DIR/vm-workspace.img`).
+    pub image: PathBuf,
+    /// Its size in bytes (sparse).
+    pub size: u64,
 }
 
 /// The microVM lowering of an admitted spec. Pure: same inputs, same plan.
@@ -111,7 +134,9 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
                 "--workspace bind (a microVM gets no writable host share)",
             ))
         }
-        WorkspaceMode::Clone => return Err(Refusal::CloneUnsupported),
+        WorkspaceMode::Clone if spec.workspace_dir.is_none() => {
+            return Err(Refusal::CloneUnsupported)
+        }
         _ => {}
     }
     if spec.binds.iter().any(|b| b.writable) {
@@ -130,10 +155,6 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if spec.net == NetMode::Open {
         return Err(Refusal::MicrovmUnsupported("--net open"));
     }
-    if !spec.secrets.is_empty() {
-        // The guest job carries no secrets yet: refuse rather than start without them.
-        return Err(Refusal::MicrovmUnsupported("secrets (--secret, [secrets])"));
-    }
     let memory = match spec.resources.memory {
         Some(m) if !spec.defaulted.memory => m.0,
         _ => VM_DEFAULT_MEMORY,
@@ -144,6 +165,21 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         .map(|c| c.get().ceil().max(1.0) as u32)
         .unwrap_or(1);
     let has_ws = spec.workspace == WorkspaceMode::Overlay;
+    let ws_disk = match (&spec.workspace, &spec.workspace_dir) {
+        (WorkspaceMode::Clone, Some(dir)) => Some(WorkspaceDisk {
+            source: dir.clone(),
+            image: dir
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join(WORKSPACE_IMAGE_FILE),
+            size: spec
+                .resources
+                .disk
+                .map(|d| d.0)
+                .unwrap_or(VM_DEFAULT_WORKSPACE_DISK),
+        }),
+        _ => None,
+    };
     let net = if spec.net == NetMode::Off {
         GuestNet::None
     } else {
@@ -190,17 +226,26 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     push(&["-kernel", &s(&cache.join(&vm.kernel))]);
     push(&["-initrd", &s(&cache.join(&vm.initrd))]);
     push(&["-append", &kernel_cmdline(vm.tsc_khz)]);
-    let mut disk = |id: &str, file: String, serial: &str| {
+    let mut disk = |id: &str, file: String, serial: &str, rw: bool| {
+        let ro = if rw { "" } else { ",readonly=on" };
         argv.extend([
             "-drive".to_string(),
-            format!("id={id},file={file},format=raw,if=none,readonly=on"),
+            format!("id={id},file={file},format=raw,if=none{ro}"),
             "-device".to_string(),
             format!("virtio-blk-device,drive={id},serial={serial}"),
         ]);
     };
-    disk("root", s(&cache.join(&vm.rootfs)), DISK_ROOT);
+    disk("root", s(&cache.join(&vm.rootfs)), DISK_ROOT, false);
     if has_ws {
-        disk("ws", s(&run.join(VM_WORKSPACE_IMAGE)), DISK_WORKSPACE);
+        disk(
+            "ws",
+            s(&run.join(VM_WORKSPACE_IMAGE)),
+            DISK_WORKSPACE,
+            false,
+        );
+    }
+    if ws_disk.is_some() {
+        disk("ws", s(&run.join(VM_WORKSPACE_DISK)), DISK_WORKSPACE, true);
     }
     let mut push = |a: &[&str]| argv.extend(a.iter().map(|x| x.to_string()));
     push(&["-device", "virtio-serial-device"]);
@@ -260,9 +305,20 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         // The explicit proxy is reachable as QEMU's host side (its loopback, in the
         // sandbox's network namespace, where the egress proxy listens).
         container::add_proxy_env(&mut env, SLIRP_HOST);
+        // Injected secrets: every TLS client in the guest trusts the interception CA's
+        // bundle (the guest writes it from the run message).
+        if spec.secrets.values().any(|s| s.inject.is_some()) {
+            env.retain(|(k, _)| !super::CA_BUNDLE_VARS.contains(&k.as_str()));
+            for k in super::CA_BUNDLE_VARS {
+                env.push((k.to_string(), super::CA_BUNDLE.into()));
+            }
+        }
     }
+    // The generated /etc files, and airlock's profile.d drop-in (login shells keep the agent
+    // tools on PATH): the guest's root image has no /etc/profile.d of the host's.
     let files = container::etc_files(spec, None)
         .into_iter()
+        .chain(container::profile_d(&[]))
         .filter_map(|m| match m {
             MountStep::File {
                 target,
@@ -276,10 +332,13 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             _ => None,
         })
         .collect();
-    let cwd = spec
-        .workdir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(if has_ws { "/workspace" } else { home.as_str() }));
+    let cwd = spec.workdir.clone().unwrap_or_else(|| {
+        PathBuf::from(if has_ws || ws_disk.is_some() {
+            "/workspace"
+        } else {
+            home.as_str()
+        })
+    });
     Ok(VmPlan {
         guest: GuestJob {
             argv: spec.argv.clone(),
@@ -290,6 +349,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             hostname: spec.hostname.clone(),
             net,
             workspace: has_ws,
+            workspace_disk: ws_disk.is_some(),
             home,
             tmpfs_size: tmpfs_sizes(Some(memory)).tmp,
             files,
@@ -307,6 +367,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         },
         qemu,
         workspace: has_ws.then(|| spec.project_dir.clone()),
+        workspace_disk: ws_disk,
         accel: vm.accel,
         memory,
         cpus,

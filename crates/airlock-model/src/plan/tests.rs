@@ -1036,24 +1036,28 @@ fn the_microvm_plan_is_exact() {
             tmpfs_size: Some(128 << 20),
             files: etc_files(&s, None)
                 .into_iter()
-                .map(|m| match m {
+                .chain(profile_d(&[]))
+                .filter_map(|m| match m {
                     MountStep::File {
                         target,
                         contents,
                         mode,
-                    } => crate::vm::GuestFile {
+                    } => Some(crate::vm::GuestFile {
                         path: target.display().to_string(),
                         contents,
                         mode,
-                    },
+                    }),
+                    MountStep::Dir { .. } => None,
                     other => panic!("{other:?}"),
                 })
                 .collect(),
             stdin: false,
+            workspace_disk: false,
             hold: false,
             tty: None,
         },
         workspace: Some(p("/home/u/proj")),
+        workspace_disk: None,
         accel: Accel::Tcg,
         memory: 512 << 20,
         cpus: 2,
@@ -1137,6 +1141,92 @@ fn a_named_microvm_sandbox_is_a_held_guest_without_a_command() {
 }
 
 #[test]
+fn a_named_microvm_sandboxs_clone_is_a_writable_disk_of_its_own() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.persistent = true;
+    s.argv = vec![];
+    s.workspace = WorkspaceMode::Clone;
+    // A run (no clone made for it) cannot have one.
+    assert_eq!(
+        super::plan(&s, &vm_host()).map(|_| ()),
+        Err(Refusal::CloneUnsupported)
+    );
+    s.workspace_dir = Some(p("/state/sandboxes/box/workspace"));
+    let Plan::Microvm(v) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microVM plan");
+    };
+    assert_eq!(
+        v.workspace_disk,
+        Some(microvm::WorkspaceDisk {
+            source: p("/state/sandboxes/box/workspace"),
+            image: p("/state/sandboxes/box/vm-workspace.img"),
+            size: microvm::VM_DEFAULT_WORKSPACE_DISK,
+        })
+    );
+    assert_eq!(v.workspace, None, "no read-only image of the project");
+    assert!(v.guest.workspace_disk && !v.guest.workspace);
+    assert_eq!(v.guest.cwd, "/workspace");
+    let argv = &v.qemu.argv;
+    // Writable (no readonly=on), from the run directory, found by its serial.
+    assert!(
+        argv.iter()
+            .any(|a| a == "id=ws,file=/airlock-vm/run/workspace.img,format=raw,if=none"),
+        "{argv:?}"
+    );
+    assert!(argv
+        .iter()
+        .any(|a| a == "virtio-blk-device,drive=ws,serial=airlock-ws"));
+    // `disk` sizes it.
+    s.resources.disk = Some(ByteSize(3 << 30));
+    let Plan::Microvm(v) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microVM plan");
+    };
+    assert_eq!(v.workspace_disk.map(|d| d.size), Some(3 << 30));
+}
+
+#[test]
+fn microvm_guests_take_secrets_and_trust_the_injection_ca_while_qemu_gets_neither() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.net = NetMode::Filtered;
+    s.domains = vec!["api.test".into()];
+    s.secrets.insert(
+        "K".into(),
+        crate::config::Secret {
+            source: crate::config::SecretSource::FromEnv("K".into()),
+            inject: Some(crate::config::Inject {
+                hosts: vec!["api.test".into()],
+                header: Some("x-api-key".into()),
+                bearer: false,
+                basic: false,
+                query: None,
+            }),
+        },
+    );
+    s.secrets.insert(
+        "PLAIN".into(),
+        crate::config::SecretSource::FromEnv("PLAIN".into()).into(),
+    );
+    let Plan::Microvm(v) = super::plan(&s, &vm_host()).expect("secrets are not refused") else {
+        panic!("not a microVM plan");
+    };
+    for var in CA_BUNDLE_VARS {
+        let vals: Vec<&str> = v
+            .guest
+            .env
+            .iter()
+            .filter(|(k, _)| k == var)
+            .map(|(_, x)| x.as_str())
+            .collect();
+        assert_eq!(vals, vec![CA_BUNDLE], "{var}");
+    }
+    // QEMU's container is given no secret, and its environment names none.
+    assert!(!v.qemu.env.iter().any(|(k, _)| k == "K" || k == "PLAIN"));
+    assert!(!v.qemu.argv.iter().any(|a| a.contains("K=")));
+}
+
+#[test]
 fn a_microvm_run_with_a_terminal_gives_the_guest_one() {
     let mut s = spec();
     s.backend = BackendKind::Microvm;
@@ -1169,15 +1259,6 @@ fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
         Err(Refusal::MicrovmUnsupported(_))
     ));
     s.binds.clear();
-    s.secrets.insert(
-        "TOKEN".into(),
-        crate::config::SecretSource::FromEnv("TOKEN".into()).into(),
-    );
-    assert!(matches!(
-        super::plan(&s, &vm_host()),
-        Err(Refusal::MicrovmUnsupported(m)) if m.contains("secrets")
-    ));
-    s.secrets.clear();
     s.rootfs = RootFs::from_config("busybox:1.36");
     let mut with_images = vm_host();
     with_images.offer.images = true;

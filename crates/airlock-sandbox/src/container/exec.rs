@@ -258,18 +258,25 @@ pub fn exec(
     });
     let pidfd = sys::pidfd_open(child).map_err(io_err("pidfd_open"))?;
     let child = Pid::from_raw(child);
-    let (_, _) = tty::supervise(
+    let deadline = req.timeout.map(|t| std::time::Instant::now() + t);
+    let (timed_out, _) = tty::supervise(
         &pidfd,
         child,
         &signals,
         tty_host.as_ref(),
         &result_rd,
-        None,
+        deadline,
         None,
     )
     .map_err(io_err("supervise the command"))?;
     let status = nix::sys::wait::waitpid(child, None)
         .map_err(|e| io_err("wait for the command")(e.into()))?;
+    if timed_out {
+        return Ok(Outcome {
+            ending: Ending::TimedOut,
+            changes: None,
+        });
+    }
     let code = match conclude(status, err_rd)? {
         Concluded::Ran(c) | Concluded::NotStarted(c) => c,
     };
@@ -277,4 +284,92 @@ pub fn exec(
         ending: Ending::Exited(code),
         changes: None,
     })
+}
+
+/// Write `secrets` as /run/secrets/NAME (0400, the sandbox user's, as a start writes them)
+/// into the running sandbox in `dir`, from a forked child that joins its user and mount
+/// namespaces. For the warm pool's claim: a member starts with no secrets, and the claimer's
+/// are written before its command runs. Refuses a sandbox that has /run/secrets already (a
+/// second claim of one member, which the pool never makes, would find the first one's).
+pub fn deliver_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), RunError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let plan: LaunchPlan = fs::read(dir.join(crate::isolation::PLAN_FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| RunError::Setup(format!("the sandbox's plan: {e}")))?;
+    let ns = fetch_namespaces(dir)
+        .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
+    let find = |flag: CloneFlags| ns.iter().find(|(f, _)| *f == flag).map(|(_, fd)| fd);
+    let (Some(userns), Some(mntns)) = (
+        find(CloneFlags::CLONE_NEWUSER),
+        find(CloneFlags::CLONE_NEWNS),
+    ) else {
+        return Err(RunError::Setup(
+            "the sandbox's namespaces are incomplete".into(),
+        ));
+    };
+    let (err_rd, err_wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
+    let child = sys::clone_fork(0).map_err(RunError::Clone)?;
+    if child == 0 {
+        drop(err_rd);
+        let ef = err_wr.as_raw_fd();
+        let fail = |msg: String| -> ! {
+            sys::write_all_raw(ef, msg.as_bytes());
+            sys::exit_now(exit::SANDBOX_FAILED)
+        };
+        let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if let Err(e) = nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER) {
+            fail(format!("join the sandbox's user namespace: {e}"));
+        }
+        if !plan.rootless {
+            let (u, g) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+            if let Err(e) =
+                nix::unistd::setresgid(g, g, g).and_then(|()| nix::unistd::setresuid(u, u, u))
+            {
+                fail(format!("become the sandbox's root: {e}"));
+            }
+        }
+        if let Err(e) = nix::sched::setns(mntns, CloneFlags::CLONE_NEWNS) {
+            fail(format!("join the sandbox's mount namespace: {e}"));
+        }
+        let (uid, gid) = (
+            nix::unistd::Uid::from_raw(plan.user.0),
+            nix::unistd::Gid::from_raw(plan.user.1),
+        );
+        let secrets_dir = Path::new("/run/secrets");
+        let written = (|| -> std::io::Result<()> {
+            fs::DirBuilder::new().mode(0o500).create(secrets_dir)?;
+            for (name, value) in secrets {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o400)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(secrets_dir.join(name))?;
+                std::io::Write::write_all(&mut f, value.as_bytes())?;
+                nix::unistd::fchown(&f, Some(uid), Some(gid))?;
+            }
+            nix::unistd::chown(secrets_dir, Some(uid), Some(gid))?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            fail(format!("write /run/secrets: {e}"));
+        }
+        sys::exit_now(0);
+    }
+    drop(err_wr);
+    drop(ns);
+    let status = nix::sys::wait::waitpid(Pid::from_raw(child), None)
+        .map_err(|e| io_err("wait for the secrets helper")(e.into()))?;
+    let mut msg = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut fs::File::from(err_rd), &mut msg);
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        _ => Err(RunError::Setup(if msg.is_empty() {
+            format!("the secrets helper ended: {status:?}")
+        } else {
+            String::from_utf8_lossy(&msg).into_owned()
+        })),
+    }
 }

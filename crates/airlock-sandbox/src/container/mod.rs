@@ -278,8 +278,16 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
+/// The host's CA bundle the sandbox's combined bundle starts with (`airlock doctor`).
+pub fn system_ca_bundle() -> Option<&'static str> {
+    SYSTEM_BUNDLES
+        .iter()
+        .copied()
+        .find(|p| Path::new(p).is_file())
+}
+
 /// The system's roots (the first bundle found on the host) followed by the sandbox's CA.
-fn ca_bundle(ca_pem: &str) -> Vec<u8> {
+pub(crate) fn ca_bundle(ca_pem: &str) -> Vec<u8> {
     let mut out = SYSTEM_BUNDLES
         .iter()
         .find_map(|p| fs::read(p).ok())

@@ -27,10 +27,14 @@ pub const GUEST_MODULES: &[&str] = &[
 /// holds them, with the dependencies the others do not share, in `modules/net/`.
 pub const NET_MODULES: &[&str] = &["virtio_net"];
 
+/// Modules the guest init loads only for a job with a workspace disk (a clone workspace's
+/// ext4 image), from `/modules/disk`: a boot without one does not pay for them.
+pub const DISK_MODULES: &[&str] = &["ext4"];
+
 /// The initramfs's layout version, part of its cache key: an airlock that lays the initramfs
 /// out differently (which modules where, how they are stored) never boots one cached by
-/// another. 2: network modules apart; signatures stripped.
-const INITRD_LAYOUT: &str = "2";
+/// another. 2: network modules apart; signatures stripped. 3: workspace-disk modules apart.
+const INITRD_LAYOUT: &str = "3";
 
 /// The microVM artifact cache.
 pub fn cache_dir() -> PathBuf {
@@ -143,11 +147,13 @@ pub fn vmlinux(dir: &Path, k: &Kernel) -> Result<String, String> {
 }
 
 /// The modules a guest of `release` loads, dependencies first (paths under
-/// /lib/modules/RELEASE): those every boot needs, and those only a network needs.
+/// /lib/modules/RELEASE): those every boot needs, those only a network needs and those only a
+/// workspace disk needs (each set without what an earlier one holds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Modules {
     pub base: Vec<PathBuf>,
     pub net: Vec<PathBuf>,
+    pub disk: Vec<PathBuf>,
 }
 
 /// The modules to load for `release` (see [`Modules`]).
@@ -193,24 +199,25 @@ fn module_list_in(root: &Path, release: &str) -> Result<Modules, String> {
         order.push(m.to_string());
         Ok(())
     }
-    let mut base = 0;
-    for (i, want) in GUEST_MODULES.iter().chain(NET_MODULES).enumerate() {
-        if i == GUEST_MODULES.len() {
-            base = order.len();
+    let mut ends = Vec::new();
+    for set in [GUEST_MODULES, NET_MODULES, DISK_MODULES] {
+        for want in set {
+            let Some((path, _)) = deps.iter().find(|(p, _)| stem(p) == *want) else {
+                if builtin.lines().any(|l| stem(l) == *want) {
+                    continue;
+                }
+                return Err(format!(
+                    "kernel {release} has no module {want} and does not build it in"
+                ));
+            };
+            visit(path, &deps, &mut order, 0)?;
         }
-        let Some((path, _)) = deps.iter().find(|(p, _)| stem(p) == *want) else {
-            if builtin.lines().any(|l| stem(l) == *want) {
-                continue;
-            }
-            return Err(format!(
-                "kernel {release} has no module {want} and does not build it in"
-            ));
-        };
-        visit(path, &deps, &mut order, 0)?;
+        ends.push(order.len());
     }
-    let mut all: Vec<PathBuf> = order.into_iter().map(|m| root.join(m)).collect();
-    let net = all.split_off(base);
-    Ok(Modules { base: all, net })
+    let mut base: Vec<PathBuf> = order.into_iter().map(|m| root.join(m)).collect();
+    let disk = base.split_off(ends[1]);
+    let net = base.split_off(ends[0]);
+    Ok(Modules { base, net, disk })
 }
 
 /// The trailer the kernel's build appends to a signed module.
@@ -289,7 +296,11 @@ pub fn initrd_name(guest: &[u8], release: &str, mods: &Modules) -> String {
         guest.to_vec(),
         release.as_bytes().to_vec(),
     ];
-    for (set, list) in [("base", &mods.base), ("net", &mods.net)] {
+    for (set, list) in [
+        ("base", &mods.base),
+        ("net", &mods.net),
+        ("disk", &mods.disk),
+    ] {
         parts.push(set.as_bytes().to_vec());
         parts.extend(list.iter().map(|m| stat_key(m).into_bytes()));
     }
@@ -299,7 +310,8 @@ pub fn initrd_name(guest: &[u8], release: &str, mods: &Modules) -> String {
 
 /// The initramfs (uncompressed: the kernel unpacks it faster than it would inflate it):
 /// /init (the guest helper, static), /modules/NN-NAME.ko in load order and
-/// /modules/net/NN-NAME.ko, the modules decompressed and without signatures.
+/// /modules/net/NN-NAME.ko and /modules/disk/NN-NAME.ko (loaded for a workspace disk only), the
+/// modules decompressed and without signatures.
 pub fn initrd(dir: &Path, guest: &[u8], k: &Kernel) -> Result<String, String> {
     let mods = module_list(&k.release)?;
     let name = initrd_name(guest, &k.release, &mods);
@@ -315,7 +327,13 @@ fn write_initrd(tmp: &Path, guest: &[u8], mods: &Modules) -> Result<(), String> 
     cpio_entry(&mut out, "modules", 0o040_755, &[], ino);
     ino += 1;
     cpio_entry(&mut out, "modules/net", 0o040_755, &[], ino);
-    for (dir, list) in [("modules", &mods.base), ("modules/net", &mods.net)] {
+    ino += 1;
+    cpio_entry(&mut out, "modules/disk", 0o040_755, &[], ino);
+    for (dir, list) in [
+        ("modules", &mods.base),
+        ("modules/net", &mods.net),
+        ("modules/disk", &mods.disk),
+    ] {
         for (i, m) in list.iter().enumerate() {
             ino += 1;
             let stem = m
@@ -460,6 +478,58 @@ pub fn host_rootfs(dir: &Path) -> Result<String, String> {
         erofs(Path::new("/"), tmp, &extra)
     })?;
     Ok(name)
+}
+
+
+/// mkfs.ext4 (e2fsprogs).
+pub fn mkfs_ext4() -> Option<PathBuf> {
+    [
+        "/usr/sbin/mkfs.ext4",
+        "/sbin/mkfs.ext4",
+        "/usr/bin/mkfs.ext4",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// A writable ext4 image of `size` bytes (sparse) at `out` holding `source`'s tree: a clone
+/// workspace's disk. Built beside `out` and renamed into place, so a failure leaves nothing.
+pub fn ext4(source: &Path, out: &Path, size: u64) -> Result<(), String> {
+    let mkfs = mkfs_ext4().ok_or("mkfs.ext4 is not installed (apt-get install e2fsprogs)")?;
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let made = (|| {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.set_len(size)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        drop(f);
+        let res = Command::new(&mkfs)
+            .args(["-q", "-F", "-t", "ext4", "-m", "0", "-L", "workspace"])
+            .args(["-E", "lazy_itable_init=1,lazy_journal_init=1"])
+            .arg("-d")
+            .arg(source)
+            .arg(&tmp)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", mkfs.display()))?;
+        if !res.status.success() {
+            return Err(format!(
+                "mkfs.ext4 -d {}: {}",
+                source.display(),
+                String::from_utf8_lossy(&res.stderr).trim()
+            ));
+        }
+        fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
+    })();
+    if made.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    made
 }
 
 #[cfg(test)]

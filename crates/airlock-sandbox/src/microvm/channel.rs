@@ -24,11 +24,37 @@ pub enum Reported {
     Nothing,
 }
 
+/// What the run message carries beside the job: the secrets' values and the injection CA
+/// bundle, never recorded anywhere on the host.
+#[derive(Debug, Clone, Default)]
+pub struct Sealed {
+    pub secrets: Vec<(String, String)>,
+    pub ca_bundle: Option<String>,
+}
+
+impl Sealed {
+    /// The run message for `job`.
+    pub fn run(&self, job: &GuestJob) -> HostMsg {
+        HostMsg::Run {
+            v: VM_PROTOCOL_VERSION,
+            job: Box::new(job.clone()),
+            secrets: self.secrets.clone(),
+            ca_bundle: self.ca_bundle.clone(),
+        }
+    }
+}
+
 /// Wait for QEMU to connect to `listener` (until `stop`), then relay until the guest reports
 /// its end or the channel closes.
-pub fn relay(listener: &UnixListener, job: &GuestJob, stop: &AtomicBool, stdin: bool) -> Reported {
+pub fn relay(
+    listener: &UnixListener,
+    job: &GuestJob,
+    sealed: &Sealed,
+    stop: &AtomicBool,
+    stdin: bool,
+) -> Reported {
     match accept(listener, stop) {
-        Some(stream) => serve(stream, job, stdin),
+        Some(stream) => serve(stream, job, sealed, stdin),
         None => Reported::Nothing,
     }
 }
@@ -71,14 +97,11 @@ fn send(w: &mut impl Write, m: &HostMsg) -> std::io::Result<()> {
     w.write_all(&line)
 }
 
-pub fn serve(stream: UnixStream, job: &GuestJob, stdin: bool) -> Reported {
+pub fn serve(stream: UnixStream, job: &GuestJob, sealed: &Sealed, stdin: bool) -> Reported {
     let Ok(mut w) = stream.try_clone() else {
         return Reported::Nothing;
     };
-    let run = HostMsg::Run {
-        v: VM_PROTOCOL_VERSION,
-        job: Box::new(job.clone()),
-    };
+    let run = sealed.run(job);
     if send(&mut w, &run).is_err() {
         return Reported::Nothing;
     }

@@ -221,5 +221,51 @@ pub fn exec(
     ended
 }
 
+/// Run `exec` (no stdin) in the guest held behind `sock` and copy its stdout to `out`, at most
+/// `limit` bytes: past that the connection is dropped (the supervisor then kills the
+/// command) and the error says so. Its stderr, bounded too, comes back with a failure.
+pub fn capture(
+    sock: &Path,
+    exec: GuestExec,
+    out: &mut dyn Write,
+    limit: u64,
+) -> Result<(i32, Vec<u8>), String> {
+    let v = VM_PROTOCOL_VERSION;
+    let c = UnixStream::connect(sock).map_err(|e| format!("connect {}: {e}", sock.display()))?;
+    let mut w = c.try_clone().map_err(|e| e.to_string())?;
+    put(
+        &mut w,
+        &HostMsg::Exec {
+            v,
+            session: MAIN_SESSION,
+            exec: Box::new(exec),
+        },
+    )
+    .map_err(|e| format!("write {}: {e}", sock.display()))?;
+    let mut r = BufReader::new(c);
+    let mut line = Vec::new();
+    let (mut got, mut err) = (0u64, Vec::new());
+    while read_line(&mut r, &mut line) {
+        match serde_json::from_slice(&line) {
+            Ok(GuestMsg::Stdout { data, .. }) => {
+                let b = b64_decode(&data).unwrap_or_default();
+                got += b.len() as u64;
+                if got > limit {
+                    let _ = w.shutdown(std::net::Shutdown::Both);
+                    return Err(format!("its output passed the limit of {limit} bytes"));
+                }
+                out.write_all(&b).map_err(|e| e.to_string())?;
+            }
+            Ok(GuestMsg::Stderr { data, .. }) if err.len() < 64 << 10 => {
+                err.extend(b64_decode(&data).unwrap_or_default());
+            }
+            Ok(GuestMsg::Exit { code, .. }) => return Ok((code, err)),
+            Ok(GuestMsg::Error { message, .. }) => return Err(message),
+            _ => {}
+        }
+    }
+    Err("the sandbox's VM ended before the command did".into())
+}
+
 #[cfg(test)]
 mod tests;

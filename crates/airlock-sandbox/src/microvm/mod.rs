@@ -16,7 +16,9 @@ pub mod mux;
 pub mod term;
 
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
-use airlock_model::plan::microvm::{Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_IMAGE};
+use airlock_model::plan::microvm::{
+    Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_DISK, VM_WORKSPACE_IMAGE,
+};
 use airlock_model::plan::{HostFacts, MountStep, Plan};
 use channel::Reported;
 use std::path::{Path, PathBuf};
@@ -295,6 +297,33 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             .map_err(|e| RunError::Vm(format!("workspace image: {e}")))?;
         crate::phase("workspace image built");
     }
+    if let Some(d) = &vm.workspace_disk {
+        // A clone workspace: the sandbox's own disk, made from its clone at the first start
+        // and the guest's from then on (the host never mounts it). QEMU opens it through a
+        // hard link in the run directory, owned like that directory.
+        if !d.image.exists() {
+            artifacts::ext4(&d.source, &d.image, d.size)
+                .map_err(|e| RunError::Vm(format!("workspace disk: {e}")))?;
+            crate::phase("workspace disk made from the clone");
+        }
+        if !qemu.rootless {
+            let (u, g) = opts.facts.project_owner;
+            nix::unistd::chown(
+                &d.image,
+                Some(nix::unistd::Uid::from_raw(u)),
+                Some(nix::unistd::Gid::from_raw(g)),
+            )
+            .map_err(|e| RunError::Vm(format!("chown {}: {e}", d.image.display())))?;
+        }
+        let link = dir.join(VM_WORKSPACE_DISK);
+        std::fs::hard_link(&d.image, &link).map_err(|e| {
+            RunError::Vm(format!(
+                "link the workspace disk {} into {}: {e}",
+                d.image.display(),
+                dir.display()
+            ))
+        })?;
+    }
     let at = qemu
         .mounts
         .iter()
@@ -330,6 +359,15 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         )
         .map_err(|e| RunError::Vm(format!("chown {}: {e}", socket.display())))?;
     }
+    // The secrets' values go to the guest in the run message only (never QEMU's command line,
+    // environment or files, the kernel command line, the job record or a disk image).
+    let sealed = channel::Sealed {
+        secrets: opts.secrets.to_vec(),
+        ca_bundle: opts
+            .intercept
+            .as_ref()
+            .map(|i| String::from_utf8_lossy(&container::ca_bundle(i.ca_pem())).into_owned()),
+    };
     // `run -t`: the guest's terminal starts at the size of the user's.
     let mut guest = vm.guest.clone();
     if guest.tty.is_some() {
@@ -355,8 +393,8 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         let relay = std::sync::Mutex::new(None);
         let start_relay = || {
             let handle = s.spawn(|| match opts.persist {
-                Some(folder) => hold(&listener, vm, folder, &stop, &held),
-                None => channel::relay(&listener, guest, &stop, guest.stdin),
+                Some(folder) => hold(&listener, vm, &sealed, folder, &stop, &held, opts.on_ready),
+                None => channel::relay(&listener, guest, &sealed, &stop, guest.stdin),
             });
             if let Ok(mut r) = relay.lock() {
                 *r = Some(handle);
@@ -368,6 +406,8 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             intercept: opts.intercept.clone(),
             // The guest holds a named sandbox's state; QEMU's container is a run's.
             persist: None,
+            // Secrets are the guest's, not QEMU's.
+            secrets: &[],
             // The guest has the terminal and stdin (over the channel); QEMU neither.
             tty: false,
             forward_stdin: false,
@@ -447,14 +487,16 @@ fn stop_graces(grace: Duration) -> (Duration, Duration) {
 fn hold(
     listener: &std::os::unix::net::UnixListener,
     vm: &VmPlan,
+    sealed: &channel::Sealed,
     folder: &Path,
     stop: &AtomicBool,
     held: &Held,
+    on_ready: Option<&(dyn Fn() + Sync)>,
 ) -> Reported {
     let Some(stream) = channel::accept(listener, stop) else {
         return Reported::Nothing;
     };
-    let mux = match mux::Mux::open(stream, &vm.guest) {
+    let mux = match mux::Mux::open_sealed(stream, &vm.guest, sealed) {
         Ok(m) => std::sync::Arc::new(m),
         Err(e) => {
             eprintln!("airlock: {e}");
@@ -464,14 +506,19 @@ fn hold(
     if let Ok(mut h) = held.lock() {
         *h = Some(mux.clone());
     }
-    let reported = serve_held(&mux, folder, stop);
+    let reported = serve_held(&mux, folder, stop, on_ready);
     if let Ok(mut h) = held.lock() {
         *h = None;
     }
     reported
 }
 
-fn serve_held(mux: &mux::Mux, folder: &Path, stop: &AtomicBool) -> Reported {
+fn serve_held(
+    mux: &mux::Mux,
+    folder: &Path,
+    stop: &AtomicBool,
+    on_ready: Option<&(dyn Fn() + Sync)>,
+) -> Reported {
     crate::phase("guest ready for exec");
     let sock = folder.join(control::VM_CONTROL);
     let _ = std::fs::remove_file(&sock);
@@ -482,7 +529,14 @@ fn serve_held(mux: &mux::Mux, folder: &Path, stop: &AtomicBool) -> Reported {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
     let _ = std::fs::write(folder.join(PID_FILE), std::process::id().to_string());
-    control::serve(&ctl, mux, stop);
+    std::thread::scope(|s| {
+        // The guest takes exec sessions now: what waits for that (agent mode's runner)
+        // starts beside the control socket's server.
+        if let Some(f) = on_ready {
+            s.spawn(f);
+        }
+        control::serve(&ctl, mux, stop);
+    });
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(folder.join(PID_FILE));
     Reported::Nothing
@@ -527,6 +581,7 @@ impl MicroVm {
             uid: job.uid,
             gid: job.gid,
             stdin: req.forward_stdin || tty.is_some(),
+            secrets: req.with_secrets,
             tty,
         };
         // A descriptor of its own: the relay thread may outlive this call (the command can end
@@ -554,6 +609,38 @@ impl MicroVm {
             ending: Ending::Exited(code),
             changes: None,
         })
+    }
+
+    /// Run `argv` in a running named microVM sandbox (in /workspace, as its user, with its
+    /// environment) and copy at most `limit` bytes of its stdout to `out`: how the host takes
+    /// a clone workspace's work back (a git bundle). The exit status and the command's stderr.
+    pub fn capture_in(
+        &self,
+        dir: &Path,
+        name: &str,
+        argv: Vec<String>,
+        out: &mut dyn std::io::Write,
+        limit: u64,
+    ) -> Result<(i32, Vec<u8>), RunError> {
+        let job: airlock_model::vm::GuestJob = std::fs::read(dir.join(JOB_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| RunError::NotRecorded {
+                name: name.to_string(),
+                why: format!("{JOB_FILE}: {e}"),
+            })?;
+        let exec = airlock_model::vm::GuestExec {
+            argv,
+            env: job.env.clone(),
+            cwd: "/workspace".into(),
+            uid: job.uid,
+            gid: job.gid,
+            stdin: false,
+            secrets: false,
+            tty: None,
+        };
+        control::capture(&dir.join(control::VM_CONTROL), exec, out, limit)
+            .map_err(|e| RunError::Vm(format!("sandbox {name}: {e}")))
     }
 
     /// Running: its control socket answers.

@@ -80,16 +80,22 @@ impl Mux {
     /// Send `job` (which must hold) over `stream` and wait until the guest has built its root.
     /// Errors: the guest closed the channel, does not serve sessions, or could not set up.
     pub fn open(stream: UnixStream, job: &GuestJob) -> Result<Mux, String> {
+        Mux::open_sealed(stream, job, &super::channel::Sealed::default())
+    }
+
+    /// `open`, with the secrets and CA bundle the guest installs for every session.
+    pub fn open_sealed(
+        stream: UnixStream,
+        job: &GuestJob,
+        sealed: &super::channel::Sealed,
+    ) -> Result<Mux, String> {
         if !job.hold || !job.argv.is_empty() {
             return Err("a held guest's job has no command of its own".into());
         }
         let mut w = stream
             .try_clone()
             .map_err(|e| format!("the VM channel: {e}"))?;
-        let run = HostMsg::Run {
-            v: VM_PROTOCOL_VERSION,
-            job: Box::new(job.clone()),
-        };
+        let run = sealed.run(job);
         send(&mut w, &run).map_err(|e| format!("send the job to the guest: {e}"))?;
         let mut reader = BufReader::new(stream);
         let mut kernel = None;

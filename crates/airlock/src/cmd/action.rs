@@ -1,9 +1,11 @@
 //! `airlock __action`: the typed child process. It reads one [`Action`] as JSON on stdin and
 //! writes one [`ChildAnswer`] line on stdout — the engine (for its routes) and the MCP server
 //! start it, never with argv built from what a client sent, and never reading its stderr (which
-//! is their log). The actions that enter a sandbox (file read/write/copy, deliver) need a
-//! single-threaded process; trust and explain use this binary's configuration resolution;
-//! the engine's own actions are forwarded to the engine.
+//! is their log). The actions that enter a sandbox (file read/write/copy, deliver; run and exec
+//! from a grandchild) need a single-threaded process; trust, explain and up use this binary's
+//! configuration resolution; start (without secrets), stop and remove are carried out as the
+//! CLI carries them out (hooks, setup scripts, secrets from this process's environment), then
+//! through the engine; the engine's other actions are forwarded to it.
 //!
 //! What this module decides is the contract (the action in, one answer out, errors as
 //! [`ActionError`]); how bytes move inside the sandbox is the file scripts' business
@@ -13,11 +15,13 @@ use crate::cmd::exec::exec_in;
 use crate::error::{CliError, CliResult};
 use airlock_engine::action::{
     Action, ActionData, ActionError, ChildAnswer, Copied, Delivered, Direction, Encoding,
-    Explanation, FileContent, StreamEnd, Verdict, Written,
+    ExecRequest, Explanation, FileContent, PolicyOptions, RunRequest, StreamEnd, UpRequest,
+    Verdict, Written,
 };
 use airlock_guest::fs::{Answer as FsAnswer, Code as FsCode, Request as FsRequest};
 use airlock_mcp::{b64, explain, paths};
 use airlock_model::exit;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -58,7 +62,23 @@ pub fn main() -> CliResult<i32> {
     } else {
         serde_json::from_slice::<Action>(&input)
             .map_err(|e| ActionError::new("bad_request", format!("not an action: {e}")))
-            .and_then(|a| carry_out(a, &mut answer))
+            .and_then(|a| {
+                // A caller ends a run or an exec with SIGTERM to this process group: the
+                // grandchild carrying it out forwards it into the sandbox and ends; this
+                // process stays to answer how it ended (its caller SIGKILLs the group after a
+                // grace period). The handler only writes to /dev/null (reset at exec).
+                let _keep = matches!(a, Action::Run(_) | Action::Exec { .. }).then(
+                    || -> std::io::Result<File> {
+                        let sink = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+                        airlock_sandbox::sys::signals_to_pipe(
+                            sink.as_raw_fd(),
+                            &[nix::sys::signal::Signal::SIGTERM],
+                        )?;
+                        Ok(sink)
+                    },
+                );
+                carry_out(a, &mut answer)
+            })
     };
     let answer_line = match result {
         Ok(data) => ChildAnswer::Ok(Box::new(data)),
@@ -97,7 +117,36 @@ fn event(answer: &mut File, raw: &str) {
 
 fn carry_out(action: Action, answer: &mut File) -> Result<ActionData, ActionError> {
     match action {
-        Action::Run(r) => run(r, answer).map(ActionData::Ended),
+        Action::Run(r) => grandchild(Job::Run(r), answer).map(ActionData::Ended),
+        Action::Exec { name, request } => {
+            grandchild(Job::Exec { name, request }, answer).map(ActionData::Ended)
+        }
+        Action::Up(r) => up(r).map(ActionData::Record),
+        // The lifecycle as the CLI carries it out (its hooks, setup scripts, the secrets from
+        // this process's environment, an agent's turn ended before a stop), then the engine.
+        Action::Start {
+            name,
+            secrets: None,
+        } => as_cli(&name, || crate::cmd::sandbox::start(&name)).map(ActionData::Record),
+        Action::Stop { name, grace_ms } => {
+            let args = crate::cli::StopArgs {
+                name: name.clone(),
+                grace: format!("{}ms", grace_ms.unwrap_or(10_000)),
+                sync: false,
+                accept: false,
+                artifacts: false,
+                remove: false,
+            };
+            as_cli(&name, || crate::cmd::sandbox::stop(&args)).map(ActionData::Record)
+        }
+        Action::Remove { name, force } => {
+            let args = crate::cli::RmArgs {
+                name: name.clone(),
+                force,
+            };
+            quietly(|| crate::cmd::sandbox::rm(&args))?;
+            Ok(ActionData::Removed(name))
+        }
         Action::Prompt { name, text, wait } => {
             let (turn, exit) = crate::cmd::agent::prompt_with(&name, &text, wait, &mut |raw, _| {
                 event(answer, raw)
@@ -147,7 +196,7 @@ fn carry_out(action: Action, answer: &mut File) -> Result<ActionData, ActionErro
             let dir = absolute(&dir, "dir")?;
             let dir = std::fs::canonicalize(dir)
                 .map_err(|e| ActionError::new("bad_request", format!("{dir}: {e}")))?;
-            crate::cmd::trust::trust(&dir, op)
+            crate::cmd::trust::trust(&dir, op, "api")
                 .map(|(_, report)| ActionData::Trust(report))
                 .map_err(action_error)
         }
@@ -196,18 +245,19 @@ fn carry_out(action: Action, answer: &mut File) -> Result<ActionData, ActionErro
     }
 }
 
-/// `run`: carried out by a grandchild, `airlock __run` (the request as JSON on its stdin), whose
-/// stdout and stderr are the command's and become `{"event": {"stream", "data"}}` lines as
-/// they come. Not in this process: starting a sandbox forks, and this one has the pumping
-/// threads. Its error, if it has one, comes back typed through a scratch file it inherits.
-fn run(r: airlock_engine::action::RunRequest, answer: &mut File) -> Result<StreamEnd, ActionError> {
+/// `run` and `exec`: carried out by a grandchild, `airlock __run` (the job as JSON on its
+/// stdin), whose stdout and stderr are the command's and become `{"event": {"stream", "data"}}`
+/// lines as they come. Not in this process: starting or entering a sandbox forks (and enters
+/// namespaces), and this one has the pumping threads. Its error, if it has one, comes back
+/// typed through a scratch file it inherits.
+fn grandchild(job: Job, answer: &mut File) -> Result<StreamEnd, ActionError> {
     use std::process::{Command, Stdio};
     use std::sync::{Arc, Mutex};
     let internal = |e: std::io::Error| ActionError::new("internal", e.to_string());
     let errors = scratch()?;
     airlock_sandbox::sys::set_cloexec(errors.as_raw_fd(), false).map_err(internal)?;
     let input = serde_json::to_vec(&RunJob {
-        request: r,
+        job,
         error_fd: errors.as_raw_fd(),
     })
     .map_err(|e| ActionError::new("internal", e.to_string()))?;
@@ -274,17 +324,27 @@ fn run(r: airlock_engine::action::RunRequest, answer: &mut File) -> Result<Strea
     Ok(StreamEnd { turn: None, exit })
 }
 
+/// What a grandchild carries out.
+// One value per process, serialized once: boxing would save bytes nobody copies.
+#[allow(clippy::large_enum_variant)]
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Job {
+    Run(RunRequest),
+    Exec { name: String, request: ExecRequest },
+}
+
 /// What `airlock __run` reads on its stdin.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct RunJob {
-    request: airlock_engine::action::RunRequest,
+    job: Job,
     /// An inherited descriptor to write its [`ActionError`] to, if it fails itself.
     error_fd: i32,
 }
 
-/// `airlock __run`: a run request (JSON on stdin) as `airlock run` runs it, in this process,
-/// its stdout and stderr the command's. Ends with the command's exit code; airlock's own error
-/// goes, typed, to the descriptor the request names. Dies with its parent.
+/// `airlock __run`: a run or exec job (JSON on stdin) as `airlock run` / `airlock exec` carry
+/// it out, in this process, its stdout and stderr the command's, its stdin the job's (else
+/// /dev/null). Ends with the command's exit code; airlock's own error goes, typed, to the
+/// descriptor the job names. Dies with its parent.
 pub fn run_main() -> CliResult<i32> {
     let _ = airlock_sandbox::sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64);
     let mut input = Vec::new();
@@ -294,9 +354,29 @@ pub fn run_main() -> CliResult<i32> {
         .map_err(|e| CliError::new(exit::USAGE, e))?;
     let job: RunJob =
         serde_json::from_slice(&input).map_err(|e| CliError::usage(format!("not a run: {e}")))?;
-    let null = File::open("/dev/null").map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    redirect(&null.into(), 0)?;
-    match run_request(job.request) {
+    let stdin = match &job.job {
+        Job::Run(r) => r.command.stdin.as_deref(),
+        Job::Exec { request, .. } => request.stdin.as_deref(),
+    };
+    let stdin: OwnedFd = match stdin {
+        Some(text) => {
+            let mut f = scratch().map_err(CliError::from)?;
+            f.write_all(text.as_bytes())
+                .and_then(|()| f.rewind())
+                .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+            f.into()
+        }
+        None => File::open("/dev/null")
+            .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?
+            .into(),
+    };
+    redirect(&stdin, 0)?;
+    drop(stdin);
+    let result = match job.job {
+        Job::Run(r) => run_request(r),
+        Job::Exec { name, request } => exec_request(&name, request),
+    };
+    match result {
         Ok(code) => Ok(code),
         Err(e) => {
             let code = e.code;
@@ -317,29 +397,21 @@ pub fn run_main() -> CliResult<i32> {
     }
 }
 
-fn run_request(r: airlock_engine::action::RunRequest) -> CliResult<i32> {
-    let nul = |s: &String| s.contains('\0');
-    let strings = r
-        .argv
-        .iter()
-        .chain(r.env.values())
-        .chain(&r.allow)
-        .chain([&r.dir])
-        .chain(r.workdir.iter())
-        .chain(r.profile.iter())
-        .chain(r.net.iter())
-        .chain(r.workspace.iter())
-        .chain(r.memory.iter())
-        .chain(r.cpus.iter());
-    if strings.into_iter().any(nul) {
+/// What no command line can hold (NUL bytes), and environment names that are not names.
+fn check_strings<'a>(
+    strings: impl IntoIterator<Item = &'a String>,
+    env: &'a BTreeMap<String, String>,
+) -> CliResult<()> {
+    if strings
+        .into_iter()
+        .chain(env.values())
+        .any(|s| s.contains('\0'))
+    {
         return Err(CliError::usage(
             "the request's strings cannot hold NUL bytes",
         ));
     }
-    if r.argv.first().is_none_or(String::is_empty) {
-        return Err(CliError::usage("argv must name a command"));
-    }
-    for k in r.env.keys() {
+    for k in env.keys() {
         let ok = !k.is_empty()
             && !k.starts_with(|c: char| c.is_ascii_digit())
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -349,6 +421,85 @@ fn run_request(r: airlock_engine::action::RunRequest) -> CliResult<i32> {
             )));
         }
     }
+    Ok(())
+}
+
+/// A command that can be a command line: it names one, and its strings (and `more`) hold no
+/// NUL bytes, its environment names are names.
+fn check_command<'a>(
+    c: &'a ExecRequest,
+    more: impl IntoIterator<Item = &'a String>,
+) -> CliResult<()> {
+    check_strings(c.argv.iter().chain(c.workdir.iter()).chain(more), &c.env)?;
+    if c.argv.first().is_none_or(String::is_empty) {
+        return Err(CliError::usage("argv must name a command"));
+    }
+    Ok(())
+}
+
+fn env_pairs(env: &BTreeMap<String, String>) -> Vec<String> {
+    env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn exec_request(name: &str, r: ExecRequest) -> CliResult<i32> {
+    airlock_model::spec::validate_name(name).map_err(CliError::usage)?;
+    check_command(&r, [])?;
+    let interactive = r.stdin.is_some();
+    exec_in(
+        name,
+        r.argv,
+        &env_pairs(&r.env),
+        r.workdir.map(Into::into),
+        false,
+        interactive,
+        false,
+    )
+}
+
+/// The CLI's policy flags for these options (the other flags unset).
+pub fn policy_args(p: PolicyOptions, env: Vec<String>) -> crate::cli::PolicyArgs {
+    crate::cli::PolicyArgs {
+        profile: p.profile,
+        compatibility_mode: p.compatibility_mode,
+        backend: p.backend,
+        kernel: None,
+        image: p.image,
+        net: p.net,
+        no_network: false,
+        allow: p.allow,
+        workspace: p.workspace,
+        ro: vec![],
+        rw: vec![],
+        env,
+        env_pass: vec![],
+        secret: vec![],
+        memory: p.memory,
+        cpus: p.cpus,
+        pids: p.pids,
+        require_limits: false,
+        user: None,
+        hostname: None,
+    }
+}
+
+fn policy_strings(p: &PolicyOptions) -> impl Iterator<Item = &String> {
+    p.allow
+        .iter()
+        .chain(p.profile.iter())
+        .chain(p.compatibility_mode.iter())
+        .chain(p.net.iter())
+        .chain(p.workspace.iter())
+        .chain(p.image.iter())
+        .chain(p.backend.iter())
+        .chain(p.memory.iter())
+        .chain(p.cpus.iter())
+}
+
+fn run_request(r: RunRequest) -> CliResult<i32> {
+    check_command(
+        &r.command,
+        [&r.dir].into_iter().chain(policy_strings(&r.policy)),
+    )?;
     let dir = Path::new(&r.dir);
     if !dir.is_absolute() {
         return Err(CliError::usage(format!(
@@ -359,38 +510,86 @@ fn run_request(r: airlock_engine::action::RunRequest) -> CliResult<i32> {
     std::env::set_current_dir(dir)
         .map_err(|e| CliError::usage(format!("{}: {e}", dir.display())))?;
     let args = crate::cli::RunArgs {
-        policy: crate::cli::PolicyArgs {
-            profile: r.profile,
-            compatibility_mode: None,
-            backend: r.backend,
-            kernel: None,
-            image: r.image,
-            net: r.net,
-            no_network: false,
-            allow: r.allow,
-            workspace: r.workspace,
-            ro: vec![],
-            rw: vec![],
-            env: r.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            env_pass: vec![],
-            secret: vec![],
-            memory: r.memory,
-            cpus: r.cpus,
-            pids: r.pids,
-            require_limits: false,
-            user: None,
-            hostname: None,
-        },
+        policy: policy_args(r.policy, env_pairs(&r.command.env)),
         keep: false,
         name: None,
-        workdir: r.workdir,
+        workdir: r.command.workdir,
         timeout: r.timeout_secs.map(|s| format!("{s}s")),
         tty: false,
         net_log: None,
         interactive: false,
-        cmd: r.argv,
+        cmd: r.command.argv,
     };
     crate::cmd::run::run(&args, None, false)
+}
+
+/// `up`: the project's configuration and the request's options resolved into a spec as
+/// `airlock create` resolves them (in the project directory), then created and started as
+/// `airlock create` + `start` do — or, unless `new`, as `airlock up` does. Its record after.
+fn up(r: UpRequest) -> Result<airlock_engine::store::Record, ActionError> {
+    airlock_model::spec::validate_name(&r.name)
+        .map_err(|e| ActionError::new("invalid_name", e.to_string()))?;
+    let dir = absolute(&r.dir, "dir")?;
+    check_strings(
+        policy_strings(&r.policy).chain(r.agent.iter()),
+        &BTreeMap::new(),
+    )
+    .map_err(action_error)?;
+    std::env::set_current_dir(dir)
+        .map_err(|e| ActionError::new("bad_request", format!("{dir}: {e}")))?;
+    let name = r.name.clone();
+    let policy = policy_args(r.policy, vec![]);
+    as_cli(&name, || {
+        if !r.new {
+            let args = crate::cli::UpArgs {
+                name: Some(r.name.clone()),
+                fresh: false,
+                agent: r.agent,
+                prompt: None,
+                no_attach: true,
+                policy,
+            };
+            return crate::cmd::sandbox::up(args, None, false);
+        }
+        let args = crate::cli::CreateArgs {
+            name: r.name.clone(),
+            agent: r.agent,
+            policy,
+        };
+        crate::cmd::sandbox::create(args, None, false)?;
+        if r.start {
+            crate::cmd::sandbox::start(&r.name)?;
+        }
+        Ok(0)
+    })
+}
+
+/// A CLI operation on sandbox `name`, its output kept out of the answer (its stderr goes to
+/// this process's, the caller's log); then the sandbox's record as the engine has it.
+fn as_cli(
+    name: &str,
+    f: impl FnOnce() -> CliResult<i32>,
+) -> Result<airlock_engine::store::Record, ActionError> {
+    quietly(f)?;
+    let status = crate::cmd::named::client()
+        .and_then(|c| Ok(c.status(name)?))
+        .map_err(action_error)?;
+    Ok(status.record)
+}
+
+/// A CLI operation with its stdout and stderr captured (the stderr passed on to this
+/// process's, the caller's log); its error typed, a non-zero code as the error of that code.
+fn quietly(f: impl FnOnce() -> CliResult<i32>) -> Result<(), ActionError> {
+    let (result, _, err) = captured(b"", f)?;
+    let _ = std::io::stderr().write_all(&err);
+    match result.map_err(action_error)? {
+        0 => Ok(()),
+        code => Err(ActionError::from_code(
+            code,
+            format!("failed (exit {code}): {}", text(&err)),
+            None,
+        )),
+    }
 }
 
 fn absolute<'a>(path: &'a str, what: &str) -> Result<&'a str, ActionError> {

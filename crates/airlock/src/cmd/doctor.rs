@@ -10,6 +10,10 @@ use std::io::Write;
 pub fn run_doctor(json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
     let mut rows = hostcaps::probe_all();
     rows.extend(super::image::doctor_rows());
+    rows.push(inject_row(
+        airlock_egress::intercept::self_test().map_err(|e| e.to_string()),
+        airlock_sandbox::container::system_ca_bundle(),
+    ));
     let ok = hostcaps::default_path_ok(&rows);
     if json {
         write_json(&rows, ok, out)?;
@@ -18,6 +22,60 @@ pub fn run_doctor(json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
     }
     out.flush()?;
     Ok(if ok { 0 } else { 1 })
+}
+
+/// Secret injection (`inject = {...}` secrets): the TLS provider, making the sandbox's CA and
+/// a leaf (timed), the system roots for verifying real servers, and the system CA bundle the
+/// sandbox's combined bundle starts with.
+fn inject_row(
+    check: Result<airlock_egress::intercept::SelfTest, String>,
+    bundle: Option<&str>,
+) -> Row {
+    let needed_for = "secrets injected by the host (`inject = {...}`, agent API keys)";
+    let row = |status, detail: String, fix: Option<String>| Row {
+        id: "secrets.inject".into(),
+        name: "secret injection".into(),
+        status,
+        detail,
+        fix,
+        needed_for: needed_for.into(),
+    };
+    let t = match check {
+        Ok(t) => t,
+        Err(e) => {
+            return row(
+                Status::Missing,
+                format!("cannot make the interception CA or complete a TLS handshake with it: {e}"),
+                Some(
+                    "this airlock build's TLS (rustls + ring) does not work here; report it with                      `airlock doctor --json`; meanwhile give secrets without `inject` (the sandbox                      then sees their values)"
+                        .into(),
+                ),
+            );
+        }
+    };
+    let mut detail = format!(
+        "ring TLS ok; CA {:.1} ms, leaf + verified handshake {:.1} ms; {} system roots ({:.1} ms)",
+        t.ca_ms, t.leaf_ms, t.roots, t.roots_ms
+    );
+    match bundle {
+        Some(b) => detail.push_str(&format!("; bundle {b}")),
+        None => detail.push_str("; no system CA bundle"),
+    }
+    let mut missing = Vec::new();
+    if t.roots == 0 {
+        missing.push("no system root certificates: the real servers cannot be verified, so no key is sent (set AIRLOCK_UPSTREAM_CA to a PEM file of the CAs to trust)");
+    }
+    if bundle.is_none() {
+        missing.push("no system CA bundle: inside, the combined bundle holds only the sandbox's CA, so HTTPS to hosts without a secret fails verification");
+    }
+    if missing.is_empty() {
+        return row(Status::Ok, detail, None);
+    }
+    row(
+        Status::Degraded,
+        format!("{detail}; {}", missing.join("; ")),
+        Some("install the system CA certificates (Debian/Ubuntu: apt-get install ca-certificates; Fedora: dnf install ca-certificates)".into()),
+    )
 }
 
 pub fn write_json(rows: &[Row], default_path_ok: bool, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -131,6 +189,28 @@ mod tests {
             fix: fix.map(str::to_string),
             needed_for: "stuff".into(),
         }
+    }
+
+    #[test]
+    fn secret_injection_row() {
+        let t = airlock_egress::intercept::self_test().expect("self test");
+        assert!(t.ca_ms > 0.0 && t.leaf_ms > 0.0, "{t:?}");
+        let bundle = airlock_sandbox::container::system_ca_bundle();
+        let ok = inject_row(Ok(t.clone()), bundle);
+        if t.roots > 0 && bundle.is_some() {
+            assert_eq!(ok.status, Status::Ok, "{ok:?}");
+            assert!(ok.detail.contains("ring TLS ok; CA "), "{ok:?}");
+        }
+        // Without roots or a bundle: degraded, and the fix says what to install.
+        let none = airlock_egress::intercept::SelfTest { roots: 0, ..t };
+        let r = inject_row(Ok(none), None);
+        assert_eq!(r.status, Status::Degraded);
+        assert!(r.detail.contains("AIRLOCK_UPSTREAM_CA"), "{r:?}");
+        assert!(r.detail.contains("no system CA bundle"), "{r:?}");
+        assert!(r.fix.unwrap().contains("ca-certificates"));
+        let r = inject_row(Err("boom".into()), bundle);
+        assert_eq!(r.status, Status::Missing);
+        assert!(r.detail.contains("boom") && r.fix.is_some(), "{r:?}");
     }
 
     #[test]

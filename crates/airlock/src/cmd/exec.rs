@@ -76,6 +76,7 @@ pub fn exec_dir(
         tty,
         forward_stdin: interactive || tty || !std::io::stdin().is_terminal(),
         with_secrets,
+        timeout: None,
     };
     Ok(backend.exec(&sandbox, &req)?.exit_code())
 }

@@ -4,6 +4,7 @@ mod action;
 mod agent;
 mod config;
 mod cp;
+pub(crate) mod daemon;
 mod doctor;
 mod drift;
 mod exec;
@@ -66,6 +67,8 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Completions(a) => manual::completions(a.shell),
         Command::Man(a) => manual::man(a.dir.as_deref()),
+        Command::Daemon(c) => daemon::dispatch(c, cli.config.as_deref(), cli.no_user_config),
+        Command::DaemonServe => daemon::serve(),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => supervise::engine_serve(),
         },
@@ -139,16 +142,17 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
 /// `airlock mcp`: the server (airlock-mcp) with this binary's way of turning `run` flags into a
 /// spec, for `policy_explain`.
 fn mcp_serve(allow_permissive: bool) -> CliResult<i32> {
-    let spec_builder: airlock_mcp::SpecBuilder = std::sync::Arc::new(|flags: &[String]| {
-        use clap::Parser;
-        let mut argv = vec!["airlock".to_string(), "run".to_string()];
-        argv.extend(flags.iter().cloned());
-        argv.extend(["--".to_string(), "true".to_string()]);
-        let cli = crate::cli::Cli::try_parse_from(&argv)
-            .map_err(|e| e.to_string())?
-            .normalize();
-        let Command::Run(run) = cli.command else {
-            return Err("internal: not a run".to_string());
+    let spec_builder: airlock_mcp::SpecBuilder = std::sync::Arc::new(|options| {
+        let run = crate::cli::RunArgs {
+            policy: action::policy_args(options.clone(), vec![]),
+            keep: false,
+            name: None,
+            workdir: None,
+            timeout: None,
+            tty: false,
+            net_log: None,
+            interactive: false,
+            cmd: vec!["true".into()],
         };
         run::build(&run, None, false, false)
             .map(|b| b.spec)

@@ -329,6 +329,10 @@ pub fn run_with(
     let mut b = build(a, global_config, no_user_config, persist.is_some())?;
     if let Some(dir) = persist {
         b.instance_id = Some(crate::cmd::named::folder_id(dir)?);
+    } else if let Some(code) =
+        super::daemon::try_warm(&b, a.tty, a.timeout.as_deref(), a.net_log.as_deref())?
+    {
+        return Ok(code);
     }
     launch(
         &b,
@@ -350,6 +354,8 @@ pub struct Built {
     pub secrets: Option<Vec<(String, String)>>,
     /// A named sandbox's unique id (from its folder); None for `run`.
     pub instance_id: Option<String>,
+    /// `[pool] size`: a `run` with no pool for its kind starts one of this size.
+    pub pool_size: u32,
 }
 
 /// Config + flags -> the spec (`persistent`: a named sandbox, no command).
@@ -611,6 +617,7 @@ pub fn build(
         forward_stdin,
         secrets: None,
         instance_id: None,
+        pool_size: eff.pool.size,
     })
 }
 

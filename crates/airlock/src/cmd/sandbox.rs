@@ -134,9 +134,15 @@ fn refuse_changes(
 /// `airlock audit [NAME] [--follow] [--json]`: the merged journal of one sandbox, or of all.
 pub fn audit(a: &crate::cli::AuditArgs) -> CliResult<i32> {
     use std::io::Write;
-    let dirs: Vec<(String, PathBuf)> = match &a.name {
-        Some(n) => vec![(n.clone(), existing_dir(n)?)],
-        None => {
+    let mut follower = airlock_engine::audit::Follower::default();
+    match &a.name {
+        Some(n) => follower.add_sandbox(None, &existing_dir(n)?),
+        // Every sandbox's journal and the host's (trust changes).
+        None => follower.add_host(&airlock_engine::paths::state_dir()),
+    }
+    loop {
+        if a.name.is_none() {
+            // Sandboxes created meanwhile are followed too.
             let root = sandbox_dir("x")
                 .parent()
                 .map(Path::to_path_buf)
@@ -149,36 +155,18 @@ pub fn audit(a: &crate::cli::AuditArgs) -> CliResult<i32> {
                 .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
                 .collect();
             v.sort();
-            v
-        }
-    };
-    let mut seen = std::collections::HashSet::new();
-    loop {
-        let mut events: Vec<serde_json::Value> = Vec::new();
-        for (name, dir) in &dirs {
-            for mut e in airlock_engine::audit::read(dir) {
-                if a.name.is_none() {
-                    e["sandbox"] = name.clone().into();
-                }
-                events.push(e);
+            for (name, dir) in v {
+                follower.add_sandbox(Some(&name), &dir);
             }
         }
-        events.sort_by(|x, y| {
-            let t = |v: &serde_json::Value| v["time"].as_str().unwrap_or_default().to_string();
-            t(x).cmp(&t(y))
-        });
         let mut out = std::io::stdout().lock();
-        for e in events {
-            let line = e.to_string();
-            if !seen.insert(line.clone()) {
-                continue;
-            }
+        for e in follower.poll() {
             let text = if a.json {
-                line
+                e.to_string()
             } else if a.name.is_none() {
                 format!(
                     "{}  {}",
-                    e["sandbox"].as_str().unwrap_or_default(),
+                    e["sandbox"].as_str().unwrap_or("(host)"),
                     airlock_engine::audit::human(&e)
                 )
             } else {
@@ -444,6 +432,13 @@ fn stop_only(a: &StopArgs) -> CliResult<i32> {
     let project = super::hooks::project_of(&a.name).filter(|_| is_running(&c, &a.name));
     if let Some(p) = &project {
         super::hooks::run(&a.name, p, super::hooks::Phase::PreDown, "stopping")?;
+    }
+    // A microVM sandbox's clone work, taken out of the guest while it still runs: diff,
+    // fetch and sync of the stopped sandbox review it.
+    if let Ok(dir) = existing_dir(&a.name) {
+        if let Err(e) = airlock_engine::guest_work::before_stop(&dir, &a.name) {
+            errln!("airlock: warning: the work of {} was not taken out of its VM before it stopped: {e}", a.name);
+        }
     }
     let rec = c.stop(&a.name, Some(grace))?;
     outln!("{} {}", rec.name, rec.state);

@@ -158,6 +158,7 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         forward_stdin: false,
         secrets: Some(secrets),
         instance_id: Some(instance_id),
+        pool_size: 0,
     };
     let code = crate::cmd::run::launch(
         &built,

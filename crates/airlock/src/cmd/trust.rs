@@ -56,7 +56,7 @@ pub fn trust_cmd(dir: Option<&Path>, revoke: bool, json: bool) -> CliResult<i32>
     } else {
         TrustOp::Allow
     };
-    let (p, report) = trust(&start, op)?;
+    let (p, report) = trust(&start, op, "cli")?;
     if json {
         let v = serde_json::json!({
             "file": p.file, "files": p.files, "trusted": report.trusted,
@@ -79,8 +79,8 @@ pub fn trust_cmd(dir: Option<&Path>, revoke: bool, json: bool) -> CliResult<i32>
 }
 
 /// The trust action: the project's airlock.toml found upward from `start`, its trust as it
-/// is (`status`) or as `op` makes it.
-pub fn trust(start: &Path, op: TrustOp) -> CliResult<(ProjectConfig, TrustReport)> {
+/// is (`status`) or as `op` makes it. A change is journaled (`via`: `cli`, `api`).
+pub fn trust(start: &Path, op: TrustOp, via: &str) -> CliResult<(ProjectConfig, TrustReport)> {
     let resolved = airlock_model::config::load(&airlock_model::config::LoadOptions::new(start))?;
     let Some(p) = resolved.project else {
         return Err(CliError::usage(format!(
@@ -112,17 +112,51 @@ pub fn trust(start: &Path, op: TrustOp) -> CliResult<(ProjectConfig, TrustReport
         )
     })?;
     let mut store = airlock_work::trust::Store::load(&path);
-    if op == TrustOp::Revoke {
-        store.trusted.remove(&p.file);
+    let previous = if op == TrustOp::Revoke {
+        store.trusted.remove(&p.file)
     } else {
-        store.trusted.insert(p.file.clone(), d.clone());
-    }
+        store.trusted.insert(p.file.clone(), d.clone())
+    };
     store.save(&path).map_err(|e| {
         CliError::new(
             exit::SANDBOX_FAILED,
             anyhow::anyhow!("write {}: {e}", path.display()),
         )
     })?;
+    journal(&path, &p, op, &d, previous.as_deref(), via);
     let r = report(op == TrustOp::Allow);
     Ok((p, r))
+}
+
+/// A trust change in the host's audit journal (next to the trust store; `airlock audit`
+/// without NAME shows it): which project file, which digest, what it replaced, who.
+fn journal(
+    store: &Path,
+    p: &ProjectConfig,
+    op: TrustOp,
+    sha256: &str,
+    previous: Option<&str>,
+    via: &str,
+) {
+    let Some(dir) = store.parent() else { return };
+    let uid = nix::unistd::getuid();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
+    let mut ev = serde_json::json!({
+        "op": if op == TrustOp::Revoke { "untrust" } else { "trust" },
+        "file": p.file,
+        "sha256": sha256,
+        "previous_sha256": previous,
+        "widening": p.widening.iter().map(|w| w.key.clone()).collect::<Vec<_>>(),
+        "uid": uid.as_raw(),
+        "user": user,
+        "via": via,
+    });
+    if let Some(s) = std::env::var_os("SUDO_USER") {
+        ev["sudo_user"] = s.to_string_lossy().into_owned().into();
+    }
+    airlock_engine::audit::record(dir, "trust", ev);
 }

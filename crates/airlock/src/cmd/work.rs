@@ -36,6 +36,9 @@ impl From<GitError> for CliError {
 
 fn open(name: &str) -> CliResult<(std::path::PathBuf, Review)> {
     let dir = super::named::existing_dir(name)?;
+    // A running microVM sandbox's work is in its guest: bring the branch over first.
+    airlock_engine::guest_work::pull(&dir, name)
+        .map_err(|e| op_error(OpError::Review(e), name, false))?;
     let r = ops::open(&dir, name).map_err(|e| op_error(e, name, false))?;
     Ok((dir, r))
 }

@@ -204,6 +204,23 @@ fn spawn_tty(e: &GuestExec, root: Option<&str>, size: TtySize) -> Res<Session> {
     }
 }
 
+/// The secrets under `root`'s /run/secrets, as (name, value).
+fn secret_env(root: Option<&str>) -> Vec<(String, String)> {
+    let dir = format!("{}{}", root.unwrap_or(""), super::SECRETS_DIR);
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let value = std::fs::read_to_string(e.path()).ok()?;
+            Some((name, value))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Serve sessions on `input` (the channel; `chan` writes to it) until poweroff or EOF; then
 /// every session's process group gets SIGTERM, and SIGKILL after the grace period.
 pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_>) -> Res<()> {
@@ -341,6 +358,14 @@ pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_
                         },
                     );
                     continue;
+                }
+                let mut exec = exec;
+                if exec.secrets {
+                    // `exec --secrets`: the sandbox's secrets as environment variables.
+                    for (k, v) in secret_env(how.root) {
+                        exec.env.retain(|(ek, _)| *ek != k);
+                        exec.env.push((k, v));
+                    }
                 }
                 match spawn(&exec, how.root) {
                     Ok(s) => {

@@ -394,6 +394,7 @@ post_down = ["echo bye"]
             post_down: strings(&["echo bye"]),
         },
         images: Default::default(),
+        pool: Default::default(),
     };
     assert_eq!(r.effective, expected);
 

@@ -20,6 +20,7 @@ pub(crate) fn job(hold: bool) -> GuestJob {
         tmpfs_size: None,
         files: vec![],
         stdin: false,
+        workspace_disk: false,
         hold,
         tty: None,
     }
@@ -33,6 +34,7 @@ pub(crate) fn exec(argv: &[&str], stdin: bool) -> GuestExec {
         uid: 1000,
         gid: 1000,
         stdin,
+        secrets: false,
         tty: None,
     }
 }

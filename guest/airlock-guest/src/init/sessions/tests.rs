@@ -93,6 +93,7 @@ fn exec_of(argv: &[&str], stdin: bool, tty: Option<TtySize>) -> GuestExec {
         uid: uid.as_raw(),
         gid: gid.as_raw(),
         stdin,
+        secrets: false,
         tty,
     }
 }

@@ -1,0 +1,726 @@
+//! The warm pool (docs/design/warm-pool.md): pre-started sandboxes, bound late at claim.
+//!
+//! A **pool** is a member spec (a persistent `RunSpec`) and a size, recorded in the state
+//! store. Its **key** is the hash of that spec with every field a claim binds cleared
+//! ([`key`]), so a `run` whose spec has the same key can take a member and bind its own
+//! command, environment, working directory and secrets to it.
+//!
+//! **Members** are ordinary supervised sandboxes (`airlock __supervise --dir DIR`, one process
+//! each, detached): the daemon starts them and never owns their lives. Each has a row in
+//! `pool_members` (`warming` → `ready` → `claimed` → `released`, or `draining` when the daemon
+//! stops). A claim is one compare-and-set `UPDATE` from `ready` to `claimed` in the claimer's
+//! own process, naming the claimer (pid + start time): no daemon on the claim path, no double
+//! claims, and a claim works while the daemon is down. The daemon ([`serve`]) keeps each pool
+//! full, and removes what ended: members whose claimer is gone, released ones, dead ones, and
+//! folders nobody records.
+
+use crate::backend::{Backend, Secrets};
+use crate::store::{new_id, now, Store, StoreError};
+use crate::supervisor::{self, SupervisorBackend};
+use airlock_model::spec::{RunSpec, Stdio};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The pool's folder in the state dir: the daemon's lock, pid, wake-up socket and log, and
+/// the members' folders (`members/NAME`).
+pub fn dir(state: &Path) -> PathBuf {
+    state.join("pool")
+}
+
+pub fn members_dir(state: &Path) -> PathBuf {
+    dir(state).join("members")
+}
+
+pub fn member_dir(state: &Path, name: &str) -> PathBuf {
+    members_dir(state).join(name)
+}
+
+pub const DAEMON_LOCK: &str = "daemon.lock";
+pub const DAEMON_PID: &str = "daemon.pid";
+pub const DAEMON_SOCKET: &str = "daemon.sock";
+pub const DAEMON_LOG: &str = "daemon.log";
+
+/// How many claim latencies each pool keeps for its percentiles.
+const KEPT_LATENCIES: i64 = 1000;
+
+/// The pool key of a spec: a hash of it with every field a claim binds cleared — the name and
+/// hostname, the command, environment, working directory, time limit, terminal, plain secrets
+/// (written at claim), a filtered network's allowed domains (put in force at claim) — and the
+/// project directory when there is no workspace. What stays (backend, root filesystem and its
+/// digest, profile, network mode and ports, limits, user, binds, home files, injected secrets)
+/// is what a member was started with and a claim cannot change.
+pub fn key(spec: &RunSpec) -> String {
+    use sha2::Digest;
+    let mut s = spec.clone();
+    s.name.clear();
+    s.hostname.clear();
+    s.env.clear();
+    s.argv.clear();
+    s.persistent = false;
+    s.timeout = None;
+    s.stdio = Stdio::Inherit {
+        forward_stdin: false,
+    };
+    s.workdir = None;
+    s.home_dir = None;
+    s.workspace_dir = None;
+    s.setup.clear();
+    s.agent = None;
+    s.agent_grace = None;
+    s.context.clear();
+    s.repos.clear();
+    s.secrets.retain(|_, v| v.inject.is_some());
+    // A filtered member's allowed domains are set at claim (the live policy socket of its
+    // supervisor). Its ports stay: the listeners for them are opened at start.
+    if s.net == airlock_model::policy::NetMode::Filtered {
+        s.domains.clear();
+    }
+    if s.workspace == airlock_model::policy::WorkspaceMode::None {
+        s.project_dir = PathBuf::from("/");
+    }
+    let json = serde_json::to_vec(&s).unwrap_or_default();
+    let digest = sha2::Sha256::digest(&json);
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A member's place in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Its supervisor is starting it.
+    Warming,
+    /// Running and checked: a claim may take it.
+    Ready,
+    /// Taken by a claimer (recorded by pid and start time).
+    Claimed,
+    /// Its claimer is done with it (or found it dead): to be removed.
+    Released,
+    /// The daemon is removing it (stop, or found dead).
+    Draining,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Warming => "warming",
+            MemberState::Ready => "ready",
+            MemberState::Claimed => "claimed",
+            MemberState::Released => "released",
+            MemberState::Draining => "draining",
+        }
+    }
+
+    fn parse(s: &str) -> Option<MemberState> {
+        Some(match s {
+            "warming" => MemberState::Warming,
+            "ready" => MemberState::Ready,
+            "claimed" => MemberState::Claimed,
+            "released" => MemberState::Released,
+            "draining" => MemberState::Draining,
+            _ => return None,
+        })
+    }
+}
+
+/// A pool as the store records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pool {
+    pub key: String,
+    #[serde(skip)]
+    pub spec_json: String,
+    pub size: u32,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// A member as the store records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub name: String,
+    pub id: String,
+    pub pool: String,
+    pub state: MemberState,
+    pub claimer_pid: Option<i32>,
+    #[serde(skip)]
+    pub claimer_start: Option<u64>,
+}
+
+/// What a claim got.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// No pool has this key: start cold, nothing counted.
+    NoPool,
+    /// The pool has no ready member: start cold, counted as a miss.
+    Miss,
+    Hit(Member),
+}
+
+/// The claiming process: pid and start time (a recycled pid is never taken for it).
+pub fn me() -> (i32, u64) {
+    let pid = std::process::id() as i32;
+    (
+        pid,
+        airlock_sandbox::container::exec::proc_starttime(pid).unwrap_or(0),
+    )
+}
+
+/// Whether the process that claimed a member still runs.
+pub fn claimer_alive(pid: i32, start: u64) -> bool {
+    airlock_sandbox::container::exec::proc_starttime(pid) == Some(start)
+}
+
+fn member_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Member> {
+    let state: String = row.get(3)?;
+    Ok(Member {
+        name: row.get(0)?,
+        id: row.get(1)?,
+        pool: row.get(2)?,
+        state: MemberState::parse(&state).unwrap_or(MemberState::Released),
+        claimer_pid: row.get(4)?,
+        claimer_start: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+    })
+}
+
+const MEMBER_COLUMNS: &str = "name, id, pool_key, state, claimer_pid, claimer_start";
+
+impl Store {
+    /// The pool's connections commit without waiting for the disk (`synchronous = NORMAL`,
+    /// still crash-safe in WAL mode): a claim must cost well under a millisecond, and a claim
+    /// a power loss forgets concerned sandboxes the power loss ended too.
+    pub fn for_pool(mut self) -> Result<Store, StoreError> {
+        self.conn().pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(self)
+    }
+
+    /// Records a pool (or changes its spec and size).
+    pub fn pool_define(&mut self, key: &str, spec_json: &str, size: u32) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO pools (key, spec_json, size, created_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT(key) DO UPDATE SET spec_json = ?2, size = ?3",
+            params![key, spec_json, size, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets every pool (their members are the daemon's to remove).
+    pub fn pools_clear(&mut self) -> Result<(), StoreError> {
+        let tx = self
+            .conn()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM pools", [])?;
+        tx.execute("DELETE FROM pool_claims", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn pools(&mut self) -> Result<Vec<Pool>, StoreError> {
+        let mut stmt = self.conn().prepare(
+            "SELECT key, spec_json, size, hits, misses FROM pools ORDER BY created_at, key",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Pool {
+                key: r.get(0)?,
+                spec_json: r.get(1)?,
+                size: r.get(2)?,
+                hits: r.get::<_, i64>(3)? as u64,
+                misses: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn members(&mut self) -> Result<Vec<Member>, StoreError> {
+        let mut stmt = self.conn().prepare(&format!(
+            "SELECT {MEMBER_COLUMNS} FROM pool_members ORDER BY created_at, name"
+        ))?;
+        let rows = stmt.query_map([], member_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A new member of pool `key`, `warming`, with a fresh name and id.
+    pub fn member_insert(&mut self, key: &str) -> Result<Member, StoreError> {
+        let id = new_id()?;
+        let name = format!("run-{}", &id[..8]);
+        self.conn().execute(
+            "INSERT INTO pool_members (name, id, pool_key, state, created_at) \
+             VALUES (?1, ?2, ?3, 'warming', ?4)",
+            params![name, id, key, now()],
+        )?;
+        Ok(Member {
+            name,
+            id,
+            pool: key.to_owned(),
+            state: MemberState::Warming,
+            claimer_pid: None,
+            claimer_start: None,
+        })
+    }
+
+    /// Compare-and-set: moves member `name` to `to` if it is in one of `from`.
+    pub fn member_cas(
+        &mut self,
+        name: &str,
+        from: &[MemberState],
+        to: MemberState,
+    ) -> Result<bool, StoreError> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let list = from
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ready_at = if to == MemberState::Ready {
+            ", ready_at = strftime('%s','now')"
+        } else {
+            ""
+        };
+        let n = self.conn().execute(
+            &format!(
+                "UPDATE pool_members SET state = ?2{ready_at} WHERE name = ?1 AND state IN ({list})"
+            ),
+            params![name, to.as_str()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The claimer's release: `claimed` → `released`, only by the process that claimed it.
+    pub fn member_release(&mut self, name: &str, pid: i32) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE pool_members SET state = 'released' \
+             WHERE name = ?1 AND state = 'claimed' AND claimer_pid = ?2",
+            params![name, pid],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn member_remove(&mut self, name: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM pool_members WHERE name = ?1", params![name])?;
+        Ok(())
+    }
+
+    /// The claim: one immediate transaction that takes the oldest ready member of pool `key`
+    /// for the process `(pid, start)`, or counts a miss.
+    pub fn claim(&mut self, key: &str, pid: i32, start: u64) -> Result<Claim, StoreError> {
+        let tx = self
+            .conn()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = tx
+            .query_row("SELECT 1 FROM pools WHERE key = ?1", params![key], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some();
+        if !exists {
+            return Ok(Claim::NoPool);
+        }
+        let got = tx
+            .query_row(
+                &format!(
+                    "UPDATE pool_members SET state = 'claimed', claimer_pid = ?2, \
+                     claimer_start = ?3, claimed_at = ?4 \
+                     WHERE name = (SELECT name FROM pool_members WHERE pool_key = ?1 \
+                     AND state = 'ready' ORDER BY ready_at, name LIMIT 1) \
+                     RETURNING {MEMBER_COLUMNS}"
+                ),
+                params![key, pid, start as i64, now()],
+                member_row,
+            )
+            .optional()?;
+        if got.is_none() {
+            tx.execute(
+                "UPDATE pools SET misses = misses + 1 WHERE key = ?1",
+                params![key],
+            )?;
+        }
+        tx.commit()?;
+        Ok(got.map_or(Claim::Miss, Claim::Hit))
+    }
+
+    /// A claim that was handed out: one hit, and how long it took.
+    pub fn claim_done(&mut self, key: &str, micros: u64) -> Result<(), StoreError> {
+        let tx = self
+            .conn()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE pools SET hits = hits + 1 WHERE key = ?1",
+            params![key],
+        )?;
+        tx.execute(
+            "INSERT INTO pool_claims (pool_key, at, micros) VALUES (?1, ?2, ?3)",
+            params![key, now(), micros as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The pool's kept claim latencies (microseconds), oldest first; prunes older ones.
+    pub fn claim_latencies(&mut self, key: &str) -> Result<Vec<u64>, StoreError> {
+        self.conn().execute(
+            "DELETE FROM pool_claims WHERE pool_key = ?1 AND rowid NOT IN \
+             (SELECT rowid FROM pool_claims WHERE pool_key = ?1 ORDER BY rowid DESC LIMIT ?2)",
+            params![key, KEPT_LATENCIES],
+        )?;
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT micros FROM pool_claims WHERE pool_key = ?1 ORDER BY rowid")?;
+        let rows = stmt.query_map(params![key], |r| r.get::<_, i64>(0))?;
+        Ok(rows
+            .map(|r| r.map(|v| v.max(0) as u64))
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+/// The `p`th percentile (0-100) of `values`, nearest rank; None when empty.
+pub fn percentile(values: &[u64], p: u32) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let rank = (u64::from(p) * v.len() as u64).div_ceil(100).max(1) as usize;
+    Some(v[rank.min(v.len()) - 1])
+}
+
+/// One pool's figures for `daemon status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub key: String,
+    /// What its members run: backend, root filesystem, profile, network.
+    pub label: String,
+    pub size: u32,
+    pub ready: u32,
+    pub warming: u32,
+    pub claimed: u32,
+    pub hits: u64,
+    pub misses: u64,
+    /// Claim latency percentiles, microseconds (None: no claim yet).
+    pub claim_p50_us: Option<u64>,
+    pub claim_p95_us: Option<u64>,
+    pub claim_p99_us: Option<u64>,
+}
+
+/// A short description of a member spec.
+pub fn label(spec_json: &str) -> String {
+    let Ok(s) = serde_json::from_str::<RunSpec>(spec_json) else {
+        return "?".into();
+    };
+    let mut parts = vec![
+        format!("{:?}", s.backend).to_lowercase(),
+        s.rootfs.label(),
+        s.profile.to_string(),
+        format!("net {}", s.net),
+    ];
+    if !s.domains.is_empty() {
+        parts.push(format!("allow {}", s.domains.join(",")));
+    }
+    parts.join(" ")
+}
+
+/// Every pool's figures.
+pub fn status(store: &mut Store) -> Result<Vec<PoolStatus>, StoreError> {
+    let members = store.members()?;
+    let mut out = Vec::new();
+    for p in store.pools()? {
+        let count = |st: MemberState| {
+            members
+                .iter()
+                .filter(|m| m.pool == p.key && m.state == st)
+                .count() as u32
+        };
+        let lat = store.claim_latencies(&p.key)?;
+        out.push(PoolStatus {
+            label: label(&p.spec_json),
+            size: p.size,
+            ready: count(MemberState::Ready),
+            warming: count(MemberState::Warming),
+            claimed: count(MemberState::Claimed),
+            hits: p.hits,
+            misses: p.misses,
+            claim_p50_us: percentile(&lat, 50),
+            claim_p95_us: percentile(&lat, 95),
+            claim_p99_us: percentile(&lat, 99),
+            key: p.key,
+        });
+    }
+    Ok(out)
+}
+
+/// Tell a running daemon to look at the pools now (a claim was made, a pool changed). A
+/// datagram to its socket; nothing waits, nothing fails when no daemon listens.
+pub fn wake(state: &Path) {
+    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = s.set_nonblocking(true);
+        let _ = s.send_to(b"w", dir(state).join(DAEMON_SOCKET));
+    }
+}
+
+/// Whether a daemon runs for this state dir (holds the lock).
+pub fn daemon_running(state: &Path) -> bool {
+    supervisor::locked_file(&dir(state).join(DAEMON_LOCK))
+}
+
+/// The running daemon's pid, if one runs.
+pub fn daemon_pid(state: &Path) -> Option<i32> {
+    if !daemon_running(state) {
+        return None;
+    }
+    fs::read_to_string(dir(state).join(DAEMON_PID))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The pool's side of one member's end: its supervisor and sandbox gone (stop, then the
+/// isolation backend's destroy: cgroup, run directory), its folder removed, its row deleted.
+pub fn remove_member(store: &mut Store, backend: &dyn Backend, state: &Path, name: &str) {
+    let dir = member_dir(state, name);
+    if dir.exists() {
+        let _ = backend.destroy(name, &dir);
+        let _ = fs::remove_dir_all(&dir);
+    }
+    let _ = store.member_remove(name);
+}
+
+/// One pass over the members: remove what ended. `draining` pools (stop) take ready and
+/// warming members too.
+pub fn reap(store: &mut Store, backend: &dyn Backend, state: &Path, all: bool) -> usize {
+    let Ok(members) = store.members() else {
+        return 0;
+    };
+    let pools: Vec<String> = store
+        .pools()
+        .map(|p| p.into_iter().map(|p| p.key).collect())
+        .unwrap_or_default();
+    let mut removed = 0;
+    for m in &members {
+        let dir = member_dir(state, &m.name);
+        let gone = match m.state {
+            MemberState::Released | MemberState::Draining => true,
+            MemberState::Claimed => !m
+                .claimer_pid
+                .is_some_and(|p| claimer_alive(p, m.claimer_start.unwrap_or(0))),
+            // From an earlier daemon's life (this one starts and marks members in one go):
+            // keep it only if it runs.
+            MemberState::Warming => all || !supervisor::locked(&dir) || !running(&m.name, &dir),
+            MemberState::Ready => {
+                all || !pools.contains(&m.pool)
+                    || !supervisor::locked(&dir)
+                    || !running(&m.name, &dir)
+            }
+        };
+        if !gone {
+            if m.state == MemberState::Warming {
+                let _ = store.member_cas(&m.name, &[MemberState::Warming], MemberState::Ready);
+            }
+            continue;
+        }
+        // Only one side may remove it: a claim cannot take a member that left `ready`.
+        let from: &[MemberState] = match m.state {
+            MemberState::Ready => &[MemberState::Ready],
+            MemberState::Warming => &[MemberState::Warming],
+            s => &[s],
+        };
+        if m.state != MemberState::Draining
+            && !store
+                .member_cas(&m.name, from, MemberState::Draining)
+                .unwrap_or(false)
+        {
+            continue;
+        }
+        remove_member(store, backend, state, &m.name);
+        removed += 1;
+    }
+    // Folders no row knows: a daemon killed between making one and recording it… (the row
+    // comes first, so only after its row was removed by a crash-interrupted teardown).
+    let known: Vec<String> = store
+        .members()
+        .map(|m| m.into_iter().map(|m| m.name).collect())
+        .unwrap_or_default();
+    if let Ok(rd) = fs::read_dir(members_dir(state)) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                let _ = backend.destroy(&name, &e.path());
+                let _ = fs::remove_dir_all(e.path());
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// Whether the member's PID 1 runs (published: its setup is done).
+fn running(name: &str, dir: &Path) -> bool {
+    matches!(
+        backend_liveness(name, dir),
+        crate::backend::Liveness::Running { .. }
+    ) && airlock_sandbox::container::exec::pid1(dir).is_some()
+}
+
+fn backend_liveness(name: &str, dir: &Path) -> crate::backend::Liveness {
+    SupervisorBackend {
+        exe: PathBuf::new(),
+    }
+    .probe(name, dir)
+}
+
+/// Start one member of `pool`: row (`warming`) first, then its folder, then its supervisor;
+/// `ready` once its PID 1 is up. Any failure undoes all three.
+pub fn start_member(
+    store: &mut Store,
+    backend: &dyn Backend,
+    state: &Path,
+    pool: &Pool,
+) -> Result<String, String> {
+    let m = store.member_insert(&pool.key).map_err(|e| e.to_string())?;
+    let dir = member_dir(state, &m.name);
+    let made = (|| -> Result<(), String> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(members_dir(state))
+            .map_err(|e| format!("create {}: {e}", members_dir(state).display()))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("create {}: {e}", dir.display()))?;
+        crate::engine::write_atomic(&dir.join(crate::engine::ID_FILE), m.id.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&pool.spec_json).map_err(|e| e.to_string())?;
+        spec["name"] = m.name.clone().into();
+        spec["hostname"] = m.name.clone().into();
+        let spec_json = spec.to_string();
+        crate::engine::write_atomic(&dir.join("spec.json"), spec_json.as_bytes())
+            .map_err(|e| e.to_string())?;
+        backend
+            .start(&m.name, &dir, &spec_json, &Secrets::default())
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    match made {
+        Ok(())
+            if store
+                .member_cas(&m.name, &[MemberState::Warming], MemberState::Ready)
+                .unwrap_or(false) =>
+        {
+            Ok(m.name)
+        }
+        Ok(()) => {
+            remove_member(store, backend, state, &m.name);
+            Err("its record changed while it started".into())
+        }
+        Err(e) => {
+            remove_member(store, backend, state, &m.name);
+            Err(e)
+        }
+    }
+}
+
+/// Set by SIGTERM/SIGINT in the daemon: drain and exit.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Start members until each pool has `size` of them ready or warming. Stops early when a stop
+/// was asked for or a start failed (tried again at the next pass).
+fn refill(store: &mut Store, backend: &dyn Backend, state: &Path) {
+    let Ok(pools) = store.pools() else { return };
+    for pool in pools {
+        loop {
+            if STOP.load(Ordering::SeqCst) {
+                return;
+            }
+            let have = store
+                .members()
+                .map(|ms| {
+                    ms.iter()
+                        .filter(|m| {
+                            m.pool == pool.key
+                                && matches!(m.state, MemberState::Ready | MemberState::Warming)
+                        })
+                        .count() as u32
+                })
+                .unwrap_or(u32::MAX);
+            if have >= pool.size {
+                break;
+            }
+            match start_member(store, backend, state, &pool) {
+                Ok(name) => eprintln!("airlock daemon: pool {}: {name} ready", &pool.key[..8]),
+                Err(e) => {
+                    eprintln!(
+                        "airlock daemon: pool {}: a member did not start: {e}",
+                        &pool.key[..8]
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The daemon: holds `pool/daemon.lock`, keeps the pools full, removes what ended; on
+/// SIGTERM/SIGINT removes every member nobody claimed, forgets the pools and returns.
+/// `ready` is called once the lock is held and the wake-up socket listens.
+pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), String> {
+    let pdir = dir(state);
+    // `members/` also tells `run` that pools exist here (see the claim side).
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(members_dir(state))
+        .map_err(|e| format!("create {}: {e}", pdir.display()))?;
+    let Some(_lock) = supervisor::take_lock_file(&pdir.join(DAEMON_LOCK))
+        .map_err(|e| format!("the daemon's lock: {e}"))?
+    else {
+        return Err("a daemon already runs for this state directory".into());
+    };
+    let sock_path = pdir.join(DAEMON_SOCKET);
+    let _ = fs::remove_file(&sock_path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)
+        .map_err(|e| format!("listen on {}: {e}", sock_path.display()))?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
+    fs::write(pdir.join(DAEMON_PID), std::process::id().to_string())
+        .map_err(|e| format!("write the daemon's pid: {e}"))?;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            libc::signal(sig, on_stop as *const () as libc::sighandler_t);
+        }
+    }
+    let mut store = Store::open(state.join("store.db"))
+        .and_then(Store::for_pool)
+        .map_err(|e| format!("the state store: {e}"))?;
+    let backend = SupervisorBackend { exe };
+    ready();
+    let mut buf = [0u8; 16];
+    while !STOP.load(Ordering::SeqCst) {
+        reap(&mut store, &backend, state, false);
+        refill(&mut store, &backend, state);
+        // Woken by a claim or a pool change; else every half second.
+        let _ = sock.recv(&mut buf);
+        while sock.set_nonblocking(true).is_ok() && sock.recv(&mut buf).is_ok() {}
+        let _ = sock.set_nonblocking(false);
+    }
+    drain(&mut store, &backend, state);
+    let _ = fs::remove_file(&sock_path);
+    let _ = fs::remove_file(pdir.join(DAEMON_PID));
+    Ok(())
+}
+
+/// The stop: forget the pools, remove every member nobody holds. A claimed member stays its
+/// claimer's (who removes it when done, or the next daemon when the claimer is gone).
+pub fn drain(store: &mut Store, backend: &dyn Backend, state: &Path) {
+    let _ = store.pools_clear();
+    reap(store, backend, state, true);
+}

@@ -1,0 +1,265 @@
+//! Engine-tier tests of the warm pool's records: the key (what a claim may bind, what it may
+//! not), and the claim as one compare-and-set against a real SQLite file, with concurrent
+//! claimers in separate connections.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+
+use airlock_engine::pool::{self, Claim, MemberState};
+use airlock_engine::Store;
+use airlock_model::config::{Inject, Secret, SecretSource};
+use airlock_model::policy::{BackendKind, ByteSize, NetMode, Profile, WorkspaceMode};
+use airlock_model::spec::{Resources, RootFs, RunSpec, SandboxUser, Stdio};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("airlock-pool-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("store.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn member() -> RunSpec {
+    RunSpec {
+        name: "run-aaaa".into(),
+        hostname: "run-aaaa".into(),
+        profile: Profile::Moderate,
+        net: NetMode::Filtered,
+        domains: vec!["one.example".into()],
+        ports: vec![443],
+        workspace: WorkspaceMode::None,
+        project_dir: PathBuf::from("/srv/where-the-daemon-started"),
+        binds: vec![],
+        env: vec![],
+        workdir: None,
+        resources: Resources::default(),
+        require_limits: false,
+        user: SandboxUser::Agent,
+        timeout: None,
+        stdio: Stdio::Inherit {
+            forward_stdin: false,
+        },
+        argv: vec![],
+        persistent: true,
+        home_dir: None,
+        workspace_dir: None,
+        protected: Vec::new(),
+        context: Vec::new(),
+        repos: Vec::new(),
+        home_files: Default::default(),
+        secrets: Default::default(),
+        agent: None,
+        defaulted: Default::default(),
+        agent_grace: None,
+        setup: Vec::new(),
+        backend: BackendKind::Container,
+        rootfs: RootFs::Host,
+        kernel: None,
+    }
+}
+
+/// What `run` makes for the same policy: its own name, command, variables, directory,
+/// terminal and plain secrets.
+fn run_of(m: &RunSpec) -> RunSpec {
+    let mut r = m.clone();
+    r.name = "run-bbbb".into();
+    r.hostname = "run-bbbb".into();
+    r.persistent = false;
+    r.argv = vec!["sh".into(), "-c".into(), "echo hi".into()];
+    r.env = vec![("GREETING".into(), "hello".into())];
+    r.workdir = Some(PathBuf::from("/tmp"));
+    r.stdio = Stdio::Tty;
+    r.project_dir = PathBuf::from("/home/u/elsewhere");
+    r.secrets.insert(
+        "TOKEN".into(),
+        Secret {
+            source: SecretSource::FromEnv("TOKEN_SRC".into()),
+            inject: None,
+        },
+    );
+    r
+}
+
+/// One change to a run's spec.
+type Change = Box<dyn Fn(&mut RunSpec)>;
+
+#[test]
+fn a_claim_binds_what_the_key_leaves_out_and_nothing_else() {
+    let m = member();
+    assert_eq!(pool::key(&m), pool::key(&run_of(&m)));
+    // A filtered run's allowlist is put in force at claim.
+    let mut other = run_of(&m);
+    other.domains = vec!["two.example".into()];
+    assert_eq!(
+        pool::key(&m),
+        pool::key(&other),
+        "domains are bound at claim"
+    );
+    let changed: Vec<(&str, Change)> = vec![
+        (
+            "domains with the network off",
+            Box::new(|r| {
+                r.net = NetMode::Off;
+                r.domains = vec!["two.example".into()];
+            }),
+        ),
+        ("net", Box::new(|r| r.net = NetMode::Off)),
+        ("ports", Box::new(|r| r.ports = vec![443, 80])),
+        ("profile", Box::new(|r| r.profile = Profile::Restrictive)),
+        (
+            "memory",
+            Box::new(|r| r.resources.memory = Some(ByteSize(1 << 30))),
+        ),
+        ("user", Box::new(|r| r.user = SandboxUser::Root)),
+        (
+            "image",
+            Box::new(|r| {
+                r.rootfs = RootFs::Image {
+                    reference: "docker.io/library/alpine:3".into(),
+                    digest: Some("sha256:00".into()),
+                }
+            }),
+        ),
+        (
+            "workspace",
+            Box::new(|r| r.workspace = WorkspaceMode::Overlay),
+        ),
+        (
+            "injected secret",
+            Box::new(|r| {
+                r.secrets.insert(
+                    "KEY".into(),
+                    Secret {
+                        source: SecretSource::FromEnv("K".into()),
+                        inject: Some(Inject {
+                            hosts: vec!["one.example".into()],
+                            header: Some("x-api-key".into()),
+                            bearer: false,
+                            basic: false,
+                            query: None,
+                        }),
+                    },
+                );
+            }),
+        ),
+    ];
+    for (what, change) in changed {
+        let mut r = run_of(&m);
+        change(&mut r);
+        assert_ne!(
+            pool::key(&m),
+            pool::key(&r),
+            "{what} must not be bound at claim"
+        );
+    }
+}
+
+fn ready_members(store: &mut Store, key: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let m = store.member_insert(key).expect("insert");
+            assert!(store
+                .member_cas(&m.name, &[MemberState::Warming], MemberState::Ready)
+                .expect("cas"));
+            m.name
+        })
+        .collect()
+}
+
+#[test]
+fn no_pool_miss_and_hit() {
+    let dir = TempDir::new("claims");
+    let mut store = Store::open(dir.db()).expect("open");
+    assert!(matches!(
+        store.claim("nokey", 1, 1).expect("claim"),
+        Claim::NoPool
+    ));
+    store.pool_define("k", "{}", 1).expect("define");
+    assert!(matches!(
+        store.claim("k", 1, 1).expect("claim"),
+        Claim::Miss
+    ));
+    // A warming member is not handed out.
+    let w = store.member_insert("k").expect("insert");
+    assert!(matches!(
+        store.claim("k", 1, 1).expect("claim"),
+        Claim::Miss
+    ));
+    assert!(store
+        .member_cas(&w.name, &[MemberState::Warming], MemberState::Ready)
+        .expect("cas"));
+    let Claim::Hit(m) = store.claim("k", 42, 7).expect("claim") else {
+        panic!("no hit")
+    };
+    assert_eq!(
+        (m.name.as_str(), m.state, m.claimer_pid),
+        (w.name.as_str(), MemberState::Claimed, Some(42))
+    );
+    // Only its claimer releases it.
+    assert!(!store.member_release(&m.name, 41).expect("release"));
+    assert!(store.member_release(&m.name, 42).expect("release"));
+    store.claim_done("k", 1500).expect("done");
+    let p = &store.pools().expect("pools")[0];
+    assert_eq!((p.hits, p.misses), (1, 2));
+    assert_eq!(store.claim_latencies("k").expect("latencies"), vec![1500]);
+}
+
+#[test]
+fn concurrent_claimers_never_share_a_member() {
+    let dir = TempDir::new("race");
+    let mut store = Store::open(dir.db()).expect("open");
+    store.pool_define("k", "{}", 12).expect("define");
+    let made: HashSet<String> = ready_members(&mut store, "k", 12).into_iter().collect();
+    drop(store);
+    let threads = 8;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (db, barrier) = (dir.db(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut store = Store::open(db).expect("open").for_pool().expect("pool");
+                barrier.wait();
+                let mut got = Vec::new();
+                loop {
+                    match store.claim("k", 1000 + t as i32, 1).expect("claim") {
+                        Claim::Hit(m) => got.push(m.name),
+                        Claim::Miss => return got,
+                        Claim::NoPool => panic!("the pool vanished"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.join().expect("claimer"));
+    }
+    let unique: HashSet<String> = all.iter().cloned().collect();
+    assert_eq!(all.len(), 12, "{all:?}");
+    assert_eq!(unique, made);
+}
+
+#[test]
+fn percentiles_are_nearest_rank() {
+    assert_eq!(pool::percentile(&[], 50), None);
+    let v: Vec<u64> = (1..=100).rev().collect();
+    assert_eq!(pool::percentile(&v, 50), Some(50));
+    assert_eq!(pool::percentile(&v, 95), Some(95));
+    assert_eq!(pool::percentile(&v, 99), Some(99));
+    assert_eq!(pool::percentile(&[7], 99), Some(7));
+}

@@ -1,0 +1,561 @@
+//! `airlock daemon start|stop|status|prewarm` and the daemon itself (`__daemon`), and the claim
+//! side of `run` ([`try_warm`]). The pool's records and the daemon's loop are
+//! `airlock_engine::pool`; docs/design/warm-pool.md.
+
+use crate::cli::{DaemonCommand, PoolArgs, RunArgs};
+use crate::error::{CliError, CliResult};
+use airlock_engine::pool::{self, Claim};
+use airlock_engine::supervisor::{self, SupervisorBackend};
+use airlock_engine::{paths, Store, StoreError};
+use airlock_model::exit;
+use airlock_model::policy::{BackendKind, WorkspaceMode};
+use airlock_sandbox::isolation::{AnyBackend, ExecRequest, Instance, Isolation};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The default size of a pool nobody gave one.
+pub const DEFAULT_SIZE: u32 = 2;
+
+fn store_err(e: StoreError) -> CliError {
+    let hint = e.hint();
+    CliError::new(exit::SANDBOX_FAILED, e).maybe_hint(hint)
+}
+
+fn open_store(state: &Path) -> CliResult<Store> {
+    std::fs::create_dir_all(state).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    Store::open(state.join("store.db"))
+        .and_then(Store::for_pool)
+        .map_err(store_err)
+}
+
+fn exe() -> CliResult<PathBuf> {
+    std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))
+}
+
+pub fn dispatch(
+    c: DaemonCommand,
+    global_config: Option<&Path>,
+    no_user_config: bool,
+) -> CliResult<i32> {
+    match c {
+        DaemonCommand::Start(a) | DaemonCommand::Prewarm(a) => {
+            start(&a, global_config, no_user_config)
+        }
+        DaemonCommand::Stop(a) => stop(a.json),
+        DaemonCommand::Status(a) => status(a.json),
+    }
+}
+
+/// The member spec of a pool from `run`'s options: what `run --workspace none` would make,
+/// persistent (PID 1 waits), with nothing a claim binds (environment, secrets).
+fn member_spec(
+    a: &PoolArgs,
+    global_config: Option<&Path>,
+    no_user_config: bool,
+) -> CliResult<(airlock_model::spec::RunSpec, u32)> {
+    let mut policy = a.policy.clone();
+    match policy.workspace.as_deref() {
+        None | Some("none") => policy.workspace = Some("none".into()),
+        Some(other) => {
+            return Err(CliError::usage(format!(
+                "--workspace {other}: pool members have no workspace (a claim would bind it)"
+            ))
+            .hint("drop --workspace; runs with --workspace none claim members"))
+        }
+    }
+    let ra = RunArgs {
+        policy,
+        keep: false,
+        name: Some("pool-member".into()),
+        workdir: None,
+        timeout: None,
+        tty: false,
+        net_log: None,
+        interactive: false,
+        cmd: vec![],
+    };
+    let built = super::run::build(&ra, global_config, no_user_config, true)?;
+    if built.spec.backend != BackendKind::Container {
+        return Err(CliError::new(
+            exit::POLICY_REFUSED,
+            anyhow::anyhow!("warm pools hold container sandboxes only (for now)"),
+        )
+        .hint("drop --backend microvm"));
+    }
+    Ok((member_of(&built.spec), built.pool_size))
+}
+
+/// A member spec for runs like `spec`: persistent (PID 1 waits), and nothing a claim binds —
+/// the claimer's `run` resolves those. Secret values never wait in a member.
+fn member_of(spec: &airlock_model::spec::RunSpec) -> airlock_model::spec::RunSpec {
+    let mut m = spec.clone();
+    m.persistent = true;
+    m.argv.clear();
+    m.env.clear();
+    m.secrets.clear();
+    m.timeout = None;
+    m.stdio = airlock_model::spec::Stdio::Inherit {
+        forward_stdin: false,
+    };
+    m.workdir = None;
+    m.setup.clear();
+    m.agent = None;
+    m.agent_grace = None;
+    m
+}
+
+/// At most this many pools are made on demand (`[pool] size`); `daemon start` adds more.
+const MAX_AUTO_POOLS: usize = 4;
+
+/// `[pool] size` and no pool for this run's kind: make one (and start the daemon). This run
+/// starts cold; the next ones like it are warm.
+fn auto_pool(spec: &airlock_model::spec::RunSpec, size: u32, state: &Path, key: &str) {
+    let member = member_of(spec);
+    if pool::key(&member) != key {
+        return;
+    }
+    let made = (|| -> CliResult<()> {
+        let mut store = open_store(state)?;
+        if store.pools().map_err(store_err)?.len() >= MAX_AUTO_POOLS {
+            return Ok(());
+        }
+        let json =
+            serde_json::to_string(&member).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        store.pool_define(key, &json, size).map_err(store_err)?;
+        ensure_daemon(state)?;
+        pool::wake(state);
+        errln!(
+            "airlock: cold start; warm pool {} started ([pool] size = {size}): runs like this one are warm from now on",
+            &key[..8]
+        );
+        Ok(())
+    })();
+    if let Err(e) = made {
+        errln!("airlock: warning: no warm pool: {:#}", e.error);
+    }
+}
+
+fn start(a: &PoolArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
+    let state = paths::state_dir();
+    let mut store = open_store(&state)?;
+    let key = match &a.pool {
+        Some(k) => {
+            let pools = store.pools().map_err(store_err)?;
+            let p = pools
+                .iter()
+                .find(|p| p.key == *k || (k.len() >= 8 && p.key.starts_with(k.as_str())))
+                .ok_or_else(|| {
+                    CliError::new(exit::NOT_FOUND, anyhow::anyhow!("no pool {k}"))
+                        .hint("airlock daemon status lists the pools")
+                })?;
+            let size = a.size.unwrap_or(p.size);
+            store
+                .pool_define(&p.key, &p.spec_json, size)
+                .map_err(store_err)?;
+            p.key.clone()
+        }
+        None => {
+            let (spec, configured) = member_spec(a, global_config, no_user_config)?;
+            let key = pool::key(&spec);
+            let json =
+                serde_json::to_string(&spec).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+            store
+                .pool_define(
+                    &key,
+                    &json,
+                    a.size.unwrap_or(if configured > 0 {
+                        configured
+                    } else {
+                        DEFAULT_SIZE
+                    }),
+                )
+                .map_err(store_err)?;
+            key
+        }
+    };
+    let pid = ensure_daemon(&state)?;
+    pool::wake(&state);
+    if a.wait {
+        wait_full(&mut store, &state)?;
+    }
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::json!({"pid": pid, "pool": key, "pools": pool::status(&mut store).map_err(store_err)?})
+        );
+    } else {
+        errln!("airlock: daemon running (pid {pid}); pool {}", &key[..8]);
+    }
+    Ok(0)
+}
+
+/// Start the daemon unless one runs; its pid.
+fn ensure_daemon(state: &Path) -> CliResult<i32> {
+    if let Some(pid) = pool::daemon_pid(state) {
+        return Ok(pid);
+    }
+    let pdir = pool::dir(state);
+    std::fs::create_dir_all(&pdir).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(pdir.join(pool::DAEMON_LOG))
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    let mut cmd = Command::new(exe()?);
+    cmd.env_clear()
+        .envs(airlock_engine::client::daemon_env())
+        .arg("__daemon")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: setsid() is async-signal-safe; the daemon must not share our session.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        CliError::new(
+            exit::BACKEND_UNAVAILABLE,
+            anyhow::anyhow!("start the daemon: {e}"),
+        )
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = pool::daemon_pid(state) {
+            // It runs on, detached; a thread would outlive nothing here, so leave the zombie
+            // to init when we exit.
+            std::mem::forget(child);
+            return Ok(pid);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CliError::new(
+                exit::BACKEND_UNAVAILABLE,
+                anyhow::anyhow!("the daemon exited at start ({status})"),
+            )
+            .hint(format!(
+                "its log: {}",
+                pdir.join(pool::DAEMON_LOG).display()
+            )));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(CliError::new(
+                exit::BACKEND_UNAVAILABLE,
+                anyhow::anyhow!("the daemon did not come up in 10 s"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn wait_full(store: &mut Store, state: &Path) -> CliResult<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = pool::status(store).map_err(store_err)?;
+        if st.iter().all(|p| p.ready >= p.size) {
+            return Ok(());
+        }
+        if !pool::daemon_running(state) {
+            return Err(CliError::new(
+                exit::BACKEND_UNAVAILABLE,
+                anyhow::anyhow!("the daemon stopped before the pools were full"),
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::new(
+                exit::TIMEOUT,
+                anyhow::anyhow!("the pools are not full after 120 s"),
+            )
+            .hint(format!(
+                "the daemon's log: {}",
+                pool::dir(state).join(pool::DAEMON_LOG).display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop(json: bool) -> CliResult<i32> {
+    let state = paths::state_dir();
+    let was = pool::daemon_pid(&state);
+    if let Some(pid) = was {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pool::daemon_running(&state) {
+            if Instant::now() > deadline {
+                return Err(CliError::new(
+                    exit::CONFLICT,
+                    anyhow::anyhow!("the daemon (pid {pid}) did not stop in 60 s"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // What a daemon killed outright left: the same drain, from here.
+    let mut store = open_store(&state)?;
+    let backend = SupervisorBackend { exe: exe()? };
+    pool::drain(&mut store, &backend, &state);
+    let left = store.members().map_err(store_err)?.len();
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({"stopped": was, "claimed_left": left})
+        );
+    } else {
+        match was {
+            Some(pid) => errln!("airlock: daemon {pid} stopped"),
+            None => errln!("airlock: no daemon was running"),
+        }
+        if left > 0 {
+            errln!("airlock: {left} claimed sandbox(es) run on until their commands end");
+        }
+    }
+    Ok(0)
+}
+
+fn us(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2} ms", v as f64 / 1000.0))
+}
+
+fn status(json: bool) -> CliResult<i32> {
+    let state = paths::state_dir();
+    let pid = pool::daemon_pid(&state);
+    let mut store = open_store(&state)?;
+    let pools = pool::status(&mut store).map_err(store_err)?;
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({"running": pid.is_some(), "pid": pid, "pools": pools})
+        );
+        return Ok(0);
+    }
+    match pid {
+        Some(p) => outln!("daemon: running (pid {p})"),
+        None => outln!("daemon: not running"),
+    }
+    for p in &pools {
+        outln!(
+            "pool {}  {}\n  size {}  ready {}  warming {}  claimed {}  hits {}  misses {}  claim p50 {}  p95 {}  p99 {}",
+            &p.key[..8],
+            p.label,
+            p.size,
+            p.ready,
+            p.warming,
+            p.claimed,
+            p.hits,
+            p.misses,
+            us(p.claim_p50_us),
+            us(p.claim_p95_us),
+            us(p.claim_p99_us)
+        );
+    }
+    Ok(0)
+}
+
+/// `airlock __daemon`: the daemon's loop until SIGTERM.
+pub fn serve() -> CliResult<i32> {
+    let state = paths::state_dir();
+    pool::serve(&state, exe()?, || {
+        errln!("airlock daemon: pid {} serving", std::process::id());
+    })
+    .map_err(|e| CliError::new(exit::CONFLICT, anyhow::anyhow!(e)))?;
+    errln!("airlock daemon: stopped");
+    Ok(0)
+}
+
+/// `run` through a warm member when a pool matches its spec; None: start it cold (no pool,
+/// the pool is empty, or the run asks for something a claim cannot bind yet).
+pub fn try_warm(
+    b: &super::run::Built,
+    tty: bool,
+    timeout_text: Option<&str>,
+    net_log: Option<&Path>,
+) -> CliResult<Option<i32>> {
+    let spec = &b.spec;
+    let state = paths::state_dir();
+    // No pool was ever made here and none is asked for: one stat, nothing opened.
+    if b.pool_size == 0 && !pool::members_dir(&state).is_dir() {
+        return Ok(None);
+    }
+    // Bound at claim today: command, environment, working directory, terminal, time limit,
+    // plain secrets. The rest starts cold (docs/design/warm-pool.md).
+    if spec.backend != BackendKind::Container
+        || spec.workspace != WorkspaceMode::None
+        || net_log.is_some()
+        || spec.secrets.values().any(|s| s.inject.is_some())
+    {
+        return Ok(None);
+    }
+    let secrets = super::run::resolve_secrets(&spec.secrets)?;
+    let t0 = Instant::now();
+    let key = pool::key(spec);
+    // The pool is an optimisation: when its records cannot be read, the run starts cold.
+    let (mut store, member) = match claim(&state, &key, spec, b.pool_size) {
+        Ok(Some(got)) => got,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            errln!(
+                "airlock: warning: warm pool unavailable, starting cold: {:#}",
+                e.error
+            );
+            return Ok(None);
+        }
+    };
+    let claimed_in = t0.elapsed();
+    // The daemon is woken when this run ends (`release`): a member's start costs CPU this run
+    // would share on a small machine. A long run's pool is refilled by the daemon's own pass
+    // (every half second) meanwhile.
+    let dir = pool::member_dir(&state, &member.name);
+    let inst = Instance {
+        name: &member.name,
+        dir: &dir,
+        id: Some(&member.id),
+    };
+    // This run's allowlist, in force before its command runs (whatever the member had).
+    if spec.net == airlock_model::policy::NetMode::Filtered {
+        if let Err(e) = airlock_engine::live_policy::send(&dir, &spec.domains, &spec.ports) {
+            release(&mut store, &state, &member, &dir, None);
+            errln!("airlock: warning: the warm member refused this run's allowlist, starting cold: {e}");
+            return Ok(None);
+        }
+    }
+    if !secrets.is_empty() {
+        if let Err(e) = airlock_sandbox::container::exec::deliver_secrets(&dir, &secrets) {
+            release(&mut store, &state, &member, &dir, None);
+            errln!("airlock: warning: the warm member refused its secrets, starting cold: {e}");
+            return Ok(None);
+        }
+    }
+    let mut env = spec.env.clone();
+    for (k, v) in &secrets {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    errln!(
+        "airlock: warm start (pool {}, {}, claimed in {:.2} ms)",
+        &key[..8],
+        member.name,
+        claimed_in.as_secs_f64() * 1000.0
+    );
+    let req = ExecRequest {
+        argv: spec.argv.clone(),
+        env,
+        cwd: Some(
+            spec.workdir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(spec.user.home())),
+        ),
+        tty,
+        forward_stdin: b.forward_stdin,
+        with_secrets: false,
+        timeout: b.timeout,
+    };
+    let ran = AnyBackend::for_kind(BackendKind::Container)
+        .ok_or(airlock_model::plan::Refusal::BackendUnavailable(
+            BackendKind::Container,
+        ))
+        .map_err(CliError::from)
+        .and_then(|backend| backend.exec(&inst, &req).map_err(CliError::from));
+    release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
+    let outcome = ran?;
+    if outcome.ending == airlock_sandbox::isolation::Ending::TimedOut {
+        errln!(
+            "airlock: killed: timeout after {}",
+            timeout_text.unwrap_or("?")
+        );
+    }
+    Ok(Some(outcome.exit_code()))
+}
+
+/// The claim: a ready, live member of pool `key` for this process (None: start cold — no pool,
+/// made one now with `[pool] size`, or the pool is empty).
+fn claim(
+    state: &Path,
+    key: &str,
+    spec: &airlock_model::spec::RunSpec,
+    pool_size: u32,
+) -> CliResult<Option<(Store, pool::Member)>> {
+    let mut store = open_store(state)?;
+    let (me, me_start) = pool::me();
+    for _ in 0..3 {
+        match store.claim(key, me, me_start).map_err(store_err)? {
+            Claim::NoPool => {
+                if pool_size > 0 {
+                    drop(store);
+                    auto_pool(spec, pool_size, state, key);
+                }
+                return Ok(None);
+            }
+            Claim::Miss => {
+                pool::wake(state);
+                errln!("airlock: cold start (warm pool {} is empty)", &key[..8]);
+                return Ok(None);
+            }
+            Claim::Hit(m) => {
+                let dir = pool::member_dir(state, &m.name);
+                if supervisor::locked(&dir)
+                    && airlock_sandbox::container::exec::pid1(&dir).is_some()
+                {
+                    return Ok(Some((store, m)));
+                }
+                // Died since it was checked: released, for the daemon to remove.
+                let _ = store.member_release(&m.name, me);
+            }
+        }
+    }
+    pool::wake(state);
+    Ok(None)
+}
+
+/// A claimed member is never reused: its PID 1 goes now (its supervisor then cleans up and
+/// exits), and its record and folder with the daemon — or here when no daemon runs. `done`:
+/// the claim was used (a hit, and its latency).
+fn release(
+    store: &mut Store,
+    state: &Path,
+    member: &pool::Member,
+    dir: &Path,
+    done: Option<(&str, Duration)>,
+) {
+    if let Some(p) = airlock_sandbox::container::exec::pid1(dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = store.member_release(&member.name, pool::me().0);
+    if let Some((key, took)) = done {
+        let _ = store.claim_done(key, took.as_micros() as u64);
+    }
+    if pool::daemon_running(state) {
+        pool::wake(state);
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while supervisor::locked(dir) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let Ok(exe) = exe() else { return };
+    if store
+        .member_cas(
+            &member.name,
+            &[pool::MemberState::Released],
+            pool::MemberState::Draining,
+        )
+        .unwrap_or(false)
+    {
+        pool::remove_member(store, &SupervisorBackend { exe }, state, &member.name);
+    }
+}

@@ -1,0 +1,649 @@
+//! The warm pool (issue 16): `airlock daemon start|status|stop|prewarm`, `run` claiming a
+//! pre-started member and binding its own command, environment and secrets to it, cold
+//! fallback, refill, and the daemon killed with SIGKILL at random points (members live on, no
+//! double claims, nothing left behind after `daemon stop`).
+
+mod common;
+
+use common::internet::Internet;
+use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Stops the test's daemon (SIGKILL, then `daemon stop` drains what it left) however the test
+/// ends.
+struct DaemonGuard<'a>(&'a Airlock);
+
+impl Drop for DaemonGuard<'_> {
+    fn drop(&mut self) {
+        kill_daemon(self.0);
+        let _ = self.0.run(&["daemon", "stop"]);
+        for pid in pids_with_marker(&members_dir(self.0).display().to_string()) {
+            // SAFETY: kill(2) on a supervisor of this test's own pool.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn members_dir(a: &Airlock) -> PathBuf {
+    a.state_dir().join("pool/members")
+}
+
+fn daemon_pid(a: &Airlock) -> Option<i32> {
+    std::fs::read_to_string(a.state_dir().join("pool/daemon.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+}
+
+fn kill_daemon(a: &Airlock) {
+    if let Some(pid) = daemon_pid(a) {
+        // SAFETY: kill(2) on this test's daemon.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_until(Duration::from_secs(5), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z"))
+        });
+    }
+}
+
+fn ok(a: &Airlock, args: &[&str]) -> common::Outcome {
+    let out = a.run(args);
+    assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+    out
+}
+
+fn status(a: &Airlock) -> serde_json::Value {
+    let out = ok(a, &["daemon", "status", "--json"]);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+/// The member a run claimed, from its `warm start (pool KEY, NAME, …)` line.
+fn claimed(out: &common::Outcome) -> Option<String> {
+    let line = out.stderr.lines().find(|l| l.contains("warm start"))?;
+    line.split(", ").nth(1).map(str::to_string)
+}
+
+/// Every member name the daemon started (its log).
+fn members_ever(a: &Airlock) -> BTreeSet<String> {
+    let log = std::fs::read_to_string(a.state_dir().join("pool/daemon.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| l.strip_suffix(" ready"))
+        .filter_map(|l| l.rsplit(' ').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Cgroup directories (any hierarchy) whose name starts with `prefix`.
+fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: usize, prefix: &str, out: &mut Vec<PathBuf>) {
+        if depth == 0 {
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                out.push(p.clone());
+            }
+            walk(&p, depth - 1, prefix, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), 6, prefix, &mut out);
+    out
+}
+
+/// After `daemon stop`: no supervisor, no member folder or record, no cgroup, no mount.
+fn assert_nothing_left(a: &Airlock, label: &str) {
+    let marker = members_dir(a).display().to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || pids_with_marker(&marker)
+            .is_empty()),
+        "{label}: supervisors left: {:?}",
+        pids_with_marker(&marker)
+    );
+    let folders: Vec<_> = std::fs::read_dir(members_dir(a))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        folders.is_empty(),
+        "{label}: member folders left: {folders:?}"
+    );
+    let st = status(a);
+    assert_eq!(st["running"], false, "{label}: {st}");
+    assert_eq!(
+        st["pools"].as_array().map(Vec::len),
+        Some(0),
+        "{label}: {st}"
+    );
+    for name in members_ever(a) {
+        let left = cgroups_named(&format!("{name}."));
+        assert!(left.is_empty(), "{label}: cgroups of {name} left: {left:?}");
+    }
+    let mounts = mounts_under(&a.state_dir());
+    assert!(mounts.is_empty(), "{label}: mounts left: {mounts:?}");
+}
+
+fn pool0(st: &serde_json::Value) -> &serde_json::Value {
+    &st["pools"][0]
+}
+
+/// Start, claim (command, environment, secret, exit status bound at claim), refill, stop.
+fn warm_lifecycle(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    ok(a, &["daemon", "start", "--size", "2", "--wait"]);
+    let st = status(a);
+    assert_eq!(st["running"], true, "{label}: {st}");
+    assert_eq!(pool0(&st)["ready"], 2, "{label}: {st}");
+    let before = members_ever(a);
+    assert_eq!(before.len(), 2, "{label}: {before:?}");
+
+    // The claim binds this run's command, variables, secret and working directory.
+    let out = a.run_with_env(
+        &[("TOKEN_SRC", "s3cret-value")],
+        &[
+            "run",
+            "--workspace",
+            "none",
+            "-e",
+            "GREETING=hello",
+            "--secret",
+            "TOKEN=env:TOKEN_SRC",
+            "-w",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING $TOKEN\"; cat /run/secrets/TOKEN; echo; pwd; hostname; exit 7",
+        ],
+    );
+    assert_eq!(out.code(), 7, "{label}: {}", out.describe());
+    let member = claimed(&out).unwrap_or_else(|| panic!("{label}: not warm: {}", out.describe()));
+    assert!(
+        before.contains(&member),
+        "{label}: {member} not from {before:?}"
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "hello s3cret-value",
+            "s3cret-value",
+            "/tmp",
+            member.as_str()
+        ],
+        "{label}: {}",
+        out.describe()
+    );
+
+    // Never reused; refilled right after.
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let st = status(a);
+            pool0(&st)["ready"] == 2 && pool0(&st)["claimed"] == 0
+        }),
+        "{label}: not refilled: {}",
+        status(a)
+    );
+    assert!(
+        !members_dir(a).join(&member).exists(),
+        "{label}: the claimed member's folder is still there"
+    );
+    assert_eq!(members_ever(a).len(), 3, "{label}: {:?}", members_ever(a));
+    let st = status(a);
+    assert_eq!(pool0(&st)["hits"], 1, "{label}: {st}");
+    assert!(
+        pool0(&st)["claim_p50_us"].as_u64().is_some(),
+        "{label}: {st}"
+    );
+
+    // A second run gets a fresh member, and sees nothing of the first claim's secret.
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "none",
+        "--",
+        "sh",
+        "-c",
+        "ls -A /run/secrets 2>/dev/null; env | grep -c s3cret; true",
+    ]);
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    let second = claimed(&out).unwrap_or_else(|| panic!("{label}: not warm: {}", out.describe()));
+    assert_ne!(second, member, "{label}: a member was claimed twice");
+    assert_eq!(out.stdout.trim(), "0", "{label}: {}", out.describe());
+
+    // The time limit is bound at claim too.
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(&status(a))["ready"] == 2),
+        "{label}: not refilled: {}",
+        status(a)
+    );
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "none",
+        "--timeout",
+        "1s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(out.code(), 124, "{label}: {}", out.describe());
+    assert!(
+        claimed(&out).is_some() && out.stderr.contains("killed: timeout after 1s"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(10),
+        "{label}: {:?}",
+        out.elapsed
+    );
+
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+#[test]
+fn daemon_start_claim_refill_stop_rootful() {
+    if !e2e("daemon_start_claim_refill_stop_rootful") {
+        return;
+    }
+    warm_lifecycle(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn daemon_start_claim_refill_stop_rootless() {
+    if !e2e("daemon_start_claim_refill_stop_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    warm_lifecycle(&Airlock::rootless(&bins), "rootless");
+}
+
+/// An empty pool: cold start (said so), counted as a miss. A run whose policy differs from
+/// every pool's never gets a member (a pool of filtered members serves no `--net off` run).
+#[test]
+fn cold_fallback_and_no_policy_leak() {
+    if !e2e("cold_fallback_and_no_policy_leak") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    ok(&a, &["daemon", "start", "--size", "0", "--net", "off"]);
+    let out = ok(
+        &a,
+        &["run", "--workspace", "none", "--net", "off", "--", "true"],
+    );
+    assert!(
+        out.stderr.contains("cold start (warm pool") && claimed(&out).is_none(),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(pool0(&status(&a))["misses"], 1, "{}", status(&a));
+
+    ok(
+        &a,
+        &[
+            "daemon",
+            "prewarm",
+            "--size",
+            "1",
+            "--wait",
+            "--allow",
+            "one.example",
+        ],
+    );
+    // Another network mode is not that pool's (a filtered run with another allowlist is:
+    // `a_claim_gets_its_own_allowlist`).
+    let out = ok(
+        &a,
+        &["run", "--workspace", "none", "--net", "off", "--", "true"],
+    );
+    assert!(claimed(&out).is_none(), "{}", out.describe());
+    // The same policy claims it.
+    let out = ok(
+        &a,
+        &[
+            "run",
+            "--workspace",
+            "none",
+            "--allow",
+            "one.example",
+            "--",
+            "true",
+        ],
+    );
+    assert!(claimed(&out).is_some(), "{}", out.describe());
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "cold");
+}
+
+/// kill -9 the daemon: its members run on; a new daemon adopts them (no new starts) and
+/// resumes refilling.
+#[test]
+fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
+    if !e2e("a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    ok(
+        &a,
+        &["daemon", "start", "--size", "2", "--wait", "--net", "off"],
+    );
+    let first = members_ever(&a);
+    kill_daemon(&a);
+    let supervisors: Vec<i32> = first
+        .iter()
+        .filter_map(|m| {
+            std::fs::read_to_string(members_dir(&a).join(m).join("supervisor.pid")).ok()
+        })
+        .filter_map(|p| p.trim().parse().ok())
+        .filter(|p: &i32| Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    assert_eq!(supervisors.len(), 2, "supervisors gone with the daemon");
+    // A claim needs no daemon.
+    let out = ok(
+        &a,
+        &["run", "--workspace", "none", "--net", "off", "--", "true"],
+    );
+    let member = claimed(&out).unwrap_or_else(|| panic!("not warm: {}", out.describe()));
+    assert!(first.contains(&member));
+    // Claimed and ended with no daemon: removed by the claimer itself.
+    assert!(!members_dir(&a).join(&member).exists());
+    ok(
+        &a,
+        &["daemon", "start", "--size", "2", "--wait", "--net", "off"],
+    );
+    let now = members_ever(&a);
+    // One new member (the refill), the other adopted.
+    assert_eq!(now.len(), 3, "{now:?}");
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "adopt");
+}
+
+/// Claims while the daemon is killed with SIGKILL at random moments and started again: every
+/// run succeeds (warm or cold), no member is handed out twice, and `daemon stop` leaves nothing.
+#[test]
+fn claims_survive_daemon_kill_9_at_random_points() {
+    if !e2e("claims_survive_daemon_kill_9_at_random_points") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    ok(
+        &a,
+        &["daemon", "start", "--size", "3", "--wait", "--net", "off"],
+    );
+    let mut seen = BTreeSet::new();
+    let mut warm = 0;
+    for round in 0..6 {
+        let a = &a;
+        let outs = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(move || {
+                        a.run(&[
+                            "run",
+                            "--workspace",
+                            "none",
+                            "--net",
+                            "off",
+                            "--",
+                            "hostname",
+                        ])
+                    })
+                })
+                .collect();
+            // A random moment in the claims (or in the refill after them).
+            let delay = u64::from_str_radix(&common::random_hex()[..4], 16).unwrap_or(0) % 400;
+            std::thread::sleep(Duration::from_millis(delay));
+            kill_daemon(a);
+            runs.into_iter()
+                .map(|r| r.join().expect("a run thread"))
+                .collect::<Vec<_>>()
+        });
+        for out in outs {
+            assert_eq!(out.code(), 0, "round {round}: {}", out.describe());
+            if let Some(m) = claimed(&out) {
+                warm += 1;
+                assert_eq!(out.stdout.trim(), m, "round {round}: ran elsewhere");
+                assert!(seen.insert(m.clone()), "round {round}: {m} claimed twice");
+            }
+        }
+        ok(a, &["daemon", "start", "--size", "3", "--net", "off"]);
+    }
+    assert!(warm > 0, "no run was warm");
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "kill -9");
+}
+
+/// `[pool] size` in the user configuration: the first run of a kind starts its pool (and the
+/// daemon) and runs cold; the next one is warm.
+#[test]
+fn configured_pool_starts_on_the_first_run() {
+    if !e2e("configured_pool_starts_on_the_first_run") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let cfg = a.dir.join("home/.config/airlock");
+    std::fs::create_dir_all(&cfg).expect("config dir");
+    std::fs::write(cfg.join("config.toml"), "[pool]\nsize = 1\n").expect("config");
+    let run = ["run", "--workspace", "none", "--net", "off", "--", "true"];
+    let out = ok(&a, &run);
+    assert!(
+        claimed(&out).is_none() && out.stderr.contains("warm pool"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(&status(&a))["ready"] == 1),
+        "{}",
+        status(&a)
+    );
+    let out = ok(&a, &run);
+    assert!(claimed(&out).is_some(), "{}", out.describe());
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "configured");
+}
+
+/// The HTTP API's `run` (and so the MCP run tool) claims from the pool like the CLI does.
+#[test]
+fn an_api_run_claims_a_warm_member() {
+    if !e2e("an_api_run_claims_a_warm_member") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let _engine = EngineGuard(&a);
+    ok(
+        &a,
+        &["daemon", "start", "--size", "1", "--wait", "--net", "off"],
+    );
+    ok(&a, &["list"]); // starts the engine
+    let sock = std::fs::read_dir(a.dir.join("runtime/airlock"))
+        .expect("runtime dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sock"))
+        .expect("engine socket")
+        .display()
+        .to_string();
+    let body = serde_json::json!({
+        "dir": a.cwd.display().to_string(),
+        "argv": ["hostname"],
+        "workspace": "none",
+        "net": "off",
+        "env": {"X": "1"},
+    })
+    .to_string();
+    let out = common::run_with_deadline(
+        a.command_with(
+            "curl",
+            &[
+                "-sS",
+                "--unix-socket",
+                &sock,
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body,
+                "http://airlock/v1/run",
+            ],
+        ),
+        None,
+        common::DEADLINE,
+    );
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let of = |stream: &str| -> String {
+        events
+            .iter()
+            .filter(|e| e["stream"] == stream)
+            .filter_map(|e| e["data"].as_str())
+            .collect()
+    };
+    let stderr = of("stderr");
+    let member = stderr
+        .lines()
+        .find(|l| l.contains("warm start"))
+        .and_then(|l| l.split(", ").nth(1))
+        .unwrap_or_else(|| panic!("not warm: {}", out.stdout))
+        .to_string();
+    assert_eq!(of("stdout").trim(), member, "{}", out.stdout);
+    assert_eq!(
+        events.last(),
+        Some(&serde_json::json!({"exit": 0})),
+        "{}",
+        out.stdout
+    );
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "api");
+}
+
+/// Stops the engine a test's commands auto-started.
+struct EngineGuard<'a>(&'a Airlock);
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        common::stop_engines_of(self.0);
+    }
+}
+
+/// The pool is an optimisation: records it cannot read make a cold start with a warning, never
+/// a failed run.
+#[test]
+fn unreadable_pool_records_mean_a_cold_start_not_a_failure() {
+    if !e2e("unreadable_pool_records_mean_a_cold_start_not_a_failure") {
+        return;
+    }
+    let a = Airlock::root();
+    std::fs::create_dir_all(members_dir(&a)).expect("members dir");
+    std::fs::write(
+        a.state_dir().join("store.db"),
+        "this is not an SQLite database, whatever its name says\n".repeat(200),
+    )
+    .expect("garbage store");
+    let out = ok(
+        &a,
+        &[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "echo",
+            "hi",
+        ],
+    );
+    assert_eq!(out.stdout, "hi\n", "{}", out.describe());
+    assert!(
+        out.stderr.contains("warm pool unavailable, starting cold"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// A filtered member's allowlist is the claim's: put in force before the command runs, so a
+/// run reaches what it allows and nothing the pool (or an earlier claim) allowed.
+#[test]
+fn a_claim_gets_its_own_allowlist() {
+    if !e2e("a_claim_gets_its_own_allowlist") {
+        return;
+    }
+    const CA: &str = "/etc/airlock-test-ca.pem";
+    let inet = Internet::start(&["x.test", "y.test"], &[]);
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let cert_dir = common::TempDir::new("cert");
+    let cert = cert_dir.join("ca.pem");
+    std::fs::copy(inet.cert(), &cert).expect("copy cert");
+    common::set_mode(&cert, 0o644);
+    let ro = format!("{}:{CA}", cert.display());
+    let env = [("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str())];
+    let start = a.run_with_env(
+        &env,
+        &[
+            "daemon", "start", "--size", "2", "--wait", "--allow", "x.test", "--ro", &ro,
+        ],
+    );
+    assert_eq!(start.code(), 0, "{}", start.describe());
+    let probe = format!(
+        "for h in x.test y.test; do \
+           curl -sS --max-time 10 --cacert {CA} https://$h/ >/dev/null 2>&1 \
+             && echo \"$h reached\" || echo \"$h denied\"; \
+         done"
+    );
+    for (allow, reached, denied) in [
+        ("y.test", "y.test", "x.test"),
+        ("x.test", "x.test", "y.test"),
+    ] {
+        let out = a.run_with_env(
+            &env,
+            &[
+                "run",
+                "--workspace",
+                "none",
+                "--allow",
+                allow,
+                "--ro",
+                &ro,
+                "--",
+                "sh",
+                "-c",
+                &probe,
+            ],
+        );
+        assert_eq!(out.code(), 0, "{allow}: {}", out.describe());
+        assert!(
+            claimed(&out).is_some(),
+            "{allow}: not warm: {}",
+            out.describe()
+        );
+        assert!(
+            out.stdout.contains(&format!("{reached} reached"))
+                && out.stdout.contains(&format!("{denied} denied")),
+            "allowing {allow}: {}",
+            out.describe()
+        );
+    }
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "allowlist");
+}
