@@ -480,7 +480,6 @@ pub fn host_rootfs(dir: &Path) -> Result<String, String> {
     Ok(name)
 }
 
-
 /// mkfs.ext4 (e2fsprogs).
 pub fn mkfs_ext4() -> Option<PathBuf> {
     [
