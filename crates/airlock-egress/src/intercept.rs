@@ -7,21 +7,13 @@
 //! its certificate is name-constrained to the bound hosts, so even a stolen leaf or a
 //! confused client cannot make it vouch for any other name. rustls with the ring provider.
 
-use crate::http::{self, body::BodyFramer, HttpError};
-use crate::inject::{BodyScan, Injected, Leak, Secrets};
-use crate::journal::{Event, Kind, Verdict};
-use crate::proxy::Ctx;
-use crate::{host, sni};
+use crate::inject::Secrets;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// With no byte from the upstream for this long, an intercepted exchange is closed (long
-/// enough for a model API's streamed answer to think).
-const UPSTREAM_IDLE: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterceptError {
@@ -41,8 +33,8 @@ pub struct Interceptor {
     ca_pem: String,
     provider: Arc<rustls::crypto::CryptoProvider>,
     leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
-    upstream: Arc<rustls::ClientConfig>,
-    pool: Pool,
+    pub(crate) upstream: Arc<rustls::ClientConfig>,
+    pub(crate) pool: Pool,
 }
 
 impl std::fmt::Debug for Interceptor {
@@ -155,7 +147,7 @@ impl Interceptor {
     }
 
     /// The server configuration for `host`: a leaf certificate made (once) for it.
-    fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    pub(crate) fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
         let mut leaves = self
             .leaves
             .lock()
@@ -282,39 +274,17 @@ pub fn self_test() -> Result<SelfTest, InterceptError> {
     })
 }
 
-/// Facts for the journal lines of one intercepted connection.
-pub(crate) struct Where {
-    pub kind: Kind,
-    pub host: String,
-    pub port: u16,
-    pub dst: Option<SocketAddr>,
-}
-
-impl Where {
-    fn record(&self, ctx: &Ctx, v: Verdict, reason: &str, ip: Option<IpAddr>, inj: &[Injected]) {
-        let mut e = Event::new(self.kind, v);
-        e.host = Some(host::display(&self.host));
-        e.port = Some(self.port);
-        e.dst = self.dst.map(|d| d.to_string());
-        e.ip = ip.map(|i| vec![i.to_string()]).unwrap_or_default();
-        e.reason = (!reason.is_empty()).then(|| reason.to_string());
-        e.injected = inj.to_vec();
-        e.intercepted = true;
-        ctx.journal.record(&e);
-    }
-}
-
 /// A socket with a read buffer: rustls reads TLS records 4 KiB at a time, a system call each
 /// without one (a quarter of the intercepted bulk throughput went there).
 pub(crate) struct BufSock {
-    sock: TcpStream,
+    pub(crate) sock: TcpStream,
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
 }
 
 impl BufSock {
-    fn new(sock: TcpStream, cap: usize) -> Self {
+    pub(crate) fn new(sock: TcpStream, cap: usize) -> Self {
         Self {
             sock,
             buf: vec![0u8; cap].into_boxed_slice(),
@@ -324,7 +294,7 @@ impl BufSock {
     }
 
     /// Bytes read from the socket and not yet handed to rustls.
-    fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.end - self.pos
     }
 }
@@ -360,19 +330,12 @@ impl Write for BufSock {
     }
 }
 
-/// Read buffer of the upstream socket (bulk downloads) and of the sandbox's (requests).
-const UP_SOCK_BUF: usize = 64 * 1024;
-const DOWN_SOCK_BUF: usize = 16 * 1024;
-/// Plaintext moved per read/write.
-const CHUNK: usize = 64 * 1024;
-/// How long a kept-alive connection from the sandbox may wait for its next request.
-const KEEP_IDLE: Duration = Duration::from_secs(60);
 /// How long an idle upstream connection is kept for reuse, and how many per host.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 const POOL_PER_HOST: usize = 4;
 
-type Down = rustls::StreamOwned<rustls::ServerConnection, BufSock>;
-type Up = rustls::StreamOwned<rustls::ClientConnection, BufSock>;
+pub(crate) type Down = rustls::StreamOwned<rustls::ServerConnection, BufSock>;
+pub(crate) type Up = rustls::StreamOwned<rustls::ClientConnection, BufSock>;
 /// An idle upstream connection, its address, since when it is idle.
 type Idle = (Up, IpAddr, Instant);
 
@@ -385,7 +348,7 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    fn take(&self, host: &str, port: u16) -> Option<(Up, IpAddr)> {
+    pub(crate) fn take(&self, host: &str, port: u16) -> Option<(Up, IpAddr)> {
         loop {
             let (mut up, ip, since) = {
                 let mut idle = self.idle.lock().ok()?;
@@ -398,7 +361,7 @@ impl Pool {
         }
     }
 
-    fn put(&self, host: &str, port: u16, up: Up, ip: IpAddr) {
+    pub(crate) fn put(&self, host: &str, port: u16, up: Up, ip: IpAddr) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
@@ -436,533 +399,4 @@ fn still_open(up: &mut Up) -> bool {
         }
     };
     ok && up.sock.sock.set_nonblocking(false).is_ok()
-}
-
-/// Read what plaintext there is, up to `out.len()`: blocks for the first bytes, then also
-/// takes what the socket buffer already holds (whole 16 KiB records, not one per call).
-fn read_bulk<C, S>(tls: &mut rustls::StreamOwned<C, BufSock>, out: &mut [u8]) -> io::Result<usize>
-where
-    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
-    S: rustls::SideData,
-{
-    let first = tls.read(out)?;
-    let mut filled = first;
-    while first > 0 && filled < out.len() {
-        match tls.conn.reader().read(&mut out[filled..]) {
-            Ok(0) => break,
-            Ok(k) => {
-                filled += k;
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => break,
-        }
-        if tls.sock.buffered() == 0
-            || tls.conn.read_tls(&mut tls.sock).is_err()
-            || tls.conn.process_new_packets().is_err()
-        {
-            break;
-        }
-    }
-    Ok(filled)
-}
-
-/// Serve a TLS connection to a bound host. `hello` holds the bytes read so far (the
-/// ClientHello); `name` is its server name, already allowed by the policy and normalized;
-/// `upstream`, if given, is an open connection (a CONNECT tunnel's).
-pub(crate) fn serve(
-    conn: TcpStream,
-    hello: &[u8],
-    name: &str,
-    at: Where,
-    ctx: &Ctx,
-    icpt: &Interceptor,
-    upstream: Option<(TcpStream, IpAddr)>,
-) {
-    let cfg = match icpt.server_config(name) {
-        Ok(c) => c,
-        Err(e) => {
-            at.record(
-                ctx,
-                Verdict::Deny,
-                &format!("cannot make the interception certificate: {e}"),
-                None,
-                &[],
-            );
-            return crate::relay::refuse(conn, &sni::ALERT_INTERNAL_ERROR);
-        }
-    };
-    let Ok(mut server) = rustls::ServerConnection::new(cfg) else {
-        return;
-    };
-    // The ClientHello was read already: hand it to rustls first.
-    let mut rd: &[u8] = hello;
-    while !rd.is_empty() {
-        if server.read_tls(&mut rd).is_err() {
-            return;
-        }
-    }
-    let _ = conn.set_nodelay(true);
-    let _ = conn.set_read_timeout(Some(ctx.inspect_timeout));
-    let _ = conn.set_write_timeout(Some(ctx.inspect_timeout));
-    let mut conn = BufSock::new(conn, DOWN_SOCK_BUF);
-    if let Err(e) = server
-        .process_new_packets()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-        .and_then(|_| handshake(&mut server, &mut conn))
-    {
-        let reason = format!(
-            "the program in the sandbox did not accept airlock's interception certificate for {name} ({e}); \
-             secrets bound to {name} are injected over TLS that airlock ends, so the program must trust \
-             the sandbox's CA (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, ... point to it; a client that pins \
-             certificates cannot use injected secrets)"
-        );
-        at.record(ctx, Verdict::Deny, &reason, None, &[]);
-        return;
-    }
-    let mut client = rustls::StreamOwned::new(server, conn);
-    let mut x = Exchange {
-        client: &mut client,
-        name,
-        at: &at,
-        ctx,
-        icpt,
-        upstream,
-        buf: Vec::new(),
-        chunk: vec![0u8; CHUNK],
-    };
-    let mut first = true;
-    while x.one(first) == Next::Again {
-        first = false;
-    }
-    client.conn.send_close_notify();
-    let _ = client.flush();
-}
-
-fn handshake<C, S>(tls: &mut rustls::ConnectionCommon<S>, sock: &mut C) -> io::Result<()>
-where
-    C: Read + Write,
-    S: rustls::SideData,
-{
-    while tls.is_handshaking() {
-        tls.complete_io(sock)?;
-    }
-    // Flush what is left to write (the server's last flight).
-    while tls.wants_write() {
-        tls.write_tls(sock)?;
-    }
-    Ok(())
-}
-
-/// An answer to the sandbox inside the TLS it opened (the request was refused).
-fn answer(client: &mut Down, status: &str, text: &str) {
-    let _ = client.write_all(&http::response(status, text));
-    let _ = client.flush();
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Next {
-    /// Both sides keep the connection: read the sandbox's next request.
-    Again,
-    Close,
-}
-
-/// One intercepted connection from the sandbox: its requests one after another.
-struct Exchange<'a> {
-    client: &'a mut Down,
-    name: &'a str,
-    at: &'a Where,
-    ctx: &'a Ctx,
-    icpt: &'a Interceptor,
-    /// A CONNECT tunnel's connection, used by the first request.
-    upstream: Option<(TcpStream, IpAddr)>,
-    /// Bytes from the sandbox not yet used (the start of the next request).
-    buf: Vec<u8>,
-    chunk: Vec<u8>,
-}
-
-/// An upstream connection for one request.
-struct Upstream {
-    tls: Up,
-    ip: IpAddr,
-    reused: bool,
-}
-
-impl Exchange<'_> {
-    /// A new verified TLS connection to the bound host (the tunnel's, or a new one).
-    fn connect(&mut self) -> Result<Upstream, Next> {
-        let (name, ctx, at) = (self.name, self.ctx, self.at);
-        let (up, ip) = match self.upstream.take() {
-            Some(u) => u,
-            None => match crate::proxy::connect_upstream(ctx, name, at.port) {
-                Ok(u) => u,
-                Err(reason) => {
-                    // Allowed, but the network failed (as for connections not intercepted).
-                    at.record(ctx, Verdict::Allow, &reason, None, &[]);
-                    answer(
-                        self.client,
-                        "502 Bad Gateway",
-                        &format!("airlock: {reason}\n"),
-                    );
-                    return Err(Next::Close);
-                }
-            },
-        };
-        let Ok(server_name) = ServerName::try_from(name.to_string()) else {
-            return Err(Next::Close);
-        };
-        let Ok(mut tls) = rustls::ClientConnection::new(self.icpt.upstream.clone(), server_name)
-        else {
-            return Err(Next::Close);
-        };
-        let _ = up.set_nodelay(true);
-        let _ = up.set_read_timeout(Some(ctx.connect_timeout));
-        let _ = up.set_write_timeout(Some(ctx.connect_timeout));
-        let mut up = BufSock::new(up, UP_SOCK_BUF);
-        if let Err(e) = handshake(&mut tls, &mut up) {
-            let reason = format!(
-                "TLS to {name} failed, the real server's certificate was not verified: {e}"
-            );
-            at.record(ctx, Verdict::Deny, &reason, Some(ip), &[]);
-            answer(
-                self.client,
-                "502 Bad Gateway",
-                &format!("airlock: {reason}\n"),
-            );
-            return Err(Next::Close);
-        }
-        Ok(Upstream {
-            tls: rustls::StreamOwned::new(tls, up),
-            ip,
-            reused: false,
-        })
-    }
-
-    /// An idle connection of this sandbox to the host, if `pooled` and there is one, else a new one.
-    fn acquire(&mut self, pooled: bool) -> Result<Upstream, Next> {
-        if pooled && self.upstream.is_none() {
-            if let Some((tls, ip)) = self.icpt.pool.take(self.name, self.at.port) {
-                return Ok(Upstream {
-                    tls,
-                    ip,
-                    reused: true,
-                });
-            }
-        }
-        self.connect()
-    }
-
-    /// Read the next request's head (`first`: the connection's first request).
-    fn read_head(&mut self, first: bool) -> Result<http::Request, Next> {
-        let (name, ctx, at) = (self.name, self.ctx, self.at);
-        let mut deadline = Instant::now() + ctx.inspect_timeout;
-        loop {
-            let parsed = if self.buf.is_empty() {
-                Err(HttpError::NeedMore)
-            } else {
-                http::parse(&self.buf)
-            };
-            match parsed {
-                Ok(r) => return Ok(r),
-                Err(HttpError::NeedMore) if Instant::now() < deadline => {}
-                Err(HttpError::NeedMore) => {
-                    if first || !self.buf.is_empty() {
-                        let reason = format!(
-                            "no complete HTTP request inside the intercepted TLS within {} s",
-                            ctx.inspect_timeout.as_secs()
-                        );
-                        at.record(ctx, Verdict::Deny, &reason, None, &[]);
-                    }
-                    return Err(Next::Close);
-                }
-                Err(e) => {
-                    let reason = format!("inside the intercepted TLS to {name}: {e}");
-                    at.record(ctx, Verdict::Deny, &reason, None, &[]);
-                    answer(
-                        self.client,
-                        "400 Bad Request",
-                        &format!(
-                            "airlock: blocked {name}: {e} (secrets are injected into HTTP/1 requests only)\n"
-                        ),
-                    );
-                    return Err(Next::Close);
-                }
-            }
-            let idle = if self.buf.is_empty() && !first {
-                KEEP_IDLE
-            } else {
-                ctx.inspect_timeout
-            };
-            let _ = self.client.sock.sock.set_read_timeout(Some(idle));
-            let waiting = self.buf.is_empty() && !first;
-            match read_bulk(self.client, &mut self.chunk) {
-                Ok(0) => return Err(Next::Close),
-                Ok(n) => {
-                    if waiting {
-                        // The next request began: its head has the usual time.
-                        deadline = Instant::now() + ctx.inspect_timeout;
-                    }
-                    self.buf.extend_from_slice(&self.chunk[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // An idle kept-alive connection ends quietly; other timeouts are judged above.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if self.buf.is_empty() && !first {
-                        return Err(Next::Close);
-                    }
-                }
-                Err(_) => return Err(Next::Close),
-            }
-        }
-    }
-
-    /// One request: read its head, check and rewrite it, send it upstream, relay the answer.
-    fn one(&mut self, first: bool) -> Next {
-        match self.request(first) {
-            Ok(n) | Err(n) => n,
-        }
-    }
-
-    fn request(&mut self, first: bool) -> Result<Next, Next> {
-        let (name, ctx, at, icpt) = (self.name, self.ctx, self.at, self.icpt);
-        let secrets = icpt.secrets();
-        let req = self.read_head(first)?;
-        // The Host must be the name the TLS handshake asked for (and was checked against).
-        let host_ok = req
-            .authority(at.port)
-            .ok()
-            .and_then(|(h, p)| host::normalize(&h).ok().map(|h| (h, p)))
-            .is_some_and(|(h, p)| h == name && p == at.port);
-        if !host_ok || !matches!(req.target, http::Target::Origin(_)) {
-            let reason = format!(
-                "the request's Host ({}) is not the TLS server name {name}:{} (domain fronting)",
-                req.host.as_deref().map(host::display).unwrap_or_default(),
-                at.port
-            );
-            at.record(ctx, Verdict::Deny, &reason, None, &[]);
-            answer(
-                self.client,
-                "421 Misdirected Request",
-                &format!("airlock: blocked {name}: {reason}\n"),
-            );
-            return Err(Next::Close);
-        }
-        let refuse_leak = |client: &mut Down, l: Leak| {
-            let reason = l.reason(name);
-            at.record(ctx, Verdict::Deny, &reason, None, &[]);
-            answer(
-                client,
-                "403 Forbidden",
-                &format!("airlock: blocked {name}: {reason}\n"),
-            );
-            Next::Close
-        };
-        let (mut req, injected) = match secrets.rewrite(&req, name) {
-            Ok(r) => r,
-            Err(l) => return Err(refuse_leak(self.client, l)),
-        };
-        // `Expect: 100-continue` is answered here: the body is read before the answer is.
-        let expect = req.headers.iter().any(|(n, v)| {
-            n.eq_ignore_ascii_case("expect") && v.eq_ignore_ascii_case(b"100-continue")
-        });
-        req.headers
-            .retain(|(n, _)| !n.eq_ignore_ascii_case("expect"));
-        let mut scan = BodyScan::new(secrets, Some(name));
-        let mut framer = BodyFramer::new(req.body);
-        let rest = self.buf.split_off(req.head_len);
-        let take = framer.feed(&rest).map_err(|_| Next::Close)?;
-        if let Err(l) = scan.feed(&rest[..take]) {
-            return Err(refuse_leak(self.client, l));
-        }
-        // Bytes after this request's body: the start of the next (pipelined) one.
-        self.buf = rest[take..].to_vec();
-        let mut out = req.forward_head_with(true);
-        out.extend_from_slice(&rest[..take]);
-        // A request that is complete in memory can go on an idle connection: if the server
-        // closed that one meanwhile, it is sent again on a new one.
-        let whole = framer.done();
-        let mut pooled = whole;
-        let mut recorded = false;
-        let (mut server, ip, head) = loop {
-            let Upstream {
-                tls: mut server,
-                ip,
-                reused,
-            } = self.acquire(pooled)?;
-            if !recorded {
-                at.record(ctx, Verdict::Allow, "", Some(ip), &injected);
-                recorded = true;
-            }
-            let _ = server
-                .sock
-                .sock
-                .set_write_timeout(Some(ctx.connect_timeout));
-            let sent = server.write_all(&out).and_then(|_| server.flush());
-            if sent.is_err() {
-                if reused {
-                    pooled = false;
-                    continue;
-                }
-                return Err(Next::Close);
-            }
-            if !whole {
-                self.send_body(&mut server, &mut framer, &mut scan, expect)?;
-            }
-            // The answer's first bytes.
-            let _ = server.sock.sock.set_read_timeout(Some(UPSTREAM_IDLE));
-            match read_bulk(&mut server, &mut self.chunk) {
-                Ok(n) if n > 0 => break (server, ip, self.chunk[..n].to_vec()),
-                _ if reused => pooled = false,
-                _ => return Err(Next::Close),
-            }
-        };
-        let reuse = self.relay_answer(&mut server, head, &req.method)?;
-        let _ = self.client.flush();
-        if reuse && req.minor >= 1 {
-            icpt.pool.put(name, at.port, server, ip);
-        }
-        Ok(if reuse && req.keep_alive() {
-            Next::Again
-        } else {
-            Next::Close
-        })
-    }
-
-    /// The rest of a request's body from the sandbox, scanned as it passes.
-    fn send_body(
-        &mut self,
-        server: &mut Up,
-        framer: &mut BodyFramer,
-        scan: &mut BodyScan<'_>,
-        expect: bool,
-    ) -> Result<(), Next> {
-        if expect
-            && self
-                .client
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .is_err()
-        {
-            return Err(Next::Close);
-        }
-        let _ = self.client.sock.sock.set_read_timeout(Some(UPSTREAM_IDLE));
-        while !framer.done() {
-            let n = match read_bulk(self.client, &mut self.chunk) {
-                Ok(0) | Err(_) => return Err(Next::Close),
-                Ok(n) => n,
-            };
-            let take = framer.feed(&self.chunk[..n]).map_err(|_| Next::Close)?;
-            if let Err(l) = scan.feed(&self.chunk[..take]) {
-                // The upstream never sees the end of this request.
-                let _ = server.sock.sock.shutdown(std::net::Shutdown::Both);
-                let reason = l.reason(self.name);
-                self.at.record(self.ctx, Verdict::Deny, &reason, None, &[]);
-                answer(
-                    self.client,
-                    "403 Forbidden",
-                    &format!("airlock: blocked {}: {reason}\n", self.name),
-                );
-                return Err(Next::Close);
-            }
-            if server.write_all(&self.chunk[..take]).is_err() {
-                return Err(Next::Close);
-            }
-            self.buf.extend_from_slice(&self.chunk[take..n]);
-        }
-        server.flush().map_err(|_| Next::Close)
-    }
-
-    /// Relay the answer (`head`: its first bytes) to the sandbox. `Ok(true)`: it was framed
-    /// and complete, and both connections can carry another request.
-    fn relay_answer(
-        &mut self,
-        server: &mut Up,
-        mut head: Vec<u8>,
-        method: &str,
-    ) -> Result<bool, Next> {
-        loop {
-            let resp = loop {
-                match http::parse_response(&head, method) {
-                    Ok(r) => break Some(r),
-                    Err(HttpError::NeedMore) => {}
-                    Err(_) => break None,
-                }
-                match read_bulk(server, &mut self.chunk) {
-                    Ok(n) if n > 0 => head.extend_from_slice(&self.chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    _ => break None,
-                }
-            };
-            let (resp, len, close) = match resp {
-                Some(http::Response {
-                    body: http::ResponseBody::Framed(len),
-                    close,
-                    head_len,
-                    ..
-                }) => (head_len, len, close),
-                Some(http::Response {
-                    body: http::ResponseBody::Interim,
-                    head_len,
-                    ..
-                }) => {
-                    self.client
-                        .write_all(&head[..head_len])
-                        .map_err(|_| Next::Close)?;
-                    head.drain(..head_len);
-                    continue;
-                }
-                // Until the server closes (or not understood): relayed as it comes, then
-                // both connections end.
-                _ => {
-                    self.client.write_all(&head).map_err(|_| Next::Close)?;
-                    self.copy_until_close(server);
-                    return Ok(false);
-                }
-            };
-            self.client
-                .write_all(&head[..resp])
-                .map_err(|_| Next::Close)?;
-            let mut body = BodyFramer::new(len);
-            let mut extra = false;
-            let mut data = head.split_off(resp);
-            loop {
-                let take = body.feed(&data).map_err(|_| Next::Close)?;
-                self.client
-                    .write_all(&data[..take])
-                    .map_err(|_| Next::Close)?;
-                extra |= take < data.len();
-                if body.done() {
-                    break;
-                }
-                let n = match read_bulk(server, &mut self.chunk) {
-                    Ok(0) | Err(_) => return Err(Next::Close),
-                    Ok(n) => n,
-                };
-                data.clear();
-                data.extend_from_slice(&self.chunk[..n]);
-            }
-            // Bytes after the answer's end: the server is confused; its connection is not reused.
-            return Ok(!extra && !close);
-        }
-    }
-
-    fn copy_until_close(&mut self, server: &mut Up) {
-        loop {
-            match read_bulk(server, &mut self.chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if self.client.write_all(&self.chunk[..n]).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // A server that closes without close_notify has still said everything.
-                Err(_) => break,
-            }
-        }
-    }
 }

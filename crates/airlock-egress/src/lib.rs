@@ -19,11 +19,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod addr;
+mod ctx;
 pub mod dns;
 pub mod host;
 pub mod http;
 pub mod inject;
 pub mod intercept;
+mod intercepted;
 pub mod journal;
 pub mod policy;
 pub mod proxy;
@@ -31,7 +33,7 @@ mod relay;
 pub mod resolve;
 pub mod sni;
 
+pub use ctx::Ctx;
 pub use journal::{Event, Journal, Kind};
 pub use policy::{Decision, DomainPattern, EgressPolicy};
-pub use proxy::Ctx;
 pub use resolve::{CachingResolver, Resolver, StaticResolver, UdpResolver};

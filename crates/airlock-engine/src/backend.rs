@@ -15,6 +15,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use crate::report::Stats;
+
 /// A supervisor that was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Started {
@@ -30,25 +32,6 @@ pub enum Liveness {
     Stopped,
     /// Nothing runs and there is no trace of how it ended: the supervisor died or never was.
     Gone,
-}
-
-/// Live resource use, read from the sandbox's cgroup: None (JSON null) where it cannot be read
-/// (a sandbox without limits has no cgroup; a host without a controller).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-)]
-pub struct Stats {
-    pub memory_bytes: Option<u64>,
-    pub pids: Option<u64>,
-    pub cpu_usec: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -24,9 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airlock_model::exit;
 use airlock_model::lifecycle::{self, Op, Refused, SandboxState as S};
-use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, BackendError, Liveness, Stats};
+use crate::backend::{Backend, BackendError, Liveness};
+pub use crate::report::{Change, ReconcileReport, Status};
 use crate::store::{Record, Store, StoreError};
 
 /// The file in a sandbox's folder holding its unique id.
@@ -244,37 +244,6 @@ impl EngineError {
             _ => None,
         }
     }
-}
-
-/// `status`: the record plus what is live about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Status {
-    #[serde(flatten)]
-    pub record: Record,
-    /// Seconds since it reached `running`, while it runs.
-    pub uptime_secs: Option<i64>,
-    /// Live resource use, while it runs and the backend can tell.
-    pub stats: Option<Stats>,
-}
-
-/// What reconcile changed, one entry per sandbox it touched.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ReconcileReport {
-    pub changes: Vec<Change>,
-    /// Folders under `sandboxes/` that no record owned, deleted.
-    pub orphan_folders: Vec<String>,
-    /// Sandboxes reconcile could not settle, with why (they are left for the next run).
-    pub errors: Vec<Change>,
-}
-
-/// One sandbox reconcile touched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Change {
-    pub name: String,
-    pub from: S,
-    /// The new state, or `None` when the record was deleted.
-    pub to: Option<S>,
-    pub detail: String,
 }
 
 pub struct Engine {

@@ -17,10 +17,12 @@ pub mod audit;
 pub mod backend;
 pub mod client;
 pub mod engine;
+pub mod execute;
 pub mod guest_work;
 pub mod live_policy;
 pub mod paths;
 pub mod pool;
+pub mod report;
 pub mod store;
 pub mod supervisor;
 

@@ -24,7 +24,9 @@
 use crate::cgroup::Layout;
 pub use crate::command::{Ending, ExecRequest, Outcome};
 use crate::container::{self, RunError, RunOptions};
+pub use crate::folder::{Observed, PLAN_FILE, STOP_GRACE_FILE};
 pub use crate::microvm::MicroVm;
+pub use crate::offer::offer;
 use airlock_model::plan::{HostFacts, Plan};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -36,22 +38,6 @@ pub struct Instance<'a> {
     pub name: &'a str,
     pub dir: &'a Path,
     pub id: Option<&'a str>,
-}
-
-/// In a named sandbox's folder: the grace period (milliseconds) its stopper gives before
-/// SIGKILL, written just before the stop's SIGTERM (a microVM's supervisor shares it with its
-/// guest: see `microvm`).
-pub const STOP_GRACE_FILE: &str = "stop-grace-ms";
-
-/// Whether a named sandbox runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Observed {
-    /// Its PID 1 (host pid) is alive and published for exec.
-    Running { pid1: i32 },
-    /// Not running, and it ended in an orderly way (or never ran).
-    Stopped,
-    /// Not running, but its last run left its record behind: it died without cleaning up.
-    Dead,
 }
 
 /// Live resource use, from the sandbox's cgroup (None: this host does not account it).
@@ -89,26 +75,9 @@ pub trait Isolation {
     fn destroy(&self, sandbox: &Instance<'_>);
 }
 
-/// What this build provides, whatever the host: the container and microVM backends on the
-/// host's root filesystem (no image support yet). The planner refuses anything else; the
-/// microVM lowering also needs what `MicroVm::check` found on the host (`HostFacts::vm`).
-pub fn offer() -> airlock_model::plan::Offer {
-    airlock_model::plan::Offer {
-        backends: vec![
-            airlock_model::policy::BackendKind::Container,
-            airlock_model::policy::BackendKind::Microvm,
-        ],
-        images: true,
-    }
-}
-
 /// The container backend: namespaces, seccomp, Landlock, cgroups (see `container`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Container;
-
-/// The container backend's record of a named sandbox's plan, read by `exec` (what to become
-/// inside: user, environment, working directory, rlimits, writable paths).
-pub const PLAN_FILE: &str = "plan.json";
 
 impl Container {
     fn cgroup_dirs(sandbox: &Instance<'_>) -> Vec<PathBuf> {

@@ -5,10 +5,12 @@
 pub mod cgroup;
 pub mod command;
 pub mod container;
+pub mod folder;
 pub mod hostcaps;
 pub mod isolation;
 pub mod kernel;
 pub mod microvm;
+pub mod offer;
 pub mod os;
 pub mod sys;
 pub mod userns;

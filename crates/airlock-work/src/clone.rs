@@ -25,6 +25,8 @@ pub struct CloneInfo {
 
 pub const INFO_FILE: &str = "clone.json";
 pub const WORKSPACE_DIR: &str = "workspace";
+/// The repository a microVM sandbox's work is received into (in its folder; see `pull`).
+pub const PULLED_DIR: &str = "pulled.git";
 
 impl CloneInfo {
     pub fn load(dir: &Path) -> Option<CloneInfo> {

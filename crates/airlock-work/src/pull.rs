@@ -7,13 +7,12 @@
 //! the review repository then reads that ref as data and sees those objects as one more
 //! alternate, so diff, the gate and fetch (with fsck) are exactly those of a container's clone.
 
+pub use super::clone::PULLED_DIR;
 use super::clone::{CloneInfo, WORKSPACE_DIR};
 use super::git::{is_oid, Git};
 use super::review::ReviewError;
 use std::path::{Path, PathBuf};
 
-/// The repository a microVM sandbox's work is received into (in its folder).
-pub const PULLED_DIR: &str = "pulled.git";
 /// Where the bundle is written while it arrives (in the sandbox's folder).
 pub const BUNDLE_TMP: &str = ".pulled.bundle.tmp";
 /// The largest bundle the host takes, unless `AIRLOCK_VM_BUNDLE_MAX` (bytes) says otherwise.

@@ -169,7 +169,7 @@ impl Review {
         }
         // A microVM sandbox's work arrives in DIR/pulled.git (see `pull`): its branch, when
         // there, is newer than the host-made clone's.
-        let pulled = dir.join(crate::pull::PULLED_DIR);
+        let pulled = dir.join(crate::clone::PULLED_DIR);
         let from_guest = real_dir(&pulled).is_ok() && read_ref(&pulled, &info.branch).is_ok();
         let tip = if from_guest {
             read_ref(&pulled, &info.branch)?

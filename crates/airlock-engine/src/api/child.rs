@@ -341,7 +341,7 @@ pub async fn reports(
     SandboxName(name): SandboxName,
     uri: axum::http::Uri,
 ) -> Result<axum::response::Response, ApiError> {
-    let follow = super::routes::query_flag(uri.query(), "follow")?;
+    let follow = super::extract::query_flag(uri.query(), "follow")?;
     stream_child(engine, Action::Reports { name, follow }).await
 }
 

@@ -108,3 +108,20 @@ macro_rules! expect_data {
     };
 }
 pub(crate) use expect_data;
+
+/// Reads a `true`/`false` (or `1`/`0`, or bare) flag from a query string; absent is false.
+pub(crate) fn query_flag(query: Option<&str>, key: &str) -> Result<bool, ApiError> {
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        if k == key {
+            return match v {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(ApiError::bad_request(format!(
+                    "{key} must be true or false"
+                ))),
+            };
+        }
+    }
+    Ok(false)
+}

@@ -25,8 +25,8 @@ use crate::backend::Stats;
 use crate::engine::{Change, ReconcileReport, Status};
 use crate::store::Record;
 
-use super::extract::expect_data;
 pub use super::extract::{act, blocking, JsonBody, NameParam, SandboxName, Shared};
+use super::extract::{expect_data, query_flag};
 
 /// A sandbox name, as the engine checks it (`airlock_model::spec::validate_name`). The schema
 /// attributes below spell it out (they take literals only); a test holds them all to this.
@@ -460,22 +460,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Force {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         query_flag(parts.uri.query(), "force").map(Force)
     }
-}
-
-pub(crate) fn query_flag(query: Option<&str>, key: &str) -> Result<bool, ApiError> {
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
-        if k == key {
-            return match v {
-                "true" | "1" => Ok(true),
-                "false" | "0" => Ok(false),
-                _ => Err(ApiError::bad_request(format!(
-                    "{key} must be true or false"
-                ))),
-            };
-        }
-    }
-    Ok(false)
 }
 
 /// Answers every route can give, whatever the route: the transport's (malformed HTTP, another

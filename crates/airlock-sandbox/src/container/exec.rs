@@ -293,7 +293,7 @@ pub fn exec(
 /// second claim of one member, which the pool never makes, would find the first one's).
 pub fn deliver_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), RunError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let plan: LaunchPlan = fs::read(dir.join(crate::isolation::PLAN_FILE))
+    let plan: LaunchPlan = fs::read(dir.join(crate::folder::PLAN_FILE))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| RunError::Setup(format!("the sandbox's plan: {e}")))?;

@@ -235,7 +235,7 @@ impl MicroVm {
         layout: &crate::cgroup::Layout,
     ) -> Result<HostFacts, (Box<HostFacts>, Unavailable)> {
         let mut facts = container::host_facts(project_dir, layout);
-        facts.offer = crate::isolation::offer();
+        facts.offer = crate::offer::offer();
         match prepare(self.kernel.as_ref()) {
             Ok(vm) => {
                 facts.vm = Some(vm);
@@ -463,9 +463,9 @@ fn record_job(dir: &Path, job: &airlock_model::vm::GuestJob) -> Result<(), RunEr
 type Held = std::sync::Mutex<Option<std::sync::Arc<mux::Mux>>>;
 
 /// How long the one who stops a named sandbox waits before SIGKILL (what the engine wrote in
-/// the folder's [`crate::isolation::STOP_GRACE_FILE`] before its SIGTERM; 10 s without).
+/// the folder's [`crate::folder::STOP_GRACE_FILE`] before its SIGTERM; 10 s without).
 fn stop_grace(folder: &Path) -> Duration {
-    std::fs::read_to_string(folder.join(crate::isolation::STOP_GRACE_FILE))
+    std::fs::read_to_string(folder.join(crate::folder::STOP_GRACE_FILE))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .map(Duration::from_millis)
@@ -644,8 +644,8 @@ impl MicroVm {
     }
 
     /// Running: its control socket answers.
-    pub fn observe_in(&self, dir: &Path) -> crate::isolation::Observed {
-        use crate::isolation::Observed;
+    pub fn observe_in(&self, dir: &Path) -> crate::folder::Observed {
+        use crate::folder::Observed;
         let sock = dir.join(control::VM_CONTROL);
         let pid = std::fs::read_to_string(dir.join(PID_FILE))
             .ok()
@@ -680,7 +680,7 @@ mod stop_tests {
         let dir = std::env::temp_dir().join(format!("airlock-stop-grace-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(stop_grace(&dir), Duration::from_secs(10));
-        std::fs::write(dir.join(crate::isolation::STOP_GRACE_FILE), "2500").unwrap();
+        std::fs::write(dir.join(crate::folder::STOP_GRACE_FILE), "2500").unwrap();
         assert_eq!(stop_grace(&dir), Duration::from_millis(2500));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -76,7 +76,7 @@ fn member_spec(
         interactive: false,
         cmd: vec![],
     };
-    let built = super::run::build(&ra, global_config, no_user_config, true)?;
+    let built = super::spec::build(&ra, global_config, no_user_config, true)?;
     if built.spec.backend != BackendKind::Container {
         return Err(CliError::new(
             exit::POLICY_REFUSED,
@@ -378,7 +378,7 @@ pub fn serve() -> CliResult<i32> {
 /// `run` through a warm member when a pool matches its spec; None: start it cold (no pool,
 /// the pool is empty, or the run asks for something a claim cannot bind yet).
 pub fn try_warm(
-    b: &super::run::Built,
+    b: &super::spec::Built,
     tty: bool,
     timeout_text: Option<&str>,
     net_log: Option<&Path>,
@@ -398,7 +398,7 @@ pub fn try_warm(
     {
         return Ok(None);
     }
-    let secrets = super::run::resolve_secrets(&spec.secrets)?;
+    let secrets = super::spec::resolve_secrets(&spec.secrets)?;
     let t0 = Instant::now();
     let key = pool::key(spec);
     // The pool is an optimisation: when its records cannot be read, the run starts cold.

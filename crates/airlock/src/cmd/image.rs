@@ -56,7 +56,7 @@ pub fn dispatch(c: ImageCommand, global_config: Option<&Path>, no_user: bool) ->
     match c {
         ImageCommand::Pull(a) => {
             let eff =
-                super::run::load_config(global_config, no_user, Default::default())?.effective;
+                super::load::load_config(global_config, no_user, Default::default())?.effective;
             let r = parse_ref(&a.reference)?;
             let rec = pull(&store, &eff, &r, !a.json)?;
             if a.json {
@@ -419,7 +419,7 @@ pub fn doctor_rows() -> Vec<airlock_sandbox::hostcaps::Row> {
         ),
         None,
     )];
-    let eff = super::run::load_config(None, false, Default::default())
+    let eff = super::load::load_config(None, false, Default::default())
         .map(|r| r.effective)
         .unwrap_or_default();
     let mirrors: Vec<String> = eff

@@ -1,0 +1,22 @@
+//! A named sandbox's folder as the backends share it: the names of files kept there, and
+//! what its state reads as. A leaf: `isolation`, `container` and `microvm` build on it.
+
+/// In a named sandbox's folder: the grace period (milliseconds) its stopper gives before
+/// SIGKILL, written just before the stop's SIGTERM (a microVM's supervisor shares it with its
+/// guest: see `microvm`).
+pub const STOP_GRACE_FILE: &str = "stop-grace-ms";
+
+/// The container backend's record of a named sandbox's plan, read by `exec` (what to become
+/// inside: user, environment, working directory, rlimits, writable paths).
+pub const PLAN_FILE: &str = "plan.json";
+
+/// Whether a named sandbox runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Its PID 1 (host pid) is alive and published for exec.
+    Running { pid1: i32 },
+    /// Not running, and it ended in an orderly way (or never ran).
+    Stopped,
+    /// Not running, but its last run left its record behind: it died without cleaning up.
+    Dead,
+}
