@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Boot-to-exit of a microVM sandbox next to raw QEMU booting the same kernel, in one hyperfine run.
 # Usage: bench/microvm.sh [AIRLOCK_BIN]   (default: target/release/airlock; builds it if missing)
-#   raw QEMU: the same machine, accelerator, memory and kernel (the cached vmlinux airlock boots),
-#     with an initramfs holding only busybox and an /init that powers off at once;
+#   raw QEMU: airlock's own QEMU command line (taken from AIRLOCK_TIMING=1) without its disks,
+#     channel and NIC, with an initramfs holding only busybox and an /init that powers off at once;
 #   airlock:  `airlock run --backend microvm --workspace none --net off -- true` — its init
 #     loads the virtio/erofs/overlay modules, mounts the host image under an overlay, runs
 #     `true` as the sandbox user, reports over virtio-serial, powers off; plus the container
 #     around QEMU and the host side.
 # Needs hyperfine, busybox-static, cpio, QEMU and a warm cache (run airlock once first; the first
-# run builds the host image). Prints a markdown table of medians and the ratio.
+# run builds the host image). Prints a markdown table of medians and the ratio (hyperfine), the
+# same from PAIRS interleaved runs (default 5; 0: none), and one run's AIRLOCK_TIMING phases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AIRLOCK=$(realpath "${1:-target/release/airlock}")
@@ -22,17 +23,43 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export AIRLOCK_STATE_DIR="$work/state"
 cd "$work"
-# Warm (and find) the cache: the kernel airlock boots, and its accelerator.
-"$AIRLOCK" run --backend microvm --workspace none --net off -- true
+# Warm the cache, and take airlock's exact QEMU command line (AIRLOCK_TIMING prints it).
+AIRLOCK_TIMING=1 "$AIRLOCK" run --backend microvm --workspace none --net off -- true 2> warm.log
 cache=${AIRLOCK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/airlock}/microvm
-[ -d "$cache" ] || cache=$AIRLOCK_CACHE_DIR/microvm
-vmlinux=$(ls -t "$cache"/vmlinux-* | head -1)
-accel=tcg,tb-size=128; cpu=max
-if ls "$cache"/accel-* >/dev/null 2>&1 && grep -qx kvm "$cache"/accel-*; then accel=kvm; cpu=host; fi
 mkdir -p ird/bin && cp "$(command -v busybox)" ird/bin/busybox
 printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > ird/init && chmod +x ird/init
 (cd ird && find . | cpio -o -H newc 2>/dev/null) > trivial.cpio
-raw="qemu-system-x86_64 -M microvm -nodefaults -no-user-config -display none -no-reboot -serial none -parallel none -monitor none -accel $accel -cpu $cpu -m 1024M -smp 1 -kernel $vmlinux -initrd $work/trivial.cpio -append 'quiet loglevel=1 panic=-1 tsc_early_khz=2000000' -nic none"
+# Raw QEMU: airlock's command line (same machine, accelerator, CPU, memory, kernel, kernel
+# command line) without airlock's devices (disks, channel), with the trivial initramfs and
+# the kernel command line up to airlock's own arguments.
+raw=$(python3 - "$cache" "$work/trivial.cpio" <<'PY'
+import json, shlex, sys
+cache, trivial = sys.argv[1], sys.argv[2]
+line = next(l for l in open("warm.log") if "qemu argv " in l)
+argv = json.loads(line.split("qemu argv ", 1)[1])
+out, i = [], 0
+while i < len(argv):
+    a = argv[i]
+    v = argv[i + 1] if i + 1 < len(argv) else ""
+    if a in ("-drive", "-device", "-chardev", "-netdev", "-nic"):
+        i += 2
+        continue
+    if a == "-initrd":
+        out += [a, trivial]
+    elif a == "-kernel":
+        out += [a, v.replace("/airlock-vm/cache", cache)]
+    elif a == "-append":
+        out += [a, v.split(" airlock.v=")[0]]
+    else:
+        out.append(a)
+        i += 1
+        continue
+    i += 2
+print(shlex.join(out + ["-nic", "none"]))
+PY
+)
+echo "raw: $raw" >&2
+accel=$(grep -o -- '-accel","[^"]*' warm.log | head -1 | cut -d'"' -f3)
 hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$work/r.json" \
   -n 'raw qemu (trivial init)' "$raw" \
   -n 'airlock run --backend microvm -- true' "$AIRLOCK run --backend microvm --workspace none --net off -- true" >&2
@@ -40,10 +67,38 @@ python3 - "$work/r.json" "$accel" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]
 med = {x["command"]: x["median"] for x in r}
+cpu = {x["command"]: x["user"] + x["system"] for x in r}
 raw = med["raw qemu (trivial init)"]
+raw_cpu = cpu["raw qemu (trivial init)"]
 print(f"accelerator: {sys.argv[2]}")
-print("| command | median (s) | ratio to raw QEMU |")
-print("|---|---:|---:|")
+print("| command | median (s) | ratio to raw QEMU | CPU user+sys, mean (s) | CPU ratio |")
+print("|---|---:|---:|---:|---:|")
 for name, m in med.items():
-    print(f"| {name} | {m:.2f} | {m / raw:.2f} |")
+    print(f"| {name} | {m:.2f} | {m / raw:.2f} | {cpu[name]:.2f} | {cpu[name] / raw_cpu:.2f} |")
 PY
+# The same pair interleaved (PAIRS times, raw then airlock): on a loaded machine hyperfine's two
+# blocks run under different load; pairs see the same. Medians of wall and CPU (user+sys).
+PAIRS=${PAIRS:-5}
+if [ "$PAIRS" -gt 0 ]; then
+  for _ in $(seq "$PAIRS"); do
+    /usr/bin/time -f "raw %e %U %S" -a -o pairs.txt sh -c "$raw"
+    /usr/bin/time -f "airlock %e %U %S" -a -o pairs.txt \
+      "$AIRLOCK" run --backend microvm --workspace none --net off -- true
+  done
+  python3 - <<'PY'
+import statistics as st
+rows = [l.split() for l in open("pairs.txt") if l.split()[:1] in (["raw"], ["airlock"])]
+wall = {k: st.median(float(r[1]) for r in rows if r[0] == k) for k in ("raw", "airlock")}
+cpu = {k: st.median(float(r[2]) + float(r[3]) for r in rows if r[0] == k) for k in ("raw", "airlock")}
+print()
+print(f"interleaved pairs ({len(rows) // 2}):")
+print("| command | median (s) | ratio | CPU user+sys, median (s) | CPU ratio |")
+print("|---|---:|---:|---:|---:|")
+for k in ("raw", "airlock"):
+    print(f"| {k} | {wall[k]:.2f} | {wall[k] / wall['raw']:.2f} | {cpu[k]:.2f} | {cpu[k] / cpu['raw']:.2f} |")
+PY
+fi
+# Where the time goes: one run's phases (host) and the guest init's steps.
+echo >&2
+AIRLOCK_TIMING=1 "$AIRLOCK" run --backend microvm --workspace none --net off -- true 2>&1 \
+  | grep -E 'planned|before exec|channel connected|guest up|guest \+|cmd exited|cleaned up' >&2

@@ -208,8 +208,20 @@ pub enum GuestMsg {
         #[serde(default, skip_serializing_if = "is_zero")]
         session: u32,
     },
+    /// Where the guest's boot went: monotonic times since the guest kernel started, one per
+    /// step of its init (sent before `Exit`, or before `Ready` by a holding guest). Shown by
+    /// the host with `AIRLOCK_TIMING=1`; informational only.
+    Timing { v: u32, steps: Vec<TimingStep> },
     #[serde(other)]
     Unknown,
+}
+
+/// One step of the guest init and when it ended, in microseconds since the guest kernel
+/// started (CLOCK_BOOTTIME inside the guest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimingStep {
+    pub step: String,
+    pub us: u64,
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

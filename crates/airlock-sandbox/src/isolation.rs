@@ -137,6 +137,67 @@ fn read_u64(p: &Path) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
+/// The CPU time (user + system, their own and their waited-for children's) of the processes
+/// listed in the first of `dirs` that lists any, from /proc/PID/stat.
+fn procs_cpu_usec(dirs: &[PathBuf]) -> Option<u64> {
+    let procs = dirs
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .filter(|p| !p.trim().is_empty())?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&h| h > 0)
+        .unwrap_or(100) as u64;
+    let mut ticks = 0u64;
+    for pid in procs.split_whitespace() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name (in parentheses, which may hold spaces): state is field 3;
+        // utime, stime, cutime, cstime are fields 14–17.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f
+            .get(11..15)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(ticks * 1_000_000 / hz)
+}
+
+/// What a sandbox's cgroups (one per hierarchy: cgroup v2, or v1's memory, pids, cpuacct)
+/// say it uses now; fields the hierarchies do not have stay None.
+fn usage_of(dirs: &[PathBuf]) -> Usage {
+    let mut s = Usage::default();
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        if let Some(v) = read_u64(&d.join("memory.current"))
+            .or_else(|| read_u64(&d.join("memory.usage_in_bytes")))
+        {
+            s.memory_bytes = Some(v);
+        }
+        if let Some(v) = read_u64(&d.join("pids.current")) {
+            s.pids = Some(v);
+        }
+        if let Some(v) = read_u64(&d.join("cpuacct.usage")) {
+            s.cpu_usec = Some(v / 1000);
+        } else if let Ok(stat) = std::fs::read_to_string(d.join("cpu.stat")) {
+            if let Some(v) = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                s.cpu_usec = Some(v);
+            }
+        }
+    }
+    s
+}
+
 impl Isolation for Container {
     fn check(&self, project_dir: &Path, layout: &Layout) -> HostFacts {
         HostFacts {
@@ -197,32 +258,7 @@ impl Isolation for Container {
     }
 
     fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage> {
-        let mut s = Usage::default();
-        for d in Self::cgroup_dirs(sandbox)
-            .into_iter()
-            .filter(|d| d.is_dir())
-        {
-            if let Some(v) = read_u64(&d.join("memory.current"))
-                .or_else(|| read_u64(&d.join("memory.usage_in_bytes")))
-            {
-                s.memory_bytes = Some(v);
-            }
-            if let Some(v) = read_u64(&d.join("pids.current")) {
-                s.pids = Some(v);
-            }
-            if let Some(v) = read_u64(&d.join("cpuacct.usage")) {
-                s.cpu_usec = Some(v / 1000);
-            } else if let Ok(stat) = std::fs::read_to_string(d.join("cpu.stat")) {
-                if let Some(v) = stat
-                    .lines()
-                    .find_map(|l| l.strip_prefix("usage_usec "))
-                    .and_then(|v| v.trim().parse().ok())
-                {
-                    s.cpu_usec = Some(v);
-                }
-            }
-        }
-        Some(s)
+        Some(usage_of(&Self::cgroup_dirs(sandbox)))
     }
 
     fn reclaim(&self, sandbox: &Instance<'_>) {
@@ -428,13 +464,28 @@ impl Isolation for MicroVm {
     fn observe(&self, sandbox: &Instance<'_>) -> Observed {
         self.observe_in(sandbox.dir)
     }
-    fn stats(&self, _sandbox: &Instance<'_>) -> Option<Usage> {
-        None
+    /// The VM's usage is its QEMU's: the cgroup of QEMU's container (`NAME.ID`, as a
+    /// container sandbox's) holds the guest's memory, its vCPU threads and QEMU itself.
+    fn stats(&self, sandbox: &Instance<'_>) -> Option<Usage> {
+        let dirs = Container::cgroup_dirs(sandbox);
+        let mut u = usage_of(&dirs);
+        if u.cpu_usec.is_none() {
+            // No CPU accounting hierarchy for it (cgroup v1 without a --cpus limit): the CPU
+            // time of the processes in its cgroup, and of their reaped children.
+            u.cpu_usec = procs_cpu_usec(&dirs);
+        }
+        Some(u)
     }
     fn reclaim(&self, sandbox: &Instance<'_>) {
+        if let Some(id) = sandbox.id {
+            Layout::detect().reclaim(&crate::cgroup::leaf_name(sandbox.name, id));
+        }
         self.reclaim_in(sandbox.dir);
     }
     fn destroy(&self, sandbox: &Instance<'_>) {
+        if let Some(id) = sandbox.id {
+            Layout::detect().reclaim(&crate::cgroup::leaf_name(sandbox.name, id));
+        }
         self.reclaim_in(sandbox.dir);
         let _ = std::fs::remove_file(sandbox.dir.join(crate::microvm::JOB_FILE));
     }

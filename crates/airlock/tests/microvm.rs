@@ -393,6 +393,21 @@ fn a_named_microvm_sandbox_serves_concurrent_execs_and_keeps_its_state() {
         out.describe()
     );
     assert_eq!(lines.get(1).copied(), Some("1000"), "{}", out.describe());
+    // Its usage is the VM's (QEMU's cgroup): a booted guest's memory and CPU time, not empty.
+    let out = ok(&["status", "vmbox", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
+    let mem = st["stats"]["memory_bytes"].as_u64().unwrap_or(0);
+    let cpu = st["stats"]["cpu_usec"].as_u64().unwrap_or(0);
+    assert!(mem >= 16 << 20, "memory of a booted VM: {st}");
+    assert!(cpu >= 10_000, "CPU time of a booted VM: {st}");
+    assert!(st["stats"]["pids"].as_u64().is_some_and(|n| n >= 1), "{st}");
+    let human = ok(&["status", "vmbox"]).stdout;
+    assert!(
+        human
+            .lines()
+            .any(|l| l.starts_with("memory:") && l.ends_with(" bytes")),
+        "{human}"
+    );
     let out = vm_cli(
         &a,
         &["exec", "vmbox", "--", "sh", "-c", "echo err >&2; exit 7"],

@@ -7,8 +7,8 @@
 //! the VM off. Protocol: `airlock_model::vm`.
 
 use airlock_model::vm::{
-    b64_decode, b64_encode, GuestExec, GuestJob, GuestMsg, GuestNet, HostMsg, DISK_ROOT,
-    DISK_WORKSPACE, MAIN_SESSION, VM_PORT_NAME, VM_PROTOCOL_VERSION,
+    b64_decode, b64_encode, GuestExec, GuestJob, GuestMsg, GuestNet, HostMsg, TimingStep,
+    DISK_ROOT, DISK_WORKSPACE, MAIN_SESSION, VM_PORT_NAME, VM_PROTOCOL_VERSION,
 };
 use nix::mount::{mount, MsFlags};
 use std::ffi::CString;
@@ -64,8 +64,37 @@ fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>
         .map_err(ctx(format!("mount {fstype} at {target}")))
 }
 
+/// When each step of the boot ended (CLOCK_BOOTTIME: since the guest kernel started), for
+/// the host's `AIRLOCK_TIMING=1` view of where a boot's time goes.
+#[derive(Default)]
+struct Timing(Vec<TimingStep>);
+
+impl Timing {
+    fn mark(&mut self, step: impl Into<String>) {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime(2) fills the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let us = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+        self.0.push(TimingStep {
+            step: step.into(),
+            us,
+        });
+    }
+    fn send(&mut self, out: &mut Channel) {
+        out.send(&GuestMsg::Timing {
+            v: VM_PROTOCOL_VERSION,
+            steps: std::mem::take(&mut self.0),
+        });
+    }
+}
+
 /// The early mounts and modules; then the channel, and everything else reported over it.
 fn boot() -> Res<()> {
+    let mut t = Timing::default();
+    t.mark("init started");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mnt("proc", "/proc", "proc", nosuid, None)?;
     mnt("sysfs", "/sys", "sysfs", nosuid, None)?;
@@ -74,7 +103,8 @@ fn boot() -> Res<()> {
     if cmdline.split_whitespace().any(|w| w == "airlock.probe=1") {
         return Ok(());
     }
-    load_modules("/modules")?;
+    t.mark("early mounts");
+    load_modules(Path::new(MODULES), &mut t)?;
     let port = wait_for(Duration::from_secs(20), || find_port(VM_PORT_NAME))
         .ok_or("the channel port did not appear")?;
     let chan = fs::OpenOptions::new()
@@ -82,6 +112,7 @@ fn boot() -> Res<()> {
         .write(true)
         .open(&port)
         .map_err(ctx(port.display()))?;
+    t.mark("channel open");
     let mut out = Channel(chan.try_clone().map_err(ctx("channel"))?);
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -107,8 +138,9 @@ fn boot() -> Res<()> {
             _ => continue,
         }
     };
-    let setup = |job: &GuestJob| {
-        setup(job).and_then(|()| install_secrets(job, &secrets, ca_bundle.as_deref()))
+    t.mark("job received");
+    let setup = |job: &GuestJob, t: &mut Timing| {
+        setup(job, t).and_then(|()| install_secrets(job, &secrets, ca_bundle.as_deref()))
     };
     if job.hold {
         // A named sandbox: the root, then exec sessions until poweroff.
@@ -117,7 +149,8 @@ fn boot() -> Res<()> {
             reap_all: true,
             main: None,
         };
-        let held = setup(&job).and_then(|()| {
+        let held = setup(&job, &mut t).and_then(|()| {
+            t.send(&mut out);
             out.send(&GuestMsg::Ready {
                 v: VM_PROTOCOL_VERSION,
             });
@@ -155,9 +188,11 @@ fn boot() -> Res<()> {
             reap_all: true,
             main: Some(&main),
         };
-        if let Err(message) =
-            setup(&job).and_then(|()| sessions::serve(&mut input, &mut out.0, &how))
-        {
+        let served = setup(&job, &mut t).and_then(|()| {
+            t.send(&mut out);
+            sessions::serve(&mut input, &mut out.0, &how)
+        });
+        if let Err(message) = served {
             out.send(&GuestMsg::Error {
                 v: VM_PROTOCOL_VERSION,
                 message,
@@ -166,7 +201,7 @@ fn boot() -> Res<()> {
         }
         return Ok(());
     }
-    let code = match setup(&job).and_then(|()| run(&job, &mut input, &mut out)) {
+    let code = match setup(&job, &mut t).and_then(|()| run(&job, &mut input, &mut out, &mut t)) {
         Ok(code) => code,
         Err(message) => {
             out.send(&GuestMsg::Error {
@@ -177,6 +212,7 @@ fn boot() -> Res<()> {
             return Ok(());
         }
     };
+    t.send(&mut out);
     out.send(&GuestMsg::Exit {
         v: VM_PROTOCOL_VERSION,
         code,
@@ -209,13 +245,22 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// Where the initramfs holds the kernel modules: those every boot needs, in load order
+/// (`NN-NAME.ko`), in `net/` those only a guest with a network needs and in `disk/` those only a
+/// workspace disk needs.
+const MODULES: &str = "/modules";
+const NET_MODULES: &str = "/modules/net";
+const DISK_MODULES: &str = "/modules/disk";
+
 /// finit_module every DIR/NN-NAME.ko in order (already loaded or built in: fine).
-fn load_modules(dir: &str) -> Res<()> {
+fn load_modules(dir: &Path, t: &mut Timing) -> Res<()> {
     let mut mods: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(d) => d,
         // No optional group in this initramfs: nothing to load.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != "/modules" => return Ok(()),
-        Err(e) => return Err(format!("{dir}: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != Path::new(MODULES) => {
+            return Ok(())
+        }
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
     }
     .flatten()
     .map(|e| e.path())
@@ -239,6 +284,11 @@ fn load_modules(dir: &str) -> Res<()> {
                 return Err(format!("load {}: {e}", m.display()));
             }
         }
+        let name = m
+            .file_stem()
+            .map(|s| s.to_string_lossy())
+            .unwrap_or_default();
+        t.mark(format!("module {name}"));
     }
     Ok(())
 }
@@ -271,11 +321,13 @@ fn size_opt(job: &GuestJob) -> String {
 
 /// The root: the image read-only under a tmpfs overlay; kernel filesystems, tmpfs mounts, the
 /// workspace image under its own overlay, the generated /etc files, hostname, network.
-fn setup(job: &GuestJob) -> Res<()> {
+fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     let root = wait_for(Duration::from_secs(20), || find_disk(DISK_ROOT))
         .ok_or("the root disk did not appear")?;
+    t.mark("root disk found");
     let ro = MsFlags::MS_RDONLY;
     mnt(&root, "/lower", "erofs", ro, None)?;
+    t.mark("root image mounted");
     let size = size_opt(job);
     mnt(
         "tmpfs",
@@ -360,10 +412,11 @@ fn setup(job: &GuestJob) -> Res<()> {
             nosuid,
             Some("lowerdir=/ws-lower,upperdir=/rw/ws-upper,workdir=/rw/ws-work"),
         )?;
+        t.mark("workspace mounted");
     }
     if job.workspace_disk {
         // The sandbox's own clone: its ext4 image, writable, kept between starts.
-        load_modules("/modules/disk")?;
+        load_modules(Path::new(DISK_MODULES), t)?;
         let ws = wait_for(Duration::from_secs(20), || find_disk(DISK_WORKSPACE))
             .ok_or("the workspace disk did not appear")?;
         let target = at("/workspace");
@@ -383,14 +436,17 @@ fn setup(job: &GuestJob) -> Res<()> {
         fs::write(&path, &f.contents).map_err(ctx(&path))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(f.mode)).map_err(ctx(&path))?;
     }
+    t.mark("root built");
     let _ = nix::unistd::sethostname(&job.hostname);
     net::up("lo", None)?;
     if job.net == GuestNet::User {
+        load_modules(Path::new(NET_MODULES), t)?;
         net::up(
             "eth0",
             Some(([10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2])),
         )?;
     }
+    t.mark("network up");
     Ok(())
 }
 
@@ -493,7 +549,7 @@ fn tools(dir: &str) -> Res<()> {
 }
 
 /// Start the command and relay until it ends; returns its exit status (128+N: signal N).
-fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel) -> Res<i32> {
+fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel, t: &mut Timing) -> Res<i32> {
     use nix::unistd::{fork, ForkResult};
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ctx("pipe"));
     let (out_r, out_w) = pipe()?;
@@ -539,7 +595,10 @@ fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel) -> Res<i3
         }
         ForkResult::Parent { child } => {
             drop((out_w, err_w, in_r));
-            relay(child, job.stdin.then_some(in_w), out_r, err_r, input, out)
+            t.mark("command started");
+            let code = relay(child, job.stdin.then_some(in_w), out_r, err_r, input, out);
+            t.mark("command ended");
+            code
         }
     }
 }
@@ -671,6 +730,18 @@ fn relay(
         if let Some(code) = status {
             if open.is_empty() {
                 return Ok(code);
+            }
+        }
+        if open.is_empty() && stdin.is_none() {
+            // Its output is closed and no input is relayed: nothing to poll, only its end to
+            // wait for (a poll on nothing would sleep its whole timeout).
+            loop {
+                match waitpid(pid, None) {
+                    Ok(WaitStatus::Exited(p, c)) if p == pid => return Ok(c),
+                    Ok(WaitStatus::Signaled(p, s, _)) if p == pid => return Ok(128 + s as i32),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("wait for the command: {e}")),
+                }
             }
         }
         let mut fds: Vec<PollFd> = open

@@ -66,7 +66,29 @@ pub struct VmFacts {
     /// The guest kernel's release (`uname -r` inside).
     pub kernel_release: String,
     pub accel: Accel,
+    /// The host's TSC frequency in kHz (what the guest's TSC runs at, under TCG as under
+    /// KVM), measured once per host boot; None: unknown (the guest is told 2 GHz).
+    #[serde(default)]
+    pub tsc_khz: Option<u64>,
 }
+
+/// The guest kernel's command line (`-append`). Quiet, no console at all (the channel carries
+/// everything). `tsc_early_khz` spares the guest the TSC calibration (slow under TCG) and
+/// `tsc=reliable` keeps the guest on the TSC: under TCG its timer ticks come late, and the
+/// clocksource watchdog, comparing the TSC with those jiffies, would otherwise switch the
+/// guest to the jiffies (coarse, slow time) halfway through the boot. `cryptomgr.notests` skips
+/// the self-tests of the kernel's crypto algorithms: most of the boot's instructions under
+/// TCG (the guest's kernel crypto guards nothing of airlock's). After `--`: the arguments of
+/// /init (the guest helper).
+pub fn kernel_cmdline(tsc_khz: Option<u64>) -> String {
+    format!(
+        "{KERNEL_CMDLINE_BASE} tsc_early_khz={} airlock.v=1 -- init",
+        tsc_khz.unwrap_or(2_000_000)
+    )
+}
+
+/// The part of [`kernel_cmdline`] that is not airlock's own or the host's.
+pub const KERNEL_CMDLINE_BASE: &str = "quiet loglevel=1 panic=-1 tsc=reliable cryptomgr.notests";
 
 /// The complete description of one microVM launch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,12 +225,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     ]);
     push(&["-kernel", &s(&cache.join(&vm.kernel))]);
     push(&["-initrd", &s(&cache.join(&vm.initrd))]);
-    // Quiet kernel, no console at all (the channel carries everything); tsc_early_khz spares
-    // TCG guests the slow TSC calibration. After `--`: the arguments of /init (the guest helper).
-    push(&[
-        "-append",
-        "quiet loglevel=1 panic=-1 tsc_early_khz=2000000 airlock.v=1 -- init",
-    ]);
+    push(&["-append", &kernel_cmdline(vm.tsc_khz)]);
     let mut disk = |id: &str, file: String, serial: &str, rw: bool| {
         let ro = if rw { "" } else { ",readonly=on" };
         argv.extend([

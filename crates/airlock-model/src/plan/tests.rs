@@ -944,6 +944,7 @@ fn vm_host() -> HostFacts {
         rootfs: "root-R.erofs".into(),
         kernel_release: "6.1.0-48-cloud-amd64".into(),
         accel: Accel::Tcg,
+        tsc_khz: Some(2_100_000),
     });
     h
 }
@@ -986,7 +987,7 @@ fn the_microvm_plan_is_exact() {
         "-initrd",
         "/airlock-vm/cache/initrd-I",
         "-append",
-        "quiet loglevel=1 panic=-1 tsc_early_khz=2000000 airlock.v=1 -- init",
+        "quiet loglevel=1 panic=-1 tsc=reliable cryptomgr.notests tsc_early_khz=2100000 airlock.v=1 -- init",
         "-drive",
         "id=root,file=/airlock-vm/cache/root-R.erofs,format=raw,if=none,readonly=on",
         "-device",

@@ -319,7 +319,9 @@ pub struct RunOptions<'a> {
     /// A persistent sandbox's folder: its disk layers live (and stay) there, and the host pid
     /// of PID 1 is published there for exec while it runs.
     pub persist: Option<&'a Path>,
-    /// A persistent sandbox's unique id (its cgroup is `NAME.ID`); runs make up their own.
+    /// A persistent sandbox's unique id (its cgroup is `NAME.ID`); runs make up their own,
+    /// except the QEMU of a named microVM sandbox: a run given the sandbox's id, whose cgroup
+    /// is then `NAME.ID` too (where `airlock status` reads the VM's usage).
     pub instance_id: Option<&'a str>,
     /// Also called for every filtered-egress decision (agent mode turns denials into `blocked`
     /// events).
@@ -387,7 +389,7 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
     } else {
         None
     };
-    let cg = match run_cgroup(rd.as_ref(), opts.layout, plan) {
+    let cg = match run_cgroup(rd.as_ref(), opts.layout, plan, opts.instance_id) {
         Ok(cg) => cg,
         Err(e) => {
             if let Some(rd) = rd {
@@ -418,18 +420,27 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
     })
 }
 
-/// An ephemeral run's cgroup, `NAME.ID` with a fresh id, named in its run directory first so
-/// that gc finds it (and only it) if this process dies.
+/// An ephemeral run's cgroup, `NAME.ID` with a fresh id (or the one given), named in its run
+/// directory first so that gc finds it (and only it) if this process dies.
 fn run_cgroup(
     rd: Option<&RunDir>,
     layout: &Layout,
     plan: &LaunchPlan,
+    given: Option<&str>,
 ) -> Result<Option<Cgroup>, RunError> {
     let Some(rd) = rd.filter(|_| plan.limits.any()) else {
         return Ok(None);
     };
-    let id = rundir::random_id().map_err(io_err("generate the run's id"))?;
+    let id = match given {
+        Some(id) => id.to_string(),
+        None => rundir::random_id().map_err(io_err("generate the run's id"))?,
+    };
     let leaf = crate::cgroup::leaf_name(&plan.name, &id);
+    if given.is_some() {
+        // A cgroup of a given id can only be a leftover of a killed supervisor of the same
+        // sandbox (its caller holds the sandbox's lock).
+        layout.reclaim(&leaf);
+    }
     fs::write(rd.path.join(rundir::CGROUP_FILE), &leaf).map_err(|source| RunError::RunDir {
         path: rd.path.clone(),
         source,

@@ -280,3 +280,29 @@ fn cgroups_report_is_fast_and_leaves_nothing() {
         }
     }
 }
+
+#[test]
+fn the_microvm_row_says_what_the_kvm_probe_decided() {
+    use airlock_model::plan::microvm::Accel;
+    let file = Path::new("/cache/microvm/accel-0123");
+    assert_eq!(
+        vm::accel_text(false, None),
+        "microvm: TCG, ~10–50× slower CPU"
+    );
+    assert_eq!(
+        vm::accel_text(false, Some((Accel::Kvm, file))),
+        "microvm: TCG, ~10–50× slower CPU",
+        "an unusable /dev/kvm wins over an old decision"
+    );
+    assert!(vm::accel_text(true, None).contains("KVM if its probe boot succeeds"));
+    assert_eq!(
+        vm::accel_text(true, Some((Accel::Kvm, file))),
+        "microvm: KVM (its probe boot succeeded)"
+    );
+    let tcg = vm::accel_text(true, Some((Accel::Tcg, file)));
+    assert!(tcg.starts_with("microvm: TCG, ~10–50× slower CPU"), "{tcg}");
+    assert!(
+        tcg.contains("/cache/microvm/accel-0123; remove it to probe again"),
+        "{tcg}"
+    );
+}

@@ -289,6 +289,26 @@ pub(super) fn net_helpers_row() -> Row {
     }
 }
 
+/// KVM or TCG, as the microvm row says it: `kvm_usable` (/dev/kvm opens, not PVM) and the
+/// probe boot's cached decision with its file, if a run has made it.
+pub(super) fn accel_text(
+    kvm_usable: bool,
+    probed: Option<(airlock_model::plan::microvm::Accel, &Path)>,
+) -> String {
+    use airlock_model::plan::microvm::Accel;
+    const TCG: &str = "microvm: TCG, ~10–50× slower CPU";
+    match (kvm_usable, probed) {
+        (false, _) => TCG.into(),
+        (true, None) => "KVM if its probe boot succeeds at the first run (else TCG)".into(),
+        (true, Some((Accel::Kvm, _))) => "microvm: KVM (its probe boot succeeded)".into(),
+        (true, Some((Accel::Tcg, file))) => format!(
+            "{TCG}: /dev/kvm opens but its probe boot did not power off in time (decision \
+             cached in {}; remove it to probe again)",
+            file.display()
+        ),
+    }
+}
+
 /// The microVM backend as a whole: which guest kernel it boots, KVM or TCG, the host image
 /// cache, erofs-utils. Boots nothing and builds nothing (the first `run --backend microvm`
 /// does, once).
@@ -296,13 +316,20 @@ pub(super) fn microvm_row() -> Row {
     let (id, name, needed) = ("microvm", "microvm backend", "--backend microvm");
     let mut missing = Vec::new();
     let mut fixes = Vec::new();
+    let cache = crate::microvm::artifacts::cache_dir();
+    let mut probed = None;
     let kernel = match crate::microvm::kernel::find(None) {
-        Ok(k) => format!(
-            "kernel {} ({}, from {}; --kernel or [sandbox] kernel choose another)",
-            k.release,
-            k.image.display(),
-            k.from
-        ),
+        Ok(k) => {
+            let vmlinux = crate::microvm::artifacts::vmlinux_name(&k);
+            probed = crate::microvm::cached_accel(&cache, &vmlinux)
+                .map(|a| (a, crate::microvm::accel_cache(&cache, &vmlinux)));
+            format!(
+                "kernel {} ({}, from {}; --kernel or [sandbox] kernel choose another)",
+                k.release,
+                k.image.display(),
+                k.from
+            )
+        }
         Err(e) => {
             missing.push(format!("no guest kernel: {e}"));
             fixes.push(crate::microvm::kernel::KERNEL_HINT.to_string());
@@ -324,12 +351,7 @@ pub(super) fn microvm_row() -> Row {
             .write(true)
             .open("/dev/kvm")
             .is_ok();
-    let accel = if kvm_usable {
-        "KVM if its probe boot succeeds at the first run (else TCG)"
-    } else {
-        "microvm: TCG, ~10–50× slower CPU"
-    };
-    let cache = crate::microvm::artifacts::cache_dir();
+    let accel = accel_text(kvm_usable, probed.as_ref().map(|(a, p)| (*a, p.as_path())));
     let image = std::fs::read_dir(&cache)
         .into_iter()
         .flatten()

@@ -264,3 +264,31 @@ fn container_records_its_plan_for_exec_in_the_folder() {
     assert_eq!(back, p);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn cpu_time_without_a_cpu_hierarchy_comes_from_the_cgroups_processes() {
+    let dir = std::env::temp_dir().join(format!("airlock-procs-cpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // This test process stands in for QEMU: it has used some CPU time by now.
+    let mut x = 0u64;
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(80) {
+        x = x.wrapping_mul(31).wrapping_add(7);
+    }
+    std::hint::black_box(x);
+    std::fs::write(
+        dir.join("cgroup.procs"),
+        format!("{}\n", std::process::id()),
+    )
+    .expect("procs");
+    let missing = dir.join("nope");
+    let got = super::procs_cpu_usec(&[missing, dir.clone()]);
+    assert!(got.is_some_and(|us| us >= 10_000), "{got:?}");
+    std::fs::write(dir.join("cgroup.procs"), "").expect("procs");
+    assert_eq!(
+        super::procs_cpu_usec(std::slice::from_ref(&dir)),
+        None,
+        "an empty cgroup"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,20 +13,28 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Kernel modules the guest init loads (with their dependencies, from modules.dep), in this
-/// order; those built into the kernel are skipped.
+/// Kernel modules every guest's init loads (with their dependencies, from modules.dep), in
+/// this order; those built into the kernel are skipped.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
     "virtio_console",
-    "virtio_net",
     "erofs",
     "overlay",
 ];
 
+/// Kernel modules only a guest with a network loads (after its job says so): the initramfs
+/// holds them, with the dependencies the others do not share, in `modules/net/`.
+pub const NET_MODULES: &[&str] = &["virtio_net"];
+
 /// Modules the guest init loads only for a job with a workspace disk (a clone workspace's
 /// ext4 image), from `/modules/disk`: a boot without one does not pay for them.
 pub const DISK_MODULES: &[&str] = &["ext4"];
+
+/// The initramfs's layout version, part of its cache key: an airlock that lays the initramfs
+/// out differently (which modules where, how they are stored) never boots one cached by
+/// another. 2: network modules apart; signatures stripped. 3: workspace-disk modules apart.
+const INITRD_LAYOUT: &str = "3";
 
 /// The microVM artifact cache.
 pub fn cache_dir() -> PathBuf {
@@ -118,13 +126,18 @@ pub fn ensure_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// The extracted vmlinux of `k`, in the cache; returns its file name.
-pub fn vmlinux(dir: &Path, k: &Kernel) -> Result<String, String> {
-    let name = format!(
+/// The file name of `k`'s extracted vmlinux in the cache.
+pub fn vmlinux_name(k: &Kernel) -> String {
+    format!(
         "vmlinux-{}-{}",
         k.release,
         key(&[stat_key(&k.image).as_bytes()])
-    );
+    )
+}
+
+/// The extracted vmlinux of `k`, in the cache; returns its file name.
+pub fn vmlinux(dir: &Path, k: &Kernel) -> Result<String, String> {
+    let name = vmlinux_name(k);
     cached(dir, &name, |tmp| {
         let bz = fs::read(&k.image).map_err(|e| format!("{}: {e}", k.image.display()))?;
         let elf = kernel::extract(&bz).map_err(|e| format!("{}: {e}", k.image.display()))?;
@@ -133,14 +146,23 @@ pub fn vmlinux(dir: &Path, k: &Kernel) -> Result<String, String> {
     Ok(name)
 }
 
-/// The modules to load for `release`, dependencies first (paths under /lib/modules/RELEASE).
-pub fn module_list(release: &str) -> Result<Vec<PathBuf>, String> {
-    module_list_of(release, GUEST_MODULES)
+/// The modules a guest of `release` loads, dependencies first (paths under
+/// /lib/modules/RELEASE): those every boot needs, those only a network needs and those only a
+/// workspace disk needs (each set without what an earlier one holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Modules {
+    pub base: Vec<PathBuf>,
+    pub net: Vec<PathBuf>,
+    pub disk: Vec<PathBuf>,
 }
 
-/// The modules for `wants` and their dependencies, in load order.
-pub fn module_list_of(release: &str, wants: &[&str]) -> Result<Vec<PathBuf>, String> {
-    let root = Path::new("/lib/modules").join(release);
+/// The modules to load for `release` (see [`Modules`]).
+pub fn module_list(release: &str) -> Result<Modules, String> {
+    module_list_in(&Path::new("/lib/modules").join(release), release)
+}
+
+/// [`module_list`] from the modules tree at `root` (/lib/modules/RELEASE).
+fn module_list_in(root: &Path, release: &str) -> Result<Modules, String> {
     let dep = fs::read_to_string(root.join("modules.dep"))
         .map_err(|e| format!("{}/modules.dep: {e}", root.display()))?;
     let deps: Vec<(&str, Vec<&str>)> = dep
@@ -177,18 +199,53 @@ pub fn module_list_of(release: &str, wants: &[&str]) -> Result<Vec<PathBuf>, Str
         order.push(m.to_string());
         Ok(())
     }
-    for want in wants {
-        let Some((path, _)) = deps.iter().find(|(p, _)| stem(p) == *want) else {
-            if builtin.lines().any(|l| stem(l) == *want) {
-                continue;
-            }
-            return Err(format!(
-                "kernel {release} has no module {want} and does not build it in"
-            ));
-        };
-        visit(path, &deps, &mut order, 0)?;
+    let mut ends = Vec::new();
+    for set in [GUEST_MODULES, NET_MODULES, DISK_MODULES] {
+        for want in set {
+            let Some((path, _)) = deps.iter().find(|(p, _)| stem(p) == *want) else {
+                if builtin.lines().any(|l| stem(l) == *want) {
+                    continue;
+                }
+                return Err(format!(
+                    "kernel {release} has no module {want} and does not build it in"
+                ));
+            };
+            visit(path, &deps, &mut order, 0)?;
+        }
+        ends.push(order.len());
     }
-    Ok(order.into_iter().map(|m| root.join(m)).collect())
+    let mut base: Vec<PathBuf> = order.into_iter().map(|m| root.join(m)).collect();
+    let disk = base.split_off(ends[1]);
+    let net = base.split_off(ends[0]);
+    Ok(Modules { base, net, disk })
+}
+
+/// The trailer the kernel's build appends to a signed module.
+const SIG_MAGIC: &[u8] = b"~Module signature appended~\n";
+
+/// A module without its appended signature. The guest kernel then skips hashing and verifying
+/// each module (seconds of SHA-256 and RSA under emulation, for modules airlock took from
+/// the host's own /lib/modules); it notes them as unsigned, and loads them, as every
+/// distribution kernel without `module.sig_enforce` does. Unsigned input comes back as it is.
+pub fn strip_signature(mut data: Vec<u8>) -> Vec<u8> {
+    let Some(rest) = data.len().checked_sub(SIG_MAGIC.len() + 12) else {
+        return data;
+    };
+    if !data.ends_with(SIG_MAGIC) {
+        return data;
+    }
+    // struct module_signature: algo, hash, id_type, signer_len, key_id_len, pad[3], sig_len
+    // (big endian), then the magic.
+    let ms = &data[rest..rest + 12];
+    let sig_len = u32::from_be_bytes([ms[8], ms[9], ms[10], ms[11]]) as usize;
+    let signer = usize::from(ms[3]) + usize::from(ms[4]);
+    match rest.checked_sub(sig_len + signer) {
+        Some(end) => {
+            data.truncate(end);
+            data
+        }
+        None => data,
+    }
 }
 
 /// A module file's bytes, decompressed (the guest's init loads plain ELF objects).
@@ -231,38 +288,53 @@ fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8], ino: u32) {
     }
 }
 
-/// The initramfs: /init (the guest helper, static), /modules/NN-NAME.ko in load order and
-/// /modules/disk/NN-NAME.ko (loaded for a workspace disk only).
+/// The initramfs's name in the cache: its layout, the guest helper, the kernel release and the
+/// stat of every module it holds.
+pub fn initrd_name(guest: &[u8], release: &str, mods: &Modules) -> String {
+    let mut parts: Vec<Vec<u8>> = vec![
+        INITRD_LAYOUT.as_bytes().to_vec(),
+        guest.to_vec(),
+        release.as_bytes().to_vec(),
+    ];
+    for (set, list) in [
+        ("base", &mods.base),
+        ("net", &mods.net),
+        ("disk", &mods.disk),
+    ] {
+        parts.push(set.as_bytes().to_vec());
+        parts.extend(list.iter().map(|m| stat_key(m).into_bytes()));
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    format!("initrd-{release}-{}", key(&refs))
+}
+
+/// The initramfs (uncompressed: the kernel unpacks it faster than it would inflate it):
+/// /init (the guest helper, static), /modules/NN-NAME.ko in load order and
+/// /modules/net/NN-NAME.ko and /modules/disk/NN-NAME.ko (loaded for a workspace disk only), the
+/// modules decompressed and without signatures.
 pub fn initrd(dir: &Path, guest: &[u8], k: &Kernel) -> Result<String, String> {
     let mods = module_list(&k.release)?;
-    let disk: Vec<PathBuf> = module_list_of(&k.release, DISK_MODULES)?
-        .into_iter()
-        .filter(|m| !mods.contains(m))
-        .collect();
-    let mut parts: Vec<Vec<u8>> = vec![guest.to_vec(), k.release.as_bytes().to_vec()];
-    parts.extend(mods.iter().map(|m| stat_key(m).into_bytes()));
-    parts.push(b"disk".to_vec());
-    parts.extend(disk.iter().map(|m| stat_key(m).into_bytes()));
-    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    let name = format!("initrd-{}-{}", k.release, key(&refs));
-    cached(dir, &name, |tmp| {
-        let mut out = Vec::new();
-        let mut ino = 1;
-        cpio_entry(&mut out, "init", 0o100_755, guest, ino);
-        ino += 1;
-        cpio_entry(&mut out, "modules", 0o040_755, &[], ino);
-        ino += 1;
-        cpio_entry(&mut out, "modules/disk", 0o040_755, &[], ino);
-        let all = mods
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (format!("modules/{i:02}"), m))
-            .chain(
-                disk.iter()
-                    .enumerate()
-                    .map(|(i, m)| (format!("modules/disk/{i:02}"), m)),
-            );
-        for (prefix, m) in all {
+    let name = initrd_name(guest, &k.release, &mods);
+    cached(dir, &name, |tmp| write_initrd(tmp, guest, &mods))?;
+    Ok(name)
+}
+
+fn write_initrd(tmp: &Path, guest: &[u8], mods: &Modules) -> Result<(), String> {
+    let mut out = Vec::new();
+    let mut ino = 1;
+    cpio_entry(&mut out, "init", 0o100_755, guest, ino);
+    ino += 1;
+    cpio_entry(&mut out, "modules", 0o040_755, &[], ino);
+    ino += 1;
+    cpio_entry(&mut out, "modules/net", 0o040_755, &[], ino);
+    ino += 1;
+    cpio_entry(&mut out, "modules/disk", 0o040_755, &[], ino);
+    for (dir, list) in [
+        ("modules", &mods.base),
+        ("modules/net", &mods.net),
+        ("modules/disk", &mods.disk),
+    ] {
+        for (i, m) in list.iter().enumerate() {
             ino += 1;
             let stem = m
                 .file_name()
@@ -272,21 +344,20 @@ pub fn initrd(dir: &Path, guest: &[u8], k: &Kernel) -> Result<String, String> {
                 .next()
                 .unwrap_or("m")
                 .to_string();
-            let data = module_bytes(m)?;
+            let data = strip_signature(module_bytes(m)?);
             cpio_entry(
                 &mut out,
-                &format!("{prefix}-{stem}.ko"),
+                &format!("{dir}/{i:02}-{stem}.ko"),
                 0o100_644,
                 &data,
                 ino,
             );
         }
-        cpio_entry(&mut out, "TRAILER!!!", 0, &[], 0);
-        let mut f = fs::File::create(tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        f.write_all(&out)
-            .map_err(|e| format!("{}: {e}", tmp.display()))
-    })?;
-    Ok(name)
+    }
+    cpio_entry(&mut out, "TRAILER!!!", 0, &[], 0);
+    let mut f = fs::File::create(tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(&out)
+        .map_err(|e| format!("{}: {e}", tmp.display()))
 }
 
 /// What goes into the root image of `image = "host"`: the root's entries (/usr and the
@@ -384,6 +455,32 @@ pub fn erofs(source: &Path, out: &Path, extra: &[String]) -> Result<(), String> 
     Ok(())
 }
 
+/// The host root image (built on first use: minutes for a large /usr, then cached).
+pub fn host_rootfs(dir: &Path) -> Result<String, String> {
+    let name = format!("root-{}.erofs", rootfs_key());
+    let path = dir.join(&name);
+    if !path.exists() {
+        // Older images of the host root are stale now: the disk space is better freed.
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("root-") && n.ends_with(".erofs") && n != name {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        eprintln!(
+            "airlock: building the microVM image of this host's /usr (once; cached in {})",
+            dir.display()
+        );
+    }
+    cached(dir, &name, |tmp| {
+        let mut extra = excludes();
+        extra.push("-zlz4".into());
+        erofs(Path::new("/"), tmp, &extra)
+    })?;
+    Ok(name)
+}
+
+
 /// mkfs.ext4 (e2fsprogs).
 pub fn mkfs_ext4() -> Option<PathBuf> {
     [
@@ -435,27 +532,199 @@ pub fn ext4(source: &Path, out: &Path, size: u64) -> Result<(), String> {
     made
 }
 
-/// The host root image (built on first use: minutes for a large /usr, then cached).
-pub fn host_rootfs(dir: &Path) -> Result<String, String> {
-    let name = format!("root-{}.erofs", rootfs_key());
-    let path = dir.join(&name);
-    if !path.exists() {
-        // Older images of the host root are stale now: the disk space is better freed.
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("root-") && n.ends_with(".erofs") && n != name {
-                let _ = fs::remove_file(e.path());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("airlock-artifacts-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("scratch directory");
+        d
+    }
+
+    /// A module as the kernel's sign-file leaves it: body, PKCS#7 signature, struct
+    /// module_signature (id_type 2, sig_len big endian), magic.
+    fn signed(body: &[u8], sig_len: usize) -> Vec<u8> {
+        let mut m = body.to_vec();
+        m.extend(std::iter::repeat_n(0x5a, sig_len));
+        m.extend([0, 0, 2, 0, 0, 0, 0, 0]);
+        m.extend((sig_len as u32).to_be_bytes());
+        m.extend(SIG_MAGIC);
+        m
+    }
+
+    #[test]
+    fn a_signed_module_loses_its_signature_and_nothing_else() {
+        let body = b"\x7fELF\x02\x01\x01 a module's sections";
+        assert_eq!(strip_signature(signed(body, 515)), body);
+        assert_eq!(strip_signature(body.to_vec()), body, "unsigned: unchanged");
+        // A trailer that claims more signature than there is: left as it is.
+        let mut bad = body.to_vec();
+        bad.extend([0, 0, 2, 0, 0, 0, 0, 0]);
+        bad.extend(9999u32.to_be_bytes());
+        bad.extend(SIG_MAGIC);
+        assert_eq!(strip_signature(bad.clone()), bad);
+    }
+
+    const DEP: &str = "\
+kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/virtio_net.ko.xz: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio.ko:
+kernel/fs/erofs/erofs.ko: kernel/lib/libcrc32c.ko
+kernel/lib/libcrc32c.ko:
+";
+
+    /// A modules tree like /lib/modules/RELEASE: modules.dep, overlay built in, every module
+    /// a signed stand-in (virtio_net xz-compressed, as Debian ships them).
+    fn tree(root: &Path) {
+        fs::write(root.join("modules.dep"), DEP).expect("modules.dep");
+        fs::write(
+            root.join("modules.builtin"),
+            "kernel/fs/overlayfs/overlay.ko\n",
+        )
+        .expect("modules.builtin");
+        for line in DEP.lines() {
+            let m = line.split(':').next().expect("module");
+            let p = root.join(m);
+            fs::create_dir_all(p.parent().expect("parent")).expect("module directory");
+            let data = signed(format!("\x7fELF {m}").as_bytes(), 100);
+            match m.strip_suffix(".xz") {
+                Some(plain) => {
+                    let plain = root.join(plain);
+                    fs::write(&plain, data).expect("module");
+                    let st = Command::new("xz").arg(&plain).status().expect("xz");
+                    assert!(st.success());
+                }
+                None => fs::write(&p, data).expect("module"),
             }
         }
-        eprintln!(
-            "airlock: building the microVM image of this host's /usr (once; cached in {})",
-            dir.display()
-        );
     }
-    cached(dir, &name, |tmp| {
-        let mut extra = excludes();
-        extra.push("-zlz4".into());
-        erofs(Path::new("/"), tmp, &extra)
-    })?;
-    Ok(name)
+
+    fn stems(list: &[PathBuf]) -> Vec<String> {
+        list.iter()
+            .map(|p| {
+                let f = p.file_name().and_then(|f| f.to_str()).unwrap_or("");
+                f.split(".ko").next().unwrap_or(f).to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn network_modules_are_apart_and_everything_comes_after_its_dependencies() {
+        let root = scratch("mods");
+        tree(&root);
+        let m = module_list_in(&root, "9.9.9-test").expect("module list");
+        assert_eq!(
+            stems(&m.base),
+            [
+                "virtio",
+                "virtio_ring",
+                "virtio_mmio",
+                "virtio_blk",
+                "virtio_console",
+                "libcrc32c",
+                "erofs"
+            ],
+            "overlay is built in: skipped"
+        );
+        assert_eq!(stems(&m.net), ["failover", "net_failover", "virtio_net"]);
+        fs::write(root.join("modules.builtin"), "").expect("modules.builtin");
+        let err = module_list_in(&root, "9.9.9-test").expect_err("overlay missing");
+        assert!(err.contains("no module overlay"), "{err}");
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_initramfs_holds_plain_unsigned_modules_with_the_network_ones_apart() {
+        let root = scratch("initrd");
+        tree(&root);
+        fs::write(root.join("modules.builtin"), "").expect("modules.builtin");
+        let ovl = root.join("kernel/fs/overlayfs/overlay.ko");
+        fs::create_dir_all(ovl.parent().expect("parent")).expect("dir");
+        fs::write(&ovl, signed(b"\x7fELF overlay", 64)).expect("overlay");
+        fs::write(
+            root.join("modules.dep"),
+            format!("{DEP}kernel/fs/overlayfs/overlay.ko:\n"),
+        )
+        .expect("modules.dep");
+        let mods = module_list_in(&root, "9.9.9-test").expect("module list");
+        let archive = root.join("initrd");
+        write_initrd(&archive, b"#!guest", &mods).expect("initrd");
+        let out = root.join("out");
+        fs::create_dir_all(&out).expect("out");
+        let st = Command::new("cpio")
+            .args(["-idm", "--quiet", "-F"])
+            .arg(&archive)
+            .current_dir(&out)
+            .status()
+            .expect("cpio");
+        assert!(st.success());
+        assert_eq!(fs::read(out.join("init")).expect("init"), b"#!guest");
+        let list = |d: &str| -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(out.join(d))
+                .expect("listing")
+                .flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            list("modules"),
+            [
+                "00-virtio.ko",
+                "01-virtio_ring.ko",
+                "02-virtio_mmio.ko",
+                "03-virtio_blk.ko",
+                "04-virtio_console.ko",
+                "05-libcrc32c.ko",
+                "06-erofs.ko",
+                "07-overlay.ko"
+            ]
+        );
+        assert_eq!(
+            list("modules/net"),
+            ["00-failover.ko", "01-net_failover.ko", "02-virtio_net.ko"]
+        );
+        // Decompressed and unsigned.
+        assert_eq!(
+            fs::read(out.join("modules/net/02-virtio_net.ko")).expect("virtio_net"),
+            b"\x7fELF kernel/drivers/net/virtio_net.ko.xz"
+        );
+        assert_eq!(
+            fs::read(out.join("modules/07-overlay.ko")).expect("overlay"),
+            b"\x7fELF overlay"
+        );
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_initramfs_key_changes_with_what_goes_into_it() {
+        let root = scratch("key");
+        tree(&root);
+        let mods = module_list_in(&root, "9.9.9-test").expect("module list");
+        let name = initrd_name(b"guest", "9.9.9-test", &mods);
+        assert!(name.starts_with("initrd-9.9.9-test-"), "{name}");
+        assert_eq!(name, initrd_name(b"guest", "9.9.9-test", &mods));
+        assert_ne!(name, initrd_name(b"guest2", "9.9.9-test", &mods));
+        // The same modules, one of them moved to the other set.
+        let mut moved = mods.clone();
+        let last = moved.base.pop().expect("a base module");
+        moved.net.insert(0, last);
+        assert_ne!(name, initrd_name(b"guest", "9.9.9-test", &moved));
+        // A module file replaced (a kernel package update).
+        let erofs = root.join("kernel/fs/erofs/erofs.ko");
+        fs::remove_file(&erofs).expect("remove");
+        fs::write(&erofs, signed(b"\x7fELF erofs, rebuilt and longer", 100)).expect("write");
+        assert_ne!(name, initrd_name(b"guest", "9.9.9-test", &mods));
+        let _ = fs::remove_dir_all(&root);
+    }
 }

@@ -3,7 +3,8 @@
 //! the guest when asked), and collect the exit status. Protocol: `airlock_model::vm`.
 
 use airlock_model::vm::{
-    b64_decode, b64_encode, GuestJob, GuestMsg, HostMsg, MAIN_SESSION, VM_PROTOCOL_VERSION,
+    b64_decode, b64_encode, GuestJob, GuestMsg, HostMsg, TimingStep, MAIN_SESSION,
+    VM_PROTOCOL_VERSION,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -73,6 +74,21 @@ pub fn accept(listener: &UnixListener, stop: &AtomicBool) -> Option<UnixStream> 
     stream.set_nonblocking(false).ok()?;
     crate::phase("vm channel connected");
     Some(stream)
+}
+
+/// The guest init's steps, as phases (`AIRLOCK_TIMING=1`): each with its time since the guest
+/// kernel started and since the step before.
+pub fn show_timing(steps: &[TimingStep]) {
+    let mut prev = 0;
+    for s in steps {
+        crate::phase(&format!(
+            "guest +{:.1} ms: {} (at {:.1} ms since its kernel started)",
+            s.us.saturating_sub(prev) as f64 / 1000.0,
+            s.step,
+            s.us as f64 / 1000.0
+        ));
+        prev = s.us;
+    }
 }
 
 fn send(w: &mut impl Write, m: &HostMsg) -> std::io::Result<()> {
@@ -164,6 +180,7 @@ pub fn serve(stream: UnixStream, job: &GuestJob, sealed: &Sealed, stdin: bool) -
                 break;
             }
             GuestMsg::Ready { .. } => {}
+            GuestMsg::Timing { steps, .. } => show_timing(&steps),
             GuestMsg::Unknown => crate::phase("vm channel: unknown message kind skipped"),
         }
     }

@@ -80,6 +80,7 @@ pub fn prepare(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<VmFa
     let initrd = artifacts::initrd(&dir, guest_binary(), &k).map_err(from)?;
     let rootfs = artifacts::host_rootfs(&dir).map_err(other)?;
     let accel = accel(&qemu, &dir, &vmlinux, &initrd);
+    let tsc_khz = tsc_khz(&dir);
     Ok(VmFacts {
         qemu,
         cache_dir: dir,
@@ -88,7 +89,47 @@ pub fn prepare(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<VmFa
         rootfs,
         kernel_release: k.release,
         accel,
+        tsc_khz,
     })
+}
+
+/// The host's TSC frequency in kHz (rounded to the MHz): QEMU gives the guest the host's TSC,
+/// under TCG as under KVM. Measured against CLOCK_MONOTONIC_RAW over a few milliseconds once
+/// per host boot (cached in the cache directory under the boot id).
+pub fn tsc_khz(dir: &Path) -> Option<u64> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let cache = dir.join(format!("tsc-{}", artifacts::key(&[boot.trim().as_bytes()])));
+    if let Some(khz) = std::fs::read_to_string(&cache)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return Some(khz);
+    }
+    let khz = measure_tsc_khz()?;
+    let _ = std::fs::write(&cache, khz.to_string());
+    Some(khz)
+}
+
+fn measure_tsc_khz() -> Option<u64> {
+    let constant = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == "constant_tsc"));
+    if !constant {
+        return None;
+    }
+    // The middle of three short windows (one the scheduler interrupted reads high or low).
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let (t0, c0) = (Instant::now(), crate::sys::rdtsc()?);
+        std::thread::sleep(Duration::from_millis(4));
+        let (c1, ns) = (crate::sys::rdtsc()?, t0.elapsed().as_nanos());
+        rates.push(c1.checked_sub(c0)? as f64 * 1e6 / ns.max(1) as f64);
+    }
+    rates.sort_by(f64::total_cmp);
+    let khz = rates[1];
+    (khz > 100_000.0).then(|| ((khz / 1000.0).round() as u64) * 1000)
 }
 
 /// Whether /dev/kvm can run our guest: not kvm_pvm (it hangs stock guest kernels), openable,
@@ -106,17 +147,9 @@ pub fn accel(qemu: &Path, dir: &Path, vmlinux: &str, initrd: &str) -> Accel {
     if !usable {
         return Accel::Tcg;
     }
-    let host = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cache = dir.join(format!(
-        "accel-{}",
-        artifacts::key(&[host.as_bytes(), vmlinux.as_bytes()])
-    ));
-    match std::fs::read_to_string(&cache).as_deref() {
-        Ok("kvm") => return Accel::Kvm,
-        Ok("tcg") => return Accel::Tcg,
-        _ => {}
+    let cache = accel_cache(dir, vmlinux);
+    if let Some(a) = cached_accel(dir, vmlinux) {
+        return a;
     }
     let ok = probe_kvm(
         qemu,
@@ -127,6 +160,26 @@ pub fn accel(qemu: &Path, dir: &Path, vmlinux: &str, initrd: &str) -> Accel {
     let a = if ok { Accel::Kvm } else { Accel::Tcg };
     let _ = std::fs::write(&cache, if ok { "kvm" } else { "tcg" });
     a
+}
+
+/// Where the KVM probe's decision for this host kernel and guest kernel is kept.
+pub fn accel_cache(dir: &Path, vmlinux: &str) -> PathBuf {
+    let host = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(
+        "accel-{}",
+        artifacts::key(&[host.as_bytes(), vmlinux.as_bytes()])
+    ))
+}
+
+/// The KVM probe's decision, if it has been made (by the first run) for these kernels.
+pub fn cached_accel(dir: &Path, vmlinux: &str) -> Option<Accel> {
+    match std::fs::read_to_string(accel_cache(dir, vmlinux)).as_deref() {
+        Ok("kvm") => Some(Accel::Kvm),
+        Ok("tcg") => Some(Accel::Tcg),
+        _ => None,
+    }
 }
 
 fn probe_kvm(qemu: &Path, vmlinux: &Path, initrd: &Path, limit: Duration) -> bool {
@@ -285,6 +338,13 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         },
     );
     qemu.writable_paths.push(PathBuf::from(VM_RUN_DIR));
+    if std::env::var_os("AIRLOCK_TIMING").is_some() {
+        // The exact command line (bench/microvm.sh starts raw QEMU from it).
+        crate::phase(&format!(
+            "qemu argv {}",
+            serde_json::to_string(&qemu.argv).unwrap_or_default()
+        ));
+    }
 
     // The channel: airlock listens, QEMU connects (as the sandbox's user) once it starts.
     let socket = dir.join(airlock_model::plan::microvm::VM_CHANNEL);

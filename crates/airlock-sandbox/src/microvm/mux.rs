@@ -119,6 +119,7 @@ impl Mux {
                     kernel = Some(k);
                 }
                 Some(GuestMsg::Ready { .. }) => break,
+                Some(GuestMsg::Timing { steps, .. }) => super::channel::show_timing(&steps),
                 Some(GuestMsg::Error { message, .. }) => {
                     return Err(format!("the guest could not set up: {message}"));
                 }
@@ -217,7 +218,7 @@ fn route(mut reader: BufReader<UnixStream>, routes: &Routes) {
             GuestMsg::Error {
                 message, session, ..
             } => (session, Event::Error(message)),
-            GuestMsg::Hello { .. } | GuestMsg::Ready { .. } => continue,
+            GuestMsg::Hello { .. } | GuestMsg::Ready { .. } | GuestMsg::Timing { .. } => continue,
             GuestMsg::Unknown => {
                 crate::phase("vm channel: unknown message kind skipped");
                 continue;

@@ -827,3 +827,16 @@ pub fn fgetxattr(
     }
     Ok(n as usize)
 }
+
+/// The CPU's time-stamp counter (None off x86_64).
+pub fn rdtsc() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: RDTSC reads a counter; it has no preconditions on x86_64.
+        Some(unsafe { core::arch::x86_64::_rdtsc() })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
