@@ -585,6 +585,12 @@ pub struct ActionError {
     /// What the user can do about it.
     #[schema(examples("airlock list shows the sandboxes"))]
     pub hint: Option<String>,
+    /// What a clone workspace's refusal refused, for a client to show: `summary` (the error
+    /// in one line), with `verb`, `branch` and `findings` (kind `needs_review`) or `report`
+    /// (the sync's plan: kinds `through_links` and `conflict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub detail: Option<serde_json::Value>,
 }
 
 /// Every kind of error an action (or the API around it) answers: its name, the CLI's exit
@@ -629,6 +635,7 @@ impl ActionError {
             code,
             message: message.into(),
             hint: None,
+            detail: None,
         }
     }
 
@@ -654,6 +661,7 @@ impl ActionError {
             code,
             message: message.into(),
             hint,
+            detail: None,
         }
     }
 

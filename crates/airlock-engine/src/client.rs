@@ -45,6 +45,8 @@ pub enum ClientError {
         error: String,
         hint: Option<String>,
         code: i32,
+        /// The error's structured detail (`ActionError::detail`), when it has one.
+        detail: Option<Box<Value>>,
     },
     #[error("cannot talk to the airlock engine at {}", socket.display())]
     Connect {
@@ -274,6 +276,7 @@ impl Client {
                 error: e.message,
                 hint: e.hint,
                 code: e.code,
+                detail: None,
             });
         };
         let action = Action::Create {
@@ -343,6 +346,10 @@ fn api_error(status: u16, value: &Value) -> ClientError {
             .get("code")
             .and_then(Value::as_i64)
             .map_or(1, |c| c as i32),
+        detail: value
+            .get("detail")
+            .filter(|d| !d.is_null())
+            .map(|d| Box::new(d.clone())),
     }
 }
 

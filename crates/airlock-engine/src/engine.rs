@@ -137,6 +137,26 @@ fn work_message(e: &airlock_work::ops::OpError) -> String {
     }
 }
 
+/// What a work refusal refused, as data (`ActionError::detail`): the CLI lists it as it did
+/// in process.
+fn work_detail(e: &airlock_work::ops::OpError) -> Option<serde_json::Value> {
+    use airlock_work::ops::OpError;
+    let summary = e.to_string();
+    match e {
+        OpError::NeedsReview {
+            verb,
+            branch,
+            findings,
+        } => Some(serde_json::json!({
+            "summary": summary, "verb": verb, "branch": branch, "findings": findings,
+        })),
+        OpError::ThroughLinks(r) | OpError::Conflicts(r) => Some(serde_json::json!({
+            "summary": summary, "report": r,
+        })),
+        _ => None,
+    }
+}
+
 impl EngineError {
     /// The exit code the CLI ends with (README "Exit codes").
     pub fn exit_code(&self) -> i32 {
@@ -177,6 +197,11 @@ impl EngineError {
             code: self.exit_code(),
             message,
             hint: self.hint(),
+            detail: match self {
+                EngineError::Work { source, .. } => work_detail(source),
+                EngineError::Action(e) => e.detail.clone(),
+                _ => None,
+            },
         }
     }
 

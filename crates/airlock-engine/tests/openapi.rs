@@ -274,7 +274,7 @@ fn the_document_lists_every_route_with_its_answers() {
         .map(String::as_str)
         .collect();
     error_fields.sort();
-    assert_eq!(error_fields, ["code", "error", "hint", "kind"]);
+    assert_eq!(error_fields, ["code", "detail", "error", "hint", "kind"]);
 }
 
 /// docs/openapi.json is the document as the code generates it (`AIRLOCK_BLESS=1` rewrites it).

@@ -140,12 +140,14 @@ fn engine_act(action: &Action) -> Result<ActionData, ActionError> {
             error,
             hint,
             code,
+            detail,
             ..
         } => ActionError {
             kind,
             code,
             message: error,
             hint,
+            detail: detail.map(|d| *d),
         },
         other => {
             let e = ActionError::new("unavailable", other.to_string());

@@ -1085,10 +1085,14 @@ fn a_microvm_clone_workspace_comes_back_through_the_review_gate() {
     );
     // A bundle over the limit: refused, and nothing changes on the host.
     inside("head -c 1048576 /dev/urandom > big.bin && git add big.bin && git commit -qm big");
+    // The engine pulls from the guest: the limit is the engine's environment, so this fetch
+    // starts an engine of its own with it (and the next command one without).
+    common::stop_engines_of(&a);
     let mut cmd = a.command(&["fetch", "vmclone", "--accept"]);
     cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
     cmd.env("AIRLOCK_VM_BUNDLE_MAX", "65536");
     let out = common::run_with_deadline(cmd, None, VM_DEADLINE);
+    common::stop_engines_of(&a);
     assert_ne!(out.code(), 0, "{}", out.describe());
     assert!(out.stderr.contains("65536"), "{}", out.describe());
     assert_eq!(

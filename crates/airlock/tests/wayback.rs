@@ -1155,6 +1155,57 @@ fn api_create_makes_the_clone(a: &Airlock, label: &str) {
             .is_some_and(|m| m.contains(".github/workflows/x.yml")),
         "{label}: {e}"
     );
+    // What it refused, as data (`detail`): the CLI lists the findings from it.
+    assert_eq!(e["detail"]["verb"], "sync", "{label}: {e}");
+    assert_eq!(
+        e["detail"]["summary"], "sync stopped by the review gate",
+        "{label}: {e}"
+    );
+    assert!(
+        e["detail"]["findings"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["path"] == ".github/workflows/x.yml")),
+        "{label}: {e}"
+    );
+    // The CLI's sync and fetch go through the engine: the refusal listed from that detail,
+    // the review journaled once per operation (by the engine).
+    let journal = a.state_dir().join("sandboxes/viaapi/audit.jsonl");
+    let reviews = |op: &str| {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["category"] == "review" && v["op"] == op)
+            .count()
+    };
+    let (syncs, fetches) = (reviews("sync"), reviews("fetch"));
+    let out = a.run(&["sync", "viaapi"]);
+    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    assert!(
+        out.stderr.contains("needs review: 1 flagged change(s)")
+            && out.stderr.contains(".github/workflows/x.yml")
+            && out.stderr.contains("sync stopped by the review gate")
+            && out.stderr.contains("airlock sync viaapi --accept"),
+        "{label}: {}",
+        out.describe()
+    );
+    let out = a.run(&["fetch", "viaapi", "--json"]);
+    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    let fj: serde_json::Value = serde_json::from_str(&out.stdout).expect("fetch --json");
+    assert_eq!(
+        (&fj["needs_accept"], &fj["fetched"], &fj["name"]),
+        (&true.into(), &false.into(), &"viaapi".into()),
+        "{label}: {fj}"
+    );
+    assert_eq!(
+        fj["findings"][0]["path"], ".github/workflows/x.yml",
+        "{label}: {fj}"
+    );
+    assert_eq!(
+        (reviews("sync"), reviews("fetch")),
+        (syncs + 1, fetches + 1),
+        "{label}: the review is journaled once per operation"
+    );
     let (code, text) = http(
         a,
         "POST",

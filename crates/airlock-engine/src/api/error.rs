@@ -23,6 +23,7 @@ impl ApiError {
             hint,
             code,
             kind: kind.to_owned(),
+            detail: None,
         };
         ApiError {
             status,

@@ -3,11 +3,14 @@
 
 use crate::cli::{DeliverArgs, DiffArgs, FetchArgs, SyncArgs};
 use crate::error::{CliError, CliResult};
+use airlock_engine::action::{Action, ActionData};
+use airlock_engine::client::ClientError;
 use airlock_model::exit;
 use airlock_work::gate::{shown, Finding};
 use airlock_work::git::{valid_branch, Git, GitError};
-use airlock_work::ops::{self, OpError, SyncOptions, SyncReport};
-use airlock_work::review::{Review, ReviewError};
+use airlock_work::ops::{self, SyncReport};
+use airlock_work::review::ReviewError;
+use serde::Deserialize;
 
 impl From<ReviewError> for CliError {
     fn from(e: ReviewError) -> Self {
@@ -34,13 +37,13 @@ impl From<GitError> for CliError {
     }
 }
 
-fn open(name: &str) -> CliResult<(std::path::PathBuf, Review)> {
-    let dir = super::named::existing_dir(name)?;
-    // A running microVM sandbox's work is in its guest: bring the branch over first.
-    airlock_engine::guest_work::pull(&dir, name)
-        .map_err(|e| op_error(OpError::Review(e), name, false))?;
-    let r = ops::open(&dir, name).map_err(|e| op_error(e, name, false))?;
-    Ok((dir, r))
+/// One of diff, fetch and sync through the engine (`Client::act`). The engine brings a running
+/// microVM sandbox's branch over from its guest first, and journals the review gate's outcome.
+fn act(action: Action, name: &str, json: bool) -> CliResult<ActionData> {
+    super::named::existing_dir(name)?;
+    super::named::client()?
+        .act(&action)
+        .map_err(|e| refusal(e, name, json))
 }
 
 fn print_findings(findings: &[Finding]) {
@@ -59,70 +62,108 @@ fn print_findings(findings: &[Finding]) {
     }
 }
 
-/// An operation's error: what it refused, listed as before, then the error with its hint.
-fn op_error(e: OpError, name: &str, json: bool) -> CliError {
-    match &e {
-        OpError::NeedsReview {
-            verb,
-            branch,
-            findings,
-        } => {
-            errln!(
-                "airlock: {verb} of {branch} needs review: {} flagged change(s):",
-                findings.len()
-            );
-            print_findings(findings);
-        }
-        OpError::ThroughLinks(report) => {
-            sync_lines(report, json);
-            errln!(
-                "airlock: {} path(s) of {name} lie below a symbolic link in your checkout:",
-                report.through_links.len()
-            );
-            for p in &report.through_links {
-                errln!("  {}", shown(p));
+/// What a needs_review refusal's detail holds.
+#[derive(serde::Deserialize)]
+struct NeedsReview {
+    verb: String,
+    branch: String,
+    findings: Vec<Finding>,
+}
+
+/// An operation's error as the engine gave it: what it refused (from the error's `detail`),
+/// listed as before, then the error with its hint.
+fn refusal(e: ClientError, name: &str, json: bool) -> CliError {
+    let ClientError::Api {
+        kind,
+        hint,
+        code,
+        detail: Some(detail),
+        ..
+    } = &e
+    else {
+        return e.into();
+    };
+    let summary = detail.get("summary").and_then(|s| s.as_str());
+    match kind.as_str() {
+        "needs_review" => {
+            if let Ok(n) = NeedsReview::deserialize(&**detail) {
+                errln!(
+                    "airlock: {} of {} needs review: {} flagged change(s):",
+                    n.verb,
+                    n.branch,
+                    n.findings.len()
+                );
+                print_findings(&n.findings);
             }
         }
-        OpError::Conflicts(report) => {
-            sync_lines(report, json);
-            errln!(
-                "airlock: {} path(s) changed on the host since {name} started, and on its branch:",
-                report.conflicts.len()
-            );
-            for p in &report.conflicts {
-                errln!("  {}", shown(p));
+        "through_links" | "conflict" => {
+            if let Some(report) = detail
+                .get("report")
+                .and_then(|r| SyncReport::deserialize(r).ok())
+            {
+                sync_lines(&report, json);
+                let paths = if kind == "through_links" {
+                    errln!(
+                        "airlock: {} path(s) of {name} lie below a symbolic link in your checkout:",
+                        report.through_links.len()
+                    );
+                    &report.through_links
+                } else {
+                    errln!(
+                        "airlock: {} path(s) changed on the host since {name} started, and on its branch:",
+                        report.conflicts.len()
+                    );
+                    &report.conflicts
+                };
+                for p in paths {
+                    errln!("  {}", shown(p));
+                }
             }
         }
         _ => {}
     }
-    let (code, hint) = (e.exit_code(), e.hint(name));
-    CliError::new(code, e).maybe_hint(hint)
+    match summary {
+        Some(s) => CliError::new(*code, anyhow::anyhow!("{s}")).maybe_hint(hint.clone()),
+        None => e.into(),
+    }
 }
 
 pub fn diff(a: &DiffArgs) -> CliResult<i32> {
-    let (_, r) = open(&a.name)?;
+    let action = Action::Diff {
+        name: a.name.clone(),
+        patch: None,
+    };
+    let ActionData::Diff(d) = act(action, &a.name, a.json)? else {
+        return Err(other_answer());
+    };
     if a.json {
-        let d = ops::diff(&r, &a.name).map_err(|e| op_error(e, &a.name, true))?;
         outln!("{:#}", serde_json::to_value(&d).unwrap_or_default());
         return Ok(0);
     }
+    // The patch itself, colored for a terminal: the local git over the range the engine
+    // reviewed (its findings are the engine's).
+    let dir = super::named::existing_dir(&a.name)?;
+    let r = ops::open(&dir, &a.name).map_err(|e| {
+        let (code, hint) = (e.exit_code(), e.hint(&a.name));
+        CliError::new(code, e).maybe_hint(hint)
+    })?;
     let mut args = vec!["diff", "--no-ext-diff", "--no-textconv", "--color=auto"];
     if a.stat {
         args.push("--stat");
     }
-    args.push(&r.from);
-    args.push(&r.tip);
+    args.push(&d.from);
+    args.push(&d.tip);
     let st = r
         .git
         .command(&args)
         .status()
         .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-    if !r.findings.is_empty() {
+    if !d.findings.is_empty() {
         errln!(
             "airlock: the review gate flags {} change(s) (fetch and sync need --accept):",
-            r.findings.len()
+            d.findings.len()
         );
-        print_findings(&r.findings);
+        print_findings(&d.findings);
     }
     Ok(if st.success() {
         0
@@ -131,24 +172,44 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
     })
 }
 
+fn other_answer() -> CliError {
+    CliError::new(
+        1,
+        anyhow::anyhow!("bad answer from the airlock engine: an answer of another kind"),
+    )
+}
+
 pub fn fetch(a: &FetchArgs) -> CliResult<i32> {
-    let (dir, r) = open(&a.name)?;
-    let got = ops::fetch(&dir, &r, &a.name, a.accept, a.force);
-    airlock_engine::audit::review(&dir, "fetch", a.accept, got.as_ref().map(|f| &f.findings));
-    let f = match got {
-        Ok(f) => f,
+    let action = Action::Fetch {
+        name: a.name.clone(),
+        accept: a.accept,
+        force: a.force,
+    };
+    let got =
+        super::named::existing_dir(&a.name).and_then(|_| Ok(super::named::client()?.act(&action)));
+    let f = match got? {
+        Ok(ActionData::Fetched(f)) => f,
+        Ok(_) => return Err(other_answer()),
         // --json: the refusal is the answer, on stdout.
-        Err(OpError::NeedsReview {
-            branch, findings, ..
-        }) if a.json => {
+        Err(ClientError::Api {
+            kind,
+            detail: Some(detail),
+            ..
+        }) if a.json && kind == "needs_review" => {
+            let n = NeedsReview::deserialize(&*detail).map_err(|e| {
+                CliError::new(
+                    1,
+                    anyhow::anyhow!("bad answer from the airlock engine: {e}"),
+                )
+            })?;
             let v = serde_json::json!({
-                "name": a.name, "branch": branch, "fetched": false,
-                "needs_accept": true, "findings": findings,
+                "name": a.name, "branch": n.branch, "fetched": false,
+                "needs_accept": true, "findings": n.findings,
             });
             outln!("{v:#}");
             return Ok(exit::POLICY_REFUSED);
         }
-        Err(e) => return Err(op_error(e, &a.name, a.json)),
+        Err(e) => return Err(refusal(e, &a.name, a.json)),
     };
     if a.json {
         let v = serde_json::json!({
@@ -187,22 +248,20 @@ fn sync_lines(r: &SyncReport, json: bool) {
 }
 
 pub fn sync(a: &SyncArgs) -> CliResult<i32> {
-    let (dir, r) = open(&a.name)?;
-    let o = SyncOptions {
+    let action = Action::Sync {
+        name: a.name.clone(),
         dry_run: a.dry_run,
         artifacts: a.artifacts,
         accept: a.accept,
     };
-    let got = ops::sync(&dir, &r, &a.name, o);
-    if !a.dry_run {
-        airlock_engine::audit::review(&dir, "sync", a.accept, got.as_ref().map(|s| &s.findings));
-    }
-    let report = got.map_err(|e| op_error(e, &a.name, a.json))?;
+    let ActionData::Synced(report) = act(action, &a.name, a.json)? else {
+        return Err(other_answer());
+    };
     sync_lines(&report, a.json);
     if a.dry_run {
-        if !r.findings.is_empty() {
+        if !report.findings.is_empty() {
             errln!("airlock: the review gate flags (sync needs --accept):");
-            print_findings(&r.findings);
+            print_findings(&report.findings);
         }
         if !a.json {
             errln!(
