@@ -578,6 +578,9 @@ kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko
 kernel/drivers/virtio/virtio.ko:
 kernel/fs/erofs/erofs.ko: kernel/lib/libcrc32c.ko
 kernel/lib/libcrc32c.ko:
+kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko kernel/lib/libcrc32c.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/mbcache.ko:
 ";
 
     /// A modules tree like /lib/modules/RELEASE: modules.dep, overlay built in, every module
@@ -634,6 +637,8 @@ kernel/lib/libcrc32c.ko:
             "overlay is built in: skipped"
         );
         assert_eq!(stems(&m.net), ["failover", "net_failover", "virtio_net"]);
+        // The workspace disk's: without libcrc32c, which the base set already loads.
+        assert_eq!(stems(&m.disk), ["mbcache", "jbd2", "ext4"]);
         fs::write(root.join("modules.builtin"), "").expect("modules.builtin");
         let err = module_list_in(&root, "9.9.9-test").expect_err("overlay missing");
         assert!(err.contains("no module overlay"), "{err}");
@@ -692,6 +697,10 @@ kernel/lib/libcrc32c.ko:
         assert_eq!(
             list("modules/net"),
             ["00-failover.ko", "01-net_failover.ko", "02-virtio_net.ko"]
+        );
+        assert_eq!(
+            list("modules/disk"),
+            ["00-mbcache.ko", "01-jbd2.ko", "02-ext4.ko"]
         );
         // Decompressed and unsigned.
         assert_eq!(
