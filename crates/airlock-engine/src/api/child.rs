@@ -11,15 +11,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{act, expect_data, JsonBody, NameParam, SandboxName, Shared};
+use super::extract::{act, expect_data, required, JsonBody, NameParam, SandboxName, Shared};
 use crate::action::{
     Access, Action, ActionData, ActionError, ChildAnswer, Copied, Delivered, Direction, Encoding,
     Explanation, FileContent, RunRequest, TrustOp, TrustReport, Written,
 };
-
-fn required<T>(body: Option<T>, shape: &str) -> Result<T, ApiError> {
-    body.ok_or_else(|| ApiError::bad_request(format!("expected a JSON object {shape}")))
-}
 
 /// The body of `POST /v1/sandboxes/{name}/files/read`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -30,6 +30,11 @@ where
 }
 
 /// Carries out one action on the blocking pool: every route comes here.
+/// A route's JSON body, or `bad_request` naming the object it expects (`shape`).
+pub fn required<T>(body: Option<T>, shape: &str) -> Result<T, ApiError> {
+    body.ok_or_else(|| ApiError::bad_request(format!("expected a JSON object {shape}")))
+}
+
 pub async fn act(engine: Shared, action: Action) -> Result<ActionData, ApiError> {
     blocking(move || engine.execute(action)).await
 }

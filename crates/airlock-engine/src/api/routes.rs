@@ -26,7 +26,7 @@ use crate::engine::{Change, ReconcileReport, Status};
 use crate::store::Record;
 
 pub use super::extract::{act, blocking, JsonBody, NameParam, SandboxName, Shared};
-use super::extract::{expect_data, query_flag};
+use super::extract::{expect_data, query_flag, required};
 
 /// A sandbox name, as the engine checks it (`airlock_model::spec::validate_name`). The schema
 /// attributes below spell it out (they take literals only); a test holds them all to this.
@@ -350,7 +350,7 @@ async fn allow(
     SandboxName(name): SandboxName,
     JsonBody(body): JsonBody<AllowRequest>,
 ) -> Result<Json<PolicyChange>, ApiError> {
-    let body = body.ok_or_else(|| ApiError::bad_request("expected {\"domain\": ...}"))?;
+    let body = required(body, "{\"domain\": ...}")?;
     let action = Action::Allow {
         name,
         domain: body.domain,
@@ -378,7 +378,7 @@ async fn deny(
     SandboxName(name): SandboxName,
     JsonBody(body): JsonBody<DenyRequest>,
 ) -> Result<Json<PolicyChange>, ApiError> {
-    let body = body.ok_or_else(|| ApiError::bad_request("expected {\"domain\": ...}"))?;
+    let body = required(body, "{\"domain\": ...}")?;
     let action = Action::Deny {
         name,
         domain: body.domain,

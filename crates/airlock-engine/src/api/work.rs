@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{act, expect_data, JsonBody, NameParam, SandboxName, Shared};
+use super::extract::{act, expect_data, required, JsonBody, NameParam, SandboxName, Shared};
 use crate::action::{Action, ActionData, ExecRequest};
 use airlock_work::ops::{DiffSummary, FetchReport, SyncOptions, SyncReport};
 
@@ -115,6 +115,6 @@ pub async fn exec(
     SandboxName(name): SandboxName,
     JsonBody(body): JsonBody<ExecRequest>,
 ) -> Result<Response, ApiError> {
-    let request = body.ok_or_else(|| ApiError::bad_request("expected {\"argv\": [...]}"))?;
+    let request = required(body, "{\"argv\": [...]}")?;
     super::child::stream_child(engine, Action::Exec { name, request }).await
 }
