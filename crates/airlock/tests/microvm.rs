@@ -1706,3 +1706,64 @@ fn a_microvm_boots_an_images_root_built_once() {
         (after.ino(), after.mtime(), after.mtime_nsec())
     );
 }
+
+/// `--net open` on a microVM, as for containers: the guest reaches out (QEMU's user-mode
+/// network inside an open-mode namespace with pasta), but the metadata floor holds and the
+/// host's loopback services stay out of reach (neither as 127.0.0.1 nor as QEMU's host side).
+#[test]
+fn an_open_network_guest_reaches_out_but_not_metadata_or_host_loopback() {
+    if !e2e("an_open_network_guest_reaches_out_but_not_metadata_or_host_loopback") {
+        return;
+    }
+    let inet = Internet::start(&["open.test"], &[]);
+    let host_lo = std::net::TcpListener::bind("127.0.0.1:0").expect("host loopback listener");
+    host_lo.set_nonblocking(true).expect("nonblocking");
+    let port = host_lo.local_addr().expect("addr").port();
+    let script = format!(
+        "curl -sS --max-time 30 http://{ip}/open; \
+         curl -sS --max-time 5 -o /dev/null -w 'meta %{{http_code}}\\n' http://169.254.169.254/ 2>/dev/null; \
+         curl -sS --max-time 5 -o /dev/null -w 'alibaba %{{http_code}}\\n' http://100.100.100.200/ 2>/dev/null; \
+         curl -sS --max-time 5 -o /dev/null -w 'hostlo %{{http_code}}\\n' http://127.0.0.1:{port}/ 2>/dev/null; \
+         curl -sS --max-time 5 -o /dev/null -w 'slirphost %{{http_code}}\\n' http://10.0.2.2:{port}/ 2>/dev/null; \
+         env | grep -ci '^https\\?_proxy=' ; true",
+        ip = inet.ip
+    );
+    let a = Airlock::root();
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "none",
+            "--net",
+            "open",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout
+            .starts_with(&format!("hello from {} /open\n", inet.ip)),
+        "{}",
+        out.describe()
+    );
+    for blocked in ["meta 000", "alibaba 000", "hostlo 000", "slirphost 000"] {
+        assert!(
+            out.stdout.contains(blocked),
+            "expected `{blocked}`: {}",
+            out.describe()
+        );
+    }
+    assert!(
+        out.stdout.ends_with("\n0\n"),
+        "no proxy variables in open mode: {}",
+        out.describe()
+    );
+    assert!(
+        host_lo.accept().is_err(),
+        "the host's loopback listener was reached"
+    );
+}
