@@ -125,6 +125,7 @@ pub fn attach_workspace(
                 .map_err(|e| RunError::Setup(e.to_string()))?,
         )
     };
+    crate::phase("attach: sources prepared");
     let (err_rd, err_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
     let (back, back_child) =
@@ -154,6 +155,7 @@ pub fn attach_workspace(
     drop(ns);
     let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None)
         .map_err(|e| io_err("wait for the workspace helper")(e.into()))?;
+    crate::phase("attach: helper done");
     let mut msg = Vec::new();
     let _ = std::io::Read::read_to_end(&mut std::fs::File::from(err_rd), &mut msg);
     match status {

@@ -452,6 +452,7 @@ pub fn try_warm(
         return Ok(None);
     };
     let secrets = super::spec::resolve_secrets(&spec.secrets)?;
+    airlock_sandbox::phase("warm: claiming");
     let t0 = Instant::now();
     let key = pool::key(spec);
     // The pool is an optimisation: when its records cannot be read, the run starts cold.
@@ -467,6 +468,7 @@ pub fn try_warm(
         }
     };
     let claimed_in = t0.elapsed();
+    airlock_sandbox::phase("warm: claimed");
     // The daemon is woken when this run ends (`release`): a member's start costs CPU this run
     // would share on a small machine. A long run's pool is refilled by the daemon's own pass
     // (every half second) meanwhile.
@@ -492,6 +494,7 @@ pub fn try_warm(
             cgroup = airlock_sandbox::cgroup::Cgroup::create(&layout, &leaf, &limits)
                 .map_err(|e| format!("the claim's cgroup: {e}"))?;
             plan.limits = limits;
+            airlock_sandbox::phase("warm: cgroup made");
         }
         plan.rlimit_nproc = limits.pids;
         // The workspace: attached at the member's empty /workspace, protections over it.
@@ -501,7 +504,9 @@ pub fn try_warm(
             if !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
                 return Err("the member has no workspace slot".into());
             }
-            attach::attach_workspace(&dir, &plan, &ws_steps).map_err(|e| e.to_string())?
+            let a = attach::attach_workspace(&dir, &plan, &ws_steps).map_err(|e| e.to_string())?;
+            airlock_sandbox::phase("warm: workspace attached");
+            a
         };
         Ok((plan, attached))
     })();
@@ -548,6 +553,7 @@ pub fn try_warm(
     let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
     let ran = airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
         .map_err(CliError::from);
+    airlock_sandbox::phase("warm: command ended");
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
     release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
     // After the member's end, as a cold run's PID 1 does it once every process is gone.
@@ -556,6 +562,7 @@ pub fn try_warm(
     if let Some(cg) = cgroup {
         cg.destroy();
     }
+    airlock_sandbox::phase("warm: released");
     let mut outcome = ran?;
     if oom && outcome.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
         outcome.ending = Ending::OutOfMemory;
