@@ -1624,7 +1624,7 @@ fn a_microvm_boots_an_images_root_built_once() {
     assert_eq!(out.code(), 0, "{}", out.describe());
     let script = "cat /etc/os-release; test -e /usr && echo host-usr || echo no-usr; \
                   test -e /gone && echo gone-there || echo gone-hidden; \
-                  id -u; pwd; echo \"$IMAGE_VAR\"; uname -r";
+                  id -u; pwd; echo \"$IMAGE_VAR\"; uname -r; ls -ln /bin/busybox";
     let image = "example.com/vm/busybox:1";
     let out = vm_run(
         &a,
@@ -1665,6 +1665,18 @@ fn a_microvm_boots_an_images_root_built_once() {
         out.describe()
     );
     assert_ne!(lines[7], host_release(), "the guest's kernel");
+    // The image's owners (root's here), not the store's shifted ones.
+    let owners = |line: Option<&&str>| -> Vec<String> {
+        line.map(|l| {
+            l.split_whitespace()
+                .skip(2)
+                .take(2)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    assert_eq!(owners(lines.get(8)), ["0", "0"], "{}", out.describe());
     let disks: Vec<std::path::PathBuf> = std::fs::read_dir(a.state_dir().join("images/vm"))
         .expect("images/vm")
         .flatten()
@@ -1704,6 +1716,54 @@ fn a_microvm_boots_an_images_root_built_once() {
     assert_eq!(
         (before.ino(), before.mtime(), before.mtime_nsec()),
         (after.ino(), after.mtime(), after.mtime_nsec())
+    );
+
+    // Rootless: the store and its layers are the user's own; the disk makes them root's.
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    let r = Airlock::rootless(&bins);
+    src.chown_to(&user);
+    let out = r.run(&["image", "import", &src.join("oci").to_string_lossy()]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let out = vm_run(
+        &r,
+        &[
+            "--image",
+            image,
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/os-release; test -e /usr && echo host-usr || echo no-usr; id -u; ls -ln /bin/busybox",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "rootless: {}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "ID=airlock-vm-image",
+            "NAME=\"only in the image\"",
+            "no-usr",
+            "33"
+        ],
+        "rootless: {}",
+        out.describe()
+    );
+    assert_eq!(
+        owners(lines.get(4)),
+        ["0", "0"],
+        "rootless: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("building the microVM disk of image"),
+        "rootless: its own store, its own disk: {}",
+        out.describe()
     );
 }
 
