@@ -698,8 +698,8 @@ impl Engine {
         if let Err(e) = crate::guest_work::before_stop(dir, name) {
             crate::audit::record(
                 dir,
-                "lifecycle",
-                serde_json::json!({"op": "stopping", "warning": format!(
+                "review",
+                serde_json::json!({"op": "pull at stop", "result": "failed", "reason": format!(
                     "the work was not taken out of its VM before it stopped: {e}"
                 )}),
             );

@@ -1176,9 +1176,9 @@ fn diff_tip(a: &Airlock, name: &str) -> String {
 
 /// A clone microVM's work comes back however its VM stops: a stop through the engine's HTTP
 /// API (as MCP and agent mode stop it, not the CLI) brings the guest's branch over, so diff
-/// and fetch of the stopped sandbox show it. A killed supervisor cannot: diff and fetch then
-/// refuse (120, `in_guest`) with a hint, never show older work as the last; the next start
-/// brings it over from the disk. Three boots.
+/// and fetch of the stopped sandbox show it. A stop whose pull fails, and a killed supervisor,
+/// leave it on the disk: diff and fetch then refuse (120, `in_guest`) with a hint, never show
+/// older work as the last; the next start brings it over from the disk. Four boots.
 #[test]
 fn a_microvm_clones_work_comes_back_however_its_vm_stops() {
     if !e2e("a_microvm_clones_work_comes_back_however_its_vm_stops") {
@@ -1211,8 +1211,41 @@ fn a_microvm_clones_work_comes_back_however_its_vm_stops() {
     ok(&["fetch", "vmpull", "--accept"]);
     assert_eq!(host_git(&a, &["rev-parse", "airlock/vmpull"]).trim(), api);
 
-    // The supervisor killed: its VM dies with it, the work stays on the disk.
+    // A pull that fails at the stop (here: over the engine's bundle limit) does not keep the
+    // VM running, and does not pass for the last work either: stop warns, diff refuses.
     ok(&["start", "vmpull"]);
+    let limited = guest_commit(&a, "vmpull", "over the limit");
+    common::stop_engines_of(&a);
+    let mut cmd = a.command(&["stop", "vmpull"]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    cmd.env("AIRLOCK_VM_BUNDLE_MAX", "100");
+    let out = common::run_with_deadline(cmd, None, VM_DEADLINE);
+    common::stop_engines_of(&a);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("vmpull stopped")
+            && out
+                .stderr
+                .contains("warning: the work of vmpull is still on its VM's disk")
+            && out
+                .stderr
+                .contains("hint: `airlock start vmpull` brings it over"),
+        "{}",
+        out.describe()
+    );
+    let out = vm_cli(&a, &["diff", "vmpull"]);
+    assert_eq!(out.code(), 120, "{}", out.describe());
+    let out = ok(&["audit", "vmpull"]);
+    assert!(
+        out.stdout.contains("pull at stop failed") && out.stdout.contains("100"),
+        "{}",
+        out.describe()
+    );
+
+    // The next start brings it over; then the supervisor killed: its VM dies with it, the
+    // work stays on the disk.
+    ok(&["start", "vmpull"]);
+    assert_eq!(diff_tip(&a, "vmpull"), limited, "recovered at the start");
     let killed = guest_commit(&a, "vmpull", "before the kill");
     let dir = a.state_dir().join("sandboxes/vmpull");
     let pid: i32 = std::fs::read_to_string(dir.join("vm.pid"))

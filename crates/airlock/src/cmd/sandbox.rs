@@ -438,8 +438,8 @@ fn stop_only(a: &StopArgs) -> CliResult<i32> {
     outln!("{} {}", rec.name, rec.state);
     if existing_dir(&a.name).is_ok_and(|dir| airlock_engine::guest_work::stranded(&dir)) {
         errln!(
-            "airlock: warning: the work of {} was not taken out of its VM before it stopped (the engine's journal says why); it is kept on the VM's disk",
-            a.name
+            "airlock: warning: the work of {} is still on its VM's disk: it was not taken out before the VM ended (`airlock audit {}` says why when the pull failed)",
+            a.name, a.name
         );
         errln!("hint: {}", airlock_work::ops::in_guest_hint(&a.name));
     }
