@@ -1292,11 +1292,18 @@ fn a_microvm_clones_work_comes_back_however_its_vm_stops() {
         killed
     );
     assert!(!dir.join("vm-work-pending").exists());
+    // rm is the container clone's: the sandbox goes, disk and all (the fetched branch stays).
+    ok(&["rm", "vmpull"]);
+    assert!(!dir.exists());
+    assert_eq!(
+        host_git(&a, &["rev-parse", "airlock/vmpull"]).trim(),
+        killed
+    );
 }
 
 /// A clone workspace on a rootless microVM (an ordinary user's airlock and engine): create
 /// makes the clone, a commit in the guest, stop, then diff and fetch bring it to the user's
-/// repository. One boot.
+/// repository; a `--ro` mount of the user's is readable and not writable there. One boot.
 #[test]
 fn a_rootless_microvm_clone_workspace_comes_back() {
     if !e2e("a_rootless_microvm_clone_workspace_comes_back") {
@@ -1319,6 +1326,15 @@ fn a_rootless_microvm_clone_workspace_comes_back() {
         assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
         out
     };
+    // A read-only mount of the user's, beside the clone (a snapshot at each start).
+    let notes = a.dir.join("notes");
+    std::fs::create_dir_all(&notes).expect("mkdir");
+    std::fs::write(notes.join("n.txt"), "user's notes\n").expect("write");
+    let user = common::test_user();
+    for p in [notes.clone(), notes.join("n.txt")] {
+        std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid)).expect("chown");
+    }
+    let ro = format!("{}:/notes", notes.display());
     ok(&[
         "create",
         "--backend",
@@ -1326,6 +1342,8 @@ fn a_rootless_microvm_clone_workspace_comes_back() {
         "vmrlclone",
         "--net",
         "off",
+        "--ro",
+        &ro,
     ]);
     assert!(
         a.state_dir()
@@ -1340,11 +1358,16 @@ fn a_rootless_microvm_clone_workspace_comes_back() {
         "--",
         "sh",
         "-c",
-        "cd /workspace && id -u && stat -c %u a.txt && git rev-parse --abbrev-ref HEAD",
+        "cd /workspace && id -u && stat -c %u a.txt && git rev-parse --abbrev-ref HEAD && \
+         cat /notes/n.txt && { (echo x > /notes/n.txt) 2>/dev/null || echo read-only; }",
     ]);
     assert_eq!(
+        std::fs::read_to_string(notes.join("n.txt")).expect("read"),
+        "user's notes\n"
+    );
+    assert_eq!(
         out.stdout,
-        "1000\n1000\nairlock/vmrlclone\n",
+        "1000\n1000\nairlock/vmrlclone\nuser's notes\nread-only\n",
         "{}",
         out.describe()
     );
