@@ -427,6 +427,12 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
         let _ = fs::write("/proc/sys/vm/dirty_writeback_centisecs", "50");
         hand_over(Path::new(&target), job.uid, job.gid)?;
     }
+    for (i, m) in job.mounts.iter().enumerate() {
+        ro_mount(i, m, &at(&m.path))?;
+    }
+    if !job.mounts.is_empty() {
+        t.mark("read-only mounts mounted");
+    }
     for f in &job.files {
         let path = at(&f.path);
         if let Some(parent) = Path::new(&path).parent() {
@@ -448,6 +454,47 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     }
     t.mark("network up");
     Ok(())
+}
+
+/// A read-only mount (`--ro`): its snapshot's disk, read-only, at `target` in the new root —
+/// a directory mounted there, a file (its image's one entry) bound there from a mount of the
+/// image outside the new root.
+fn ro_mount(i: usize, m: &airlock_model::vm::GuestMount, target: &str) -> Res<()> {
+    let dev = wait_for(Duration::from_secs(20), || find_disk(&m.serial)).ok_or_else(|| {
+        format!(
+            "the disk of the read-only mount at {} did not appear",
+            m.path
+        )
+    })?;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if !m.file {
+        return mnt(&dev, target, "erofs", flags, None);
+    }
+    let stage = format!("/ro{i}");
+    mnt(&dev, &stage, "erofs", flags, None)?;
+    if let Some(parent) = Path::new(target).parent() {
+        mkdir(&parent.display().to_string(), 0o755)?;
+    }
+    if fs::symlink_metadata(target).is_err() {
+        File::create(target).map_err(ctx(target))?;
+    }
+    let src = format!("{stage}/{}", airlock_model::vm::RO_FILE_ENTRY);
+    mount(
+        Some(src.as_str()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(ctx(format!("bind {src} at {target}")))?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        None::<&str>,
+    )
+    .map_err(ctx(format!("remount {target} read-only")))
 }
 
 /// The secrets as /run/secrets/NAME (0400 files in a 0500 directory, the sandbox user's, on

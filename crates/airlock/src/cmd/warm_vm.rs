@@ -54,8 +54,12 @@ pub(super) fn try_warm(
     timeout_text: Option<&str>,
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
-    // A workspace, injected secrets (the proxy's CA and values live in the supervisor): cold.
-    if spec.workspace != WorkspaceMode::None || spec.secrets.values().any(|s| s.inject.is_some()) {
+    // A workspace, read-only mounts (snapshots: a member's would date from its boot),
+    // injected secrets (the proxy's CA and values live in the supervisor): cold.
+    if spec.workspace != WorkspaceMode::None
+        || !spec.binds.is_empty()
+        || spec.secrets.values().any(|s| s.inject.is_some())
+    {
         return Ok(None);
     }
     let state = paths::state_dir();
