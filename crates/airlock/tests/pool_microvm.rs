@@ -441,3 +441,41 @@ fn a_rootless_daemon_keeps_microvm_members_too() {
     let bins = common::Bins::owned_by(&user);
     adopt(&Airlock::rootless(&bins), "rootless");
 }
+
+/// `daemon start --backend microvm` where no guest can boot (here: a missing kernel) says why,
+/// as a cold run does (exit 123, the path, who chose it, the hint), and makes no pool and no
+/// daemon that would retry boots in the background. (No boot.)
+#[test]
+fn a_microvm_pool_that_cannot_boot_is_refused_at_start() {
+    if !e2e("a_microvm_pool_that_cannot_boot_is_refused_at_start") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let out = vm(
+        &a,
+        &[
+            "daemon",
+            "start",
+            "--backend",
+            "microvm",
+            "--kernel",
+            "/nonexistent/vmlinuz",
+            "--size",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 123, "{}", out.describe());
+    assert!(
+        out.stderr.contains("/nonexistent/vmlinuz (from --kernel)")
+            && out
+                .stderr
+                .contains("hint: install a distribution kernel package"),
+        "{}",
+        out.describe()
+    );
+    let st = status(&a);
+    assert_eq!(st["running"], false, "{st}");
+    assert_eq!(st["pools"].as_array().map(Vec::len), Some(0), "{st}");
+}
