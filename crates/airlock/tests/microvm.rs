@@ -1582,3 +1582,214 @@ for (ip, port) in [('{ip}', 853), ('10.0.2.2', {host_port}), ('8.8.8.8', 53), ('
         "the denials are journaled: {journal}"
     );
 }
+
+/// An OCI layout of a small image built here: busybox-static, an os-release only it has, a
+/// user of its own (`www`, 33) that it runs as, its own variable and working directory.
+fn vm_image_layout(dir: &std::path::Path) {
+    use airlock_image::layout::{config_json, tar_of_files, write_oci, LayerTar};
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static (run .ci/install-microvm)");
+    let mut files: Vec<(String, Vec<u8>, u32)> = vec![
+        ("bin/busybox".into(), busybox, 0o755),
+        (
+            "etc/os-release".into(),
+            b"ID=airlock-vm-image\nNAME=\"only in the image\"\n".to_vec(),
+            0o644,
+        ),
+        (
+            "etc/passwd".into(),
+            b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/sh\n".to_vec(),
+            0o644,
+        ),
+        (
+            "gone".into(),
+            b"hidden by the upper layer\n".to_vec(),
+            0o644,
+        ),
+        ("srv/.keep".into(), Vec::new(), 0o644),
+    ];
+    for a in [
+        "sh", "cat", "echo", "id", "test", "pwd", "ls", "uname", "true",
+    ] {
+        files.push((format!("bin/{a}"), b"->busybox".to_vec(), 0o777));
+    }
+    let refs: Vec<(&str, &[u8], u32)> = files
+        .iter()
+        .map(|(p, d, m)| (p.as_str(), d.as_slice(), *m))
+        .collect();
+    let layers = vec![
+        LayerTar {
+            tar: tar_of_files(&refs).expect("tar"),
+            gzip: true,
+        },
+        LayerTar {
+            tar: tar_of_files(&[(".wh.gone", b"", 0o644)]).expect("tar"),
+            gzip: true,
+        },
+    ];
+    let cfg = config_json(
+        &layers,
+        &["PATH=/bin", "IMAGE_VAR=from-the-image"],
+        Some("/srv"),
+        Some("www"),
+    );
+    write_oci(dir, "example.com/vm/busybox:1", &layers, &cfg).expect("write the layout");
+}
+
+/// `--image` on a microVM: the guest's root is the image (its files, not the host's /usr), as
+/// its user, with its environment and working directory; the image's disk is built once and
+/// the next run boots the same file.
+#[test]
+fn a_microvm_boots_an_images_root_built_once() {
+    if !e2e("a_microvm_boots_an_images_root_built_once") {
+        return;
+    }
+    let a = Airlock::root();
+    let src = common::TempDir::new("vm-image");
+    vm_image_layout(&src.join("oci"));
+    let out = a.run(&["image", "import", &src.join("oci").to_string_lossy()]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let script = "cat /etc/os-release; test -e /usr && echo host-usr || echo no-usr; \
+                  test -e /gone && echo gone-there || echo gone-hidden; \
+                  id -u; pwd; echo \"$IMAGE_VAR\"; uname -r";
+    let image = "example.com/vm/busybox:1";
+    let out = vm_run(
+        &a,
+        &[
+            "--image",
+            image,
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stderr.contains("building the microVM disk of image"),
+        "{}",
+        out.describe()
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[..8],
+        [
+            "ID=airlock-vm-image",
+            "NAME=\"only in the image\"",
+            "no-usr",
+            "gone-hidden",
+            "33",
+            "/srv",
+            "from-the-image",
+            lines[7],
+        ],
+        "{}",
+        out.describe()
+    );
+    assert_ne!(lines[7], host_release(), "the guest's kernel");
+    let disks: Vec<std::path::PathBuf> = std::fs::read_dir(a.state_dir().join("images/vm"))
+        .expect("images/vm")
+        .flatten()
+        .map(|e| e.path().join("root.erofs"))
+        .collect();
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    let before = std::fs::metadata(&disks[0]).expect("the disk");
+    // The second run boots the cached disk: not rebuilt, not even rewritten. Its root is
+    // writable (a layer over the read-only image, inside the guest).
+    let out = vm_run(
+        &a,
+        &[
+            "--image",
+            image,
+            "--user",
+            "root",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "echo w > /bin/added && cat /bin/added; id -u; cat /etc/os-release",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.starts_with("w\n0\nID=airlock-vm-image\n"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("building"), "{}", out.describe());
+    let after = std::fs::metadata(&disks[0]).expect("the disk");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (before.ino(), before.mtime(), before.mtime_nsec()),
+        (after.ino(), after.mtime(), after.mtime_nsec())
+    );
+}
+
+/// `--net open` on a microVM, as for containers: the guest reaches out (QEMU's user-mode
+/// network inside an open-mode namespace with pasta), but the metadata floor holds and the
+/// host's loopback services stay out of reach (neither as 127.0.0.1 nor as QEMU's host side).
+#[test]
+fn an_open_network_guest_reaches_out_but_not_metadata_or_host_loopback() {
+    if !e2e("an_open_network_guest_reaches_out_but_not_metadata_or_host_loopback") {
+        return;
+    }
+    let inet = Internet::start(&["open.test"], &[]);
+    let host_lo = std::net::TcpListener::bind("127.0.0.1:0").expect("host loopback listener");
+    host_lo.set_nonblocking(true).expect("nonblocking");
+    let port = host_lo.local_addr().expect("addr").port();
+    let script = format!(
+        "curl -sS --max-time 30 http://{ip}/open; \
+         curl -sS --max-time 5 -o /dev/null -w 'meta %{{http_code}}\\n' http://169.254.169.254/ 2>/dev/null; \
+         curl -sS --max-time 5 -o /dev/null -w 'alibaba %{{http_code}}\\n' http://100.100.100.200/ 2>/dev/null; \
+         curl -sS --max-time 5 -o /dev/null -w 'hostlo %{{http_code}}\\n' http://127.0.0.1:{port}/ 2>/dev/null; \
+         curl -sS --max-time 5 -o /dev/null -w 'slirphost %{{http_code}}\\n' http://10.0.2.2:{port}/ 2>/dev/null; \
+         env | grep -ci '^https\\?_proxy=' ; true",
+        ip = inet.ip
+    );
+    let a = Airlock::root();
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "none",
+            "--net",
+            "open",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout
+            .starts_with(&format!("hello from {} /open\n", inet.ip)),
+        "{}",
+        out.describe()
+    );
+    for blocked in ["meta 000", "alibaba 000", "hostlo 000", "slirphost 000"] {
+        assert!(
+            out.stdout.contains(blocked),
+            "expected `{blocked}`: {}",
+            out.describe()
+        );
+    }
+    assert!(
+        out.stdout.ends_with("\n0\n"),
+        "no proxy variables in open mode: {}",
+        out.describe()
+    );
+    assert!(
+        host_lo.accept().is_err(),
+        "the host's loopback listener was reached"
+    );
+}

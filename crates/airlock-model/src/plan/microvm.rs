@@ -15,6 +15,9 @@ use crate::vm::{GuestFile, GuestJob, GuestNet, DISK_ROOT, DISK_WORKSPACE, VM_POR
 pub const VM_CACHE_DIR: &str = "/airlock-vm/cache";
 /// Inside the QEMU container: the run's own directory (channel socket, workspace image).
 pub const VM_RUN_DIR: &str = "/airlock-vm/run";
+/// Inside the QEMU container: the directory of an image's root disk (the image store's
+/// `vm/KEY`), read-only.
+pub const VM_IMAGE_DIR: &str = "/airlock-vm/image";
 /// The channel's socket in the run directory.
 pub const VM_CHANNEL: &str = "channel.sock";
 /// The workspace image in the run directory.
@@ -150,14 +153,24 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if !spec.binds.is_empty() {
         return Err(Refusal::MicrovmUnsupported("--ro mounts"));
     }
-    if spec.rootfs != crate::spec::RootFs::Host {
-        return Err(Refusal::MicrovmUnsupported(
-            "image root filesystems (image = \"host\" only)",
-        ));
-    }
-    if spec.net == NetMode::Open {
-        return Err(Refusal::MicrovmUnsupported("--net open"));
-    }
+    // An image: its one read-only disk (made from its layers by the backend's preparation)
+    // is the guest's root instead of the host root image.
+    let image = match &spec.rootfs {
+        crate::spec::RootFs::Host => None,
+        image @ crate::spec::RootFs::Image { .. } => {
+            let missing = || Refusal::ImageNotInStore(image.label());
+            let found = host.image.as_deref().ok_or_else(missing)?;
+            let disk = found.vm_disk.as_deref().ok_or_else(missing)?;
+            let (Some(dir), Some(file)) = (disk.parent(), disk.file_name()) else {
+                return Err(missing());
+            };
+            Some((
+                found,
+                dir.to_path_buf(),
+                file.to_string_lossy().into_owned(),
+            ))
+        }
+    };
     let memory = match spec.resources.memory {
         Some(m) if !spec.defaulted.memory => m.0,
         _ => VM_DEFAULT_MEMORY,
@@ -238,7 +251,11 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             format!("virtio-blk-device,drive={id},serial={serial}"),
         ]);
     };
-    disk("root", s(&cache.join(&vm.rootfs)), DISK_ROOT, false);
+    let root_disk = match &image {
+        Some((_, _, file)) => Path::new(VM_IMAGE_DIR).join(file),
+        None => cache.join(&vm.rootfs),
+    };
+    disk("root", s(&root_disk), DISK_ROOT, false);
     if has_ws {
         disk(
             "ws",
@@ -281,6 +298,8 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     q.argv = argv;
     // QEMU is the container's command even for a named sandbox (the guest holds its state).
     q.persistent = false;
+    // QEMU runs on the host's root filesystem whatever the guest's is.
+    q.rootfs = crate::spec::RootFs::Host;
     q.workspace = WorkspaceMode::None;
     q.workdir = Some(PathBuf::from("/"));
     q.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
@@ -290,6 +309,13 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         target: cache.to_path_buf(),
         writable: false,
     }];
+    if let Some((_, dir, _)) = &image {
+        q.binds.push(crate::spec::BindSpec {
+            source: dir.clone(),
+            target: PathBuf::from(VM_IMAGE_DIR),
+            writable: false,
+        });
+    }
     q.protected = vec![];
     q.home_files = Default::default();
     q.secrets = Default::default();
@@ -322,9 +348,10 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             }
         }
     }
-    // The generated /etc files, and airlock's profile.d drop-in (login shells keep the agent
-    // tools on PATH): the guest's root image has no /etc/profile.d of the host's.
-    let files = container::etc_files(spec, None)
+    // The generated /etc files (with an image's own users kept), and airlock's profile.d
+    // drop-in (login shells keep the agent tools on PATH): the guest's root image has no
+    // /etc/profile.d of the host's.
+    let files = container::etc_files(spec, image.as_ref().map(|(i, _, _)| *i))
         .into_iter()
         .chain(container::profile_d(&[]))
         .filter_map(|m| match m {

@@ -60,6 +60,10 @@ pub struct ImageRoot {
     /// added, so the image's own users still resolve).
     pub passwd: Option<String>,
     pub group: Option<String>,
+    /// The image as one read-only disk for a microVM's root (built once per layer set by the
+    /// microVM backend's preparation; None for the container backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_disk: Option<PathBuf>,
 }
 
 /// What a build and host can provide, whatever the policy: the isolation backends, and whether

@@ -13,6 +13,7 @@ pub mod channel;
 pub mod control;
 pub mod kernel;
 pub mod mux;
+pub mod pool;
 pub mod term;
 
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
