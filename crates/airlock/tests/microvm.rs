@@ -63,7 +63,7 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
              cat /workspace/a.txt; ls /sys/class/net; id -u; echo oops >&2; \
              read line; echo \"got $line\"; exit 7",
         ],
-        &[],
+        &[("AIRLOCK_TIMING", "1")],
         Some(b"piped in\n"),
     );
     assert_eq!(out.code(), 7, "{}", out.describe());
@@ -88,6 +88,32 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
     assert_eq!(
         std::fs::read_to_string(a.cwd.join("a.txt")).expect("read"),
         "from the host\n"
+    );
+    // The guest's boot steps (AIRLOCK_TIMING=1): it says hello once the channel's modules are
+    // in, before the last of the root's, so the job travels while those load.
+    let steps: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            l.split_once("] guest +")?
+                .1
+                .split_once(": ")?
+                .1
+                .split(" (at ")
+                .next()
+        })
+        .collect();
+    let at = |pred: &dyn Fn(&str) -> bool| steps.iter().position(|s| pred(s));
+    let open =
+        at(&|s| s == "channel open").unwrap_or_else(|| panic!("no channel open in {steps:?}"));
+    let console = at(&|s| s.starts_with("module ") && s.ends_with("-virtio_console"));
+    let last_module = steps.iter().rposition(|s| s.starts_with("module "));
+    if let (Some(console), Some(last)) = (console, last_module) {
+        assert!(console < open && open < last, "{steps:?}");
+    }
+    assert!(
+        open < at(&|s| s == "job received").expect("job received"),
+        "{steps:?}"
     );
 }
 
