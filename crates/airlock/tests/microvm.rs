@@ -2070,7 +2070,7 @@ fn a_microvm_boots_an_images_root_built_once() {
     assert_eq!(out.code(), 0, "{}", out.describe());
     let script = "cat /etc/os-release; test -e /usr && echo host-usr || echo no-usr; \
                   test -e /gone && echo gone-there || echo gone-hidden; \
-                  id -u; pwd; echo \"$IMAGE_VAR\"; uname -r";
+                  id -u; pwd; echo \"$IMAGE_VAR\"; uname -r; ls -ln /bin/busybox";
     let image = "example.com/vm/busybox:1";
     let out = vm_run(
         &a,
@@ -2111,6 +2111,18 @@ fn a_microvm_boots_an_images_root_built_once() {
         out.describe()
     );
     assert_ne!(lines[7], host_release(), "the guest's kernel");
+    // The image's owners (root's here), not the store's shifted ones.
+    let owners = |line: Option<&&str>| -> Vec<String> {
+        line.map(|l| {
+            l.split_whitespace()
+                .skip(2)
+                .take(2)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    assert_eq!(owners(lines.get(8)), ["0", "0"], "{}", out.describe());
     let disks: Vec<std::path::PathBuf> = std::fs::read_dir(a.state_dir().join("images/vm"))
         .expect("images/vm")
         .flatten()
@@ -2118,15 +2130,63 @@ fn a_microvm_boots_an_images_root_built_once() {
         .collect();
     assert_eq!(disks.len(), 1, "{disks:?}");
     let before = std::fs::metadata(&disks[0]).expect("the disk");
-    // The second run boots the cached disk: not rebuilt, not even rewritten. Its root is
-    // writable (a layer over the read-only image, inside the guest).
+    // A named microVM on the same image boots the cached disk: not rebuilt, not even
+    // rewritten. Its root is writable (a layer over the read-only image, inside the guest).
+    let _guard = Named(&a, "vmimg");
+    let vm = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    vm(&[
+        "create",
+        "vmimg",
+        "--backend",
+        "microvm",
+        "--image",
+        image,
+        "--user",
+        "root",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+    ]);
+    let out = vm(&["start", "vmimg"]);
+    assert!(!out.stderr.contains("building"), "{}", out.describe());
+    let out = vm(&[
+        "exec",
+        "vmimg",
+        "--",
+        "sh",
+        "-c",
+        "echo w > /bin/added && cat /bin/added; id -u; cat /etc/os-release",
+    ]);
+    assert!(
+        out.stdout.starts_with("w\n0\nID=airlock-vm-image\n"),
+        "{}",
+        out.describe()
+    );
+    vm(&["rm", "-f", "vmimg"]);
+    let after = std::fs::metadata(&disks[0]).expect("the disk");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (before.ino(), before.mtime(), before.mtime_nsec()),
+        (after.ino(), after.mtime(), after.mtime_nsec())
+    );
+
+    // Rootless: the store and its layers are the user's own; the disk makes them root's.
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    let r = Airlock::rootless(&bins);
+    src.chown_to(&user);
+    let out = r.run(&["image", "import", &src.join("oci").to_string_lossy()]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
     let out = vm_run(
-        &a,
+        &r,
         &[
             "--image",
             image,
-            "--user",
-            "root",
             "--workspace",
             "none",
             "--net",
@@ -2134,22 +2194,33 @@ fn a_microvm_boots_an_images_root_built_once() {
             "--",
             "sh",
             "-c",
-            "echo w > /bin/added && cat /bin/added; id -u; cat /etc/os-release",
+            "cat /etc/os-release; test -e /usr && echo host-usr || echo no-usr; id -u; ls -ln /bin/busybox",
         ],
         &[],
     );
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    assert!(
-        out.stdout.starts_with("w\n0\nID=airlock-vm-image\n"),
-        "{}",
+    assert_eq!(out.code(), 0, "rootless: {}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "ID=airlock-vm-image",
+            "NAME=\"only in the image\"",
+            "no-usr",
+            "33"
+        ],
+        "rootless: {}",
         out.describe()
     );
-    assert!(!out.stderr.contains("building"), "{}", out.describe());
-    let after = std::fs::metadata(&disks[0]).expect("the disk");
-    use std::os::unix::fs::MetadataExt;
     assert_eq!(
-        (before.ino(), before.mtime(), before.mtime_nsec()),
-        (after.ino(), after.mtime(), after.mtime_nsec())
+        owners(lines.get(4)),
+        ["0", "0"],
+        "rootless: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("building the microVM disk of image"),
+        "rootless: its own store, its own disk: {}",
+        out.describe()
     );
 }
 
