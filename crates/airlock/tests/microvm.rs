@@ -63,7 +63,7 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
              cat /workspace/a.txt; ls /sys/class/net; id -u; echo oops >&2; \
              read line; echo \"got $line\"; exit 7",
         ],
-        &[],
+        &[("AIRLOCK_TIMING", "1")],
         Some(b"piped in\n"),
     );
     assert_eq!(out.code(), 7, "{}", out.describe());
@@ -88,6 +88,32 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
     assert_eq!(
         std::fs::read_to_string(a.cwd.join("a.txt")).expect("read"),
         "from the host\n"
+    );
+    // The guest's boot steps (AIRLOCK_TIMING=1): it says hello once the channel's modules are
+    // in, before the last of the root's, so the job travels while those load.
+    let steps: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            l.split_once("] guest +")?
+                .1
+                .split_once(": ")?
+                .1
+                .split(" (at ")
+                .next()
+        })
+        .collect();
+    let at = |pred: &dyn Fn(&str) -> bool| steps.iter().position(|s| pred(s));
+    let open =
+        at(&|s| s == "channel open").unwrap_or_else(|| panic!("no channel open in {steps:?}"));
+    let console = at(&|s| s.starts_with("module ") && s.ends_with("-virtio_console"));
+    let last_module = steps.iter().rposition(|s| s.starts_with("module "));
+    if let (Some(console), Some(last)) = (console, last_module) {
+        assert!(console < open && open < last, "{steps:?}");
+    }
+    assert!(
+        open < at(&|s| s == "job received").expect("job received"),
+        "{steps:?}"
     );
 }
 
@@ -2186,4 +2212,160 @@ fn an_open_network_guest_reaches_out_but_not_metadata_or_host_loopback() {
         host_lo.accept().is_err(),
         "the host's loopback listener was reached"
     );
+}
+
+/// Plain HTTP to x.test through the explicit proxy (curl, with the guest's proxy variables)
+/// and on the transparent path with the sandbox's DNS (Python, no proxy): both results on one
+/// line, e.g. `curl=hello from x.test /a py=hello from x.test /a`.
+fn both_http_paths(path: &str) -> String {
+    format!(
+        "c=$(curl -fsS --max-time 20 http://x.test{path} 2>/dev/null || echo DENIED); \
+         p=$(python3 -c \"import urllib.request as u; \
+print(u.build_opener(u.ProxyHandler({{}})).open('http://x.test{path}',timeout=20).read().decode().strip())\" 2>/dev/null || echo DENIED); \
+         echo \"curl=$c py=$p\""
+    )
+}
+
+/// A keep-alive HTTPS connection on the transparent path (TLS relayed by name: plain HTTP is
+/// one request per connection), one request, then wait (at most 60 s) for the connection to be
+/// closed from outside. The guest has no copy of the test CA (a microVM takes no --ro mount
+/// yet): the server's certificate is not what this checks.
+const LONG_LIVED_TLS: &str = "import http.client, ssl, select
+c = http.client.HTTPSConnection('x.test', 443, timeout=90, context=ssl._create_unverified_context())
+c.request('GET', '/long')
+r = c.getresponse()
+print(r.status, r.read().decode().strip(), flush=True)
+ready, _, _ = select.select([c.sock], [], [], 60)
+try:
+    data = c.sock.recv(1) if ready else b'x'
+except Exception:
+    data = b''
+print('closed' if not data else 'still open', flush=True)
+";
+
+/// Removes the named sandbox and stops the engine whatever the test's outcome.
+struct Named<'a>(&'a Airlock, &'a str);
+
+impl Drop for Named<'_> {
+    fn drop(&mut self) {
+        let _ = vm_cli(self.0, &["rm", "-f", self.1]);
+        common::stop_engines_of(self.0);
+    }
+}
+
+/// Live policy on a running named microVM, as for containers (tests/live_policy.rs): the
+/// guest's connection to a host is denied (journaled, with `airlock allow` as the fix), `allow`
+/// lets the same connection through without a restart, `deny` refuses it again and closes an
+/// open connection to it — on both the explicit proxy and the transparent path.
+#[test]
+fn allow_and_deny_reach_a_running_microvm() {
+    if !e2e("allow_and_deny_reach_a_running_microvm") {
+        return;
+    }
+    let inet = Internet::start(&["x.test", "keep.test"], &[]);
+    let a = Airlock::root();
+    let name = "live-vm";
+    let _guard = Named(&a, name);
+    let run = |args: &[&str]| {
+        let mut cmd = a.command(args);
+        cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+        cmd.env("AIRLOCK_DNS_UPSTREAM", &inet.dns);
+        common::run_with_deadline(cmd, None, VM_DEADLINE)
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    let exec = |script: &str| {
+        ok(&["exec", name, "--", "sh", "-c", script])
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let journal = || -> Vec<serde_json::Value> {
+        ok(&["audit", name, "--json"])
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    };
+    ok(&[
+        "create",
+        name,
+        "--backend",
+        "microvm",
+        "--workspace",
+        "none",
+        "--allow",
+        "keep.test",
+    ]);
+    ok(&["start", name]);
+    let denied = "curl=DENIED py=DENIED";
+    assert_eq!(exec(&both_http_paths("/a")), denied, "before");
+    let fix = format!("run `airlock allow {name} x.test");
+    let events = journal();
+    assert!(
+        events.iter().any(|e| e["category"] == "egress"
+            && e["decision"] == "deny"
+            && e["host"] == "x.test"
+            && e["fix"].as_str().is_some_and(|f| f.starts_with(&fix))),
+        "{events:#?}"
+    );
+
+    let out = ok(&["allow", name, "x.test"]);
+    assert_eq!(
+        out.stdout,
+        format!("allowed x.test in {name} (in force now, and at its later starts)\n")
+    );
+    assert_eq!(
+        exec(&both_http_paths("/b")),
+        "curl=hello from x.test /b py=hello from x.test /b",
+        "after allow, same guest, no restart"
+    );
+
+    // A long-lived connection, open while x.test is denied: closed from outside.
+    let mut child = a
+        .command(&["exec", name, "--", "python3", "-c", LONG_LIVED_TLS])
+        .env("AIRLOCK_CACHE_DIR", cache_dir())
+        .env("AIRLOCK_DNS_UPSTREAM", &inet.dns)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exec");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(first, "200 hello from x.test /long");
+    let out = ok(&["deny", name, "x.test", "--json"]);
+    let change: serde_json::Value = serde_json::from_str(&out.stdout).expect("--json");
+    assert_eq!(
+        (
+            &change["op"],
+            &change["domain"],
+            &change["live"],
+            &change["closed"]
+        ),
+        (
+            &serde_json::json!("deny"),
+            &serde_json::json!("x.test"),
+            &serde_json::json!(true),
+            &serde_json::json!(1)
+        ),
+        "{change}"
+    );
+    assert_eq!(change["domains"], serde_json::json!(["keep.test"]));
+    let second = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(second, "closed", "the open connection");
+    let _ = child.wait();
+    assert_eq!(exec(&both_http_paths("/c")), denied, "after deny");
+    let policy: Vec<serde_json::Value> = journal()
+        .into_iter()
+        .filter(|e| e["category"] == "policy")
+        .collect();
+    assert_eq!(policy.len(), 2, "{policy:#?}");
+    assert_eq!(
+        (&policy[0]["op"], &policy[1]["op"]),
+        (&serde_json::json!("allow"), &serde_json::json!("deny"))
+    );
+    assert_eq!(policy[1]["closed"], 1);
 }

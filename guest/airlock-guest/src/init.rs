@@ -104,24 +104,21 @@ fn boot() -> Res<()> {
         return Ok(());
     }
     t.mark("early mounts");
-    load_modules(Path::new(MODULES), &mut t)?;
-    let port = wait_for(Duration::from_secs(20), || find_port(VM_PORT_NAME))
-        .ok_or("the channel port did not appear")?;
-    let chan = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&port)
-        .map_err(ctx(port.display()))?;
-    t.mark("channel open");
+    // The channel first: the hello goes out as soon as the port is there (looked for after
+    // each module), and the host's job travels while the other modules load.
+    let mut early = Early::default();
+    load_modules(Path::new(CHAN_MODULES), &mut t, &mut |t| early.poll(t))?;
+    load_modules(Path::new(MODULES), &mut t, &mut |t| early.poll(t))?;
+    let chan = match early {
+        Early { err: Some(e), .. } => return Err(e),
+        Early { chan: Some(c), .. } => c,
+        Early { chan: None, .. } => {
+            let port = wait_for(Duration::from_secs(20), || find_port(VM_PORT_NAME))
+                .ok_or("the channel port did not appear")?;
+            greet(&port, &mut t)?
+        }
+    };
     let mut out = Channel(chan.try_clone().map_err(ctx("channel"))?);
-    let kernel = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    out.send(&GuestMsg::Hello {
-        v: VM_PROTOCOL_VERSION,
-        kernel,
-        sessions: true,
-    });
     let mut input = BufReader::new(chan);
     let (mut job, secrets, ca_bundle) = loop {
         let mut line = String::new();
@@ -221,6 +218,46 @@ fn boot() -> Res<()> {
     Ok(())
 }
 
+/// The channel while the modules load: opened (and the hello sent) once its port is there.
+#[derive(Default)]
+struct Early {
+    chan: Option<File>,
+    err: Option<String>,
+}
+
+impl Early {
+    fn poll(&mut self, t: &mut Timing) {
+        if self.chan.is_some() || self.err.is_some() {
+            return;
+        }
+        if let Some(port) = find_port(VM_PORT_NAME) {
+            match greet(&port, t) {
+                Ok(c) => self.chan = Some(c),
+                Err(e) => self.err = Some(e),
+            }
+        }
+    }
+}
+
+/// Open the channel's port and say hello.
+fn greet(port: &Path, t: &mut Timing) -> Res<File> {
+    let chan = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(port)
+        .map_err(ctx(port.display()))?;
+    t.mark("channel open");
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Channel(chan.try_clone().map_err(ctx("channel"))?).send(&GuestMsg::Hello {
+        v: VM_PROTOCOL_VERSION,
+        kernel,
+        sessions: true,
+    });
+    Ok(chan)
+}
+
 struct Channel(File);
 
 impl Channel {
@@ -245,15 +282,17 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// Where the initramfs holds the kernel modules: those every boot needs, in load order
-/// (`NN-NAME.ko`), in `net/` those only a guest with a network needs and in `disk/` those only a
-/// workspace disk needs.
+/// Where the initramfs holds the kernel modules, each group in load order (`NN-NAME.ko`): in
+/// `chan/` the channel's (loaded first), then the others every boot needs, in `net/` those only
+/// a guest with a network needs and in `disk/` those only a workspace disk needs.
+const CHAN_MODULES: &str = "/modules/chan";
 const MODULES: &str = "/modules";
 const NET_MODULES: &str = "/modules/net";
 const DISK_MODULES: &str = "/modules/disk";
 
-/// finit_module every DIR/NN-NAME.ko in order (already loaded or built in: fine).
-fn load_modules(dir: &Path, t: &mut Timing) -> Res<()> {
+/// finit_module every DIR/NN-NAME.ko in order (already loaded or built in: fine), calling
+/// `after` after each.
+fn load_modules(dir: &Path, t: &mut Timing, after: &mut dyn FnMut(&mut Timing)) -> Res<()> {
     let mut mods: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(d) => d,
         // No optional group in this initramfs: nothing to load.
@@ -289,6 +328,7 @@ fn load_modules(dir: &Path, t: &mut Timing) -> Res<()> {
             .map(|s| s.to_string_lossy())
             .unwrap_or_default();
         t.mark(format!("module {name}"));
+        after(t);
     }
     Ok(())
 }
@@ -416,7 +456,7 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     }
     if job.workspace_disk {
         // The sandbox's own clone: its ext4 image, writable, kept between starts.
-        load_modules(Path::new(DISK_MODULES), t)?;
+        load_modules(Path::new(DISK_MODULES), t, &mut |_| {})?;
         let ws = wait_for(Duration::from_secs(20), || find_disk(DISK_WORKSPACE))
             .ok_or("the workspace disk did not appear")?;
         let target = at("/workspace");
@@ -446,7 +486,7 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     let _ = nix::unistd::sethostname(&job.hostname);
     net::up("lo", None)?;
     if job.net == GuestNet::User {
-        load_modules(Path::new(NET_MODULES), t)?;
+        load_modules(Path::new(NET_MODULES), t, &mut |_| {})?;
         net::up(
             "eth0",
             Some(([10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2])),

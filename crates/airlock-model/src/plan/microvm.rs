@@ -51,6 +51,9 @@ pub const VM_DEFAULT_MEMORY: u64 = 1 << 30;
 pub const VM_OVERHEAD: u64 = 384 << 20;
 /// TCG translation block cache in MiB (QEMU's default is 1 GiB of address space).
 pub const TCG_TB_MIB: u64 = 128;
+/// The virtio-serial device's port count: port 0 (reserved by QEMU for a console, unused) and
+/// the channel's.
+pub const VM_SERIAL_PORTS: u32 = 2;
 /// The guest's address on QEMU's user-mode network, where the host side is 10.0.2.2.
 pub const SLIRP_HOST: &str = "10.0.2.2";
 
@@ -293,7 +296,12 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         );
     }
     let mut push = |a: &[&str]| argv.extend(a.iter().map(|x| x.to_string()));
-    push(&["-device", "virtio-serial-device"]);
+    // One port (the channel; port 0 is reserved for a console): the guest's driver sets up two
+    // virtqueues per possible port, 64 for QEMU's default of 31 ports, at boot.
+    push(&[
+        "-device",
+        &format!("virtio-serial-device,max_ports={VM_SERIAL_PORTS}"),
+    ]);
     push(&[
         "-chardev",
         &format!("socket,id=channel,path={}", s(&run.join(VM_CHANNEL))),

@@ -998,7 +998,7 @@ fn the_microvm_plan_is_exact() {
         "-device",
         "virtio-blk-device,drive=ws,serial=airlock-ws",
         "-device",
-        "virtio-serial-device",
+        "virtio-serial-device,max_ports=2",
         "-chardev",
         "socket,id=channel,path=/airlock-vm/run/channel.sock",
         "-device",

@@ -77,6 +77,9 @@ fn member_spec(
         cmd: vec![],
     };
     let built = super::spec::build(&ra, global_config, no_user_config, true)?;
+    if built.spec.backend == BackendKind::Microvm {
+        super::warm_vm::check_backend(&built.spec)?;
+    }
     Ok((member_of(&built.spec), built.pool_size))
 }
 
