@@ -153,19 +153,21 @@ pub fn render(e: &JournalEntry) -> Option<String> {
             | SandboxMsg::Output { .. } => return None,
         },
     };
-    Some(format!("{time} {body}"))
+    // The texts are the agent's: a terminal must not obey the controls in them.
+    Some(airlock_model::text::shown(&format!("{time} {body}")).into_owned())
 }
 
 /// A short summary for `list`: "done: text" / "ended-unreported" / "blocked: domain".
 pub fn summary(e: &JournalEntry) -> String {
-    match &e.msg {
+    let line = match &e.msg {
         JournalMsg::Sandbox(SandboxMsg::Report { status, text, .. }) => {
             format!("{}: {}", status.as_str(), one_line(text))
         }
         JournalMsg::Sandbox(SandboxMsg::Blocked { domain, .. }) => format!("blocked: {domain}"),
         JournalMsg::Sandbox(SandboxMsg::TurnCompleted { .. }) => "ended-unreported".into(),
         _ => String::new(),
-    }
+    };
+    airlock_model::text::shown(&line).into_owned()
 }
 
 fn one_line(s: &str) -> String {
@@ -208,5 +210,37 @@ pub fn ends_turn(e: &JournalEntry, turn: u64) -> Option<TurnEnd> {
             ..
         }) if *turn_id == turn => Some(TurnEnd::Unreported),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent writes the report text: `reports`, `attach` and `list` print it on the user's
+    /// terminal, which must not obey an escape sequence in it (clear the screen, set the
+    /// clipboard, hide a line) or reorder it with a bidi override.
+    #[test]
+    fn a_report_cannot_drive_the_terminal() {
+        let e = JournalEntry {
+            time: "2026-12-06T13:00:00.000Z".into(),
+            from: Origin::Sandbox,
+            msg: JournalMsg::Sandbox(SandboxMsg::Report {
+                status: ReportStatus::Done,
+                text: "all good\u{1b}[2J\u{1b}]52;c;ZXZpbA==\u{7} \u{9b}1A\u{202e}gnp.exe".into(),
+                turn_id: Some(1),
+            }),
+        };
+        for line in [render(&e).expect("a report renders"), summary(&e)] {
+            assert!(
+                !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{line:?}"
+            );
+            assert!(
+                line.contains("all good\\x1b[2J\\x1b]52;c;ZXZpbA==\\x07"),
+                "{line:?}"
+            );
+            assert!(line.contains("\\x9b1A\\u{202e}gnp.exe"), "{line:?}");
+        }
     }
 }

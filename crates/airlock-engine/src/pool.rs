@@ -83,7 +83,13 @@ pub fn key(spec: &RunSpec) -> String {
     if s.workspace == airlock_model::policy::WorkspaceMode::None {
         s.project_dir = PathBuf::from("/");
     }
-    let json = serde_json::to_vec(&s).unwrap_or_default();
+    let mut json = serde_json::to_vec(&s).unwrap_or_default();
+    // A microVM member is also what its guest booted from (kernel, initramfs, root image).
+    if s.backend == airlock_model::policy::BackendKind::Microvm {
+        json.extend_from_slice(
+            airlock_sandbox::microvm::pool::identity(s.kernel.as_ref()).as_bytes(),
+        );
+    }
     let digest = sha2::Sha256::digest(&json);
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -556,12 +562,13 @@ pub fn reap(store: &mut Store, backend: &dyn Backend, state: &Path, all: bool) -
     removed
 }
 
-/// Whether the member's PID 1 runs (published: its setup is done).
+/// Whether the member's PID 1 runs (published: its setup is done; a microVM's guest takes
+/// sessions).
 fn running(name: &str, dir: &Path) -> bool {
     matches!(
         backend_liveness(name, dir),
         crate::backend::Liveness::Running { .. }
-    ) && airlock_sandbox::container::exec::pid1(dir).is_some()
+    ) && supervisor::sandbox_up(name, dir)
 }
 
 fn backend_liveness(name: &str, dir: &Path) -> crate::backend::Liveness {
@@ -603,6 +610,10 @@ pub fn start_member(
         backend
             .start(&m.name, &dir, &spec_json, &Secrets::default())
             .map_err(|e| e.to_string())?;
+        // A microVM is ready once a session went to its guest and back.
+        if spec["backend"] == "microvm" {
+            airlock_sandbox::microvm::pool::round_trip(&dir)?;
+        }
         Ok(())
     })();
     match made {

@@ -105,6 +105,10 @@ fn with_isolation<T>(
 }
 
 /// Whether PID 1 of the sandbox in `dir` runs (published for exec).
+pub fn sandbox_up(name: &str, dir: &Path) -> bool {
+    pid1_up(name, dir)
+}
+
 fn pid1_up(name: &str, dir: &Path) -> bool {
     with_isolation(name, dir, |b, s| b.observe(s))
         .is_some_and(|o| matches!(o, Observed::Running { .. }))

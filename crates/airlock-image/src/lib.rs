@@ -2,7 +2,8 @@
 //! registry client ([`registry`]), pulls ([`pull`]) and imports ([`import`]) into a
 //! content-addressed store of unpacked layers ([`store`]), and the hostile-archive-safe layer
 //! unpacker ([`unpack`]). The container backend stacks a record's layer directories as the
-//! lower layers of the sandbox's overlay root.
+//! lower layers of the sandbox's overlay root; the microVM backend boots one disk made of
+//! them ([`vm_disk`]).
 
 pub mod digest;
 pub mod import;
@@ -14,6 +15,7 @@ pub mod registry;
 pub mod store;
 pub mod unpack;
 pub mod user;
+pub mod vm_disk;
 pub mod zstd;
 
 pub use digest::Digest;

@@ -7,6 +7,7 @@
 //! images/refs/KEY.json        an image record: reference, manifest digest, config, layers
 //! images/locks/HEX.lock       flock held while a layer is being unpacked
 //! images/tmp/PID-RANDOM/      work in progress; renamed into place only once verified
+//! images/vm/KEY/root.erofs    an image as one microVM root disk (see [`crate::vm_disk`])
 //! ```
 //!
 //! Everything lands through a temporary name and a rename, so an interrupted pull or import
@@ -101,6 +102,8 @@ pub struct Pruned {
     pub blobs: usize,
     pub bytes: u64,
     pub temporaries: usize,
+    /// microVM disks of images no record has any more (`images/vm`).
+    pub vm_disks: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -397,6 +400,9 @@ impl Store {
             }
         }
         out.temporaries = self.sweep_temporaries();
+        let (disks, disk_bytes) = self.prune_vm_disks(&records);
+        out.vm_disks = disks;
+        out.bytes += disk_bytes;
         let layers = self.root.join("layers");
         for e in fs::read_dir(&layers).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -125,6 +125,7 @@ pub fn verdicts(spec: &RunSpec, subjects: &Subjects) -> Vec<Verdict> {
                 layers: Vec::new(),
                 passwd: None,
                 group: None,
+                vm_disk: None,
             }));
         }
         match plan::plan(spec, &facts) {

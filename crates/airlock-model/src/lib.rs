@@ -8,5 +8,6 @@ pub mod plan;
 pub mod policy;
 pub mod runtime;
 pub mod spec;
+pub mod text;
 pub mod userfile;
 pub mod vm;

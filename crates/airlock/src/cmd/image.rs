@@ -343,8 +343,9 @@ pub fn resolve_for_spec(
     ))
 }
 
-/// The store's facts for a spec's image root (None for `host`), for the planner.
-pub fn root_facts(rootfs: &RootFs) -> CliResult<Option<Box<ImageRoot>>> {
+/// The store's facts for a spec's image root (None for `host`), for the planner; for the
+/// microVM backend (`vm_disk`) with the image's root disk, built on its first use.
+pub fn root_facts(rootfs: &RootFs, vm_disk: bool) -> CliResult<Option<Box<ImageRoot>>> {
     let RootFs::Image { reference, digest } = rootfs else {
         return Ok(None);
     };
@@ -361,12 +362,36 @@ pub fn root_facts(rootfs: &RootFs) -> CliResult<Option<Box<ImageRoot>>> {
     let layers = store.layer_dirs(&rec);
     // /etc/passwd and /etc/group as the image shows them (never through a symlink).
     let read = |name: &str| airlock_image::user::read_file(&layers, &["etc", name]);
+    let reference = format!("{}@{}", strip_digest(&rec.reference), rec.manifest);
+    let vm_disk = match vm_disk {
+        true => Some(ensure_vm_disk(&store, &rec, &label)?),
+        false => None,
+    };
     Ok(Some(Box::new(ImageRoot {
-        reference: format!("{}@{}", strip_digest(&rec.reference), rec.manifest),
+        reference,
         passwd: read("passwd"),
         group: read("group"),
         layers,
+        vm_disk,
     })))
+}
+
+/// The image's read-only root disk for microVMs (an erofs of its merged layers), built once per
+/// layer set and kept in the store beside the layers (`image prune` removes it with them).
+fn ensure_vm_disk(store: &Store, rec: &ImageRecord, label: &str) -> CliResult<std::path::PathBuf> {
+    use airlock_image::vm_disk::Owners;
+    let disk = store.vm_disk(
+        rec,
+        || errln!("airlock: building the microVM disk of image {label} (once; kept in the image store)"),
+        |tree, out, owners| {
+            let mut extra = vec!["-zlz4".to_string()];
+            if owners == Owners::AllRoot {
+                extra.push("--all-root".into());
+            }
+            airlock_sandbox::microvm::artifacts::erofs(tree, out, &extra)
+        },
+    )?;
+    Ok(disk.path)
 }
 
 /// Who runs in an image by default: its `User` resolved through its own /etc/passwd and

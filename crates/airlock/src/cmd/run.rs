@@ -117,7 +117,8 @@ pub fn launch(
         }
         _ => backend.check(&spec.project_dir, &layout),
     };
-    facts.image = crate::cmd::image::root_facts(&spec.rootfs)?;
+    let vm = matches!(backend, AnyBackend::MicroVm(_));
+    facts.image = crate::cmd::image::root_facts(&spec.rootfs, vm)?;
     let plan = plan::plan(spec, &facts)?;
     airlock_sandbox::phase("planned");
     if !plan.unenforced_limits().is_empty() {

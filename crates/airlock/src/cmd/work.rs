@@ -6,7 +6,7 @@ use crate::error::{CliError, CliResult};
 use airlock_engine::action::{Action, ActionData};
 use airlock_engine::client::ClientError;
 use airlock_model::exit;
-use airlock_work::gate::{shown, Finding};
+use airlock_work::gate::{shown, shown_but, Finding};
 use airlock_work::git::{valid_branch, Git, GitError};
 use airlock_work::ops::{self, SyncReport};
 use airlock_work::review::ReviewError;
@@ -21,10 +21,13 @@ impl From<ReviewError> for CliError {
             ReviewError::NoBranch(_) => {
                 Some("the sandbox must keep its work on its airlock/NAME branch".into())
             }
+            ReviewError::InGuest(n) => Some(airlock_work::ops::in_guest_hint(n)),
             _ => None,
         };
         let code = match &e {
-            ReviewError::NotClone(_) | ReviewError::NoBranch(_) => exit::CONFLICT,
+            ReviewError::NotClone(_) | ReviewError::NoBranch(_) | ReviewError::InGuest(_) => {
+                exit::CONFLICT
+            }
             _ => exit::SANDBOX_FAILED,
         };
         CliError::new(code, e).maybe_hint(hint)
@@ -129,9 +132,16 @@ fn refusal(e: ClientError, name: &str, json: bool) -> CliError {
 }
 
 pub fn diff(a: &DiffArgs) -> CliResult<i32> {
+    let form = if a.json {
+        None
+    } else if a.stat {
+        Some(ops::PatchForm::Stat)
+    } else {
+        Some(ops::PatchForm::Full)
+    };
     let action = Action::Diff {
         name: a.name.clone(),
-        patch: None,
+        patch: form,
     };
     let ActionData::Diff(d) = act(action, &a.name, a.json)? else {
         return Err(other_answer());
@@ -140,24 +150,9 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
         outln!("{:#}", serde_json::to_value(&d).unwrap_or_default());
         return Ok(0);
     }
-    // The patch itself, colored for a terminal: the local git over the range the engine
-    // reviewed (its findings are the engine's).
-    let dir = super::named::existing_dir(&a.name)?;
-    let r = ops::open(&dir, &a.name).map_err(|e| {
-        let (code, hint) = (e.exit_code(), e.hint(&a.name));
-        CliError::new(code, e).maybe_hint(hint)
-    })?;
-    let mut args = vec!["diff", "--no-ext-diff", "--no-textconv", "--color=auto"];
-    if a.stat {
-        args.push("--stat");
-    }
-    args.push(&d.from);
-    args.push(&d.tip);
-    let st = r
-        .git
-        .command(&args)
-        .status()
-        .map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+    // The patch is the engine's (made in its review repository, the one its gate checked): no
+    // git runs here on what the sandbox wrote.
+    show_patch(d.patch.as_deref().unwrap_or_default(), !a.stat);
     if !d.findings.is_empty() {
         errln!(
             "airlock: the review gate flags {} change(s) (fetch and sync need --accept):",
@@ -165,11 +160,78 @@ pub fn diff(a: &DiffArgs) -> CliResult<i32> {
         );
         print_findings(&d.findings);
     }
-    Ok(if st.success() {
-        0
-    } else {
-        exit::SANDBOX_FAILED
-    })
+    Ok(0)
+}
+
+/// The patch text on stdout. A pipe or file gets it as git made it (for `git apply`). A
+/// terminal gets every line through [`shown_but`] — the sandbox wrote those bytes, and a raw
+/// carriage return, erase-line or bidi override would hide a line from the reviewer, an OSC
+/// would drive the terminal — coloured like git's (unless `NO_COLOR`), through the user's pager
+/// (`PAGER`, else `less -FRX`).
+fn show_patch(patch: &str, full: bool) {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdout().is_terminal() {
+        crate::out::bytes(&mut std::io::stdout().lock(), patch.as_bytes());
+        return;
+    }
+    let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map_or(true, |t| t != "dumb");
+    let mut text = String::with_capacity(patch.len() + patch.len() / 8);
+    for line in patch.lines() {
+        let safe = shown_but(line, &['\t']);
+        let paint = match line.as_bytes().first() {
+            _ if !color || !full => None,
+            _ if line.starts_with("diff --git ")
+                || line.starts_with("index ")
+                || line.starts_with("--- ")
+                || line.starts_with("+++ ")
+                || line.starts_with("new file mode ")
+                || line.starts_with("deleted file mode ")
+                || line.starts_with("old mode ")
+                || line.starts_with("new mode ")
+                || line.starts_with("similarity index ")
+                || line.starts_with("rename ")
+                || line.starts_with("Binary files ") =>
+            {
+                Some("1")
+            }
+            Some(b'@') if line.starts_with("@@") => Some("36"),
+            Some(b'+') => Some("32"),
+            Some(b'-') => Some("31"),
+            _ => None,
+        };
+        match paint {
+            Some(code) => text.push_str(&format!("\x1b[{code}m{safe}\x1b[m\n")),
+            None => {
+                text.push_str(&safe);
+                text.push('\n');
+            }
+        }
+    }
+    let pager = std::env::var("PAGER").ok().filter(|p| !p.trim().is_empty());
+    let mut cmd = match &pager {
+        Some(p) if p.trim() == "cat" => None,
+        Some(p) => {
+            let mut c = std::process::Command::new("/bin/sh");
+            c.args(["-c", p]);
+            Some(c)
+        }
+        None => Some(std::process::Command::new("less")),
+    };
+    if let Some(c) = cmd.as_mut() {
+        if std::env::var_os("LESS").is_none() {
+            c.env("LESS", "FRX");
+        }
+        if let Ok(mut child) = c.stdin(std::process::Stdio::piped()).spawn() {
+            if let Some(mut stdin) = child.stdin.take() {
+                // The reader quitting early (q in less) is not an error.
+                let _ = stdin.write_all(text.as_bytes());
+            }
+            let _ = child.wait();
+            return;
+        }
+    }
+    crate::out::bytes(&mut std::io::stdout().lock(), text.as_bytes());
 }
 
 fn other_answer() -> CliError {

@@ -1,0 +1,220 @@
+//! A microVM as a warm pool member (docs/design/warm-pool.md): a held guest, exactly as a
+//! named microVM sandbox's (its supervisor serves sessions on the folder's control socket,
+//! [`super::control`]), that nobody has used yet. A claim binds late over the channel: its
+//! secrets with one root session ([`install_secrets`]), its command, environment and working
+//! directory as the next session; then the guest powers off (a member serves one claim).
+
+use super::{artifacts, control, kernel, JOB_FILE};
+use airlock_model::vm::{GuestExec, GuestJob};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What a member's guest boots from, beyond its spec (which names the kernel only when someone
+/// chose one): the kernel image, the initramfs layout and guest helper, the host root image's
+/// sources. Part of the pool key; stats only, so a claim can afford it.
+pub fn identity(chosen: Option<&airlock_model::spec::GuestKernel>) -> String {
+    let image = match kernel::given(chosen) {
+        Some((image, _)) => image,
+        None => match kernel::find(None) {
+            Ok(k) => k.image,
+            // No kernel: no member can boot, and a cold run says why.
+            Err(_) => return "no-kernel".into(),
+        },
+    };
+    artifacts::boot_identity(&image, airlock_guest_embed::SHA256)
+}
+
+/// The guest job a member's supervisor recorded (its user, environment, working directory).
+pub fn job(dir: &Path) -> Result<GuestJob, String> {
+    std::fs::read(dir.join(JOB_FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{}: {e}", dir.join(JOB_FILE).display()))
+}
+
+/// Run `exec` (no stdin, no output expected) over the member's channel: Ok when it exits 0.
+fn quiet(dir: &Path, exec: GuestExec, what: &str) -> Result<(), String> {
+    let mut out = Vec::new();
+    let (code, err) = control::capture(&dir.join(control::VM_CONTROL), exec, &mut out, 4096)
+        .map_err(|e| format!("{what}: {e}"))?;
+    if code != 0 {
+        return Err(format!(
+            "{what}: exit status {code}: {}",
+            String::from_utf8_lossy(&err).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// The readiness check before a member is handed out: sessions through the supervisor and the
+/// channel to the guest and back. The first, as root, makes the claim's secrets directory
+/// (/run/secrets on the guest's /run tmpfs, empty, 0700, the sandbox user's); the second runs
+/// the shell as the sandbox user, as a claim's secrets do ([`install_secrets`]): under
+/// emulation a program's first start in a guest pays for reading and decompressing it from
+/// the root image, and that belongs here, not in the claim. The whole round trip.
+pub fn round_trip(dir: &Path) -> Result<Duration, String> {
+    let job = job(dir)?;
+    let t0 = Instant::now();
+    let session = |argv: Vec<String>, uid: u32, gid: u32| GuestExec {
+        argv,
+        env: path_only(&job),
+        cwd: "/".into(),
+        uid,
+        gid,
+        stdin: false,
+        secrets: false,
+        tty: None,
+    };
+    let (uid, gid) = (job.uid, job.gid);
+    let prepare = format!("mkdir -m 0700 {SECRETS_DIR} && chown {uid}:{gid} {SECRETS_DIR}");
+    quiet(
+        dir,
+        session(vec!["/bin/sh".into(), "-c".into(), prepare], 0, 0),
+        "the guest's readiness check (secrets directory)",
+    )?;
+    quiet(
+        dir,
+        session(vec!["/bin/sh".into(), "-c".into(), ":".into()], uid, gid),
+        "the guest's readiness check",
+    )?;
+    Ok(t0.elapsed())
+}
+
+/// Where a claim's secrets go in the guest (as the cold guest's init puts them).
+const SECRETS_DIR: &str = "/run/secrets";
+
+/// The job's PATH only: what a helper session needs of its environment.
+fn path_only(job: &GuestJob) -> Vec<(String, String)> {
+    job.env
+        .iter()
+        .filter(|(k, _)| k == "PATH")
+        .cloned()
+        .collect()
+}
+
+/// Whether a secret's name can be a file in /run/secrets and a shell variable name.
+fn plain_name(n: &str) -> bool {
+    let mut c = n.chars();
+    c.next()
+        .is_some_and(|f| f == '_' || f.is_ascii_alphabetic())
+        && c.all(|ch| ch == '_' || ch.is_ascii_alphanumeric())
+}
+
+/// The script of [`install_secrets`]' session: each named variable of its environment to
+/// `dir`/NAME, 0400 as it is written (the umask). Names come as arguments (checked: plain
+/// identifiers), values only in the session's environment. Shell built-ins only: no program
+/// starts (each would cost tens to hundreds of milliseconds under emulation).
+fn secrets_script(dir: &str) -> String {
+    format!(
+        "set -e; umask 377; \
+         for n in \"$@\"; do eval \"printf %s \\\"\\${{$n}}\\\"\" > \"{dir}/$n\"; done"
+    )
+}
+
+/// A claim's plain secrets into its member's guest before its command: /run/secrets/NAME
+/// (0400, the sandbox user's), as a cold run's guest has them. The values travel over the
+/// channel only, in the environment of one session of the sandbox user's own shell that
+/// writes them into the directory the readiness check made on the guest's /run tmpfs (never a
+/// host file, an argument, QEMU's or the kernel's command line).
+pub fn install_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), String> {
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    if let Some((bad, _)) = secrets.iter().find(|(n, _)| !plain_name(n)) {
+        return Err(format!(
+            "a warm microVM takes secrets named like variables only, not {bad:?}"
+        ));
+    }
+    let job = job(dir)?;
+    let mut env = path_only(&job);
+    env.extend(secrets.iter().cloned());
+    let mut argv = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        secrets_script(SECRETS_DIR),
+        "sh".into(),
+    ];
+    argv.extend(secrets.iter().map(|(n, _)| n.clone()));
+    let exec = GuestExec {
+        argv,
+        env,
+        cwd: "/".into(),
+        uid: job.uid,
+        gid: job.gid,
+        stdin: false,
+        secrets: false,
+        tty: None,
+    };
+    quiet(dir, exec, "write the secrets in the guest")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_names_are_plain_identifiers() {
+        for ok in ["TOKEN", "_x", "A1_b"] {
+            assert!(plain_name(ok), "{ok}");
+        }
+        for bad in ["", "1A", "A-B", "a/b", "..", "A B", "$(x)", "A;B"] {
+            assert!(!plain_name(bad), "{bad}");
+        }
+    }
+
+    /// A member booted from another kernel image is another pool's: the identity follows the
+    /// image (a rebuilt or replaced file), not only its path.
+    #[test]
+    fn the_identity_follows_the_kernel_image() {
+        let dir = std::env::temp_dir().join(format!("airlock-vm-ident-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("vmlinuz");
+        std::fs::write(&image, b"one").unwrap();
+        let chosen = airlock_model::spec::GuestKernel {
+            path: image.clone(),
+            from: kernel::FROM_FLAG.into(),
+        };
+        let a = identity(Some(&chosen));
+        assert_eq!(a, identity(Some(&chosen)));
+        std::fs::write(&image, b"another").unwrap();
+        let b = identity(Some(&chosen));
+        assert_ne!(a, b);
+        let other = airlock_model::spec::GuestKernel {
+            path: dir.join("other"),
+            from: kernel::FROM_FLAG.into(),
+        };
+        assert_ne!(b, identity(Some(&other)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The script, run by the host's own shell against a temporary directory instead of
+    /// /run/secrets: exact values (spaces, quotes, newlines, `$`), each file 0400.
+    #[test]
+    fn the_secrets_script_writes_exact_values() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("airlock-vm-secrets-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let script = secrets_script(&base.display().to_string());
+        let values = [("A", "plain"), ("B_2", "it's \"q\" $HOME `x`\nline2\n")];
+        let st = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .arg("sh")
+            .args(values.iter().map(|(n, _)| n))
+            .env_clear()
+            .envs(values.iter().copied())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        for (n, v) in values {
+            let p = base.join(n);
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), v, "{n}");
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o400
+            );
+        }
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

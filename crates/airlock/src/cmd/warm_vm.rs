@@ -1,0 +1,171 @@
+//! `run --backend microvm` through a warm microVM (docs/design/warm-pool.md): the claim is the
+//! container one (`daemon::claim`: one compare-and-set in the store, then a liveness check —
+//! the member's supervisor and its control socket); the binding goes over the member's
+//! channel before any of the claim's code runs: the allowlist (the supervisor's live policy
+//! socket, as `airlock allow`), the plain secrets ([`microvm::pool::install_secrets`]), then
+//! the command, environment, working directory, terminal and stdin as one session. The guest
+//! powers off at the end: a member serves one claim.
+
+use super::daemon;
+use crate::error::{CliError, CliResult};
+use airlock_engine::{paths, pool, supervisor};
+use airlock_model::policy::{NetMode, WorkspaceMode};
+use airlock_sandbox::command::{Ending, Outcome};
+use airlock_sandbox::isolation::{ExecRequest, MicroVm};
+use airlock_sandbox::microvm;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// A microVM pool's members must be able to boot here: what a cold run would refuse (no QEMU,
+/// no usable kernel) is `daemon start`'s error, not a daemon retrying boots in the background.
+/// Also builds what the guests boot from (once; the host image can take minutes), so the
+/// members' starts find it ready.
+pub(super) fn check_backend(spec: &airlock_model::spec::RunSpec) -> CliResult<()> {
+    microvm::prepare(spec.kernel.as_ref())
+        .map(drop)
+        .map_err(|e| {
+            CliError::new(
+                airlock_model::exit::BACKEND_UNAVAILABLE,
+                anyhow::anyhow!("the microvm backend cannot run here: {}", e.why),
+            )
+            .hint(e.hint)
+        })
+}
+
+/// Whether a claimed microVM member takes sessions: its supervisor holds the folder and its
+/// control socket answers.
+pub(super) fn member_up(dir: &Path) -> bool {
+    supervisor::locked(dir)
+        && matches!(
+            MicroVm::default().observe_in(dir),
+            airlock_sandbox::isolation::Observed::Running { .. }
+        )
+}
+
+/// End a microVM member (no-op for any other): its supervisor asks the guest to power off with
+/// no grace — a member serves one claim — and QEMU ends with it.
+pub(super) fn power_off(dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(dir.join(microvm::PID_FILE))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    if !supervisor::locked(dir) {
+        return;
+    }
+    let _ = std::fs::write(dir.join(airlock_sandbox::isolation::STOP_GRACE_FILE), "0");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+}
+
+/// `run` for a microVM spec through a warm member; None: start it cold (no pool, the pool is
+/// empty, the run asks for what a claim cannot bind, or the member refused a binding).
+pub(super) fn try_warm(
+    b: &super::spec::Built,
+    tty: bool,
+    timeout_text: Option<&str>,
+) -> CliResult<Option<i32>> {
+    let spec = &b.spec;
+    // A workspace, read-only mounts (snapshots: a member's would date from its boot),
+    // injected secrets (the proxy's CA and values live in the supervisor): cold.
+    if spec.workspace != WorkspaceMode::None
+        || !spec.binds.is_empty()
+        || spec.secrets.values().any(|s| s.inject.is_some())
+    {
+        return Ok(None);
+    }
+    let state = paths::state_dir();
+    let secrets = super::spec::resolve_secrets(&spec.secrets)?;
+    let t0 = Instant::now();
+    let key = pool::key(spec);
+    let (mut store, member) = match daemon::claim(&state, &key, spec, b.pool_size) {
+        Ok(Some(got)) => got,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            errln!(
+                "airlock: warning: warm pool unavailable, starting cold: {:#}",
+                e.error
+            );
+            return Ok(None);
+        }
+    };
+    let claimed_in = t0.elapsed();
+    airlock_sandbox::phase("claimed a warm microVM");
+    let dir = pool::member_dir(&state, &member.name);
+    let refused = |store: &mut airlock_engine::Store, what: &str, e: &dyn std::fmt::Display| {
+        daemon::release(store, &state, &member, &dir, None);
+        errln!("airlock: warning: the warm microVM refused {what}, starting cold: {e}");
+        Ok(None)
+    };
+    // This run's allowlist, in force before its command runs.
+    if spec.net == NetMode::Filtered {
+        if let Err(e) = airlock_engine::live_policy::send(&dir, &spec.domains, &spec.ports) {
+            return refused(&mut store, "this run's allowlist", &e);
+        }
+    }
+    if let Err(e) = microvm::pool::install_secrets(&dir, &secrets) {
+        return refused(&mut store, "this run's secrets", &e);
+    }
+    let bound_in = t0.elapsed();
+    airlock_sandbox::phase("allowlist and secrets bound");
+    let mut env = spec.env.clone();
+    for (k, v) in &secrets {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    errln!(
+        "airlock: warm start (pool {}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
+        &key[..8],
+        member.name,
+        claimed_in.as_secs_f64() * 1000.0,
+        bound_in.as_secs_f64() * 1000.0
+    );
+    let req = ExecRequest {
+        argv: spec.argv.clone(),
+        env,
+        cwd: spec.workdir.clone(),
+        tty,
+        forward_stdin: b.forward_stdin,
+        with_secrets: false,
+        timeout: b.timeout,
+    };
+    // The time limit: past it the guest powers off under the command.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let timed_out = std::sync::atomic::AtomicBool::new(false);
+    let ran = std::thread::scope(|s| {
+        if let Some(limit) = b.timeout {
+            let (dir, timed_out) = (&dir, &timed_out);
+            s.spawn(move || {
+                if done_rx.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout) {
+                    timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
+                    power_off(dir);
+                }
+            });
+        }
+        let ran = MicroVm::default().exec_in(&dir, &member.name, &req);
+        airlock_sandbox::phase("command ended");
+        drop(done_tx);
+        ran
+    });
+    daemon::release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
+    airlock_sandbox::phase("member released");
+    let outcome = if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+        Outcome {
+            ending: Ending::TimedOut,
+            changes: None,
+        }
+    } else {
+        ran.map_err(CliError::from)?
+    };
+    if outcome.ending == Ending::TimedOut {
+        errln!(
+            "airlock: killed: timeout after {}",
+            timeout_text.unwrap_or("?")
+        );
+    }
+    Ok(Some(outcome.exit_code()))
+}

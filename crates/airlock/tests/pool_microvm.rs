@@ -1,0 +1,481 @@
+//! The warm pool with microVM members (issue 16): the daemon keeps booted guests waiting on
+//! their channel; `run --backend microvm --workspace none` claims one and binds its own
+//! allowlist, secrets, environment, working directory, time limit and command over the
+//! channel; an empty pool starts cold; a daemon killed with SIGKILL leaves its members
+//! supervised, and the next one adopts them. Real QEMU (TCG here): each boot costs seconds, so
+//! these tests boot few guests. Needs what tests/microvm.rs needs (`.ci/install-microvm`).
+
+mod common;
+
+use common::internet::Internet;
+use common::{e2e, pids_with_marker, wait_until, Airlock, Outcome};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Boots under TCG on a loaded 2-core machine take a while.
+const VM_DEADLINE: Duration = Duration::from_secs(300);
+
+fn cache_dir() -> String {
+    let dir = std::env::var("AIRLOCK_TEST_VM_CACHE")
+        .unwrap_or_else(|_| "/var/cache/airlock-test".to_string());
+    std::fs::create_dir_all(&dir).expect("create the VM cache directory");
+    common::set_mode(Path::new(&dir), 0o755);
+    dir
+}
+
+/// airlock with the shared VM cache (and `env`), to completion.
+fn vm(a: &Airlock, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let mut cmd = a.command(args);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    cmd.envs(env.iter().copied());
+    common::run_with_deadline(cmd, None, VM_DEADLINE)
+}
+
+fn ok(a: &Airlock, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let out = vm(a, args, env);
+    assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+    out
+}
+
+fn members_dir(a: &Airlock) -> PathBuf {
+    a.state_dir().join("pool/members")
+}
+
+fn daemon_pid(a: &Airlock) -> Option<i32> {
+    std::fs::read_to_string(a.state_dir().join("pool/daemon.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+}
+
+fn kill_daemon(a: &Airlock) {
+    if let Some(pid) = daemon_pid(a) {
+        // SAFETY: kill(2) on this test's daemon.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_until(Duration::from_secs(5), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z"))
+        });
+    }
+}
+
+/// Stops the test's daemon however the test ends: SIGKILL, `daemon stop` (which drains what
+/// it left), then SIGKILL to any member supervisor still there.
+struct DaemonGuard<'a>(&'a Airlock);
+
+impl Drop for DaemonGuard<'_> {
+    fn drop(&mut self) {
+        kill_daemon(self.0);
+        let _ = vm(self.0, &["daemon", "stop"], &[]);
+        for pid in pids_with_marker(&members_dir(self.0).display().to_string()) {
+            // SAFETY: kill(2) on a supervisor of this test's own pool.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn status(a: &Airlock) -> serde_json::Value {
+    let out = ok(a, &["daemon", "status", "--json"], &[]);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+fn pool0(a: &Airlock) -> serde_json::Value {
+    status(a)["pools"][0].clone()
+}
+
+/// The member a run claimed, from its `warm start (pool KEY, NAME, …)` line.
+fn claimed(out: &Outcome) -> Option<String> {
+    let line = out.stderr.lines().find(|l| l.contains("warm start"))?;
+    line.split(", ").nth(1).map(str::to_string)
+}
+
+/// Every member name the daemon started (its log).
+fn members_ever(a: &Airlock) -> BTreeSet<String> {
+    let log = std::fs::read_to_string(a.state_dir().join("pool/daemon.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| l.strip_suffix(" ready"))
+        .filter_map(|l| l.rsplit(' ').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The host processes of a member (QEMU and its container's helpers): those whose cgroup
+/// names it.
+fn pids_in_cgroup_of(name: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&format!("/{name}.")))
+        })
+        .collect()
+}
+
+/// A member's supervisor and every process under it (QEMU's container, QEMU): by parent,
+/// as a rootless member has no cgroup of its own.
+fn member_processes(a: &Airlock, name: &str) -> Vec<i32> {
+    let Some(sup) = std::fs::read_to_string(members_dir(a).join(name).join("supervisor.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return vec![];
+    };
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![sup];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.retain(|p| Path::new(&format!("/proc/{p}")).exists());
+    found
+}
+
+/// Whether a member's supervisor runs and its guest takes sessions (its control socket
+/// answers).
+fn member_alive(a: &Airlock, name: &str) -> bool {
+    let dir = members_dir(a).join(name);
+    let sup = std::fs::read_to_string(dir.join("supervisor.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    sup.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+        && std::os::unix::net::UnixStream::connect(dir.join("vm.sock")).is_ok()
+}
+
+/// After `daemon stop`: no supervisor, no member folder, no QEMU or cgroup of any member.
+fn assert_nothing_left(a: &Airlock, label: &str) {
+    let marker = members_dir(a).display().to_string();
+    assert!(
+        wait_until(Duration::from_secs(30), || pids_with_marker(&marker)
+            .is_empty()),
+        "{label}: supervisors left: {:?}",
+        pids_with_marker(&marker)
+    );
+    let folders: Vec<_> = std::fs::read_dir(members_dir(a))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        folders.is_empty(),
+        "{label}: member folders left: {folders:?}"
+    );
+    for name in members_ever(a) {
+        assert!(
+            wait_until(Duration::from_secs(10), || pids_in_cgroup_of(&name)
+                .is_empty()),
+            "{label}: processes of {name} left: {:?}",
+            pids_in_cgroup_of(&name)
+        );
+    }
+    let st = status(a);
+    assert_eq!(st["running"], false, "{label}: {st}");
+    assert_eq!(
+        st["pools"].as_array().map(Vec::len),
+        Some(0),
+        "{label}: {st}"
+    );
+}
+
+/// Claims of one filtered pool: an empty pool starts cold; each claim then gets its own
+/// allowlist (not the pool's, not the previous claim's), its own secret (the next claim sees
+/// none), its environment, working directory and exit status; a member serves one claim and
+/// is replaced; the time limit is bound at claim too.
+#[test]
+fn a_warm_microvm_claim_binds_its_own_allowlist_and_secret() {
+    if !e2e("a_warm_microvm_claim_binds_its_own_allowlist_and_secret") {
+        return;
+    }
+    let inet = Internet::start(&["pool.test", "one.test", "two.test"], &[]);
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let env = [
+        ("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str()),
+        ("TOKEN_SRC", "s3cret-one"),
+    ];
+    let policy = ["--backend", "microvm", "--net", "filtered"];
+    let start = |size: &str| {
+        let mut args = vec!["daemon", "start", "--size", size, "--wait"];
+        args.extend(policy);
+        args.extend(["--allow", "pool.test"]);
+        ok(&a, &args, &env)
+    };
+    let run = |extra: &[&str], script: &str| {
+        let mut args = vec!["run", "--workspace", "none"];
+        args.extend(policy);
+        args.extend(extra);
+        args.extend(["--", "sh", "-c", script]);
+        vm(&a, &args, &env)
+    };
+    let probe = "for h in pool.test one.test two.test; do \
+                   curl -sf --max-time 20 -o /dev/null http://$h/ && echo \"$h reached\" \
+                   || echo \"$h denied\"; done";
+
+    // An empty pool: cold start, said so, counted as a miss.
+    start("0");
+    let out = run(&["--allow", "one.test"], "uname -r");
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stderr.contains("cold start (warm pool") && claimed(&out).is_none(),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(pool0(&a)["misses"], 1, "{}", status(&a));
+    let guest_kernel = out.stdout.trim().to_string();
+
+    // One member, booted and checked before it is handed out.
+    start("1");
+    let first = members_ever(&a);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let script = format!(
+        "echo \"$GREETING $TOKEN\"; cat /run/secrets/TOKEN; echo; \
+         stat -c %a:%U /run/secrets/TOKEN; pwd; hostname; uname -r; {probe}; exit 7"
+    );
+    let out = run(
+        &[
+            "--allow",
+            "one.test",
+            "-e",
+            "GREETING=hello",
+            "--secret",
+            "TOKEN=env:TOKEN_SRC",
+            "-w",
+            "/tmp",
+        ],
+        &script,
+    );
+    assert_eq!(out.code(), 7, "{}", out.describe());
+    let member = claimed(&out).unwrap_or_else(|| panic!("not warm: {}", out.describe()));
+    assert!(first.contains(&member), "{member} not from {first:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "hello s3cret-one",
+            "s3cret-one",
+            "400:agent",
+            "/tmp",
+            member.as_str(),
+            guest_kernel.as_str(),
+            "pool.test denied",
+            "one.test reached",
+            "two.test denied",
+        ],
+        "{}",
+        out.describe()
+    );
+    // Never reused: its guest powered off, its folder gone; a new member in its place.
+    assert!(
+        wait_until(Duration::from_secs(30), || !members_dir(&a)
+            .join(&member)
+            .exists()
+            && pids_in_cgroup_of(&member).is_empty()),
+        "the claimed member is still there: {:?}",
+        pids_in_cgroup_of(&member)
+    );
+    assert!(
+        wait_until(VM_DEADLINE, || pool0(&a)["ready"] == 1),
+        "not refilled: {}",
+        status(&a)
+    );
+    let st = pool0(&a);
+    assert_eq!(st["hits"], 1, "{st}");
+    assert!(st["claim_p50_us"].as_u64().is_some(), "{st}");
+
+    // The next claim: another allowlist, no secret of the first, and a time limit.
+    let script =
+        format!("ls -A /run/secrets 2>/dev/null | wc -l; env | grep -c s3cret; {probe}; sleep 600");
+    let out = run(&["--allow", "two.test", "--timeout", "60s"], &script);
+    assert_eq!(out.code(), 124, "{}", out.describe());
+    let second = claimed(&out).unwrap_or_else(|| panic!("not warm: {}", out.describe()));
+    assert_ne!(second, member, "a member was claimed twice");
+    assert!(
+        out.stderr.contains("killed: timeout after 60s"),
+        "{}",
+        out.describe()
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "0",
+            "0",
+            "pool.test denied",
+            "one.test denied",
+            "two.test reached"
+        ],
+        "{}",
+        out.describe()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || pids_in_cgroup_of(&second)
+            .is_empty()),
+        "the timed-out member's QEMU runs on: {:?}",
+        pids_in_cgroup_of(&second)
+    );
+    ok(&a, &["daemon", "stop"], &[]);
+    assert_nothing_left(&a, "allowlist");
+}
+
+/// kill -9 the daemon: its booted member stays supervised (QEMU and the guest run on); a new
+/// daemon adopts it (no new boot) and a claim gets it, with a secret; `daemon stop` leaves
+/// nothing.
+fn adopt(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    let start = [
+        "daemon",
+        "start",
+        "--backend",
+        "microvm",
+        "--net",
+        "off",
+        "--size",
+        "1",
+        "--wait",
+    ];
+    ok(a, &start, &[]);
+    let first = members_ever(a);
+    assert_eq!(first.len(), 1, "{label}: {first:?}");
+    let member = first.iter().next().cloned().unwrap_or_default();
+    let qemu = member_processes(a, &member);
+    assert!(
+        qemu.len() >= 2,
+        "{label}: no QEMU under {member}'s supervisor: {qemu:?}"
+    );
+
+    kill_daemon(a);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        member_alive(a, &member),
+        "{label}: {member} died with the daemon"
+    );
+    assert!(
+        qemu.iter()
+            .all(|p| Path::new(&format!("/proc/{p}")).exists()),
+        "{label}: {member}'s QEMU died with the daemon"
+    );
+
+    // A new daemon adopts it: no second boot.
+    ok(a, &start, &[]);
+    assert_eq!(
+        members_ever(a),
+        first,
+        "{label}: the new daemon booted another member"
+    );
+    assert_eq!(pool0(a)["ready"], 1, "{label}: {}", status(a));
+
+    let out = ok(
+        a,
+        &[
+            "run",
+            "--backend",
+            "microvm",
+            "--net",
+            "off",
+            "--workspace",
+            "none",
+            "--secret",
+            "TOKEN=env:TOKEN_SRC",
+            "--",
+            "sh",
+            "-c",
+            "hostname; cat /run/secrets/TOKEN",
+        ],
+        &[("TOKEN_SRC", "s3cret-adopted")],
+    );
+    assert_eq!(
+        claimed(&out).as_deref(),
+        Some(member.as_str()),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        out.stdout,
+        format!("{member}\ns3cret-adopted"),
+        "{label}: {}",
+        out.describe()
+    );
+    ok(a, &["daemon", "stop"], &[]);
+    assert_nothing_left(a, label);
+    let left: Vec<&i32> = qemu
+        .iter()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{label}: {member}'s processes left: {left:?}"
+    );
+}
+
+#[test]
+fn a_killed_daemon_leaves_microvm_members_running_and_a_new_one_adopts_them() {
+    if !e2e("a_killed_daemon_leaves_microvm_members_running_and_a_new_one_adopts_them") {
+        return;
+    }
+    adopt(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn a_rootless_daemon_keeps_microvm_members_too() {
+    if !e2e("a_rootless_daemon_keeps_microvm_members_too") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = common::Bins::owned_by(&user);
+    adopt(&Airlock::rootless(&bins), "rootless");
+}
+
+/// `daemon start --backend microvm` where no guest can boot (here: a missing kernel) says why,
+/// as a cold run does (exit 123, the path, who chose it, the hint), and makes no pool and no
+/// daemon that would retry boots in the background. (No boot.)
+#[test]
+fn a_microvm_pool_that_cannot_boot_is_refused_at_start() {
+    if !e2e("a_microvm_pool_that_cannot_boot_is_refused_at_start") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let out = vm(
+        &a,
+        &[
+            "daemon",
+            "start",
+            "--backend",
+            "microvm",
+            "--kernel",
+            "/nonexistent/vmlinuz",
+            "--size",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 123, "{}", out.describe());
+    assert!(
+        out.stderr.contains("/nonexistent/vmlinuz (from --kernel)")
+            && out
+                .stderr
+                .contains("hint: install a distribution kernel package"),
+        "{}",
+        out.describe()
+    );
+    let st = status(&a);
+    assert_eq!(st["running"], false, "{st}");
+    assert_eq!(st["pools"].as_array().map(Vec::len), Some(0), "{st}");
+}
