@@ -10,6 +10,10 @@
 # Needs hyperfine, busybox-static, cpio, QEMU and a warm cache (run airlock once first; the first
 # run builds the host image). Prints a markdown table of medians and the ratio (hyperfine), the
 # same from PAIRS interleaved runs (default 5; 0: none), and one run's AIRLOCK_TIMING phases.
+#   CHRT=1: every timed run (both sides) under `chrt -f 1` (root): on a machine loaded by other
+#     builds, QEMU's threads then get their CPU when they want it, and the spread shrinks. The
+#     other builds wait for the VM; use it for seconds, not for hours.
+#   BASE=/path/to/another/airlock: a third side in the pairs (e.g. a build of main: before/after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AIRLOCK=$(realpath "${1:-target/release/airlock}")
@@ -18,6 +22,9 @@ for t in hyperfine busybox cpio qemu-system-x86_64; do
   command -v "$t" >/dev/null || { echo "needs $t" >&2; exit 1; }
 done
 RUNS=${RUNS:-10}
+PRIO=()
+[ "${CHRT:-0}" = 1 ] && PRIO=(chrt -f 1)
+BASE=${BASE:+$(realpath "$BASE")}
 WARMUP=${WARMUP:-1}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -60,7 +67,8 @@ PY
 )
 echo "raw: $raw" >&2
 accel=$(grep -o -- '-accel","[^"]*' warm.log | head -1 | cut -d'"' -f3)
-hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$work/r.json" \
+[ -n "$BASE" ] && "$BASE" run --backend microvm --workspace none --net off -- true
+"${PRIO[@]}" hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$work/r.json" \
   -n 'raw qemu (trivial init)' "$raw" \
   -n 'airlock run --backend microvm -- true' "$AIRLOCK run --backend microvm --workspace none --net off -- true" >&2
 python3 - "$work/r.json" "$accel" <<'PY'
@@ -81,21 +89,29 @@ PY
 PAIRS=${PAIRS:-5}
 if [ "$PAIRS" -gt 0 ]; then
   for _ in $(seq "$PAIRS"); do
-    /usr/bin/time -f "raw %e %U %S" -a -o pairs.txt sh -c "$raw"
-    /usr/bin/time -f "airlock %e %U %S" -a -o pairs.txt \
+    "${PRIO[@]}" /usr/bin/time -f "raw %e %U %S" -a -o pairs.txt sh -c "$raw"
+    "${PRIO[@]}" /usr/bin/time -f "airlock %e %U %S" -a -o pairs.txt \
       "$AIRLOCK" run --backend microvm --workspace none --net off -- true
+    if [ -n "$BASE" ]; then
+      "${PRIO[@]}" /usr/bin/time -f "base %e %U %S" -a -o pairs.txt \
+        "$BASE" run --backend microvm --workspace none --net off -- true
+    fi
   done
   python3 - <<'PY'
 import statistics as st
-rows = [l.split() for l in open("pairs.txt") if l.split()[:1] in (["raw"], ["airlock"])]
-wall = {k: st.median(float(r[1]) for r in rows if r[0] == k) for k in ("raw", "airlock")}
-cpu = {k: st.median(float(r[2]) + float(r[3]) for r in rows if r[0] == k) for k in ("raw", "airlock")}
+rows = [l.split() for l in open("pairs.txt") if l.split()[:1] in (["raw"], ["airlock"], ["base"])]
+sides = [k for k in ("raw", "airlock", "base") if any(r[0] == k for r in rows)]
+walls = {k: [float(r[1]) for r in rows if r[0] == k] for k in sides}
+wall = {k: st.median(v) for k, v in walls.items()}
+cpu = {k: st.median(float(r[2]) + float(r[3]) for r in rows if r[0] == k) for k in sides}
+# Each round's own ratio (its sides ran back to back, under about the same load).
+per = {k: st.median(a / r for a, r in zip(walls[k], walls["raw"])) for k in sides}
 print()
-print(f"interleaved pairs ({len(rows) // 2}):")
-print("| command | median (s) | ratio | CPU user+sys, median (s) | CPU ratio |")
-print("|---|---:|---:|---:|---:|")
-for k in ("raw", "airlock"):
-    print(f"| {k} | {wall[k]:.2f} | {wall[k] / wall['raw']:.2f} | {cpu[k]:.2f} | {cpu[k] / cpu['raw']:.2f} |")
+print(f"interleaved rounds ({len(walls['raw'])}):")
+print("| command | median (s) | ratio of medians | median of per-round ratios | CPU user+sys, median (s) | CPU ratio |")
+print("|---|---:|---:|---:|---:|---:|")
+for k in sides:
+    print(f"| {k} | {wall[k]:.2f} | {wall[k] / wall['raw']:.2f} | {per[k]:.2f} | {cpu[k]:.2f} | {cpu[k] / cpu['raw']:.2f} |")
 PY
 fi
 # Where the time goes: one run's phases (host) and the guest init's steps.

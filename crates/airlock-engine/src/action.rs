@@ -572,7 +572,8 @@ pub struct Explanation {
 #[schema(as = ErrorBody)]
 pub struct ActionError {
     /// A short stable name for the kind of error (`KINDS` lists them; the clone workspace's
-    /// refusals add `needs_review`, `diverged`, `through_links`, `not_clone`, `no_branch`).
+    /// refusals add `needs_review`, `diverged`, `through_links`, `not_clone`, `no_branch`,
+    /// `in_guest`).
     #[schema(examples("not_found"))]
     pub kind: String,
     /// The exit code the CLI ends with for it (README, "Exit codes").
@@ -614,6 +615,7 @@ pub const KINDS: &[(&str, i32, u16)] = {
         ("diverged", CONFLICT, 409),
         ("not_clone", CONFLICT, 409),
         ("no_branch", CONFLICT, 409),
+        ("in_guest", CONFLICT, 409),
         ("wrong_state", CONFLICT, 409),
         ("conflict", CONFLICT, 409),
         ("too_large", USAGE, 413),

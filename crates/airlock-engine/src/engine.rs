@@ -359,8 +359,9 @@ impl Engine {
             name: name.to_owned(),
             source,
         };
-        // A running microVM sandbox's work is in its guest: bring the branch over first.
-        crate::guest_work::pull(&dir, name).map_err(|e| work(e.into()))?;
+        // A running microVM sandbox's work is in its guest: bring the branch over first (a
+        // stopped one whose VM ended without that: refused, see guest_work).
+        crate::guest_work::pull_or_refuse(&dir, name).map_err(|e| work(e.into()))?;
         let review = airlock_work::ops::open(&dir, name).map_err(work)?;
         Ok((dir, review))
     }
@@ -664,6 +665,7 @@ impl Engine {
             None,
         )?;
         let dir = self.sandbox_dir(name);
+        self.work_out_of_guest(name, &dir);
         match self.backend.stop(name, &dir, grace) {
             Ok(()) => self.transition(name, "stopping", &[S::Stopping], S::Stopped, None, None),
             Err(source) => {
@@ -686,6 +688,21 @@ impl Engine {
                     source,
                 })
             }
+        }
+    }
+
+    /// A microVM sandbox's clone work out of its guest before it stops (every stop comes
+    /// here). A failure does not keep it running: it is journaled, and the disk stays marked,
+    /// so diff/fetch/sync say the work is still in the VM (see guest_work).
+    fn work_out_of_guest(&self, name: &str, dir: &Path) {
+        if let Err(e) = crate::guest_work::before_stop(dir, name) {
+            crate::audit::record(
+                dir,
+                "review",
+                serde_json::json!({"op": "pull at stop", "result": "failed", "reason": format!(
+                    "the work was not taken out of its VM before it stopped: {e}"
+                )}),
+            );
         }
     }
 
@@ -893,6 +910,7 @@ impl Engine {
                 moved(S::Failed, None, Some(msg), msg)
             }
             (S::Stopping, Liveness::Running { supervisor_pid }) => {
+                self.work_out_of_guest(name, &dir);
                 match self.backend.stop(name, &dir, DEFAULT_GRACE) {
                     Ok(()) => moved(S::Stopped, None, None, "interrupted stop finished"),
                     Err(e) => {

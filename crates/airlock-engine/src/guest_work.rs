@@ -1,10 +1,17 @@
 //! A microVM sandbox's clone workspace on its way back: the guest's git writes the sandbox
 //! branch as a bundle over the channel (`airlock_sandbox::microvm` capture, bounded), and
 //! `airlock_work::pull` receives it into the sandbox's `pulled.git`, which the review
-//! repository reads (same gate, same fetch as a container's clone). Run before every
-//! diff/fetch/sync of a running microVM sandbox and when it is stopped, so the last work is
-//! there to review while it is down.
+//! repository reads (same gate, same fetch as a container's clone).
+//!
+//! When: before every diff/fetch/sync of a running microVM sandbox ([`pull`]), and in the
+//! engine's stop ([`before_stop`]), the one path every stop takes (CLI, HTTP, MCP, agent mode),
+//! before the supervisor is signalled — so the last work is there to review while it is down.
+//! A VM that ends any other way (a killed supervisor, a guest that died) leaves the
+//! supervisor's [`WORK_PENDING_FILE`] behind: diff/fetch/sync then refuse with
+//! `ReviewError::InGuest` (start it, and the running guest is pulled again) rather than show
+//! older work as if it were the last.
 
+use airlock_model::plan::microvm::WORK_PENDING_FILE;
 use airlock_sandbox::isolation::Observed;
 use airlock_sandbox::microvm::{control::VM_CONTROL, MicroVm};
 use airlock_work::clone::CloneInfo;
@@ -53,14 +60,35 @@ pub fn pull(dir: &Path, name: &str) -> Result<bool, ReviewError> {
 }
 
 /// Before a microVM sandbox with a clone workspace stops: its branch over to the host, and
-/// its disk flushed (`sync` in the guest), so nothing written just before the stop is lost.
-pub fn before_stop(dir: &Path, name: &str) -> Result<(), ReviewError> {
+/// its disk flushed (`sync` in the guest), so nothing written just before the stop is lost;
+/// then the disk is no longer marked as holding work the host lacks. Ok(false): nothing to do.
+pub fn before_stop(dir: &Path, name: &str) -> Result<bool, ReviewError> {
     if !pull(dir, name)? {
-        return Ok(());
+        return Ok(false);
     }
     let mut sink = std::io::sink();
     MicroVm::default()
         .capture_in(dir, name, vec!["sync".into()], &mut sink, 1 << 16)
-        .map(|_| ())
-        .map_err(|e| ReviewError::Repo(format!("flushing the guest's disk failed: {e}")))
+        .map_err(|e| ReviewError::Repo(format!("flushing the guest's disk failed: {e}")))?;
+    let _ = std::fs::remove_file(dir.join(WORK_PENDING_FILE));
+    Ok(true)
+}
+
+/// [`pull`], and when it had nothing to pull from: refused if the sandbox's guest disk holds
+/// work the host never took out (see the module documentation).
+pub fn pull_or_refuse(dir: &Path, name: &str) -> Result<(), ReviewError> {
+    if pull(dir, name)? {
+        return Ok(());
+    }
+    if stranded(dir) {
+        return Err(ReviewError::InGuest(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// The folder's VM is down and its disk holds work no stop brought over.
+pub fn stranded(dir: &Path) -> bool {
+    dir.join(WORK_PENDING_FILE).exists()
+        && CloneInfo::load(dir).is_some()
+        && !matches!(MicroVm::default().observe_in(dir), Observed::Running { .. })
 }

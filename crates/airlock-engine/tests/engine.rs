@@ -744,3 +744,60 @@ fn start_gives_a_folder_without_an_id_its_records_id() {
         Some(rec.id.as_str())
     );
 }
+
+/// A microVM clone sandbox whose VM ended without a stop taking its work out (its supervisor
+/// was killed: the supervisor's mark is still beside its disk) is not reviewed as if the last
+/// pulled work were all there is: diff and fetch refuse, saying where the work is and that a
+/// start brings it over; once the mark is gone (a stop pulled it) they review as before.
+#[test]
+fn diff_and_fetch_of_a_vm_that_ended_without_its_work_taken_out_refuse_with_a_hint() {
+    use airlock_model::plan::microvm::WORK_PENDING_FILE;
+    let f = Fixture::new();
+    let host = f.dir.path().join("project");
+    std::fs::create_dir_all(&host).expect("mkdir");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&host)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t.invalid")
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(host.join("a.txt"), "one\n").expect("write");
+    git(&["add", "."]);
+    git(&["commit", "-qm", "initial"]);
+    f.engine
+        .create("vm", r#"{"backend":"microvm"}"#)
+        .expect("create");
+    let dir = f.engine.sandbox_dir("vm");
+    airlock_work::clone::prepare(&host, &dir, "vm").expect("clone");
+    std::fs::write(dir.join(WORK_PENDING_FILE), b"").expect("mark");
+
+    for e in [
+        f.engine.diff("vm", None).expect_err("diff refused"),
+        f.engine
+            .fetch("vm", true, false)
+            .expect_err("fetch refused"),
+    ] {
+        let a = e.action_error();
+        assert_eq!(a.kind, "in_guest", "{a:?}");
+        assert_eq!(a.code, exit::CONFLICT, "{a:?}");
+        assert_eq!(e.http_status(), 409);
+        assert!(a.message.contains("still on its VM's disk"), "{a:?}");
+        assert!(
+            a.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("airlock start vm")),
+            "{a:?}"
+        );
+    }
+    std::fs::remove_file(dir.join(WORK_PENDING_FILE)).expect("unmark");
+    let d = f.engine.diff("vm", None).expect("diff");
+    assert_eq!(d.commits, 0);
+}

@@ -16,6 +16,27 @@ pub const VM_PORT_NAME: &str = "airlock";
 pub const DISK_ROOT: &str = "airlock-root";
 pub const DISK_WORKSPACE: &str = "airlock-ws";
 
+/// The serial of the disk holding the `i`th read-only mount's snapshot.
+pub fn disk_ro(i: usize) -> String {
+    format!("airlock-ro{i}")
+}
+
+/// A read-only mount (`--ro HOST:PATH`, `[[mounts]]`): an erofs snapshot of the host path,
+/// made per run, on the disk whose serial is `serial`, mounted read-only at `path`. The
+/// host path is never written (the guest gets no share of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestMount {
+    pub serial: String,
+    pub path: String,
+    /// The host path is a file: the image holds it as [`RO_FILE_ENTRY`], which the guest
+    /// binds at `path` (the executor sets this when it makes the image).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub file: bool,
+}
+
+/// The one entry of a file mount's image.
+pub const RO_FILE_ENTRY: &str = "file";
+
 /// A file the guest writes before it runs the command (the generated /etc files).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestFile {
@@ -66,6 +87,9 @@ pub struct GuestJob {
     /// `run -t`: the command gets a pseudo-terminal of this size (see [`GuestExec::tty`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<TtySize>,
+    /// Read-only mounts, in order, after the workspace. Absent in older hosts' jobs: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<GuestMount>,
 }
 
 fn is_false(b: &bool) -> bool {

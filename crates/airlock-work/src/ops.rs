@@ -152,7 +152,9 @@ impl OpError {
         match self {
             OpError::NeedsReview { .. } | OpError::ThroughLinks(_) => exit::POLICY_REFUSED,
             OpError::Diverged { .. } | OpError::Conflicts(_) => exit::CONFLICT,
-            OpError::Review(ReviewError::NotClone(_) | ReviewError::NoBranch(_)) => exit::CONFLICT,
+            OpError::Review(
+                ReviewError::NotClone(_) | ReviewError::NoBranch(_) | ReviewError::InGuest(_),
+            ) => exit::CONFLICT,
             _ => exit::SANDBOX_FAILED,
         }
     }
@@ -166,6 +168,7 @@ impl OpError {
             OpError::Conflicts(_) => "conflict",
             OpError::Review(ReviewError::NotClone(_)) => "not_clone",
             OpError::Review(ReviewError::NoBranch(_)) => "no_branch",
+            OpError::Review(ReviewError::InGuest(_)) => "in_guest",
             _ => "internal",
         }
     }
@@ -191,9 +194,17 @@ impl OpError {
             OpError::Review(ReviewError::NoBranch(_)) => {
                 "the sandbox must keep its work on its airlock/NAME branch".into()
             }
+            OpError::Review(ReviewError::InGuest(_)) => in_guest_hint(name),
             _ => return None,
         })
     }
+}
+
+/// What brings a microVM sandbox's stranded work over ([`ReviewError::InGuest`]).
+pub fn in_guest_hint(name: &str) -> String {
+    format!(
+        "`airlock start {name}` brings it over (diff, fetch and sync of a running sandbox take the branch from its guest; `airlock stop {name}` keeps it on the host)"
+    )
 }
 
 /// The review of sandbox `name` (folder `dir`), with the `[workspace] protected` paths of its

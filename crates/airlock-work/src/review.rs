@@ -16,6 +16,10 @@ pub enum ReviewError {
     Repo(String),
     #[error("branch {0} does not exist in the sandbox's repository")]
     NoBranch(String),
+    /// A microVM sandbox that is down while its guest's disk holds work the host has not
+    /// taken out (its VM ended without a stop bringing the branch over).
+    #[error("the work of {0} is still on its VM's disk: the VM ended without airlock taking its branch out (killed, or it stopped by itself)")]
+    InGuest(String),
     #[error(transparent)]
     Git(#[from] GitError),
     #[error("{0}")]

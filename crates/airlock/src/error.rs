@@ -75,7 +75,8 @@ impl From<airlock_model::plan::Refusal> for CliError {
             airlock_model::plan::Refusal::EmptyCommand
             | airlock_model::plan::Refusal::BadTarget(..) => exit::USAGE,
             airlock_model::plan::Refusal::BackendUnavailable(_)
-            | airlock_model::plan::Refusal::MicrovmUnsupported(_) => exit::BACKEND_UNAVAILABLE,
+            | airlock_model::plan::Refusal::MicrovmUnsupported(_)
+            | airlock_model::plan::Refusal::MicrovmWritableMount => exit::BACKEND_UNAVAILABLE,
             _ => exit::POLICY_REFUSED,
         };
         let hint = r.hint();

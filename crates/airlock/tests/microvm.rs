@@ -63,7 +63,7 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
              cat /workspace/a.txt; ls /sys/class/net; id -u; echo oops >&2; \
              read line; echo \"got $line\"; exit 7",
         ],
-        &[],
+        &[("AIRLOCK_TIMING", "1")],
         Some(b"piped in\n"),
     );
     assert_eq!(out.code(), 7, "{}", out.describe());
@@ -88,6 +88,32 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
     assert_eq!(
         std::fs::read_to_string(a.cwd.join("a.txt")).expect("read"),
         "from the host\n"
+    );
+    // The guest's boot steps (AIRLOCK_TIMING=1): it says hello once the channel's modules are
+    // in, before the last of the root's, so the job travels while those load.
+    let steps: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            l.split_once("] guest +")?
+                .1
+                .split_once(": ")?
+                .1
+                .split(" (at ")
+                .next()
+        })
+        .collect();
+    let at = |pred: &dyn Fn(&str) -> bool| steps.iter().position(|s| pred(s));
+    let open =
+        at(&|s| s == "channel open").unwrap_or_else(|| panic!("no channel open in {steps:?}"));
+    let console = at(&|s| s.starts_with("module ") && s.ends_with("-virtio_console"));
+    let last_module = steps.iter().rposition(|s| s.starts_with("module "));
+    if let (Some(console), Some(last)) = (console, last_module) {
+        assert!(console < open && open < last, "{steps:?}");
+    }
+    assert!(
+        open < at(&|s| s == "job received").expect("job received"),
+        "{steps:?}"
     );
 }
 
@@ -1116,6 +1142,426 @@ fn a_microvm_clone_workspace_comes_back_through_the_review_gate() {
     assert!(!marker.exists());
 }
 
+/// One request to the test's engine over its socket (curl, as the test's user): (status, body).
+fn engine_http(a: &Airlock, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let dir = a.dir.join("runtime/airlock");
+    let sock = std::fs::read_dir(&dir)
+        .expect("runtime dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sock"))
+        .expect("engine socket")
+        .display()
+        .to_string();
+    let url = format!("http://airlock{path}");
+    let mut args = vec![
+        "-sS",
+        "--unix-socket",
+        &sock,
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ];
+    if let Some(b) = body {
+        args.extend(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    args.push(&url);
+    let out = common::run_with_deadline(a.command_with("curl", &args), None, VM_DEADLINE);
+    let (text, code) = out.stdout.trim_end().rsplit_once('\n').unwrap_or(("", "0"));
+    (code.parse().unwrap_or(0), text.to_string())
+}
+
+/// A commit in a clone microVM's guest (synced to its disk): its id.
+fn guest_commit(a: &Airlock, name: &str, subject: &str) -> String {
+    let out = vm_cli(
+        a,
+        &[
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "cd /workspace && echo '{subject}' >> a.txt && git -c user.name=agent \
+                 -c user.email=a@b.invalid commit -qam '{subject}' && sync && git rev-parse HEAD"
+            ),
+        ],
+    );
+    assert_eq!(out.code(), 0, "commit {subject}: {}", out.describe());
+    out.stdout.trim().to_string()
+}
+
+/// `airlock diff NAME --json`'s tip.
+fn diff_tip(a: &Airlock, name: &str) -> String {
+    let out = vm_cli(a, &["diff", name, "--json"]);
+    assert_eq!(out.code(), 0, "diff: {}", out.describe());
+    let d: serde_json::Value = serde_json::from_str(&out.stdout).expect("diff json");
+    d["tip"].as_str().expect("tip").to_string()
+}
+
+/// A clone microVM's work comes back however its VM stops: a stop through the engine's HTTP
+/// API (as MCP and agent mode stop it, not the CLI) brings the guest's branch over, so diff
+/// and fetch of the stopped sandbox show it. A stop whose pull fails, and a killed supervisor,
+/// leave it on the disk: diff and fetch then refuse (120, `in_guest`) with a hint, never show
+/// older work as the last; the next start brings it over from the disk. Four boots.
+#[test]
+fn a_microvm_clones_work_comes_back_however_its_vm_stops() {
+    if !e2e("a_microvm_clones_work_comes_back_however_its_vm_stops") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = Cleanup(&a, &["vmpull"]);
+    git_project(&a);
+    let ok = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    ok(&["create", "--backend", "microvm", "vmpull", "--net", "off"]);
+    ok(&["start", "vmpull"]);
+    let api = guest_commit(&a, "vmpull", "before the api stop");
+    let (code, body) = engine_http(
+        &a,
+        "POST",
+        "/v1/sandboxes/vmpull/stop",
+        Some(r#"{"grace_ms":10000}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"stopped\""), "{body}");
+    assert_eq!(
+        diff_tip(&a, "vmpull"),
+        api,
+        "the api's stop brought it over"
+    );
+    ok(&["fetch", "vmpull", "--accept"]);
+    assert_eq!(host_git(&a, &["rev-parse", "airlock/vmpull"]).trim(), api);
+
+    // A pull that fails at the stop (here: over the engine's bundle limit) does not keep the
+    // VM running, and does not pass for the last work either: stop warns, diff refuses.
+    ok(&["start", "vmpull"]);
+    let limited = guest_commit(&a, "vmpull", "over the limit");
+    common::stop_engines_of(&a);
+    let mut cmd = a.command(&["stop", "vmpull"]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    cmd.env("AIRLOCK_VM_BUNDLE_MAX", "100");
+    let out = common::run_with_deadline(cmd, None, VM_DEADLINE);
+    common::stop_engines_of(&a);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("vmpull stopped")
+            && out
+                .stderr
+                .contains("warning: the work of vmpull is still on its VM's disk")
+            && out
+                .stderr
+                .contains("hint: `airlock start vmpull` brings it over"),
+        "{}",
+        out.describe()
+    );
+    let out = vm_cli(&a, &["diff", "vmpull"]);
+    assert_eq!(out.code(), 120, "{}", out.describe());
+    let out = ok(&["audit", "vmpull"]);
+    assert!(
+        out.stdout.contains("pull at stop failed") && out.stdout.contains("100"),
+        "{}",
+        out.describe()
+    );
+
+    // The next start brings it over; then the supervisor killed: its VM dies with it, the
+    // work stays on the disk.
+    ok(&["start", "vmpull"]);
+    assert_eq!(diff_tip(&a, "vmpull"), limited, "recovered at the start");
+    let killed = guest_commit(&a, "vmpull", "before the kill");
+    let dir = a.state_dir().join("sandboxes/vmpull");
+    let pid: i32 = std::fs::read_to_string(dir.join("vm.pid"))
+        .expect("vm.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    // SAFETY: kill(2) on the supervisor this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }),
+        "the supervisor did not die"
+    );
+    for verb in [&["diff", "vmpull"][..], &["fetch", "vmpull", "--accept"]] {
+        let out = vm_cli(&a, verb);
+        assert_eq!(out.code(), 120, "{verb:?}: {}", out.describe());
+        assert!(
+            out.stderr.contains("still on its VM's disk")
+                && out
+                    .stderr
+                    .contains("hint: `airlock start vmpull` brings it over"),
+            "{verb:?}: {}",
+            out.describe()
+        );
+    }
+    let (code, body) = engine_http(&a, "GET", "/v1/sandboxes/vmpull/diff", None);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("\"in_guest\""), "{body}");
+    assert_eq!(
+        host_git(&a, &["rev-parse", "airlock/vmpull"]).trim(),
+        api,
+        "nothing was fetched"
+    );
+    // The next start: the running guest's branch is pulled again.
+    ok(&["start", "vmpull"]);
+    assert_eq!(diff_tip(&a, "vmpull"), killed, "recovered from the disk");
+    let out = ok(&["stop", "vmpull"]);
+    assert!(!out.stderr.contains("warning"), "{}", out.describe());
+    ok(&["fetch", "vmpull", "--accept"]);
+    assert_eq!(
+        host_git(&a, &["rev-parse", "airlock/vmpull"]).trim(),
+        killed
+    );
+    assert!(!dir.join("vm-work-pending").exists());
+    // rm is the container clone's: the sandbox goes, disk and all (the fetched branch stays).
+    ok(&["rm", "vmpull"]);
+    assert!(!dir.exists());
+    assert_eq!(
+        host_git(&a, &["rev-parse", "airlock/vmpull"]).trim(),
+        killed
+    );
+}
+
+/// A clone workspace on a rootless microVM (an ordinary user's airlock and engine): create
+/// makes the clone, a commit in the guest, stop, then diff and fetch bring it to the user's
+/// repository; a `--ro` mount of the user's is readable and not writable there. One boot.
+#[test]
+fn a_rootless_microvm_clone_workspace_comes_back() {
+    if !e2e("a_rootless_microvm_clone_workspace_comes_back") {
+        return;
+    }
+    // The shared cache is built by root (the user could not write it): make sure it is there.
+    let root = Airlock::root();
+    let out = vm_run(
+        &root,
+        &["--workspace", "none", "--net", "off", "--", "true"],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let bins = Bins::owned_by(&common::test_user());
+    let a = Airlock::rootless(&bins);
+    let _guard = Cleanup(&a, &["vmrlclone"]);
+    let p = git_project(&a);
+    let ok = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    // A read-only mount of the user's, beside the clone (a snapshot at each start).
+    let notes = a.dir.join("notes");
+    std::fs::create_dir_all(&notes).expect("mkdir");
+    std::fs::write(notes.join("n.txt"), "user's notes\n").expect("write");
+    let user = common::test_user();
+    for p in [notes.clone(), notes.join("n.txt")] {
+        std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid)).expect("chown");
+    }
+    let ro = format!("{}:/notes", notes.display());
+    ok(&[
+        "create",
+        "--backend",
+        "microvm",
+        "vmrlclone",
+        "--net",
+        "off",
+        "--ro",
+        &ro,
+    ]);
+    assert!(
+        a.state_dir()
+            .join("sandboxes/vmrlclone/workspace/.git")
+            .is_dir(),
+        "the host made the clone"
+    );
+    ok(&["start", "vmrlclone"]);
+    let out = ok(&[
+        "exec",
+        "vmrlclone",
+        "--",
+        "sh",
+        "-c",
+        "cd /workspace && id -u && stat -c %u a.txt && git rev-parse --abbrev-ref HEAD && \
+         cat /notes/n.txt && { (echo x > /notes/n.txt) 2>/dev/null || echo read-only; }",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(notes.join("n.txt")).expect("read"),
+        "user's notes\n"
+    );
+    assert_eq!(
+        out.stdout,
+        "1000\n1000\nairlock/vmrlclone\nuser's notes\nread-only\n",
+        "{}",
+        out.describe()
+    );
+    let tip = guest_commit(&a, "vmrlclone", "rootless work");
+    ok(&["stop", "vmrlclone"]);
+    let out = ok(&["diff", "vmrlclone", "--json"]);
+    let d: serde_json::Value = serde_json::from_str(&out.stdout).expect("diff json");
+    assert_eq!(d["tip"], tip.as_str(), "{}", out.describe());
+    assert_eq!(d["commits"], 1, "{}", out.describe());
+    ok(&["fetch", "vmrlclone"]);
+    assert_eq!(
+        host_git(&a, &["rev-parse", "airlock/vmrlclone"]).trim(),
+        tip
+    );
+    assert_eq!(
+        host_git(&a, &["show", "airlock/vmrlclone:a.txt"]),
+        "one\nrootless work\n"
+    );
+    // Everything in the user's repository and the sandbox's folder is the user's own.
+    let uid = common::test_user().uid.to_string();
+    for d in [p.join(".git"), a.state_dir().join("sandboxes/vmrlclone")] {
+        let d = d.display().to_string();
+        let out = common::run_with_deadline(
+            a.command_with("find", &[d.as_str(), "!", "-user", uid.as_str()]),
+            None,
+            VM_DEADLINE,
+        );
+        assert_eq!(out.stdout, "", "not the user's: {}", out.describe());
+    }
+    ok(&["rm", "vmrlclone"]);
+}
+
+/// Every entry under `dir`: (relative path, mode, size, mtime, contents of files).
+fn tree_state(dir: &std::path::Path) -> Vec<(String, u32, u64, i64, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let m = std::fs::symlink_metadata(&d).expect("stat");
+        let rel = d.strip_prefix(dir).expect("under").display().to_string();
+        let body = if m.is_file() {
+            std::fs::read(&d).expect("read")
+        } else {
+            Vec::new()
+        };
+        out.push((rel, m.mode(), m.size(), m.mtime(), body));
+        if m.is_dir() {
+            for e in std::fs::read_dir(&d).expect("readdir") {
+                stack.push(e.expect("entry").path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `--ro HOST:PATH` and `[[mounts]]` (read-only) on a microVM: a snapshot of the host path
+/// per run, read-only at PATH in the guest (a directory, or a single file); reading works,
+/// every write fails inside, and the host path is unchanged (contents, modes, times). `--rw`
+/// and `readonly = false` stay refused (123) with a hint naming what to use instead. One boot.
+#[test]
+fn read_only_mounts_reach_the_guest_and_the_host_is_never_written() {
+    if !e2e("read_only_mounts_reach_the_guest_and_the_host_is_never_written") {
+        return;
+    }
+    let a = Airlock::root();
+    let data = a.dir.join("data");
+    std::fs::create_dir_all(data.join("sub")).expect("mkdir");
+    std::fs::write(data.join("f.txt"), "from the host\n").expect("write");
+    std::fs::write(data.join("sub/g.txt"), "nested\n").expect("write");
+    common::set_mode(&data.join("sub/g.txt"), 0o600);
+    let single = a.dir.join("single.conf");
+    std::fs::write(&single, "one file\n").expect("write");
+    let cfg = a.dir.join("cfg");
+    std::fs::create_dir_all(&cfg).expect("mkdir");
+    std::fs::write(cfg.join("c.txt"), "configured\n").expect("write");
+    let conf_dir = a.dir.join("home/.config/airlock");
+    std::fs::create_dir_all(&conf_dir).expect("mkdir");
+    std::fs::write(
+        conf_dir.join("config.toml"),
+        format!(
+            "[[mounts]]\nsource = \"{}\"\ntarget = \"/cfg\"\n",
+            cfg.display()
+        ),
+    )
+    .expect("config");
+    let before = [tree_state(&data), tree_state(&single), tree_state(&cfg)];
+    let script = "cat /data/f.txt /data/sub/g.txt /etc/single.conf /cfg/c.txt; \
+        stat -c %u /data/sub/g.txt; \
+        for t in /data/f.txt /data/new /data/sub/g.txt /etc/single.conf /cfg/c.txt; do \
+          if echo x >> $t 2>/dev/null; then echo wrote $t; fi; done; \
+        rm -f /data/f.txt 2>/dev/null && echo removed; \
+        mkdir /data/d 2>/dev/null && echo made; \
+        grep -E ' /(data|cfg|etc/single.conf) ' /proc/mounts | awk '{print $2, substr($4,1,2)}' | sort";
+    let ro = format!("{}:/data", data.display());
+    let ro_file = format!("{}:/etc/single.conf", single.display());
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--ro",
+            &ro,
+            "--ro",
+            &ro_file,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "from the host\nnested\none file\nconfigured\n1000\n/cfg ro\n/data ro\n/etc/single.conf ro\n",
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        [tree_state(&data), tree_state(&single), tree_state(&cfg)],
+        before,
+        "the host paths changed"
+    );
+
+    // --rw (and a writable [[mounts]] entry): refused before anything starts.
+    let rw = format!("{}:/data", data.display());
+    let out = vm_run(
+        &a,
+        &[
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--rw",
+            &rw,
+            "--",
+            "true",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 123, "{}", out.describe());
+    assert!(
+        out.stderr.contains("no writable share of the host")
+            && out.stderr.contains("hint: use --ro")
+            && out.stderr.contains("clone workspace"),
+        "{}",
+        out.describe()
+    );
+    std::fs::write(
+        conf_dir.join("config.toml"),
+        format!(
+            "[[mounts]]\nsource = \"{}\"\ntarget = \"/cfg\"\nreadonly = false\n",
+            cfg.display()
+        ),
+    )
+    .expect("config");
+    let out = vm_run(
+        &a,
+        &["--workspace", "none", "--net", "off", "--", "true"],
+        &[],
+    );
+    assert_eq!(out.code(), 123, "{}", out.describe());
+    assert_eq!(tree_state(&cfg), before[2]);
+}
+
 /// A scripted harness (as tests/agent.rs has it): edits and commits, or recalls its session.
 const SCRIPTED_AGENT: &str = r#"#!/bin/sh
 set -u
@@ -1624,7 +2070,7 @@ fn a_microvm_boots_an_images_root_built_once() {
     assert_eq!(out.code(), 0, "{}", out.describe());
     let script = "cat /etc/os-release; test -e /usr && echo host-usr || echo no-usr; \
                   test -e /gone && echo gone-there || echo gone-hidden; \
-                  id -u; pwd; echo \"$IMAGE_VAR\"; uname -r";
+                  id -u; pwd; echo \"$IMAGE_VAR\"; uname -r; ls -ln /bin/busybox";
     let image = "example.com/vm/busybox:1";
     let out = vm_run(
         &a,
@@ -1665,6 +2111,18 @@ fn a_microvm_boots_an_images_root_built_once() {
         out.describe()
     );
     assert_ne!(lines[7], host_release(), "the guest's kernel");
+    // The image's owners (root's here), not the store's shifted ones.
+    let owners = |line: Option<&&str>| -> Vec<String> {
+        line.map(|l| {
+            l.split_whitespace()
+                .skip(2)
+                .take(2)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    assert_eq!(owners(lines.get(8)), ["0", "0"], "{}", out.describe());
     let disks: Vec<std::path::PathBuf> = std::fs::read_dir(a.state_dir().join("images/vm"))
         .expect("images/vm")
         .flatten()
@@ -1672,15 +2130,63 @@ fn a_microvm_boots_an_images_root_built_once() {
         .collect();
     assert_eq!(disks.len(), 1, "{disks:?}");
     let before = std::fs::metadata(&disks[0]).expect("the disk");
-    // The second run boots the cached disk: not rebuilt, not even rewritten. Its root is
-    // writable (a layer over the read-only image, inside the guest).
+    // A named microVM on the same image boots the cached disk: not rebuilt, not even
+    // rewritten. Its root is writable (a layer over the read-only image, inside the guest).
+    let _guard = Named(&a, "vmimg");
+    let vm = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    vm(&[
+        "create",
+        "vmimg",
+        "--backend",
+        "microvm",
+        "--image",
+        image,
+        "--user",
+        "root",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+    ]);
+    let out = vm(&["start", "vmimg"]);
+    assert!(!out.stderr.contains("building"), "{}", out.describe());
+    let out = vm(&[
+        "exec",
+        "vmimg",
+        "--",
+        "sh",
+        "-c",
+        "echo w > /bin/added && cat /bin/added; id -u; cat /etc/os-release",
+    ]);
+    assert!(
+        out.stdout.starts_with("w\n0\nID=airlock-vm-image\n"),
+        "{}",
+        out.describe()
+    );
+    vm(&["rm", "-f", "vmimg"]);
+    let after = std::fs::metadata(&disks[0]).expect("the disk");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (before.ino(), before.mtime(), before.mtime_nsec()),
+        (after.ino(), after.mtime(), after.mtime_nsec())
+    );
+
+    // Rootless: the store and its layers are the user's own; the disk makes them root's.
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    let r = Airlock::rootless(&bins);
+    src.chown_to(&user);
+    let out = r.run(&["image", "import", &src.join("oci").to_string_lossy()]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
     let out = vm_run(
-        &a,
+        &r,
         &[
             "--image",
             image,
-            "--user",
-            "root",
             "--workspace",
             "none",
             "--net",
@@ -1688,22 +2194,33 @@ fn a_microvm_boots_an_images_root_built_once() {
             "--",
             "sh",
             "-c",
-            "echo w > /bin/added && cat /bin/added; id -u; cat /etc/os-release",
+            "cat /etc/os-release; test -e /usr && echo host-usr || echo no-usr; id -u; ls -ln /bin/busybox",
         ],
         &[],
     );
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    assert!(
-        out.stdout.starts_with("w\n0\nID=airlock-vm-image\n"),
-        "{}",
+    assert_eq!(out.code(), 0, "rootless: {}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "ID=airlock-vm-image",
+            "NAME=\"only in the image\"",
+            "no-usr",
+            "33"
+        ],
+        "rootless: {}",
         out.describe()
     );
-    assert!(!out.stderr.contains("building"), "{}", out.describe());
-    let after = std::fs::metadata(&disks[0]).expect("the disk");
-    use std::os::unix::fs::MetadataExt;
     assert_eq!(
-        (before.ino(), before.mtime(), before.mtime_nsec()),
-        (after.ino(), after.mtime(), after.mtime_nsec())
+        owners(lines.get(4)),
+        ["0", "0"],
+        "rootless: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("building the microVM disk of image"),
+        "rootless: its own store, its own disk: {}",
+        out.describe()
     );
 }
 
@@ -1766,4 +2283,160 @@ fn an_open_network_guest_reaches_out_but_not_metadata_or_host_loopback() {
         host_lo.accept().is_err(),
         "the host's loopback listener was reached"
     );
+}
+
+/// Plain HTTP to x.test through the explicit proxy (curl, with the guest's proxy variables)
+/// and on the transparent path with the sandbox's DNS (Python, no proxy): both results on one
+/// line, e.g. `curl=hello from x.test /a py=hello from x.test /a`.
+fn both_http_paths(path: &str) -> String {
+    format!(
+        "c=$(curl -fsS --max-time 20 http://x.test{path} 2>/dev/null || echo DENIED); \
+         p=$(python3 -c \"import urllib.request as u; \
+print(u.build_opener(u.ProxyHandler({{}})).open('http://x.test{path}',timeout=20).read().decode().strip())\" 2>/dev/null || echo DENIED); \
+         echo \"curl=$c py=$p\""
+    )
+}
+
+/// A keep-alive HTTPS connection on the transparent path (TLS relayed by name: plain HTTP is
+/// one request per connection), one request, then wait (at most 60 s) for the connection to be
+/// closed from outside. The guest has no copy of the test CA (a microVM takes no --ro mount
+/// yet): the server's certificate is not what this checks.
+const LONG_LIVED_TLS: &str = "import http.client, ssl, select
+c = http.client.HTTPSConnection('x.test', 443, timeout=90, context=ssl._create_unverified_context())
+c.request('GET', '/long')
+r = c.getresponse()
+print(r.status, r.read().decode().strip(), flush=True)
+ready, _, _ = select.select([c.sock], [], [], 60)
+try:
+    data = c.sock.recv(1) if ready else b'x'
+except Exception:
+    data = b''
+print('closed' if not data else 'still open', flush=True)
+";
+
+/// Removes the named sandbox and stops the engine whatever the test's outcome.
+struct Named<'a>(&'a Airlock, &'a str);
+
+impl Drop for Named<'_> {
+    fn drop(&mut self) {
+        let _ = vm_cli(self.0, &["rm", "-f", self.1]);
+        common::stop_engines_of(self.0);
+    }
+}
+
+/// Live policy on a running named microVM, as for containers (tests/live_policy.rs): the
+/// guest's connection to a host is denied (journaled, with `airlock allow` as the fix), `allow`
+/// lets the same connection through without a restart, `deny` refuses it again and closes an
+/// open connection to it — on both the explicit proxy and the transparent path.
+#[test]
+fn allow_and_deny_reach_a_running_microvm() {
+    if !e2e("allow_and_deny_reach_a_running_microvm") {
+        return;
+    }
+    let inet = Internet::start(&["x.test", "keep.test"], &[]);
+    let a = Airlock::root();
+    let name = "live-vm";
+    let _guard = Named(&a, name);
+    let run = |args: &[&str]| {
+        let mut cmd = a.command(args);
+        cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+        cmd.env("AIRLOCK_DNS_UPSTREAM", &inet.dns);
+        common::run_with_deadline(cmd, None, VM_DEADLINE)
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    let exec = |script: &str| {
+        ok(&["exec", name, "--", "sh", "-c", script])
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let journal = || -> Vec<serde_json::Value> {
+        ok(&["audit", name, "--json"])
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    };
+    ok(&[
+        "create",
+        name,
+        "--backend",
+        "microvm",
+        "--workspace",
+        "none",
+        "--allow",
+        "keep.test",
+    ]);
+    ok(&["start", name]);
+    let denied = "curl=DENIED py=DENIED";
+    assert_eq!(exec(&both_http_paths("/a")), denied, "before");
+    let fix = format!("run `airlock allow {name} x.test");
+    let events = journal();
+    assert!(
+        events.iter().any(|e| e["category"] == "egress"
+            && e["decision"] == "deny"
+            && e["host"] == "x.test"
+            && e["fix"].as_str().is_some_and(|f| f.starts_with(&fix))),
+        "{events:#?}"
+    );
+
+    let out = ok(&["allow", name, "x.test"]);
+    assert_eq!(
+        out.stdout,
+        format!("allowed x.test in {name} (in force now, and at its later starts)\n")
+    );
+    assert_eq!(
+        exec(&both_http_paths("/b")),
+        "curl=hello from x.test /b py=hello from x.test /b",
+        "after allow, same guest, no restart"
+    );
+
+    // A long-lived connection, open while x.test is denied: closed from outside.
+    let mut child = a
+        .command(&["exec", name, "--", "python3", "-c", LONG_LIVED_TLS])
+        .env("AIRLOCK_CACHE_DIR", cache_dir())
+        .env("AIRLOCK_DNS_UPSTREAM", &inet.dns)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exec");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(first, "200 hello from x.test /long");
+    let out = ok(&["deny", name, "x.test", "--json"]);
+    let change: serde_json::Value = serde_json::from_str(&out.stdout).expect("--json");
+    assert_eq!(
+        (
+            &change["op"],
+            &change["domain"],
+            &change["live"],
+            &change["closed"]
+        ),
+        (
+            &serde_json::json!("deny"),
+            &serde_json::json!("x.test"),
+            &serde_json::json!(true),
+            &serde_json::json!(1)
+        ),
+        "{change}"
+    );
+    assert_eq!(change["domains"], serde_json::json!(["keep.test"]));
+    let second = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(second, "closed", "the open connection");
+    let _ = child.wait();
+    assert_eq!(exec(&both_http_paths("/c")), denied, "after deny");
+    let policy: Vec<serde_json::Value> = journal()
+        .into_iter()
+        .filter(|e| e["category"] == "policy")
+        .collect();
+    assert_eq!(policy.len(), 2, "{policy:#?}");
+    assert_eq!(
+        (&policy[0]["op"], &policy[1]["op"]),
+        (&serde_json::json!("allow"), &serde_json::json!("deny"))
+    );
+    assert_eq!(policy[1]["closed"], 1);
 }

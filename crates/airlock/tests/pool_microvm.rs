@@ -117,6 +117,36 @@ fn pids_in_cgroup_of(name: &str) -> Vec<i32> {
         .collect()
 }
 
+/// A member's supervisor and every process under it (QEMU's container, QEMU): by parent,
+/// as a rootless member has no cgroup of its own.
+fn member_processes(a: &Airlock, name: &str) -> Vec<i32> {
+    let Some(sup) = std::fs::read_to_string(members_dir(a).join(name).join("supervisor.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return vec![];
+    };
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![sup];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.retain(|p| Path::new(&format!("/proc/{p}")).exists());
+    found
+}
+
 /// Whether a member's supervisor runs and its guest takes sessions (its control socket
 /// answers).
 fn member_alive(a: &Airlock, name: &str) -> bool {
@@ -305,14 +335,10 @@ fn a_warm_microvm_claim_binds_its_own_allowlist_and_secret() {
 }
 
 /// kill -9 the daemon: its booted member stays supervised (QEMU and the guest run on); a new
-/// daemon adopts it (no new boot) and a claim gets it; `daemon stop` leaves nothing.
-#[test]
-fn a_killed_daemon_leaves_microvm_members_running_and_a_new_one_adopts_them() {
-    if !e2e("a_killed_daemon_leaves_microvm_members_running_and_a_new_one_adopts_them") {
-        return;
-    }
-    let a = Airlock::root();
-    let _guard = DaemonGuard(&a);
+/// daemon adopts it (no new boot) and a claim gets it, with a secret; `daemon stop` leaves
+/// nothing.
+fn adopt(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
     let start = [
         "daemon",
         "start",
@@ -324,33 +350,39 @@ fn a_killed_daemon_leaves_microvm_members_running_and_a_new_one_adopts_them() {
         "1",
         "--wait",
     ];
-    ok(&a, &start, &[]);
-    let first = members_ever(&a);
-    assert_eq!(first.len(), 1, "{first:?}");
+    ok(a, &start, &[]);
+    let first = members_ever(a);
+    assert_eq!(first.len(), 1, "{label}: {first:?}");
     let member = first.iter().next().cloned().unwrap_or_default();
-    let qemu = pids_in_cgroup_of(&member);
-    assert!(!qemu.is_empty(), "no processes in {member}'s cgroup");
+    let qemu = member_processes(a, &member);
+    assert!(
+        qemu.len() >= 2,
+        "{label}: no QEMU under {member}'s supervisor: {qemu:?}"
+    );
 
-    kill_daemon(&a);
+    kill_daemon(a);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(member_alive(&a, &member), "{member} died with the daemon");
+    assert!(
+        member_alive(a, &member),
+        "{label}: {member} died with the daemon"
+    );
     assert!(
         qemu.iter()
             .all(|p| Path::new(&format!("/proc/{p}")).exists()),
-        "{member}'s QEMU died with the daemon"
+        "{label}: {member}'s QEMU died with the daemon"
     );
 
     // A new daemon adopts it: no second boot.
-    ok(&a, &start, &[]);
+    ok(a, &start, &[]);
     assert_eq!(
-        members_ever(&a),
+        members_ever(a),
         first,
-        "the new daemon booted another member"
+        "{label}: the new daemon booted another member"
     );
-    assert_eq!(pool0(&a)["ready"], 1, "{}", status(&a));
+    assert_eq!(pool0(a)["ready"], 1, "{label}: {}", status(a));
 
     let out = ok(
-        &a,
+        a,
         &[
             "run",
             "--backend",
@@ -359,18 +391,128 @@ fn a_killed_daemon_leaves_microvm_members_running_and_a_new_one_adopts_them() {
             "off",
             "--workspace",
             "none",
+            "--secret",
+            "TOKEN=env:TOKEN_SRC",
             "--",
-            "hostname",
+            "sh",
+            "-c",
+            "hostname; cat /run/secrets/TOKEN",
         ],
-        &[],
+        &[("TOKEN_SRC", "s3cret-adopted")],
     );
     assert_eq!(
         claimed(&out).as_deref(),
         Some(member.as_str()),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        out.stdout,
+        format!("{member}\ns3cret-adopted"),
+        "{label}: {}",
+        out.describe()
+    );
+    ok(a, &["daemon", "stop"], &[]);
+    assert_nothing_left(a, label);
+    let left: Vec<&i32> = qemu
+        .iter()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{label}: {member}'s processes left: {left:?}"
+    );
+}
+
+#[test]
+fn a_killed_daemon_leaves_microvm_members_running_and_a_new_one_adopts_them() {
+    if !e2e("a_killed_daemon_leaves_microvm_members_running_and_a_new_one_adopts_them") {
+        return;
+    }
+    adopt(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn a_rootless_daemon_keeps_microvm_members_too() {
+    if !e2e("a_rootless_daemon_keeps_microvm_members_too") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = common::Bins::owned_by(&user);
+    adopt(&Airlock::rootless(&bins), "rootless");
+}
+
+/// `daemon start --backend microvm` where no guest can boot (here: a missing kernel) says why,
+/// as a cold run does (exit 123, the path, who chose it, the hint), and makes no pool and no
+/// daemon that would retry boots in the background. (No boot.)
+#[test]
+fn a_microvm_pool_that_cannot_boot_is_refused_at_start() {
+    if !e2e("a_microvm_pool_that_cannot_boot_is_refused_at_start") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let out = vm(
+        &a,
+        &[
+            "daemon",
+            "start",
+            "--backend",
+            "microvm",
+            "--kernel",
+            "/nonexistent/vmlinuz",
+            "--size",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 123, "{}", out.describe());
+    assert!(
+        out.stderr.contains("/nonexistent/vmlinuz (from --kernel)")
+            && out
+                .stderr
+                .contains("hint: install a distribution kernel package"),
         "{}",
         out.describe()
     );
-    assert_eq!(out.stdout.trim(), member, "{}", out.describe());
-    ok(&a, &["daemon", "stop"], &[]);
-    assert_nothing_left(&a, "adopt");
+    let st = status(&a);
+    assert_eq!(st["running"], false, "{st}");
+    assert_eq!(st["pools"].as_array().map(Vec::len), Some(0), "{st}");
+}
+
+/// A run with `--ro` mounts never takes a warm microVM member, even from a pool made for that
+/// very spec: a mount is a snapshot, and a member's would date from its boot. The run starts
+/// cold and sees the host directory as it is now.
+#[test]
+fn a_microvm_run_with_read_only_mounts_never_takes_a_stale_member() {
+    if !e2e("a_microvm_run_with_read_only_mounts_never_takes_a_stale_member") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let data = a.dir.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("f.txt"), "at the member's boot\n").expect("write");
+    let ro = format!("{}:/data", data.display());
+    let policy = [
+        "--backend",
+        "microvm",
+        "--net",
+        "off",
+        "--workspace",
+        "none",
+        "--ro",
+        &ro,
+    ];
+    let mut args = vec!["daemon", "start", "--size", "1", "--wait"];
+    args.extend(policy);
+    ok(&a, &args, &[]);
+    assert_eq!(members_ever(&a).len(), 1, "{}", status(&a));
+    std::fs::write(data.join("f.txt"), "now\n").expect("write");
+    let mut args = vec!["run"];
+    args.extend(policy);
+    args.extend(["--", "cat", "/data/f.txt"]);
+    let out = ok(&a, &args, &[]);
+    assert_eq!(out.stdout, "now\n", "{}", out.describe());
+    assert!(claimed(&out).is_none(), "{}", out.describe());
 }

@@ -104,24 +104,21 @@ fn boot() -> Res<()> {
         return Ok(());
     }
     t.mark("early mounts");
-    load_modules(Path::new(MODULES), &mut t)?;
-    let port = wait_for(Duration::from_secs(20), || find_port(VM_PORT_NAME))
-        .ok_or("the channel port did not appear")?;
-    let chan = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&port)
-        .map_err(ctx(port.display()))?;
-    t.mark("channel open");
+    // The channel first: the hello goes out as soon as the port is there (looked for after
+    // each module), and the host's job travels while the other modules load.
+    let mut early = Early::default();
+    load_modules(Path::new(CHAN_MODULES), &mut t, &mut |t| early.poll(t))?;
+    load_modules(Path::new(MODULES), &mut t, &mut |t| early.poll(t))?;
+    let chan = match early {
+        Early { err: Some(e), .. } => return Err(e),
+        Early { chan: Some(c), .. } => c,
+        Early { chan: None, .. } => {
+            let port = wait_for(Duration::from_secs(20), || find_port(VM_PORT_NAME))
+                .ok_or("the channel port did not appear")?;
+            greet(&port, &mut t)?
+        }
+    };
     let mut out = Channel(chan.try_clone().map_err(ctx("channel"))?);
-    let kernel = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    out.send(&GuestMsg::Hello {
-        v: VM_PROTOCOL_VERSION,
-        kernel,
-        sessions: true,
-    });
     let mut input = BufReader::new(chan);
     let (mut job, secrets, ca_bundle) = loop {
         let mut line = String::new();
@@ -221,6 +218,46 @@ fn boot() -> Res<()> {
     Ok(())
 }
 
+/// The channel while the modules load: opened (and the hello sent) once its port is there.
+#[derive(Default)]
+struct Early {
+    chan: Option<File>,
+    err: Option<String>,
+}
+
+impl Early {
+    fn poll(&mut self, t: &mut Timing) {
+        if self.chan.is_some() || self.err.is_some() {
+            return;
+        }
+        if let Some(port) = find_port(VM_PORT_NAME) {
+            match greet(&port, t) {
+                Ok(c) => self.chan = Some(c),
+                Err(e) => self.err = Some(e),
+            }
+        }
+    }
+}
+
+/// Open the channel's port and say hello.
+fn greet(port: &Path, t: &mut Timing) -> Res<File> {
+    let chan = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(port)
+        .map_err(ctx(port.display()))?;
+    t.mark("channel open");
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Channel(chan.try_clone().map_err(ctx("channel"))?).send(&GuestMsg::Hello {
+        v: VM_PROTOCOL_VERSION,
+        kernel,
+        sessions: true,
+    });
+    Ok(chan)
+}
+
 struct Channel(File);
 
 impl Channel {
@@ -245,15 +282,17 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// Where the initramfs holds the kernel modules: those every boot needs, in load order
-/// (`NN-NAME.ko`), in `net/` those only a guest with a network needs and in `disk/` those only a
-/// workspace disk needs.
+/// Where the initramfs holds the kernel modules, each group in load order (`NN-NAME.ko`): in
+/// `chan/` the channel's (loaded first), then the others every boot needs, in `net/` those only
+/// a guest with a network needs and in `disk/` those only a workspace disk needs.
+const CHAN_MODULES: &str = "/modules/chan";
 const MODULES: &str = "/modules";
 const NET_MODULES: &str = "/modules/net";
 const DISK_MODULES: &str = "/modules/disk";
 
-/// finit_module every DIR/NN-NAME.ko in order (already loaded or built in: fine).
-fn load_modules(dir: &Path, t: &mut Timing) -> Res<()> {
+/// finit_module every DIR/NN-NAME.ko in order (already loaded or built in: fine), calling
+/// `after` after each.
+fn load_modules(dir: &Path, t: &mut Timing, after: &mut dyn FnMut(&mut Timing)) -> Res<()> {
     let mut mods: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(d) => d,
         // No optional group in this initramfs: nothing to load.
@@ -289,6 +328,7 @@ fn load_modules(dir: &Path, t: &mut Timing) -> Res<()> {
             .map(|s| s.to_string_lossy())
             .unwrap_or_default();
         t.mark(format!("module {name}"));
+        after(t);
     }
     Ok(())
 }
@@ -416,7 +456,7 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     }
     if job.workspace_disk {
         // The sandbox's own clone: its ext4 image, writable, kept between starts.
-        load_modules(Path::new(DISK_MODULES), t)?;
+        load_modules(Path::new(DISK_MODULES), t, &mut |_| {})?;
         let ws = wait_for(Duration::from_secs(20), || find_disk(DISK_WORKSPACE))
             .ok_or("the workspace disk did not appear")?;
         let target = at("/workspace");
@@ -426,6 +466,12 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
         let _ = fs::write("/proc/sys/vm/dirty_expire_centisecs", "100");
         let _ = fs::write("/proc/sys/vm/dirty_writeback_centisecs", "50");
         hand_over(Path::new(&target), job.uid, job.gid)?;
+    }
+    for (i, m) in job.mounts.iter().enumerate() {
+        ro_mount(i, m, &at(&m.path))?;
+    }
+    if !job.mounts.is_empty() {
+        t.mark("read-only mounts mounted");
     }
     for f in &job.files {
         let path = at(&f.path);
@@ -440,7 +486,7 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     let _ = nix::unistd::sethostname(&job.hostname);
     net::up("lo", None)?;
     if job.net == GuestNet::User {
-        load_modules(Path::new(NET_MODULES), t)?;
+        load_modules(Path::new(NET_MODULES), t, &mut |_| {})?;
         net::up(
             "eth0",
             Some(([10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2])),
@@ -448,6 +494,47 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     }
     t.mark("network up");
     Ok(())
+}
+
+/// A read-only mount (`--ro`): its snapshot's disk, read-only, at `target` in the new root —
+/// a directory mounted there, a file (its image's one entry) bound there from a mount of the
+/// image outside the new root.
+fn ro_mount(i: usize, m: &airlock_model::vm::GuestMount, target: &str) -> Res<()> {
+    let dev = wait_for(Duration::from_secs(20), || find_disk(&m.serial)).ok_or_else(|| {
+        format!(
+            "the disk of the read-only mount at {} did not appear",
+            m.path
+        )
+    })?;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if !m.file {
+        return mnt(&dev, target, "erofs", flags, None);
+    }
+    let stage = format!("/ro{i}");
+    mnt(&dev, &stage, "erofs", flags, None)?;
+    if let Some(parent) = Path::new(target).parent() {
+        mkdir(&parent.display().to_string(), 0o755)?;
+    }
+    if fs::symlink_metadata(target).is_err() {
+        File::create(target).map_err(ctx(target))?;
+    }
+    let src = format!("{stage}/{}", airlock_model::vm::RO_FILE_ENTRY);
+    mount(
+        Some(src.as_str()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(ctx(format!("bind {src} at {target}")))?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        None::<&str>,
+    )
+    .map_err(ctx(format!("remount {target} read-only")))
 }
 
 /// The secrets as /run/secrets/NAME (0400 files in a 0500 directory, the sandbox user's, on

@@ -31,7 +31,7 @@ pub struct FetchRequest {
         (status = 200, description = "The changed files, their line counts, the commits and the gate's findings", body = DiffSummary),
         (status = 400, description = "`invalid_name`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 409, description = "`not_clone` or `no_branch`", body = ErrorBody),
+        (status = 409, description = "`not_clone`, `no_branch` or `in_guest` (a microVM sandbox whose VM ended without its work taken out)", body = ErrorBody),
     ))]
 pub async fn diff(
     State(engine): State<Shared>,
@@ -52,7 +52,7 @@ pub async fn diff(
         (status = 200, description = "Fetched (or already up to date)", body = FetchReport),
         (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 409, description = "`needs_review` (the findings are listed in `error`; a human passes `accept`), `diverged`, `not_clone` or `no_branch`", body = ErrorBody),
+        (status = 409, description = "`needs_review` (the findings are listed in `error`; a human passes `accept`), `diverged`, `not_clone`, `no_branch` or `in_guest`", body = ErrorBody),
     ))]
 pub async fn fetch(
     State(engine): State<Shared>,
@@ -77,7 +77,7 @@ pub async fn fetch(
         (status = 200, description = "Applied (or, with `dry_run`, what would be)", body = SyncReport),
         (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 409, description = "`needs_review`, `conflict` (host edits), `through_links`, `diverged`, `not_clone` or `no_branch`", body = ErrorBody),
+        (status = 409, description = "`needs_review`, `conflict` (host edits), `through_links`, `diverged`, `not_clone`, `no_branch` or `in_guest`", body = ErrorBody),
     ))]
 pub async fn sync(
     State(engine): State<Shared>,

@@ -8,7 +8,9 @@
 use super::*;
 use crate::policy::WorkspaceMode;
 use crate::spec::SandboxUser;
-use crate::vm::{GuestFile, GuestJob, GuestNet, DISK_ROOT, DISK_WORKSPACE, VM_PORT_NAME};
+use crate::vm::{
+    disk_ro, GuestFile, GuestJob, GuestMount, GuestNet, DISK_ROOT, DISK_WORKSPACE, VM_PORT_NAME,
+};
 
 /// Inside the QEMU container: the host's artifact cache (kernel, initrd, root image),
 /// read-only.
@@ -22,12 +24,23 @@ pub const VM_IMAGE_DIR: &str = "/airlock-vm/image";
 pub const VM_CHANNEL: &str = "channel.sock";
 /// The workspace image in the run directory.
 pub const VM_WORKSPACE_IMAGE: &str = "workspace.erofs";
+/// The snapshot image of the `i`th read-only mount in the run directory.
+pub fn ro_image(i: usize) -> String {
+    format!("ro-{i}.erofs")
+}
+/// The most read-only mounts a microVM takes (each is a virtio-blk disk of its own).
+pub const MAX_RO_MOUNTS: usize = 8;
 /// A clone workspace's disk in the run directory (a hard link to the sandbox's own image).
 pub const VM_WORKSPACE_DISK: &str = "workspace.img";
 /// A clone workspace's disk image in the sandbox's folder, beside its clone: an ext4 image
 /// made from the clone at the first start, the guest's to write from then on. The host never
 /// mounts or reads it; the work comes back as a git bundle over the channel.
 pub const WORKSPACE_IMAGE_FILE: &str = "vm-workspace.img";
+/// Beside that image while the guest's disk may hold work the host has not taken out: written
+/// by the supervisor when it gives the guest the disk, removed once a stop has brought the
+/// branch over (`airlock_engine::guest_work::before_stop`). Still there while the sandbox is
+/// down: its VM ended without that (a killed supervisor), and the next start brings it over.
+pub const WORK_PENDING_FILE: &str = "vm-work-pending";
 /// The size of that image when the spec sets no `disk` (a sparse file: blocks cost only what
 /// the guest writes).
 pub const VM_DEFAULT_WORKSPACE_DISK: u64 = 8 << 30;
@@ -38,6 +51,9 @@ pub const VM_DEFAULT_MEMORY: u64 = 1 << 30;
 pub const VM_OVERHEAD: u64 = 384 << 20;
 /// TCG translation block cache in MiB (QEMU's default is 1 GiB of address space).
 pub const TCG_TB_MIB: u64 = 128;
+/// The virtio-serial device's port count: port 0 (reserved by QEMU for a console, unused) and
+/// the channel's.
+pub const VM_SERIAL_PORTS: u32 = 2;
 /// The guest's address on QEMU's user-mode network, where the host side is 10.0.2.2.
 pub const SLIRP_HOST: &str = "10.0.2.2";
 
@@ -107,6 +123,10 @@ pub struct VmPlan {
     /// A clone workspace: the guest's writable disk (made from the clone at the first start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_disk: Option<WorkspaceDisk>,
+    /// The host paths of the read-only mounts, in the order of `guest.mounts`: the executor
+    /// makes each one's snapshot ([`ro_image`]) before QEMU starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ro_sources: Vec<PathBuf>,
     pub accel: Accel,
     pub memory: u64,
     pub cpus: u32,
@@ -143,12 +163,15 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         _ => {}
     }
     if spec.binds.iter().any(|b| b.writable) {
+        return Err(Refusal::MicrovmWritableMount);
+    }
+    if spec.binds.len() > MAX_RO_MOUNTS {
         return Err(Refusal::MicrovmUnsupported(
-            "--rw mounts (a microVM gets no writable host share)",
+            "more than 8 read-only mounts (each is a disk of the VM's)",
         ));
     }
-    if !spec.binds.is_empty() {
-        return Err(Refusal::MicrovmUnsupported("--ro mounts"));
+    for b in &spec.binds {
+        container::check_target(&b.target)?;
     }
     // An image: its one read-only disk (made from its layers by the backend's preparation)
     // is the guest's root instead of the host root image.
@@ -264,8 +287,21 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if ws_disk.is_some() {
         disk("ws", s(&run.join(VM_WORKSPACE_DISK)), DISK_WORKSPACE, true);
     }
+    for i in 0..spec.binds.len() {
+        disk(
+            &format!("ro{i}"),
+            s(&run.join(ro_image(i))),
+            &disk_ro(i),
+            false,
+        );
+    }
     let mut push = |a: &[&str]| argv.extend(a.iter().map(|x| x.to_string()));
-    push(&["-device", "virtio-serial-device"]);
+    // One port (the channel; port 0 is reserved for a console): the guest's driver sets up two
+    // virtqueues per possible port, 64 for QEMU's default of 31 ports, at boot.
+    push(&[
+        "-device",
+        &format!("virtio-serial-device,max_ports={VM_SERIAL_PORTS}"),
+    ]);
     push(&[
         "-chardev",
         &format!("socket,id=channel,path={}", s(&run.join(VM_CHANNEL))),
@@ -391,10 +427,21 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             hold: spec.persistent,
             // The executor sets the user's terminal size when it starts the guest.
             tty: (spec.stdio == crate::spec::Stdio::Tty).then_some(DEFAULT_TTY),
+            mounts: spec
+                .binds
+                .iter()
+                .enumerate()
+                .map(|(i, b)| GuestMount {
+                    serial: disk_ro(i),
+                    path: s(&b.target),
+                    file: false,
+                })
+                .collect(),
         },
         qemu,
         workspace: has_ws.then(|| spec.project_dir.clone()),
         workspace_disk: ws_disk,
+        ro_sources: spec.binds.iter().map(|b| b.source.clone()).collect(),
         accel: vm.accel,
         memory,
         cpus,

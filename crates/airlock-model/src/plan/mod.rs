@@ -419,6 +419,8 @@ pub enum Refusal {
     RootFsUnavailable(String),
     #[error("the microvm backend does not support {0} yet")]
     MicrovmUnsupported(&'static str),
+    #[error("--rw mounts are refused on the microvm backend: a microVM gets no writable share of the host (its --ro mounts are snapshots)")]
+    MicrovmWritableMount,
     #[error("image {0:?} is not in the local image store")]
     ImageNotInStore(String),
     #[error("image root filesystems need Linux >= 6.6 (user xattrs on tmpfs for the overlay's upper layer)")]
@@ -443,6 +445,7 @@ impl Refusal {
             Refusal::BackendUnavailable(_) => "use backend = \"container\" (or drop --backend); run `airlock doctor` to see what this host supports",
             Refusal::RootFsUnavailable(_) => "use image = \"host\" (the default); run `airlock doctor` to see what this host supports",
             Refusal::MicrovmUnsupported(_) => "use the container backend for this (drop --backend microvm)",
+            Refusal::MicrovmWritableMount => "use --ro for a read-only snapshot; for work that must come back, a clone workspace (a named sandbox in a git repository: `airlock diff`/`fetch`) or `airlock cp NAME:PATH DEST`; or the container backend",
             Refusal::ImageNotInStore(_) => "pull it first: airlock image pull IMAGE (`airlock image ls` lists the store)",
             Refusal::ImageNeedsTmpfsXattr => "use image = \"host\" on this kernel, or upgrade to Linux 6.6 or later",
             Refusal::DiskUnenforceable => "remove `disk` from [resources] for named sandboxes (it bounds the in-memory mounts of `airlock run`), or run the command with `airlock run`",

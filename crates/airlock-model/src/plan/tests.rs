@@ -999,7 +999,7 @@ fn the_microvm_plan_is_exact() {
         "-device",
         "virtio-blk-device,drive=ws,serial=airlock-ws",
         "-device",
-        "virtio-serial-device",
+        "virtio-serial-device,max_ports=2",
         "-chardev",
         "socket,id=channel,path=/airlock-vm/run/channel.sock",
         "-device",
@@ -1057,9 +1057,11 @@ fn the_microvm_plan_is_exact() {
             workspace_disk: false,
             hold: false,
             tty: None,
+            mounts: vec![],
         },
         workspace: Some(p("/home/u/proj")),
         workspace_disk: None,
+        ro_sources: vec![],
         accel: Accel::Tcg,
         memory: 512 << 20,
         cpus: 2,
@@ -1256,10 +1258,12 @@ fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
         target: p("/srv"),
         writable: true,
     }];
-    assert!(matches!(
-        super::plan(&s, &vm_host()),
-        Err(Refusal::MicrovmUnsupported(_))
-    ));
+    let rw = super::plan(&s, &vm_host());
+    assert_eq!(rw, Err(Refusal::MicrovmWritableMount));
+    let hint = Refusal::MicrovmWritableMount.hint();
+    assert!(
+        hint.contains("--ro") && hint.contains("clone workspace") && hint.contains("airlock cp")
+    );
     s.binds.clear();
     // An image that is not in the store, or whose disk was not prepared: refused by name.
     s.rootfs = RootFs::from_config("busybox:1.36");
@@ -1286,6 +1290,88 @@ fn the_microvm_plan_refuses_what_it_cannot_keep_promises_on() {
         super::plan(&s, &host(0)),
         Err(Refusal::BackendUnavailable(BackendKind::Microvm))
     );
+}
+
+/// `--ro HOST:PATH` on a microVM: each mount is a read-only disk of its own (its snapshot, made
+/// by the executor in the run directory) that the guest mounts at PATH, after the workspace;
+/// targets are checked as for containers, and there is a bound on how many.
+#[test]
+fn the_microvm_plan_gives_each_read_only_mount_a_disk_of_its_own() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.binds = vec![
+        BindSpec {
+            source: p("/srv/data"),
+            target: p("/data"),
+            writable: false,
+        },
+        BindSpec {
+            source: p("/etc/hostname"),
+            target: p("/workspace/cfg/hostname"),
+            writable: false,
+        },
+    ];
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microVM plan");
+    };
+    assert_eq!(got.ro_sources, vec![p("/srv/data"), p("/etc/hostname")]);
+    assert_eq!(
+        got.guest.mounts,
+        vec![
+            crate::vm::GuestMount {
+                serial: "airlock-ro0".into(),
+                path: "/data".into(),
+                file: false,
+            },
+            crate::vm::GuestMount {
+                serial: "airlock-ro1".into(),
+                path: "/workspace/cfg/hostname".into(),
+                file: false,
+            },
+        ]
+    );
+    let argv = got.qemu.argv.join(" ");
+    for (i, serial) in ["airlock-ro0", "airlock-ro1"].iter().enumerate() {
+        assert!(
+            argv.contains(&format!(
+                "-drive id=ro{i},file=/airlock-vm/run/ro-{i}.erofs,format=raw,if=none,readonly=on \
+                 -device virtio-blk-device,drive=ro{i},serial={serial}"
+            )),
+            "{argv}"
+        );
+    }
+    // The host paths are not QEMU's: only the cache and (by the executor) its run directory.
+    assert!(!argv.contains("/srv/data"), "{argv}");
+    assert_eq!(
+        got.qemu
+            .mounts
+            .iter()
+            .filter(|m| matches!(m, MountStep::BindRo { source, .. } if source == &p("/srv/data")))
+            .count(),
+        0
+    );
+
+    s.binds[0].target = p("/proc/x");
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::BadTarget(..))
+    ));
+    s.binds[0].target = p("relative");
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::BadTarget(..))
+    ));
+    s.binds = (0..=microvm::MAX_RO_MOUNTS)
+        .map(|i| BindSpec {
+            source: p(&format!("/srv/{i}")),
+            target: p(&format!("/m/{i}")),
+            writable: false,
+        })
+        .collect();
+    assert!(matches!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::MicrovmUnsupported(_))
+    ));
 }
 
 #[test]

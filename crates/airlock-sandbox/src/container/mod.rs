@@ -192,7 +192,9 @@ fn egress_ctx(
     use airlock_egress::journal::{Journal, Verdict};
     let mut policy = airlock_egress::policy::EgressPolicy::new(&plan.domains, &plan.ports)
         .map_err(|e| RunError::Setup(format!("network policy: {e}")))?;
-    if opts.persist.is_some() {
+    // A named sandbox's denials say `airlock allow NAME …`: a persistent container's, and the
+    // QEMU of a named microVM (a run given the sandbox's id; the guest holds the state).
+    if opts.persist.is_some() || opts.instance_id.is_some() {
         policy = policy.of_sandbox(name);
     }
     let timeout = Duration::from_secs(3);

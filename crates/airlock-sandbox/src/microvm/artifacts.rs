@@ -13,15 +13,14 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Kernel modules every guest's init loads (with their dependencies, from modules.dep), in
-/// this order; those built into the kernel are skipped.
-pub const GUEST_MODULES: &[&str] = &[
-    "virtio_mmio",
-    "virtio_blk",
-    "virtio_console",
-    "erofs",
-    "overlay",
-];
+/// Kernel modules every guest's init loads first (with their dependencies, from modules.dep),
+/// from `/modules/chan`: the channel's. The guest says hello as soon as its port is there and
+/// loads the rest while the host answers with the job.
+pub const CHANNEL_MODULES: &[&str] = &["virtio_mmio", "virtio_console"];
+
+/// Kernel modules every guest's init loads after the channel's (with the dependencies the
+/// channel's do not bring), in this order; those built into the kernel are skipped.
+pub const GUEST_MODULES: &[&str] = &["virtio_blk", "erofs", "overlay"];
 
 /// Kernel modules only a guest with a network loads (after its job says so): the initramfs
 /// holds them, with the dependencies the others do not share, in `modules/net/`.
@@ -34,7 +33,8 @@ pub const DISK_MODULES: &[&str] = &["ext4"];
 /// The initramfs's layout version, part of its cache key: an airlock that lays the initramfs
 /// out differently (which modules where, how they are stored) never boots one cached by
 /// another. 2: network modules apart; signatures stripped. 3: workspace-disk modules apart.
-const INITRD_LAYOUT: &str = "3";
+/// 4: the channel's modules apart, loaded first.
+const INITRD_LAYOUT: &str = "4";
 
 /// The microVM artifact cache.
 pub fn cache_dir() -> PathBuf {
@@ -147,10 +147,11 @@ pub fn vmlinux(dir: &Path, k: &Kernel) -> Result<String, String> {
 }
 
 /// The modules a guest of `release` loads, dependencies first (paths under
-/// /lib/modules/RELEASE): those every boot needs, those only a network needs and those only a
-/// workspace disk needs (each set without what an earlier one holds).
+/// /lib/modules/RELEASE): the channel's, the others every boot needs, those only a network
+/// needs and those only a workspace disk needs (each set without what an earlier one holds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Modules {
+    pub channel: Vec<PathBuf>,
     pub base: Vec<PathBuf>,
     pub net: Vec<PathBuf>,
     pub disk: Vec<PathBuf>,
@@ -200,7 +201,7 @@ fn module_list_in(root: &Path, release: &str) -> Result<Modules, String> {
         Ok(())
     }
     let mut ends = Vec::new();
-    for set in [GUEST_MODULES, NET_MODULES, DISK_MODULES] {
+    for set in [CHANNEL_MODULES, GUEST_MODULES, NET_MODULES, DISK_MODULES] {
         for want in set {
             let Some((path, _)) = deps.iter().find(|(p, _)| stem(p) == *want) else {
                 if builtin.lines().any(|l| stem(l) == *want) {
@@ -214,10 +215,16 @@ fn module_list_in(root: &Path, release: &str) -> Result<Modules, String> {
         }
         ends.push(order.len());
     }
-    let mut base: Vec<PathBuf> = order.into_iter().map(|m| root.join(m)).collect();
-    let disk = base.split_off(ends[1]);
-    let net = base.split_off(ends[0]);
-    Ok(Modules { base, net, disk })
+    let mut channel: Vec<PathBuf> = order.into_iter().map(|m| root.join(m)).collect();
+    let disk = channel.split_off(ends[2]);
+    let net = channel.split_off(ends[1]);
+    let base = channel.split_off(ends[0]);
+    Ok(Modules {
+        channel,
+        base,
+        net,
+        disk,
+    })
 }
 
 /// The trailer the kernel's build appends to a signed module.
@@ -297,6 +304,7 @@ pub fn initrd_name(guest: &[u8], release: &str, mods: &Modules) -> String {
         release.as_bytes().to_vec(),
     ];
     for (set, list) in [
+        ("channel", &mods.channel),
         ("base", &mods.base),
         ("net", &mods.net),
         ("disk", &mods.disk),
@@ -309,7 +317,8 @@ pub fn initrd_name(guest: &[u8], release: &str, mods: &Modules) -> String {
 }
 
 /// The initramfs (uncompressed: the kernel unpacks it faster than it would inflate it):
-/// /init (the guest helper, static), /modules/NN-NAME.ko in load order and
+/// /init (the guest helper, static), /modules/chan/NN-NAME.ko (the channel's, loaded first),
+/// /modules/NN-NAME.ko in load order and
 /// /modules/net/NN-NAME.ko and /modules/disk/NN-NAME.ko (loaded for a workspace disk only), the
 /// modules decompressed and without signatures.
 pub fn initrd(dir: &Path, guest: &[u8], k: &Kernel) -> Result<String, String> {
@@ -326,10 +335,13 @@ fn write_initrd(tmp: &Path, guest: &[u8], mods: &Modules) -> Result<(), String> 
     ino += 1;
     cpio_entry(&mut out, "modules", 0o040_755, &[], ino);
     ino += 1;
+    cpio_entry(&mut out, "modules/chan", 0o040_755, &[], ino);
+    ino += 1;
     cpio_entry(&mut out, "modules/net", 0o040_755, &[], ino);
     ino += 1;
     cpio_entry(&mut out, "modules/disk", 0o040_755, &[], ino);
     for (dir, list) in [
+        ("modules/chan", &mods.channel),
         ("modules", &mods.base),
         ("modules/net", &mods.net),
         ("modules/disk", &mods.disk),
@@ -635,18 +647,15 @@ kernel/fs/mbcache.ko:
         let root = scratch("mods");
         tree(&root);
         let m = module_list_in(&root, "9.9.9-test").expect("module list");
+        // The channel's first (the guest says hello before it loads the rest).
+        assert_eq!(
+            stems(&m.channel),
+            ["virtio", "virtio_ring", "virtio_mmio", "virtio_console"]
+        );
         assert_eq!(
             stems(&m.base),
-            [
-                "virtio",
-                "virtio_ring",
-                "virtio_mmio",
-                "virtio_blk",
-                "virtio_console",
-                "libcrc32c",
-                "erofs"
-            ],
-            "overlay is built in: skipped"
+            ["virtio_blk", "libcrc32c", "erofs"],
+            "without the channel's; overlay is built in: skipped"
         );
         assert_eq!(stems(&m.net), ["failover", "net_failover", "virtio_net"]);
         // The workspace disk's: without libcrc32c, which the base set already loads.
@@ -694,16 +703,21 @@ kernel/fs/mbcache.ko:
             v
         };
         assert_eq!(
-            list("modules"),
+            list("modules/chan"),
             [
                 "00-virtio.ko",
                 "01-virtio_ring.ko",
                 "02-virtio_mmio.ko",
-                "03-virtio_blk.ko",
-                "04-virtio_console.ko",
-                "05-libcrc32c.ko",
-                "06-erofs.ko",
-                "07-overlay.ko"
+                "03-virtio_console.ko"
+            ]
+        );
+        assert_eq!(
+            list("modules"),
+            [
+                "00-virtio_blk.ko",
+                "01-libcrc32c.ko",
+                "02-erofs.ko",
+                "03-overlay.ko"
             ]
         );
         assert_eq!(
@@ -720,7 +734,7 @@ kernel/fs/mbcache.ko:
             b"\x7fELF kernel/drivers/net/virtio_net.ko.xz"
         );
         assert_eq!(
-            fs::read(out.join("modules/07-overlay.ko")).expect("overlay"),
+            fs::read(out.join("modules/03-overlay.ko")).expect("overlay"),
             b"\x7fELF overlay"
         );
         let _ = fs::remove_dir_all(&root);
@@ -739,6 +753,10 @@ kernel/fs/mbcache.ko:
         let mut moved = mods.clone();
         let last = moved.base.pop().expect("a base module");
         moved.net.insert(0, last);
+        assert_ne!(name, initrd_name(b"guest", "9.9.9-test", &moved));
+        let mut moved = mods.clone();
+        let first = moved.base.remove(0);
+        moved.channel.push(first);
         assert_ne!(name, initrd_name(b"guest", "9.9.9-test", &moved));
         // A module file replaced (a kernel package update).
         let erofs = root.join("kernel/fs/erofs/erofs.ko");

@@ -18,7 +18,7 @@ pub mod term;
 
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
 use airlock_model::plan::microvm::{
-    Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_DISK, VM_WORKSPACE_IMAGE,
+    Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_DISK, VM_WORKSPACE_IMAGE, WORK_PENDING_FILE,
 };
 use airlock_model::plan::{HostFacts, MountStep, Plan};
 use channel::Reported;
@@ -276,6 +276,7 @@ impl MicroVm {
 use crate::command::{Ending, Outcome};
 
 fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, RunError> {
+    let vm = &snapshot_ro_mounts(vm, dir)?;
     let mut qemu = vm.qemu.clone();
     if !qemu.rootless {
         // Root-run: the run directory is bound idmapped, so its owner must be the project
@@ -324,6 +325,13 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
                 dir.display()
             ))
         })?;
+        // From now on the guest may commit work the host has not taken out: marked until a
+        // stop brings the branch over (the engine removes it), so a VM that ends any other
+        // way (a killed supervisor) leaves diff and fetch saying so instead of showing less.
+        if let Some(folder) = opts.persist {
+            std::fs::write(folder.join(WORK_PENDING_FILE), b"")
+                .map_err(container::io_err("mark the workspace disk in use"))?;
+        }
     }
     let at = qemu
         .mounts
@@ -443,6 +451,46 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             "the VM ended without reporting the command's exit status (QEMU exited with {q})"
         ))),
     }
+}
+
+/// Each read-only mount's snapshot in the run directory (`ro_image(i)`), owned by the guest's
+/// user as the workspace's image is: a directory as it is, a file as the one entry of an
+/// image of its own (the guest binds it). The host path is only read. The plan, with the
+/// guest told which mounts are files.
+fn snapshot_ro_mounts(vm: &VmPlan, dir: &Path) -> Result<VmPlan, RunError> {
+    use airlock_model::plan::microvm::ro_image;
+    let mut vm = vm.clone();
+    let owner = [
+        format!("--force-uid={}", vm.guest.uid),
+        format!("--force-gid={}", vm.guest.gid),
+    ];
+    for (i, src) in vm.ro_sources.iter().enumerate() {
+        let fail = |e: String| RunError::Vm(format!("read-only mount {}: {e}", src.display()));
+        let meta = std::fs::metadata(src).map_err(|e| fail(e.to_string()))?;
+        let image = dir.join(ro_image(i));
+        if meta.is_dir() {
+            artifacts::erofs(src, &image, &owner).map_err(fail)?;
+        } else if meta.is_file() {
+            let stage = dir.join(format!("ro-{i}.d"));
+            let made = std::fs::create_dir(&stage)
+                .and_then(|()| {
+                    std::fs::copy(src, stage.join(airlock_model::vm::RO_FILE_ENTRY)).map(|_| ())
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|()| artifacts::erofs(&stage, &image, &owner));
+            let _ = std::fs::remove_dir_all(&stage);
+            made.map_err(fail)?;
+            if let Some(m) = vm.guest.mounts.get_mut(i) {
+                m.file = true;
+            }
+        } else {
+            return Err(fail("neither a file nor a directory".into()));
+        }
+    }
+    if !vm.ro_sources.is_empty() {
+        crate::phase("read-only mount images built");
+    }
+    Ok(vm)
 }
 
 /// A named sandbox's guest job, recorded in its folder: what `exec` starts from (environment,

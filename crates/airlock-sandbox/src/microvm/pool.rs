@@ -46,23 +46,50 @@ fn quiet(dir: &Path, exec: GuestExec, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The readiness check before a member is handed out: one session through the supervisor and
-/// the channel to the guest and back (`true`, as the sandbox's user). Its round trip.
+/// The readiness check before a member is handed out: sessions through the supervisor and the
+/// channel to the guest and back. The first, as root, makes the claim's secrets directory
+/// (/run/secrets on the guest's /run tmpfs, empty, 0700, the sandbox user's); the second runs
+/// the shell as the sandbox user, as a claim's secrets do ([`install_secrets`]): under
+/// emulation a program's first start in a guest pays for reading and decompressing it from
+/// the root image, and that belongs here, not in the claim. The whole round trip.
 pub fn round_trip(dir: &Path) -> Result<Duration, String> {
     let job = job(dir)?;
     let t0 = Instant::now();
-    let exec = GuestExec {
-        argv: vec!["true".into()],
-        env: job.env.clone(),
+    let session = |argv: Vec<String>, uid: u32, gid: u32| GuestExec {
+        argv,
+        env: path_only(&job),
         cwd: "/".into(),
-        uid: job.uid,
-        gid: job.gid,
+        uid,
+        gid,
         stdin: false,
         secrets: false,
         tty: None,
     };
-    quiet(dir, exec, "the guest's readiness check")?;
+    let (uid, gid) = (job.uid, job.gid);
+    let prepare = format!("mkdir -m 0700 {SECRETS_DIR} && chown {uid}:{gid} {SECRETS_DIR}");
+    quiet(
+        dir,
+        session(vec!["/bin/sh".into(), "-c".into(), prepare], 0, 0),
+        "the guest's readiness check (secrets directory)",
+    )?;
+    quiet(
+        dir,
+        session(vec!["/bin/sh".into(), "-c".into(), ":".into()], uid, gid),
+        "the guest's readiness check",
+    )?;
     Ok(t0.elapsed())
+}
+
+/// Where a claim's secrets go in the guest (as the cold guest's init puts them).
+const SECRETS_DIR: &str = "/run/secrets";
+
+/// The job's PATH only: what a helper session needs of its environment.
+fn path_only(job: &GuestJob) -> Vec<(String, String)> {
+    job.env
+        .iter()
+        .filter(|(k, _)| k == "PATH")
+        .cloned()
+        .collect()
 }
 
 /// Whether a secret's name can be a file in /run/secrets and a shell variable name.
@@ -73,24 +100,22 @@ fn plain_name(n: &str) -> bool {
         && c.all(|ch| ch == '_' || ch.is_ascii_alphanumeric())
 }
 
-/// The script of [`install_secrets`]' root session: each named variable of its environment to
-/// /run/secrets/NAME, as the cold guest's init writes them (0400 files in a 0500 directory,
-/// the sandbox user's). Names come as arguments (checked: plain identifiers), values only in
-/// the session's environment.
-fn secrets_script(uid: u32, gid: u32) -> String {
-    // Two programs (mkdir, chown): under emulation each exec costs tens of milliseconds. The
-    // umask makes every file 0400 as it is written (root writes into the 0500 directory).
+/// The script of [`install_secrets`]' session: each named variable of its environment to
+/// `dir`/NAME, 0400 as it is written (the umask). Names come as arguments (checked: plain
+/// identifiers), values only in the session's environment. Shell built-ins only: no program
+/// starts (each would cost tens to hundreds of milliseconds under emulation).
+fn secrets_script(dir: &str) -> String {
     format!(
-        "set -e; umask 377; d=/run/secrets; mkdir -p -m 0500 \"$d\"; \
-         for n in \"$@\"; do eval \"printf %s \\\"\\${{$n}}\\\"\" > \"$d/$n\"; done; \
-         chown -R {uid}:{gid} \"$d\""
+        "set -e; umask 377; \
+         for n in \"$@\"; do eval \"printf %s \\\"\\${{$n}}\\\"\" > \"{dir}/$n\"; done"
     )
 }
 
-/// A claim's plain secrets into its member's guest before its command: /run/secrets/NAME, as a
-/// cold run's guest has them. The values travel over the channel only, in the environment of
-/// one root session that writes them into the guest's /run tmpfs (never a host file, an
-/// argument, QEMU's or the kernel's command line).
+/// A claim's plain secrets into its member's guest before its command: /run/secrets/NAME
+/// (0400, the sandbox user's), as a cold run's guest has them. The values travel over the
+/// channel only, in the environment of one session of the sandbox user's own shell that
+/// writes them into the directory the readiness check made on the guest's /run tmpfs (never a
+/// host file, an argument, QEMU's or the kernel's command line).
 pub fn install_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), String> {
     if secrets.is_empty() {
         return Ok(());
@@ -101,17 +126,12 @@ pub fn install_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), S
         ));
     }
     let job = job(dir)?;
-    let mut env: Vec<(String, String)> = job
-        .env
-        .iter()
-        .filter(|(k, _)| k == "PATH")
-        .cloned()
-        .collect();
+    let mut env = path_only(&job);
     env.extend(secrets.iter().cloned());
     let mut argv = vec![
         "/bin/sh".to_string(),
         "-c".into(),
-        secrets_script(job.uid, job.gid),
+        secrets_script(SECRETS_DIR),
         "sh".into(),
     ];
     argv.extend(secrets.iter().map(|(n, _)| n.clone()));
@@ -119,8 +139,8 @@ pub fn install_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), S
         argv,
         env,
         cwd: "/".into(),
-        uid: 0,
-        gid: 0,
+        uid: job.uid,
+        gid: job.gid,
         stdin: false,
         secrets: false,
         tty: None,
@@ -168,17 +188,14 @@ mod tests {
     }
 
     /// The script, run by the host's own shell against a temporary directory instead of
-    /// /run/secrets: exact values (spaces, quotes, newlines, `$`), mode 0400 in 0500.
+    /// /run/secrets: exact values (spaces, quotes, newlines, `$`), each file 0400.
     #[test]
     fn the_secrets_script_writes_exact_values() {
         use std::os::unix::fs::PermissionsExt;
         let base = std::env::temp_dir().join(format!("airlock-vm-secrets-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
-        let uid = nix::unistd::getuid().as_raw();
-        let gid = nix::unistd::getgid().as_raw();
-        let script =
-            secrets_script(uid, gid).replace("/run/secrets", &base.join("s").display().to_string());
+        let script = secrets_script(&base.display().to_string());
         let values = [("A", "plain"), ("B_2", "it's \"q\" $HOME `x`\nline2\n")];
         let st = std::process::Command::new("/bin/sh")
             .arg("-c")
@@ -187,24 +204,17 @@ mod tests {
             .args(values.iter().map(|(n, _)| n))
             .env_clear()
             .envs(values.iter().copied())
-            .env("PATH", "/usr/bin:/bin")
             .status()
             .unwrap();
         assert!(st.success());
-        let d = base.join("s");
         for (n, v) in values {
-            let p = d.join(n);
+            let p = base.join(n);
             assert_eq!(std::fs::read_to_string(&p).unwrap(), v, "{n}");
             assert_eq!(
                 std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
                 0o400
             );
         }
-        assert_eq!(
-            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
-            0o500
-        );
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
         let _ = std::fs::remove_dir_all(&base);
     }
 }

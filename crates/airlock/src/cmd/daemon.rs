@@ -87,6 +87,9 @@ fn member_spec(
         )
         .hint("--workspace none"));
     }
+    if built.spec.backend == BackendKind::Microvm {
+        super::warm_vm::check_backend(&built.spec)?;
+    }
     Ok((member_of(&built.spec), built.pool_size))
 }
 

@@ -433,15 +433,16 @@ fn stop_only(a: &StopArgs) -> CliResult<i32> {
     if let Some(p) = &project {
         super::hooks::run(&a.name, p, super::hooks::Phase::PreDown, "stopping")?;
     }
-    // A microVM sandbox's clone work, taken out of the guest while it still runs: diff,
-    // fetch and sync of the stopped sandbox review it.
-    if let Ok(dir) = existing_dir(&a.name) {
-        if let Err(e) = airlock_engine::guest_work::before_stop(&dir, &a.name) {
-            errln!("airlock: warning: the work of {} was not taken out of its VM before it stopped: {e}", a.name);
-        }
-    }
+    // (A microVM sandbox's clone work is taken out of its guest by the engine's stop.)
     let rec = c.stop(&a.name, Some(grace))?;
     outln!("{} {}", rec.name, rec.state);
+    if existing_dir(&a.name).is_ok_and(|dir| airlock_engine::guest_work::stranded(&dir)) {
+        errln!(
+            "airlock: warning: the work of {} is still on its VM's disk: it was not taken out before the VM ended (`airlock audit {}` says why when the pull failed)",
+            a.name, a.name
+        );
+        errln!("hint: {}", airlock_work::ops::in_guest_hint(&a.name));
+    }
     if let Some(p) = &project {
         super::hooks::run(&a.name, p, super::hooks::Phase::PostDown, "stopped")?;
     }

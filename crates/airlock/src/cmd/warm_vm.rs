@@ -17,6 +17,22 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
+/// A microVM pool's members must be able to boot here: what a cold run would refuse (no QEMU,
+/// no usable kernel) is `daemon start`'s error, not a daemon retrying boots in the background.
+/// Also builds what the guests boot from (once; the host image can take minutes), so the
+/// members' starts find it ready.
+pub(super) fn check_backend(spec: &airlock_model::spec::RunSpec) -> CliResult<()> {
+    microvm::prepare(spec.kernel.as_ref())
+        .map(drop)
+        .map_err(|e| {
+            CliError::new(
+                airlock_model::exit::BACKEND_UNAVAILABLE,
+                anyhow::anyhow!("the microvm backend cannot run here: {}", e.why),
+            )
+            .hint(e.hint)
+        })
+}
+
 /// Whether a claimed microVM member takes sessions: its supervisor holds the folder and its
 /// control socket answers.
 pub(super) fn member_up(dir: &Path) -> bool {
@@ -54,8 +70,12 @@ pub(super) fn try_warm(
     timeout_text: Option<&str>,
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
-    // A workspace, injected secrets (the proxy's CA and values live in the supervisor): cold.
-    if spec.workspace != WorkspaceMode::None || spec.secrets.values().any(|s| s.inject.is_some()) {
+    // A workspace, read-only mounts (snapshots: a member's would date from its boot),
+    // injected secrets (the proxy's CA and values live in the supervisor): cold.
+    if spec.workspace != WorkspaceMode::None
+        || !spec.binds.is_empty()
+        || spec.secrets.values().any(|s| s.inject.is_some())
+    {
         return Ok(None);
     }
     let state = paths::state_dir();

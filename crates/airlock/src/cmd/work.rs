@@ -21,10 +21,13 @@ impl From<ReviewError> for CliError {
             ReviewError::NoBranch(_) => {
                 Some("the sandbox must keep its work on its airlock/NAME branch".into())
             }
+            ReviewError::InGuest(n) => Some(airlock_work::ops::in_guest_hint(n)),
             _ => None,
         };
         let code = match &e {
-            ReviewError::NotClone(_) | ReviewError::NoBranch(_) => exit::CONFLICT,
+            ReviewError::NotClone(_) | ReviewError::NoBranch(_) | ReviewError::InGuest(_) => {
+                exit::CONFLICT
+            }
             _ => exit::SANDBOX_FAILED,
         };
         CliError::new(code, e).maybe_hint(hint)

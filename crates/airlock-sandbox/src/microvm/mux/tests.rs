@@ -23,6 +23,7 @@ pub(crate) fn job(hold: bool) -> GuestJob {
         workspace_disk: false,
         hold,
         tty: None,
+        mounts: vec![],
     }
 }
 
