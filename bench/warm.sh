@@ -1,19 +1,103 @@
 #!/usr/bin/env bash
-# The warm pool (issue 16): `airlock run --workspace none -- true` started cold vs claimed from a
-# warm pool, in one hyperfine run, plus the claim-only latency (`daemon status` percentiles).
-# Usage: bench/warm.sh [AIRLOCK_BIN]   (default: target/release/airlock; builds it if missing)
-# Two state dirs: one with no pool (cold), one with a daemon keeping SIZE members ready (warm).
-# Before each warm run hyperfine waits (--prepare, untimed) until the pool is full again, so
-# every timed warm run is a claim rather than a miss; the hit/miss counts are printed to check.
-# NET=off (default) or NET=filtered picks the network mode of both rows.
+# The warm pool (issue 16): `airlock run -- true` started cold vs claimed from a warm pool.
+# Containers (default): interleaved (each round runs every case cold and warm once, the order
+# alternating, so both see the same machine load), for a run without a workspace and for the
+# default overlay run; plus the claim-only latency (`daemon status` percentiles) and the
+# claimer's own split of a warm start (`warm start (… claimed in X ms, bound in Y ms)`).
+# Usage: [ROUNDS=100] [SIZE=2] [NET=off] bench/warm.sh [AIRLOCK_BIN]
+#   (default: target/release/airlock; builds it if missing; root)
+# Two state dirs: one with no pool (cold), one with a daemon keeping SIZE members of each pool
+# ready (warm). Before each warm run the script waits, untimed, until the pools are full again,
+# so every timed warm run is a claim rather than a miss; hits and misses are printed to check.
 # BACKEND=microvm: both rows boot microVMs (`run --backend microvm --workspace none -- true`,
-# cold = a guest boot, warm = a claimed guest); fewer runs by default (RUNS=10, WARMUP=1), the
-# VM artifacts from AIRLOCK_CACHE_DIR (default /var/cache/airlock-test, the tests' cache).
+# cold = a guest boot, warm = a claimed guest), in one hyperfine run; fewer runs by default
+# (RUNS=10, WARMUP=1), the VM artifacts from AIRLOCK_CACHE_DIR (default
+# /var/cache/airlock-test, the tests' cache).
 # Prints a markdown table; paste it into bench/RESULTS.md with the date and machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AIRLOCK=$(realpath "${1:-target/release/airlock}")
 [ -x "$AIRLOCK" ] || cargo build --release -p airlock >&2
+BACKEND=${BACKEND:-container}
+if [ "$BACKEND" = container ]; then
+export AIRLOCK ROUNDS=${ROUNDS:-100} SIZE=${SIZE:-2} NET=${NET:-off}
+exec python3 - <<'PY'
+import json, os, re, statistics, subprocess, sys, tempfile, time
+exe, rounds, size, net = os.environ["AIRLOCK"], int(os.environ["ROUNDS"]), os.environ["SIZE"], os.environ["NET"]
+work = tempfile.mkdtemp()
+proj = work + "/project"
+os.makedirs(proj + "/src")
+for i in range(20):
+    open(f"{proj}/src/f{i}.txt", "w").write("x\n" * 10)
+open(proj + "/README", "w").write("bench\n")
+env = {k: dict(os.environ, AIRLOCK_STATE_DIR=f"{work}/{k}") for k in ("cold", "warm")}
+def airlock(which, *args, **kw):
+    return subprocess.run([exe, *args], cwd=proj, env=env[which], **kw)
+cases = {"none": ["--workspace", "none"], "overlay": []}
+res = {(c, k): [] for c in cases for k in ("cold", "warm")}
+split = {c: [] for c in cases}
+try:
+    for c, ws in (("none", "none"), ("overlay", "overlay")):
+        r = airlock("warm", "daemon", "start", "--size", size, "--workspace", ws, "--net", net, "--wait",
+                    stdout=subprocess.DEVNULL)
+        assert r.returncode == 0, r
+    def full():
+        for _ in range(4000):
+            st = json.loads(airlock("warm", "daemon", "status", "--json", capture_output=True).stdout)
+            if all(p["ready"] >= p["size"] for p in st["pools"]):
+                return
+            time.sleep(0.005)
+        raise SystemExit("the pools did not refill")
+    def once(c, k):
+        if k == "warm":
+            full()
+        t = time.perf_counter()
+        r = airlock(k, "run", *cases[c], "--net", net, "--", "true",
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        dt = time.perf_counter() - t
+        assert r.returncode == 0, (c, k, r.stderr)
+        m = re.search(r"warm start .*claimed in ([0-9.]+) ms, bound in ([0-9.]+) ms", r.stderr)
+        assert (m is not None) == (k == "warm"), (c, k, r.stderr)
+        if m:
+            split[c].append((float(m.group(1)), float(m.group(2))))
+        res[(c, k)].append(dt * 1000)
+    for c in cases:
+        for _ in range(5):
+            once(c, "cold"); once(c, "warm")
+    for c in cases:
+        res[(c, "cold")].clear(); res[(c, "warm")].clear(); split[c].clear()
+    for i in range(rounds):
+        for c in cases:
+            order = ("cold", "warm") if i % 2 == 0 else ("warm", "cold")
+            for k in order:
+                once(c, k)
+    st = json.loads(airlock("warm", "daemon", "status", "--json", capture_output=True).stdout)
+finally:
+    airlock("warm", "daemon", "stop", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["rm", "-rf", work])
+med = statistics.median
+def pct(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(q * len(v)))]
+print(f"| `run -- true`, --net {net}, {rounds} interleaved rounds | cold median (ms) | warm median (ms) | warm/cold |")
+print("|---|---:|---:|---:|")
+for c in cases:
+    cold, warm = med(res[(c, "cold")]), med(res[(c, "warm")])
+    label = "--workspace none" if c == "none" else "overlay workspace (default)"
+    print(f"| {label} | {cold:.2f} | {warm:.2f} | {warm / cold:.2f} |")
+print()
+for c in cases:
+    cl = [a for a, _ in split[c]]; bd = [b for _, b in split[c]]
+    print(f"- {c}: claim (store open + compare-and-set + liveness) p50 {pct(cl, .5):.2f} ms, p95 "
+          f"{pct(cl, .95):.2f} ms; binding after it (allowlist, secrets, cgroup, workspace) p50 "
+          f"{pct(bd, .5):.2f} ms, p95 {pct(bd, .95):.2f} ms")
+for p in st["pools"]:
+    ms = lambda v: "-" if v is None else f"{v / 1000:.2f}"
+    print(f"- pool {p['key'][:8]} ({p['label']}): {p['hits']} hits, {p['misses']} misses; "
+          f"daemon status claim p50 {ms(p['claim_p50_us'])} ms, p95 {ms(p['claim_p95_us'])} ms, "
+          f"p99 {ms(p['claim_p99_us'])} ms")
+PY
+fi
 command -v hyperfine >/dev/null || { echo "needs hyperfine (apt-get install hyperfine)" >&2; exit 1; }
 BACKEND=${BACKEND:-container}
 if [ "$BACKEND" = microvm ]; then

@@ -50,10 +50,12 @@ const KEPT_LATENCIES: i64 = 1000;
 
 /// The pool key of a spec: a hash of it with every field a claim binds cleared — the name and
 /// hostname, the command, environment, working directory, time limit, terminal, plain secrets
-/// (written at claim), a filtered network's allowed domains (put in force at claim) — and the
-/// project directory when there is no workspace. What stays (backend, root filesystem and its
-/// digest, profile, network mode and ports, limits, user, binds, home files, injected secrets)
-/// is what a member was started with and a claim cannot change.
+/// (written at claim), a filtered network's allowed domains (put in force at claim), and for
+/// containers the overlay or bind workspace (attached at claim) and the memory, pids and cpu
+/// limits (a cgroup made at claim) — and the project directory when there is no workspace.
+/// What stays (backend, root filesystem and its digest, profile, network mode and ports,
+/// disk limit, user, binds, home files, injected secrets, whether there is a workspace) is
+/// what a member was started with and a claim cannot change.
 pub fn key(spec: &RunSpec) -> String {
     use sha2::Digest;
     let mut s = spec.clone();
@@ -80,6 +82,7 @@ pub fn key(spec: &RunSpec) -> String {
     if s.net == airlock_model::policy::NetMode::Filtered {
         s.domains.clear();
     }
+    normalize_bound_at_claim(&mut s);
     if s.workspace == airlock_model::policy::WorkspaceMode::None {
         s.project_dir = PathBuf::from("/");
     }
@@ -92,6 +95,27 @@ pub fn key(spec: &RunSpec) -> String {
     }
     let digest = sha2::Sha256::digest(&json);
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The container-side fields a claim binds that change a member's spec rather than only
+/// clearing it: an overlay or bind workspace is attached at claim to a member started with an
+/// empty `/workspace` (`workspace_slot`; its mode, project and extra protected paths are the
+/// claim's), and memory, pids and cpu limits are written to a cgroup made for the claim. Used
+/// by [`key`] and by the daemon's member spec (`member_of`), so both sides agree.
+pub fn normalize_bound_at_claim(s: &mut RunSpec) {
+    use airlock_model::policy::WorkspaceMode;
+    if s.backend != airlock_model::policy::BackendKind::Container {
+        return;
+    }
+    if matches!(s.workspace, WorkspaceMode::Overlay | WorkspaceMode::Bind) {
+        s.workspace = WorkspaceMode::None;
+        s.workspace_slot = true;
+        s.protected.clear();
+    }
+    s.resources.memory = None;
+    s.resources.pids = None;
+    s.resources.cpus = None;
+    s.defaulted = Default::default();
 }
 
 /// A member's place in its life.
@@ -424,6 +448,9 @@ pub fn label(spec_json: &str) -> String {
     ];
     if !s.domains.is_empty() {
         parts.push(format!("allow {}", s.domains.join(",")));
+    }
+    if s.workspace_slot {
+        parts.push("workspace".into());
     }
     parts.join(" ")
 }

@@ -70,6 +70,7 @@ fn member() -> RunSpec {
         backend: BackendKind::Container,
         rootfs: RootFs::Host,
         kernel: None,
+        workspace_slot: false,
     }
 }
 
@@ -122,8 +123,8 @@ fn a_claim_binds_what_the_key_leaves_out_and_nothing_else() {
         ("ports", Box::new(|r| r.ports = vec![443, 80])),
         ("profile", Box::new(|r| r.profile = Profile::Restrictive)),
         (
-            "memory",
-            Box::new(|r| r.resources.memory = Some(ByteSize(1 << 30))),
+            "disk",
+            Box::new(|r| r.resources.disk = Some(ByteSize(1 << 30))),
         ),
         ("user", Box::new(|r| r.user = SandboxUser::Root)),
         (
@@ -167,6 +168,61 @@ fn a_claim_binds_what_the_key_leaves_out_and_nothing_else() {
             "{what} must not be bound at claim"
         );
     }
+}
+
+/// Limits (memory, pids, cpus, defaulted or not) are bound at claim; a workspace pool's
+/// member (`workspace_slot`) serves overlay and bind runs of any project, with their own
+/// protected paths and limits, and nothing without a workspace.
+#[test]
+fn limits_and_workspaces_are_bound_at_claim() {
+    let m = member();
+    let mut r = run_of(&m);
+    r.resources.memory = Some(ByteSize(1 << 30));
+    r.resources.pids = Some(64);
+    r.resources.cpus = Some("1.5".parse().expect("cpus"));
+    r.defaulted.memory = true;
+    assert_eq!(pool::key(&m), pool::key(&r), "limits are bound at claim");
+
+    let mut slot = member();
+    slot.workspace_slot = true;
+    slot.project_dir = PathBuf::from("/");
+    assert_ne!(pool::key(&m), pool::key(&slot));
+    for mode in [WorkspaceMode::Overlay, WorkspaceMode::Bind] {
+        let mut r = run_of(&m);
+        r.workspace = mode;
+        r.protected = vec!["secrets.env".into()];
+        r.resources.memory = Some(ByteSize(1 << 28));
+        assert_eq!(pool::key(&slot), pool::key(&r), "{mode:?}");
+        assert_ne!(
+            pool::key(&m),
+            pool::key(&r),
+            "{mode:?} on a no-workspace member"
+        );
+        // The daemon's member spec of such a run is that member.
+        let mut made = r.clone();
+        pool::normalize_bound_at_claim(&mut made);
+        assert!(made.workspace_slot && made.workspace == WorkspaceMode::None);
+        assert_eq!(
+            made.resources,
+            Resources {
+                disk: None,
+                ..Resources::default()
+            }
+        );
+    }
+    let mut clone = run_of(&m);
+    clone.workspace = WorkspaceMode::Clone;
+    assert_ne!(
+        pool::key(&slot),
+        pool::key(&clone),
+        "clone workspaces are not attached"
+    );
+    // A microVM's limits are its boot settings: they stay in its key.
+    let mut vm = member();
+    vm.backend = BackendKind::Microvm;
+    let mut vm_run = run_of(&vm);
+    vm_run.resources.memory = Some(ByteSize(1 << 30));
+    assert_ne!(pool::key(&vm), pool::key(&vm_run));
 }
 
 fn ready_members(store: &mut Store, key: &str, n: usize) -> Vec<String> {

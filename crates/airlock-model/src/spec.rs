@@ -209,6 +209,11 @@ pub struct RunSpec {
     /// AIRLOCK_KERNEL, else the newest distribution kernel in /boot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<GuestKernel>,
+    /// A warm-pool member whose workspace is attached at claim (docs/design/warm-pool.md):
+    /// `workspace` is `none`, and the root has an empty `/workspace` (writable) for the claim's
+    /// overlay or bind to be attached on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub workspace_slot: bool,
 }
 
 /// A sandbox's root filesystem: the host's own (read-only `/usr` and friends, curated `/etc`)

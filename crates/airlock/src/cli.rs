@@ -485,7 +485,8 @@ pub struct ExecOptions {
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
     /// Start the daemon (if it is not running) with a pool of sandboxes made from these options
-    /// (as `run` would make them; no workspace) and keep it full.
+    /// (as `run` would make them; `--workspace none` unless given: `--workspace overlay` serves
+    /// runs with an overlay or bind workspace, attached at claim) and keep it full.
     Start(Box<PoolArgs>),
     /// Remove every member nobody claimed, forget the pools, and stop the daemon.
     Stop(JsonArg),

@@ -647,3 +647,316 @@ fn a_claim_gets_its_own_allowlist() {
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "allowlist");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Workspaces and limits bound at claim
+
+/// A small git project in the test's working directory (the user's, for rootless runs).
+fn git_project(a: &Airlock) -> PathBuf {
+    use common::work::{git, give, write};
+    let p = a.cwd.clone();
+    git(a, &["init", "-q", "-b", "main"]);
+    git(a, &["config", "user.name", "Host User"]);
+    git(a, &["config", "user.email", "host@example.invalid"]);
+    write(&p.join("README"), "hello from the project\n");
+    git(a, &["add", "."]);
+    git(a, &["commit", "-q", "-m", "initial"]);
+    give(a, &p);
+    p
+}
+
+/// Until the pool has `n` members ready again.
+fn wait_ready(a: &Airlock, n: u64, label: &str) {
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(&status(a))["ready"] == n),
+        "{label}: pool not refilled: {}",
+        status(a)
+    );
+}
+
+fn warm(out: &common::Outcome, label: &str) -> String {
+    claimed(out).unwrap_or_else(|| panic!("{label}: not warm: {}", out.describe()))
+}
+
+/// The default run (overlay workspace) and a bind run claim a member of a `--workspace
+/// overlay` pool: the project is attached at /workspace before the command runs, the host
+/// directory stays untouched (overlay) and the change summary is printed; the protected paths
+/// are read-only exactly as in a cold run; a bind run's tampering with git's control files is
+/// reported and undone as after a cold bind run; two claims at once never see each other's
+/// workspace.
+fn workspaces_at_claim(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    let p = git_project(a);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "2",
+            "--workspace",
+            "overlay",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+
+    // Overlay: the default workspace.
+    let out = a.run(&[
+        "run",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        "echo x > f; cat README; pwd; cat f",
+    ]);
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    warm(&out, label);
+    assert_eq!(
+        out.stdout,
+        "hello from the project\n/workspace\nx\n",
+        "{label}: {}",
+        out.describe()
+    );
+    assert!(!p.join("f").exists(), "{label}: the overlay wrote the host");
+    assert!(
+        out.stderr
+            .contains("workspace changes (discarded, host untouched): 1 added")
+            && out.stderr.contains("  + f"),
+        "{label}: no change summary: {}",
+        out.stderr
+    );
+
+    // The protected paths: the same refusal warm as cold.
+    let attack = "(echo evil > .git/hooks/pre-commit); echo rc=$?; (echo '[core]' >> .git/config); echo rc=$?";
+    wait_ready(a, 2, label);
+    let out = a.run(&["run", "--net", "off", "--", "sh", "-c", attack]);
+    warm(&out, label);
+    let bins = a.user.as_ref().map(Bins::owned_by);
+    let cold_env = match &bins {
+        None => Airlock::root(),
+        Some(b) => Airlock::rootless(b),
+    };
+    let mut cmd = cold_env.command(&["run", "--net", "off", "--", "sh", "-c", attack]);
+    cmd.current_dir(&p);
+    let cold = common::run_with_deadline(cmd, None, common::DEADLINE);
+    assert!(claimed(&cold).is_none(), "{label}: {}", cold.describe());
+    assert_eq!(out.code(), cold.code(), "{label}: {}", out.describe());
+    assert_eq!(out.stdout, cold.stdout, "{label}: warm vs cold");
+    assert_eq!(out.stdout, "rc=2\nrc=2\n", "{label}: {}", out.describe());
+    for (what, o) in [("warm", &out), ("cold", &cold)] {
+        assert_eq!(
+            o.stderr.matches("Read-only file system").count(),
+            2,
+            "{label}: {what}: {}",
+            o.describe()
+        );
+    }
+    assert!(!p.join(".git/hooks/pre-commit").exists(), "{label}");
+    assert!(
+        !std::fs::read_to_string(p.join(".git/config"))
+            .expect("config")
+            .contains("[core]\n[core]"),
+        "{label}"
+    );
+
+    // Bind: writes reach the host; git's control files are protected, and what slips past
+    // the protections is reported and undone.
+    wait_ready(a, 2, label);
+    let script = r#"e() { l=$1; shift; "$@" 2>/dev/null && echo "OK $l" || echo "DENIED $l"; }
+e rename-git mv .git .git-moved
+e git-hook sh -c 'echo x > .git/hooks/pre-commit'
+e info-attributes sh -c 'echo "* filter=x" > .git/info/attributes'
+e commondir sh -c 'echo ../evil > .git/commondir'
+e work sh -c 'echo work > work.txt'
+true"#;
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "bind",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    warm(&out, label);
+    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    for line in [
+        "DENIED rename-git",
+        "DENIED git-hook",
+        "DENIED info-attributes",
+        "OK commondir",
+        "OK work",
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "{label}: {line}: {}",
+            out.describe()
+        );
+    }
+    assert!(
+        out.stderr.contains(".git/commondir"),
+        "{label}: {}",
+        out.stderr
+    );
+    assert!(!p.join(".git/commondir").exists(), "{label}: not undone");
+    assert_eq!(
+        std::fs::read_to_string(p.join("work.txt")).ok().as_deref(),
+        Some("work\n"),
+        "{label}: the bind's write is lost"
+    );
+    std::fs::remove_file(p.join("work.txt")).expect("rm work.txt");
+
+    // Two claims at once, two projects: each sees its own.
+    wait_ready(a, 2, label);
+    let q = a.dir.join("other-project");
+    std::fs::create_dir_all(&q).expect("mkdir");
+    std::fs::write(q.join("OTHER"), "the other project\n").expect("write");
+    common::work::give(a, &q);
+    let both: Vec<_> = [(&p, "one"), (&q, "two")]
+        .into_iter()
+        .map(|(dir, tag)| {
+            let mut cmd = a.command(&[
+                "run",
+                "--net",
+                "off",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo {tag} > mine; sleep 1; ls; cat mine"),
+            ]);
+            cmd.current_dir(dir);
+            std::thread::spawn(move || common::run_with_deadline(cmd, None, common::DEADLINE))
+        })
+        .collect();
+    let outs: Vec<_> = both.into_iter().map(|t| t.join().expect("join")).collect();
+    let (m1, m2) = (warm(&outs[0], label), warm(&outs[1], label));
+    assert_ne!(m1, m2, "{label}: one member for two claims");
+    assert_eq!(
+        outs[0].stdout,
+        "README\nmine\none\n",
+        "{label}: {}",
+        outs[0].describe()
+    );
+    assert_eq!(
+        outs[1].stdout,
+        "OTHER\nmine\ntwo\n",
+        "{label}: {}",
+        outs[1].describe()
+    );
+    assert!(!p.join("mine").exists() && !q.join("mine").exists());
+
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+#[test]
+fn overlay_and_bind_workspaces_are_attached_at_claim_rootful() {
+    if !e2e("overlay_and_bind_workspaces_are_attached_at_claim_rootful") {
+        return;
+    }
+    workspaces_at_claim(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn overlay_and_bind_workspaces_are_attached_at_claim_rootless() {
+    if !e2e("overlay_and_bind_workspaces_are_attached_at_claim_rootless") {
+        return;
+    }
+    let bins = Bins::owned_by(&common::test_user());
+    workspaces_at_claim(&Airlock::rootless(&bins), "rootless");
+}
+
+/// The memory limit of the cgroup a claimed member's command runs in, read on the host while
+/// it runs (the command sleeps); and the member it claimed.
+fn claimed_memory_limit(a: &Airlock, extra: &[&str], label: &str) -> (String, Option<u64>) {
+    let mut args = vec!["run", "--workspace", "none", "--net", "off"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sleep", "3"]);
+    let mut cmd = a.command(&args);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let mut seen = String::new();
+    let member = loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        seen.push_str(&line);
+        if n == 0 {
+            let _ = child.kill();
+            panic!("{label}: not warm: {seen}");
+        }
+        if line.contains("warm start") {
+            break line.split(", ").nth(1).expect("member").to_string();
+        }
+    };
+    let file = |d: &Path| {
+        ["memory.max", "memory.limit_in_bytes"]
+            .iter()
+            .map(|f| d.join(f))
+            .find(|f| f.exists())
+    };
+    let mut limit = None;
+    wait_until(Duration::from_secs(2), || {
+        limit = cgroups_named(&format!("{member}."))
+            .iter()
+            .filter_map(|d| file(d))
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .find_map(|s| s.trim().parse::<u64>().ok());
+        limit.is_some()
+    });
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{label}: {status}: {seen}");
+    (member, limit)
+}
+
+/// Limits are bound at claim: a run with `--memory` claims a member of a pool started without
+/// it, and its command's cgroup has that limit; the next claim of the same pool without it
+/// does not; the claims' cgroups are gone afterwards.
+#[test]
+fn a_claim_gets_its_own_limits() {
+    if !e2e("a_claim_gets_its_own_limits") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    ok(
+        &a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "2",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+    let (m1, limit) = claimed_memory_limit(&a, &["--memory", "48M", "--pids", "64"], "--memory");
+    assert_eq!(limit, Some(48 << 20), "the claim's memory limit");
+    let pids: Vec<String> = cgroups_named(&format!("{m1}."))
+        .iter()
+        .map(|d| d.join("pids.max"))
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect();
+    assert!(pids.is_empty(), "cgroup left after the run: {pids:?}");
+    wait_ready(&a, 2, "limits");
+    let (m2, other) = claimed_memory_limit(&a, &[], "default");
+    assert_ne!(m1, m2);
+    assert_ne!(
+        other,
+        Some(48 << 20),
+        "another claim got the first one's limit"
+    );
+    assert_eq!(pool0(&status(&a))["hits"], 2, "{}", status(&a));
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "limits");
+}

@@ -240,9 +240,87 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
     let idmap = !rootless;
     let mut writable = vec![p("/tmp"), p("/run"), p("/dev/shm"), home.clone()];
     let ws = p(WORKSPACE);
+    let (steps, ws_writable) = workspace_steps(spec, rootless, host.tmpfs_xattr);
+    m.extend(steps);
+    writable.extend(ws_writable);
+    if spec.workspace == WorkspaceMode::None && spec.workspace_slot {
+        // A pool member: the claim attaches its workspace here.
+        m.push(MountStep::Dir {
+            target: ws.clone(),
+            mode: 0o755,
+        });
+        writable.push(ws.clone());
+    }
+    for b in &spec.binds {
+        if b.writable {
+            m.push(MountStep::BindRw {
+                source: b.source.clone(),
+                target: b.target.clone(),
+                idmap,
+            });
+            writable.push(b.target.clone());
+        } else {
+            m.push(MountStep::BindRo {
+                source: b.source.clone(),
+                target: b.target.clone(),
+            });
+        }
+    }
+    m.push(MountStep::RootReadOnly);
+
+    let has_ws = spec.workspace != WorkspaceMode::None;
+    let cwd = spec
+        .workdir
+        .clone()
+        .unwrap_or(if has_ws { ws } else { home });
+
+    Ok(LaunchPlan {
+        name: spec.name.clone(),
+        hostname: spec.hostname.clone(),
+        rootless,
+        uid_map,
+        gid_map,
+        user: owner,
+        mounts: m,
+        cwd,
+        env: with_proxy_env(spec),
+        argv: spec.argv.clone(),
+        writable_paths: writable,
+        limits,
+        unenforced_limits: unenforced.iter().map(|s| s.to_string()).collect(),
+        net: spec.net,
+        egress: (spec.net == NetMode::Filtered).then(|| EgressPlan {
+            ports: spec.ports.clone(),
+            proxy_port: PROXY_PORT,
+            domains: spec.domains.clone(),
+        }),
+        rlimit_nofile: 65536,
+        rlimit_nproc: spec.resources.pids,
+        summarize_changes: spec.workspace == WorkspaceMode::Overlay && !spec.persistent,
+    })
+}
+
+/// The workspace's mount steps of `spec` (its overlay or bind at /workspace, and the protected
+/// paths over it) and the writable roots they add. The cold lowering puts them in the plan;
+/// a warm-pool claim attaches the same steps to a member's empty `/workspace`.
+pub fn workspace_steps(
+    spec: &RunSpec,
+    rootless: bool,
+    tmpfs_xattr: bool,
+) -> (Vec<MountStep>, Vec<PathBuf>) {
+    let mut m = Vec::new();
+    let mut writable = Vec::new();
+    let idmap = !rootless;
+    let sizes = tmpfs_sizes(tmpfs_budget(&spec.resources));
+    let sys_owner = if rootless {
+        (spec.user.uid(), spec.user.gid())
+    } else {
+        (0, 0)
+    };
+    let ws = p(WORKSPACE);
     match spec.workspace {
         WorkspaceMode::Overlay => {
-            let upper = if host.tmpfs_xattr && !spec.persistent {
+            let upper = if tmpfs_xattr && !spec.persistent {
                 UpperStore::Tmpfs {
                     size: sizes.upper,
                     owner: sys_owner,
@@ -299,53 +377,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
             });
         }
     }
-    for b in &spec.binds {
-        if b.writable {
-            m.push(MountStep::BindRw {
-                source: b.source.clone(),
-                target: b.target.clone(),
-                idmap,
-            });
-            writable.push(b.target.clone());
-        } else {
-            m.push(MountStep::BindRo {
-                source: b.source.clone(),
-                target: b.target.clone(),
-            });
-        }
-    }
-    m.push(MountStep::RootReadOnly);
-
-    let has_ws = spec.workspace != WorkspaceMode::None;
-    let cwd = spec
-        .workdir
-        .clone()
-        .unwrap_or(if has_ws { ws } else { home });
-
-    Ok(LaunchPlan {
-        name: spec.name.clone(),
-        hostname: spec.hostname.clone(),
-        rootless,
-        uid_map,
-        gid_map,
-        user: owner,
-        mounts: m,
-        cwd,
-        env: with_proxy_env(spec),
-        argv: spec.argv.clone(),
-        writable_paths: writable,
-        limits,
-        unenforced_limits: unenforced.iter().map(|s| s.to_string()).collect(),
-        net: spec.net,
-        egress: (spec.net == NetMode::Filtered).then(|| EgressPlan {
-            ports: spec.ports.clone(),
-            proxy_port: PROXY_PORT,
-            domains: spec.domains.clone(),
-        }),
-        rlimit_nofile: 65536,
-        rlimit_nproc: spec.resources.pids,
-        summarize_changes: spec.workspace == WorkspaceMode::Overlay && !spec.persistent,
-    })
+    (m, writable)
 }
 
 /// Filtered sandboxes also advertise the explicit proxy, for tools that prefer one (the

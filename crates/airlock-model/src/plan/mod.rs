@@ -525,7 +525,7 @@ pub fn admit(spec: &RunSpec, offer: &Offer) -> Result<(), Refusal> {
 }
 
 mod container;
-pub use container::lower;
+pub use container::{lower, workspace_steps};
 pub mod microvm;
 pub use microvm::{Accel, VmFacts, VmPlan};
 

@@ -51,6 +51,7 @@ fn spec() -> RunSpec {
         backend: BackendKind::Container,
         rootfs: RootFs::Host,
         kernel: None,
+        workspace_slot: false,
     }
 }
 
@@ -1463,4 +1464,60 @@ fn a_microvm_with_an_open_network_gets_a_nic_in_a_namespace_with_pasta_and_no_pr
         .any(|(k, _)| k.eq_ignore_ascii_case("https_proxy")));
     let resolv = v.guest.files.iter().find(|f| f.path == "/etc/resolv.conf");
     assert!(resolv.is_some_and(|f| f.contents.contains("nameserver 10.0.2.3")));
+}
+
+/// A warm-pool claim attaches exactly the workspace steps a cold run's plan has (overlay or
+/// bind, the pin, every protected path, in order), and a pool member's plan (workspace
+/// `none` with a slot) has an empty, writable `/workspace` for them and nothing else of it.
+#[test]
+fn claim_workspace_steps_are_the_cold_plans_and_a_slot_is_an_empty_dir() {
+    for uid in [0, 1000] {
+        for mode in [WorkspaceMode::Overlay, WorkspaceMode::Bind] {
+            let mut s = spec();
+            s.workspace = mode;
+            s.profile = Profile::Moderate;
+            s.protected = vec!["secrets.env".into()];
+            let cold = plan(&s, &host(uid)).expect("plan");
+            let ws_steps: Vec<MountStep> = cold
+                .mounts
+                .iter()
+                .filter(|m| match m {
+                    MountStep::Overlay { target, .. }
+                    | MountStep::BindRw { target, .. }
+                    | MountStep::Pin { target }
+                    | MountStep::Protect { target } => target.starts_with("/workspace"),
+                    _ => false,
+                })
+                .cloned()
+                .collect();
+            let (steps, writable) = workspace_steps(&s, uid != 0, true);
+            assert_eq!(steps, ws_steps, "{mode:?} uid {uid}");
+            assert!(steps.len() > 3, "{steps:?}");
+            assert_eq!(writable, vec![p("/workspace")]);
+
+            let mut member = s.clone();
+            member.workspace = WorkspaceMode::None;
+            member.workspace_slot = true;
+            member.persistent = true;
+            member.argv.clear();
+            let mp = plan(&member, &host(uid)).expect("member plan");
+            let at_ws: Vec<&MountStep> = mp
+                .mounts
+                .iter()
+                .filter(|m| format!("{m:?}").contains("/workspace"))
+                .collect();
+            assert_eq!(
+                at_ws,
+                vec![&MountStep::Dir {
+                    target: p("/workspace"),
+                    mode: 0o755
+                }]
+            );
+            assert!(mp.writable_paths.contains(&p("/workspace")));
+            member.workspace_slot = false;
+            let none = plan(&member, &host(uid)).expect("plan");
+            assert!(!none.writable_paths.contains(&p("/workspace")));
+            assert!(!format!("{:?}", none.mounts).contains("/workspace"));
+        }
+    }
 }

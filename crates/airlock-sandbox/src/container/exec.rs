@@ -165,7 +165,9 @@ pub fn exec(
     let argv = cstrings(req.argv.iter().cloned())?;
     let envp = cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?;
     let cwd = req.cwd.clone().unwrap_or_else(|| plan.cwd.clone());
+    crate::phase("exec: namespaces fetched");
     let filter = seccomp::programs()?;
+    crate::phase("exec: seccomp compiled");
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()));
     let (err_rd, err_wr) = pipe()?;
@@ -190,6 +192,7 @@ pub fn exec(
                 fail(format!("join the sandbox cgroup {}: {e}", d.display()));
             }
         }
+        crate::phase("exec: cgroups joined");
         for (flag, fd) in &ns {
             if let Err(e) = nix::sched::setns(fd, *flag) {
                 fail(format!("join the sandbox's {flag:?} namespace: {e}"));

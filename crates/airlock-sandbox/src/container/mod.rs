@@ -2,6 +2,7 @@
 //! rootless. `run` is the host side: it prepares, clones the child (which becomes the sandbox's
 //! PID 1, see `child`), relays signals and the terminal, enforces the timeout, and cleans up.
 
+pub mod attach;
 mod child;
 mod egress;
 mod ending;

@@ -108,7 +108,12 @@ const PATH_FLAGS: OFlag = OFlag::O_PATH
 
 /// Open (creating as needed) `target` beneath `root` without following any symlink.
 /// `leaf_dir`: create a directory (true) or an empty file (false) when missing.
-fn open_target<O: Os>(os: &O, root: &O::Fd, target: &Path, leaf_dir: bool) -> io::Result<O::Fd> {
+pub(crate) fn open_target<O: Os>(
+    os: &O,
+    root: &O::Fd,
+    target: &Path,
+    leaf_dir: bool,
+) -> io::Result<O::Fd> {
     let comps = rel_components(target);
     let mut cur = os.dup(root)?;
     for (i, name) in comps.iter().enumerate() {
@@ -366,7 +371,7 @@ fn image_root<O: Os>(
 /// Mount the overlay workspace: stage the (possibly idmapped) lower layer and, for a tmpfs upper,
 /// a size-bounded tmpfs inside the root; mount the overlay from them; keep directory fds for the
 /// change summary; detach the staging mounts (overlay holds its own references).
-fn overlay<O: Os>(
+pub(crate) fn overlay<O: Os>(
     os: &O,
     root: &NewRoot<O::Fd>,
     target: &Path,
@@ -503,7 +508,7 @@ fn tmpfs<O: Os>(os: &O, at: &O::Fd, step: &MountStep) -> io::Result<()> {
     os.mount_on(at, "tmpfs", "tmpfs", flags, Some(data.as_str()))
 }
 
-fn step_exec<O: Os>(
+pub(crate) fn step_exec<O: Os>(
     os: &O,
     new_root: &NewRoot<O::Fd>,
     step: &MountStep,

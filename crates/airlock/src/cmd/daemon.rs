@@ -8,8 +8,11 @@ use airlock_engine::pool::{self, Claim};
 use airlock_engine::supervisor::{self, SupervisorBackend};
 use airlock_engine::{paths, Store, StoreError};
 use airlock_model::exit;
-use airlock_model::policy::{BackendKind, WorkspaceMode};
-use airlock_sandbox::isolation::{AnyBackend, ExecRequest, Instance, Isolation};
+use airlock_model::plan::LaunchPlan;
+use airlock_model::policy::{BackendKind, Profile, WorkspaceMode};
+use airlock_sandbox::cgroup::Layout;
+use airlock_sandbox::container::attach;
+use airlock_sandbox::isolation::{Ending, ExecRequest};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -57,12 +60,13 @@ fn member_spec(
 ) -> CliResult<(airlock_model::spec::RunSpec, u32)> {
     let mut policy = a.policy.clone();
     match policy.workspace.as_deref() {
-        None | Some("none") => policy.workspace = Some("none".into()),
+        None => policy.workspace = Some("none".into()),
+        Some("none" | "overlay" | "bind") => {}
         Some(other) => {
             return Err(CliError::usage(format!(
-                "--workspace {other}: pool members have no workspace (a claim would bind it)"
+                "--workspace {other}: a pool's members are claimed by runs (none, overlay or bind)"
             ))
-            .hint("drop --workspace; runs with --workspace none claim members"))
+            .hint("--workspace overlay serves runs with an overlay or bind workspace, --workspace none (the default) runs without one"))
         }
     }
     let ra = RunArgs {
@@ -77,6 +81,12 @@ fn member_spec(
         cmd: vec![],
     };
     let built = super::spec::build(&ra, global_config, no_user_config, true)?;
+    if built.spec.backend == BackendKind::Microvm && built.spec.workspace != WorkspaceMode::None {
+        return Err(CliError::usage(
+            "a microVM pool's members have no workspace (runs with one start cold)",
+        )
+        .hint("--workspace none"));
+    }
     if built.spec.backend == BackendKind::Microvm {
         super::warm_vm::check_backend(&built.spec)?;
     }
@@ -99,6 +109,11 @@ fn member_of(spec: &airlock_model::spec::RunSpec) -> airlock_model::spec::RunSpe
     m.setup.clear();
     m.agent = None;
     m.agent_grace = None;
+    // An overlay or bind workspace and the limits are the claim's (an empty /workspace here).
+    pool::normalize_bound_at_claim(&mut m);
+    if m.workspace_slot {
+        m.project_dir = PathBuf::from("/");
+    }
     m
 }
 
@@ -371,6 +386,30 @@ pub fn serve() -> CliResult<i32> {
     Ok(0)
 }
 
+/// The limits a claim puts on its member (a cgroup made for the claim, as a cold run's): None
+/// when the run must start cold so that it warns or refuses exactly as a cold start does (a
+/// limit it asked for that this host cannot enforce).
+fn claim_limits(
+    spec: &airlock_model::spec::RunSpec,
+) -> Option<(Layout, airlock_model::spec::Resources)> {
+    let mut r = spec.resources;
+    if r.memory.is_none() && r.pids.is_none() && r.cpus.is_none() {
+        return Some((Layout::None, r));
+    }
+    let layout = Layout::detect();
+    let support = layout.support();
+    if r.memory.is_some() && !support.memory {
+        if !spec.defaulted.memory {
+            return None;
+        }
+        r.memory = None;
+    }
+    if r.cpus.is_some() && !support.cpu {
+        return None;
+    }
+    Some((layout, r))
+}
+
 /// `run` through a warm member when a pool matches its spec; None: start it cold (no pool,
 /// the pool is empty, or the run asks for something a claim cannot bind yet).
 pub fn try_warm(
@@ -388,16 +427,35 @@ pub fn try_warm(
     if spec.backend == BackendKind::Microvm && net_log.is_none() {
         return super::warm_vm::try_warm(b, tty, timeout_text);
     }
-    // Bound at claim today: command, environment, working directory, terminal, time limit,
-    // plain secrets. The rest starts cold (docs/design/warm-pool.md).
+    // Bound at claim: command, environment, working directory, terminal, time limit, plain
+    // secrets, allowlist, an overlay or bind workspace, limits. The rest starts cold
+    // (docs/design/warm-pool.md).
     if spec.backend != BackendKind::Container
-        || spec.workspace != WorkspaceMode::None
         || net_log.is_some()
         || spec.secrets.values().any(|s| s.inject.is_some())
     {
         return Ok(None);
     }
+    match spec.workspace {
+        WorkspaceMode::None | WorkspaceMode::Overlay => {}
+        // A cold start refuses a bind workspace under the restrictive profile.
+        WorkspaceMode::Bind if spec.profile != Profile::Restrictive => {}
+        _ => return Ok(None),
+    }
+    let rootless = !nix::unistd::geteuid().is_root();
+    let (ws_steps, ws_writable) = airlock_model::plan::workspace_steps(
+        spec,
+        rootless,
+        airlock_sandbox::kernel::at_least(6, 6),
+    );
+    if !attach::claimable(&ws_steps) {
+        return Ok(None);
+    }
+    let Some((layout, limits)) = claim_limits(spec) else {
+        return Ok(None);
+    };
     let secrets = super::spec::resolve_secrets(&spec.secrets)?;
+    airlock_sandbox::phase("warm: claiming");
     let t0 = Instant::now();
     let key = pool::key(spec);
     // The pool is an optimisation: when its records cannot be read, the run starts cold.
@@ -413,70 +471,131 @@ pub fn try_warm(
         }
     };
     let claimed_in = t0.elapsed();
+    airlock_sandbox::phase("warm: claimed");
     // The daemon is woken when this run ends (`release`): a member's start costs CPU this run
     // would share on a small machine. A long run's pool is refilled by the daemon's own pass
     // (every half second) meanwhile.
     let dir = pool::member_dir(&state, &member.name);
-    let inst = Instance {
-        name: &member.name,
-        dir: &dir,
-        id: Some(&member.id),
+    let mut cgroup = None;
+    let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
+        let mut plan: LaunchPlan = std::fs::read(dir.join(airlock_sandbox::folder::PLAN_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| format!("the member's plan: {e}"))?;
+        // This run's allowlist, in force before its command runs (whatever the member had).
+        if spec.net == airlock_model::policy::NetMode::Filtered {
+            airlock_engine::live_policy::send(&dir, &spec.domains, &spec.ports)
+                .map_err(|e| format!("the member refused this run's allowlist: {e}"))?;
+        }
+        if !secrets.is_empty() {
+            airlock_sandbox::container::exec::deliver_secrets(&dir, &secrets)
+                .map_err(|e| format!("the member refused its secrets: {e}"))?;
+        }
+        // Limits: a cgroup of the member's name made for this claim, joined by the command.
+        if limits.any() {
+            let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
+            cgroup = airlock_sandbox::cgroup::Cgroup::create(&layout, &leaf, &limits)
+                .map_err(|e| format!("the claim's cgroup: {e}"))?;
+            plan.limits = limits;
+            airlock_sandbox::phase("warm: cgroup made");
+        }
+        plan.rlimit_nproc = limits.pids;
+        // The workspace: attached at the member's empty /workspace, protections over it.
+        let attached = if ws_steps.is_empty() {
+            attach::Attached::default()
+        } else {
+            if !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
+                return Err("the member has no workspace slot".into());
+            }
+            let a = attach::attach_workspace(&dir, &plan, &ws_steps).map_err(|e| e.to_string())?;
+            airlock_sandbox::phase("warm: workspace attached");
+            a
+        };
+        Ok((plan, attached))
+    })();
+    let (plan, attached) = match bound {
+        Ok(b) => b,
+        Err(e) => {
+            release(&mut store, &state, &member, &dir, None);
+            if let Some(cg) = cgroup {
+                cg.destroy();
+            }
+            errln!("airlock: warning: the warm member refused this run, starting cold: {e}");
+            return Ok(None);
+        }
     };
-    // This run's allowlist, in force before its command runs (whatever the member had).
-    if spec.net == airlock_model::policy::NetMode::Filtered {
-        if let Err(e) = airlock_engine::live_policy::send(&dir, &spec.domains, &spec.ports) {
-            release(&mut store, &state, &member, &dir, None);
-            errln!("airlock: warning: the warm member refused this run's allowlist, starting cold: {e}");
-            return Ok(None);
-        }
-    }
-    if !secrets.is_empty() {
-        if let Err(e) = airlock_sandbox::container::exec::deliver_secrets(&dir, &secrets) {
-            release(&mut store, &state, &member, &dir, None);
-            errln!("airlock: warning: the warm member refused its secrets, starting cold: {e}");
-            return Ok(None);
-        }
-    }
     let mut env = spec.env.clone();
     for (k, v) in &secrets {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
+    let wayback = super::run::wayback_before(spec);
     errln!(
-        "airlock: warm start (pool {}, {}, claimed in {:.2} ms)",
+        "airlock: warm start (pool {}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
         &key[..8],
         member.name,
-        claimed_in.as_secs_f64() * 1000.0
+        claimed_in.as_secs_f64() * 1000.0,
+        (t0.elapsed() - claimed_in).as_secs_f64() * 1000.0
     );
+    let cwd = spec.workdir.clone().unwrap_or_else(|| {
+        if spec.workspace == WorkspaceMode::None {
+            PathBuf::from(spec.user.home())
+        } else {
+            PathBuf::from(WORKSPACE)
+        }
+    });
     let req = ExecRequest {
         argv: spec.argv.clone(),
         env,
-        cwd: Some(
-            spec.workdir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(spec.user.home())),
-        ),
+        cwd: Some(cwd),
         tty,
         forward_stdin: b.forward_stdin,
         with_secrets: false,
         timeout: b.timeout,
     };
-    let ran = AnyBackend::for_kind(BackendKind::Container)
-        .ok_or(airlock_model::plan::Refusal::BackendUnavailable(
-            BackendKind::Container,
-        ))
-        .map_err(CliError::from)
-        .and_then(|backend| backend.exec(&inst, &req).map_err(CliError::from));
+    let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
+    let ran = airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
+        .map_err(CliError::from);
+    airlock_sandbox::phase("warm: command ended");
+    let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
     release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
-    let outcome = ran?;
-    if outcome.ending == airlock_sandbox::isolation::Ending::TimedOut {
-        errln!(
+    // After the member's end, as a cold run's PID 1 does it once every process is gone.
+    let changes = attached.changes();
+    drop(attached);
+    if let Some(cg) = cgroup {
+        cg.destroy();
+    }
+    airlock_sandbox::phase("warm: released");
+    let mut outcome = ran?;
+    if oom && outcome.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
+        outcome.ending = Ending::OutOfMemory;
+    }
+    let undone = super::run::wayback_after(spec, wayback.as_ref(), None);
+    match outcome.ending {
+        Ending::TimedOut => errln!(
             "airlock: killed: timeout after {}",
             timeout_text.unwrap_or("?")
-        );
+        ),
+        Ending::OutOfMemory => errln!(
+            "airlock: killed: out of memory (limit {})",
+            spec.resources
+                .memory
+                .map(|m| m.to_string())
+                .unwrap_or_default()
+        ),
+        Ending::Exited(_) => {}
+    }
+    if let Some(c) = &changes {
+        super::run::print_changes(c);
+    }
+    if undone {
+        return Err(super::run::tampered(spec, outcome.exit_code()));
     }
     Ok(Some(outcome.exit_code()))
 }
+
+/// Where a claim's workspace is attached (the plan's `/workspace`).
+const WORKSPACE: &str = "/workspace";
 
 /// The claim: a ready, live member of pool `key` for this process (None: start cold — no pool,
 /// made one now with `[pool] size`, or the pool is empty).

@@ -145,29 +145,10 @@ pub fn launch(
         on_egress_ctx: hooks.on_egress_ctx,
         defer_signal: None,
     };
-    // Bind mode: the way back is the checkout itself; look at it before and after.
-    let wayback = (spec.workspace == WorkspaceMode::Bind).then(|| {
-        let extra: Vec<PathBuf> = airlock_work::wayback::hooks_path(&spec.project_dir)
-            .into_iter()
-            .collect();
-        let snap = airlock_work::wayback::snapshot(&spec.project_dir, &extra);
-        (extra, snap)
-    });
+    let wayback = wayback_before(spec);
     let outcome = backend.start(&plan, &opts)?;
     airlock_sandbox::phase("cleaned up");
-    let mut undone = false;
-    if let Some((extra, before)) = &wayback {
-        let report = airlock_work::wayback::verify(&spec.project_dir, before, extra);
-        if !report.is_empty() {
-            undone = super::wayback::print(&report);
-            if let Some(dir) = persist {
-                let _ = std::fs::write(
-                    dir.join(airlock_work::wayback::REPORT_FILE),
-                    serde_json::to_vec_pretty(&report).unwrap_or_default(),
-                );
-            }
-        }
-    }
+    let undone = wayback_after(spec, wayback.as_ref(), persist);
     match outcome.ending {
         Ending::TimedOut => errln!(
             "airlock: killed: timeout after {}",
@@ -186,22 +167,65 @@ pub fn launch(
         print_changes(c);
     }
     if undone {
-        return Err(CliError::new(
-            exit::POLICY_REFUSED,
-            anyhow::anyhow!(
-                "the sandbox tampered with git's control files in {} (command exit status {})",
-                spec.project_dir.display(),
-                outcome.exit_code()
-            ),
-        )
-        .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git"));
+        return Err(tampered(spec, outcome.exit_code()));
     }
     Ok(outcome.exit_code())
 }
 
+/// What [`wayback_before`] looked at: the extra paths and the snapshot.
+pub type Wayback = (Vec<PathBuf>, airlock_work::wayback::Snapshot);
+
+/// Bind mode: the way back is the checkout itself; look at it before the run (and after it,
+/// [`wayback_after`]). None for other workspaces.
+pub fn wayback_before(spec: &airlock_model::spec::RunSpec) -> Option<Wayback> {
+    (spec.workspace == WorkspaceMode::Bind).then(|| {
+        let extra: Vec<PathBuf> = airlock_work::wayback::hooks_path(&spec.project_dir)
+            .into_iter()
+            .collect();
+        let snap = airlock_work::wayback::snapshot(&spec.project_dir, &extra);
+        (extra, snap)
+    })
+}
+
+/// After a bind run: what the sandbox changed in git's control files is reported and undone
+/// (true: something was undone, the run fails with [`tampered`]).
+pub fn wayback_after(
+    spec: &airlock_model::spec::RunSpec,
+    wayback: Option<&Wayback>,
+    persist: Option<&Path>,
+) -> bool {
+    let Some((extra, before)) = wayback else {
+        return false;
+    };
+    let report = airlock_work::wayback::verify(&spec.project_dir, before, extra);
+    if report.is_empty() {
+        return false;
+    }
+    let undone = super::wayback::print(&report);
+    if let Some(dir) = persist {
+        let _ = std::fs::write(
+            dir.join(airlock_work::wayback::REPORT_FILE),
+            serde_json::to_vec_pretty(&report).unwrap_or_default(),
+        );
+    }
+    undone
+}
+
+/// The error of a bind run whose changes to git's control files were undone.
+pub fn tampered(spec: &airlock_model::spec::RunSpec, code: i32) -> CliError {
+    CliError::new(
+        exit::POLICY_REFUSED,
+        anyhow::anyhow!(
+            "the sandbox tampered with git's control files in {} (command exit status {code})",
+            spec.project_dir.display(),
+        ),
+    )
+    .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git")
+}
+
 const MAX_LISTED: usize = 20;
 
-fn print_changes(c: &Changes) {
+pub fn print_changes(c: &Changes) {
     if c.is_empty() {
         return;
     }

@@ -540,6 +540,7 @@ pub fn build(
                 from,
             }
         }),
+        workspace_slot: false,
     };
     // The planner refuses a backend or image this build cannot provide; asked here already so
     // that `create` refuses it too (a named sandbox is planned only when it starts).

@@ -88,6 +88,7 @@ fn spec(workspace: WorkspaceMode) -> RunSpec {
         backend: Default::default(),
         rootfs: Default::default(),
         kernel: None,
+        workspace_slot: false,
     }
 }
 

@@ -1,0 +1,272 @@
+//! A warm-pool claim's workspace (docs/design/warm-pool.md): the overlay or bind of the
+//! claimer's project, and the protected paths over it, attached at a running member's empty
+//! `/workspace` before any of the claim's code runs — the same mount steps a cold run's plan
+//! has (`airlock_model::plan::workspace_steps`), executed by the same code (`rootfs`).
+//!
+//! A forked helper joins the member's user namespace (and becomes its root, for root-run
+//! members), makes a private mount namespace of its own there (a copy of the host's, where the
+//! project is visible and `/proc/self` is its own), and builds what needs the host there: the
+//! bind source cloned (`open_tree`), or the overlay mounted on a scratch tmpfs from the
+//! (idmapped) lower layer and a size-bounded upper tmpfs, then cloned as a detached mount.
+//! It then joins the member's mount namespace, attaches that at `/workspace` (`move_mount`,
+//! the target opened without following symlinks) and runs the pin and protect steps over it.
+//! Root-run members: this (privileged) process opens the host paths and applies the
+//! idmapping, as a cold start's parent does. The overlay's upper and lower directories come
+//! back over a socket for the change summary after the command.
+
+use super::error::{io_err, RunError};
+use super::rootfs::{self, NewRoot, SummaryDirs};
+use super::summary::{self, Changes};
+use crate::os::{Os, Real};
+use crate::sys;
+use airlock_model::exit;
+use airlock_model::plan::{LaunchPlan, MountStep, UpperStore};
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+/// A claimed member's attached workspace.
+#[derive(Debug, Default)]
+pub struct Attached {
+    summary: Option<SummaryDirs>,
+}
+
+impl Attached {
+    /// What the command changed in an overlay workspace (None: not an overlay).
+    pub fn changes(&self) -> Option<Changes> {
+        self.summary
+            .as_ref()
+            .map(|d| summary::diff(&d.upper, &d.lower))
+    }
+}
+
+/// Whether a member can take these workspace steps at claim (an overlay needs its upper
+/// layer on a tmpfs: a disk upper belongs to a cold start's run folder).
+pub fn claimable(steps: &[MountStep]) -> bool {
+    !steps.iter().any(|s| {
+        matches!(
+            s,
+            MountStep::Overlay {
+                upper: UpperStore::Disk,
+                ..
+            }
+        )
+    })
+}
+
+/// The host owner of the workspace's source (what a cold start's `project_owner` is).
+fn source_owner(steps: &[MountStep]) -> Result<(u32, u32), RunError> {
+    let src = steps.iter().find_map(|s| match s {
+        MountStep::Overlay { lower, .. } => Some(lower),
+        MountStep::BindRw { source, .. } => Some(source),
+        _ => None,
+    });
+    match src {
+        Some(p) => {
+            let st = nix::sys::stat::stat(p.as_path())
+                .map_err(|e| io_err("stat the project directory")(e.into()))?;
+            Ok((st.st_uid, st.st_gid))
+        }
+        None => Ok((0, 0)),
+    }
+}
+
+/// Attach `steps` (a workspace's mount steps) in the running member in `dir` (plan: `plan`).
+/// Blocks until done; nothing is attached when it fails.
+pub fn attach_workspace(
+    dir: &Path,
+    plan: &LaunchPlan,
+    steps: &[MountStep],
+) -> Result<Attached, RunError> {
+    if !claimable(steps) {
+        return Err(RunError::Setup(
+            "an overlay with a disk upper layer cannot be attached at claim".into(),
+        ));
+    }
+    let ns = super::exec::fetch_namespaces(dir)
+        .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
+    let find = |flag: CloneFlags| {
+        ns.iter()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, fd)| fd)
+            .ok_or_else(|| RunError::Setup("the sandbox's namespaces are incomplete".into()))
+    };
+    let (userns, mntns) = (
+        find(CloneFlags::CLONE_NEWUSER)?,
+        find(CloneFlags::CLONE_NEWNS)?,
+    );
+    let mut ws_plan = plan.clone();
+    ws_plan.mounts = steps.to_vec();
+    // Root-run: this process opens the host paths and idmaps them, as a cold start's parent.
+    let prepared = if plan.rootless {
+        None
+    } else {
+        let needs_idmap = steps.iter().any(|m| {
+            matches!(
+                m,
+                MountStep::BindRw { idmap: true, .. } | MountStep::Overlay { idmap: true, .. }
+            )
+        });
+        let idmap = if needs_idmap {
+            let to = (
+                plan.uid_map[0].outside + plan.user.0,
+                plan.gid_map[0].outside + plan.user.1,
+            );
+            Some(
+                crate::userns::idmap_userns(source_owner(steps)?, to)
+                    .map_err(io_err("create the idmapping user namespace"))?,
+            )
+        } else {
+            None
+        };
+        Some(
+            rootfs::prepare(&Real, &ws_plan, idmap.as_ref())
+                .map_err(|e| RunError::Setup(e.to_string()))?,
+        )
+    };
+    crate::phase("attach: sources prepared");
+    let (err_rd, err_wr) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
+    let (back, back_child) =
+        sys::socketpair(nix::sys::socket::SockType::Datagram).map_err(io_err("socketpair"))?;
+    let child = sys::clone_fork(0).map_err(RunError::Clone)?;
+    if child == 0 {
+        drop(err_rd);
+        drop(back);
+        let ef = err_wr.as_raw_fd();
+        let fail = |msg: String| -> ! {
+            sys::write_all_raw(ef, msg.as_bytes());
+            sys::exit_now(exit::SANDBOX_FAILED)
+        };
+        let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        let fds = match helper(&ws_plan, userns, mntns, prepared) {
+            Ok(f) => f,
+            Err(e) => fail(e),
+        };
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        if let Err(e) = sys::send_fds(back_child.as_raw_fd(), b"ws", &raw) {
+            fail(format!("hand back the overlay's layers: {e}"));
+        }
+        sys::exit_now(0);
+    }
+    drop(err_wr);
+    drop(back_child);
+    drop(ns);
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None)
+        .map_err(|e| io_err("wait for the workspace helper")(e.into()))?;
+    crate::phase("attach: helper done");
+    let mut msg = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::fs::File::from(err_rd), &mut msg);
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => {}
+        _ => {
+            return Err(RunError::Setup(if msg.is_empty() {
+                format!("the workspace helper ended: {status:?}")
+            } else {
+                format!("attach the workspace: {}", String::from_utf8_lossy(&msg))
+            }))
+        }
+    }
+    let (data, mut fds) =
+        sys::recv_fds(back.as_raw_fd(), 2).map_err(io_err("receive the overlay's layers"))?;
+    if data != b"ws" {
+        return Err(RunError::Setup(
+            "the workspace helper answered unexpectedly".into(),
+        ));
+    }
+    let summary = match (fds.pop(), fds.pop()) {
+        (Some(lower), Some(upper)) => Some(SummaryDirs { upper, lower }),
+        _ => None,
+    };
+    Ok(Attached { summary })
+}
+
+/// The forked helper's work (see the module's comment); the overlay's upper and lower
+/// directories when there is one.
+fn helper(
+    plan: &LaunchPlan,
+    userns: &OwnedFd,
+    mntns: &OwnedFd,
+    prepared: Option<rootfs::Prepared>,
+) -> Result<Vec<OwnedFd>, String> {
+    let os = Real;
+    nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("join the sandbox's user namespace: {e}"))?;
+    if !plan.rootless {
+        os.become_root()
+            .map_err(|e| format!("become the sandbox's root: {e}"))?;
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("make a mount namespace: {e}"))?;
+    os.make_mounts_private()
+        .map_err(|e| format!("make mounts private: {e}"))?;
+    let mut prepared = match prepared {
+        Some(p) => p,
+        None => rootfs::prepare(&os, plan, None).map_err(|e| e.to_string())?,
+    };
+    let mut back = Vec::new();
+    for (i, step) in plan.mounts.iter().enumerate() {
+        let MountStep::Overlay { upper, .. } = step else {
+            continue;
+        };
+        let lower = prepared
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or("internal: the overlay's lower layer was not prepared")?;
+        // A scratch root for the overlay's staging, attached in this helper's own namespace.
+        let owner = if plan.rootless { plan.user } else { (0, 0) };
+        let scratch = os
+            .fsmount_tmpfs(
+                &[
+                    ("mode", "755".into()),
+                    ("size", "65536".into()),
+                    ("uid", owner.0.to_string()),
+                    ("gid", owner.1.to_string()),
+                ],
+                sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            )
+            .map_err(|e| format!("make a scratch tmpfs: {e}"))?;
+        let at = nix::fcntl::open(
+            "/tmp",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("open /tmp: {e}"))?;
+        os.move_mount(&scratch, &at)
+            .map_err(|e| format!("attach the scratch tmpfs: {e}"))?;
+        let root = NewRoot { fd: scratch };
+        let ws = Path::new("/ws");
+        let dirs = rootfs::overlay(&os, &root, ws, lower, upper, plan.user, None)
+            .map_err(|e| e.to_string())?;
+        let tree = os
+            .open_tree_clone_beneath(&root.fd, ws)
+            .map_err(|e| format!("clone the overlay: {e}"))?;
+        prepared[i] = Some(tree);
+        back = vec![dirs.upper, dirs.lower];
+    }
+    nix::sched::setns(mntns, CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("join the sandbox's mount namespace: {e}"))?;
+    let root = NewRoot {
+        fd: nix::fcntl::open(
+            "/",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("open the sandbox's root: {e}"))?,
+    };
+    for (i, step) in plan.mounts.iter().enumerate() {
+        let fd = prepared.get_mut(i).and_then(Option::take);
+        match step {
+            MountStep::Overlay { target, .. } => {
+                let tree = fd.ok_or("internal: no overlay to attach")?;
+                let t = rootfs::open_target(&os, &root.fd, target, true)
+                    .map_err(|e| format!("inside the sandbox, {}: {e}", target.display()))?;
+                os.move_mount(&tree, &t)
+                    .map_err(|e| format!("attach the overlay at {}: {e}", target.display()))?;
+            }
+            _ => rootfs::step_exec(&os, &root, step, fd).map_err(|e| e.to_string())?,
+        }
+    }
+    Ok(back)
+}
