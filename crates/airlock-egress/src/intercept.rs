@@ -281,6 +281,13 @@ pub(crate) struct BufSock {
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
+    /// The last read filled the buffer: more is queued, the next read will not wait.
+    full: bool,
+    /// Reads from the socket, and how many of them asked for quick ACKs.
+    #[cfg(test)]
+    refills: usize,
+    #[cfg(test)]
+    quick_acks: usize,
 }
 
 impl BufSock {
@@ -290,6 +297,11 @@ impl BufSock {
             buf: vec![0u8; cap].into_boxed_slice(),
             pos: 0,
             end: 0,
+            full: false,
+            #[cfg(test)]
+            refills: 0,
+            #[cfg(test)]
+            quick_acks: 0,
         }
     }
 
@@ -305,11 +317,25 @@ impl Read for BufSock {
             // Acknowledge at once what arrives: a kept-alive connection is in the kernel's
             // "ping-pong" mode, which delays ACKs (40 ms) to ride on the next data we send, and a
             // peer with Nagle on (most servers' default) holds the rest of its answer until
-            // then. A new connection starts in quick-ACK mode; this keeps every read there.
-            let _ = rustix::net::sockopt::set_tcp_quickack(&self.sock, true);
+            // then. A new connection starts in quick-ACK mode; this keeps every read that may
+            // wait there. Not while a bulk transfer keeps the buffer full: nothing waits on an
+            // ACK then (the kernel acknowledges every second segment anyway), and quick ACKs
+            // would only double the ACKs the sender has to process.
+            if !self.full {
+                let _ = rustix::net::sockopt::set_tcp_quickack(&self.sock, true);
+                #[cfg(test)]
+                {
+                    self.quick_acks += 1;
+                }
+            }
+            #[cfg(test)]
+            {
+                self.refills += 1;
+            }
             let n = self.sock.read(&mut self.buf)?;
             self.pos = 0;
             self.end = n;
+            self.full = n == self.buf.len();
         }
         let n = out.len().min(self.end - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -399,4 +425,71 @@ fn still_open(up: &mut Up) -> bool {
         }
     };
     ok && up.sock.sock.set_nonblocking(false).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    /// Read all of `from` through a `BufSock` the way rustls does (4 KiB at a time).
+    fn drain(sock: TcpStream) -> (usize, BufSock) {
+        let mut bs = BufSock::new(sock, 64 * 1024);
+        let mut out = [0u8; 4096];
+        let mut total = 0;
+        loop {
+            match bs.read(&mut out).unwrap() {
+                0 => return (total, bs),
+                n => total += n,
+            }
+        }
+    }
+
+    /// A bulk transfer keeps the buffer full: quick ACKs (a system call each, and an ACK per
+    /// read the sender has to process) are asked for only when a read may wait.
+    #[test]
+    fn bulk_reads_do_not_ask_for_quick_acks() {
+        let (mut w, r) = pair();
+        const SIZE: usize = 8 << 20;
+        let writer = thread::spawn(move || {
+            w.write_all(&vec![7u8; SIZE]).unwrap();
+        });
+        // Let the sender fill the socket buffers first: the reads then find a full queue.
+        thread::sleep(Duration::from_millis(200));
+        let (total, bs) = drain(r);
+        writer.join().unwrap();
+        assert_eq!(total, SIZE);
+        assert!(bs.refills >= SIZE / (64 * 1024), "{}", bs.refills);
+        assert!(
+            bs.quick_acks * 2 <= bs.refills,
+            "{} quick ACKs for {} reads",
+            bs.quick_acks,
+            bs.refills
+        );
+    }
+
+    /// Small pieces with pauses between them (a request head, a streamed answer): every read
+    /// that may wait still asks for a quick ACK (a peer with Nagle on waits for it).
+    #[test]
+    fn trickling_reads_keep_quick_acks() {
+        let (mut w, r) = pair();
+        let writer = thread::spawn(move || {
+            for _ in 0..20 {
+                w.write_all(&[1u8; 100]).unwrap();
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let (total, bs) = drain(r);
+        writer.join().unwrap();
+        assert_eq!(total, 2000);
+        assert_eq!(bs.quick_acks, bs.refills);
+    }
 }

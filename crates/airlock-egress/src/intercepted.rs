@@ -536,23 +536,22 @@ impl Exchange<'_> {
                 .write_all(&head[..resp])
                 .map_err(|_| Next::Close)?;
             let mut body = BodyFramer::new(len);
-            let mut extra = false;
-            let mut data = head.split_off(resp);
-            loop {
-                let take = body.feed(&data).map_err(|_| Next::Close)?;
-                self.client
-                    .write_all(&data[..take])
-                    .map_err(|_| Next::Close)?;
-                extra |= take < data.len();
-                if body.done() {
-                    break;
-                }
+            // What came with the head, then straight from the read buffer (no copy in between).
+            let take = body.feed(&head[resp..]).map_err(|_| Next::Close)?;
+            self.client
+                .write_all(&head[resp..resp + take])
+                .map_err(|_| Next::Close)?;
+            let mut extra = resp + take < head.len();
+            while !body.done() {
                 let n = match read_bulk(server, &mut self.chunk) {
                     Ok(0) | Err(_) => return Err(Next::Close),
                     Ok(n) => n,
                 };
-                data.clear();
-                data.extend_from_slice(&self.chunk[..n]);
+                let take = body.feed(&self.chunk[..n]).map_err(|_| Next::Close)?;
+                self.client
+                    .write_all(&self.chunk[..take])
+                    .map_err(|_| Next::Close)?;
+                extra |= take < n;
             }
             // Bytes after the answer's end: the server is confused; its connection is not reused.
             return Ok(!extra && !close);

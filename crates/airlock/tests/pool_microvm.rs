@@ -479,3 +479,40 @@ fn a_microvm_pool_that_cannot_boot_is_refused_at_start() {
     assert_eq!(st["running"], false, "{st}");
     assert_eq!(st["pools"].as_array().map(Vec::len), Some(0), "{st}");
 }
+
+/// A run with `--ro` mounts never takes a warm microVM member, even from a pool made for that
+/// very spec: a mount is a snapshot, and a member's would date from its boot. The run starts
+/// cold and sees the host directory as it is now.
+#[test]
+fn a_microvm_run_with_read_only_mounts_never_takes_a_stale_member() {
+    if !e2e("a_microvm_run_with_read_only_mounts_never_takes_a_stale_member") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let data = a.dir.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("f.txt"), "at the member's boot\n").expect("write");
+    let ro = format!("{}:/data", data.display());
+    let policy = [
+        "--backend",
+        "microvm",
+        "--net",
+        "off",
+        "--workspace",
+        "none",
+        "--ro",
+        &ro,
+    ];
+    let mut args = vec!["daemon", "start", "--size", "1", "--wait"];
+    args.extend(policy);
+    ok(&a, &args, &[]);
+    assert_eq!(members_ever(&a).len(), 1, "{}", status(&a));
+    std::fs::write(data.join("f.txt"), "now\n").expect("write");
+    let mut args = vec!["run"];
+    args.extend(policy);
+    args.extend(["--", "cat", "/data/f.txt"]);
+    let out = ok(&a, &args, &[]);
+    assert_eq!(out.stdout, "now\n", "{}", out.describe());
+    assert!(claimed(&out).is_none(), "{}", out.describe());
+}

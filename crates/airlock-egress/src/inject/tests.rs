@@ -245,3 +245,106 @@ proptest! {
         }
     }
 }
+
+/// Feed `stream` the way the intercepted path does (reads of arbitrary sizes): the framer says
+/// how much of each read is body, the scanner sees exactly that. Returns the bytes taken as
+/// body (`None` if the framer refused) and the first leak the scanner reported.
+fn feed_split(
+    s: &Secrets,
+    host: &str,
+    len: http::BodyLength,
+    stream: &[u8],
+    cuts: &[usize],
+) -> (Option<usize>, Option<Leak>) {
+    let mut framer = http::body::BodyFramer::new(len);
+    let mut scan = BodyScan::new(s, Some(host));
+    let mut taken = 0;
+    let mut leak = None;
+    let mut at = 0;
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+    points.push(stream.len());
+    points.sort_unstable();
+    for p in points {
+        if framer.done() {
+            break;
+        }
+        let piece = &stream[at..p];
+        at = p;
+        let Ok(take) = framer.feed(piece) else {
+            return (None, leak);
+        };
+        if leak.is_none() {
+            leak = scan.feed(&piece[..take]).err();
+        }
+        taken += take;
+    }
+    (framer.done().then_some(taken), leak)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// A request body read in arbitrary pieces: where it ends does not depend on how it was
+    /// split (the next pipelined request starts at the same byte), and a placeholder of a
+    /// secret not bound to the host is found wherever the reads split it.
+    #[test]
+    fn body_framing_and_scanning_do_not_depend_on_read_sizes(
+        host in hosts(),
+        secret in prop::sample::select(vec![None, Some("ANTHROPIC_API_KEY"), Some("GH_TOKEN"), Some("PASS"), Some("MAPS")]),
+        before in prop::collection::vec(any::<u8>(), 0..300),
+        after in prop::collection::vec(any::<u8>(), 0..300),
+        next in prop::collection::vec(any::<u8>(), 0..40),
+        cuts_a in prop::collection::vec(any::<usize>(), 0..12),
+        cuts_b in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let s = secrets();
+        let mut body = before.clone();
+        if let Some(name) = secret {
+            body.extend_from_slice(ph(&s, name).as_bytes());
+        }
+        body.extend_from_slice(&after);
+        let mut stream = body.clone();
+        stream.extend_from_slice(&next);
+        let len = http::BodyLength::Length(body.len() as u64);
+        let (ta, la) = feed_split(&s, host, len, &stream, &cuts_a);
+        let (tb, lb) = feed_split(&s, host, len, &stream, &cuts_b);
+        prop_assert_eq!(ta, Some(body.len()));
+        prop_assert_eq!(tb, Some(body.len()));
+        // Found in one split iff in the other, and iff the body holds a placeholder that must
+        // not go to this host.
+        let must = s.leak_in(&body, Some(host), "body").map(|l| l.secret);
+        prop_assert_eq!(la.map(|l| l.secret), must.clone());
+        prop_assert_eq!(lb.map(|l| l.secret), must);
+    }
+
+    /// Arbitrary bytes as a chunked body, split two ways: both accept the same prefix or both
+    /// refuse; never a panic.
+    #[test]
+    fn chunked_framing_does_not_depend_on_read_sizes(
+        host in hosts(),
+        chunks in prop::collection::vec((prop::collection::vec(any::<u8>(), 0..64), any::<bool>()), 0..6),
+        junk in prop::collection::vec(any::<u8>(), 0..40),
+        cuts_a in prop::collection::vec(any::<usize>(), 0..12),
+        cuts_b in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let s = secrets();
+        let mut stream = Vec::new();
+        for (c, upper) in &chunks {
+            let size = if *upper { format!("{:X}", c.len()) } else { format!("{:x}", c.len()) };
+            stream.extend_from_slice(size.as_bytes());
+            stream.extend_from_slice(b"\r\n");
+            stream.extend_from_slice(c);
+            stream.extend_from_slice(b"\r\n");
+        }
+        // Well-formed streams end with the last chunk; otherwise the junk is read as framing.
+        if !junk.is_empty() && junk[0] % 2 == 0 {
+            stream.extend_from_slice(&junk);
+        } else {
+            stream.extend_from_slice(b"0\r\n\r\n");
+            stream.extend_from_slice(&junk);
+        }
+        let (ta, _) = feed_split(&s, host, http::BodyLength::Chunked, &stream, &cuts_a);
+        let (tb, _) = feed_split(&s, host, http::BodyLength::Chunked, &stream, &cuts_b);
+        prop_assert_eq!(ta, tb);
+    }
+}
