@@ -359,6 +359,7 @@ fn adopt(a: &Airlock, label: &str) {
         qemu.len() >= 2,
         "{label}: no QEMU under {member}'s supervisor: {qemu:?}"
     );
+    let qemu_started: Vec<(i32, Option<u64>)> = qemu.iter().map(|p| (*p, start_time(*p))).collect();
 
     kill_daemon(a);
     std::thread::sleep(Duration::from_millis(500));
@@ -414,14 +415,21 @@ fn adopt(a: &Airlock, label: &str) {
     );
     ok(a, &["daemon", "stop"], &[]);
     assert_nothing_left(a, label);
-    let left: Vec<&i32> = qemu
-        .iter()
-        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
-        .collect();
+    // The claimed member powers its guest off after the command: it goes, maybe a moment after
+    // `run` returned. A pid is the same process only with the same start time (pids are reused,
+    // and /proc/N also answers for a thread id N of another process).
+    let same = |(pid, start): &(i32, Option<u64>)| start.is_some() && start_time(*pid) == *start;
     assert!(
-        left.is_empty(),
-        "{label}: {member}'s processes left: {left:?}"
+        wait_until(Duration::from_secs(30), || !qemu_started.iter().any(same)),
+        "{label}: {member}'s processes left: {:?}",
+        qemu_started.iter().filter(|p| same(p)).collect::<Vec<_>>()
     );
+}
+
+/// A process's start time (clock ticks after boot; field 22 of /proc/PID/stat).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(") ").next()?.split(' ').nth(19)?.parse().ok()
 }
 
 #[test]
