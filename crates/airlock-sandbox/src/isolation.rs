@@ -485,6 +485,7 @@ impl AnyBackend {
         match AnyBackend::for_kind(spec.backend)? {
             AnyBackend::MicroVm(_) => Some(AnyBackend::MicroVm(MicroVm {
                 kernel: spec.kernel.clone(),
+                image_root: spec.rootfs != airlock_model::spec::RootFs::Host,
             })),
             other => Some(other),
         }

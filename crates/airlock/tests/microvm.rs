@@ -2171,6 +2171,11 @@ fn a_microvm_boots_an_images_root_built_once() {
     src.chown_to(&user);
     let out = r.run(&["image", "import", &src.join("oci").to_string_lossy()]);
     assert_eq!(out.code(), 0, "{}", out.describe());
+    // A cache of its own, as on a first run: an image run builds the kernel's artifacts but
+    // not the host root image (minutes on a fresh machine, and not booted).
+    let fresh = r.dir.join("fresh-cache");
+    std::fs::create_dir_all(&fresh).expect("cache dir");
+    std::os::unix::fs::chown(&fresh, Some(user.uid), Some(user.gid)).expect("chown");
     let out = vm_run(
         &r,
         &[
@@ -2185,9 +2190,20 @@ fn a_microvm_boots_an_images_root_built_once() {
             "-c",
             "cat /etc/os-release; test -e /usr && echo host-usr || echo no-usr; id -u; ls -ln /bin/busybox",
         ],
-        &[],
+        &[("AIRLOCK_CACHE_DIR", &fresh.to_string_lossy())],
     );
     assert_eq!(out.code(), 0, "rootless: {}", out.describe());
+    let host_images: Vec<_> = std::fs::read_dir(&fresh)
+        .expect("the cache")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("root-"))
+        .collect();
+    assert!(
+        host_images.is_empty() && !out.stderr.contains("of this host's /usr"),
+        "rootless: an image run built the host root image: {host_images:?} {}",
+        out.describe()
+    );
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(
         lines[..4],

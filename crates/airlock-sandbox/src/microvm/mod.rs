@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MicroVm {
     pub kernel: Option<airlock_model::spec::GuestKernel>,
+    /// The run boots an image's root disk: the host root image is not needed (not built).
+    pub image_root: bool,
 }
 
 /// Why the backend cannot run here, and what fixes it.
@@ -58,8 +60,12 @@ pub fn guest_binary() -> &'static [u8] {
 }
 
 /// Everything the backend needs on this host, built and cached on first use, with the guest
-/// kernel `chosen` (see [`kernel::find`]).
-pub fn prepare(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<VmFacts, Unavailable> {
+/// kernel `chosen` (see [`kernel::find`]). With `image_root` the run boots an image's own root
+/// disk, and the host root image (minutes to build on a first run) is neither built nor named.
+pub fn prepare(
+    chosen: Option<&airlock_model::spec::GuestKernel>,
+    image_root: bool,
+) -> Result<VmFacts, Unavailable> {
     let qemu = qemu_path().ok_or_else(|| Unavailable {
         why: "qemu-system-x86_64 is not installed".into(),
         hint: "apt-get install qemu-system-x86".into(),
@@ -79,7 +85,11 @@ pub fn prepare(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<VmFa
     let from = |e: String| unusable(format!("{} (from {}): {e}", k.image.display(), k.from));
     let vmlinux = artifacts::vmlinux(&dir, &k).map_err(from)?;
     let initrd = artifacts::initrd(&dir, guest_binary(), &k).map_err(from)?;
-    let rootfs = artifacts::host_rootfs(&dir).map_err(other)?;
+    let rootfs = if image_root {
+        String::new()
+    } else {
+        artifacts::host_rootfs(&dir).map_err(other)?
+    };
     let accel = accel(&qemu, &dir, &vmlinux, &initrd);
     let tsc_khz = tsc_khz(&dir);
     Ok(VmFacts {
@@ -237,7 +247,7 @@ impl MicroVm {
     ) -> Result<HostFacts, (Box<HostFacts>, Unavailable)> {
         let mut facts = container::host_facts(project_dir, layout);
         facts.offer = crate::offer::offer();
-        match prepare(self.kernel.as_ref()) {
+        match prepare(self.kernel.as_ref(), self.image_root) {
             Ok(vm) => {
                 facts.vm = Some(vm);
                 Ok(facts)

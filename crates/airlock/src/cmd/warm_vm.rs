@@ -22,15 +22,18 @@ use std::time::Instant;
 /// Also builds what the guests boot from (once; the host image can take minutes), so the
 /// members' starts find it ready.
 pub(super) fn check_backend(spec: &airlock_model::spec::RunSpec) -> CliResult<()> {
-    microvm::prepare(spec.kernel.as_ref())
-        .map(drop)
-        .map_err(|e| {
-            CliError::new(
-                airlock_model::exit::BACKEND_UNAVAILABLE,
-                anyhow::anyhow!("the microvm backend cannot run here: {}", e.why),
-            )
-            .hint(e.hint)
-        })
+    microvm::prepare(
+        spec.kernel.as_ref(),
+        spec.rootfs != airlock_model::spec::RootFs::Host,
+    )
+    .map(drop)
+    .map_err(|e| {
+        CliError::new(
+            airlock_model::exit::BACKEND_UNAVAILABLE,
+            anyhow::anyhow!("the microvm backend cannot run here: {}", e.why),
+        )
+        .hint(e.hint)
+    })
 }
 
 /// Whether a claimed microVM member takes sessions: its supervisor holds the folder and its
