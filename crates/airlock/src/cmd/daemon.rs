@@ -88,7 +88,7 @@ fn member_spec(
         .hint("--workspace none"));
     }
     if built.spec.backend == BackendKind::Microvm {
-        super::warm_vm::check_backend(&built.spec)?;
+        super::vm_member::check_backend(&built.spec)?;
     }
     Ok((member_of(&built.spec), built.pool_size))
 }
@@ -424,9 +424,6 @@ pub fn try_warm(
     if b.pool_size == 0 && !pool::members_dir(&state).is_dir() {
         return Ok(None);
     }
-    if spec.backend == BackendKind::Microvm && net_log.is_none() {
-        return super::warm_vm::try_warm(b, tty, timeout_text);
-    }
     // Bound at claim: command, environment, working directory, terminal, time limit, plain
     // secrets, allowlist, an overlay or bind workspace, limits. The rest starts cold
     // (docs/design/warm-pool.md).
@@ -529,7 +526,7 @@ pub fn try_warm(
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
-    let wayback = super::run::wayback_before(spec);
+    let wayback = super::wayback::wayback_before(spec);
     errln!(
         "airlock: warm start (pool {}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
         &key[..8],
@@ -570,7 +567,7 @@ pub fn try_warm(
     if oom && outcome.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
         outcome.ending = Ending::OutOfMemory;
     }
-    let undone = super::run::wayback_after(spec, wayback.as_ref(), None);
+    let undone = super::wayback::wayback_after(spec, wayback.as_ref(), None);
     match outcome.ending {
         Ending::TimedOut => errln!(
             "airlock: killed: timeout after {}",
@@ -586,10 +583,10 @@ pub fn try_warm(
         Ending::Exited(_) => {}
     }
     if let Some(c) = &changes {
-        super::run::print_changes(c);
+        super::wayback::print_changes(c);
     }
     if undone {
-        return Err(super::run::tampered(spec, outcome.exit_code()));
+        return Err(super::wayback::tampered(spec, outcome.exit_code()));
     }
     Ok(Some(outcome.exit_code()))
 }
@@ -624,7 +621,7 @@ pub(super) fn claim(
             Claim::Hit(m) => {
                 let dir = pool::member_dir(state, &m.name);
                 let up = match spec.backend {
-                    BackendKind::Microvm => super::warm_vm::member_up(&dir),
+                    BackendKind::Microvm => super::vm_member::member_up(&dir),
                     BackendKind::Container => {
                         supervisor::locked(&dir)
                             && airlock_sandbox::container::exec::pid1(&dir).is_some()
@@ -659,7 +656,7 @@ pub(super) fn release(
         );
     }
     // A microVM member: its guest powers off.
-    super::warm_vm::power_off(dir);
+    super::vm_member::power_off(dir);
     let _ = store.member_release(&member.name, pool::me().0);
     if let Some((key, took)) = done {
         let _ = store.claim_done(key, took.as_micros() as u64);

@@ -24,6 +24,7 @@ mod setup;
 pub(crate) mod spec;
 mod supervise;
 pub(crate) mod trust;
+mod vm_member;
 mod warm_vm;
 mod wayback;
 mod work;

@@ -2,15 +2,16 @@
 
 use crate::cli::RunArgs;
 use crate::error::{CliError, CliResult};
-use airlock_model::policy::WorkspaceMode;
+use airlock_model::policy::BackendKind;
 use airlock_model::{exit, plan};
 use airlock_sandbox::cgroup::Layout;
-use airlock_sandbox::container::{self, rundir, Changes};
+use airlock_sandbox::container::{self, rundir};
 use airlock_sandbox::isolation::{AnyBackend, Ending, Isolation};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use super::load::load_config;
 pub use super::spec::{build, parse_duration, resolve_secrets, workdir_inside, Built};
+use super::wayback::{print_changes, tampered, wayback_after, wayback_before};
 
 pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
     run_with(a, global_config, no_user_config, None)
@@ -27,9 +28,11 @@ pub fn run_with(
     let mut b = build(a, global_config, no_user_config, persist.is_some())?;
     if let Some(dir) = persist {
         b.instance_id = Some(crate::cmd::named::folder_id(dir)?);
-    } else if let Some(code) =
+    } else if let Some(code) = if b.spec.backend == BackendKind::Microvm {
+        super::warm_vm::try_warm(&b, a.tty, a.timeout.as_deref(), a.net_log.as_deref())?
+    } else {
         super::daemon::try_warm(&b, a.tty, a.timeout.as_deref(), a.net_log.as_deref())?
-    {
+    } {
         return Ok(code);
     }
     launch(
@@ -170,81 +173,4 @@ pub fn launch(
         return Err(tampered(spec, outcome.exit_code()));
     }
     Ok(outcome.exit_code())
-}
-
-/// What [`wayback_before`] looked at: the extra paths and the snapshot.
-pub type Wayback = (Vec<PathBuf>, airlock_work::wayback::Snapshot);
-
-/// Bind mode: the way back is the checkout itself; look at it before the run (and after it,
-/// [`wayback_after`]). None for other workspaces.
-pub fn wayback_before(spec: &airlock_model::spec::RunSpec) -> Option<Wayback> {
-    (spec.workspace == WorkspaceMode::Bind).then(|| {
-        let extra: Vec<PathBuf> = airlock_work::wayback::hooks_path(&spec.project_dir)
-            .into_iter()
-            .collect();
-        let snap = airlock_work::wayback::snapshot(&spec.project_dir, &extra);
-        (extra, snap)
-    })
-}
-
-/// After a bind run: what the sandbox changed in git's control files is reported and undone
-/// (true: something was undone, the run fails with [`tampered`]).
-pub fn wayback_after(
-    spec: &airlock_model::spec::RunSpec,
-    wayback: Option<&Wayback>,
-    persist: Option<&Path>,
-) -> bool {
-    let Some((extra, before)) = wayback else {
-        return false;
-    };
-    let report = airlock_work::wayback::verify(&spec.project_dir, before, extra);
-    if report.is_empty() {
-        return false;
-    }
-    let undone = super::wayback::print(&report);
-    if let Some(dir) = persist {
-        let _ = std::fs::write(
-            dir.join(airlock_work::wayback::REPORT_FILE),
-            serde_json::to_vec_pretty(&report).unwrap_or_default(),
-        );
-    }
-    undone
-}
-
-/// The error of a bind run whose changes to git's control files were undone.
-pub fn tampered(spec: &airlock_model::spec::RunSpec, code: i32) -> CliError {
-    CliError::new(
-        exit::POLICY_REFUSED,
-        anyhow::anyhow!(
-            "the sandbox tampered with git's control files in {} (command exit status {code})",
-            spec.project_dir.display(),
-        ),
-    )
-    .hint("the changes listed above were undone; nothing the sandbox planted there runs on your next git")
-}
-
-const MAX_LISTED: usize = 20;
-
-pub fn print_changes(c: &Changes) {
-    if c.is_empty() {
-        return;
-    }
-    let mut lines = Vec::new();
-    for (mark, list) in [("+", &c.added), ("~", &c.modified), ("-", &c.deleted)] {
-        for p in list {
-            lines.push(format!("  {mark} {}", p.display()));
-        }
-    }
-    errln!(
-        "airlock: workspace changes (discarded, host untouched): {} added, {} changed, {} deleted",
-        c.added.len(),
-        c.modified.len(),
-        c.deleted.len()
-    );
-    for l in lines.iter().take(MAX_LISTED) {
-        errln!("{l}");
-    }
-    if lines.len() > MAX_LISTED {
-        errln!("  … and {} more", lines.len() - MAX_LISTED);
-    }
 }

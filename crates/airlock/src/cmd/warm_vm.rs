@@ -7,8 +7,9 @@
 //! powers off at the end: a member serves one claim.
 
 use super::daemon;
+use super::vm_member::power_off;
 use crate::error::{CliError, CliResult};
-use airlock_engine::{paths, pool, supervisor};
+use airlock_engine::{paths, pool};
 use airlock_model::policy::{NetMode, WorkspaceMode};
 use airlock_sandbox::command::{Ending, Outcome};
 use airlock_sandbox::isolation::{ExecRequest, MicroVm};
@@ -17,71 +18,29 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
-/// A microVM pool's members must be able to boot here: what a cold run would refuse (no QEMU,
-/// no usable kernel) is `daemon start`'s error, not a daemon retrying boots in the background.
-/// Also builds what the guests boot from (once; the host image can take minutes), so the
-/// members' starts find it ready.
-pub(super) fn check_backend(spec: &airlock_model::spec::RunSpec) -> CliResult<()> {
-    microvm::prepare(
-        spec.kernel.as_ref(),
-        spec.rootfs != airlock_model::spec::RootFs::Host,
-    )
-    .map(drop)
-    .map_err(|e| {
-        CliError::new(
-            airlock_model::exit::BACKEND_UNAVAILABLE,
-            anyhow::anyhow!("the microvm backend cannot run here: {}", e.why),
-        )
-        .hint(e.hint)
-    })
-}
-
-/// Whether a claimed microVM member takes sessions: its supervisor holds the folder and its
-/// control socket answers.
-pub(super) fn member_up(dir: &Path) -> bool {
-    supervisor::locked(dir)
-        && matches!(
-            MicroVm::default().observe_in(dir),
-            airlock_sandbox::isolation::Observed::Running { .. }
-        )
-}
-
-/// End a microVM member (no-op for any other): its supervisor asks the guest to power off with
-/// no grace — a member serves one claim — and QEMU ends with it.
-pub(super) fn power_off(dir: &Path) {
-    let Some(pid) = std::fs::read_to_string(dir.join(microvm::PID_FILE))
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    if !supervisor::locked(dir) {
-        return;
-    }
-    let _ = std::fs::write(dir.join(airlock_sandbox::isolation::STOP_GRACE_FILE), "0");
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-}
-
 /// `run` for a microVM spec through a warm member; None: start it cold (no pool, the pool is
 /// empty, the run asks for what a claim cannot bind, or the member refused a binding).
 pub(super) fn try_warm(
     b: &super::spec::Built,
     tty: bool,
     timeout_text: Option<&str>,
+    net_log: Option<&Path>,
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
+    let state = paths::state_dir();
+    // No pool was ever made here and none is asked for: one stat, nothing opened.
+    if b.pool_size == 0 && !pool::members_dir(&state).is_dir() {
+        return Ok(None);
+    }
     // A workspace, read-only mounts (snapshots: a member's would date from its boot),
-    // injected secrets (the proxy's CA and values live in the supervisor): cold.
+    // injected secrets (the proxy's CA and values live in the supervisor), a net log: cold.
     if spec.workspace != WorkspaceMode::None
         || !spec.binds.is_empty()
         || spec.secrets.values().any(|s| s.inject.is_some())
+        || net_log.is_some()
     {
         return Ok(None);
     }
-    let state = paths::state_dir();
     let secrets = super::spec::resolve_secrets(&spec.secrets)?;
     let t0 = Instant::now();
     let key = pool::key(spec);
