@@ -420,10 +420,6 @@ pub fn try_warm(
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
     let state = paths::state_dir();
-    // No pool was ever made here and none is asked for: one stat, nothing opened.
-    if b.pool_size == 0 && !pool::members_dir(&state).is_dir() {
-        return Ok(None);
-    }
     // Bound at claim: command, environment, working directory, terminal, time limit, plain
     // secrets, allowlist, an overlay or bind workspace, limits. The rest starts cold
     // (docs/design/warm-pool.md).
@@ -456,16 +452,8 @@ pub fn try_warm(
     let t0 = Instant::now();
     let key = pool::key(spec);
     // The pool is an optimisation: when its records cannot be read, the run starts cold.
-    let (mut store, member) = match claim(&state, &key, spec, b.pool_size) {
-        Ok(Some(got)) => got,
-        Ok(None) => return Ok(None),
-        Err(e) => {
-            errln!(
-                "airlock: warning: warm pool unavailable, starting cold: {:#}",
-                e.error
-            );
-            return Ok(None);
-        }
+    let Some((mut store, member)) = claim_or_cold(&state, &key, spec, b.pool_size) else {
+        return Ok(None);
     };
     let claimed_in = t0.elapsed();
     airlock_sandbox::phase("warm: claimed");
@@ -594,9 +582,26 @@ pub fn try_warm(
 /// Where a claim's workspace is attached (the plan's `/workspace`).
 const WORKSPACE: &str = "/workspace";
 
+/// [`claim`], with a pool whose records cannot be read as no pool (a warning; the run starts
+/// cold: the pool is an optimisation).
+pub(super) fn claim_or_cold(
+    state: &Path,
+    key: &str,
+    spec: &airlock_model::spec::RunSpec,
+    pool_size: u32,
+) -> Option<(Store, pool::Member)> {
+    claim(state, key, spec, pool_size).unwrap_or_else(|e| {
+        errln!(
+            "airlock: warning: warm pool unavailable, starting cold: {:#}",
+            e.error
+        );
+        None
+    })
+}
+
 /// The claim: a ready, live member of pool `key` for this process (None: start cold — no pool,
 /// made one now with `[pool] size`, or the pool is empty).
-pub(super) fn claim(
+fn claim(
     state: &Path,
     key: &str,
     spec: &airlock_model::spec::RunSpec,

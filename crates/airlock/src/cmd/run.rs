@@ -28,11 +28,7 @@ pub fn run_with(
     let mut b = build(a, global_config, no_user_config, persist.is_some())?;
     if let Some(dir) = persist {
         b.instance_id = Some(crate::cmd::named::folder_id(dir)?);
-    } else if let Some(code) = if b.spec.backend == BackendKind::Microvm {
-        super::warm_vm::try_warm(&b, a.tty, a.timeout.as_deref(), a.net_log.as_deref())?
-    } else {
-        super::daemon::try_warm(&b, a.tty, a.timeout.as_deref(), a.net_log.as_deref())?
-    } {
+    } else if let Some(code) = try_warm(&b, a)? {
         return Ok(code);
     }
     launch(
@@ -43,6 +39,22 @@ pub fn run_with(
         persist,
         &Hooks::default(),
     )
+}
+
+/// `run` through a warm member of a pool matching its spec (`daemon.rs` for containers,
+/// `warm_vm.rs` for microVMs); None: start it cold.
+fn try_warm(b: &Built, a: &RunArgs) -> CliResult<Option<i32>> {
+    // No pool was ever made here and none is asked for: one stat, nothing opened.
+    if b.pool_size == 0
+        && !airlock_engine::pool::members_dir(&airlock_engine::paths::state_dir()).is_dir()
+    {
+        return Ok(None);
+    }
+    let (tty, timeout, net_log) = (a.tty, a.timeout.as_deref(), a.net_log.as_deref());
+    match b.spec.backend {
+        BackendKind::Microvm => super::warm_vm::try_warm(b, tty, timeout, net_log),
+        BackendKind::Container => super::daemon::try_warm(b, tty, timeout, net_log),
+    }
 }
 
 /// Host-side listeners of a launch (agent mode).

@@ -28,10 +28,6 @@ pub(super) fn try_warm(
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
     let state = paths::state_dir();
-    // No pool was ever made here and none is asked for: one stat, nothing opened.
-    if b.pool_size == 0 && !pool::members_dir(&state).is_dir() {
-        return Ok(None);
-    }
     // A workspace, read-only mounts (snapshots: a member's would date from its boot),
     // injected secrets (the proxy's CA and values live in the supervisor), a net log: cold.
     if spec.workspace != WorkspaceMode::None
@@ -44,16 +40,8 @@ pub(super) fn try_warm(
     let secrets = super::spec::resolve_secrets(&spec.secrets)?;
     let t0 = Instant::now();
     let key = pool::key(spec);
-    let (mut store, member) = match daemon::claim(&state, &key, spec, b.pool_size) {
-        Ok(Some(got)) => got,
-        Ok(None) => return Ok(None),
-        Err(e) => {
-            errln!(
-                "airlock: warning: warm pool unavailable, starting cold: {:#}",
-                e.error
-            );
-            return Ok(None);
-        }
+    let Some((mut store, member)) = daemon::claim_or_cold(&state, &key, spec, b.pool_size) else {
+        return Ok(None);
     };
     let claimed_in = t0.elapsed();
     airlock_sandbox::phase("claimed a warm microVM");
