@@ -408,6 +408,38 @@ fn diff_terminal_cases(a: &Airlock, label: &str) {
     ok(a, label, &["rm", "--force", "esc"]);
 }
 
+/// The overlay run's change summary lists paths the sandbox named: an escape sequence or a
+/// bidi override in a file name reaches the user's terminal only as visible text.
+#[test]
+fn the_change_summary_shows_control_characters_in_names() {
+    if !e2e("the_change_summary_shows_control_characters_in_names") {
+        return;
+    }
+    let a = Airlock::root();
+    let out = a.run(&[
+        "run",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        "touch \"$(printf 'a\\033]52;c;ZXZpbA==\\007b')\" \"$(printf 'x\\342\\200\\256txt.exe')\"",
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        !out.stderr.contains('\u{1b}') && !out.stderr.contains('\u{202e}'),
+        "a raw control reached the terminal: {}",
+        out.describe()
+    );
+    for visible in ["+ a\\x1b]52;c;ZXZpbA==\\x07b", "+ x\\u{202e}txt.exe"] {
+        assert!(
+            out.stderr.contains(visible),
+            "{visible:?}: {}",
+            out.describe()
+        );
+    }
+}
+
 #[test]
 fn diff_on_a_terminal_shows_control_characters() {
     if !e2e("diff_on_a_terminal_shows_control_characters") {

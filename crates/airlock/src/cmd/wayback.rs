@@ -116,7 +116,11 @@ pub fn print_changes(c: &Changes) {
     let mut lines = Vec::new();
     for (mark, list) in [("+", &c.added), ("~", &c.modified), ("-", &c.deleted)] {
         for p in list {
-            lines.push(format!("  {mark} {}", p.display()));
+            // The sandbox named these files: no control of theirs reaches the terminal.
+            lines.push(format!(
+                "  {mark} {}",
+                airlock_work::gate::shown(&p.to_string_lossy())
+            ));
         }
     }
     errln!(
