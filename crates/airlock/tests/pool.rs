@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::pool::{claimed, kill_daemon, members_dir, members_ever};
+
 use common::internet::Internet;
 use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins};
 use std::collections::BTreeSet;
@@ -26,31 +28,6 @@ impl Drop for DaemonGuard<'_> {
     }
 }
 
-fn members_dir(a: &Airlock) -> PathBuf {
-    a.state_dir().join("pool/members")
-}
-
-fn daemon_pid(a: &Airlock) -> Option<i32> {
-    std::fs::read_to_string(a.state_dir().join("pool/daemon.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
-}
-
-fn kill_daemon(a: &Airlock) {
-    if let Some(pid) = daemon_pid(a) {
-        // SAFETY: kill(2) on this test's daemon.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        wait_until(Duration::from_secs(5), || {
-            !Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z"))
-        });
-    }
-}
-
 fn ok(a: &Airlock, args: &[&str]) -> common::Outcome {
     let out = a.run(args);
     assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
@@ -60,22 +37,6 @@ fn ok(a: &Airlock, args: &[&str]) -> common::Outcome {
 fn status(a: &Airlock) -> serde_json::Value {
     let out = ok(a, &["daemon", "status", "--json"]);
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
-
-/// The member a run claimed, from its `warm start (pool KEY, NAME, …)` line.
-fn claimed(out: &common::Outcome) -> Option<String> {
-    let line = out.stderr.lines().find(|l| l.contains("warm start"))?;
-    line.split(", ").nth(1).map(str::to_string)
-}
-
-/// Every member name the daemon started (its log).
-fn members_ever(a: &Airlock) -> BTreeSet<String> {
-    let log = std::fs::read_to_string(a.state_dir().join("pool/daemon.log")).unwrap_or_default();
-    log.lines()
-        .filter_map(|l| l.strip_suffix(" ready"))
-        .filter_map(|l| l.rsplit(' ').next())
-        .map(str::to_string)
-        .collect()
 }
 
 /// Cgroup directories (any hierarchy) whose name starts with `prefix`.

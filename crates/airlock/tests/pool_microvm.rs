@@ -7,10 +7,11 @@
 
 mod common;
 
+use common::pool::{claimed, kill_daemon, members_dir, members_ever};
+
 use common::internet::Internet;
 use common::{e2e, pids_with_marker, wait_until, Airlock, Outcome};
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// Boots under TCG on a loaded 2-core machine take a while.
@@ -38,31 +39,6 @@ fn ok(a: &Airlock, args: &[&str], env: &[(&str, &str)]) -> Outcome {
     out
 }
 
-fn members_dir(a: &Airlock) -> PathBuf {
-    a.state_dir().join("pool/members")
-}
-
-fn daemon_pid(a: &Airlock) -> Option<i32> {
-    std::fs::read_to_string(a.state_dir().join("pool/daemon.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
-}
-
-fn kill_daemon(a: &Airlock) {
-    if let Some(pid) = daemon_pid(a) {
-        // SAFETY: kill(2) on this test's daemon.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        wait_until(Duration::from_secs(5), || {
-            !Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z"))
-        });
-    }
-}
-
 /// Stops the test's daemon however the test ends: SIGKILL, `daemon stop` (which drains what
 /// it left), then SIGKILL to any member supervisor still there.
 struct DaemonGuard<'a>(&'a Airlock);
@@ -85,22 +61,6 @@ fn status(a: &Airlock) -> serde_json::Value {
 
 fn pool0(a: &Airlock) -> serde_json::Value {
     status(a)["pools"][0].clone()
-}
-
-/// The member a run claimed, from its `warm start (pool KEY, NAME, …)` line.
-fn claimed(out: &Outcome) -> Option<String> {
-    let line = out.stderr.lines().find(|l| l.contains("warm start"))?;
-    line.split(", ").nth(1).map(str::to_string)
-}
-
-/// Every member name the daemon started (its log).
-fn members_ever(a: &Airlock) -> BTreeSet<String> {
-    let log = std::fs::read_to_string(a.state_dir().join("pool/daemon.log")).unwrap_or_default();
-    log.lines()
-        .filter_map(|l| l.strip_suffix(" ready"))
-        .filter_map(|l| l.rsplit(' ').next())
-        .map(str::to_string)
-        .collect()
 }
 
 /// The host processes of a member (QEMU and its container's helpers): those whose cgroup

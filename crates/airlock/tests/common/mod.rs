@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod internet;
+pub mod pool;
 pub mod probe;
 pub mod work;
 

@@ -1,0 +1,48 @@
+//! Helpers of the warm-pool tests (container and microVM pools): the daemon's records, its
+//! pid, killing it, and which member a run claimed.
+
+use super::{wait_until, Airlock, Outcome};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub fn members_dir(a: &Airlock) -> PathBuf {
+    a.state_dir().join("pool/members")
+}
+
+pub fn daemon_pid(a: &Airlock) -> Option<i32> {
+    std::fs::read_to_string(a.state_dir().join("pool/daemon.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+}
+
+pub fn kill_daemon(a: &Airlock) {
+    if let Some(pid) = daemon_pid(a) {
+        // SAFETY: kill(2) on this test's daemon.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_until(Duration::from_secs(5), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z"))
+        });
+    }
+}
+
+/// The member a run claimed, from its `warm start (pool KEY, NAME, …)` line.
+pub fn claimed(out: &Outcome) -> Option<String> {
+    let line = out.stderr.lines().find(|l| l.contains("warm start"))?;
+    line.split(", ").nth(1).map(str::to_string)
+}
+
+/// Every member name the daemon started (its log).
+pub fn members_ever(a: &Airlock) -> BTreeSet<String> {
+    let log = std::fs::read_to_string(a.state_dir().join("pool/daemon.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| l.strip_suffix(" ready"))
+        .filter_map(|l| l.rsplit(' ').next())
+        .map(str::to_string)
+        .collect()
+}
