@@ -264,6 +264,17 @@ impl RootFs {
 }
 
 /// Validate a sandbox name: DNS-label-like, 1..=63 bytes, lowercase letters, digits and '-'.
+/// `base` with each variable of `over` set on top (an existing one replaced, moved last), as an
+/// exec's environment over the sandbox's, or a claim's secrets over its environment.
+pub fn env_over(base: &[(String, String)], over: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = base.to_vec();
+    for (k, v) in over {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
 pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("sandbox name is empty".into());

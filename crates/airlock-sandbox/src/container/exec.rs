@@ -157,11 +157,7 @@ pub fn exec(
             .collect(),
         None => vec![],
     };
-    let mut env = plan.env.clone();
-    for (k, v) in &req.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
+    let env = airlock_model::spec::env_over(&plan.env, &req.env);
     let argv = cstrings(req.argv.iter().cloned())?;
     let envp = cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?;
     let cwd = req.cwd.clone().unwrap_or_else(|| plan.cwd.clone());

@@ -616,11 +616,7 @@ impl MicroVm {
                 name: name.to_string(),
                 why: format!("{JOB_FILE}: {e}"),
             })?;
-        let mut env = job.env.clone();
-        for (k, v) in &req.env {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.clone(), v.clone()));
-        }
+        let mut env = airlock_model::spec::env_over(&job.env, &req.env);
         // A terminal: the user's size, and a TERM that knows it is one.
         let tty = req
             .tty
