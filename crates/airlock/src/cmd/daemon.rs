@@ -509,11 +509,7 @@ pub fn try_warm(
             return Ok(None);
         }
     };
-    let mut env = spec.env.clone();
-    for (k, v) in &secrets {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
+    let env = airlock_model::spec::env_over(&spec.env, &secrets);
     let wayback = super::wayback::wayback_before(spec);
     errln!(
         "airlock: warm start (pool {}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
@@ -556,27 +552,7 @@ pub fn try_warm(
         outcome.ending = Ending::OutOfMemory;
     }
     let undone = super::wayback::wayback_after(spec, wayback.as_ref(), None);
-    match outcome.ending {
-        Ending::TimedOut => errln!(
-            "airlock: killed: timeout after {}",
-            timeout_text.unwrap_or("?")
-        ),
-        Ending::OutOfMemory => errln!(
-            "airlock: killed: out of memory (limit {})",
-            spec.resources
-                .memory
-                .map(|m| m.to_string())
-                .unwrap_or_default()
-        ),
-        Ending::Exited(_) => {}
-    }
-    if let Some(c) = &changes {
-        super::wayback::print_changes(c);
-    }
-    if undone {
-        return Err(super::wayback::tampered(spec, outcome.exit_code()));
-    }
-    Ok(Some(outcome.exit_code()))
+    super::wayback::finish(spec, &outcome, changes.as_ref(), undone, timeout_text).map(Some)
 }
 
 /// Where a claim's workspace is attached (the plan's `/workspace`).

@@ -6,12 +6,12 @@ use airlock_model::policy::BackendKind;
 use airlock_model::{exit, plan};
 use airlock_sandbox::cgroup::Layout;
 use airlock_sandbox::container::{self, rundir};
-use airlock_sandbox::isolation::{AnyBackend, Ending, Isolation};
+use airlock_sandbox::isolation::{AnyBackend, Isolation};
 use std::path::Path;
 
 pub use super::load::load_config;
 pub use super::spec::{build, parse_duration, resolve_secrets, workdir_inside, Built};
-use super::wayback::{print_changes, tampered, wayback_after, wayback_before};
+use super::wayback::{finish, wayback_after, wayback_before};
 
 pub fn run(a: &RunArgs, global_config: Option<&Path>, no_user_config: bool) -> CliResult<i32> {
     run_with(a, global_config, no_user_config, None)
@@ -164,25 +164,11 @@ pub fn launch(
     let outcome = backend.start(&plan, &opts)?;
     airlock_sandbox::phase("cleaned up");
     let undone = wayback_after(spec, wayback.as_ref(), persist);
-    match outcome.ending {
-        Ending::TimedOut => errln!(
-            "airlock: killed: timeout after {}",
-            timeout_text.unwrap_or("?")
-        ),
-        Ending::OutOfMemory => errln!(
-            "airlock: killed: out of memory (limit {})",
-            spec.resources
-                .memory
-                .map(|m| m.to_string())
-                .unwrap_or_default()
-        ),
-        Ending::Exited(_) => {}
-    }
-    if let Some(c) = &outcome.changes {
-        print_changes(c);
-    }
-    if undone {
-        return Err(tampered(spec, outcome.exit_code()));
-    }
-    Ok(outcome.exit_code())
+    finish(
+        spec,
+        &outcome,
+        outcome.changes.as_ref(),
+        undone,
+        timeout_text,
+    )
 }

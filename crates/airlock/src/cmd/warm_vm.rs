@@ -62,11 +62,7 @@ pub(super) fn try_warm(
     }
     let bound_in = t0.elapsed();
     airlock_sandbox::phase("allowlist and secrets bound");
-    let mut env = spec.env.clone();
-    for (k, v) in &secrets {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
+    let env = airlock_model::spec::env_over(&spec.env, &secrets);
     errln!(
         "airlock: warm start (pool {}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
         &key[..8],
@@ -111,11 +107,5 @@ pub(super) fn try_warm(
     } else {
         ran.map_err(CliError::from)?
     };
-    if outcome.ending == Ending::TimedOut {
-        errln!(
-            "airlock: killed: timeout after {}",
-            timeout_text.unwrap_or("?")
-        );
-    }
-    Ok(Some(outcome.exit_code()))
+    super::wayback::finish(spec, &outcome, None, false, timeout_text).map(Some)
 }

@@ -1,4 +1,5 @@
-//! Rendering the way back's check of a bind-mode checkout (`airlock_work::wayback`).
+//! Rendering the way back's check of a bind-mode checkout (`airlock_work::wayback`), and the
+//! end of a run as the user reads it (cold or warm: [`finish`]).
 
 use crate::error::CliError;
 use airlock_model::exit;
@@ -135,4 +136,37 @@ pub fn print_changes(c: &Changes) {
     if lines.len() > MAX_LISTED {
         errln!("  … and {} more", lines.len() - MAX_LISTED);
     }
+}
+
+/// A run's end, on stderr and as its status: why it was killed (time limit, memory), what the
+/// workspace changed, and a failure when the way back undid tampering (`undone`).
+pub fn finish(
+    spec: &airlock_model::spec::RunSpec,
+    outcome: &airlock_sandbox::command::Outcome,
+    changes: Option<&Changes>,
+    undone: bool,
+    timeout_text: Option<&str>,
+) -> Result<i32, CliError> {
+    use airlock_sandbox::command::Ending;
+    match outcome.ending {
+        Ending::TimedOut => errln!(
+            "airlock: killed: timeout after {}",
+            timeout_text.unwrap_or("?")
+        ),
+        Ending::OutOfMemory => errln!(
+            "airlock: killed: out of memory (limit {})",
+            spec.resources
+                .memory
+                .map(|m| m.to_string())
+                .unwrap_or_default()
+        ),
+        Ending::Exited(_) => {}
+    }
+    if let Some(c) = changes {
+        print_changes(c);
+    }
+    if undone {
+        return Err(tampered(spec, outcome.exit_code()));
+    }
+    Ok(outcome.exit_code())
 }
