@@ -377,6 +377,96 @@ fn rootless_airlock_boots_a_guest_too() {
     assert_eq!(out.stdout, "1000\n", "{}", out.describe());
 }
 
+/// `disk` on a microVM bounds what the guest writes: its root's overlay, /tmp and home live on
+/// a disk of that size (not tmpfs sized from the guest's memory, where 1 GiB of memory let
+/// each take 256 MiB). Writing less than `disk` succeeds; past it, ENOSPC in the guest.
+/// Rootful and rootless, one boot each.
+#[test]
+fn disk_bounds_what_a_microvm_guest_writes() {
+    if !e2e("disk_bounds_what_a_microvm_guest_writes") {
+        return;
+    }
+    // 64 MiB: /tmp 16 + root overlay 24 fit; 40 more on the root overlay do not, nor, once
+    // that is removed, 40 in home (the same disk).
+    const FILL: &str = "w() { dd if=/dev/zero of=\"$1\" bs=1M count=\"$2\" 2>/tmp/dd.err; \
+         r=$?; echo \"$3=$r $(grep -o 'No space left on device' /tmp/dd.err | head -n1)\"; }; \
+         w /tmp/small 16 tmp; w /mid 24 root; w /big 40 big; \
+         rm -f /big; w \"$HOME/h\" 40 home; \
+         df -k /tmp | tail -n1";
+    let root = Airlock::root();
+    let bins = Bins::owned_by(&common::test_user());
+    let rootless = Airlock::rootless(&bins);
+    for (a, mode) in [(&root, "rootful"), (&rootless, "rootless")] {
+        let toml = a.cwd.join("airlock.toml");
+        std::fs::write(&toml, "[resources]\ndisk = \"64M\"\n").expect("write airlock.toml");
+        if let Some(u) = &a.user {
+            std::os::unix::fs::chown(&toml, Some(u.uid), Some(u.gid)).expect("chown");
+        }
+        let out = vm_run(
+            a,
+            // The guest's root user: the root's overlay is writable to it (not the agent's).
+            &[
+                "--workspace",
+                "none",
+                "--net",
+                "off",
+                "--user",
+                "root",
+                "--",
+                "sh",
+                "-c",
+                FILL,
+            ],
+            &[],
+        );
+        assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+        let lines: Vec<&str> = out.stdout.lines().map(str::trim_end).collect();
+        assert_eq!(lines[0], "tmp=0", "{mode}: {}", out.describe());
+        assert_eq!(lines[1], "root=0", "{mode}: {}", out.describe());
+        assert_eq!(
+            lines[2],
+            "big=1 No space left on device",
+            "{mode}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            lines[3],
+            "home=1 No space left on device",
+            "{mode}: {}",
+            out.describe()
+        );
+        // /tmp is the disk's: its size is the disk's (less ext4's own), not the memory's.
+        let size_kib: u64 = lines[4]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|k| k.parse().ok())
+            .unwrap_or_else(|| panic!("{mode}: df: {}", out.describe()));
+        assert!(
+            (40 << 10..=64 << 10).contains(&size_kib),
+            "{mode}: /tmp is {size_kib} KiB: {}",
+            out.describe()
+        );
+        // The disk went with the run.
+        let left: Vec<_> = walk_names(&a.state_dir())
+            .into_iter()
+            .filter(|n| n.ends_with("overlay.img"))
+            .collect();
+        assert!(left.is_empty(), "{mode}: {left:?}");
+    }
+}
+
+fn walk_names(dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        out.push(p.display().to_string());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk_names(&p));
+        }
+    }
+    out
+}
+
 /// Stops the sandbox's engine (and its supervisors) whatever the test's outcome.
 struct EngineGuard<'a>(&'a Airlock);
 
