@@ -256,6 +256,10 @@ impl EngineError {
             EngineError::Conflict { name, .. } => Some(format!(
                 "another command changed it; airlock status {name} shows its state"
             )),
+            EngineError::Backend {
+                source: BackendError::StartTimeout { hint, .. },
+                ..
+            } => Some(hint.clone()),
             EngineError::Backend { name, op, .. } => Some(match *op {
                 "remove" => format!("retry with airlock rm --force {name}"),
                 _ => format!("airlock status {name} shows its state and last error"),

@@ -1072,6 +1072,105 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// A named microVM whose boot runs out of its time (`AIRLOCK_VM_START_TIMEOUT=1`, in the
+/// engine's environment): `start` fails with the cause (the boot, its time, its accelerator)
+/// and a hint, nothing of it is left running (supervisor, QEMU, control socket, run
+/// directory), and the sandbox is `failed` with that error; a later start with the boot's
+/// usual time works. Rootful (one full boot) and rootless (the failed start only).
+#[test]
+fn a_named_microvm_start_out_of_time_says_why_and_leaves_nothing() {
+    if !e2e("a_named_microvm_start_out_of_time_says_why_and_leaves_nothing") {
+        return;
+    }
+    let root = Airlock::root();
+    let bins = Bins::owned_by(&common::test_user());
+    let rootless = Airlock::rootless(&bins);
+    for (a, mode) in [(&root, "rootful"), (&rootless, "rootless")] {
+        let _guard = Cleanup(a, &["vmslow"]);
+        let hurried = |args: &[&str]| {
+            let mut cmd = a.command(args);
+            cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+            cmd.env("AIRLOCK_VM_START_TIMEOUT", "1");
+            common::run_with_deadline(cmd, None, VM_DEADLINE)
+        };
+        let out = hurried(&[
+            "create",
+            "--backend",
+            "microvm",
+            "vmslow",
+            "--net",
+            "off",
+            "--workspace",
+            "none",
+        ]);
+        assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+        let out = hurried(&["start", "vmslow"]);
+        assert_eq!(out.code(), 125, "{mode}: {}", out.describe());
+        assert!(
+            out.stderr
+                .contains("did not finish booting within 1 s under TCG")
+                || out
+                    .stderr
+                    .contains("did not finish booting within 1 s under KVM"),
+            "{mode}: {}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains("hint:") && out.stderr.contains("AIRLOCK_VM_START_TIMEOUT="),
+            "{mode}: {}",
+            out.describe()
+        );
+        // `failed`, with the cause as its last error.
+        let out = vm_cli(a, &["list", "--json"]);
+        let list: serde_json::Value = serde_json::from_str(&out.stdout).expect("list --json");
+        let rec = &list[0];
+        assert_eq!(rec["name"], "vmslow", "{mode}: {list}");
+        assert_eq!(rec["state"], "failed", "{mode}: {list}");
+        assert!(
+            rec["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("did not finish booting")),
+            "{mode}: {list}"
+        );
+        // Nothing left: no supervisor, no QEMU (in the sandbox's cgroup), no socket, no run
+        // directory.
+        let dir = a.state_dir().join("sandboxes/vmslow");
+        let sup: Option<i32> = std::fs::read_to_string(dir.join("supervisor.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = sup {
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && !status_field(pid, "State").starts_with('Z');
+            assert!(!alive, "{mode}: supervisor {pid} still runs");
+        }
+        let gone = common::wait_until(Duration::from_secs(10), || {
+            pids_in_cgroup_of("vmslow").is_empty()
+        });
+        assert!(gone, "{mode}: {:?}", pids_in_cgroup_of("vmslow"));
+        for f in ["vm.sock", "vm.pid", "vm-booting"] {
+            assert!(!dir.join(f).exists(), "{mode}: {f} left behind");
+        }
+        let runs: Vec<String> = std::fs::read_dir(a.state_dir().join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("vmslow"))
+            .collect();
+        assert!(runs.is_empty(), "{mode}: run directories left: {runs:?}");
+        if a.user.is_some() {
+            continue;
+        }
+        // An engine with the boot's usual time: the start works (the failed one blocks
+        // nothing).
+        common::stop_engines_of(a);
+        let out = vm_cli(a, &["start", "vmslow"]);
+        assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+        let out = vm_cli(a, &["exec", "vmslow", "--", "echo", "up"]);
+        assert_eq!(out.stdout, "up\n", "{mode}: {}", out.describe());
+    }
+}
+
 /// A git project in the test's working directory, with one commit.
 fn git_project(a: &Airlock) -> std::path::PathBuf {
     let p = a.cwd.clone();

@@ -270,6 +270,13 @@ impl MicroVm {
                 ));
             }
             record_job(dir, &vm.guest)?;
+            // The starter's clock for the boot itself starts now (see VM_BOOT_FILE).
+            let accel = match vm.accel {
+                Accel::Kvm => "kvm",
+                Accel::Tcg => "tcg",
+            };
+            std::fs::write(dir.join(crate::folder::VM_BOOT_FILE), accel)
+                .map_err(container::io_err("record the VM's boot"))?;
         }
         let rd =
             RunDir::create(opts.state_dir, &format!("{}.vm", vm.qemu.name)).map_err(|source| {
