@@ -1516,6 +1516,79 @@ fn a_microvm_clones_work_comes_back_however_its_vm_stops() {
     );
 }
 
+/// A guest committing in a loop while its sandbox stops: the stop ends the guest's commands
+/// before it takes the branch out, so what the host reviews after the stop is the branch as
+/// the guest left it — the next start finds no commit the host never saw (the bundle was cut
+/// while the loop still ran, and its later commits were lost to review without a word).
+/// Two boots.
+#[test]
+fn a_commit_loop_during_stop_is_not_lost_to_review() {
+    if !e2e("a_commit_loop_during_stop_is_not_lost_to_review") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = Cleanup(&a, &["vmrace"]);
+    git_project(&a);
+    let ok = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    ok(&["create", "--backend", "microvm", "vmrace", "--net", "off"]);
+    ok(&["start", "vmrace"]);
+    let mut cmd = a.command(&[
+        "exec",
+        "vmrace",
+        "--",
+        "sh",
+        "-c",
+        "cd /workspace && export GIT_AUTHOR_NAME=agent GIT_AUTHOR_EMAIL=a@b.invalid \
+         GIT_COMMITTER_NAME=agent GIT_COMMITTER_EMAIL=a@b.invalid; \
+         git commit -q --allow-empty -m 'loop 0' && echo up; \
+         i=0; while :; do i=$((i + 1)); echo $i >> a.txt; git commit -qam \"loop $i\"; done",
+    ]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut looping = cmd.spawn().expect("spawn the loop");
+    let mut first = String::new();
+    BufReader::new(looping.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read");
+    assert_eq!(first, "up\n");
+    // Let it commit a while, then stop.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = ok(&["stop", "vmrace"]);
+    assert!(!out.stderr.contains("warning"), "{}", out.describe());
+    let ended = common::wait_until(Duration::from_secs(30), || {
+        looping.try_wait().ok().flatten().is_some()
+    });
+    assert!(ended, "the loop's exec did not end with the stop");
+    let taken = diff_tip(&a, "vmrace");
+    ok(&["fetch", "vmrace", "--accept"]);
+    assert_eq!(host_git(&a, &["rev-parse", "airlock/vmrace"]).trim(), taken);
+    let host_log = host_git(&a, &["log", "--format=%s", "-1", "airlock/vmrace"]);
+    assert!(host_log.starts_with("loop "), "{host_log}");
+    let out = ok(&["audit", "vmrace"]);
+    assert!(!out.stdout.contains("pull at stop"), "{}", out.describe());
+    // The guest's disk holds nothing newer than what the stop took.
+    ok(&["start", "vmrace"]);
+    let out = ok(&[
+        "exec",
+        "vmrace",
+        "--",
+        "sh",
+        "-c",
+        "cd /workspace && git rev-parse HEAD && git log --format=%s -1",
+    ]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(taken.as_str()),
+        "the guest's branch moved after the stop took it: {}",
+        out.describe()
+    );
+}
+
 /// A clone workspace on a rootless microVM (an ordinary user's airlock and engine): create
 /// makes the clone, a commit in the guest, stop, then diff and fetch bring it to the user's
 /// repository; a `--ro` mount of the user's is readable and not writable there. One boot.
