@@ -595,6 +595,14 @@ impl OnTerminal {
             ws_ypixel: 0,
         };
         let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
+        // Neither end may leak into what airlock starts (an engine it starts would hold the
+        // terminal open, and the reader here would never see its end).
+        for fd in [&pty.master, &pty.slave] {
+            use std::os::fd::AsRawFd;
+            // SAFETY: F_SETFD on a descriptor this function owns.
+            let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            assert_eq!(r, 0, "FD_CLOEXEC");
+        }
         let slave = std::fs::File::from(pty.slave);
         for set in [
             std::process::Command::stdin,
@@ -1162,10 +1170,19 @@ fn a_named_microvm_start_out_of_time_says_why_and_leaves_nothing() {
             continue;
         }
         // An engine with the boot's usual time: the start works (the failed one blocks
-        // nothing).
+        // nothing). On a terminal it says what it waits for meanwhile.
         common::stop_engines_of(a);
-        let out = vm_cli(a, &["start", "vmslow"]);
-        assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+        let mut cmd = a.command(&["start", "vmslow"]);
+        cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
+            .env("TERM", "xterm");
+        let mut t = OnTerminal::spawn(cmd, 24, 120);
+        let code = t.exit_code();
+        let seen = t.seen();
+        assert_eq!(code, 0, "{mode}:\n{seen}");
+        assert!(
+            seen.contains("vmslow: booting its microVM") && seen.contains("vmslow running"),
+            "{mode}:\n{seen}"
+        );
         let out = vm_cli(a, &["exec", "vmslow", "--", "echo", "up"]);
         assert_eq!(out.stdout, "up\n", "{mode}: {}", out.describe());
     }
