@@ -167,3 +167,69 @@ pub fn stranded(dir: &Path) -> bool {
         && CloneInfo::load(dir).is_some()
         && !matches!(MicroVm::default().observe_in(dir), Observed::Running { .. })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// The quiet-down script in a pid namespace of its own (it plays the guest: everything in
+    /// it but its PID 1 is the sandbox's), with a command that ends on SIGTERM and one that
+    /// ignores it: the first ends at once, the second is killed once the grace is over, and
+    /// the script returns as soon as nobody is left. Needs root (a pid namespace).
+    #[test]
+    fn the_quiet_down_ends_every_other_process_term_first_then_kill() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("needs root for a pid namespace of its own; not run");
+            return;
+        }
+        // Refuses to run anywhere but as PID 1 of the new namespace: `kill -1` must never
+        // reach the host's processes.
+        let outer = r#"[ "$$" = 1 ] || exit 99
+sleep 600 & polite=$!
+if [ "$1" = stubborn ]; then (trap '' TERM; while :; do sleep 0.05; done) & fi
+stubborn=$!
+sleep 0.3
+t0=$(date +%s%N)
+sh -c "$QUIET" q 10
+t1=$(date +%s%N)
+wait "$polite"; echo "polite=$?"
+[ "$1" = stubborn ] && { wait "$stubborn"; echo "stubborn=$?"; }
+echo "ms=$(( (t1 - t0) / 1000000 ))""#;
+        for case in ["polite", "stubborn"] {
+            let out = Command::new("unshare")
+                .args([
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    "sh",
+                    "-c",
+                    outer,
+                    "outer",
+                ])
+                .arg(case)
+                .env("QUIET", QUIET_DOWN)
+                .output()
+                .expect("unshare");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{case}: {:?} {text} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let ms: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("ms="))
+                .and_then(|m| m.parse().ok())
+                .unwrap_or_else(|| panic!("{case}: {text}"));
+            assert!(text.contains("polite=143"), "{case}: {text}");
+            if case == "stubborn" {
+                assert!(text.contains("stubborn=137"), "{case}: {text}");
+                assert!((1000..5000).contains(&ms), "{case}: {ms} ms");
+            } else {
+                assert!(ms < 900, "{case}: waited {ms} ms with nobody left");
+            }
+        }
+    }
+}
