@@ -181,6 +181,7 @@ impl Backend for SupervisorBackend {
             let _ = std::io::Write::write_all(&mut stdin, &msg);
         }
         let mut clock = crate::start_wait::StartClock::new(spec_json);
+        let began = Instant::now();
         let up = loop {
             if pid1_up(name, dir) || child.try_wait().ok().flatten().is_some() {
                 break true;
@@ -189,7 +190,13 @@ impl Backend for SupervisorBackend {
             if Instant::now() >= clock.deadline() {
                 break false;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            // Often at first (a container is up in milliseconds), less while a VM boots.
+            let tick = if began.elapsed() < Duration::from_secs(2) {
+                5
+            } else {
+                25
+            };
+            std::thread::sleep(Duration::from_millis(tick));
         };
         if !up {
             // Out of time: the supervisor ends what it started (its VM, its run directory),
