@@ -309,6 +309,33 @@ impl BufSock {
     pub(crate) fn buffered(&self) -> usize {
         self.end - self.pos
     }
+
+    /// Refill the used-up buffer with what the socket holds already, without waiting:
+    /// `Ok(false)` when nothing has arrived (the next read would wait). At the end of the
+    /// stream the next read returns 0.
+    pub(crate) fn fill_nowait(&mut self) -> io::Result<bool> {
+        if self.pos < self.end {
+            return Ok(true);
+        }
+        match rustix::net::recv(
+            &self.sock,
+            &mut self.buf[..],
+            rustix::net::RecvFlags::DONTWAIT,
+        ) {
+            Ok((_, n)) => {
+                #[cfg(test)]
+                {
+                    self.refills += 1;
+                }
+                self.pos = 0;
+                self.end = n;
+                self.full = n == self.buf.len();
+                Ok(true)
+            }
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 impl Read for BufSock {

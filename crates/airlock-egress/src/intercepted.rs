@@ -9,7 +9,7 @@ use crate::intercept::{BufSock, Down, Interceptor, Up};
 use crate::journal::{Event, Kind, Verdict};
 use crate::{host, sni};
 use rustls::pki_types::ServerName;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,61 @@ where
     Ok(filled)
 }
 
+/// Encrypted answer bytes for the sandbox are sent once this much plaintext is queued (or
+/// before the proxy would wait for the upstream): a few large writes instead of one per read.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// Decrypt until the upstream's plaintext queue holds something (or the upstream has ended):
+/// first what the read buffer holds, then what the socket holds already; `before_wait` is
+/// called before a read that would wait (to send what is queued for the sandbox first).
+fn await_plaintext(
+    server: &mut Up,
+    before_wait: &mut dyn FnMut() -> io::Result<()>,
+) -> io::Result<()> {
+    loop {
+        let st = server
+            .conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if st.plaintext_bytes_to_read() > 0 || st.peer_has_closed() {
+            return Ok(());
+        }
+        if server.sock.buffered() == 0 && !server.sock.fill_nowait()? {
+            before_wait()?;
+        }
+        match server.conn.read_tls(&mut server.sock) {
+            // The TCP end: the plaintext queue says whether it was a clean one.
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Encrypt `data` for the sandbox into its connection's queue; the queue is sent when
+/// [`FLUSH_AT`] bytes are in it.
+fn queue_down(client: &mut Down, mut data: &[u8], queued: &mut usize) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = client.conn.writer().write(data)?;
+        data = &data[n..];
+        *queued += n;
+        if *queued >= FLUSH_AT || n == 0 {
+            flush_down(client, queued)?;
+        }
+    }
+    Ok(())
+}
+
+/// Send what is queued for the sandbox (one vectored write per up to 64 records).
+fn flush_down(client: &mut Down, queued: &mut usize) -> io::Result<()> {
+    while client.conn.wants_write() {
+        client.conn.write_tls(&mut client.sock)?;
+    }
+    *queued = 0;
+    Ok(())
+}
+
 /// Serve a TLS connection to a bound host. `hello` holds the bytes read so far (the
 /// ClientHello); `name` is its server name, already allowed by the policy and normalized;
 /// `upstream`, if given, is an open connection (a CONNECT tunnel's).
@@ -129,6 +184,8 @@ pub(crate) fn serve(
         at.record(ctx, Verdict::Deny, &reason, None, &[]);
         return;
     }
+    // Room for what is queued between flushes (`queue_down`).
+    server.set_buffer_limit(Some(2 * FLUSH_AT));
     let mut client = rustls::StreamOwned::new(server, conn);
     let mut x = Exchange {
         client: &mut client,
@@ -534,45 +591,51 @@ impl Exchange<'_> {
                     return Ok(false);
                 }
             };
-            self.client
-                .write_all(&head[..resp])
-                .map_err(|_| Next::Close)?;
             let mut body = BodyFramer::new(len);
-            // What came with the head, then straight from the read buffer (no copy in between).
+            // The head and what came with it, then each record's plaintext from rustls's queue
+            // straight into the sandbox's TLS (no copy in between), sent in large writes.
             let take = body.feed(&head[resp..]).map_err(|_| Next::Close)?;
-            self.client
-                .write_all(&head[resp..resp + take])
-                .map_err(|_| Next::Close)?;
+            let mut queued = 0;
+            let client = &mut *self.client;
+            queue_down(client, &head[..resp + take], &mut queued).map_err(|_| Next::Close)?;
             let mut extra = resp + take < head.len();
             while !body.done() {
-                let n = match read_bulk(server, &mut self.chunk) {
-                    Ok(0) | Err(_) => return Err(Next::Close),
-                    Ok(n) => n,
-                };
-                let take = body.feed(&self.chunk[..n]).map_err(|_| Next::Close)?;
-                self.client
-                    .write_all(&self.chunk[..take])
+                await_plaintext(server, &mut || flush_down(client, &mut queued))
                     .map_err(|_| Next::Close)?;
-                extra |= take < n;
+                let data = match server.conn.reader().into_first_chunk() {
+                    Ok([]) | Err(_) => return Err(Next::Close),
+                    Ok(d) => d,
+                };
+                let take = body.feed(data).map_err(|_| Next::Close)?;
+                queue_down(client, &data[..take], &mut queued).map_err(|_| Next::Close)?;
+                extra |= take < data.len();
+                server.conn.reader().consume(take);
             }
+            flush_down(client, &mut queued).map_err(|_| Next::Close)?;
             // Bytes after the answer's end: the server is confused; its connection is not reused.
             return Ok(!extra && !close);
         }
     }
 
     fn copy_until_close(&mut self, server: &mut Up) {
+        let mut queued = 0;
+        let client = &mut *self.client;
         loop {
-            match read_bulk(server, &mut self.chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if self.client.write_all(&self.chunk[..n]).is_err() {
+            if await_plaintext(server, &mut || flush_down(client, &mut queued)).is_err() {
+                break;
+            }
+            let n = match server.conn.reader().into_first_chunk() {
+                // A server that closes without close_notify has still said everything.
+                Ok([]) | Err(_) => break,
+                Ok(d) => {
+                    if queue_down(client, d, &mut queued).is_err() {
                         return;
                     }
+                    d.len()
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // A server that closes without close_notify has still said everything.
-                Err(_) => break,
-            }
+            };
+            server.conn.reader().consume(n);
         }
+        let _ = flush_down(client, &mut queued);
     }
 }
