@@ -7,9 +7,10 @@ use crate::http::{self, body::BodyFramer, HttpError};
 use crate::inject::{BodyCheck, BodyStop, Injected, Leak};
 use crate::intercept::{BufSock, Down, Interceptor, Up};
 use crate::journal::{Event, Kind, Verdict};
+use crate::upstream::Got;
 use crate::{host, sni};
 use rustls::pki_types::ServerName;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,6 @@ use std::time::{Duration, Instant};
 const UPSTREAM_IDLE: Duration = Duration::from_secs(10 * 60);
 
 /// Read buffer of the upstream socket (bulk downloads) and of the sandbox's (requests).
-const UP_SOCK_BUF: usize = 64 * 1024;
 const DOWN_SOCK_BUF: usize = 16 * 1024;
 /// Plaintext moved per read/write.
 const CHUNK: usize = 64 * 1024;
@@ -79,34 +79,6 @@ where
 /// Encrypted answer bytes for the sandbox are sent once this much plaintext is queued (or
 /// before the proxy would wait for the upstream): a few large writes instead of one per read.
 const FLUSH_AT: usize = 256 * 1024;
-
-/// Decrypt until the upstream's plaintext queue holds something (or the upstream has ended):
-/// first what the read buffer holds, then what the socket holds already; `before_wait` is
-/// called before a read that would wait (to send what is queued for the sandbox first).
-fn await_plaintext(
-    server: &mut Up,
-    before_wait: &mut dyn FnMut() -> io::Result<()>,
-) -> io::Result<()> {
-    loop {
-        let st = server
-            .conn
-            .process_new_packets()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if st.plaintext_bytes_to_read() > 0 || st.peer_has_closed() {
-            return Ok(());
-        }
-        if server.sock.buffered() == 0 && !server.sock.fill_nowait()? {
-            before_wait()?;
-        }
-        match server.conn.read_tls(&mut server.sock) {
-            // The TCP end: the plaintext queue says whether it was a clean one.
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
 
 /// Encrypt `data` for the sandbox into its connection's queue; the queue is sent when
 /// [`FLUSH_AT`] bytes are in it.
@@ -277,28 +249,26 @@ impl Exchange<'_> {
         let Ok(server_name) = ServerName::try_from(name.to_string()) else {
             return Err(Next::Close);
         };
-        let Ok(mut tls) = rustls::ClientConnection::new(self.icpt.upstream.clone(), server_name)
-        else {
-            return Err(Next::Close);
-        };
         let _ = up.set_nodelay(true);
         let _ = up.set_read_timeout(Some(ctx.connect_timeout));
         let _ = up.set_write_timeout(Some(ctx.connect_timeout));
-        let mut up = BufSock::new(up, UP_SOCK_BUF);
-        if let Err(e) = handshake(&mut tls, &mut up) {
-            let reason = format!(
-                "TLS to {name} failed, the real server's certificate was not verified: {e}"
-            );
-            at.record(ctx, Verdict::Deny, &reason, Some(ip), &[]);
-            answer(
-                self.client,
-                "502 Bad Gateway",
-                &format!("airlock: {reason}\n"),
-            );
-            return Err(Next::Close);
-        }
+        let tls = match Up::connect(self.icpt.upstream.clone(), server_name, up) {
+            Ok(t) => t,
+            Err(e) => {
+                let reason = format!(
+                    "TLS to {name} failed, the real server's certificate was not verified: {e}"
+                );
+                at.record(ctx, Verdict::Deny, &reason, Some(ip), &[]);
+                answer(
+                    self.client,
+                    "502 Bad Gateway",
+                    &format!("airlock: {reason}\n"),
+                );
+                return Err(Next::Close);
+            }
+        };
         Ok(Upstream {
-            tls: rustls::StreamOwned::new(tls, up),
+            tls,
             ip,
             reused: false,
         })
@@ -464,11 +434,8 @@ impl Exchange<'_> {
                 at.record(ctx, Verdict::Allow, "", Some(ip), &injected);
                 recorded = true;
             }
-            let _ = server
-                .sock
-                .sock
-                .set_write_timeout(Some(ctx.connect_timeout));
-            let sent = server.write_all(&out).and_then(|_| server.flush());
+            let _ = server.sock.set_write_timeout(Some(ctx.connect_timeout));
+            let sent = server.send(&out);
             if sent.is_err() {
                 if reused {
                     pooled = false;
@@ -480,9 +447,10 @@ impl Exchange<'_> {
                 self.send_body(&mut server, &mut body, expect)?;
             }
             // The answer's first bytes.
-            let _ = server.sock.sock.set_read_timeout(Some(UPSTREAM_IDLE));
-            match read_bulk(&mut server, &mut self.chunk) {
-                Ok(n) if n > 0 => break (server, ip, self.chunk[..n].to_vec()),
+            let _ = server.sock.set_read_timeout(Some(UPSTREAM_IDLE));
+            let mut head = Vec::new();
+            match server.read_into(&mut head) {
+                Ok(n) if n > 0 => break (server, ip, head),
                 _ if reused => pooled = false,
                 _ => return Err(Next::Close),
             }
@@ -525,7 +493,7 @@ impl Exchange<'_> {
                 Err(BodyStop::Malformed(_)) => return Err(Next::Close),
                 Err(BodyStop::Leak(l)) => {
                     // The upstream never sees the end of this request.
-                    let _ = server.sock.sock.shutdown(std::net::Shutdown::Both);
+                    let _ = server.sock.shutdown(std::net::Shutdown::Both);
                     let reason = l.reason(self.name);
                     self.at.record(self.ctx, Verdict::Deny, &reason, None, &[]);
                     answer(
@@ -536,12 +504,12 @@ impl Exchange<'_> {
                     return Err(Next::Close);
                 }
             };
-            if server.write_all(&self.chunk[..take]).is_err() {
+            if server.send(&self.chunk[..take]).is_err() {
                 return Err(Next::Close);
             }
             self.buf.extend_from_slice(&self.chunk[take..n]);
         }
-        server.flush().map_err(|_| Next::Close)
+        Ok(())
     }
 
     /// Relay the answer (`head`: its first bytes) to the sandbox. `Ok(true)`: it was framed
@@ -559,9 +527,8 @@ impl Exchange<'_> {
                     Err(HttpError::NeedMore) => {}
                     Err(_) => break None,
                 }
-                match read_bulk(server, &mut self.chunk) {
-                    Ok(n) if n > 0 => head.extend_from_slice(&self.chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                match server.read_into(&mut head) {
+                    Ok(n) if n > 0 => {}
                     _ => break None,
                 }
             };
@@ -600,16 +567,26 @@ impl Exchange<'_> {
             queue_down(client, &head[..resp + take], &mut queued).map_err(|_| Next::Close)?;
             let mut extra = resp + take < head.len();
             while !body.done() {
-                await_plaintext(server, &mut || flush_down(client, &mut queued))
+                let more = server
+                    .read_records(&mut |got| match got {
+                        Got::Waiting => flush_down(client, &mut queued),
+                        // Bytes after the answer's end.
+                        Got::Data(_) if body.done() => {
+                            extra = true;
+                            Ok(())
+                        }
+                        Got::Data(d) => {
+                            let take = body
+                                .feed(d)
+                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                            extra |= take < d.len();
+                            queue_down(client, &d[..take], &mut queued)
+                        }
+                    })
                     .map_err(|_| Next::Close)?;
-                let data = match server.conn.reader().into_first_chunk() {
-                    Ok([]) | Err(_) => return Err(Next::Close),
-                    Ok(d) => d,
-                };
-                let take = body.feed(data).map_err(|_| Next::Close)?;
-                queue_down(client, &data[..take], &mut queued).map_err(|_| Next::Close)?;
-                extra |= take < data.len();
-                server.conn.reader().consume(take);
+                if !more {
+                    return Err(Next::Close);
+                }
             }
             flush_down(client, &mut queued).map_err(|_| Next::Close)?;
             // Bytes after the answer's end: the server is confused; its connection is not reused.
@@ -620,22 +597,11 @@ impl Exchange<'_> {
     fn copy_until_close(&mut self, server: &mut Up) {
         let mut queued = 0;
         let client = &mut *self.client;
-        loop {
-            if await_plaintext(server, &mut || flush_down(client, &mut queued)).is_err() {
-                break;
-            }
-            let n = match server.conn.reader().into_first_chunk() {
-                // A server that closes without close_notify has still said everything.
-                Ok([]) | Err(_) => break,
-                Ok(d) => {
-                    if queue_down(client, d, &mut queued).is_err() {
-                        return;
-                    }
-                    d.len()
-                }
-            };
-            server.conn.reader().consume(n);
-        }
+        // Until the end: a server that closes without close_notify has still said everything.
+        while let Ok(true) = server.read_records(&mut |got| match got {
+            Got::Waiting => flush_down(client, &mut queued),
+            Got::Data(d) => queue_down(client, d, &mut queued),
+        }) {}
         let _ = flush_down(client, &mut queued);
     }
 }
