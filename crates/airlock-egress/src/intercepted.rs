@@ -77,8 +77,11 @@ where
 }
 
 /// Encrypted answer bytes for the sandbox are sent once this much plaintext is queued (or
-/// before the proxy would wait for the upstream): a few large writes instead of one per read.
-const FLUSH_AT: usize = 256 * 1024;
+/// before the proxy would wait for the upstream). Not more: rustls queues each record in its
+/// own allocation, and with 256 KiB queued the allocator gave the freed memory back to the
+/// system after every write and faulted it in again (measured: page faults were 8% of the
+/// proxy's CPU, and it spent 1.11 ms per MiB instead of 0.80).
+const FLUSH_AT: usize = 64 * 1024;
 
 /// Encrypt `data` for the sandbox into its connection's queue; the queue is sent when
 /// [`FLUSH_AT`] bytes are in it.
