@@ -389,7 +389,7 @@ pub fn serve() -> CliResult<i32> {
 /// The limits a claim puts on its member (a cgroup made for the claim, as a cold run's): None
 /// when the run must start cold so that it warns or refuses exactly as a cold start does (a
 /// limit it asked for that this host cannot enforce).
-fn claim_limits(
+pub(super) fn claim_limits(
     spec: &airlock_model::spec::RunSpec,
 ) -> Option<(Layout, airlock_model::spec::Resources)> {
     let mut r = spec.resources;

@@ -100,6 +100,11 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
             anyhow::anyhow!("prepare the sandbox's home: {e}"),
         )
     })?);
+    // A warm member of a matching pool becomes this sandbox (its supervisor runs it from
+    // now on); else it starts cold here.
+    if let Some(code) = super::adopt::try_adopt(dir, &spec, &secrets)? {
+        return Ok(code);
+    }
     let mut hooks = crate::cmd::run::Hooks::default();
     let mut agent_host = None;
     // The static helper (`cp`, the MCP file tools, the agent runner, `report`), read-only: it

@@ -1,0 +1,285 @@
+//! A named sandbox's start through a warm member (docs/design/warm-pool.md "Named sandboxes"):
+//! `__supervise --dir STATE/sandboxes/NAME` claims a ready member of a pool matching the
+//! sandbox's spec, binds what the key leaves out (workspace, home, environment, secrets,
+//! allowlist, limits, hostname), then the member's folder *becomes* the sandbox's folder
+//! (`renameat2(RENAME_EXCHANGE)`), its supervisor the sandbox's supervisor, and this process
+//! exits. Any failure before the exchange gives the member back (destroyed) and the start
+//! goes on cold.
+
+use crate::error::CliResult;
+use airlock_engine::pool;
+use airlock_model::plan::{LaunchPlan, MountStep};
+use airlock_model::policy::{BackendKind, Profile, WorkspaceMode};
+use airlock_model::spec::RunSpec;
+use airlock_sandbox::container::attach;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// In a named sandbox's folder: how its last start went when a pool was involved (JSON:
+/// `warm`, `pool`, `member`, `claim_ms`, `bind_ms`, or `reason` for a cold one). Read by the
+/// CLI after `start`/`up` to say which, and shown in their `--json`.
+pub const START_FILE: &str = "warm-start.json";
+
+/// In an adopted member's folder: what the member had where the sandbox's own things went
+/// (its `home`), kept until the sandbox's next start (see [`become_folder`]).
+const ASIDE: &str = ".member";
+
+fn record(dir: &Path, v: serde_json::Value) {
+    let _ = airlock_engine::engine::write_atomic(&dir.join(START_FILE), v.to_string().as_bytes());
+}
+
+/// How the last start of the sandbox in `dir` went with the pool (None: no pool involved).
+pub fn last_start(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(dir.join(START_FILE)).ok()?).ok()
+}
+
+/// The warm start of the named sandbox in `dir` (its spec: `spec`, with `workspace_dir` and
+/// `home_dir` set as for its cold start). Some(0): the member now runs the sandbox and this
+/// supervisor has nothing left to do. None: start it cold.
+pub fn try_adopt(
+    dir: &Path,
+    spec: &RunSpec,
+    secrets: &[(String, String)],
+) -> CliResult<Option<i32>> {
+    let _ = std::fs::remove_file(dir.join(START_FILE));
+    // No supervisor runs here now: nothing is mounted on what a previous adoption put aside.
+    airlock_sandbox::container::rundir::remove_tree(&dir.join(ASIDE));
+    let state = airlock_engine::paths::state_dir();
+    // Only a named sandbox's folder (a pool member's own supervisor starts it, cold), and
+    // no pool was ever made here: one stat, nothing opened.
+    if dir.parent() != Some(state.join("sandboxes").as_path())
+        || !pool::members_dir(&state).is_dir()
+    {
+        return Ok(None);
+    }
+    // What a claim binds for a named container sandbox; the rest starts cold (the agent's
+    // host, injected secrets, an overlay whose upper layer is on disk).
+    if spec.backend != BackendKind::Container
+        || spec.agent.is_some()
+        || spec.secrets.values().any(|s| s.inject.is_some())
+    {
+        return Ok(None);
+    }
+    match spec.workspace {
+        WorkspaceMode::None => {}
+        WorkspaceMode::Bind if spec.profile != Profile::Restrictive => {}
+        WorkspaceMode::Clone if spec.workspace_dir.is_some() => {}
+        _ => return Ok(None),
+    }
+    let Some(home_dir) = spec.home_dir.clone() else {
+        return Ok(None);
+    };
+    let rootless = !nix::unistd::geteuid().is_root();
+    let (ws_steps, ws_writable) = airlock_model::plan::workspace_steps(
+        spec,
+        rootless,
+        airlock_sandbox::kernel::at_least(6, 6),
+    );
+    if !attach::claimable(&ws_steps) {
+        return Ok(None);
+    }
+    let Some((layout, limits)) = super::daemon::claim_limits(spec) else {
+        return Ok(None);
+    };
+    let t0 = Instant::now();
+    let key = pool::key(spec);
+    let Some((mut store, member)) = super::daemon::claim_or_cold(&state, &key, spec, 0) else {
+        if let Ok(mut s) = airlock_engine::Store::open(state.join("store.db")) {
+            if s.pools().is_ok_and(|p| p.iter().any(|p| p.key == key)) {
+                record(
+                    dir,
+                    serde_json::json!({"warm": false, "pool": key,
+                        "reason": format!("warm pool {} is empty", &key[..8])}),
+                );
+            }
+        }
+        return Ok(None);
+    };
+    let claimed_in = t0.elapsed();
+    let mdir = pool::member_dir(&state, &member.name);
+    let id = super::named::folder_id(dir)?;
+    let mut cgroup = None;
+    let bound = (|| -> Result<(), String> {
+        let mut plan: LaunchPlan = std::fs::read(mdir.join(airlock_sandbox::folder::PLAN_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| format!("the member's plan: {e}"))?;
+        if spec.net == airlock_model::policy::NetMode::Filtered {
+            airlock_engine::live_policy::send(&mdir, &spec.domains, &spec.ports)
+                .map_err(|e| format!("the member refused the sandbox's allowlist: {e}"))?;
+        }
+        if !secrets.is_empty() {
+            airlock_sandbox::container::exec::deliver_secrets(&mdir, secrets)
+                .map_err(|e| format!("the member refused its secrets: {e}"))?;
+        }
+        // Limits: the cgroup a cold start of this sandbox has (its name and id), joined by
+        // every exec; removed when it stops (the engine's reclaim) or goes.
+        let leaf = airlock_sandbox::cgroup::leaf_name(&spec.name, &id);
+        layout.reclaim(&leaf);
+        if limits.any() {
+            cgroup = airlock_sandbox::cgroup::Cgroup::create(&layout, &leaf, &limits)
+                .map_err(|e| format!("the sandbox's cgroup: {e}"))?;
+        }
+        // The workspace at the member's empty /workspace, and the sandbox's own $HOME (its
+        // folder's `home`) over the member's.
+        let home = PathBuf::from(spec.user.home());
+        if !ws_steps.is_empty() && !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
+            return Err("the member has no workspace slot".into());
+        }
+        let mut steps = ws_steps.clone();
+        steps.push(MountStep::BindRw {
+            source: home_dir.clone(),
+            target: home.clone(),
+            idmap: false,
+        });
+        drop(attach::attach_workspace(&mdir, &plan, &steps).map_err(|e| e.to_string())?);
+        attach::set_hostname(&mdir, &plan, &spec.hostname).map_err(|e| e.to_string())?;
+        // The record exec reads: this sandbox's name (its cgroup), hostname, environment
+        // (the sandbox's own first, then the member's — the proxy's — as a cold plan has it),
+        // working directory and limits.
+        let mut env = spec.env.clone();
+        for (k, v) in &plan.env {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        plan.env = env;
+        plan.name = spec.name.clone();
+        plan.hostname = spec.hostname.clone();
+        plan.cwd = spec.workdir.clone().unwrap_or_else(|| {
+            if spec.workspace == WorkspaceMode::None {
+                home.clone()
+            } else {
+                PathBuf::from("/workspace")
+            }
+        });
+        plan.limits = limits;
+        plan.rlimit_nproc = limits.pids;
+        let json = serde_json::to_vec_pretty(&plan).map_err(|e| e.to_string())?;
+        airlock_engine::engine::write_atomic(&mdir.join(airlock_sandbox::folder::PLAN_FILE), &json)
+            .map_err(|e| format!("record the plan: {e}"))?;
+        // Said before the exchange: the engine's start returns as soon as the sandbox's
+        // folder shows a running PID 1, and its caller reads this at once.
+        let bound_in = t0.elapsed() - claimed_in;
+        record(
+            &mdir,
+            serde_json::json!({"warm": true, "pool": key, "member": member.name,
+                "claim_ms": claimed_in.as_secs_f64() * 1000.0,
+                "bind_ms": bound_in.as_secs_f64() * 1000.0}),
+        );
+        become_folder(dir, &mdir)
+    })();
+    if let Err(e) = bound {
+        super::daemon::release(&mut store, &state, &member, &mdir, None);
+        if let Some(cg) = cgroup {
+            cg.destroy();
+        }
+        errln!("airlock: warning: the warm member refused this sandbox, starting cold: {e}");
+        record(
+            dir,
+            serde_json::json!({"warm": false, "pool": key,
+                "reason": format!("the warm member refused this sandbox: {e}")}),
+        );
+        return Ok(None);
+    }
+    // The member is the sandbox now: the pool forgets it (until this, its row said this
+    // process claimed it — a reconcile leaves it alone; if this process dies first, the
+    // reconcile finds the folder adopted and drops only the row). The daemon refills at once:
+    // the sandbox lives on, there is no end of a command to wait for.
+    let _ = store.member_adopted(&member.name, pool::me().0);
+    let _ = store.claim_done(&key, claimed_in.as_micros() as u64);
+    pool::wake(&state);
+    // The cgroup stays: the sandbox's (no Drop removes it).
+    drop(cgroup);
+    Ok(Some(0))
+}
+
+/// The member's folder `mdir` becomes the sandbox's folder `dir`: what the sandbox's folder
+/// has (spec, id, workspace, home, journals) moves into the member's, over the member's own
+/// spec and id; the two folders are exchanged in one step (the sandbox's path is never
+/// missing); the old one is removed and its path left as a link to the new place, for the
+/// member's supervisor's last clean-up (it knows only the old path).
+fn become_folder(dir: &Path, mdir: &Path) -> Result<(), String> {
+    // What belongs to the running supervisor (the member's are in force): its lock, pid,
+    // console, plan, PID 1 record and sockets — a previous start's stay behind and go.
+    const STAY: &[&str] = &[
+        airlock_engine::supervisor::LOCK,
+        airlock_engine::supervisor::CONSOLE,
+        airlock_engine::supervisor::SUPERVISOR_PID,
+        airlock_sandbox::folder::PLAN_FILE,
+        airlock_sandbox::folder::STOP_GRACE_FILE,
+        airlock_sandbox::container::PID1_FILE,
+        airlock_sandbox::container::exec::CONTROL_SOCKET,
+        airlock_engine::live_policy::SOCKET,
+        airlock_agent::AGENT_SOCKET,
+        ASIDE,
+        START_FILE,
+    ];
+    // The sandbox's console history goes first in the member's (which its supervisor keeps
+    // appending to).
+    if let Ok(old) = std::fs::read(dir.join(airlock_engine::supervisor::CONSOLE)) {
+        let mlog = mdir.join(airlock_engine::supervisor::CONSOLE);
+        let cur = std::fs::read(&mlog).unwrap_or_default();
+        let _ = std::fs::write(&mlog, [old, cur].concat());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    let mut moved: Vec<std::ffi::OsString> = Vec::new();
+    let done = (|| -> Result<(), String> {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if STAY.iter().any(|s| name == std::ffi::OsStr::new(s)) {
+                continue;
+            }
+            let to = mdir.join(&name);
+            if to.is_dir() && !to.is_symlink() {
+                // The member's own (its $HOME): the mount point under the sandbox's home in
+                // the member. Removing it would detach every mount on it in every namespace
+                // (the kernel's rule for a deleted mount point), so it is put aside, and
+                // removed at the sandbox's next start.
+                std::fs::create_dir_all(mdir.join(ASIDE))
+                    .and_then(|()| std::fs::rename(&to, mdir.join(ASIDE).join(&name)))
+                    .map_err(|err| format!("put the member's {} aside: {err}", to.display()))?;
+            }
+            std::fs::rename(e.path(), &to)
+                .map_err(|err| format!("move {} into the member: {err}", e.path().display()))?;
+            moved.push(name);
+        }
+        exchange(dir, mdir).map_err(|e| format!("exchange the folders: {e}"))
+    })();
+    if let Err(e) = done {
+        // Nothing of the sandbox's stays in the member that is about to be destroyed.
+        for name in moved {
+            let _ = std::fs::rename(mdir.join(&name), dir.join(&name));
+        }
+        return Err(e);
+    }
+    // `mdir` is the old sandbox folder now (this process's lock and console).
+    let _ = std::fs::remove_dir_all(mdir);
+    // Past the exchange the sandbox is the member's: a missing link only costs its
+    // supervisor's last clean-up (the next start's reclaim does it).
+    if let Err(e) = std::os::unix::fs::symlink(dir, mdir) {
+        errln!("airlock: warning: link {}: {e}", mdir.display());
+    }
+    Ok(())
+}
+
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; renameat2 reads them only.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,368 @@
+//! Named sandboxes from the warm pool (issue 16): `create` + `start` and `up` claim a ready
+//! member of a matching pool, bind the sandbox's own workspace (its clone), home, environment,
+//! secret, hostname and limits to it, and the member becomes that sandbox for good — exec,
+//! diff, stop, start, rm work on it as on a cold one, the pool forgets it and refills, and a
+//! killed or stopped daemon never touches it. An empty pool: a cold start, said so.
+
+mod common;
+
+use common::pool::{kill_daemon, members_dir, members_ever};
+use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins, Outcome};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Stops the test's daemon and removes its sandboxes however the test ends.
+struct Guard<'a>(&'a Airlock, &'static [&'static str]);
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        for n in self.1 {
+            let _ = self.0.run(&["rm", "--force", n]);
+        }
+        kill_daemon(self.0);
+        let _ = self.0.run(&["daemon", "stop"]);
+        for pid in pids_with_marker(&members_dir(self.0).display().to_string()) {
+            // SAFETY: kill(2) on a supervisor of this test's own pool.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn ok(a: &Airlock, args: &[&str]) -> Outcome {
+    let out = a.run(args);
+    assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+    out
+}
+
+fn status_of(a: &Airlock, name: &str) -> serde_json::Value {
+    let out = ok(a, &["status", "--json", name]);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+fn pool0(a: &Airlock) -> serde_json::Value {
+    let out = ok(a, &["daemon", "status", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    v["pools"][0].clone()
+}
+
+fn git_project(a: &Airlock) -> PathBuf {
+    use common::work::{git, give, write};
+    let p = a.cwd.clone();
+    git(a, &["init", "-q", "-b", "main"]);
+    git(a, &["config", "user.name", "Host User"]);
+    git(a, &["config", "user.email", "host@example.invalid"]);
+    write(&p.join("README"), "hello from the project\n");
+    git(a, &["add", "."]);
+    git(a, &["commit", "-q", "-m", "initial"]);
+    give(a, &p);
+    p
+}
+
+fn wait_ready(a: &Airlock, n: u64, label: &str) {
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(a)["ready"] == n),
+        "{label}: pool not refilled: {}",
+        pool0(a)
+    );
+}
+
+/// The member a named start claimed, from its `NAME: warm start (pool KEY, MEMBER, …)` line.
+fn warm_member(a: &Airlock, name: &str, out: &Outcome, label: &str) -> String {
+    out.stderr
+        .lines()
+        .find(|l| l.contains(": warm start (pool "))
+        .and_then(|l| l.split(", ").nth(1))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let console = std::fs::read_to_string(
+                a.state_dir()
+                    .join("sandboxes")
+                    .join(name)
+                    .join("console.log"),
+            )
+            .unwrap_or_default();
+            panic!("{label}: not warm: {}\nconsole: {console}", out.describe())
+        })
+}
+
+/// What the sandbox sees of itself: variables, secret, hostname, working directory, project.
+const PROBE: &str = "echo \"$GREETING $TOKEN\"; cat /run/secrets/TOKEN; echo; hostname; pwd; cat README; cat ~/kept 2>/dev/null || echo no-kept";
+
+fn create(a: &Airlock, name: &str, greeting: &str) {
+    let greeting = format!("GREETING={greeting}");
+    let mut args = vec![
+        "create",
+        "--net",
+        "off",
+        "-e",
+        &greeting,
+        "--secret",
+        "TOKEN=env:TOKEN_SRC",
+    ];
+    // Root-run: a limit too (a rootless user may have no memory controller delegated).
+    if a.user.is_none() {
+        args.extend(["--memory", "256M"]);
+    }
+    args.push(name);
+    // `create` checks the secret's source is there (and drops the value).
+    let out = a.run_with_env(&[("TOKEN_SRC", "at-create")], &args);
+    assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+}
+
+fn start(a: &Airlock, args: &[&str], token: &str) -> Outcome {
+    let out = a.run_with_env(&[("TOKEN_SRC", token)], args);
+    assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+    out
+}
+
+fn probe(a: &Airlock, name: &str) -> Vec<String> {
+    let out = ok(a, &["exec", "--secrets", name, "--", "sh", "-c", PROBE]);
+    out.stdout.lines().map(str::to_string).collect()
+}
+
+fn expect(greeting: &str, token: &str, name: &str, kept: &str) -> Vec<String> {
+    [
+        format!("{greeting} {token}"),
+        token.to_string(),
+        name.to_string(),
+        "/workspace".to_string(),
+        "hello from the project".to_string(),
+        kept.to_string(),
+    ]
+    .to_vec()
+}
+
+/// The memory limit of the cgroup of the running named sandbox `name` (host side: the
+/// cgroup a cold start of it has, `NAME.ID`).
+fn memory_limit_of(name: &str) -> Option<u64> {
+    fn walk(dir: &Path, depth: usize, prefix: &str, out: &mut Vec<PathBuf>) {
+        if depth == 0 {
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                out.push(p.clone());
+            }
+            walk(&p, depth - 1, prefix, out);
+        }
+    }
+    let mut dirs = Vec::new();
+    walk(
+        Path::new("/sys/fs/cgroup"),
+        6,
+        &format!("{name}."),
+        &mut dirs,
+    );
+    dirs.iter()
+        .flat_map(|d| ["memory.max", "memory.limit_in_bytes"].map(|f| d.join(f)))
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .find_map(|s| s.trim().parse::<u64>().ok())
+}
+
+fn named_from_the_pool(a: &Airlock, label: &str) {
+    let _guard = Guard(a, &["wn-one", "wn-two", "wn-three"]);
+    let p = git_project(a);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "2",
+            "--workspace",
+            "overlay",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+    let before = members_ever(a);
+    assert_eq!(before.len(), 2, "{label}: {before:?}");
+
+    // create + start: claimed; the sandbox sees its own settings, not the pool's.
+    create(a, "wn-one", "hello");
+    let out = start(a, &["start", "wn-one"], "tok-one");
+    let m1 = warm_member(a, "wn-one", &out, label);
+    assert!(before.contains(&m1), "{label}: {m1} not from {before:?}");
+    // The pool forgets the member (its row goes right after the start).
+    assert!(
+        wait_until(Duration::from_secs(5), || pool0(a)["claimed"] == 0),
+        "{label}: the pool still holds {m1}: {}",
+        pool0(a)
+    );
+    assert_eq!(pool0(a)["hits"], 1, "{label}");
+    assert!(
+        !members_dir(a).join(&m1).is_dir() || members_dir(a).join(&m1).is_symlink(),
+        "{label}"
+    );
+    assert_eq!(
+        probe(a, "wn-one"),
+        expect("hello", "tok-one", "wn-one", "no-kept"),
+        "{label}"
+    );
+    let status: serde_json::Value = status_of(a, "wn-one");
+    assert_eq!(status["warm_start"]["warm"], true, "{label}: {status}");
+    assert_eq!(status["warm_start"]["member"], m1.as_str(), "{label}");
+    // Limits: the sandbox's own cgroup (the member started without one), as a cold start's.
+    if a.user.is_none() {
+        assert_eq!(memory_limit_of("wn-one"), Some(256 << 20), "{label}");
+    }
+    // Its home is its folder's (kept across starts); its workspace its clone (diff sees it).
+    ok(
+        a,
+        &[
+            "exec",
+            "wn-one",
+            "--",
+            "sh",
+            "-c",
+            "echo kept > ~/kept; cd /workspace && echo new > added.txt && git add added.txt \
+             && git -c user.name=T -c user.email=t@example.invalid commit -qm add",
+        ],
+    );
+    let diff = ok(a, &["diff", "wn-one"]);
+    assert!(
+        diff.stdout.contains("added.txt") || diff.stderr.contains("added.txt"),
+        "{label}: {}",
+        diff.describe()
+    );
+    assert!(
+        !p.join("added.txt").exists(),
+        "{label}: the clone wrote the host"
+    );
+    let list = ok(a, &["list"]);
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.starts_with("wn-one ") && l.contains("running")),
+        "{label}: {}",
+        list.stdout
+    );
+
+    // A second sandbox at once (`up`): another member, its own settings — no leak of w1's.
+    wait_ready(a, 2, label);
+    create(a, "wn-two", "bonjour");
+    let out = start(a, &["up", "wn-two"], "tok-two");
+    let m2 = warm_member(a, "wn-two", &out, label);
+    assert_ne!(m1, m2, "{label}");
+    assert_eq!(
+        probe(a, "wn-two"),
+        expect("bonjour", "tok-two", "wn-two", "no-kept"),
+        "{label}"
+    );
+    assert_eq!(
+        probe(a, "wn-one"),
+        expect("hello", "tok-one", "wn-one", "kept"),
+        "{label}"
+    );
+
+    // The daemon killed, then stopped (its drain): the adopted sandboxes run on.
+    kill_daemon(a);
+    ok(a, &["daemon", "stop"]);
+    assert_eq!(
+        probe(a, "wn-two"),
+        expect("bonjour", "tok-two", "wn-two", "no-kept"),
+        "{label}"
+    );
+
+    // An empty pool (defined, nothing ready): cold, said so, the same result; a later start
+    // of an adopted sandbox works the same (its home kept).
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "0",
+            "--workspace",
+            "overlay",
+            "--net",
+            "off",
+        ],
+    );
+    create(a, "wn-three", "hallo");
+    let out = start(a, &["start", "wn-three"], "tok-four");
+    assert!(
+        out.stderr.contains("wn-three: cold start (warm pool ")
+            && !out.stderr.contains("warm start"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        probe(a, "wn-three"),
+        expect("hallo", "tok-four", "wn-three", "no-kept"),
+        "{label}"
+    );
+    let status: serde_json::Value = status_of(a, "wn-three");
+    assert_eq!(status["warm_start"]["warm"], false, "{label}: {status}");
+    ok(a, &["stop", "wn-one"]);
+    let out = start(a, &["start", "wn-one"], "tok-three");
+    assert!(
+        out.stderr.contains("wn-one: cold start"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        probe(a, "wn-one"),
+        expect("hello", "tok-three", "wn-one", "kept"),
+        "{label}"
+    );
+    assert_eq!(pool0(a)["misses"], 2, "{label}: {}", pool0(a));
+
+    if a.user.is_none() {
+        assert_eq!(
+            memory_limit_of("wn-three"),
+            Some(256 << 20),
+            "{label}: cold"
+        );
+    }
+
+    // rm: nothing of any of them is left — no supervisor, folder, link, cgroup or mount.
+    for n in ["wn-one", "wn-two", "wn-three"] {
+        ok(a, &["rm", "--force", n]);
+    }
+    let marker = members_dir(a).display().to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || pids_with_marker(&marker)
+            .is_empty()),
+        "{label}: supervisors left: {:?}",
+        pids_with_marker(&marker)
+    );
+    ok(a, &["daemon", "stop"]);
+    let left: Vec<_> = std::fs::read_dir(members_dir(a))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{label}: member folders left: {left:?}");
+    let mounts = mounts_under(&a.state_dir());
+    assert!(mounts.is_empty(), "{label}: mounts left: {mounts:?}");
+    for n in ["wn-one", "wn-two", "wn-three"] {
+        assert!(!a.state_dir().join("sandboxes").join(n).exists(), "{label}");
+        assert_eq!(memory_limit_of(n), None, "{label}: cgroup of {n} left");
+    }
+}
+
+#[test]
+fn named_sandboxes_claim_warm_members_rootful() {
+    if !e2e("named_sandboxes_claim_warm_members_rootful") {
+        return;
+    }
+    named_from_the_pool(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn named_sandboxes_claim_warm_members_rootless() {
+    if !e2e("named_sandboxes_claim_warm_members_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    named_from_the_pool(&Airlock::rootless(&bins), "rootless");
+}
