@@ -366,3 +366,122 @@ fn named_sandboxes_claim_warm_members_rootless() {
     let bins = Bins::owned_by(&user);
     named_from_the_pool(&Airlock::rootless(&bins), "rootless");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Agent starts
+
+/// The scripted harness (as in tests/agent.rs): edits and commits, or asks for a domain.
+const AGENT: &str = r#"#!/bin/sh
+word=${AIRLOCK_PROMPT%% *}
+case "$word" in
+  edit)
+    report working "editing"
+    echo "edited in turn $AIRLOCK_TURN_ID" >> notes.txt
+    git add notes.txt && git -c user.email=agent@example.com -c user.name=agent commit -qm notes || exit 1
+    report done "committed on $(hostname) token=$(cat /run/secrets/TOKEN 2>/dev/null)"
+    ;;
+  net)
+    curl -sS -m 10 -o /dev/null https://example.org/ 2>&1 || true
+    report blocked "I need example.org"
+    ;;
+esac
+"#;
+
+fn agent_project(a: &Airlock) {
+    use common::work::{git, give, write};
+    let p = a.cwd.clone();
+    write(&p.join("README"), "project\n");
+    write(&p.join("agent.sh"), AGENT);
+    common::set_mode(&p.join("agent.sh"), 0o755);
+    write(
+        &p.join("airlock.toml"),
+        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+    );
+    git(a, &["init", "-q", "-b", "main"]);
+    git(a, &["config", "user.name", "Host User"]);
+    git(a, &["config", "user.email", "host@example.invalid"]);
+    git(a, &["add", "."]);
+    git(a, &["commit", "-q", "-m", "initial"]);
+    give(a, &p);
+}
+
+/// `up NAME --prompt …` of an agent sandbox claims a warm member: the turn runs in it (the
+/// sandbox's own name and secret), a denial becomes a `blocked` event naming this sandbox,
+/// and the agent's host ends with the sandbox.
+fn agent_from_the_pool(a: &Airlock, label: &str) {
+    let _guard = Guard(a, &["wn-agent"]);
+    agent_project(a);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "1",
+            "--workspace",
+            "overlay",
+            "--wait",
+        ],
+    );
+    let out = a.run_with_env(
+        &[("TOKEN_SRC", "agent-token")],
+        &[
+            "up",
+            "wn-agent",
+            "--secret",
+            "TOKEN=env:TOKEN_SRC",
+            "--prompt",
+            "edit the notes",
+        ],
+    );
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    warm_member(a, "wn-agent", &out, label);
+    let reports = ok(a, &["reports", "wn-agent"]).stdout;
+    assert!(
+        reports.contains("done: committed on wn-agent token=agent-token"),
+        "{label}: {reports}"
+    );
+    // A turn that ends blocked: prompt's own exit status for it (as after a cold start).
+    let out = a.run(&["prompt", "wn-agent", "net please"]);
+    let reports = ok(a, &["reports", "wn-agent"]).stdout;
+    assert!(
+        reports.contains("blocked (network): example.org:443")
+            && reports.contains("airlock allow wn-agent example.org:443"),
+        "{label}: {reports}\n{}",
+        out.describe()
+    );
+    let hosts = || {
+        pids_with_marker(
+            &a.state_dir()
+                .join("sandboxes/wn-agent")
+                .display()
+                .to_string(),
+        )
+    };
+    assert!(!hosts().is_empty(), "{label}: no agent host");
+    ok(a, &["stop", "wn-agent"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || hosts().is_empty()),
+        "{label}: the agent's host outlived its sandbox: {:?}",
+        hosts()
+    );
+    ok(a, &["rm", "wn-agent"]);
+}
+
+#[test]
+fn agent_starts_claim_warm_members_rootful() {
+    if !e2e("agent_starts_claim_warm_members_rootful") {
+        return;
+    }
+    agent_from_the_pool(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn agent_starts_claim_warm_members_rootless() {
+    if !e2e("agent_starts_claim_warm_members_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    agent_from_the_pool(&Airlock::rootless(&bins), "rootless");
+}

@@ -34,13 +34,13 @@ pub fn last_start(dir: &Path) -> Option<serde_json::Value> {
 }
 
 /// The warm start of the named sandbox in `dir` (its spec: `spec`, with `workspace_dir` and
-/// `home_dir` set as for its cold start). Some(0): the member now runs the sandbox and this
-/// supervisor has nothing left to do. None: start it cold.
+/// `home_dir` set as for its cold start). Some(member): the member now runs the sandbox (this
+/// supervisor has nothing left to do but an agent's host). None: start it cold.
 pub fn try_adopt(
     dir: &Path,
     spec: &RunSpec,
     secrets: &[(String, String)],
-) -> CliResult<Option<i32>> {
+) -> CliResult<Option<String>> {
     let _ = std::fs::remove_file(dir.join(START_FILE));
     // No supervisor runs here now: nothing is mounted on what a previous adoption put aside.
     airlock_sandbox::container::rundir::remove_tree(&dir.join(ASIDE));
@@ -52,12 +52,9 @@ pub fn try_adopt(
     {
         return Ok(None);
     }
-    // What a claim binds for a named container sandbox; the rest starts cold (the agent's
-    // host, injected secrets, an overlay whose upper layer is on disk).
-    if spec.backend != BackendKind::Container
-        || spec.agent.is_some()
-        || spec.secrets.values().any(|s| s.inject.is_some())
-    {
+    // What a claim binds for a named container sandbox; the rest starts cold (injected
+    // secrets, an overlay whose upper layer is on disk).
+    if spec.backend != BackendKind::Container || spec.secrets.values().any(|s| s.inject.is_some()) {
         return Ok(None);
     }
     match spec.workspace {
@@ -191,7 +188,7 @@ pub fn try_adopt(
     pool::wake(&state);
     // The cgroup stays: the sandbox's (no Drop removes it).
     drop(cgroup);
-    Ok(Some(0))
+    Ok(Some(member.name))
 }
 
 /// The member's folder `mdir` becomes the sandbox's folder `dir`: what the sandbox's folder
@@ -282,4 +279,90 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// An adopted agent sandbox's host (what a cold supervisor runs beside its sandbox): the
+/// agent's socket and runner, and its `blocked` events — the denials the member's supervisor
+/// journals (`net.jsonl`, read as they come). Serves until the member's supervisor ends.
+pub fn agent_host(
+    dir: &Path,
+    spec: &RunSpec,
+    member: &str,
+    harness: airlock_model::config::Harness,
+) -> CliResult<i32> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::MetadataExt;
+    let fail = |e: std::io::Error| {
+        crate::error::CliError::new(
+            airlock_model::exit::SANDBOX_FAILED,
+            anyhow::anyhow!("prepare the agent journal: {e}"),
+        )
+    };
+    let exe = std::env::current_exe().map_err(fail)?;
+    let grace = spec
+        .agent_grace
+        .unwrap_or(airlock_model::config::DEFAULT_AGENT_GRACE);
+    // The supervisor whose life this host shares (not whoever holds the folder later).
+    let sup = std::fs::read_to_string(dir.join(airlock_engine::supervisor::SUPERVISOR_PID))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    let sup_start = sup.and_then(airlock_sandbox::container::proc_starttime);
+    let alive = || match (sup, sup_start) {
+        (Some(p), Some(s)) => airlock_sandbox::container::proc_starttime(p) == Some(s),
+        _ => false,
+    };
+    let journal = dir.join("net.jsonl");
+    let mut offset = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+    let host = airlock_agent::host::Host::new(dir, harness, grace, exe).map_err(fail)?;
+    let on_egress = host.egress_callback();
+    host.start();
+    let sock = dir.join(airlock_agent::AGENT_SOCKET);
+    let ino = std::fs::metadata(&sock).map(|m| m.ino()).ok();
+    // The member's policy names itself in its hints; this sandbox's name is the one to use.
+    let hint_name = |s: String| s.replace(&format!(" {member} "), &format!(" {} ", spec.name));
+    while alive() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let Ok(mut f) = std::fs::File::open(&journal) else {
+            continue;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            offset = 0; // rotated
+        }
+        let mut text = String::new();
+        if f.seek(std::io::SeekFrom::Start(offset)).is_err() || f.read_to_string(&mut text).is_err()
+        {
+            continue;
+        }
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        offset += complete as u64;
+        for line in text[..complete].lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["decision"] != "deny" {
+                continue;
+            }
+            use airlock_egress::journal::{Event, Kind, Verdict};
+            let kind = match v["kind"].as_str() {
+                Some("dns") => Kind::Dns,
+                Some("http") => Kind::Http,
+                Some("connect") => Kind::Connect,
+                _ => Kind::Tcp,
+            };
+            let mut ev = Event::new(kind, Verdict::Deny);
+            let s = |k: &str| v[k].as_str().map(str::to_string);
+            ev.host = s("host");
+            ev.port = v["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+            ev.dst = s("dst");
+            ev.reason = s("reason");
+            ev.fix = s("fix").map(hint_name);
+            on_egress(&ev);
+        }
+    }
+    // Its socket, unless a later start's host made its own there meanwhile.
+    if ino.is_some() && std::fs::metadata(&sock).map(|m| m.ino()).ok() == ino {
+        let _ = std::fs::remove_file(&sock);
+    }
+    Ok(0)
 }
