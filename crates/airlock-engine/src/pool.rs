@@ -74,6 +74,7 @@ pub fn key(spec: &RunSpec) -> String {
     s.setup.clear();
     s.agent = None;
     s.agent_grace = None;
+    s.agent_min_warm = 0;
     s.context.clear();
     s.repos.clear();
     s.secrets.retain(|_, v| v.inject.is_some());

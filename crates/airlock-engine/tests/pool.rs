@@ -66,6 +66,7 @@ fn member() -> RunSpec {
         agent: None,
         defaulted: Default::default(),
         agent_grace: None,
+        agent_min_warm: 0,
         setup: Vec::new(),
         backend: BackendKind::Container,
         rootfs: RootFs::Host,

@@ -485,3 +485,68 @@ fn agent_starts_claim_warm_members_rootless() {
     let bins = Bins::owned_by(&user);
     agent_from_the_pool(&Airlock::rootless(&bins), "rootless");
 }
+
+/// `[daemon.agents.command] min_warm = 1` (a project setting, trusted): the first agent start
+/// makes that agent's pool (cold, said so) and starts the daemon; `daemon status` shows it as
+/// the agent's; the next agent start is warm.
+fn agent_min_warm(a: &Airlock, label: &str) {
+    let _guard = Guard(a, &["wn-mw-one", "wn-mw-two"]);
+    agent_project(a);
+    let toml = a.cwd.join("airlock.toml");
+    let text = std::fs::read_to_string(&toml).expect("airlock.toml");
+    common::work::write(
+        &toml,
+        &format!("{text}\n[daemon.agents.command]\nmin_warm = 1\n"),
+    );
+    // Untrusted, it widens the policy: refused, as `[pool] size` is.
+    let out = a.run(&["up", "wn-mw-one"]);
+    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    assert!(
+        out.stderr
+            .contains("keeps 1 command agent sandboxes started in the background"),
+        "{label}: {}",
+        out.describe()
+    );
+    ok(a, &["trust", &a.cwd.display().to_string()]);
+    let out = ok(a, &["up", "wn-mw-one", "--prompt", "edit the notes"]);
+    assert!(
+        out.stderr.contains("wn-mw-one: cold start (warm pool ")
+            && out.stderr.contains("[daemon.agents.command] min_warm = 1"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(a)["ready"] == 1),
+        "{label}: {}",
+        pool0(a)
+    );
+    assert_eq!(pool0(a)["agent"], "command", "{label}: {}", pool0(a));
+    assert_eq!(pool0(a)["size"], 1, "{label}: {}", pool0(a));
+    let text = ok(a, &["daemon", "status"]).stdout;
+    assert!(text.contains("agent command"), "{label}: {text}");
+    let out = ok(a, &["up", "wn-mw-two", "--prompt", "edit the notes"]);
+    warm_member(a, "wn-mw-two", &out, label);
+    let reports = ok(a, &["reports", "wn-mw-two"]).stdout;
+    assert!(
+        reports.contains("done: committed on wn-mw-two"),
+        "{label}: {reports}"
+    );
+}
+
+#[test]
+fn per_agent_min_warm_keeps_a_pool_rootful() {
+    if !e2e("per_agent_min_warm_keeps_a_pool_rootful") {
+        return;
+    }
+    agent_min_warm(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn per_agent_min_warm_keeps_a_pool_rootless() {
+    if !e2e("per_agent_min_warm_keeps_a_pool_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    agent_min_warm(&Airlock::rootless(&bins), "rootless");
+}

@@ -48,7 +48,7 @@ pub fn try_adopt(
     // Only a named sandbox's folder (a pool member's own supervisor starts it, cold), and
     // no pool was ever made here: one stat, nothing opened.
     if dir.parent() != Some(state.join("sandboxes").as_path())
-        || !pool::members_dir(&state).is_dir()
+        || (!pool::members_dir(&state).is_dir() && spec.agent_min_warm == 0)
     {
         return Ok(None);
     }
@@ -78,15 +78,34 @@ pub fn try_adopt(
     let Some((layout, limits)) = super::daemon::claim_limits(spec) else {
         return Ok(None);
     };
-    let t0 = Instant::now();
     let key = pool::key(spec);
+    // `[daemon.agents.NAME] min_warm`: this agent's pool exists and is that big (this start
+    // claims from it if a member is ready; the next ones will).
+    let mut made = None;
+    if let (Some(h), n @ 1..) = (&spec.agent, spec.agent_min_warm) {
+        let mut m = spec.clone();
+        m.home_dir = None;
+        m.workspace_dir = None;
+        m.context.clear();
+        m.repos.clear();
+        let member = super::daemon::member_of(&m);
+        if super::daemon::agent_pool(&member, h.pool_name(), n, &state, &key) {
+            made = Some(format!(
+                "warm pool {} started for {} agents ([daemon.agents.{}] min_warm = {n}): the next starts are warm",
+                &key[..8],
+                h.pool_name(),
+                h.pool_name()
+            ));
+        }
+    }
+    let t0 = Instant::now();
     let Some((mut store, member)) = super::daemon::claim_or_cold(&state, &key, spec, 0) else {
         if let Ok(mut s) = airlock_engine::Store::open(state.join("store.db")) {
             if s.pools().is_ok_and(|p| p.iter().any(|p| p.key == key)) {
+                let reason = made.unwrap_or_else(|| format!("warm pool {} is empty", &key[..8]));
                 record(
                     dir,
-                    serde_json::json!({"warm": false, "pool": key,
-                        "reason": format!("warm pool {} is empty", &key[..8])}),
+                    serde_json::json!({"warm": false, "pool": key, "reason": reason}),
                 );
             }
         }
