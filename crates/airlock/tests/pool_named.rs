@@ -235,6 +235,31 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
         !p.join("added.txt").exists(),
         "{label}: the clone wrote the host"
     );
+    // cp both ways, fetch: as on a cold one.
+    let copied = p.join("copied-out.txt");
+    ok(
+        a,
+        &[
+            "cp",
+            "wn-one:/workspace/added.txt",
+            &copied.display().to_string(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&copied).ok().as_deref(),
+        Some("new\n"),
+        "{label}"
+    );
+    ok(
+        a,
+        &["cp", &copied.display().to_string(), "wn-one:/tmp/in.txt"],
+    );
+    let out = ok(a, &["exec", "wn-one", "--", "cat", "/tmp/in.txt"]);
+    assert_eq!(out.stdout, "new\n", "{label}");
+    std::fs::remove_file(&copied).expect("remove the copy");
+    ok(a, &["fetch", "wn-one"]);
+    let branches = common::work::git(a, &["branch", "--list", "airlock/wn-one"]);
+    assert!(branches.contains("airlock/wn-one"), "{label}: {branches:?}");
     let list = ok(a, &["list"]);
     assert!(
         list.stdout

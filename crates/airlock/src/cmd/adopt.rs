@@ -53,8 +53,12 @@ pub fn try_adopt(
         return Ok(None);
     }
     // What a claim binds for a named container sandbox; the rest starts cold (injected
-    // secrets, an overlay whose upper layer is on disk).
-    if spec.backend != BackendKind::Container || spec.secrets.values().any(|s| s.inject.is_some()) {
+    // secrets, home files — placed in the member's home, under the sandbox's own —, an
+    // overlay whose upper layer is on disk).
+    if spec.backend != BackendKind::Container
+        || spec.secrets.values().any(|s| s.inject.is_some())
+        || !spec.home_files.is_empty()
+    {
         return Ok(None);
     }
     match spec.workspace {
