@@ -11,7 +11,7 @@ use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins, Out
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Stops the test's daemon and removes its sandboxes however the test ends.
+/// Removes the test's sandboxes, stops its daemon and its engine however the test ends.
 struct Guard<'a>(&'a Airlock, &'static [&'static str]);
 
 impl Drop for Guard<'_> {
@@ -25,6 +25,7 @@ impl Drop for Guard<'_> {
             // SAFETY: kill(2) on a supervisor of this test's own pool.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        common::stop_engines_of(self.0);
     }
 }
 
@@ -467,11 +468,19 @@ fn agent_from_the_pool(a: &Airlock, label: &str) {
         "{label}: {reports}"
     );
     // A turn that ends blocked: prompt's own exit status for it (as after a cold start).
+    // The denial reaches the journal from the member's egress log (read every 20 ms), so
+    // it may land just after the turn's end.
     let out = a.run(&["prompt", "wn-agent", "net please"]);
-    let reports = ok(a, &["reports", "wn-agent"]).stdout;
+    let blocked = |r: &str| {
+        r.contains("blocked (network): example.org:443")
+            && r.contains("airlock allow wn-agent example.org:443")
+    };
+    let mut reports = String::new();
     assert!(
-        reports.contains("blocked (network): example.org:443")
-            && reports.contains("airlock allow wn-agent example.org:443"),
+        wait_until(Duration::from_secs(5), || {
+            reports = ok(a, &["reports", "wn-agent"]).stdout;
+            blocked(&reports)
+        }),
         "{label}: {reports}\n{}",
         out.describe()
     );

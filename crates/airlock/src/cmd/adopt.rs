@@ -344,7 +344,7 @@ pub fn agent_host(
     // The member's policy names itself in its hints; this sandbox's name is the one to use.
     let hint_name = |s: String| s.replace(&format!(" {member} "), &format!(" {} ", spec.name));
     while alive() {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let Ok(mut f) = std::fs::File::open(&journal) else {
             continue;
         };
