@@ -74,6 +74,7 @@ pub fn key(spec: &RunSpec) -> String {
     s.setup.clear();
     s.agent = None;
     s.agent_grace = None;
+    s.agent_min_warm = 0;
     s.context.clear();
     s.repos.clear();
     s.secrets.retain(|_, v| v.inject.is_some());
@@ -107,7 +108,11 @@ pub fn normalize_bound_at_claim(s: &mut RunSpec) {
     if s.backend != airlock_model::policy::BackendKind::Container {
         return;
     }
-    if matches!(s.workspace, WorkspaceMode::Overlay | WorkspaceMode::Bind) {
+    // A named sandbox's clone is a bind of its folder's checkout: attached the same way.
+    if matches!(
+        s.workspace,
+        WorkspaceMode::Overlay | WorkspaceMode::Bind | WorkspaceMode::Clone
+    ) {
         s.workspace = WorkspaceMode::None;
         s.workspace_slot = true;
         s.protected.clear();
@@ -328,6 +333,16 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// A claimed member became a named sandbox (`start`): its row goes, only by the process
+    /// that claimed it. The pool no longer knows it; the daemon refills.
+    pub fn member_adopted(&mut self, name: &str, pid: i32) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM pool_members WHERE name = ?1 AND state = 'claimed' AND claimer_pid = ?2",
+            params![name, pid],
+        )?;
+        Ok(n == 1)
+    }
+
     pub fn member_remove(&mut self, name: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM pool_members WHERE name = ?1", params![name])?;
@@ -514,7 +529,10 @@ pub fn daemon_pid(state: &Path) -> Option<i32> {
 /// isolation backend's destroy: cgroup, run directory), its folder removed, its row deleted.
 pub fn remove_member(store: &mut Store, backend: &dyn Backend, state: &Path, name: &str) {
     let dir = member_dir(state, name);
-    if dir.exists() {
+    if forwarded(&dir) {
+        // Adopted by a named sandbox: never torn down from here.
+        unlink_forward(&dir);
+    } else if dir.exists() {
         let _ = backend.destroy(name, &dir);
         let _ = fs::remove_dir_all(&dir);
     }
@@ -579,7 +597,9 @@ pub fn reap(store: &mut Store, backend: &dyn Backend, state: &Path, all: bool) -
     if let Ok(rd) = fs::read_dir(members_dir(state)) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !known.contains(&name) {
+            if forwarded(&e.path()) {
+                unlink_forward(&e.path());
+            } else if !known.contains(&name) {
                 let _ = backend.destroy(&name, &e.path());
                 let _ = fs::remove_dir_all(e.path());
                 removed += 1;
@@ -587,6 +607,21 @@ pub fn reap(store: &mut Store, backend: &dyn Backend, state: &Path, all: bool) -
         }
     }
     removed
+}
+
+/// A member adopted by a named sandbox leaves a link at its old folder's path to its new one
+/// (STATE/sandboxes/NAME), so that its supervisor's last clean-up (which knows the old path)
+/// lands there. docs/design/warm-pool.md "Named sandboxes".
+pub fn forwarded(dir: &Path) -> bool {
+    fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// Remove a forwarding link once no supervisor holds the folder it leads to (never followed
+/// for anything but that check).
+fn unlink_forward(dir: &Path) {
+    if !supervisor::locked(dir) {
+        let _ = fs::remove_file(dir);
+    }
 }
 
 /// Whether the member's PID 1 runs (published: its setup is done; a microVM's guest takes

@@ -226,12 +226,14 @@ impl Backend for SupervisorBackend {
         std::thread::spawn(move || {
             let _ = child.wait();
         });
+        // A start that adopted a warm member (`__supervise` exits, the member's supervisor runs
+        // the sandbox): the pid the folder names.
         Ok(Started {
-            supervisor_pid: pid,
+            supervisor_pid: supervisor_pid(dir).filter(|_| locked(dir)).unwrap_or(pid),
         })
     }
 
-    fn stop(&self, _name: &str, dir: &Path, grace: Duration) -> Result<(), BackendError> {
+    fn stop(&self, name: &str, dir: &Path, grace: Duration) -> Result<(), BackendError> {
         if !locked(dir) {
             return Ok(());
         }
@@ -248,10 +250,14 @@ impl Backend for SupervisorBackend {
         );
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         if wait_until(Instant::now() + grace, || !locked(dir)) {
+            // What a supervisor leaves outside its folder (an adopted warm member's claim
+            // cgroup) goes now; a cold one's supervisor removed it already.
+            self.reclaim(name, dir);
             return Ok(());
         }
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         if wait_until(Instant::now() + Duration::from_secs(5), || !locked(dir)) {
+            self.reclaim(name, dir);
             Ok(())
         } else {
             Err(BackendError::StopTimeout(format!(

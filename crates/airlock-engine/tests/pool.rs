@@ -66,6 +66,7 @@ fn member() -> RunSpec {
         agent: None,
         defaulted: Default::default(),
         agent_grace: None,
+        agent_min_warm: 0,
         setup: Vec::new(),
         backend: BackendKind::Container,
         rootfs: RootFs::Host,
@@ -210,12 +211,20 @@ fn limits_and_workspaces_are_bound_at_claim() {
             }
         );
     }
+    // A named sandbox's clone is a bind of its folder's checkout, attached at claim the same
+    // way (issue 16: named starts claim); `run` never has one.
     let mut clone = run_of(&m);
     clone.workspace = WorkspaceMode::Clone;
-    assert_ne!(
+    clone.workspace_dir = Some(PathBuf::from("/state/sandboxes/x/workspace"));
+    assert_eq!(
         pool::key(&slot),
         pool::key(&clone),
-        "clone workspaces are not attached"
+        "clone workspaces are attached"
+    );
+    assert_ne!(
+        pool::key(&m),
+        pool::key(&clone),
+        "clone on a no-workspace member"
     );
     // A microVM's limits are its boot settings: they stay in its key.
     let mut vm = member();

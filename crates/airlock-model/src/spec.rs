@@ -194,6 +194,10 @@ pub struct RunSpec {
     /// (None: `config::DEFAULT_AGENT_GRACE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_grace: Option<crate::policy::Seconds>,
+    /// `[daemon.agents.NAME] min_warm` for this sandbox's agent: its starts keep a warm pool of
+    /// that many members matching it (0: none). Not part of what it runs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub agent_min_warm: u32,
     /// `setup`: scripts (absolute host paths) run inside after the first start of a named
     /// sandbox, before the command of `run`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -291,6 +295,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -104,8 +104,9 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff): `airlock man | man -l -`; --dir DIR writes one page per command.
     Man(ManArgs),
-    /// The warm pool: pre-started sandboxes that `run` claims and binds its own command,
-    /// environment and secrets to (start, stop, status, prewarm).
+    /// The warm pool: pre-started sandboxes that `run` and named starts (`start`, `up`, agent
+    /// starts) claim and bind their own workspace, environment and secrets to (start, stop,
+    /// status, prewarm).
     #[command(subcommand)]
     Daemon(DaemonCommand),
     /// The local engine (auto-started by the commands that need it).
@@ -486,11 +487,14 @@ pub struct ExecOptions {
 pub enum DaemonCommand {
     /// Start the daemon (if it is not running) with a pool of sandboxes made from these options
     /// (as `run` would make them; `--workspace none` unless given: `--workspace overlay` serves
-    /// runs with an overlay or bind workspace, attached at claim) and keep it full.
+    /// runs with an overlay or bind workspace, and named sandboxes (`start`, `up`, agent
+    /// starts) with a clone or bind one, attached at claim) and keep it full.
+    /// `[daemon.agents.NAME] min_warm = N` keeps a pool for an agent's starts.
     Start(Box<PoolArgs>),
     /// Remove every member nobody claimed, forget the pools, and stop the daemon.
     Stop(JsonArg),
-    /// Whether the daemon runs; per pool: size, members ready, hits, misses, claim latency.
+    /// Whether the daemon runs; per pool: size, members ready, hits, misses, claim latency,
+    /// and the agent a `[daemon.agents.NAME] min_warm` pool serves.
     Status(JsonArg),
     /// Add a pool (or resize one: --pool KEY) and fill it; starts the daemon if needed.
     Prewarm(Box<PoolArgs>),

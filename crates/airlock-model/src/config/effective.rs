@@ -1,8 +1,9 @@
 //! The resolved configuration: concrete values after every layer has been merged.
 
 use super::schema::{
-    AgentLayer, Harness, HomeFileLayer, HooksLayer, ImagesLayer, Layer, MountLayer, NetworkLayer,
-    PoolLayer, RepoSpec, ResourcesLayer, SandboxLayer, Secret, WorkspaceLayer,
+    AgentLayer, AgentPoolLayer, DaemonLayer, Harness, HomeFileLayer, HooksLayer, ImagesLayer,
+    Layer, MountLayer, NetworkLayer, PoolLayer, RepoSpec, ResourcesLayer, SandboxLayer, Secret,
+    WorkspaceLayer,
 };
 use crate::policy::{
     BackendKind, ByteSize, CompatibilityMode, Cpus, HomeFileMode, NetMode, Profile, Seconds,
@@ -51,6 +52,22 @@ pub struct Effective {
     pub images: ImagesConfig,
     #[serde(default)]
     pub pool: PoolConfig,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+/// `[daemon]`, merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonConfig {
+    /// `[daemon.agents.NAME] min_warm`: harness name -> sandboxes kept started for its starts.
+    pub agents: BTreeMap<String, u32>,
+}
+
+impl DaemonConfig {
+    /// How many members the daemon keeps for starts of `harness` (0: no pool).
+    pub fn min_warm(&self, harness: &super::Harness) -> u32 {
+        self.agents.get(harness.pool_name()).copied().unwrap_or(0)
+    }
 }
 
 /// `[pool]`, merged.
@@ -161,6 +178,7 @@ impl Default for Effective {
             setup: Vec::new(),
             images: ImagesConfig::default(),
             pool: PoolConfig::default(),
+            daemon: DaemonConfig::default(),
         }
     }
 }
@@ -251,6 +269,15 @@ impl Effective {
             }),
             pool: (self.pool != PoolConfig::default()).then_some(PoolLayer {
                 size: Some(self.pool.size),
+            }),
+            daemon: (self.daemon != DaemonConfig::default()).then(|| DaemonLayer {
+                agents: Some(
+                    self.daemon
+                        .agents
+                        .iter()
+                        .map(|(k, v)| (k.clone(), AgentPoolLayer { min_warm: Some(*v) }))
+                        .collect(),
+                ),
             }),
         }
     }

@@ -6,14 +6,15 @@
 //! same `dest`) replaces the earlier one in place. `home_files` entries merge field by field.
 
 use super::effective::{
-    Effective, HomeFileSpec, Hooks, ImagesConfig, MountSpec, NetworkConfig, PoolConfig,
-    ResourcesConfig, SandboxConfig, WorkspaceConfig, DEFAULT_AGENT_GRACE, DEFAULT_HOME_FILE_MODE,
-    DEFAULT_IMAGE, DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
+    DaemonConfig, Effective, HomeFileSpec, Hooks, ImagesConfig, MountSpec, NetworkConfig,
+    PoolConfig, ResourcesConfig, SandboxConfig, WorkspaceConfig, DEFAULT_AGENT_GRACE,
+    DEFAULT_HOME_FILE_MODE, DEFAULT_IMAGE, DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
 };
 use super::error::{ConfigError, Location};
 use super::origin::{join_key, Origins, Source};
 use super::schema::{
-    AgentLayer, HomeFileLayer, Layer, NetworkLayer, ResourcesLayer, SandboxLayer, WorkspaceLayer,
+    AgentLayer, AgentPoolLayer, HomeFileLayer, Layer, NetworkLayer, ResourcesLayer, SandboxLayer,
+    WorkspaceLayer,
 };
 use super::validate::validate;
 use crate::policy::{BackendKind, ByteSize, CompatibilityMode, NetMode, Profile, WorkspaceMode};
@@ -342,6 +343,17 @@ impl Acc {
             let d = m.pool.get_or_insert_with(Default::default);
             self.scalar(&mut d.size, p.size, "pool.size", src);
         }
+        if let Some(dl) = layer.daemon {
+            let d = m.daemon.get_or_insert_with(Default::default);
+            for (name, a) in dl.agents.unwrap_or_default() {
+                let Some(n) = a.min_warm else { continue };
+                let key = format!("daemon.agents.{name}.min_warm");
+                self.origins.insert(key, vec![src.clone()]);
+                d.agents
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(name, AgentPoolLayer { min_warm: Some(n) });
+            }
+        }
         self.merged = m;
     }
 
@@ -447,6 +459,15 @@ impl Acc {
             },
             pool: PoolConfig {
                 size: m.pool.and_then(|p| p.size).unwrap_or(0),
+            },
+            daemon: DaemonConfig {
+                agents: m
+                    .daemon
+                    .and_then(|d| d.agents)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(k, a)| a.min_warm.map(|n| (k, n)))
+                    .collect(),
             },
         };
         Ok((effective, self.origins))

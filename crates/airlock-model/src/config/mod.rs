@@ -51,9 +51,9 @@ mod validate;
 mod tests;
 
 pub use effective::{
-    Effective, HomeFileSpec, Hooks, ImagesConfig, MountSpec, NetworkConfig, ResourcesConfig,
-    SandboxConfig, WorkspaceConfig, DEFAULT_AGENT_GRACE, DEFAULT_HOME_FILE_MODE, DEFAULT_IMAGE,
-    DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
+    DaemonConfig, Effective, HomeFileSpec, Hooks, ImagesConfig, MountSpec, NetworkConfig,
+    ResourcesConfig, SandboxConfig, WorkspaceConfig, DEFAULT_AGENT_GRACE, DEFAULT_HOME_FILE_MODE,
+    DEFAULT_IMAGE, DEFAULT_MOUNT_READONLY, DEFAULT_PORTS,
 };
 pub use error::{ConfigError, Location};
 pub use load::{
@@ -67,8 +67,9 @@ pub use merge::{
 pub use origin::{join_key, quote_key, Origins, Source};
 pub use plugins::{builtin_plugin, is_plugin_path, BUILTIN_NAMES};
 pub use schema::{
-    AgentLayer, Harness, HomeFileLayer, HooksLayer, ImagesLayer, Inject, Layer, MountLayer,
-    NetworkLayer, RepoSpec, ResourcesLayer, SandboxLayer, Secret, SecretSource, WorkspaceLayer,
+    AgentLayer, AgentPoolLayer, DaemonLayer, Harness, HomeFileLayer, HooksLayer, ImagesLayer,
+    Inject, Layer, MountLayer, NetworkLayer, RepoSpec, ResourcesLayer, SandboxLayer, Secret,
+    SecretSource, WorkspaceLayer,
 };
 pub use trust::Widening;
 

@@ -46,6 +46,27 @@ pub struct Layer {
     pub images: Option<ImagesLayer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolLayer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonLayer>,
+}
+
+/// `[daemon]`: what the warm pool's daemon keeps started (docs/design/warm-pool.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonLayer {
+    /// `[daemon.agents.NAME]`, NAME a harness (`claude`, `codex`, `gemini`, or `command` for a
+    /// `harness = { command = [...] }`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agents: Option<BTreeMap<String, AgentPoolLayer>>,
+}
+
+/// `[daemon.agents.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPoolLayer {
+    /// Sandboxes kept started for this agent's starts (`up --agent NAME`; 0: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_warm: Option<u32>,
 }
 
 /// `[pool]`: the warm pool (docs/design/warm-pool.md).
@@ -303,6 +324,16 @@ pub enum Harness {
 impl Harness {
     /// The built-in harness names.
     pub const NAMES: &'static [&'static str] = &["claude", "codex", "gemini"];
+
+    /// Its name in `[daemon.agents.NAME]`: a built-in's, or `command`.
+    pub fn pool_name(&self) -> &'static str {
+        match self {
+            Harness::Claude => "claude",
+            Harness::Codex => "codex",
+            Harness::Gemini => "gemini",
+            Harness::Command(_) => "command",
+        }
+    }
 }
 
 impl fmt::Display for Harness {

@@ -216,6 +216,14 @@ pub fn widening(without: &Effective, with: &Effective) -> Vec<Widening> {
             ),
         );
     }
+    for (agent, n) in &with.daemon.agents {
+        if *n > without.daemon.agents.get(agent).copied().unwrap_or(0) {
+            add(
+                "daemon.agents.min_warm",
+                format!("keeps {n} {agent} agent sandboxes started in the background"),
+            );
+        }
+    }
     for ((key, w), (_, wo)) in hooks(with).into_iter().zip(hooks(without)) {
         for cmd in w.iter().filter(|c| !wo.contains(c)) {
             add(key, format!("runs `{cmd}` on the host"));

@@ -47,6 +47,7 @@ fn spec() -> RunSpec {
         agent: None,
         defaulted: Default::default(),
         agent_grace: None,
+        agent_min_warm: 0,
         setup: Vec::new(),
         backend: BackendKind::Container,
         rootfs: RootFs::Host,

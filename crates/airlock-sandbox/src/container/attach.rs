@@ -270,3 +270,62 @@ fn helper(
     }
     Ok(back)
 }
+
+/// Set the hostname of the running member in `dir` (plan: `plan`) — its UTS namespace,
+/// joined by a forked helper through its user namespace: a named sandbox that adopted a warm
+/// member is called by its own name, as a cold one is.
+pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(), RunError> {
+    let ns = super::exec::fetch_namespaces(dir)
+        .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
+    let find = |flag: CloneFlags| {
+        ns.iter()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, fd)| fd)
+            .ok_or_else(|| RunError::Setup("the sandbox's namespaces are incomplete".into()))
+    };
+    let (userns, utsns) = (
+        find(CloneFlags::CLONE_NEWUSER)?,
+        find(CloneFlags::CLONE_NEWUTS)?,
+    );
+    let (err_rd, err_wr) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
+    let child = sys::clone_fork(0).map_err(RunError::Clone)?;
+    if child == 0 {
+        drop(err_rd);
+        let ef = err_wr.as_raw_fd();
+        let fail = |msg: String| -> ! {
+            sys::write_all_raw(ef, msg.as_bytes());
+            sys::exit_now(exit::SANDBOX_FAILED)
+        };
+        let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if let Err(e) = nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER) {
+            fail(format!("join the sandbox's user namespace: {e}"));
+        }
+        if !plan.rootless {
+            if let Err(e) = Real.become_root() {
+                fail(format!("become the sandbox's root: {e}"));
+            }
+        }
+        if let Err(e) = nix::sched::setns(utsns, CloneFlags::CLONE_NEWUTS) {
+            fail(format!("join the sandbox's UTS namespace: {e}"));
+        }
+        if let Err(e) = nix::unistd::sethostname(hostname) {
+            fail(format!("sethostname: {e}"));
+        }
+        sys::exit_now(0);
+    }
+    drop(err_wr);
+    drop(ns);
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None)
+        .map_err(|e| io_err("wait for the hostname helper")(e.into()))?;
+    let mut msg = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::fs::File::from(err_rd), &mut msg);
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        _ => Err(RunError::Setup(if msg.is_empty() {
+            format!("the hostname helper ended: {status:?}")
+        } else {
+            format!("set the hostname: {}", String::from_utf8_lossy(&msg))
+        })),
+    }
+}

@@ -95,7 +95,7 @@ fn member_spec(
 
 /// A member spec for runs like `spec`: persistent (PID 1 waits), and nothing a claim binds —
 /// the claimer's `run` resolves those. Secret values never wait in a member.
-fn member_of(spec: &airlock_model::spec::RunSpec) -> airlock_model::spec::RunSpec {
+pub(super) fn member_of(spec: &airlock_model::spec::RunSpec) -> airlock_model::spec::RunSpec {
     let mut m = spec.clone();
     m.persistent = true;
     m.argv.clear();
@@ -109,6 +109,7 @@ fn member_of(spec: &airlock_model::spec::RunSpec) -> airlock_model::spec::RunSpe
     m.setup.clear();
     m.agent = None;
     m.agent_grace = None;
+    m.agent_min_warm = 0;
     // An overlay or bind workspace and the limits are the claim's (an empty /workspace here).
     pool::normalize_bound_at_claim(&mut m);
     if m.workspace_slot {
@@ -145,6 +146,69 @@ fn auto_pool(spec: &airlock_model::spec::RunSpec, size: u32, state: &Path, key: 
     })();
     if let Err(e) = made {
         errln!("airlock: warning: no warm pool: {:#}", e.error);
+    }
+}
+
+/// Which agent each pool made for `[daemon.agents.NAME] min_warm` serves (key -> NAME), for
+/// `daemon status`: `STATE/pool/agents.json`.
+const AGENTS_FILE: &str = "agents.json";
+
+fn agent_pools(state: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read(pool::dir(state).join(AGENTS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// `[daemon.agents.NAME] min_warm = N` and an agent start with spec `spec` (its member spec
+/// `member`, key `key`): the pool for it holds at least N members (made, or raised), and the
+/// daemon runs. Said on stderr; a failure is a warning (the pool is an optimisation).
+pub(super) fn agent_pool(
+    member: &airlock_model::spec::RunSpec,
+    agent: &str,
+    size: u32,
+    state: &Path,
+    key: &str,
+) -> bool {
+    if pool::key(member) != key {
+        return false;
+    }
+    let made = (|| -> CliResult<bool> {
+        let mut store = open_store(state)?;
+        let have = store
+            .pools()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|p| p.key == key)
+            .map(|p| p.size);
+        if have.is_some_and(|n| n >= size) {
+            return Ok(false);
+        }
+        let json =
+            serde_json::to_string(member).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        store.pool_define(key, &json, size).map_err(store_err)?;
+        let _ = std::fs::create_dir_all(pool::dir(state));
+        let mut agents = agent_pools(state);
+        agents.insert(key.to_string(), agent.to_string());
+        let _ = airlock_engine::engine::write_atomic(
+            &pool::dir(state).join(AGENTS_FILE),
+            serde_json::to_string(&agents)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        ensure_daemon(state)?;
+        pool::wake(state);
+        Ok(true)
+    })();
+    match made {
+        Ok(made) => made,
+        Err(e) => {
+            errln!(
+                "airlock: warning: no warm pool for {agent} agents: {:#}",
+                e.error
+            );
+            false
+        }
     }
 }
 
@@ -345,10 +409,18 @@ fn status(json: bool) -> CliResult<i32> {
     let pid = pool::daemon_pid(&state);
     let mut store = open_store(&state)?;
     let pools = pool::status(&mut store).map_err(store_err)?;
+    let agents = agent_pools(&state);
+    let agent_of = |key: &str| agents.get(key).cloned();
     if json {
+        let mut list =
+            serde_json::to_value(&pools).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
+        for p in list.as_array_mut().into_iter().flatten() {
+            let a = p["key"].as_str().and_then(agent_of);
+            p["agent"] = a.map_or(serde_json::Value::Null, Into::into);
+        }
         outln!(
             "{}",
-            serde_json::json!({"running": pid.is_some(), "pid": pid, "pools": pools})
+            serde_json::json!({"running": pid.is_some(), "pid": pid, "pools": list})
         );
         return Ok(0);
     }
@@ -357,10 +429,14 @@ fn status(json: bool) -> CliResult<i32> {
         None => outln!("daemon: not running"),
     }
     for p in &pools {
+        let label = match agent_of(&p.key) {
+            Some(a) => format!("{}  (agent {a}: [daemon.agents.{a}] min_warm)", p.label),
+            None => p.label.clone(),
+        };
         outln!(
             "pool {}  {}\n  size {}  ready {}  warming {}  claimed {}  hits {}  misses {}  claim p50 {}  p95 {}  p99 {}",
             &p.key[..8],
-            p.label,
+            label,
             p.size,
             p.ready,
             p.warming,
@@ -389,7 +465,7 @@ pub fn serve() -> CliResult<i32> {
 /// The limits a claim puts on its member (a cgroup made for the claim, as a cold run's): None
 /// when the run must start cold so that it warns or refuses exactly as a cold start does (a
 /// limit it asked for that this host cannot enforce).
-fn claim_limits(
+pub(super) fn claim_limits(
     spec: &airlock_model::spec::RunSpec,
 ) -> Option<(Layout, airlock_model::spec::Resources)> {
     let mut r = spec.resources;

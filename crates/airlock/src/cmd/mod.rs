@@ -1,6 +1,7 @@
 //! Command implementations, one module per subcommand.
 
 mod action;
+pub(crate) mod adopt;
 mod agent;
 mod config;
 mod cp;

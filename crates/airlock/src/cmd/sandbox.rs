@@ -340,9 +340,35 @@ fn start_with(
 ) -> CliResult<airlock_engine::store::Record> {
     let secrets = crate::cmd::run::resolve_secrets(&spec.secrets)?;
     check_limits(name, spec)?;
-    let _progress = (spec.backend == airlock_model::policy::BackendKind::Microvm)
-        .then(|| BootProgress::show(name));
-    Ok(c.start_with_secrets(name, &secrets)?)
+    let rec = {
+        let _progress = (spec.backend == airlock_model::policy::BackendKind::Microvm)
+            .then(|| BootProgress::show(name));
+        c.start_with_secrets(name, &secrets)?
+    };
+    say_warm(name);
+    Ok(rec)
+}
+
+/// Say whether the start just made claimed a warm member (as `run` says it), when a pool
+/// was involved.
+fn say_warm(name: &str) {
+    let Some(v) = crate::cmd::adopt::last_start(&sandbox_dir(name)) else {
+        return;
+    };
+    let pool: String = v["pool"].as_str().unwrap_or("").chars().take(8).collect();
+    if v["warm"].as_bool() == Some(true) {
+        errln!(
+            "airlock: {name}: warm start (pool {pool}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
+            v["member"].as_str().unwrap_or("?"),
+            v["claim_ms"].as_f64().unwrap_or(0.0),
+            v["bind_ms"].as_f64().unwrap_or(0.0)
+        );
+    } else {
+        errln!(
+            "airlock: {name}: cold start ({})",
+            v["reason"].as_str().unwrap_or("no warm member")
+        );
+    }
 }
 
 /// While a microVM sandbox starts, on a terminal: what it waits for and for how long (a boot
@@ -675,6 +701,12 @@ fn status_json(st: &SandboxStatus) -> CliResult<serde_json::Value> {
     let mut v = serde_json::to_value(st).map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert("unenforced_limits".into(), unenforced_of(st).into());
+        // Whether its last start claimed a warm member (null: no pool was involved).
+        obj.insert(
+            "warm_start".into(),
+            crate::cmd::adopt::last_start(&sandbox_dir(&st.record.name))
+                .unwrap_or(serde_json::Value::Null),
+        );
     }
     // Binds as the sandbox has them now: `airlock mount`/`unmount` change its spec.json.
     if let (Some(spec), Some(binds)) = (

@@ -520,6 +520,10 @@ pub fn build(
             pids: from_defaults("resources.pids"),
         },
         agent_grace: persistent.then_some(eff.agent_grace),
+        agent_min_warm: match (&eff.agent, persistent) {
+            (Some(h), true) => eff.daemon.min_warm(h),
+            _ => 0,
+        },
         setup: eff.setup.clone(),
         backend: eff.sandbox.backend,
         rootfs,

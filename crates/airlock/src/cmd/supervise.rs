@@ -100,6 +100,27 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
             anyhow::anyhow!("prepare the sandbox's home: {e}"),
         )
     })?);
+    // Agent mode: the in-sandbox tools first on PATH.
+    if spec.agent.is_some() {
+        let path = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
+        spec.env.retain(|(k, _)| k != "PATH");
+        spec.env.push((
+            "PATH".into(),
+            airlock_agent::path_with_tools(path.as_deref()),
+        ));
+    }
+    // A warm member of a matching pool becomes this sandbox (its supervisor runs it from
+    // now on; an agent's host stays here); else it starts cold here.
+    if let Some(member) = super::adopt::try_adopt(dir, &spec, &secrets)? {
+        return match spec.agent.clone() {
+            Some(h) => super::adopt::agent_host(dir, &spec, &member, h),
+            None => Ok(0),
+        };
+    }
     let mut hooks = crate::cmd::run::Hooks::default();
     let mut agent_host = None;
     // The static helper (`cp`, the MCP file tools, the agent runner, `report`), read-only: it
@@ -111,16 +132,6 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     }
     if let Some(h) = spec.agent.clone() {
         let exe = std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))?;
-        let path = spec
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone());
-        spec.env.retain(|(k, _)| k != "PATH");
-        spec.env.push((
-            "PATH".into(),
-            airlock_agent::path_with_tools(path.as_deref()),
-        ));
         let grace = spec
             .agent_grace
             .unwrap_or(airlock_model::config::DEFAULT_AGENT_GRACE);

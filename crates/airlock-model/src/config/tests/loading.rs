@@ -359,3 +359,49 @@ fn an_unknown_images_key_is_an_error() {
     let err = load(&opts(t.path())).unwrap_err().to_string();
     assert!(err.contains("unknown key `images.mirror`"), "{err}");
 }
+
+#[test]
+fn per_agent_min_warm_merges_and_a_project_raising_it_needs_trust() {
+    let t = TempDir::new("min-warm");
+    let user = t.write(
+        "user.toml",
+        "[daemon.agents.claude]\nmin_warm = 1\n[daemon.agents.codex]\nmin_warm = 3\n",
+    );
+    let file = t.write(
+        "proj/airlock.toml",
+        "[daemon.agents.claude]\nmin_warm = 2\n[daemon.agents.command]\nmin_warm = 1\n",
+    );
+    let r = load(&opts_with_user(&t.path().join("proj"), &user)).unwrap();
+    let d = &r.effective.daemon;
+    assert_eq!(d.min_warm(&Harness::Claude), 2);
+    assert_eq!(d.min_warm(&Harness::Codex), 3);
+    assert_eq!(d.min_warm(&Harness::Gemini), 0);
+    assert_eq!(d.min_warm(&Harness::Command(vec![s("x")])), 1);
+    assert_eq!(
+        r.origins["daemon.agents.claude.min_warm"],
+        vec![Source::Project(file.clone())]
+    );
+    let p = r.project.expect("project");
+    let what: Vec<&str> = p.widening.iter().map(|w| w.detail.as_str()).collect();
+    assert_eq!(
+        what,
+        vec![
+            "keeps 2 claude agent sandboxes started in the background",
+            "keeps 1 command agent sandboxes started in the background"
+        ],
+        "{:?}",
+        p.widening
+    );
+    // Round trip through `airlock config`'s TOML.
+    let text = r.effective.to_toml_string().unwrap();
+    assert!(text.contains("[daemon.agents.claude]"), "{text}");
+    assert!(text.contains("min_warm = 2"), "{text}");
+}
+
+#[test]
+fn an_unknown_daemon_key_is_an_error() {
+    let t = TempDir::new("min-warm-bad");
+    t.write("airlock.toml", "[daemon.agents.claude]\nmin_warn = 2\n");
+    let err = load(&opts(t.path())).unwrap_err().to_string();
+    assert!(err.contains("min_warn"), "{err}");
+}

@@ -395,6 +395,7 @@ post_down = ["echo bye"]
         },
         images: Default::default(),
         pool: Default::default(),
+        daemon: Default::default(),
     };
     assert_eq!(r.effective, expected);
 

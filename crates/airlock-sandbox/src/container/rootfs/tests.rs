@@ -84,6 +84,7 @@ fn spec(workspace: WorkspaceMode) -> RunSpec {
         agent: None,
         defaulted: Default::default(),
         agent_grace: None,
+        agent_min_warm: 0,
         setup: Vec::new(),
         backend: Default::default(),
         rootfs: Default::default(),

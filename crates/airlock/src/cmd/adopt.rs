@@ -1,0 +1,391 @@
+//! A named sandbox's start through a warm member (docs/design/warm-pool.md "Named sandboxes"):
+//! `__supervise --dir STATE/sandboxes/NAME` claims a ready member of a pool matching the
+//! sandbox's spec, binds what the key leaves out (workspace, home, environment, secrets,
+//! allowlist, limits, hostname), then the member's folder *becomes* the sandbox's folder
+//! (`renameat2(RENAME_EXCHANGE)`), its supervisor the sandbox's supervisor, and this process
+//! exits. Any failure before the exchange gives the member back (destroyed) and the start
+//! goes on cold.
+
+use crate::error::CliResult;
+use airlock_engine::pool;
+use airlock_model::plan::{LaunchPlan, MountStep};
+use airlock_model::policy::{BackendKind, Profile, WorkspaceMode};
+use airlock_model::spec::RunSpec;
+use airlock_sandbox::container::attach;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// In a named sandbox's folder: how its last start went when a pool was involved (JSON:
+/// `warm`, `pool`, `member`, `claim_ms`, `bind_ms`, or `reason` for a cold one). Read by the
+/// CLI after `start`/`up` to say which, and shown in their `--json`.
+pub const START_FILE: &str = "warm-start.json";
+
+/// In an adopted member's folder: what the member had where the sandbox's own things went
+/// (its `home`), kept until the sandbox's next start (see [`become_folder`]).
+const ASIDE: &str = ".member";
+
+fn record(dir: &Path, v: serde_json::Value) {
+    let _ = airlock_engine::engine::write_atomic(&dir.join(START_FILE), v.to_string().as_bytes());
+}
+
+/// How the last start of the sandbox in `dir` went with the pool (None: no pool involved).
+pub fn last_start(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(dir.join(START_FILE)).ok()?).ok()
+}
+
+/// The warm start of the named sandbox in `dir` (its spec: `spec`, with `workspace_dir` and
+/// `home_dir` set as for its cold start). Some(member): the member now runs the sandbox (this
+/// supervisor has nothing left to do but an agent's host). None: start it cold.
+pub fn try_adopt(
+    dir: &Path,
+    spec: &RunSpec,
+    secrets: &[(String, String)],
+) -> CliResult<Option<String>> {
+    let _ = std::fs::remove_file(dir.join(START_FILE));
+    // No supervisor runs here now: nothing is mounted on what a previous adoption put aside.
+    airlock_sandbox::container::rundir::remove_tree(&dir.join(ASIDE));
+    let state = airlock_engine::paths::state_dir();
+    // Only a named sandbox's folder (a pool member's own supervisor starts it, cold), and
+    // no pool was ever made here: one stat, nothing opened.
+    if dir.parent() != Some(state.join("sandboxes").as_path())
+        || (!pool::members_dir(&state).is_dir() && spec.agent_min_warm == 0)
+    {
+        return Ok(None);
+    }
+    // What a claim binds for a named container sandbox; the rest starts cold (injected
+    // secrets, home files — placed in the member's home, under the sandbox's own —, an
+    // overlay whose upper layer is on disk).
+    if spec.backend != BackendKind::Container
+        || spec.secrets.values().any(|s| s.inject.is_some())
+        || !spec.home_files.is_empty()
+    {
+        return Ok(None);
+    }
+    match spec.workspace {
+        WorkspaceMode::None => {}
+        WorkspaceMode::Bind if spec.profile != Profile::Restrictive => {}
+        WorkspaceMode::Clone if spec.workspace_dir.is_some() => {}
+        _ => return Ok(None),
+    }
+    let Some(home_dir) = spec.home_dir.clone() else {
+        return Ok(None);
+    };
+    let rootless = !nix::unistd::geteuid().is_root();
+    let (ws_steps, ws_writable) = airlock_model::plan::workspace_steps(
+        spec,
+        rootless,
+        airlock_sandbox::kernel::at_least(6, 6),
+    );
+    if !attach::claimable(&ws_steps) {
+        return Ok(None);
+    }
+    let Some((layout, limits)) = super::daemon::claim_limits(spec) else {
+        return Ok(None);
+    };
+    let key = pool::key(spec);
+    // `[daemon.agents.NAME] min_warm`: this agent's pool exists and is that big (this start
+    // claims from it if a member is ready; the next ones will).
+    let mut made = None;
+    if let (Some(h), n @ 1..) = (&spec.agent, spec.agent_min_warm) {
+        let mut m = spec.clone();
+        m.home_dir = None;
+        m.workspace_dir = None;
+        m.context.clear();
+        m.repos.clear();
+        let member = super::daemon::member_of(&m);
+        if super::daemon::agent_pool(&member, h.pool_name(), n, &state, &key) {
+            made = Some(format!(
+                "warm pool {} started for {} agents ([daemon.agents.{}] min_warm = {n}): the next starts are warm",
+                &key[..8],
+                h.pool_name(),
+                h.pool_name()
+            ));
+        }
+    }
+    let t0 = Instant::now();
+    let Some((mut store, member)) = super::daemon::claim_or_cold(&state, &key, spec, 0) else {
+        if let Ok(mut s) = airlock_engine::Store::open(state.join("store.db")) {
+            if s.pools().is_ok_and(|p| p.iter().any(|p| p.key == key)) {
+                let reason = made.unwrap_or_else(|| format!("warm pool {} is empty", &key[..8]));
+                record(
+                    dir,
+                    serde_json::json!({"warm": false, "pool": key, "reason": reason}),
+                );
+            }
+        }
+        return Ok(None);
+    };
+    let claimed_in = t0.elapsed();
+    let mdir = pool::member_dir(&state, &member.name);
+    let id = super::named::folder_id(dir)?;
+    let mut cgroup = None;
+    let bound = (|| -> Result<(), String> {
+        let mut plan: LaunchPlan = std::fs::read(mdir.join(airlock_sandbox::folder::PLAN_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| format!("the member's plan: {e}"))?;
+        if spec.net == airlock_model::policy::NetMode::Filtered {
+            airlock_engine::live_policy::send(&mdir, &spec.domains, &spec.ports)
+                .map_err(|e| format!("the member refused the sandbox's allowlist: {e}"))?;
+        }
+        if !secrets.is_empty() {
+            airlock_sandbox::container::exec::deliver_secrets(&mdir, secrets)
+                .map_err(|e| format!("the member refused its secrets: {e}"))?;
+        }
+        // Limits: the cgroup a cold start of this sandbox has (its name and id), joined by
+        // every exec; removed when it stops (the engine's reclaim) or goes.
+        let leaf = airlock_sandbox::cgroup::leaf_name(&spec.name, &id);
+        layout.reclaim(&leaf);
+        if limits.any() {
+            cgroup = airlock_sandbox::cgroup::Cgroup::create(&layout, &leaf, &limits)
+                .map_err(|e| format!("the sandbox's cgroup: {e}"))?;
+        }
+        // The workspace at the member's empty /workspace, and the sandbox's own $HOME (its
+        // folder's `home`) over the member's.
+        let home = PathBuf::from(spec.user.home());
+        if !ws_steps.is_empty() && !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
+            return Err("the member has no workspace slot".into());
+        }
+        let mut steps = ws_steps.clone();
+        steps.push(MountStep::BindRw {
+            source: home_dir.clone(),
+            target: home.clone(),
+            idmap: false,
+        });
+        drop(attach::attach_workspace(&mdir, &plan, &steps).map_err(|e| e.to_string())?);
+        attach::set_hostname(&mdir, &plan, &spec.hostname).map_err(|e| e.to_string())?;
+        // The record exec reads: this sandbox's name (its cgroup), hostname, environment
+        // (the sandbox's own first, then the member's — the proxy's — as a cold plan has it),
+        // working directory and limits.
+        let mut env = spec.env.clone();
+        for (k, v) in &plan.env {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        plan.env = env;
+        plan.name = spec.name.clone();
+        plan.hostname = spec.hostname.clone();
+        plan.cwd = spec.workdir.clone().unwrap_or_else(|| {
+            if spec.workspace == WorkspaceMode::None {
+                home.clone()
+            } else {
+                PathBuf::from("/workspace")
+            }
+        });
+        plan.limits = limits;
+        plan.rlimit_nproc = limits.pids;
+        let json = serde_json::to_vec_pretty(&plan).map_err(|e| e.to_string())?;
+        airlock_engine::engine::write_atomic(&mdir.join(airlock_sandbox::folder::PLAN_FILE), &json)
+            .map_err(|e| format!("record the plan: {e}"))?;
+        // Said before the exchange: the engine's start returns as soon as the sandbox's
+        // folder shows a running PID 1, and its caller reads this at once.
+        let bound_in = t0.elapsed() - claimed_in;
+        record(
+            &mdir,
+            serde_json::json!({"warm": true, "pool": key, "member": member.name,
+                "claim_ms": claimed_in.as_secs_f64() * 1000.0,
+                "bind_ms": bound_in.as_secs_f64() * 1000.0}),
+        );
+        become_folder(dir, &mdir)
+    })();
+    if let Err(e) = bound {
+        super::daemon::release(&mut store, &state, &member, &mdir, None);
+        if let Some(cg) = cgroup {
+            cg.destroy();
+        }
+        errln!("airlock: warning: the warm member refused this sandbox, starting cold: {e}");
+        record(
+            dir,
+            serde_json::json!({"warm": false, "pool": key,
+                "reason": format!("the warm member refused this sandbox: {e}")}),
+        );
+        return Ok(None);
+    }
+    // The member is the sandbox now: the pool forgets it (until this, its row said this
+    // process claimed it — a reconcile leaves it alone; if this process dies first, the
+    // reconcile finds the folder adopted and drops only the row). The daemon refills at once:
+    // the sandbox lives on, there is no end of a command to wait for.
+    let _ = store.member_adopted(&member.name, pool::me().0);
+    let _ = store.claim_done(&key, claimed_in.as_micros() as u64);
+    pool::wake(&state);
+    // The cgroup stays: the sandbox's (no Drop removes it).
+    drop(cgroup);
+    Ok(Some(member.name))
+}
+
+/// The member's folder `mdir` becomes the sandbox's folder `dir`: what the sandbox's folder
+/// has (spec, id, workspace, home, journals) moves into the member's, over the member's own
+/// spec and id; the two folders are exchanged in one step (the sandbox's path is never
+/// missing); the old one is removed and its path left as a link to the new place, for the
+/// member's supervisor's last clean-up (it knows only the old path).
+fn become_folder(dir: &Path, mdir: &Path) -> Result<(), String> {
+    // What belongs to the running supervisor (the member's are in force): its lock, pid,
+    // console, plan, PID 1 record and sockets — a previous start's stay behind and go.
+    const STAY: &[&str] = &[
+        airlock_engine::supervisor::LOCK,
+        airlock_engine::supervisor::CONSOLE,
+        airlock_engine::supervisor::SUPERVISOR_PID,
+        airlock_sandbox::folder::PLAN_FILE,
+        airlock_sandbox::folder::STOP_GRACE_FILE,
+        airlock_sandbox::container::PID1_FILE,
+        airlock_sandbox::container::exec::CONTROL_SOCKET,
+        airlock_engine::live_policy::SOCKET,
+        airlock_agent::AGENT_SOCKET,
+        ASIDE,
+        START_FILE,
+    ];
+    // The sandbox's console history goes first in the member's (which its supervisor keeps
+    // appending to).
+    if let Ok(old) = std::fs::read(dir.join(airlock_engine::supervisor::CONSOLE)) {
+        let mlog = mdir.join(airlock_engine::supervisor::CONSOLE);
+        let cur = std::fs::read(&mlog).unwrap_or_default();
+        let _ = std::fs::write(&mlog, [old, cur].concat());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    let mut moved: Vec<std::ffi::OsString> = Vec::new();
+    let done = (|| -> Result<(), String> {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if STAY.iter().any(|s| name == std::ffi::OsStr::new(s)) {
+                continue;
+            }
+            let to = mdir.join(&name);
+            if to.is_dir() && !to.is_symlink() {
+                // The member's own (its $HOME): the mount point under the sandbox's home in
+                // the member. Removing it would detach every mount on it in every namespace
+                // (the kernel's rule for a deleted mount point), so it is put aside, and
+                // removed at the sandbox's next start.
+                std::fs::create_dir_all(mdir.join(ASIDE))
+                    .and_then(|()| std::fs::rename(&to, mdir.join(ASIDE).join(&name)))
+                    .map_err(|err| format!("put the member's {} aside: {err}", to.display()))?;
+            }
+            std::fs::rename(e.path(), &to)
+                .map_err(|err| format!("move {} into the member: {err}", e.path().display()))?;
+            moved.push(name);
+        }
+        exchange(dir, mdir).map_err(|e| format!("exchange the folders: {e}"))
+    })();
+    if let Err(e) = done {
+        // Nothing of the sandbox's stays in the member that is about to be destroyed.
+        for name in moved {
+            let _ = std::fs::rename(mdir.join(&name), dir.join(&name));
+        }
+        return Err(e);
+    }
+    // `mdir` is the old sandbox folder now (this process's lock and console).
+    let _ = std::fs::remove_dir_all(mdir);
+    // Past the exchange the sandbox is the member's: a missing link only costs its
+    // supervisor's last clean-up (the next start's reclaim does it).
+    if let Err(e) = std::os::unix::fs::symlink(dir, mdir) {
+        errln!("airlock: warning: link {}: {e}", mdir.display());
+    }
+    Ok(())
+}
+
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; renameat2 reads them only.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// An adopted agent sandbox's host (what a cold supervisor runs beside its sandbox): the
+/// agent's socket and runner, and its `blocked` events — the denials the member's supervisor
+/// journals (`net.jsonl`, read as they come). Serves until the member's supervisor ends.
+pub fn agent_host(
+    dir: &Path,
+    spec: &RunSpec,
+    member: &str,
+    harness: airlock_model::config::Harness,
+) -> CliResult<i32> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::MetadataExt;
+    let fail = |e: std::io::Error| {
+        crate::error::CliError::new(
+            airlock_model::exit::SANDBOX_FAILED,
+            anyhow::anyhow!("prepare the agent journal: {e}"),
+        )
+    };
+    let exe = std::env::current_exe().map_err(fail)?;
+    let grace = spec
+        .agent_grace
+        .unwrap_or(airlock_model::config::DEFAULT_AGENT_GRACE);
+    // The supervisor whose life this host shares (not whoever holds the folder later).
+    let sup = std::fs::read_to_string(dir.join(airlock_engine::supervisor::SUPERVISOR_PID))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    let sup_start = sup.and_then(airlock_sandbox::container::proc_starttime);
+    let alive = || match (sup, sup_start) {
+        (Some(p), Some(s)) => airlock_sandbox::container::proc_starttime(p) == Some(s),
+        _ => false,
+    };
+    let journal = dir.join("net.jsonl");
+    let mut offset = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+    let host = airlock_agent::host::Host::new(dir, harness, grace, exe).map_err(fail)?;
+    let on_egress = host.egress_callback();
+    host.start();
+    let sock = dir.join(airlock_agent::AGENT_SOCKET);
+    let ino = std::fs::metadata(&sock).map(|m| m.ino()).ok();
+    // The member's policy names itself in its hints; this sandbox's name is the one to use.
+    let hint_name = |s: String| s.replace(&format!(" {member} "), &format!(" {} ", spec.name));
+    while alive() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let Ok(mut f) = std::fs::File::open(&journal) else {
+            continue;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            offset = 0; // rotated
+        }
+        let mut text = String::new();
+        if f.seek(std::io::SeekFrom::Start(offset)).is_err() || f.read_to_string(&mut text).is_err()
+        {
+            continue;
+        }
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        offset += complete as u64;
+        for line in text[..complete].lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["decision"] != "deny" {
+                continue;
+            }
+            use airlock_egress::journal::{Event, Kind, Verdict};
+            let kind = match v["kind"].as_str() {
+                Some("dns") => Kind::Dns,
+                Some("http") => Kind::Http,
+                Some("connect") => Kind::Connect,
+                _ => Kind::Tcp,
+            };
+            let mut ev = Event::new(kind, Verdict::Deny);
+            let s = |k: &str| v[k].as_str().map(str::to_string);
+            ev.host = s("host");
+            ev.port = v["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+            ev.dst = s("dst");
+            ev.reason = s("reason");
+            ev.fix = s("fix").map(hint_name);
+            on_egress(&ev);
+        }
+    }
+    // Its socket, unless a later start's host made its own there meanwhile.
+    if ino.is_some() && std::fs::metadata(&sock).map(|m| m.ino()).ok() == ino {
+        let _ = std::fs::remove_file(&sock);
+    }
+    Ok(0)
+}

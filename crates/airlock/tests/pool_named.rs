@@ -1,0 +1,586 @@
+//! Named sandboxes from the warm pool (issue 16): `create` + `start` and `up` claim a ready
+//! member of a matching pool, bind the sandbox's own workspace (its clone), home, environment,
+//! secret, hostname and limits to it, and the member becomes that sandbox for good — exec,
+//! diff, stop, start, rm work on it as on a cold one, the pool forgets it and refills, and a
+//! killed or stopped daemon never touches it. An empty pool: a cold start, said so.
+
+mod common;
+
+use common::pool::{kill_daemon, members_dir, members_ever};
+use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins, Outcome};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Removes the test's sandboxes, stops its daemon and its engine however the test ends.
+struct Guard<'a>(&'a Airlock, &'static [&'static str]);
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        for n in self.1 {
+            let _ = self.0.run(&["rm", "--force", n]);
+        }
+        kill_daemon(self.0);
+        let _ = self.0.run(&["daemon", "stop"]);
+        for pid in pids_with_marker(&members_dir(self.0).display().to_string()) {
+            // SAFETY: kill(2) on a supervisor of this test's own pool.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        common::stop_engines_of(self.0);
+    }
+}
+
+fn ok(a: &Airlock, args: &[&str]) -> Outcome {
+    let out = a.run(args);
+    assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+    out
+}
+
+fn status_of(a: &Airlock, name: &str) -> serde_json::Value {
+    let out = ok(a, &["status", "--json", name]);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+fn pool0(a: &Airlock) -> serde_json::Value {
+    let out = ok(a, &["daemon", "status", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    v["pools"][0].clone()
+}
+
+fn git_project(a: &Airlock) -> PathBuf {
+    use common::work::{git, give, write};
+    let p = a.cwd.clone();
+    git(a, &["init", "-q", "-b", "main"]);
+    git(a, &["config", "user.name", "Host User"]);
+    git(a, &["config", "user.email", "host@example.invalid"]);
+    write(&p.join("README"), "hello from the project\n");
+    git(a, &["add", "."]);
+    git(a, &["commit", "-q", "-m", "initial"]);
+    give(a, &p);
+    p
+}
+
+fn wait_ready(a: &Airlock, n: u64, label: &str) {
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(a)["ready"] == n),
+        "{label}: pool not refilled: {}",
+        pool0(a)
+    );
+}
+
+/// The member a named start claimed, from its `NAME: warm start (pool KEY, MEMBER, …)` line.
+fn warm_member(a: &Airlock, name: &str, out: &Outcome, label: &str) -> String {
+    out.stderr
+        .lines()
+        .find(|l| l.contains(": warm start (pool "))
+        .and_then(|l| l.split(", ").nth(1))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let console = std::fs::read_to_string(
+                a.state_dir()
+                    .join("sandboxes")
+                    .join(name)
+                    .join("console.log"),
+            )
+            .unwrap_or_default();
+            panic!("{label}: not warm: {}\nconsole: {console}", out.describe())
+        })
+}
+
+/// What the sandbox sees of itself: variables, secret, hostname, working directory, project.
+const PROBE: &str = "echo \"$GREETING $TOKEN\"; cat /run/secrets/TOKEN; echo; hostname; pwd; cat README; cat ~/kept 2>/dev/null || echo no-kept";
+
+fn create(a: &Airlock, name: &str, greeting: &str) {
+    let greeting = format!("GREETING={greeting}");
+    let mut args = vec![
+        "create",
+        "--net",
+        "off",
+        "-e",
+        &greeting,
+        "--secret",
+        "TOKEN=env:TOKEN_SRC",
+    ];
+    // Root-run: a limit too (a rootless user may have no memory controller delegated).
+    if a.user.is_none() {
+        args.extend(["--memory", "256M"]);
+    }
+    args.push(name);
+    // `create` checks the secret's source is there (and drops the value).
+    let out = a.run_with_env(&[("TOKEN_SRC", "at-create")], &args);
+    assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+}
+
+fn start(a: &Airlock, args: &[&str], token: &str) -> Outcome {
+    let out = a.run_with_env(&[("TOKEN_SRC", token)], args);
+    assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+    out
+}
+
+fn probe(a: &Airlock, name: &str) -> Vec<String> {
+    let out = ok(a, &["exec", "--secrets", name, "--", "sh", "-c", PROBE]);
+    out.stdout.lines().map(str::to_string).collect()
+}
+
+fn expect(greeting: &str, token: &str, name: &str, kept: &str) -> Vec<String> {
+    [
+        format!("{greeting} {token}"),
+        token.to_string(),
+        name.to_string(),
+        "/workspace".to_string(),
+        "hello from the project".to_string(),
+        kept.to_string(),
+    ]
+    .to_vec()
+}
+
+/// The memory limit of the cgroup of the running named sandbox `name` (host side: the
+/// cgroup a cold start of it has, `NAME.ID`).
+fn memory_limit_of(name: &str) -> Option<u64> {
+    fn walk(dir: &Path, depth: usize, prefix: &str, out: &mut Vec<PathBuf>) {
+        if depth == 0 {
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                out.push(p.clone());
+            }
+            walk(&p, depth - 1, prefix, out);
+        }
+    }
+    let mut dirs = Vec::new();
+    walk(
+        Path::new("/sys/fs/cgroup"),
+        6,
+        &format!("{name}."),
+        &mut dirs,
+    );
+    dirs.iter()
+        .flat_map(|d| ["memory.max", "memory.limit_in_bytes"].map(|f| d.join(f)))
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .find_map(|s| s.trim().parse::<u64>().ok())
+}
+
+fn named_from_the_pool(a: &Airlock, label: &str) {
+    let _guard = Guard(a, &["wn-one", "wn-two", "wn-three"]);
+    let p = git_project(a);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "2",
+            "--workspace",
+            "overlay",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+    let before = members_ever(a);
+    assert_eq!(before.len(), 2, "{label}: {before:?}");
+
+    // create + start: claimed; the sandbox sees its own settings, not the pool's.
+    create(a, "wn-one", "hello");
+    let out = start(a, &["start", "wn-one"], "tok-one");
+    let m1 = warm_member(a, "wn-one", &out, label);
+    assert!(before.contains(&m1), "{label}: {m1} not from {before:?}");
+    // The pool forgets the member (its row goes right after the start).
+    assert!(
+        wait_until(Duration::from_secs(5), || pool0(a)["claimed"] == 0),
+        "{label}: the pool still holds {m1}: {}",
+        pool0(a)
+    );
+    assert_eq!(pool0(a)["hits"], 1, "{label}");
+    assert!(
+        !members_dir(a).join(&m1).is_dir() || members_dir(a).join(&m1).is_symlink(),
+        "{label}"
+    );
+    assert_eq!(
+        probe(a, "wn-one"),
+        expect("hello", "tok-one", "wn-one", "no-kept"),
+        "{label}"
+    );
+    let status: serde_json::Value = status_of(a, "wn-one");
+    assert_eq!(status["warm_start"]["warm"], true, "{label}: {status}");
+    assert_eq!(status["warm_start"]["member"], m1.as_str(), "{label}");
+    // Limits: the sandbox's own cgroup (the member started without one), as a cold start's.
+    if a.user.is_none() {
+        assert_eq!(memory_limit_of("wn-one"), Some(256 << 20), "{label}");
+    }
+    // Its home is its folder's (kept across starts); its workspace its clone (diff sees it).
+    ok(
+        a,
+        &[
+            "exec",
+            "wn-one",
+            "--",
+            "sh",
+            "-c",
+            "echo kept > ~/kept; cd /workspace && echo new > added.txt && git add added.txt \
+             && git -c user.name=T -c user.email=t@example.invalid commit -qm add",
+        ],
+    );
+    let diff = ok(a, &["diff", "wn-one"]);
+    assert!(
+        diff.stdout.contains("added.txt") || diff.stderr.contains("added.txt"),
+        "{label}: {}",
+        diff.describe()
+    );
+    assert!(
+        !p.join("added.txt").exists(),
+        "{label}: the clone wrote the host"
+    );
+    // cp both ways, fetch: as on a cold one.
+    let copied = p.join("copied-out.txt");
+    ok(
+        a,
+        &[
+            "cp",
+            "wn-one:/workspace/added.txt",
+            &copied.display().to_string(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&copied).ok().as_deref(),
+        Some("new\n"),
+        "{label}"
+    );
+    ok(
+        a,
+        &["cp", &copied.display().to_string(), "wn-one:/tmp/in.txt"],
+    );
+    let out = ok(a, &["exec", "wn-one", "--", "cat", "/tmp/in.txt"]);
+    assert_eq!(out.stdout, "new\n", "{label}");
+    std::fs::remove_file(&copied).expect("remove the copy");
+    ok(a, &["fetch", "wn-one"]);
+    let branches = common::work::git(a, &["branch", "--list", "airlock/wn-one"]);
+    assert!(branches.contains("airlock/wn-one"), "{label}: {branches:?}");
+    let list = ok(a, &["list"]);
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.starts_with("wn-one ") && l.contains("running")),
+        "{label}: {}",
+        list.stdout
+    );
+
+    // A second sandbox at once (`up`): another member, its own settings — no leak of w1's.
+    wait_ready(a, 2, label);
+    create(a, "wn-two", "bonjour");
+    let out = start(a, &["up", "wn-two"], "tok-two");
+    let m2 = warm_member(a, "wn-two", &out, label);
+    assert_ne!(m1, m2, "{label}");
+    assert_eq!(
+        probe(a, "wn-two"),
+        expect("bonjour", "tok-two", "wn-two", "no-kept"),
+        "{label}"
+    );
+    assert_eq!(
+        probe(a, "wn-one"),
+        expect("hello", "tok-one", "wn-one", "kept"),
+        "{label}"
+    );
+
+    // The daemon killed, then stopped (its drain): the adopted sandboxes run on.
+    kill_daemon(a);
+    ok(a, &["daemon", "stop"]);
+    assert_eq!(
+        probe(a, "wn-two"),
+        expect("bonjour", "tok-two", "wn-two", "no-kept"),
+        "{label}"
+    );
+
+    // An empty pool (defined, nothing ready): cold, said so, the same result; a later start
+    // of an adopted sandbox works the same (its home kept).
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "0",
+            "--workspace",
+            "overlay",
+            "--net",
+            "off",
+        ],
+    );
+    create(a, "wn-three", "hallo");
+    let out = start(a, &["start", "wn-three"], "tok-four");
+    assert!(
+        out.stderr.contains("wn-three: cold start (warm pool ")
+            && !out.stderr.contains("warm start"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        probe(a, "wn-three"),
+        expect("hallo", "tok-four", "wn-three", "no-kept"),
+        "{label}"
+    );
+    let status: serde_json::Value = status_of(a, "wn-three");
+    assert_eq!(status["warm_start"]["warm"], false, "{label}: {status}");
+    ok(a, &["stop", "wn-one"]);
+    let out = start(a, &["start", "wn-one"], "tok-three");
+    assert!(
+        out.stderr.contains("wn-one: cold start"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        probe(a, "wn-one"),
+        expect("hello", "tok-three", "wn-one", "kept"),
+        "{label}"
+    );
+    assert_eq!(pool0(a)["misses"], 2, "{label}: {}", pool0(a));
+
+    if a.user.is_none() {
+        assert_eq!(
+            memory_limit_of("wn-three"),
+            Some(256 << 20),
+            "{label}: cold"
+        );
+    }
+
+    // rm: nothing of any of them is left — no supervisor, folder, link, cgroup or mount.
+    for n in ["wn-one", "wn-two", "wn-three"] {
+        ok(a, &["rm", "--force", n]);
+    }
+    let marker = members_dir(a).display().to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || pids_with_marker(&marker)
+            .is_empty()),
+        "{label}: supervisors left: {:?}",
+        pids_with_marker(&marker)
+    );
+    ok(a, &["daemon", "stop"]);
+    let left: Vec<_> = std::fs::read_dir(members_dir(a))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{label}: member folders left: {left:?}");
+    let mounts = mounts_under(&a.state_dir());
+    assert!(mounts.is_empty(), "{label}: mounts left: {mounts:?}");
+    for n in ["wn-one", "wn-two", "wn-three"] {
+        assert!(!a.state_dir().join("sandboxes").join(n).exists(), "{label}");
+        assert_eq!(memory_limit_of(n), None, "{label}: cgroup of {n} left");
+    }
+}
+
+#[test]
+fn named_sandboxes_claim_warm_members_rootful() {
+    if !e2e("named_sandboxes_claim_warm_members_rootful") {
+        return;
+    }
+    named_from_the_pool(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn named_sandboxes_claim_warm_members_rootless() {
+    if !e2e("named_sandboxes_claim_warm_members_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    named_from_the_pool(&Airlock::rootless(&bins), "rootless");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent starts
+
+/// The scripted harness (as in tests/agent.rs): edits and commits, or asks for a domain.
+const AGENT: &str = r#"#!/bin/sh
+word=${AIRLOCK_PROMPT%% *}
+case "$word" in
+  edit)
+    report working "editing"
+    echo "edited in turn $AIRLOCK_TURN_ID" >> notes.txt
+    git add notes.txt && git -c user.email=agent@example.com -c user.name=agent commit -qm notes || exit 1
+    report done "committed on $(hostname) token=$(cat /run/secrets/TOKEN 2>/dev/null)"
+    ;;
+  net)
+    curl -sS -m 10 -o /dev/null https://example.org/ 2>&1 || true
+    report blocked "I need example.org"
+    ;;
+esac
+"#;
+
+fn agent_project(a: &Airlock) {
+    use common::work::{git, give, write};
+    let p = a.cwd.clone();
+    write(&p.join("README"), "project\n");
+    write(&p.join("agent.sh"), AGENT);
+    common::set_mode(&p.join("agent.sh"), 0o755);
+    write(
+        &p.join("airlock.toml"),
+        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+    );
+    git(a, &["init", "-q", "-b", "main"]);
+    git(a, &["config", "user.name", "Host User"]);
+    git(a, &["config", "user.email", "host@example.invalid"]);
+    git(a, &["add", "."]);
+    git(a, &["commit", "-q", "-m", "initial"]);
+    give(a, &p);
+}
+
+/// `up NAME --prompt …` of an agent sandbox claims a warm member: the turn runs in it (the
+/// sandbox's own name and secret), a denial becomes a `blocked` event naming this sandbox,
+/// and the agent's host ends with the sandbox.
+fn agent_from_the_pool(a: &Airlock, label: &str) {
+    let _guard = Guard(a, &["wn-agent"]);
+    agent_project(a);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "1",
+            "--workspace",
+            "overlay",
+            "--wait",
+        ],
+    );
+    let out = a.run_with_env(
+        &[("TOKEN_SRC", "agent-token")],
+        &[
+            "up",
+            "wn-agent",
+            "--secret",
+            "TOKEN=env:TOKEN_SRC",
+            "--prompt",
+            "edit the notes",
+        ],
+    );
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    warm_member(a, "wn-agent", &out, label);
+    let reports = ok(a, &["reports", "wn-agent"]).stdout;
+    assert!(
+        reports.contains("done: committed on wn-agent token=agent-token"),
+        "{label}: {reports}"
+    );
+    // A turn that ends blocked: prompt's own exit status for it (as after a cold start).
+    // The denial reaches the journal from the member's egress log (read every 20 ms), so
+    // it may land just after the turn's end.
+    let out = a.run(&["prompt", "wn-agent", "net please"]);
+    let blocked = |r: &str| {
+        r.contains("blocked (network): example.org:443")
+            && r.contains("airlock allow wn-agent example.org:443")
+    };
+    let mut reports = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            reports = ok(a, &["reports", "wn-agent"]).stdout;
+            blocked(&reports)
+        }),
+        "{label}: {reports}\n{}",
+        out.describe()
+    );
+    let hosts = || {
+        pids_with_marker(
+            &a.state_dir()
+                .join("sandboxes/wn-agent")
+                .display()
+                .to_string(),
+        )
+    };
+    assert!(!hosts().is_empty(), "{label}: no agent host");
+    ok(a, &["stop", "wn-agent"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || hosts().is_empty()),
+        "{label}: the agent's host outlived its sandbox: {:?}",
+        hosts()
+    );
+    ok(a, &["rm", "wn-agent"]);
+}
+
+#[test]
+fn agent_starts_claim_warm_members_rootful() {
+    if !e2e("agent_starts_claim_warm_members_rootful") {
+        return;
+    }
+    agent_from_the_pool(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn agent_starts_claim_warm_members_rootless() {
+    if !e2e("agent_starts_claim_warm_members_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    agent_from_the_pool(&Airlock::rootless(&bins), "rootless");
+}
+
+/// `[daemon.agents.command] min_warm = 1` (a project setting, trusted): the first agent start
+/// makes that agent's pool (cold, said so) and starts the daemon; `daemon status` shows it as
+/// the agent's; the next agent start is warm.
+fn agent_min_warm(a: &Airlock, label: &str) {
+    let _guard = Guard(a, &["wn-mw-one", "wn-mw-two"]);
+    agent_project(a);
+    let toml = a.cwd.join("airlock.toml");
+    let text = std::fs::read_to_string(&toml).expect("airlock.toml");
+    common::work::write(
+        &toml,
+        &format!("{text}\n[daemon.agents.command]\nmin_warm = 1\n"),
+    );
+    // Untrusted, it widens the policy: refused, as `[pool] size` is.
+    let out = a.run(&["up", "wn-mw-one"]);
+    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    assert!(
+        out.stderr
+            .contains("keeps 1 command agent sandboxes started in the background"),
+        "{label}: {}",
+        out.describe()
+    );
+    ok(a, &["trust", &a.cwd.display().to_string()]);
+    let out = ok(a, &["up", "wn-mw-one", "--prompt", "edit the notes"]);
+    assert!(
+        out.stderr.contains("wn-mw-one: cold start (warm pool ")
+            && out.stderr.contains("[daemon.agents.command] min_warm = 1"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(a)["ready"] == 1),
+        "{label}: {}",
+        pool0(a)
+    );
+    assert_eq!(pool0(a)["agent"], "command", "{label}: {}", pool0(a));
+    assert_eq!(pool0(a)["size"], 1, "{label}: {}", pool0(a));
+    let text = ok(a, &["daemon", "status"]).stdout;
+    assert!(text.contains("agent command"), "{label}: {text}");
+    let out = ok(a, &["up", "wn-mw-two", "--prompt", "edit the notes"]);
+    warm_member(a, "wn-mw-two", &out, label);
+    let reports = ok(a, &["reports", "wn-mw-two"]).stdout;
+    assert!(
+        reports.contains("done: committed on wn-mw-two"),
+        "{label}: {reports}"
+    );
+}
+
+#[test]
+fn per_agent_min_warm_keeps_a_pool_rootful() {
+    if !e2e("per_agent_min_warm_keeps_a_pool_rootful") {
+        return;
+    }
+    agent_min_warm(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn per_agent_min_warm_keeps_a_pool_rootless() {
+    if !e2e("per_agent_min_warm_keeps_a_pool_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    agent_min_warm(&Airlock::rootless(&bins), "rootless");
+}
