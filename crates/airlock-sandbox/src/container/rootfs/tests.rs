@@ -89,6 +89,7 @@ fn spec(workspace: WorkspaceMode) -> RunSpec {
         rootfs: Default::default(),
         kernel: None,
         workspace_slot: false,
+        pool_member: false,
     }
 }
 
