@@ -4,7 +4,7 @@
 
 use crate::ctx::Ctx;
 use crate::http::{self, body::BodyFramer, HttpError};
-use crate::inject::{BodyScan, Injected, Leak};
+use crate::inject::{BodyCheck, BodyStop, Injected, Leak};
 use crate::intercept::{BufSock, Down, Interceptor, Up};
 use crate::journal::{Event, Kind, Verdict};
 use crate::{host, sni};
@@ -381,20 +381,20 @@ impl Exchange<'_> {
         });
         req.headers
             .retain(|(n, _)| !n.eq_ignore_ascii_case("expect"));
-        let mut scan = BodyScan::new(secrets, Some(name));
-        let mut framer = BodyFramer::new(req.body);
+        let mut body = BodyCheck::new(secrets, Some(name), req.body);
         let rest = self.buf.split_off(req.head_len);
-        let take = framer.feed(&rest).map_err(|_| Next::Close)?;
-        if let Err(l) = scan.feed(&rest[..take]) {
-            return Err(refuse_leak(self.client, l));
-        }
+        let take = match body.feed(&rest) {
+            Ok(t) => t,
+            Err(BodyStop::Leak(l)) => return Err(refuse_leak(self.client, l)),
+            Err(BodyStop::Malformed(_)) => return Err(Next::Close),
+        };
         // Bytes after this request's body: the start of the next (pipelined) one.
         self.buf = rest[take..].to_vec();
         let mut out = req.forward_head_with(true);
         out.extend_from_slice(&rest[..take]);
         // A request that is complete in memory can go on an idle connection: if the server
         // closed that one meanwhile, it is sent again on a new one.
-        let whole = framer.done();
+        let whole = body.done();
         let mut pooled = whole;
         let mut recorded = false;
         let (mut server, ip, head) = loop {
@@ -420,7 +420,7 @@ impl Exchange<'_> {
                 return Err(Next::Close);
             }
             if !whole {
-                self.send_body(&mut server, &mut framer, &mut scan, expect)?;
+                self.send_body(&mut server, &mut body, expect)?;
             }
             // The answer's first bytes.
             let _ = server.sock.sock.set_read_timeout(Some(UPSTREAM_IDLE));
@@ -446,8 +446,7 @@ impl Exchange<'_> {
     fn send_body(
         &mut self,
         server: &mut Up,
-        framer: &mut BodyFramer,
-        scan: &mut BodyScan<'_>,
+        body: &mut BodyCheck<'_>,
         expect: bool,
     ) -> Result<(), Next> {
         if expect
@@ -459,24 +458,27 @@ impl Exchange<'_> {
             return Err(Next::Close);
         }
         let _ = self.client.sock.sock.set_read_timeout(Some(UPSTREAM_IDLE));
-        while !framer.done() {
+        while !body.done() {
             let n = match read_bulk(self.client, &mut self.chunk) {
                 Ok(0) | Err(_) => return Err(Next::Close),
                 Ok(n) => n,
             };
-            let take = framer.feed(&self.chunk[..n]).map_err(|_| Next::Close)?;
-            if let Err(l) = scan.feed(&self.chunk[..take]) {
-                // The upstream never sees the end of this request.
-                let _ = server.sock.sock.shutdown(std::net::Shutdown::Both);
-                let reason = l.reason(self.name);
-                self.at.record(self.ctx, Verdict::Deny, &reason, None, &[]);
-                answer(
-                    self.client,
-                    "403 Forbidden",
-                    &format!("airlock: blocked {}: {reason}\n", self.name),
-                );
-                return Err(Next::Close);
-            }
+            let take = match body.feed(&self.chunk[..n]) {
+                Ok(t) => t,
+                Err(BodyStop::Malformed(_)) => return Err(Next::Close),
+                Err(BodyStop::Leak(l)) => {
+                    // The upstream never sees the end of this request.
+                    let _ = server.sock.sock.shutdown(std::net::Shutdown::Both);
+                    let reason = l.reason(self.name);
+                    self.at.record(self.ctx, Verdict::Deny, &reason, None, &[]);
+                    answer(
+                        self.client,
+                        "403 Forbidden",
+                        &format!("airlock: blocked {}: {reason}\n", self.name),
+                    );
+                    return Err(Next::Close);
+                }
+            };
             if server.write_all(&self.chunk[..take]).is_err() {
                 return Err(Next::Close);
             }

@@ -435,6 +435,137 @@ fn a_placeholder_in_a_body_to_another_bound_host_never_completes_the_request() {
     assert!(got.recv_timeout(Duration::from_millis(500)).is_err());
 }
 
+/// TLS to `sni` over `sock`, send `parts` one after another (each its own TLS write, with a
+/// pause between them: the proxy reads them separately), read the whole answer.
+fn tls_parts(sock: TcpStream, cfg: Arc<rustls::ClientConfig>, sni: &str, parts: &[&str]) -> String {
+    let conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from(sni.to_string()).unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            thread::sleep(Duration::from_millis(200));
+        }
+        if s.write_all(p.as_bytes()).and_then(|_| s.flush()).is_err() {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    let mut b = [0u8; 4096];
+    while let Ok(n) = s.read(&mut b) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `ph` split in two halves, each its own chunk of a chunked body: what the server puts
+/// together holds the placeholder, the bytes on the wire never hold it in one piece.
+fn chunks_splitting(ph: &str) -> (String, String) {
+    let (a, b) = ph.split_at(ph.len() / 2);
+    (
+        format!("{:x}\r\n{{\"k\": \"{a}\r\n", a.len() + 7),
+        format!("{:x}\r\n{b}\"}}\r\n0\r\n\r\n", b.len() + 2),
+    )
+}
+
+/// Attack: the placeholder of a secret bound elsewhere, split across two chunks of a chunked
+/// body (sent in one piece: the whole request is checked before anything goes upstream).
+#[test]
+fn a_placeholder_split_across_two_chunks_is_blocked() {
+    let ca = UpstreamCa::new();
+    let (port, got) = ca.server(&["gh.test"]);
+    let s = setup(Some(&ca), &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let (one, two) = chunks_splitting(&s.placeholder);
+    let head = "POST /gists HTTP/1.1\r\nHost: gh.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let answer = tls_parts(
+        dial(at),
+        client_config(s.icpt.ca_pem().as_bytes()),
+        "gh.test",
+        &[&format!("{head}{one}{two}")],
+    );
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+    assert!(answer.contains("secret ANTHROPIC_API_KEY"), "{answer}");
+    assert!(got.recv_timeout(Duration::from_millis(300)).is_err());
+    let j = journal(&s.journal, 1);
+    assert_eq!(j[0]["decision"], "deny", "{j:?}");
+    assert!(
+        j[0]["reason"].as_str().unwrap().contains("(in the body)"),
+        "{j:?}"
+    );
+}
+
+/// The same split while the body streams: the chunks arrive in two reads, the first one has
+/// gone upstream already; the second is stopped and the request never completes.
+#[test]
+fn a_placeholder_split_across_two_streamed_chunks_is_blocked() {
+    let ca = UpstreamCa::new();
+    let (port, _got) = ca.server(&["gh.test"]);
+    let s = setup(Some(&ca), &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let (one, two) = chunks_splitting(&s.placeholder);
+    let head = "POST /gists HTTP/1.1\r\nHost: gh.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let answer = tls_parts(
+        dial(at),
+        client_config(s.icpt.ca_pem().as_bytes()),
+        "gh.test",
+        &[&format!("{head}{one}"), &two],
+    );
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+    assert!(answer.contains("secret ANTHROPIC_API_KEY"), "{answer}");
+    let j = journal(&s.journal, 2);
+    assert!(
+        j.iter()
+            .any(|l| l["decision"] == "deny"
+                && l["reason"].as_str().unwrap().contains("(in the body)")),
+        "{j:?}"
+    );
+}
+
+/// A `Content-Length` body whose placeholder arrives in two reads.
+#[test]
+fn a_placeholder_split_across_two_reads_of_a_body_is_blocked() {
+    let ca = UpstreamCa::new();
+    let (port, _got) = ca.server(&["gh.test"]);
+    let s = setup(Some(&ca), &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let body = format!("{{\"k\": \"{}\"}}", s.placeholder);
+    let (a, b) = body.split_at(body.len() / 2);
+    let head = format!(
+        "POST /gists HTTP/1.1\r\nHost: gh.test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = tls_parts(
+        dial(at),
+        client_config(s.icpt.ca_pem().as_bytes()),
+        "gh.test",
+        &[&format!("{head}{a}"), b],
+    );
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+    assert!(answer.contains("secret ANTHROPIC_API_KEY"), "{answer}");
+}
+
+/// Plain HTTP: a placeholder split across two chunks is refused like one in one piece.
+#[test]
+fn a_placeholder_split_across_chunks_of_a_plain_body_is_blocked() {
+    let (port, got) = http_server();
+    let s = setup(None, &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let mut c = dial(at);
+    let (one, two) = chunks_splitting(&s.other_placeholder);
+    write!(
+        c,
+        "POST /x HTTP/1.1\r\nHost: plain.test\r\nTransfer-Encoding: chunked\r\n\r\n{one}{two}"
+    )
+    .unwrap();
+    let answer = String::from_utf8(read_all(&mut c)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+    assert!(answer.contains("GH_TOKEN"), "{answer}");
+    assert!(got.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
 #[test]
 fn the_placeholder_in_plain_http_is_blocked() {
     let (port, got) = http_server();

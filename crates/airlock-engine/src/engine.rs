@@ -473,9 +473,23 @@ impl Engine {
         supervisor_pid: Option<i32>,
         error: Option<&str>,
     ) -> Result<Record, EngineError> {
-        let result = lock(&self.store).transition(name, from, to, supervisor_pid, error);
+        // The state it leaves, for the journal (read under the same lock as the change).
+        let (before, result) = {
+            let mut store = lock(&self.store);
+            let before = match from {
+                [only] => Some(*only),
+                _ => store.get(name).ok().flatten().map(|r| r.state),
+            };
+            (
+                before,
+                store.transition(name, from, to, supervisor_pid, error),
+            )
+        };
         if result.is_ok() {
             let mut ev = serde_json::json!({"op": op, "to": to.to_string()});
+            if let Some(b) = before {
+                ev["from"] = b.to_string().into();
+            }
             if let Some(e) = error {
                 ev["error"] = e.into();
             }
