@@ -24,6 +24,7 @@ pub(crate) fn job(hold: bool) -> GuestJob {
         hold,
         tty: None,
         mounts: vec![],
+        overlay_disk: false,
     }
 }
 
