@@ -35,6 +35,7 @@ def airlock(which, *args, **kw):
     return subprocess.run([exe, *args], cwd=proj, env=env[which], **kw)
 cases = {"none": ["--workspace", "none"], "overlay": []}
 res = {(c, k): [] for c in cases for k in ("cold", "warm")}
+load = [os.getloadavg()[0]]
 split = {c: [] for c in cases}
 try:
     for c, ws in (("none", "none"), ("overlay", "overlay")):
@@ -71,6 +72,9 @@ try:
             order = ("cold", "warm") if i % 2 == 0 else ("warm", "cold")
             for k in order:
                 once(c, k)
+        if i % 10 == 9:
+            load.append(os.getloadavg()[0])
+    load.append(os.getloadavg()[0])
     st = json.loads(airlock("warm", "daemon", "status", "--json", capture_output=True).stdout)
 finally:
     airlock("warm", "daemon", "stop", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -86,6 +90,7 @@ for c in cases:
     label = "--workspace none" if c == "none" else "overlay workspace (default)"
     print(f"| {label} | {cold:.2f} | {warm:.2f} | {warm / cold:.2f} |")
 print()
+print(f"- load average (1 min) during the rounds: {min(load):.1f}–{max(load):.1f}")
 for c in cases:
     cl = [a for a, _ in split[c]]; bd = [b for _, b in split[c]]
     print(f"- {c}: claim (store open + compare-and-set + liveness) p50 {pct(cl, .5):.2f} ms, p95 "

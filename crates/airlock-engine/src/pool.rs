@@ -121,6 +121,7 @@ pub fn normalize_bound_at_claim(s: &mut RunSpec) {
     s.resources.pids = None;
     s.resources.cpus = None;
     s.defaulted = Default::default();
+    s.pool_member = true;
 }
 
 /// A member's place in its life.

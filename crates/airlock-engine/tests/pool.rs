@@ -72,6 +72,7 @@ fn member() -> RunSpec {
         rootfs: RootFs::Host,
         kernel: None,
         workspace_slot: false,
+        pool_member: false,
     }
 }
 

@@ -218,6 +218,10 @@ pub struct RunSpec {
     /// overlay or bind to be attached on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub workspace_slot: bool,
+    /// A warm-pool member (container): its supervisor keeps an exec stub in the member's
+    /// cgroup for the claim's command (docs/design/warm-pool.md, "The exec stub").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pool_member: bool,
 }
 
 /// A sandbox's root filesystem: the host's own (read-only `/usr` and friends, curated `/etc`)

@@ -921,3 +921,168 @@ fn a_claim_gets_its_own_limits() {
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "limits");
 }
+
+/// The pids in a cgroup directory.
+fn procs_in(d: &Path) -> Vec<i32> {
+    std::fs::read_to_string(d.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn ppid(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// No cgroup migration on the claim path (docs/design/warm-pool.md, "The exec stub"): each
+/// ready member's cgroup exists before any claim and holds one process, its exec stub (not
+/// PID 1); a claim with `--memory 48M` gets that limit in that cgroup and its command is the
+/// stub's child, in it; the claimed stub's socket is gone while the command runs (nobody
+/// reaches it again), and the other member's stub socket is not visible from inside the
+/// sandbox; afterwards the stub and the claim's cgroup are gone.
+#[test]
+fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
+    if !e2e("a_claims_command_is_forked_in_its_cgroup_by_the_members_stub") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    ok(
+        &a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "2",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+    wait_ready(&a, 2, "stub");
+    let mut stubs = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(members_dir(&a))
+        .expect("members")
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let dirs = cgroups_named(&format!("{name}."));
+        assert!(
+            dirs.iter()
+                .any(|d| d.join("memory.limit_in_bytes").exists() || d.join("memory.max").exists()),
+            "{name}: no memory cgroup before the claim: {dirs:?}"
+        );
+        let mut procs: Vec<i32> = dirs.iter().flat_map(|d| procs_in(d)).collect();
+        procs.dedup();
+        assert_eq!(
+            procs.len(),
+            1,
+            "{name}: not one process in {dirs:?}: {procs:?}"
+        );
+        let pid1 = std::fs::read_to_string(e.path().join("pid1")).expect("pid1");
+        assert_ne!(
+            pid1.split_whitespace().next(),
+            Some(procs[0].to_string().as_str())
+        );
+        assert!(
+            e.path().join("stub.sock").exists(),
+            "{name}: no stub socket"
+        );
+        stubs.insert(name, (procs[0], e.path().join("stub.sock")));
+    }
+    assert_eq!(stubs.len(), 2, "{stubs:?}");
+    let probe: String = stubs
+        .values()
+        .map(|(_, s)| format!("test -e {0} && echo reachable {0}; ", s.display()))
+        .collect();
+    let script = format!("{probe}echo probed; sleep 3");
+    let mut cmd = a.command(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--memory",
+        "48M",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let member = loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        if n == 0 {
+            let _ = child.kill();
+            panic!("not warm: {line}");
+        }
+        if line.contains("warm start") {
+            break line.split(", ").nth(1).expect("member").to_string();
+        }
+    };
+    let (stub, sock) = stubs.get(&member).cloned().expect("a member seen ready");
+    let dirs = cgroups_named(&format!("{member}."));
+    let mut command = None;
+    wait_until(Duration::from_secs(2), || {
+        command = dirs
+            .iter()
+            .flat_map(|d| procs_in(d))
+            .find(|p| *p != stub && ppid(*p) == Some(stub));
+        command.is_some()
+    });
+    let command = command.unwrap_or_else(|| {
+        panic!(
+            "no child of the stub {stub} in {dirs:?}: {:?}",
+            dirs.iter().map(|d| procs_in(d)).collect::<Vec<_>>()
+        )
+    });
+    for d in &dirs {
+        let procs = procs_in(d);
+        assert!(
+            procs.contains(&stub) && procs.contains(&command),
+            "{d:?}: {procs:?}"
+        );
+    }
+    let limit = dirs
+        .iter()
+        .flat_map(|d| ["memory.limit_in_bytes", "memory.max"].map(|f| d.join(f)))
+        .find_map(|f| std::fs::read_to_string(f).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    assert_eq!(limit, Some(48 << 20), "the claim's memory limit");
+    assert!(!sock.exists(), "the claimed stub's socket is still there");
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_err());
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}: {stdout}", out.status);
+    assert!(stdout.contains("probed"), "{stdout}");
+    assert!(
+        !stdout.contains("reachable"),
+        "a stub socket inside: {stdout}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !Path::new(&format!(
+            "/proc/{stub}"
+        ))
+        .exists()),
+        "the claimed member's stub is still there"
+    );
+    for d in &dirs {
+        assert!(!d.exists(), "{d:?} left after the claim");
+    }
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "stub");
+}

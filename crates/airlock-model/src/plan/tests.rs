@@ -53,6 +53,7 @@ fn spec() -> RunSpec {
         rootfs: RootFs::Host,
         kernel: None,
         workspace_slot: false,
+        pool_member: false,
     }
 }
 

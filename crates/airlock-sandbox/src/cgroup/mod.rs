@@ -208,6 +208,16 @@ pub struct Cgroup {
     dirs: Vec<PathBuf>,
     memory_dir: Option<PathBuf>,
     v2: bool,
+    how: Make,
+}
+
+/// How [`Cgroup::make`] treats the directories: new ones with the limits set; a member's slot
+/// (every available controller, no limits); or a claim's limits in a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Make {
+    New,
+    Slot,
+    Bind,
 }
 
 impl Cgroup {
@@ -217,10 +227,33 @@ impl Cgroup {
         name: &str,
         r: &Resources,
     ) -> Result<Option<Cgroup>, CgroupError> {
+        Self::make(layout, name, r, Make::New)
+    }
+
+    /// A warm-pool member's cgroup `<parent>/<name>`: one directory for every controller this
+    /// host offers, with no limit in it; a claim writes its own ([`Cgroup::bind`]).
+    pub fn create_slot(layout: &Layout, name: &str) -> Result<Option<Cgroup>, CgroupError> {
+        Self::make(layout, name, &Resources::default(), Make::Slot)
+    }
+
+    /// The limits `r` in the cgroup `<parent>/<name>`: in the directories a member made with
+    /// [`Cgroup::create_slot`], the missing ones made now. The returned cgroup is every
+    /// directory of that name (its `destroy` removes them all).
+    pub fn bind(layout: &Layout, name: &str, r: &Resources) -> Result<Option<Cgroup>, CgroupError> {
+        Self::make(layout, name, r, Make::Bind)
+    }
+
+    fn make(
+        layout: &Layout,
+        name: &str,
+        r: &Resources,
+        how: Make,
+    ) -> Result<Option<Cgroup>, CgroupError> {
         let mut cg = Cgroup {
             dirs: vec![],
             memory_dir: None,
             v2: false,
+            how,
         };
         let result = cg.populate(layout, name, r);
         match result {
@@ -243,37 +276,65 @@ impl Cgroup {
             }
         }
         let dir = parent.join(name);
-        fs::create_dir(&dir).map_err(|source| CgroupError::Create {
-            path: dir.clone(),
-            source,
-        })?;
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && self.how == Make::Bind => {}
+            Err(source) => {
+                return Err(CgroupError::Create {
+                    path: dir.clone(),
+                    source,
+                })
+            }
+        }
         self.dirs.push(dir.clone());
         Ok(dir)
+    }
+
+    /// Whether a controller's directory belongs in this cgroup although no limit of it is set:
+    /// always in a slot, and in a bind when the slot has it (so that `destroy` removes it).
+    fn keep_unlimited(&self, parent: &Path, name: &str) -> bool {
+        match self.how {
+            Make::New => false,
+            Make::Slot => true,
+            Make::Bind => parent.join(name).is_dir(),
+        }
     }
 
     fn populate(&mut self, layout: &Layout, name: &str, r: &Resources) -> Result<(), CgroupError> {
         match layout {
             Layout::V1 { memory, pids, cpu } => {
-                if let (Some(m), Some(p)) = (r.memory, memory) {
-                    let d = self.mkdir(p, name)?;
-                    write(&d.join("memory.limit_in_bytes"), &m.0.to_string())?;
-                    let memsw = d.join("memory.memsw.limit_in_bytes");
-                    if memsw.exists() {
-                        write(&memsw, &m.0.to_string())?;
+                if let Some(p) = memory.as_ref() {
+                    if let Some(m) = r.memory {
+                        let d = self.mkdir(p, name)?;
+                        write(&d.join("memory.limit_in_bytes"), &m.0.to_string())?;
+                        let memsw = d.join("memory.memsw.limit_in_bytes");
+                        if memsw.exists() {
+                            write(&memsw, &m.0.to_string())?;
+                        }
+                        self.memory_dir = Some(d);
+                    } else if self.keep_unlimited(p, name) {
+                        self.memory_dir = Some(self.mkdir(p, name)?);
                     }
-                    self.memory_dir = Some(d);
                 }
-                if let (Some(n), Some(p)) = (r.pids, pids) {
-                    let d = self.mkdir(p, name)?;
-                    write(&d.join("pids.max"), &n.to_string())?;
+                if let Some(p) = pids.as_ref() {
+                    if let Some(n) = r.pids {
+                        let d = self.mkdir(p, name)?;
+                        write(&d.join("pids.max"), &n.to_string())?;
+                    } else if self.keep_unlimited(p, name) {
+                        self.mkdir(p, name)?;
+                    }
                 }
-                if let (Some(c), Some(p)) = (r.cpus, cpu) {
-                    let d = self.mkdir(p, name)?;
-                    write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                    write(
-                        &d.join("cpu.cfs_quota_us"),
-                        &c.quota_us(CPU_PERIOD_US).to_string(),
-                    )?;
+                if let Some(p) = cpu.as_ref() {
+                    if let Some(c) = r.cpus {
+                        let d = self.mkdir(p, name)?;
+                        write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                        write(
+                            &d.join("cpu.cfs_quota_us"),
+                            &c.quota_us(CPU_PERIOD_US).to_string(),
+                        )?;
+                    } else if self.keep_unlimited(p, name) {
+                        self.mkdir(p, name)?;
+                    }
                 }
             }
             Layout::V2 {
@@ -282,9 +343,10 @@ impl Cgroup {
                 pids,
                 cpu,
             } => {
-                let want_mem = r.memory.is_some() && *memory;
-                let want_pids = r.pids.is_some() && *pids;
-                let want_cpu = r.cpus.is_some() && *cpu;
+                let keep = self.keep_unlimited(parent, name);
+                let want_mem = (r.memory.is_some() || keep) && *memory;
+                let want_pids = (r.pids.is_some() || keep) && *pids;
+                let want_cpu = (r.cpus.is_some() || keep) && *cpu;
                 if !(want_mem || want_pids || want_cpu) {
                     return Ok(());
                 }
@@ -309,6 +371,8 @@ impl Cgroup {
                     write(&d.join("memory.max"), &m.0.to_string())?;
                     let _ = fs::write(d.join("memory.swap.max"), "0");
                     let _ = fs::write(d.join("memory.oom.group"), "1");
+                    self.memory_dir = Some(d.clone());
+                } else if want_mem {
                     self.memory_dir = Some(d.clone());
                 }
                 if let Some(n) = r.pids.filter(|_| want_pids) {

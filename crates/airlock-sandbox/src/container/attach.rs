@@ -144,6 +144,7 @@ pub fn attach_workspace(
             Ok(f) => f,
             Err(e) => fail(e),
         };
+        crate::phase("attach: helper attached");
         let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
         if let Err(e) = sys::send_fds(back_child.as_raw_fd(), b"ws", &raw) {
             fail(format!("hand back the overlay's layers: {e}"));

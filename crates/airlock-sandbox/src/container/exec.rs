@@ -61,7 +61,7 @@ pub fn pid1(dir: &Path) -> Option<i32> {
     (proc_starttime(pid) == Some(start)).then_some(pid)
 }
 
-const NAMESPACES: &[(&str, CloneFlags)] = &[
+pub(super) const NAMESPACES: &[(&str, CloneFlags)] = &[
     ("user", CloneFlags::CLONE_NEWUSER),
     ("mnt", CloneFlags::CLONE_NEWNS),
     ("pid", CloneFlags::CLONE_NEWPID),
@@ -189,65 +189,17 @@ pub fn exec(
             }
         }
         crate::phase("exec: cgroups joined");
-        for (flag, fd) in &ns {
-            if let Err(e) = nix::sched::setns(fd, *flag) {
-                fail(format!("join the sandbox's {flag:?} namespace: {e}"));
-            }
-        }
-        let tty_sock = tty_pair.as_ref().map(|(_, c)| c);
-        let all = SigSet::all();
-        let _ = all.thread_block();
-        let inner = match sys::clone_fork(0) {
-            Ok(0) => {
-                let slave = tty_sock.map(|s| match super::child::open_pty(s.as_raw_fd()) {
-                    Ok(sl) => sl,
-                    Err(e) => fail(format!("allocate a pseudo-terminal: {e}")),
-                });
-                let mut envp = envp.clone();
-                if req.with_secrets {
-                    for kv in secret_env() {
-                        let key = kv
-                            .as_bytes()
-                            .split(|b| *b == b'=')
-                            .next()
-                            .unwrap_or_default();
-                        envp.retain(|e| e.as_bytes().split(|b| *b == b'=').next() != Some(key));
-                        envp.push(kv);
-                    }
-                }
-                if let Err(e) = seccomp::install(&filter) {
-                    fail(format!("seccomp: {e}"));
-                }
-                let c = Command {
-                    argv: &argv,
-                    envp: &envp,
-                    cwd: &cwd,
-                    err_fd: ef,
-                    stdin_null: !req.forward_stdin && !req.tty,
-                    drop_privileges: true,
-                };
-                command(plan, &c, slave.as_ref())
-            }
-            Ok(p) => Pid::from_raw(p),
-            Err(e) => fail(format!("fork into the sandbox: {e}")),
+        let inside = Inside {
+            plan,
+            argv: &argv,
+            envp: &envp,
+            cwd: &cwd,
+            tty_sock: tty_pair.as_ref().map(|(_, c)| c),
+            stdin_null: !req.forward_stdin && !req.tty,
+            with_secrets: req.with_secrets,
+            filter: &filter,
         };
-        drop(err_wr);
-        // Relay signals to the command and exit with its status.
-        loop {
-            let Ok(sig) = all.wait() else { continue };
-            if sig == Signal::SIGCHLD {
-                use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-                match waitpid(inner, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(_, c)) => sys::exit_now(c),
-                    Ok(WaitStatus::Signaled(_, s, _)) => {
-                        sys::exit_now(exit::SIGNAL_BASE + s as i32)
-                    }
-                    _ => {}
-                }
-            } else if nix::sys::signal::killpg(inner, sig).is_err() {
-                let _ = nix::sys::signal::kill(inner, sig);
-            }
-        }
+        enter_and_relay(&ns, &inside, err_wr, &|_| {})
     }
     drop(err_wr);
     drop(ns);
@@ -283,6 +235,96 @@ pub fn exec(
         ending: Ending::Exited(code),
         changes: None,
     })
+}
+
+/// What a process joining a running sandbox starts there: exec's child, or a warm-pool
+/// member's stub (`stub.rs`) once claimed.
+pub(super) struct Inside<'a> {
+    pub plan: &'a LaunchPlan,
+    pub argv: &'a [CString],
+    pub envp: &'a [CString],
+    pub cwd: &'a Path,
+    pub tty_sock: Option<&'a OwnedFd>,
+    pub stdin_null: bool,
+    pub with_secrets: bool,
+    pub filter: &'a [seccomp::Insn],
+}
+
+/// In a forked child that is in the sandbox's cgroup already: join the sandbox's namespaces
+/// (user first), fork the command into its pid namespace (privileges dropped, Landlock,
+/// seccomp, only fds 0-2), relay signals to it and exit with its status, which `report` gets
+/// first. Never returns.
+pub(super) fn enter_and_relay(
+    ns: &[(CloneFlags, OwnedFd)],
+    a: &Inside<'_>,
+    err_wr: OwnedFd,
+    report: &dyn Fn(i32),
+) -> ! {
+    let ef = err_wr.as_raw_fd();
+    let fail = |msg: String| -> ! {
+        sys::write_all_raw(ef, msg.as_bytes());
+        sys::exit_now(exit::SANDBOX_FAILED)
+    };
+    for (flag, fd) in ns {
+        if let Err(e) = nix::sched::setns(fd, *flag) {
+            fail(format!("join the sandbox's {flag:?} namespace: {e}"));
+        }
+    }
+    let all = SigSet::all();
+    let _ = all.thread_block();
+    let inner = match sys::clone_fork(0) {
+        Ok(0) => {
+            let slave = a
+                .tty_sock
+                .map(|s| match super::child::open_pty(s.as_raw_fd()) {
+                    Ok(sl) => sl,
+                    Err(e) => fail(format!("allocate a pseudo-terminal: {e}")),
+                });
+            let mut envp = a.envp.to_vec();
+            if a.with_secrets {
+                for kv in secret_env() {
+                    let key = kv
+                        .as_bytes()
+                        .split(|b| *b == b'=')
+                        .next()
+                        .unwrap_or_default();
+                    envp.retain(|e| e.as_bytes().split(|b| *b == b'=').next() != Some(key));
+                    envp.push(kv);
+                }
+            }
+            if let Err(e) = seccomp::install(a.filter) {
+                fail(format!("seccomp: {e}"));
+            }
+            let c = Command {
+                argv: a.argv,
+                envp: &envp,
+                cwd: a.cwd,
+                err_fd: ef,
+                stdin_null: a.stdin_null,
+                drop_privileges: true,
+            };
+            command(a.plan, &c, slave.as_ref())
+        }
+        Ok(p) => Pid::from_raw(p),
+        Err(e) => fail(format!("fork into the sandbox: {e}")),
+    };
+    drop(err_wr);
+    // Relay signals to the command and exit with its status.
+    loop {
+        let Ok(sig) = all.wait() else { continue };
+        if sig == Signal::SIGCHLD {
+            use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+            let code = match waitpid(inner, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, c)) => c,
+                Ok(WaitStatus::Signaled(_, s, _)) => exit::SIGNAL_BASE + s as i32,
+                _ => continue,
+            };
+            report(code);
+            sys::exit_now(code)
+        } else if nix::sys::signal::killpg(inner, sig).is_err() {
+            let _ = nix::sys::signal::kill(inner, sig);
+        }
+    }
 }
 
 /// Write `secrets` as /run/secrets/NAME (0400, the sandbox user's, as a start writes them)

@@ -14,6 +14,7 @@ pub mod netns;
 pub mod rootfs;
 pub mod rundir;
 pub mod seccomp;
+pub mod stub;
 pub mod summary;
 pub(crate) mod tty;
 
@@ -340,6 +341,9 @@ pub struct RunOptions<'a> {
     /// Asked about each signal relayed to the sandbox: hold it back this long (a microVM
     /// asks its guest to power off first). None: every signal goes at once.
     pub defer_signal: Option<&'a (dyn Fn(nix::sys::signal::Signal) -> Option<Duration> + Sync)>,
+    /// A warm-pool member (with `persist`): its cgroup is made with no limits and holds only
+    /// an exec stub (`stub.rs`) that forks the claim's command, PID 1 stays outside it.
+    pub exec_stub: bool,
 }
 
 /// A listener of egress decisions.
@@ -372,7 +376,11 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
         // A cgroup of this very id can only be a leftover of a supervisor of ours that was
         // killed (this one holds the folder's lock): reclaim it, then start afresh.
         opts.layout.reclaim(&leaf);
-        let cg = Cgroup::create(opts.layout, &leaf, &plan.limits)?;
+        let cg = if opts.exec_stub {
+            Cgroup::create_slot(opts.layout, &leaf)?
+        } else {
+            Cgroup::create(opts.layout, &leaf, &plan.limits)?
+        };
         let layers = if disk_upper { Some(dir) } else { None };
         let result = run_in(plan, opts, layers, cg.as_ref());
         let _ = fs::remove_file(dir.join(PID1_FILE));
@@ -551,6 +559,12 @@ fn run_in(
     } else {
         None
     };
+    // A pool member's exec stub: forked while this process is single-threaded, in the
+    // member's cgroup before PID 1 exists.
+    let mut stub = match opts.persist.filter(|_| opts.exec_stub) {
+        Some(dir) => Some(stub::spawn(dir, plan, cg)?),
+        None => None,
+    };
     let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
 
     let flags = libc::CLONE_NEWUSER
@@ -620,7 +634,8 @@ fn run_in(
         }
         write_map(pid, "uid_map", &plan.uid_map).map_err(RunError::IdMap)?;
         write_map(pid, "gid_map", &plan.gid_map).map_err(RunError::IdMap)?;
-        if let Some(cg) = cg {
+        // A pool member's cgroup is its claim's: only the stub and the command go there.
+        if let Some(cg) = cg.filter(|_| !opts.exec_stub) {
             cg.add(pid)?;
         }
         Ok(())
@@ -674,6 +689,9 @@ fn run_in(
             let _ = msg;
             let mut fds = ns_fds.take().unwrap_or_default();
             fds.extend(cgroup_ns);
+            if let Some(s) = stub.as_mut() {
+                s.give_namespaces(&fds)?;
+            }
             exec::serve_namespaces(dir, fds)?;
             let start = proc_starttime(pid).unwrap_or(0);
             let tmp = dir.join(".pid1.tmp");

@@ -60,6 +60,7 @@ fn opts<'a>(state: &'a Path, layout: &'a Layout, facts: &'a HostFacts) -> RunOpt
         on_ready: None,
         on_egress_ctx: None,
         defer_signal: None,
+        exec_stub: false,
     }
 }
 

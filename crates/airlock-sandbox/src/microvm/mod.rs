@@ -443,6 +443,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             tty: false,
             forward_stdin: false,
             defer_signal: opts.persist.map(|_| &defer as _),
+            exec_stub: false,
             ..*opts
         };
         let outcome = container::run(&qemu, &inner);

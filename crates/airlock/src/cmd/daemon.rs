@@ -552,10 +552,11 @@ pub fn try_warm(
             airlock_sandbox::container::exec::deliver_secrets(&dir, &secrets)
                 .map_err(|e| format!("the member refused its secrets: {e}"))?;
         }
-        // Limits: a cgroup of the member's name made for this claim, joined by the command.
+        // Limits: written into the cgroup of the member's name, which its exec stub is in
+        // since the member's start (made now for a member without one).
         if limits.any() {
             let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
-            cgroup = airlock_sandbox::cgroup::Cgroup::create(&layout, &leaf, &limits)
+            cgroup = airlock_sandbox::cgroup::Cgroup::bind(&layout, &leaf, &limits)
                 .map_err(|e| format!("the claim's cgroup: {e}"))?;
             plan.limits = limits;
             airlock_sandbox::phase("warm: cgroup made");
@@ -610,9 +611,18 @@ pub fn try_warm(
         with_secrets: false,
         timeout: b.timeout,
     };
-    let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
-    let ran = airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
-        .map_err(CliError::from);
+    // Forked by the member's exec stub, in the cgroup already: no migration on this path
+    // (joining a cgroup waits for an RCU grace period on cgroup v1). A member without a stub:
+    // exec joins it.
+    let ran = match airlock_sandbox::container::stub::exec_claimed(&dir, &plan, &req) {
+        Ok(Some(o)) => Ok(o),
+        Ok(None) => {
+            let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
+            airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
+        }
+        Err(e) => Err(e),
+    }
+    .map_err(CliError::from);
     airlock_sandbox::phase("warm: command ended");
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
     release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));

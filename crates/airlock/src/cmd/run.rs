@@ -103,7 +103,9 @@ pub fn launch(
 
     airlock_sandbox::phase("config loaded");
     // Reading the cgroup layout costs ~0.1 ms: only when there are limits to place.
-    let layout = if spec.resources.any() {
+    // A pool member's cgroup is made with no limits, for its claim's (`exec_stub`).
+    let exec_stub = persist.is_some() && spec.pool_member;
+    let layout = if spec.resources.any() || exec_stub {
         Layout::detect()
     } else {
         Layout::None
@@ -159,6 +161,7 @@ pub fn launch(
         on_ready: hooks.on_ready,
         on_egress_ctx: hooks.on_egress_ctx,
         defer_signal: None,
+        exec_stub,
     };
     let wayback = wayback_before(spec);
     let outcome = backend.start(&plan, &opts)?;

@@ -545,6 +545,7 @@ pub fn build(
             }
         }),
         workspace_slot: false,
+        pool_member: false,
     };
     // The planner refuses a backend or image this build cannot provide; asked here already so
     // that `create` refuses it too (a named sandbox is planned only when it starts).

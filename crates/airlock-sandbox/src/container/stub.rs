@@ -1,0 +1,318 @@
+//! A warm-pool member's exec stub (docs/design/warm-pool.md, "The exec stub"): a process its
+//! supervisor forks before PID 1 and moves into the member's cgroup while the member warms
+//! up, so that the claim's command is forked by a process that is in that cgroup already. A
+//! command exec'd from the claimer would have to join it, and on a cgroup-v1 host each such
+//! join (`cgroup.procs`) waits for an RCU grace period (`cgroup_threadgroup_rwsem`): 5–20 ms on
+//! a loaded machine, more than the whole rest of a claim.
+//!
+//! The stub serves exactly one request, on `stub.sock` in the member's folder (0600, peers of
+//! the supervisor's uid or root only, as `control.sock`): it unlinks the socket and closes the
+//! listener before it reads the request, then does what exec's child does (join the member's
+//! namespaces, fork the command with privileges dropped, Landlock and seccomp, only fds 0-2)
+//! and relays signals to it; the command's status goes back over the connection before the
+//! stub exits. No user code runs in a member before its claim, and the stub is outside the
+//! sandbox's namespaces (pid, mount, user): nothing inside can reach or reuse it.
+
+use super::error::{io_err, RunError};
+use super::exec::{enter_and_relay, Inside, NAMESPACES};
+use super::{seccomp, tty};
+use crate::cgroup::Cgroup;
+use crate::command::{Ending, ExecRequest, Outcome};
+use crate::sys;
+use airlock_model::exit;
+use airlock_model::plan::LaunchPlan;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// The stub's socket, in the member's folder (gone once a claim took it).
+pub const STUB_SOCKET: &str = "stub.sock";
+
+/// What the claimer sends (with its fds 0, 1, 2, the error pipe and the terminal socket).
+#[derive(Serialize, Deserialize)]
+struct Request {
+    argv: Vec<String>,
+    /// The whole environment (the plan's under the request's).
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    tty: bool,
+    stdin_null: bool,
+    with_secrets: bool,
+    rlimit_nproc: Option<u64>,
+}
+
+/// The supervisor's handle on its stub: the end that hands it the member's namespaces, and
+/// its pid (killed and reaped when dropped, after the member's end).
+pub(super) struct Stub {
+    pid: Pid,
+    ns: Option<OwnedFd>,
+}
+
+impl Stub {
+    /// Hand the stub the member's namespaces (`NAMESPACES` order), once PID 1 is set up.
+    pub(super) fn give_namespaces(&mut self, fds: &[OwnedFd]) -> Result<(), RunError> {
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let sock = self
+            .ns
+            .take()
+            .ok_or_else(|| RunError::Setup("the exec stub got its namespaces already".into()))?;
+        sys::send_fds(sock.as_raw_fd(), b"ns", &raw).map_err(io_err("hand the exec stub over"))
+    }
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+    }
+}
+
+/// In the supervisor, before PID 1 is cloned (the process is single-threaded still): fork the
+/// stub, listening on `dir/stub.sock`, and move it into the member's cgroup `cg`.
+pub(super) fn spawn(dir: &Path, plan: &LaunchPlan, cg: Option<&Cgroup>) -> Result<Stub, RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(STUB_SOCKET);
+    let _ = fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(io_err("create the exec stub's socket"))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .map_err(io_err("restrict the exec stub's socket"))?;
+    let (ns_host, ns_stub) =
+        sys::socketpair(nix::sys::socket::SockType::SeqPacket).map_err(io_err("socketpair"))?;
+    let filter = seccomp::programs()?;
+    let parent = std::process::id() as i32;
+    let pid = sys::clone_fork(0).map_err(RunError::Clone)?;
+    if pid == 0 {
+        serve(
+            listener.as_raw_fd(),
+            ns_stub.as_raw_fd(),
+            &path,
+            plan,
+            &filter,
+            parent,
+        )
+    }
+    drop(ns_stub);
+    drop(listener);
+    let stub = Stub {
+        pid: Pid::from_raw(pid),
+        ns: Some(ns_host),
+    };
+    if let Some(cg) = cg {
+        cg.add(pid)?;
+    }
+    Ok(stub)
+}
+
+/// The stub: wait for the namespaces, then for one request from a peer of our uid or root.
+fn serve(
+    listener: RawFd,
+    ns_sock: RawFd,
+    path: &Path,
+    plan: &LaunchPlan,
+    filter: &[seccomp::Insn],
+    parent: i32,
+) -> ! {
+    let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    if nix::unistd::getppid().as_raw() != parent {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
+    sys::default_all_signals();
+    let _ = nix::sys::signal::SigSet::all().thread_unblock();
+    // Nothing of the supervisor's but these two.
+    sys::close_fds_except(3, &[listener, ns_sock]);
+    let Ok((msg, ns)) = sys::recv_fds(ns_sock, NAMESPACES.len()) else {
+        sys::exit_now(exit::SANDBOX_FAILED)
+    };
+    if msg != b"ns" || ns.len() != NAMESPACES.len() {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
+    sys::close_inherited(&[ns_sock]);
+    let me = nix::unistd::geteuid().as_raw();
+    let conn = loop {
+        let fd = match nix::sys::socket::accept4(listener, nix::sys::socket::SockFlag::SOCK_CLOEXEC)
+        {
+            Ok(fd) => fd,
+            Err(nix::Error::EINTR | nix::Error::ECONNABORTED) => continue,
+            Err(_) => sys::exit_now(exit::SANDBOX_FAILED),
+        };
+        // SAFETY: accept4 returned a new descriptor that nothing else owns.
+        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        let ok = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+            .is_ok_and(|c| c.uid() == me || c.uid() == 0);
+        if ok {
+            break conn;
+        }
+    };
+    // Taken: nobody else ever reaches this stub.
+    let _ = fs::remove_file(path);
+    sys::close_inherited(&[listener]);
+    let mut conn = UnixStream::from(conn);
+    let mut hello = b"S".to_vec();
+    hello.extend_from_slice(&std::process::id().to_le_bytes());
+    if conn.write_all(&hello).is_err() {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
+    let Some((req, fds)) = receive(&mut conn) else {
+        sys::exit_now(exit::SANDBOX_FAILED)
+    };
+    let mut fds = fds.into_iter();
+    let (Some(i), Some(o), Some(e), Some(err_wr)) =
+        (fds.next(), fds.next(), fds.next(), fds.next())
+    else {
+        sys::exit_now(exit::SANDBOX_FAILED)
+    };
+    let tty_sock = if req.tty { fds.next() } else { None };
+    let ef = err_wr.as_raw_fd();
+    let fail = |msg: String| -> ! {
+        sys::write_all_raw(ef, msg.as_bytes());
+        sys::exit_now(exit::SANDBOX_FAILED)
+    };
+    for (fd, to) in [(&i, 0), (&o, 1), (&e, 2)] {
+        if let Err(err) = sys::dup2(fd.as_raw_fd(), to) {
+            fail(format!("the exec stub's standard streams: {err}"));
+        }
+    }
+    drop((i, o, e));
+    let cs = |items: Vec<String>| -> Vec<CString> {
+        items
+            .into_iter()
+            .map(|s| CString::new(s).unwrap_or_else(|e| fail(format!("NUL in {:?}", e))))
+            .collect()
+    };
+    let argv = cs(req.argv);
+    let envp = cs(req
+        .env
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect());
+    let mut plan = plan.clone();
+    plan.rlimit_nproc = req.rlimit_nproc;
+    let ns: Vec<_> = NAMESPACES.iter().map(|(_, f)| *f).zip(ns).collect();
+    let inside = Inside {
+        plan: &plan,
+        argv: &argv,
+        envp: &envp,
+        cwd: &req.cwd,
+        tty_sock: tty_sock.as_ref(),
+        stdin_null: req.stdin_null,
+        with_secrets: req.with_secrets,
+        filter,
+    };
+    let report = |code: i32| {
+        let _ = (&conn).write_all(&code.to_le_bytes());
+    };
+    enter_and_relay(&ns, &inside, err_wr, &report)
+}
+
+/// One request: a header (`R`, the JSON's length) with the fds, then the JSON.
+fn receive(conn: &mut UnixStream) -> Option<(Request, Vec<OwnedFd>)> {
+    let (mut data, fds) = sys::recv_fds(conn.as_raw_fd(), 5).ok()?;
+    if data.len() < 5 || data[0] != b'R' {
+        return None;
+    }
+    let len = u32::from_le_bytes(data[1..5].try_into().ok()?) as usize;
+    let mut json = data.split_off(5);
+    if json.len() > len {
+        return None;
+    }
+    let mut rest = vec![0; len - json.len()];
+    conn.read_exact(&mut rest).ok()?;
+    json.extend_from_slice(&rest);
+    Some((serde_json::from_slice(&json).ok()?, fds))
+}
+
+/// Run `req` through the stub of the claimed member in `dir` (its plan `plan`, with the
+/// claim's `rlimit_nproc`). None: the member has no stub (then exec joins it as any sandbox).
+pub fn exec_claimed(
+    dir: &Path,
+    plan: &LaunchPlan,
+    req: &ExecRequest,
+) -> Result<Option<Outcome>, RunError> {
+    if req.argv.is_empty() {
+        return Err(RunError::Setup("no command to exec".into()));
+    }
+    let Ok(mut conn) = UnixStream::connect(dir.join(STUB_SOCKET)) else {
+        return Ok(None);
+    };
+    let lost = |e: std::io::Error| RunError::Setup(format!("the member's exec stub: {e}"));
+    let mut hello = [0u8; 5];
+    conn.read_exact(&mut hello).map_err(lost)?;
+    if hello[0] != b'S' {
+        return Err(RunError::Setup(
+            "the member's exec stub answered unexpectedly".into(),
+        ));
+    }
+    let pid = i32::from_le_bytes(hello[1..5].try_into().unwrap_or_default());
+    // Before the request: the stub cannot end (and its pid be reused) while it waits for it.
+    let pidfd = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
+    let request = Request {
+        argv: req.argv.clone(),
+        env: airlock_model::spec::env_over(&plan.env, &req.env),
+        cwd: req.cwd.clone().unwrap_or_else(|| plan.cwd.clone()),
+        tty: req.tty,
+        stdin_null: !req.forward_stdin && !req.tty,
+        with_secrets: req.with_secrets,
+        rlimit_nproc: plan.rlimit_nproc,
+    };
+    let json = serde_json::to_vec(&request).map_err(|e| RunError::Setup(e.to_string()))?;
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()));
+    let (err_rd, err_wr) = pipe()?;
+    let (result_rd, result_wr) = pipe()?;
+    drop(result_wr); // a claim's change summary is read from its layers, not reported
+    let tty_pair = if req.tty {
+        Some(sys::socketpair(nix::sys::socket::SockType::Stream).map_err(io_err("socketpair"))?)
+    } else {
+        None
+    };
+    let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
+    let mut fds = vec![0, 1, 2, err_wr.as_raw_fd()];
+    fds.extend(tty_pair.as_ref().map(|(_, c)| c.as_raw_fd()));
+    let mut head = b"R".to_vec();
+    head.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    sys::send_fds(conn.as_raw_fd(), &head, &fds).map_err(lost)?;
+    conn.write_all(&json).map_err(lost)?;
+    drop(err_wr);
+    let tty_host = tty_pair.map(|(h, c)| {
+        drop(c);
+        h
+    });
+    let child = Pid::from_raw(pid);
+    let deadline = req.timeout.map(|t| std::time::Instant::now() + t);
+    let (timed_out, _) = tty::supervise(
+        &pidfd,
+        child,
+        &signals,
+        tty_host.as_ref(),
+        &result_rd,
+        deadline,
+        None,
+    )
+    .map_err(io_err("supervise the command"))?;
+    if timed_out {
+        return Ok(Some(Outcome {
+            ending: Ending::TimedOut,
+            changes: None,
+        }));
+    }
+    // The stub wrote the command's status before it exited; nothing: it was killed.
+    let mut code = [0u8; 4];
+    let status = match conn.read_exact(&mut code) {
+        Ok(()) => nix::sys::wait::WaitStatus::Exited(child, i32::from_le_bytes(code)),
+        Err(_) => nix::sys::wait::WaitStatus::Signaled(child, Signal::SIGKILL, false),
+    };
+    let code = match super::ending::conclude(status, err_rd)? {
+        super::ending::Concluded::Ran(c) | super::ending::Concluded::NotStarted(c) => c,
+    };
+    Ok(Some(Outcome {
+        ending: Ending::Exited(code),
+        changes: None,
+    }))
+}
