@@ -206,6 +206,14 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
         expect("hello", "tok-one", "wn-one", "no-kept"),
         "{label}"
     );
+    // The member's exec stub (a `run` claim's way in) is retired: no socket to hand it a
+    // command that would run outside the sandbox's limits.
+    let sdir = a.state_dir().join("sandboxes").join("wn-one");
+    assert!(sdir.join("control.sock").exists(), "{label}");
+    assert!(
+        !sdir.join("stub.sock").exists(),
+        "{label}: the stub still listens"
+    );
     let status: serde_json::Value = status_of(a, "wn-one");
     assert_eq!(status["warm_start"]["warm"], true, "{label}: {status}");
     assert_eq!(status["warm_start"]["member"], m1.as_str(), "{label}");
