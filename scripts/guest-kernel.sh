@@ -41,9 +41,9 @@ else
   tar -xf "$src" -C "$build" --strip-components=1
   export KBUILD_BUILD_USER=airlock KBUILD_BUILD_HOST=airlock KBUILD_BUILD_VERSION=1
   export KBUILD_BUILD_TIMESTAMP='Thu Jan  1 00:00:00 UTC 1970'
-  make -s -C "$build" ARCH=x86_64 tinyconfig >/dev/null
+  make -s -C "$build" tinyconfig >/dev/null
   (cd "$build" && ./scripts/kconfig/merge_config.sh -m .config "$fragment" >/dev/null)
-  make -s -C "$build" ARCH=x86_64 olddefconfig >/dev/null
+  make -s -C "$build" olddefconfig >/dev/null
   # Every option the fragment sets must have survived olddefconfig (a missing dependency
   # silently drops one).
   lost=$(python3 - "$fragment" "$build/.config" <<'PY'
@@ -63,7 +63,7 @@ print(" ".join(f"{k}={v or 'n'}(got {have.get(k) or 'n'})" for k, v in want.item
 PY
 )
   [ -z "$lost" ] || { say "the configuration lost: $lost"; exit 1; }
-  make -s -C "$build" ARCH=x86_64 -j"$jobs" vmlinux >&2
+  make -s -C "$build" -j"$jobs" vmlinux >&2
   mkdir -p "$dest.tmp"
   cp "$build/vmlinux" "$dest.tmp/vmlinux"
   cp "$build/.config" "$dest.tmp/vmlinux.config"

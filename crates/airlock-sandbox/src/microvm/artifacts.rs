@@ -81,7 +81,7 @@ pub fn key(parts: &[&[u8]]) -> String {
     format!("{h:016x}")
 }
 
-fn stat_key(p: &Path) -> String {
+pub(crate) fn stat_key(p: &Path) -> String {
     match fs::symlink_metadata(p) {
         Ok(m) => format!("{}:{}:{}:{}", p.display(), m.ino(), m.size(), m.mtime()),
         Err(_) => format!("{}:-", p.display()),

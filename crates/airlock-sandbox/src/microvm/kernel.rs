@@ -55,6 +55,24 @@ pub fn given(chosen: Option<&airlock_model::spec::GuestKernel>) -> Option<(PathB
 /// `chosen` (the configuration's), else the newest /boot/vmlinuz-RELEASE with modules.
 pub fn find(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<Kernel, String> {
     if let Some((image, from)) = given(chosen) {
+        // The release of a real kernel image (over 1 MiB), once per image (its stat): finding
+        // the banner reads and scans the whole image, tens of MB for a vmlinux, at every run
+        // otherwise.
+        let big = std::fs::metadata(&image).is_ok_and(|m| m.len() > 1 << 20);
+        let remembered = super::artifacts::cache_dir().join(format!(
+            "release-{}",
+            super::artifacts::key(&[super::artifacts::stat_key(&image).as_bytes()])
+        ));
+        if let Some(release) = std::fs::read_to_string(&remembered)
+            .ok()
+            .filter(|r| big && !r.is_empty())
+        {
+            return Ok(Kernel {
+                image,
+                release,
+                from,
+            });
+        }
         let data =
             std::fs::read(&image).map_err(|e| format!("{} (from {from}): {e}", image.display()))?;
         let release = release_of(&data)
@@ -65,6 +83,9 @@ pub fn find(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<Kernel,
                     image.display()
                 )
             })?;
+        if big && super::artifacts::ensure_dir(&super::artifacts::cache_dir()).is_ok() {
+            let _ = std::fs::write(&remembered, &release);
+        }
         return Ok(Kernel {
             image,
             release,
