@@ -127,6 +127,7 @@ import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 n, bins = int(sys.argv[2]), sys.argv[3:]
 med = st.median
+summary = []
 for b in bins:
     r = [list(map(float, x[1:])) for x in rows if x[0] == b]
     # cp ci | tp up sp cp_ | ti ui si ci_
@@ -147,4 +148,11 @@ for b in bins:
     print(f"| CPU per MiB: client (curl) (ms) | {m[5]:.2f} | {m[9]:.2f} | {m[9] - m[5]:+.2f} ms | |")
     tot_p, tot_i = m[3] + m[4] + m[5], m[7] + m[8] + m[9]
     print(f"| CPU per MiB, all three (ms) | {tot_p:.2f} | {tot_i:.2f} | {tot_i / tot_p:.2f}× | |")
+    summary.append((b, m, ratio, tot_p, tot_i, len(r)))
+if len(bins) > 1:
+    # One line per binary, to compare them at a glance (medians; ms of CPU per MiB).
+    print("\n| binary | runs | proxy CPU/MiB passthrough | proxy CPU/MiB intercepted | all three, passthrough → intercepted | MiB/s passthrough / intercepted | throughput ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for b, m, ratio, tot_p, tot_i, k in summary:
+        print(f"| {b} | {k} | {m[3]:.2f} | {m[7]:.2f} | {tot_p:.2f} → {tot_i:.2f} ({tot_i / tot_p:.2f}×) | {m[2]:.1f} / {m[6]:.1f} | {ratio:.2f}× |")
 PY

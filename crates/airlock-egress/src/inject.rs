@@ -5,7 +5,8 @@
 //! This module is the pure part: placeholders, and the rewrite of one request head for one
 //! host (see [`Secrets::rewrite`]). The TLS side is [`crate::intercept`].
 
-use crate::http::{Request, Target};
+use crate::http::body::BodyFramer;
+use crate::http::{BodyLength, HttpError, Request, Target};
 use base64::Engine as _;
 
 /// Where a secret's value goes in a request to a bound host.
@@ -417,3 +418,57 @@ impl<'a> BodyScan<'a> {
 
 #[cfg(test)]
 mod tests;
+
+/// Why a request body stops being forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyStop {
+    /// The framing is broken (the connection ends).
+    Malformed(HttpError),
+    /// It carries a placeholder that must not go to this host.
+    Leak(Leak),
+}
+
+/// A request body as it streams from the sandbox: where it ends, and any placeholder of a
+/// secret not bound to the host in it — both in the bytes as sent (chunk extensions and
+/// trailers too) and in the content the server puts together from them (a placeholder split
+/// across two chunks, `ab\r\n1a\r\ncd`, is one there).
+pub struct BodyCheck<'a> {
+    framer: BodyFramer,
+    wire: BodyScan<'a>,
+    /// Chunked bodies only (otherwise the content is the bytes as sent).
+    content: Option<BodyScan<'a>>,
+}
+
+impl<'a> BodyCheck<'a> {
+    pub fn new(secrets: &'a Secrets, host: Option<&'a str>, len: BodyLength) -> Self {
+        Self {
+            framer: BodyFramer::new(len),
+            wire: BodyScan::new(secrets, host),
+            content: (len == BodyLength::Chunked).then(|| BodyScan::new(secrets, host)),
+        }
+    }
+
+    /// The body is complete.
+    pub fn done(&self) -> bool {
+        self.framer.done()
+    }
+
+    /// The next bytes from the sandbox: how many of them belong to the body (a prefix), or why
+    /// none of them may be forwarded.
+    pub fn feed(&mut self, data: &[u8]) -> Result<usize, BodyStop> {
+        let mut leak = None;
+        let content = &mut self.content;
+        let take = self
+            .framer
+            .feed_payload(data, |piece| {
+                if let (None, Some(c)) = (&leak, content.as_mut()) {
+                    leak = c.feed(piece).err();
+                }
+            })
+            .map_err(BodyStop::Malformed)?;
+        match leak.or_else(|| self.wire.feed(&data[..take]).err()) {
+            Some(l) => Err(BodyStop::Leak(l)),
+            None => Ok(take),
+        }
+    }
+}

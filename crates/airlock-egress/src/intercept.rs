@@ -361,7 +361,7 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 const POOL_PER_HOST: usize = 4;
 
 pub(crate) type Down = rustls::StreamOwned<rustls::ServerConnection, BufSock>;
-pub(crate) type Up = rustls::StreamOwned<rustls::ClientConnection, BufSock>;
+pub(crate) use crate::upstream::Up;
 /// An idle upstream connection, its address, since when it is idle.
 type Idle = (Up, IpAddr, Instant);
 
@@ -381,7 +381,7 @@ impl Pool {
                 let v = idle.get_mut(&(host.to_string(), port))?;
                 v.pop()?
             };
-            if since.elapsed() < POOL_IDLE && still_open(&mut up) {
+            if since.elapsed() < POOL_IDLE && up.still_open() {
                 return Some((up, ip));
             }
         }
@@ -405,26 +405,6 @@ impl Pool {
             .map(|m| m.values().map(Vec::len).sum())
             .unwrap_or(0)
     }
-}
-
-/// Whether an idle upstream connection can take another request: the server has not closed it
-/// or sent anything but TLS housekeeping (session tickets) meanwhile. Never blocks.
-fn still_open(up: &mut Up) -> bool {
-    if up.sock.sock.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let ok = loop {
-        match up.conn.read_tls(&mut up.sock) {
-            Ok(0) => break false,
-            Ok(_) => match up.conn.process_new_packets() {
-                Ok(st) if st.plaintext_bytes_to_read() == 0 && !st.peer_has_closed() => {}
-                _ => break false,
-            },
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
-            Err(_) => break false,
-        }
-    };
-    ok && up.sock.sock.set_nonblocking(false).is_ok()
 }
 
 #[cfg(test)]

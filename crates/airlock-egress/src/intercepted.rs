@@ -4,9 +4,10 @@
 
 use crate::ctx::Ctx;
 use crate::http::{self, body::BodyFramer, HttpError};
-use crate::inject::{BodyScan, Injected, Leak};
+use crate::inject::{BodyCheck, BodyStop, Injected, Leak};
 use crate::intercept::{BufSock, Down, Interceptor, Up};
 use crate::journal::{Event, Kind, Verdict};
+use crate::upstream::Got;
 use crate::{host, sni};
 use rustls::pki_types::ServerName;
 use std::io::{self, Read, Write};
@@ -18,7 +19,6 @@ use std::time::{Duration, Instant};
 const UPSTREAM_IDLE: Duration = Duration::from_secs(10 * 60);
 
 /// Read buffer of the upstream socket (bulk downloads) and of the sandbox's (requests).
-const UP_SOCK_BUF: usize = 64 * 1024;
 const DOWN_SOCK_BUF: usize = 16 * 1024;
 /// Plaintext moved per read/write.
 const CHUNK: usize = 64 * 1024;
@@ -76,6 +76,36 @@ where
     Ok(filled)
 }
 
+/// Encrypted answer bytes for the sandbox are sent once this much plaintext is queued (or
+/// before the proxy would wait for the upstream). Not more: rustls queues each record in its
+/// own allocation, and with 256 KiB queued the allocator gave the freed memory back to the
+/// system after every write and faulted it in again (measured: page faults were 8% of the
+/// proxy's CPU, and it spent 1.11 ms per MiB instead of 0.80).
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Encrypt `data` for the sandbox into its connection's queue; the queue is sent when
+/// [`FLUSH_AT`] bytes are in it.
+fn queue_down(client: &mut Down, mut data: &[u8], queued: &mut usize) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = client.conn.writer().write(data)?;
+        data = &data[n..];
+        *queued += n;
+        if *queued >= FLUSH_AT || n == 0 {
+            flush_down(client, queued)?;
+        }
+    }
+    Ok(())
+}
+
+/// Send what is queued for the sandbox (one vectored write per up to 64 records).
+fn flush_down(client: &mut Down, queued: &mut usize) -> io::Result<()> {
+    while client.conn.wants_write() {
+        client.conn.write_tls(&mut client.sock)?;
+    }
+    *queued = 0;
+    Ok(())
+}
+
 /// Serve a TLS connection to a bound host. `hello` holds the bytes read so far (the
 /// ClientHello); `name` is its server name, already allowed by the policy and normalized;
 /// `upstream`, if given, is an open connection (a CONNECT tunnel's).
@@ -129,6 +159,8 @@ pub(crate) fn serve(
         at.record(ctx, Verdict::Deny, &reason, None, &[]);
         return;
     }
+    // Room for what is queued between flushes (`queue_down`).
+    server.set_buffer_limit(Some(2 * FLUSH_AT));
     let mut client = rustls::StreamOwned::new(server, conn);
     let mut x = Exchange {
         client: &mut client,
@@ -220,28 +252,26 @@ impl Exchange<'_> {
         let Ok(server_name) = ServerName::try_from(name.to_string()) else {
             return Err(Next::Close);
         };
-        let Ok(mut tls) = rustls::ClientConnection::new(self.icpt.upstream.clone(), server_name)
-        else {
-            return Err(Next::Close);
-        };
         let _ = up.set_nodelay(true);
         let _ = up.set_read_timeout(Some(ctx.connect_timeout));
         let _ = up.set_write_timeout(Some(ctx.connect_timeout));
-        let mut up = BufSock::new(up, UP_SOCK_BUF);
-        if let Err(e) = handshake(&mut tls, &mut up) {
-            let reason = format!(
-                "TLS to {name} failed, the real server's certificate was not verified: {e}"
-            );
-            at.record(ctx, Verdict::Deny, &reason, Some(ip), &[]);
-            answer(
-                self.client,
-                "502 Bad Gateway",
-                &format!("airlock: {reason}\n"),
-            );
-            return Err(Next::Close);
-        }
+        let tls = match Up::connect(self.icpt.upstream.clone(), server_name, up) {
+            Ok(t) => t,
+            Err(e) => {
+                let reason = format!(
+                    "TLS to {name} failed, the real server's certificate was not verified: {e}"
+                );
+                at.record(ctx, Verdict::Deny, &reason, Some(ip), &[]);
+                answer(
+                    self.client,
+                    "502 Bad Gateway",
+                    &format!("airlock: {reason}\n"),
+                );
+                return Err(Next::Close);
+            }
+        };
         Ok(Upstream {
-            tls: rustls::StreamOwned::new(tls, up),
+            tls,
             ip,
             reused: false,
         })
@@ -381,20 +411,20 @@ impl Exchange<'_> {
         });
         req.headers
             .retain(|(n, _)| !n.eq_ignore_ascii_case("expect"));
-        let mut scan = BodyScan::new(secrets, Some(name));
-        let mut framer = BodyFramer::new(req.body);
+        let mut body = BodyCheck::new(secrets, Some(name), req.body);
         let rest = self.buf.split_off(req.head_len);
-        let take = framer.feed(&rest).map_err(|_| Next::Close)?;
-        if let Err(l) = scan.feed(&rest[..take]) {
-            return Err(refuse_leak(self.client, l));
-        }
+        let take = match body.feed(&rest) {
+            Ok(t) => t,
+            Err(BodyStop::Leak(l)) => return Err(refuse_leak(self.client, l)),
+            Err(BodyStop::Malformed(_)) => return Err(Next::Close),
+        };
         // Bytes after this request's body: the start of the next (pipelined) one.
         self.buf = rest[take..].to_vec();
         let mut out = req.forward_head_with(true);
         out.extend_from_slice(&rest[..take]);
         // A request that is complete in memory can go on an idle connection: if the server
         // closed that one meanwhile, it is sent again on a new one.
-        let whole = framer.done();
+        let whole = body.done();
         let mut pooled = whole;
         let mut recorded = false;
         let (mut server, ip, head) = loop {
@@ -407,11 +437,8 @@ impl Exchange<'_> {
                 at.record(ctx, Verdict::Allow, "", Some(ip), &injected);
                 recorded = true;
             }
-            let _ = server
-                .sock
-                .sock
-                .set_write_timeout(Some(ctx.connect_timeout));
-            let sent = server.write_all(&out).and_then(|_| server.flush());
+            let _ = server.sock.set_write_timeout(Some(ctx.connect_timeout));
+            let sent = server.send(&out);
             if sent.is_err() {
                 if reused {
                     pooled = false;
@@ -420,12 +447,13 @@ impl Exchange<'_> {
                 return Err(Next::Close);
             }
             if !whole {
-                self.send_body(&mut server, &mut framer, &mut scan, expect)?;
+                self.send_body(&mut server, &mut body, expect)?;
             }
             // The answer's first bytes.
-            let _ = server.sock.sock.set_read_timeout(Some(UPSTREAM_IDLE));
-            match read_bulk(&mut server, &mut self.chunk) {
-                Ok(n) if n > 0 => break (server, ip, self.chunk[..n].to_vec()),
+            let _ = server.sock.set_read_timeout(Some(UPSTREAM_IDLE));
+            let mut head = Vec::new();
+            match server.read_into(&mut head) {
+                Ok(n) if n > 0 => break (server, ip, head),
                 _ if reused => pooled = false,
                 _ => return Err(Next::Close),
             }
@@ -446,8 +474,7 @@ impl Exchange<'_> {
     fn send_body(
         &mut self,
         server: &mut Up,
-        framer: &mut BodyFramer,
-        scan: &mut BodyScan<'_>,
+        body: &mut BodyCheck<'_>,
         expect: bool,
     ) -> Result<(), Next> {
         if expect
@@ -459,30 +486,33 @@ impl Exchange<'_> {
             return Err(Next::Close);
         }
         let _ = self.client.sock.sock.set_read_timeout(Some(UPSTREAM_IDLE));
-        while !framer.done() {
+        while !body.done() {
             let n = match read_bulk(self.client, &mut self.chunk) {
                 Ok(0) | Err(_) => return Err(Next::Close),
                 Ok(n) => n,
             };
-            let take = framer.feed(&self.chunk[..n]).map_err(|_| Next::Close)?;
-            if let Err(l) = scan.feed(&self.chunk[..take]) {
-                // The upstream never sees the end of this request.
-                let _ = server.sock.sock.shutdown(std::net::Shutdown::Both);
-                let reason = l.reason(self.name);
-                self.at.record(self.ctx, Verdict::Deny, &reason, None, &[]);
-                answer(
-                    self.client,
-                    "403 Forbidden",
-                    &format!("airlock: blocked {}: {reason}\n", self.name),
-                );
-                return Err(Next::Close);
-            }
-            if server.write_all(&self.chunk[..take]).is_err() {
+            let take = match body.feed(&self.chunk[..n]) {
+                Ok(t) => t,
+                Err(BodyStop::Malformed(_)) => return Err(Next::Close),
+                Err(BodyStop::Leak(l)) => {
+                    // The upstream never sees the end of this request.
+                    let _ = server.sock.shutdown(std::net::Shutdown::Both);
+                    let reason = l.reason(self.name);
+                    self.at.record(self.ctx, Verdict::Deny, &reason, None, &[]);
+                    answer(
+                        self.client,
+                        "403 Forbidden",
+                        &format!("airlock: blocked {}: {reason}\n", self.name),
+                    );
+                    return Err(Next::Close);
+                }
+            };
+            if server.send(&self.chunk[..take]).is_err() {
                 return Err(Next::Close);
             }
             self.buf.extend_from_slice(&self.chunk[take..n]);
         }
-        server.flush().map_err(|_| Next::Close)
+        Ok(())
     }
 
     /// Relay the answer (`head`: its first bytes) to the sandbox. `Ok(true)`: it was framed
@@ -500,9 +530,8 @@ impl Exchange<'_> {
                     Err(HttpError::NeedMore) => {}
                     Err(_) => break None,
                 }
-                match read_bulk(server, &mut self.chunk) {
-                    Ok(n) if n > 0 => head.extend_from_slice(&self.chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                match server.read_into(&mut head) {
+                    Ok(n) if n > 0 => {}
                     _ => break None,
                 }
             };
@@ -532,45 +561,50 @@ impl Exchange<'_> {
                     return Ok(false);
                 }
             };
-            self.client
-                .write_all(&head[..resp])
-                .map_err(|_| Next::Close)?;
             let mut body = BodyFramer::new(len);
-            // What came with the head, then straight from the read buffer (no copy in between).
+            // The head and what came with it, then each record's plaintext from rustls's queue
+            // straight into the sandbox's TLS (no copy in between), sent in large writes.
             let take = body.feed(&head[resp..]).map_err(|_| Next::Close)?;
-            self.client
-                .write_all(&head[resp..resp + take])
-                .map_err(|_| Next::Close)?;
+            let mut queued = 0;
+            let client = &mut *self.client;
+            queue_down(client, &head[..resp + take], &mut queued).map_err(|_| Next::Close)?;
             let mut extra = resp + take < head.len();
             while !body.done() {
-                let n = match read_bulk(server, &mut self.chunk) {
-                    Ok(0) | Err(_) => return Err(Next::Close),
-                    Ok(n) => n,
-                };
-                let take = body.feed(&self.chunk[..n]).map_err(|_| Next::Close)?;
-                self.client
-                    .write_all(&self.chunk[..take])
+                let more = server
+                    .read_records(&mut |got| match got {
+                        Got::Waiting => flush_down(client, &mut queued),
+                        // Bytes after the answer's end.
+                        Got::Data(_) if body.done() => {
+                            extra = true;
+                            Ok(())
+                        }
+                        Got::Data(d) => {
+                            let take = body
+                                .feed(d)
+                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                            extra |= take < d.len();
+                            queue_down(client, &d[..take], &mut queued)
+                        }
+                    })
                     .map_err(|_| Next::Close)?;
-                extra |= take < n;
+                if !more {
+                    return Err(Next::Close);
+                }
             }
+            flush_down(client, &mut queued).map_err(|_| Next::Close)?;
             // Bytes after the answer's end: the server is confused; its connection is not reused.
             return Ok(!extra && !close);
         }
     }
 
     fn copy_until_close(&mut self, server: &mut Up) {
-        loop {
-            match read_bulk(server, &mut self.chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if self.client.write_all(&self.chunk[..n]).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // A server that closes without close_notify has still said everything.
-                Err(_) => break,
-            }
-        }
+        let mut queued = 0;
+        let client = &mut *self.client;
+        // Until the end: a server that closes without close_notify has still said everything.
+        while let Ok(true) = server.read_records(&mut |got| match got {
+            Got::Waiting => flush_down(client, &mut queued),
+            Got::Data(d) => queue_down(client, d, &mut queued),
+        }) {}
+        let _ = flush_down(client, &mut queued);
     }
 }

@@ -32,6 +32,7 @@ pub mod proxy;
 mod relay;
 pub mod resolve;
 pub mod sni;
+mod upstream;
 
 pub use ctx::Ctx;
 pub use journal::{Event, Journal, Kind};

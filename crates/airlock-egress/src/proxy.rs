@@ -383,10 +383,13 @@ fn forward_http(
         read_body_start(&mut conn, &mut owned, &req, ctx);
         buf = &owned;
         let rest = &buf[req.head_len..];
-        let leak = secrets
-            .check_plain(&req)
-            .err()
-            .or_else(|| crate::inject::BodyScan::new(secrets, None).feed(rest).err());
+        let leak = secrets.check_plain(&req).err().or_else(|| {
+            // A broken framing is refused when the body is forwarded.
+            match crate::inject::BodyCheck::new(secrets, None, req.body).feed(rest) {
+                Err(crate::inject::BodyStop::Leak(l)) => Some(l),
+                _ => None,
+            }
+        });
         if let Some(l) = leak {
             let reason = format!(
                 "{} (never in plain HTTP)",

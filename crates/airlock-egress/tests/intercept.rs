@@ -202,6 +202,52 @@ impl UpstreamCa {
         (port, rx, accepted)
     }
 
+    /// An HTTPS server that answers one request with a chunked answer in two parts: the
+    /// second only once `go` says so (a streamed answer: events as they happen).
+    fn streaming_server(&self, names: &[&str], go: Receiver<()>) -> u16 {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let leaf = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(ring())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![leaf.der().clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .unwrap(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        thread::spawn(move || {
+            let (c, _) = l.accept().unwrap();
+            c.set_read_timeout(Some(T)).unwrap();
+            let conn = rustls::ServerConnection::new(cfg).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, c);
+            let mut got = Vec::new();
+            let mut b = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&b[..n]),
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nevent1\r\n");
+            let _ = s.flush();
+            if go.recv_timeout(T).is_ok() {
+                let _ = s.write_all(b"6\r\nevent2\r\n0\r\n\r\n");
+                let _ = s.flush();
+            }
+            thread::sleep(Duration::from_millis(200));
+        });
+        port
+    }
+
     fn pem(&self) -> Vec<u8> {
         self.cert.pem().into_bytes()
     }
@@ -433,6 +479,137 @@ fn a_placeholder_in_a_body_to_another_bound_host_never_completes_the_request() {
     assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
     // The server saw at most a truncated request: it never answered one.
     assert!(got.recv_timeout(Duration::from_millis(500)).is_err());
+}
+
+/// TLS to `sni` over `sock`, send `parts` one after another (each its own TLS write, with a
+/// pause between them: the proxy reads them separately), read the whole answer.
+fn tls_parts(sock: TcpStream, cfg: Arc<rustls::ClientConfig>, sni: &str, parts: &[&str]) -> String {
+    let conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from(sni.to_string()).unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            thread::sleep(Duration::from_millis(200));
+        }
+        if s.write_all(p.as_bytes()).and_then(|_| s.flush()).is_err() {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    let mut b = [0u8; 4096];
+    while let Ok(n) = s.read(&mut b) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `ph` split in two halves, each its own chunk of a chunked body: what the server puts
+/// together holds the placeholder, the bytes on the wire never hold it in one piece.
+fn chunks_splitting(ph: &str) -> (String, String) {
+    let (a, b) = ph.split_at(ph.len() / 2);
+    (
+        format!("{:x}\r\n{{\"k\": \"{a}\r\n", a.len() + 7),
+        format!("{:x}\r\n{b}\"}}\r\n0\r\n\r\n", b.len() + 2),
+    )
+}
+
+/// Attack: the placeholder of a secret bound elsewhere, split across two chunks of a chunked
+/// body (sent in one piece: the whole request is checked before anything goes upstream).
+#[test]
+fn a_placeholder_split_across_two_chunks_is_blocked() {
+    let ca = UpstreamCa::new();
+    let (port, got) = ca.server(&["gh.test"]);
+    let s = setup(Some(&ca), &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let (one, two) = chunks_splitting(&s.placeholder);
+    let head = "POST /gists HTTP/1.1\r\nHost: gh.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let answer = tls_parts(
+        dial(at),
+        client_config(s.icpt.ca_pem().as_bytes()),
+        "gh.test",
+        &[&format!("{head}{one}{two}")],
+    );
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+    assert!(answer.contains("secret ANTHROPIC_API_KEY"), "{answer}");
+    assert!(got.recv_timeout(Duration::from_millis(300)).is_err());
+    let j = journal(&s.journal, 1);
+    assert_eq!(j[0]["decision"], "deny", "{j:?}");
+    assert!(
+        j[0]["reason"].as_str().unwrap().contains("(in the body)"),
+        "{j:?}"
+    );
+}
+
+/// The same split while the body streams: the chunks arrive in two reads, the first one has
+/// gone upstream already; the second is stopped and the request never completes.
+#[test]
+fn a_placeholder_split_across_two_streamed_chunks_is_blocked() {
+    let ca = UpstreamCa::new();
+    let (port, _got) = ca.server(&["gh.test"]);
+    let s = setup(Some(&ca), &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let (one, two) = chunks_splitting(&s.placeholder);
+    let head = "POST /gists HTTP/1.1\r\nHost: gh.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let answer = tls_parts(
+        dial(at),
+        client_config(s.icpt.ca_pem().as_bytes()),
+        "gh.test",
+        &[&format!("{head}{one}"), &two],
+    );
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+    assert!(answer.contains("secret ANTHROPIC_API_KEY"), "{answer}");
+    let j = journal(&s.journal, 2);
+    assert!(
+        j.iter()
+            .any(|l| l["decision"] == "deny"
+                && l["reason"].as_str().unwrap().contains("(in the body)")),
+        "{j:?}"
+    );
+}
+
+/// A `Content-Length` body whose placeholder arrives in two reads.
+#[test]
+fn a_placeholder_split_across_two_reads_of_a_body_is_blocked() {
+    let ca = UpstreamCa::new();
+    let (port, _got) = ca.server(&["gh.test"]);
+    let s = setup(Some(&ca), &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let body = format!("{{\"k\": \"{}\"}}", s.placeholder);
+    let (a, b) = body.split_at(body.len() / 2);
+    let head = format!(
+        "POST /gists HTTP/1.1\r\nHost: gh.test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = tls_parts(
+        dial(at),
+        client_config(s.icpt.ca_pem().as_bytes()),
+        "gh.test",
+        &[&format!("{head}{a}"), b],
+    );
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+    assert!(answer.contains("secret ANTHROPIC_API_KEY"), "{answer}");
+}
+
+/// Plain HTTP: a placeholder split across two chunks is refused like one in one piece.
+#[test]
+fn a_placeholder_split_across_chunks_of_a_plain_body_is_blocked() {
+    let (port, got) = http_server();
+    let s = setup(None, &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let mut c = dial(at);
+    let (one, two) = chunks_splitting(&s.other_placeholder);
+    write!(
+        c,
+        "POST /x HTTP/1.1\r\nHost: plain.test\r\nTransfer-Encoding: chunked\r\n\r\n{one}{two}"
+    )
+    .unwrap();
+    let answer = String::from_utf8(read_all(&mut c)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+    assert!(answer.contains("GH_TOKEN"), "{answer}");
+    assert!(got.recv_timeout(Duration::from_millis(300)).is_err());
 }
 
 #[test]
@@ -689,6 +866,50 @@ fn an_idle_upstream_the_server_closed_is_not_used_again() {
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
+/// The proxy sends the answer on in large writes, but never holds back what it has while it
+/// waits for more: a streamed answer's first event reaches the sandbox before the second is
+/// even sent.
+#[test]
+fn a_streamed_answer_reaches_the_sandbox_as_it_comes() {
+    let ca = UpstreamCa::new();
+    let (go, wait) = channel();
+    let port = ca.streaming_server(&["api.test"], wait);
+    let s = setup(Some(&ca), &[port]);
+    let at = transparent_to(&s.ctx, port);
+    let sock = dial(at);
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let conn = rustls::ClientConnection::new(
+        client_config(s.icpt.ca_pem().as_bytes()),
+        ServerName::try_from("api.test").unwrap(),
+    )
+    .unwrap();
+    let mut c = rustls::StreamOwned::new(conn, sock);
+    write!(
+        c,
+        "GET /events HTTP/1.1\r\nHost: api.test\r\nx-api-key: {}\r\n\r\n",
+        s.placeholder
+    )
+    .unwrap();
+    c.flush().unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !got.windows(6).any(|w| w == b"event1") {
+        let n = c
+            .read(&mut b)
+            .expect("the first event, before the second was sent");
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    assert!(!got.windows(6).any(|w| w == b"event2"));
+    go.send(()).unwrap();
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = c.read(&mut b).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    assert!(got.windows(6).any(|w| w == b"event2"));
+}
+
 #[test]
 fn one_leaf_certificate_per_host_and_sandbox() {
     let ca = UpstreamCa::new();
@@ -748,11 +969,29 @@ fn measure_interception_cost() {
         "passthrough {pass:.3} ms, intercepted {icpt:.3} ms, +{:.3} ms",
         icpt - pass
     );
+    // This process's CPU time (ms, all threads: the server, the client and the proxy).
+    let cpu_ms = || {
+        let st = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let f: Vec<f64> = st
+            .rsplit_once(") ")
+            .unwrap()
+            .1
+            .split(' ')
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        (f[11] + f[12]) * 10.0
+    };
     let rate = |sni: &str, cfg: &Arc<rustls::ClientConfig>, req: &str| {
         let t = std::time::Instant::now();
+        let c = cpu_ms();
         let a = tls_exchange(dial(at), cfg.clone(), sni, req).unwrap();
         assert!(a.len() > BIG, "{}", a.len());
-        BIG as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64()
+        let mib = BIG as f64 / (1 << 20) as f64;
+        println!(
+            "  {sni}: CPU of client + proxy + server {:.3} ms/MiB",
+            (cpu_ms() - c) / mib
+        );
+        mib / t.elapsed().as_secs_f64()
     };
     let tp = rate(
         "plain.test",

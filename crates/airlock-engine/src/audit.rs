@@ -267,7 +267,12 @@ pub fn human(e: &Value) -> String {
             t
         }
         "lifecycle" => {
-            let mut t = format!("{} -> {}", s("op"), s("to"));
+            // "starting: stopped -> starting" (the operation, then the states it moved
+            // between); lines written before `from` was recorded show the operation only.
+            let mut t = match e["from"].as_str() {
+                Some(from) => format!("{}: {from} -> {}", s("op"), s("to")),
+                None => format!("{}: -> {}", s("op"), s("to")),
+            };
             if let Some(r) = e["error"].as_str() {
                 t.push_str(&format!(": {r}"));
             }
@@ -447,8 +452,19 @@ mod tests {
         assert_eq!(cats, ["lifecycle", "egress", "review"]);
         assert!(human(&all[1]).ends_with("allow tcp a.com:443 — injected K (header x-api-key)"));
         assert!(human(&all[2]).contains("fetch refused: ci .github/x"));
-        record(&d, "lifecycle", json!({"op": "stop", "to": "stopped"}));
-        assert_eq!(read(&d).last().unwrap()["op"], "stop");
+        assert!(
+            human(&all[0]).ends_with("start: -> running"),
+            "{}",
+            human(&all[0])
+        );
+        record(
+            &d,
+            "lifecycle",
+            json!({"op": "stopping", "from": "stopping", "to": "stopped"}),
+        );
+        let last = read(&d).last().unwrap().clone();
+        assert_eq!(last["op"], "stopping");
+        assert!(human(&last).ends_with("stopping: stopping -> stopped"));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

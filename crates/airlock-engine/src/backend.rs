@@ -45,6 +45,9 @@ pub enum BackendError {
     /// The sandbox did not stop within its grace period (and could not be killed).
     #[error("sandbox did not stop: {0}")]
     StopTimeout(String),
+    /// The sandbox was not up in its start's time; whatever of it had started is gone.
+    #[error("the sandbox did not start: {why}")]
+    StartTimeout { why: String, hint: String },
 }
 
 /// Secret values for one start, by name. `Debug` shows the names only.

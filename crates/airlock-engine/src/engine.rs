@@ -256,6 +256,10 @@ impl EngineError {
             EngineError::Conflict { name, .. } => Some(format!(
                 "another command changed it; airlock status {name} shows its state"
             )),
+            EngineError::Backend {
+                source: BackendError::StartTimeout { hint, .. },
+                ..
+            } => Some(hint.clone()),
             EngineError::Backend { name, op, .. } => Some(match *op {
                 "remove" => format!("retry with airlock rm --force {name}"),
                 _ => format!("airlock status {name} shows its state and last error"),
@@ -473,9 +477,23 @@ impl Engine {
         supervisor_pid: Option<i32>,
         error: Option<&str>,
     ) -> Result<Record, EngineError> {
-        let result = lock(&self.store).transition(name, from, to, supervisor_pid, error);
+        // The state it leaves, for the journal (read under the same lock as the change).
+        let (before, result) = {
+            let mut store = lock(&self.store);
+            let before = match from {
+                [only] => Some(*only),
+                _ => store.get(name).ok().flatten().map(|r| r.state),
+            };
+            (
+                before,
+                store.transition(name, from, to, supervisor_pid, error),
+            )
+        };
         if result.is_ok() {
             let mut ev = serde_json::json!({"op": op, "to": to.to_string()});
+            if let Some(b) = before {
+                ev["from"] = b.to_string().into();
+            }
             if let Some(e) = error {
                 ev["error"] = e.into();
             }
@@ -665,7 +683,7 @@ impl Engine {
             None,
         )?;
         let dir = self.sandbox_dir(name);
-        self.work_out_of_guest(name, &dir);
+        self.work_out_of_guest(name, &dir, grace);
         match self.backend.stop(name, &dir, grace) {
             Ok(()) => self.transition(name, "stopping", &[S::Stopping], S::Stopped, None, None),
             Err(source) => {
@@ -694,16 +712,32 @@ impl Engine {
     /// A microVM sandbox's clone work out of its guest before it stops (every stop comes
     /// here). A failure does not keep it running: it is journaled, and the disk stays marked,
     /// so diff/fetch/sync say the work is still in the VM (see guest_work).
-    fn work_out_of_guest(&self, name: &str, dir: &Path) {
-        if let Err(e) = crate::guest_work::before_stop(dir, name) {
-            crate::audit::record(
-                dir,
-                "review",
-                serde_json::json!({"op": "pull at stop", "result": "failed", "reason": format!(
-                    "the work was not taken out of its VM before it stopped: {e}"
-                )}),
-            );
-        }
+    fn work_out_of_guest(&self, name: &str, dir: &Path, grace: Duration) {
+        use crate::guest_work::AtStop;
+        let (result, reason) =
+            match crate::guest_work::before_stop(dir, name, grace) {
+                Ok(AtStop::Nothing | AtStop::Taken) => return,
+                Err(e) => (
+                    "failed",
+                    format!("the work was not taken out of its VM before it stopped: {e}"),
+                ),
+                Ok(AtStop::Changed { taken, guest }) => {
+                    (
+                        "changed",
+                        format!(
+                    "work changed during stop: the guest's branch moved from {} to {} after \
+                     it was taken; the newer work stays on its VM's disk until the next start",
+                    short(&taken),
+                    if guest.is_empty() { "nothing" } else { short(&guest) }
+                ),
+                    )
+                }
+            };
+        crate::audit::record(
+            dir,
+            "review",
+            serde_json::json!({"op": "pull at stop", "result": result, "reason": reason}),
+        );
     }
 
     /// Removes a sandbox: its processes, what the backend holds, its folder, its row.
@@ -910,7 +944,7 @@ impl Engine {
                 moved(S::Failed, None, Some(msg), msg)
             }
             (S::Stopping, Liveness::Running { supervisor_pid }) => {
-                self.work_out_of_guest(name, &dir);
+                self.work_out_of_guest(name, &dir, DEFAULT_GRACE);
                 match self.backend.stop(name, &dir, DEFAULT_GRACE) {
                     Ok(()) => moved(S::Stopped, None, None, "interrupted stop finished"),
                     Err(e) => {
@@ -994,4 +1028,9 @@ fn remove_dir(dir: &Path) -> Result<(), EngineError> {
             source,
         }),
     }
+}
+
+/// An object id's first 12 digits (what a person compares).
+fn short(oid: &str) -> &str {
+    oid.get(..12).unwrap_or(oid)
 }

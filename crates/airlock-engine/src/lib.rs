@@ -23,6 +23,7 @@ pub mod live_policy;
 pub mod paths;
 pub mod pool;
 pub mod report;
+pub mod start_wait;
 pub mod store;
 pub mod supervisor;
 

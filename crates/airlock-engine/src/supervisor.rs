@@ -81,6 +81,20 @@ fn wait_until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A supervisor that is not to go on: SIGTERM (it stops what it started and cleans up after
+/// it), SIGKILL after 10 s if it has not ended; reaped either way.
+fn end_supervisor(child: &mut std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let ended = wait_until(Instant::now() + Duration::from_secs(10), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
 /// The sandbox's isolation backend, from the `backend` of its spec (None: one this build
 /// does not have, so nothing of it can be running or left over).
 fn isolation(dir: &Path) -> Option<AnyBackend> {
@@ -119,7 +133,7 @@ impl Backend for SupervisorBackend {
         &self,
         name: &str,
         dir: &Path,
-        _spec_json: &str,
+        spec_json: &str,
         secrets: &Secrets,
     ) -> Result<Started, BackendError> {
         if locked(dir) {
@@ -138,6 +152,8 @@ impl Backend for SupervisorBackend {
             .map_err(|e| BackendError::Failed(e.to_string()))?;
         // What an earlier, killed run left (its cgroup, the record of its PID 1) goes first.
         self.reclaim(name, dir);
+        // The supervisor says afresh when its VM boots.
+        let _ = fs::remove_file(dir.join(airlock_sandbox::isolation::VM_BOOT_FILE));
         let mut cmd = Command::new(&self.exe);
         cmd.env_clear().envs(crate::client::daemon_env());
         cmd.arg("__supervise")
@@ -164,10 +180,34 @@ impl Backend for SupervisorBackend {
             let msg = serde_json::to_vec(&secrets.0).unwrap_or_default();
             let _ = std::io::Write::write_all(&mut stdin, &msg);
         }
-        let up = wait_until(Instant::now() + Duration::from_secs(20), || {
-            pid1_up(name, dir) || child.try_wait().ok().flatten().is_some()
-        });
-        if !up || !pid1_up(name, dir) {
+        let mut clock = crate::start_wait::StartClock::new(spec_json);
+        let up = loop {
+            if pid1_up(name, dir) || child.try_wait().ok().flatten().is_some() {
+                break true;
+            }
+            clock.observe(dir);
+            if Instant::now() >= clock.deadline() {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if !up {
+            // Out of time: the supervisor ends what it started (its VM, its run directory),
+            // killed if it does not; then what a killed one leaves goes too.
+            end_supervisor(&mut child);
+            self.reclaim(name, dir);
+            let _ = fs::remove_file(dir.join(airlock_sandbox::isolation::VM_BOOT_FILE));
+            let tail = console_tail(dir);
+            return Err(BackendError::StartTimeout {
+                why: if tail.is_empty() {
+                    clock.timed_out()
+                } else {
+                    format!("{} (its console: {tail})", clock.timed_out())
+                },
+                hint: clock.hint(name),
+            });
+        }
+        if !pid1_up(name, dir) {
             let _ = child.kill();
             let _ = child.wait();
             return Err(BackendError::Failed(format!(

@@ -334,6 +334,26 @@ fn failed_start_leaves_it_failed_with_the_error_and_a_retry_clears_it() {
     assert_eq!(record.state, S::Running);
     assert_eq!(record.last_error, None);
     assert!(record.supervisor_pid.is_some());
+    // The journal names the state each step left: the retry started from `failed`.
+    let moves: Vec<(String, String)> = airlock_engine::audit::read(&f.engine.sandbox_dir("box"))
+        .iter()
+        .filter(|e| e["category"] == "lifecycle")
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("?").to_owned();
+            (s("from"), s("to"))
+        })
+        .collect();
+    let want = [
+        ("creating", "stopped"),
+        ("stopped", "starting"),
+        ("starting", "failed"),
+        ("failed", "starting"),
+        ("starting", "running"),
+    ];
+    assert_eq!(
+        moves,
+        want.map(|(a, b)| (a.to_owned(), b.to_owned())).to_vec()
+    );
 }
 
 #[test]

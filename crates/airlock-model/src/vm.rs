@@ -15,6 +15,9 @@ pub const VM_PORT_NAME: &str = "airlock";
 /// order of /dev/vdX is the kernel's business).
 pub const DISK_ROOT: &str = "airlock-root";
 pub const DISK_WORKSPACE: &str = "airlock-ws";
+/// The disk the guest's writable layers live on when the spec sets `disk` (see
+/// [`GuestJob::overlay_disk`]).
+pub const DISK_OVERLAY: &str = "airlock-overlay";
 
 /// The serial of the disk holding the `i`th read-only mount's snapshot.
 pub fn disk_ro(i: usize) -> String {
@@ -90,6 +93,12 @@ pub struct GuestJob {
     /// Read-only mounts, in order, after the workspace. Absent in older hosts' jobs: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<GuestMount>,
+    /// The writable layers (the root's overlay, the overlay workspace's, /tmp and home) live
+    /// on the ext4 disk whose serial is [`DISK_OVERLAY`] (made empty by the host, the size of
+    /// the spec's `disk`) instead of tmpfs: what the guest writes there ends in ENOSPC at
+    /// that size, whatever its memory. Absent in older hosts' jobs: false (tmpfs).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub overlay_disk: bool,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -6,6 +6,12 @@
 /// guest: see `microvm`).
 pub const STOP_GRACE_FILE: &str = "stop-grace-ms";
 
+/// In a named microVM sandbox's folder: written by its supervisor when QEMU is about to boot
+/// the guest (after the first use's artifacts are built), holding the accelerator (`kvm` or
+/// `tcg`). Its starter (the engine) removes it before starting a supervisor and gives the
+/// boot its own time from when it appears (see `airlock_engine::supervisor`).
+pub const VM_BOOT_FILE: &str = "vm-booting";
+
 /// The container backend's record of a named sandbox's plan, read by `exec` (what to become
 /// inside: user, environment, working directory, rlimits, writable paths).
 pub const PLAN_FILE: &str = "plan.json";

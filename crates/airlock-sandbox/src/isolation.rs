@@ -24,7 +24,7 @@
 use crate::cgroup::Layout;
 pub use crate::command::{Ending, ExecRequest, Outcome};
 use crate::container::{self, RunError, RunOptions};
-pub use crate::folder::{Observed, PLAN_FILE, STOP_GRACE_FILE};
+pub use crate::folder::{Observed, PLAN_FILE, STOP_GRACE_FILE, VM_BOOT_FILE};
 pub use crate::microvm::MicroVm;
 pub use crate::offer::offer;
 use airlock_model::plan::{HostFacts, Plan};

@@ -49,6 +49,25 @@ exec git bundle create -q - "refs/heads/$1""#;
     ]
 }
 
+/// The branch's tip as the host last took it (`DIR/pulled.git`), else the clone's start
+/// (nothing new was pulled). None: neither is known.
+pub fn taken_tip(dir: &Path) -> Option<String> {
+    let info = CloneInfo::load(dir)?;
+    let q = dir.join(PULLED_DIR);
+    let refname = format!("refs/heads/{}", info.branch);
+    let pulled = q
+        .is_dir()
+        .then(|| {
+            Git::bare(&q)
+                .text(&["rev-parse", "--verify", "-q", &refname])
+                .ok()
+        })
+        .flatten()
+        .map(|t| t.trim().to_string())
+        .filter(|t| is_oid(t));
+    pulled.or(info.start)
+}
+
 fn io(what: &str) -> impl Fn(std::io::Error) -> ReviewError + '_ {
     move |e| ReviewError::Io(format!("{what}: {e}"))
 }
@@ -183,6 +202,22 @@ mod tests {
             ),
         );
         b
+    }
+
+    /// What a stop compares the guest's branch with: the clone's start before anything was
+    /// taken, the received tip after, the start again once the branch is back at it.
+    #[test]
+    fn the_taken_tip_is_the_last_received_else_the_start() {
+        let (top, dir, guest, info) = setup("taken");
+        let start = info.start.clone().expect("start");
+        assert_eq!(taken_tip(&dir).as_deref(), Some(start.as_str()));
+        sh(&guest, "echo two > a.txt && git commit -qam two");
+        let tip = sh(&guest, "git rev-parse HEAD");
+        receive(&dir, Some(&bundle(&guest, &info, ""))).expect("receive");
+        assert_eq!(taken_tip(&dir).as_deref(), Some(tip.as_str()));
+        receive(&dir, None).expect("nothing new");
+        assert_eq!(taken_tip(&dir).as_deref(), Some(start.as_str()));
+        let _ = std::fs::remove_dir_all(&top);
     }
 
     #[test]

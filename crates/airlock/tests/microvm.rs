@@ -377,6 +377,96 @@ fn rootless_airlock_boots_a_guest_too() {
     assert_eq!(out.stdout, "1000\n", "{}", out.describe());
 }
 
+/// `disk` on a microVM bounds what the guest writes: its root's overlay, /tmp and home live on
+/// a disk of that size (not tmpfs sized from the guest's memory, where 1 GiB of memory let
+/// each take 256 MiB). Writing less than `disk` succeeds; past it, ENOSPC in the guest.
+/// Rootful and rootless, one boot each.
+#[test]
+fn disk_bounds_what_a_microvm_guest_writes() {
+    if !e2e("disk_bounds_what_a_microvm_guest_writes") {
+        return;
+    }
+    // 64 MiB: /tmp 16 + root overlay 24 fit; 40 more on the root overlay do not, nor, once
+    // that is removed, 40 in home (the same disk).
+    const FILL: &str = "w() { dd if=/dev/zero of=\"$1\" bs=1M count=\"$2\" 2>/tmp/dd.err; \
+         r=$?; echo \"$3=$r $(grep -o 'No space left on device' /tmp/dd.err | head -n1)\"; }; \
+         w /tmp/small 16 tmp; w /mid 24 root; w /big 40 big; \
+         rm -f /big; w \"$HOME/h\" 40 home; \
+         df -k /tmp | tail -n1";
+    let root = Airlock::root();
+    let bins = Bins::owned_by(&common::test_user());
+    let rootless = Airlock::rootless(&bins);
+    for (a, mode) in [(&root, "rootful"), (&rootless, "rootless")] {
+        let toml = a.cwd.join("airlock.toml");
+        std::fs::write(&toml, "[resources]\ndisk = \"64M\"\n").expect("write airlock.toml");
+        if let Some(u) = &a.user {
+            std::os::unix::fs::chown(&toml, Some(u.uid), Some(u.gid)).expect("chown");
+        }
+        let out = vm_run(
+            a,
+            // The guest's root user: the root's overlay is writable to it (not the agent's).
+            &[
+                "--workspace",
+                "none",
+                "--net",
+                "off",
+                "--user",
+                "root",
+                "--",
+                "sh",
+                "-c",
+                FILL,
+            ],
+            &[],
+        );
+        assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+        let lines: Vec<&str> = out.stdout.lines().map(str::trim_end).collect();
+        assert_eq!(lines[0], "tmp=0", "{mode}: {}", out.describe());
+        assert_eq!(lines[1], "root=0", "{mode}: {}", out.describe());
+        assert_eq!(
+            lines[2],
+            "big=1 No space left on device",
+            "{mode}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            lines[3],
+            "home=1 No space left on device",
+            "{mode}: {}",
+            out.describe()
+        );
+        // /tmp is the disk's: its size is the disk's (less ext4's own), not the memory's.
+        let size_kib: u64 = lines[4]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|k| k.parse().ok())
+            .unwrap_or_else(|| panic!("{mode}: df: {}", out.describe()));
+        assert!(
+            (40 << 10..=64 << 10).contains(&size_kib),
+            "{mode}: /tmp is {size_kib} KiB: {}",
+            out.describe()
+        );
+        // The disk went with the run.
+        let left: Vec<_> = walk_names(&a.state_dir())
+            .into_iter()
+            .filter(|n| n.ends_with("overlay.img"))
+            .collect();
+        assert!(left.is_empty(), "{mode}: {left:?}");
+    }
+}
+
+fn walk_names(dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        out.push(p.display().to_string());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk_names(&p));
+        }
+    }
+    out
+}
+
 /// Stops the sandbox's engine (and its supervisors) whatever the test's outcome.
 struct EngineGuard<'a>(&'a Airlock);
 
@@ -505,6 +595,14 @@ impl OnTerminal {
             ws_ypixel: 0,
         };
         let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
+        // Neither end may leak into what airlock starts (an engine it starts would hold the
+        // terminal open, and the reader here would never see its end).
+        for fd in [&pty.master, &pty.slave] {
+            use std::os::fd::AsRawFd;
+            // SAFETY: F_SETFD on a descriptor this function owns.
+            let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            assert_eq!(r, 0, "FD_CLOEXEC");
+        }
         let slave = std::fs::File::from(pty.slave);
         for set in [
             std::process::Command::stdin,
@@ -982,6 +1080,114 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// A named microVM whose boot runs out of its time (`AIRLOCK_VM_START_TIMEOUT=1`, in the
+/// engine's environment): `start` fails with the cause (the boot, its time, its accelerator)
+/// and a hint, nothing of it is left running (supervisor, QEMU, control socket, run
+/// directory), and the sandbox is `failed` with that error; a later start with the boot's
+/// usual time works. Rootful (one full boot) and rootless (the failed start only).
+#[test]
+fn a_named_microvm_start_out_of_time_says_why_and_leaves_nothing() {
+    if !e2e("a_named_microvm_start_out_of_time_says_why_and_leaves_nothing") {
+        return;
+    }
+    let root = Airlock::root();
+    let bins = Bins::owned_by(&common::test_user());
+    let rootless = Airlock::rootless(&bins);
+    for (a, mode) in [(&root, "rootful"), (&rootless, "rootless")] {
+        let _guard = Cleanup(a, &["vmslow"]);
+        let hurried = |args: &[&str]| {
+            let mut cmd = a.command(args);
+            cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+            cmd.env("AIRLOCK_VM_START_TIMEOUT", "1");
+            common::run_with_deadline(cmd, None, VM_DEADLINE)
+        };
+        let out = hurried(&[
+            "create",
+            "--backend",
+            "microvm",
+            "vmslow",
+            "--net",
+            "off",
+            "--workspace",
+            "none",
+        ]);
+        assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
+        let out = hurried(&["start", "vmslow"]);
+        assert_eq!(out.code(), 125, "{mode}: {}", out.describe());
+        assert!(
+            out.stderr
+                .contains("did not finish booting within 1 s under TCG")
+                || out
+                    .stderr
+                    .contains("did not finish booting within 1 s under KVM"),
+            "{mode}: {}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains("hint:") && out.stderr.contains("AIRLOCK_VM_START_TIMEOUT="),
+            "{mode}: {}",
+            out.describe()
+        );
+        // `failed`, with the cause as its last error.
+        let out = vm_cli(a, &["list", "--json"]);
+        let list: serde_json::Value = serde_json::from_str(&out.stdout).expect("list --json");
+        let rec = &list[0];
+        assert_eq!(rec["name"], "vmslow", "{mode}: {list}");
+        assert_eq!(rec["state"], "failed", "{mode}: {list}");
+        assert!(
+            rec["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("did not finish booting")),
+            "{mode}: {list}"
+        );
+        // Nothing left: no supervisor, no QEMU (in the sandbox's cgroup), no socket, no run
+        // directory.
+        let dir = a.state_dir().join("sandboxes/vmslow");
+        let sup: Option<i32> = std::fs::read_to_string(dir.join("supervisor.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = sup {
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && !status_field(pid, "State").starts_with('Z');
+            assert!(!alive, "{mode}: supervisor {pid} still runs");
+        }
+        let gone = common::wait_until(Duration::from_secs(10), || {
+            pids_in_cgroup_of("vmslow").is_empty()
+        });
+        assert!(gone, "{mode}: {:?}", pids_in_cgroup_of("vmslow"));
+        for f in ["vm.sock", "vm.pid", "vm-booting"] {
+            assert!(!dir.join(f).exists(), "{mode}: {f} left behind");
+        }
+        let runs: Vec<String> = std::fs::read_dir(a.state_dir().join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("vmslow"))
+            .collect();
+        assert!(runs.is_empty(), "{mode}: run directories left: {runs:?}");
+        if a.user.is_some() {
+            continue;
+        }
+        // An engine with the boot's usual time: the start works (the failed one blocks
+        // nothing). On a terminal it says what it waits for meanwhile.
+        common::stop_engines_of(a);
+        let mut cmd = a.command(&["start", "vmslow"]);
+        cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
+            .env("TERM", "xterm");
+        let mut t = OnTerminal::spawn(cmd, 24, 120);
+        let code = t.exit_code();
+        let seen = t.seen();
+        assert_eq!(code, 0, "{mode}:\n{seen}");
+        assert!(
+            seen.contains("vmslow: booting its microVM") && seen.contains("vmslow running"),
+            "{mode}:\n{seen}"
+        );
+        let out = vm_cli(a, &["exec", "vmslow", "--", "echo", "up"]);
+        assert_eq!(out.stdout, "up\n", "{mode}: {}", out.describe());
+    }
+}
+
 /// A git project in the test's working directory, with one commit.
 fn git_project(a: &Airlock) -> std::path::PathBuf {
     let p = a.cwd.clone();
@@ -1324,6 +1530,79 @@ fn a_microvm_clones_work_comes_back_however_its_vm_stops() {
     assert_eq!(
         host_git(&a, &["rev-parse", "airlock/vmpull"]).trim(),
         killed
+    );
+}
+
+/// A guest committing in a loop while its sandbox stops: the stop ends the guest's commands
+/// before it takes the branch out, so what the host reviews after the stop is the branch as
+/// the guest left it — the next start finds no commit the host never saw (the bundle was cut
+/// while the loop still ran, and its later commits were lost to review without a word).
+/// Two boots.
+#[test]
+fn a_commit_loop_during_stop_is_not_lost_to_review() {
+    if !e2e("a_commit_loop_during_stop_is_not_lost_to_review") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = Cleanup(&a, &["vmrace"]);
+    git_project(&a);
+    let ok = |args: &[&str]| {
+        let out = vm_cli(&a, args);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    ok(&["create", "--backend", "microvm", "vmrace", "--net", "off"]);
+    ok(&["start", "vmrace"]);
+    let mut cmd = a.command(&[
+        "exec",
+        "vmrace",
+        "--",
+        "sh",
+        "-c",
+        "cd /workspace && export GIT_AUTHOR_NAME=agent GIT_AUTHOR_EMAIL=a@b.invalid \
+         GIT_COMMITTER_NAME=agent GIT_COMMITTER_EMAIL=a@b.invalid; \
+         git commit -q --allow-empty -m 'loop 0' && echo up; \
+         i=0; while :; do i=$((i + 1)); echo $i >> a.txt; git commit -qam \"loop $i\"; done",
+    ]);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut looping = cmd.spawn().expect("spawn the loop");
+    let mut first = String::new();
+    BufReader::new(looping.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read");
+    assert_eq!(first, "up\n");
+    // Let it commit a while, then stop.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = ok(&["stop", "vmrace"]);
+    assert!(!out.stderr.contains("warning"), "{}", out.describe());
+    let ended = common::wait_until(Duration::from_secs(30), || {
+        looping.try_wait().ok().flatten().is_some()
+    });
+    assert!(ended, "the loop's exec did not end with the stop");
+    let taken = diff_tip(&a, "vmrace");
+    ok(&["fetch", "vmrace", "--accept"]);
+    assert_eq!(host_git(&a, &["rev-parse", "airlock/vmrace"]).trim(), taken);
+    let host_log = host_git(&a, &["log", "--format=%s", "-1", "airlock/vmrace"]);
+    assert!(host_log.starts_with("loop "), "{host_log}");
+    let out = ok(&["audit", "vmrace"]);
+    assert!(!out.stdout.contains("pull at stop"), "{}", out.describe());
+    // The guest's disk holds nothing newer than what the stop took.
+    ok(&["start", "vmrace"]);
+    let out = ok(&[
+        "exec",
+        "vmrace",
+        "--",
+        "sh",
+        "-c",
+        "cd /workspace && git rev-parse HEAD && git log --format=%s -1",
+    ]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(taken.as_str()),
+        "the guest's branch moved after the stop took it: {}",
+        out.describe()
     );
 }
 

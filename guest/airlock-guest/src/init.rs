@@ -8,7 +8,7 @@
 
 use airlock_model::vm::{
     b64_decode, b64_encode, GuestExec, GuestJob, GuestMsg, GuestNet, HostMsg, TimingStep,
-    DISK_ROOT, DISK_WORKSPACE, MAIN_SESSION, VM_PORT_NAME, VM_PROTOCOL_VERSION,
+    DISK_OVERLAY, DISK_ROOT, DISK_WORKSPACE, MAIN_SESSION, VM_PORT_NAME, VM_PROTOCOL_VERSION,
 };
 use nix::mount::{mount, MsFlags};
 use std::ffi::CString;
@@ -369,13 +369,22 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     mnt(&root, "/lower", "erofs", ro, None)?;
     t.mark("root image mounted");
     let size = size_opt(job);
-    mnt(
-        "tmpfs",
-        "/rw",
-        "tmpfs",
-        MsFlags::empty(),
-        Some(&format!("mode=0755{size}")),
-    )?;
+    if job.overlay_disk {
+        // `disk`: the writable layers on the host's empty ext4 disk of that size.
+        load_modules(Path::new(DISK_MODULES), t, &mut |_| {})?;
+        let dev = wait_for(Duration::from_secs(20), || find_disk(DISK_OVERLAY))
+            .ok_or("the writable-layer disk did not appear")?;
+        mnt(&dev, "/rw", "ext4", MsFlags::empty(), None)?;
+        t.mark("writable-layer disk mounted");
+    } else {
+        mnt(
+            "tmpfs",
+            "/rw",
+            "tmpfs",
+            MsFlags::empty(),
+            Some(&format!("mode=0755{size}")),
+        )?;
+    }
     for d in ["/rw/upper", "/rw/work", "/rw/ws-upper", "/rw/ws-work"] {
         mkdir(d, 0o755)?;
     }
@@ -419,22 +428,32 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
     mnt("tmpfs", &at("/dev/shm"), "tmpfs", nosuid, Some("mode=1777"))?;
-    mnt(
-        "tmpfs",
-        &at("/tmp"),
-        "tmpfs",
-        nosuid,
-        Some(&format!("mode=1777{size}")),
-    )?;
+    if job.overlay_disk {
+        // /tmp and home on the same disk: everything the guest writes counts against `disk`.
+        on_disk("/rw/tmp", &at("/tmp"), 0o1777, None, nosuid)?;
+    } else {
+        mnt(
+            "tmpfs",
+            &at("/tmp"),
+            "tmpfs",
+            nosuid,
+            Some(&format!("mode=1777{size}")),
+        )?;
+    }
     mnt("tmpfs", &at("/run"), "tmpfs", nosuid, Some("mode=0755"))?;
     tools(&at(airlock_model::agent::adapter::TOOLS_DIR))?;
-    mnt(
-        "tmpfs",
-        &at(&job.home),
-        "tmpfs",
-        nosuid,
-        Some(&format!("mode=0700,uid={},gid={}{size}", job.uid, job.gid)),
-    )?;
+    if job.overlay_disk {
+        let owner = Some((job.uid, job.gid));
+        on_disk("/rw/home", &at(&job.home), 0o700, owner, nosuid)?;
+    } else {
+        mnt(
+            "tmpfs",
+            &at(&job.home),
+            "tmpfs",
+            nosuid,
+            Some(&format!("mode=0700,uid={},gid={}{size}", job.uid, job.gid)),
+        )?;
+    }
     if job.workspace {
         let ws = wait_for(Duration::from_secs(20), || find_disk(DISK_WORKSPACE))
             .ok_or("the workspace disk did not appear")?;
@@ -494,6 +513,44 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     }
     t.mark("network up");
     Ok(())
+}
+
+/// A directory `dir` of the writable-layer disk (`mode`, `owner`), bound at `target` with
+/// `flags` (a fresh, empty directory each boot, as the tmpfs it stands for).
+fn on_disk(
+    dir: &str,
+    target: &str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    flags: MsFlags,
+) -> Res<()> {
+    mkdir(dir, 0o700)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(ctx(dir))?;
+    if let Some((u, g)) = owner {
+        nix::unistd::chown(
+            dir,
+            Some(nix::unistd::Uid::from_raw(u)),
+            Some(nix::unistd::Gid::from_raw(g)),
+        )
+        .map_err(ctx(format!("chown {dir}")))?;
+    }
+    mkdir(target, 0o755)?;
+    mount(
+        Some(dir),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(ctx(format!("bind {dir} at {target}")))?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        None::<&str>,
+    )
+    .map_err(ctx(format!("remount {target}")))
 }
 
 /// A read-only mount (`--ro`): its snapshot's disk, read-only, at `target` in the new root —

@@ -59,11 +59,23 @@ impl BodyFramer {
     /// Consume bytes from the client; returns how many of them belong to the body (a prefix of
     /// `data`). Once [`done`](Self::done), everything else is not forwarded.
     pub fn feed(&mut self, data: &[u8]) -> Result<usize, HttpError> {
+        self.feed_payload(data, |_| {})
+    }
+
+    /// As [`feed`](Self::feed), and `payload` is called with each piece of the body's content
+    /// in order: all of a `Content-Length` body, the chunks' data of a chunked one (without
+    /// sizes, extensions and trailers) — what the server puts together.
+    pub fn feed_payload(
+        &mut self,
+        data: &[u8],
+        mut payload: impl FnMut(&[u8]),
+    ) -> Result<usize, HttpError> {
         let bad = |why| Err(HttpError::Malformed(why));
         let mut i = 0;
         while i < data.len() {
             if let State::Length(n) | State::Data(n) = self.state {
                 let take = (data.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
+                payload(&data[i..i + take]);
                 i += take;
                 let left = n - take as u64;
                 self.state = match (&self.state, left) {

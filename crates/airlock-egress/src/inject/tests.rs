@@ -246,9 +246,9 @@ proptest! {
     }
 }
 
-/// Feed `stream` the way the intercepted path does (reads of arbitrary sizes): the framer says
-/// how much of each read is body, the scanner sees exactly that. Returns the bytes taken as
-/// body (`None` if the framer refused) and the first leak the scanner reported.
+/// Feed `stream` the way the intercepted path does (reads of arbitrary sizes): a framer says
+/// how much of each read is body, a [`BodyCheck`] looks for placeholders. Returns the bytes
+/// taken as body (`None` if the framer refused) and the first leak the check reported.
 fn feed_split(
     s: &Secrets,
     host: &str,
@@ -257,7 +257,7 @@ fn feed_split(
     cuts: &[usize],
 ) -> (Option<usize>, Option<Leak>) {
     let mut framer = http::body::BodyFramer::new(len);
-    let mut scan = BodyScan::new(s, Some(host));
+    let mut check = BodyCheck::new(s, Some(host), len);
     let mut taken = 0;
     let mut leak = None;
     let mut at = 0;
@@ -274,11 +274,83 @@ fn feed_split(
             return (None, leak);
         };
         if leak.is_none() {
-            leak = scan.feed(&piece[..take]).err();
+            match check.feed(piece) {
+                Ok(t) => assert_eq!(t, take),
+                Err(BodyStop::Leak(l)) => leak = Some(l),
+                Err(BodyStop::Malformed(e)) => panic!("the framer took it: {e}"),
+            }
         }
         taken += take;
     }
     (framer.done().then_some(taken), leak)
+}
+
+/// `body` as a chunked stream, cut into chunks at `cuts`.
+fn chunked(body: &[u8], cuts: &[usize]) -> Vec<u8> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+    points.push(body.len());
+    points.sort_unstable();
+    points.dedup();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for p in points {
+        if p > at {
+            out.extend_from_slice(format!("{:x}\r\n", p - at).as_bytes());
+            out.extend_from_slice(&body[at..p]);
+            out.extend_from_slice(b"\r\n");
+        }
+        at = p;
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[test]
+fn body_check_finds_a_placeholder_split_across_chunks() {
+    let s = secrets();
+    let p = ph(&s, "GH_TOKEN");
+    let body = format!("{{\"x\": \"{p}\"}}");
+    let stream = chunked(body.as_bytes(), &[20]);
+    assert!(!contains(&stream, p.as_bytes()));
+    // In one read, and with the reads cut where the chunks are.
+    for cuts in [vec![], vec![22], vec![10, 25, 30]] {
+        let (_, leak) = feed_split(
+            &s,
+            "api.anthropic.com",
+            http::BodyLength::Chunked,
+            &stream,
+            &cuts,
+        );
+        assert_eq!(leak.unwrap().secret, "GH_TOKEN", "{cuts:?}");
+    }
+    // Its own host may get it.
+    let (taken, leak) = feed_split(
+        &s,
+        "api.github.com",
+        http::BodyLength::Chunked,
+        &stream,
+        &[22],
+    );
+    assert_eq!((taken, leak), (Some(stream.len()), None));
+}
+
+#[test]
+fn body_check_still_sees_chunk_extensions_and_trailers() {
+    let s = secrets();
+    let p = ph(&s, "GH_TOKEN");
+    for stream in [
+        format!("3;x={p}\r\nabc\r\n0\r\n\r\n"),
+        format!("3\r\nabc\r\n0\r\nx-t: {p}\r\n\r\n"),
+    ] {
+        let (_, leak) = feed_split(
+            &s,
+            "api.anthropic.com",
+            http::BodyLength::Chunked,
+            stream.as_bytes(),
+            &[7],
+        );
+        assert_eq!(leak.unwrap().secret, "GH_TOKEN", "{stream}");
+    }
 }
 
 proptest! {
@@ -315,6 +387,32 @@ proptest! {
         let must = s.leak_in(&body, Some(host), "body").map(|l| l.secret);
         prop_assert_eq!(la.map(|l| l.secret), must.clone());
         prop_assert_eq!(lb.map(|l| l.secret), must);
+    }
+
+    /// A chunked body cut into chunks anywhere and read in pieces cut anywhere: a placeholder
+    /// of a secret not bound to the host is found however the chunks and reads split it.
+    #[test]
+    fn chunked_scanning_does_not_depend_on_chunk_or_read_sizes(
+        host in hosts(),
+        secret in prop::sample::select(vec![None, Some("ANTHROPIC_API_KEY"), Some("GH_TOKEN"), Some("PASS"), Some("MAPS")]),
+        before in prop::collection::vec(any::<u8>(), 0..200),
+        after in prop::collection::vec(any::<u8>(), 0..200),
+        chunk_cuts in prop::collection::vec(any::<usize>(), 0..10),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let s = secrets();
+        let mut body = before.clone();
+        if let Some(name) = secret {
+            body.extend_from_slice(ph(&s, name).as_bytes());
+        }
+        body.extend_from_slice(&after);
+        let stream = chunked(&body, &chunk_cuts);
+        let (taken, leak) = feed_split(&s, host, http::BodyLength::Chunked, &stream, &cuts);
+        let must = s.leak_in(&body, Some(host), "body").map(|l| l.secret);
+        if must.is_none() {
+            prop_assert_eq!(taken, Some(stream.len()));
+        }
+        prop_assert_eq!(leak.map(|l| l.secret), must);
     }
 
     /// Arbitrary bytes as a chunked body, split two ways: both accept the same prefix or both

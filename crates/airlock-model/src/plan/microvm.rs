@@ -9,7 +9,8 @@ use super::*;
 use crate::policy::WorkspaceMode;
 use crate::spec::SandboxUser;
 use crate::vm::{
-    disk_ro, GuestFile, GuestJob, GuestMount, GuestNet, DISK_ROOT, DISK_WORKSPACE, VM_PORT_NAME,
+    disk_ro, GuestFile, GuestJob, GuestMount, GuestNet, DISK_OVERLAY, DISK_ROOT, DISK_WORKSPACE,
+    VM_PORT_NAME,
 };
 
 /// Inside the QEMU container: the host's artifact cache (kernel, initrd, root image),
@@ -30,6 +31,10 @@ pub fn ro_image(i: usize) -> String {
 }
 /// The most read-only mounts a microVM takes (each is a virtio-blk disk of its own).
 pub const MAX_RO_MOUNTS: usize = 8;
+/// The disk of the guest's writable layers in the run directory when the spec sets `disk`:
+/// a sparse file of exactly that size, formatted ext4 (empty) by the executor before QEMU
+/// starts, gone with the run directory.
+pub const VM_OVERLAY_DISK: &str = "overlay.img";
 /// A clone workspace's disk in the run directory (a hard link to the sandbox's own image).
 pub const VM_WORKSPACE_DISK: &str = "workspace.img";
 /// A clone workspace's disk image in the sandbox's folder, beside its clone: an ext4 image
@@ -127,6 +132,10 @@ pub struct VmPlan {
     /// makes each one's snapshot ([`ro_image`]) before QEMU starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ro_sources: Vec<PathBuf>,
+    /// The size of the guest's writable-layer disk ([`VM_OVERLAY_DISK`]): the spec's `disk`.
+    /// None: those layers are tmpfs sized from the guest's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_disk: Option<u64>,
     pub accel: Accel,
     pub memory: u64,
     pub cpus: u32,
@@ -287,6 +296,12 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if ws_disk.is_some() {
         disk("ws", s(&run.join(VM_WORKSPACE_DISK)), DISK_WORKSPACE, true);
     }
+    // `disk`: the guest's writable layers on a disk of that size. A tmpfs bound is no bound
+    // past the guest's memory (its pages are that memory), so `disk` is a real disk.
+    let overlay_disk = spec.resources.disk.map(|d| d.0);
+    if overlay_disk.is_some() {
+        disk("ov", s(&run.join(VM_OVERLAY_DISK)), DISK_OVERLAY, true);
+    }
     for i in 0..spec.binds.len() {
         disk(
             &format!("ro{i}"),
@@ -437,11 +452,13 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
                     file: false,
                 })
                 .collect(),
+            overlay_disk: overlay_disk.is_some(),
         },
         qemu,
         workspace: has_ws.then(|| spec.project_dir.clone()),
         workspace_disk: ws_disk,
         ro_sources: spec.binds.iter().map(|b| b.source.clone()).collect(),
+        overlay_disk,
         accel: vm.accel,
         memory,
         cpus,

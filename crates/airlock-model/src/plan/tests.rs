@@ -1058,10 +1058,12 @@ fn the_microvm_plan_is_exact() {
             hold: false,
             tty: None,
             mounts: vec![],
+            overlay_disk: false,
         },
         workspace: Some(p("/home/u/proj")),
         workspace_disk: None,
         ro_sources: vec![],
+        overlay_disk: None,
         accel: Accel::Tcg,
         memory: 512 << 20,
         cpus: 2,
@@ -1071,6 +1073,38 @@ fn the_microvm_plan_is_exact() {
         got.qemu.limits.memory,
         Some(ByteSize((512 << 20) + (384 << 20)))
     );
+}
+
+/// `disk` on a microVM: the guest's writable layers on a writable disk of their own (the
+/// executor makes it that size); without `disk`, tmpfs as before and no such disk.
+#[test]
+fn disk_gives_a_microvm_a_writable_layer_disk_of_that_size() {
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert_eq!(got.overlay_disk, None);
+    assert!(!got.guest.overlay_disk);
+    assert!(!got.qemu.argv.iter().any(|a| a.contains("airlock-overlay")));
+    s.resources.disk = Some(ByteSize(64 << 20));
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert_eq!(got.overlay_disk, Some(64 << 20));
+    assert!(got.guest.overlay_disk);
+    let at = got
+        .qemu
+        .argv
+        .iter()
+        .position(|a| a == "id=ov,file=/airlock-vm/run/overlay.img,format=raw,if=none")
+        .unwrap_or_else(|| panic!("{:?}", got.qemu.argv));
+    assert_eq!(
+        got.qemu.argv[at + 2],
+        "virtio-blk-device,drive=ov,serial=airlock-overlay"
+    );
+    // The disk bounds the guest's writes; QEMU's own container keeps no disk budget.
+    assert_eq!(got.qemu.limits.disk, None);
 }
 
 #[test]

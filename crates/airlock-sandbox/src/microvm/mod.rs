@@ -18,7 +18,8 @@ pub mod term;
 
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
 use airlock_model::plan::microvm::{
-    Accel, VmFacts, VmPlan, VM_RUN_DIR, VM_WORKSPACE_DISK, VM_WORKSPACE_IMAGE, WORK_PENDING_FILE,
+    Accel, VmFacts, VmPlan, VM_OVERLAY_DISK, VM_RUN_DIR, VM_WORKSPACE_DISK, VM_WORKSPACE_IMAGE,
+    WORK_PENDING_FILE,
 };
 use airlock_model::plan::{HostFacts, MountStep, Plan};
 use channel::Reported;
@@ -269,6 +270,13 @@ impl MicroVm {
                 ));
             }
             record_job(dir, &vm.guest)?;
+            // The starter's clock for the boot itself starts now (see VM_BOOT_FILE).
+            let accel = match vm.accel {
+                Accel::Kvm => "kvm",
+                Accel::Tcg => "tcg",
+            };
+            std::fs::write(dir.join(crate::folder::VM_BOOT_FILE), accel)
+                .map_err(container::io_err("record the VM's boot"))?;
         }
         let rd =
             RunDir::create(opts.state_dir, &format!("{}.vm", vm.qemu.name)).map_err(|source| {
@@ -308,6 +316,10 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         artifacts::erofs(src, &dir.join(VM_WORKSPACE_IMAGE), &owner)
             .map_err(|e| RunError::Vm(format!("workspace image: {e}")))?;
         crate::phase("workspace image built");
+    }
+    if let Some(size) = vm.overlay_disk {
+        overlay_disk(dir, size, qemu.rootless, opts)?;
+        crate::phase("writable-layer disk made");
     }
     if let Some(d) = &vm.workspace_disk {
         // A clone workspace: the sandbox's own disk, made from its clone at the first start
@@ -461,6 +473,34 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             "the VM ended without reporting the command's exit status (QEMU exited with {q})"
         ))),
     }
+}
+
+/// `disk`: the guest's writable layers' disk in the run directory, `size` bytes (sparse: only
+/// what the guest writes takes host blocks), an empty ext4 the guest mounts and fills. Owned
+/// like the run directory (QEMU opens it as the sandbox's user). Gone with the run directory.
+fn overlay_disk(
+    dir: &Path,
+    size: u64,
+    rootless: bool,
+    opts: &RunOptions<'_>,
+) -> Result<(), RunError> {
+    let fail = |e: String| RunError::Vm(format!("the writable-layer disk (`disk`): {e}"));
+    let empty = dir.join("overlay.d");
+    std::fs::create_dir(&empty).map_err(|e| fail(format!("{}: {e}", empty.display())))?;
+    let image = dir.join(VM_OVERLAY_DISK);
+    let made = artifacts::ext4(&empty, &image, size);
+    let _ = std::fs::remove_dir(&empty);
+    made.map_err(fail)?;
+    if !rootless {
+        let (u, g) = opts.facts.project_owner;
+        nix::unistd::chown(
+            &image,
+            Some(nix::unistd::Uid::from_raw(u)),
+            Some(nix::unistd::Gid::from_raw(g)),
+        )
+        .map_err(|e| fail(format!("chown {}: {e}", image.display())))?;
+    }
+    Ok(())
 }
 
 /// Each read-only mount's snapshot in the run directory (`ro_image(i)`), owned by the guest's

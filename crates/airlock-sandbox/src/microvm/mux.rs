@@ -172,7 +172,11 @@ impl Mux {
                     map.remove(&id);
                 }
             }
-            return Err(e);
+            // The guest's end went away before the reader thread saw it: the same closed
+            // channel, whichever noticed first.
+            return Err(format!(
+                "the VM's channel is closed (the sandbox stopped): {e}"
+            ));
         }
         Ok(Session {
             mux: self,

@@ -340,7 +340,53 @@ fn start_with(
 ) -> CliResult<airlock_engine::store::Record> {
     let secrets = crate::cmd::run::resolve_secrets(&spec.secrets)?;
     check_limits(name, spec)?;
+    let _progress = (spec.backend == airlock_model::policy::BackendKind::Microvm)
+        .then(|| BootProgress::show(name));
     Ok(c.start_with_secrets(name, &secrets)?)
+}
+
+/// While a microVM sandbox starts, on a terminal: what it waits for and for how long (a boot
+/// under emulation takes seconds to minutes). Nothing when stderr is not a terminal.
+struct BootProgress(Option<indicatif::ProgressBar>);
+
+impl BootProgress {
+    fn show(name: &str) -> BootProgress {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return BootProgress(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        let style = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        bar.set_style(style);
+        let (name, dir) = (name.to_owned(), sandbox_dir(name));
+        let shown = bar.clone();
+        // Says which stage it is in: the boot file appears when QEMU starts.
+        std::thread::spawn(move || {
+            while !shown.is_finished() {
+                let boot =
+                    std::fs::read_to_string(dir.join(airlock_sandbox::isolation::VM_BOOT_FILE));
+                shown.set_message(match boot.as_deref() {
+                    Ok("tcg") => {
+                        format!("{name}: booting its microVM under TCG (software emulation)")
+                    }
+                    Ok(_) => format!("{name}: booting its microVM"),
+                    Err(_) => format!("{name}: preparing its microVM"),
+                });
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        });
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
+        BootProgress(Some(bar))
+    }
+}
+
+impl Drop for BootProgress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// The limits of `spec` this host cannot enforce for this user: what the supervisor's plan

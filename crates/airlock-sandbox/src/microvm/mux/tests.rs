@@ -24,6 +24,7 @@ pub(crate) fn job(hold: bool) -> GuestJob {
         hold,
         tty: None,
         mounts: vec![],
+        overlay_disk: false,
     }
 }
 
@@ -284,4 +285,39 @@ fn an_over_long_line_ends_the_channel_not_the_host() {
     drop(s);
     drop(mux);
     t.join().unwrap();
+}
+
+/// A guest whose end stopped reading (gone, before the reader thread has seen its end): a new
+/// session is refused as a closed channel, the same answer as once the reader has seen it.
+/// (It said "write to the VM channel: Broken pipe", which a caller checking for a closed
+/// channel took for another failure: the control test's race under load.)
+#[test]
+fn a_session_on_a_channel_whose_guest_went_away_is_refused_as_closed() {
+    let (host, mut g) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut r = BufReader::new(g.try_clone().unwrap());
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let v = VM_PROTOCOL_VERSION;
+        put(
+            &mut g,
+            &GuestMsg::Hello {
+                v,
+                kernel: "k".into(),
+                sessions: true,
+            },
+        );
+        put(&mut g, &GuestMsg::Ready { v });
+        // No more reading, but the end stays open: the host's reader sees no end of file.
+        g.shutdown(std::net::Shutdown::Read).unwrap();
+        g
+    });
+    let mux = Mux::open(host, &job(true)).unwrap();
+    let g = t.join().unwrap();
+    let err = mux
+        .exec(exec(&["echo", "x"], false))
+        .err()
+        .expect("refused");
+    assert!(err.contains("channel is closed"), "{err}");
+    drop(g);
 }
