@@ -14,6 +14,9 @@
 #     builds, QEMU's threads then get their CPU when they want it, and the spread shrinks. The
 #     other builds wait for the VM; use it for seconds, not for hours.
 #   BASE=/path/to/another/airlock: a third side in the pairs (e.g. a build of main: before/after).
+#   AIRLOCK_KERNEL=/path/to/vmlinux: boot that kernel (both sides: raw QEMU takes airlock's
+#     command line), e.g. airlock's minimal guest kernel (scripts/guest-kernel.sh); default:
+#     the distribution kernel airlock finds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AIRLOCK=$(realpath "${1:-target/release/airlock}")
@@ -71,14 +74,15 @@ accel=$(grep -o -- '-accel","[^"]*' warm.log | head -1 | cut -d'"' -f3)
 "${PRIO[@]}" hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$work/r.json" \
   -n 'raw qemu (trivial init)' "$raw" \
   -n 'airlock run --backend microvm -- true' "$AIRLOCK run --backend microvm --workspace none --net off -- true" >&2
-python3 - "$work/r.json" "$accel" <<'PY'
+kernel=$(grep -o -- '-kernel","[^"]*' warm.log | head -1 | cut -d'"' -f3)
+python3 - "$work/r.json" "$accel" "${kernel##*/}" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]
 med = {x["command"]: x["median"] for x in r}
 cpu = {x["command"]: x["user"] + x["system"] for x in r}
 raw = med["raw qemu (trivial init)"]
 raw_cpu = cpu["raw qemu (trivial init)"]
-print(f"accelerator: {sys.argv[2]}")
+print(f"accelerator: {sys.argv[2]}; kernel: {sys.argv[3]}")
 print("| command | median (s) | ratio to raw QEMU | CPU user+sys, mean (s) | CPU ratio |")
 print("|---|---:|---:|---:|---:|")
 for name, m in med.items():

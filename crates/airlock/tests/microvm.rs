@@ -2724,3 +2724,90 @@ fn allow_and_deny_reach_a_running_microvm() {
     );
     assert_eq!(policy[1]["closed"], 1);
 }
+
+/// airlock's minimal guest kernel (`scripts/guest-kernel.sh`; `.ci/install-guest-kernel` builds
+/// it into the test cache): AIRLOCK_TEST_GUEST_KERNEL, else where the script leaves it.
+fn minimal_kernel() -> String {
+    let p = std::env::var("AIRLOCK_TEST_GUEST_KERNEL")
+        .unwrap_or_else(|_| format!("{}/microvm/guest-kernel/vmlinux", cache_dir()));
+    let p = std::path::Path::new(&p);
+    assert!(
+        p.exists(),
+        "{}: no minimal guest kernel (run .ci/install-guest-kernel)",
+        p.display()
+    );
+    p.canonicalize().expect("kernel path").display().to_string()
+}
+
+/// The minimal guest kernel boots with its drivers built in: the initramfs holds no modules
+/// and the init loads none (its boot steps show none), the root image, the workspace and the
+/// NIC (virtio-net built in) are there; `doctor` says so of it, and of the distribution
+/// kernel that its init loads modules and where the minimal one is.
+#[test]
+fn the_minimal_guest_kernel_boots_with_its_drivers_built_in() {
+    if !e2e("the_minimal_guest_kernel_boots_with_its_drivers_built_in") {
+        return;
+    }
+    let kernel = minimal_kernel();
+    let a = Airlock::root();
+    std::fs::write(a.cwd.join("a.txt"), "from the host\n").expect("write");
+    let out = vm_run(
+        &a,
+        &[
+            "--kernel",
+            &kernel,
+            "--",
+            "sh",
+            "-c",
+            "uname -r; cat /workspace/a.txt; ls /sys/class/net; \
+             test -e /proc/modules && echo modules || echo no-modules; exit 3",
+        ],
+        &[("AIRLOCK_TIMING", "1")],
+    );
+    assert_eq!(out.code(), 3, "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].ends_with("-airlock"), "{}", out.describe());
+    assert_eq!(lines[1], "from the host", "{}", out.describe());
+    assert!(lines.contains(&"eth0"), "{}", out.describe());
+    assert_eq!(lines.last(), Some(&"no-modules"), "{}", out.describe());
+    let steps: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once("] guest +")?.1.split_once(": "))
+        .map(|(_, s)| s)
+        .collect();
+    assert!(
+        steps.iter().any(|s| s.starts_with("channel open")),
+        "{steps:?}"
+    );
+    assert!(!steps.iter().any(|s| s.starts_with("module ")), "{steps:?}");
+
+    let doctor = |env: &[(&str, &str)]| {
+        let mut cmd = a.command(&["doctor", "--json"]);
+        cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
+            .envs(env.iter().copied());
+        let out = common::run_with_deadline(cmd, None, VM_DEADLINE);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("doctor json");
+        v["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["id"] == "microvm")
+            .map(|r| r["detail"].as_str().unwrap_or_default().to_string())
+            .expect("a microvm row")
+    };
+    let d = doctor(&[("AIRLOCK_KERNEL", &kernel)]);
+    assert!(
+        d.contains("its guest drivers built in, no modules to load"),
+        "{d}"
+    );
+    let d = doctor(&[]);
+    assert!(d.contains("the guest's init loads "), "{d}");
+    assert!(d.contains("virtio_console"), "{d}");
+    assert!(
+        d.contains(
+            "airlock's minimal guest kernel (drivers built in, faster boots) is built: --kernel"
+        ),
+        "{d}"
+    );
+}

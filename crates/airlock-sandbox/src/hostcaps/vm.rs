@@ -3,6 +3,7 @@
 
 use super::host::{run_bounded, which};
 use super::row::{Row, Status};
+use crate::microvm::artifacts::ModuleSource;
 use crate::sys::raw;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -309,6 +310,21 @@ pub(super) fn accel_text(
     }
 }
 
+/// Where airlock's minimal guest kernel is, or how to build one (for a distribution kernel,
+/// whose modules the guest loads at every boot).
+fn minimal_kernel_hint() -> String {
+    match crate::microvm::kernel::built_guest_kernel() {
+        Some(p) => format!(
+            "airlock's minimal guest kernel (drivers built in, faster boots) is built: --kernel {}",
+            p.display()
+        ),
+        None => format!(
+            "a minimal guest kernel with them built in boots faster: {}",
+            crate::microvm::kernel::GUEST_KERNEL_HOW
+        ),
+    }
+}
+
 /// The microVM backend as a whole: which guest kernel it boots, KVM or TCG, the host image
 /// cache, erofs-utils. Boots nothing and builds nothing (the first `run --backend microvm`
 /// does, once).
@@ -323,8 +339,24 @@ pub(super) fn microvm_row() -> Row {
             let vmlinux = crate::microvm::artifacts::vmlinux_name(&k);
             probed = crate::microvm::cached_accel(&cache, &vmlinux)
                 .map(|a| (a, crate::microvm::accel_cache(&cache, &vmlinux)));
+            let modules = match crate::microvm::artifacts::modules_summary(&k) {
+                Ok((ModuleSource::BuiltIn, _)) => {
+                    "its guest drivers built in, no modules to load".to_string()
+                }
+                Ok((ModuleSource::Tree(_), names)) => format!(
+                    "the guest's init loads {} modules ({}); {}",
+                    names.len(),
+                    names.join(", "),
+                    minimal_kernel_hint()
+                ),
+                Err(e) => {
+                    missing.push(format!("guest kernel unusable: {e}"));
+                    fixes.push(crate::microvm::kernel::KERNEL_HINT.to_string());
+                    String::new()
+                }
+            };
             format!(
-                "kernel {} ({}, from {}; --kernel or [sandbox] kernel choose another)",
+                "kernel {} ({}, from {}; --kernel or [sandbox] kernel choose another): {modules}",
                 k.release,
                 k.image.display(),
                 k.from

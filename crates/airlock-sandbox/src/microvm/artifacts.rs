@@ -30,6 +30,19 @@ pub const NET_MODULES: &[&str] = &["virtio_net"];
 /// ext4 image), from `/modules/disk`: a boot without one does not pay for them.
 pub const DISK_MODULES: &[&str] = &["ext4"];
 
+/// Each module above and the kernel configuration symbol that builds it in: how airlock
+/// tells, from a kernel's embedded configuration, that a kernel without a modules tree (its
+/// own minimal guest kernel, `scripts/guest-kernel.sh`) needs none of them loaded.
+pub const MODULE_SYMBOLS: &[(&str, &str)] = &[
+    ("virtio_mmio", "CONFIG_VIRTIO_MMIO"),
+    ("virtio_console", "CONFIG_VIRTIO_CONSOLE"),
+    ("virtio_blk", "CONFIG_VIRTIO_BLK"),
+    ("erofs", "CONFIG_EROFS_FS"),
+    ("overlay", "CONFIG_OVERLAY_FS"),
+    ("virtio_net", "CONFIG_VIRTIO_NET"),
+    ("ext4", "CONFIG_EXT4_FS"),
+];
+
 /// The initramfs's layout version, part of its cache key: an airlock that lays the initramfs
 /// out differently (which modules where, how they are stored) never boots one cached by
 /// another. 2: network modules apart; signatures stripped. 3: workspace-disk modules apart.
@@ -68,7 +81,7 @@ pub fn key(parts: &[&[u8]]) -> String {
     format!("{h:016x}")
 }
 
-fn stat_key(p: &Path) -> String {
+pub(crate) fn stat_key(p: &Path) -> String {
     match fs::symlink_metadata(p) {
         Ok(m) => format!("{}:{}:{}:{}", p.display(), m.ino(), m.size(), m.mtime()),
         Err(_) => format!("{}:-", p.display()),
@@ -149,7 +162,7 @@ pub fn vmlinux(dir: &Path, k: &Kernel) -> Result<String, String> {
 /// The modules a guest of `release` loads, dependencies first (paths under
 /// /lib/modules/RELEASE): the channel's, the others every boot needs, those only a network
 /// needs and those only a workspace disk needs (each set without what an earlier one holds).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Modules {
     pub channel: Vec<PathBuf>,
     pub base: Vec<PathBuf>,
@@ -157,12 +170,100 @@ pub struct Modules {
     pub disk: Vec<PathBuf>,
 }
 
-/// The modules to load for `release` (see [`Modules`]).
-pub fn module_list(release: &str) -> Result<Modules, String> {
-    module_list_in(&Path::new("/lib/modules").join(release), release)
+/// Where the modules of `k`'s guest come from: its modules tree (/lib/modules/RELEASE, a
+/// distribution kernel's: loaded by the guest's init, as always) or, for a kernel without
+/// one, nowhere: its embedded configuration must build every one of them in (airlock's
+/// minimal guest kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleSource {
+    Tree(PathBuf),
+    BuiltIn,
 }
 
-/// [`module_list`] from the modules tree at `root` (/lib/modules/RELEASE).
+/// The modules `k`'s guest loads (see [`ModuleSource`]); `vmlinux`: its extracted image's
+/// name in `dir`, where its configuration is read from (once, cached beside it).
+pub fn modules_for(dir: &Path, k: &Kernel, vmlinux: &str) -> Result<Modules, String> {
+    let root = Path::new("/lib/modules").join(&k.release);
+    if root.join("modules.dep").exists() {
+        return module_list_in(&root, &k.release);
+    }
+    let config = kernel_config(dir, vmlinux)?.ok_or_else(|| {
+        format!(
+            "no modules for kernel {} ({}/modules.dep is missing) and no embedded \
+             configuration (CONFIG_IKCONFIG) saying its guest drivers are built in",
+            k.release,
+            root.display()
+        )
+    })?;
+    builtin_only(&config, &k.release)
+}
+
+/// No modules at all, when `config` builds every module the guest needs in; else which not.
+pub fn builtin_only(config: &str, release: &str) -> Result<Modules, String> {
+    let missing: Vec<String> = MODULE_SYMBOLS
+        .iter()
+        .filter(|(_, sym)| !kernel::builds_in(config, sym))
+        .map(|(m, sym)| format!("{m} ({sym})"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "kernel {release} has no modules in /lib/modules/{release} and does not build in {}",
+            missing.join(", ")
+        ));
+    }
+    Ok(Modules::default())
+}
+
+/// The embedded configuration of the cached vmlinux `name` in `dir` (None: it has none),
+/// read from the image once and kept beside it (`NAME.config`, empty for none).
+pub fn kernel_config(dir: &Path, name: &str) -> Result<Option<String>, String> {
+    let file = format!("{name}.config");
+    cached(dir, &file, |tmp| {
+        let p = dir.join(name);
+        let elf = fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let text = match kernel::embedded_config(&elf) {
+            Some(c) => c.map_err(|e| format!("{}: {e}", p.display()))?,
+            None => String::new(),
+        };
+        fs::write(tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))
+    })?;
+    let p = dir.join(&file);
+    let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok((!text.is_empty()).then_some(text))
+}
+
+/// What `doctor` says of a kernel's modules: which ones the guest's init loads, or that it
+/// has them all built in (its embedded configuration, read from the image if it is a
+/// vmlinux; nothing is extracted or cached).
+pub fn modules_summary(k: &Kernel) -> Result<(ModuleSource, Vec<String>), String> {
+    let root = Path::new("/lib/modules").join(&k.release);
+    if root.join("modules.dep").exists() {
+        let m = module_list_in(&root, &k.release)?;
+        let names = [&m.channel, &m.base, &m.net, &m.disk]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                p.file_name()?
+                    .to_str()?
+                    .split(".ko")
+                    .next()
+                    .map(String::from)
+            })
+            .collect();
+        return Ok((ModuleSource::Tree(root), names));
+    }
+    let data = fs::read(&k.image).map_err(|e| format!("{}: {e}", k.image.display()))?;
+    let config = kernel::embedded_config(&data).transpose()?.ok_or_else(|| {
+        format!(
+            "no modules in {} and no embedded configuration (CONFIG_IKCONFIG) in {}",
+            root.display(),
+            k.image.display()
+        )
+    })?;
+    builtin_only(&config, &k.release).map(|_| (ModuleSource::BuiltIn, Vec::new()))
+}
+
+/// The modules to load from the modules tree at `root` (/lib/modules/RELEASE; see [`Modules`]).
 fn module_list_in(root: &Path, release: &str) -> Result<Modules, String> {
     let dep = fs::read_to_string(root.join("modules.dep"))
         .map_err(|e| format!("{}/modules.dep: {e}", root.display()))?;
@@ -321,8 +422,8 @@ pub fn initrd_name(guest: &[u8], release: &str, mods: &Modules) -> String {
 /// /modules/NN-NAME.ko in load order and
 /// /modules/net/NN-NAME.ko and /modules/disk/NN-NAME.ko (loaded for a workspace disk only), the
 /// modules decompressed and without signatures.
-pub fn initrd(dir: &Path, guest: &[u8], k: &Kernel) -> Result<String, String> {
-    let mods = module_list(&k.release)?;
+pub fn initrd(dir: &Path, guest: &[u8], k: &Kernel, vmlinux: &str) -> Result<String, String> {
+    let mods = modules_for(dir, k, vmlinux)?;
     let name = initrd_name(guest, &k.release, &mods);
     cached(dir, &name, |tmp| write_initrd(tmp, guest, &mods))?;
     Ok(name)
@@ -738,6 +839,82 @@ kernel/fs/mbcache.ko:
             b"\x7fELF overlay"
         );
         let _ = fs::remove_dir_all(&root);
+    }
+
+    /// A vmlinux stand-in carrying `config` the way CONFIG_IKCONFIG does.
+    fn vmlinux_with(config: &str) -> Vec<u8> {
+        let dir = scratch("gz");
+        let plain = dir.join("config");
+        fs::write(&plain, config).expect("config");
+        let gz = Command::new("gzip")
+            .arg("-c")
+            .arg(&plain)
+            .output()
+            .expect("gzip");
+        let _ = fs::remove_dir_all(&dir);
+        let mut elf = b"\x7fELF Linux version 9.9.9-airlock-test (x) IKCFG_ST".to_vec();
+        elf.extend(gz.stdout);
+        elf.extend(b"IKCFG_ED");
+        elf
+    }
+
+    /// A kernel with no modules tree boots when its embedded configuration builds every
+    /// module the guest needs in: nothing to load, the initramfs holds none; one that lacks a
+    /// driver, or says nothing, is refused with what is missing.
+    #[test]
+    fn a_kernel_without_modules_needs_its_guest_drivers_built_in() {
+        let dir = scratch("builtin");
+        let release = "9.9.9-airlock-test-no-such-tree";
+        let k = |name: &str| Kernel {
+            image: dir.join(name),
+            release: release.into(),
+            from: "--kernel".into(),
+        };
+        let all: String = MODULE_SYMBOLS
+            .iter()
+            .map(|(_, sym)| format!("{sym}=y\n"))
+            .collect();
+        fs::write(
+            dir.join("full"),
+            vmlinux_with(&format!("# CONFIG_MODULES is not set\n{all}")),
+        )
+        .expect("write");
+        let m = modules_for(&dir, &k("full"), "full").expect("all built in");
+        assert_eq!(m, Modules::default());
+        assert_eq!(
+            kernel_config(&dir, "full")
+                .expect("cached")
+                .as_deref()
+                .map(|c| c.contains(&all)),
+            Some(true)
+        );
+        assert_eq!(
+            modules_summary(&k("full")).expect("summary"),
+            (ModuleSource::BuiltIn, Vec::new())
+        );
+        let partial = all.replace("CONFIG_EROFS_FS=y", "CONFIG_EROFS_FS=m");
+        fs::write(dir.join("partial"), vmlinux_with(&partial)).expect("write");
+        let e = modules_for(&dir, &k("partial"), "partial").expect_err("erofs is a module");
+        assert!(
+            e.contains("does not build in erofs (CONFIG_EROFS_FS)"),
+            "{e}"
+        );
+        fs::write(dir.join("bare"), b"\x7fELF Linux version 9.9.9 (x)").expect("write");
+        let e = modules_for(&dir, &k("bare"), "bare").expect_err("no configuration");
+        assert!(
+            e.contains("no embedded configuration (CONFIG_IKCONFIG)"),
+            "{e}"
+        );
+        // Every module the guest may load has its symbol.
+        for m in CHANNEL_MODULES
+            .iter()
+            .chain(GUEST_MODULES)
+            .chain(NET_MODULES)
+            .chain(DISK_MODULES)
+        {
+            assert!(MODULE_SYMBOLS.iter().any(|(n, _)| n == m), "{m}");
+        }
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

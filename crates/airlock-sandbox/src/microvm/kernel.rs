@@ -22,7 +22,19 @@ pub struct Kernel {
 }
 
 /// Where the guest kernel comes from, for errors and `doctor`.
-pub const KERNEL_HINT: &str = "install a distribution kernel package (Debian: apt-get install linux-image-cloud-amd64; Ubuntu: linux-image-kvm), or name a bzImage or vmlinux whose modules are in /lib/modules with --kernel, [sandbox] kernel or AIRLOCK_KERNEL";
+pub const KERNEL_HINT: &str = "install a distribution kernel package (Debian: apt-get install linux-image-cloud-amd64; Ubuntu: linux-image-kvm), or name a bzImage or vmlinux whose modules are in /lib/modules with --kernel, [sandbox] kernel or AIRLOCK_KERNEL, or build airlock's minimal guest kernel (scripts/guest-kernel.sh in airlock's source) and name it";
+
+/// How to get airlock's minimal guest kernel (its drivers built in, no modules to load).
+pub const GUEST_KERNEL_HOW: &str = "scripts/guest-kernel.sh in airlock's source builds one from Debian's linux-source-6.1 (minutes, once) into the cache";
+
+/// Where `scripts/guest-kernel.sh` leaves the minimal guest kernel it built (a symbolic link
+/// to the newest build) when given no other place: `guest-kernel/vmlinux` in the microVM
+/// artifact cache. Never booted unless named (`--kernel`, `[sandbox] kernel`,
+/// AIRLOCK_KERNEL); `doctor` points at it.
+pub fn built_guest_kernel() -> Option<PathBuf> {
+    let p = super::artifacts::cache_dir().join("guest-kernel/vmlinux");
+    p.exists().then(|| p.canonicalize().unwrap_or(p))
+}
 
 /// Who chose a kernel given as `--kernel` (a [`airlock_model::spec::GuestKernel`]'s `from`).
 pub const FROM_FLAG: &str = "--kernel";
@@ -43,6 +55,24 @@ pub fn given(chosen: Option<&airlock_model::spec::GuestKernel>) -> Option<(PathB
 /// `chosen` (the configuration's), else the newest /boot/vmlinuz-RELEASE with modules.
 pub fn find(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<Kernel, String> {
     if let Some((image, from)) = given(chosen) {
+        // The release of a real kernel image (over 1 MiB), once per image (its stat): finding
+        // the banner reads and scans the whole image, tens of MB for a vmlinux, at every run
+        // otherwise.
+        let big = std::fs::metadata(&image).is_ok_and(|m| m.len() > 1 << 20);
+        let remembered = super::artifacts::cache_dir().join(format!(
+            "release-{}",
+            super::artifacts::key(&[super::artifacts::stat_key(&image).as_bytes()])
+        ));
+        if let Some(release) = std::fs::read_to_string(&remembered)
+            .ok()
+            .filter(|r| big && !r.is_empty())
+        {
+            return Ok(Kernel {
+                image,
+                release,
+                from,
+            });
+        }
         let data =
             std::fs::read(&image).map_err(|e| format!("{} (from {from}): {e}", image.display()))?;
         let release = release_of(&data)
@@ -53,6 +83,9 @@ pub fn find(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<Kernel,
                     image.display()
                 )
             })?;
+        if big && super::artifacts::ensure_dir(&super::artifacts::cache_dir()).is_ok() {
+            let _ = std::fs::write(&remembered, &release);
+        }
         return Ok(Kernel {
             image,
             release,
@@ -117,6 +150,29 @@ pub fn vmlinux_release(elf: &[u8]) -> Option<String> {
     let end = rest.iter().position(|&b| b == b' ' || b == 0)?;
     let r = String::from_utf8(rest[..end].to_vec()).ok()?;
     (!r.is_empty() && r.chars().next().is_some_and(|c| c.is_ascii_digit())).then_some(r)
+}
+
+/// The kernel's own configuration (`CONFIG_IKCONFIG`: gzipped between the markers
+/// `IKCFG_ST` and `IKCFG_ED` in the image), as text; None: the kernel carries none.
+pub fn embedded_config(elf: &[u8]) -> Option<Result<String, String>> {
+    let start = b"IKCFG_ST\x1f\x8b\x08";
+    let at = elf.windows(start.len()).position(|w| w == start)? + 8;
+    let len = elf[at..].windows(8).position(|w| w == b"IKCFG_ED")?;
+    Some(
+        decompress_with(&["gzip", "-dc"], &elf[at..at + len]).and_then(|text| {
+            String::from_utf8(text)
+                .ok()
+                .filter(|t| t.contains("CONFIG_"))
+                .ok_or_else(|| "the kernel's embedded configuration does not unpack".into())
+        }),
+    )
+}
+
+/// Whether a kernel configuration builds `symbol` (`CONFIG_…`) in (`=y`).
+pub fn builds_in(config: &str, symbol: &str) -> bool {
+    config
+        .lines()
+        .any(|l| l.strip_prefix(symbol).and_then(|r| r.strip_prefix('=')) == Some("y"))
 }
 
 /// The uncompressed kernel (an ELF vmlinux) inside a bzImage; a vmlinux is returned as is.
@@ -278,6 +334,39 @@ mod tests {
         bz[1040..1040 + payload.len()].copy_from_slice(&payload);
         assert_eq!(extract(&bz), Ok(b"\x7fELF".to_vec()));
         assert!(extract(b"MZ not a kernel").is_err());
+    }
+
+    #[test]
+    fn a_vmlinux_carries_its_configuration_when_built_with_ikconfig() {
+        let config = "CONFIG_VIRTIO_BLK=y\nCONFIG_EXT4_FS=m\n# CONFIG_MODULES is not set\n";
+        let mut gz = Command::new("gzip")
+            .arg("-c")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("gzip");
+        gz.stdin
+            .take()
+            .expect("stdin")
+            .write_all(config.as_bytes())
+            .expect("write");
+        let packed = gz.wait_with_output().expect("gzip").stdout;
+        let mut elf = b"\x7fELF....IKCFG_ST".to_vec();
+        elf.extend(&packed);
+        elf.extend(b"IKCFG_ED and the rest of .rodata");
+        let got = embedded_config(&elf).expect("found").expect("unpacked");
+        assert_eq!(got, config);
+        assert!(builds_in(&got, "CONFIG_VIRTIO_BLK"));
+        assert!(
+            !builds_in(&got, "CONFIG_EXT4_FS"),
+            "a module is not built in"
+        );
+        assert!(
+            !builds_in(&got, "CONFIG_VIRTIO"),
+            "a prefix is not the symbol"
+        );
+        assert!(!builds_in(&got, "CONFIG_MODULES"));
+        assert!(embedded_config(b"\x7fELF without a configuration").is_none());
     }
 
     #[test]
