@@ -31,16 +31,32 @@ pub fn take_lock(dir: &Path) -> std::io::Result<Option<Flock<File>>> {
     take_lock_file(&dir.join(LOCK))
 }
 
+/// How long taking a lock file retries while it is held: a liveness probe ([`locked_file`],
+/// `rundir::lock_free`) holds the lock for the moment it takes to test it, and an owner
+/// starting in that moment must not conclude that another owner runs. A real owner holds it
+/// for its whole life, so this only delays the answer "another one holds it".
+const TAKE_RETRY: Duration = Duration::from_millis(250);
+
 /// Take the lock file `path` (None: another process holds it).
 pub fn take_lock_file(path: &Path) -> std::io::Result<Option<Flock<File>>> {
-    let f = OpenOptions::new()
+    let mut f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)?;
-    Ok(Flock::lock(f, FlockArg::LockExclusiveNonblock).ok())
+    let deadline = Instant::now() + TAKE_RETRY;
+    loop {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Some(lock)),
+            Err((back, _)) if Instant::now() < deadline => {
+                f = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(_) => return Ok(None),
+        }
+    }
 }
 
 /// Whether a process holds the lock file `path` (a missing file: nobody).
@@ -330,5 +346,58 @@ impl Backend for SupervisorBackend {
             pids: u.pids,
             cpu_usec: u.cpu_usec,
         })
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A liveness probe running at the moment an owner starts must not make the owner think
+    /// another one holds the lock (`daemon start` failed with "a daemon already runs" while
+    /// it polled for the new daemon: the probe takes the lock to test it).
+    #[test]
+    fn an_owner_starting_beside_a_probe_still_takes_its_lock() {
+        let dir = std::env::temp_dir().join(format!("airlock-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("daemon.lock");
+        drop(take_lock_file(&path).unwrap().expect("first take"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let probe = {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                let mut probes = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = locked_file(&path);
+                    probes += 1;
+                }
+                probes
+            })
+        };
+        let mut missed = 0;
+        for _ in 0..300 {
+            match take_lock_file(&path).unwrap() {
+                // While held, a probe sees it held.
+                Some(lock) => {
+                    assert!(locked_file(&path));
+                    drop(lock);
+                }
+                None => missed += 1,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(probe.join().unwrap() > 0);
+        assert_eq!(
+            missed, 0,
+            "an owner lost its lock to a probe {missed} times in 300"
+        );
+        // A real owner still keeps a second one out.
+        let held = take_lock_file(&path).unwrap().expect("take");
+        assert!(take_lock_file(&path).unwrap().is_none());
+        drop(held);
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -312,9 +312,20 @@ fn ensure_daemon(state: &Path) -> CliResult<i32> {
             return Ok(pid);
         }
         if let Ok(Some(status)) = child.try_wait() {
+            // Its own last words (its log is shared with earlier daemons: the last line).
+            let said = std::fs::read_to_string(pdir.join(pool::DAEMON_LOG))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .map(str::to_owned)
+                })
+                .map(|l| format!(": {}", airlock_model::text::shown(l.trim())))
+                .unwrap_or_default();
             return Err(CliError::new(
                 exit::BACKEND_UNAVAILABLE,
-                anyhow::anyhow!("the daemon exited at start ({status})"),
+                anyhow::anyhow!("the daemon exited at start ({status}){said}"),
             )
             .hint(format!(
                 "its log: {}",
