@@ -5,11 +5,13 @@
 //! user (`$AIRLOCK_CACHE_DIR`, else `$XDG_CACHE_HOME/airlock`, else `~/.cache/airlock`):
 //! building the root image takes a while, and nothing in it is per sandbox.
 
+pub(crate) use super::cache::stat_key;
+pub use super::cache::{cache_dir, ensure_dir, key};
 use super::kernel::{self, Kernel};
 use airlock_model::plan::{ETC_ALLOWLIST, ROOT_CANDIDATES};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -48,45 +50,6 @@ pub const MODULE_SYMBOLS: &[(&str, &str)] = &[
 /// another. 2: network modules apart; signatures stripped. 3: workspace-disk modules apart.
 /// 4: the channel's modules apart, loaded first.
 const INITRD_LAYOUT: &str = "4";
-
-/// The microVM artifact cache.
-pub fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("AIRLOCK_CACHE_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .filter(|v| !v.is_empty())
-                .map(|x| PathBuf::from(x).join("airlock"))
-        })
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".cache/airlock"))
-        })
-        .unwrap_or_else(|| PathBuf::from("/var/cache/airlock"));
-    base.join("microvm")
-}
-
-/// FNV-1a, 64 bits: content keys of cache entries (not a security boundary: the cache is the
-/// user's own).
-pub fn key(parts: &[&[u8]]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for &b in p.iter().chain(b"\0") {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
-}
-
-pub(crate) fn stat_key(p: &Path) -> String {
-    match fs::symlink_metadata(p) {
-        Ok(m) => format!("{}:{}:{}:{}", p.display(), m.ino(), m.size(), m.mtime()),
-        Err(_) => format!("{}:-", p.display()),
-    }
-}
 
 /// Serialize builders of one cache entry across processes (tests build in parallel).
 struct BuildLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
@@ -129,14 +92,6 @@ fn cached(
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let _ = fs::remove_file(dir.join(format!(".{name}.lock")));
     Ok(())
-}
-
-pub fn ensure_dir(dir: &Path) -> Result<(), String> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// The file name of `k`'s extracted vmlinux in the cache.

@@ -32,7 +32,7 @@ pub const GUEST_KERNEL_HOW: &str = "scripts/guest-kernel.sh in airlock's source 
 /// artifact cache. Never booted unless named (`--kernel`, `[sandbox] kernel`,
 /// AIRLOCK_KERNEL); `doctor` points at it.
 pub fn built_guest_kernel() -> Option<PathBuf> {
-    let p = super::artifacts::cache_dir().join("guest-kernel/vmlinux");
+    let p = super::cache::cache_dir().join("guest-kernel/vmlinux");
     p.exists().then(|| p.canonicalize().unwrap_or(p))
 }
 
@@ -59,9 +59,9 @@ pub fn find(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<Kernel,
         // the banner reads and scans the whole image, tens of MB for a vmlinux, at every run
         // otherwise.
         let big = std::fs::metadata(&image).is_ok_and(|m| m.len() > 1 << 20);
-        let remembered = super::artifacts::cache_dir().join(format!(
+        let remembered = super::cache::cache_dir().join(format!(
             "release-{}",
-            super::artifacts::key(&[super::artifacts::stat_key(&image).as_bytes()])
+            super::cache::key(&[super::cache::stat_key(&image).as_bytes()])
         ));
         if let Some(release) = std::fs::read_to_string(&remembered)
             .ok()
@@ -83,7 +83,7 @@ pub fn find(chosen: Option<&airlock_model::spec::GuestKernel>) -> Result<Kernel,
                     image.display()
                 )
             })?;
-        if big && super::artifacts::ensure_dir(&super::artifacts::cache_dir()).is_ok() {
+        if big && super::cache::ensure_dir(&super::cache::cache_dir()).is_ok() {
             let _ = std::fs::write(&remembered, &release);
         }
         return Ok(Kernel {

@@ -9,6 +9,7 @@
 //! connection an ordinary connect that airlock-egress decides. No tap device, no bridge.
 
 pub mod artifacts;
+pub mod cache;
 pub mod channel;
 pub mod control;
 pub mod kernel;
