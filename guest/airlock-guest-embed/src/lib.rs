@@ -47,8 +47,11 @@ fn is_intact(path: &Path) -> std::io::Result<bool> {
 }
 
 /// Install the helper under the state directory `state` unless an intact copy is there; its
-/// path. Concurrent callers are safe: each writes its own temporary file and renames it into
-/// place (the same bytes either way). A damaged or replaced copy is rewritten.
+/// path. Concurrent callers are safe: each writes its own temporary file and links it into
+/// place only if nothing is there yet, so an intact copy, once published, stays the same
+/// file (sandboxes starting in parallel bind it by path: a copy renamed over another's would
+/// leave a starting sandbox holding an unlinked file, and its bind fails). A damaged or
+/// replaced copy is rewritten.
 pub fn install(state: &Path) -> std::io::Result<PathBuf> {
     let path = installed_path(state);
     if is_intact(&path)? {
@@ -76,7 +79,18 @@ pub fn install(state: &Path) -> std::io::Result<PathBuf> {
         f.write_all(BYTES)?;
         f.set_permissions(std::fs::Permissions::from_mode(0o555))?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => std::fs::remove_file(&tmp),
+            // Another caller published first: keep its copy if it is intact.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if is_intact(&path)? {
+                    std::fs::remove_file(&tmp)
+                } else {
+                    std::fs::rename(&tmp, &path)
+                }
+            }
+            Err(e) => Err(e),
+        }
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
@@ -94,6 +108,46 @@ pub fn install(state: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Callers racing on a fresh state directory all get the one file the first published:
+    /// none replaces another's copy under it.
+    #[test]
+    fn parallel_installs_publish_one_file() {
+        use std::os::unix::fs::MetadataExt;
+        for round in 0..5 {
+            let state = std::env::temp_dir().join(format!(
+                "airlock-guest-embed-{}-{round}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&state);
+            let go = std::sync::Arc::new(std::sync::Barrier::new(16));
+            let inodes: Vec<u64> = (0..16)
+                .map(|_| {
+                    let (state, go) = (state.clone(), go.clone());
+                    std::thread::spawn(move || {
+                        go.wait();
+                        let p = install(&state).expect("install");
+                        // What a sandbox starting now would bind.
+                        std::fs::File::open(&p).unwrap().metadata().unwrap().ino()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect();
+            let now = std::fs::metadata(installed_path(&state)).unwrap().ino();
+            assert!(
+                inodes.iter().all(|i| *i == now),
+                "round {round}: callers got {inodes:?}, the path holds {now}"
+            );
+            let left: Vec<_> = std::fs::read_dir(installed_path(&state).parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+            let _ = std::fs::remove_dir_all(&state);
+        }
+    }
 
     #[test]
     fn the_embedded_helper_is_static() {
