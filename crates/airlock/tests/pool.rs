@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::pool::{claimed, kill_daemon, members_dir, members_ever};
+use common::pool::{claimed, git_project, kill_daemon, members_dir, members_ever};
 
 use common::internet::Internet;
 use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins};
@@ -611,20 +611,6 @@ fn a_claim_gets_its_own_allowlist() {
 
 // ---------------------------------------------------------------------------------------------
 // Workspaces and limits bound at claim
-
-/// A small git project in the test's working directory (the user's, for rootless runs).
-fn git_project(a: &Airlock) -> PathBuf {
-    use common::work::{git, give, write};
-    let p = a.cwd.clone();
-    git(a, &["init", "-q", "-b", "main"]);
-    git(a, &["config", "user.name", "Host User"]);
-    git(a, &["config", "user.email", "host@example.invalid"]);
-    write(&p.join("README"), "hello from the project\n");
-    git(a, &["add", "."]);
-    git(a, &["commit", "-q", "-m", "initial"]);
-    give(a, &p);
-    p
-}
 
 /// Until the pool has `n` members ready again.
 fn wait_ready(a: &Airlock, n: u64, label: &str) {

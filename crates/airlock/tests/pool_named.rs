@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::pool::{kill_daemon, members_dir, members_ever};
+use common::pool::{git_project, kill_daemon, members_dir, members_ever};
 use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins, Outcome};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,19 +45,6 @@ fn pool0(a: &Airlock) -> serde_json::Value {
     let v: serde_json::Value =
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
     v["pools"][0].clone()
-}
-
-fn git_project(a: &Airlock) -> PathBuf {
-    use common::work::{git, give, write};
-    let p = a.cwd.clone();
-    git(a, &["init", "-q", "-b", "main"]);
-    git(a, &["config", "user.name", "Host User"]);
-    git(a, &["config", "user.email", "host@example.invalid"]);
-    write(&p.join("README"), "hello from the project\n");
-    git(a, &["add", "."]);
-    git(a, &["commit", "-q", "-m", "initial"]);
-    give(a, &p);
-    p
 }
 
 fn wait_ready(a: &Airlock, n: u64, label: &str) {

@@ -46,3 +46,17 @@ pub fn members_ever(a: &Airlock) -> BTreeSet<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A small git project in the test's working directory (the user's, for rootless runs).
+pub fn git_project(a: &Airlock) -> PathBuf {
+    use super::work::{git, give, write};
+    let p = a.cwd.clone();
+    git(a, &["init", "-q", "-b", "main"]);
+    git(a, &["config", "user.name", "Host User"]);
+    git(a, &["config", "user.email", "host@example.invalid"]);
+    write(&p.join("README"), "hello from the project\n");
+    git(a, &["add", "."]);
+    git(a, &["commit", "-q", "-m", "initial"]);
+    give(a, &p);
+    p
+}
