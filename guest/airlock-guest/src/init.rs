@@ -151,6 +151,7 @@ fn boot() -> Res<()> {
             root: Some(NEWROOT),
             reap_all: true,
             main: None,
+            before_main_exit: None,
         };
         let held = setup(&job, &mut t).and_then(|()| {
             t.send(&mut out);
@@ -190,6 +191,11 @@ fn boot() -> Res<()> {
             root: Some(NEWROOT),
             reap_all: true,
             main: Some(&main),
+            before_main_exit: job.workspace.then_some(&|chan: &mut File| {
+                if let Ok(c) = chan.try_clone() {
+                    send_changes(&mut Channel(c));
+                }
+            }),
         };
         let served = setup(&job, &mut t).and_then(|()| {
             t.send(&mut out);

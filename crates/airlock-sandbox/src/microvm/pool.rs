@@ -200,8 +200,10 @@ pub fn attach_workspace(dir: &Path, project: &Path) -> Result<(), String> {
             ));
         }
         // In place (no truncation, no rename): QEMU reads this very file.
+        use std::os::unix::fs::OpenOptionsExt;
         let mut to = std::fs::OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&slot)
             .map_err(|e| format!("{}: {e}", slot.display()))?;
         std::io::copy(&mut from, &mut to)
