@@ -4,8 +4,9 @@
 //! channel before any of the claim's code runs: the allowlist (the supervisor's live policy
 //! socket, as `airlock allow`), the plain secrets ([`microvm::pool::install_secrets`]), an
 //! overlay workspace ([`microvm::pool::attach_workspace`]: its image into the member's slot
-//! disk, mounted by the guest helper; the change summary read back after), then the command, environment, working directory, terminal and stdin as one session. The guest
-//! powers off at the end: a member serves one claim.
+//! disk, mounted by the guest helper; the change summary read back after), then the command,
+//! environment, working directory, terminal and stdin as one session. The guest powers off
+//! at the end: a member serves one claim.
 
 use super::daemon;
 use super::vm_member::power_off;
