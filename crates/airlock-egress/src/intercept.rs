@@ -50,7 +50,7 @@ impl std::fmt::Debug for Interceptor {
 /// AES-128-GCM is preferred over AES-256-GCM (both sides of an intercepted connection
 /// decrypt and encrypt every byte; AES-128 has 10 rounds to AES-256's 14).
 #[allow(deprecated)]
-fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     let mut p = rustls::crypto::ring::default_provider();
     p.cipher_suites.sort_by_key(|s| {
         let name = format!("{:?}", s.suite());
@@ -288,6 +288,9 @@ pub(crate) struct BufSock {
     refills: usize,
     #[cfg(test)]
     quick_acks: usize,
+    /// The size of each write to the socket.
+    #[cfg(test)]
+    pub(crate) writes: Vec<usize>,
 }
 
 impl BufSock {
@@ -302,6 +305,8 @@ impl BufSock {
             refills: 0,
             #[cfg(test)]
             quick_acks: 0,
+            #[cfg(test)]
+            writes: Vec::new(),
         }
     }
 
@@ -346,10 +351,16 @@ impl Read for BufSock {
 
 impl Write for BufSock {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.sock.write(b)
+        let n = self.sock.write(b)?;
+        #[cfg(test)]
+        self.writes.push(n);
+        Ok(n)
     }
     fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.sock.write_vectored(b)
+        let n = self.sock.write_vectored(b)?;
+        #[cfg(test)]
+        self.writes.push(n);
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.sock.flush()

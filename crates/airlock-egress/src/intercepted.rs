@@ -76,22 +76,44 @@ where
     Ok(filled)
 }
 
-/// Encrypted answer bytes for the sandbox are sent once this much plaintext is queued (or
-/// before the proxy would wait for the upstream). Not more: rustls queues each record in its
-/// own allocation, and with 256 KiB queued the allocator gave the freed memory back to the
-/// system after every write and faulted it in again (measured: page faults were 8% of the
-/// proxy's CPU, and it spent 1.11 ms per MiB instead of 0.80).
-const FLUSH_AT: usize = 64 * 1024;
+/// The most plaintext in one TLS record (rustls fragments at this size).
+const MAX_FRAGMENT: usize = 16 * 1024;
+/// The most a record adds to its plaintext: header (5), TLS 1.2's explicit nonce (8) or TLS
+/// 1.3's content type (1), tag (16).
+const RECORD_OVERHEAD: usize = 5 + 8 + 16;
+/// Data in one TCP segment on loopback (MTU 65536 less the IP and TCP headers with
+/// timestamps), where the sandbox's connection ends.
+const LOOPBACK_SEGMENT: usize = 65_483;
+/// Encrypted answer bytes for the sandbox are sent before they would take more than this (or
+/// before the proxy would wait for the upstream): whole records that fill one loopback
+/// segment, three 16 KiB records. Four (64 KiB of plaintext, 65,624 bytes of TLS) were sent as
+/// a full segment and one of 141 bytes, an extra packet and wake-up of the client per write.
+/// Not much more either: rustls queues each record in its own allocation, and with 256 KiB
+/// queued the allocator gave the freed memory back to the system after every write and
+/// faulted it in again (page faults were 8% of the proxy's CPU, bench/RESULTS.md).
+const FLUSH_WIRE: usize = LOOPBACK_SEGMENT;
 
-/// Encrypt `data` for the sandbox into its connection's queue; the queue is sent when
-/// [`FLUSH_AT`] bytes are in it.
+/// An upper bound of the TLS bytes `n` bytes of plaintext become.
+fn wire_len(n: usize) -> usize {
+    n + n.div_ceil(MAX_FRAGMENT).max(1) * RECORD_OVERHEAD
+}
+
+/// Encrypt `data` for the sandbox into its connection's queue, in records of at most
+/// [`MAX_FRAGMENT`]; what is queued (`queued`: its TLS bytes, an upper bound) is sent first
+/// when the next record would take it past [`FLUSH_WIRE`].
 fn queue_down(client: &mut Down, mut data: &[u8], queued: &mut usize) -> io::Result<()> {
     while !data.is_empty() {
-        let n = client.conn.writer().write(data)?;
-        data = &data[n..];
-        *queued += n;
-        if *queued >= FLUSH_AT || n == 0 {
+        let piece = &data[..data.len().min(MAX_FRAGMENT)];
+        if *queued > 0 && *queued + wire_len(piece.len()) > FLUSH_WIRE {
             flush_down(client, queued)?;
+        }
+        let n = client.conn.writer().write(piece)?;
+        data = &data[n..];
+        if n == 0 {
+            // rustls's queue is full (it cannot be while `FLUSH_WIRE` is below its limit).
+            flush_down(client, queued)?;
+        } else {
+            *queued += wire_len(n);
         }
     }
     Ok(())
@@ -160,7 +182,7 @@ pub(crate) fn serve(
         return;
     }
     // Room for what is queued between flushes (`queue_down`).
-    server.set_buffer_limit(Some(2 * FLUSH_AT));
+    server.set_buffer_limit(Some(2 * FLUSH_WIRE));
     let mut client = rustls::StreamOwned::new(server, conn);
     let mut x = Exchange {
         client: &mut client,
@@ -606,5 +628,127 @@ impl Exchange<'_> {
             Got::Data(d) => queue_down(client, d, &mut queued),
         }) {}
         let _ = flush_down(client, &mut queued);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::{At, Binding, Secrets};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::thread;
+
+    /// The sandbox's end (a rustls client trusting the interceptor's CA) and the proxy's end
+    /// of an intercepted connection on loopback, the handshake done. The client reads until
+    /// the proxy's close_notify and returns what it got.
+    fn pair() -> (Down, thread::JoinHandle<Vec<u8>>) {
+        let host = "api.test";
+        let b = Binding::new(
+            "KEY",
+            "real".into(),
+            &[host.into()],
+            At::Header("x-api-key".into()),
+        )
+        .unwrap();
+        let icpt = Interceptor::new(Secrets::new(vec![b]), None).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(icpt.ca_pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let client_cfg = Arc::new(
+            rustls::ClientConfig::builder_with_provider(crate::intercept::ring())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let client = thread::spawn(move || {
+            let name = ServerName::try_from(host).unwrap();
+            let conn = rustls::ClientConnection::new(client_cfg, name).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, a);
+            let mut got = Vec::new();
+            tls.read_to_end(&mut got).unwrap();
+            got
+        });
+        let mut server = rustls::ServerConnection::new(icpt.server_config(host).unwrap()).unwrap();
+        let mut sock = BufSock::new(s, DOWN_SOCK_BUF);
+        handshake(&mut server, &mut sock).unwrap();
+        server.set_buffer_limit(Some(2 * FLUSH_WIRE));
+        (rustls::StreamOwned::new(server, sock), client)
+    }
+
+    fn pattern(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 7 + seed) % 251) as u8).collect()
+    }
+
+    /// A bulk answer (16 KiB records from the upstream) goes to the sandbox in writes of three
+    /// whole records: each fills one loopback TCP segment and none spills a few bytes into
+    /// another (four records, 64 KiB of plaintext, did).
+    #[test]
+    fn bulk_answers_are_written_in_whole_loopback_segments() {
+        let (mut down, client) = pair();
+        let before = down.sock.writes.len();
+        let mut queued = 0;
+        let mut want = Vec::new();
+        for i in 0..60 {
+            let d = pattern(MAX_FRAGMENT, i);
+            queue_down(&mut down, &d, &mut queued).unwrap();
+            want.extend_from_slice(&d);
+        }
+        flush_down(&mut down, &mut queued).unwrap();
+        let writes = down.sock.writes[before..].to_vec();
+        down.conn.send_close_notify();
+        down.flush().unwrap();
+        drop(down);
+        let got = client.join().unwrap();
+        assert!(got == want, "the sandbox got other bytes");
+        assert_eq!(writes.len(), 20, "{writes:?}");
+        for w in &writes {
+            assert!(*w <= LOOPBACK_SEGMENT, "{writes:?}");
+            assert!(*w > 3 * MAX_FRAGMENT, "{writes:?}");
+        }
+    }
+
+    /// Plaintext in pieces of every size from 1 byte to past a record, and large ones, reaches
+    /// the sandbox whole and in order, and no write is larger than one loopback segment.
+    #[test]
+    fn pieces_of_every_size_arrive_whole_and_writes_stay_within_a_segment() {
+        let (mut down, client) = pair();
+        let before = down.sock.writes.len();
+        let mut queued = 0;
+        let mut want = Vec::new();
+        let sizes = (1..=400).chain((16_000..16_800).step_by(37)).chain([
+            3 * MAX_FRAGMENT - 1,
+            64 * 1024,
+            200_000,
+            1,
+            2,
+            65_483,
+            7,
+        ]);
+        for (i, n) in sizes.enumerate() {
+            let d = pattern(n, i);
+            queue_down(&mut down, &d, &mut queued).unwrap();
+            want.extend_from_slice(&d);
+            if i % 97 == 0 {
+                // As before a read that may wait for the upstream.
+                flush_down(&mut down, &mut queued).unwrap();
+            }
+        }
+        flush_down(&mut down, &mut queued).unwrap();
+        let writes = down.sock.writes[before..].to_vec();
+        down.conn.send_close_notify();
+        down.flush().unwrap();
+        drop(down);
+        let got = client.join().unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the sandbox got other bytes");
+        assert!(writes.iter().all(|w| *w <= LOOPBACK_SEGMENT), "{writes:?}");
     }
 }
