@@ -1072,3 +1072,126 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "stub");
 }
+
+/// The unclaimed members' `stub.pid` files, by member name.
+fn stub_pids(a: &Airlock) -> std::collections::BTreeMap<String, PathBuf> {
+    std::fs::read_dir(members_dir(a))
+        .expect("members")
+        .flatten()
+        .filter(|e| e.path().join("stub.sock").exists())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path().join("stub.pid"),
+            )
+        })
+        .collect()
+}
+
+/// One round trip to a member's exec stub (docs/design/warm-pool.md, "The exec stub"): the
+/// supervisor publishes the stub's pid (`stub.pid`, the one process in the member's cgroup),
+/// the claimer takes its pidfd before connecting and sends the command with the connection,
+/// then checks the stub's hello names that pid — a published pid that is not the stub's fails
+/// the run and leaves nothing behind; a member without `stub.pid` (an older supervisor's) is
+/// still claimed through its stub, hello first; the claim's exit status comes back either way.
+fn stub_round_trip(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    let start = [
+        "daemon",
+        "start",
+        "--size",
+        "2",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--wait",
+    ];
+    ok(a, &start);
+    wait_ready(a, 2, label);
+    for (name, file) in stub_pids(a) {
+        let pid: i32 = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{label}: {name}: no stub.pid: {e}"))
+            .trim()
+            .parse()
+            .expect("a pid");
+        let mut procs: Vec<i32> = cgroups_named(&format!("{name}."))
+            .iter()
+            .flat_map(|d| procs_in(d))
+            .collect();
+        procs.dedup();
+        if procs.is_empty() {
+            // No cgroup (rootless without delegation): a fork of the member's supervisor.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            assert!(
+                String::from_utf8_lossy(&cmdline).contains(&name),
+                "{label}: {name}: {pid} is not its stub"
+            );
+        } else {
+            assert_eq!(procs, vec![pid], "{label}: {name}: the stub is not {pid}");
+        }
+    }
+    assert_eq!(stub_pids(a).len(), 2, "{label}");
+    let run = |code: &str| {
+        a.run(&[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo ran-$((40+2)); exit {code}"),
+        ])
+    };
+    let out = run("7");
+    assert_eq!(out.code(), 7, "{label}: {}", out.describe());
+    assert!(claimed(&out).is_some(), "{label}: {}", out.describe());
+    assert!(out.stdout.contains("ran-42"), "{label}: {}", out.describe());
+
+    // A published pid that is another live process (this test's): refused, not signalled.
+    wait_ready(a, 2, label);
+    for file in stub_pids(a).values() {
+        std::fs::write(file, format!("{}\n", std::process::id())).expect("write stub.pid");
+    }
+    let out = run("0");
+    assert_ne!(out.code(), 0, "{label}: {}", out.describe());
+    assert!(
+        out.stderr.contains("not the one its supervisor published"),
+        "{label}: {}",
+        out.describe()
+    );
+
+    // No published pid: the stub's hello first, as before.
+    ok(a, &["daemon", "stop"]);
+    ok(a, &start);
+    wait_ready(a, 2, label);
+    for file in stub_pids(a).values() {
+        std::fs::remove_file(file).expect("remove stub.pid");
+    }
+    let out = run("5");
+    assert_eq!(out.code(), 5, "{label}: {}", out.describe());
+    assert!(claimed(&out).is_some(), "{label}: {}", out.describe());
+    assert!(out.stdout.contains("ran-42"), "{label}: {}", out.describe());
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+#[test]
+fn a_claim_reaches_its_stub_in_one_round_trip_rootful() {
+    if !e2e("a_claim_reaches_its_stub_in_one_round_trip_rootful") {
+        return;
+    }
+    stub_round_trip(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn a_claim_reaches_its_stub_in_one_round_trip_rootless() {
+    if !e2e("a_claim_reaches_its_stub_in_one_round_trip_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    stub_round_trip(&Airlock::rootless(&bins), "rootless");
+}

@@ -625,8 +625,12 @@ pub fn try_warm(
     // Forked by the member's exec stub, in the cgroup already: no migration on this path
     // (joining a cgroup waits for an RCU grace period on cgroup v1). A member without a stub:
     // exec joins it.
+    let mut stub = None;
     let ran = match airlock_sandbox::container::stub::exec_claimed(&dir, &plan, &req) {
-        Ok(Some(o)) => Ok(o),
+        Ok(Some((o, s))) => {
+            stub = Some(s);
+            Ok(o)
+        }
         Ok(None) => {
             let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
             airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
@@ -641,6 +645,10 @@ pub fn try_warm(
     let changes = attached.changes();
     drop(attached);
     if let Some(cg) = cgroup {
+        // The stub reported the status before it exited; its cgroup goes once it is gone.
+        if let Some(s) = stub {
+            s.wait(Duration::from_secs(2));
+        }
         cg.destroy();
     }
     airlock_sandbox::phase("warm: released");
@@ -735,10 +743,12 @@ pub(super) fn release(
     }
     // A microVM member: its guest powers off.
     super::vm_member::power_off(dir);
-    let _ = store.member_release(&member.name, pool::me().0);
-    if let Some((key, took)) = done {
-        let _ = store.claim_done(key, took.as_micros() as u64);
-    }
+    let me = std::process::id() as i32;
+    let _ = match done {
+        // One transaction: released, and the hit with its latency.
+        Some((key, took)) => store.claim_finished(&member.name, me, key, took.as_micros() as u64),
+        None => store.member_release(&member.name, me),
+    };
     if pool::daemon_running(state) {
         pool::wake(state);
         return;
