@@ -1088,12 +1088,54 @@ fn stub_pids(a: &Airlock) -> std::collections::BTreeMap<String, PathBuf> {
         .collect()
 }
 
+/// What `airlock ARGS` wrote to stderr, one entry per write(2) (stderr is one end of a
+/// SOCK_SEQPACKET pair, which keeps write boundaries); asserts it succeeded.
+fn stderr_writes(a: &Airlock, args: &[&str]) -> Vec<String> {
+    use std::os::fd::FromRawFd;
+    let mut pair = [0; 2];
+    // SAFETY: socketpair(2) fills two descriptors, owned just below.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, pair.as_mut_ptr()) };
+    assert_eq!(r, 0, "socketpair");
+    // SAFETY: fresh descriptors from socketpair, owned by nothing else.
+    let (ours, theirs) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(pair[0]),
+            std::os::fd::OwnedFd::from_raw_fd(pair[1]),
+        )
+    };
+    let status = a
+        .command(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(theirs))
+        .status()
+        .expect("run airlock");
+    assert!(status.success(), "{args:?}: {status}");
+    let mut writes = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // SAFETY: recv(2) into our buffer; MSG_DONTWAIT: everything was written already.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&ours),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            return writes;
+        }
+        writes.push(String::from_utf8_lossy(&buf[..n as usize]).into_owned());
+    }
+}
+
 /// One round trip to a member's exec stub (docs/design/warm-pool.md, "The exec stub"): the
 /// supervisor publishes the stub's pid (`stub.pid`, the one process in the member's cgroup),
 /// the claimer takes its pidfd before connecting and sends the command with the connection,
 /// then checks the stub's hello names that pid — a published pid that is not the stub's fails
 /// the run and leaves nothing behind; a member without `stub.pid` (an older supervisor's) is
 /// still claimed through its stub, hello first; the claim's exit status comes back either way.
+/// The `warm start` notice reaches stderr in one write.
 fn stub_round_trip(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
     let start = [
@@ -1149,6 +1191,20 @@ fn stub_round_trip(a: &Airlock, label: &str) {
     assert_eq!(out.code(), 7, "{label}: {}", out.describe());
     assert!(claimed(&out).is_some(), "{label}: {}", out.describe());
     assert!(out.stdout.contains("ran-42"), "{label}: {}", out.describe());
+
+    // The warm start's notice is one write (stderr a SOCK_SEQPACKET: one packet per write).
+    wait_ready(a, 2, label);
+    let writes = stderr_writes(
+        a,
+        &["run", "--workspace", "none", "--net", "off", "--", "true"],
+    );
+    let notice: Vec<&String> = writes.iter().filter(|w| w.contains("warm")).collect();
+    assert!(
+        notice.len() == 1
+            && notice[0].starts_with("airlock: warm start (")
+            && notice[0].ends_with(")\n"),
+        "{label}: the notice in pieces: {writes:?}"
+    );
 
     // A published pid that is another live process (this test's): refused, not signalled.
     wait_ready(a, 2, label);
