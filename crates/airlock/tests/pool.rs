@@ -1251,3 +1251,116 @@ fn a_claim_reaches_its_stub_in_one_round_trip_rootless() {
     let bins = Bins::owned_by(&user);
     stub_round_trip(&Airlock::rootless(&bins), "rootless");
 }
+
+/// A claim's limits go into the member's own cgroup — the one its stub and command are in —
+/// even when the claimer runs in another cgroup than the daemon (whose parent directories
+/// follow the process's own cgroup on a v1 host): the command there has `--memory 48M`. The
+/// claimer used to write them under its own cgroup's `airlock/` and the command ran with
+/// none.
+#[test]
+fn a_claims_limits_hold_when_the_claimer_is_in_another_cgroup() {
+    if !e2e("a_claims_limits_hold_when_the_claimer_is_in_another_cgroup") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    ok(
+        &a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "2",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+    // The claimer's own cgroup: a fresh one in every v1 hierarchy with a limit airlock sets
+    // (on a v2 host: one under the root).
+    let tag = format!("airlock-test-{}", common::random_hex());
+    let v1 = Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists();
+    let homes: Vec<PathBuf> = if v1 {
+        ["memory", "pids"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c))
+            .filter(|p| p.is_dir())
+            .map(|p| p.join(&tag))
+            .collect()
+    } else {
+        vec![Path::new("/sys/fs/cgroup").join(&tag)]
+    };
+    for h in &homes {
+        std::fs::create_dir(h).expect("make the claimer's cgroup");
+    }
+    struct Gone(Vec<PathBuf>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for h in &self.0 {
+                let _ = std::fs::remove_dir(h.join("airlock"));
+                let _ = std::fs::remove_dir(h);
+            }
+        }
+    }
+    let _gone = Gone(homes.clone());
+    let mut cmd = a.command(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--memory",
+        "48M",
+        "--",
+        "sleep",
+        "3",
+    ]);
+    let procs: Vec<PathBuf> = homes.iter().map(|h| h.join("cgroup.procs")).collect();
+    // SAFETY: pre_exec runs in the forked child before exec; it only writes files.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            for p in &procs {
+                std::fs::write(p, b"0")?;
+            }
+            Ok(())
+        });
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let member = loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        if n == 0 {
+            let _ = child.kill();
+            panic!("not warm: {line}");
+        }
+        if line.contains("warm start") {
+            break line.split(", ").nth(1).expect("member").to_string();
+        }
+    };
+    // The cgroup the command runs in (the stub's child), and its memory limit.
+    let mut limit = None;
+    wait_until(Duration::from_secs(2), || {
+        limit = cgroups_named(&format!("{member}."))
+            .iter()
+            .filter(|d| procs_in(d).len() >= 2)
+            .flat_map(|d| ["memory.max", "memory.limit_in_bytes"].map(|f| d.join(f)))
+            .find_map(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        limit == Some(48 << 20)
+    });
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        limit,
+        Some(48 << 20),
+        "the command's cgroup does not have the claim's limit"
+    );
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "another cgroup");
+}

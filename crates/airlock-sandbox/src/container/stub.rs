@@ -39,6 +39,16 @@ pub const STUB_SOCKET: &str = "stub.sock";
 /// the pid names the stub for as long as the member lives.
 pub const STUB_PID: &str = "stub.pid";
 
+/// The cgroup layout the member's supervisor made the member's cgroup (the stub's) with, as
+/// JSON: a claim writes its limits there, wherever the claimer's own cgroup is.
+pub const STUB_LAYOUT: &str = "cgroup-layout.json";
+
+/// The cgroup layout of the member in `dir` ([`STUB_LAYOUT`]); None: not published (an older
+/// member, or none without a stub).
+pub fn member_layout(dir: &Path) -> Option<crate::cgroup::Layout> {
+    serde_json::from_slice(&fs::read(dir.join(STUB_LAYOUT)).ok()?).ok()
+}
+
 /// What the claimer sends (with its fds 0, 1, 2, the error pipe and the terminal socket).
 #[derive(Serialize, Deserialize)]
 struct Request {

@@ -567,6 +567,10 @@ pub fn try_warm(
         // since the member's start (made now for a member without one).
         if limits.any() {
             let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
+            // The member's own layout: the claimer's cgroup (hence its parent directories)
+            // may not be the daemon's, and the stub is in the member's.
+            let layout = airlock_sandbox::container::stub::member_layout(&dir)
+                .unwrap_or_else(|| layout.clone());
             cgroup = airlock_sandbox::cgroup::Cgroup::bind(&layout, &leaf, &limits)
                 .map_err(|e| format!("the claim's cgroup: {e}"))?;
             plan.limits = limits;
