@@ -644,7 +644,7 @@ pub fn try_warm(
     .map_err(CliError::from);
     airlock_sandbox::phase("warm: command ended");
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
-    release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
+    let wake = release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
     // After the member's end, as a cold run's PID 1 does it once every process is gone.
     let changes = attached.changes();
     drop(attached);
@@ -654,6 +654,10 @@ pub fn try_warm(
             s.wait(Duration::from_secs(2));
         }
         cg.destroy();
+    }
+    // The refill last: a member's start would share the CPUs with the steps above.
+    if wake {
+        pool::wake(&state);
     }
     airlock_sandbox::phase("warm: released");
     let mut outcome = ran?;
@@ -739,6 +743,20 @@ pub(super) fn release(
     dir: &Path,
     done: Option<(&str, Duration)>,
 ) {
+    if release_unwoken(store, state, member, dir, done) {
+        pool::wake(state);
+    }
+}
+
+/// [`release`], except that a running daemon is not woken: true when one runs, for the caller
+/// to wake once its own last steps are done (the refill it starts takes a CPU from them).
+fn release_unwoken(
+    store: &mut Store,
+    state: &Path,
+    member: &pool::Member,
+    dir: &Path,
+    done: Option<(&str, Duration)>,
+) -> bool {
     if let Some(p) = airlock_sandbox::container::exec::pid1(dir) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p),
@@ -754,14 +772,13 @@ pub(super) fn release(
         None => store.member_release(&member.name, me),
     };
     if pool::daemon_running(state) {
-        pool::wake(state);
-        return;
+        return true;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while supervisor::locked(dir) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
-    let Ok(exe) = exe() else { return };
+    let Ok(exe) = exe() else { return false };
     if store
         .member_cas(
             &member.name,
@@ -772,4 +789,5 @@ pub(super) fn release(
     {
         pool::remove_member(store, &SupervisorBackend { exe }, state, &member.name);
     }
+    false
 }
