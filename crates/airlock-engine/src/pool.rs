@@ -398,6 +398,36 @@ impl Store {
         Ok(got.map_or(Claim::Miss, Claim::Hit))
     }
 
+    /// A claimed member's end and its claim's count, in one transaction: the member
+    /// `released` (as [`Store::member_release`]), one hit for pool `key` and the claim's
+    /// latency (as [`Store::claim_done`]). Whether the member was this claimer's.
+    pub fn claim_finished(
+        &mut self,
+        name: &str,
+        pid: i32,
+        key: &str,
+        micros: u64,
+    ) -> Result<bool, StoreError> {
+        let tx = self
+            .conn()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE pool_members SET state = 'released' \
+             WHERE name = ?1 AND state = 'claimed' AND claimer_pid = ?2",
+            params![name, pid],
+        )?;
+        tx.execute(
+            "UPDATE pools SET hits = hits + 1 WHERE key = ?1",
+            params![key],
+        )?;
+        tx.execute(
+            "INSERT INTO pool_claims (pool_key, at, micros) VALUES (?1, ?2, ?3)",
+            params![key, now(), micros as i64],
+        )?;
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
     /// A claim that was handed out: one hit, and how long it took.
     pub fn claim_done(&mut self, key: &str, micros: u64) -> Result<(), StoreError> {
         let tx = self

@@ -307,6 +307,44 @@ fn no_pool_miss_and_hit() {
     assert_eq!(store.claim_latencies("k").expect("latencies"), vec![1500]);
 }
 
+/// The claimer's end of a used claim is one transaction: its member released (only for its
+/// claimer's pid, as `member_release`), one hit and the latency counted (as `claim_done`).
+#[test]
+fn a_finished_claim_is_released_and_counted_at_once() {
+    let dir = TempDir::new("finished");
+    let mut store = Store::open(dir.db())
+        .expect("open")
+        .for_pool()
+        .expect("pool");
+    store.pool_define("k", "{}", 2).expect("define");
+    ready_members(&mut store, "k", 2);
+    let Claim::Hit(m) = store.claim("k", 42, 7).expect("claim") else {
+        panic!("no hit")
+    };
+    assert!(!store
+        .claim_finished(&m.name, 41, "k", 900)
+        .expect("another pid"));
+    let row = |store: &mut Store| {
+        store
+            .members()
+            .expect("members")
+            .into_iter()
+            .find(|x| x.name == m.name)
+            .map(|x| x.state)
+    };
+    assert_eq!(row(&mut store), Some(MemberState::Claimed));
+    assert!(store
+        .claim_finished(&m.name, 42, "k", 1200)
+        .expect("finish"));
+    assert_eq!(row(&mut store), Some(MemberState::Released));
+    let p = &store.pools().expect("pools")[0];
+    assert_eq!((p.hits, p.misses), (2, 0));
+    assert_eq!(
+        store.claim_latencies("k").expect("latencies"),
+        vec![900, 1200]
+    );
+}
+
 #[test]
 fn concurrent_claimers_never_share_a_member() {
     let dir = TempDir::new("race");

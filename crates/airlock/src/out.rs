@@ -73,10 +73,13 @@ fn exit_for(e: &io::Error) -> ! {
     std::process::exit(exit::SANDBOX_FAILED);
 }
 
-/// One line to stderr; a failed write is dropped (a diagnostic has nowhere else to go).
+/// One line to stderr, in one write (stderr is unbuffered: formatted piece by piece, a line
+/// was a dozen writes, each waking a reader of the pipe, and could interleave with the
+/// sandbox's own output); a failed write is dropped (a diagnostic has nowhere else to go).
 pub fn err_line(args: fmt::Arguments<'_>) {
-    let mut err = io::stderr().lock();
-    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+    let mut text = args.to_string();
+    text.push('\n');
+    let _ = io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// `outln!` that never panics: see the module documentation.

@@ -1064,3 +1064,295 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "stub");
 }
+
+/// The unclaimed members' `stub.pid` files, by member name.
+fn stub_pids(a: &Airlock) -> std::collections::BTreeMap<String, PathBuf> {
+    std::fs::read_dir(members_dir(a))
+        .expect("members")
+        .flatten()
+        .filter(|e| e.path().join("stub.sock").exists())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path().join("stub.pid"),
+            )
+        })
+        .collect()
+}
+
+/// What `airlock ARGS` wrote to stderr, one entry per write(2) (stderr is one end of a
+/// SOCK_SEQPACKET pair, which keeps write boundaries); asserts it succeeded.
+fn stderr_writes(a: &Airlock, args: &[&str]) -> Vec<String> {
+    use std::os::fd::FromRawFd;
+    let mut pair = [0; 2];
+    // SAFETY: socketpair(2) fills two descriptors, owned just below.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, pair.as_mut_ptr()) };
+    assert_eq!(r, 0, "socketpair");
+    // SAFETY: fresh descriptors from socketpair, owned by nothing else.
+    let (ours, theirs) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(pair[0]),
+            std::os::fd::OwnedFd::from_raw_fd(pair[1]),
+        )
+    };
+    let status = a
+        .command(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(theirs))
+        .status()
+        .expect("run airlock");
+    assert!(status.success(), "{args:?}: {status}");
+    let mut writes = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // SAFETY: recv(2) into our buffer; MSG_DONTWAIT: everything was written already.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&ours),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            return writes;
+        }
+        writes.push(String::from_utf8_lossy(&buf[..n as usize]).into_owned());
+    }
+}
+
+/// One round trip to a member's exec stub (docs/design/warm-pool.md, "The exec stub"): the
+/// supervisor publishes the stub's pid (`stub.pid`, the one process in the member's cgroup),
+/// the claimer takes its pidfd before connecting and sends the command with the connection,
+/// then checks the stub's hello names that pid — a published pid that is not the stub's fails
+/// the run and leaves nothing behind; a member without `stub.pid` (an older supervisor's) is
+/// still claimed through its stub, hello first; the claim's exit status comes back either way.
+/// The `warm start` notice reaches stderr in one write.
+fn stub_round_trip(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    let start = [
+        "daemon",
+        "start",
+        "--size",
+        "2",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--wait",
+    ];
+    ok(a, &start);
+    wait_ready(a, 2, label);
+    for (name, file) in stub_pids(a) {
+        let pid: i32 = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{label}: {name}: no stub.pid: {e}"))
+            .trim()
+            .parse()
+            .expect("a pid");
+        let mut procs: Vec<i32> = cgroups_named(&format!("{name}."))
+            .iter()
+            .flat_map(|d| procs_in(d))
+            .collect();
+        procs.dedup();
+        if procs.is_empty() {
+            // No cgroup (rootless without delegation): a fork of the member's supervisor.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            assert!(
+                String::from_utf8_lossy(&cmdline).contains(&name),
+                "{label}: {name}: {pid} is not its stub"
+            );
+        } else {
+            assert_eq!(procs, vec![pid], "{label}: {name}: the stub is not {pid}");
+        }
+    }
+    assert_eq!(stub_pids(a).len(), 2, "{label}");
+    let run = |code: &str| {
+        a.run(&[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo ran-$((40+2)); exit {code}"),
+        ])
+    };
+    let out = run("7");
+    assert_eq!(out.code(), 7, "{label}: {}", out.describe());
+    assert!(claimed(&out).is_some(), "{label}: {}", out.describe());
+    assert!(out.stdout.contains("ran-42"), "{label}: {}", out.describe());
+
+    // The warm start's notice is one write (stderr a SOCK_SEQPACKET: one packet per write).
+    wait_ready(a, 2, label);
+    let writes = stderr_writes(
+        a,
+        &["run", "--workspace", "none", "--net", "off", "--", "true"],
+    );
+    let notice: Vec<&String> = writes.iter().filter(|w| w.contains("warm")).collect();
+    assert!(
+        notice.len() == 1
+            && notice[0].starts_with("airlock: warm start (")
+            && notice[0].ends_with(")\n"),
+        "{label}: the notice in pieces: {writes:?}"
+    );
+
+    // A published pid that is another live process (this test's): refused, not signalled.
+    wait_ready(a, 2, label);
+    for file in stub_pids(a).values() {
+        std::fs::write(file, format!("{}\n", std::process::id())).expect("write stub.pid");
+    }
+    let out = run("0");
+    assert_ne!(out.code(), 0, "{label}: {}", out.describe());
+    assert!(
+        out.stderr.contains("not the one its supervisor published"),
+        "{label}: {}",
+        out.describe()
+    );
+
+    // No published pid: the stub's hello first, as before.
+    ok(a, &["daemon", "stop"]);
+    ok(a, &start);
+    wait_ready(a, 2, label);
+    for file in stub_pids(a).values() {
+        std::fs::remove_file(file).expect("remove stub.pid");
+    }
+    let out = run("5");
+    assert_eq!(out.code(), 5, "{label}: {}", out.describe());
+    assert!(claimed(&out).is_some(), "{label}: {}", out.describe());
+    assert!(out.stdout.contains("ran-42"), "{label}: {}", out.describe());
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+#[test]
+fn a_claim_reaches_its_stub_in_one_round_trip_rootful() {
+    if !e2e("a_claim_reaches_its_stub_in_one_round_trip_rootful") {
+        return;
+    }
+    stub_round_trip(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn a_claim_reaches_its_stub_in_one_round_trip_rootless() {
+    if !e2e("a_claim_reaches_its_stub_in_one_round_trip_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    stub_round_trip(&Airlock::rootless(&bins), "rootless");
+}
+
+/// A claim's limits go into the member's own cgroup — the one its stub and command are in —
+/// even when the claimer runs in another cgroup than the daemon (whose parent directories
+/// follow the process's own cgroup on a v1 host): the command there has `--memory 48M`. The
+/// claimer used to write them under its own cgroup's `airlock/` and the command ran with
+/// none.
+#[test]
+fn a_claims_limits_hold_when_the_claimer_is_in_another_cgroup() {
+    if !e2e("a_claims_limits_hold_when_the_claimer_is_in_another_cgroup") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    ok(
+        &a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "2",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+    // The claimer's own cgroup: a fresh one in every v1 hierarchy with a limit airlock sets
+    // (on a v2 host: one under the root).
+    let tag = format!("airlock-test-{}", common::random_hex());
+    let v1 = Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists();
+    let homes: Vec<PathBuf> = if v1 {
+        ["memory", "pids"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c))
+            .filter(|p| p.is_dir())
+            .map(|p| p.join(&tag))
+            .collect()
+    } else {
+        vec![Path::new("/sys/fs/cgroup").join(&tag)]
+    };
+    for h in &homes {
+        std::fs::create_dir(h).expect("make the claimer's cgroup");
+    }
+    struct Gone(Vec<PathBuf>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for h in &self.0 {
+                let _ = std::fs::remove_dir(h.join("airlock"));
+                let _ = std::fs::remove_dir(h);
+            }
+        }
+    }
+    let _gone = Gone(homes.clone());
+    let mut cmd = a.command(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--memory",
+        "48M",
+        "--",
+        "sleep",
+        "3",
+    ]);
+    let procs: Vec<PathBuf> = homes.iter().map(|h| h.join("cgroup.procs")).collect();
+    // SAFETY: pre_exec runs in the forked child before exec; it only writes files.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            for p in &procs {
+                std::fs::write(p, b"0")?;
+            }
+            Ok(())
+        });
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let member = loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        if n == 0 {
+            let _ = child.kill();
+            panic!("not warm: {line}");
+        }
+        if line.contains("warm start") {
+            break line.split(", ").nth(1).expect("member").to_string();
+        }
+    };
+    // The cgroup the command runs in (the stub's child), and its memory limit.
+    let mut limit = None;
+    wait_until(Duration::from_secs(2), || {
+        limit = cgroups_named(&format!("{member}."))
+            .iter()
+            .filter(|d| procs_in(d).len() >= 2)
+            .flat_map(|d| ["memory.max", "memory.limit_in_bytes"].map(|f| d.join(f)))
+            .find_map(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        limit == Some(48 << 20)
+    });
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        limit,
+        Some(48 << 20),
+        "the command's cgroup does not have the claim's limit"
+    );
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "another cgroup");
+}

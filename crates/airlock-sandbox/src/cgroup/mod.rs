@@ -17,7 +17,7 @@ const CPU_PERIOD_US: u64 = 100_000;
 const GROUP_DIR: &str = "airlock";
 
 /// Where this process can create sandbox cgroups.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Layout {
     /// Per-controller parent directories (already including `/airlock`), when usable.
     V1 {

@@ -377,6 +377,12 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
         // killed (this one holds the folder's lock): reclaim it, then start afresh.
         opts.layout.reclaim(&leaf);
         let cg = if opts.exec_stub {
+            // Where the slot is, for the claim's limits: the claimer's own cgroup may be
+            // elsewhere, and so would its idea of the parent directories.
+            let json = serde_json::to_vec(opts.layout)
+                .map_err(|e| RunError::Setup(format!("the member's cgroup layout: {e}")))?;
+            fs::write(dir.join(stub::STUB_LAYOUT), json)
+                .map_err(io_err("publish the member's cgroup layout"))?;
             Cgroup::create_slot(opts.layout, &leaf)?
         } else {
             Cgroup::create(opts.layout, &leaf, &plan.limits)?

@@ -34,6 +34,21 @@ use std::path::{Path, PathBuf};
 /// The stub's socket, in the member's folder (gone once a claim took it).
 pub const STUB_SOCKET: &str = "stub.sock";
 
+/// The stub's pid, written by the member's supervisor right after forking it (before the
+/// member is ready). The stub stays its supervisor's unreaped child until the member ends, so
+/// the pid names the stub for as long as the member lives.
+pub const STUB_PID: &str = "stub.pid";
+
+/// The cgroup layout the member's supervisor made the member's cgroup (the stub's) with, as
+/// JSON: a claim writes its limits there, wherever the claimer's own cgroup is.
+pub const STUB_LAYOUT: &str = "cgroup-layout.json";
+
+/// The cgroup layout of the member in `dir` ([`STUB_LAYOUT`]); None: not published (an older
+/// member, or none without a stub).
+pub fn member_layout(dir: &Path) -> Option<crate::cgroup::Layout> {
+    serde_json::from_slice(&fs::read(dir.join(STUB_LAYOUT)).ok()?).ok()
+}
+
 /// What the claimer sends (with its fds 0, 1, 2, the error pipe and the terminal socket).
 #[derive(Serialize, Deserialize)]
 struct Request {
@@ -104,6 +119,9 @@ pub(super) fn spawn(dir: &Path, plan: &LaunchPlan, cg: Option<&Cgroup>) -> Resul
         pid: Pid::from_raw(pid),
         ns: Some(ns_host),
     };
+    // Its pid, for the claimer's pidfd before it connects (`exec_claimed`).
+    fs::write(dir.join(STUB_PID), format!("{pid}\n"))
+        .map_err(io_err("publish the exec stub's pid"))?;
     if let Some(cg) = cg {
         cg.add(pid)?;
     }
@@ -228,30 +246,72 @@ fn receive(conn: &mut UnixStream) -> Option<(Request, Vec<OwnedFd>)> {
     Some((serde_json::from_slice(&json).ok()?, fds))
 }
 
+/// What [`exec_claimed`] leaves: the stub, which reported the command's status and is
+/// exiting. Wait for it before removing the member's cgroup (a cgroup with a process in it
+/// cannot be removed).
+pub struct StubExit(OwnedFd);
+
+impl StubExit {
+    /// Until the stub is gone (at most `limit`).
+    pub fn wait(self, limit: std::time::Duration) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let ms = limit.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
+    }
+}
+
 /// Run `req` through the stub of the claimed member in `dir` (its plan `plan`, with the
 /// claim's `rlimit_nproc`). None: the member has no stub (then exec joins it as any sandbox).
+///
+/// One round trip: the request goes out right after `connect`, the claimer reads the stub's
+/// hello (its pid) after that, and wakes up again only when the stub writes the command's
+/// status — not when the stub has finished exiting (see [`StubExit`]).
 pub fn exec_claimed(
     dir: &Path,
     plan: &LaunchPlan,
     req: &ExecRequest,
-) -> Result<Option<Outcome>, RunError> {
+) -> Result<Option<(Outcome, StubExit)>, RunError> {
     if req.argv.is_empty() {
         return Err(RunError::Setup("no command to exec".into()));
     }
+    // The pidfd before the connection: a connection that succeeds proves the stub alive at
+    // that moment (it alone holds the listener), and it lived since before the member was
+    // ready, so this pidfd is the stub's and no recycled pid's.
+    let published = fs::read_to_string(dir.join(STUB_PID))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .and_then(|pid| sys::pidfd_open(pid).ok().map(|fd| (pid, fd)));
     let Ok(mut conn) = UnixStream::connect(dir.join(STUB_SOCKET)) else {
         return Ok(None);
     };
     let lost = |e: std::io::Error| RunError::Setup(format!("the member's exec stub: {e}"));
-    let mut hello = [0u8; 5];
-    conn.read_exact(&mut hello).map_err(lost)?;
-    if hello[0] != b'S' {
-        return Err(RunError::Setup(
-            "the member's exec stub answered unexpectedly".into(),
-        ));
-    }
-    let pid = i32::from_le_bytes(hello[1..5].try_into().unwrap_or_default());
-    // Before the request: the stub cannot end (and its pid be reused) while it waits for it.
-    let pidfd = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
+    let hello = |conn: &mut UnixStream| -> Result<i32, RunError> {
+        let mut hello = [0u8; 5];
+        conn.read_exact(&mut hello).map_err(lost)?;
+        if hello[0] != b'S' {
+            return Err(RunError::Setup(
+                "the member's exec stub answered unexpectedly".into(),
+            ));
+        }
+        Ok(i32::from_le_bytes(
+            hello[1..5].try_into().unwrap_or_default(),
+        ))
+    };
+    let early = published.is_some();
+    let (pid, pidfd) = match published {
+        Some(p) => p,
+        None => {
+            // A stub whose pid was not published (an older member): its hello first, and the
+            // pidfd before the request, while the stub cannot end.
+            let pid = hello(&mut conn)?;
+            (pid, sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?)
+        }
+    };
     let request = Request {
         argv: req.argv.clone(),
         env: airlock_model::spec::env_over(&plan.env, &req.env),
@@ -275,19 +335,28 @@ pub fn exec_claimed(
     let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
     let mut fds = vec![0, 1, 2, err_wr.as_raw_fd()];
     fds.extend(tty_pair.as_ref().map(|(_, c)| c.as_raw_fd()));
-    let mut head = b"R".to_vec();
-    head.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    sys::send_fds(conn.as_raw_fd(), &head, &fds).map_err(lost)?;
-    conn.write_all(&json).map_err(lost)?;
+    // Header and JSON in one message (the stub reads the rest of a short first read).
+    let mut msg = b"R".to_vec();
+    msg.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    msg.extend_from_slice(&json);
+    sys::send_fds(conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
     drop(err_wr);
+    if early && hello(&mut conn)? != pid {
+        return Err(RunError::Setup(
+            "the member's exec stub is not the one its supervisor published".into(),
+        ));
+    }
     let tty_host = tty_pair.map(|(h, c)| {
         drop(c);
         h
     });
     let child = Pid::from_raw(pid);
     let deadline = req.timeout.map(|t| std::time::Instant::now() + t);
+    // Woken by the connection: the status the stub writes before it exits, or its end (killed:
+    // the connection closes).
+    let conn = OwnedFd::from(conn);
     let (timed_out, _) = tty::supervise(
-        &pidfd,
+        &conn,
         child,
         &signals,
         tty_host.as_ref(),
@@ -296,23 +365,30 @@ pub fn exec_claimed(
         None,
     )
     .map_err(io_err("supervise the command"))?;
+    let stub = StubExit(pidfd);
     if timed_out {
-        return Ok(Some(Outcome {
-            ending: Ending::TimedOut,
-            changes: None,
-        }));
+        return Ok(Some((
+            Outcome {
+                ending: Ending::TimedOut,
+                changes: None,
+            },
+            stub,
+        )));
     }
     // The stub wrote the command's status before it exited; nothing: it was killed.
     let mut code = [0u8; 4];
-    let status = match conn.read_exact(&mut code) {
+    let status = match UnixStream::from(conn).read_exact(&mut code) {
         Ok(()) => nix::sys::wait::WaitStatus::Exited(child, i32::from_le_bytes(code)),
         Err(_) => nix::sys::wait::WaitStatus::Signaled(child, Signal::SIGKILL, false),
     };
     let code = match super::ending::conclude(status, err_rd)? {
         super::ending::Concluded::Ran(c) | super::ending::Concluded::NotStarted(c) => c,
     };
-    Ok(Some(Outcome {
-        ending: Ending::Exited(code),
-        changes: None,
-    }))
+    Ok(Some((
+        Outcome {
+            ending: Ending::Exited(code),
+            changes: None,
+        },
+        stub,
+    )))
 }

@@ -298,7 +298,17 @@ pub fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let iov = [std::io::IoSlice::new(data)];
     let cmsg = [ControlMessage::ScmRights(fds)];
-    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None).map_err(io::Error::from)?;
+    let mut sent =
+        sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None).map_err(io::Error::from)?;
+    // A stream socket may take a long payload in parts (the descriptors went with the first).
+    while sent < data.len() {
+        match nix::sys::socket::send(sock, &data[sent..], MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
 

@@ -573,6 +573,10 @@ pub fn try_warm(
         // since the member's start (made now for a member without one).
         if limits.any() {
             let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
+            // The member's own layout: the claimer's cgroup (hence its parent directories)
+            // may not be the daemon's, and the stub is in the member's.
+            let layout = airlock_sandbox::container::stub::member_layout(&dir)
+                .unwrap_or_else(|| layout.clone());
             cgroup = airlock_sandbox::cgroup::Cgroup::bind(&layout, &leaf, &limits)
                 .map_err(|e| format!("the claim's cgroup: {e}"))?;
             plan.limits = limits;
@@ -631,8 +635,12 @@ pub fn try_warm(
     // Forked by the member's exec stub, in the cgroup already: no migration on this path
     // (joining a cgroup waits for an RCU grace period on cgroup v1). A member without a stub:
     // exec joins it.
+    let mut stub = None;
     let ran = match airlock_sandbox::container::stub::exec_claimed(&dir, &plan, &req) {
-        Ok(Some(o)) => Ok(o),
+        Ok(Some((o, s))) => {
+            stub = Some(s);
+            Ok(o)
+        }
         Ok(None) => {
             let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
             airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
@@ -642,12 +650,20 @@ pub fn try_warm(
     .map_err(CliError::from);
     airlock_sandbox::phase("warm: command ended");
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
-    release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
+    let wake = release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
     // After the member's end, as a cold run's PID 1 does it once every process is gone.
     let changes = attached.changes();
     drop(attached);
     if let Some(cg) = cgroup {
+        // The stub reported the status before it exited; its cgroup goes once it is gone.
+        if let Some(s) = stub {
+            s.wait(Duration::from_secs(2));
+        }
         cg.destroy();
+    }
+    // The refill last: a member's start would share the CPUs with the steps above.
+    if wake {
+        pool::wake(&state);
     }
     airlock_sandbox::phase("warm: released");
     let mut outcome = ran?;
@@ -733,6 +749,20 @@ pub(super) fn release(
     dir: &Path,
     done: Option<(&str, Duration)>,
 ) {
+    if release_unwoken(store, state, member, dir, done) {
+        pool::wake(state);
+    }
+}
+
+/// [`release`], except that a running daemon is not woken: true when one runs, for the caller
+/// to wake once its own last steps are done (the refill it starts takes a CPU from them).
+fn release_unwoken(
+    store: &mut Store,
+    state: &Path,
+    member: &pool::Member,
+    dir: &Path,
+    done: Option<(&str, Duration)>,
+) -> bool {
     if let Some(p) = airlock_sandbox::container::exec::pid1(dir) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p),
@@ -741,19 +771,20 @@ pub(super) fn release(
     }
     // A microVM member: its guest powers off.
     super::vm_member::power_off(dir);
-    let _ = store.member_release(&member.name, pool::me().0);
-    if let Some((key, took)) = done {
-        let _ = store.claim_done(key, took.as_micros() as u64);
-    }
+    let me = std::process::id() as i32;
+    let _ = match done {
+        // One transaction: released, and the hit with its latency.
+        Some((key, took)) => store.claim_finished(&member.name, me, key, took.as_micros() as u64),
+        None => store.member_release(&member.name, me),
+    };
     if pool::daemon_running(state) {
-        pool::wake(state);
-        return;
+        return true;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while supervisor::locked(dir) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
-    let Ok(exe) = exe() else { return };
+    let Ok(exe) = exe() else { return false };
     if store
         .member_cas(
             &member.name,
@@ -764,4 +795,5 @@ pub(super) fn release(
     {
         pool::remove_member(store, &SupervisorBackend { exe }, state, &member.name);
     }
+    false
 }
