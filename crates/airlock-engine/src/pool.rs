@@ -49,12 +49,12 @@ pub const DAEMON_LOG: &str = "daemon.log";
 const KEPT_LATENCIES: i64 = 1000;
 
 /// The pool key of a spec: a hash of it with every field a claim binds cleared — the name and
-/// hostname, the command, environment, working directory, time limit, terminal, plain secrets
-/// (written at claim), a filtered network's allowed domains (put in force at claim), and for
+/// hostname, the command, environment, working directory, time limit, terminal, secrets
+/// (written at claim; injected ones bound in the member's supervisor, CA and all), a filtered network's allowed domains (put in force at claim), and for
 /// containers the overlay or bind workspace (attached at claim) and the memory, pids and cpu
 /// limits (a cgroup made at claim) — and the project directory when there is no workspace.
 /// What stays (backend, root filesystem and its digest, profile, network mode and ports,
-/// disk limit, user, binds, home files, injected secrets, whether there is a workspace) is
+/// disk limit, user, binds, home files, whether there is a workspace) is
 /// what a member was started with and a claim cannot change.
 pub fn key(spec: &RunSpec) -> String {
     use sha2::Digest;
@@ -77,7 +77,8 @@ pub fn key(spec: &RunSpec) -> String {
     s.agent_min_warm = 0;
     s.context.clear();
     s.repos.clear();
-    s.secrets.retain(|_, v| v.inject.is_some());
+    // Plain secrets are written at claim; injected ones bound in the member's egress context.
+    s.secrets.clear();
     // A filtered member's allowed domains are set at claim (the live policy socket of its
     // supervisor). Its ports stay: the listeners for them are opened at start.
     if s.net == airlock_model::policy::NetMode::Filtered {

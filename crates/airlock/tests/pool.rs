@@ -1072,3 +1072,192 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "stub");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Injected secrets bound at claim
+
+/// The headers the fake internet received for requests to `path`.
+fn received(inet: &Internet, path: &str) -> Vec<serde_json::Value> {
+    inet.model_requests()
+        .into_iter()
+        .filter(|r| r["path"] == path)
+        .map(|r| r["headers"].clone())
+        .collect()
+}
+
+/// Every regular file under `dir` that contains `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file()
+                && std::fs::read(e.path())
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// A warm run with a secret injected into requests to api.test: the member's supervisor gets
+/// the value and makes the interception CA at claim (over its policy socket), the sandbox
+/// holds only the placeholder ($KEY, /run/secrets/KEY) and trusts the CA through the same
+/// bundle and variables a cold start gives; the server gets the real value; the placeholder
+/// in plain HTTP elsewhere is blocked, a Host/SNI mismatch refused. Two claims at once, with
+/// different keys, each reach the server with their own key only, through their own CA; no
+/// value is ever in a file under the state directory.
+fn injected_secrets_at_claim(a: &Airlock, label: &str) {
+    const CA: &str = "/etc/airlock-test-ca.pem";
+    let inet = Internet::start(&["api.test", "other.test"], &[]);
+    let _guard = DaemonGuard(a);
+    let cert = a.dir.join("inet-ca.pem");
+    std::fs::copy(inet.cert(), &cert).expect("copy cert");
+    common::set_mode(&cert, 0o644);
+    let cert_s = cert.display().to_string();
+    let ro = format!("{cert_s}:{CA}");
+    let dns = [("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str())];
+    let start = a.run_with_env(
+        &dns,
+        &[
+            "daemon", "start", "--size", "2", "--wait", "--allow", "other.test", "--ro", &ro,
+        ],
+    );
+    assert_eq!(start.code(), 0, "{label}: {}", start.describe());
+    let run = |key: &str, script: &str| {
+        a.run_with_env(
+            &[
+                ("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str()),
+                ("AIRLOCK_UPSTREAM_CA", cert_s.as_str()),
+                ("HOST_KEY", key),
+            ],
+            &[
+                "run",
+                "--workspace",
+                "none",
+                "--allow",
+                "api.test",
+                "--allow",
+                "other.test",
+                "--ro",
+                &ro,
+                "--secret",
+                "KEY=env:HOST_KEY;hosts=api.test;header=x-api-key",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+    };
+    const REAL: &str = "sk-warm-real-value-0123456789abcdef";
+    let fmt = "-o /dev/null -w '%{http_code}\\n'";
+    let script = format!(
+        "echo \"env=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; \
+         echo \"bundle=$SSL_CERT_FILE $NODE_EXTRA_CA_CERTS $CURL_CA_BUNDLE\"; \
+         curl -sS --max-time 10 -H \"x-api-key: $KEY\" https://api.test/warm; \
+         curl -sS --max-time 10 {fmt} -H \"x-leak: $KEY\" http://other.test/leak; \
+         curl -sS --max-time 10 {fmt} -H 'Host: other.test' -H \"x-api-key: $KEY\" https://api.test/fronted; \
+         curl -sS --max-time 10 --cacert {CA} {fmt} https://other.test/plain"
+    );
+    let out = run(REAL, &script);
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    warm(&out, label);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let ph = lines[0].strip_prefix("env=").unwrap_or_default();
+    assert!(
+        ph.starts_with("airlock-placeholder-"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            format!("file={ph}").as_str(),
+            "bundle=/run/airlock-tls/ca-bundle.pem /run/airlock-tls/ca-bundle.pem /run/airlock-tls/ca-bundle.pem",
+            "hello from api.test /warm",
+            "403",
+            "421",
+            "200",
+        ],
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(received(&inet, "/warm").len(), 1, "{label}");
+    assert_eq!(received(&inet, "/warm")[0]["x-api-key"], REAL, "{label}");
+    assert!(received(&inet, "/leak").is_empty() && received(&inet, "/fronted").is_empty());
+    assert!(!out.stdout.contains(REAL) && !out.stderr.contains(REAL));
+
+    // Two claims at once, each with its own key: each sees its own placeholder and CA, and
+    // the server gets each one's own value.
+    wait_ready(a, 2, label);
+    let keys = ["sk-claim-one-aaaaaaaaaaaaaaaa", "sk-claim-two-bbbbbbbbbbbbbbbb"];
+    let outs: Vec<common::Outcome> = std::thread::scope(|s| {
+        let hs: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let script = format!(
+                    "echo \"$KEY\"; sha256sum /run/airlock-tls/ca-bundle.pem | cut -c1-64; \
+                     curl -sS --max-time 10 -o /dev/null -H \"x-api-key: $KEY\" https://api.test/claim{i}; \
+                     sleep 3; \
+                     curl -sS --max-time 10 -o /dev/null -H \"x-api-key: $KEY\" https://api.test/again{i}"
+                );
+                let run = &run;
+                s.spawn(move || run(k, &script))
+            })
+            .collect();
+        // While both run: no value in any file of the state directory.
+        assert!(
+            wait_until(Duration::from_secs(20), || pool0(&status(a))["claimed"] == 2),
+            "{label}: {}",
+            status(a)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        for k in keys.iter().chain([&REAL]) {
+            let found = files_containing(&a.state_dir(), k);
+            assert!(found.is_empty(), "{label}: {k} in {found:?}");
+        }
+        hs.into_iter().map(|h| h.join().expect("run")).collect()
+    });
+    let mut seen = BTreeSet::new();
+    for (i, (out, key)) in outs.iter().zip(keys).enumerate() {
+        assert_eq!(out.code(), 0, "{label} {i}: {}", out.describe());
+        let member = warm(out, label);
+        let l: Vec<&str> = out.stdout.lines().collect();
+        assert!(l[0].starts_with("airlock-placeholder-"), "{label}: {l:?}");
+        assert!(seen.insert(member) && seen.insert(l[0].to_string()) && seen.insert(l[1].to_string()),
+            "{label}: two claims share a member, placeholder or CA: {outs:?}");
+        for p in [format!("/claim{i}"), format!("/again{i}")] {
+            let got = received(&inet, &p);
+            assert_eq!(got.len(), 1, "{label}: {p}");
+            assert_eq!(got[0]["x-api-key"], key, "{label}: {p}");
+        }
+        assert!(!out.stdout.contains(key) && !out.stderr.contains(key));
+    }
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+#[test]
+fn injected_secrets_are_bound_at_claim_rootful() {
+    if !e2e("injected_secrets_are_bound_at_claim_rootful") {
+        return;
+    }
+    injected_secrets_at_claim(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn injected_secrets_are_bound_at_claim_rootless() {
+    if !e2e("injected_secrets_are_bound_at_claim_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    injected_secrets_at_claim(&Airlock::rootless(&bins), "rootless");
+}

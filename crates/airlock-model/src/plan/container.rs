@@ -388,10 +388,7 @@ fn with_proxy_env(spec: &RunSpec) -> Vec<(String, String)> {
         add_proxy_env(&mut env, "127.0.0.1");
         // Injected secrets: every TLS client inside trusts the interception CA's bundle.
         if spec.secrets.values().any(|s| s.inject.is_some()) {
-            env.retain(|(k, _)| !super::CA_BUNDLE_VARS.contains(&k.as_str()));
-            for k in super::CA_BUNDLE_VARS {
-                env.push((k.to_string(), super::CA_BUNDLE.into()));
-            }
+            super::set_ca_bundle_vars(&mut env);
         }
     }
     env

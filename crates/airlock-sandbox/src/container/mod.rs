@@ -269,8 +269,10 @@ fn egress_ctx(
             }
         }
     });
-    let mut ctx = airlock_egress::proxy::Ctx::new(policy, Arc::new(resolver), journal);
-    ctx.intercept = opts.intercept.clone();
+    let ctx = airlock_egress::proxy::Ctx::new(policy, Arc::new(resolver), journal);
+    if let Some(i) = &opts.intercept {
+        let _ = ctx.set_intercept(i.clone());
+    }
     Ok(ctx)
 }
 

@@ -52,13 +52,10 @@ pub fn try_adopt(
     {
         return Ok(None);
     }
-    // What a claim binds for a named container sandbox; the rest starts cold (injected
-    // secrets, home files — placed in the member's home, under the sandbox's own —, an
-    // overlay whose upper layer is on disk).
-    if spec.backend != BackendKind::Container
-        || spec.secrets.values().any(|s| s.inject.is_some())
-        || !spec.home_files.is_empty()
-    {
+    // What a claim binds for a named container sandbox; the rest starts cold (home files —
+    // placed in the member's home, under the sandbox's own —, an overlay whose upper layer
+    // is on disk).
+    if spec.backend != BackendKind::Container || !spec.home_files.is_empty() {
         return Ok(None);
     }
     match spec.workspace {
@@ -83,6 +80,9 @@ pub fn try_adopt(
         return Ok(None);
     };
     let key = pool::key(spec);
+    // Injected secrets: refused as a cold start refuses them; their placeholders made here,
+    // the values and the CA bound in the member's supervisor at claim.
+    let secrets = super::secrets::claim_bind(spec, secrets.to_vec())?;
     // `[daemon.agents.NAME] min_warm`: this agent's pool exists and is that big (this start
     // claims from it if a member is ready; the next ones will).
     let mut made = None;
@@ -132,14 +132,7 @@ pub fn try_adopt(
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("the member's plan: {e}"))?;
-        if spec.net == airlock_model::policy::NetMode::Filtered {
-            airlock_engine::live_policy::send(&mdir, &spec.domains, &spec.ports)
-                .map_err(|e| format!("the member refused the sandbox's allowlist: {e}"))?;
-        }
-        if !secrets.is_empty() {
-            airlock_sandbox::container::exec::deliver_secrets(&mdir, secrets)
-                .map_err(|e| format!("the member refused its secrets: {e}"))?;
-        }
+        super::daemon::bind_policy_and_secrets(&mdir, spec, &secrets)?;
         // Limits: the cgroup a cold start of this sandbox has (its name and id), joined by
         // every exec; removed when it stops (the engine's reclaim) or goes.
         let leaf = airlock_sandbox::cgroup::leaf_name(&spec.name, &id);
@@ -165,13 +158,10 @@ pub fn try_adopt(
         // The record exec reads: this sandbox's name (its cgroup), hostname, environment
         // (the sandbox's own first, then the member's — the proxy's — as a cold plan has it),
         // working directory and limits.
-        let mut env = spec.env.clone();
-        for (k, v) in &plan.env {
-            if !env.iter().any(|(ek, _)| ek == k) {
-                env.push((k.clone(), v.clone()));
-            }
+        plan.env = airlock_model::spec::env_over(&plan.env, &spec.env);
+        if !secrets.bindings.is_empty() {
+            airlock_model::plan::set_ca_bundle_vars(&mut plan.env);
         }
-        plan.env = env;
         plan.name = spec.name.clone();
         plan.hostname = spec.hostname.clone();
         plan.cwd = spec.workdir.clone().unwrap_or_else(|| {

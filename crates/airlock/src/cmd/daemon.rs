@@ -507,13 +507,10 @@ pub fn try_warm(
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
     let state = paths::state_dir();
-    // Bound at claim: command, environment, working directory, terminal, time limit, plain
-    // secrets, allowlist, an overlay or bind workspace, limits. The rest starts cold
-    // (docs/design/warm-pool.md).
-    if spec.backend != BackendKind::Container
-        || net_log.is_some()
-        || spec.secrets.values().any(|s| s.inject.is_some())
-    {
+    // Bound at claim: command, environment, working directory, terminal, time limit,
+    // secrets (plain and injected), allowlist, an overlay or bind workspace, limits. The rest
+    // starts cold (docs/design/warm-pool.md).
+    if spec.backend != BackendKind::Container || net_log.is_some() {
         return Ok(None);
     }
     match spec.workspace {
@@ -534,7 +531,10 @@ pub fn try_warm(
     let Some((layout, limits)) = claim_limits(spec) else {
         return Ok(None);
     };
-    let secrets = super::spec::resolve_secrets(&spec.secrets)?;
+    // Injected secrets: refused as a cold start refuses them; placeholders made here, the
+    // values and the interception CA go to the member's supervisor at claim.
+    let secrets =
+        super::secrets::claim_bind(spec, super::spec::resolve_secrets(&spec.secrets)?)?;
     airlock_sandbox::phase("warm: claiming");
     let t0 = Instant::now();
     let key = pool::key(spec);
@@ -554,15 +554,7 @@ pub fn try_warm(
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("the member's plan: {e}"))?;
-        // This run's allowlist, in force before its command runs (whatever the member had).
-        if spec.net == airlock_model::policy::NetMode::Filtered {
-            airlock_engine::live_policy::send(&dir, &spec.domains, &spec.ports)
-                .map_err(|e| format!("the member refused this run's allowlist: {e}"))?;
-        }
-        if !secrets.is_empty() {
-            airlock_sandbox::container::exec::deliver_secrets(&dir, &secrets)
-                .map_err(|e| format!("the member refused its secrets: {e}"))?;
-        }
+        bind_policy_and_secrets(&dir, spec, &secrets)?;
         // Limits: written into the cgroup of the member's name, which its exec stub is in
         // since the member's start (made now for a member without one).
         if limits.any() {
@@ -597,7 +589,10 @@ pub fn try_warm(
             return Ok(None);
         }
     };
-    let env = airlock_model::spec::env_over(&spec.env, &secrets);
+    let mut env = airlock_model::spec::env_over(&spec.env, &secrets.seen);
+    if !secrets.bindings.is_empty() {
+        airlock_model::plan::set_ca_bundle_vars(&mut env);
+    }
     let wayback = super::wayback::wayback_before(spec);
     errln!(
         "airlock: warm start (pool {}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
@@ -650,6 +645,33 @@ pub fn try_warm(
     }
     let undone = super::wayback::wayback_after(spec, wayback.as_ref(), None);
     super::wayback::finish(spec, &outcome, changes.as_ref(), undone, timeout_text).map(Some)
+}
+
+/// A claim's allowlist (in force before its command runs, whatever the member had) and
+/// secrets, bound in the running member in `dir`: the injected ones' values and CA in its
+/// supervisor's egress context (over its policy socket), then `/run/secrets` and the CA
+/// bundle inside. Err: what the member refused.
+pub(super) fn bind_policy_and_secrets(
+    dir: &Path,
+    spec: &airlock_model::spec::RunSpec,
+    secrets: &super::secrets::ClaimBound,
+) -> Result<(), String> {
+    let mut ca_pem = None;
+    if spec.net == airlock_model::policy::NetMode::Filtered {
+        ca_pem = airlock_engine::live_policy::send_claim(
+            dir,
+            &spec.domains,
+            &spec.ports,
+            &secrets.bindings,
+            secrets.upstream_ca.as_deref(),
+        )
+        .map_err(|e| format!("the member refused the allowlist or injected secrets: {e}"))?;
+    }
+    if !secrets.seen.is_empty() {
+        airlock_sandbox::container::exec::deliver_secrets(dir, &secrets.seen, ca_pem.as_deref())
+            .map_err(|e| format!("the member refused its secrets: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Where a claim's workspace is attached (the plan's `/workspace`).
