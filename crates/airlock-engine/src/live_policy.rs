@@ -365,8 +365,11 @@ fn bind_intercept(ctx: &Ctx, i: InterceptRequest) -> Result<String, String> {
         .map(Binding::from_wire)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    let icpt = Interceptor::new(Secrets::new(bindings), i.upstream_ca.as_deref().map(str::as_bytes))
-        .map_err(|e| e.to_string())?;
+    let icpt = Interceptor::new(
+        Secrets::new(bindings),
+        i.upstream_ca.as_deref().map(str::as_bytes),
+    )
+    .map_err(|e| e.to_string())?;
     let pem = icpt.ca_pem().to_string();
     ctx.set_intercept(Arc::new(icpt))
         .map_err(|_| "this sandbox's injected secrets are bound already".to_string())?;

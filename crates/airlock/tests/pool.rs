@@ -1125,7 +1125,15 @@ fn injected_secrets_at_claim(a: &Airlock, label: &str) {
     let start = a.run_with_env(
         &dns,
         &[
-            "daemon", "start", "--size", "2", "--wait", "--allow", "other.test", "--ro", &ro,
+            "daemon",
+            "start",
+            "--size",
+            "2",
+            "--wait",
+            "--allow",
+            "other.test",
+            "--ro",
+            &ro,
         ],
     );
     assert_eq!(start.code(), 0, "{label}: {}", start.describe());
@@ -1196,7 +1204,10 @@ fn injected_secrets_at_claim(a: &Airlock, label: &str) {
     // Two claims at once, each with its own key: each sees its own placeholder and CA, and
     // the server gets each one's own value.
     wait_ready(a, 2, label);
-    let keys = ["sk-claim-one-aaaaaaaaaaaaaaaa", "sk-claim-two-bbbbbbbbbbbbbbbb"];
+    let keys = [
+        "sk-claim-one-aaaaaaaaaaaaaaaa",
+        "sk-claim-two-bbbbbbbbbbbbbbbb",
+    ];
     let outs: Vec<common::Outcome> = std::thread::scope(|s| {
         let hs: Vec<_> = keys
             .iter()
@@ -1214,7 +1225,8 @@ fn injected_secrets_at_claim(a: &Airlock, label: &str) {
             .collect();
         // While both run: no value in any file of the state directory.
         assert!(
-            wait_until(Duration::from_secs(20), || pool0(&status(a))["claimed"] == 2),
+            wait_until(Duration::from_secs(20), || pool0(&status(a))["claimed"]
+                == 2),
             "{label}: {}",
             status(a)
         );
@@ -1231,8 +1243,10 @@ fn injected_secrets_at_claim(a: &Airlock, label: &str) {
         let member = warm(out, label);
         let l: Vec<&str> = out.stdout.lines().collect();
         assert!(l[0].starts_with("airlock-placeholder-"), "{label}: {l:?}");
-        assert!(seen.insert(member) && seen.insert(l[0].to_string()) && seen.insert(l[1].to_string()),
-            "{label}: two claims share a member, placeholder or CA: {outs:?}");
+        assert!(
+            seen.insert(member) && seen.insert(l[0].to_string()) && seen.insert(l[1].to_string()),
+            "{label}: two claims share a member, placeholder or CA: {outs:?}"
+        );
         for p in [format!("/claim{i}"), format!("/again{i}")] {
             let got = received(&inet, &p);
             assert_eq!(got.len(), 1, "{label}: {p}");

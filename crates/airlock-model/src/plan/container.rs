@@ -499,6 +499,25 @@ pub fn merge_id_file(image: Option<&str>, ours: &str) -> String {
     out
 }
 
+/// `/etc/hosts` and `/etc/hostname` of a sandbox called `hostname` (also written by a warm
+/// claim of a named sandbox, over its member's).
+pub fn name_files(hostname: &str) -> [MountStep; 2] {
+    let file = |name: &str, contents: String| MountStep::File {
+        target: Path::new("/etc").join(name),
+        contents,
+        mode: 0o644,
+    };
+    [
+        file(
+            "hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+            ),
+        ),
+        file("hostname", format!("{hostname}\n")),
+    ]
+}
+
 pub(super) fn etc_files(spec: &RunSpec, image: Option<&ImageRoot>) -> Vec<MountStep> {
     let u = SandboxUser::AGENT_UID;
     // An image's own user replaces `agent` where they would clash (same name or id).
@@ -538,20 +557,17 @@ pub(super) fn etc_files(spec: &RunSpec, image: Option<&ImageRoot>) -> Vec<MountS
         ),
         None => (passwd, group),
     };
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-        spec.hostname
-    );
     let file = |name: &str, contents: String| MountStep::File {
         target: Path::new("/etc").join(name),
         contents,
         mode: 0o644,
     };
+    let [hosts, hostname] = name_files(&spec.hostname);
     vec![
         file("passwd", passwd),
         file("group", group),
-        file("hosts", hosts),
-        file("hostname", format!("{}\n", spec.hostname)),
+        hosts,
+        hostname,
         // No resolver inside with --net off; filtered mode will point this at the sandbox resolver.
         file(
             "resolv.conf",

@@ -272,9 +272,11 @@ fn helper(
     Ok(back)
 }
 
-/// Set the hostname of the running member in `dir` (plan: `plan`) — its UTS namespace,
-/// joined by a forked helper through its user namespace: a named sandbox that adopted a warm
-/// member is called by its own name, as a cold one is.
+/// Name the running member in `dir` (plan: `plan`) `hostname`: its UTS namespace, and its
+/// `/etc/hostname` and `/etc/hosts` rewritten in its mount namespace as a cold start's root
+/// filesystem step writes them (its read-only root made writable for that moment, before
+/// any of the claim's code runs). Done by a forked helper that joins its user namespace: a
+/// named sandbox that adopted a warm member is called by its own name, as a cold one is.
 pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(), RunError> {
     let ns = super::exec::fetch_namespaces(dir)
         .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
@@ -284,10 +286,12 @@ pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(),
             .map(|(_, fd)| fd)
             .ok_or_else(|| RunError::Setup("the sandbox's namespaces are incomplete".into()))
     };
-    let (userns, utsns) = (
+    let (userns, utsns, mntns) = (
         find(CloneFlags::CLONE_NEWUSER)?,
         find(CloneFlags::CLONE_NEWUTS)?,
+        find(CloneFlags::CLONE_NEWNS)?,
     );
+    let files = airlock_model::plan::name_files(hostname);
     let (err_rd, err_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
     let child = sys::clone_fork(0).map_err(RunError::Clone)?;
@@ -313,6 +317,12 @@ pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(),
         if let Err(e) = nix::unistd::sethostname(hostname) {
             fail(format!("sethostname: {e}"));
         }
+        if let Err(e) = nix::sched::setns(mntns, CloneFlags::CLONE_NEWNS) {
+            fail(format!("join the sandbox's mount namespace: {e}"));
+        }
+        if let Err(e) = write_etc(&files) {
+            fail(e);
+        }
         sys::exit_now(0);
     }
     drop(err_wr);
@@ -329,4 +339,44 @@ pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(),
             format!("set the hostname: {}", String::from_utf8_lossy(&msg))
         })),
     }
+}
+
+/// In the sandbox's mount namespace: `files` written (rootfs's own step), the root writable
+/// meanwhile if it is read-only.
+fn write_etc(files: &[MountStep]) -> Result<(), String> {
+    use nix::mount::MsFlags;
+    let os = Real;
+    let ro = nix::sys::statvfs::statvfs("/")
+        .map_err(|e| format!("statvfs /: {e}"))?
+        .flags()
+        .contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
+    let remount = |extra: MsFlags| {
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | extra,
+            None::<&str>,
+        )
+    };
+    if ro {
+        remount(MsFlags::empty()).map_err(|e| format!("make the root writable: {e}"))?;
+    }
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("open the sandbox's root: {e}"))
+    .map(|fd| NewRoot { fd });
+    let written = root.and_then(|root| {
+        files
+            .iter()
+            .try_for_each(|f| rootfs::step_exec(&os, &root, f, None).map_err(|e| e.to_string()))
+    });
+    if ro {
+        os.remount_root_readonly()
+            .map_err(|e| format!("make the root read-only again: {e}"))?;
+    }
+    written
 }

@@ -533,8 +533,7 @@ pub fn try_warm(
     };
     // Injected secrets: refused as a cold start refuses them; placeholders made here, the
     // values and the interception CA go to the member's supervisor at claim.
-    let secrets =
-        super::secrets::claim_bind(spec, super::spec::resolve_secrets(&spec.secrets)?)?;
+    let secrets = super::secrets::claim_bind(spec, super::spec::resolve_secrets(&spec.secrets)?)?;
     airlock_sandbox::phase("warm: claiming");
     let t0 = Instant::now();
     let key = pool::key(spec);

@@ -127,11 +127,12 @@ pub fn bind(spec: &RunSpec, values: Vec<(String, String)>) -> CliResult<Bound> {
     if c.bindings.is_empty() {
         return Ok((c.seen, None));
     }
-    let icpt = Interceptor::new(Secrets::new(c.bindings), c.upstream_ca.as_deref()).map_err(|e| {
-        CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!(e)).hint(format!(
-            "{UPSTREAM_CA_ENV} must name a PEM file of CA certificates"
-        ))
-    })?;
+    let icpt =
+        Interceptor::new(Secrets::new(c.bindings), c.upstream_ca.as_deref()).map_err(|e| {
+            CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!(e)).hint(format!(
+                "{UPSTREAM_CA_ENV} must name a PEM file of CA certificates"
+            ))
+        })?;
     Ok((c.seen, Some(Arc::new(icpt))))
 }
 
