@@ -1275,3 +1275,110 @@ fn injected_secrets_are_bound_at_claim_rootless() {
     let bins = Bins::owned_by(&user);
     injected_secrets_at_claim(&Airlock::rootless(&bins), "rootless");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Home files bound at claim
+
+/// `[home_files]` (immutable, link, seed) in a warm run: staged by the claimer as a cold run
+/// stages them and bound in the member's home at claim — the pool was made before the files
+/// were configured (they are not in its key), an immutable copy is the one at the claim (not
+/// at the member's start), link is the host file, seed is the run's own writable copy; the
+/// run's staging goes when it ends. A path escaping the home is refused as a cold run refuses
+/// it, and costs the pool nothing.
+fn home_files_at_claim(a: &Airlock, label: &str) {
+    use common::work::{give, write};
+    let _guard = DaemonGuard(a);
+    ok(
+        a,
+        &["daemon", "start", "--size", "1", "--net", "off", "--wait"],
+    );
+    let files = a.dir.join("hostfiles");
+    write(&files.join("imm.txt"), "immutable v1\n");
+    write(&files.join("link.txt"), "link v1\n");
+    write(&files.join("seed.txt"), "seed v1\n");
+    give(a, &files);
+    let config = a.dir.join("home/.config/airlock/config.toml");
+    let entries = |extra: &str| {
+        format!(
+            "[home_files.\"cfg/imm.txt\"]\nsource = \"{f}/imm.txt\"\nmode = \"immutable\"\n\
+             [home_files.\"cfg/link.txt\"]\nsource = \"{f}/link.txt\"\nmode = \"link\"\n\
+             [home_files.\"cfg/seed.txt\"]\nsource = \"{f}/seed.txt\"\nmode = \"seed\"\n{extra}",
+            f = files.display()
+        )
+    };
+    write(&config, &entries(""));
+    give(a, &a.dir.join("home"));
+    let script = "cat ~/cfg/imm.txt ~/cfg/link.txt ~/cfg/seed.txt; \
+                  echo x > ~/cfg/imm.txt 2>/dev/null || echo imm-readonly; \
+                  echo x > ~/cfg/link.txt 2>/dev/null || echo link-readonly; \
+                  echo changed > ~/cfg/seed.txt && cat ~/cfg/seed.txt; \
+                  stat -c '%U %a' ~/cfg/seed.txt";
+    for v in ["v1", "v2"] {
+        write(&files.join("imm.txt"), &format!("immutable {v}\n"));
+        let out = a.run(&[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert_eq!(out.code(), 0, "{label} {v}: {}", out.describe());
+        warm(&out, label);
+        assert_eq!(
+            out.stdout,
+            format!(
+                "immutable {v}\nlink v1\nseed v1\nimm-readonly\nlink-readonly\nchanged\nagent 644\n"
+            ),
+            "{label} {v}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            std::fs::read_to_string(files.join("seed.txt")).expect("seed"),
+            "seed v1\n",
+            "{label}: the seed is the run's copy"
+        );
+        let left: Vec<_> = std::fs::read_dir(a.state_dir().join("home-files"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{label}: staged copies left: {left:?}");
+        wait_ready(a, 1, label);
+    }
+    // Refused as cold (the configuration's own check), before any claim.
+    write(
+        &config,
+        &entries("[home_files.\"../escape.txt\"]\nsource = \"/etc/hostname\"\n"),
+    );
+    give(a, &a.dir.join("home"));
+    let out = a.run(&["run", "--workspace", "none", "--net", "off", "--", "true"]);
+    assert_eq!(out.code(), 2, "{label}: {}", out.describe());
+    assert!(
+        out.stderr.contains("home_files") && claimed(&out).is_none(),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(pool0(&status(a))["ready"], 1, "{label}: {}", status(a));
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+#[test]
+fn home_files_are_bound_at_claim_rootful() {
+    if !e2e("home_files_are_bound_at_claim_rootful") {
+        return;
+    }
+    home_files_at_claim(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn home_files_are_bound_at_claim_rootless() {
+    if !e2e("home_files_are_bound_at_claim_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    home_files_at_claim(&Airlock::rootless(&bins), "rootless");
+}

@@ -555,6 +555,109 @@ fn named_injected_secrets_are_bound_at_claim_rootless() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Home files
+
+/// `[home_files]` of a named sandbox on a warm start: the seed copied once into its kept home
+/// (writable, kept across starts), immutable copies taken at each start, link the host file —
+/// bound over the sandbox's home at claim, as a cold start binds them.
+fn named_home_files(a: &Airlock, label: &str) {
+    use common::work::{give, write};
+    let _guard = Guard(a, &["hf-one"]);
+    ok(
+        a,
+        &["daemon", "start", "--size", "1", "--net", "off", "--wait"],
+    );
+    let files = a.dir.join("hostfiles");
+    write(&files.join("imm.txt"), "immutable v1\n");
+    write(&files.join("link.txt"), "link v1\n");
+    write(&files.join("seed.txt"), "seed v1\n");
+    give(a, &files);
+    write(
+        &a.dir.join("home/.config/airlock/config.toml"),
+        &format!(
+            "[home_files.\"cfg/imm.txt\"]\nsource = \"{f}/imm.txt\"\nmode = \"immutable\"\n\
+             [home_files.\"cfg/link.txt\"]\nsource = \"{f}/link.txt\"\nmode = \"link\"\n\
+             [home_files.\"cfg/seed.txt\"]\nsource = \"{f}/seed.txt\"\nmode = \"seed\"\n",
+            f = files.display()
+        ),
+    );
+    give(a, &a.dir.join("home"));
+    ok(
+        a,
+        &["create", "--workspace", "none", "--net", "off", "hf-one"],
+    );
+    let out = ok(a, &["start", "hf-one"]);
+    warm_member(a, "hf-one", &out, label);
+    let out = ok(
+        a,
+        &[
+            "exec",
+            "hf-one",
+            "--",
+            "sh",
+            "-c",
+            "cat ~/cfg/imm.txt ~/cfg/link.txt ~/cfg/seed.txt; \
+             echo x > ~/cfg/imm.txt 2>/dev/null || echo imm-readonly; \
+             echo x > ~/cfg/link.txt 2>/dev/null || echo link-readonly; \
+             echo changed > ~/cfg/seed.txt && echo seed-writable",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "immutable v1\nlink v1\nseed v1\nimm-readonly\nlink-readonly\nseed-writable\n",
+        "{label}: {}",
+        out.describe()
+    );
+    write(&files.join("imm.txt"), "immutable v2\n");
+    write(&files.join("link.txt"), "link v2\n");
+    ok(a, &["stop", "hf-one"]);
+    wait_ready(a, 1, label);
+    let out = ok(a, &["start", "hf-one"]);
+    warm_member(a, "hf-one", &out, label);
+    let out = ok(
+        a,
+        &[
+            "exec",
+            "hf-one",
+            "--",
+            "sh",
+            "-c",
+            "cat ~/cfg/imm.txt ~/cfg/link.txt ~/cfg/seed.txt",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "immutable v2\nlink v2\nchanged\n",
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(files.join("seed.txt")).expect("seed"),
+        "seed v1\n"
+    );
+    ok(a, &["rm", "--force", "hf-one"]);
+    ok(a, &["daemon", "stop"]);
+}
+
+#[test]
+fn named_home_files_are_bound_at_claim_rootful() {
+    if !e2e("named_home_files_are_bound_at_claim_rootful") {
+        return;
+    }
+    named_home_files(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn named_home_files_are_bound_at_claim_rootless() {
+    if !e2e("named_home_files_are_bound_at_claim_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    named_home_files(&Airlock::rootless(&bins), "rootless");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Agent starts
 
 /// The scripted harness (as in tests/agent.rs): edits and commits, or asks for a domain.

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::policy::{NetMode, Profile, WorkspaceMode};
-use crate::spec::{RunSpec, SandboxUser};
+use crate::spec::{BindSpec, RunSpec, SandboxUser};
 use std::path::{Path, PathBuf};
 
 /// Size of the root tmpfs that holds mount points and the curated /etc.
@@ -237,7 +237,6 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         }),
     }
 
-    let idmap = !rootless;
     let mut writable = vec![p("/tmp"), p("/run"), p("/dev/shm"), home.clone()];
     let ws = p(WORKSPACE);
     let (steps, ws_writable) = workspace_steps(spec, rootless, host.tmpfs_xattr);
@@ -251,21 +250,9 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         });
         writable.push(ws.clone());
     }
-    for b in &spec.binds {
-        if b.writable {
-            m.push(MountStep::BindRw {
-                source: b.source.clone(),
-                target: b.target.clone(),
-                idmap,
-            });
-            writable.push(b.target.clone());
-        } else {
-            m.push(MountStep::BindRo {
-                source: b.source.clone(),
-                target: b.target.clone(),
-            });
-        }
-    }
+    let (steps, bind_writable) = bind_steps(&spec.binds, rootless);
+    m.extend(steps);
+    writable.extend(bind_writable);
     m.push(MountStep::RootReadOnly);
 
     let has_ws = spec.workspace != WorkspaceMode::None;
@@ -497,6 +484,29 @@ pub fn merge_id_file(image: Option<&str>, ours: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The mount steps of `binds` (host paths bound in; a writable one idmapped when root-run)
+/// and the paths they make writable. Also a warm claim's `[home_files]`.
+pub fn bind_steps(binds: &[BindSpec], rootless: bool) -> (Vec<MountStep>, Vec<PathBuf>) {
+    let mut m = Vec::new();
+    let mut writable = Vec::new();
+    for b in binds {
+        if b.writable {
+            m.push(MountStep::BindRw {
+                source: b.source.clone(),
+                target: b.target.clone(),
+                idmap: !rootless,
+            });
+            writable.push(b.target.clone());
+        } else {
+            m.push(MountStep::BindRo {
+                source: b.source.clone(),
+                target: b.target.clone(),
+            });
+        }
+    }
+    (m, writable)
 }
 
 /// `/etc/hosts` and `/etc/hostname` of a sandbox called `hostname` (also written by a warm

@@ -52,10 +52,9 @@ pub fn try_adopt(
     {
         return Ok(None);
     }
-    // What a claim binds for a named container sandbox; the rest starts cold (home files —
-    // placed in the member's home, under the sandbox's own —, an overlay whose upper layer
-    // is on disk).
-    if spec.backend != BackendKind::Container || !spec.home_files.is_empty() {
+    // What a claim binds for a named container sandbox; the rest starts cold (an overlay
+    // whose upper layer is on disk).
+    if spec.backend != BackendKind::Container {
         return Ok(None);
     }
     match spec.workspace {
@@ -80,6 +79,9 @@ pub fn try_adopt(
         return Ok(None);
     };
     let key = pool::key(spec);
+    // `[home_files]`: staged in the sandbox's folder and its kept home as a cold start stages
+    // them, bound over the sandbox's home at claim.
+    let (home_steps, _staging) = super::daemon::claim_home_files(spec, Some(dir), rootless)?;
     // Injected secrets: refused as a cold start refuses them; their placeholders made here,
     // the values and the CA bound in the member's supervisor at claim.
     let secrets = super::secrets::claim_bind(spec, secrets.to_vec())?;
@@ -153,6 +155,7 @@ pub fn try_adopt(
             target: home.clone(),
             idmap: false,
         });
+        steps.extend(home_steps.iter().cloned());
         drop(attach::attach_workspace(&mdir, &plan, &steps).map_err(|e| e.to_string())?);
         attach::set_hostname(&mdir, &plan, &spec.hostname).map_err(|e| e.to_string())?;
         // The record exec reads: this sandbox's name (its cgroup), hostname, environment

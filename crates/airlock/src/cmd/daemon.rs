@@ -531,6 +531,9 @@ pub fn try_warm(
     let Some((layout, limits)) = claim_limits(spec) else {
         return Ok(None);
     };
+    // `[home_files]`: staged as a cold start stages them (same copies, owners, refusals),
+    // bound over the member's home at claim.
+    let (home_steps, _staging) = claim_home_files(spec, None, rootless)?;
     // Injected secrets: refused as a cold start refuses them; placeholders made here, the
     // values and the interception CA go to the member's supervisor at claim.
     let secrets = super::secrets::claim_bind(spec, super::spec::resolve_secrets(&spec.secrets)?)?;
@@ -564,14 +567,16 @@ pub fn try_warm(
             airlock_sandbox::phase("warm: cgroup made");
         }
         plan.rlimit_nproc = limits.pids;
-        // The workspace: attached at the member's empty /workspace, protections over it.
-        let attached = if ws_steps.is_empty() {
+        // The workspace: attached at the member's empty /workspace, protections over it;
+        // then the home files in the member's home.
+        if !ws_steps.is_empty() && !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
+            return Err("the member has no workspace slot".into());
+        }
+        let steps: Vec<_> = ws_steps.iter().chain(&home_steps).cloned().collect();
+        let attached = if steps.is_empty() {
             attach::Attached::default()
         } else {
-            if !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
-                return Err("the member has no workspace slot".into());
-            }
-            let a = attach::attach_workspace(&dir, &plan, &ws_steps).map_err(|e| e.to_string())?;
+            let a = attach::attach_workspace(&dir, &plan, &steps).map_err(|e| e.to_string())?;
             airlock_sandbox::phase("warm: workspace attached");
             a
         };
@@ -644,6 +649,32 @@ pub fn try_warm(
     }
     let undone = super::wayback::wayback_after(spec, wayback.as_ref(), None);
     super::wayback::finish(spec, &outcome, changes.as_ref(), undone, timeout_text).map(Some)
+}
+
+/// A claim's `[home_files]` (`spec`'s; `persist`: a named sandbox's folder), staged as a cold
+/// start stages them: the mount steps that put them in the member's home (none: no home
+/// files, nothing done) and the staging folder, kept until the claim ends (a run's is removed
+/// then). A refusal is the cold start's error.
+pub(super) fn claim_home_files(
+    spec: &airlock_model::spec::RunSpec,
+    persist: Option<&Path>,
+    rootless: bool,
+) -> CliResult<(
+    Vec<airlock_model::plan::MountStep>,
+    Option<airlock_work::home_files::Staging>,
+)> {
+    if spec.home_files.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let mut staged = spec.clone();
+    let before = staged.binds.len();
+    let staging = super::run::stage_home_files(
+        &mut staged,
+        persist,
+        &airlock_sandbox::container::rundir::state_dir(),
+    )?;
+    let (steps, _) = airlock_model::plan::bind_steps(&staged.binds[before..], rootless);
+    Ok((steps, staging))
 }
 
 /// A claim's allowlist (in force before its command runs, whatever the member had) and
