@@ -658,6 +658,117 @@ fn named_home_files_are_bound_at_claim_rootless() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Overlay workspaces
+
+/// A named sandbox with an overlay workspace outside a repository claims a member: the
+/// overlay is attached at claim with its upper layer on disk in the sandbox's folder, so its
+/// changes stay across stop and start (warm again, another member) and the project on the
+/// host is never written.
+fn named_overlay(a: &Airlock, label: &str) {
+    use common::work::{give, write};
+    let _guard = Guard(a, &["ov-one"]);
+    let p = a.cwd.clone();
+    write(&p.join("README"), "hello from the project\n");
+    give(a, &p);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "1",
+            "--workspace",
+            "overlay",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+    ok(
+        a,
+        &["create", "--workspace", "overlay", "--net", "off", "ov-one"],
+    );
+    let out = ok(a, &["start", "ov-one"]);
+    let m1 = warm_member(a, "ov-one", &out, label);
+    let out = ok(
+        a,
+        &[
+            "exec",
+            "ov-one",
+            "--",
+            "sh",
+            "-c",
+            "cd /workspace && cat README && echo new > added.txt && echo more >> README \
+             && stat -c %U added.txt",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "hello from the project\nagent\n",
+        "{label}: {}",
+        out.describe()
+    );
+    let upper = a.state_dir().join("sandboxes/ov-one/upper");
+    assert!(
+        upper.join("added.txt").is_file(),
+        "{label}: not on disk in {}",
+        upper.display()
+    );
+    ok(a, &["stop", "ov-one"]);
+    wait_ready(a, 1, label);
+    let out = ok(a, &["start", "ov-one"]);
+    let m2 = warm_member(a, "ov-one", &out, label);
+    assert_ne!(m1, m2, "{label}");
+    let out = ok(
+        a,
+        &[
+            "exec",
+            "ov-one",
+            "--",
+            "sh",
+            "-c",
+            "cd /workspace && cat added.txt README",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "new\nhello from the project\nmore\n",
+        "{label}: {}",
+        out.describe()
+    );
+    assert!(
+        !p.join("added.txt").exists(),
+        "{label}: the overlay wrote the host"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.join("README")).expect("README"),
+        "hello from the project\n"
+    );
+    ok(a, &["rm", "--force", "ov-one"]);
+    ok(a, &["daemon", "stop"]);
+    let mounts = mounts_under(&a.state_dir());
+    assert!(mounts.is_empty(), "{label}: mounts left: {mounts:?}");
+}
+
+#[test]
+fn named_overlay_workspaces_are_attached_at_claim_rootful() {
+    if !e2e("named_overlay_workspaces_are_attached_at_claim_rootful") {
+        return;
+    }
+    named_overlay(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn named_overlay_workspaces_are_attached_at_claim_rootless() {
+    if !e2e("named_overlay_workspaces_are_attached_at_claim_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    named_overlay(&Airlock::rootless(&bins), "rootless");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Agent starts
 
 /// The scripted harness (as in tests/agent.rs): edits and commits, or asks for a domain.

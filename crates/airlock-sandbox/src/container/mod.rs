@@ -463,7 +463,7 @@ fn run_cgroup(
 
 /// Disk-backed overlay layers in the run directory (kernels without tmpfs user xattrs) or a
 /// persistent sandbox's folder (kept across stop/start).
-fn disk_layers(plan: &LaunchPlan, dir: &Path) -> Result<(PathBuf, PathBuf), RunError> {
+pub(crate) fn disk_layers(plan: &LaunchPlan, dir: &Path) -> Result<(PathBuf, PathBuf), RunError> {
     let (upper, work) = (dir.join("upper"), dir.join("work"));
     for d in [&upper, &work] {
         match fs::create_dir(d) {

@@ -58,7 +58,7 @@ pub fn try_adopt(
         return Ok(None);
     }
     match spec.workspace {
-        WorkspaceMode::None => {}
+        WorkspaceMode::None | WorkspaceMode::Overlay => {}
         WorkspaceMode::Bind if spec.profile != Profile::Restrictive => {}
         WorkspaceMode::Clone if spec.workspace_dir.is_some() => {}
         _ => return Ok(None),
@@ -72,9 +72,6 @@ pub fn try_adopt(
         rootless,
         airlock_sandbox::kernel::at_least(6, 6),
     );
-    if !attach::claimable(&ws_steps) {
-        return Ok(None);
-    }
     let Some((layout, limits)) = super::daemon::claim_limits(spec) else {
         return Ok(None);
     };
@@ -156,7 +153,9 @@ pub fn try_adopt(
             idmap: false,
         });
         steps.extend(home_steps.iter().cloned());
-        drop(attach::attach_workspace(&mdir, &plan, &steps).map_err(|e| e.to_string())?);
+        // An overlay's upper layer is on disk in the sandbox's folder (kept across stop and
+        // start), as its cold start keeps it.
+        drop(attach::attach_workspace(&mdir, &plan, &steps, Some(dir)).map_err(|e| e.to_string())?);
         attach::set_hostname(&mdir, &plan, &spec.hostname).map_err(|e| e.to_string())?;
         // The record exec reads: this sandbox's name (its cgroup), hostname, environment
         // (the sandbox's own first, then the member's — the proxy's — as a cold plan has it),

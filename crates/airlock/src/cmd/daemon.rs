@@ -576,7 +576,8 @@ pub fn try_warm(
         let attached = if steps.is_empty() {
             attach::Attached::default()
         } else {
-            let a = attach::attach_workspace(&dir, &plan, &steps).map_err(|e| e.to_string())?;
+            let a =
+                attach::attach_workspace(&dir, &plan, &steps, None).map_err(|e| e.to_string())?;
             airlock_sandbox::phase("warm: workspace attached");
             a
         };
