@@ -312,6 +312,14 @@ pub fn serve(dir: &Path, name: &str, ctx: Arc<Ctx>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A warm-pool member's supervisor: load what a claim's injected secrets need from the host
+/// (the system's roots) now, on a thread of its own, while the member waits for its claim.
+pub fn preload_interception() {
+    let _ = std::thread::Builder::new().name("roots".into()).spawn(|| {
+        airlock_egress::intercept::native_roots();
+    });
+}
+
 /// One request on the policy socket: the whole new allowlist, put in force (and a claim's
 /// injected secrets, bound first: refused, nothing changes).
 fn answer(conn: UnixStream, name: &str, ctx: &Ctx) {
