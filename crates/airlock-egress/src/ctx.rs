@@ -29,8 +29,10 @@ pub struct Ctx {
     /// Connections served at once (inspecting or relaying); more are closed at once, so a
     /// sandbox cannot make the host side spawn threads without bound.
     pub max_connections: usize,
-    /// Secrets bound to hosts: TLS to those hosts is ended here and the secrets put in.
-    pub intercept: Option<Arc<crate::intercept::Interceptor>>,
+    /// Secrets bound to hosts: TLS to those hosts is ended here and the secrets put in. Set
+    /// once: at start ([`Ctx::set_intercept`] before serving), or by a warm-pool claim over
+    /// the supervisor's policy socket before any of the claim's code runs.
+    intercept: std::sync::OnceLock<Arc<crate::intercept::Interceptor>>,
     active: AtomicUsize,
     /// The allowed connections being relayed, re-checked whenever the policy changes.
     open: Mutex<HashMap<u64, Open>>,
@@ -98,11 +100,25 @@ impl Ctx {
             dns_ttl: 5,
             forbidden: addr::forbidden,
             max_connections: 1024,
-            intercept: None,
+            intercept: std::sync::OnceLock::new(),
             active: AtomicUsize::new(0),
             open: Mutex::new(HashMap::new()),
             next_open: AtomicU64::new(0),
         }
+    }
+
+    /// The interceptor of this sandbox's bound secrets, if it has any.
+    pub fn intercept(&self) -> Option<&Arc<crate::intercept::Interceptor>> {
+        self.intercept.get()
+    }
+
+    /// Give this sandbox its bound secrets' interceptor. Once only: a sandbox's secrets and
+    /// CA are never replaced (a warm member serves one claim). Err: it has one already.
+    pub fn set_intercept(
+        &self,
+        icpt: Arc<crate::intercept::Interceptor>,
+    ) -> Result<(), Arc<crate::intercept::Interceptor>> {
+        self.intercept.set(icpt)
     }
 
     /// The policy in force now (each decision takes it once, whole).

@@ -10,7 +10,8 @@ use crate::http::{BodyLength, HttpError, Request, Target};
 use base64::Engine as _;
 
 /// Where a secret's value goes in a request to a bound host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum At {
     /// The placeholder is replaced inside this header's value (`x-api-key: PLACEHOLDER`).
     Header(String),
@@ -68,11 +69,55 @@ pub enum BindError {
     BadValue(String),
     #[error("cannot make a random placeholder: {0}")]
     Random(String),
+    #[error("secret {0}: not an airlock placeholder")]
+    BadPlaceholder(String),
+}
+
+/// A binding as it travels from a warm-pool claimer to the member's egress process (its
+/// supervisor's policy socket: a Unix socket in a folder the sandbox never sees), which
+/// re-checks it ([`Binding::from_wire`]). Not `Debug`: it holds the value.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct WireBinding {
+    pub name: String,
+    pub placeholder: String,
+    value: String,
+    pub hosts: Vec<String>,
+    pub at: At,
 }
 
 impl Binding {
+    /// This binding for the member that is to hold it (placeholder and value included).
+    pub fn to_wire(&self) -> WireBinding {
+        WireBinding {
+            name: self.name.clone(),
+            placeholder: self.placeholder.clone(),
+            value: self.value.clone(),
+            hosts: self.hosts.clone(),
+            at: self.at.clone(),
+        }
+    }
+
+    /// A binding received from a claimer, checked as [`Binding::new`] checks one, keeping its
+    /// placeholder (the one the sandbox was given), which must look like [`placeholder`]'s.
+    pub fn from_wire(w: WireBinding) -> Result<Self, BindError> {
+        let mut b = Self::checked(&w.name, w.value, &w.hosts, w.at)?;
+        let hex = w.placeholder.strip_prefix("airlock-placeholder-");
+        if !hex.is_some_and(|h| h.len() == 32 && h.bytes().all(|c| c.is_ascii_hexdigit())) {
+            return Err(BindError::BadPlaceholder(w.name));
+        }
+        b.placeholder = w.placeholder;
+        Ok(b)
+    }
+
     /// A binding with a fresh random placeholder.
     pub fn new(name: &str, value: String, hosts: &[String], at: At) -> Result<Self, BindError> {
+        let mut b = Self::checked(name, value, hosts, at)?;
+        b.placeholder = placeholder()?;
+        Ok(b)
+    }
+
+    /// The checked binding, placeholder not yet set.
+    fn checked(name: &str, value: String, hosts: &[String], at: At) -> Result<Self, BindError> {
         if hosts.is_empty() {
             return Err(BindError::NoHosts(name.into()));
         }
@@ -99,7 +144,7 @@ impl Binding {
         }
         Ok(Self {
             name: name.into(),
-            placeholder: placeholder()?,
+            placeholder: String::new(),
             value,
             hosts,
             at,

@@ -59,13 +59,23 @@ pub(crate) fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
+/// The system's roots, loaded once per process (parsing the bundle is the larger part of an
+/// interceptor's making): a warm-pool member's supervisor loads them while it waits for its
+/// claim, so that a claim with injected secrets does not.
+pub fn native_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        roots
+    })
+}
+
 impl Interceptor {
     /// A fresh CA for `secrets`' hosts. Upstream servers are verified against the system's
     /// roots plus `extra_roots` (PEM; a test CA, or a corporate one: `AIRLOCK_UPSTREAM_CA`).
     pub fn new(secrets: Secrets, extra_roots: Option<&[u8]>) -> Result<Self, InterceptError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        let _ = roots.add_parsable_certificates(native.certs);
+        let mut roots = native_roots().clone();
         if let Some(pem) = extra_roots {
             use rustls::pki_types::pem::PemObject;
             for c in CertificateDer::pem_slice_iter(pem) {

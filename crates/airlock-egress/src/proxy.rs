@@ -149,7 +149,7 @@ pub fn refusal_text(host: Option<&str>, port: Option<u16>, reason: &str, fix: &s
 
 /// The interceptor, if TLS to `name` (normalized) is to be ended here.
 fn interceptor_for<'a>(ctx: &'a Ctx, name: &str) -> Option<&'a crate::intercept::Interceptor> {
-    ctx.intercept.as_deref().filter(|i| i.intercepts(name))
+    ctx.intercept().map(|i| &**i).filter(|i| i.intercepts(name))
 }
 
 /// Connect upstream for an allowed name, or refuse and journal. On success the allow is
@@ -377,7 +377,7 @@ fn forward_http(
     let mut owned;
     let mut buf = buf;
     let mut conn = conn;
-    if let Some(icpt) = &ctx.intercept {
+    if let Some(icpt) = ctx.intercept() {
         let secrets = icpt.secrets();
         owned = buf.to_vec();
         read_body_start(&mut conn, &mut owned, &req, ctx);

@@ -295,7 +295,7 @@ fn setup(ca: Option<&UpstreamCa>, ports: &[u16]) -> Setup {
     ctx.connect_timeout = Duration::from_secs(3);
     ctx.inspect_timeout = Duration::from_secs(3);
     ctx.forbidden = loopback_floor;
-    ctx.intercept = Some(icpt.clone());
+    ctx.set_intercept(icpt.clone()).expect("one interceptor");
     Setup {
         ctx: Arc::new(ctx),
         journal,

@@ -19,6 +19,8 @@
 use crate::action::{PolicyChange, Via};
 use crate::backend::BackendError;
 use crate::engine::{Engine, EngineError};
+use airlock_egress::inject::{Binding, Secrets, WireBinding};
+use airlock_egress::intercept::Interceptor;
 use airlock_egress::policy::{Allowlist, EditError, EgressPolicy};
 use airlock_egress::proxy::Ctx;
 use airlock_model::lifecycle::SandboxState as S;
@@ -47,10 +49,24 @@ pub enum Edit {
     Deny { domain: String },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Request {
     domains: Vec<String>,
     ports: Vec<u16>,
+    /// A warm-pool claim's injected secrets (see [`send_claim`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    intercept: Option<InterceptRequest>,
+}
+
+/// A claim's injected secrets, for the member's egress context: the supervisor makes the
+/// interception CA (its key never leaves that process) and answers with the CA's certificate.
+#[derive(Serialize, Deserialize)]
+struct InterceptRequest {
+    bindings: Vec<WireBinding>,
+    /// PEM roots the upstream servers are also verified against (`AIRLOCK_UPSTREAM_CA`, read
+    /// by the claimer as a cold start reads it).
+    #[serde(default)]
+    upstream_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -60,6 +76,9 @@ struct Reply {
     closed: usize,
     #[serde(default)]
     error: Option<String>,
+    /// The interception CA's certificate (PEM), when the request carried secrets.
+    #[serde(default)]
+    ca_pem: Option<String>,
 }
 
 fn refused(message: String, hint: String) -> EngineError {
@@ -293,7 +312,16 @@ pub fn serve(dir: &Path, name: &str, ctx: Arc<Ctx>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One request on the policy socket: the whole new allowlist, put in force.
+/// A warm-pool member's supervisor: load what a claim's injected secrets need from the host
+/// (the system's roots) now, on a thread of its own, while the member waits for its claim.
+pub fn preload_interception() {
+    let _ = std::thread::Builder::new().name("roots".into()).spawn(|| {
+        airlock_egress::intercept::native_roots();
+    });
+}
+
+/// One request on the policy socket: the whole new allowlist, put in force (and a claim's
+/// injected secrets, bound first: refused, nothing changes).
 fn answer(conn: UnixStream, name: &str, ctx: &Ctx) {
     let _ = conn.set_read_timeout(Some(TIMEOUT));
     let _ = conn.set_write_timeout(Some(TIMEOUT));
@@ -302,17 +330,31 @@ fn answer(conn: UnixStream, name: &str, ctx: &Ctx) {
     let reply = match read
         .map_err(|e| e.to_string())
         .and_then(|_| serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()))
-        .and_then(|r| EgressPolicy::new(&r.domains, &r.ports).map_err(|e| e.to_string()))
-    {
-        Ok(policy) => Reply {
-            ok: true,
-            closed: ctx.set_policy(policy.of_sandbox(name)),
-            error: None,
-        },
+        .and_then(|r| {
+            let policy = EgressPolicy::new(&r.domains, &r.ports).map_err(|e| e.to_string())?;
+            Ok((policy, r.intercept))
+        }) {
+        Ok((policy, intercept)) => {
+            let bound = match intercept {
+                Some(i) => bind_intercept(ctx, i).map(Some),
+                None => Ok(None),
+            };
+            match bound {
+                Ok(ca_pem) => Reply {
+                    ok: true,
+                    closed: ctx.set_policy(policy.of_sandbox(name)),
+                    error: None,
+                    ca_pem,
+                },
+                Err(e) => Reply {
+                    error: Some(e),
+                    ..Reply::default()
+                },
+            }
+        }
         Err(e) => Reply {
-            ok: false,
-            closed: 0,
             error: Some(format!("bad request: {e}")),
+            ..Reply::default()
         },
     };
     let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
@@ -320,9 +362,76 @@ fn answer(conn: UnixStream, name: &str, ctx: &Ctx) {
     let _ = (&conn).write_all(&bytes);
 }
 
+/// A claim's secrets into `ctx`: a fresh interception CA for them, made here. Its PEM.
+fn bind_intercept(ctx: &Ctx, i: InterceptRequest) -> Result<String, String> {
+    if ctx.intercept().is_some() {
+        return Err("this sandbox's injected secrets are bound already".into());
+    }
+    let bindings = i
+        .bindings
+        .into_iter()
+        .map(Binding::from_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let icpt = Interceptor::new(
+        Secrets::new(bindings),
+        i.upstream_ca.as_deref().map(str::as_bytes),
+    )
+    .map_err(|e| e.to_string())?;
+    let pem = icpt.ca_pem().to_string();
+    ctx.set_intercept(Arc::new(icpt))
+        .map_err(|_| "this sandbox's injected secrets are bound already".to_string())?;
+    Ok(pem)
+}
+
 /// The engine's side: have the supervisor of the sandbox in `dir` put this allowlist in force.
 /// Returns how many open connections it closed.
 pub fn send(dir: &Path, domains: &[String], ports: &[u16]) -> Result<usize, BackendError> {
+    exchange(
+        dir,
+        &Request {
+            domains: domains.to_vec(),
+            ports: ports.to_vec(),
+            intercept: None,
+        },
+    )
+    .map(|r| r.closed)
+}
+
+/// A warm-pool claim's side: the claim's allowlist and, when it injects secrets, their
+/// bindings (values and placeholders) and the upstream roots, to the member's supervisor —
+/// the process whose proxy intercepts. It makes the sandbox's interception CA there (the key
+/// stays in its memory) and answers with the CA's certificate (PEM), for the sandbox's
+/// bundle. The values travel only over this socket.
+pub fn send_claim(
+    dir: &Path,
+    domains: &[String],
+    ports: &[u16],
+    bindings: &[Binding],
+    upstream_ca: Option<&[u8]>,
+) -> Result<Option<String>, BackendError> {
+    let intercept = (!bindings.is_empty()).then(|| InterceptRequest {
+        bindings: bindings.iter().map(Binding::to_wire).collect(),
+        upstream_ca: upstream_ca.map(|b| String::from_utf8_lossy(b).into_owned()),
+    });
+    let wanted = intercept.is_some();
+    let reply = exchange(
+        dir,
+        &Request {
+            domains: domains.to_vec(),
+            ports: ports.to_vec(),
+            intercept,
+        },
+    )?;
+    match reply.ca_pem {
+        None if wanted => Err(BackendError::Failed(
+            "the member's supervisor does not bind injected secrets (an older airlock)".into(),
+        )),
+        pem => Ok(pem),
+    }
+}
+
+fn exchange(dir: &Path, req: &Request) -> Result<Reply, BackendError> {
     let path = dir.join(SOCKET);
     let conn = UnixStream::connect(&path).map_err(|e| {
         BackendError::Failed(format!(
@@ -334,11 +443,7 @@ pub fn send(dir: &Path, domains: &[String], ports: &[u16]) -> Result<usize, Back
     })?;
     let _ = conn.set_read_timeout(Some(TIMEOUT));
     let _ = conn.set_write_timeout(Some(TIMEOUT));
-    let mut line = serde_json::to_vec(&Request {
-        domains: domains.to_vec(),
-        ports: ports.to_vec(),
-    })
-    .map_err(|e| BackendError::Failed(e.to_string()))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| BackendError::Failed(e.to_string()))?;
     line.push(b'\n');
     let failed = |e: std::io::Error| BackendError::Failed(format!("the policy socket: {e}"));
     (&conn).write_all(&line).map_err(failed)?;
@@ -349,8 +454,61 @@ pub fn send(dir: &Path, domains: &[String], ports: &[u16]) -> Result<usize, Back
     let reply: Reply = serde_json::from_str(&answer)
         .map_err(|e| BackendError::Failed(format!("the supervisor answered unexpectedly: {e}")))?;
     if reply.ok {
-        Ok(reply.closed)
+        Ok(reply)
     } else {
         Err(BackendError::Failed(reply.error.unwrap_or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_egress::inject::At;
+
+    fn served() -> (std::path::PathBuf, Arc<Ctx>) {
+        let dir = std::env::temp_dir().join(format!(
+            "airlock-live-policy-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctx = Arc::new(Ctx::new(
+            EgressPolicy::new(&[] as &[String], &[443]).unwrap(),
+            Arc::new(airlock_egress::resolve::StaticResolver::default()),
+            airlock_egress::journal::Journal::new(std::io::sink()),
+        ));
+        serve(&dir, "m", ctx.clone()).unwrap();
+        (dir, ctx)
+    }
+
+    /// A claim's secrets reach the member's egress context over the socket, with the
+    /// claimer's placeholders; the CA is made there and its certificate comes back; a second
+    /// claim (or a replay) can never replace them; a plain allowlist change leaves them be.
+    #[test]
+    fn a_claim_binds_its_secrets_once_and_gets_the_ca_back() {
+        let (dir, ctx) = served();
+        let b = Binding::new("K", "real-value".into(), &["api.test".into()], At::Bearer).unwrap();
+        let ph = b.placeholder.clone();
+        let pem = send_claim(&dir, &["api.test".into()], &[443], &[b], None)
+            .unwrap()
+            .expect("a CA");
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+        let icpt = ctx.intercept().expect("bound");
+        assert_eq!(icpt.ca_pem(), pem);
+        assert!(icpt.intercepts("api.test") && !icpt.intercepts("other.test"));
+        assert_eq!(icpt.secrets().bindings()[0].placeholder, ph);
+        assert!(ctx.policy().check("api.test", 443) == airlock_egress::Decision::Allow);
+        let again = Binding::new("K", "other".into(), &["evil.test".into()], At::Bearer).unwrap();
+        let e = send_claim(&dir, &["evil.test".into()], &[443], &[again], None).unwrap_err();
+        assert!(e.to_string().contains("bound already"), "{e}");
+        // Refused whole: the allowlist did not change either.
+        assert!(ctx.policy().check("evil.test", 443) != airlock_egress::Decision::Allow);
+        assert_eq!(ctx.intercept().unwrap().ca_pem(), pem);
+        send(&dir, &["x.test".into()], &[443]).unwrap();
+        assert_eq!(ctx.intercept().unwrap().ca_pem(), pem);
+        // No secrets: no CA is made.
+        assert_eq!(send_claim(&dir, &[], &[443], &[], None).unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -49,13 +49,14 @@ pub const DAEMON_LOG: &str = "daemon.log";
 const KEPT_LATENCIES: i64 = 1000;
 
 /// The pool key of a spec: a hash of it with every field a claim binds cleared — the name and
-/// hostname, the command, environment, working directory, time limit, terminal, plain secrets
-/// (written at claim), a filtered network's allowed domains (put in force at claim), and for
-/// containers the overlay or bind workspace (attached at claim) and the memory, pids and cpu
-/// limits (a cgroup made at claim) — and the project directory when there is no workspace.
-/// What stays (backend, root filesystem and its digest, profile, network mode and ports,
-/// disk limit, user, binds, home files, injected secrets, whether there is a workspace) is
-/// what a member was started with and a claim cannot change.
+/// hostname, the command, environment, working directory, time limit, terminal, secrets
+/// (written at claim; injected ones bound in the member's supervisor, CA and all), a filtered
+/// network's allowed domains (put in force at claim), and for containers the overlay or bind
+/// workspace (attached at claim), the memory, pids and cpu limits (a cgroup made at claim)
+/// and the home files (bound at claim) — and the project directory when there is no
+/// workspace. What stays (backend, root filesystem and its digest, profile, network mode and
+/// ports, disk limit, user, binds, whether there is a workspace) is what a member was started
+/// with and a claim cannot change.
 pub fn key(spec: &RunSpec) -> String {
     use sha2::Digest;
     let mut s = spec.clone();
@@ -77,7 +78,8 @@ pub fn key(spec: &RunSpec) -> String {
     s.agent_min_warm = 0;
     s.context.clear();
     s.repos.clear();
-    s.secrets.retain(|_, v| v.inject.is_some());
+    // Plain secrets are written at claim; injected ones bound in the member's egress context.
+    s.secrets.clear();
     // A filtered member's allowed domains are set at claim (the live policy socket of its
     // supervisor). Its ports stay: the listeners for them are opened at start.
     if s.net == airlock_model::policy::NetMode::Filtered {
@@ -101,8 +103,9 @@ pub fn key(spec: &RunSpec) -> String {
 /// The container-side fields a claim binds that change a member's spec rather than only
 /// clearing it: an overlay or bind workspace is attached at claim to a member started with an
 /// empty `/workspace` (`workspace_slot`; its mode, project and extra protected paths are the
-/// claim's), and memory, pids and cpu limits are written to a cgroup made for the claim. Used
-/// by [`key`] and by the daemon's member spec (`member_of`), so both sides agree.
+/// claim's), memory, pids and cpu limits are written to a cgroup made for the claim, and home
+/// files are bound in the member's home. Used by [`key`] and by the daemon's member spec
+/// (`member_of`), so both sides agree.
 pub fn normalize_bound_at_claim(s: &mut RunSpec) {
     use airlock_model::policy::WorkspaceMode;
     if s.backend == airlock_model::policy::BackendKind::Microvm {
@@ -131,6 +134,8 @@ pub fn normalize_bound_at_claim(s: &mut RunSpec) {
     s.resources.pids = None;
     s.resources.cpus = None;
     s.defaulted = Default::default();
+    // `[home_files]`: staged by the claimer and bound in the member's home at claim.
+    s.home_files.clear();
     s.pool_member = true;
 }
 

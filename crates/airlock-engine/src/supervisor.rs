@@ -366,17 +366,24 @@ mod lock_tests {
         let path = dir.join("daemon.lock");
         drop(take_lock_file(&path).unwrap().expect("first take"));
         let stop = Arc::new(AtomicBool::new(false));
+        let probed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let probe = {
-            let (stop, path) = (stop.clone(), path.clone());
+            let (stop, path, probed) = (stop.clone(), path.clone(), probed.clone());
             std::thread::spawn(move || {
                 let mut probes = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let _ = locked_file(&path);
                     probes += 1;
+                    probed.store(probes, Ordering::Relaxed);
                 }
                 probes
             })
         };
+        // On a loaded machine the probe may not be scheduled before 300 takes are done: it
+        // must have probed before the takes start counting.
+        while probed.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
         let mut missed = 0;
         for _ in 0..300 {
             match take_lock_file(&path).unwrap() {

@@ -113,6 +113,26 @@ fn a_claim_binds_what_the_key_leaves_out_and_nothing_else() {
         pool::key(&other),
         "domains are bound at claim"
     );
+    // So are injected secrets: their values and CA go to the member's supervisor at claim.
+    let mut injected = run_of(&m);
+    injected.secrets.insert(
+        "KEY".into(),
+        Secret {
+            source: SecretSource::FromEnv("K".into()),
+            inject: Some(Inject {
+                hosts: vec!["one.example".into()],
+                header: Some("x-api-key".into()),
+                bearer: false,
+                basic: false,
+                query: None,
+            }),
+        },
+    );
+    assert_eq!(
+        pool::key(&m),
+        pool::key(&injected),
+        "injected secrets are bound at claim"
+    );
     let changed: Vec<(&str, Change)> = vec![
         (
             "domains with the network off",
@@ -141,24 +161,6 @@ fn a_claim_binds_what_the_key_leaves_out_and_nothing_else() {
         (
             "workspace",
             Box::new(|r| r.workspace = WorkspaceMode::Overlay),
-        ),
-        (
-            "injected secret",
-            Box::new(|r| {
-                r.secrets.insert(
-                    "KEY".into(),
-                    Secret {
-                        source: SecretSource::FromEnv("K".into()),
-                        inject: Some(Inject {
-                            hosts: vec!["one.example".into()],
-                            header: Some("x-api-key".into()),
-                            bearer: false,
-                            basic: false,
-                            query: None,
-                        }),
-                    },
-                );
-            }),
         ),
     ];
     for (what, change) in changed {

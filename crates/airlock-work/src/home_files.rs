@@ -123,26 +123,7 @@ pub fn stage(
                 });
             }
             HomeFileMode::Seed => match kept_home {
-                Some(h) => {
-                    let dst = h.join(&r);
-                    if std::fs::symlink_metadata(&dst).is_err() {
-                        // Folders on the way belong to the sandbox user too, or it could not
-                        // create its own files (or mount points) next to the seed.
-                        let mut d = h.to_path_buf();
-                        for c in r.parent().into_iter().flat_map(|p| p.components()) {
-                            d.push(c);
-                            if std::fs::symlink_metadata(&d).is_err() {
-                                std::fs::create_dir(&d)
-                                    .map_err(|e| format!("{}: {e}", d.display()))?;
-                                if let Some((u, g)) = owner {
-                                    std::os::unix::fs::lchown(&d, Some(u), Some(g))
-                                        .map_err(|e| format!("{}: {e}", d.display()))?;
-                                }
-                            }
-                        }
-                        copy(&hf.source, &dst, owner)?;
-                    }
-                }
+                Some(h) => seed(h, &r, &rel, &hf.source, owner)?,
                 None => {
                     // Bound writable with the workspace's id mapping: the invoking user's files
                     // are the sandbox user's inside, so the copy stays the invoker's.
@@ -160,9 +141,71 @@ pub fn stage(
     Ok(())
 }
 
+/// A seed's copy in a named sandbox's kept home `h`, at `r`, made once (none there yet).
+fn seed(
+    h: &Path,
+    r: &Path,
+    rel: &str,
+    source: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(), String> {
+    let dst = h.join(r);
+    if std::fs::symlink_metadata(&dst).is_err() {
+        // Folders on the way belong to the sandbox user too, or it could not
+        // create its own files (or mount points) next to the seed.
+        let mut d = h.to_path_buf();
+        for c in r.parent().into_iter().flat_map(|p| p.components()) {
+            d.push(c);
+            // The sandbox writes its home: a link there would have this (host)
+            // process write the copy wherever it points.
+            if std::fs::symlink_metadata(&d).is_ok_and(|m| !m.is_dir()) {
+                return Err(format!(
+                        "home_files.{rel:?}: {} in the sandbox's home is not a folder (a symbolic link?); the seed is not written through it",
+                        d.strip_prefix(h).unwrap_or(&d).display()
+                    ));
+            }
+            if std::fs::symlink_metadata(&d).is_err() {
+                std::fs::create_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+                if let Some((u, g)) = owner {
+                    std::os::unix::fs::lchown(&d, Some(u), Some(g))
+                        .map_err(|e| format!("{}: {e}", d.display()))?;
+                }
+            }
+        }
+        copy(source, &dst, owner)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A named sandbox's kept home is the sandbox's to write: a link it left on the way to a
+    /// seed's place is refused, and nothing is written where it points.
+    #[test]
+    fn a_seed_is_never_written_through_a_link_in_the_kept_home() {
+        let base = std::env::temp_dir().join(format!("airlock-hf-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (home, outside, src) = (base.join("home"), base.join("outside"), base.join("seed"));
+        for d in [&home, &outside] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&src, "seed\n").unwrap();
+        std::os::unix::fs::symlink(&outside, home.join("cfg")).unwrap();
+        let r = Path::new("cfg/seed.txt");
+        let e = seed(&home, r, "cfg/seed.txt", &src, None).unwrap_err();
+        assert!(e.contains("not a folder"), "{e}");
+        assert!(!outside.join("seed.txt").exists());
+        // A real folder there: seeded.
+        std::fs::remove_file(home.join("cfg")).unwrap();
+        seed(&home, r, "cfg/seed.txt", &src, None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(home.join("cfg/seed.txt")).unwrap(),
+            "seed\n"
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn relative_paths_only() {

@@ -1356,3 +1356,313 @@ fn a_claims_limits_hold_when_the_claimer_is_in_another_cgroup() {
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "another cgroup");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Injected secrets bound at claim
+
+/// The headers the fake internet received for requests to `path`.
+fn received(inet: &Internet, path: &str) -> Vec<serde_json::Value> {
+    inet.model_requests()
+        .into_iter()
+        .filter(|r| r["path"] == path)
+        .map(|r| r["headers"].clone())
+        .collect()
+}
+
+/// Every regular file under `dir` that contains `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file()
+                && std::fs::read(e.path())
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// A warm run with a secret injected into requests to api.test: the member's supervisor gets
+/// the value and makes the interception CA at claim (over its policy socket), the sandbox
+/// holds only the placeholder ($KEY, /run/secrets/KEY) and trusts the CA through the same
+/// bundle and variables a cold start gives; the server gets the real value; the placeholder
+/// in plain HTTP elsewhere is blocked, a Host/SNI mismatch refused. Two claims at once, with
+/// different keys, each reach the server with their own key only, through their own CA; no
+/// value is ever in a file under the state directory.
+fn injected_secrets_at_claim(a: &Airlock, label: &str) {
+    const CA: &str = "/etc/airlock-test-ca.pem";
+    let inet = Internet::start(&["api.test", "other.test"], &[]);
+    let _guard = DaemonGuard(a);
+    let cert = a.dir.join("inet-ca.pem");
+    std::fs::copy(inet.cert(), &cert).expect("copy cert");
+    common::set_mode(&cert, 0o644);
+    let cert_s = cert.display().to_string();
+    let ro = format!("{cert_s}:{CA}");
+    let dns = [("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str())];
+    let start = a.run_with_env(
+        &dns,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "2",
+            "--wait",
+            "--allow",
+            "other.test",
+            "--ro",
+            &ro,
+        ],
+    );
+    assert_eq!(start.code(), 0, "{label}: {}", start.describe());
+    let run = |key: &str, script: &str| {
+        a.run_with_env(
+            &[
+                ("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str()),
+                ("AIRLOCK_UPSTREAM_CA", cert_s.as_str()),
+                ("HOST_KEY", key),
+            ],
+            &[
+                "run",
+                "--workspace",
+                "none",
+                "--allow",
+                "api.test",
+                "--allow",
+                "other.test",
+                "--ro",
+                &ro,
+                "--secret",
+                "KEY=env:HOST_KEY;hosts=api.test;header=x-api-key",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+    };
+    const REAL: &str = "sk-warm-real-value-0123456789abcdef";
+    let fmt = "-o /dev/null -w '%{http_code}\\n'";
+    let script = format!(
+        "echo \"env=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; \
+         echo \"bundle=$SSL_CERT_FILE $NODE_EXTRA_CA_CERTS $CURL_CA_BUNDLE\"; \
+         curl -sS --max-time 10 -H \"x-api-key: $KEY\" https://api.test/warm; \
+         curl -sS --max-time 10 {fmt} -H \"x-leak: $KEY\" http://other.test/leak; \
+         curl -sS --max-time 10 {fmt} -H 'Host: other.test' -H \"x-api-key: $KEY\" https://api.test/fronted; \
+         curl -sS --max-time 10 --cacert {CA} {fmt} https://other.test/plain"
+    );
+    let out = run(REAL, &script);
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    warm(&out, label);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let ph = lines[0].strip_prefix("env=").unwrap_or_default();
+    assert!(
+        ph.starts_with("airlock-placeholder-"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            format!("file={ph}").as_str(),
+            "bundle=/run/airlock-tls/ca-bundle.pem /run/airlock-tls/ca-bundle.pem /run/airlock-tls/ca-bundle.pem",
+            "hello from api.test /warm",
+            "403",
+            "421",
+            "200",
+        ],
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(received(&inet, "/warm").len(), 1, "{label}");
+    assert_eq!(received(&inet, "/warm")[0]["x-api-key"], REAL, "{label}");
+    assert!(received(&inet, "/leak").is_empty() && received(&inet, "/fronted").is_empty());
+    assert!(!out.stdout.contains(REAL) && !out.stderr.contains(REAL));
+
+    // Two claims at once, each with its own key: each sees its own placeholder and CA, and
+    // the server gets each one's own value.
+    wait_ready(a, 2, label);
+    let keys = [
+        "sk-claim-one-aaaaaaaaaaaaaaaa",
+        "sk-claim-two-bbbbbbbbbbbbbbbb",
+    ];
+    let outs: Vec<common::Outcome> = std::thread::scope(|s| {
+        let hs: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let script = format!(
+                    "echo \"$KEY\"; sha256sum /run/airlock-tls/ca-bundle.pem | cut -c1-64; \
+                     curl -sS --max-time 10 -o /dev/null -H \"x-api-key: $KEY\" https://api.test/claim{i}; \
+                     sleep 3; \
+                     curl -sS --max-time 10 -o /dev/null -H \"x-api-key: $KEY\" https://api.test/again{i}"
+                );
+                let run = &run;
+                s.spawn(move || run(k, &script))
+            })
+            .collect();
+        // While both run: no value in any file of the state directory.
+        assert!(
+            wait_until(Duration::from_secs(20), || pool0(&status(a))["claimed"]
+                == 2),
+            "{label}: {}",
+            status(a)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        for k in keys.iter().chain([&REAL]) {
+            let found = files_containing(&a.state_dir(), k);
+            assert!(found.is_empty(), "{label}: {k} in {found:?}");
+        }
+        hs.into_iter().map(|h| h.join().expect("run")).collect()
+    });
+    let mut seen = BTreeSet::new();
+    for (i, (out, key)) in outs.iter().zip(keys).enumerate() {
+        assert_eq!(out.code(), 0, "{label} {i}: {}", out.describe());
+        let member = warm(out, label);
+        let l: Vec<&str> = out.stdout.lines().collect();
+        assert!(l[0].starts_with("airlock-placeholder-"), "{label}: {l:?}");
+        assert!(
+            seen.insert(member) && seen.insert(l[0].to_string()) && seen.insert(l[1].to_string()),
+            "{label}: two claims share a member, placeholder or CA: {outs:?}"
+        );
+        for p in [format!("/claim{i}"), format!("/again{i}")] {
+            let got = received(&inet, &p);
+            assert_eq!(got.len(), 1, "{label}: {p}");
+            assert_eq!(got[0]["x-api-key"], key, "{label}: {p}");
+        }
+        assert!(!out.stdout.contains(key) && !out.stderr.contains(key));
+    }
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+#[test]
+fn injected_secrets_are_bound_at_claim_rootful() {
+    if !e2e("injected_secrets_are_bound_at_claim_rootful") {
+        return;
+    }
+    injected_secrets_at_claim(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn injected_secrets_are_bound_at_claim_rootless() {
+    if !e2e("injected_secrets_are_bound_at_claim_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    injected_secrets_at_claim(&Airlock::rootless(&bins), "rootless");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Home files bound at claim
+
+/// `[home_files]` (immutable, link, seed) in a warm run: staged by the claimer as a cold run
+/// stages them and bound in the member's home at claim — the pool was made before the files
+/// were configured (they are not in its key), an immutable copy is the one at the claim (not
+/// at the member's start), link is the host file, seed is the run's own writable copy; the
+/// run's staging goes when it ends. A path escaping the home is refused as a cold run refuses
+/// it, and costs the pool nothing.
+fn home_files_at_claim(a: &Airlock, label: &str) {
+    use common::work::{give, write};
+    let _guard = DaemonGuard(a);
+    ok(
+        a,
+        &["daemon", "start", "--size", "1", "--net", "off", "--wait"],
+    );
+    let files = a.dir.join("hostfiles");
+    write(&files.join("imm.txt"), "immutable v1\n");
+    write(&files.join("link.txt"), "link v1\n");
+    write(&files.join("seed.txt"), "seed v1\n");
+    give(a, &files);
+    let config = a.dir.join("home/.config/airlock/config.toml");
+    let entries = |extra: &str| {
+        format!(
+            "[home_files.\"cfg/imm.txt\"]\nsource = \"{f}/imm.txt\"\nmode = \"immutable\"\n\
+             [home_files.\"cfg/link.txt\"]\nsource = \"{f}/link.txt\"\nmode = \"link\"\n\
+             [home_files.\"cfg/seed.txt\"]\nsource = \"{f}/seed.txt\"\nmode = \"seed\"\n{extra}",
+            f = files.display()
+        )
+    };
+    write(&config, &entries(""));
+    give(a, &a.dir.join("home"));
+    let script = "cat ~/cfg/imm.txt ~/cfg/link.txt ~/cfg/seed.txt; \
+                  echo x > ~/cfg/imm.txt 2>/dev/null || echo imm-readonly; \
+                  echo x > ~/cfg/link.txt 2>/dev/null || echo link-readonly; \
+                  echo changed > ~/cfg/seed.txt && cat ~/cfg/seed.txt; \
+                  stat -c '%U %a' ~/cfg/seed.txt";
+    for v in ["v1", "v2"] {
+        write(&files.join("imm.txt"), &format!("immutable {v}\n"));
+        let out = a.run(&[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert_eq!(out.code(), 0, "{label} {v}: {}", out.describe());
+        warm(&out, label);
+        assert_eq!(
+            out.stdout,
+            format!(
+                "immutable {v}\nlink v1\nseed v1\nimm-readonly\nlink-readonly\nchanged\nagent 644\n"
+            ),
+            "{label} {v}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            std::fs::read_to_string(files.join("seed.txt")).expect("seed"),
+            "seed v1\n",
+            "{label}: the seed is the run's copy"
+        );
+        let left: Vec<_> = std::fs::read_dir(a.state_dir().join("home-files"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{label}: staged copies left: {left:?}");
+        wait_ready(a, 1, label);
+    }
+    // Refused as cold (the configuration's own check), before any claim.
+    write(
+        &config,
+        &entries("[home_files.\"../escape.txt\"]\nsource = \"/etc/hostname\"\n"),
+    );
+    give(a, &a.dir.join("home"));
+    let out = a.run(&["run", "--workspace", "none", "--net", "off", "--", "true"]);
+    assert_eq!(out.code(), 2, "{label}: {}", out.describe());
+    assert!(
+        out.stderr.contains("home_files") && claimed(&out).is_none(),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(pool0(&status(a))["ready"], 1, "{label}: {}", status(a));
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+#[test]
+fn home_files_are_bound_at_claim_rootful() {
+    if !e2e("home_files_are_bound_at_claim_rootful") {
+        return;
+    }
+    home_files_at_claim(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn home_files_are_bound_at_claim_rootless() {
+    if !e2e("home_files_are_bound_at_claim_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    home_files_at_claim(&Airlock::rootless(&bins), "rootless");
+}

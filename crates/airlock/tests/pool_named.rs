@@ -152,6 +152,28 @@ fn memory_limit_of(name: &str) -> Option<u64> {
         .find_map(|s| s.trim().parse::<u64>().ok())
 }
 
+/// The sandbox's /etc/hostname and /etc/hosts name it (as a cold start's), not its member.
+fn assert_names(a: &Airlock, name: &str, label: &str) {
+    let out = ok(
+        a,
+        &[
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            &format!("cat /etc/hostname; getent hosts {name}; grep -c run- /etc/hosts || true"),
+        ],
+    );
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(
+        words,
+        [name, "127.0.1.1", name, "0"],
+        "{label}: {}",
+        out.describe()
+    );
+}
+
 fn named_from_the_pool(a: &Airlock, label: &str) {
     let _guard = Guard(a, &["wn-one", "wn-two", "wn-three"]);
     let p = git_project(a);
@@ -193,6 +215,7 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
         expect("hello", "tok-one", "wn-one", "no-kept"),
         "{label}"
     );
+    assert_names(a, "wn-one", label);
     // The member's exec stub (a `run` claim's way in) is retired: no socket to hand it a
     // command that would run outside the sandbox's limits.
     let sdir = a.state_dir().join("sandboxes").join("wn-one");
@@ -276,6 +299,7 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
         expect("bonjour", "tok-two", "wn-two", "no-kept"),
         "{label}"
     );
+    assert_names(a, "wn-two", label);
     assert_eq!(
         probe(a, "wn-one"),
         expect("hello", "tok-one", "wn-one", "kept"),
@@ -386,6 +410,362 @@ fn named_sandboxes_claim_warm_members_rootless() {
     let user = common::test_user();
     let bins = Bins::owned_by(&user);
     named_from_the_pool(&Airlock::rootless(&bins), "rootless");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Injected secrets
+
+/// A named sandbox with a secret injected into requests to api.test claims a member: the
+/// value and the interception CA are bound in the member's supervisor, the sandbox holds the
+/// placeholder (exec --secrets, /run/secrets) and trusts the CA through the bundle and the
+/// variables a cold start sets; the server gets the value; the placeholder in plain HTTP
+/// elsewhere is blocked and journaled in the sandbox's journal; no file under the state
+/// directory ever holds the value.
+fn named_injected(a: &Airlock, label: &str) {
+    use common::internet::Internet;
+    const CA: &str = "/etc/airlock-test-ca.pem";
+    const REAL: &str = "sk-named-real-value-0123456789abcdef";
+    let _guard = Guard(a, &["wi-one"]);
+    let inet = Internet::start(&["api.test", "other.test"], &[]);
+    let cert = a.dir.join("inet-ca.pem");
+    std::fs::copy(inet.cert(), &cert).expect("copy cert");
+    common::set_mode(&cert, 0o644);
+    let cert_s = cert.display().to_string();
+    let ro = format!("{cert_s}:{CA}");
+    let env = [
+        ("AIRLOCK_DNS_UPSTREAM", inet.dns.as_str()),
+        ("AIRLOCK_UPSTREAM_CA", cert_s.as_str()),
+        ("HOST_KEY", REAL),
+    ];
+    let run = |args: &[&str]| {
+        let out = a.run_with_env(&env, args);
+        assert_eq!(out.code(), 0, "{label}: {args:?}: {}", out.describe());
+        out
+    };
+    run(&[
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--wait",
+        "--allow",
+        "other.test",
+        "--ro",
+        &ro,
+    ]);
+    run(&[
+        "create",
+        "--workspace",
+        "none",
+        "--allow",
+        "api.test",
+        "--allow",
+        "other.test",
+        "--ro",
+        &ro,
+        "--secret",
+        "KEY=env:HOST_KEY;hosts=api.test;header=x-api-key",
+        "wi-one",
+    ]);
+    let out = run(&["start", "wi-one"]);
+    warm_member(a, "wi-one", &out, label);
+    let fmt = "-o /dev/null -w '%{http_code}\\n'";
+    let out = run(&[
+        "exec",
+        "--secrets",
+        "wi-one",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "echo \"env=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; \
+             echo \"bundle=$SSL_CERT_FILE $REQUESTS_CA_BUNDLE\"; \
+             curl -sS --max-time 10 -H \"x-api-key: $KEY\" https://api.test/named; \
+             curl -sS --max-time 10 {fmt} -H \"x-leak: $KEY\" http://other.test/leak"
+        ),
+    ]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let ph = lines[0].strip_prefix("env=").unwrap_or_default();
+    assert!(
+        ph.starts_with("airlock-placeholder-"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            format!("file={ph}").as_str(),
+            "bundle=/run/airlock-tls/ca-bundle.pem /run/airlock-tls/ca-bundle.pem",
+            "hello from api.test /named",
+            "403",
+        ],
+        "{label}: {}",
+        out.describe()
+    );
+    let got: Vec<serde_json::Value> = inet
+        .model_requests()
+        .into_iter()
+        .filter(|r| r["path"] == "/named" || r["path"] == "/leak")
+        .collect();
+    assert_eq!(got.len(), 1, "{label}: {got:?}");
+    assert_eq!(got[0]["headers"]["x-api-key"], REAL, "{label}");
+    let journal = std::fs::read_to_string(a.state_dir().join("sandboxes/wi-one/net.jsonl"))
+        .unwrap_or_default();
+    assert!(
+        journal.contains("placeholder of secret KEY") && !journal.contains(REAL),
+        "{label}: {journal}"
+    );
+    assert!(!out.stdout.contains(REAL) && !out.stderr.contains(REAL));
+    let mut stack = vec![a.state_dir()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                let b = std::fs::read(e.path()).unwrap_or_default();
+                assert!(
+                    !b.windows(REAL.len()).any(|w| w == REAL.as_bytes()),
+                    "{label}: the value is in {}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    run(&["rm", "--force", "wi-one"]);
+    run(&["daemon", "stop"]);
+}
+
+#[test]
+fn named_injected_secrets_are_bound_at_claim_rootful() {
+    if !e2e("named_injected_secrets_are_bound_at_claim_rootful") {
+        return;
+    }
+    named_injected(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn named_injected_secrets_are_bound_at_claim_rootless() {
+    if !e2e("named_injected_secrets_are_bound_at_claim_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    named_injected(&Airlock::rootless(&bins), "rootless");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Home files
+
+/// `[home_files]` of a named sandbox on a warm start: the seed copied once into its kept home
+/// (writable, kept across starts), immutable copies taken at each start, link the host file —
+/// bound over the sandbox's home at claim, as a cold start binds them.
+fn named_home_files(a: &Airlock, label: &str) {
+    use common::work::{give, write};
+    let _guard = Guard(a, &["hf-one"]);
+    ok(
+        a,
+        &["daemon", "start", "--size", "1", "--net", "off", "--wait"],
+    );
+    let files = a.dir.join("hostfiles");
+    write(&files.join("imm.txt"), "immutable v1\n");
+    write(&files.join("link.txt"), "link v1\n");
+    write(&files.join("seed.txt"), "seed v1\n");
+    give(a, &files);
+    write(
+        &a.dir.join("home/.config/airlock/config.toml"),
+        &format!(
+            "[home_files.\"cfg/imm.txt\"]\nsource = \"{f}/imm.txt\"\nmode = \"immutable\"\n\
+             [home_files.\"cfg/link.txt\"]\nsource = \"{f}/link.txt\"\nmode = \"link\"\n\
+             [home_files.\"cfg/seed.txt\"]\nsource = \"{f}/seed.txt\"\nmode = \"seed\"\n",
+            f = files.display()
+        ),
+    );
+    give(a, &a.dir.join("home"));
+    ok(
+        a,
+        &["create", "--workspace", "none", "--net", "off", "hf-one"],
+    );
+    let out = ok(a, &["start", "hf-one"]);
+    warm_member(a, "hf-one", &out, label);
+    let out = ok(
+        a,
+        &[
+            "exec",
+            "hf-one",
+            "--",
+            "sh",
+            "-c",
+            "cat ~/cfg/imm.txt ~/cfg/link.txt ~/cfg/seed.txt; \
+             echo x > ~/cfg/imm.txt 2>/dev/null || echo imm-readonly; \
+             echo x > ~/cfg/link.txt 2>/dev/null || echo link-readonly; \
+             echo changed > ~/cfg/seed.txt && echo seed-writable",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "immutable v1\nlink v1\nseed v1\nimm-readonly\nlink-readonly\nseed-writable\n",
+        "{label}: {}",
+        out.describe()
+    );
+    write(&files.join("imm.txt"), "immutable v2\n");
+    write(&files.join("link.txt"), "link v2\n");
+    ok(a, &["stop", "hf-one"]);
+    wait_ready(a, 1, label);
+    let out = ok(a, &["start", "hf-one"]);
+    warm_member(a, "hf-one", &out, label);
+    let out = ok(
+        a,
+        &[
+            "exec",
+            "hf-one",
+            "--",
+            "sh",
+            "-c",
+            "cat ~/cfg/imm.txt ~/cfg/link.txt ~/cfg/seed.txt",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "immutable v2\nlink v2\nchanged\n",
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(files.join("seed.txt")).expect("seed"),
+        "seed v1\n"
+    );
+    ok(a, &["rm", "--force", "hf-one"]);
+    ok(a, &["daemon", "stop"]);
+}
+
+#[test]
+fn named_home_files_are_bound_at_claim_rootful() {
+    if !e2e("named_home_files_are_bound_at_claim_rootful") {
+        return;
+    }
+    named_home_files(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn named_home_files_are_bound_at_claim_rootless() {
+    if !e2e("named_home_files_are_bound_at_claim_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    named_home_files(&Airlock::rootless(&bins), "rootless");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overlay workspaces
+
+/// A named sandbox with an overlay workspace outside a repository claims a member: the
+/// overlay is attached at claim with its upper layer on disk in the sandbox's folder, so its
+/// changes stay across stop and start (warm again, another member) and the project on the
+/// host is never written.
+fn named_overlay(a: &Airlock, label: &str) {
+    use common::work::{give, write};
+    let _guard = Guard(a, &["ov-one"]);
+    let p = a.cwd.clone();
+    write(&p.join("README"), "hello from the project\n");
+    give(a, &p);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "1",
+            "--workspace",
+            "overlay",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+    ok(
+        a,
+        &["create", "--workspace", "overlay", "--net", "off", "ov-one"],
+    );
+    let out = ok(a, &["start", "ov-one"]);
+    let m1 = warm_member(a, "ov-one", &out, label);
+    let out = ok(
+        a,
+        &[
+            "exec",
+            "ov-one",
+            "--",
+            "sh",
+            "-c",
+            "cd /workspace && cat README && echo new > added.txt && echo more >> README \
+             && stat -c %U added.txt",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "hello from the project\nagent\n",
+        "{label}: {}",
+        out.describe()
+    );
+    let upper = a.state_dir().join("sandboxes/ov-one/upper");
+    assert!(
+        upper.join("added.txt").is_file(),
+        "{label}: not on disk in {}",
+        upper.display()
+    );
+    ok(a, &["stop", "ov-one"]);
+    wait_ready(a, 1, label);
+    let out = ok(a, &["start", "ov-one"]);
+    let m2 = warm_member(a, "ov-one", &out, label);
+    assert_ne!(m1, m2, "{label}");
+    let out = ok(
+        a,
+        &[
+            "exec",
+            "ov-one",
+            "--",
+            "sh",
+            "-c",
+            "cd /workspace && cat added.txt README",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "new\nhello from the project\nmore\n",
+        "{label}: {}",
+        out.describe()
+    );
+    assert!(
+        !p.join("added.txt").exists(),
+        "{label}: the overlay wrote the host"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.join("README")).expect("README"),
+        "hello from the project\n"
+    );
+    ok(a, &["rm", "--force", "ov-one"]);
+    ok(a, &["daemon", "stop"]);
+    let mounts = mounts_under(&a.state_dir());
+    assert!(mounts.is_empty(), "{label}: mounts left: {mounts:?}");
+}
+
+#[test]
+fn named_overlay_workspaces_are_attached_at_claim_rootful() {
+    if !e2e("named_overlay_workspaces_are_attached_at_claim_rootful") {
+        return;
+    }
+    named_overlay(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn named_overlay_workspaces_are_attached_at_claim_rootless() {
+    if !e2e("named_overlay_workspaces_are_attached_at_claim_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    named_overlay(&Airlock::rootless(&bins), "rootless");
 }
 
 // ---------------------------------------------------------------------------------------------

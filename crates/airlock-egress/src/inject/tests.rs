@@ -64,6 +64,36 @@ fn placeholders_are_unique_and_random() {
 }
 
 #[test]
+fn a_wire_binding_keeps_its_placeholder_and_is_checked_again() {
+    let b = Binding::new("K", KEY.into(), &["API.Test".into()], At::Bearer).unwrap();
+    let json = serde_json::to_string(&b.to_wire()).unwrap();
+    let back = Binding::from_wire(serde_json::from_str(&json).unwrap()).unwrap();
+    assert_eq!(back.placeholder, b.placeholder);
+    assert_eq!(back.hosts, ["api.test"]);
+    assert_eq!(back.at, At::Bearer);
+    let s = Secrets::new(vec![back]);
+    let r = req(&format!(
+        "GET / HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {}\r\n\r\n",
+        b.placeholder
+    ));
+    let (out, _) = s.rewrite(&r, "api.test").unwrap();
+    assert!(head(&out).contains(&format!("Bearer {KEY}")));
+    // What the receiving side refuses: a made-up placeholder (it could be a prefix of another
+    // or of ordinary text), a value that could end a header line, a wildcard host.
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["placeholder"] = "x".into();
+    let e = Binding::from_wire(serde_json::from_value(v.clone()).unwrap());
+    assert_eq!(e.unwrap_err(), BindError::BadPlaceholder("K".into()));
+    v["placeholder"] = b.placeholder.clone().into();
+    v["value"] = "a\r\nx: y".into();
+    let e = Binding::from_wire(serde_json::from_value(v.clone()).unwrap());
+    assert_eq!(e.unwrap_err(), BindError::BadValue("K".into()));
+    v["value"] = "ok".into();
+    v["hosts"] = serde_json::json!(["*.test"]);
+    assert!(Binding::from_wire(serde_json::from_value(v).unwrap()).is_err());
+}
+
+#[test]
 fn header_is_swapped_for_the_bound_host_only_there() {
     let s = secrets();
     let p = ph(&s, "ANTHROPIC_API_KEY");

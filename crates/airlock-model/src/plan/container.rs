@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::policy::{NetMode, Profile, WorkspaceMode};
-use crate::spec::{RunSpec, SandboxUser};
+use crate::spec::{BindSpec, RunSpec, SandboxUser};
 use std::path::{Path, PathBuf};
 
 /// Size of the root tmpfs that holds mount points and the curated /etc.
@@ -237,7 +237,6 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         }),
     }
 
-    let idmap = !rootless;
     let mut writable = vec![p("/tmp"), p("/run"), p("/dev/shm"), home.clone()];
     let ws = p(WORKSPACE);
     let (steps, ws_writable) = workspace_steps(spec, rootless, host.tmpfs_xattr);
@@ -251,21 +250,9 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         });
         writable.push(ws.clone());
     }
-    for b in &spec.binds {
-        if b.writable {
-            m.push(MountStep::BindRw {
-                source: b.source.clone(),
-                target: b.target.clone(),
-                idmap,
-            });
-            writable.push(b.target.clone());
-        } else {
-            m.push(MountStep::BindRo {
-                source: b.source.clone(),
-                target: b.target.clone(),
-            });
-        }
-    }
+    let (steps, bind_writable) = bind_steps(&spec.binds, rootless);
+    m.extend(steps);
+    writable.extend(bind_writable);
     m.push(MountStep::RootReadOnly);
 
     let has_ws = spec.workspace != WorkspaceMode::None;
@@ -388,10 +375,7 @@ fn with_proxy_env(spec: &RunSpec) -> Vec<(String, String)> {
         add_proxy_env(&mut env, "127.0.0.1");
         // Injected secrets: every TLS client inside trusts the interception CA's bundle.
         if spec.secrets.values().any(|s| s.inject.is_some()) {
-            env.retain(|(k, _)| !super::CA_BUNDLE_VARS.contains(&k.as_str()));
-            for k in super::CA_BUNDLE_VARS {
-                env.push((k.to_string(), super::CA_BUNDLE.into()));
-            }
+            super::set_ca_bundle_vars(&mut env);
         }
     }
     env
@@ -502,6 +486,48 @@ pub fn merge_id_file(image: Option<&str>, ours: &str) -> String {
     out
 }
 
+/// The mount steps of `binds` (host paths bound in; a writable one idmapped when root-run)
+/// and the paths they make writable. Also a warm claim's `[home_files]`.
+pub fn bind_steps(binds: &[BindSpec], rootless: bool) -> (Vec<MountStep>, Vec<PathBuf>) {
+    let mut m = Vec::new();
+    let mut writable = Vec::new();
+    for b in binds {
+        if b.writable {
+            m.push(MountStep::BindRw {
+                source: b.source.clone(),
+                target: b.target.clone(),
+                idmap: !rootless,
+            });
+            writable.push(b.target.clone());
+        } else {
+            m.push(MountStep::BindRo {
+                source: b.source.clone(),
+                target: b.target.clone(),
+            });
+        }
+    }
+    (m, writable)
+}
+
+/// `/etc/hosts` and `/etc/hostname` of a sandbox called `hostname` (also written by a warm
+/// claim of a named sandbox, over its member's).
+pub fn name_files(hostname: &str) -> [MountStep; 2] {
+    let file = |name: &str, contents: String| MountStep::File {
+        target: Path::new("/etc").join(name),
+        contents,
+        mode: 0o644,
+    };
+    [
+        file(
+            "hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+            ),
+        ),
+        file("hostname", format!("{hostname}\n")),
+    ]
+}
+
 pub(super) fn etc_files(spec: &RunSpec, image: Option<&ImageRoot>) -> Vec<MountStep> {
     let u = SandboxUser::AGENT_UID;
     // An image's own user replaces `agent` where they would clash (same name or id).
@@ -541,20 +567,17 @@ pub(super) fn etc_files(spec: &RunSpec, image: Option<&ImageRoot>) -> Vec<MountS
         ),
         None => (passwd, group),
     };
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-        spec.hostname
-    );
     let file = |name: &str, contents: String| MountStep::File {
         target: Path::new("/etc").join(name),
         contents,
         mode: 0o644,
     };
+    let [hosts, hostname] = name_files(&spec.hostname);
     vec![
         file("passwd", passwd),
         file("group", group),
-        file("hosts", hosts),
-        file("hostname", format!("{}\n", spec.hostname)),
+        hosts,
+        hostname,
         // No resolver inside with --net off; filtered mode will point this at the sandbox resolver.
         file(
             "resolv.conf",

@@ -406,10 +406,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         // Injected secrets: every TLS client in the guest trusts the interception CA's
         // bundle (the guest writes it from the run message).
         if spec.secrets.values().any(|s| s.inject.is_some()) {
-            env.retain(|(k, _)| !super::CA_BUNDLE_VARS.contains(&k.as_str()));
-            for k in super::CA_BUNDLE_VARS {
-                env.push((k.to_string(), super::CA_BUNDLE.into()));
-            }
+            super::set_ca_bundle_vars(&mut env);
         }
     }
     // The generated /etc files (with an image's own users kept), and airlock's profile.d

@@ -383,6 +383,14 @@ pub const CA_BUNDLE_VARS: &[&str] = &[
     "CODEX_CA_CERTIFICATE",
 ];
 
+/// Point every [`CA_BUNDLE_VARS`] variable of `env` at [`CA_BUNDLE`] (over any value given).
+pub fn set_ca_bundle_vars(env: &mut Vec<(String, String)>) {
+    env.retain(|(k, _)| !CA_BUNDLE_VARS.contains(&k.as_str()));
+    for k in CA_BUNDLE_VARS {
+        env.push((k.to_string(), CA_BUNDLE.into()));
+    }
+}
+
 /// Open mode: the resolver address inside (TEST-NET-2, never routed anywhere); the user-mode
 /// network stack forwards queries to it to the host's resolver.
 pub const OPEN_DNS: &str = "198.51.100.53";
@@ -525,7 +533,7 @@ pub fn admit(spec: &RunSpec, offer: &Offer) -> Result<(), Refusal> {
 }
 
 mod container;
-pub use container::{lower, workspace_steps};
+pub use container::{bind_steps, lower, name_files, workspace_steps};
 pub mod microvm;
 pub use microvm::{Accel, VmFacts, VmPlan};
 

@@ -41,8 +41,9 @@ impl Attached {
     }
 }
 
-/// Whether a member can take these workspace steps at claim (an overlay needs its upper
-/// layer on a tmpfs: a disk upper belongs to a cold start's run folder).
+/// Whether a member can take these workspace steps at claim without a folder for an
+/// overlay's disk upper layer (a run's belongs to a cold start's run folder; a named
+/// sandbox's is in its own folder: [`attach_workspace`]'s `disk`).
 pub fn claimable(steps: &[MountStep]) -> bool {
     !steps.iter().any(|s| {
         matches!(
@@ -73,17 +74,28 @@ fn source_owner(steps: &[MountStep]) -> Result<(u32, u32), RunError> {
 }
 
 /// Attach `steps` (a workspace's mount steps) in the running member in `dir` (plan: `plan`).
+/// `disk`: the folder an overlay's disk upper layer lives in (`upper`, `work`: a named
+/// sandbox's own folder, kept across stop/start, as its cold start keeps it there).
 /// Blocks until done; nothing is attached when it fails.
 pub fn attach_workspace(
     dir: &Path,
     plan: &LaunchPlan,
     steps: &[MountStep],
+    disk: Option<&Path>,
 ) -> Result<Attached, RunError> {
-    if !claimable(steps) {
+    if disk.is_none() && !claimable(steps) {
         return Err(RunError::Setup(
             "an overlay with a disk upper layer cannot be attached at claim".into(),
         ));
     }
+    // The disk layers, made (and owned) as a cold start makes them; opened by the helper in
+    // its own mount namespace (overlayfs clones its layers' mounts: they must be that
+    // namespace's), before it becomes the sandbox's root (which could not traverse the state
+    // directory).
+    let disk_dirs = match disk.filter(|_| !claimable(steps)) {
+        Some(d) => Some(super::disk_layers(plan, d)?),
+        None => None,
+    };
     let ns = super::exec::fetch_namespaces(dir)
         .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
     let find = |flag: CloneFlags| {
@@ -140,7 +152,7 @@ pub fn attach_workspace(
             sys::exit_now(exit::SANDBOX_FAILED)
         };
         let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        let fds = match helper(&ws_plan, userns, mntns, prepared) {
+        let fds = match helper(&ws_plan, userns, mntns, prepared, disk_dirs.as_ref()) {
             Ok(f) => f,
             Err(e) => fail(e),
         };
@@ -190,18 +202,37 @@ fn helper(
     userns: &OwnedFd,
     mntns: &OwnedFd,
     prepared: Option<rootfs::Prepared>,
+    disk: Option<&(std::path::PathBuf, std::path::PathBuf)>,
 ) -> Result<Vec<OwnedFd>, String> {
     let os = Real;
     nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER)
         .map_err(|e| format!("join the sandbox's user namespace: {e}"))?;
-    if !plan.rootless {
-        os.become_root()
-            .map_err(|e| format!("become the sandbox's root: {e}"))?;
-    }
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("make a mount namespace: {e}"))?;
     os.make_mounts_private()
         .map_err(|e| format!("make mounts private: {e}"))?;
+    // Still the host's uid: the state directory is traversable.
+    let disk = match disk {
+        Some((upper, work)) => {
+            let open = |p: &Path| {
+                nix::fcntl::open(
+                    p,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(|e| format!("open the overlay's disk layer {}: {e}", p.display()))
+            };
+            Some(rootfs::OverlayDirs {
+                upper: open(upper)?,
+                work: open(work)?,
+            })
+        }
+        None => None,
+    };
+    if !plan.rootless {
+        os.become_root()
+            .map_err(|e| format!("become the sandbox's root: {e}"))?;
+    }
     let mut prepared = match prepared {
         Some(p) => p,
         None => rootfs::prepare(&os, plan, None).map_err(|e| e.to_string())?,
@@ -238,7 +269,7 @@ fn helper(
             .map_err(|e| format!("attach the scratch tmpfs: {e}"))?;
         let root = NewRoot { fd: scratch };
         let ws = Path::new("/ws");
-        let dirs = rootfs::overlay(&os, &root, ws, lower, upper, plan.user, None)
+        let dirs = rootfs::overlay(&os, &root, ws, lower, upper, plan.user, disk.as_ref())
             .map_err(|e| e.to_string())?;
         let tree = os
             .open_tree_clone_beneath(&root.fd, ws)
@@ -272,9 +303,11 @@ fn helper(
     Ok(back)
 }
 
-/// Set the hostname of the running member in `dir` (plan: `plan`) — its UTS namespace,
-/// joined by a forked helper through its user namespace: a named sandbox that adopted a warm
-/// member is called by its own name, as a cold one is.
+/// Name the running member in `dir` (plan: `plan`) `hostname`: its UTS namespace, and its
+/// `/etc/hostname` and `/etc/hosts` rewritten in its mount namespace as a cold start's root
+/// filesystem step writes them (its read-only root made writable for that moment, before
+/// any of the claim's code runs). Done by a forked helper that joins its user namespace: a
+/// named sandbox that adopted a warm member is called by its own name, as a cold one is.
 pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(), RunError> {
     let ns = super::exec::fetch_namespaces(dir)
         .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
@@ -284,10 +317,12 @@ pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(),
             .map(|(_, fd)| fd)
             .ok_or_else(|| RunError::Setup("the sandbox's namespaces are incomplete".into()))
     };
-    let (userns, utsns) = (
+    let (userns, utsns, mntns) = (
         find(CloneFlags::CLONE_NEWUSER)?,
         find(CloneFlags::CLONE_NEWUTS)?,
+        find(CloneFlags::CLONE_NEWNS)?,
     );
+    let files = airlock_model::plan::name_files(hostname);
     let (err_rd, err_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
     let child = sys::clone_fork(0).map_err(RunError::Clone)?;
@@ -313,6 +348,12 @@ pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(),
         if let Err(e) = nix::unistd::sethostname(hostname) {
             fail(format!("sethostname: {e}"));
         }
+        if let Err(e) = nix::sched::setns(mntns, CloneFlags::CLONE_NEWNS) {
+            fail(format!("join the sandbox's mount namespace: {e}"));
+        }
+        if let Err(e) = write_etc(&files) {
+            fail(e);
+        }
         sys::exit_now(0);
     }
     drop(err_wr);
@@ -329,4 +370,44 @@ pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(),
             format!("set the hostname: {}", String::from_utf8_lossy(&msg))
         })),
     }
+}
+
+/// In the sandbox's mount namespace: `files` written (rootfs's own step), the root writable
+/// meanwhile if it is read-only.
+fn write_etc(files: &[MountStep]) -> Result<(), String> {
+    use nix::mount::MsFlags;
+    let os = Real;
+    let ro = nix::sys::statvfs::statvfs("/")
+        .map_err(|e| format!("statvfs /: {e}"))?
+        .flags()
+        .contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
+    let remount = |extra: MsFlags| {
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | extra,
+            None::<&str>,
+        )
+    };
+    if ro {
+        remount(MsFlags::empty()).map_err(|e| format!("make the root writable: {e}"))?;
+    }
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("open the sandbox's root: {e}"))
+    .map(|fd| NewRoot { fd });
+    let written = root.and_then(|root| {
+        files
+            .iter()
+            .try_for_each(|f| rootfs::step_exec(&os, &root, f, None).map_err(|e| e.to_string()))
+    });
+    if ro {
+        os.remount_root_readonly()
+            .map_err(|e| format!("make the root read-only again: {e}"))?;
+    }
+    written
 }

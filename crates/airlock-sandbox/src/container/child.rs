@@ -489,7 +489,7 @@ fn others_alive() -> bool {
 }
 
 /// The CA bundle on the sandbox's /run tmpfs: root's (inside), readable by everyone.
-fn write_ca_bundle(bundle: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_ca_bundle(bundle: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let path = Path::new(airlock_model::plan::CA_BUNDLE);
     if let Some(dir) = path.parent() {

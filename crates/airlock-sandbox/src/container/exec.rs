@@ -332,7 +332,13 @@ pub(super) fn enter_and_relay(
 /// namespaces. For the warm pool's claim: a member starts with no secrets, and the claimer's
 /// are written before its command runs. Refuses a sandbox that has /run/secrets already (a
 /// second claim of one member, which the pool never makes, would find the first one's).
-pub fn deliver_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), RunError> {
+/// `ca_pem`: the claim's interception CA (injected secrets), written with the system's roots
+/// at `plan::CA_BUNDLE` as a cold start's PID 1 writes it (refused if one is there already).
+pub fn deliver_secrets(
+    dir: &Path,
+    secrets: &[(String, String)],
+    ca_pem: Option<&str>,
+) -> Result<(), RunError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let plan: LaunchPlan = fs::read(dir.join(crate::folder::PLAN_FILE))
         .map_err(|e| e.to_string())
@@ -349,6 +355,9 @@ pub fn deliver_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), R
             "the sandbox's namespaces are incomplete".into(),
         ));
     };
+    // A warm claim's injected secrets: the bundle a cold start's PID 1 writes (the system's
+    // roots and the claim's interception CA).
+    let bundle = ca_pem.map(super::ca_bundle);
     let (err_rd, err_wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
     let child = sys::clone_fork(0).map_err(RunError::Clone)?;
@@ -396,6 +405,11 @@ pub fn deliver_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), R
         })();
         if let Err(e) = written {
             fail(format!("write /run/secrets: {e}"));
+        }
+        if let Some(b) = &bundle {
+            if let Err(e) = super::child::write_ca_bundle(b) {
+                fail(format!("write {}: {e}", airlock_model::plan::CA_BUNDLE));
+            }
         }
         sys::exit_now(0);
     }

@@ -269,8 +269,10 @@ fn egress_ctx(
             }
         }
     });
-    let mut ctx = airlock_egress::proxy::Ctx::new(policy, Arc::new(resolver), journal);
-    ctx.intercept = opts.intercept.clone();
+    let ctx = airlock_egress::proxy::Ctx::new(policy, Arc::new(resolver), journal);
+    if let Some(i) = &opts.intercept {
+        let _ = ctx.set_intercept(i.clone());
+    }
     Ok(ctx)
 }
 
@@ -467,7 +469,7 @@ fn run_cgroup(
 
 /// Disk-backed overlay layers in the run directory (kernels without tmpfs user xattrs) or a
 /// persistent sandbox's folder (kept across stop/start).
-fn disk_layers(plan: &LaunchPlan, dir: &Path) -> Result<(PathBuf, PathBuf), RunError> {
+pub(crate) fn disk_layers(plan: &LaunchPlan, dir: &Path) -> Result<(PathBuf, PathBuf), RunError> {
     let (upper, work) = (dir.join("upper"), dir.join("work"));
     for d in [&upper, &work] {
         match fs::create_dir(d) {

@@ -52,17 +52,13 @@ pub fn try_adopt(
     {
         return Ok(None);
     }
-    // What a claim binds for a named container sandbox; the rest starts cold (injected
-    // secrets, home files — placed in the member's home, under the sandbox's own —, an
-    // overlay whose upper layer is on disk).
-    if spec.backend != BackendKind::Container
-        || spec.secrets.values().any(|s| s.inject.is_some())
-        || !spec.home_files.is_empty()
-    {
+    // What a claim binds for a named container sandbox; the rest starts cold (an overlay
+    // whose upper layer is on disk).
+    if spec.backend != BackendKind::Container {
         return Ok(None);
     }
     match spec.workspace {
-        WorkspaceMode::None => {}
+        WorkspaceMode::None | WorkspaceMode::Overlay => {}
         WorkspaceMode::Bind if spec.profile != Profile::Restrictive => {}
         WorkspaceMode::Clone if spec.workspace_dir.is_some() => {}
         _ => return Ok(None),
@@ -76,13 +72,16 @@ pub fn try_adopt(
         rootless,
         airlock_sandbox::kernel::at_least(6, 6),
     );
-    if !attach::claimable(&ws_steps) {
-        return Ok(None);
-    }
     let Some((layout, limits)) = super::daemon::claim_limits(spec) else {
         return Ok(None);
     };
     let key = pool::key(spec);
+    // `[home_files]`: staged in the sandbox's folder and its kept home as a cold start stages
+    // them, bound over the sandbox's home at claim.
+    let (home_steps, _staging) = super::daemon::claim_home_files(spec, Some(dir), rootless)?;
+    // Injected secrets: refused as a cold start refuses them; their placeholders made here,
+    // the values and the CA bound in the member's supervisor at claim.
+    let secrets = super::secrets::claim_bind(spec, secrets.to_vec())?;
     // `[daemon.agents.NAME] min_warm`: this agent's pool exists and is that big (this start
     // claims from it if a member is ready; the next ones will).
     let mut made = None;
@@ -132,14 +131,7 @@ pub fn try_adopt(
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("the member's plan: {e}"))?;
-        if spec.net == airlock_model::policy::NetMode::Filtered {
-            airlock_engine::live_policy::send(&mdir, &spec.domains, &spec.ports)
-                .map_err(|e| format!("the member refused the sandbox's allowlist: {e}"))?;
-        }
-        if !secrets.is_empty() {
-            airlock_sandbox::container::exec::deliver_secrets(&mdir, secrets)
-                .map_err(|e| format!("the member refused its secrets: {e}"))?;
-        }
+        super::daemon::bind_policy_and_secrets(&mdir, spec, &secrets)?;
         // Limits: the cgroup a cold start of this sandbox has (its name and id), joined by
         // every exec; removed when it stops (the engine's reclaim) or goes.
         let leaf = airlock_sandbox::cgroup::leaf_name(&spec.name, &id);
@@ -160,18 +152,18 @@ pub fn try_adopt(
             target: home.clone(),
             idmap: false,
         });
-        drop(attach::attach_workspace(&mdir, &plan, &steps).map_err(|e| e.to_string())?);
+        steps.extend(home_steps.iter().cloned());
+        // An overlay's upper layer is on disk in the sandbox's folder (kept across stop and
+        // start), as its cold start keeps it.
+        drop(attach::attach_workspace(&mdir, &plan, &steps, Some(dir)).map_err(|e| e.to_string())?);
         attach::set_hostname(&mdir, &plan, &spec.hostname).map_err(|e| e.to_string())?;
         // The record exec reads: this sandbox's name (its cgroup), hostname, environment
         // (the sandbox's own first, then the member's — the proxy's — as a cold plan has it),
         // working directory and limits.
-        let mut env = spec.env.clone();
-        for (k, v) in &plan.env {
-            if !env.iter().any(|(ek, _)| ek == k) {
-                env.push((k.clone(), v.clone()));
-            }
+        plan.env = airlock_model::spec::env_over(&plan.env, &spec.env);
+        if !secrets.bindings.is_empty() {
+            airlock_model::plan::set_ca_bundle_vars(&mut plan.env);
         }
-        plan.env = env;
         plan.name = spec.name.clone();
         plan.hostname = spec.hostname.clone();
         plan.cwd = spec.workdir.clone().unwrap_or_else(|| {

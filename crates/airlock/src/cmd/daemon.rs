@@ -513,13 +513,10 @@ pub fn try_warm(
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
     let state = paths::state_dir();
-    // Bound at claim: command, environment, working directory, terminal, time limit, plain
-    // secrets, allowlist, an overlay or bind workspace, limits. The rest starts cold
-    // (docs/design/warm-pool.md).
-    if spec.backend != BackendKind::Container
-        || net_log.is_some()
-        || spec.secrets.values().any(|s| s.inject.is_some())
-    {
+    // Bound at claim: command, environment, working directory, terminal, time limit,
+    // secrets (plain and injected), allowlist, an overlay or bind workspace, limits. The rest
+    // starts cold (docs/design/warm-pool.md).
+    if spec.backend != BackendKind::Container || net_log.is_some() {
         return Ok(None);
     }
     match spec.workspace {
@@ -540,7 +537,12 @@ pub fn try_warm(
     let Some((layout, limits)) = claim_limits(spec) else {
         return Ok(None);
     };
-    let secrets = super::spec::resolve_secrets(&spec.secrets)?;
+    // `[home_files]`: staged as a cold start stages them (same copies, owners, refusals),
+    // bound over the member's home at claim.
+    let (home_steps, _staging) = claim_home_files(spec, None, rootless)?;
+    // Injected secrets: refused as a cold start refuses them; placeholders made here, the
+    // values and the interception CA go to the member's supervisor at claim.
+    let secrets = super::secrets::claim_bind(spec, super::spec::resolve_secrets(&spec.secrets)?)?;
     airlock_sandbox::phase("warm: claiming");
     let t0 = Instant::now();
     let key = pool::key(spec);
@@ -560,15 +562,7 @@ pub fn try_warm(
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("the member's plan: {e}"))?;
-        // This run's allowlist, in force before its command runs (whatever the member had).
-        if spec.net == airlock_model::policy::NetMode::Filtered {
-            airlock_engine::live_policy::send(&dir, &spec.domains, &spec.ports)
-                .map_err(|e| format!("the member refused this run's allowlist: {e}"))?;
-        }
-        if !secrets.is_empty() {
-            airlock_sandbox::container::exec::deliver_secrets(&dir, &secrets)
-                .map_err(|e| format!("the member refused its secrets: {e}"))?;
-        }
+        bind_policy_and_secrets(&dir, spec, &secrets)?;
         // Limits: written into the cgroup of the member's name, which its exec stub is in
         // since the member's start (made now for a member without one).
         if limits.any() {
@@ -583,14 +577,17 @@ pub fn try_warm(
             airlock_sandbox::phase("warm: cgroup made");
         }
         plan.rlimit_nproc = limits.pids;
-        // The workspace: attached at the member's empty /workspace, protections over it.
-        let attached = if ws_steps.is_empty() {
+        // The workspace: attached at the member's empty /workspace, protections over it;
+        // then the home files in the member's home.
+        if !ws_steps.is_empty() && !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
+            return Err("the member has no workspace slot".into());
+        }
+        let steps: Vec<_> = ws_steps.iter().chain(&home_steps).cloned().collect();
+        let attached = if steps.is_empty() {
             attach::Attached::default()
         } else {
-            if !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
-                return Err("the member has no workspace slot".into());
-            }
-            let a = attach::attach_workspace(&dir, &plan, &ws_steps).map_err(|e| e.to_string())?;
+            let a =
+                attach::attach_workspace(&dir, &plan, &steps, None).map_err(|e| e.to_string())?;
             airlock_sandbox::phase("warm: workspace attached");
             a
         };
@@ -607,7 +604,10 @@ pub fn try_warm(
             return Ok(None);
         }
     };
-    let env = airlock_model::spec::env_over(&spec.env, &secrets);
+    let mut env = airlock_model::spec::env_over(&spec.env, &secrets.seen);
+    if !secrets.bindings.is_empty() {
+        airlock_model::plan::set_ca_bundle_vars(&mut env);
+    }
     let wayback = super::wayback::wayback_before(spec);
     errln!(
         "airlock: warm start (pool {}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
@@ -672,6 +672,59 @@ pub fn try_warm(
     }
     let undone = super::wayback::wayback_after(spec, wayback.as_ref(), None);
     super::wayback::finish(spec, &outcome, changes.as_ref(), undone, timeout_text).map(Some)
+}
+
+/// A claim's `[home_files]` (`spec`'s; `persist`: a named sandbox's folder), staged as a cold
+/// start stages them: the mount steps that put them in the member's home (none: no home
+/// files, nothing done) and the staging folder, kept until the claim ends (a run's is removed
+/// then). A refusal is the cold start's error.
+pub(super) fn claim_home_files(
+    spec: &airlock_model::spec::RunSpec,
+    persist: Option<&Path>,
+    rootless: bool,
+) -> CliResult<(
+    Vec<airlock_model::plan::MountStep>,
+    Option<airlock_work::home_files::Staging>,
+)> {
+    if spec.home_files.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let mut staged = spec.clone();
+    let before = staged.binds.len();
+    let staging = super::run::stage_home_files(
+        &mut staged,
+        persist,
+        &airlock_sandbox::container::rundir::state_dir(),
+    )?;
+    let (steps, _) = airlock_model::plan::bind_steps(&staged.binds[before..], rootless);
+    Ok((steps, staging))
+}
+
+/// A claim's allowlist (in force before its command runs, whatever the member had) and
+/// secrets, bound in the running member in `dir`: the injected ones' values and CA in its
+/// supervisor's egress context (over its policy socket), then `/run/secrets` and the CA
+/// bundle inside. Err: what the member refused.
+pub(super) fn bind_policy_and_secrets(
+    dir: &Path,
+    spec: &airlock_model::spec::RunSpec,
+    secrets: &super::secrets::ClaimBound,
+) -> Result<(), String> {
+    let mut ca_pem = None;
+    if spec.net == airlock_model::policy::NetMode::Filtered {
+        ca_pem = airlock_engine::live_policy::send_claim(
+            dir,
+            &spec.domains,
+            &spec.ports,
+            &secrets.bindings,
+            secrets.upstream_ca.as_deref(),
+        )
+        .map_err(|e| format!("the member refused the allowlist or injected secrets: {e}"))?;
+    }
+    if !secrets.seen.is_empty() {
+        airlock_sandbox::container::exec::deliver_secrets(dir, &secrets.seen, ca_pem.as_deref())
+            .map_err(|e| format!("the member refused its secrets: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Where a claim's workspace is attached (the plan's `/workspace`).

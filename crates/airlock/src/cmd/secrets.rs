@@ -123,8 +123,39 @@ pub fn check(spec: &RunSpec) -> CliResult<bool> {
 /// The secrets as the sandbox sees them (injected ones replaced by fresh placeholders) and,
 /// when some are injected, the interceptor that holds their values (see [`check`]).
 pub fn bind(spec: &RunSpec, values: Vec<(String, String)>) -> CliResult<Bound> {
+    let c = claim_bind(spec, values)?;
+    if c.bindings.is_empty() {
+        return Ok((c.seen, None));
+    }
+    let icpt =
+        Interceptor::new(Secrets::new(c.bindings), c.upstream_ca.as_deref()).map_err(|e| {
+            CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!(e)).hint(format!(
+                "{UPSTREAM_CA_ENV} must name a PEM file of CA certificates"
+            ))
+        })?;
+    Ok((c.seen, Some(Arc::new(icpt))))
+}
+
+/// Injected secrets split from what the sandbox sees: for a cold start's interceptor
+/// ([`bind`]) or a warm claim's, made by the member's supervisor from these bindings
+/// (`live_policy::send_claim`).
+pub struct ClaimBound {
+    /// The secrets as the sandbox sees them: values, or placeholders for injected ones.
+    pub seen: Vec<(String, String)>,
+    /// The injected ones (empty: none).
+    pub bindings: Vec<Binding>,
+    /// `AIRLOCK_UPSTREAM_CA`'s roots (only read when something is injected).
+    pub upstream_ca: Option<Vec<u8>>,
+}
+
+/// [`bind`]'s checks and placeholders, without the interceptor.
+pub fn claim_bind(spec: &RunSpec, values: Vec<(String, String)>) -> CliResult<ClaimBound> {
     if !check(spec)? {
-        return Ok((values, None));
+        return Ok(ClaimBound {
+            seen: values,
+            bindings: Vec::new(),
+            upstream_ca: None,
+        });
     }
     let mut bindings = Vec::new();
     let mut seen = Vec::new();
@@ -138,7 +169,7 @@ pub fn bind(spec: &RunSpec, values: Vec<(String, String)>) -> CliResult<Bound> {
         seen.push((name, b.placeholder.clone()));
         bindings.push(b);
     }
-    let extra = match std::env::var_os(UPSTREAM_CA_ENV).filter(|v| !v.is_empty()) {
+    let upstream_ca = match std::env::var_os(UPSTREAM_CA_ENV).filter(|v| !v.is_empty()) {
         Some(p) => Some(std::fs::read(&p).map_err(|e| {
             CliError::usage(format!(
                 "{UPSTREAM_CA_ENV}={}: cannot read it: {e}",
@@ -147,12 +178,11 @@ pub fn bind(spec: &RunSpec, values: Vec<(String, String)>) -> CliResult<Bound> {
         })?),
         None => None,
     };
-    let icpt = Interceptor::new(Secrets::new(bindings), extra.as_deref()).map_err(|e| {
-        CliError::new(exit::SANDBOX_FAILED, anyhow::anyhow!(e)).hint(format!(
-            "{UPSTREAM_CA_ENV} must name a PEM file of CA certificates"
-        ))
-    })?;
-    Ok((seen, Some(Arc::new(icpt))))
+    Ok(ClaimBound {
+        seen,
+        bindings,
+        upstream_ca,
+    })
 }
 
 #[cfg(test)]

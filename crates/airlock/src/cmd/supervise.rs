@@ -152,10 +152,15 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     };
     hooks.on_egress_ctx = Some(&keep_egress);
     let name = spec.name.clone();
+    let pool_member = spec.pool_member;
     let on_ready = || {
         if let Some(ctx) = egress.get() {
             if let Err(e) = airlock_engine::live_policy::serve(dir, &name, ctx.clone()) {
                 errln!("airlock: cannot serve the policy socket: {e}");
+            }
+            // A claim may bring injected secrets.
+            if pool_member {
+                airlock_engine::live_policy::preload_interception();
             }
         }
         if let Some(h) = &agent_host {
