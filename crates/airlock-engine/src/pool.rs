@@ -421,14 +421,7 @@ impl Store {
              WHERE name = ?1 AND state = 'claimed' AND claimer_pid = ?2",
             params![name, pid],
         )?;
-        tx.execute(
-            "UPDATE pools SET hits = hits + 1 WHERE key = ?1",
-            params![key],
-        )?;
-        tx.execute(
-            "INSERT INTO pool_claims (pool_key, at, micros) VALUES (?1, ?2, ?3)",
-            params![key, now(), micros as i64],
-        )?;
+        count_hit(&tx, key, micros)?;
         tx.commit()?;
         Ok(n == 1)
     }
@@ -438,14 +431,7 @@ impl Store {
         let tx = self
             .conn()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "UPDATE pools SET hits = hits + 1 WHERE key = ?1",
-            params![key],
-        )?;
-        tx.execute(
-            "INSERT INTO pool_claims (pool_key, at, micros) VALUES (?1, ?2, ?3)",
-            params![key, now(), micros as i64],
-        )?;
+        count_hit(&tx, key, micros)?;
         tx.commit()?;
         Ok(())
     }
@@ -465,6 +451,19 @@ impl Store {
             .map(|r| r.map(|v| v.max(0) as u64))
             .collect::<Result<_, _>>()?)
     }
+}
+
+/// One hit for the pool `key` and the claim's latency, in the caller's transaction.
+fn count_hit(tx: &rusqlite::Transaction<'_>, key: &str, micros: u64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE pools SET hits = hits + 1 WHERE key = ?1",
+        params![key],
+    )?;
+    tx.execute(
+        "INSERT INTO pool_claims (pool_key, at, micros) VALUES (?1, ?2, ?3)",
+        params![key, now(), micros as i64],
+    )?;
+    Ok(())
 }
 
 /// The `p`th percentile (0-100) of `values`, nearest rank; None when empty.
