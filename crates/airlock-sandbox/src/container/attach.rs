@@ -15,15 +15,15 @@
 //! back over a socket for the change summary after the command.
 
 use super::error::{io_err, RunError};
+use super::forked;
 use super::rootfs::{self, NewRoot, SummaryDirs};
 use super::summary::{self, Changes};
 use crate::os::{Os, Real};
 use crate::sys;
-use airlock_model::exit;
 use airlock_model::plan::{LaunchPlan, MountStep, UpperStore};
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 /// A claimed member's attached workspace.
@@ -138,49 +138,23 @@ pub fn attach_workspace(
         )
     };
     crate::phase("attach: sources prepared");
-    let (err_rd, err_wr) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
     let (back, back_child) =
         sys::socketpair(nix::sys::socket::SockType::Datagram).map_err(io_err("socketpair"))?;
-    let child = sys::clone_fork(0).map_err(RunError::Clone)?;
-    if child == 0 {
-        drop(err_rd);
-        drop(back);
-        let ef = err_wr.as_raw_fd();
-        let fail = |msg: String| -> ! {
-            sys::write_all_raw(ef, msg.as_bytes());
-            sys::exit_now(exit::SANDBOX_FAILED)
-        };
-        let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    let ended = forked::run("workspace", "attach the workspace", |h| {
         let fds = match helper(&ws_plan, userns, mntns, prepared, disk_dirs.as_ref()) {
             Ok(f) => f,
-            Err(e) => fail(e),
+            Err(e) => h.fail(e),
         };
         crate::phase("attach: helper attached");
         let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
         if let Err(e) = sys::send_fds(back_child.as_raw_fd(), b"ws", &raw) {
-            fail(format!("hand back the overlay's layers: {e}"));
+            h.fail(format!("hand back the overlay's layers: {e}"));
         }
-        sys::exit_now(0);
-    }
-    drop(err_wr);
+    });
     drop(back_child);
     drop(ns);
-    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None)
-        .map_err(|e| io_err("wait for the workspace helper")(e.into()))?;
     crate::phase("attach: helper done");
-    let mut msg = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut std::fs::File::from(err_rd), &mut msg);
-    match status {
-        nix::sys::wait::WaitStatus::Exited(_, 0) => {}
-        _ => {
-            return Err(RunError::Setup(if msg.is_empty() {
-                format!("the workspace helper ended: {status:?}")
-            } else {
-                format!("attach the workspace: {}", String::from_utf8_lossy(&msg))
-            }))
-        }
-    }
+    ended?;
     let (data, mut fds) =
         sys::recv_fds(back.as_raw_fd(), 2).map_err(io_err("receive the overlay's layers"))?;
     if data != b"ws" {
@@ -323,53 +297,24 @@ pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(),
         find(CloneFlags::CLONE_NEWNS)?,
     );
     let files = airlock_model::plan::name_files(hostname);
-    let (err_rd, err_wr) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
-    let child = sys::clone_fork(0).map_err(RunError::Clone)?;
-    if child == 0 {
-        drop(err_rd);
-        let ef = err_wr.as_raw_fd();
-        let fail = |msg: String| -> ! {
-            sys::write_all_raw(ef, msg.as_bytes());
-            sys::exit_now(exit::SANDBOX_FAILED)
-        };
-        let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        if let Err(e) = nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER) {
-            fail(format!("join the sandbox's user namespace: {e}"));
-        }
+    let ended = forked::run("hostname", "set the hostname", |h| {
+        h.join_user(userns.as_fd());
         if !plan.rootless {
-            if let Err(e) = Real.become_root() {
-                fail(format!("become the sandbox's root: {e}"));
-            }
+            h.become_root();
         }
         if let Err(e) = nix::sched::setns(utsns, CloneFlags::CLONE_NEWUTS) {
-            fail(format!("join the sandbox's UTS namespace: {e}"));
+            h.fail(format!("join the sandbox's UTS namespace: {e}"));
         }
         if let Err(e) = nix::unistd::sethostname(hostname) {
-            fail(format!("sethostname: {e}"));
+            h.fail(format!("sethostname: {e}"));
         }
-        if let Err(e) = nix::sched::setns(mntns, CloneFlags::CLONE_NEWNS) {
-            fail(format!("join the sandbox's mount namespace: {e}"));
-        }
+        h.join_mounts(mntns.as_fd());
         if let Err(e) = write_etc(&files) {
-            fail(e);
+            h.fail(e);
         }
-        sys::exit_now(0);
-    }
-    drop(err_wr);
+    });
     drop(ns);
-    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None)
-        .map_err(|e| io_err("wait for the hostname helper")(e.into()))?;
-    let mut msg = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut std::fs::File::from(err_rd), &mut msg);
-    match status {
-        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
-        _ => Err(RunError::Setup(if msg.is_empty() {
-            format!("the hostname helper ended: {status:?}")
-        } else {
-            format!("set the hostname: {}", String::from_utf8_lossy(&msg))
-        })),
-    }
+    ended
 }
 
 /// In the sandbox's mount namespace: `files` written (rootfs's own step), the root writable

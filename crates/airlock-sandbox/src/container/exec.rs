@@ -6,6 +6,7 @@
 use super::child::{command, Command};
 use super::ending::{conclude, Concluded};
 use super::error::{io_err, RunError};
+use super::forked;
 use super::{seccomp, tty};
 use crate::cgroup::Layout;
 use crate::command::{Ending, Outcome};
@@ -17,7 +18,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 pub use crate::command::ExecRequest;
@@ -358,31 +359,12 @@ pub fn deliver_secrets(
     // A warm claim's injected secrets: the bundle a cold start's PID 1 writes (the system's
     // roots and the claim's interception CA).
     let bundle = ca_pem.map(super::ca_bundle);
-    let (err_rd, err_wr) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
-    let child = sys::clone_fork(0).map_err(RunError::Clone)?;
-    if child == 0 {
-        drop(err_rd);
-        let ef = err_wr.as_raw_fd();
-        let fail = |msg: String| -> ! {
-            sys::write_all_raw(ef, msg.as_bytes());
-            sys::exit_now(exit::SANDBOX_FAILED)
-        };
-        let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        if let Err(e) = nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER) {
-            fail(format!("join the sandbox's user namespace: {e}"));
-        }
+    let ended = forked::run("secrets", "", |h| {
+        h.join_user(userns.as_fd());
         if !plan.rootless {
-            let (u, g) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
-            if let Err(e) =
-                nix::unistd::setresgid(g, g, g).and_then(|()| nix::unistd::setresuid(u, u, u))
-            {
-                fail(format!("become the sandbox's root: {e}"));
-            }
+            h.become_root();
         }
-        if let Err(e) = nix::sched::setns(mntns, CloneFlags::CLONE_NEWNS) {
-            fail(format!("join the sandbox's mount namespace: {e}"));
-        }
+        h.join_mounts(mntns.as_fd());
         let (uid, gid) = (
             nix::unistd::Uid::from_raw(plan.user.0),
             nix::unistd::Gid::from_raw(plan.user.1),
@@ -404,27 +386,14 @@ pub fn deliver_secrets(
             Ok(())
         })();
         if let Err(e) = written {
-            fail(format!("write /run/secrets: {e}"));
+            h.fail(format!("write /run/secrets: {e}"));
         }
         if let Some(b) = &bundle {
             if let Err(e) = super::child::write_ca_bundle(b) {
-                fail(format!("write {}: {e}", airlock_model::plan::CA_BUNDLE));
+                h.fail(format!("write {}: {e}", airlock_model::plan::CA_BUNDLE));
             }
         }
-        sys::exit_now(0);
-    }
-    drop(err_wr);
+    });
     drop(ns);
-    let status = nix::sys::wait::waitpid(Pid::from_raw(child), None)
-        .map_err(|e| io_err("wait for the secrets helper")(e.into()))?;
-    let mut msg = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut fs::File::from(err_rd), &mut msg);
-    match status {
-        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
-        _ => Err(RunError::Setup(if msg.is_empty() {
-            format!("the secrets helper ended: {status:?}")
-        } else {
-            String::from_utf8_lossy(&msg).into_owned()
-        })),
-    }
+    ended
 }

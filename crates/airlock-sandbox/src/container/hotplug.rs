@@ -15,14 +15,14 @@
 //! child is forked for it.
 
 use super::error::{io_err, RunError};
+use super::forked;
 use crate::sys;
-use airlock_model::exit;
 use airlock_model::plan::LaunchPlan;
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 /// What to change in a running sandbox.
@@ -260,20 +260,8 @@ pub fn apply(dir: &Path, plan: &LaunchPlan, change: &Hotplug) -> Result<(), RunE
         }
         Hotplug::Mount { .. } => {}
     }
-    let (err_rd, err_wr) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
-    let child = sys::clone_fork(0).map_err(RunError::Clone)?;
-    if child == 0 {
-        drop(err_rd);
-        let ef = err_wr.as_raw_fd();
-        let fail = |msg: String| -> ! {
-            sys::write_all_raw(ef, msg.as_bytes());
-            sys::exit_now(exit::SANDBOX_FAILED)
-        };
-        let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        if let Err(e) = nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER) {
-            fail(format!("join the sandbox's user namespace: {e}"));
-        }
+    forked::run("mount", "", |h| {
+        h.join_user(userns.as_fd());
         let tree = match (change, prepared) {
             (
                 Hotplug::Mount {
@@ -283,47 +271,40 @@ pub fn apply(dir: &Path, plan: &LaunchPlan, change: &Hotplug) -> Result<(), RunE
             ) => {
                 // Rootless: clone the host path from a mount namespace of our own.
                 if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS) {
-                    fail(format!("make a mount namespace: {e}"));
+                    h.fail(format!("make a mount namespace: {e}"));
                 }
                 match detached(source, *writable, None) {
                     Ok(t) => Some(t),
-                    Err(e) => fail(e.to_string()),
+                    Err(e) => h.fail(e.to_string()),
                 }
             }
             (_, p) => p,
         };
         if !plan.rootless {
             // Become the sandbox's root: what it creates inside is its own.
-            let root = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
-            if let Err(e) = nix::unistd::setresgid(root.1, root.1, root.1)
-                .and_then(|()| nix::unistd::setresuid(root.0, root.0, root.0))
-            {
-                fail(format!("become the sandbox's root: {e}"));
-            }
+            h.become_root();
         }
-        if let Err(e) = nix::sched::setns(mntns, CloneFlags::CLONE_NEWNS) {
-            fail(format!("join the sandbox's mount namespace: {e}"));
-        }
+        h.join_mounts(mntns.as_fd());
         match change {
             Hotplug::Mount { target, .. } => {
                 let Some((tree, is_dir)) = tree else {
-                    fail("internal: no mount to attach".into())
+                    h.fail("internal: no mount to attach".into())
                 };
                 let at = match open_or_create(target, is_dir) {
                     Ok(fd) => fd,
-                    Err(e) => fail(format!("inside the sandbox: {e}")),
+                    Err(e) => h.fail(format!("inside the sandbox: {e}")),
                 };
                 if let Err(e) = sys::move_mount_to_fd(&tree, &at) {
-                    fail(format!("attach at {}: {e}", target.display()));
+                    h.fail(format!("attach at {}: {e}", target.display()));
                 }
             }
             Hotplug::Unmount { target, .. } => {
                 let at = match open_nofollow(target) {
                     Ok(fd) => fd,
-                    Err(e) => fail(format!("inside the sandbox: {e}")),
+                    Err(e) => h.fail(format!("inside the sandbox: {e}")),
                 };
                 if identity(&at).ok() != expect {
-                    fail(format!(
+                    h.fail(format!(
                         "{} inside is not the bind of that host path",
                         target.display()
                     ));
@@ -331,23 +312,9 @@ pub fn apply(dir: &Path, plan: &LaunchPlan, change: &Hotplug) -> Result<(), RunE
                 if let Err(e) = nix::unistd::fchdir(at.as_fd())
                     .and_then(|()| nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH))
                 {
-                    fail(format!("detach {}: {e}", target.display()));
+                    h.fail(format!("detach {}: {e}", target.display()));
                 }
             }
         }
-        sys::exit_now(0);
-    }
-    drop(err_wr);
-    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None)
-        .map_err(|e| io_err("wait for the mount helper")(e.into()))?;
-    let mut msg = Vec::new();
-    let _ = io::Read::read_to_end(&mut std::fs::File::from(err_rd), &mut msg);
-    match status {
-        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
-        _ => Err(RunError::Setup(if msg.is_empty() {
-            format!("the mount helper ended: {status:?}")
-        } else {
-            String::from_utf8_lossy(&msg).into_owned()
-        })),
-    }
+    })
 }

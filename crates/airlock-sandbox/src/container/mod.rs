@@ -8,6 +8,7 @@ mod egress;
 mod ending;
 mod error;
 pub mod exec;
+mod forked;
 pub mod hotplug;
 pub mod landlock;
 pub mod netns;
