@@ -86,7 +86,14 @@ pub fn prepare(
     // A kernel that cannot be unpacked, or whose modules are missing, is unusable.
     let from = |e: String| unusable(format!("{} (from {}): {e}", k.image.display(), k.from));
     let vmlinux = artifacts::vmlinux(&dir, &k).map_err(from)?;
-    let initrd = artifacts::initrd(&dir, guest_binary(), &k, &vmlinux).map_err(from)?;
+    let initrd = artifacts::initrd(
+        &dir,
+        guest_binary(),
+        airlock_guest_embed::SHA256,
+        &k,
+        &vmlinux,
+    )
+    .map_err(from)?;
     let rootfs = if image_root {
         String::new()
     } else {
