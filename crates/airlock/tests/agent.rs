@@ -9,8 +9,9 @@
 //! `[agent] grace` after its report is stopped and the journal says so. Rootful and rootless.
 
 mod common;
+use common::work::EngineGuard;
 
-use common::{e2e, stop_engines_of, Airlock, Bins};
+use common::{e2e, Airlock, Bins};
 use std::path::Path;
 
 /// The scripted harness. The prompt (with airlock's directive appended) is its last argument,
@@ -58,15 +59,6 @@ case "$word" in
     ;;
 esac
 "#;
-
-/// Stops the test's engine however the test ends.
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
-}
 
 fn git(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("git")

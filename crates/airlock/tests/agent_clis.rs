@@ -15,9 +15,10 @@
 //! commits home, and no turn produces a `blocked` event. Rootful and rootless.
 
 mod common;
+use common::work::EngineGuard;
 
 use common::internet::Internet;
-use common::{e2e, stop_engines_of, wait_until, Airlock, Bins};
+use common::{e2e, wait_until, Airlock, Bins};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,14 +56,6 @@ fn ready(test: &str, bin: &str) -> Option<PathBuf> {
             eprintln!("note: {test}: not run: {why}");
             None
         }
-    }
-}
-
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
     }
 }
 

@@ -6,18 +6,10 @@
 //! ones that start the engine run as whoever runs the tests.
 
 mod common;
+use common::work::EngineGuard;
 
-use common::{stop_engines_of, Airlock};
+use common::Airlock;
 use std::process::Stdio;
-
-/// Stops the test's engine however the test ends.
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
-}
 
 fn usage_error(a: &Airlock, args: &[&str]) -> String {
     let out = a.run(args);

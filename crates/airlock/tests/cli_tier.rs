@@ -9,20 +9,12 @@
 //! `AIRLOCK_BLESS=1 cargo test -p airlock --test cli_tier` rewrites the snapshots.
 
 mod common;
+use common::work::EngineGuard;
 
 use common::{Airlock, Bins, Outcome};
 use std::path::{Path, PathBuf};
 
 const FAKE: &[(&str, &str)] = &[("AIRLOCK_ENGINE_BACKEND", "fake")];
-
-/// Kills the engine the test's commands auto-started, even when the test fails.
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        common::stop_engines_of(self.0);
-    }
-}
 
 fn run(a: &Airlock, args: &[&str]) -> Outcome {
     a.run_with_env(FAKE, args)

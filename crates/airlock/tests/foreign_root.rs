@@ -6,8 +6,9 @@
 //! there, rootful and rootless.
 
 mod common;
+use common::work::EngineGuard;
 
-use common::{e2e, stop_engines_of, Airlock, Bins, TempDir};
+use common::{e2e, Airlock, Bins, TempDir};
 use std::path::Path;
 
 /// The scripted harness, run as `busybox sh -c SCRIPT harness PROMPT`.
@@ -17,14 +18,6 @@ report working "in a foreign root"
 [ -e /lib64/ld-linux-x86-64.so.2 ] && { report blocked "there is a dynamic loader"; exit 0; }
 report done "turn $AIRLOCK_TURN_ID without libc, shell or tar"
 "#;
-
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
-}
 
 fn git(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("git")

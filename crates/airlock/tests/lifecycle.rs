@@ -3,6 +3,7 @@
 //! with SIGKILL leaves running sandboxes running and the next command reconciles.
 
 mod common;
+use common::work::EngineGuard;
 
 use common::{e2e, stop_engines_of, Airlock, Bins};
 
@@ -16,15 +17,6 @@ fn both_modes(f: impl Fn(&Airlock)) {
     let user = common::test_user();
     let bins = Bins::owned_by(&user);
     f(&Airlock::rootless(&bins));
-}
-
-/// Stops the test's engine however the test ends.
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
 }
 
 fn lifecycle(a: &Airlock, label: &str) {

@@ -5,8 +5,9 @@
 //! malformed JSON-RPC and a server that finds itself inside a sandbox.
 
 mod common;
+use common::work::EngineGuard;
 
-use common::{e2e, run_with_deadline, stop_engines_of, Airlock};
+use common::{e2e, run_with_deadline, Airlock};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -116,15 +117,6 @@ fn tool_err<'a>(r: &'a Value, needle: &str) -> &'a Value {
     assert_eq!(r["isError"], json!(true), "expected a tool error: {r}");
     assert!(text(r).contains(needle), "expected {needle:?} in: {r}");
     r
-}
-
-/// Stops the test's engine however the test ends.
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
 }
 
 fn project(a: &Airlock) {

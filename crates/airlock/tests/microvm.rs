@@ -621,6 +621,9 @@ struct EngineGuard<'a>(&'a Airlock);
 
 impl Drop for EngineGuard<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            common::work::kill_leftovers(self.0);
+        }
         let _ = vm_cli(self.0, &["rm", "-f", "vmbox"]);
         common::stop_engines_of(self.0);
     }

@@ -5,17 +5,9 @@
 //! Needs root (CI is root): see `common::e2e`.
 
 mod common;
+use common::work::EngineGuard;
 
-use common::{e2e, stop_engines_of, Airlock, Bins};
-
-/// Stops the test's engine however the test ends.
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
-}
+use common::{e2e, Airlock, Bins};
 
 fn ok(a: &Airlock, args: &[&str]) -> common::Outcome {
     let out = a.run(args);

@@ -6,19 +6,11 @@
 //! the unprivileged test user (see `common::e2e`).
 
 mod common;
+use common::work::EngineGuard;
 
-use common::{e2e, stop_engines_of, Airlock, Bins};
+use common::{e2e, Airlock, Bins};
 use std::path::Path;
 use std::process::Command;
-
-/// Stops the test's engine however the test ends.
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        stop_engines_of(self.0);
-    }
-}
 
 fn ok(a: &Airlock, args: &[&str]) -> common::Outcome {
     let out = a.run(args);

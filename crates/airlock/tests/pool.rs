@@ -4,6 +4,7 @@
 //! double claims, nothing left behind after `daemon stop`).
 
 mod common;
+use common::work::EngineGuard;
 
 use common::pool::{claimed, git_project, kill_daemon, members_dir, members_ever};
 
@@ -496,15 +497,6 @@ fn an_api_run_claims_a_warm_member() {
     );
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "api");
-}
-
-/// Stops the engine a test's commands auto-started.
-struct EngineGuard<'a>(&'a Airlock);
-
-impl Drop for EngineGuard<'_> {
-    fn drop(&mut self) {
-        common::stop_engines_of(self.0);
-    }
 }
 
 /// The pool is an optimisation: records it cannot read make a cold start with a warning, never

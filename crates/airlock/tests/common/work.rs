@@ -4,12 +4,26 @@
 use super::{run_with_deadline, stop_engines_of, Airlock, Bins, Outcome, DEADLINE};
 use std::path::Path;
 
-/// Stops the engine a test's commands auto-started, even when the test fails.
+/// Stops the engine a test's commands auto-started, even when the test fails; a failing test's
+/// supervisors (and anything else started with its state directory on the command line) are
+/// killed too, so one failure does not leave sandboxes running into the next tests.
 pub struct EngineGuard<'a>(pub &'a Airlock);
 
 impl Drop for EngineGuard<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            kill_leftovers(self.0);
+        }
         stop_engines_of(self.0);
+    }
+}
+
+/// SIGKILL every process whose command line names this test's directory (supervisors are
+/// `__supervise --dir DIR/…`; their sandboxes die with them).
+pub fn kill_leftovers(a: &Airlock) {
+    for pid in super::pids_with_marker(&a.dir.path().display().to_string()) {
+        // SAFETY: kill(2) on a pid whose command line carries this test's unique directory.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
