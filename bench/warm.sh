@@ -12,7 +12,9 @@
 # BACKEND=microvm: both rows boot microVMs (`run --backend microvm --workspace none -- true`,
 # cold = a guest boot, warm = a claimed guest), in one hyperfine run; fewer runs by default
 # (RUNS=10, WARMUP=1), the VM artifacts from AIRLOCK_CACHE_DIR (default
-# /var/cache/airlock-test, the tests' cache).
+# /var/cache/airlock-test, the tests' cache). WS=overlay (microVM): the default overlay
+# workspace instead (a 20-file project; warm = its image written into the claimed member's
+# slot disk and mounted by the guest, plus the change summary read back).
 # Prints a markdown table; paste it into bench/RESULTS.md with the date and machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,6 +117,7 @@ else
 fi
 SIZE=${SIZE:-2}
 NET=${NET:-off}
+WS=${WS:-none}
 # Waiting for a refill: a container member starts in milliseconds, a guest boots in seconds.
 WAIT_STEPS=$([ "$BACKEND" = microvm ] && echo 60000 || echo 2000)
 work=$(mktemp -d)
@@ -122,8 +125,10 @@ cold="$work/cold" warm="$work/warm"
 mkdir -p "$cold" "$warm"
 stop() { AIRLOCK_STATE_DIR="$warm" "$AIRLOCK" daemon stop >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap stop EXIT
-cd "$work"
-AIRLOCK_STATE_DIR="$warm" "$AIRLOCK" daemon start --backend "$BACKEND" --size "$SIZE" --net "$NET" --wait >&2
+mkdir -p "$work/project/src"
+for i in $(seq 1 20); do printf 'x\n' > "$work/project/src/f$i.txt"; done
+cd "$work/project"
+AIRLOCK_STATE_DIR="$warm" "$AIRLOCK" daemon start --backend "$BACKEND" --size "$SIZE" --net "$NET" --workspace "$WS" --wait >&2
 full="$work/full.sh"
 cat > "$full" <<SH
 #!/bin/sh
@@ -137,15 +142,15 @@ SH
 chmod +x "$full"
 hyperfine -N --runs "$RUNS" --warmup "$WARMUP" --export-json "$work/r.json" \
   --prepare true --prepare "$full" \
-  -n cold "env AIRLOCK_STATE_DIR=$cold $AIRLOCK run --backend $BACKEND --workspace none --net $NET -- true" \
-  -n warm "env AIRLOCK_STATE_DIR=$warm $AIRLOCK run --backend $BACKEND --workspace none --net $NET -- true" >&2
+  -n cold "env AIRLOCK_STATE_DIR=$cold $AIRLOCK run --backend $BACKEND --workspace $WS --net $NET -- true" \
+  -n warm "env AIRLOCK_STATE_DIR=$warm $AIRLOCK run --backend $BACKEND --workspace $WS --net $NET -- true" >&2
 AIRLOCK_STATE_DIR="$warm" "$AIRLOCK" daemon status --json > "$work/status.json"
-python3 - "$work/r.json" "$work/status.json" "$NET" "$BACKEND" <<'PY'
+python3 - "$work/r.json" "$work/status.json" "$NET" "$BACKEND" "$WS" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 p = json.load(open(sys.argv[2]))["pools"][0]
 cold, warm = r["cold"]["median"] * 1000, r["warm"]["median"] * 1000
-print(f"| `run --backend {sys.argv[4]} --workspace none --net {sys.argv[3]} -- true` | median (ms) | ratio to cold |")
+print(f"| `run --backend {sys.argv[4]} --workspace {sys.argv[5]} --net {sys.argv[3]} -- true` | median (ms) | ratio to cold |")
 print("|---|---:|---:|")
 print(f"| cold | {cold:.2f} | 1.00 |")
 print(f"| warm (claimed) | {warm:.2f} | {warm / cold:.2f} |")

@@ -105,6 +105,16 @@ pub fn key(spec: &RunSpec) -> String {
 /// by [`key`] and by the daemon's member spec (`member_of`), so both sides agree.
 pub fn normalize_bound_at_claim(s: &mut RunSpec) {
     use airlock_model::policy::WorkspaceMode;
+    if s.backend == airlock_model::policy::BackendKind::Microvm {
+        // A microVM's overlay workspace goes into its member's blank slot disk at claim
+        // (`airlock-guest ws attach`); its limits are the VM's size, which stays in the key.
+        if s.workspace == WorkspaceMode::Overlay {
+            s.workspace = WorkspaceMode::None;
+            s.workspace_slot = true;
+            s.protected.clear();
+        }
+        return;
+    }
     if s.backend != airlock_model::policy::BackendKind::Container {
         return;
     }

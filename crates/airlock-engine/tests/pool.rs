@@ -233,6 +233,28 @@ fn limits_and_workspaces_are_bound_at_claim() {
     let mut vm_run = run_of(&vm);
     vm_run.resources.memory = Some(ByteSize(1 << 30));
     assert_ne!(pool::key(&vm), pool::key(&vm_run));
+    // A microVM's overlay workspace goes into its member's slot disk at claim: runs of any
+    // project share a slot member's pool (not a no-workspace member's); its bind and clone
+    // workspaces are not attached (a bind is refused cold, a named clone starts cold).
+    let mut vm_slot = vm.clone();
+    vm_slot.workspace_slot = true;
+    vm_slot.project_dir = PathBuf::from("/");
+    for project in ["/home/u/one", "/home/u/two"] {
+        let mut r = run_of(&vm);
+        r.workspace = WorkspaceMode::Overlay;
+        r.project_dir = PathBuf::from(project);
+        assert_eq!(pool::key(&vm_slot), pool::key(&r), "{project}");
+        assert_ne!(pool::key(&vm), pool::key(&r), "{project}");
+        let mut made = r.clone();
+        pool::normalize_bound_at_claim(&mut made);
+        assert!(made.workspace_slot && made.workspace == WorkspaceMode::None);
+    }
+    for mode in [WorkspaceMode::Bind, WorkspaceMode::Clone] {
+        let mut r = run_of(&vm);
+        r.workspace = mode;
+        r.workspace_dir = Some(PathBuf::from("/state/sandboxes/x/workspace"));
+        assert_ne!(pool::key(&vm_slot), pool::key(&r), "{mode:?}");
+    }
 }
 
 fn ready_members(store: &mut Store, key: &str, n: usize) -> Vec<String> {

@@ -245,6 +245,11 @@ pub enum GuestMsg {
     /// step of its init (sent before `Exit`, or before `Ready` by a holding guest). Shown by
     /// the host with `AIRLOCK_TIMING=1`; informational only.
     Timing { v: u32, steps: Vec<TimingStep> },
+    /// What the command changed in an overlay workspace (`added`, `modified`, `deleted`,
+    /// `unlisted`, `unreadable`: the container backend's summary, computed the same way from
+    /// the guest's upper layer against the workspace image), sent before `Exit`. Absent from
+    /// older guests: no summary.
+    Changes { v: u32, changes: serde_json::Value },
     #[serde(other)]
     Unknown,
 }

@@ -89,6 +89,14 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
         std::fs::read_to_string(a.cwd.join("a.txt")).expect("read"),
         "from the host\n"
     );
+    // What the command changed there, summarized as for a container (computed in the guest).
+    assert!(
+        out.stderr.contains(
+            "airlock: workspace changes (discarded, host untouched): 0 added, 1 changed, 0 deleted\n  ~ a.txt\n"
+        ),
+        "{}",
+        out.describe()
+    );
     // The guest's boot steps (AIRLOCK_TIMING=1): it says hello once the channel's modules are
     // in, before the last of the root's, so the job travels while those load.
     let steps: Vec<&str> = out
@@ -853,7 +861,8 @@ const TTY_SCRIPT: &str = "tty; stty size; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && ec
     (: </dev/tty) && echo ctty-ok; read x; echo \"got:$x\"; \
     trap 'stty size; exit 5' WINCH; echo ready; while :; do sleep 0.1; done";
 
-fn check_terminal_session(mut t: OnTerminal, label: &str) {
+/// Returns all the terminal showed.
+fn check_terminal_session(mut t: OnTerminal, label: &str) -> String {
     t.wait_for("ctty-ok");
     t.type_in("typed words\n");
     t.wait_for("ready");
@@ -874,7 +883,13 @@ fn check_terminal_session(mut t: OnTerminal, label: &str) {
     // The guest's terminal echoed the typing, the command read it.
     assert!(lines.contains(&"typed words"), "{label}:\n{seen}");
     assert!(lines.contains(&"got:typed words"), "{label}:\n{seen}");
-    assert_eq!(lines.last(), Some(&"40 120"), "{label}:\n{seen}");
+    // The command's last line (an overlay run's change summary comes after it).
+    let end = lines
+        .iter()
+        .position(|l| l.starts_with("airlock: workspace changes"))
+        .unwrap_or(lines.len());
+    assert_eq!(lines[..end].last(), Some(&"40 120"), "{label}:\n{seen}");
+    seen
 }
 
 /// The newest distribution kernel in /boot with its modules: (image, release).
@@ -905,7 +920,9 @@ fn run_t_gives_the_guest_command_a_real_terminal() {
     }
     let a = Airlock::root();
     let (image, release) = boot_kernel();
-    let script = format!("uname -r; {TTY_SCRIPT}");
+    // In the overlay workspace (the default): its change summary comes after the command's
+    // end, as without a terminal.
+    let script = format!("uname -r; touch made-on-a-terminal; {TTY_SCRIPT}");
     let mut cmd = a.command(&[
         "run",
         "--backend",
@@ -913,8 +930,6 @@ fn run_t_gives_the_guest_command_a_real_terminal() {
         "--kernel",
         &image,
         "-t",
-        "--workspace",
-        "none",
         "--net",
         "off",
         "--",
@@ -926,7 +941,18 @@ fn run_t_gives_the_guest_command_a_real_terminal() {
         .env("TERM", "xterm");
     let t = OnTerminal::spawn(cmd, 30, 100);
     t.wait_for(&release);
-    check_terminal_session(t, "run -t");
+    let seen = check_terminal_session(t, "run -t");
+    check_terminal_summary(&seen, "run -t");
+}
+
+/// `run -t` in the overlay workspace: the change summary follows the command's end.
+fn check_terminal_summary(seen: &str, label: &str) {
+    assert!(
+        seen.contains(
+            "workspace changes (discarded, host untouched): 1 added, 0 changed, 0 deleted"
+        ) && seen.contains("+ made-on-a-terminal"),
+        "{label}:\n{seen}"
+    );
 }
 
 /// The guest kernel: `--kernel` and `[sandbox] kernel` name one; one that is missing or not a

@@ -484,3 +484,112 @@ fn a_microvm_run_with_read_only_mounts_never_takes_a_stale_member() {
     assert_eq!(out.stdout, "now\n", "{}", out.describe());
     assert!(claimed(&out).is_none(), "{}", out.describe());
 }
+
+/// The default `run --backend microvm` (an overlay workspace) claims a warm member: the
+/// project goes into the member's blank slot disk at claim and the guest mounts it under an
+/// overlay at /workspace, with no writable host share. The claimed run sees the project, its
+/// changes stay in the guest (the host is untouched) and are summarized as a cold run
+/// summarizes them; the same command started cold (pool empty) prints the same. Two boots:
+/// the member (no daemon refills it: the daemon is killed before the claim) and the cold run.
+#[test]
+fn a_warm_microvm_claim_gets_its_overlay_workspace() {
+    if !e2e("a_warm_microvm_claim_gets_its_overlay_workspace") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    std::fs::create_dir_all(a.cwd.join("sub")).expect("mkdir");
+    std::fs::write(a.cwd.join("a.txt"), "from the host\n").expect("write");
+    std::fs::write(a.cwd.join("sub/b.txt"), "bee\n").expect("write");
+    std::fs::write(a.cwd.join("gone.txt"), "doomed\n").expect("write");
+    let policy = ["--backend", "microvm", "--net", "off"];
+    let mut args = vec![
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--wait",
+        "--workspace",
+        "overlay",
+    ];
+    args.extend(policy);
+    ok(&a, &args, &[]);
+    let members = members_ever(&a);
+    assert_eq!(members.len(), 1, "{members:?}");
+    // Claims work with no daemon; none refills the pool after this one.
+    kill_daemon(&a);
+    // Written after the member booted: the claim's project is the project as it is now.
+    std::fs::write(a.cwd.join("late.txt"), "after the boot\n").expect("write");
+    let script = "pwd; cat a.txt sub/b.txt late.txt; stat -c %U:%a .; \
+                  echo changed > a.txt; echo new > new.txt; rm gone.txt; cat a.txt; \
+                  grep -c ' /workspace ' /proc/mounts; exit 3";
+    let run = || {
+        let mut args = vec!["run"];
+        args.extend(policy);
+        args.extend(["--", "sh", "-c", script]);
+        vm(&a, &args, &[])
+    };
+    let warm = run();
+    assert_eq!(warm.code(), 3, "{}", warm.describe());
+    let member = claimed(&warm).unwrap_or_else(|| panic!("not warm: {}", warm.describe()));
+    assert!(members.contains(&member), "{member} not from {members:?}");
+    let want = [
+        "/workspace",
+        "from the host",
+        "bee",
+        "after the boot",
+        "agent:755",
+        "changed",
+        "1",
+    ];
+    assert_eq!(
+        warm.stdout.lines().collect::<Vec<_>>(),
+        want,
+        "{}",
+        warm.describe()
+    );
+    // The summary names what the command changed; the host's files are as they were.
+    let summary = |out: &Outcome| -> Vec<String> {
+        out.stderr
+            .lines()
+            .skip_while(|l| !l.contains("workspace changes"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        summary(&warm),
+        [
+            "airlock: workspace changes (discarded, host untouched): 1 added, 1 changed, 1 deleted",
+            "  + new.txt",
+            "  ~ a.txt",
+            "  - gone.txt",
+        ],
+        "{}",
+        warm.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.cwd.join("a.txt")).expect("read"),
+        "from the host\n"
+    );
+    assert!(a.cwd.join("gone.txt").exists() && !a.cwd.join("new.txt").exists());
+    assert!(
+        wait_until(Duration::from_secs(30), || !members_dir(&a)
+            .join(&member)
+            .exists()),
+        "the claimed member is still there"
+    );
+
+    // Cold (the pool is empty now): the same output, the same summary, the same status.
+    let cold = run();
+    assert_eq!(cold.code(), 3, "{}", cold.describe());
+    assert!(claimed(&cold).is_none(), "{}", cold.describe());
+    assert_eq!(
+        cold.stdout.lines().collect::<Vec<_>>(),
+        want,
+        "{}",
+        cold.describe()
+    );
+    assert_eq!(summary(&cold), summary(&warm), "{}", cold.describe());
+    ok(&a, &["daemon", "stop"], &[]);
+    assert_nothing_left(&a, "overlay workspace");
+}

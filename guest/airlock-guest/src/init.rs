@@ -44,13 +44,13 @@ fn poweroff() -> ! {
     }
 }
 
-type Res<T> = Result<T, String>;
+pub(crate) type Res<T> = Result<T, String>;
 
-fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
+pub(crate) fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
     move |e| format!("{what}: {e}")
 }
 
-fn mkdir(p: &str, mode: u32) -> Res<()> {
+pub(crate) fn mkdir(p: &str, mode: u32) -> Res<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
@@ -58,7 +58,13 @@ fn mkdir(p: &str, mode: u32) -> Res<()> {
         .map_err(ctx(format!("mkdir {p}")))
 }
 
-fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Res<()> {
+pub(crate) fn mnt(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Res<()> {
     mkdir(target, 0o755)?;
     mount(Some(src), target, Some(fstype), flags, data)
         .map_err(ctx(format!("mount {fstype} at {target}")))
@@ -145,6 +151,7 @@ fn boot() -> Res<()> {
             root: Some(NEWROOT),
             reap_all: true,
             main: None,
+            before_main_exit: None,
         };
         let held = setup(&job, &mut t).and_then(|()| {
             t.send(&mut out);
@@ -184,6 +191,11 @@ fn boot() -> Res<()> {
             root: Some(NEWROOT),
             reap_all: true,
             main: Some(&main),
+            before_main_exit: job.workspace.then_some(&|chan: &mut File| {
+                if let Ok(c) = chan.try_clone() {
+                    send_changes(&mut Channel(c));
+                }
+            }),
         };
         let served = setup(&job, &mut t).and_then(|()| {
             t.send(&mut out);
@@ -210,6 +222,9 @@ fn boot() -> Res<()> {
         }
     };
     t.send(&mut out);
+    if job.workspace {
+        send_changes(&mut out);
+    }
     out.send(&GuestMsg::Exit {
         v: VM_PROTOCOL_VERSION,
         code,
@@ -344,7 +359,7 @@ fn find_port(name: &str) -> Option<PathBuf> {
 }
 
 /// /dev/vdX whose virtio-blk serial is `serial`.
-fn find_disk(serial: &str) -> Option<String> {
+pub(crate) fn find_disk(serial: &str) -> Option<String> {
     fs::read_dir("/sys/block")
         .ok()?
         .flatten()
@@ -745,6 +760,51 @@ fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel, t: &mut T
             code
         }
     }
+}
+
+/// The longest changes line sent (the host reads lines of at most 1 MiB).
+const MAX_CHANGES_LINE: usize = 512 << 10;
+
+/// The overlay workspace's change summary (its upper layer against the workspace image), as
+/// the container backend's PID 1 computes it; paths past [`MAX_CHANGES_LINE`] are counted,
+/// not listed. Nothing when the layers cannot be opened.
+fn send_changes(out: &mut Channel) {
+    use nix::fcntl::{open, OFlag};
+    let dir = |p: &str| {
+        open(
+            p,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    };
+    let (Some(upper), Some(lower)) = (dir("/rw/ws-upper"), dir("/ws-lower")) else {
+        return;
+    };
+    let mut c = crate::summary::diff(&upper, &lower);
+    let changes = loop {
+        let Ok(v) = serde_json::to_value(&c) else {
+            return;
+        };
+        if v.to_string().len() <= MAX_CHANGES_LINE {
+            break v;
+        }
+        let longest = [&mut c.added, &mut c.modified, &mut c.deleted]
+            .into_iter()
+            .max_by_key(|l| l.len());
+        match longest {
+            Some(l) if !l.is_empty() => {
+                let cut = l.len() / 2;
+                c.unlisted += l.len() - cut;
+                l.truncate(cut);
+            }
+            _ => return,
+        }
+    };
+    out.send(&GuestMsg::Changes {
+        v: VM_PROTOCOL_VERSION,
+        changes,
+    });
 }
 
 /// Who a command runs as, and where: the root to chroot into (None: stay, for tests), its

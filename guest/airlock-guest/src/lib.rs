@@ -2,7 +2,7 @@
 //! `/run/airlock/bin` in every sandbox, PID 1 in microVMs). It needs nothing from the image: no
 //! libc, no shell, no `tar`. Subcommands: `runner` (the agent runner), `report` (also as argv[0]),
 //! `which` (where the runner finds a program), `fs` (files in and out, a typed JSON contract, see
-//! `fs`), `init` (microVM PID 1).
+//! `fs`), `init` (microVM PID 1), `ws` (a warm microVM's workspace, bound at its claim).
 //!
 //! The `fs` stream format (`fs::stream`) is also what the host side of `airlock cp` reads and
 //! writes, so both sides share one implementation of its checks.
@@ -10,7 +10,9 @@
 pub mod fs;
 pub mod init;
 pub mod report;
+pub mod summary;
 pub mod which;
+pub mod ws;
 
 /// Where the helper is inside every sandbox.
 pub const TOOL: &str = airlock_agent::GUEST_TOOL;

@@ -1,9 +1,9 @@
 //! `airlock-guest`: the in-sandbox helper. Multi-call: invoked as `report` it is the report tool;
 //! otherwise the first argument names the subcommand. One line per subcommand below.
 
-use airlock_guest::{fs, init, report, which};
+use airlock_guest::{fs, init, report, which, ws};
 
-const USAGE: &str = "usage: airlock-guest runner|report|which|fs|init ARGS…";
+const USAGE: &str = "usage: airlock-guest runner|report|which|fs|init|ws ARGS…";
 
 fn main() {
     let mut args = std::env::args();
@@ -22,6 +22,7 @@ fn main() {
         "which" => which::main(args),
         "fs" => fs::main(args),
         "init" => init::main(args),
+        "ws" => ws::main(args),
         "-h" | "--help" => {
             println!("{USAGE}");
             0

@@ -37,6 +37,16 @@ pub const MAX_RO_MOUNTS: usize = 8;
 pub const VM_OVERLAY_DISK: &str = "overlay.img";
 /// A clone workspace's disk in the run directory (a hard link to the sandbox's own image).
 pub const VM_WORKSPACE_DISK: &str = "workspace.img";
+/// A warm pool member's workspace slot in the run directory (a hard link to the member's
+/// [`WORKSPACE_SLOT_FILE`]): a blank read-only disk the guest sees from its boot, into whose
+/// file a claim writes its project's erofs image before it has the guest mount it
+/// (`airlock-guest ws attach`): virtio-mmio has no hotplug, so the disk is there from the boot.
+pub const VM_WORKSPACE_SLOT: &str = "workspace-slot.img";
+/// That slot's file in the member's folder, where the claimer finds it.
+pub const WORKSPACE_SLOT_FILE: &str = "vm-workspace-slot.img";
+/// The slot's size (a sparse file: it costs the blocks a claim writes). A project whose image
+/// is larger starts cold.
+pub const VM_WORKSPACE_SLOT_SIZE: u64 = 16 << 30;
 /// A clone workspace's disk image in the sandbox's folder, beside its clone: an ext4 image
 /// made from the clone at the first start, the guest's to write from then on. The host never
 /// mounts or reads it; the work comes back as a git bundle over the channel.
@@ -136,6 +146,10 @@ pub struct VmPlan {
     /// None: those layers are tmpfs sized from the guest's memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_disk: Option<u64>,
+    /// A pool member's blank workspace slot of this size ([`VM_WORKSPACE_SLOT`]), made by the
+    /// executor in the member's folder (`spec.workspace_slot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_slot: Option<u64>,
     pub accel: Accel,
     pub memory: u64,
     pub cpus: u32,
@@ -305,6 +319,12 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if ws_disk.is_some() {
         disk("ws", s(&run.join(VM_WORKSPACE_DISK)), DISK_WORKSPACE, true);
     }
+    // A pool member whose claims bring a workspace: the blank slot its claim fills.
+    let slot =
+        (spec.workspace_slot && !has_ws && ws_disk.is_none()).then_some(VM_WORKSPACE_SLOT_SIZE);
+    if slot.is_some() {
+        disk("ws", s(&run.join(VM_WORKSPACE_SLOT)), DISK_WORKSPACE, false);
+    }
     // `disk`: the guest's writable layers on a disk of that size. A tmpfs bound is no bound
     // past the guest's memory (its pages are that memory), so `disk` is a real disk.
     check_disk(spec)?;
@@ -354,6 +374,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     // QEMU runs on the host's root filesystem whatever the guest's is.
     q.rootfs = crate::spec::RootFs::Host;
     q.workspace = WorkspaceMode::None;
+    q.workspace_slot = false;
     q.workdir = Some(PathBuf::from("/"));
     q.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
     q.user = SandboxUser::Agent;
@@ -469,6 +490,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         workspace_disk: ws_disk,
         ro_sources: spec.binds.iter().map(|b| b.source.clone()).collect(),
         overlay_disk,
+        workspace_slot: slot,
         accel: vm.accel,
         memory,
         cpus,

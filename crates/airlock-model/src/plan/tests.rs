@@ -1066,6 +1066,7 @@ fn the_microvm_plan_is_exact() {
         workspace_disk: None,
         ro_sources: vec![],
         overlay_disk: None,
+        workspace_slot: None,
         accel: Accel::Tcg,
         memory: 512 << 20,
         cpus: 2,
@@ -1112,6 +1113,54 @@ fn disk_is_honoured_for_named_microvms_and_checked_for_size() {
     );
     s.resources.disk = Some(ByteSize(super::MIN_VM_DISK));
     assert!(super::plan(&s, &vm_host()).is_ok());
+}
+
+/// A microVM pool member whose claims bring a workspace (`workspace_slot`): a blank read-only
+/// disk with the workspace's serial, no workspace mounted at boot, and QEMU's own container
+/// without the slot's empty /workspace. Without the slot: no such disk.
+#[test]
+fn a_microvm_member_with_a_workspace_slot_boots_with_a_blank_read_only_disk() {
+    use crate::plan::microvm::{VM_WORKSPACE_SLOT, VM_WORKSPACE_SLOT_SIZE};
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.persistent = true;
+    s.argv.clear();
+    s.workspace = WorkspaceMode::None;
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert_eq!(got.workspace_slot, None);
+    assert!(!got
+        .qemu
+        .argv
+        .iter()
+        .any(|a| a.contains("serial=airlock-ws")));
+    s.workspace_slot = true;
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert_eq!(got.workspace_slot, Some(VM_WORKSPACE_SLOT_SIZE));
+    assert!(!got.guest.workspace && !got.guest.workspace_disk);
+    assert_eq!(got.workspace, None);
+    let drive = got
+        .qemu
+        .argv
+        .iter()
+        .find(|a| a.contains(VM_WORKSPACE_SLOT))
+        .unwrap_or_else(|| panic!("no slot drive in {:?}", got.qemu.argv));
+    assert!(drive.ends_with(",readonly=on"), "{drive}");
+    assert!(got
+        .qemu
+        .argv
+        .iter()
+        .any(|a| a == "virtio-blk-device,drive=ws,serial=airlock-ws"));
+    assert!(
+        !got.qemu.mounts.iter().any(
+            |m| matches!(m, MountStep::Dir { target, .. } if target == Path::new("/workspace"))
+        ),
+        "{:?}",
+        got.qemu.mounts
+    );
 }
 
 /// `disk` on a microVM: the guest's writable layers on a writable disk of their own (the

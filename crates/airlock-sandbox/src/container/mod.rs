@@ -15,7 +15,7 @@ pub mod rootfs;
 pub mod rundir;
 pub mod seccomp;
 pub mod stub;
-pub mod summary;
+pub use airlock_guest::summary;
 pub(crate) mod tty;
 
 use crate::cgroup::{Cgroup, Layout};

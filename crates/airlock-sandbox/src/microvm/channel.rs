@@ -18,7 +18,8 @@ const MAX_LINE: u64 = 1 << 20;
 /// How the guest ended, as it reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reported {
-    Exit(i32),
+    /// The exit status, and an overlay workspace's change summary when the guest sent one.
+    Exit(i32, Option<Box<crate::container::Changes>>),
     Error(String),
     /// The channel closed (or never opened) without an exit status.
     Nothing,
@@ -139,6 +140,7 @@ pub fn serve(stream: UnixStream, job: &GuestJob, sealed: &Sealed, stdin: bool) -
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     let mut reported = Reported::Nothing;
+    let mut changes = None;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -172,8 +174,14 @@ pub fn serve(stream: UnixStream, job: &GuestJob, sealed: &Sealed, stdin: bool) -
                 let _ = err.write_all(&b64_decode(&data).unwrap_or_default());
             }
             GuestMsg::Exit { code, .. } => {
-                reported = Reported::Exit(code);
+                reported = Reported::Exit(code, changes.take());
                 break;
+            }
+            GuestMsg::Changes { changes: c, .. } => {
+                changes = serde_json::from_value(c)
+                    .map_err(|e| crate::phase(&format!("vm channel: unreadable changes: {e}")))
+                    .ok()
+                    .map(Box::new);
             }
             GuestMsg::Error { message, .. } => {
                 reported = Reported::Error(message);

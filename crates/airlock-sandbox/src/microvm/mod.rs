@@ -20,7 +20,7 @@ pub mod term;
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
 use airlock_model::plan::microvm::{
     Accel, VmFacts, VmPlan, VM_OVERLAY_DISK, VM_RUN_DIR, VM_WORKSPACE_DISK, VM_WORKSPACE_IMAGE,
-    WORK_PENDING_FILE,
+    VM_WORKSPACE_SLOT, WORKSPACE_SLOT_FILE, WORK_PENDING_FILE,
 };
 use airlock_model::plan::{HostFacts, MountStep, Plan};
 use channel::Reported;
@@ -363,6 +363,9 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
                 .map_err(container::io_err("mark the workspace disk in use"))?;
         }
     }
+    if let Some(size) = vm.workspace_slot {
+        workspace_slot(dir, size, qemu.rootless, opts)?;
+    }
     let at = qemu
         .mounts
         .iter()
@@ -502,9 +505,9 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
     }
     match (outcome.ending, reported) {
         (Ending::TimedOut | Ending::OutOfMemory, _) => Ok(outcome),
-        (_, Reported::Exit(code)) => Ok(Outcome {
+        (_, Reported::Exit(code, changes)) => Ok(Outcome {
             ending: Ending::Exited(code),
-            changes: None,
+            changes: changes.map(|c| *c),
         }),
         (_, Reported::Error(m)) => Err(RunError::Vm(format!(
             "the guest could not run the command: {m}"
@@ -539,6 +542,46 @@ fn overlay_disk(
             Some(nix::unistd::Gid::from_raw(g)),
         )
         .map_err(|e| fail(format!("chown {}: {e}", image.display())))?;
+    }
+    Ok(())
+}
+
+/// A pool member's blank workspace slot (`size` bytes, sparse): made in its folder
+/// ([`WORKSPACE_SLOT_FILE`], where a claim writes its project's image) and hard-linked into the
+/// run directory for QEMU, owned like that directory. Without a folder, in the run directory.
+fn workspace_slot(
+    dir: &Path,
+    size: u64,
+    rootless: bool,
+    opts: &RunOptions<'_>,
+) -> Result<(), RunError> {
+    let fail = |e: String| RunError::Vm(format!("the workspace slot disk: {e}"));
+    let link = dir.join(VM_WORKSPACE_SLOT);
+    let file = opts
+        .persist
+        .map(|f| f.join(WORKSPACE_SLOT_FILE))
+        .unwrap_or_else(|| link.clone());
+    let _ = std::fs::remove_file(&file);
+    std::fs::File::create_new(&file)
+        .and_then(|f| f.set_len(size))
+        .map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    if !rootless {
+        let (u, g) = opts.facts.project_owner;
+        nix::unistd::chown(
+            &file,
+            Some(nix::unistd::Uid::from_raw(u)),
+            Some(nix::unistd::Gid::from_raw(g)),
+        )
+        .map_err(|e| fail(format!("chown {}: {e}", file.display())))?;
+    }
+    if file != link {
+        std::fs::hard_link(&file, &link).map_err(|e| {
+            fail(format!(
+                "link {} into {}: {e}",
+                file.display(),
+                dir.display()
+            ))
+        })?;
     }
     Ok(())
 }

@@ -222,7 +222,10 @@ fn route(mut reader: BufReader<UnixStream>, routes: &Routes) {
             GuestMsg::Error {
                 message, session, ..
             } => (session, Event::Error(message)),
-            GuestMsg::Hello { .. } | GuestMsg::Ready { .. } | GuestMsg::Timing { .. } => continue,
+            GuestMsg::Hello { .. }
+            | GuestMsg::Ready { .. }
+            | GuestMsg::Timing { .. }
+            | GuestMsg::Changes { .. } => continue,
             GuestMsg::Unknown => {
                 crate::phase("vm channel: unknown message kind skipped");
                 continue;

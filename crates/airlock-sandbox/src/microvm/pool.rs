@@ -148,6 +148,105 @@ pub fn install_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), S
     quiet(dir, exec, "write the secrets in the guest")
 }
 
+/// The guest helper inside every guest (the initramfs' /init, bound there read-only).
+fn helper() -> String {
+    format!("{}/airlock-guest", airlock_model::agent::adapter::TOOLS_DIR)
+}
+
+/// A root session of the member's guest running the helper with `args`.
+fn helper_session(job: &GuestJob, args: &[&str]) -> GuestExec {
+    let mut argv = vec![helper()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    GuestExec {
+        argv,
+        env: path_only(job),
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        stdin: false,
+        secrets: false,
+        tty: None,
+    }
+}
+
+/// A claim's overlay workspace into its member's guest before its command, as the cold guest
+/// has it: the project's erofs image (made now, owned by the sandbox user inside, as a cold
+/// start makes it) is written into the member's blank slot disk — the file QEMU has open
+/// read-only since the boot, written in place — and one root session of the guest helper
+/// (`airlock-guest ws attach`) drops the guest's cached blocks of that disk and mounts the
+/// image read-only under a tmpfs overlay at /workspace. No writable host share: the guest
+/// only reads the image, its writes stay in its memory.
+pub fn attach_workspace(dir: &Path, project: &Path) -> Result<(), String> {
+    use airlock_model::plan::microvm::WORKSPACE_SLOT_FILE;
+    let job = job(dir)?;
+    if job.overlay_disk {
+        return Err("a member with a `disk` limit keeps its layers on that disk".into());
+    }
+    let slot = dir.join(WORKSPACE_SLOT_FILE);
+    let room = std::fs::metadata(&slot)
+        .map_err(|e| format!("the member's workspace slot {}: {e}", slot.display()))?
+        .len();
+    let image = dir.join(".workspace.erofs.tmp");
+    let owner = [
+        format!("--force-uid={}", job.uid),
+        format!("--force-gid={}", job.gid),
+    ];
+    let made = artifacts::erofs(project, &image, &owner).and_then(|()| {
+        let mut from = std::fs::File::open(&image).map_err(|e| e.to_string())?;
+        let len = from.metadata().map_err(|e| e.to_string())?.len();
+        if len > room {
+            return Err(format!(
+                "the workspace image ({len} bytes) is larger than the slot ({room} bytes)"
+            ));
+        }
+        // In place (no truncation, no rename): QEMU reads this very file.
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut to = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&slot)
+            .map_err(|e| format!("{}: {e}", slot.display()))?;
+        std::io::copy(&mut from, &mut to)
+            .map(drop)
+            .map_err(|e| format!("write {}: {e}", slot.display()))
+    });
+    let _ = std::fs::remove_file(&image);
+    made.map_err(|e| format!("workspace image: {e}"))?;
+    crate::phase("workspace image written into the slot");
+    let (uid, gid) = (job.uid.to_string(), job.gid.to_string());
+    let size = job.tmpfs_size.map(|s| s.to_string());
+    let mut args = vec!["ws", "attach", uid.as_str(), gid.as_str()];
+    args.extend(size.as_deref());
+    quiet(
+        dir,
+        helper_session(&job, &args),
+        "mount the workspace in the guest",
+    )
+}
+
+/// What the command changed in a claimed member's overlay workspace ([`attach_workspace`]),
+/// read in the guest after the command (`airlock-guest ws changes`): the summary a cold run
+/// prints.
+pub fn workspace_changes(dir: &Path) -> Result<crate::container::Changes, String> {
+    let job = job(dir)?;
+    let mut out = Vec::new();
+    let what = "the workspace's changes";
+    let (code, err) = control::capture(
+        &dir.join(control::VM_CONTROL),
+        helper_session(&job, &["ws", "changes"]),
+        &mut out,
+        64 << 20,
+    )
+    .map_err(|e| format!("{what}: {e}"))?;
+    if code != 0 {
+        return Err(format!(
+            "{what}: exit status {code}: {}",
+            String::from_utf8_lossy(&err).trim()
+        ));
+    }
+    serde_json::from_slice(&out).map_err(|e| format!("{what}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

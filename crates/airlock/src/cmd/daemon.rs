@@ -81,11 +81,17 @@ fn member_spec(
         cmd: vec![],
     };
     let built = super::spec::build(&ra, global_config, no_user_config, true)?;
-    if built.spec.backend == BackendKind::Microvm && built.spec.workspace != WorkspaceMode::None {
-        return Err(CliError::usage(
-            "a microVM pool's members have no workspace (runs with one start cold)",
+    // A microVM member takes an overlay workspace at claim (its slot disk); nothing else.
+    if built.spec.backend == BackendKind::Microvm
+        && !matches!(
+            built.spec.workspace,
+            WorkspaceMode::None | WorkspaceMode::Overlay
         )
-        .hint("--workspace none"));
+    {
+        return Err(CliError::usage(
+            "a microVM pool's members take an overlay workspace at claim, no other kind",
+        )
+        .hint("--workspace overlay (or none)"));
     }
     if built.spec.backend == BackendKind::Microvm {
         super::vm_member::check_backend(&built.spec)?;

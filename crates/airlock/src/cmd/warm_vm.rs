@@ -2,9 +2,11 @@
 //! container one (`daemon::claim`: one compare-and-set in the store, then a liveness check —
 //! the member's supervisor and its control socket); the binding goes over the member's
 //! channel before any of the claim's code runs: the allowlist (the supervisor's live policy
-//! socket, as `airlock allow`), the plain secrets ([`microvm::pool::install_secrets`]), then
-//! the command, environment, working directory, terminal and stdin as one session. The guest
-//! powers off at the end: a member serves one claim.
+//! socket, as `airlock allow`), the plain secrets ([`microvm::pool::install_secrets`]), an
+//! overlay workspace ([`microvm::pool::attach_workspace`]: its image into the member's slot
+//! disk, mounted by the guest helper; the change summary read back after), then the command,
+//! environment, working directory, terminal and stdin as one session. The guest powers off
+//! at the end: a member serves one claim.
 
 use super::daemon;
 use super::vm_member::power_off;
@@ -28,9 +30,12 @@ pub(super) fn try_warm(
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
     let state = paths::state_dir();
-    // A workspace, read-only mounts (snapshots: a member's would date from its boot),
-    // injected secrets (the proxy's CA and values live in the supervisor), a net log: cold.
-    if spec.workspace != WorkspaceMode::None
+    // An overlay workspace goes into the member's slot disk at claim, unless the writable
+    // layers are on a `disk` of their own. Read-only mounts (snapshots: a member's would date
+    // from its boot), injected secrets (the proxy's CA and values live in the supervisor), a
+    // net log: cold. (A bind workspace is refused cold: no writable host share.)
+    let overlay = spec.workspace == WorkspaceMode::Overlay;
+    if !(spec.workspace == WorkspaceMode::None || overlay && spec.resources.disk.is_none())
         || !spec.binds.is_empty()
         || spec.secrets.values().any(|s| s.inject.is_some())
         || net_log.is_some()
@@ -60,8 +65,13 @@ pub(super) fn try_warm(
     if let Err(e) = microvm::pool::install_secrets(&dir, &secrets) {
         return refused(&mut store, "this run's secrets", &e);
     }
+    if overlay {
+        if let Err(e) = microvm::pool::attach_workspace(&dir, &spec.project_dir) {
+            return refused(&mut store, "this run's workspace", &e);
+        }
+    }
     let bound_in = t0.elapsed();
-    airlock_sandbox::phase("allowlist and secrets bound");
+    airlock_sandbox::phase("allowlist, secrets and workspace bound");
     let env = airlock_model::spec::env_over(&spec.env, &secrets);
     errln!(
         "airlock: warm start (pool {}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
@@ -73,7 +83,10 @@ pub(super) fn try_warm(
     let req = ExecRequest {
         argv: spec.argv.clone(),
         env,
-        cwd: spec.workdir.clone(),
+        cwd: spec
+            .workdir
+            .clone()
+            .or_else(|| overlay.then(|| "/workspace".into())),
         tty,
         forward_stdin: b.forward_stdin,
         with_secrets: false,
@@ -97,6 +110,16 @@ pub(super) fn try_warm(
         drop(done_tx);
         ran
     });
+    // The overlay's summary, read in the guest before it powers off (not after a timeout:
+    // the guest is going down).
+    let changes = match (&ran, overlay) {
+        (Ok(_), true) if !timed_out.load(std::sync::atomic::Ordering::SeqCst) => {
+            microvm::pool::workspace_changes(&dir)
+                .map_err(|e| errln!("airlock: warning: {e}"))
+                .ok()
+        }
+        _ => None,
+    };
     daemon::release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
     airlock_sandbox::phase("member released");
     let outcome = if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
@@ -107,5 +130,5 @@ pub(super) fn try_warm(
     } else {
         ran.map_err(CliError::from)?
     };
-    super::wayback::finish(spec, &outcome, None, false, timeout_text).map(Some)
+    super::wayback::finish(spec, &outcome, changes.as_ref(), false, timeout_text).map(Some)
 }

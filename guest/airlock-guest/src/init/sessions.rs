@@ -35,6 +35,9 @@ pub(crate) struct Serve<'a> {
     pub reap_all: bool,
     /// `run -t`: start this as MAIN_SESSION first; its end ends the server.
     pub main: Option<&'a GuestExec>,
+    /// Called on the channel just before MAIN_SESSION's exit status goes out (the overlay
+    /// workspace's change summary).
+    pub before_main_exit: Option<&'a dyn Fn(&mut File)>,
 }
 
 fn send(chan: &mut File, m: &GuestMsg) {
@@ -324,6 +327,11 @@ pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_
         for id in done {
             if let Some(s) = sessions.remove(&id) {
                 let code = s.status.unwrap_or(0);
+                if id == MAIN_SESSION && how.main.is_some() {
+                    if let Some(f) = how.before_main_exit {
+                        f(chan);
+                    }
+                }
                 send(
                     chan,
                     &GuestMsg::Exit {

@@ -114,6 +114,7 @@ fn start_with(main: Option<GuestExec>) -> (Host, std::thread::JoinHandle<Res<()>
                 root: None,
                 reap_all: false,
                 main: main.as_ref(),
+                before_main_exit: None,
             },
         )
     });

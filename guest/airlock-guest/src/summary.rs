@@ -1,7 +1,9 @@
 //! What an overlay workspace run changed: added, modified and deleted paths, read from the
-//! overlay's upper layer against the (untouched) host directory. Runs in the sandbox's PID 1
-//! once every other process is gone, through directory descriptors opened before the layers'
-//! staging mounts were detached; never follows a symlink.
+//! overlay's upper layer against the (untouched) lower one. Never follows a symlink. Shared by
+//! the container backend (run in the sandbox's PID 1 once every other process is gone, through
+//! directory descriptors opened before the layers' staging mounts were detached; re-exported as
+//! `airlock_sandbox::container::summary`) and the microVM guest (`airlock-guest ws changes`),
+//! so a change is named the same way on both backends.
 
 use nix::dir::Dir;
 use nix::fcntl::{openat, OFlag};
@@ -77,8 +79,23 @@ fn is_opaque(dir: BorrowedFd<'_>) -> bool {
                 return false;
             };
             let mut buf = [0u8; 4];
-            crate::sys::fgetxattr(dir, &cn, &mut buf).is_ok_and(|n| n >= 1 && buf[0] == b'y')
+            fgetxattr(dir, &cn, &mut buf).is_some_and(|n| n >= 1 && buf[0] == b'y')
         })
+}
+
+/// fgetxattr(2): the value's length, read into `buf`.
+fn fgetxattr(fd: BorrowedFd<'_>, name: &CString, buf: &mut [u8]) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd, a C string and a buffer of the length we pass.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    usize::try_from(n).ok()
 }
 
 fn names(dir: BorrowedFd<'_>) -> Option<Vec<std::ffi::OsString>> {

@@ -1,0 +1,121 @@
+//! `airlock-guest ws attach UID GID [SIZE]` and `airlock-guest ws changes`: a warm microVM's
+//! overlay workspace, bound at its claim (docs/design/warm-pool.md, "microVM workspaces").
+//!
+//! A pool member boots with a blank read-only disk (serial [`DISK_WORKSPACE`], the *slot*). At a
+//! claim the host writes the project's erofs image into that disk's file, then runs `attach` as
+//! root in the guest: it drops the guest's cached blocks of the device (the kernel read the
+//! blank disk at boot), mounts the image read-only under a tmpfs overlay at /workspace — what
+//! the cold guest's init does with its workspace disk — with the layers in a root-only tmpfs at
+//! [`WS_DIR`] (the sandbox user cannot reach them). After the command `changes` prints the
+//! change summary (upper against lower, [`crate::summary::diff`]) as one JSON line.
+//!
+//! Exit status: 0 done, 1 failed (the reason on stderr), 2 a bad request.
+
+use crate::init::{ctx, find_disk, mkdir, mnt, Res};
+use airlock_model::vm::DISK_WORKSPACE;
+use nix::mount::MsFlags;
+use std::os::fd::AsRawFd;
+
+/// The workspace's layers in the guest: `lower` (the image), `upper` and `work` (on a tmpfs).
+pub const WS_DIR: &str = "/run/airlock-ws";
+/// Where the workspace goes.
+const WORKSPACE: &str = "/workspace";
+/// BLKFLSBUF (`_IO(0x12, 97)`): write back and drop a block device's cached blocks.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+
+const USAGE: &str = "usage: airlock-guest ws attach UID GID [SIZE] | ws changes";
+
+pub fn main(args: &[String]) -> i32 {
+    let done = match args {
+        [op, uid, gid, rest @ ..] if op == "attach" && rest.len() <= 1 => {
+            let num = |s: &String| s.parse::<u64>().ok();
+            match (num(uid), num(gid), rest.first().map(num)) {
+                (Some(u), Some(g), None) => attach(u as u32, g as u32, None),
+                (Some(u), Some(g), Some(Some(size))) => attach(u as u32, g as u32, Some(size)),
+                _ => {
+                    eprintln!("{USAGE}");
+                    return 2;
+                }
+            }
+        }
+        [op] if op == "changes" => changes(),
+        _ => {
+            eprintln!("{USAGE}");
+            return 2;
+        }
+    };
+    match done {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("airlock-guest ws: {e}");
+            1
+        }
+    }
+}
+
+fn attach(uid: u32, gid: u32, size: Option<u64>) -> Res<()> {
+    let dev = find_disk(DISK_WORKSPACE).ok_or("this guest has no workspace slot disk")?;
+    // The kernel read the blank disk when it found it (its partition table): those cached
+    // zeros must not stand for the image the host wrote since.
+    let f = std::fs::File::open(&dev).map_err(ctx(&dev))?;
+    // SAFETY: ioctl(2) with an integer argument on an open block device.
+    if unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF as _, 0) } != 0 {
+        return Err(format!(
+            "drop the cached blocks of {dev}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    drop(f);
+    if std::path::Path::new(WS_DIR).exists() {
+        return Err(format!("{WS_DIR} exists: a workspace is attached already"));
+    }
+    let size = size.map(|s| format!(",size={s}")).unwrap_or_default();
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mnt(
+        "tmpfs",
+        WS_DIR,
+        "tmpfs",
+        nosuid,
+        Some(&format!("mode=0700{size}")),
+    )?;
+    let (lower, upper, work) = (
+        format!("{WS_DIR}/lower"),
+        format!("{WS_DIR}/upper"),
+        format!("{WS_DIR}/work"),
+    );
+    for d in [&upper, &work] {
+        mkdir(d, 0o755)?;
+    }
+    nix::unistd::chown(
+        upper.as_str(),
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(ctx("chown the workspace layer"))?;
+    mnt(&dev, &lower, "erofs", MsFlags::MS_RDONLY, None)?;
+    mnt(
+        "overlay",
+        WORKSPACE,
+        "overlay",
+        nosuid,
+        Some(&format!("lowerdir={lower},upperdir={upper},workdir={work}")),
+    )
+}
+
+fn changes() -> Res<()> {
+    use nix::fcntl::{open, OFlag};
+    let dir = |p: String| {
+        open(
+            p.as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(ctx(p))
+    };
+    let upper = dir(format!("{WS_DIR}/upper"))?;
+    let lower = dir(format!("{WS_DIR}/lower"))?;
+    let c = crate::summary::diff(&upper, &lower);
+    let line = serde_json::to_string(&c).map_err(ctx("encode the changes"))?;
+    println!("{line}");
+    Ok(())
+}
