@@ -14,6 +14,9 @@
 #     builds, QEMU's threads then get their CPU when they want it, and the spread shrinks. The
 #     other builds wait for the VM; use it for seconds, not for hours.
 #   BASE=/path/to/another/airlock: a third side in the pairs (e.g. a build of main: before/after).
+#   CPU columns: since a run ends QEMU's sandbox by SIGKILL at the guest's exit report, QEMU is
+#     not reaped by airlock and its CPU time is no longer in airlock's rusage: airlock's CPU
+#     figure is its own process only (~0.01 s); compare wall times.
 #   AIRLOCK_KERNEL=/path/to/vmlinux: boot that kernel (both sides: raw QEMU takes airlock's
 #     command line), e.g. airlock's minimal guest kernel (scripts/guest-kernel.sh); default:
 #     the distribution kernel airlock finds.

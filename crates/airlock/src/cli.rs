@@ -237,6 +237,10 @@ pub struct PolicyArgs {
     /// CPU limit in cores, e.g. 2 or 0.5.
     #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
+    /// What the sandbox can write, e.g. 256M, 4G (`[resources] disk`): the budget of a
+    /// container run's tmpfs mounts; a microVM's writable-layer disk (runs and named sandboxes).
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
     /// Maximum number of processes/threads.
     #[arg(long, value_name = "N")]
     pub pids: Option<u64>,

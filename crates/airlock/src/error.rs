@@ -73,7 +73,8 @@ impl From<airlock_model::plan::Refusal> for CliError {
     fn from(r: airlock_model::plan::Refusal) -> Self {
         let code = match r {
             airlock_model::plan::Refusal::EmptyCommand
-            | airlock_model::plan::Refusal::BadTarget(..) => exit::USAGE,
+            | airlock_model::plan::Refusal::BadTarget(..)
+            | airlock_model::plan::Refusal::DiskTooSmall(_) => exit::USAGE,
             airlock_model::plan::Refusal::BackendUnavailable(_)
             | airlock_model::plan::Refusal::MicrovmUnsupported(_)
             | airlock_model::plan::Refusal::MicrovmWritableMount => exit::BACKEND_UNAVAILABLE,

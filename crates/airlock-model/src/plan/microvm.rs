@@ -166,6 +166,15 @@ pub struct WorkspaceDisk {
     pub size: u64,
 }
 
+/// `disk` sizes an ext4 disk: one too small to be made is refused (also by `admit`, so that
+/// `create` refuses it before the first start).
+pub fn check_disk(spec: &RunSpec) -> Result<(), Refusal> {
+    match spec.resources.disk {
+        Some(d) if d.0 < super::MIN_VM_DISK => Err(Refusal::DiskTooSmall(d.0)),
+        _ => Ok(()),
+    }
+}
+
 /// The microVM lowering of an admitted spec. Pure: same inputs, same plan.
 pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     let Some(vm) = &host.vm else {
@@ -318,6 +327,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     }
     // `disk`: the guest's writable layers on a disk of that size. A tmpfs bound is no bound
     // past the guest's memory (its pages are that memory), so `disk` is a real disk.
+    check_disk(spec)?;
     let overlay_disk = spec.resources.disk.map(|d| d.0);
     if overlay_disk.is_some() {
         disk("ov", s(&run.join(VM_OVERLAY_DISK)), DISK_OVERLAY, true);

@@ -435,7 +435,13 @@ pub enum Refusal {
     ImageNeedsTmpfsXattr,
     #[error("[resources] disk cannot be enforced for a named sandbox: its workspace, home and writable layer live on the host's disk, where airlock sets no quota")]
     DiskUnenforceable,
+    #[error("[resources] disk = {0} bytes is too small for a microVM's writable-layer disk (an ext4 disk of that size; at least {MIN_VM_DISK} bytes)")]
+    DiskTooSmall(u64),
 }
+
+/// The smallest `disk` a microVM takes: its writable layers are an ext4 disk of that size
+/// (mkfs.ext4 makes none below 256 KiB, and the layers' directories need room).
+pub const MIN_VM_DISK: u64 = 1 << 20;
 
 impl Refusal {
     pub fn hint(&self) -> &'static str {
@@ -456,7 +462,8 @@ impl Refusal {
             Refusal::MicrovmWritableMount => "use --ro for a read-only snapshot; for work that must come back, a clone workspace (a named sandbox in a git repository: `airlock diff`/`fetch`) or `airlock cp NAME:PATH DEST`; or the container backend",
             Refusal::ImageNotInStore(_) => "pull it first: airlock image pull IMAGE (`airlock image ls` lists the store)",
             Refusal::ImageNeedsTmpfsXattr => "use image = \"host\" on this kernel, or upgrade to Linux 6.6 or later",
-            Refusal::DiskUnenforceable => "remove `disk` from [resources] for named sandboxes (it bounds the in-memory mounts of `airlock run`), or run the command with `airlock run`",
+            Refusal::DiskUnenforceable => "remove `disk` from [resources] for named sandboxes (it bounds the in-memory mounts of `airlock run`), run the command with `airlock run`, or use --backend microvm (its writable layer is a disk of that size)",
+            Refusal::DiskTooSmall(_) => "give at least 1M (e.g. --disk 256M), or leave `disk` out for tmpfs layers sized from the VM's memory",
         }
     }
 }
@@ -524,6 +531,9 @@ pub fn plan(spec: &RunSpec, host: &HostFacts) -> Result<Plan, Refusal> {
 pub fn admit(spec: &RunSpec, offer: &Offer) -> Result<(), Refusal> {
     if !offer.backends.contains(&spec.backend) {
         return Err(Refusal::BackendUnavailable(spec.backend));
+    }
+    if spec.backend == BackendKind::Microvm {
+        microvm::check_disk(spec)?;
     }
     match &spec.rootfs {
         RootFs::Host => Ok(()),

@@ -1078,6 +1078,43 @@ fn the_microvm_plan_is_exact() {
     );
 }
 
+/// A named microVM takes `disk` (its writable layers on a disk of that size at each boot); a
+/// named container sandbox still refuses it; a disk too small for ext4 is refused by size.
+#[test]
+fn disk_is_honoured_for_named_microvms_and_checked_for_size() {
+    let mut s = spec();
+    s.persistent = true;
+    s.argv.clear();
+    s.resources.disk = Some(ByteSize(64 << 20));
+    assert_eq!(plan(&s, &host(0)), Err(Refusal::DiskUnenforceable));
+    s.backend = BackendKind::Microvm;
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert!(got.guest.hold);
+    assert_eq!(got.overlay_disk, Some(64 << 20));
+    assert!(got.guest.overlay_disk);
+    s.resources.disk = Some(ByteSize(64 << 10));
+    assert_eq!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::DiskTooSmall(64 << 10))
+    );
+    // `create` admits without planning: refused there too.
+    let offer = Offer {
+        backends: vec![BackendKind::Container, BackendKind::Microvm],
+        images: true,
+    };
+    assert_eq!(admit(&s, &offer), Err(Refusal::DiskTooSmall(64 << 10)));
+    s.persistent = false;
+    s.argv = vec!["true".into()];
+    assert_eq!(
+        super::plan(&s, &vm_host()),
+        Err(Refusal::DiskTooSmall(64 << 10))
+    );
+    s.resources.disk = Some(ByteSize(super::MIN_VM_DISK));
+    assert!(super::plan(&s, &vm_host()).is_ok());
+}
+
 /// A microVM pool member whose claims bring a workspace (`workspace_slot`): a blank read-only
 /// disk with the workspace's serial, no workspace mounted at boot, and QEMU's own container
 /// without the slot's empty /workspace. Without the slot: no such disk.

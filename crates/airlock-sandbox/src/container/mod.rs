@@ -347,6 +347,9 @@ pub struct RunOptions<'a> {
     /// A warm-pool member (with `persist`): its cgroup is made with no limits and holds only
     /// an exec stub (`stub.rs`) that forks the claim's command, PID 1 stays outside it.
     pub exec_stub: bool,
+    /// Given the sandbox's PID 1 (a host pid) once it is released, before `on_ready`: a
+    /// microVM run ends QEMU's sandbox as soon as its guest has reported the command's exit.
+    pub on_child: Option<&'a (dyn Fn(nix::unistd::Pid) + Sync)>,
 }
 
 /// A listener of egress decisions.
@@ -684,6 +687,9 @@ fn run_in(
             }
             Err(e) => crate::phase(&format!("no egress listeners: {e}")),
         }
+    }
+    if let Some(f) = opts.on_child {
+        f(child);
     }
     if let (None, Some(f)) = (opts.persist, opts.on_ready) {
         f();

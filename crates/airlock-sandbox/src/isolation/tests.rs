@@ -61,6 +61,7 @@ fn opts<'a>(state: &'a Path, layout: &'a Layout, facts: &'a HostFacts) -> RunOpt
         on_egress_ctx: None,
         defer_signal: None,
         exec_stub: false,
+        on_child: None,
     }
 }
 

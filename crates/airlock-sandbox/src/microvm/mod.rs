@@ -86,7 +86,14 @@ pub fn prepare(
     // A kernel that cannot be unpacked, or whose modules are missing, is unusable.
     let from = |e: String| unusable(format!("{} (from {}): {e}", k.image.display(), k.from));
     let vmlinux = artifacts::vmlinux(&dir, &k).map_err(from)?;
-    let initrd = artifacts::initrd(&dir, guest_binary(), &k, &vmlinux).map_err(from)?;
+    let initrd = artifacts::initrd(
+        &dir,
+        guest_binary(),
+        airlock_guest_embed::SHA256,
+        &k,
+        &vmlinux,
+    )
+    .map_err(from)?;
     let rootfs = if image_root {
         String::new()
     } else {
@@ -423,13 +430,43 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         crate::phase("asked the guest to power off");
         Some(hold_back)
     };
+    // A run's QEMU sandbox, by pidfd (never a reused pid): ended as soon as the guest has
+    // reported the command's end — its poweroff (sync, device shutdown) and QEMU's own exit
+    // are not waited for; nothing more comes from the guest after its report.
+    let qemu_pidfd: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
+    let on_child = |pid: nix::unistd::Pid| {
+        if let (Ok(fd), Ok(mut slot)) = (crate::sys::pidfd_open(pid.as_raw()), qemu_pidfd.lock()) {
+            *slot = Some(fd);
+        }
+    };
+    let end_qemu = || {
+        if let Some(fd) = qemu_pidfd.lock().ok().and_then(|mut s| s.take()) {
+            crate::phase("guest reported: ending QEMU");
+            // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo, no flags.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+        }
+    };
     let (outcome, reported) = std::thread::scope(|s| {
         // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
         let relay = std::sync::Mutex::new(None);
         let start_relay = || {
             let handle = s.spawn(|| match opts.persist {
                 Some(folder) => hold(&listener, vm, &sealed, folder, &stop, &held, opts.on_ready),
-                None => channel::relay(&listener, guest, &sealed, &stop, guest.stdin),
+                None => {
+                    let r = channel::relay(&listener, guest, &sealed, &stop, guest.stdin);
+                    if !matches!(r, Reported::Nothing) {
+                        end_qemu();
+                    }
+                    r
+                }
             });
             if let Ok(mut r) = relay.lock() {
                 *r = Some(handle);
@@ -448,6 +485,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             forward_stdin: false,
             defer_signal: opts.persist.map(|_| &defer as _),
             exec_stub: false,
+            on_child: opts.persist.is_none().then_some(&on_child as _),
             ..*opts
         };
         let outcome = container::run(&qemu, &inner);

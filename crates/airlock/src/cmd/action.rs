@@ -475,6 +475,7 @@ pub fn policy_args(p: PolicyOptions, env: Vec<String>) -> crate::cli::PolicyArgs
         secret: vec![],
         memory: p.memory,
         cpus: p.cpus,
+        disk: None,
         pids: p.pids,
         require_limits: false,
         user: None,

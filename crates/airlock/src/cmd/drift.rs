@@ -144,6 +144,9 @@ pub fn drift(
     if p.cpus.is_some() && a.cpus != r.cpus {
         differs(format!("--cpus {}", opt(&a.cpus)), opt(&r.cpus));
     }
+    if p.disk.is_some() && a.disk != r.disk {
+        differs(format!("--disk {}", opt(&a.disk)), opt(&r.disk));
+    }
     if p.pids.is_some() && a.pids != r.pids {
         differs(format!("--pids {}", opt(&a.pids)), opt(&r.pids));
     }

@@ -169,6 +169,7 @@ pub fn launch(
         on_egress_ctx: hooks.on_egress_ctx,
         defer_signal: None,
         exec_stub,
+        on_child: None,
     };
     let wayback = wayback_before(spec);
     let outcome = backend.start(&plan, &opts)?;

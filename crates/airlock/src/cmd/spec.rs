@@ -116,15 +116,27 @@ pub fn cli_layer(p: &PolicyArgs) -> CliResult<Layer> {
         .as_deref()
         .map(|v| parse::<Cpus>("cpus", v))
         .transpose()?;
+    let disk = p
+        .disk
+        .as_deref()
+        .map(|v| {
+            parse::<ByteSize>("disk", v)
+                .map_err(|e| e.hint("give a size in bytes or with a unit: 512M, 4G, 1.5G"))
+        })
+        .transpose()?;
     if p.pids == Some(0) {
         return Err(CliError::usage("--pids: must be at least 1"));
     }
-    if memory.is_some() || cpus.is_some() || p.pids.is_some() {
+    if disk.is_some_and(|d| d.0 == 0) {
+        return Err(CliError::usage("--disk: must be more than 0")
+            .hint("give a size such as 256M or 4G, or leave --disk out"));
+    }
+    if memory.is_some() || cpus.is_some() || p.pids.is_some() || disk.is_some() {
         l.resources = Some(ResourcesLayer {
             memory,
             cpus,
             pids: p.pids,
-            disk: None,
+            disk,
         });
     }
     let mode = p
@@ -433,7 +445,12 @@ pub fn build(
         .map(|w| workdir_inside(Path::new(w)))
         .transpose()?;
     let r = &eff.resources;
-    if persistent && r.disk.is_some() {
+    // A microVM's `disk` is a disk of that size (a named one's too); a container's is a budget
+    // of in-memory mounts, which a named sandbox (its layers on the host's disk) does not have.
+    if persistent
+        && r.disk.is_some()
+        && eff.sandbox.backend != airlock_model::policy::BackendKind::Microvm
+    {
         return Err(plan::Refusal::DiskUnenforceable.into());
     }
     let (rootfs, image) =
