@@ -1,7 +1,7 @@
 //! A command in a sandbox, whatever the backend: what to run in a running one
 //! ([`ExecRequest`]) and how it ended ([`Outcome`]).
 
-use crate::container::summary::Changes;
+use airlock_guest::summary::Changes;
 use airlock_model::exit;
 use std::path::PathBuf;
 

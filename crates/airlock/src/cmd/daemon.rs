@@ -691,7 +691,7 @@ pub(super) fn claim_home_files(
     }
     let mut staged = spec.clone();
     let before = staged.binds.len();
-    let staging = super::run::stage_home_files(
+    let staging = super::spec::stage_home_files(
         &mut staged,
         persist,
         &airlock_sandbox::container::rundir::state_dir(),

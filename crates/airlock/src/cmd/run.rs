@@ -10,6 +10,7 @@ use airlock_sandbox::isolation::{AnyBackend, Isolation};
 use std::path::Path;
 
 pub use super::load::load_config;
+use super::spec::stage_home_files;
 pub use super::spec::{build, parse_duration, resolve_secrets, workdir_inside, Built};
 use super::wayback::{finish, wayback_after, wayback_before};
 
@@ -63,35 +64,6 @@ pub struct Hooks<'a> {
     pub on_egress: Option<container::EgressCallback>,
     pub on_ready: Option<&'a (dyn Fn() + Sync)>,
     pub on_egress_ctx: Option<&'a (dyn Fn(std::sync::Arc<airlock_egress::proxy::Ctx>) + Sync)>,
-}
-
-/// `[home_files]` into `spec`'s binds (and seed copies): copies staged in the sandbox's folder
-/// `persist` (named) or a per-run folder under `state` (removed when the result drops). Also
-/// a warm claim's, before it claims (a refusal is the cold start's).
-pub fn stage_home_files(
-    spec: &mut airlock_model::spec::RunSpec,
-    persist: Option<&Path>,
-    state: &Path,
-) -> CliResult<Option<airlock_work::home_files::Staging>> {
-    if spec.home_files.is_empty() {
-        return Ok(None);
-    }
-    let dir = match persist {
-        Some(d) => d.join("home-files"),
-        None => state.join("home-files").join(&spec.name),
-    };
-    let staging = airlock_work::home_files::Staging::new(dir, persist.is_none()).map_err(|e| {
-        CliError::new(
-            exit::SANDBOX_FAILED,
-            anyhow::anyhow!("stage home files: {e}"),
-        )
-    })?;
-    let owner = crate::cmd::named::rootful_owner(spec);
-    let kept = spec.home_dir.clone();
-    airlock_work::home_files::stage(spec, kept.as_deref(), &staging.dir, owner).map_err(|e| {
-        CliError::usage(e).hint("fix [home_files] in airlock.toml (see `airlock config`)")
-    })?;
-    Ok(Some(staging))
 }
 
 /// Launch a built spec: to completion (`run`), or supervised until stopped (`persist`).
