@@ -450,6 +450,7 @@ impl Isolation for MicroVm {
             Layout::detect().reclaim(&crate::cgroup::leaf_name(sandbox.name, id));
         }
         self.reclaim_in(sandbox.dir);
+        reclaim_runs(sandbox);
     }
     fn destroy(&self, sandbox: &Instance<'_>) {
         if let Some(id) = sandbox.id {
@@ -457,6 +458,24 @@ impl Isolation for MicroVm {
         }
         self.reclaim_in(sandbox.dir);
         let _ = std::fs::remove_file(sandbox.dir.join(crate::microvm::JOB_FILE));
+        reclaim_runs(sandbox);
+    }
+}
+
+/// A named microVM's supervisor holds its boot's run directory (`STATE/runs/NAME.vm`, with the
+/// guest's writable disk) and removes it when it ends; one killed (`rm -f`, a crash) cannot.
+/// Its sandbox's teardown reclaims run directories whose owner is gone, as every `run` does
+/// (`rundir::gc`: only those nobody holds the lock of).
+fn reclaim_runs(sandbox: &Instance<'_>) {
+    let Some(state) = sandbox.dir.parent().and_then(Path::parent) else {
+        return;
+    };
+    if state
+        .join("runs")
+        .join(format!("{}.vm", sandbox.name))
+        .exists()
+    {
+        container::rundir::gc(state, Layout::detect);
     }
 }
 

@@ -555,6 +555,53 @@ fn disk_bounds_a_named_microvm_and_bad_sizes_are_refused() {
     assert_eq!(out.code(), 0, "{}", out.describe());
 }
 
+/// `rm -f` of a running named microVM leaves nothing behind: its supervisor is killed, and the
+/// run directory it held (`STATE/runs/*.vm`, with the guest's writable disk) goes with it
+/// instead of waiting for the next `run` or `gc`. One boot.
+#[test]
+fn rm_force_of_a_running_microvm_leaves_no_run_directory() {
+    if !e2e("rm_force_of_a_running_microvm_leaves_no_run_directory") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = EngineGuard(&a);
+    let out = vm_cli(
+        &a,
+        &[
+            "create",
+            "--backend",
+            "microvm",
+            "vmbox",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+        ],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let out = vm_cli(&a, &["start", "vmbox"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let runs = || -> Vec<String> {
+        std::fs::read_dir(a.state_dir().join("runs"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".vm"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(runs().len(), 1, "a running VM holds one run directory");
+    let out = vm_cli(&a, &["rm", "-f", "vmbox"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(!a.state_dir().join("sandboxes/vmbox").exists());
+    assert!(
+        common::wait_until(Duration::from_secs(10), || runs().is_empty()),
+        "run directories left after rm -f: {:?}",
+        runs()
+    );
+}
+
 /// The host's clock (ms) of the first `AIRLOCK_TIMING` line containing `what`.
 fn phase_at(stderr: &str, what: &str) -> Option<f64> {
     let line = stderr.lines().find(|l| l.contains(what))?;
