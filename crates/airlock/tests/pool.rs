@@ -1666,3 +1666,67 @@ fn home_files_are_bound_at_claim_rootless() {
     let bins = Bins::owned_by(&user);
     home_files_at_claim(&Airlock::rootless(&bins), "rootless");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A chosen hostname or name bound at claim
+
+/// `--hostname H` (or `--name N`, whose default hostname is N) holds in a warm run as in a cold
+/// one: `hostname` and `/etc/hostname` say it, not the member's name. (Before: the key left the
+/// hostname out as "bound at claim", and the claim never bound it.)
+fn chosen_hostname(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    ok(
+        a,
+        &["daemon", "start", "--size", "2", "--net", "off", "--wait"],
+    );
+    for (flag, value) in [("--hostname", "chosen-host"), ("--name", "named-run")] {
+        let out = ok(
+            a,
+            &[
+                "run",
+                "--workspace",
+                "none",
+                "--net",
+                "off",
+                flag,
+                value,
+                "--",
+                "sh",
+                "-c",
+                "hostname; cat /etc/hostname; grep -c \"$(hostname)\" /etc/hosts",
+            ],
+        );
+        assert!(
+            claimed(&out).is_some(),
+            "{label}: {flag}: not warm: {}",
+            out.describe()
+        );
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(
+            lines[..2],
+            [value, value],
+            "{label}: {flag}: {}",
+            out.describe()
+        );
+        assert_ne!(lines.get(2), Some(&"0"), "{label}: {flag}: /etc/hosts");
+    }
+    ok(a, &["daemon", "stop"]);
+}
+
+#[test]
+fn a_chosen_hostname_or_name_is_bound_at_claim_rootful() {
+    if !e2e("a_chosen_hostname_or_name_is_bound_at_claim_rootful") {
+        return;
+    }
+    chosen_hostname(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn a_chosen_hostname_or_name_is_bound_at_claim_rootless() {
+    if !e2e("a_chosen_hostname_or_name_is_bound_at_claim_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    chosen_hostname(&Airlock::rootless(&bins), "rootless");
+}

@@ -563,6 +563,13 @@ pub fn try_warm(
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("the member's plan: {e}"))?;
         bind_policy_and_secrets(&dir, spec, &secrets)?;
+        // A chosen hostname (a random `run-…` one is as good as the member's): UTS name,
+        // /etc/hostname and /etc/hosts, as the cold start's.
+        if b.hostname_chosen && spec.hostname != plan.hostname {
+            attach::set_hostname(&dir, &plan, &spec.hostname).map_err(|e| e.to_string())?;
+            plan.hostname = spec.hostname.clone();
+            airlock_sandbox::phase("warm: hostname set");
+        }
         // Limits: written into the cgroup of the member's name, which its exec stub is in
         // since the member's start (made now for a member without one).
         if limits.any() {

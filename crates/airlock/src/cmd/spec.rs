@@ -301,6 +301,9 @@ pub struct Built {
     pub instance_id: Option<String>,
     /// `[pool] size`: a `run` with no pool for its kind starts one of this size.
     pub pool_size: u32,
+    /// The hostname was chosen (`--hostname`, or `--name` whose default it is), not a random
+    /// `run-…`: a warm claim sets it in the member (a random one is as good as the member's).
+    pub hostname_chosen: bool,
 }
 
 /// Config + flags -> the spec (`persistent`: a named sandbox, no command).
@@ -574,6 +577,7 @@ pub fn build(
         secrets: None,
         instance_id: None,
         pool_size: eff.pool.size,
+        hostname_chosen: a.policy.hostname.is_some() || a.name.is_some(),
     })
 }
 

@@ -175,6 +175,8 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         secrets: Some(secrets),
         instance_id: Some(instance_id),
         pool_size: 0,
+        // A named sandbox's hostname is its own (set at claim by the adoption).
+        hostname_chosen: true,
     };
     let code = crate::cmd::run::launch(
         &built,

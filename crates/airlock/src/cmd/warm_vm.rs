@@ -33,12 +33,14 @@ pub(super) fn try_warm(
     // An overlay workspace goes into the member's slot disk at claim, unless the writable
     // layers are on a `disk` of their own. Read-only mounts (snapshots: a member's would date
     // from its boot), injected secrets (the proxy's CA and values live in the supervisor), a
-    // net log: cold. (A bind workspace is refused cold: no writable host share.)
+    // net log, a chosen hostname (the guest's is set at its boot): cold. (A bind workspace is
+    // refused cold: no writable host share.)
     let overlay = spec.workspace == WorkspaceMode::Overlay;
     if !(spec.workspace == WorkspaceMode::None || overlay && spec.resources.disk.is_none())
         || !spec.binds.is_empty()
         || spec.secrets.values().any(|s| s.inject.is_some())
         || net_log.is_some()
+        || b.hostname_chosen
     {
         return Ok(None);
     }
