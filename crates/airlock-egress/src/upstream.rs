@@ -86,7 +86,9 @@ impl Up {
                 .process_tls_records(&mut self.inb[self.start..self.end]);
             let mut read = false;
             match state.map_err(tls_err)? {
-                ConnectionState::EncodeTlsData(mut e) => encode(&mut self.out, |b| e.encode(b))?,
+                ConnectionState::EncodeTlsData(mut e) => {
+                    append_grown(&mut self.out, |b| e.encode(b))?
+                }
                 ConnectionState::TransmitTlsData(t) => {
                     self.sock.write_all(&self.out)?;
                     self.out.clear();
@@ -167,7 +169,7 @@ impl Up {
                 .process_tls_records(&mut self.inb[self.start..self.end]);
             let done = match state.map_err(tls_err)? {
                 ConnectionState::EncodeTlsData(mut e) => {
-                    encode(&mut self.out, |b| e.encode(b))?;
+                    append_grown(&mut self.out, |b| e.encode(b))?;
                     false
                 }
                 ConnectionState::TransmitTlsData(t) => {
@@ -177,7 +179,7 @@ impl Up {
                     false
                 }
                 ConnectionState::WriteTraffic(mut w) => {
-                    encrypt(&mut self.out, |b| w.encrypt(data, b))?;
+                    append_grown(&mut self.out, |b| w.encrypt(data, b))?;
                     true
                 }
                 // Data or the end before the request was sent: nothing to send it on.
@@ -222,7 +224,9 @@ impl Up {
                         got(Got::Data(rec.payload))?;
                     }
                 }
-                ConnectionState::EncodeTlsData(mut e) => encode(&mut self.out, |b| e.encode(b))?,
+                ConnectionState::EncodeTlsData(mut e) => {
+                    append_grown(&mut self.out, |b| e.encode(b))?
+                }
                 ConnectionState::TransmitTlsData(t) => {
                     self.sock.write_all(&self.out)?;
                     self.out.clear();
@@ -292,7 +296,7 @@ impl Up {
             let ok = match state {
                 Ok(ConnectionState::WriteTraffic(_)) => true,
                 Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                    if encode(&mut self.out, |b| e.encode(b)).is_err() {
+                    if append_grown(&mut self.out, |b| e.encode(b)).is_err() {
                         return false;
                     }
                     self.start += discard;
@@ -315,33 +319,35 @@ impl Up {
     }
 }
 
-/// Encode a handshake record at the end of `out` (grown as needed).
-fn encode(
-    out: &mut Vec<u8>,
-    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
-) -> io::Result<()> {
-    let at = out.len();
-    let mut room = MAX_RECORD;
-    loop {
-        out.resize(at + room, 0);
-        match f(&mut out[at..]) {
-            Ok(n) => {
-                out.truncate(at + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(s)) => room = s.required_size,
-            Err(e) => {
-                out.truncate(at);
-                return Err(io::Error::other(e.to_string()));
-            }
+/// rustls's two "the buffer is too small" errors (encoding a handshake record, encrypting
+/// application data): the size it needs, or None for any other error.
+trait NeedsRoom: std::fmt::Display {
+    fn required(&self) -> Option<usize>;
+}
+
+impl NeedsRoom for EncodeError {
+    fn required(&self) -> Option<usize> {
+        match self {
+            EncodeError::InsufficientSize(s) => Some(s.required_size),
+            _ => None,
         }
     }
 }
 
-/// Encrypt application data at the end of `out` (grown as needed).
-fn encrypt(
+impl NeedsRoom for EncryptError {
+    fn required(&self) -> Option<usize> {
+        match self {
+            EncryptError::InsufficientSize(s) => Some(s.required_size),
+            _ => None,
+        }
+    }
+}
+
+/// Let `f` (rustls encoding a handshake record or encrypting application data) write at the
+/// end of `out`, growing it to the size `f` asks for until it fits.
+fn append_grown<E: NeedsRoom>(
     out: &mut Vec<u8>,
-    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, E>,
 ) -> io::Result<()> {
     let at = out.len();
     let mut room = MAX_RECORD;
@@ -352,11 +358,13 @@ fn encrypt(
                 out.truncate(at + n);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(s)) => room = s.required_size,
-            Err(e) => {
-                out.truncate(at);
-                return Err(io::Error::other(e.to_string()));
-            }
+            Err(e) => match e.required() {
+                Some(needed) => room = needed,
+                None => {
+                    out.truncate(at);
+                    return Err(io::Error::other(e.to_string()));
+                }
+            },
         }
     }
 }
