@@ -503,8 +503,13 @@ pub(super) fn write_ca_bundle(bundle: &[u8]) -> std::io::Result<()> {
     std::io::Write::write_all(&mut f, bundle)
 }
 
-/// /run/secrets/NAME files on the sandbox's /run tmpfs, readable by the sandbox user only.
-fn write_secrets(plan: &LaunchPlan, secrets: &[(String, String)]) -> std::io::Result<()> {
+/// /run/secrets/NAME files on the sandbox's /run tmpfs, readable by the sandbox user only (a
+/// start's PID 1, and a warm claim's helper in the member: `exec::deliver_secrets`). Refuses
+/// a /run/secrets that is there already.
+pub(super) fn write_secrets(
+    plan: &LaunchPlan,
+    secrets: &[(String, String)],
+) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if secrets.is_empty() {
         return Ok(());
@@ -518,6 +523,7 @@ fn write_secrets(plan: &LaunchPlan, secrets: &[(String, String)]) -> std::io::Re
             .write(true)
             .create_new(true)
             .mode(0o400)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&p)?;
         std::io::Write::write_all(&mut f, value.as_bytes())?;
         nix::unistd::fchown(&f, Some(uid), Some(gid))?;

@@ -340,7 +340,6 @@ pub fn deliver_secrets(
     secrets: &[(String, String)],
     ca_pem: Option<&str>,
 ) -> Result<(), RunError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let plan: LaunchPlan = fs::read(dir.join(crate::folder::PLAN_FILE))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -365,27 +364,7 @@ pub fn deliver_secrets(
             h.become_root();
         }
         h.join_mounts(mntns.as_fd());
-        let (uid, gid) = (
-            nix::unistd::Uid::from_raw(plan.user.0),
-            nix::unistd::Gid::from_raw(plan.user.1),
-        );
-        let secrets_dir = Path::new("/run/secrets");
-        let written = (|| -> std::io::Result<()> {
-            fs::DirBuilder::new().mode(0o500).create(secrets_dir)?;
-            for (name, value) in secrets {
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o400)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(secrets_dir.join(name))?;
-                std::io::Write::write_all(&mut f, value.as_bytes())?;
-                nix::unistd::fchown(&f, Some(uid), Some(gid))?;
-            }
-            nix::unistd::chown(secrets_dir, Some(uid), Some(gid))?;
-            Ok(())
-        })();
-        if let Err(e) = written {
+        if let Err(e) = super::child::write_secrets(&plan, secrets) {
             h.fail(format!("write /run/secrets: {e}"));
         }
         if let Some(b) = &bundle {
