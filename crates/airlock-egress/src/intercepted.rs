@@ -664,24 +664,25 @@ impl Exchange<'_> {
                 .map_err(|_| Next::Close)?;
             let mut extra = resp + take < head.len();
             while !body.done() {
-                let more = server
-                    .read_records(&mut |got| match got {
-                        Got::Waiting => pk.flush(client),
-                        // Bytes after the answer's end.
-                        Got::Data(_) if body.done() => {
-                            extra = true;
-                            Ok(())
-                        }
-                        Got::Data(d) => {
-                            let take = body
-                                .feed(d)
-                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                            extra |= take < d.len();
-                            pk.queue(client, &d[..take])
-                        }
-                    })
-                    .map_err(|_| Next::Close)?;
-                if !more {
+                let more = server.read_records(&mut |got| match got {
+                    Got::Waiting => pk.flush(client),
+                    // Bytes after the answer's end.
+                    Got::Data(_) if body.done() => {
+                        extra = true;
+                        Ok(())
+                    }
+                    Got::Data(d) => {
+                        let take = body
+                            .feed(d)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        extra |= take < d.len();
+                        pk.queue(client, &d[..take])
+                    }
+                });
+                if !matches!(more, Ok(true)) {
+                    // The answer was cut (or is not understood): what came of it still goes
+                    // to the sandbox, the bytes held for the next record too.
+                    let _ = pk.flush(client);
                     return Err(Next::Close);
                 }
             }
