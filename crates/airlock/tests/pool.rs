@@ -881,12 +881,19 @@ fn a_claim_gets_its_own_limits() {
     );
     let (m1, limit) = claimed_memory_limit(&a, &["--memory", "48M", "--pids", "64"], "--memory");
     assert_eq!(limit, Some(48 << 20), "the claim's memory limit");
-    let pids: Vec<String> = cgroups_named(&format!("{m1}."))
-        .iter()
-        .map(|d| d.join("pids.max"))
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .collect();
-    assert!(pids.is_empty(), "cgroup left after the run: {pids:?}");
+    // Removed by the member's supervisor once the run handed its release to the daemon.
+    let pids = || -> Vec<String> {
+        cgroups_named(&format!("{m1}."))
+            .iter()
+            .map(|d| d.join("pids.max"))
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || pids().is_empty()),
+        "cgroup left after the run: {:?}",
+        pids()
+    );
     wait_ready(&a, 2, "limits");
     let (m2, other) = claimed_memory_limit(&a, &[], "default");
     assert_ne!(m1, m2);
@@ -1094,7 +1101,10 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
         "the claimed member's stub is still there"
     );
     for d in &dirs {
-        assert!(!d.exists(), "{d:?} left after the claim");
+        assert!(
+            wait_until(Duration::from_secs(5), || !d.exists()),
+            "{d:?} left after the claim"
+        );
     }
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "stub");
@@ -1993,4 +2003,103 @@ fn a_members_parked_child_becomes_the_claims_command_rootless() {
     }
     let bins = Bins::owned_by(&common::test_user());
     parked_child(&Airlock::rootless(&bins), "rootless");
+}
+
+/// With a daemon running, a warm run hands its release to the daemon (one datagram) and ends
+/// as soon as its command's status is known: with the daemon stopped (SIGSTOP) the run still
+/// returns at once, its member's PID 1 already killed, the member still recorded as claimed;
+/// once the daemon continues it records the release and the hit and removes the member. A
+/// release the daemon never took (stopped, then killed with SIGKILL) is the next daemon's:
+/// the claimer is gone, so the member goes, and nothing is left after `daemon stop`.
+#[test]
+fn a_claims_release_is_handed_to_the_daemon() {
+    if !e2e("a_claims_release_is_handed_to_the_daemon") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let start = [
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--wait",
+    ];
+    ok(&a, &start);
+    let stop_daemon = |sig: i32| {
+        let pid = common::pool::daemon_pid(&a).expect("the daemon runs");
+        // SAFETY: kill(2) on this test's daemon.
+        unsafe { libc::kill(pid, sig) };
+        pid
+    };
+    let released_while_stopped = |label: &str| -> String {
+        wait_ready(&a, 1, label);
+        let pid1 = |m: &str| {
+            std::fs::read_to_string(members_dir(&a).join(m).join("pid1"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok())
+        };
+        let before: Vec<(String, Option<i32>)> = std::fs::read_dir(members_dir(&a))
+            .expect("members")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .map(|m| (m.clone(), pid1(&m)))
+            .collect();
+        stop_daemon(libc::SIGSTOP);
+        let out = a.run(&["run", "--workspace", "none", "--net", "off", "--", "true"]);
+        assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+        let member = claimed(&out).unwrap_or_else(|| panic!("{label}: {}", out.describe()));
+        let pid = before
+            .iter()
+            .find(|(m, _)| *m == member)
+            .and_then(|(_, p)| *p)
+            .expect("the member's PID 1");
+        assert!(
+            wait_until(Duration::from_secs(5), || !Path::new(&format!(
+                "/proc/{pid}"
+            ))
+            .exists()),
+            "{label}: the member's PID 1 {pid} lives on"
+        );
+        let st = status(&a);
+        assert_eq!(pool0(&st)["claimed"], 1, "{label}: {st}");
+        member
+    };
+    let member = released_while_stopped("handed");
+    assert_eq!(pool0(&status(&a))["hits"], 0, "{}", status(&a));
+    stop_daemon(libc::SIGCONT);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let st = status(&a);
+            pool0(&st)["claimed"] == 0 && pool0(&st)["hits"] == 1
+        }),
+        "the daemon did not record the release: {}",
+        status(&a)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !members_dir(&a)
+            .join(&member)
+            .exists()),
+        "{member}'s folder is still there"
+    );
+
+    // The daemon never takes it: killed while stopped.
+    let member = released_while_stopped("lost");
+    let pid = stop_daemon(libc::SIGKILL);
+    wait_until(Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    ok(&a, &start);
+    assert!(
+        wait_until(Duration::from_secs(10), || !members_dir(&a)
+            .join(&member)
+            .exists()),
+        "{member}'s folder is still there"
+    );
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "handed");
 }
