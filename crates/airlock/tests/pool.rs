@@ -1785,7 +1785,8 @@ fn a_chosen_hostname_or_name_is_bound_at_claim_rootless() {
 /// The child a member's stub parks for its claim (docs/design/warm-pool.md, "The parked
 /// child"): before any claim each ready member's stub has exactly one child, already in the
 /// member's namespaces (user, mount, pid, network, ipc, uts) and cgroup while the stub itself
-/// is in none of them, with nothing of a command's applied yet (no seccomp, no no_new_privs);
+/// is in none of them, under the command's seccomp filter already but nothing else of a
+/// command's applied yet (no no_new_privs);
 /// it is not dumpable, so a process of its own uid without capabilities in the host's user
 /// namespace — more than anything inside the sandbox has — can neither read its /proc files
 /// nor attach to it; the claim's command is that very process (the same pid, outside and
@@ -1843,7 +1844,8 @@ fn parked_child(a: &Airlock, label: &str) {
             .map(str::to_string)
             .collect();
         assert_eq!(nspid.len(), 2, "{label}: {name}: NSpid {nspid:?}");
-        assert_eq!(status_field(child, "Seccomp"), "0", "{label}: {name}");
+        // Its seccomp filter is on already; nothing else of a command's yet.
+        assert_eq!(status_field(child, "Seccomp"), "2", "{label}: {name}");
         assert_eq!(status_field(child, "NoNewPrivs"), "0", "{label}: {name}");
         for d in cgroups_named(&format!("{name}.")) {
             assert!(

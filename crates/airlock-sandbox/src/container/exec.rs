@@ -199,6 +199,7 @@ pub fn exec(
             stdin_null: !req.forward_stdin && !req.tty,
             with_secrets: req.with_secrets,
             filter: &filter,
+            filtered: false,
         };
         enter_and_relay(&ns, &inside, err_wr, &|_| {})
     }
@@ -249,6 +250,8 @@ pub(super) struct Inside<'a> {
     pub stdin_null: bool,
     pub with_secrets: bool,
     pub filter: &'a [seccomp::Insn],
+    /// The filter is on already (a warm member's parked child installs it before the claim).
+    pub filtered: bool,
 }
 
 /// In a forked child that is in the sandbox's cgroup already: join the sandbox's namespaces
@@ -308,8 +311,10 @@ pub(super) fn become_command(a: &Inside<'_>, ef: RawFd) -> ! {
             envp.push(kv);
         }
     }
-    if let Err(e) = seccomp::install(a.filter) {
-        fail(format!("seccomp: {e}"));
+    if !a.filtered {
+        if let Err(e) = seccomp::install(a.filter) {
+            fail(format!("seccomp: {e}"));
+        }
     }
     let c = Command {
         argv: a.argv,

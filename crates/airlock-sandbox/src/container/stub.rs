@@ -256,6 +256,7 @@ fn serve(
         stdin_null: req.stdin_null,
         with_secrets: req.with_secrets,
         filter,
+        filtered: false,
     };
     enter_and_relay(&ns, &inside, err_wr, &report)
 }
@@ -286,8 +287,9 @@ impl Parked {
 /// not dumpable (no ptrace, no /proc access from inside the sandbox: that would need
 /// CAP_SYS_PTRACE in the host's user namespace), dies with us (`PR_SET_PDEATHSIG`) and takes
 /// exactly one request; nothing of the claim's is applied before it (privileges, Landlock,
-/// seccomp, limits and rlimits are the command's, as in [`enter_and_relay`]). None: could
-/// not park; the claim enters as before.
+/// limits and rlimits are the command's, as in [`enter_and_relay`]; its seccomp filter is
+/// installed while it parks, as the command's process installs it before everything else).
+/// None: could not park; the claim enters as before.
 fn park(
     ns: &[(nix::sched::CloneFlags, OwnedFd)],
     plan: &LaunchPlan,
@@ -337,6 +339,11 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
     }
     let _ = sys::prctl_simple(libc::PR_SET_DUMPABLE, 0);
     sys::close_fds_except(3, &[sock.as_raw_fd()]);
+    // The command's seccomp filter now (as the command's process installs it before its
+    // privilege drop): what is left for the claim runs under it already.
+    if seccomp::install(filter).is_err() {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
     let mut conn = UnixStream::from(sock);
     let Some((req, fds)) = receive(&mut conn) else {
         sys::exit_now(exit::SANDBOX_FAILED)
@@ -373,6 +380,7 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
         stdin_null: req.stdin_null,
         with_secrets: req.with_secrets,
         filter,
+        filtered: true,
     };
     become_command(&inside, ef)
 }
