@@ -11,6 +11,7 @@
 use super::daemon;
 use super::vm_member::power_off;
 use crate::error::{CliError, CliResult};
+use airlock_engine::live_policy::ClaimedAs;
 use airlock_engine::{paths, pool};
 use airlock_model::policy::{NetMode, WorkspaceMode};
 use airlock_sandbox::command::{Ending, Outcome};
@@ -33,18 +34,20 @@ pub(super) fn try_warm(
     // An overlay workspace goes into the member's slot disk at claim, unless the writable
     // layers are on a `disk` of their own. Read-only mounts (snapshots: a member's would date
     // from its boot), injected secrets (the proxy's CA and values live in the supervisor), a
-    // net log, a chosen hostname (the guest's is set at its boot): cold. (A bind workspace is
-    // refused cold: no writable host share.)
+    // chosen hostname (the guest's is set at its boot): cold. (A bind workspace is refused
+    // cold: no writable host share.)
     let overlay = spec.workspace == WorkspaceMode::Overlay;
     if !(spec.workspace == WorkspaceMode::None || overlay && spec.resources.disk.is_none())
         || !spec.binds.is_empty()
         || spec.secrets.values().any(|s| s.inject.is_some())
-        || net_log.is_some()
         || b.hostname_chosen
     {
         return Ok(None);
     }
     let secrets = super::spec::resolve_secrets(&spec.secrets)?;
+    // The run's egress journal, opened (and refused) as a cold start opens it; the member's
+    // supervisor sends the claim's events to it (`live_policy::Watch`).
+    let journal = airlock_sandbox::container::net_journal(net_log, None)?;
     let t0 = Instant::now();
     let key = pool::key(spec);
     let Some((mut store, member)) = daemon::claim_or_cold(&state, &key, spec, b.pool_size) else {
@@ -58,10 +61,21 @@ pub(super) fn try_warm(
         errln!("airlock: warning: the warm microVM refused {what}, starting cold: {e}");
         Ok(None)
     };
-    // This run's allowlist, in force before its command runs.
+    // This run's allowlist, in force before its command runs; its denials hint `--allow` as
+    // a cold run's, are said here and go to its `--net-log`.
+    let mut watch = None;
     if spec.net == NetMode::Filtered {
-        if let Err(e) = airlock_engine::live_policy::send(&dir, &spec.domains, &spec.ports) {
-            return refused(&mut store, "this run's allowlist", &e);
+        match airlock_engine::live_policy::send_claim(
+            &dir,
+            &spec.domains,
+            &spec.ports,
+            &[],
+            None,
+            ClaimedAs::Run,
+            Some(journal),
+        ) {
+            Ok((_, w)) => watch = w,
+            Err(e) => return refused(&mut store, "this run's allowlist", &e),
         }
     }
     if let Err(e) = microvm::pool::install_secrets(&dir, &secrets) {
@@ -112,6 +126,9 @@ pub(super) fn try_warm(
         drop(done_tx);
         ran
     });
+    if let Some(w) = watch {
+        w.finish();
+    }
     // The overlay's summary, read in the guest before it powers off (not after a timeout:
     // the guest is going down).
     let changes = match (&ran, overlay) {
