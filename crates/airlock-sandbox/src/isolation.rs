@@ -466,8 +466,18 @@ impl Isolation for MicroVm {
 /// guest's writable disk) and removes it when it ends; one killed (`rm -f`, a crash) cannot.
 /// Its sandbox's teardown reclaims run directories whose owner is gone, as every `run` does
 /// (`rundir::gc`: only those nobody holds the lock of).
+/// A warm pool member's folder is `STATE/pool/members/NAME`, and its run directories are
+/// the state directory's too.
 fn reclaim_runs(sandbox: &Instance<'_>) {
-    let Some(state) = sandbox.dir.parent().and_then(Path::parent) else {
+    let Some(parent) = sandbox.dir.parent() else {
+        return;
+    };
+    let state = if parent.ends_with("pool/members") {
+        parent.parent().and_then(Path::parent)
+    } else {
+        parent.parent()
+    };
+    let Some(state) = state else {
         return;
     };
     if state

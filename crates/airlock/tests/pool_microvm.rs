@@ -593,3 +593,191 @@ fn a_warm_microvm_claim_gets_its_overlay_workspace() {
     ok(&a, &["daemon", "stop"], &[]);
     assert_nothing_left(&a, "overlay workspace");
 }
+
+/// Removes a test's named sandboxes and stops its engine however the test ends (declared
+/// after the daemon's guard, so it runs first).
+struct SandboxGuard<'a>(&'a Airlock, &'a [&'a str]);
+
+impl Drop for SandboxGuard<'_> {
+    fn drop(&mut self) {
+        for n in self.1 {
+            let _ = vm(self.0, &["rm", "-f", n], &[]);
+        }
+        common::stop_engines_of(self.0);
+    }
+}
+
+/// Everything under `dir` (names relative to it), for "nothing is left" checks.
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A named microVM sandbox with a clone workspace starts warm (`daemon start --backend
+/// microvm --workspace clone`): `create` + `start` claims a held guest, which sees the
+/// sandbox's clone read-write at /workspace (the sandbox user's), its hostname, environment
+/// and working directory; a commit made there comes back through `diff`/`fetch` as after a
+/// cold start, and a stop takes the last one out; the next start (warm again, from the
+/// refilled pool: the sandbox's disk is copied into that member's slot) finds the committed
+/// and the uncommitted work. `rm` leaves no sandbox folder, member, link or run directory.
+/// Three guest boots (two members and the refill that `daemon stop` ends).
+#[test]
+fn a_named_microvm_start_claims_a_warm_member_and_keeps_its_clone_work() {
+    if !e2e("a_named_microvm_start_claims_a_warm_member_and_keeps_its_clone_work") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let _sandboxes = SandboxGuard(&a, &["vmwarm"]);
+    common::pool::git_project(&a);
+    let host_git = |args: &[&str]| {
+        let out = common::run_with_deadline(a.command_with("git", args), None, VM_DEADLINE);
+        assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+        out.stdout
+    };
+    let policy = ["--backend", "microvm", "--net", "off"];
+    let mut args = vec![
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--wait",
+        "--workspace",
+        "clone",
+    ];
+    args.extend(policy);
+    ok(&a, &args, &[]);
+    let first = members_ever(&a);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let mut create = vec!["create", "vmwarm", "--env", "GREETING=hi"];
+    create.extend(policy);
+    ok(&a, &create, &[]);
+    let sdir = a.state_dir().join("sandboxes/vmwarm");
+    assert!(
+        sdir.join("workspace/.git").is_dir(),
+        "the host made the clone"
+    );
+
+    let started = ok(&a, &["start", "vmwarm"], &[]);
+    assert!(
+        started.stderr.contains("vmwarm: warm start (pool"),
+        "{}",
+        started.describe()
+    );
+    let member = first.iter().next().cloned().unwrap_or_default();
+    assert!(
+        started.stderr.contains(&member),
+        "{member}: {}",
+        started.describe()
+    );
+    let inside = |script: &str| {
+        ok(
+            &a,
+            &[
+                "exec",
+                "vmwarm",
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "export GIT_AUTHOR_NAME=agent GIT_AUTHOR_EMAIL=a@b.invalid \
+                     GIT_COMMITTER_NAME=agent GIT_COMMITTER_EMAIL=a@b.invalid; {script}"
+                ),
+            ],
+            &[],
+        )
+    };
+    // The clone, read-write, the sandbox user's; the sandbox's own name, environment and
+    // working directory.
+    let out = inside(
+        "pwd; cat README; stat -c %u .git/HEAD; git rev-parse --abbrev-ref HEAD; hostname; \
+         cat /etc/hostname; echo $GREETING; grep ' /workspace ' /proc/mounts | cut -d' ' -f3,4 \
+         | cut -d, -f1",
+    );
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        [
+            "/workspace",
+            "hello from the project",
+            "1000",
+            "airlock/vmwarm",
+            "vmwarm",
+            "vmwarm",
+            "hi",
+            "ext4 rw"
+        ],
+        "{}",
+        out.describe()
+    );
+    inside("echo two >> README && git commit -qam two && echo draft > scratch.txt && sync");
+    // The work comes back through the review gate, as after a cold start.
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(&a, &["diff", "vmwarm", "--json"], &[]).stdout)
+            .expect("diff json");
+    assert!(d["tip"].as_str().is_some_and(|t| t.len() >= 40), "{d}");
+    ok(&a, &["fetch", "vmwarm", "--accept"], &[]);
+    assert_eq!(
+        host_git(&["log", "--format=%s", "airlock/vmwarm"]),
+        "two\ninitial\n"
+    );
+    // The member is the sandbox now: the slot is its disk, the pool forgot it.
+    assert!(sdir.join("vm-workspace.img").is_file());
+    assert!(!sdir.join("vm-workspace-slot.img").exists());
+    // A commit just before the stop comes out at the stop.
+    inside("echo three >> README && git commit -qam three");
+    ok(&a, &["stop", "vmwarm"], &[]);
+    ok(&a, &["fetch", "vmwarm", "--accept"], &[]);
+    assert_eq!(
+        host_git(&["log", "-1", "--format=%s", "airlock/vmwarm"]),
+        "three\n"
+    );
+
+    // The refilled pool's member: the next start is warm again, with the disk copied in.
+    assert!(
+        wait_until(VM_DEADLINE, || pool0(&a)["ready"] == 1),
+        "no refill: {}",
+        status(&a)
+    );
+    let again = ok(&a, &["start", "vmwarm"], &[]);
+    let second = claimed_named(&again).unwrap_or_else(|| panic!("{}", again.describe()));
+    assert_ne!(second, member, "{}", again.describe());
+    let out = inside("cat scratch.txt; git log -1 --format=%s; git status --short");
+    assert_eq!(
+        out.stdout,
+        "draft\nthree\n?? scratch.txt\n",
+        "{}",
+        out.describe()
+    );
+    inside("echo four >> README && git commit -qam four");
+    ok(&a, &["stop", "vmwarm"], &[]);
+    ok(&a, &["fetch", "vmwarm", "--accept"], &[]);
+    assert_eq!(
+        host_git(&["log", "-1", "--format=%s", "airlock/vmwarm"]),
+        "four\n"
+    );
+    ok(&a, &["daemon", "stop"], &[]);
+    ok(&a, &["rm", "vmwarm"], &[]);
+    assert!(!sdir.exists(), "{:?}", entries(&sdir));
+    assert_nothing_left(&a, "after rm");
+    let runs = || {
+        let mut r = entries(&a.state_dir().join("runs"));
+        r.retain(|n| n != ".mnt");
+        r
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || runs().is_empty()),
+        "run directories left: {:?} (members {:?}, claimed {member} then {second})",
+        runs(),
+        members_ever(&a)
+    );
+}
+
+/// The member a named start claimed, from its `NAME: warm start (pool KEY, MEMBER, …)` line.
+fn claimed_named(out: &Outcome) -> Option<String> {
+    let line = out.stderr.lines().find(|l| l.contains(": warm start"))?;
+    line.split(", ").nth(1).map(str::to_string)
+}

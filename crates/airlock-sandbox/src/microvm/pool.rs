@@ -224,6 +224,76 @@ pub fn attach_workspace(dir: &Path, project: &Path) -> Result<(), String> {
     )
 }
 
+/// A named sandbox's clone workspace into the member's *writable* slot
+/// (`workspace_slot_rw`), in place (QEMU holds the slot's inode): the sandbox's own image
+/// `image` when it has one (copied, holes kept), else one made from its clone `source` right
+/// in the slot (what a cold first start makes). The caller marks the folder
+/// ([`super::WORK_PENDING_FILE`]) before [`attach_workspace_disk`] gives the guest the disk.
+pub fn fill_workspace_disk(dir: &Path, image: &Path, source: &Path) -> Result<(), String> {
+    use airlock_model::plan::microvm::WORKSPACE_SLOT_FILE;
+    let job = job(dir)?;
+    if !job.workspace_slot_disk {
+        return Err("the member's workspace slot is read-only".into());
+    }
+    let slot = dir.join(WORKSPACE_SLOT_FILE);
+    if image.exists() {
+        artifacts::copy_sparse_into(image, &slot)
+            .map_err(|e| format!("the sandbox's workspace disk into the slot: {e}"))?;
+        crate::phase("workspace disk copied into the slot");
+    } else {
+        artifacts::ext4_in_place(source, &slot)
+            .map_err(|e| format!("workspace disk from the clone: {e}"))?;
+        crate::phase("workspace disk made from the clone in the slot");
+    }
+    Ok(())
+}
+
+/// The guest mounts the filled writable slot read-write at /workspace (one root session of
+/// `airlock-guest ws attach-disk`), as the cold guest's init mounts a clone's disk.
+pub fn attach_workspace_disk(dir: &Path) -> Result<(), String> {
+    let job = job(dir)?;
+    let (uid, gid) = (job.uid.to_string(), job.gid.to_string());
+    quiet(
+        dir,
+        helper_session(&job, &["ws", "attach-disk", uid.as_str(), gid.as_str()]),
+        "mount the workspace disk in the guest",
+    )
+}
+
+/// The guest takes a named sandbox's hostname (a member booted with its own): the kernel's
+/// (`/proc/sys/kernel/hostname`), `/etc/hostname` and `/etc/hosts` as `files` has them (the
+/// sandbox's guest job's), written by one root session of the shell with built-ins only.
+pub fn set_hostname(dir: &Path, hostname: &str, files: &[(String, String)]) -> Result<(), String> {
+    let job = job(dir)?;
+    let mut script =
+        String::from("set -e; printf %s \"$AIRLOCK_NAME\" > /proc/sys/kernel/hostname");
+    let mut env = path_only(&job);
+    env.push(("AIRLOCK_NAME".into(), hostname.to_string()));
+    for (i, (path, contents)) in files.iter().enumerate() {
+        if !path.starts_with("/etc/") || path.contains(['\'', '"', '$', '`', '\\']) {
+            return Err(format!("not an /etc file: {path:?}"));
+        }
+        script.push_str(&format!("; printf %s \"$AIRLOCK_F{i}\" > '{path}'"));
+        env.push((format!("AIRLOCK_F{i}"), contents.clone()));
+    }
+    let mut exec = helper_session(&job, &[]);
+    exec.argv = vec!["/bin/sh".into(), "-c".into(), script];
+    exec.env = env;
+    quiet(dir, exec, "set the guest's hostname")
+}
+
+/// Rewrite the member's recorded guest job (what `exec` starts from) with `f`: a named
+/// sandbox's environment, working directory, hostname and files after its adoption.
+pub fn rebind_job(dir: &Path, f: impl FnOnce(&mut GuestJob)) -> Result<(), String> {
+    let mut j = job(dir)?;
+    f(&mut j);
+    let json = serde_json::to_vec_pretty(&j).map_err(|e| e.to_string())?;
+    let tmp = dir.join(".vm-job.json.tmp");
+    std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, dir.join(JOB_FILE)))
+        .map_err(|e| format!("record the guest job: {e}"))
+}
+
 /// What the command changed in a claimed member's overlay workspace ([`attach_workspace`]),
 /// read in the guest after the command (`airlock-guest ws changes`): the summary a cold run
 /// prints.
