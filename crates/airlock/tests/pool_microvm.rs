@@ -781,3 +781,173 @@ fn claimed_named(out: &Outcome) -> Option<String> {
     let line = out.stderr.lines().find(|l| l.contains(": warm start"))?;
     line.split(", ").nth(1).map(str::to_string)
 }
+
+/// Injected secrets on warm microVM claims: a run's bindings go to the member's supervisor
+/// (its proxy intercepts) and the guest gets the placeholder, the claim's CA bundle and its
+/// variables; the real key reaches the fake API over TLS and appears nowhere in the guest. A
+/// second claim (another member: never reused) has its own key and placeholder and nothing of
+/// the first's. A named start with an injected secret claims too (`exec --secrets` sees the
+/// placeholder, the API the key). Three guest boots; no daemon refills after them.
+#[test]
+fn injected_secrets_are_bound_at_microvm_claims() {
+    if !e2e("injected_secrets_are_bound_at_microvm_claims") {
+        return;
+    }
+    const REAL1: &str = "sk-vm-warm-first-0123456789abcdef";
+    const REAL2: &str = "sk-vm-warm-second-fedcba9876543210";
+    const REAL3: &str = "sk-vm-warm-named-00112233445566";
+    let inet = Internet::start(&["api.test"], &[]);
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let _sandboxes = SandboxGuard(&a, &["vmsec"]);
+    let ca = inet.cert().display().to_string();
+    let env = |key: &'static str| {
+        vec![
+            ("AIRLOCK_DNS_UPSTREAM", inet.dns.clone()),
+            ("AIRLOCK_UPSTREAM_CA", ca.clone()),
+            ("HOST_KEY", key.to_string()),
+        ]
+    };
+    let with = |args: &[&str], key: &'static str| {
+        let e = env(key);
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = vm(&a, args, &e);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    let policy = [
+        "--backend",
+        "microvm",
+        "--net",
+        "filtered",
+        "--workspace",
+        "none",
+    ];
+    let mut args = vec!["daemon", "start", "--size", "3", "--wait"];
+    args.extend(policy);
+    with(&args, REAL1);
+    kill_daemon(&a);
+    let secret = "KEY=env:HOST_KEY;hosts=api.test;header=x-api-key";
+    let script = "echo \"key=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; ls /run/secrets; \
+                  echo \"bundle=$CURL_CA_BUNDLE\"; \
+                  grep -c 'this sandbox.s secret injection CA' /run/airlock-tls/ca-bundle.pem; \
+                  curl -sS --max-time 60 -H \"x-api-key: $KEY\" https://api.test/v1/models";
+    let run = |key: &'static str| {
+        let mut args = vec!["run"];
+        args.extend(policy);
+        args.extend(["--allow", "api.test", "--secret", secret, "--"]);
+        args.extend(["sh", "-c", script]);
+        with(&args, key)
+    };
+    let requests = || -> Vec<String> {
+        inet.model_requests()
+            .into_iter()
+            .filter(|r| r["path"] == "/v1/models")
+            .map(|r| r["headers"]["x-api-key"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let check = |out: &Outcome, real: &str| -> String {
+        let member = claimed(out).unwrap_or_else(|| panic!("not warm: {}", out.describe()));
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let ph = lines[0]
+            .strip_prefix("key=")
+            .unwrap_or_default()
+            .to_string();
+        assert!(ph.starts_with("airlock-placeholder-"), "{}", out.describe());
+        assert_eq!(
+            lines[1..],
+            [
+                format!("file={ph}").as_str(),
+                "KEY",
+                "bundle=/run/airlock-tls/ca-bundle.pem",
+                "1",
+                "hello from api.test /v1/models"
+            ],
+            "{}",
+            out.describe()
+        );
+        assert!(!out.stdout.contains(real) && !out.stderr.contains(real));
+        format!("{member} {ph}")
+    };
+    let first = run(REAL1);
+    let one = check(&first, REAL1);
+    assert_eq!(requests(), [REAL1]);
+    let second = run(REAL2);
+    let two = check(&second, REAL2);
+    assert_eq!(requests(), [REAL1, REAL2]);
+    // Another member, another placeholder; the first's appears nowhere in the second claim.
+    let (m1, p1) = one.split_once(' ').unwrap_or_default();
+    let (m2, p2) = two.split_once(' ').unwrap_or_default();
+    assert_ne!(m1, m2);
+    assert_ne!(p1, p2);
+    assert!(!second.stdout.contains(p1) && !second.stdout.contains(REAL1));
+
+    // A named start with an injected secret claims the third member.
+    let mut create = vec!["create", "vmsec", "--allow", "api.test", "--secret", secret];
+    create.extend(policy);
+    with(&create, REAL3);
+    let started = with(&["start", "vmsec"], REAL3);
+    assert!(
+        started.stderr.contains("vmsec: warm start (pool"),
+        "{}",
+        started.describe()
+    );
+    let out = with(
+        &[
+            "exec",
+            "--secrets",
+            "vmsec",
+            "--",
+            "sh",
+            "-c",
+            "echo \"key=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; ls /run/secrets; \
+             echo \"bundle=$CURL_CA_BUNDLE\"; \
+             grep -c 'this sandbox.s secret injection CA' /run/airlock-tls/ca-bundle.pem; \
+             curl -sS --max-time 60 -H \"x-api-key: $KEY\" https://api.test/v1/models",
+        ],
+        REAL3,
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let ph = lines[0].strip_prefix("key=").unwrap_or_default();
+    assert!(
+        ph.starts_with("airlock-placeholder-") && ph != p1 && ph != p2,
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            format!("file={ph}").as_str(),
+            "KEY",
+            "bundle=/run/airlock-tls/ca-bundle.pem",
+            "1",
+            "hello from api.test /v1/models"
+        ],
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stdout.contains(REAL3));
+    assert_eq!(requests(), [REAL1, REAL2, REAL3]);
+    // No value in any file of the state directory.
+    let mut stack = vec![a.state_dir()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && m.len() < (64 << 20) {
+                let b = std::fs::read(&p).unwrap_or_default();
+                for v in [REAL1, REAL2, REAL3] {
+                    assert!(
+                        !b.windows(v.len()).any(|w| w == v.as_bytes()),
+                        "{v} in {}",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -66,7 +66,12 @@ pub fn round_trip(dir: &Path) -> Result<Duration, String> {
         tty: None,
     };
     let (uid, gid) = (job.uid, job.gid);
-    let prepare = format!("mkdir -m 0700 {SECRETS_DIR} && chown {uid}:{gid} {SECRETS_DIR}");
+    // Also the injection CA bundle's directory (root's, 0755, empty until a claim that
+    // injects a secret writes the bundle there: [`install_ca_bundle`], built-ins only).
+    let tls = ca_bundle_dir();
+    let prepare = format!(
+        "mkdir -m 0700 {SECRETS_DIR} && chown {uid}:{gid} {SECRETS_DIR} && mkdir -m 0755 {tls}"
+    );
     quiet(
         dir,
         session(vec!["/bin/sh".into(), "-c".into(), prepare], 0, 0),
@@ -146,6 +151,60 @@ pub fn install_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), S
         tty: None,
     };
     quiet(dir, exec, "write the secrets in the guest")
+}
+
+/// The directory of the injection CA bundle in a guest (`plan::CA_BUNDLE`'s).
+fn ca_bundle_dir() -> String {
+    Path::new(airlock_model::plan::CA_BUNDLE)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/run".into())
+}
+
+/// The most bytes of one environment string of a session (the kernel's limit is 128 KiB).
+const ENV_CHUNK: usize = 96 << 10;
+
+/// The script of [`install_ca_bundle`]'s session: the variables named as arguments, in order,
+/// into `path`, 0444 as it is written (the umask), with shell built-ins only.
+fn bundle_script(path: &str) -> String {
+    format!(
+        "set -e; umask 222; \
+         {{ for n in \"$@\"; do eval \"printf %s \\\"\\${{$n}}\\\"\"; done; }} > \"{path}\""
+    )
+}
+
+/// A claim that injects secrets: the combined CA bundle (the system's roots, then the CA the
+/// member's supervisor made for this claim, `ca_pem`) at `plan::CA_BUNDLE` in the guest (0444,
+/// root's), where a cold guest has it from its run message. One root session of the shell
+/// writes it from its environment (in chunks: one variable holds at most 128 KiB), into the
+/// directory the readiness check made.
+pub fn install_ca_bundle(dir: &Path, ca_pem: &str) -> Result<(), String> {
+    let job = job(dir)?;
+    let bundle = String::from_utf8_lossy(&crate::container::ca_bundle(ca_pem)).into_owned();
+    let mut env = path_only(&job);
+    let mut argv = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        bundle_script(airlock_model::plan::CA_BUNDLE),
+        "sh".into(),
+    ];
+    let mut rest = bundle.as_str();
+    let mut i = 0;
+    while !rest.is_empty() {
+        let mut at = rest.len().min(ENV_CHUNK);
+        while !rest.is_char_boundary(at) {
+            at -= 1;
+        }
+        let (chunk, more) = rest.split_at(at);
+        env.push((format!("AIRLOCK_CA{i}"), chunk.to_string()));
+        argv.push(format!("AIRLOCK_CA{i}"));
+        rest = more;
+        i += 1;
+    }
+    let mut exec = helper_session(&job, &[]);
+    exec.argv = argv;
+    exec.env = env;
+    quiet(dir, exec, "write the injection CA bundle in the guest")
 }
 
 /// The guest helper inside every guest (the initramfs' /init, bound there read-only).
@@ -354,6 +413,37 @@ mod tests {
         };
         assert_ne!(b, identity(Some(&other)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The bundle's script, run by the host's own shell: the chunks in order, exactly, 0444.
+    #[test]
+    fn the_bundle_script_writes_its_chunks_in_order() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("airlock-vm-bundle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let path = base.join("ca-bundle.pem");
+        let chunks = [
+            ("AIRLOCK_CA0", "-----BEGIN CERTIFICATE-----\nAAA$x`y`\n"),
+            ("AIRLOCK_CA1", "BBB\"q\" \\n\n-----END CERTIFICATE-----\n"),
+        ];
+        let st = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(bundle_script(&path.display().to_string()))
+            .arg("sh")
+            .args(chunks.iter().map(|(n, _)| n))
+            .env_clear()
+            .envs(chunks.iter().copied())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let want: String = chunks.iter().map(|(_, v)| *v).collect();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     /// The script, run by the host's own shell against a temporary directory instead of

@@ -226,8 +226,8 @@ fn record_cold(dir: &Path, state: &Path, key: &str, made: Option<String>) {
 
 /// [`try_adopt`] for a named microVM sandbox (docs/design/warm-pool.md, "Named microVM
 /// starts"): a held guest of a matching pool becomes the sandbox. Bound over the member's
-/// channel before the exchange: the allowlist (its supervisor's policy socket), the plain
-/// secrets (/run/secrets), the workspace — a clone's ext4 image into the member's writable
+/// channel before the exchange: the allowlist and injected secrets (its supervisor's policy
+/// socket; the CA bundle written in the guest), the secrets (/run/secrets), the workspace — a clone's ext4 image into the member's writable
 /// slot (made from the clone on the first start, else the sandbox's image copied), mounted
 /// read-write by the guest helper; an overlay's erofs image into a read-only slot, as a
 /// `run` claim — the hostname, and the recorded guest job `exec` starts from (environment,
@@ -242,20 +242,19 @@ fn try_adopt_vm(
     use airlock_model::plan::microvm::{WORKSPACE_IMAGE_FILE, WORK_PENDING_FILE};
     use airlock_sandbox::microvm::pool as vm_pool;
     // A clone (its own disk) or an overlay whose layers are in guest memory; read-only
-    // mounts (snapshots: a member's would date from its boot), injected secrets and agent
-    // starts: cold.
+    // mounts (snapshots: a member's would date from its boot) and agent starts: cold.
     let clone = match (&spec.workspace, &spec.workspace_dir) {
         (WorkspaceMode::Clone, Some(ws)) => Some(ws.clone()),
         (WorkspaceMode::None, _) => None,
         (WorkspaceMode::Overlay, _) if spec.resources.disk.is_none() => None,
         _ => return Ok(None),
     };
-    if !spec.binds.is_empty()
-        || spec.secrets.values().any(|s| s.inject.is_some())
-        || spec.agent.is_some()
-    {
+    if !spec.binds.is_empty() || spec.agent.is_some() {
         return Ok(None);
     }
+    // Injected secrets: refused as a cold start refuses them (before any claim); their
+    // placeholders made here, the values and the CA bound in the member's supervisor.
+    let secrets = super::secrets::claim_bind(spec, secrets.to_vec())?;
     let key = pool::key(spec);
     let t0 = Instant::now();
     let Some((mut store, member)) = super::daemon::claim_or_cold(state, &key, spec, 0) else {
@@ -266,11 +265,7 @@ fn try_adopt_vm(
     airlock_sandbox::phase("claimed a warm microVM");
     let mdir = pool::member_dir(state, &member.name);
     let bound = (|| -> Result<(), String> {
-        if spec.net == airlock_model::policy::NetMode::Filtered {
-            airlock_engine::live_policy::send(&mdir, &spec.domains, &spec.ports)
-                .map_err(|e| format!("the allowlist: {e}"))?;
-        }
-        vm_pool::install_secrets(&mdir, secrets)?;
+        super::warm_vm::bind_policy_and_secrets(&mdir, spec, &secrets)?;
         match &clone {
             Some(ws) => {
                 vm_pool::fill_workspace_disk(&mdir, &dir.join(WORKSPACE_IMAGE_FILE), ws)?;
@@ -300,6 +295,9 @@ fn try_adopt_vm(
         // variables), its working directory, hostname and files.
         vm_pool::rebind_job(&mdir, |job| {
             job.env = airlock_model::spec::env_over(&job.env, &spec.env);
+            if !secrets.bindings.is_empty() {
+                airlock_model::plan::set_ca_bundle_vars(&mut job.env);
+            }
             job.cwd = spec
                 .workdir
                 .clone()
