@@ -624,16 +624,30 @@ fn entries(dir: &Path) -> Vec<String> {
 /// cold start, and a stop takes the last one out; the next start (warm again, from the
 /// refilled pool: the sandbox's disk is copied into that member's slot) finds the committed
 /// and the uncommitted work. `rm` leaves no sandbox folder, member, link or run directory.
-/// Three guest boots (two members and the refill that `daemon stop` ends).
+/// Three guest boots (two members and the refill that `daemon stop` ends), rootful and
+/// rootless.
 #[test]
 fn a_named_microvm_start_claims_a_warm_member_and_keeps_its_clone_work() {
     if !e2e("a_named_microvm_start_claims_a_warm_member_and_keeps_its_clone_work") {
         return;
     }
-    let a = Airlock::root();
-    let _guard = DaemonGuard(&a);
-    let _sandboxes = SandboxGuard(&a, &["vmwarm"]);
-    common::pool::git_project(&a);
+    named_clone(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn a_rootless_named_microvm_start_claims_a_warm_member_too() {
+    if !e2e("a_rootless_named_microvm_start_claims_a_warm_member_too") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = common::Bins::owned_by(&user);
+    named_clone(&Airlock::rootless(&bins), "rootless");
+}
+
+fn named_clone(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    let _sandboxes = SandboxGuard(a, &["vmwarm"]);
+    common::pool::git_project(a);
     let host_git = |args: &[&str]| {
         let out = common::run_with_deadline(a.command_with("git", args), None, VM_DEADLINE);
         assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
@@ -665,7 +679,7 @@ fn a_named_microvm_start_claims_a_warm_member_and_keeps_its_clone_work() {
     let started = ok(&a, &["start", "vmwarm"], &[]);
     assert!(
         started.stderr.contains("vmwarm: warm start (pool"),
-        "{}",
+        "{label}: {}",
         started.describe()
     );
     let member = first.iter().next().cloned().unwrap_or_default();
@@ -710,7 +724,7 @@ fn a_named_microvm_start_claims_a_warm_member_and_keeps_its_clone_work() {
             "hi",
             "ext4 rw"
         ],
-        "{}",
+        "{label}: {}",
         out.describe()
     );
     inside("echo two >> README && git commit -qam two && echo draft > scratch.txt && sync");
@@ -762,7 +776,7 @@ fn a_named_microvm_start_claims_a_warm_member_and_keeps_its_clone_work() {
     ok(&a, &["daemon", "stop"], &[]);
     ok(&a, &["rm", "vmwarm"], &[]);
     assert!(!sdir.exists(), "{:?}", entries(&sdir));
-    assert_nothing_left(&a, "after rm");
+    assert_nothing_left(a, label);
     let runs = || {
         let mut r = entries(&a.state_dir().join("runs"));
         r.retain(|n| n != ".mnt");
