@@ -965,3 +965,78 @@ fn injected_secrets_are_bound_at_microvm_claims() {
         }
     }
 }
+
+/// A named agent start (`up --agent … --prompt`) on a microVM claims a warm member of the
+/// clone pool: the adopting supervisor stays as the agent's host, the runner starts the
+/// harness in the guest (on the guest's kernel, in the sandbox's clone), its reports come
+/// back, and its commit comes back with `fetch`. One guest boot (the daemon is killed once the
+/// member is ready: no refill).
+#[test]
+fn a_microvm_agent_start_claims_a_warm_member() {
+    if !e2e("a_microvm_agent_start_claims_a_warm_member") {
+        return;
+    }
+    const AGENT: &str = "#!/bin/sh\nset -u\ncd /workspace\nreport working \"on $(hostname)\"\n\
+        echo \"$AIRLOCK_PROMPT\" > notes.txt\n\
+        git add notes.txt && git -c user.email=a@b.invalid -c user.name=agent commit -qm 'agent: notes' || exit 1\n\
+        report done \"committed on $(uname -r)\"\n";
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let _sandboxes = SandboxGuard(&a, &["vmagent"]);
+    let p = common::pool::git_project(&a);
+    std::fs::write(p.join("agent.sh"), AGENT).expect("agent");
+    common::set_mode(&p.join("agent.sh"), 0o755);
+    std::fs::write(
+        p.join("airlock.toml"),
+        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+    )
+    .expect("airlock.toml");
+    let host_git = |args: &[&str]| {
+        let out = common::run_with_deadline(a.command_with("git", args), None, VM_DEADLINE);
+        assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+        out.stdout
+    };
+    host_git(&["add", "."]);
+    host_git(&["commit", "-qm", "agent"]);
+    let policy = ["--backend", "microvm", "--net", "off"];
+    let mut args = vec![
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--wait",
+        "--workspace",
+        "clone",
+    ];
+    args.extend(policy);
+    ok(&a, &args, &[]);
+    kill_daemon(&a);
+    let mut up = vec!["up", "vmagent", "--prompt", "write the notes"];
+    up.extend(policy);
+    let out = ok(&a, &up, &[]);
+    assert!(
+        out.stderr.contains("vmagent: warm start (pool"),
+        "{}",
+        out.describe()
+    );
+    let working = out.stdout.find("turn 1 working: on vmagent");
+    let done = out.stdout.find("turn 1 done: committed on ");
+    assert!(
+        working.is_some() && done.is_some() && working < done,
+        "{}",
+        out.describe()
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    assert!(
+        !out.stdout
+            .contains(&format!("committed on {}", host.trim())),
+        "the harness ran on the host's kernel: {}",
+        out.describe()
+    );
+    ok(&a, &["fetch", "vmagent", "--accept"], &[]);
+    assert_eq!(
+        host_git(&["log", "-1", "--format=%s", "airlock/vmagent"]),
+        "agent: notes\n"
+    );
+    ok(&a, &["stop", "vmagent"], &[]);
+}

@@ -242,14 +242,16 @@ fn try_adopt_vm(
     use airlock_model::plan::microvm::{WORKSPACE_IMAGE_FILE, WORK_PENDING_FILE};
     use airlock_sandbox::microvm::pool as vm_pool;
     // A clone (its own disk) or an overlay whose layers are in guest memory; read-only
-    // mounts (snapshots: a member's would date from its boot) and agent starts: cold.
+    // mounts (snapshots: a member's would date from its boot): cold. An agent start claims
+    // too: this supervisor stays as its host (`agent_host`), its runner's sessions go over
+    // the sandbox's control socket as a cold one's.
     let clone = match (&spec.workspace, &spec.workspace_dir) {
         (WorkspaceMode::Clone, Some(ws)) => Some(ws.clone()),
         (WorkspaceMode::None, _) => None,
         (WorkspaceMode::Overlay, _) if spec.resources.disk.is_none() => None,
         _ => return Ok(None),
     };
-    if !spec.binds.is_empty() || spec.agent.is_some() {
+    if !spec.binds.is_empty() {
         return Ok(None);
     }
     // Injected secrets: refused as a cold start refuses them (before any claim); their
