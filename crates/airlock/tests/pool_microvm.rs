@@ -664,19 +664,19 @@ fn named_clone(a: &Airlock, label: &str) {
         "clone",
     ];
     args.extend(policy);
-    ok(&a, &args, &[]);
-    let first = members_ever(&a);
+    ok(a, &args, &[]);
+    let first = members_ever(a);
     assert_eq!(first.len(), 1, "{first:?}");
     let mut create = vec!["create", "vmwarm", "--env", "GREETING=hi"];
     create.extend(policy);
-    ok(&a, &create, &[]);
+    ok(a, &create, &[]);
     let sdir = a.state_dir().join("sandboxes/vmwarm");
     assert!(
         sdir.join("workspace/.git").is_dir(),
         "the host made the clone"
     );
 
-    let started = ok(&a, &["start", "vmwarm"], &[]);
+    let started = ok(a, &["start", "vmwarm"], &[]);
     assert!(
         started.stderr.contains("vmwarm: warm start (pool"),
         "{label}: {}",
@@ -690,7 +690,7 @@ fn named_clone(a: &Airlock, label: &str) {
     );
     let inside = |script: &str| {
         ok(
-            &a,
+            a,
             &[
                 "exec",
                 "vmwarm",
@@ -730,10 +730,9 @@ fn named_clone(a: &Airlock, label: &str) {
     inside("echo two >> README && git commit -qam two && echo draft > scratch.txt && sync");
     // The work comes back through the review gate, as after a cold start.
     let d: serde_json::Value =
-        serde_json::from_str(&ok(&a, &["diff", "vmwarm", "--json"], &[]).stdout)
-            .expect("diff json");
+        serde_json::from_str(&ok(a, &["diff", "vmwarm", "--json"], &[]).stdout).expect("diff json");
     assert!(d["tip"].as_str().is_some_and(|t| t.len() >= 40), "{d}");
-    ok(&a, &["fetch", "vmwarm", "--accept"], &[]);
+    ok(a, &["fetch", "vmwarm", "--accept"], &[]);
     assert_eq!(
         host_git(&["log", "--format=%s", "airlock/vmwarm"]),
         "two\ninitial\n"
@@ -743,8 +742,8 @@ fn named_clone(a: &Airlock, label: &str) {
     assert!(!sdir.join("vm-workspace-slot.img").exists());
     // A commit just before the stop comes out at the stop.
     inside("echo three >> README && git commit -qam three");
-    ok(&a, &["stop", "vmwarm"], &[]);
-    ok(&a, &["fetch", "vmwarm", "--accept"], &[]);
+    ok(a, &["stop", "vmwarm"], &[]);
+    ok(a, &["fetch", "vmwarm", "--accept"], &[]);
     assert_eq!(
         host_git(&["log", "-1", "--format=%s", "airlock/vmwarm"]),
         "three\n"
@@ -752,11 +751,11 @@ fn named_clone(a: &Airlock, label: &str) {
 
     // The refilled pool's member: the next start is warm again, with the disk copied in.
     assert!(
-        wait_until(VM_DEADLINE, || pool0(&a)["ready"] == 1),
+        wait_until(VM_DEADLINE, || pool0(a)["ready"] == 1),
         "no refill: {}",
-        status(&a)
+        status(a)
     );
-    let again = ok(&a, &["start", "vmwarm"], &[]);
+    let again = ok(a, &["start", "vmwarm"], &[]);
     let second = claimed_named(&again).unwrap_or_else(|| panic!("{}", again.describe()));
     assert_ne!(second, member, "{}", again.describe());
     let out = inside("cat scratch.txt; git log -1 --format=%s; git status --short");
@@ -767,14 +766,14 @@ fn named_clone(a: &Airlock, label: &str) {
         out.describe()
     );
     inside("echo four >> README && git commit -qam four");
-    ok(&a, &["stop", "vmwarm"], &[]);
-    ok(&a, &["fetch", "vmwarm", "--accept"], &[]);
+    ok(a, &["stop", "vmwarm"], &[]);
+    ok(a, &["fetch", "vmwarm", "--accept"], &[]);
     assert_eq!(
         host_git(&["log", "-1", "--format=%s", "airlock/vmwarm"]),
         "four\n"
     );
-    ok(&a, &["daemon", "stop"], &[]);
-    ok(&a, &["rm", "vmwarm"], &[]);
+    ok(a, &["daemon", "stop"], &[]);
+    ok(a, &["rm", "vmwarm"], &[]);
     assert!(!sdir.exists(), "{:?}", entries(&sdir));
     assert_nothing_left(a, label);
     let runs = || {
@@ -786,7 +785,7 @@ fn named_clone(a: &Airlock, label: &str) {
         wait_until(Duration::from_secs(30), || runs().is_empty()),
         "run directories left: {:?} (members {:?}, claimed {member} then {second})",
         runs(),
-        members_ever(&a)
+        members_ever(a)
     );
 }
 
