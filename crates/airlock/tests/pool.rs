@@ -292,6 +292,96 @@ fn cold_fallback_and_no_policy_leak() {
     assert_nothing_left(&a, "cold");
 }
 
+/// A warm run's egress journal is its own, as a cold run's: what it blocked is said on its
+/// stderr (with the hint), and `--net-log FILE` claims warm, the claim's decisions (and no
+/// one else's) reaching FILE.
+fn warm_runs_say_and_journal_their_egress(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "1",
+            "--workspace",
+            "none",
+            "--wait",
+        ],
+    );
+    let probe = |host: &str, log: Option<&Path>| {
+        let script = format!("getent hosts {host}; echo done");
+        let mut args = vec!["run", "--workspace", "none"];
+        let log = log.map(|p| p.display().to_string());
+        if let Some(l) = &log {
+            args.extend(["--net-log", l.as_str()]);
+        }
+        args.extend(["--", "sh", "-c", script.as_str()]);
+        let out = a.run(&args);
+        assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+        assert_eq!(out.stdout, "done\n", "{label}: {}", out.describe());
+        assert!(
+            claimed(&out).is_some(),
+            "{label}: not warm: {}",
+            out.describe()
+        );
+        let said = format!("airlock: blocked {host}:53: {host} is not in the allowed domains");
+        assert!(
+            out.stderr.contains(&said) && out.stderr.contains(&format!("--allow {host}")),
+            "{label}: the denial is not said: {}",
+            out.describe()
+        );
+        // Said once, however often the resolver asked.
+        assert_eq!(
+            out.stderr.matches("airlock: blocked").count(),
+            1,
+            "{label}: {}",
+            out.describe()
+        );
+    };
+    probe("first.example", None);
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(&status(a))["ready"] == 1),
+        "{label}: no refill: {}",
+        status(a)
+    );
+    let log = a.dir.join("net.jsonl");
+    probe("second.example", Some(&log));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{label}: {e}: {l}")))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["host"] == "second.example"
+            && e["kind"] == "dns"
+            && e["decision"] == "deny"),
+        "{label}: the claim's denial is not in its journal: {text}"
+    );
+    assert!(
+        !text.contains("first.example"),
+        "{label}: another claim's decision is in this one's journal: {text}"
+    );
+}
+
+#[test]
+fn warm_runs_say_and_journal_their_egress_rootful() {
+    if !e2e("warm_runs_say_and_journal_their_egress_rootful") {
+        return;
+    }
+    warm_runs_say_and_journal_their_egress(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn warm_runs_say_and_journal_their_egress_rootless() {
+    if !e2e("warm_runs_say_and_journal_their_egress_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    warm_runs_say_and_journal_their_egress(&Airlock::rootless(&bins), "rootless");
+}
+
 /// kill -9 the daemon: its members run on; a new daemon adopts them (no new starts) and
 /// resumes refilling.
 #[test]

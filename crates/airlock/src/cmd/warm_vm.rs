@@ -11,6 +11,7 @@
 use super::daemon;
 use super::vm_member::power_off;
 use crate::error::{CliError, CliResult};
+use airlock_engine::live_policy::ClaimedAs;
 use airlock_engine::{paths, pool};
 use airlock_model::policy::{NetMode, WorkspaceMode};
 use airlock_sandbox::command::{Ending, Outcome};
@@ -59,7 +60,7 @@ pub(super) fn try_warm(
         Ok(None)
     };
     // This run's allowlist and injected secrets, in force before its command runs.
-    if let Err(e) = bind_policy_and_secrets(&dir, spec, &secrets) {
+    if let Err(e) = bind_policy_and_secrets(&dir, spec, &secrets, ClaimedAs::Run) {
         return refused(&mut store, "this run's allowlist or secrets", &e);
     }
     if overlay {
@@ -137,19 +138,23 @@ pub(super) fn try_warm(
 /// sandbox's): the allowlist and the injected secrets' bindings on the member's policy
 /// socket in one line (its supervisor — the one whose proxy intercepts — makes this claim's
 /// CA and answers with its certificate), the combined CA bundle into the guest, then the
-/// secrets as the guest's /run/secrets files (an injected one as its placeholder).
+/// secrets as the guest's /run/secrets files (an injected one as its placeholder). Its
+/// denials' hints name `claimed_as`.
 pub(super) fn bind_policy_and_secrets(
     dir: &Path,
     spec: &airlock_model::spec::RunSpec,
     secrets: &super::secrets::ClaimBound,
+    claimed_as: ClaimedAs,
 ) -> Result<(), String> {
     if spec.net == NetMode::Filtered {
-        let ca = airlock_engine::live_policy::send_claim(
+        let (ca, _) = airlock_engine::live_policy::send_claim(
             dir,
             &spec.domains,
             &spec.ports,
             &secrets.bindings,
             secrets.upstream_ca.as_deref(),
+            claimed_as,
+            None,
         )
         .map_err(|e| format!("the member refused the allowlist or injected secrets: {e}"))?;
         if let Some(pem) = ca.filter(|_| !secrets.bindings.is_empty()) {
