@@ -480,11 +480,15 @@ fn reclaim_runs(sandbox: &Instance<'_>) {
     let Some(state) = state else {
         return;
     };
-    if state
-        .join("runs")
-        .join(format!("{}.vm", sandbox.name))
-        .exists()
-    {
+    // A named sandbox that adopted a warm member runs QEMU in run directories named after
+    // that member (`run-XXXXXXXX.vm`): any microVM run directory is a reason to look.
+    let runs = state.join("runs");
+    let vm_runs = runs.join(format!("{}.vm", sandbox.name)).exists()
+        || std::fs::read_dir(&runs).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".vm"))
+        });
+    if vm_runs {
         container::rundir::gc(state, Layout::detect);
     }
 }

@@ -1037,5 +1037,20 @@ fn a_microvm_agent_start_claims_a_warm_member() {
         host_git(&["log", "-1", "--format=%s", "airlock/vmagent"]),
         "agent: notes\n"
     );
-    ok(&a, &["stop", "vmagent"], &[]);
+    // `rm -f` of the running adopted sandbox: no folder, no member, no run directory (QEMU's
+    // are named after the member it was).
+    ok(&a, &["rm", "-f", "vmagent"], &[]);
+    assert!(!a.state_dir().join("sandboxes/vmagent").exists());
+    let runs = || {
+        let mut r = entries(&a.state_dir().join("runs"));
+        r.retain(|n| n != ".mnt");
+        r
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || runs().is_empty()),
+        "run directories left after rm -f: {:?}",
+        runs()
+    );
+    ok(&a, &["daemon", "stop"], &[]);
+    assert_nothing_left(&a, "after rm -f");
 }
