@@ -208,8 +208,11 @@ fn a_warm_microvm_claim_binds_its_own_allowlist_and_secret() {
         "echo \"$GREETING $TOKEN\"; cat /run/secrets/TOKEN; echo; \
          stat -c %a:%U /run/secrets/TOKEN; pwd; hostname; uname -r; {probe}; exit 7"
     );
+    let log = a.dir.join("net.jsonl");
     let out = run(
         &[
+            "--net-log",
+            &log.display().to_string(),
             "--allow",
             "one.test",
             "-e",
@@ -241,6 +244,28 @@ fn a_warm_microvm_claim_binds_its_own_allowlist_and_secret() {
         "{}",
         out.describe()
     );
+    // Its denials are its own, as a cold run's: said with the `--allow` hint (not the
+    // member's `airlock allow run-…`), and in its --net-log with its allowed connection.
+    assert!(
+        out.stderr.contains("airlock: blocked two.test")
+            && out.stderr.contains("--allow two.test")
+            && !out.stderr.contains("airlock allow run-"),
+        "{}",
+        out.describe()
+    );
+    let journal = std::fs::read_to_string(&log).unwrap_or_default();
+    let events: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for (host, decision) in [("two.test", "deny"), ("one.test", "allow")] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["host"] == host && e["decision"] == decision),
+            "{host} {decision} not in the claim's journal: {journal}"
+        );
+    }
     // Never reused: its guest powered off, its folder gone; a new member in its place.
     assert!(
         wait_until(Duration::from_secs(30), || !members_dir(&a)

@@ -627,6 +627,23 @@ fn mkfs_ext4_on(mkfs: &Path, source: &Path, file: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&res.stderr).trim()
         ));
     }
+    // mkfs makes an empty `lost+found` at the root, which would show in the guest's
+    // /workspace (or root) as a folder the project never had. e2fsck makes it again if
+    // ever needed. Without debugfs it stays (cosmetic).
+    if source.join("lost+found").symlink_metadata().is_err() {
+        if let Some(debugfs) = ["/usr/sbin/debugfs", "/sbin/debugfs"]
+            .iter()
+            .find(|p| Path::new(p).exists())
+        {
+            let _ = Command::new(debugfs)
+                .args(["-w", "-R", "rmdir lost+found"])
+                .arg(file)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
     Ok(())
 }
 

@@ -280,6 +280,7 @@ fn try_adopt_vm(
             spec,
             &secrets,
             ClaimedAs::Sandbox(spec.name.clone()),
+            None,
         )?;
         match &clone {
             Some(ws) => {
