@@ -116,6 +116,14 @@ pub fn normalize_bound_at_claim(s: &mut RunSpec) {
             s.workspace_slot = true;
             s.protected.clear();
         }
+        // A named sandbox's clone: its ext4 image goes into a *writable* slot (the size of
+        // that image: `disk` stays in the key), which becomes the sandbox's image.
+        if s.workspace == WorkspaceMode::Clone {
+            s.workspace = WorkspaceMode::None;
+            s.workspace_slot = true;
+            s.workspace_slot_rw = true;
+            s.protected.clear();
+        }
         return;
     }
     if s.backend != airlock_model::policy::BackendKind::Container {

@@ -60,12 +60,16 @@ fn member_spec(
     no_user_config: bool,
 ) -> CliResult<(airlock_model::spec::RunSpec, u32)> {
     let mut policy = a.policy.clone();
+    // `--workspace clone`: members for named microVM sandboxes with a clone workspace (a
+    // writable slot their image goes into); built as `none`, then made a clone's.
+    let clone = policy.workspace.as_deref() == Some("clone");
     match policy.workspace.as_deref() {
         None => policy.workspace = Some("none".into()),
         Some("none" | "overlay" | "bind") => {}
+        Some("clone") => policy.workspace = Some("none".into()),
         Some(other) => {
             return Err(CliError::usage(format!(
-                "--workspace {other}: a pool's members are claimed by runs (none, overlay or bind)"
+                "--workspace {other}: a pool's members are claimed by runs (none, overlay or bind) or named microVM clones (clone)"
             ))
             .hint("--workspace overlay serves runs with an overlay or bind workspace, --workspace none (the default) runs without one"))
         }
@@ -81,18 +85,29 @@ fn member_spec(
         interactive: false,
         cmd: vec![],
     };
-    let built = super::spec::build(&ra, global_config, no_user_config, true)?;
+    let mut built = super::spec::build(&ra, global_config, no_user_config, true)?;
+    if clone {
+        if built.spec.backend != BackendKind::Microvm {
+            return Err(CliError::usage(
+                "--workspace clone: only a microVM pool has members for clone workspaces",
+            )
+            .hint(
+                "a container pool made with --workspace overlay serves named sandboxes' clones",
+            ));
+        }
+        built.spec.workspace = WorkspaceMode::Clone;
+    }
     // A microVM member takes an overlay workspace at claim (its slot disk); nothing else.
     if built.spec.backend == BackendKind::Microvm
         && !matches!(
             built.spec.workspace,
-            WorkspaceMode::None | WorkspaceMode::Overlay
+            WorkspaceMode::None | WorkspaceMode::Overlay | WorkspaceMode::Clone
         )
     {
         return Err(CliError::usage(
-            "a microVM pool's members take an overlay workspace at claim, no other kind",
+            "a microVM pool's members take an overlay or a named sandbox's clone workspace at claim, no other kind",
         )
-        .hint("--workspace overlay (or none)"));
+        .hint("--workspace overlay, clone (or none)"));
     }
     if built.spec.backend == BackendKind::Microvm {
         super::vm_member::check_backend(&built.spec)?;
