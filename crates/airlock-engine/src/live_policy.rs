@@ -567,7 +567,7 @@ pub fn send_claim(
         pem => pem,
     };
     let watch = match watch {
-        Some(journal) => Some(Watch::start(conn, journal)?),
+        Some(journal) => Some(Watch::new(conn, journal)?),
         None => None,
     };
     Ok((pem, watch))
@@ -575,16 +575,25 @@ pub fn send_claim(
 
 /// A claimer's copy of its member's egress journal: the events the member's supervisor sends
 /// after the claim, recorded in a journal of the claimer's (the run's `--net-log`, denials
-/// said on its stderr: as a cold start's supervisor records its own) by a thread of its own.
+/// said on its stderr: as a cold start's supervisor records its own) by a thread of its own,
+/// started by [`Watch::follow`] — once the claimer has made its last fork for the claim (a
+/// child forked beside a running thread could find a lock held forever). Until then the
+/// events wait in the member's queue.
 #[derive(Debug)]
 pub struct Watch {
     conn: UnixStream,
+    /// What the reading thread takes (a clone of `conn`, the journal, the sync signal).
+    pending: Option<(
+        UnixStream,
+        Box<airlock_egress::journal::Journal>,
+        std::sync::mpsc::Sender<()>,
+    )>,
     synced: std::sync::mpsc::Receiver<()>,
-    reader: std::thread::JoinHandle<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watch {
-    fn start(
+    fn new(
         conn: UnixStream,
         journal: airlock_egress::journal::Journal,
     ) -> Result<Self, BackendError> {
@@ -592,7 +601,22 @@ impl Watch {
         let reading = conn.try_clone().map_err(failed)?;
         reading.set_read_timeout(None).map_err(failed)?;
         let (synced_tx, synced) = std::sync::mpsc::channel();
-        let reader = std::thread::Builder::new()
+        Ok(Self {
+            conn,
+            pending: Some((reading, Box::new(journal), synced_tx)),
+            synced,
+            reader: None,
+        })
+    }
+
+    /// Record the member's events from now on, on a thread of this process's own. Call it
+    /// after the last fork this process makes for the claim, before the command runs (its
+    /// events then are said while it runs, and the member's queue never fills).
+    pub fn follow(&mut self) {
+        let Some((reading, journal, synced_tx)) = self.pending.take() else {
+            return;
+        };
+        self.reader = std::thread::Builder::new()
             .name("egress-events".into())
             .spawn(move || {
                 for line in BufReader::new(reading).lines() {
@@ -604,22 +628,20 @@ impl Watch {
                     }
                 }
             })
-            .map_err(failed)?;
-        Ok(Self {
-            conn,
-            synced,
-            reader,
-        })
+            .ok();
     }
 
     /// After the claim's command: wait (two seconds at most) until every event the member
     /// recorded before now is recorded here, then hang up.
-    pub fn finish(self) {
+    pub fn finish(mut self) {
+        self.follow();
         if (&self.conn).write_all(b"sync\n").is_ok() {
             let _ = self.synced.recv_timeout(Duration::from_secs(2));
         }
         let _ = self.conn.shutdown(std::net::Shutdown::Both);
-        let _ = self.reader.join();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
     }
 }
 
@@ -809,7 +831,8 @@ mod tests {
             Some(airlock_egress::journal::Journal::new(got.clone())),
         )
         .unwrap();
-        let watch = watch.expect("a watch");
+        let mut watch = watch.expect("a watch");
+        watch.follow();
         let sent: Vec<_> = (0..300).map(|i| denied(&format!("h{i}.test"))).collect();
         for e in &sent {
             ctx.journal.record(e);

@@ -663,6 +663,18 @@ pub fn try_warm(
     // (joining a cgroup waits for an RCU grace period on cgroup v1). A member without a stub:
     // exec joins it.
     let mut stub = None;
+    // Its egress events, said while it runs: the reading thread starts once this process's
+    // forks for the claim are done (the helpers that bound secrets, hostname and workspace;
+    // a child forked beside a running thread could find a lock held forever). Not before
+    // exec's fork for a member without a stub: its events are then read after the command.
+    if let Some(w) = &mut watch {
+        if dir
+            .join(airlock_sandbox::container::stub::STUB_SOCKET)
+            .exists()
+        {
+            w.follow();
+        }
+    }
     let ran = match airlock_sandbox::container::stub::exec_claimed(&dir, &plan, &req) {
         Ok(Some((o, s))) => {
             stub = Some(s);

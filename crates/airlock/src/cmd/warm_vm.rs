@@ -63,10 +63,11 @@ pub(super) fn try_warm(
     };
     // This run's allowlist and injected secrets, in force before its command runs; its
     // denials hint `--allow` as a cold run's, are said here and go to its `--net-log`.
-    let watch = match bind_policy_and_secrets(&dir, spec, &secrets, ClaimedAs::Run, Some(journal)) {
-        Ok(w) => w,
-        Err(e) => return refused(&mut store, "this run's allowlist or secrets", &e),
-    };
+    let mut watch =
+        match bind_policy_and_secrets(&dir, spec, &secrets, ClaimedAs::Run, Some(journal)) {
+            Ok(w) => w,
+            Err(e) => return refused(&mut store, "this run's allowlist or secrets", &e),
+        };
     if overlay {
         if let Err(e) = microvm::pool::attach_workspace(&dir, &spec.project_dir) {
             return refused(&mut store, "this run's workspace", &e);
@@ -97,6 +98,10 @@ pub(super) fn try_warm(
         with_secrets: false,
         timeout: b.timeout,
     };
+    // Its egress events, said while it runs (every fork of the claim's is done).
+    if let Some(w) = &mut watch {
+        w.follow();
+    }
     // The time limit: past it the guest powers off under the command.
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let timed_out = std::sync::atomic::AtomicBool::new(false);
