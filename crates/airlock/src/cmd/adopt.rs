@@ -118,13 +118,11 @@ pub fn try_adopt(
     let mut cgroup = None;
     let bound = (|| -> Result<(), String> {
         // The member's exec stub serves a `run`'s one command; a named sandbox's commands
-        // come through exec. Its socket goes, so that nothing can hand it a command later
-        // (it would run in the member's limit-free cgroup); the member's supervisor ends it.
-        match std::fs::remove_file(mdir.join(airlock_sandbox::container::stub::STUB_SOCKET)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("retire the member's exec stub: {e}")),
-        }
+        // come through exec. It goes (its socket, itself and the child it parked inside).
+        airlock_sandbox::container::stub::retire(&mdir, || {
+            airlock_engine::supervisor::locked(&mdir)
+        })
+        .map_err(|e| format!("retire the member's exec stub: {e}"))?;
         let mut plan: LaunchPlan = std::fs::read(mdir.join(airlock_sandbox::folder::PLAN_FILE))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))

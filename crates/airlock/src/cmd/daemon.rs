@@ -680,10 +680,46 @@ pub fn try_warm(
         w.finish();
     }
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
-    let wake = release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
+    // With a daemon running, the release is handed to it (one datagram) once this run's
+    // output is done, and the run ends there: its member's PID 1 is killed now (its
+    // supervisor then ends the stub and removes the claim's cgroup), the daemon records the
+    // release and the hit and removes the member. Without one, or if it does not take the
+    // datagram, the release is done here as before.
+    let hand = pool::daemon_running(&state);
+    let wake = if hand {
+        kill_pid1(&dir);
+        false
+    } else {
+        release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)))
+    };
     // After the member's end, as a cold run's PID 1 does it once every process is gone.
     let changes = attached.changes();
     drop(attached);
+    let end = |ran: CliResult<airlock_sandbox::isolation::Outcome>| {
+        let mut outcome = ran?;
+        if oom && outcome.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
+            outcome.ending = Ending::OutOfMemory;
+        }
+        let undone = super::wayback::wayback_after(spec, wayback.as_ref(), None);
+        super::wayback::finish(spec, &outcome, changes.as_ref(), undone, timeout_text)
+    };
+    let me = std::process::id() as i32;
+    let micros = claimed_in.as_micros() as u64;
+    if hand {
+        let ended = end(ran);
+        if pool::hand_release(&state, &member.name, me, &key, micros) {
+            airlock_sandbox::phase("warm: released (handed to the daemon)");
+            return ended.map(Some);
+        }
+        release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
+        if let Some(cg) = cgroup {
+            if let Some(s) = stub {
+                s.wait(Duration::from_secs(2));
+            }
+            cg.destroy();
+        }
+        return ended.map(Some);
+    }
     if let Some(cg) = cgroup {
         // The stub reported the status before it exited; its cgroup goes once it is gone.
         if let Some(s) = stub {
@@ -696,12 +732,7 @@ pub fn try_warm(
         pool::wake(&state);
     }
     airlock_sandbox::phase("warm: released");
-    let mut outcome = ran?;
-    if oom && outcome.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
-        outcome.ending = Ending::OutOfMemory;
-    }
-    let undone = super::wayback::wayback_after(spec, wayback.as_ref(), None);
-    super::wayback::finish(spec, &outcome, changes.as_ref(), undone, timeout_text).map(Some)
+    end(ran).map(Some)
 }
 
 /// A claim's `[home_files]` (`spec`'s; `persist`: a named sandbox's folder), staged as a cold
@@ -843,6 +874,17 @@ pub(super) fn release(
     }
 }
 
+/// A claimed container member's PID 1 goes (SIGKILL from the host: its supervisor then cleans
+/// up as after any end and exits).
+fn kill_pid1(dir: &Path) {
+    if let Some(p) = airlock_sandbox::container::exec::pid1(dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// [`release`], except that a running daemon is not woken: true when one runs, for the caller
 /// to wake once its own last steps are done (the refill it starts takes a CPU from them).
 fn release_unwoken(
@@ -852,12 +894,7 @@ fn release_unwoken(
     dir: &Path,
     done: Option<(&str, Duration)>,
 ) -> bool {
-    if let Some(p) = airlock_sandbox::container::exec::pid1(dir) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    kill_pid1(dir);
     // A microVM member: its guest powers off.
     super::vm_member::power_off(dir);
     let me = std::process::id() as i32;
