@@ -493,7 +493,8 @@ pub enum DaemonCommand {
     /// Start the daemon (if it is not running) with a pool of sandboxes made from these options
     /// (as `run` would make them; `--workspace none` unless given: `--workspace overlay` serves
     /// runs with an overlay or bind workspace, and named sandboxes (`start`, `up`, agent
-    /// starts) with a clone or bind one, attached at claim) and keep it full.
+    /// starts) with a clone or bind one, attached at claim; for `--backend microvm`,
+    /// `--workspace clone` keeps guests for named sandboxes' clone workspaces) and keep it full.
     /// `[daemon.agents.NAME] min_warm = N` keeps a pool for an agent's starts.
     Start(Box<PoolArgs>),
     /// Remove every member nobody claimed, forget the pools, and stop the daemon.
