@@ -497,14 +497,16 @@ fn rootfs_key() -> String {
 }
 
 /// What a booted guest was made from, cheaply (stats, no reads of the images): the kernel
-/// image, the initramfs layout and guest helper, and the host root image's sources. Part of a
-/// microVM warm pool's key, so a member booted from other artifacts is never handed out.
+/// image, the initramfs layout and guest helper, and the host root image's sources and layout.
+/// Part of a microVM warm pool's key, so a member booted from other artifacts is never handed
+/// out.
 pub fn boot_identity(kernel_image: &Path, guest_sha256: &str) -> String {
     key(&[
         stat_key(kernel_image).as_bytes(),
         INITRD_LAYOUT.as_bytes(),
         guest_sha256.as_bytes(),
         rootfs_key().as_bytes(),
+        ROOTFS_LAYOUT.as_bytes(),
     ])
 }
 
