@@ -301,6 +301,9 @@ pub(crate) struct BufSock {
     /// The size of each write to the socket.
     #[cfg(test)]
     pub(crate) writes: Vec<usize>,
+    /// The bytes of each write.
+    #[cfg(test)]
+    pub(crate) sent: Vec<Vec<u8>>,
 }
 
 impl BufSock {
@@ -317,6 +320,8 @@ impl BufSock {
             quick_acks: 0,
             #[cfg(test)]
             writes: Vec::new(),
+            #[cfg(test)]
+            sent: Vec::new(),
         }
     }
 
@@ -363,13 +368,20 @@ impl Write for BufSock {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         let n = self.sock.write(b)?;
         #[cfg(test)]
-        self.writes.push(n);
+        {
+            self.writes.push(n);
+            self.sent.push(b[..n].to_vec());
+        }
         Ok(n)
     }
     fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
         let n = self.sock.write_vectored(b)?;
         #[cfg(test)]
-        self.writes.push(n);
+        {
+            self.writes.push(n);
+            let all: Vec<u8> = b.iter().flat_map(|s| s.iter().copied()).collect();
+            self.sent.push(all[..n].to_vec());
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {

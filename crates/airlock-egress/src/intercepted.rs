@@ -78,54 +78,125 @@ where
 
 /// The most plaintext in one TLS record (rustls fragments at this size).
 const MAX_FRAGMENT: usize = 16 * 1024;
-/// The most a record adds to its plaintext: header (5), TLS 1.2's explicit nonce (8) or TLS
-/// 1.3's content type (1), tag (16).
+/// The most a TLS 1.2 record adds to its plaintext: header (5), explicit nonce (8), tag (16).
 const RECORD_OVERHEAD: usize = 5 + 8 + 16;
+/// What a TLS 1.3 record adds to its plaintext: header (5), content type (1), tag (16).
+const RECORD_OVERHEAD_TLS13: usize = 5 + 1 + 16;
 /// Data in one TCP segment on loopback (MTU 65536 less the IP and TCP headers with
 /// timestamps), where the sandbox's connection ends.
 const LOOPBACK_SEGMENT: usize = 65_483;
-/// Encrypted answer bytes for the sandbox are sent before they would take more than this (or
-/// before the proxy would wait for the upstream): whole records that fill one loopback
-/// segment, three 16 KiB records. Four (64 KiB of plaintext, 65,624 bytes of TLS) were sent as
-/// a full segment and one of 141 bytes, an extra packet and wake-up of the client per write.
-/// Not much more either: rustls queues each record in its own allocation, and with 256 KiB
-/// queued the allocator gave the freed memory back to the system after every write and
-/// faulted it in again (page faults were 8% of the proxy's CPU, bench/RESULTS.md).
+/// Encrypted answer bytes for the sandbox are sent when they fill one loopback segment (or
+/// before the proxy would wait for the upstream). Whole 16 KiB records do not fill it: four
+/// (65,624 bytes of TLS) were sent as a full segment and one of 141 bytes, an extra packet and
+/// wake-up of the client per write; three (49,218 bytes) leave a quarter of each segment
+/// empty. So the segment's last record is cut to fit (4 records, 65,395 bytes of plaintext per
+/// segment). Not more than a segment either: rustls queues each record in its own allocation,
+/// and with 256 KiB queued the allocator gave the freed memory back to the system after every
+/// write and faulted it in again (bench/RESULTS.md).
 const FLUSH_WIRE: usize = LOOPBACK_SEGMENT;
+/// No record shorter than this is made to fill the rest of a segment: it is sent as it is.
+const MIN_RECORD: usize = 1024;
+/// The rest of a piece that did not fill a record is held (copied) to start the next record
+/// if it is at most this long; a longer rest is a record of its own. The records stay full
+/// (the rest of a cut record is not a small record of its own, which costs the sandbox's TLS
+/// two reads), and the copy stays small.
+const CARRY_MAX: usize = 4 * 1024;
 
-/// An upper bound of the TLS bytes `n` bytes of plaintext become.
-fn wire_len(n: usize) -> usize {
-    n + n.div_ceil(MAX_FRAGMENT).max(1) * RECORD_OVERHEAD
+/// Answer plaintext on its way to the sandbox: encrypted into its connection's queue in
+/// records sized so that each write fills one loopback segment ([`FLUSH_WIRE`]).
+struct Packer {
+    /// TLS bytes queued since the last write (exact for TLS 1.3 and TLS 1.2's AES-GCM).
+    queued: usize,
+    /// What one record adds to its plaintext on this connection.
+    overhead: usize,
+    /// Plaintext held for the next record (at most [`CARRY_MAX`]); sent by [`Packer::flush`].
+    carry: Vec<u8>,
 }
 
-/// Encrypt `data` for the sandbox into its connection's queue, in records of at most
-/// [`MAX_FRAGMENT`]; what is queued (`queued`: its TLS bytes, an upper bound) is sent first
-/// when the next record would take it past [`FLUSH_WIRE`].
-fn queue_down(client: &mut Down, mut data: &[u8], queued: &mut usize) -> io::Result<()> {
-    while !data.is_empty() {
-        let piece = &data[..data.len().min(MAX_FRAGMENT)];
-        if *queued > 0 && *queued + wire_len(piece.len()) > FLUSH_WIRE {
-            flush_down(client, queued)?;
-        }
-        let n = client.conn.writer().write(piece)?;
-        data = &data[n..];
-        if n == 0 {
-            // rustls's queue is full (it cannot be while `FLUSH_WIRE` is below its limit).
-            flush_down(client, queued)?;
-        } else {
-            *queued += wire_len(n);
+impl Packer {
+    fn new(client: &Down) -> Self {
+        let overhead = match client.conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => RECORD_OVERHEAD_TLS13,
+            _ => RECORD_OVERHEAD,
+        };
+        Self {
+            queued: 0,
+            overhead,
+            carry: Vec::new(),
         }
     }
-    Ok(())
-}
 
-/// Send what is queued for the sandbox (one vectored write per up to 64 records).
-fn flush_down(client: &mut Down, queued: &mut usize) -> io::Result<()> {
-    while client.conn.wants_write() {
-        client.conn.write_tls(&mut client.sock)?;
+    /// Encrypt `data` for the sandbox (what is held before it first); a write goes out each
+    /// time a segment is full. A short rest may be held until the next call or `flush`.
+    fn queue(&mut self, client: &mut Down, data: &[u8]) -> io::Result<()> {
+        self.records(client, data, true)
     }
-    *queued = 0;
-    Ok(())
+
+    fn records(&mut self, client: &mut Down, mut data: &[u8], hold: bool) -> io::Result<()> {
+        loop {
+            let have = self.carry.len() + data.len();
+            if have == 0 {
+                return Ok(());
+            }
+            let room = FLUSH_WIRE.saturating_sub(self.queued);
+            if room < self.overhead + MIN_RECORD {
+                self.send(client)?;
+                continue;
+            }
+            // This record's plaintext: a full one, or what fills the segment.
+            let want = MAX_FRAGMENT.min(room - self.overhead);
+            if hold && have < want && have <= CARRY_MAX {
+                self.carry.extend_from_slice(data);
+                return Ok(());
+            }
+            let from_carry = self.carry.len().min(want);
+            let take = want.min(have) - from_carry;
+            let mut w = client.conn.writer();
+            // One record (rustls fragments at MAX_FRAGMENT) from the held bytes and the new.
+            let k = match (from_carry, take) {
+                (0, _) => w.write(&data[..take])?,
+                (_, 0) => w.write(&self.carry[..from_carry])?,
+                _ => w.write_vectored(&[
+                    io::IoSlice::new(&self.carry[..from_carry]),
+                    io::IoSlice::new(&data[..take]),
+                ])?,
+            };
+            if k == 0 {
+                // rustls's queue is full (it cannot be while FLUSH_WIRE is below its limit).
+                if self.queued == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                self.send(client)?;
+                continue;
+            }
+            self.queued += k + self.overhead;
+            let c = k.min(self.carry.len());
+            self.carry.drain(..c);
+            data = &data[k - c..];
+        }
+    }
+
+    /// Write what is queued (one vectored write of its records).
+    fn send(&mut self, client: &mut Down) -> io::Result<()> {
+        while client.conn.wants_write() {
+            client.conn.write_tls(&mut client.sock)?;
+        }
+        self.queued = 0;
+        Ok(())
+    }
+
+    /// Send everything, what is held too (before the proxy waits for the upstream, and at
+    /// the end of an answer).
+    fn flush(&mut self, client: &mut Down) -> io::Result<()> {
+        if !self.carry.is_empty() {
+            let held = std::mem::take(&mut self.carry);
+            let r = self.records(client, &held, false);
+            self.carry = held;
+            self.carry.clear();
+            r?;
+        }
+        self.send(client)
+    }
 }
 
 /// Serve a TLS connection to a bound host. `hello` holds the bytes read so far (the
@@ -181,7 +252,7 @@ pub(crate) fn serve(
         at.record(ctx, Verdict::Deny, &reason, None, &[]);
         return;
     }
-    // Room for what is queued between flushes (`queue_down`).
+    // Room for what is queued between writes (`Packer`).
     server.set_buffer_limit(Some(2 * FLUSH_WIRE));
     let mut client = rustls::StreamOwned::new(server, conn);
     let mut x = Exchange {
@@ -587,47 +658,49 @@ impl Exchange<'_> {
             // The head and what came with it, then each record's plaintext from rustls's queue
             // straight into the sandbox's TLS (no copy in between), sent in large writes.
             let take = body.feed(&head[resp..]).map_err(|_| Next::Close)?;
-            let mut queued = 0;
             let client = &mut *self.client;
-            queue_down(client, &head[..resp + take], &mut queued).map_err(|_| Next::Close)?;
+            let mut pk = Packer::new(client);
+            pk.queue(client, &head[..resp + take])
+                .map_err(|_| Next::Close)?;
             let mut extra = resp + take < head.len();
             while !body.done() {
-                let more = server
-                    .read_records(&mut |got| match got {
-                        Got::Waiting => flush_down(client, &mut queued),
-                        // Bytes after the answer's end.
-                        Got::Data(_) if body.done() => {
-                            extra = true;
-                            Ok(())
-                        }
-                        Got::Data(d) => {
-                            let take = body
-                                .feed(d)
-                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                            extra |= take < d.len();
-                            queue_down(client, &d[..take], &mut queued)
-                        }
-                    })
-                    .map_err(|_| Next::Close)?;
-                if !more {
+                let more = server.read_records(&mut |got| match got {
+                    Got::Waiting => pk.flush(client),
+                    // Bytes after the answer's end.
+                    Got::Data(_) if body.done() => {
+                        extra = true;
+                        Ok(())
+                    }
+                    Got::Data(d) => {
+                        let take = body
+                            .feed(d)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        extra |= take < d.len();
+                        pk.queue(client, &d[..take])
+                    }
+                });
+                if !matches!(more, Ok(true)) {
+                    // The answer was cut (or is not understood): what came of it still goes
+                    // to the sandbox, the bytes held for the next record too.
+                    let _ = pk.flush(client);
                     return Err(Next::Close);
                 }
             }
-            flush_down(client, &mut queued).map_err(|_| Next::Close)?;
+            pk.flush(client).map_err(|_| Next::Close)?;
             // Bytes after the answer's end: the server is confused; its connection is not reused.
             return Ok(!extra && !close);
         }
     }
 
     fn copy_until_close(&mut self, server: &mut Up) {
-        let mut queued = 0;
         let client = &mut *self.client;
+        let mut pk = Packer::new(client);
         // Until the end: a server that closes without close_notify has still said everything.
         while let Ok(true) = server.read_records(&mut |got| match got {
-            Got::Waiting => flush_down(client, &mut queued),
-            Got::Data(d) => queue_down(client, d, &mut queued),
+            Got::Waiting => pk.flush(client),
+            Got::Data(d) => pk.queue(client, d),
         }) {}
-        let _ = flush_down(client, &mut queued);
+        let _ = pk.flush(client);
     }
 }
 
@@ -644,7 +717,7 @@ mod tests {
     /// The sandbox's end (a rustls client trusting the interceptor's CA) and the proxy's end
     /// of an intercepted connection on loopback, the handshake done. The client reads until
     /// the proxy's close_notify and returns what it got.
-    fn pair() -> (Down, thread::JoinHandle<Vec<u8>>) {
+    fn pair(slow: bool) -> (Down, thread::JoinHandle<Vec<u8>>) {
         let host = "api.test";
         let b = Binding::new(
             "KEY",
@@ -668,12 +741,33 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
+        if slow {
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size(&s, 16 * 1024);
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&a, 16 * 1024);
+        }
         let client = thread::spawn(move || {
             let name = ServerName::try_from(host).unwrap();
             let conn = rustls::ClientConnection::new(client_cfg, name).unwrap();
             let mut tls = rustls::StreamOwned::new(conn, a);
             let mut got = Vec::new();
-            tls.read_to_end(&mut got).unwrap();
+            if slow {
+                // Small reads with pauses: the proxy's socket buffer fills and its writes wait.
+                let mut b = [0u8; 1000];
+                let mut reads = 0;
+                loop {
+                    let n = tls.read(&mut b).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&b[..n]);
+                    reads += 1;
+                    if reads % 200 == 0 {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            } else {
+                tls.read_to_end(&mut got).unwrap();
+            }
             got
         });
         let mut server = rustls::ServerConnection::new(icpt.server_config(host).unwrap()).unwrap();
@@ -687,62 +781,100 @@ mod tests {
         (0..len).map(|i| ((i * 7 + seed) % 251) as u8).collect()
     }
 
-    /// A bulk answer (16 KiB records from the upstream) goes to the sandbox in writes of three
-    /// whole records: each fills one loopback TCP segment and none spills a few bytes into
-    /// another (four records, 64 KiB of plaintext, did).
+    /// Records in the TLS bytes `wire` (whole records, as the sandbox got them).
+    fn record_sizes(wire: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 5 <= wire.len() {
+            let n = u16::from_be_bytes([wire[at + 3], wire[at + 4]]) as usize;
+            out.push(n);
+            at += 5 + n;
+        }
+        assert_eq!(at, wire.len(), "the writes end inside a record");
+        out
+    }
+
+    /// A bulk answer (16 KiB records from the upstream) goes to the sandbox in writes that each
+    /// fill one loopback TCP segment exactly (the last one's fourth record is cut to fit), none
+    /// spilling a few bytes into another segment (four whole records, 65,624 bytes, did) and
+    /// none leaving a quarter of it empty (three whole records, 49,218 bytes, did); the records
+    /// stay full: the rest of a cut one starts the next record, not a small one of its own.
     #[test]
-    fn bulk_answers_are_written_in_whole_loopback_segments() {
-        let (mut down, client) = pair();
+    fn bulk_answers_fill_whole_loopback_segments() {
+        let (mut down, client) = pair(false);
         let before = down.sock.writes.len();
-        let mut queued = 0;
+        let mut pk = Packer::new(&down);
+        assert_eq!(pk.overhead, RECORD_OVERHEAD_TLS13);
         let mut want = Vec::new();
         for i in 0..60 {
             let d = pattern(MAX_FRAGMENT, i);
-            queue_down(&mut down, &d, &mut queued).unwrap();
+            pk.queue(&mut down, &d).unwrap();
             want.extend_from_slice(&d);
         }
-        flush_down(&mut down, &mut queued).unwrap();
+        pk.flush(&mut down).unwrap();
         let writes = down.sock.writes[before..].to_vec();
+        let wire = down.sock.sent[before..].concat();
         down.conn.send_close_notify();
         down.flush().unwrap();
         drop(down);
         let got = client.join().unwrap();
         assert!(got == want, "the sandbox got other bytes");
-        assert_eq!(writes.len(), 20, "{writes:?}");
-        for w in &writes {
-            assert!(*w <= LOOPBACK_SEGMENT, "{writes:?}");
-            assert!(*w > 3 * MAX_FRAGMENT, "{writes:?}");
-        }
+        // 60 records' plaintext in segments of 65,483 TLS bytes (65,395 of plaintext): 16.
+        assert_eq!(writes.len(), 16, "{writes:?}");
+        let (last, full) = writes.split_last().unwrap();
+        assert!(full.iter().all(|w| *w == LOOPBACK_SEGMENT), "{writes:?}");
+        assert!(*last < LOOPBACK_SEGMENT, "{writes:?}");
+        let records = record_sizes(&wire);
+        assert!(
+            records.len() <= 62,
+            "{} records: {records:?}",
+            records.len()
+        );
+        assert!(
+            records
+                .iter()
+                .all(|r| *r <= MAX_FRAGMENT + RECORD_OVERHEAD_TLS13),
+            "{records:?}"
+        );
     }
 
-    /// Plaintext in pieces of every size from 1 byte to past a record, and large ones, reaches
-    /// the sandbox whole and in order, and no write is larger than one loopback segment.
+    /// Plaintext in pieces of every size from 1 byte to past a record, and large ones, with
+    /// sends (before the proxy would wait) in between, reaches the sandbox whole and in order;
+    /// no write is larger than one loopback segment, and none ends inside a record.
     #[test]
     fn pieces_of_every_size_arrive_whole_and_writes_stay_within_a_segment() {
-        let (mut down, client) = pair();
+        let (mut down, client) = pair(false);
         let before = down.sock.writes.len();
-        let mut queued = 0;
+        let mut pk = Packer::new(&down);
         let mut want = Vec::new();
-        let sizes = (1..=400).chain((16_000..16_800).step_by(37)).chain([
-            3 * MAX_FRAGMENT - 1,
-            64 * 1024,
-            200_000,
-            1,
-            2,
-            65_483,
-            7,
-        ]);
+        let sizes = (1..=400)
+            .chain((16_000..16_800).step_by(37))
+            .chain((CARRY_MAX - 40..CARRY_MAX + 40).step_by(3))
+            .chain((MIN_RECORD - 30..MIN_RECORD + 30).step_by(7))
+            .chain([
+                3 * MAX_FRAGMENT - 1,
+                64 * 1024,
+                200_000,
+                1,
+                2,
+                65_483,
+                65_395,
+                7,
+            ]);
         for (i, n) in sizes.enumerate() {
             let d = pattern(n, i);
-            queue_down(&mut down, &d, &mut queued).unwrap();
+            pk.queue(&mut down, &d).unwrap();
             want.extend_from_slice(&d);
-            if i % 97 == 0 {
-                // As before a read that may wait for the upstream.
-                flush_down(&mut down, &mut queued).unwrap();
+            if i % 97 == 0 || i % 13 == 5 {
+                // As before a read that may wait for the upstream: nothing is held back.
+                pk.flush(&mut down).unwrap();
+                assert!(pk.carry.is_empty());
+                assert!(!down.conn.wants_write());
             }
         }
-        flush_down(&mut down, &mut queued).unwrap();
+        pk.flush(&mut down).unwrap();
         let writes = down.sock.writes[before..].to_vec();
+        let wire = down.sock.sent[before..].concat();
         down.conn.send_close_notify();
         down.flush().unwrap();
         drop(down);
@@ -750,5 +882,32 @@ mod tests {
         assert_eq!(got.len(), want.len());
         assert!(got == want, "the sandbox got other bytes");
         assert!(writes.iter().all(|w| *w <= LOOPBACK_SEGMENT), "{writes:?}");
+        for r in record_sizes(&wire) {
+            assert!(r <= MAX_FRAGMENT + RECORD_OVERHEAD_TLS13);
+        }
+    }
+
+    /// A sandbox that reads slowly (small buffers, pauses): the writes wait for it and go on
+    /// where they stopped; every byte arrives, in order, then the close_notify.
+    #[test]
+    fn a_slow_reader_gets_everything() {
+        let (mut down, client) = pair(true);
+        let mut pk = Packer::new(&down);
+        let mut want = Vec::new();
+        for i in 0..200 {
+            let d = pattern(MAX_FRAGMENT - (i % 3) * 1000, i);
+            pk.queue(&mut down, &d).unwrap();
+            want.extend_from_slice(&d);
+            if i % 50 == 0 {
+                pk.flush(&mut down).unwrap();
+            }
+        }
+        pk.flush(&mut down).unwrap();
+        down.conn.send_close_notify();
+        down.flush().unwrap();
+        drop(down);
+        let got = client.join().unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the sandbox got other bytes");
     }
 }

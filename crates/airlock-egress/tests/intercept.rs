@@ -11,7 +11,7 @@ use airlock_egress::{Ctx, EgressPolicy, Journal, StaticResolver};
 use common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver};
@@ -244,6 +244,53 @@ impl UpstreamCa {
                 let _ = s.flush();
             }
             thread::sleep(Duration::from_millis(200));
+        });
+        port
+    }
+
+    /// A server that answers the first request with `answer` (TLS records as written: `answer`
+    /// in pieces of `piece` bytes) and then ends the connection, with a close_notify or not.
+    fn cut_server(&self, names: &[&str], answer: Vec<u8>, piece: usize, close_notify: bool) -> u16 {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let leaf = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(ring())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![leaf.der().clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .unwrap(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        thread::spawn(move || {
+            let (c, _) = l.accept().unwrap();
+            c.set_read_timeout(Some(T)).unwrap();
+            let conn = rustls::ServerConnection::new(cfg).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, c);
+            let mut got = Vec::new();
+            let mut b = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&b[..n]),
+                }
+            }
+            for p in answer.chunks(piece) {
+                let _ = s.write_all(p);
+            }
+            let _ = s.flush();
+            if close_notify {
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            }
+            let _ = s.sock.shutdown(std::net::Shutdown::Both);
         });
         port
     }
@@ -908,6 +955,59 @@ fn a_streamed_answer_reaches_the_sandbox_as_it_comes() {
         got.extend_from_slice(&b[..n]);
     }
     assert!(got.windows(6).any(|w| w == b"event2"));
+}
+
+/// An answer the server cuts short (fewer body bytes than its Content-Length, then the end of
+/// the connection, with or without close_notify): every byte it did send reaches the sandbox,
+/// the last few (held by the proxy to start its next record) too, and nothing more.
+#[test]
+fn a_cut_answer_reaches_the_sandbox_as_far_as_it_came() {
+    for close_notify in [false, true] {
+        let body: Vec<u8> = (0..3 * 16384 + 1000).map(|i| (i % 251) as u8).collect();
+        let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        let head_len = answer.len();
+        answer.extend_from_slice(&body);
+        let ca = UpstreamCa::new();
+        let port = ca.cut_server(&["api.test"], answer.clone(), 16384, close_notify);
+        let s = setup(Some(&ca), &[port]);
+        let at = transparent_to(&s.ctx, port);
+        let sock = dial(at);
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let conn = rustls::ClientConnection::new(
+            client_config(s.icpt.ca_pem().as_bytes()),
+            ServerName::try_from("api.test").unwrap(),
+        )
+        .unwrap();
+        let mut c = rustls::StreamOwned::new(conn, sock);
+        write!(
+            c,
+            "GET /big HTTP/1.1\r\nHost: api.test\r\nx-api-key: {}\r\n\r\n",
+            s.placeholder
+        )
+        .unwrap();
+        c.flush().unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        loop {
+            match c.read(&mut b) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            got.len(),
+            answer.len(),
+            "close_notify from the server: {close_notify}"
+        );
+        assert!(
+            got[head_len..] == body[..],
+            "other bytes than the server sent"
+        );
+    }
 }
 
 #[test]
