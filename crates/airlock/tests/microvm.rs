@@ -2702,7 +2702,11 @@ fn a_microvm_boots_an_images_root_built_once() {
         .expect("the cache")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("root-"))
+        .filter(|n| {
+            n.ends_with(".erofs")
+                && (n.starts_with(airlock_sandbox::microvm::artifacts::HOST_ROOTFS_PREFIX)
+                    || n.starts_with("root-"))
+        })
         .collect();
     assert!(
         host_images.is_empty() && !out.stderr.contains("of this host's /usr"),

@@ -390,7 +390,7 @@ pub(super) fn microvm_row() -> Row {
         .flatten()
         .find(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with("root-") && n.ends_with(".erofs")
+            n.starts_with(crate::microvm::artifacts::HOST_ROOTFS_PREFIX) && n.ends_with(".erofs")
         })
         .and_then(|e| e.metadata().ok())
         .map(|m| format!("host image cached ({} MiB)", m.len() >> 20))

@@ -497,14 +497,16 @@ fn rootfs_key() -> String {
 }
 
 /// What a booted guest was made from, cheaply (stats, no reads of the images): the kernel
-/// image, the initramfs layout and guest helper, and the host root image's sources. Part of a
-/// microVM warm pool's key, so a member booted from other artifacts is never handed out.
+/// image, the initramfs layout and guest helper, and the host root image's sources and layout.
+/// Part of a microVM warm pool's key, so a member booted from other artifacts is never handed
+/// out.
 pub fn boot_identity(kernel_image: &Path, guest_sha256: &str) -> String {
     key(&[
         stat_key(kernel_image).as_bytes(),
         INITRD_LAYOUT.as_bytes(),
         guest_sha256.as_bytes(),
         rootfs_key().as_bytes(),
+        ROOTFS_LAYOUT.as_bytes(),
     ])
 }
 
@@ -542,15 +544,35 @@ pub fn erofs(source: &Path, out: &Path, extra: &[String]) -> Result<(), String> 
     Ok(())
 }
 
+/// The host root image's file name prefix. Before layout 2 it was `root-` (LZ4 throughout);
+/// a different prefix lets an older airlock and this one share a cache: each removes only stale
+/// images of its own when it builds (an older airlock removes every `root-*.erofs` then).
+pub const HOST_ROOTFS_PREFIX: &str = "host-root-";
+
+/// The host root image's layout version, part of its name. 2: LZ4 except the dynamic loader
+/// and the C runtime libraries ([`UNCOMPRESSED`]), stored as they are.
+const ROOTFS_LAYOUT: &str = "2";
+
+/// Files of the host root image stored uncompressed (mkfs.erofs `--compress-hints`, regexes
+/// over the path as it is built): the dynamic loader and the libraries nearly every dynamic
+/// program maps at its start. Under TCG the guest's first dynamic exec read them through the
+/// LZ4 decompressor (tens of ms); stored plainly they cost ~10 MB of a multi-GB image.
+pub const UNCOMPRESSED: &[&str] = &[
+    "/ld-linux[^/]*\\.so[^/]*$",
+    "/lib(c|m|dl|rt|pthread|resolv|crypt|gcc_s|stdc\\+\\+|selinux|pcre2-8|z|tinfo|acl|attr|cap)\\.so[.0-9]*$",
+];
+
 /// The host root image (built on first use: minutes for a large /usr, then cached).
 pub fn host_rootfs(dir: &Path) -> Result<String, String> {
-    let name = format!("root-{}.erofs", rootfs_key());
+    let name = format!("{HOST_ROOTFS_PREFIX}{ROOTFS_LAYOUT}-{}.erofs", rootfs_key());
     let path = dir.join(&name);
     if !path.exists() {
-        // Older images of the host root are stale now: the disk space is better freed.
+        // Older images of the host root are stale now: the disk space is better freed (the
+        // layout-1 images too, `root-*.erofs`).
         for e in fs::read_dir(dir).into_iter().flatten().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("root-") && n.ends_with(".erofs") && n != name {
+            let ours = n.starts_with(HOST_ROOTFS_PREFIX) || n.starts_with("root-");
+            if ours && n.ends_with(".erofs") && n != name {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -560,11 +582,22 @@ pub fn host_rootfs(dir: &Path) -> Result<String, String> {
         );
     }
     cached(dir, &name, |tmp| {
-        let mut extra = excludes();
-        extra.push("-zlz4".into());
-        erofs(Path::new("/"), tmp, &extra)
+        host_layout_erofs(Path::new("/"), tmp, excludes())
     })?;
     Ok(name)
+}
+
+/// An erofs image of `source` at `out` in the host root image's layout (LZ4, [`UNCOMPRESSED`]
+/// stored as they are), with `extra` mkfs.erofs options.
+fn host_layout_erofs(source: &Path, out: &Path, mut extra: Vec<String>) -> Result<(), String> {
+    let hints = out.with_extension("hints");
+    let lines: String = UNCOMPRESSED.iter().map(|r| format!("0 {r}\n")).collect();
+    fs::write(&hints, lines).map_err(|e| format!("{}: {e}", hints.display()))?;
+    extra.push("-zlz4".into());
+    extra.push(format!("--compress-hints={}", hints.display()));
+    let built = erofs(source, out, &extra);
+    let _ = fs::remove_file(&hints);
+    built
 }
 
 /// mkfs.ext4 (e2fsprogs).
@@ -782,6 +815,77 @@ mod tests {
         m.extend((sig_len as u32).to_be_bytes());
         m.extend(SIG_MAGIC);
         m
+    }
+
+    /// How dump.erofs (erofs-utils, with mkfs.erofs) says `path` is stored in `image`: its
+    /// "Layout" number (0/2: plain, 1/3: compressed).
+    fn erofs_layout(image: &Path, path: &str) -> u32 {
+        let out = Command::new("dump.erofs")
+            .arg(format!("--path={path}"))
+            .arg(image)
+            .output()
+            .expect("dump.erofs (erofs-utils)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n = text
+            .split("Layout:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        n.unwrap_or_else(|| panic!("dump.erofs {path}: {text}"))
+    }
+
+    #[test]
+    fn the_host_image_stores_the_loader_and_the_c_runtime_uncompressed() {
+        let src = scratch("host-layout");
+        let lib = src.join("usr/lib/x86_64-linux-gnu");
+        fs::create_dir_all(&lib).unwrap();
+        // Compressible contents: LZ4 would store each of these in a fraction of its size.
+        let body: Vec<u8> = b"a shared object's sections "
+            .iter()
+            .cycle()
+            .take(256 << 10)
+            .copied()
+            .collect();
+        let plain = [
+            "ld-linux-x86-64.so.2",
+            "libc.so.6",
+            "libm.so.6",
+            "libstdc++.so.6.0.30",
+            "libselinux.so.1",
+            "libpcre2-8.so.0.11.2",
+            "libz.so.1.2.13",
+        ];
+        let packed = [
+            "libcrypto.so.3",
+            "libcap-ng.so.0",
+            "libc.so.6.bak",
+            "liblzma.so.5",
+        ];
+        for n in plain.iter().chain(&packed) {
+            fs::write(lib.join(n), &body).unwrap();
+        }
+        let image = src.with_extension("erofs");
+        host_layout_erofs(&src, &image, Vec::new()).unwrap();
+        for n in plain {
+            let at = format!("/usr/lib/x86_64-linux-gnu/{n}");
+            assert!(
+                matches!(erofs_layout(&image, &at), 0 | 2),
+                "{n}: compressed, should be plain"
+            );
+        }
+        for n in packed {
+            let at = format!("/usr/lib/x86_64-linux-gnu/{n}");
+            assert!(
+                matches!(erofs_layout(&image, &at), 1 | 3),
+                "{n}: plain, should be compressed"
+            );
+        }
+        assert!(
+            !image.with_extension("hints").exists(),
+            "the hints file is left behind"
+        );
+        let _ = fs::remove_dir_all(&src);
+        let _ = fs::remove_file(&image);
     }
 
     #[test]
