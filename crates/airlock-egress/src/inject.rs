@@ -169,7 +169,7 @@ pub fn placeholder() -> Result<String, BindError> {
 }
 
 /// One secret put into a request (for the journal: name and place, never the value).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Injected {
     pub secret: String,
     #[serde(rename = "at")]

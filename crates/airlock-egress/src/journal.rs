@@ -1,16 +1,16 @@
 //! The audit journal: one JSON object per line for every egress decision, allowed or denied,
 //! and an optional callback (agent mode turns denials into `blocked` events).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What was decided about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// A transparent connection (TLS by SNI, or anything that was neither TLS nor HTTP).
@@ -23,44 +23,54 @@ pub enum Kind {
     Connect,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Allow,
     Deny,
 }
 
-/// One journal line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One journal line (read back by a warm-pool claim, which gets its member's events over the
+/// policy socket: every optional field defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
     pub kind: Kind,
     /// The name asked for, as the sandbox sent it (escaped, at most 255 characters).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub port: Option<u16>,
     /// Where the program inside tried to connect (transparent connections).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub dst: Option<String>,
     /// The address the host side connected to, or the answers it gave (DNS).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub ip: Vec<String>,
     /// DNS question type (`A`, `AAAA`, `TXT`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub qtype: Option<String>,
     pub decision: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reason: Option<String>,
     /// The configuration line that would allow a denied attempt, when one would.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub fix: Option<String>,
     /// The connection's TLS was ended here because a secret is bound to its host.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub intercepted: bool,
     /// Secrets put into the request (name and place; never a value).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub injected: Vec<crate::inject::Injected>,
 }
 
@@ -84,11 +94,15 @@ impl Event {
 }
 
 type Callback = Box<dyn Fn(&Event) + Send + Sync>;
+/// Called with every event while it returns true.
+type Tap = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
 
-/// Where events go: a JSONL sink and an optional callback.
+/// Where events go: a JSONL sink, an optional callback and an optional tap.
 pub struct Journal {
     sink: Option<Mutex<Box<dyn Write + Send>>>,
     callback: Option<Callback>,
+    /// Set while the sandbox runs: a warm-pool claim's copy of its member's events.
+    tap: Mutex<Option<Tap>>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -96,6 +110,7 @@ impl std::fmt::Debug for Journal {
         f.debug_struct("Journal")
             .field("sink", &self.sink.is_some())
             .field("callback", &self.callback.is_some())
+            .field("tap", &self.tap.lock().is_ok_and(|t| t.is_some()))
             .finish()
     }
 }
@@ -109,6 +124,7 @@ impl Journal {
         Self {
             sink: Some(Mutex::new(Box::new(w))),
             callback: None,
+            tap: Mutex::new(None),
         }
     }
 
@@ -122,6 +138,7 @@ impl Journal {
         Self {
             sink: None,
             callback: None,
+            tap: Mutex::new(None),
         }
     }
 
@@ -131,8 +148,15 @@ impl Journal {
         self
     }
 
+    /// From now on, also call `f` with every event, until it returns false (one tap at a time:
+    /// a new one replaces the last). It runs on the recording thread: a tap that blocks holds
+    /// up that connection's decision, as a slow journal file does.
+    pub fn tap(&self, f: impl Fn(&Event) -> bool + Send + Sync + 'static) {
+        *self.tap.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+    }
+
     /// Append one event. A failing sink never stops enforcement; the event still reaches the
-    /// callback.
+    /// callback and the tap.
     pub fn record(&self, event: &Event) {
         if let Some(sink) = &self.sink {
             if let Ok(mut line) = serde_json::to_vec(event) {
@@ -144,6 +168,65 @@ impl Journal {
         if let Some(cb) = &self.callback {
             cb(event);
         }
+        let tap = self.tap.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(tap) = tap {
+            if !tap(event) {
+                let mut t = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+                if t.as_ref().is_some_and(|now| Arc::ptr_eq(now, &tap)) {
+                    *t = None;
+                }
+            }
+        }
+    }
+}
+
+/// How many distinct denials [`denial_sayer`] says before it says no more.
+pub const MAX_SAID: usize = 256;
+
+/// A journal callback that says each distinct denial once on stderr, in one write: `airlock:
+/// blocked TARGET: REASON; FIX` — a resolver retries, asks A and AAAA, … — and only the first
+/// [`MAX_SAID`] of them: a flood of distinct denials (DNS exfiltration attempts) stays in the
+/// size-capped journal instead of the terminal and this process's memory. Intercepted
+/// connections are told per reason (a leak, fronting, a refused certificate are different
+/// stories about the same host).
+pub fn denial_sayer() -> impl Fn(&Event) + Send + Sync + 'static {
+    let said = Mutex::new(std::collections::HashSet::new());
+    move |ev: &Event| {
+        if ev.decision != Verdict::Deny {
+            return;
+        }
+        let key = (
+            ev.host.clone(),
+            ev.dst.clone(),
+            ev.intercepted.then(|| ev.reason.clone()).flatten(),
+        );
+        let line = {
+            let mut s = said.lock().unwrap_or_else(|p| p.into_inner());
+            if s.len() < MAX_SAID {
+                s.insert(key).then(|| denial_line(ev))
+            } else if s.len() == MAX_SAID && s.insert((None, None, None)) {
+                Some("airlock: more connections blocked; no longer listed here (see the network journal)\n".to_string())
+            } else {
+                None
+            }
+        };
+        if let Some(line) = line {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+}
+
+/// `airlock: blocked TARGET: REASON[; FIX]` and a newline.
+fn denial_line(ev: &Event) -> String {
+    let target = match (&ev.host, ev.port) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.clone(),
+        (None, _) => ev.dst.clone().unwrap_or_default(),
+    };
+    let reason = ev.reason.as_deref().unwrap_or("not allowed");
+    match &ev.fix {
+        Some(fix) => format!("airlock: blocked {target}: {reason}; {fix}\n"),
+        None => format!("airlock: blocked {target}: {reason}\n"),
     }
 }
 

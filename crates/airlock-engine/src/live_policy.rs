@@ -14,7 +14,11 @@
 //! engine's). Its protocol is one JSON line each way: `{"domains": [...], "ports": [...]}` →
 //! `{"ok": true, "closed": N}` or `{"ok": false, "error": "..."}` — the whole allowlist, so
 //! a repeated or late line leaves the same state (a warm pool binds a claim's allowlist the same
-//! way).
+//! way). A claim's line may also ask to `watch`: after the answer, the connection then carries
+//! every egress event of the member's journal from that moment (one JSON line each, as in a
+//! journal file) to the claimer, which journals and says them as a cold start's supervisor
+//! would; a `sync` line from the claimer is answered by `{"synced": true}` after every event
+//! recorded before it ([`Watch`]).
 
 use crate::action::{PolicyChange, Via};
 use crate::backend::BackendError;
@@ -56,6 +60,23 @@ struct Request {
     /// A warm-pool claim's injected secrets (see [`send_claim`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     intercept: Option<InterceptRequest>,
+    /// A warm-pool claim's: stream the egress events to it from now on ([`Watch`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    watch: bool,
+    /// A warm-pool claim's: whose sandbox the member now is, for the hints of its denials
+    /// (`airlock allow NAME …`); kept for the later requests. Absent: as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claimed_as: Option<ClaimedAs>,
+}
+
+/// Who claimed a pool member, as its denials' hints name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimedAs {
+    /// `airlock run`: its denials say `--allow DOMAIN`, as a cold run's.
+    Run,
+    /// The named sandbox NAME adopted it: `airlock allow NAME DOMAIN`.
+    Sandbox(String),
 }
 
 /// A claim's injected secrets, for the member's egress context: the supervisor makes the
@@ -296,7 +317,8 @@ pub fn serve(dir: &Path, name: &str, ctx: Arc<Ctx>) -> std::io::Result<()> {
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let me = nix::unistd::geteuid().as_raw();
-    let name = name.to_owned();
+    // The name the hints give: the member's own until a claim says whose it is.
+    let name = std::sync::Mutex::new(Some(name.to_owned()));
     std::thread::Builder::new()
         .name("policy".into())
         .spawn(move || {
@@ -322,19 +344,21 @@ pub fn preload_interception() {
 
 /// One request on the policy socket: the whole new allowlist, put in force (and a claim's
 /// injected secrets, bound first: refused, nothing changes).
-fn answer(conn: UnixStream, name: &str, ctx: &Ctx) {
+fn answer(conn: UnixStream, name: &std::sync::Mutex<Option<String>>, ctx: &Ctx) {
     let _ = conn.set_read_timeout(Some(TIMEOUT));
     let _ = conn.set_write_timeout(Some(TIMEOUT));
     let mut line = String::new();
     let read = BufReader::new((&conn).take(MAX_LINE)).read_line(&mut line);
+    let mut watch = false;
     let reply = match read
         .map_err(|e| e.to_string())
         .and_then(|_| serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()))
         .and_then(|r| {
             let policy = EgressPolicy::new(&r.domains, &r.ports).map_err(|e| e.to_string())?;
-            Ok((policy, r.intercept))
+            watch = r.watch;
+            Ok((policy, r.intercept, r.claimed_as))
         }) {
-        Ok((policy, intercept)) => {
+        Ok((policy, intercept, claimed_as)) => {
             let bound = match intercept {
                 Some(i) => bind_intercept(ctx, i).map(Some),
                 None => Ok(None),
@@ -342,7 +366,7 @@ fn answer(conn: UnixStream, name: &str, ctx: &Ctx) {
             match bound {
                 Ok(ca_pem) => Reply {
                     ok: true,
-                    closed: ctx.set_policy(policy.of_sandbox(name)),
+                    closed: ctx.set_policy(named(policy, name, claimed_as)),
                     error: None,
                     ca_pem,
                 },
@@ -357,9 +381,112 @@ fn answer(conn: UnixStream, name: &str, ctx: &Ctx) {
             ..Reply::default()
         },
     };
+    // A watch taps the journal before the answer: the claimer's command, run once it has the
+    // answer, finds every event of its connections on the way.
+    let tapped = (reply.ok && watch).then(|| tap_events(ctx));
     let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
     bytes.push(b'\n');
-    let _ = (&conn).write_all(&bytes);
+    if (&conn).write_all(&bytes).is_ok() {
+        if let Some((tx, rx)) = tapped {
+            stream_events(conn, tx, rx);
+        }
+    }
+}
+
+/// `policy` with the hints of the sandbox the member now serves (`name`, updated by a claim).
+fn named(
+    policy: EgressPolicy,
+    name: &std::sync::Mutex<Option<String>>,
+    claimed_as: Option<ClaimedAs>,
+) -> EgressPolicy {
+    let mut name = name.lock().unwrap_or_else(PoisonError::into_inner);
+    match claimed_as {
+        Some(ClaimedAs::Run) => *name = None,
+        Some(ClaimedAs::Sandbox(n)) => *name = Some(n),
+        None => {}
+    }
+    match &*name {
+        Some(n) => policy.of_sandbox(n),
+        None => policy,
+    }
+}
+
+/// What the thread streaming a claim's events writes next.
+enum Streamed {
+    Event(airlock_egress::journal::Event),
+    /// The claimer's `sync`: every event before it is written.
+    Sync,
+    /// The claimer hung up.
+    End,
+}
+
+/// `ctx`'s events from now on, over a bounded queue (its sender, for the `sync`s, and its
+/// receiver): a claimer that stops reading holds up its own sandbox's connections only; once
+/// the receiver is gone, the journal drops the tap.
+fn tap_events(
+    ctx: &Ctx,
+) -> (
+    std::sync::mpsc::SyncSender<Streamed>,
+    std::sync::mpsc::Receiver<Streamed>,
+) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Streamed>(1024);
+    let tap_tx = tx.clone();
+    ctx.journal
+        .tap(move |ev| tap_tx.send(Streamed::Event(ev.clone())).is_ok());
+    (tx, rx)
+}
+
+/// The supervisor's side of a [`Watch`]: the tapped events (`rx`) to `conn`, and its `sync`s
+/// answered in their order, on threads of their own (the policy socket goes on serving
+/// `allow`/`deny`), until the claimer hangs up.
+fn stream_events(
+    conn: UnixStream,
+    sync_tx: std::sync::mpsc::SyncSender<Streamed>,
+    rx: std::sync::mpsc::Receiver<Streamed>,
+) {
+    let Ok(reading) = conn.try_clone() else {
+        return;
+    };
+    let _ = reading.set_read_timeout(None);
+    let reader = std::thread::Builder::new()
+        .name("policy-watch-in".into())
+        .spawn(move || {
+            for line in BufReader::new(reading.take(MAX_LINE)).lines() {
+                match line {
+                    Ok(l) if l.trim() == "sync" => {
+                        if sync_tx.send(Streamed::Sync).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = sync_tx.send(Streamed::End);
+        });
+    if reader.is_err() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("policy-watch-out".into())
+        .spawn(move || {
+            let mut out = std::io::BufWriter::new(&conn);
+            for msg in rx {
+                let line = match msg {
+                    Streamed::Event(ev) => serde_json::to_vec(&ev).unwrap_or_default(),
+                    Streamed::Sync => br#"{"synced":true}"#.to_vec(),
+                    Streamed::End => break,
+                };
+                let sent = out
+                    .write_all(&line)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush());
+                if sent.is_err() {
+                    break;
+                }
+            }
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        });
 }
 
 /// A claim's secrets into `ctx`: a fresh interception CA for them, made here. Its PEM.
@@ -393,45 +520,110 @@ pub fn send(dir: &Path, domains: &[String], ports: &[u16]) -> Result<usize, Back
             domains: domains.to_vec(),
             ports: ports.to_vec(),
             intercept: None,
+            watch: false,
+            claimed_as: None,
         },
     )
-    .map(|r| r.closed)
+    .map(|(r, _)| r.closed)
 }
 
 /// A warm-pool claim's side: the claim's allowlist and, when it injects secrets, their
 /// bindings (values and placeholders) and the upstream roots, to the member's supervisor —
 /// the process whose proxy intercepts. It makes the sandbox's interception CA there (the key
 /// stays in its memory) and answers with the CA's certificate (PEM), for the sandbox's
-/// bundle. The values travel only over this socket.
+/// bundle. The values travel only over this socket. Its denials' hints name `claimed_as`
+/// from now on. With `watch`, the member's egress events from now on are recorded in that
+/// journal ([`Watch`]).
 pub fn send_claim(
     dir: &Path,
     domains: &[String],
     ports: &[u16],
     bindings: &[Binding],
     upstream_ca: Option<&[u8]>,
-) -> Result<Option<String>, BackendError> {
+    claimed_as: ClaimedAs,
+    watch: Option<airlock_egress::journal::Journal>,
+) -> Result<(Option<String>, Option<Watch>), BackendError> {
     let intercept = (!bindings.is_empty()).then(|| InterceptRequest {
         bindings: bindings.iter().map(Binding::to_wire).collect(),
         upstream_ca: upstream_ca.map(|b| String::from_utf8_lossy(b).into_owned()),
     });
     let wanted = intercept.is_some();
-    let reply = exchange(
+    let (reply, conn) = exchange(
         dir,
         &Request {
             domains: domains.to_vec(),
             ports: ports.to_vec(),
             intercept,
+            watch: watch.is_some(),
+            claimed_as: Some(claimed_as),
         },
     )?;
-    match reply.ca_pem {
-        None if wanted => Err(BackendError::Failed(
-            "the member's supervisor does not bind injected secrets (an older airlock)".into(),
-        )),
-        pem => Ok(pem),
+    let pem = match reply.ca_pem {
+        None if wanted => {
+            return Err(BackendError::Failed(
+                "the member's supervisor does not bind injected secrets (an older airlock)".into(),
+            ))
+        }
+        pem => pem,
+    };
+    let watch = match watch {
+        Some(journal) => Some(Watch::start(conn, journal)?),
+        None => None,
+    };
+    Ok((pem, watch))
+}
+
+/// A claimer's copy of its member's egress journal: the events the member's supervisor sends
+/// after the claim, recorded in a journal of the claimer's (the run's `--net-log`, denials
+/// said on its stderr: as a cold start's supervisor records its own) by a thread of its own.
+#[derive(Debug)]
+pub struct Watch {
+    conn: UnixStream,
+    synced: std::sync::mpsc::Receiver<()>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Watch {
+    fn start(
+        conn: UnixStream,
+        journal: airlock_egress::journal::Journal,
+    ) -> Result<Self, BackendError> {
+        let failed = |e: std::io::Error| BackendError::Failed(format!("the policy socket: {e}"));
+        let reading = conn.try_clone().map_err(failed)?;
+        reading.set_read_timeout(None).map_err(failed)?;
+        let (synced_tx, synced) = std::sync::mpsc::channel();
+        let reader = std::thread::Builder::new()
+            .name("egress-events".into())
+            .spawn(move || {
+                for line in BufReader::new(reading).lines() {
+                    let Ok(line) = line else { break };
+                    if line == r#"{"synced":true}"# {
+                        let _ = synced_tx.send(());
+                    } else if let Ok(ev) = serde_json::from_str(&line) {
+                        journal.record(&ev);
+                    }
+                }
+            })
+            .map_err(failed)?;
+        Ok(Self {
+            conn,
+            synced,
+            reader,
+        })
+    }
+
+    /// After the claim's command: wait (two seconds at most) until every event the member
+    /// recorded before now is recorded here, then hang up.
+    pub fn finish(self) {
+        if (&self.conn).write_all(b"sync\n").is_ok() {
+            let _ = self.synced.recv_timeout(Duration::from_secs(2));
+        }
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        let _ = self.reader.join();
     }
 }
 
-fn exchange(dir: &Path, req: &Request) -> Result<Reply, BackendError> {
+fn exchange(dir: &Path, req: &Request) -> Result<(Reply, UnixStream), BackendError> {
     let path = dir.join(SOCKET);
     let conn = UnixStream::connect(&path).map_err(|e| {
         BackendError::Failed(format!(
@@ -454,7 +646,7 @@ fn exchange(dir: &Path, req: &Request) -> Result<Reply, BackendError> {
     let reply: Reply = serde_json::from_str(&answer)
         .map_err(|e| BackendError::Failed(format!("the supervisor answered unexpectedly: {e}")))?;
     if reply.ok {
-        Ok(reply)
+        Ok((reply, conn))
     } else {
         Err(BackendError::Failed(reply.error.unwrap_or_default()))
     }
@@ -466,8 +658,12 @@ mod tests {
     use airlock_egress::inject::At;
 
     fn served() -> (std::path::PathBuf, Arc<Ctx>) {
+        served_as("")
+    }
+
+    fn served_as(label: &str) -> (std::path::PathBuf, Arc<Ctx>) {
         let dir = std::env::temp_dir().join(format!(
-            "airlock-live-policy-{}-{:?}",
+            "airlock-live-policy-{}-{:?}{label}",
             std::process::id(),
             std::thread::current().id()
         ));
@@ -490,8 +686,9 @@ mod tests {
         let (dir, ctx) = served();
         let b = Binding::new("K", "real-value".into(), &["api.test".into()], At::Bearer).unwrap();
         let ph = b.placeholder.clone();
-        let pem = send_claim(&dir, &["api.test".into()], &[443], &[b], None)
+        let pem = send_claim(&dir, &["api.test".into()], &[443], &[b], None, run(), None)
             .unwrap()
+            .0
             .expect("a CA");
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
         let icpt = ctx.intercept().expect("bound");
@@ -500,7 +697,16 @@ mod tests {
         assert_eq!(icpt.secrets().bindings()[0].placeholder, ph);
         assert!(ctx.policy().check("api.test", 443) == airlock_egress::Decision::Allow);
         let again = Binding::new("K", "other".into(), &["evil.test".into()], At::Bearer).unwrap();
-        let e = send_claim(&dir, &["evil.test".into()], &[443], &[again], None).unwrap_err();
+        let e = send_claim(
+            &dir,
+            &["evil.test".into()],
+            &[443],
+            &[again],
+            None,
+            run(),
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("bound already"), "{e}");
         // Refused whole: the allowlist did not change either.
         assert!(ctx.policy().check("evil.test", 443) != airlock_egress::Decision::Allow);
@@ -508,7 +714,123 @@ mod tests {
         send(&dir, &["x.test".into()], &[443]).unwrap();
         assert_eq!(ctx.intercept().unwrap().ca_pem(), pem);
         // No secrets: no CA is made.
-        assert_eq!(send_claim(&dir, &[], &[443], &[], None).unwrap(), None);
+        let (pem, watch) = send_claim(&dir, &[], &[443], &[], None, run(), None).unwrap();
+        assert!(pem.is_none() && watch.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn run() -> ClaimedAs {
+        ClaimedAs::Run
+    }
+
+    /// A claim names whose the member is, for its denials' hints (the member's own name
+    /// before; a run's say `--allow`, as a cold run's); later changes keep that name.
+    #[test]
+    fn denials_hint_at_whoever_claimed_the_member() {
+        let hint = |ctx: &Ctx| match ctx.policy().check("no.test", 443) {
+            airlock_egress::Decision::Deny { fix, .. } => fix,
+            other => panic!("{other:?}"),
+        };
+        let (dir, ctx) = served();
+        send(&dir, &["x.test".into()], &[443]).unwrap();
+        assert!(
+            hint(&ctx).contains("airlock allow m no.test"),
+            "{}",
+            hint(&ctx)
+        );
+        send_claim(
+            &dir,
+            &[],
+            &[443],
+            &[],
+            None,
+            ClaimedAs::Sandbox("box".into()),
+            None,
+        )
+        .unwrap();
+        assert!(
+            hint(&ctx).contains("airlock allow box no.test"),
+            "{}",
+            hint(&ctx)
+        );
+        send(&dir, &["x.test".into()], &[443]).unwrap();
+        assert!(
+            hint(&ctx).contains("airlock allow box no.test"),
+            "{}",
+            hint(&ctx)
+        );
+        let (dir2, ctx2) = served_as("-run");
+        send_claim(&dir2, &[], &[443], &[], None, run(), None).unwrap();
+        assert!(hint(&ctx2).contains("--allow no.test"), "{}", hint(&ctx2));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&dir2);
+    }
+
+    /// A `Vec` the test reads while a journal writes to it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn denied(host: &str) -> airlock_egress::journal::Event {
+        let mut e = airlock_egress::journal::Event::new(
+            airlock_egress::journal::Kind::Dns,
+            airlock_egress::journal::Verdict::Deny,
+        );
+        e.host = Some(host.into());
+        e.port = Some(53);
+        e.reason = Some(format!("{host} is not in the allowed domains"));
+        e
+    }
+
+    /// A watching claim gets the member's events from the claim on, each as the member's
+    /// journal wrote it, all of those before its `sync` by the time `finish` returns; none from
+    /// before the claim; and once it has hung up the member's journal drops the tap.
+    #[test]
+    fn a_watching_claim_gets_its_members_events_from_the_claim_on() {
+        let (dir, ctx) = served();
+        ctx.journal.record(&denied("before.test"));
+        let got = Shared::default();
+        let (_, watch) = send_claim(
+            &dir,
+            &["a.test".into()],
+            &[443],
+            &[],
+            None,
+            run(),
+            Some(airlock_egress::journal::Journal::new(got.clone())),
+        )
+        .unwrap();
+        let watch = watch.expect("a watch");
+        let sent: Vec<_> = (0..300).map(|i| denied(&format!("h{i}.test"))).collect();
+        for e in &sent {
+            ctx.journal.record(e);
+        }
+        watch.finish();
+        let text = String::from_utf8(got.0.lock().unwrap().clone()).unwrap();
+        let back: Vec<airlock_egress::journal::Event> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(back.len(), sent.len(), "{text}");
+        assert!(back == sent, "not the events sent, in order: {text}");
+        // Hung up: the next event finds the tap gone (and does not block on a full queue).
+        for _ in 0..2000 {
+            ctx.journal.record(&denied("after.test"));
+        }
+        assert!(
+            !format!("{:?}", ctx.journal).contains("tap: true"),
+            "{:?}",
+            ctx.journal
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

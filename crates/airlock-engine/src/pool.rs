@@ -116,6 +116,14 @@ pub fn normalize_bound_at_claim(s: &mut RunSpec) {
             s.workspace_slot = true;
             s.protected.clear();
         }
+        // A named sandbox's clone: its ext4 image goes into a *writable* slot (the size of
+        // that image: `disk` stays in the key), which becomes the sandbox's image.
+        if s.workspace == WorkspaceMode::Clone {
+            s.workspace = WorkspaceMode::None;
+            s.workspace_slot = true;
+            s.workspace_slot_rw = true;
+            s.protected.clear();
+        }
         return;
     }
     if s.backend != airlock_model::policy::BackendKind::Container {
@@ -553,6 +561,37 @@ pub fn wake(state: &Path) {
     }
 }
 
+/// Hand a finished claim's release to the running daemon: one datagram naming the member,
+/// its claimer (`pid`), the pool and the claim's latency; the daemon records the release and
+/// the hit in one transaction (as [`Store::claim_finished`]) and removes the member, whose
+/// PID 1 the claimer killed already. The claimer exits as soon as its command's status is
+/// known. False: no daemon took it (none listens, or its queue is full) — release it here.
+pub fn hand_release(state: &Path, name: &str, pid: i32, key: &str, micros: u64) -> bool {
+    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
+        return false;
+    };
+    let _ = s.set_nonblocking(true);
+    let msg = format!("r {name} {pid} {key} {micros}");
+    s.send_to(msg.as_bytes(), dir(state).join(DAEMON_SOCKET))
+        .is_ok()
+}
+
+/// A datagram of [`hand_release`]'s, applied (anything else: a plain wake-up).
+fn take_release(store: &mut Store, msg: &[u8]) {
+    let Some(rest) = std::str::from_utf8(msg)
+        .ok()
+        .and_then(|m| m.strip_prefix("r "))
+    else {
+        return;
+    };
+    let f: Vec<&str> = rest.split(' ').collect();
+    if let [name, pid, key, micros] = f[..] {
+        if let (Ok(pid), Ok(micros)) = (pid.parse::<i32>(), micros.parse::<u64>()) {
+            let _ = store.claim_finished(name, pid, key, micros);
+        }
+    }
+}
+
 /// Whether a daemon runs for this state dir (holds the lock).
 pub fn daemon_running(state: &Path) -> bool {
     supervisor::locked_file(&dir(state).join(DAEMON_LOCK))
@@ -821,14 +860,24 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
         .map_err(|e| format!("the state store: {e}"))?;
     let backend = SupervisorBackend { exe };
     ready();
-    let mut buf = [0u8; 16];
+    let mut buf = [0u8; 512];
     while !STOP.load(Ordering::SeqCst) {
         reap(&mut store, &backend, state, false);
         refill(&mut store, &backend, state);
-        // Woken by a claim or a pool change; else every half second.
-        let _ = sock.recv(&mut buf);
-        while sock.set_nonblocking(true).is_ok() && sock.recv(&mut buf).is_ok() {}
+        // Woken by a claim, a claim's release or a pool change; else every half second.
+        if let Ok(n) = sock.recv(&mut buf) {
+            take_release(&mut store, &buf[..n]);
+        }
+        while sock.set_nonblocking(true).is_ok() {
+            let Ok(n) = sock.recv(&mut buf) else { break };
+            take_release(&mut store, &buf[..n]);
+        }
         let _ = sock.set_nonblocking(false);
+    }
+    // Releases sent before the stop.
+    let _ = sock.set_nonblocking(true);
+    while let Ok(n) = sock.recv(&mut buf) {
+        take_release(&mut store, &buf[..n]);
     }
     drain(&mut store, &backend, state);
     let _ = fs::remove_file(&sock_path);

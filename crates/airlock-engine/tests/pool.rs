@@ -72,6 +72,7 @@ fn member() -> RunSpec {
         rootfs: RootFs::Host,
         kernel: None,
         workspace_slot: false,
+        workspace_slot_rw: false,
         pool_member: false,
     }
 }
@@ -236,8 +237,9 @@ fn limits_and_workspaces_are_bound_at_claim() {
     vm_run.resources.memory = Some(ByteSize(1 << 30));
     assert_ne!(pool::key(&vm), pool::key(&vm_run));
     // A microVM's overlay workspace goes into its member's slot disk at claim: runs of any
-    // project share a slot member's pool (not a no-workspace member's); its bind and clone
-    // workspaces are not attached (a bind is refused cold, a named clone starts cold).
+    // project share a slot member's pool (not a no-workspace member's); its bind workspace
+    // is not attached (refused cold), a named clone goes into a *writable* slot: a pool of
+    // its own, whichever sandbox's clone it is.
     let mut vm_slot = vm.clone();
     vm_slot.workspace_slot = true;
     vm_slot.project_dir = PathBuf::from("/");
@@ -256,6 +258,22 @@ fn limits_and_workspaces_are_bound_at_claim() {
         r.workspace = mode;
         r.workspace_dir = Some(PathBuf::from("/state/sandboxes/x/workspace"));
         assert_ne!(pool::key(&vm_slot), pool::key(&r), "{mode:?}");
+    }
+    let mut vm_rw = vm_slot.clone();
+    vm_rw.workspace_slot_rw = true;
+    for (name, project) in [("x", "/home/u/one"), ("y", "/home/u/two")] {
+        let mut r = run_of(&vm);
+        r.workspace = WorkspaceMode::Clone;
+        r.project_dir = PathBuf::from(project);
+        r.workspace_dir = Some(PathBuf::from(format!("/state/sandboxes/{name}/workspace")));
+        assert_eq!(pool::key(&vm_rw), pool::key(&r), "{name}");
+        let mut made = r.clone();
+        pool::normalize_bound_at_claim(&mut made);
+        assert!(made.workspace_slot && made.workspace_slot_rw);
+        assert_eq!(made.workspace, WorkspaceMode::None);
+        // `disk` sizes the slot (the sandbox's image): it stays in the key.
+        r.resources.disk = Some(ByteSize(1 << 30));
+        assert_ne!(pool::key(&vm_rw), pool::key(&r), "{name}");
     }
 }
 

@@ -211,17 +211,7 @@ impl Store {
         }
         let locks = self.dir("locks")?;
         let lock_path = locks.join(format!("{}.lock", diff_id.hex()));
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("cannot open", &lock_path))?;
-        let _lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| StoreError::Io {
-            what: "cannot lock",
-            path: lock_path.clone(),
-            source: e.into(),
-        })?;
+        let _lock = lock_exclusive(&lock_path)?;
         if let Some(size) = self.layer_size(diff_id) {
             return Ok((size, true));
         }
@@ -482,6 +472,44 @@ fn fetch_verified(blob: impl Read, file: &Path, expected: &Digest) -> Result<(),
     Ok(())
 }
 
+/// Unpack the (decompressed) tar stream `layer` into `dest`, reading it to its end: the
+/// contents, their digest (the diffID), and the reader back.
+fn unpack_hashed<R: Read>(
+    layer: R,
+    dest: &Path,
+    diff_id: &Digest,
+) -> Result<(Unpacked, Digest, R), StoreError> {
+    let mut r = HashingReader::new(layer);
+    let unpacked = unpack::unpack(&mut r, dest).map_err(|source| StoreError::Unpack {
+        diff_id: diff_id.clone(),
+        source,
+    })?;
+    drain(&mut r, dest)?;
+    Ok((unpacked, r.hasher.finish(), r.inner))
+}
+
+/// Read `r` to its end.
+fn drain(mut r: impl Read, dest: &Path) -> Result<(), StoreError> {
+    io::copy(&mut r, &mut io::sink())
+        .map(drop)
+        .map_err(io_err("cannot read the layer of", dest))
+}
+
+/// An exclusive lock on the file at `path` (created if missing), held until it is dropped.
+pub(crate) fn lock_exclusive(path: &Path) -> Result<Flock<fs::File>, StoreError> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err("cannot open", path))?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| StoreError::Io {
+        what: "cannot lock",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
 /// Decompress (gzip, zstd or none, by magic number), unpack into `dest`, and check both digests.
 pub fn unpack_verified(
     blob: impl Read,
@@ -495,36 +523,23 @@ pub fn unpack_verified(
         .fill_buf()
         .map_err(io_err("cannot read the layer of", dest))?
         .to_vec();
+    // A compressed stream is read to its end after the tar's (padding, the trailer), so that
+    // the blob's digest covers every byte of it.
     let (unpacked, actual_diff) = if magic.starts_with(&[0x1f, 0x8b]) {
-        let mut inner = HashingReader::new(flate2::bufread::MultiGzDecoder::new(buffered));
-        let u = unpack::unpack(&mut inner, dest).map_err(|source| StoreError::Unpack {
-            diff_id: diff_id.clone(),
-            source,
-        })?;
-        io::copy(&mut inner, &mut io::sink()).map_err(io_err("cannot read the layer of", dest))?;
-        let d = inner.hasher.finish();
-        io::copy(&mut inner.inner.into_inner(), &mut io::sink())
-            .map_err(io_err("cannot read the layer of", dest))?;
+        let (u, d, gz) = unpack_hashed(
+            flate2::bufread::MultiGzDecoder::new(buffered),
+            dest,
+            diff_id,
+        )?;
+        drain(gz.into_inner(), dest)?;
         (u, d)
     } else if magic.starts_with(&crate::zstd::MAGIC) {
-        let mut inner = HashingReader::new(crate::zstd::Decoder::new(buffered));
-        let u = unpack::unpack(&mut inner, dest).map_err(|source| StoreError::Unpack {
-            diff_id: diff_id.clone(),
-            source,
-        })?;
-        io::copy(&mut inner, &mut io::sink()).map_err(io_err("cannot read the layer of", dest))?;
-        let d = inner.hasher.finish();
-        io::copy(&mut inner.inner.into_inner(), &mut io::sink())
-            .map_err(io_err("cannot read the layer of", dest))?;
+        let (u, d, zst) = unpack_hashed(crate::zstd::Decoder::new(buffered), dest, diff_id)?;
+        drain(zst.into_inner(), dest)?;
         (u, d)
     } else {
-        let mut inner = HashingReader::new(buffered);
-        let u = unpack::unpack(&mut inner, dest).map_err(|source| StoreError::Unpack {
-            diff_id: diff_id.clone(),
-            source,
-        })?;
-        io::copy(&mut inner, &mut io::sink()).map_err(io_err("cannot read the layer of", dest))?;
-        (u, inner.hasher.finish())
+        let (u, d, _) = unpack_hashed(buffered, dest, diff_id)?;
+        (u, d)
     };
     if let Some(expected) = blob_digest {
         let actual = outer.hasher.finish();

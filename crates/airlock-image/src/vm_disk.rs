@@ -12,7 +12,7 @@
 //! builders of one disk build it once. `prune` removes the disks no record uses.
 
 use crate::digest::Digest;
-use crate::store::{ImageRecord, Store, StoreError};
+use crate::store::{lock_exclusive, ImageRecord, Store, StoreError};
 use crate::unpack::{self, OPAQUE_XATTR};
 use airlock_model::plan::{ROOTFUL_UID_BASE, ROOTFUL_UID_COUNT};
 use nix::fcntl::{Flock, FlockArg};
@@ -91,17 +91,7 @@ impl Store {
         let locks = self.root().join("locks");
         fs::create_dir_all(&locks).map_err(io_err("cannot create", &locks))?;
         let lock_path = locks.join(format!("vm-{key}.lock"));
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("cannot open", &lock_path))?;
-        let _lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| StoreError::Io {
-            what: "cannot lock",
-            path: lock_path.clone(),
-            source: e.into(),
-        })?;
+        let _lock = lock_exclusive(&lock_path)?;
         if path.is_file() {
             return Ok(VmDisk { path, built: false });
         }

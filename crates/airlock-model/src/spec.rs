@@ -218,6 +218,13 @@ pub struct RunSpec {
     /// overlay or bind to be attached on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub workspace_slot: bool,
+    /// A microVM pool member for named sandboxes with a clone workspace: its slot is a
+    /// *writable* disk the size of the sandbox's workspace image, which the adoption fills with
+    /// the sandbox's ext4 image and the guest mounts read-write (`airlock-guest ws
+    /// attach-disk`); the slot's file then becomes the sandbox's `vm-workspace.img`
+    /// (docs/design/warm-pool.md, "Named microVM starts"). Only with `workspace_slot`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub workspace_slot_rw: bool,
     /// A warm-pool member (container): its supervisor keeps an exec stub in the member's
     /// cgroup for the claim's command (docs/design/warm-pool.md, "The exec stub").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -99,6 +99,12 @@ pub struct GuestJob {
     /// that size, whatever its memory. Absent in older hosts' jobs: false (tmpfs).
     #[serde(default, skip_serializing_if = "is_false")]
     pub overlay_disk: bool,
+    /// A warm pool member whose workspace slot (serial [`DISK_WORKSPACE`]) is writable: a
+    /// claim fills it with a named sandbox's ext4 workspace image, so the guest loads the
+    /// ext4 modules at boot (a claim's session cannot reach the initramfs). Absent in older
+    /// hosts' jobs: false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub workspace_slot_disk: bool,
 }
 
 fn is_false(b: &bool) -> bool {

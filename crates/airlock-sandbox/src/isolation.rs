@@ -466,15 +466,29 @@ impl Isolation for MicroVm {
 /// guest's writable disk) and removes it when it ends; one killed (`rm -f`, a crash) cannot.
 /// Its sandbox's teardown reclaims run directories whose owner is gone, as every `run` does
 /// (`rundir::gc`: only those nobody holds the lock of).
+/// A warm pool member's folder is `STATE/pool/members/NAME`, and its run directories are
+/// the state directory's too.
 fn reclaim_runs(sandbox: &Instance<'_>) {
-    let Some(state) = sandbox.dir.parent().and_then(Path::parent) else {
+    let Some(parent) = sandbox.dir.parent() else {
         return;
     };
-    if state
-        .join("runs")
-        .join(format!("{}.vm", sandbox.name))
-        .exists()
-    {
+    let state = if parent.ends_with("pool/members") {
+        parent.parent().and_then(Path::parent)
+    } else {
+        parent.parent()
+    };
+    let Some(state) = state else {
+        return;
+    };
+    // A named sandbox that adopted a warm member runs QEMU in run directories named after
+    // that member (`run-XXXXXXXX.vm`): any microVM run directory is a reason to look.
+    let runs = state.join("runs");
+    let vm_runs = runs.join(format!("{}.vm", sandbox.name)).exists()
+        || std::fs::read_dir(&runs).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".vm"))
+        });
+    if vm_runs {
         container::rundir::gc(state, Layout::detect);
     }
 }

@@ -58,6 +58,7 @@ pub enum Command {
     #[command(visible_aliases = ["down", "destroy", "remove"])]
     Rm(RmArgs),
     /// List sandboxes.
+    #[command(visible_alias = "ls")]
     List(JsonArg),
     /// Show a sandbox's state, policy and live resource use; without NAME, first this host's
     /// `environment:` (doctor's key checks; non-zero exit when something needed is missing).

@@ -1477,9 +1477,10 @@ fn a_microvm_clone_workspace_comes_back_through_the_review_gate() {
     ok(&["start", "vmclone"]);
     let marker = a.dir.join("pwned");
     let m = marker.display().to_string();
-    // The clone in the guest: the project's files and history, the sandbox user's.
+    // The clone in the guest: the project's files and history, the sandbox user's (and
+    // nothing else: no `lost+found` of the disk's file system).
     let out = inside(&format!(
-        "cat a.txt; stat -c %u a.txt .git/HEAD; git rev-parse --abbrev-ref HEAD; \
+        "ls -A | grep -v -x -e a.txt -e .git; cat a.txt; stat -c %u a.txt .git/HEAD; git rev-parse --abbrev-ref HEAD; \
          echo two > a.txt && git commit -qam two && \
          mkdir -p sub/.claude && echo '{{}}' > sub/.claude/settings.json && \
          mkdir -p l && ln -s .. l/x && ln -s l/x/.. dist && git add -A && git commit -qm nested && \

@@ -237,6 +237,8 @@ fn unenforceable_limits_of_named_sandboxes_are_said_or_refused() {
             !list.contains("strict"),
             "{args:?}: nothing created: {list}"
         );
+        // `ls` is `list` (as for images, and as container tools spell it).
+        assert_eq!(ok(&a, &["ls", "--json"]).stdout, list);
     }
 }
 

@@ -292,6 +292,96 @@ fn cold_fallback_and_no_policy_leak() {
     assert_nothing_left(&a, "cold");
 }
 
+/// A warm run's egress journal is its own, as a cold run's: what it blocked is said on its
+/// stderr (with the hint), and `--net-log FILE` claims warm, the claim's decisions (and no
+/// one else's) reaching FILE.
+fn warm_runs_say_and_journal_their_egress(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "1",
+            "--workspace",
+            "none",
+            "--wait",
+        ],
+    );
+    let probe = |host: &str, log: Option<&Path>| {
+        let script = format!("getent hosts {host}; echo done");
+        let mut args = vec!["run", "--workspace", "none"];
+        let log = log.map(|p| p.display().to_string());
+        if let Some(l) = &log {
+            args.extend(["--net-log", l.as_str()]);
+        }
+        args.extend(["--", "sh", "-c", script.as_str()]);
+        let out = a.run(&args);
+        assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+        assert_eq!(out.stdout, "done\n", "{label}: {}", out.describe());
+        assert!(
+            claimed(&out).is_some(),
+            "{label}: not warm: {}",
+            out.describe()
+        );
+        let said = format!("airlock: blocked {host}:53: {host} is not in the allowed domains");
+        assert!(
+            out.stderr.contains(&said) && out.stderr.contains(&format!("--allow {host}")),
+            "{label}: the denial is not said: {}",
+            out.describe()
+        );
+        // Said once, however often the resolver asked.
+        assert_eq!(
+            out.stderr.matches("airlock: blocked").count(),
+            1,
+            "{label}: {}",
+            out.describe()
+        );
+    };
+    probe("first.example", None);
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(&status(a))["ready"] == 1),
+        "{label}: no refill: {}",
+        status(a)
+    );
+    let log = a.dir.join("net.jsonl");
+    probe("second.example", Some(&log));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{label}: {e}: {l}")))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["host"] == "second.example"
+            && e["kind"] == "dns"
+            && e["decision"] == "deny"),
+        "{label}: the claim's denial is not in its journal: {text}"
+    );
+    assert!(
+        !text.contains("first.example"),
+        "{label}: another claim's decision is in this one's journal: {text}"
+    );
+}
+
+#[test]
+fn warm_runs_say_and_journal_their_egress_rootful() {
+    if !e2e("warm_runs_say_and_journal_their_egress_rootful") {
+        return;
+    }
+    warm_runs_say_and_journal_their_egress(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn warm_runs_say_and_journal_their_egress_rootless() {
+    if !e2e("warm_runs_say_and_journal_their_egress_rootless") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = Bins::owned_by(&user);
+    warm_runs_say_and_journal_their_egress(&Airlock::rootless(&bins), "rootless");
+}
+
 /// kill -9 the daemon: its members run on; a new daemon adopts them (no new starts) and
 /// resumes refilling.
 #[test]
@@ -881,12 +971,19 @@ fn a_claim_gets_its_own_limits() {
     );
     let (m1, limit) = claimed_memory_limit(&a, &["--memory", "48M", "--pids", "64"], "--memory");
     assert_eq!(limit, Some(48 << 20), "the claim's memory limit");
-    let pids: Vec<String> = cgroups_named(&format!("{m1}."))
-        .iter()
-        .map(|d| d.join("pids.max"))
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .collect();
-    assert!(pids.is_empty(), "cgroup left after the run: {pids:?}");
+    // Removed by the member's supervisor once the run handed its release to the daemon.
+    let pids = || -> Vec<String> {
+        cgroups_named(&format!("{m1}."))
+            .iter()
+            .map(|d| d.join("pids.max"))
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || pids().is_empty()),
+        "cgroup left after the run: {:?}",
+        pids()
+    );
     wait_ready(&a, 2, "limits");
     let (m2, other) = claimed_memory_limit(&a, &[], "default");
     assert_ne!(m1, m2);
@@ -907,6 +1004,41 @@ fn procs_in(d: &Path) -> Vec<i32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// `procs` (a member's cgroup before its claim) are its stub and the one child the stub
+/// parked for the claim: the stub's pid.
+fn stub_and_parked(procs: &[i32]) -> Option<i32> {
+    let [a, b] = procs else { return None };
+    match (ppid(*a), ppid(*b)) {
+        (_, Some(p)) if p == *a => Some(*a),
+        (Some(p), _) if p == *b => Some(*b),
+        _ => None,
+    }
+}
+
+/// The children of process `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn ns_of(pid: i32, ns: &str) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok()
+}
+
+/// A field of /proc/PID/status ("" when the process is gone).
+fn status_field(pid: i32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn ppid(pid: i32) -> Option<i32> {
@@ -960,22 +1092,22 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
             "{name}: no memory cgroup before the claim: {dirs:?}"
         );
         let mut procs: Vec<i32> = dirs.iter().flat_map(|d| procs_in(d)).collect();
+        procs.sort_unstable();
         procs.dedup();
-        assert_eq!(
-            procs.len(),
-            1,
-            "{name}: not one process in {dirs:?}: {procs:?}"
-        );
+        // The stub and the child it parked for the claim, nothing else.
+        let stub = stub_and_parked(&procs)
+            .unwrap_or_else(|| panic!("{name}: not the stub and its child in {dirs:?}: {procs:?}"));
         let pid1 = std::fs::read_to_string(e.path().join("pid1")).expect("pid1");
-        assert_ne!(
-            pid1.split_whitespace().next(),
-            Some(procs[0].to_string().as_str())
+        let pid1 = pid1.split_whitespace().next().expect("pid1").to_string();
+        assert!(
+            !procs.iter().any(|p| p.to_string() == pid1),
+            "{name}: PID 1 in {procs:?}"
         );
         assert!(
             e.path().join("stub.sock").exists(),
             "{name}: no stub socket"
         );
-        stubs.insert(name, (procs[0], e.path().join("stub.sock")));
+        stubs.insert(name, (stub, e.path().join("stub.sock")));
     }
     assert_eq!(stubs.len(), 2, "{stubs:?}");
     let probe: String = stubs
@@ -1059,7 +1191,10 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
         "the claimed member's stub is still there"
     );
     for d in &dirs {
-        assert!(!d.exists(), "{d:?} left after the claim");
+        assert!(
+            wait_until(Duration::from_secs(5), || !d.exists()),
+            "{d:?} left after the claim"
+        );
     }
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "stub");
@@ -1162,7 +1297,13 @@ fn stub_round_trip(a: &Airlock, label: &str) {
                 "{label}: {name}: {pid} is not its stub"
             );
         } else {
-            assert_eq!(procs, vec![pid], "{label}: {name}: the stub is not {pid}");
+            procs.sort_unstable();
+            procs.dedup();
+            assert_eq!(
+                stub_and_parked(&procs),
+                Some(pid),
+                "{label}: {name}: the stub is not {pid}: {procs:?}"
+            );
         }
     }
     assert_eq!(stub_pids(a).len(), 2, "{label}");
@@ -1729,4 +1870,328 @@ fn a_chosen_hostname_or_name_is_bound_at_claim_rootless() {
     let user = common::test_user();
     let bins = Bins::owned_by(&user);
     chosen_hostname(&Airlock::rootless(&bins), "rootless");
+}
+
+/// The child a member's stub parks for its claim (docs/design/warm-pool.md, "The parked
+/// child"): before any claim each ready member's stub has exactly one child, already in the
+/// member's namespaces (user, mount, pid, network, ipc, uts) and cgroup while the stub itself
+/// is in none of them, under the command's seccomp filter already but nothing else of a
+/// command's applied yet (no no_new_privs);
+/// it is not dumpable, so a process of its own uid without capabilities in the host's user
+/// namespace — more than anything inside the sandbox has — can neither read its /proc files
+/// nor attach to it; the claim's command is that very process (the same pid, outside and
+/// inside), run with seccomp, no_new_privs, no capabilities and the claim's memory limit; the
+/// other member keeps its own; nothing is left afterwards.
+fn parked_child(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "2",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+    wait_ready(a, 2, label);
+    let mut parked = std::collections::BTreeMap::new();
+    for (name, file) in stub_pids(a) {
+        let stub: i32 = std::fs::read_to_string(&file)
+            .expect("stub.pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let pid1: i32 = std::fs::read_to_string(members_dir(a).join(&name).join("pid1"))
+            .expect("pid1")
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("PID 1");
+        let kids = children(stub);
+        assert_eq!(
+            kids.len(),
+            1,
+            "{label}: {name}: the stub's children {kids:?}"
+        );
+        let child = kids[0];
+        for ns in ["user", "mnt", "pid", "net", "ipc", "uts"] {
+            assert_eq!(
+                ns_of(child, ns),
+                ns_of(pid1, ns),
+                "{label}: {name}: the parked child is not in the member's {ns} namespace"
+            );
+            assert!(ns_of(pid1, ns).is_some(), "{label}: {name}: {ns}");
+        }
+        assert_ne!(ns_of(stub, "user"), ns_of(pid1, "user"), "{label}: {name}");
+        assert_ne!(ns_of(stub, "pid"), ns_of(pid1, "pid"), "{label}: {name}");
+        let nspid: Vec<String> = status_field(child, "NSpid")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(nspid.len(), 2, "{label}: {name}: NSpid {nspid:?}");
+        // Its seccomp filter is on already; nothing else of a command's yet.
+        assert_eq!(status_field(child, "Seccomp"), "2", "{label}: {name}");
+        assert_eq!(status_field(child, "NoNewPrivs"), "0", "{label}: {name}");
+        for d in cgroups_named(&format!("{name}.")) {
+            assert!(
+                procs_in(&d).contains(&child),
+                "{label}: {name}: the parked child is not in {d:?}"
+            );
+        }
+        // Its own uid, no capabilities: its /proc files stay closed (not dumpable).
+        let uid = status_field(child, "Uid");
+        let uid = uid.split_whitespace().next().expect("uid").to_string();
+        let gid = status_field(child, "Gid");
+        let gid = gid.split_whitespace().next().expect("gid").to_string();
+        let peek = std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+                "cat",
+                &format!("/proc/{child}/environ"),
+            ])
+            .output()
+            .expect("setpriv");
+        assert!(
+            !peek.status.success() && String::from_utf8_lossy(&peek.stderr).contains("denied"),
+            "{label}: {name}: the parked child's environ read as uid {uid}: {peek:?}"
+        );
+        // Control: that way, a process of the same uid without capabilities is readable.
+        let mut control = std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+                "sleep",
+                "5",
+            ])
+            .spawn()
+            .expect("setpriv sleep");
+        wait_until(Duration::from_secs(2), || {
+            std::fs::read(format!("/proc/{}/cmdline", control.id()))
+                .is_ok_and(|c| c.starts_with(b"sleep"))
+        });
+        let seen = std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+                "cat",
+                &format!("/proc/{}/environ", control.id()),
+            ])
+            .output()
+            .expect("setpriv");
+        let _ = control.kill();
+        let _ = control.wait();
+        assert!(seen.status.success(), "{label}: {name}: control: {seen:?}");
+        parked.insert(name, (stub, child, nspid[1].clone()));
+    }
+    assert_eq!(parked.len(), 2, "{label}: {parked:?}");
+    let mut args = vec!["run", "--workspace", "none", "--net", "off"];
+    if a.user.is_none() {
+        args.extend(["--memory", "48M"]);
+    }
+    args.extend([
+        "--",
+        "sh",
+        "-c",
+        "echo pid=$$; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; sleep 2",
+    ]);
+    let mut cmd = a.command(&args);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut run = cmd.spawn().expect("spawn airlock");
+    let mut stderr = std::io::BufReader::new(run.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let member = loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        if n == 0 {
+            let _ = run.kill();
+            panic!("{label}: not warm: {line}");
+        }
+        if line.contains("warm start") {
+            break line.split(", ").nth(1).expect("member").to_string();
+        }
+    };
+    let (stub, child, inner) = parked.get(&member).cloned().expect("a member seen ready");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read(format!("/proc/{child}/cmdline")).is_ok_and(|c| c.starts_with(b"sh\0"))
+        }),
+        "{label}: the parked child {child} did not become the command"
+    );
+    assert_eq!(ppid(child), Some(stub), "{label}");
+    if a.user.is_none() {
+        let limits: Vec<u64> = cgroups_named(&format!("{member}."))
+            .iter()
+            .filter(|d| procs_in(d).contains(&child))
+            .flat_map(|d| ["memory.limit_in_bytes", "memory.max"].map(|f| d.join(f)))
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        assert_eq!(limits, vec![48 << 20], "{label}: the claim's memory limit");
+    }
+    for (name, (other_stub, other, _)) in &parked {
+        if *name != member {
+            assert_eq!(
+                ppid(*other),
+                Some(*other_stub),
+                "{label}: {name} lost its child"
+            );
+        }
+    }
+    let out = run.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{label}: {}: {stdout}", out.status);
+    assert!(
+        stdout.contains(&format!("pid={inner}\n")),
+        "{label}: {stdout}"
+    );
+    assert!(stdout.contains("Seccomp:\t2"), "{label}: {stdout}");
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{label}: {stdout}");
+    assert!(
+        stdout.contains("CapEff:\t0000000000000000"),
+        "{label}: {stdout}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !Path::new(&format!(
+            "/proc/{child}"
+        ))
+        .exists()),
+        "{label}: the command is still there"
+    );
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+#[test]
+fn a_members_parked_child_becomes_the_claims_command_rootful() {
+    if !e2e("a_members_parked_child_becomes_the_claims_command_rootful") {
+        return;
+    }
+    parked_child(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn a_members_parked_child_becomes_the_claims_command_rootless() {
+    if !e2e("a_members_parked_child_becomes_the_claims_command_rootless") {
+        return;
+    }
+    let bins = Bins::owned_by(&common::test_user());
+    parked_child(&Airlock::rootless(&bins), "rootless");
+}
+
+/// With a daemon running, a warm run hands its release to the daemon (one datagram) and ends
+/// as soon as its command's status is known: with the daemon stopped (SIGSTOP) the run still
+/// returns at once, its member's PID 1 already killed, the member still recorded as claimed;
+/// once the daemon continues it records the release and the hit and removes the member. A
+/// release the daemon never took (stopped, then killed with SIGKILL) is the next daemon's:
+/// the claimer is gone, so the member goes, and nothing is left after `daemon stop`.
+#[test]
+fn a_claims_release_is_handed_to_the_daemon() {
+    if !e2e("a_claims_release_is_handed_to_the_daemon") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let start = [
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--wait",
+    ];
+    ok(&a, &start);
+    let stop_daemon = |sig: i32| {
+        let pid = common::pool::daemon_pid(&a).expect("the daemon runs");
+        // SAFETY: kill(2) on this test's daemon.
+        unsafe { libc::kill(pid, sig) };
+        pid
+    };
+    let released_while_stopped = |label: &str| -> String {
+        wait_ready(&a, 1, label);
+        let pid1 = |m: &str| {
+            std::fs::read_to_string(members_dir(&a).join(m).join("pid1"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok())
+        };
+        let before: Vec<(String, Option<i32>)> = std::fs::read_dir(members_dir(&a))
+            .expect("members")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .map(|m| (m.clone(), pid1(&m)))
+            .collect();
+        stop_daemon(libc::SIGSTOP);
+        let out = a.run(&["run", "--workspace", "none", "--net", "off", "--", "true"]);
+        assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+        let member = claimed(&out).unwrap_or_else(|| panic!("{label}: {}", out.describe()));
+        let pid = before
+            .iter()
+            .find(|(m, _)| *m == member)
+            .and_then(|(_, p)| *p)
+            .expect("the member's PID 1");
+        assert!(
+            wait_until(Duration::from_secs(5), || !Path::new(&format!(
+                "/proc/{pid}"
+            ))
+            .exists()),
+            "{label}: the member's PID 1 {pid} lives on"
+        );
+        let st = status(&a);
+        assert_eq!(pool0(&st)["claimed"], 1, "{label}: {st}");
+        member
+    };
+    let member = released_while_stopped("handed");
+    assert_eq!(pool0(&status(&a))["hits"], 0, "{}", status(&a));
+    stop_daemon(libc::SIGCONT);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let st = status(&a);
+            pool0(&st)["claimed"] == 0 && pool0(&st)["hits"] == 1
+        }),
+        "the daemon did not record the release: {}",
+        status(&a)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !members_dir(&a)
+            .join(&member)
+            .exists()),
+        "{member}'s folder is still there"
+    );
+
+    // The daemon never takes it: killed while stopped.
+    let member = released_while_stopped("lost");
+    let pid = stop_daemon(libc::SIGKILL);
+    wait_until(Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    ok(&a, &start);
+    assert!(
+        wait_until(Duration::from_secs(10), || !members_dir(&a)
+            .join(&member)
+            .exists()),
+        "{member}'s folder is still there"
+    );
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "handed");
 }

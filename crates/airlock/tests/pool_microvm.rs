@@ -208,8 +208,11 @@ fn a_warm_microvm_claim_binds_its_own_allowlist_and_secret() {
         "echo \"$GREETING $TOKEN\"; cat /run/secrets/TOKEN; echo; \
          stat -c %a:%U /run/secrets/TOKEN; pwd; hostname; uname -r; {probe}; exit 7"
     );
+    let log = a.dir.join("net.jsonl");
     let out = run(
         &[
+            "--net-log",
+            &log.display().to_string(),
             "--allow",
             "one.test",
             "-e",
@@ -241,6 +244,28 @@ fn a_warm_microvm_claim_binds_its_own_allowlist_and_secret() {
         "{}",
         out.describe()
     );
+    // Its denials are its own, as a cold run's: said with the `--allow` hint (not the
+    // member's `airlock allow run-…`), and in its --net-log with its allowed connection.
+    assert!(
+        out.stderr.contains("airlock: blocked two.test")
+            && out.stderr.contains("--allow two.test")
+            && !out.stderr.contains("airlock allow run-"),
+        "{}",
+        out.describe()
+    );
+    let journal = std::fs::read_to_string(&log).unwrap_or_default();
+    let events: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for (host, decision) in [("two.test", "deny"), ("one.test", "allow")] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["host"] == host && e["decision"] == decision),
+            "{host} {decision} not in the claim's journal: {journal}"
+        );
+    }
     // Never reused: its guest powered off, its folder gone; a new member in its place.
     assert!(
         wait_until(Duration::from_secs(30), || !members_dir(&a)
@@ -592,4 +617,465 @@ fn a_warm_microvm_claim_gets_its_overlay_workspace() {
     assert_eq!(summary(&cold), summary(&warm), "{}", cold.describe());
     ok(&a, &["daemon", "stop"], &[]);
     assert_nothing_left(&a, "overlay workspace");
+}
+
+/// Removes a test's named sandboxes and stops its engine however the test ends (declared
+/// after the daemon's guard, so it runs first).
+struct SandboxGuard<'a>(&'a Airlock, &'a [&'a str]);
+
+impl Drop for SandboxGuard<'_> {
+    fn drop(&mut self) {
+        for n in self.1 {
+            let _ = vm(self.0, &["rm", "-f", n], &[]);
+        }
+        common::stop_engines_of(self.0);
+    }
+}
+
+/// Everything under `dir` (names relative to it), for "nothing is left" checks.
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A named microVM sandbox with a clone workspace starts warm (`daemon start --backend
+/// microvm --workspace clone`): `create` + `start` claims a held guest, which sees the
+/// sandbox's clone read-write at /workspace (the sandbox user's), its hostname, environment
+/// and working directory; a commit made there comes back through `diff`/`fetch` as after a
+/// cold start, and a stop takes the last one out; the next start (warm again, from the
+/// refilled pool: the sandbox's disk is copied into that member's slot) finds the committed
+/// and the uncommitted work. `rm` leaves no sandbox folder, member, link or run directory.
+/// Three guest boots (two members and the refill that `daemon stop` ends), rootful and
+/// rootless.
+#[test]
+fn a_named_microvm_start_claims_a_warm_member_and_keeps_its_clone_work() {
+    if !e2e("a_named_microvm_start_claims_a_warm_member_and_keeps_its_clone_work") {
+        return;
+    }
+    named_clone(&Airlock::root(), "rootful");
+}
+
+#[test]
+fn a_rootless_named_microvm_start_claims_a_warm_member_too() {
+    if !e2e("a_rootless_named_microvm_start_claims_a_warm_member_too") {
+        return;
+    }
+    let user = common::test_user();
+    let bins = common::Bins::owned_by(&user);
+    named_clone(&Airlock::rootless(&bins), "rootless");
+}
+
+fn named_clone(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    let _sandboxes = SandboxGuard(a, &["vmwarm"]);
+    common::pool::git_project(a);
+    let host_git = |args: &[&str]| {
+        let out = common::run_with_deadline(a.command_with("git", args), None, VM_DEADLINE);
+        assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+        out.stdout
+    };
+    let policy = ["--backend", "microvm", "--net", "off"];
+    let mut args = vec![
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--wait",
+        "--workspace",
+        "clone",
+    ];
+    args.extend(policy);
+    ok(a, &args, &[]);
+    let first = members_ever(a);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let mut create = vec!["create", "vmwarm", "--env", "GREETING=hi"];
+    create.extend(policy);
+    ok(a, &create, &[]);
+    let sdir = a.state_dir().join("sandboxes/vmwarm");
+    assert!(
+        sdir.join("workspace/.git").is_dir(),
+        "the host made the clone"
+    );
+
+    let started = ok(a, &["start", "vmwarm"], &[]);
+    assert!(
+        started.stderr.contains("vmwarm: warm start (pool"),
+        "{label}: {}",
+        started.describe()
+    );
+    let member = first.iter().next().cloned().unwrap_or_default();
+    assert!(
+        started.stderr.contains(&member),
+        "{member}: {}",
+        started.describe()
+    );
+    let inside = |script: &str| {
+        ok(
+            a,
+            &[
+                "exec",
+                "vmwarm",
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "export GIT_AUTHOR_NAME=agent GIT_AUTHOR_EMAIL=a@b.invalid \
+                     GIT_COMMITTER_NAME=agent GIT_COMMITTER_EMAIL=a@b.invalid; {script}"
+                ),
+            ],
+            &[],
+        )
+    };
+    // The clone, read-write, the sandbox user's; the sandbox's own name, environment and
+    // working directory.
+    let out = inside(
+        "pwd; cat README; stat -c %u .git/HEAD; git rev-parse --abbrev-ref HEAD; hostname; \
+         cat /etc/hostname; echo $GREETING; grep ' /workspace ' /proc/mounts | cut -d' ' -f3,4 \
+         | cut -d, -f1",
+    );
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        [
+            "/workspace",
+            "hello from the project",
+            "1000",
+            "airlock/vmwarm",
+            "vmwarm",
+            "vmwarm",
+            "hi",
+            "ext4 rw"
+        ],
+        "{label}: {}",
+        out.describe()
+    );
+    inside("echo two >> README && git commit -qam two && echo draft > scratch.txt && sync");
+    // The work comes back through the review gate, as after a cold start.
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(a, &["diff", "vmwarm", "--json"], &[]).stdout).expect("diff json");
+    assert!(d["tip"].as_str().is_some_and(|t| t.len() >= 40), "{d}");
+    ok(a, &["fetch", "vmwarm", "--accept"], &[]);
+    assert_eq!(
+        host_git(&["log", "--format=%s", "airlock/vmwarm"]),
+        "two\ninitial\n"
+    );
+    // The member is the sandbox now: the slot is its disk, the pool forgot it.
+    assert!(sdir.join("vm-workspace.img").is_file());
+    assert!(!sdir.join("vm-workspace-slot.img").exists());
+    // A commit just before the stop comes out at the stop.
+    inside("echo three >> README && git commit -qam three");
+    ok(a, &["stop", "vmwarm"], &[]);
+    ok(a, &["fetch", "vmwarm", "--accept"], &[]);
+    assert_eq!(
+        host_git(&["log", "-1", "--format=%s", "airlock/vmwarm"]),
+        "three\n"
+    );
+
+    // The refilled pool's member: the next start is warm again, with the disk copied in.
+    assert!(
+        wait_until(VM_DEADLINE, || pool0(a)["ready"] == 1),
+        "no refill: {}",
+        status(a)
+    );
+    let again = ok(a, &["start", "vmwarm"], &[]);
+    let second = claimed_named(&again).unwrap_or_else(|| panic!("{}", again.describe()));
+    assert_ne!(second, member, "{}", again.describe());
+    let out = inside("cat scratch.txt; git log -1 --format=%s; git status --short");
+    assert_eq!(
+        out.stdout,
+        "draft\nthree\n?? scratch.txt\n",
+        "{}",
+        out.describe()
+    );
+    inside("echo four >> README && git commit -qam four");
+    ok(a, &["stop", "vmwarm"], &[]);
+    ok(a, &["fetch", "vmwarm", "--accept"], &[]);
+    assert_eq!(
+        host_git(&["log", "-1", "--format=%s", "airlock/vmwarm"]),
+        "four\n"
+    );
+    ok(a, &["daemon", "stop"], &[]);
+    ok(a, &["rm", "vmwarm"], &[]);
+    assert!(!sdir.exists(), "{:?}", entries(&sdir));
+    assert_nothing_left(a, label);
+    let runs = || {
+        let mut r = entries(&a.state_dir().join("runs"));
+        r.retain(|n| n != ".mnt");
+        r
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || runs().is_empty()),
+        "run directories left: {:?} (members {:?}, claimed {member} then {second})",
+        runs(),
+        members_ever(a)
+    );
+}
+
+/// The member a named start claimed, from its `NAME: warm start (pool KEY, MEMBER, …)` line.
+fn claimed_named(out: &Outcome) -> Option<String> {
+    let line = out.stderr.lines().find(|l| l.contains(": warm start"))?;
+    line.split(", ").nth(1).map(str::to_string)
+}
+
+/// Injected secrets on warm microVM claims: a run's bindings go to the member's supervisor
+/// (its proxy intercepts) and the guest gets the placeholder, the claim's CA bundle and its
+/// variables; the real key reaches the fake API over TLS and appears nowhere in the guest. A
+/// second claim (another member: never reused) has its own key and placeholder and nothing of
+/// the first's. A named start with an injected secret claims too (`exec --secrets` sees the
+/// placeholder, the API the key). Three guest boots; no daemon refills after them.
+#[test]
+fn injected_secrets_are_bound_at_microvm_claims() {
+    if !e2e("injected_secrets_are_bound_at_microvm_claims") {
+        return;
+    }
+    const REAL1: &str = "sk-vm-warm-first-0123456789abcdef";
+    const REAL2: &str = "sk-vm-warm-second-fedcba9876543210";
+    const REAL3: &str = "sk-vm-warm-named-00112233445566";
+    let inet = Internet::start(&["api.test"], &[]);
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let _sandboxes = SandboxGuard(&a, &["vmsec"]);
+    let ca = inet.cert().display().to_string();
+    let env = |key: &'static str| {
+        vec![
+            ("AIRLOCK_DNS_UPSTREAM", inet.dns.clone()),
+            ("AIRLOCK_UPSTREAM_CA", ca.clone()),
+            ("HOST_KEY", key.to_string()),
+        ]
+    };
+    let with = |args: &[&str], key: &'static str| {
+        let e = env(key);
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = vm(&a, args, &e);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+        out
+    };
+    let policy = [
+        "--backend",
+        "microvm",
+        "--net",
+        "filtered",
+        "--workspace",
+        "none",
+    ];
+    let mut args = vec!["daemon", "start", "--size", "3", "--wait"];
+    args.extend(policy);
+    with(&args, REAL1);
+    kill_daemon(&a);
+    let secret = "KEY=env:HOST_KEY;hosts=api.test;header=x-api-key";
+    let script = "echo \"key=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; ls /run/secrets; \
+                  echo \"bundle=$CURL_CA_BUNDLE\"; \
+                  grep -c 'this sandbox.s secret injection CA' /run/airlock-tls/ca-bundle.pem; \
+                  curl -sS --max-time 60 -H \"x-api-key: $KEY\" https://api.test/v1/models";
+    let run = |key: &'static str| {
+        let mut args = vec!["run"];
+        args.extend(policy);
+        args.extend(["--allow", "api.test", "--secret", secret, "--"]);
+        args.extend(["sh", "-c", script]);
+        with(&args, key)
+    };
+    let requests = || -> Vec<String> {
+        inet.model_requests()
+            .into_iter()
+            .filter(|r| r["path"] == "/v1/models")
+            .map(|r| r["headers"]["x-api-key"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let check = |out: &Outcome, real: &str| -> String {
+        let member = claimed(out).unwrap_or_else(|| panic!("not warm: {}", out.describe()));
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let ph = lines[0]
+            .strip_prefix("key=")
+            .unwrap_or_default()
+            .to_string();
+        assert!(ph.starts_with("airlock-placeholder-"), "{}", out.describe());
+        assert_eq!(
+            lines[1..],
+            [
+                format!("file={ph}").as_str(),
+                "KEY",
+                "bundle=/run/airlock-tls/ca-bundle.pem",
+                "1",
+                "hello from api.test /v1/models"
+            ],
+            "{}",
+            out.describe()
+        );
+        assert!(!out.stdout.contains(real) && !out.stderr.contains(real));
+        format!("{member} {ph}")
+    };
+    let first = run(REAL1);
+    let one = check(&first, REAL1);
+    assert_eq!(requests(), [REAL1]);
+    let second = run(REAL2);
+    let two = check(&second, REAL2);
+    assert_eq!(requests(), [REAL1, REAL2]);
+    // Another member, another placeholder; the first's appears nowhere in the second claim.
+    let (m1, p1) = one.split_once(' ').unwrap_or_default();
+    let (m2, p2) = two.split_once(' ').unwrap_or_default();
+    assert_ne!(m1, m2);
+    assert_ne!(p1, p2);
+    assert!(!second.stdout.contains(p1) && !second.stdout.contains(REAL1));
+
+    // A named start with an injected secret claims the third member.
+    let mut create = vec!["create", "vmsec", "--allow", "api.test", "--secret", secret];
+    create.extend(policy);
+    with(&create, REAL3);
+    let started = with(&["start", "vmsec"], REAL3);
+    assert!(
+        started.stderr.contains("vmsec: warm start (pool"),
+        "{}",
+        started.describe()
+    );
+    let out = with(
+        &[
+            "exec",
+            "--secrets",
+            "vmsec",
+            "--",
+            "sh",
+            "-c",
+            "echo \"key=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; ls /run/secrets; \
+             echo \"bundle=$CURL_CA_BUNDLE\"; \
+             grep -c 'this sandbox.s secret injection CA' /run/airlock-tls/ca-bundle.pem; \
+             curl -sS --max-time 60 -H \"x-api-key: $KEY\" https://api.test/v1/models",
+        ],
+        REAL3,
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let ph = lines[0].strip_prefix("key=").unwrap_or_default();
+    assert!(
+        ph.starts_with("airlock-placeholder-") && ph != p1 && ph != p2,
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            format!("file={ph}").as_str(),
+            "KEY",
+            "bundle=/run/airlock-tls/ca-bundle.pem",
+            "1",
+            "hello from api.test /v1/models"
+        ],
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stdout.contains(REAL3));
+    assert_eq!(requests(), [REAL1, REAL2, REAL3]);
+    // No value in any file of the state directory.
+    let mut stack = vec![a.state_dir()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && m.len() < (64 << 20) {
+                let b = std::fs::read(&p).unwrap_or_default();
+                for v in [REAL1, REAL2, REAL3] {
+                    assert!(
+                        !b.windows(v.len()).any(|w| w == v.as_bytes()),
+                        "{v} in {}",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A named agent start (`up --agent … --prompt`) on a microVM claims a warm member of the
+/// clone pool: the adopting supervisor stays as the agent's host, the runner starts the
+/// harness in the guest (on the guest's kernel, in the sandbox's clone), its reports come
+/// back, and its commit comes back with `fetch`. One guest boot (the daemon is killed once the
+/// member is ready: no refill).
+#[test]
+fn a_microvm_agent_start_claims_a_warm_member() {
+    if !e2e("a_microvm_agent_start_claims_a_warm_member") {
+        return;
+    }
+    const AGENT: &str = "#!/bin/sh\nset -u\ncd /workspace\nreport working \"on $(hostname)\"\n\
+        echo \"$AIRLOCK_PROMPT\" > notes.txt\n\
+        git add notes.txt && git -c user.email=a@b.invalid -c user.name=agent commit -qm 'agent: notes' || exit 1\n\
+        report done \"committed on $(uname -r)\"\n";
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    let _sandboxes = SandboxGuard(&a, &["vmagent"]);
+    let p = common::pool::git_project(&a);
+    std::fs::write(p.join("agent.sh"), AGENT).expect("agent");
+    common::set_mode(&p.join("agent.sh"), 0o755);
+    std::fs::write(
+        p.join("airlock.toml"),
+        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+    )
+    .expect("airlock.toml");
+    let host_git = |args: &[&str]| {
+        let out = common::run_with_deadline(a.command_with("git", args), None, VM_DEADLINE);
+        assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+        out.stdout
+    };
+    host_git(&["add", "."]);
+    host_git(&["commit", "-qm", "agent"]);
+    let policy = ["--backend", "microvm", "--net", "off"];
+    let mut args = vec![
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--wait",
+        "--workspace",
+        "clone",
+    ];
+    args.extend(policy);
+    ok(&a, &args, &[]);
+    kill_daemon(&a);
+    let mut up = vec!["up", "vmagent", "--prompt", "write the notes"];
+    up.extend(policy);
+    let out = ok(&a, &up, &[]);
+    assert!(
+        out.stderr.contains("vmagent: warm start (pool"),
+        "{}",
+        out.describe()
+    );
+    let working = out.stdout.find("turn 1 working: on vmagent");
+    let done = out.stdout.find("turn 1 done: committed on ");
+    assert!(
+        working.is_some() && done.is_some() && working < done,
+        "{}",
+        out.describe()
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    assert!(
+        !out.stdout
+            .contains(&format!("committed on {}", host.trim())),
+        "the harness ran on the host's kernel: {}",
+        out.describe()
+    );
+    ok(&a, &["fetch", "vmagent", "--accept"], &[]);
+    assert_eq!(
+        host_git(&["log", "-1", "--format=%s", "airlock/vmagent"]),
+        "agent: notes\n"
+    );
+    // `rm -f` of the running adopted sandbox: no folder, no member, no run directory (QEMU's
+    // are named after the member it was).
+    ok(&a, &["rm", "-f", "vmagent"], &[]);
+    assert!(!a.state_dir().join("sandboxes/vmagent").exists());
+    let runs = || {
+        let mut r = entries(&a.state_dir().join("runs"));
+        r.retain(|n| n != ".mnt");
+        r
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || runs().is_empty()),
+        "run directories left after rm -f: {:?}",
+        runs()
+    );
+    ok(&a, &["daemon", "stop"], &[]);
+    assert_nothing_left(&a, "after rm -f");
 }

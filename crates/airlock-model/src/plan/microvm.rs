@@ -166,6 +166,15 @@ pub struct WorkspaceDisk {
     pub size: u64,
 }
 
+/// The size of a clone workspace's ext4 image (and of a pool member's writable slot for
+/// one): the spec's `disk`, else [`VM_DEFAULT_WORKSPACE_DISK`].
+pub fn workspace_disk_size(spec: &RunSpec) -> u64 {
+    spec.resources
+        .disk
+        .map(|d| d.0)
+        .unwrap_or(VM_DEFAULT_WORKSPACE_DISK)
+}
+
 /// `disk` sizes an ext4 disk: one too small to be made is refused (also by `admit`, so that
 /// `create` refuses it before the first start).
 pub fn check_disk(spec: &RunSpec) -> Result<(), Refusal> {
@@ -240,11 +249,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
                 .parent()
                 .unwrap_or(Path::new("/"))
                 .join(WORKSPACE_IMAGE_FILE),
-            size: spec
-                .resources
-                .disk
-                .map(|d| d.0)
-                .unwrap_or(VM_DEFAULT_WORKSPACE_DISK),
+            size: workspace_disk_size(spec),
         }),
         _ => None,
     };
@@ -319,11 +324,24 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if ws_disk.is_some() {
         disk("ws", s(&run.join(VM_WORKSPACE_DISK)), DISK_WORKSPACE, true);
     }
-    // A pool member whose claims bring a workspace: the blank slot its claim fills.
-    let slot =
-        (spec.workspace_slot && !has_ws && ws_disk.is_none()).then_some(VM_WORKSPACE_SLOT_SIZE);
+    // A pool member whose claims bring a workspace: the blank slot its claim fills —
+    // read-only for a run's overlay (an erofs image of the project), writable and the size
+    // of the named sandbox's workspace image for a clone (its ext4 image).
+    let slot_rw = spec.workspace_slot && spec.workspace_slot_rw;
+    let slot = (spec.workspace_slot && !has_ws && ws_disk.is_none()).then(|| {
+        if slot_rw {
+            workspace_disk_size(spec)
+        } else {
+            VM_WORKSPACE_SLOT_SIZE
+        }
+    });
     if slot.is_some() {
-        disk("ws", s(&run.join(VM_WORKSPACE_SLOT)), DISK_WORKSPACE, false);
+        disk(
+            "ws",
+            s(&run.join(VM_WORKSPACE_SLOT)),
+            DISK_WORKSPACE,
+            slot_rw,
+        );
     }
     // `disk`: the guest's writable layers on a disk of that size. A tmpfs bound is no bound
     // past the guest's memory (its pages are that memory), so `disk` is a real disk.
@@ -375,6 +393,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     q.rootfs = crate::spec::RootFs::Host;
     q.workspace = WorkspaceMode::None;
     q.workspace_slot = false;
+    q.workspace_slot_rw = false;
     q.workdir = Some(PathBuf::from("/"));
     q.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
     q.user = SandboxUser::Agent;
@@ -481,6 +500,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
                 })
                 .collect(),
             overlay_disk: overlay_disk.is_some(),
+            workspace_slot_disk: slot.is_some() && slot_rw,
         },
         qemu,
         workspace: has_ws.then(|| spec.project_dir.clone()),

@@ -53,6 +53,7 @@ fn spec() -> RunSpec {
         rootfs: RootFs::Host,
         kernel: None,
         workspace_slot: false,
+        workspace_slot_rw: false,
         pool_member: false,
     }
 }
@@ -1061,6 +1062,7 @@ fn the_microvm_plan_is_exact() {
             tty: None,
             mounts: vec![],
             overlay_disk: false,
+            workspace_slot_disk: false,
         },
         workspace: Some(p("/home/u/proj")),
         workspace_disk: None,
@@ -1161,6 +1163,46 @@ fn a_microvm_member_with_a_workspace_slot_boots_with_a_blank_read_only_disk() {
         "{:?}",
         got.qemu.mounts
     );
+}
+
+/// A microVM pool member for named clone sandboxes (`workspace_slot_rw`): its slot is a
+/// *writable* disk the size of the sandbox's workspace image (`disk`, else the default), and
+/// its guest loads the ext4 modules at boot; a run's slot stays read-only and 16 GiB.
+#[test]
+fn a_microvm_member_for_named_clones_boots_with_a_writable_slot_of_the_images_size() {
+    use crate::plan::microvm::{VM_DEFAULT_WORKSPACE_DISK, VM_WORKSPACE_SLOT};
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    s.persistent = true;
+    s.argv.clear();
+    s.workspace = WorkspaceMode::None;
+    s.workspace_slot = true;
+    s.workspace_slot_rw = true;
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert_eq!(got.workspace_slot, Some(VM_DEFAULT_WORKSPACE_DISK));
+    assert!(got.guest.workspace_slot_disk);
+    assert!(!got.guest.workspace && !got.guest.workspace_disk);
+    let drive = got
+        .qemu
+        .argv
+        .iter()
+        .find(|a| a.contains(VM_WORKSPACE_SLOT))
+        .unwrap_or_else(|| panic!("no slot drive in {:?}", got.qemu.argv));
+    assert!(!drive.contains("readonly"), "{drive}");
+    s.resources.disk = Some(ByteSize(super::MIN_VM_DISK));
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert_eq!(got.workspace_slot, Some(super::MIN_VM_DISK));
+    // The run's read-only slot: no ext4 modules, read-only.
+    s.workspace_slot_rw = false;
+    s.resources.disk = None;
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert!(!got.guest.workspace_slot_disk);
 }
 
 /// `disk` on a microVM: the guest's writable layers on a writable disk of their own (the

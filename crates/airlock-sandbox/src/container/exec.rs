@@ -18,7 +18,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 pub use crate::command::ExecRequest;
@@ -199,6 +199,7 @@ pub fn exec(
             stdin_null: !req.forward_stdin && !req.tty,
             with_secrets: req.with_secrets,
             filter: &filter,
+            filtered: false,
         };
         enter_and_relay(&ns, &inside, err_wr, &|_| {})
     }
@@ -249,6 +250,8 @@ pub(super) struct Inside<'a> {
     pub stdin_null: bool,
     pub with_secrets: bool,
     pub filter: &'a [seccomp::Insn],
+    /// The filter is on already (a warm member's parked child installs it before the claim).
+    pub filtered: bool,
 }
 
 /// In a forked child that is in the sandbox's cgroup already: join the sandbox's namespaces
@@ -274,43 +277,60 @@ pub(super) fn enter_and_relay(
     let all = SigSet::all();
     let _ = all.thread_block();
     let inner = match sys::clone_fork(0) {
-        Ok(0) => {
-            let slave = a
-                .tty_sock
-                .map(|s| match super::child::open_pty(s.as_raw_fd()) {
-                    Ok(sl) => sl,
-                    Err(e) => fail(format!("allocate a pseudo-terminal: {e}")),
-                });
-            let mut envp = a.envp.to_vec();
-            if a.with_secrets {
-                for kv in secret_env() {
-                    let key = kv
-                        .as_bytes()
-                        .split(|b| *b == b'=')
-                        .next()
-                        .unwrap_or_default();
-                    envp.retain(|e| e.as_bytes().split(|b| *b == b'=').next() != Some(key));
-                    envp.push(kv);
-                }
-            }
-            if let Err(e) = seccomp::install(a.filter) {
-                fail(format!("seccomp: {e}"));
-            }
-            let c = Command {
-                argv: a.argv,
-                envp: &envp,
-                cwd: a.cwd,
-                err_fd: ef,
-                stdin_null: a.stdin_null,
-                drop_privileges: true,
-            };
-            command(a.plan, &c, slave.as_ref())
-        }
+        Ok(0) => become_command(a, ef),
         Ok(p) => Pid::from_raw(p),
         Err(e) => fail(format!("fork into the sandbox: {e}")),
     };
     drop(err_wr);
-    // Relay signals to the command and exit with its status.
+    relay(inner, report)
+}
+
+/// In the command's own process, inside the sandbox's namespaces and cgroup: its terminal,
+/// the secrets in its environment, seccomp, then [`command`] (privileges dropped, Landlock,
+/// only fds 0-2 and the error pipe `ef`). Never returns.
+pub(super) fn become_command(a: &Inside<'_>, ef: RawFd) -> ! {
+    let fail = |msg: String| -> ! {
+        sys::write_all_raw(ef, msg.as_bytes());
+        sys::exit_now(exit::SANDBOX_FAILED)
+    };
+    let slave = a
+        .tty_sock
+        .map(|s| match super::child::open_pty(s.as_raw_fd()) {
+            Ok(sl) => sl,
+            Err(e) => fail(format!("allocate a pseudo-terminal: {e}")),
+        });
+    let mut envp = a.envp.to_vec();
+    if a.with_secrets {
+        for kv in secret_env() {
+            let key = kv
+                .as_bytes()
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or_default();
+            envp.retain(|e| e.as_bytes().split(|b| *b == b'=').next() != Some(key));
+            envp.push(kv);
+        }
+    }
+    if !a.filtered {
+        if let Err(e) = seccomp::install(a.filter) {
+            fail(format!("seccomp: {e}"));
+        }
+    }
+    let c = Command {
+        argv: a.argv,
+        envp: &envp,
+        cwd: a.cwd,
+        err_fd: ef,
+        stdin_null: a.stdin_null,
+        drop_privileges: true,
+    };
+    command(a.plan, &c, slave.as_ref())
+}
+
+/// With every signal blocked in this process: relay signals to the command `inner` (our
+/// child) and exit with its status, which `report` gets first. Never returns.
+pub(super) fn relay(inner: Pid, report: &dyn Fn(i32)) -> ! {
+    let all = SigSet::all();
     loop {
         let Ok(sig) = all.wait() else { continue };
         if sig == Signal::SIGCHLD {

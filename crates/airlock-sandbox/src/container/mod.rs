@@ -191,7 +191,6 @@ fn egress_ctx(
     plan: &airlock_model::plan::EgressPlan,
     opts: &RunOptions<'_>,
 ) -> Result<airlock_egress::proxy::Ctx, RunError> {
-    use airlock_egress::journal::{Journal, Verdict};
     let mut policy = airlock_egress::policy::EgressPolicy::new(&plan.domains, &plan.ports)
         .map_err(|e| RunError::Setup(format!("network policy: {e}")))?;
     // A named sandbox's denials say `airlock allow NAME …`: a persistent container's, and the
@@ -214,7 +213,24 @@ fn egress_ctx(
         None => airlock_egress::resolve::UdpResolver::from_resolv_conf()
             .map_err(io_err("read the host's DNS configuration"))?,
     };
-    let journal = match opts.net_journal {
+    let journal = net_journal(opts.net_journal, opts.on_egress.clone())?;
+    let ctx = airlock_egress::proxy::Ctx::new(policy, Arc::new(resolver), journal);
+    if let Some(i) = &opts.intercept {
+        let _ = ctx.set_intercept(i.clone());
+    }
+    Ok(ctx)
+}
+
+/// A sandbox's egress journal: appended to `path` (`--net-log`: a regular file, created if
+/// missing, rotated) when given; `also` called with every event; each distinct denial said on
+/// stderr ([`airlock_egress::journal::denial_sayer`]). A cold start's, and a warm claim's for
+/// the events its member's supervisor sends it.
+pub fn net_journal(
+    path: Option<&Path>,
+    also: Option<EgressCallback>,
+) -> Result<airlock_egress::journal::Journal, RunError> {
+    use airlock_egress::journal::{denial_sayer, Journal};
+    let journal = match path {
         Some(p) => airlock_model::userfile::open_append(p)
             // Checked as a user-named path first (a regular file, never a FIFO or device).
             .and_then(|_| Journal::to_file(p))
@@ -224,57 +240,13 @@ fn egress_ctx(
             })?,
         None => Journal::discard(),
     };
-    // Say each distinct denial once on stderr (a resolver retries, asks A and AAAA, ...), and
-    // only the first MAX_SAID of them: a flood of distinct denials (DNS exfiltration attempts)
-    // stays in the size-capped journal instead of the terminal and this process's memory.
-    const MAX_SAID: usize = 256;
-    let said = std::sync::Mutex::new(std::collections::HashSet::new());
-    let also = opts.on_egress.clone();
-    let journal = journal.with_callback(move |ev| {
+    let say = denial_sayer();
+    Ok(journal.with_callback(move |ev| {
         if let Some(f) = &also {
             f(ev);
         }
-        if ev.decision != Verdict::Deny {
-            return;
-        }
-        // Intercepted connections are told per reason (a leak, fronting, a refused
-        // certificate are different stories about the same host).
-        let key = (
-            ev.host.clone(),
-            ev.dst.clone(),
-            ev.intercepted.then(|| ev.reason.clone()).flatten(),
-        );
-        let first = said
-            .lock()
-            .map(|mut s| {
-                if s.len() < MAX_SAID {
-                    s.insert(key)
-                } else if s.len() == MAX_SAID && s.insert((None, None, None)) {
-                    eprintln!("airlock: more connections blocked; no longer listed here (see the network journal)");
-                    false
-                } else {
-                    false
-                }
-            })
-            .unwrap_or(true);
-        if first {
-            let target = match (&ev.host, ev.port) {
-                (Some(h), Some(p)) => format!("{h}:{p}"),
-                (Some(h), None) => h.clone(),
-                (None, _) => ev.dst.clone().unwrap_or_default(),
-            };
-            let reason = ev.reason.as_deref().unwrap_or("not allowed");
-            match &ev.fix {
-                Some(fix) => eprintln!("airlock: blocked {target}: {reason}; {fix}"),
-                None => eprintln!("airlock: blocked {target}: {reason}"),
-            }
-        }
-    });
-    let ctx = airlock_egress::proxy::Ctx::new(policy, Arc::new(resolver), journal);
-    if let Some(i) = &opts.intercept {
-        let _ = ctx.set_intercept(i.clone());
-    }
-    Ok(ctx)
+        say(ev);
+    }))
 }
 
 /// The host's CA bundles, in the order distributions keep them.

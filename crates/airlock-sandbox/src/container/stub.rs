@@ -14,7 +14,7 @@
 //! sandbox's namespaces (pid, mount, user): nothing inside can reach or reuse it.
 
 use super::error::{io_err, RunError};
-use super::exec::{enter_and_relay, Inside, NAMESPACES};
+use super::exec::{become_command, enter_and_relay, relay, Inside, NAMESPACES};
 use super::{seccomp, tty};
 use crate::cgroup::Cgroup;
 use crate::command::{Ending, ExecRequest, Outcome};
@@ -47,6 +47,31 @@ pub const STUB_LAYOUT: &str = "cgroup-layout.json";
 /// member, or none without a stub).
 pub fn member_layout(dir: &Path) -> Option<crate::cgroup::Layout> {
     serde_json::from_slice(&fs::read(dir.join(STUB_LAYOUT)).ok()?).ok()
+}
+
+/// A member adopted as a named sandbox (whose commands come through exec): its stub goes,
+/// and with it the child parked in the member's namespaces (`PR_SET_PDEATHSIG`), so that
+/// nothing can hand it a command later (it would run in the member's limit-free cgroup) and
+/// nothing of it stays inside the sandbox. `alive`: whether the member's supervisor still
+/// holds its folder, asked once the stub's pidfd is taken — the stub is its unreaped child
+/// until then, so the pidfd cannot be a recycled pid's.
+pub fn retire(dir: &Path, alive: impl Fn() -> bool) -> std::io::Result<()> {
+    match fs::remove_file(dir.join(STUB_SOCKET)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let Some(pidfd) = fs::read_to_string(dir.join(STUB_PID))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .and_then(|pid| sys::pidfd_open(pid).ok())
+    else {
+        return Ok(());
+    };
+    if alive() {
+        sys::pidfd_kill(&pidfd)?;
+    }
+    Ok(())
 }
 
 /// What the claimer sends (with its fds 0, 1, 2, the error pipe and the terminal socket).
@@ -152,6 +177,11 @@ fn serve(
         sys::exit_now(exit::SANDBOX_FAILED);
     }
     sys::close_inherited(&[ns_sock]);
+    let ns: Vec<_> = NAMESPACES.iter().map(|(_, f)| *f).zip(ns).collect();
+    // From here every signal waits for the relay's sigwait (the parked child's end, or the
+    // command's, is a SIGCHLD that must not be lost).
+    let _ = nix::sys::signal::SigSet::all().thread_block();
+    let parked = park(&ns, plan, filter);
     let me = nix::unistd::geteuid().as_raw();
     let conn = loop {
         let fd = match nix::sys::socket::accept4(listener, nix::sys::socket::SockFlag::SOCK_CLOEXEC)
@@ -187,6 +217,22 @@ fn serve(
         sys::exit_now(exit::SANDBOX_FAILED)
     };
     let tty_sock = if req.tty { fds.next() } else { None };
+    let report = |code: i32| {
+        let _ = (&conn).write_all(&code.to_le_bytes());
+    };
+    // The parked child takes the request and becomes the command; we relay and report.
+    if let Some(mut p) = parked {
+        let mut sent: Vec<RawFd> = [&i, &o, &e, &err_wr]
+            .iter()
+            .map(|f| f.as_raw_fd())
+            .collect();
+        sent.extend(tty_sock.as_ref().map(|f| f.as_raw_fd()));
+        if p.hand_over(&req, &sent).is_ok() {
+            drop((i, o, e, err_wr, tty_sock, p.sock));
+            relay(p.pid, &report)
+        }
+        // It died (killed from outside before the claim): this process enters, as before.
+    }
     let ef = err_wr.as_raw_fd();
     let fail = |msg: String| -> ! {
         sys::write_all_raw(ef, msg.as_bytes());
@@ -198,21 +244,9 @@ fn serve(
         }
     }
     drop((i, o, e));
-    let cs = |items: Vec<String>| -> Vec<CString> {
-        items
-            .into_iter()
-            .map(|s| CString::new(s).unwrap_or_else(|e| fail(format!("NUL in {:?}", e))))
-            .collect()
-    };
-    let argv = cs(req.argv);
-    let envp = cs(req
-        .env
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect());
+    let (argv, envp) = request_strings(req.argv, req.env).unwrap_or_else(|e| fail(e));
     let mut plan = plan.clone();
     plan.rlimit_nproc = req.rlimit_nproc;
-    let ns: Vec<_> = NAMESPACES.iter().map(|(_, f)| *f).zip(ns).collect();
     let inside = Inside {
         plan: &plan,
         argv: &argv,
@@ -222,11 +256,148 @@ fn serve(
         stdin_null: req.stdin_null,
         with_secrets: req.with_secrets,
         filter,
-    };
-    let report = |code: i32| {
-        let _ = (&conn).write_all(&code.to_le_bytes());
+        filtered: false,
     };
     enter_and_relay(&ns, &inside, err_wr, &report)
+}
+
+/// The child parked for the claim: already in the member's namespaces (pid included) and
+/// cgroup, our own child, waiting on `sock` for the request.
+struct Parked {
+    pid: Pid,
+    sock: UnixStream,
+}
+
+impl Parked {
+    /// The claim's request and its fds (0, 1, 2, the error pipe, the terminal socket), in the
+    /// claimer's framing.
+    fn hand_over(&mut self, req: &Request, fds: &[RawFd]) -> std::io::Result<()> {
+        let json = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+        let mut msg = b"R".to_vec();
+        msg.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        msg.extend_from_slice(&json);
+        sys::send_fds(self.sock.as_raw_fd(), &msg, fds)
+    }
+}
+
+/// Once the member is ready, before any claim: fork a helper that joins the member's
+/// namespaces (user first) and forks the parked child into its pid namespace as *our* child
+/// (`CLONE_PARENT`), then exits. So at the claim neither setns nor a fork is left on the
+/// path, and this process itself never joins the sandbox's namespaces. The parked child is
+/// not dumpable (no ptrace, no /proc access from inside the sandbox: that would need
+/// CAP_SYS_PTRACE in the host's user namespace), dies with us (`PR_SET_PDEATHSIG`) and takes
+/// exactly one request; nothing of the claim's is applied before it (privileges, Landlock,
+/// limits and rlimits are the command's, as in [`enter_and_relay`]; its seccomp filter is
+/// installed while it parks, as the command's process installs it before everything else).
+/// None: could not park; the claim enters as before.
+fn park(
+    ns: &[(nix::sched::CloneFlags, OwnedFd)],
+    plan: &LaunchPlan,
+    filter: &[seccomp::Insn],
+) -> Option<Parked> {
+    let (mine, theirs) = sys::socketpair(nix::sys::socket::SockType::Stream).ok()?;
+    let mut keep: Vec<RawFd> = ns.iter().map(|(_, f)| f.as_raw_fd()).collect();
+    keep.push(theirs.as_raw_fd());
+    let helper = sys::clone_fork(0).ok()?;
+    if helper == 0 {
+        // Not the listener (a connection must prove the stub alive), not our end.
+        sys::close_fds_except(3, &keep);
+        for (flag, fd) in ns {
+            if nix::sched::setns(fd, *flag).is_err() {
+                sys::exit_now(1);
+            }
+        }
+        match sys::clone_fork(libc::CLONE_PARENT) {
+            Ok(0) => parked(theirs, plan, filter),
+            Ok(pid) => {
+                sys::write_all_raw(theirs.as_raw_fd(), &pid.to_le_bytes());
+                sys::exit_now(0)
+            }
+            Err(_) => sys::exit_now(1),
+        }
+    }
+    drop(theirs);
+    let done = nix::sys::wait::waitpid(Pid::from_raw(helper), None);
+    if !matches!(done, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) {
+        return None;
+    }
+    let mut sock = UnixStream::from(mine);
+    let mut pid = [0u8; 4];
+    sock.read_exact(&mut pid).ok()?;
+    Some(Parked {
+        pid: Pid::from_raw(i32::from_le_bytes(pid)),
+        sock,
+    })
+}
+
+/// The parked child: wait for the claim's request, then become its command.
+fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
+    let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    // Our parent (the stub) is outside this pid namespace: 0. Anything else: it died.
+    if nix::unistd::getppid().as_raw() != 0 {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
+    let _ = sys::prctl_simple(libc::PR_SET_DUMPABLE, 0);
+    sys::close_fds_except(3, &[sock.as_raw_fd()]);
+    // The command's seccomp filter now (as the command's process installs it before its
+    // privilege drop): what is left for the claim runs under it already.
+    if seccomp::install(filter).is_err() {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
+    let mut conn = UnixStream::from(sock);
+    let Some((req, fds)) = receive(&mut conn) else {
+        sys::exit_now(exit::SANDBOX_FAILED)
+    };
+    drop(conn);
+    let mut fds = fds.into_iter();
+    let (Some(i), Some(o), Some(e), Some(err_wr)) =
+        (fds.next(), fds.next(), fds.next(), fds.next())
+    else {
+        sys::exit_now(exit::SANDBOX_FAILED)
+    };
+    let tty_sock = if req.tty { fds.next() } else { None };
+    drop(fds);
+    let ef = err_wr.as_raw_fd();
+    let fail = |msg: String| -> ! {
+        sys::write_all_raw(ef, msg.as_bytes());
+        sys::exit_now(exit::SANDBOX_FAILED)
+    };
+    for (fd, to) in [(&i, 0), (&o, 1), (&e, 2)] {
+        if let Err(err) = sys::dup2(fd.as_raw_fd(), to) {
+            fail(format!("the command's standard streams: {err}"));
+        }
+    }
+    drop((i, o, e));
+    let (argv, envp) = request_strings(req.argv, req.env).unwrap_or_else(|e| fail(e));
+    let mut plan = plan.clone();
+    plan.rlimit_nproc = req.rlimit_nproc;
+    let inside = Inside {
+        plan: &plan,
+        argv: &argv,
+        envp: &envp,
+        cwd: &req.cwd,
+        tty_sock: tty_sock.as_ref(),
+        stdin_null: req.stdin_null,
+        with_secrets: req.with_secrets,
+        filter,
+        filtered: true,
+    };
+    become_command(&inside, ef)
+}
+
+/// A request's argv and environment as C strings (Err: one holds a NUL).
+fn request_strings(
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+) -> Result<(Vec<CString>, Vec<CString>), String> {
+    let cs = |items: Vec<String>| -> Result<Vec<CString>, String> {
+        items
+            .into_iter()
+            .map(|s| CString::new(s).map_err(|e| format!("NUL in {e:?}")))
+            .collect()
+    };
+    let envp = cs(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())?;
+    Ok((cs(argv)?, envp))
 }
 
 /// One request: a header (`R`, the JSON's length) with the fds, then the JSON.

@@ -594,22 +594,7 @@ pub fn ext4(source: &Path, out: &Path, size: u64) -> Result<(), String> {
         f.set_len(size)
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
         drop(f);
-        let res = Command::new(&mkfs)
-            .args(["-q", "-F", "-t", "ext4", "-m", "0", "-L", "workspace"])
-            .args(["-E", "lazy_itable_init=1,lazy_journal_init=1"])
-            .arg("-d")
-            .arg(source)
-            .arg(&tmp)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("{}: {e}", mkfs.display()))?;
-        if !res.status.success() {
-            return Err(format!(
-                "mkfs.ext4 -d {}: {}",
-                source.display(),
-                String::from_utf8_lossy(&res.stderr).trim()
-            ));
-        }
+        mkfs_ext4_on(&mkfs, source, &tmp)?;
         fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
     })();
     if made.is_err() {
@@ -618,9 +603,167 @@ pub fn ext4(source: &Path, out: &Path, size: u64) -> Result<(), String> {
     made
 }
 
+/// [`ext4`] made *in* the existing file `file` (its size is the filesystem's; its inode stays:
+/// a warm member's workspace slot, which QEMU holds open).
+pub fn ext4_in_place(source: &Path, file: &Path) -> Result<(), String> {
+    let mkfs = mkfs_ext4().ok_or("mkfs.ext4 is not installed (apt-get install e2fsprogs)")?;
+    mkfs_ext4_on(&mkfs, source, file)
+}
+
+fn mkfs_ext4_on(mkfs: &Path, source: &Path, file: &Path) -> Result<(), String> {
+    let res = Command::new(mkfs)
+        .args(["-q", "-F", "-t", "ext4", "-m", "0", "-L", "workspace"])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .arg("-d")
+        .arg(source)
+        .arg(file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", mkfs.display()))?;
+    if !res.status.success() {
+        return Err(format!(
+            "mkfs.ext4 -d {}: {}",
+            source.display(),
+            String::from_utf8_lossy(&res.stderr).trim()
+        ));
+    }
+    // mkfs makes an empty `lost+found` at the root, which would show in the guest's
+    // /workspace (or root) as a folder the project never had. e2fsck makes it again if
+    // ever needed. Without debugfs it stays (cosmetic).
+    if source.join("lost+found").symlink_metadata().is_err() {
+        if let Some(debugfs) = ["/usr/sbin/debugfs", "/sbin/debugfs"]
+            .iter()
+            .find(|p| Path::new(p).exists())
+        {
+            let _ = Command::new(debugfs)
+                .args(["-w", "-R", "rmdir lost+found"])
+                .arg(file)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    Ok(())
+}
+
+/// Copy `from` into the existing file `to` in place (its inode stays), holes kept: `to` is
+/// emptied first (its blocks punched out, its size kept), then only `from`'s data segments are
+/// copied. `to` must be at least as long as `from`.
+pub fn copy_sparse_into(from: &Path, to: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let src = fs::File::open(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let len = src
+        .metadata()
+        .map_err(|e| format!("{}: {e}", from.display()))?
+        .len();
+    let dst = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(to)
+        .map_err(|e| format!("{}: {e}", to.display()))?;
+    let room = dst
+        .metadata()
+        .map_err(|e| format!("{}: {e}", to.display()))?
+        .len();
+    if len > room {
+        return Err(format!(
+            "{} ({len} bytes) is larger than {} ({room} bytes)",
+            from.display(),
+            to.display()
+        ));
+    }
+    let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
+    let err = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: fallocate(2) on a descriptor we own, within its size.
+    let punched = unsafe {
+        libc::fallocate(
+            d,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            room as libc::off_t,
+        )
+    };
+    if punched != 0 {
+        return Err(err(&format!("empty {}", to.display())));
+    }
+    let mut at: i64 = 0;
+    while (at as u64) < len {
+        // SAFETY: lseek(2) on a descriptor we own.
+        let data = unsafe { libc::lseek(s, at, libc::SEEK_DATA) };
+        if data < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole up to the end
+            }
+            return Err(err(&format!("read {}", from.display())));
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(s, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(err(&format!("read {}", from.display())));
+        }
+        let (mut off_in, mut off_out) = (data, data);
+        while off_in < hole {
+            // SAFETY: copy_file_range(2) between two descriptors we own, with our offsets.
+            let n = unsafe {
+                libc::copy_file_range(s, &mut off_in, d, &mut off_out, (hole - off_in) as usize, 0)
+            };
+            if n < 0 {
+                return Err(err(&format!("copy into {}", to.display())));
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        at = hole;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The copy into a warm member's slot: same bytes, same inode and size of the slot, the
+    /// source's holes stay holes (an 8 GiB image costs its data), the slot's old contents gone,
+    /// a source longer than the slot refused.
+    #[test]
+    fn a_sparse_copy_keeps_the_slots_inode_and_the_sources_holes() {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let d = scratch("sparse");
+        let (from, to) = (d.join("image"), d.join("slot"));
+        let mut f = fs::File::create(&from).unwrap();
+        f.write_all(b"head").unwrap();
+        f.seek(SeekFrom::Start(64 << 20)).unwrap();
+        f.write_all(b"middle").unwrap();
+        f.set_len(128 << 20).unwrap();
+        drop(f);
+        let slot = fs::File::create(&to).unwrap();
+        slot.set_len(256 << 20).unwrap();
+        drop(slot);
+        let mut old = fs::OpenOptions::new().write(true).open(&to).unwrap();
+        old.seek(SeekFrom::Start(100 << 20)).unwrap();
+        old.write_all(b"stale").unwrap();
+        drop(old);
+        let ino = fs::metadata(&to).unwrap().ino();
+        copy_sparse_into(&from, &to).expect("copy");
+        let m = fs::metadata(&to).unwrap();
+        assert_eq!((m.ino(), m.len()), (ino, 256 << 20));
+        assert!(
+            m.blocks() * 512 < 4 << 20,
+            "holes kept: {} blocks",
+            m.blocks()
+        );
+        let got = fs::read(&to).unwrap();
+        assert_eq!(&got[..4], b"head");
+        assert_eq!(&got[64 << 20..(64 << 20) + 6], b"middle");
+        assert!(got[100 << 20..(100 << 20) + 5].iter().all(|b| *b == 0));
+        let big = d.join("big");
+        fs::File::create(&big).unwrap().set_len(512 << 20).unwrap();
+        assert!(copy_sparse_into(&big, &to).is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
 
     fn scratch(tag: &str) -> PathBuf {
         let d =

@@ -66,7 +66,12 @@ pub fn round_trip(dir: &Path) -> Result<Duration, String> {
         tty: None,
     };
     let (uid, gid) = (job.uid, job.gid);
-    let prepare = format!("mkdir -m 0700 {SECRETS_DIR} && chown {uid}:{gid} {SECRETS_DIR}");
+    // Also the injection CA bundle's directory (root's, 0755, empty until a claim that
+    // injects a secret writes the bundle there: [`install_ca_bundle`], built-ins only).
+    let tls = ca_bundle_dir();
+    let prepare = format!(
+        "mkdir -m 0700 {SECRETS_DIR} && chown {uid}:{gid} {SECRETS_DIR} && mkdir -m 0755 {tls}"
+    );
     quiet(
         dir,
         session(vec!["/bin/sh".into(), "-c".into(), prepare], 0, 0),
@@ -148,6 +153,60 @@ pub fn install_secrets(dir: &Path, secrets: &[(String, String)]) -> Result<(), S
     quiet(dir, exec, "write the secrets in the guest")
 }
 
+/// The directory of the injection CA bundle in a guest (`plan::CA_BUNDLE`'s).
+fn ca_bundle_dir() -> String {
+    Path::new(airlock_model::plan::CA_BUNDLE)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/run".into())
+}
+
+/// The most bytes of one environment string of a session (the kernel's limit is 128 KiB).
+const ENV_CHUNK: usize = 96 << 10;
+
+/// The script of [`install_ca_bundle`]'s session: the variables named as arguments, in order,
+/// into `path`, 0444 as it is written (the umask), with shell built-ins only.
+fn bundle_script(path: &str) -> String {
+    format!(
+        "set -e; umask 222; \
+         {{ for n in \"$@\"; do eval \"printf %s \\\"\\${{$n}}\\\"\"; done; }} > \"{path}\""
+    )
+}
+
+/// A claim that injects secrets: the combined CA bundle (the system's roots, then the CA the
+/// member's supervisor made for this claim, `ca_pem`) at `plan::CA_BUNDLE` in the guest (0444,
+/// root's), where a cold guest has it from its run message. One root session of the shell
+/// writes it from its environment (in chunks: one variable holds at most 128 KiB), into the
+/// directory the readiness check made.
+pub fn install_ca_bundle(dir: &Path, ca_pem: &str) -> Result<(), String> {
+    let job = job(dir)?;
+    let bundle = String::from_utf8_lossy(&crate::container::ca_bundle(ca_pem)).into_owned();
+    let mut env = path_only(&job);
+    let mut argv = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        bundle_script(airlock_model::plan::CA_BUNDLE),
+        "sh".into(),
+    ];
+    let mut rest = bundle.as_str();
+    let mut i = 0;
+    while !rest.is_empty() {
+        let mut at = rest.len().min(ENV_CHUNK);
+        while !rest.is_char_boundary(at) {
+            at -= 1;
+        }
+        let (chunk, more) = rest.split_at(at);
+        env.push((format!("AIRLOCK_CA{i}"), chunk.to_string()));
+        argv.push(format!("AIRLOCK_CA{i}"));
+        rest = more;
+        i += 1;
+    }
+    let mut exec = helper_session(&job, &[]);
+    exec.argv = argv;
+    exec.env = env;
+    quiet(dir, exec, "write the injection CA bundle in the guest")
+}
+
 /// The guest helper inside every guest (the initramfs' /init, bound there read-only).
 fn helper() -> String {
     format!("{}/airlock-guest", airlock_model::agent::adapter::TOOLS_DIR)
@@ -224,6 +283,76 @@ pub fn attach_workspace(dir: &Path, project: &Path) -> Result<(), String> {
     )
 }
 
+/// A named sandbox's clone workspace into the member's *writable* slot
+/// (`workspace_slot_rw`), in place (QEMU holds the slot's inode): the sandbox's own image
+/// `image` when it has one (copied, holes kept), else one made from its clone `source` right
+/// in the slot (what a cold first start makes). The caller marks the folder
+/// ([`super::WORK_PENDING_FILE`]) before [`attach_workspace_disk`] gives the guest the disk.
+pub fn fill_workspace_disk(dir: &Path, image: &Path, source: &Path) -> Result<(), String> {
+    use airlock_model::plan::microvm::WORKSPACE_SLOT_FILE;
+    let job = job(dir)?;
+    if !job.workspace_slot_disk {
+        return Err("the member's workspace slot is read-only".into());
+    }
+    let slot = dir.join(WORKSPACE_SLOT_FILE);
+    if image.exists() {
+        artifacts::copy_sparse_into(image, &slot)
+            .map_err(|e| format!("the sandbox's workspace disk into the slot: {e}"))?;
+        crate::phase("workspace disk copied into the slot");
+    } else {
+        artifacts::ext4_in_place(source, &slot)
+            .map_err(|e| format!("workspace disk from the clone: {e}"))?;
+        crate::phase("workspace disk made from the clone in the slot");
+    }
+    Ok(())
+}
+
+/// The guest mounts the filled writable slot read-write at /workspace (one root session of
+/// `airlock-guest ws attach-disk`), as the cold guest's init mounts a clone's disk.
+pub fn attach_workspace_disk(dir: &Path) -> Result<(), String> {
+    let job = job(dir)?;
+    let (uid, gid) = (job.uid.to_string(), job.gid.to_string());
+    quiet(
+        dir,
+        helper_session(&job, &["ws", "attach-disk", uid.as_str(), gid.as_str()]),
+        "mount the workspace disk in the guest",
+    )
+}
+
+/// The guest takes a named sandbox's hostname (a member booted with its own): the kernel's
+/// (`/proc/sys/kernel/hostname`), `/etc/hostname` and `/etc/hosts` as `files` has them (the
+/// sandbox's guest job's), written by one root session of the shell with built-ins only.
+pub fn set_hostname(dir: &Path, hostname: &str, files: &[(String, String)]) -> Result<(), String> {
+    let job = job(dir)?;
+    let mut script =
+        String::from("set -e; printf %s \"$AIRLOCK_NAME\" > /proc/sys/kernel/hostname");
+    let mut env = path_only(&job);
+    env.push(("AIRLOCK_NAME".into(), hostname.to_string()));
+    for (i, (path, contents)) in files.iter().enumerate() {
+        if !path.starts_with("/etc/") || path.contains(['\'', '"', '$', '`', '\\']) {
+            return Err(format!("not an /etc file: {path:?}"));
+        }
+        script.push_str(&format!("; printf %s \"$AIRLOCK_F{i}\" > '{path}'"));
+        env.push((format!("AIRLOCK_F{i}"), contents.clone()));
+    }
+    let mut exec = helper_session(&job, &[]);
+    exec.argv = vec!["/bin/sh".into(), "-c".into(), script];
+    exec.env = env;
+    quiet(dir, exec, "set the guest's hostname")
+}
+
+/// Rewrite the member's recorded guest job (what `exec` starts from) with `f`: a named
+/// sandbox's environment, working directory, hostname and files after its adoption.
+pub fn rebind_job(dir: &Path, f: impl FnOnce(&mut GuestJob)) -> Result<(), String> {
+    let mut j = job(dir)?;
+    f(&mut j);
+    let json = serde_json::to_vec_pretty(&j).map_err(|e| e.to_string())?;
+    let tmp = dir.join(".vm-job.json.tmp");
+    std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, dir.join(JOB_FILE)))
+        .map_err(|e| format!("record the guest job: {e}"))
+}
+
 /// What the command changed in a claimed member's overlay workspace ([`attach_workspace`]),
 /// read in the guest after the command (`airlock-guest ws changes`): the summary a cold run
 /// prints.
@@ -284,6 +413,37 @@ mod tests {
         };
         assert_ne!(b, identity(Some(&other)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The bundle's script, run by the host's own shell: the chunks in order, exactly, 0444.
+    #[test]
+    fn the_bundle_script_writes_its_chunks_in_order() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("airlock-vm-bundle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let path = base.join("ca-bundle.pem");
+        let chunks = [
+            ("AIRLOCK_CA0", "-----BEGIN CERTIFICATE-----\nAAA$x`y`\n"),
+            ("AIRLOCK_CA1", "BBB\"q\" \\n\n-----END CERTIFICATE-----\n"),
+        ];
+        let st = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(bundle_script(&path.display().to_string()))
+            .arg("sh")
+            .args(chunks.iter().map(|(n, _)| n))
+            .env_clear()
+            .envs(chunks.iter().copied())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let want: String = chunks.iter().map(|(_, v)| *v).collect();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     /// The script, run by the host's own shell against a temporary directory instead of

@@ -498,6 +498,24 @@ pub fn seccomp_install(prog: &[Insn]) -> io::Result<()> {
     .map(drop)
 }
 
+/// SIGKILL to the process behind `pidfd` (pidfd_send_signal: never a recycled pid's).
+pub fn pidfd_kill(pidfd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a pidfd we own, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    match cvt(r) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 /// Close every descriptor >= `first` except those in `keep`.
 pub fn close_fds_except(first: RawFd, keep: &[RawFd]) {
     let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= first).collect();

@@ -7,6 +7,7 @@
 //! goes on cold.
 
 use crate::error::CliResult;
+use airlock_engine::live_policy::ClaimedAs;
 use airlock_engine::pool;
 use airlock_model::plan::{LaunchPlan, MountStep};
 use airlock_model::policy::{BackendKind, Profile, WorkspaceMode};
@@ -44,6 +45,8 @@ pub fn try_adopt(
     let _ = std::fs::remove_file(dir.join(START_FILE));
     // No supervisor runs here now: nothing is mounted on what a previous adoption put aside.
     airlock_sandbox::container::rundir::remove_tree(&dir.join(ASIDE));
+    // Nor holds a member's workspace slot a previous adoption brought here (QEMU is gone).
+    let _ = std::fs::remove_file(dir.join(airlock_model::plan::microvm::WORKSPACE_SLOT_FILE));
     let state = airlock_engine::paths::state_dir();
     // Only a named sandbox's folder (a pool member's own supervisor starts it, cold), and
     // no pool was ever made here: one stat, nothing opened.
@@ -51,6 +54,9 @@ pub fn try_adopt(
         || (!pool::members_dir(&state).is_dir() && spec.agent_min_warm == 0)
     {
         return Ok(None);
+    }
+    if spec.backend == BackendKind::Microvm {
+        return try_adopt_vm(dir, spec, secrets, &state);
     }
     // What a claim binds for a named container sandbox; the rest starts cold (an overlay
     // whose upper layer is on disk).
@@ -103,15 +109,7 @@ pub fn try_adopt(
     }
     let t0 = Instant::now();
     let Some((mut store, member)) = super::daemon::claim_or_cold(&state, &key, spec, 0) else {
-        if let Ok(mut s) = airlock_engine::Store::open(state.join("store.db")) {
-            if s.pools().is_ok_and(|p| p.iter().any(|p| p.key == key)) {
-                let reason = made.unwrap_or_else(|| format!("warm pool {} is empty", &key[..8]));
-                record(
-                    dir,
-                    serde_json::json!({"warm": false, "pool": key, "reason": reason}),
-                );
-            }
-        }
+        record_cold(dir, &state, &key, made);
         return Ok(None);
     };
     let claimed_in = t0.elapsed();
@@ -120,18 +118,23 @@ pub fn try_adopt(
     let mut cgroup = None;
     let bound = (|| -> Result<(), String> {
         // The member's exec stub serves a `run`'s one command; a named sandbox's commands
-        // come through exec. Its socket goes, so that nothing can hand it a command later
-        // (it would run in the member's limit-free cgroup); the member's supervisor ends it.
-        match std::fs::remove_file(mdir.join(airlock_sandbox::container::stub::STUB_SOCKET)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("retire the member's exec stub: {e}")),
-        }
+        // come through exec. It goes (its socket, itself and the child it parked inside).
+        airlock_sandbox::container::stub::retire(&mdir, || {
+            airlock_engine::supervisor::locked(&mdir)
+        })
+        .map_err(|e| format!("retire the member's exec stub: {e}"))?;
         let mut plan: LaunchPlan = std::fs::read(mdir.join(airlock_sandbox::folder::PLAN_FILE))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("the member's plan: {e}"))?;
-        super::daemon::bind_policy_and_secrets(&mdir, spec, &secrets)?;
+        // A named sandbox's journal is its supervisor's (the member's, adopted with it).
+        super::daemon::bind_policy_and_secrets(
+            &mdir,
+            spec,
+            &secrets,
+            ClaimedAs::Sandbox(spec.name.clone()),
+            None,
+        )?;
         // Limits: the cgroup a cold start of this sandbox has (its name and id), joined by
         // every exec; removed when it stops (the engine's reclaim) or goes.
         let leaf = airlock_sandbox::cgroup::leaf_name(&spec.name, &id);
@@ -187,7 +190,7 @@ pub fn try_adopt(
                 "claim_ms": claimed_in.as_secs_f64() * 1000.0,
                 "bind_ms": bound_in.as_secs_f64() * 1000.0}),
         );
-        become_folder(dir, &mdir)
+        become_folder(dir, &mdir, false)
     })();
     if let Err(e) = bound {
         super::daemon::release(&mut store, &state, &member, &mdir, None);
@@ -214,12 +217,158 @@ pub fn try_adopt(
     Ok(Some(member.name))
 }
 
+/// A start that found no ready member: said in the folder when a pool for its key exists.
+fn record_cold(dir: &Path, state: &Path, key: &str, made: Option<String>) {
+    if let Ok(mut s) = airlock_engine::Store::open(state.join("store.db")) {
+        if s.pools().is_ok_and(|p| p.iter().any(|p| p.key == key)) {
+            let reason = made.unwrap_or_else(|| format!("warm pool {} is empty", &key[..8]));
+            record(
+                dir,
+                serde_json::json!({"warm": false, "pool": key, "reason": reason}),
+            );
+        }
+    }
+}
+
+/// [`try_adopt`] for a named microVM sandbox (docs/design/warm-pool.md, "Named microVM
+/// starts"): a held guest of a matching pool becomes the sandbox. Bound over the member's
+/// channel before the exchange: the allowlist and injected secrets (its supervisor's policy
+/// socket; the CA bundle written in the guest), the secrets (/run/secrets), the workspace — a clone's ext4 image into the member's writable
+/// slot (made from the clone on the first start, else the sandbox's image copied), mounted
+/// read-write by the guest helper; an overlay's erofs image into a read-only slot, as a
+/// `run` claim — the hostname, and the recorded guest job `exec` starts from (environment,
+/// working directory). The slot's file becomes the sandbox's `vm-workspace.img` (QEMU holds
+/// that inode), so the next start, cold or warm, finds the work there.
+fn try_adopt_vm(
+    dir: &Path,
+    spec: &RunSpec,
+    secrets: &[(String, String)],
+    state: &Path,
+) -> CliResult<Option<String>> {
+    use airlock_model::plan::microvm::{WORKSPACE_IMAGE_FILE, WORK_PENDING_FILE};
+    use airlock_sandbox::microvm::pool as vm_pool;
+    // A clone (its own disk) or an overlay whose layers are in guest memory; read-only
+    // mounts (snapshots: a member's would date from its boot): cold. An agent start claims
+    // too: this supervisor stays as its host (`agent_host`), its runner's sessions go over
+    // the sandbox's control socket as a cold one's.
+    let clone = match (&spec.workspace, &spec.workspace_dir) {
+        (WorkspaceMode::Clone, Some(ws)) => Some(ws.clone()),
+        (WorkspaceMode::None, _) => None,
+        (WorkspaceMode::Overlay, _) if spec.resources.disk.is_none() => None,
+        _ => return Ok(None),
+    };
+    if !spec.binds.is_empty() {
+        return Ok(None);
+    }
+    // Injected secrets: refused as a cold start refuses them (before any claim); their
+    // placeholders made here, the values and the CA bound in the member's supervisor.
+    let secrets = super::secrets::claim_bind(spec, secrets.to_vec())?;
+    let key = pool::key(spec);
+    let t0 = Instant::now();
+    let Some((mut store, member)) = super::daemon::claim_or_cold(state, &key, spec, 0) else {
+        record_cold(dir, state, &key, None);
+        return Ok(None);
+    };
+    let claimed_in = t0.elapsed();
+    airlock_sandbox::phase("claimed a warm microVM");
+    let mdir = pool::member_dir(state, &member.name);
+    let bound = (|| -> Result<(), String> {
+        super::warm_vm::bind_policy_and_secrets(
+            &mdir,
+            spec,
+            &secrets,
+            ClaimedAs::Sandbox(spec.name.clone()),
+            None,
+        )?;
+        match &clone {
+            Some(ws) => {
+                vm_pool::fill_workspace_disk(&mdir, &dir.join(WORKSPACE_IMAGE_FILE), ws)?;
+                // The guest may commit work the host has not taken out from now on (as a
+                // cold start marks it before QEMU opens the disk).
+                std::fs::write(mdir.join(WORK_PENDING_FILE), b"")
+                    .map_err(|e| format!("mark the workspace disk in use: {e}"))?;
+                vm_pool::attach_workspace_disk(&mdir)?;
+            }
+            None if spec.workspace == WorkspaceMode::Overlay => {
+                vm_pool::attach_workspace(&mdir, &spec.project_dir)?
+            }
+            None => {}
+        }
+        airlock_sandbox::phase("allowlist, secrets and workspace bound");
+        let files: Vec<(String, String)> = airlock_model::plan::name_files(&spec.hostname)
+            .into_iter()
+            .filter_map(|m| match m {
+                MountStep::File {
+                    target, contents, ..
+                } => Some((target.display().to_string(), contents)),
+                _ => None,
+            })
+            .collect();
+        vm_pool::set_hostname(&mdir, &spec.hostname, &files)?;
+        // What `exec` starts from: the sandbox's environment over the member's (its proxy
+        // variables), its working directory, hostname and files.
+        vm_pool::rebind_job(&mdir, |job| {
+            job.env = airlock_model::spec::env_over(&job.env, &spec.env);
+            if !secrets.bindings.is_empty() {
+                airlock_model::plan::set_ca_bundle_vars(&mut job.env);
+            }
+            job.cwd = spec
+                .workdir
+                .clone()
+                .unwrap_or_else(|| {
+                    if spec.workspace == WorkspaceMode::None {
+                        PathBuf::from(&job.home)
+                    } else {
+                        PathBuf::from("/workspace")
+                    }
+                })
+                .display()
+                .to_string();
+            job.hostname = spec.hostname.clone();
+            job.workspace = spec.workspace == WorkspaceMode::Overlay;
+            job.workspace_disk = clone.is_some();
+            for (path, contents) in &files {
+                if let Some(f) = job.files.iter_mut().find(|f| &f.path == path) {
+                    f.contents = contents.clone();
+                }
+            }
+        })?;
+        let bound_in = t0.elapsed() - claimed_in;
+        record(
+            &mdir,
+            serde_json::json!({"warm": true, "pool": key, "member": member.name,
+                "claim_ms": claimed_in.as_secs_f64() * 1000.0,
+                "bind_ms": bound_in.as_secs_f64() * 1000.0}),
+        );
+        become_folder(dir, &mdir, clone.is_some())
+    })();
+    if let Err(e) = bound {
+        super::daemon::release(&mut store, state, &member, &mdir, None);
+        errln!("airlock: warning: the warm microVM refused this sandbox, starting cold: {e}");
+        record(
+            dir,
+            serde_json::json!({"warm": false, "pool": key,
+                "reason": format!("the warm microVM refused this sandbox: {e}")}),
+        );
+        return Ok(None);
+    }
+    let _ = store.member_adopted(&member.name, pool::me().0);
+    let _ = store.claim_done(&key, claimed_in.as_micros() as u64);
+    pool::wake(state);
+    Ok(Some(member.name))
+}
+
 /// The member's folder `mdir` becomes the sandbox's folder `dir`: what the sandbox's folder
 /// has (spec, id, workspace, home, journals) moves into the member's, over the member's own
 /// spec and id; the two folders are exchanged in one step (the sandbox's path is never
 /// missing); the old one is removed and its path left as a link to the new place, for the
 /// member's supervisor's last clean-up (it knows only the old path).
-fn become_folder(dir: &Path, mdir: &Path) -> Result<(), String> {
+///
+/// `slot_image`: a microVM member's writable workspace slot, filled with the sandbox's image,
+/// becomes the sandbox's `vm-workspace.img` (renamed inside the member's folder: QEMU holds
+/// that inode); the sandbox's old image goes with its old folder.
+fn become_folder(dir: &Path, mdir: &Path, slot_image: bool) -> Result<(), String> {
+    use airlock_model::plan::microvm::{WORKSPACE_IMAGE_FILE, WORKSPACE_SLOT_FILE};
     // What belongs to the running supervisor (the member's are in force): its lock, pid,
     // console, plan, PID 1 record and sockets — a previous start's stay behind and go.
     const STAY: &[&str] = &[
@@ -234,6 +383,15 @@ fn become_folder(dir: &Path, mdir: &Path) -> Result<(), String> {
         airlock_agent::AGENT_SOCKET,
         ASIDE,
         START_FILE,
+        // A microVM member's: its control socket, its pid, the guest job exec reads, its
+        // boot record and its workspace slot (or, for a clone, the sandbox's image, whose
+        // contents are in that slot now).
+        airlock_sandbox::microvm::control::VM_CONTROL,
+        airlock_sandbox::microvm::PID_FILE,
+        airlock_sandbox::microvm::JOB_FILE,
+        airlock_sandbox::isolation::VM_BOOT_FILE,
+        WORKSPACE_SLOT_FILE,
+        WORKSPACE_IMAGE_FILE,
     ];
     // The sandbox's console history goes first in the member's (which its supervisor keeps
     // appending to).
@@ -264,12 +422,25 @@ fn become_folder(dir: &Path, mdir: &Path) -> Result<(), String> {
                 .map_err(|err| format!("move {} into the member: {err}", e.path().display()))?;
             moved.push(name);
         }
+        if slot_image {
+            std::fs::rename(
+                mdir.join(WORKSPACE_SLOT_FILE),
+                mdir.join(WORKSPACE_IMAGE_FILE),
+            )
+            .map_err(|e| format!("the slot as the sandbox's workspace disk: {e}"))?;
+        }
         exchange(dir, mdir).map_err(|e| format!("exchange the folders: {e}"))
     })();
     if let Err(e) = done {
         // Nothing of the sandbox's stays in the member that is about to be destroyed.
         for name in moved {
             let _ = std::fs::rename(mdir.join(&name), dir.join(&name));
+        }
+        if slot_image && !mdir.join(WORKSPACE_SLOT_FILE).exists() {
+            let _ = std::fs::rename(
+                mdir.join(WORKSPACE_IMAGE_FILE),
+                mdir.join(WORKSPACE_SLOT_FILE),
+            );
         }
         return Err(e);
     }

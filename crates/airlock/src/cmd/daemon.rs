@@ -4,6 +4,7 @@
 
 use crate::cli::{DaemonCommand, PoolArgs, RunArgs};
 use crate::error::{CliError, CliResult};
+use airlock_engine::live_policy::ClaimedAs;
 use airlock_engine::pool::{self, Claim};
 use airlock_engine::supervisor::{self, SupervisorBackend};
 use airlock_engine::{paths, Store, StoreError};
@@ -59,12 +60,16 @@ fn member_spec(
     no_user_config: bool,
 ) -> CliResult<(airlock_model::spec::RunSpec, u32)> {
     let mut policy = a.policy.clone();
+    // `--workspace clone`: members for named microVM sandboxes with a clone workspace (a
+    // writable slot their image goes into); built as `none`, then made a clone's.
+    let clone = policy.workspace.as_deref() == Some("clone");
     match policy.workspace.as_deref() {
         None => policy.workspace = Some("none".into()),
         Some("none" | "overlay" | "bind") => {}
+        Some("clone") => policy.workspace = Some("none".into()),
         Some(other) => {
             return Err(CliError::usage(format!(
-                "--workspace {other}: a pool's members are claimed by runs (none, overlay or bind)"
+                "--workspace {other}: a pool's members are claimed by runs (none, overlay or bind) or named microVM clones (clone)"
             ))
             .hint("--workspace overlay serves runs with an overlay or bind workspace, --workspace none (the default) runs without one"))
         }
@@ -80,18 +85,29 @@ fn member_spec(
         interactive: false,
         cmd: vec![],
     };
-    let built = super::spec::build(&ra, global_config, no_user_config, true)?;
+    let mut built = super::spec::build(&ra, global_config, no_user_config, true)?;
+    if clone {
+        if built.spec.backend != BackendKind::Microvm {
+            return Err(CliError::usage(
+                "--workspace clone: only a microVM pool has members for clone workspaces",
+            )
+            .hint(
+                "a container pool made with --workspace overlay serves named sandboxes' clones",
+            ));
+        }
+        built.spec.workspace = WorkspaceMode::Clone;
+    }
     // A microVM member takes an overlay workspace at claim (its slot disk); nothing else.
     if built.spec.backend == BackendKind::Microvm
         && !matches!(
             built.spec.workspace,
-            WorkspaceMode::None | WorkspaceMode::Overlay
+            WorkspaceMode::None | WorkspaceMode::Overlay | WorkspaceMode::Clone
         )
     {
         return Err(CliError::usage(
-            "a microVM pool's members take an overlay workspace at claim, no other kind",
+            "a microVM pool's members take an overlay or a named sandbox's clone workspace at claim, no other kind",
         )
-        .hint("--workspace overlay (or none)"));
+        .hint("--workspace overlay, clone (or none)"));
     }
     if built.spec.backend == BackendKind::Microvm {
         super::vm_member::check_backend(&built.spec)?;
@@ -514,9 +530,9 @@ pub fn try_warm(
     let spec = &b.spec;
     let state = paths::state_dir();
     // Bound at claim: command, environment, working directory, terminal, time limit,
-    // secrets (plain and injected), allowlist, an overlay or bind workspace, limits. The rest
-    // starts cold (docs/design/warm-pool.md).
-    if spec.backend != BackendKind::Container || net_log.is_some() {
+    // secrets (plain and injected), allowlist, the egress journal (`--net-log`, denials said),
+    // an overlay or bind workspace, limits. The rest starts cold (docs/design/warm-pool.md).
+    if spec.backend != BackendKind::Container {
         return Ok(None);
     }
     match spec.workspace {
@@ -543,6 +559,9 @@ pub fn try_warm(
     // Injected secrets: refused as a cold start refuses them; placeholders made here, the
     // values and the interception CA go to the member's supervisor at claim.
     let secrets = super::secrets::claim_bind(spec, super::spec::resolve_secrets(&spec.secrets)?)?;
+    // The run's egress journal, as a cold start opens it (`--net-log` refused the same way):
+    // the member's supervisor sends the claim's events to it.
+    let mut journal = Some(airlock_sandbox::container::net_journal(net_log, None)?);
     airlock_sandbox::phase("warm: claiming");
     let t0 = Instant::now();
     let key = pool::key(spec);
@@ -557,12 +576,13 @@ pub fn try_warm(
     // (every half second) meanwhile.
     let dir = pool::member_dir(&state, &member.name);
     let mut cgroup = None;
+    let mut watch = None;
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
         let mut plan: LaunchPlan = std::fs::read(dir.join(airlock_sandbox::folder::PLAN_FILE))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("the member's plan: {e}"))?;
-        bind_policy_and_secrets(&dir, spec, &secrets)?;
+        watch = bind_policy_and_secrets(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
         // A chosen hostname (a random `run-…` one is as good as the member's): UTS name,
         // /etc/hostname and /etc/hosts, as the cold start's.
         if b.hostname_chosen && spec.hostname != plan.hostname {
@@ -656,11 +676,50 @@ pub fn try_warm(
     }
     .map_err(CliError::from);
     airlock_sandbox::phase("warm: command ended");
+    if let Some(w) = watch {
+        w.finish();
+    }
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
-    let wake = release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
+    // With a daemon running, the release is handed to it (one datagram) once this run's
+    // output is done, and the run ends there: its member's PID 1 is killed now (its
+    // supervisor then ends the stub and removes the claim's cgroup), the daemon records the
+    // release and the hit and removes the member. Without one, or if it does not take the
+    // datagram, the release is done here as before.
+    let hand = pool::daemon_running(&state);
+    let wake = if hand {
+        kill_pid1(&dir);
+        false
+    } else {
+        release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)))
+    };
     // After the member's end, as a cold run's PID 1 does it once every process is gone.
     let changes = attached.changes();
     drop(attached);
+    let end = |ran: CliResult<airlock_sandbox::isolation::Outcome>| {
+        let mut outcome = ran?;
+        if oom && outcome.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
+            outcome.ending = Ending::OutOfMemory;
+        }
+        let undone = super::wayback::wayback_after(spec, wayback.as_ref(), None);
+        super::wayback::finish(spec, &outcome, changes.as_ref(), undone, timeout_text)
+    };
+    let me = std::process::id() as i32;
+    let micros = claimed_in.as_micros() as u64;
+    if hand {
+        let ended = end(ran);
+        if pool::hand_release(&state, &member.name, me, &key, micros) {
+            airlock_sandbox::phase("warm: released (handed to the daemon)");
+            return ended.map(Some);
+        }
+        release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
+        if let Some(cg) = cgroup {
+            if let Some(s) = stub {
+                s.wait(Duration::from_secs(2));
+            }
+            cg.destroy();
+        }
+        return ended.map(Some);
+    }
     if let Some(cg) = cgroup {
         // The stub reported the status before it exited; its cgroup goes once it is gone.
         if let Some(s) = stub {
@@ -673,12 +732,7 @@ pub fn try_warm(
         pool::wake(&state);
     }
     airlock_sandbox::phase("warm: released");
-    let mut outcome = ran?;
-    if oom && outcome.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
-        outcome.ending = Ending::OutOfMemory;
-    }
-    let undone = super::wayback::wayback_after(spec, wayback.as_ref(), None);
-    super::wayback::finish(spec, &outcome, changes.as_ref(), undone, timeout_text).map(Some)
+    end(ran).map(Some)
 }
 
 /// A claim's `[home_files]` (`spec`'s; `persist`: a named sandbox's folder), staged as a cold
@@ -710,20 +764,26 @@ pub(super) fn claim_home_files(
 /// A claim's allowlist (in force before its command runs, whatever the member had) and
 /// secrets, bound in the running member in `dir`: the injected ones' values and CA in its
 /// supervisor's egress context (over its policy socket), then `/run/secrets` and the CA
-/// bundle inside. Err: what the member refused.
+/// bundle inside. Its denials' hints name `claimed_as`. With `journal`, the member's egress
+/// events from now on are recorded there (the watch returned: finish it after the command).
+/// Err: what the member refused.
 pub(super) fn bind_policy_and_secrets(
     dir: &Path,
     spec: &airlock_model::spec::RunSpec,
     secrets: &super::secrets::ClaimBound,
-) -> Result<(), String> {
-    let mut ca_pem = None;
+    claimed_as: ClaimedAs,
+    journal: Option<airlock_egress::journal::Journal>,
+) -> Result<Option<airlock_engine::live_policy::Watch>, String> {
+    let (mut ca_pem, mut watch) = (None, None);
     if spec.net == airlock_model::policy::NetMode::Filtered {
-        ca_pem = airlock_engine::live_policy::send_claim(
+        (ca_pem, watch) = airlock_engine::live_policy::send_claim(
             dir,
             &spec.domains,
             &spec.ports,
             &secrets.bindings,
             secrets.upstream_ca.as_deref(),
+            claimed_as,
+            journal,
         )
         .map_err(|e| format!("the member refused the allowlist or injected secrets: {e}"))?;
     }
@@ -731,7 +791,7 @@ pub(super) fn bind_policy_and_secrets(
         airlock_sandbox::container::exec::deliver_secrets(dir, &secrets.seen, ca_pem.as_deref())
             .map_err(|e| format!("the member refused its secrets: {e}"))?;
     }
-    Ok(())
+    Ok(watch)
 }
 
 /// Where a claim's workspace is attached (the plan's `/workspace`).
@@ -814,6 +874,17 @@ pub(super) fn release(
     }
 }
 
+/// A claimed container member's PID 1 goes (SIGKILL from the host: its supervisor then cleans
+/// up as after any end and exits).
+fn kill_pid1(dir: &Path) {
+    if let Some(p) = airlock_sandbox::container::exec::pid1(dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// [`release`], except that a running daemon is not woken: true when one runs, for the caller
 /// to wake once its own last steps are done (the refill it starts takes a CPU from them).
 fn release_unwoken(
@@ -823,12 +894,7 @@ fn release_unwoken(
     dir: &Path,
     done: Option<(&str, Duration)>,
 ) -> bool {
-    if let Some(p) = airlock_sandbox::container::exec::pid1(dir) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    kill_pid1(dir);
     // A microVM member: its guest powers off.
     super::vm_member::power_off(dir);
     let me = std::process::id() as i32;

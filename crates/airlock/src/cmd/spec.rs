@@ -565,6 +565,7 @@ pub fn build(
             }
         }),
         workspace_slot: false,
+        workspace_slot_rw: false,
         pool_member: false,
     };
     // The planner refuses a backend or image this build cannot provide; asked here already so

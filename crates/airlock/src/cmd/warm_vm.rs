@@ -11,6 +11,7 @@
 use super::daemon;
 use super::vm_member::power_off;
 use crate::error::{CliError, CliResult};
+use airlock_engine::live_policy::ClaimedAs;
 use airlock_engine::{paths, pool};
 use airlock_model::policy::{NetMode, WorkspaceMode};
 use airlock_sandbox::command::{Ending, Outcome};
@@ -32,19 +33,21 @@ pub(super) fn try_warm(
     let state = paths::state_dir();
     // An overlay workspace goes into the member's slot disk at claim, unless the writable
     // layers are on a `disk` of their own. Read-only mounts (snapshots: a member's would date
-    // from its boot), injected secrets (the proxy's CA and values live in the supervisor), a
-    // net log, a chosen hostname (the guest's is set at its boot): cold. (A bind workspace is
-    // refused cold: no writable host share.)
+    // from its boot), a chosen hostname (the guest's is set at its boot): cold. (A bind
+    // workspace is refused cold: no writable host share.)
     let overlay = spec.workspace == WorkspaceMode::Overlay;
     if !(spec.workspace == WorkspaceMode::None || overlay && spec.resources.disk.is_none())
         || !spec.binds.is_empty()
-        || spec.secrets.values().any(|s| s.inject.is_some())
-        || net_log.is_some()
         || b.hostname_chosen
     {
         return Ok(None);
     }
-    let secrets = super::spec::resolve_secrets(&spec.secrets)?;
+    // Injected secrets: refused as a cold run refuses them (before any claim); their
+    // placeholders made here, the values and the CA bound in the member's supervisor.
+    let secrets = super::secrets::claim_bind(spec, super::spec::resolve_secrets(&spec.secrets)?)?;
+    // The run's egress journal, opened (and refused) as a cold start opens it; the member's
+    // supervisor sends the claim's events to it (`live_policy::Watch`).
+    let journal = airlock_sandbox::container::net_journal(net_log, None)?;
     let t0 = Instant::now();
     let key = pool::key(spec);
     let Some((mut store, member)) = daemon::claim_or_cold(&state, &key, spec, b.pool_size) else {
@@ -58,15 +61,12 @@ pub(super) fn try_warm(
         errln!("airlock: warning: the warm microVM refused {what}, starting cold: {e}");
         Ok(None)
     };
-    // This run's allowlist, in force before its command runs.
-    if spec.net == NetMode::Filtered {
-        if let Err(e) = airlock_engine::live_policy::send(&dir, &spec.domains, &spec.ports) {
-            return refused(&mut store, "this run's allowlist", &e);
-        }
-    }
-    if let Err(e) = microvm::pool::install_secrets(&dir, &secrets) {
-        return refused(&mut store, "this run's secrets", &e);
-    }
+    // This run's allowlist and injected secrets, in force before its command runs; its
+    // denials hint `--allow` as a cold run's, are said here and go to its `--net-log`.
+    let watch = match bind_policy_and_secrets(&dir, spec, &secrets, ClaimedAs::Run, Some(journal)) {
+        Ok(w) => w,
+        Err(e) => return refused(&mut store, "this run's allowlist or secrets", &e),
+    };
     if overlay {
         if let Err(e) = microvm::pool::attach_workspace(&dir, &spec.project_dir) {
             return refused(&mut store, "this run's workspace", &e);
@@ -74,7 +74,10 @@ pub(super) fn try_warm(
     }
     let bound_in = t0.elapsed();
     airlock_sandbox::phase("allowlist, secrets and workspace bound");
-    let env = airlock_model::spec::env_over(&spec.env, &secrets);
+    let mut env = airlock_model::spec::env_over(&spec.env, &secrets.seen);
+    if !secrets.bindings.is_empty() {
+        airlock_model::plan::set_ca_bundle_vars(&mut env);
+    }
     errln!(
         "airlock: warm start (pool {}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
         &key[..8],
@@ -112,6 +115,9 @@ pub(super) fn try_warm(
         drop(done_tx);
         ran
     });
+    if let Some(w) = watch {
+        w.finish();
+    }
     // The overlay's summary, read in the guest before it powers off (not after a timeout:
     // the guest is going down).
     let changes = match (&ran, overlay) {
@@ -133,4 +139,39 @@ pub(super) fn try_warm(
         ran.map_err(CliError::from)?
     };
     super::wayback::finish(spec, &outcome, changes.as_ref(), false, timeout_text).map(Some)
+}
+
+/// A microVM claim's allowlist and secrets, before its command (a run's or a named
+/// sandbox's): the allowlist and the injected secrets' bindings on the member's policy
+/// socket in one line (its supervisor — the one whose proxy intercepts — makes this claim's
+/// CA and answers with its certificate), the combined CA bundle into the guest, then the
+/// secrets as the guest's /run/secrets files (an injected one as its placeholder). Its
+/// denials' hints name `claimed_as`; with `journal`, the member's egress events from now on
+/// are recorded there (the watch returned: finish it after the command).
+pub(super) fn bind_policy_and_secrets(
+    dir: &Path,
+    spec: &airlock_model::spec::RunSpec,
+    secrets: &super::secrets::ClaimBound,
+    claimed_as: ClaimedAs,
+    journal: Option<airlock_egress::journal::Journal>,
+) -> Result<Option<airlock_engine::live_policy::Watch>, String> {
+    let mut watch = None;
+    if spec.net == NetMode::Filtered {
+        let (ca, w) = airlock_engine::live_policy::send_claim(
+            dir,
+            &spec.domains,
+            &spec.ports,
+            &secrets.bindings,
+            secrets.upstream_ca.as_deref(),
+            claimed_as,
+            journal,
+        )
+        .map_err(|e| format!("the member refused the allowlist or injected secrets: {e}"))?;
+        watch = w;
+        if let Some(pem) = ca.filter(|_| !secrets.bindings.is_empty()) {
+            microvm::pool::install_ca_bundle(dir, &pem)?;
+        }
+    }
+    microvm::pool::install_secrets(dir, &secrets.seen)?;
+    Ok(watch)
 }

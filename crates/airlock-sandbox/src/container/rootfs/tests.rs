@@ -90,6 +90,7 @@ fn spec(workspace: WorkspaceMode) -> RunSpec {
         rootfs: Default::default(),
         kernel: None,
         workspace_slot: false,
+        workspace_slot_rw: false,
         pool_member: false,
     }
 }

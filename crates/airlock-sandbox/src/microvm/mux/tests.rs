@@ -25,6 +25,7 @@ pub(crate) fn job(hold: bool) -> GuestJob {
         tty: None,
         mounts: vec![],
         overlay_disk: false,
+        workspace_slot_disk: false,
     }
 }
 
