@@ -9,7 +9,11 @@
 # Usage: bench/inject.sh [AIRLOCK_BIN [OTHER_BIN...]]    (default target/release/airlock)
 #   With several binaries (e.g. a saved "before" and the "after"), ROUNDS rounds alternate them
 #   against the same server (the order flips every round) and medians per binary are printed.
-#   Environment: N (default 200; 0 skips the connection part), SIZE_MIB (256), ROUNDS (1).
+#   Environment: N (default 200; 0 skips the connection part), SIZE_MIB (256), ROUNDS (1),
+#   CA_BUNDLE (default "system": the passthrough client trusts the test CA inside a copy of
+#   the system's bundle, as large as the sandbox's own bundle that the intercepted client loads;
+#   "single": the test CA alone, as before session 9 — OpenSSL then spends ≈50 ms less CPU
+#   loading roots on the passthrough side only, a fixed cost that is not interception's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# = 0 ]; then
@@ -22,7 +26,7 @@ for b in "$@"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 1; }; 
 N=${N:-200} SIZE_MIB=${SIZE_MIB:-256} ROUNDS=${ROUNDS:-1}
 NS=airlock-bench-inj HOST_IF=alkbinj0 PEER_IF=alkbinj1 HOST_IP=198.18.251.1 IP=198.18.251.2
 work=$(mktemp -d)
-cleanup() { kill "${srv:-0}" 2>/dev/null || true; ip link del $HOST_IF 2>/dev/null || true; ip netns del $NS 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { [ -z "${srv:-}" ] || kill "$srv" 2>/dev/null || true; ip link del $HOST_IF 2>/dev/null || true; ip netns del $NS 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 ip netns add $NS
 ip link add $HOST_IF type veth peer name $PEER_IF
@@ -38,6 +42,17 @@ openssl x509 -req -in "$work/srv.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -
   -extfile "$work/ext" -out "$work/cert.pem" 2>/dev/null
 mkdir -p "$work/files" && head -c $((SIZE_MIB << 20)) /dev/zero > "$work/files/big"
 chmod 644 "$work/ca.pem"
+# What the passthrough client trusts (see CA_BUNDLE above).
+if [ "${CA_BUNDLE:-system}" = single ]; then
+  cp "$work/ca.pem" "$work/trust.pem"
+else
+  # The system bundle the sandbox's own starts with (airlock-sandbox's SYSTEM_BUNDLES).
+  for sysb in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt /etc/ssl/ca-bundle.pem /etc/ssl/cert.pem; do
+    [ -f "$sysb" ] && break
+  done
+  { cat "$sysb"; echo; cat "$work/ca.pem"; } > "$work/trust.pem"
+fi
+chmod 644 "$work/trust.pem"
 ip netns exec $NS python3 crates/airlock/tests/fixtures/internet.py --name plain.test=$IP --name bound.test=$IP \
   --cert "$work/cert.pem" --key "$work/key.pem" --serve-dir "$work/files" --ready "$work/ready" --lifetime 900 >/dev/null 2>&1 &
 srv=$!
@@ -62,7 +77,7 @@ for _ in range(n):
 print(f"{statistics.median(times) * 1000:.3f}")
 PY
 run() { exec "$AIRLOCK" run --workspace none --allow plain.test --allow bound.test --ro "$work/conn.py:/conn.py" \
-  --ro "$work/ca.pem:/ca.pem" --secret 'KEY=env:BENCH_KEY;hosts=bound.test;header=x-api-key' -- "$@" 2>/dev/null; }
+  --ro "$work/trust.pem:/ca.pem" --secret 'KEY=env:BENCH_KEY;hosts=bound.test;header=x-api-key' -- "$@" 2>/dev/null; }
 # The CPU time (utime + stime, ms) of the airlock process of a `run` that does one download: its
 # threads are the proxy's (start-up and teardown are a few ms of it, the same in both paths).
 # Run in the background (the subshell execs airlock: $! is its PID) and
