@@ -234,16 +234,42 @@ fn serve(
         // It died (killed from outside before the claim): this process enters, as before.
     }
     let ef = err_wr.as_raw_fd();
+    as_command(
+        req,
+        plan,
+        filter,
+        [i, o, e],
+        tty_sock,
+        ef,
+        false,
+        |inside| enter_and_relay(&ns, inside, err_wr, &report),
+    )
+}
+
+/// The request's standard streams on 0, 1 and 2, its strings and limits: the command to
+/// become, for `then` (`filtered`: its seccomp filter is installed already). A failure is
+/// written to `ef` and ends this process.
+#[allow(clippy::too_many_arguments)]
+fn as_command(
+    req: Request,
+    plan: &LaunchPlan,
+    filter: &[seccomp::Insn],
+    streams: [OwnedFd; 3],
+    tty_sock: Option<OwnedFd>,
+    ef: RawFd,
+    filtered: bool,
+    then: impl FnOnce(&Inside) -> std::convert::Infallible,
+) -> ! {
     let fail = |msg: String| -> ! {
         sys::write_all_raw(ef, msg.as_bytes());
         sys::exit_now(exit::SANDBOX_FAILED)
     };
-    for (fd, to) in [(&i, 0), (&o, 1), (&e, 2)] {
+    for (fd, to) in streams.iter().zip([0, 1, 2]) {
         if let Err(err) = sys::dup2(fd.as_raw_fd(), to) {
-            fail(format!("the exec stub's standard streams: {err}"));
+            fail(format!("the command's standard streams: {err}"));
         }
     }
-    drop((i, o, e));
+    drop(streams);
     let (argv, envp) = request_strings(req.argv, req.env).unwrap_or_else(|e| fail(e));
     let mut plan = plan.clone();
     plan.rlimit_nproc = req.rlimit_nproc;
@@ -256,9 +282,9 @@ fn serve(
         stdin_null: req.stdin_null,
         with_secrets: req.with_secrets,
         filter,
-        filtered: false,
+        filtered,
     };
-    enter_and_relay(&ns, &inside, err_wr, &report)
+    match then(&inside) {}
 }
 
 /// The child parked for the claim: already in the member's namespaces (pid included) and
@@ -358,31 +384,9 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
     let tty_sock = if req.tty { fds.next() } else { None };
     drop(fds);
     let ef = err_wr.as_raw_fd();
-    let fail = |msg: String| -> ! {
-        sys::write_all_raw(ef, msg.as_bytes());
-        sys::exit_now(exit::SANDBOX_FAILED)
-    };
-    for (fd, to) in [(&i, 0), (&o, 1), (&e, 2)] {
-        if let Err(err) = sys::dup2(fd.as_raw_fd(), to) {
-            fail(format!("the command's standard streams: {err}"));
-        }
-    }
-    drop((i, o, e));
-    let (argv, envp) = request_strings(req.argv, req.env).unwrap_or_else(|e| fail(e));
-    let mut plan = plan.clone();
-    plan.rlimit_nproc = req.rlimit_nproc;
-    let inside = Inside {
-        plan: &plan,
-        argv: &argv,
-        envp: &envp,
-        cwd: &req.cwd,
-        tty_sock: tty_sock.as_ref(),
-        stdin_null: req.stdin_null,
-        with_secrets: req.with_secrets,
-        filter,
-        filtered: true,
-    };
-    become_command(&inside, ef)
+    as_command(req, plan, filter, [i, o, e], tty_sock, ef, true, |inside| {
+        become_command(inside, ef)
+    })
 }
 
 /// A request's argv and environment as C strings (Err: one holds a NUL).

@@ -786,24 +786,37 @@ pub(super) fn bind_policy_and_secrets(
     claimed_as: ClaimedAs,
     journal: Option<airlock_egress::journal::Journal>,
 ) -> Result<Option<airlock_engine::live_policy::Watch>, String> {
-    let (mut ca_pem, mut watch) = (None, None);
-    if spec.net == airlock_model::policy::NetMode::Filtered {
-        (ca_pem, watch) = airlock_engine::live_policy::send_claim(
-            dir,
-            &spec.domains,
-            &spec.ports,
-            &secrets.bindings,
-            secrets.upstream_ca.as_deref(),
-            claimed_as,
-            journal,
-        )
-        .map_err(|e| format!("the member refused the allowlist or injected secrets: {e}"))?;
-    }
+    let (ca_pem, watch) = send_policy(dir, spec, secrets, claimed_as, journal)?;
     if !secrets.seen.is_empty() {
         airlock_sandbox::container::exec::deliver_secrets(dir, &secrets.seen, ca_pem.as_deref())
             .map_err(|e| format!("the member refused its secrets: {e}"))?;
     }
     Ok(watch)
+}
+
+/// A filtered claim's allowlist and injected secrets' bindings to the member's supervisor in
+/// one line on its policy socket (nothing for another network mode): the claim's CA
+/// certificate when it injects, and the watch of its egress events when given a journal.
+pub(super) fn send_policy(
+    dir: &Path,
+    spec: &airlock_model::spec::RunSpec,
+    secrets: &super::secrets::ClaimBound,
+    claimed_as: ClaimedAs,
+    journal: Option<airlock_egress::journal::Journal>,
+) -> Result<(Option<String>, Option<airlock_engine::live_policy::Watch>), String> {
+    if spec.net != airlock_model::policy::NetMode::Filtered {
+        return Ok((None, None));
+    }
+    airlock_engine::live_policy::send_claim(
+        dir,
+        &spec.domains,
+        &spec.ports,
+        &secrets.bindings,
+        secrets.upstream_ca.as_deref(),
+        claimed_as,
+        journal,
+    )
+    .map_err(|e| format!("the member refused the allowlist or injected secrets: {e}"))
 }
 
 /// Where a claim's workspace is attached (the plan's `/workspace`).

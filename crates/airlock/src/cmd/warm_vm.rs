@@ -13,7 +13,7 @@ use super::vm_member::power_off;
 use crate::error::{CliError, CliResult};
 use airlock_engine::live_policy::ClaimedAs;
 use airlock_engine::{paths, pool};
-use airlock_model::policy::{NetMode, WorkspaceMode};
+use airlock_model::policy::WorkspaceMode;
 use airlock_sandbox::command::{Ending, Outcome};
 use airlock_sandbox::isolation::{ExecRequest, MicroVm};
 use airlock_sandbox::microvm;
@@ -160,22 +160,9 @@ pub(super) fn bind_policy_and_secrets(
     claimed_as: ClaimedAs,
     journal: Option<airlock_egress::journal::Journal>,
 ) -> Result<Option<airlock_engine::live_policy::Watch>, String> {
-    let mut watch = None;
-    if spec.net == NetMode::Filtered {
-        let (ca, w) = airlock_engine::live_policy::send_claim(
-            dir,
-            &spec.domains,
-            &spec.ports,
-            &secrets.bindings,
-            secrets.upstream_ca.as_deref(),
-            claimed_as,
-            journal,
-        )
-        .map_err(|e| format!("the member refused the allowlist or injected secrets: {e}"))?;
-        watch = w;
-        if let Some(pem) = ca.filter(|_| !secrets.bindings.is_empty()) {
-            microvm::pool::install_ca_bundle(dir, &pem)?;
-        }
+    let (ca, watch) = daemon::send_policy(dir, spec, secrets, claimed_as, journal)?;
+    if let Some(pem) = ca.filter(|_| !secrets.bindings.is_empty()) {
+        microvm::pool::install_ca_bundle(dir, &pem)?;
     }
     microvm::pool::install_secrets(dir, &secrets.seen)?;
     Ok(watch)
