@@ -193,28 +193,61 @@ pub fn try_adopt(
         become_folder(dir, &mdir, false)
     })();
     if let Err(e) = bound {
-        super::daemon::release(&mut store, &state, &member, &mdir, None);
         if let Some(cg) = cgroup {
             cg.destroy();
         }
-        errln!("airlock: warning: the warm member refused this sandbox, starting cold: {e}");
-        record(
+        return refused(
             dir,
-            serde_json::json!({"warm": false, "pool": key,
-                "reason": format!("the warm member refused this sandbox: {e}")}),
+            (&mut store, &state),
+            &member,
+            &mdir,
+            &key,
+            "member",
+            &e,
         );
-        return Ok(None);
     }
     // The member is the sandbox now: the pool forgets it (until this, its row said this
     // process claimed it — a reconcile leaves it alone; if this process dies first, the
     // reconcile finds the folder adopted and drops only the row). The daemon refills at once:
     // the sandbox lives on, there is no end of a command to wait for.
-    let _ = store.member_adopted(&member.name, pool::me().0);
-    let _ = store.claim_done(&key, claimed_in.as_micros() as u64);
-    pool::wake(&state);
+    adopted(&mut store, &state, &member.name, &key, claimed_in);
     // The cgroup stays: the sandbox's (no Drop removes it).
     drop(cgroup);
     Ok(Some(member.name))
+}
+
+/// A claimed member (a `what`: member, microVM) that refused to become the sandbox in `dir`:
+/// released, said, recorded; the start goes on cold.
+fn refused(
+    dir: &Path,
+    (store, state): (&mut airlock_engine::Store, &Path),
+    member: &pool::Member,
+    mdir: &Path,
+    key: &str,
+    what: &str,
+    e: &str,
+) -> CliResult<Option<String>> {
+    super::daemon::release(store, state, member, mdir, None);
+    errln!("airlock: warning: the warm {what} refused this sandbox, starting cold: {e}");
+    record(
+        dir,
+        serde_json::json!({"warm": false, "pool": key,
+            "reason": format!("the warm {what} refused this sandbox: {e}")}),
+    );
+    Ok(None)
+}
+
+/// The member is the sandbox now: the pool forgets it, counts the claim, and is refilled.
+fn adopted(
+    store: &mut airlock_engine::Store,
+    state: &Path,
+    member: &str,
+    key: &str,
+    claimed: std::time::Duration,
+) {
+    let _ = store.member_adopted(member, pool::me().0);
+    let _ = store.claim_done(key, claimed.as_micros() as u64);
+    pool::wake(state);
 }
 
 /// A start that found no ready member: said in the folder when a pool for its key exists.
@@ -343,18 +376,17 @@ fn try_adopt_vm(
         become_folder(dir, &mdir, clone.is_some())
     })();
     if let Err(e) = bound {
-        super::daemon::release(&mut store, state, &member, &mdir, None);
-        errln!("airlock: warning: the warm microVM refused this sandbox, starting cold: {e}");
-        record(
+        return refused(
             dir,
-            serde_json::json!({"warm": false, "pool": key,
-                "reason": format!("the warm microVM refused this sandbox: {e}")}),
+            (&mut store, state),
+            &member,
+            &mdir,
+            &key,
+            "microVM",
+            &e,
         );
-        return Ok(None);
     }
-    let _ = store.member_adopted(&member.name, pool::me().0);
-    let _ = store.claim_done(&key, claimed_in.as_micros() as u64);
-    pool::wake(state);
+    adopted(&mut store, state, &member.name, &key, claimed_in);
     Ok(Some(member.name))
 }
 
