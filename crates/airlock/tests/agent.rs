@@ -11,7 +11,7 @@
 mod common;
 use common::work::EngineGuard;
 
-use common::{e2e, Airlock, Bins};
+use common::Airlock;
 use std::path::Path;
 
 /// The scripted harness. The prompt (with airlock's directive appended) is its last argument,
@@ -281,22 +281,11 @@ fn turns(a: &Airlock, label: &str) {
     assert_eq!(out.code(), 0, "{label}: rm: {}", out.describe());
 }
 
-#[test]
-fn scripted_agent_turns_rootful() {
-    if !e2e("scripted_agent_turns_rootful") {
-        return;
-    }
-    turns(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn scripted_agent_turns_rootless() {
-    if !e2e("scripted_agent_turns_rootless") {
-        return;
-    }
-    let bins = Bins::owned_by(&common::test_user());
-    turns(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    scripted_agent_turns_rootful,
+    scripted_agent_turns_rootless,
+    turns
+);
 
 /// Inside sandbox `name`: a shell command's output.
 fn sh(a: &Airlock, name: &str, script: &str) -> common::Outcome {
@@ -449,19 +438,8 @@ fn parallel_and_forgery(a: &Airlock, label: &str) {
     }
 }
 
-#[test]
-fn parallel_agents_stay_separate_and_cannot_forge_rootful() {
-    if !e2e("parallel_agents_stay_separate_and_cannot_forge_rootful") {
-        return;
-    }
-    parallel_and_forgery(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn parallel_agents_stay_separate_and_cannot_forge_rootless() {
-    if !e2e("parallel_agents_stay_separate_and_cannot_forge_rootless") {
-        return;
-    }
-    let bins = Bins::owned_by(&common::test_user());
-    parallel_and_forgery(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    parallel_agents_stay_separate_and_cannot_forge_rootful,
+    parallel_agents_stay_separate_and_cannot_forge_rootless,
+    parallel_and_forgery
+);

@@ -104,23 +104,11 @@ fn lifecycle(a: &Airlock, label: &str) {
     stop_engines_of(a);
 }
 
-#[test]
-fn named_sandbox_lifecycle_rootful() {
-    if !e2e("named_sandbox_lifecycle_rootful") {
-        return;
-    }
-    lifecycle(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn named_sandbox_lifecycle_rootless() {
-    if !e2e("named_sandbox_lifecycle_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    lifecycle(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    named_sandbox_lifecycle_rootful,
+    named_sandbox_lifecycle_rootless,
+    lifecycle
+);
 
 #[test]
 fn up_creates_or_starts_and_fresh_discards_state() {

@@ -341,22 +341,11 @@ fn spellings(a: &Airlock, mode: &str) {
     mcp_server_answers(a);
 }
 
-#[test]
-fn peer_spellings_are_aliases_rootful() {
-    if !e2e("peer_spellings_are_aliases_rootful") {
-        return;
-    }
-    spellings(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn peer_spellings_are_aliases_rootless() {
-    if !e2e("peer_spellings_are_aliases_rootless") {
-        return;
-    }
-    let bins = Bins::owned_by(&common::test_user());
-    spellings(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    peer_spellings_are_aliases_rootful,
+    peer_spellings_are_aliases_rootless,
+    spellings
+);
 
 /// Where user namespaces are exhausted (a user namespace of the test's own whose
 /// `user.max_user_namespaces` is 0), `status` still prints the environment block, names what is
@@ -569,22 +558,11 @@ fn compatibility_modes(a: &Airlock, mode: &str) {
     ok(a, &["rm", "--force", "box"]);
 }
 
-#[test]
-fn compatibility_modes_rootful() {
-    if !e2e("compatibility_modes_rootful") {
-        return;
-    }
-    compatibility_modes(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn compatibility_modes_rootless() {
-    if !e2e("compatibility_modes_rootless") {
-        return;
-    }
-    let bins = Bins::owned_by(&common::test_user());
-    compatibility_modes(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    compatibility_modes_rootful,
+    compatibility_modes_rootless,
+    compatibility_modes
+);
 
 fn write_exec(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -733,22 +711,7 @@ fn setup_scripts(a: &Airlock, mode: &str) {
     assert_eq!(list, serde_json::json!([]), "{mode}");
 }
 
-#[test]
-fn setup_scripts_rootful() {
-    if !e2e("setup_scripts_rootful") {
-        return;
-    }
-    setup_scripts(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn setup_scripts_rootless() {
-    if !e2e("setup_scripts_rootless") {
-        return;
-    }
-    let bins = Bins::owned_by(&common::test_user());
-    setup_scripts(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(setup_scripts_rootful, setup_scripts_rootless, setup_scripts);
 
 fn refused(a: &Airlock, args: &[&str], code: i32, says: &str) {
     let out = a.run(args);
@@ -990,19 +953,8 @@ fn hot_plug_mounts(a: &Airlock, mode: &str) {
     ok(a, &["rm", "--force", "strict"]);
 }
 
-#[test]
-fn hot_plug_mounts_rootful() {
-    if !e2e("hot_plug_mounts_rootful") {
-        return;
-    }
-    hot_plug_mounts(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn hot_plug_mounts_rootless() {
-    if !e2e("hot_plug_mounts_rootless") {
-        return;
-    }
-    let bins = Bins::owned_by(&common::test_user());
-    hot_plug_mounts(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    hot_plug_mounts_rootful,
+    hot_plug_mounts_rootless,
+    hot_plug_mounts
+);

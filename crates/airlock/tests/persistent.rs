@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{e2e, wait_until, Airlock, Bins};
+use common::{e2e, wait_until, Airlock};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -109,23 +109,11 @@ fn lifecycle(a: &Airlock, label: &str) {
     stop(sup);
 }
 
-#[test]
-fn persistent_sandbox_exec_stop_start_rootful() {
-    if !e2e("persistent_sandbox_exec_stop_start_rootful") {
-        return;
-    }
-    lifecycle(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn persistent_sandbox_exec_stop_start_rootless() {
-    if !e2e("persistent_sandbox_exec_stop_start_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    lifecycle(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    persistent_sandbox_exec_stop_start_rootful,
+    persistent_sandbox_exec_stop_start_rootless,
+    lifecycle
+);
 
 /// An exec'd command lives in the sandbox's own cgroup (`NAME.ID`), so the sandbox's memory and
 /// pids limits hold for it too: inside its cgroup namespace it sees itself at the root, not

@@ -216,23 +216,11 @@ fn warm_lifecycle(a: &Airlock, label: &str) {
     assert_nothing_left(a, label);
 }
 
-#[test]
-fn daemon_start_claim_refill_stop_rootful() {
-    if !e2e("daemon_start_claim_refill_stop_rootful") {
-        return;
-    }
-    warm_lifecycle(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn daemon_start_claim_refill_stop_rootless() {
-    if !e2e("daemon_start_claim_refill_stop_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    warm_lifecycle(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    daemon_start_claim_refill_stop_rootful,
+    daemon_start_claim_refill_stop_rootless,
+    warm_lifecycle
+);
 
 /// An empty pool: cold start (said so), counted as a miss. A run whose policy differs from
 /// every pool's never gets a member (a pool of filtered members serves no `--net off` run).
@@ -364,23 +352,11 @@ fn warm_runs_say_and_journal_their_egress(a: &Airlock, label: &str) {
     );
 }
 
-#[test]
-fn warm_runs_say_and_journal_their_egress_rootful() {
-    if !e2e("warm_runs_say_and_journal_their_egress_rootful") {
-        return;
-    }
-    warm_runs_say_and_journal_their_egress(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn warm_runs_say_and_journal_their_egress_rootless() {
-    if !e2e("warm_runs_say_and_journal_their_egress_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    warm_runs_say_and_journal_their_egress(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    warm_runs_say_and_journal_their_egress_rootful,
+    warm_runs_say_and_journal_their_egress_rootless,
+    warm_runs_say_and_journal_their_egress
+);
 
 /// kill -9 the daemon: its members run on; a new daemon adopts them (no new starts) and
 /// resumes refilling.
@@ -883,22 +859,11 @@ true"#;
     assert_nothing_left(a, label);
 }
 
-#[test]
-fn overlay_and_bind_workspaces_are_attached_at_claim_rootful() {
-    if !e2e("overlay_and_bind_workspaces_are_attached_at_claim_rootful") {
-        return;
-    }
-    workspaces_at_claim(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn overlay_and_bind_workspaces_are_attached_at_claim_rootless() {
-    if !e2e("overlay_and_bind_workspaces_are_attached_at_claim_rootless") {
-        return;
-    }
-    let bins = Bins::owned_by(&common::test_user());
-    workspaces_at_claim(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    overlay_and_bind_workspaces_are_attached_at_claim_rootful,
+    overlay_and_bind_workspaces_are_attached_at_claim_rootless,
+    workspaces_at_claim
+);
 
 /// The memory limit of the cgroup a claimed member's command runs in, read on the host while
 /// it runs (the command sleeps); and the member it claimed.
@@ -1367,23 +1332,11 @@ fn stub_round_trip(a: &Airlock, label: &str) {
     assert_nothing_left(a, label);
 }
 
-#[test]
-fn a_claim_reaches_its_stub_in_one_round_trip_rootful() {
-    if !e2e("a_claim_reaches_its_stub_in_one_round_trip_rootful") {
-        return;
-    }
-    stub_round_trip(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn a_claim_reaches_its_stub_in_one_round_trip_rootless() {
-    if !e2e("a_claim_reaches_its_stub_in_one_round_trip_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    stub_round_trip(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    a_claim_reaches_its_stub_in_one_round_trip_rootful,
+    a_claim_reaches_its_stub_in_one_round_trip_rootless,
+    stub_round_trip
+);
 
 /// A claim's limits go into the member's own cgroup — the one its stub and command are in —
 /// even when the claimer runs in another cgroup than the daemon (whose parent directories
@@ -1683,23 +1636,11 @@ fn injected_secrets_at_claim(a: &Airlock, label: &str) {
     assert_nothing_left(a, label);
 }
 
-#[test]
-fn injected_secrets_are_bound_at_claim_rootful() {
-    if !e2e("injected_secrets_are_bound_at_claim_rootful") {
-        return;
-    }
-    injected_secrets_at_claim(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn injected_secrets_are_bound_at_claim_rootless() {
-    if !e2e("injected_secrets_are_bound_at_claim_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    injected_secrets_at_claim(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    injected_secrets_are_bound_at_claim_rootful,
+    injected_secrets_are_bound_at_claim_rootless,
+    injected_secrets_at_claim
+);
 
 // ---------------------------------------------------------------------------------------------
 // Home files bound at claim
@@ -1790,23 +1731,11 @@ fn home_files_at_claim(a: &Airlock, label: &str) {
     assert_nothing_left(a, label);
 }
 
-#[test]
-fn home_files_are_bound_at_claim_rootful() {
-    if !e2e("home_files_are_bound_at_claim_rootful") {
-        return;
-    }
-    home_files_at_claim(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn home_files_are_bound_at_claim_rootless() {
-    if !e2e("home_files_are_bound_at_claim_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    home_files_at_claim(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    home_files_are_bound_at_claim_rootful,
+    home_files_are_bound_at_claim_rootless,
+    home_files_at_claim
+);
 
 // ---------------------------------------------------------------------------------------------
 // A chosen hostname or name bound at claim
@@ -1854,23 +1783,11 @@ fn chosen_hostname(a: &Airlock, label: &str) {
     ok(a, &["daemon", "stop"]);
 }
 
-#[test]
-fn a_chosen_hostname_or_name_is_bound_at_claim_rootful() {
-    if !e2e("a_chosen_hostname_or_name_is_bound_at_claim_rootful") {
-        return;
-    }
-    chosen_hostname(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn a_chosen_hostname_or_name_is_bound_at_claim_rootless() {
-    if !e2e("a_chosen_hostname_or_name_is_bound_at_claim_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    chosen_hostname(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    a_chosen_hostname_or_name_is_bound_at_claim_rootful,
+    a_chosen_hostname_or_name_is_bound_at_claim_rootless,
+    chosen_hostname
+);
 
 /// The child a member's stub parks for its claim (docs/design/warm-pool.md, "The parked
 /// child"): before any claim each ready member's stub has exactly one child, already in the
@@ -2080,22 +1997,11 @@ fn parked_child(a: &Airlock, label: &str) {
     assert_nothing_left(a, label);
 }
 
-#[test]
-fn a_members_parked_child_becomes_the_claims_command_rootful() {
-    if !e2e("a_members_parked_child_becomes_the_claims_command_rootful") {
-        return;
-    }
-    parked_child(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn a_members_parked_child_becomes_the_claims_command_rootless() {
-    if !e2e("a_members_parked_child_becomes_the_claims_command_rootless") {
-        return;
-    }
-    let bins = Bins::owned_by(&common::test_user());
-    parked_child(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    a_members_parked_child_becomes_the_claims_command_rootful,
+    a_members_parked_child_becomes_the_claims_command_rootless,
+    parked_child
+);
 
 /// With a daemon running, a warm run hands its release to the daemon (one datagram) and ends
 /// as soon as its command's status is known: with the daemon stopped (SIGSTOP) the run still

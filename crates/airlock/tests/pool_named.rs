@@ -7,7 +7,7 @@
 mod common;
 
 use common::pool::{git_project, kill_daemon, members_dir, members_ever};
-use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins, Outcome};
+use common::{mounts_under, pids_with_marker, wait_until, Airlock, Outcome};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -415,23 +415,11 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
     }
 }
 
-#[test]
-fn named_sandboxes_claim_warm_members_rootful() {
-    if !e2e("named_sandboxes_claim_warm_members_rootful") {
-        return;
-    }
-    named_from_the_pool(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn named_sandboxes_claim_warm_members_rootless() {
-    if !e2e("named_sandboxes_claim_warm_members_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    named_from_the_pool(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    named_sandboxes_claim_warm_members_rootful,
+    named_sandboxes_claim_warm_members_rootless,
+    named_from_the_pool
+);
 
 // ---------------------------------------------------------------------------------------------
 // Injected secrets
@@ -563,23 +551,11 @@ fn named_injected(a: &Airlock, label: &str) {
     run(&["daemon", "stop"]);
 }
 
-#[test]
-fn named_injected_secrets_are_bound_at_claim_rootful() {
-    if !e2e("named_injected_secrets_are_bound_at_claim_rootful") {
-        return;
-    }
-    named_injected(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn named_injected_secrets_are_bound_at_claim_rootless() {
-    if !e2e("named_injected_secrets_are_bound_at_claim_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    named_injected(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    named_injected_secrets_are_bound_at_claim_rootful,
+    named_injected_secrets_are_bound_at_claim_rootless,
+    named_injected
+);
 
 // ---------------------------------------------------------------------------------------------
 // Home files
@@ -666,23 +642,11 @@ fn named_home_files(a: &Airlock, label: &str) {
     ok(a, &["daemon", "stop"]);
 }
 
-#[test]
-fn named_home_files_are_bound_at_claim_rootful() {
-    if !e2e("named_home_files_are_bound_at_claim_rootful") {
-        return;
-    }
-    named_home_files(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn named_home_files_are_bound_at_claim_rootless() {
-    if !e2e("named_home_files_are_bound_at_claim_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    named_home_files(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    named_home_files_are_bound_at_claim_rootful,
+    named_home_files_are_bound_at_claim_rootless,
+    named_home_files
+);
 
 // ---------------------------------------------------------------------------------------------
 // Overlay workspaces
@@ -777,23 +741,11 @@ fn named_overlay(a: &Airlock, label: &str) {
     assert!(mounts.is_empty(), "{label}: mounts left: {mounts:?}");
 }
 
-#[test]
-fn named_overlay_workspaces_are_attached_at_claim_rootful() {
-    if !e2e("named_overlay_workspaces_are_attached_at_claim_rootful") {
-        return;
-    }
-    named_overlay(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn named_overlay_workspaces_are_attached_at_claim_rootless() {
-    if !e2e("named_overlay_workspaces_are_attached_at_claim_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    named_overlay(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    named_overlay_workspaces_are_attached_at_claim_rootful,
+    named_overlay_workspaces_are_attached_at_claim_rootless,
+    named_overlay
+);
 
 // ---------------------------------------------------------------------------------------------
 // Agent starts
@@ -904,23 +856,11 @@ fn agent_from_the_pool(a: &Airlock, label: &str) {
     ok(a, &["rm", "wn-agent"]);
 }
 
-#[test]
-fn agent_starts_claim_warm_members_rootful() {
-    if !e2e("agent_starts_claim_warm_members_rootful") {
-        return;
-    }
-    agent_from_the_pool(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn agent_starts_claim_warm_members_rootless() {
-    if !e2e("agent_starts_claim_warm_members_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    agent_from_the_pool(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    agent_starts_claim_warm_members_rootful,
+    agent_starts_claim_warm_members_rootless,
+    agent_from_the_pool
+);
 
 /// `[daemon.agents.command] min_warm = 1` (a project setting, trusted): the first agent start
 /// makes that agent's pool (cold, said so) and starts the daemon; `daemon status` shows it as
@@ -969,20 +909,8 @@ fn agent_min_warm(a: &Airlock, label: &str) {
     );
 }
 
-#[test]
-fn per_agent_min_warm_keeps_a_pool_rootful() {
-    if !e2e("per_agent_min_warm_keeps_a_pool_rootful") {
-        return;
-    }
-    agent_min_warm(&Airlock::root(), "rootful");
-}
-
-#[test]
-fn per_agent_min_warm_keeps_a_pool_rootless() {
-    if !e2e("per_agent_min_warm_keeps_a_pool_rootless") {
-        return;
-    }
-    let user = common::test_user();
-    let bins = Bins::owned_by(&user);
-    agent_min_warm(&Airlock::rootless(&bins), "rootless");
-}
+crate::rootful_and_rootless!(
+    per_agent_min_warm_keeps_a_pool_rootful,
+    per_agent_min_warm_keeps_a_pool_rootless,
+    agent_min_warm
+);

@@ -584,3 +584,28 @@ pub fn stop_engines_of(a: &Airlock) {
         }
     }
 }
+
+/// Two `#[test]`s running `$body(&Airlock, label)`: `$rootful` as root and `$rootless` as the
+/// unprivileged test user (rootless airlock, with binaries it can execute). Both skip unless
+/// the end-to-end tier is on (see [`e2e`]).
+#[macro_export]
+macro_rules! rootful_and_rootless {
+    ($rootful:ident, $rootless:ident, $body:path) => {
+        #[test]
+        fn $rootful() {
+            if !$crate::common::e2e(stringify!($rootful)) {
+                return;
+            }
+            $body(&$crate::common::Airlock::root(), "rootful");
+        }
+
+        #[test]
+        fn $rootless() {
+            if !$crate::common::e2e(stringify!($rootless)) {
+                return;
+            }
+            let bins = $crate::common::Bins::owned_by(&$crate::common::test_user());
+            $body(&$crate::common::Airlock::rootless(&bins), "rootless");
+        }
+    };
+}
