@@ -53,10 +53,11 @@ const KEPT_LATENCIES: i64 = 1000;
 /// (written at claim; injected ones bound in the member's supervisor, CA and all), a filtered
 /// network's allowed domains (put in force at claim), and for containers the overlay or bind
 /// workspace (attached at claim), the memory, pids and cpu limits (a cgroup made at claim)
-/// and the home files (bound at claim) — and the project directory when there is no
-/// workspace. What stays (backend, root filesystem and its digest, profile, network mode and
-/// ports, disk limit, user, binds, whether there is a workspace) is what a member was started
-/// with and a claim cannot change.
+/// and the home files (bound at claim), for microVMs the read-only mounts (snapshots written
+/// into the member's claim slot) — and the project directory when there is no workspace.
+/// What stays (backend, root filesystem and its digest, profile, network mode and ports, disk
+/// limit, user, a container's binds, whether there is a workspace) is what a member was
+/// started with and a claim cannot change.
 pub fn key(spec: &RunSpec) -> String {
     use sha2::Digest;
     let mut s = spec.clone();
@@ -124,6 +125,10 @@ pub fn normalize_bound_at_claim(s: &mut RunSpec) {
             s.workspace_slot_rw = true;
             s.protected.clear();
         }
+        // Read-only mounts: snapshots made at claim, written into the member's claim slot
+        // (every microVM member has one) and mounted by the guest helper.
+        s.binds.clear();
+        s.vm_claim_slot = true;
         return;
     }
     if s.backend != airlock_model::policy::BackendKind::Container {

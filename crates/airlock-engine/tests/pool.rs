@@ -74,6 +74,7 @@ fn member() -> RunSpec {
         workspace_slot: false,
         workspace_slot_rw: false,
         pool_member: false,
+        vm_claim_slot: false,
     }
 }
 
@@ -275,6 +276,40 @@ fn limits_and_workspaces_are_bound_at_claim() {
         r.resources.disk = Some(ByteSize(1 << 30));
         assert_ne!(pool::key(&vm_rw), pool::key(&r), "{name}");
     }
+}
+
+/// A microVM run's read-only mounts are snapshots made at claim and written into the
+/// member's claim slot: a run with `--ro` mounts shares the pool of one without, every
+/// microVM member (the daemon's member spec) has the slot and no binds; a container's binds
+/// stay in its key (mounted when the member starts).
+#[test]
+fn a_microvm_runs_read_only_mounts_are_bound_at_claim() {
+    let ro = |src: &str, dst: &str| airlock_model::spec::BindSpec {
+        source: PathBuf::from(src),
+        target: PathBuf::from(dst),
+        writable: false,
+    };
+    let mut vm = member();
+    vm.backend = BackendKind::Microvm;
+    let mut with_ro = run_of(&vm);
+    with_ro.binds = vec![ro("/srv/data", "/data"), ro("/etc/motd", "/etc/m")];
+    assert_eq!(
+        pool::key(&vm),
+        pool::key(&with_ro),
+        "--ro is bound at claim"
+    );
+    for r in [vm.clone(), with_ro.clone()] {
+        let mut made = r;
+        pool::normalize_bound_at_claim(&mut made);
+        assert!(made.vm_claim_slot && made.binds.is_empty());
+    }
+    let m = member();
+    let mut c = run_of(&m);
+    c.binds = vec![ro("/srv/data", "/data")];
+    assert_ne!(pool::key(&m), pool::key(&c), "a container's binds stay");
+    let mut made = c;
+    pool::normalize_bound_at_claim(&mut made);
+    assert!(!made.vm_claim_slot && made.binds.len() == 1);
 }
 
 fn ready_members(store: &mut Store, key: &str, n: usize) -> Vec<String> {

@@ -229,6 +229,12 @@ pub struct RunSpec {
     /// cgroup for the claim's command (docs/design/warm-pool.md, "The exec stub").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pool_member: bool,
+    /// A microVM pool member: it boots with one more blank read-only disk, the *claim slot*,
+    /// into which a claim writes its read-only mounts' snapshots (a partition each) before the
+    /// guest helper mounts them (`airlock-guest ws ro`; docs/design/warm-pool.md,
+    /// "microVM read-only mounts").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vm_claim_slot: bool,
 }
 
 /// A sandbox's root filesystem: the host's own (read-only `/usr` and friends, curated `/etc`)

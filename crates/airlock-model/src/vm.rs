@@ -18,6 +18,9 @@ pub const DISK_WORKSPACE: &str = "airlock-ws";
 /// The disk the guest's writable layers live on when the spec sets `disk` (see
 /// [`GuestJob::overlay_disk`]).
 pub const DISK_OVERLAY: &str = "airlock-overlay";
+/// A warm microVM member's claim slot: blank at its boot, a GPT-partitioned disk after a
+/// claim wrote its read-only mounts' snapshots into it (partition `i + 1`: the `i`th mount).
+pub const DISK_CLAIM: &str = "airlock-claim";
 
 /// The serial of the disk holding the `i`th read-only mount's snapshot.
 pub fn disk_ro(i: usize) -> String {

@@ -473,20 +473,28 @@ fn a_microvm_pool_that_cannot_boot_is_refused_at_start() {
     assert_eq!(st["pools"].as_array().map(Vec::len), Some(0), "{st}");
 }
 
-/// A run with `--ro` mounts never takes a warm microVM member, even from a pool made for that
-/// very spec: a mount is a snapshot, and a member's would date from its boot. The run starts
-/// cold and sees the host directory as it is now.
+/// A run with `--ro` mounts and a chosen hostname claims a warm microVM member (issue 16):
+/// the mounts are snapshots made at the claim (the content as of the run, changed after the
+/// member booted), written into the member's claim slot and mounted by the guest helper —
+/// read-only, nosuid, nodev, the sandbox user's as a cold run's, a file bound at its target
+/// — and the guest takes the hostname (kernel, /etc/hostname, /etc/hosts). The same command
+/// started cold (the pool empty: no daemon refills it) prints the same. Two boots.
 #[test]
-fn a_microvm_run_with_read_only_mounts_never_takes_a_stale_member() {
-    if !e2e("a_microvm_run_with_read_only_mounts_never_takes_a_stale_member") {
+fn a_warm_microvm_claim_gets_its_read_only_mounts_and_hostname() {
+    if !e2e("a_warm_microvm_claim_gets_its_read_only_mounts_and_hostname") {
         return;
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
     let data = a.dir.join("data");
-    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::create_dir_all(data.join("sub")).expect("mkdir");
     std::fs::write(data.join("f.txt"), "at the member's boot\n").expect("write");
-    let ro = format!("{}:/data", data.display());
+    let note = a.dir.join("note.txt");
+    std::fs::write(&note, "a note\n").expect("write");
+    let (ro, ro_file) = (
+        format!("{}:/data", data.display()),
+        format!("{}:/etc/note", note.display()),
+    );
     let policy = [
         "--backend",
         "microvm",
@@ -494,20 +502,82 @@ fn a_microvm_run_with_read_only_mounts_never_takes_a_stale_member() {
         "off",
         "--workspace",
         "none",
-        "--ro",
-        &ro,
     ];
     let mut args = vec!["daemon", "start", "--size", "1", "--wait"];
     args.extend(policy);
     ok(&a, &args, &[]);
-    assert_eq!(members_ever(&a).len(), 1, "{}", status(&a));
+    let members = members_ever(&a);
+    assert_eq!(members.len(), 1, "{}", status(&a));
+    kill_daemon(&a);
+    // After the member's boot: the claim's snapshot is the directory as it is now.
     std::fs::write(data.join("f.txt"), "now\n").expect("write");
-    let mut args = vec!["run"];
-    args.extend(policy);
-    args.extend(["--", "cat", "/data/f.txt"]);
-    let out = ok(&a, &args, &[]);
-    assert_eq!(out.stdout, "now\n", "{}", out.describe());
-    assert!(claimed(&out).is_none(), "{}", out.describe());
+    std::fs::write(data.join("sub/late.txt"), "late\n").expect("write");
+    let script = "cat /data/f.txt /data/sub/late.txt /etc/note; \
+                  stat -c %U:%a /data /data/f.txt /etc/note; \
+                  grep -E ' /(data|etc/note) ' /proc/mounts | cut -d' ' -f2,4 | cut -d, -f1-3; \
+                  echo x > /data/f.txt || echo write refused; \
+                  touch /data/new || echo create refused; \
+                  echo x > /etc/note || echo file write refused; \
+                  hostname; cat /proc/sys/kernel/hostname /etc/hostname; \
+                  grep -c \"127.0.1.1.chosen-h$\" /etc/hosts";
+    let run = || {
+        let mut args = vec!["run"];
+        args.extend(policy);
+        args.extend([
+            "--ro",
+            &ro,
+            "--ro",
+            &ro_file,
+            "--hostname",
+            "chosen-h",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        vm(&a, &args, &[])
+    };
+    let warm = run();
+    assert_eq!(warm.code(), 0, "{}", warm.describe());
+    let member = claimed(&warm).unwrap_or_else(|| panic!("not warm: {}", warm.describe()));
+    assert!(members.contains(&member), "{member} not from {members:?}");
+    let want = [
+        "now",
+        "late",
+        "a note",
+        "agent:755",
+        "agent:644",
+        "agent:644",
+        "/data ro,nosuid,nodev",
+        "/etc/note ro,nosuid,nodev",
+        "write refused",
+        "create refused",
+        "file write refused",
+        "chosen-h",
+        "chosen-h",
+        "chosen-h",
+        "1",
+    ];
+    let lines = |out: &Outcome| -> Vec<String> { out.stdout.lines().map(str::to_string).collect() };
+    assert_eq!(lines(&warm), want, "{}", warm.describe());
+    assert!(
+        warm.stderr.contains("Read-only file system"),
+        "{}",
+        warm.describe()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || !members_dir(&a)
+            .join(&member)
+            .exists()),
+        "the claimed member is still there"
+    );
+    // Cold (the pool is empty now): the same.
+    let cold = run();
+    assert_eq!(cold.code(), 0, "{}", cold.describe());
+    assert!(claimed(&cold).is_none(), "{}", cold.describe());
+    assert_eq!(lines(&cold), want, "{}", cold.describe());
+    ok(&a, &["daemon", "stop"], &[]);
+    assert_nothing_left(&a, "read-only mounts");
 }
 
 /// The default `run --backend microvm` (an overlay workspace) claims a warm member: the

@@ -655,12 +655,19 @@ fn ro_mount(i: usize, m: &airlock_model::vm::GuestMount, target: &str) -> Res<()
             m.path
         )
     })?;
+    mount_ro(&dev, target, m.file, &format!("/ro{i}"))
+}
+
+/// A read-only mount's snapshot on the block device `dev` at `target`, read-only, nosuid,
+/// nodev: a directory's image mounted there, a file's (its image's one entry) bound there
+/// from a mount of the image at `stage` (out of the sandbox user's reach). Also a warm
+/// claim's (`airlock-guest ws ro`).
+pub(crate) fn mount_ro(dev: &str, target: &str, file: bool, stage: &str) -> Res<()> {
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if !m.file {
-        return mnt(&dev, target, "erofs", flags, None);
+    if !file {
+        return mnt(dev, target, "erofs", flags, None);
     }
-    let stage = format!("/ro{i}");
-    mnt(&dev, &stage, "erofs", flags, None)?;
+    mnt(dev, stage, "erofs", flags, None)?;
     if let Some(parent) = Path::new(target).parent() {
         mkdir(&parent.display().to_string(), 0o755)?;
     }

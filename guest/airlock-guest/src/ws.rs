@@ -1,7 +1,9 @@
 //! `airlock-guest ws attach UID GID [SIZE]` and `airlock-guest ws changes`: a warm microVM's
 //! overlay workspace, bound at its claim (docs/design/warm-pool.md, "microVM workspaces");
 //! `airlock-guest ws attach-disk UID GID`: a named sandbox's clone workspace (its ext4 image,
-//! written by the host into a member's writable slot), mounted read-write.
+//! written by the host into a member's writable slot), mounted read-write;
+//! `airlock-guest ws ro (dir|file TARGET)…`: a warm claim's read-only mounts, partitions of
+//! the member's claim slot disk (docs/design/warm-pool.md, "microVM read-only mounts").
 //!
 //! A pool member boots with a blank read-only disk (serial [`DISK_WORKSPACE`], the *slot*). At a
 //! claim the host writes the project's erofs image into that disk's file, then runs `attach` as
@@ -14,7 +16,7 @@
 //! Exit status: 0 done, 1 failed (the reason on stderr), 2 a bad request.
 
 use crate::init::{ctx, find_disk, mkdir, mnt, Res};
-use airlock_model::vm::DISK_WORKSPACE;
+use airlock_model::vm::{DISK_CLAIM, DISK_WORKSPACE};
 use nix::mount::MsFlags;
 use std::os::fd::AsRawFd;
 
@@ -24,9 +26,14 @@ pub const WS_DIR: &str = "/run/airlock-ws";
 const WORKSPACE: &str = "/workspace";
 /// BLKFLSBUF (`_IO(0x12, 97)`): write back and drop a block device's cached blocks.
 const BLKFLSBUF: libc::c_ulong = 0x1261;
+/// BLKRRPART (`_IO(0x12, 95)`): read a block device's partition table again.
+const BLKRRPART: libc::c_ulong = 0x125f;
+/// Where a claim's read-only file mounts' images are mounted (root's, 0700), each bound at its
+/// target from there.
+const RO_DIR: &str = "/run/airlock-ro";
 
-const USAGE: &str =
-    "usage: airlock-guest ws attach UID GID [SIZE] | ws attach-disk UID GID | ws changes";
+const USAGE: &str = "usage: airlock-guest ws attach UID GID [SIZE] | ws attach-disk UID GID \
+                     | ws ro (dir|file TARGET)… | ws changes";
 
 pub fn main(args: &[String]) -> i32 {
     let done = match args {
@@ -49,6 +56,25 @@ pub fn main(args: &[String]) -> i32 {
                     return 2;
                 }
             }
+        }
+        [op, rest @ ..] if op == "ro" && !rest.is_empty() && rest.len() % 2 == 0 => {
+            let mut mounts = Vec::new();
+            for pair in rest.chunks(2) {
+                let file = match pair[0].as_str() {
+                    "dir" => false,
+                    "file" => true,
+                    _ => {
+                        eprintln!("{USAGE}");
+                        return 2;
+                    }
+                };
+                if !pair[1].starts_with('/') {
+                    eprintln!("airlock-guest ws ro: not an absolute path: {:?}", pair[1]);
+                    return 2;
+                }
+                mounts.push((file, pair[1].as_str()));
+            }
+            ro(&mounts)
         }
         [op] if op == "changes" => changes(),
         _ => {
@@ -102,6 +128,39 @@ fn attach(uid: u32, gid: u32, size: Option<u64>) -> Res<()> {
         nosuid,
         Some(&format!("lowerdir={lower},upperdir={upper},workdir={work}")),
     )
+}
+
+/// A claim's read-only mounts: the host wrote their snapshots into the claim slot (blank at
+/// the boot), a GPT partition each, in order; the guest's cached blocks of it are dropped,
+/// the kernel reads its table again, and partition `i + 1` is mounted at the `i`th target as
+/// the cold guest's init mounts a read-only mount's disk.
+fn ro(mounts: &[(bool, &str)]) -> Res<()> {
+    let dev = find_disk(DISK_CLAIM).ok_or("this guest has no claim slot disk")?;
+    drop_cached_blocks(&dev)?;
+    let f = std::fs::File::open(&dev).map_err(ctx(&dev))?;
+    // SAFETY: ioctl(2) with an integer argument on an open block device.
+    if unsafe { libc::ioctl(f.as_raw_fd(), BLKRRPART as _, 0) } != 0 {
+        return Err(format!(
+            "read the partition table of {dev}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    drop(f);
+    if mounts.iter().any(|(file, _)| *file) {
+        mkdir(RO_DIR, 0o700)?;
+    }
+    for (i, (file, target)) in mounts.iter().enumerate() {
+        let part = format!("{dev}{}", i + 1);
+        let t0 = std::time::Instant::now();
+        while !std::path::Path::new(&part).exists() {
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(format!("partition {part} did not appear"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        crate::init::mount_ro(&part, target, *file, &format!("{RO_DIR}/{i}"))?;
+    }
+    Ok(())
 }
 
 /// Drop the guest's cached blocks of the slot disk `dev` (the kernel read the blank disk when

@@ -396,7 +396,7 @@ pub(super) fn add_proxy_env(env: &mut Vec<(String, String)>, proxy_host: &str) {
     }
 }
 
-pub(super) fn check_target(t: &Path) -> Result<(), Refusal> {
+pub fn check_target(t: &Path) -> Result<(), Refusal> {
     if !t.is_absolute() {
         return Err(Refusal::BadTarget(t.into(), "not an absolute path"));
     }

@@ -9,8 +9,8 @@ use super::*;
 use crate::policy::WorkspaceMode;
 use crate::spec::SandboxUser;
 use crate::vm::{
-    disk_ro, GuestFile, GuestJob, GuestMount, GuestNet, DISK_OVERLAY, DISK_ROOT, DISK_WORKSPACE,
-    VM_PORT_NAME,
+    disk_ro, GuestFile, GuestJob, GuestMount, GuestNet, DISK_CLAIM, DISK_OVERLAY, DISK_ROOT,
+    DISK_WORKSPACE, VM_PORT_NAME,
 };
 
 /// Inside the QEMU container: the host's artifact cache (kernel, initrd, root image),
@@ -47,6 +47,16 @@ pub const WORKSPACE_SLOT_FILE: &str = "vm-workspace-slot.img";
 /// The slot's size (a sparse file: it costs the blocks a claim writes). A project whose image
 /// is larger starts cold.
 pub const VM_WORKSPACE_SLOT_SIZE: u64 = 16 << 30;
+/// A warm pool member's claim slot in the run directory (a hard link to the member's
+/// [`CLAIM_SLOT_FILE`]): a blank read-only disk the guest sees from its boot, into whose file
+/// a claim writes its `--ro` mounts' snapshots (a GPT partition each) before the guest helper
+/// mounts them (`airlock-guest ws ro`).
+pub const VM_CLAIM_SLOT: &str = "claim-slot.img";
+/// That slot's file in the member's folder.
+pub const CLAIM_SLOT_FILE: &str = "vm-claim-slot.img";
+/// The claim slot's size (sparse: it costs the blocks a claim writes). A claim whose
+/// snapshots do not fit starts cold.
+pub const VM_CLAIM_SLOT_SIZE: u64 = 16 << 30;
 /// A clone workspace's disk image in the sandbox's folder, beside its clone: an ext4 image
 /// made from the clone at the first start, the guest's to write from then on. The host never
 /// mounts or reads it; the work comes back as a git bundle over the channel.
@@ -150,6 +160,10 @@ pub struct VmPlan {
     /// executor in the member's folder (`spec.workspace_slot`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_slot: Option<u64>,
+    /// A pool member's blank claim slot of this size ([`VM_CLAIM_SLOT`]), made by the
+    /// executor in the member's folder (`spec.vm_claim_slot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_slot: Option<u64>,
     pub accel: Accel,
     pub memory: u64,
     pub cpus: u32,
@@ -358,6 +372,11 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
             false,
         );
     }
+    // A pool member: the blank read-only slot a claim writes its read-only mounts into.
+    let claim_slot = spec.vm_claim_slot.then_some(VM_CLAIM_SLOT_SIZE);
+    if claim_slot.is_some() {
+        disk("cl", s(&run.join(VM_CLAIM_SLOT)), DISK_CLAIM, false);
+    }
     let mut push = |a: &[&str]| argv.extend(a.iter().map(|x| x.to_string()));
     // One port (the channel; port 0 is reserved for a console): the guest's driver sets up two
     // virtqueues per possible port, 64 for QEMU's default of 31 ports, at boot.
@@ -394,6 +413,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     q.workspace = WorkspaceMode::None;
     q.workspace_slot = false;
     q.workspace_slot_rw = false;
+    q.vm_claim_slot = false;
     q.workdir = Some(PathBuf::from("/"));
     q.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
     q.user = SandboxUser::Agent;
@@ -508,6 +528,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         ro_sources: spec.binds.iter().map(|b| b.source.clone()).collect(),
         overlay_disk,
         workspace_slot: slot,
+        claim_slot,
         accel: vm.accel,
         memory,
         cpus,

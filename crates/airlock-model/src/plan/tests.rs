@@ -55,6 +55,7 @@ fn spec() -> RunSpec {
         workspace_slot: false,
         workspace_slot_rw: false,
         pool_member: false,
+        vm_claim_slot: false,
     }
 }
 
@@ -1069,6 +1070,7 @@ fn the_microvm_plan_is_exact() {
         ro_sources: vec![],
         overlay_disk: None,
         workspace_slot: None,
+        claim_slot: None,
         accel: Accel::Tcg,
         memory: 512 << 20,
         cpus: 2,
@@ -1203,6 +1205,40 @@ fn a_microvm_member_for_named_clones_boots_with_a_writable_slot_of_the_images_si
         panic!("not a microvm plan")
     };
     assert!(!got.guest.workspace_slot_disk);
+}
+
+/// Every microVM pool member (`vm_claim_slot`) boots with a blank *read-only* claim slot of
+/// 16 GiB, where a claim writes its read-only mounts' snapshots; a cold run has none, and
+/// the QEMU container gets no such flag.
+#[test]
+fn a_microvm_member_boots_with_a_read_only_claim_slot() {
+    use crate::plan::microvm::{VM_CLAIM_SLOT, VM_CLAIM_SLOT_SIZE};
+    let mut s = spec();
+    s.backend = BackendKind::Microvm;
+    let Plan::Microvm(cold) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert_eq!(cold.claim_slot, None);
+    assert!(!cold.qemu.argv.iter().any(|a| a.contains(VM_CLAIM_SLOT)));
+    s.persistent = true;
+    s.argv.clear();
+    s.vm_claim_slot = true;
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert_eq!(got.claim_slot, Some(VM_CLAIM_SLOT_SIZE));
+    let drive = got
+        .qemu
+        .argv
+        .iter()
+        .find(|a| a.contains(VM_CLAIM_SLOT))
+        .unwrap_or_else(|| panic!("no claim slot drive in {:?}", got.qemu.argv));
+    assert!(drive.contains("readonly=on"), "{drive}");
+    assert!(got
+        .qemu
+        .argv
+        .iter()
+        .any(|a| a.ends_with(&format!("serial={}", crate::vm::DISK_CLAIM))));
 }
 
 /// `disk` on a microVM: the guest's writable layers on a writable disk of their own (the

@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod cache;
 pub mod channel;
 pub mod control;
+pub mod gpt;
 pub mod kernel;
 pub mod mux;
 pub mod pool;
@@ -19,8 +20,9 @@ pub mod term;
 
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
 use airlock_model::plan::microvm::{
-    Accel, VmFacts, VmPlan, VM_OVERLAY_DISK, VM_RUN_DIR, VM_WORKSPACE_DISK, VM_WORKSPACE_IMAGE,
-    VM_WORKSPACE_SLOT, WORKSPACE_SLOT_FILE, WORK_PENDING_FILE,
+    Accel, VmFacts, VmPlan, CLAIM_SLOT_FILE, VM_CLAIM_SLOT, VM_OVERLAY_DISK, VM_RUN_DIR,
+    VM_WORKSPACE_DISK, VM_WORKSPACE_IMAGE, VM_WORKSPACE_SLOT, WORKSPACE_SLOT_FILE,
+    WORK_PENDING_FILE,
 };
 use airlock_model::plan::{HostFacts, MountStep, Plan};
 use channel::Reported;
@@ -364,7 +366,26 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         }
     }
     if let Some(size) = vm.workspace_slot {
-        workspace_slot(dir, size, qemu.rootless, opts)?;
+        blank_slot(
+            dir,
+            size,
+            qemu.rootless,
+            opts,
+            VM_WORKSPACE_SLOT,
+            WORKSPACE_SLOT_FILE,
+        )
+        .map_err(|e| RunError::Vm(format!("the workspace slot disk: {e}")))?;
+    }
+    if let Some(size) = vm.claim_slot {
+        blank_slot(
+            dir,
+            size,
+            qemu.rootless,
+            opts,
+            VM_CLAIM_SLOT,
+            CLAIM_SLOT_FILE,
+        )
+        .map_err(|e| RunError::Vm(format!("the claim slot disk: {e}")))?;
     }
     let at = qemu
         .mounts
@@ -546,25 +567,27 @@ fn overlay_disk(
     Ok(())
 }
 
-/// A pool member's blank workspace slot (`size` bytes, sparse): made in its folder
-/// ([`WORKSPACE_SLOT_FILE`], where a claim writes its project's image) and hard-linked into the
-/// run directory for QEMU, owned like that directory. Without a folder, in the run directory.
-fn workspace_slot(
+/// A pool member's blank slot disk (`size` bytes, sparse): made in its folder (`file`, where a
+/// claim writes into it: its project's image for the workspace slot, its read-only mounts'
+/// for the claim slot) and hard-linked into the run directory (`link`) for QEMU, owned like
+/// that directory. Without a folder, in the run directory.
+fn blank_slot(
     dir: &Path,
     size: u64,
     rootless: bool,
     opts: &RunOptions<'_>,
-) -> Result<(), RunError> {
-    let fail = |e: String| RunError::Vm(format!("the workspace slot disk: {e}"));
-    let link = dir.join(VM_WORKSPACE_SLOT);
+    link: &str,
+    file: &str,
+) -> Result<(), String> {
+    let link = dir.join(link);
     let file = opts
         .persist
-        .map(|f| f.join(WORKSPACE_SLOT_FILE))
+        .map(|f| f.join(file))
         .unwrap_or_else(|| link.clone());
     let _ = std::fs::remove_file(&file);
     std::fs::File::create_new(&file)
         .and_then(|f| f.set_len(size))
-        .map_err(|e| fail(format!("{}: {e}", file.display())))?;
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     if !rootless {
         let (u, g) = opts.facts.project_owner;
         nix::unistd::chown(
@@ -572,24 +595,17 @@ fn workspace_slot(
             Some(nix::unistd::Uid::from_raw(u)),
             Some(nix::unistd::Gid::from_raw(g)),
         )
-        .map_err(|e| fail(format!("chown {}: {e}", file.display())))?;
+        .map_err(|e| format!("chown {}: {e}", file.display()))?;
     }
     if file != link {
-        std::fs::hard_link(&file, &link).map_err(|e| {
-            fail(format!(
-                "link {} into {}: {e}",
-                file.display(),
-                dir.display()
-            ))
-        })?;
+        std::fs::hard_link(&file, &link)
+            .map_err(|e| format!("link {} into {}: {e}", file.display(), dir.display()))?;
     }
     Ok(())
 }
 
-/// Each read-only mount's snapshot in the run directory (`ro_image(i)`), owned by the guest's
-/// user as the workspace's image is: a directory as it is, a file as the one entry of an
-/// image of its own (the guest binds it). The host path is only read. The plan, with the
-/// guest told which mounts are files.
+/// Each read-only mount's snapshot in the run directory (`ro_image(i)`, [`ro_snapshot`]).
+/// The plan, with the guest told which mounts are files.
 fn snapshot_ro_mounts(vm: &VmPlan, dir: &Path) -> Result<VmPlan, RunError> {
     use airlock_model::plan::microvm::ro_image;
     let mut vm = vm.clone();
@@ -598,32 +614,46 @@ fn snapshot_ro_mounts(vm: &VmPlan, dir: &Path) -> Result<VmPlan, RunError> {
         format!("--force-gid={}", vm.guest.gid),
     ];
     for (i, src) in vm.ro_sources.iter().enumerate() {
-        let fail = |e: String| RunError::Vm(format!("read-only mount {}: {e}", src.display()));
-        let meta = std::fs::metadata(src).map_err(|e| fail(e.to_string()))?;
-        let image = dir.join(ro_image(i));
-        if meta.is_dir() {
-            artifacts::erofs(src, &image, &owner).map_err(fail)?;
-        } else if meta.is_file() {
-            let stage = dir.join(format!("ro-{i}.d"));
-            let made = std::fs::create_dir(&stage)
-                .and_then(|()| {
-                    std::fs::copy(src, stage.join(airlock_model::vm::RO_FILE_ENTRY)).map(|_| ())
-                })
-                .map_err(|e| e.to_string())
-                .and_then(|()| artifacts::erofs(&stage, &image, &owner));
-            let _ = std::fs::remove_dir_all(&stage);
-            made.map_err(fail)?;
-            if let Some(m) = vm.guest.mounts.get_mut(i) {
-                m.file = true;
-            }
-        } else {
-            return Err(fail("neither a file nor a directory".into()));
+        let stage = dir.join(format!("ro-{i}.d"));
+        let file = ro_snapshot(src, &dir.join(ro_image(i)), &owner, &stage)
+            .map_err(|e| RunError::Vm(format!("read-only mount {}: {e}", src.display())))?;
+        if let Some(m) = vm.guest.mounts.get_mut(i).filter(|_| file) {
+            m.file = true;
         }
     }
     if !vm.ro_sources.is_empty() {
         crate::phase("read-only mount images built");
     }
     Ok(vm)
+}
+
+/// A read-only mount's snapshot: the erofs `image` of `src` as it is now, owned as `owner`
+/// (mkfs.erofs' `--force-uid`/`--force-gid`: the guest's user) — a directory as it is, a file
+/// as the one entry ([`airlock_model::vm::RO_FILE_ENTRY`]) of an image of its own, staged in
+/// `stage` (removed after). The host path is only read. True when `src` is a file (the guest
+/// binds that entry).
+pub(crate) fn ro_snapshot(
+    src: &Path,
+    image: &Path,
+    owner: &[String],
+    stage: &Path,
+) -> Result<bool, String> {
+    let meta = std::fs::metadata(src).map_err(|e| e.to_string())?;
+    if meta.is_dir() {
+        artifacts::erofs(src, image, owner)?;
+        Ok(false)
+    } else if meta.is_file() {
+        let made = std::fs::create_dir(stage)
+            .and_then(|()| {
+                std::fs::copy(src, stage.join(airlock_model::vm::RO_FILE_ENTRY)).map(|_| ())
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|()| artifacts::erofs(stage, image, owner));
+        let _ = std::fs::remove_dir_all(stage);
+        made.map(|()| true)
+    } else {
+        Err("neither a file nor a directory".into())
+    }
 }
 
 /// A named sandbox's guest job, recorded in its folder: what `exec` starts from (environment,

@@ -6,7 +6,7 @@
 
 use super::{artifacts, control, kernel, JOB_FILE};
 use airlock_model::vm::{GuestExec, GuestJob};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// What a member's guest boots from, beyond its spec (which names the kernel only when someone
@@ -280,6 +280,91 @@ pub fn attach_workspace(dir: &Path, project: &Path) -> Result<(), String> {
         dir,
         helper_session(&job, &args),
         "mount the workspace in the guest",
+    )
+}
+
+/// A claim's read-only mounts (`--ro SOURCE:TARGET`) into its member's guest before its
+/// command, as the cold guest has them: each source's snapshot made now (the erofs image a
+/// cold start makes, owned by the sandbox user inside: [`super::ro_snapshot`]), all written
+/// into the member's blank claim slot — the file QEMU has open read-only since the boot,
+/// written in place — a GPT partition each ([`super::gpt`]); then one root session of the
+/// guest helper (`airlock-guest ws ro KIND TARGET…`) drops the guest's cached blocks of that
+/// disk, has the kernel read its partition table and mounts partition `i + 1` read-only
+/// (nosuid, nodev) at the `i`th target — a file's one entry bound there, as the cold guest's
+/// init does. No hotplug (`-M microvm` has none), no writable host share.
+pub fn attach_ro_mounts(dir: &Path, mounts: &[(PathBuf, PathBuf)]) -> Result<(), String> {
+    use airlock_model::plan::microvm::CLAIM_SLOT_FILE;
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    let job = job(dir)?;
+    let slot = dir.join(CLAIM_SLOT_FILE);
+    let room = std::fs::metadata(&slot)
+        .map_err(|e| format!("the member's claim slot {}: {e}", slot.display()))?
+        .len();
+    let owner = [
+        format!("--force-uid={}", job.uid),
+        format!("--force-gid={}", job.gid),
+    ];
+    let images: Vec<PathBuf> = (0..mounts.len())
+        .map(|i| dir.join(format!(".ro-{i}.erofs.tmp")))
+        .collect();
+    let made = (|| -> Result<Vec<bool>, String> {
+        let mut files = Vec::with_capacity(mounts.len());
+        for ((src, _), image) in mounts.iter().zip(&images) {
+            let stage = image.with_extension("d");
+            let file = super::ro_snapshot(src, image, &owner, &stage)
+                .map_err(|e| format!("read-only mount {}: {e}", src.display()))?;
+            files.push(file);
+        }
+        crate::phase("read-only mount images built");
+        let lens = images
+            .iter()
+            .map(|i| {
+                std::fs::metadata(i)
+                    .map(|m| m.len())
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<u64>, String>>()?;
+        let starts = super::gpt::layout(&lens, room).ok_or_else(|| {
+            format!(
+                "the read-only mounts' images ({} bytes) do not fit the claim slot ({room} bytes)",
+                lens.iter().sum::<u64>()
+            )
+        })?;
+        // In place (no truncation, no rename): QEMU reads this very file.
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut to = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&slot)
+            .map_err(|e| format!("{}: {e}", slot.display()))?;
+        let write = |e: std::io::Error| format!("write {}: {e}", slot.display());
+        for (image, &start) in images.iter().zip(&starts) {
+            let mut from = std::fs::File::open(image).map_err(|e| e.to_string())?;
+            to.seek(SeekFrom::Start(start)).map_err(write)?;
+            std::io::copy(&mut from, &mut to).map_err(write)?;
+        }
+        let parts: Vec<(u64, u64)> = starts.into_iter().zip(lens).collect();
+        super::gpt::write(&mut to, room, &parts).map_err(write)?;
+        Ok(files)
+    })();
+    for image in &images {
+        let _ = std::fs::remove_file(image);
+    }
+    let files = made?;
+    crate::phase("read-only mount images written into the claim slot");
+    let mut args: Vec<String> = vec!["ws".into(), "ro".into()];
+    for ((_, target), file) in mounts.iter().zip(files) {
+        args.push(if file { "file" } else { "dir" }.into());
+        args.push(target.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    quiet(
+        dir,
+        helper_session(&job, &args),
+        "mount the read-only mounts in the guest",
     )
 }
 

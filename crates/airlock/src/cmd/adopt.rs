@@ -400,7 +400,9 @@ fn try_adopt_vm(
 /// becomes the sandbox's `vm-workspace.img` (renamed inside the member's folder: QEMU holds
 /// that inode); the sandbox's old image goes with its old folder.
 fn become_folder(dir: &Path, mdir: &Path, slot_image: bool) -> Result<(), String> {
-    use airlock_model::plan::microvm::{WORKSPACE_IMAGE_FILE, WORKSPACE_SLOT_FILE};
+    use airlock_model::plan::microvm::{
+        CLAIM_SLOT_FILE, WORKSPACE_IMAGE_FILE, WORKSPACE_SLOT_FILE,
+    };
     // What belongs to the running supervisor (the member's are in force): its lock, pid,
     // console, plan, PID 1 record and sockets — a previous start's stay behind and go.
     const STAY: &[&str] = &[
@@ -424,6 +426,7 @@ fn become_folder(dir: &Path, mdir: &Path, slot_image: bool) -> Result<(), String
         airlock_sandbox::isolation::VM_BOOT_FILE,
         WORKSPACE_SLOT_FILE,
         WORKSPACE_IMAGE_FILE,
+        CLAIM_SLOT_FILE,
     ];
     // The sandbox's console history goes first in the member's (which its supervisor keeps
     // appending to).
@@ -478,6 +481,9 @@ fn become_folder(dir: &Path, mdir: &Path, slot_image: bool) -> Result<(), String
     }
     // `mdir` is the old sandbox folder now (this process's lock and console).
     let _ = std::fs::remove_dir_all(mdir);
+    // A named start binds no read-only mounts (it starts cold with them): the member's blank
+    // claim slot is not the sandbox's (QEMU keeps its own link to it).
+    let _ = std::fs::remove_file(dir.join(CLAIM_SLOT_FILE));
     // Past the exchange the sandbox is the member's: a missing link only costs its
     // supervisor's last clean-up (the next start's reclaim does it).
     if let Err(e) = std::os::unix::fs::symlink(dir, mdir) {

@@ -567,6 +567,7 @@ pub fn build(
         workspace_slot: false,
         workspace_slot_rw: false,
         pool_member: false,
+        vm_claim_slot: false,
     };
     // The planner refuses a backend or image this build cannot provide; asked here already so
     // that `create` refuses it too (a named sandbox is planned only when it starts).

@@ -4,7 +4,9 @@
 //! channel before any of the claim's code runs: the allowlist (the supervisor's live policy
 //! socket, as `airlock allow`), the plain secrets ([`microvm::pool::install_secrets`]), an
 //! overlay workspace ([`microvm::pool::attach_workspace`]: its image into the member's slot
-//! disk, mounted by the guest helper; the change summary read back after), then the command,
+//! disk, mounted by the guest helper; the change summary read back after), the read-only
+//! mounts ([`microvm::pool::attach_ro_mounts`]: snapshots into the member's claim slot), a
+//! chosen hostname ([`set_hostname`]), then the command,
 //! environment, working directory, terminal and stdin as one session. The guest powers off
 //! at the end: a member serves one claim.
 
@@ -32,13 +34,16 @@ pub(super) fn try_warm(
     let spec = &b.spec;
     let state = paths::state_dir();
     // An overlay workspace goes into the member's slot disk at claim, unless the writable
-    // layers are on a `disk` of their own. Read-only mounts (snapshots: a member's would date
-    // from its boot), a chosen hostname (the guest's is set at its boot): cold. (A bind
-    // workspace is refused cold: no writable host share.)
+    // layers are on a `disk` of their own. Read-only mounts are snapshots made now, written
+    // into the member's claim slot; what a cold start refuses (a writable mount — no writable
+    // host share — too many, a bad target; a bind workspace) starts cold, which says why.
     let overlay = spec.workspace == WorkspaceMode::Overlay;
     if !(spec.workspace == WorkspaceMode::None || overlay && spec.resources.disk.is_none())
-        || !spec.binds.is_empty()
-        || b.hostname_chosen
+        || spec.binds.len() > airlock_model::plan::microvm::MAX_RO_MOUNTS
+        || spec
+            .binds
+            .iter()
+            .any(|m| m.writable || airlock_model::plan::check_target(&m.target).is_err())
     {
         return Ok(None);
     }
@@ -73,8 +78,23 @@ pub(super) fn try_warm(
             return refused(&mut store, "this run's workspace", &e);
         }
     }
+    // Its read-only mounts: snapshots as of now, as a cold start makes them.
+    let mounts: Vec<_> = spec
+        .binds
+        .iter()
+        .map(|m| (m.source.clone(), m.target.clone()))
+        .collect();
+    if let Err(e) = microvm::pool::attach_ro_mounts(&dir, &mounts) {
+        return refused(&mut store, "this run's read-only mounts", &e);
+    }
+    // A chosen hostname: the guest's, in /etc/hostname and /etc/hosts (as a named start's).
+    if b.hostname_chosen {
+        if let Err(e) = set_hostname(&dir, &spec.hostname) {
+            return refused(&mut store, "this run's hostname", &e);
+        }
+    }
     let bound_in = t0.elapsed();
-    airlock_sandbox::phase("allowlist, secrets and workspace bound");
+    airlock_sandbox::phase("allowlist, secrets, workspace and mounts bound");
     let mut env = airlock_model::spec::env_over(&spec.env, &secrets.seen);
     if !secrets.bindings.is_empty() {
         airlock_model::plan::set_ca_bundle_vars(&mut env);
@@ -166,4 +186,19 @@ pub(super) fn bind_policy_and_secrets(
     }
     microvm::pool::install_secrets(dir, &secrets.seen)?;
     Ok(watch)
+}
+
+/// The guest takes the claim's hostname (a member booted with its own): the kernel's,
+/// `/etc/hostname` and `/etc/hosts` as a cold guest has them.
+pub(super) fn set_hostname(dir: &Path, hostname: &str) -> Result<(), String> {
+    let files: Vec<(String, String)> = airlock_model::plan::name_files(hostname)
+        .into_iter()
+        .filter_map(|m| match m {
+            airlock_model::plan::MountStep::File {
+                target, contents, ..
+            } => Some((target.display().to_string(), contents)),
+            _ => None,
+        })
+        .collect();
+    microvm::pool::set_hostname(dir, hostname, &files)
 }

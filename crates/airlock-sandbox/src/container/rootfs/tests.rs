@@ -92,6 +92,7 @@ fn spec(workspace: WorkspaceMode) -> RunSpec {
         workspace_slot: false,
         workspace_slot_rw: false,
         pool_member: false,
+        vm_claim_slot: false,
     }
 }
 
