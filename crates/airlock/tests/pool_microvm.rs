@@ -1060,11 +1060,13 @@ fn injected_secrets_are_bound_at_microvm_claims() {
     }
 }
 
-/// A named agent start (`up --agent … --prompt`) on a microVM claims a warm member of the
-/// clone pool: the adopting supervisor stays as the agent's host, the runner starts the
-/// harness in the guest (on the guest's kernel, in the sandbox's clone), its reports come
-/// back, and its commit comes back with `fetch`. One guest boot (the daemon is killed once the
-/// member is ready: no refill).
+/// `[daemon.agents.command] min_warm = 2` with the microVM backend (issue 16): the first
+/// agent start defines the agent's pool (cold, said so) and the daemon keeps two booted
+/// guests. A named agent start (`up … --prompt`) then claims one: the adopting supervisor
+/// stays as the agent's host, the runner starts the harness in the guest (on the guest's
+/// kernel, in the sandbox's clone), its reports come back, and its commit comes back with
+/// `fetch`. Three guest boots (the cold start, two members; the daemon is killed once they
+/// are ready: no refill).
 #[test]
 fn a_microvm_agent_start_claims_a_warm_member() {
     if !e2e("a_microvm_agent_start_claims_a_warm_member") {
@@ -1076,13 +1078,15 @@ fn a_microvm_agent_start_claims_a_warm_member() {
         report done \"committed on $(uname -r)\"\n";
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
-    let _sandboxes = SandboxGuard(&a, &["vmagent"]);
+    let _sandboxes = SandboxGuard(&a, &["vmagent", "vmagent-first"]);
     let p = common::pool::git_project(&a);
     std::fs::write(p.join("agent.sh"), AGENT).expect("agent");
     common::set_mode(&p.join("agent.sh"), 0o755);
+    // `[daemon.agents.command] min_warm = 2` keeps the agent's microVM pool (issue 16).
     std::fs::write(
         p.join("airlock.toml"),
-        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n",
+        "[agent]\nharness = { command = [\"/workspace/agent.sh\"] }\ngrace = \"3s\"\n\
+         [daemon.agents.command]\nmin_warm = 2\n",
     )
     .expect("airlock.toml");
     let host_git = |args: &[&str]| {
@@ -1093,17 +1097,25 @@ fn a_microvm_agent_start_claims_a_warm_member() {
     host_git(&["add", "."]);
     host_git(&["commit", "-qm", "agent"]);
     let policy = ["--backend", "microvm", "--net", "off"];
-    let mut args = vec![
-        "daemon",
-        "start",
-        "--size",
-        "1",
-        "--wait",
-        "--workspace",
-        "clone",
-    ];
-    args.extend(policy);
-    ok(&a, &args, &[]);
+    ok(&a, &["trust", &p.display().to_string()], &[]);
+    // The first agent start defines the agent's pool (cold, and says so); the daemon boots
+    // its two members.
+    let mut first = vec!["up", "vmagent-first"];
+    first.extend(policy);
+    let out = ok(&a, &first, &[]);
+    assert!(
+        out.stderr.contains("vmagent-first: cold start (warm pool ")
+            && out.stderr.contains("[daemon.agents.command] min_warm = 2"),
+        "{}",
+        out.describe()
+    );
+    ok(&a, &["rm", "-f", "vmagent-first"], &[]);
+    assert!(
+        wait_until(VM_DEADLINE, || pool0(&a)["ready"] == 2),
+        "{}",
+        pool0(&a)
+    );
+    assert_eq!(pool0(&a)["agent"], "command", "{}", pool0(&a));
     kill_daemon(&a);
     let mut up = vec!["up", "vmagent", "--prompt", "write the notes"];
     up.extend(policy);
@@ -1127,18 +1139,23 @@ fn a_microvm_agent_start_claims_a_warm_member() {
         "the harness ran on the host's kernel: {}",
         out.describe()
     );
+    // One of the two taken; the other still ready (no daemon refills it).
+    assert_eq!(pool0(&a)["ready"], 1, "{}", pool0(&a));
     ok(&a, &["fetch", "vmagent", "--accept"], &[]);
     assert_eq!(
         host_git(&["log", "-1", "--format=%s", "airlock/vmagent"]),
         "agent: notes\n"
     );
     // `rm -f` of the running adopted sandbox: no folder, no member, no run directory (QEMU's
-    // are named after the member it was).
+    // are named after the member it was; the other member's stay until `daemon stop`).
+    let mut other = entries(&members_dir(&a));
+    other.retain(|m| !members_dir(&a).join(m).is_symlink());
+    assert_eq!(other.len(), 1, "{other:?}");
     ok(&a, &["rm", "-f", "vmagent"], &[]);
     assert!(!a.state_dir().join("sandboxes/vmagent").exists());
     let runs = || {
         let mut r = entries(&a.state_dir().join("runs"));
-        r.retain(|n| n != ".mnt");
+        r.retain(|n| n != ".mnt" && *n != other[0] && *n != format!("{}.vm", other[0]));
         r
     };
     assert!(

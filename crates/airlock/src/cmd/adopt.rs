@@ -88,25 +88,7 @@ pub fn try_adopt(
     // Injected secrets: refused as a cold start refuses them; their placeholders made here,
     // the values and the CA bound in the member's supervisor at claim.
     let secrets = super::secrets::claim_bind(spec, secrets.to_vec())?;
-    // `[daemon.agents.NAME] min_warm`: this agent's pool exists and is that big (this start
-    // claims from it if a member is ready; the next ones will).
-    let mut made = None;
-    if let (Some(h), n @ 1..) = (&spec.agent, spec.agent_min_warm) {
-        let mut m = spec.clone();
-        m.home_dir = None;
-        m.workspace_dir = None;
-        m.context.clear();
-        m.repos.clear();
-        let member = super::daemon::member_of(&m);
-        if super::daemon::agent_pool(&member, h.pool_name(), n, &state, &key) {
-            made = Some(format!(
-                "warm pool {} started for {} agents ([daemon.agents.{}] min_warm = {n}): the next starts are warm",
-                &key[..8],
-                h.pool_name(),
-                h.pool_name()
-            ));
-        }
-    }
+    let made = agent_min_warm(spec, &state, &key);
     let t0 = Instant::now();
     let Some((mut store, member)) = super::daemon::claim_or_cold(&state, &key, spec, 0) else {
         record_cold(dir, &state, &key, made);
@@ -237,6 +219,29 @@ fn refused(
     Ok(None)
 }
 
+/// `[daemon.agents.NAME] min_warm`: this agent's pool (key `key`) exists and is that big —
+/// a container's or a microVM's — and the daemon runs (this start claims from it if a member
+/// is ready; the next ones will). What to say when the pool was made or raised now.
+fn agent_min_warm(spec: &RunSpec, state: &Path, key: &str) -> Option<String> {
+    let (Some(h), n @ 1..) = (&spec.agent, spec.agent_min_warm) else {
+        return None;
+    };
+    let mut m = spec.clone();
+    m.home_dir = None;
+    m.workspace_dir = None;
+    m.context.clear();
+    m.repos.clear();
+    let member = super::daemon::member_of(&m);
+    super::daemon::agent_pool(&member, h.pool_name(), n, state, key).then(|| {
+        format!(
+            "warm pool {} started for {} agents ([daemon.agents.{}] min_warm = {n}): the next starts are warm",
+            &key[..8],
+            h.pool_name(),
+            h.pool_name()
+        )
+    })
+}
+
 /// The member is the sandbox now: the pool forgets it, counts the claim, and is refilled.
 fn adopted(
     store: &mut airlock_engine::Store,
@@ -297,9 +302,11 @@ fn try_adopt_vm(
     // placeholders made here, the values and the CA bound in the member's supervisor.
     let secrets = super::secrets::claim_bind(spec, secrets.to_vec())?;
     let key = pool::key(spec);
+    // `[daemon.agents.NAME] min_warm` for a microVM agent: its pool of booted guests.
+    let made = agent_min_warm(spec, state, &key);
     let t0 = Instant::now();
     let Some((mut store, member)) = super::daemon::claim_or_cold(state, &key, spec, 0) else {
-        record_cold(dir, state, &key, None);
+        record_cold(dir, state, &key, made);
         return Ok(None);
     };
     let claimed_in = t0.elapsed();
