@@ -580,6 +580,63 @@ fn a_warm_microvm_claim_gets_its_read_only_mounts_and_hostname() {
     assert_nothing_left(&a, "read-only mounts");
 }
 
+/// `disk` with an overlay workspace claims a warm member too (issue 16; `disk` is in the pool
+/// key: the member boots with its writable-layer disk of that size, as a cold guest): the
+/// claim's workspace layers go on that disk beside the guest's /tmp and home, so a write past
+/// the limit fails with ENOSPC wherever it lands, and the change summary is as a cold run's.
+/// One boot.
+#[test]
+fn a_warm_microvm_claim_with_disk_keeps_its_workspace_layers_on_that_disk() {
+    if !e2e("a_warm_microvm_claim_with_disk_keeps_its_workspace_layers_on_that_disk") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    std::fs::write(a.cwd.join("a.txt"), "from the host\n").expect("write");
+    let policy = ["--backend", "microvm", "--net", "off", "--disk", "64M"];
+    let mut args = vec![
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--wait",
+        "--workspace",
+        "overlay",
+    ];
+    args.extend(policy);
+    ok(&a, &args, &[]);
+    kill_daemon(&a);
+    // 40 MiB into the workspace fits; 40 more into /tmp (the same 64 MiB disk) does not.
+    let script = "cat a.txt; \
+                  dd if=/dev/zero of=/workspace/big bs=1M count=40 2>/dev/null && echo ws fits; \
+                  dd if=/dev/zero of=/tmp/big bs=1M count=40 2>&1 | grep -o 'No space left on device' | head -1; \
+                  rm -f /workspace/big /tmp/big; echo small > small.txt; cat small.txt";
+    let mut args = vec!["run"];
+    args.extend(policy);
+    args.extend(["--", "sh", "-c", script]);
+    let warm = ok(&a, &args, &[]);
+    assert!(claimed(&warm).is_some(), "not warm: {}", warm.describe());
+    assert_eq!(
+        warm.stdout.lines().collect::<Vec<_>>(),
+        [
+            "from the host",
+            "ws fits",
+            "No space left on device",
+            "small"
+        ],
+        "{}",
+        warm.describe()
+    );
+    assert!(
+        warm.stderr
+            .contains("workspace changes (discarded, host untouched): 1 added"),
+        "{}",
+        warm.describe()
+    );
+    ok(&a, &["daemon", "stop"], &[]);
+    assert_nothing_left(&a, "disk");
+}
+
 /// The default `run --backend microvm` (an overlay workspace) claims a warm member: the
 /// project goes into the member's blank slot disk at claim and the guest mounts it under an
 /// overlay at /workspace, with no writable host share. The claimed run sees the project, its

@@ -32,16 +32,20 @@ const BLKRRPART: libc::c_ulong = 0x125f;
 /// target from there.
 const RO_DIR: &str = "/run/airlock-ro";
 
-const USAGE: &str = "usage: airlock-guest ws attach UID GID [SIZE] | ws attach-disk UID GID \
+const USAGE: &str = "usage: airlock-guest ws attach UID GID [SIZE|disk] | ws attach-disk UID GID \
                      | ws ro (dir|file TARGET)… | ws changes";
 
 pub fn main(args: &[String]) -> i32 {
     let done = match args {
         [op, uid, gid, rest @ ..] if op == "attach" && rest.len() <= 1 => {
             let num = |s: &String| s.parse::<u64>().ok();
-            match (num(uid), num(gid), rest.first().map(num)) {
-                (Some(u), Some(g), None) => attach(u as u32, g as u32, None),
-                (Some(u), Some(g), Some(Some(size))) => attach(u as u32, g as u32, Some(size)),
+            let layers = match rest.first() {
+                None => Some(Layers::Tmpfs(None)),
+                Some(d) if d == "disk" => Some(Layers::Disk),
+                Some(size) => num(size).map(|s| Layers::Tmpfs(Some(s))),
+            };
+            match (num(uid), num(gid), layers) {
+                (Some(u), Some(g), Some(layers)) => attach(u as u32, g as u32, layers),
                 _ => {
                     eprintln!("{USAGE}");
                     return 2;
@@ -91,21 +95,40 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-fn attach(uid: u32, gid: u32, size: Option<u64>) -> Res<()> {
+/// Where a claimed workspace's writable layers go.
+enum Layers {
+    /// A root-only tmpfs (of this size), as the cold guest's without `disk`.
+    Tmpfs(Option<u64>),
+    /// The guest's writable-layer disk (`disk`: the member booted with it, its root's,
+    /// /tmp's and home's layers are there already): the workspace's beside them, so all the
+    /// guest writes counts against `disk`, as in a cold guest.
+    Disk,
+}
+
+/// Where the writable-layer disk is mounted (once more: the boot's mount is PID 1's, outside
+/// the sessions' root) while the claim's layer directory is bound at [`WS_DIR`].
+const DISK_MNT: &str = "/run/airlock-ws-disk";
+
+fn attach(uid: u32, gid: u32, layers: Layers) -> Res<()> {
     let dev = find_disk(DISK_WORKSPACE).ok_or("this guest has no workspace slot disk")?;
     drop_cached_blocks(&dev)?;
     if std::path::Path::new(WS_DIR).exists() {
         return Err(format!("{WS_DIR} exists: a workspace is attached already"));
     }
-    let size = size.map(|s| format!(",size={s}")).unwrap_or_default();
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mnt(
-        "tmpfs",
-        WS_DIR,
-        "tmpfs",
-        nosuid,
-        Some(&format!("mode=0700{size}")),
-    )?;
+    match layers {
+        Layers::Tmpfs(size) => {
+            let size = size.map(|s| format!(",size={s}")).unwrap_or_default();
+            mnt(
+                "tmpfs",
+                WS_DIR,
+                "tmpfs",
+                nosuid,
+                Some(&format!("mode=0700{size}")),
+            )?;
+        }
+        Layers::Disk => layers_on_disk(nosuid)?,
+    }
     let (lower, upper, work) = (
         format!("{WS_DIR}/lower"),
         format!("{WS_DIR}/upper"),
@@ -161,6 +184,32 @@ fn ro(mounts: &[(bool, &str)]) -> Res<()> {
         crate::init::mount_ro(&part, target, *file, &format!("{RO_DIR}/{i}"))?;
     }
     Ok(())
+}
+
+/// [`Layers::Disk`]: the writable-layer disk mounted again (the same filesystem as the
+/// boot's /rw: its free space is the one `disk` bounds) at [`DISK_MNT`], a root-only
+/// directory of the claim's made there and bound at [`WS_DIR`], the whole-disk mount gone
+/// again (the guest's root layers are not the session's to see).
+fn layers_on_disk(flags: MsFlags) -> Res<()> {
+    use nix::mount::{mount, umount2, MntFlags};
+    let dev = find_disk(airlock_model::vm::DISK_OVERLAY)
+        .ok_or("this guest has no writable-layer disk (`disk`)")?;
+    mkdir(DISK_MNT, 0o700)?;
+    mnt(&dev, &format!("{DISK_MNT}/fs"), "ext4", flags, None)?;
+    let own = format!("{DISK_MNT}/fs/claim-ws");
+    let bound = mkdir(&own, 0o700).and_then(|()| {
+        mkdir(WS_DIR, 0o700)?;
+        mount(
+            Some(own.as_str()),
+            WS_DIR,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(ctx(format!("bind {own} at {WS_DIR}")))
+    });
+    let _ = umount2(format!("{DISK_MNT}/fs").as_str(), MntFlags::MNT_DETACH);
+    bound
 }
 
 /// Drop the guest's cached blocks of the slot disk `dev` (the kernel read the blank disk when

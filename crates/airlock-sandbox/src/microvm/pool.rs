@@ -233,14 +233,12 @@ fn helper_session(job: &GuestJob, args: &[&str]) -> GuestExec {
 /// start makes it) is written into the member's blank slot disk — the file QEMU has open
 /// read-only since the boot, written in place — and one root session of the guest helper
 /// (`airlock-guest ws attach`) drops the guest's cached blocks of that disk and mounts the
-/// image read-only under a tmpfs overlay at /workspace. No writable host share: the guest
+/// image read-only under an overlay at /workspace whose writable layers are on a tmpfs, or
+/// on the member's writable-layer disk when it booted with one (`disk`). No writable host share: the guest
 /// only reads the image, its writes stay in its memory.
 pub fn attach_workspace(dir: &Path, project: &Path) -> Result<(), String> {
     use airlock_model::plan::microvm::WORKSPACE_SLOT_FILE;
     let job = job(dir)?;
-    if job.overlay_disk {
-        return Err("a member with a `disk` limit keeps its layers on that disk".into());
-    }
     let slot = dir.join(WORKSPACE_SLOT_FILE);
     let room = std::fs::metadata(&slot)
         .map_err(|e| format!("the member's workspace slot {}: {e}", slot.display()))?
@@ -273,7 +271,12 @@ pub fn attach_workspace(dir: &Path, project: &Path) -> Result<(), String> {
     made.map_err(|e| format!("workspace image: {e}"))?;
     crate::phase("workspace image written into the slot");
     let (uid, gid) = (job.uid.to_string(), job.gid.to_string());
-    let size = job.tmpfs_size.map(|s| s.to_string());
+    // The writable layers: on the member's `disk` when it booted with one (with its root's,
+    // /tmp's and home's, as a cold guest has them), else a tmpfs.
+    let size = match job.overlay_disk {
+        true => Some("disk".to_string()),
+        false => job.tmpfs_size.map(|s| s.to_string()),
+    };
     let mut args = vec!["ws", "attach", uid.as_str(), gid.as_str()];
     args.extend(size.as_deref());
     quiet(

@@ -33,12 +33,13 @@ pub(super) fn try_warm(
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
     let state = paths::state_dir();
-    // An overlay workspace goes into the member's slot disk at claim, unless the writable
-    // layers are on a `disk` of their own. Read-only mounts are snapshots made now, written
-    // into the member's claim slot; what a cold start refuses (a writable mount — no writable
-    // host share — too many, a bad target; a bind workspace) starts cold, which says why.
+    // An overlay workspace goes into the member's slot disk at claim (its writable layers on
+    // the member's `disk` when the run has one: `disk` is in the key). Read-only mounts are
+    // snapshots made now, written into the member's claim slot; what a cold start refuses (a
+    // writable mount — no writable host share — too many, a bad target; a bind workspace)
+    // starts cold, which says why.
     let overlay = spec.workspace == WorkspaceMode::Overlay;
-    if !(spec.workspace == WorkspaceMode::None || overlay && spec.resources.disk.is_none())
+    if !(spec.workspace == WorkspaceMode::None || overlay)
         || spec.binds.len() > airlock_model::plan::microvm::MAX_RO_MOUNTS
         || spec
             .binds
