@@ -14,7 +14,10 @@
 # (RUNS=10, WARMUP=1), the VM artifacts from AIRLOCK_CACHE_DIR (default
 # /var/cache/airlock-test, the tests' cache). WS=overlay (microVM): the default overlay
 # workspace instead (a 20-file project; warm = its image written into the claimed member's
-# slot disk and mounted by the guest, plus the change summary read back).
+# slot disk and mounted by the guest, plus the change summary read back). RO=SRC:DST
+# (microVM): both rows add `--ro SRC:DST` (warm = the snapshot made at claim, written into the
+# member's claim slot and mounted by the guest); then SPLIT=5 more warm runs print the
+# claimer's own claim and claim-to-bound times.
 # Prints a markdown table; paste it into bench/RESULTS.md with the date and machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -118,6 +121,7 @@ fi
 SIZE=${SIZE:-2}
 NET=${NET:-off}
 WS=${WS:-none}
+EXTRA=${RO:+--ro $RO}
 # Waiting for a refill: a container member starts in milliseconds, a guest boots in seconds.
 WAIT_STEPS=$([ "$BACKEND" = microvm ] && echo 60000 || echo 2000)
 work=$(mktemp -d)
@@ -142,15 +146,25 @@ SH
 chmod +x "$full"
 hyperfine -N --runs "$RUNS" --warmup "$WARMUP" --export-json "$work/r.json" \
   --prepare true --prepare "$full" \
-  -n cold "env AIRLOCK_STATE_DIR=$cold $AIRLOCK run --backend $BACKEND --workspace $WS --net $NET -- true" \
-  -n warm "env AIRLOCK_STATE_DIR=$warm $AIRLOCK run --backend $BACKEND --workspace $WS --net $NET -- true" >&2
+  -n cold "env AIRLOCK_STATE_DIR=$cold $AIRLOCK run --backend $BACKEND --workspace $WS --net $NET $EXTRA -- true" \
+  -n warm "env AIRLOCK_STATE_DIR=$warm $AIRLOCK run --backend $BACKEND --workspace $WS --net $NET $EXTRA -- true" >&2
+if [ -n "$EXTRA" ]; then
+  for _ in $(seq 1 "${SPLIT:-5}"); do
+    "$full"
+    AIRLOCK_STATE_DIR="$warm" "$AIRLOCK" run --backend "$BACKEND" --workspace "$WS" --net "$NET" $EXTRA -- true 2>&1 >/dev/null |
+      sed -n 's/.*claimed in \([0-9.]*\) ms, bound in \([0-9.]*\) ms.*/\1 \2/p' >> "$work/split"
+  done
+fi
 AIRLOCK_STATE_DIR="$warm" "$AIRLOCK" daemon status --json > "$work/status.json"
-python3 - "$work/r.json" "$work/status.json" "$NET" "$BACKEND" "$WS" <<'PY'
-import json, sys
+touch "$work/split"
+python3 - "$work/r.json" "$work/status.json" "$NET" "$BACKEND" "$WS" "$EXTRA" "$work/split" <<'PY'
+import json, statistics, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+split = [tuple(map(float, l.split())) for l in open(sys.argv[7]) if l.strip()]
 p = json.load(open(sys.argv[2]))["pools"][0]
 cold, warm = r["cold"]["median"] * 1000, r["warm"]["median"] * 1000
-print(f"| `run --backend {sys.argv[4]} --workspace {sys.argv[5]} --net {sys.argv[3]} -- true` | median (ms) | ratio to cold |")
+extra = f" {sys.argv[6]}" if sys.argv[6] else ""
+print(f"| `run --backend {sys.argv[4]} --workspace {sys.argv[5]} --net {sys.argv[3]}{extra} -- true` | median (ms) | ratio to cold |")
 print("|---|---:|---:|")
 print(f"| cold | {cold:.2f} | 1.00 |")
 print(f"| warm (claimed) | {warm:.2f} | {warm / cold:.2f} |")
@@ -159,4 +173,9 @@ print()
 print(f"claim only (store open + compare-and-set + liveness check), {p['hits']} claims, "
       f"{p['misses']} misses: p50 {ms(p['claim_p50_us'])} ms, p95 {ms(p['claim_p95_us'])} ms, "
       f"p99 {ms(p['claim_p99_us'])} ms")
+if split:
+    med = statistics.median
+    print(f"claimer's split over {len(split)} more warm runs: claimed in {med([a for a, _ in split]):.2f} ms "
+          f"(median), bound {med([b - a for a, b in split]):.2f} ms after the claim (median; "
+          f"{min(b - a for a, b in split):.2f}–{max(b - a for a, b in split):.2f})")
 PY
