@@ -578,9 +578,7 @@ pub fn try_warm(
     let mut cgroup = None;
     let mut watch = None;
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
-        let mut plan: LaunchPlan = std::fs::read(dir.join(airlock_sandbox::folder::PLAN_FILE))
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        let mut plan = airlock_sandbox::folder::read_plan(&dir)
             .map_err(|e| format!("the member's plan: {e}"))?;
         watch = bind_policy_and_secrets(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
         // A chosen hostname (a random `run-…` one is as good as the member's): UTS name,
