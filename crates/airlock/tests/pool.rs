@@ -223,7 +223,7 @@ crate::rootful_and_rootless!(
 );
 
 /// An empty pool: cold start (said so), counted as a miss. A run whose policy differs from
-/// every pool's never gets a member (a pool of filtered members serves no `--net off` run).
+/// every pool's never gets a member (said so, with where the nearest pool differs) (a pool of filtered members serves no `--net off` run).
 #[test]
 fn cold_fallback_and_no_policy_leak() {
     if !e2e("cold_fallback_and_no_policy_leak") {
@@ -238,6 +238,31 @@ fn cold_fallback_and_no_policy_leak() {
     );
     assert!(
         out.stderr.contains("cold start (warm pool") && claimed(&out).is_none(),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(pool0(&status(&a))["misses"], 1, "{}", status(&a));
+    // A run no pool is for says so, and what sets it apart from the nearest pool.
+    let out = ok(
+        &a,
+        &[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--user",
+            "root",
+            "--",
+            "true",
+        ],
+    );
+    assert!(
+        claimed(&out).is_none()
+            && out
+                .stderr
+                .contains("cold start (no warm pool matches this run; the nearest, pool ")
+            && out.stderr.contains("differs in user)"),
         "{}",
         out.describe()
     );
@@ -684,7 +709,7 @@ fn warm(out: &common::Outcome, label: &str) -> String {
 }
 
 /// The default run (overlay workspace) and a bind run claim a member of a `--workspace
-/// overlay` pool: the project is attached at /workspace before the command runs, the host
+/// overlay` pool (made from `/`): the project is attached at /workspace before the command runs, the host
 /// directory stays untouched (overlay) and the change summary is printed; the protected paths
 /// are read-only exactly as in a cold run; a bind run's tampering with git's control files is
 /// reported and undone as after a cold bind run; two claims at once never see each other's
@@ -692,20 +717,22 @@ fn warm(out: &common::Outcome, label: &str) -> String {
 fn workspaces_at_claim(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
     let p = git_project(a);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "2",
-            "--workspace",
-            "overlay",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    // Made from `/`: the directory a pool is made in is no workspace (each claim attaches its
+    // own), so it is not refused as a run from `/` is.
+    let mut start = a.command(&[
+        "daemon",
+        "start",
+        "--size",
+        "2",
+        "--workspace",
+        "overlay",
+        "--net",
+        "off",
+        "--wait",
+    ]);
+    start.current_dir("/");
+    let out = common::run_with_deadline(start, None, Duration::from_secs(120));
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
 
     // Overlay: the default workspace.
     let out = a.run(&[

@@ -63,10 +63,14 @@ fn member_spec(
     // `--workspace clone`: members for named microVM sandboxes with a clone workspace (a
     // writable slot their image goes into); built as `none`, then made a clone's.
     let clone = policy.workspace.as_deref() == Some("clone");
+    // `--workspace overlay`: the claim attaches each run's own project, so the directory the
+    // pool is made in is not a workspace (`/` or $HOME are fine): built as `none`, then made
+    // an overlay's.
+    let overlay = policy.workspace.as_deref() == Some("overlay");
     match policy.workspace.as_deref() {
         None => policy.workspace = Some("none".into()),
-        Some("none" | "overlay" | "bind") => {}
-        Some("clone") => policy.workspace = Some("none".into()),
+        Some("none" | "bind") => {}
+        Some("clone" | "overlay") => policy.workspace = Some("none".into()),
         Some(other) => {
             return Err(CliError::usage(format!(
                 "--workspace {other}: a pool's members are claimed by runs (none, overlay or bind) or named microVM clones (clone)"
@@ -96,6 +100,9 @@ fn member_spec(
             ));
         }
         built.spec.workspace = WorkspaceMode::Clone;
+    }
+    if overlay {
+        built.spec.workspace = WorkspaceMode::Overlay;
     }
     // A microVM member takes an overlay workspace at claim (its slot disk); nothing else.
     if built.spec.backend == BackendKind::Microvm
@@ -853,6 +860,8 @@ fn claim(
                 if pool_size > 0 {
                     drop(store);
                     auto_pool(spec, pool_size, state, key);
+                } else {
+                    say_no_pool_matches(&mut store, spec);
                 }
                 return Ok(None);
             }
@@ -880,6 +889,26 @@ fn claim(
     }
     pool::wake(state);
     Ok(None)
+}
+
+/// A run that found no pool of its kind while pools exist says so, and where the nearest one
+/// differs (the pool that would serve it needs those settings): a cold start is never
+/// silent when warm ones were expected. Nothing when there are no pools.
+fn say_no_pool_matches(store: &mut Store, spec: &airlock_model::spec::RunSpec) {
+    let Ok(pools) = store.pools() else { return };
+    let Some((nearest, differ)) = pool::nearest_mismatch(spec, &pools) else {
+        return;
+    };
+    let why = if differ.is_empty() {
+        "its guest's boot artifacts (kernel, initramfs, root image)".to_string()
+    } else {
+        differ.join(", ")
+    };
+    errln!(
+        "airlock: cold start (no warm pool matches this run; the nearest, pool {}, differs in {why})",
+        &nearest[..8.min(nearest.len())]
+    );
+    errln!("hint: `airlock daemon prewarm` with this run's options adds a pool for runs like it");
 }
 
 /// A claimed member is never reused: its PID 1 goes now (its supervisor then cleans up and
