@@ -103,7 +103,18 @@ fn pool0(st: &serde_json::Value) -> &serde_json::Value {
 /// Start, claim (command, environment, secret, exit status bound at claim), refill, stop.
 fn warm_lifecycle(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
-    ok(a, &["daemon", "start", "--size", "2", "--wait"]);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "2",
+            "--wait",
+        ],
+    );
     let st = status(a);
     assert_eq!(st["running"], true, "{label}: {st}");
     assert_eq!(pool0(&st)["ready"], 2, "{label}: {st}");
@@ -231,7 +242,19 @@ fn cold_fallback_and_no_policy_leak() {
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
-    ok(&a, &["daemon", "start", "--size", "0", "--net", "off"]);
+    ok(
+        &a,
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "0",
+            "--net",
+            "off",
+        ],
+    );
     let out = ok(
         &a,
         &["run", "--workspace", "none", "--net", "off", "--", "true"],
@@ -273,6 +296,8 @@ fn cold_fallback_and_no_policy_leak() {
         &[
             "daemon",
             "prewarm",
+            "--workspace",
+            "none",
             "--size",
             "1",
             "--wait",
@@ -394,7 +419,17 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
     let _guard = DaemonGuard(&a);
     ok(
         &a,
-        &["daemon", "start", "--size", "2", "--wait", "--net", "off"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "2",
+            "--wait",
+            "--net",
+            "off",
+        ],
     );
     let first = members_ever(&a);
     kill_daemon(&a);
@@ -418,7 +453,17 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
     assert!(!members_dir(&a).join(&member).exists());
     ok(
         &a,
-        &["daemon", "start", "--size", "2", "--wait", "--net", "off"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "2",
+            "--wait",
+            "--net",
+            "off",
+        ],
     );
     let now = members_ever(&a);
     // One new member (the refill), the other adopted.
@@ -438,7 +483,17 @@ fn claims_survive_daemon_kill_9_at_random_points() {
     let _guard = DaemonGuard(&a);
     ok(
         &a,
-        &["daemon", "start", "--size", "3", "--wait", "--net", "off"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "3",
+            "--wait",
+            "--net",
+            "off",
+        ],
     );
     let mut seen = BTreeSet::new();
     let mut warm = 0;
@@ -476,7 +531,19 @@ fn claims_survive_daemon_kill_9_at_random_points() {
                 assert!(seen.insert(m.clone()), "round {round}: {m} claimed twice");
             }
         }
-        ok(a, &["daemon", "start", "--size", "3", "--net", "off"]);
+        ok(
+            a,
+            &[
+                "daemon",
+                "start",
+                "--workspace",
+                "none",
+                "--size",
+                "3",
+                "--net",
+                "off",
+            ],
+        );
     }
     assert!(warm > 0, "no run was warm");
     ok(&a, &["daemon", "stop"]);
@@ -524,7 +591,17 @@ fn an_api_run_claims_a_warm_member() {
     let _engine = EngineGuard(&a);
     ok(
         &a,
-        &["daemon", "start", "--size", "1", "--wait", "--net", "off"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "1",
+            "--wait",
+            "--net",
+            "off",
+        ],
     );
     ok(&a, &["list"]); // starts the engine
     let sock = std::fs::read_dir(a.dir.join("runtime/airlock"))
@@ -645,7 +722,17 @@ fn a_claim_gets_its_own_allowlist() {
     let start = a.run_with_env(
         &env,
         &[
-            "daemon", "start", "--size", "2", "--wait", "--allow", "x.test", "--ro", &ro,
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "2",
+            "--wait",
+            "--allow",
+            "x.test",
+            "--ro",
+            &ro,
         ],
     );
     assert_eq!(start.code(), 0, "{}", start.describe());
@@ -708,8 +795,8 @@ fn warm(out: &common::Outcome, label: &str) -> String {
     claimed(out).unwrap_or_else(|| panic!("{label}: not warm: {}", out.describe()))
 }
 
-/// The default run (overlay workspace) and a bind run claim a member of a `--workspace
-/// overlay` pool (made from `/`): the project is attached at /workspace before the command runs, the host
+/// The default run (overlay workspace) and a bind run claim a member of the default pool
+/// (`daemon start` with no `--workspace`, made from `/`: an overlay pool): the project is attached at /workspace before the command runs, the host
 /// directory stays untouched (overlay) and the change summary is printed; the protected paths
 /// are read-only exactly as in a cold run; a bind run's tampering with git's control files is
 /// reported and undone as after a cold bind run; two claims at once never see each other's
@@ -717,19 +804,10 @@ fn warm(out: &common::Outcome, label: &str) -> String {
 fn workspaces_at_claim(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
     let p = git_project(a);
+    // No `--workspace`: the pool is for what `run` makes with these options, an overlay run.
     // Made from `/`: the directory a pool is made in is no workspace (each claim attaches its
     // own), so it is not refused as a run from `/` is.
-    let mut start = a.command(&[
-        "daemon",
-        "start",
-        "--size",
-        "2",
-        "--workspace",
-        "overlay",
-        "--net",
-        "off",
-        "--wait",
-    ]);
+    let mut start = a.command(&["daemon", "start", "--size", "2", "--net", "off", "--wait"]);
     start.current_dir("/");
     let out = common::run_with_deadline(start, None, Duration::from_secs(120));
     assert_eq!(out.code(), 0, "{label}: {}", out.describe());
@@ -1532,6 +1610,8 @@ fn injected_secrets_at_claim(a: &Airlock, label: &str) {
         &[
             "daemon",
             "start",
+            "--workspace",
+            "none",
             "--size",
             "2",
             "--wait",
@@ -1683,7 +1763,17 @@ fn home_files_at_claim(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
     ok(
         a,
-        &["daemon", "start", "--size", "1", "--net", "off", "--wait"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "1",
+            "--net",
+            "off",
+            "--wait",
+        ],
     );
     let files = a.dir.join("hostfiles");
     write(&files.join("imm.txt"), "immutable v1\n");
@@ -1774,7 +1864,17 @@ fn chosen_hostname(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
     ok(
         a,
-        &["daemon", "start", "--size", "2", "--net", "off", "--wait"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "2",
+            "--net",
+            "off",
+            "--wait",
+        ],
     );
     for (flag, value) in [("--hostname", "chosen-host"), ("--name", "named-run")] {
         let out = ok(

@@ -454,6 +454,8 @@ fn named_injected(a: &Airlock, label: &str) {
     run(&[
         "daemon",
         "start",
+        "--workspace",
+        "none",
         "--size",
         "1",
         "--wait",
@@ -568,7 +570,17 @@ fn named_home_files(a: &Airlock, label: &str) {
     let _guard = Guard(a, &["hf-one"]);
     ok(
         a,
-        &["daemon", "start", "--size", "1", "--net", "off", "--wait"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "1",
+            "--net",
+            "off",
+            "--wait",
+        ],
     );
     let files = a.dir.join("hostfiles");
     write(&files.join("imm.txt"), "immutable v1\n");

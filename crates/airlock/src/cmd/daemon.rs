@@ -52,7 +52,7 @@ pub fn dispatch(
     }
 }
 
-/// The member spec of a pool from `run`'s options: what `run --workspace none` would make,
+/// The member spec of a pool from `run`'s options: what `run` with them would make,
 /// persistent (PID 1 waits), with nothing a claim binds (environment, secrets).
 fn member_spec(
     a: &PoolArgs,
@@ -62,6 +62,19 @@ fn member_spec(
     let mut policy = a.policy.clone();
     // `--workspace clone`: members for named microVM sandboxes with a clone workspace (a
     // writable slot their image goes into); built as `none`, then made a clone's.
+    // No `--workspace`: members for the runs `airlock run` with these options makes here (the
+    // configuration's workspace mode, an overlay by default).
+    if policy.workspace.is_none() {
+        let mode = super::spec::run_workspace_mode(&policy, global_config, no_user_config)?;
+        policy.workspace = Some(
+            if mode == WorkspaceMode::None {
+                "none"
+            } else {
+                "overlay"
+            }
+            .into(),
+        );
+    }
     let clone = policy.workspace.as_deref() == Some("clone");
     // `--workspace overlay`: the claim attaches each run's own project, so the directory the
     // pool is made in is not a workspace (`/` or $HOME are fine): built as `none`, then made
@@ -75,7 +88,7 @@ fn member_spec(
             return Err(CliError::usage(format!(
                 "--workspace {other}: a pool's members are claimed by runs (none, overlay or bind) or named microVM clones (clone)"
             ))
-            .hint("--workspace overlay serves runs with an overlay or bind workspace, --workspace none (the default) runs without one"))
+            .hint("--workspace overlay (the default) serves runs with an overlay or bind workspace, --workspace none runs without one"))
         }
     }
     let ra = RunArgs {
