@@ -408,6 +408,18 @@ crate::rootful_and_rootless!(
     warm_runs_say_and_journal_their_egress
 );
 
+/// `airlock doctor --json`'s warm pool row.
+fn doctor_pool_row(a: &Airlock) -> serde_json::Value {
+    let out = a.run(&["doctor", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.describe()));
+    v["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["id"] == "pool"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no pool row: {}", out.stdout))
+}
+
 /// kill -9 the daemon: its members run on; a new daemon adopts them (no new starts) and
 /// resumes refilling.
 #[test]
@@ -442,6 +454,18 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
         .filter(|p: &i32| Path::new(&format!("/proc/{p}")).exists())
         .collect();
     assert_eq!(supervisors.len(), 2, "supervisors gone with the daemon");
+    // `doctor` says the pool is not refilled, and how to mend that.
+    let row = doctor_pool_row(&a);
+    assert!(
+        row["status"] == "degraded"
+            && row["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("no daemon refills them") && d.contains("2/2 ready"))
+            && row["fix"]
+                .as_str()
+                .is_some_and(|f| f.contains("airlock daemon start")),
+        "{row}"
+    );
     // A claim needs no daemon.
     let out = ok(
         &a,
@@ -468,6 +492,14 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
     let now = members_ever(&a);
     // One new member (the refill), the other adopted.
     assert_eq!(now.len(), 3, "{now:?}");
+    let row = doctor_pool_row(&a);
+    assert!(
+        row["status"] == "ok"
+            && row["detail"].as_str().is_some_and(|d| {
+                d.starts_with("daemon running (pid ") && d.contains("2/2 ready, 1 hits, 0 misses")
+            }),
+        "{row}"
+    );
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "adopt");
 }

@@ -457,6 +457,86 @@ fn us(v: Option<u64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2} ms", v as f64 / 1000.0))
 }
 
+/// `airlock doctor`'s row for the warm pool: whether a daemon keeps pools here (their members
+/// ready, hits and misses), else how to get one. Reads the store only when it exists (a
+/// doctor on a fresh machine creates nothing). Degraded when pools are recorded but no
+/// daemon refills them.
+pub fn doctor_row() -> airlock_sandbox::hostcaps::Row {
+    use airlock_sandbox::hostcaps::{Row, Status};
+    let state = paths::state_dir();
+    let row = |status, detail: String, fix: Option<&str>| {
+        Row {
+        id: "pool".into(),
+        name: "warm pool".into(),
+        status,
+        detail,
+        fix: fix.map(Into::into),
+        needed_for: "warm starts: `airlock run` and named sandboxes claiming a pre-started sandbox in milliseconds".into(),
+    }
+    };
+    let pid = pool::daemon_pid(&state);
+    let db = state.join("store.db");
+    let pools = if db.exists() {
+        Store::open(&db)
+            .map_err(|e| e.to_string())
+            .and_then(|mut st| pool::status(&mut st).map_err(|e| e.to_string()))
+    } else {
+        Ok(Vec::new())
+    };
+    let pools = match pools {
+        Ok(p) => p,
+        Err(e) => {
+            return row(
+                Status::Degraded,
+                format!(
+                    "the pool records in {} cannot be read: {e}; runs start cold",
+                    db.display()
+                ),
+                Some("airlock daemon stop; airlock daemon start"),
+            )
+        }
+    };
+    let each: Vec<String> = pools
+        .iter()
+        .map(|p| {
+            format!(
+                "pool {} ({}): {}/{} ready, {} hits, {} misses",
+                &p.key[..8.min(p.key.len())],
+                p.label,
+                p.ready,
+                p.size,
+                p.hits,
+                p.misses
+            )
+        })
+        .collect();
+    match (pid, pools.is_empty()) {
+        (Some(pid), _) => row(
+            Status::Ok,
+            format!(
+                "daemon running (pid {pid}); {} pool(s){}{}",
+                pools.len(),
+                if each.is_empty() { "" } else { ": " },
+                each.join("; ")
+            ),
+            None,
+        ),
+        (None, true) => row(
+            Status::Ok,
+            "no daemon: runs start cold (`airlock daemon start` keeps pre-started sandboxes for runs like `airlock run` with the same options; `[pool] size = N` starts one on the first run)".into(),
+            None,
+        ),
+        (None, false) => row(
+            Status::Degraded,
+            format!(
+                "pools recorded but no daemon refills them (it was killed?): {}",
+                each.join("; ")
+            ),
+            Some("airlock daemon start (adopts the members still running and refills)"),
+        ),
+    }
+}
+
 fn status(json: bool) -> CliResult<i32> {
     let state = paths::state_dir();
     let pid = pool::daemon_pid(&state);
