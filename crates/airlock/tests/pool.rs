@@ -9,7 +9,7 @@ use common::work::EngineGuard;
 use common::pool::{claimed, git_project, kill_daemon, members_dir, members_ever};
 
 use common::internet::Internet;
-use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins};
+use common::{cgroups_named, e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,28 +38,6 @@ fn ok(a: &Airlock, args: &[&str]) -> common::Outcome {
 fn status(a: &Airlock) -> serde_json::Value {
     let out = ok(a, &["daemon", "status", "--json"]);
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
-
-/// Cgroup directories (any hierarchy) whose name starts with `prefix`.
-fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
-    fn walk(dir: &Path, depth: usize, prefix: &str, out: &mut Vec<PathBuf>) {
-        if depth == 0 {
-            return;
-        }
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let p = e.path();
-            if e.file_name().to_string_lossy().starts_with(prefix) {
-                out.push(p.clone());
-            }
-            walk(&p, depth - 1, prefix, out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(Path::new("/sys/fs/cgroup"), 6, prefix, &mut out);
-    out
 }
 
 /// After `daemon stop`: no supervisor, no member folder or record, no cgroup, no mount.
