@@ -179,6 +179,13 @@ pub fn normalize_bound_at_claim(s: &mut RunSpec) {
         // (every microVM member has one) and mounted by the guest helper.
         s.binds.clear();
         s.vm_claim_slot = true;
+        // `disk` (the writable layers' disk; a clone's slot keeps its size): the member boots
+        // with a small one that the claim grows to its own.
+        if !s.workspace_slot_rw {
+            if let Some(d) = s.resources.disk.as_mut() {
+                d.0 = airlock_model::plan::microvm::member_disk(d.0);
+            }
+        }
         return;
     }
     if s.backend != airlock_model::policy::BackendKind::Container {

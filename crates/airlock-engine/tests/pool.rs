@@ -281,9 +281,9 @@ fn limits_and_workspaces_are_bound_at_claim() {
 /// A microVM run's read-only mounts are snapshots made at claim and written into the
 /// member's claim slot: a run with `--ro` mounts shares the pool of one without, every
 /// microVM member (the daemon's member spec) has the slot and no binds; a container's binds
-/// stay in its key (mounted when the member starts).
+/// stay in its key (mounted when the member starts). Its `disk` is grown at claim.
 #[test]
-fn a_microvm_runs_read_only_mounts_are_bound_at_claim() {
+fn a_microvm_runs_read_only_mounts_and_disk_size_are_bound_at_claim() {
     let ro = |src: &str, dst: &str| airlock_model::spec::BindSpec {
         source: PathBuf::from(src),
         target: PathBuf::from(dst),
@@ -303,6 +303,28 @@ fn a_microvm_runs_read_only_mounts_are_bound_at_claim() {
         pool::normalize_bound_at_claim(&mut made);
         assert!(made.vm_claim_slot && made.binds.is_empty());
     }
+    // `disk`: a member boots with a small one that the claim grows (never shrinks): every
+    // size from 16 MiB up shares one pool, a smaller one has its own.
+    let with_disk = |bytes: u64| {
+        let mut r = run_of(&vm);
+        r.resources.disk = Some(ByteSize(bytes));
+        r
+    };
+    let (d64m, d1g, d8m) = (with_disk(64 << 20), with_disk(1 << 30), with_disk(8 << 20));
+    assert_eq!(pool::key(&d64m), pool::key(&d1g), "disk is grown at claim");
+    assert_ne!(
+        pool::key(&d64m),
+        pool::key(&vm),
+        "a member with a disk or without"
+    );
+    assert_ne!(
+        pool::key(&d64m),
+        pool::key(&d8m),
+        "a smaller disk is not shrunk"
+    );
+    let mut made = d1g.clone();
+    pool::normalize_bound_at_claim(&mut made);
+    assert_eq!(made.resources.disk, Some(ByteSize(16 << 20)));
     let m = member();
     let mut c = run_of(&m);
     c.binds = vec![ro("/srv/data", "/data")];

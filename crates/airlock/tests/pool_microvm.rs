@@ -592,10 +592,11 @@ fn a_warm_microvm_claim_gets_its_read_only_mounts_and_hostname() {
     assert_nothing_left(&a, "read-only mounts");
 }
 
-/// `disk` with an overlay workspace claims a warm member too (issue 16; `disk` is in the pool
-/// key: the member boots with its writable-layer disk of that size, as a cold guest): the
-/// claim's workspace layers go on that disk beside the guest's /tmp and home, so a write past
-/// the limit fails with ENOSPC wherever it lands, and the change summary is as a cold run's.
+/// `disk` with an overlay workspace claims a warm member too (issue 16): the member boots
+/// with a 16 MiB writable-layer disk (its root layer, /tmp and home on it, as a cold guest's),
+/// the claim grows it to its own 64 MiB (QMP `block_resize`, an online ext4 resize in the
+/// guest) and puts its workspace layers on it too — 40 MiB fits, so the disk grew; 40 more
+/// into /tmp fail with ENOSPC, so it is bounded — and the change summary is as a cold run's.
 /// One boot.
 #[test]
 fn a_warm_microvm_claim_with_disk_keeps_its_workspace_layers_on_that_disk() {
@@ -619,7 +620,7 @@ fn a_warm_microvm_claim_with_disk_keeps_its_workspace_layers_on_that_disk() {
     ok(&a, &args, &[]);
     kill_daemon(&a);
     // 40 MiB into the workspace fits; 40 more into /tmp (the same 64 MiB disk) does not.
-    let script = "cat a.txt; \
+    let script = "cat a.txt; df -P -k /tmp | awk 'NR==2 {print $2}'; \
                   dd if=/dev/zero of=/workspace/big bs=1M count=40 2>/dev/null && echo ws fits; \
                   dd if=/dev/zero of=/tmp/big bs=1M count=40 2>&1 | grep -o 'No space left on device' | head -1; \
                   rm -f /workspace/big /tmp/big; echo small > small.txt; cat small.txt";
@@ -628,8 +629,16 @@ fn a_warm_microvm_claim_with_disk_keeps_its_workspace_layers_on_that_disk() {
     args.extend(["--", "sh", "-c", script]);
     let warm = ok(&a, &args, &[]);
     assert!(claimed(&warm).is_some(), "not warm: {}", warm.describe());
+    let mut lines = warm.stdout.lines().collect::<Vec<_>>();
+    // The filesystem's size in KiB: about 64 MiB (less its metadata), not the boot's 16.
+    let kib: u64 = lines.remove(1).parse().unwrap_or(0);
+    assert!(
+        (50_000..=65_536).contains(&kib),
+        "{kib} KiB: {}",
+        warm.describe()
+    );
     assert_eq!(
-        warm.stdout.lines().collect::<Vec<_>>(),
+        lines,
         [
             "from the host",
             "ws fits",

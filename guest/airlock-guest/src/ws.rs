@@ -33,7 +33,7 @@ const BLKRRPART: libc::c_ulong = 0x125f;
 const RO_DIR: &str = "/run/airlock-ro";
 
 const USAGE: &str = "usage: airlock-guest ws attach UID GID [SIZE|disk] | ws attach-disk UID GID \
-                     | ws ro (dir|file TARGET)… | ws changes";
+                     | ws ro (dir|file TARGET)… | ws grow BYTES | ws changes";
 
 pub fn main(args: &[String]) -> i32 {
     let done = match args {
@@ -80,6 +80,13 @@ pub fn main(args: &[String]) -> i32 {
             }
             ro(&mounts)
         }
+        [op, bytes] if op == "grow" => match bytes.parse::<u64>() {
+            Ok(b) => grow(b),
+            Err(_) => {
+                eprintln!("{USAGE}");
+                return 2;
+            }
+        },
         [op] if op == "changes" => changes(),
         _ => {
             eprintln!("{USAGE}");
@@ -210,6 +217,63 @@ fn layers_on_disk(flags: MsFlags) -> Res<()> {
     });
     let _ = umount2(format!("{DISK_MNT}/fs").as_str(), MntFlags::MNT_DETACH);
     bound
+}
+
+/// EXT4_IOC_RESIZE_FS (`_IOW('f', 16, __u64)`): grow a mounted ext4 to this many blocks.
+const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+
+/// `ws grow BYTES`: the host had QEMU grow the writable-layer disk to BYTES; once the guest's
+/// kernel sees that capacity (a virtio config change, a moment later), the ext4 filesystem on
+/// it (the boot's /rw, mounted once more at [`DISK_MNT`] for this) grows to fill it, online.
+fn grow(bytes: u64) -> Res<()> {
+    use nix::mount::{umount2, MntFlags};
+    let dev = find_disk(airlock_model::vm::DISK_OVERLAY)
+        .ok_or("this guest has no writable-layer disk (`disk`)")?;
+    let name = dev.trim_start_matches("/dev/");
+    let size_file = format!("/sys/block/{name}/size");
+    let t0 = std::time::Instant::now();
+    loop {
+        let sectors: u64 = std::fs::read_to_string(&size_file)
+            .map_err(ctx(&size_file))?
+            .trim()
+            .parse()
+            .map_err(ctx(&size_file))?;
+        if sectors * 512 >= bytes {
+            break;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(10) {
+            return Err(format!(
+                "{dev} is {} bytes, not the {bytes} asked for",
+                sectors * 512
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    mkdir(DISK_MNT, 0o700)?;
+    let fs = format!("{DISK_MNT}/fs");
+    mnt(
+        &dev,
+        &fs,
+        "ext4",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
+    let grown = (|| {
+        let root = std::fs::File::open(&fs).map_err(ctx(&fs))?;
+        let st = nix::sys::statvfs::fstatvfs(&root).map_err(ctx(&fs))?;
+        let blocks: u64 = bytes / st.fragment_size().max(1) as u64;
+        // SAFETY: ioctl(2) on an open directory of the filesystem, with a pointer to a u64
+        // that outlives the call.
+        if unsafe { libc::ioctl(root.as_raw_fd(), EXT4_IOC_RESIZE_FS as _, &blocks) } != 0 {
+            return Err(format!(
+                "grow the filesystem on {dev} to {blocks} blocks: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    })();
+    let _ = umount2(fs.as_str(), MntFlags::MNT_DETACH);
+    grown
 }
 
 /// Drop the guest's cached blocks of the slot disk `dev` (the kernel read the blank disk when

@@ -57,6 +57,20 @@ pub const CLAIM_SLOT_FILE: &str = "vm-claim-slot.img";
 /// The claim slot's size (sparse: it costs the blocks a claim writes). A claim whose
 /// snapshots do not fit starts cold.
 pub const VM_CLAIM_SLOT_SIZE: u64 = 16 << 30;
+/// The writable-layer disk (`disk`) a pool member boots with when the spec's is larger: a claim
+/// grows it to its own `disk` (QMP `block_resize`, then an online ext4 resize in the guest), so
+/// one pool serves every `disk` from this size up ([`member_disk`]).
+pub const VM_MEMBER_DISK: u64 = 16 << 20;
+/// The `disk` a pool member boots with for a spec's `disk` (bytes): [`VM_MEMBER_DISK`], or the
+/// spec's own when smaller (a filesystem is not shrunk online: such a spec has a pool per size).
+pub fn member_disk(disk: u64) -> u64 {
+    disk.min(VM_MEMBER_DISK)
+}
+/// A member with a writable-layer disk: QEMU's QMP socket in the run directory (its one use:
+/// `block_resize` of that disk at claim), linked from the member's folder as [`QMP_LINK_FILE`].
+pub const VM_QMP: &str = "qmp.sock";
+/// That link in the member's folder.
+pub const QMP_LINK_FILE: &str = "vm-qmp.sock";
 /// A clone workspace's disk image in the sandbox's folder, beside its clone: an ext4 image
 /// made from the clone at the first start, the guest's to write from then on. The host never
 /// mounts or reads it; the work comes back as a git bundle over the channel.
@@ -364,6 +378,8 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     if overlay_disk.is_some() {
         disk("ov", s(&run.join(VM_OVERLAY_DISK)), DISK_OVERLAY, true);
     }
+    // A pool member's writable-layer disk is grown at claim: QEMU's QMP socket for that.
+    let qmp = spec.vm_claim_slot && overlay_disk.is_some();
     for i in 0..spec.binds.len() {
         disk(
             &format!("ro{i}"),
@@ -378,6 +394,12 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
         disk("cl", s(&run.join(VM_CLAIM_SLOT)), DISK_CLAIM, false);
     }
     let mut push = |a: &[&str]| argv.extend(a.iter().map(|x| x.to_string()));
+    if qmp {
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", s(&run.join(VM_QMP))),
+        ]);
+    }
     // One port (the channel; port 0 is reserved for a console): the guest's driver sets up two
     // virtqueues per possible port, 64 for QEMU's default of 31 ports, at boot.
     push(&[

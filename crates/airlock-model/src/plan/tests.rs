@@ -1208,8 +1208,8 @@ fn a_microvm_member_for_named_clones_boots_with_a_writable_slot_of_the_images_si
 }
 
 /// Every microVM pool member (`vm_claim_slot`) boots with a blank *read-only* claim slot of
-/// 16 GiB, where a claim writes its read-only mounts' snapshots; a cold run has none, and
-/// the QEMU container gets no such flag.
+/// 16 GiB, where a claim writes its read-only mounts' snapshots, and — with `disk` — QEMU's
+/// QMP socket in its run directory (the claim grows that disk); a cold run has neither.
 #[test]
 fn a_microvm_member_boots_with_a_read_only_claim_slot() {
     use crate::plan::microvm::{VM_CLAIM_SLOT, VM_CLAIM_SLOT_SIZE};
@@ -1239,6 +1239,28 @@ fn a_microvm_member_boots_with_a_read_only_claim_slot() {
         .argv
         .iter()
         .any(|a| a.ends_with(&format!("serial={}", crate::vm::DISK_CLAIM))));
+    // QMP (to grow the writable-layer disk at claim): a member with `disk` only.
+    let qmp = |p: &VmPlan| p.qemu.argv.iter().any(|a| a == "-qmp");
+    assert!(!qmp(&got) && !qmp(&cold));
+    s.resources.disk = Some(ByteSize(16 << 20));
+    let Plan::Microvm(got) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    let at = got
+        .qemu
+        .argv
+        .iter()
+        .position(|a| a == "-qmp")
+        .expect("-qmp");
+    assert_eq!(
+        got.qemu.argv[at + 1],
+        "unix:/airlock-vm/run/qmp.sock,server=on,wait=off"
+    );
+    s.vm_claim_slot = false;
+    let Plan::Microvm(cold_disk) = super::plan(&s, &vm_host()).expect("plan") else {
+        panic!("not a microvm plan")
+    };
+    assert!(!qmp(&cold_disk));
 }
 
 /// `disk` on a microVM: the guest's writable layers on a writable disk of their own (the

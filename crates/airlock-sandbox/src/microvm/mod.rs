@@ -330,6 +330,14 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
     if let Some(size) = vm.overlay_disk {
         overlay_disk(dir, size, qemu.rootless, opts)?;
         crate::phase("writable-layer disk made");
+        // A pool member's: the claimer grows it through QEMU's QMP socket (made by QEMU in
+        // the run directory), found through this link in the member's folder.
+        if let (Some(folder), Some(_)) = (opts.persist, vm.claim_slot) {
+            let link = folder.join(airlock_model::plan::microvm::QMP_LINK_FILE);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(dir.join(airlock_model::plan::microvm::VM_QMP), &link)
+                .map_err(|e| RunError::Vm(format!("link {}: {e}", link.display())))?;
+        }
     }
     if let Some(d) = &vm.workspace_disk {
         // A clone workspace: the sandbox's own disk, made from its clone at the first start

@@ -371,6 +371,76 @@ pub fn attach_ro_mounts(dir: &Path, mounts: &[(PathBuf, PathBuf)]) -> Result<(),
     )
 }
 
+/// A claim's `disk` larger than the member's writable-layer disk (`size` bytes, grown from
+/// [`airlock_model::plan::microvm::member_disk`]'s): QEMU grows the disk's file and tells the
+/// guest (QMP `block_resize` on the member's QMP socket), then one root session of the guest
+/// helper (`airlock-guest ws grow BYTES`) waits for the new capacity and grows the ext4
+/// filesystem on it online — the one the guest's root layer, /tmp and home are on — so all
+/// the claim writes is bounded by its own `disk`, as in a cold guest of that size.
+pub fn grow_disk(dir: &Path, size: u64) -> Result<(), String> {
+    use airlock_model::plan::microvm::QMP_LINK_FILE;
+    let job = job(dir)?;
+    if !job.overlay_disk {
+        return Err("the member has no writable-layer disk".into());
+    }
+    qmp_block_resize(&dir.join(QMP_LINK_FILE), "ov", size)
+        .map_err(|e| format!("grow the writable-layer disk (QMP): {e}"))?;
+    crate::phase("writable-layer disk resized");
+    let bytes = size.to_string();
+    quiet(
+        dir,
+        helper_session(&job, &["ws", "grow", &bytes]),
+        "grow the writable-layer filesystem in the guest",
+    )
+}
+
+/// One QMP command on QEMU's socket `sock`: the greeting, `qmp_capabilities`, then
+/// `block_resize` of drive `device` to `size` bytes; Ok on its `return` (events skipped).
+fn qmp_block_resize(sock: &Path, device: &str, size: u64) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(sock)
+        .map_err(|e| format!("{}: {e}", sock.display()))?;
+    let limit = Some(std::time::Duration::from_secs(10));
+    stream
+        .set_read_timeout(limit)
+        .and_then(|()| stream.set_write_timeout(limit))
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = stream;
+    let mut answer = |what: &str| -> Result<serde_json::Value, String> {
+        loop {
+            let mut line = String::new();
+            if reader
+                .read_line(&mut line)
+                .map_err(|e| format!("{what}: {e}"))?
+                == 0
+            {
+                return Err(format!("{what}: QEMU closed the socket"));
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| format!("{what}: {e}: {line}"))?;
+            if v.get("event").is_some() {
+                continue;
+            }
+            if let Some(err) = v.get("error") {
+                return Err(format!("{what}: {err}"));
+            }
+            return Ok(v);
+        }
+    };
+    answer("greeting")?;
+    let mut send = |cmd: serde_json::Value| {
+        writer
+            .write_all(format!("{cmd}\n").as_bytes())
+            .map_err(|e| e.to_string())
+    };
+    send(serde_json::json!({"execute": "qmp_capabilities"}))?;
+    answer("qmp_capabilities")?;
+    send(serde_json::json!({"execute": "block_resize",
+        "arguments": {"device": device, "size": size}}))?;
+    answer("block_resize").map(drop)
+}
+
 /// A named sandbox's clone workspace into the member's *writable* slot
 /// (`workspace_slot_rw`), in place (QEMU holds the slot's inode): the sandbox's own image
 /// `image` when it has one (copied, holes kept), else one made from its clone `source` right

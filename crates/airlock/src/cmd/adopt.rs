@@ -318,6 +318,10 @@ fn try_adopt_vm(
             ClaimedAs::Sandbox(spec.name.clone()),
             None,
         )?;
+        // `disk` (no clone: a clone's member has that size already): grown to the sandbox's.
+        if clone.is_none() {
+            super::warm_vm::grow_disk(&mdir, spec)?;
+        }
         match &clone {
             Some(ws) => {
                 vm_pool::fill_workspace_disk(&mdir, &dir.join(WORKSPACE_IMAGE_FILE), ws)?;

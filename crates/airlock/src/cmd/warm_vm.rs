@@ -74,6 +74,9 @@ pub(super) fn try_warm(
             Ok(w) => w,
             Err(e) => return refused(&mut store, "this run's allowlist or secrets", &e),
         };
+    if let Err(e) = grow_disk(&dir, spec) {
+        return refused(&mut store, "this run's `disk`", &e);
+    }
     if overlay {
         if let Err(e) = microvm::pool::attach_workspace(&dir, &spec.project_dir) {
             return refused(&mut store, "this run's workspace", &e);
@@ -202,4 +205,16 @@ pub(super) fn set_hostname(dir: &Path, hostname: &str) -> Result<(), String> {
         })
         .collect();
     microvm::pool::set_hostname(dir, hostname, &files)
+}
+
+/// A claim's `disk` larger than its member's (which booted with
+/// [`airlock_model::plan::microvm::member_disk`] of it): the member's disk and its filesystem
+/// grown to the claim's size before anything of the claim's runs.
+pub(super) fn grow_disk(dir: &Path, spec: &airlock_model::spec::RunSpec) -> Result<(), String> {
+    match spec.resources.disk {
+        Some(d) if d.0 > airlock_model::plan::microvm::member_disk(d.0) => {
+            microvm::pool::grow_disk(dir, d.0)
+        }
+        _ => Ok(()),
+    }
 }
