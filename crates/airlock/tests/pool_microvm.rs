@@ -597,7 +597,8 @@ fn a_warm_microvm_claim_gets_its_read_only_mounts_and_hostname() {
 /// the claim grows it to its own 64 MiB (QMP `block_resize`, an online ext4 resize in the
 /// guest) and puts its workspace layers on it too — 40 MiB fits, so the disk grew; 40 more
 /// into /tmp fail with ENOSPC, so it is bounded — and the change summary is as a cold run's.
-/// One boot.
+/// A named overlay sandbox with `disk` and `--ro` claims too (its disk grown, its mount a
+/// snapshot of that start's). Two boots (both members).
 #[test]
 fn a_warm_microvm_claim_with_disk_keeps_its_workspace_layers_on_that_disk() {
     if !e2e("a_warm_microvm_claim_with_disk_keeps_its_workspace_layers_on_that_disk") {
@@ -605,13 +606,16 @@ fn a_warm_microvm_claim_with_disk_keeps_its_workspace_layers_on_that_disk() {
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
+    let _sandboxes = SandboxGuard(&a, &["vmdisk"]);
     std::fs::write(a.cwd.join("a.txt"), "from the host\n").expect("write");
+    let data = a.dir.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
     let policy = ["--backend", "microvm", "--net", "off", "--disk", "64M"];
     let mut args = vec![
         "daemon",
         "start",
         "--size",
-        "1",
+        "2",
         "--wait",
         "--workspace",
         "overlay",
@@ -654,6 +658,35 @@ fn a_warm_microvm_claim_with_disk_keeps_its_workspace_layers_on_that_disk() {
         "{}",
         warm.describe()
     );
+    // A named overlay sandbox with `disk` and a read-only mount claims the other member: its
+    // disk grown, its mount a snapshot of this start's.
+    std::fs::write(data.join("f.txt"), "as of the start\n").expect("write");
+    let ro = format!("{}:/data", data.display());
+    let mut up = vec!["up", "vmdisk", "--workspace", "overlay", "--ro", &ro];
+    up.extend(policy);
+    let out = ok(&a, &up, &[]);
+    assert!(
+        out.stderr.contains("vmdisk: warm start (pool"),
+        "{}",
+        out.describe()
+    );
+    let script = "cat /data/f.txt a.txt; touch /data/x 2>/dev/null || echo refused; \
+                  df -P -k /tmp | awk 'NR==2 {print $2}'";
+    let out = ok(&a, &["exec", "vmdisk", "--", "sh", "-c", script], &[]);
+    let mut lines = out.stdout.lines().collect::<Vec<_>>();
+    let kib: u64 = lines.pop().unwrap_or_default().parse().unwrap_or(0);
+    assert!(
+        (50_000..=65_536).contains(&kib),
+        "{kib} KiB: {}",
+        out.describe()
+    );
+    assert_eq!(
+        lines,
+        ["as of the start", "from the host", "refused"],
+        "{}",
+        out.describe()
+    );
+    ok(&a, &["rm", "-f", "vmdisk"], &[]);
     ok(&a, &["daemon", "stop"], &[]);
     assert_nothing_left(&a, "disk");
 }

@@ -272,8 +272,9 @@ fn record_cold(dir: &Path, state: &Path, key: &str, made: Option<String>) {
 /// socket; the CA bundle written in the guest), the secrets (/run/secrets), the workspace — a clone's ext4 image into the member's writable
 /// slot (made from the clone on the first start, else the sandbox's image copied), mounted
 /// read-write by the guest helper; an overlay's erofs image into a read-only slot, as a
-/// `run` claim — the hostname, and the recorded guest job `exec` starts from (environment,
-/// working directory). The slot's file becomes the sandbox's `vm-workspace.img` (QEMU holds
+/// `run` claim — its `disk` (the member's grown), its read-only mounts (snapshots made now,
+/// in the member's claim slot), the hostname, and the recorded guest job `exec` starts from
+/// (environment, working directory). The slot's file becomes the sandbox's `vm-workspace.img` (QEMU holds
 /// that inode), so the next start, cold or warm, finds the work there.
 fn try_adopt_vm(
     dir: &Path,
@@ -283,17 +284,19 @@ fn try_adopt_vm(
 ) -> CliResult<Option<String>> {
     use airlock_model::plan::microvm::{WORKSPACE_IMAGE_FILE, WORK_PENDING_FILE};
     use airlock_sandbox::microvm::pool as vm_pool;
-    // A clone (its own disk) or an overlay whose layers are in guest memory; read-only
-    // mounts (snapshots: a member's would date from its boot): cold. An agent start claims
+    // A clone (its own disk) or an overlay (its layers in guest memory, or on the member's
+    // `disk`, grown to the sandbox's). An agent start claims
     // too: this supervisor stays as its host (`agent_host`), its runner's sessions go over
     // the sandbox's control socket as a cold one's.
     let clone = match (&spec.workspace, &spec.workspace_dir) {
         (WorkspaceMode::Clone, Some(ws)) => Some(ws.clone()),
         (WorkspaceMode::None, _) => None,
-        (WorkspaceMode::Overlay, _) if spec.resources.disk.is_none() => None,
+        (WorkspaceMode::Overlay, _) => None,
         _ => return Ok(None),
     };
-    if !spec.binds.is_empty() {
+    // Read-only mounts: snapshots made at this start (as a cold start makes them at each
+    // start), unless a cold start would refuse them (it says why).
+    if super::warm_vm::cold_mounts(spec) {
         return Ok(None);
     }
     // Injected secrets: refused as a cold start refuses them (before any claim); their
@@ -336,6 +339,7 @@ fn try_adopt_vm(
             }
             None => {}
         }
+        vm_pool::attach_ro_mounts(&mdir, &super::warm_vm::ro_mounts(spec))?;
         airlock_sandbox::phase("allowlist, secrets and workspace bound");
         let files: Vec<(String, String)> = airlock_model::plan::name_files(&spec.hostname)
             .into_iter()

@@ -19,7 +19,7 @@ use airlock_model::policy::WorkspaceMode;
 use airlock_sandbox::command::{Ending, Outcome};
 use airlock_sandbox::isolation::{ExecRequest, MicroVm};
 use airlock_sandbox::microvm;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -39,13 +39,7 @@ pub(super) fn try_warm(
     // writable mount — no writable host share — too many, a bad target; a bind workspace)
     // starts cold, which says why.
     let overlay = spec.workspace == WorkspaceMode::Overlay;
-    if !(spec.workspace == WorkspaceMode::None || overlay)
-        || spec.binds.len() > airlock_model::plan::microvm::MAX_RO_MOUNTS
-        || spec
-            .binds
-            .iter()
-            .any(|m| m.writable || airlock_model::plan::check_target(&m.target).is_err())
-    {
+    if !(spec.workspace == WorkspaceMode::None || overlay) || cold_mounts(spec) {
         return Ok(None);
     }
     // Injected secrets: refused as a cold run refuses them (before any claim); their
@@ -83,12 +77,7 @@ pub(super) fn try_warm(
         }
     }
     // Its read-only mounts: snapshots as of now, as a cold start makes them.
-    let mounts: Vec<_> = spec
-        .binds
-        .iter()
-        .map(|m| (m.source.clone(), m.target.clone()))
-        .collect();
-    if let Err(e) = microvm::pool::attach_ro_mounts(&dir, &mounts) {
+    if let Err(e) = microvm::pool::attach_ro_mounts(&dir, &ro_mounts(spec)) {
         return refused(&mut store, "this run's read-only mounts", &e);
     }
     // A chosen hostname: the guest's, in /etc/hostname and /etc/hosts (as a named start's).
@@ -217,4 +206,22 @@ pub(super) fn grow_disk(dir: &Path, spec: &airlock_model::spec::RunSpec) -> Resu
         }
         _ => Ok(()),
     }
+}
+
+/// Mounts a microVM claim does not bind (a cold start refuses them and says why): a writable
+/// one (no writable host share), more than a guest takes, a target a cold start refuses.
+pub(super) fn cold_mounts(spec: &airlock_model::spec::RunSpec) -> bool {
+    spec.binds.len() > airlock_model::plan::microvm::MAX_RO_MOUNTS
+        || spec
+            .binds
+            .iter()
+            .any(|m| m.writable || airlock_model::plan::check_target(&m.target).is_err())
+}
+
+/// A claim's read-only mounts as (host source, guest target).
+pub(super) fn ro_mounts(spec: &airlock_model::spec::RunSpec) -> Vec<(PathBuf, PathBuf)> {
+    spec.binds
+        .iter()
+        .map(|m| (m.source.clone(), m.target.clone()))
+        .collect()
 }
