@@ -34,7 +34,7 @@ pub(super) fn try_warm(
     let spec = &b.spec;
     let state = paths::state_dir();
     // An overlay workspace goes into the member's slot disk at claim (its writable layers on
-    // the member's `disk` when the run has one: `disk` is in the key). Read-only mounts are
+    // the member's `disk` when the run has one, grown to the run's). Read-only mounts are
     // snapshots made now, written into the member's claim slot; what a cold start refuses (a
     // writable mount — no writable host share — too many, a bad target; a bind workspace)
     // starts cold, which says why.
