@@ -328,8 +328,8 @@ fn a_warm_microvm_claim_binds_its_own_allowlist_and_secret() {
 }
 
 /// kill -9 the daemon: its booted member stays supervised (QEMU and the guest run on); a new
-/// daemon adopts it (no new boot) and a claim gets it, with a secret; `daemon stop` leaves
-/// nothing.
+/// daemon adopts it (no new boot) and a claim gets it, with a secret, a `--ro` mount and its
+/// `disk` grown from the member's 16 MiB to 64 MiB; `daemon stop` leaves nothing.
 fn adopt(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
     let start = [
@@ -344,6 +344,8 @@ fn adopt(a: &Airlock, label: &str) {
         "--size",
         "1",
         "--wait",
+        "--disk",
+        "16M",
     ];
     ok(a, &start, &[]);
     let first = members_ever(a);
@@ -377,6 +379,14 @@ fn adopt(a: &Airlock, label: &str) {
     );
     assert_eq!(pool0(a)["ready"], 1, "{label}: {}", status(a));
 
+    // The adopted member serves a claim with its own `--ro` mount and a larger `disk` (issue
+    // 16: the snapshot written into its claim slot, its disk grown over its QMP socket —
+    // rootless too).
+    let data = a.dir.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("f.txt"), "from the host\n").expect("write");
+    common::work::give(a, &data);
+    let ro = format!("{}:/data", data.display());
     let out = ok(
         a,
         &[
@@ -387,12 +397,17 @@ fn adopt(a: &Airlock, label: &str) {
             "off",
             "--workspace",
             "none",
+            "--disk",
+            "64M",
+            "--ro",
+            &ro,
             "--secret",
             "TOKEN=env:TOKEN_SRC",
             "--",
             "sh",
             "-c",
-            "hostname; cat /run/secrets/TOKEN",
+            "hostname; cat /run/secrets/TOKEN; echo; cat /data/f.txt; \
+             df -P -k /tmp | awk 'NR==2 {print $2}'",
         ],
         &[("TOKEN_SRC", "s3cret-adopted")],
     );
@@ -402,9 +417,16 @@ fn adopt(a: &Airlock, label: &str) {
         "{label}: {}",
         out.describe()
     );
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    let kib: u64 = lines.pop().unwrap_or_default().parse().unwrap_or(0);
+    assert!(
+        (50_000..=65_536).contains(&kib),
+        "{label}: {kib} KiB: {}",
+        out.describe()
+    );
     assert_eq!(
-        out.stdout,
-        format!("{member}\ns3cret-adopted"),
+        lines,
+        [member.as_str(), "s3cret-adopted", "from the host"],
         "{label}: {}",
         out.describe()
     );
