@@ -34,6 +34,9 @@ pub enum RunError {
     Nul(String),
 }
 
+/// How the child's own cgroup join reports a failure (the same hint as [`RunError::Cgroup`]).
+pub const JOIN_CGROUP: &str = "join the sandbox cgroup";
+
 impl RunError {
     pub fn hint(&self) -> Option<String> {
         match self {
@@ -45,6 +48,9 @@ impl RunError {
             }
             RunError::NotRecorded { name, .. } => {
                 Some(format!("airlock stop {name} && airlock start {name}"))
+            }
+            RunError::Setup(m) if m.starts_with(JOIN_CGROUP) => {
+                Some("drop the resource limits, or run `airlock doctor` to see cgroup support".into())
             }
             RunError::Mount(_) | RunError::Setup(_) => Some("run `airlock doctor` to see which kernel features this host lacks".into()),
             RunError::Vm(_) => Some("run `airlock doctor` to see what the microvm backend found on this host".into()),
