@@ -11,6 +11,8 @@ use airlock_model::plan::LimitSupport;
 use airlock_model::spec::Resources;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const CPU_PERIOD_US: u64 = 100_000;
@@ -398,6 +400,37 @@ impl Cgroup {
         Ok(())
     }
 
+    /// What a freshly forked child needs to join this cgroup itself ([`SelfJoin::join`]): on
+    /// cgroup v1, each directory's `tasks` file opened now (by this process, whose credentials
+    /// the kernel checks); the directories it cannot open that way (and every v2 one) are left
+    /// to [`SelfJoin::add_rest`] from the parent.
+    ///
+    /// Why: a write of another process's pid (`cgroup.procs`, or `tasks` with a pid) takes the
+    /// kernel's global `cgroup_threadgroup_rwsem` for writing, and the first such write after a
+    /// quiet spell waits for an RCU grace period — 6–15 ms measured here, the largest host step
+    /// before a sandbox's command starts. A thread writing `0` to `tasks` moves only itself and
+    /// takes no global lock; a child that has not started any thread is its whole process.
+    pub fn self_join(&self) -> SelfJoin {
+        let mut join = SelfJoin::default();
+        for d in &self.dirs {
+            let tasks = d.join("tasks");
+            let opened = (!self.v2)
+                .then(|| {
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_CLOEXEC)
+                        .open(&tasks)
+                        .ok()
+                })
+                .flatten();
+            match opened {
+                Some(f) => join.fds.push((OwnedFd::from(f), tasks)),
+                None => join.rest.push(d.clone()),
+            }
+        }
+        join
+    }
+
     /// Whether the kernel OOM-killed a process in this cgroup.
     pub fn oom_killed(&self) -> bool {
         let Some(d) = &self.memory_dir else {
@@ -424,6 +457,40 @@ impl Cgroup {
         for d in &self.dirs {
             let _ = remove_cgroup_dir(d);
         }
+    }
+}
+
+/// A cgroup a child joins by itself (see [`Cgroup::self_join`]).
+#[derive(Debug, Default)]
+pub struct SelfJoin {
+    /// An open v1 `tasks` file per directory, with its path for error messages.
+    fds: Vec<(OwnedFd, PathBuf)>,
+    /// Directories the parent moves the child into (`cgroup.procs`).
+    rest: Vec<PathBuf>,
+}
+
+impl SelfJoin {
+    /// In the child, before it does anything else: move the calling thread into every
+    /// directory opened for it, then close those files (nothing of the host's cgroup tree stays
+    /// open in a sandbox). Call only while the process has a single thread (a fresh fork/clone
+    /// child).
+    pub fn join(self) -> Result<(), CgroupError> {
+        for (fd, path) in &self.fds {
+            nix::unistd::write(fd, b"0").map_err(|e| CgroupError::Write {
+                path: path.clone(),
+                value: "0".into(),
+                source: e.into(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// In the parent: move `pid` into the directories the child does not join by itself.
+    pub fn add_rest(&self, pid: i32) -> Result<(), CgroupError> {
+        for d in &self.rest {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
     }
 }
 
@@ -533,5 +600,86 @@ mod tests {
                 cpu: false
             }
         );
+    }
+
+    /// On a cgroup-v1 host, as root: a freshly forked child joins the sandbox's cgroup through
+    /// the `tasks` files opened before the fork (writing `0`: itself, without the kernel's
+    /// global lock), in every hierarchy, and the parent stays where it was.
+    #[test]
+    fn a_fresh_child_joins_its_v1_cgroups_by_itself() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("AIRLOCK_E2E").is_none(),
+                "AIRLOCK_E2E is set but the tests are not running as root"
+            );
+            eprintln!("note: not root, cgroup test not run");
+            return;
+        }
+        let layout = Layout::detect();
+        if !matches!(layout, Layout::V1 { .. }) {
+            eprintln!("note: not a cgroup v1 host: children join through CLONE_INTO_CGROUP-less writes by the parent");
+            return;
+        }
+        let leaf = leaf_name("selfjoin", &format!("t{}", std::process::id()));
+        let r = Resources {
+            memory: Some(airlock_model::policy::ByteSize(256 << 20)),
+            pids: Some(64),
+            ..Resources::default()
+        };
+        let cg = Cgroup::create(&layout, &leaf, &r)
+            .expect("create")
+            .expect("a cgroup on this host");
+        let join = cg.self_join();
+        assert!(
+            join.rest.is_empty(),
+            "root opens every v1 tasks file: {join:?}"
+        );
+        assert_eq!(join.fds.len(), cg.dirs.len());
+        let (ready_r, ready_w) = nix::unistd::pipe().expect("pipe");
+        let (hold_r, hold_w) = nix::unistd::pipe().expect("pipe");
+        // SAFETY: the child only makes system calls (write, read, _exit) before it exits.
+        let child = match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                drop(hold_w);
+                let ok = join.join().is_ok();
+                let _ = nix::unistd::write(&ready_w, &[u8::from(ok)]);
+                let mut b = [0u8; 1];
+                let _ = nix::unistd::read(&hold_r, &mut b);
+                // SAFETY: leaving the forked child without running the test harness's code.
+                unsafe { libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        drop(join);
+        drop(ready_w);
+        drop(hold_r);
+        let mut b = [0u8; 1];
+        let got = nix::unistd::read(&ready_r, &mut b);
+        let theirs = fs::read_to_string(format!("/proc/{child}/cgroup")).unwrap_or_default();
+        let ours = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        drop(hold_w);
+        let _ = nix::sys::wait::waitpid(child, None);
+        cg.destroy();
+        assert_eq!(got.ok(), Some(1), "the child's join failed");
+        for ctrl in ["memory", "pids"] {
+            let line = |text: &str| {
+                text.lines()
+                    .find(|l| {
+                        l.split(':')
+                            .nth(1)
+                            .is_some_and(|c| c.split(',').any(|c| c == ctrl))
+                    })
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert!(
+                line(&theirs).ends_with(&format!("/{leaf}")),
+                "{ctrl}: {theirs}"
+            );
+            assert!(
+                !line(&ours).contains(&leaf),
+                "{ctrl}: the parent moved: {ours}"
+            );
+        }
     }
 }

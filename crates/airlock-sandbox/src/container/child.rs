@@ -42,6 +42,9 @@ pub struct ChildArgs<'a> {
     pub ca_bundle: Option<&'a [u8]>,
     /// Descriptors of the parent that must not survive in the child.
     pub parent_only: Vec<RawFd>,
+    /// The sandbox's cgroup, joined by the child itself as its first step after the release
+    /// (no global cgroup lock: see `Cgroup::self_join`).
+    pub cgroup_join: Option<crate::cgroup::SelfJoin>,
 }
 
 /// Report a setup failure to the parent and exit.
@@ -68,7 +71,8 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
         sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
         "set parent-death signal"
     );
-    // Wait for the parent to write our id maps and place us in the cgroup; EOF = it died.
+    // Wait for the parent to write our id maps (and place us in the cgroups we do not join
+    // ourselves); EOF = it died.
     let mut b = [0u8; 1];
     // The parent keeps the other end open for as long as it lives: EOF/HUP here = it died.
     let alive = a.sync_rd.take();
@@ -76,6 +80,9 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
 
+    if let Some(join) = a.cgroup_join.take() {
+        tryc!(ef, join.join(), super::error::JOIN_CGROUP);
+    }
     let plan = a.plan;
     crate::phase("child: go");
     // Open the run's directories now, in our own mount namespace and while still the host's

@@ -34,6 +34,9 @@ pub enum RunError {
     Nul(String),
 }
 
+/// How the child's own cgroup join reports a failure (the same hint as [`RunError::Cgroup`]).
+pub const JOIN_CGROUP: &str = "join the sandbox cgroup";
+
 /// What an error from opening a path without following links says (`hotplug::open_nofollow`).
 pub const LINK_REFUSED: &str = "is a symbolic link (never followed)";
 
@@ -64,6 +67,9 @@ impl RunError {
             }
             RunError::NotRecorded { name, .. } => {
                 Some(format!("airlock stop {name} && airlock start {name}"))
+            }
+            RunError::Setup(m) if m.starts_with(JOIN_CGROUP) => {
+                Some("drop the resource limits, or run `airlock doctor` to see cgroup support".into())
             }
             RunError::Mount(_) | RunError::Setup(_) => Some("run `airlock doctor` to see which kernel features this host lacks".into()),
             RunError::Vm(_) => Some("run `airlock doctor` to see what the microvm backend found on this host".into()),

@@ -168,13 +168,21 @@ pub fn exec(
         )));
     }
     let ns = Namespaces::of(dir, &plan.name)?;
-    // The sandbox's cgroup directories (host view), joined before entering its namespaces.
-    let cgroups: Vec<PathBuf> = match leaf {
+    // The sandbox's cgroup directories (host view), joined by the child before entering its
+    // namespaces: on v1 by writing `0` to `tasks` (a fresh child is one thread: it moves only
+    // itself, without the kernel's global cgroup lock and the RCU grace period the first such
+    // write after a quiet spell waits for — see `Cgroup::self_join`), else its pid to
+    // `cgroup.procs`. (File, what to write), made before the fork.
+    let cgroups: Vec<(PathBuf, Vec<u8>)> = match leaf {
         Some(leaf) => Layout::detect()
             .parents()
             .into_iter()
             .map(|p| p.join(leaf))
             .filter(|p| p.is_dir())
+            .map(|d| match d.join("tasks") {
+                t if t.exists() => (t, b"0".to_vec()),
+                _ => (d.join("cgroup.procs"), Vec::new()),
+            })
             .collect(),
         None => vec![],
     };
@@ -204,9 +212,14 @@ pub fn exec(
             sys::exit_now(exit::SANDBOX_FAILED)
         };
         let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        for d in &cgroups {
-            if let Err(e) = fs::write(d.join("cgroup.procs"), std::process::id().to_string()) {
-                fail(format!("join the sandbox cgroup {}: {e}", d.display()));
+        for (file, what) in &cgroups {
+            let written = if what.is_empty() {
+                fs::write(file, std::process::id().to_string())
+            } else {
+                fs::write(file, what)
+            };
+            if let Err(e) = written {
+                fail(format!("join the sandbox cgroup {}: {e}", file.display()));
             }
         }
         crate::phase("exec: cgroups joined");

@@ -566,6 +566,9 @@ fn run_in(
     for (host_end, _) in tty_pair.iter().chain(net_pair.iter()) {
         parent_only.push(host_end.as_raw_fd());
     }
+    // The cgroup: joined by the child itself where it can be (cgroup v1), else by us below.
+    // A pool member's cgroup is its claim's: only the stub and the command go there.
+    let cgroup_join = cg.filter(|_| !opts.exec_stub).map(Cgroup::self_join);
     crate::phase("before clone");
     let pid = sys::clone_fork(flags).map_err(RunError::Clone)?;
     if pid == 0 {
@@ -588,6 +591,7 @@ fn run_in(
             secrets: opts.secrets,
             ca_bundle: ca_bundle.as_deref(),
             parent_only,
+            cgroup_join,
         });
     }
     drop(sync_rd);
@@ -618,9 +622,8 @@ fn run_in(
         }
         write_map(pid, "uid_map", &plan.uid_map).map_err(RunError::IdMap)?;
         write_map(pid, "gid_map", &plan.gid_map).map_err(RunError::IdMap)?;
-        // A pool member's cgroup is its claim's: only the stub and the command go there.
-        if let Some(cg) = cg.filter(|_| !opts.exec_stub) {
-            cg.add(pid)?;
+        if let Some(join) = &cgroup_join {
+            join.add_rest(pid)?;
         }
         Ok(())
     })();
