@@ -3031,3 +3031,53 @@ fn the_minimal_guest_kernel_boots_with_its_drivers_built_in() {
         "{d}"
     );
 }
+
+/// A named microVM's `--ro` source replaced by a symbolic link after `create` (by another
+/// sandbox that can write where it lies, say): its start snapshots nothing through the link —
+/// the start is refused (before any boot), naming the source, and the link's target is never
+/// read into an image.
+#[test]
+fn a_named_microvm_ro_source_swapped_for_a_link_is_refused() {
+    if !e2e("a_named_microvm_ro_source_swapped_for_a_link_is_refused") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = Cleanup(&a, &["vmswap"]);
+    let data = a.cwd.join("data");
+    let secret = a.dir.join("secret");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::create_dir_all(&secret).expect("mkdir");
+    std::fs::write(data.join("f"), "public\n").expect("write");
+    std::fs::write(secret.join("key"), "TOPSECRET\n").expect("write");
+    let ro = format!("{}:/data", data.display());
+    let out = vm_cli(
+        &a,
+        &[
+            "create",
+            "vmswap",
+            "--backend",
+            "microvm",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--ro",
+            &ro,
+        ],
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    std::fs::remove_dir_all(&data).expect("rm");
+    std::os::unix::fs::symlink(&secret, &data).expect("symlink");
+    let out = vm_cli(&a, &["start", "vmswap"]);
+    assert_ne!(
+        out.code(),
+        0,
+        "started through the planted link: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("symbolic link") && out.stderr.contains(&data.display().to_string()),
+        "{}",
+        out.describe()
+    );
+}

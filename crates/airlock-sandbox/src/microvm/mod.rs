@@ -638,29 +638,45 @@ fn snapshot_ro_mounts(vm: &VmPlan, dir: &Path) -> Result<VmPlan, RunError> {
 /// A read-only mount's snapshot: the erofs `image` of `src` as it is now, owned as `owner`
 /// (mkfs.erofs' `--force-uid`/`--force-gid`: the guest's user) — a directory as it is, a file
 /// as the one entry ([`airlock_model::vm::RO_FILE_ENTRY`]) of an image of its own, staged in
-/// `stage` (removed after). The host path is only read. True when `src` is a file (the guest
-/// binds that entry).
+/// `stage` (removed after). The host path is only read, and opened component by component
+/// without following any symbolic link (the user's source was canonical when checked: a link
+/// in it now was planted since, as for a container's sealed sources); what is read is what
+/// that descriptor names. True when `src` is a file (the guest binds that entry).
 pub(crate) fn ro_snapshot(
     src: &Path,
     image: &Path,
     owner: &[String],
     stage: &Path,
 ) -> Result<bool, String> {
-    let meta = std::fs::metadata(src).map_err(|e| e.to_string())?;
-    if meta.is_dir() {
-        artifacts::erofs(src, image, owner)?;
-        Ok(false)
-    } else if meta.is_file() {
-        let made = std::fs::create_dir(stage)
-            .and_then(|()| {
-                std::fs::copy(src, stage.join(airlock_model::vm::RO_FILE_ENTRY)).map(|_| ())
-            })
-            .map_err(|e| e.to_string())
-            .and_then(|()| artifacts::erofs(stage, image, owner));
-        let _ = std::fs::remove_dir_all(stage);
-        made.map(|()| true)
-    } else {
-        Err("neither a file nor a directory".into())
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fd = crate::container::hotplug::open_nofollow(src).map_err(|e| e.to_string())?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| e.to_string())?;
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => {
+            // mkfs.erofs reads the directory through a copy of the descriptor it inherits
+            // (`/proc/self/fd/N/`: that directory, whatever the path names by now).
+            let inherited = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD(3))
+                .map_err(|e| format!("dup: {e}"))?;
+            // SAFETY: F_DUPFD returned a new descriptor that nothing else owns.
+            let inherited = unsafe { OwnedFd::from_raw_fd(inherited) };
+            let through = PathBuf::from(format!("/proc/self/fd/{}/", inherited.as_raw_fd()));
+            let made = artifacts::erofs(&through, image, owner);
+            drop(inherited);
+            made.map(|()| false)
+        }
+        libc::S_IFREG => {
+            let through = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            let made = std::fs::create_dir(stage)
+                .and_then(|()| {
+                    std::fs::copy(&through, stage.join(airlock_model::vm::RO_FILE_ENTRY))
+                        .map(|_| ())
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|()| artifacts::erofs(stage, image, owner));
+            let _ = std::fs::remove_dir_all(stage);
+            made.map(|()| true)
+        }
+        _ => Err("neither a file nor a directory".into()),
     }
 }
 
