@@ -497,10 +497,19 @@ impl SelfJoin {
 /// Kill every process in a cgroup directory and remove it (best effort, a few retries).
 /// Returns whether it is gone.
 pub fn remove_cgroup_dir(d: &Path) -> bool {
-    for attempt in 0..50 {
+    // Killed processes leave the cgroup only once the kernel has torn them down, which on a
+    // loaded machine can take longer than a few naps: retry for up to 3 s in all (1 ms naps
+    // first, then 10 ms) before leaving it to `gc`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    for attempt in 0.. {
+        if attempt > 0 && std::time::Instant::now() >= deadline {
+            break;
+        }
         match fs::remove_dir(d) {
             Ok(()) => return true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            // Only a cgroup that still has members (EBUSY) is worth waiting for.
+            Err(e) if e.raw_os_error() != Some(libc::EBUSY) && attempt > 0 => break,
             Err(_) => {
                 if fs::write(d.join("cgroup.kill"), "1").is_err() {
                     if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
