@@ -648,6 +648,74 @@ crate::rootful_and_rootless!(
     named_home_files
 );
 
+/// A named sandbox's own `--ro`/`--rw` mounts on a warm start: bound in the member at claim,
+/// as its cold start binds them — read-only and writable (its `exec`s may write there: the
+/// recorded plan's writable roots), the writes on the host; after `rm` no mount is left.
+fn named_binds(a: &Airlock, label: &str) {
+    use common::work::{give, write};
+    let _guard = Guard(a, &["nb-one"]);
+    ok(
+        a,
+        &["daemon", "start", "--size", "1", "--net", "off", "--wait"],
+    );
+    let base = a.dir.join("binds");
+    write(&base.join("ro/f"), "from ro\n");
+    std::fs::create_dir_all(base.join("rw")).expect("mkdir rw");
+    give(a, &base);
+    let ro = format!("{}:/data", base.join("ro").display());
+    let rw = format!("{}:/out", base.join("rw").display());
+    ok(
+        a,
+        &[
+            "create",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--ro",
+            &ro,
+            "--rw",
+            &rw,
+            "nb-one",
+        ],
+    );
+    let out = ok(a, &["start", "nb-one"]);
+    warm_member(a, "nb-one", &out, label);
+    let out = ok(
+        a,
+        &[
+            "exec",
+            "nb-one",
+            "--",
+            "sh",
+            "-c",
+            "cat /data/f; echo x > /data/new 2>/dev/null || echo data-readonly; \
+             echo written > /out/w && echo out-written",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "from ro\ndata-readonly\nout-written\n",
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(base.join("rw/w")).ok().as_deref(),
+        Some("written\n"),
+        "{label}"
+    );
+    ok(a, &["rm", "--force", "nb-one"]);
+    ok(a, &["daemon", "stop"]);
+    let left = mounts_under(a.dir.path());
+    assert!(left.is_empty(), "{label}: mounts left: {left:?}");
+}
+
+crate::rootful_and_rootless!(
+    named_binds_are_bound_at_claim_rootful,
+    named_binds_are_bound_at_claim_rootless,
+    named_binds
+);
+
 // ---------------------------------------------------------------------------------------------
 // Overlay workspaces
 

@@ -56,6 +56,65 @@ pub fn claimable(steps: &[MountStep]) -> bool {
     })
 }
 
+/// What a claim attaches in its member, in the cold lowering's order: its workspace's steps,
+/// its own binds (`--ro`/`--rw`/`[mounts]`, `plan::bind_steps`), its home files.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimMounts {
+    pub steps: Vec<MountStep>,
+    /// Which of `steps` are the claim's own binds: their sources are opened without following
+    /// any symlink (`hotplug::bind_tree`: one swapped in since the claimer checked the path is
+    /// refused), and their mountpoints may be made anywhere a cold start makes them — the
+    /// member's read-only root is made writable for that moment only.
+    pub own: std::ops::Range<usize>,
+    /// Whose files a writable step's idmapping gives the sandbox user (root-run): a cold
+    /// start's `project_owner`, its project directory's owner. None: the workspace source's.
+    pub owner: Option<(u32, u32)>,
+}
+
+impl ClaimMounts {
+    /// Just these steps (a workspace, home files): nothing of the claim's own.
+    pub fn of(steps: Vec<MountStep>) -> ClaimMounts {
+        ClaimMounts {
+            steps,
+            ..ClaimMounts::default()
+        }
+    }
+}
+
+/// What a claim's error says when one of its own binds' sources is no longer what the claimer
+/// checked (a symlink swapped in, gone): such a run is refused, never started cold.
+pub const SOURCE_CHANGED: &str = "a mount source changed since it was checked";
+
+/// The detached mounts of `steps` (`rootfs::prepare`'s), the claim's own binds (`own`)
+/// opened without following symlinks.
+fn prepare_claim(
+    plan: &LaunchPlan,
+    own: &std::ops::Range<usize>,
+    idmap: Option<&OwnedFd>,
+) -> Result<rootfs::Prepared, String> {
+    let mut others = plan.clone();
+    for i in own.clone() {
+        // Prepared below; a step `prepare` opens nothing for stands in.
+        others.mounts[i] = MountStep::RootReadOnly;
+    }
+    let mut prepared = rootfs::prepare(&Real, &others, idmap).map_err(|e| e.to_string())?;
+    for i in own.clone() {
+        let (source, writable, map) = match &plan.mounts[i] {
+            MountStep::BindRo { source, .. } => (source, false, None),
+            MountStep::BindRw {
+                source,
+                idmap: want,
+                ..
+            } => (source, true, idmap.filter(|_| *want)),
+            other => return Err(format!("internal: {other:?} is not a bind")),
+        };
+        let (tree, _) = super::hotplug::bind_tree(source, writable, map)
+            .map_err(|e| format!("{SOURCE_CHANGED}: {e}"))?;
+        prepared[i] = Some(tree);
+    }
+    Ok(prepared)
+}
+
 /// The host owner of the workspace's source (what a cold start's `project_owner` is).
 fn source_owner(steps: &[MountStep]) -> Result<(u32, u32), RunError> {
     let src = steps.iter().find_map(|s| match s {
@@ -73,16 +132,21 @@ fn source_owner(steps: &[MountStep]) -> Result<(u32, u32), RunError> {
     }
 }
 
-/// Attach `steps` (a workspace's mount steps) in the running member in `dir` (plan: `plan`).
-/// `disk`: the folder an overlay's disk upper layer lives in (`upper`, `work`: a named
-/// sandbox's own folder, kept across stop/start, as its cold start keeps it there).
-/// Blocks until done; nothing is attached when it fails.
+/// Attach `mounts` (a claim's workspace, own binds and home files) in the running member in
+/// `dir` (plan: `plan`). `disk`: the folder an overlay's disk upper layer lives in (`upper`,
+/// `work`: a named sandbox's own folder, kept across stop/start, as its cold start keeps it
+/// there). Blocks until done; nothing is attached when it fails.
 pub fn attach_workspace(
     dir: &Path,
     plan: &LaunchPlan,
-    steps: &[MountStep],
+    mounts: &ClaimMounts,
     disk: Option<&Path>,
 ) -> Result<Attached, RunError> {
+    let steps = &mounts.steps[..];
+    let own = &mounts.own;
+    if own.end > steps.len() {
+        return Err(RunError::Setup("internal: own binds out of range".into()));
+    }
     if disk.is_none() && !claimable(steps) {
         return Err(RunError::Setup(
             "an overlay with a disk upper layer cannot be attached at claim".into(),
@@ -125,23 +189,24 @@ pub fn attach_workspace(
                 plan.uid_map[0].outside + plan.user.0,
                 plan.gid_map[0].outside + plan.user.1,
             );
+            let owner = match mounts.owner {
+                Some(o) => o,
+                None => source_owner(steps)?,
+            };
             Some(
-                crate::userns::idmap_userns(source_owner(steps)?, to)
+                crate::userns::idmap_userns(owner, to)
                     .map_err(io_err("create the idmapping user namespace"))?,
             )
         } else {
             None
         };
-        Some(
-            rootfs::prepare(&Real, &ws_plan, idmap.as_ref())
-                .map_err(|e| RunError::Setup(e.to_string()))?,
-        )
+        Some(prepare_claim(&ws_plan, own, idmap.as_ref()).map_err(RunError::Setup)?)
     };
     crate::phase("attach: sources prepared");
     let (back, back_child) =
         sys::socketpair(nix::sys::socket::SockType::Datagram).map_err(io_err("socketpair"))?;
     let ended = forked::run("workspace", "attach the workspace", |h| {
-        let fds = match helper(&ws_plan, userns, mntns, prepared, disk_dirs.as_ref()) {
+        let fds = match helper(&ws_plan, own, userns, mntns, prepared, disk_dirs.as_ref()) {
             Ok(f) => f,
             Err(e) => h.fail(e),
         };
@@ -173,6 +238,7 @@ pub fn attach_workspace(
 /// directories when there is one.
 fn helper(
     plan: &LaunchPlan,
+    own: &std::ops::Range<usize>,
     userns: &OwnedFd,
     mntns: &OwnedFd,
     prepared: Option<rootfs::Prepared>,
@@ -209,7 +275,7 @@ fn helper(
     }
     let mut prepared = match prepared {
         Some(p) => p,
-        None => rootfs::prepare(&os, plan, None).map_err(|e| e.to_string())?,
+        None => prepare_claim(plan, own, None)?,
     };
     let mut back = Vec::new();
     for (i, step) in plan.mounts.iter().enumerate() {
@@ -261,18 +327,28 @@ fn helper(
         )
         .map_err(|e| format!("open the sandbox's root: {e}"))?,
     };
-    for (i, step) in plan.mounts.iter().enumerate() {
-        let fd = prepared.get_mut(i).and_then(Option::take);
-        match step {
-            MountStep::Overlay { target, .. } => {
-                let tree = fd.ok_or("internal: no overlay to attach")?;
-                let t = rootfs::open_target(&os, &root.fd, target, true)
-                    .map_err(|e| format!("inside the sandbox, {}: {e}", target.display()))?;
-                os.move_mount(&tree, &t)
-                    .map_err(|e| format!("attach the overlay at {}: {e}", target.display()))?;
+    let mut attach_all = || -> Result<(), String> {
+        for (i, step) in plan.mounts.iter().enumerate() {
+            let fd = prepared.get_mut(i).and_then(Option::take);
+            match step {
+                MountStep::Overlay { target, .. } => {
+                    let tree = fd.ok_or("internal: no overlay to attach")?;
+                    let t = rootfs::open_target(&os, &root.fd, target, true)
+                        .map_err(|e| format!("inside the sandbox, {}: {e}", target.display()))?;
+                    os.move_mount(&tree, &t)
+                        .map_err(|e| format!("attach the overlay at {}: {e}", target.display()))?;
+                }
+                _ => rootfs::step_exec(&os, &root, step, fd).map_err(|e| e.to_string())?,
             }
-            _ => rootfs::step_exec(&os, &root, step, fd).map_err(|e| e.to_string())?,
         }
+        Ok(())
+    };
+    // The claim's own binds may need mountpoints on the read-only root (`/data`, a file in
+    // `/etc`), as a cold start makes them on its root before it turns read-only.
+    if own.is_empty() {
+        attach_all()?;
+    } else {
+        with_root_writable(attach_all)?;
     }
     Ok(back)
 }
@@ -320,6 +396,25 @@ pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(),
 /// In the sandbox's mount namespace: `files` written (rootfs's own step), the root writable
 /// meanwhile if it is read-only.
 fn write_etc(files: &[MountStep]) -> Result<(), String> {
+    let os = Real;
+    with_root_writable(|| {
+        let root = nix::fcntl::open(
+            "/",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("open the sandbox's root: {e}"))
+        .map(|fd| NewRoot { fd })?;
+        files
+            .iter()
+            .try_for_each(|f| rootfs::step_exec(&os, &root, f, None).map_err(|e| e.to_string()))
+    })
+}
+
+/// `f` done in the sandbox's mount namespace with its root writable meanwhile if it is
+/// read-only (before any of the claim's code runs), read-only again afterwards whatever `f`
+/// returned.
+fn with_root_writable<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     use nix::mount::MsFlags;
     let os = Real;
     let ro = nix::sys::statvfs::statvfs("/")
@@ -338,21 +433,10 @@ fn write_etc(files: &[MountStep]) -> Result<(), String> {
     if ro {
         remount(MsFlags::empty()).map_err(|e| format!("make the root writable: {e}"))?;
     }
-    let root = nix::fcntl::open(
-        "/",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| format!("open the sandbox's root: {e}"))
-    .map(|fd| NewRoot { fd });
-    let written = root.and_then(|root| {
-        files
-            .iter()
-            .try_for_each(|f| rootfs::step_exec(&os, &root, f, None).map_err(|e| e.to_string()))
-    });
+    let done = f();
     if ro {
         os.remount_root_readonly()
             .map_err(|e| format!("make the root read-only again: {e}"))?;
     }
-    written
+    done
 }
