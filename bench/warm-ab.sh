@@ -3,7 +3,7 @@
 # rounds: each round runs every (binary, cold|warm) once, in an order that rotates, so both
 # builds see the same machine load (on a shared machine, separate bench/warm.sh runs minutes
 # apart do not). One state dir per binary and kind; the warm ones keep a pool of SIZE members
-# and every timed warm run waits, untimed, for its pool to be full again.
+# and every timed run (cold too) waits, untimed, for both pools to be full again.
 # Usage: [ROUNDS=40] [SIZE=2] bench/warm-ab.sh BEFORE AFTER   (root)
 # Prints one markdown row per binary: cold and warm medians, warm/cold, and the load average.
 set -euo pipefail
@@ -27,7 +27,7 @@ try:
     def full(b):
         for _ in range(4000):
             st = json.loads(airlock(b, "warm", "daemon", "status", "--json", capture_output=True).stdout)
-            if all(p["ready"] >= p["size"] for p in st["pools"]):
+            if all(p["ready"] >= p["size"] and p["warming"] == 0 and p["claimed"] == 0 for p in st["pools"]):
                 return
             time.sleep(0.005)
         raise SystemExit("the pool did not refill")
@@ -35,8 +35,10 @@ try:
     for i in range(rounds + 3):
         order = keys[i % len(keys):] + keys[:i % len(keys)]
         for b, k in order:
-            if k == "warm":
-                full(b)
+            # Both daemons' pools full before every timed run, cold or warm: no refill of an
+            # earlier claim's member overlaps it.
+            for x in bins:
+                full(x)
             t = time.perf_counter()
             r = airlock(b, k, "run", "--workspace", "none", "--net", "off", "--", "true",
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

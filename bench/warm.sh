@@ -7,8 +7,9 @@
 # Usage: [ROUNDS=100] [SIZE=2] [NET=off] bench/warm.sh [AIRLOCK_BIN]
 #   (default: target/release/airlock; builds it if missing; root)
 # Two state dirs: one with no pool (cold), one with a daemon keeping SIZE members of each pool
-# ready (warm). Before each warm run the script waits, untimed, until the pools are full again,
-# so every timed warm run is a claim rather than a miss; hits and misses are printed to check.
+# ready (warm). Before each timed run (cold too) the script waits, untimed, until the pools are
+# full again, so every timed warm run is a claim rather than a miss and no refill overlaps a
+# timed run; hits and misses are printed to check.
 # BACKEND=microvm: both rows boot microVMs (`run --backend microvm --workspace none -- true`,
 # cold = a guest boot, warm = a claimed guest), in one hyperfine run; fewer runs by default
 # (RUNS=10, WARMUP=1), the VM artifacts from AIRLOCK_CACHE_DIR (default
@@ -47,13 +48,14 @@ try:
     def full():
         for _ in range(4000):
             st = json.loads(airlock("warm", "daemon", "status", "--json", capture_output=True).stdout)
-            if all(p["ready"] >= p["size"] for p in st["pools"]):
+            if all(p["ready"] >= p["size"] and p["warming"] == 0 and p["claimed"] == 0 for p in st["pools"]):
                 return
             time.sleep(0.005)
         raise SystemExit("the pools did not refill")
     def once(c, k):
-        if k == "warm":
-            full()
+        # Every timed run, cold or warm, starts with the pools full: no refill of an earlier
+        # claim's member overlaps it.
+        full()
         t = time.perf_counter()
         r = airlock(k, "run", *cases[c], "--net", net, "--", "true",
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

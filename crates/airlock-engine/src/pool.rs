@@ -60,6 +60,20 @@ const KEPT_LATENCIES: i64 = 1000;
 /// claim cannot change.
 pub fn key(spec: &RunSpec) -> String {
     use sha2::Digest;
+    let s = keyed(spec);
+    let mut json = serde_json::to_vec(&s).unwrap_or_default();
+    // A microVM member is also what its guest booted from (kernel, initramfs, root image).
+    if s.backend == airlock_model::policy::BackendKind::Microvm {
+        json.extend_from_slice(
+            airlock_sandbox::microvm::pool::identity(s.kernel.as_ref()).as_bytes(),
+        );
+    }
+    let digest = sha2::Sha256::digest(&json);
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What [`key`] hashes: the spec with every field a claim binds cleared.
+fn keyed(spec: &RunSpec) -> RunSpec {
     let mut s = spec.clone();
     s.name.clear();
     s.hostname.clear();
@@ -90,15 +104,51 @@ pub fn key(spec: &RunSpec) -> String {
     if s.workspace == airlock_model::policy::WorkspaceMode::None {
         s.project_dir = PathBuf::from("/");
     }
-    let mut json = serde_json::to_vec(&s).unwrap_or_default();
-    // A microVM member is also what its guest booted from (kernel, initramfs, root image).
-    if s.backend == airlock_model::policy::BackendKind::Microvm {
-        json.extend_from_slice(
-            airlock_sandbox::microvm::pool::identity(s.kernel.as_ref()).as_bytes(),
-        );
+    s
+}
+
+/// Why no pool serves `spec` (a run that found no pool of its key): the pool whose members
+/// differ from it in the fewest settings, and those settings as a user names them
+/// (`workspace`, `net`, `image`…); an empty list when only a microVM's boot artifacts differ.
+/// None when there is no pool whose spec can be read.
+pub fn nearest_mismatch(spec: &RunSpec, pools: &[Pool]) -> Option<(String, Vec<&'static str>)> {
+    let want = serde_json::to_value(keyed(spec)).ok()?;
+    pools
+        .iter()
+        .filter_map(|p| {
+            let member: RunSpec = serde_json::from_str(&p.spec_json).ok()?;
+            let have = serde_json::to_value(keyed(&member)).ok()?;
+            let mut differ: Vec<&'static str> = Vec::new();
+            let fields = want.as_object()?.keys().chain(have.as_object()?.keys());
+            for f in fields {
+                if want.get(f) != have.get(f) {
+                    let name = setting_name(f);
+                    if !differ.contains(&name) {
+                        differ.push(name);
+                    }
+                }
+            }
+            Some((p.key.clone(), differ))
+        })
+        .min_by_key(|(_, d)| d.len())
+}
+
+/// A spec field as the option or setting that sets it.
+fn setting_name(field: &str) -> &'static str {
+    match field {
+        "workspace" | "workspace_slot" | "workspace_slot_rw" | "project_dir" => "workspace",
+        "net" | "domains" => "net",
+        "ports" => "ports",
+        "profile" => "profile",
+        "binds" => "mounts (--ro/--rw)",
+        "resources" => "limits",
+        "require_limits" => "require_limits",
+        "user" => "user",
+        "backend" => "backend",
+        "rootfs" => "image",
+        "kernel" => "kernel",
+        _ => "other settings",
     }
-    let digest = sha2::Sha256::digest(&json);
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The container-side fields a claim binds that change a member's spec rather than only

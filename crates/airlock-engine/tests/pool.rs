@@ -360,6 +360,51 @@ fn no_pool_miss_and_hit() {
     assert_eq!(store.claim_latencies("k").expect("latencies"), vec![1500]);
 }
 
+/// A run no pool serves is told which pool is nearest and the settings it differs in; what a
+/// claim binds never counts as a difference.
+#[test]
+fn the_nearest_pool_and_what_sets_a_run_apart() {
+    let define = |m: &RunSpec| pool::Pool {
+        key: pool::key(m),
+        spec_json: serde_json::to_string(m).expect("json"),
+        size: 1,
+        hits: 0,
+        misses: 0,
+    };
+    let filtered = member();
+    let mut off = member();
+    off.net = NetMode::Off;
+    off.domains.clear();
+    off.ports.clear();
+    let pools = [define(&filtered), define(&off)];
+    // A filtered run with another allowlist and its own command is the first pool's.
+    let mut run = run_of(&filtered);
+    run.domains = vec!["two.example".into()];
+    assert_eq!(pool::key(&run), pools[0].key);
+    // As root, off: nearest is the second pool, apart only by its user.
+    let mut run = run_of(&off);
+    run.user = SandboxUser::Root;
+    let (key, differ) = pool::nearest_mismatch(&run, &pools).expect("a pool");
+    assert_eq!(
+        (key.as_str(), differ),
+        (pools[1].key.as_str(), vec!["user"])
+    );
+    // Another image and a disk limit, filtered: the first pool, both named.
+    let mut run = run_of(&filtered);
+    run.rootfs = RootFs::Image {
+        reference: "debian:12".into(),
+        digest: Some("sha256:00".into()),
+    };
+    run.resources.disk = Some(ByteSize(64 << 20));
+    let (key, mut differ) = pool::nearest_mismatch(&run, &pools).expect("a pool");
+    differ.sort();
+    assert_eq!(
+        (key.as_str(), differ),
+        (pools[0].key.as_str(), vec!["image", "limits"])
+    );
+    assert_eq!(pool::nearest_mismatch(&run, &[]), None);
+}
+
 /// The claimer's end of a used claim is one transaction: its member released (only for its
 /// claimer's pid, as `member_release`), one hit and the latency counted (as `claim_done`).
 #[test]

@@ -16,6 +16,15 @@ pub const VM_BOOT_FILE: &str = "vm-booting";
 /// inside: user, environment, working directory, rlimits, writable paths).
 pub const PLAN_FILE: &str = "plan.json";
 
+/// The plan recorded in a sandbox's (or pool member's) folder; the error names the file and
+/// why it could not be read or decoded.
+pub fn read_plan(dir: &std::path::Path) -> Result<airlock_model::plan::LaunchPlan, String> {
+    std::fs::read(dir.join(PLAN_FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{PLAN_FILE}: {e}"))
+}
+
 /// Whether a named sandbox runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observed {

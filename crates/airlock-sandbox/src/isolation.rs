@@ -188,13 +188,10 @@ impl Isolation for Container {
     }
 
     fn exec(&self, sandbox: &Instance<'_>, req: &ExecRequest) -> Result<Outcome, RunError> {
-        let plan: airlock_model::plan::LaunchPlan = std::fs::read(sandbox.dir.join(PLAN_FILE))
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| RunError::NotRecorded {
-                name: sandbox.name.to_string(),
-                why: format!("{PLAN_FILE}: {e}"),
-            })?;
+        let plan = crate::folder::read_plan(sandbox.dir).map_err(|why| RunError::NotRecorded {
+            name: sandbox.name.to_string(),
+            why,
+        })?;
         // The cgroup is named after the name the sandbox was started with (its plan's).
         let leaf = sandbox
             .id
@@ -207,13 +204,10 @@ impl Isolation for Container {
         sandbox: &Instance<'_>,
         change: &container::hotplug::Hotplug,
     ) -> Result<(), RunError> {
-        let plan: airlock_model::plan::LaunchPlan = std::fs::read(sandbox.dir.join(PLAN_FILE))
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| RunError::NotRecorded {
-                name: sandbox.name.to_string(),
-                why: format!("{PLAN_FILE}: {e}"),
-            })?;
+        let plan = crate::folder::read_plan(sandbox.dir).map_err(|why| RunError::NotRecorded {
+            name: sandbox.name.to_string(),
+            why,
+        })?;
         container::hotplug::apply(sandbox.dir, &plan, change)
     }
 

@@ -491,9 +491,10 @@ pub struct ExecOptions {
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
     /// Start the daemon (if it is not running) with a pool of sandboxes made from these options
-    /// (as `run` would make them; `--workspace none` unless given: `--workspace overlay` serves
-    /// runs with an overlay or bind workspace, and named sandboxes (`start`, `up`, agent
-    /// starts) with a clone or bind one, attached at claim; for `--backend microvm`,
+    /// (as `run` would make them, so that `airlock run -- CMD` with the same options claims
+    /// one: an overlay pool unless `--workspace` or the configuration says `none`; an overlay
+    /// pool serves runs with an overlay or bind workspace, and named sandboxes (`start`, `up`,
+    /// agent starts) with a clone or bind one, attached at claim; for `--backend microvm`,
     /// `--workspace clone` keeps guests for named sandboxes' clone workspaces) and keep it full.
     /// `[daemon.agents.NAME] min_warm = N` keeps a pool for an agent's starts.
     Start(Box<PoolArgs>),

@@ -37,6 +37,24 @@ fn vm_run_stdin(a: &Airlock, args: &[&str], env: &[(&str, &str)], stdin: Option<
     common::run_with_deadline(cmd, stdin.map(<[u8]>::to_vec), VM_DEADLINE)
 }
 
+/// The unprivileged test user's airlock (and the binaries it runs) for a microVM test. The
+/// shared artifact cache is built by root (the user could not write it): one root boot per
+/// test binary makes sure it is there before the user's first run reads it.
+fn rootless_vm_airlock() -> (Bins, Airlock) {
+    static CACHE: std::sync::Once = std::sync::Once::new();
+    CACHE.call_once(|| {
+        let out = vm_run(
+            &Airlock::root(),
+            &["--workspace", "none", "--net", "off", "--", "true"],
+            &[],
+        );
+        assert_eq!(out.code(), 0, "{}", out.describe());
+    });
+    let bins = Bins::owned_by(&common::test_user());
+    let a = Airlock::rootless(&bins);
+    (bins, a)
+}
+
 fn host_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .expect("osrelease")
@@ -356,17 +374,7 @@ fn rootless_airlock_boots_a_guest_too() {
     if !e2e("rootless_airlock_boots_a_guest_too") {
         return;
     }
-    // The shared cache is built by root (a rootless user could not write it): make sure it
-    // exists before the unprivileged run reads it.
-    let root = Airlock::root();
-    let out = vm_run(
-        &root,
-        &["--workspace", "none", "--net", "off", "--", "true"],
-        &[],
-    );
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    let bins = Bins::owned_by(&common::test_user());
-    let a = Airlock::rootless(&bins);
+    let (_bins, a) = rootless_vm_airlock();
     let out = vm_run(
         &a,
         &[
@@ -1239,16 +1247,7 @@ fn a_named_microvm_sandbox_works_rootless() {
     if !e2e("a_named_microvm_sandbox_works_rootless") {
         return;
     }
-    // The shared cache is built by root (the user could not write it): make sure it is there.
-    let root = Airlock::root();
-    let out = vm_run(
-        &root,
-        &["--workspace", "none", "--net", "off", "--", "true"],
-        &[],
-    );
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    let bins = Bins::owned_by(&common::test_user());
-    let a = Airlock::rootless(&bins);
+    let (_bins, a) = rootless_vm_airlock();
     let _guard = EngineGuard(&a);
     let ok = |args: &[&str]| {
         let out = vm_cli(&a, args);
@@ -1840,16 +1839,7 @@ fn a_rootless_microvm_clone_workspace_comes_back() {
     if !e2e("a_rootless_microvm_clone_workspace_comes_back") {
         return;
     }
-    // The shared cache is built by root (the user could not write it): make sure it is there.
-    let root = Airlock::root();
-    let out = vm_run(
-        &root,
-        &["--workspace", "none", "--net", "off", "--", "true"],
-        &[],
-    );
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    let bins = Bins::owned_by(&common::test_user());
-    let a = Airlock::rootless(&bins);
+    let (_bins, a) = rootless_vm_airlock();
     let _guard = Cleanup(&a, &["vmrlclone"]);
     let p = git_project(&a);
     let ok = |args: &[&str]| {

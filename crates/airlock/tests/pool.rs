@@ -9,7 +9,7 @@ use common::work::EngineGuard;
 use common::pool::{claimed, git_project, kill_daemon, members_dir, members_ever};
 
 use common::internet::Internet;
-use common::{e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins};
+use common::{cgroups_named, e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,28 +38,6 @@ fn ok(a: &Airlock, args: &[&str]) -> common::Outcome {
 fn status(a: &Airlock) -> serde_json::Value {
     let out = ok(a, &["daemon", "status", "--json"]);
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
-
-/// Cgroup directories (any hierarchy) whose name starts with `prefix`.
-fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
-    fn walk(dir: &Path, depth: usize, prefix: &str, out: &mut Vec<PathBuf>) {
-        if depth == 0 {
-            return;
-        }
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let p = e.path();
-            if e.file_name().to_string_lossy().starts_with(prefix) {
-                out.push(p.clone());
-            }
-            walk(&p, depth - 1, prefix, out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(Path::new("/sys/fs/cgroup"), 6, prefix, &mut out);
-    out
 }
 
 /// After `daemon stop`: no supervisor, no member folder or record, no cgroup, no mount.
@@ -103,7 +81,18 @@ fn pool0(st: &serde_json::Value) -> &serde_json::Value {
 /// Start, claim (command, environment, secret, exit status bound at claim), refill, stop.
 fn warm_lifecycle(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
-    ok(a, &["daemon", "start", "--size", "2", "--wait"]);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "2",
+            "--wait",
+        ],
+    );
     let st = status(a);
     assert_eq!(st["running"], true, "{label}: {st}");
     assert_eq!(pool0(&st)["ready"], 2, "{label}: {st}");
@@ -223,7 +212,7 @@ crate::rootful_and_rootless!(
 );
 
 /// An empty pool: cold start (said so), counted as a miss. A run whose policy differs from
-/// every pool's never gets a member (a pool of filtered members serves no `--net off` run).
+/// every pool's never gets a member (said so, with where the nearest pool differs) (a pool of filtered members serves no `--net off` run).
 #[test]
 fn cold_fallback_and_no_policy_leak() {
     if !e2e("cold_fallback_and_no_policy_leak") {
@@ -231,7 +220,19 @@ fn cold_fallback_and_no_policy_leak() {
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
-    ok(&a, &["daemon", "start", "--size", "0", "--net", "off"]);
+    ok(
+        &a,
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "0",
+            "--net",
+            "off",
+        ],
+    );
     let out = ok(
         &a,
         &["run", "--workspace", "none", "--net", "off", "--", "true"],
@@ -242,12 +243,39 @@ fn cold_fallback_and_no_policy_leak() {
         out.describe()
     );
     assert_eq!(pool0(&status(&a))["misses"], 1, "{}", status(&a));
+    // A run no pool is for says so, and what sets it apart from the nearest pool.
+    let out = ok(
+        &a,
+        &[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--user",
+            "root",
+            "--",
+            "true",
+        ],
+    );
+    assert!(
+        claimed(&out).is_none()
+            && out
+                .stderr
+                .contains("cold start (no warm pool matches this run; the nearest, pool ")
+            && out.stderr.contains("differs in user)"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(pool0(&status(&a))["misses"], 1, "{}", status(&a));
 
     ok(
         &a,
         &[
             "daemon",
             "prewarm",
+            "--workspace",
+            "none",
             "--size",
             "1",
             "--wait",
@@ -358,6 +386,18 @@ crate::rootful_and_rootless!(
     warm_runs_say_and_journal_their_egress
 );
 
+/// `airlock doctor --json`'s warm pool row.
+fn doctor_pool_row(a: &Airlock) -> serde_json::Value {
+    let out = a.run(&["doctor", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.describe()));
+    v["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["id"] == "pool"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no pool row: {}", out.stdout))
+}
+
 /// kill -9 the daemon: its members run on; a new daemon adopts them (no new starts) and
 /// resumes refilling.
 #[test]
@@ -369,7 +409,17 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
     let _guard = DaemonGuard(&a);
     ok(
         &a,
-        &["daemon", "start", "--size", "2", "--wait", "--net", "off"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "2",
+            "--wait",
+            "--net",
+            "off",
+        ],
     );
     let first = members_ever(&a);
     kill_daemon(&a);
@@ -382,6 +432,18 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
         .filter(|p: &i32| Path::new(&format!("/proc/{p}")).exists())
         .collect();
     assert_eq!(supervisors.len(), 2, "supervisors gone with the daemon");
+    // `doctor` says the pool is not refilled, and how to mend that.
+    let row = doctor_pool_row(&a);
+    assert!(
+        row["status"] == "degraded"
+            && row["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("no daemon refills them") && d.contains("2/2 ready"))
+            && row["fix"]
+                .as_str()
+                .is_some_and(|f| f.contains("airlock daemon start")),
+        "{row}"
+    );
     // A claim needs no daemon.
     let out = ok(
         &a,
@@ -393,11 +455,29 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
     assert!(!members_dir(&a).join(&member).exists());
     ok(
         &a,
-        &["daemon", "start", "--size", "2", "--wait", "--net", "off"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "2",
+            "--wait",
+            "--net",
+            "off",
+        ],
     );
     let now = members_ever(&a);
     // One new member (the refill), the other adopted.
     assert_eq!(now.len(), 3, "{now:?}");
+    let row = doctor_pool_row(&a);
+    assert!(
+        row["status"] == "ok"
+            && row["detail"].as_str().is_some_and(|d| {
+                d.starts_with("daemon running (pid ") && d.contains("2/2 ready, 1 hits, 0 misses")
+            }),
+        "{row}"
+    );
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "adopt");
 }
@@ -413,7 +493,17 @@ fn claims_survive_daemon_kill_9_at_random_points() {
     let _guard = DaemonGuard(&a);
     ok(
         &a,
-        &["daemon", "start", "--size", "3", "--wait", "--net", "off"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "3",
+            "--wait",
+            "--net",
+            "off",
+        ],
     );
     let mut seen = BTreeSet::new();
     let mut warm = 0;
@@ -451,7 +541,19 @@ fn claims_survive_daemon_kill_9_at_random_points() {
                 assert!(seen.insert(m.clone()), "round {round}: {m} claimed twice");
             }
         }
-        ok(a, &["daemon", "start", "--size", "3", "--net", "off"]);
+        ok(
+            a,
+            &[
+                "daemon",
+                "start",
+                "--workspace",
+                "none",
+                "--size",
+                "3",
+                "--net",
+                "off",
+            ],
+        );
     }
     assert!(warm > 0, "no run was warm");
     ok(&a, &["daemon", "stop"]);
@@ -499,7 +601,17 @@ fn an_api_run_claims_a_warm_member() {
     let _engine = EngineGuard(&a);
     ok(
         &a,
-        &["daemon", "start", "--size", "1", "--wait", "--net", "off"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "1",
+            "--wait",
+            "--net",
+            "off",
+        ],
     );
     ok(&a, &["list"]); // starts the engine
     let sock = std::fs::read_dir(a.dir.join("runtime/airlock"))
@@ -620,7 +732,17 @@ fn a_claim_gets_its_own_allowlist() {
     let start = a.run_with_env(
         &env,
         &[
-            "daemon", "start", "--size", "2", "--wait", "--allow", "x.test", "--ro", &ro,
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "2",
+            "--wait",
+            "--allow",
+            "x.test",
+            "--ro",
+            &ro,
         ],
     );
     assert_eq!(start.code(), 0, "{}", start.describe());
@@ -683,8 +805,8 @@ fn warm(out: &common::Outcome, label: &str) -> String {
     claimed(out).unwrap_or_else(|| panic!("{label}: not warm: {}", out.describe()))
 }
 
-/// The default run (overlay workspace) and a bind run claim a member of a `--workspace
-/// overlay` pool: the project is attached at /workspace before the command runs, the host
+/// The default run (overlay workspace) and a bind run claim a member of the default pool
+/// (`daemon start` with no `--workspace`, made from `/`: an overlay pool): the project is attached at /workspace before the command runs, the host
 /// directory stays untouched (overlay) and the change summary is printed; the protected paths
 /// are read-only exactly as in a cold run; a bind run's tampering with git's control files is
 /// reported and undone as after a cold bind run; two claims at once never see each other's
@@ -692,20 +814,13 @@ fn warm(out: &common::Outcome, label: &str) -> String {
 fn workspaces_at_claim(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
     let p = git_project(a);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "2",
-            "--workspace",
-            "overlay",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    // No `--workspace`: the pool is for what `run` makes with these options, an overlay run.
+    // Made from `/`: the directory a pool is made in is no workspace (each claim attaches its
+    // own), so it is not refused as a run from `/` is.
+    let mut start = a.command(&["daemon", "start", "--size", "2", "--net", "off", "--wait"]);
+    start.current_dir("/");
+    let out = common::run_with_deadline(start, None, Duration::from_secs(120));
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
 
     // Overlay: the default workspace.
     let out = a.run(&[
@@ -1505,6 +1620,8 @@ fn injected_secrets_at_claim(a: &Airlock, label: &str) {
         &[
             "daemon",
             "start",
+            "--workspace",
+            "none",
             "--size",
             "2",
             "--wait",
@@ -1656,7 +1773,17 @@ fn home_files_at_claim(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
     ok(
         a,
-        &["daemon", "start", "--size", "1", "--net", "off", "--wait"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "1",
+            "--net",
+            "off",
+            "--wait",
+        ],
     );
     let files = a.dir.join("hostfiles");
     write(&files.join("imm.txt"), "immutable v1\n");
@@ -1747,7 +1874,17 @@ fn chosen_hostname(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
     ok(
         a,
-        &["daemon", "start", "--size", "2", "--net", "off", "--wait"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "2",
+            "--net",
+            "off",
+            "--wait",
+        ],
     );
     for (flag, value) in [("--hostname", "chosen-host"), ("--name", "named-run")] {
         let out = ok(

@@ -172,7 +172,15 @@ fn a_warm_microvm_claim_binds_its_own_allowlist_and_secret() {
     ];
     let policy = ["--backend", "microvm", "--net", "filtered"];
     let start = |size: &str| {
-        let mut args = vec!["daemon", "start", "--size", size, "--wait"];
+        let mut args = vec![
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            size,
+            "--wait",
+        ];
         args.extend(policy);
         args.extend(["--allow", "pool.test"]);
         ok(&a, &args, &env)
@@ -327,6 +335,8 @@ fn adopt(a: &Airlock, label: &str) {
     let start = [
         "daemon",
         "start",
+        "--workspace",
+        "none",
         "--backend",
         "microvm",
         "--net",
@@ -450,6 +460,8 @@ fn a_microvm_pool_that_cannot_boot_is_refused_at_start() {
         &[
             "daemon",
             "start",
+            "--workspace",
+            "none",
             "--backend",
             "microvm",
             "--kernel",

@@ -8,7 +8,6 @@ mod common;
 
 use common::pool::{git_project, kill_daemon, members_dir, members_ever};
 use common::{mounts_under, pids_with_marker, wait_until, Airlock, Outcome};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Removes the test's sandboxes, stops its daemon and its engine however the test ends.
@@ -124,29 +123,8 @@ fn expect(greeting: &str, token: &str, name: &str, kept: &str) -> Vec<String> {
 /// The memory limit of the cgroup of the running named sandbox `name` (host side: the
 /// cgroup a cold start of it has, `NAME.ID`).
 fn memory_limit_of(name: &str) -> Option<u64> {
-    fn walk(dir: &Path, depth: usize, prefix: &str, out: &mut Vec<PathBuf>) {
-        if depth == 0 {
-            return;
-        }
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let p = e.path();
-            if e.file_name().to_string_lossy().starts_with(prefix) {
-                out.push(p.clone());
-            }
-            walk(&p, depth - 1, prefix, out);
-        }
-    }
-    let mut dirs = Vec::new();
-    walk(
-        Path::new("/sys/fs/cgroup"),
-        6,
-        &format!("{name}."),
-        &mut dirs,
-    );
-    dirs.iter()
+    common::cgroups_named(&format!("{name}."))
+        .iter()
         .flat_map(|d| ["memory.max", "memory.limit_in_bytes"].map(|f| d.join(f)))
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .find_map(|s| s.trim().parse::<u64>().ok())
@@ -454,6 +432,8 @@ fn named_injected(a: &Airlock, label: &str) {
     run(&[
         "daemon",
         "start",
+        "--workspace",
+        "none",
         "--size",
         "1",
         "--wait",
@@ -568,7 +548,17 @@ fn named_home_files(a: &Airlock, label: &str) {
     let _guard = Guard(a, &["hf-one"]);
     ok(
         a,
-        &["daemon", "start", "--size", "1", "--net", "off", "--wait"],
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "1",
+            "--net",
+            "off",
+            "--wait",
+        ],
     );
     let files = a.dir.join("hostfiles");
     write(&files.join("imm.txt"), "immutable v1\n");

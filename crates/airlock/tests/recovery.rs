@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{e2e, Airlock, Bins};
+use common::{cgroups_named, e2e, Airlock, Bins};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -53,28 +53,6 @@ impl Drop for Env {
     fn drop(&mut self) {
         stop_engines_at(&self.runtime);
     }
-}
-
-/// Cgroup directories (any hierarchy) whose name starts with `prefix`.
-fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
-    fn walk(dir: &Path, depth: usize, prefix: &str, out: &mut Vec<PathBuf>) {
-        if depth == 0 {
-            return;
-        }
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let p = e.path();
-            if e.file_name().to_string_lossy().starts_with(prefix) {
-                out.push(p.clone());
-            }
-            walk(&p, depth - 1, prefix, out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(Path::new("/sys/fs/cgroup"), 6, prefix, &mut out);
-    out
 }
 
 #[test]

@@ -160,17 +160,10 @@ pub fn attach_workspace(
         Some(d) => Some(super::disk_layers(plan, d)?),
         None => None,
     };
-    let ns = super::exec::fetch_namespaces(dir)
-        .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
-    let find = |flag: CloneFlags| {
-        ns.iter()
-            .find(|(f, _)| *f == flag)
-            .map(|(_, fd)| fd)
-            .ok_or_else(|| RunError::Setup("the sandbox's namespaces are incomplete".into()))
-    };
+    let ns = super::exec::Namespaces::of(dir, &plan.name)?;
     let (userns, mntns) = (
-        find(CloneFlags::CLONE_NEWUSER)?,
-        find(CloneFlags::CLONE_NEWNS)?,
+        ns.get(CloneFlags::CLONE_NEWUSER)?,
+        ns.get(CloneFlags::CLONE_NEWNS)?,
     );
     let mut ws_plan = plan.clone();
     ws_plan.mounts = steps.to_vec();
@@ -359,18 +352,11 @@ fn helper(
 /// any of the claim's code runs). Done by a forked helper that joins its user namespace: a
 /// named sandbox that adopted a warm member is called by its own name, as a cold one is.
 pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(), RunError> {
-    let ns = super::exec::fetch_namespaces(dir)
-        .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
-    let find = |flag: CloneFlags| {
-        ns.iter()
-            .find(|(f, _)| *f == flag)
-            .map(|(_, fd)| fd)
-            .ok_or_else(|| RunError::Setup("the sandbox's namespaces are incomplete".into()))
-    };
+    let ns = super::exec::Namespaces::of(dir, &plan.name)?;
     let (userns, utsns, mntns) = (
-        find(CloneFlags::CLONE_NEWUSER)?,
-        find(CloneFlags::CLONE_NEWUTS)?,
-        find(CloneFlags::CLONE_NEWNS)?,
+        ns.get(CloneFlags::CLONE_NEWUSER)?,
+        ns.get(CloneFlags::CLONE_NEWUTS)?,
+        ns.get(CloneFlags::CLONE_NEWNS)?,
     );
     let files = airlock_model::plan::name_files(hostname);
     let ended = forked::run("hostname", "set the hostname", |h| {

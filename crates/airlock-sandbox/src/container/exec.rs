@@ -123,6 +123,27 @@ pub(crate) fn fetch_namespaces(dir: &Path) -> std::io::Result<Vec<(CloneFlags, O
     Ok(NAMESPACES.iter().map(|(_, f)| *f).zip(fds).collect())
 }
 
+/// A running sandbox's namespaces, as its control socket hands them out.
+pub(crate) struct Namespaces(Vec<(CloneFlags, OwnedFd)>);
+
+impl Namespaces {
+    /// Those of the sandbox `name` whose folder is `dir`; an error says it is not running.
+    pub(crate) fn of(dir: &Path, name: &str) -> Result<Self, RunError> {
+        fetch_namespaces(dir)
+            .map(Self)
+            .map_err(|e| RunError::Setup(format!("sandbox {name} is not running ({e})")))
+    }
+
+    /// The namespace of kind `flag`.
+    pub(crate) fn get(&self, flag: CloneFlags) -> Result<&OwnedFd, RunError> {
+        self.0
+            .iter()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, fd)| fd)
+            .ok_or_else(|| RunError::Setup("the sandbox's namespaces are incomplete".into()))
+    }
+}
+
 fn cstrings(items: impl Iterator<Item = String>) -> Result<Vec<CString>, RunError> {
     items
         .map(|s| CString::new(s.clone()).map_err(|_| RunError::Nul(s)))
@@ -146,8 +167,7 @@ pub fn exec(
             plan.name
         )));
     }
-    let ns = fetch_namespaces(dir)
-        .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
+    let ns = Namespaces::of(dir, &plan.name)?;
     // The sandbox's cgroup directories (host view), joined before entering its namespaces.
     let cgroups: Vec<PathBuf> = match leaf {
         Some(leaf) => Layout::detect()
@@ -201,7 +221,7 @@ pub fn exec(
             filter: &filter,
             filtered: false,
         };
-        enter_and_relay(&ns, &inside, err_wr, &|_| {})
+        enter_and_relay(&ns.0, &inside, err_wr, &|_| {})
     }
     drop(err_wr);
     drop(ns);
@@ -360,21 +380,13 @@ pub fn deliver_secrets(
     secrets: &[(String, String)],
     ca_pem: Option<&str>,
 ) -> Result<(), RunError> {
-    let plan: LaunchPlan = fs::read(dir.join(crate::folder::PLAN_FILE))
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    let plan = crate::folder::read_plan(dir)
         .map_err(|e| RunError::Setup(format!("the sandbox's plan: {e}")))?;
-    let ns = fetch_namespaces(dir)
-        .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
-    let find = |flag: CloneFlags| ns.iter().find(|(f, _)| *f == flag).map(|(_, fd)| fd);
-    let (Some(userns), Some(mntns)) = (
-        find(CloneFlags::CLONE_NEWUSER),
-        find(CloneFlags::CLONE_NEWNS),
-    ) else {
-        return Err(RunError::Setup(
-            "the sandbox's namespaces are incomplete".into(),
-        ));
-    };
+    let ns = Namespaces::of(dir, &plan.name)?;
+    let (userns, mntns) = (
+        ns.get(CloneFlags::CLONE_NEWUSER)?,
+        ns.get(CloneFlags::CLONE_NEWNS)?,
+    );
     // A warm claim's injected secrets: the bundle a cold start's PID 1 writes (the system's
     // roots and the claim's interception CA).
     let bundle = ca_pem.map(super::ca_bundle);

@@ -231,17 +231,10 @@ pub fn apply(dir: &Path, plan: &LaunchPlan, change: &Hotplug) -> Result<(), RunE
             plan.name
         )));
     }
-    let ns = super::exec::fetch_namespaces(dir)
-        .map_err(|e| RunError::Setup(format!("sandbox {} is not running ({e})", plan.name)))?;
-    let find = |flag: CloneFlags| {
-        ns.iter()
-            .find(|(f, _)| *f == flag)
-            .map(|(_, fd)| fd)
-            .ok_or_else(|| RunError::Setup("the sandbox's namespaces are incomplete".into()))
-    };
+    let ns = super::exec::Namespaces::of(dir, &plan.name)?;
     let (userns, mntns) = (
-        find(CloneFlags::CLONE_NEWUSER)?,
-        find(CloneFlags::CLONE_NEWNS)?,
+        ns.get(CloneFlags::CLONE_NEWUSER)?,
+        ns.get(CloneFlags::CLONE_NEWNS)?,
     );
     // Root-run: this process opens (and idmaps) the tree; the child only attaches it.
     let mut prepared: Option<(OwnedFd, bool)> = None;

@@ -9,7 +9,7 @@
 use crate::error::CliResult;
 use airlock_engine::live_policy::ClaimedAs;
 use airlock_engine::pool;
-use airlock_model::plan::{LaunchPlan, MountStep};
+use airlock_model::plan::MountStep;
 use airlock_model::policy::{BackendKind, Profile, WorkspaceMode};
 use airlock_model::spec::RunSpec;
 use airlock_sandbox::container::attach;
@@ -126,9 +126,7 @@ pub fn try_adopt(
             airlock_engine::supervisor::locked(&mdir)
         })
         .map_err(|e| format!("retire the member's exec stub: {e}"))?;
-        let mut plan: LaunchPlan = std::fs::read(mdir.join(airlock_sandbox::folder::PLAN_FILE))
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        let mut plan = airlock_sandbox::folder::read_plan(&mdir)
             .map_err(|e| format!("the member's plan: {e}"))?;
         // A named sandbox's journal is its supervisor's (the member's, adopted with it).
         super::daemon::bind_policy_and_secrets(

@@ -52,7 +52,7 @@ pub fn dispatch(
     }
 }
 
-/// The member spec of a pool from `run`'s options: what `run --workspace none` would make,
+/// The member spec of a pool from `run`'s options: what `run` with them would make,
 /// persistent (PID 1 waits), with nothing a claim binds (environment, secrets).
 fn member_spec(
     a: &PoolArgs,
@@ -62,16 +62,33 @@ fn member_spec(
     let mut policy = a.policy.clone();
     // `--workspace clone`: members for named microVM sandboxes with a clone workspace (a
     // writable slot their image goes into); built as `none`, then made a clone's.
+    // No `--workspace`: members for the runs `airlock run` with these options makes here (the
+    // configuration's workspace mode, an overlay by default).
+    if policy.workspace.is_none() {
+        let mode = super::spec::run_workspace_mode(&policy, global_config, no_user_config)?;
+        policy.workspace = Some(
+            if mode == WorkspaceMode::None {
+                "none"
+            } else {
+                "overlay"
+            }
+            .into(),
+        );
+    }
     let clone = policy.workspace.as_deref() == Some("clone");
+    // `--workspace overlay`: the claim attaches each run's own project, so the directory the
+    // pool is made in is not a workspace (`/` or $HOME are fine): built as `none`, then made
+    // an overlay's.
+    let overlay = policy.workspace.as_deref() == Some("overlay");
     match policy.workspace.as_deref() {
         None => policy.workspace = Some("none".into()),
-        Some("none" | "overlay" | "bind") => {}
-        Some("clone") => policy.workspace = Some("none".into()),
+        Some("none" | "bind") => {}
+        Some("clone" | "overlay") => policy.workspace = Some("none".into()),
         Some(other) => {
             return Err(CliError::usage(format!(
                 "--workspace {other}: a pool's members are claimed by runs (none, overlay or bind) or named microVM clones (clone)"
             ))
-            .hint("--workspace overlay serves runs with an overlay or bind workspace, --workspace none (the default) runs without one"))
+            .hint("--workspace overlay (the default) serves runs with an overlay or bind workspace, --workspace none runs without one"))
         }
     }
     let ra = RunArgs {
@@ -96,6 +113,9 @@ fn member_spec(
             ));
         }
         built.spec.workspace = WorkspaceMode::Clone;
+    }
+    if overlay {
+        built.spec.workspace = WorkspaceMode::Overlay;
     }
     // A microVM member takes an overlay workspace at claim (its slot disk); nothing else.
     if built.spec.backend == BackendKind::Microvm
@@ -437,6 +457,86 @@ fn us(v: Option<u64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2} ms", v as f64 / 1000.0))
 }
 
+/// `airlock doctor`'s row for the warm pool: whether a daemon keeps pools here (their members
+/// ready, hits and misses), else how to get one. Reads the store only when it exists (a
+/// doctor on a fresh machine creates nothing). Degraded when pools are recorded but no
+/// daemon refills them.
+pub fn doctor_row() -> airlock_sandbox::hostcaps::Row {
+    use airlock_sandbox::hostcaps::{Row, Status};
+    let state = paths::state_dir();
+    let row = |status, detail: String, fix: Option<&str>| {
+        Row {
+        id: "pool".into(),
+        name: "warm pool".into(),
+        status,
+        detail,
+        fix: fix.map(Into::into),
+        needed_for: "warm starts: `airlock run` and named sandboxes claiming a pre-started sandbox in milliseconds".into(),
+    }
+    };
+    let pid = pool::daemon_pid(&state);
+    let db = state.join("store.db");
+    let pools = if db.exists() {
+        Store::open(&db)
+            .map_err(|e| e.to_string())
+            .and_then(|mut st| pool::status(&mut st).map_err(|e| e.to_string()))
+    } else {
+        Ok(Vec::new())
+    };
+    let pools = match pools {
+        Ok(p) => p,
+        Err(e) => {
+            return row(
+                Status::Degraded,
+                format!(
+                    "the pool records in {} cannot be read: {e}; runs start cold",
+                    db.display()
+                ),
+                Some("airlock daemon stop; airlock daemon start"),
+            )
+        }
+    };
+    let each: Vec<String> = pools
+        .iter()
+        .map(|p| {
+            format!(
+                "pool {} ({}): {}/{} ready, {} hits, {} misses",
+                &p.key[..8.min(p.key.len())],
+                p.label,
+                p.ready,
+                p.size,
+                p.hits,
+                p.misses
+            )
+        })
+        .collect();
+    match (pid, pools.is_empty()) {
+        (Some(pid), _) => row(
+            Status::Ok,
+            format!(
+                "daemon running (pid {pid}); {} pool(s){}{}",
+                pools.len(),
+                if each.is_empty() { "" } else { ": " },
+                each.join("; ")
+            ),
+            None,
+        ),
+        (None, true) => row(
+            Status::Ok,
+            "no daemon: runs start cold (`airlock daemon start` keeps pre-started sandboxes for runs like `airlock run` with the same options; `[pool] size = N` starts one on the first run)".into(),
+            None,
+        ),
+        (None, false) => row(
+            Status::Degraded,
+            format!(
+                "pools recorded but no daemon refills them (it was killed?): {}",
+                each.join("; ")
+            ),
+            Some("airlock daemon start (adopts the members still running and refills)"),
+        ),
+    }
+}
+
 fn status(json: bool) -> CliResult<i32> {
     let state = paths::state_dir();
     let pid = pool::daemon_pid(&state);
@@ -581,9 +681,7 @@ pub fn try_warm(
     let mut cgroup = None;
     let mut watch = None;
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
-        let mut plan: LaunchPlan = std::fs::read(dir.join(airlock_sandbox::folder::PLAN_FILE))
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        let mut plan = airlock_sandbox::folder::read_plan(&dir)
             .map_err(|e| format!("the member's plan: {e}"))?;
         watch = bind_policy_and_secrets(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
         // A chosen hostname (a random `run-…` one is as good as the member's): UTS name,
@@ -898,6 +996,8 @@ fn claim(
                 if pool_size > 0 {
                     drop(store);
                     auto_pool(spec, pool_size, state, key);
+                } else {
+                    say_no_pool_matches(&mut store, spec);
                 }
                 return Ok(None);
             }
@@ -925,6 +1025,26 @@ fn claim(
     }
     pool::wake(state);
     Ok(None)
+}
+
+/// A run that found no pool of its kind while pools exist says so, and where the nearest one
+/// differs (the pool that would serve it needs those settings): a cold start is never
+/// silent when warm ones were expected. Nothing when there are no pools.
+fn say_no_pool_matches(store: &mut Store, spec: &airlock_model::spec::RunSpec) {
+    let Ok(pools) = store.pools() else { return };
+    let Some((nearest, differ)) = pool::nearest_mismatch(spec, &pools) else {
+        return;
+    };
+    let why = if differ.is_empty() {
+        "its guest's boot artifacts (kernel, initramfs, root image)".to_string()
+    } else {
+        differ.join(", ")
+    };
+    errln!(
+        "airlock: cold start (no warm pool matches this run; the nearest, pool {}, differs in {why})",
+        &nearest[..8.min(nearest.len())]
+    );
+    errln!("hint: `airlock daemon prewarm` with this run's options adds a pool for runs like it");
 }
 
 /// A claimed member is never reused: its PID 1 goes now (its supervisor then cleans up and

@@ -10,6 +10,7 @@ use std::io::Write;
 pub fn run_doctor(json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
     let mut rows = hostcaps::probe_all();
     rows.extend(super::image::doctor_rows());
+    rows.push(super::daemon::doctor_row());
     rows.push(inject_row(
         airlock_egress::intercept::self_test().map_err(|e| e.to_string()),
         airlock_sandbox::container::system_ca_bundle(),

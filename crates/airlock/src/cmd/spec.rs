@@ -325,29 +325,7 @@ pub fn build(
         Profile::Permissive => NetMode::Open,
     });
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    // A compatibility mode's `clone` applies where a clone can be made (a named sandbox in a
-    // git repository); elsewhere its workspace is an overlay, as `run`'s default.
-    let clone_from_mode = eff.workspace.mode == Some(WorkspaceMode::Clone)
-        && resolved
-            .origins
-            .get("workspace.mode")
-            .and_then(|s| s.last())
-            .is_some_and(|s| matches!(s, airlock_model::config::Source::Mode(_)));
-    // Named sandboxes default to their own clone when the project is a git repository.
-    let workspace = match eff.workspace.mode {
-        Some(WorkspaceMode::Clone)
-            if clone_from_mode
-                && !(persistent && airlock_work::clone::toplevel(&cwd).is_some()) =>
-        {
-            WorkspaceMode::Overlay
-        }
-        Some(m) => m,
-        None if persistent && airlock_work::clone::toplevel(&cwd).is_some() => WorkspaceMode::Clone,
-        None => match profile {
-            Profile::Permissive => WorkspaceMode::Bind,
-            _ => WorkspaceMode::Overlay,
-        },
-    };
+    let workspace = workspace_mode(&resolved, persistent, &cwd);
     if workspace == WorkspaceMode::Clone {
         if !persistent {
             return Err(airlock_model::plan::Refusal::CloneUnsupported.into());
@@ -580,6 +558,51 @@ pub fn build(
         pool_size: eff.pool.size,
         hostname_chosen: a.policy.hostname.is_some() || a.name.is_some(),
     })
+}
+
+/// The workspace mode a run (`persistent`: a named sandbox) in `cwd` gets from `resolved`
+/// configuration and flags.
+fn workspace_mode(
+    resolved: &airlock_model::config::Resolved,
+    persistent: bool,
+    cwd: &Path,
+) -> WorkspaceMode {
+    let eff = &resolved.effective;
+    let profile = eff.sandbox.profile;
+    // A compatibility mode's `clone` applies where a clone can be made (a named sandbox in a
+    // git repository); elsewhere its workspace is an overlay, as `run`'s default.
+    let clone_from_mode = eff.workspace.mode == Some(WorkspaceMode::Clone)
+        && resolved
+            .origins
+            .get("workspace.mode")
+            .and_then(|s| s.last())
+            .is_some_and(|s| matches!(s, airlock_model::config::Source::Mode(_)));
+    // Named sandboxes default to their own clone when the project is a git repository.
+    match eff.workspace.mode {
+        Some(WorkspaceMode::Clone)
+            if clone_from_mode && !(persistent && airlock_work::clone::toplevel(cwd).is_some()) =>
+        {
+            WorkspaceMode::Overlay
+        }
+        Some(m) => m,
+        None if persistent && airlock_work::clone::toplevel(cwd).is_some() => WorkspaceMode::Clone,
+        None => match profile {
+            Profile::Permissive => WorkspaceMode::Bind,
+            _ => WorkspaceMode::Overlay,
+        },
+    }
+}
+
+/// The workspace mode `airlock run` with `policy` would get here (configuration included),
+/// without building its spec: what a warm pool made with the same options is for.
+pub fn run_workspace_mode(
+    policy: &PolicyArgs,
+    global_config: Option<&Path>,
+    no_user_config: bool,
+) -> CliResult<WorkspaceMode> {
+    let resolved = load_config(global_config, no_user_config, cli_layer(policy)?)?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    Ok(workspace_mode(&resolved, false, &cwd))
 }
 
 /// An image's `Env` and `WorkingDir`: its variables replace airlock's defaults (`PATH`…) but

@@ -543,6 +543,28 @@ pub fn pids_with_marker(marker: &str) -> Vec<i32> {
 }
 
 /// Poll until `f` holds or `timeout` passes; returns whether it held.
+/// Cgroup directories (any hierarchy) whose name starts with `prefix`.
+pub fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: usize, prefix: &str, out: &mut Vec<PathBuf>) {
+        if depth == 0 {
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                out.push(p.clone());
+            }
+            walk(&p, depth - 1, prefix, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), 6, prefix, &mut out);
+    out
+}
+
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
