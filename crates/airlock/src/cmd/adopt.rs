@@ -202,6 +202,10 @@ pub fn try_adopt(
         if let Some(cg) = cgroup {
             cg.destroy();
         }
+        if let Some(refusal) = super::daemon::source_changed(&e) {
+            super::daemon::release(&mut store, &state, &member, &mdir, None);
+            return Err(refusal);
+        }
         return refused(
             dir,
             (&mut store, &state),

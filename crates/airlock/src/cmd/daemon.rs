@@ -730,11 +730,8 @@ pub fn try_warm(
             if let Some(cg) = cgroup {
                 cg.destroy();
             }
-            if e.contains(attach::SOURCE_CHANGED) {
-                // Swapped for a symlink (or gone) since `build` checked it: binding it now,
-                // cold or warm, could bind something the checks never saw.
-                return Err(CliError::new(exit::POLICY_REFUSED, anyhow::anyhow!("refused: {e}"))
-                    .hint("mount sources are never bound through a symbolic link: name the real path, and leave it in place while the run starts"));
+            if let Some(refusal) = source_changed(&e) {
+                return Err(refusal);
             }
             errln!("airlock: warning: the warm member refused this run, starting cold: {e}");
             return Ok(None);
@@ -854,6 +851,17 @@ pub fn try_warm(
     }
     airlock_sandbox::phase("warm: released");
     end(ran).map(Some)
+}
+
+/// The refusal of a claim whose own bind's source was swapped for a symlink (or went) since
+/// it was checked: binding it now, cold or warm, could bind something the checks never saw,
+/// so the start is refused rather than started cold. None: `e` is another failure.
+pub(super) fn source_changed(e: &str) -> Option<CliError> {
+    e.contains(attach::SOURCE_CHANGED).then(|| {
+        CliError::new(exit::POLICY_REFUSED, anyhow::anyhow!("refused: {e}")).hint(
+            "mount sources are never bound through a symbolic link: name the real path, and leave it in place while the sandbox starts",
+        )
+    })
 }
 
 /// A claim's own binds (`--ro`/`--rw`/`[mounts]`): their mount steps and the paths they make
