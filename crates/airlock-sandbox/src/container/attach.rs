@@ -67,18 +67,8 @@ pub struct ClaimMounts {
     /// member's read-only root is made writable for that moment only.
     pub own: std::ops::Range<usize>,
     /// Whose files a writable step's idmapping gives the sandbox user (root-run): a cold
-    /// start's `project_owner`, its project directory's owner. None: the workspace source's.
-    pub owner: Option<(u32, u32)>,
-}
-
-impl ClaimMounts {
-    /// Just these steps (a workspace, home files): nothing of the claim's own.
-    pub fn of(steps: Vec<MountStep>) -> ClaimMounts {
-        ClaimMounts {
-            steps,
-            ..ClaimMounts::default()
-        }
-    }
+    /// start's `project_owner`, its project directory's owner.
+    pub owner: (u32, u32),
 }
 
 /// What a claim's error says when one of its own binds' sources is no longer what the claimer
@@ -113,23 +103,6 @@ fn prepare_claim(
         prepared[i] = Some(tree);
     }
     Ok(prepared)
-}
-
-/// The host owner of the workspace's source (what a cold start's `project_owner` is).
-fn source_owner(steps: &[MountStep]) -> Result<(u32, u32), RunError> {
-    let src = steps.iter().find_map(|s| match s {
-        MountStep::Overlay { lower, .. } => Some(lower),
-        MountStep::BindRw { source, .. } => Some(source),
-        _ => None,
-    });
-    match src {
-        Some(p) => {
-            let st = nix::sys::stat::stat(p.as_path())
-                .map_err(|e| io_err("stat the project directory")(e.into()))?;
-            Ok((st.st_uid, st.st_gid))
-        }
-        None => Ok((0, 0)),
-    }
 }
 
 /// Attach `mounts` (a claim's workspace, own binds and home files) in the running member in
@@ -182,12 +155,8 @@ pub fn attach_workspace(
                 plan.uid_map[0].outside + plan.user.0,
                 plan.gid_map[0].outside + plan.user.1,
             );
-            let owner = match mounts.owner {
-                Some(o) => o,
-                None => source_owner(steps)?,
-            };
             Some(
-                crate::userns::idmap_userns(owner, to)
+                crate::userns::idmap_userns(mounts.owner, to)
                     .map_err(io_err("create the idmapping user namespace"))?,
             )
         } else {

@@ -892,7 +892,7 @@ pub(super) fn claim_mounts(
     attach::ClaimMounts {
         steps,
         own: first.len()..first.len() + own.len(),
-        owner: Some(owner),
+        owner,
     }
 }
 
