@@ -23,6 +23,9 @@ pub trait Os {
 
     /// open_tree(OPEN_TREE_CLONE): a detached copy of the mount at a host path.
     fn open_tree_clone(&self, path: &Path, recursive: bool) -> io::Result<Self::Fd>;
+    /// open_tree(OPEN_TREE_CLONE | AT_RECURSIVE) of a host path opened component by
+    /// component without following any symbolic link (one in the path is an error).
+    fn open_tree_clone_nofollow(&self, path: &Path) -> io::Result<Self::Fd>;
     /// open_tree(OPEN_TREE_CLONE | AT_RECURSIVE) of what a descriptor refers to.
     fn open_tree_clone_fd(&self, fd: &Self::Fd) -> io::Result<Self::Fd>;
     /// open_tree(OPEN_TREE_CLONE | AT_RECURSIVE) of `rel` beneath `root`, mounts traversed.
@@ -107,6 +110,9 @@ impl Os for Real {
 
     fn open_tree_clone(&self, path: &Path, recursive: bool) -> io::Result<OwnedFd> {
         crate::sys::open_tree_clone(path, recursive)
+    }
+    fn open_tree_clone_nofollow(&self, path: &Path) -> io::Result<OwnedFd> {
+        crate::sys::open_tree_clone_fd(&crate::container::hotplug::open_nofollow(path)?)
     }
     fn open_tree_clone_fd(&self, fd: &OwnedFd) -> io::Result<OwnedFd> {
         crate::sys::open_tree_clone_fd(fd)

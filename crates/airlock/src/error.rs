@@ -90,6 +90,7 @@ impl From<airlock_sandbox::container::RunError> for CliError {
         use airlock_sandbox::container::RunError as E;
         let code = match &e {
             E::Clone(_) | E::IdMap(_) => exit::BACKEND_UNAVAILABLE,
+            _ if e.link_refused() => exit::POLICY_REFUSED,
             _ => exit::SANDBOX_FAILED,
         };
         let hint = e.hint();

@@ -1337,3 +1337,96 @@ fn an_api_client_gets_a_clone_workspace() {
     }
     both_modes(api_create_makes_the_clone);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A mount source the sandbox turned into a symbolic link
+
+/// A named sandbox's `--ro` and `--rw` mount sources lie inside a directory it may write
+/// (`--rw P:/rw`): it replaces them with symbolic links to a host directory it was never
+/// given. Its next start must not follow them — neither the read-only mount (the secret would
+/// be readable inside) nor the writable one (the sandbox could write there): the start is
+/// refused, saying which source changed, and the host directory stays untouched.
+fn swapped_mount_sources(a: &Airlock, label: &str) {
+    let base = a.cwd.join("swap");
+    let proj = base.join("proj");
+    let secret = base.join("secret");
+    write(&proj.join("data/f"), "public\n");
+    write(&proj.join("out/.keep"), "");
+    write(&secret.join("key"), "TOPSECRET\n");
+    give(a, &base);
+    let name = "swapsrc";
+    let rw = format!("{}:/rw", proj.display());
+    let ro = format!("{}:/data", proj.join("data").display());
+    let out_bind = format!("{}:/out", proj.join("out").display());
+    ok(
+        a,
+        label,
+        &[
+            "create",
+            name,
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--rw",
+            &rw,
+            "--ro",
+            &ro,
+            "--rw",
+            &out_bind,
+        ],
+    );
+    ok(a, label, &["start", name]);
+    let got = ok(a, label, &["exec", name, "--", "cat", "/data/f"]);
+    assert_eq!(got.stdout, "public\n", "{label}");
+    let plant = format!(
+        "rm -rf /rw/data /rw/out && ln -s {s} /rw/data && ln -s {s} /rw/out",
+        s = secret.display()
+    );
+    ok(a, label, &["exec", name, "--", "sh", "-c", &plant]);
+    ok(a, label, &["stop", name]);
+    let started = a.run(&["start", name]);
+    let leaked = if started.code() == 0 {
+        let r = a.run(&[
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "cat /data/key; echo planted > /out/planted",
+        ]);
+        r.stdout.contains("TOPSECRET")
+    } else {
+        false
+    };
+    let _ = a.run(&["rm", "--force", name]);
+    assert!(
+        !leaked,
+        "{label}: the read-only mount followed the planted link: {}",
+        started.describe()
+    );
+    assert!(
+        !secret.join("planted").exists(),
+        "{label}: the writable mount followed the planted link"
+    );
+    assert_ne!(started.code(), 0, "{label}: {}", started.describe());
+    assert!(
+        started.stderr.contains("symbolic link")
+            && started
+                .stderr
+                .contains(&proj.join("data").display().to_string()),
+        "{label}: the refusal does not say which source changed: {}",
+        started.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(secret.join("key")).ok().as_deref(),
+        Some("TOPSECRET\n"),
+        "{label}"
+    );
+}
+
+crate::rootful_and_rootless!(
+    a_mount_source_swapped_for_a_symlink_is_not_followed_rootful,
+    a_mount_source_swapped_for_a_symlink_is_not_followed_rootless,
+    swapped_mount_sources
+);

@@ -282,7 +282,20 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         rlimit_nofile: 65536,
         rlimit_nproc: spec.resources.pids,
         summarize_changes: spec.workspace == WorkspaceMode::Overlay && !spec.persistent,
+        sealed_sources: sealed_sources(spec),
     })
+}
+
+/// [`LaunchPlan::sealed_sources`] of `spec`: its binds' sources, and its project directory
+/// when it has a workspace.
+pub fn sealed_sources(spec: &RunSpec) -> Vec<PathBuf> {
+    let project = matches!(spec.workspace, WorkspaceMode::Overlay | WorkspaceMode::Bind)
+        .then(|| spec.project_dir.clone());
+    spec.binds
+        .iter()
+        .map(|b| b.source.clone())
+        .chain(project)
+        .collect()
 }
 
 /// The workspace's mount steps of `spec` (its overlay or bind at /workspace, and the protected

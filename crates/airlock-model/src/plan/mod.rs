@@ -303,6 +303,13 @@ pub struct LaunchPlan {
     pub rlimit_nproc: Option<u64>,
     /// Whether to report what the command changed in the overlay workspace.
     pub summarize_changes: bool,
+    /// Host paths a step binds that are opened without following any symbolic link: the
+    /// user's `--ro`/`--rw`/`[mounts]` sources and the project directory. A sandbox may write
+    /// where such a path lies (one source inside another's writable bind) and plant a link
+    /// there for its next start; the path was canonical when it was checked, so a link in it
+    /// now is refused, never followed. (The host's own `/usr`, `/etc`… are followed.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_sources: Vec<PathBuf>,
 }
 
 /// A launch plan lowered for one isolation backend. The spec and the admission checks are

@@ -188,6 +188,7 @@ fn rootless_overlay_plan_is_exact() {
         rlimit_nofile: 65536,
         rlimit_nproc: None,
         summarize_changes: true,
+        sealed_sources: vec![p("/home/u/proj")],
     };
     assert_eq!(got, want);
 }

@@ -34,8 +34,27 @@ pub enum RunError {
     Nul(String),
 }
 
+/// What an error from opening a path without following links says (`hotplug::open_nofollow`).
+pub const LINK_REFUSED: &str = "is a symbolic link (never followed)";
+
 impl RunError {
+    /// A mount source that was canonical when checked has a symbolic link in it now (one a
+    /// sandbox may have planted where it could write): refused, as a policy refusal.
+    pub fn link_refused(&self) -> bool {
+        match self {
+            RunError::Mount(m) => m.to_string().contains(LINK_REFUSED),
+            RunError::Setup(m) => m.contains(LINK_REFUSED),
+            _ => false,
+        }
+    }
+
     pub fn hint(&self) -> Option<String> {
+        if self.link_refused() {
+            return Some(
+                "a mount source changed since it was checked (it may lie inside a writable mount, where a sandbox can replace it): put the directory back, or recreate the sandbox with the path you mean"
+                    .into(),
+            );
+        }
         match self {
             RunError::Clone(e) if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSPC) => Some(
                 "unprivileged user namespaces look disabled; run `airlock doctor` for the exact sysctl to enable them".into(),

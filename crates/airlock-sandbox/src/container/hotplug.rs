@@ -68,9 +68,10 @@ fn kind(fd: &OwnedFd) -> io::Result<u32> {
 
 fn symlink_refused(p: &Path, at: &OsStr) -> io::Error {
     io::Error::other(format!(
-        "{}: {:?} is a symbolic link (never followed)",
+        "{}: {:?} {}",
         p.display(),
-        at
+        at,
+        super::error::LINK_REFUSED
     ))
 }
 

@@ -79,9 +79,14 @@ pub fn prepare<O: Os>(
                 }
                 _ => return Ok(None),
             };
-            let fd = os
-                .open_tree_clone(&src, true)
-                .map_err(err("cannot open", &src))?;
+            // The user's sources (and the project) were canonical when checked: a symbolic
+            // link in one now was planted since (`LaunchPlan::sealed_sources`).
+            let fd = if plan.sealed_sources.contains(&src) {
+                os.open_tree_clone_nofollow(&src)
+            } else {
+                os.open_tree_clone(&src, true)
+            }
+            .map_err(err("cannot open", &src))?;
             os.mount_setattr(&fd, attrs, true, map)
                 .map_err(err("cannot set mount flags on", &src))?;
             Ok(Some(fd))

@@ -222,6 +222,23 @@ impl Os for Fake {
         }
         Ok(FakeFd::Tree(format!("host:{}", path.display())))
     }
+    fn open_tree_clone_nofollow(&self, path: &Path) -> io::Result<FakeFd> {
+        self.record(format!("open_tree_clone nofollow {}", path.display()))?;
+        if let Some(link) = path
+            .ancestors()
+            .find(|p| matches!(self.host.get(*p), Some(Kind::Symlink)))
+        {
+            return Err(io::Error::other(format!(
+                "{}: {} is a symbolic link (never followed)",
+                path.display(),
+                link.display()
+            )));
+        }
+        if !self.host.contains_key(path) {
+            return Err(enoent());
+        }
+        Ok(FakeFd::Tree(format!("host:{}", path.display())))
+    }
     fn open_tree_clone_fd(&self, fd: &FakeFd) -> io::Result<FakeFd> {
         self.record(format!("open_tree_clone {fd} recursive"))?;
         Ok(FakeFd::Tree(format!("clone:{fd}")))

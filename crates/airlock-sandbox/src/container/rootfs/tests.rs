@@ -31,6 +31,7 @@ fn plan_of(mounts: Vec<MountStep>) -> LaunchPlan {
         rlimit_nofile: 1024,
         rlimit_nproc: None,
         summarize_changes: false,
+        sealed_sources: vec![],
     }
 }
 
@@ -600,5 +601,39 @@ fn an_image_root_stacks_its_layers_and_replaces_the_images_own_etc_files() {
             .any(|l| l.starts_with("pivot_root") && l.contains(".airlock-image/root")),
         "{}",
         calls.join("\n")
+    );
+}
+
+/// A sealed source (the user's bind, the project) is opened without following links: one
+/// planted in its path since it was checked is refused and names the source; the host's own
+/// paths (not sealed) are opened as they are.
+#[test]
+fn sealed_sources_are_never_opened_through_a_symlink() {
+    let os = Fake::with_host(&[
+        ("/srv/p", Kind::Dir),
+        ("/srv/p/data", Kind::Symlink),
+        ("/srv/q", Kind::Dir),
+        ("/usr", Kind::Dir),
+    ]);
+    let step = |src: &str, target: &str| MountStep::BindRo {
+        source: p(src),
+        target: p(target),
+    };
+    let mut plan = plan_of(vec![step("/usr", "/usr"), step("/srv/p/data", "/data")]);
+    plan.sealed_sources = vec![p("/srv/p/data")];
+    let e = prepare(&os, &plan, None).expect_err("followed a planted link");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/srv/p/data") && msg.contains("symbolic link"),
+        "{msg}"
+    );
+    let mut plan = plan_of(vec![step("/usr", "/usr"), step("/srv/q", "/q")]);
+    plan.sealed_sources = vec![p("/srv/q")];
+    prepare(&os, &plan, None).expect("a real directory");
+    let calls = os.calls();
+    assert!(
+        calls.iter().any(|c| c == "open_tree_clone nofollow /srv/q")
+            && calls.iter().any(|c| c == "open_tree_clone /usr recursive"),
+        "{calls:?}"
     );
 }
