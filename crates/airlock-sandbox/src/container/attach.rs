@@ -24,7 +24,7 @@ use airlock_model::plan::{LaunchPlan, MountStep, UpperStore};
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A claimed member's attached workspace.
 #[derive(Debug, Default)]
@@ -61,48 +61,16 @@ pub fn claimable(steps: &[MountStep]) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct ClaimMounts {
     pub steps: Vec<MountStep>,
-    /// Which of `steps` are the claim's own binds: their sources are opened without following
-    /// any symlink (`hotplug::bind_tree`: one swapped in since the claimer checked the path is
-    /// refused), and their mountpoints may be made anywhere a cold start makes them — the
-    /// member's read-only root is made writable for that moment only.
+    /// Which of `steps` are the claim's own binds: their mountpoints may be made anywhere a
+    /// cold start makes them — the member's read-only root is made writable for that moment.
     pub own: std::ops::Range<usize>,
+    /// The sources opened without following any symlink, as the cold plan's
+    /// (`plan::sealed_sources`: the claim's own binds' and its project directory): one swapped
+    /// for a link since the claimer checked it is refused, never bound.
+    pub sealed: Vec<PathBuf>,
     /// Whose files a writable step's idmapping gives the sandbox user (root-run): a cold
     /// start's `project_owner`, its project directory's owner.
     pub owner: (u32, u32),
-}
-
-/// What a claim's error says when one of its own binds' sources is no longer what the claimer
-/// checked (a symlink swapped in, gone): such a run is refused, never started cold.
-pub const SOURCE_CHANGED: &str = "a mount source changed since it was checked";
-
-/// The detached mounts of `steps` (`rootfs::prepare`'s), the claim's own binds (`own`)
-/// opened without following symlinks.
-fn prepare_claim(
-    plan: &LaunchPlan,
-    own: &std::ops::Range<usize>,
-    idmap: Option<&OwnedFd>,
-) -> Result<rootfs::Prepared, String> {
-    let mut others = plan.clone();
-    for i in own.clone() {
-        // Prepared below; a step `prepare` opens nothing for stands in.
-        others.mounts[i] = MountStep::RootReadOnly;
-    }
-    let mut prepared = rootfs::prepare(&Real, &others, idmap).map_err(|e| e.to_string())?;
-    for i in own.clone() {
-        let (source, writable, map) = match &plan.mounts[i] {
-            MountStep::BindRo { source, .. } => (source, false, None),
-            MountStep::BindRw {
-                source,
-                idmap: want,
-                ..
-            } => (source, true, idmap.filter(|_| *want)),
-            other => return Err(format!("internal: {other:?} is not a bind")),
-        };
-        let (tree, _) = super::hotplug::bind_tree(source, writable, map)
-            .map_err(|e| format!("{SOURCE_CHANGED}: {e}"))?;
-        prepared[i] = Some(tree);
-    }
-    Ok(prepared)
 }
 
 /// Attach `mounts` (a claim's workspace, own binds and home files) in the running member in
@@ -140,6 +108,7 @@ pub fn attach_workspace(
     );
     let mut ws_plan = plan.clone();
     ws_plan.mounts = steps.to_vec();
+    ws_plan.sealed_sources = mounts.sealed.clone();
     // Root-run: this process opens the host paths and idmaps them, as a cold start's parent.
     let prepared = if plan.rootless {
         None
@@ -162,7 +131,10 @@ pub fn attach_workspace(
         } else {
             None
         };
-        Some(prepare_claim(&ws_plan, own, idmap.as_ref()).map_err(RunError::Setup)?)
+        Some(
+            rootfs::prepare(&Real, &ws_plan, idmap.as_ref())
+                .map_err(|e| RunError::Setup(e.to_string()))?,
+        )
     };
     crate::phase("attach: sources prepared");
     let (back, back_child) =
@@ -237,7 +209,7 @@ fn helper(
     }
     let mut prepared = match prepared {
         Some(p) => p,
-        None => prepare_claim(plan, own, None)?,
+        None => rootfs::prepare(&os, plan, None).map_err(|e| e.to_string())?,
     };
     let mut back = Vec::new();
     for (i, step) in plan.mounts.iter().enumerate() {

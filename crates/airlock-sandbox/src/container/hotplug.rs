@@ -180,8 +180,8 @@ fn open_or_create(path: &Path, dir: bool) -> io::Result<OwnedFd> {
 /// The detached mount of host `source` (opened without following symlinks), with the flags
 /// of a bind (nosuid, nodev; read-only unless `writable`) and an optional idmapping.
 fn detached(source: &Path, writable: bool, idmap: Option<&OwnedFd>) -> io::Result<(OwnedFd, bool)> {
-    let (tree, mode) = bind_tree(source, writable, idmap)?;
-    let is_dir = match mode {
+    let fd = open_nofollow(source)?;
+    let is_dir = match kind(&fd)? {
         libc::S_IFDIR => true,
         libc::S_IFREG => false,
         _ => {
@@ -191,21 +191,6 @@ fn detached(source: &Path, writable: bool, idmap: Option<&OwnedFd>) -> io::Resul
             )))
         }
     };
-    Ok((tree, is_dir))
-}
-
-/// The detached mount of host `source` with a cold bind's flags, set on the whole tree
-/// (nosuid, nodev; read-only unless `writable`) and an optional idmapping, and the type of
-/// what it is (`S_IFDIR`, …). The source is opened component by component without following
-/// any symlink and the tree cloned from that descriptor: a symlink swapped into the path after
-/// it was checked is refused, never bound. Also a warm claim's own binds (`attach`).
-pub(crate) fn bind_tree(
-    source: &Path,
-    writable: bool,
-    idmap: Option<&OwnedFd>,
-) -> io::Result<(OwnedFd, u32)> {
-    let fd = open_nofollow(source)?;
-    let mode = kind(&fd)?;
     let tree = sys::open_tree_clone_fd(&fd)
         .map_err(|e| io::Error::other(format!("open_tree {}: {e}", source.display())))?;
     let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
@@ -215,7 +200,7 @@ pub(crate) fn bind_tree(
     sys::mount_setattr(&tree, attrs, true, idmap).map_err(|e| {
         io::Error::other(format!("set the mount flags of {}: {e}", source.display()))
     })?;
-    Ok((tree, mode))
+    Ok((tree, is_dir))
 }
 
 /// (device, inode) of what `fd` is.

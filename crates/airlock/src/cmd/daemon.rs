@@ -853,15 +853,12 @@ pub fn try_warm(
     end(ran).map(Some)
 }
 
-/// The refusal of a claim whose own bind's source was swapped for a symlink (or went) since
-/// it was checked: binding it now, cold or warm, could bind something the checks never saw,
-/// so the start is refused rather than started cold. None: `e` is another failure.
+/// The refusal of a claim whose own bind's source (or project) has a symlink in it now, since
+/// it was checked: binding it would bind something the checks never saw, so the start is
+/// refused (as a cold start refuses it), not started cold. None: `e` is another failure.
 pub(super) fn source_changed(e: &str) -> Option<CliError> {
-    e.contains(attach::SOURCE_CHANGED).then(|| {
-        CliError::new(exit::POLICY_REFUSED, anyhow::anyhow!("refused: {e}")).hint(
-            "mount sources are never bound through a symbolic link: name the real path, and leave it in place while the sandbox starts",
-        )
-    })
+    let e = airlock_sandbox::container::RunError::Setup(e.to_string());
+    e.link_refused().then(|| CliError::from(e))
 }
 
 /// A claim's own binds (`--ro`/`--rw`/`[mounts]`): their mount steps and the paths they make
@@ -892,6 +889,7 @@ pub(super) fn claim_mounts(
     attach::ClaimMounts {
         steps,
         own: first.len()..first.len() + own.len(),
+        sealed: airlock_model::plan::sealed_sources(spec),
         owner,
     }
 }
