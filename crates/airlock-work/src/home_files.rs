@@ -98,6 +98,12 @@ pub fn stage(
     owner: Option<(u32, u32)>,
 ) -> Result<(), String> {
     let home = PathBuf::from(spec.user.home());
+    // Bind sources are opened without following links at start (a link in one is refused:
+    // `LaunchPlan::sealed_sources`): the staging folder and a `link` file are bound by their
+    // canonical paths, the user's own links (a dotfile manager's) resolved here.
+    std::fs::create_dir_all(staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let staging =
+        &std::fs::canonicalize(staging).map_err(|e| format!("{}: {e}", staging.display()))?;
     for (rel, hf) in spec.home_files.clone() {
         let r = relative(&rel)?;
         if std::fs::symlink_metadata(&hf.source).is_err() {
@@ -109,7 +115,12 @@ pub fn stage(
         let target = home.join(&r);
         match hf.mode {
             HomeFileMode::Link => spec.binds.push(BindSpec {
-                source: hf.source.clone(),
+                source: std::fs::canonicalize(&hf.source).map_err(|e| {
+                    format!(
+                        "home_files.{rel:?}: the source {}: {e}",
+                        hf.source.display()
+                    )
+                })?,
                 target,
                 writable: false,
             }),

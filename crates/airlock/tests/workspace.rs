@@ -623,7 +623,12 @@ fn extras(a: &Airlock, label: &str) {
     let p = a.cwd.clone();
     let files = a.dir.join("hostfiles");
     write(&files.join("imm.txt"), "immutable v1\n");
-    write(&files.join("link.txt"), "link v1\n");
+    // The `link` file is itself a link, as a dotfile manager makes them: followed at start
+    // (its canonical path is bound), as the user meant.
+    let dotfiles = a.dir.join("dotfiles");
+    write(&dotfiles.join("link.txt"), "link v1\n");
+    std::os::unix::fs::symlink("../dotfiles/link.txt", files.join("link.txt")).expect("symlink");
+    give(a, &dotfiles);
     write(&files.join("seed.txt"), "seed v1\n");
     let refrepo = a.dir.join("refrepo");
     std::fs::create_dir_all(&refrepo).expect("mkdir");

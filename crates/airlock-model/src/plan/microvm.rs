@@ -418,6 +418,10 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     }
     q.resources.disk = None;
     let mut qemu = container::lower(&q, host)?;
+    // Its binds are airlock's own (the artifact cache, the image's folder), not the user's:
+    // opened as any host path (the user's `--ro` sources become snapshot images, read by
+    // `microvm::ro_snapshot`).
+    qemu.sealed_sources.clear();
     if vm.accel == Accel::Kvm {
         qemu.mounts.insert(
             qemu.mounts.len() - 1,
