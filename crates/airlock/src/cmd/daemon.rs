@@ -881,6 +881,7 @@ pub(super) fn claim_mounts(
     own: &[airlock_model::plan::MountStep],
     home: &[airlock_model::plan::MountStep],
 ) -> attach::ClaimMounts {
+    use airlock_model::plan::MountStep;
     use std::os::unix::fs::MetadataExt;
     let steps: Vec<_> = first.iter().chain(own).chain(home).cloned().collect();
     let owner = std::fs::metadata(&spec.project_dir)
@@ -889,7 +890,17 @@ pub(super) fn claim_mounts(
     attach::ClaimMounts {
         steps,
         own: first.len()..first.len() + own.len(),
-        sealed: airlock_model::plan::sealed_sources(spec),
+        // The cold plan's: every bind's source (home files' too: they are in a cold spec's
+        // binds) and the project.
+        sealed: airlock_model::plan::sealed_sources(spec)
+            .into_iter()
+            .chain(home.iter().filter_map(|s| match s {
+                MountStep::BindRo { source, .. } | MountStep::BindRw { source, .. } => {
+                    Some(source.clone())
+                }
+                _ => None,
+            }))
+            .collect(),
         owner,
     }
 }
