@@ -4,7 +4,9 @@
 # alternating, so both see the same machine load), for a run without a workspace and for the
 # default overlay run; plus the claim-only latency (`daemon status` percentiles) and the
 # claimer's own split of a warm start (`warm start (… claimed in X ms, bound in Y ms)`).
-# Usage: [ROUNDS=100] [SIZE=2] [NET=off] bench/warm.sh [AIRLOCK_BIN]
+# RUN_ARGS: more options for every timed run, cold and warm alike, not for the pool (e.g.
+# RUN_ARGS="--ro /usr/share/doc:/data": the claim binds the run's own mounts).
+# Usage: [ROUNDS=100] [SIZE=2] [NET=off] [RUN_ARGS=...] bench/warm.sh [AIRLOCK_BIN]
 #   (default: target/release/airlock; builds it if missing; root)
 # Two state dirs: one with no pool (cold), one with a daemon keeping SIZE members of each pool
 # ready (warm). Before each timed run (cold too) the script waits, untimed, until the pools are
@@ -26,10 +28,11 @@ AIRLOCK=$(realpath "${1:-target/release/airlock}")
 [ -x "$AIRLOCK" ] || cargo build --release -p airlock >&2
 BACKEND=${BACKEND:-container}
 if [ "$BACKEND" = container ]; then
-export AIRLOCK ROUNDS=${ROUNDS:-100} SIZE=${SIZE:-2} NET=${NET:-off}
+export AIRLOCK ROUNDS=${ROUNDS:-100} SIZE=${SIZE:-2} NET=${NET:-off} RUN_ARGS=${RUN_ARGS:-}
 exec python3 - <<'PY'
 import json, os, re, statistics, subprocess, sys, tempfile, time
 exe, rounds, size, net = os.environ["AIRLOCK"], int(os.environ["ROUNDS"]), os.environ["SIZE"], os.environ["NET"]
+extra = os.environ["RUN_ARGS"].split()
 work = tempfile.mkdtemp()
 proj = work + "/project"
 os.makedirs(proj + "/src")
@@ -60,7 +63,7 @@ try:
         # claim's member overlaps it.
         full()
         t = time.perf_counter()
-        r = airlock(k, "run", *cases[c], "--net", net, "--", "true",
+        r = airlock(k, "run", *cases[c], "--net", net, *extra, "--", "true",
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         dt = time.perf_counter() - t
         assert r.returncode == 0, (c, k, r.stderr)
@@ -90,7 +93,8 @@ med = statistics.median
 def pct(v, q):
     v = sorted(v)
     return v[min(len(v) - 1, int(q * len(v)))]
-print(f"| `run -- true`, --net {net}, {rounds} interleaved rounds | cold median (ms) | warm median (ms) | warm/cold |")
+shown = " ".join(extra + ["--"]) if extra else "--"
+print(f"| `run {shown} true`, --net {net}, {rounds} interleaved rounds | cold median (ms) | warm median (ms) | warm/cold |")
 print("|---|---:|---:|---:|")
 for c in cases:
     cold, warm = med(res[(c, "cold")]), med(res[(c, "warm")])

@@ -52,12 +52,12 @@ const KEPT_LATENCIES: i64 = 1000;
 /// hostname, the command, environment, working directory, time limit, terminal, secrets
 /// (written at claim; injected ones bound in the member's supervisor, CA and all), a filtered
 /// network's allowed domains (put in force at claim), and for containers the overlay or bind
-/// workspace (attached at claim), the memory, pids and cpu limits (a cgroup made at claim)
-/// and the home files (bound at claim), for microVMs the read-only mounts (snapshots written
-/// into the member's claim slot) — and the project directory when there is no workspace.
-/// What stays (backend, root filesystem and its digest, profile, network mode and ports, disk
-/// limit, user, a container's binds, whether there is a workspace) is what a member was
-/// started with and a claim cannot change.
+/// workspace (attached at claim), the memory, pids and cpu limits (a cgroup made at claim),
+/// the home files and the `--ro`/`--rw`/`[mounts]` binds (bound at claim, as the cold start
+/// binds them), for microVMs the read-only mounts (snapshots written into the member's claim
+/// slot) — and the project directory when there is no workspace. What stays (backend, root
+/// filesystem and its digest, profile, network mode and ports, disk limit, user, whether
+/// there is a workspace) is what a member was started with and a claim cannot change.
 pub fn key(spec: &RunSpec) -> String {
     use sha2::Digest;
     let s = keyed(spec);
@@ -155,8 +155,8 @@ fn setting_name(field: &str) -> &'static str {
 /// clearing it: an overlay or bind workspace is attached at claim to a member started with an
 /// empty `/workspace` (`workspace_slot`; its mode, project and extra protected paths are the
 /// claim's), memory, pids and cpu limits are written to a cgroup made for the claim, and home
-/// files are bound in the member's home. Used by [`key`] and by the daemon's member spec
-/// (`member_of`), so both sides agree.
+/// files and the claim's own binds are bound in the member. Used by [`key`] and by the
+/// daemon's member spec (`member_of`), so both sides agree.
 pub fn normalize_bound_at_claim(s: &mut RunSpec) {
     use airlock_model::policy::WorkspaceMode;
     if s.backend == airlock_model::policy::BackendKind::Microvm {
@@ -206,6 +206,9 @@ pub fn normalize_bound_at_claim(s: &mut RunSpec) {
     s.defaulted = Default::default();
     // `[home_files]`: staged by the claimer and bound in the member's home at claim.
     s.home_files.clear();
+    // `--ro`/`--rw`/`[mounts]`: bound in the member at claim (`attach::attach`), their
+    // sources opened without following symlinks, their mountpoints made as a cold start's.
+    s.binds.clear();
     s.pool_member = true;
 }
 

@@ -10,7 +10,7 @@ use airlock_engine::pool::{self, Claim, MemberState};
 use airlock_engine::Store;
 use airlock_model::config::{Inject, Secret, SecretSource};
 use airlock_model::policy::{BackendKind, ByteSize, NetMode, Profile, WorkspaceMode};
-use airlock_model::spec::{Resources, RootFs, RunSpec, SandboxUser, Stdio};
+use airlock_model::spec::{BindSpec, Resources, RootFs, RunSpec, SandboxUser, Stdio};
 
 struct TempDir(PathBuf);
 
@@ -174,6 +174,39 @@ fn a_claim_binds_what_the_key_leaves_out_and_nothing_else() {
             "{what} must not be bound at claim"
         );
     }
+}
+
+/// A container run's own `--ro`/`--rw`/`[mounts]` binds are bound at claim: a pool started with
+/// none serves runs with any, and its member spec has none. A microVM's stay in its key (its
+/// read-only mounts are snapshots made at boot).
+#[test]
+fn binds_are_bound_at_claim_for_containers() {
+    let m = member();
+    let mut r = run_of(&m);
+    r.binds = vec![
+        BindSpec {
+            source: PathBuf::from("/usr/share/doc"),
+            target: PathBuf::from("/data"),
+            writable: false,
+        },
+        BindSpec {
+            source: PathBuf::from("/home/u/out"),
+            target: PathBuf::from("/out"),
+            writable: true,
+        },
+    ];
+    assert_eq!(pool::key(&m), pool::key(&r), "binds are bound at claim");
+    let mut made = r.clone();
+    pool::normalize_bound_at_claim(&mut made);
+    assert!(
+        made.binds.is_empty(),
+        "a member starts without the run's binds"
+    );
+    let mut vm = member();
+    vm.backend = BackendKind::Microvm;
+    let mut vm_run = run_of(&vm);
+    vm_run.binds = r.binds[..1].to_vec();
+    assert_ne!(pool::key(&vm), pool::key(&vm_run), "a microVM's binds stay");
 }
 
 /// Limits (memory, pids, cpus, defaulted or not) are bound at claim; a workspace pool's

@@ -2238,3 +2238,347 @@ fn a_claims_release_is_handed_to_the_daemon() {
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "handed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `--ro`/`--rw`/`[mounts]` bound at claim
+
+/// Host folders for a claim's own binds, given to the test's airlock user: `ro` (a file `f`,
+/// and `file`, a single file to bind), `rw` (empty).
+fn bind_sources(a: &Airlock) -> (PathBuf, PathBuf, PathBuf) {
+    use common::work::{give, write};
+    let base = a.dir.join("binds");
+    let (ro, rw, file) = (base.join("ro"), base.join("rw"), base.join("one.conf"));
+    write(&ro.join("f"), "from ro\n");
+    write(&file, "one file\n");
+    std::fs::create_dir_all(&rw).expect("mkdir rw");
+    give(a, &base);
+    (ro, rw, file)
+}
+
+fn names_in(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pool started with no mounts serves a run with its own `--ro`, `--rw` and a single-file
+/// `--ro` under /etc (a mountpoint on the member's read-only root): the run is warm, sees the
+/// read-only one read-only (nosuid, nodev) and writes through the writable one to the host, as
+/// the host directory's owner sees it after a cold run; the root is read-only again; the next
+/// claim of the pool sees none of it; the same command cold prints the same; nothing is left
+/// in the host's mount table or in the sources.
+fn own_binds_at_claim(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    let (ro, rw, file) = bind_sources(a);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "1",
+            "--net",
+            "off",
+            "--workspace",
+            "none",
+            "--wait",
+        ],
+    );
+    let ro_arg = format!("{}:/data", ro.display());
+    let rw_arg = format!("{}:/out", rw.display());
+    let file_arg = format!("{}:/etc/airlock-one.conf", file.display());
+    let script = "cat /data/f /etc/airlock-one.conf; \
+                  echo x > /data/new 2>/dev/null || echo data-readonly; \
+                  echo written > /out/w && echo out-written; \
+                  touch /rootfile 2>/dev/null || echo root-readonly; \
+                  awk '$5 == \"/data\" || $5 == \"/out\" || $5 == \"/etc/airlock-one.conf\" \
+                       { split($6, o, \",\"); print $5, o[1], ($6 ~ /nosuid/), ($6 ~ /nodev/) }' \
+                      /proc/self/mountinfo | sort";
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["run", "--workspace", "none", "--net", "off"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend(["--", "sh", "-c", script].iter().map(|s| s.to_string()));
+        v
+    };
+    let with_binds = args(&["--ro", &ro_arg, "--rw", &rw_arg, "--ro", &file_arg]);
+    let out = a.run(&with_binds);
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    warm(&out, label);
+    let expected = "from ro\none file\ndata-readonly\nout-written\nroot-readonly\n\
+                    /data ro 1 1\n/etc/airlock-one.conf ro 1 1\n/out rw 1 1\n";
+    assert_eq!(out.stdout, expected, "{label}: {}", out.describe());
+    // The write landed on the host, owned as a cold run's (the project directory's owner,
+    // root-run: idmapped; rootless: the user).
+    use std::os::unix::fs::MetadataExt;
+    let w = rw.join("w");
+    assert_eq!(
+        std::fs::read_to_string(&w).ok().as_deref(),
+        Some("written\n"),
+        "{label}"
+    );
+    let owner = std::fs::metadata(&a.cwd).expect("cwd").uid();
+    assert_eq!(std::fs::metadata(&w).expect("w").uid(), owner, "{label}");
+    assert_eq!(names_in(&ro), BTreeSet::from(["f".to_string()]), "{label}");
+    // The next claim of the same pool has none of them.
+    wait_ready(a, 1, label);
+    let out = ok(
+        a,
+        &[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "for p in /data /out /etc/airlock-one.conf; do test -e $p && echo \"$p seen\"; done; \
+             grep -c -e ' /data ' -e ' /out ' -e airlock-one /proc/self/mountinfo || true",
+        ],
+    );
+    warm(&out, label);
+    assert_eq!(out.stdout, "0\n", "{label}: {}", out.describe());
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+    // Cold, the same command says the same.
+    std::fs::remove_file(&w).expect("rm w");
+    let cold = a.run(&with_binds);
+    assert_eq!(cold.code(), 0, "{label}: {}", cold.describe());
+    assert!(claimed(&cold).is_none(), "{label}: {}", cold.describe());
+    assert_eq!(cold.stdout, expected, "{label}: cold: {}", cold.describe());
+    let left = mounts_under(a.dir.path());
+    assert!(left.is_empty(), "{label}: host mounts left: {left:?}");
+    assert_eq!(names_in(&ro), BTreeSet::from(["f".to_string()]), "{label}");
+}
+
+crate::rootful_and_rootless!(
+    a_claim_binds_its_own_mounts_rootful,
+    a_claim_binds_its_own_mounts_rootless,
+    own_binds_at_claim
+);
+
+/// A tmpfs mounted on the host under a bind's source (so that the read-only bind must be
+/// read-only recursively), unmounted however the test ends.
+struct SubMount(PathBuf);
+
+impl SubMount {
+    fn new(at: &Path) -> SubMount {
+        std::fs::create_dir_all(at).expect("mkdir sub");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount a tmpfs at {}", at.display());
+        SubMount(at.to_path_buf())
+    }
+}
+
+impl Drop for SubMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// What a warm sandbox tries against a claim's `--ro` bind (and the tools it uses exist:
+/// the same on the `--rw` one succeeds).
+const RO_ATTACKS: &str = "\
+    echo x > /data/f 2>/dev/null && echo WROTE; \
+    echo x > /data/new 2>/dev/null && echo CREATED; \
+    echo x > /data/sub/new 2>/dev/null && echo CREATED-IN-SUBMOUNT; \
+    chmod 777 /data/f 2>/dev/null && echo CHMOD; \
+    mv /data/f /data/g 2>/dev/null && echo RENAMED; \
+    mkdir /data/d 2>/dev/null && echo MKDIR; \
+    touch -d 2000-01-01 /data/f 2>/dev/null && echo TOUCHED; \
+    mount -o remount,rw /data 2>/dev/null && echo REMOUNTED; \
+    mount -o remount,bind,rw /data 2>/dev/null && echo REMOUNTED-BIND; \
+    unshare -Urm sh -c 'mount -o remount,rw /data && echo x > /data/f' 2>/dev/null && echo USERNS-REMOUNTED; \
+    unshare -Urm sh -c 'mount -o remount,bind,rw /data/sub && echo x > /data/sub/x' 2>/dev/null && echo USERNS-SUB; \
+    echo x > /out/f && chmod 600 /out/f && mv /out/f /out/g && mkdir /out/d && echo rw-works; \
+    command -v mount unshare >/dev/null && echo tools";
+
+/// Attacks on a claim's own binds (run before the fix against a naive claim: a bind by path):
+/// a `--ro` bind is read-only recursively (write, create, chmod, rename, mkdir, utimes,
+/// remount rw — also from a user namespace of the sandbox's own — all fail, the host folder and
+/// the tmpfs mounted under it are untouched); destinations a cold run refuses (`..`, /proc,
+/// a missing source) are refused before any claim; a source swapped for a symlink to
+/// airlock's own state while runs start (a loop exchanging the two) is never bound: each run
+/// is refused or binds the real folder.
+fn own_binds_attacks(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    let (ro, rw, _) = bind_sources(a);
+    let _sub = SubMount::new(&ro.join("sub"));
+    std::fs::write(ro.join("sub/kept"), "sub\n").expect("write sub");
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--size",
+            "1",
+            "--net",
+            "off",
+            "--workspace",
+            "none",
+            "--wait",
+        ],
+    );
+    let ro_arg = format!("{}:/data", ro.display());
+    let rw_arg = format!("{}:/out", rw.display());
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--ro",
+        &ro_arg,
+        "--rw",
+        &rw_arg,
+        "--",
+        "sh",
+        "-c",
+        RO_ATTACKS,
+    ]);
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    warm(&out, label);
+    assert_eq!(
+        out.stdout,
+        "rw-works\ntools\n",
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(ro.join("f")).ok().as_deref(),
+        Some("from ro\n"),
+        "{label}"
+    );
+    assert_eq!(
+        names_in(&ro),
+        BTreeSet::from(["f".to_string(), "sub".to_string()]),
+        "{label}"
+    );
+    assert_eq!(
+        names_in(&ro.join("sub")),
+        BTreeSet::from(["kept".to_string()]),
+        "{label}"
+    );
+    wait_ready(a, 1, label);
+
+    // Refused as cold, before any claim: the pool keeps its member, no cold start follows.
+    for (dest, code, says) in [
+        (
+            format!("{}:/workspace/../etc", ro.display()),
+            2,
+            "mounts[0].target",
+        ),
+        (format!("{}:/proc/x", ro.display()), 2, "/proc/x"),
+        (format!("{}/missing:/data", ro.display()), 2, "mount source"),
+    ] {
+        let out = a.run(&[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--ro",
+            &dest,
+            "--",
+            "true",
+        ]);
+        assert_eq!(out.code(), code, "{label} {dest}: {}", out.describe());
+        assert!(
+            out.stderr.contains(says)
+                && claimed(&out).is_none()
+                && !out.stderr.contains("starting cold"),
+            "{label} {dest}: {}",
+            out.describe()
+        );
+        assert_eq!(pool0(&status(a))["ready"], 1, "{label} {dest}");
+    }
+
+    // A symlink swapped into the source between the check and the bind.
+    let race = a.dir.join("race");
+    let src = race.join("src");
+    let alt = race.join("alt");
+    common::work::write(&src.join("real"), "real\n");
+    std::os::unix::fs::symlink(a.state_dir(), &alt).expect("symlink");
+    common::work::give(a, &race);
+    std::fs::write(a.state_dir().join("STATE-MARKER"), "state\n").expect("marker");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, src, alt) = (stop.clone(), src.clone(), alt.clone());
+        std::thread::spawn(move || {
+            let (s, t) = (
+                std::ffi::CString::new(src.as_os_str().as_encoded_bytes()).expect("cstr"),
+                std::ffi::CString::new(alt.as_os_str().as_encoded_bytes()).expect("cstr"),
+            );
+            let mut flips = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: two valid C strings; renameat2 exchanges the two names atomically.
+                let r = unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        s.as_ptr(),
+                        libc::AT_FDCWD,
+                        t.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                if r != 0 {
+                    break; // the test's folder went (it failed)
+                }
+                flips += 1;
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            flips
+        })
+    };
+    let race_arg = format!("{}:/out", src.display());
+    let mut outcomes = BTreeSet::new();
+    for i in 0..16 {
+        wait_ready(a, 1, label);
+        let out = a.run(&[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--rw",
+            &race_arg,
+            "--",
+            "sh",
+            "-c",
+            "ls /out",
+        ]);
+        let seen = match out.code() {
+            0 if out.stdout == "real\n" && claimed(&out).is_some() => "bound the real folder",
+            121 if out.stderr.contains("airlock's state") => "refused: the state",
+            121 if out.stderr.contains("changed since it was checked") => "refused: swapped",
+            _ => panic!("{label} run {i}: {}", out.describe()),
+        };
+        outcomes.insert(seen);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flips = flipper.join().expect("flipper");
+    assert!(flips > 16, "{label}: only {flips} flips");
+    assert!(
+        outcomes.len() > 1,
+        "{label}: the race was never on: {outcomes:?}"
+    );
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+crate::rootful_and_rootless!(
+    claimed_binds_resist_attacks_rootful,
+    claimed_binds_resist_attacks_rootless,
+    own_binds_attacks
+);

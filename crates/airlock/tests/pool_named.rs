@@ -638,6 +638,119 @@ crate::rootful_and_rootless!(
     named_home_files
 );
 
+/// A named sandbox's own `--ro`/`--rw` mounts on a warm start: bound in the member at claim,
+/// as its cold start binds them — read-only and writable (its `exec`s may write there: the
+/// recorded plan's writable roots), the writes on the host; after `rm` no mount is left.
+fn named_binds(a: &Airlock, label: &str) {
+    use common::work::{give, write};
+    let _guard = Guard(a, &["nb-one", "nb-two"]);
+    ok(
+        a,
+        &[
+            "daemon",
+            "start",
+            "--workspace",
+            "none",
+            "--size",
+            "1",
+            "--net",
+            "off",
+            "--wait",
+        ],
+    );
+    let base = a.dir.join("binds");
+    write(&base.join("ro/f"), "from ro\n");
+    std::fs::create_dir_all(base.join("rw")).expect("mkdir rw");
+    give(a, &base);
+    let ro = format!("{}:/data", base.join("ro").display());
+    let rw = format!("{}:/out", base.join("rw").display());
+    ok(
+        a,
+        &[
+            "create",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--ro",
+            &ro,
+            "--rw",
+            &rw,
+            "nb-one",
+        ],
+    );
+    let out = ok(a, &["start", "nb-one"]);
+    warm_member(a, "nb-one", &out, label);
+    let out = ok(
+        a,
+        &[
+            "exec",
+            "nb-one",
+            "--",
+            "sh",
+            "-c",
+            "cat /data/f; echo x > /data/new 2>/dev/null || echo data-readonly; \
+             echo written > /out/w && echo out-written",
+        ],
+    );
+    assert_eq!(
+        out.stdout,
+        "from ro\ndata-readonly\nout-written\n",
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(base.join("rw/w")).ok().as_deref(),
+        Some("written\n"),
+        "{label}"
+    );
+    ok(a, &["rm", "--force", "nb-one"]);
+    // Its source swapped for a symlink to airlock's state after `create` checked it: the warm
+    // start is refused (a cold one would bind what the link names), nothing of the state is
+    // ever mounted.
+    wait_ready(a, 1, label);
+    let src = base.join("swapped");
+    std::fs::create_dir_all(&src).expect("mkdir swapped");
+    give(a, &base);
+    let swapped = format!("{}:/out", src.display());
+    ok(
+        a,
+        &[
+            "create",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--rw",
+            &swapped,
+            "nb-two",
+        ],
+    );
+    std::fs::remove_dir(&src).expect("rmdir");
+    std::os::unix::fs::symlink(a.state_dir(), &src).expect("symlink");
+    let out = a.run(&["start", "nb-two"]);
+    assert_ne!(out.code(), 0, "{label}: {}", out.describe());
+    let console = std::fs::read_to_string(a.state_dir().join("sandboxes/nb-two/console.log"))
+        .unwrap_or_default();
+    assert!(
+        format!("{}{console}", out.stderr).contains("changed since it was checked"),
+        "{label}: {}\nconsole: {console}",
+        out.describe()
+    );
+    let left = mounts_under(a.dir.path());
+    assert!(left.is_empty(), "{label}: mounts left: {left:?}");
+    ok(a, &["rm", "--force", "nb-two"]);
+    ok(a, &["daemon", "stop"]);
+    let left = mounts_under(a.dir.path());
+    assert!(left.is_empty(), "{label}: mounts left: {left:?}");
+}
+
+crate::rootful_and_rootless!(
+    named_binds_are_bound_at_claim_rootful,
+    named_binds_are_bound_at_claim_rootless,
+    named_binds
+);
+
 // ---------------------------------------------------------------------------------------------
 // Overlay workspaces
 

@@ -38,9 +38,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         }
         _ => {}
     }
-    for b in &spec.binds {
-        check_target(&b.target)?;
-    }
+    check_binds(&spec.binds)?;
 
     let rootless = host.uid != 0;
     // Rootless: the sandbox user (agent, root or an image's own user) is the invoking user;
@@ -407,6 +405,12 @@ pub(super) fn add_proxy_env(env: &mut Vec<(String, String)>, proxy_host: &str) {
             env.push((k.into(), "localhost,127.0.0.1,::1".into()));
         }
     }
+}
+
+/// The refusals of `binds`' destinations (not absolute, `..`, `/`, the kernel filesystems):
+/// the cold lowering's, and a warm claim's before it binds them in a member.
+pub fn check_binds(binds: &[BindSpec]) -> Result<(), Refusal> {
+    binds.iter().try_for_each(|b| check_target(&b.target))
 }
 
 pub fn check_target(t: &Path) -> Result<(), Refusal> {

@@ -550,7 +550,9 @@ pub fn admit(spec: &RunSpec, offer: &Offer) -> Result<(), Refusal> {
 }
 
 mod container;
-pub use container::{bind_steps, check_target, lower, name_files, workspace_steps};
+pub use container::{
+    bind_steps, check_binds, check_target, lower, name_files, sealed_sources, workspace_steps,
+};
 pub mod microvm;
 pub use microvm::{Accel, VmFacts, VmPlan};
 

@@ -24,7 +24,7 @@ use airlock_model::plan::{LaunchPlan, MountStep, UpperStore};
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A claimed member's attached workspace.
 #[derive(Debug, Default)]
@@ -56,33 +56,38 @@ pub fn claimable(steps: &[MountStep]) -> bool {
     })
 }
 
-/// The host owner of the workspace's source (what a cold start's `project_owner` is).
-fn source_owner(steps: &[MountStep]) -> Result<(u32, u32), RunError> {
-    let src = steps.iter().find_map(|s| match s {
-        MountStep::Overlay { lower, .. } => Some(lower),
-        MountStep::BindRw { source, .. } => Some(source),
-        _ => None,
-    });
-    match src {
-        Some(p) => {
-            let st = nix::sys::stat::stat(p.as_path())
-                .map_err(|e| io_err("stat the project directory")(e.into()))?;
-            Ok((st.st_uid, st.st_gid))
-        }
-        None => Ok((0, 0)),
-    }
+/// What a claim attaches in its member, in the cold lowering's order: its workspace's steps,
+/// its own binds (`--ro`/`--rw`/`[mounts]`, `plan::bind_steps`), its home files.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimMounts {
+    pub steps: Vec<MountStep>,
+    /// Which of `steps` are the claim's own binds: their mountpoints may be made anywhere a
+    /// cold start makes them — the member's read-only root is made writable for that moment.
+    pub own: std::ops::Range<usize>,
+    /// The sources opened without following any symlink, as the cold plan's
+    /// (`plan::sealed_sources`: the claim's own binds' and its project directory): one swapped
+    /// for a link since the claimer checked it is refused, never bound.
+    pub sealed: Vec<PathBuf>,
+    /// Whose files a writable step's idmapping gives the sandbox user (root-run): a cold
+    /// start's `project_owner`, its project directory's owner.
+    pub owner: (u32, u32),
 }
 
-/// Attach `steps` (a workspace's mount steps) in the running member in `dir` (plan: `plan`).
-/// `disk`: the folder an overlay's disk upper layer lives in (`upper`, `work`: a named
-/// sandbox's own folder, kept across stop/start, as its cold start keeps it there).
-/// Blocks until done; nothing is attached when it fails.
+/// Attach `mounts` (a claim's workspace, own binds and home files) in the running member in
+/// `dir` (plan: `plan`). `disk`: the folder an overlay's disk upper layer lives in (`upper`,
+/// `work`: a named sandbox's own folder, kept across stop/start, as its cold start keeps it
+/// there). Blocks until done; nothing is attached when it fails.
 pub fn attach_workspace(
     dir: &Path,
     plan: &LaunchPlan,
-    steps: &[MountStep],
+    mounts: &ClaimMounts,
     disk: Option<&Path>,
 ) -> Result<Attached, RunError> {
+    let steps = &mounts.steps[..];
+    let own = &mounts.own;
+    if own.end > steps.len() {
+        return Err(RunError::Setup("internal: own binds out of range".into()));
+    }
     if disk.is_none() && !claimable(steps) {
         return Err(RunError::Setup(
             "an overlay with a disk upper layer cannot be attached at claim".into(),
@@ -103,6 +108,7 @@ pub fn attach_workspace(
     );
     let mut ws_plan = plan.clone();
     ws_plan.mounts = steps.to_vec();
+    ws_plan.sealed_sources = mounts.sealed.clone();
     // Root-run: this process opens the host paths and idmaps them, as a cold start's parent.
     let prepared = if plan.rootless {
         None
@@ -119,7 +125,7 @@ pub fn attach_workspace(
                 plan.gid_map[0].outside + plan.user.1,
             );
             Some(
-                crate::userns::idmap_userns(source_owner(steps)?, to)
+                crate::userns::idmap_userns(mounts.owner, to)
                     .map_err(io_err("create the idmapping user namespace"))?,
             )
         } else {
@@ -134,7 +140,7 @@ pub fn attach_workspace(
     let (back, back_child) =
         sys::socketpair(nix::sys::socket::SockType::Datagram).map_err(io_err("socketpair"))?;
     let ended = forked::run("workspace", "attach the workspace", |h| {
-        let fds = match helper(&ws_plan, userns, mntns, prepared, disk_dirs.as_ref()) {
+        let fds = match helper(&ws_plan, own, userns, mntns, prepared, disk_dirs.as_ref()) {
             Ok(f) => f,
             Err(e) => h.fail(e),
         };
@@ -166,6 +172,7 @@ pub fn attach_workspace(
 /// directories when there is one.
 fn helper(
     plan: &LaunchPlan,
+    own: &std::ops::Range<usize>,
     userns: &OwnedFd,
     mntns: &OwnedFd,
     prepared: Option<rootfs::Prepared>,
@@ -254,18 +261,28 @@ fn helper(
         )
         .map_err(|e| format!("open the sandbox's root: {e}"))?,
     };
-    for (i, step) in plan.mounts.iter().enumerate() {
-        let fd = prepared.get_mut(i).and_then(Option::take);
-        match step {
-            MountStep::Overlay { target, .. } => {
-                let tree = fd.ok_or("internal: no overlay to attach")?;
-                let t = rootfs::open_target(&os, &root.fd, target, true)
-                    .map_err(|e| format!("inside the sandbox, {}: {e}", target.display()))?;
-                os.move_mount(&tree, &t)
-                    .map_err(|e| format!("attach the overlay at {}: {e}", target.display()))?;
+    let mut attach_all = || -> Result<(), String> {
+        for (i, step) in plan.mounts.iter().enumerate() {
+            let fd = prepared.get_mut(i).and_then(Option::take);
+            match step {
+                MountStep::Overlay { target, .. } => {
+                    let tree = fd.ok_or("internal: no overlay to attach")?;
+                    let t = rootfs::open_target(&os, &root.fd, target, true)
+                        .map_err(|e| format!("inside the sandbox, {}: {e}", target.display()))?;
+                    os.move_mount(&tree, &t)
+                        .map_err(|e| format!("attach the overlay at {}: {e}", target.display()))?;
+                }
+                _ => rootfs::step_exec(&os, &root, step, fd).map_err(|e| e.to_string())?,
             }
-            _ => rootfs::step_exec(&os, &root, step, fd).map_err(|e| e.to_string())?,
         }
+        Ok(())
+    };
+    // The claim's own binds may need mountpoints on the read-only root (`/data`, a file in
+    // `/etc`), as a cold start makes them on its root before it turns read-only.
+    if own.is_empty() {
+        attach_all()?;
+    } else {
+        with_root_writable(attach_all)?;
     }
     Ok(back)
 }
@@ -306,6 +323,25 @@ pub fn set_hostname(dir: &Path, plan: &LaunchPlan, hostname: &str) -> Result<(),
 /// In the sandbox's mount namespace: `files` written (rootfs's own step), the root writable
 /// meanwhile if it is read-only.
 fn write_etc(files: &[MountStep]) -> Result<(), String> {
+    let os = Real;
+    with_root_writable(|| {
+        let root = nix::fcntl::open(
+            "/",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("open the sandbox's root: {e}"))
+        .map(|fd| NewRoot { fd })?;
+        files
+            .iter()
+            .try_for_each(|f| rootfs::step_exec(&os, &root, f, None).map_err(|e| e.to_string()))
+    })
+}
+
+/// `f` done in the sandbox's mount namespace with its root writable meanwhile if it is
+/// read-only (before any of the claim's code runs), read-only again afterwards whatever `f`
+/// returned.
+fn with_root_writable<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     use nix::mount::MsFlags;
     let os = Real;
     let ro = nix::sys::statvfs::statvfs("/")
@@ -324,21 +360,10 @@ fn write_etc(files: &[MountStep]) -> Result<(), String> {
     if ro {
         remount(MsFlags::empty()).map_err(|e| format!("make the root writable: {e}"))?;
     }
-    let root = nix::fcntl::open(
-        "/",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| format!("open the sandbox's root: {e}"))
-    .map(|fd| NewRoot { fd });
-    let written = root.and_then(|root| {
-        files
-            .iter()
-            .try_for_each(|f| rootfs::step_exec(&os, &root, f, None).map_err(|e| e.to_string()))
-    });
+    let done = f();
     if ro {
         os.remount_root_readonly()
             .map_err(|e| format!("make the root read-only again: {e}"))?;
     }
-    written
+    done
 }

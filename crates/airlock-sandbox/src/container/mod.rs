@@ -28,7 +28,7 @@ use airlock_model::plan::{
 };
 use ending::{conclude, Concluded};
 pub(crate) use error::io_err;
-pub use error::RunError;
+pub use error::{RunError, LINK_REFUSED};
 pub use exec::{proc_starttime, PID1_FILE};
 use rundir::RunDir;
 use std::ffi::CString;

@@ -85,6 +85,10 @@ struct Request {
     stdin_null: bool,
     with_secrets: bool,
     rlimit_nproc: Option<u64>,
+    /// The claim's writable roots (Landlock): the member's, and the claim's own `--rw`
+    /// binds' destinations. None: the member's.
+    #[serde(default)]
+    writable_paths: Option<Vec<PathBuf>>,
 }
 
 /// The supervisor's handle on its stub: the end that hands it the member's namespaces, and
@@ -273,6 +277,9 @@ fn as_command(
     let (argv, envp) = request_strings(req.argv, req.env).unwrap_or_else(|e| fail(e));
     let mut plan = plan.clone();
     plan.rlimit_nproc = req.rlimit_nproc;
+    if let Some(w) = req.writable_paths {
+        plan.writable_paths = w;
+    }
     let inside = Inside {
         plan: &plan,
         argv: &argv,
@@ -495,6 +502,7 @@ pub fn exec_claimed(
         stdin_null: !req.forward_stdin && !req.tty,
         with_secrets: req.with_secrets,
         rlimit_nproc: plan.rlimit_nproc,
+        writable_paths: Some(plan.writable_paths.clone()),
     };
     let json = serde_json::to_vec(&request).map_err(|e| RunError::Setup(e.to_string()))?;
     let pipe =

@@ -82,6 +82,9 @@ pub fn try_adopt(
         return Ok(None);
     };
     let key = pool::key(spec);
+    // `--ro`/`--rw`/`[mounts]` (and `airlock mount`s recorded in its spec): refused as a cold
+    // start refuses them, bound in the member at claim.
+    let (own_steps, own_writable) = super::daemon::claim_binds(spec, rootless)?;
     // `[home_files]`: staged in the sandbox's folder and its kept home as a cold start stages
     // them, bound over the sandbox's home at claim.
     let (home_steps, _staging) = super::daemon::claim_home_files(spec, Some(dir), rootless)?;
@@ -129,16 +132,21 @@ pub fn try_adopt(
         if !ws_steps.is_empty() && !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
             return Err("the member has no workspace slot".into());
         }
-        let mut steps = ws_steps.clone();
-        steps.push(MountStep::BindRw {
+        let mut first = ws_steps.clone();
+        first.push(MountStep::BindRw {
             source: home_dir.clone(),
             target: home.clone(),
             idmap: false,
         });
-        steps.extend(home_steps.iter().cloned());
+        let mounts = super::daemon::claim_mounts(spec, &first, &own_steps, &home_steps);
         // An overlay's upper layer is on disk in the sandbox's folder (kept across stop and
         // start), as its cold start keeps it.
-        drop(attach::attach_workspace(&mdir, &plan, &steps, Some(dir)).map_err(|e| e.to_string())?);
+        drop(
+            attach::attach_workspace(&mdir, &plan, &mounts, Some(dir))
+                .map_err(|e| e.to_string())?,
+        );
+        // Landlock lets its commands write where its `--rw` binds are, as a cold plan's.
+        plan.writable_paths.extend(own_writable.iter().cloned());
         attach::set_hostname(&mdir, &plan, &spec.hostname).map_err(|e| e.to_string())?;
         // The record exec reads: this sandbox's name (its cgroup), hostname, environment
         // (the sandbox's own first, then the member's — the proxy's — as a cold plan has it),
@@ -175,6 +183,10 @@ pub fn try_adopt(
     if let Err(e) = bound {
         if let Some(cg) = cgroup {
             cg.destroy();
+        }
+        if let Some(refusal) = super::daemon::source_changed(&e) {
+            super::daemon::release(&mut store, &state, &member, &mdir, None);
+            return Err(refusal);
         }
         return refused(
             dir,

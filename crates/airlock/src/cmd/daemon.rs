@@ -653,6 +653,9 @@ pub fn try_warm(
     let Some((layout, limits)) = claim_limits(spec) else {
         return Ok(None);
     };
+    // `--ro`/`--rw`/`[mounts]`: their destinations refused as a cold start refuses them (the
+    // sources were checked when the spec was built), bound in the member at claim.
+    let (own_steps, own_writable) = claim_binds(spec, rootless)?;
     // `[home_files]`: staged as a cold start stages them (same copies, owners, refusals),
     // bound over the member's home at claim.
     let (home_steps, _staging) = claim_home_files(spec, None, rootless)?;
@@ -707,15 +710,17 @@ pub fn try_warm(
         if !ws_steps.is_empty() && !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
             return Err("the member has no workspace slot".into());
         }
-        let steps: Vec<_> = ws_steps.iter().chain(&home_steps).cloned().collect();
-        let attached = if steps.is_empty() {
+        let mounts = claim_mounts(spec, &ws_steps, &own_steps, &home_steps);
+        let attached = if mounts.steps.is_empty() {
             attach::Attached::default()
         } else {
             let a =
-                attach::attach_workspace(&dir, &plan, &steps, None).map_err(|e| e.to_string())?;
+                attach::attach_workspace(&dir, &plan, &mounts, None).map_err(|e| e.to_string())?;
             airlock_sandbox::phase("warm: workspace attached");
             a
         };
+        // Landlock lets the command write where its `--rw` binds are, as a cold plan's.
+        plan.writable_paths.extend(own_writable.iter().cloned());
         Ok((plan, attached))
     })();
     let (plan, attached) = match bound {
@@ -724,6 +729,9 @@ pub fn try_warm(
             release(&mut store, &state, &member, &dir, None);
             if let Some(cg) = cgroup {
                 cg.destroy();
+            }
+            if let Some(refusal) = source_changed(&e) {
+                return Err(refusal);
             }
             errln!("airlock: warning: the warm member refused this run, starting cold: {e}");
             return Ok(None);
@@ -843,6 +851,58 @@ pub fn try_warm(
     }
     airlock_sandbox::phase("warm: released");
     end(ran).map(Some)
+}
+
+/// The refusal of a claim whose own bind's source (or project) has a symlink in it now, since
+/// it was checked: binding it would bind something the checks never saw, so the start is
+/// refused (as a cold start refuses it), not started cold. None: `e` is another failure.
+pub(super) fn source_changed(e: &str) -> Option<CliError> {
+    let e = airlock_sandbox::container::RunError::Setup(e.to_string());
+    e.link_refused().then(|| CliError::from(e))
+}
+
+/// A claim's own binds (`--ro`/`--rw`/`[mounts]`): their mount steps and the paths they make
+/// writable, the cold lowering's (`plan::bind_steps`), after the cold lowering's refusal of
+/// their destinations (`plan::check_binds`: the same error and exit code).
+pub(super) fn claim_binds(
+    spec: &airlock_model::spec::RunSpec,
+    rootless: bool,
+) -> CliResult<(Vec<airlock_model::plan::MountStep>, Vec<PathBuf>)> {
+    airlock_model::plan::check_binds(&spec.binds)?;
+    Ok(airlock_model::plan::bind_steps(&spec.binds, rootless))
+}
+
+/// What a claim attaches in its member, in the cold lowering's order: `first` (its
+/// workspace; a named sandbox's home too), its own binds, its home files; a writable one's
+/// idmapping made from the project directory's owner, as a cold start's.
+pub(super) fn claim_mounts(
+    spec: &airlock_model::spec::RunSpec,
+    first: &[airlock_model::plan::MountStep],
+    own: &[airlock_model::plan::MountStep],
+    home: &[airlock_model::plan::MountStep],
+) -> attach::ClaimMounts {
+    use airlock_model::plan::MountStep;
+    use std::os::unix::fs::MetadataExt;
+    let steps: Vec<_> = first.iter().chain(own).chain(home).cloned().collect();
+    let owner = std::fs::metadata(&spec.project_dir)
+        .map(|m| (m.uid(), m.gid()))
+        .unwrap_or((0, 0));
+    attach::ClaimMounts {
+        steps,
+        own: first.len()..first.len() + own.len(),
+        // The cold plan's: every bind's source (home files' too: they are in a cold spec's
+        // binds) and the project.
+        sealed: airlock_model::plan::sealed_sources(spec)
+            .into_iter()
+            .chain(home.iter().filter_map(|s| match s {
+                MountStep::BindRo { source, .. } | MountStep::BindRw { source, .. } => {
+                    Some(source.clone())
+                }
+                _ => None,
+            }))
+            .collect(),
+        owner,
+    }
 }
 
 /// A claim's `[home_files]` (`spec`'s; `persist`: a named sandbox's folder), staged as a cold
