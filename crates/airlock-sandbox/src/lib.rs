@@ -10,6 +10,7 @@ pub mod hostcaps;
 pub mod isolation;
 pub mod kernel;
 pub mod microvm;
+pub mod nofollow;
 pub mod offer;
 pub mod os;
 pub mod sys;

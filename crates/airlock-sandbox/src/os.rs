@@ -112,7 +112,7 @@ impl Os for Real {
         crate::sys::open_tree_clone(path, recursive)
     }
     fn open_tree_clone_nofollow(&self, path: &Path) -> io::Result<OwnedFd> {
-        crate::sys::open_tree_clone_fd(&crate::container::hotplug::open_nofollow(path)?)
+        crate::sys::open_tree_clone_fd(&crate::nofollow::open_nofollow(path)?)
     }
     fn open_tree_clone_fd(&self, fd: &OwnedFd) -> io::Result<OwnedFd> {
         crate::sys::open_tree_clone_fd(fd)

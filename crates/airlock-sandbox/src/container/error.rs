@@ -37,8 +37,7 @@ pub enum RunError {
 /// How the child's own cgroup join reports a failure (the same hint as [`RunError::Cgroup`]).
 pub const JOIN_CGROUP: &str = "join the sandbox cgroup";
 
-/// What an error from opening a path without following links says (`hotplug::open_nofollow`).
-pub const LINK_REFUSED: &str = "is a symbolic link (never followed)";
+pub use crate::nofollow::LINK_REFUSED;
 
 impl RunError {
     /// A mount source that was canonical when checked has a symbolic link in it now (one a

@@ -16,14 +16,14 @@
 
 use super::error::{io_err, RunError};
 use super::forked;
+use crate::nofollow::{kind, names, not_a_dir, open_nofollow, symlink_refused, PATH_FLAGS};
 use crate::sys;
 use airlock_model::plan::LaunchPlan;
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
-use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// What to change in a running sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,84 +37,6 @@ pub enum Hotplug {
     /// Detach the bind at `target`, which must be a bind of `source` (checked by inode, so a
     /// path the sandbox rearranged cannot make it detach something else).
     Unmount { source: PathBuf, target: PathBuf },
-}
-
-const PATH_FLAGS: OFlag = OFlag::O_PATH
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_CLOEXEC);
-
-fn names(p: &Path) -> io::Result<Vec<&OsStr>> {
-    if !p.is_absolute() {
-        return Err(io::Error::other(format!(
-            "{} is not an absolute path",
-            p.display()
-        )));
-    }
-    p.components()
-        .filter(|c| !matches!(c, Component::RootDir))
-        .map(|c| match c {
-            Component::Normal(n) => Ok(n),
-            _ => Err(io::Error::other(format!(
-                "{} has `.` or `..` components",
-                p.display()
-            ))),
-        })
-        .collect()
-}
-
-fn kind(fd: &OwnedFd) -> io::Result<u32> {
-    Ok(nix::sys::stat::fstat(fd.as_fd())?.st_mode & libc::S_IFMT)
-}
-
-fn symlink_refused(p: &Path, at: &OsStr) -> io::Error {
-    io::Error::other(format!(
-        "{}: {:?} {}",
-        p.display(),
-        at,
-        super::error::LINK_REFUSED
-    ))
-}
-
-/// Why `name` (in `dir`) could not be opened as a directory: a symlink (refused), or not a
-/// directory at all.
-fn not_a_dir(dir: &OwnedFd, path: &Path, name: &OsStr, e: nix::Error) -> io::Error {
-    match nix::fcntl::openat(dir.as_fd(), name, PATH_FLAGS, nix::sys::stat::Mode::empty())
-        .map_err(io::Error::from)
-        .and_then(|fd| kind(&fd))
-    {
-        Ok(libc::S_IFLNK) => symlink_refused(path, name),
-        Ok(_) => io::Error::other(format!("{}: {name:?} is not a directory", path.display())),
-        Err(_) => io::Error::other(format!("{}: {name:?}: {e}", path.display())),
-    }
-}
-
-/// Open the existing `path` (O_PATH) from the current root without following any symlink.
-pub fn open_nofollow(path: &Path) -> io::Result<OwnedFd> {
-    let comps = names(path)?;
-    let mut cur = nix::fcntl::open(
-        "/",
-        PATH_FLAGS | OFlag::O_DIRECTORY,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    for (i, name) in comps.iter().enumerate() {
-        let last = i + 1 == comps.len();
-        let flags = if last {
-            PATH_FLAGS
-        } else {
-            PATH_FLAGS | OFlag::O_DIRECTORY
-        };
-        cur = match nix::fcntl::openat(cur.as_fd(), *name, flags, nix::sys::stat::Mode::empty()) {
-            Ok(fd) => fd,
-            Err(e @ (nix::Error::ENOTDIR | nix::Error::ELOOP)) => {
-                return Err(not_a_dir(&cur, path, name, e))
-            }
-            Err(e) => return Err(io::Error::other(format!("{}: {e}", path.display()))),
-        };
-        if kind(&cur)? == libc::S_IFLNK {
-            return Err(symlink_refused(path, name));
-        }
-    }
-    Ok(cur)
 }
 
 /// Open (creating as needed: directories, and the leaf as a directory when `dir`, else an

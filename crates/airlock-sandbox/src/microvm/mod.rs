@@ -649,7 +649,7 @@ pub(crate) fn ro_snapshot(
     stage: &Path,
 ) -> Result<bool, String> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let fd = crate::container::hotplug::open_nofollow(src).map_err(|e| e.to_string())?;
+    let fd = crate::nofollow::open_nofollow(src).map_err(|e| e.to_string())?;
     let st = nix::sys::stat::fstat(&fd).map_err(|e| e.to_string())?;
     match st.st_mode & libc::S_IFMT {
         libc::S_IFDIR => {
