@@ -6,7 +6,7 @@
 mod common;
 use common::work::EngineGuard;
 
-use common::pool::{claimed, git_project, kill_daemon, members_dir, members_ever};
+use common::pool::{claimed, git_project, kill_daemon, members_dir, members_ever, start_pool};
 
 use common::internet::Internet;
 use common::{cgroups_named, e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins};
@@ -81,18 +81,7 @@ fn pool0(st: &serde_json::Value) -> &serde_json::Value {
 /// Start, claim (command, environment, secret, exit status bound at claim), refill, stop.
 fn warm_lifecycle(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--workspace",
-            "none",
-            "--size",
-            "2",
-            "--wait",
-        ],
-    );
+    start_pool(a, "2", &["--workspace", "none"]);
     let st = status(a);
     assert_eq!(st["running"], true, "{label}: {st}");
     assert_eq!(pool0(&st)["ready"], 2, "{label}: {st}");
@@ -313,18 +302,7 @@ fn cold_fallback_and_no_policy_leak() {
 /// one else's) reaching FILE.
 fn warm_runs_say_and_journal_their_egress(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "1",
-            "--workspace",
-            "none",
-            "--wait",
-        ],
-    );
+    start_pool(a, "1", &["--workspace", "none"]);
     let probe = |host: &str, log: Option<&Path>| {
         let script = format!("getent hosts {host}; echo done");
         let mut args = vec!["run", "--workspace", "none"];
@@ -407,20 +385,7 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
-    ok(
-        &a,
-        &[
-            "daemon",
-            "start",
-            "--workspace",
-            "none",
-            "--size",
-            "2",
-            "--wait",
-            "--net",
-            "off",
-        ],
-    );
+    start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
     let first = members_ever(&a);
     kill_daemon(&a);
     let supervisors: Vec<i32> = first
@@ -453,20 +418,7 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
     assert!(first.contains(&member));
     // Claimed and ended with no daemon: removed by the claimer itself.
     assert!(!members_dir(&a).join(&member).exists());
-    ok(
-        &a,
-        &[
-            "daemon",
-            "start",
-            "--workspace",
-            "none",
-            "--size",
-            "2",
-            "--wait",
-            "--net",
-            "off",
-        ],
-    );
+    start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
     let now = members_ever(&a);
     // One new member (the refill), the other adopted.
     assert_eq!(now.len(), 3, "{now:?}");
@@ -491,20 +443,7 @@ fn claims_survive_daemon_kill_9_at_random_points() {
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
-    ok(
-        &a,
-        &[
-            "daemon",
-            "start",
-            "--workspace",
-            "none",
-            "--size",
-            "3",
-            "--wait",
-            "--net",
-            "off",
-        ],
-    );
+    start_pool(&a, "3", &["--workspace", "none", "--net", "off"]);
     let mut seen = BTreeSet::new();
     let mut warm = 0;
     for round in 0..6 {
@@ -599,20 +538,7 @@ fn an_api_run_claims_a_warm_member() {
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
     let _engine = EngineGuard(&a);
-    ok(
-        &a,
-        &[
-            "daemon",
-            "start",
-            "--workspace",
-            "none",
-            "--size",
-            "1",
-            "--wait",
-            "--net",
-            "off",
-        ],
-    );
+    start_pool(&a, "1", &["--workspace", "none", "--net", "off"]);
     ok(&a, &["list"]); // starts the engine
     let sock = std::fs::read_dir(a.dir.join("runtime/airlock"))
         .expect("runtime dir")
@@ -1035,20 +961,7 @@ fn a_claim_gets_its_own_limits() {
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
-    ok(
-        &a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "2",
-            "--workspace",
-            "none",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
     let (m1, limit) = claimed_memory_limit(&a, &["--memory", "48M", "--pids", "64"], "--memory");
     assert_eq!(limit, Some(48 << 20), "the claim's memory limit");
     // Removed by the member's supervisor once the run handed its release to the daemon.
@@ -1144,20 +1057,7 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
-    ok(
-        &a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "2",
-            "--workspace",
-            "none",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
     wait_ready(&a, 2, "stub");
     let mut stubs = std::collections::BTreeMap::new();
     for e in std::fs::read_dir(members_dir(&a))
@@ -1465,20 +1365,7 @@ fn a_claims_limits_hold_when_the_claimer_is_in_another_cgroup() {
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
-    ok(
-        &a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "2",
-            "--workspace",
-            "none",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
     // The claimer's own cgroup: a fresh one in every v1 hierarchy with a limit airlock sets
     // (on a v2 host: one under the root).
     let tag = format!("airlock-test-{}", common::random_hex());
@@ -1771,20 +1658,7 @@ crate::rootful_and_rootless!(
 fn home_files_at_claim(a: &Airlock, label: &str) {
     use common::work::{give, write};
     let _guard = DaemonGuard(a);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--workspace",
-            "none",
-            "--size",
-            "1",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    start_pool(a, "1", &["--workspace", "none", "--net", "off"]);
     let files = a.dir.join("hostfiles");
     write(&files.join("imm.txt"), "immutable v1\n");
     write(&files.join("link.txt"), "link v1\n");
@@ -1872,20 +1746,7 @@ crate::rootful_and_rootless!(
 /// hostname out as "bound at claim", and the claim never bound it.)
 fn chosen_hostname(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--workspace",
-            "none",
-            "--size",
-            "2",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    start_pool(a, "2", &["--workspace", "none", "--net", "off"]);
     for (flag, value) in [("--hostname", "chosen-host"), ("--name", "named-run")] {
         let out = ok(
             a,
@@ -1938,20 +1799,7 @@ crate::rootful_and_rootless!(
 /// other member keeps its own; nothing is left afterwards.
 fn parked_child(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "2",
-            "--workspace",
-            "none",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    start_pool(a, "2", &["--workspace", "none", "--net", "off"]);
     wait_ready(a, 2, label);
     let mut parked = std::collections::BTreeMap::new();
     for (name, file) in stub_pids(a) {
@@ -2274,20 +2122,7 @@ fn names_in(dir: &Path) -> BTreeSet<String> {
 fn own_binds_at_claim(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
     let (ro, rw, file) = bind_sources(a);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "1",
-            "--net",
-            "off",
-            "--workspace",
-            "none",
-            "--wait",
-        ],
-    );
+    start_pool(a, "1", &["--net", "off", "--workspace", "none"]);
     let ro_arg = format!("{}:/data", ro.display());
     let rw_arg = format!("{}:/out", rw.display());
     let file_arg = format!("{}:/etc/airlock-one.conf", file.display());
@@ -2416,20 +2251,7 @@ fn own_binds_attacks(a: &Airlock, label: &str) {
     let (ro, rw, _) = bind_sources(a);
     let _sub = SubMount::new(&ro.join("sub"));
     std::fs::write(ro.join("sub/kept"), "sub\n").expect("write sub");
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "1",
-            "--net",
-            "off",
-            "--workspace",
-            "none",
-            "--wait",
-        ],
-    );
+    start_pool(a, "1", &["--net", "off", "--workspace", "none"]);
     let ro_arg = format!("{}:/data", ro.display());
     let rw_arg = format!("{}:/out", rw.display());
     let out = a.run(&[

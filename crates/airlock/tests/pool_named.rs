@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::pool::{git_project, kill_daemon, members_dir, members_ever};
+use common::pool::{git_project, kill_daemon, members_dir, members_ever, start_pool};
 use common::{mounts_under, pids_with_marker, wait_until, Airlock, Outcome};
 use std::time::Duration;
 
@@ -155,20 +155,7 @@ fn assert_names(a: &Airlock, name: &str, label: &str) {
 fn named_from_the_pool(a: &Airlock, label: &str) {
     let _guard = Guard(a, &["wn-one", "wn-two", "wn-three"]);
     let p = git_project(a);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "2",
-            "--workspace",
-            "overlay",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    start_pool(a, "2", &["--workspace", "overlay", "--net", "off"]);
     let before = members_ever(a);
     assert_eq!(before.len(), 2, "{label}: {before:?}");
 
@@ -546,20 +533,7 @@ crate::rootful_and_rootless!(
 fn named_home_files(a: &Airlock, label: &str) {
     use common::work::{give, write};
     let _guard = Guard(a, &["hf-one"]);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--workspace",
-            "none",
-            "--size",
-            "1",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    start_pool(a, "1", &["--workspace", "none", "--net", "off"]);
     let files = a.dir.join("hostfiles");
     write(&files.join("imm.txt"), "immutable v1\n");
     write(&files.join("link.txt"), "link v1\n");
@@ -644,20 +618,7 @@ crate::rootful_and_rootless!(
 fn named_binds(a: &Airlock, label: &str) {
     use common::work::{give, write};
     let _guard = Guard(a, &["nb-one", "nb-two"]);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--workspace",
-            "none",
-            "--size",
-            "1",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    start_pool(a, "1", &["--workspace", "none", "--net", "off"]);
     let base = a.dir.join("binds");
     write(&base.join("ro/f"), "from ro\n");
     std::fs::create_dir_all(base.join("rw")).expect("mkdir rw");
@@ -764,20 +725,7 @@ fn named_overlay(a: &Airlock, label: &str) {
     let p = a.cwd.clone();
     write(&p.join("README"), "hello from the project\n");
     give(a, &p);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "1",
-            "--workspace",
-            "overlay",
-            "--net",
-            "off",
-            "--wait",
-        ],
-    );
+    start_pool(a, "1", &["--workspace", "overlay", "--net", "off"]);
     ok(
         a,
         &["create", "--workspace", "overlay", "--net", "off", "ov-one"],
@@ -894,18 +842,7 @@ fn agent_project(a: &Airlock) {
 fn agent_from_the_pool(a: &Airlock, label: &str) {
     let _guard = Guard(a, &["wn-agent"]);
     agent_project(a);
-    ok(
-        a,
-        &[
-            "daemon",
-            "start",
-            "--size",
-            "1",
-            "--workspace",
-            "overlay",
-            "--wait",
-        ],
-    );
+    start_pool(a, "1", &["--workspace", "overlay"]);
     let out = a.run_with_env(
         &[("TOKEN_SRC", "agent-token")],
         &[

@@ -31,6 +31,16 @@ pub fn kill_daemon(a: &Airlock) {
     }
 }
 
+/// `daemon start --size SIZE --wait POLICY…`, which must succeed: a pool of SIZE members
+/// made as `run POLICY…` makes them, full on return.
+pub fn start_pool(a: &Airlock, size: &str, policy: &[&str]) -> Outcome {
+    let mut args = vec!["daemon", "start", "--size", size, "--wait"];
+    args.extend_from_slice(policy);
+    let out = a.run(&args);
+    assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
+    out
+}
+
 /// The member a run claimed, from its `warm start (pool KEY, NAME, …)` line.
 pub fn claimed(out: &Outcome) -> Option<String> {
     let line = out.stderr.lines().find(|l| l.contains("warm start"))?;
