@@ -202,11 +202,16 @@ fn binds_are_bound_at_claim_for_containers() {
         made.binds.is_empty(),
         "a member starts without the run's binds"
     );
+    // A microVM's are bound at claim too (snapshots in its claim slot: the next test).
     let mut vm = member();
     vm.backend = BackendKind::Microvm;
     let mut vm_run = run_of(&vm);
     vm_run.binds = r.binds[..1].to_vec();
-    assert_ne!(pool::key(&vm), pool::key(&vm_run), "a microVM's binds stay");
+    assert_eq!(
+        pool::key(&vm),
+        pool::key(&vm_run),
+        "a microVM's binds at claim"
+    );
 }
 
 /// Limits (memory, pids, cpus, defaulted or not) are bound at claim; a workspace pool's
@@ -358,13 +363,14 @@ fn a_microvm_runs_read_only_mounts_and_disk_size_are_bound_at_claim() {
     let mut made = d1g.clone();
     pool::normalize_bound_at_claim(&mut made);
     assert_eq!(made.resources.disk, Some(ByteSize(16 << 20)));
+    // A container's are bound at claim as well, without a claim slot (the test before).
     let m = member();
     let mut c = run_of(&m);
     c.binds = vec![ro("/srv/data", "/data")];
-    assert_ne!(pool::key(&m), pool::key(&c), "a container's binds stay");
+    assert_eq!(pool::key(&m), pool::key(&c), "a container's binds at claim");
     let mut made = c;
     pool::normalize_bound_at_claim(&mut made);
-    assert!(!made.vm_claim_slot && made.binds.len() == 1);
+    assert!(!made.vm_claim_slot && made.binds.is_empty());
 }
 
 fn ready_members(store: &mut Store, key: &str, n: usize) -> Vec<String> {
