@@ -140,7 +140,6 @@ fn setting_name(field: &str) -> &'static str {
         "net" | "domains" => "net",
         "ports" => "ports",
         "profile" => "profile",
-        "binds" => "mounts (--ro/--rw)",
         "resources" => "limits",
         "require_limits" => "require_limits",
         "user" => "user",

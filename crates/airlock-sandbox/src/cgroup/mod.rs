@@ -411,24 +411,7 @@ impl Cgroup {
     /// before a sandbox's command starts. A thread writing `0` to `tasks` moves only itself and
     /// takes no global lock; a child that has not started any thread is its whole process.
     pub fn self_join(&self) -> SelfJoin {
-        let mut join = SelfJoin::default();
-        for d in &self.dirs {
-            let tasks = d.join("tasks");
-            let opened = (!self.v2)
-                .then(|| {
-                    fs::OpenOptions::new()
-                        .write(true)
-                        .custom_flags(libc::O_CLOEXEC)
-                        .open(&tasks)
-                        .ok()
-                })
-                .flatten();
-            match opened {
-                Some(f) => join.fds.push((OwnedFd::from(f), tasks)),
-                None => join.rest.push(d.clone()),
-            }
-        }
-        join
+        SelfJoin::open(&self.dirs, self.v2)
     }
 
     /// Whether the kernel OOM-killed a process in this cgroup.
@@ -470,11 +453,35 @@ pub struct SelfJoin {
 }
 
 impl SelfJoin {
+    /// For cgroup directories `dirs` (`v2`: of the unified hierarchy, which has no `tasks`):
+    /// each v1 directory's `tasks` opened now by this process; the others (and any whose
+    /// `tasks` cannot be opened) left to [`SelfJoin::add_rest`].
+    pub fn open(dirs: &[PathBuf], v2: bool) -> SelfJoin {
+        let mut join = SelfJoin::default();
+        for d in dirs {
+            let tasks = d.join("tasks");
+            let opened = (!v2)
+                .then(|| {
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_CLOEXEC)
+                        .open(&tasks)
+                        .ok()
+                })
+                .flatten();
+            match opened {
+                Some(f) => join.fds.push((OwnedFd::from(f), tasks)),
+                None => join.rest.push(d.clone()),
+            }
+        }
+        join
+    }
+
     /// In the child, before it does anything else: move the calling thread into every
-    /// directory opened for it, then close those files (nothing of the host's cgroup tree stays
+    /// directory opened for it; drop this right after (nothing of the host's cgroup tree stays
     /// open in a sandbox). Call only while the process has a single thread (a fresh fork/clone
     /// child).
-    pub fn join(self) -> Result<(), CgroupError> {
+    pub fn join(&self) -> Result<(), CgroupError> {
         for (fd, path) in &self.fds {
             nix::unistd::write(fd, b"0").map_err(|e| CgroupError::Write {
                 path: path.clone(),

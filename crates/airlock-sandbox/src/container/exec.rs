@@ -169,22 +169,20 @@ pub fn exec(
     }
     let ns = Namespaces::of(dir, &plan.name)?;
     // The sandbox's cgroup directories (host view), joined by the child before entering its
-    // namespaces: on v1 by writing `0` to `tasks` (a fresh child is one thread: it moves only
-    // itself, without the kernel's global cgroup lock and the RCU grace period the first such
-    // write after a quiet spell waits for — see `Cgroup::self_join`), else its pid to
-    // `cgroup.procs`. (File, what to write), made before the fork.
-    let cgroups: Vec<(PathBuf, Vec<u8>)> = match leaf {
-        Some(leaf) => Layout::detect()
-            .parents()
-            .into_iter()
-            .map(|p| p.join(leaf))
-            .filter(|p| p.is_dir())
-            .map(|d| match d.join("tasks") {
-                t if t.exists() => (t, b"0".to_vec()),
-                _ => (d.join("cgroup.procs"), Vec::new()),
-            })
-            .collect(),
-        None => vec![],
+    // namespaces as a sandbox's PID 1 joins them (`Cgroup::self_join`: on v1 through `tasks`
+    // files opened here, without the kernel's global cgroup lock).
+    let cgroups = match leaf {
+        Some(leaf) => {
+            let layout = Layout::detect();
+            let dirs: Vec<PathBuf> = layout
+                .parents()
+                .into_iter()
+                .map(|p| p.join(leaf))
+                .filter(|p| p.is_dir())
+                .collect();
+            crate::cgroup::SelfJoin::open(&dirs, matches!(layout, Layout::V2 { .. }))
+        }
+        None => crate::cgroup::SelfJoin::default(),
     };
     let env = airlock_model::spec::env_over(&plan.env, &req.env);
     let argv = cstrings(req.argv.iter().cloned())?;
@@ -212,16 +210,11 @@ pub fn exec(
             sys::exit_now(exit::SANDBOX_FAILED)
         };
         let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        for (file, what) in &cgroups {
-            let written = if what.is_empty() {
-                fs::write(file, std::process::id().to_string())
-            } else {
-                fs::write(file, what)
-            };
-            if let Err(e) = written {
-                fail(format!("join the sandbox cgroup {}: {e}", file.display()));
-            }
+        let pid = std::process::id() as i32;
+        if let Err(e) = cgroups.join().and_then(|()| cgroups.add_rest(pid)) {
+            fail(format!("join the sandbox cgroup: {e}"));
         }
+        drop(cgroups);
         crate::phase("exec: cgroups joined");
         let inside = Inside {
             plan,
