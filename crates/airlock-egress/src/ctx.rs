@@ -9,8 +9,8 @@ use crate::{addr, host};
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Everything the enforcement needs, shared by all connections of one sandbox.
 pub struct Ctx {
@@ -37,6 +37,9 @@ pub struct Ctx {
     /// The allowed connections being relayed, re-checked whenever the policy changes.
     open: Mutex<HashMap<u64, Open>>,
     next_open: AtomicU64,
+    /// Threads serving a connection or a DNS query, counted from their accept
+    /// ([`Ctx::working`]): the end of a sandbox waits for them ([`Ctx::settle`]).
+    working: Arc<(Mutex<usize>, Condvar)>,
 }
 
 /// An allowed connection being relayed: what it was allowed as, and its sockets (clones),
@@ -104,6 +107,7 @@ impl Ctx {
             active: AtomicUsize::new(0),
             open: Mutex::new(HashMap::new()),
             next_open: AtomicU64::new(0),
+            working: Arc::new((Mutex::new(0), Condvar::new())),
         }
     }
 
@@ -218,7 +222,54 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// One thread's work for this sandbox (a connection, a DNS query), from its accept until
+/// the guard drops: [`Ctx::settle`] waits for it.
+pub struct Working(Arc<(Mutex<usize>, Condvar)>);
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        let (n, ended) = &*self.0;
+        let mut n = n.lock().unwrap_or_else(PoisonError::into_inner);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            ended.notify_all();
+        }
+    }
+}
+
 impl Ctx {
+    /// Counts a thread's work from now (take it before the thread is spawned, so that a
+    /// connection accepted but not yet served is counted).
+    pub fn working(&self) -> Working {
+        *self
+            .working
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += 1;
+        Working(self.working.clone())
+    }
+
+    /// Waits, `max` at most, until no thread is serving a connection or query: a sandbox's
+    /// last decisions are journaled before its end is reported (a denial found when the
+    /// client hung up, e.g. a refused interception certificate, is written after the client
+    /// learnt of it). True when none is left.
+    pub fn settle(&self, max: Duration) -> bool {
+        let deadline = Instant::now() + max;
+        let (n, ended) = &*self.working;
+        let mut n = n.lock().unwrap_or_else(PoisonError::into_inner);
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            n = ended
+                .wait_timeout(n, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
     /// Connections being served right now.
     pub fn active_connections(&self) -> usize {
         self.active.load(Ordering::SeqCst)
@@ -317,4 +368,46 @@ pub(crate) fn connect_upstream(
     connect(ctx, name, port).map_err(|u| match u {
         Unreachable::Forbidden(r) | Unreachable::Failed(r) => r,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::SharedBuf;
+    use crate::resolve::StaticResolver;
+
+    fn ctx() -> Ctx {
+        Ctx::new(
+            EgressPolicy::new(&["a.test"], &[443]).unwrap(),
+            Arc::new(StaticResolver::new([])),
+            Journal::new(SharedBuf::default()),
+        )
+    }
+
+    #[test]
+    fn settle_waits_for_the_work_counted_and_no_longer() {
+        let ctx = ctx();
+        assert!(
+            ctx.settle(Duration::ZERO),
+            "nothing counted: settled at once"
+        );
+        let held = ctx.working();
+        let t = Instant::now();
+        assert!(
+            !ctx.settle(Duration::from_millis(50)),
+            "a thread still works"
+        );
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        let other = ctx.working();
+        let t = Instant::now();
+        let ended = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(held);
+            drop(other);
+        });
+        assert!(ctx.settle(Duration::from_secs(30)), "both ended");
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        ended.join().unwrap();
+        assert!(ctx.settle(Duration::ZERO));
+    }
 }

@@ -45,6 +45,8 @@ pub const SPEC_LOCK: &str = "mounts.lock";
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request line the supervisor reads.
 const MAX_LINE: u64 = 1 << 20;
+/// How long a claimer's `sync` waits for the connections its command left being decided.
+const SYNC_SETTLE: Duration = Duration::from_millis(300);
 
 /// One change to an allowlist.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,7 +346,7 @@ pub fn preload_interception() {
 
 /// One request on the policy socket: the whole new allowlist, put in force (and a claim's
 /// injected secrets, bound first: refused, nothing changes).
-fn answer(conn: UnixStream, name: &std::sync::Mutex<Option<String>>, ctx: &Ctx) {
+fn answer(conn: UnixStream, name: &std::sync::Mutex<Option<String>>, ctx: &Arc<Ctx>) {
     let _ = conn.set_read_timeout(Some(TIMEOUT));
     let _ = conn.set_write_timeout(Some(TIMEOUT));
     let mut line = String::new();
@@ -388,7 +390,7 @@ fn answer(conn: UnixStream, name: &std::sync::Mutex<Option<String>>, ctx: &Ctx) 
     bytes.push(b'\n');
     if (&conn).write_all(&bytes).is_ok() {
         if let Some((tx, rx)) = tapped {
-            stream_events(conn, tx, rx);
+            stream_events(conn, ctx.clone(), tx, rx);
         }
     }
 }
@@ -441,6 +443,7 @@ fn tap_events(
 /// `allow`/`deny`), until the claimer hangs up.
 fn stream_events(
     conn: UnixStream,
+    ctx: Arc<Ctx>,
     sync_tx: std::sync::mpsc::SyncSender<Streamed>,
     rx: std::sync::mpsc::Receiver<Streamed>,
 ) {
@@ -454,6 +457,10 @@ fn stream_events(
             for line in BufReader::new(reading.take(MAX_LINE)).lines() {
                 match line {
                     Ok(l) if l.trim() == "sync" => {
+                        // The claim's command has ended: the connections it left being
+                        // decided are journaled first (briefly: what it left running may
+                        // keep its connections open).
+                        ctx.settle(SYNC_SETTLE);
                         if sync_tx.send(Streamed::Sync).is_err() {
                             return;
                         }

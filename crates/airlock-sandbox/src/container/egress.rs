@@ -56,9 +56,11 @@ fn poll_loop(listeners: Vec<(ListenerInfo, OwnedFd)>, ctx: Arc<Ctx>) {
                 (Some(l), kind) => {
                     let Ok((conn, _)) = l.accept() else { continue };
                     let ctx = ctx.clone();
+                    let working = ctx.working();
                     let _ = std::thread::Builder::new()
                         .name("egress-conn".into())
                         .spawn(move || {
+                            let _working = working;
                             if kind == ListenerKind::Proxy {
                                 airlock_egress::proxy::serve_explicit(conn, &ctx);
                             } else if let Ok(dst) = conn.local_addr() {
@@ -105,9 +107,11 @@ fn dns_query(fd: &OwnedFd, v6: bool, ctx: &Arc<Ctx>) {
     buf.truncate(len);
     let Ok(fd) = fd.try_clone() else { return };
     let ctx = ctx.clone();
+    let working = ctx.working();
     let _ = std::thread::Builder::new()
         .name("egress-dns".into())
         .spawn(move || {
+            let _working = working;
             let reply = airlock_egress::dns::answer(&buf, &ctx);
             if reply.is_empty() {
                 return;

@@ -249,6 +249,9 @@ pub fn net_journal(
     }))
 }
 
+/// How long a sandbox's end waits for its egress threads' last journal lines.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The host's CA bundles, in the order distributions keep them.
 const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",
@@ -650,6 +653,7 @@ fn run_in(
     let _alive = sync_wr;
 
     crate::phase("released child");
+    let mut served = None;
     if let (Some(h), Some(plan_egress)) = (&net_host, &plan.egress) {
         // The child sends its listeners during setup (EOF if it died first).
         match netns::recv(h) {
@@ -658,6 +662,7 @@ fn run_in(
                 if let Some(f) = opts.on_egress_ctx {
                     f(ctx.clone());
                 }
+                served = Some(ctx.clone());
                 egress::serve(listeners, ctx)
             }
             Err(e) => crate::phase(&format!("no egress listeners: {e}")),
@@ -710,6 +715,13 @@ fn run_in(
 
     crate::phase("child exited");
     drop(pasta);
+    // Every process of the sandbox is gone, so are its ends of its connections: the threads
+    // still deciding one journal it now (a second at most), before the end is reported.
+    if let Some(ctx) = served {
+        if !ctx.settle(SETTLE) {
+            crate::phase("egress threads still busy at the end");
+        }
+    }
     if timed_out {
         return Ok(Outcome {
             ending: Ending::TimedOut,
