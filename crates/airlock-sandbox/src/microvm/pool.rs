@@ -339,6 +339,7 @@ pub fn attach_ro_mounts(dir: &Path, mounts: &[(PathBuf, PathBuf)]) -> Result<(),
         use std::io::{Seek, SeekFrom};
         use std::os::unix::fs::OpenOptionsExt;
         let mut to = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&slot)
