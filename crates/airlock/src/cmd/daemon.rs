@@ -799,13 +799,16 @@ pub fn try_warm(
     }
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
     // With a daemon running, the release is handed to it (one datagram) once this run's
-    // output is done, and the run ends there: its member's PID 1 is killed now (its
-    // supervisor then ends the stub and removes the claim's cgroup), the daemon records the
-    // release and the hit and removes the member. Without one, or if it does not take the
-    // datagram, the release is done here as before.
+    // output is done, and the run ends there: its member's PID 1 goes once this process has
+    // hung up on the stub (the stub kills it; else it is killed now) — its supervisor then
+    // removes the claim's cgroup —, and the daemon, once this process has exited, records
+    // the release and the hit and removes the member. Without one, or if it does not take
+    // the datagram, the release is done here as before.
     let hand = pool::daemon_running(&state);
     let wake = if hand {
-        kill_pid1(&dir);
+        if !stub.as_ref().is_some_and(|s| s.ends_member()) {
+            kill_pid1(&dir);
+        }
         false
     } else {
         release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)))
@@ -827,6 +830,9 @@ pub fn try_warm(
         let ended = end(ran);
         if pool::hand_release(&state, &member.name, me, &key, micros) {
             airlock_sandbox::phase("warm: released (handed to the daemon)");
+            // The stub ends the member once we hang up: last.
+            drop(store);
+            drop(stub);
             return ended.map(Some);
         }
         release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
