@@ -1153,7 +1153,12 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
         .find_map(|f| std::fs::read_to_string(f).ok())
         .and_then(|s| s.trim().parse::<u64>().ok());
     assert_eq!(limit, Some(48 << 20), "the claim's memory limit");
-    assert!(!sock.exists(), "the claimed stub's socket is still there");
+    // The warm-start line comes before the claimer connects to the stub (the parked child,
+    // the stub's child already, is seen at once): its socket goes once the stub took the claim.
+    assert!(
+        wait_until(Duration::from_secs(2), || !sock.exists()),
+        "the claimed stub's socket is still there"
+    );
     assert!(std::os::unix::net::UnixStream::connect(&sock).is_err());
     let out = child.wait_with_output().expect("wait");
     let stdout = String::from_utf8_lossy(&out.stdout);
