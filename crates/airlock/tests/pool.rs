@@ -2092,6 +2092,71 @@ fn a_claims_release_is_handed_to_the_daemon() {
     assert_nothing_left(&a, "handed");
 }
 
+/// A claimer killed during its command while no daemon can act (stopped): the member's stub
+/// ends PID 1 once the command ends, so the member is not left running for a daemon that may
+/// never come back (before, it ran on until a daemon's reconcile).
+#[test]
+fn a_killed_claimers_member_ends_with_its_command() {
+    if !e2e("a_killed_claimers_member_ends_with_its_command") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    start_pool(&a, "1", &["--workspace", "none", "--net", "off"]);
+    wait_ready(&a, 1, "killed claimer");
+    let member = std::fs::read_dir(members_dir(&a))
+        .expect("members")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a member");
+    let pid1: i32 = std::fs::read_to_string(members_dir(&a).join(&member).join("pid1"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("the member's PID 1");
+    let daemon = common::pool::daemon_pid(&a).expect("the daemon runs");
+    // SAFETY: kill(2) on this test's daemon.
+    unsafe { libc::kill(daemon, libc::SIGSTOP) };
+    let mut cmd = a.command(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 1",
+    ]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("warm start") {
+        line.clear();
+        if std::io::BufRead::read_line(&mut stderr, &mut line).expect("read") == 0 {
+            panic!("not warm");
+        }
+    }
+    assert!(line.contains(&member), "{line}");
+    // Killed once its command runs (the stub has the claim).
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("read");
+    assert_eq!(line.trim(), "started");
+    child.kill().expect("kill the claimer");
+    child.wait().expect("wait");
+    let alive = || Path::new(&format!("/proc/{pid1}")).exists();
+    assert!(alive(), "PID 1 went before its command ended");
+    let gone = wait_until(Duration::from_secs(5), || !alive());
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon, libc::SIGCONT) };
+    assert!(gone, "the killed claimer's member (PID 1 {pid1}) lives on");
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "killed claimer");
+}
+
 // ---------------------------------------------------------------------------------------------
 // `--ro`/`--rw`/`[mounts]` bound at claim
 
