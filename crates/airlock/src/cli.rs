@@ -31,7 +31,8 @@ pub struct Globals {
 }
 
 /// `run`'s one-line description (the whole tree's and [`RunCli`]'s).
-const RUN_ABOUT: &str = "Run a command in a fresh, isolated sandbox, stream its output, and clean up.";
+const RUN_ABOUT: &str =
+    "Run a command in a fresh, isolated sandbox, stream its output, and clean up.";
 
 /// `airlock run …` parsed with `run`'s arguments only: the whole tree builds every
 /// subcommand's arguments (a few hundred) for any command line, which a warm `run` pays on
@@ -757,15 +758,48 @@ mod tests {
             &["airlock", "run", "--version"],
             &["airlock", "run", "--bogus", "--", "true"],
             &["airlock", "run", "--workspace", "nope", "--", "true"],
-            &["airlock", "run", "--workspace", "none", "--net", "off", "--", "true"],
-            &["airlock", "run", "--config", "/c.toml", "--no-hooks", "--", "true"],
-            &["airlock", "run", "--no-network", "-e", "A=1", "--", "sh", "-c", "x"],
+            &[
+                "airlock",
+                "run",
+                "--workspace",
+                "none",
+                "--net",
+                "off",
+                "--",
+                "true",
+            ],
+            &[
+                "airlock",
+                "run",
+                "--config",
+                "/c.toml",
+                "--no-hooks",
+                "--",
+                "true",
+            ],
+            &[
+                "airlock",
+                "run",
+                "--no-network",
+                "-e",
+                "A=1",
+                "--",
+                "sh",
+                "-c",
+                "x",
+            ],
             &["airlock", "run", "true", "--net", "off"],
         ] {
             let full = shown(Cli::try_parse_from(args));
-            assert_eq!(full, shown(RunCli::try_parse_from(args).map(Cli::from)), "{args:?}");
+            assert_eq!(
+                full,
+                shown(RunCli::try_parse_from(args).map(Cli::from)),
+                "{args:?}"
+            );
             // Not vacuous: each case either parsed or said something.
-            assert!(full.as_ref().map_or_else(|e| !e.1.is_empty(), |c| c.contains("Run(")));
+            assert!(full
+                .as_ref()
+                .map_or_else(|e| !e.1.is_empty(), |c| c.contains("Run(")));
         }
     }
 }

@@ -916,21 +916,7 @@ fn claimed_memory_limit(a: &Airlock, extra: &[&str], label: &str) -> (String, Op
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn airlock");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let mut seen = String::new();
-    let member = loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        seen.push_str(&line);
-        if n == 0 {
-            let _ = child.kill();
-            panic!("{label}: not warm: {seen}");
-        }
-        if line.contains("warm start") {
-            break line.split(", ").nth(1).expect("member").to_string();
-        }
-    };
+    let (member, mut stderr) = warm_member(&mut child);
     let file = |d: &Path| {
         ["memory.max", "memory.limit_in_bytes"]
             .iter()
@@ -946,8 +932,10 @@ fn claimed_memory_limit(a: &Airlock, extra: &[&str], label: &str) -> (String, Op
             .find_map(|s| s.trim().parse::<u64>().ok());
         limit.is_some()
     });
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
     let status = child.wait().expect("wait");
-    assert!(status.success(), "{label}: {status}: {seen}");
+    assert!(status.success(), "{label}: {status}: {rest}");
     (member, limit)
 }
 
@@ -1050,6 +1038,27 @@ fn ppid(pid: i32) -> Option<i32> {
 /// stub's child, in it; the claimed stub's socket is gone while the command runs (nobody
 /// reaches it again), and the other member's stub socket is not visible from inside the
 /// sandbox; afterwards the stub and the claim's cgroup are gone.
+/// A spawned warm run's member, from its `warm start` line on stderr (taken from `child`;
+/// keep the reader: the run's later writes to stderr need it open).
+fn warm_member(
+    child: &mut std::process::Child,
+) -> (String, std::io::BufReader<std::process::ChildStderr>) {
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let (mut line, mut seen) = (String::new(), String::new());
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        seen.push_str(&line);
+        if n == 0 {
+            let _ = child.kill();
+            panic!("not warm: {seen}");
+        }
+        if line.contains("warm start") {
+            return (line.split(", ").nth(1).expect("member").to_string(), stderr);
+        }
+    }
+}
+
 #[test]
 fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
     if !e2e("a_claims_command_is_forked_in_its_cgroup_by_the_members_stub") {
@@ -1111,19 +1120,7 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn airlock");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let member = loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        if n == 0 {
-            let _ = child.kill();
-            panic!("not warm: {line}");
-        }
-        if line.contains("warm start") {
-            break line.split(", ").nth(1).expect("member").to_string();
-        }
-    };
+    let (member, _stderr) = warm_member(&mut child);
     let (stub, sock) = stubs.get(&member).cloned().expect("a member seen ready");
     let dirs = cgroups_named(&format!("{member}."));
     let mut command = None;
@@ -1423,19 +1420,7 @@ fn a_claims_limits_hold_when_the_claimer_is_in_another_cgroup() {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn airlock");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let member = loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        if n == 0 {
-            let _ = child.kill();
-            panic!("not warm: {line}");
-        }
-        if line.contains("warm start") {
-            break line.split(", ").nth(1).expect("member").to_string();
-        }
-    };
+    let (member, _stderr) = warm_member(&mut child);
     // The cgroup the command runs in (the stub's child), and its memory limit.
     let mut limit = None;
     wait_until(Duration::from_secs(2), || {
@@ -1923,19 +1908,7 @@ fn parked_child(a: &Airlock, label: &str) {
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut run = cmd.spawn().expect("spawn airlock");
-    let mut stderr = std::io::BufReader::new(run.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let member = loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        if n == 0 {
-            let _ = run.kill();
-            panic!("{label}: not warm: {line}");
-        }
-        if line.contains("warm start") {
-            break line.split(", ").nth(1).expect("member").to_string();
-        }
-    };
+    let (member, _stderr) = warm_member(&mut run);
     let (stub, child, inner) = parked.get(&member).cloned().expect("a member seen ready");
     assert!(
         wait_until(Duration::from_secs(5), || {
@@ -2131,18 +2104,11 @@ fn a_killed_claimers_member_ends_with_its_command() {
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn airlock");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("warm start") {
-        line.clear();
-        if std::io::BufRead::read_line(&mut stderr, &mut line).expect("read") == 0 {
-            panic!("not warm");
-        }
-    }
-    assert!(line.contains(&member), "{line}");
+    let (claimed, _stderr) = warm_member(&mut child);
+    assert_eq!(claimed, member);
     // Killed once its command runs (the stub has the claim).
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    line.clear();
+    let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).expect("read");
     assert_eq!(line.trim(), "started");
     child.kill().expect("kill the claimer");
