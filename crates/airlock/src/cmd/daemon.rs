@@ -34,47 +34,6 @@ fn open_store(state: &Path) -> CliResult<Store> {
         .map_err(store_err)
 }
 
-/// The pool's store opened on a thread of its own while `run` builds its spec (config files,
-/// policy, secrets): the open — the schema read, the WAL's set-up, the pragmas — is then off a
-/// warm claim's path. Started only where pools exist (the members folder: the stat that decides
-/// whether a run tries a claim at all). Joined at the claim, or when dropped — so always
-/// before this process forks anything (a child forked beside a running thread could find a
-/// lock held forever).
-pub struct Prefetched(Option<std::thread::JoinHandle<CliResult<Store>>>);
-
-impl Prefetched {
-    /// Start opening the store of `paths::state_dir()`, if pools exist there.
-    pub fn start() -> Prefetched {
-        let state = paths::state_dir();
-        if !pool::members_dir(&state).is_dir() {
-            return Prefetched(None);
-        }
-        let open = std::thread::Builder::new().spawn(move || open_store(&state));
-        Prefetched(open.ok())
-    }
-
-    /// Nothing started: the claim opens the store itself.
-    pub fn none() -> Prefetched {
-        Prefetched(None)
-    }
-
-    /// The store of `state`: the one opened meanwhile, else opened now.
-    fn take(mut self, state: &Path) -> CliResult<Store> {
-        match self.0.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(opened)) => opened,
-            _ => open_store(state),
-        }
-    }
-}
-
-impl Drop for Prefetched {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 fn exe() -> CliResult<PathBuf> {
     std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))
 }
@@ -667,7 +626,6 @@ pub fn try_warm(
     tty: bool,
     timeout_text: Option<&str>,
     net_log: Option<&Path>,
-    store: Prefetched,
 ) -> CliResult<Option<i32>> {
     let spec = &b.spec;
     let state = paths::state_dir();
@@ -711,8 +669,7 @@ pub fn try_warm(
     let t0 = Instant::now();
     let key = pool::key(spec);
     // The pool is an optimisation: when its records cannot be read, the run starts cold.
-    let Some((mut store, member)) = claim_or_cold_with(&state, &key, spec, b.pool_size, store)
-    else {
+    let Some((mut store, member)) = claim_or_cold(&state, &key, spec, b.pool_size) else {
         return Ok(None);
     };
     let claimed_in = t0.elapsed();
@@ -1037,18 +994,7 @@ pub(super) fn claim_or_cold(
     spec: &airlock_model::spec::RunSpec,
     pool_size: u32,
 ) -> Option<(Store, pool::Member)> {
-    claim_or_cold_with(state, key, spec, pool_size, Prefetched::none())
-}
-
-/// [`claim_or_cold`] with the store `store` opened meanwhile.
-fn claim_or_cold_with(
-    state: &Path,
-    key: &str,
-    spec: &airlock_model::spec::RunSpec,
-    pool_size: u32,
-    store: Prefetched,
-) -> Option<(Store, pool::Member)> {
-    claim(state, key, spec, pool_size, store).unwrap_or_else(|e| {
+    claim(state, key, spec, pool_size).unwrap_or_else(|e| {
         errln!(
             "airlock: warning: warm pool unavailable, starting cold: {:#}",
             e.error
@@ -1064,9 +1010,8 @@ fn claim(
     key: &str,
     spec: &airlock_model::spec::RunSpec,
     pool_size: u32,
-    store: Prefetched,
 ) -> CliResult<Option<(Store, pool::Member)>> {
-    let mut store = store.take(state)?;
+    let mut store = open_store(state)?;
     let (me, me_start) = pool::me();
     for _ in 0..3 {
         match store.claim(key, me, me_start).map_err(store_err)? {

@@ -26,15 +26,10 @@ pub fn run_with(
     no_user_config: bool,
     persist: Option<&Path>,
 ) -> CliResult<i32> {
-    // A run that may claim: the pool's store opens while the spec is built.
-    let store = match persist {
-        None => super::daemon::Prefetched::start(),
-        Some(_) => super::daemon::Prefetched::none(),
-    };
     let mut b = build(a, global_config, no_user_config, persist.is_some())?;
     if let Some(dir) = persist {
         b.instance_id = Some(crate::cmd::named::folder_id(dir)?);
-    } else if let Some(code) = try_warm(&b, a, store)? {
+    } else if let Some(code) = try_warm(&b, a)? {
         return Ok(code);
     }
     launch(
@@ -49,7 +44,7 @@ pub fn run_with(
 
 /// `run` through a warm member of a pool matching its spec (`daemon.rs` for containers,
 /// `warm_vm.rs` for microVMs); None: start it cold.
-fn try_warm(b: &Built, a: &RunArgs, store: super::daemon::Prefetched) -> CliResult<Option<i32>> {
+fn try_warm(b: &Built, a: &RunArgs) -> CliResult<Option<i32>> {
     // No pool was ever made here and none is asked for: one stat, nothing opened.
     if b.pool_size == 0
         && !airlock_engine::pool::members_dir(&airlock_engine::paths::state_dir()).is_dir()
@@ -58,11 +53,8 @@ fn try_warm(b: &Built, a: &RunArgs, store: super::daemon::Prefetched) -> CliResu
     }
     let (tty, timeout, net_log) = (a.tty, a.timeout.as_deref(), a.net_log.as_deref());
     match b.spec.backend {
-        BackendKind::Microvm => {
-            drop(store);
-            super::warm_vm::try_warm(b, tty, timeout, net_log)
-        }
-        BackendKind::Container => super::daemon::try_warm(b, tty, timeout, net_log, store),
+        BackendKind::Microvm => super::warm_vm::try_warm(b, tty, timeout, net_log),
+        BackendKind::Container => super::daemon::try_warm(b, tty, timeout, net_log),
     }
 }
 
