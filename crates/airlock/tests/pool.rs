@@ -900,6 +900,86 @@ true"#;
     assert_nothing_left(a, label);
 }
 
+/// A warm run's sandbox is gone before anything of it is read back and before the run
+/// returns, as a cold run's: a process the command leaves behind, rewriting a git control
+/// file in a loop in a bind workspace, cannot put it back after the way back's check undid it
+/// (the run then says "undone" and the host keeps the tampering), nor write on once the run
+/// has returned. (Attack: with the member's end left until the claimer hangs up, the loop
+/// outlived the check and `.git/commondir` stayed on the host.)
+fn leftovers_end_before_the_way_back(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    let p = git_project(a);
+    let mut start = a.command(&[
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--workspace",
+        "bind",
+        "--net",
+        "off",
+        "--wait",
+    ]);
+    start.current_dir(&p);
+    let out = common::run_with_deadline(start, None, Duration::from_secs(120));
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    // Left running: the control file rewritten, and a counter appended, without a pause.
+    let script = "(while :; do echo ../evil > .git/commondir; echo x >> late.txt; done) \
+         >/dev/null 2>&1 & sleep 0.2; echo started";
+    for round in 0..3 {
+        wait_ready(a, 1, label);
+        let out = a.run(&[
+            "run",
+            "--workspace",
+            "bind",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        warm(&out, label);
+        assert_eq!(
+            out.code(),
+            121,
+            "{label}: round {round}: {}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains(".git/commondir"),
+            "{label}: round {round}: not reported: {}",
+            out.stderr
+        );
+        let size = |f: &str| std::fs::metadata(p.join(f)).map(|m| m.len()).ok();
+        let (commondir, late) = (size(".git/commondir"), size("late.txt"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            (commondir, size(".git/commondir")),
+            (None, None),
+            "{label}: round {round}: the sandbox put .git/commondir back after the check"
+        );
+        assert!(
+            late.is_some_and(|n| n > 0),
+            "{label}: round {round}: the loop never ran"
+        );
+        assert_eq!(
+            size("late.txt"),
+            late,
+            "{label}: round {round}: the sandbox wrote on after the run returned"
+        );
+        std::fs::remove_file(p.join("late.txt")).expect("rm late.txt");
+    }
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+crate::rootful_and_rootless!(
+    a_warm_runs_leftovers_end_before_the_way_back_rootful,
+    a_warm_runs_leftovers_end_before_the_way_back_rootless,
+    leftovers_end_before_the_way_back
+);
+
 crate::rootful_and_rootless!(
     overlay_and_bind_workspaces_are_attached_at_claim_rootful,
     overlay_and_bind_workspaces_are_attached_at_claim_rootless,

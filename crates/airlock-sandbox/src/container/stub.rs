@@ -449,10 +449,12 @@ fn receive(conn: &mut UnixStream) -> Option<(Request, Vec<OwnedFd>)> {
 /// up (a stub of an older build exits without a word, leaving PID 1 to the claimer).
 const ENDS_MEMBER: u8 = b'K';
 
-/// What [`exec_claimed`] leaves: the stub, which reported the command's status and, with
-/// [`StubExit::ends_member`], waits for the claimer to hang up (this dropped, or the claimer's
-/// exit), then kills the member's PID 1 and exits. Wait for it before removing the member's
-/// cgroup (a cgroup with a process in it cannot be removed).
+/// What [`exec_claimed`] leaves: the stub, which reported the command's status and, when it
+/// said so (`conn` kept), waits for the claimer to hang up (this dropped, or the claimer's
+/// exit — a claimer killed mid-command), then kills the member's PID 1 and exits. The
+/// claimer ends the member itself as soon as the command is done; this is for a claimer that
+/// cannot. Wait for it before removing the member's cgroup (a cgroup with a process in it
+/// cannot be removed).
 pub struct StubExit {
     pidfd: OwnedFd,
     /// The connection, held while the claimer still needs the member.
@@ -460,12 +462,6 @@ pub struct StubExit {
 }
 
 impl StubExit {
-    /// Whether the stub kills the member's PID 1 once this is dropped (else: the claimer's to
-    /// kill — the stub was killed, timed out, or is an older build's).
-    pub fn ends_member(&self) -> bool {
-        self.conn.is_some()
-    }
-
     /// Hang up (the stub ends the member), then until the stub is gone (at most `limit`).
     pub fn wait(mut self, limit: std::time::Duration) {
         drop(self.conn.take());
