@@ -651,8 +651,22 @@ fn take_release(store: &mut Store, msg: &[u8]) {
     let f: Vec<&str> = rest.split(' ').collect();
     if let [name, pid, key, micros] = f[..] {
         if let (Ok(pid), Ok(micros)) = (pid.parse::<i32>(), micros.parse::<u64>()) {
+            claimer_gone(pid, CLAIMER_EXIT);
             let _ = store.claim_finished(name, pid, key, micros);
         }
+    }
+}
+
+/// How long the daemon lets a claimer that handed its release over finish exiting.
+const CLAIMER_EXIT: Duration = Duration::from_millis(100);
+
+/// Until the process `pid` has exited (at most `limit`). A claimer hands its release over as
+/// its last step; what the daemon does next (a transaction, the member's removal, a new
+/// member's start) would share the CPUs with that claimer's exit, which its caller waits for.
+fn claimer_gone(pid: i32, limit: Duration) {
+    // Gone already: nothing to wait for.
+    if let Ok(fd) = airlock_sandbox::sys::pidfd_open(pid) {
+        airlock_sandbox::sys::wait_readable(&fd, limit);
     }
 }
 

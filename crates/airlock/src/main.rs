@@ -8,10 +8,8 @@ mod cli;
 mod cmd;
 mod error;
 
-use clap::Parser;
-
 fn main() {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::Cli::parse_args() {
         Ok(c) => c.normalize(),
         Err(e) => {
             let code = if e.use_stderr() {

@@ -900,6 +900,86 @@ true"#;
     assert_nothing_left(a, label);
 }
 
+/// A warm run's sandbox is gone before anything of it is read back and before the run
+/// returns, as a cold run's: a process the command leaves behind, rewriting a git control
+/// file in a loop in a bind workspace, cannot put it back after the way back's check undid it
+/// (the run then says "undone" and the host keeps the tampering), nor write on once the run
+/// has returned. (Attack: with the member's end left until the claimer hangs up, the loop
+/// outlived the check and `.git/commondir` stayed on the host.)
+fn leftovers_end_before_the_way_back(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    let p = git_project(a);
+    let mut start = a.command(&[
+        "daemon",
+        "start",
+        "--size",
+        "1",
+        "--workspace",
+        "bind",
+        "--net",
+        "off",
+        "--wait",
+    ]);
+    start.current_dir(&p);
+    let out = common::run_with_deadline(start, None, Duration::from_secs(120));
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    // Left running: the control file rewritten, and a counter appended, without a pause.
+    let script = "(while :; do echo ../evil > .git/commondir; echo x >> late.txt; done) \
+         >/dev/null 2>&1 & sleep 0.2; echo started";
+    for round in 0..3 {
+        wait_ready(a, 1, label);
+        let out = a.run(&[
+            "run",
+            "--workspace",
+            "bind",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        warm(&out, label);
+        assert_eq!(
+            out.code(),
+            121,
+            "{label}: round {round}: {}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains(".git/commondir"),
+            "{label}: round {round}: not reported: {}",
+            out.stderr
+        );
+        let size = |f: &str| std::fs::metadata(p.join(f)).map(|m| m.len()).ok();
+        let (commondir, late) = (size(".git/commondir"), size("late.txt"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            (commondir, size(".git/commondir")),
+            (None, None),
+            "{label}: round {round}: the sandbox put .git/commondir back after the check"
+        );
+        assert!(
+            late.is_some_and(|n| n > 0),
+            "{label}: round {round}: the loop never ran"
+        );
+        assert_eq!(
+            size("late.txt"),
+            late,
+            "{label}: round {round}: the sandbox wrote on after the run returned"
+        );
+        std::fs::remove_file(p.join("late.txt")).expect("rm late.txt");
+    }
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+crate::rootful_and_rootless!(
+    a_warm_runs_leftovers_end_before_the_way_back_rootful,
+    a_warm_runs_leftovers_end_before_the_way_back_rootless,
+    leftovers_end_before_the_way_back
+);
+
 crate::rootful_and_rootless!(
     overlay_and_bind_workspaces_are_attached_at_claim_rootful,
     overlay_and_bind_workspaces_are_attached_at_claim_rootless,
@@ -916,21 +996,7 @@ fn claimed_memory_limit(a: &Airlock, extra: &[&str], label: &str) -> (String, Op
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn airlock");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let mut seen = String::new();
-    let member = loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        seen.push_str(&line);
-        if n == 0 {
-            let _ = child.kill();
-            panic!("{label}: not warm: {seen}");
-        }
-        if line.contains("warm start") {
-            break line.split(", ").nth(1).expect("member").to_string();
-        }
-    };
+    let (member, mut stderr) = warm_member(&mut child);
     let file = |d: &Path| {
         ["memory.max", "memory.limit_in_bytes"]
             .iter()
@@ -946,8 +1012,10 @@ fn claimed_memory_limit(a: &Airlock, extra: &[&str], label: &str) -> (String, Op
             .find_map(|s| s.trim().parse::<u64>().ok());
         limit.is_some()
     });
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
     let status = child.wait().expect("wait");
-    assert!(status.success(), "{label}: {status}: {seen}");
+    assert!(status.success(), "{label}: {status}: {rest}");
     (member, limit)
 }
 
@@ -1050,6 +1118,27 @@ fn ppid(pid: i32) -> Option<i32> {
 /// stub's child, in it; the claimed stub's socket is gone while the command runs (nobody
 /// reaches it again), and the other member's stub socket is not visible from inside the
 /// sandbox; afterwards the stub and the claim's cgroup are gone.
+/// A spawned warm run's member, from its `warm start` line on stderr (taken from `child`;
+/// keep the reader: the run's later writes to stderr need it open).
+fn warm_member(
+    child: &mut std::process::Child,
+) -> (String, std::io::BufReader<std::process::ChildStderr>) {
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let (mut line, mut seen) = (String::new(), String::new());
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        seen.push_str(&line);
+        if n == 0 {
+            let _ = child.kill();
+            panic!("not warm: {seen}");
+        }
+        if line.contains("warm start") {
+            return (line.split(", ").nth(1).expect("member").to_string(), stderr);
+        }
+    }
+}
+
 #[test]
 fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
     if !e2e("a_claims_command_is_forked_in_its_cgroup_by_the_members_stub") {
@@ -1111,19 +1200,7 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn airlock");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let member = loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        if n == 0 {
-            let _ = child.kill();
-            panic!("not warm: {line}");
-        }
-        if line.contains("warm start") {
-            break line.split(", ").nth(1).expect("member").to_string();
-        }
-    };
+    let (member, _stderr) = warm_member(&mut child);
     let (stub, sock) = stubs.get(&member).cloned().expect("a member seen ready");
     let dirs = cgroups_named(&format!("{member}."));
     let mut command = None;
@@ -1153,7 +1230,12 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
         .find_map(|f| std::fs::read_to_string(f).ok())
         .and_then(|s| s.trim().parse::<u64>().ok());
     assert_eq!(limit, Some(48 << 20), "the claim's memory limit");
-    assert!(!sock.exists(), "the claimed stub's socket is still there");
+    // The warm-start line comes before the claimer connects to the stub (the parked child,
+    // the stub's child already, is seen at once): its socket goes once the stub took the claim.
+    assert!(
+        wait_until(Duration::from_secs(2), || !sock.exists()),
+        "the claimed stub's socket is still there"
+    );
     assert!(std::os::unix::net::UnixStream::connect(&sock).is_err());
     let out = child.wait_with_output().expect("wait");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1418,19 +1500,7 @@ fn a_claims_limits_hold_when_the_claimer_is_in_another_cgroup() {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn airlock");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let member = loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        if n == 0 {
-            let _ = child.kill();
-            panic!("not warm: {line}");
-        }
-        if line.contains("warm start") {
-            break line.split(", ").nth(1).expect("member").to_string();
-        }
-    };
+    let (member, _stderr) = warm_member(&mut child);
     // The cgroup the command runs in (the stub's child), and its memory limit.
     let mut limit = None;
     wait_until(Duration::from_secs(2), || {
@@ -1918,19 +1988,7 @@ fn parked_child(a: &Airlock, label: &str) {
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut run = cmd.spawn().expect("spawn airlock");
-    let mut stderr = std::io::BufReader::new(run.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let member = loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        if n == 0 {
-            let _ = run.kill();
-            panic!("{label}: not warm: {line}");
-        }
-        if line.contains("warm start") {
-            break line.split(", ").nth(1).expect("member").to_string();
-        }
-    };
+    let (member, _stderr) = warm_member(&mut run);
     let (stub, child, inner) = parked.get(&member).cloned().expect("a member seen ready");
     assert!(
         wait_until(Duration::from_secs(5), || {
@@ -2085,6 +2143,64 @@ fn a_claims_release_is_handed_to_the_daemon() {
     );
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "handed");
+}
+
+/// A claimer killed during its command while no daemon can act (stopped): the member's stub
+/// ends PID 1 once the command ends, so the member is not left running for a daemon that may
+/// never come back (before, it ran on until a daemon's reconcile).
+#[test]
+fn a_killed_claimers_member_ends_with_its_command() {
+    if !e2e("a_killed_claimers_member_ends_with_its_command") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    start_pool(&a, "1", &["--workspace", "none", "--net", "off"]);
+    wait_ready(&a, 1, "killed claimer");
+    let member = std::fs::read_dir(members_dir(&a))
+        .expect("members")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a member");
+    let pid1: i32 = std::fs::read_to_string(members_dir(&a).join(&member).join("pid1"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("the member's PID 1");
+    let daemon = common::pool::daemon_pid(&a).expect("the daemon runs");
+    // SAFETY: kill(2) on this test's daemon.
+    unsafe { libc::kill(daemon, libc::SIGSTOP) };
+    let mut cmd = a.command(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 1",
+    ]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let (claimed, _stderr) = warm_member(&mut child);
+    assert_eq!(claimed, member);
+    // Killed once its command runs (the stub has the claim).
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("read");
+    assert_eq!(line.trim(), "started");
+    child.kill().expect("kill the claimer");
+    child.wait().expect("wait");
+    let alive = || Path::new(&format!("/proc/{pid1}")).exists();
+    assert!(alive(), "PID 1 went before its command ended");
+    let gone = wait_until(Duration::from_secs(5), || !alive());
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon, libc::SIGCONT) };
+    assert!(gone, "the killed claimer's member (PID 1 {pid1}) lives on");
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "killed claimer");
 }
 
 // ---------------------------------------------------------------------------------------------

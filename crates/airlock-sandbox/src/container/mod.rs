@@ -685,7 +685,8 @@ fn run_in(
             let mut fds = ns_fds.take().unwrap_or_default();
             fds.extend(cgroup_ns);
             if let Some(s) = stub.as_mut() {
-                s.give_namespaces(&fds)?;
+                let pid1 = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
+                s.give_namespaces(&fds, &pid1)?;
             }
             exec::serve_namespaces(dir, fds)?;
             let start = proc_starttime(pid).unwrap_or(0);

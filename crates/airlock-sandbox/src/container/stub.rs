@@ -99,9 +99,15 @@ pub(super) struct Stub {
 }
 
 impl Stub {
-    /// Hand the stub the member's namespaces (`NAMESPACES` order), once PID 1 is set up.
-    pub(super) fn give_namespaces(&mut self, fds: &[OwnedFd]) -> Result<(), RunError> {
-        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    /// Hand the stub the member's namespaces (`NAMESPACES` order) and PID 1's pidfd, once
+    /// PID 1 is set up.
+    pub(super) fn give_namespaces(
+        &mut self,
+        fds: &[OwnedFd],
+        pid1: &OwnedFd,
+    ) -> Result<(), RunError> {
+        let mut raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        raw.push(pid1.as_raw_fd());
         let sock = self
             .ns
             .take()
@@ -174,12 +180,15 @@ fn serve(
     let _ = nix::sys::signal::SigSet::all().thread_unblock();
     // Nothing of the supervisor's but these two.
     sys::close_fds_except(3, &[listener, ns_sock]);
-    let Ok((msg, ns)) = sys::recv_fds(ns_sock, NAMESPACES.len()) else {
+    let Ok((msg, mut ns)) = sys::recv_fds(ns_sock, NAMESPACES.len() + 1) else {
         sys::exit_now(exit::SANDBOX_FAILED)
     };
-    if msg != b"ns" || ns.len() != NAMESPACES.len() {
+    if msg != b"ns" || ns.len() != NAMESPACES.len() + 1 {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
+    let Some(pid1) = ns.pop() else {
+        sys::exit_now(exit::SANDBOX_FAILED)
+    };
     sys::close_inherited(&[ns_sock]);
     let ns: Vec<_> = NAMESPACES.iter().map(|(_, f)| *f).zip(ns).collect();
     // From here every signal waits for the relay's sigwait (the parked child's end, or the
@@ -221,8 +230,16 @@ fn serve(
         sys::exit_now(exit::SANDBOX_FAILED)
     };
     let tty_sock = if req.tty { fds.next() } else { None };
+    // The status, and that this stub ends the member: once the claimer has hung up (it
+    // exited, or is done with the member), PID 1 goes — the member's teardown does not share
+    // the CPUs with the claimer's last steps and exit. A claimer that died already: at once.
     let report = |code: i32| {
-        let _ = (&conn).write_all(&code.to_le_bytes());
+        let mut status = code.to_le_bytes().to_vec();
+        status.push(ENDS_MEMBER);
+        if (&conn).write_all(&status).is_ok() {
+            let _ = (&conn).read(&mut [0u8; 1]);
+        }
+        let _ = sys::pidfd_kill(&pid1);
     };
     // The parked child takes the request and becomes the command; we relay and report.
     if let Some(mut p) = parked {
@@ -428,22 +445,27 @@ fn receive(conn: &mut UnixStream) -> Option<(Request, Vec<OwnedFd>)> {
     Some((serde_json::from_slice(&json).ok()?, fds))
 }
 
-/// What [`exec_claimed`] leaves: the stub, which reported the command's status and is
-/// exiting. Wait for it before removing the member's cgroup (a cgroup with a process in it
+/// After the command's status, the stub's word that it ends the member once the claimer hangs
+/// up (a stub of an older build exits without a word, leaving PID 1 to the claimer).
+const ENDS_MEMBER: u8 = b'K';
+
+/// What [`exec_claimed`] leaves: the stub, which reported the command's status and, when it
+/// said so (`conn` kept), waits for the claimer to hang up (this dropped, or the claimer's
+/// exit — a claimer killed mid-command), then kills the member's PID 1 and exits. The
+/// claimer ends the member itself as soon as the command is done; this is for a claimer that
+/// cannot. Wait for it before removing the member's cgroup (a cgroup with a process in it
 /// cannot be removed).
-pub struct StubExit(OwnedFd);
+pub struct StubExit {
+    pidfd: OwnedFd,
+    /// The connection, held while the claimer still needs the member.
+    conn: Option<OwnedFd>,
+}
 
 impl StubExit {
-    /// Until the stub is gone (at most `limit`).
-    pub fn wait(self, limit: std::time::Duration) {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        use std::os::fd::AsFd;
-        let ms = limit.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        );
+    /// Hang up (the stub ends the member), then until the stub is gone (at most `limit`).
+    pub fn wait(mut self, limit: std::time::Duration) {
+        drop(self.conn.take());
+        sys::wait_readable(&self.pidfd, limit);
     }
 }
 
@@ -548,7 +570,7 @@ pub fn exec_claimed(
         None,
     )
     .map_err(io_err("supervise the command"))?;
-    let stub = StubExit(pidfd);
+    let mut stub = StubExit { pidfd, conn: None };
     if timed_out {
         return Ok(Some((
             Outcome {
@@ -558,12 +580,21 @@ pub fn exec_claimed(
             stub,
         )));
     }
-    // The stub wrote the command's status before it exited; nothing: it was killed.
+    // The stub wrote the command's status before it exited; nothing: it was killed. Then,
+    // in the same write, whether it ends the member when we hang up.
+    let mut conn = UnixStream::from(conn);
     let mut code = [0u8; 4];
-    let status = match UnixStream::from(conn).read_exact(&mut code) {
+    let status = match conn.read_exact(&mut code) {
         Ok(()) => nix::sys::wait::WaitStatus::Exited(child, i32::from_le_bytes(code)),
         Err(_) => nix::sys::wait::WaitStatus::Signaled(child, Signal::SIGKILL, false),
     };
+    let mut word = [0u8; 1];
+    if matches!(status, nix::sys::wait::WaitStatus::Exited(..))
+        && matches!(conn.read(&mut word), Ok(1))
+        && word[0] == ENDS_MEMBER
+    {
+        stub.conn = Some(OwnedFd::from(conn));
+    }
     let code = match super::ending::conclude(status, err_rd)? {
         super::ending::Concluded::Ran(c) | super::ending::Concluded::NotStarted(c) => c,
     };

@@ -743,6 +743,18 @@ pub fn sigtimedwait(
         .flatten()
 }
 
+/// Until `fd` is readable — a pidfd: its process has exited — or `limit` has passed.
+pub fn wait_readable(fd: &OwnedFd, limit: std::time::Duration) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let ms = limit.as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let _ = poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    );
+}
+
 /// Whether the other end of a pipe is gone (poll reports POLLHUP without blocking).
 pub fn hung_up(fd: &OwnedFd) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};

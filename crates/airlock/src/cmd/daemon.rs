@@ -798,14 +798,17 @@ pub fn try_warm(
         w.finish();
     }
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
-    // With a daemon running, the release is handed to it (one datagram) once this run's
-    // output is done, and the run ends there: its member's PID 1 is killed now (its
-    // supervisor then ends the stub and removes the claim's cgroup), the daemon records the
-    // release and the hit and removes the member. Without one, or if it does not take the
-    // datagram, the release is done here as before.
+    // The member's end first, waited for: what the command left running is gone before
+    // anything of the sandbox is read back (the change summary, the way back's checks of a
+    // bind workspace) and before this run returns, as a cold run's PID 1 is waited for. With
+    // a daemon running, the release is then handed to it (one datagram) once this run's
+    // output is done — its supervisor removes the claim's cgroup, and the daemon, once this
+    // process has exited, records the release and the hit and removes the member. Without
+    // one, or if it does not take the datagram, the release is done here.
+    end_member(&dir);
+    airlock_sandbox::phase("warm: member ended");
     let hand = pool::daemon_running(&state);
     let wake = if hand {
-        kill_pid1(&dir);
         false
     } else {
         release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)))
@@ -1079,14 +1082,20 @@ pub(super) fn release(
     }
 }
 
-/// A claimed container member's PID 1 goes (SIGKILL from the host: its supervisor then cleans
-/// up as after any end and exits).
-fn kill_pid1(dir: &Path) {
-    if let Some(p) = airlock_sandbox::container::exec::pid1(dir) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+/// A claimed container member's PID 1 killed (its supervisor then cleans up as after any end
+/// and exits) and waited for, 2 s at most: a PID namespace's init exits only once every other
+/// process in it is gone, so nothing of the member runs after this. (A stub that outlives its
+/// claimer — killed mid-command — kills PID 1 itself once the claimer's connection closes.)
+fn end_member(dir: &Path) {
+    use airlock_sandbox::{container::exec::pid1, sys};
+    let Some(pid) = pid1(dir) else { return };
+    let Ok(fd) = sys::pidfd_open(pid) else { return };
+    // Still the member's (not a reused pid) now that it is held.
+    if pid1(dir) != Some(pid) {
+        return;
+    }
+    if sys::pidfd_kill(&fd).is_ok() {
+        sys::wait_readable(&fd, Duration::from_secs(2));
     }
 }
 
@@ -1099,7 +1108,7 @@ fn release_unwoken(
     dir: &Path,
     done: Option<(&str, Duration)>,
 ) -> bool {
-    kill_pid1(dir);
+    end_member(dir);
     // A microVM member: its guest powers off.
     super::vm_member::power_off(dir);
     let me = std::process::id() as i32;

@@ -35,17 +35,33 @@ use crate::error::{CliError, CliResult};
 use airlock_model::exit;
 
 pub fn dispatch(cli: Cli) -> CliResult<i32> {
-    hooks::skip_all(cli.no_hooks);
+    hooks::skip_all(cli.globals.no_hooks);
     match cli.command {
-        Command::Run(a) if a.keep => {
-            sandbox::run_keep(*a, cli.config.as_deref(), cli.no_user_config)
-        }
-        Command::Run(a) => run::run(&a, cli.config.as_deref(), cli.no_user_config),
+        Command::Run(a) if a.keep => sandbox::run_keep(
+            *a,
+            cli.globals.config.as_deref(),
+            cli.globals.no_user_config,
+        ),
+        Command::Run(a) => run::run(
+            &a,
+            cli.globals.config.as_deref(),
+            cli.globals.no_user_config,
+        ),
         Command::Gc(a) => gc::gc(a.json),
-        Command::Image(c) => image::dispatch(c, cli.config.as_deref(), cli.no_user_config),
-        Command::Create(a) => sandbox::create(*a, cli.config.as_deref(), cli.no_user_config),
+        Command::Image(c) => {
+            image::dispatch(c, cli.globals.config.as_deref(), cli.globals.no_user_config)
+        }
+        Command::Create(a) => sandbox::create(
+            *a,
+            cli.globals.config.as_deref(),
+            cli.globals.no_user_config,
+        ),
         Command::Start(a) => sandbox::start(&a.name),
-        Command::Up(a) => sandbox::up(*a, cli.config.as_deref(), cli.no_user_config),
+        Command::Up(a) => sandbox::up(
+            *a,
+            cli.globals.config.as_deref(),
+            cli.globals.no_user_config,
+        ),
         Command::Logs(a) => sandbox::logs(&a),
         Command::Audit(a) => sandbox::audit(&a),
         Command::Stop(a) => sandbox::stop(&a),
@@ -72,7 +88,9 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Mcp(a) => mcp_serve(a.allow_permissive),
         Command::Completions(a) => manual::completions(a.shell),
         Command::Man(a) => manual::man(a.dir.as_deref()),
-        Command::Daemon(c) => daemon::dispatch(c, cli.config.as_deref(), cli.no_user_config),
+        Command::Daemon(c) => {
+            daemon::dispatch(c, cli.globals.config.as_deref(), cli.globals.no_user_config)
+        }
         Command::DaemonServe => daemon::serve(),
         Command::Engine(a) => match a.action {
             crate::cli::EngineAction::Serve => supervise::engine_serve(),
@@ -94,8 +112,8 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
             };
             run::run_with(
                 &run_args,
-                cli.config.as_deref(),
-                cli.no_user_config,
+                cli.globals.config.as_deref(),
+                cli.globals.no_user_config,
                 Some(&a.dir),
             )
         }
@@ -119,8 +137,8 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         }
         Command::Config(a) => {
             let resolved = run::load_config(
-                cli.config.as_deref(),
-                cli.no_user_config,
+                cli.globals.config.as_deref(),
+                cli.globals.no_user_config,
                 Default::default(),
             )?;
             let trusted = resolved
