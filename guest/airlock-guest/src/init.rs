@@ -383,6 +383,7 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     let ro = MsFlags::MS_RDONLY;
     mnt(&root, "/lower", "erofs", ro, None)?;
     t.mark("root image mounted");
+    prefetch::command(job);
     let size = size_opt(job);
     if job.overlay_disk {
         // `disk`: the writable layers on the host's empty ext4 disk of that size.
@@ -1111,6 +1112,138 @@ fn relay(
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+/// The command's first exec reads its program, its ELF interpreter and the C library from the
+/// image, page by page as they are mapped — under emulation each read a round trip to the
+/// host while the guest waits. Asked for up front (readahead into the page cache, answered
+/// while the guest builds the root), those reads are done by the time the command starts.
+/// Only page-cache reads of the read-only image, resolved inside it (`RESOLVE_IN_ROOT`);
+/// whatever is not found (another layout, a static program) is skipped.
+mod prefetch {
+    use airlock_model::vm::GuestJob;
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::path::{Path, PathBuf};
+
+    /// Where the image is mounted (the overlay's lower layer).
+    const IMAGE: &str = "/lower";
+    /// What one readahead request asks for (the kernel caps each at the device's I/O size).
+    const CHUNK: i64 = 1 << 20;
+
+    pub fn command(job: &GuestJob) {
+        let Ok(root) = nix::fcntl::open(
+            IMAGE,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) else {
+            return;
+        };
+        let Some(prog) = program(&root, job) else {
+            return;
+        };
+        willneed(&prog);
+        let Some(ld) = interpreter(&prog).and_then(|i| open_in(&root, &i)) else {
+            return;
+        };
+        willneed(&ld);
+        // The C library beside the loader's own file (glibc's layout; musl's loader is it).
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", ld.as_raw_fd()));
+        if let Some(dir) = real.ok().as_deref().and_then(Path::parent) {
+            if let Ok(rel) = dir.strip_prefix(IMAGE) {
+                if let Some(libc) = open_in(&root, &Path::new("/").join(rel).join("libc.so.6")) {
+                    willneed(&libc);
+                }
+            }
+        }
+    }
+
+    /// `argv[0]` as exec finds it: a path as it is, a name through the job's PATH.
+    fn program(root: &OwnedFd, job: &GuestJob) -> Option<OwnedFd> {
+        let name = job.argv.first()?;
+        if name.contains('/') {
+            return name
+                .starts_with('/')
+                .then(|| open_in(root, Path::new(name)))?;
+        }
+        let path = job
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("/usr/local/bin:/bin:/usr/bin");
+        path.split(':')
+            .filter(|d| d.starts_with('/'))
+            .find_map(|d| open_in(root, &Path::new(d).join(name)))
+    }
+
+    /// A regular file at `path` inside the image, symbolic links resolved inside it.
+    fn open_in(root: &OwnedFd, path: &Path) -> Option<OwnedFd> {
+        let rel = CString::new(path.to_str()?.trim_start_matches('/')).ok()?;
+        // SAFETY: open_how is plain data; all-zero is a valid value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: openat2(2) with a directory descriptor, a NUL-terminated path and an
+        // open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                rel.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let st = nix::sys::stat::fstat(&fd).ok()?;
+        (st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(fd)
+    }
+
+    /// The ELF program's PT_INTERP, if it has one.
+    fn interpreter(prog: &OwnedFd) -> Option<PathBuf> {
+        let mut head = [0u8; 4096];
+        let n = nix::sys::uio::pread(prog, &mut head, 0).ok()?;
+        let head = &head[..n];
+        if head.get(..5)? != b"\x7fELF\x02" {
+            return None;
+        }
+        let u16_at = |o: usize| Some(u16::from_le_bytes(head.get(o..o + 2)?.try_into().ok()?));
+        let u32_at = |o: usize| Some(u32::from_le_bytes(head.get(o..o + 4)?.try_into().ok()?));
+        let u64_at = |o: usize| Some(u64::from_le_bytes(head.get(o..o + 8)?.try_into().ok()?));
+        let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)?, u16_at(0x38)?);
+        (0..phnum as usize).find_map(|i| {
+            let ph = phoff.checked_add(i.checked_mul(phentsize as usize)?)?;
+            if u32_at(ph)? != libc::PT_INTERP {
+                return None;
+            }
+            let (off, len) = (u64_at(ph + 8)? as usize, u64_at(ph + 32)? as usize);
+            let name = head.get(off..off.checked_add(len)?)?;
+            let name = name.split(|b| *b == 0).next()?;
+            Some(PathBuf::from(std::str::from_utf8(name).ok()?))
+        })
+    }
+
+    /// Readahead of the whole file (asynchronous: the reads are queued, not waited for).
+    fn willneed(f: &OwnedFd) {
+        let Ok(st) = nix::sys::stat::fstat(f) else {
+            return;
+        };
+        let mut off = 0;
+        while off < st.st_size {
+            // SAFETY: posix_fadvise(2) on an open descriptor.
+            unsafe {
+                libc::posix_fadvise(f.as_raw_fd(), off, CHUNK, libc::POSIX_FADV_WILLNEED);
+            }
+            off += CHUNK;
         }
     }
 }
