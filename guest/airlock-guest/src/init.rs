@@ -1134,32 +1134,43 @@ mod prefetch {
     const CHUNK: i64 = 1 << 20;
 
     pub fn command(job: &GuestJob) {
+        for f in files(Path::new(IMAGE), job) {
+            willneed(&f);
+        }
+    }
+
+    /// What the command's exec maps first, opened in the image at `image`: its program, the
+    /// program's ELF interpreter, the C library beside the interpreter's own file (glibc's
+    /// layout; musl's interpreter is its C library). As many as are found, in that order.
+    pub(crate) fn files(image: &Path, job: &GuestJob) -> Vec<OwnedFd> {
+        let mut found = Vec::new();
         let Ok(root) = nix::fcntl::open(
-            IMAGE,
+            image,
             nix::fcntl::OFlag::O_PATH
                 | nix::fcntl::OFlag::O_DIRECTORY
                 | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         ) else {
-            return;
+            return found;
         };
         let Some(prog) = program(&root, job) else {
-            return;
+            return found;
         };
-        willneed(&prog);
-        let Some(ld) = interpreter(&prog).and_then(|i| open_in(&root, &i)) else {
-            return;
+        let ld = interpreter(&prog).and_then(|i| open_in(&root, &i));
+        found.push(prog);
+        let Some(ld) = ld else {
+            return found;
         };
-        willneed(&ld);
-        // The C library beside the loader's own file (glibc's layout; musl's loader is it).
         let real = std::fs::read_link(format!("/proc/self/fd/{}", ld.as_raw_fd()));
-        if let Some(dir) = real.ok().as_deref().and_then(Path::parent) {
-            if let Ok(rel) = dir.strip_prefix(IMAGE) {
-                if let Some(libc) = open_in(&root, &Path::new("/").join(rel).join("libc.so.6")) {
-                    willneed(&libc);
-                }
-            }
-        }
+        let libc = real
+            .ok()
+            .as_deref()
+            .and_then(Path::parent)
+            .and_then(|dir| dir.strip_prefix(image).ok())
+            .and_then(|rel| open_in(&root, &Path::new("/").join(rel).join("libc.so.6")));
+        found.push(ld);
+        found.extend(libc);
+        found
     }
 
     /// `argv[0]` as exec finds it: a path as it is, a name through the job's PATH.
@@ -1349,6 +1360,76 @@ mod net {
 #[cfg(test)]
 mod tests {
     use super::write_in_upper;
+
+    /// A minimal ELF64 executable header with one PT_INTERP program header naming `interp`.
+    fn elf_with_interp(interp: &str) -> Vec<u8> {
+        let mut f = vec![0u8; 64 + 56];
+        f[..5].copy_from_slice(b"\x7fELF\x02");
+        f[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        f[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        f[64..68].copy_from_slice(&libc::PT_INTERP.to_le_bytes());
+        f[64 + 8..64 + 16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+        let len = interp.len() as u64 + 1;
+        f[64 + 32..64 + 40].copy_from_slice(&len.to_le_bytes()); // p_filesz
+        f.extend(interp.as_bytes());
+        f.push(0);
+        f
+    }
+
+    fn job(argv0: &str, path: &str) -> airlock_model::vm::GuestJob {
+        serde_json::from_value(serde_json::json!({
+            "argv": [argv0], "env": [["PATH", path]], "cwd": "/", "uid": 1000, "gid": 1000,
+            "hostname": "h", "net": "none", "workspace": false, "home": "/home/u",
+            "tmpfs_size": null, "files": [], "stdin": false
+        }))
+        .expect("a job")
+    }
+
+    #[test]
+    fn the_prefetch_finds_the_program_its_interpreter_and_the_c_library_inside_the_image() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::symlink;
+        let d = scratch("prefetch");
+        let img = d.join("image");
+        let lib = img.join("usr/lib/x86_64-linux-gnu");
+        fs::create_dir_all(&lib).unwrap();
+        fs::create_dir_all(img.join("usr/bin")).unwrap();
+        fs::write(img.join("usr/bin/prog"), elf_with_interp("/lib64/ld.so")).unwrap();
+        // As Debian: a relative link to a directory, an absolute link to the loader's file.
+        symlink("usr/lib", img.join("lib64")).unwrap();
+        symlink("/usr/lib/x86_64-linux-gnu/ld.so", img.join("usr/lib/ld.so")).unwrap();
+        fs::write(lib.join("ld.so"), "loader").unwrap();
+        fs::write(lib.join("libc.so.6"), "libc").unwrap();
+        let names = |j| -> Vec<PathBuf> {
+            super::prefetch::files(&img, &j)
+                .iter()
+                .map(|f| fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            names(job("prog", "/nowhere:/usr/bin")),
+            vec![
+                img.join("usr/bin/prog"),
+                lib.join("ld.so"),
+                lib.join("libc.so.6")
+            ]
+        );
+        assert_eq!(names(job("/usr/bin/prog", "")).len(), 3);
+        // Links resolve inside the image, never to the host's files of the same name.
+        fs::remove_file(img.join("usr/bin/prog")).unwrap();
+        symlink("/../../../../../../bin/sh", img.join("usr/bin/prog")).unwrap();
+        assert_eq!(names(job("prog", "/usr/bin")), Vec::<PathBuf>::new());
+        // Not found, relative, or no interpreter: what there is.
+        assert!(names(job("nothing", "/usr/bin")).is_empty());
+        assert!(names(job("./prog", "/usr/bin")).is_empty());
+        fs::write(img.join("usr/bin/static"), b"\x7fELF\x02 static").unwrap();
+        assert_eq!(
+            names(job("static", "/usr/bin")),
+            vec![img.join("usr/bin/static")]
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
     use std::fs;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::path::{Path, PathBuf};
