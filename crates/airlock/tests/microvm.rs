@@ -3081,3 +3081,58 @@ fn a_named_microvm_ro_source_swapped_for_a_link_is_refused() {
         out.describe()
     );
 }
+
+/// A named microVM's project directory (its overlay workspace's source) replaced by a symbolic
+/// link to a secret directory after `create` (by a sandbox that can write its parent, say):
+/// its start images nothing through the link — refused before any boot, naming the path, with
+/// the containers' hint — and the secret never reaches a guest.
+#[test]
+fn a_named_microvm_project_dir_swapped_for_a_link_is_refused() {
+    if !e2e("a_named_microvm_project_dir_swapped_for_a_link_is_refused") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = Cleanup(&a, &["vmprojswap"]);
+    let proj = a.cwd.join("swap").join("proj");
+    let secret = a.dir.join("secret");
+    std::fs::create_dir_all(&proj).expect("mkdir");
+    std::fs::create_dir_all(&secret).expect("mkdir");
+    std::fs::write(proj.join("f"), "public\n").expect("write");
+    std::fs::write(secret.join("key"), "TOPSECRET\n").expect("write");
+    let args = [
+        "create",
+        "vmprojswap",
+        "--backend",
+        "microvm",
+        "--workspace",
+        "overlay",
+        "--net",
+        "off",
+    ];
+    let mut create = a.command(&args);
+    create
+        .current_dir(&proj)
+        .env("AIRLOCK_CACHE_DIR", cache_dir());
+    let out = common::run_with_deadline(create, None, VM_DEADLINE);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    std::fs::remove_dir_all(&proj).expect("rm");
+    std::os::unix::fs::symlink(&secret, &proj).expect("symlink");
+    let started = vm_cli(&a, &["start", "vmprojswap"]);
+    let leaked = started.code() == 0
+        && vm_cli(&a, &["exec", "vmprojswap", "--", "cat", "/workspace/key"])
+            .stdout
+            .contains("TOPSECRET");
+    assert!(!leaked, "the workspace image followed the planted link");
+    // Refused as a container's swapped mount source is (a named start's failure, 125, from the
+    // engine; `run` says 121): the same words and hint.
+    assert_ne!(started.code(), 0, "{}", started.describe());
+    assert!(
+        started.stderr.contains("symbolic link")
+            && started.stderr.contains(&proj.display().to_string())
+            && started
+                .stderr
+                .contains("a mount source changed since it was checked"),
+        "{}",
+        started.describe()
+    );
+}

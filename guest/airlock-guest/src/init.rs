@@ -383,6 +383,7 @@ fn setup(job: &GuestJob, t: &mut Timing) -> Res<()> {
     let ro = MsFlags::MS_RDONLY;
     mnt(&root, "/lower", "erofs", ro, None)?;
     t.mark("root image mounted");
+    prefetch::command(job);
     let size = size_opt(job);
     if job.overlay_disk {
         // `disk`: the writable layers on the host's empty ext4 disk of that size.
@@ -1115,6 +1116,149 @@ fn relay(
     }
 }
 
+/// The command's first exec reads its program, its ELF interpreter and the C library from the
+/// image, page by page as they are mapped — under emulation each read a round trip to the
+/// host while the guest waits. Asked for up front (readahead into the page cache, answered
+/// while the guest builds the root), those reads are done by the time the command starts.
+/// Only page-cache reads of the read-only image, resolved inside it (`RESOLVE_IN_ROOT`);
+/// whatever is not found (another layout, a static program) is skipped.
+mod prefetch {
+    use airlock_model::vm::GuestJob;
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::path::{Path, PathBuf};
+
+    /// Where the image is mounted (the overlay's lower layer).
+    const IMAGE: &str = "/lower";
+    /// What one readahead request asks for (the kernel caps each at the device's I/O size).
+    const CHUNK: i64 = 1 << 20;
+
+    pub fn command(job: &GuestJob) {
+        for f in files(Path::new(IMAGE), job) {
+            willneed(&f);
+        }
+    }
+
+    /// What the command's exec maps first, opened in the image at `image`: its program, the
+    /// program's ELF interpreter, the C library beside the interpreter's own file (glibc's
+    /// layout; musl's interpreter is its C library). As many as are found, in that order.
+    pub(crate) fn files(image: &Path, job: &GuestJob) -> Vec<OwnedFd> {
+        let mut found = Vec::new();
+        let Ok(root) = nix::fcntl::open(
+            image,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) else {
+            return found;
+        };
+        let Some(prog) = program(&root, job) else {
+            return found;
+        };
+        let ld = interpreter(&prog).and_then(|i| open_in(&root, &i));
+        found.push(prog);
+        let Some(ld) = ld else {
+            return found;
+        };
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", ld.as_raw_fd()));
+        let libc = real
+            .ok()
+            .as_deref()
+            .and_then(Path::parent)
+            .and_then(|dir| dir.strip_prefix(image).ok())
+            .and_then(|rel| open_in(&root, &Path::new("/").join(rel).join("libc.so.6")));
+        found.push(ld);
+        found.extend(libc);
+        found
+    }
+
+    /// `argv[0]` as exec finds it: a path as it is, a name through the job's PATH.
+    fn program(root: &OwnedFd, job: &GuestJob) -> Option<OwnedFd> {
+        let name = job.argv.first()?;
+        if name.contains('/') {
+            return name
+                .starts_with('/')
+                .then(|| open_in(root, Path::new(name)))?;
+        }
+        let path = job
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("/usr/local/bin:/bin:/usr/bin");
+        path.split(':')
+            .filter(|d| d.starts_with('/'))
+            .find_map(|d| open_in(root, &Path::new(d).join(name)))
+    }
+
+    /// A regular file at `path` inside the image, symbolic links resolved inside it.
+    fn open_in(root: &OwnedFd, path: &Path) -> Option<OwnedFd> {
+        let rel = CString::new(path.to_str()?.trim_start_matches('/')).ok()?;
+        // SAFETY: open_how is plain data; all-zero is a valid value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: openat2(2) with a directory descriptor, a NUL-terminated path and an
+        // open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                rel.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let st = nix::sys::stat::fstat(&fd).ok()?;
+        (st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(fd)
+    }
+
+    /// The ELF program's PT_INTERP, if it has one.
+    fn interpreter(prog: &OwnedFd) -> Option<PathBuf> {
+        let mut head = [0u8; 4096];
+        let n = nix::sys::uio::pread(prog, &mut head, 0).ok()?;
+        let head = &head[..n];
+        if head.get(..5)? != b"\x7fELF\x02" {
+            return None;
+        }
+        let u16_at = |o: usize| Some(u16::from_le_bytes(head.get(o..o + 2)?.try_into().ok()?));
+        let u32_at = |o: usize| Some(u32::from_le_bytes(head.get(o..o + 4)?.try_into().ok()?));
+        let u64_at = |o: usize| Some(u64::from_le_bytes(head.get(o..o + 8)?.try_into().ok()?));
+        let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)?, u16_at(0x38)?);
+        (0..phnum as usize).find_map(|i| {
+            let ph = phoff.checked_add(i.checked_mul(phentsize as usize)?)?;
+            if u32_at(ph)? != libc::PT_INTERP {
+                return None;
+            }
+            let (off, len) = (u64_at(ph + 8)? as usize, u64_at(ph + 32)? as usize);
+            let name = head.get(off..off.checked_add(len)?)?;
+            let name = name.split(|b| *b == 0).next()?;
+            Some(PathBuf::from(std::str::from_utf8(name).ok()?))
+        })
+    }
+
+    /// Readahead of the whole file (asynchronous: the reads are queued, not waited for).
+    fn willneed(f: &OwnedFd) {
+        let Ok(st) = nix::sys::stat::fstat(f) else {
+            return;
+        };
+        let mut off = 0;
+        while off < st.st_size {
+            // SAFETY: posix_fadvise(2) on an open descriptor.
+            unsafe {
+                libc::posix_fadvise(f.as_raw_fd(), off, CHUNK, libc::POSIX_FADV_WILLNEED);
+            }
+            off += CHUNK;
+        }
+    }
+}
+
 /// Interface configuration through the classic ioctls (no netlink code needed for this).
 mod net {
     use super::Res;
@@ -1216,6 +1360,76 @@ mod net {
 #[cfg(test)]
 mod tests {
     use super::write_in_upper;
+
+    /// A minimal ELF64 executable header with one PT_INTERP program header naming `interp`.
+    fn elf_with_interp(interp: &str) -> Vec<u8> {
+        let mut f = vec![0u8; 64 + 56];
+        f[..5].copy_from_slice(b"\x7fELF\x02");
+        f[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        f[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        f[64..68].copy_from_slice(&libc::PT_INTERP.to_le_bytes());
+        f[64 + 8..64 + 16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+        let len = interp.len() as u64 + 1;
+        f[64 + 32..64 + 40].copy_from_slice(&len.to_le_bytes()); // p_filesz
+        f.extend(interp.as_bytes());
+        f.push(0);
+        f
+    }
+
+    fn job(argv0: &str, path: &str) -> airlock_model::vm::GuestJob {
+        serde_json::from_value(serde_json::json!({
+            "argv": [argv0], "env": [["PATH", path]], "cwd": "/", "uid": 1000, "gid": 1000,
+            "hostname": "h", "net": "none", "workspace": false, "home": "/home/u",
+            "tmpfs_size": null, "files": [], "stdin": false
+        }))
+        .expect("a job")
+    }
+
+    #[test]
+    fn the_prefetch_finds_the_program_its_interpreter_and_the_c_library_inside_the_image() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::symlink;
+        let d = scratch("prefetch");
+        let img = d.join("image");
+        let lib = img.join("usr/lib/x86_64-linux-gnu");
+        fs::create_dir_all(&lib).unwrap();
+        fs::create_dir_all(img.join("usr/bin")).unwrap();
+        fs::write(img.join("usr/bin/prog"), elf_with_interp("/lib64/ld.so")).unwrap();
+        // As Debian: a relative link to a directory, an absolute link to the loader's file.
+        symlink("usr/lib", img.join("lib64")).unwrap();
+        symlink("/usr/lib/x86_64-linux-gnu/ld.so", img.join("usr/lib/ld.so")).unwrap();
+        fs::write(lib.join("ld.so"), "loader").unwrap();
+        fs::write(lib.join("libc.so.6"), "libc").unwrap();
+        let names = |j| -> Vec<PathBuf> {
+            super::prefetch::files(&img, &j)
+                .iter()
+                .map(|f| fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            names(job("prog", "/nowhere:/usr/bin")),
+            vec![
+                img.join("usr/bin/prog"),
+                lib.join("ld.so"),
+                lib.join("libc.so.6")
+            ]
+        );
+        assert_eq!(names(job("/usr/bin/prog", "")).len(), 3);
+        // Links resolve inside the image, never to the host's files of the same name.
+        fs::remove_file(img.join("usr/bin/prog")).unwrap();
+        symlink("/../../../../../../bin/sh", img.join("usr/bin/prog")).unwrap();
+        assert_eq!(names(job("prog", "/usr/bin")), Vec::<PathBuf>::new());
+        // Not found, relative, or no interpreter: what there is.
+        assert!(names(job("nothing", "/usr/bin")).is_empty());
+        assert!(names(job("./prog", "/usr/bin")).is_empty());
+        fs::write(img.join("usr/bin/static"), b"\x7fELF\x02 static").unwrap();
+        assert_eq!(
+            names(job("static", "/usr/bin")),
+            vec![img.join("usr/bin/static")]
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
     use std::fs;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::path::{Path, PathBuf};

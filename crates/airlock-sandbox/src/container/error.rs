@@ -45,7 +45,7 @@ impl RunError {
     pub fn link_refused(&self) -> bool {
         match self {
             RunError::Mount(m) => m.to_string().contains(LINK_REFUSED),
-            RunError::Setup(m) => m.contains(LINK_REFUSED),
+            RunError::Setup(m) | RunError::Vm(m) => m.contains(LINK_REFUSED),
             _ => false,
         }
     }

@@ -524,14 +524,56 @@ pub fn mkfs_erofs() -> Option<PathBuf> {
 
 /// Build an erofs image of `source` at `out` (`extra`: more mkfs.erofs options).
 pub fn erofs(source: &Path, out: &Path, extra: &[String]) -> Result<(), String> {
+    erofs_inheriting(source, out, extra, None)
+}
+
+/// Build an erofs image of the directory `dir` names (a descriptor: e.g. one opened without
+/// following links, [`crate::nofollow::open_nofollow`]) at `out`, whatever its path names by
+/// now: mkfs.erofs reads it through `/proc/self/fd/N/`, N the one descriptor it inherits
+/// (close-on-exec here, made inheritable in the child only, between fork and exec).
+pub fn erofs_of(
+    dir: std::os::fd::BorrowedFd<'_>,
+    out: &Path,
+    extra: &[String],
+) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let fd = dir.as_raw_fd();
+    erofs_inheriting(
+        Path::new(&format!("/proc/self/fd/{fd}/")),
+        out,
+        extra,
+        Some(fd),
+    )
+}
+
+fn erofs_inheriting(
+    source: &Path,
+    out: &Path,
+    extra: &[String],
+    inherit: Option<std::os::fd::RawFd>,
+) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
     let mkfs = mkfs_erofs().ok_or("mkfs.erofs is not installed (apt-get install erofs-utils)")?;
-    let res = Command::new(&mkfs)
-        .arg("--quiet")
+    let mut cmd = Command::new(&mkfs);
+    cmd.arg("--quiet")
         .arg("-x-1")
         .args(extra)
         .arg(out)
         .arg(source)
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null());
+    if let Some(fd) = inherit {
+        // SAFETY: only fcntl(2) (async-signal-safe) between fork and exec, on a descriptor
+        // the caller keeps open across the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let res = cmd
         .output()
         .map_err(|e| format!("{}: {e}", mkfs.display()))?;
     if !res.status.success() {
@@ -832,6 +874,50 @@ mod tests {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse().ok());
         n.unwrap_or_else(|| panic!("dump.erofs {path}: {text}"))
+    }
+
+    /// `erofs_of`: the image is of the directory the descriptor names, not of what its path
+    /// names by then, and the descriptor is never inheritable in this process (only mkfs.erofs,
+    /// between its fork and exec, gets it without close-on-exec).
+    #[test]
+    fn an_erofs_image_of_a_descriptor_reads_that_directory_and_leaves_it_close_on_exec() {
+        if mkfs_erofs().is_none() {
+            eprintln!("note: mkfs.erofs is not installed: test skipped");
+            return;
+        }
+        let d = scratch("erofs-of");
+        let src = d.join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("opened"), "the directory opened\n").unwrap();
+        let fd = crate::nofollow::open_nofollow(&src).unwrap();
+        // The path now names another directory.
+        fs::rename(&src, d.join("moved")).unwrap();
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("planted"), "planted since\n").unwrap();
+        let image = d.join("image.erofs");
+        use std::os::fd::AsFd;
+        erofs_of(fd.as_fd(), &image, &[]).unwrap();
+        // dump.erofs exits 0 either way; it names what it found.
+        let has = |path: &str| {
+            let out = Command::new("dump.erofs")
+                .arg(format!("--path={path}"))
+                .arg(&image)
+                .output()
+                .expect("dump.erofs (erofs-utils)");
+            String::from_utf8_lossy(&out.stdout).contains(&format!("File : {path}"))
+        };
+        assert!(
+            has("/opened"),
+            "the image lacks the opened directory's file"
+        );
+        assert!(!has("/planted"), "the image followed the path");
+        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_eq!(
+            flags & libc::FD_CLOEXEC,
+            libc::FD_CLOEXEC,
+            "inheritable here"
+        );
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -323,7 +323,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             format!("--force-uid={}", vm.guest.uid),
             format!("--force-gid={}", vm.guest.gid),
         ];
-        artifacts::erofs(src, &dir.join(VM_WORKSPACE_IMAGE), &owner)
+        workspace_image(src, &dir.join(VM_WORKSPACE_IMAGE), &owner)
             .map_err(|e| RunError::Vm(format!("workspace image: {e}")))?;
         crate::phase("workspace image built");
     }
@@ -648,22 +648,11 @@ pub(crate) fn ro_snapshot(
     owner: &[String],
     stage: &Path,
 ) -> Result<bool, String> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd};
     let fd = crate::nofollow::open_nofollow(src).map_err(|e| e.to_string())?;
     let st = nix::sys::stat::fstat(&fd).map_err(|e| e.to_string())?;
     match st.st_mode & libc::S_IFMT {
-        libc::S_IFDIR => {
-            // mkfs.erofs reads the directory through a copy of the descriptor it inherits
-            // (`/proc/self/fd/N/`: that directory, whatever the path names by now).
-            let inherited = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD(3))
-                .map_err(|e| format!("dup: {e}"))?;
-            // SAFETY: F_DUPFD returned a new descriptor that nothing else owns.
-            let inherited = unsafe { OwnedFd::from_raw_fd(inherited) };
-            let through = PathBuf::from(format!("/proc/self/fd/{}/", inherited.as_raw_fd()));
-            let made = artifacts::erofs(&through, image, owner);
-            drop(inherited);
-            made.map(|()| false)
-        }
+        libc::S_IFDIR => artifacts::erofs_of(fd.as_fd(), image, owner).map(|()| false),
         libc::S_IFREG => {
             let through = format!("/proc/self/fd/{}", fd.as_raw_fd());
             let made = std::fs::create_dir(stage)
@@ -678,6 +667,21 @@ pub(crate) fn ro_snapshot(
         }
         _ => Err("neither a file nor a directory".into()),
     }
+}
+
+/// The overlay workspace's erofs `image` of the project directory `project`, owned as `owner`
+/// (the guest's user): read through a descriptor opened component by component without
+/// following any symbolic link, as a container's sealed project directory is bound (the path
+/// was canonical when checked: a link in it now was planted since, e.g. by a sandbox that
+/// can write one of its parents) — refused, never followed.
+pub(crate) fn workspace_image(
+    project: &Path,
+    image: &Path,
+    owner: &[String],
+) -> Result<(), String> {
+    use std::os::fd::AsFd;
+    let fd = crate::nofollow::open_nofollow(project).map_err(|e| e.to_string())?;
+    artifacts::erofs_of(fd.as_fd(), image, owner)
 }
 
 /// A named sandbox's guest job, recorded in its folder: what `exec` starts from (environment,

@@ -248,7 +248,7 @@ pub fn attach_workspace(dir: &Path, project: &Path) -> Result<(), String> {
         format!("--force-uid={}", job.uid),
         format!("--force-gid={}", job.gid),
     ];
-    let made = artifacts::erofs(project, &image, &owner).and_then(|()| {
+    let made = super::workspace_image(project, &image, &owner).and_then(|()| {
         let mut from = std::fs::File::open(&image).map_err(|e| e.to_string())?;
         let len = from.metadata().map_err(|e| e.to_string())?.len();
         if len > room {
