@@ -818,19 +818,7 @@ e info-attributes sh -c 'echo "* filter=x" > .git/info/attributes'
 e commondir sh -c 'echo ../evil > .git/commondir'
 e work sh -c 'echo work > work.txt'
 true"#;
-    let out = a.run(&[
-        "run",
-        "--workspace",
-        "bind",
-        "--net",
-        "off",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
-    warm(&out, label);
-    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    let out = tampering_bind_run(a, script, label);
     for line in [
         "DENIED rename-git",
         "DENIED git-hook",
@@ -900,6 +888,25 @@ true"#;
     assert_nothing_left(a, label);
 }
 
+/// A warm bind run of `script` (no network), whose tampering with git's control files the
+/// way back reports and undoes: exit 121.
+fn tampering_bind_run(a: &Airlock, script: &str, label: &str) -> common::Outcome {
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "bind",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    warm(&out, label);
+    assert_eq!(out.code(), 121, "{label}: {}", out.describe());
+    out
+}
+
 /// A warm run's sandbox is gone before anything of it is read back and before the run
 /// returns, as a cold run's: a process the command leaves behind, rewriting a git control
 /// file in a loop in a bind workspace, cannot put it back after the way back's check undid it
@@ -928,24 +935,7 @@ fn leftovers_end_before_the_way_back(a: &Airlock, label: &str) {
          >/dev/null 2>&1 & sleep 0.2; echo started";
     for round in 0..3 {
         wait_ready(a, 1, label);
-        let out = a.run(&[
-            "run",
-            "--workspace",
-            "bind",
-            "--net",
-            "off",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ]);
-        warm(&out, label);
-        assert_eq!(
-            out.code(),
-            121,
-            "{label}: round {round}: {}",
-            out.describe()
-        );
+        let out = tampering_bind_run(a, script, &format!("{label}: round {round}"));
         assert!(
             out.stderr.contains(".git/commondir"),
             "{label}: round {round}: not reported: {}",
