@@ -3,6 +3,9 @@
 # Usage: bench/microvm.sh [AIRLOCK_BIN]   (default: target/release/airlock; builds it if missing)
 #   raw QEMU: airlock's own QEMU command line (taken from AIRLOCK_TIMING=1) without its disks,
 #     channel and NIC, with an initramfs holding only busybox and an /init that powers off at once;
+#   raw QEMU with airlock's devices: the same with airlock's disks (read-only) and its channel's
+#     virtio-serial port (on a null chardev) kept — the issue's "same QEMU command line started
+#     by hand with a trivial init": its kernel probes the same devices;
 #   airlock:  `airlock run --backend microvm --workspace none --net off -- true` — its init
 #     loads the virtio/erofs/overlay modules, mounts the host image under an overlay, runs
 #     `true` as the sandbox user, reports over virtio-serial, powers off; plus the container
@@ -43,39 +46,51 @@ mkdir -p ird/bin && cp "$(command -v busybox)" ird/bin/busybox
 printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > ird/init && chmod +x ird/init
 (cd ird && find . | cpio -o -H newc 2>/dev/null) > trivial.cpio
 # Raw QEMU: airlock's command line (same machine, accelerator, CPU, memory, kernel, kernel
-# command line) without airlock's devices (disks, channel), with the trivial initramfs and
-# the kernel command line up to airlock's own arguments.
-raw=$(python3 - "$cache" "$work/trivial.cpio" <<'PY'
+# command line) with the trivial initramfs and the kernel command line up to airlock's own
+# arguments; twice: without airlock's devices (disks, channel) — `raw`, the strict baseline —
+# and with them (`rawdev`: the same disks read-only, the channel's virtio-serial port on a null
+# chardev), the issue's "same QEMU command line started by hand" whose kernel probes the
+# same devices. Both ratios are printed.
+raws=$(python3 - "$cache" "$work/trivial.cpio" <<'PY'
 import json, shlex, sys
 cache, trivial = sys.argv[1], sys.argv[2]
 line = next(l for l in open("warm.log") if "qemu argv " in l)
 argv = json.loads(line.split("qemu argv ", 1)[1])
-out, i = [], 0
-while i < len(argv):
-    a = argv[i]
-    v = argv[i + 1] if i + 1 < len(argv) else ""
-    if a in ("-drive", "-device", "-chardev", "-netdev", "-nic"):
+def raw(devices):
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        v = argv[i + 1] if i + 1 < len(argv) else ""
+        if a in ("-netdev", "-nic") or (a in ("-drive", "-device", "-chardev") and not devices):
+            i += 2
+            continue
+        if a == "-initrd":
+            out += [a, trivial]
+        elif a in ("-kernel", "-drive"):
+            out += [a, v.replace("/airlock-vm/cache", cache)]
+        elif a == "-chardev":
+            out += [a, "null,id=" + v.split("id=", 1)[1].split(",")[0]]
+        elif a == "-append":
+            out += [a, v.split(" airlock.v=")[0]]
+        else:
+            out.append(a)
+            i += 1
+            continue
         i += 2
-        continue
-    if a == "-initrd":
-        out += [a, trivial]
-    elif a == "-kernel":
-        out += [a, v.replace("/airlock-vm/cache", cache)]
-    elif a == "-append":
-        out += [a, v.split(" airlock.v=")[0]]
-    else:
-        out.append(a)
-        i += 1
-        continue
-    i += 2
-print(shlex.join(out + ["-nic", "none"]))
+    return shlex.join(out + ["-nic", "none"])
+print(raw(False))
+print(raw(True))
 PY
 )
+raw=$(sed -n 1p <<<"$raws")
+rawdev=$(sed -n 2p <<<"$raws")
 echo "raw: $raw" >&2
+echo "rawdev: $rawdev" >&2
 accel=$(grep -o -- '-accel","[^"]*' warm.log | head -1 | cut -d'"' -f3)
 [ -n "$BASE" ] && "$BASE" run --backend microvm --workspace none --net off -- true
 "${PRIO[@]}" hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$work/r.json" \
   -n 'raw qemu (trivial init)' "$raw" \
+  -n 'raw qemu, airlock devices (trivial init)' "$rawdev" \
   -n 'airlock run --backend microvm -- true' "$AIRLOCK run --backend microvm --workspace none --net off -- true" >&2
 kernel=$(grep -o -- '-kernel","[^"]*' warm.log | head -1 | cut -d'"' -f3)
 python3 - "$work/r.json" "$accel" "${kernel##*/}" <<'PY'
@@ -84,12 +99,13 @@ r = json.load(open(sys.argv[1]))["results"]
 med = {x["command"]: x["median"] for x in r}
 cpu = {x["command"]: x["user"] + x["system"] for x in r}
 raw = med["raw qemu (trivial init)"]
+rawdev = med["raw qemu, airlock devices (trivial init)"]
 raw_cpu = cpu["raw qemu (trivial init)"]
 print(f"accelerator: {sys.argv[2]}; kernel: {sys.argv[3]}")
-print("| command | median (s) | ratio to raw QEMU | CPU user+sys, mean (s) | CPU ratio |")
-print("|---|---:|---:|---:|---:|")
+print("| command | median (s) | ratio to raw QEMU | ratio to raw QEMU with airlock's devices | CPU user+sys, mean (s) | CPU ratio |")
+print("|---|---:|---:|---:|---:|---:|")
 for name, m in med.items():
-    print(f"| {name} | {m:.2f} | {m / raw:.2f} | {cpu[name]:.2f} | {cpu[name] / raw_cpu:.2f} |")
+    print(f"| {name} | {m:.2f} | {m / raw:.2f} | {m / rawdev:.2f} | {cpu[name]:.2f} | {cpu[name] / raw_cpu:.2f} |")
 PY
 # The same pair interleaved (PAIRS times, raw then airlock): on a loaded machine hyperfine's two
 # blocks run under different load; pairs see the same. Medians of wall and CPU (user+sys).
@@ -97,6 +113,7 @@ PAIRS=${PAIRS:-5}
 if [ "$PAIRS" -gt 0 ]; then
   for _ in $(seq "$PAIRS"); do
     "${PRIO[@]}" /usr/bin/time -f "raw %e %U %S" -a -o pairs.txt sh -c "$raw"
+    "${PRIO[@]}" /usr/bin/time -f "rawdev %e %U %S" -a -o pairs.txt sh -c "$rawdev"
     "${PRIO[@]}" /usr/bin/time -f "airlock %e %U %S" -a -o pairs.txt \
       "$AIRLOCK" run --backend microvm --workspace none --net off -- true
     if [ -n "$BASE" ]; then
@@ -106,19 +123,20 @@ if [ "$PAIRS" -gt 0 ]; then
   done
   python3 - <<'PY'
 import statistics as st
-rows = [l.split() for l in open("pairs.txt") if l.split()[:1] in (["raw"], ["airlock"], ["base"])]
-sides = [k for k in ("raw", "airlock", "base") if any(r[0] == k for r in rows)]
+rows = [l.split() for l in open("pairs.txt") if l.split()[:1] in (["raw"], ["rawdev"], ["airlock"], ["base"])]
+sides = [k for k in ("raw", "rawdev", "airlock", "base") if any(r[0] == k for r in rows)]
 walls = {k: [float(r[1]) for r in rows if r[0] == k] for k in sides}
 wall = {k: st.median(v) for k, v in walls.items()}
 cpu = {k: st.median(float(r[2]) + float(r[3]) for r in rows if r[0] == k) for k in sides}
 # Each round's own ratio (its sides ran back to back, under about the same load).
 per = {k: st.median(a / r for a, r in zip(walls[k], walls["raw"])) for k in sides}
+dev = {k: st.median(a / r for a, r in zip(walls[k], walls["rawdev"])) for k in sides}
 print()
 print(f"interleaved rounds ({len(walls['raw'])}):")
-print("| command | median (s) | ratio of medians | median of per-round ratios | CPU user+sys, median (s) | CPU ratio |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| command | median (s) | ratio of medians | median of per-round ratios | per-round ratio to rawdev | CPU user+sys, median (s) | CPU ratio |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for k in sides:
-    print(f"| {k} | {wall[k]:.2f} | {wall[k] / wall['raw']:.2f} | {per[k]:.2f} | {cpu[k]:.2f} | {cpu[k] / cpu['raw']:.2f} |")
+    print(f"| {k} | {wall[k]:.2f} | {wall[k] / wall['raw']:.2f} | {per[k]:.2f} | {dev[k]:.2f} | {cpu[k]:.2f} | {cpu[k] / cpu['raw']:.2f} |")
 PY
 fi
 # Where the time goes: one run's phases (host) and the guest init's steps.
