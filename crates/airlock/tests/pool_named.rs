@@ -121,10 +121,14 @@ fn expect(greeting: &str, token: &str, name: &str, kept: &str) -> Vec<String> {
 }
 
 /// The memory limit of the cgroup of the running named sandbox `name` (host side: the
-/// cgroup a cold start of it has, `NAME.ID`).
-fn memory_limit_of(name: &str) -> Option<u64> {
+/// cgroup a cold start of it has, `NAME.ID`), among those `a`'s user made (the test's
+/// rootful and rootless variants run at once and name their sandboxes alike).
+fn memory_limit_of(a: &Airlock, name: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = a.user.as_ref().map_or(0, |u| u.uid);
     common::cgroups_named(&format!("{name}."))
         .iter()
+        .filter(|d| std::fs::metadata(d).is_ok_and(|m| m.uid() == owner))
         .flat_map(|d| ["memory.max", "memory.limit_in_bytes"].map(|f| d.join(f)))
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .find_map(|s| s.trim().parse::<u64>().ok())
@@ -215,7 +219,7 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
     assert_eq!(status["warm_start"]["member"], m1.as_str(), "{label}");
     // Limits: the sandbox's own cgroup (the member started without one), as a cold start's.
     if a.user.is_none() {
-        assert_eq!(memory_limit_of("wn-one"), Some(256 << 20), "{label}");
+        assert_eq!(memory_limit_of(a, "wn-one"), Some(256 << 20), "{label}");
     }
     // Its home is its folder's (kept across starts); its workspace its clone (diff sees it).
     ok(
@@ -347,7 +351,7 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
 
     if a.user.is_none() {
         assert_eq!(
-            memory_limit_of("wn-three"),
+            memory_limit_of(a, "wn-three"),
             Some(256 << 20),
             "{label}: cold"
         );
@@ -376,7 +380,7 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
     assert!(mounts.is_empty(), "{label}: mounts left: {mounts:?}");
     for n in ["wn-one", "wn-two", "wn-three"] {
         assert!(!a.state_dir().join("sandboxes").join(n).exists(), "{label}");
-        assert_eq!(memory_limit_of(n), None, "{label}: cgroup of {n} left");
+        assert_eq!(memory_limit_of(a, n), None, "{label}: cgroup of {n} left");
     }
 }
 
