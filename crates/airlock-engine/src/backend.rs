@@ -48,6 +48,10 @@ pub enum BackendError {
     /// The sandbox was not up in its start's time; whatever of it had started is gone.
     #[error("the sandbox did not start: {why}")]
     StartTimeout { why: String, hint: String },
+    /// Its start was refused by the sandbox's own checks (exit 121 of its supervisor: a mount
+    /// source that became a symbolic link, …), with the supervisor's reason and hint.
+    #[error("the sandbox did not start: {why}")]
+    Refused { why: String, hint: Option<String> },
 }
 
 /// Secret values for one start, by name. `Debug` shows the names only.

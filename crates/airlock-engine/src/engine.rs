@@ -171,6 +171,10 @@ impl EngineError {
                 source: BackendError::Unavailable(_),
                 ..
             } => exit::BACKEND_UNAVAILABLE,
+            EngineError::Backend {
+                source: BackendError::Refused { .. },
+                ..
+            } => exit::POLICY_REFUSED,
             EngineError::Backend { .. } => exit::SANDBOX_FAILED,
             EngineError::Work { source, .. } => source.exit_code(),
             EngineError::Damaged { .. } | EngineError::Io { .. } | EngineError::Store(_) => 1,
@@ -217,6 +221,10 @@ impl EngineError {
                 source: BackendError::Unavailable(_),
                 ..
             } => 503,
+            EngineError::Backend {
+                source: BackendError::Refused { .. },
+                ..
+            } => 403,
             EngineError::Work { source, .. } if source.kind() != "internal" => 409,
             EngineError::Action(e) => e.http_status(),
             _ => 500,
@@ -233,6 +241,10 @@ impl EngineError {
             EngineError::Exists(_) => "exists",
             EngineError::Refused(_) => "wrong_state",
             EngineError::Conflict { .. } => "conflict",
+            EngineError::Backend {
+                source: BackendError::Refused { .. },
+                ..
+            } => "refused",
             EngineError::Backend { .. } => "backend",
             EngineError::Damaged { .. } => "damaged",
             EngineError::Work { source, .. } => source.kind(),
@@ -258,6 +270,13 @@ impl EngineError {
             )),
             EngineError::Backend {
                 source: BackendError::StartTimeout { hint, .. },
+                ..
+            } => Some(hint.clone()),
+            EngineError::Backend {
+                source:
+                    BackendError::Refused {
+                        hint: Some(hint), ..
+                    },
                 ..
             } => Some(hint.clone()),
             EngineError::Backend { name, op, .. } => Some(match *op {

@@ -177,6 +177,14 @@ mod tests {
                 name: "x".into(),
                 source: BackendError::Failed("x".into()),
             },
+            EngineError::Backend {
+                op: "start",
+                name: "x".into(),
+                source: BackendError::Refused {
+                    why: "x".into(),
+                    hint: Some("h".into()),
+                },
+            },
             EngineError::Damaged {
                 name: "x".into(),
                 dir: "/x".into(),
@@ -209,6 +217,18 @@ mod tests {
                 unavailable.http_status()
             ),
             ("backend", exit::BACKEND_UNAVAILABLE, 503)
+        );
+        // A start its sandbox's own checks refused: the policy refusal's kind, code and
+        // status, with the supervisor's hint.
+        let refused = &errors[8];
+        assert_eq!(
+            (
+                refused.kind(),
+                refused.exit_code(),
+                refused.http_status(),
+                refused.hint()
+            ),
+            ("refused", exit::POLICY_REFUSED, 403, Some("h".into()))
         );
     }
 }

@@ -85,6 +85,29 @@ fn console_tail(dir: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join("; ")
 }
 
+/// A refused start's reason and hint, from its supervisor's console: its last error and the
+/// `hint:` after it (both as the supervisor printed them, without their prefixes).
+fn console_refusal(dir: &Path) -> (String, Option<String>) {
+    let text = fs::read_to_string(dir.join(CONSOLE)).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let Some(at) = lines
+        .iter()
+        .rposition(|l| l.starts_with("airlock: error: "))
+    else {
+        return (console_tail(dir), None);
+    };
+    let why = lines[at].trim_start_matches("airlock: error: ").to_owned();
+    let hint = lines[at + 1..]
+        .iter()
+        .find_map(|l| l.strip_prefix("hint: "))
+        .map(str::to_owned);
+    (why, hint)
+}
+
 fn wait_until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
     loop {
         if f() {
@@ -232,7 +255,13 @@ impl Backend for SupervisorBackend {
         }
         if !pid1_up(name, dir) {
             let _ = child.kill();
-            let _ = child.wait();
+            let refused = child
+                .wait()
+                .is_ok_and(|s| s.code() == Some(airlock_model::exit::POLICY_REFUSED));
+            if refused {
+                let (why, hint) = console_refusal(dir);
+                return Err(BackendError::Refused { why, hint });
+            }
             return Err(BackendError::Failed(format!(
                 "the sandbox did not start: {}",
                 console_tail(dir)

@@ -3069,9 +3069,10 @@ fn a_named_microvm_ro_source_swapped_for_a_link_is_refused() {
     std::fs::remove_dir_all(&data).expect("rm");
     std::os::unix::fs::symlink(&secret, &data).expect("symlink");
     let out = vm_cli(&a, &["start", "vmswap"]);
-    assert_ne!(
+    // A policy refusal (121), as a run's and a container's named start's.
+    assert_eq!(
         out.code(),
-        0,
+        121,
         "started through the planted link: {}",
         out.describe()
     );
@@ -3123,9 +3124,8 @@ fn a_named_microvm_project_dir_swapped_for_a_link_is_refused() {
             .stdout
             .contains("TOPSECRET");
     assert!(!leaked, "the workspace image followed the planted link");
-    // Refused as a container's swapped mount source is (a named start's failure, 125, from the
-    // engine; `run` says 121): the same words and hint.
-    assert_ne!(started.code(), 0, "{}", started.describe());
+    // Refused as a container's swapped mount source is: 121, the same words and hint.
+    assert_eq!(started.code(), 121, "{}", started.describe());
     assert!(
         started.stderr.contains("symbolic link")
             && started.stderr.contains(&proj.display().to_string())
