@@ -179,3 +179,43 @@ fn sigkill_engine_or_supervisor_at_random_points() {
     assert!(processes(&a, "__supervise").is_empty(), "supervisors left");
     stop_engines_of(&a);
 }
+
+/// An engine whose socket is gone (its runtime folder removed: a logout, a test's temporary
+/// folder) stops by itself, instead of running on forever where no client can reach it; the
+/// next command starts a new one, which serves the same records.
+#[test]
+fn an_engine_whose_socket_is_gone_stops() {
+    if !e2e("an_engine_whose_socket_is_gone_stops") {
+        return;
+    }
+    let a = Airlock::root();
+    let out = a.run(&["create", "sockgone", "--net", "off", "--workspace", "none"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let engines = processes(&a, "engine serve");
+    assert_eq!(engines.len(), 1, "one engine serves: {engines:?}");
+    let runtime = a.dir.join("runtime/airlock");
+    let socket = std::fs::read_dir(&runtime)
+        .expect("runtime dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sock"))
+        .expect("the engine's socket");
+    std::fs::remove_file(&socket).expect("rm socket");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{}", engines[0])).exists()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone = !std::path::Path::new(&format!("/proc/{}/cmdline", engines[0])).exists()
+        || std::fs::read(format!("/proc/{}/cmdline", engines[0])).is_ok_and(|c| c.is_empty());
+    if !gone {
+        kill(engines[0]);
+    }
+    assert!(gone, "the engine runs on without its socket");
+    // A new engine, the same records.
+    let out = a.run(&["list", "--json"]);
+    assert!(out.stdout.contains("sockgone"), "{}", out.describe());
+    let _ = a.run(&["rm", "--force", "sockgone"]);
+    stop_engines_of(&a);
+}

@@ -179,5 +179,33 @@ pub fn run(socket: &Path, state_dir: &Path, backend: Arc<dyn Backend>) -> Result
         socket.display(),
         state_dir.display()
     );
+    end_when_unreachable(socket);
     serve(engine, listener).map_err(socket_err)
+}
+
+/// How often the engine checks that its socket is still the one it serves.
+const SOCKET_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The engine ends once its socket is gone or replaced — its runtime folder removed (a
+/// logout's `/run/user`, a test's temporary folder), or another engine bound the path — as
+/// no client can reach it any more and it would otherwise run on forever. As after a SIGTERM
+/// (it has no other stop): sandboxes run on under their own supervisors, and the next
+/// engine reconciles the records.
+fn end_when_unreachable(socket: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let Some(bound) = id(socket) else { return };
+    let socket = socket.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("socket-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(SOCKET_CHECK);
+            if id(&socket) != Some(bound) {
+                eprintln!(
+                    "airlock engine: {} is gone or replaced: stopping",
+                    socket.display()
+                );
+                std::process::exit(0);
+            }
+        });
 }
