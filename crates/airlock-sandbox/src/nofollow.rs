@@ -39,13 +39,13 @@ pub(crate) fn kind(fd: &OwnedFd) -> io::Result<u32> {
     Ok(nix::sys::stat::fstat(fd.as_fd())?.st_mode & libc::S_IFMT)
 }
 
-pub(crate) fn symlink_refused(p: &Path, at: &OsStr) -> io::Error {
+fn symlink_refused(p: &Path, at: &OsStr) -> io::Error {
     io::Error::other(format!("{}: {:?} {}", p.display(), at, LINK_REFUSED))
 }
 
 /// Why `name` (in `dir`) could not be opened as a directory: a symlink (refused), or not a
 /// directory at all.
-pub(crate) fn not_a_dir(dir: &OwnedFd, path: &Path, name: &OsStr, e: nix::Error) -> io::Error {
+fn not_a_dir(dir: &OwnedFd, path: &Path, name: &OsStr, e: nix::Error) -> io::Error {
     match nix::fcntl::openat(dir.as_fd(), name, PATH_FLAGS, nix::sys::stat::Mode::empty())
         .map_err(io::Error::from)
         .and_then(|fd| kind(&fd))
@@ -58,6 +58,25 @@ pub(crate) fn not_a_dir(dir: &OwnedFd, path: &Path, name: &OsStr, e: nix::Error)
 
 /// Open the existing `path` (O_PATH) from the current root without following any symlink.
 pub fn open_nofollow(path: &Path) -> io::Result<OwnedFd> {
+    walk(path, Leaf::Existing)
+}
+
+/// What [`walk`] wants at the end of its path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leaf {
+    /// Whatever is there (it must exist; the directories above it too).
+    Existing,
+    /// A directory, made (0755, with the missing directories above it) if need be.
+    Dir,
+    /// A file, not a directory: made empty (0644, with the missing directories above it) if
+    /// need be.
+    File,
+}
+
+/// Open `path` (O_PATH) from the current root one component at a time without following
+/// any symlink (a link anywhere is refused), making what is missing unless `leaf` is
+/// [`Leaf::Existing`].
+pub(crate) fn walk(path: &Path, leaf: Leaf) -> io::Result<OwnedFd> {
     let comps = names(path)?;
     let mut cur = nix::fcntl::open(
         "/",
@@ -66,21 +85,50 @@ pub fn open_nofollow(path: &Path) -> io::Result<OwnedFd> {
     )?;
     for (i, name) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
-        let flags = if last {
-            PATH_FLAGS
-        } else {
+        let want_dir = !last || leaf == Leaf::Dir;
+        let flags = if want_dir {
             PATH_FLAGS | OFlag::O_DIRECTORY
+        } else {
+            PATH_FLAGS
         };
-        cur = match nix::fcntl::openat(cur.as_fd(), *name, flags, nix::sys::stat::Mode::empty()) {
+        let open = || nix::fcntl::openat(cur.as_fd(), *name, flags, nix::sys::stat::Mode::empty());
+        let next = match open() {
             Ok(fd) => fd,
+            Err(nix::Error::ENOENT) if leaf != Leaf::Existing => {
+                make(&cur, name, want_dir)?;
+                open()?
+            }
             Err(e @ (nix::Error::ENOTDIR | nix::Error::ELOOP)) => {
                 return Err(not_a_dir(&cur, path, name, e))
             }
             Err(e) => return Err(io::Error::other(format!("{}: {e}", path.display()))),
         };
-        if kind(&cur)? == libc::S_IFLNK {
-            return Err(symlink_refused(path, name));
+        match kind(&next)? {
+            libc::S_IFLNK => return Err(symlink_refused(path, name)),
+            libc::S_IFDIR if last && leaf == Leaf::File => {
+                return Err(io::Error::other(format!(
+                    "{} is a directory, and the host path is a file",
+                    path.display()
+                )))
+            }
+            _ => {}
         }
+        cur = next;
     }
     Ok(cur)
+}
+
+/// Make `name` in `dir`: a directory, or an empty file (never through a link).
+fn make(dir: &OwnedFd, name: &OsStr, is_dir: bool) -> io::Result<()> {
+    if is_dir {
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o755);
+        return Ok(nix::sys::stat::mkdirat(dir.as_fd(), name, mode)?);
+    }
+    drop(nix::fcntl::openat(
+        dir.as_fd(),
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )?);
+    Ok(())
 }

@@ -16,10 +16,9 @@
 
 use super::error::{io_err, RunError};
 use super::forked;
-use crate::nofollow::{kind, names, not_a_dir, open_nofollow, symlink_refused, PATH_FLAGS};
+use crate::nofollow::{kind, names, open_nofollow, walk, Leaf};
 use crate::sys;
 use airlock_model::plan::LaunchPlan;
-use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -42,61 +41,10 @@ pub enum Hotplug {
 /// Open (creating as needed: directories, and the leaf as a directory when `dir`, else an
 /// empty file) `path` from the current root without following any symlink.
 fn open_or_create(path: &Path, dir: bool) -> io::Result<OwnedFd> {
-    let comps = names(path)?;
-    if comps.is_empty() {
+    if names(path)?.is_empty() {
         return Err(io::Error::other("cannot mount over /"));
     }
-    let mode = nix::sys::stat::Mode::from_bits_truncate(0o755);
-    let mut cur = nix::fcntl::open(
-        "/",
-        PATH_FLAGS | OFlag::O_DIRECTORY,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    for (i, name) in comps.iter().enumerate() {
-        let want_dir = i + 1 < comps.len() || dir;
-        let flags = if want_dir {
-            PATH_FLAGS | OFlag::O_DIRECTORY
-        } else {
-            PATH_FLAGS
-        };
-        let next =
-            match nix::fcntl::openat(cur.as_fd(), *name, flags, nix::sys::stat::Mode::empty()) {
-                Ok(fd) => fd,
-                Err(nix::Error::ENOENT) => {
-                    if want_dir {
-                        nix::sys::stat::mkdirat(cur.as_fd(), *name, mode)?;
-                    } else {
-                        drop(nix::fcntl::openat(
-                            cur.as_fd(),
-                            *name,
-                            OFlag::O_CREAT
-                                | OFlag::O_EXCL
-                                | OFlag::O_WRONLY
-                                | OFlag::O_NOFOLLOW
-                                | OFlag::O_CLOEXEC,
-                            nix::sys::stat::Mode::from_bits_truncate(0o644),
-                        )?);
-                    }
-                    nix::fcntl::openat(cur.as_fd(), *name, flags, nix::sys::stat::Mode::empty())?
-                }
-                Err(e @ (nix::Error::ENOTDIR | nix::Error::ELOOP)) => {
-                    return Err(not_a_dir(&cur, path, name, e))
-                }
-                Err(e) => return Err(io::Error::other(format!("{}: {e}", path.display()))),
-            };
-        match kind(&next)? {
-            libc::S_IFLNK => return Err(symlink_refused(path, name)),
-            libc::S_IFDIR if !want_dir => {
-                return Err(io::Error::other(format!(
-                    "{} is a directory, and the host path is a file",
-                    path.display()
-                )))
-            }
-            _ => {}
-        }
-        cur = next;
-    }
-    Ok(cur)
+    walk(path, if dir { Leaf::Dir } else { Leaf::File })
 }
 
 /// The detached mount of host `source` (opened without following symlinks), with the flags

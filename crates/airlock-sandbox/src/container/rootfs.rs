@@ -107,9 +107,7 @@ fn rel_components(target: &Path) -> Vec<&std::ffi::OsStr> {
         .collect()
 }
 
-const PATH_FLAGS: OFlag = OFlag::O_PATH
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_CLOEXEC);
+use crate::nofollow::PATH_FLAGS;
 
 /// Open (creating as needed) `target` beneath `root` without following any symlink.
 /// `leaf_dir`: create a directory (true) or an empty file (false) when missing.
