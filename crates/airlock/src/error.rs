@@ -62,6 +62,14 @@ impl From<airlock_model::config::ConfigError> for CliError {
                 "config and plugin files are regular TOML files of at most {} MiB",
                 airlock_model::userfile::MAX_CONFIG_BYTES >> 20
             ),
+            // A flag's value: there is no file to fix.
+            e if e
+                .location()
+                .is_some_and(|l| l.source == airlock_model::config::Source::CommandLine) =>
+            {
+                "fix that option's value (`airlock COMMAND --help` lists the options and their forms)"
+                    .into()
+            }
             _ => "fix the file named above, or run `airlock config` to see the resolved values"
                 .into(),
         };

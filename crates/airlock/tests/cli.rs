@@ -53,6 +53,34 @@ fn unknown_options_before_the_command_are_usage_errors() {
     }
 }
 
+/// A bad value given as a flag names the command line and hints at the option, never at a
+/// file (there is none to fix); one from a project airlock.toml names the file and line.
+#[test]
+fn a_bad_flag_value_hints_at_the_option_and_a_bad_file_value_at_the_file() {
+    let a = Airlock::root();
+    let err = usage_error(&a, &["run", "--allow", "bad domain", "--", "true"]);
+    assert!(err.contains("in the command-line options"), "{err}");
+    assert!(err.contains("hint: fix that option's value"), "{err}");
+    assert!(!err.contains("file named above"), "{err}");
+    let project = a.dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("airlock.toml"),
+        "[network]\ndomains = [\"bad domain\"]\n",
+    )
+    .unwrap();
+    let mut cmd = a.command(&["run", "--", "true"]);
+    cmd.current_dir(&project);
+    let out = common::run_with_deadline(cmd, None, std::time::Duration::from_secs(60));
+    assert_eq!(out.code(), 2, "{}", out.describe());
+    assert!(out.stderr.contains("airlock.toml:2"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("hint: fix the file named above"),
+        "{}",
+        out.describe()
+    );
+}
+
 /// Run airlock with stdout a pipe whose reader is already gone.
 fn closed_stdout(a: &Airlock, args: &[&str]) -> common::Outcome {
     let (r, w) = nix::unistd::pipe().expect("pipe");

@@ -65,6 +65,19 @@ pub enum ConfigError {
     UnknownPlugin { name: String, location: Location },
 }
 
+impl ConfigError {
+    /// Where the error is (None: a file that could not be read or parsed at all).
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+            ConfigError::UnknownKey { location, .. }
+            | ConfigError::MissingKey { location, .. }
+            | ConfigError::InvalidValue { location, .. }
+            | ConfigError::UnknownPlugin { location, .. } => Some(location),
+        }
+    }
+}
+
 fn did_you_mean(s: &Option<String>) -> String {
     match s {
         Some(s) => format!(" (did you mean `{s}`?)"),
