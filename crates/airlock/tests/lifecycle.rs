@@ -256,8 +256,31 @@ fn cp_copies_in_and_out_and_never_through_host_symlinks() {
             .file_type()
             .is_symlink());
         // Paths that do not exist inside (the curated /etc has no shadow) are not found.
-        assert_eq!(run(&["cp", "cpbox:/etc/shadow", &h("shadow")]).code(), 122);
+        let out = run(&["cp", "cpbox:/etc/shadow", &h("shadow")]);
+        assert_eq!(out.code(), 122, "{}", out.describe());
         assert!(!host.join("shadow").exists());
+        // Said once: the path, then why.
+        assert_eq!(
+            out.stderr.matches("/etc/shadow").count(),
+            1,
+            "{}",
+            out.describe()
+        );
+        // A stopped sandbox: exec's error and hint as cp's own, each said once.
+        assert_eq!(run(&["stop", "cpbox"]).code(), 0);
+        let out = run(&["cp", "cpbox:/tmp/o", &h("o2.txt")]);
+        assert_eq!(out.code(), 120, "{}", out.describe());
+        assert_eq!(
+            out.stderr.matches("airlock: error:").count(),
+            1,
+            "{}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.lines().any(|l| l == "hint: airlock start cpbox"),
+            "{}",
+            out.describe()
+        );
         assert_eq!(run(&["rm", "--force", "cpbox"]).code(), 0);
     });
 }
