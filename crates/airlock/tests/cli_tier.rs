@@ -63,6 +63,12 @@ impl Volatile {
         self.replace.push((id, "<id>".to_string()));
         if v["spec"]["defaulted"]["memory"] == true {
             let mem = v["spec"]["resources"]["memory"].as_str().expect("memory");
+            // Where this host cannot enforce it for this user, the default is left out and
+            // status says so (checked in `lifecycle`); the snapshot is the same either way.
+            self.replace.push((
+                format!("memory none (the {mem} default needs a cgroup this host does not give)"),
+                "memory <default>".into(),
+            ));
             self.replace
                 .push((format!("memory {mem}"), "memory <default>".into()));
             self.replace.push((

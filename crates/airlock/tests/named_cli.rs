@@ -197,6 +197,32 @@ fn unenforceable_limits_of_named_sandboxes_are_said_or_refused() {
     );
     ok(&a, &["rm", "--force", "box"]);
 
+    // The default memory limit, which nobody asked for, is left out quietly (as `run` leaves
+    // it out), and status does not claim the sandbox has it.
+    ok(
+        &a,
+        &["create", "plain", "--net", "off", "--workspace", "none"],
+    );
+    for args in [
+        &["start", "plain"][..],
+        &["stop", "plain"],
+        &["up", "plain"],
+    ] {
+        let out = ok(&a, args);
+        assert!(
+            !out.stderr.contains("not enforced"),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+    let human = ok(&a, &["status", "plain"]).stdout;
+    assert!(
+        human.contains("limits:   memory none (the ")
+            && human.contains(" default needs a cgroup this host does not give), pids 2048\n"),
+        "{human}"
+    );
+    ok(&a, &["rm", "--force", "plain"]);
+
     for args in [
         &[
             "create",

@@ -505,17 +505,26 @@ pub fn tmpfs_sizes(budget: Option<u64>) -> TmpfsSizes {
     }
 }
 
-/// The limits of `r` a host with `support` cannot enforce. pids are always enforced: by the
-/// cgroup where there is one, and by RLIMIT_NPROC.
-pub fn unenforced_limits(r: &Resources, support: &LimitSupport) -> Vec<&'static str> {
+/// The limits of `spec` a host with `support` cannot enforce and that were asked for: a
+/// default the host cannot enforce is left out quietly, as the container lowering leaves it
+/// out ([`left_out_default_memory`]). pids are always enforced: by the cgroup where there is
+/// one, and by RLIMIT_NPROC.
+pub fn unenforced_limits(spec: &RunSpec, support: &LimitSupport) -> Vec<&'static str> {
+    let r = &spec.resources;
     let mut unenforced = Vec::new();
-    if r.memory.is_some() && !support.memory {
+    if r.memory.is_some() && !support.memory && !spec.defaulted.memory {
         unenforced.push("memory");
     }
     if r.cpus.is_some() && !support.cpu {
         unenforced.push("cpus");
     }
     unenforced
+}
+
+/// Whether `spec`'s memory limit is airlock's default that a host with `support` cannot
+/// enforce: left out of the sandbox, not reported as a limit it has.
+pub fn left_out_default_memory(spec: &RunSpec, support: &LimitSupport) -> bool {
+    spec.resources.memory.is_some() && spec.defaulted.memory && !support.memory
 }
 
 /// The generated files of the curated /etc.

@@ -422,7 +422,7 @@ fn unenforced_limits(spec: &airlock_model::spec::RunSpec) -> Vec<&'static str> {
         return Vec::new();
     }
     let support = airlock_sandbox::cgroup::Layout::detect().support();
-    airlock_model::plan::unenforced_limits(&spec.resources, &support)
+    airlock_model::plan::unenforced_limits(spec, &support)
 }
 
 /// Before anything starts: refuse (121) what `--require-limits` cannot have, or say which
@@ -719,6 +719,15 @@ fn status_json(st: &SandboxStatus) -> CliResult<serde_json::Value> {
     Ok(v)
 }
 
+/// Whether the sandbox's memory limit is the default this host cannot enforce (left out of
+/// the sandbox quietly, so not a limit it has).
+fn default_memory_left_out(name: &str) -> bool {
+    recorded_spec(&sandbox_dir(name)).is_some_and(|s| {
+        let support = airlock_sandbox::cgroup::Layout::detect().support();
+        airlock_model::plan::left_out_default_memory(&s, &support)
+    })
+}
+
 /// Limits that do not hold: what the running sandbox's plan says, else this host now.
 fn unenforced_of(st: &SandboxStatus) -> Vec<String> {
     let name = &st.record.name;
@@ -799,6 +808,9 @@ fn print_status(st: SandboxStatus) -> CliResult<i32> {
         .filter_map(|(k, v)| {
             v.map(|v| match unenforced.iter().any(|u| u == k) {
                 true => format!("{k} {v} (not enforced on this host)"),
+                false if k == "memory" && default_memory_left_out(&r.name) => {
+                    format!("{k} none (the {v} default needs a cgroup this host does not give)")
+                }
                 false => format!("{k} {v}"),
             })
         })
