@@ -9,8 +9,9 @@
 //! each, detached): the daemon starts them and never owns their lives. Each has a row in
 //! `pool_members` (`warming` → `ready` → `claimed` → `released`, or `draining` when the daemon
 //! stops). A claim is one compare-and-set `UPDATE` from `ready` to `claimed` in the claimer's
-//! own process, naming the claimer (pid + start time): no daemon on the claim path, no double
-//! claims, and a claim works while the daemon is down. The daemon ([`serve`]) keeps each pool
+//! transaction, naming the claimer (pid + start time): run by the daemon on its open store when
+//! one runs ([`ask`], `claims.rs`), else in the claimer's own process — no double claims either
+//! way, and a claim works while the daemon is down. The daemon ([`serve`]) keeps each pool
 //! full, and removes what ended: members whose claimer is gone, released ones, dead ones, and
 //! folders nobody records.
 
@@ -25,6 +26,9 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+mod claims;
+pub use claims::{ask, Service, ANSWER_WAIT, CLAIM_SOCKET};
 
 /// The pool's folder in the state dir: the daemon's lock, pid, wake-up socket and log, and
 /// the members' folders (`members/NAME`).
@@ -209,6 +213,13 @@ pub fn normalize_bound_at_claim(s: &mut RunSpec) {
     // sources opened without following symlinks, their mountpoints made as a cold start's.
     s.binds.clear();
     s.pool_member = true;
+}
+
+/// Whether `name` is a member's name as [`Store::member_insert`] makes them (`run-` and hex): a
+/// name from elsewhere (the daemon's answer) becomes a path under the members' folder.
+pub fn member_name_ok(name: &str) -> bool {
+    name.strip_prefix("run-")
+        .is_some_and(|h| !h.is_empty() && h.len() <= 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A member's place in its life.
@@ -438,41 +449,57 @@ impl Store {
     }
 
     /// The claim: one immediate transaction that takes the oldest ready member of pool `key`
-    /// for the process `(pid, start)`, or counts a miss.
+    /// for the process `(pid, start)`, or counts a miss. Its statements are cached on the
+    /// connection (the daemon's claims reuse them).
     pub fn claim(&mut self, key: &str, pid: i32, start: u64) -> Result<Claim, StoreError> {
         let tx = self
             .conn()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists = tx
-            .query_row("SELECT 1 FROM pools WHERE key = ?1", params![key], |_| {
-                Ok(())
-            })
+            .prepare_cached("SELECT 1 FROM pools WHERE key = ?1")?
+            .query_row(params![key], |_| Ok(()))
             .optional()?
             .is_some();
         if !exists {
             return Ok(Claim::NoPool);
         }
         let got = tx
-            .query_row(
-                &format!(
-                    "UPDATE pool_members SET state = 'claimed', claimer_pid = ?2, \
-                     claimer_start = ?3, claimed_at = ?4 \
-                     WHERE name = (SELECT name FROM pool_members WHERE pool_key = ?1 \
-                     AND state = 'ready' ORDER BY ready_at, name LIMIT 1) \
-                     RETURNING {MEMBER_COLUMNS}"
-                ),
-                params![key, pid, start as i64, now()],
-                member_row,
-            )
+            .prepare_cached(&format!(
+                "UPDATE pool_members SET state = 'claimed', claimer_pid = ?2, \
+                 claimer_start = ?3, claimed_at = ?4 \
+                 WHERE name = (SELECT name FROM pool_members WHERE pool_key = ?1 \
+                 AND state = 'ready' ORDER BY ready_at, name LIMIT 1) \
+                 RETURNING {MEMBER_COLUMNS}"
+            ))?
+            .query_row(params![key, pid, start as i64, now()], member_row)
             .optional()?;
         if got.is_none() {
-            tx.execute(
-                "UPDATE pools SET misses = misses + 1 WHERE key = ?1",
-                params![key],
-            )?;
+            tx.prepare_cached("UPDATE pools SET misses = misses + 1 WHERE key = ?1")?
+                .execute(params![key])?;
         }
         tx.commit()?;
         Ok(got.map_or(Claim::Miss, Claim::Hit))
+    }
+
+    /// A claim the claimer never learnt of (the daemon's answer could not reach it): member
+    /// `name` is `ready` again, if it is still claimed by `(pid, start)`.
+    pub fn claim_undo(&mut self, name: &str, pid: i32, start: u64) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE pool_members SET state = 'ready', claimer_pid = NULL, claimer_start = NULL, \
+             claimed_at = NULL WHERE name = ?1 AND state = 'claimed' AND claimer_pid = ?2 \
+             AND claimer_start = ?3",
+            params![name, pid, start as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A miss the claimer never learnt of (it claims in the store itself, and counts its own).
+    pub fn miss_undo(&mut self, key: &str) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE pools SET misses = misses - 1 WHERE key = ?1 AND misses > 0",
+            params![key],
+        )?;
+        Ok(n == 1)
     }
 
     /// A claimed member's end and its claim's count, in one transaction: the member
@@ -937,6 +964,8 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
         .and_then(Store::for_pool)
         .map_err(|e| format!("the state store: {e}"))?;
     let backend = SupervisorBackend { exe };
+    // Claims are answered on a thread of their own: a member's start below never holds one up.
+    let claims = Service::start(state)?;
     ready();
     let mut buf = [0u8; 512];
     while !STOP.load(Ordering::SeqCst) {
@@ -952,6 +981,9 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
         }
         let _ = sock.set_nonblocking(false);
     }
+    // No more claims through the daemon (they go to the store, and find no pool after the
+    // drain).
+    drop(claims);
     // Releases sent before the stop.
     let _ = sock.set_nonblocking(true);
     while let Ok(n) = sock.recv(&mut buf) {
