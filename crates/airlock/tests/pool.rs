@@ -499,6 +499,204 @@ fn claims_survive_daemon_kill_9_at_random_points() {
     assert_nothing_left(&a, "kill -9");
 }
 
+/// Claimers racing through the daemon (`pool::ask`: the daemon's compare-and-set on its
+/// open store), many rounds of more claimers than members: no member is handed out twice, a
+/// claim that finds the pool empty is a cold start counted as a miss, and `daemon status`
+/// counts every hit and miss. Each claim says how it was taken (`AIRLOCK_TIMING`): the daemon
+/// answers them (a claimer may fall back to the store when the machine is too slow to answer
+/// in time — still one member each).
+#[test]
+fn claimers_racing_through_the_daemon_never_share_a_member() {
+    if !e2e("claimers_racing_through_the_daemon_never_share_a_member") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    start_pool(&a, "3", &["--workspace", "none", "--net", "off"]);
+    let (mut seen, mut hits, mut misses, mut by_daemon) = (BTreeSet::new(), 0, 0, 0);
+    for round in 0..6 {
+        wait_ready(&a, 3, "race");
+        let a = &a;
+        let outs = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..5)
+                .map(|_| {
+                    s.spawn(move || {
+                        a.run_with_env(
+                            &[("AIRLOCK_TIMING", "1")],
+                            &[
+                                "run",
+                                "--workspace",
+                                "none",
+                                "--net",
+                                "off",
+                                "--",
+                                "hostname",
+                            ],
+                        )
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|r| r.join().expect("a run thread"))
+                .collect::<Vec<_>>()
+        });
+        for out in outs {
+            assert_eq!(out.code(), 0, "round {round}: {}", out.describe());
+            match claimed(&out) {
+                Some(m) => {
+                    hits += 1;
+                    assert_eq!(out.stdout.trim(), m, "round {round}: ran elsewhere");
+                    assert!(seen.insert(m.clone()), "round {round}: {m} claimed twice");
+                }
+                None => {
+                    assert!(
+                        out.stderr.contains("is empty"),
+                        "round {round}: {}",
+                        out.describe()
+                    );
+                    misses += 1;
+                }
+            }
+            if out.stderr.contains("warm: answered by the daemon") {
+                by_daemon += 1;
+            } else {
+                assert!(
+                    out.stderr.contains("warm: claimed in the store"),
+                    "round {round}: {}",
+                    out.describe()
+                );
+            }
+        }
+    }
+    assert!(hits >= 6 && misses > 0, "{hits} hits, {misses} misses");
+    assert!(by_daemon > 0, "no claim went through the daemon");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let st = status(&a);
+            pool0(&st)["hits"] == hits && pool0(&st)["claimed"] == 0
+        }),
+        "{hits} hits, {misses} misses: {}",
+        status(&a)
+    );
+    assert_eq!(pool0(&status(&a))["misses"], misses, "{}", status(&a));
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "race");
+}
+
+/// The daemon killed between its claim's commit and its answer — SIGKILL injected by
+/// strace(1) when its claims thread enters the answer's send: the claimer gets no answer and
+/// claims in the store (a warm start on the other member); the member the daemon claimed for
+/// it is never handed to anyone else while that claimer lives — not by the next daemon, not to
+/// the next run — and is removed once it is gone.
+#[test]
+fn a_daemon_killed_between_its_claim_and_its_answer() {
+    if !e2e("a_daemon_killed_between_its_claim_and_its_answer") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
+    wait_ready(&a, 2, "answer");
+    let first = members_ever(&a);
+    let daemon = common::pool::daemon_pid(&a).expect("the daemon runs");
+    let tid = std::fs::read_dir(format!("/proc/{daemon}/task"))
+        .expect("tasks")
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "claims")
+        })
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .expect("the daemon's claims thread");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-qq", "-p", &tid, "-e", "trace=sendto", "-e"])
+        .arg("inject=sendto:signal=KILL")
+        .args(["-o", "/dev/null"])
+        .spawn()
+        .expect("strace(1) (apt-get install strace)");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{daemon}/task/{tid}/status")).is_ok_and(|s| {
+                s.lines().any(|l| {
+                    l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
+                })
+            })
+        }),
+        "strace did not attach"
+    );
+    let mut cmd = a.command(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        "hostname; sleep 4",
+    ]);
+    cmd.env("AIRLOCK_TIMING", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut claimer = cmd.spawn().expect("spawn airlock");
+    let mut stderr = std::io::BufReader::new(claimer.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    let used = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        said.push_str(&line);
+        assert!(n > 0, "not warm: {said}");
+        if line.contains("warm start") {
+            break line.split(", ").nth(1).expect("member").to_string();
+        }
+    };
+    let _ = strace.wait();
+    assert!(
+        said.contains("warm: claimed in the store") && !said.contains("answered by the daemon"),
+        "the claimer did not fall back to the store: {said}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || common::pool::daemon_pid(&a)
+            .is_none()),
+        "the daemon survived"
+    );
+    let lost: Vec<String> = first.iter().filter(|m| **m != used).cloned().collect();
+    assert_eq!(lost.len(), 1, "{first:?} {used}");
+    let lost = &lost[0];
+    let st = status(&a);
+    assert_eq!(
+        (&pool0(&st)["claimed"], &pool0(&st)["ready"]),
+        (&2.into(), &0.into()),
+        "{st}"
+    );
+    // The next daemon keeps it (its claimer lives) and refills; the next run gets a new one.
+    start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
+    wait_ready(&a, 2, "answer");
+    let out = ok(
+        &a,
+        &["run", "--workspace", "none", "--net", "off", "--", "true"],
+    );
+    let next = warm(&out, "after the kill");
+    assert!(next != *lost && next != used, "{next} handed out again");
+    assert!(
+        members_dir(&a).join(lost).exists(),
+        "{lost} removed while its claimer runs"
+    );
+    // Its claimer gone: removed.
+    let done = claimer.wait_with_output().expect("the claimer");
+    drop(stderr);
+    assert!(done.status.success(), "{done:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !members_dir(&a)
+            .join(lost)
+            .exists()
+            && pool0(&status(&a))["claimed"] == 0),
+        "{lost} left after its claimer: {}",
+        status(&a)
+    );
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "answer");
+}
+
 /// `[pool] size` in the user configuration: the first run of a kind starts its pool (and the
 /// daemon) and runs cold; the next one is warm.
 #[test]

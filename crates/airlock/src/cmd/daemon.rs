@@ -1037,10 +1037,16 @@ fn claim(
     let (me, me_start) = pool::me();
     for _ in 0..3 {
         let got = match pool::ask(state, key, me, me_start) {
-            Some(got) => got,
-            None => records.get()?.claim(key, me, me_start).map_err(store_err)?,
+            Some(got) => {
+                airlock_sandbox::phase("warm: answered by the daemon");
+                got
+            }
+            None => {
+                let got = records.get()?.claim(key, me, me_start).map_err(store_err)?;
+                airlock_sandbox::phase("warm: claimed in the store");
+                got
+            }
         };
-        airlock_sandbox::phase("warm: member taken");
         match got {
             Claim::NoPool => {
                 if pool_size > 0 {
