@@ -194,6 +194,8 @@ impl Drop for Service {
 /// One claimer's connection: who it is (the kernel says), its request, the claim, the answer —
 /// and the claim undone when the answer cannot reach it.
 fn serve_one(store: &mut Store, mut conn: UnixStream, me: u32) {
+    // `AIRLOCK_TIMING=1 airlock daemon start`: each claim's steps in the daemon's log.
+    airlock_sandbox::phase("claims: accepted");
     let Ok(cred) = socket::getsockopt(&conn, sockopt::PeerCredentials) else {
         return;
     };
@@ -237,6 +239,7 @@ fn serve_one(store: &mut Store, mut conn: UnixStream, me: u32) {
         send(&conn, "e refused: the request does not name its sender\n");
         return;
     }
+    airlock_sandbox::phase("claims: request read, sender checked");
     let claim = match store.claim(key, pid, start) {
         Ok(c) => c,
         Err(e) => {
@@ -249,7 +252,9 @@ fn serve_one(store: &mut Store, mut conn: UnixStream, me: u32) {
         Claim::Miss => "m\n".into(),
         Claim::NoPool => "n\n".into(),
     };
+    airlock_sandbox::phase("claims: committed");
     if send(&conn, &answer) {
+        airlock_sandbox::phase("claims: answered");
         return;
     }
     // The claimer stopped waiting (and claims in the store) or died before the answer reached
