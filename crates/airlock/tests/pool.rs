@@ -434,6 +434,50 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
     assert_nothing_left(&a, "adopt");
 }
 
+/// `n` runs of `run --workspace none --net off -- hostname` at once (with `AIRLOCK_TIMING`, so
+/// each says how its claim was taken), `during` done meanwhile: each succeeds, and each warm
+/// one ran in its member, never handed out before (`seen`). Their outcomes.
+fn racing_runs(
+    a: &Airlock,
+    n: usize,
+    seen: &mut BTreeSet<String>,
+    round: usize,
+    during: impl FnOnce(),
+) -> Vec<common::Outcome> {
+    let outs = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(move || {
+                    a.run_with_env(
+                        &[("AIRLOCK_TIMING", "1")],
+                        &[
+                            "run",
+                            "--workspace",
+                            "none",
+                            "--net",
+                            "off",
+                            "--",
+                            "hostname",
+                        ],
+                    )
+                })
+            })
+            .collect();
+        during();
+        runs.into_iter()
+            .map(|r| r.join().expect("a run thread"))
+            .collect::<Vec<_>>()
+    });
+    for out in &outs {
+        assert_eq!(out.code(), 0, "round {round}: {}", out.describe());
+        if let Some(m) = claimed(out) {
+            assert_eq!(out.stdout.trim(), m, "round {round}: ran elsewhere");
+            assert!(seen.insert(m.clone()), "round {round}: {m} claimed twice");
+        }
+    }
+    outs
+}
+
 /// Claims while the daemon is killed with SIGKILL at random moments and started again: every
 /// run succeeds (warm or cold), no member is handed out twice, and `daemon stop` leaves nothing.
 #[test]
@@ -448,38 +492,13 @@ fn claims_survive_daemon_kill_9_at_random_points() {
     let mut warm = 0;
     for round in 0..6 {
         let a = &a;
-        let outs = std::thread::scope(|s| {
-            let runs: Vec<_> = (0..3)
-                .map(|_| {
-                    s.spawn(move || {
-                        a.run(&[
-                            "run",
-                            "--workspace",
-                            "none",
-                            "--net",
-                            "off",
-                            "--",
-                            "hostname",
-                        ])
-                    })
-                })
-                .collect();
+        let outs = racing_runs(a, 3, &mut seen, round, || {
             // A random moment in the claims (or in the refill after them).
             let delay = u64::from_str_radix(&common::random_hex()[..4], 16).unwrap_or(0) % 400;
             std::thread::sleep(Duration::from_millis(delay));
             kill_daemon(a);
-            runs.into_iter()
-                .map(|r| r.join().expect("a run thread"))
-                .collect::<Vec<_>>()
         });
-        for out in outs {
-            assert_eq!(out.code(), 0, "round {round}: {}", out.describe());
-            if let Some(m) = claimed(&out) {
-                warm += 1;
-                assert_eq!(out.stdout.trim(), m, "round {round}: ran elsewhere");
-                assert!(seen.insert(m.clone()), "round {round}: {m} claimed twice");
-            }
-        }
+        warm += outs.iter().filter(|o| claimed(o).is_some()).count();
         ok(
             a,
             &[
@@ -516,46 +535,16 @@ fn claimers_racing_through_the_daemon_never_share_a_member() {
     let (mut seen, mut hits, mut misses, mut by_daemon) = (BTreeSet::new(), 0, 0, 0);
     for round in 0..6 {
         wait_ready(&a, 3, "race");
-        let a = &a;
-        let outs = std::thread::scope(|s| {
-            let runs: Vec<_> = (0..5)
-                .map(|_| {
-                    s.spawn(move || {
-                        a.run_with_env(
-                            &[("AIRLOCK_TIMING", "1")],
-                            &[
-                                "run",
-                                "--workspace",
-                                "none",
-                                "--net",
-                                "off",
-                                "--",
-                                "hostname",
-                            ],
-                        )
-                    })
-                })
-                .collect();
-            runs.into_iter()
-                .map(|r| r.join().expect("a run thread"))
-                .collect::<Vec<_>>()
-        });
-        for out in outs {
-            assert_eq!(out.code(), 0, "round {round}: {}", out.describe());
-            match claimed(&out) {
-                Some(m) => {
-                    hits += 1;
-                    assert_eq!(out.stdout.trim(), m, "round {round}: ran elsewhere");
-                    assert!(seen.insert(m.clone()), "round {round}: {m} claimed twice");
-                }
-                None => {
-                    assert!(
-                        out.stderr.contains("is empty"),
-                        "round {round}: {}",
-                        out.describe()
-                    );
-                    misses += 1;
-                }
+        for out in racing_runs(&a, 5, &mut seen, round, || ()) {
+            if claimed(&out).is_some() {
+                hits += 1;
+            } else {
+                assert!(
+                    out.stderr.contains("is empty"),
+                    "round {round}: {}",
+                    out.describe()
+                );
+                misses += 1;
             }
             if out.stderr.contains("warm: answered by the daemon") {
                 by_daemon += 1;
