@@ -667,8 +667,11 @@ pub fn hand_release(state: &Path, name: &str, pid: i32, key: &str, micros: u64) 
         .is_ok()
 }
 
-/// A datagram of [`hand_release`]'s, applied (anything else: a plain wake-up).
-fn take_release(store: &mut Store, msg: &[u8]) {
+/// A datagram of [`hand_release`]'s, applied (anything else: a plain wake-up) — only when its
+/// sender, as the kernel says (`SCM_CREDENTIALS`: `sender`, pid and uid), is the claimer it
+/// names and of this daemon's uid (or root): a process could otherwise end another's claim
+/// (the daemon would remove the member under its command).
+fn take_release(store: &mut Store, msg: &[u8], sender: Option<(i32, u32)>, me: u32) {
     let Some(rest) = std::str::from_utf8(msg)
         .ok()
         .and_then(|m| m.strip_prefix("r "))
@@ -678,10 +681,38 @@ fn take_release(store: &mut Store, msg: &[u8]) {
     let f: Vec<&str> = rest.split(' ').collect();
     if let [name, pid, key, micros] = f[..] {
         if let (Ok(pid), Ok(micros)) = (pid.parse::<i32>(), micros.parse::<u64>()) {
+            if !sender.is_some_and(|(p, uid)| p == pid && (uid == me || uid == 0)) {
+                eprintln!("airlock daemon: a release of {name} not sent by its claimer, ignored");
+                return;
+            }
             claimer_gone(pid, CLAIMER_EXIT);
             let _ = store.claim_finished(name, pid, key, micros);
         }
     }
+}
+
+/// One datagram on the daemon's socket (`SO_PASSCRED`: the kernel attaches its sender's pid
+/// and uid): its length and sender. None: nothing (time out, or non-blocking and empty).
+fn recv_datagram(
+    sock: &std::os::unix::net::UnixDatagram,
+    buf: &mut [u8],
+) -> Option<(usize, Option<(i32, u32)>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
+    use std::os::fd::AsRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let got = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let sender = got.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::ScmCredentials(c) => Some((c.pid(), c.uid())),
+        _ => None,
+    });
+    Some((got.bytes, sender))
 }
 
 /// How long the daemon lets a claimer that handed its release over finish exiting.
@@ -952,6 +983,10 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
         .map_err(|e| format!("listen on {}: {e}", sock_path.display()))?;
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .map_err(|e| e.to_string())?;
+    // Every datagram comes with its sender's pid and uid (a release is taken only from its
+    // claimer: `take_release`).
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
+        .map_err(|e| format!("SO_PASSCRED on {}: {e}", sock_path.display()))?;
     fs::write(pdir.join(DAEMON_PID), std::process::id().to_string())
         .map_err(|e| format!("write the daemon's pid: {e}"))?;
     // SAFETY: the handler only stores to an atomic.
@@ -968,16 +1003,19 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
     let claims = Service::start(state)?;
     ready();
     let mut buf = [0u8; 512];
+    let me = nix::unistd::geteuid().as_raw();
     while !STOP.load(Ordering::SeqCst) {
         reap(&mut store, &backend, state, false);
         refill(&mut store, &backend, state);
         // Woken by a claim, a claim's release or a pool change; else every half second.
-        if let Ok(n) = sock.recv(&mut buf) {
-            take_release(&mut store, &buf[..n]);
+        if let Some((n, sender)) = recv_datagram(&sock, &mut buf) {
+            take_release(&mut store, &buf[..n], sender, me);
         }
         while sock.set_nonblocking(true).is_ok() {
-            let Ok(n) = sock.recv(&mut buf) else { break };
-            take_release(&mut store, &buf[..n]);
+            let Some((n, sender)) = recv_datagram(&sock, &mut buf) else {
+                break;
+            };
+            take_release(&mut store, &buf[..n], sender, me);
         }
         let _ = sock.set_nonblocking(false);
     }
@@ -986,8 +1024,8 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
     drop(claims);
     // Releases sent before the stop.
     let _ = sock.set_nonblocking(true);
-    while let Ok(n) = sock.recv(&mut buf) {
-        take_release(&mut store, &buf[..n]);
+    while let Some((n, sender)) = recv_datagram(&sock, &mut buf) {
+        take_release(&mut store, &buf[..n], sender, me);
     }
     drain(&mut store, &backend, state);
     let _ = fs::remove_file(&sock_path);

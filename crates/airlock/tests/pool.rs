@@ -2322,6 +2322,73 @@ fn a_claims_release_is_handed_to_the_daemon() {
     assert_nothing_left(&a, "handed");
 }
 
+/// A release datagram not sent by the claimer it names (here: this test process naming a
+/// running claimer) is ignored: the daemon takes a release only from its claimer, as the
+/// kernel says (`SO_PASSCRED`). Before, it marked the member released and removed it under the
+/// claimer's running command.
+#[test]
+fn a_release_not_sent_by_its_claimer_is_ignored() {
+    if !e2e("a_release_not_sent_by_its_claimer_is_ignored") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    start_pool(&a, "1", &["--workspace", "none", "--net", "off"]);
+    wait_ready(&a, 1, "forged release");
+    let key = pool0(&status(&a))["key"]
+        .as_str()
+        .expect("the pool's key")
+        .to_string();
+    let mut cmd = a.command(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        "sleep 2; echo survived",
+    ]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let (member, _stderr) = warm_member(&mut child);
+    let forged = format!("r {member} {} {key} 1", child.id());
+    std::os::unix::net::UnixDatagram::unbound()
+        .expect("socket")
+        .send_to(
+            forged.as_bytes(),
+            a.state_dir().join("pool").join("daemon.sock"),
+        )
+        .expect("send the forged release");
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        members_dir(&a).join(&member).exists(),
+        "{member} removed under its command"
+    );
+    let st = status(&a);
+    assert_eq!(
+        (&pool0(&st)["claimed"], &pool0(&st)["hits"]),
+        (&1.into(), &0.into()),
+        "{st}"
+    );
+    let out = child.wait_with_output().expect("the claimer");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "survived");
+    // Its own release still counts.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let st = status(&a);
+            pool0(&st)["hits"] == 1 && pool0(&st)["claimed"] == 0
+        }),
+        "{}",
+        status(&a)
+    );
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "forged release");
+}
+
 /// A claimer killed during its command while no daemon can act (stopped): the member's stub
 /// ends PID 1 once the command ends, so the member is not left running for a daemon that may
 /// never come back (before, it ran on until a daemon's reconcile).
