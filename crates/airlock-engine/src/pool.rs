@@ -9,8 +9,9 @@
 //! each, detached): the daemon starts them and never owns their lives. Each has a row in
 //! `pool_members` (`warming` → `ready` → `claimed` → `released`, or `draining` when the daemon
 //! stops). A claim is one compare-and-set `UPDATE` from `ready` to `claimed` in the claimer's
-//! own process, naming the claimer (pid + start time): no daemon on the claim path, no double
-//! claims, and a claim works while the daemon is down. The daemon ([`serve`]) keeps each pool
+//! transaction, naming the claimer (pid + start time): run by the daemon on its open store when
+//! one runs ([`ask`], `claims.rs`), else in the claimer's own process — no double claims either
+//! way, and a claim works while the daemon is down. The daemon ([`serve`]) keeps each pool
 //! full, and removes what ended: members whose claimer is gone, released ones, dead ones, and
 //! folders nobody records.
 
@@ -25,6 +26,9 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+mod claims;
+pub use claims::{ask, Service, ANSWER_WAIT, CLAIM_SOCKET};
 
 /// The pool's folder in the state dir: the daemon's lock, pid, wake-up socket and log, and
 /// the members' folders (`members/NAME`).
@@ -209,6 +213,13 @@ pub fn normalize_bound_at_claim(s: &mut RunSpec) {
     // sources opened without following symlinks, their mountpoints made as a cold start's.
     s.binds.clear();
     s.pool_member = true;
+}
+
+/// Whether `name` is a member's name as [`Store::member_insert`] makes them (`run-` and hex): a
+/// name from elsewhere (the daemon's answer) becomes a path under the members' folder.
+pub fn member_name_ok(name: &str) -> bool {
+    name.strip_prefix("run-")
+        .is_some_and(|h| !h.is_empty() && h.len() <= 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A member's place in its life.
@@ -438,41 +449,57 @@ impl Store {
     }
 
     /// The claim: one immediate transaction that takes the oldest ready member of pool `key`
-    /// for the process `(pid, start)`, or counts a miss.
+    /// for the process `(pid, start)`, or counts a miss. Its statements are cached on the
+    /// connection (the daemon's claims reuse them).
     pub fn claim(&mut self, key: &str, pid: i32, start: u64) -> Result<Claim, StoreError> {
         let tx = self
             .conn()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists = tx
-            .query_row("SELECT 1 FROM pools WHERE key = ?1", params![key], |_| {
-                Ok(())
-            })
+            .prepare_cached("SELECT 1 FROM pools WHERE key = ?1")?
+            .query_row(params![key], |_| Ok(()))
             .optional()?
             .is_some();
         if !exists {
             return Ok(Claim::NoPool);
         }
         let got = tx
-            .query_row(
-                &format!(
-                    "UPDATE pool_members SET state = 'claimed', claimer_pid = ?2, \
-                     claimer_start = ?3, claimed_at = ?4 \
-                     WHERE name = (SELECT name FROM pool_members WHERE pool_key = ?1 \
-                     AND state = 'ready' ORDER BY ready_at, name LIMIT 1) \
-                     RETURNING {MEMBER_COLUMNS}"
-                ),
-                params![key, pid, start as i64, now()],
-                member_row,
-            )
+            .prepare_cached(&format!(
+                "UPDATE pool_members SET state = 'claimed', claimer_pid = ?2, \
+                 claimer_start = ?3, claimed_at = ?4 \
+                 WHERE name = (SELECT name FROM pool_members WHERE pool_key = ?1 \
+                 AND state = 'ready' ORDER BY ready_at, name LIMIT 1) \
+                 RETURNING {MEMBER_COLUMNS}"
+            ))?
+            .query_row(params![key, pid, start as i64, now()], member_row)
             .optional()?;
         if got.is_none() {
-            tx.execute(
-                "UPDATE pools SET misses = misses + 1 WHERE key = ?1",
-                params![key],
-            )?;
+            tx.prepare_cached("UPDATE pools SET misses = misses + 1 WHERE key = ?1")?
+                .execute(params![key])?;
         }
         tx.commit()?;
         Ok(got.map_or(Claim::Miss, Claim::Hit))
+    }
+
+    /// A claim the claimer never learnt of (the daemon's answer could not reach it): member
+    /// `name` is `ready` again, if it is still claimed by `(pid, start)`.
+    pub fn claim_undo(&mut self, name: &str, pid: i32, start: u64) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE pool_members SET state = 'ready', claimer_pid = NULL, claimer_start = NULL, \
+             claimed_at = NULL WHERE name = ?1 AND state = 'claimed' AND claimer_pid = ?2 \
+             AND claimer_start = ?3",
+            params![name, pid, start as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A miss the claimer never learnt of (it claims in the store itself, and counts its own).
+    pub fn miss_undo(&mut self, key: &str) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE pools SET misses = misses - 1 WHERE key = ?1 AND misses > 0",
+            params![key],
+        )?;
+        Ok(n == 1)
     }
 
     /// A claimed member's end and its claim's count, in one transaction: the member
@@ -640,8 +667,11 @@ pub fn hand_release(state: &Path, name: &str, pid: i32, key: &str, micros: u64) 
         .is_ok()
 }
 
-/// A datagram of [`hand_release`]'s, applied (anything else: a plain wake-up).
-fn take_release(store: &mut Store, msg: &[u8]) {
+/// A datagram of [`hand_release`]'s, applied (anything else: a plain wake-up) — only when its
+/// sender, as the kernel says (`SCM_CREDENTIALS`: `sender`, pid and uid), is the claimer it
+/// names and of this daemon's uid (or root): a process could otherwise end another's claim
+/// (the daemon would remove the member under its command).
+fn take_release(store: &mut Store, msg: &[u8], sender: Option<(i32, u32)>, me: u32) {
     let Some(rest) = std::str::from_utf8(msg)
         .ok()
         .and_then(|m| m.strip_prefix("r "))
@@ -651,10 +681,38 @@ fn take_release(store: &mut Store, msg: &[u8]) {
     let f: Vec<&str> = rest.split(' ').collect();
     if let [name, pid, key, micros] = f[..] {
         if let (Ok(pid), Ok(micros)) = (pid.parse::<i32>(), micros.parse::<u64>()) {
+            if !sender.is_some_and(|(p, uid)| p == pid && (uid == me || uid == 0)) {
+                eprintln!("airlock daemon: a release of {name} not sent by its claimer, ignored");
+                return;
+            }
             claimer_gone(pid, CLAIMER_EXIT);
             let _ = store.claim_finished(name, pid, key, micros);
         }
     }
+}
+
+/// One datagram on the daemon's socket (`SO_PASSCRED`: the kernel attaches its sender's pid
+/// and uid): its length and sender. None: nothing (time out, or non-blocking and empty).
+fn recv_datagram(
+    sock: &std::os::unix::net::UnixDatagram,
+    buf: &mut [u8],
+) -> Option<(usize, Option<(i32, u32)>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
+    use std::os::fd::AsRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let got = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let sender = got.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::ScmCredentials(c) => Some((c.pid(), c.uid())),
+        _ => None,
+    });
+    Some((got.bytes, sender))
 }
 
 /// How long the daemon lets a claimer that handed its release over finish exiting.
@@ -925,6 +983,10 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
         .map_err(|e| format!("listen on {}: {e}", sock_path.display()))?;
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .map_err(|e| e.to_string())?;
+    // Every datagram comes with its sender's pid and uid (a release is taken only from its
+    // claimer: `take_release`).
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
+        .map_err(|e| format!("SO_PASSCRED on {}: {e}", sock_path.display()))?;
     fs::write(pdir.join(DAEMON_PID), std::process::id().to_string())
         .map_err(|e| format!("write the daemon's pid: {e}"))?;
     // SAFETY: the handler only stores to an atomic.
@@ -937,25 +999,36 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
         .and_then(Store::for_pool)
         .map_err(|e| format!("the state store: {e}"))?;
     let backend = SupervisorBackend { exe };
+    // Claims are answered on a thread of their own: a member's start below never holds one up.
+    // Without it claimers claim in the store, as with no daemon: said, not fatal.
+    let claims = Service::start(state)
+        .map_err(|e| eprintln!("airlock daemon: claims go to the store: {e}"))
+        .ok();
     ready();
     let mut buf = [0u8; 512];
+    let me = nix::unistd::geteuid().as_raw();
     while !STOP.load(Ordering::SeqCst) {
         reap(&mut store, &backend, state, false);
         refill(&mut store, &backend, state);
         // Woken by a claim, a claim's release or a pool change; else every half second.
-        if let Ok(n) = sock.recv(&mut buf) {
-            take_release(&mut store, &buf[..n]);
+        if let Some((n, sender)) = recv_datagram(&sock, &mut buf) {
+            take_release(&mut store, &buf[..n], sender, me);
         }
         while sock.set_nonblocking(true).is_ok() {
-            let Ok(n) = sock.recv(&mut buf) else { break };
-            take_release(&mut store, &buf[..n]);
+            let Some((n, sender)) = recv_datagram(&sock, &mut buf) else {
+                break;
+            };
+            take_release(&mut store, &buf[..n], sender, me);
         }
         let _ = sock.set_nonblocking(false);
     }
+    // No more claims through the daemon (they go to the store, and find no pool after the
+    // drain).
+    drop(claims);
     // Releases sent before the stop.
     let _ = sock.set_nonblocking(true);
-    while let Ok(n) = sock.recv(&mut buf) {
-        take_release(&mut store, &buf[..n]);
+    while let Some((n, sender)) = recv_datagram(&sock, &mut buf) {
+        take_release(&mut store, &buf[..n], sender, me);
     }
     drain(&mut store, &backend, state);
     let _ = fs::remove_file(&sock_path);

@@ -7,7 +7,6 @@ use airlock_sandbox::isolation::{AnyBackend, Instance, Isolation, Observed};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -201,14 +200,10 @@ impl Backend for SupervisorBackend {
             .stdin(Stdio::piped())
             .stdout(console)
             .stderr(err);
-        // SAFETY: setsid() is async-signal-safe; the supervisor must not share our session.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()
-                    .map(drop)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        // No pre-exec hook: std then spawns with posix_spawn (a vfork, no copy of this
+        // process's memory), where a fork made every page copy-on-write — the daemon's claims
+        // thread then took ≈ 75 page faults at its next claim (every claim follows a refill's
+        // start). The supervisor leaves this session itself, first thing (`__supervise`).
         let mut child = cmd
             .spawn()
             .map_err(|e| BackendError::Unavailable(format!("start the supervisor: {e}")))?;

@@ -550,3 +550,140 @@ fn percentiles_are_nearest_rank() {
     assert_eq!(pool::percentile(&v, 99), Some(99));
     assert_eq!(pool::percentile(&[7], 99), Some(7));
 }
+
+/// The daemon's claim service (`pool::Service`: its real socket, thread and store
+/// connection): a claim through it is the store's compare-and-set — concurrent askers never
+/// share a member, an empty pool is a miss, an unknown key no pool —; a request that does not
+/// name its sender, or comes from another uid, is refused with nothing claimed; a claim whose
+/// answer cannot reach its asker is undone (ready again, no miss counted).
+#[test]
+fn claims_through_the_daemons_service() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let dir = TempDir::new("service");
+    std::fs::create_dir_all(pool::dir(&dir.0)).expect("pool dir");
+    let mut store = Store::open(dir.db())
+        .expect("open")
+        .for_pool()
+        .expect("pool");
+    store.pool_define("k", "{}", 12).expect("define");
+    let made: HashSet<String> = ready_members(&mut store, "k", 12).into_iter().collect();
+    let service = pool::Service::start(&dir.0).expect("the service");
+    let sock = pool::dir(&dir.0).join(pool::CLAIM_SOCKET);
+    assert_eq!(
+        std::fs::metadata(&sock)
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let (me, start) = pool::me();
+    let ready = |store: &mut Store| {
+        store
+            .members()
+            .expect("members")
+            .iter()
+            .filter(|m| m.state == MemberState::Ready)
+            .count()
+    };
+    assert!(matches!(
+        pool::ask(&dir.0, "nokey", me, start),
+        Some(Claim::NoPool)
+    ));
+    // Not its sender: another pid, or another start time (a recycled pid).
+    assert!(pool::ask(&dir.0, "k", 1, start).is_none());
+    assert!(pool::ask(&dir.0, "k", me, start + 1).is_none());
+    assert_eq!(ready(&mut store), 12);
+
+    // Another uid — a thread of this process with credentials of its own (setresuid(2) as a
+    // raw system call changes only the calling thread's) — on a socket it can reach (made
+    // reachable here: the daemon's own check is what is tested, not the file mode).
+    if nix::unistd::geteuid().is_root() {
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(pool::dir(&dir.0), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let (state, path) = (dir.0.clone(), sock.clone());
+        let (said, asked) = std::thread::spawn(move || {
+            // SAFETY: integer arguments; this thread's credentials only, and it ends below.
+            let r = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+            assert_eq!(r, 0, "setresuid");
+            let (pid, start) = pool::me();
+            let mut c = UnixStream::connect(&path).expect("connect as 65534");
+            c.write_all(format!("c1 k {pid} {start}\n").as_bytes())
+                .expect("write");
+            let mut said = String::new();
+            let _ = c.read_to_string(&mut said);
+            (said, pool::ask(&state, "k", pid, start).is_some())
+        })
+        .join()
+        .expect("the other uid's thread");
+        assert!(said.starts_with("e refused"), "{said:?}");
+        assert!(!asked, "another uid's claim was answered");
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(ready(&mut store), 12);
+    }
+
+    // An asker that stopped waiting (its side shut) before the answer: the claim is undone.
+    let mut c = UnixStream::connect(&sock).expect("connect");
+    c.shutdown(std::net::Shutdown::Read).expect("shutdown");
+    c.write_all(format!("c1 k {me} {start}\n").as_bytes())
+        .expect("write");
+    // The service answers one connection after the other: the next answer comes after it.
+    let Some(Claim::Hit(first)) = pool::ask(&dir.0, "k", me, start) else {
+        panic!("no hit")
+    };
+    drop(c);
+    assert!(made.contains(&first.name));
+    assert_eq!(ready(&mut store), 11, "the unanswered claim was not undone");
+    let row = |store: &mut Store, name: &str| {
+        store
+            .members()
+            .expect("members")
+            .into_iter()
+            .find(|m| m.name == name)
+            .map(|m| (m.state, m.claimer_pid, m.claimer_start))
+    };
+    assert_eq!(
+        row(&mut store, &first.name),
+        Some((MemberState::Claimed, Some(me), Some(start)))
+    );
+
+    // Concurrent askers: every ready member once, then misses.
+    let threads = 8;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (state, barrier) = (dir.0.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut got = Vec::new();
+                loop {
+                    match pool::ask(&state, "k", me, start).expect("an answer") {
+                        Claim::Hit(m) => got.push(m.name),
+                        Claim::Miss => return got,
+                        Claim::NoPool => panic!("the pool vanished"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = vec![first.name.clone()];
+    for h in handles {
+        all.extend(h.join().expect("asker"));
+    }
+    let unique: HashSet<String> = all.iter().cloned().collect();
+    assert_eq!(all.len(), 12, "{all:?}");
+    assert_eq!(unique, made);
+    let p = &store.pools().expect("pools")[0];
+    assert_eq!(
+        p.misses, threads as u64,
+        "one miss per asker, none for the undone claim"
+    );
+    // Stopped: no answer (claims go to the store), the socket gone.
+    drop(service);
+    assert!(!sock.exists());
+    assert!(pool::ask(&dir.0, "k", me, start).is_none());
+}

@@ -434,6 +434,50 @@ fn a_killed_daemon_leaves_members_running_and_a_new_one_adopts_them() {
     assert_nothing_left(&a, "adopt");
 }
 
+/// `n` runs of `run --workspace none --net off -- hostname` at once (with `AIRLOCK_TIMING`, so
+/// each says how its claim was taken), `during` done meanwhile: each succeeds, and each warm
+/// one ran in its member, never handed out before (`seen`). Their outcomes.
+fn racing_runs(
+    a: &Airlock,
+    n: usize,
+    seen: &mut BTreeSet<String>,
+    round: usize,
+    during: impl FnOnce(),
+) -> Vec<common::Outcome> {
+    let outs = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(move || {
+                    a.run_with_env(
+                        &[("AIRLOCK_TIMING", "1")],
+                        &[
+                            "run",
+                            "--workspace",
+                            "none",
+                            "--net",
+                            "off",
+                            "--",
+                            "hostname",
+                        ],
+                    )
+                })
+            })
+            .collect();
+        during();
+        runs.into_iter()
+            .map(|r| r.join().expect("a run thread"))
+            .collect::<Vec<_>>()
+    });
+    for out in &outs {
+        assert_eq!(out.code(), 0, "round {round}: {}", out.describe());
+        if let Some(m) = claimed(out) {
+            assert_eq!(out.stdout.trim(), m, "round {round}: ran elsewhere");
+            assert!(seen.insert(m.clone()), "round {round}: {m} claimed twice");
+        }
+    }
+    outs
+}
+
 /// Claims while the daemon is killed with SIGKILL at random moments and started again: every
 /// run succeeds (warm or cold), no member is handed out twice, and `daemon stop` leaves nothing.
 #[test]
@@ -448,38 +492,13 @@ fn claims_survive_daemon_kill_9_at_random_points() {
     let mut warm = 0;
     for round in 0..6 {
         let a = &a;
-        let outs = std::thread::scope(|s| {
-            let runs: Vec<_> = (0..3)
-                .map(|_| {
-                    s.spawn(move || {
-                        a.run(&[
-                            "run",
-                            "--workspace",
-                            "none",
-                            "--net",
-                            "off",
-                            "--",
-                            "hostname",
-                        ])
-                    })
-                })
-                .collect();
+        let outs = racing_runs(a, 3, &mut seen, round, || {
             // A random moment in the claims (or in the refill after them).
             let delay = u64::from_str_radix(&common::random_hex()[..4], 16).unwrap_or(0) % 400;
             std::thread::sleep(Duration::from_millis(delay));
             kill_daemon(a);
-            runs.into_iter()
-                .map(|r| r.join().expect("a run thread"))
-                .collect::<Vec<_>>()
         });
-        for out in outs {
-            assert_eq!(out.code(), 0, "round {round}: {}", out.describe());
-            if let Some(m) = claimed(&out) {
-                warm += 1;
-                assert_eq!(out.stdout.trim(), m, "round {round}: ran elsewhere");
-                assert!(seen.insert(m.clone()), "round {round}: {m} claimed twice");
-            }
-        }
+        warm += outs.iter().filter(|o| claimed(o).is_some()).count();
         ok(
             a,
             &[
@@ -497,6 +516,174 @@ fn claims_survive_daemon_kill_9_at_random_points() {
     assert!(warm > 0, "no run was warm");
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "kill -9");
+}
+
+/// Claimers racing through the daemon (`pool::ask`: the daemon's compare-and-set on its
+/// open store), many rounds of more claimers than members: no member is handed out twice, a
+/// claim that finds the pool empty is a cold start counted as a miss, and `daemon status`
+/// counts every hit and miss. Each claim says how it was taken (`AIRLOCK_TIMING`): the daemon
+/// answers them (a claimer may fall back to the store when the machine is too slow to answer
+/// in time — still one member each).
+#[test]
+fn claimers_racing_through_the_daemon_never_share_a_member() {
+    if !e2e("claimers_racing_through_the_daemon_never_share_a_member") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    start_pool(&a, "3", &["--workspace", "none", "--net", "off"]);
+    let (mut seen, mut hits, mut misses, mut by_daemon) = (BTreeSet::new(), 0, 0, 0);
+    for round in 0..6 {
+        wait_ready(&a, 3, "race");
+        for out in racing_runs(&a, 5, &mut seen, round, || ()) {
+            if claimed(&out).is_some() {
+                hits += 1;
+            } else {
+                assert!(
+                    out.stderr.contains("is empty"),
+                    "round {round}: {}",
+                    out.describe()
+                );
+                misses += 1;
+            }
+            if out.stderr.contains("warm: answered by the daemon") {
+                by_daemon += 1;
+            } else {
+                assert!(
+                    out.stderr.contains("warm: claimed in the store"),
+                    "round {round}: {}",
+                    out.describe()
+                );
+            }
+        }
+    }
+    assert!(hits >= 6 && misses > 0, "{hits} hits, {misses} misses");
+    assert!(by_daemon > 0, "no claim went through the daemon");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let st = status(&a);
+            pool0(&st)["hits"] == hits && pool0(&st)["claimed"] == 0
+        }),
+        "{hits} hits, {misses} misses: {}",
+        status(&a)
+    );
+    assert_eq!(pool0(&status(&a))["misses"], misses, "{}", status(&a));
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "race");
+}
+
+/// The daemon killed between its claim's commit and its answer — SIGKILL injected by
+/// strace(1) when its claims thread enters the answer's send: the claimer gets no answer and
+/// claims in the store (a warm start on the other member); the member the daemon claimed for
+/// it is never handed to anyone else while that claimer lives — not by the next daemon, not to
+/// the next run — and is removed once it is gone.
+#[test]
+fn a_daemon_killed_between_its_claim_and_its_answer() {
+    if !e2e("a_daemon_killed_between_its_claim_and_its_answer") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
+    wait_ready(&a, 2, "answer");
+    let first = members_ever(&a);
+    let daemon = common::pool::daemon_pid(&a).expect("the daemon runs");
+    let tid = std::fs::read_dir(format!("/proc/{daemon}/task"))
+        .expect("tasks")
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "claims")
+        })
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .expect("the daemon's claims thread");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-qq", "-p", &tid, "-e", "trace=sendto", "-e"])
+        .arg("inject=sendto:signal=KILL")
+        .args(["-o", "/dev/null"])
+        .spawn()
+        .expect("strace(1) (apt-get install strace)");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{daemon}/task/{tid}/status")).is_ok_and(|s| {
+                s.lines().any(|l| {
+                    l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
+                })
+            })
+        }),
+        "strace did not attach"
+    );
+    let mut cmd = a.command(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        "hostname; sleep 4",
+    ]);
+    cmd.env("AIRLOCK_TIMING", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut claimer = cmd.spawn().expect("spawn airlock");
+    let mut stderr = std::io::BufReader::new(claimer.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    let used = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        said.push_str(&line);
+        assert!(n > 0, "not warm: {said}");
+        if line.contains("warm start") {
+            break line.split(", ").nth(1).expect("member").to_string();
+        }
+    };
+    let _ = strace.wait();
+    assert!(
+        said.contains("warm: claimed in the store") && !said.contains("answered by the daemon"),
+        "the claimer did not fall back to the store: {said}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || common::pool::daemon_pid(&a)
+            .is_none()),
+        "the daemon survived"
+    );
+    let lost: Vec<String> = first.iter().filter(|m| **m != used).cloned().collect();
+    assert_eq!(lost.len(), 1, "{first:?} {used}");
+    let lost = &lost[0];
+    let st = status(&a);
+    assert_eq!(
+        (&pool0(&st)["claimed"], &pool0(&st)["ready"]),
+        (&2.into(), &0.into()),
+        "{st}"
+    );
+    // The next daemon keeps it (its claimer lives) and refills; the next run gets a new one.
+    start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
+    wait_ready(&a, 2, "answer");
+    let out = ok(
+        &a,
+        &["run", "--workspace", "none", "--net", "off", "--", "true"],
+    );
+    let next = warm(&out, "after the kill");
+    assert!(next != *lost && next != used, "{next} handed out again");
+    assert!(
+        members_dir(&a).join(lost).exists(),
+        "{lost} removed while its claimer runs"
+    );
+    // Its claimer gone: removed.
+    let done = claimer.wait_with_output().expect("the claimer");
+    drop(stderr);
+    assert!(done.status.success(), "{done:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !members_dir(&a)
+            .join(lost)
+            .exists()
+            && pool0(&status(&a))["claimed"] == 0),
+        "{lost} left after its claimer: {}",
+        status(&a)
+    );
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "answer");
 }
 
 /// `[pool] size` in the user configuration: the first run of a kind starts its pool (and the
@@ -2133,6 +2320,73 @@ fn a_claims_release_is_handed_to_the_daemon() {
     );
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "handed");
+}
+
+/// A release datagram not sent by the claimer it names (here: this test process naming a
+/// running claimer) is ignored: the daemon takes a release only from its claimer, as the
+/// kernel says (`SO_PASSCRED`). Before, it marked the member released and removed it under the
+/// claimer's running command.
+#[test]
+fn a_release_not_sent_by_its_claimer_is_ignored() {
+    if !e2e("a_release_not_sent_by_its_claimer_is_ignored") {
+        return;
+    }
+    let a = Airlock::root();
+    let _guard = DaemonGuard(&a);
+    start_pool(&a, "1", &["--workspace", "none", "--net", "off"]);
+    wait_ready(&a, 1, "forged release");
+    let key = pool0(&status(&a))["key"]
+        .as_str()
+        .expect("the pool's key")
+        .to_string();
+    let mut cmd = a.command(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--",
+        "sh",
+        "-c",
+        "sleep 2; echo survived",
+    ]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let (member, _stderr) = warm_member(&mut child);
+    let forged = format!("r {member} {} {key} 1", child.id());
+    std::os::unix::net::UnixDatagram::unbound()
+        .expect("socket")
+        .send_to(
+            forged.as_bytes(),
+            a.state_dir().join("pool").join("daemon.sock"),
+        )
+        .expect("send the forged release");
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        members_dir(&a).join(&member).exists(),
+        "{member} removed under its command"
+    );
+    let st = status(&a);
+    assert_eq!(
+        (&pool0(&st)["claimed"], &pool0(&st)["hits"]),
+        (&1.into(), &0.into()),
+        "{st}"
+    );
+    let out = child.wait_with_output().expect("the claimer");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "survived");
+    // Its own release still counts.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let st = status(&a);
+            pool0(&st)["hits"] == 1 && pool0(&st)["claimed"] == 0
+        }),
+        "{}",
+        status(&a)
+    );
+    ok(&a, &["daemon", "stop"]);
+    assert_nothing_left(&a, "forged release");
 }
 
 /// A claimer killed during its command while no daemon can act (stopped): the member's stub

@@ -212,7 +212,7 @@ pub fn try_adopt(
 /// released, said, recorded; the start goes on cold.
 fn refused(
     dir: &Path,
-    (store, state): (&mut airlock_engine::Store, &Path),
+    (store, state): (&mut super::daemon::Records, &Path),
     member: &pool::Member,
     mdir: &Path,
     key: &str,
@@ -254,14 +254,16 @@ fn agent_min_warm(spec: &RunSpec, state: &Path, key: &str) -> Option<String> {
 
 /// The member is the sandbox now: the pool forgets it, counts the claim, and is refilled.
 fn adopted(
-    store: &mut airlock_engine::Store,
+    store: &mut super::daemon::Records,
     state: &Path,
     member: &str,
     key: &str,
     claimed: std::time::Duration,
 ) {
-    let _ = store.member_adopted(member, pool::me().0);
-    let _ = store.claim_done(key, claimed.as_micros() as u64);
+    if let Ok(store) = store.get() {
+        let _ = store.member_adopted(member, pool::me().0);
+        let _ = store.claim_done(key, claimed.as_micros() as u64);
+    }
     pool::wake(state);
 }
 

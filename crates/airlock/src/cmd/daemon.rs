@@ -34,6 +34,30 @@ fn open_store(state: &Path) -> CliResult<Store> {
         .map_err(store_err)
 }
 
+/// A claimer's pool records: the store, opened only when something needs it — a claim the
+/// daemon answered and a release handed to the daemon need none.
+pub(super) struct Records {
+    state: PathBuf,
+    store: Option<Store>,
+}
+
+impl Records {
+    fn new(state: &Path) -> Records {
+        Records {
+            state: state.to_path_buf(),
+            store: None,
+        }
+    }
+
+    /// The store, opened now if it was not yet.
+    pub(super) fn get(&mut self) -> CliResult<&mut Store> {
+        if self.store.is_none() {
+            self.store = Some(open_store(&self.state)?);
+        }
+        Ok(self.store.as_mut().expect("opened above"))
+    }
+}
+
 fn exe() -> CliResult<PathBuf> {
     std::env::current_exe().map_err(|e| CliError::new(exit::SANDBOX_FAILED, e))
 }
@@ -990,7 +1014,7 @@ pub(super) fn claim_or_cold(
     key: &str,
     spec: &airlock_model::spec::RunSpec,
     pool_size: u32,
-) -> Option<(Store, pool::Member)> {
+) -> Option<(Records, pool::Member)> {
     claim(state, key, spec, pool_size).unwrap_or_else(|e| {
         errln!(
             "airlock: warning: warm pool unavailable, starting cold: {:#}",
@@ -1001,23 +1025,35 @@ pub(super) fn claim_or_cold(
 }
 
 /// The claim: a ready, live member of pool `key` for this process (None: start cold — no pool,
-/// made one now with `[pool] size`, or the pool is empty).
+/// made one now with `[pool] size`, or the pool is empty). Through the running daemon, which
+/// holds the store open (`pool::ask`); with no answer from one, in the store here.
 fn claim(
     state: &Path,
     key: &str,
     spec: &airlock_model::spec::RunSpec,
     pool_size: u32,
-) -> CliResult<Option<(Store, pool::Member)>> {
-    let mut store = open_store(state)?;
+) -> CliResult<Option<(Records, pool::Member)>> {
+    let mut records = Records::new(state);
     let (me, me_start) = pool::me();
     for _ in 0..3 {
-        match store.claim(key, me, me_start).map_err(store_err)? {
+        let got = match pool::ask(state, key, me, me_start) {
+            Some(got) => {
+                airlock_sandbox::phase("warm: answered by the daemon");
+                got
+            }
+            None => {
+                let got = records.get()?.claim(key, me, me_start).map_err(store_err)?;
+                airlock_sandbox::phase("warm: claimed in the store");
+                got
+            }
+        };
+        match got {
             Claim::NoPool => {
                 if pool_size > 0 {
-                    drop(store);
+                    drop(records);
                     auto_pool(spec, pool_size, state, key);
-                } else {
-                    say_no_pool_matches(&mut store, spec);
+                } else if let Ok(store) = records.get() {
+                    say_no_pool_matches(store, spec);
                 }
                 return Ok(None);
             }
@@ -1036,10 +1072,10 @@ fn claim(
                     }
                 };
                 if up {
-                    return Ok(Some((store, m)));
+                    return Ok(Some((records, m)));
                 }
                 // Died since it was checked: released, for the daemon to remove.
-                let _ = store.member_release(&m.name, me);
+                let _ = records.get().map(|s| s.member_release(&m.name, me));
             }
         }
     }
@@ -1071,7 +1107,7 @@ fn say_no_pool_matches(store: &mut Store, spec: &airlock_model::spec::RunSpec) {
 /// exits), and its record and folder with the daemon — or here when no daemon runs. `done`:
 /// the claim was used (a hit, and its latency).
 pub(super) fn release(
-    store: &mut Store,
+    store: &mut Records,
     state: &Path,
     member: &pool::Member,
     dir: &Path,
@@ -1102,7 +1138,7 @@ fn end_member(dir: &Path) {
 /// [`release`], except that a running daemon is not woken: true when one runs, for the caller
 /// to wake once its own last steps are done (the refill it starts takes a CPU from them).
 fn release_unwoken(
-    store: &mut Store,
+    store: &mut Records,
     state: &Path,
     member: &pool::Member,
     dir: &Path,
@@ -1112,6 +1148,11 @@ fn release_unwoken(
     // A microVM member: its guest powers off.
     super::vm_member::power_off(dir);
     let me = std::process::id() as i32;
+    let Ok(store) = store.get() else {
+        // The records cannot be read: the daemon's reconcile removes the member once this
+        // process is gone.
+        return pool::daemon_running(state);
+    };
     let _ = match done {
         // One transaction: released, and the hit with its latency.
         Some((key, took)) => store.claim_finished(&member.name, me, key, took.as_micros() as u64),

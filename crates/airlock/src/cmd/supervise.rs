@@ -45,6 +45,9 @@ pub fn engine_serve() -> CliResult<i32> {
 
 /// `airlock __supervise --dir DIR` for a created sandbox: its spec is DIR/spec.json.
 pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
+    // Not in its starter's session (the engine's or the daemon's spawn has no pre-exec hook:
+    // `SupervisorBackend::start`). Fails only for a process group leader (started by hand).
+    let _ = nix::unistd::setsid();
     // First, the secret values the engine passes on stdin (JSON [[name, value], …]).
     let secrets: Vec<(String, String)> = {
         use std::io::Read;

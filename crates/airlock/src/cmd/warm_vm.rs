@@ -56,7 +56,7 @@ pub(super) fn try_warm(
     let claimed_in = t0.elapsed();
     airlock_sandbox::phase("claimed a warm microVM");
     let dir = pool::member_dir(&state, &member.name);
-    let refused = |store: &mut airlock_engine::Store, what: &str, e: &dyn std::fmt::Display| {
+    let refused = |store: &mut daemon::Records, what: &str, e: &dyn std::fmt::Display| {
         daemon::release(store, &state, &member, &dir, None);
         errln!("airlock: warning: the warm microVM refused {what}, starting cold: {e}");
         Ok(None)
