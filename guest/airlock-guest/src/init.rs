@@ -87,6 +87,7 @@ impl Timing {
         self.0.push(TimingStep {
             step: step.into(),
             us,
+            cpu_us: Some(cpu_us(libc::RUSAGE_SELF) + cpu_us(libc::RUSAGE_CHILDREN)),
         });
     }
     fn send(&mut self, out: &mut Channel) {
@@ -95,6 +96,18 @@ impl Timing {
             steps: std::mem::take(&mut self.0),
         });
     }
+}
+
+/// User + system CPU time of `who` (getrusage(2)), in microseconds.
+fn cpu_us(who: libc::c_int) -> u64 {
+    // SAFETY: rusage is plain data; getrusage(2) fills the one it is given.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, with a valid `who`.
+    if unsafe { libc::getrusage(who, &mut r) } != 0 {
+        return 0;
+    }
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(r.ru_utime) + us(r.ru_stime)
 }
 
 /// The early mounts and modules; then the channel, and everything else reported over it.
