@@ -362,8 +362,14 @@ mod tests {
         assert_eq!(serde_json::from_str::<TimingStep>(&line).unwrap(), step);
         let old: TimingStep = serde_json::from_str(r#"{"step":"x","us":1}"#).unwrap();
         assert_eq!(old.cpu_us, None);
-        let none = TimingStep { cpu_us: None, ..old };
-        assert_eq!(serde_json::to_string(&none).unwrap(), r#"{"step":"x","us":1}"#);
+        let none = TimingStep {
+            cpu_us: None,
+            ..old
+        };
+        assert_eq!(
+            serde_json::to_string(&none).unwrap(),
+            r#"{"step":"x","us":1}"#
+        );
     }
 
     #[test]
