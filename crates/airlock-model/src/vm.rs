@@ -269,6 +269,11 @@ pub enum GuestMsg {
 pub struct TimingStep {
     pub step: String,
     pub us: u64,
+    /// The CPU time (user + system, microseconds) the init and its reaped children had used
+    /// by then: between two steps, its growth against the wall time tells work from waiting
+    /// (what is neither ran in kernel threads or was idle). Absent from older guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us: Option<u64>,
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -343,6 +348,28 @@ mod tests {
         assert_eq!(later, GuestMsg::Unknown);
         let h: HostMsg = serde_json::from_str(r#"{"kind":"stdin_eof","v":1}"#).unwrap();
         assert_eq!(h, HostMsg::StdinEof { v: 1, session: 0 });
+    }
+
+    #[test]
+    fn a_timing_step_carries_its_cpu_time_and_an_older_guests_has_none() {
+        let step = TimingStep {
+            step: "root built".into(),
+            us: 1500,
+            cpu_us: Some(900),
+        };
+        let line = serde_json::to_string(&step).unwrap();
+        assert_eq!(line, r#"{"step":"root built","us":1500,"cpu_us":900}"#);
+        assert_eq!(serde_json::from_str::<TimingStep>(&line).unwrap(), step);
+        let old: TimingStep = serde_json::from_str(r#"{"step":"x","us":1}"#).unwrap();
+        assert_eq!(old.cpu_us, None);
+        let none = TimingStep {
+            cpu_us: None,
+            ..old
+        };
+        assert_eq!(
+            serde_json::to_string(&none).unwrap(),
+            r#"{"step":"x","us":1}"#
+        );
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl Timing {
         self.0.push(TimingStep {
             step: step.into(),
             us,
+            cpu_us: Some(cpu_us(libc::RUSAGE_SELF) + cpu_us(libc::RUSAGE_CHILDREN)),
         });
     }
     fn send(&mut self, out: &mut Channel) {
@@ -95,6 +96,18 @@ impl Timing {
             steps: std::mem::take(&mut self.0),
         });
     }
+}
+
+/// User + system CPU time of `who` (getrusage(2)), in microseconds.
+fn cpu_us(who: libc::c_int) -> u64 {
+    // SAFETY: rusage is plain data; getrusage(2) fills the one it is given.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, with a valid `who`.
+    if unsafe { libc::getrusage(who, &mut r) } != 0 {
+        return 0;
+    }
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(r.ru_utime) + us(r.ru_stime)
 }
 
 /// The early mounts and modules; then the channel, and everything else reported over it.
@@ -847,6 +860,18 @@ fn run(job: &GuestJob, input: &mut BufReader<File>, out: &mut Channel, t: &mut T
     }
 }
 
+/// A descriptor that becomes readable when the child `pid` exits (pidfd_open(2); None before
+/// Linux 5.3): in a relay's poll, so the command's end is seen when it comes — its output
+/// pipes close a moment before it can be reaped, and a poll on what is left (the channel)
+/// would otherwise sleep its whole timeout first.
+pub(crate) fn exit_fd(pid: nix::unistd::Pid) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) on this process's own unreaped child (its pid cannot be reused
+    // meanwhile), no flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    // SAFETY: a new descriptor that nothing else owns.
+    (fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
 /// The longest changes line sent (the host reads lines of at most 1 MiB).
 const MAX_CHANGES_LINE: usize = 512 << 10;
 
@@ -1002,6 +1027,7 @@ fn relay(
     ];
     let mut stdin = stdin.map(File::from);
     let mut status: Option<i32> = None;
+    let exited = exit_fd(pid);
     let mut buf = vec![0u8; 32 << 10];
     let chan_fd = input.get_ref().try_clone().map_err(ctx("channel"))?;
     let mut pending = String::new();
@@ -1042,6 +1068,11 @@ fn relay(
                     .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
             })
             .collect();
+        // The command's exit too (its pipes may close a moment before it can be reaped), then
+        // the channel, last.
+        if let Some(f) = exited.as_ref().filter(|_| status.is_none()) {
+            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        }
         let with_chan = stdin.is_some();
         if with_chan {
             fds.push(PollFd::new(chan_fd.as_fd(), PollFlags::POLLIN));
@@ -1433,6 +1464,31 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::path::{Path, PathBuf};
+
+    #[test]
+    fn the_exit_descriptor_wakes_a_poll_when_the_child_ends_and_not_before() {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let exited = super::exit_fd(pid).expect("pidfd_open (Linux 5.3+)");
+        let ready = |ms: u16| {
+            let mut fds = [PollFd::new(exited.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::from(ms)).expect("poll") == 1
+        };
+        assert!(!ready(0), "readable while the child runs");
+        assert!(ready(10_000), "not readable after the child's end");
+        // Readable before the reap, and the reap then finds the status at once.
+        let status = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        assert!(
+            matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(p, 0)) if p == pid),
+            "{status:?}"
+        );
+        let _ = child.try_wait();
+    }
 
     fn scratch(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("airlock-guest-{tag}-{}", std::process::id()));

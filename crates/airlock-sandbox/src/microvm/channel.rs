@@ -78,18 +78,36 @@ pub fn accept(listener: &UnixListener, stop: &AtomicBool) -> Option<UnixStream> 
 }
 
 /// The guest init's steps, as phases (`AIRLOCK_TIMING=1`): each with its time since the guest
-/// kernel started and since the step before.
+/// kernel started and since the step before, and (from guests that report it) how much of
+/// that the init and its children spent on the CPU.
 pub fn show_timing(steps: &[TimingStep]) {
-    let mut prev = 0;
-    for s in steps {
-        crate::phase(&format!(
-            "guest +{:.1} ms: {} (at {:.1} ms since its kernel started)",
-            s.us.saturating_sub(prev) as f64 / 1000.0,
-            s.step,
-            s.us as f64 / 1000.0
-        ));
-        prev = s.us;
+    for line in timing_lines(steps) {
+        crate::phase(&line);
     }
+}
+
+fn timing_lines(steps: &[TimingStep]) -> Vec<String> {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut prev: Option<&TimingStep> = None;
+    steps
+        .iter()
+        .map(|s| {
+            let wall = s.us.saturating_sub(prev.map_or(0, |p| p.us));
+            let cpu = match (s.cpu_us, prev.and_then(|p| p.cpu_us)) {
+                (Some(now), Some(before)) => {
+                    format!(" (init cpu {:.1})", ms(now.saturating_sub(before)))
+                }
+                _ => String::new(),
+            };
+            prev = Some(s);
+            format!(
+                "guest +{:.1} ms{cpu}: {} (at {:.1} ms since its kernel started)",
+                ms(wall),
+                s.step,
+                ms(s.us)
+            )
+        })
+        .collect()
 }
 
 fn send(w: &mut impl Write, m: &HostMsg) -> std::io::Result<()> {
@@ -194,4 +212,36 @@ pub fn serve(stream: UnixStream, job: &GuestJob, sealed: &Sealed, stdin: bool) -
     }
     done.store(true, Ordering::Relaxed);
     reported
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str, us: u64, cpu_us: Option<u64>) -> TimingStep {
+        TimingStep {
+            step: name.into(),
+            us,
+            cpu_us,
+        }
+    }
+
+    #[test]
+    fn timing_lines_show_each_steps_wall_and_cpu_time_when_the_guest_reports_it() {
+        let lines = timing_lines(&[
+            step("init started", 500_000, Some(380_000)),
+            step("early mounts", 507_500, Some(387_000)),
+            step("channel open", 515_000, None),
+            step("job received", 520_000, Some(390_000)),
+        ]);
+        assert_eq!(
+            lines,
+            [
+                "guest +500.0 ms: init started (at 500.0 ms since its kernel started)",
+                "guest +7.5 ms (init cpu 7.0): early mounts (at 507.5 ms since its kernel started)",
+                "guest +7.5 ms: channel open (at 515.0 ms since its kernel started)",
+                "guest +5.0 ms: job received (at 520.0 ms since its kernel started)",
+            ]
+        );
+    }
 }

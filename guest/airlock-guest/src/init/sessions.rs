@@ -25,6 +25,8 @@ struct Session {
     /// The session's pseudo-terminal (its master side), when it has one.
     pty: Option<File>,
     status: Option<i32>,
+    /// Readable once the command has exited (see [`super::exit_fd`]).
+    exited: Option<OwnedFd>,
 }
 
 /// How the server ends its sessions' commands, and where they run.
@@ -155,6 +157,7 @@ fn spawn(e: &GuestExec, root: Option<&str>) -> Res<Session> {
             err: Some(File::from(err_r)),
             pty: None,
             status: None,
+            exited: super::exit_fd(child),
         }),
     }
 }
@@ -203,6 +206,7 @@ fn spawn_tty(e: &GuestExec, root: Option<&str>, size: TtySize) -> Res<Session> {
             err: None,
             pty: Some(master),
             status: None,
+            exited: super::exit_fd(child),
         }),
     }
 }
@@ -270,6 +274,13 @@ pub(crate) fn serve(input: &mut BufReader<File>, chan: &mut File, how: &Serve<'_
                     fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
                     who.push((*id, is_out));
                 }
+            }
+        }
+        // And every running command's exit: its pipes may close just before it can be reaped,
+        // and the reap would otherwise wait for the poll's timeout.
+        for s in sessions.values().filter(|s| s.status.is_none()) {
+            if let Some(f) = &s.exited {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
             }
         }
         let buffered = !input.buffer().is_empty();
