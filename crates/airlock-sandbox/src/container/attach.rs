@@ -185,6 +185,7 @@ fn helper(
         .map_err(|e| format!("make a mount namespace: {e}"))?;
     os.make_mounts_private()
         .map_err(|e| format!("make mounts private: {e}"))?;
+    crate::phase("attach: in its user and mount namespaces");
     // Still the host's uid: the state directory is traversable.
     let disk = match disk {
         Some((upper, work)) => {
@@ -211,6 +212,7 @@ fn helper(
         Some(p) => p,
         None => rootfs::prepare(&os, plan, None).map_err(|e| e.to_string())?,
     };
+    crate::phase("attach: sources opened");
     let mut back = Vec::new();
     for (i, step) in plan.mounts.iter().enumerate() {
         let MountStep::Overlay { upper, .. } = step else {
@@ -250,9 +252,11 @@ fn helper(
             .map_err(|e| format!("clone the overlay: {e}"))?;
         prepared[i] = Some(tree);
         back = vec![dirs.upper, dirs.lower];
+        crate::phase("attach: overlay made");
     }
     nix::sched::setns(mntns, CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("join the sandbox's mount namespace: {e}"))?;
+    crate::phase("attach: in the sandbox's mount namespace");
     let root = NewRoot {
         fd: nix::fcntl::open(
             "/",
