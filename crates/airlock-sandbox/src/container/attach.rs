@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Default)]
 pub struct Attached {
     summary: Option<SummaryDirs>,
+    /// The workspace helper, exiting: reaped with this.
+    _helper: Option<forked::Forked>,
 }
 
 impl Attached {
@@ -137,9 +139,10 @@ pub fn attach_workspace(
         )
     };
     crate::phase("attach: sources prepared");
+    // Sequenced packets: the helper's end without an answer reads as an empty one.
     let (back, back_child) =
-        sys::socketpair(nix::sys::socket::SockType::Datagram).map_err(io_err("socketpair"))?;
-    let ended = forked::run("workspace", "attach the workspace", |h| {
+        sys::socketpair(nix::sys::socket::SockType::SeqPacket).map_err(io_err("socketpair"))?;
+    let helper = forked::spawn("workspace", "attach the workspace", |h| {
         let fds = match helper(&ws_plan, own, userns, mntns, prepared, disk_dirs.as_ref()) {
             Ok(f) => f,
             Err(e) => h.fail(e),
@@ -149,23 +152,30 @@ pub fn attach_workspace(
         if let Err(e) = sys::send_fds(back_child.as_raw_fd(), b"ws", &raw) {
             h.fail(format!("hand back the overlay's layers: {e}"));
         }
-    });
+    })?;
     drop(back_child);
     drop(ns);
-    crate::phase("attach: helper done");
-    ended?;
-    let (data, mut fds) =
-        sys::recv_fds(back.as_raw_fd(), 2).map_err(io_err("receive the overlay's layers"))?;
-    if data != b"ws" {
-        return Err(RunError::Setup(
-            "the workspace helper answered unexpectedly".into(),
-        ));
-    }
+    // Its answer is sent once everything is attached: from then on it only exits, and is
+    // reaped when the caller drops what it attached (its exit — a fork's teardown — is not on
+    // the claim's path). No answer: it failed, and says why.
+    let mut fds = match sys::recv_fds(back.as_raw_fd(), 2) {
+        Ok((data, fds)) if data == b"ws" => fds,
+        _ => {
+            helper.wait()?;
+            return Err(RunError::Setup(
+                "the workspace helper answered unexpectedly".into(),
+            ));
+        }
+    };
+    crate::phase("attach: helper answered");
     let summary = match (fds.pop(), fds.pop()) {
         (Some(lower), Some(upper)) => Some(SummaryDirs { upper, lower }),
         _ => None,
     };
-    Ok(Attached { summary })
+    Ok(Attached {
+        summary,
+        _helper: Some(helper),
+    })
 }
 
 /// The forked helper's work (see the module's comment); the overlay's upper and lower
