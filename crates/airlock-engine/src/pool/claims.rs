@@ -19,6 +19,7 @@
 
 use super::{dir, Claim, Member, MemberState};
 use crate::store::Store;
+use airlock_sandbox::sys::wait_readable;
 use nix::sys::socket::{self, sockopt, MsgFlags};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -64,7 +65,7 @@ pub fn ask(state: &Path, key: &str, pid: i32, start: u64) -> Option<Claim> {
     let mut got = Vec::with_capacity(96);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || !readable(conn.as_fd(), left) {
+        if left.is_zero() || !wait_readable(conn.as_fd(), left) {
             break;
         }
         match read_some(&mut conn, &mut got) {
@@ -82,14 +83,6 @@ pub fn ask(state: &Path, key: &str, pid: i32, start: u64) -> Option<Claim> {
         return answer_of(&got, key, pid, start);
     }
     None
-}
-
-/// Whether `fd` has something to read (or its end) within `limit` (zero: now).
-fn readable(fd: std::os::fd::BorrowedFd<'_>, limit: Duration) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let ms = limit.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    matches!(poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)), Ok(n) if n > 0)
 }
 
 /// One read into `got`: Some(true) once a whole line is there, Some(false) for more to come
@@ -280,5 +273,5 @@ fn peer_start(conn: &UnixStream, pid: i32) -> Option<u64> {
         .or_else(|| airlock_sandbox::sys::pidfd_open(pid).ok())?;
     let start = airlock_sandbox::container::exec::proc_starttime(pid)?;
     // A pidfd is readable once its process has exited.
-    (!readable(pidfd.as_fd(), Duration::ZERO)).then_some(start)
+    (!wait_readable(pidfd.as_fd(), Duration::ZERO)).then_some(start)
 }

@@ -743,16 +743,17 @@ pub fn sigtimedwait(
         .flatten()
 }
 
-/// Until `fd` is readable — a pidfd: its process has exited — or `limit` has passed.
-pub fn wait_readable(fd: &OwnedFd, limit: std::time::Duration) {
+/// Until `fd` is readable — a pidfd: its process has exited; a socket: data or its end — or
+/// `limit` has passed (zero: look now); whether it is. The wait is rounded up to whole
+/// milliseconds, so it never gives up before `limit`.
+pub fn wait_readable(fd: impl std::os::fd::AsFd, limit: std::time::Duration) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let ms = limit.as_millis().min(i32::MAX as u128) as i32;
+    let ms = limit.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    let _ = poll(
-        &mut fds,
-        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-    );
+    matches!(
+        poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)),
+        Ok(n) if n > 0
+    )
 }
 
 /// Whether the other end of a pipe is gone (poll reports POLLHUP without blocking).
