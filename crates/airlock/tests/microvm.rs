@@ -393,6 +393,63 @@ fn rootless_airlock_boots_a_guest_too() {
     assert_eq!(out.stdout, "1000\n", "{}", out.describe());
 }
 
+/// The host image holds what a stranger can read of the host, as a container's view: a root
+/// guest finds no `/etc/ssl/private` (its TLS keys were in images root built), and an
+/// unprivileged user builds the image on a fresh machine (its own cache) instead of stopping
+/// at a directory it cannot open. One boot each.
+#[test]
+fn the_host_image_holds_only_what_others_can_read() {
+    if !e2e("the_host_image_holds_only_what_others_can_read") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let hidden = |p: &str| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.permissions().mode() & 0o005 != 0o005)
+    };
+    let script = "for p in /etc/ssl/private /usr/share/polkit-1/rules.d; do \
+        if test -e $p; then echo \"$p present\"; else echo \"$p absent\"; fi; done; \
+        test -d /etc/ssl/certs && echo certs";
+    let args = [
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--user",
+        "root",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ];
+    let check = |out: &Outcome, who: &str| {
+        assert_eq!(out.code(), 0, "{who}: {}", out.describe());
+        for p in ["/etc/ssl/private", "/usr/share/polkit-1/rules.d"] {
+            if hidden(p) {
+                assert!(
+                    out.stdout.contains(&format!("{p} absent")),
+                    "{who}: {p} is not readable by others on the host, yet in the image: {}",
+                    out.describe()
+                );
+            }
+        }
+        assert!(out.stdout.contains("certs"), "{who}: {}", out.describe());
+    };
+    check(&vm_run(&Airlock::root(), &args, &[]), "root");
+    // The unprivileged user, from nothing: its own cache, its own image build.
+    let bins = Bins::owned_by(&common::test_user());
+    let a = Airlock::rootless(&bins);
+    let own = common::TempDir::new("vm-cache");
+    if let Some(u) = &a.user {
+        own.chown_to(u);
+    }
+    let mut cmd = a.command(&[&["run", "--backend", "microvm"][..], &args].concat());
+    cmd.env("AIRLOCK_CACHE_DIR", own.path());
+    check(
+        &common::run_with_deadline(cmd, None, VM_DEADLINE),
+        "rootless, fresh cache",
+    );
+}
+
 /// `disk` on a microVM bounds what the guest writes: its root's overlay, /tmp and home live on
 /// a disk of that size (not tmpfs sized from the guest's memory, where 1 GiB of memory let
 /// each take 256 MiB). Writing less than `disk` succeeds; past it, ENOSPC in the guest.

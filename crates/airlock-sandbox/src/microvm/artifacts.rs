@@ -436,10 +436,33 @@ fn write_initrd(tmp: &Path, guest: &[u8], mods: &Modules) -> Result<(), String> 
 }
 
 /// What goes into the root image of `image = "host"`: the root's entries (/usr and the
-/// merged-/usr symlinks) and the curated /etc — the same host view a container gets. As
-/// mkfs.erofs options excluding everything else (regexes: it matches paths as it builds them,
-/// `//proc` for a source of `/`).
+/// merged-/usr symlinks) and the curated /etc — the same host view a container gets — less
+/// what a stranger could not read there ([`unreadable_by_others`]). As mkfs.erofs options
+/// excluding everything else (regexes: it matches paths as it builds them, `//proc` for a
+/// source of `/`).
 fn excludes() -> Vec<String> {
+    let mut ex = Vec::new();
+    let mut kept = Vec::new();
+    for (dir, keep) in [("/", ROOT_CANDIDATES), ("/etc", ETC_ALLOWLIST)] {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dir == "/" && name == "etc" {
+                continue;
+            }
+            if keep.contains(&name.as_str()) {
+                kept.push(e.path());
+            } else {
+                ex.push(exclude_regex(&e.path()));
+            }
+        }
+    }
+    ex.extend(unreadable_by_others(&kept).iter().map(|p| exclude_regex(p)));
+    ex.sort();
+    ex
+}
+
+/// The mkfs.erofs option that leaves out the absolute path `p` (and what is under it).
+fn exclude_regex(p: &Path) -> String {
     let escape = |n: &str| -> String {
         n.chars()
             .flat_map(|c| {
@@ -451,19 +474,47 @@ fn excludes() -> Vec<String> {
             })
             .collect()
     };
-    let mut ex = Vec::new();
-    for (dir, keep) in [("/", ROOT_CANDIDATES), ("/etc", ETC_ALLOWLIST)] {
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if keep.contains(&name.as_str()) || (dir == "/" && name == "etc") {
-                continue;
+    let parts: Vec<String> = p
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(escape(&n.to_string_lossy())),
+            _ => None,
+        })
+        .collect();
+    format!("--exclude-regex=^/*{}$", parts.join("/+"))
+}
+
+/// Every path under `roots` (symbolic links not followed) that a stranger could not read: a
+/// file without read permission for others, a directory without read and search permission
+/// for others (not entered). The host image holds what a root-run container's sandbox sees
+/// of the host — its root is nobody there — so never root's private files (the TLS keys of
+/// `/etc/ssl/private`: a guest's root is root of the image's files), and a rootless build
+/// never stops at a directory it cannot open (`/usr/share/polkit-1/rules.d`).
+fn unreadable_by_others(roots: &[PathBuf]) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut todo: Vec<PathBuf> = roots.to_vec();
+    while let Some(p) = todo.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let mode = m.permissions().mode();
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        if m.is_dir() {
+            match fs::read_dir(&p) {
+                Ok(entries) if mode & 0o005 == 0o005 => {
+                    todo.extend(entries.flatten().map(|e| e.path()));
+                }
+                _ => out.push(p),
             }
-            let prefix = if dir == "/" { "" } else { "etc/+" };
-            ex.push(format!("--exclude-regex=^/*{prefix}{}$", escape(&name)));
+        } else if mode & 0o004 == 0 {
+            out.push(p);
         }
     }
-    ex.sort();
-    ex
+    out.sort();
+    out
 }
 
 /// The key of the host root image: the stat of what it holds at the top (the root entries
@@ -592,8 +643,9 @@ fn erofs_inheriting(
 pub const HOST_ROOTFS_PREFIX: &str = "host-root-";
 
 /// The host root image's layout version, part of its name. 2: LZ4 except the dynamic loader
-/// and the C runtime libraries ([`UNCOMPRESSED`]), stored as they are.
-const ROOTFS_LAYOUT: &str = "2";
+/// and the C runtime libraries ([`UNCOMPRESSED`]), stored as they are. 3: without what others
+/// cannot read (an image of layout 2 made by root held `/etc/ssl/private`).
+const ROOTFS_LAYOUT: &str = "3";
 
 /// Files of the host root image stored uncompressed (mkfs.erofs `--compress-hints`, regexes
 /// over the path as it is built): the dynamic loader and the libraries nearly every dynamic
@@ -797,6 +849,56 @@ pub fn copy_sparse_into(from: &Path, to: &Path) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_host_image_leaves_out_what_others_cannot_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("airlock-unreadable-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        for sub in [
+            "etc/ssl/private",
+            "etc/ssl/certs",
+            "usr/share/rules.d",
+            "usr/bin",
+        ] {
+            fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let write = |p: &str, mode: u32| {
+            fs::write(d.join(p), "x").unwrap();
+            fs::set_permissions(d.join(p), fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("etc/ssl/private/host.key", 0o640);
+        write("etc/ssl/certs/ca.pem", 0o644);
+        write("usr/bin/tool", 0o4755);
+        write("usr/bin/root-only", 0o700);
+        write("usr/share/rules.d/r", 0o644);
+        let mode = |p: &str, m: u32| {
+            fs::set_permissions(d.join(p), fs::Permissions::from_mode(m)).unwrap();
+        };
+        mode("etc/ssl/private", 0o710);
+        mode("usr/share/rules.d", 0o700);
+        std::os::unix::fs::symlink("/etc/shadow", d.join("usr/bin/link")).unwrap();
+        let got = unreadable_by_others(&[d.join("etc/ssl"), d.join("usr")]);
+        assert_eq!(
+            got,
+            [
+                d.join("etc/ssl/private"),
+                d.join("usr/bin/root-only"),
+                d.join("usr/share/rules.d"),
+            ]
+        );
+        assert_eq!(
+            exclude_regex(Path::new("/etc/ssl/private")),
+            "--exclude-regex=^/*etc/+ssl/+private$"
+        );
+        assert_eq!(
+            exclude_regex(Path::new("/usr/share/polkit-1/rules.d")),
+            "--exclude-regex=^/*usr/+share/+polkit-1/+rules\\.d$"
+        );
+        mode("etc/ssl/private", 0o755);
+        mode("usr/share/rules.d", 0o755);
+        let _ = fs::remove_dir_all(&d);
+    }
+
     use super::*;
 
     /// The copy into a warm member's slot: same bytes, same inode and size of the slot, the
