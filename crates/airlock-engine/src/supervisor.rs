@@ -84,27 +84,29 @@ fn console_tail(dir: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join("; ")
 }
 
-/// A refused start's reason and hint, from its supervisor's console: its last error and the
-/// `hint:` after it (both as the supervisor printed them, without their prefixes).
+/// A refused start's reason and hint, from its supervisor's console (see [`said_error`]).
 fn console_refusal(dir: &Path) -> (String, Option<String>) {
     let text = fs::read_to_string(dir.join(CONSOLE)).unwrap_or_default();
+    said_error(&text).unwrap_or_else(|| (console_tail(dir), None))
+}
+
+/// The last error an airlock command printed in `text` (its stderr, a supervisor's console)
+/// and the `hint:` after it, both without their prefixes; None when it printed no error.
+pub fn said_error(text: &str) -> Option<(String, Option<String>)> {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    let Some(at) = lines
+    let at = lines
         .iter()
-        .rposition(|l| l.starts_with("airlock: error: "))
-    else {
-        return (console_tail(dir), None);
-    };
+        .rposition(|l| l.starts_with("airlock: error: "))?;
     let why = lines[at].trim_start_matches("airlock: error: ").to_owned();
     let hint = lines[at + 1..]
         .iter()
         .find_map(|l| l.strip_prefix("hint: "))
         .map(str::to_owned);
-    (why, hint)
+    Some((why, hint))
 }
 
 fn wait_until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
@@ -430,5 +432,29 @@ mod lock_tests {
         assert!(take_lock_file(&path).unwrap().is_none());
         drop(held);
         let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::said_error;
+
+    #[test]
+    fn the_last_error_said_and_its_hint_without_their_prefixes() {
+        let text = "airlock: warning: w\nairlock: error: first\nairlock: error: refused: x\n  \nhint: do y\nhint: other\n";
+        assert_eq!(
+            said_error(text),
+            Some(("refused: x".to_string(), Some("do y".to_string())))
+        );
+        assert_eq!(
+            said_error("airlock: error: no hint\n"),
+            Some(("no hint".to_string(), None))
+        );
+        // A hint before the error is not its hint; no error said: None.
+        assert_eq!(
+            said_error("hint: early\nairlock: error: e\n"),
+            Some(("e".to_string(), None))
+        );
+        assert_eq!(said_error("ls: cannot access\n"), None);
     }
 }

@@ -78,38 +78,31 @@ fn guest_error(name: &str, inside: &str, e: Option<FsError>, child: Child) -> Cl
         .unwrap_or_default();
     let code = out.ok().and_then(|o| o.status.code());
     // The helper's message may start with the path already: said once.
-    let said = |m: &str| match m.strip_prefix(inside).and_then(|r| r.strip_prefix(": ")) {
+    let named = |m: &str| match m.strip_prefix(inside).and_then(|r| r.strip_prefix(": ")) {
         Some(rest) => format!("{name}:{inside}: {rest}"),
         None => format!("{name}:{inside}: {m}"),
     };
     match e {
         Some(e) if e.code == Code::NotFound => {
-            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("{}", said(&e.message)))
+            CliError::new(exit::NOT_FOUND, anyhow::anyhow!("{}", named(&e.message)))
         }
-        Some(e) if e.code == Code::Escape || e.code == Code::Invalid => usage(said(&e.message)),
-        Some(e) if e.code != Code::Stream => failed(said(&e.message)),
+        Some(e) if e.code == Code::Escape || e.code == Code::Invalid => usage(named(&e.message)),
+        Some(e) if e.code != Code::Stream => failed(named(&e.message)),
         _ => {
             // The helper did not answer: `exec` failed (not running, no such sandbox) and said
             // why on stderr, or the helper is missing (a sandbox started by an older airlock).
             // `exec`'s own error is ours, said once: its `airlock: error: ` prefix and its
             // `hint: ` line are taken apart, not printed inside our message.
-            let mut hint = None;
             let said = stderr
                 .lines()
                 .filter(|l| !l.starts_with("airlock-guest fs:"))
-                .filter(|l| match l.strip_prefix("hint: ") {
-                    Some(h) => {
-                        hint = Some(h.to_string());
-                        false
-                    }
-                    None => true,
-                })
-                .map(|l| l.strip_prefix("airlock: error: ").unwrap_or(l))
                 .collect::<Vec<_>>()
                 .join("\n");
+            let (why, hint) = airlock_engine::supervisor::said_error(&said)
+                .unwrap_or((if said.is_empty() { stderr } else { said }, None));
             let err = CliError::new(
                 code.filter(|c| *c != 0).unwrap_or(exit::SANDBOX_FAILED),
-                anyhow::anyhow!("{}", if said.is_empty() { stderr } else { said }),
+                anyhow::anyhow!("{why}"),
             )
             .maybe_hint(hint);
             if code == Some(exit::NOT_FOUND_CMD) || code == Some(126) {
