@@ -856,7 +856,10 @@ pub fn try_warm(
             airlock_sandbox::phase("warm: released (handed to the daemon)");
             return ended.map(Some);
         }
-        release(&mut store, &state, &member, &dir, Some((&key, claimed_in)));
+        // Ended above: released here.
+        if release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in))) {
+            pool::wake(&state);
+        }
         if let Some(cg) = cgroup {
             if let Some(s) = stub {
                 s.wait(Duration::from_secs(2));
@@ -1113,6 +1116,7 @@ pub(super) fn release(
     dir: &Path,
     done: Option<(&str, Duration)>,
 ) {
+    end_member(dir);
     if release_unwoken(store, state, member, dir, done) {
         pool::wake(state);
     }
@@ -1135,8 +1139,9 @@ fn end_member(dir: &Path) {
     }
 }
 
-/// [`release`], except that a running daemon is not woken: true when one runs, for the caller
-/// to wake once its own last steps are done (the refill it starts takes a CPU from them).
+/// [`release`] of a member already ended ([`end_member`]), except that a running daemon is
+/// not woken: true when one runs, for the caller to wake once its own last steps are done
+/// (the refill it starts takes a CPU from them).
 fn release_unwoken(
     store: &mut Records,
     state: &Path,
@@ -1144,7 +1149,6 @@ fn release_unwoken(
     dir: &Path,
     done: Option<(&str, Duration)>,
 ) -> bool {
-    end_member(dir);
     // A microVM member: its guest powers off.
     super::vm_member::power_off(dir);
     let me = std::process::id() as i32;
