@@ -545,6 +545,7 @@ pub fn exec_claimed(
     msg.extend_from_slice(&(json.len() as u32).to_le_bytes());
     msg.extend_from_slice(&json);
     sys::send_fds(conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
+    crate::phase("warm: request sent to the stub");
     drop(err_wr);
     if early && hello(&mut conn)? != pid {
         return Err(RunError::Setup(
