@@ -2447,6 +2447,61 @@ fn a_killed_claimers_member_ends_with_its_command() {
     assert_nothing_left(&a, "killed claimer");
 }
 
+/// Host processes whose command line is exactly `argv` (joined by spaces).
+fn processes_running(argv: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c).trim_end_matches('\0').replace('\0', " ") == argv
+            })
+        })
+        .collect()
+}
+
+/// A warm run whose command needs nothing back from its member (`--net off`, no terminal): the
+/// stub ends the member right after writing the command's status, while the claimer reads it
+/// (`end_at_exit`). The status still arrives whole (the exit code, the output), and what the
+/// command left running is gone when `run` returns, as after a cold run — in every round.
+fn leftovers_gone_when_a_warm_run_returns(a: &Airlock, label: &str) {
+    let _guard = DaemonGuard(a);
+    start_pool(a, "1", &["--workspace", "none", "--net", "off"]);
+    let leftover = "sleep 31.4159";
+    for round in 0..4 {
+        wait_ready(a, 1, label);
+        let out = a.run(&[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            &format!("{leftover} & echo started; exit 3"),
+        ]);
+        warm(&out, &format!("{label}: round {round}"));
+        assert_eq!(out.code(), 3, "{label}: round {round}: {}", out.describe());
+        assert_eq!(out.stdout.trim(), "started", "{label}: round {round}");
+        let left = processes_running(leftover);
+        assert!(
+            left.is_empty(),
+            "{label}: round {round}: left running after the run returned: {left:?}"
+        );
+    }
+    ok(a, &["daemon", "stop"]);
+    assert_nothing_left(a, label);
+}
+
+crate::rootful_and_rootless!(
+    a_warm_runs_leftovers_are_gone_when_it_returns_rootful,
+    a_warm_runs_leftovers_are_gone_when_it_returns_rootless,
+    leftovers_gone_when_a_warm_run_returns
+);
+
 // ---------------------------------------------------------------------------------------------
 // `--ro`/`--rw`/`[mounts]` bound at claim
 

@@ -89,6 +89,12 @@ struct Request {
     /// binds' destinations. None: the member's.
     #[serde(default)]
     writable_paths: Option<Vec<PathBuf>>,
+    /// The claimer needs nothing of the member once the command is done (no egress events to
+    /// sync from its supervisor): PID 1 goes as soon as the command's status is written, so
+    /// the member's teardown overlaps the claimer's reading of it instead of following it.
+    /// False (and from an older claimer): once the claimer hangs up.
+    #[serde(default)]
+    end_at_exit: bool,
 }
 
 /// The supervisor's handle on its stub: the end that hands it the member's namespaces, and
@@ -233,10 +239,13 @@ fn serve(
     // The status, and that this stub ends the member: once the claimer has hung up (it
     // exited, or is done with the member), PID 1 goes — the member's teardown does not share
     // the CPUs with the claimer's last steps and exit. A claimer that died already: at once.
+    // A claimer that needs nothing more of the member (`end_at_exit`): right after the status.
+    let end_at_exit = req.end_at_exit;
     let report = |code: i32| {
         let mut status = code.to_le_bytes().to_vec();
         status.push(ENDS_MEMBER);
-        if (&conn).write_all(&status).is_ok() {
+        // Written before PID 1 goes: its end ends the supervisor, which kills this stub.
+        if (&conn).write_all(&status).is_ok() && !end_at_exit {
             let _ = (&conn).read(&mut [0u8; 1]);
         }
         let _ = sys::pidfd_kill(&pid1);
@@ -474,11 +483,14 @@ impl StubExit {
 ///
 /// One round trip: the request goes out right after `connect`, the claimer reads the stub's
 /// hello (its pid) after that, and wakes up again only when the stub writes the command's
-/// status — not when the stub has finished exiting (see [`StubExit`]).
+/// status — not when the stub has finished exiting (see [`StubExit`]). `end_at_exit`: the
+/// claimer needs nothing of the member after the command (the stub ends it right after the
+/// status, while the claimer reads it; the claimer still waits for that end).
 pub fn exec_claimed(
     dir: &Path,
     plan: &LaunchPlan,
     req: &ExecRequest,
+    end_at_exit: bool,
 ) -> Result<Option<(Outcome, StubExit)>, RunError> {
     if req.argv.is_empty() {
         return Err(RunError::Setup("no command to exec".into()));
@@ -525,6 +537,7 @@ pub fn exec_claimed(
         with_secrets: req.with_secrets,
         rlimit_nproc: plan.rlimit_nproc,
         writable_paths: Some(plan.writable_paths.clone()),
+        end_at_exit,
     };
     let json = serde_json::to_vec(&request).map_err(|e| RunError::Setup(e.to_string()))?;
     let pipe =

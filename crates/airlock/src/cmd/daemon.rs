@@ -805,18 +805,23 @@ pub fn try_warm(
             w.follow();
         }
     }
-    let ran = match airlock_sandbox::container::stub::exec_claimed(&dir, &plan, &req) {
-        Ok(Some((o, s))) => {
-            stub = Some(s);
-            Ok(o)
+    // Nothing to read back from the member after the command (no egress events to sync from
+    // its supervisor, no terminal to drain): the stub ends it as soon as the status is out, and
+    // its teardown overlaps this process's reading of the status.
+    let end_at_exit = watch.is_none() && !tty;
+    let ran =
+        match airlock_sandbox::container::stub::exec_claimed(&dir, &plan, &req, end_at_exit) {
+            Ok(Some((o, s))) => {
+                stub = Some(s);
+                Ok(o)
+            }
+            Ok(None) => {
+                let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
+                airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
+            }
+            Err(e) => Err(e),
         }
-        Ok(None) => {
-            let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
-            airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
-        }
-        Err(e) => Err(e),
-    }
-    .map_err(CliError::from);
+        .map_err(CliError::from);
     airlock_sandbox::phase("warm: command ended");
     if let Some(w) = watch {
         w.finish();
