@@ -1231,6 +1231,34 @@ fn a_claim_gets_its_own_limits() {
         "another claim got the first one's limit"
     );
     assert_eq!(pool0(&status(&a))["hits"], 2, "{}", status(&a));
+    // What limits a member can hold, a claim reads from the layout the daemon published at its
+    // start (the members' cgroups are under it), not from its own cgroup: a layout without
+    // controllers there means a limit is started cold, as on a host without them.
+    let published = a.state_dir().join("pool/cgroup-layout.json");
+    let layout = std::fs::read_to_string(&published).expect("the daemon's published layout");
+    assert!(
+        layout.starts_with("{\"V1\"") || layout.starts_with("{\"V2\""),
+        "{layout}"
+    );
+    std::fs::write(&published, "\"None\"").expect("rewrite the layout");
+    wait_ready(&a, 2, "limits");
+    let out = a.run(&[
+        "run",
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--memory",
+        "48M",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        claimed(&out).is_none(),
+        "claimed by a limit the published layout cannot hold: {}",
+        out.stderr
+    );
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "limits");
 }
@@ -2456,7 +2484,10 @@ fn processes_running(argv: &str) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c).trim_end_matches('\0').replace('\0', " ") == argv
+                String::from_utf8_lossy(&c)
+                    .trim_end_matches('\0')
+                    .replace('\0', " ")
+                    == argv
             })
         })
         .collect()

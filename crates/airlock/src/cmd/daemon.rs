@@ -629,7 +629,7 @@ pub(super) fn claim_limits(
     if r.memory.is_none() && r.pids.is_none() && r.cpus.is_none() {
         return Some((Layout::None, r));
     }
-    let layout = Layout::detect();
+    let layout = pool::published_layout(&paths::state_dir()).unwrap_or_else(Layout::detect);
     let support = layout.support();
     if r.memory.is_some() && !support.memory {
         if !spec.defaulted.memory {
