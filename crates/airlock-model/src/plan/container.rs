@@ -282,6 +282,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         rlimit_nofile: 65536,
         rlimit_nproc: spec.resources.pids,
         summarize_changes: spec.workspace == WorkspaceMode::Overlay && !spec.persistent,
+        no_huge_pages: false,
         sealed_sources: sealed_sources(spec),
     })
 }

@@ -464,6 +464,12 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     // opened as any host path (the user's `--ro` sources become snapshot images, read by
     // `microvm::ro_snapshot`).
     qemu.sealed_sources.clear();
+    // Under TCG QEMU's guest RAM is plain anonymous memory that QEMU asks to be backed by huge
+    // pages: each first touch by the guest, anywhere in a 2 MiB range, faults in and zeroes
+    // the whole range (on a host that is itself a VM, each zeroing traps too). A boot touches
+    // scattered memory, so it zeroed far more than it used. 4 KiB pages: zeroed as used.
+    // (KVM keeps them: its guest's own memory accesses go through the huge pages' mappings.)
+    qemu.no_huge_pages = vm.accel == Accel::Tcg;
     if vm.accel == Accel::Kvm {
         qemu.mounts.insert(
             qemu.mounts.len() - 1,

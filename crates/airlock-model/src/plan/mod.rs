@@ -310,6 +310,11 @@ pub struct LaunchPlan {
     /// now is refused, never followed. (The host's own `/usr`, `/etc`… are followed.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sealed_sources: Vec<PathBuf>,
+    /// The command runs without transparent huge pages (`PR_SET_THP_DISABLE`, inherited by
+    /// whatever it starts): a microVM's QEMU under TCG, whose guest RAM would otherwise be
+    /// faulted in and zeroed 2 MiB at a time wherever the guest touches it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_huge_pages: bool,
 }
 
 /// A launch plan lowered for one isolation backend. The spec and the admission checks are

@@ -189,6 +189,7 @@ fn rootless_overlay_plan_is_exact() {
         rlimit_nofile: 65536,
         rlimit_nproc: None,
         summarize_changes: true,
+        no_huge_pages: false,
         sealed_sources: vec![p("/home/u/proj")],
     };
     assert_eq!(got, want);
@@ -940,6 +941,24 @@ fn an_images_user_is_in_passwd_and_replaces_agent_only_where_they_clash() {
     assert!(passwd.contains("agent:x:1000"), "{passwd}");
 }
 
+#[test]
+fn only_a_tcg_microvms_qemu_runs_without_huge_pages() {
+    let mut s = spec();
+    let container = plan(&s, &vm_host()).expect("container plan");
+    assert!(!container.no_huge_pages);
+    s.backend = BackendKind::Microvm;
+    let mut h = vm_host();
+    for (accel, want) in [(Accel::Tcg, true), (Accel::Kvm, false)] {
+        if let Some(vm) = h.vm.as_mut() {
+            vm.accel = accel;
+        }
+        let Plan::Microvm(got) = super::plan(&s, &h).expect("plan") else {
+            panic!("not a microVM plan");
+        };
+        assert_eq!(got.qemu.no_huge_pages, want, "{accel:?}");
+    }
+}
+
 fn vm_host() -> HostFacts {
     let mut h = host(0);
     h.offer.backends.push(BackendKind::Microvm);
@@ -1031,6 +1050,8 @@ fn the_microvm_plan_is_exact() {
     // Its binds are airlock's own: not sealed (a user's `--ro` source becomes an image).
     let mut qemu = lower(&q, &vm_host()).expect("qemu container");
     qemu.sealed_sources.clear();
+    // Under TCG, without transparent huge pages: its guest RAM is zeroed as the guest uses it.
+    qemu.no_huge_pages = true;
     let want = VmPlan {
         qemu,
         guest: crate::vm::GuestJob {

@@ -311,6 +311,11 @@ pub(super) fn command(plan: &LaunchPlan, a: &Command<'_>, slave: Option<&OwnedFd
     writable.push(Path::new("/dev"));
     tryc!(ef, landlock::restrict(&writable), "Landlock");
     crate::phase("cmd: landlock");
+    if plan.no_huge_pages {
+        // SAFETY: prctl(2) with integer arguments. Best effort: a kernel without it (< 3.15)
+        // only keeps the huge pages.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
     let exe = resolve(a.envp, &a.argv[0]);
     // Only 0, 1, 2 and the CLOEXEC error pipe survive until exec; nothing survives past it.
     sys::close_fds_except(3, &[ef]);

@@ -40,6 +40,7 @@ fn launch_plan(name: &str, argv: &[&str]) -> Plan {
         rlimit_nofile: 1024,
         rlimit_nproc: None,
         summarize_changes: false,
+        no_huge_pages: false,
         sealed_sources: vec![],
     })
 }

@@ -31,6 +31,7 @@ fn plan_of(mounts: Vec<MountStep>) -> LaunchPlan {
         rlimit_nofile: 1024,
         rlimit_nproc: None,
         summarize_changes: false,
+        no_huge_pages: false,
         sealed_sources: vec![],
     }
 }
