@@ -23,7 +23,15 @@
 #   AIRLOCK_KERNEL=/path/to/vmlinux: boot that kernel (both sides: raw QEMU takes airlock's
 #     command line), e.g. airlock's minimal guest kernel (scripts/guest-kernel.sh); default:
 #     the distribution kernel airlock finds.
+#   THP=off: the whole bench (raw QEMU too) without transparent huge pages (PR_SET_THP_DISABLE,
+#     inherited): airlock runs its QEMU that way under TCG; by hand, QEMU's guest RAM is
+#     faulted in 2 MiB at a time where THP is enabled (`always`, or `madvise`: QEMU asks).
 set -euo pipefail
+if [ "${THP:-}" = off ] && [ -z "${THP_IS_OFF:-}" ]; then
+  exec env THP_IS_OFF=1 python3 -c 'import ctypes, os, sys
+if ctypes.CDLL(None).prctl(41, 1, 0, 0, 0): sys.exit("prctl(PR_SET_THP_DISABLE) failed")
+os.execvp(sys.argv[1], sys.argv[1:])' "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 AIRLOCK=$(realpath "${1:-target/release/airlock}")
 [ -x "$AIRLOCK" ] || { cargo build --release -p airlock >&2; AIRLOCK=$(realpath target/release/airlock); }
