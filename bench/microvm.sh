@@ -23,6 +23,10 @@
 #   AIRLOCK_KERNEL=/path/to/vmlinux: boot that kernel (both sides: raw QEMU takes airlock's
 #     command line), e.g. airlock's minimal guest kernel (scripts/guest-kernel.sh); default:
 #     the distribution kernel airlock finds.
+#   GAP=N: N seconds of idle before every timed run (hyperfine's --prepare, and in the pairs):
+#     runs a few seconds apart, as a user starts them, instead of back to back — on a host that
+#     hands free memory back to its hypervisor (free page reporting) a run's memory then comes
+#     back cold, which back-to-back runs (reusing the last run's freed pages) never see.
 #   THP=off: the whole bench (raw QEMU too) without transparent huge pages (PR_SET_THP_DISABLE,
 #     inherited): airlock runs its QEMU that way under TCG; by hand, QEMU's guest RAM is
 #     faulted in 2 MiB at a time where THP is enabled (`always`, or `madvise`: QEMU asks).
@@ -96,7 +100,8 @@ echo "raw: $raw" >&2
 echo "rawdev: $rawdev" >&2
 accel=$(grep -o -- '-accel","[^"]*' warm.log | head -1 | cut -d'"' -f3)
 [ -n "$BASE" ] && "$BASE" run --backend microvm --workspace none --net off -- true
-"${PRIO[@]}" hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$work/r.json" \
+GAP=${GAP:-0}
+"${PRIO[@]}" hyperfine --runs "$RUNS" --warmup "$WARMUP" --prepare "sleep $GAP" --export-json "$work/r.json" \
   -n 'raw qemu (trivial init)' "$raw" \
   -n 'raw qemu, airlock devices (trivial init)' "$rawdev" \
   -n 'airlock run --backend microvm -- true' "$AIRLOCK run --backend microvm --workspace none --net off -- true" >&2
@@ -120,11 +125,15 @@ PY
 PAIRS=${PAIRS:-5}
 if [ "$PAIRS" -gt 0 ]; then
   for _ in $(seq "$PAIRS"); do
+    sleep "$GAP"
     "${PRIO[@]}" /usr/bin/time -f "raw %e %U %S" -a -o pairs.txt sh -c "$raw"
+    sleep "$GAP"
     "${PRIO[@]}" /usr/bin/time -f "rawdev %e %U %S" -a -o pairs.txt sh -c "$rawdev"
+    sleep "$GAP"
     "${PRIO[@]}" /usr/bin/time -f "airlock %e %U %S" -a -o pairs.txt \
       "$AIRLOCK" run --backend microvm --workspace none --net off -- true
     if [ -n "$BASE" ]; then
+      sleep "$GAP"
       "${PRIO[@]}" /usr/bin/time -f "base %e %U %S" -a -o pairs.txt \
         "$BASE" run --backend microvm --workspace none --net off -- true
     fi
