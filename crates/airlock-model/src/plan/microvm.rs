@@ -464,10 +464,11 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<VmPlan, Refusal> {
     // opened as any host path (the user's `--ro` sources become snapshot images, read by
     // `microvm::ro_snapshot`).
     qemu.sealed_sources.clear();
-    // Under TCG QEMU's guest RAM is plain anonymous memory that QEMU asks to be backed by huge
-    // pages: each first touch by the guest, anywhere in a 2 MiB range, faults in and zeroes
-    // the whole range (on a host that is itself a VM, each zeroing traps too). A boot touches
-    // scattered memory, so it zeroed far more than it used. 4 KiB pages: zeroed as used.
+    // Under TCG QEMU's guest RAM and code buffer are anonymous memory it asks to be backed by
+    // huge pages, made of free 2 MiB blocks — the very blocks a host that is itself a VM hands
+    // back to its hypervisor (free page reporting), so each came back cold and was faulted in
+    // again there: ~0.2 s of a boot started seconds after the last. 4 KiB pages come from
+    // recently freed memory; back to back it is a wash (+~10 ms unmapping them at the end).
     // (KVM keeps them: its guest's own memory accesses go through the huge pages' mappings.)
     qemu.no_huge_pages = vm.accel == Accel::Tcg;
     if vm.accel == Accel::Kvm {

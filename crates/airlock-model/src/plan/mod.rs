@@ -311,8 +311,8 @@ pub struct LaunchPlan {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sealed_sources: Vec<PathBuf>,
     /// The command runs without transparent huge pages (`PR_SET_THP_DISABLE`, inherited by
-    /// whatever it starts): a microVM's QEMU under TCG, whose guest RAM would otherwise be
-    /// faulted in and zeroed 2 MiB at a time wherever the guest touches it.
+    /// whatever it starts): a microVM's QEMU under TCG, whose guest RAM would otherwise be made
+    /// of free 2 MiB blocks — cold on a host that reports free memory to its hypervisor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_huge_pages: bool,
 }
