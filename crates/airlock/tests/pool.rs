@@ -29,6 +29,9 @@ impl Drop for DaemonGuard<'_> {
     }
 }
 
+/// `airlock run` without a workspace or a network: what most of these tests claim with.
+const RUN_NONE_OFF: [&str; 5] = ["run", "--workspace", "none", "--net", "off"];
+
 fn ok(a: &Airlock, args: &[&str]) -> common::Outcome {
     let out = a.run(args);
     assert_eq!(out.code(), 0, "{args:?}: {}", out.describe());
@@ -1242,17 +1245,7 @@ fn a_claim_gets_its_own_limits() {
     );
     std::fs::write(&published, "\"None\"").expect("rewrite the layout");
     wait_ready(&a, 2, "limits");
-    let out = a.run(&[
-        "run",
-        "--workspace",
-        "none",
-        "--net",
-        "off",
-        "--memory",
-        "48M",
-        "--",
-        "true",
-    ]);
+    let out = a.run(&[&RUN_NONE_OFF[..], &["--memory", "48M", "--", "true"]].concat());
     assert_eq!(out.code(), 0, "{}", out.describe());
     assert!(
         claimed(&out).is_none(),
@@ -2503,17 +2496,8 @@ fn leftovers_gone_when_a_warm_run_returns(a: &Airlock, label: &str) {
     let leftover = "sleep 31.4159";
     for round in 0..4 {
         wait_ready(a, 1, label);
-        let out = a.run(&[
-            "run",
-            "--workspace",
-            "none",
-            "--net",
-            "off",
-            "--",
-            "sh",
-            "-c",
-            &format!("{leftover} & echo started; exit 3"),
-        ]);
+        let script = format!("{leftover} & echo started; exit 3");
+        let out = a.run(&[&RUN_NONE_OFF[..], &["--", "sh", "-c", &script]].concat());
         warm(&out, &format!("{label}: round {round}"));
         assert_eq!(out.code(), 3, "{label}: round {round}: {}", out.describe());
         assert_eq!(out.stdout.trim(), "started", "{label}: round {round}");
