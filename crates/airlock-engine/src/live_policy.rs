@@ -59,7 +59,7 @@ pub enum Edit {
 struct Request {
     domains: Vec<String>,
     ports: Vec<u16>,
-    /// A warm-pool claim's injected secrets (see [`send_claim`]).
+    /// A warm-pool claim's injected secrets (see [`begin_claim`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     intercept: Option<InterceptRequest>,
     /// A warm-pool claim's: stream the egress events to it from now on ([`Watch`]).
@@ -540,8 +540,10 @@ pub fn send(dir: &Path, domains: &[String], ports: &[u16]) -> Result<usize, Back
 /// stays in its memory) and answers with the CA's certificate (PEM), for the sandbox's
 /// bundle. The values travel only over this socket. Its denials' hints name `claimed_as`
 /// from now on. With `watch`, the member's egress events from now on are recorded in that
-/// journal ([`Watch`]).
-pub fn send_claim(
+/// journal ([`Watch`]). The request is sent now and its answer read by
+/// [`PendingClaim::finish`]: the member's supervisor binds the claim while the claimer does
+/// the rest of its binding (the workspace), and the command starts only after the answer.
+pub fn begin_claim(
     dir: &Path,
     domains: &[String],
     ports: &[u16],
@@ -549,13 +551,13 @@ pub fn send_claim(
     upstream_ca: Option<&[u8]>,
     claimed_as: ClaimedAs,
     watch: Option<airlock_egress::journal::Journal>,
-) -> Result<(Option<String>, Option<Watch>), BackendError> {
+) -> Result<PendingClaim, BackendError> {
     let intercept = (!bindings.is_empty()).then(|| InterceptRequest {
         bindings: bindings.iter().map(Binding::to_wire).collect(),
         upstream_ca: upstream_ca.map(|b| String::from_utf8_lossy(b).into_owned()),
     });
     let wanted = intercept.is_some();
-    let (reply, conn) = exchange(
+    let conn = request(
         dir,
         &Request {
             domains: domains.to_vec(),
@@ -565,19 +567,42 @@ pub fn send_claim(
             claimed_as: Some(claimed_as),
         },
     )?;
-    let pem = match reply.ca_pem {
-        None if wanted => {
-            return Err(BackendError::Failed(
-                "the member's supervisor does not bind injected secrets (an older airlock)".into(),
-            ))
-        }
-        pem => pem,
-    };
-    let watch = match watch {
-        Some(journal) => Some(Watch::new(conn, journal)?),
-        None => None,
-    };
-    Ok((pem, watch))
+    Ok(PendingClaim {
+        conn,
+        wanted,
+        watch,
+    })
+}
+
+/// A claim sent to its member's supervisor ([`begin_claim`]), its answer not read yet.
+#[derive(Debug)]
+pub struct PendingClaim {
+    conn: UnixStream,
+    /// Injected secrets were asked for: the answer must carry the claim's CA.
+    wanted: bool,
+    watch: Option<airlock_egress::journal::Journal>,
+}
+
+impl PendingClaim {
+    /// The supervisor's answer: the claim's CA certificate when it injects, and the watch of
+    /// its egress events when given a journal.
+    pub fn finish(self) -> Result<(Option<String>, Option<Watch>), BackendError> {
+        let reply = read_answer(&self.conn)?;
+        let pem = match reply.ca_pem {
+            None if self.wanted => {
+                return Err(BackendError::Failed(
+                    "the member's supervisor does not bind injected secrets (an older airlock)"
+                        .into(),
+                ))
+            }
+            pem => pem,
+        };
+        let watch = match self.watch {
+            Some(journal) => Some(Watch::new(self.conn, journal)?),
+            None => None,
+        };
+        Ok((pem, watch))
+    }
 }
 
 /// A claimer's copy of its member's egress journal: the events the member's supervisor sends
@@ -653,6 +678,12 @@ impl Watch {
 }
 
 fn exchange(dir: &Path, req: &Request) -> Result<(Reply, UnixStream), BackendError> {
+    let conn = request(dir, req)?;
+    Ok((read_answer(&conn)?, conn))
+}
+
+/// `req`, written as one line to the policy socket of the sandbox in `dir`.
+fn request(dir: &Path, req: &Request) -> Result<UnixStream, BackendError> {
     let path = dir.join(SOCKET);
     let conn = UnixStream::connect(&path).map_err(|e| {
         BackendError::Failed(format!(
@@ -666,24 +697,33 @@ fn exchange(dir: &Path, req: &Request) -> Result<(Reply, UnixStream), BackendErr
     let _ = conn.set_write_timeout(Some(TIMEOUT));
     let mut line = serde_json::to_vec(req).map_err(|e| BackendError::Failed(e.to_string()))?;
     line.push(b'\n');
-    let failed = |e: std::io::Error| BackendError::Failed(format!("the policy socket: {e}"));
-    (&conn).write_all(&line).map_err(failed)?;
+    (&conn).write_all(&line).map_err(socket_failed)?;
+    Ok(conn)
+}
+
+/// The supervisor's one-line answer on `conn` (an error when it refused).
+fn read_answer(conn: &UnixStream) -> Result<Reply, BackendError> {
     let mut answer = String::new();
-    BufReader::new((&conn).take(MAX_LINE))
+    BufReader::new(conn.take(MAX_LINE))
         .read_line(&mut answer)
-        .map_err(failed)?;
+        .map_err(socket_failed)?;
     let reply: Reply = serde_json::from_str(&answer)
         .map_err(|e| BackendError::Failed(format!("the supervisor answered unexpectedly: {e}")))?;
     if reply.ok {
-        Ok((reply, conn))
+        Ok(reply)
     } else {
         Err(BackendError::Failed(reply.error.unwrap_or_default()))
     }
 }
 
+fn socket_failed(e: std::io::Error) -> BackendError {
+    BackendError::Failed(format!("the policy socket: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use airlock_egress::inject::At;
 
     fn served() -> (std::path::PathBuf, Arc<Ctx>) {
@@ -715,7 +755,8 @@ mod tests {
         let (dir, ctx) = served();
         let b = Binding::new("K", "real-value".into(), &["api.test".into()], At::Bearer).unwrap();
         let ph = b.placeholder.clone();
-        let pem = send_claim(&dir, &["api.test".into()], &[443], &[b], None, run(), None)
+        let pem = begin_claim(&dir, &["api.test".into()], &[443], &[b], None, run(), None)
+            .and_then(PendingClaim::finish)
             .unwrap()
             .0
             .expect("a CA");
@@ -726,7 +767,7 @@ mod tests {
         assert_eq!(icpt.secrets().bindings()[0].placeholder, ph);
         assert!(ctx.policy().check("api.test", 443) == airlock_egress::Decision::Allow);
         let again = Binding::new("K", "other".into(), &["evil.test".into()], At::Bearer).unwrap();
-        let e = send_claim(
+        let e = begin_claim(
             &dir,
             &["evil.test".into()],
             &[443],
@@ -735,6 +776,7 @@ mod tests {
             run(),
             None,
         )
+        .and_then(PendingClaim::finish)
         .unwrap_err();
         assert!(e.to_string().contains("bound already"), "{e}");
         // Refused whole: the allowlist did not change either.
@@ -743,7 +785,9 @@ mod tests {
         send(&dir, &["x.test".into()], &[443]).unwrap();
         assert_eq!(ctx.intercept().unwrap().ca_pem(), pem);
         // No secrets: no CA is made.
-        let (pem, watch) = send_claim(&dir, &[], &[443], &[], None, run(), None).unwrap();
+        let (pem, watch) = begin_claim(&dir, &[], &[443], &[], None, run(), None)
+            .and_then(PendingClaim::finish)
+            .unwrap();
         assert!(pem.is_none() && watch.is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -767,7 +811,7 @@ mod tests {
             "{}",
             hint(&ctx)
         );
-        send_claim(
+        begin_claim(
             &dir,
             &[],
             &[443],
@@ -776,6 +820,7 @@ mod tests {
             ClaimedAs::Sandbox("box".into()),
             None,
         )
+        .and_then(PendingClaim::finish)
         .unwrap();
         assert!(
             hint(&ctx).contains("airlock allow box no.test"),
@@ -789,7 +834,9 @@ mod tests {
             hint(&ctx)
         );
         let (dir2, ctx2) = served_as("-run");
-        send_claim(&dir2, &[], &[443], &[], None, run(), None).unwrap();
+        begin_claim(&dir2, &[], &[443], &[], None, run(), None)
+            .and_then(PendingClaim::finish)
+            .unwrap();
         assert!(hint(&ctx2).contains("--allow no.test"), "{}", hint(&ctx2));
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&dir2);
@@ -828,7 +875,7 @@ mod tests {
         let (dir, ctx) = served();
         ctx.journal.record(&denied("before.test"));
         let got = Shared::default();
-        let (_, watch) = send_claim(
+        let (_, watch) = begin_claim(
             &dir,
             &["a.test".into()],
             &[443],
@@ -837,6 +884,7 @@ mod tests {
             run(),
             Some(airlock_egress::journal::Journal::new(got.clone())),
         )
+        .and_then(PendingClaim::finish)
         .unwrap();
         let mut watch = watch.expect("a watch");
         watch.follow();

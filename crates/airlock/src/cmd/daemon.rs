@@ -707,7 +707,9 @@ pub fn try_warm(
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
         let mut plan = airlock_sandbox::folder::read_plan(&dir)
             .map_err(|e| format!("the member's plan: {e}"))?;
-        watch = bind_policy_and_secrets(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
+        // The claim's policy goes to the member's supervisor now and is answered after the
+        // workspace is attached: the two bind at once, on two CPUs.
+        let pending = begin_policy(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
         // A chosen hostname (a random `run-…` one is as good as the member's): UTS name,
         // /etc/hostname and /etc/hosts, as the cold start's.
         if b.hostname_chosen && spec.hostname != plan.hostname {
@@ -743,6 +745,8 @@ pub fn try_warm(
             airlock_sandbox::phase("warm: workspace attached");
             a
         };
+        watch = finish_policy_and_secrets(&dir, &secrets, pending)?;
+        airlock_sandbox::phase("warm: policy and secrets bound");
         // Landlock lets the command write where its `--rw` binds are, as a cold plan's.
         plan.writable_paths.extend(own_writable.iter().cloned());
         Ok((plan, attached))
@@ -979,7 +983,18 @@ pub(super) fn bind_policy_and_secrets(
     claimed_as: ClaimedAs,
     journal: Option<airlock_egress::journal::Journal>,
 ) -> Result<Option<airlock_engine::live_policy::Watch>, String> {
-    let (ca_pem, watch) = send_policy(dir, spec, secrets, claimed_as, journal)?;
+    let pending = begin_policy(dir, spec, secrets, claimed_as, journal)?;
+    finish_policy_and_secrets(dir, secrets, pending)
+}
+
+/// The second half of [`bind_policy_and_secrets`]: the supervisor's answer to
+/// [`begin_policy`]'s request, then the plain secrets written into the member.
+pub(super) fn finish_policy_and_secrets(
+    dir: &Path,
+    secrets: &super::secrets::ClaimBound,
+    pending: Option<airlock_engine::live_policy::PendingClaim>,
+) -> Result<Option<airlock_engine::live_policy::Watch>, String> {
+    let (ca_pem, watch) = policy_answer(pending)?;
     if !secrets.seen.is_empty() {
         airlock_sandbox::container::exec::deliver_secrets(dir, &secrets.seen, ca_pem.as_deref())
             .map_err(|e| format!("the member refused its secrets: {e}"))?;
@@ -987,20 +1002,20 @@ pub(super) fn bind_policy_and_secrets(
     Ok(watch)
 }
 
-/// A filtered claim's allowlist and injected secrets' bindings to the member's supervisor in
-/// one line on its policy socket (nothing for another network mode): the claim's CA
-/// certificate when it injects, and the watch of its egress events when given a journal.
-pub(super) fn send_policy(
+/// A filtered claim's allowlist and injected secrets' bindings, sent to the member's
+/// supervisor in one line on its policy socket; the answer is [`policy_answer`]'s (the
+/// supervisor binds the claim meanwhile). None: not a filtered claim, nothing to send.
+pub(super) fn begin_policy(
     dir: &Path,
     spec: &airlock_model::spec::RunSpec,
     secrets: &super::secrets::ClaimBound,
     claimed_as: ClaimedAs,
     journal: Option<airlock_egress::journal::Journal>,
-) -> Result<(Option<String>, Option<airlock_engine::live_policy::Watch>), String> {
+) -> Result<Option<airlock_engine::live_policy::PendingClaim>, String> {
     if spec.net != airlock_model::policy::NetMode::Filtered {
-        return Ok((None, None));
+        return Ok(None);
     }
-    airlock_engine::live_policy::send_claim(
+    airlock_engine::live_policy::begin_claim(
         dir,
         &spec.domains,
         &spec.ports,
@@ -1009,7 +1024,23 @@ pub(super) fn send_policy(
         claimed_as,
         journal,
     )
-    .map_err(|e| format!("the member refused the allowlist or injected secrets: {e}"))
+    .map(Some)
+    .map_err(policy_refused)
+}
+
+/// The answer to [`begin_policy`]'s request: the claim's CA certificate when it injects, and
+/// the watch of its egress events when given a journal.
+pub(super) fn policy_answer(
+    pending: Option<airlock_engine::live_policy::PendingClaim>,
+) -> Result<(Option<String>, Option<airlock_engine::live_policy::Watch>), String> {
+    match pending {
+        None => Ok((None, None)),
+        Some(p) => p.finish().map_err(policy_refused),
+    }
+}
+
+fn policy_refused(e: impl std::fmt::Display) -> String {
+    format!("the member refused the allowlist or injected secrets: {e}")
 }
 
 /// Where a claim's workspace is attached (the plan's `/workspace`).

@@ -138,7 +138,7 @@ pub fn bind(spec: &RunSpec, values: Vec<(String, String)>) -> CliResult<Bound> {
 
 /// Injected secrets split from what the sandbox sees: for a cold start's interceptor
 /// ([`bind`]) or a warm claim's, made by the member's supervisor from these bindings
-/// (`live_policy::send_claim`).
+/// (`live_policy::begin_claim`).
 pub struct ClaimBound {
     /// The secrets as the sandbox sees them: values, or placeholders for injected ones.
     pub seen: Vec<(String, String)>,

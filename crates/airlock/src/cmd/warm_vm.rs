@@ -173,7 +173,9 @@ pub(super) fn bind_policy_and_secrets(
     claimed_as: ClaimedAs,
     journal: Option<airlock_egress::journal::Journal>,
 ) -> Result<Option<airlock_engine::live_policy::Watch>, String> {
-    let (ca, watch) = daemon::send_policy(dir, spec, secrets, claimed_as, journal)?;
+    let (ca, watch) = daemon::policy_answer(daemon::begin_policy(
+        dir, spec, secrets, claimed_as, journal,
+    )?)?;
     if let Some(pem) = ca.filter(|_| !secrets.bindings.is_empty()) {
         microvm::pool::install_ca_bundle(dir, &pem)?;
     }
