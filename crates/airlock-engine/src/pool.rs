@@ -44,26 +44,15 @@ pub fn member_dir(state: &Path, name: &str) -> PathBuf {
     members_dir(state).join(name)
 }
 
-/// The cgroup layout the daemon's members are made under, in the pool's folder: the daemon's
-/// own, detected at its start (every member's supervisor is its child, in its cgroup, and
-/// publishes the same in its own folder). A claim reads what limits a member can hold from it
-/// instead of detecting the layout of its own cgroup (mountinfo, /proc/self/cgroup, access
-/// checks: ≈ 0.1 ms of a warm run), which is not where the member's limits go anyway.
-pub const DAEMON_LAYOUT: &str = "cgroup-layout.json";
-
-/// [`DAEMON_LAYOUT`], as the last daemon published it (None: none has, or an older one).
+/// The cgroup layout the daemon's members are made under, published in the pool's folder
+/// (`cgroup-layout.json`, as each member's supervisor publishes it in the member's): the
+/// daemon's own, detected at its start (every member's supervisor is its child, in its
+/// cgroup). A claim reads what limits a member can hold from it instead of detecting the
+/// layout of its own cgroup (mountinfo, /proc/self/cgroup, access checks: ≈ 0.1 ms of a warm
+/// run), which is not where the member's limits go anyway. None: no daemon published one (or
+/// an older one).
 pub fn published_layout(state: &Path) -> Option<airlock_sandbox::cgroup::Layout> {
-    serde_json::from_slice(&fs::read(dir(state).join(DAEMON_LAYOUT)).ok()?).ok()
-}
-
-/// Publish this process's cgroup layout as the pool's ([`DAEMON_LAYOUT`]), whole or not at all.
-fn publish_layout(state: &Path) -> Result<(), String> {
-    let json = serde_json::to_vec(&airlock_sandbox::cgroup::Layout::detect())
-        .map_err(|e| format!("the cgroup layout: {e}"))?;
-    let tmp = dir(state).join(format!(".{DAEMON_LAYOUT}.tmp"));
-    fs::write(&tmp, json)
-        .and_then(|()| fs::rename(&tmp, dir(state).join(DAEMON_LAYOUT)))
-        .map_err(|e| format!("publish the cgroup layout: {e}"))
+    airlock_sandbox::container::stub::member_layout(&dir(state))
 }
 
 pub const DAEMON_LOCK: &str = "daemon.lock";
@@ -1023,7 +1012,11 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
     let backend = SupervisorBackend { exe };
     // Before any claim can reach this daemon's members: a layout left by an earlier daemon
     // (started in another cgroup) must not be taken for theirs.
-    publish_layout(state)?;
+    airlock_sandbox::container::stub::publish_layout(
+        &dir(state),
+        &airlock_sandbox::cgroup::Layout::detect(),
+    )
+    .map_err(|e| format!("publish the cgroup layout: {e}"))?;
     // Claims are answered on a thread of their own: a member's start below never holds one up.
     // Without it claimers claim in the store, as with no daemon: said, not fatal.
     let claims = Service::start(state)

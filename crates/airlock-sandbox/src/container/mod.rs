@@ -360,9 +360,7 @@ pub fn run(plan: &LaunchPlan, opts: &RunOptions<'_>) -> Result<Outcome, RunError
         let cg = if opts.exec_stub {
             // Where the slot is, for the claim's limits: the claimer's own cgroup may be
             // elsewhere, and so would its idea of the parent directories.
-            let json = serde_json::to_vec(opts.layout)
-                .map_err(|e| RunError::Setup(format!("the member's cgroup layout: {e}")))?;
-            fs::write(dir.join(stub::STUB_LAYOUT), json)
+            stub::publish_layout(dir, opts.layout)
                 .map_err(io_err("publish the member's cgroup layout"))?;
             Cgroup::create_slot(opts.layout, &leaf)?
         } else {

@@ -43,10 +43,19 @@ pub const STUB_PID: &str = "stub.pid";
 /// JSON: a claim writes its limits there, wherever the claimer's own cgroup is.
 pub const STUB_LAYOUT: &str = "cgroup-layout.json";
 
-/// The cgroup layout of the member in `dir` ([`STUB_LAYOUT`]); None: not published (an older
-/// member, or none without a stub).
+/// The cgroup layout published in `dir` ([`STUB_LAYOUT`]): a member's (its folder), or the
+/// daemon's its members share (the pool's folder). None: not published (an older member or
+/// daemon, or a member without a stub).
 pub fn member_layout(dir: &Path) -> Option<crate::cgroup::Layout> {
     serde_json::from_slice(&fs::read(dir.join(STUB_LAYOUT)).ok()?).ok()
+}
+
+/// Publish `layout` in `dir` ([`STUB_LAYOUT`], read by [`member_layout`]), whole or not at
+/// all.
+pub fn publish_layout(dir: &Path, layout: &crate::cgroup::Layout) -> std::io::Result<()> {
+    let json = serde_json::to_vec(layout).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!(".{STUB_LAYOUT}.tmp"));
+    fs::write(&tmp, json).and_then(|()| fs::rename(&tmp, dir.join(STUB_LAYOUT)))
 }
 
 /// A member adopted as a named sandbox (whose commands come through exec): its stub goes,
