@@ -26,6 +26,22 @@ fn cache_dir() -> String {
     dir
 }
 
+/// `run` options for `sh -c SCRIPT` as the guest's root user, without a workspace or a network.
+fn as_guest_root(script: &str) -> [&str; 10] {
+    [
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--user",
+        "root",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
+}
+
 fn vm_run(a: &Airlock, args: &[&str], env: &[(&str, &str)]) -> Outcome {
     vm_run_stdin(a, args, env, None)
 }
@@ -415,18 +431,7 @@ fn the_host_image_holds_only_what_others_can_read() {
     let script = "for p in /etc/ssl/private /usr/share/polkit-1/rules.d; do \
         if test -e $p; then echo \"$p present\"; else echo \"$p absent\"; fi; done; \
         test -d /etc/ssl/certs && echo certs";
-    let args = [
-        "--workspace",
-        "none",
-        "--net",
-        "off",
-        "--user",
-        "root",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ];
+    let args = as_guest_root(script);
     let check = |out: &Outcome, who: &str| {
         assert_eq!(out.code(), 0, "{who}: {}", out.describe());
         for p in ["/etc/ssl/private", "/usr/share/polkit-1/rules.d"] {
@@ -448,10 +453,9 @@ fn the_host_image_holds_only_what_others_can_read() {
     if let Some(u) = &a.user {
         own.chown_to(u);
     }
-    let mut cmd = a.command(&[&["run", "--backend", "microvm"][..], &args].concat());
-    cmd.env("AIRLOCK_CACHE_DIR", own.path());
+    let own_path = own.path().to_string_lossy().into_owned();
     check(
-        &common::run_with_deadline(cmd, None, VM_DEADLINE),
+        &vm_run(&a, &args, &[("AIRLOCK_CACHE_DIR", &own_path)]),
         "rootless, fresh cache",
     );
 }
@@ -481,23 +485,8 @@ fn disk_bounds_what_a_microvm_guest_writes() {
         if let Some(u) = &a.user {
             std::os::unix::fs::chown(&toml, Some(u.uid), Some(u.gid)).expect("chown");
         }
-        let out = vm_run(
-            a,
-            // The guest's root user: the root's overlay is writable to it (not the agent's).
-            &[
-                "--workspace",
-                "none",
-                "--net",
-                "off",
-                "--user",
-                "root",
-                "--",
-                "sh",
-                "-c",
-                FILL,
-            ],
-            &[],
-        );
+        // The guest's root user: the root's overlay is writable to it (not the agent's).
+        let out = vm_run(a, &as_guest_root(FILL), &[]);
         assert_eq!(out.code(), 0, "{mode}: {}", out.describe());
         let lines: Vec<&str> = out.stdout.lines().map(str::trim_end).collect();
         assert_eq!(lines[0], "tmp=0", "{mode}: {}", out.describe());
@@ -697,18 +686,9 @@ fn a_run_ends_at_its_guests_report_not_its_poweroff() {
         .expect("write airlock.toml");
     let out = vm_run(
         &a,
-        &[
-            "--workspace",
-            "none",
-            "--net",
-            "off",
-            "--user",
-            "root",
-            "--",
-            "sh",
-            "-c",
+        &as_guest_root(
             "dd if=/dev/zero of=/tmp/f bs=1M count=80 2>/dev/null; echo written; exit 5",
-        ],
+        ),
         &[("AIRLOCK_TIMING", "1")],
     );
     assert_eq!(out.code(), 5, "{}", out.describe());

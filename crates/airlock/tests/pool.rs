@@ -1169,14 +1169,7 @@ crate::rootful_and_rootless!(
 /// The memory limit of the cgroup a claimed member's command runs in, read on the host while
 /// it runs (the command sleeps); and the member it claimed.
 fn claimed_memory_limit(a: &Airlock, extra: &[&str], label: &str) -> (String, Option<u64>) {
-    let mut args = vec!["run", "--workspace", "none", "--net", "off"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", "sleep", "3"]);
-    let mut cmd = a.command(&args);
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn airlock");
-    let (member, mut stderr) = warm_member(&mut child);
+    let (mut child, member, mut stderr) = spawn_warm(a, extra, &["sleep", "3"]);
     let file = |d: &Path| {
         ["memory.max", "memory.limit_in_bytes"]
             .iter()
@@ -1337,6 +1330,25 @@ fn warm_member(
     }
 }
 
+/// A `run --workspace none --net off EXTRA -- COMMAND…` spawned with its stdout and stderr
+/// piped, and the member it claimed ([`warm_member`]: keep the reader).
+fn spawn_warm(
+    a: &Airlock,
+    extra: &[&str],
+    command: &[&str],
+) -> (
+    std::process::Child,
+    String,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    let mut cmd = a.command(&[&RUN_NONE_OFF[..], extra, &["--"], command].concat());
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let (member, stderr) = warm_member(&mut child);
+    (child, member, stderr)
+}
+
 #[test]
 fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
     if !e2e("a_claims_command_is_forked_in_its_cgroup_by_the_members_stub") {
@@ -1382,23 +1394,7 @@ fn a_claims_command_is_forked_in_its_cgroup_by_the_members_stub() {
         .map(|(_, s)| format!("test -e {0} && echo reachable {0}; ", s.display()))
         .collect();
     let script = format!("{probe}echo probed; sleep 3");
-    let mut cmd = a.command(&[
-        "run",
-        "--workspace",
-        "none",
-        "--net",
-        "off",
-        "--memory",
-        "48M",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn airlock");
-    let (member, _stderr) = warm_member(&mut child);
+    let (child, member, _stderr) = spawn_warm(&a, &["--memory", "48M"], &["sh", "-c", &script]);
     let (stub, sock) = stubs.get(&member).cloned().expect("a member seen ready");
     let dirs = cgroups_named(&format!("{member}."));
     let mut command = None;
@@ -2172,21 +2168,20 @@ fn parked_child(a: &Airlock, label: &str) {
         parked.insert(name, (stub, child, nspid[1].clone()));
     }
     assert_eq!(parked.len(), 2, "{label}: {parked:?}");
-    let mut args = vec!["run", "--workspace", "none", "--net", "off"];
-    if a.user.is_none() {
-        args.extend(["--memory", "48M"]);
-    }
-    args.extend([
-        "--",
-        "sh",
-        "-c",
-        "echo pid=$$; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; sleep 2",
-    ]);
-    let mut cmd = a.command(&args);
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut run = cmd.spawn().expect("spawn airlock");
-    let (member, _stderr) = warm_member(&mut run);
+    let limit: &[&str] = if a.user.is_none() {
+        &["--memory", "48M"]
+    } else {
+        &[]
+    };
+    let (run, member, _stderr) = spawn_warm(
+        a,
+        limit,
+        &[
+            "sh",
+            "-c",
+            "echo pid=$$; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; sleep 2",
+        ],
+    );
     let (stub, child, inner) = parked.get(&member).cloned().expect("a member seen ready");
     assert!(
         wait_until(Duration::from_secs(5), || {
@@ -2360,21 +2355,7 @@ fn a_release_not_sent_by_its_claimer_is_ignored() {
         .as_str()
         .expect("the pool's key")
         .to_string();
-    let mut cmd = a.command(&[
-        "run",
-        "--workspace",
-        "none",
-        "--net",
-        "off",
-        "--",
-        "sh",
-        "-c",
-        "sleep 2; echo survived",
-    ]);
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn airlock");
-    let (member, _stderr) = warm_member(&mut child);
+    let (child, member, _stderr) = spawn_warm(&a, &[], &["sh", "-c", "sleep 2; echo survived"]);
     let forged = format!("r {member} {} {key} 1", child.id());
     std::os::unix::net::UnixDatagram::unbound()
         .expect("socket")
@@ -2435,21 +2416,7 @@ fn a_killed_claimers_member_ends_with_its_command() {
     let daemon = common::pool::daemon_pid(&a).expect("the daemon runs");
     // SAFETY: kill(2) on this test's daemon.
     unsafe { libc::kill(daemon, libc::SIGSTOP) };
-    let mut cmd = a.command(&[
-        "run",
-        "--workspace",
-        "none",
-        "--net",
-        "off",
-        "--",
-        "sh",
-        "-c",
-        "echo started; sleep 1",
-    ]);
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn airlock");
-    let (claimed, _stderr) = warm_member(&mut child);
+    let (mut child, claimed, _stderr) = spawn_warm(&a, &[], &["sh", "-c", "echo started; sleep 1"]);
     assert_eq!(claimed, member);
     // Killed once its command runs (the stub has the claim).
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
