@@ -305,6 +305,23 @@ fn check_doctor(a: &Airlock, mode: &str) {
             assert!(!needed.contains("filtered egress"), "{mode}: {r}");
         }
     }
+    // The binary under test is built as the README's install builds it: static-pie
+    // (`scripts/rustc-wrapper`; CI, which sets AIRLOCK_E2E, has the C library's static
+    // archives), so it starts with no dynamic loader. Elsewhere (a RUSTC_WRAPPER of one's own,
+    // no libc.a) a dynamic build is possible: then the row says how to mend it.
+    let link = row(&rows, "airlock.link");
+    if std::env::var_os("AIRLOCK_E2E").is_some() {
+        assert_eq!(link["status"], "ok", "{mode}: {link}");
+        assert!(
+            link["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("static-pie"),
+            "{mode}: {link}"
+        );
+    } else if link["status"] != "ok" {
+        assert!(link["fix"].is_string(), "{mode}: {link}");
+    }
     let cg = row(&rows, "cgroups");
     let detail = cg["detail"].as_str().unwrap_or_default();
     if let Some((_, tail)) = detail.split_once(" — ") {

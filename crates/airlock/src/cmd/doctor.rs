@@ -11,6 +11,7 @@ pub fn run_doctor(json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
     let mut rows = hostcaps::probe_all();
     rows.extend(super::image::doctor_rows());
     rows.push(super::daemon::doctor_row());
+    rows.push(link_row(std::env::current_exe().ok().as_deref()));
     rows.push(inject_row(
         airlock_egress::intercept::self_test().map_err(|e| e.to_string()),
         airlock_sandbox::container::system_ca_bundle(),
@@ -23,6 +24,91 @@ pub fn run_doctor(json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
     }
     out.flush()?;
     Ok(if ok { 0 } else { 1 })
+}
+
+/// How this `airlock` binary is linked: static-pie (the C library included, as
+/// `scripts/rustc-wrapper` links it when the C library's static archives are there), or
+/// dynamically — which works, but costs every airlock process (each command, supervisor,
+/// proxy and helper) about a millisecond more to start (bench/RESULTS.md, "Session 14").
+fn link_row(exe: Option<&std::path::Path>) -> Row {
+    let row = |status, detail: String, fix: Option<String>| Row {
+        id: "airlock.link".into(),
+        name: "airlock's own start".into(),
+        status,
+        detail,
+        fix,
+        needed_for: "fast starts of every airlock process (each command, supervisor and proxy)"
+            .into(),
+    };
+    match exe.map(elf_interpreter) {
+        Some(Ok(None)) => row(
+            Status::Ok,
+            "statically linked (static-pie): no dynamic loader at start".into(),
+            None,
+        ),
+        Some(Ok(Some(interp))) => row(
+            Status::Degraded,
+            format!(
+                "dynamically linked ({interp}): each airlock process spends about 1 ms more \
+                 starting"
+            ),
+            Some(
+                "install the C library's static archives (Debian/Ubuntu: libc6-dev; Fedora: \
+                 glibc-static) and reinstall airlock with the README's command (from the \
+                 repository, without a RUSTC_WRAPPER of your own)"
+                    .into(),
+            ),
+        ),
+        Some(Err(e)) => row(
+            Status::Degraded,
+            format!("cannot read this binary's ELF header: {e}"),
+            None,
+        ),
+        None => row(
+            Status::Degraded,
+            "cannot find this binary (/proc/self/exe)".into(),
+            None,
+        ),
+    }
+}
+
+/// The program interpreter (`PT_INTERP`: the dynamic loader) an ELF64 executable names, None
+/// for a statically linked one.
+fn elf_interpreter(exe: &std::path::Path) -> std::io::Result<Option<String>> {
+    use std::io::{Error, Read, Seek, SeekFrom};
+    const PT_INTERP: u32 = 3;
+    let bad = |what: &str| Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut f = std::fs::File::open(exe)?;
+    let mut eh = [0u8; 64];
+    f.read_exact(&mut eh)?;
+    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return Err(bad("not a little-endian ELF64 file"));
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(&eh, 0x20), u16_at(&eh, 0x36), u16_at(&eh, 0x38));
+    if phentsize < 56 || phnum > 256 {
+        return Err(bad("unexpected program headers"));
+    }
+    let mut ph = vec![0u8; usize::from(phentsize) * usize::from(phnum)];
+    f.seek(SeekFrom::Start(phoff))?;
+    f.read_exact(&mut ph)?;
+    for h in ph.chunks(usize::from(phentsize)) {
+        if u32_at(h, 0) != PT_INTERP {
+            continue;
+        }
+        let (off, size) = (u64_at(h, 0x08), u64_at(h, 0x20));
+        if size > 4096 {
+            return Err(bad("an interpreter path over 4 KiB"));
+        }
+        let mut path = vec![0u8; size as usize];
+        f.seek(SeekFrom::Start(off))?;
+        f.read_exact(&mut path)?;
+        let path = String::from_utf8_lossy(&path);
+        return Ok(Some(path.trim_end_matches('\0').to_string()));
+    }
+    Ok(None)
 }
 
 /// Secret injection (`inject = {...}` secrets): the TLS provider, making the sandbox's CA and
@@ -190,6 +276,29 @@ mod tests {
             fix: fix.map(str::to_string),
             needed_for: "stuff".into(),
         }
+    }
+
+    /// A dynamically linked program names its loader; a file that is not ELF is an error;
+    /// the row says what it found and how to mend a dynamic airlock. (The installed binary's
+    /// own row, static-pie: tests/cli.rs `doctor_rows_match_what_airlock_uses`.)
+    #[test]
+    fn how_a_binary_is_linked() {
+        let sh = std::fs::canonicalize("/bin/sh").expect("/bin/sh");
+        let interp = elf_interpreter(&sh)
+            .expect("read /bin/sh")
+            .expect("dynamic /bin/sh");
+        assert!(interp.contains("ld-linux"), "{interp}");
+        let r = link_row(Some(&sh));
+        assert_eq!(r.status, Status::Degraded, "{r:?}");
+        assert!(r.detail.contains(&interp), "{r:?}");
+        assert!(
+            r.fix.as_deref().is_some_and(|f| f.contains("libc6-dev")),
+            "{r:?}"
+        );
+        let toml = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        assert!(elf_interpreter(&toml).is_err());
+        assert_eq!(link_row(Some(&toml)).status, Status::Degraded);
+        assert_eq!(link_row(None).status, Status::Degraded);
     }
 
     #[test]
