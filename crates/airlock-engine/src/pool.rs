@@ -8,12 +8,15 @@
 //! **Members** are ordinary supervised sandboxes (`airlock __supervise --dir DIR`, one process
 //! each, detached): the daemon starts them and never owns their lives. Each has a row in
 //! `pool_members` (`warming` → `ready` → `claimed` → `released`, or `draining` when the daemon
-//! stops). A claim is one compare-and-set `UPDATE` from `ready` to `claimed` in the claimer's
-//! transaction, naming the claimer (pid + start time): run by the daemon on its open store when
-//! one runs ([`ask`], `claims.rs`), else in the claimer's own process — no double claims either
-//! way, and a claim works while the daemon is down. The daemon ([`serve`]) keeps each pool
-//! full, and removes what ended: members whose claimer is gone, released ones, dead ones, and
-//! folders nobody records.
+//! stops). A ready member also has a **ready marker**, an empty file `ready/KEY/NAME` in the
+//! pool's folder, and a claim is one `rename(2)` of it to `claimed/NAME@PID.START` (the
+//! claimer's pid and start time, [`take`]): a file is moved once, so two claimers never get
+//! one member — nor a claimer and the daemon removing it, which takes the marker the same way
+//! first. No store, no daemon and no socket on the claim's path: the store learns of the claim
+//! afterwards ([`Store::claim_record`]: from the claimer's release, or the daemon's next pass,
+//! [`sync_claims`], which reads the claimed markers), and a claim works while the daemon is
+//! down. The daemon ([`serve`]) keeps each pool full, and removes what ended: members whose
+//! claimer is gone, released ones, dead ones, and folders nobody records.
 
 use crate::backend::{Backend, Secrets};
 use crate::store::{new_id, now, Store, StoreError};
@@ -26,9 +29,6 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-mod claims;
-pub use claims::{ask, Service, ANSWER_WAIT, CLAIM_SOCKET};
 
 /// The pool's folder in the state dir: the daemon's lock, pid, wake-up socket and log, and
 /// the members' folders (`members/NAME`).
@@ -59,6 +59,122 @@ pub const DAEMON_LOCK: &str = "daemon.lock";
 pub const DAEMON_PID: &str = "daemon.pid";
 pub const DAEMON_SOCKET: &str = "daemon.sock";
 pub const DAEMON_LOG: &str = "daemon.log";
+
+/// The ready markers' folder in the pool's folder: `ready/KEY/NAME`, one empty file per member
+/// a claim may take.
+pub const READY_DIR: &str = "ready";
+
+/// Taken markers: `claimed/NAME@PID.START`, the taker's pid and start time (a claimer's, or
+/// the daemon's when it removes a ready member).
+pub const CLAIMED_DIR: &str = "claimed";
+
+fn ready_marker(state: &Path, key: &str, name: &str) -> PathBuf {
+    dir(state).join(READY_DIR).join(key).join(name)
+}
+
+fn claimed_marker(state: &Path, name: &str, pid: i32, start: u64) -> PathBuf {
+    dir(state)
+        .join(CLAIMED_DIR)
+        .join(format!("{name}@{pid}.{start}"))
+}
+
+/// Make member `name` of pool `key` claimable: its ready marker, after its record says
+/// `ready` (so a claim never takes a member the store does not know as ready).
+pub fn publish_ready(state: &Path, key: &str, name: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut dirs = fs::DirBuilder::new();
+    dirs.recursive(true).mode(0o700);
+    dirs.create(dir(state).join(CLAIMED_DIR))?;
+    dirs.create(dir(state).join(READY_DIR).join(key))?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(ready_marker(state, key, name))
+        .map(drop)
+}
+
+/// The claim: a ready member of pool `key` taken for the process `(pid, start)` — its ready
+/// marker renamed to the claimed one, which succeeds for one taker only. `Ok(None)`: none is
+/// ready (a miss); `Err` (not found): no member of this pool was ever made ready here.
+pub fn take(state: &Path, key: &str, pid: i32, start: u64) -> std::io::Result<Option<String>> {
+    for e in fs::read_dir(dir(state).join(READY_DIR).join(key))? {
+        let Ok(e) = e else { continue };
+        let name = e.file_name();
+        let Some(name) = name.to_str().filter(|n| member_name_ok(n)) else {
+            continue;
+        };
+        if take_named(state, key, name, pid, start) {
+            return Ok(Some(name.to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Take member `name` of pool `key` for `(pid, start)`: false when it is not ready (another
+/// took it, or it never was).
+pub fn take_named(state: &Path, key: &str, name: &str, pid: i32, start: u64) -> bool {
+    fs::rename(
+        ready_marker(state, key, name),
+        claimed_marker(state, name, pid, start),
+    )
+    .is_ok()
+}
+
+/// Who took member `name` (its claimed marker): pid and start time.
+pub fn taken_by(state: &Path, name: &str) -> Option<(i32, u64)> {
+    let prefix = format!("{name}@");
+    fs::read_dir(dir(state).join(CLAIMED_DIR))
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let f = e.file_name();
+            let (pid, start) = f.to_str()?.strip_prefix(&prefix)?.split_once('.')?;
+            Some((pid.parse().ok()?, start.parse().ok()?))
+        })
+}
+
+/// Member `name`'s markers gone (its removal).
+fn unpublish(state: &Path, name: &str) {
+    let prefix = format!("{name}@");
+    for sub in [READY_DIR, CLAIMED_DIR] {
+        let Ok(rd) = fs::read_dir(dir(state).join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if sub == READY_DIR {
+                let _ = fs::remove_file(e.path().join(name));
+            } else if e
+                .file_name()
+                .to_str()
+                .is_some_and(|f| f.starts_with(&prefix))
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The store told of the claims made since the last look: every member it records as
+/// `ready` whose ready marker was taken is `claimed` by whoever took it. (A member recorded
+/// `ready` with neither marker — a daemon killed between the record and the marker — is
+/// published now.)
+pub fn sync_claims(store: &mut Store, state: &Path) {
+    let Ok(members) = store.members() else { return };
+    for m in members.iter().filter(|m| m.state == MemberState::Ready) {
+        if ready_marker(state, &m.pool, &m.name).exists() {
+            continue;
+        }
+        match taken_by(state, &m.name) {
+            Some((pid, start)) => {
+                let _ = store.claim_record(&m.name, pid, start);
+            }
+            None => {
+                let _ = publish_ready(state, &m.pool, &m.name);
+            }
+        }
+    }
+}
 
 /// How many claim latencies each pool keeps for its percentiles.
 const KEPT_LATENCIES: i64 = 1000;
@@ -295,16 +411,6 @@ pub struct Member {
     pub claimer_start: Option<u64>,
 }
 
-/// What a claim got.
-#[derive(Debug, Clone)]
-pub enum Claim {
-    /// No pool has this key: start cold, nothing counted.
-    NoPool,
-    /// The pool has no ready member: start cold, counted as a miss.
-    Miss,
-    Hit(Member),
-}
-
 /// The claiming process: pid and start time (a recycled pid is never taken for it).
 pub fn me() -> (i32, u64) {
     let pid = std::process::id() as i32;
@@ -459,58 +565,35 @@ impl Store {
         Ok(())
     }
 
-    /// The claim: one immediate transaction that takes the oldest ready member of pool `key`
-    /// for the process `(pid, start)`, or counts a miss. Its statements are cached on the
-    /// connection (the daemon's claims reuse them).
-    pub fn claim(&mut self, key: &str, pid: i32, start: u64) -> Result<Claim, StoreError> {
-        let tx = self
-            .conn()
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists = tx
-            .prepare_cached("SELECT 1 FROM pools WHERE key = ?1")?
-            .query_row(params![key], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !exists {
-            return Ok(Claim::NoPool);
-        }
-        let got = tx
-            .prepare_cached(&format!(
-                "UPDATE pool_members SET state = 'claimed', claimer_pid = ?2, \
-                 claimer_start = ?3, claimed_at = ?4 \
-                 WHERE name = (SELECT name FROM pool_members WHERE pool_key = ?1 \
-                 AND state = 'ready' ORDER BY ready_at, name LIMIT 1) \
-                 RETURNING {MEMBER_COLUMNS}"
-            ))?
-            .query_row(params![key, pid, start as i64, now()], member_row)
-            .optional()?;
-        if got.is_none() {
-            tx.prepare_cached("UPDATE pools SET misses = misses + 1 WHERE key = ?1")?
-                .execute(params![key])?;
-        }
-        tx.commit()?;
-        Ok(got.map_or(Claim::Miss, Claim::Hit))
-    }
-
-    /// A claim the claimer never learnt of (the daemon's answer could not reach it): member
-    /// `name` is `ready` again, if it is still claimed by `(pid, start)`.
-    pub fn claim_undo(&mut self, name: &str, pid: i32, start: u64) -> Result<bool, StoreError> {
+    /// A claim taken by its ready marker ([`take`]), recorded: member `name` `ready` →
+    /// `claimed` by `(pid, start)`. False: it was not `ready` (recorded already).
+    pub fn claim_record(&mut self, name: &str, pid: i32, start: u64) -> Result<bool, StoreError> {
         let n = self.conn().execute(
-            "UPDATE pool_members SET state = 'ready', claimer_pid = NULL, claimer_start = NULL, \
-             claimed_at = NULL WHERE name = ?1 AND state = 'claimed' AND claimer_pid = ?2 \
-             AND claimer_start = ?3",
-            params![name, pid, start as i64],
+            "UPDATE pool_members SET state = 'claimed', claimer_pid = ?2, claimer_start = ?3, \
+             claimed_at = ?4 WHERE name = ?1 AND state = 'ready'",
+            params![name, pid, start as i64, now()],
         )?;
         Ok(n == 1)
     }
 
-    /// A miss the claimer never learnt of (it claims in the store itself, and counts its own).
-    pub fn miss_undo(&mut self, key: &str) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
-            "UPDATE pools SET misses = misses - 1 WHERE key = ?1 AND misses > 0",
+    /// A claim that found pool `key` empty: one miss.
+    pub fn miss(&mut self, key: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE pools SET misses = misses + 1 WHERE key = ?1",
             params![key],
         )?;
-        Ok(n == 1)
+        Ok(())
+    }
+
+    /// Whether pool `key` is defined.
+    pub fn pool_exists(&mut self, key: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM pools WHERE key = ?1", params![key], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
     }
 
     /// A claimed member's end and its claim's count, in one transaction: the member
@@ -625,9 +708,15 @@ pub fn label(spec_json: &str) -> String {
     parts.join(" ")
 }
 
-/// Every pool's figures.
-pub fn status(store: &mut Store) -> Result<Vec<PoolStatus>, StoreError> {
-    let members = store.members()?;
+/// Every pool's figures. A member recorded `ready` whose ready marker was taken (a claim the
+/// store is not told of yet) counts as claimed.
+pub fn status(store: &mut Store, state: &Path) -> Result<Vec<PoolStatus>, StoreError> {
+    let mut members = store.members()?;
+    for m in &mut members {
+        if m.state == MemberState::Ready && !ready_marker(state, &m.pool, &m.name).exists() {
+            m.state = MemberState::Claimed;
+        }
+    }
     let mut out = Vec::new();
     for p in store.pools()? {
         let count = |st: MemberState| {
@@ -663,6 +752,20 @@ pub fn wake(state: &Path) {
     }
 }
 
+/// Tell the running daemon a claim found pool `key` empty: it counts the miss and refills. A
+/// datagram, as [`wake`]; false when no daemon took it (count it in the store then).
+pub fn hand_miss(state: &Path, key: &str) -> bool {
+    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
+        return false;
+    };
+    let _ = s.set_nonblocking(true);
+    s.send_to(
+        format!("m {key}").as_bytes(),
+        dir(state).join(DAEMON_SOCKET),
+    )
+    .is_ok()
+}
+
 /// Hand a finished claim's release to the running daemon: one datagram naming the member,
 /// its claimer (`pid`), the pool and the claim's latency; the daemon records the release and
 /// the hit in one transaction (as [`Store::claim_finished`]) and removes the member, whose
@@ -678,15 +781,20 @@ pub fn hand_release(state: &Path, name: &str, pid: i32, key: &str, micros: u64) 
         .is_ok()
 }
 
-/// A datagram of [`hand_release`]'s, applied (anything else: a plain wake-up) — only when its
-/// sender, as the kernel says (`SCM_CREDENTIALS`: `sender`, pid and uid), is the claimer it
-/// names and of this daemon's uid (or root): a process could otherwise end another's claim
-/// (the daemon would remove the member under its command).
-fn take_release(store: &mut Store, msg: &[u8], sender: Option<(i32, u32)>, me: u32) {
-    let Some(rest) = std::str::from_utf8(msg)
-        .ok()
-        .and_then(|m| m.strip_prefix("r "))
-    else {
+/// A datagram of [`hand_release`]'s or [`hand_miss`]'s, applied (anything else: a plain
+/// wake-up) — only when its sender, as the kernel says (`SCM_CREDENTIALS`: `sender`, pid and
+/// uid), is of this daemon's uid (or root) and, for a release, the claimer it names (its
+/// claimed marker's too): a process could otherwise end another's claim (the daemon would
+/// remove the member under its command).
+fn take_datagram(store: &mut Store, state: &Path, msg: &[u8], sender: Option<(i32, u32)>, me: u32) {
+    let msg = std::str::from_utf8(msg).unwrap_or_default();
+    if let Some(key) = msg.strip_prefix("m ") {
+        if sender.is_some_and(|(_, uid)| uid == me || uid == 0) {
+            let _ = store.miss(key);
+        }
+        return;
+    }
+    let Some(rest) = msg.strip_prefix("r ") else {
         return;
     };
     let f: Vec<&str> = rest.split(' ').collect();
@@ -697,6 +805,10 @@ fn take_release(store: &mut Store, msg: &[u8], sender: Option<(i32, u32)>, me: u
                 return;
             }
             claimer_gone(pid, CLAIMER_EXIT);
+            // Taken by its ready marker: recorded first (unless a pass did already).
+            if let Some((by, start)) = taken_by(state, name).filter(|(by, _)| *by == pid) {
+                let _ = store.claim_record(name, by, start);
+            }
             let _ = store.claim_finished(name, pid, key, micros);
         }
     }
@@ -767,6 +879,7 @@ pub fn remove_member(store: &mut Store, backend: &dyn Backend, state: &Path, nam
         let _ = backend.destroy(name, &dir);
         let _ = fs::remove_dir_all(&dir);
     }
+    unpublish(state, name);
     let _ = store.member_remove(name);
 }
 
@@ -798,10 +911,24 @@ pub fn reap(store: &mut Store, backend: &dyn Backend, state: &Path, all: bool) -
             }
         };
         if !gone {
-            if m.state == MemberState::Warming {
-                let _ = store.member_cas(&m.name, &[MemberState::Warming], MemberState::Ready);
+            if m.state == MemberState::Warming
+                && store
+                    .member_cas(&m.name, &[MemberState::Warming], MemberState::Ready)
+                    .unwrap_or(false)
+            {
+                let _ = publish_ready(state, &m.pool, &m.name);
             }
             continue;
+        }
+        // A ready member is taken from its marker first, as a claim takes it: one that a
+        // claimer took meanwhile is the claimer's (the next pass records it).
+        if m.state == MemberState::Ready {
+            let (pid, start) = me();
+            if !take_named(state, &m.pool, &m.name, pid, start)
+                && taken_by(state, &m.name).is_some()
+            {
+                continue;
+            }
         }
         // Only one side may remove it: a claim cannot take a member that left `ready`.
         let from: &[MemberState] = match m.state {
@@ -834,6 +961,33 @@ pub fn reap(store: &mut Store, backend: &dyn Backend, state: &Path, all: bool) -
                 let _ = backend.destroy(&name, &e.path());
                 let _ = fs::remove_dir_all(e.path());
                 removed += 1;
+            }
+        }
+    }
+    // Markers no row knows (a member removed by its claimer while a daemon started).
+    for (sub, nested) in [(READY_DIR, true), (CLAIMED_DIR, false)] {
+        let files: Vec<fs::DirEntry> = fs::read_dir(dir(state).join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|e| {
+                if nested {
+                    fs::read_dir(e.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .collect()
+                } else {
+                    vec![e]
+                }
+            })
+            .collect();
+        for f in files {
+            let file = f.file_name();
+            let name = file.to_string_lossy();
+            let name = name.split('@').next().unwrap_or_default();
+            if !known.iter().any(|k| k == name) {
+                let _ = fs::remove_file(f.path());
             }
         }
     }
@@ -915,7 +1069,13 @@ pub fn start_member(
                 .member_cas(&m.name, &[MemberState::Warming], MemberState::Ready)
                 .unwrap_or(false) =>
         {
-            Ok(m.name)
+            match publish_ready(state, &pool.key, &m.name) {
+                Ok(()) => Ok(m.name),
+                Err(e) => {
+                    remove_member(store, backend, state, &m.name);
+                    Err(format!("its ready marker: {e}"))
+                }
+            }
         }
         Ok(()) => {
             remove_member(store, backend, state, &m.name);
@@ -1017,36 +1177,29 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
         &airlock_sandbox::cgroup::Layout::detect(),
     )
     .map_err(|e| format!("publish the cgroup layout: {e}"))?;
-    // Claims are answered on a thread of their own: a member's start below never holds one up.
-    // Without it claimers claim in the store, as with no daemon: said, not fatal.
-    let claims = Service::start(state)
-        .map_err(|e| eprintln!("airlock daemon: claims go to the store: {e}"))
-        .ok();
     ready();
     let mut buf = [0u8; 512];
     let me = nix::unistd::geteuid().as_raw();
     while !STOP.load(Ordering::SeqCst) {
+        sync_claims(&mut store, state);
         reap(&mut store, &backend, state, false);
         refill(&mut store, &backend, state);
         // Woken by a claim, a claim's release or a pool change; else every half second.
         if let Some((n, sender)) = recv_datagram(&sock, &mut buf) {
-            take_release(&mut store, &buf[..n], sender, me);
+            take_datagram(&mut store, state, &buf[..n], sender, me);
         }
         while sock.set_nonblocking(true).is_ok() {
             let Some((n, sender)) = recv_datagram(&sock, &mut buf) else {
                 break;
             };
-            take_release(&mut store, &buf[..n], sender, me);
+            take_datagram(&mut store, state, &buf[..n], sender, me);
         }
         let _ = sock.set_nonblocking(false);
     }
-    // No more claims through the daemon (they go to the store, and find no pool after the
-    // drain).
-    drop(claims);
     // Releases sent before the stop.
     let _ = sock.set_nonblocking(true);
     while let Some((n, sender)) = recv_datagram(&sock, &mut buf) {
-        take_release(&mut store, &buf[..n], sender, me);
+        take_datagram(&mut store, state, &buf[..n], sender, me);
     }
     drain(&mut store, &backend, state);
     let _ = fs::remove_file(&sock_path);
@@ -1058,5 +1211,12 @@ pub fn serve(state: &Path, exe: PathBuf, ready: impl FnOnce()) -> Result<(), Str
 /// claimer's (who removes it when done, or the next daemon when the claimer is gone).
 pub fn drain(store: &mut Store, backend: &dyn Backend, state: &Path) {
     let _ = store.pools_clear();
+    sync_claims(store, state);
     reap(store, backend, state, true);
+    // The pools' marker folders, empty now (a claimed member's marker stays with it).
+    if let Ok(rd) = fs::read_dir(dir(state).join(READY_DIR)) {
+        for e in rd.flatten() {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
 }

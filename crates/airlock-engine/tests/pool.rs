@@ -1,12 +1,12 @@
 //! Engine-tier tests of the warm pool's records: the key (what a claim may bind, what it may
-//! not), and the claim as one compare-and-set against a real SQLite file, with concurrent
-//! claimers in separate connections.
+//! not), and the claim as one rename of a member's ready marker in a real directory, with
+//! concurrent claimers, and the store told of it afterwards (a real SQLite file).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 
-use airlock_engine::pool::{self, Claim, MemberState};
+use airlock_engine::pool::{self, MemberState};
 use airlock_engine::Store;
 use airlock_model::config::{Inject, Secret, SecretSource};
 use airlock_model::policy::{BackendKind, ByteSize, NetMode, Profile, WorkspaceMode};
@@ -373,54 +373,88 @@ fn a_microvm_runs_read_only_mounts_and_disk_size_are_bound_at_claim() {
     assert!(!made.vm_claim_slot && made.binds.is_empty());
 }
 
-fn ready_members(store: &mut Store, key: &str, n: usize) -> Vec<String> {
+/// `n` members of pool `key`, recorded `ready` and published (their ready markers), as the
+/// daemon makes them.
+fn ready_members(store: &mut Store, state: &std::path::Path, key: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|_| {
             let m = store.member_insert(key).expect("insert");
             assert!(store
                 .member_cas(&m.name, &[MemberState::Warming], MemberState::Ready)
                 .expect("cas"));
+            pool::publish_ready(state, key, &m.name).expect("publish");
             m.name
         })
         .collect()
 }
 
+fn state_of(store: &mut Store, name: &str) -> Option<MemberState> {
+    store
+        .members()
+        .expect("members")
+        .into_iter()
+        .find(|x| x.name == name)
+        .map(|x| x.state)
+}
+
+/// A claim takes a published member once: no folder for the pool is an error (the claimer
+/// then asks the store whether the pool exists), an empty one a miss, a warming (unpublished)
+/// member is never taken; the taker is named by its marker, the store learns of the claim
+/// from it (`sync_claims`, or the claimer's `claim_record`), and only the claimer releases.
 #[test]
 fn no_pool_miss_and_hit() {
     let dir = TempDir::new("claims");
+    let state = dir.0.clone();
     let mut store = Store::open(dir.db()).expect("open");
-    assert!(matches!(
-        store.claim("nokey", 1, 1).expect("claim"),
-        Claim::NoPool
-    ));
+    assert!(pool::take(&state, "k", 1, 1).is_err());
+    assert!(!store.pool_exists("k").expect("exists"));
     store.pool_define("k", "{}", 1).expect("define");
-    assert!(matches!(
-        store.claim("k", 1, 1).expect("claim"),
-        Claim::Miss
-    ));
+    assert!(store.pool_exists("k").expect("exists"));
     // A warming member is not handed out.
     let w = store.member_insert("k").expect("insert");
-    assert!(matches!(
-        store.claim("k", 1, 1).expect("claim"),
-        Claim::Miss
-    ));
+    assert!(pool::take(&state, "k", 1, 1).is_err());
     assert!(store
         .member_cas(&w.name, &[MemberState::Warming], MemberState::Ready)
         .expect("cas"));
-    let Claim::Hit(m) = store.claim("k", 42, 7).expect("claim") else {
-        panic!("no hit")
+    pool::publish_ready(&state, "k", &w.name).expect("publish");
+    let status = |store: &mut Store| {
+        let p = &pool::status(store, &state).expect("status")[0];
+        (p.ready, p.claimed)
     };
+    assert_eq!(status(&mut store), (1, 0));
     assert_eq!(
-        (m.name.as_str(), m.state, m.claimer_pid),
-        (w.name.as_str(), MemberState::Claimed, Some(42))
+        pool::take(&state, "k", 42, 7).expect("take"),
+        Some(w.name.clone())
     );
+    assert_eq!(pool::take(&state, "k", 43, 8).expect("take"), None, "twice");
+    assert!(!pool::take_named(&state, "k", &w.name, 43, 8));
+    assert_eq!(pool::taken_by(&state, &w.name), Some((42, 7)));
+    // The store does not know yet; its figures do (from the marker), and a pass records it.
+    assert_eq!(state_of(&mut store, &w.name), Some(MemberState::Ready));
+    assert_eq!(status(&mut store), (0, 1));
+    pool::sync_claims(&mut store, &state);
+    assert_eq!(state_of(&mut store, &w.name), Some(MemberState::Claimed));
+    assert!(!store.claim_record(&w.name, 42, 7).expect("again"));
     // Only its claimer releases it.
-    assert!(!store.member_release(&m.name, 41).expect("release"));
-    assert!(store.member_release(&m.name, 42).expect("release"));
+    assert!(!store.member_release(&w.name, 41).expect("release"));
+    assert!(store.member_release(&w.name, 42).expect("release"));
+    store.miss("k").expect("miss");
     store.claim_done("k", 1500).expect("done");
     let p = &store.pools().expect("pools")[0];
-    assert_eq!((p.hits, p.misses), (1, 2));
+    assert_eq!((p.hits, p.misses), (1, 1));
     assert_eq!(store.claim_latencies("k").expect("latencies"), vec![1500]);
+    // A member recorded ready whose marker never was made (a daemon killed in between) is
+    // published by the next pass.
+    let lost = store.member_insert("k").expect("insert");
+    assert!(store
+        .member_cas(&lost.name, &[MemberState::Warming], MemberState::Ready)
+        .expect("cas"));
+    assert_eq!(pool::take(&state, "k", 1, 1).expect("take"), None);
+    pool::sync_claims(&mut store, &state);
+    assert_eq!(
+        pool::take(&state, "k", 1, 1).expect("take"),
+        Some(lost.name.clone())
+    );
 }
 
 /// A run no pool serves is told which pool is nearest and the settings it differs in; what a
@@ -478,26 +512,17 @@ fn a_finished_claim_is_released_and_counted_at_once() {
         .for_pool()
         .expect("pool");
     store.pool_define("k", "{}", 2).expect("define");
-    ready_members(&mut store, "k", 2);
-    let Claim::Hit(m) = store.claim("k", 42, 7).expect("claim") else {
-        panic!("no hit")
-    };
+    ready_members(&mut store, &dir.0, "k", 2);
+    let name = pool::take(&dir.0, "k", 42, 7)
+        .expect("take")
+        .expect("a member");
+    assert!(store.claim_record(&name, 42, 7).expect("record"));
     assert!(!store
-        .claim_finished(&m.name, 41, "k", 900)
+        .claim_finished(&name, 41, "k", 900)
         .expect("another pid"));
-    let row = |store: &mut Store| {
-        store
-            .members()
-            .expect("members")
-            .into_iter()
-            .find(|x| x.name == m.name)
-            .map(|x| x.state)
-    };
-    assert_eq!(row(&mut store), Some(MemberState::Claimed));
-    assert!(store
-        .claim_finished(&m.name, 42, "k", 1200)
-        .expect("finish"));
-    assert_eq!(row(&mut store), Some(MemberState::Released));
+    assert_eq!(state_of(&mut store, &name), Some(MemberState::Claimed));
+    assert!(store.claim_finished(&name, 42, "k", 1200).expect("finish"));
+    assert_eq!(state_of(&mut store, &name), Some(MemberState::Released));
     let p = &store.pools().expect("pools")[0];
     assert_eq!((p.hits, p.misses), (2, 0));
     assert_eq!(
@@ -506,29 +531,29 @@ fn a_finished_claim_is_released_and_counted_at_once() {
     );
 }
 
+/// Claimers racing for the ready markers, each in a thread of its own: every member is taken
+/// exactly once, and every claimer stops at a miss.
 #[test]
 fn concurrent_claimers_never_share_a_member() {
     let dir = TempDir::new("race");
     let mut store = Store::open(dir.db()).expect("open");
     store.pool_define("k", "{}", 12).expect("define");
-    let made: HashSet<String> = ready_members(&mut store, "k", 12).into_iter().collect();
+    let made: HashSet<String> = ready_members(&mut store, &dir.0, "k", 12)
+        .into_iter()
+        .collect();
     drop(store);
     let threads = 8;
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (db, barrier) = (dir.db(), barrier.clone());
+            let (state, barrier) = (dir.0.clone(), barrier.clone());
             std::thread::spawn(move || {
-                let mut store = Store::open(db).expect("open").for_pool().expect("pool");
                 barrier.wait();
                 let mut got = Vec::new();
-                loop {
-                    match store.claim("k", 1000 + t as i32, 1).expect("claim") {
-                        Claim::Hit(m) => got.push(m.name),
-                        Claim::Miss => return got,
-                        Claim::NoPool => panic!("the pool vanished"),
-                    }
+                while let Some(name) = pool::take(&state, "k", 1000 + t as i32, 1).expect("take") {
+                    got.push(name);
                 }
+                got
             })
         })
         .collect();
@@ -549,151 +574,4 @@ fn percentiles_are_nearest_rank() {
     assert_eq!(pool::percentile(&v, 95), Some(95));
     assert_eq!(pool::percentile(&v, 99), Some(99));
     assert_eq!(pool::percentile(&[7], 99), Some(7));
-}
-
-/// The daemon's claim service (`pool::Service`: its real socket, thread and store
-/// connection): a claim through it is the store's compare-and-set — concurrent askers never
-/// share a member, an empty pool is a miss, an unknown key no pool —; a request that does not
-/// name its sender, or comes from another uid, is refused with nothing claimed; a claim whose
-/// answer cannot reach its asker is undone (ready again, no miss counted).
-#[test]
-fn claims_through_the_daemons_service() {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::net::UnixStream;
-    let dir = TempDir::new("service");
-    std::fs::create_dir_all(pool::dir(&dir.0)).expect("pool dir");
-    let mut store = Store::open(dir.db())
-        .expect("open")
-        .for_pool()
-        .expect("pool");
-    store.pool_define("k", "{}", 12).expect("define");
-    let made: HashSet<String> = ready_members(&mut store, "k", 12).into_iter().collect();
-    let service = pool::Service::start(&dir.0).expect("the service");
-    let sock = pool::dir(&dir.0).join(pool::CLAIM_SOCKET);
-    assert_eq!(
-        std::fs::metadata(&sock)
-            .expect("socket")
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
-    let (me, start) = pool::me();
-    let ready = |store: &mut Store| {
-        store
-            .members()
-            .expect("members")
-            .iter()
-            .filter(|m| m.state == MemberState::Ready)
-            .count()
-    };
-    assert!(matches!(
-        pool::ask(&dir.0, "nokey", me, start),
-        Some(Claim::NoPool)
-    ));
-    // Not its sender: another pid, or another start time (a recycled pid).
-    assert!(pool::ask(&dir.0, "k", 1, start).is_none());
-    assert!(pool::ask(&dir.0, "k", me, start + 1).is_none());
-    assert_eq!(ready(&mut store), 12);
-
-    // Another uid — a thread of this process with credentials of its own (setresuid(2) as a
-    // raw system call changes only the calling thread's) — on a socket it can reach (made
-    // reachable here: the daemon's own check is what is tested, not the file mode).
-    if nix::unistd::geteuid().is_root() {
-        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        std::fs::set_permissions(pool::dir(&dir.0), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-        let (state, path) = (dir.0.clone(), sock.clone());
-        let (said, asked) = std::thread::spawn(move || {
-            // SAFETY: integer arguments; this thread's credentials only, and it ends below.
-            let r = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-            assert_eq!(r, 0, "setresuid");
-            let (pid, start) = pool::me();
-            let mut c = UnixStream::connect(&path).expect("connect as 65534");
-            // The service refuses on the peer's uid alone, before it reads: its answer may
-            // already be there and its end closed (then this write is EPIPE).
-            let _ = c.write_all(format!("c1 k {pid} {start}\n").as_bytes());
-            let mut said = String::new();
-            let _ = c.read_to_string(&mut said);
-            (said, pool::ask(&state, "k", pid, start).is_some())
-        })
-        .join()
-        .expect("the other uid's thread");
-        assert!(said.starts_with("e refused"), "{said:?}");
-        assert!(!asked, "another uid's claim was answered");
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        assert_eq!(ready(&mut store), 12);
-    }
-
-    // An asker that stopped waiting (its side shut) before the answer: the claim is undone.
-    let mut c = UnixStream::connect(&sock).expect("connect");
-    c.shutdown(std::net::Shutdown::Read).expect("shutdown");
-    c.write_all(format!("c1 k {me} {start}\n").as_bytes())
-        .expect("write");
-    // The service answers one connection after the other: the next answer comes after it.
-    let Some(Claim::Hit(first)) = pool::ask(&dir.0, "k", me, start) else {
-        panic!("no hit")
-    };
-    drop(c);
-    assert!(made.contains(&first.name));
-    assert_eq!(ready(&mut store), 11, "the unanswered claim was not undone");
-    let row = |store: &mut Store, name: &str| {
-        store
-            .members()
-            .expect("members")
-            .into_iter()
-            .find(|m| m.name == name)
-            .map(|m| (m.state, m.claimer_pid, m.claimer_start))
-    };
-    assert_eq!(
-        row(&mut store, &first.name),
-        Some((MemberState::Claimed, Some(me), Some(start)))
-    );
-
-    // Concurrent askers: every ready member once, then misses.
-    let threads = 8;
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (state, barrier) = (dir.0.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let mut got = Vec::new();
-                // No answer within the claimer's wait (a loaded machine): nothing was taken
-                // for it (undone, or never claimed), so asking again is what a claimer's
-                // fallback amounts to here.
-                let mut unanswered = 0;
-                loop {
-                    let Some(claim) = pool::ask(&state, "k", me, start) else {
-                        unanswered += 1;
-                        assert!(unanswered < 50, "no answer, 50 times");
-                        continue;
-                    };
-                    match claim {
-                        Claim::Hit(m) => got.push(m.name),
-                        Claim::Miss => return got,
-                        Claim::NoPool => panic!("the pool vanished"),
-                    }
-                }
-            })
-        })
-        .collect();
-    let mut all = vec![first.name.clone()];
-    for h in handles {
-        all.extend(h.join().expect("asker"));
-    }
-    let unique: HashSet<String> = all.iter().cloned().collect();
-    assert_eq!(all.len(), 12, "{all:?}");
-    assert_eq!(unique, made);
-    let p = &store.pools().expect("pools")[0];
-    assert_eq!(
-        p.misses, threads as u64,
-        "one miss per asker, none for the undone claim"
-    );
-    // Stopped: no answer (claims go to the store), the socket gone.
-    drop(service);
-    assert!(!sock.exists());
-    assert!(pool::ask(&dir.0, "k", me, start).is_none());
 }

@@ -62,6 +62,13 @@ fn assert_nothing_left(a: &Airlock, label: &str) {
         folders.is_empty(),
         "{label}: member folders left: {folders:?}"
     );
+    // No ready or claimed marker either (they live and go with their members).
+    let pool_dir = a.state_dir().join("pool");
+    let markers: Vec<_> = ["ready", "claimed"]
+        .iter()
+        .flat_map(|d| walkdir_files(&pool_dir.join(d)))
+        .collect();
+    assert!(markers.is_empty(), "{label}: markers left: {markers:?}");
     let st = status(a);
     assert_eq!(st["running"], false, "{label}: {st}");
     assert_eq!(
@@ -75,6 +82,19 @@ fn assert_nothing_left(a: &Airlock, label: &str) {
     }
     let mounts = mounts_under(&a.state_dir());
     assert!(mounts.is_empty(), "{label}: mounts left: {mounts:?}");
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walkdir_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walkdir_files(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }
 
 fn pool0(st: &serde_json::Value) -> &serde_json::Value {
@@ -521,26 +541,29 @@ fn claims_survive_daemon_kill_9_at_random_points() {
     assert_nothing_left(&a, "kill -9");
 }
 
-/// Claimers racing through the daemon (`pool::ask`: the daemon's compare-and-set on its
-/// open store), many rounds of more claimers than members: no member is handed out twice, a
-/// claim that finds the pool empty is a cold start counted as a miss, and `daemon status`
-/// counts every hit and miss. Each claim says how it was taken (`AIRLOCK_TIMING`): the daemon
-/// answers them (a claimer may fall back to the store when the machine is too slow to answer
-/// in time — still one member each).
+/// Claimers racing for the ready markers (`pool::take`: one rename each), many rounds of
+/// more claimers than members: no member is handed out twice, a claim that finds the pool
+/// empty is a cold start counted as a miss, and `daemon status` counts every hit and miss.
+/// Each claim says how it was taken (`AIRLOCK_TIMING`).
 #[test]
-fn claimers_racing_through_the_daemon_never_share_a_member() {
-    if !e2e("claimers_racing_through_the_daemon_never_share_a_member") {
+fn claimers_racing_for_ready_markers_never_share_a_member() {
+    if !e2e("claimers_racing_for_ready_markers_never_share_a_member") {
         return;
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
     start_pool(&a, "3", &["--workspace", "none", "--net", "off"]);
-    let (mut seen, mut hits, mut misses, mut by_daemon) = (BTreeSet::new(), 0, 0, 0);
+    let (mut seen, mut hits, mut misses) = (BTreeSet::new(), 0, 0);
     for round in 0..6 {
         wait_ready(&a, 3, "race");
         for out in racing_runs(&a, 5, &mut seen, round, || ()) {
             if claimed(&out).is_some() {
                 hits += 1;
+                assert!(
+                    out.stderr.contains("warm: ready marker taken"),
+                    "round {round}: {}",
+                    out.describe()
+                );
             } else {
                 assert!(
                     out.stderr.contains("is empty"),
@@ -549,71 +572,42 @@ fn claimers_racing_through_the_daemon_never_share_a_member() {
                 );
                 misses += 1;
             }
-            if out.stderr.contains("warm: answered by the daemon") {
-                by_daemon += 1;
-            } else {
-                assert!(
-                    out.stderr.contains("warm: claimed in the store"),
-                    "round {round}: {}",
-                    out.describe()
-                );
-            }
         }
     }
     assert!(hits >= 6 && misses > 0, "{hits} hits, {misses} misses");
-    assert!(by_daemon > 0, "no claim went through the daemon");
     assert!(
         wait_until(Duration::from_secs(20), || {
             let st = status(&a);
-            pool0(&st)["hits"] == hits && pool0(&st)["claimed"] == 0
+            pool0(&st)["hits"] == hits
+                && pool0(&st)["claimed"] == 0
+                && pool0(&st)["misses"] == misses
         }),
         "{hits} hits, {misses} misses: {}",
         status(&a)
     );
-    assert_eq!(pool0(&status(&a))["misses"], misses, "{}", status(&a));
     ok(&a, &["daemon", "stop"]);
     assert_nothing_left(&a, "race");
 }
 
-/// The daemon killed between its claim's commit and its answer — SIGKILL injected by
-/// strace(1) when its claims thread enters the answer's send: the claimer gets no answer and
-/// claims in the store (a warm start on the other member); the member the daemon claimed for
-/// it is never handed to anyone else while that claimer lives — not by the next daemon, not to
-/// the next run — and is removed once it is gone.
+/// A claim made while no daemon runs (killed with SIGKILL): the run is warm all the same
+/// (claims need no daemon), and the store does not know of it — the next daemon learns it
+/// from the member's claimed marker: it keeps that member while its claimer lives, never
+/// hands it out again, refills the pool around it, and removes it once the claimer is gone.
 #[test]
-fn a_daemon_killed_between_its_claim_and_its_answer() {
-    if !e2e("a_daemon_killed_between_its_claim_and_its_answer") {
+fn a_claim_made_while_no_daemon_runs_is_kept_by_the_next_one() {
+    if !e2e("a_claim_made_while_no_daemon_runs_is_kept_by_the_next_one") {
         return;
     }
     let a = Airlock::root();
     let _guard = DaemonGuard(&a);
     start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
-    wait_ready(&a, 2, "answer");
+    wait_ready(&a, 2, "no daemon");
     let first = members_ever(&a);
-    let daemon = common::pool::daemon_pid(&a).expect("the daemon runs");
-    let tid = std::fs::read_dir(format!("/proc/{daemon}/task"))
-        .expect("tasks")
-        .flatten()
-        .find(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "claims")
-        })
-        .map(|t| t.file_name().to_string_lossy().into_owned())
-        .expect("the daemon's claims thread");
-    let mut strace = std::process::Command::new("strace")
-        .args(["-qq", "-p", &tid, "-e", "trace=sendto", "-e"])
-        .arg("inject=sendto:signal=KILL")
-        .args(["-o", "/dev/null"])
-        .spawn()
-        .expect("strace(1) (apt-get install strace)");
+    kill_daemon(&a);
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            std::fs::read_to_string(format!("/proc/{daemon}/task/{tid}/status")).is_ok_and(|s| {
-                s.lines().any(|l| {
-                    l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
-                })
-            })
-        }),
-        "strace did not attach"
+        wait_until(Duration::from_secs(5), || common::pool::daemon_pid(&a)
+            .is_none()),
+        "the daemon survived"
     );
     let mut cmd = a.command(&[
         "run",
@@ -626,8 +620,7 @@ fn a_daemon_killed_between_its_claim_and_its_answer() {
         "-c",
         "hostname; sleep 4",
     ]);
-    cmd.env("AIRLOCK_TIMING", "1")
-        .stdout(std::process::Stdio::piped())
+    cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut claimer = cmd.spawn().expect("spawn airlock");
     let mut stderr = std::io::BufReader::new(claimer.stderr.take().expect("stderr"));
@@ -641,52 +634,38 @@ fn a_daemon_killed_between_its_claim_and_its_answer() {
             break line.split(", ").nth(1).expect("member").to_string();
         }
     };
-    let _ = strace.wait();
-    assert!(
-        said.contains("warm: claimed in the store") && !said.contains("answered by the daemon"),
-        "the claimer did not fall back to the store: {said}"
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || common::pool::daemon_pid(&a)
-            .is_none()),
-        "the daemon survived"
-    );
-    let lost: Vec<String> = first.iter().filter(|m| **m != used).cloned().collect();
-    assert_eq!(lost.len(), 1, "{first:?} {used}");
-    let lost = &lost[0];
-    let st = status(&a);
-    assert_eq!(
-        (&pool0(&st)["claimed"], &pool0(&st)["ready"]),
-        (&2.into(), &0.into()),
-        "{st}"
-    );
-    // The next daemon keeps it (its claimer lives) and refills; the next run gets a new one.
+    assert!(first.contains(&used), "{first:?} {used}");
+    // The next daemon keeps it (its claimer lives) and refills; the next runs get others.
     start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);
-    wait_ready(&a, 2, "answer");
-    let out = ok(
-        &a,
-        &["run", "--workspace", "none", "--net", "off", "--", "true"],
-    );
-    let next = warm(&out, "after the kill");
-    assert!(next != *lost && next != used, "{next} handed out again");
+    wait_ready(&a, 2, "no daemon");
+    assert_eq!(pool0(&status(&a))["claimed"], 1, "{}", status(&a));
+    for _ in 0..2 {
+        let out = ok(
+            &a,
+            &["run", "--workspace", "none", "--net", "off", "--", "true"],
+        );
+        let next = warm(&out, "after the kill");
+        assert!(next != used, "{next} handed out again");
+        wait_ready(&a, 2, "no daemon");
+    }
     assert!(
-        members_dir(&a).join(lost).exists(),
-        "{lost} removed while its claimer runs"
+        members_dir(&a).join(&used).exists(),
+        "{used} removed while its claimer runs"
     );
-    // Its claimer gone: removed.
+    // Its claimer done: removed, and counted.
     let done = claimer.wait_with_output().expect("the claimer");
     drop(stderr);
     assert!(done.status.success(), "{done:?}");
     assert!(
         wait_until(Duration::from_secs(10), || !members_dir(&a)
-            .join(lost)
+            .join(&used)
             .exists()
             && pool0(&status(&a))["claimed"] == 0),
-        "{lost} left after its claimer: {}",
+        "{used} left after its claimer: {}",
         status(&a)
     );
     ok(&a, &["daemon", "stop"]);
-    assert_nothing_left(&a, "answer");
+    assert_nothing_left(&a, "no daemon");
 }
 
 /// `[pool] size` in the user configuration: the first run of a kind starts its pool (and the

@@ -261,7 +261,10 @@ fn adopted(
     claimed: std::time::Duration,
 ) {
     if let Ok(store) = store.get() {
-        let _ = store.member_adopted(member, pool::me().0);
+        let (me, start) = pool::me();
+        // Taken by its ready marker: recorded first (unless the daemon's pass did already).
+        let _ = store.claim_record(member, me, start);
+        let _ = store.member_adopted(member, me);
         let _ = store.claim_done(key, claimed.as_micros() as u64);
     }
     pool::wake(state);

@@ -5,7 +5,7 @@
 use crate::cli::{DaemonCommand, PoolArgs, RunArgs};
 use crate::error::{CliError, CliResult};
 use airlock_engine::live_policy::ClaimedAs;
-use airlock_engine::pool::{self, Claim};
+use airlock_engine::pool;
 use airlock_engine::supervisor::{self, SupervisorBackend};
 use airlock_engine::{paths, Store, StoreError};
 use airlock_model::exit;
@@ -324,7 +324,7 @@ fn start(a: &PoolArgs, global_config: Option<&Path>, no_user_config: bool) -> Cl
     if a.json {
         outln!(
             "{}",
-            serde_json::json!({"pid": pid, "pool": key, "pools": pool::status(&mut store).map_err(store_err)?})
+            serde_json::json!({"pid": pid, "pool": key, "pools": pool::status(&mut store, &state).map_err(store_err)?})
         );
     } else {
         errln!("airlock: daemon running (pid {pid}); pool {}", &key[..8]);
@@ -412,7 +412,7 @@ fn ensure_daemon(state: &Path) -> CliResult<i32> {
 fn wait_full(store: &mut Store, state: &Path) -> CliResult<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let st = pool::status(store).map_err(store_err)?;
+        let st = pool::status(store, state).map_err(store_err)?;
         if st.iter().all(|p| p.ready >= p.size) {
             return Ok(());
         }
@@ -503,7 +503,7 @@ pub fn doctor_row() -> airlock_sandbox::hostcaps::Row {
     let pools = if db.exists() {
         Store::open(&db)
             .map_err(|e| e.to_string())
-            .and_then(|mut st| pool::status(&mut st).map_err(|e| e.to_string()))
+            .and_then(|mut st| pool::status(&mut st, &state).map_err(|e| e.to_string()))
     } else {
         Ok(Vec::new())
     };
@@ -565,7 +565,7 @@ fn status(json: bool) -> CliResult<i32> {
     let state = paths::state_dir();
     let pid = pool::daemon_pid(&state);
     let mut store = open_store(&state)?;
-    let pools = pool::status(&mut store).map_err(store_err)?;
+    let pools = pool::status(&mut store, &state).map_err(store_err)?;
     let agents = agent_pools(&state);
     let agent_of = |key: &str| agents.get(key).cloned();
     if json {
@@ -1064,8 +1064,9 @@ pub(super) fn claim_or_cold(
 }
 
 /// The claim: a ready, live member of pool `key` for this process (None: start cold — no pool,
-/// made one now with `[pool] size`, or the pool is empty). Through the running daemon, which
-/// holds the store open (`pool::ask`); with no answer from one, in the store here.
+/// made one now with `[pool] size`, or the pool is empty). Its ready marker renamed to this
+/// process's claimed one (`pool::take`): no store, daemon or socket on the way; the store is
+/// told at the release (or by the daemon's next pass).
 fn claim(
     state: &Path,
     key: &str,
@@ -1075,20 +1076,17 @@ fn claim(
     let mut records = Records::new(state);
     let (me, me_start) = pool::me();
     for _ in 0..3 {
-        let got = match pool::ask(state, key, me, me_start) {
-            Some(got) => {
-                airlock_sandbox::phase("warm: answered by the daemon");
-                got
+        let name = match pool::take(state, key, me, me_start) {
+            Ok(Some(name)) => name,
+            Ok(None) => {
+                missed(&mut records, state, key);
+                return Ok(None);
             }
-            None => {
-                let got = records.get()?.claim(key, me, me_start).map_err(store_err)?;
-                airlock_sandbox::phase("warm: claimed in the store");
-                got
-            }
-        };
-        match got {
-            Claim::NoPool => {
-                if pool_size > 0 {
+            // No member of this pool was ever made ready here: is there such a pool?
+            Err(_) => {
+                if records.get()?.pool_exists(key).map_err(store_err)? {
+                    missed(&mut records, state, key);
+                } else if pool_size > 0 {
                     drop(records);
                     auto_pool(spec, pool_size, state, key);
                 } else if let Ok(store) = records.get() {
@@ -1096,30 +1094,49 @@ fn claim(
                 }
                 return Ok(None);
             }
-            Claim::Miss => {
-                pool::wake(state);
-                errln!("airlock: cold start (warm pool {} is empty)", &key[..8]);
-                return Ok(None);
-            }
-            Claim::Hit(m) => {
-                let dir = pool::member_dir(state, &m.name);
-                let up = match spec.backend {
-                    BackendKind::Microvm => super::vm_member::member_up(&dir),
-                    BackendKind::Container => {
-                        supervisor::locked(&dir)
-                            && airlock_sandbox::container::exec::pid1(&dir).is_some()
-                    }
-                };
-                if up {
-                    return Ok(Some((records, m)));
+        };
+        airlock_sandbox::phase("warm: ready marker taken");
+        let dir = pool::member_dir(state, &name);
+        let m = pool::Member {
+            id: std::fs::read_to_string(dir.join(airlock_engine::engine::ID_FILE))
+                .map(|id| id.trim().to_string())
+                .unwrap_or_default(),
+            name,
+            pool: key.to_owned(),
+            state: pool::MemberState::Claimed,
+            claimer_pid: Some(me),
+            claimer_start: Some(me_start),
+        };
+        let up = !m.id.is_empty()
+            && match spec.backend {
+                BackendKind::Microvm => super::vm_member::member_up(&dir),
+                BackendKind::Container => {
+                    supervisor::locked(&dir)
+                        && airlock_sandbox::container::exec::pid1(&dir).is_some()
                 }
-                // Died since it was checked: released, for the daemon to remove.
-                let _ = records.get().map(|s| s.member_release(&m.name, me));
-            }
+            };
+        if up {
+            return Ok(Some((records, m)));
+        }
+        // Died since it was checked: released, for the daemon to remove.
+        if let Ok(s) = records.get() {
+            let _ = s.claim_record(&m.name, me, me_start);
+            let _ = s.member_release(&m.name, me);
         }
     }
     pool::wake(state);
     Ok(None)
+}
+
+/// A claim that found pool `key` empty: the miss counted (by the daemon, which refills; else
+/// in the store), and said.
+fn missed(records: &mut Records, state: &Path, key: &str) {
+    if !pool::hand_miss(state, key) {
+        if let Ok(s) = records.get() {
+            let _ = s.miss(key);
+        }
+    }
+    errln!("airlock: cold start (warm pool {} is empty)", &key[..8]);
 }
 
 /// A run that found no pool of its kind while pools exist says so, and where the nearest one
@@ -1193,6 +1210,8 @@ fn release_unwoken(
         // process is gone.
         return pool::daemon_running(state);
     };
+    // Taken by its ready marker: recorded first (unless the daemon's pass did already).
+    let _ = store.claim_record(&member.name, me, member.claimer_start.unwrap_or(0));
     let _ = match done {
         // One transaction: released, and the hit with its latency.
         Some((key, took)) => store.claim_finished(&member.name, me, key, took.as_micros() as u64),
