@@ -4,24 +4,30 @@
 # builds see the same machine load (on a shared machine, separate bench/warm.sh runs minutes
 # apart do not). One state dir per binary and kind; the warm ones keep a pool of SIZE members
 # and every timed run (cold too) waits, untimed, for both pools to be full again.
-# Usage: [ROUNDS=40] [SIZE=2] bench/warm-ab.sh BEFORE AFTER   (root)
+# WS=overlay: `run --workspace overlay` (the default run) of a 21-file project instead.
+# Usage: [ROUNDS=40] [SIZE=2] [WS=none|overlay] bench/warm-ab.sh BEFORE AFTER   (root)
 # Prints one markdown row per binary: cold and warm medians, warm/cold, and the load average.
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: bench/warm-ab.sh BEFORE AFTER" >&2; exit 2; }
-export A=$(realpath "$1") B=$(realpath "$2") ROUNDS=${ROUNDS:-40} SIZE=${SIZE:-2}
+export A=$(realpath "$1") B=$(realpath "$2") ROUNDS=${ROUNDS:-40} SIZE=${SIZE:-2} WS=${WS:-none}
 exec python3 - <<'PY'
 import json, os, statistics, subprocess, tempfile, time
 bins = {"before": os.environ["A"], "after": os.environ["B"]}
-rounds, size = int(os.environ["ROUNDS"]), os.environ["SIZE"]
+rounds, size, ws = int(os.environ["ROUNDS"]), os.environ["SIZE"], os.environ["WS"]
 work = tempfile.mkdtemp()
+proj = work + "/project"
+os.makedirs(proj + "/src")
+for n in range(20):
+    open(f"{proj}/src/f{n}.txt", "w").write("x\n")
+open(proj + "/README", "w").write("bench\n")
 env = {(b, k): dict(os.environ, AIRLOCK_STATE_DIR=f"{work}/{b}-{k}") for b in bins for k in ("cold", "warm")}
 def airlock(b, k, *args, **kw):
-    return subprocess.run([bins[b], *args], cwd=work, env=env[(b, k)], **kw)
+    return subprocess.run([bins[b], *args], cwd=proj, env=env[(b, k)], **kw)
 res = {key: [] for key in env}
 load = []
 try:
     for b in bins:
-        r = airlock(b, "warm", "daemon", "start", "--size", size, "--workspace", "none", "--net", "off",
+        r = airlock(b, "warm", "daemon", "start", "--size", size, "--workspace", ws, "--net", "off",
                     "--wait", stdout=subprocess.DEVNULL)
         assert r.returncode == 0, r
     def full(b):
@@ -40,7 +46,7 @@ try:
             for x in bins:
                 full(x)
             t = time.perf_counter()
-            r = airlock(b, k, "run", "--workspace", "none", "--net", "off", "--", "true",
+            r = airlock(b, k, "run", "--workspace", ws, "--net", "off", "--", "true",
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             dt = (time.perf_counter() - t) * 1000
             assert r.returncode == 0, (b, k, r.stderr)
@@ -53,7 +59,7 @@ finally:
         airlock(b, "warm", "daemon", "stop", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     subprocess.run(["rm", "-rf", work])
 med = statistics.median
-print(f"| binary ({rounds} shared rounds) | cold median (ms) | warm median (ms) | warm/cold | warm p25–p75 (ms) |")
+print(f"| binary ({rounds} shared rounds, --workspace {ws}) | cold median (ms) | warm median (ms) | warm/cold | warm p25–p75 (ms) |")
 print("|---|---:|---:|---:|---:|")
 for b in bins:
     c, w = med(res[(b, "cold")]), med(res[(b, "warm")])

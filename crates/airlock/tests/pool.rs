@@ -1514,9 +1514,14 @@ fn stub_round_trip(a: &Airlock, label: &str) {
     ok(a, &start);
     wait_ready(a, 2, label);
     for (name, file) in stub_pids(a) {
-        let pid: i32 = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("{label}: {name}: no stub.pid: {e}"))
-            .trim()
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{label}: {name}: no stub.pid: {e}"));
+        // Its pid, and that it takes the request before the claim is bound.
+        assert_eq!(text.lines().nth(1), Some("go"), "{label}: {name}: {text:?}");
+        let pid: i32 = text
+            .lines()
+            .next()
+            .unwrap_or_default()
             .parse()
             .expect("a pid");
         let mut procs: Vec<i32> = cgroups_named(&format!("{name}."))
@@ -1574,18 +1579,30 @@ fn stub_round_trip(a: &Airlock, label: &str) {
         "{label}: the notice in pieces: {writes:?}"
     );
 
-    // A published pid that is another live process (this test's): refused, not signalled.
-    wait_ready(a, 2, label);
-    for file in stub_pids(a).values() {
-        std::fs::write(file, format!("{}\n", std::process::id())).expect("write stub.pid");
+    // A published pid that is another live process (this test's): refused, not signalled —
+    // from a stub that takes the request early (the command never starts: its go pipe
+    // closes unwritten) or not.
+    for published in ["{}\ngo\n", "{}\n"] {
+        wait_ready(a, 2, label);
+        for file in stub_pids(a).values() {
+            let text = published.replace("{}", &std::process::id().to_string());
+            std::fs::write(file, text).expect("write stub.pid");
+        }
+        let out = run("0");
+        assert_ne!(out.code(), 0, "{label}: {published:?}: {}", out.describe());
+        assert!(
+            out.stderr.contains("not the one its supervisor published"),
+            "{label}: {published:?}: {}",
+            out.describe()
+        );
+        if published.contains("go") {
+            assert!(
+                !out.stdout.contains("ran-42"),
+                "{label}: the command ran: {}",
+                out.describe()
+            );
+        }
     }
-    let out = run("0");
-    assert_ne!(out.code(), 0, "{label}: {}", out.describe());
-    assert!(
-        out.stderr.contains("not the one its supervisor published"),
-        "{label}: {}",
-        out.describe()
-    );
 
     // No published pid: the stub's hello first, as before.
     ok(a, &["daemon", "stop"]);
@@ -2048,7 +2065,9 @@ fn parked_child(a: &Airlock, label: &str) {
     for (name, file) in stub_pids(a) {
         let stub: i32 = std::fs::read_to_string(&file)
             .expect("stub.pid")
-            .trim()
+            .lines()
+            .next()
+            .unwrap_or_default()
             .parse()
             .expect("a pid");
         let pid1: i32 = std::fs::read_to_string(members_dir(a).join(&name).join("pid1"))
@@ -2754,14 +2773,21 @@ fn own_binds_attacks(a: &Airlock, label: &str) {
             "--",
             "sh",
             "-c",
-            "ls /out",
+            "echo started; ls /out",
         ]);
         let seen = match out.code() {
-            0 if out.stdout == "real\n" && claimed(&out).is_some() => "bound the real folder",
+            0 if out.stdout == "started\nreal\n" && claimed(&out).is_some() => {
+                "bound the real folder"
+            }
             121 if out.stderr.contains("airlock's state") => "refused: the state",
             121 if out.stderr.contains("changed since it was checked") => "refused: swapped",
             _ => panic!("{label} run {i}: {}", out.describe()),
         };
+        // A refused claim's command never starts, though its request reached the member's
+        // stub before the binds were tried (it waits for the go).
+        if out.code() != 0 {
+            assert!(out.stdout.is_empty(), "{label} run {i}: {}", out.describe());
+        }
         outcomes.insert(seen);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

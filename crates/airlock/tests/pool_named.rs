@@ -197,7 +197,9 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
     // child it had parked inside the member for a claim: nothing of it stays in the sandbox.
     let stub: i32 = std::fs::read_to_string(sdir.join("stub.pid"))
         .expect("stub.pid")
-        .trim()
+        .lines()
+        .next()
+        .unwrap_or_default()
         .parse()
         .expect("a pid");
     let ended = |pid: i32| {

@@ -36,8 +36,17 @@ pub const STUB_SOCKET: &str = "stub.sock";
 
 /// The stub's pid, written by the member's supervisor right after forking it (before the
 /// member is ready). The stub stays its supervisor's unreaped child until the member ends, so
-/// the pid names the stub for as long as the member lives.
+/// the pid names the stub for as long as the member lives. A second line `go` says the stub
+/// takes a request before its claim is bound ([`begin_claimed`]).
 pub const STUB_PID: &str = "stub.pid";
+
+/// The published stub of the member in `dir`: its pid, and whether it waits for a go.
+fn published_stub(dir: &Path) -> Option<(i32, bool)> {
+    let text = fs::read_to_string(dir.join(STUB_PID)).ok()?;
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    Some((pid, lines.next() == Some("go")))
+}
 
 /// The cgroup layout the member's supervisor made the member's cgroup (the stub's) with, as
 /// JSON: a claim writes its limits there, wherever the claimer's own cgroup is.
@@ -70,11 +79,7 @@ pub fn retire(dir: &Path, alive: impl Fn() -> bool) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let Some(pidfd) = fs::read_to_string(dir.join(STUB_PID))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .and_then(|pid| sys::pidfd_open(pid).ok())
-    else {
+    let Some(pidfd) = published_stub(dir).and_then(|(pid, _)| sys::pidfd_open(pid).ok()) else {
         return Ok(());
     };
     if alive() {
@@ -104,6 +109,28 @@ struct Request {
     /// False (and from an older claimer): once the claimer hangs up.
     #[serde(default)]
     end_at_exit: bool,
+    /// Sent before the claim is bound: one more fd (after the error pipe) whose one byte `g`
+    /// says the claim is bound and the command may start; its end without it, that it never
+    /// may. The parked child takes the request, then waits on it.
+    #[serde(default)]
+    go: bool,
+}
+
+/// The byte on a request's go pipe that starts its command.
+const GO: u8 = b'g';
+
+/// Until the claimer's go (a request sent before its claim was bound): anything but [`GO`]
+/// — the claimer failed, or died — ends this process before anything of the command runs.
+fn wait_go(go: Option<OwnedFd>) {
+    let Some(go) = go else { return };
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(&go, &mut byte) {
+            Ok(1) if byte[0] == GO => return,
+            Err(nix::Error::EINTR) => continue,
+            _ => sys::exit_now(exit::SANDBOX_FAILED),
+        }
+    }
 }
 
 /// The supervisor's handle on its stub: the end that hands it the member's namespaces, and
@@ -169,8 +196,9 @@ pub(super) fn spawn(dir: &Path, plan: &LaunchPlan, cg: Option<&Cgroup>) -> Resul
         pid: Pid::from_raw(pid),
         ns: Some(ns_host),
     };
-    // Its pid, for the claimer's pidfd before it connects (`exec_claimed`).
-    fs::write(dir.join(STUB_PID), format!("{pid}\n"))
+    // Its pid, for the claimer's pidfd before it connects (`begin_claimed`), and that it
+    // takes a request before the claim is bound.
+    fs::write(dir.join(STUB_PID), format!("{pid}\ngo\n"))
         .map_err(io_err("publish the exec stub's pid"))?;
     if let Some(cg) = cg {
         cg.add(pid)?;
@@ -244,6 +272,10 @@ fn serve(
     else {
         sys::exit_now(exit::SANDBOX_FAILED)
     };
+    let go = if req.go { fds.next() } else { None };
+    if req.go && go.is_none() {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
     let tty_sock = if req.tty { fds.next() } else { None };
     // The status, and that this stub ends the member: once the claimer has hung up (it
     // exited, or is done with the member), PID 1 goes — the member's teardown does not share
@@ -265,13 +297,15 @@ fn serve(
             .iter()
             .map(|f| f.as_raw_fd())
             .collect();
+        sent.extend(go.as_ref().map(|f| f.as_raw_fd()));
         sent.extend(tty_sock.as_ref().map(|f| f.as_raw_fd()));
         if p.hand_over(&req, &sent).is_ok() {
-            drop((i, o, e, err_wr, tty_sock, p.sock));
+            drop((i, o, e, err_wr, go, tty_sock, p.sock));
             relay(p.pid, &report)
         }
         // It died (killed from outside before the claim): this process enters, as before.
     }
+    wait_go(go);
     let ef = err_wr.as_raw_fd();
     as_command(
         req,
@@ -423,8 +457,15 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
     else {
         sys::exit_now(exit::SANDBOX_FAILED)
     };
+    let go = if req.go { fds.next() } else { None };
+    if req.go && go.is_none() {
+        sys::exit_now(exit::SANDBOX_FAILED);
+    }
     let tty_sock = if req.tty { fds.next() } else { None };
     drop(fds);
+    // Nothing of the command before the claim is bound (its workspace attached, its limits
+    // written, its secrets in place): the claimer's go.
+    wait_go(go);
     let ef = err_wr.as_raw_fd();
     as_command(req, plan, filter, [i, o, e], tty_sock, ef, true, |inside| {
         become_command(inside, ef)
@@ -448,7 +489,7 @@ fn request_strings(
 
 /// One request: a header (`R`, the JSON's length) with the fds, then the JSON.
 fn receive(conn: &mut UnixStream) -> Option<(Request, Vec<OwnedFd>)> {
-    let (mut data, fds) = sys::recv_fds(conn.as_raw_fd(), 5).ok()?;
+    let (mut data, fds) = sys::recv_fds(conn.as_raw_fd(), 6).ok()?;
     if data.len() < 5 || data[0] != b'R' {
         return None;
     }
@@ -488,53 +529,81 @@ impl StubExit {
 }
 
 /// Run `req` through the stub of the claimed member in `dir` (its plan `plan`, with the
-/// claim's `rlimit_nproc`). None: the member has no stub (then exec joins it as any sandbox).
-///
-/// One round trip: the request goes out right after `connect`, the claimer reads the stub's
-/// hello (its pid) after that, and wakes up again only when the stub writes the command's
-/// status — not when the stub has finished exiting (see [`StubExit`]). `end_at_exit`: the
-/// claimer needs nothing of the member after the command (the stub ends it right after the
-/// status, while the claimer reads it; the claimer still waits for that end).
+/// claim's `rlimit_nproc`) at once: [`begin_claimed`], then [`Begun::go`]. None: the member
+/// has no stub (then exec joins it as any sandbox).
 pub fn exec_claimed(
     dir: &Path,
     plan: &LaunchPlan,
     req: &ExecRequest,
     end_at_exit: bool,
 ) -> Result<Option<(Outcome, StubExit)>, RunError> {
+    match begin_claimed(dir, plan, req, end_at_exit)? {
+        Some(b) => b.go().map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A request sent to a claimed member's stub ([`begin_claimed`]) whose command waits for
+/// [`Begun::go`]; dropped without it, the command never starts (its go pipe closes: the
+/// parked child exits).
+pub struct Begun {
+    conn: UnixStream,
+    pid: i32,
+    pidfd: OwnedFd,
+    /// The stub's hello is still to be read (its pid was published: checked against it).
+    hello_due: bool,
+    /// The go pipe's end (None: a stub that started the command on the request).
+    go: Option<OwnedFd>,
+    err_rd: OwnedFd,
+    result_rd: OwnedFd,
+    tty_host: Option<OwnedFd>,
+    signals: tty::SignalPipe,
+    timeout: Option<std::time::Duration>,
+    /// An older stub's request, sent at the go, and the fds it passes (held open until then).
+    pending: Option<(Vec<u8>, Vec<RawFd>)>,
+    held: Vec<OwnedFd>,
+}
+
+/// Send `req` to the stub of the claimed member in `dir` (its plan `plan`) before the claim is
+/// bound: the stub hands it to its parked child, which takes its streams and waits for
+/// [`Begun::go`] — so the stub's and the parked child's wake-ups overlap the claimer's binding
+/// (limits, workspace, policy) instead of following it. A stub that does not say it waits
+/// (an older member) gets the request only at the go. None: the member has no stub.
+///
+/// One round trip: the request goes out right after `connect`, the claimer reads the stub's
+/// hello (its pid) at the go, and wakes up again only when the stub writes the command's
+/// status — not when the stub has finished exiting (see [`StubExit`]). `end_at_exit`: the
+/// claimer needs nothing of the member after the command (the stub ends it right after the
+/// status, while the claimer reads it; the claimer still waits for that end).
+pub fn begin_claimed(
+    dir: &Path,
+    plan: &LaunchPlan,
+    req: &ExecRequest,
+    end_at_exit: bool,
+) -> Result<Option<Begun>, RunError> {
     if req.argv.is_empty() {
         return Err(RunError::Setup("no command to exec".into()));
     }
     // The pidfd before the connection: a connection that succeeds proves the stub alive at
     // that moment (it alone holds the listener), and it lived since before the member was
     // ready, so this pidfd is the stub's and no recycled pid's.
-    let published = fs::read_to_string(dir.join(STUB_PID))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .and_then(|pid| sys::pidfd_open(pid).ok().map(|fd| (pid, fd)));
+    let published =
+        published_stub(dir).and_then(|(pid, go)| sys::pidfd_open(pid).ok().map(|fd| (pid, fd, go)));
     let Ok(mut conn) = UnixStream::connect(dir.join(STUB_SOCKET)) else {
         return Ok(None);
     };
-    let lost = |e: std::io::Error| RunError::Setup(format!("the member's exec stub: {e}"));
-    let hello = |conn: &mut UnixStream| -> Result<i32, RunError> {
-        let mut hello = [0u8; 5];
-        conn.read_exact(&mut hello).map_err(lost)?;
-        if hello[0] != b'S' {
-            return Err(RunError::Setup(
-                "the member's exec stub answered unexpectedly".into(),
-            ));
-        }
-        Ok(i32::from_le_bytes(
-            hello[1..5].try_into().unwrap_or_default(),
-        ))
-    };
-    let early = published.is_some();
-    let (pid, pidfd) = match published {
+    let hello_due = published.is_some();
+    let (pid, pidfd, waits) = match published {
         Some(p) => p,
         None => {
             // A stub whose pid was not published (an older member): its hello first, and the
             // pidfd before the request, while the stub cannot end.
             let pid = hello(&mut conn)?;
-            (pid, sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?)
+            (
+                pid,
+                sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?,
+                false,
+            )
         }
     };
     let request = Request {
@@ -547,6 +616,7 @@ pub fn exec_claimed(
         rlimit_nproc: plan.rlimit_nproc,
         writable_paths: Some(plan.writable_paths.clone()),
         end_at_exit,
+        go: waits,
     };
     let json = serde_json::to_vec(&request).map_err(|e| RunError::Setup(e.to_string()))?;
     let pipe =
@@ -554,6 +624,7 @@ pub fn exec_claimed(
     let (err_rd, err_wr) = pipe()?;
     let (result_rd, result_wr) = pipe()?;
     drop(result_wr); // a claim's change summary is read from its layers, not reported
+    let go = if waits { Some(pipe()?) } else { None };
     let tty_pair = if req.tty {
         Some(sys::socketpair(nix::sys::socket::SockType::Stream).map_err(io_err("socketpair"))?)
     } else {
@@ -561,71 +632,133 @@ pub fn exec_claimed(
     };
     let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
     let mut fds = vec![0, 1, 2, err_wr.as_raw_fd()];
+    fds.extend(go.as_ref().map(|(rd, _)| rd.as_raw_fd()));
     fds.extend(tty_pair.as_ref().map(|(_, c)| c.as_raw_fd()));
     // Header and JSON in one message (the stub reads the rest of a short first read).
     let mut msg = b"R".to_vec();
     msg.extend_from_slice(&(json.len() as u32).to_le_bytes());
     msg.extend_from_slice(&json);
-    sys::send_fds(conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
-    crate::phase("warm: request sent to the stub");
-    drop(err_wr);
-    if early && hello(&mut conn)? != pid {
+    let mut begun = Begun {
+        conn,
+        pid,
+        pidfd,
+        hello_due,
+        go: None,
+        err_rd,
+        result_rd,
+        tty_host: None,
+        signals,
+        timeout: req.timeout,
+        pending: None,
+        held: vec![err_wr],
+    };
+    if let Some((host, child)) = tty_pair {
+        begun.tty_host = Some(host);
+        begun.held.push(child);
+    }
+    match go {
+        Some((rd, wr)) => {
+            sys::send_fds(begun.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
+            drop(rd);
+            begun.held.clear();
+            begun.go = Some(wr);
+            crate::phase("warm: request sent to the stub");
+        }
+        // An older stub starts the command on the request: it goes at the go.
+        None => begun.pending = Some((msg, fds)),
+    }
+    Ok(Some(begun))
+}
+
+fn lost(e: std::io::Error) -> RunError {
+    RunError::Setup(format!("the member's exec stub: {e}"))
+}
+
+/// The stub's hello: its pid.
+fn hello(conn: &mut UnixStream) -> Result<i32, RunError> {
+    let mut hello = [0u8; 5];
+    conn.read_exact(&mut hello).map_err(lost)?;
+    if hello[0] != b'S' {
         return Err(RunError::Setup(
-            "the member's exec stub is not the one its supervisor published".into(),
+            "the member's exec stub answered unexpectedly".into(),
         ));
     }
-    let tty_host = tty_pair.map(|(h, c)| {
-        drop(c);
-        h
-    });
-    let child = Pid::from_raw(pid);
-    let deadline = req.timeout.map(|t| std::time::Instant::now() + t);
-    // Woken by the connection: the status the stub writes before it exits, or its end (killed:
-    // the connection closes).
-    let conn = OwnedFd::from(conn);
-    let (timed_out, _) = tty::supervise(
-        &conn,
-        child,
-        &signals,
-        tty_host.as_ref(),
-        &result_rd,
-        deadline,
-        None,
-    )
-    .map_err(io_err("supervise the command"))?;
-    let mut stub = StubExit { pidfd, conn: None };
-    if timed_out {
-        return Ok(Some((
+    Ok(i32::from_le_bytes(
+        hello[1..5].try_into().unwrap_or_default(),
+    ))
+}
+
+impl Begun {
+    /// The claim is bound: the command starts now; until its status.
+    pub fn go(mut self) -> Result<(Outcome, StubExit), RunError> {
+        if let Some((msg, fds)) = self.pending.take() {
+            sys::send_fds(self.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
+            self.held.clear();
+            crate::phase("warm: request sent to the stub");
+        }
+        // The stub is the one its supervisor published (the pid signals are relayed to)
+        // before its command may start: otherwise the go pipe closes unwritten.
+        if self.hello_due && hello(&mut self.conn)? != self.pid {
+            return Err(RunError::Setup(
+                "the member's exec stub is not the one its supervisor published".into(),
+            ));
+        }
+        if let Some(go) = self.go.take() {
+            sys::write_all_raw(go.as_raw_fd(), &[GO]);
+            crate::phase("warm: go sent to the parked child");
+        }
+        let child = Pid::from_raw(self.pid);
+        let deadline = self.timeout.map(|t| std::time::Instant::now() + t);
+        // Woken by the connection: the status the stub writes before it exits, or its end
+        // (killed: the connection closes).
+        let conn = OwnedFd::from(self.conn);
+        let (timed_out, _) = tty::supervise(
+            &conn,
+            child,
+            &self.signals,
+            self.tty_host.as_ref(),
+            &self.result_rd,
+            deadline,
+            None,
+        )
+        .map_err(io_err("supervise the command"))?;
+        let mut stub = StubExit {
+            pidfd: self.pidfd,
+            conn: None,
+        };
+        if timed_out {
+            return Ok((
+                Outcome {
+                    ending: Ending::TimedOut,
+                    changes: None,
+                },
+                stub,
+            ));
+        }
+        // The stub wrote the command's status before it exited; nothing: it was killed. Then,
+        // in the same write, whether it ends the member when we hang up.
+        let mut conn = UnixStream::from(conn);
+        let mut code = [0u8; 4];
+        let status = match conn.read_exact(&mut code) {
+            Ok(()) => nix::sys::wait::WaitStatus::Exited(child, i32::from_le_bytes(code)),
+            Err(_) => nix::sys::wait::WaitStatus::Signaled(child, Signal::SIGKILL, false),
+        };
+        let mut word = [0u8; 1];
+        if matches!(status, nix::sys::wait::WaitStatus::Exited(..))
+            && matches!(conn.read(&mut word), Ok(1))
+            && word[0] == ENDS_MEMBER
+        {
+            stub.conn = Some(OwnedFd::from(conn));
+        }
+        let code = match super::ending::conclude(status, self.err_rd)? {
+            super::ending::Concluded::Ran(c) | super::ending::Concluded::NotStarted(c) => c,
+        };
+        Ok((
             Outcome {
-                ending: Ending::TimedOut,
+                ending: Ending::Exited(code),
                 changes: None,
             },
             stub,
-        )));
+        ))
     }
-    // The stub wrote the command's status before it exited; nothing: it was killed. Then,
-    // in the same write, whether it ends the member when we hang up.
-    let mut conn = UnixStream::from(conn);
-    let mut code = [0u8; 4];
-    let status = match conn.read_exact(&mut code) {
-        Ok(()) => nix::sys::wait::WaitStatus::Exited(child, i32::from_le_bytes(code)),
-        Err(_) => nix::sys::wait::WaitStatus::Signaled(child, Signal::SIGKILL, false),
-    };
-    let mut word = [0u8; 1];
-    if matches!(status, nix::sys::wait::WaitStatus::Exited(..))
-        && matches!(conn.read(&mut word), Ok(1))
-        && word[0] == ENDS_MEMBER
-    {
-        stub.conn = Some(OwnedFd::from(conn));
-    }
-    let code = match super::ending::conclude(status, err_rd)? {
-        super::ending::Concluded::Ran(c) | super::ending::Concluded::NotStarted(c) => c,
-    };
-    Ok(Some((
-        Outcome {
-            ending: Ending::Exited(code),
-            changes: None,
-        },
-        stub,
-    )))
 }

@@ -704,9 +704,44 @@ pub fn try_warm(
     let dir = pool::member_dir(&state, &member.name);
     let mut cgroup = None;
     let mut watch = None;
+    // The command: its environment (the secrets' placeholders, the CA variables when it
+    // injects) and working directory, as a cold start gives them.
+    let mut env = airlock_model::spec::env_over(&spec.env, &secrets.seen);
+    if !secrets.bindings.is_empty() {
+        airlock_model::plan::set_ca_bundle_vars(&mut env);
+    }
+    let cwd = spec.workdir.clone().unwrap_or_else(|| {
+        if spec.workspace == WorkspaceMode::None {
+            PathBuf::from(spec.user.home())
+        } else {
+            PathBuf::from(WORKSPACE)
+        }
+    });
+    let req = ExecRequest {
+        argv: spec.argv.clone(),
+        env,
+        cwd: Some(cwd),
+        tty,
+        forward_stdin: b.forward_stdin,
+        with_secrets: false,
+        timeout: b.timeout,
+    };
+    // Nothing to read back from the member after the command (no egress events to sync from
+    // its supervisor — a filtered claim's watch —, no terminal to drain): the stub ends it as
+    // soon as the status is out, and its teardown overlaps this process's reading of it.
+    let end_at_exit = spec.net != airlock_model::policy::NetMode::Filtered && !tty;
+    // The request to the member's exec stub, sent first: the stub and its parked child take it
+    // while the claim is bound below, and the command starts at the go, once it is.
+    let mut begun = None;
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
         let mut plan = airlock_sandbox::folder::read_plan(&dir)
             .map_err(|e| format!("the member's plan: {e}"))?;
+        plan.rlimit_nproc = limits.pids;
+        // Landlock lets the command write where its `--rw` binds are, as a cold plan's.
+        let mut command = plan.clone();
+        command.writable_paths.extend(own_writable.iter().cloned());
+        begun = airlock_sandbox::container::stub::begin_claimed(&dir, &command, &req, end_at_exit)
+            .map_err(|e| e.to_string())?;
         // The claim's policy goes to the member's supervisor now and is answered after the
         // workspace is attached: the two bind at once, on two CPUs.
         let pending = begin_policy(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
@@ -730,7 +765,6 @@ pub fn try_warm(
             plan.limits = limits;
             airlock_sandbox::phase("warm: cgroup made");
         }
-        plan.rlimit_nproc = limits.pids;
         // The workspace: attached at the member's empty /workspace, protections over it;
         // then the home files in the member's home.
         if !ws_steps.is_empty() && !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
@@ -747,13 +781,14 @@ pub fn try_warm(
         };
         watch = finish_policy_and_secrets(&dir, &secrets, pending)?;
         airlock_sandbox::phase("warm: policy and secrets bound");
-        // Landlock lets the command write where its `--rw` binds are, as a cold plan's.
         plan.writable_paths.extend(own_writable.iter().cloned());
         Ok((plan, attached))
     })();
     let (plan, attached) = match bound {
         Ok(b) => b,
         Err(e) => {
+            // Its command never starts (the go pipe closes), and the member goes.
+            drop(begun);
             release(&mut store, &state, &member, &dir, None);
             if let Some(cg) = cgroup {
                 cg.destroy();
@@ -765,10 +800,6 @@ pub fn try_warm(
             return Ok(None);
         }
     };
-    let mut env = airlock_model::spec::env_over(&spec.env, &secrets.seen);
-    if !secrets.bindings.is_empty() {
-        airlock_model::plan::set_ca_bundle_vars(&mut env);
-    }
     let wayback = super::wayback::wayback_before(spec);
     errln!(
         "airlock: warm start (pool {}, {}, claimed in {:.2} ms, bound in {:.2} ms)",
@@ -777,22 +808,6 @@ pub fn try_warm(
         claimed_in.as_secs_f64() * 1000.0,
         (t0.elapsed() - claimed_in).as_secs_f64() * 1000.0
     );
-    let cwd = spec.workdir.clone().unwrap_or_else(|| {
-        if spec.workspace == WorkspaceMode::None {
-            PathBuf::from(spec.user.home())
-        } else {
-            PathBuf::from(WORKSPACE)
-        }
-    });
-    let req = ExecRequest {
-        argv: spec.argv.clone(),
-        env,
-        cwd: Some(cwd),
-        tty,
-        forward_stdin: b.forward_stdin,
-        with_secrets: false,
-        timeout: b.timeout,
-    };
     // Forked by the member's exec stub, in the cgroup already: no migration on this path
     // (joining a cgroup waits for an RCU grace period on cgroup v1). A member without a stub:
     // exec joins it.
@@ -802,30 +817,21 @@ pub fn try_warm(
     // a child forked beside a running thread could find a lock held forever). Not before
     // exec's fork for a member without a stub: its events are then read after the command.
     if let Some(w) = &mut watch {
-        if dir
-            .join(airlock_sandbox::container::stub::STUB_SOCKET)
-            .exists()
-        {
+        if begun.is_some() {
             w.follow();
         }
     }
-    // Nothing to read back from the member after the command (no egress events to sync from
-    // its supervisor, no terminal to drain): the stub ends it as soon as the status is out, and
-    // its teardown overlaps this process's reading of the status.
-    let end_at_exit = watch.is_none() && !tty;
-    let ran =
-        match airlock_sandbox::container::stub::exec_claimed(&dir, &plan, &req, end_at_exit) {
-            Ok(Some((o, s))) => {
-                stub = Some(s);
-                Ok(o)
-            }
-            Ok(None) => {
-                let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
-                airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
-            }
-            Err(e) => Err(e),
+    let ran = match begun {
+        Some(b) => b.go().map(|(o, s)| {
+            stub = Some(s);
+            o
+        }),
+        None => {
+            let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
+            airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
         }
-        .map_err(CliError::from);
+    }
+    .map_err(CliError::from);
     airlock_sandbox::phase("warm: command ended");
     if let Some(w) = watch {
         w.finish();
