@@ -104,7 +104,7 @@ print()
 print(f"- load average (1 min) during the rounds: {min(load):.1f}–{max(load):.1f}")
 for c in cases:
     cl = [a for a, _ in split[c]]; bd = [b for _, b in split[c]]
-    print(f"- {c}: claim (the daemon's answer, or store open + compare-and-set; + liveness) p50 {pct(cl, .5):.2f} ms, p95 "
+    print(f"- {c}: claim (the key, a ready marker renamed, the member's liveness) p50 {pct(cl, .5):.2f} ms, p95 "
           f"{pct(cl, .95):.2f} ms; binding after it (allowlist, secrets, cgroup, workspace) p50 "
           f"{pct(bd, .5):.2f} ms, p95 {pct(bd, .95):.2f} ms")
 for p in st["pools"]:
