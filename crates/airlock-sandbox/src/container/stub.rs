@@ -114,6 +114,10 @@ struct Request {
     /// may. The parked child takes the request, then waits on it.
     #[serde(default)]
     go: bool,
+    /// `env` and `writable_paths` add to the member's plan (the stub's own copy), which the
+    /// claimer has not read yet: the environment over the plan's, the paths after the plan's.
+    #[serde(default)]
+    over_plan: bool,
 }
 
 /// The byte on a request's go pipe that starts its command.
@@ -343,11 +347,23 @@ fn as_command(
         }
     }
     drop(streams);
-    let (argv, envp) = request_strings(req.argv, req.env).unwrap_or_else(|e| fail(e));
     let mut plan = plan.clone();
+    let mut req = req;
+    let env = if req.over_plan {
+        airlock_model::spec::env_over(&plan.env, &req.env)
+    } else {
+        std::mem::take(&mut req.env)
+    };
+    let (argv, envp) =
+        request_strings(std::mem::take(&mut req.argv), env).unwrap_or_else(|e| fail(e));
+    if req.over_plan && req.cwd.as_os_str().is_empty() {
+        req.cwd = plan.cwd.clone();
+    }
     plan.rlimit_nproc = req.rlimit_nproc;
-    if let Some(w) = req.writable_paths {
-        plan.writable_paths = w;
+    match req.writable_paths {
+        Some(w) if req.over_plan => plan.writable_paths.extend(w),
+        Some(w) => plan.writable_paths = w,
+        None => {}
     }
     let inside = Inside {
         plan: &plan,
@@ -528,21 +544,6 @@ impl StubExit {
     }
 }
 
-/// Run `req` through the stub of the claimed member in `dir` (its plan `plan`, with the
-/// claim's `rlimit_nproc`) at once: [`begin_claimed`], then [`Begun::go`]. None: the member
-/// has no stub (then exec joins it as any sandbox).
-pub fn exec_claimed(
-    dir: &Path,
-    plan: &LaunchPlan,
-    req: &ExecRequest,
-    end_at_exit: bool,
-) -> Result<Option<(Outcome, StubExit)>, RunError> {
-    match begin_claimed(dir, plan, req, end_at_exit)? {
-        Some(b) => b.go().map(Some),
-        None => Ok(None),
-    }
-}
-
 /// A request sent to a claimed member's stub ([`begin_claimed`]) whose command waits for
 /// [`Begun::go`]; dropped without it, the command never starts (its go pipe closes: the
 /// parked child exits).
@@ -559,28 +560,79 @@ pub struct Begun {
     tty_host: Option<OwnedFd>,
     signals: tty::SignalPipe,
     timeout: Option<std::time::Duration>,
-    /// An older stub's request, sent at the go, and the fds it passes (held open until then).
-    pending: Option<(Vec<u8>, Vec<RawFd>)>,
+    /// An older stub's request, made and sent at the go (from the plan then read), and the
+    /// fds it passes (held open until then).
+    pending: Option<(Claimed, Vec<RawFd>)>,
     held: Vec<OwnedFd>,
 }
 
-/// Send `req` to the stub of the claimed member in `dir` (its plan `plan`) before the claim is
-/// bound: the stub hands it to its parked child, which takes its streams and waits for
-/// [`Begun::go`] — so the stub's and the parked child's wake-ups overlap the claimer's binding
-/// (limits, workspace, policy) instead of following it. A stub that does not say it waits
-/// (an older member) gets the request only at the go. None: the member has no stub.
+/// What a claim's command gets beyond the member's plan: its own environment (over the
+/// plan's), its `--rw` destinations (Landlock, after the plan's), its `rlimit_nproc`.
+#[derive(Clone)]
+pub struct Claimed {
+    pub req: ExecRequest,
+    pub writable: Vec<PathBuf>,
+    pub rlimit_nproc: Option<u64>,
+    pub end_at_exit: bool,
+}
+
+impl Claimed {
+    /// The request: over the stub's plan (`plan` None), or whole from `plan`.
+    fn request(&self, plan: Option<&LaunchPlan>, go: bool) -> Request {
+        let req = &self.req;
+        let (env, cwd, writable) = match plan {
+            None => (req.env.clone(), req.cwd.clone(), self.writable.clone()),
+            Some(p) => (
+                airlock_model::spec::env_over(&p.env, &req.env),
+                req.cwd.clone().or_else(|| Some(p.cwd.clone())),
+                p.writable_paths
+                    .iter()
+                    .chain(&self.writable)
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        Request {
+            argv: req.argv.clone(),
+            env,
+            // Empty over the plan: the plan's.
+            cwd: cwd.unwrap_or_default(),
+            tty: req.tty,
+            stdin_null: !req.forward_stdin && !req.tty,
+            with_secrets: req.with_secrets,
+            rlimit_nproc: self.rlimit_nproc,
+            writable_paths: Some(writable),
+            end_at_exit: self.end_at_exit,
+            go,
+            over_plan: plan.is_none(),
+        }
+    }
+}
+
+/// A request's message: `R`, the JSON's length, the JSON (one message with the fds; the stub
+/// reads the rest of a short first read).
+fn message(request: &Request) -> Result<Vec<u8>, RunError> {
+    let json = serde_json::to_vec(request).map_err(|e| RunError::Setup(e.to_string()))?;
+    let mut msg = b"R".to_vec();
+    msg.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    msg.extend_from_slice(&json);
+    Ok(msg)
+}
+
+/// Send the claim's command to the stub of the claimed member in `dir` right after the claim,
+/// before the member's plan is even read (the stub adds it to its own copy of the plan): the
+/// stub hands it to its parked child, which takes its streams and waits for [`Begun::go`] — so
+/// the stub's and the parked child's wake-ups overlap the claimer's binding (limits,
+/// workspace, policy) instead of following it. A stub that does not say it waits (an older
+/// member) gets the whole request only at the go. None: the member has no stub.
 ///
 /// One round trip: the request goes out right after `connect`, the claimer reads the stub's
 /// hello (its pid) at the go, and wakes up again only when the stub writes the command's
 /// status — not when the stub has finished exiting (see [`StubExit`]). `end_at_exit`: the
 /// claimer needs nothing of the member after the command (the stub ends it right after the
 /// status, while the claimer reads it; the claimer still waits for that end).
-pub fn begin_claimed(
-    dir: &Path,
-    plan: &LaunchPlan,
-    req: &ExecRequest,
-    end_at_exit: bool,
-) -> Result<Option<Begun>, RunError> {
+pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, RunError> {
+    let req = &claimed.req;
     if req.argv.is_empty() {
         return Err(RunError::Setup("no command to exec".into()));
     }
@@ -606,19 +658,6 @@ pub fn begin_claimed(
             )
         }
     };
-    let request = Request {
-        argv: req.argv.clone(),
-        env: airlock_model::spec::env_over(&plan.env, &req.env),
-        cwd: req.cwd.clone().unwrap_or_else(|| plan.cwd.clone()),
-        tty: req.tty,
-        stdin_null: !req.forward_stdin && !req.tty,
-        with_secrets: req.with_secrets,
-        rlimit_nproc: plan.rlimit_nproc,
-        writable_paths: Some(plan.writable_paths.clone()),
-        end_at_exit,
-        go: waits,
-    };
-    let json = serde_json::to_vec(&request).map_err(|e| RunError::Setup(e.to_string()))?;
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()));
     let (err_rd, err_wr) = pipe()?;
@@ -634,10 +673,6 @@ pub fn begin_claimed(
     let mut fds = vec![0, 1, 2, err_wr.as_raw_fd()];
     fds.extend(go.as_ref().map(|(rd, _)| rd.as_raw_fd()));
     fds.extend(tty_pair.as_ref().map(|(_, c)| c.as_raw_fd()));
-    // Header and JSON in one message (the stub reads the rest of a short first read).
-    let mut msg = b"R".to_vec();
-    msg.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    msg.extend_from_slice(&json);
     let mut begun = Begun {
         conn,
         pid,
@@ -658,6 +693,7 @@ pub fn begin_claimed(
     }
     match go {
         Some((rd, wr)) => {
+            let msg = message(&claimed.request(None, true))?;
             sys::send_fds(begun.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
             drop(rd);
             begun.held.clear();
@@ -665,7 +701,7 @@ pub fn begin_claimed(
             crate::phase("warm: request sent to the stub");
         }
         // An older stub starts the command on the request: it goes at the go.
-        None => begun.pending = Some((msg, fds)),
+        None => begun.pending = Some((claimed.clone(), fds)),
     }
     Ok(Some(begun))
 }
@@ -689,9 +725,11 @@ fn hello(conn: &mut UnixStream) -> Result<i32, RunError> {
 }
 
 impl Begun {
-    /// The claim is bound: the command starts now; until its status.
-    pub fn go(mut self) -> Result<(Outcome, StubExit), RunError> {
-        if let Some((msg, fds)) = self.pending.take() {
+    /// The claim is bound (the member's plan `plan`, read meanwhile): the command starts now;
+    /// until its status.
+    pub fn go(mut self, plan: &LaunchPlan) -> Result<(Outcome, StubExit), RunError> {
+        if let Some((claimed, fds)) = self.pending.take() {
+            let msg = message(&claimed.request(Some(plan), false))?;
             sys::send_fds(self.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
             self.held.clear();
             crate::phase("warm: request sent to the stub");

@@ -730,18 +730,23 @@ pub fn try_warm(
     // its supervisor — a filtered claim's watch —, no terminal to drain): the stub ends it as
     // soon as the status is out, and its teardown overlaps this process's reading of it.
     let end_at_exit = spec.net != airlock_model::policy::NetMode::Filtered && !tty;
-    // The request to the member's exec stub, sent first: the stub and its parked child take it
-    // while the claim is bound below, and the command starts at the go, once it is.
+    // The command to the member's exec stub, sent first (over the member's plan, which the
+    // stub has): the stub and its parked child take it while the claim is bound below, and
+    // the command starts at the go, once it is. Landlock lets it write where its `--rw` binds
+    // are, as a cold plan's.
+    let claimed = airlock_sandbox::container::stub::Claimed {
+        req: req.clone(),
+        writable: own_writable.clone(),
+        rlimit_nproc: limits.pids,
+        end_at_exit,
+    };
     let mut begun = None;
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
+        begun = airlock_sandbox::container::stub::begin_claimed(&dir, &claimed)
+            .map_err(|e| e.to_string())?;
         let mut plan = airlock_sandbox::folder::read_plan(&dir)
             .map_err(|e| format!("the member's plan: {e}"))?;
         plan.rlimit_nproc = limits.pids;
-        // Landlock lets the command write where its `--rw` binds are, as a cold plan's.
-        let mut command = plan.clone();
-        command.writable_paths.extend(own_writable.iter().cloned());
-        begun = airlock_sandbox::container::stub::begin_claimed(&dir, &command, &req, end_at_exit)
-            .map_err(|e| e.to_string())?;
         // The claim's policy goes to the member's supervisor now and is answered after the
         // workspace is attached: the two bind at once, on two CPUs.
         let pending = begin_policy(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
@@ -822,7 +827,7 @@ pub fn try_warm(
         }
     }
     let ran = match begun {
-        Some(b) => b.go().map(|(o, s)| {
+        Some(b) => b.go(&plan).map(|(o, s)| {
             stub = Some(s);
             o
         }),
