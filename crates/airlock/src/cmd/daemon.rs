@@ -692,6 +692,7 @@ pub fn try_warm(
     airlock_sandbox::phase("warm: claiming");
     let t0 = Instant::now();
     let key = pool::key(spec);
+    airlock_sandbox::phase("warm: pool key");
     // The pool is an optimisation: when its records cannot be read, the run starts cold.
     let Some((mut store, member)) = claim_or_cold(&state, &key, spec, b.pool_size) else {
         return Ok(None);
