@@ -134,8 +134,8 @@ pub fn taken_by(state: &Path, name: &str) -> Option<(i32, u64)> {
         })
 }
 
-/// Member `name`'s markers gone (its removal).
-fn unpublish(state: &Path, name: &str) {
+/// Member `name`'s markers gone (its removal, or its adoption by a named sandbox).
+pub fn unpublish(state: &Path, name: &str) {
     let prefix = format!("{name}@");
     for sub in [READY_DIR, CLAIMED_DIR] {
         let Ok(rd) = fs::read_dir(dir(state).join(sub)) else {

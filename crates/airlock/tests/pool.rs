@@ -63,11 +63,7 @@ fn assert_nothing_left(a: &Airlock, label: &str) {
         "{label}: member folders left: {folders:?}"
     );
     // No ready or claimed marker either (they live and go with their members).
-    let pool_dir = a.state_dir().join("pool");
-    let markers: Vec<_> = ["ready", "claimed"]
-        .iter()
-        .flat_map(|d| walkdir_files(&pool_dir.join(d)))
-        .collect();
+    let markers = common::pool::marker_files(a);
     assert!(markers.is_empty(), "{label}: markers left: {markers:?}");
     let st = status(a);
     assert_eq!(st["running"], false, "{label}: {st}");
@@ -82,19 +78,6 @@ fn assert_nothing_left(a: &Airlock, label: &str) {
     }
     let mounts = mounts_under(&a.state_dir());
     assert!(mounts.is_empty(), "{label}: mounts left: {mounts:?}");
-}
-
-/// Every file under `dir` (none when it does not exist).
-fn walkdir_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(walkdir_files(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 fn pool0(st: &serde_json::Value) -> &serde_json::Value {

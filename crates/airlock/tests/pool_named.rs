@@ -179,6 +179,13 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
         !members_dir(a).join(&m1).is_dir() || members_dir(a).join(&m1).is_symlink(),
         "{label}"
     );
+    // Nor a marker of it (ready or claimed): no claim can find it, none is left behind.
+    let markers: Vec<String> = common::pool::marker_files(a)
+        .iter()
+        .map(|p| p.display().to_string())
+        .filter(|p| p.contains(&m1))
+        .collect();
+    assert!(markers.is_empty(), "{label}: {markers:?}");
     assert_eq!(
         probe(a, "wn-one"),
         expect("hello", "tok-one", "wn-one", "no-kept"),

@@ -265,6 +265,8 @@ fn adopted(
         // Taken by its ready marker: recorded first (unless the daemon's pass did already).
         let _ = store.claim_record(member, me, start);
         let _ = store.member_adopted(member, me);
+        // No longer the pool's: its claimed marker goes with its record.
+        pool::unpublish(state, member);
         let _ = store.claim_done(key, claimed.as_micros() as u64);
     }
     pool::wake(state);

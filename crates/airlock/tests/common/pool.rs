@@ -70,3 +70,21 @@ pub fn git_project(a: &Airlock) -> PathBuf {
     give(a, &p);
     p
 }
+
+/// The warm pool's marker files (`STATE/pool/ready/KEY/NAME`, `STATE/pool/claimed/NAME@…`).
+pub fn marker_files(a: &Airlock) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for d in ["ready", "claimed"] {
+        walk(&a.state_dir().join("pool").join(d), &mut out);
+    }
+    out
+}
