@@ -267,20 +267,9 @@ fn serve(
     if conn.write_all(&hello).is_err() {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
-    let Some((req, fds)) = receive(&mut conn) else {
+    let Some((req, passed)) = receive(&mut conn) else {
         sys::exit_now(exit::SANDBOX_FAILED)
     };
-    let mut fds = fds.into_iter();
-    let (Some(i), Some(o), Some(e), Some(err_wr)) =
-        (fds.next(), fds.next(), fds.next(), fds.next())
-    else {
-        sys::exit_now(exit::SANDBOX_FAILED)
-    };
-    let go = if req.go { fds.next() } else { None };
-    if req.go && go.is_none() {
-        sys::exit_now(exit::SANDBOX_FAILED);
-    }
-    let tty_sock = if req.tty { fds.next() } else { None };
     // The status, and that this stub ends the member: once the claimer has hung up (it
     // exited, or is done with the member), PID 1 goes — the member's teardown does not share
     // the CPUs with the claimer's last steps and exit. A claimer that died already: at once.
@@ -297,46 +286,38 @@ fn serve(
     };
     // The parked child takes the request and becomes the command; we relay and report.
     if let Some(mut p) = parked {
-        let mut sent: Vec<RawFd> = [&i, &o, &e, &err_wr]
-            .iter()
-            .map(|f| f.as_raw_fd())
-            .collect();
-        sent.extend(go.as_ref().map(|f| f.as_raw_fd()));
-        sent.extend(tty_sock.as_ref().map(|f| f.as_raw_fd()));
-        if p.hand_over(&req, &sent).is_ok() {
-            drop((i, o, e, err_wr, go, tty_sock, p.sock));
+        if p.hand_over(&req, &passed.raw()).is_ok() {
+            drop((passed, p.sock));
             relay(p.pid, &report)
         }
         // It died (killed from outside before the claim): this process enters, as before.
     }
-    wait_go(go);
-    let ef = err_wr.as_raw_fd();
-    as_command(
-        req,
-        plan,
-        filter,
-        [i, o, e],
-        tty_sock,
-        ef,
-        false,
-        |inside| enter_and_relay(&ns, inside, err_wr, &report),
-    )
+    as_command(req, plan, filter, passed, false, |inside, err_wr| {
+        enter_and_relay(&ns, inside, err_wr, &report)
+    })
 }
 
-/// The request's standard streams on 0, 1 and 2, its strings and limits: the command to
-/// become, for `then` (`filtered`: its seccomp filter is installed already). A failure is
-/// written to `ef` and ends this process.
-#[allow(clippy::too_many_arguments)]
+/// Once the claimer's go came (a request sent before its claim was bound: nothing of the
+/// command before it — its workspace attached, its limits written, its secrets in place),
+/// the request's standard streams on 0, 1 and 2, its strings and limits: the command to
+/// become, for `then`, with the error pipe (`filtered`: its seccomp filter is installed
+/// already). A failure is written to the error pipe and ends this process.
 fn as_command(
     req: Request,
     plan: &LaunchPlan,
     filter: &[seccomp::Insn],
-    streams: [OwnedFd; 3],
-    tty_sock: Option<OwnedFd>,
-    ef: RawFd,
+    passed: Passed,
     filtered: bool,
-    then: impl FnOnce(&Inside) -> std::convert::Infallible,
+    then: impl FnOnce(&Inside, OwnedFd) -> std::convert::Infallible,
 ) -> ! {
+    let Passed {
+        streams,
+        err_wr,
+        go,
+        tty: tty_sock,
+    } = passed;
+    wait_go(go);
+    let ef = err_wr.as_raw_fd();
     let fail = |msg: String| -> ! {
         sys::write_all_raw(ef, msg.as_bytes());
         sys::exit_now(exit::SANDBOX_FAILED)
@@ -376,7 +357,7 @@ fn as_command(
         filter,
         filtered,
     };
-    match then(&inside) {}
+    match then(&inside, err_wr) {}
 }
 
 /// The child parked for the claim: already in the member's namespaces (pid included) and
@@ -390,11 +371,7 @@ impl Parked {
     /// The claim's request and its fds (0, 1, 2, the error pipe, the terminal socket), in the
     /// claimer's framing.
     fn hand_over(&mut self, req: &Request, fds: &[RawFd]) -> std::io::Result<()> {
-        let json = serde_json::to_vec(req).map_err(std::io::Error::other)?;
-        let mut msg = b"R".to_vec();
-        msg.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        msg.extend_from_slice(&json);
-        sys::send_fds(self.sock.as_raw_fd(), &msg, fds)
+        sys::send_fds(self.sock.as_raw_fd(), &message(req)?, fds)
     }
 }
 
@@ -463,28 +440,12 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
     let mut conn = UnixStream::from(sock);
-    let Some((req, fds)) = receive(&mut conn) else {
+    let Some((req, passed)) = receive(&mut conn) else {
         sys::exit_now(exit::SANDBOX_FAILED)
     };
     drop(conn);
-    let mut fds = fds.into_iter();
-    let (Some(i), Some(o), Some(e), Some(err_wr)) =
-        (fds.next(), fds.next(), fds.next(), fds.next())
-    else {
-        sys::exit_now(exit::SANDBOX_FAILED)
-    };
-    let go = if req.go { fds.next() } else { None };
-    if req.go && go.is_none() {
-        sys::exit_now(exit::SANDBOX_FAILED);
-    }
-    let tty_sock = if req.tty { fds.next() } else { None };
-    drop(fds);
-    // Nothing of the command before the claim is bound (its workspace attached, its limits
-    // written, its secrets in place): the claimer's go.
-    wait_go(go);
-    let ef = err_wr.as_raw_fd();
-    as_command(req, plan, filter, [i, o, e], tty_sock, ef, true, |inside| {
-        become_command(inside, ef)
+    as_command(req, plan, filter, passed, true, |inside, err_wr| {
+        become_command(inside, err_wr.as_raw_fd())
     })
 }
 
@@ -503,8 +464,46 @@ fn request_strings(
     Ok((cs(argv)?, envp))
 }
 
-/// One request: a header (`R`, the JSON's length) with the fds, then the JSON.
-fn receive(conn: &mut UnixStream) -> Option<(Request, Vec<OwnedFd>)> {
+/// The fds a request comes with, in this order: the command's 0, 1 and 2, the error pipe, the
+/// go pipe (`Request::go`), the terminal socket (`Request::tty`).
+struct Passed {
+    streams: [OwnedFd; 3],
+    err_wr: OwnedFd,
+    go: Option<OwnedFd>,
+    tty: Option<OwnedFd>,
+}
+
+impl Passed {
+    /// `fds` as `req` says they come (None: a stream, the error pipe or the go pipe is
+    /// missing).
+    fn of(req: &Request, fds: Vec<OwnedFd>) -> Option<Passed> {
+        let mut fds = fds.into_iter();
+        let streams = [fds.next()?, fds.next()?, fds.next()?];
+        let err_wr = fds.next()?;
+        let go = if req.go { Some(fds.next()?) } else { None };
+        let tty = if req.tty { fds.next() } else { None };
+        Some(Passed {
+            streams,
+            err_wr,
+            go,
+            tty,
+        })
+    }
+
+    /// Their numbers, in the order they came (to pass them on).
+    fn raw(&self) -> Vec<RawFd> {
+        self.streams
+            .iter()
+            .chain([&self.err_wr])
+            .chain(&self.go)
+            .chain(&self.tty)
+            .map(|f| f.as_raw_fd())
+            .collect()
+    }
+}
+
+/// One request: a header (`R`, the JSON's length) with the fds, then the JSON ([`message`]).
+fn receive(conn: &mut UnixStream) -> Option<(Request, Passed)> {
     let (mut data, fds) = sys::recv_fds(conn.as_raw_fd(), 6).ok()?;
     if data.len() < 5 || data[0] != b'R' {
         return None;
@@ -517,14 +516,16 @@ fn receive(conn: &mut UnixStream) -> Option<(Request, Vec<OwnedFd>)> {
     let mut rest = vec![0; len - json.len()];
     conn.read_exact(&mut rest).ok()?;
     json.extend_from_slice(&rest);
-    Some((serde_json::from_slice(&json).ok()?, fds))
+    let req: Request = serde_json::from_slice(&json).ok()?;
+    let passed = Passed::of(&req, fds)?;
+    Some((req, passed))
 }
 
 /// After the command's status, the stub's word that it ends the member once the claimer hangs
 /// up (a stub of an older build exits without a word, leaving PID 1 to the claimer).
 const ENDS_MEMBER: u8 = b'K';
 
-/// What [`exec_claimed`] leaves: the stub, which reported the command's status and, when it
+/// What [`Begun::go`] leaves: the stub, which reported the command's status and, when it
 /// said so (`conn` kept), waits for the claimer to hang up (this dropped, or the claimer's
 /// exit — a claimer killed mid-command), then kills the member's PID 1 and exits. The
 /// claimer ends the member itself as soon as the command is done; this is for a claimer that
@@ -611,8 +612,8 @@ impl Claimed {
 
 /// A request's message: `R`, the JSON's length, the JSON (one message with the fds; the stub
 /// reads the rest of a short first read).
-fn message(request: &Request) -> Result<Vec<u8>, RunError> {
-    let json = serde_json::to_vec(request).map_err(|e| RunError::Setup(e.to_string()))?;
+fn message(request: &Request) -> std::io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(request).map_err(std::io::Error::other)?;
     let mut msg = b"R".to_vec();
     msg.extend_from_slice(&(json.len() as u32).to_le_bytes());
     msg.extend_from_slice(&json);
@@ -693,7 +694,7 @@ pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, Run
     }
     match go {
         Some((rd, wr)) => {
-            let msg = message(&claimed.request(None, true))?;
+            let msg = message(&claimed.request(None, true)).map_err(lost)?;
             sys::send_fds(begun.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
             drop(rd);
             begun.held.clear();
@@ -729,7 +730,7 @@ impl Begun {
     /// until its status.
     pub fn go(mut self, plan: &LaunchPlan) -> Result<(Outcome, StubExit), RunError> {
         if let Some((claimed, fds)) = self.pending.take() {
-            let msg = message(&claimed.request(Some(plan), false))?;
+            let msg = message(&claimed.request(Some(plan), false)).map_err(lost)?;
             sys::send_fds(self.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
             self.held.clear();
             crate::phase("warm: request sent to the stub");
