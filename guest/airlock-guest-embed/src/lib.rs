@@ -5,7 +5,7 @@
 
 mod elf;
 
-pub use elf::{elf_linking, Linking};
+pub use elf::{elf_interpreter, elf_linking, Linking};
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -161,6 +161,12 @@ mod tests {
         let me = std::fs::read(std::env::current_exe().expect("exe")).expect("read");
         assert_eq!(elf_linking(&me), Ok(Linking::Dynamic));
         assert!(elf_linking(b"#!/bin/sh\n").is_err());
+        let loader = elf_interpreter(&me).expect("ELF").expect("a loader");
+        assert!(
+            loader.starts_with(b"/") && !loader.contains(&0),
+            "{loader:?}"
+        );
+        assert_eq!(elf_interpreter(BYTES), Ok(None));
     }
 
     #[test]

@@ -73,46 +73,17 @@ fn link_row(exe: Option<&std::path::Path>) -> Row {
 }
 
 /// The program interpreter (`PT_INTERP`: the dynamic loader) an ELF64 executable names, None
-/// for a statically linked one.
+/// for a statically linked one: its first MiB (headers and interpreter come first) read by the
+/// parser the embedded guest helper is checked with.
 fn elf_interpreter(exe: &std::path::Path) -> std::io::Result<Option<String>> {
-    use std::io::{Error, Read, Seek, SeekFrom};
-    const PT_INTERP: u32 = 3;
-    let bad = |what: &str| Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let mut f = std::fs::File::open(exe)?;
-    let mut eh = [0u8; 64];
-    f.read_exact(&mut eh)?;
-    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
-        return Err(bad("not a little-endian ELF64 file"));
-    }
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    let u64_at = |b: &[u8], o: usize| {
-        let mut v = [0u8; 8];
-        v.copy_from_slice(&b[o..o + 8]);
-        u64::from_le_bytes(v)
-    };
-    let (phoff, phentsize, phnum) = (u64_at(&eh, 0x20), u16_at(&eh, 0x36), u16_at(&eh, 0x38));
-    if phentsize < 56 || phnum > 256 {
-        return Err(bad("unexpected program headers"));
-    }
-    let mut ph = vec![0u8; usize::from(phentsize) * usize::from(phnum)];
-    f.seek(SeekFrom::Start(phoff))?;
-    f.read_exact(&mut ph)?;
-    for h in ph.chunks(usize::from(phentsize)) {
-        if u32_at(h, 0) != PT_INTERP {
-            continue;
-        }
-        let (off, size) = (u64_at(h, 0x08), u64_at(h, 0x20));
-        if size > 4096 {
-            return Err(bad("an interpreter path over 4 KiB"));
-        }
-        let mut path = vec![0u8; size as usize];
-        f.seek(SeekFrom::Start(off))?;
-        f.read_exact(&mut path)?;
-        let path = String::from_utf8_lossy(&path);
-        return Ok(Some(path.trim_end_matches('\0').to_string()));
-    }
-    Ok(None)
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(exe)?
+        .take(1 << 20)
+        .read_to_end(&mut head)?;
+    airlock_guest_embed::elf_interpreter(&head)
+        .map(|i| i.map(|p| String::from_utf8_lossy(p).into_owned()))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Secret injection (`inject = {...}` secrets): the TLS provider, making the sandbox's CA and
