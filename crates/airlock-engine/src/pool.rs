@@ -134,23 +134,31 @@ pub fn taken_by(state: &Path, name: &str) -> Option<(i32, u64)> {
         })
 }
 
+/// Every marker, ready (`ready/KEY/NAME`) or claimed (`claimed/NAME@PID.START`): its path
+/// and the member it names.
+fn markers(state: &Path) -> Vec<(PathBuf, String)> {
+    let entries = |d: &Path| -> Vec<fs::DirEntry> {
+        fs::read_dir(d).into_iter().flatten().flatten().collect()
+    };
+    let ready = entries(&dir(state).join(READY_DIR))
+        .into_iter()
+        .flat_map(|pool| entries(&pool.path()));
+    ready
+        .chain(entries(&dir(state).join(CLAIMED_DIR)))
+        .map(|e| {
+            let file = e.file_name();
+            let name = file.to_string_lossy();
+            let member = name.split('@').next().unwrap_or_default().to_string();
+            (e.path(), member)
+        })
+        .collect()
+}
+
 /// Member `name`'s markers gone (its removal, or its adoption by a named sandbox).
 pub fn unpublish(state: &Path, name: &str) {
-    let prefix = format!("{name}@");
-    for sub in [READY_DIR, CLAIMED_DIR] {
-        let Ok(rd) = fs::read_dir(dir(state).join(sub)) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if sub == READY_DIR {
-                let _ = fs::remove_file(e.path().join(name));
-            } else if e
-                .file_name()
-                .to_str()
-                .is_some_and(|f| f.starts_with(&prefix))
-            {
-                let _ = fs::remove_file(e.path());
-            }
+    for (path, member) in markers(state) {
+        if member == name {
+            let _ = fs::remove_file(path);
         }
     }
 }
@@ -894,6 +902,8 @@ pub fn reap(store: &mut Store, backend: &dyn Backend, state: &Path, all: bool) -
         .map(|p| p.into_iter().map(|p| p.key).collect())
         .unwrap_or_default();
     let mut removed = 0;
+    // This process, as the taker of the ready members it removes (read once, when needed).
+    let mut taker = None;
     for m in &members {
         let dir = member_dir(state, &m.name);
         let gone = match m.state {
@@ -923,7 +933,7 @@ pub fn reap(store: &mut Store, backend: &dyn Backend, state: &Path, all: bool) -
         // A ready member is taken from its marker first, as a claim takes it: one that a
         // claimer took meanwhile is the claimer's (the next pass records it).
         if m.state == MemberState::Ready {
-            let (pid, start) = me();
+            let (pid, start) = *taker.get_or_insert_with(me);
             if !take_named(state, &m.pool, &m.name, pid, start)
                 && taken_by(state, &m.name).is_some()
             {
@@ -965,30 +975,9 @@ pub fn reap(store: &mut Store, backend: &dyn Backend, state: &Path, all: bool) -
         }
     }
     // Markers no row knows (a member removed by its claimer while a daemon started).
-    for (sub, nested) in [(READY_DIR, true), (CLAIMED_DIR, false)] {
-        let files: Vec<fs::DirEntry> = fs::read_dir(dir(state).join(sub))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .flat_map(|e| {
-                if nested {
-                    fs::read_dir(e.path())
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .collect()
-                } else {
-                    vec![e]
-                }
-            })
-            .collect();
-        for f in files {
-            let file = f.file_name();
-            let name = file.to_string_lossy();
-            let name = name.split('@').next().unwrap_or_default();
-            if !known.iter().any(|k| k == name) {
-                let _ = fs::remove_file(f.path());
-            }
+    for (path, member) in markers(state) {
+        if !known.contains(&member) {
+            let _ = fs::remove_file(path);
         }
     }
     removed

@@ -176,21 +176,16 @@ pub fn attach_workspace(
         crate::phase("attach: sources prepared");
         // Which steps have a source (one byte each), and those sources, in order. Nothing
         // sent (a failure): the helper's read ends empty, and it fails without attaching.
-        match prepared {
-            Ok(prepared) => {
-                let which: Vec<u8> = prepared.iter().map(|p| u8::from(p.is_some())).collect();
-                let raw: Vec<i32> = prepared.iter().flatten().map(|f| f.as_raw_fd()).collect();
-                if let Err(e) = sys::send_fds(feed.as_raw_fd(), &which, &raw) {
-                    drop(feed);
-                    let _ = helper.wait();
-                    return Err(io_err("hand the helper the workspace's sources")(e));
-                }
-            }
-            Err(e) => {
-                drop(feed);
-                let _ = helper.wait();
-                return Err(e);
-            }
+        let sent = prepared.and_then(|prepared| {
+            let which: Vec<u8> = prepared.iter().map(|p| u8::from(p.is_some())).collect();
+            let raw: Vec<i32> = prepared.iter().flatten().map(|f| f.as_raw_fd()).collect();
+            sys::send_fds(feed.as_raw_fd(), &which, &raw)
+                .map_err(io_err("hand the helper the workspace's sources"))
+        });
+        if let Err(e) = sent {
+            drop(feed);
+            let _ = helper.wait();
+            return Err(e);
         }
     }
     // Its answer is sent once everything is attached: from then on it only exits, and is

@@ -1110,9 +1110,7 @@ fn claim(
         airlock_sandbox::phase("warm: ready marker taken");
         let dir = pool::member_dir(state, &name);
         let m = pool::Member {
-            id: std::fs::read_to_string(dir.join(airlock_engine::engine::ID_FILE))
-                .map(|id| id.trim().to_string())
-                .unwrap_or_default(),
+            id: airlock_engine::engine::read_id(&dir).unwrap_or_default(),
             name,
             pool: key.to_owned(),
             state: pool::MemberState::Claimed,
