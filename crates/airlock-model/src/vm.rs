@@ -167,7 +167,15 @@ pub enum HostMsg {
         /// `plan::CA_BUNDLE`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ca_bundle: Option<String>,
+        /// The guest was restored from a boot snapshot (not booted for this run): what it
+        /// must make its own before the job (see [`Restored`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restored: Option<Restored>,
     },
+    /// Sent only to a guest booted to be saved as a boot snapshot (instead of a job): load
+    /// every optional module group (network, disks), then say [`GuestMsg::Idle`] and wait for
+    /// the run message — which comes after the restore, to a copy of this guest.
+    Snapshot { v: u32 },
     Stdin {
         v: u32,
         data: String,
@@ -259,8 +267,27 @@ pub enum GuestMsg {
     /// the guest's upper layer against the workspace image), sent before `Exit`. Absent from
     /// older guests: no summary.
     Changes { v: u32, changes: serde_json::Value },
+    /// A guest booted for a boot snapshot has loaded everything and waits for its job: the
+    /// host saves it now.
+    Idle { v: u32 },
+    /// A restored guest got its run message: sent before anything of the job runs, so a host
+    /// that hears nothing knows the command never started.
+    Resumed { v: u32 },
     #[serde(other)]
     Unknown,
+}
+
+/// What a guest restored from a boot snapshot makes its own before the job: every restored
+/// copy of one snapshot starts with the same memory — the same clock (the snapshot's), the
+/// same kernel random state — and with the page cache of the disks as they were at the
+/// snapshot (blank).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// The host's CLOCK_REALTIME when it sent the job, in nanoseconds since the epoch.
+    pub realtime_ns: u64,
+    /// 32 bytes from the host's getrandom (base64): mixed into the guest kernel's pool, which
+    /// is then reseeded.
+    pub seed: String,
 }
 
 /// One step of the guest init and when it ended, in microseconds since the guest kernel

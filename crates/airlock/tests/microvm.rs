@@ -97,7 +97,8 @@ fn a_command_runs_on_the_guest_kernel_with_its_exit_status() {
              cat /workspace/a.txt; ls /sys/class/net; id -u; echo oops >&2; \
              read line; echo \"got $line\"; exit 7",
         ],
-        &[("AIRLOCK_TIMING", "1")],
+        // A boot (its steps are checked below), not a copy of a boot snapshot.
+        &[("AIRLOCK_TIMING", "1"), ("AIRLOCK_VM_SNAPSHOT", "0")],
         Some(b"piped in\n"),
     );
     assert_eq!(out.code(), 7, "{}", out.describe());
@@ -3025,7 +3026,8 @@ fn the_minimal_guest_kernel_boots_with_its_drivers_built_in() {
             "uname -r; cat /workspace/a.txt; ls /sys/class/net; \
              test -e /proc/modules && echo modules || echo no-modules; exit 3",
         ],
-        &[("AIRLOCK_TIMING", "1")],
+        // A boot (its steps are checked below), not a copy of a boot snapshot.
+        &[("AIRLOCK_TIMING", "1"), ("AIRLOCK_VM_SNAPSHOT", "0")],
     );
     assert_eq!(out.code(), 3, "{}", out.describe());
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -3178,4 +3180,97 @@ fn a_named_microvm_project_dir_swapped_for_a_link_is_refused() {
         "{}",
         started.describe()
     );
+}
+
+/// The phase line naming the boot snapshot a run started from (AIRLOCK_TIMING=1).
+fn restored_from(out: &Outcome) -> Option<std::path::PathBuf> {
+    out.stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("restoring the boot snapshot ")?
+                .1
+                .split_whitespace()
+                .next()
+        })
+        .map(std::path::PathBuf::from)
+}
+
+/// A one-shot run starts from its VM shape's boot snapshot (the first run of the shape saves
+/// it), and every copy is a run of its own: its own project's files (another size, behind the
+/// same device: the snapshot's page cache of the blank disk is gone), the host's clock (not
+/// the snapshot's), and a random state of its own — two copies of one guest memory that were
+/// not reseeded would read the same bytes from /dev/urandom and the same boot id. A snapshot
+/// QEMU cannot load costs nothing but the time: the run boots, the snapshot is removed.
+#[test]
+fn runs_restored_from_one_boot_snapshot_are_each_their_own() {
+    if !e2e("runs_restored_from_one_boot_snapshot_are_each_their_own") {
+        return;
+    }
+    // A VM size no other test uses: this test's snapshot is its own to break.
+    let script = "date +%s; cat /proc/sys/kernel/random/boot_id; \
+                  head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /workspace/f";
+    let args = ["--memory", "640m", "--net", "off", "--", "sh", "-c", script];
+    let run = |content: &str| {
+        let a = Airlock::root();
+        std::fs::write(a.cwd.join("f"), content).expect("write");
+        let out = vm_run(&a, &args, &[("AIRLOCK_TIMING", "1")]);
+        assert_eq!(out.code(), 0, "{}", out.describe());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        (out, now)
+    };
+    // The first run of this shape saves its snapshot (unless an earlier test run did) and
+    // starts from it.
+    let (first, _) = run("the first project\n");
+    let snap = restored_from(&first).unwrap_or_else(|| panic!("{}", first.describe()));
+    assert!(snap.exists(), "{}", first.describe());
+    assert!(
+        first
+            .stderr
+            .contains("guest resumed from the boot snapshot"),
+        "{}",
+        first.describe()
+    );
+    // Long enough for a clock left at the snapshot's time to show.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let second_content = "the second project, a longer file\n".repeat(200);
+    let (second, now) = run(&second_content);
+    assert_eq!(restored_from(&second).as_deref(), Some(snap.as_path()));
+    let (l1, l2): (Vec<&str>, Vec<&str>) = (
+        first.stdout.lines().collect(),
+        second.stdout.lines().collect(),
+    );
+    let guest_time: i64 = l2[0]
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", second.describe()));
+    assert!(
+        (now - guest_time).abs() <= 2,
+        "the restored guest's clock says {guest_time}, the host's {now}\n{}",
+        second.describe()
+    );
+    assert_ne!(l1[1], l2[1], "two copies with one boot id");
+    assert_ne!(l1[2], l2[2], "two copies read the same random bytes");
+    assert_eq!(l1[3], "the first project");
+    assert_eq!(
+        second.stdout.lines().skip(3).count(),
+        200,
+        "{}",
+        second.describe()
+    );
+    assert!(l2[3..]
+        .iter()
+        .all(|l| *l == "the second project, a longer file"));
+
+    // A snapshot QEMU cannot load: the run boots and is right, the snapshot is gone.
+    std::fs::write(&snap, b"not a QEMU migration stream").expect("corrupt");
+    let (third, _) = run("the third project\n");
+    assert!(
+        third.stderr.contains("boot snapshot could not be restored"),
+        "{}",
+        third.describe()
+    );
+    assert_eq!(third.stdout.lines().nth(3), Some("the third project"));
+    assert!(!snap.exists(), "the broken snapshot was kept");
 }

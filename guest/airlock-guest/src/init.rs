@@ -149,8 +149,32 @@ fn boot() -> Res<()> {
                 job,
                 secrets,
                 ca_bundle,
+                restored,
                 ..
-            }) => break (job, secrets, ca_bundle),
+            }) => {
+                if let Some(r) = restored {
+                    // A copy of a boot snapshot: say so before anything of the job runs (a
+                    // host that hears nothing knows the command never started), then make
+                    // the clock, the random state and the disks' caches this run's.
+                    out.send(&GuestMsg::Resumed {
+                        v: VM_PROTOCOL_VERSION,
+                    });
+                    t = Timing::default();
+                    resume(&r)?;
+                    t.mark("resumed from the boot snapshot");
+                }
+                break (job, secrets, ca_bundle);
+            }
+            Ok(HostMsg::Snapshot { .. }) => {
+                // Booted to be saved: what a job may need loaded now, so that no copy pays
+                // for it; then the host saves this guest as it waits here.
+                load_modules(Path::new(NET_MODULES), &mut t, &mut |_| {})?;
+                load_modules(Path::new(DISK_MODULES), &mut t, &mut |_| {})?;
+                nix::unistd::sync();
+                out.send(&GuestMsg::Idle {
+                    v: VM_PROTOCOL_VERSION,
+                });
+            }
             _ => continue,
         }
     };
@@ -369,6 +393,81 @@ fn find_port(name: &str) -> Option<PathBuf> {
         .find(|e| fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name))
         .map(|e| Path::new("/dev").join(e.file_name()))
         .filter(|p| p.exists())
+}
+
+/// Every virtio-blk disk (/dev/vdX: those with a serial).
+fn disks() -> Vec<String> {
+    fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("serial").exists())
+        .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
+        .collect()
+}
+
+/// A guest restored from a boot snapshot makes itself this run's: the host's clock (the
+/// snapshot's stood still while it was saved), the host's seed mixed into the kernel's pool
+/// and the CRNG reseeded from it (every copy of the snapshot starts with the same random
+/// state), and every disk's page cache dropped (what the snapshot's boot read of its blank
+/// disks, or of a root image since rebuilt: this run's are behind the same devices now).
+fn resume(r: &airlock_model::vm::Restored) -> Res<()> {
+    let ts = libc::timespec {
+        tv_sec: (r.realtime_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (r.realtime_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: clock_settime(2) with a valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(format!(
+            "set the clock: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let seed = b64_decode(&r.seed).ok_or("the restore's seed is not base64")?;
+    if seed.len() < 32 {
+        return Err("the restore's seed is shorter than 32 bytes".into());
+    }
+    reseed(&seed)?;
+    for dev in disks() {
+        let f = File::open(&dev).map_err(ctx(&dev))?;
+        // SAFETY: BLKFLSBUF on an open block device, no argument.
+        if unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF, 0) } != 0 {
+            return Err(format!(
+                "drop {dev}'s cache: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// BLKFLSBUF (_IO(0x12, 97)): write back and drop a block device's page cache.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+/// RNDADDENTROPY (_IOW('R', 0x03, int[2])) and RNDRESEEDCRNG (_IO('R', 0x07)).
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Mix `seed` into the kernel's input pool, credited, and reseed the CRNG from it now.
+fn reseed(seed: &[u8]) -> Res<()> {
+    let random = File::options()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(ctx("/dev/urandom"))?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + seed.len());
+    info.extend_from_slice(&((seed.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(seed.len() as i32).to_ne_bytes());
+    info.extend_from_slice(seed);
+    let fd = random.as_raw_fd();
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info of buf_size bytes of data: `info` is it.
+    if unsafe { libc::ioctl(fd, RNDADDENTROPY, info.as_ptr()) } != 0 {
+        return Err(format!("add the seed: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(fd, RNDRESEEDCRNG, 0) } != 0 {
+        return Err(format!("reseed: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// /dev/vdX whose virtio-blk serial is `serial`.

@@ -23,6 +23,9 @@ pub enum Reported {
     Error(String),
     /// The channel closed (or never opened) without an exit status.
     Nothing,
+    /// The channel opened, the job went, and it closed before the guest sent anything: the
+    /// guest never ran (a restore QEMU could not load), so neither did the command.
+    Unheard,
 }
 
 /// What the run message carries beside the job: the secrets' values and the injection CA
@@ -31,6 +34,9 @@ pub enum Reported {
 pub struct Sealed {
     pub secrets: Vec<(String, String)>,
     pub ca_bundle: Option<String>,
+    /// The guest is a copy of a boot snapshot: its clock and random seed (see
+    /// [`airlock_model::vm::Restored`]).
+    pub restored: Option<airlock_model::vm::Restored>,
 }
 
 impl Sealed {
@@ -41,6 +47,7 @@ impl Sealed {
             job: Box::new(job.clone()),
             secrets: self.secrets.clone(),
             ca_bundle: self.ca_bundle.clone(),
+            restored: self.restored.clone(),
         }
     }
 }
@@ -161,6 +168,7 @@ pub fn serve(stream: UnixStream, job: &GuestJob, sealed: &Sealed, stdin: bool) -
     let mut changes = None;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
+    let mut heard = false;
     loop {
         // The guest is untrusted: a line longer than any message it has reason to send ends
         // the relay rather than growing this process's memory.
@@ -173,6 +181,7 @@ pub fn serve(stream: UnixStream, job: &GuestJob, sealed: &Sealed, stdin: bool) -
             }
             Ok(_) => {}
         }
+        heard = true;
         let msg: GuestMsg = match serde_json::from_slice(&line) {
             Ok(m) => m,
             Err(e) => {
@@ -205,13 +214,17 @@ pub fn serve(stream: UnixStream, job: &GuestJob, sealed: &Sealed, stdin: bool) -
                 reported = Reported::Error(message);
                 break;
             }
-            GuestMsg::Ready { .. } => {}
+            GuestMsg::Ready { .. } | GuestMsg::Idle { .. } => {}
+            GuestMsg::Resumed { .. } => crate::phase("guest resumed from the boot snapshot"),
             GuestMsg::Timing { steps, .. } => show_timing(&steps),
             GuestMsg::Unknown => crate::phase("vm channel: unknown message kind skipped"),
         }
     }
     done.store(true, Ordering::Relaxed);
-    reported
+    match reported {
+        Reported::Nothing if !heard => Reported::Unheard,
+        r => r,
+    }
 }
 
 #[cfg(test)]

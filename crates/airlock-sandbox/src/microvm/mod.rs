@@ -16,6 +16,8 @@ pub mod gpt;
 pub mod kernel;
 pub mod mux;
 pub mod pool;
+pub mod qmp;
+pub mod snapshot;
 pub mod term;
 
 use crate::container::{self, rundir::RunDir, RunError, RunOptions};
@@ -295,7 +297,23 @@ impl MicroVm {
                     source,
                 }
             })?;
-        let result = run_in(vm, opts, &rd.path);
+        let failed = std::cell::Cell::new(false);
+        let result = run_in(vm, opts, &rd.path, Snapshots::Use, &failed);
+        rd.remove();
+        if !failed.get() {
+            return result;
+        }
+        // The guest restored from its boot snapshot never answered: the command never
+        // started. The snapshot is gone (see snapshot::discard); this run boots.
+        eprintln!("airlock: the microVM's boot snapshot could not be restored (removed); booting");
+        let rd =
+            RunDir::create(opts.state_dir, &format!("{}.vm", vm.qemu.name)).map_err(|source| {
+                RunError::RunDir {
+                    path: opts.state_dir.join("runs"),
+                    source,
+                }
+            })?;
+        let result = run_in(vm, opts, &rd.path, Snapshots::Skip, &failed);
         rd.remove();
         result
     }
@@ -303,7 +321,23 @@ impl MicroVm {
 
 use crate::command::{Ending, Outcome};
 
-fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, RunError> {
+/// Whether a run may start from a boot snapshot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Snapshots {
+    Use,
+    Skip,
+}
+
+/// One run in the run directory `dir`. `restore_failed` is set when it started from a boot
+/// snapshot whose guest never answered (QEMU could not restore it: its command never ran;
+/// the snapshot is discarded) — the caller then runs it again with a boot.
+fn run_in(
+    vm: &VmPlan,
+    opts: &RunOptions<'_>,
+    dir: &Path,
+    snapshots: Snapshots,
+    restore_failed: &std::cell::Cell<bool>,
+) -> Result<Outcome, RunError> {
     let vm = &snapshot_ro_mounts(vm, dir)?;
     let mut qemu = vm.qemu.clone();
     if !qemu.rootless {
@@ -395,20 +429,12 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         )
         .map_err(|e| RunError::Vm(format!("the claim slot disk: {e}")))?;
     }
-    let at = qemu
-        .mounts
-        .iter()
-        .position(|m| *m == MountStep::RootReadOnly)
-        .unwrap_or(qemu.mounts.len());
-    qemu.mounts.insert(
-        at,
-        MountStep::BindRw {
-            source: dir.to_path_buf(),
-            target: PathBuf::from(VM_RUN_DIR),
-            idmap: !qemu.rootless,
-        },
-    );
-    qemu.writable_paths.push(PathBuf::from(VM_RUN_DIR));
+    // A run like this one starts from its boot snapshot (made now if there is none yet).
+    let restore = match snapshots {
+        Snapshots::Use if snapshot::eligible(vm, opts) => snapshot::prepare(vm, &qemu, dir, opts),
+        _ => None,
+    };
+    bind_run_dir(&mut qemu, dir);
     if std::env::var_os("AIRLOCK_TIMING").is_some() {
         // The exact command line (bench/microvm.sh starts raw QEMU from it).
         crate::phase(&format!(
@@ -416,20 +442,16 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             serde_json::to_string(&qemu.argv).unwrap_or_default()
         ));
     }
+    if let Some(r) = &restore {
+        qemu.argv.extend(r.incoming());
+        crate::phase(&format!(
+            "restoring the boot snapshot {}",
+            r.file().display()
+        ));
+    }
 
     // The channel: airlock listens, QEMU connects (as the sandbox's user) once it starts.
-    let socket = dir.join(airlock_model::plan::microvm::VM_CHANNEL);
-    let listener = std::os::unix::net::UnixListener::bind(&socket)
-        .map_err(|e| RunError::Vm(format!("listen on {}: {e}", socket.display())))?;
-    if !qemu.rootless {
-        let (u, g) = opts.facts.project_owner;
-        nix::unistd::chown(
-            &socket,
-            Some(nix::unistd::Uid::from_raw(u)),
-            Some(nix::unistd::Gid::from_raw(g)),
-        )
-        .map_err(|e| RunError::Vm(format!("chown {}: {e}", socket.display())))?;
-    }
+    let listener = listen_channel(dir, qemu.rootless, opts)?;
     // The secrets' values go to the guest in the run message only (never QEMU's command line,
     // environment or files, the kernel command line, the job record or a disk image).
     let sealed = channel::Sealed {
@@ -438,6 +460,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
             .intercept
             .as_ref()
             .map(|i| String::from_utf8_lossy(&container::ca_bundle(i.ca_pem())).into_owned()),
+        restored: restore.as_ref().map(|_| snapshot::restored()),
     };
     // `run -t`: the guest's terminal starts at the size of the user's.
     let mut guest = vm.guest.clone();
@@ -471,16 +494,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
     let end_qemu = || {
         if let Some(fd) = qemu_pidfd.lock().ok().and_then(|mut s| s.take()) {
             crate::phase("guest reported: ending QEMU");
-            // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo, no flags.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    std::os::fd::AsRawFd::as_raw_fd(&fd),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-            }
+            kill_pidfd(&fd);
         }
     };
     let (outcome, reported) = std::thread::scope(|s| {
@@ -491,7 +505,7 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
                 Some(folder) => hold(&listener, vm, &sealed, folder, &stop, &held, opts.on_ready),
                 None => {
                     let r = channel::relay(&listener, guest, &sealed, &stop, guest.stdin);
-                    if !matches!(r, Reported::Nothing) {
+                    if !matches!(r, Reported::Nothing | Reported::Unheard) {
                         end_qemu();
                     }
                     r
@@ -541,9 +555,78 @@ fn run_in(vm: &VmPlan, opts: &RunOptions<'_>, dir: &Path) -> Result<Outcome, Run
         (_, Reported::Error(m)) => Err(RunError::Vm(format!(
             "the guest could not run the command: {m}"
         ))),
-        (Ending::Exited(q), Reported::Nothing) => Err(RunError::Vm(format!(
+        (_, Reported::Unheard) if restore.is_some() => {
+            if let Some(r) = &restore {
+                r.discard();
+            }
+            restore_failed.set(true);
+            Err(RunError::Vm(
+                "the boot snapshot could not be restored".into(),
+            ))
+        }
+        (Ending::Exited(q), Reported::Nothing | Reported::Unheard) => Err(RunError::Vm(format!(
             "the VM ended without reporting the command's exit status (QEMU exited with {q})"
         ))),
+    }
+}
+
+/// QEMU's container gets the run directory `dir` at VM_RUN_DIR, writable.
+fn bind_run_dir(qemu: &mut airlock_model::plan::LaunchPlan, dir: &Path) {
+    let at = qemu
+        .mounts
+        .iter()
+        .position(|m| *m == MountStep::RootReadOnly)
+        .unwrap_or(qemu.mounts.len());
+    qemu.mounts.insert(
+        at,
+        MountStep::BindRw {
+            source: dir.to_path_buf(),
+            target: PathBuf::from(VM_RUN_DIR),
+            idmap: !qemu.rootless,
+        },
+    );
+    qemu.writable_paths.push(PathBuf::from(VM_RUN_DIR));
+}
+
+/// The channel's socket in the run directory `dir`: airlock listens, QEMU connects (as the
+/// sandbox's user, who owns it in a root-run) once it starts.
+fn listen_channel(
+    dir: &Path,
+    rootless: bool,
+    opts: &RunOptions<'_>,
+) -> Result<std::os::unix::net::UnixListener, RunError> {
+    let socket = dir.join(airlock_model::plan::microvm::VM_CHANNEL);
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .map_err(|e| RunError::Vm(format!("listen on {}: {e}", socket.display())))?;
+    if !rootless {
+        chown_owner(&socket, opts).map_err(RunError::Vm)?;
+    }
+    Ok(listener)
+}
+
+/// `path` owned by the project's owner (who is the sandbox's user inside a root-run's QEMU
+/// container).
+fn chown_owner(path: &Path, opts: &RunOptions<'_>) -> Result<(), String> {
+    let (u, g) = opts.facts.project_owner;
+    nix::unistd::chown(
+        path,
+        Some(nix::unistd::Uid::from_raw(u)),
+        Some(nix::unistd::Gid::from_raw(g)),
+    )
+    .map_err(|e| format!("chown {}: {e}", path.display()))
+}
+
+/// SIGKILL to the process behind `fd` (a pidfd: never a reused pid).
+fn kill_pidfd(fd: &std::os::fd::OwnedFd) {
+    // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo, no flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
     }
 }
 

@@ -224,6 +224,8 @@ fn route(mut reader: BufReader<UnixStream>, routes: &Routes) {
             } => (session, Event::Error(message)),
             GuestMsg::Hello { .. }
             | GuestMsg::Ready { .. }
+            | GuestMsg::Idle { .. }
+            | GuestMsg::Resumed { .. }
             | GuestMsg::Timing { .. }
             | GuestMsg::Changes { .. } => continue,
             GuestMsg::Unknown => {

@@ -395,51 +395,14 @@ pub fn grow_disk(dir: &Path, size: u64) -> Result<(), String> {
     )
 }
 
-/// One QMP command on QEMU's socket `sock`: the greeting, `qmp_capabilities`, then
-/// `block_resize` of drive `device` to `size` bytes; Ok on its `return` (events skipped).
+/// `block_resize` of drive `device` to `size` bytes over QEMU's QMP socket `sock`.
 fn qmp_block_resize(sock: &Path, device: &str, size: u64) -> Result<(), String> {
-    use std::io::{BufRead, BufReader, Write};
-    let stream = std::os::unix::net::UnixStream::connect(sock)
-        .map_err(|e| format!("{}: {e}", sock.display()))?;
-    let limit = Some(std::time::Duration::from_secs(10));
-    stream
-        .set_read_timeout(limit)
-        .and_then(|()| stream.set_write_timeout(limit))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut writer = stream;
-    let mut answer = |what: &str| -> Result<serde_json::Value, String> {
-        loop {
-            let mut line = String::new();
-            if reader
-                .read_line(&mut line)
-                .map_err(|e| format!("{what}: {e}"))?
-                == 0
-            {
-                return Err(format!("{what}: QEMU closed the socket"));
-            }
-            let v: serde_json::Value =
-                serde_json::from_str(&line).map_err(|e| format!("{what}: {e}: {line}"))?;
-            if v.get("event").is_some() {
-                continue;
-            }
-            if let Some(err) = v.get("error") {
-                return Err(format!("{what}: {err}"));
-            }
-            return Ok(v);
-        }
-    };
-    answer("greeting")?;
-    let mut send = |cmd: serde_json::Value| {
-        writer
-            .write_all(format!("{cmd}\n").as_bytes())
-            .map_err(|e| e.to_string())
-    };
-    send(serde_json::json!({"execute": "qmp_capabilities"}))?;
-    answer("qmp_capabilities")?;
-    send(serde_json::json!({"execute": "block_resize",
-        "arguments": {"device": device, "size": size}}))?;
-    answer("block_resize").map(drop)
+    let mut qmp = super::qmp::Qmp::connect(sock, std::time::Duration::from_secs(10))?;
+    qmp.execute(
+        "block_resize",
+        serde_json::json!({"device": device, "size": size}),
+    )
+    .map(drop)
 }
 
 /// A named sandbox's clone workspace into the member's *writable* slot

@@ -141,7 +141,7 @@ pub(crate) fn guest(stream: UnixStream, sessions: bool) -> JoinHandle<Vec<HostMs
                     put(&mut w, &GuestMsg::Stdout { v, data, session });
                 }
                 HostMsg::Poweroff { .. } => break,
-                HostMsg::Unknown => {}
+                HostMsg::Unknown | HostMsg::Snapshot { .. } => {}
             }
         }
         seen

@@ -1,0 +1,492 @@
+//! Boot snapshots: under software emulation a one-shot microVM run starts from a saved copy of
+//! a guest that has booted, loaded its modules and waits for its job, instead of booting —
+//! QEMU loads the saved state (`-incoming`) and the guest reads the job it was waiting for.
+//!
+//! - **Made once per VM shape** (the exact QEMU command line — kernel, initramfs, root disk,
+//!   memory, CPUs, network, the disks' names and sizes — and QEMU's binary), by a boot of its
+//!   own: blank disks, no job, no user code, no user data. The guest loads every optional
+//!   module group, says `Idle`; QEMU saves it (`migrate` to a file) and is killed. The state
+//!   goes to the cache (`snapshots/KEY.vmstate`); at most [`KEEP`] are kept (least recently
+//!   used go).
+//! - **A run's own disks** (the workspace image, the writable-layer disk, read-only mounts)
+//!   are behind the same devices at the same sizes: each file is grown (sparse) to at least
+//!   [`PAD`], so every project's image fits one shape. The restored guest drops those disks'
+//!   page cache (read from the blank disks at the snapshot's boot) before it mounts anything.
+//! - **What each copy makes its own** before the job: the host's clock, and 32 bytes from the
+//!   host's getrandom mixed into the guest kernel's pool and the CRNG reseeded
+//!   ([`airlock_model::vm::Restored`]) — copies never share a random stream.
+//! - **Failure never costs a run**: a snapshot that cannot be made is remembered
+//!   (`KEY.failed`, the reason) and runs boot; one QEMU cannot load is removed and that run
+//!   boots (the guest never answered, so the command never started).
+//! - Only for one-shot runs under TCG (seconds of boot); KVM boots in a fraction of that.
+//!   `AIRLOCK_VM_SNAPSHOT=0` turns it off.
+
+use super::{bind_run_dir, chown_owner, kill_pidfd, listen_channel};
+use crate::container::{self, rundir::RunDir, RunOptions};
+use airlock_model::plan::microvm::{
+    ro_image, Accel, VmPlan, VM_CACHE_DIR, VM_OVERLAY_DISK, VM_RUN_DIR, VM_WORKSPACE_IMAGE,
+};
+use airlock_model::plan::LaunchPlan;
+use airlock_model::vm::{GuestMsg, HostMsg, Restored, VM_PROTOCOL_VERSION};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The snapshots' directory in the artifact cache.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+/// The smallest size a run's own disk has (sparse): the workspace image, the read-only mounts'
+/// images and the writable-layer disk grow to this, so one snapshot serves every project.
+pub const PAD: u64 = 16 << 30;
+/// Snapshots kept in the cache (each is the guest's memory as its boot left it: tens of MB).
+pub const KEEP: usize = 8;
+/// Turns boot snapshots off when set to 0, off, no or false.
+pub const ENV: &str = "AIRLOCK_VM_SNAPSHOT";
+/// The format of what a key covers: a change to what the guest does before `Idle` (or to
+/// the restore's contract) changes it.
+const FORMAT: &[u8] = b"airlock-vm-snapshot-1";
+/// The builder's QMP socket and saved state in its run directory.
+const QMP: &str = "snapshot-qmp.sock";
+const STATE: &str = "vm.state";
+
+/// Whether boot snapshots are turned off (`AIRLOCK_VM_SNAPSHOT=0`).
+pub fn disabled() -> bool {
+    std::env::var(ENV).is_ok_and(|v| matches!(v.trim(), "0" | "off" | "no" | "false"))
+}
+
+/// A run that may start from a boot snapshot: one-shot (no named sandbox, no pool member),
+/// under TCG, not turned off.
+pub fn eligible(vm: &VmPlan, opts: &RunOptions<'_>) -> bool {
+    vm.accel == Accel::Tcg
+        && opts.persist.is_none()
+        && !vm.guest.hold
+        && vm.workspace_slot.is_none()
+        && vm.claim_slot.is_none()
+        && vm.workspace_disk.is_none()
+        && !disabled()
+}
+
+/// The run's own disks (file names in its run directory), as the plan has them.
+fn run_disks(vm: &VmPlan) -> Vec<String> {
+    let mut names = Vec::new();
+    if vm.workspace.is_some() {
+        names.push(VM_WORKSPACE_IMAGE.to_string());
+    }
+    if vm.overlay_disk.is_some() {
+        names.push(VM_OVERLAY_DISK.to_string());
+    }
+    names.extend((0..vm.ro_sources.len()).map(ro_image));
+    names
+}
+
+/// A snapshot this run starts from.
+#[derive(Debug)]
+pub struct Restore {
+    /// Its file on the host.
+    file: PathBuf,
+    /// Its name in the cache (what QEMU's container sees under VM_CACHE_DIR).
+    name: String,
+}
+
+impl Restore {
+    /// QEMU's arguments that load it.
+    pub fn incoming(&self) -> [String; 2] {
+        [
+            "-incoming".into(),
+            format!("exec:cat {VM_CACHE_DIR}/{SNAPSHOT_DIR}/{}", self.name),
+        ]
+    }
+
+    /// Its file on the host.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// QEMU could not load it: gone, so that the next run makes a new one.
+    pub fn discard(&self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// The clock and seed a restored guest makes its own.
+pub fn restored() -> Restored {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut seed = [0u8; 32];
+    // getrandom(2) of 32 bytes never returns short once the pool is initialised; a host
+    // where it fails leaves zeros, which the guest mixes in (its pool keeps its own state).
+    // SAFETY: getrandom(2) fills at most `len` bytes of the buffer it is given.
+    let _ = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    Restored {
+        realtime_ns: now,
+        seed: airlock_model::vm::b64_encode(&seed),
+    }
+}
+
+/// The snapshot this run (its plan `vm`, QEMU's container `qemu` before the run directory is
+/// bound, its run directory `dir` with its disks made) starts from: its disks padded to the
+/// snapshot's shape, the snapshot made first when there is none. None: this run boots (no
+/// snapshot can be made, or its disks cannot be padded).
+pub fn prepare(
+    vm: &VmPlan,
+    qemu: &LaunchPlan,
+    dir: &Path,
+    opts: &RunOptions<'_>,
+) -> Option<Restore> {
+    let mut disks = Vec::new();
+    for name in run_disks(vm) {
+        let path = dir.join(&name);
+        let padded = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| {
+                let len = f.metadata()?.len();
+                if len < PAD {
+                    f.set_len(PAD)?;
+                }
+                Ok(len.max(PAD))
+            });
+        match padded {
+            Ok(size) => disks.push((name, size)),
+            Err(e) => {
+                crate::phase(&format!("no boot snapshot: {}: {e}", path.display()));
+                return None;
+            }
+        }
+    }
+    let cache = super::cache::cache_dir();
+    let key = key(&qemu.argv, &disks);
+    let snapshots = cache.join(SNAPSHOT_DIR);
+    let name = format!("{key}.vmstate");
+    let file = snapshots.join(&name);
+    if file.exists() {
+        // Recently used: the eviction keeps it.
+        let _ =
+            std::fs::File::open(&file).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        return Some(Restore { file, name });
+    }
+    let failed = snapshots.join(format!("{key}.failed"));
+    if failed.exists() {
+        return None;
+    }
+    // Where it will go, first: a cache this user cannot write (a shared one, made by root)
+    // is not worth a boot.
+    let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+    let writable = super::cache::ensure_dir(&snapshots).and_then(|()| {
+        std::fs::File::create(&tmp)
+            .map(drop)
+            .map_err(|e| format!("{}: {e}", tmp.display()))
+    });
+    if let Err(e) = writable {
+        crate::phase(&format!("no boot snapshot: {e}"));
+        return None;
+    }
+    eprintln!(
+        "airlock: saving a boot snapshot of this microVM (once per kernel, image and VM size; \
+         later runs start from it; cached in {})",
+        snapshots.display()
+    );
+    let t = Instant::now();
+    let built = build(vm, qemu, &disks, opts, &tmp).and_then(|()| {
+        std::fs::rename(&tmp, &file).map_err(|e| format!("{}: {e}", file.display()))
+    });
+    let _ = std::fs::remove_file(&tmp);
+    match built {
+        Ok(()) => {
+            crate::phase(&format!(
+                "boot snapshot saved in {} ms",
+                t.elapsed().as_millis()
+            ));
+            evict(&snapshots, &name);
+            Some(Restore { file, name })
+        }
+        Err(e) => {
+            eprintln!("airlock: no boot snapshot (runs like this one boot): {e}");
+            let _ = std::fs::write(&failed, format!("{e}\n"));
+            None
+        }
+    }
+}
+
+/// What a snapshot is for: QEMU's command line (the run directory's contents appear in it by
+/// name), the run's disks' names and sizes, QEMU's binary, and the guest helper.
+fn key(argv: &[String], disks: &[(String, u64)]) -> String {
+    let argv = argv.join("\0");
+    let disks: String = disks.iter().map(|(n, s)| format!("{n}={s}\n")).collect();
+    let binary = argv
+        .split('\0')
+        .next()
+        .map(|q| super::cache::stat_key(Path::new(q)))
+        .unwrap_or_default();
+    super::cache::key(&[
+        FORMAT,
+        argv.as_bytes(),
+        disks.as_bytes(),
+        binary.as_bytes(),
+        airlock_guest_embed::SHA256.as_bytes(),
+    ])
+}
+
+/// At most [`KEEP`] snapshots, the least recently used removed first (never `keep`).
+fn evict(snapshots: &Path, keep: &str) {
+    let mut all: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(snapshots)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.ends_with(".vmstate") && n != keep
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    all.sort();
+    // What a builder that died left (`KEY.tmp.PID` of a pid no longer there).
+    for e in std::fs::read_dir(snapshots).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let pid = n
+            .rsplit_once(".tmp.")
+            .and_then(|(_, p)| p.parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH);
+            if gone {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let excess = (all.len() + 1).saturating_sub(KEEP);
+    for (_, p) in all.into_iter().take(excess) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Boot the snapshot's guest in a run directory of its own and save it into `target`.
+fn build(
+    vm: &VmPlan,
+    qemu: &LaunchPlan,
+    disks: &[(String, u64)],
+    opts: &RunOptions<'_>,
+    target: &Path,
+) -> Result<(), String> {
+    let rd = RunDir::create(opts.state_dir, &format!("{}.snap", vm.qemu.name))
+        .map_err(|e| format!("a run directory in {}: {e}", opts.state_dir.display()))?;
+    let r = build_in(qemu, disks, opts, &rd.path, target);
+    rd.remove();
+    r
+}
+
+fn build_in(
+    qemu: &LaunchPlan,
+    disks: &[(String, u64)],
+    opts: &RunOptions<'_>,
+    dir: &Path,
+    target: &Path,
+) -> Result<(), String> {
+    if !qemu.rootless {
+        chown_owner(dir, opts)?;
+    }
+    // Blank disks where the run's own will be: the guest probes them (same devices, same
+    // sizes) and never reads more.
+    for (name, size) in disks {
+        let p = dir.join(name);
+        std::fs::File::create_new(&p)
+            .and_then(|f| f.set_len(*size))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        if !qemu.rootless {
+            chown_owner(&p, opts)?;
+        }
+    }
+    let mut q = qemu.clone();
+    bind_run_dir(&mut q, dir);
+    q.argv.extend([
+        "-qmp".to_string(),
+        format!("unix:{VM_RUN_DIR}/{QMP},server=on,wait=off"),
+    ]);
+    let listener = listen_channel(dir, q.rootless, opts).map_err(|e| e.to_string())?;
+    let stop = AtomicBool::new(false);
+    let pidfd: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
+    let on_child = |pid: nix::unistd::Pid| {
+        if let (Ok(fd), Ok(mut slot)) = (crate::sys::pidfd_open(pid.as_raw()), pidfd.lock()) {
+            *slot = Some(fd);
+        }
+    };
+    let (outcome, saved) = std::thread::scope(|s| {
+        let handle = std::sync::Mutex::new(None);
+        let start = || {
+            let h = s.spawn(|| {
+                let r = save(&listener, dir, &stop);
+                // Saved (or not): this QEMU has nothing more to do.
+                if let Some(fd) = pidfd.lock().ok().and_then(|mut p| p.take()) {
+                    kill_pidfd(&fd);
+                }
+                r
+            });
+            if let Ok(mut slot) = handle.lock() {
+                *slot = Some(h);
+            }
+        };
+        let inner = RunOptions {
+            timeout: Some(Duration::from_secs(180)),
+            tty: false,
+            forward_stdin: false,
+            net_journal: None,
+            secrets: &[],
+            intercept: None,
+            persist: None,
+            instance_id: None,
+            on_egress: None,
+            on_ready: Some(&start),
+            on_egress_ctx: None,
+            defer_signal: None,
+            exec_stub: false,
+            on_child: Some(&on_child),
+            ..*opts
+        };
+        let outcome = container::run(&q, &inner);
+        stop.store(true, Ordering::Relaxed);
+        let h = handle.lock().ok().and_then(|mut h| h.take());
+        let saved = h
+            .map(|h| h.join().unwrap_or(Err("the saving thread panicked".into())))
+            .unwrap_or(Err("QEMU's sandbox did not start".into()));
+        (outcome, saved)
+    });
+    if let Err(e) = saved {
+        return Err(match outcome {
+            Err(o) => format!("{e} ({o})"),
+            Ok(_) => e,
+        });
+    }
+    install(&dir.join(STATE), target)
+}
+
+/// The builder's side of the channel and QMP: ask the guest to get ready for a snapshot,
+/// wait for its `Idle`, have QEMU save it into the run directory.
+fn save(
+    listener: &std::os::unix::net::UnixListener,
+    dir: &Path,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let stream = super::channel::accept(listener, stop).ok_or("QEMU never opened the channel")?;
+    let limit = Duration::from_secs(150);
+    stream
+        .set_read_timeout(Some(limit))
+        .map_err(|e| e.to_string())?;
+    let mut w = stream.try_clone().map_err(|e| e.to_string())?;
+    let ask = HostMsg::Snapshot {
+        v: VM_PROTOCOL_VERSION,
+    };
+    let mut line = serde_json::to_vec(&ask).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    w.write_all(&line)
+        .map_err(|e| format!("the channel: {e}"))?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        let n = std::io::Read::take(&mut reader, 1 << 20)
+            .read_line(&mut line)
+            .map_err(|e| format!("waiting for the guest: {e}"))?;
+        if n == 0 {
+            return Err("the guest ended before it was ready to be saved".into());
+        }
+        match serde_json::from_str::<GuestMsg>(&line) {
+            Ok(GuestMsg::Idle { .. }) => break,
+            Ok(GuestMsg::Error { message, .. }) => return Err(format!("the guest: {message}")),
+            _ => continue,
+        }
+    }
+    crate::phase("snapshot guest idle: saving it");
+    let mut qmp = super::qmp::Qmp::connect(&dir.join(QMP), Duration::from_secs(30))?;
+    qmp.execute(
+        "migrate",
+        serde_json::json!({ "uri": format!("exec:cat > {VM_RUN_DIR}/{STATE}") }),
+    )?;
+    let t = Instant::now();
+    loop {
+        let st = qmp.execute("query-migrate", serde_json::Value::Null)?;
+        match st.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                let why = st
+                    .get("error-desc")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("no reason given");
+                return Err(format!("QEMU could not save the guest: {why}"));
+            }
+            _ if t.elapsed() > Duration::from_secs(120) => {
+                return Err("QEMU took more than 2 minutes to save the guest".into())
+            }
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// The saved state into the cache's temporary file `tmp` (the caller renames it into place:
+/// a run never sees half of one).
+fn install(state: &Path, tmp: &Path) -> Result<(), String> {
+    let len = std::fs::metadata(state)
+        .map_err(|e| format!("{}: {e}", state.display()))?
+        .len();
+    if len == 0 {
+        return Err("QEMU saved nothing".into());
+    }
+    std::fs::copy(state, tmp)
+        .and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644))
+        })
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", tmp.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_changes_with_the_command_line_and_the_disks_and_only_with_them() {
+        let argv: Vec<String> = ["/usr/bin/qemu-system-x86_64", "-m", "1024M"]
+            .map(String::from)
+            .to_vec();
+        let ws = [("workspace.erofs".to_string(), PAD)];
+        let k = key(&argv, &ws);
+        assert_eq!(k, key(&argv, &ws));
+        let mut bigger = argv.clone();
+        bigger[2] = "2048M".into();
+        assert_ne!(k, key(&bigger, &ws));
+        assert_ne!(k, key(&argv, &[]));
+        assert_ne!(k, key(&argv, &[("workspace.erofs".to_string(), PAD * 2)]));
+    }
+
+    #[test]
+    fn eviction_keeps_the_newest_and_the_one_just_saved() {
+        let dir = std::env::temp_dir().join(format!("airlock-snap-evict-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = std::time::SystemTime::now() - Duration::from_secs(1000);
+        for i in 0..KEEP + 2 {
+            let p = dir.join(format!("{i}.vmstate"));
+            std::fs::write(&p, b"x").unwrap();
+            let f = std::fs::File::open(&p).unwrap();
+            f.set_modified(base + Duration::from_secs(i as u64))
+                .unwrap();
+        }
+        std::fs::write(dir.join("other.failed"), b"why").unwrap();
+        // The oldest is the one just saved (its mtime is the copy's): kept anyway.
+        evict(&dir, "0.vmstate");
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = ["0.vmstate", "other.failed"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain((KEEP + 3 - KEEP..KEEP + 2).map(|i| format!("{i}.vmstate")))
+            .collect();
+        want.sort();
+        assert_eq!(left, want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
