@@ -283,6 +283,7 @@ pub fn lower(spec: &RunSpec, host: &HostFacts) -> Result<LaunchPlan, Refusal> {
         rlimit_nproc: spec.resources.pids,
         summarize_changes: spec.workspace == WorkspaceMode::Overlay && !spec.persistent,
         no_huge_pages: false,
+        ram_fd: None,
         sealed_sources: sealed_sources(spec),
     })
 }

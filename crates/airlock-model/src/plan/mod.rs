@@ -315,6 +315,19 @@ pub struct LaunchPlan {
     /// of free 2 MiB blocks — cold on a host that reports free memory to its hypervisor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_huge_pages: bool,
+    /// The command starts with descriptor 3 open on a memory file (memfd) of `size` bytes
+    /// holding the data of `from` (a file inside the sandbox, sparse: its holes stay zero
+    /// and cost nothing): a microVM's QEMU restored from a boot snapshot maps it as the guest's
+    /// RAM. Filled by the sandbox's own process, so the memory is its cgroup's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_fd: Option<RamFile>,
+}
+
+/// See [`LaunchPlan::ram_fd`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RamFile {
+    pub from: PathBuf,
+    pub size: u64,
 }
 
 /// A launch plan lowered for one isolation backend. The spec and the admission checks are

@@ -190,6 +190,7 @@ fn rootless_overlay_plan_is_exact() {
         rlimit_nproc: None,
         summarize_changes: true,
         no_huge_pages: false,
+        ram_fd: None,
         sealed_sources: vec![p("/home/u/proj")],
     };
     assert_eq!(got, want);

@@ -47,6 +47,33 @@ pub struct ChildArgs<'a> {
     pub cgroup_join: Option<crate::cgroup::SelfJoin>,
 }
 
+/// Where [`LaunchPlan::ram_fd`]'s memory file is, past the exec.
+const RAM_FD: RawFd = 3;
+
+/// A memory file (memfd) of `ram.size` bytes with `ram.from`'s data where it has data (its
+/// holes stay holes: zero, and no memory).
+fn ram_file(ram: &airlock_model::plan::RamFile) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let src = std::fs::File::open(&ram.from)?;
+    if src.metadata()?.len() != ram.size {
+        return Err(std::io::Error::other(format!(
+            "its size is not the guest's memory size ({} bytes)",
+            ram.size
+        )));
+    }
+    // SAFETY: memfd_create(2) with a NUL-terminated name; the result is a new descriptor.
+    let fd = unsafe { libc::memfd_create(c"airlock-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned to us and is owned by nothing else.
+    let mem = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mem_file = std::fs::File::from(mem.try_clone()?);
+    mem_file.set_len(ram.size)?;
+    sys::copy_data(src.as_raw_fd(), mem.as_raw_fd(), ram.size)?;
+    Ok(mem)
+}
+
 /// Report a setup failure to the parent and exit.
 fn fail(err_fd: RawFd, code: i32, msg: &str) -> ! {
     sys::write_all_raw(err_fd, msg.as_bytes());
@@ -317,8 +344,35 @@ pub(super) fn command(plan: &LaunchPlan, a: &Command<'_>, slave: Option<&OwnedFd
         unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     }
     let exe = resolve(a.envp, &a.argv[0]);
-    // Only 0, 1, 2 and the CLOEXEC error pipe survive until exec; nothing survives past it.
-    sys::close_fds_except(3, &[ef]);
+    let mut ef = ef;
+    let first_closed = match &plan.ram_fd {
+        Some(ram) => {
+            let mem = tryc!(
+                ef,
+                ram_file(ram),
+                format!("the guest's memory from {}", ram.from.display())
+            );
+            if ef == RAM_FD {
+                // SAFETY: F_DUPFD_CLOEXEC on our open error pipe; the copy is above 3.
+                ef = unsafe { libc::fcntl(ef, libc::F_DUPFD_CLOEXEC, RAM_FD + 1) };
+            }
+            // dup2 clears CLOEXEC: descriptor 3 is QEMU's past the exec.
+            // SAFETY: dup2(2) of our open memory file onto descriptor 3 (not the error pipe).
+            if unsafe { libc::dup2(mem.as_raw_fd(), RAM_FD) } != RAM_FD {
+                let e = std::io::Error::last_os_error();
+                fail(
+                    ef,
+                    exit::SANDBOX_FAILED,
+                    &format!("descriptor 3 for the guest's memory: {e}"),
+                );
+            }
+            RAM_FD + 1
+        }
+        None => 3,
+    };
+    // Only 0, 1, 2 (3 with a memory file) and the CLOEXEC error pipe survive until exec;
+    // nothing else survives past it.
+    sys::close_fds_except(first_closed, &[ef]);
     sys::default_all_signals();
     let _ = SigSet::all().thread_unblock();
     crate::phase("cmd: before exec");

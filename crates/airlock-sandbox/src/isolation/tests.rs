@@ -41,6 +41,7 @@ fn launch_plan(name: &str, argv: &[&str]) -> Plan {
         rlimit_nproc: None,
         summarize_changes: false,
         no_huge_pages: false,
+        ram_fd: None,
         sealed_sources: vec![],
     })
 }

@@ -814,37 +814,8 @@ pub fn copy_sparse_into(from: &Path, to: &Path) -> Result<(), String> {
     if punched != 0 {
         return Err(err(&format!("empty {}", to.display())));
     }
-    let mut at: i64 = 0;
-    while (at as u64) < len {
-        // SAFETY: lseek(2) on a descriptor we own.
-        let data = unsafe { libc::lseek(s, at, libc::SEEK_DATA) };
-        if data < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole up to the end
-            }
-            return Err(err(&format!("read {}", from.display())));
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(s, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(err(&format!("read {}", from.display())));
-        }
-        let (mut off_in, mut off_out) = (data, data);
-        while off_in < hole {
-            // SAFETY: copy_file_range(2) between two descriptors we own, with our offsets.
-            let n = unsafe {
-                libc::copy_file_range(s, &mut off_in, d, &mut off_out, (hole - off_in) as usize, 0)
-            };
-            if n < 0 {
-                return Err(err(&format!("copy into {}", to.display())));
-            }
-            if n == 0 {
-                break;
-            }
-        }
-        at = hole;
-    }
-    Ok(())
+    crate::sys::copy_data(s, d, len)
+        .map_err(|e| format!("copy {} into {}: {e}", from.display(), to.display()))
 }
 
 #[cfg(test)]

@@ -443,7 +443,7 @@ fn run_in(
         ));
     }
     if let Some(r) = &restore {
-        qemu.argv.extend(r.incoming());
+        r.apply(&mut qemu);
         crate::phase(&format!(
             "restoring the boot snapshot {}",
             r.file().display()
@@ -504,6 +504,14 @@ fn run_in(
             let handle = s.spawn(|| match opts.persist {
                 Some(folder) => hold(&listener, vm, &sealed, folder, &stop, &held, opts.on_ready),
                 None => {
+                    if let Some(Err(e)) = restore.as_ref().map(|r| r.load(dir, &stop)) {
+                        // The guest never runs: a run that boots instead (see start).
+                        crate::phase(&format!("the boot snapshot did not load: {e}"));
+                        if let Some(fd) = qemu_pidfd.lock().ok().and_then(|mut s| s.take()) {
+                            kill_pidfd(&fd);
+                        }
+                        return Reported::Unheard;
+                    }
                     let r = channel::relay(&listener, guest, &sealed, &stop, guest.stdin);
                     if !matches!(r, Reported::Nothing | Reported::Unheard) {
                         end_qemu();

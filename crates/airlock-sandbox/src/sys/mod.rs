@@ -517,6 +517,68 @@ pub fn pidfd_kill(pidfd: &OwnedFd) -> io::Result<()> {
 }
 
 /// Close every descriptor >= `first` except those in `keep`.
+/// Copy the data of the first `len` bytes of file `src` into `dst` at the same offsets, hole by
+/// hole (SEEK_DATA/SEEK_HOLE): where `src` has holes, `dst` is left as it is (the callers'
+/// are holes too). copy_file_range(2) where the two files' filesystems allow it (same type),
+/// else sendfile(2).
+pub fn copy_data(src: RawFd, dst: RawFd, len: u64) -> std::io::Result<()> {
+    let last = std::io::Error::last_os_error;
+    let mut at: libc::off_t = 0;
+    let mut splice_only = false;
+    while (at as u64) < len {
+        // SAFETY: lseek(2) on the caller's open descriptor.
+        let data = unsafe { libc::lseek(src, at, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = last();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(()); // only a hole up to the end
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(src, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(last());
+        }
+        let hole = hole.min(len as libc::off_t);
+        let (mut off_in, mut off_out) = (data, data);
+        while off_in < hole {
+            let want = (hole - off_in) as usize;
+            let n = if splice_only {
+                // SAFETY: sendfile(2) between the caller's descriptors from `off_in`; it
+                // writes at `dst`'s file offset, set to the same place first.
+                unsafe {
+                    if libc::lseek(dst, off_in, libc::SEEK_SET) < 0 {
+                        return Err(last());
+                    }
+                    libc::sendfile(dst, src, &mut off_in, want)
+                }
+            } else {
+                // SAFETY: copy_file_range(2) between the caller's descriptors, our offsets.
+                unsafe { libc::copy_file_range(src, &mut off_in, dst, &mut off_out, want, 0) }
+            };
+            if n < 0 {
+                let e = last();
+                let other_fs = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS)
+                );
+                if !splice_only && other_fs {
+                    splice_only = true;
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(std::io::Error::other("the source ended early"));
+            }
+            off_out = off_in;
+        }
+        at = hole;
+    }
+    Ok(())
+}
+
 pub fn close_fds_except(first: RawFd, keep: &[RawFd]) {
     let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= first).collect();
     keep.sort_unstable();

@@ -32,6 +32,7 @@ fn plan_of(mounts: Vec<MountStep>) -> LaunchPlan {
         rlimit_nproc: None,
         summarize_changes: false,
         no_huge_pages: false,
+        ram_fd: None,
         sealed_sources: vec![],
     }
 }
