@@ -409,7 +409,11 @@ pub(super) fn microvm_row() -> Row {
         id,
         name,
         Status::Ok,
-        format!("{kernel}; {accel}; {image} in {}", cache.display()),
+        format!(
+            "{kernel}; {accel}; {image} in {}; {}",
+            cache.display(),
+            crate::microvm::snapshot::summary(&cache)
+        ),
         None,
         needed,
     )

@@ -66,6 +66,39 @@ pub fn disabled() -> bool {
     std::env::var(ENV).is_ok_and(|v| matches!(v.trim(), "0" | "off" | "no" | "false"))
 }
 
+/// What `doctor` says of boot snapshots in the cache `cache`: off, or how many are saved and
+/// the data they hold.
+pub fn summary(cache: &Path) -> String {
+    if disabled() {
+        return format!("boot snapshots off ({ENV}=0)");
+    }
+    let (mut n, mut bytes) = (0, 0u64);
+    for e in std::fs::read_dir(cache.join(SNAPSHOT_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = e.path();
+        let ram = p.with_extension("ram");
+        if p.extension().is_some_and(|x| x == "vmstate") && ram.exists() {
+            use std::os::unix::fs::MetadataExt;
+            n += 1;
+            bytes += [&p, &ram]
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.blocks() * 512)
+                .sum::<u64>();
+        }
+    }
+    let saved = match n {
+        0 => "none saved yet (the first run of each VM shape saves one)".to_string(),
+        n => format!("{n} saved ({} MiB)", bytes >> 20),
+    };
+    format!(
+        "boot snapshots (one-shot runs under TCG start from one instead of booting; {ENV}=0 turns them off): {saved}"
+    )
+}
+
 /// A run that may start from a boot snapshot: one-shot (no named sandbox, no pool member),
 /// under TCG, not turned off.
 pub fn eligible(vm: &VmPlan, opts: &RunOptions<'_>) -> bool {
