@@ -22,7 +22,7 @@
 //! - **What each copy makes its own** before the job: the host's clock, and 32 bytes from the
 //!   host's getrandom mixed into the guest kernel's pool and the CRNG reseeded
 //!   ([`airlock_model::vm::Restored`]) — copies never share a random stream.
-//! - **Failure never costs a run**: a snapshot that cannot be made is remembered
+//! - **Failure never costs a run**: a snapshot that cannot be made is remembered for a day
 //!   (`KEY.failed`, the reason) and runs boot; one QEMU cannot load is removed and that run
 //!   boots (the guest never answered, so the command never started).
 //! - Only for one-shot runs under TCG (seconds of boot); KVM boots in a fraction of that.
@@ -47,6 +47,8 @@ pub const SNAPSHOT_DIR: &str = "snapshots";
 pub const PAD: u64 = 16 << 30;
 /// Snapshots kept in the cache (each is the guest's memory as its boot left it: tens of MB).
 pub const KEEP: usize = 8;
+/// How long after a failed attempt a shape's snapshot is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// Turns boot snapshots off when set to 0, off, no or false.
 pub const ENV: &str = "AIRLOCK_VM_SNAPSHOT";
 /// The format of what a key covers: a change to what the guest does before `Idle` (or to
@@ -272,8 +274,13 @@ pub fn prepare(
             std::fs::File::open(&file).and_then(|f| f.set_modified(std::time::SystemTime::now()));
         return Some(restore(file));
     }
+    // A shape whose snapshot could not be made boots without trying again for a day (a
+    // failure may have been the host's state of the moment: load, memory, disk).
     let failed = snapshots.join(format!("{key}.failed"));
-    if failed.exists() {
+    let failed_lately = std::fs::metadata(&failed)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().unwrap_or_default() < RETRY_AFTER);
+    if failed_lately {
         return None;
     }
     // Where it will go, first: a cache this user cannot write (a shared one, made by root)
