@@ -272,7 +272,12 @@ pub enum GuestMsg {
     Idle { v: u32 },
     /// A restored guest got its run message: sent before anything of the job runs, so a host
     /// that hears nothing knows the command never started.
-    Resumed { v: u32 },
+    Resumed {
+        v: u32,
+        /// The guest kernel's release (what `hello` said to the snapshot's builder).
+        #[serde(default)]
+        kernel: String,
+    },
     #[serde(other)]
     Unknown,
 }

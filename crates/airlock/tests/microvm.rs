@@ -1367,6 +1367,8 @@ fn a_named_microvm_start_out_of_time_says_why_and_leaves_nothing() {
             let mut cmd = a.command(args);
             cmd.env("AIRLOCK_CACHE_DIR", cache_dir());
             cmd.env("AIRLOCK_VM_START_TIMEOUT", "1");
+            // A boot (a copy of a boot snapshot may well start within the second).
+            cmd.env("AIRLOCK_VM_SNAPSHOT", "0");
             common::run_with_deadline(cmd, None, VM_DEADLINE)
         };
         let out = hurried(&[
@@ -3262,6 +3264,59 @@ fn runs_restored_from_one_boot_snapshot_are_each_their_own() {
     assert!(l2[3..]
         .iter()
         .all(|l| *l == "the second project, a longer file"));
+
+    // A named sandbox of the same shape starts from the same snapshot (its start uses it: the
+    // snapshot's time is touched) and holds a guest of its own.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::open(&snap)
+        .and_then(|f| f.set_modified(old))
+        .expect("age the snapshot");
+    let a = Airlock::root();
+    std::fs::write(a.cwd.join("f"), "the named sandbox's project\n").expect("write");
+    let guard = Cleanup(&a, &["vmsnap"]);
+    let mut create = a.command(&[
+        "create",
+        "--backend",
+        "microvm",
+        "vmsnap",
+        "--memory",
+        "640m",
+        "--net",
+        "off",
+    ]);
+    create.env("AIRLOCK_CACHE_DIR", cache_dir());
+    let out = common::run_with_deadline(create, None, VM_DEADLINE);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let out = vm_cli(&a, &["start", "vmsnap"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let out = vm_cli(&a, &["exec", "vmsnap", "--", "sh", "-c", script]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let touched = std::fs::metadata(&snap)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert!(
+        touched > old,
+        "the named sandbox's start did not use the snapshot"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let l3: Vec<&str> = out.stdout.lines().collect();
+    let guest_time: i64 = l3[0]
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", out.describe()));
+    assert!((now - guest_time).abs() <= 2, "{}", out.describe());
+    assert!(
+        l3[1] != l1[1] && l3[1] != l2[1],
+        "a named copy shares a boot id"
+    );
+    assert!(
+        l3[2] != l1[2] && l3[2] != l2[2],
+        "a named copy shares random bytes"
+    );
+    assert_eq!(l3[3], "the named sandbox's project");
+    drop(guard);
 
     // A snapshot QEMU cannot load: the run boots and is right, the snapshot is gone.
     std::fs::write(&snap, b"not a QEMU migration stream").expect("corrupt");

@@ -158,6 +158,7 @@ fn boot() -> Res<()> {
                     // the clock, the random state and the disks' caches this run's.
                     out.send(&GuestMsg::Resumed {
                         v: VM_PROTOCOL_VERSION,
+                        kernel: release(),
                     });
                     t = Timing::default();
                     resume(&r)?;
@@ -299,15 +300,19 @@ fn greet(port: &Path, t: &mut Timing) -> Res<File> {
         .open(port)
         .map_err(ctx(port.display()))?;
     t.mark("channel open");
-    let kernel = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
     Channel(chan.try_clone().map_err(ctx("channel"))?).send(&GuestMsg::Hello {
         v: VM_PROTOCOL_VERSION,
-        kernel,
+        kernel: release(),
         sessions: true,
     });
     Ok(chan)
+}
+
+/// The guest kernel's release.
+fn release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 struct Channel(File);

@@ -431,7 +431,7 @@ fn run_in(
     }
     // A run like this one starts from its boot snapshot (made now if there is none yet).
     let restore = match snapshots {
-        Snapshots::Use if snapshot::eligible(vm, opts) => snapshot::prepare(vm, &qemu, dir, opts),
+        Snapshots::Use if snapshot::eligible(vm) => snapshot::prepare(vm, &qemu, dir, opts),
         _ => None,
     };
     bind_run_dir(&mut qemu, dir);
@@ -501,22 +501,26 @@ fn run_in(
         // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
         let relay = std::sync::Mutex::new(None);
         let start_relay = || {
-            let handle = s.spawn(|| match opts.persist {
-                Some(folder) => hold(&listener, vm, &sealed, folder, &stop, &held, opts.on_ready),
-                None => {
-                    if let Some(Err(e)) = restore.as_ref().map(|r| r.load(dir, &stop)) {
-                        // The guest never runs: a run that boots instead (see start).
-                        crate::phase(&format!("the boot snapshot did not load: {e}"));
-                        if let Some(fd) = qemu_pidfd.lock().ok().and_then(|mut s| s.take()) {
-                            kill_pidfd(&fd);
+            let handle = s.spawn(|| {
+                if let Some(Err(e)) = restore.as_ref().map(|r| r.load(dir, &stop)) {
+                    // The guest never runs: a start that boots instead (see start).
+                    crate::phase(&format!("the boot snapshot did not load: {e}"));
+                    if let Some(fd) = qemu_pidfd.lock().ok().and_then(|mut s| s.take()) {
+                        kill_pidfd(&fd);
+                    }
+                    return Reported::Unheard;
+                }
+                match opts.persist {
+                    Some(folder) => {
+                        hold(&listener, vm, &sealed, folder, &stop, &held, opts.on_ready)
+                    }
+                    None => {
+                        let r = channel::relay(&listener, guest, &sealed, &stop, guest.stdin);
+                        if !matches!(r, Reported::Nothing | Reported::Unheard) {
+                            end_qemu();
                         }
-                        return Reported::Unheard;
+                        r
                     }
-                    let r = channel::relay(&listener, guest, &sealed, &stop, guest.stdin);
-                    if !matches!(r, Reported::Nothing | Reported::Unheard) {
-                        end_qemu();
-                    }
-                    r
                 }
             });
             if let Ok(mut r) = relay.lock() {
@@ -536,7 +540,9 @@ fn run_in(
             forward_stdin: false,
             defer_signal: opts.persist.map(|_| &defer as _),
             exec_stub: false,
-            on_child: opts.persist.is_none().then_some(&on_child as _),
+            // A run's QEMU is ended at the guest's report; a restore's, if the snapshot does
+            // not load.
+            on_child: (opts.persist.is_none() || restore.is_some()).then_some(&on_child as _),
             ..*opts
         };
         let outcome = container::run(&qemu, &inner);
@@ -548,6 +554,14 @@ fn run_in(
         (outcome, reported)
     });
     let outcome = outcome?;
+    if let (Some(r), Reported::Unheard) = (&restore, &reported) {
+        // The guest never answered: its command (or a named sandbox's sessions) never began.
+        r.discard();
+        restore_failed.set(true);
+        return Err(RunError::Vm(
+            "the boot snapshot could not be restored".into(),
+        ));
+    }
     if opts.persist.is_some() {
         return Ok(Outcome {
             ending: outcome.ending,
@@ -563,15 +577,6 @@ fn run_in(
         (_, Reported::Error(m)) => Err(RunError::Vm(format!(
             "the guest could not run the command: {m}"
         ))),
-        (_, Reported::Unheard) if restore.is_some() => {
-            if let Some(r) = &restore {
-                r.discard();
-            }
-            restore_failed.set(true);
-            Err(RunError::Vm(
-                "the boot snapshot could not be restored".into(),
-            ))
-        }
         (Ending::Exited(q), Reported::Nothing | Reported::Unheard) => Err(RunError::Vm(format!(
             "the VM ended without reporting the command's exit status (QEMU exited with {q})"
         ))),
@@ -829,6 +834,7 @@ fn hold(
     };
     let mux = match mux::Mux::open_sealed(stream, &vm.guest, sealed) {
         Ok(m) => std::sync::Arc::new(m),
+        Err(e) if e == mux::UNHEARD => return Reported::Unheard,
         Err(e) => {
             eprintln!("airlock: {e}");
             return Reported::Error(e);

@@ -76,6 +76,10 @@ fn next_msg(reader: &mut BufReader<UnixStream>) -> Option<GuestMsg> {
     }
 }
 
+/// [`Mux::open_sealed`]'s error when the channel closed before the guest sent anything: it
+/// never ran (a boot snapshot QEMU could not load).
+pub const UNHEARD: &str = "the guest closed its channel before it said anything";
+
 impl Mux {
     /// Send `job` (which must hold) over `stream` and wait until the guest has built its root.
     /// Errors: the guest closed the channel, does not serve sessions, or could not set up.
@@ -99,10 +103,17 @@ impl Mux {
         send(&mut w, &run).map_err(|e| format!("send the job to the guest: {e}"))?;
         let mut reader = BufReader::new(stream);
         let mut kernel = None;
+        let mut heard = false;
         loop {
-            match next_msg(&mut reader) {
+            let msg = next_msg(&mut reader);
+            match msg {
+                None if !heard => return Err(UNHEARD.into()),
                 None => {
                     return Err("the guest closed its channel before it was ready".into());
+                }
+                Some(GuestMsg::Resumed { kernel: k, .. }) => {
+                    crate::phase("guest resumed from the boot snapshot");
+                    kernel = Some(k);
                 }
                 Some(GuestMsg::Hello {
                     v,
@@ -125,6 +136,7 @@ impl Mux {
                 }
                 Some(_) => crate::phase("vm channel: unexpected message before ready skipped"),
             }
+            heard = true;
         }
         let routes: Routes = Arc::new(Mutex::new(Some(HashMap::new())));
         let r = routes.clone();

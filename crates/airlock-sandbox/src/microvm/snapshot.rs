@@ -31,7 +31,8 @@
 use super::{bind_run_dir, chown_owner, kill_pidfd, listen_channel};
 use crate::container::{self, rundir::RunDir, RunOptions};
 use airlock_model::plan::microvm::{
-    ro_image, Accel, VmPlan, VM_CACHE_DIR, VM_OVERLAY_DISK, VM_RUN_DIR, VM_WORKSPACE_IMAGE,
+    ro_image, Accel, VmPlan, VM_CACHE_DIR, VM_CLAIM_SLOT, VM_OVERLAY_DISK, VM_RUN_DIR,
+    VM_WORKSPACE_DISK, VM_WORKSPACE_IMAGE, VM_WORKSPACE_SLOT,
 };
 use airlock_model::plan::LaunchPlan;
 use airlock_model::vm::{GuestMsg, HostMsg, Restored, VM_PROTOCOL_VERSION};
@@ -101,16 +102,10 @@ pub fn summary(cache: &Path) -> String {
     )
 }
 
-/// A run that may start from a boot snapshot: one-shot (no named sandbox, no pool member),
-/// under TCG, not turned off.
-pub fn eligible(vm: &VmPlan, opts: &RunOptions<'_>) -> bool {
-    vm.accel == Accel::Tcg
-        && opts.persist.is_none()
-        && !vm.guest.hold
-        && vm.workspace_slot.is_none()
-        && vm.claim_slot.is_none()
-        && vm.workspace_disk.is_none()
-        && !disabled()
+/// A start that may come from a boot snapshot: under TCG, not turned off — a run, a named
+/// sandbox's start, a pool member's.
+pub fn eligible(vm: &VmPlan) -> bool {
+    vm.accel == Accel::Tcg && !disabled()
 }
 
 /// The run's own disks (file names in its run directory), as the plan has them.
@@ -119,11 +114,27 @@ fn run_disks(vm: &VmPlan) -> Vec<String> {
     if vm.workspace.is_some() {
         names.push(VM_WORKSPACE_IMAGE.to_string());
     }
+    if vm.workspace_disk.is_some() {
+        names.push(VM_WORKSPACE_DISK.to_string());
+    }
+    if vm.workspace_slot.is_some() {
+        names.push(VM_WORKSPACE_SLOT.to_string());
+    }
     if vm.overlay_disk.is_some() {
         names.push(VM_OVERLAY_DISK.to_string());
     }
     names.extend((0..vm.ro_sources.len()).map(ro_image));
+    if vm.claim_slot.is_some() {
+        names.push(VM_CLAIM_SLOT.to_string());
+    }
     names
+}
+
+/// Whether a run's disk grows to [`PAD`] for the snapshot's shape: the read-only images made
+/// for each run (the workspace's, the read-only mounts'). Writable disks keep their size (a
+/// filesystem's or a slot's, which claims and copies rely on): it is in the key.
+fn padded(name: &str) -> bool {
+    name.ends_with(".erofs")
 }
 
 /// A snapshot this run starts from.
@@ -240,17 +251,21 @@ pub fn prepare(
     let mut disks = Vec::new();
     for name in run_disks(vm) {
         let path = dir.join(&name);
-        let padded = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| {
-                let len = f.metadata()?.len();
-                if len < PAD {
-                    f.set_len(PAD)?;
-                }
-                Ok(len.max(PAD))
-            });
-        match padded {
+        let size = if padded(&name) {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| {
+                    let len = f.metadata()?.len();
+                    if len < PAD {
+                        f.set_len(PAD)?;
+                    }
+                    Ok(len.max(PAD))
+                })
+        } else {
+            std::fs::metadata(&path).map(|m| m.len())
+        };
+        match size {
             Ok(size) => disks.push((name, size)),
             Err(e) => {
                 crate::phase(&format!("no boot snapshot: {}: {e}", path.display()));
