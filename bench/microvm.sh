@@ -6,10 +6,13 @@
 #   raw QEMU with airlock's devices: the same with airlock's disks (read-only) and its channel's
 #     virtio-serial port (on a null chardev) kept — the issue's "same QEMU command line started
 #     by hand with a trivial init": its kernel probes the same devices;
-#   airlock:  `airlock run --backend microvm --workspace none --net off -- true` — its init
-#     loads the virtio/erofs/overlay modules, mounts the host image under an overlay, runs
-#     `true` as the sandbox user, reports over virtio-serial, powers off; plus the container
-#     around QEMU and the host side.
+#   airlock:  `airlock run --backend microvm --workspace none --net off -- true` — under TCG
+#     from its boot snapshot (the warm-up run saves it if the cache has none: a guest that
+#     booted, loaded its modules and waits for its job): QEMU loads the devices' state, the
+#     guest's init mounts the host image under an overlay, runs `true` as the sandbox user,
+#     reports over virtio-serial; plus the container around QEMU and the host side. With
+#     AIRLOCK_VM_SNAPSHOT=0 it boots instead (the init then also loads the virtio/erofs/overlay
+#     modules of a distribution kernel): the boot path against raw QEMU's boot.
 # Needs hyperfine, busybox-static, cpio, QEMU and a warm cache (run airlock once first; the first
 # run builds the host image). Prints a markdown table of medians and the ratio (hyperfine), the
 # same from PAIRS interleaved runs (default 5; 0: none), and one run's AIRLOCK_TIMING phases.

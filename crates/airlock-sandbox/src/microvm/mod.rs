@@ -290,32 +290,26 @@ impl MicroVm {
             std::fs::write(dir.join(crate::folder::VM_BOOT_FILE), accel)
                 .map_err(container::io_err("record the VM's boot"))?;
         }
-        let rd =
-            RunDir::create(opts.state_dir, &format!("{}.vm", vm.qemu.name)).map_err(|source| {
-                RunError::RunDir {
+        let failed = std::cell::Cell::new(false);
+        let attempt = |snapshots| {
+            let rd = RunDir::create(opts.state_dir, &format!("{}.vm", vm.qemu.name)).map_err(
+                |source| RunError::RunDir {
                     path: opts.state_dir.join("runs"),
                     source,
-                }
-            })?;
-        let failed = std::cell::Cell::new(false);
-        let result = run_in(vm, opts, &rd.path, Snapshots::Use, &failed);
-        rd.remove();
+                },
+            )?;
+            let result = run_in(vm, opts, &rd.path, snapshots, &failed);
+            rd.remove();
+            result
+        };
+        let result = attempt(Snapshots::Use);
         if !failed.get() {
             return result;
         }
         // The guest restored from its boot snapshot never answered: the command never
         // started. The snapshot is gone (see snapshot::discard); this run boots.
         eprintln!("airlock: the microVM's boot snapshot could not be restored (removed); booting");
-        let rd =
-            RunDir::create(opts.state_dir, &format!("{}.vm", vm.qemu.name)).map_err(|source| {
-                RunError::RunDir {
-                    path: opts.state_dir.join("runs"),
-                    source,
-                }
-            })?;
-        let result = run_in(vm, opts, &rd.path, Snapshots::Skip, &failed);
-        rd.remove();
-        result
+        attempt(Snapshots::Skip)
     }
 }
 
