@@ -2,22 +2,23 @@
 //! a guest that has booted, loaded its modules and waits for its job, instead of booting —
 //! QEMU loads the saved state (`-incoming`) and the guest reads the job it was waiting for.
 //!
-//! - **Two files**: the guest's memory (`KEY.ram`, sparse: as large as the guest's memory,
-//!   holding only what its boot wrote) and the devices' state (`KEY.vmstate`, QEMU's migration
-//!   stream without the memory: `x-ignore-shared`). A restored run's sandbox copies the memory
-//!   into a memory file of its own (`LaunchPlan::ram_fd`: charged to its cgroup, never
-//!   written back to the snapshot) that QEMU maps as the guest's RAM; only the devices' state
-//!   goes through the stream. (Through the stream, the memory cost 4 KiB of QEMU's work per
-//!   page of the guest's — 300–400 ms for 1 GiB; this way ≈ 30 ms for the data.)
+//! - **Two files in one directory** (`snapshots/KEY/`, published by one rename): the guest's
+//!   memory (`ram`, sparse: as large as the guest's memory, holding only what its boot wrote)
+//!   and the devices' state (`vmstate`, QEMU's migration stream without the memory:
+//!   `x-ignore-shared`). A restored run's sandbox copies the memory into a memory file of its
+//!   own (`LaunchPlan::ram_fd`: charged to its cgroup, never written back to the snapshot)
+//!   that QEMU maps as the guest's RAM; only the devices' state goes through the stream.
+//!   (Through the stream, the memory cost QEMU a zero-page check per page of the guest's —
+//!   300–400 ms for 1 GiB without huge pages; this way ≈ 30 ms for the data.)
 //! - **Made once per VM shape** (the exact QEMU command line — kernel, initramfs, root disk,
 //!   memory, CPUs, network, the disks' names and sizes — and QEMU's binary), by a boot of its
 //!   own: blank disks, no job, no user code, no user data. The guest loads every optional
-//!   module group, says `Idle`; QEMU saves it (`migrate` to a file) and is killed. The state
-//!   goes to the cache (`snapshots/KEY.vmstate`); at most [`KEEP`] are kept (least recently
-//!   used go).
-//! - **A run's own disks** (the workspace image, the writable-layer disk, read-only mounts)
-//!   are behind the same devices at the same sizes: each file is grown (sparse) to at least
-//!   [`PAD`], so every project's image fits one shape. The restored guest drops those disks'
+//!   module group, says `Idle`; QEMU saves it (`migrate`) and is killed. At most [`KEEP`]
+//!   snapshots are kept (the least recently used go).
+//! - **A run's own disks** are behind the same devices at the same sizes: the read-only
+//!   images made for each run (the workspace's, the read-only mounts') grow (sparse) to at
+//!   least [`PAD`], so every project's image fits one shape; writable disks keep their sizes
+//!   (in the key). The restored guest drops those disks'
 //!   page cache (read from the blank disks at the snapshot's boot) before it mounts anything.
 //! - **What each copy makes its own** before the job: the host's clock, and 32 bytes from the
 //!   host's getrandom mixed into the guest kernel's pool and the CRNG reseeded
@@ -25,8 +26,8 @@
 //! - **Failure never costs a run**: a snapshot that cannot be made is remembered for a day
 //!   (`KEY.failed`, the reason) and runs boot; one QEMU cannot load is removed and that run
 //!   boots (the guest never answered, so the command never started).
-//! - Only for one-shot runs under TCG (seconds of boot); KVM boots in a fraction of that.
-//!   `AIRLOCK_VM_SNAPSHOT=0` turns it off.
+//! - Runs, named sandboxes' starts and pool members' under TCG (seconds of boot); KVM boots
+//!   in a fraction of that. `AIRLOCK_VM_SNAPSHOT=0` turns it off.
 
 use super::{bind_run_dir, chown_owner, kill_pidfd, listen_channel};
 use crate::container::{self, rundir::RunDir, RunOptions};
@@ -58,7 +59,7 @@ const FORMAT: &[u8] = b"airlock-vm-snapshot-2";
 /// QEMU's QMP socket in the run directory (the builder's `migrate`, a restore's
 /// `migrate-incoming`), its devices' state and the builder's guest memory there.
 const QMP: &str = "snapshot-qmp.sock";
-const STATE: &str = "vm.state";
+const STATE: &str = "vmstate";
 const RAM: &str = "ram";
 /// The guest's memory backend: a file, shared (the guest's writes are the file's), so that
 /// the migration leaves it out (`x-ignore-shared`).
@@ -81,12 +82,11 @@ pub fn summary(cache: &Path) -> String {
         .flatten()
         .flatten()
     {
-        let p = e.path();
-        let ram = p.with_extension("ram");
-        if p.extension().is_some_and(|x| x == "vmstate") && ram.exists() {
+        let (state, ram) = (e.path().join(STATE), e.path().join(RAM));
+        if !e.file_name().to_string_lossy().contains('.') && state.exists() {
             use std::os::unix::fs::MetadataExt;
             n += 1;
-            bytes += [&p, &ram]
+            bytes += [&state, &ram]
                 .iter()
                 .filter_map(|f| std::fs::metadata(f).ok())
                 .map(|m| m.blocks() * 512)
@@ -137,12 +137,14 @@ fn padded(name: &str) -> bool {
     name.ends_with(".erofs")
 }
 
-/// A snapshot this run starts from.
+/// A snapshot this run starts from: a directory of the cache (`snapshots/KEY/`) holding the
+/// guest's memory (`ram`) and its devices' state (`vmstate`), published by one rename — a run
+/// never sees one half of a snapshot with the other half of another.
 #[derive(Debug)]
 pub struct Restore {
-    /// Its devices' state on the host (`KEY.vmstate`; the memory is `KEY.ram` beside it).
-    file: PathBuf,
-    /// Its key (the files' names in the cache, as QEMU's container sees them).
+    /// Its directory on the host.
+    dir: PathBuf,
+    /// Its key (the directory's name, as QEMU's container sees it under the cache).
     key: String,
     /// The guest's memory size.
     memory: u64,
@@ -153,7 +155,7 @@ impl Restore {
     /// descriptor 3), QEMU waiting for the devices' state ([`Restore::load`]).
     pub fn apply(&self, qemu: &mut LaunchPlan) {
         qemu.ram_fd = Some(airlock_model::plan::RamFile {
-            from: PathBuf::from(format!("{VM_CACHE_DIR}/{SNAPSHOT_DIR}/{}.ram", self.key)),
+            from: PathBuf::from(format!("{VM_CACHE_DIR}/{SNAPSHOT_DIR}/{}/{RAM}", self.key)),
             size: self.memory,
         });
         qemu.argv
@@ -183,22 +185,31 @@ impl Restore {
             }
         };
         ignore_shared(&mut qmp)?;
-        qmp.execute(
-            "migrate-incoming",
-            serde_json::json!({ "uri": format!("exec:cat {VM_CACHE_DIR}/{SNAPSHOT_DIR}/{}.vmstate", self.key) }),
-        )
-        .map(drop)
+        let uri = format!(
+            "exec:cat {VM_CACHE_DIR}/{SNAPSHOT_DIR}/{}/{STATE}",
+            self.key
+        );
+        qmp.execute("migrate-incoming", serde_json::json!({ "uri": uri }))
+            .map(drop)
     }
 
-    /// Its devices' state file on the host.
-    pub fn file(&self) -> &Path {
-        &self.file
+    /// Its devices' state file on the host (in the snapshot's directory).
+    pub fn file(&self) -> PathBuf {
+        self.dir.join(STATE)
     }
 
     /// QEMU could not load it: gone, so that the next run makes a new one.
     pub fn discard(&self) {
-        let _ = std::fs::remove_file(&self.file);
-        let _ = std::fs::remove_file(self.file.with_extension("ram"));
+        remove_snapshot(&self.dir);
+    }
+}
+
+/// A snapshot's directory out of the cache: renamed aside first (runs stop finding it at
+/// once), then removed.
+fn remove_snapshot(dir: &Path) {
+    let aside = dir.with_extension(format!("gone.{}", std::process::id()));
+    if std::fs::rename(dir, &aside).is_ok() {
+        let _ = std::fs::remove_dir_all(&aside);
     }
 }
 
@@ -276,18 +287,17 @@ pub fn prepare(
     let cache = super::cache::cache_dir();
     let key = key(&qemu.argv, &disks);
     let snapshots = cache.join(SNAPSHOT_DIR);
-    let name = format!("{key}.vmstate");
-    let file = snapshots.join(&name);
-    let restore = |file: PathBuf| Restore {
-        file,
+    let dir = snapshots.join(&key);
+    let restore = |dir: PathBuf| Restore {
+        dir,
         key: key.clone(),
         memory: vm.memory,
     };
-    if file.exists() && file.with_extension("ram").exists() {
+    if dir.join(STATE).exists() {
         // Recently used: the eviction keeps it.
-        let _ =
-            std::fs::File::open(&file).and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        return Some(restore(file));
+        let _ = std::fs::File::open(dir.join(STATE))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        return Some(restore(dir));
     }
     // A shape whose snapshot could not be made boots without trying again for a day (a
     // failure may have been the host's state of the moment: load, memory, disk).
@@ -300,12 +310,9 @@ pub fn prepare(
     }
     // Where it will go, first: a cache this user cannot write (a shared one, made by root)
     // is not worth a boot.
-    let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
-    let writable = super::cache::ensure_dir(&snapshots).and_then(|()| {
-        std::fs::File::create(&tmp)
-            .map(drop)
-            .map_err(|e| format!("{}: {e}", tmp.display()))
-    });
+    let tmp = snapshots.join(format!("{key}.tmp.{}", std::process::id()));
+    let writable = super::cache::ensure_dir(&snapshots)
+        .and_then(|()| std::fs::create_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display())));
     if let Err(e) = writable {
         crate::phase(&format!("no boot snapshot: {e}"));
         return None;
@@ -316,23 +323,27 @@ pub fn prepare(
         snapshots.display()
     );
     let t = Instant::now();
-    let tmp_ram = tmp.with_extension(format!("ram-tmp.{}", std::process::id()));
-    let built = build(vm, qemu, &disks, opts, &tmp, &tmp_ram).and_then(|()| {
-        // The memory first: a state file is what says a snapshot is there.
-        std::fs::rename(&tmp_ram, file.with_extension("ram"))
-            .and_then(|()| std::fs::rename(&tmp, &file))
-            .map_err(|e| format!("{}: {e}", file.display()))
+    let built = build(vm, qemu, &disks, opts, &tmp).and_then(|()| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        // One rename publishes both files. Another run of this shape may have published
+        // its own meanwhile: it is as good, and stays.
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => Ok(()),
+            Err(_) if dir.join(STATE).exists() => Ok(()),
+            Err(e) => Err(format!("{}: {e}", dir.display())),
+        }
     });
-    let _ = std::fs::remove_file(&tmp);
-    let _ = std::fs::remove_file(&tmp_ram);
+    let _ = std::fs::remove_dir_all(&tmp);
     match built {
         Ok(()) => {
             crate::phase(&format!(
                 "boot snapshot saved in {} ms",
                 t.elapsed().as_millis()
             ));
-            evict(&snapshots, &name);
-            Some(restore(file))
+            evict(&snapshots, &key);
+            Some(restore(dir))
         }
         Err(e) => {
             eprintln!("airlock: no boot snapshot (runs like this one boot): {e}");
@@ -361,55 +372,57 @@ fn key(argv: &[String], disks: &[(String, u64)]) -> String {
     ])
 }
 
-/// At most [`KEEP`] snapshots, the least recently used removed first (never `keep`).
+/// At most [`KEEP`] snapshots, the least recently used removed first (never `keep`); and
+/// what builders that died left (`KEY.tmp.PID` of a pid no longer there).
 fn evict(snapshots: &Path, keep: &str) {
-    let mut all: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(snapshots)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.ends_with(".vmstate") && n != keep
-        })
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    all.sort();
-    // What a builder that died left (`KEY.tmp.PID` of a pid no longer there).
+    let mut all: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
     for e in std::fs::read_dir(snapshots).into_iter().flatten().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        let pid = n
+        let leftover = n
             .rsplit_once(".tmp.")
+            .or_else(|| n.rsplit_once(".gone."))
             .and_then(|(_, p)| p.parse::<i32>().ok());
-        if let Some(pid) = pid {
-            let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-                == Err(nix::errno::Errno::ESRCH);
-            if gone {
+        match leftover {
+            Some(pid) => {
+                let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    == Err(nix::errno::Errno::ESRCH);
+                if gone {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            // An earlier layout's halves (`KEY.vmstate`, `KEY.ram`): nothing reads them now.
+            None if n.ends_with(".vmstate") || n.ends_with(".ram") => {
                 let _ = std::fs::remove_file(e.path());
             }
+            None if n != keep && !n.contains('.') => {
+                let used = std::fs::metadata(e.path().join(STATE)).and_then(|m| m.modified());
+                // A directory without its state is half of nothing: the oldest.
+                all.push((used.unwrap_or(std::time::UNIX_EPOCH), e.path()));
+            }
+            None => {}
         }
     }
+    all.sort();
     let excess = (all.len() + 1).saturating_sub(KEEP);
     for (_, p) in all.into_iter().take(excess) {
-        let _ = std::fs::remove_file(p.with_extension("ram"));
-        let _ = std::fs::remove_file(p);
+        remove_snapshot(&p);
     }
 }
 
-/// Boot the snapshot's guest in a run directory of its own and save it: its devices' state
-/// into `state`, its memory into `ram` (both in the cache).
+/// Boot the snapshot's guest in a run directory of its own and save it into `to` (a
+/// directory of the cache): its devices' state and its memory.
 fn build(
     vm: &VmPlan,
     qemu: &LaunchPlan,
     disks: &[(String, u64)],
     opts: &RunOptions<'_>,
-    state: &Path,
-    ram: &Path,
+    to: &Path,
 ) -> Result<(), String> {
     let rd = RunDir::create(opts.state_dir, &format!("{}.snap", vm.qemu.name))
         .map_err(|e| format!("a run directory in {}: {e}", opts.state_dir.display()))?;
     let r = build_in(vm.memory, qemu, disks, opts, &rd.path)
-        .and_then(|()| install(&rd.path.join(STATE), state, false))
-        .and_then(|()| install(&rd.path.join(RAM), ram, true));
+        .and_then(|()| install(&rd.path.join(STATE), &to.join(STATE), false))
+        .and_then(|()| install(&rd.path.join(RAM), &to.join(RAM), true));
     rd.remove();
     r
 }
@@ -559,9 +572,8 @@ fn save(
     }
 }
 
-/// What the builder saved in its run directory (`from`) into the cache's temporary file
-/// `to` (the caller renames it into place: a run never sees half of one); `sparse`: only its
-/// data, its holes left holes.
+/// What the builder saved in its run directory (`from`) into `to`, in the snapshot's
+/// directory before it is published; `sparse`: only its data, its holes left holes.
 fn install(from: &Path, to: &Path, sparse: bool) -> Result<(), String> {
     let len = std::fs::metadata(from)
         .map_err(|e| format!("{}: {e}", from.display()))?
@@ -606,30 +618,39 @@ mod tests {
     }
 
     #[test]
-    fn eviction_keeps_the_newest_and_the_one_just_saved() {
+    fn eviction_keeps_the_newest_and_the_one_just_saved_and_clears_dead_builders() {
         let dir = std::env::temp_dir().join(format!("airlock-snap-evict-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let base = std::time::SystemTime::now() - Duration::from_secs(1000);
         for i in 0..KEEP + 2 {
-            let p = dir.join(format!("{i}.vmstate"));
+            let snap = dir.join(format!("k{i}"));
+            std::fs::create_dir(&snap).unwrap();
+            std::fs::write(snap.join(RAM), b"m").unwrap();
+            let p = snap.join(STATE);
             std::fs::write(&p, b"x").unwrap();
             let f = std::fs::File::open(&p).unwrap();
             f.set_modified(base + Duration::from_secs(i as u64))
                 .unwrap();
         }
         std::fs::write(dir.join("other.failed"), b"why").unwrap();
-        // The oldest is the one just saved (its mtime is the copy's): kept anyway.
-        evict(&dir, "0.vmstate");
+        // A builder that died (a pid that was and is no more) and one that lives (ours).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        std::fs::create_dir(dir.join(format!("kd.tmp.{dead}"))).unwrap();
+        std::fs::create_dir(dir.join(format!("kl.tmp.{}", std::process::id()))).unwrap();
+        // The oldest is the one just saved: kept anyway.
+        evict(&dir, "k0");
         let mut left: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        let mut want: Vec<String> = ["0.vmstate", "other.failed"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain((KEEP + 3 - KEEP..KEEP + 2).map(|i| format!("{i}.vmstate")))
+        let mut want: Vec<String> = ["k0".to_string(), "other.failed".to_string()]
+            .into_iter()
+            .chain([format!("kl.tmp.{}", std::process::id())])
+            .chain((3..KEEP + 2).map(|i| format!("k{i}")))
             .collect();
         want.sort();
         assert_eq!(left, want);
