@@ -3331,3 +3331,107 @@ fn runs_restored_from_one_boot_snapshot_are_each_their_own() {
     assert_eq!(third.stdout.lines().nth(3), Some("the third project"));
     assert!(!snap.exists(), "the broken snapshot was kept");
 }
+
+/// ^C while the first run of a VM shape saves its boot snapshot ends the run as ^C ends a
+/// command — 130, the command never runs — rather than booting it anyway; nothing is left (no
+/// QEMU, no run directory) and the shape is not marked as one whose snapshot cannot be made:
+/// the next run saves it.
+#[test]
+fn a_run_interrupted_while_its_snapshot_is_saved_ends_with_130_and_marks_nothing() {
+    if !e2e("a_run_interrupted_while_its_snapshot_is_saved_ends_with_130_and_marks_nothing") {
+        return;
+    }
+    let a = Airlock::root();
+    // A VM size of its own (per test process: a snapshot of it may exist from an earlier one).
+    let memory = format!("{}m", 520 + (std::process::id() % 97) * 2);
+    let snapshots = std::path::Path::new(&cache_dir()).join("microvm/snapshots");
+    let marks = || -> Vec<String> {
+        std::fs::read_dir(&snapshots)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".failed"))
+            .collect()
+    };
+    let before = marks();
+    let args = [
+        "run",
+        "--backend",
+        "microvm",
+        "--memory",
+        &memory,
+        "--workspace",
+        "none",
+        "--net",
+        "off",
+        "--",
+        "echo",
+        "ran",
+    ];
+    let mut cmd = a.command(&args);
+    cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let saving = loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            break false;
+        }
+        seen.push_str(&line);
+        if line.contains("saving a boot snapshot") {
+            break true;
+        }
+    };
+    if !saving {
+        // This size's snapshot was there already: nothing to interrupt.
+        let _ = child.wait();
+        eprintln!("note: a snapshot of {memory} existed; interruption not exercised");
+        return;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().expect("wait");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+        .expect("read");
+    let _ = std::io::Read::read_to_string(&mut err, &mut seen);
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(
+        !out.contains("ran"),
+        "the command ran after ^C: {out}\n{seen}"
+    );
+    assert_eq!(marks(), before, "{seen}");
+    let runs: Vec<String> = std::fs::read_dir(a.state_dir().join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(runs.is_empty(), "run directories left: {runs:?}");
+    // The next run of that size saves the snapshot and starts from it.
+    let out = vm_run(
+        &a,
+        &[
+            "--memory",
+            &memory,
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "echo",
+            "ran",
+        ],
+        &[("AIRLOCK_TIMING", "1")],
+    );
+    assert_eq!(out.stdout, "ran\n", "{}", out.describe());
+    let snap = restored_from(&out).unwrap_or_else(|| panic!("{}", out.describe()));
+    // Gone again: its size is this test's alone.
+    let _ = std::fs::remove_dir_all(snap.parent().expect("its directory"));
+}

@@ -425,7 +425,16 @@ fn run_in(
     }
     // A run like this one starts from its boot snapshot (made now if there is none yet).
     let restore = match snapshots {
-        Snapshots::Use if snapshot::eligible(vm) => snapshot::prepare(vm, &qemu, dir, opts),
+        Snapshots::Use if snapshot::eligible(vm) => match snapshot::prepare(vm, &qemu, dir, opts) {
+            Ok(r) => r,
+            // Interrupted while its snapshot was being made: ended as its command would be.
+            Err(sig) => {
+                return Ok(Outcome {
+                    ending: Ending::Exited(128 + sig),
+                    changes: None,
+                })
+            }
+        },
         _ => None,
     };
     bind_run_dir(&mut qemu, dir);

@@ -39,7 +39,7 @@ use airlock_model::plan::LaunchPlan;
 use airlock_model::vm::{GuestMsg, HostMsg, Restored, VM_PROTOCOL_VERSION};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The snapshots' directory in the artifact cache.
@@ -252,13 +252,14 @@ pub fn restored() -> Restored {
 /// The snapshot this run (its plan `vm`, QEMU's container `qemu` before the run directory is
 /// bound, its run directory `dir` with its disks made) starts from: its disks padded to the
 /// snapshot's shape, the snapshot made first when there is none. None: this run boots (no
-/// snapshot can be made, or its disks cannot be padded).
+/// snapshot can be made, or its disks cannot be padded). Err(signal): the user interrupted
+/// the snapshot's making (SIGINT, SIGTERM, SIGHUP, relayed to the builder): the run ends.
 pub fn prepare(
     vm: &VmPlan,
     qemu: &LaunchPlan,
     dir: &Path,
     opts: &RunOptions<'_>,
-) -> Option<Restore> {
+) -> Result<Option<Restore>, i32> {
     let mut disks = Vec::new();
     for name in run_disks(vm) {
         let path = dir.join(&name);
@@ -280,7 +281,7 @@ pub fn prepare(
             Ok(size) => disks.push((name, size)),
             Err(e) => {
                 crate::phase(&format!("no boot snapshot: {}: {e}", path.display()));
-                return None;
+                return Ok(None);
             }
         }
     }
@@ -297,7 +298,7 @@ pub fn prepare(
         // Recently used: the eviction keeps it.
         let _ = std::fs::File::open(dir.join(STATE))
             .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        return Some(restore(dir));
+        return Ok(Some(restore(dir)));
     }
     // A shape whose snapshot could not be made boots without trying again for a day (a
     // failure may have been the host's state of the moment: load, memory, disk).
@@ -306,7 +307,7 @@ pub fn prepare(
         .and_then(|m| m.modified())
         .is_ok_and(|t| t.elapsed().unwrap_or_default() < RETRY_AFTER);
     if failed_lately {
-        return None;
+        return Ok(None);
     }
     // Where it will go, first: a cache this user cannot write (a shared one, made by root)
     // is not worth a boot.
@@ -315,7 +316,7 @@ pub fn prepare(
         .and_then(|()| std::fs::create_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display())));
     if let Err(e) = writable {
         crate::phase(&format!("no boot snapshot: {e}"));
-        return None;
+        return Ok(None);
     }
     eprintln!(
         "airlock: saving a boot snapshot of this microVM (once per kernel, image and VM size; \
@@ -323,7 +324,8 @@ pub fn prepare(
         snapshots.display()
     );
     let t = Instant::now();
-    let built = build(vm, qemu, &disks, opts, &tmp).and_then(|()| {
+    let interrupted = AtomicI32::new(0);
+    let built = build(vm, qemu, &disks, opts, &tmp, &interrupted).and_then(|()| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -336,6 +338,11 @@ pub fn prepare(
         }
     });
     let _ = std::fs::remove_dir_all(&tmp);
+    // The user stopped it (^C): the run stops too, as its command would have — no marker.
+    match interrupted.load(Ordering::Relaxed) {
+        0 => {}
+        sig => return Err(sig),
+    }
     match built {
         Ok(()) => {
             crate::phase(&format!(
@@ -343,12 +350,12 @@ pub fn prepare(
                 t.elapsed().as_millis()
             ));
             evict(&snapshots, &key);
-            Some(restore(dir))
+            Ok(Some(restore(dir)))
         }
         Err(e) => {
             eprintln!("airlock: no boot snapshot (runs like this one boot): {e}");
             let _ = std::fs::write(&failed, format!("{e}\n"));
-            None
+            Ok(None)
         }
     }
 }
@@ -417,10 +424,11 @@ fn build(
     disks: &[(String, u64)],
     opts: &RunOptions<'_>,
     to: &Path,
+    interrupted: &AtomicI32,
 ) -> Result<(), String> {
     let rd = RunDir::create(opts.state_dir, &format!("{}.snap", vm.qemu.name))
         .map_err(|e| format!("a run directory in {}: {e}", opts.state_dir.display()))?;
-    let r = build_in(vm.memory, qemu, disks, opts, &rd.path)
+    let r = build_in(vm.memory, qemu, disks, opts, &rd.path, interrupted)
         .and_then(|()| install(&rd.path.join(STATE), &to.join(STATE), false))
         .and_then(|()| install(&rd.path.join(RAM), &to.join(RAM), true));
     rd.remove();
@@ -433,6 +441,7 @@ fn build_in(
     disks: &[(String, u64)],
     opts: &RunOptions<'_>,
     dir: &Path,
+    interrupted: &AtomicI32,
 ) -> Result<(), String> {
     if !qemu.rootless {
         chown_owner(dir, opts)?;
@@ -464,6 +473,15 @@ fn build_in(
             *slot = Some(fd);
         }
     };
+    // Relayed to the builder's QEMU as to any sandbox (it ends); noted, so that the run ends
+    // too rather than boot.
+    let note = |sig: nix::sys::signal::Signal| -> Option<Duration> {
+        use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGTERM};
+        if matches!(sig, SIGINT | SIGTERM | SIGHUP) {
+            interrupted.store(sig as i32, Ordering::Relaxed);
+        }
+        None
+    };
     let (outcome, saved) = std::thread::scope(|s| {
         let handle = std::sync::Mutex::new(None);
         let start = || {
@@ -491,7 +509,7 @@ fn build_in(
             on_egress: None,
             on_ready: Some(&start),
             on_egress_ctx: None,
-            defer_signal: None,
+            defer_signal: Some(&note),
             exec_stub: false,
             on_child: Some(&on_child),
             ..*opts
