@@ -3355,10 +3355,7 @@ fn a_run_interrupted_while_its_snapshot_is_saved_ends_with_130_and_marks_nothing
             .collect()
     };
     let before = marks();
-    let args = [
-        "run",
-        "--backend",
-        "microvm",
+    let vm_args = [
         "--memory",
         &memory,
         "--workspace",
@@ -3369,6 +3366,7 @@ fn a_run_interrupted_while_its_snapshot_is_saved_ends_with_130_and_marks_nothing
         "echo",
         "ran",
     ];
+    let args = [&["run", "--backend", "microvm"][..], &vm_args].concat();
     let mut cmd = a.command(&args);
     cmd.env("AIRLOCK_CACHE_DIR", cache_dir())
         .stdout(Stdio::piped())
@@ -3415,21 +3413,7 @@ fn a_run_interrupted_while_its_snapshot_is_saved_ends_with_130_and_marks_nothing
         .collect();
     assert!(runs.is_empty(), "run directories left: {runs:?}");
     // The next run of that size saves the snapshot and starts from it.
-    let out = vm_run(
-        &a,
-        &[
-            "--memory",
-            &memory,
-            "--workspace",
-            "none",
-            "--net",
-            "off",
-            "--",
-            "echo",
-            "ran",
-        ],
-        &[("AIRLOCK_TIMING", "1")],
-    );
+    let out = vm_run(&a, &vm_args, &[("AIRLOCK_TIMING", "1")]);
     assert_eq!(out.stdout, "ran\n", "{}", out.describe());
     let snap = restored_from(&out).unwrap_or_else(|| panic!("{}", out.describe()));
     // Gone again: its size is this test's alone.

@@ -400,15 +400,17 @@ fn find_port(name: &str) -> Option<PathBuf> {
         .filter(|p| p.exists())
 }
 
-/// Every virtio-blk disk (/dev/vdX: those with a serial).
-fn disks() -> Vec<String> {
+/// Every virtio-blk disk: (/dev/vdX, its serial).
+fn disks() -> impl Iterator<Item = (String, String)> {
     fs::read_dir("/sys/block")
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().join("serial").exists())
-        .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
-        .collect()
+        .filter_map(|e| {
+            let serial = fs::read_to_string(e.path().join("serial")).ok()?;
+            let dev = format!("/dev/{}", e.file_name().to_string_lossy());
+            Some((dev, serial.trim().to_string()))
+        })
 }
 
 /// A guest restored from a boot snapshot makes itself this run's: the host's clock (the
@@ -433,7 +435,7 @@ fn resume(r: &airlock_model::vm::Restored) -> Res<()> {
         return Err("the restore's seed is shorter than 32 bytes".into());
     }
     reseed(&seed)?;
-    for dev in disks() {
+    for (dev, _) in disks() {
         let f = File::open(&dev).map_err(ctx(&dev))?;
         // SAFETY: BLKFLSBUF on an open block device, no argument.
         if unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF, 0) } != 0 {
@@ -477,11 +479,9 @@ fn reseed(seed: &[u8]) -> Res<()> {
 
 /// /dev/vdX whose virtio-blk serial is `serial`.
 pub(crate) fn find_disk(serial: &str) -> Option<String> {
-    fs::read_dir("/sys/block")
-        .ok()?
-        .flatten()
-        .find(|e| fs::read_to_string(e.path().join("serial")).is_ok_and(|s| s.trim() == serial))
-        .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
+    disks()
+        .find(|(_, s)| s == serial)
+        .map(|(dev, _)| dev)
         .filter(|p| Path::new(p).exists())
 }
 

@@ -117,7 +117,8 @@ fn timing_lines(steps: &[TimingStep]) -> Vec<String> {
         .collect()
 }
 
-fn send(w: &mut impl Write, m: &HostMsg) -> std::io::Result<()> {
+/// One message to the guest: a JSON line.
+pub(crate) fn send(w: &mut impl Write, m: &HostMsg) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line)

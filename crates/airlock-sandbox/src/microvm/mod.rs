@@ -488,18 +488,8 @@ fn run_in(
     // A run's QEMU sandbox, by pidfd (never a reused pid): ended as soon as the guest has
     // reported the command's end — its poweroff (sync, device shutdown) and QEMU's own exit
     // are not waited for; nothing more comes from the guest after its report.
-    let qemu_pidfd: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
-    let on_child = |pid: nix::unistd::Pid| {
-        if let (Ok(fd), Ok(mut slot)) = (crate::sys::pidfd_open(pid.as_raw()), qemu_pidfd.lock()) {
-            *slot = Some(fd);
-        }
-    };
-    let end_qemu = || {
-        if let Some(fd) = qemu_pidfd.lock().ok().and_then(|mut s| s.take()) {
-            crate::phase("guest reported: ending QEMU");
-            kill_pidfd(&fd);
-        }
-    };
+    let qemu_process = QemuProcess::default();
+    let on_child = |pid: nix::unistd::Pid| qemu_process.record(pid);
     let (outcome, reported) = std::thread::scope(|s| {
         // The relay thread starts once the sandbox is cloned (see RunOptions::on_ready).
         let relay = std::sync::Mutex::new(None);
@@ -508,9 +498,7 @@ fn run_in(
                 if let Some(Err(e)) = restore.as_ref().map(|r| r.load(dir, &stop)) {
                     // The guest never runs: a start that boots instead (see start).
                     crate::phase(&format!("the boot snapshot did not load: {e}"));
-                    if let Some(fd) = qemu_pidfd.lock().ok().and_then(|mut s| s.take()) {
-                        kill_pidfd(&fd);
-                    }
+                    qemu_process.kill();
                     return Reported::Unheard;
                 }
                 match opts.persist {
@@ -520,7 +508,8 @@ fn run_in(
                     None => {
                         let r = channel::relay(&listener, guest, &sealed, &stop, guest.stdin);
                         if !matches!(r, Reported::Nothing | Reported::Unheard) {
-                            end_qemu();
+                            crate::phase("guest reported: ending QEMU");
+                            qemu_process.kill();
                         }
                         r
                     }
@@ -632,17 +621,33 @@ fn chown_owner(path: &Path, opts: &RunOptions<'_>) -> Result<(), String> {
     .map_err(|e| format!("chown {}: {e}", path.display()))
 }
 
-/// SIGKILL to the process behind `fd` (a pidfd: never a reused pid).
-fn kill_pidfd(fd: &std::os::fd::OwnedFd) {
-    // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo, no flags.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            std::os::fd::AsRawFd::as_raw_fd(fd),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        );
+/// QEMU's sandbox (its PID 1, given by `RunOptions::on_child`), by pidfd — never a reused
+/// pid — for the one SIGKILL that ends it early.
+#[derive(Default)]
+struct QemuProcess(std::sync::Mutex<Option<std::os::fd::OwnedFd>>);
+
+impl QemuProcess {
+    fn record(&self, pid: nix::unistd::Pid) {
+        if let (Ok(fd), Ok(mut slot)) = (crate::sys::pidfd_open(pid.as_raw()), self.0.lock()) {
+            *slot = Some(fd);
+        }
+    }
+
+    /// SIGKILL, once (later calls do nothing).
+    fn kill(&self) {
+        let Some(fd) = self.0.lock().ok().and_then(|mut s| s.take()) else {
+            return;
+        };
+        // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
     }
 }
 

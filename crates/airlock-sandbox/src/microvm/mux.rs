@@ -48,16 +48,12 @@ pub struct Session<'a> {
     events: Receiver<Event>,
 }
 
-fn send(w: &mut impl Write, m: &HostMsg) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    w.write_all(&line)
-}
+use super::channel::send;
 
 /// The next message from the guest: None when the channel closed or sent an over-long line
 /// (the guest is untrusted: that ends the channel rather than growing this process).
 /// Unreadable lines are skipped.
-fn next_msg(reader: &mut BufReader<UnixStream>) -> Option<GuestMsg> {
+pub(crate) fn next_msg(reader: &mut BufReader<UnixStream>) -> Option<GuestMsg> {
     let mut line = Vec::new();
     loop {
         line.clear();

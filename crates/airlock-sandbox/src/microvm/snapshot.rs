@@ -29,7 +29,7 @@
 //! - Runs, named sandboxes' starts and pool members' under TCG (seconds of boot); KVM boots
 //!   in a fraction of that. `AIRLOCK_VM_SNAPSHOT=0` turns it off.
 
-use super::{bind_run_dir, chown_owner, kill_pidfd, listen_channel};
+use super::{bind_run_dir, chown_owner, listen_channel, QemuProcess};
 use crate::container::{self, rundir::RunDir, RunOptions};
 use airlock_model::plan::microvm::{
     ro_image, Accel, VmPlan, VM_CACHE_DIR, VM_CLAIM_SLOT, VM_OVERLAY_DISK, VM_RUN_DIR,
@@ -37,7 +37,7 @@ use airlock_model::plan::microvm::{
 };
 use airlock_model::plan::LaunchPlan;
 use airlock_model::vm::{GuestMsg, HostMsg, Restored, VM_PROTOCOL_VERSION};
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -142,20 +142,24 @@ fn padded(name: &str) -> bool {
 /// never sees one half of a snapshot with the other half of another.
 #[derive(Debug)]
 pub struct Restore {
-    /// Its directory on the host.
+    /// Its directory on the host (`snapshots/KEY`).
     dir: PathBuf,
-    /// Its key (the directory's name, as QEMU's container sees it under the cache).
-    key: String,
     /// The guest's memory size.
     memory: u64,
 }
 
 impl Restore {
+    /// Where QEMU's container sees the snapshot's file `name` (the cache is bound there).
+    fn inside(&self, name: &str) -> String {
+        let key = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        format!("{VM_CACHE_DIR}/{SNAPSHOT_DIR}/{key}/{name}")
+    }
+
     /// QEMU's container for the restore: the guest's memory a copy of the snapshot's (its
     /// descriptor 3), QEMU waiting for the devices' state ([`Restore::load`]).
     pub fn apply(&self, qemu: &mut LaunchPlan) {
         qemu.ram_fd = Some(airlock_model::plan::RamFile {
-            from: PathBuf::from(format!("{VM_CACHE_DIR}/{SNAPSHOT_DIR}/{}/{RAM}", self.key)),
+            from: PathBuf::from(self.inside(RAM)),
             size: self.memory,
         });
         qemu.argv
@@ -185,10 +189,7 @@ impl Restore {
             }
         };
         ignore_shared(&mut qmp)?;
-        let uri = format!(
-            "exec:cat {VM_CACHE_DIR}/{SNAPSHOT_DIR}/{}/{STATE}",
-            self.key
-        );
+        let uri = format!("exec:cat {}", self.inside(STATE));
         qmp.execute("migrate-incoming", serde_json::json!({ "uri": uri }))
             .map(drop)
     }
@@ -291,7 +292,6 @@ pub fn prepare(
     let dir = snapshots.join(&key);
     let restore = |dir: PathBuf| Restore {
         dir,
-        key: key.clone(),
         memory: vm.memory,
     };
     if dir.join(STATE).exists() {
@@ -467,12 +467,8 @@ fn build_in(
         .extend(memory_backend(&format!("{VM_RUN_DIR}/{RAM}"), memory));
     let listener = listen_channel(dir, q.rootless, opts).map_err(|e| e.to_string())?;
     let stop = AtomicBool::new(false);
-    let pidfd: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
-    let on_child = |pid: nix::unistd::Pid| {
-        if let (Ok(fd), Ok(mut slot)) = (crate::sys::pidfd_open(pid.as_raw()), pidfd.lock()) {
-            *slot = Some(fd);
-        }
-    };
+    let qemu_process = QemuProcess::default();
+    let on_child = |pid: nix::unistd::Pid| qemu_process.record(pid);
     // Relayed to the builder's QEMU as to any sandbox (it ends); noted, so that the run ends
     // too rather than boot.
     let note = |sig: nix::sys::signal::Signal| -> Option<Duration> {
@@ -488,9 +484,7 @@ fn build_in(
             let h = s.spawn(|| {
                 let r = save(&listener, dir, &stop);
                 // Saved (or not): this QEMU has nothing more to do.
-                if let Some(fd) = pidfd.lock().ok().and_then(|mut p| p.take()) {
-                    kill_pidfd(&fd);
-                }
+                qemu_process.kill();
                 r
             });
             if let Ok(mut slot) = handle.lock() {
@@ -544,23 +538,19 @@ fn save(
     let ask = HostMsg::Snapshot {
         v: VM_PROTOCOL_VERSION,
     };
-    let mut line = serde_json::to_vec(&ask).map_err(|e| e.to_string())?;
-    line.push(b'\n');
-    w.write_all(&line)
-        .map_err(|e| format!("the channel: {e}"))?;
+    super::channel::send(&mut w, &ask).map_err(|e| format!("the channel: {e}"))?;
     let mut reader = BufReader::new(stream);
     loop {
-        let mut line = String::new();
-        let n = std::io::Read::take(&mut reader, 1 << 20)
-            .read_line(&mut line)
-            .map_err(|e| format!("waiting for the guest: {e}"))?;
-        if n == 0 {
-            return Err("the guest ended before it was ready to be saved".into());
-        }
-        match serde_json::from_str::<GuestMsg>(&line) {
-            Ok(GuestMsg::Idle { .. }) => break,
-            Ok(GuestMsg::Error { message, .. }) => return Err(format!("the guest: {message}")),
-            _ => continue,
+        match super::mux::next_msg(&mut reader) {
+            None => {
+                return Err(
+                    "the guest ended (or said nothing for 150 s) before it was ready to be saved"
+                        .into(),
+                )
+            }
+            Some(GuestMsg::Idle { .. }) => break,
+            Some(GuestMsg::Error { message, .. }) => return Err(format!("the guest: {message}")),
+            Some(_) => continue,
         }
     }
     crate::phase("snapshot guest idle: saving it");
