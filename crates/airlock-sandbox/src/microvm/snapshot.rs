@@ -583,26 +583,40 @@ fn save(
 /// What the builder saved in its run directory (`from`) into `to`, in the snapshot's
 /// directory before it is published; `sparse`: only its data, its holes left holes.
 fn install(from: &Path, to: &Path, sparse: bool) -> Result<(), String> {
-    let len = std::fs::metadata(from)
-        .map_err(|e| format!("{}: {e}", from.display()))?
-        .len();
-    if len == 0 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // Written by the builder's QEMU in a directory its sandbox can write: opened without
+    // following a link (one planted there would have this process copy what it names into
+    // the cache), and only a regular file is taken.
+    let mut src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(from)
+        .map_err(|e| format!("{}: {e}", from.display()))?;
+    let meta = src
+        .metadata()
+        .map_err(|e| format!("{}: {e}", from.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", from.display()));
+    }
+    if meta.len() == 0 {
         return Err(format!("QEMU saved nothing in {}", from.display()));
     }
-    let copied = if sparse {
-        std::fs::File::create(to)
-            .and_then(|f| f.set_len(len))
-            .map_err(|e| e.to_string())
-            .and_then(|()| super::artifacts::copy_sparse_into(from, to))
-    } else {
-        std::fs::copy(from, to).map(drop).map_err(|e| e.to_string())
+    let mut copy = |dst: &mut std::fs::File| -> std::io::Result<()> {
+        dst.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        if sparse {
+            // Only the data: the holes of a new file of that size stay holes.
+            dst.set_len(meta.len())?;
+            crate::sys::copy_data(src.as_raw_fd(), dst.as_raw_fd(), meta.len())
+        } else {
+            std::io::copy(&mut src, dst).map(drop)
+        }
     };
-    copied
-        .and_then(|()| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644))
-                .map_err(|e| e.to_string())
-        })
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .and_then(|mut dst| copy(&mut dst))
         .map_err(|e| format!("{}: {e}", to.display()))
 }
 
@@ -662,6 +676,34 @@ mod tests {
             .collect();
         want.sort();
         assert_eq!(left, want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn install_refuses_a_link_planted_where_the_builder_saves() {
+        let dir = std::env::temp_dir().join(format!("airlock-snap-install-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, b"TOPSECRET").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("vmstate")).unwrap();
+        assert!(install(&dir.join("vmstate"), &dir.join("copied"), false).is_err());
+        assert!(!dir.join("copied").exists());
+        // A regular file is taken, whole, and a sparse one keeps its holes.
+        std::fs::write(dir.join("state"), b"devices").unwrap();
+        install(&dir.join("state"), &dir.join("state.copy"), false).unwrap();
+        assert_eq!(std::fs::read(dir.join("state.copy")).unwrap(), b"devices");
+        let ram = std::fs::File::create(dir.join("ram")).unwrap();
+        ram.set_len(64 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_at(&ram, b"page", 32 << 20).unwrap();
+        install(&dir.join("ram"), &dir.join("ram.copy"), true).unwrap();
+        let copy = std::fs::metadata(dir.join("ram.copy")).unwrap();
+        assert_eq!(copy.len(), 64 << 20);
+        assert!(std::os::unix::fs::MetadataExt::blocks(&copy) * 512 < 1 << 20);
+        let mut buf = [0u8; 4];
+        let copied = std::fs::File::open(dir.join("ram.copy")).unwrap();
+        std::os::unix::fs::FileExt::read_at(&copied, &mut buf, 32 << 20).unwrap();
+        assert_eq!(&buf, b"page");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
