@@ -87,6 +87,26 @@ fn pool0(st: &serde_json::Value) -> &serde_json::Value {
 /// Start, claim (command, environment, secret, exit status bound at claim), refill, stop.
 fn warm_lifecycle(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
+    // A command's signals, capabilities and filters, started cold (no pool yet): a claimed
+    // command starts with exactly these (a member is spawned by the daemon through glibc's
+    // posix_spawn, which leaves its two own signals ignored, and an ignored signal stays
+    // ignored across exec).
+    let process = [
+        "run",
+        "--workspace",
+        "none",
+        "--",
+        "sh",
+        "-c",
+        "grep -E '^(SigIgn|SigBlk|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status",
+    ];
+    let cold = ok(a, &process);
+    assert!(claimed(&cold).is_none(), "{label}: {}", cold.describe());
+    assert!(
+        cold.stdout.contains("SigIgn:\t0000000000000000"),
+        "{label}: {}",
+        cold.describe()
+    );
     start_pool(a, "2", &["--workspace", "none"]);
     let st = status(a);
     assert_eq!(st["running"], true, "{label}: {st}");
@@ -167,6 +187,20 @@ fn warm_lifecycle(a: &Airlock, label: &str) {
     let second = claimed(&out).unwrap_or_else(|| panic!("{label}: not warm: {}", out.describe()));
     assert_ne!(second, member, "{label}: a member was claimed twice");
     assert_eq!(out.stdout.trim(), "0", "{label}: {}", out.describe());
+
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(&status(a))["ready"] == 2),
+        "{label}: not refilled: {}",
+        status(a)
+    );
+    let out = ok(a, &process);
+    assert!(claimed(&out).is_some(), "{label}: {}", out.describe());
+    assert_eq!(
+        out.stdout,
+        cold.stdout,
+        "{label}: warm vs cold: {}",
+        out.describe()
+    );
 
     // The time limit is bound at claim too.
     assert!(

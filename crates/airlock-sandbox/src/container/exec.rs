@@ -225,7 +225,7 @@ pub fn exec(
             stdin_null: !req.forward_stdin && !req.tty,
             with_secrets: req.with_secrets,
             filter: &filter,
-            filtered: false,
+            parked: false,
         };
         enter_and_relay(&ns.0, &inside, err_wr, &|_| {})
     }
@@ -276,8 +276,9 @@ pub(super) struct Inside<'a> {
     pub stdin_null: bool,
     pub with_secrets: bool,
     pub filter: &'a [seccomp::Insn],
-    /// The filter is on already (a warm member's parked child installs it before the claim).
-    pub filtered: bool,
+    /// A warm member's parked child: its seccomp filter is on, its bounding set dropped and
+    /// its signals at their defaults already (done before the claim, `child::prepare_parked`).
+    pub parked: bool,
 }
 
 /// In a forked child that is in the sandbox's cgroup already: join the sandbox's namespaces
@@ -337,7 +338,7 @@ pub(super) fn become_command(a: &Inside<'_>, ef: RawFd) -> ! {
             envp.push(kv);
         }
     }
-    if !a.filtered {
+    if !a.parked {
         if let Err(e) = seccomp::install(a.filter) {
             fail(format!("seccomp: {e}"));
         }
@@ -349,6 +350,7 @@ pub(super) fn become_command(a: &Inside<'_>, ef: RawFd) -> ! {
         err_fd: ef,
         stdin_null: a.stdin_null,
         drop_privileges: true,
+        parked: a.parked,
     };
     command(a.plan, &c, slave.as_ref())
 }

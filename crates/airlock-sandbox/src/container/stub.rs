@@ -36,16 +36,28 @@ pub const STUB_SOCKET: &str = "stub.sock";
 
 /// The stub's pid, written by the member's supervisor right after forking it (before the
 /// member is ready). The stub stays its supervisor's unreaped child until the member ends, so
-/// the pid names the stub for as long as the member lives. A second line `go` says the stub
-/// takes a request before its claim is bound ([`begin_claimed`]).
+/// the pid names the stub for as long as the member lives. The lines after it say what the
+/// stub does: `go`, it takes a request before its claim is bound ([`begin_claimed`]);
+/// `quiet`, it sends no hello to a request that asks for none.
 pub const STUB_PID: &str = "stub.pid";
 
-/// The published stub of the member in `dir`: its pid, and whether it waits for a go.
-fn published_stub(dir: &Path) -> Option<(i32, bool)> {
+/// The published stub of the member in `dir`.
+struct Published {
+    pid: i32,
+    go: bool,
+    quiet: bool,
+}
+
+fn published_stub(dir: &Path) -> Option<Published> {
     let text = fs::read_to_string(dir.join(STUB_PID)).ok()?;
     let mut lines = text.lines();
     let pid = lines.next()?.trim().parse().ok()?;
-    Some((pid, lines.next() == Some("go")))
+    let says: Vec<&str> = lines.collect();
+    Some(Published {
+        pid,
+        go: says.contains(&"go"),
+        quiet: says.contains(&"quiet"),
+    })
 }
 
 /// The cgroup layout the member's supervisor made the member's cgroup (the stub's) with, as
@@ -79,7 +91,7 @@ pub fn retire(dir: &Path, alive: impl Fn() -> bool) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let Some(pidfd) = published_stub(dir).and_then(|(pid, _)| sys::pidfd_open(pid).ok()) else {
+    let Some(pidfd) = published_stub(dir).and_then(|p| sys::pidfd_open(p.pid).ok()) else {
         return Ok(());
     };
     if alive() {
@@ -118,6 +130,15 @@ struct Request {
     /// claimer has not read yet: the environment over the plan's, the paths after the plan's.
     #[serde(default)]
     over_plan: bool,
+    /// The stub's hello (its pid) is wanted: by a claimer of a stub that is not `quiet`, and
+    /// by every older one. A quiet stub's claimer knows it is talking to the published stub
+    /// without it (see [`begin_claimed`]) and starts the command without waiting for it.
+    #[serde(default = "yes")]
+    hello: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The byte on a request's go pipe that starts its command.
@@ -202,7 +223,7 @@ pub(super) fn spawn(dir: &Path, plan: &LaunchPlan, cg: Option<&Cgroup>) -> Resul
     };
     // Its pid, for the claimer's pidfd before it connects (`begin_claimed`), and that it
     // takes a request before the claim is bound.
-    fs::write(dir.join(STUB_PID), format!("{pid}\ngo\n"))
+    fs::write(dir.join(STUB_PID), format!("{pid}\ngo\nquiet\n"))
         .map_err(io_err("publish the exec stub's pid"))?;
     if let Some(cg) = cg {
         cg.add(pid)?;
@@ -264,12 +285,24 @@ fn serve(
     let mut conn = UnixStream::from(conn);
     let mut hello = b"S".to_vec();
     hello.extend_from_slice(&std::process::id().to_le_bytes());
-    if conn.write_all(&hello).is_err() {
-        sys::exit_now(exit::SANDBOX_FAILED);
+    let say_hello = |conn: &mut UnixStream| {
+        if conn.write_all(&hello).is_err() {
+            sys::exit_now(exit::SANDBOX_FAILED);
+        }
+    };
+    // A claimer sends its request right after it connects (one that asks for the hello first
+    // is older than every published stub: it gets the hello when it has sent nothing for a
+    // while), and says whether it wants the hello.
+    let early = sys::wait_readable(&conn, std::time::Duration::from_millis(100));
+    if !early {
+        say_hello(&mut conn);
     }
     let Some((req, passed)) = receive(&mut conn) else {
         sys::exit_now(exit::SANDBOX_FAILED)
     };
+    if early && req.hello {
+        say_hello(&mut conn);
+    }
     // The status, and that this stub ends the member: once the claimer has hung up (it
     // exited, or is done with the member), PID 1 goes — the member's teardown does not share
     // the CPUs with the claimer's last steps and exit. A claimer that died already: at once.
@@ -283,6 +316,13 @@ fn serve(
             let _ = (&conn).read(&mut [0u8; 1]);
         }
         let _ = sys::pidfd_kill(&pid1);
+        // PID 1's end ends the supervisor, which kills this process (and its death would,
+        // PR_SET_PDEATHSIG): not exiting now keeps this process's teardown off the CPU the
+        // claimer was just woken on to read the status.
+        loop {
+            // SAFETY: pause(2) takes no arguments; every signal is blocked here but SIGKILL.
+            unsafe { libc::pause() };
+        }
     };
     // The parked child takes the request and becomes the command; we relay and report.
     if let Some(mut p) = parked {
@@ -297,17 +337,18 @@ fn serve(
     })
 }
 
-/// Once the claimer's go came (a request sent before its claim was bound: nothing of the
-/// command before it — its workspace attached, its limits written, its secrets in place),
-/// the request's standard streams on 0, 1 and 2, its strings and limits: the command to
-/// become, for `then`, with the error pipe (`filtered`: its seccomp filter is installed
-/// already). A failure is written to the error pipe and ends this process.
+/// The request's standard streams on 0, 1 and 2, its strings and limits, made ready while the
+/// claim is still being bound; then, once the claimer's go came (a request sent before its
+/// claim was bound: nothing of the command before it — its workspace attached, its limits
+/// written, its secrets in place), the command to become, for `then`, with the error pipe
+/// (`parked`: a parked child, whose seccomp filter is installed and whose bounding set and
+/// signals are reset already). A failure is written to the error pipe and ends this process.
 fn as_command(
     req: Request,
     plan: &LaunchPlan,
     filter: &[seccomp::Insn],
     passed: Passed,
-    filtered: bool,
+    parked: bool,
     then: impl FnOnce(&Inside, OwnedFd) -> std::convert::Infallible,
 ) -> ! {
     let Passed {
@@ -316,12 +357,12 @@ fn as_command(
         go,
         tty: tty_sock,
     } = passed;
-    wait_go(go);
     let ef = err_wr.as_raw_fd();
     let fail = |msg: String| -> ! {
         sys::write_all_raw(ef, msg.as_bytes());
         sys::exit_now(exit::SANDBOX_FAILED)
     };
+    // Only this process's own descriptors and memory until the go.
     for (fd, to) in streams.iter().zip([0, 1, 2]) {
         if let Err(err) = sys::dup2(fd.as_raw_fd(), to) {
             fail(format!("the command's standard streams: {err}"));
@@ -355,8 +396,9 @@ fn as_command(
         stdin_null: req.stdin_null,
         with_secrets: req.with_secrets,
         filter,
-        filtered,
+        parked,
     };
+    wait_go(go);
     match then(&inside, err_wr) {}
 }
 
@@ -382,8 +424,11 @@ impl Parked {
 /// not dumpable (no ptrace, no /proc access from inside the sandbox: that would need
 /// CAP_SYS_PTRACE in the host's user namespace), dies with us (`PR_SET_PDEATHSIG`) and takes
 /// exactly one request; nothing of the claim's is applied before it (privileges, Landlock,
-/// limits and rlimits are the command's, as in [`enter_and_relay`]; its seccomp filter is
-/// installed while it parks, as the command's process installs it before everything else).
+/// limits and rlimits are the command's, as in [`enter_and_relay`]). What no claim changes
+/// it does while it parks: its seccomp filter installed (as the command's process installs
+/// it before everything else), its capability bounding set dropped and its signals reset
+/// (`child::prepare_parked`); and once the request came, its strings and streams, before the
+/// go.
 /// None: could not park; the claim enters as before.
 fn park(
     ns: &[(nix::sched::CloneFlags, OwnedFd)],
@@ -436,7 +481,8 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
     sys::close_fds_except(3, &[sock.as_raw_fd()]);
     // The command's seccomp filter now (as the command's process installs it before its
     // privilege drop): what is left for the claim runs under it already.
-    if seccomp::install(filter).is_err() {
+    // What the command would otherwise do after the go, of what no claim changes.
+    if super::child::prepare_parked().is_err() || seccomp::install(filter).is_err() {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
     let mut conn = UnixStream::from(sock);
@@ -578,8 +624,9 @@ pub struct Claimed {
 }
 
 impl Claimed {
-    /// The request: over the stub's plan (`plan` None), or whole from `plan`.
-    fn request(&self, plan: Option<&LaunchPlan>, go: bool) -> Request {
+    /// The request: over the stub's plan (`plan` None), or whole from `plan`; `hello`: the
+    /// stub's hello is wanted.
+    fn request(&self, plan: Option<&LaunchPlan>, go: bool, hello: bool) -> Request {
         let req = &self.req;
         let (env, cwd, writable) = match plan {
             None => (req.env.clone(), req.cwd.clone(), self.writable.clone()),
@@ -606,6 +653,7 @@ impl Claimed {
             end_at_exit: self.end_at_exit,
             go,
             over_plan: plan.is_none(),
+            hello,
         }
     }
 }
@@ -627,8 +675,9 @@ fn message(request: &Request) -> std::io::Result<Vec<u8>> {
 /// workspace, policy) instead of following it. A stub that does not say it waits (an older
 /// member) gets the whole request only at the go. None: the member has no stub.
 ///
-/// One round trip: the request goes out right after `connect`, the claimer reads the stub's
-/// hello (its pid) at the go, and wakes up again only when the stub writes the command's
+/// One round trip: the request goes out right after `connect`, the claimer writes the go
+/// (after reading the hello of a stub that is not quiet), and wakes up again only when the
+/// stub writes the command's
 /// status — not when the stub has finished exiting (see [`StubExit`]). `end_at_exit`: the
 /// claimer needs nothing of the member after the command (the stub ends it right after the
 /// status, while the claimer reads it; the claimer still waits for that end).
@@ -639,24 +688,21 @@ pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, Run
     }
     // The pidfd before the connection: a connection that succeeds proves the stub alive at
     // that moment (it alone holds the listener), and it lived since before the member was
-    // ready, so this pidfd is the stub's and no recycled pid's.
-    let published =
-        published_stub(dir).and_then(|(pid, go)| sys::pidfd_open(pid).ok().map(|fd| (pid, fd, go)));
+    // ready, so this pidfd is the stub's and no recycled pid's — and the published pid the
+    // stub's. A quiet stub's hello would tell nothing more: none is asked for, and the command
+    // starts at the go without waiting for one.
+    let published = published_stub(dir).and_then(|p| sys::pidfd_open(p.pid).ok().map(|fd| (p, fd)));
     let Ok(mut conn) = UnixStream::connect(dir.join(STUB_SOCKET)) else {
         return Ok(None);
     };
-    let hello_due = published.is_some();
-    let (pid, pidfd, waits) = match published {
-        Some(p) => p,
+    let (pid, pidfd, waits, hello_due) = match published {
+        Some((p, fd)) => (p.pid, fd, p.go, !p.quiet),
         None => {
             // A stub whose pid was not published (an older member): its hello first, and the
             // pidfd before the request, while the stub cannot end.
             let pid = hello(&mut conn)?;
-            (
-                pid,
-                sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?,
-                false,
-            )
+            let fd = sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
+            (pid, fd, false, false)
         }
     };
     let pipe =
@@ -694,7 +740,7 @@ pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, Run
     }
     match go {
         Some((rd, wr)) => {
-            let msg = message(&claimed.request(None, true)).map_err(lost)?;
+            let msg = message(&claimed.request(None, true, hello_due)).map_err(lost)?;
             sys::send_fds(begun.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
             drop(rd);
             begun.held.clear();
@@ -730,7 +776,7 @@ impl Begun {
     /// until its status.
     pub fn go(mut self, plan: &LaunchPlan) -> Result<(Outcome, StubExit), RunError> {
         if let Some((claimed, fds)) = self.pending.take() {
-            let msg = message(&claimed.request(Some(plan), false)).map_err(lost)?;
+            let msg = message(&claimed.request(Some(plan), false, true)).map_err(lost)?;
             sys::send_fds(self.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
             self.held.clear();
             crate::phase("warm: request sent to the stub");

@@ -848,14 +848,41 @@ pub fn close_inherited(fds: &[RawFd]) {
     }
 }
 
-/// Every signal back to its default disposition (before exec: no handler of ours survives).
+/// Every signal back to its default disposition (before exec: no handler of ours survives,
+/// and neither does an ignored signal). All 64, the real-time ones included, and glibc's two
+/// own (32 and 33, which its `sigaction` refuses, hence the system call): a process spawned
+/// by glibc's `posix_spawn` — each of a daemon's members — starts with those two ignored, and
+/// an ignored signal stays ignored across exec.
 pub fn default_all_signals() {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    for sig in Signal::iterator() {
-        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-            // SAFETY: installing SIG_DFL runs no handler code of ours.
-            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    /// The kernel's `struct sigaction` (x86_64 and aarch64 alike).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
         }
+        // SAFETY: rt_sigaction(2) installing SIG_DFL from a valid struct, with the kernel's
+        // signal-set size; no handler code of ours runs.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
     }
 }
 
