@@ -269,24 +269,28 @@ impl Cgroup {
     }
 
     fn mkdir(&mut self, parent: &Path, name: &str) -> Result<PathBuf, CgroupError> {
-        if let Err(source) = fs::create_dir(parent) {
-            if source.kind() != io::ErrorKind::AlreadyExists {
-                return Err(CgroupError::Create {
-                    path: parent.into(),
-                    source,
-                });
-            }
-        }
         let dir = parent.join(name);
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && self.how == Make::Bind => {}
-            Err(source) => {
-                return Err(CgroupError::Create {
-                    path: dir.clone(),
-                    source,
-                })
-            }
+        let create = |p: &Path, existing: bool| match fs::create_dir(p) {
+            Ok(()) => Ok(()),
+            Err(e) if existing && e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(source) => Err(CgroupError::Create {
+                path: p.into(),
+                source,
+            }),
+        };
+        // A bind finds the directory its member made (and its parent): one attempt on the
+        // claim's path instead of two, the parent only when the member's is missing.
+        let bind = self.how == Make::Bind;
+        let found = bind
+            && match fs::create_dir(&dir) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(source) => return Err(CgroupError::Create { path: dir, source }),
+            };
+        if !found {
+            create(parent, true)?;
+            create(&dir, bind)?;
         }
         self.dirs.push(dir.clone());
         Ok(dir)
@@ -302,6 +306,23 @@ impl Cgroup {
         }
     }
 
+    /// A controller's directory for no limit of its own ([`Cgroup::keep_unlimited`]): made in
+    /// a slot, taken as it is in a bind (a member's, found there).
+    fn unlimited(&mut self, parent: &Path, name: &str) -> Result<Option<PathBuf>, CgroupError> {
+        match self.how {
+            Make::New => Ok(None),
+            Make::Slot => self.mkdir(parent, name).map(Some),
+            Make::Bind => {
+                let dir = parent.join(name);
+                if !dir.is_dir() {
+                    return Ok(None);
+                }
+                self.dirs.push(dir.clone());
+                Ok(Some(dir))
+            }
+        }
+    }
+
     fn populate(&mut self, layout: &Layout, name: &str, r: &Resources) -> Result<(), CgroupError> {
         match layout {
             Layout::V1 { memory, pids, cpu } => {
@@ -314,16 +335,16 @@ impl Cgroup {
                             write(&memsw, &m.0.to_string())?;
                         }
                         self.memory_dir = Some(d);
-                    } else if self.keep_unlimited(p, name) {
-                        self.memory_dir = Some(self.mkdir(p, name)?);
+                    } else if let Some(d) = self.unlimited(p, name)? {
+                        self.memory_dir = Some(d);
                     }
                 }
                 if let Some(p) = pids.as_ref() {
                     if let Some(n) = r.pids {
                         let d = self.mkdir(p, name)?;
                         write(&d.join("pids.max"), &n.to_string())?;
-                    } else if self.keep_unlimited(p, name) {
-                        self.mkdir(p, name)?;
+                    } else {
+                        self.unlimited(p, name)?;
                     }
                 }
                 if let Some(p) = cpu.as_ref() {
@@ -334,8 +355,8 @@ impl Cgroup {
                             &d.join("cpu.cfs_quota_us"),
                             &c.quota_us(CPU_PERIOD_US).to_string(),
                         )?;
-                    } else if self.keep_unlimited(p, name) {
-                        self.mkdir(p, name)?;
+                    } else {
+                        self.unlimited(p, name)?;
                     }
                 }
             }

@@ -279,9 +279,13 @@ fn serve(
             break conn;
         }
     };
-    // Taken: nobody else ever reaches this stub.
-    let _ = fs::remove_file(path);
-    sys::close_inherited(&[listener]);
+    // Taken: nobody else ever reaches this stub — its socket goes once the request is on its
+    // way to the parked child (no other claim can take this member: its ready marker is the
+    // claimer's).
+    let taken = || {
+        let _ = fs::remove_file(path);
+        sys::close_inherited(&[listener]);
+    };
     let mut conn = UnixStream::from(conn);
     let mut hello = b"S".to_vec();
     hello.extend_from_slice(&std::process::id().to_le_bytes());
@@ -297,7 +301,7 @@ fn serve(
     if !early {
         say_hello(&mut conn);
     }
-    let Some((req, passed)) = receive(&mut conn) else {
+    let Some((req, passed, json)) = receive(&mut conn) else {
         sys::exit_now(exit::SANDBOX_FAILED)
     };
     if early && req.hello {
@@ -326,12 +330,14 @@ fn serve(
     };
     // The parked child takes the request and becomes the command; we relay and report.
     if let Some(mut p) = parked {
-        if p.hand_over(&req, &passed.raw()).is_ok() {
+        if p.hand_over(&json, &passed.raw()).is_ok() {
+            taken();
             drop((passed, p.sock));
             relay(p.pid, &report)
         }
         // It died (killed from outside before the claim): this process enters, as before.
     }
+    taken();
     as_command(req, plan, filter, passed, false, |inside, err_wr| {
         enter_and_relay(&ns, inside, err_wr, &report)
     })
@@ -410,10 +416,10 @@ struct Parked {
 }
 
 impl Parked {
-    /// The claim's request and its fds (0, 1, 2, the error pipe, the terminal socket), in the
-    /// claimer's framing.
-    fn hand_over(&mut self, req: &Request, fds: &[RawFd]) -> std::io::Result<()> {
-        sys::send_fds(self.sock.as_raw_fd(), &message(req)?, fds)
+    /// The claim's request (its JSON, as the claimer sent it) and its fds (0, 1, 2, the
+    /// error pipe, the terminal socket), in the claimer's framing.
+    fn hand_over(&mut self, json: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+        sys::send_fds(self.sock.as_raw_fd(), &frame(json), fds)
     }
 }
 
@@ -486,7 +492,7 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
     let mut conn = UnixStream::from(sock);
-    let Some((req, passed)) = receive(&mut conn) else {
+    let Some((req, passed, _)) = receive(&mut conn) else {
         sys::exit_now(exit::SANDBOX_FAILED)
     };
     drop(conn);
@@ -549,7 +555,7 @@ impl Passed {
 }
 
 /// One request: a header (`R`, the JSON's length) with the fds, then the JSON ([`message`]).
-fn receive(conn: &mut UnixStream) -> Option<(Request, Passed)> {
+fn receive(conn: &mut UnixStream) -> Option<(Request, Passed, Vec<u8>)> {
     let (mut data, fds) = sys::recv_fds(conn.as_raw_fd(), 6).ok()?;
     if data.len() < 5 || data[0] != b'R' {
         return None;
@@ -564,7 +570,7 @@ fn receive(conn: &mut UnixStream) -> Option<(Request, Passed)> {
     json.extend_from_slice(&rest);
     let req: Request = serde_json::from_slice(&json).ok()?;
     let passed = Passed::of(&req, fds)?;
-    Some((req, passed))
+    Some((req, passed, json))
 }
 
 /// After the command's status, the stub's word that it ends the member once the claimer hangs
@@ -662,10 +668,16 @@ impl Claimed {
 /// reads the rest of a short first read).
 fn message(request: &Request) -> std::io::Result<Vec<u8>> {
     let json = serde_json::to_vec(request).map_err(std::io::Error::other)?;
-    let mut msg = b"R".to_vec();
+    Ok(frame(&json))
+}
+
+/// `R`, the length of `json`, `json`.
+fn frame(json: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(5 + json.len());
+    msg.push(b'R');
     msg.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    msg.extend_from_slice(&json);
-    Ok(msg)
+    msg.extend_from_slice(json);
+    msg
 }
 
 /// Send the claim's command to the stub of the claimed member in `dir` right after the claim,

@@ -842,7 +842,10 @@ pub fn try_warm(
     if let Some(w) = watch {
         w.finish();
     }
-    let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
+    // Read only for a command the kernel killed: an OOM kill is a SIGKILL.
+    let killed = Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL);
+    let oom = matches!(&ran, Ok(o) if o.ending == killed)
+        && cgroup.as_ref().is_some_and(|c| c.oom_killed());
     // The member's end first, waited for: what the command left running is gone before
     // anything of the sandbox is read back (the change summary, the way back's checks of a
     // bind workspace) and before this run returns, as a cold run's PID 1 is waited for. With
@@ -863,7 +866,7 @@ pub fn try_warm(
     drop(attached);
     let end = |ran: CliResult<airlock_sandbox::isolation::Outcome>| {
         let mut outcome = ran?;
-        if oom && outcome.ending == Ending::Exited(exit::SIGNAL_BASE + libc::SIGKILL) {
+        if oom && outcome.ending == killed {
             outcome.ending = Ending::OutOfMemory;
         }
         let undone = super::wayback::wayback_after(spec, wayback.as_ref(), None);
