@@ -263,6 +263,7 @@ fn serve(
     // command's, is a SIGCHLD that must not be lost).
     let _ = nix::sys::signal::SigSet::all().thread_block();
     let parked = park(&ns, plan, filter);
+    prefault();
     let me = nix::unistd::geteuid().as_raw();
     let conn = loop {
         let fd = match nix::sys::socket::accept4(listener, nix::sys::socket::SockFlag::SOCK_CLOEXEC)
@@ -338,9 +339,14 @@ fn serve(
         // It died (killed from outside before the claim): this process enters, as before.
     }
     taken();
-    as_command(req, plan, filter, passed, false, |inside, err_wr| {
-        enter_and_relay(&ns, inside, err_wr, &report)
-    })
+    as_command(
+        req,
+        plan.clone(),
+        filter,
+        passed,
+        false,
+        |inside, err_wr| enter_and_relay(&ns, inside, err_wr, &report),
+    )
 }
 
 /// The request's standard streams on 0, 1 and 2, its strings and limits, made ready while the
@@ -351,7 +357,7 @@ fn serve(
 /// signals are reset already). A failure is written to the error pipe and ends this process.
 fn as_command(
     req: Request,
-    plan: &LaunchPlan,
+    mut plan: LaunchPlan,
     filter: &[seccomp::Insn],
     passed: Passed,
     parked: bool,
@@ -375,7 +381,6 @@ fn as_command(
         }
     }
     drop(streams);
-    let mut plan = plan.clone();
     let mut req = req;
     let env = if req.over_plan {
         airlock_model::spec::env_over(&plan.env, &req.env)
@@ -491,6 +496,9 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
     if super::child::prepare_parked().is_err() || seccomp::install(filter).is_err() {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
+    // Its own copy of the plan, and its pages its own, before the claim.
+    let plan = plan.clone();
+    prefault();
     let mut conn = UnixStream::from(sock);
     let Some((req, passed, _)) = receive(&mut conn) else {
         sys::exit_now(exit::SANDBOX_FAILED)
@@ -499,6 +507,48 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
     as_command(req, plan, filter, passed, true, |inside, err_wr| {
         become_command(inside, err_wr.as_raw_fd())
     })
+}
+
+/// While this process sleeps until its claim (the stub, its parked child): take now the page
+/// faults the claim's path would take. Both are forked from the member's supervisor and share
+/// its pages until they write them — each first write a copy-on-write fault, ≈ 5 µs on a
+/// virtual machine, and a request's receipt, parse and strings write dozens — and both are on
+/// the claim's path between its request and its command's start.
+#[inline(never)]
+fn prefault() {
+    // Heap: ≈ 96 KiB in chunks the allocator keeps once freed (below its trim threshold).
+    let chunks: Vec<Vec<u8>> = (0..24).map(|_| vec![1u8; 4000]).collect();
+    std::hint::black_box(&chunks);
+    drop(chunks);
+    // A request's parse, once, on one of a request's shape.
+    let dummy = Request {
+        argv: vec!["true".into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into()); 8],
+        cwd: PathBuf::from("/"),
+        tty: false,
+        stdin_null: false,
+        with_secrets: false,
+        rlimit_nproc: None,
+        writable_paths: Some(vec![PathBuf::from("/tmp")]),
+        end_at_exit: false,
+        go: true,
+        over_plan: true,
+        hello: false,
+    };
+    if let Ok(json) = serde_json::to_vec(&dummy) {
+        std::hint::black_box(serde_json::from_slice::<Request>(&json).ok());
+    }
+    touch_stack();
+}
+
+/// 64 KiB of this process's stack written.
+#[inline(never)]
+fn touch_stack() {
+    let mut buf = [0u8; 64 * 1024];
+    for i in (0..buf.len()).step_by(4096) {
+        buf[i] = 1;
+    }
+    std::hint::black_box(&buf);
 }
 
 /// A request's argv and environment as C strings (Err: one holds a NUL).
@@ -728,41 +778,44 @@ pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, Run
     } else {
         None
     };
-    let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
     let mut fds = vec![0, 1, 2, err_wr.as_raw_fd()];
     fds.extend(go.as_ref().map(|(rd, _)| rd.as_raw_fd()));
     fds.extend(tty_pair.as_ref().map(|(_, c)| c.as_raw_fd()));
-    let mut begun = Begun {
+    // Held open until they are sent.
+    let mut held = vec![err_wr];
+    let tty_host = tty_pair.map(|(host, child)| {
+        held.push(child);
+        host
+    });
+    let (go, pending) = match go {
+        Some((rd, wr)) => {
+            let msg = message(&claimed.request(None, true, hello_due)).map_err(lost)?;
+            sys::send_fds(conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
+            drop(rd);
+            held.clear();
+            crate::phase("warm: request sent to the stub");
+            (Some(wr), None)
+        }
+        // An older stub starts the command on the request: it goes at the go.
+        None => (None, Some((claimed.clone(), fds))),
+    };
+    // Signals relayed from here (the request is on its way first): one that comes before
+    // ends this process, and the claim with it — its go pipe closes unwritten.
+    let signals = tty::SignalPipe::install().map_err(io_err("install signal handlers"))?;
+    Ok(Some(Begun {
         conn,
         pid,
         pidfd,
         hello_due,
-        go: None,
+        go,
         err_rd,
         result_rd,
-        tty_host: None,
+        tty_host,
         signals,
         timeout: req.timeout,
-        pending: None,
-        held: vec![err_wr],
-    };
-    if let Some((host, child)) = tty_pair {
-        begun.tty_host = Some(host);
-        begun.held.push(child);
-    }
-    match go {
-        Some((rd, wr)) => {
-            let msg = message(&claimed.request(None, true, hello_due)).map_err(lost)?;
-            sys::send_fds(begun.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
-            drop(rd);
-            begun.held.clear();
-            begun.go = Some(wr);
-            crate::phase("warm: request sent to the stub");
-        }
-        // An older stub starts the command on the request: it goes at the go.
-        None => begun.pending = Some((claimed.clone(), fds)),
-    }
-    Ok(Some(begun))
+        pending,
+        held,
+    }))
 }
 
 fn lost(e: std::io::Error) -> RunError {
