@@ -87,10 +87,11 @@ fn pool0(st: &serde_json::Value) -> &serde_json::Value {
 /// Start, claim (command, environment, secret, exit status bound at claim), refill, stop.
 fn warm_lifecycle(a: &Airlock, label: &str) {
     let _guard = DaemonGuard(a);
-    // A command's signals, capabilities and filters, started cold (no pool yet): a claimed
-    // command starts with exactly these (a member is spawned by the daemon through glibc's
-    // posix_spawn, which leaves its two own signals ignored, and an ignored signal stays
-    // ignored across exec).
+    // A command's signals, capabilities and filters, and where it may write, started cold (no
+    // pool yet): a claimed command starts with exactly these (a member is spawned by the
+    // daemon through glibc's posix_spawn, which leaves its two own signals ignored, and an
+    // ignored signal stays ignored across exec; its parked child made its Landlock rules
+    // before the claim).
     let process = [
         "run",
         "--workspace",
@@ -98,7 +99,9 @@ fn warm_lifecycle(a: &Airlock, label: &str) {
         "--",
         "sh",
         "-c",
-        "grep -E '^(SigIgn|SigBlk|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status",
+        "grep -E '^(SigIgn|SigBlk|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; \
+         for d in / /etc /tmp /var/tmp /dev/shm /run /home \"$HOME\" /proc/self; do \
+           (: > \"$d/.w\") 2>/dev/null && echo \"$d writable\" || echo \"$d not\"; done",
     ];
     let cold = ok(a, &process);
     assert!(claimed(&cold).is_none(), "{label}: {}", cold.describe());

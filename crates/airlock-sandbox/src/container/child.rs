@@ -211,6 +211,7 @@ pub fn main(mut a: ChildArgs<'_>) -> ! {
                 stdin_null: a.stdin_null,
                 drop_privileges: false,
                 parked: false,
+                landlock: Default::default(),
             };
             command(plan, &c, slave.as_ref())
         }
@@ -283,6 +284,9 @@ pub(super) struct Command<'a> {
     /// A warm member's parked child ([`prepare_parked`], done while it waited for its claim):
     /// its bounding and ambient sets are empty and every signal is at its default already.
     pub parked: bool,
+    /// Landlock's ruleset made while a parked child waited, for the first `n` of the plan's
+    /// writable paths (and /dev): the rest are added to it (None: made here, whole).
+    pub landlock: std::cell::Cell<Option<(landlock::Prepared, usize)>>,
 }
 
 /// What a warm member's parked child does while it waits for its claim, of what
@@ -354,8 +358,16 @@ pub(super) fn command(plan: &LaunchPlan, a: &Command<'_>, slave: Option<&OwnedFd
     }
     crate::phase("cmd: dropped privileges");
     let mut writable: Vec<&Path> = plan.writable_paths.iter().map(PathBuf::as_path).collect();
-    writable.push(Path::new("/dev"));
-    tryc!(ef, landlock::restrict(&writable), "Landlock");
+    match a.landlock.take() {
+        Some((prepared, n)) => {
+            let more = writable.get(n..).unwrap_or_default();
+            tryc!(ef, landlock::restrict_prepared(prepared, more), "Landlock");
+        }
+        None => {
+            writable.push(Path::new("/dev"));
+            tryc!(ef, landlock::restrict(&writable), "Landlock");
+        }
+    }
     crate::phase("cmd: landlock");
     if plan.no_huge_pages {
         // SAFETY: prctl(2) with integer arguments. Best effort: a kernel without it (< 3.15)

@@ -226,6 +226,7 @@ pub fn exec(
             with_secrets: req.with_secrets,
             filter: &filter,
             parked: false,
+            landlock: Default::default(),
         };
         enter_and_relay(&ns.0, &inside, err_wr, &|_| {})
     }
@@ -279,6 +280,8 @@ pub(super) struct Inside<'a> {
     /// A warm member's parked child: its seccomp filter is on, its bounding set dropped and
     /// its signals at their defaults already (done before the claim, `child::prepare_parked`).
     pub parked: bool,
+    /// Landlock's ruleset made while a parked child waited (see `child::Command::landlock`).
+    pub landlock: std::cell::Cell<Option<(super::landlock::Prepared, usize)>>,
 }
 
 /// In a forked child that is in the sandbox's cgroup already: join the sandbox's namespaces
@@ -351,6 +354,7 @@ pub(super) fn become_command(a: &Inside<'_>, ef: RawFd) -> ! {
         stdin_null: a.stdin_null,
         drop_privileges: true,
         parked: a.parked,
+        landlock: std::cell::Cell::new(a.landlock.take()),
     };
     command(a.plan, &c, slave.as_ref())
 }

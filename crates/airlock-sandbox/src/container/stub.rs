@@ -135,6 +135,12 @@ struct Request {
     /// without it (see [`begin_claimed`]) and starts the command without waiting for it.
     #[serde(default = "yes")]
     hello: bool,
+    /// The claim mounts something in the member (a workspace, its own binds, home files): the
+    /// parked child's Landlock rules, made while it waited, could name inodes those mounts
+    /// hide, so it makes them again after the go. False: they hold (the claim's paths are
+    /// added to them).
+    #[serde(default = "yes")]
+    mounted: bool,
 }
 
 fn yes() -> bool {
@@ -345,6 +351,7 @@ fn serve(
         filter,
         passed,
         false,
+        None,
         |inside, err_wr| enter_and_relay(&ns, inside, err_wr, &report),
     )
 }
@@ -361,6 +368,7 @@ fn as_command(
     filter: &[seccomp::Insn],
     passed: Passed,
     parked: bool,
+    landlock: Option<(super::landlock::Prepared, usize)>,
     then: impl FnOnce(&Inside, OwnedFd) -> std::convert::Infallible,
 ) -> ! {
     let Passed {
@@ -393,6 +401,8 @@ fn as_command(
         req.cwd = plan.cwd.clone();
     }
     plan.rlimit_nproc = req.rlimit_nproc;
+    // The rules made while parked hold for a claim that mounts nothing over the plan.
+    let landlock = landlock.filter(|_| req.over_plan && !req.mounted);
     match req.writable_paths {
         Some(w) if req.over_plan => plan.writable_paths.extend(w),
         Some(w) => plan.writable_paths = w,
@@ -408,6 +418,7 @@ fn as_command(
         with_secrets: req.with_secrets,
         filter,
         parked,
+        landlock: std::cell::Cell::new(landlock),
     };
     wait_go(go);
     match then(&inside, err_wr) {}
@@ -496,17 +507,30 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
     if super::child::prepare_parked().is_err() || seccomp::install(filter).is_err() {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
-    // Its own copy of the plan, and its pages its own, before the claim.
+    // Its own copy of the plan, its Landlock rules for the plan's writable roots (a claim that
+    // mounts nothing adds its own), and its pages its own, before the claim.
     let plan = plan.clone();
+    let mut writable: Vec<&Path> = plan.writable_paths.iter().map(PathBuf::as_path).collect();
+    writable.push(Path::new("/dev"));
+    let landlock = super::landlock::prepare(&writable)
+        .ok()
+        .map(|p| (p, plan.writable_paths.len()));
+    drop(writable);
     prefault();
     let mut conn = UnixStream::from(sock);
     let Some((req, passed, _)) = receive(&mut conn) else {
         sys::exit_now(exit::SANDBOX_FAILED)
     };
     drop(conn);
-    as_command(req, plan, filter, passed, true, |inside, err_wr| {
-        become_command(inside, err_wr.as_raw_fd())
-    })
+    as_command(
+        req,
+        plan,
+        filter,
+        passed,
+        true,
+        landlock,
+        |inside, err_wr| become_command(inside, err_wr.as_raw_fd()),
+    )
 }
 
 /// While this process sleeps until its claim (the stub, its parked child): take now the page
@@ -534,6 +558,7 @@ fn prefault() {
         go: true,
         over_plan: true,
         hello: false,
+        mounted: false,
     };
     if let Ok(json) = serde_json::to_vec(&dummy) {
         std::hint::black_box(serde_json::from_slice::<Request>(&json).ok());
@@ -677,6 +702,8 @@ pub struct Claimed {
     pub writable: Vec<PathBuf>,
     pub rlimit_nproc: Option<u64>,
     pub end_at_exit: bool,
+    /// The claim mounts something in the member (`Request::mounted`).
+    pub mounted: bool,
 }
 
 impl Claimed {
@@ -710,6 +737,7 @@ impl Claimed {
             go,
             over_plan: plan.is_none(),
             hello,
+            mounted: self.mounted,
         }
     }
 }

@@ -735,11 +735,13 @@ pub fn try_warm(
     // stub has): the stub and its parked child take it while the claim is bound below, and
     // the command starts at the go, once it is. Landlock lets it write where its `--rw` binds
     // are, as a cold plan's.
+    let mounts = claim_mounts(spec, &ws_steps, &own_steps, &home_steps);
     let claimed = airlock_sandbox::container::stub::Claimed {
         req: req.clone(),
         writable: own_writable.clone(),
         rlimit_nproc: limits.pids,
         end_at_exit,
+        mounted: !mounts.steps.is_empty(),
     };
     let mut begun = None;
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
@@ -776,7 +778,6 @@ pub fn try_warm(
         if !ws_steps.is_empty() && !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
             return Err("the member has no workspace slot".into());
         }
-        let mounts = claim_mounts(spec, &ws_steps, &own_steps, &home_steps);
         let attached = if mounts.steps.is_empty() {
             attach::Attached::default()
         } else {
