@@ -866,8 +866,12 @@ fn hello(conn: &mut UnixStream) -> Result<i32, RunError> {
 
 impl Begun {
     /// The claim is bound (the member's plan `plan`, read meanwhile): the command starts now;
-    /// until its status.
-    pub fn go(mut self, plan: &LaunchPlan) -> Result<(Outcome, StubExit), RunError> {
+    /// `started` is called once it may (its go written), then until its status.
+    pub fn go(
+        mut self,
+        plan: &LaunchPlan,
+        started: impl FnOnce(),
+    ) -> Result<(Outcome, StubExit), RunError> {
         if let Some((claimed, fds)) = self.pending.take() {
             let msg = message(&claimed.request(Some(plan), false, true)).map_err(lost)?;
             sys::send_fds(self.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
@@ -885,6 +889,7 @@ impl Begun {
             sys::write_all_raw(go.as_raw_fd(), &[GO]);
             crate::phase("warm: go sent to the parked child");
         }
+        started();
         let child = Pid::from_raw(self.pid);
         let deadline = self.timeout.map(|t| std::time::Instant::now() + t);
         // Woken by the connection: the status the stub writes before it exits, or its end

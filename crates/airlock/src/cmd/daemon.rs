@@ -821,18 +821,21 @@ pub fn try_warm(
     let mut stub = None;
     // Its egress events, said while it runs: the reading thread starts once this process's
     // forks for the claim are done (the helpers that bound secrets, hostname and workspace;
-    // a child forked beside a running thread could find a lock held forever). Not before
-    // exec's fork for a member without a stub: its events are then read after the command.
-    if let Some(w) = &mut watch {
-        if begun.is_some() {
-            w.follow();
-        }
-    }
+    // a child forked beside a running thread could find a lock held forever) — right after
+    // the go, so that its start overlaps the command's (the events wait on the socket until
+    // then). Not before exec's fork for a member without a stub: its events are then read
+    // after the command.
     let ran = match begun {
-        Some(b) => b.go(&plan).map(|(o, s)| {
-            stub = Some(s);
-            o
-        }),
+        Some(b) => b
+            .go(&plan, || {
+                if let Some(w) = &mut watch {
+                    w.follow();
+                }
+            })
+            .map(|(o, s)| {
+                stub = Some(s);
+                o
+            }),
         None => {
             let leaf = airlock_sandbox::cgroup::leaf_name(&plan.name, &member.id);
             airlock_sandbox::container::exec::exec(&dir, &plan, Some(&leaf), &req)
