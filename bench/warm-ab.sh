@@ -5,15 +5,17 @@
 # apart do not). One state dir per binary and kind; the warm ones keep a pool of SIZE members
 # and every timed run (cold too) waits, untimed, for both pools to be full again.
 # WS=overlay: `run --workspace overlay` (the default run) of a 21-file project instead.
-# Usage: [ROUNDS=40] [SIZE=2] [WS=none|overlay] bench/warm-ab.sh BEFORE AFTER   (root)
+# NET=filtered: `--net filtered` (an empty allowlist) instead of `--net off`.
+# Usage: [ROUNDS=40] [SIZE=2] [WS=none|overlay] [NET=off|filtered] bench/warm-ab.sh BEFORE AFTER
+#   (root)
 # Prints one markdown row per binary: cold and warm medians, warm/cold, and the load average.
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: bench/warm-ab.sh BEFORE AFTER" >&2; exit 2; }
-export A=$(realpath "$1") B=$(realpath "$2") ROUNDS=${ROUNDS:-40} SIZE=${SIZE:-2} WS=${WS:-none}
+export A=$(realpath "$1") B=$(realpath "$2") ROUNDS=${ROUNDS:-40} SIZE=${SIZE:-2} WS=${WS:-none} NET=${NET:-off}
 exec python3 - <<'PY'
 import json, os, statistics, subprocess, tempfile, time
 bins = {"before": os.environ["A"], "after": os.environ["B"]}
-rounds, size, ws = int(os.environ["ROUNDS"]), os.environ["SIZE"], os.environ["WS"]
+rounds, size, ws, net = int(os.environ["ROUNDS"]), os.environ["SIZE"], os.environ["WS"], os.environ["NET"]
 work = tempfile.mkdtemp()
 proj = work + "/project"
 os.makedirs(proj + "/src")
@@ -27,7 +29,7 @@ res = {key: [] for key in env}
 load = []
 try:
     for b in bins:
-        r = airlock(b, "warm", "daemon", "start", "--size", size, "--workspace", ws, "--net", "off",
+        r = airlock(b, "warm", "daemon", "start", "--size", size, "--workspace", ws, "--net", net,
                     "--wait", stdout=subprocess.DEVNULL)
         assert r.returncode == 0, r
     def full(b):
@@ -46,7 +48,7 @@ try:
             for x in bins:
                 full(x)
             t = time.perf_counter()
-            r = airlock(b, k, "run", "--workspace", ws, "--net", "off", "--", "true",
+            r = airlock(b, k, "run", "--workspace", ws, "--net", net, "--", "true",
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             dt = (time.perf_counter() - t) * 1000
             assert r.returncode == 0, (b, k, r.stderr)
