@@ -32,6 +32,8 @@ pub struct Attached {
     summary: Option<SummaryDirs>,
     /// The workspace helper, exiting: reaped with this.
     _helper: Option<forked::Forked>,
+    /// The idmapping's user namespace: its holder, exiting, reaped with this.
+    _idmap: Option<crate::userns::Idmap>,
 }
 
 impl Attached {
@@ -78,12 +80,14 @@ pub struct ClaimMounts {
 /// Attach `mounts` (a claim's workspace, own binds and home files) in the running member in
 /// `dir` (plan: `plan`). `disk`: the folder an overlay's disk upper layer lives in (`upper`,
 /// `work`: a named sandbox's own folder, kept across stop/start, as its cold start keeps it
-/// there). Blocks until done; nothing is attached when it fails.
+/// there). `asked`: the member's namespaces, asked for ahead (`exec::ask_namespaces`). Blocks
+/// until done; nothing is attached when it fails.
 pub fn attach_workspace(
     dir: &Path,
     plan: &LaunchPlan,
     mounts: &ClaimMounts,
     disk: Option<&Path>,
+    asked: Option<super::exec::AskedNamespaces>,
 ) -> Result<Attached, RunError> {
     let steps = &mounts.steps[..];
     let own = &mounts.own;
@@ -103,7 +107,7 @@ pub fn attach_workspace(
         Some(d) => Some(super::disk_layers(plan, d)?),
         None => None,
     };
-    let ns = super::exec::Namespaces::of(dir, &plan.name)?;
+    let ns = super::exec::Namespaces::taken(asked, dir, &plan.name)?;
     let (userns, mntns) = (
         ns.get(CloneFlags::CLONE_NEWUSER)?,
         ns.get(CloneFlags::CLONE_NEWNS)?,
@@ -150,6 +154,7 @@ pub fn attach_workspace(
     drop(back_child);
     drop(feed_child);
     drop(ns);
+    let mut idmap = None;
     if let Some(feed) = feed {
         let prepared = (|| {
             let needs_idmap = steps.iter().any(|m| {
@@ -163,29 +168,35 @@ pub fn attach_workspace(
                     plan.uid_map[0].outside + plan.user.0,
                     plan.gid_map[0].outside + plan.user.1,
                 );
+                // Its holder's exit is not waited for here: it is reaped with the result.
                 Some(
-                    crate::userns::idmap_userns(mounts.owner, to)
+                    crate::userns::idmap_userns_unreaped(mounts.owner, to)
                         .map_err(io_err("create the idmapping user namespace"))?,
                 )
             } else {
                 None
             };
-            rootfs::prepare(&Real, &ws_plan, idmap.as_ref())
+            rootfs::prepare(&Real, &ws_plan, idmap.as_ref().and_then(|i| i.fd()))
                 .map_err(|e| RunError::Setup(e.to_string()))
+                .map(|p| (p, idmap))
         })();
         crate::phase("attach: sources prepared");
         // Which steps have a source (one byte each), and those sources, in order. Nothing
         // sent (a failure): the helper's read ends empty, and it fails without attaching.
-        let sent = prepared.and_then(|prepared| {
+        let sent = prepared.and_then(|(prepared, idmap)| {
             let which: Vec<u8> = prepared.iter().map(|p| u8::from(p.is_some())).collect();
             let raw: Vec<i32> = prepared.iter().flatten().map(|f| f.as_raw_fd()).collect();
             sys::send_fds(feed.as_raw_fd(), &which, &raw)
                 .map_err(io_err("hand the helper the workspace's sources"))
+                .map(|()| idmap)
         });
-        if let Err(e) = sent {
-            drop(feed);
-            let _ = helper.wait();
-            return Err(e);
+        match sent {
+            Ok(i) => idmap = i,
+            Err(e) => {
+                drop(feed);
+                let _ = helper.wait();
+                return Err(e);
+            }
         }
     }
     // Its answer is sent once everything is attached: from then on it only exits, and is
@@ -208,6 +219,7 @@ pub fn attach_workspace(
     Ok(Attached {
         summary,
         _helper: Some(helper),
+        _idmap: idmap,
     })
 }
 

@@ -113,7 +113,15 @@ pub fn serve_namespaces(dir: &Path, fds: Vec<OwnedFd>) -> Result<(), RunError> {
 }
 
 pub(crate) fn fetch_namespaces(dir: &Path) -> std::io::Result<Vec<(CloneFlags, OwnedFd)>> {
-    let conn = std::os::unix::net::UnixStream::connect(dir.join(CONTROL_SOCKET))?;
+    take_namespaces(std::os::unix::net::UnixStream::connect(
+        dir.join(CONTROL_SOCKET),
+    )?)
+}
+
+/// The namespaces the control socket sends on `conn`.
+fn take_namespaces(
+    conn: std::os::unix::net::UnixStream,
+) -> std::io::Result<Vec<(CloneFlags, OwnedFd)>> {
     let (data, fds) = sys::recv_fds(conn.as_raw_fd(), NAMESPACES.len())?;
     if data != b"ns" || fds.len() != NAMESPACES.len() {
         return Err(std::io::Error::other(
@@ -126,12 +134,38 @@ pub(crate) fn fetch_namespaces(dir: &Path) -> std::io::Result<Vec<(CloneFlags, O
 /// A running sandbox's namespaces, as its control socket hands them out.
 pub(crate) struct Namespaces(Vec<(CloneFlags, OwnedFd)>);
 
+/// A running sandbox's namespaces asked for ahead of their use ([`ask_namespaces`]): its
+/// supervisor sends them while the caller does something else.
+pub struct AskedNamespaces(std::io::Result<std::os::unix::net::UnixStream>);
+
+/// Ask the sandbox whose folder is `dir` for its namespaces now, to take them later.
+pub fn ask_namespaces(dir: &Path) -> AskedNamespaces {
+    AskedNamespaces(std::os::unix::net::UnixStream::connect(
+        dir.join(CONTROL_SOCKET),
+    ))
+}
+
 impl Namespaces {
     /// Those of the sandbox `name` whose folder is `dir`; an error says it is not running.
     pub(crate) fn of(dir: &Path, name: &str) -> Result<Self, RunError> {
         fetch_namespaces(dir)
             .map(Self)
             .map_err(|e| RunError::Setup(format!("sandbox {name} is not running ({e})")))
+    }
+
+    /// Those asked for with [`ask_namespaces`] (None: asked for now).
+    pub(crate) fn taken(
+        asked: Option<AskedNamespaces>,
+        dir: &Path,
+        name: &str,
+    ) -> Result<Self, RunError> {
+        match asked {
+            None => Self::of(dir, name),
+            Some(AskedNamespaces(conn)) => conn
+                .and_then(take_namespaces)
+                .map(Self)
+                .map_err(|e| RunError::Setup(format!("sandbox {name} is not running ({e})"))),
+        }
     }
 
     /// The namespace of kind `flag`.

@@ -747,6 +747,10 @@ pub fn try_warm(
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
         begun = airlock_sandbox::container::stub::begin_claimed(&dir, &claimed)
             .map_err(|e| e.to_string())?;
+        // The member's namespaces for the workspace, asked for now: its supervisor sends them
+        // while the claim's limits and policy are bound.
+        let asked = (!mounts.steps.is_empty())
+            .then(|| airlock_sandbox::container::exec::ask_namespaces(&dir));
         let mut plan = airlock_sandbox::folder::read_plan(&dir)
             .map_err(|e| format!("the member's plan: {e}"))?;
         plan.rlimit_nproc = limits.pids;
@@ -781,8 +785,8 @@ pub fn try_warm(
         let attached = if mounts.steps.is_empty() {
             attach::Attached::default()
         } else {
-            let a =
-                attach::attach_workspace(&dir, &plan, &mounts, None).map_err(|e| e.to_string())?;
+            let a = attach::attach_workspace(&dir, &plan, &mounts, None, asked)
+                .map_err(|e| e.to_string())?;
             airlock_sandbox::phase("warm: workspace attached");
             a
         };
