@@ -501,9 +501,10 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
     }
     let _ = sys::prctl_simple(libc::PR_SET_DUMPABLE, 0);
     sys::close_fds_except(3, &[sock.as_raw_fd()]);
-    // The command's seccomp filter now (as the command's process installs it before its
-    // privilege drop): what is left for the claim runs under it already.
-    // What the command would otherwise do after the go, of what no claim changes.
+    // What the command would otherwise do after the go and no claim changes: its bounding
+    // set dropped, its signals reset, and its seccomp filter installed (as the command's
+    // process installs it before its privilege drop): what is left for the claim runs under
+    // it already.
     if super::child::prepare_parked().is_err() || seccomp::install(filter).is_err() {
         sys::exit_now(exit::SANDBOX_FAILED);
     }
