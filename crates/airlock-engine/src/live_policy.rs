@@ -438,6 +438,48 @@ fn tap_events(
     (tx, rx)
 }
 
+/// How many claims' event streams this process is serving ([`stream_events`]), and their ends.
+static STREAMS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// One stream counted in [`STREAMS`] while this lives.
+struct Streaming;
+
+impl Streaming {
+    fn start() -> Self {
+        *STREAMS.0.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        Streaming
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let mut n = STREAMS.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *n = n.saturating_sub(1);
+        STREAMS.1.notify_all();
+    }
+}
+
+/// In a member's supervisor whose sandbox has ended: until every claimer's event stream has
+/// ended (the claimer has its `synced` and hung up, or is gone), `limit` at most. A claimer may
+/// end the member before it asks for the last events (its PID 1's end and the `sync` then
+/// overlap): the answer is still given.
+pub fn wait_streams(limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut n = STREAMS.0.lock().unwrap_or_else(PoisonError::into_inner);
+    while *n > 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        n = STREAMS
+            .1
+            .wait_timeout(n, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+}
+
 /// The supervisor's side of a [`Watch`]: the tapped events (`rx`) to `conn`, and its `sync`s
 /// answered in their order, on threads of their own (the policy socket goes on serving
 /// `allow`/`deny`), until the claimer hangs up.
@@ -474,9 +516,11 @@ fn stream_events(
     if reader.is_err() {
         return;
     }
+    let streaming = Streaming::start();
     let _ = std::thread::Builder::new()
         .name("policy-watch-out".into())
         .spawn(move || {
+            let _streaming = streaming;
             let mut out = std::io::BufWriter::new(&conn);
             for msg in rx {
                 let line = match msg {
@@ -909,6 +953,47 @@ mod tests {
             "{:?}",
             ctx.journal
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A member's supervisor whose sandbox has ended waits (`wait_streams`) until its claimer's
+    /// event stream has ended: a claimer that ends the member before it asks for the last
+    /// events still gets them, and its `sync` its answer.
+    #[test]
+    fn a_supervisor_answers_its_claimers_last_sync_before_it_exits() {
+        let (dir, ctx) = served();
+        let got = Shared::default();
+        let (_, watch) = begin_claim(
+            &dir,
+            &["a.test".into()],
+            &[443],
+            &[],
+            None,
+            run(),
+            Some(airlock_egress::journal::Journal::new(got.clone())),
+        )
+        .and_then(PendingClaim::finish)
+        .unwrap();
+        let watch = watch.expect("a watch");
+        // The member's end: its supervisor waits for the stream (the claimer has not asked).
+        let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let supervisor = {
+            let exited = exited.clone();
+            std::thread::spawn(move || {
+                wait_streams(Duration::from_secs(10));
+                exited.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !exited.load(std::sync::atomic::Ordering::SeqCst),
+            "the supervisor went before its claimer's last sync"
+        );
+        ctx.journal.record(&denied("last.test"));
+        watch.finish();
+        supervisor.join().unwrap();
+        let text = String::from_utf8(got.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("last.test"), "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -847,6 +847,10 @@ pub fn try_warm(
     }
     .map_err(CliError::from);
     airlock_sandbox::phase("warm: command ended");
+    // The member's end starts now; with a watch, beside its last events' sync (the
+    // supervisor answers it before it exits: `live_policy::wait_streams`) — what the command
+    // left running makes no connection after it.
+    let ending = MemberEnd::kill(&dir);
     if let Some(w) = watch {
         w.finish();
     }
@@ -861,7 +865,9 @@ pub fn try_warm(
     // output is done — its supervisor removes the claim's cgroup, and the daemon, once this
     // process has exited, records the release and the hit and removes the member. Without
     // one, or if it does not take the datagram, the release is done here.
-    end_member(&dir);
+    if let Some(e) = ending {
+        e.wait();
+    }
     airlock_sandbox::phase("warm: member ended");
     let hand = pool::daemon_running(&state);
     let wake = if hand {
@@ -1201,15 +1207,31 @@ pub(super) fn release(
 /// process in it is gone, so nothing of the member runs after this. (A stub that outlives its
 /// claimer — killed mid-command — kills PID 1 itself once the claimer's connection closes.)
 fn end_member(dir: &Path) {
-    use airlock_sandbox::{container::exec::pid1, sys};
-    let Some(pid) = pid1(dir) else { return };
-    let Ok(fd) = sys::pidfd_open(pid) else { return };
-    // Still the member's (not a reused pid) now that it is held.
-    if pid1(dir) != Some(pid) {
-        return;
+    if let Some(e) = MemberEnd::kill(dir) {
+        e.wait();
     }
-    if sys::pidfd_kill(&fd).is_ok() {
-        sys::wait_readable(&fd, Duration::from_secs(2));
+}
+
+/// A claimed member's PID 1, killed ([`end_member`] in two steps).
+struct MemberEnd(std::os::fd::OwnedFd);
+
+impl MemberEnd {
+    /// Kill it (None: not running, or the kill failed).
+    fn kill(dir: &Path) -> Option<Self> {
+        use airlock_sandbox::{container::exec::pid1, sys};
+        let pid = pid1(dir)?;
+        let fd = sys::pidfd_open(pid).ok()?;
+        // Still the member's (not a reused pid) now that it is held.
+        if pid1(dir) != Some(pid) {
+            return None;
+        }
+        sys::pidfd_kill(&fd).ok()?;
+        Some(MemberEnd(fd))
+    }
+
+    /// Until it has exited, 2 s at most.
+    fn wait(self) {
+        airlock_sandbox::sys::wait_readable(&self.0, Duration::from_secs(2));
     }
 }
 

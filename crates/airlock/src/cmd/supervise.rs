@@ -189,6 +189,8 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
         Some(dir),
         &hooks,
     );
+    // A claimer that ended the member before its last `sync` still gets the answer.
+    airlock_engine::live_policy::wait_streams(std::time::Duration::from_secs(2));
     let _ = std::fs::remove_file(dir.join(airlock_agent::AGENT_SOCKET));
     let _ = std::fs::remove_file(dir.join(airlock_engine::live_policy::SOCKET));
     let _ = std::fs::remove_file(dir.join(backend::SUPERVISOR_PID));
