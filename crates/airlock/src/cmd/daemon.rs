@@ -751,12 +751,13 @@ pub fn try_warm(
         // while the claim's limits and policy are bound.
         let asked = (!mounts.steps.is_empty())
             .then(|| airlock_sandbox::container::exec::ask_namespaces(&dir));
+        // The claim's policy goes to the member's supervisor now (before the member's plan is
+        // read: it needs none of it) and is answered after the workspace is attached: the two
+        // bind at once, on two CPUs.
+        let pending = begin_policy(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
         let mut plan = airlock_sandbox::folder::read_plan(&dir)
             .map_err(|e| format!("the member's plan: {e}"))?;
         plan.rlimit_nproc = limits.pids;
-        // The claim's policy goes to the member's supervisor now and is answered after the
-        // workspace is attached: the two bind at once, on two CPUs.
-        let pending = begin_policy(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
         // A chosen hostname (a random `run-…` one is as good as the member's): UTS name,
         // /etc/hostname and /etc/hosts, as the cold start's.
         if b.hostname_chosen && spec.hostname != plan.hostname {
