@@ -911,16 +911,11 @@ mod tests {
         e
     }
 
-    /// A watching claim gets the member's events from the claim on, each as the member's
-    /// journal wrote it, all of those before its `sync` by the time `finish` returns; none from
-    /// before the claim; and once it has hung up the member's journal drops the tap.
-    #[test]
-    fn a_watching_claim_gets_its_members_events_from_the_claim_on() {
-        let (dir, ctx) = served();
-        ctx.journal.record(&denied("before.test"));
-        let got = Shared::default();
+    /// A claim of the member served in `dir` (allowlist `a.test`) watching its events into
+    /// `got`.
+    fn watching_claim(dir: &Path, got: &Shared) -> Watch {
         let (_, watch) = begin_claim(
-            &dir,
+            dir,
             &["a.test".into()],
             &[443],
             &[],
@@ -930,7 +925,19 @@ mod tests {
         )
         .and_then(PendingClaim::finish)
         .unwrap();
-        let mut watch = watch.expect("a watch");
+        watch.expect("a watch")
+    }
+
+    /// A watching claim gets the member's events from the claim on, each as the member's
+    /// journal wrote it, all of those before its `sync` by the time `finish` returns; none from
+    /// before the claim; and once it has hung up the member's journal drops the tap.
+    #[test]
+    fn a_watching_claim_gets_its_members_events_from_the_claim_on() {
+        let (dir, ctx) = served();
+        ctx.journal.record(&denied("before.test"));
+        let got = Shared::default();
+        let watch = watching_claim(&dir, &got);
+        let mut watch = watch;
         watch.follow();
         let sent: Vec<_> = (0..300).map(|i| denied(&format!("h{i}.test"))).collect();
         for e in &sent {
@@ -963,18 +970,7 @@ mod tests {
     fn a_supervisor_answers_its_claimers_last_sync_before_it_exits() {
         let (dir, ctx) = served();
         let got = Shared::default();
-        let (_, watch) = begin_claim(
-            &dir,
-            &["a.test".into()],
-            &[443],
-            &[],
-            None,
-            run(),
-            Some(airlock_egress::journal::Journal::new(got.clone())),
-        )
-        .and_then(PendingClaim::finish)
-        .unwrap();
-        let watch = watch.expect("a watch");
+        let watch = watching_claim(&dir, &got);
         // The member's end: its supervisor waits for the stream (the claimer has not asked).
         let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let supervisor = {
