@@ -306,21 +306,12 @@ impl Cgroup {
         }
     }
 
-    /// A controller's directory for no limit of its own ([`Cgroup::keep_unlimited`]): made in
-    /// a slot, taken as it is in a bind (a member's, found there).
+    /// A controller's directory for no limit of its own, when [`Cgroup::keep_unlimited`].
     fn unlimited(&mut self, parent: &Path, name: &str) -> Result<Option<PathBuf>, CgroupError> {
-        match self.how {
-            Make::New => Ok(None),
-            Make::Slot => self.mkdir(parent, name).map(Some),
-            Make::Bind => {
-                let dir = parent.join(name);
-                if !dir.is_dir() {
-                    return Ok(None);
-                }
-                self.dirs.push(dir.clone());
-                Ok(Some(dir))
-            }
+        if !self.keep_unlimited(parent, name) {
+            return Ok(None);
         }
+        self.mkdir(parent, name).map(Some)
     }
 
     fn populate(&mut self, layout: &Layout, name: &str, r: &Resources) -> Result<(), CgroupError> {

@@ -112,25 +112,6 @@ pub fn serve_namespaces(dir: &Path, fds: Vec<OwnedFd>) -> Result<(), RunError> {
     Ok(())
 }
 
-pub(crate) fn fetch_namespaces(dir: &Path) -> std::io::Result<Vec<(CloneFlags, OwnedFd)>> {
-    take_namespaces(std::os::unix::net::UnixStream::connect(
-        dir.join(CONTROL_SOCKET),
-    )?)
-}
-
-/// The namespaces the control socket sends on `conn`.
-fn take_namespaces(
-    conn: std::os::unix::net::UnixStream,
-) -> std::io::Result<Vec<(CloneFlags, OwnedFd)>> {
-    let (data, fds) = sys::recv_fds(conn.as_raw_fd(), NAMESPACES.len())?;
-    if data != b"ns" || fds.len() != NAMESPACES.len() {
-        return Err(std::io::Error::other(
-            "the control socket answered unexpectedly",
-        ));
-    }
-    Ok(NAMESPACES.iter().map(|(_, f)| *f).zip(fds).collect())
-}
-
 /// A running sandbox's namespaces, as its control socket hands them out.
 pub(crate) struct Namespaces(Vec<(CloneFlags, OwnedFd)>);
 
@@ -145,12 +126,24 @@ pub fn ask_namespaces(dir: &Path) -> AskedNamespaces {
     ))
 }
 
+impl AskedNamespaces {
+    /// The namespaces the control socket sends.
+    fn take(self) -> std::io::Result<Vec<(CloneFlags, OwnedFd)>> {
+        let conn = self.0?;
+        let (data, fds) = sys::recv_fds(conn.as_raw_fd(), NAMESPACES.len())?;
+        if data != b"ns" || fds.len() != NAMESPACES.len() {
+            return Err(std::io::Error::other(
+                "the control socket answered unexpectedly",
+            ));
+        }
+        Ok(NAMESPACES.iter().map(|(_, f)| *f).zip(fds).collect())
+    }
+}
+
 impl Namespaces {
     /// Those of the sandbox `name` whose folder is `dir`; an error says it is not running.
     pub(crate) fn of(dir: &Path, name: &str) -> Result<Self, RunError> {
-        fetch_namespaces(dir)
-            .map(Self)
-            .map_err(|e| RunError::Setup(format!("sandbox {name} is not running ({e})")))
+        Self::taken(None, dir, name)
     }
 
     /// Those asked for with [`ask_namespaces`] (None: asked for now).
@@ -159,13 +152,11 @@ impl Namespaces {
         dir: &Path,
         name: &str,
     ) -> Result<Self, RunError> {
-        match asked {
-            None => Self::of(dir, name),
-            Some(AskedNamespaces(conn)) => conn
-                .and_then(take_namespaces)
-                .map(Self)
-                .map_err(|e| RunError::Setup(format!("sandbox {name} is not running ({e})"))),
-        }
+        asked
+            .unwrap_or_else(|| ask_namespaces(dir))
+            .take()
+            .map(Self)
+            .map_err(|e| RunError::Setup(format!("sandbox {name} is not running ({e})")))
     }
 
     /// The namespace of kind `flag`.

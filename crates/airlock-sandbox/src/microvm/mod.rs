@@ -635,18 +635,8 @@ impl QemuProcess {
 
     /// SIGKILL, once (later calls do nothing).
     fn kill(&self) {
-        let Some(fd) = self.0.lock().ok().and_then(|mut s| s.take()) else {
-            return;
-        };
-        // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo, no flags.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
+        if let Some(fd) = self.0.lock().ok().and_then(|mut s| s.take()) {
+            let _ = crate::sys::pidfd_kill(&fd);
         }
     }
 }
