@@ -32,8 +32,6 @@ pub struct Attached {
     summary: Option<SummaryDirs>,
     /// The workspace helper, exiting: reaped with this.
     _helper: Option<forked::Forked>,
-    /// The idmapping's user namespace: its holder, exiting, reaped with this.
-    _idmap: Option<crate::userns::Idmap>,
 }
 
 impl Attached {
@@ -154,7 +152,6 @@ pub fn attach_workspace(
     drop(back_child);
     drop(feed_child);
     drop(ns);
-    let mut idmap = None;
     if let Some(feed) = feed {
         let prepared = (|| {
             let needs_idmap = steps.iter().any(|m| {
@@ -168,35 +165,29 @@ pub fn attach_workspace(
                     plan.uid_map[0].outside + plan.user.0,
                     plan.gid_map[0].outside + plan.user.1,
                 );
-                // Its holder's exit is not waited for here: it is reaped with the result.
                 Some(
-                    crate::userns::idmap_userns_unreaped(mounts.owner, to)
+                    crate::userns::idmap_userns(mounts.owner, to)
                         .map_err(io_err("create the idmapping user namespace"))?,
                 )
             } else {
                 None
             };
-            rootfs::prepare(&Real, &ws_plan, idmap.as_ref().and_then(|i| i.fd()))
+            rootfs::prepare(&Real, &ws_plan, idmap.as_ref())
                 .map_err(|e| RunError::Setup(e.to_string()))
-                .map(|p| (p, idmap))
         })();
         crate::phase("attach: sources prepared");
         // Which steps have a source (one byte each), and those sources, in order. Nothing
         // sent (a failure): the helper's read ends empty, and it fails without attaching.
-        let sent = prepared.and_then(|(prepared, idmap)| {
+        let sent = prepared.and_then(|prepared| {
             let which: Vec<u8> = prepared.iter().map(|p| u8::from(p.is_some())).collect();
             let raw: Vec<i32> = prepared.iter().flatten().map(|f| f.as_raw_fd()).collect();
             sys::send_fds(feed.as_raw_fd(), &which, &raw)
                 .map_err(io_err("hand the helper the workspace's sources"))
-                .map(|()| idmap)
         });
-        match sent {
-            Ok(i) => idmap = i,
-            Err(e) => {
-                drop(feed);
-                let _ = helper.wait();
-                return Err(e);
-            }
+        if let Err(e) = sent {
+            drop(feed);
+            let _ = helper.wait();
+            return Err(e);
         }
     }
     // Its answer is sent once everything is attached: from then on it only exits, and is
@@ -219,7 +210,6 @@ pub fn attach_workspace(
     Ok(Attached {
         summary,
         _helper: Some(helper),
-        _idmap: idmap,
     })
 }
 
