@@ -6,6 +6,7 @@ mod out;
 
 mod cli;
 mod cmd;
+mod entry;
 mod error;
 
 fn main() {
