@@ -34,8 +34,9 @@ pub const ID_FILE: &str = "id";
 
 /// A sandbox's unique id from its folder (32 lowercase hex digits), if present and well-formed.
 pub fn read_id(dir: &Path) -> Option<String> {
-    let text = fs::read_to_string(dir.join(ID_FILE)).ok()?;
-    let id = text.trim();
+    let mut buf = [0u8; 128];
+    let text = airlock_sandbox::sys::read_small(dir.join(ID_FILE), &mut buf).ok()?;
+    let id = std::str::from_utf8(text).ok()?.trim();
     (id.len() == 32
         && id
             .bytes()

@@ -47,7 +47,9 @@ pub const PID1_FILE: &str = "pid1";
 
 /// Field 22 of /proc/PID/stat: when the process started (distinguishes a recycled pid).
 pub fn proc_starttime(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut buf = [0u8; 2048];
+    let stat = crate::sys::read_small(format!("/proc/{pid}/stat"), &mut buf).ok()?;
+    let stat = std::str::from_utf8(stat).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     after.split(' ').nth(19)?.parse().ok()
 }
@@ -55,11 +57,16 @@ pub fn proc_starttime(pid: i32) -> Option<u64> {
 /// The running sandbox's PID 1, checked against its recorded start time (a recycled pid is
 /// never mistaken for it).
 pub fn pid1(dir: &Path) -> Option<i32> {
-    let text = fs::read_to_string(dir.join(PID1_FILE)).ok()?;
-    let mut it = text.split_whitespace();
-    let pid: i32 = it.next()?.parse().ok()?;
-    let start: u64 = it.next()?.parse().ok()?;
+    let (pid, start) = pid1_recorded(dir)?;
     (proc_starttime(pid) == Some(start)).then_some(pid)
+}
+
+/// PID 1 as published in `dir`: its pid and start time, not checked.
+pub fn pid1_recorded(dir: &Path) -> Option<(i32, u64)> {
+    let mut buf = [0u8; 64];
+    let text = crate::sys::read_small(dir.join(PID1_FILE), &mut buf).ok()?;
+    let mut it = std::str::from_utf8(text).ok()?.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 pub(super) const NAMESPACES: &[(&str, CloneFlags)] = &[

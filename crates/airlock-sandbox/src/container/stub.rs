@@ -49,8 +49,9 @@ struct Published {
 }
 
 fn published_stub(dir: &Path) -> Option<Published> {
-    let text = fs::read_to_string(dir.join(STUB_PID)).ok()?;
-    let mut lines = text.lines();
+    let mut buf = [0u8; 256];
+    let text = sys::read_small(dir.join(STUB_PID), &mut buf).ok()?;
+    let mut lines = std::str::from_utf8(text).ok()?.lines();
     let pid = lines.next()?.trim().parse().ok()?;
     let says: Vec<&str> = lines.collect();
     Some(Published {
@@ -68,7 +69,8 @@ pub const STUB_LAYOUT: &str = "cgroup-layout.json";
 /// daemon's its members share (the pool's folder). None: not published (an older member or
 /// daemon, or a member without a stub).
 pub fn member_layout(dir: &Path) -> Option<crate::cgroup::Layout> {
-    serde_json::from_slice(&fs::read(dir.join(STUB_LAYOUT)).ok()?).ok()
+    let mut buf = [0u8; 4096];
+    serde_json::from_slice(sys::read_small(dir.join(STUB_LAYOUT), &mut buf).ok()?).ok()
 }
 
 /// Publish `layout` in `dir` ([`STUB_LAYOUT`], read by [`member_layout`]), whole or not at

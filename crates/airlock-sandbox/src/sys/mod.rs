@@ -818,6 +818,33 @@ pub fn wait_readable(fd: impl std::os::fd::AsFd, limit: std::time::Duration) -> 
     )
 }
 
+/// A small file's bytes in `buf`, read with as few system calls as it takes: one `read` for a
+/// file that fits (no `fstat`, no read at the end to find it): for files written whole (a
+/// rename over them) and one-record /proc files (`/proc/PID/stat`), where a short read is the
+/// end. Fails with `InvalidData` when the file does not fit in `buf`.
+pub fn read_small(path: impl AsRef<Path>, buf: &mut [u8]) -> io::Result<&[u8]> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => return Ok(&buf[..n]),
+            Ok(k) => {
+                n += k;
+                if n == buf.len() {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "file too large"));
+                }
+                // A short read: the end (see above).
+                if k < buf.len() - (n - k) {
+                    return Ok(&buf[..n]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Whether the other end of a pipe is gone (poll reports POLLHUP without blocking).
 pub fn hung_up(fd: &OwnedFd) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -968,5 +995,34 @@ pub fn rdtsc() -> Option<u64> {
     #[cfg(not(target_arch = "x86_64"))]
     {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_small;
+
+    #[test]
+    fn read_small_reads_whole_files_and_refuses_what_does_not_fit() {
+        let dir = std::env::temp_dir().join(format!("airlock-read-small-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("f");
+        std::fs::write(&f, b"12345 678\n").expect("write");
+        let mut buf = [0u8; 64];
+        assert_eq!(read_small(&f, &mut buf).expect("read"), b"12345 678\n");
+        // Exactly the buffer's size, or more: refused, never cut short.
+        let mut small = [0u8; 10];
+        assert!(read_small(&f, &mut small).is_err());
+        let mut smaller = [0u8; 4];
+        assert!(read_small(&f, &mut smaller).is_err());
+        std::fs::write(&f, b"").expect("write");
+        assert_eq!(read_small(&f, &mut buf).expect("empty"), b"");
+        assert!(read_small(dir.join("missing"), &mut buf).is_err());
+        // A one-record /proc file, whole: it ends with the newline after its last field.
+        let mut big = [0u8; 2048];
+        let stat = read_small("/proc/self/stat", &mut big).expect("stat");
+        assert!(stat.starts_with(format!("{} (", std::process::id()).as_bytes()));
+        assert!(stat.ends_with(b"\n"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1219,11 +1219,14 @@ struct MemberEnd(std::os::fd::OwnedFd);
 impl MemberEnd {
     /// Kill it (None: not running, or the kill failed).
     fn kill(dir: &Path) -> Option<Self> {
-        use airlock_sandbox::{container::exec::pid1, sys};
-        let pid = pid1(dir)?;
+        use airlock_sandbox::container::exec::{pid1_recorded, proc_starttime};
+        use airlock_sandbox::sys;
+        let (pid, start) = pid1_recorded(dir)?;
         let fd = sys::pidfd_open(pid).ok()?;
-        // Still the member's (not a reused pid) now that it is held.
-        if pid1(dir) != Some(pid) {
+        // The member's PID 1 (not a reused pid) if it still has its start time now that it is
+        // held: a pid is reused only after its process is gone, so the process found now had
+        // it when the pidfd was opened.
+        if proc_starttime(pid) != Some(start) {
             return None;
         }
         sys::pidfd_kill(&fd).ok()?;
