@@ -38,3 +38,19 @@ std::arch::global_asm!(
     "jmp _start",
     ".size airlock_entry, . - airlock_entry",
 );
+
+/// Whether this process started at `airlock_entry` (the pages its relocation writes copied in
+/// one system call): `airlock doctor` says so.
+pub fn entered_here() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        extern "C" {
+            fn airlock_entry();
+        }
+        // SAFETY: getauxval only reads this process's auxiliary vector.
+        let entry = unsafe { libc::getauxval(libc::AT_ENTRY) } as usize;
+        entry == airlock_entry as *const () as usize
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
+}

@@ -43,7 +43,15 @@ fn link_row(exe: Option<&std::path::Path>) -> Row {
     match exe.map(elf_interpreter) {
         Some(Ok(None)) => row(
             Status::Ok,
-            "statically linked (static-pie): no dynamic loader at start".into(),
+            format!(
+                "statically linked (static-pie): no dynamic loader at start; {}",
+                if crate::entry::entered_here() {
+                    "entered at airlock_entry: the pages its relocation writes are copied in one \
+                     system call"
+                } else {
+                    "entered at _start: the pages its relocation writes fault in one by one"
+                }
+            ),
             None,
         ),
         Some(Ok(Some(interp))) => row(
