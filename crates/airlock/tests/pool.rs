@@ -938,17 +938,30 @@ fn workspaces_at_claim(a: &Airlock, label: &str) {
     assert_eq!(out.code(), 0, "{label}: {}", out.describe());
 
     // Overlay: the default workspace.
-    let out = a.run(&[
-        "run",
-        "--net",
-        "off",
-        "--",
-        "sh",
-        "-c",
-        "echo x > f; cat README; pwd; cat f",
-    ]);
+    let out = a.run_with_env(
+        &[("AIRLOCK_TIMING", "1")],
+        &[
+            "run",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "echo x > f; cat README; pwd; cat f",
+        ],
+    );
     assert_eq!(out.code(), 0, "{label}: {}", out.describe());
     warm(&out, label);
+    // Root-run, through the workspace helper the member's stub parked (no fork, no namespace
+    // change on the claim's path); rootless, a helper of the claimer's own.
+    let parked = out.stderr.contains("attach: parked helper answered");
+    assert_eq!(parked, a.user.is_none(), "{label}: {}", out.describe());
+    assert_eq!(
+        out.stderr.contains("attach: helper answered"),
+        !parked,
+        "{label}: {}",
+        out.describe()
+    );
     assert_eq!(
         out.stdout,
         "hello from the project\n/workspace\nx\n",

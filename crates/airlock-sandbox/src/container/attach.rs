@@ -86,6 +86,7 @@ pub fn attach_workspace(
     mounts: &ClaimMounts,
     disk: Option<&Path>,
     asked: Option<super::exec::AskedNamespaces>,
+    parked: Option<OwnedFd>,
 ) -> Result<Attached, RunError> {
     let steps = &mounts.steps[..];
     let own = &mounts.own;
@@ -96,6 +97,11 @@ pub fn attach_workspace(
         return Err(RunError::Setup(
             "an overlay with a disk upper layer cannot be attached at claim".into(),
         ));
+    }
+    // Root-run: the helper the member's stub parked for this claim ([`park`]) does the
+    // helper's part, already in the member's user namespace and a mount namespace of its own.
+    if let Some(sock) = parked.filter(|_| !plan.rootless && disk.is_none()) {
+        return attach_parked(plan, mounts, sock);
     }
     // The disk layers, made (and owned) as a cold start makes them; opened by the helper in
     // its own mount namespace (overlayfs clones its layers' mounts: they must be that
@@ -132,7 +138,7 @@ pub fn attach_workspace(
             // SAFETY: closing this forked child's copy of a descriptor it never uses.
             unsafe { libc::close(f.as_raw_fd()) };
         }
-        let fds = match helper(
+        let built = match helper(
             &ws_plan,
             own,
             userns,
@@ -144,7 +150,7 @@ pub fn attach_workspace(
             Err(e) => h.fail(e),
         };
         crate::phase("attach: helper attached");
-        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let raw: Vec<i32> = built.back.iter().map(|f| f.as_raw_fd()).collect();
         if let Err(e) = sys::send_fds(back_child.as_raw_fd(), b"ws", &raw) {
             h.fail(format!("hand back the overlay's layers: {e}"));
         }
@@ -153,28 +159,7 @@ pub fn attach_workspace(
     drop(feed_child);
     drop(ns);
     if let Some(feed) = feed {
-        let prepared = (|| {
-            let needs_idmap = steps.iter().any(|m| {
-                matches!(
-                    m,
-                    MountStep::BindRw { idmap: true, .. } | MountStep::Overlay { idmap: true, .. }
-                )
-            });
-            let idmap = if needs_idmap {
-                let to = (
-                    plan.uid_map[0].outside + plan.user.0,
-                    plan.gid_map[0].outside + plan.user.1,
-                );
-                Some(
-                    crate::userns::idmap_userns(mounts.owner, to)
-                        .map_err(io_err("create the idmapping user namespace"))?,
-                )
-            } else {
-                None
-            };
-            rootfs::prepare(&Real, &ws_plan, idmap.as_ref())
-                .map_err(|e| RunError::Setup(e.to_string()))
-        })();
+        let prepared = prepare_sources(&ws_plan, mounts.owner);
         crate::phase("attach: sources prepared");
         // Which steps have a source (one byte each), and those sources, in order. Nothing
         // sent (a failure): the helper's read ends empty, and it fails without attaching.
@@ -213,6 +198,178 @@ pub fn attach_workspace(
     })
 }
 
+/// Root-run: the claim's sources opened by this (privileged) process, as a cold start's parent
+/// opens them, writable ones idmapped from `owner` (the project's) to the sandbox user.
+fn prepare_sources(ws_plan: &LaunchPlan, owner: (u32, u32)) -> Result<rootfs::Prepared, RunError> {
+    let needs_idmap = ws_plan.mounts.iter().any(|m| {
+        matches!(
+            m,
+            MountStep::BindRw { idmap: true, .. } | MountStep::Overlay { idmap: true, .. }
+        )
+    });
+    let idmap = if needs_idmap {
+        let to = (
+            ws_plan.uid_map[0].outside + ws_plan.user.0,
+            ws_plan.gid_map[0].outside + ws_plan.user.1,
+        );
+        Some(
+            crate::userns::idmap_userns(owner, to)
+                .map_err(io_err("create the idmapping user namespace"))?,
+        )
+    } else {
+        None
+    };
+    rootfs::prepare(&Real, ws_plan, idmap.as_ref()).map_err(|e| RunError::Setup(e.to_string()))
+}
+
+/// What a claimer sends the parked helper (with the sources: one byte per step after the
+/// JSON says which have one, as the forked helper's `feed`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ParkedJob {
+    mounts: Vec<MountStep>,
+    own: (usize, usize),
+}
+
+/// [`attach_workspace`] through the helper the member's stub parked ([`park`]), reached over
+/// `sock`: this process opens and idmaps the sources, as it does for a helper it forks, and
+/// sends them with the steps; the helper answers with the overlay's directories, or why it
+/// failed. No fork, no namespace joined on the claim's path.
+fn attach_parked(
+    plan: &LaunchPlan,
+    mounts: &ClaimMounts,
+    sock: OwnedFd,
+) -> Result<Attached, RunError> {
+    let mut ws_plan = plan.clone();
+    ws_plan.mounts = mounts.steps.clone();
+    ws_plan.sealed_sources = mounts.sealed.clone();
+    let prepared = prepare_sources(&ws_plan, mounts.owner)?;
+    crate::phase("attach: sources prepared");
+    let job = ParkedJob {
+        mounts: mounts.steps.clone(),
+        own: (mounts.own.start, mounts.own.end),
+    };
+    let json = serde_json::to_vec(&job).map_err(|e| RunError::Setup(e.to_string()))?;
+    let mut msg = (json.len() as u32).to_le_bytes().to_vec();
+    msg.extend_from_slice(&json);
+    msg.extend(prepared.iter().map(|p| u8::from(p.is_some())));
+    let raw: Vec<i32> = prepared.iter().flatten().map(|f| f.as_raw_fd()).collect();
+    sys::send_fds(sock.as_raw_fd(), &msg, &raw)
+        .map_err(io_err("hand the member's workspace helper the sources"))?;
+    drop(prepared);
+    let (data, mut fds) = sys::recv_fds(sock.as_raw_fd(), 2)
+        .map_err(io_err("the member's workspace helper's answer"))?;
+    crate::phase("attach: parked helper answered");
+    match data.split_first() {
+        Some((b'W', _)) => {}
+        Some((b'E', why)) => {
+            return Err(RunError::Setup(String::from_utf8_lossy(why).into_owned()))
+        }
+        _ => {
+            return Err(RunError::Setup(
+                "the member's workspace helper ended without an answer".into(),
+            ))
+        }
+    }
+    let summary = match (fds.pop(), fds.pop()) {
+        (Some(lower), Some(upper)) => Some(SummaryDirs { upper, lower }),
+        _ => None,
+    };
+    Ok(Attached {
+        summary,
+        _helper: None,
+    })
+}
+
+/// In a root-run member's exec stub, once it has the member's namespaces (`userns`, `mntns`):
+/// fork the helper a claim's workspace needs, parked — it joins the member's user namespace,
+/// makes its own mount namespace there and becomes the sandbox's root now, and takes one
+/// claim's steps and sources later (over the returned socket, which the stub hands to the
+/// claimer). So the claim's path has neither the fork nor the namespace changes. It is
+/// outside the member's pid namespace (nothing inside can see or signal it), runs nothing of
+/// the claim's but the mount steps, dies with the stub (`PR_SET_PDEATHSIG`), and exits after
+/// one answer, or when its socket's other end is closed (a claim without a workspace, or a
+/// claimer that died). None: it could not park (the claim forks its own helper).
+pub(super) fn park(userns: &OwnedFd, mntns: &OwnedFd, plan: &LaunchPlan) -> Option<OwnedFd> {
+    let (mine, theirs) = sys::socketpair(nix::sys::socket::SockType::SeqPacket).ok()?;
+    let parent = std::process::id() as i32;
+    let pid = sys::clone_fork(0).ok()?;
+    if pid == 0 {
+        let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if nix::unistd::getppid().as_raw() != parent {
+            sys::exit_now(1);
+        }
+        sys::close_fds_except(
+            3,
+            &[theirs.as_raw_fd(), userns.as_raw_fd(), mntns.as_raw_fd()],
+        );
+        let ready = enter(userns).and_then(|()| {
+            Real.become_root()
+                .map_err(|e| format!("become the sandbox's root: {e}"))
+        });
+        if ready.is_err() || sys::send_fds(theirs.as_raw_fd(), b"r", &[]).is_err() {
+            sys::exit_now(1);
+        }
+        serve_parked(&theirs, mntns, plan)
+    }
+    drop(theirs);
+    // Ready (in its namespaces) before the member is: its answer, or its end.
+    match sys::recv_fds(mine.as_raw_fd(), 0) {
+        Ok((r, _)) if r == b"r" => Some(mine),
+        _ => None,
+    }
+}
+
+/// The parked helper's one claim: the steps and sources, then the overlay built and everything
+/// attached in the member's mount namespace; the answer (`W` and the overlay's directories,
+/// or `E` and why not), and its end.
+fn serve_parked(sock: &OwnedFd, mntns: &OwnedFd, plan: &LaunchPlan) -> ! {
+    let answer = |data: &[u8], fds: &[i32]| {
+        let _ = sys::send_fds(sock.as_raw_fd(), data, fds);
+        sys::exit_now(0)
+    };
+    let (msg, fds) = match sys::recv_fds(sock.as_raw_fd(), 253) {
+        Ok((m, f)) if !m.is_empty() => (m, f),
+        // Closed: no claim needs it.
+        _ => sys::exit_now(0),
+    };
+    let job = (|| -> Result<(ParkedJob, Vec<u8>), String> {
+        let len = u32::from_le_bytes(
+            msg.get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or("a short message")?,
+        ) as usize;
+        let json = msg.get(4..4 + len).ok_or("a short message")?;
+        let job: ParkedJob = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        Ok((job, msg[4 + len..].to_vec()))
+    })();
+    let result = job.and_then(|(job, which)| {
+        if which.len() != job.mounts.len() || job.own.1 > job.mounts.len() {
+            return Err("the workspace's sources did not come".into());
+        }
+        let mut fds = fds.into_iter();
+        let prepared = which
+            .iter()
+            .map(|w| match w {
+                0 => Ok(None),
+                _ => fds
+                    .next()
+                    .map(Some)
+                    .ok_or_else(|| "a workspace source is missing".to_string()),
+            })
+            .collect::<Result<rootfs::Prepared, String>>()?;
+        let mut ws_plan = plan.clone();
+        ws_plan.mounts = job.mounts;
+        build_and_attach(&ws_plan, &(job.own.0..job.own.1), mntns, prepared, None)
+    });
+    match result {
+        Ok(built) => {
+            let raw: Vec<i32> = built.back.iter().map(|f| f.as_raw_fd()).collect();
+            answer(b"W", &raw)
+        }
+        Err(e) => answer(format!("E{e}").as_bytes(), &[]),
+    }
+}
+
 /// The forked helper's work (see the module's comment); the overlay's upper and lower
 /// directories when there is one.
 fn helper(
@@ -222,14 +379,9 @@ fn helper(
     mntns: &OwnedFd,
     feed: Option<&OwnedFd>,
     disk: Option<&(std::path::PathBuf, std::path::PathBuf)>,
-) -> Result<Vec<OwnedFd>, String> {
+) -> Result<Built, String> {
     let os = Real;
-    nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER)
-        .map_err(|e| format!("join the sandbox's user namespace: {e}"))?;
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("make a mount namespace: {e}"))?;
-    os.make_mounts_private()
-        .map_err(|e| format!("make mounts private: {e}"))?;
+    enter(userns)?;
     crate::phase("attach: in its user and mount namespaces");
     // Still the host's uid: the state directory is traversable.
     let disk = match disk {
@@ -253,7 +405,7 @@ fn helper(
         os.become_root()
             .map_err(|e| format!("become the sandbox's root: {e}"))?;
     }
-    let mut prepared = match feed {
+    let prepared = match feed {
         // Root-run: the sources the claimer opened (and idmapped) meanwhile.
         Some(feed) => {
             let (which, fds) = sys::recv_fds(feed.as_raw_fd(), plan.mounts.len())
@@ -276,6 +428,31 @@ fn helper(
         None => rootfs::prepare(&os, plan, None).map_err(|e| e.to_string())?,
     };
     crate::phase("attach: sources opened");
+    build_and_attach(plan, own, mntns, prepared, disk.as_ref())
+}
+
+/// The helper's way into the member: its user namespace joined, and a private mount namespace
+/// of its own made there (a copy of the host's).
+fn enter(userns: &OwnedFd) -> Result<(), String> {
+    nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("join the sandbox's user namespace: {e}"))?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("make a mount namespace: {e}"))?;
+    Real.make_mounts_private()
+        .map_err(|e| format!("make mounts private: {e}"))
+}
+
+/// The helper's work once its sources are open (`prepared`, one per step of `plan.mounts`):
+/// the overlay built in its own mount namespace, then everything attached in the member's
+/// (`mntns`). The overlay's upper and lower directories when there is one.
+fn build_and_attach(
+    plan: &LaunchPlan,
+    own: &std::ops::Range<usize>,
+    mntns: &OwnedFd,
+    mut prepared: rootfs::Prepared,
+    disk: Option<&rootfs::OverlayDirs<OwnedFd>>,
+) -> Result<Built, String> {
+    let os = Real;
     let mut back = Vec::new();
     for (i, step) in plan.mounts.iter().enumerate() {
         let MountStep::Overlay { upper, .. } = step else {
@@ -308,7 +485,7 @@ fn helper(
             .map_err(|e| format!("attach the scratch tmpfs: {e}"))?;
         let root = NewRoot { fd: scratch };
         let ws = Path::new("/ws");
-        let dirs = rootfs::overlay(&os, &root, ws, lower, upper, plan.user, disk.as_ref())
+        let dirs = rootfs::overlay(&os, &root, ws, lower, upper, plan.user, disk, true)
             .map_err(|e| e.to_string())?;
         let tree = os
             .open_tree_clone_beneath(&root.fd, ws)
@@ -317,6 +494,11 @@ fn helper(
         back = vec![dirs.upper, dirs.lower];
         crate::phase("attach: overlay made");
     }
+    // Its own mount namespace (the overlay's staging in it) kept until this helper exits: left
+    // at the setns, its teardown — every mount of a copy of the host's — would be on the
+    // claim's path.
+    let own_ns = std::fs::File::open("/proc/self/ns/mnt")
+        .map_err(|e| format!("open its own mount namespace: {e}"))?;
     nix::sched::setns(mntns, CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("join the sandbox's mount namespace: {e}"))?;
     crate::phase("attach: in the sandbox's mount namespace");
@@ -351,7 +533,17 @@ fn helper(
     } else {
         with_root_writable(attach_all)?;
     }
-    Ok(back)
+    Ok(Built {
+        back,
+        _own_ns: own_ns,
+    })
+}
+
+/// What a helper built: the overlay's upper and lower directories (for the claimer), and its
+/// own mount namespace, held until it exits.
+struct Built {
+    back: Vec<OwnedFd>,
+    _own_ns: std::fs::File,
 }
 
 /// Name the running member in `dir` (plan: `plan`) `hostname`: its UTS namespace, and its

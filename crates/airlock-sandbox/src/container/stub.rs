@@ -46,6 +46,8 @@ struct Published {
     pid: i32,
     go: bool,
     quiet: bool,
+    /// It hands a claim that attaches a workspace its parked workspace helper.
+    attach: bool,
 }
 
 fn published_stub(dir: &Path) -> Option<Published> {
@@ -58,6 +60,7 @@ fn published_stub(dir: &Path) -> Option<Published> {
         pid,
         go: says.contains(&"go"),
         quiet: says.contains(&"quiet"),
+        attach: says.contains(&"attach"),
     })
 }
 
@@ -143,6 +146,11 @@ struct Request {
     /// added to them).
     #[serde(default = "yes")]
     mounted: bool,
+    /// The claim attaches a workspace through the stub's parked workspace helper
+    /// (`attach::park`): the stub answers the request with it (`W` and its socket, or `w`
+    /// when it has none), before anything else it writes.
+    #[serde(default)]
+    attach: bool,
 }
 
 fn yes() -> bool {
@@ -231,7 +239,8 @@ pub(super) fn spawn(dir: &Path, plan: &LaunchPlan, cg: Option<&Cgroup>) -> Resul
     };
     // Its pid, for the claimer's pidfd before it connects (`begin_claimed`), and that it
     // takes a request before the claim is bound.
-    fs::write(dir.join(STUB_PID), format!("{pid}\ngo\nquiet\n"))
+    let attach = if plan.rootless { "" } else { "attach\n" };
+    fs::write(dir.join(STUB_PID), format!("{pid}\ngo\nquiet\n{attach}"))
         .map_err(io_err("publish the exec stub's pid"))?;
     if let Some(cg) = cg {
         cg.add(pid)?;
@@ -271,6 +280,19 @@ fn serve(
     // command's, is a SIGCHLD that must not be lost).
     let _ = nix::sys::signal::SigSet::all().thread_block();
     let parked = park(&ns, plan, filter);
+    // Root-run: the helper a claim's workspace needs, parked in the member's user namespace.
+    let mut ws_helper = if plan.rootless {
+        None
+    } else {
+        let get = |flag| ns.iter().find(|(f, _)| *f == flag).map(|(_, fd)| fd);
+        match (
+            get(nix::sched::CloneFlags::CLONE_NEWUSER),
+            get(nix::sched::CloneFlags::CLONE_NEWNS),
+        ) {
+            (Some(user), Some(mnt)) => super::attach::park(user, mnt, plan),
+            _ => None,
+        }
+    };
     prefault();
     let me = nix::unistd::geteuid().as_raw();
     let conn = loop {
@@ -316,6 +338,17 @@ fn serve(
     if early && req.hello {
         say_hello(&mut conn);
     }
+    // The workspace helper to a claim that attaches one; closed otherwise (it exits).
+    if req.attach {
+        let sent = match ws_helper.take() {
+            Some(h) => sys::send_fds(conn.as_raw_fd(), b"W", &[h.as_raw_fd()]),
+            None => sys::send_fds(conn.as_raw_fd(), b"w", &[]),
+        };
+        if sent.is_err() {
+            sys::exit_now(exit::SANDBOX_FAILED);
+        }
+    }
+    drop(ws_helper);
     // The status, and that this stub ends the member: once the claimer has hung up (it
     // exited, or is done with the member), PID 1 goes — the member's teardown does not share
     // the CPUs with the claimer's last steps and exit. A claimer that died already: at once.
@@ -562,6 +595,7 @@ fn prefault() {
         over_plan: true,
         hello: false,
         mounted: false,
+        attach: false,
     };
     if let Ok(json) = serde_json::to_vec(&dummy) {
         std::hint::black_box(serde_json::from_slice::<Request>(&json).ok());
@@ -684,6 +718,8 @@ pub struct Begun {
     pidfd: OwnedFd,
     /// The stub's hello is still to be read (its pid was published: checked against it).
     hello_due: bool,
+    /// The stub's answer about its parked workspace helper is still to be read.
+    ws_due: bool,
     /// The go pipe's end (None: a stub that started the command on the request).
     go: Option<OwnedFd>,
     err_rd: OwnedFd,
@@ -707,6 +743,9 @@ pub struct Claimed {
     pub end_at_exit: bool,
     /// The claim mounts something in the member (`Request::mounted`).
     pub mounted: bool,
+    /// It attaches a workspace through the member's parked workspace helper, if the stub has
+    /// one (`Request::attach`; [`Begun::workspace_helper`]).
+    pub attach: bool,
 }
 
 impl Claimed {
@@ -741,6 +780,8 @@ impl Claimed {
             over_plan: plan.is_none(),
             hello,
             mounted: self.mounted,
+            // Set by `begin_claimed` for a stub that has the helper.
+            attach: false,
         }
     }
 }
@@ -788,6 +829,7 @@ pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, Run
     let Ok(mut conn) = UnixStream::connect(dir.join(STUB_SOCKET)) else {
         return Ok(None);
     };
+    let ws_due = claimed.attach && published.as_ref().is_some_and(|(p, _)| p.go && p.attach);
     let (pid, pidfd, waits, hello_due) = match published {
         Some((p, fd)) => (p.pid, fd, p.go, !p.quiet),
         None => {
@@ -820,7 +862,9 @@ pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, Run
     });
     let (go, pending) = match go {
         Some((rd, wr)) => {
-            let msg = message(&claimed.request(None, true, hello_due)).map_err(lost)?;
+            let mut request = claimed.request(None, true, hello_due);
+            request.attach = ws_due;
+            let msg = message(&request).map_err(lost)?;
             sys::send_fds(conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
             drop(rd);
             held.clear();
@@ -838,6 +882,7 @@ pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, Run
         pid,
         pidfd,
         hello_due,
+        ws_due,
         go,
         err_rd,
         result_rd,
@@ -868,6 +913,24 @@ fn hello(conn: &mut UnixStream) -> Result<i32, RunError> {
 }
 
 impl Begun {
+    /// Whether the stub will hand over its parked workspace helper ([`Begun::workspace_helper`]):
+    /// the member's namespaces are then not needed for the workspace.
+    pub fn offers_workspace_helper(&self) -> bool {
+        self.ws_due
+    }
+
+    /// The member's parked workspace helper (`attach::park`), for `attach_workspace`: None
+    /// when the stub has none (it could not park it) or was not asked.
+    pub fn workspace_helper(&mut self) -> Option<OwnedFd> {
+        if !std::mem::take(&mut self.ws_due) {
+            return None;
+        }
+        match sys::recv_fds(self.conn.as_raw_fd(), 1) {
+            Ok((data, mut fds)) if data == b"W" && fds.len() == 1 => fds.pop(),
+            _ => None,
+        }
+    }
+
     /// The claim is bound (the member's plan `plan`, read meanwhile): the command starts now;
     /// `started` is called once it may (its go written), then until its status.
     pub fn go(
@@ -875,6 +938,8 @@ impl Begun {
         plan: &LaunchPlan,
         started: impl FnOnce(),
     ) -> Result<(Outcome, StubExit), RunError> {
+        // An answer about the workspace helper that was not taken comes before the status.
+        drop(self.workspace_helper());
         if let Some((claimed, fds)) = self.pending.take() {
             let msg = message(&claimed.request(Some(plan), false, true)).map_err(lost)?;
             sys::send_fds(self.conn.as_raw_fd(), &msg, &fds).map_err(lost)?;

@@ -142,7 +142,7 @@ pub fn try_adopt(
         // An overlay's upper layer is on disk in the sandbox's folder (kept across stop and
         // start), as its cold start keeps it.
         drop(
-            attach::attach_workspace(&mdir, &plan, &mounts, Some(dir), None)
+            attach::attach_workspace(&mdir, &plan, &mounts, Some(dir), None, None)
                 .map_err(|e| e.to_string())?,
         );
         // Landlock lets its commands write where its `--rw` binds are, as a cold plan's.

@@ -742,6 +742,8 @@ pub fn try_warm(
         rlimit_nproc: limits.pids,
         end_at_exit,
         mounted: !mounts.steps.is_empty(),
+        // Root-run: through the workspace helper the member's stub parked.
+        attach: !mounts.steps.is_empty() && !rootless,
     };
     let mut begun = None;
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
@@ -749,7 +751,8 @@ pub fn try_warm(
             .map_err(|e| e.to_string())?;
         // The member's namespaces for the workspace, asked for now: its supervisor sends them
         // while the claim's limits and policy are bound.
-        let asked = (!mounts.steps.is_empty())
+        let parked_helper = begun.as_ref().is_some_and(|b| b.offers_workspace_helper());
+        let asked = (!mounts.steps.is_empty() && !parked_helper)
             .then(|| airlock_sandbox::container::exec::ask_namespaces(&dir));
         // The claim's policy goes to the member's supervisor now (before the member's plan is
         // read: it needs none of it) and is answered after the workspace is attached: the two
@@ -786,7 +789,8 @@ pub fn try_warm(
         let attached = if mounts.steps.is_empty() {
             attach::Attached::default()
         } else {
-            let a = attach::attach_workspace(&dir, &plan, &mounts, None, asked)
+            let helper = begun.as_mut().and_then(|b| b.workspace_helper());
+            let a = attach::attach_workspace(&dir, &plan, &mounts, None, asked, helper)
                 .map_err(|e| e.to_string())?;
             airlock_sandbox::phase("warm: workspace attached");
             a
