@@ -15,7 +15,7 @@ use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 pub trait Os {
@@ -61,6 +61,12 @@ pub trait Os {
     /// open(2) of `rel` beneath `root`, mounts and symlinks inside the new root traversed
     /// (only for paths airlock itself created or mounted).
     fn open_beneath(&self, root: &Self::Fd, rel: &Path, flags: OFlag) -> io::Result<Self::Fd>;
+    /// `rel` beneath `root`, O_PATH, when none of its components (the last included) is a
+    /// symlink: ELOOP when one is. One component at a time here; the kernel's `openat2`
+    /// does it in one call ([`Real`]).
+    fn open_no_symlinks(&self, root: &Self::Fd, rel: &Path) -> io::Result<Self::Fd> {
+        walk_no_symlinks(self, root, rel)
+    }
     /// A new descriptor for what `fd` (e.g. an O_PATH one) refers to, with `flags`.
     fn reopen(&self, fd: &Self::Fd, flags: OFlag) -> io::Result<Self::Fd>;
     fn mkdirat(&self, dir: &Self::Fd, name: &OsStr, mode: u32) -> io::Result<()>;
@@ -96,6 +102,26 @@ pub struct Real;
 fn proc_fd(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
+
+/// [`Os::open_no_symlinks`] one component at a time: each opened without following it, and
+/// refused if it is a symlink.
+fn walk_no_symlinks<O: Os + ?Sized>(os: &O, root: &O::Fd, rel: &Path) -> io::Result<O::Fd> {
+    let mut cur = os.dup(root)?;
+    for c in rel.components() {
+        let std::path::Component::Normal(name) = c else {
+            continue;
+        };
+        cur = os.openat(&cur, name, PATH_NOFOLLOW, 0)?;
+        if os.stat_mode(&cur)? & libc::S_IFMT == libc::S_IFLNK {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+    }
+    Ok(cur)
+}
+
+const PATH_NOFOLLOW: OFlag = OFlag::O_PATH
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
 
 fn beneath(root: &OwnedFd, rel: &Path) -> PathBuf {
     proc_fd(root).join(rel.strip_prefix("/").unwrap_or(rel))
@@ -168,6 +194,50 @@ impl Os for Real {
     }
     fn reopen(&self, fd: &OwnedFd, flags: OFlag) -> io::Result<OwnedFd> {
         Ok(nix::fcntl::open(&proc_fd(fd), flags, mode(0))?)
+    }
+    fn open_no_symlinks(&self, root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        if rel.as_os_str().is_empty() {
+            return self.dup(root);
+        }
+        // The kernel's `struct open_how` (libc's cannot be built by a struct expression).
+        #[repr(C)]
+        struct OpenHow {
+            flags: u64,
+            mode: u64,
+            resolve: u64,
+        }
+        let how = OpenHow {
+            flags: PATH_NOFOLLOW.bits() as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+        };
+        let path = std::ffi::CString::new(rel.as_os_str().as_encoded_bytes())?;
+        // SAFETY: valid fd, C string and open_how for the call; the result is a new fd.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // No openat2 (before 5.6), or a filter that refuses it: one component at a time.
+            return match e.raw_os_error() {
+                Some(libc::ENOSYS | libc::EPERM | libc::E2BIG) => walk_no_symlinks(self, root, rel),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(r as i32) };
+        // O_NOFOLLOW with O_PATH opens a final symlink itself: refused as the walk refuses it.
+        if self.stat_mode(&fd)? & libc::S_IFMT == libc::S_IFLNK {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        Ok(fd)
     }
     fn mkdirat(&self, dir: &OwnedFd, name: &OsStr, m: u32) -> io::Result<()> {
         Ok(nix::sys::stat::mkdirat(dir.as_fd(), name, mode(m))?)
@@ -252,5 +322,43 @@ impl Os for Real {
                 | MsFlags::MS_NODEV,
             None::<&str>,
         )?)
+    }
+}
+
+#[cfg(test)]
+mod open_no_symlinks_tests {
+    use super::{walk_no_symlinks, Os, Real};
+    use std::os::fd::OwnedFd;
+    use std::path::Path;
+
+    /// The kernel's one-call open and the component walk agree: what exists opens, and a
+    /// symlink anywhere (the last component too), a missing component or an escape is refused.
+    #[test]
+    fn opens_only_what_no_symlink_reaches() {
+        let dir = std::env::temp_dir().join(format!("airlock-nosym-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("a/b")).expect("dirs");
+        std::fs::write(dir.join("a/b/f"), b"x").expect("file");
+        std::os::unix::fs::symlink("b", dir.join("a/link")).expect("link");
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("a/b/out")).expect("link");
+        let root: OwnedFd = std::fs::File::open(&dir).expect("root").into();
+        let kernel = |p: &str| Real.open_no_symlinks(&root, Path::new(p)).map(|_| ());
+        let walk = |p: &str| walk_no_symlinks(&Real, &root, Path::new(p)).map(|_| ());
+        for p in ["/a", "a/b", "/a/b/f"] {
+            assert!(kernel(p).is_ok(), "{p}");
+            assert!(walk(p).is_ok(), "{p}");
+        }
+        for p in ["a/link/f", "a/link", "/a/b/out", "a/missing", "a/b/f/g"] {
+            assert!(kernel(p).is_err(), "{p}");
+            assert!(walk(p).is_err(), "{p}");
+        }
+        // A symlink is refused as such.
+        let e = kernel("a/link/f").expect_err("link");
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        let e = kernel("a/b/out").expect_err("final link");
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        // Never above the root.
+        assert!(kernel("a/../../etc").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

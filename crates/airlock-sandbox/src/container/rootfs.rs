@@ -161,14 +161,7 @@ pub(crate) fn open_target<O: Os>(
 /// Open an existing `target` beneath `root` (O_PATH), never through a symlink; None when any
 /// component is missing or a symlink.
 fn open_existing<O: Os>(os: &O, root: &O::Fd, target: &Path) -> Option<O::Fd> {
-    let mut cur = os.dup(root).ok()?;
-    for name in rel_components(target) {
-        cur = os.openat(&cur, name, PATH_FLAGS, 0).ok()?;
-        if os.stat_mode(&cur).ok()? & libc::S_IFMT == libc::S_IFLNK {
-            return None;
-        }
-    }
-    Some(cur)
+    os.open_no_symlinks(root, target).ok()
 }
 
 fn parent_and_name<O: Os>(
