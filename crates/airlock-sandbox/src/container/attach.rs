@@ -13,6 +13,11 @@
 //! Root-run members: this (privileged) process opens the host paths and applies the
 //! idmapping, as a cold start's parent does. The overlay's upper and lower directories come
 //! back over a socket for the change summary after the command.
+//!
+//! A root-run member's exec stub parks that helper before any claim ([`park`]): already in the
+//! member's user namespace and a mount namespace of its own, it takes the claim's steps and
+//! sources over a socket the stub hands the claimer. Without one (rootless, an older member,
+//! or a stub that could not park it) the claimer forks its own.
 
 use super::error::{io_err, RunError};
 use super::forked;
