@@ -348,20 +348,10 @@ fn serve_parked(sock: &OwnedFd, mntns: &OwnedFd, plan: &LaunchPlan) -> ! {
         Ok((job, msg[4 + len..].to_vec()))
     })();
     let result = job.and_then(|(job, which)| {
-        if which.len() != job.mounts.len() || job.own.1 > job.mounts.len() {
-            return Err("the workspace's sources did not come".into());
+        if job.own.1 > job.mounts.len() {
+            return Err("internal: own binds out of range".into());
         }
-        let mut fds = fds.into_iter();
-        let prepared = which
-            .iter()
-            .map(|w| match w {
-                0 => Ok(None),
-                _ => fds
-                    .next()
-                    .map(Some)
-                    .ok_or_else(|| "a workspace source is missing".to_string()),
-            })
-            .collect::<Result<rootfs::Prepared, String>>()?;
+        let prepared = sources_received(&which, fds, job.mounts.len())?;
         let mut ws_plan = plan.clone();
         ws_plan.mounts = job.mounts;
         build_and_attach(&ws_plan, &(job.own.0..job.own.1), mntns, prepared, None)
@@ -415,25 +405,35 @@ fn helper(
         Some(feed) => {
             let (which, fds) = sys::recv_fds(feed.as_raw_fd(), plan.mounts.len())
                 .map_err(|e| format!("the workspace's sources: {e}"))?;
-            if which.len() != plan.mounts.len() {
-                return Err("the workspace's sources did not come".into());
-            }
-            let mut fds = fds.into_iter();
-            which
-                .iter()
-                .map(|w| match w {
-                    0 => Ok(None),
-                    _ => fds
-                        .next()
-                        .map(Some)
-                        .ok_or_else(|| "a workspace source is missing".to_string()),
-                })
-                .collect::<Result<rootfs::Prepared, String>>()?
+            sources_received(&which, fds, plan.mounts.len())?
         }
         None => rootfs::prepare(&os, plan, None).map_err(|e| e.to_string())?,
     };
     crate::phase("attach: sources opened");
     build_and_attach(plan, own, mntns, prepared, disk.as_ref())
+}
+
+/// The sources a helper received for `steps` steps: one byte per step (a source or none), the
+/// sources' fds in order.
+fn sources_received(
+    which: &[u8],
+    fds: Vec<OwnedFd>,
+    steps: usize,
+) -> Result<rootfs::Prepared, String> {
+    if which.len() != steps {
+        return Err("the workspace's sources did not come".into());
+    }
+    let mut fds = fds.into_iter();
+    which
+        .iter()
+        .map(|w| match w {
+            0 => Ok(None),
+            _ => fds
+                .next()
+                .map(Some)
+                .ok_or_else(|| "a workspace source is missing".to_string()),
+        })
+        .collect()
 }
 
 /// The helper's way into the member: its user namespace joined, and a private mount namespace
