@@ -1270,15 +1270,18 @@ fn procs_in(d: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// `procs` (a member's cgroup before its claim) are its stub and the one child the stub
-/// parked for the claim: the stub's pid.
+/// `procs` (a member's cgroup before its claim) are its stub, the one child the stub parked
+/// for the claim (in the member's pid namespace) and, root-run, the workspace helper it parked
+/// (in the stub's): the stub's pid.
 fn stub_and_parked(procs: &[i32]) -> Option<i32> {
-    let [a, b] = procs else { return None };
-    match (ppid(*a), ppid(*b)) {
-        (_, Some(p)) if p == *a => Some(*a),
-        (Some(p), _) if p == *b => Some(*b),
-        _ => None,
-    }
+    let stub = *procs
+        .iter()
+        .find(|p| procs.iter().all(|q| q == *p || ppid(*q) == Some(**p)))?;
+    let (inside, outside): (Vec<i32>, Vec<i32>) = procs
+        .iter()
+        .filter(|p| **p != stub)
+        .partition(|p| ns_of(**p, "pid") != ns_of(stub, "pid"));
+    (inside.len() == 1 && outside.len() <= 1).then_some(stub)
 }
 
 /// The children of process `pid`.
@@ -2110,12 +2113,25 @@ fn parked_child(a: &Airlock, label: &str) {
             .and_then(|p| p.parse().ok())
             .expect("PID 1");
         let kids = children(stub);
+        // The parked child, in the member's pid namespace; root-run, the workspace helper the
+        // stub parked too, outside it.
+        let (inside, helper): (Vec<i32>, Vec<i32>) = kids
+            .iter()
+            .partition(|k| ns_of(**k, "pid") == ns_of(pid1, "pid"));
         assert_eq!(
-            kids.len(),
-            1,
+            (inside.len(), helper.len()),
+            (1, usize::from(label == "rootful")),
             "{label}: {name}: the stub's children {kids:?}"
         );
-        let child = kids[0];
+        let child = inside[0];
+        for h in &helper {
+            // In the member's user namespace (its root), a mount namespace of its own, and
+            // the host's pid namespace: nothing inside the member can see or signal it.
+            assert_eq!(ns_of(*h, "user"), ns_of(pid1, "user"), "{label}: {name}");
+            assert_eq!(ns_of(*h, "pid"), ns_of(stub, "pid"), "{label}: {name}");
+            assert_ne!(ns_of(*h, "mnt"), ns_of(pid1, "mnt"), "{label}: {name}");
+            assert_ne!(ns_of(*h, "mnt"), ns_of(stub, "mnt"), "{label}: {name}");
+        }
         for ns in ["user", "mnt", "pid", "net", "ipc", "uts"] {
             assert_eq!(
                 ns_of(child, ns),

@@ -162,6 +162,36 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
     start_pool(a, "2", &["--workspace", "overlay", "--net", "off"]);
     let before = members_ever(a);
     assert_eq!(before.len(), 2, "{label}: {before:?}");
+    let children = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
+    };
+    // What each member's stub parked (the child for a claim's command; root-run, the
+    // workspace helper too): all of it must go with the stub of the member a sandbox adopts.
+    let parked: std::collections::BTreeMap<String, Vec<i32>> = before
+        .iter()
+        .map(|m| {
+            let stub: i32 = std::fs::read_to_string(members_dir(a).join(m).join("stub.pid"))
+                .expect("stub.pid")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .expect("a pid");
+            let kids: Vec<i32> = children(stub)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            (m.clone(), kids)
+        })
+        .collect();
+    for (m, kids) in &parked {
+        let expected = if a.user.is_none() { 2 } else { 1 };
+        assert_eq!(
+            kids.len(),
+            expected,
+            "{label}: {m}: the stub's children {kids:?}"
+        );
+    }
 
     // create + start: claimed; the sandbox sees its own settings, not the pool's.
     create(a, "wn-one", "hello");
@@ -214,14 +244,18 @@ fn named_from_the_pool(a: &Airlock, label: &str) {
             .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
             .unwrap_or(true)
     };
-    let children = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
-    };
     assert!(
         wait_until(Duration::from_secs(5), || ended(stub)
             && children(stub).trim().is_empty()),
         "{label}: the member's stub {stub} lives on (children: {})",
         children(stub)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || parked[&m1]
+            .iter()
+            .all(|p| ended(*p))),
+        "{label}: what the stub of {m1} parked lives on: {:?}",
+        parked[&m1]
     );
     let status: serde_json::Value = status_of(a, "wn-one");
     assert_eq!(status["warm_start"]["warm"], true, "{label}: {status}");

@@ -300,6 +300,8 @@ pub(super) fn park(userns: &OwnedFd, mntns: &OwnedFd, plan: &LaunchPlan) -> Opti
     let pid = sys::clone_fork(0).ok()?;
     if pid == 0 {
         let _ = sys::prctl_simple(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        // Not dumpable, as the parked child: no ptrace and no /proc access but the host's root.
+        let _ = sys::prctl_simple(libc::PR_SET_DUMPABLE, 0);
         if nix::unistd::getppid().as_raw() != parent {
             sys::exit_now(1);
         }
