@@ -962,6 +962,40 @@ fn workspaces_at_claim(a: &Airlock, label: &str) {
         "{label}: {}",
         out.describe()
     );
+    // A claimer that stalls between its connect and its request (the stub then says an
+    // unasked hello, before its answer about the workspace helper): attached all the same.
+    wait_ready(a, 2, label);
+    let late = run_stalled_after_connect(
+        a,
+        &[
+            "run",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "cat README; echo y > g; exit 3",
+        ],
+    );
+    assert_eq!(late.code(), 3, "{label}: {}", late.describe());
+    warm(&late, label);
+    assert_eq!(
+        late.stdout,
+        "hello from the project\n",
+        "{label}: {}",
+        late.describe()
+    );
+    assert!(
+        late.stderr.contains("  + g"),
+        "{label}: {}",
+        late.describe()
+    );
+    assert_eq!(
+        late.stderr.contains("attach: parked helper answered"),
+        a.user.is_none(),
+        "{label}: {}",
+        late.describe()
+    );
     assert_eq!(
         out.stdout,
         "hello from the project\n/workspace\nx\n",
@@ -1527,6 +1561,24 @@ fn stderr_writes(a: &Airlock, args: &[&str]) -> Vec<String> {
     }
 }
 
+/// `airlock ARGS` with its first `sendmsg` — a claim's request to its member's stub, right
+/// after the connection — held back 300 ms (strace's fault injection): a claimer that stalls
+/// between its `connect` and its request, as on a loaded machine.
+fn run_stalled_after_connect(a: &Airlock, args: &[&str]) -> common::Outcome {
+    let exe = a.exe.display().to_string();
+    let mut full = vec![
+        "-o",
+        "/dev/null",
+        "-e",
+        "inject=sendmsg:delay_enter=300000:when=1",
+        exe.as_str(),
+    ];
+    full.extend_from_slice(args);
+    let mut cmd = a.command_with("strace", &full);
+    cmd.env("AIRLOCK_TIMING", "1");
+    common::run_with_deadline(cmd, None, common::DEADLINE)
+}
+
 /// One round trip to a member's exec stub (docs/design/warm-pool.md, "The exec stub"): the
 /// supervisor publishes the stub's pid (`stub.pid`, the one process in the member's cgroup),
 /// the claimer takes its pidfd before connecting and sends the command with the connection,
@@ -1614,6 +1666,28 @@ fn stub_round_trip(a: &Airlock, label: &str) {
             && notice[0].ends_with(")\n"),
         "{label}: the notice in pieces: {writes:?}"
     );
+
+    // A claimer that stalls between its connect and its request (strace holds its first
+    // `sendmsg`, the request, 300 ms): the quiet stub says the hello it would say to an older
+    // claimer; the claim still waits for its command and gets its status.
+    wait_ready(a, 2, label);
+    let out = run_stalled_after_connect(
+        a,
+        &[
+            "run",
+            "--workspace",
+            "none",
+            "--net",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.3; echo ran-late; exit 7",
+        ],
+    );
+    assert_eq!(out.code(), 7, "{label}: {}", out.describe());
+    assert!(claimed(&out).is_some(), "{label}: {}", out.describe());
+    assert_eq!(out.stdout, "ran-late\n", "{label}: {}", out.describe());
 
     // A published pid that is another live process (this test's): refused, not signalled —
     // from a stub that takes the request early (the command never starts: its go pipe

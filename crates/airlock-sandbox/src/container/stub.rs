@@ -898,6 +898,26 @@ fn lost(e: std::io::Error) -> RunError {
     RunError::Setup(format!("the member's exec stub: {e}"))
 }
 
+/// A quiet stub's hello that its claimer did not ask for: a stub says hello when no request
+/// came within 100 ms of the connection (the claimer it waits for is older than every quiet
+/// stub), so a claimer that stalled that long between its `connect` and its request (a loaded
+/// machine, a stopped process) gets one, before anything else the stub writes. Read off here —
+/// `S` and the stub's pid, there since before the request left — so that neither the workspace
+/// helper's answer nor the command's status is taken for it. (A status never reads that way:
+/// its five bytes are a code up to 255 and `K`, and no pid has `K` as its high byte.)
+fn skip_unasked_hello(conn: &UnixStream, pid: i32) {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut b = [0u8; 5];
+    let peeked = recv(
+        conn.as_raw_fd(),
+        &mut b,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    );
+    if matches!(peeked, Ok(5)) && b[0] == b'S' && b[1..] == pid.to_le_bytes() {
+        let _ = (&*conn).read_exact(&mut b);
+    }
+}
+
 /// The stub's hello: its pid.
 fn hello(conn: &mut UnixStream) -> Result<i32, RunError> {
     let mut hello = [0u8; 5];
@@ -925,6 +945,7 @@ impl Begun {
         if !std::mem::take(&mut self.ws_due) {
             return None;
         }
+        skip_unasked_hello(&self.conn, self.pid);
         match sys::recv_fds(self.conn.as_raw_fd(), 1) {
             Ok((data, mut fds)) if data == b"W" && fds.len() == 1 => fds.pop(),
             _ => None,
@@ -952,6 +973,9 @@ impl Begun {
             return Err(RunError::Setup(
                 "the member's exec stub is not the one its supervisor published".into(),
             ));
+        }
+        if !self.hello_due {
+            skip_unasked_hello(&self.conn, self.pid);
         }
         if let Some(go) = self.go.take() {
             sys::write_all_raw(go.as_raw_fd(), &[GO]);
