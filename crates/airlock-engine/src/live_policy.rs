@@ -936,8 +936,7 @@ mod tests {
         let (dir, ctx) = served();
         ctx.journal.record(&denied("before.test"));
         let got = Shared::default();
-        let watch = watching_claim(&dir, &got);
-        let mut watch = watch;
+        let mut watch = watching_claim(&dir, &got);
         watch.follow();
         let sent: Vec<_> = (0..300).map(|i| denied(&format!("h{i}.test"))).collect();
         for e in &sent {

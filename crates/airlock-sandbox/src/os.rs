@@ -111,17 +111,13 @@ fn walk_no_symlinks<O: Os + ?Sized>(os: &O, root: &O::Fd, rel: &Path) -> io::Res
         let std::path::Component::Normal(name) = c else {
             continue;
         };
-        cur = os.openat(&cur, name, PATH_NOFOLLOW, 0)?;
+        cur = os.openat(&cur, name, crate::nofollow::PATH_FLAGS, 0)?;
         if os.stat_mode(&cur)? & libc::S_IFMT == libc::S_IFLNK {
             return Err(io::Error::from_raw_os_error(libc::ELOOP));
         }
     }
     Ok(cur)
 }
-
-const PATH_NOFOLLOW: OFlag = OFlag::O_PATH
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_CLOEXEC);
 
 fn beneath(root: &OwnedFd, rel: &Path) -> PathBuf {
     proc_fd(root).join(rel.strip_prefix("/").unwrap_or(rel))
@@ -208,7 +204,7 @@ impl Os for Real {
             resolve: u64,
         }
         let how = OpenHow {
-            flags: PATH_NOFOLLOW.bits() as u64,
+            flags: crate::nofollow::PATH_FLAGS.bits() as u64,
             mode: 0,
             resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
         };

@@ -121,9 +121,7 @@ pub fn attach_workspace(
         ns.get(CloneFlags::CLONE_NEWUSER)?,
         ns.get(CloneFlags::CLONE_NEWNS)?,
     );
-    let mut ws_plan = plan.clone();
-    ws_plan.mounts = steps.to_vec();
-    ws_plan.sealed_sources = mounts.sealed.clone();
+    let ws_plan = helper_plan(plan, mounts);
     // Sequenced packets: the helper's end without an answer reads as an empty one.
     let (back, back_child) =
         sys::socketpair(nix::sys::socket::SockType::SeqPacket).map_err(io_err("socketpair"))?;
@@ -169,8 +167,7 @@ pub fn attach_workspace(
         // Which steps have a source (one byte each), and those sources, in order. Nothing
         // sent (a failure): the helper's read ends empty, and it fails without attaching.
         let sent = prepared.and_then(|prepared| {
-            let which: Vec<u8> = prepared.iter().map(|p| u8::from(p.is_some())).collect();
-            let raw: Vec<i32> = prepared.iter().flatten().map(|f| f.as_raw_fd()).collect();
+            let (which, raw) = sources_sent(&prepared);
             sys::send_fds(feed.as_raw_fd(), &which, &raw)
                 .map_err(io_err("hand the helper the workspace's sources"))
         });
@@ -183,7 +180,7 @@ pub fn attach_workspace(
     // Its answer is sent once everything is attached: from then on it only exits, and is
     // reaped when the caller drops what it attached (its exit — a fork's teardown — is not on
     // the claim's path). No answer: it failed, and says why.
-    let mut fds = match sys::recv_fds(back.as_raw_fd(), 2) {
+    let fds = match sys::recv_fds(back.as_raw_fd(), 2) {
         Ok((data, fds)) if data == b"ws" => fds,
         _ => {
             helper.wait()?;
@@ -193,14 +190,34 @@ pub fn attach_workspace(
         }
     };
     crate::phase("attach: helper answered");
-    let summary = match (fds.pop(), fds.pop()) {
-        (Some(lower), Some(upper)) => Some(SummaryDirs { upper, lower }),
-        _ => None,
-    };
     Ok(Attached {
-        summary,
+        summary: summary_dirs(fds),
         _helper: Some(helper),
     })
+}
+
+/// The member's plan with the claim's steps and sealed sources: what a helper executes.
+fn helper_plan(plan: &LaunchPlan, mounts: &ClaimMounts) -> LaunchPlan {
+    let mut ws_plan = plan.clone();
+    ws_plan.mounts = mounts.steps.clone();
+    ws_plan.sealed_sources = mounts.sealed.clone();
+    ws_plan
+}
+
+/// The sources as a helper receives them ([`sources_received`]): one byte per step (a source
+/// or none), and the sources' fds in order.
+fn sources_sent(prepared: &rootfs::Prepared) -> (Vec<u8>, Vec<i32>) {
+    let which = prepared.iter().map(|p| u8::from(p.is_some())).collect();
+    let raw = prepared.iter().flatten().map(|f| f.as_raw_fd()).collect();
+    (which, raw)
+}
+
+/// A helper's answer's fds: the overlay's upper and lower directories, when it made one.
+fn summary_dirs(mut fds: Vec<OwnedFd>) -> Option<SummaryDirs> {
+    match (fds.pop(), fds.pop()) {
+        (Some(lower), Some(upper)) => Some(SummaryDirs { upper, lower }),
+        _ => None,
+    }
 }
 
 /// Root-run: the claim's sources opened by this (privileged) process, as a cold start's parent
@@ -244,9 +261,7 @@ fn attach_parked(
     mounts: &ClaimMounts,
     sock: OwnedFd,
 ) -> Result<Attached, RunError> {
-    let mut ws_plan = plan.clone();
-    ws_plan.mounts = mounts.steps.clone();
-    ws_plan.sealed_sources = mounts.sealed.clone();
+    let ws_plan = helper_plan(plan, mounts);
     let prepared = prepare_sources(&ws_plan, mounts.owner)?;
     crate::phase("attach: sources prepared");
     let job = ParkedJob {
@@ -256,12 +271,12 @@ fn attach_parked(
     let json = serde_json::to_vec(&job).map_err(|e| RunError::Setup(e.to_string()))?;
     let mut msg = (json.len() as u32).to_le_bytes().to_vec();
     msg.extend_from_slice(&json);
-    msg.extend(prepared.iter().map(|p| u8::from(p.is_some())));
-    let raw: Vec<i32> = prepared.iter().flatten().map(|f| f.as_raw_fd()).collect();
+    let (which, raw) = sources_sent(&prepared);
+    msg.extend(which);
     sys::send_fds(sock.as_raw_fd(), &msg, &raw)
         .map_err(io_err("hand the member's workspace helper the sources"))?;
     drop(prepared);
-    let (data, mut fds) = sys::recv_fds(sock.as_raw_fd(), 2)
+    let (data, fds) = sys::recv_fds(sock.as_raw_fd(), 2)
         .map_err(io_err("the member's workspace helper's answer"))?;
     crate::phase("attach: parked helper answered");
     match data.split_first() {
@@ -275,12 +290,8 @@ fn attach_parked(
             ))
         }
     }
-    let summary = match (fds.pop(), fds.pop()) {
-        (Some(lower), Some(upper)) => Some(SummaryDirs { upper, lower }),
-        _ => None,
-    };
     Ok(Attached {
-        summary,
+        summary: summary_dirs(fds),
         _helper: None,
     })
 }
