@@ -78,6 +78,26 @@ fn claimed_marker(state: &Path, name: &str, pid: i32, start: u64) -> PathBuf {
         .join(format!("{name}@{pid}.{start}"))
 }
 
+/// The primes' folder in the pool's folder: `prime/KEY.json`, the workspace the pool's next
+/// members are primed with (`attach::Prime`: its last claim's overlay workspace, written by
+/// that claimer when its member had another one), copied into each member's folder
+/// (`attach::PRIME_FILE`) before it starts.
+pub const PRIME_DIR: &str = "prime";
+
+fn prime_path(state: &Path, key: &str) -> PathBuf {
+    dir(state).join(PRIME_DIR).join(format!("{key}.json"))
+}
+
+/// Record `prime` (JSON) as the workspace pool `key`'s next members are primed with.
+pub fn set_prime(state: &Path, key: &str, prime: &[u8]) -> Result<(), String> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir(state).join(PRIME_DIR))
+        .map_err(|e| e.to_string())?;
+    crate::engine::write_atomic(&prime_path(state, key), prime).map_err(|e| e.to_string())
+}
+
 /// Make member `name` of pool `key` claimable: its ready marker, after its record says
 /// `ready` (so a claim never takes a member the store does not know as ready).
 pub fn publish_ready(state: &Path, key: &str, name: &str) -> std::io::Result<()> {
@@ -1043,6 +1063,14 @@ pub fn start_member(
         let spec_json = spec.to_string();
         crate::engine::write_atomic(&dir.join("spec.json"), spec_json.as_bytes())
             .map_err(|e| e.to_string())?;
+        // The workspace it is primed with, if the pool's claims asked for one.
+        if let Ok(prime) = fs::read(prime_path(state, &pool.key)) {
+            crate::engine::write_atomic(
+                &dir.join(airlock_sandbox::container::attach::PRIME_FILE),
+                &prime,
+            )
+            .map_err(|e| e.to_string())?;
+        }
         backend
             .start(&m.name, &dir, &spec_json, &Secrets::default())
             .map_err(|e| e.to_string())?;
@@ -1208,4 +1236,6 @@ pub fn drain(store: &mut Store, backend: &dyn Backend, state: &Path) {
             let _ = fs::remove_dir(e.path());
         }
     }
+    // What the pools' members were primed with: forgotten with the pools.
+    let _ = fs::remove_dir_all(dir(state).join(PRIME_DIR));
 }

@@ -1206,6 +1206,93 @@ crate::rootful_and_rootless!(
     leftovers_end_before_the_way_back
 );
 
+/// Root-run members are primed with the pool's last claim's overlay workspace (the member's
+/// stub opens and idmaps the project, its parked helper builds the overlay, before any claim);
+/// a claim takes it only while the project directory is still the one it was built from, and
+/// sees the project as it is at the claim: a file added since is there, a protected path
+/// made since is read-only, nothing of the claim before is in it. A directory put in the
+/// project's place since is what the claim attaches (attack: the primed overlay of the
+/// directory that was there, shown to the claim). Rootless members are never primed.
+fn primed_workspaces(a: &Airlock, label: &str) {
+    use common::work::{give, write};
+    let _guard = DaemonGuard(a);
+    let p = git_project(a);
+    let rootful = a.user.is_none();
+    let mut start = a.command(&["daemon", "start", "--size", "1", "--net", "off", "--wait"]);
+    start.current_dir("/");
+    let out = common::run_with_deadline(start, None, Duration::from_secs(120));
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    let timed = |script: &str| {
+        let out = a.run_with_env(
+            &[("AIRLOCK_TIMING", "1")],
+            &["run", "--net", "off", "--", "sh", "-c", script],
+        );
+        warm(&out, label);
+        out
+    };
+    let primed = |o: &common::Outcome| o.stderr.contains("attach: parked helper answered (primed)");
+    let prime_dir = a.state_dir().join("pool/prime");
+
+    // The first claim's member started before any claim said which workspace.
+    let out = timed("echo first > first.txt; cat README");
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    assert!(!primed(&out), "{label}: {}", out.describe());
+    assert_eq!(prime_dir.exists(), rootful, "{label}: the pool's prime");
+
+    // Added on the host since the next member was primed: a file, and a protected path.
+    wait_ready(a, 1, label);
+    write(&p.join("late.txt"), "late\n");
+    write(&p.join(".vscode/settings.json"), "{}\n");
+    give(a, &p);
+    let out = timed(
+        "cat late.txt; test -e first.txt && echo LEAK; (echo evil > .vscode/settings.json); echo rc=$?",
+    );
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    assert_eq!(primed(&out), rootful, "{label}: {}", out.describe());
+    assert_eq!(out.stdout, "late\nrc=2\n", "{label}: {}", out.describe());
+    assert!(
+        out.stderr.contains("Read-only file system"),
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.join(".vscode/settings.json"))
+            .ok()
+            .as_deref(),
+        Some("{}\n"),
+        "{label}"
+    );
+
+    // Another directory in the project's place since the next member was primed.
+    wait_ready(a, 1, label);
+    let away = a.dir.join("moved-away");
+    std::fs::rename(&p, &away).expect("move the project away");
+    write(&p.join("NEW"), "new\n");
+    give(a, &p);
+    let out = timed("ls -A; cat NEW");
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+    assert!(!primed(&out), "{label}: {}", out.describe());
+    assert_eq!(
+        out.stderr.contains("attach: parked helper answered"),
+        rootful,
+        "{label}: {}",
+        out.describe()
+    );
+    assert_eq!(out.stdout, "NEW\nnew\n", "{label}: {}", out.describe());
+    std::fs::remove_dir_all(&p).expect("rm the stand-in");
+    std::fs::rename(&away, &p).expect("move the project back");
+
+    ok(a, &["daemon", "stop"]);
+    assert!(!prime_dir.exists(), "{label}: the pool's prime left");
+    assert_nothing_left(a, label);
+}
+
+crate::rootful_and_rootless!(
+    a_primed_workspace_is_the_project_as_it_is_at_the_claim_rootful,
+    a_primed_workspace_is_the_project_as_it_is_at_the_claim_rootless,
+    primed_workspaces
+);
+
 crate::rootful_and_rootless!(
     overlay_and_bind_workspaces_are_attached_at_claim_rootful,
     overlay_and_bind_workspaces_are_attached_at_claim_rootless,

@@ -37,6 +37,12 @@ pub struct Attached {
     summary: Option<SummaryDirs>,
     /// The workspace helper, exiting: reaped with this.
     _helper: Option<forked::Forked>,
+    /// The parked workspace helper's socket: it exits (its own mount namespace torn down)
+    /// once this is dropped, after the claim's command, not while the command starts.
+    _parked: Option<OwnedFd>,
+    /// The claim's overlay workspace, when the member's parked helper was not primed with it:
+    /// for the pool's members to come ([`Attached::prime_wanted`]).
+    prime: Option<Prime>,
 }
 
 impl Attached {
@@ -45,6 +51,86 @@ impl Attached {
         self.summary
             .as_ref()
             .map(|d| summary::diff(&d.upper, &d.lower))
+    }
+
+    /// The overlay workspace the pool's next members should be primed with ([`Prime`]): this
+    /// claim's, when its member's parked helper had another one (or none). None: it had this
+    /// one, or the claim cannot be primed for (no overlay, rootless, no parked helper).
+    pub fn prime_wanted(&self) -> Option<&Prime> {
+        self.prime.as_ref()
+    }
+}
+
+/// A member's folder's prime ([`Prime`], as JSON): written by the daemon before the member
+/// starts (the pool's last claim's workspace), read by its exec stub once it parked the
+/// workspace helper.
+pub const PRIME_FILE: &str = "prime.json";
+
+/// An overlay workspace a root-run member's parked workspace helper builds before any claim
+/// (**priming**): the lower layer opened and idmapped by the exec stub as a claimer opens it,
+/// the overlay mounted in the helper's own mount namespace, nothing attached in the member and
+/// nothing looked up through it. A claim whose workspace is the same (the same step and owner,
+/// and its project directory the same directory now: [`attach_workspace`]) takes it as built;
+/// any other claim's workspace is built at claim as before. The pool's last claim says which
+/// workspace its next members are primed with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Prime {
+    /// The overlay step (a tmpfs upper layer).
+    pub step: MountStep,
+    /// Whose files its idmapping gives the sandbox user ([`ClaimMounts::owner`]).
+    pub owner: (u32, u32),
+    /// Its lower layer is opened without following symlinks ([`ClaimMounts::sealed`]).
+    pub sealed: bool,
+}
+
+impl Prime {
+    /// The workspace of `mounts` that a member can be primed with, and its step's index: its
+    /// overlay on a tmpfs upper layer (not one of the claim's own binds).
+    pub fn of(mounts: &ClaimMounts) -> Option<(usize, Prime)> {
+        mounts
+            .steps
+            .iter()
+            .enumerate()
+            .find_map(|(i, step)| match step {
+                MountStep::Overlay {
+                    lower,
+                    upper: UpperStore::Tmpfs { .. },
+                    ..
+                } if !mounts.own.contains(&i) => Some((
+                    i,
+                    Prime {
+                        step: step.clone(),
+                        owner: mounts.owner,
+                        sealed: mounts.sealed.contains(lower),
+                    },
+                )),
+                _ => None,
+            })
+    }
+
+    fn lower(&self) -> Option<&Path> {
+        match &self.step {
+            MountStep::Overlay { lower, .. } => Some(lower),
+            _ => None,
+        }
+    }
+}
+
+/// A root-run member's parked workspace helper, as its exec stub hands it to a claimer
+/// (`stub::Begun::workspace_helper`): its socket, and the workspace it was primed with.
+#[derive(Debug)]
+pub struct ParkedHelper {
+    sock: OwnedFd,
+    primed: Option<Prime>,
+}
+
+impl ParkedHelper {
+    /// From the stub's answer: the socket, and after the `W` the prime it sent the helper.
+    pub(super) fn new(sock: OwnedFd, primed: &[u8]) -> Self {
+        ParkedHelper {
+            sock,
+            primed: serde_json::from_slice(primed).ok(),
+        }
     }
 }
 
@@ -91,7 +177,7 @@ pub fn attach_workspace(
     mounts: &ClaimMounts,
     disk: Option<&Path>,
     asked: Option<super::exec::AskedNamespaces>,
-    parked: Option<OwnedFd>,
+    parked: Option<ParkedHelper>,
 ) -> Result<Attached, RunError> {
     let steps = &mounts.steps[..];
     let own = &mounts.own;
@@ -105,8 +191,8 @@ pub fn attach_workspace(
     }
     // Root-run: the helper the member's stub parked for this claim ([`park`]) does the
     // helper's part, already in the member's user namespace and a mount namespace of its own.
-    if let Some(sock) = parked.filter(|_| !plan.rootless && disk.is_none()) {
-        return attach_parked(plan, mounts, sock);
+    if let Some(helper) = parked.filter(|_| !plan.rootless && disk.is_none()) {
+        return attach_parked(plan, mounts, helper);
     }
     // The disk layers, made (and owned) as a cold start makes them; opened by the helper in
     // its own mount namespace (overlayfs clones its layers' mounts: they must be that
@@ -193,6 +279,8 @@ pub fn attach_workspace(
     Ok(Attached {
         summary: summary_dirs(fds),
         _helper: Some(helper),
+        _parked: None,
+        prime: None,
     })
 }
 
@@ -244,56 +332,189 @@ fn prepare_sources(ws_plan: &LaunchPlan, owner: (u32, u32)) -> Result<rootfs::Pr
     rootfs::prepare(&Real, ws_plan, idmap.as_ref()).map_err(|e| RunError::Setup(e.to_string()))
 }
 
-/// What a claimer sends the parked helper (with the sources: one byte per step after the
-/// JSON says which have one, as the forked helper's `feed`).
+/// What a claimer sends the parked helper, or the exec stub when it primes it: the JSON,
+/// then one byte per step saying which have a source, with the sources (as the forked
+/// helper's `feed`).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ParkedJob {
     mounts: Vec<MountStep>,
     own: (usize, usize),
+    /// The exec stub's, before any claim ([`prime`]): `mounts` is one overlay, built and kept
+    /// for a claim; no answer.
+    #[serde(default)]
+    prime: bool,
+    /// The step of a workspace the helper was primed with: its source is the project
+    /// directory itself (opened, not mounted). The primed overlay is taken for it if it is the
+    /// same step and owner and that directory is its lower layer's; otherwise the helper
+    /// answers `N`, and the claimer sends the job again with every source.
+    #[serde(default)]
+    primed: Option<usize>,
+    /// [`ClaimMounts::owner`] (the prime's and a primed claim's).
+    #[serde(default)]
+    owner: Option<(u32, u32)>,
 }
 
-/// [`attach_workspace`] through the helper the member's stub parked ([`park`]), reached over
-/// `sock`: this process opens and idmaps the sources, as it does for a helper it forks, and
-/// sends them with the steps; the helper answers with the overlay's directories, or why it
-/// failed. No fork, no namespace joined on the claim's path.
+/// Send the parked helper `job` and the sources (one per step of `job.mounts`).
+fn send_job(sock: &OwnedFd, job: &ParkedJob, prepared: &rootfs::Prepared) -> Result<(), RunError> {
+    let json = serde_json::to_vec(job).map_err(|e| RunError::Setup(e.to_string()))?;
+    let mut msg = (json.len() as u32).to_le_bytes().to_vec();
+    msg.extend_from_slice(&json);
+    let (which, raw) = sources_sent(prepared);
+    msg.extend(which);
+    sys::send_fds(sock.as_raw_fd(), &msg, &raw)
+        .map_err(io_err("hand the member's workspace helper the sources"))
+}
+
+/// The parked helper's answer to a claim's job: the overlay's directories (`W`), or that a
+/// primed claim must send every source (`N`, None here), or why it failed (`E`).
+fn parked_answer(sock: &OwnedFd) -> Result<Option<Vec<OwnedFd>>, RunError> {
+    let (data, fds) = sys::recv_fds(sock.as_raw_fd(), 2)
+        .map_err(io_err("the member's workspace helper's answer"))?;
+    match data.split_first() {
+        Some((b'W', _)) => Ok(Some(fds)),
+        Some((b'N', _)) => Ok(None),
+        Some((b'E', why)) => Err(RunError::Setup(String::from_utf8_lossy(why).into_owned())),
+        _ => Err(RunError::Setup(
+            "the member's workspace helper ended without an answer".into(),
+        )),
+    }
+}
+
+/// [`attach_workspace`] through the helper the member's stub parked ([`park`]): this process
+/// opens and idmaps the sources, as it does for a helper it forks, and sends them with the
+/// steps; the helper answers with the overlay's directories, or why it failed. No fork, no
+/// namespace joined on the claim's path. A helper primed with this claim's workspace
+/// ([`Prime`]) gets the project directory only (opened as `rootfs::prepare` opens it, neither
+/// cloned nor idmapped: no idmapping user namespace on the claim's path either), and attaches
+/// the overlay it built if that is still the directory it was built from.
 fn attach_parked(
     plan: &LaunchPlan,
     mounts: &ClaimMounts,
-    sock: OwnedFd,
+    helper: ParkedHelper,
 ) -> Result<Attached, RunError> {
     let ws_plan = helper_plan(plan, mounts);
-    let prepared = prepare_sources(&ws_plan, mounts.owner)?;
-    crate::phase("attach: sources prepared");
-    let job = ParkedJob {
+    let wanted = Prime::of(mounts);
+    let job = |primed| ParkedJob {
         mounts: mounts.steps.clone(),
         own: (mounts.own.start, mounts.own.end),
+        prime: false,
+        primed,
+        owner: Some(mounts.owner),
     };
-    let json = serde_json::to_vec(&job).map_err(|e| RunError::Setup(e.to_string()))?;
-    let mut msg = (json.len() as u32).to_le_bytes().to_vec();
-    msg.extend_from_slice(&json);
-    let (which, raw) = sources_sent(&prepared);
-    msg.extend(which);
-    sys::send_fds(sock.as_raw_fd(), &msg, &raw)
-        .map_err(io_err("hand the member's workspace helper the sources"))?;
-    drop(prepared);
-    let (data, fds) = sys::recv_fds(sock.as_raw_fd(), 2)
-        .map_err(io_err("the member's workspace helper's answer"))?;
-    crate::phase("attach: parked helper answered");
-    match data.split_first() {
-        Some((b'W', _)) => {}
-        Some((b'E', why)) => {
-            return Err(RunError::Setup(String::from_utf8_lossy(why).into_owned()))
-        }
-        _ => {
-            return Err(RunError::Setup(
-                "the member's workspace helper ended without an answer".into(),
-            ))
+    let sock = &helper.sock;
+    let mut fds = None;
+    if let Some((i, p)) = wanted
+        .as_ref()
+        .filter(|(_, p)| helper.primed.as_ref() == Some(p))
+    {
+        // Opened as `rootfs::prepare` opens it; when it cannot be, every source is prepared
+        // below (which refuses it as a cold start would).
+        if let Some(project) = open_lower(p) {
+            let mut rest = ws_plan.clone();
+            rest.mounts.remove(*i);
+            let mut prepared = prepare_sources(&rest, mounts.owner)?;
+            prepared.insert(*i, Some(project));
+            crate::phase("attach: sources prepared (primed)");
+            send_job(sock, &job(Some(*i)), &prepared)?;
+            drop(prepared);
+            fds = parked_answer(sock)?;
         }
     }
+    let primed = fds.is_some();
+    let fds = match fds {
+        Some(fds) => fds,
+        None => {
+            let prepared = prepare_sources(&ws_plan, mounts.owner)?;
+            crate::phase("attach: sources prepared");
+            send_job(sock, &job(None), &prepared)?;
+            drop(prepared);
+            parked_answer(sock)?.ok_or_else(|| {
+                RunError::Setup("the member's workspace helper refused every source".into())
+            })?
+        }
+    };
+    crate::phase(if primed {
+        "attach: parked helper answered (primed)"
+    } else {
+        "attach: parked helper answered"
+    });
     Ok(Attached {
         summary: summary_dirs(fds),
         _helper: None,
+        _parked: Some(helper.sock),
+        prime: wanted
+            .map(|(_, p)| p)
+            .filter(|p| helper.primed.as_ref() != Some(p)),
     })
+}
+
+/// A prime's lower layer (the project directory), opened as `rootfs::prepare` opens it
+/// (without following any symlink when sealed), but neither cloned nor idmapped.
+fn open_lower(prime: &Prime) -> Option<OwnedFd> {
+    let lower = prime.lower()?;
+    if prime.sealed {
+        crate::nofollow::open_nofollow(lower).ok()
+    } else {
+        nix::fcntl::open(
+            lower,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    }
+}
+
+/// A directory's identity (device and inode), the same through any mount of it, idmapped
+/// or not.
+fn identity(fd: &OwnedFd) -> Option<(u64, u64)> {
+    let st = nix::sys::stat::fstat(fd).ok()?;
+    Some((st.st_dev, st.st_ino))
+}
+
+/// In a root-run member's exec stub, once it parked the workspace helper (`sock`, [`park`]):
+/// the workspace the daemon asked this member to be primed with (`dir`/[`PRIME_FILE`]), its
+/// lower layer opened and idmapped as a claimer opens it and sent to the helper, which builds
+/// the overlay meanwhile. Returns the prime sent (for the claimer, with the stub's `W`
+/// answer); empty: none (no prime asked for, or it could not be opened — a claim then builds
+/// its workspace as before).
+pub(super) fn prime(sock: &OwnedFd, dir: &Path, plan: &LaunchPlan) -> Vec<u8> {
+    let Ok(bytes) = std::fs::read(dir.join(PRIME_FILE)) else {
+        return Vec::new();
+    };
+    let Ok(prime) = serde_json::from_slice::<Prime>(&bytes) else {
+        return Vec::new();
+    };
+    let Some(lower) = prime.lower().filter(|_| {
+        matches!(
+            prime.step,
+            MountStep::Overlay {
+                upper: UpperStore::Tmpfs { .. },
+                ..
+            }
+        )
+    }) else {
+        return Vec::new();
+    };
+    let mut ws_plan = plan.clone();
+    ws_plan.mounts = vec![prime.step.clone()];
+    ws_plan.sealed_sources = if prime.sealed {
+        vec![lower.to_path_buf()]
+    } else {
+        Vec::new()
+    };
+    let job = ParkedJob {
+        mounts: ws_plan.mounts.clone(),
+        own: (0, 0),
+        prime: true,
+        primed: None,
+        owner: Some(prime.owner),
+    };
+    let sent =
+        prepare_sources(&ws_plan, prime.owner).and_then(|prepared| send_job(sock, &job, &prepared));
+    match sent {
+        Ok(()) => serde_json::to_vec(&prime).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// In a root-run member's exec stub, once it has the member's namespaces (`userns`, `mntns`):
@@ -337,45 +558,129 @@ pub(super) fn park(userns: &OwnedFd, mntns: &OwnedFd, plan: &LaunchPlan) -> Opti
     }
 }
 
-/// The parked helper's one claim: the steps and sources, then the overlay built and everything
-/// attached in the member's mount namespace; the answer (`W` and the overlay's directories,
-/// or `E` and why not), and its end.
+/// A workspace the parked helper built before any claim ([`prime`]): the overlay, detached,
+/// and its upper and lower directories, with what a claim must match to take it.
+struct Primed {
+    step: MountStep,
+    owner: Option<(u32, u32)>,
+    /// The lower layer's root's identity ([`identity`]): the project directory's.
+    lower: (u64, u64),
+    tree: OwnedFd,
+    back: Vec<OwnedFd>,
+}
+
+/// The parked helper's work: a prime, built and kept (the exec stub's, before any claim);
+/// then one claim's steps and sources — the overlay built (or the primed one taken) and
+/// everything attached in the member's mount namespace. Its answer (`W` and the overlay's
+/// directories, `E` and why not, or `N`: a primed claim's workspace is not the primed one),
+/// and its end.
 fn serve_parked(sock: &OwnedFd, mntns: &OwnedFd, plan: &LaunchPlan) -> ! {
-    let answer = |data: &[u8], fds: &[i32]| {
+    let answer = |data: &[u8], fds: &[i32]| -> ! {
         let _ = sys::send_fds(sock.as_raw_fd(), data, fds);
         sys::exit_now(0)
     };
-    let (msg, fds) = match sys::recv_fds(sock.as_raw_fd(), 253) {
-        Ok((m, f)) if !m.is_empty() => (m, f),
-        // Closed: no claim needs it.
-        _ => sys::exit_now(0),
-    };
-    let job = (|| -> Result<(ParkedJob, Vec<u8>), String> {
-        let len = u32::from_le_bytes(
-            msg.get(..4)
-                .and_then(|b| b.try_into().ok())
-                .ok_or("a short message")?,
-        ) as usize;
-        let json = msg.get(4..4 + len).ok_or("a short message")?;
-        let job: ParkedJob = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-        Ok((job, msg[4 + len..].to_vec()))
-    })();
-    let result = job.and_then(|(job, which)| {
-        if job.own.1 > job.mounts.len() {
-            return Err("internal: own binds out of range".into());
-        }
-        let prepared = sources_received(&which, fds, job.mounts.len())?;
+    let mut primed: Option<Primed> = None;
+    loop {
+        let (msg, fds) = match sys::recv_fds(sock.as_raw_fd(), 253) {
+            Ok((m, f)) if !m.is_empty() => (m, f),
+            // Closed: no claim needs it.
+            _ => sys::exit_now(0),
+        };
+        let job = (|| -> Result<(ParkedJob, rootfs::Prepared), String> {
+            let len = u32::from_le_bytes(
+                msg.get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or("a short message")?,
+            ) as usize;
+            let json = msg.get(4..4 + len).ok_or("a short message")?;
+            let job: ParkedJob = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+            if job.own.1 > job.mounts.len() {
+                return Err("internal: own binds out of range".into());
+            }
+            let prepared = sources_received(&msg[4 + len..], fds, job.mounts.len())?;
+            Ok((job, prepared))
+        })();
+        let (job, mut prepared) = match job {
+            Ok(j) => j,
+            Err(e) => answer(format!("E{e}").as_bytes(), &[]),
+        };
         let mut ws_plan = plan.clone();
         ws_plan.mounts = job.mounts;
-        build_and_attach(&ws_plan, &(job.own.0..job.own.1), mntns, prepared, None)
-    });
-    match result {
-        Ok(built) => {
-            let raw: Vec<i32> = built.back.iter().map(|f| f.as_raw_fd()).collect();
-            answer(b"W", &raw)
+        if job.prime {
+            primed = build_prime(&ws_plan, job.owner, prepared);
+            continue;
         }
-        Err(e) => answer(format!("E{e}").as_bytes(), &[]),
+        let own = job.own.0..job.own.1;
+        let result = match job.primed {
+            Some(i) => {
+                let Some(p) = take_primed(&mut primed, &ws_plan, i, job.owner, &mut prepared)
+                else {
+                    if sys::send_fds(sock.as_raw_fd(), b"N", &[]).is_err() {
+                        sys::exit_now(0);
+                    }
+                    continue;
+                };
+                build_and_attach(&ws_plan, &own, mntns, prepared, None, Some((i, p)))
+            }
+            None => build_and_attach(&ws_plan, &own, mntns, prepared, None, None),
+        };
+        match result {
+            Ok(built) => {
+                let raw: Vec<i32> = built.back.iter().map(|f| f.as_raw_fd()).collect();
+                if sys::send_fds(sock.as_raw_fd(), b"W", &raw).is_ok() {
+                    // Until the claimer is done with the member (it closes its end): this
+                    // process's end — its own mount namespace's teardown — is not on the
+                    // claim's path then.
+                    let _ = nix::unistd::read(sock, &mut [0u8; 1]);
+                }
+                drop(built);
+                sys::exit_now(0)
+            }
+            Err(e) => answer(format!("E{e}").as_bytes(), &[]),
+        }
     }
+}
+
+/// A prime's overlay built in this helper's own mount namespace (`plan.mounts`: the one
+/// overlay step; `prepared`: its lower layer). None: it could not be (claims build theirs).
+fn build_prime(
+    plan: &LaunchPlan,
+    owner: Option<(u32, u32)>,
+    mut prepared: rootfs::Prepared,
+) -> Option<Primed> {
+    let [step] = &plan.mounts[..] else {
+        return None;
+    };
+    let lower = identity(prepared.first()?.as_ref()?)?;
+    let back = build_overlays(plan, &mut prepared, None, None).ok()?;
+    crate::phase("attach: primed");
+    Some(Primed {
+        step: step.clone(),
+        owner,
+        lower,
+        tree: prepared.pop()??,
+        back,
+    })
+}
+
+/// The primed overlay for step `i` of a claim's `plan`, if it is the one primed (the same
+/// step and owner) and the project directory the claimer opened (`prepared[i]`) is its lower
+/// layer's: put in `prepared[i]`, its directories returned. None: it is not.
+fn take_primed(
+    primed: &mut Option<Primed>,
+    plan: &LaunchPlan,
+    i: usize,
+    owner: Option<(u32, u32)>,
+    prepared: &mut rootfs::Prepared,
+) -> Option<Vec<OwnedFd>> {
+    let p = primed.as_ref()?;
+    let project = prepared.get(i)?.as_ref()?;
+    if plan.mounts.get(i) != Some(&p.step) || owner != p.owner || identity(project)? != p.lower {
+        return None;
+    }
+    let p = primed.take()?;
+    prepared[i] = Some(p.tree);
+    Some(p.back)
 }
 
 /// The forked helper's work (see the module's comment); the overlay's upper and lower
@@ -423,7 +728,7 @@ fn helper(
         None => rootfs::prepare(&os, plan, None).map_err(|e| e.to_string())?,
     };
     crate::phase("attach: sources opened");
-    build_and_attach(plan, own, mntns, prepared, disk.as_ref())
+    build_and_attach(plan, own, mntns, prepared, disk.as_ref(), None)
 }
 
 /// The sources a helper received for `steps` steps: one byte per step (a source or none), the
@@ -462,20 +767,45 @@ fn enter(userns: &OwnedFd) -> Result<(), String> {
 
 /// The helper's work once its sources are open (`prepared`, one per step of `plan.mounts`):
 /// the overlay built in its own mount namespace, then everything attached in the member's
-/// (`mntns`). The overlay's upper and lower directories when there is one.
+/// (`mntns`). `primed`: step `i`'s overlay is built already (in `prepared[i]`; its
+/// directories given). The overlay's upper and lower directories when there is one.
 fn build_and_attach(
     plan: &LaunchPlan,
     own: &std::ops::Range<usize>,
     mntns: &OwnedFd,
     mut prepared: rootfs::Prepared,
     disk: Option<&rootfs::OverlayDirs<OwnedFd>>,
+    primed: Option<(usize, Vec<OwnedFd>)>,
 ) -> Result<Built, String> {
+    let (skip, mut back) = match primed {
+        Some((i, back)) => (Some(i), back),
+        None => (None, Vec::new()),
+    };
+    let built = build_overlays(plan, &mut prepared, disk, skip)?;
+    if !built.is_empty() {
+        back = built;
+    }
+    attach_built(plan, own, mntns, prepared, back)
+}
+
+/// Each overlay step of `plan.mounts` but `skip` built in this helper's own mount namespace
+/// from its lower layer (`prepared[i]`), and put there as a detached mount. The (last)
+/// overlay's upper and lower directories.
+fn build_overlays(
+    plan: &LaunchPlan,
+    prepared: &mut rootfs::Prepared,
+    disk: Option<&rootfs::OverlayDirs<OwnedFd>>,
+    skip: Option<usize>,
+) -> Result<Vec<OwnedFd>, String> {
     let os = Real;
     let mut back = Vec::new();
     for (i, step) in plan.mounts.iter().enumerate() {
         let MountStep::Overlay { upper, .. } = step else {
             continue;
         };
+        if skip == Some(i) {
+            continue;
+        }
         let lower = prepared
             .get_mut(i)
             .and_then(Option::take)
@@ -512,6 +842,19 @@ fn build_and_attach(
         back = vec![dirs.upper, dirs.lower];
         crate::phase("attach: overlay made");
     }
+    Ok(back)
+}
+
+/// Everything of `plan.mounts` attached in the member's mount namespace (`mntns`), the
+/// overlays built (`prepared`); `back`: the overlay's directories, for the answer.
+fn attach_built(
+    plan: &LaunchPlan,
+    own: &std::ops::Range<usize>,
+    mntns: &OwnedFd,
+    mut prepared: rootfs::Prepared,
+    back: Vec<OwnedFd>,
+) -> Result<Built, String> {
+    let os = Real;
     // Its own mount namespace (the overlay's staging in it) kept until this helper exits: left
     // at the setns, its teardown — every mount of a copy of the host's — would be on the
     // claim's path.

@@ -293,6 +293,12 @@ fn serve(
             _ => None,
         }
     };
+    // Which workspace it builds now, before any claim (the one the daemon asked for), for
+    // the claimer: with the helper.
+    let primed = match (&ws_helper, path.parent()) {
+        (Some(h), Some(dir)) => super::attach::prime(h, dir, plan),
+        _ => Vec::new(),
+    };
     prefault();
     let me = nix::unistd::geteuid().as_raw();
     let conn = loop {
@@ -341,7 +347,11 @@ fn serve(
     // The workspace helper to a claim that attaches one; closed otherwise (it exits).
     if req.attach {
         let sent = match ws_helper.take() {
-            Some(h) => sys::send_fds(conn.as_raw_fd(), b"W", &[h.as_raw_fd()]),
+            Some(h) => sys::send_fds(
+                conn.as_raw_fd(),
+                &[&b"W"[..], &primed].concat(),
+                &[h.as_raw_fd()],
+            ),
             None => sys::send_fds(conn.as_raw_fd(), b"w", &[]),
         };
         if sent.is_err() {
@@ -941,13 +951,15 @@ impl Begun {
 
     /// The member's parked workspace helper (`attach::park`), for `attach_workspace`: None
     /// when the stub has none (it could not park it) or was not asked.
-    pub fn workspace_helper(&mut self) -> Option<OwnedFd> {
+    pub fn workspace_helper(&mut self) -> Option<super::attach::ParkedHelper> {
         if !std::mem::take(&mut self.ws_due) {
             return None;
         }
         skip_unasked_hello(&self.conn, self.pid);
         match sys::recv_fds(self.conn.as_raw_fd(), 1) {
-            Ok((data, mut fds)) if data == b"W" && fds.len() == 1 => fds.pop(),
+            Ok((data, mut fds)) if data.first() == Some(&b'W') && fds.len() == 1 => fds
+                .pop()
+                .map(|sock| super::attach::ParkedHelper::new(sock, &data[1..])),
             _ => None,
         }
     }

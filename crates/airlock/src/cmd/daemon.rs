@@ -793,6 +793,15 @@ pub fn try_warm(
             let a = attach::attach_workspace(&dir, &plan, &mounts, None, asked, helper)
                 .map_err(|e| e.to_string())?;
             airlock_sandbox::phase("warm: workspace attached");
+            // Its member was not primed with this workspace: the pool's next ones are.
+            if let Some(p) = a.prime_wanted() {
+                let set = serde_json::to_vec(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|json| pool::set_prime(&state, &key, &json));
+                if let Err(e) = set {
+                    errln!("airlock: warning: the pool's workspace to prime: {e}");
+                }
+            }
             a
         };
         watch = finish_policy_and_secrets(&dir, &secrets, pending)?;
