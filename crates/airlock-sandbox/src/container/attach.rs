@@ -179,6 +179,20 @@ pub fn attach_workspace(
     asked: Option<super::exec::AskedNamespaces>,
     parked: Option<ParkedHelper>,
 ) -> Result<Attached, RunError> {
+    begin_attach_workspace(dir, plan, mounts, disk, asked, parked)?.finish()
+}
+
+/// [`attach_workspace`] in two steps: through a parked helper (`parked`), the job is sent
+/// here and answered at [`PendingAttach::finish`] — the helper attaches while the caller
+/// binds the rest of its claim. Otherwise it is attached here.
+pub fn begin_attach_workspace(
+    dir: &Path,
+    plan: &LaunchPlan,
+    mounts: &ClaimMounts,
+    disk: Option<&Path>,
+    asked: Option<super::exec::AskedNamespaces>,
+    parked: Option<ParkedHelper>,
+) -> Result<PendingAttach, RunError> {
     let steps = &mounts.steps[..];
     let own = &mounts.own;
     if own.end > steps.len() {
@@ -192,7 +206,7 @@ pub fn attach_workspace(
     // Root-run: the helper the member's stub parked for this claim ([`park`]) does the
     // helper's part, already in the member's user namespace and a mount namespace of its own.
     if let Some(helper) = parked.filter(|_| !plan.rootless && disk.is_none()) {
-        return attach_parked(plan, mounts, helper);
+        return send_parked(plan, mounts, helper);
     }
     // The disk layers, made (and owned) as a cold start makes them; opened by the helper in
     // its own mount namespace (overlayfs clones its layers' mounts: they must be that
@@ -276,12 +290,12 @@ pub fn attach_workspace(
         }
     };
     crate::phase("attach: helper answered");
-    Ok(Attached {
+    Ok(PendingAttach(Pending::Done(Attached {
         summary: summary_dirs(fds),
         _helper: Some(helper),
         _parked: None,
         prime: None,
-    })
+    })))
 }
 
 /// The member's plan with the claim's steps and sealed sources: what a helper executes.
@@ -382,70 +396,127 @@ fn parked_answer(sock: &OwnedFd) -> Result<Option<Vec<OwnedFd>>, RunError> {
 
 /// [`attach_workspace`] through the helper the member's stub parked ([`park`]): this process
 /// opens and idmaps the sources, as it does for a helper it forks, and sends them with the
-/// steps; the helper answers with the overlay's directories, or why it failed. No fork, no
-/// namespace joined on the claim's path. A helper primed with this claim's workspace
-/// ([`Prime`]) gets the project directory only (opened as `rootfs::prepare` opens it, neither
-/// cloned nor idmapped: no idmapping user namespace on the claim's path either), and attaches
-/// the overlay it built if that is still the directory it was built from.
-fn attach_parked(
+/// steps; the helper answers with the overlay's directories, or why it failed
+/// ([`PendingAttach::finish`]). No fork, no namespace joined on the claim's path. A helper
+/// primed with this claim's workspace ([`Prime`]) gets the project directory only (opened as
+/// `rootfs::prepare` opens it, neither cloned nor idmapped: no idmapping user namespace on the
+/// claim's path either), and attaches the overlay it built if that is still the directory it
+/// was built from.
+fn send_parked(
     plan: &LaunchPlan,
     mounts: &ClaimMounts,
     helper: ParkedHelper,
-) -> Result<Attached, RunError> {
+) -> Result<PendingAttach, RunError> {
     let ws_plan = helper_plan(plan, mounts);
     let wanted = Prime::of(mounts);
-    let job = |primed| ParkedJob {
-        mounts: mounts.steps.clone(),
-        own: (mounts.own.start, mounts.own.end),
-        prime: false,
-        primed,
-        owner: Some(mounts.owner),
-    };
-    let sock = &helper.sock;
-    let mut fds = None;
+    let mut primed = false;
     if let Some((i, p)) = wanted
         .as_ref()
         .filter(|(_, p)| helper.primed.as_ref() == Some(p))
     {
         // Opened as `rootfs::prepare` opens it; when it cannot be, every source is prepared
-        // below (which refuses it as a cold start would).
+        // (which refuses it as a cold start would).
         if let Some(project) = open_lower(p) {
             let mut rest = ws_plan.clone();
             rest.mounts.remove(*i);
             let mut prepared = prepare_sources(&rest, mounts.owner)?;
             prepared.insert(*i, Some(project));
             crate::phase("attach: sources prepared (primed)");
-            send_job(sock, &job(Some(*i)), &prepared)?;
-            drop(prepared);
-            fds = parked_answer(sock)?;
+            send_job(&helper.sock, &parked_job(mounts, Some(*i)), &prepared)?;
+            primed = true;
         }
     }
-    let primed = fds.is_some();
-    let fds = match fds {
-        Some(fds) => fds,
-        None => {
-            let prepared = prepare_sources(&ws_plan, mounts.owner)?;
-            crate::phase("attach: sources prepared");
-            send_job(sock, &job(None), &prepared)?;
-            drop(prepared);
-            parked_answer(sock)?.ok_or_else(|| {
-                RunError::Setup("the member's workspace helper refused every source".into())
-            })?
+    if !primed {
+        send_all_sources(&helper.sock, &ws_plan, mounts)?;
+    }
+    let prime = wanted
+        .map(|(_, p)| p)
+        .filter(|p| helper.primed.as_ref() != Some(p));
+    Ok(PendingAttach(Pending::Parked {
+        sock: helper.sock,
+        ws_plan,
+        mounts: mounts.clone(),
+        primed,
+        prime,
+    }))
+}
+
+/// A claim's job for the parked helper: its steps; `primed`, the step whose source is the
+/// project directory itself.
+fn parked_job(mounts: &ClaimMounts, primed: Option<usize>) -> ParkedJob {
+    ParkedJob {
+        mounts: mounts.steps.clone(),
+        own: (mounts.own.start, mounts.own.end),
+        prime: false,
+        primed,
+        owner: Some(mounts.owner),
+    }
+}
+
+/// Every source of `ws_plan` opened (and idmapped) and sent to the parked helper with the job.
+fn send_all_sources(
+    sock: &OwnedFd,
+    ws_plan: &LaunchPlan,
+    mounts: &ClaimMounts,
+) -> Result<(), RunError> {
+    let prepared = prepare_sources(ws_plan, mounts.owner)?;
+    crate::phase("attach: sources prepared");
+    send_job(sock, &parked_job(mounts, None), &prepared)
+}
+
+/// A workspace being attached ([`begin_attach_workspace`]): through the parked helper, its
+/// job sent and its answer due; otherwise attached already.
+#[derive(Debug)]
+pub struct PendingAttach(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    Done(Attached),
+    Parked {
+        sock: OwnedFd,
+        ws_plan: LaunchPlan,
+        mounts: ClaimMounts,
+        /// The job sent is a primed one (the project directory for the primed overlay).
+        primed: bool,
+        prime: Option<Prime>,
+    },
+}
+
+impl PendingAttach {
+    /// Attached, or why not (nothing is attached then).
+    pub fn finish(self) -> Result<Attached, RunError> {
+        let (sock, ws_plan, mounts, primed, prime) = match self.0 {
+            Pending::Done(a) => return Ok(a),
+            Pending::Parked {
+                sock,
+                ws_plan,
+                mounts,
+                primed,
+                prime,
+            } => (sock, ws_plan, mounts, primed, prime),
+        };
+        let mut fds = parked_answer(&sock)?;
+        let taken = primed && fds.is_some();
+        // `N`: not the primed overlay's directory (or no primed overlay): every source, now.
+        if primed && fds.is_none() {
+            send_all_sources(&sock, &ws_plan, &mounts)?;
+            fds = parked_answer(&sock)?;
         }
-    };
-    crate::phase(if primed {
-        "attach: parked helper answered (primed)"
-    } else {
-        "attach: parked helper answered"
-    });
-    Ok(Attached {
-        summary: summary_dirs(fds),
-        _helper: None,
-        _parked: Some(helper.sock),
-        prime: wanted
-            .map(|(_, p)| p)
-            .filter(|p| helper.primed.as_ref() != Some(p)),
-    })
+        let fds = fds.ok_or_else(|| {
+            RunError::Setup("the member's workspace helper refused every source".into())
+        })?;
+        crate::phase(if taken {
+            "attach: parked helper answered (primed)"
+        } else {
+            "attach: parked helper answered"
+        });
+        Ok(Attached {
+            summary: summary_dirs(fds),
+            _helper: None,
+            _parked: Some(sock),
+            prime,
+        })
+    }
 }
 
 /// A prime's lower layer (the project directory), opened as `rootfs::prepare` opens it

@@ -768,6 +768,21 @@ pub fn try_warm(
             plan.hostname = spec.hostname.clone();
             airlock_sandbox::phase("warm: hostname set");
         }
+        // The workspace: attached at the member's empty /workspace, protections over it,
+        // then the home files in the member's home — by the member's parked helper while
+        // the limits below are written (answered after them).
+        if !ws_steps.is_empty() && !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
+            return Err("the member has no workspace slot".into());
+        }
+        let attaching = if mounts.steps.is_empty() {
+            None
+        } else {
+            let helper = begun.as_mut().and_then(|b| b.workspace_helper());
+            Some(
+                attach::begin_attach_workspace(&dir, &plan, &mounts, None, asked, helper)
+                    .map_err(|e| e.to_string())?,
+            )
+        };
         // Limits: written into the cgroup of the member's name, which its exec stub is in
         // since the member's start (made now for a member without one).
         if limits.any() {
@@ -781,28 +796,22 @@ pub fn try_warm(
             plan.limits = limits;
             airlock_sandbox::phase("warm: cgroup made");
         }
-        // The workspace: attached at the member's empty /workspace, protections over it;
-        // then the home files in the member's home.
-        if !ws_steps.is_empty() && !plan.writable_paths.iter().any(|p| ws_writable.contains(p)) {
-            return Err("the member has no workspace slot".into());
-        }
-        let attached = if mounts.steps.is_empty() {
-            attach::Attached::default()
-        } else {
-            let helper = begun.as_mut().and_then(|b| b.workspace_helper());
-            let a = attach::attach_workspace(&dir, &plan, &mounts, None, asked, helper)
-                .map_err(|e| e.to_string())?;
-            airlock_sandbox::phase("warm: workspace attached");
-            // Its member was not primed with this workspace: the pool's next ones are.
-            if let Some(p) = a.prime_wanted() {
-                let set = serde_json::to_vec(p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|json| pool::set_prime(&state, &key, &json));
-                if let Err(e) = set {
-                    errln!("airlock: warning: the pool's workspace to prime: {e}");
+        let attached = match attaching {
+            None => attach::Attached::default(),
+            Some(pending) => {
+                let a = pending.finish().map_err(|e| e.to_string())?;
+                airlock_sandbox::phase("warm: workspace attached");
+                // Its member was not primed with this workspace: the pool's next ones are.
+                if let Some(p) = a.prime_wanted() {
+                    let set = serde_json::to_vec(p)
+                        .map_err(|e| e.to_string())
+                        .and_then(|json| pool::set_prime(&state, &key, &json));
+                    if let Err(e) = set {
+                        errln!("airlock: warning: the pool's workspace to prime: {e}");
+                    }
                 }
+                a
             }
-            a
         };
         watch = finish_policy_and_secrets(&dir, &secrets, pending)?;
         airlock_sandbox::phase("warm: policy and secrets bound");
