@@ -594,9 +594,11 @@ pub(super) fn prime(sock: &OwnedFd, dir: &Path, plan: &LaunchPlan) -> Vec<u8> {
 /// claim's steps and sources later (over the returned socket, which the stub hands to the
 /// claimer). So the claim's path has neither the fork nor the namespace changes. It is
 /// outside the member's pid namespace (nothing inside can see or signal it), runs nothing of
-/// the claim's but the mount steps, dies with the stub (`PR_SET_PDEATHSIG`), and exits after
-/// one answer, or when its socket's other end is closed (a claim without a workspace, or a
-/// claimer that died). None: it could not park (the claim forks its own helper).
+/// the claim's but the mount steps, dies with the stub (`PR_SET_PDEATHSIG`), and exits when
+/// its socket's other end is closed: by the claimer once it is done with the member (after
+/// an answer: its exit, the teardown of its own mount namespace, is then off the claim's
+/// path), or at once (a claim without a workspace, a claimer that died). Before any claim it
+/// may be primed ([`prime`]). None: it could not park (the claim forks its own helper).
 pub(super) fn park(userns: &OwnedFd, mntns: &OwnedFd, plan: &LaunchPlan) -> Option<OwnedFd> {
     let (mine, theirs) = sys::socketpair(nix::sys::socket::SockType::SeqPacket).ok()?;
     let parent = std::process::id() as i32;
