@@ -713,6 +713,10 @@ fn run_in(
         .map_err(|e| io_err("wait for the sandbox")(e.into()))?;
 
     crate::phase("child exited");
+    // A claimed member: its teardown after its claimer's exit (briefly).
+    if let (Some(s), Some(dir)) = (&stub, opts.persist) {
+        s.wait_claimer(dir, std::time::Duration::from_millis(100));
+    }
     drop(pasta);
     // Every process of the sandbox is gone, so are its ends of its connections: the threads
     // still deciding one journal it now (a second at most), before the end is reported.

@@ -199,6 +199,22 @@ impl Stub {
     }
 }
 
+impl Stub {
+    /// Once PID 1 has exited: until the stub of a claimed member has exited by itself (it
+    /// does once its claimer hangs up: the claimer's last steps and exit come first, and the
+    /// member's teardown — the stub, the namespaces it holds, the parked helper, the cgroup —
+    /// after them), `limit` at most. A member never claimed (its socket still there): not at
+    /// all.
+    pub(super) fn wait_claimer(&self, dir: &Path, limit: std::time::Duration) {
+        if dir.join(STUB_SOCKET).exists() {
+            return;
+        }
+        if let Ok(fd) = sys::pidfd_open(self.pid.as_raw()) {
+            sys::wait_readable(&fd, limit);
+        }
+    }
+}
+
 impl Drop for Stub {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
@@ -368,17 +384,19 @@ fn serve(
         let mut status = code.to_le_bytes().to_vec();
         status.push(ENDS_MEMBER);
         // Written before PID 1 goes: its end ends the supervisor, which kills this stub.
-        if (&conn).write_all(&status).is_ok() && !end_at_exit {
+        let written = (&conn).write_all(&status).is_ok();
+        if written && !end_at_exit {
             let _ = (&conn).read(&mut [0u8; 1]);
         }
         let _ = sys::pidfd_kill(&pid1);
-        // PID 1's end ends the supervisor, which kills this process (and its death would,
-        // PR_SET_PDEATHSIG): not exiting now keeps this process's teardown off the CPU the
-        // claimer was just woken on to read the status.
-        loop {
-            // SAFETY: pause(2) takes no arguments; every signal is blocked here but SIGKILL.
-            unsafe { libc::pause() };
+        // Then until the claimer hangs up (it exits, or is done with the member): this
+        // process's end — and with it the member's namespaces, which it holds, and the parked
+        // workspace helper — does not share the CPUs with the claimer's last steps. Its
+        // supervisor waits for that (`Stub::wait_claimer`, briefly), then kills it.
+        if written && end_at_exit {
+            let _ = (&conn).read(&mut [0u8; 1]);
         }
+        sys::exit_now(0)
     };
     // The parked child takes the request and becomes the command; we relay and report.
     if let Some(mut p) = parked {

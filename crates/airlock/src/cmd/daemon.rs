@@ -899,8 +899,10 @@ pub fn try_warm(
         release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)))
     };
     // After the member's end, as a cold run's PID 1 does it once every process is gone.
+    // The parked workspace helper's socket is held until this process exits (it exits
+    // then, off this run's path).
     let changes = attached.changes();
-    drop(attached);
+    let _attached = attached;
     let end = |ran: CliResult<airlock_sandbox::isolation::Outcome>| {
         let mut outcome = ran?;
         if oom && outcome.ending == killed {
