@@ -730,9 +730,15 @@ pub struct StubExit {
 }
 
 impl StubExit {
-    /// Hang up (the stub ends the member), then until the stub is gone (at most `limit`).
-    pub fn wait(mut self, limit: std::time::Duration) {
+    /// Hang up: the stub ends the member if it has not yet, then exits, and the member's
+    /// teardown (which waits for that) goes on.
+    pub fn hang_up(&mut self) {
         drop(self.conn.take());
+    }
+
+    /// Hang up, then until the stub is gone (at most `limit`).
+    pub fn wait(mut self, limit: std::time::Duration) {
+        self.hang_up();
         sys::wait_readable(&self.pidfd, limit);
     }
 }

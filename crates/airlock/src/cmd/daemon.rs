@@ -896,6 +896,10 @@ pub fn try_warm(
     let wake = if hand {
         false
     } else {
+        // Released here, the member's teardown is waited for: it follows the stub's hang-up.
+        if let Some(s) = stub.as_mut() {
+            s.hang_up();
+        }
         release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)))
     };
     // After the member's end, as a cold run's PID 1 does it once every process is gone.
@@ -919,7 +923,10 @@ pub fn try_warm(
             airlock_sandbox::phase("warm: released (handed to the daemon)");
             return ended.map(Some);
         }
-        // Ended above: released here.
+        // Ended above: released here (after the hang-up, as above).
+        if let Some(s) = stub.as_mut() {
+            s.hang_up();
+        }
         if release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in))) {
             pool::wake(&state);
         }
