@@ -434,7 +434,7 @@ fn send_parked(
         .filter(|p| helper.primed.as_ref() != Some(p));
     Ok(PendingAttach(Pending::Parked {
         sock: helper.sock,
-        ws_plan,
+        ws_plan: Box::new(ws_plan),
         mounts: mounts.clone(),
         primed,
         prime,
@@ -474,7 +474,7 @@ enum Pending {
     Done(Attached),
     Parked {
         sock: OwnedFd,
-        ws_plan: LaunchPlan,
+        ws_plan: Box<LaunchPlan>,
         mounts: ClaimMounts,
         /// The job sent is a primed one (the project directory for the primed overlay).
         primed: bool,
