@@ -169,23 +169,11 @@ pub struct ClaimMounts {
 /// Attach `mounts` (a claim's workspace, own binds and home files) in the running member in
 /// `dir` (plan: `plan`). `disk`: the folder an overlay's disk upper layer lives in (`upper`,
 /// `work`: a named sandbox's own folder, kept across stop/start, as its cold start keeps it
-/// there). `asked`: the member's namespaces, asked for ahead (`exec::ask_namespaces`). Blocks
-/// until done; nothing is attached when it fails.
+/// there). `asked`: the member's namespaces, asked for ahead (`exec::ask_namespaces`). Through a
+/// parked helper (`parked`) the job is sent here and answered at [`PendingAttach::finish`] —
+/// the helper attaches while the caller binds the rest of its claim; otherwise it is attached
+/// here. Nothing is attached when it fails.
 pub fn attach_workspace(
-    dir: &Path,
-    plan: &LaunchPlan,
-    mounts: &ClaimMounts,
-    disk: Option<&Path>,
-    asked: Option<super::exec::AskedNamespaces>,
-    parked: Option<ParkedHelper>,
-) -> Result<Attached, RunError> {
-    begin_attach_workspace(dir, plan, mounts, disk, asked, parked)?.finish()
-}
-
-/// [`attach_workspace`] in two steps: through a parked helper (`parked`), the job is sent
-/// here and answered at [`PendingAttach::finish`] — the helper attaches while the caller
-/// binds the rest of its claim. Otherwise it is attached here.
-pub fn begin_attach_workspace(
     dir: &Path,
     plan: &LaunchPlan,
     mounts: &ClaimMounts,
@@ -464,7 +452,7 @@ fn send_all_sources(
     send_job(sock, &parked_job(mounts, None), &prepared)
 }
 
-/// A workspace being attached ([`begin_attach_workspace`]): through the parked helper, its
+/// A workspace being attached ([`attach_workspace`]): through the parked helper, its
 /// job sent and its answer due; otherwise attached already.
 #[derive(Debug)]
 pub struct PendingAttach(Pending);

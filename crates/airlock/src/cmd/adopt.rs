@@ -143,6 +143,7 @@ pub fn try_adopt(
         // start), as its cold start keeps it.
         drop(
             attach::attach_workspace(&mdir, &plan, &mounts, Some(dir), None, None)
+                .and_then(attach::PendingAttach::finish)
                 .map_err(|e| e.to_string())?,
         );
         // Landlock lets its commands write where its `--rw` binds are, as a cold plan's.

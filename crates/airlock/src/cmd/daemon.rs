@@ -779,7 +779,7 @@ pub fn try_warm(
         } else {
             let helper = begun.as_mut().and_then(|b| b.workspace_helper());
             Some(
-                attach::begin_attach_workspace(&dir, &plan, &mounts, None, asked, helper)
+                attach::attach_workspace(&dir, &plan, &mounts, None, asked, helper)
                     .map_err(|e| e.to_string())?,
             )
         };
