@@ -88,6 +88,15 @@ fn prime_path(state: &Path, key: &str) -> PathBuf {
     dir(state).join(PRIME_DIR).join(format!("{key}.json"))
 }
 
+/// The project directory pool `key`'s new members are primed with ([`set_prime`]).
+pub fn primed_project(state: &Path, key: &str) -> Option<PathBuf> {
+    let bytes = fs::read(prime_path(state, key)).ok()?;
+    serde_json::from_slice::<airlock_sandbox::container::attach::Prime>(&bytes)
+        .ok()?
+        .lower()
+        .map(Path::to_path_buf)
+}
+
 /// Record `prime` (JSON) as the workspace pool `key`'s next members are primed with.
 pub fn set_prime(state: &Path, key: &str, prime: &[u8]) -> Result<(), String> {
     fs::DirBuilder::new()
@@ -714,6 +723,9 @@ pub struct PoolStatus {
     pub claim_p50_us: Option<u64>,
     pub claim_p95_us: Option<u64>,
     pub claim_p99_us: Option<u64>,
+    /// The project directory its new members' workspace is primed with (root-run overlay
+    /// pools, once a claim said which: `attach::Prime`).
+    pub primed: Option<PathBuf>,
 }
 
 /// A short description of a member spec.
@@ -765,6 +777,7 @@ pub fn status(store: &mut Store, state: &Path) -> Result<Vec<PoolStatus>, StoreE
             claim_p50_us: percentile(&lat, 50),
             claim_p95_us: percentile(&lat, 95),
             claim_p99_us: percentile(&lat, 99),
+            primed: primed_project(state, &p.key),
             key: p.key,
         });
     }

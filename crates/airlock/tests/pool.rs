@@ -1238,6 +1238,22 @@ fn primed_workspaces(a: &Airlock, label: &str) {
     assert_eq!(out.code(), 0, "{label}: {}", out.describe());
     assert!(!primed(&out), "{label}: {}", out.describe());
     assert_eq!(prime_dir.exists(), rootful, "{label}: the pool's prime");
+    // `daemon status` says what new members are primed with.
+    let primed_with = pool0(&status(a))["primed"].clone();
+    if rootful {
+        assert_eq!(primed_with, p.display().to_string(), "{label}");
+        let text = ok(a, &["daemon", "status"]);
+        assert!(
+            text.stdout.contains(&format!(
+                "new members primed with the workspace of {}",
+                p.display()
+            )),
+            "{label}: {}",
+            text.describe()
+        );
+    } else {
+        assert!(primed_with.is_null(), "{label}: {primed_with}");
+    }
 
     // Added on the host since the next member was primed: a file, and a protected path.
     wait_ready(a, 1, label);

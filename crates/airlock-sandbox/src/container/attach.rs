@@ -108,7 +108,8 @@ impl Prime {
             })
     }
 
-    fn lower(&self) -> Option<&Path> {
+    /// Its lower layer: the project directory.
+    pub fn lower(&self) -> Option<&Path> {
         match &self.step {
             MountStep::Overlay { lower, .. } => Some(lower),
             _ => None,

@@ -604,6 +604,12 @@ fn status(json: bool) -> CliResult<i32> {
             us(p.claim_p95_us),
             us(p.claim_p99_us)
         );
+        if let Some(project) = &p.primed {
+            outln!(
+                "  new members primed with the workspace of {}",
+                project.display()
+            );
+        }
     }
     Ok(0)
 }
