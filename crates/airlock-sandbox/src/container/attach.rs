@@ -108,6 +108,29 @@ impl Prime {
             })
     }
 
+    /// Its steps as a claim's: the one overlay (None: not an overlay on a tmpfs upper layer,
+    /// which no member is primed with).
+    fn mounts(&self) -> Option<ClaimMounts> {
+        let MountStep::Overlay {
+            lower,
+            upper: UpperStore::Tmpfs { .. },
+            ..
+        } = &self.step
+        else {
+            return None;
+        };
+        Some(ClaimMounts {
+            steps: vec![self.step.clone()],
+            own: 0..0,
+            sealed: if self.sealed {
+                vec![lower.clone()]
+            } else {
+                Vec::new()
+            },
+            owner: self.owner,
+        })
+    }
+
     /// Its lower layer: the project directory.
     pub fn lower(&self) -> Option<&Path> {
         match &self.step {
@@ -544,30 +567,13 @@ pub(super) fn prime(sock: &OwnedFd, dir: &Path, plan: &LaunchPlan) -> Vec<u8> {
     let Ok(prime) = serde_json::from_slice::<Prime>(&bytes) else {
         return Vec::new();
     };
-    let Some(lower) = prime.lower().filter(|_| {
-        matches!(
-            prime.step,
-            MountStep::Overlay {
-                upper: UpperStore::Tmpfs { .. },
-                ..
-            }
-        )
-    }) else {
+    let Some(mounts) = prime.mounts() else {
         return Vec::new();
     };
-    let mut ws_plan = plan.clone();
-    ws_plan.mounts = vec![prime.step.clone()];
-    ws_plan.sealed_sources = if prime.sealed {
-        vec![lower.to_path_buf()]
-    } else {
-        Vec::new()
-    };
+    let ws_plan = helper_plan(plan, &mounts);
     let job = ParkedJob {
-        mounts: ws_plan.mounts.clone(),
-        own: (0, 0),
         prime: true,
-        primed: None,
-        owner: Some(prime.owner),
+        ..parked_job(&mounts, None)
     };
     let sent =
         prepare_sources(&ws_plan, prime.owner).and_then(|prepared| send_job(sock, &job, &prepared));

@@ -197,9 +197,7 @@ impl Stub {
             .ok_or_else(|| RunError::Setup("the exec stub got its namespaces already".into()))?;
         sys::send_fds(sock.as_raw_fd(), b"ns", &raw).map_err(io_err("hand the exec stub over"))
     }
-}
 
-impl Stub {
     /// Once PID 1 has exited: until the stub of a claimed member has exited by itself (it
     /// does once its claimer hangs up: the claimer's last steps and exit come first, and the
     /// member's teardown — the stub, the namespaces it holds, the parked helper, the cgroup —

@@ -902,15 +902,18 @@ pub fn try_warm(
     let wake = if hand {
         false
     } else {
-        // Released here, the member's teardown is waited for: it follows the stub's hang-up.
-        if let Some(s) = stub.as_mut() {
-            s.hang_up();
-        }
-        release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in)))
+        release_here(
+            &mut stub,
+            &mut store,
+            &state,
+            &member,
+            &dir,
+            (&key, claimed_in),
+        )
     };
     // After the member's end, as a cold run's PID 1 does it once every process is gone.
-    // The parked workspace helper's socket is held until this process exits (it exits
-    // then, off this run's path).
+    // The parked workspace helper's socket is held until this claim returns (the helper
+    // exits then, off this run's path).
     let changes = attached.changes();
     let _attached = attached;
     let end = |ran: CliResult<airlock_sandbox::isolation::Outcome>| {
@@ -929,11 +932,15 @@ pub fn try_warm(
             airlock_sandbox::phase("warm: released (handed to the daemon)");
             return ended.map(Some);
         }
-        // Ended above: released here (after the hang-up, as above).
-        if let Some(s) = stub.as_mut() {
-            s.hang_up();
-        }
-        if release_unwoken(&mut store, &state, &member, &dir, Some((&key, claimed_in))) {
+        // Ended above: released here.
+        if release_here(
+            &mut stub,
+            &mut store,
+            &state,
+            &member,
+            &dir,
+            (&key, claimed_in),
+        ) {
             pool::wake(&state);
         }
         if let Some(cg) = cgroup {
@@ -1274,6 +1281,23 @@ impl MemberEnd {
     fn wait(self) {
         airlock_sandbox::sys::wait_readable(&self.0, Duration::from_secs(2));
     }
+}
+
+/// [`release_unwoken`] of a claimed member whose command ran through its stub (`stub`): the
+/// stub is hung up on first — the member's teardown, which the release waits for, follows
+/// that hang-up (`Stub::wait_claimer`).
+fn release_here(
+    stub: &mut Option<airlock_sandbox::container::stub::StubExit>,
+    store: &mut Records,
+    state: &Path,
+    member: &pool::Member,
+    dir: &Path,
+    done: (&str, Duration),
+) -> bool {
+    if let Some(s) = stub.as_mut() {
+        s.hang_up();
+    }
+    release_unwoken(store, state, member, dir, Some(done))
 }
 
 /// [`release`] of a member already ended ([`end_member`]), except that a running daemon is
