@@ -389,8 +389,8 @@ fn answer(conn: UnixStream, name: &std::sync::Mutex<Option<String>>, ctx: &Arc<C
     let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
     bytes.push(b'\n');
     if (&conn).write_all(&bytes).is_ok() {
-        if let Some((tx, rx)) = tapped {
-            stream_events(conn, ctx.clone(), tx, rx);
+        if let Some(tapped) = tapped {
+            stream_events(conn, ctx.clone(), tapped);
         }
     }
 }
@@ -422,20 +422,31 @@ enum Streamed {
     End,
 }
 
-/// `ctx`'s events from now on, over a bounded queue (its sender, for the `sync`s, and its
-/// receiver): a claimer that stops reading holds up its own sandbox's connections only; once
-/// the receiver is gone, the journal drops the tap.
-fn tap_events(
-    ctx: &Ctx,
-) -> (
-    std::sync::mpsc::SyncSender<Streamed>,
-    std::sync::mpsc::Receiver<Streamed>,
-) {
+/// `ctx`'s events from now on, over a bounded queue: a claimer that stops reading holds up its
+/// own sandbox's connections only; once the receiver is gone, the journal drops the tap.
+struct Tapped {
+    /// For the `sync`s (the `End`), behind the events.
+    tx: std::sync::mpsc::SyncSender<Streamed>,
+    rx: std::sync::mpsc::Receiver<Streamed>,
+    /// Events sent and not written to the claimer yet.
+    unwritten: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn tap_events(ctx: &Ctx) -> Tapped {
+    use std::sync::atomic::Ordering::SeqCst;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Streamed>(1024);
     let tap_tx = tx.clone();
-    ctx.journal
-        .tap(move |ev| tap_tx.send(Streamed::Event(ev.clone())).is_ok());
-    (tx, rx)
+    let unwritten = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = unwritten.clone();
+    ctx.journal.tap(move |ev| {
+        counted.fetch_add(1, SeqCst);
+        let sent = tap_tx.send(Streamed::Event(ev.clone())).is_ok();
+        if !sent {
+            counted.fetch_sub(1, SeqCst);
+        }
+        sent
+    });
+    Tapped { tx, rx, unwritten }
 }
 
 /// How many claims' event streams this process is serving ([`stream_events`]), and their ends.
@@ -480,19 +491,31 @@ pub fn wait_streams(limit: Duration) {
     }
 }
 
-/// The supervisor's side of a [`Watch`]: the tapped events (`rx`) to `conn`, and its `sync`s
+/// One line to the claimer (a line at a time: two threads write).
+fn write_line(out: &std::sync::Mutex<UnixStream>, line: &[u8]) -> std::io::Result<()> {
+    let conn = out.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line);
+    buf.push(b'\n');
+    (&*conn).write_all(&buf)
+}
+
+/// The supervisor's side of a [`Watch`]: the tapped events to `conn`, and its `sync`s
 /// answered in their order, on threads of their own (the policy socket goes on serving
-/// `allow`/`deny`), until the claimer hangs up.
-fn stream_events(
-    conn: UnixStream,
-    ctx: Arc<Ctx>,
-    sync_tx: std::sync::mpsc::SyncSender<Streamed>,
-    rx: std::sync::mpsc::Receiver<Streamed>,
-) {
+/// `allow`/`deny`), until the claimer hangs up. A `sync` with every event before it written
+/// already (the usual case: a command that made no connection) is answered by the thread
+/// that reads it, without a hop through the streaming thread.
+fn stream_events(conn: UnixStream, ctx: Arc<Ctx>, tapped: Tapped) {
+    use std::sync::atomic::Ordering::SeqCst;
+    const SYNCED: &[u8] = br#"{"synced":true}"#;
+    let Tapped { tx, rx, unwritten } = tapped;
     let Ok(reading) = conn.try_clone() else {
         return;
     };
     let _ = reading.set_read_timeout(None);
+    let out = Arc::new(std::sync::Mutex::new(conn));
+    let answering = out.clone();
+    let written = unwritten.clone();
     let reader = std::thread::Builder::new()
         .name("policy-watch-in".into())
         .spawn(move || {
@@ -503,7 +526,20 @@ fn stream_events(
                         // decided are journaled first (briefly: what it left running may
                         // keep its connections open).
                         ctx.settle(SYNC_SETTLE);
-                        if sync_tx.send(Streamed::Sync).is_err() {
+                        // Every event recorded by now was sent (the tap sends as it records):
+                        // none unwritten, none can be written after this answer.
+                        if written.load(SeqCst) == 0 {
+                            let conn = answering.lock().unwrap_or_else(PoisonError::into_inner);
+                            if written.load(SeqCst) == 0 {
+                                let mut line = SYNCED.to_vec();
+                                line.push(b'\n');
+                                if (&*conn).write_all(&line).is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
+                        if tx.send(Streamed::Sync).is_err() {
                             return;
                         }
                     }
@@ -511,7 +547,7 @@ fn stream_events(
                     Err(_) => break,
                 }
             }
-            let _ = sync_tx.send(Streamed::End);
+            let _ = tx.send(Streamed::End);
         });
     if reader.is_err() {
         return;
@@ -521,21 +557,22 @@ fn stream_events(
         .name("policy-watch-out".into())
         .spawn(move || {
             let _streaming = streaming;
-            let mut out = std::io::BufWriter::new(&conn);
             for msg in rx {
-                let line = match msg {
-                    Streamed::Event(ev) => serde_json::to_vec(&ev).unwrap_or_default(),
-                    Streamed::Sync => br#"{"synced":true}"#.to_vec(),
+                let sent = match msg {
+                    Streamed::Event(ev) => {
+                        let line = serde_json::to_vec(&ev).unwrap_or_default();
+                        let sent = write_line(&out, &line);
+                        unwritten.fetch_sub(1, SeqCst);
+                        sent
+                    }
+                    Streamed::Sync => write_line(&out, SYNCED),
                     Streamed::End => break,
                 };
-                let sent = out
-                    .write_all(&line)
-                    .and_then(|()| out.write_all(b"\n"))
-                    .and_then(|()| out.flush());
                 if sent.is_err() {
                     break;
                 }
             }
+            let conn = out.lock().unwrap_or_else(PoisonError::into_inner);
             let _ = conn.shutdown(std::net::Shutdown::Both);
         });
 }
@@ -651,56 +688,126 @@ impl PendingClaim {
 
 /// A claimer's copy of its member's egress journal: the events the member's supervisor sends
 /// after the claim, recorded in a journal of the claimer's (the run's `--net-log`, denials
-/// said on its stderr: as a cold start's supervisor records its own) by a thread of its own,
-/// started by [`Watch::follow`] — once the claimer has made its last fork for the claim (a
-/// child forked beside a running thread could find a lock held forever). Until then the
-/// events wait in the member's queue.
+/// said on its stderr: as a cold start's supervisor records its own). Either the claimer reads
+/// them itself while it waits for its command (as a [`Side`](airlock_sandbox::container::stub::Side)),
+/// or a thread of its own does, started by [`Watch::follow`] — once the claimer has made its
+/// last fork for the claim (a child forked beside a running thread could find a lock held
+/// forever). Until then the events wait in the member's queue.
 #[derive(Debug)]
 pub struct Watch {
     conn: UnixStream,
-    /// What the reading thread takes (a clone of `conn`, the journal, the sync signal).
-    pending: Option<(
-        UnixStream,
-        Box<airlock_egress::journal::Journal>,
-        std::sync::mpsc::Sender<()>,
-    )>,
-    synced: std::sync::mpsc::Receiver<()>,
+    /// The journal, until a reading thread takes it.
+    journal: Option<Box<airlock_egress::journal::Journal>>,
+    /// Read by this thread ([`Watch::take_ready`]): the start of a line not complete yet.
+    partial: Vec<u8>,
+    /// A reading thread's: its `synced` signal and its handle.
+    synced: Option<std::sync::mpsc::Receiver<()>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
+
+/// The member's answer to a `sync`: every event before it is sent.
+const SYNCED: &[u8] = br#"{"synced":true}"#;
 
 impl Watch {
     fn new(
         conn: UnixStream,
         journal: airlock_egress::journal::Journal,
     ) -> Result<Self, BackendError> {
-        let failed = |e: std::io::Error| BackendError::Failed(format!("the policy socket: {e}"));
-        let reading = conn.try_clone().map_err(failed)?;
-        reading.set_read_timeout(None).map_err(failed)?;
-        let (synced_tx, synced) = std::sync::mpsc::channel();
+        conn.set_read_timeout(None)
+            .map_err(|e| BackendError::Failed(format!("the policy socket: {e}")))?;
         Ok(Self {
             conn,
-            pending: Some((reading, Box::new(journal), synced_tx)),
-            synced,
+            journal: Some(Box::new(journal)),
+            partial: Vec::new(),
+            synced: None,
             reader: None,
         })
+    }
+
+    /// Readable: record the events that came, without waiting for more. False once there is
+    /// nothing more to read (the member's end hung up, or the watch is followed by a thread).
+    fn take_ready(&mut self) -> bool {
+        if self.journal.is_none() {
+            return false;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        match nix::sys::socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(&self.conn),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.lines(&buf[..n]);
+                true
+            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// The complete lines in what came (`data` after the partial line before it) recorded;
+    /// true at the `synced` line (nothing comes after it).
+    fn lines(&mut self, data: &[u8]) -> bool {
+        self.partial.extend_from_slice(data);
+        let mut synced = false;
+        let mut used = 0;
+        while let Some(i) = self.partial[used..].iter().position(|&b| b == b'\n') {
+            let line = &self.partial[used..used + i];
+            used += i + 1;
+            if line == SYNCED {
+                synced = true;
+                break;
+            }
+            if let (Some(j), Ok(ev)) = (&self.journal, serde_json::from_slice(line)) {
+                j.record(&ev);
+            }
+        }
+        self.partial.drain(..used);
+        if self.partial.len() as u64 > MAX_LINE {
+            self.partial.clear();
+        }
+        synced
     }
 
     /// Record the member's events from now on, on a thread of this process's own. Call it
     /// after the last fork this process makes for the claim, before the command runs (its
     /// events then are said while it runs, and the member's queue never fills).
     pub fn follow(&mut self) {
-        let Some((reading, journal, synced_tx)) = self.pending.take() else {
+        let Some(journal) = self.journal.take() else {
             return;
         };
+        let Ok(reading) = self.conn.try_clone() else {
+            self.journal = Some(journal);
+            return;
+        };
+        let (synced_tx, synced) = std::sync::mpsc::channel();
+        let partial = std::mem::take(&mut self.partial);
+        self.synced = Some(synced);
         self.reader = std::thread::Builder::new()
             .name("egress-events".into())
             .spawn(move || {
-                for line in BufReader::new(reading).lines() {
-                    let Ok(line) = line else { break };
-                    if line == r#"{"synced":true}"# {
-                        let _ = synced_tx.send(());
-                    } else if let Ok(ev) = serde_json::from_str(&line) {
-                        journal.record(&ev);
+                let mut me = Watch {
+                    conn: reading,
+                    journal: Some(journal),
+                    partial,
+                    synced: None,
+                    reader: None,
+                };
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    match (&me.conn).read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if me.lines(&buf[..n]) {
+                                // The last events are in: this thread's work is done (one
+                                // sync per watch, at its end).
+                                let _ = synced_tx.send(());
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
                     }
                 }
             })
@@ -708,16 +815,57 @@ impl Watch {
     }
 
     /// After the claim's command: wait (two seconds at most) until every event the member
-    /// recorded before now is recorded here, then hang up.
-    pub fn finish(mut self) {
-        self.follow();
-        if (&self.conn).write_all(b"sync\n").is_ok() {
-            let _ = self.synced.recv_timeout(Duration::from_secs(2));
-        }
+    /// recorded before now is recorded here, then hang up. False: they may not all be (the
+    /// member did not answer in time, or is gone).
+    pub fn finish(mut self) -> bool {
+        let asked = (&self.conn).write_all(b"sync\n").is_ok();
+        let limit = Duration::from_secs(2);
+        let synced = match self.synced.take() {
+            // A reading thread records them; synced, it ends by itself (nothing of it is
+            // waited for), otherwise at the hang-up below.
+            Some(rx) => asked && rx.recv_timeout(limit).is_ok(),
+            None => asked && self.read_to_synced(limit),
+        };
         let _ = self.conn.shutdown(std::net::Shutdown::Both);
-        if let Some(r) = self.reader.take() {
+        if let Some(r) = self.reader.take().filter(|_| !synced) {
             let _ = r.join();
         }
+        synced
+    }
+
+    /// This thread's reading, until the `synced` line (true), the end or `limit`.
+    fn read_to_synced(&mut self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.conn.set_read_timeout(Some(left)).is_err() {
+                return false;
+            }
+            match (&self.conn).read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    if self.lines(&buf[..n]) {
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// A claimer that reads the events itself while it waits for its command (no thread follows
+/// them).
+impl airlock_sandbox::container::stub::Side for Watch {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.conn.as_fd()
+    }
+
+    fn readable(&mut self) -> bool {
+        self.take_ready()
     }
 }
 
@@ -962,6 +1110,56 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A claimer that reads its events itself, as it waits for its command (no thread), gets
+    /// each as it comes, and after `finish` every one before it, in order, however many; its
+    /// `sync` is answered whether events are still queued at the member (the streaming
+    /// thread answers it behind them) or none are (the reading thread answers it at once).
+    #[test]
+    fn a_claimer_reading_its_events_itself_gets_them_all_in_order() {
+        use airlock_sandbox::container::stub::Side;
+        let (dir, ctx) = served();
+        let got = Shared::default();
+        let mut watch = watching_claim(&dir, &got);
+        let sent: Vec<_> = (0..600).map(|i| denied(&format!("h{i}.test"))).collect();
+        for e in &sent[..300] {
+            ctx.journal.record(e);
+        }
+        // As the claimer's wait does: poll, then take what came.
+        let lines = |got: &Shared| {
+            got.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while lines(&got) < 300 && std::time::Instant::now() < deadline {
+            let mut fds = [nix::poll::PollFd::new(
+                watch.fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+            assert!(watch.readable(), "the member hung up");
+        }
+        assert_eq!(lines(&got), 300, "not said as they came");
+        for e in &sent[300..] {
+            ctx.journal.record(e);
+        }
+        assert!(watch.finish(), "not synced");
+        let text = String::from_utf8(got.0.lock().unwrap().clone()).unwrap();
+        let back: Vec<airlock_egress::journal::Event> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(back == sent, "not the events sent, in order: {text}");
+        // Nothing queued at the member: answered all the same.
+        let quiet = Shared::default();
+        assert!(watching_claim(&dir, &quiet).finish(), "not synced");
+        assert!(quiet.0.lock().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A member's supervisor whose sandbox has ended waits (`wait_streams`) until its claimer's
     /// event stream has ended: a claimer that ends the member before it asks for the last
     /// events still gets them, and its `sync` its answer.
@@ -985,7 +1183,7 @@ mod tests {
             "the supervisor went before its claimer's last sync"
         );
         ctx.journal.record(&denied("last.test"));
-        watch.finish();
+        assert!(watch.finish(), "not synced");
         supervisor.join().unwrap();
         let text = String::from_utf8(got.0.lock().unwrap().clone()).unwrap();
         assert!(text.contains("last.test"), "{text}");

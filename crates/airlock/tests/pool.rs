@@ -12,7 +12,7 @@ use common::internet::Internet;
 use common::{cgroups_named, e2e, mounts_under, pids_with_marker, wait_until, Airlock, Bins};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Stops the test's daemon (SIGKILL, then `daemon stop` drains what it left) however the test
 /// ends.
@@ -398,6 +398,48 @@ fn warm_runs_say_and_journal_their_egress(a: &Airlock, label: &str) {
     assert!(
         !text.contains("first.example"),
         "{label}: another claim's decision is in this one's journal: {text}"
+    );
+    // Said as it happens, while the command still runs (not at its end).
+    assert!(
+        wait_until(Duration::from_secs(60), || pool0(&status(a))["ready"] == 1),
+        "{label}: no refill: {}",
+        status(a)
+    );
+    let mut cmd = a.command(&[
+        "run",
+        "--workspace",
+        "none",
+        "--",
+        "sh",
+        "-c",
+        "getent hosts live.example; sleep 4; echo done",
+    ]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn airlock");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) > 0 {
+        said.push_str(&line);
+        if line.contains("airlock: blocked live.example:53") {
+            break;
+        }
+        line.clear();
+    }
+    // The command sleeps 4 s after its lookup: said then, the run is far from its end.
+    let said_at = Instant::now();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+    let status = child.wait().expect("wait");
+    let before_end = said_at.elapsed();
+    assert!(
+        said.contains("warm start") && said.contains("airlock: blocked live.example:53"),
+        "{label}: {said}"
+    );
+    assert!(
+        status.success() && before_end > Duration::from_secs(2),
+        "{label}: the denial was said {before_end:?} before the run's end, not while the \
+         command ran ({status}): {said}"
     );
 }
 

@@ -700,6 +700,7 @@ fn serve_parked(sock: &OwnedFd, mntns: &OwnedFd, plan: &LaunchPlan) -> ! {
                     // process's end — its own mount namespace's teardown — is not on the
                     // claim's path then.
                     let _ = nix::unistd::read(sock, &mut [0u8; 1]);
+                    sys::background();
                 }
                 drop(built);
                 sys::exit_now(0)

@@ -279,6 +279,7 @@ pub fn exec(
         &result_rd,
         deadline,
         None,
+        None,
     )
     .map_err(io_err("supervise the command"))?;
     let status = nix::sys::wait::waitpid(child, None)

@@ -707,15 +707,20 @@ fn run_in(
         &result_rd,
         deadline,
         opts.defer_signal,
+        None,
     )
     .map_err(io_err("supervise the sandbox"))?;
     let status = nix::sys::wait::waitpid(child, None)
         .map_err(|e| io_err("wait for the sandbox")(e.into()))?;
 
     crate::phase("child exited");
-    // A claimed member: its teardown after its claimer's exit (briefly).
+    // A claimed member: its teardown after its claimer's exit (briefly), and out of the way
+    // of whatever runs next (the claimer's caller goes on as the claimer exits; nobody waits
+    // for this teardown but the daemon that removes the member).
     if let (Some(s), Some(dir)) = (&stub, opts.persist) {
-        s.wait_claimer(dir, std::time::Duration::from_millis(100));
+        if s.wait_claimer(dir, std::time::Duration::from_millis(100)) {
+            sys::background();
+        }
     }
     drop(pasta);
     // Every process of the sandbox is gone, so are its ends of its connections: the threads

@@ -15,6 +15,7 @@
 
 use super::error::{io_err, RunError};
 use super::exec::{become_command, enter_and_relay, relay, Inside, NAMESPACES};
+pub use super::tty::Side;
 use super::{seccomp, tty};
 use crate::cgroup::Cgroup;
 use crate::command::{Ending, ExecRequest, Outcome};
@@ -202,14 +203,12 @@ impl Stub {
     /// does once its claimer hangs up: the claimer's last steps and exit come first, and the
     /// member's teardown — the stub, the namespaces it holds, the parked helper, the cgroup —
     /// after them), `limit` at most. A member never claimed (its socket still there): not at
-    /// all.
-    pub(super) fn wait_claimer(&self, dir: &Path, limit: std::time::Duration) {
+    /// all. True: the stub ended after its claimer, who needs nothing more of the member.
+    pub(super) fn wait_claimer(&self, dir: &Path, limit: std::time::Duration) -> bool {
         if dir.join(STUB_SOCKET).exists() {
-            return;
+            return false;
         }
-        if let Ok(fd) = sys::pidfd_open(self.pid.as_raw()) {
-            sys::wait_readable(&fd, limit);
-        }
+        sys::pidfd_open(self.pid.as_raw()).is_ok_and(|fd| sys::wait_readable(&fd, limit))
     }
 }
 
@@ -393,6 +392,7 @@ fn serve(
         // supervisor waits for that (`Stub::wait_claimer`, briefly), then kills it.
         if written && end_at_exit {
             let _ = (&conn).read(&mut [0u8; 1]);
+            sys::background();
         }
         sys::exit_now(0)
     };
@@ -978,7 +978,9 @@ impl Begun {
             return None;
         }
         skip_unasked_hello(&self.conn, self.pid);
-        match sys::recv_fds(self.conn.as_raw_fd(), 1) {
+        let answer = sys::recv_fds(self.conn.as_raw_fd(), 1);
+        crate::phase("warm: the stub's workspace helper");
+        match answer {
             Ok((data, mut fds)) if data.first() == Some(&b'W') && fds.len() == 1 => fds
                 .pop()
                 .map(|sock| super::attach::ParkedHelper::new(sock, &data[1..])),
@@ -987,11 +989,11 @@ impl Begun {
     }
 
     /// The claim is bound (the member's plan `plan`, read meanwhile): the command starts now;
-    /// `started` is called once it may (its go written), then until its status.
+    /// until its status, `side` is served too (a claim's egress events).
     pub fn go(
         mut self,
         plan: &LaunchPlan,
-        started: impl FnOnce(),
+        side: Option<&mut dyn Side>,
     ) -> Result<(Outcome, StubExit), RunError> {
         // An answer about the workspace helper that was not taken comes before the status.
         drop(self.workspace_helper());
@@ -1015,7 +1017,6 @@ impl Begun {
             sys::write_all_raw(go.as_raw_fd(), &[GO]);
             crate::phase("warm: go sent to the parked child");
         }
-        started();
         let child = Pid::from_raw(self.pid);
         let deadline = self.timeout.map(|t| std::time::Instant::now() + t);
         // Woken by the connection: the status the stub writes before it exits, or its end
@@ -1029,6 +1030,7 @@ impl Begun {
             &self.result_rd,
             deadline,
             None,
+            side,
         )
         .map_err(io_err("supervise the command"))?;
         let mut stub = StubExit {

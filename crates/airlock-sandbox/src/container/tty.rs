@@ -92,12 +92,23 @@ fn copy(from: RawFd, to: RawFd) -> io::Result<usize> {
     Ok(n)
 }
 
+/// A connection [`supervise`] serves beside the rest (a warm claim's egress events).
+pub trait Side {
+    /// What to wait on.
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_>;
+    /// It is readable: take what came, without waiting. False: it is done (polled no more).
+    fn readable(&mut self) -> bool;
+}
+
 /// Wait for the sandbox's PID 1 to exit while relaying signals and the terminal.
 /// Returns whether the timeout fired (the sandbox was then killed).
 /// Also collects what PID 1 reports on `result` (read as it arrives, so a large report never
 /// blocks PID 1). Returns (timed out, report bytes).
 /// `defer`: asked about each relayed signal (save SIGWINCH); `Some(d)` holds it back, to be
 /// sent only if the sandbox still runs after `d` (a microVM first asks its guest to power off).
+/// `side`: another connection served meanwhile (a warm claim's egress events): called when its
+/// descriptor is readable, polled no more once it answers false.
+#[allow(clippy::too_many_arguments)]
 pub fn supervise(
     pidfd: &OwnedFd,
     child: Pid,
@@ -106,6 +117,7 @@ pub fn supervise(
     result: &OwnedFd,
     deadline: Option<Instant>,
     defer: Option<&(dyn Fn(Signal) -> Option<std::time::Duration> + Sync)>,
+    mut side: Option<&mut dyn Side>,
 ) -> io::Result<(bool, Vec<u8>)> {
     const MAX_REPORT: usize = 8 << 20;
     let mut report = Vec::new();
@@ -155,6 +167,10 @@ pub fn supervise(
             fds.push(PollFd::new(stdin, PollFlags::POLLIN));
             fds.len() - 1
         });
+        let side_at = side.as_ref().map(|s| {
+            fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
         match poll(&mut fds, timeout) {
             Ok(0) if deadline.is_some_and(|d| !timed_out && d <= Instant::now()) => {
                 timed_out = true;
@@ -179,6 +195,11 @@ pub fn supervise(
             at(master_at),
             at(stdin_at),
         );
+        let side_ready = at(side_at);
+        drop(fds);
+        if side_ready && !side.as_mut().is_some_and(|s| s.readable()) {
+            side = None;
+        }
         if result_ready {
             let mut buf = [0u8; 64 * 1024];
             match nix::unistd::read(result, &mut buf) {

@@ -407,6 +407,18 @@ pub fn write_all_raw(fd: RawFd, mut buf: &[u8]) {
     }
 }
 
+/// The calling thread at the lowest priority (`SCHED_IDLE`): work that must not stand in the
+/// way of anything else — a claimed member's teardown once its claimer is done, beside the
+/// claimer's own exit and whatever its caller does next (on a small machine, the caller woken
+/// by the claimer's exit waited for a CPU the teardown had). Any other task preempts it at
+/// once; on a machine kept busy by other work it gets a trickle of CPU, so the teardown (which
+/// only the daemon's removal of the member waits for) takes longer there.
+pub fn background() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+}
+
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and runs no atexit handlers (correct in a forked child).
     unsafe { libc::_exit(code) }

@@ -764,8 +764,10 @@ pub fn try_warm(
         // read: it needs none of it) and is answered after the workspace is attached: the two
         // bind at once, on two CPUs.
         let pending = begin_policy(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
+        airlock_sandbox::phase("warm: policy sent");
         let mut plan = airlock_sandbox::folder::read_plan(&dir)
             .map_err(|e| format!("the member's plan: {e}"))?;
+        airlock_sandbox::phase("warm: plan read");
         plan.rlimit_nproc = limits.pids;
         // A chosen hostname (a random `run-…` one is as good as the member's): UTS name,
         // /etc/hostname and /etc/hosts, as the cold start's.
@@ -852,19 +854,17 @@ pub fn try_warm(
     // (joining a cgroup waits for an RCU grace period on cgroup v1). A member without a stub:
     // exec joins it.
     let mut stub = None;
-    // Its egress events, said while it runs: the reading thread starts once this process's
-    // forks for the claim are done (the helpers that bound secrets, hostname and workspace;
-    // a child forked beside a running thread could find a lock held forever) — right after
-    // the go, so that its start overlaps the command's (the events wait on the socket until
-    // then). Not before exec's fork for a member without a stub: its events are then read
-    // after the command.
+    // Its egress events, said while it runs: read by this process as it waits for the
+    // command (no thread: its start would share the CPUs with the command's, and the last
+    // events' sync is then one exchange). A member without a stub: read after the command.
     let ran = match begun {
         Some(b) => b
-            .go(&plan, || {
-                if let Some(w) = &mut watch {
-                    w.follow();
-                }
-            })
+            .go(
+                &plan,
+                watch
+                    .as_mut()
+                    .map(|w| w as &mut dyn airlock_sandbox::container::stub::Side),
+            )
             .map(|(o, s)| {
                 stub = Some(s);
                 o
