@@ -1273,6 +1273,7 @@ fn primed_workspaces(a: &Airlock, label: &str) {
         out
     };
     let primed = |o: &common::Outcome| o.stderr.contains("attach: parked helper answered (primed)");
+    let ahead = |o: &common::Outcome| o.stderr.contains("attach: sources sent ahead (primed)");
     let prime_dir = a.state_dir().join("pool/prime");
 
     // The first claim's member started before any claim said which workspace.
@@ -1307,6 +1308,8 @@ fn primed_workspaces(a: &Airlock, label: &str) {
     );
     assert_eq!(out.code(), 0, "{label}: {}", out.describe());
     assert_eq!(primed(&out), rootful, "{label}: {}", out.describe());
+    // Its job went to the helper through the stub, right behind the request.
+    assert_eq!(ahead(&out), rootful, "{label}: {}", out.describe());
     assert_eq!(out.stdout, "late\nrc=2\n", "{label}: {}", out.describe());
     assert!(
         out.stderr.contains("Read-only file system"),
@@ -1330,6 +1333,8 @@ fn primed_workspaces(a: &Airlock, label: &str) {
     let out = timed("ls -A; cat NEW");
     assert_eq!(out.code(), 0, "{label}: {}", out.describe());
     assert!(!primed(&out), "{label}: {}", out.describe());
+    // The job sent ahead named the project's path: the helper refused it all the same.
+    assert_eq!(ahead(&out), rootful, "{label}: {}", out.describe());
     assert_eq!(
         out.stderr.contains("attach: parked helper answered"),
         rootful,

@@ -146,16 +146,67 @@ impl Prime {
 pub struct ParkedHelper {
     sock: OwnedFd,
     primed: Option<Prime>,
+    /// The stub handed the helper this claim's job, sent ahead with the request
+    /// ([`AheadJob`]): it is not sent again.
+    ahead: bool,
 }
 
 impl ParkedHelper {
-    /// From the stub's answer: the socket, and after the `W` the prime it sent the helper.
-    pub(super) fn new(sock: OwnedFd, primed: &[u8]) -> Self {
+    /// From the stub's answer: the socket, and after the `W` (or `J`: the job sent ahead was
+    /// handed over) the prime it sent the helper.
+    pub(super) fn new(sock: OwnedFd, primed: &[u8], ahead: bool) -> Self {
         ParkedHelper {
             sock,
             primed: serde_json::from_slice(primed).ok(),
+            ahead,
         }
     }
+}
+
+/// A claim's job for the member's parked helper sent ahead, right behind the claim's request
+/// to the exec stub, which hands it to the helper at once if the helper was primed with this
+/// workspace ([`Prime`]) — so the helper takes its overlay while the claim is bound (its
+/// policy, its plan read, its limits) instead of after the stub's answer. For a claim whose
+/// one mount with a source is the primed overlay (the default `run`: the overlay and its
+/// protect steps): its project directory opened as
+/// [`send_parked`] opens it for a primed helper, the same job. The helper checks the
+/// directory as it does every primed job (the same directory as its lower layer, else `N` and
+/// every source is sent after all).
+pub struct AheadJob {
+    /// The prime it is for, as JSON (the stub compares it with its helper's).
+    pub(super) prime: Vec<u8>,
+    /// The helper's message ([`send_job`]'s).
+    pub(super) msg: Vec<u8>,
+    pub(super) project: OwnedFd,
+}
+
+impl AheadJob {
+    /// The job of a claim whose one mount with a source is an overlay a member can be primed
+    /// with; None otherwise, or when its project directory does not open.
+    pub fn of(mounts: &ClaimMounts) -> Option<AheadJob> {
+        let (i, prime) = Prime::of(mounts)?;
+        // No other step has a source (its protect and pin steps have none).
+        let which: Vec<u8> = (0..mounts.steps.len()).map(|j| u8::from(j == i)).collect();
+        if (mounts.steps.iter().enumerate()).any(|(j, s)| j != i && rootfs::has_source(s)) {
+            return None;
+        }
+        let project = open_lower(&prime)?;
+        let msg = job_message(&parked_job(mounts, Some(i)), &which).ok()?;
+        Some(AheadJob {
+            prime: serde_json::to_vec(&prime).ok()?,
+            msg,
+            project,
+        })
+    }
+}
+
+/// Whether the JSON primes `a` and `b` (the claim's sent ahead, the stub's helper's) are the
+/// same workspace.
+pub(super) fn same_prime(a: &[u8], b: &[u8]) -> bool {
+    matches!(
+        (serde_json::from_slice::<Prime>(a), serde_json::from_slice::<Prime>(b)),
+        (Ok(x), Ok(y)) if x == y
+    )
 }
 
 /// Whether a member can take these workspace steps at claim without a folder for an
@@ -382,13 +433,20 @@ struct ParkedJob {
 
 /// Send the parked helper `job` and the sources (one per step of `job.mounts`).
 fn send_job(sock: &OwnedFd, job: &ParkedJob, prepared: &rootfs::Prepared) -> Result<(), RunError> {
+    let (which, raw) = sources_sent(prepared);
+    let msg = job_message(job, &which)?;
+    sys::send_fds(sock.as_raw_fd(), &msg, &raw)
+        .map_err(io_err("hand the member's workspace helper the sources"))
+}
+
+/// The helper's message for `job`: the JSON's length, the JSON, and `which` (one byte per
+/// step: whether a source comes for it; the sources' fds go with the message).
+fn job_message(job: &ParkedJob, which: &[u8]) -> Result<Vec<u8>, RunError> {
     let json = serde_json::to_vec(job).map_err(|e| RunError::Setup(e.to_string()))?;
     let mut msg = (json.len() as u32).to_le_bytes().to_vec();
     msg.extend_from_slice(&json);
-    let (which, raw) = sources_sent(prepared);
-    msg.extend(which);
-    sys::send_fds(sock.as_raw_fd(), &msg, &raw)
-        .map_err(io_err("hand the member's workspace helper the sources"))
+    msg.extend_from_slice(which);
+    Ok(msg)
 }
 
 /// The parked helper's answer to a claim's job: the overlay's directories (`W`), or that a
@@ -422,7 +480,11 @@ fn send_parked(
     let ws_plan = helper_plan(plan, mounts);
     let wanted = Prime::of(mounts);
     let mut primed = false;
-    if let Some((i, p)) = wanted
+    if helper.ahead {
+        // Its job is with the helper already (the stub handed it over, the prime the same).
+        crate::phase("attach: sources sent ahead (primed)");
+        primed = true;
+    } else if let Some((i, p)) = wanted
         .as_ref()
         .filter(|(_, p)| helper.primed.as_ref() == Some(p))
     {

@@ -41,6 +41,18 @@ fn internal(what: &'static str, path: &Path, why: &str) -> MountError {
 /// Detached mounts opened ahead of time, by step index (binds, devices, overlay lowers).
 pub type Prepared<F = OwnedFd> = Vec<Option<F>>;
 
+/// Whether [`prepare`] opens a source for `step`.
+pub fn has_source(step: &MountStep) -> bool {
+    matches!(
+        step,
+        MountStep::BindRo { .. }
+            | MountStep::BindRw { .. }
+            | MountStep::Overlay { .. }
+            | MountStep::Device { .. }
+            | MountStep::ImageLayer { .. }
+    )
+}
+
 /// Open the sources of every bind-like step as detached mounts with their final flags.
 /// Root-run sandboxes do this in the privileged parent (it can traverse any host path and
 /// apply idmappings); rootless ones in the child.
@@ -77,6 +89,7 @@ pub fn prepare<O: Os>(
                 MountStep::ImageLayer { source } => {
                     (source.clone(), base | sys::MOUNT_ATTR_RDONLY, None)
                 }
+                // (`has_source`: false)
                 _ => return Ok(None),
             };
             // The user's sources (and the project) were canonical when checked: a symbolic

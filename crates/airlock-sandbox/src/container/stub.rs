@@ -49,6 +49,8 @@ struct Published {
     quiet: bool,
     /// It hands a claim that attaches a workspace its parked workspace helper.
     attach: bool,
+    /// It takes a claim's job for that helper right behind the request (`Request::ahead`).
+    job: bool,
 }
 
 fn published_stub(dir: &Path) -> Option<Published> {
@@ -62,6 +64,7 @@ fn published_stub(dir: &Path) -> Option<Published> {
         go: says.contains(&"go"),
         quiet: says.contains(&"quiet"),
         attach: says.contains(&"attach"),
+        job: says.contains(&"job"),
     })
 }
 
@@ -152,6 +155,12 @@ struct Request {
     /// when it has none), before anything else it writes.
     #[serde(default)]
     attach: bool,
+    /// Right behind the request comes a job for that helper ([`attach::AheadJob`], one `J`
+    /// message: its prime, the helper's message, the project directory's fd): the stub hands
+    /// it to the helper at once if the helper was primed with that workspace, and its answer
+    /// says so (`J` instead of `W`).
+    #[serde(default)]
+    ahead: bool,
 }
 
 fn yes() -> bool {
@@ -252,7 +261,7 @@ pub(super) fn spawn(dir: &Path, plan: &LaunchPlan, cg: Option<&Cgroup>) -> Resul
     };
     // Its pid, for the claimer's pidfd before it connects (`begin_claimed`), and that it
     // takes a request before the claim is bound.
-    let attach = if plan.rootless { "" } else { "attach\n" };
+    let attach = if plan.rootless { "" } else { "attach\njob\n" };
     fs::write(dir.join(STUB_PID), format!("{pid}\ngo\nquiet\n{attach}"))
         .map_err(io_err("publish the exec stub's pid"))?;
     if let Some(cg) = cg {
@@ -354,17 +363,36 @@ fn serve(
     let Some((req, passed, json)) = receive(&mut conn) else {
         sys::exit_now(exit::SANDBOX_FAILED)
     };
+    // The job it sent ahead for the workspace helper, right behind the request.
+    let ahead = if req.ahead {
+        match receive_ahead(&mut conn) {
+            Some(job) => Some(job),
+            None => sys::exit_now(exit::SANDBOX_FAILED),
+        }
+    } else {
+        None
+    };
     if early && req.hello {
         say_hello(&mut conn);
     }
-    // The workspace helper to a claim that attaches one; closed otherwise (it exits).
+    // The workspace helper to a claim that attaches one; closed otherwise (it exits). A job
+    // sent ahead goes to it first, if it was primed with that workspace (`J`: handed over).
     if req.attach {
         let sent = match ws_helper.take() {
-            Some(h) => sys::send_fds(
-                conn.as_raw_fd(),
-                &[&b"W"[..], &primed].concat(),
-                &[h.as_raw_fd()],
-            ),
+            Some(h) => {
+                let handed = ahead
+                    .filter(|(want, _, _)| super::attach::same_prime(want, &primed))
+                    .is_some_and(|(_, msg, fds)| {
+                        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                        sys::send_fds(h.as_raw_fd(), &msg, &raw).is_ok()
+                    });
+                let answer = if handed { b'J' } else { b'W' };
+                sys::send_fds(
+                    conn.as_raw_fd(),
+                    &[&[answer][..], &primed].concat(),
+                    &[h.as_raw_fd()],
+                )
+            }
             None => sys::send_fds(conn.as_raw_fd(), b"w", &[]),
         };
         if sent.is_err() {
@@ -622,6 +650,7 @@ fn prefault() {
         hello: false,
         mounted: false,
         attach: false,
+        ahead: false,
     };
     if let Ok(json) = serde_json::to_vec(&dummy) {
         std::hint::black_box(serde_json::from_slice::<Request>(&json).ok());
@@ -814,6 +843,7 @@ impl Claimed {
             mounted: self.mounted,
             // Set by `begin_claimed` for a stub that has the helper.
             attach: false,
+            ahead: false,
         }
     }
 }
@@ -824,6 +854,56 @@ fn message(request: &Request) -> std::io::Result<Vec<u8>> {
     let json = serde_json::to_vec(request).map_err(std::io::Error::other)?;
     Ok(frame(&json))
 }
+
+/// A job sent ahead ([`Request::ahead`]): `J`, its prime's length and prime, its message's
+/// length and message (the project directory's fd goes with it).
+fn ahead_message(job: &super::attach::AheadJob) -> Vec<u8> {
+    let mut msg = vec![b'J'];
+    for part in [&job.prime, &job.msg] {
+        msg.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        msg.extend_from_slice(part);
+    }
+    msg
+}
+
+/// A job sent ahead, as the stub reads it: its prime, its message, its fds. None: not one.
+fn receive_ahead(conn: &mut UnixStream) -> Option<(Vec<u8>, Vec<u8>, Vec<OwnedFd>)> {
+    let (mut data, fds) = sys::recv_fds(conn.as_raw_fd(), 1).ok()?;
+    if data.first() != Some(&b'J') {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut at = 1;
+    for _ in 0..2 {
+        let need = at + 4;
+        if data.len() < need {
+            let mut rest = vec![0; need - data.len()];
+            conn.read_exact(&mut rest).ok()?;
+            data.extend_from_slice(&rest);
+        }
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().ok()?) as usize;
+        if len > MAX_AHEAD {
+            return None;
+        }
+        at += 4;
+        if data.len() < at + len {
+            let mut rest = vec![0; at + len - data.len()];
+            conn.read_exact(&mut rest).ok()?;
+            data.extend_from_slice(&rest);
+        }
+        parts.push(data[at..at + len].to_vec());
+        at += len;
+    }
+    if data.len() != at {
+        return None;
+    }
+    let msg = parts.pop()?;
+    let prime = parts.pop()?;
+    Some((prime, msg, fds))
+}
+
+/// A job sent ahead is small (a few steps' JSON): larger is not one.
+const MAX_AHEAD: usize = 1 << 20;
 
 /// `R`, the length of `json`, `json`.
 fn frame(json: &[u8]) -> Vec<u8> {
@@ -847,7 +927,11 @@ fn frame(json: &[u8]) -> Vec<u8> {
 /// status — not when the stub has finished exiting (see [`StubExit`]). `end_at_exit`: the
 /// claimer needs nothing of the member after the command (the stub ends it right after the
 /// status, while the claimer reads it; the claimer still waits for that end).
-pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, RunError> {
+pub fn begin_claimed(
+    dir: &Path,
+    claimed: &Claimed,
+    ahead: Option<super::attach::AheadJob>,
+) -> Result<Option<Begun>, RunError> {
     let req = &claimed.req;
     if req.argv.is_empty() {
         return Err(RunError::Setup("no command to exec".into()));
@@ -862,6 +946,7 @@ pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, Run
         return Ok(None);
     };
     let ws_due = claimed.attach && published.as_ref().is_some_and(|(p, _)| p.go && p.attach);
+    let ahead = ahead.filter(|_| ws_due && published.as_ref().is_some_and(|(p, _)| p.job));
     let (pid, pidfd, waits, hello_due) = match published {
         Some((p, fd)) => (p.pid, fd, p.go, !p.quiet),
         None => {
@@ -896,8 +981,17 @@ pub fn begin_claimed(dir: &Path, claimed: &Claimed) -> Result<Option<Begun>, Run
         Some((rd, wr)) => {
             let mut request = claimed.request(None, true, hello_due);
             request.attach = ws_due;
+            request.ahead = ahead.is_some();
             let msg = message(&request).map_err(lost)?;
             sys::send_fds(conn.as_raw_fd(), &msg, &fds).map_err(lost)?;
+            if let Some(job) = &ahead {
+                sys::send_fds(
+                    conn.as_raw_fd(),
+                    &ahead_message(job),
+                    &[job.project.as_raw_fd()],
+                )
+                .map_err(lost)?;
+            }
             drop(rd);
             held.clear();
             crate::phase("warm: request sent to the stub");
@@ -981,9 +1075,10 @@ impl Begun {
         let answer = sys::recv_fds(self.conn.as_raw_fd(), 1);
         crate::phase("warm: the stub's workspace helper");
         match answer {
-            Ok((data, mut fds)) if data.first() == Some(&b'W') && fds.len() == 1 => fds
-                .pop()
-                .map(|sock| super::attach::ParkedHelper::new(sock, &data[1..])),
+            Ok((data, mut fds)) if matches!(data.first(), Some(b'W' | b'J')) && fds.len() == 1 => {
+                fds.pop()
+                    .map(|sock| super::attach::ParkedHelper::new(sock, &data[1..], data[0] == b'J'))
+            }
             _ => None,
         }
     }

@@ -753,7 +753,13 @@ pub fn try_warm(
     };
     let mut begun = None;
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
-        begun = airlock_sandbox::container::stub::begin_claimed(&dir, &claimed)
+        // A root-run claim of the primed workspace sends the helper's job right behind the
+        // request: the helper takes its overlay while the claim is bound.
+        let ahead = claimed
+            .attach
+            .then(|| attach::AheadJob::of(&mounts))
+            .flatten();
+        begun = airlock_sandbox::container::stub::begin_claimed(&dir, &claimed, ahead)
             .map_err(|e| e.to_string())?;
         // The member's namespaces for the workspace, asked for now: its supervisor sends them
         // while the claim's limits and policy are bound.
