@@ -399,7 +399,10 @@ fn serve(
             sys::exit_now(exit::SANDBOX_FAILED);
         }
     }
-    drop(ws_helper);
+    // A helper this claim does not take stays parked until this stub exits (its socket closes
+    // then, in the member's teardown): its exit tears down its own mount namespace — an
+    // expedited RCU grace period, which stalled both CPUs on the claim's path.
+    let _unused_helper = ws_helper;
     // The status, and that this stub ends the member: once the claimer has hung up (it
     // exited, or is done with the member), PID 1 goes — the member's teardown does not share
     // the CPUs with the claimer's last steps and exit. A claimer that died already: at once.

@@ -753,6 +753,12 @@ pub fn try_warm(
     };
     let mut begun = None;
     let bound = (|| -> Result<(LaunchPlan, attach::Attached), String> {
+        // The claim's policy goes to the member's supervisor first (it needs nothing of the
+        // member's plan), and is answered once the rest is bound: its binding, the longest
+        // of the claim's (its thread's wake-up, the allowlist, the events' tap), runs on the
+        // other CPU while this process binds the rest.
+        let pending = begin_policy(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
+        airlock_sandbox::phase("warm: policy sent");
         // A root-run claim of the primed workspace sends the helper's job right behind the
         // request: the helper takes its overlay while the claim is bound.
         let ahead = claimed
@@ -766,11 +772,6 @@ pub fn try_warm(
         let parked_helper = begun.as_ref().is_some_and(|b| b.offers_workspace_helper());
         let asked = (!mounts.steps.is_empty() && !parked_helper)
             .then(|| airlock_sandbox::container::exec::ask_namespaces(&dir));
-        // The claim's policy goes to the member's supervisor now (before the member's plan is
-        // read: it needs none of it) and is answered after the workspace is attached: the two
-        // bind at once, on two CPUs.
-        let pending = begin_policy(&dir, spec, &secrets, ClaimedAs::Run, journal.take())?;
-        airlock_sandbox::phase("warm: policy sent");
         let mut plan = airlock_sandbox::folder::read_plan(&dir)
             .map_err(|e| format!("the member's plan: {e}"))?;
         airlock_sandbox::phase("warm: plan read");

@@ -158,7 +158,8 @@ pub fn supervise_spec(dir: &Path) -> CliResult<i32> {
     let pool_member = spec.pool_member;
     let on_ready = || {
         if let Some(ctx) = egress.get() {
-            if let Err(e) = airlock_engine::live_policy::serve(dir, &name, ctx.clone()) {
+            if let Err(e) = airlock_engine::live_policy::serve(dir, &name, ctx.clone(), pool_member)
+            {
                 errln!("airlock: cannot serve the policy socket: {e}");
             }
             // A claim may bring injected secrets.
