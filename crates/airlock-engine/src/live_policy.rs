@@ -345,9 +345,7 @@ pub fn serve(dir: &Path, name: &str, ctx: Arc<Ctx>, member: bool) -> std::io::Re
 /// Measured: the claim's policy answer ≈ 0.1 ms sooner (bench/RESULTS.md, session 19).
 #[inline(never)]
 fn warm_up() {
-    let chunks: Vec<Vec<u8>> = (0..16).map(|_| vec![1u8; 4000]).collect();
-    std::hint::black_box(&chunks);
-    drop(chunks);
+    airlock_sandbox::sys::prefault_heap(16);
     let req = Request {
         domains: vec!["example.com".into()],
         ports: vec![443],
@@ -364,11 +362,7 @@ fn warm_up() {
         ok: true,
         ..Reply::default()
     }));
-    let mut stack = [0u8; 64 * 1024];
-    for i in (0..stack.len()).step_by(4096) {
-        stack[i] = 1;
-    }
-    std::hint::black_box(&stack);
+    airlock_sandbox::sys::touch_stack();
 }
 
 /// A warm-pool member's supervisor: load what a claim's injected secrets need from the host

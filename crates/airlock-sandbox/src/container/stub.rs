@@ -633,10 +633,8 @@ fn parked(sock: OwnedFd, plan: &LaunchPlan, filter: &[seccomp::Insn]) -> ! {
 /// the claim's path between its request and its command's start.
 #[inline(never)]
 fn prefault() {
-    // Heap: ≈ 96 KiB in chunks the allocator keeps once freed (below its trim threshold).
-    let chunks: Vec<Vec<u8>> = (0..24).map(|_| vec![1u8; 4000]).collect();
-    std::hint::black_box(&chunks);
-    drop(chunks);
+    // Heap: ≈ 96 KiB.
+    sys::prefault_heap(24);
     // A request's parse, once, on one of a request's shape.
     let dummy = Request {
         argv: vec!["true".into()],
@@ -658,17 +656,7 @@ fn prefault() {
     if let Ok(json) = serde_json::to_vec(&dummy) {
         std::hint::black_box(serde_json::from_slice::<Request>(&json).ok());
     }
-    touch_stack();
-}
-
-/// 64 KiB of this process's stack written.
-#[inline(never)]
-fn touch_stack() {
-    let mut buf = [0u8; 64 * 1024];
-    for i in (0..buf.len()).step_by(4096) {
-        buf[i] = 1;
-    }
-    std::hint::black_box(&buf);
+    sys::touch_stack();
 }
 
 /// A request's argv and environment as C strings (Err: one holds a NUL).

@@ -419,6 +419,25 @@ pub fn background() {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
 
+/// `chunks` × 4000 bytes of heap written and freed: the allocator keeps them (below its trim
+/// threshold), so work done later — on a claim's path — takes no fault for them (part of a
+/// process's or thread's warm-up while it waits; a first write costs ≈ 5 µs on a VM).
+#[inline(never)]
+pub fn prefault_heap(chunks: usize) {
+    let chunks: Vec<Vec<u8>> = (0..chunks).map(|_| vec![1u8; 4000]).collect();
+    std::hint::black_box(&chunks);
+}
+
+/// 64 KiB of this thread's stack written (the rest of a warm-up, [`prefault_heap`]).
+#[inline(never)]
+pub fn touch_stack() {
+    let mut buf = [0u8; 64 * 1024];
+    for i in (0..buf.len()).step_by(4096) {
+        buf[i] = 1;
+    }
+    std::hint::black_box(&buf);
+}
+
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and runs no atexit handlers (correct in a forked child).
     unsafe { libc::_exit(code) }
