@@ -520,13 +520,18 @@ pub fn wait_streams(limit: Duration) {
     }
 }
 
-/// One line to the claimer (a line at a time: two threads write).
-fn write_line(out: &std::sync::Mutex<UnixStream>, line: &[u8]) -> std::io::Result<()> {
-    let conn = out.lock().unwrap_or_else(PoisonError::into_inner);
+/// The claimer's connection, for one line ([`write_line`]).
+fn lock(out: &std::sync::Mutex<UnixStream>) -> std::sync::MutexGuard<'_, UnixStream> {
+    out.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One line to the claimer, on its connection held locked (two threads write: a line at a
+/// time).
+fn write_line(mut conn: std::sync::MutexGuard<'_, UnixStream>, line: &[u8]) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(line.len() + 1);
     buf.extend_from_slice(line);
     buf.push(b'\n');
-    (&*conn).write_all(&buf)
+    conn.write_all(&buf)
 }
 
 /// The supervisor's side of a [`Watch`]: the tapped events to `conn`, and its `sync`s
@@ -536,7 +541,6 @@ fn write_line(out: &std::sync::Mutex<UnixStream>, line: &[u8]) -> std::io::Resul
 /// that reads it, without a hop through the streaming thread.
 fn stream_events(conn: UnixStream, ctx: Arc<Ctx>, tapped: Tapped) {
     use std::sync::atomic::Ordering::SeqCst;
-    const SYNCED: &[u8] = br#"{"synced":true}"#;
     let Tapped { tx, rx, unwritten } = tapped;
     let Ok(reading) = conn.try_clone() else {
         return;
@@ -557,17 +561,14 @@ fn stream_events(conn: UnixStream, ctx: Arc<Ctx>, tapped: Tapped) {
                         ctx.settle(SYNC_SETTLE);
                         // Every event recorded by now was sent (the tap sends as it records):
                         // none unwritten, none can be written after this answer.
+                        let conn = lock(&answering);
                         if written.load(SeqCst) == 0 {
-                            let conn = answering.lock().unwrap_or_else(PoisonError::into_inner);
-                            if written.load(SeqCst) == 0 {
-                                let mut line = SYNCED.to_vec();
-                                line.push(b'\n');
-                                if (&*conn).write_all(&line).is_err() {
-                                    break;
-                                }
-                                continue;
+                            if write_line(conn, SYNCED).is_err() {
+                                break;
                             }
+                            continue;
                         }
+                        drop(conn);
                         if tx.send(Streamed::Sync).is_err() {
                             return;
                         }
@@ -590,19 +591,18 @@ fn stream_events(conn: UnixStream, ctx: Arc<Ctx>, tapped: Tapped) {
                 let sent = match msg {
                     Streamed::Event(ev) => {
                         let line = serde_json::to_vec(&ev).unwrap_or_default();
-                        let sent = write_line(&out, &line);
+                        let sent = write_line(lock(&out), &line);
                         unwritten.fetch_sub(1, SeqCst);
                         sent
                     }
-                    Streamed::Sync => write_line(&out, SYNCED),
+                    Streamed::Sync => write_line(lock(&out), SYNCED),
                     Streamed::End => break,
                 };
                 if sent.is_err() {
                     break;
                 }
             }
-            let conn = out.lock().unwrap_or_else(PoisonError::into_inner);
-            let _ = conn.shutdown(std::net::Shutdown::Both);
+            let _ = lock(&out).shutdown(std::net::Shutdown::Both);
         });
 }
 
@@ -823,21 +823,9 @@ impl Watch {
                     synced: None,
                     reader: None,
                 };
-                let mut buf = [0u8; 16 * 1024];
-                loop {
-                    match (&me.conn).read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if me.lines(&buf[..n]) {
-                                // The last events are in: this thread's work is done (one
-                                // sync per watch, at its end).
-                                let _ = synced_tx.send(());
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
+                // Until the last events are in (one sync per watch, at its end), or the end.
+                if me.read_to_synced(None) {
+                    let _ = synced_tx.send(());
                 }
             })
             .ok();
@@ -853,7 +841,7 @@ impl Watch {
             // A reading thread records them; synced, it ends by itself (nothing of it is
             // waited for), otherwise at the hang-up below.
             Some(rx) => asked && rx.recv_timeout(limit).is_ok(),
-            None => asked && self.read_to_synced(limit),
+            None => asked && self.read_to_synced(Some(limit)),
         };
         let _ = self.conn.shutdown(std::net::Shutdown::Both);
         if let Some(r) = self.reader.take().filter(|_| !synced) {
@@ -862,14 +850,17 @@ impl Watch {
         synced
     }
 
-    /// This thread's reading, until the `synced` line (true), the end or `limit`.
-    fn read_to_synced(&mut self, limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
+    /// This thread's reading, until the `synced` line (true), the end or `limit` (None: no
+    /// limit).
+    fn read_to_synced(&mut self, limit: Option<Duration>) -> bool {
+        let deadline = limit.map(|l| std::time::Instant::now() + l);
         let mut buf = [0u8; 16 * 1024];
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() || self.conn.set_read_timeout(Some(left)).is_err() {
-                return false;
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() || self.conn.set_read_timeout(Some(left)).is_err() {
+                    return false;
+                }
             }
             match (&self.conn).read(&mut buf) {
                 Ok(0) => return false,

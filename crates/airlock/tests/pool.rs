@@ -671,21 +671,7 @@ fn a_claim_made_while_no_daemon_runs_is_kept_by_the_next_one() {
             .is_none()),
         "the daemon survived"
     );
-    let mut cmd = a.command(&[
-        "run",
-        "--workspace",
-        "none",
-        "--net",
-        "off",
-        "--",
-        "sh",
-        "-c",
-        "hostname; sleep 4",
-    ]);
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut claimer = cmd.spawn().expect("spawn airlock");
-    let (used, stderr) = warm_member(&mut claimer);
+    let (claimer, used, stderr) = spawn_warm(&a, &[], &["sh", "-c", "hostname; sleep 4"]);
     assert!(first.contains(&used), "{first:?} {used}");
     // The next daemon keeps it (its claimer lives) and refills; the next runs get others.
     start_pool(&a, "2", &["--workspace", "none", "--net", "off"]);

@@ -186,10 +186,10 @@ impl AheadJob {
     pub fn of(mounts: &ClaimMounts) -> Option<AheadJob> {
         let (i, prime) = Prime::of(mounts)?;
         // No other step has a source (its protect and pin steps have none).
-        let which: Vec<u8> = (0..mounts.steps.len()).map(|j| u8::from(j == i)).collect();
         if (mounts.steps.iter().enumerate()).any(|(j, s)| j != i && rootfs::has_source(s)) {
             return None;
         }
+        let which: Vec<u8> = (0..mounts.steps.len()).map(|j| u8::from(j == i)).collect();
         let project = open_lower(&prime)?;
         let msg = job_message(&parked_job(mounts, Some(i)), &which).ok()?;
         Some(AheadJob {

@@ -723,9 +723,7 @@ fn receive(conn: &mut UnixStream) -> Option<(Request, Passed, Vec<u8>)> {
     if json.len() > len {
         return None;
     }
-    let mut rest = vec![0; len - json.len()];
-    conn.read_exact(&mut rest).ok()?;
-    json.extend_from_slice(&rest);
+    read_up_to(conn, &mut json, len)?;
     let req: Request = serde_json::from_slice(&json).ok()?;
     let passed = Passed::of(&req, fds)?;
     Some((req, passed, json))
@@ -866,22 +864,13 @@ fn receive_ahead(conn: &mut UnixStream) -> Option<(Vec<u8>, Vec<u8>, Vec<OwnedFd
     let mut parts = Vec::new();
     let mut at = 1;
     for _ in 0..2 {
-        let need = at + 4;
-        if data.len() < need {
-            let mut rest = vec![0; need - data.len()];
-            conn.read_exact(&mut rest).ok()?;
-            data.extend_from_slice(&rest);
-        }
+        read_up_to(conn, &mut data, at + 4)?;
         let len = u32::from_le_bytes(data[at..at + 4].try_into().ok()?) as usize;
         if len > MAX_AHEAD {
             return None;
         }
         at += 4;
-        if data.len() < at + len {
-            let mut rest = vec![0; at + len - data.len()];
-            conn.read_exact(&mut rest).ok()?;
-            data.extend_from_slice(&rest);
-        }
+        read_up_to(conn, &mut data, at + len)?;
         parts.push(data[at..at + len].to_vec());
         at += len;
     }
@@ -895,6 +884,16 @@ fn receive_ahead(conn: &mut UnixStream) -> Option<(Vec<u8>, Vec<u8>, Vec<OwnedFd
 
 /// A job sent ahead is small (a few steps' JSON): larger is not one.
 const MAX_AHEAD: usize = 1 << 20;
+
+/// `data` (a message's first read) completed from `conn` to `len` bytes, if it is shorter.
+fn read_up_to(conn: &mut UnixStream, data: &mut Vec<u8>, len: usize) -> Option<()> {
+    if data.len() < len {
+        let mut rest = vec![0; len - data.len()];
+        conn.read_exact(&mut rest).ok()?;
+        data.extend_from_slice(&rest);
+    }
+    Some(())
+}
 
 /// `R`, the length of `json`, `json`.
 fn frame(json: &[u8]) -> Vec<u8> {

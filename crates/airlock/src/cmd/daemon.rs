@@ -906,18 +906,12 @@ pub fn try_warm(
     }
     airlock_sandbox::phase("warm: member ended");
     let hand = pool::daemon_running(&state);
-    let wake = if hand {
-        false
-    } else {
-        release_here(
-            &mut stub,
-            &mut store,
-            &state,
-            &member,
-            &dir,
-            (&key, claimed_in),
-        )
+    // A release done here (no daemon, or one that does not take the datagram); true: a
+    // daemon is to be woken for the refill.
+    let mut release = |stub: &mut Option<airlock_sandbox::container::stub::StubExit>| {
+        release_here(stub, &mut store, &state, &member, &dir, (&key, claimed_in))
     };
+    let wake = !hand && release(&mut stub);
     // After the member's end, as a cold run's PID 1 does it once every process is gone.
     // The parked workspace helper's socket is held until this claim returns (the helper
     // exits then, off this run's path).
@@ -940,37 +934,33 @@ pub fn try_warm(
             return ended.map(Some);
         }
         // Ended above: released here.
-        if release_here(
-            &mut stub,
-            &mut store,
-            &state,
-            &member,
-            &dir,
-            (&key, claimed_in),
-        ) {
-            pool::wake(&state);
-        }
-        if let Some(cg) = cgroup {
-            if let Some(s) = stub {
-                s.wait(Duration::from_secs(2));
-            }
-            cg.destroy();
-        }
+        let wake = release(&mut stub);
+        release_rest(cgroup, stub, wake, &state);
         return ended.map(Some);
     }
+    release_rest(cgroup, stub, wake, &state);
+    airlock_sandbox::phase("warm: released");
+    end(ran).map(Some)
+}
+
+/// The rest of a release done here ([`release_here`]): the claim's cgroup once the stub is
+/// gone (it reported the status before it exited), then the refill, last (a member's start
+/// would share the CPUs with the steps before it).
+fn release_rest(
+    cgroup: Option<airlock_sandbox::cgroup::Cgroup>,
+    stub: Option<airlock_sandbox::container::stub::StubExit>,
+    wake: bool,
+    state: &Path,
+) {
     if let Some(cg) = cgroup {
-        // The stub reported the status before it exited; its cgroup goes once it is gone.
         if let Some(s) = stub {
             s.wait(Duration::from_secs(2));
         }
         cg.destroy();
     }
-    // The refill last: a member's start would share the CPUs with the steps above.
     if wake {
-        pool::wake(&state);
+        pool::wake(state);
     }
-    airlock_sandbox::phase("warm: released");
-    end(ran).map(Some)
 }
 
 /// The refusal of a claim whose own bind's source (or project) has a symlink in it now, since
